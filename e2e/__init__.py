@@ -1,0 +1,1 @@
+"""Test infrastructure: the checkpoint archive generator and (later) the cluster simulator."""

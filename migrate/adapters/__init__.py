@@ -1,0 +1,1 @@
+"""Adapters: the only modules that touch files, programs and networks outside the tool."""

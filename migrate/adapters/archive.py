@@ -1,0 +1,263 @@
+"""Read checkpoint archives (tar) without extracting them.
+
+The archive is opened once: tar headers are scanned to build an index of
+members (name -> offset, size); members are then read by name with ``pread``,
+so nothing is extracted and reading one member never touches the others.
+
+Archives are untrusted. Every read is bounded by what the file holds, so a
+size field in a header cannot make us allocate more than the file's bytes;
+a member whose header claims more data than the file has is reported as
+truncated, naming the member.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from migrate.adapters.safe_extract import check_members, extract_checked
+from migrate.errors import ArchiveError, MissingMemberError, NotFoundError
+from migrate.settings import ArchiveSettings
+
+
+@dataclass(frozen=True)
+class Member:
+    """One entry of a tar archive, as its header describes it."""
+
+    name: str
+    size: int
+    offset: int
+    kind: str  # file, dir, symlink, hardlink, char, block, fifo
+    linkname: str = ""
+    mode: int = 0o644
+    mtime: int = 0
+
+
+class RangeReader(io.RawIOBase):
+    """A read-only, seekable view of ``size`` bytes at ``offset`` of a file descriptor.
+
+    Reads go through ``os.pread`` so that several readers can share one
+    descriptor, and never ask for more than the range holds.
+    """
+
+    def __init__(self, fd: int, offset: int, size: int) -> None:
+        super().__init__()
+        self._fd, self._offset, self._size, self._pos = fd, offset, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def read(self, n: int | None = -1) -> bytes:
+        remaining = max(0, self._size - self._pos)
+        want = remaining if n is None or n < 0 else min(n, remaining)
+        data = os.pread(self._fd, want, self._offset + self._pos) if want else b""
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        want = min(len(view), max(0, self._size - self._pos))
+        if want == 0:
+            return 0
+        got = os.preadv(self._fd, [view[:want]], self._offset + self._pos)
+        self._pos += got
+        return got
+
+
+def _kind(info: tarfile.TarInfo) -> str:
+    if info.isreg():
+        return "file"
+    if info.isdir():
+        return "dir"
+    if info.issym():
+        return "symlink"
+    if info.islnk():
+        return "hardlink"
+    if info.ischr():
+        return "char"
+    if info.isblk():
+        return "block"
+    if info.isfifo():
+        return "fifo"
+    return "other"
+
+
+def normalize(name: str) -> str:
+    """Tar writers differ on ``./`` prefixes and trailing slashes; index without them."""
+    while name.startswith("./"):
+        name = name[2:]
+    return name.rstrip("/")
+
+
+def scan_tar(reader: RangeReader, label: str) -> tuple[list[Member], list[tarfile.TarInfo]]:
+    """Index a tar stream's headers, checking each member's data lies inside the stream.
+
+    ``label`` names the archive (or nested member) in errors.
+    """
+    total = reader.seek(0, os.SEEK_END)
+    reader.seek(0)
+    try:
+        # tarfile seeks over member data, so this reads headers only. It gets the
+        # raw range reader, never a BufferedReader: the latter allocates whatever
+        # a (GNU long name) header claims before reading it.
+        with tarfile.open(fileobj=reader, mode="r:") as tf:
+            infos = tf.getmembers()
+    except (tarfile.TarError, ValueError, OverflowError) as e:
+        raise ArchiveError(
+            label, f"not a readable tar archive ({e})", hint="is the file complete?"
+        ) from e
+    members: list[Member] = []
+    for info in infos:
+        size = info.size if info.isreg() else 0
+        if info.offset_data + size > total:
+            raise ArchiveError(
+                label,
+                f"truncated: its header declares {size} bytes but the archive ends "
+                f"{max(0, total - info.offset_data)} bytes into it",
+                hint="the archive was cut short; copy it again from the node",
+                member=info.name,
+            )
+        members.append(
+            Member(
+                name=normalize(info.name),
+                size=size,
+                offset=info.offset_data,
+                kind=_kind(info),
+                linkname=info.linkname,
+                mode=info.mode,
+                mtime=int(info.mtime),
+            )
+        )
+    return members, infos
+
+
+class CheckpointArchive:
+    """An opened checkpoint archive; use as a context manager."""
+
+    def __init__(self, path: Path, settings: ArchiveSettings) -> None:
+        self.path = path
+        self.label = str(path)
+        self.settings = settings
+        try:
+            self._fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError as e:
+            raise NotFoundError(
+                f"{path}: no such file", hint="check the archive path (see `migrate list`)"
+            ) from e
+        except IsADirectoryError as e:
+            raise ArchiveError(self.label, "is a directory, not an archive") from e
+        except OSError as e:
+            raise ArchiveError(self.label, f"cannot open: {e.strerror}") from e
+        try:
+            self.file_size = os.fstat(self._fd).st_size
+            members, _ = scan_tar(RangeReader(self._fd, 0, self.file_size), self.label)
+        except BaseException:
+            os.close(self._fd)
+            raise
+        # Later entries win, as they would when the tar is unpacked.
+        self.members: dict[str, Member] = {m.name: m for m in members}
+
+    def __enter__(self) -> CheckpointArchive:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the file descriptor."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def has(self, name: str) -> bool:
+        """Whether a regular-file member of that name exists."""
+        m = self.members.get(name)
+        return m is not None and m.kind == "file"
+
+    def member(self, name: str) -> Member:
+        """The regular-file member ``name``, or a clear error naming it."""
+        m = self.members.get(name)
+        if m is None or m.kind != "file":
+            raise MissingMemberError(
+                self.label,
+                "missing from the archive",
+                hint="this does not look like a complete container checkpoint",
+                member=name,
+            )
+        return m
+
+    def files_under(self, prefix: str) -> Iterator[Member]:
+        """Regular-file members below the directory ``prefix``."""
+        pre = prefix.rstrip("/") + "/"
+        return (m for m in self.members.values() if m.kind == "file" and m.name.startswith(pre))
+
+    def open_member(self, name: str) -> RangeReader:
+        """A seekable reader over the member's bytes (nothing is read yet)."""
+        m = self.member(name)
+        return RangeReader(self._fd, m.offset, m.size)
+
+    def read_bytes(self, name: str) -> bytes:
+        """The whole member, refused when larger than the metadata limit."""
+        m = self.member(name)
+        limit = self.settings.max_metadata_bytes
+        if m.size > limit:
+            raise ArchiveError(
+                self.label,
+                f"is {m.size} bytes, more than the {limit}-byte limit for metadata",
+                member=name,
+            )
+        return self.open_member(name).read()
+
+    def read_json(self, name: str) -> Any:
+        """Parse a JSON member, with errors that name it."""
+        try:
+            return json.loads(self.read_bytes(name))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ArchiveError(self.label, f"is not valid JSON ({e})", member=name) from e
+
+    def nested_tar(self, name: str) -> NestedTar:
+        """Open a tar stored inside the archive (``rootfs-diff.tar``) without copying it."""
+        m = self.member(name)
+        return NestedTar(RangeReader(self._fd, m.offset, m.size), f"{self.label}: {name}")
+
+
+class NestedTar:
+    """A tar archive held inside another one; headers indexed, data read in place."""
+
+    def __init__(self, reader: RangeReader, label: str) -> None:
+        self.reader = reader
+        self.label = label
+        self.members, self._infos = scan_tar(reader, label)
+
+    def extract(self, dest: Path) -> list[Member]:
+        """Unpack every member under ``dest`` after checking none can escape it.
+
+        All members are checked before anything is written: an unsafe entry
+        means nothing is extracted at all.
+        """
+        check_members(self.members, self.label)
+        extract_checked(self.reader, dest, self.label)
+        return [m for m in self.members if m.kind != "dir"]

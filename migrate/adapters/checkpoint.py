@@ -1,0 +1,166 @@
+"""Typed access to what a checkpoint archive records.
+
+Wraps a `CheckpointArchive` with the CRIU image parsers: each accessor reads
+only the members it needs, and every format error comes back as an
+`ArchiveError` naming the archive and the member at fault.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from functools import cached_property
+from pathlib import Path
+from typing import Any, TypeVar
+
+from migrate.adapters.archive import CheckpointArchive, Member, NestedTar
+from migrate.adapters.criu import images
+from migrate.adapters.criu.memory import ProcessMemory
+from migrate.errors import ArchiveError
+from migrate.settings import ArchiveSettings
+from migrate.validation import validate
+
+T = TypeVar("T")
+
+CONFIG_DUMP = "config.dump"
+SPEC_DUMP = "spec.dump"
+STATS_DUMP = "stats-dump"
+ROOTFS_DIFF = "rootfs-diff.tar"
+DELETED_FILES = "deleted.files"
+BIND_MOUNTS = "bind.mounts"
+CRIU_DIR = "checkpoint"
+
+_UTSNS = re.compile(r"^checkpoint/utsns-\d+\.img$")
+
+
+class Checkpoint:
+    """An opened checkpoint archive; use as a context manager."""
+
+    def __init__(self, path: Path, settings: ArchiveSettings) -> None:
+        self.archive = CheckpointArchive(path, settings)
+        self.label = self.archive.label
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.archive.close()
+
+    def _parse(self, member: str, parser: Callable[[bytes], T]) -> T:
+        data = self.archive.read_bytes(member)
+        try:
+            return parser(data)
+        except images.ImageError as e:
+            raise ArchiveError(
+                self.label, str(e), hint="the CRIU image is corrupt or truncated", member=member
+            ) from e
+
+    def _json_member(self, member: str, schema: str) -> dict[str, Any]:
+        data = self.archive.read_json(member)
+        validate(data, schema, f"{self.label}: {member}")
+        result: dict[str, Any] = data
+        return result
+
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        """``config.dump``: the engine's container record."""
+        return self._json_member(CONFIG_DUMP, "config-dump.schema.json")
+
+    @cached_property
+    def spec(self) -> dict[str, Any]:
+        """``spec.dump``: the container's OCI runtime spec."""
+        return self._json_member(SPEC_DUMP, "spec-dump.schema.json")
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        """The OCI spec annotations (engine metadata lives there)."""
+        annotations: dict[str, str] = self.spec.get("annotations") or {}
+        return annotations
+
+    def annotation_json(self, key: str) -> Any:
+        """An annotation whose value is itself JSON; None when absent."""
+        raw = self.annotations.get(key)
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError as e:
+            raise ArchiveError(
+                self.label, f"annotation {key} is not valid JSON ({e})", member=SPEC_DUMP
+            ) from e
+
+    def sizes(self) -> tuple[int, int, int]:
+        """(CRIU image bytes, of which memory pages, rootfs-diff.tar bytes), from headers."""
+        files = list(self.archive.files_under(CRIU_DIR))
+        pages = sum(m.size for m in files if m.name.rsplit("/", 1)[-1].startswith("pages-"))
+        diff = self.archive.members.get(ROOTFS_DIFF)
+        return sum(m.size for m in files), pages, diff.size if diff else 0
+
+    def stats(self) -> dict[str, int] | None:
+        """CRIU dump statistics, or None when the archive has no stats-dump."""
+        if not self.archive.has(STATS_DUMP):
+            return None
+        return self._parse(STATS_DUMP, images.parse_stats)
+
+    def pstree(self) -> list[images.PstreeEntry]:
+        """The checkpointed processes."""
+        return self._parse(f"{CRIU_DIR}/pstree.img", images.parse_pstree)
+
+    def core(self, pid: int) -> images.TaskCore:
+        """The task core (command name, state) of ``pid``."""
+        return self._parse(f"{CRIU_DIR}/core-{pid}.img", images.parse_core)
+
+    def mm(self, pid: int) -> images.MmRanges | None:
+        """argv/env ranges of ``pid``; None for processes without an mm image."""
+        member = f"{CRIU_DIR}/mm-{pid}.img"
+        return self._parse(member, images.parse_mm) if self.archive.has(member) else None
+
+    def hostname(self) -> str | None:
+        """The UTS namespace's host name, when the dump has a UTS image."""
+        for name in sorted(self.archive.members):
+            if _UTSNS.match(name) and self.archive.has(name):
+                return self._parse(name, images.parse_utsns)[0]
+        return None
+
+    def memory(self, pid: int) -> ProcessMemory:
+        """Address translation for ``pid``'s dumped memory."""
+        member = f"{CRIU_DIR}/pagemap-{pid}.img"
+        pages_id, entries = self._parse(member, images.parse_pagemap)
+        pages = f"{CRIU_DIR}/pages-{pages_id}.img"
+        size = self.archive.member(pages).size
+        try:
+            return ProcessMemory(pages_id, entries, size)
+        except images.ImageError as e:
+            raise ArchiveError(self.label, str(e), member=member) from e
+
+    def read_memory(self, mem: ProcessMemory, vaddr: int, length: int) -> bytes | None:
+        """Bytes of memory at ``vaddr``, or None when the range was not dumped here."""
+        pieces = mem.file_ranges(vaddr, length)
+        if pieces is None:
+            return None
+        reader = self.archive.open_member(mem.pages_member)
+        out = bytearray()
+        for offset, size in pieces:
+            reader.seek(offset)
+            out += reader.read(size)
+        return bytes(out)
+
+    def rootfs_diff(self) -> NestedTar | None:
+        """The tar of changed files, when the archive has one."""
+        if not self.archive.has(ROOTFS_DIFF):
+            return None
+        return self.archive.nested_tar(ROOTFS_DIFF)
+
+    def deleted_files(self) -> list[str]:
+        """Paths the container deleted from its image's file system."""
+        if not self.archive.has(DELETED_FILES):
+            return []
+        data = self.archive.read_json(DELETED_FILES)
+        if not isinstance(data, list) or not all(isinstance(p, str) for p in data):
+            raise ArchiveError(self.label, "is not a JSON list of paths", member=DELETED_FILES)
+        return data
+
+    def criu_members(self) -> list[Member]:
+        """Regular files under checkpoint/."""
+        return list(self.archive.files_under(CRIU_DIR))

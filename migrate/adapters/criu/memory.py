@@ -1,0 +1,85 @@
+"""Process memory from a dump: pagemap runs mapped onto a pages-N.img file.
+
+Runs whose data is in this dump (PE_PRESENT, not in a parent or lazy) are laid
+out back to back in the pages file, in pagemap order. That gives every run a
+file offset, which lets us read memory by virtual address and translate a file
+offset (found by scanning the file) back to an address.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from migrate.adapters.criu.images import ImageError, PagemapEntry
+
+PAGE_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class Run:
+    """``length`` bytes of memory at ``vaddr``, stored at ``offset`` in the pages file."""
+
+    vaddr: int
+    length: int
+    offset: int
+
+
+class ProcessMemory:
+    """Address <-> pages-file offset translation for one process."""
+
+    def __init__(self, pages_id: int, entries: Sequence[PagemapEntry], pages_size: int) -> None:
+        self.pages_id = pages_id
+        self.mapped_bytes = sum(e.nr_pages for e in entries) * PAGE_SIZE
+        runs, offset = [], 0
+        for e in entries:
+            if not e.in_pages_file:
+                continue
+            length = e.nr_pages * PAGE_SIZE
+            runs.append(Run(e.vaddr, length, offset))
+            offset += length
+        if offset > pages_size:
+            raise ImageError(
+                f"points past the end of pages-{pages_id}.img "
+                f"(its runs need {offset} bytes, the file holds {pages_size})"
+            )
+        self.stored_bytes = offset
+        self._by_offset = runs
+        self._by_addr = sorted(runs, key=lambda r: r.vaddr)
+        self._addr_keys = [r.vaddr for r in self._by_addr]
+        self._offset_keys = [r.offset for r in runs]
+
+    @property
+    def pages_member(self) -> str:
+        """Archive member holding this process's pages."""
+        return f"checkpoint/pages-{self.pages_id}.img"
+
+    def file_ranges(self, vaddr: int, length: int) -> list[tuple[int, int]] | None:
+        """(offset, length) pieces of the pages file holding [vaddr, vaddr+length).
+
+        None when any byte of the range is not stored in this dump.
+        """
+        pieces: list[tuple[int, int]] = []
+        addr, end = vaddr, vaddr + length
+        while addr < end:
+            i = bisect.bisect_right(self._addr_keys, addr) - 1
+            if i < 0:
+                return None
+            run = self._by_addr[i]
+            if addr >= run.vaddr + run.length:
+                return None
+            take = min(end, run.vaddr + run.length) - addr
+            pieces.append((run.offset + addr - run.vaddr, take))
+            addr += take
+        return pieces
+
+    def address_of(self, offset: int) -> int | None:
+        """Virtual address of a byte at ``offset`` in the pages file."""
+        i = bisect.bisect_right(self._offset_keys, offset) - 1
+        if i < 0:
+            return None
+        run = self._by_offset[i]
+        if offset >= run.offset + run.length:
+            return None
+        return run.vaddr + offset - run.offset

@@ -1,0 +1,1 @@
+"""The command-line interface: parse, build settings, make one call, render."""

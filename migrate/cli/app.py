@@ -1,0 +1,114 @@
+"""The root command, global options and the one error boundary."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+import typer
+
+from migrate import __version__
+from migrate.errors import ExitCode, MigrateError
+from migrate.settings import load_settings
+
+app = typer.Typer(
+    name="migrate",
+    help="Move running Kubernetes containers between nodes, and restore them in "
+    "sandboxes, from CRIU checkpoints.",
+    no_args_is_help=True,
+    # Rich tracebacks print local variables, and locals can hold credentials.
+    pretty_exceptions_enable=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"migrate {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
+    verbose: int = typer.Option(0, "-v", "--verbose", count=True, help="More logging (-vv)."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Global options; builds the settings every command receives."""
+    settings = load_settings(debug=debug, verbose=verbose)
+    level = logging.DEBUG if settings.output.debug or verbose > 1 else (
+        logging.INFO if verbose else logging.WARNING
+    )
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    ctx.obj = settings
+
+
+def _register() -> None:
+    from migrate.cli import archive
+
+    archive.register(app)
+
+
+_register()
+
+
+def _debug_requested(argv: Sequence[str]) -> bool:
+    args = list(argv[: argv.index("--")] if "--" in argv else argv)
+    return "--debug" in args or os.environ.get("MIGRATE_DEBUG", "") in ("1", "true")
+
+
+def _fail(message: str, hint: str | None, code: int) -> int:
+    typer.echo(f"error: {message}", err=True)
+    if hint:
+        typer.echo(f"hint: {hint}", err=True)
+    return code
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI and map every outcome to an exit code; never raises."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug_requested(args)
+    try:
+        rv = app(args=args, prog_name="migrate", standalone_mode=False)
+        return int(rv) if isinstance(rv, int) else ExitCode.OK
+    except MigrateError as e:
+        if debug:
+            traceback.print_exc()
+        return _fail(e.message, e.hint, e.exit_code)
+    except typer.Exit as e:
+        return int(e.exit_code)
+    except typer.TyperException as e:
+        # Typer's (vendored click) usage errors: exit code 2, and a context
+        # that names the command whose --help explains the options.
+        code = int(getattr(e, "exit_code", ExitCode.USAGE))
+        ctx = getattr(e, "ctx", None)
+        cmd = ctx.command_path if ctx is not None else "migrate"
+        hint = f"see '{cmd} --help'" if code == ExitCode.USAGE else None
+        return _fail(e.format_message(), hint, code)
+    except (typer.Abort, KeyboardInterrupt):
+        return _fail("interrupted", None, ExitCode.INTERRUPTED)
+    except BrokenPipeError:
+        # Output piped into `head` and closed early: not an error worth a message.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return ExitCode.OK
+    except Exception as e:  # the boundary: anything else is a bug
+        if debug:
+            traceback.print_exc()
+        return _fail(
+            f"unexpected {type(e).__name__}: {e}",
+            "this is a bug in migrate; rerun with --debug and report the traceback",
+            ExitCode.ERROR,
+        )
+
+
+def main() -> None:
+    """Console-script entry point (`migrate`, `kubectl-migrate`)."""
+    sys.exit(run())

@@ -1,0 +1,221 @@
+"""Forensic commands over checkpoint archives: show, inspect, memparse, rootfs-diff, list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from migrate.adapters.checkpoint import Checkpoint
+from migrate.cli.output import Format, Node, TreeFormat, emit, table, to_json, tree
+from migrate.forensics import catalog, inspect, memsearch, rootfs
+from migrate.forensics.inspect import Inspection, InspectOptions, ProcessNode
+from migrate.forensics.summary import Summary, summarize
+from migrate.settings import Settings
+from migrate.units import human_micros, human_size
+
+ARCHIVE = typer.Argument(..., help="Checkpoint archive (checkpoint-*.tar).", show_default=False)
+OUTPUT = typer.Option(Format.table, "-o", "--output", help="Output format.")
+
+SHOW_HEADERS = ("container", "image", "id", "runtime", "created", "engine", "ip",
+                "chkpt size", "root fs diff size")
+STATS_HEADERS = ("freezing time", "frozen time", "memdump time", "memwrite time",
+                 "pages scanned", "pages written")
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    settings: Settings = ctx.obj
+    return settings
+
+
+def _short_time(value: str) -> str:
+    """RFC 3339 to the second, as tables show it; JSON keeps the full value."""
+    if len(value) <= 19 or value[10] != "T":
+        return value
+    zone = "Z" if value.endswith("Z") else value[-6:] if value[-6] in "+-" else ""
+    return value[:19] + zone
+
+
+def _show_row(s: Summary) -> list[str]:
+    return [s.container_name, s.image, s.id[:12], s.runtime, _short_time(s.created), s.engine,
+            s.ip, human_size(s.checkpoint_size.total_size),
+            human_size(s.checkpoint_size.root_fs_diff_size)]
+
+
+def _stats_row(stats: dict[str, int]) -> list[str]:
+    times = [human_micros(stats[k]) for k in
+             ("freezing_time", "frozen_time", "memdump_time", "memwrite_time")]
+    return [*times, str(stats["pages_scanned"]), str(stats["pages_written"])]
+
+
+def show(
+    ctx: typer.Context,
+    archives: list[Path] = typer.Argument(..., help="One or more checkpoint archives."),
+    stats: bool = typer.Option(False, "--stats", "--print-stats",
+                               help="Add CRIU's dump statistics."),
+    output: Format = OUTPUT,
+) -> None:
+    """Summarize checkpoint archives: container, image, engine, sizes."""
+    settings = _settings(ctx).archive
+    summaries = []
+    for path in archives:
+        with Checkpoint(path, settings) as ckpt:
+            summaries.append(summarize(ckpt, with_stats=stats))
+
+    def human() -> str:
+        text = table(SHOW_HEADERS, [_show_row(s) for s in summaries])
+        if stats:
+            text += "\nCRIU dump statistics\n" + table(
+                STATS_HEADERS, [_stats_row(s.statistics) for s in summaries if s.statistics])
+        return text
+
+    emit([s.to_dict() for s in summaries], output.value, human)
+
+
+def _process_node(p: ProcessNode, cmd: bool) -> Node:
+    label = f"[{p.pid}]  {p.cmdline if cmd and p.cmdline else p.command}"
+    kids: list[Any] = []
+    if p.environment:
+        kids.append(("Environment variables", [(e, []) for e in p.environment]))
+    return label, kids + [_process_node(c, cmd) for c in p.children]
+
+
+def _inspect_tree(r: Inspection, opts: InspectOptions) -> Node:
+    s = r.summary
+    size = s.checkpoint_size
+    items: list[Any] = [
+        (f"Image: {s.image}", []), (f"ID: {s.id}", []), (f"Runtime: {s.runtime}", []),
+        (f"Created: {s.created}", []), (f"Engine: {s.engine}", []),
+    ]
+    items += [(f"IP: {s.ip}", [])] if s.ip else []
+    items += [(f"Hostname: {r.hostname}", [])] if r.hostname else []
+    items += [(f"Pod: {s.namespace}/{s.pod_name}", [])] if s.pod_name else []
+    items.append((f"Checkpoint size: {human_size(size.total_size)}",
+                  [(f"Memory pages size: {human_size(size.memory_pages_size)}", [])]))
+    items.append((f"Root FS diff size: {human_size(size.root_fs_diff_size)}", []))
+    if s.statistics:
+        items.append(("CRIU dump statistics", [
+            (f"{h.capitalize()}: {v}", []) for h, v in zip(STATS_HEADERS,
+                                                            _stats_row(s.statistics), strict=True)
+        ]))
+    if r.process_tree:
+        items.append(("Process tree", [_process_node(r.process_tree, opts.ps_tree_cmd)]))
+    if r.mounts is not None:
+        items.append(("Overview of mounts", [
+            (f"Destination: {m['destination']}",
+             [(f"Type: {m['type']}", []), (f"Source: {m['source']}", [])]) for m in r.mounts
+        ]))
+    if r.rootfs_diff is not None:
+        items.append(("File system changes", [
+            (f"{d['path']} ({d['type']}, {human_size(d['size'])})", []) for d in r.rootfs_diff
+        ] + [(f"{p} (deleted)", []) for p in r.deleted_files or []]))
+    return s.container_name or "(unnamed container)", items
+
+
+def inspect_cmd(
+    ctx: typer.Context,
+    archive: Path = ARCHIVE,
+    ps_tree: bool = typer.Option(False, "--ps-tree", help="Show the process tree."),
+    ps_tree_cmd: bool = typer.Option(False, "--ps-tree-cmd",
+                                     help="Process tree with full command lines (from memory)."),
+    ps_tree_env: bool = typer.Option(False, "--ps-tree-env",
+                                     help="Process tree with environments (from memory)."),
+    stats: bool = typer.Option(False, "--stats", help="Add CRIU's dump statistics."),
+    mounts: bool = typer.Option(False, "--mounts", help="Show the container's mounts."),
+    rootfs_diff: bool = typer.Option(False, "--rootfs-diff",
+                                     help="Show changed and deleted files."),
+    all_: bool = typer.Option(False, "--all", help="Everything above."),
+    output: TreeFormat = typer.Option(TreeFormat.tree, "-o", "--output", help="Output format."),
+) -> None:
+    """Show everything a checkpoint records: processes, mounts, file changes, statistics."""
+    settings = _settings(ctx).archive
+    opts = InspectOptions.everything() if all_ else InspectOptions(
+        ps_tree, ps_tree_cmd, ps_tree_env, stats, mounts, rootfs_diff)
+    with Checkpoint(archive, settings) as ckpt:
+        result = inspect.inspect(ckpt, opts, settings)
+    if output is TreeFormat.json:
+        typer.echo(to_json(result.to_dict()))
+    else:
+        typer.echo(tree(_inspect_tree(result, opts)), nl=False)
+
+
+def memparse(
+    ctx: typer.Context,
+    archive: Path = ARCHIVE,
+    pid: int | None = typer.Option(None, "--pid", "-p", help="Only this process."),
+    search: str | None = typer.Option(None, "--search", "-s", help="Find this string."),
+    search_regex: str | None = typer.Option(None, "--search-regex", "-r",
+                                            help="Find this regular expression (bytes)."),
+    context: int = typer.Option(0, "--context", "-c", min=0, max=4096,
+                                help="Bytes of context around each match."),
+    output: Format = OUTPUT,
+) -> None:
+    """Per-process memory sizes, or search the checkpointed memory."""
+    settings = _settings(ctx).archive
+    with Checkpoint(archive, settings) as ckpt:
+        if search is None and search_regex is None:
+            rows = memsearch.memory_sizes(ckpt, pid)
+            emit([r.to_dict() for r in rows], output.value, lambda: table(
+                ("pid", "process name", "memory size"),
+                [(r.pid, r.command, human_size(r.memory_size)) for r in rows]))
+            return
+        pattern = memsearch.compile_pattern(search, search_regex)
+        matches = list(memsearch.search(ckpt, pattern, settings, pid=pid, context=context))
+    emit([m.to_dict() for m in matches], output.value, lambda: table(
+        ("pid", "command", "address", "file", "offset", "match"),
+        [(m.pid, m.command, m.to_dict()["address"] or "-", m.file, m.offset, m.match)
+         for m in matches]))
+    if not matches and output is Format.table:
+        typer.echo("no matches", err=True)
+
+
+def rootfs_diff_cmd(
+    ctx: typer.Context,
+    archive: Path = ARCHIVE,
+    extract: Path | None = typer.Option(None, "--extract", "-x", help="Write the files under DIR.",
+                                        metavar="DIR"),
+    output: Format = OUTPUT,
+) -> None:
+    """List the files the container changed or deleted; optionally extract them."""
+    settings = _settings(ctx).archive
+    with Checkpoint(archive, settings) as ckpt:
+        changed, deleted = rootfs.rootfs_changes(ckpt)
+        written = rootfs.extract_changes(ckpt, extract) if extract else None
+    rows = [(d["path"], d["type"], human_size(d["size"])) for d in changed]
+    rows += [(p, "deleted", "-") for p in deleted]
+    data: dict[str, Any] = {"rootfs_diff": changed, "deleted_files": deleted}
+    if extract:
+        data["extracted_to"] = str(extract)
+    emit(data, output.value, lambda: table(("path", "change", "size"), rows))
+    if written is not None and output is Format.table:
+        typer.echo(f"extracted {written} entries to {extract}", err=True)
+
+
+def list_cmd(
+    ctx: typer.Context,
+    dirs: list[Path] | None = typer.Argument(
+        None, help="Directories to search [default: /var/lib/kubelet/checkpoints]."),
+    output: Format = OUTPUT,
+) -> None:
+    """List checkpoint archives found in directories."""
+    settings = _settings(ctx)
+    result = catalog.catalog(dirs or settings.checkpoint_dirs, settings.archive)
+    for path, reason in result.unreadable:
+        typer.echo(f"warning: skipped {path}: {reason}", err=True)
+    emit([e.to_dict() for e in result.entries], output.value, lambda: table(
+        ("namespace", "pod", "container", "engine", "time checkpointed", "archive"),
+        [(e.namespace, e.pod_name, e.container_name, e.engine, e.checkpointed,
+          Path(e.archive).name) for e in result.entries]))
+    if not result.entries and output is Format.table:
+        typer.echo("no checkpoints found in " + ", ".join(
+            map(str, dirs or settings.checkpoint_dirs)), err=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Attach the archive commands to the root app."""
+    app.command("show")(show)
+    app.command("inspect")(inspect_cmd)
+    app.command("memparse")(memparse)
+    app.command("rootfs-diff")(rootfs_diff_cmd)
+    app.command("list")(list_cmd)

@@ -1,0 +1,1 @@
+"""Forensic analysis of checkpoint archives: what checkpointctl and crit show."""

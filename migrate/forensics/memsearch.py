@@ -1,0 +1,174 @@
+"""Process memory: per-process sizes, and streaming search of the pages files.
+
+The search reads each pages file in fixed-size blocks, keeping a small overlap
+between blocks so that matches across a block boundary are found once; memory
+use stays bounded by the block size whatever the size of the dump.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from migrate.adapters.archive import RangeReader
+from migrate.adapters.checkpoint import Checkpoint
+from migrate.errors import NotFoundError, UsageError
+from migrate.settings import ArchiveSettings
+
+
+@dataclass(frozen=True)
+class ProcessMemoryInfo:
+    """One row of the memparse table."""
+
+    pid: int
+    command: str
+    memory_size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"pid": self.pid, "command": self.command, "memory_size": self.memory_size}
+
+
+@dataclass(frozen=True)
+class Match:
+    """One occurrence of the pattern in a process's memory."""
+
+    pid: int
+    command: str
+    address: int | None
+    file: str
+    offset: int
+    match: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form; address in hex as memory addresses are read."""
+        return {
+            "pid": self.pid,
+            "command": self.command,
+            "address": None if self.address is None else f"0x{self.address:x}",
+            "file": self.file,
+            "offset": self.offset,
+            "match": self.match,
+        }
+
+
+def escape(data: bytes) -> str:
+    """Printable ASCII as is, everything else as ``\\xNN``."""
+    return "".join(chr(b) if 0x20 <= b < 0x7F and b != 0x5C else f"\\x{b:02x}" for b in data)
+
+
+def _processes(ckpt: Checkpoint, pid: int | None) -> list[tuple[int, str]]:
+    pids = sorted({e.pid for e in ckpt.pstree()})
+    if pid is not None:
+        if pid not in pids:
+            raise NotFoundError(
+                f"{ckpt.label}: no process with PID {pid} in the checkpoint",
+                hint=f"PIDs in this checkpoint: {', '.join(map(str, pids)) or 'none'}",
+            )
+        pids = [pid]
+    return [(p, ckpt.core(p).comm) for p in pids]
+
+
+def memory_sizes(ckpt: Checkpoint, pid: int | None = None) -> list[ProcessMemoryInfo]:
+    """Mapped memory per process (all pagemap runs, as checkpointctl counts it)."""
+    return [
+        ProcessMemoryInfo(p, comm, ckpt.memory(p).mapped_bytes) for p, comm in _processes(ckpt, pid)
+    ]
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """What to look for: literal bytes (fast path) or a compiled bytes regex."""
+
+    regex: re.Pattern[bytes]
+    literal: bytes | None = None
+
+
+def compile_pattern(literal: str | None, regex: str | None) -> Pattern:
+    """One search pattern from --search or --search-regex (exactly one is given)."""
+    if (literal is None) == (regex is None):
+        raise UsageError("give exactly one of --search and --search-regex")
+    if literal is not None:
+        if not literal:
+            raise UsageError("--search needs a non-empty string")
+        raw = literal.encode()
+        return Pattern(re.compile(re.escape(raw)), raw)
+    assert regex is not None
+    try:
+        return Pattern(re.compile(regex.encode()))
+    except re.error as e:
+        raise UsageError(
+            f"--search-regex {regex!r} is not a valid regular expression: {e}",
+            hint="the pattern is Python `re` syntax, matched against raw bytes",
+        ) from e
+
+
+def _fill(reader: RangeReader, view: memoryview) -> int:
+    """Read until ``view`` is full or the member ends; returns bytes read."""
+    got = 0
+    while got < len(view):
+        n = reader.readinto(view[got:])
+        if n == 0:
+            break
+        got += n
+    return got
+
+
+def _scan(
+    reader: RangeReader, pattern: Pattern, settings: ArchiveSettings
+) -> Iterator[tuple[int, int]]:
+    """(offset, length) of each match in the member behind ``reader``, in order, once each.
+
+    Blocks overlap by ``len(literal) - 1`` bytes (or the regex window), so a
+    match straddling two blocks is seen whole in the later one; a match is
+    reported from the block where it starts before the overlap region.
+    """
+    plain = pattern.literal
+    overlap = len(plain) - 1 if plain is not None else settings.regex_window_bytes
+    chunk = max(settings.read_chunk_bytes, overlap + 1)
+    buf = bytearray(chunk + overlap)
+    view = memoryview(buf)
+    base = carry = 0  # file offset of buf[0]; bytes carried over from the last block
+    while True:
+        n = _fill(reader, view[carry : carry + chunk])
+        valid, at_eof = carry + n, n < chunk
+        limit = valid if at_eof else valid - overlap
+        if plain is not None:
+            pos = buf.find(plain, 0, valid)
+            while 0 <= pos < limit:
+                yield base + pos, len(plain)
+                pos = buf.find(plain, pos + 1, valid)
+        else:
+            for m in pattern.regex.finditer(view[:valid]):
+                if m.start() >= limit:
+                    break
+                if m.end() > m.start():
+                    yield base + m.start(), m.end() - m.start()
+        if at_eof:
+            return
+        buf[:overlap] = buf[valid - overlap : valid]
+        base += valid - overlap
+        carry = overlap
+
+
+def search(
+    ckpt: Checkpoint,
+    pattern: Pattern,
+    settings: ArchiveSettings,
+    *,
+    pid: int | None = None,
+    context: int = 0,
+) -> Iterator[Match]:
+    """Every match of ``pattern`` in the dumped memory, process by process."""
+    for p, comm in _processes(ckpt, pid):
+        mem = ckpt.memory(p)
+        scanner = ckpt.archive.open_member(mem.pages_member)
+        reader = ckpt.archive.open_member(mem.pages_member)
+        name = mem.pages_member.rsplit("/", 1)[-1]
+        for offset, length in _scan(scanner, pattern, settings):
+            start = max(0, offset - context)
+            reader.seek(start)
+            text = reader.read(offset - start + length + context)
+            yield Match(p, comm, mem.address_of(offset), name, offset, escape(text))

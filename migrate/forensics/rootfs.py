@@ -1,0 +1,32 @@
+"""The container's file-system changes: list them, or extract them safely."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from migrate.adapters.checkpoint import ROOTFS_DIFF, Checkpoint
+
+
+def rootfs_changes(ckpt: Checkpoint) -> tuple[list[dict[str, Any]], list[str]]:
+    """(entries of rootfs-diff.tar as {path, size, type}, deleted paths)."""
+    diff = ckpt.rootfs_diff()
+    changed = (
+        [{"path": m.name, "size": m.size, "type": m.kind} for m in diff.members if m.name]
+        if diff
+        else []
+    )
+    return changed, ckpt.deleted_files()
+
+
+def extract_changes(ckpt: Checkpoint, dest: Path) -> int:
+    """Write the changed files under ``dest``; returns how many entries were written.
+
+    Every entry is checked first; an unsafe one (``..``, absolute, a link out
+    of ``dest``, a device) stops the whole extraction before anything is written.
+    """
+    diff = ckpt.rootfs_diff()
+    if diff is None:
+        ckpt.archive.member(ROOTFS_DIFF)  # raises the missing-member error
+        return 0
+    return len(diff.extract(dest))

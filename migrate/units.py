@@ -1,0 +1,22 @@
+"""Human-readable units, the way checkpointctl prints them."""
+
+from __future__ import annotations
+
+_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def human_size(n: int) -> str:
+    """Binary units with one decimal (``8.6 MiB``, ``3.0 KiB``); below 1024 ``N B``."""
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in _UNITS:
+        value /= 1024
+        if value < 1024 or unit == _UNITS[-1]:
+            return f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def human_micros(us: int) -> str:
+    """Durations in microseconds as CRIU's statistics report them (``100809 us``)."""
+    return f"{us} us"
