@@ -7,15 +7,25 @@ from functools import cache
 from typing import Any
 
 from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
 
 from migrate.errors import InputError
-from migrate.resources import schema_path
+from migrate.resources import data_dir
+
+
+@cache
+def _registry() -> Registry[Any]:
+    """Every schema in schemas/, so that they can refer to each other by file name."""
+    resources = []
+    for path in sorted(data_dir("schemas").glob("*.schema.json")):
+        resources.append((path.name, Resource.from_contents(json.loads(path.read_text()))))
+    return Registry().with_resources(resources)
 
 
 @cache
 def _validator(name: str) -> Draft202012Validator:
-    schema = json.loads(schema_path(name).read_text())
-    return Draft202012Validator(schema)
+    registry = _registry()
+    return Draft202012Validator(registry.contents(name), registry=registry)
 
 
 def _path(parts: Any) -> str:

@@ -1,0 +1,83 @@
+"""Shared fixtures: generated checkpoint archives and a CLI runner.
+
+Archives are generated at test time by e2e.archivegen, their CRIU images
+encoded by CRIU's own pycriu (the `criu` Debian package, installed by
+scripts/setup), so the reader is checked against an independent encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e.archivegen import ArchiveSpec, build
+from e2e.criu_encode import crit_available
+from migrate.cli.app import run
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _require_crit() -> None:
+    # The suite's fixtures must come from CRIU's encoder; a silent fallback to
+    # our own would make the reader test itself.
+    if not crit_available():
+        pytest.exit("crit/pycriu (Debian package criu) is required: run scripts/setup", 3)
+
+
+@pytest.fixture(scope="session")
+def counters_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The seed article's `counters` checkpoint, as CRI-O writes it."""
+    out = tmp_path_factory.mktemp("archives") / "checkpoint-counters_default-counter-2023.tar"
+    return build(ArchiveSpec(use_crit=True), out)
+
+
+@pytest.fixture
+def make_archive(tmp_path: Path) -> Callable[..., Path]:
+    """Build a variant: ``make_archive(name="x.tar", **ArchiveSpec fields)``."""
+
+    def make(name: str = "checkpoint.tar", **fields: Any) -> Path:
+        fields.setdefault("use_crit", True)
+        return build(ArchiveSpec(**fields), tmp_path / name)
+
+    return make
+
+
+@dataclass
+class Result:
+    """What a CLI run printed and returned."""
+
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        """stdout parsed as JSON."""
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., Result]:
+    """Run the CLI in-process through its real boundary (`migrate.cli.app.run`)."""
+
+    def invoke(*args: str | os.PathLike[str]) -> Result:
+        capsys.readouterr()
+        code = run([str(a) for a in args])
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return invoke
+
+
+def run_binary(args: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    """Run the installed console script, as an operator would."""
+    exe = Path(sys.executable).parent / "migrate"
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, **kw)
