@@ -77,6 +77,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     debug = _debug_requested(args)
     try:
         rv = app(args=args, prog_name="migrate", standalone_mode=False)
+        # Without standalone mode typer returns exit codes instead of raising
+        # them, Ctrl-C included (as 130).
+        if rv == ExitCode.INTERRUPTED:
+            return _fail("interrupted", None, ExitCode.INTERRUPTED)
         return int(rv) if isinstance(rv, int) else ExitCode.OK
     except MigrateError as e:
         if debug:

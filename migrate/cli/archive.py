@@ -15,7 +15,8 @@ from migrate.forensics.summary import Summary, summarize
 from migrate.settings import Settings
 from migrate.units import human_micros, human_size
 
-ARCHIVE = typer.Argument(..., help="Checkpoint archive (checkpoint-*.tar).", show_default=False)
+ARCHIVE = typer.Argument(..., help="Checkpoint archive (checkpoint-*.tar).", metavar="ARCHIVE",
+                         show_default=False)
 OUTPUT = typer.Option(Format.table, "-o", "--output", help="Output format.")
 
 SHOW_HEADERS = ("container", "image", "id", "runtime", "created", "engine", "ip",
@@ -51,7 +52,8 @@ def _stats_row(stats: dict[str, int]) -> list[str]:
 
 def show(
     ctx: typer.Context,
-    archives: list[Path] = typer.Argument(..., help="One or more checkpoint archives."),
+    archives: list[Path] = typer.Argument(..., help="One or more checkpoint archives.",
+                                          metavar="ARCHIVE...", show_default=False),
     stats: bool = typer.Option(False, "--stats", "--print-stats",
                                help="Add CRIU's dump statistics."),
     output: Format = OUTPUT,
@@ -205,7 +207,7 @@ def list_cmd(
         typer.echo(f"warning: skipped {path}: {reason}", err=True)
     emit([e.to_dict() for e in result.entries], output.value, lambda: table(
         ("namespace", "pod", "container", "engine", "time checkpointed", "archive"),
-        [(e.namespace, e.pod_name, e.container_name, e.engine, e.checkpointed,
+        [(e.namespace, e.pod_name, e.container_name, e.engine, _short_time(e.checkpointed),
           Path(e.archive).name) for e in result.entries]))
     if not result.entries and output is Format.table:
         typer.echo("no checkpoints found in " + ", ".join(
