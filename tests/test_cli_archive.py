@@ -263,3 +263,13 @@ def test_list_default_dir_from_settings(cli: Cli, make_archive: Callable[..., Pa
     make_archive("checkpoint-x.tar")
     monkeypatch.setenv("MIGRATE_CHECKPOINT_DIRS", str(tmp_path))
     assert len(cli("list", "-o", "json").json()) == 1
+
+
+def test_inspect_all_leaves_out_missing_stats_but_stats_flag_requires_them(
+        cli: Cli, make_archive: Callable[..., Path]) -> None:
+    archive = make_archive(omit=("stats-dump",))
+    r = cli("inspect", archive, "--all", "-o", "json")
+    assert r.code == 0 and "statistics" not in r.json()
+    r = cli("inspect", archive, "--stats")
+    assert r.code == 3
+    assert r.err.splitlines()[0] == f"error: {archive}: stats-dump: missing from the archive"

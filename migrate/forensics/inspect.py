@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrate.adapters.checkpoint import Checkpoint
+from migrate.adapters.checkpoint import STATS_DUMP, Checkpoint
 from migrate.adapters.criu.images import PstreeEntry
 from migrate.forensics.rootfs import rootfs_changes
 from migrate.forensics.summary import Summary, summarize
@@ -25,11 +25,13 @@ class InspectOptions:
     stats: bool = False
     mounts: bool = False
     rootfs_diff: bool = False
+    require_stats: bool = True
+    """With ``stats``: a missing stats-dump is an error (False: the part is left out)."""
 
     @classmethod
     def everything(cls) -> InspectOptions:
-        """What ``--all`` asks for."""
-        return cls(True, True, True, True, True, True)
+        """What ``--all`` asks for: every part the archive has."""
+        return cls(True, True, True, True, True, True, require_stats=False)
 
 
 @dataclass
@@ -138,7 +140,7 @@ def mounts(ckpt: Checkpoint) -> list[dict[str, str]]:
 
 def inspect(ckpt: Checkpoint, opts: InspectOptions, settings: ArchiveSettings) -> Inspection:
     """Read the parts of the checkpoint ``opts`` asks for."""
-    want_stats = opts.stats and (ckpt.archive.has("stats-dump") or opts != opts.everything())
+    want_stats = opts.stats and (opts.require_stats or ckpt.archive.has(STATS_DUMP))
     result = Inspection(summary=summarize(ckpt, with_stats=want_stats), hostname=ckpt.hostname())
     if opts.ps_tree or opts.ps_tree_cmd or opts.ps_tree_env:
         result.process_tree = process_tree(ckpt, opts, settings)
