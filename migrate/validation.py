@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import json
 from functools import cache
-from typing import Any
-
-from jsonschema import Draft202012Validator
-from referencing import Registry, Resource
+from typing import TYPE_CHECKING, Any
 
 from migrate.errors import InputError
 from migrate.resources import data_dir
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+    from referencing import Registry
+
+# jsonschema is imported on first use, not with this module: it costs ~50 ms of
+# start-up that commands which never validate (memparse) should not pay.
 
 
 @cache
 def _registry() -> Registry[Any]:
     """Every schema in schemas/, so that they can refer to each other by file name."""
+    from referencing import Registry, Resource
+
     resources = []
     for path in sorted(data_dir("schemas").glob("*.schema.json")):
         resources.append((path.name, Resource.from_contents(json.loads(path.read_text()))))
@@ -24,6 +30,8 @@ def _registry() -> Registry[Any]:
 
 @cache
 def _validator(name: str) -> Draft202012Validator:
+    from jsonschema import Draft202012Validator
+
     registry = _registry()
     return Draft202012Validator(registry.contents(name), registry=registry)
 

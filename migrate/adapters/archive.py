@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -107,6 +108,40 @@ def normalize(name: str) -> str:
     return name.rstrip("/")
 
 
+_TRUNCATED_HINT = "the archive was cut short; copy it again from the node"
+
+
+def _truncated(label: str, info: tarfile.TarInfo, total: int) -> ArchiveError:
+    return ArchiveError(
+        label,
+        f"truncated: its header declares {info.size} bytes but the archive ends "
+        f"{max(0, total - info.offset_data)} bytes into it",
+        hint=_TRUNCATED_HINT,
+        member=info.name,
+    )
+
+
+def _check_end(reader: RangeReader, offset: int, total: int, last: str, label: str) -> None:
+    """tarfile stops quietly at a cut or garbled header; the end marker must follow instead.
+
+    Every tar writer the engines use (Go's archive/tar, GNU tar, Python) ends an
+    archive with zero blocks, so anything else where the headers stop means the
+    archive was cut or damaged.
+    """
+    reader.seek(offset)
+    block = reader.read(512)
+    if len(block) == 512 and not any(block):
+        return
+    after = f" after {last}" if last else ""
+    if not block:
+        raise ArchiveError(label, f"truncated: the archive ends{after} without the "
+                           "end-of-archive marker", hint=_TRUNCATED_HINT)
+    name = block[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+    what = "is cut short" if len(block) < 512 else "is not a valid tar header"
+    raise ArchiveError(label, f"truncated or corrupt: the header at offset {offset}{after} "
+                       f"{what}", hint=_TRUNCATED_HINT, member=name or None)
+
+
 def scan_tar(reader: RangeReader, label: str) -> tuple[list[Member], list[tarfile.TarInfo]]:
     """Index a tar stream's headers, checking each member's data lies inside the stream.
 
@@ -118,23 +153,28 @@ def scan_tar(reader: RangeReader, label: str) -> tuple[list[Member], list[tarfil
         # tarfile seeks over member data, so this reads headers only. It gets the
         # raw range reader, never a BufferedReader: the latter allocates whatever
         # a (GNU long name) header claims before reading it.
-        with tarfile.open(fileobj=reader, mode="r:") as tf:
-            infos = tf.getmembers()
+        tf = tarfile.open(fileobj=reader, mode="r:")  # noqa: SIM115 (closed by `with tf` below)
     except (tarfile.TarError, ValueError, OverflowError) as e:
         raise ArchiveError(
-            label, f"not a readable tar archive ({e})", hint="is the file complete?"
+            label, f"not a readable tar archive ({e})", hint="is this a checkpoint archive?"
         ) from e
+    with tf:
+        try:
+            infos = tf.getmembers()
+        except (tarfile.TarError, ValueError, OverflowError) as e:
+            # tarfile notices a cut in a member's data only when it looks for the
+            # next header; the member it loaded last is the one cut short.
+            loaded: list[tarfile.TarInfo] = getattr(tf, "members", [])
+            if loaded and loaded[-1].offset_data + loaded[-1].size > total:
+                raise _truncated(label, loaded[-1], total) from e
+            raise ArchiveError(label, f"not a readable tar archive ({e})",
+                               hint=_TRUNCATED_HINT) from e
+        _check_end(reader, tf.offset, total, infos[-1].name if infos else "", label)
     members: list[Member] = []
     for info in infos:
         size = info.size if info.isreg() else 0
         if info.offset_data + size > total:
-            raise ArchiveError(
-                label,
-                f"truncated: its header declares {size} bytes but the archive ends "
-                f"{max(0, total - info.offset_data)} bytes into it",
-                hint="the archive was cut short; copy it again from the node",
-                member=info.name,
-            )
+            raise _truncated(label, info, total)
         members.append(
             Member(
                 name=normalize(info.name),
@@ -157,15 +197,24 @@ class CheckpointArchive:
         self.label = str(path)
         self.settings = settings
         try:
+            # Checked before opening: opening a FIFO would block, and a directory
+            # opens fine on Linux only to fail on the first read.
+            st = os.stat(path)
+            if stat.S_ISDIR(st.st_mode):
+                raise ArchiveError(self.label, "is a directory, not an archive",
+                                   hint="give the path of a checkpoint-*.tar file; "
+                                   "`migrate list DIR` finds them")
+            if not stat.S_ISREG(st.st_mode):
+                raise ArchiveError(self.label, "is not a regular file",
+                                   hint="copy the archive to a file first")
             self._fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError as e:
             raise NotFoundError(
                 f"{path}: no such file", hint="check the archive path (see `migrate list`)"
             ) from e
-        except IsADirectoryError as e:
-            raise ArchiveError(self.label, "is a directory, not an archive") from e
         except OSError as e:
-            raise ArchiveError(self.label, f"cannot open: {e.strerror}") from e
+            raise ArchiveError(self.label, f"cannot open: {e.strerror}",
+                               hint="check the file's permissions") from e
         try:
             self.file_size = os.fstat(self._fd).st_size
             members, _ = scan_tar(RangeReader(self._fd, 0, self.file_size), self.label)
@@ -227,6 +276,7 @@ class CheckpointArchive:
             raise ArchiveError(
                 self.label,
                 f"is {m.size} bytes, more than the {limit}-byte limit for metadata",
+                hint="a checkpoint's metadata is small; this archive is probably crafted",
                 member=name,
             )
         return self.open_member(name).read()
@@ -236,7 +286,10 @@ class CheckpointArchive:
         try:
             return json.loads(self.read_bytes(name))
         except (ValueError, UnicodeDecodeError) as e:
-            raise ArchiveError(self.label, f"is not valid JSON ({e})", member=name) from e
+            raise ArchiveError(
+                self.label, f"is not valid JSON ({e})",
+                hint="the archive's metadata is damaged; take a new checkpoint", member=name
+            ) from e
 
     def nested_tar(self, name: str) -> NestedTar:
         """Open a tar stored inside the archive (``rootfs-diff.tar``) without copying it."""

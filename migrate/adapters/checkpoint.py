@@ -87,7 +87,8 @@ class Checkpoint:
             return json.loads(raw)
         except ValueError as e:
             raise ArchiveError(
-                self.label, f"annotation {key} is not valid JSON ({e})", member=SPEC_DUMP
+                self.label, f"annotation {key} is not valid JSON ({e})",
+                hint="the archive's metadata is damaged; take a new checkpoint", member=SPEC_DUMP
             ) from e
 
     def sizes(self) -> tuple[int, int, int]:
@@ -132,7 +133,9 @@ class Checkpoint:
         try:
             return ProcessMemory(pages_id, entries, size)
         except images.ImageError as e:
-            raise ArchiveError(self.label, str(e), member=member) from e
+            raise ArchiveError(
+                self.label, str(e), hint="the memory dump is incomplete or corrupt", member=member
+            ) from e
 
     def read_memory(self, mem: ProcessMemory, vaddr: int, length: int) -> bytes | None:
         """Bytes of memory at ``vaddr``, or None when the range was not dumped here."""
@@ -158,7 +161,8 @@ class Checkpoint:
             return []
         data = self.archive.read_json(DELETED_FILES)
         if not isinstance(data, list) or not all(isinstance(p, str) for p in data):
-            raise ArchiveError(self.label, "is not a JSON list of paths", member=DELETED_FILES)
+            raise ArchiveError(self.label, "is not a JSON list of paths",
+                               hint="the archive's metadata is damaged", member=DELETED_FILES)
         return data
 
     def criu_members(self) -> list[Member]:

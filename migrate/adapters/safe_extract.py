@@ -23,33 +23,81 @@ if TYPE_CHECKING:
 _SPECIAL = {"char", "block", "fifo", "other"}
 
 
-def _escapes(path: str) -> bool:
-    norm = posixpath.normpath(path)
-    return norm == ".." or norm.startswith("../") or posixpath.isabs(path)
+_MAX_LINK_HOPS = 40  # as the kernel's ELOOP limit
 
 
-def unsafe_reason(m: Member) -> str | None:
-    """Why extracting ``m`` could write outside the target, or None if it cannot."""
+class _Escape(Exception):
+    """A path resolves outside the extraction directory."""
+
+
+def _resolve(path: str, links: dict[str, str]) -> str:
+    """Where ``path`` (relative to the target) lands once earlier symlinks are followed.
+
+    ``links`` maps symlinks already extracted (resolved location -> link text).
+    Raises `_Escape` when the path leaves the target at any step.
+    """
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    done: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if not done:
+                raise _Escape
+            done.pop()
+            continue
+        here = "/".join([*done, part])
+        target = links.get(here)
+        if target is None:
+            done.append(part)
+            continue
+        hops += 1
+        if hops > _MAX_LINK_HOPS or posixpath.isabs(target):
+            raise _Escape
+        parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+    return "/".join(done)
+
+
+def _reason(m: Member, links: dict[str, str]) -> str | None:
+    """Why extracting ``m`` after the links so far could escape, or None if it cannot."""
     if not m.name or m.name.startswith("/"):
         return "has an absolute path"
     if ".." in m.name.split("/"):
         return "has a '..' path component"
     if m.kind in _SPECIAL:
         return f"is a {m.kind} special file"
-    if m.kind == "symlink":
-        if posixpath.isabs(m.linkname):
-            return f"is a symlink to the absolute path {m.linkname!r}"
-        if _escapes(posixpath.join(posixpath.dirname(m.name), m.linkname)):
+    try:
+        if m.kind == "symlink":
+            # The link itself replaces whatever is at its path; its parent and its
+            # target must both stay inside, following the links made before it.
+            if posixpath.isabs(m.linkname):
+                return f"is a symlink to the absolute path {m.linkname!r}"
+            parent = _resolve(posixpath.dirname(m.name), links)
+            _resolve(posixpath.join(parent, m.linkname), links)
+            links[posixpath.join(parent, posixpath.basename(m.name))] = m.linkname
+            return None
+        if m.kind == "hardlink":
+            _resolve(m.linkname, links)
+        _resolve(m.name, links)
+    except _Escape:
+        if m.kind == "symlink":
             return f"is a symlink pointing out of the target ({m.linkname!r})"
-    if m.kind == "hardlink" and _escapes(m.linkname):
-        return f"is a hard link to {m.linkname!r}, outside the target"
+        if m.kind == "hardlink":
+            return f"is a hard link to {m.linkname!r}, outside the target"
+        return "would be written through a symlink pointing out of the target"
     return None
 
 
 def check_members(members: Iterable[Member], label: str) -> None:
-    """Raise on the first member that could escape; nothing is written."""
+    """Raise on the first member that could escape; nothing is written.
+
+    Members are checked in order against a model of the tree extraction would
+    build, so chains of individually harmless links (``a -> .``, ``b -> a/..``)
+    are caught as well.
+    """
+    links: dict[str, str] = {}
     for m in members:
-        reason = unsafe_reason(m)
+        reason = _reason(m, links)
         if reason:
             raise UnsafeArchiveError(
                 label,
@@ -82,4 +130,7 @@ def extract_checked(reader: RangeReader, dest: Path, label: str) -> None:
             hint="a link in the target directory or the archive points outside it",
         ) from e
     except (tarfile.TarError, OSError) as e:
-        raise ArchiveError(label, f"extraction into {dest} failed: {e}") from e
+        raise ArchiveError(
+            label, f"extraction into {dest} failed: {e}",
+            hint="check that the directory is writable and the disk has space",
+        ) from e

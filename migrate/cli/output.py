@@ -8,7 +8,6 @@ from enum import StrEnum
 from typing import Any
 
 import typer
-import yaml
 
 
 class Format(StrEnum):
@@ -39,6 +38,8 @@ def emit(data: Any, fmt: str, human: Callable[[], str]) -> None:
     if fmt == "json":
         typer.echo(to_json(data))
     elif fmt == "yaml":
+        import yaml  # only -o yaml pays for it
+
         typer.echo(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), nl=False)
     else:
         typer.echo(human(), nl=False)
