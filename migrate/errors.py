@@ -21,6 +21,8 @@ class ExitCode(IntEnum):
     INVALID_INPUT = 3  # an archive, image or file is malformed, unsafe or unsupported
     NOT_FOUND = 4  # a named file, archive member, process or object does not exist
     DEPENDENCY = 5  # an external tool is missing or failed
+    REGISTRY = 7  # the image registry refused or failed a request
+    AUTH = 8  # credentials missing, wrong, or not allowed to do this
     PARTIAL = 10  # the command did part of its work; the report says which part
     INTERRUPTED = 130  # Ctrl-C
 
@@ -85,6 +87,27 @@ class DependencyError(MigrateError):
     """An external program the tool drives is missing or failed."""
 
     exit_code = ExitCode.DEPENDENCY
+
+
+class RegistryError(MigrateError):
+    """The registry answered with an error, or could not be reached."""
+
+    exit_code = ExitCode.REGISTRY
+
+
+class TransientRegistryError(RegistryError):
+    """A failure worth retrying: connection error, 5xx, 429 (``retry_after`` in seconds)."""
+
+    def __init__(self, message: str, hint: str | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, hint)
+        self.retry_after = retry_after
+
+
+class AuthError(MigrateError):
+    """Credentials are missing or wrong (401), or not allowed this action (403)."""
+
+    exit_code = ExitCode.AUTH
 
 
 class PartialFailure(MigrateError):

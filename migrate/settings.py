@@ -42,14 +42,91 @@ class OutputSettings:
     """Show tracebacks and debug logs."""
 
 
+class Secret:
+    """A credential that never shows itself in logs, errors or reprs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself, for the one place that sends it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """Retries of transient failures (connection errors, 5xx, 429, timeouts)."""
+
+    attempts: int = 5
+    """Tries in all, the first included."""
+
+    initial_wait: float = 0.5
+    """Seconds before the first retry; doubles each time (a Retry-After header wins)."""
+
+    max_wait: float = 20.0
+    """Longest wait between two tries (seconds)."""
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    """How to reach and authenticate to image registries."""
+
+    tls_verify: bool = True
+    """Verify TLS certificates; when False, plain HTTP is also allowed."""
+
+    cert_dir: Path | None = None
+    """Directory of CA certificates (*.crt) and a client pair (*.cert, *.key);
+    default: /etc/containers/certs.d/<host:port> when it exists."""
+
+    authfile: Path | None = None
+    """Credentials file (auth.json / docker config.json); default: the usual places."""
+
+    creds: tuple[str, Secret] | None = None
+    """User and password from --creds; wins over any file."""
+
+    timeout: float = 60.0
+    """Seconds to wait for the registry to connect or answer one read."""
+
+    chunk_bytes: int = 1024 * 1024
+    """Block size when streaming a layer (bytes)."""
+
+    retry: RetrySettings = field(default_factory=RetrySettings)
+
+    env: tuple[tuple[str, str], ...] = ()
+    """Environment values the credential lookup needs (REGISTRY_AUTH_FILE,
+    XDG_RUNTIME_DIR, HOME, DOCKER_CONFIG), captured at the CLI edge."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """Root of the settings tree."""
 
     output: OutputSettings = field(default_factory=OutputSettings)
     archive: ArchiveSettings = field(default_factory=ArchiveSettings)
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
     checkpoint_dirs: tuple[Path, ...] = (DEFAULT_CHECKPOINT_DIR,)
     """Where `migrate list` looks when no directory is given."""
+
+
+AUTH_ENV = ("REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "HOME", "DOCKER_CONFIG")
+
+
+def auth_env(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The environment values credential lookup depends on."""
+    return tuple((k, env[k]) for k in AUTH_ENV if k in env)
 
 
 def load_settings(
@@ -67,4 +144,5 @@ def load_settings(
             verbose=verbose, debug=debug or env.get("MIGRATE_DEBUG", "") in ("1", "true")
         ),
         checkpoint_dirs=dirs or (DEFAULT_CHECKPOINT_DIR,),
+        registry=RegistrySettings(env=auth_env(env)),
     )

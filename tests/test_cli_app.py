@@ -63,12 +63,12 @@ def test_missing_archive_exits_4(cli: Cli, tmp_path: Path) -> None:
 
 def test_unexpected_exception_is_one_line_without_traceback(
         cli: Cli, counters_archive: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from migrate.forensics import summary
+    from migrate.adapters import checkpoint
 
     def boom(*a: object, **k: object) -> None:
         raise RuntimeError("kaput")
 
-    monkeypatch.setattr(summary, "engine_of", boom)
+    monkeypatch.setattr(checkpoint, "engine_of", boom)
     r = cli("show", counters_archive)
     assert r.code == ExitCode.ERROR
     assert r.err == ("error: unexpected RuntimeError: kaput\n"
@@ -81,12 +81,12 @@ def test_unexpected_exception_is_one_line_without_traceback(
 
 def test_interrupt_exits_130(cli: Cli, counters_archive: Path,
                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from migrate.forensics import summary
+    from migrate.adapters import checkpoint
 
     def interrupted(*a: object, **k: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(summary, "engine_of", interrupted)
+    monkeypatch.setattr(checkpoint, "engine_of", interrupted)
     r = cli("show", counters_archive)
     assert (r.code, r.err) == (130, "error: interrupted\n")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +33,32 @@ BIND_MOUNTS = "bind.mounts"
 CRIU_DIR = "checkpoint"
 
 _UTSNS = re.compile(r"^checkpoint/utsns-\d+\.img$")
+
+ENGINE_CRIO, ENGINE_PODMAN, ENGINE_CONTAINERD = "CRI-O", "Podman", "containerd"
+CRIO_ANNOTATIONS = "io.kubernetes.cri-o.Annotations"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Which container this is, read the way checkpointctl reads each engine's archive."""
+
+    engine: str
+    container: str
+    pod: str
+    namespace: str
+    pod_uid: str
+    created: str
+    ip: str
+
+
+def engine_of(annotations: dict[str, str]) -> str:
+    """Which engine wrote the archive: spec.dump's io.container.manager, else containerd."""
+    manager = annotations.get("io.container.manager")
+    if manager == "cri-o":
+        return ENGINE_CRIO
+    if manager == "libpod":
+        return ENGINE_PODMAN
+    return ENGINE_CONTAINERD
 
 
 class Checkpoint:
@@ -90,6 +117,27 @@ class Checkpoint:
                 self.label, f"annotation {key} is not valid JSON ({e})",
                 hint="the archive's metadata is damaged; take a new checkpoint", member=SPEC_DUMP
             ) from e
+
+    def identity(self) -> Identity:
+        """Container, pod and engine, from each engine's own annotations."""
+        a, config = self.annotations, self.config
+        engine = engine_of(a)
+        created = config.get("createdTime", "")
+        uid = a.get("io.kubernetes.pod.uid", "")
+        if engine == ENGINE_CRIO:
+            meta = self.annotation_json("io.kubernetes.cri-o.Metadata")
+            name = meta.get("name", "") if isinstance(meta, dict) else ""
+            name = name or a.get("io.kubernetes.container.name", "") or config.get("name", "")
+            return Identity(engine, name, a.get("io.kubernetes.pod.name", ""),
+                            a.get("io.kubernetes.pod.namespace", ""), uid,
+                            a.get("io.kubernetes.cri-o.Created", created),
+                            a.get("io.kubernetes.cri-o.IP.0", ""))
+        if engine == ENGINE_CONTAINERD:
+            return Identity(engine,
+                            a.get("io.kubernetes.cri.container-name", "") or config.get("name", ""),
+                            a.get("io.kubernetes.cri.sandbox-name", ""),
+                            a.get("io.kubernetes.cri.sandbox-namespace", ""), uid, created, "")
+        return Identity(engine, config.get("name", ""), "", "", uid, created, "")
 
     def sizes(self) -> tuple[int, int, int]:
         """(CRIU image bytes, of which memory pages, rootfs-diff.tar bytes), from headers."""

@@ -8,9 +8,6 @@ from typing import Any
 from migrate.adapters.checkpoint import STATS_DUMP, Checkpoint
 from migrate.adapters.criu.images import DUMP_STAT_KEYS
 
-ENGINE_CRIO, ENGINE_PODMAN, ENGINE_CONTAINERD = "CRI-O", "Podman", "containerd"
-
-
 @dataclass(frozen=True)
 class CheckpointSize:
     """Sizes in bytes, read from tar headers."""
@@ -46,46 +43,9 @@ class Summary:
         return out
 
 
-def engine_of(annotations: dict[str, str]) -> str:
-    """Which engine wrote the archive, as checkpointctl decides it."""
-    manager = annotations.get("io.container.manager")
-    if manager == "cri-o":
-        return ENGINE_CRIO
-    if manager == "libpod":
-        return ENGINE_PODMAN
-    return ENGINE_CONTAINERD
-
-
-def _identity(ckpt: Checkpoint, engine: str) -> tuple[str, str, str, str, str]:
-    """(container name, pod, namespace, created, ip) from the engine's own annotations."""
-    a, config = ckpt.annotations, ckpt.config
-    created = config.get("createdTime", "")
-    if engine == ENGINE_CRIO:
-        meta = ckpt.annotation_json("io.kubernetes.cri-o.Metadata")
-        name = meta.get("name", "") if isinstance(meta, dict) else ""
-        name = name or a.get("io.kubernetes.container.name", "") or config.get("name", "")
-        return (
-            name,
-            a.get("io.kubernetes.pod.name", ""),
-            a.get("io.kubernetes.pod.namespace", ""),
-            a.get("io.kubernetes.cri-o.Created", created),
-            a.get("io.kubernetes.cri-o.IP.0", ""),
-        )
-    if engine == ENGINE_CONTAINERD:
-        return (
-            a.get("io.kubernetes.cri.container-name", "") or config.get("name", ""),
-            a.get("io.kubernetes.cri.sandbox-name", ""),
-            a.get("io.kubernetes.cri.sandbox-namespace", ""),
-            created,
-            "",
-        )
-    return config.get("name", ""), "", "", created, ""
-
-
 def summarize(ckpt: Checkpoint, *, with_stats: bool = False) -> Summary:
     """Read config.dump, spec.dump and tar headers (and stats-dump if asked)."""
-    engine = engine_of(ckpt.annotations)
-    name, pod, namespace, created, ip = _identity(ckpt, engine)
+    who = ckpt.identity()
     total, pages, diff = ckpt.sizes()
     stats = None
     if with_stats:
@@ -96,15 +56,15 @@ def summarize(ckpt: Checkpoint, *, with_stats: bool = False) -> Summary:
             stats = {k: raw[k] for k in DUMP_STAT_KEYS}
     config = ckpt.config
     return Summary(
-        container_name=name,
+        container_name=who.container,
         image=config.get("rootfsImageName", ""),
         id=config.get("id", ""),
         runtime=config.get("runtime", ""),
-        created=created,
-        engine=engine,
-        ip=ip,
-        pod_name=pod,
-        namespace=namespace,
+        created=who.created,
+        engine=who.engine,
+        ip=who.ip,
+        pod_name=who.pod,
+        namespace=who.namespace,
         checkpointed=config.get("checkpointedTime", ""),
         checkpoint_size=CheckpointSize(total, pages, diff),
         statistics=stats,

@@ -1,0 +1,1 @@
+"""OCI distribution: image references, credentials, a streaming registry client, OCI layouts."""

@@ -1,0 +1,139 @@
+"""Registry credentials: the same files and order buildah and podman use.
+
+Order: --creds, then the first of --authfile, REGISTRY_AUTH_FILE,
+$XDG_RUNTIME_DIR/containers/auth.json, $HOME/.config/containers/auth.json,
+$DOCKER_CONFIG/config.json or $HOME/.docker/config.json that has an entry for
+the registry. Within a file the most specific key wins (``host/ns/repo`` over
+``host``). Credential helpers (credHelpers, credsStore) are not run.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from migrate.errors import InputError, UsageError
+from migrate.settings import RegistrySettings, Secret
+
+log = logging.getLogger(__name__)
+
+Credentials = tuple[str, Secret]
+
+
+def parse_creds(value: str) -> Credentials:
+    """``USER:PASSWORD`` from --creds."""
+    user, sep, password = value.partition(":")
+    if not sep or not user:
+        raise UsageError("--creds must be USER:PASSWORD", hint="quote it if the password has "
+                         "shell characters, or use --authfile")
+    return user, Secret(password)
+
+
+def auth_files(settings: RegistrySettings) -> Iterator[Path]:
+    """Candidate credential files, most authoritative first."""
+    env = dict(settings.env)
+    if settings.authfile is not None:
+        yield settings.authfile
+        return  # an explicit file is the only one consulted, as with buildah
+    if env.get("REGISTRY_AUTH_FILE"):
+        yield Path(env["REGISTRY_AUTH_FILE"])
+    if env.get("XDG_RUNTIME_DIR"):
+        yield Path(env["XDG_RUNTIME_DIR"]) / "containers" / "auth.json"
+    home = env.get("HOME")
+    if home:
+        yield Path(home) / ".config" / "containers" / "auth.json"
+    if env.get("DOCKER_CONFIG"):
+        yield Path(env["DOCKER_CONFIG"]) / "config.json"
+    elif home:
+        yield Path(home) / ".docker" / "config.json"
+
+
+def _normalize_key(key: str) -> str:
+    # docker's legacy keys are URLs: "https://index.docker.io/v1/".
+    key = re.sub(r"^https?://", "", key).rstrip("/")
+    if key.startswith("index.docker.io"):
+        key = "docker.io" + key[len("index.docker.io"):].removesuffix("/v1")
+    return key
+
+
+def _decode_entry(entry: Mapping[str, object], path: Path, key: str) -> Credentials | None:
+    auth = entry.get("auth")
+    if isinstance(auth, str) and auth:
+        try:
+            user, sep, password = base64.b64decode(auth, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError) as e:
+            raise InputError(f"{path}: the entry for {key} has an invalid 'auth' value",
+                             hint="it must be base64 of USER:PASSWORD") from e
+        if sep:
+            return user, Secret(password)
+    name, word = entry.get("username"), entry.get("password")
+    if isinstance(name, str) and isinstance(word, str):
+        return name, Secret(word)
+    return None
+
+
+def _read(path: Path) -> Mapping[str, object] | None:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        # Never echo the file's content: it holds passwords.
+        raise InputError(f"{path}: cannot read the credentials file ({type(e).__name__})",
+                         hint="it must be JSON like {\"auths\": {\"HOST\": {\"auth\": ...}}}"
+                         ) from e
+    auths = data.get("auths") if isinstance(data, dict) else None
+    return auths if isinstance(auths, dict) else {}
+
+
+def lookup(registry: str, repository: str, settings: RegistrySettings) -> Credentials | None:
+    """Credentials for ``registry/repository``, or None to go anonymous."""
+    if settings.creds is not None:
+        return settings.creds
+    wanted = [f"{registry}/{repository}"]
+    parts = repository.split("/")
+    wanted += [f"{registry}/{'/'.join(parts[:i])}" for i in range(len(parts) - 1, 0, -1)]
+    wanted.append(registry)
+    for path in auth_files(settings):
+        auths = _read(path)
+        if not auths:
+            continue
+        entries = {_normalize_key(k): v for k, v in auths.items() if isinstance(v, dict)}
+        for key in wanted:
+            if key in entries:
+                creds = _decode_entry(entries[key], path, key)
+                if creds is not None:
+                    log.debug("using credentials for %s from %s", key, path)
+                    return creds
+    return None
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """A parsed ``WWW-Authenticate`` header."""
+
+    scheme: str  # "basic" or "bearer", lower-cased
+    params: dict[str, str]
+
+
+_PARAM = re.compile(r'(\w+)=(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
+
+
+def parse_challenge(header: str) -> Challenge:
+    """Parse ``Bearer realm="...",service="...",scope="..."`` or ``Basic realm="..."``."""
+    scheme, _, rest = header.strip().partition(" ")
+    params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
+              for m in _PARAM.finditer(rest)}
+    return Challenge(scheme.lower(), params)
+
+
+def basic_header(creds: Credentials) -> str:
+    """The ``Authorization`` value for Basic auth."""
+    raw = f"{creds[0]}:{creds[1].reveal()}".encode()
+    return "Basic " + base64.b64encode(raw).decode()

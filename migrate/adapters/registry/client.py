@@ -1,0 +1,238 @@
+"""A small OCI distribution client that streams layers in one pass.
+
+Authentication happens before any upload starts (a streamed body cannot be
+sent twice), so a 401 in the middle of a blob means the credentials are
+wrong, not that we forgot to log in. Every failure is translated here:
+connection errors, timeouts, 5xx and 429 become `TransientRegistryError` for
+the retry policy; 401/403 become `AuthError`; anything else `RegistryError`
+carrying the registry's own error code and message. Credentials never reach
+a message or a log line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urljoin, urlsplit
+
+import urllib3
+from urllib3.exceptions import HTTPError, SSLError
+
+from migrate.adapters.registry.auth import Credentials, basic_header, lookup, parse_challenge
+from migrate.adapters.registry.reference import Reference
+from migrate.errors import AuthError, RegistryError, TransientRegistryError
+from migrate.retry import registry_policy
+from migrate.settings import RegistrySettings
+
+log = logging.getLogger(__name__)
+
+CERTS_D = Path("/etc/containers/certs.d")
+_TLS_HINT = "give the registry's CA with --cert-dir DIR (DIR/*.crt), or --no-tls-verify"
+
+
+def _ssl_context(settings: RegistrySettings, host: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    if not settings.tls_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    cert_dir = settings.cert_dir or (CERTS_D / host)
+    if cert_dir.is_dir():
+        # The containers-certs.d(5) layout: CAs as *.crt, a client pair as *.cert + *.key.
+        for ca in sorted(cert_dir.glob("*.crt")):
+            ctx.load_verify_locations(cafile=str(ca))
+        for cert in sorted(cert_dir.glob("*.cert")):
+            ctx.load_cert_chain(str(cert), str(cert.with_suffix(".key")))
+    return ctx
+
+
+def _registry_message(resp: urllib3.BaseHTTPResponse) -> str:
+    """The registry's own explanation (``{"errors": [{code, message}]}``), if any."""
+    try:
+        errors = json.loads(resp.data or b"{}").get("errors") or []
+        return "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ")
+                         for e in errors if isinstance(e, dict))
+    except (ValueError, AttributeError):
+        return ""
+
+
+class RegistryClient:
+    """Talks to one repository of one registry."""
+
+    def __init__(self, ref: Reference, settings: RegistrySettings) -> None:
+        self.ref = ref
+        self.settings = settings
+        self._creds: Credentials | None = lookup(ref.registry, ref.repository, settings)
+        self._pool = urllib3.PoolManager(
+            ssl_context=_ssl_context(settings, ref.api_host),
+            timeout=urllib3.Timeout(connect=settings.timeout, read=settings.timeout),
+            retries=False,  # retries are ours: named policies, transient errors only
+        )
+        self._scheme = "https"
+        self._auth: str | None = None
+        self.policy = registry_policy(settings.retry)
+        self.requests = 0
+
+    # -- plumbing ---------------------------------------------------------------
+
+    def url(self, path: str) -> str:
+        """Absolute URL for an API path or a (possibly relative) Location."""
+        base = f"{self._scheme}://{self.ref.api_host}"
+        return urljoin(base + "/", path) if not urlsplit(path).scheme else path
+
+    def _send(self, method: str, url: str, body: Any, headers: dict[str, str],
+              chunked: bool) -> urllib3.BaseHTTPResponse:
+        if self._auth:
+            headers = {**headers, "Authorization": self._auth}
+        self.requests += 1
+        try:
+            return self._pool.request(method, url, body=body, headers=headers, chunked=chunked,
+                                      redirect=False, preload_content=True)
+        except SSLError as e:
+            raise RegistryError(f"TLS with {self.ref.registry} failed: {e.__class__.__name__}",
+                                hint=_TLS_HINT) from e
+        except HTTPError as e:
+            raise TransientRegistryError(
+                f"cannot reach {self.ref.registry}: {e.__class__.__name__}",
+                hint="check the registry address and that it is running") from e
+
+    def request(self, method: str, path: str, *, expected: set[int], body: Any = None,
+                headers: dict[str, str] | None = None, chunked: bool = False,
+                what: str = "request") -> urllib3.BaseHTTPResponse:
+        """Send once; map the status to the error tree. Retrying is the caller's policy."""
+        resp = self._send(method, self.url(path), body, dict(headers or {}), chunked)
+        replayable = body is None or isinstance(body, bytes)
+        if resp.status == 401 and replayable:  # e.g. a token expired during a long upload
+            self._authenticate(resp)
+            resp = self._send(method, self.url(path), body, dict(headers or {}), chunked)
+        if resp.status in expected:
+            return resp
+        self._raise(resp, what)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _raise(self, resp: urllib3.BaseHTTPResponse, what: str) -> None:
+        detail = _registry_message(resp) or resp.reason or ""
+        msg = f"{self.ref.registry}: {what} failed: HTTP {resp.status}" + (
+            f" ({detail})" if detail else "")
+        if resp.status in (401, 403):
+            who = f"as {self._creds[0]!r}" if self._creds else "without credentials"
+            raise AuthError(msg + f" {who}", hint=(
+                "check the user and password (--creds USER:PASS or --authfile FILE)"
+                if resp.status == 401 else
+                f"the account may not push to {self.ref.repository}"))
+        if resp.status == 429 or resp.status >= 500:
+            retry_after = resp.headers.get("Retry-After")
+            raise TransientRegistryError(
+                msg, hint="the registry is overloaded or failing; try again later",
+                retry_after=float(retry_after) if retry_after and retry_after.isdigit()
+                else None)
+        raise RegistryError(msg, hint="the registry refused the request")
+
+    # -- authentication -----------------------------------------------------------
+
+    def _authenticate(self, resp: urllib3.BaseHTTPResponse) -> None:
+        header = resp.headers.get("WWW-Authenticate", "")
+        challenge = parse_challenge(header)
+        if challenge.scheme == "basic" and self._creds:
+            self._auth = basic_header(self._creds)
+        elif challenge.scheme == "bearer":
+            self._auth = "Bearer " + self._token(challenge.params)
+        else:
+            self._raise(resp, "authentication")
+
+    def _token(self, params: dict[str, str]) -> str:
+        realm = params.get("realm")
+        if not realm:
+            raise RegistryError(f"{self.ref.registry}: Bearer challenge without a realm",
+                                hint="the registry's auth configuration is broken")
+        query = {"scope": f"repository:{self.ref.repository}:pull,push"}
+        if params.get("service"):
+            query["service"] = params["service"]
+        headers = {"Authorization": basic_header(self._creds)} if self._creds else {}
+        url = realm + ("&" if "?" in realm else "?") + urlencode(query)
+        self.requests += 1
+        try:
+            resp = self._pool.request("GET", url, headers=headers, redirect=False)
+        except HTTPError as e:
+            raise TransientRegistryError(f"cannot reach the token service of "
+                                         f"{self.ref.registry}: {e.__class__.__name__}") from e
+        if resp.status != 200:
+            self._raise(resp, "token request")
+        try:
+            data = json.loads(resp.data)
+            token: str = data.get("token") or data["access_token"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise RegistryError(f"{self.ref.registry}: the token service answered without a "
+                                "token", hint="the registry's auth configuration is broken") from e
+        return token
+
+    def login(self) -> None:
+        """Pick http(s) and authenticate before anything is uploaded."""
+        def ping() -> urllib3.BaseHTTPResponse:
+            return self._send("GET", self.url("/v2/"), None, {}, False)
+
+        try:
+            resp = ping()
+        except RegistryError:
+            if self.settings.tls_verify or self._scheme == "http":
+                raise
+            # --no-tls-verify also allows plain HTTP, as buildah's --tls-verify=false does.
+            self._scheme = "http"
+            resp = ping()
+        if resp.status == 401:
+            self._authenticate(resp)
+            resp = ping()
+        if resp.status != 200:
+            self._raise(resp, "login")
+
+    # -- the API ----------------------------------------------------------------------
+
+    def has_blob(self, digest: str) -> bool:
+        """Whether the repository already has this blob."""
+        resp = self.request("HEAD", f"/v2/{self.ref.repository}/blobs/{digest}",
+                            expected={200, 404}, what="blob check")
+        return resp.status == 200
+
+    def start_upload(self) -> str:
+        """Open an upload session; returns its location."""
+        resp = self.request("POST", f"/v2/{self.ref.repository}/blobs/uploads/",
+                            expected={202}, what="upload start")
+        return self.url(resp.headers["Location"])
+
+    def cancel_upload(self, location: str) -> None:
+        """Best effort: drop a session so no partial blob lingers."""
+        try:
+            self._send("DELETE", location, None, {}, False)
+        except RegistryError as e:
+            log.debug("cancelling upload failed: %s", e)
+
+    def stream_upload(self, location: str, chunks: Iterable[bytes | memoryview]) -> str:
+        """PATCH the whole stream in one request; returns the session's next location."""
+        resp = self.request("PATCH", location, body=chunks, chunked=True, expected={202},
+                            headers={"Content-Type": "application/octet-stream"},
+                            what="layer upload")
+        return self.url(resp.headers["Location"])
+
+    def finish_upload(self, location: str, digest: str, data: bytes = b"") -> None:
+        """Close a session, naming the digest the registry must verify."""
+        sep = "&" if "?" in location else "?"
+        self.request("PUT", f"{location}{sep}{urlencode({'digest': digest})}", body=data,
+                     headers={"Content-Type": "application/octet-stream"}, expected={201},
+                     what="upload completion")
+
+    def put_manifest(self, reference: str, data: bytes, media_type: str) -> str:
+        """Upload a manifest or index under a tag or digest; returns the registry's digest."""
+        resp = self.request("PUT", f"/v2/{self.ref.repository}/manifests/{reference}",
+                            body=data, headers={"Content-Type": media_type}, expected={201},
+                            what="manifest upload")
+        return resp.headers.get("Docker-Content-Digest", "")
+
+    def get_manifest(self, reference: str, media_type: str) -> bytes:
+        """Fetch a manifest by tag or digest."""
+        resp = self.request("GET", f"/v2/{self.ref.repository}/manifests/{reference}",
+                            headers={"Accept": media_type}, expected={200},
+                            what="manifest fetch")
+        return bytes(resp.data)

@@ -1,0 +1,70 @@
+"""Image references: ``[registry/]repository[:tag][@digest]``, parsed as container tools do."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from migrate.errors import UsageError
+
+DOCKER_HUB = "docker.io"
+_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
+_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A parsed image reference."""
+
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def api_host(self) -> str:
+        """Where the registry API lives (Docker Hub's API host differs from its name)."""
+        return "registry-1.docker.io" if self.registry == DOCKER_HUB else self.registry
+
+    def with_digest(self, digest: str) -> str:
+        """``registry/repository[:tag]@digest``, the form to pull exactly this image."""
+        return f"{self.name}{':' + self.tag if self.tag else ''}@{digest}"
+
+    @property
+    def name(self) -> str:
+        """``registry/repository``."""
+        return f"{self.registry}/{self.repository}"
+
+    def __str__(self) -> str:
+        out = self.name + (f":{self.tag}" if self.tag else "")
+        return out + (f"@{self.digest}" if self.digest else "")
+
+
+def _bad(ref: str, why: str) -> UsageError:
+    return UsageError(f"invalid image reference {ref!r}: {why}",
+                      hint="use REGISTRY/REPOSITORY[:TAG], e.g. registry.example:5000/ckpt/app:v1")
+
+
+def parse_reference(ref: str) -> Reference:
+    """Parse ``ref``; a name without a registry means Docker Hub, as in docker and podman."""
+    rest, digest = (ref.split("@", 1) + [""])[:2] if "@" in ref else (ref, "")
+    if digest and not _DIGEST.match(digest):
+        raise _bad(ref, "the digest must be sha256:<64 hex digits>")
+    first, _, remainder = rest.partition("/")
+    if remainder and ("." in first or ":" in first or first == "localhost"):
+        registry, path = first, remainder
+    else:
+        registry, path = DOCKER_HUB, rest
+        if "/" not in path:
+            path = f"library/{path}"
+    tag = None
+    if ":" in path.rsplit("/", 1)[-1]:
+        path, tag = path.rsplit(":", 1)
+        if not _TAG.match(tag):
+            raise _bad(ref, f"the tag {tag!r} is not valid")
+    if not path or not all(_COMPONENT.match(c) for c in path.split("/")):
+        raise _bad(ref, "repository names are lower-case letters, digits and . _ - separators")
+    if not tag and not digest:
+        tag = "latest"
+    return Reference(registry, path, tag, digest or None)

@@ -1,0 +1,47 @@
+"""Named retry policies: transient failures only, limits from settings.
+
+Only errors marked transient (connection failures, timeouts, HTTP 5xx and
+429) are retried; any other error, a 401 or 404 say, fails at once. A
+``Retry-After`` given by the server is honoured over the backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity.wait import wait_base, wait_exponential
+
+from migrate.errors import TransientRegistryError
+from migrate.settings import RetrySettings
+
+log = logging.getLogger(__name__)
+
+
+class _RetryAfterOrBackoff(wait_base):
+    def __init__(self, settings: RetrySettings) -> None:
+        self.backoff = wait_exponential(multiplier=settings.initial_wait, max=settings.max_wait)
+        self.max_wait = settings.max_wait
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome else None
+        if isinstance(exc, TransientRegistryError) and exc.retry_after is not None:
+            return min(exc.retry_after, self.max_wait)
+        return float(self.backoff(retry_state))
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    log.info("retrying after attempt %d failed: %s", state.attempt_number, exc)
+
+
+def registry_policy(settings: RetrySettings) -> Retrying:
+    """Retry a registry request (or a whole blob upload) on transient failures."""
+    return Retrying(
+        retry=retry_if_exception_type(TransientRegistryError),
+        stop=stop_after_attempt(settings.attempts),
+        wait=_RetryAfterOrBackoff(settings),
+        before_sleep=_log_retry,
+        reraise=True,
+    )
