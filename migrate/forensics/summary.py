@@ -8,6 +8,7 @@ from typing import Any
 from migrate.adapters.checkpoint import STATS_DUMP, Checkpoint
 from migrate.adapters.criu.images import DUMP_STAT_KEYS
 
+
 @dataclass(frozen=True)
 class CheckpointSize:
     """Sizes in bytes, read from tar headers."""

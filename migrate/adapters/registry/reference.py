@@ -48,7 +48,7 @@ def _bad(ref: str, why: str) -> UsageError:
 
 def parse_reference(ref: str) -> Reference:
     """Parse ``ref``; a name without a registry means Docker Hub, as in docker and podman."""
-    rest, digest = (ref.split("@", 1) + [""])[:2] if "@" in ref else (ref, "")
+    rest, _, digest = ref.partition("@")
     if digest and not _DIGEST.match(digest):
         raise _bad(ref, "the digest must be sha256:<64 hex digits>")
     first, _, remainder = rest.partition("/")
