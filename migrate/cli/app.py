@@ -51,9 +51,10 @@ def root(
 
 
 def _register() -> None:
-    from migrate.cli import archive
+    from migrate.cli import archive, images
 
     archive.register(app)
+    images.register(app)
 
 
 _register()

@@ -171,6 +171,7 @@ class TaskCore:
 
     comm: str
     task_state: int
+    mtype: int = 0  # machine type: 1 x86_64, 3 aarch64, ... (0: unknown)
 
     @property
     def state(self) -> str:
@@ -187,7 +188,8 @@ def parse_core(data: bytes) -> TaskCore:
     if tc is None:
         raise ImageError("has no task_core (tc) entry")
     _require(tc, "task_core", "comm")
-    return TaskCore(comm=tc["comm"], task_state=tc.get("task_state", 0))
+    return TaskCore(comm=tc["comm"], task_state=tc.get("task_state", 0),
+                    mtype=entries[0].get("mtype", 0))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,82 @@
+"""`migrate build`: a checkpoint archive as an OCI image CRI-O restores from."""
+
+from __future__ import annotations
+
+import dataclasses
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+
+from migrate.adapters.registry.auth import parse_creds
+from migrate.adapters.registry.reference import parse_reference
+from migrate.cli.output import Format, emit, table
+from migrate.pipeline.build import BuildReport, BuildRequest, build_image
+from migrate.settings import Settings
+from migrate.units import human_size
+
+
+class Builder(StrEnum):
+    """Image builders."""
+
+    native = "native"
+    buildah = "buildah"
+
+
+class Compression(StrEnum):
+    """Layer compressions."""
+
+    none = "none"
+    gzip = "gzip"
+    zstd = "zstd"
+
+
+def _human(r: BuildReport) -> str:
+    where = "pushed" if r.destination == "registry" else f"wrote to {r.destination}:"
+    lines = [f"{where} {r.reference}",
+             f"builder {r.builder}, compression {r.compression}",
+             f"archive {human_size(r.archive_size)}, layer {human_size(r.layer_size)}, "
+             f"image {human_size(r.image_size)}", ""]
+    return "\n".join(lines) + table(("step", "time"),
+                                    [(k, f"{v:.3f} s") for k, v in r.timings.items()])
+
+
+def build(
+    ctx: typer.Context,
+    archive: Path = typer.Argument(..., help="Checkpoint archive (checkpoint-*.tar).",
+                                   metavar="ARCHIVE", show_default=False),
+    image: str = typer.Option(..., "--image", "-i", help="Image reference to push, "
+                              "REGISTRY/REPOSITORY[:TAG].", show_default=False),
+    builder: Builder = typer.Option(Builder.native, "--builder", help="How to build."),
+    push: bool = typer.Option(True, "--push/--no-push", help="Push to the registry."),
+    compression: Compression = typer.Option(Compression.none, "--compression",
+                                            help="Layer compression."),
+    authfile: Path | None = typer.Option(None, "--authfile", help="Credentials file "
+                                         "(auth.json / docker config.json)."),
+    creds: str | None = typer.Option(None, "--creds", help="USER:PASSWORD for the registry.",
+                                     metavar="USER:PASS"),
+    tls_verify: bool = typer.Option(True, "--tls-verify/--no-tls-verify",
+                                    help="Verify TLS; --no-tls-verify also allows plain HTTP."),
+    cert_dir: Path | None = typer.Option(None, "--cert-dir", help="CA certificates (*.crt) "
+                                         "and client pair (*.cert, *.key)."),
+    oci_layout: Path | None = typer.Option(None, "--oci-layout", metavar="DIR",
+                                           help="With --no-push: write an OCI layout."),
+    oci_index: bool = typer.Option(False, "--oci-index", help="Also push an OCI index "
+                                   "carrying the annotations (containerd 2.1-2.3)."),
+    output: Format = typer.Option(Format.table, "-o", "--output", help="Output format."),
+) -> None:
+    """Build an OCI checkpoint image from an archive and push it (or write an OCI layout)."""
+    base: Settings = ctx.obj
+    settings = dataclasses.replace(base, registry=dataclasses.replace(
+        base.registry, tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile,
+        creds=parse_creds(creds) if creds is not None else None))
+    report = build_image(BuildRequest(
+        archive=archive, image=parse_reference(image), builder=builder.value,
+        compression=compression.value, push=push, oci_layout=oci_layout,
+        oci_index=oci_index), settings)
+    emit(report.to_dict(), output.value, lambda: _human(report))
+
+
+def register(app: typer.Typer) -> None:
+    """Attach the image commands to the root app."""
+    app.command("build")(build)

@@ -1,0 +1,1 @@
+"""Pipeline stages of a migration: build (and later checkpoint, render, restore, verify)."""

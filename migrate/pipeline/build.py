@@ -1,0 +1,159 @@
+"""Build stage: checkpoint archive -> OCI checkpoint image, pushed and verified.
+
+1. validate: open the archive, refuse what CRI-O would refuse, derive annotations;
+2. build and push, natively (one streaming pass) or with buildah;
+3. verify: read the manifest back and check the digest and the checkpoint annotation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from migrate.adapters.buildah import BuildahPush, build_with_buildah
+from migrate.adapters.checkpoint import Checkpoint
+from migrate.adapters.registry.client import RegistryClient
+from migrate.adapters.registry.layout import OciLayout
+from migrate.adapters.registry.reference import Reference
+from migrate.errors import RegistryError, UsageError
+from migrate.pipeline.annotations import CHECKPOINT_NAME, checkpoint_image_info
+from migrate.pipeline.native import (
+    INDEX,
+    MANIFEST,
+    LayoutTarget,
+    RegistryTarget,
+    Target,
+    build_native,
+)
+from migrate.pipeline.timing import Stopwatch
+from migrate.settings import Settings
+
+BUILDERS = ("native", "buildah")
+COMPRESSIONS = ("none", "gzip", "zstd")
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """One `migrate build`."""
+
+    archive: Path
+    image: Reference
+    builder: str = "native"
+    compression: str = "none"
+    push: bool = True
+    oci_layout: Path | None = None
+    oci_index: bool = False
+
+    def check(self) -> None:
+        """Refuse contradictory requests before any work."""
+        if self.builder not in BUILDERS:
+            raise UsageError(f"unknown builder {self.builder!r}", hint="use native or buildah")
+        if self.compression not in COMPRESSIONS:
+            raise UsageError(f"unknown compression {self.compression!r}",
+                             hint="use none, gzip or zstd")
+        if self.push and self.oci_layout:
+            raise UsageError("--oci-layout writes a local image instead of pushing",
+                             hint="add --no-push")
+        if not self.push and not self.oci_layout:
+            raise UsageError("--no-push needs --oci-layout DIR to put the image somewhere")
+        if self.builder == "buildah" and self.compression == "none":
+            # containers/image always compresses what buildah pushes (buildah#3904);
+            # asking for none would silently give gzip.
+            raise UsageError("buildah cannot push uncompressed layers",
+                             hint="use --builder native for --compression none, or give "
+                             "buildah --compression gzip or zstd")
+        if self.oci_index and self.builder == "buildah":
+            raise UsageError("--oci-index is only made by the native builder",
+                             hint="use --builder native")
+
+
+@dataclass
+class BuildReport:
+    """What was built and where it went (the JSON form of `migrate build`)."""
+
+    image: str
+    digest: str
+    builder: str
+    compression: str
+    layer_size: int
+    image_size: int
+    archive_size: int
+    annotations: dict[str, str]
+    timings: dict[str, float] = field(default_factory=dict)
+    destination: str = "registry"
+
+    @property
+    def reference(self) -> str:
+        """``IMAGE@DIGEST``: what a Pod should name to get exactly this image."""
+        return f"{self.image.split('@')[0]}@{self.digest}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Stable JSON keys (schemas/build.schema.json)."""
+        return {"image": self.image, "reference": self.reference, "digest": self.digest,
+                "builder": self.builder, "compression": self.compression,
+                "layer_size": self.layer_size, "image_size": self.image_size,
+                "archive_size": self.archive_size, "destination": self.destination,
+                "annotations": self.annotations,
+                "timings": {k: round(v, 6) for k, v in self.timings.items()}}
+
+
+def _verify(client: RegistryClient, digest: str, info_name: str) -> dict[str, Any]:
+    """Read the pushed manifest back by digest; returns it (index resolved)."""
+    accept = f"{MANIFEST}, {INDEX}"
+    data = client.get_manifest(digest, accept)
+    doc: dict[str, Any] = json.loads(data)
+    if doc.get("mediaType") == INDEX:
+        doc = json.loads(client.get_manifest(doc["manifests"][0]["digest"], MANIFEST))
+    if doc.get("annotations", {}).get(CHECKPOINT_NAME) != info_name:
+        raise RegistryError(f"{client.ref}: the pushed manifest lacks {CHECKPOINT_NAME}",
+                            hint="the registry altered the manifest; CRI-O would not restore it")
+    return doc
+
+
+def build_image(req: BuildRequest, settings: Settings,
+                on_progress: Callable[[int], None] | None = None) -> BuildReport:
+    """Run the build stage; ``on_progress`` hears the archive bytes read so far."""
+    req.check()
+    timer = Stopwatch()
+    with timer.step("validate"), Checkpoint(req.archive, settings.archive) as ckpt:
+        info = checkpoint_image_info(ckpt)
+        archive_size = ckpt.archive.file_size
+    client = RegistryClient(req.image, settings.registry) if req.push else None
+    if client is not None:
+        with timer.step("login"):
+            for attempt in client.policy:
+                with attempt:
+                    client.login()
+    if req.builder == "native":
+        target: Target
+        if client is not None:
+            target = RegistryTarget(client)
+        else:
+            assert req.oci_layout is not None  # BuildRequest.check made sure
+            target = LayoutTarget(OciLayout(req.oci_layout))
+        result = build_native(req.archive, info, target, tag=req.image.tag or None,
+                              compression=req.compression,
+                              chunk_bytes=settings.registry.chunk_bytes,
+                              oci_index=req.oci_index, timer=timer, on_progress=on_progress)
+        digest, layer_size, image_size = result.digest, result.layer.size, result.image_size
+    else:
+        reg = settings.registry
+        dest = str(req.image) if client is not None else f"oci:{req.oci_layout}:{req.image.tag}"
+        built = build_with_buildah(req.archive, info.annotations, push=BuildahPush(
+            destination=dest, tls_verify=reg.tls_verify, cert_dir=reg.cert_dir,
+            authfile=reg.authfile, creds=reg.creds, compression=req.compression))
+        timer.timings.update(built.timings)
+        digest, layer_size, image_size = built.digest or "", 0, 0
+    if client is not None:
+        with timer.step("verify"):
+            doc = _verify(client, digest, info.identity.container)
+        layer_size = layer_size or sum(int(x["size"]) for x in doc["layers"])
+        image_size = image_size or layer_size + int(doc["config"]["size"])
+    return BuildReport(image=str(req.image), digest=digest, builder=req.builder,
+                       compression=req.compression, layer_size=layer_size,
+                       image_size=image_size, archive_size=archive_size,
+                       annotations=info.annotations, timings=timer.timings,
+                       destination="registry" if client is not None else str(req.oci_layout))

@@ -1,0 +1,348 @@
+"""`migrate build` against the real registry server (Debian docker-registry on 127.0.0.1).
+
+Images are pulled back with buildah and their root compared byte for byte
+with the archive; annotations are read from the pushed manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import tarfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from migrate.adapters.registry.reference import parse_reference
+from migrate.errors import ExitCode, TransientRegistryError
+from migrate.pipeline.build import BuildRequest, build_image
+from migrate.settings import RetrySettings, Settings, load_settings
+from migrate.validation import validate
+from tests.conftest import Result
+from tests.registries import RegistryUnderTest
+
+Cli = Callable[..., Result]
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+INDEX = "application/vnd.oci.image.index.v1+json"
+CRIO_NAME = "io.kubernetes.cri-o.annotations.checkpoint.name"
+LAYER_TYPES = {"none": "application/vnd.oci.image.layer.v1.tar",
+               "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+               "zstd": "application/vnd.oci.image.layer.v1.tar+zstd"}
+
+
+BLOB_INFO_CACHE = Path("/var/lib/containers/cache/blob-info-cache-v1.boltdb")
+
+
+@pytest.fixture(autouse=True)
+def _cold_buildah_cache() -> None:
+    """buildah reuses blobs it remembers pushing (even in another repository, in another
+    compression); each test starts cold so that it pushes what it is asked to."""
+    BLOB_INFO_CACHE.unlink(missing_ok=True)
+
+
+def manifest(reg: RegistryUnderTest, repo: str, ref: str, accept: str = MANIFEST,
+             scope_actions: str = "pull") -> dict[str, Any]:
+    r = reg.http().request("GET", f"{reg.url}/v2/{repo}/manifests/{ref}",
+                           headers={"Accept": accept,
+                                    **reg.auth_headers(f"repository:{repo}:{scope_actions}")})
+    assert r.status == 200, (r.status, r.data)
+    doc: dict[str, Any] = json.loads(r.data)
+    return doc
+
+
+def archive_files(archive: Path) -> dict[str, bytes]:
+    with tarfile.open(archive) as tf:
+        return {m.name: tf.extractfile(m).read()  # type: ignore[union-attr]
+                for m in tf.getmembers() if m.isreg()}
+
+
+def pulled_root(image: str, reg: RegistryUnderTest) -> Iterator[Path]:
+    """buildah pulls and mounts the image; yields its root."""
+    args = ["--tls-verify=false"] if not reg.tls else ["--cert-dir", str(reg.cert_dir)]
+    if reg.creds:
+        args += ["--creds", reg.creds]
+    ctr = subprocess.run(["buildah", "from", "-q", *args, image], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    try:
+        mnt = subprocess.run(["buildah", "mount", ctr], check=True, capture_output=True,
+                             text=True).stdout.strip()
+        yield Path(mnt)
+    finally:
+        subprocess.run(["buildah", "rm", ctr], capture_output=True)
+        subprocess.run(["buildah", "rmi", "-f", image], capture_output=True)
+
+
+def assert_root_holds_archive(image: str, reg: RegistryUnderTest, archive: Path) -> None:
+    expected = archive_files(archive)
+    for root in pulled_root(image, reg):
+        for name, data in expected.items():
+            assert (root / name).read_bytes() == data, name
+        on_disk = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+        assert on_disk == set(expected)
+
+
+@pytest.mark.parametrize(("builder", "compression"), [
+    ("native", "none"), ("native", "gzip"), ("native", "zstd"),
+    ("buildah", "gzip"), ("buildah", "zstd"),
+])
+def test_push_pull_back_byte_for_byte(cli: Cli, counters_archive: Path,
+                                      plain_registry: RegistryUnderTest, unique_repo: str,
+                                      builder: str, compression: str) -> None:
+    image = f"{plain_registry.host}/{unique_repo}:v1"
+    r = cli("build", counters_archive, "--image", image, "--builder", builder,
+            "--compression", compression, "--no-tls-verify", "-o", "json")
+    assert r.code == 0, r.err
+    report = r.json()
+    validate(report, "build.schema.json", "build -o json")
+    assert report["reference"] == f"{image}@{report['digest']}"
+    doc = manifest(plain_registry, unique_repo, report["digest"])
+    assert doc["layers"][0]["mediaType"] == LAYER_TYPES[compression]
+    assert doc["layers"][0]["size"] == report["layer_size"]
+    ann = doc["annotations"]
+    assert ann[CRIO_NAME] == "counter"
+    assert ann["org.criu.checkpoint.pod.name"] == "counters"
+    assert ann["org.criu.checkpoint.pod.namespace"] == "default"
+    assert ann["io.kubernetes.cri-o.annotations.checkpoint.rootfsImageName"] == \
+        "quay.io/adrianreber/counter:blog"
+    assert report["annotations"].items() <= ann.items()
+    if builder == "native":
+        config = json.loads(plain_registry.http().request(
+            "GET", f"{plain_registry.url}/v2/{unique_repo}/blobs/{doc['config']['digest']}").data)
+        archive_sha = hashlib.sha256(counters_archive.read_bytes()).hexdigest()
+        assert config["rootfs"]["diff_ids"] == [f"sha256:{archive_sha}"]
+        assert config["architecture"] == "amd64"
+    assert_root_holds_archive(image, plain_registry, counters_archive)
+
+
+def test_builders_make_equivalent_images(cli: Cli, counters_archive: Path,
+                                         plain_registry: RegistryUnderTest,
+                                         unique_repo: str) -> None:
+    docs, roots = {}, {}
+    for builder in ("native", "buildah"):
+        image = f"{plain_registry.host}/{unique_repo}:{builder}"
+        r = cli("build", counters_archive, "--image", image, "--builder", builder,
+                "--compression", "gzip", "--no-tls-verify", "-o", "json")
+        assert r.code == 0, r.err
+        docs[builder] = manifest(plain_registry, unique_repo, builder)
+        for root in pulled_root(image, plain_registry):
+            roots[builder] = {str(p.relative_to(root)): p.read_bytes()
+                              for p in root.rglob("*") if p.is_file()}
+    ours = {k: v for k, v in docs["native"]["annotations"].items()}
+    assert ours.items() <= docs["buildah"]["annotations"].items()
+    assert roots["native"] == roots["buildah"]
+
+
+def test_no_push_writes_an_oci_layout(cli: Cli, counters_archive: Path, tmp_path: Path) -> None:
+    layout = tmp_path / "layout"
+    r = cli("build", counters_archive, "--image", "example.org/ckpt/counter:v2", "--no-push",
+            "--oci-layout", layout, "--compression", "zstd", "-o", "json")
+    assert r.code == 0, r.err
+    report = r.json()
+    assert report["destination"] == str(layout)
+    index = json.loads((layout / "index.json").read_text())
+    (entry,) = index["manifests"]
+    assert entry["annotations"]["org.opencontainers.image.ref.name"] == "v2"
+    assert entry["digest"] == report["digest"]
+    blob = layout / "blobs" / "sha256" / entry["digest"].removeprefix("sha256:")
+    doc = json.loads(blob.read_bytes())
+    assert hashlib.sha256(blob.read_bytes()).hexdigest() == entry["digest"][7:]
+    assert doc["annotations"][CRIO_NAME] == "counter"
+    for f in (layout / "blobs" / "sha256").iterdir():
+        assert f.stat().st_mode & 0o777 == 0o600, f
+    assert not list((layout / "blobs" / "sha256").glob("*.partial"))
+    # buildah reads the layout back: the root holds the archive.
+    ctr = subprocess.run(["buildah", "from", "-q", f"oci:{layout}:v2"], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    image_id = subprocess.run(["buildah", "inspect", "--format", "{{.FromImageID}}", ctr],
+                              capture_output=True, text=True).stdout.strip()
+    try:
+        mnt = Path(subprocess.run(["buildah", "mount", ctr], check=True, capture_output=True,
+                                  text=True).stdout.strip())
+        assert (mnt / "spec.dump").read_bytes() == archive_files(counters_archive)["spec.dump"]
+    finally:
+        subprocess.run(["buildah", "rm", ctr], capture_output=True)
+        subprocess.run(["buildah", "rmi", "-f", image_id], capture_output=True)
+
+
+def test_oci_index_carries_the_annotations(cli: Cli, counters_archive: Path,
+                                           plain_registry: RegistryUnderTest,
+                                           unique_repo: str) -> None:
+    image = f"{plain_registry.host}/{unique_repo}:v1"
+    r = cli("build", counters_archive, "--image", image, "--oci-index", "--no-tls-verify",
+            "-o", "json")
+    assert r.code == 0, r.err
+    index = manifest(plain_registry, unique_repo, "v1", accept=INDEX)
+    assert index["mediaType"] == INDEX
+    assert index["annotations"][CRIO_NAME] == "counter"
+    assert index["annotations"]["org.criu.checkpoint.container.name"] == "counter"
+    inner = manifest(plain_registry, unique_repo, index["manifests"][0]["digest"])
+    assert inner["annotations"] == index["annotations"]
+    assert index["manifests"][0]["platform"] == {"architecture": "amd64", "os": "linux"}
+
+
+@pytest.mark.parametrize("how", ["creds", "authfile", "env"])
+def test_tls_and_basic_auth(cli: Cli, counters_archive: Path, tmp_path: Path,
+                            tls_basic_registry: RegistryUnderTest, unique_repo: str,
+                            monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    reg = tls_basic_registry
+    image = f"{reg.host}/{unique_repo}:v1"
+    auth = tmp_path / "auth.json"
+    import base64
+    auth.write_text(json.dumps({"auths": {reg.host: {
+        "auth": base64.b64encode(f"{reg.username}:{reg.password}".encode()).decode()}}}))
+    args: list[str | Path] = {"creds": ["--creds", f"{reg.username}:{reg.password}"],
+                              "authfile": ["--authfile", auth], "env": []}[how]
+    if how == "env":
+        monkeypatch.setenv("REGISTRY_AUTH_FILE", str(auth))
+    r = cli("build", counters_archive, "--image", image, "--cert-dir", reg.cert_dir, *args,
+            "--compression", "gzip", "-o", "json")
+    assert r.code == 0, r.err
+    assert manifest(reg, unique_repo, "v1")["annotations"][CRIO_NAME] == "counter"
+
+
+def test_wrong_credentials(cli: Cli, counters_archive: Path,
+                           tls_basic_registry: RegistryUnderTest, unique_repo: str) -> None:
+    reg = tls_basic_registry
+    r = cli("build", counters_archive, "--image", f"{reg.host}/{unique_repo}:v1",
+            "--cert-dir", reg.cert_dir, "--creds", "alice:not-the-password")
+    assert r.code == ExitCode.AUTH
+    assert r.err == (f"error: {reg.host}: login failed: HTTP 401 (UNAUTHORIZED: authentication "
+                     "required) as 'alice'\n"
+                     "hint: check the user and password (--creds USER:PASS or --authfile "
+                     "FILE)\n")
+    assert "not-the-password" not in r.out + r.err
+
+
+def test_tls_without_the_ca(cli: Cli, counters_archive: Path,
+                            tls_basic_registry: RegistryUnderTest, unique_repo: str) -> None:
+    reg = tls_basic_registry
+    r = cli("build", counters_archive, "--image", f"{reg.host}/{unique_repo}:v1",
+            "--creds", f"{reg.username}:{reg.password}")
+    assert r.code == ExitCode.REGISTRY
+    assert r.err == (f"error: TLS with {reg.host} failed: SSLError\n"
+                     "hint: give the registry's CA with --cert-dir DIR (DIR/*.crt), or "
+                     "--no-tls-verify\n")
+
+
+def test_bearer_token_auth(cli: Cli, counters_archive: Path, token_registry: RegistryUnderTest,
+                           unique_repo: str) -> None:
+    reg = token_registry
+    before = reg.token_requests
+    r = cli("build", counters_archive, "--image", f"{reg.host}/{unique_repo}:v1",
+            "--cert-dir", reg.cert_dir, "--creds", f"{reg.username}:{reg.password}",
+            "--compression", "zstd")
+    assert r.code == 0, r.err
+    assert reg.token_requests > before
+    assert manifest(reg, unique_repo, "v1")["annotations"][CRIO_NAME] == "counter"
+
+
+def _catalog(reg: RegistryUnderTest) -> list[str]:
+    data = json.loads(reg.http().request("GET", f"{reg.url}/v2/_catalog").data)
+    repos: list[str] = data["repositories"]
+    return repos
+
+
+@pytest.mark.parametrize(("spec", "line"), [
+    ({"annotations": {}}, None),
+    ({"omit": ("spec.dump",)}, "spec.dump: missing from the archive"),
+])
+def test_refuses_what_crio_would_refuse_before_uploading(
+        cli: Cli, make_archive: Callable[..., Path], plain_registry: RegistryUnderTest,
+        unique_repo: str, spec: dict[str, Any], line: str | None) -> None:
+    archive = make_archive(**spec)
+    if line is None:
+        # Remove io.kubernetes.cri-o.Annotations from spec.dump.
+        members = archive_files(archive)
+        doc = json.loads(members["spec.dump"])
+        del doc["annotations"]["io.kubernetes.cri-o.Annotations"]
+        archive = make_archive("no-annotations.tar",
+                               extra_members={"spec.dump": json.dumps(doc).encode()})
+        line = "spec.dump: has no io.kubernetes.cri-o.Annotations annotation"
+    r = cli("build", archive, "--image", f"{plain_registry.host}/{unique_repo}:v1",
+            "--no-tls-verify")
+    assert r.code == ExitCode.INVALID_INPUT
+    assert r.err.splitlines()[0] == f"error: {archive}: {line}"
+    if "missing" not in line:
+        assert r.err.splitlines()[1] == ("hint: CRI-O would refuse to restore from it; "
+                                         "nothing was uploaded")
+    assert unique_repo not in _catalog(plain_registry)
+
+
+def _settings(**retry: Any) -> Settings:
+    s = load_settings(env={})
+    return dataclasses.replace(s, registry=dataclasses.replace(
+        s.registry, tls_verify=False, chunk_bytes=64 * 1024,
+        retry=RetrySettings(**{"initial_wait": 0.0, "max_wait": 0.0, **retry})))
+
+
+def test_registry_stopped_mid_upload_leaves_no_tag(
+        make_archive: Callable[..., Path], fresh_registry: Any, unique_repo: str) -> None:
+    reg = fresh_registry()
+    archive = make_archive(bulk_pages=1024)  # 4 MiB of memory pages
+    killed: list[int] = []
+
+    def kill_after_first_block(read: int) -> None:
+        if not killed:
+            killed.append(read)
+            reg.registry.kill()
+
+    req = BuildRequest(archive, parse_reference(f"{reg.host}/{unique_repo}:v1"))
+    with pytest.raises(TransientRegistryError, match="cannot reach"):
+        build_image(req, _settings(attempts=2), on_progress=kill_after_first_block)
+    assert killed and killed[0] < archive.stat().st_size
+    reg.registry.restart()
+    r = reg.http().request("GET", f"{reg.url}/v2/{unique_repo}/manifests/v1",
+                           headers={"Accept": MANIFEST})
+    assert r.status == 404  # no tag points at a partial image
+
+
+def test_transient_failure_mid_upload_is_retried(
+        make_archive: Callable[..., Path], fresh_registry: Any, unique_repo: str) -> None:
+    reg = fresh_registry()
+    archive = make_archive(bulk_pages=1024)
+    reads: list[int] = []
+
+    def restart_once(read: int) -> None:
+        reads.append(read)
+        if len(reads) == 1:
+            reg.registry.restart()  # the connection in flight breaks
+
+    req = BuildRequest(archive, parse_reference(f"{reg.host}/{unique_repo}:v1"))
+    report = build_image(req, _settings(attempts=3), on_progress=restart_once)
+    # The second attempt read the archive again from its start.
+    assert reads.count(64 * 1024) == 2
+    doc = manifest(reg, unique_repo, "v1")
+    assert doc["layers"][0]["digest"] == "sha256:" + hashlib.sha256(
+        archive.read_bytes()).hexdigest()
+    assert report.digest
+
+
+def test_build_usage_errors(cli: Cli, counters_archive: Path, tmp_path: Path) -> None:
+    r = cli("build", counters_archive, "--image", "Bad Name")
+    assert r.code == 2
+    assert r.err.splitlines()[0] == ("error: invalid image reference 'Bad Name': repository "
+                                     "names are lower-case letters, digits and . _ - separators")
+    r = cli("build", counters_archive, "--image", "example.org/a:v1", "--no-push")
+    assert (r.code, r.err.splitlines()[0]) == (
+        2, "error: --no-push needs --oci-layout DIR to put the image somewhere")
+    r = cli("build", counters_archive, "--image", "example.org/a:v1", "--creds", "nocolon")
+    assert (r.code, r.err.splitlines()[0]) == (2, "error: --creds must be USER:PASSWORD")
+    r = cli("build", counters_archive, "--image", "example.org/a:v1", "--oci-layout", tmp_path)
+    assert r.code == 2 and "add --no-push" in r.err
+    r = cli("build", counters_archive, "--image", "example.org/a:v1", "--builder", "buildah")
+    assert r.err == ("error: buildah cannot push uncompressed layers\n"
+                     "hint: use --builder native for --compression none, or give buildah "
+                     "--compression gzip or zstd\n")
+
+
+def test_files_written_are_private(counters_archive: Path, tmp_path: Path) -> None:
+    os.umask(0o022)
+    req = BuildRequest(counters_archive, parse_reference("example.org/a:v1"), push=False,
+                       oci_layout=tmp_path / "l")
+    build_image(req, _settings())
+    assert (tmp_path / "l" / "index.json").stat().st_mode & 0o777 == 0o600
