@@ -120,6 +120,9 @@ class Settings:
     checkpoint_dirs: tuple[Path, ...] = (DEFAULT_CHECKPOINT_DIR,)
     """Where `migrate list` looks when no directory is given."""
 
+    cache_dir: Path | None = None
+    """Where the tool keeps caches (layer digests); None: no cache."""
+
 
 AUTH_ENV = ("REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "HOME", "DOCKER_CONFIG")
 
@@ -145,4 +148,14 @@ def load_settings(
         ),
         checkpoint_dirs=dirs or (DEFAULT_CHECKPOINT_DIR,),
         registry=RegistrySettings(env=auth_env(env)),
+        cache_dir=_cache_dir(env),
     )
+
+
+def _cache_dir(env: Mapping[str, str]) -> Path | None:
+    """$MIGRATE_CACHE_DIR, else $XDG_CACHE_HOME/migrate, else ~/.cache/migrate."""
+    if env.get("MIGRATE_CACHE_DIR"):
+        return Path(env["MIGRATE_CACHE_DIR"])
+    if env.get("XDG_CACHE_HOME"):
+        return Path(env["XDG_CACHE_HOME"]) / "migrate"
+    return Path(env["HOME"]) / ".cache" / "migrate" if env.get("HOME") else None

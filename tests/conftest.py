@@ -35,6 +35,15 @@ def _require_crit() -> None:
         pytest.exit("crit/pycriu (Debian package criu) is required: run scripts/setup", 3)
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory,
+                   monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Keep the tool's caches out of the real home directory."""
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("MIGRATE_CACHE_DIR", str(cache))
+    return cache
+
+
 @pytest.fixture(scope="session")
 def counters_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The seed article's `counters` checkpoint, as CRI-O writes it."""

@@ -346,3 +346,33 @@ def test_files_written_are_private(counters_archive: Path, tmp_path: Path) -> No
                        oci_layout=tmp_path / "l")
     build_image(req, _settings())
     assert (tmp_path / "l" / "index.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_repeat_push_skips_the_layer_the_registry_has(
+        cli: Cli, make_archive: Callable[..., Path], plain_registry: RegistryUnderTest,
+        unique_repo: str, _private_cache: Path) -> None:
+    archive = make_archive(bulk_pages=256)
+    image = f"{plain_registry.host}/{unique_repo}:v1"
+    args = ("build", archive, "--image", image, "--no-tls-verify", "--compression", "zstd",
+            "-o", "json")
+    first = cli(*args).json()
+    assert first["layer_uploaded"] is True
+    cache = _private_cache / "layer-digests.json"
+    assert cache.stat().st_mode & 0o777 == 0o600
+    second = cli(*args).json()
+    assert second["layer_uploaded"] is False
+    assert second["digest"] == first["digest"]  # the very same image
+    # A changed archive (new mtime) is streamed again, even with the same bytes.
+    os.utime(archive, ns=(1, 1))
+    assert cli(*args).json()["layer_uploaded"] is True
+
+
+def test_cached_digest_is_confirmed_with_the_registry(
+        cli: Cli, counters_archive: Path, fresh_registry: Any, unique_repo: str) -> None:
+    """A cache hit for a registry that lost (or never had) the blob still uploads it."""
+    first, second = fresh_registry(), fresh_registry()
+    for reg, expected in ((first, True), (second, True), (first, False)):
+        r = cli("build", counters_archive, "--image", f"{reg.host}/{unique_repo}:v1",
+                "--no-tls-verify", "-o", "json")
+        assert r.code == 0, r.err
+        assert r.json()["layer_uploaded"] is expected

@@ -16,6 +16,7 @@ from typing import Any
 from migrate.adapters.buildah import BuildahPush, build_with_buildah
 from migrate.adapters.checkpoint import Checkpoint
 from migrate.adapters.registry.client import RegistryClient
+from migrate.adapters.registry.digest_cache import DigestCache
 from migrate.adapters.registry.layout import OciLayout
 from migrate.adapters.registry.reference import Reference
 from migrate.errors import RegistryError, UsageError
@@ -84,6 +85,7 @@ class BuildReport:
     annotations: dict[str, str]
     timings: dict[str, float] = field(default_factory=dict)
     destination: str = "registry"
+    layer_uploaded: bool = True
 
     @property
     def reference(self) -> str:
@@ -96,6 +98,7 @@ class BuildReport:
                 "builder": self.builder, "compression": self.compression,
                 "layer_size": self.layer_size, "image_size": self.image_size,
                 "archive_size": self.archive_size, "destination": self.destination,
+                "layer_uploaded": self.layer_uploaded,
                 "annotations": self.annotations,
                 "timings": {k: round(v, 6) for k, v in self.timings.items()}}
 
@@ -130,7 +133,9 @@ def build_image(req: BuildRequest, settings: Settings,
     if req.builder == "native":
         target: Target
         if client is not None:
-            target = RegistryTarget(client)
+            cache = (DigestCache(settings.cache_dir / "layer-digests.json")
+                     if settings.cache_dir else None)
+            target = RegistryTarget(client, cache)
         else:
             assert req.oci_layout is not None  # BuildRequest.check made sure
             target = LayoutTarget(OciLayout(req.oci_layout))
@@ -139,6 +144,7 @@ def build_image(req: BuildRequest, settings: Settings,
                               chunk_bytes=settings.registry.chunk_bytes,
                               oci_index=req.oci_index, timer=timer, on_progress=on_progress)
         digest, layer_size, image_size = result.digest, result.layer.size, result.image_size
+        uploaded = not isinstance(target, RegistryTarget) or target.layer_uploaded
     else:
         reg = settings.registry
         dest = str(req.image) if client is not None else f"oci:{req.oci_layout}:{req.image.tag}"
@@ -147,6 +153,7 @@ def build_image(req: BuildRequest, settings: Settings,
             authfile=reg.authfile, creds=reg.creds, compression=req.compression))
         timer.timings.update(built.timings)
         digest, layer_size, image_size = built.digest or "", 0, 0
+        uploaded = True
     if client is not None:
         with timer.step("verify"):
             doc = _verify(client, digest, info.identity.container)
@@ -156,4 +163,5 @@ def build_image(req: BuildRequest, settings: Settings,
                        compression=req.compression, layer_size=layer_size,
                        image_size=image_size, archive_size=archive_size,
                        annotations=info.annotations, timings=timer.timings,
-                       destination="registry" if client is not None else str(req.oci_layout))
+                       destination="registry" if client is not None else str(req.oci_layout),
+                       layer_uploaded=uploaded)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from migrate.adapters.registry.client import RegistryClient
+from migrate.adapters.registry.digest_cache import DigestCache
 from migrate.adapters.registry.layer import LayerDigests, LayerStream
 from migrate.adapters.registry.layout import OciLayout
 from migrate.pipeline.annotations import CheckpointImageInfo
@@ -41,10 +42,27 @@ class Target(Protocol):
 class RegistryTarget:
     """Push to a registry repository; retries transient failures by the named policy."""
 
-    def __init__(self, client: RegistryClient) -> None:
+    def __init__(self, client: RegistryClient, cache: DigestCache | None = None) -> None:
         self.client = client
+        self.cache = cache
+        self.layer_uploaded = False
+
+    def _known_layer(self, stream: LayerStream) -> LayerDigests | None:
+        """Digests of this archive from an earlier push, if the registry still has the blob."""
+        known = self.cache.get(stream.path, stream.compression) if self.cache else None
+        if known is None:
+            return None
+        for attempt in self.client.policy:
+            with attempt:
+                if self.client.has_blob(known.digest):
+                    log.info("registry already has layer %s; not uploading", known.digest)
+                    return known
+        return None
 
     def upload_layer(self, stream: LayerStream) -> LayerDigests:
+        known = self._known_layer(stream)
+        if known is not None:
+            return known
         # A retry starts a new session and reads the archive again from the start.
         for attempt in self.client.policy:
             with attempt:
@@ -55,6 +73,9 @@ class RegistryTarget:
                 except BaseException:
                     self.client.cancel_upload(location)
                     raise
+        self.layer_uploaded = True
+        if self.cache:
+            self.cache.put(stream.path, stream.compression, stream.result)
         return stream.result
 
     def upload_blob(self, data: bytes, digest: str) -> None:
