@@ -376,3 +376,33 @@ def test_cached_digest_is_confirmed_with_the_registry(
                 "--no-tls-verify", "-o", "json")
         assert r.code == 0, r.err
         assert r.json()["layer_uploaded"] is expected
+
+
+def test_refuses_an_archive_naming_no_container(
+        cli: Cli, make_archive: Callable[..., Path], plain_registry: RegistryUnderTest,
+        unique_repo: str) -> None:
+    base = make_archive()
+    doc = json.loads(archive_files(base)["spec.dump"])
+    for key in ("io.kubernetes.cri-o.Metadata", "io.kubernetes.container.name"):
+        del doc["annotations"][key]
+    config = json.loads(archive_files(base)["config.dump"])
+    config["name"] = ""
+    archive = make_archive("nameless.tar", extra_members={
+        "spec.dump": json.dumps(doc).encode(), "config.dump": json.dumps(config).encode()})
+    r = cli("build", archive, "--image", f"{plain_registry.host}/{unique_repo}:v1",
+            "--no-tls-verify")
+    assert r.code == ExitCode.INVALID_INPUT
+    assert r.err == (f"error: {archive}: spec.dump: names no container\n"
+                     "hint: CRI-O would refuse to restore from it; nothing was uploaded\n")
+    assert unique_repo not in _catalog(plain_registry)
+
+
+def test_plain_http_only_with_no_tls_verify(cli: Cli, counters_archive: Path,
+                                            plain_registry: RegistryUnderTest,
+                                            unique_repo: str) -> None:
+    r = cli("build", counters_archive, "--image", f"{plain_registry.host}/{unique_repo}:v1")
+    assert r.code == ExitCode.REGISTRY
+    assert r.err == (f"error: TLS with {plain_registry.host} failed: SSLError\n"
+                     "hint: give the registry's CA with --cert-dir DIR (DIR/*.crt), or "
+                     "--no-tls-verify\n")
+    assert unique_repo not in _catalog(plain_registry)
