@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from migrate.errors import InputError, UsageError
+from migrate.errors import InputError, NotFoundError, UsageError
 from migrate.settings import RegistrySettings, Secret
 
 log = logging.getLogger(__name__)
@@ -54,12 +54,17 @@ def auth_files(settings: RegistrySettings) -> Iterator[Path]:
         yield Path(home) / ".docker" / "config.json"
 
 
+_HUB_ALIASES = ("index.docker.io", "registry-1.docker.io")
+
+
 def _normalize_key(key: str) -> str:
-    # docker's legacy keys are URLs: "https://index.docker.io/v1/".
-    key = re.sub(r"^https?://", "", key).rstrip("/")
-    if key.startswith("index.docker.io"):
-        key = "docker.io" + key[len("index.docker.io"):].removesuffix("/v1")
-    return key
+    # docker's legacy keys are URLs ("https://index.docker.io/v1/",
+    # "https://reg.example:5000/v1/"): a URL key names just its host.
+    if re.match(r"^https?://", key):
+        key = re.sub(r"^https?://", "", key).split("/", 1)[0]
+    key = key.rstrip("/")
+    host, sep, rest = key.partition("/")
+    return ("docker.io" if host in _HUB_ALIASES else host) + sep + rest
 
 
 def _decode_entry(entry: Mapping[str, object], path: Path, key: str) -> Credentials | None:
@@ -100,7 +105,13 @@ def lookup(registry: str, repository: str, settings: RegistrySettings) -> Creden
     parts = repository.split("/")
     wanted += [f"{registry}/{'/'.join(parts[:i])}" for i in range(len(parts) - 1, 0, -1)]
     wanted.append(registry)
+    env = dict(settings.env)
     for path in auth_files(settings):
+        named = path == settings.authfile or str(path) == env.get("REGISTRY_AUTH_FILE")
+        if named and not path.is_file():
+            # A typo in a named file must not turn into an anonymous push.
+            raise NotFoundError(f"{path}: no such credentials file",
+                                hint="check --authfile (or REGISTRY_AUTH_FILE)")
         auths = _read(path)
         if not auths:
             continue
@@ -125,11 +136,16 @@ class Challenge:
 _PARAM = re.compile(r'(\w+)=(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
 
 
+def _unescape(quoted: str) -> str:
+    """RFC 9110 quoted-string: a backslash quotes the next character."""
+    return re.sub(r"\\(.)", r"\1", quoted)
+
+
 def parse_challenge(header: str) -> Challenge:
     """Parse ``Bearer realm="...",service="...",scope="..."`` or ``Basic realm="..."``."""
     scheme, _, rest = header.strip().partition(" ")
-    params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
-              for m in _PARAM.finditer(rest)}
+    params = {m.group(1).lower(): _unescape(m.group(2)) if m.group(2) is not None
+              else m.group(3) for m in _PARAM.finditer(rest)}
     return Challenge(scheme.lower(), params)
 
 
