@@ -115,3 +115,13 @@ def test_verbose_logging_goes_to_stderr(counters_archive: Path) -> None:
     r = run_binary(["-vv", "show", str(counters_archive), "-o", "json"])
     assert r.returncode == 0
     assert r.stdout.startswith("[")
+
+
+def test_start_up_imports_stay_light() -> None:
+    """Every command pays for what the CLI imports at start-up; the heavy modules load on
+    first use (bench/archive_bench.py's memparse-vs-grep budget depends on it)."""
+    code = ("import sys, migrate.cli.app; "
+            "print(','.join(m for m in ('sh', 'urllib3', 'zstandard', 'jsonschema', 'yaml', "
+            "'kubernetes', 'pydantic') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == ""

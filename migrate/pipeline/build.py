@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migrate.adapters.buildah import BuildahPush, build_with_buildah
 from migrate.adapters.checkpoint import Checkpoint
 from migrate.adapters.registry.client import RegistryClient
 from migrate.adapters.registry.digest_cache import DigestCache
@@ -146,6 +145,9 @@ def build_image(req: BuildRequest, settings: Settings,
         digest, layer_size, image_size = result.digest, result.layer.size, result.image_size
         uploaded = not isinstance(target, RegistryTarget) or target.layer_uploaded
     else:
+        # Imported here: `sh` costs start-up time the native path does not need.
+        from migrate.adapters.buildah import BuildahPush, build_with_buildah
+
         reg = settings.registry
         dest = str(req.image) if client is not None else f"oci:{req.oci_layout}:{req.image.tag}"
         built = build_with_buildah(req.archive, info.annotations, push=BuildahPush(
