@@ -21,7 +21,8 @@ baseline). Peak RSS comes from running every measured command under
 ``/usr/bin/time -f %M``: ``os.wait4``'s ``ru_maxrss`` for a child of this
 process is no good, since Linux carries the high-water mark of the (v)forked
 parent's memory across ``exec`` into the child's figure. Without GNU time the
-script falls back to ``os.wait4`` and prints that floor.
+script falls back to ``os.wait4`` and prints that floor. The machinery (running,
+timing, interleaving, tables) is in ``harness.py``, shared with ``build_bench.py``.
 
 This is a report, not a test: it exits 0 whether or not targets are met, and
 non-zero only when it could not measure (a command failed, no disk space).
@@ -36,113 +37,52 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import resource
 import shutil
-import statistics
-import subprocess
 import sys
 import tarfile
-import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-MIGRATE = REPO / ".venv" / "bin" / "migrate"
-GNU_TIME = Path("/usr/bin/time")
-HAVE_GNU_TIME = os.access(GNU_TIME, os.X_OK)
+from harness import (
+    GNU_TIME,
+    HAVE_GNU_TIME,
+    MIB,
+    MIGRATE,
+    BenchError,
+    Sample,
+    Series,
+    check,
+    fmt_s,
+    generate,
+    in_workdir,
+    measure,
+    render,
+    require,
+    run_once,
+    wait4_note,
+)
+
 PRESENT = "RANDOM_1432_KEY"
 ABSENT = "NOWHERE_IN_MEMORY_7Q9Z"
 RATIO_TARGET = 1.5
 RSS_TARGET_MIB = 150.0
 PAGES_MEMBER = re.compile(r"checkpoint/pages-\d+\.img")
-MIB = 1024 * 1024
-
-
-class BenchError(Exception):
-    """The benchmark could not measure something (not a missed target)."""
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One run of a command."""
-
-    seconds: float
-    maxrss_kib: int
-    returncode: int
-    stdout: bytes
-    stderr: bytes
 
 
 @dataclass
-class Command:
+class Command(Series[Sample]):
     """A command line measured repeatedly; ``ok_codes`` are its success exit codes."""
 
-    label: str
     argv: list[str]
     env: dict[str, str] | None = None
     ok_codes: tuple[int, ...] = (0,)
-    samples: list[Sample] = field(default_factory=list)
-
-    @property
-    def times(self) -> list[float]:
-        return [s.seconds for s in self.samples]
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.times)
-
-    @property
-    def peak_rss_mib(self) -> float:
-        return max(s.maxrss_kib for s in self.samples) / 1024
-
-    @property
-    def last(self) -> Sample:
-        return self.samples[-1]
 
 
-def run_once(cmd: Command) -> Sample:
-    """Run ``cmd`` once: wall time, and peak RSS from GNU time (else ``os.wait4``)."""
-    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile() as out, \
-            tempfile.TemporaryFile() as err:
-        rss_file = Path(tmp) / "maxrss"
-        argv = ([str(GNU_TIME), "-f", "%M", "-o", str(rss_file), *cmd.argv] if HAVE_GNU_TIME
-                else cmd.argv)
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                env=cmd.env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        # GNU time writes "Command exited with non-zero status N" before the figure.
-        maxrss = (int(rss_file.read_text().split()[-1]) if HAVE_GNU_TIME and rss_file.exists()
-                  else usage.ru_maxrss)
-        out.seek(0)
-        err.seek(0)
-        sample = Sample(seconds, maxrss, proc.returncode, out.read(), err.read())
-    if sample.returncode not in cmd.ok_codes:
-        raise BenchError(f"{cmd.label}: exit code {sample.returncode}\n  $ "
-                         f"{' '.join(cmd.argv)}\n{sample.stderr.decode(errors='replace')}")
-    return sample
-
-
-def measure(commands: Sequence[Command], reps: int) -> None:
-    """One untimed warm-up each, then ``reps`` interleaved rounds in rotating order."""
-    for cmd in commands:
-        run_once(cmd)
-    n = len(commands)
-    for rep in range(reps):
-        for cmd in [*commands[rep % n:], *commands[:rep % n]]:
-            cmd.samples.append(run_once(cmd))
-
-
-def generate(out: Path, mib: int) -> float:
-    """Write an archive with ``mib`` MiB of bulk memory; returns seconds taken."""
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "e2e.archivegen", str(out), "--bulk-mib", str(mib)],
-                   cwd=REPO, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+def run(cmd: Command, tag: str) -> Sample:
+    """One run of ``cmd`` (for ``measure``; the tag does not change the command)."""
+    return run_once(cmd.label, cmd.argv, cmd.env, cmd.ok_codes)
 
 
 def extract_pages(archive: Path, dest: Path) -> list[Path]:
@@ -158,15 +98,6 @@ def grep_total(sample: Sample) -> int:
     return sum(int(line.rsplit(b":", 1)[-1]) for line in sample.stdout.splitlines())
 
 
-def check(ok: bool, what: str) -> None:
-    if not ok:
-        raise BenchError(f"sanity check failed: {what}")
-
-
-def fmt_s(seconds: float) -> str:
-    return f"{seconds:.3f} s"
-
-
 def ratio_row(name: str, base: float, measured: float, net: float | None) -> list[str]:
     ratio = measured / base
     return [name, fmt_s(base), fmt_s(measured), f"{ratio:.2f}",
@@ -177,17 +108,6 @@ def ratio_row(name: str, base: float, measured: float, net: float | None) -> lis
 def net_ratio(measured: float, base: float) -> float | None:
     """Ratio of the parts above the start-up floor; None when the base has none left."""
     return measured / base if base > 0.005 else None
-
-
-def render(headers: Sequence[str], rows: Sequence[Sequence[str]],
-           right: Callable[[int], bool]) -> str:
-    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) if right(i) else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
 
 
 def bench(work: Path, small_mib: int, big_mib: int, reps: int) -> None:
@@ -223,8 +143,8 @@ def bench(work: Path, small_mib: int, big_mib: int, reps: int) -> None:
                 for s in (PRESENT, ABSENT)}
 
     print(f"measuring: {reps} interleaved repetitions after one warm-up run each ...", flush=True)
-    measure([floor, show["small"], show["big"], insp["small"], insp["big"]], reps)
-    measure([grep[PRESENT], memparse[PRESENT], grep[ABSENT], memparse[ABSENT]], reps)
+    measure([floor, show["small"], show["big"], insp["small"], insp["big"]], reps, run)
+    measure([grep[PRESENT], memparse[PRESENT], grep[ABSENT], memparse[ABSENT]], reps, run)
     check(grep_total(grep[PRESENT].last) > 0, f"grep finds {PRESENT}")
     check(grep_total(grep[ABSENT].last) == 0, f"grep does not find {ABSENT}")
     check(PRESENT.encode() in memparse[PRESENT].last.stdout, f"memparse finds {PRESENT}")
@@ -267,12 +187,8 @@ def bench(work: Path, small_mib: int, big_mib: int, reps: int) -> None:
           f"{big_mib_s / grep[PRESENT].median:.0f} MiB/s, memparse "
           f"{big_mib_s / memparse[PRESENT].median:.0f} MiB/s (--search {PRESENT}, "
           "start-up included)")
-    if HAVE_GNU_TIME:
-        print(f"peak RSS: {GNU_TIME} -f %M around every run (its fork/exec is in all times)")
-    else:
-        floor_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"peak RSS: os.wait4 (no {GNU_TIME}); figures include this script's own "
-              f"{floor_mib:.1f} MiB, inherited across exec")
+    print(f"peak RSS: {GNU_TIME} -f %M around every run (its fork/exec is in all times)"
+          if HAVE_GNU_TIME else wait4_note())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -287,20 +203,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.reps < 1 or args.small_mib < 0 or args.big_mib < 0:
         ap.error("--reps must be at least 1 and sizes non-negative")
-    if not os.access(MIGRATE, os.X_OK):
-        print(f"error: {MIGRATE} not found; run scripts/setup first", file=sys.stderr)
+    if not require():
         return 2
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="archive-bench-", dir=args.workdir))
-    try:
-        bench(work, args.small_mib, args.big_mib, args.reps)
-    except (BenchError, subprocess.CalledProcessError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return in_workdir("archive-bench-", args.workdir,
+                      lambda work: bench(work, args.small_mib, args.big_mib, args.reps))
 
 
 if __name__ == "__main__":
