@@ -21,6 +21,7 @@ class ExitCode(IntEnum):
     INVALID_INPUT = 3  # an archive, image or file is malformed, unsafe or unsupported
     NOT_FOUND = 4  # a named file, archive member, process or object does not exist
     DEPENDENCY = 5  # an external tool is missing or failed
+    CLUSTER = 6  # the Kubernetes API refused or failed a request, or could not be reached
     REGISTRY = 7  # the image registry refused or failed a request
     AUTH = 8  # credentials missing, wrong, or not allowed to do this
     PARTIAL = 10  # the command did part of its work; the report says which part
@@ -87,6 +88,21 @@ class DependencyError(MigrateError):
     """An external program the tool drives is missing or failed."""
 
     exit_code = ExitCode.DEPENDENCY
+
+
+class ClusterError(MigrateError):
+    """The Kubernetes API answered with an error, or could not be reached."""
+
+    exit_code = ExitCode.CLUSTER
+
+
+class TransientClusterError(ClusterError):
+    """A Kubernetes failure worth retrying: connection error, 5xx, 429."""
+
+    def __init__(self, message: str, hint: str | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, hint)
+        self.retry_after = retry_after
 
 
 class RegistryError(MigrateError):

@@ -12,7 +12,7 @@ import logging
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_base, wait_exponential
 
-from migrate.errors import TransientRegistryError
+from migrate.errors import TransientClusterError, TransientRegistryError
 from migrate.settings import RetrySettings
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,8 @@ class _RetryAfterOrBackoff(wait_base):
     def __call__(self, retry_state: RetryCallState) -> float:
         outcome = retry_state.outcome
         exc = outcome.exception() if outcome else None
-        if isinstance(exc, TransientRegistryError) and exc.retry_after is not None:
+        if isinstance(exc, TransientRegistryError | TransientClusterError) and \
+                exc.retry_after is not None:
             return min(exc.retry_after, self.max_wait)
         return float(self.backoff(retry_state))
 
@@ -36,12 +37,21 @@ def _log_retry(state: RetryCallState) -> None:
     log.info("retrying after attempt %d failed: %s", state.attempt_number, exc)
 
 
-def registry_policy(settings: RetrySettings) -> Retrying:
-    """Retry a registry request (or a whole blob upload) on transient failures."""
+def _policy(transient: type[Exception], settings: RetrySettings) -> Retrying:
     return Retrying(
-        retry=retry_if_exception_type(TransientRegistryError),
+        retry=retry_if_exception_type(transient),
         stop=stop_after_attempt(settings.attempts),
         wait=_RetryAfterOrBackoff(settings),
         before_sleep=_log_retry,
         reraise=True,
     )
+
+
+def registry_policy(settings: RetrySettings) -> Retrying:
+    """Retry a registry request (or a whole blob upload) on transient failures."""
+    return _policy(TransientRegistryError, settings)
+
+
+def cluster_policy(settings: RetrySettings) -> Retrying:
+    """Retry a Kubernetes API call on transient failures (reads and idempotent writes)."""
+    return _policy(TransientClusterError, settings)

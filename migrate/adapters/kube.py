@@ -1,0 +1,158 @@
+"""The Kubernetes adapter: the official client, its errors translated into ours.
+
+Only this module imports ``kubernetes``. Every API call goes through `call`,
+which maps an ``ApiException`` to the error tree using the API server's own
+``Status`` message, marks connection errors, 5xx and 429 as transient for the
+named retry policy, and never lets the client's exceptions (or a bearer token
+in them) reach the user.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from migrate.errors import (
+    AuthError,
+    ClusterError,
+    InputError,
+    MigrateError,
+    NotFoundError,
+    TransientClusterError,
+)
+from migrate.retry import cluster_policy
+from migrate.settings import RetrySettings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class KubeSettings:
+    """How to reach the cluster."""
+
+    kubeconfig: Path | None = None
+    """A kubeconfig file; default: $KUBECONFIG, ~/.kube/config, else in-cluster config."""
+
+    context: str | None = None
+    """The kubeconfig context; default: its current-context."""
+
+    namespace: str | None = None
+    """Namespace for commands that take one; default: the context's, else "default"."""
+
+    request_timeout: float = 30.0
+    """Seconds for one API request (watches set their own)."""
+
+    retry: RetrySettings = field(default_factory=RetrySettings)
+
+
+@dataclass
+class Cluster:
+    """A connected API client and the namespace to default to."""
+
+    api: Any  # kubernetes.client.ApiClient
+    namespace: str
+    settings: KubeSettings
+
+
+def connect(settings: KubeSettings) -> Cluster:
+    """Load kubeconfig (or the in-cluster service account) and build a client."""
+    from kubernetes import client, config
+    from kubernetes.config.config_exception import ConfigException
+
+    configuration = client.Configuration()
+    namespace = settings.namespace
+    try:
+        if settings.kubeconfig is None and _in_cluster():
+            config.load_incluster_config(client_configuration=configuration)
+            namespace = namespace or _in_cluster_namespace()
+        else:
+            kc = str(settings.kubeconfig) if settings.kubeconfig else None
+            config.load_kube_config(config_file=kc, context=settings.context,
+                                    client_configuration=configuration)
+            contexts, active = config.list_kube_config_contexts(config_file=kc)
+            chosen = (next((c for c in contexts if c["name"] == settings.context), None)
+                      if settings.context else active)
+            namespace = namespace or (chosen or {}).get("context", {}).get("namespace")
+    except (ConfigException, OSError) as e:
+        where = settings.kubeconfig or "the default kubeconfig"
+        raise InputError(f"cannot load {where}: {e}",
+                         hint="pass --kubeconfig FILE (and --context NAME), or run in a pod "
+                         "with a service account") from e
+    configuration.retries = False  # retries are ours, transient failures only
+    return Cluster(client.ApiClient(configuration), namespace or "default", settings)
+
+
+def _in_cluster() -> bool:
+    import os
+
+    from kubernetes.config.incluster_config import SERVICE_TOKEN_FILENAME
+
+    return "KUBERNETES_SERVICE_HOST" in os.environ and Path(SERVICE_TOKEN_FILENAME).is_file()
+
+
+def _in_cluster_namespace() -> str | None:
+    path = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+    return path.read_text().strip() if path.is_file() else None
+
+
+def _status_message(body: str | bytes | None) -> str:
+    """The API server's Status.message, when the body is a Status."""
+    if not body:
+        return ""
+    try:
+        status = json.loads(body)
+    except (ValueError, TypeError):
+        text = body.decode(errors="replace") if isinstance(body, bytes) else str(body)
+        return text.strip().splitlines()[0][:300] if text.strip() else ""
+    return str(status.get("message", "")) if isinstance(status, dict) else ""
+
+
+def translate(e: Exception, what: str) -> MigrateError:
+    """One client exception as an error of ours; ``what`` says what we were doing."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    if isinstance(e, ApiException):
+        detail = _status_message(e.body) or (e.reason or "")
+        msg = f"{what}: {detail}" if detail else f"{what} failed: HTTP {e.status}"
+        if e.status == 404:
+            return NotFoundError(msg, hint="check the name and the namespace (-n)")
+        if e.status == 401:
+            return AuthError(msg, hint="the cluster rejected the credentials; check the "
+                             "kubeconfig (an expired token?)")
+        if e.status == 403:
+            return AuthError(msg, hint="ask for the RBAC this needs; `migrate doctor` "
+                             "lists what is missing")
+        if e.status in (429, 500, 502, 503, 504) or (e.status or 0) >= 500:
+            retry_after = (e.headers or {}).get("Retry-After")
+            return TransientClusterError(
+                msg, hint="the API server is overloaded or failing; try again later",
+                retry_after=float(retry_after) if retry_after and retry_after.isdigit()
+                else None)
+        return ClusterError(msg, hint="the API server refused the request")
+    if isinstance(e, HTTPError | OSError):
+        return TransientClusterError(f"{what}: cannot reach the API server "
+                                     f"({type(e).__name__})",
+                                     hint="check the kubeconfig's server address and the "
+                                     "network")
+    raise e
+
+
+def call(cluster: Cluster, what: str, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+    """Run one API call with the named retry policy; errors come out as ours."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    kw.setdefault("_request_timeout", cluster.settings.request_timeout)
+    for attempt in cluster_policy(cluster.settings.retry):
+        with attempt:
+            try:
+                return fn(*args, **kw)
+            except (ApiException, HTTPError, OSError) as e:
+                raise translate(e, what) from e
+    raise AssertionError("unreachable")  # pragma: no cover
