@@ -1,0 +1,138 @@
+"""What passes between the HTTPS server and the router: users, requests, responses.
+
+server.py authenticates a connection's request into a `Request` carrying the
+`User`; api.py answers with a `Response` (a JSON body, or a `stream` of chunks
+for watches); an `Authorizer` sees each request as `Attributes`, the same
+fields a SubjectAccessReview has, so an RBAC model can replace `allow_all`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from e2e.sim.errors import bad_request
+
+__all__ = [
+    "Attributes",
+    "Authorizer",
+    "Request",
+    "Response",
+    "User",
+    "allow_all",
+    "table_version",
+]
+
+
+@dataclass(frozen=True)
+class User:
+    """An authenticated user, as a token authenticator reports it."""
+
+    name: str
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Attributes:
+    """What a request wants to do (the authorizer's input, as in SubjectAccessReview).
+
+    For non-resource requests (`/version`, `/api`), `resource` is "" and `path`
+    is set.
+    """
+
+    user: User
+    verb: str
+    group: str = ""
+    resource: str = ""
+    subresource: str = ""
+    namespace: str = ""
+    name: str = ""
+    path: str = ""
+
+
+#: Decides whether a request may proceed.
+Authorizer = Callable[[Attributes], bool]
+
+
+def allow_all(attributes: Attributes) -> bool:
+    """The default authorizer: every authenticated user may do everything."""
+    return True
+
+
+@dataclass
+class Request:
+    """One HTTP request, already authenticated.
+
+    query: parsed query string (every value a list, as urllib.parse.parse_qs gives).
+    headers: case-insensitive header lookup (http.server's message object works).
+    connection_closed: tells a watch whether the client went away.
+    """
+
+    method: str
+    path: str
+    query: Mapping[str, list[str]]
+    headers: Mapping[str, str]
+    body: bytes
+    user: User
+    connection_closed: Callable[[], bool] = lambda: False
+
+    def param(self, name: str) -> str | None:
+        """The last value of query parameter `name`, or None."""
+        values = self.query.get(name)
+        return values[-1] if values else None
+
+    def int_param(self, name: str) -> int | None:
+        """An integer query parameter (400 BadRequest if it is not one)."""
+        value = self.param(name)
+        if value in (None, ""):
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            raise bad_request(f"invalid {name} {value!r}: not an integer") from None
+
+    def json(self) -> Any:
+        """The body, JSON (or YAML, which kubectl never sends but humans do)."""
+        if not self.body:
+            return None
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            pass
+        try:
+            return yaml.safe_load(self.body)
+        except yaml.YAMLError as e:
+            raise bad_request(f"the request body is neither JSON nor YAML: {e}") from None
+
+
+@dataclass
+class Response:
+    """A response: a JSON-able `body` (or raw bytes), or a `stream` of chunks."""
+
+    code: int
+    body: Any = None
+    content_type: str = "application/json"
+    stream: Iterator[bytes] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def payload(self) -> bytes:
+        if isinstance(self.body, bytes):
+            return self.body
+        if isinstance(self.body, str):
+            return self.body.encode()
+        return json.dumps(self.body, separators=(",", ":")).encode()
+
+
+def table_version(accept: str) -> str | None:
+    """`meta.k8s.io/v1` (or v1beta1) when an Accept header asks for a Table, else None."""
+    for media in accept.split(","):
+        params = dict(
+            p.strip().split("=", 1) for p in media.split(";")[1:] if "=" in p
+        )
+        if params.get("as") == "Table" and params.get("g") == "meta.k8s.io":
+            return f"meta.k8s.io/{params.get('v', 'v1')}"
+    return None

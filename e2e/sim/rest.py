@@ -1,0 +1,247 @@
+"""Generic object semantics over the store: create, get, list, update, patch, delete.
+
+This is the simulator's "generic registry": what every resource type shares
+(name generation, server-owned metadata, optimistic concurrency, status as a
+subresource, namespace lifecycle checks, graceful deletion and finalizers),
+calling the type's hooks for what differs. The HTTP layer (api.py) and the
+controllers (controllers.py, kubelet.py) both go through it, so a controller's
+writes obey the same rules as a client's.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from e2e.sim.errors import (
+    MODIFIED,
+    ApiError,
+    bad_request,
+    conflict,
+    forbidden,
+    invalid,
+    not_found,
+    unsupported_media_type,
+)
+from e2e.sim.meta import generate_name, validate_metadata
+from e2e.sim.patch import json_patch, merge_patch, strategic_merge
+from e2e.sim.resources import Registry, ResourceType
+from e2e.sim.selectors import (
+    match_fields,
+    match_labels,
+    parse_field_selector,
+    parse_label_selector,
+)
+from e2e.sim.store import Obj, Store
+
+__all__ = ["PATCH_TYPES", "Rest"]
+
+#: Patch media types -> how to apply them to the stored object.
+PATCH_TYPES: dict[str, Callable[[Any, Any], Any]] = {
+    "application/json-patch+json": json_patch,
+    "application/merge-patch+json": merge_patch,
+    "application/strategic-merge-patch+json": strategic_merge,
+}
+
+# Set by the server, never taken from a client's body.
+_SERVER_OWNED = ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds",
+                 "resourceVersion", "selfLink", "generation", "managedFields")
+# Carried from the stored object into every update.
+_IMMUTABLE = ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp",
+              "deletionGracePeriodSeconds", "generation")
+_GENERATE_ATTEMPTS = 8
+
+
+class Rest:
+    """Create/read/update/delete any registered resource type against a Store."""
+
+    def __init__(self, store: Store, registry: Registry) -> None:
+        self.store = store
+        self.registry = registry
+
+    # -- reading ---------------------------------------------------------------------
+
+    def get(self, rt: ResourceType, namespace: str, name: str) -> Obj:
+        """One object; 404 if absent."""
+        return self.store.get(rt.key, namespace, name, group=rt.group)
+
+    def matcher(
+        self, rt: ResourceType, label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> Callable[[Obj], bool]:
+        """A predicate for the selectors (400 BadRequest if they do not parse)."""
+        labels = parse_label_selector(label_selector)
+        fields = parse_field_selector(field_selector, rt.fields)
+        return lambda obj: match_labels(labels, obj) and match_fields(fields, rt.fields, obj)
+
+    def list(
+        self, rt: ResourceType, namespace: str | None,
+        predicate: Callable[[Obj], bool] | None = None,
+    ) -> tuple[list[Obj], int]:
+        """Matching objects (of `namespace`, or of all), in key order, and the list's rv."""
+        return self.store.list(rt.key, namespace, predicate)
+
+    # -- creating ------------------------------------------------------------------------
+
+    def _decode(self, rt: ResourceType, body: Any) -> Obj:
+        if not isinstance(body, Mapping):
+            raise bad_request(f"the body must be a {rt.kind} object")
+        obj = copy.deepcopy(dict(body))
+        if obj.get("kind", rt.kind) != rt.kind or obj.get("apiVersion", rt.api_version) != \
+                rt.api_version:
+            raise bad_request(
+                f"the API version in the data ({obj.get('apiVersion')}) does not match the "
+                f"expected API version ({rt.api_version}) or kind {obj.get('kind')!r} is not "
+                f"{rt.kind!r}")
+        obj["kind"], obj["apiVersion"] = rt.kind, rt.api_version
+        meta = obj.setdefault("metadata", {})
+        if not isinstance(meta, dict):
+            raise bad_request("metadata must be an object")
+        return obj
+
+    def _check_namespace(self, rt: ResourceType, namespace: str, name: str) -> None:
+        ns = self.store.find("namespaces", "", namespace)
+        if ns is None:
+            raise not_found("namespaces", namespace)
+        if ns["metadata"].get("deletionTimestamp"):
+            raise forbidden(rt.plural, name, f"unable to create new content in namespace "
+                            f"{namespace} because it is being terminated", rt.group)
+
+    def _validate(self, rt: ResourceType, obj: Obj, old: Obj | None) -> None:
+        errors = validate_metadata(obj["metadata"], dns_label_name=rt.dns_label_name)
+        if rt.validate is not None:
+            errors += rt.validate(obj, old)
+        if errors:
+            raise invalid(rt.kind, str(obj["metadata"].get("name", "")), errors, rt.group)
+
+    def create(self, rt: ResourceType, namespace: str, body: Any) -> Obj:
+        """Store a new object from a client's body (`generateName` honoured)."""
+        obj = self._decode(rt, body)
+        meta = obj["metadata"]
+        if rt.namespaced:
+            if meta.get("namespace") not in (None, "", namespace):
+                raise bad_request("the namespace of the provided object does not match the "
+                                  "namespace sent on the request")
+            meta["namespace"] = namespace
+            self._check_namespace(rt, namespace, str(meta.get("name") or ""))
+        else:
+            meta.pop("namespace", None)
+        for key in _SERVER_OWNED:
+            meta.pop(key, None)
+        generated = not meta.get("name") and bool(meta.get("generateName"))
+        for _ in range(_GENERATE_ATTEMPTS):
+            candidate = copy.deepcopy(obj)
+            if generated:
+                candidate["metadata"]["name"] = generate_name(str(meta["generateName"]))
+            if candidate["metadata"].get("name"):
+                for hook in (rt.defaults, rt.prepare_create):
+                    if hook is not None:
+                        hook(candidate)
+            self._validate(rt, candidate, None)
+            try:
+                return self.store.create(rt.key, candidate, group=rt.group)
+            except ApiError as e:
+                if not (generated and e.reason == "AlreadyExists"):
+                    raise
+        raise ApiError(409, "AlreadyExists", f"{rt.plural} could not generate a unique name")
+
+    # -- updating ------------------------------------------------------------------------
+
+    def _next_state(self, rt: ResourceType, old: Obj, new: Any, subresource: str | None) -> Obj:
+        """The state to store when a client sends `new` (PUT body or patch result)."""
+        if not isinstance(new, dict) or not isinstance(new.get("metadata", {}), dict):
+            raise bad_request(f"the body must be a {rt.kind} object")
+        name = old["metadata"]["name"]
+        sent_rv = new.get("metadata", {}).get("resourceVersion")
+        if sent_rv and sent_rv != old["metadata"]["resourceVersion"]:
+            raise conflict(rt.plural, name, MODIFIED, rt.group)
+        if subresource == "status":
+            result = copy.deepcopy(old)
+            result["status"] = copy.deepcopy(new.get("status") or {})
+        elif subresource == "finalize":
+            result = copy.deepcopy(old)
+            result.setdefault("spec", {})["finalizers"] = list(
+                (new.get("spec") or {}).get("finalizers") or [])
+        elif subresource is not None:
+            raise not_found(f"{rt.plural}/{subresource}", name, rt.group)
+        else:
+            result = self._decode(rt, new)
+            meta = result["metadata"]
+            for key in _IMMUTABLE:
+                if key in old["metadata"]:
+                    meta[key] = old["metadata"][key]
+                else:
+                    meta.pop(key, None)
+            if rt.defaults is not None:
+                rt.defaults(result)
+            if rt.prepare_update is not None:
+                rt.prepare_update(result, old)
+        result["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+        self._validate(rt, result, old)
+        return result
+
+    def update(
+        self, rt: ResourceType, namespace: str, name: str, body: Any,
+        subresource: str | None = None,
+    ) -> Obj:
+        """Replace an object (PUT); `subresource` "status" replaces only its status."""
+        if isinstance(body, Mapping):
+            sent = (body.get("metadata") or {}).get("name")
+            if sent and sent != name:
+                raise bad_request(f"the name of the object ({sent}) does not match the name "
+                                  f"on the URL ({name})")
+        return self.store.update(
+            rt.key, namespace, name, lambda old: self._next_state(rt, old, body, subresource),
+            remove_if=rt.ready_to_remove, group=rt.group,
+        )
+
+    def patch(
+        self, rt: ResourceType, namespace: str, name: str, content_type: str, patch: Any,
+        subresource: str | None = None,
+    ) -> Obj:
+        """Apply a patch of media type `content_type` (415 if not supported)."""
+        media = content_type.split(";")[0].strip().lower()
+        apply = PATCH_TYPES.get(media)
+        if apply is None:
+            raise unsupported_media_type(content_type)
+
+        def mutate(old: Obj) -> Obj:
+            return self._next_state(rt, old, apply(old, patch), subresource)
+
+        return self.store.update(rt.key, namespace, name, mutate,
+                                 remove_if=rt.ready_to_remove, group=rt.group)
+
+    def mutate(self, rt: ResourceType, namespace: str, name: str,
+               change: Callable[[Obj], Obj | None]) -> Obj:
+        """A controller's read-modify-write, with no client-facing checks (e.g. binding)."""
+        return self.store.update(rt.key, namespace, name, change,
+                                 remove_if=rt.ready_to_remove, group=rt.group)
+
+    # -- deleting ------------------------------------------------------------------------
+
+    def delete(
+        self, rt: ResourceType, namespace: str, name: str, *,
+        grace: int | None = None, preconditions: Mapping[str, Any] | None = None,
+    ) -> tuple[Obj, bool]:
+        """Delete (or begin to delete) an object: (its state, whether it is gone).
+
+        grace: gracePeriodSeconds asked for (None: the type's default).
+        preconditions: `{"uid": ..., "resourceVersion": ...}` that must match (409).
+        """
+
+        def begin(old: Obj) -> Obj:
+            meta = old["metadata"]
+            for key in ("uid", "resourceVersion"):
+                want = (preconditions or {}).get(key)
+                if want and want != meta.get(key):
+                    raise conflict(rt.plural, name, f"Precondition failed: {key} in "
+                                   f"precondition: {want}, {key} in object meta: {meta.get(key)}",
+                                   rt.group)
+            return rt.begin_delete(old, grace)
+
+        obj = self.store.update(rt.key, namespace, name, begin,
+                                remove_if=rt.ready_to_remove, group=rt.group)
+        still = self.store.find(rt.key, namespace, name)
+        gone = still is None or still["metadata"].get("uid") != obj["metadata"].get("uid")
+        return obj, gone
