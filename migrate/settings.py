@@ -111,12 +111,32 @@ class RegistrySettings:
 
 
 @dataclass(frozen=True)
+class KubeSettings:
+    """How to reach the cluster."""
+
+    kubeconfig: Path | None = None
+    """A kubeconfig file; default: $KUBECONFIG, ~/.kube/config, else in-cluster config."""
+
+    context: str | None = None
+    """The kubeconfig context; default: its current-context."""
+
+    namespace: str | None = None
+    """Namespace for commands that take one; default: the context's, else "default"."""
+
+    request_timeout: float = 30.0
+    """Seconds for one API request (checkpoints and watches set their own)."""
+
+    retry: RetrySettings = field(default_factory=RetrySettings)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Root of the settings tree."""
 
     output: OutputSettings = field(default_factory=OutputSettings)
     archive: ArchiveSettings = field(default_factory=ArchiveSettings)
     registry: RegistrySettings = field(default_factory=RegistrySettings)
+    kube: KubeSettings = field(default_factory=KubeSettings)
     checkpoint_dirs: tuple[Path, ...] = (DEFAULT_CHECKPOINT_DIR,)
     """Where `migrate list` looks when no directory is given."""
 

@@ -9,7 +9,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 
-from migrate.adapters.kube import Cluster, KubeSettings, call, connect, translate
+from migrate.adapters.kube import Cluster, call, connect, translate
 from migrate.errors import (
     AuthError,
     ClusterError,
@@ -18,7 +18,7 @@ from migrate.errors import (
     NotFoundError,
     TransientClusterError,
 )
-from migrate.settings import RetrySettings
+from migrate.settings import KubeSettings, RetrySettings
 
 
 def api_error(status: int, message: str = "", headers: dict[str, str] | None = None

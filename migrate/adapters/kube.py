@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from migrate.adapters.kubelet import parse_checkpoint_response
 from migrate.errors import (
     AuthError,
     ClusterError,
@@ -25,29 +26,10 @@ from migrate.errors import (
     TransientClusterError,
 )
 from migrate.retry import cluster_policy
-from migrate.settings import RetrySettings
+from migrate.settings import KubeSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class KubeSettings:
-    """How to reach the cluster."""
-
-    kubeconfig: Path | None = None
-    """A kubeconfig file; default: $KUBECONFIG, ~/.kube/config, else in-cluster config."""
-
-    context: str | None = None
-    """The kubeconfig context; default: its current-context."""
-
-    namespace: str | None = None
-    """Namespace for commands that take one; default: the context's, else "default"."""
-
-    request_timeout: float = 30.0
-    """Seconds for one API request (watches set their own)."""
-
-    retry: RetrySettings = field(default_factory=RetrySettings)
 
 
 @dataclass
@@ -156,3 +138,57 @@ def call(cluster: Cluster, what: str, fn: Callable[..., T], *args: Any, **kw: An
             except (ApiException, HTTPError, OSError) as e:
                 raise translate(e, what) from e
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def read_pod(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    """The pod as the API serves it (camelCase field names, as in manifests)."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(cluster.api)
+    # Raw JSON, not the client's models: the pipeline works with manifest field names.
+    resp: Any = call(cluster, f"read pod {namespace}/{name}", core.read_namespaced_pod, name,
+                     namespace, _preload_content=False)
+    pod: dict[str, Any] = json.loads(resp.data)
+    return pod
+
+
+_GATE_HINT = ("the kubelet has no checkpoint endpoint: enable the ContainerCheckpoint feature "
+              "gate (on by default from 1.30)")
+_RUNTIME_HINT = ("the container runtime could not checkpoint it: CRI-O needs CRIU support "
+                 "enabled; see the kubelet and runtime logs on the node")
+
+
+def _checkpoint_error(e: MigrateError, what: str) -> MigrateError:
+    """Checkpoint failures, with hints for the two usual causes."""
+    if isinstance(e, NotFoundError):
+        return NotFoundError(e.message, hint=_GATE_HINT)
+    if isinstance(e, TransientClusterError):
+        return TransientClusterError(e.message, hint=_RUNTIME_HINT)
+    return e
+
+
+def checkpoint_via_apiserver(cluster: Cluster, node: str, namespace: str, pod: str,
+                             container: str, timeout: int | None) -> str:
+    """POST the kubelet's checkpoint API through the API server's node proxy.
+
+    Returns the archive's path on the node. Needs RBAC ``nodes/proxy`` create.
+    """
+    what = f"checkpoint {namespace}/{pod}/{container} on {node}"
+    query = [("timeout", str(timeout))] if timeout else []
+
+    def post(**kw: Any) -> Any:
+        return cluster.api.call_api(
+            "/api/v1/nodes/{node}/proxy/checkpoint/{namespace}/{pod}/{container}", "POST",
+            path_params={"node": node, "namespace": namespace, "pod": pod,
+                         "container": container},
+            query_params=query, header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"], _preload_content=False, **kw)
+
+    # The request lasts as long as the runtime takes to dump the memory.
+    request_timeout = max(cluster.settings.request_timeout, (timeout or 0) + 30)
+    try:
+        resp = call(cluster, what, post, _request_timeout=request_timeout)
+    except MigrateError as e:
+        raise _checkpoint_error(e, what) from e
+    data = resp[0].data if isinstance(resp, tuple) else resp.data
+    return parse_checkpoint_response(data, what)

@@ -51,10 +51,11 @@ def root(
 
 
 def _register() -> None:
-    from migrate.cli import archive, images
+    from migrate.cli import archive, cluster, images
 
     archive.register(app)
     images.register(app)
+    cluster.register(app)
 
 
 _register()

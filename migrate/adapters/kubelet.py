@@ -1,0 +1,93 @@
+"""Talk to a kubelet directly (port 10250) with a client certificate.
+
+For clusters where the API server's node proxy is not allowed, or from the
+node itself, as in the seed article's curl. TLS is verified against the
+given CA; a client certificate the kubelet trusts authenticates us.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import urllib3
+from urllib3.exceptions import HTTPError, SSLError
+
+from migrate.errors import AuthError, ClusterError, NotFoundError, TransientClusterError
+from migrate.retry import cluster_policy
+from migrate.settings import RetrySettings
+
+
+@dataclass(frozen=True)
+class KubeletEndpoint:
+    """Where the kubelet is and how we prove who we are."""
+
+    url: str  # https://NODE:10250
+    cert: Path
+    key: Path
+    ca: Path | None = None  # None: the system's trust store
+
+
+def parse_checkpoint_response(body: bytes, what: str) -> str:
+    """The archive path in the kubelet's ``{"items": ["<path>"]}`` answer."""
+    try:
+        path = json.loads(body)["items"][0]
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        raise ClusterError(f"{what}: the kubelet answered without an archive path",
+                           hint="the node's kubelet speaks an unexpected checkpoint API") from e
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ClusterError(f"{what}: the kubelet answered with {path!r}, not a path",
+                           hint="the node's kubelet speaks an unexpected checkpoint API")
+    return path
+
+
+def _pool(ep: KubeletEndpoint, timeout: float) -> urllib3.PoolManager:
+    ctx = ssl.create_default_context(cafile=str(ep.ca) if ep.ca else None)
+    ctx.load_cert_chain(str(ep.cert), str(ep.key))
+    return urllib3.PoolManager(ssl_context=ctx, retries=False,
+                               timeout=urllib3.Timeout(connect=10, read=timeout))
+
+
+def checkpoint_direct(ep: KubeletEndpoint, namespace: str, pod: str, container: str,
+                      timeout: int | None, retry: RetrySettings) -> str:
+    """POST /checkpoint/{namespace}/{pod}/{container}; the archive's path on the node."""
+    what = f"checkpoint {namespace}/{pod}/{container} at {ep.url}"
+    path = "/checkpoint/" + "/".join(quote(p, safe="") for p in (namespace, pod, container))
+    url = ep.url.rstrip("/") + path + (f"?timeout={timeout}" if timeout else "")
+    try:
+        pool = _pool(ep, (timeout or 0) + 60)
+    except (OSError, ssl.SSLError) as e:
+        raise ClusterError(f"cannot use the kubelet client certificate: {e}",
+                           hint="--cert and --key must be a PEM pair; --ca the kubelet's CA"
+                           ) from e
+    for attempt in cluster_policy(retry):
+        with attempt:
+            try:
+                resp = pool.request("POST", url)
+            except SSLError as e:
+                raise ClusterError(f"{what}: TLS failed ({type(e).__name__})",
+                                   hint="check --ca, and that the kubelet trusts --cert") from e
+            except HTTPError as e:
+                raise TransientClusterError(f"{what}: cannot reach the kubelet "
+                                            f"({type(e).__name__})",
+                                            hint="check --kubelet-url") from e
+            text = resp.data.decode(errors="replace").strip().splitlines()
+            detail = text[0][:300] if text else f"HTTP {resp.status}"
+            if resp.status == 200:
+                return parse_checkpoint_response(resp.data, what)
+            if resp.status in (401, 403):
+                raise AuthError(f"{what}: {detail}",
+                                hint="the kubelet does not accept this client certificate")
+            if resp.status == 404:
+                raise NotFoundError(f"{what}: {detail}", hint=(
+                    "the kubelet has no checkpoint endpoint (ContainerCheckpoint gate) or "
+                    "does not run this container"))
+            if resp.status >= 500:
+                raise TransientClusterError(f"{what}: {detail}", hint=(
+                    "the container runtime could not checkpoint it: CRI-O needs CRIU "
+                    "support enabled; see the kubelet and runtime logs on the node"))
+            raise ClusterError(f"{what}: {detail}", hint="the kubelet refused the request")
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,80 @@
+"""Commands that talk to the cluster: checkpoint (doctor follows)."""
+
+from __future__ import annotations
+
+import dataclasses
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+
+from migrate.cli.output import Format, emit, table
+from migrate.settings import Settings
+
+# The kubernetes client (~0.3 s to import) loads when a cluster command runs.
+
+KUBECONFIG = typer.Option(None, "--kubeconfig", help="Kubeconfig file [default: $KUBECONFIG, "
+                          "~/.kube/config, or the in-cluster service account].",
+                          show_default=False)
+CONTEXT = typer.Option(None, "--context", help="Kubeconfig context.", show_default=False)
+NAMESPACE = typer.Option(None, "-n", "--namespace", help="Namespace [default: the context's].",
+                         show_default=False)
+
+
+class Via(StrEnum):
+    """How to reach the kubelet's checkpoint API."""
+
+    apiserver = "apiserver"
+    kubelet = "kubelet"
+
+
+def _with_kube(ctx: typer.Context, kubeconfig: Path | None, context: str | None,
+               namespace: str | None) -> Settings:
+    base: Settings = ctx.obj
+    return dataclasses.replace(base, kube=dataclasses.replace(
+        base.kube, kubeconfig=kubeconfig, context=context, namespace=namespace))
+
+
+def checkpoint(
+    ctx: typer.Context,
+    pod: str = typer.Argument(..., help="Pod name.", metavar="POD", show_default=False),
+    container: str | None = typer.Option(None, "-c", "--container", help="Container "
+                                         "[default: the pod's default or only one].",
+                                         show_default=False),
+    timeout: int | None = typer.Option(None, "--timeout", min=1, help="Seconds the runtime "
+                                       "may take [default: its own].", show_default=False),
+    via: Via = typer.Option(Via.apiserver, "--via", help="Through the API server's node "
+                            "proxy, or to the kubelet directly."),
+    kubelet_url: str | None = typer.Option(None, "--kubelet-url", help="With --via kubelet: "
+                                           "https://NODE:10250.", show_default=False),
+    cert: Path | None = typer.Option(None, "--cert", help="Client certificate for the kubelet.",
+                                     show_default=False),
+    key: Path | None = typer.Option(None, "--key", help="Its private key.", show_default=False),
+    ca: Path | None = typer.Option(None, "--ca", help="CA of the kubelet's serving certificate.",
+                                   show_default=False),
+    kubeconfig: Path | None = KUBECONFIG,
+    context: str | None = CONTEXT,
+    namespace: str | None = NAMESPACE,
+    output: Format = typer.Option(Format.table, "-o", "--output", help="Output format."),
+) -> None:
+    """Checkpoint a running container; the archive stays on the pod's node."""
+    from migrate.adapters import kube
+    from migrate.adapters.kubelet import KubeletEndpoint
+    from migrate.pipeline.checkpoint import CheckpointRequest
+    from migrate.pipeline.checkpoint import checkpoint as run
+
+    settings = _with_kube(ctx, kubeconfig, context, namespace)
+    endpoint = (KubeletEndpoint(kubelet_url, cert, key, ca)
+                if kubelet_url and cert and key else None)
+    result = run(kube.connect(settings.kube), CheckpointRequest(
+        pod=pod, namespace=namespace, container=container, timeout=timeout, via=via.value,
+        kubelet=endpoint))
+    emit(result.to_dict(), output.value, lambda: table(
+        ("node", "pod", "container", "archive", "time"),
+        [(result.node, f"{result.namespace}/{result.pod}", result.container, result.archive,
+          f"{result.seconds:.3f} s")]))
+
+
+def register(app: typer.Typer) -> None:
+    """Attach the cluster commands to the root app."""
+    app.command("checkpoint")(checkpoint)
