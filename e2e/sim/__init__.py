@@ -6,7 +6,14 @@ Python client and kubectl work against it unchanged; scheduling and kubelets
 are simulated (nothing runs). See simulator.py for the in-process API and
 __main__.py for the command line:
 
-    python -m e2e.sim --state DIR [--nodes node-a,node-b] [--port 0]
+    python -m e2e.sim --state DIR [--nodes node-a,node-b] [--port 0] [--config FILE]
+
+Each node also serves the kubelet API on its own 127.0.0.1 port (client
+certificates): `POST /checkpoint/NS/POD/CONTAINER` writes a checkpoint archive
+(e2e.archivegen's layout, filled from the pod) into the node's directory,
+STATE/nodes/NODE/var/lib/kubelet/checkpoints/; the API server reaches it at
+`/api/v1/nodes/NODE/proxy/checkpoint/...`. Nodes are configured by
+`NodeConfig` (runtime, restore level, feature gate, readiness, faults).
 
 Layout, bottom up:
 
@@ -14,12 +21,16 @@ Layout, bottom up:
     rest.py        generic object semantics (create/update/patch/delete rules)
     api.py         routing and handlers; watch.py streams watches;
                    discovery.py, openapi.py, tables.py what clients read
-    server.py      HTTPS, bearer tokens, HTTP/1.1 (protocol.py: what it hands api.py)
+    server.py      HTTPS, bearer tokens or client certificates, HTTP/1.1
+                   (protocol.py: what it hands api.py and kubelet_api.py)
     resources.py   what a kind is; core.py the core/v1 kinds
     controllers.py scheduler, namespace controller; kubelet.py the nodes
+    nodeconfig.py  per-node settings; kubelet_api.py the kubelet's HTTP API;
+                   checkpoints.py what a checkpoint archive holds
     simulator.py   wires them together
 """
 
+from e2e.sim.nodeconfig import NodeConfig
 from e2e.sim.simulator import DEFAULT_NODES, Simulator
 
-__all__ = ["DEFAULT_NODES", "Simulator"]
+__all__ = ["DEFAULT_NODES", "NodeConfig", "Simulator"]

@@ -1,9 +1,36 @@
-"""`python -m e2e.sim --state DIR [--nodes node-a,node-b] [--port 0]`: run a cluster.
+"""`python -m e2e.sim --state DIR [--nodes A,B] [--port 0] [--config FILE]`: run a cluster.
 
 Runs in the foreground on 127.0.0.1. When the cluster answers, DIR/kubeconfig
 exists and exactly one line, `ready <api-url>`, is printed on stdout; SIGTERM
 or SIGINT stops it cleanly (exit status 0). Logs go to DIR/cluster.log and
-DIR/apiserver.log, never to stdout.
+DIR/apiserver.log, never to stdout. Bad arguments or a bad config: a message
+on stderr, exit status 2.
+
+DIR also gets ca.crt and kubelet-client.crt/.key (0600) for talking to the
+kubelets directly (each on its own 127.0.0.1 port: the Node's
+status.daemonEndpoints.kubeletEndpoint.Port), and each node's files under
+DIR/nodes/NODE/ (checkpoints in var/lib/kubelet/checkpoints/).
+
+--config FILE is YAML; its nodes are merged by name over --nodes (settings
+for a listed node, new names appended in the file's order):
+
+    nodes:
+      - name: node-c                      # required
+        runtime: containerd://2.4.0       # default cri-o://1.30.4 (nodeInfo)
+        restore_level: checkpoint_only    # none | checkpoint_only | checkpoint_restore
+                                          # (default); none: checkpoints answer 500
+        checkpoint_gate: true             # false: /checkpoint is 404 (gate off)
+        ready: true                       # false: NotReady (and the not-ready taint)
+        labels: {topology.kubernetes.io/zone: b}
+        taints: [{key: dedicated, value: db, effect: NoSchedule}]
+        capacity: {cpu: "8", memory: 16Gi}        # overrides; allocatable follows
+        runtime_request_timeout: 120      # seconds; the floor of a checkpoint's deadline
+    faults:
+      node-c:
+        fail_next_checkpoints: 1          # the next N checkpoints answer 500
+        checkpoint_delay_per_mib: 0.5     # seconds per MiB of simulated memory
+
+Unknown keys are errors (typos must not pass silently).
 """
 
 from __future__ import annotations
@@ -14,6 +41,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from e2e.sim.nodeconfig import load_config, merge_nodes
 from e2e.sim.simulator import DEFAULT_NODES, Simulator
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -31,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="seconds from a pod being bound to it Running (default: 0.2)")
     parser.add_argument("--stop-latency", type=float, default=0.2,
                         help="seconds from a pod's deletion to it being gone (default: 0.2)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="YAML node settings (runtime, restore_level, checkpoint_gate, "
+                             "ready, labels, taints, capacity; faults), merged over --nodes")
     return parser
 
 
@@ -39,8 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     nodes = [n.strip() for n in args.nodes.split(",") if n.strip()]
     try:
-        sim = Simulator(args.state, nodes=nodes, port=args.port,
-                        start_latency=args.start_latency, stop_latency=args.stop_latency)
+        configs = load_config(args.config) if args.config is not None else {}
+        sim = Simulator(args.state, nodes=merge_nodes(nodes, configs), port=args.port,
+                        start_latency=args.start_latency, stop_latency=args.stop_latency,
+                        node_config=configs)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ semantics are the API server's:
     /api/v1/RESOURCE[/NAME[/SUBRESOURCE]]                                   cluster scope
     /api/v1/namespaces/NS/RESOURCE[/NAME[/SUBRESOURCE]]                     namespaced
     ...?watch=true (or the legacy /api/v1/watch/... prefix)                 watch
+    /api/v1/nodes/NODE/proxy/PATH                                           the kubelet's PATH
 
 Every request is authorized (`Authorizer`) with the verb and resource the
 real server would use, so a later RBAC model plugs in without touching
@@ -39,7 +40,10 @@ from e2e.sim.store import Obj
 from e2e.sim.tables import render_table
 from e2e.sim.watch import watch_response
 
-__all__ = ["Api"]
+__all__ = ["Api", "NodeProxy"]
+
+#: (the Node, the request, the path on the kubelet) -> the kubelet's response.
+NodeProxy = Callable[[Obj, Request, str], Response]
 
 _NOT_FOUND_MESSAGE = "the server could not find the requested resource"
 _PUBLIC_PATHS = ("/healthz", "/livez", "/readyz")
@@ -84,6 +88,8 @@ class Api:
     server_address: `127.0.0.1:PORT`, for /api's serverAddressByClientCIDRs
         (a callable: the port is known only once the server listens).
     log: where unexpected errors (bugs) are reported, with their traceback.
+    node_proxy: forwards `nodes/NAME/proxy/PATH` requests to the node's kubelet
+        (None: they answer 503).
     """
 
     def __init__(
@@ -94,12 +100,14 @@ class Api:
         authorizer: Authorizer = allow_all,
         server_address: Callable[[], str] = lambda: "127.0.0.1:443",
         log: Callable[[str], None] = lambda line: None,
+        node_proxy: NodeProxy | None = None,
     ) -> None:
         self.rest = rest
         self.registry = registry
         self.authorizer = authorizer
         self.server_address = server_address
         self.log = log
+        self.node_proxy = node_proxy
 
     # -- entry point -----------------------------------------------------------------
 
@@ -123,9 +131,11 @@ class Api:
         resource = attrs.resource + (f"/{attrs.subresource}" if attrs.subresource else "")
         scope = f'in the namespace "{attrs.namespace}"' if attrs.namespace else \
             "at the cluster scope"
-        raise forbidden(resource, attrs.name, f'User "{attrs.user.name}" cannot {attrs.verb} '
-                        f'resource "{resource}" in API group "{attrs.group}" {scope}',
-                        attrs.group)
+        # The subject is the resource (`nodes "n" is forbidden`), the reason names the
+        # subresource too (`cannot create resource "nodes/proxy"`), as the API server says.
+        raise forbidden(attrs.resource, attrs.name, f'User "{attrs.user.name}" cannot '
+                        f'{attrs.verb} resource "{resource}" in API group "{attrs.group}" '
+                        f'{scope}', attrs.group)
 
     def _route(self, req: Request) -> Response:
         parts = [p for p in req.path.split("/") if p]
@@ -203,7 +213,8 @@ class Api:
     # -- resources -------------------------------------------------------------------
 
     def _verb(self, req: Request, target: _Target) -> str:
-        watching = target.watch_prefix or req.param("watch") in ("true", "1")
+        proxied = (target.subresource or "").split("/")[0] == "proxy"
+        watching = not proxied and (target.watch_prefix or req.param("watch") in ("true", "1"))
         if req.method == "GET":
             if watching:
                 return "watch"
@@ -218,18 +229,32 @@ class Api:
     def _resource(self, req: Request, target: _Target) -> Response:
         verb = self._verb(req, target)
         rt = target.rt
-        self._authorize(Attributes(
-            req.user, verb, rt.group, rt.plural, target.subresource or "",
-            target.namespace, target.name or "",
-        ))
         sub = target.subresource
-        allowed = rt.subresources.get(sub.split("/")[0], ()) if sub else rt.verbs
+        # nodes/NAME/proxy/PATH is the subresource `proxy` (PATH goes to the kubelet).
+        sub_name = sub.split("/")[0] if sub else ""
+        self._authorize(Attributes(
+            req.user, verb, rt.group, rt.plural, sub_name, target.namespace, target.name or "",
+        ))
+        allowed = rt.subresources.get(sub_name, ()) if sub else rt.verbs
         all_namespaces = rt.namespaced and not target.namespace
         if verb not in allowed or (all_namespaces and verb not in ("list", "watch")):
             raise method_not_allowed()
+        if sub_name == "proxy":
+            return self._proxy(req, target)
         handler = getattr(self, f"_{verb}")
         response: Response = handler(req, target)
         return response
+
+    def _proxy(self, req: Request, target: _Target) -> Response:
+        # What `kubectl get --raw /api/v1/nodes/N/proxy/...` reaches: the node's kubelet,
+        # whose answer (any status, any body) is passed back unchanged.
+        assert target.name is not None and target.subresource is not None
+        node = self.rest.get(target.rt, target.namespace, target.name)
+        if self.node_proxy is None:
+            raise ApiError(503, "ServiceUnavailable", "error trying to reach service: "
+                           "no kubelet is reachable in this cluster")
+        path = "/" + "/".join(target.subresource.split("/")[1:])
+        return self.node_proxy(node, req, path)
 
     def _get(self, req: Request, target: _Target) -> Response:
         assert target.name is not None

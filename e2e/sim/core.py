@@ -205,7 +205,9 @@ PODS = ResourceType(
 
 NODES = ResourceType(
     kind="Node", plural="nodes", singular="node", namespaced=False, short_names=("no",),
-    subresources={"status": STATUS_VERBS},
+    # `proxy` reaches the node's kubelet (api.py forwards it), e.g. its checkpoint API.
+    subresources={"status": STATUS_VERBS,
+                  "proxy": ("create", "delete", "get", "patch", "update")},
     fields=metadata_fields("spec.unschedulable"),
     prepare_update=_keep_status, table=NODE_TABLE,
 )

@@ -107,7 +107,8 @@ def _resources(rt: ResourceType) -> list[dict[str, Any]]:
             "name": f"{rt.plural}/{sub}",
             "singularName": "",
             "namespaced": rt.namespaced,
-            "kind": _SUBRESOURCE_KINDS.get(sub, rt.kind),
+            "kind": _SUBRESOURCE_KINDS.get(
+                sub, f"{rt.kind}ProxyOptions" if sub == "proxy" else rt.kind),
             "verbs": sorted(verbs),
         })
     return out

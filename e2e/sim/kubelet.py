@@ -1,19 +1,52 @@
-"""Simulated kubelets: each registers its Node and "runs" the pods bound to it.
+"""Simulated kubelets: each registers its Node, "runs" the pods bound to it and
+serves the kubelet API (checkpoints).
 
 Nothing is executed. A pod bound to the node turns Running (containers ready,
 a pod IP from the node's 10.88.N.0/24 range) `start_latency` seconds after the
 kubelet first sees it; a pod being deleted is removed `stop_latency` seconds
 after its deletionTimestamp appears (the grace period is not waited out:
-nothing runs that could use it). Addresses are data only: the node's
+nothing runs that could use it). Init containers count as completed (sidecars,
+`restartPolicy: Always`, as running). Addresses are data only: the node's
 InternalIP is in 192.0.2.0/24 (TEST-NET-1, RFC 5737) and nothing ever
-connects to it.
+connects to it; the kubelet API listens on 127.0.0.1 at the port the Node
+reports in `status.daemonEndpoints.kubeletEndpoint.Port`.
 
-Later slices add the kubelet API (checkpoints) here.
+Each node is configured by a `NodeConfig` (nodeconfig.py): runtime, restore
+level, the ContainerCheckpoint gate, readiness, labels, taints, capacity and
+fault injection.
+
+The kubelet API (kubelet_api.py) answers `POST /checkpoint/{namespace}/{pod}/{container}`
+by writing an archive (checkpoints.py) into the node's checkpoint directory,
+`STATE/nodes/<node>/var/lib/kubelet/checkpoints/` on the machine, and answering
+the NODE path `/var/lib/kubelet/checkpoints/checkpoint-<pod>_<ns>-<ctr>-<time>.tar`.
+What the archive holds can be steered with pod annotations (left out of the
+archive's own annotation copy):
+
+    sim.migrate.dev/processes
+        JSON list of processes, each {"pid", "ppid", "comm", "argv", "env", "heap"}:
+        pid defaults to its position (1-based), ppid to 0 for the first and the
+        first's pid for the others, comm to argv[0]'s basename, env to the
+        container's environment, heap (a string) is put in the process's
+        dumped memory (so `migrate memparse --search` finds it).
+        Default: one process named after the image's last path component.
+    sim.migrate.dev/processes.<container>
+        The same, for one container of the pod (wins over the pod-wide key).
+    sim.migrate.dev/memory-mib
+        Extra dumped memory in MiB (a number, at most 4096): real pages in the
+        archive (the second process's memory; a lone process's heap, zeroed,
+        held in RAM while the archive is written), and what
+        `checkpoint_delay_per_mib` multiplies (with the heaps' sizes).
+    sim.migrate.dev/rootfs-diff
+        JSON object path -> text: the files in rootfs-diff.tar (default: none).
+
+A malformed annotation fails the checkpoint with 500, as a runtime error would.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,30 +56,71 @@ from e2e.sim.core import NODES, PODS
 from e2e.sim.discovery import KUBE_VERSION
 from e2e.sim.errors import ApiError
 from e2e.sim.meta import now, rfc3339
+from e2e.sim.nodeconfig import DEFAULT_RUNTIME, NodeConfig
 from e2e.sim.rest import Rest
 from e2e.sim.store import Obj
 
-__all__ = ["CONTAINER_RUNTIME", "Kubelet", "node_object"]
+__all__ = ["CONTAINER_RUNTIME", "KUBELET_PORT", "Kubelet", "apply_node_config", "node_object"]
 
-#: What nodes report as their runtime (`nodeInfo.containerRuntimeVersion`).
-CONTAINER_RUNTIME = "cri-o://1.30.4"
+#: What nodes report as their runtime unless configured (`nodeInfo.containerRuntimeVersion`).
+CONTAINER_RUNTIME = DEFAULT_RUNTIME
+#: The kubelet's usual port, reported when a node's kubelet API is not served.
+KUBELET_PORT = 10250
+NOT_READY_TAINT = "node.kubernetes.io/not-ready"
+_CAPACITY = {"cpu": "4", "memory": "8148752Ki", "pods": "110",
+             "ephemeral-storage": "61202244Ki", "hugepages-2Mi": "0"}
 _POD_CONDITIONS = ("PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady",
                    "PodScheduled")
+_NOT_READY_MESSAGE = ("container runtime network not ready: NetworkReady=false "
+                      "reason:NetworkPluginNotReady message:Network plugin returns error: "
+                      "cni plugin not initialized")
 
 
-def node_object(name: str, index: int) -> Obj:
-    """The Node a kubelet registers: Ready, schedulable, CRI-O, 4 CPUs / 8 GiB."""
+def _same_taint(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return bool(a.get("key") == b.get("key") and a.get("effect") == b.get("effect"))
+
+
+def apply_node_config(node: Obj, config: NodeConfig, previous: NodeConfig | None = None) -> Obj:
+    """Make `node` report `config` (runtime, readiness, labels, taints, capacity);
+    `previous`: the config it reported so far (its taints are taken back)."""
+    status, spec = node.setdefault("status", {}), node.setdefault("spec", {})
+    status.setdefault("nodeInfo", {})["containerRuntimeVersion"] = config.runtime
+    capacity = {**_CAPACITY, **config.capacity}
+    status["capacity"], status["allocatable"] = capacity, dict(capacity)
+    node["metadata"].setdefault("labels", {}).update(config.labels)
+    owned = (previous.taints if previous else []) + [{"key": NOT_READY_TAINT,
+                                                      "effect": "NoSchedule"}]
+    taints = [t for t in spec.get("taints") or [] if not any(_same_taint(t, o) for o in owned)]
+    wanted = [copy.deepcopy(t) for t in config.taints]
+    if not config.ready:
+        wanted.append({"key": NOT_READY_TAINT, "effect": "NoSchedule",
+                       "timeAdded": rfc3339(now())})
+    taints += [t for t in wanted if not any(_same_taint(t, have) for have in taints)]
+    if taints:
+        spec["taints"] = taints
+    else:
+        spec.pop("taints", None)
+    if config.ready:
+        set_condition(status, "Ready", "True", "KubeletReady", "kubelet is posting ready status")
+    else:
+        set_condition(status, "Ready", "False", "KubeletNotReady", _NOT_READY_MESSAGE)
+    for c in status["conditions"]:
+        if "lastProbeTime" in c:
+            c["lastHeartbeatTime"] = c.pop("lastProbeTime") or c["lastTransitionTime"]
+    return node
+
+
+def node_object(name: str, index: int, config: NodeConfig | None = None,
+                kubelet_port: int = KUBELET_PORT) -> Obj:
+    """The Node a kubelet registers: by default Ready, schedulable, CRI-O, 4 CPUs / 8 GiB."""
+    config = config or NodeConfig()
     digest = hashlib.sha256(name.encode()).hexdigest()
-    capacity = {"cpu": "4", "memory": "8148752Ki", "pods": "110",
-                "ephemeral-storage": "61202244Ki", "hugepages-2Mi": "0"}
     status: dict[str, Any] = {
-        "capacity": capacity,
-        "allocatable": dict(capacity),
         "addresses": [
             {"type": "InternalIP", "address": f"192.0.2.{10 + index}"},
             {"type": "Hostname", "address": name},
         ],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
         "nodeInfo": {
             "machineID": digest[:32],
             "systemUUID": f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-"
@@ -54,7 +128,7 @@ def node_object(name: str, index: int) -> Obj:
             "bootID": digest[32:64],
             "kernelVersion": "6.1.0-sim-amd64",
             "osImage": "Debian GNU/Linux 12 (bookworm)",
-            "containerRuntimeVersion": CONTAINER_RUNTIME,
+            "containerRuntimeVersion": config.runtime,
             "kubeletVersion": KUBE_VERSION,
             "kubeProxyVersion": KUBE_VERSION,
             "operatingSystem": "linux",
@@ -68,10 +142,7 @@ def node_object(name: str, index: int) -> Obj:
         ("PIDPressure", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
     ):
         set_condition(status, type_, "False", reason, message)
-    set_condition(status, "Ready", "True", "KubeletReady", "kubelet is posting ready status")
-    for c in status["conditions"]:
-        c["lastHeartbeatTime"] = c.pop("lastProbeTime") or c["lastTransitionTime"]
-    return {
+    node: Obj = {
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {
@@ -88,22 +159,34 @@ def node_object(name: str, index: int) -> Obj:
         "spec": {"podCIDR": f"10.88.{index}.0/24", "podCIDRs": [f"10.88.{index}.0/24"]},
         "status": status,
     }
+    return apply_node_config(node, config)
 
 
-def _container_status(container: dict[str, Any], uid: str, started: str) -> dict[str, Any]:
-    image = str(container.get("image", ""))
-    name = str(container.get("name", ""))
+def _image_id(image: str) -> str:
     repo = image.split("@")[0].rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] \
         else image.split("@")[0]
+    return f"{repo}@sha256:{hashlib.sha256(image.encode()).hexdigest()}"
+
+
+def _container_status(container: dict[str, Any], uid: str, started: str, runtime: str,
+                      *, completed: bool = False) -> dict[str, Any]:
+    image = str(container.get("image", ""))
+    name = str(container.get("name", ""))
+    state: dict[str, Any] = {"running": {"startedAt": started}}
+    if completed:
+        state = {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": started,
+                                "finishedAt": started,
+                                "containerID": f"{runtime}://" + hashlib.sha256(
+                                    f"{uid}/{name}".encode()).hexdigest()}}
     return {
         "name": name,
         "image": image,
-        "imageID": f"{repo}@sha256:{hashlib.sha256(image.encode()).hexdigest()}",
-        "containerID": "cri-o://" + hashlib.sha256(f"{uid}/{name}".encode()).hexdigest(),
-        "ready": True,
-        "started": True,
+        "imageID": _image_id(image),
+        "containerID": f"{runtime}://" + hashlib.sha256(f"{uid}/{name}".encode()).hexdigest(),
+        "ready": not completed,
+        "started": not completed,
         "restartCount": 0,
-        "state": {"running": {"startedAt": started}},
+        "state": state,
         "lastState": {},
     }
 
@@ -112,12 +195,14 @@ class Kubelet(Controller):
     """One node's agent.
 
     index: the node's number (1-based): pod IPs 10.88.INDEX.x, InternalIP 192.0.2.(10+INDEX).
+    config: how the node behaves (NodeConfig); change it with update_config().
     start_latency, stop_latency: seconds from seeing a pod (or its deletion) to acting.
     """
 
     def __init__(
         self, rest: Rest, node: str, index: int, *, start_latency: float,
-        stop_latency: float, log: Callable[[str], None] | None = None,
+        stop_latency: float, config: NodeConfig | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(rest, log=log)
         self.node = node
@@ -125,15 +210,68 @@ class Kubelet(Controller):
         self.name = f"kubelet-{node}"
         self.start_latency = start_latency
         self.stop_latency = stop_latency
+        self._config = config or NodeConfig()
+        self._config_lock = threading.Lock()
         self._due: dict[str, float] = {}  # pod uid -> when to start or remove it
         self._ips: dict[str, str] = {}  # pod uid -> pod IP
         # Pods stopped here but held by finalizers: nothing more to do for them.
         self._stopped: set[str] = set()
 
-    def register(self) -> None:
+    # -- configuration ---------------------------------------------------------------
+
+    @property
+    def config(self) -> NodeConfig:
+        """The node's current configuration (a snapshot: replace it with update_config())."""
+        with self._config_lock:
+            return self._config
+
+    def update_config(self, **changes: Any) -> NodeConfig:
+        """Change settings (NodeConfig field names); the Node object follows at once."""
+        with self._config_lock:
+            previous = self._config
+            self._config = previous.replace(**changes)
+            config = self._config
+
+        def report(node: Obj) -> Obj:
+            return apply_node_config(node, config, previous)
+
+        try:
+            self.rest.mutate(NODES, "", self.node, report)
+        except ApiError as e:
+            if e.code != 404:  # not registered yet: it will register with this config
+                raise
+        return config
+
+    def take_injected_failure(self) -> bool:
+        """Consume one of `fail_next_checkpoints`: True if this checkpoint must fail."""
+        with self._config_lock:
+            if self._config.fail_next_checkpoints <= 0:
+                return False
+            self._config = self._config.replace(
+                fail_next_checkpoints=self._config.fail_next_checkpoints - 1)
+            return True
+
+    # -- what the kubelet API sees ---------------------------------------------------
+
+    def pod(self, namespace: str, name: str) -> Obj | None:
+        """A pod this kubelet knows (bound to its node), or None."""
+        pod = self.rest.store.find(PODS.key, namespace, name)
+        if pod is None or pod.get("spec", {}).get("nodeName") != self.node:
+            return None
+        return pod
+
+    def pods(self) -> list[Obj]:
+        """Every pod bound to this node."""
+        pods, _ = self.rest.list(PODS, None, lambda p: p["spec"].get("nodeName") == self.node)
+        return pods
+
+    # -- the node and its pods -------------------------------------------------------
+
+    def register(self, kubelet_port: int = KUBELET_PORT) -> None:
         """Create this node's Node object (if it is not there yet)."""
         try:
-            self.rest.create(NODES, "", node_object(self.node, self.index))
+            self.rest.create(NODES, "", node_object(self.node, self.index, self.config,
+                                                    kubelet_port))
         except ApiError as e:
             if e.reason != "AlreadyExists":
                 raise
@@ -194,6 +332,7 @@ class Kubelet(Controller):
         uid = pod["metadata"]["uid"]
         ip = self._pod_ip(uid)
         host_ip = f"192.0.2.{10 + self.index}"
+        runtime = self.config.runtime_name
 
         def running(current: Obj) -> Obj | None:
             if current["metadata"]["uid"] != uid or current["metadata"].get("deletionTimestamp"):
@@ -206,9 +345,22 @@ class Kubelet(Controller):
             })
             for type_ in _POD_CONDITIONS:
                 set_condition(status, type_, "True")
+            spec = current["spec"]
             status["containerStatuses"] = [
-                _container_status(c, uid, started) for c in current["spec"]["containers"]
+                _container_status(c, uid, started, runtime) for c in spec["containers"]
             ]
+            if spec.get("initContainers"):
+                # Init containers have run to completion; sidecars keep running.
+                status["initContainerStatuses"] = [
+                    _container_status(c, uid, started, runtime,
+                                      completed=c.get("restartPolicy") != "Always")
+                    for c in spec["initContainers"]
+                ]
+            if spec.get("ephemeralContainers"):
+                status["ephemeralContainerStatuses"] = [
+                    _container_status(c, uid, started, runtime)
+                    for c in spec["ephemeralContainers"]
+                ]
             return current
 
         self._log(f"{self.name}: {pod['metadata']['namespace']}/{pod['metadata']['name']} "

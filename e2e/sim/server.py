@@ -1,14 +1,18 @@
-"""The HTTPS front of the simulated API server: TLS, bearer tokens, HTTP/1.1.
+"""The HTTPS fronts of the simulator: TLS, authentication, HTTP/1.1.
 
-A `ThreadingHTTPServer` on 127.0.0.1 only, one thread per connection, with
-keep-alive (kubectl and urllib3 reuse connections) and chunked streaming for
-watches. TLS is real: the certificate comes from e2e.pki and clients verify it
-against the CA in their kubeconfig. The TLS handshake runs in the
-connection's own thread, so a stalled client cannot block accept().
+`HttpsServer` is a `ThreadingHTTPServer` on 127.0.0.1 only, one thread per
+connection, with keep-alive (kubectl and urllib3 reuse connections) and
+chunked streaming for watches, handing each authenticated `Request` to a
+`Handler`. TLS is real: certificates come from e2e.pki and clients verify
+them against the simulator's CA. The TLS handshake runs in the connection's
+own thread, so a stalled client cannot block accept(). With `client_ca`, a
+client certificate is verified when one is offered (one from another CA fails
+the handshake), as the kubelet's server does.
 
-Authentication: `Authorization: Bearer <token>` must name a known token, on
-every path but /healthz, /livez and /readyz; anything else is 401 with a Status
-body (as an API server with anonymous auth disabled answers).
+`ApiServer` is the API server's: `Authorization: Bearer <token>` must name a
+known token, on every path but /healthz, /livez and /readyz; anything else is
+401 with a Status body (as an API server with anonymous auth disabled answers).
+The kubelets' servers (simulator.py) authenticate client certificates.
 
 stop() ends everything it started: it stops accepting, ends watches, shuts
 idle keep-alive connections and joins every connection thread.
@@ -23,17 +27,17 @@ import socket
 import ssl
 import threading
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from e2e.pki import CertPair
 from e2e.sim.api import Api
 from e2e.sim.errors import status_body, unauthorized
 from e2e.sim.protocol import Request, Response, User
 
-__all__ = ["LOOPBACK", "ApiServer"]
+__all__ = ["LOOPBACK", "ApiServer", "Authenticator", "Handler", "HttpsServer", "cert_user"]
 
 LOOPBACK = "127.0.0.1"
 #: Idle keep-alive connections are closed after this long (seconds).
@@ -41,12 +45,38 @@ _IDLE_TIMEOUT = 120
 _MAX_BODY = 16 * 1024 * 1024
 
 
+class Handler(Protocol):
+    """What a server hands authenticated requests to (api.Api, the kubelet API)."""
+
+    def handle(self, req: Request) -> Response: ...
+
+
+#: (Authorization header or None, the verified client certificate as
+#: ssl.getpeercert() gives it, or None) -> the user, or None: unauthenticated.
+Authenticator = Callable[[str | None, dict[str, Any] | None], User | None]
+
+
+def cert_user(cert: dict[str, Any] | None) -> User | None:
+    """The user a verified client certificate names: CN the name, O the groups
+    (as Kubernetes' x509 authenticator maps them)."""
+    if not cert:
+        return None
+    names: dict[str, list[str]] = {}
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            names.setdefault(key, []).append(value)
+    common = names.get("commonName") or [""]
+    if not common[0]:
+        return None
+    return User(common[0], (*names.get("organizationName", []), "system:authenticated"))
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True
     allow_reuse_address = True
 
-    def __init__(self, port: int, owner: ApiServer) -> None:
+    def __init__(self, port: int, owner: HttpsServer) -> None:
         self.owner = owner
         super().__init__((LOOPBACK, port), _Handler)
 
@@ -65,6 +95,15 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     timeout = _IDLE_TIMEOUT
     server: _HTTPServer
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        # BaseHTTPRequestHandler's, with the Server header only when there is one
+        # (Go servers, the kubelet's included, send none).
+        self.log_request(code)
+        self.send_response_only(code, message)
+        if self.server.owner.server_header:
+            self.send_header("Server", self.server.owner.server_header)
+        self.send_header("Date", self.date_time_string())
 
     def do_GET(self) -> None:
         self._dispatch()
@@ -96,20 +135,24 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = self._read_body()
         url = urllib.parse.urlsplit(self.path)
-        user = owner.authenticate(self.headers.get("Authorization"))
-        if user is None and url.path not in ("/healthz", "/livez", "/readyz"):
-            self._send(Response(401, unauthorized().status()))
+        peer = self.connection.getpeercert() if hasattr(self.connection, "getpeercert") \
+            else None
+        user = owner.authenticator(self.headers.get("Authorization"), peer or None)
+        if user is None and url.path not in owner.public_paths:
+            self._send(owner.unauthorized())
             return
         request = Request(
             method=self.command,
-            path=url.path,
+            # Decoded, as Go's URL.Path is: the official client sends a proxy
+            # subpath as one %2F-escaped path parameter.
+            path=urllib.parse.unquote(url.path),
             query=urllib.parse.parse_qs(url.query, keep_blank_values=True),
             headers=self.headers,  # type: ignore[arg-type]  # case-insensitive Message
             body=body,
             user=user or User("system:anonymous", ("system:unauthenticated",)),
             connection_closed=self._client_gone,
         )
-        self._send(owner.api.handle(request))
+        self._send(owner.handler.handle(request))
 
     def _client_gone(self) -> bool:
         # During a watch the client sends nothing: readable means it hung up
@@ -145,29 +188,45 @@ class _Handler(BaseHTTPRequestHandler):
                 close()
 
 
-class ApiServer:
-    """HTTPS + bearer-token front for an `Api`, on 127.0.0.1.
+class HttpsServer:
+    """An HTTPS server on 127.0.0.1 for a `Handler`.
 
-    api: the router.
+    handler: answers authenticated requests.
     tls: server certificate and key (PEM) from e2e.pki.
-    tokens: bearer token -> user.
+    authenticator: who a request is (None: 401, except on `public_paths`).
+    unauthorized: the 401 response.
+    client_ca: CA file verifying client certificates (None: none are asked for).
     port: 0 for a free port chosen by the kernel.
     log: file for the access log (None: no log).
+    name: the thread names' prefix; server_header: the `Server:` header.
     """
 
     def __init__(
         self,
-        api: Api,
+        handler: Handler,
         tls: CertPair,
-        tokens: Mapping[str, User],
         *,
+        authenticator: Authenticator,
+        unauthorized: Callable[[], Response],
+        public_paths: tuple[str, ...] = (),
+        client_ca: Path | None = None,
         port: int = 0,
         log: Path | None = None,
+        name: str = "sim-https",
+        server_header: str = "kube-apiserver-sim",
     ) -> None:
-        self.api = api
-        self.tokens = dict(tokens)
+        self.handler = handler
+        self.authenticator = authenticator
+        self.unauthorized = unauthorized
+        self.public_paths = public_paths
+        self.server_header = server_header
+        self._name = name
         self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._context.load_cert_chain(tls.cert, tls.key)
+        if client_ca is not None:
+            # Asked for, verified if given: absent, the request is anonymous (401).
+            self._context.verify_mode = ssl.CERT_OPTIONAL
+            self._context.load_verify_locations(cafile=str(client_ca))
         # HTTP/2 is not implemented: say so in ALPN so Go clients stay on 1.1.
         self._context.set_alpn_protocols(["http/1.1"])
         self._port = port
@@ -192,18 +251,6 @@ class ApiServer:
         """`https://127.0.0.1:PORT`."""
         return f"https://{LOOPBACK}:{self.port}"
 
-    def authenticate(self, header: str | None) -> User | None:
-        """The user a `Bearer` Authorization header names, or None."""
-        scheme, _, token = (header or "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return None
-        token = token.strip()
-        found = None
-        for known, user in self.tokens.items():
-            if hmac.compare_digest(known.encode(), token.encode()):
-                found = user
-        return found
-
     def start(self) -> None:
         """Listen and serve in a background thread; returns once listening."""
         self._stopping = False
@@ -212,7 +259,7 @@ class ApiServer:
         self._httpd = _HTTPServer(self._port, self)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
-            name=f"sim-apiserver-{self.port}",
+            name=f"{self._name}-{self.port}",
         )
         self._thread.start()
 
@@ -266,3 +313,44 @@ class ApiServer:
             self._log_file.write(line + "\n")
             self._log_file.flush()
 
+
+
+class ApiServer(HttpsServer):
+    """The API server's HTTPS front: bearer tokens, Status 401s.
+
+    api: the router.
+    tls: server certificate and key (PEM) from e2e.pki.
+    tokens: bearer token -> user (add to `tokens` later for more users).
+    port: 0 for a free port chosen by the kernel.
+    log: file for the access log (None: no log).
+    """
+
+    def __init__(
+        self,
+        api: Api,
+        tls: CertPair,
+        tokens: Mapping[str, User],
+        *,
+        port: int = 0,
+        log: Path | None = None,
+    ) -> None:
+        self.api = api
+        self.tokens = dict(tokens)
+        super().__init__(
+            api, tls, authenticator=lambda header, _cert: self.authenticate(header),
+            unauthorized=lambda: Response(401, unauthorized().status()),
+            public_paths=("/healthz", "/livez", "/readyz"), port=port, log=log,
+            name="sim-apiserver",
+        )
+
+    def authenticate(self, header: str | None) -> User | None:
+        """The user a `Bearer` Authorization header names, or None."""
+        scheme, _, token = (header or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        token = token.strip()
+        found = None
+        for known, user in self.tokens.items():
+            if hmac.compare_digest(known.encode(), token.encode()):
+                found = user
+        return found

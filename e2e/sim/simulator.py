@@ -1,10 +1,15 @@
 """`Simulator`: a whole local cluster in one process, for tests and `python -m e2e.sim`.
 
-    with Simulator(tmp / "sim") as sim:
+    with Simulator(tmp / "sim", node_config={"node-b": NodeConfig(runtime="containerd://2.4.0")}
+                   ) as sim:
         sim.url          # https://127.0.0.1:40123
         sim.kubeconfig   # tmp/sim/kubeconfig: server, CA data, bearer token
         sim.token        # the admin bearer token
         sim.ca           # CertPair of the generated CA (sim.ca.cert: PEM file)
+        sim.kubelet_url("node-a")       # https://127.0.0.1:40125, the node's kubelet API
+        sim.kubelet_client              # CertPair: a client certificate the kubelets accept
+        sim.node_path("node-a", "/var/lib/kubelet/checkpoints/x.tar")  # where that file is
+        sim.configure_node("node-a", fail_next_checkpoints=1)          # NodeConfig changes
 
 start() generates a CA and a server certificate for 127.0.0.1/localhost
 (e2e.pki, files 0600 under STATE_DIR/pki), creates the `default`,
@@ -12,15 +17,31 @@ start() generates a CA and a server certificate for 127.0.0.1/localhost
 scheduler, the namespace controller and a kubelet per node, listens on
 127.0.0.1 (only) and writes the kubeconfig last, atomically: once it exists,
 the cluster answers. stop() (or leaving the `with`) stops every thread.
+
+Each node's kubelet serves its API (kubelet_api.py) over HTTPS on its own
+127.0.0.1 port, reported in the Node's `status.daemonEndpoints.kubeletEndpoint.Port`.
+It authenticates client certificates signed by the cluster CA (CN: user,
+O: groups; an absent one is 401, one from another CA fails the TLS handshake)
+and the API server's bearer tokens. start() also writes, 0600, STATE_DIR/ca.crt
+and STATE_DIR/kubelet-client.crt/.key (CN `kubelet-admin`, O `system:masters`)
+for tools that talk to kubelets directly. The API server reaches them the
+same way (`/api/v1/nodes/NODE/proxy/...`), with its own client certificate.
+A node's files live under STATE_DIR/nodes/NODE/ (its root directory):
+checkpoint archives in var/lib/kubelet/checkpoints/, its kubelet's access
+log in var/log/kubelet.log.
 """
 
 from __future__ import annotations
 
 import base64
+import hmac
+import http.client
 import os
 import secrets
+import ssl
 import threading
-from collections.abc import Sequence
+import urllib.parse
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -29,20 +50,28 @@ import yaml
 
 from e2e.pki import CertPair, issue, make_ca, write_private
 from e2e.sim.api import Api
+from e2e.sim.checkpoints import CHECKPOINT_DIR
 from e2e.sim.controllers import Controller, NamespaceController, Scheduler
 from e2e.sim.core import NAMESPACES, core_registry
+from e2e.sim.errors import status_body
 from e2e.sim.kubelet import Kubelet
-from e2e.sim.protocol import Authorizer, User, allow_all
+from e2e.sim.kubelet_api import KubeletApi
+from e2e.sim.nodeconfig import NodeConfig
+from e2e.sim.protocol import Authorizer, Request, Response, User, allow_all
 from e2e.sim.rest import Rest
-from e2e.sim.server import LOOPBACK, ApiServer
-from e2e.sim.store import Store
+from e2e.sim.server import LOOPBACK, ApiServer, HttpsServer, cert_user
+from e2e.sim.store import Obj, Store
 
-__all__ = ["ADMIN", "DEFAULT_NODES", "Simulator"]
+__all__ = ["ADMIN", "DEFAULT_NODES", "KUBELET_CLIENT_CN", "Simulator"]
 
 DEFAULT_NODES = ("node-a", "node-b")
 #: The user the kubeconfig's token authenticates as.
 ADMIN = User("sim-admin", ("system:masters", "system:authenticated"))
+#: Who STATE_DIR/kubelet-client.crt says it is (a cluster admin, like kubeadm's
+#: apiserver-kubelet-client).
+KUBELET_CLIENT_CN = "kubelet-admin"
 _CLUSTER = "sim"
+_UNAUTHORIZED_TEXT = "Unauthorized\n"
 
 
 class Simulator:
@@ -53,7 +82,10 @@ class Simulator:
     port: 0 picks a free port.
     start_latency: seconds from a pod being bound to it Running.
     stop_latency: seconds from a pod's deletion to it being gone.
-    authorizer: decides every request (default: allow everything).
+    authorizer: decides every request, the API server's and the kubelets'
+        (default: allow everything).
+    node_config: NodeConfig per node name (runtime, checkpoint support,
+        readiness, faults...); nodes not named get NodeConfig().
     """
 
     def __init__(
@@ -65,11 +97,15 @@ class Simulator:
         start_latency: float = 0.2,
         stop_latency: float = 0.2,
         authorizer: Authorizer = allow_all,
+        node_config: Mapping[str, NodeConfig] | None = None,
     ) -> None:
         if not nodes:
             raise ValueError("a cluster needs at least one node")
         if len(set(nodes)) != len(nodes):
             raise ValueError(f"node names must be unique: {list(nodes)}")
+        unknown = sorted(set(node_config or {}) - set(nodes))
+        if unknown:
+            raise ValueError(f"node_config names nodes that are not in the cluster: {unknown}")
         self.state_dir = Path(state_dir)
         self.node_names = tuple(nodes)
         self.start_latency = start_latency
@@ -78,13 +114,25 @@ class Simulator:
         self.store = Store()
         self.registry = core_registry()
         self.rest = Rest(self.store, self.registry)
+        self.authorizer = authorizer
         self.api = Api(self.rest, self.registry, authorizer=authorizer,
-                       server_address=lambda: f"{LOOPBACK}:{self.port}", log=self.log)
+                       server_address=lambda: f"{LOOPBACK}:{self.port}", log=self.log,
+                       node_proxy=self._proxy_to_kubelet)
         self._tokens: dict[str, User] = {self.token: ADMIN}
         self._port = port
         self._server: ApiServer | None = None
         self._controllers: list[Controller] = []
         self._ca: CertPair | None = None
+        self._kubelet_client: CertPair | None = None
+        self._proxy_context: ssl.SSLContext | None = None
+        self.kubelets = {
+            node: Kubelet(self.rest, node, index, start_latency=start_latency,
+                          stop_latency=stop_latency, config=(node_config or {}).get(node),
+                          log=self.log)
+            for index, node in enumerate(self.node_names, start=1)
+        }
+        self._kubelet_apis: dict[str, KubeletApi] = {}
+        self._kubelet_servers: dict[str, HttpsServer] = {}
         self._log_file: IO[str] | None = None
         self._log_lock = threading.Lock()
 
@@ -113,6 +161,52 @@ class Simulator:
             raise RuntimeError("simulator not started")
         return self._ca
 
+    @property
+    def kubelet_client(self) -> CertPair:
+        """A client certificate every kubelet accepts (STATE_DIR/kubelet-client.crt/.key)."""
+        if self._kubelet_client is None:
+            raise RuntimeError("simulator not started")
+        return self._kubelet_client
+
+    def kubelet_url(self, node: str) -> str:
+        """`https://127.0.0.1:PORT` of `node`'s kubelet API."""
+        self._check_node(node)
+        server = self._kubelet_servers.get(node)
+        if server is None:
+            raise RuntimeError("simulator not started")
+        return server.url
+
+    def node_dir(self, node: str) -> Path:
+        """The node's root directory on this machine (STATE_DIR/nodes/NODE)."""
+        self._check_node(node)
+        return self.state_dir / "nodes" / node
+
+    def node_path(self, node: str, path: str) -> Path:
+        """Where the node's absolute `path` (e.g. a checkpoint the kubelet answered) is here."""
+        if not path.startswith("/") or ".." in Path(path).parts:
+            raise ValueError(f"not an absolute, normalized node path: {path!r}")
+        return self.node_dir(node) / path.lstrip("/")
+
+    def checkpoint_dir(self, node: str) -> Path:
+        """The node's /var/lib/kubelet/checkpoints on this machine."""
+        return self.node_path(node, CHECKPOINT_DIR)
+
+    def node_config(self, node: str) -> NodeConfig:
+        """The node's current NodeConfig."""
+        self._check_node(node)
+        return self.kubelets[node].config
+
+    def configure_node(self, node: str, **changes: Any) -> NodeConfig:
+        """Change a node's settings (NodeConfig fields, e.g. `ready=False`,
+        `fail_next_checkpoints=2`); the Node object reports them at once."""
+        self._check_node(node)
+        return self.kubelets[node].update_config(**changes)
+
+    def _check_node(self, node: str) -> None:
+        if node not in self.kubelets:
+            raise KeyError(f"no node {node!r} in this cluster (nodes: "
+                           f"{', '.join(self.node_names)})")
+
     def add_token(self, user: str, groups: Sequence[str] = ()) -> str:
         """A new bearer token for `user` (for tests of other identities, e.g. 403s)."""
         token = secrets.token_urlsafe(32)
@@ -132,7 +226,15 @@ class Simulator:
         server_cert = issue(self._ca, pki, "apiserver", dns=["localhost", "kubernetes",
                                                               "kubernetes.default"],
                             ips=[LOOPBACK], cn="kube-apiserver")
+        write_private(self.state_dir / "ca.crt", self._ca.cert.read_bytes())
+        self._kubelet_client = issue(self._ca, self.state_dir, "kubelet-client", client=True,
+                                     cn=KUBELET_CLIENT_CN, org="system:masters")
+        proxy_cert = issue(self._ca, pki, "apiserver-kubelet-client", client=True,
+                           cn="kube-apiserver-kubelet-client", org="system:masters")
+        self._proxy_context = ssl.create_default_context(cafile=str(self._ca.cert))
+        self._proxy_context.load_cert_chain(proxy_cert.cert, proxy_cert.key)
         try:
+            self._start_kubelet_servers(pki)
             self._bootstrap()
             self._server = ApiServer(self.api, server_cert, self._tokens, port=self._port,
                                      log=self.state_dir / "apiserver.log")
@@ -149,13 +251,70 @@ class Simulator:
             self.rest.create(NAMESPACES, "", {"metadata": {"name": name}})
         self._controllers = [Scheduler(self.rest, log=self.log),
                              NamespaceController(self.rest, log=self.log)]
-        for index, node in enumerate(self.node_names, start=1):
-            kubelet = Kubelet(self.rest, node, index, start_latency=self.start_latency,
-                              stop_latency=self.stop_latency, log=self.log)
-            kubelet.register()
+        for node, kubelet in self.kubelets.items():
+            kubelet.register(self._kubelet_servers[node].port)
             self._controllers.append(kubelet)
         for controller in self._controllers:
             controller.start()
+
+    def _start_kubelet_servers(self, pki: Path) -> None:
+        for node, kubelet in self.kubelets.items():
+            checkpoints = self.checkpoint_dir(node)
+            checkpoints.mkdir(parents=True, exist_ok=True)
+            checkpoints.chmod(0o700)
+            (self.node_dir(node) / "var" / "log").mkdir(parents=True, exist_ok=True)
+            cert = issue(self.ca, pki / "nodes", f"kubelet-{node}", dns=[node, "localhost"],
+                         ips=[LOOPBACK], cn=f"system:node:{node}", org="system:nodes")
+            api = KubeletApi(kubelet, checkpoints, authorizer=self.authorizer, log=self.log)
+            server = HttpsServer(
+                api, cert, authenticator=self._kubelet_user,
+                unauthorized=lambda: Response(401, _UNAUTHORIZED_TEXT.encode(),
+                                              "text/plain; charset=utf-8"),
+                client_ca=self.ca.cert, log=self.node_dir(node) / "var" / "log" / "kubelet.log",
+                name=f"sim-kubelet-{node}", server_header="",
+            )
+            self._kubelet_apis[node] = api
+            self._kubelet_servers[node] = server
+            server.start()
+
+    def _kubelet_user(self, header: str | None, cert: dict[str, Any] | None) -> User | None:
+        # x509 first, then bearer tokens (the kubelet's webhook token authentication).
+        user = cert_user(cert)
+        if user is not None:
+            return user
+        scheme, _, token = (header or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        found = None
+        for known, who in list(self._tokens.items()):
+            if hmac.compare_digest(known.encode(), token.strip().encode()):
+                found = who
+        return found
+
+    def _proxy_to_kubelet(self, node: Obj, req: Request, path: str) -> Response:
+        """The API server's node proxy: `req` sent on to the kubelet, its answer back."""
+        endpoint = (node.get("status") or {}).get("daemonEndpoints") or {}
+        port = int((endpoint.get("kubeletEndpoint") or {}).get("Port") or 0)
+        query = urllib.parse.urlencode([(k, v) for k, vs in req.query.items() for v in vs])
+        headers = {k: str(req.headers.get(k)) for k in ("Content-Type", "Accept")
+                   if req.headers.get(k)}
+        # No read timeout: the API server treats proxy requests as long-running.
+        conn = http.client.HTTPSConnection(LOOPBACK, port, context=self._proxy_context)
+        try:
+            conn.request(req.method, path + (f"?{query}" if query else ""),
+                         body=req.body or None, headers=headers)
+            answer = conn.getresponse()
+            body = answer.read()
+        except (OSError, http.client.HTTPException) as e:
+            return Response(503, status_body(
+                503, "ServiceUnavailable",
+                f"error trying to reach service: dial tcp {LOOPBACK}:{port}: {e}"))
+        finally:
+            conn.close()
+        passed = {k: v for k, v in answer.getheaders() if k.lower() == "x-content-type-options"}
+        return Response(answer.status, body,
+                        answer.getheader("Content-Type") or "text/plain; charset=utf-8",
+                        headers=passed)
 
     def _write_kubeconfig(self) -> None:
         config: dict[str, Any] = {
@@ -180,9 +339,14 @@ class Simulator:
     def stop(self) -> None:
         """Stop serving, stop every controller and join every thread. Idempotent;
         a stopped simulator cannot be started again (make a new one)."""
+        # Checkpoints in progress end first: the API server's proxy threads wait on them.
+        for api in self._kubelet_apis.values():
+            api.abort()
         self.store.close()
         if self._server is not None:
             self._server.stop()
+        for server in self._kubelet_servers.values():
+            server.stop()
         for controller in self._controllers:
             controller.stop()
         self._controllers = []

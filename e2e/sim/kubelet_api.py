@@ -1,0 +1,192 @@
+"""The kubelet API of a simulated node (what listens on the kubelet's port 10250).
+
+Served over HTTPS by `server.HttpsServer` with client-certificate (or bearer
+token) authentication; this module routes and answers, transport-free, as
+the kubelet's own server does:
+
+    POST /checkpoint/{namespace}/{pod}/{container}[?timeout=SECONDS]
+        200 {"items":["/var/lib/kubelet/checkpoints/checkpoint-<pod>_<ns>-<ctr>-<time>.tar"]}
+    GET  /pods        the PodList of the pods bound to this node
+    GET  /healthz     ok
+
+Every request is authorized first, with the attributes the kubelet asks the
+API server about (SubjectAccessReview): resource `nodes`, subresource
+`proxy` (the v1.30 kubelet; newer ones say `checkpoint` for /checkpoint), the
+node's name, verb from the method (POST: create). Denied: 403 text
+`Forbidden (user=U, verb=V, resource=nodes, subresource=proxy)`.
+
+Checkpoint answers, in the kubelet's order and words (bodies are text):
+- feature gate off: no such route, 404 `404 page not found`;
+- pod unknown on this node (or bound elsewhere): 404 `pod does not exist`;
+- no container, init container or ephemeral container of that name: 404
+  `container C does not exist`;
+- `timeout` not an integer: 404 `cannot parse value of timeout parameter`;
+- everything else fails with 500 `checkpointing of NS/POD/C failed (REASON)`:
+  REASON is `container C not found` when the container is not running (a
+  Pending pod, an init container that has completed: the kubelet only asks
+  the runtime about running containers), a negative timeout, the runtime's CRI
+  error when it cannot checkpoint (nodeconfig.checkpoint_support), an injected
+  failure (`rpc error: code = Unknown desc = checkpoint failed: (injected)`),
+  or a deadline: `rpc error: code = DeadlineExceeded desc = context deadline
+  exceeded`, answered once the deadline has passed.
+
+The deadline is the kubelet's: `?timeout=` when it is larger than the node's
+`runtime_request_timeout` (default 120 s), else that. A checkpoint takes
+`checkpoint_delay_per_mib` seconds per MiB of the container's simulated memory
+(the processes' heaps plus `sim.migrate.dev/memory-mib`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from e2e.sim import checkpoints
+from e2e.sim.checkpoints import CHECKPOINT_DIR, PlanError
+from e2e.sim.kubelet import Kubelet
+from e2e.sim.nodeconfig import checkpoint_support
+from e2e.sim.protocol import Attributes, Authorizer, Request, Response, allow_all
+from e2e.sim.store import Obj
+
+__all__ = ["KubeletApi"]
+
+_TEXT = "text/plain; charset=utf-8"
+_VERBS = {"POST": "create", "GET": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+_SUBRESOURCES = (("/stats", "stats"), ("/metrics", "metrics"), ("/logs", "log"))
+_DEADLINE = "rpc error: code = DeadlineExceeded desc = context deadline exceeded"
+_CANCELED = "rpc error: code = Canceled desc = context canceled"
+_INJECTED = "rpc error: code = Unknown desc = checkpoint failed: (injected)"
+
+
+def _text(code: int, message: str) -> Response:
+    return Response(code, message.encode(), _TEXT,
+                    headers={"X-Content-Type-Options": "nosniff"})
+
+
+def _subresource(path: str) -> str:
+    for prefix, subresource in _SUBRESOURCES:
+        if path == prefix or path.startswith(prefix + "/"):
+            return subresource
+    return "proxy"
+
+
+class _Failed(Exception):
+    """The runtime (or the kubelet before it) failed the checkpoint: a 500."""
+
+
+class KubeletApi:
+    """The HTTP handler of one node's kubelet.
+
+    kubelet: the node's agent (its pods and its live NodeConfig).
+    checkpoint_dir: where the node's /var/lib/kubelet/checkpoints is on this machine.
+    authorizer: the cluster's (the kubelet delegates to the API server).
+    """
+
+    def __init__(self, kubelet: Kubelet, checkpoint_dir: Path, *,
+                 authorizer: Authorizer = allow_all,
+                 log: Callable[[str], None] = lambda line: None) -> None:
+        self.kubelet = kubelet
+        self.node = kubelet.node
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.authorizer = authorizer
+        self.log = log
+        self._aborted = threading.Event()
+
+    def abort(self) -> None:
+        """Fail every checkpoint in progress now (the node is going away)."""
+        self._aborted.set()
+
+    def handle(self, req: Request) -> Response:
+        """Answer one authenticated request."""
+        try:
+            return self._route(req)
+        except Exception:  # a simulator bug: answer as a Go server would
+            self.log(f"kubelet-{self.node}: {req.method} {req.path}: {traceback.format_exc()}")
+            return _text(500, "Internal Server Error\n")
+
+    def _route(self, req: Request) -> Response:
+        verb = _VERBS.get(req.method, "get")
+        subresource = _subresource(req.path)
+        if not self.authorizer(Attributes(req.user, verb, "", "nodes", subresource, "",
+                                          self.node, req.path)):
+            return _text(403, f"Forbidden (user={req.user.name}, verb={verb}, "
+                              f"resource=nodes, subresource={subresource})\n")
+        parts = [p for p in req.path.split("/") if p]
+        if parts == ["healthz"] and req.method == "GET":
+            return _text(200, "ok")
+        if parts == ["pods"] and req.method == "GET":
+            return Response(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {},
+                                  "items": self.kubelet.pods()})
+        if parts[:1] == ["checkpoint"] and self.kubelet.config.checkpoint_gate \
+                and len(parts) == 4:
+            if req.method != "POST":
+                return _text(405, "405: Method Not Allowed")
+            return self._checkpoint(req, parts[1], parts[2], parts[3])
+        return _text(404, "404 page not found\n")
+
+    # -- POST /checkpoint/{namespace}/{pod}/{container} --------------------------------
+
+    def _checkpoint(self, req: Request, namespace: str, pod_name: str,
+                    container: str) -> Response:
+        pod = self.kubelet.pod(namespace, pod_name)
+        if pod is None:
+            return _text(404, "pod does not exist")
+        found = checkpoints.find_container(pod, container)
+        if found is None:
+            return _text(404, f"container {container} does not exist")
+        timeouts = req.query.get("timeout") or []
+        timeout = 0
+        if timeouts:
+            try:
+                timeout = int(timeouts[-1])
+            except ValueError:
+                return _text(404, "cannot parse value of timeout parameter")
+        try:
+            path = self._run_checkpoint(pod, found[0], container, timeout)
+        except _Failed as e:
+            self.log(f"kubelet-{self.node}: checkpoint {namespace}/{pod_name}/{container} "
+                     f"failed: {e}")
+            return _text(500, f"checkpointing of {namespace}/{pod_name}/{container} "
+                              f"failed ({e})")
+        self.log(f"kubelet-{self.node}: checkpoint {namespace}/{pod_name}/{container} -> {path}")
+        return Response(200, {"items": [path]})
+
+    def _run_checkpoint(self, pod: Obj, kind: str, container: str,
+                        timeout: int) -> str:
+        """The node path of the new archive; _Failed with the kubelet's reason."""
+        if not checkpoints.is_running(pod, kind, container):
+            raise _Failed(f"container {container} not found")
+        if timeout < 0:
+            raise _Failed("CheckpointContainer requires the timeout value to be > 0")
+        config = self.kubelet.config
+        default = config.runtime_request_timeout
+        deadline = float(timeout) if timeout > default else default
+        unsupported = checkpoint_support(config)
+        if unsupported:
+            raise _Failed(unsupported)
+        if self.kubelet.take_injected_failure():
+            raise _Failed(_INJECTED)
+        started = time.monotonic()
+        when = dt.datetime.now(dt.UTC)
+        try:
+            plan = checkpoints.plan(pod, container, config, when)
+        except PlanError as e:
+            raise _Failed(f"rpc error: code = Unknown desc = {e}") from None
+        duration = plan.memory_mib * config.checkpoint_delay_per_mib
+        if duration > deadline:
+            self._sleep(started + deadline)
+            raise _Failed(_DEADLINE)
+        self._sleep(started + duration)
+        name = checkpoints.archive_name(pod["metadata"]["name"], pod["metadata"]["namespace"],
+                                        container, when)
+        checkpoints.write(plan, self.checkpoint_dir / name)
+        return f"{CHECKPOINT_DIR}/{name}"
+
+    def _sleep(self, until: float) -> None:
+        left = until - time.monotonic()
+        if left > 0 and self._aborted.wait(left):
+            raise _Failed(_CANCELED)

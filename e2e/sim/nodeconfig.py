@@ -1,0 +1,236 @@
+"""Per-node settings: the container runtime, checkpoint support, readiness, faults.
+
+`NodeConfig` is what `Simulator(node_config={...})` takes for each node;
+`load_config()` reads the YAML of `python -m e2e.sim --config FILE` (the keys
+are documented in __main__.py) into the same objects.
+
+Runtimes are `<name>://<version>` as a Node reports them in
+`status.nodeInfo.containerRuntimeVersion`. Which of them can checkpoint is
+`checkpoint_support()`: CRI-O from 1.25 and containerd from 2.0, and neither
+when `restore_level` is "none" (CRI-O's `[crio.checkpoint_restore]
+container_level_enabled = none`, or no CRIU on the node).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "DEFAULT_RUNTIME",
+    "RESTORE_LEVELS",
+    "NodeConfig",
+    "checkpoint_support",
+    "load_config",
+    "merge_nodes",
+    "parse_config",
+]
+
+#: What nodes report as their runtime unless configured otherwise.
+DEFAULT_RUNTIME = "cri-o://1.30.4"
+#: CRI-O's `container_level_enabled` values (FORMATS.md §5).
+RESTORE_LEVELS = ("none", "checkpoint_only", "checkpoint_restore")
+#: The kubelet's --runtime-request-timeout default: the floor of a checkpoint's deadline.
+DEFAULT_RUNTIME_REQUEST_TIMEOUT = 120.0
+
+_RUNTIME = re.compile(r"^([a-z0-9.-]+)://v?(\d+)\.(\d+)(?:\.(\d+))?([-+.~].*)?$")
+_NODE_KEYS = ("name", "runtime", "restore_level", "checkpoint_gate", "ready", "labels",
+              "taints", "capacity", "runtime_request_timeout")
+_FAULT_KEYS = ("fail_next_checkpoints", "checkpoint_delay_per_mib")
+_TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+@dataclass
+class NodeConfig:
+    """How one simulated node behaves.
+
+    runtime: `status.nodeInfo.containerRuntimeVersion`, e.g. `cri-o://1.30.4`,
+        `containerd://2.4.0`; its name also prefixes the pods' container IDs.
+    restore_level: none | checkpoint_only | checkpoint_restore (CRI-O's setting;
+        "none" makes checkpoints fail with 500 on any runtime).
+    checkpoint_gate: the kubelet's ContainerCheckpoint feature gate; off, the
+        kubelet has no /checkpoint route (404 "404 page not found").
+    ready: the Node's Ready condition (False: NotReady, with the
+        `node.kubernetes.io/not-ready:NoSchedule` taint). Only what the Node
+        reports changes: the simulated kubelet still runs its pods and answers.
+    labels, taints, capacity: added to (labels, taints) or overriding (capacity
+        keys; allocatable follows) what a node registers with.
+    runtime_request_timeout: seconds; the kubelet's --runtime-request-timeout.
+        A checkpoint's deadline is `?timeout=` when larger, else this (as the
+        kubelet's CRI client does).
+    fail_next_checkpoints: fault injection: the next N checkpoints reaching the
+        runtime fail with 500 "checkpoint failed: (injected)".
+    checkpoint_delay_per_mib: fault injection: seconds a checkpoint takes per
+        MiB of the container's simulated memory.
+    """
+
+    runtime: str = DEFAULT_RUNTIME
+    restore_level: str = "checkpoint_restore"
+    checkpoint_gate: bool = True
+    ready: bool = True
+    labels: dict[str, str] = field(default_factory=dict)
+    taints: list[dict[str, Any]] = field(default_factory=list)
+    capacity: dict[str, str] = field(default_factory=dict)
+    runtime_request_timeout: float = DEFAULT_RUNTIME_REQUEST_TIMEOUT
+    fail_next_checkpoints: int = 0
+    checkpoint_delay_per_mib: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """ValueError when a field is out of range (called on creation and by replace())."""
+        if not _RUNTIME.match(self.runtime):
+            raise ValueError(f"runtime {self.runtime!r}: expected <name>://<version>, "
+                             f"e.g. {DEFAULT_RUNTIME}")
+        if self.restore_level not in RESTORE_LEVELS:
+            raise ValueError(f"restore_level {self.restore_level!r}: expected one of "
+                             f"{', '.join(RESTORE_LEVELS)}")
+        for name in ("checkpoint_gate", "ready"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false")
+        if not isinstance(self.fail_next_checkpoints, int) or \
+                isinstance(self.fail_next_checkpoints, bool) or self.fail_next_checkpoints < 0:
+            raise ValueError("fail_next_checkpoints must be an integer >= 0")
+        for name in ("checkpoint_delay_per_mib", "runtime_request_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"{name} must be a number >= 0")
+        if not isinstance(self.labels, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.labels.items()
+        ):
+            raise ValueError("labels must map strings to strings")
+        if not isinstance(self.capacity, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.capacity.items()
+        ):
+            raise ValueError("capacity must map resource names to quantity strings")
+        if not isinstance(self.taints, list):
+            raise ValueError("taints must be a list")
+        for taint in self.taints:
+            if not isinstance(taint, dict) or not taint.get("key") or \
+                    taint.get("effect") not in _TAINT_EFFECTS:
+                raise ValueError(f"taint {taint!r}: needs a key and an effect "
+                                 f"({', '.join(_TAINT_EFFECTS)})")
+
+    def replace(self, **changes: Any) -> NodeConfig:
+        """A copy with `changes` applied (validated)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def runtime_name(self) -> str:
+        """`cri-o`, `containerd`, ... (the scheme of `runtime`)."""
+        return self.runtime.split("://", 1)[0]
+
+    @property
+    def runtime_version(self) -> tuple[int, int, int]:
+        """(major, minor, patch) of `runtime`."""
+        m = _RUNTIME.match(self.runtime)
+        assert m is not None  # validated
+        return int(m.group(2)), int(m.group(3)), int(m.group(4) or 0)
+
+
+def checkpoint_support(config: NodeConfig) -> str | None:
+    """Why the node's runtime cannot checkpoint (a CRI error as the kubelet relays it),
+    or None when it can."""
+    name, version = config.runtime_name, config.runtime_version
+    if name == "cri-o":
+        if version < (1, 25, 0):
+            return "rpc error: code = Unimplemented desc = unknown method CheckpointContainer " \
+                   "for service runtime.v1.RuntimeService"
+        if config.restore_level == "none":
+            return "rpc error: code = Unknown desc = checkpoint/restore support not available"
+        return None
+    if name == "containerd":
+        if version < (2, 0, 0):
+            return "rpc error: code = Unimplemented desc = method CheckpointContainer not " \
+                   "implemented"
+        if config.restore_level == "none":
+            return 'rpc error: code = Unknown desc = failed to checkpoint container: exec: ' \
+                   '"criu": executable file not found in $PATH'
+        return None
+    return "rpc error: code = Unimplemented desc = method CheckpointContainer not implemented"
+
+
+def _node_entry(entry: Any, where: str) -> tuple[str, dict[str, Any]]:
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: expected a mapping with at least `name`")
+    unknown = sorted(set(entry) - set(_NODE_KEYS))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)} (known: "
+                         f"{', '.join(_NODE_KEYS)})")
+    name = entry.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{where}: `name` is required")
+    fields = {k: v for k, v in entry.items() if k != "name" and v is not None}
+    if isinstance(fields.get("capacity"), dict):
+        fields["capacity"] = {str(k): str(v) for k, v in fields["capacity"].items()}
+    if isinstance(fields.get("labels"), dict):
+        fields["labels"] = {str(k): str(v) for k, v in fields["labels"].items()}
+    return name, fields
+
+
+def parse_config(document: Any) -> dict[str, NodeConfig]:
+    """Node name -> NodeConfig from a parsed config document (see __main__.py), in the
+    document's order. ValueError on anything unknown or out of range."""
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ValueError("the config must be a mapping with `nodes:` and/or `faults:`")
+    unknown = sorted(set(document) - {"nodes", "faults"})
+    if unknown:
+        raise ValueError(f"unknown top-level key(s) {', '.join(unknown)} "
+                         f"(known: nodes, faults)")
+    nodes = document.get("nodes") or []
+    if not isinstance(nodes, list):
+        raise ValueError("`nodes` must be a list")
+    fields: dict[str, dict[str, Any]] = {}
+    for i, entry in enumerate(nodes):
+        name, values = _node_entry(entry, f"nodes[{i}]")
+        if name in fields:
+            raise ValueError(f"nodes[{i}]: node {name!r} is listed twice")
+        fields[name] = values
+    faults = document.get("faults") or {}
+    if not isinstance(faults, dict):
+        raise ValueError("`faults` must map node names to fault settings")
+    for name, values in faults.items():
+        if not isinstance(values, dict):
+            raise ValueError(f"faults.{name}: expected a mapping")
+        unknown = sorted(set(values) - set(_FAULT_KEYS))
+        if unknown:
+            raise ValueError(f"faults.{name}: unknown key(s) {', '.join(unknown)} "
+                             f"(known: {', '.join(_FAULT_KEYS)})")
+        fields.setdefault(str(name), {}).update(values)
+    configs: dict[str, NodeConfig] = {}
+    for name, values in fields.items():
+        try:
+            configs[name] = NodeConfig(**values)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"node {name!r}: {e}") from None
+    return configs
+
+
+def load_config(path: Path) -> dict[str, NodeConfig]:
+    """Read a `--config` YAML file (ValueError when it is malformed)."""
+    try:
+        document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ValueError(f"{path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not YAML: {e}") from None
+    try:
+        return parse_config(document)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def merge_nodes(names: Sequence[str], configs: Mapping[str, NodeConfig]) -> list[str]:
+    """`names` followed by the configured nodes not among them (config order)."""
+    out = list(names)
+    out += [n for n in configs if n not in out]
+    return out

@@ -1,0 +1,637 @@
+"""The simulator's kubelet checkpoint API (e2e.sim), driven by real clients.
+
+Checkpoints are requested the two ways a real cluster offers: through the API
+server's node proxy (the official client with the kubeconfig's token, kubectl)
+and directly from a node's kubelet with a client certificate. The archives
+they write are read back with `migrate show/inspect/memparse`, run as the
+installed command, exactly as an operator would on the node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import urllib3
+import yaml
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from e2e.pki import issue, make_ca, write_private
+from e2e.sim import NodeConfig, Simulator
+from e2e.sim.checkpoints import MEMORY_ANNOTATION, PROCESSES_ANNOTATION
+from e2e.sim.nodeconfig import parse_config
+from e2e.sim.protocol import Attributes
+
+REPO = Path(__file__).resolve().parent.parent
+MIGRATE = REPO / ".venv" / "bin" / "migrate"
+KUBECTL = shutil.which("kubectl")
+needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
+DEADLINE = 10.0
+LIMITED_USER = "limited"
+SECRET = "SIM_SECRET_7731"
+PROXY_PATH = "/api/v1/nodes/{node}/proxy/checkpoint/{namespace}/{pod}/{container}"
+ARCHIVE_NAME = r"checkpoint-{pod}_{namespace}-{container}-\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ\.tar"
+
+#: The cluster: one node per behaviour under test.
+NODES = {
+    "node-a": NodeConfig(),
+    "node-gate-off": NodeConfig(checkpoint_gate=False),
+    "node-no-criu": NodeConfig(restore_level="none"),
+    "node-old-containerd": NodeConfig(runtime="containerd://1.7.22"),
+    "node-not-ready": NodeConfig(ready=False),
+    "node-faults": NodeConfig(runtime_request_timeout=0.2),
+}
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = DEADLINE, what: str = "") -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(0.02)
+
+
+def _no_node_proxy_for_limited(attrs: Attributes) -> bool:
+    return not (attrs.user.name == LIMITED_USER and attrs.resource == "nodes"
+                and attrs.subresource == "proxy")
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
+    cluster = Simulator(tmp_path_factory.mktemp("sim") / "state", nodes=list(NODES),
+                        node_config=NODES, start_latency=0.05, stop_latency=0.05,
+                        authorizer=_no_node_proxy_for_limited)
+    with cluster:
+        yield cluster
+
+
+def _api_client(sim: Simulator, token: str | None = None) -> client.ApiClient:
+    path = sim.kubeconfig
+    if token is not None:
+        kubeconfig = yaml.safe_load(sim.kubeconfig.read_text())
+        kubeconfig["users"][0]["user"]["token"] = token
+        path = sim.state_dir / f"kubeconfig-{token[:8]}"
+        write_private(path, yaml.safe_dump(kubeconfig).encode())
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=str(path), client_configuration=cfg)
+    return client.ApiClient(cfg)
+
+
+@pytest.fixture(scope="module")
+def api(sim: Simulator) -> Iterator[client.ApiClient]:
+    with _api_client(sim) as api_client:
+        yield api_client
+
+
+@pytest.fixture(scope="module")
+def v1(api: client.ApiClient) -> client.CoreV1Api:
+    return client.CoreV1Api(api)
+
+
+@pytest.fixture(scope="module")
+def kubelet_http(sim: Simulator) -> Iterator[urllib3.PoolManager]:
+    """A client of the kubelets with STATE/kubelet-client.crt, trusting STATE/ca.crt."""
+    http = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(sim.state_dir / "ca.crt"),
+                               cert_file=str(sim.state_dir / "kubelet-client.crt"),
+                               key_file=str(sim.state_dir / "kubelet-client.key"),
+                               retries=False, timeout=DEADLINE)
+    yield http
+    http.clear()
+
+
+_counter = iter(range(1_000_000))
+
+
+def _pod(v1: client.CoreV1Api, node: str, *, annotations: dict[str, str] | None = None,
+         labels: dict[str, str] | None = None, **spec: Any) -> str:
+    """Create a pod bound to `node` (in `default`), wait for it Running; its name."""
+    name = f"ck-{node.removeprefix('node-')}-{next(_counter)}"
+    body: dict[str, Any] = {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": labels or {"app": "ck"},
+                     "annotations": annotations or {}},
+        "spec": {"nodeName": node,
+                 "containers": [{"name": "app", "image": "registry.example/team/web-server:1.4"}],
+                 **spec},
+    }
+    v1.create_namespaced_pod("default", body)
+
+    def running() -> bool:
+        return bool(v1.read_namespaced_pod(name, "default").status.phase == "Running")
+
+    wait_for(running, what=f"pod {name} Running")
+    return name
+
+
+def _proxy_checkpoint(api: client.ApiClient, node: str, pod: str, container: str = "app",
+                      timeout: int | str | None = None, namespace: str = "default"
+                      ) -> tuple[int, bytes, str]:
+    """POST the checkpoint through the API server with the official client:
+    (status, body, Content-Type), whatever the status."""
+    method, url, headers, body, post = api.param_serialize(
+        "POST", PROXY_PATH,
+        path_params={"node": node, "namespace": namespace, "pod": pod, "container": container},
+        query_params=[("timeout", str(timeout))] if timeout is not None else [],
+        header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+    response = api.call_api(method, url, headers, body, post)
+    data = response.read()
+    return response.status, data, response.getheader("Content-Type") or ""
+
+
+def _migrate(*args: str) -> Any:
+    result = subprocess.run([str(MIGRATE), *args, "-o", "json"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, (args, result.stdout, result.stderr)
+    return json.loads(result.stdout)
+
+
+def _archive(sim: Simulator, node: str, body: bytes, pod: str, container: str = "app") -> Path:
+    """Check the kubelet's answer; the archive's path on this machine."""
+    answer = json.loads(body)
+    assert list(answer) == ["items"] and len(answer["items"]) == 1
+    node_path = answer["items"][0]
+    assert node_path.startswith("/var/lib/kubelet/checkpoints/")
+    assert re.fullmatch(ARCHIVE_NAME.format(pod=pod, namespace="default", container=container),
+                        node_path.rsplit("/", 1)[1]), node_path
+    local = sim.node_path(node, node_path)
+    assert local.parent == sim.checkpoint_dir(node) == \
+        sim.state_dir / "nodes" / node / "var/lib/kubelet/checkpoints"
+    assert local.is_file()
+    assert local.stat().st_mode & 0o777 == 0o600
+    return local
+
+
+# -- success, through the API server and directly -------------------------------------
+
+
+def test_checkpoint_through_the_api_server(sim: Simulator, api: client.ApiClient,
+                                           v1: client.CoreV1Api) -> None:
+    processes = [
+        {"pid": 1, "comm": "supervisor", "argv": ["/sbin/supervisor", "-c", "/etc/s.conf"]},
+        {"pid": 12, "ppid": 1, "comm": "worker", "argv": ["/usr/bin/worker", "--port=8080"],
+         "env": ["MODE=prod"], "heap": f"token={SECRET};"},
+    ]
+    pod = _pod(v1, "node-a", labels={"app": "web", "tier": "front"},
+               annotations={PROCESSES_ANNOTATION: json.dumps(processes),
+                            "example.com/owner": "team-a"},
+               containers=[{"name": "app", "image": "registry.example/team/web-server:1.4",
+                            "volumeMounts": [{"name": "data", "mountPath": "/data"},
+                                             {"name": "conf", "mountPath": "/etc/web"}]}],
+               volumes=[{"name": "data", "emptyDir": {}},
+                        {"name": "conf", "configMap": {"name": "web-conf"}}])
+    running = v1.read_namespaced_pod(pod, "default")
+
+    status, body, content_type = _proxy_checkpoint(api, "node-a", pod)
+    assert status == 200, body
+    assert content_type == "application/json"
+    archive = _archive(sim, "node-a", body, pod)
+
+    [shown] = _migrate("show", str(archive))
+    assert shown["container_name"] == "app"
+    assert shown["pod_name"] == pod
+    assert shown["namespace"] == "default"
+    assert shown["ip"] == running.status.pod_ip and shown["ip"].startswith("10.88.1.")
+    assert shown["image"] == "registry.example/team/web-server:1.4"
+    assert shown["engine"] == "CRI-O"
+    assert shown["id"] == running.status.container_statuses[0].container_id.removeprefix(
+        "cri-o://")
+
+    inspected = _migrate("inspect", "--all", str(archive))
+    tree = inspected["process_tree"]
+    assert (tree["pid"], tree["command"]) == (1, "supervisor")
+    assert tree["cmdline"] == "/sbin/supervisor -c /etc/s.conf"
+    [worker] = tree["children"]
+    assert (worker["pid"], worker["command"], worker["cmdline"]) == (
+        12, "worker", "/usr/bin/worker --port=8080")
+    assert worker["environment"] == ["MODE=prod"]
+    mounts = {m["destination"]: m["source"] for m in inspected["mounts"]}
+    uid = running.metadata.uid
+    assert mounts["/data"] == f"/var/lib/kubelet/pods/{uid}/volumes/kubernetes.io~empty-dir/data"
+    assert mounts["/etc/web"] == \
+        f"/var/lib/kubelet/pods/{uid}/volumes/kubernetes.io~configmap/conf"
+
+    [found] = _migrate("memparse", str(archive), "--search", SECRET)
+    assert (found["pid"], found["command"], found["match"]) == (12, "worker", SECRET)
+
+    # The typed method of the official client reaches the same place.
+    answer = v1.connect_post_node_proxy_with_path("node-a", f"checkpoint/default/{pod}/app")
+    assert "/var/lib/kubelet/checkpoints/checkpoint-" in answer
+
+
+def test_checkpoint_directly_from_the_kubelet(sim: Simulator, v1: client.CoreV1Api,
+                                              kubelet_http: urllib3.PoolManager) -> None:
+    pod = _pod(v1, "node-a")
+    node = v1.read_node("node-a")
+    port = node.status.daemon_endpoints.kubelet_endpoint.port
+    assert sim.kubelet_url("node-a") == f"https://127.0.0.1:{port}"
+    assert port != sim.port
+    assert sim.kubelet_url("node-a") != sim.kubelet_url("node-faults")
+    for name in ("ca.crt", "kubelet-client.crt", "kubelet-client.key"):
+        assert (sim.state_dir / name).stat().st_mode & 0o777 == 0o600
+
+    response = kubelet_http.request("POST", f"{sim.kubelet_url('node-a')}/checkpoint/default/"
+                                            f"{pod}/app?timeout=30")
+    assert response.status == 200, response.data
+    assert response.headers["Content-Type"] == "application/json"
+    archive = _archive(sim, "node-a", response.data, pod)
+    inspected = _migrate("inspect", "--ps-tree", str(archive))
+    # No annotation: one process, named after the image's last path component.
+    assert inspected["process_tree"]["command"] == "web-server"
+    assert inspected["process_tree"]["children"] == []
+    assert inspected["pod_name"] == pod
+
+    # The kubelet knows only its own pods.
+    response = kubelet_http.request("POST", f"{sim.kubelet_url('node-faults')}/checkpoint/"
+                                            f"default/{pod}/app")
+    assert (response.status, response.data) == (404, b"pod does not exist")
+    pods = kubelet_http.request("GET", f"{sim.kubelet_url('node-a')}/pods").json()
+    assert pod in {p["metadata"]["name"] for p in pods["items"]}
+    assert all(p["spec"]["nodeName"] == "node-a" for p in pods["items"])
+
+    # The API server's bearer tokens work too (the kubelet's webhook authentication).
+    http = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(sim.ca.cert),
+                               retries=False, timeout=DEADLINE)
+    try:
+        response = http.request("GET", f"{sim.kubelet_url('node-a')}/healthz",
+                                headers={"Authorization": f"Bearer {sim.token}"})
+        assert (response.status, response.data) == (200, b"ok")
+    finally:
+        http.clear()
+
+
+def test_kubelet_refuses_clients_without_a_valid_certificate(
+    sim: Simulator, v1: client.CoreV1Api, tmp_path: Path
+) -> None:
+    pod = _pod(v1, "node-a")
+    url = f"{sim.kubelet_url('node-a')}/checkpoint/default/{pod}/app"
+    anonymous = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(sim.ca.cert),
+                                    retries=False, timeout=DEADLINE)
+    try:
+        response = anonymous.request("POST", url)
+        assert (response.status, response.data) == (401, b"Unauthorized\n")
+        assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
+        response = anonymous.request("POST", url, headers={"Authorization": "Bearer nope"})
+        assert response.status == 401
+    finally:
+        anonymous.clear()
+
+    other_ca = make_ca(tmp_path / "other", "other-ca")
+    stranger = issue(other_ca, tmp_path / "other", "stranger", client=True, cn="kubelet-admin",
+                     org="system:masters")
+    foreign = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(sim.ca.cert),
+                                  cert_file=str(stranger.cert), key_file=str(stranger.key),
+                                  retries=False, timeout=DEADLINE)
+    try:
+        with pytest.raises((urllib3.exceptions.SSLError, urllib3.exceptions.ProtocolError)):
+            foreign.request("POST", url)
+    finally:
+        foreign.clear()
+    assert not list(sim.checkpoint_dir("node-a").glob(f"checkpoint-{pod}_*"))
+
+    # A certificate of the cluster CA for a user RBAC denies: the kubelet's 403.
+    limited = issue(sim.ca, tmp_path, "limited", client=True, cn=LIMITED_USER)
+    denied = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(sim.ca.cert),
+                                 cert_file=str(limited.cert), key_file=str(limited.key),
+                                 retries=False, timeout=DEADLINE)
+    try:
+        response = denied.request("POST", url)
+        assert response.status == 403
+        assert response.data == (f"Forbidden (user={LIMITED_USER}, verb=create, "
+                                 f"resource=nodes, subresource=proxy)\n").encode()
+    finally:
+        denied.clear()
+
+
+# -- errors -----------------------------------------------------------------------------
+
+
+def test_unknown_pod_or_container_is_404(sim: Simulator, api: client.ApiClient,
+                                         v1: client.CoreV1Api) -> None:
+    pod = _pod(v1, "node-a")
+    status, body, content_type = _proxy_checkpoint(api, "node-a", pod, "nope")
+    assert (status, body) == (404, b"container nope does not exist")
+    assert content_type == "text/plain; charset=utf-8"
+    assert _proxy_checkpoint(api, "node-a", "no-such-pod")[:2] == (404, b"pod does not exist")
+    assert _proxy_checkpoint(api, "node-a", pod, namespace="kube-system")[:2] == (
+        404, b"pod does not exist")
+    # On another node's kubelet the pod is unknown.
+    assert _proxy_checkpoint(api, "node-faults", pod)[:2] == (404, b"pod does not exist")
+    # An unknown node is the API server's own 404.
+    status, body, _ = _proxy_checkpoint(api, "node-zz", pod)
+    assert status == 404
+    assert json.loads(body)["message"] == 'nodes "node-zz" not found'
+    # The kubelet's (odd) answer to a timeout that is not a number.
+    assert _proxy_checkpoint(api, "node-a", pod, timeout="soon")[:2] == (
+        404, b"cannot parse value of timeout parameter")
+
+
+def test_init_containers_are_accepted_by_name(sim: Simulator, api: client.ApiClient,
+                                              v1: client.CoreV1Api) -> None:
+    pod = _pod(v1, "node-a", initContainers=[
+        {"name": "setup", "image": "registry.example/setup:1"},
+        {"name": "proxy", "image": "registry.example/envoy:1.30", "restartPolicy": "Always"},
+    ])
+    # A completed init container is no longer running: the kubelet's runtime lookup fails.
+    status, body, _ = _proxy_checkpoint(api, "node-a", pod, "setup")
+    assert (status, body) == (500, f"checkpointing of default/{pod}/setup failed "
+                                   f"(container setup not found)".encode())
+    # A sidecar keeps running and is checkpointed like any container.
+    status, body, _ = _proxy_checkpoint(api, "node-a", pod, "proxy")
+    assert status == 200, body
+    archive = _archive(sim, "node-a", body, pod, "proxy")
+    assert _migrate("show", str(archive))[0]["image"] == "registry.example/envoy:1.30"
+
+
+def test_feature_gate_off_is_404(api: client.ApiClient, v1: client.CoreV1Api) -> None:
+    pod = _pod(v1, "node-gate-off")
+    status, body, content_type = _proxy_checkpoint(api, "node-gate-off", pod)
+    assert (status, body) == (404, b"404 page not found\n")
+    assert content_type == "text/plain; charset=utf-8"
+
+
+def test_runtime_without_checkpoint_support_is_500(sim: Simulator, api: client.ApiClient,
+                                                   v1: client.CoreV1Api) -> None:
+    pod = _pod(v1, "node-no-criu")
+    status, body, content_type = _proxy_checkpoint(api, "node-no-criu", pod)
+    assert status == 500
+    assert content_type == "text/plain; charset=utf-8"
+    assert body.decode() == (f"checkpointing of default/{pod}/app failed (rpc error: code = "
+                             f"Unknown desc = checkpoint/restore support not available)")
+
+    pod = _pod(v1, "node-old-containerd")
+    assert v1.read_namespaced_pod(pod, "default").status.container_statuses[0] \
+        .container_id.startswith("containerd://")
+    status, body, _ = _proxy_checkpoint(api, "node-old-containerd", pod)
+    assert status == 500
+    assert b"code = Unimplemented desc = method CheckpointContainer not implemented" in body
+    assert not list(sim.checkpoint_dir("node-no-criu").iterdir())
+    assert not list(sim.checkpoint_dir("node-old-containerd").iterdir())
+
+
+def test_injected_failure_then_success(sim: Simulator, api: client.ApiClient,
+                                       v1: client.CoreV1Api) -> None:
+    pod = _pod(v1, "node-faults")
+    sim.configure_node("node-faults", fail_next_checkpoints=1)
+    status, body, _ = _proxy_checkpoint(api, "node-faults", pod)
+    assert status == 500
+    assert body.decode() == (f"checkpointing of default/{pod}/app failed (rpc error: code = "
+                             f"Unknown desc = checkpoint failed: (injected))")
+    assert sim.node_config("node-faults").fail_next_checkpoints == 0
+    status, body, _ = _proxy_checkpoint(api, "node-faults", pod)
+    assert status == 200, body
+    _archive(sim, "node-faults", body, pod)
+
+
+def test_checkpoint_deadline(sim: Simulator, api: client.ApiClient,
+                             v1: client.CoreV1Api) -> None:
+    # 6 MiB at 0.25 s/MiB: the dump takes 1.5 s; the node's CRI default deadline is 0.2 s.
+    pod = _pod(v1, "node-faults", annotations={MEMORY_ANNOTATION: "6"})
+    sim.configure_node("node-faults", checkpoint_delay_per_mib=0.25)
+    try:
+        expected = (f"checkpointing of default/{pod}/app failed (rpc error: code = "
+                    f"DeadlineExceeded desc = context deadline exceeded)").encode()
+        for timeout, seconds in ((None, 0.2), (1, 1.0)):
+            started = time.monotonic()
+            status, body, _ = _proxy_checkpoint(api, "node-faults", pod, timeout=timeout)
+            elapsed = time.monotonic() - started
+            assert (status, body) == (500, expected)
+            assert seconds - 0.05 <= elapsed < seconds + 1.0, (timeout, elapsed)
+        assert not list(sim.checkpoint_dir("node-faults").glob(f"checkpoint-{pod}_*"))
+
+        started = time.monotonic()
+        status, body, _ = _proxy_checkpoint(api, "node-faults", pod, timeout=3)
+        assert status == 200, body
+        assert time.monotonic() - started >= 1.45
+        archive = _archive(sim, "node-faults", body, pod)
+        sizes = _migrate("show", str(archive))[0]["checkpoint_size"]
+        assert sizes["memory_pages_size"] >= 6 * 1024 * 1024
+    finally:
+        sim.configure_node("node-faults", checkpoint_delay_per_mib=0.0)
+
+
+def test_rbac_denied_is_a_403_status(sim: Simulator, v1: client.CoreV1Api) -> None:
+    pod = _pod(v1, "node-a")
+    with _api_client(sim, sim.add_token(LIMITED_USER)) as limited:
+        status, body, content_type = _proxy_checkpoint(limited, "node-a", pod)
+        with pytest.raises(ApiException) as e:
+            client.CoreV1Api(limited).connect_post_node_proxy_with_path(
+                "node-a", f"checkpoint/default/{pod}/app")
+    assert (status, content_type) == (403, "application/json")
+    assert json.loads(body) == {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": f'nodes "node-a" is forbidden: User "{LIMITED_USER}" cannot create '
+                   f'resource "nodes/proxy" in API group "" at the cluster scope',
+        "reason": "Forbidden", "details": {"name": "node-a", "kind": "nodes"}, "code": 403}
+    assert e.value.status == 403
+    assert not list(sim.checkpoint_dir("node-a").glob(f"checkpoint-{pod}_*"))
+
+
+def test_discovery_lists_nodes_proxy(api: client.ApiClient) -> None:
+    resources = {r.name: r for r in client.CoreV1Api(api).get_api_resources().resources}
+    proxy = resources["nodes/proxy"]
+    assert proxy.kind == "NodeProxyOptions"
+    assert sorted(proxy.verbs) == ["create", "delete", "get", "patch", "update"]
+
+
+# -- node settings as kubectl shows them --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kubectl(tmp_path_factory: pytest.TempPathFactory
+            ) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run kubectl with a kubeconfig (its caches in a private HOME)."""
+    home = tmp_path_factory.mktemp("kubectl-home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
+    env["HOME"] = str(home)
+
+    def run(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        assert KUBECTL is not None
+        result = subprocess.run([KUBECTL, "--kubeconfig", str(kubeconfig), *args],
+                                capture_output=True, text=True, env=env, timeout=60)
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+        return result
+
+    return run
+
+
+def _node_rows(out: str) -> dict[str, list[str]]:
+    return {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+
+
+@needs_kubectl
+def test_not_ready_node(sim: Simulator, v1: client.CoreV1Api,
+                        kubectl: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    rows = _node_rows(kubectl(sim.kubeconfig, "get", "nodes").stdout)
+    assert rows["node-not-ready"][1] == "NotReady"
+    assert rows["node-a"][1] == "Ready"
+    node = v1.read_node("node-not-ready")
+    ready = {c.type: c for c in node.status.conditions}["Ready"]
+    assert (ready.status, ready.reason) == ("False", "KubeletNotReady")
+    assert [(t.key, t.effect) for t in node.spec.taints] == [
+        ("node.kubernetes.io/not-ready", "NoSchedule")]
+
+    sim.configure_node("node-faults", ready=False)
+    try:
+        assert _node_rows(kubectl(sim.kubeconfig, "get", "nodes").stdout)["node-faults"][1] \
+            == "NotReady"
+    finally:
+        sim.configure_node("node-faults", ready=True)
+    assert _node_rows(kubectl(sim.kubeconfig, "get", "nodes").stdout)["node-faults"][1] \
+        == "Ready"
+    assert not v1.read_node("node-faults").spec.taints
+
+
+@needs_kubectl
+def test_command_line_config(tmp_path: Path,
+                             kubectl: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    config_file = tmp_path / "cluster.yaml"
+    config_file.write_text(yaml.safe_dump({
+        "nodes": [
+            {"name": "node-c", "runtime": "containerd://2.4.0", "restore_level": "checkpoint_only",
+             "labels": {"topology.kubernetes.io/zone": "c"}, "capacity": {"cpu": "16"}},
+            {"name": "node-a", "ready": False},
+        ],
+        "faults": {"node-c": {"fail_next_checkpoints": 1}},
+    }))
+    state = tmp_path / "state"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "e2e.sim", "--state", str(state), "--config", str(config_file)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout or []])
+    reader.start()
+    try:
+        try:
+            first = lines.get(timeout=30)
+        except queue.Empty:
+            pytest.fail("no ready line within 30s")
+        assert re.fullmatch(r"ready https://127\.0\.0\.1:\d+\n", first), first
+        kubeconfig = state / "kubeconfig"
+        wide = kubectl(kubeconfig, "get", "nodes", "-o", "wide").stdout
+        rows = _node_rows(wide)
+        assert list(rows) == ["node-a", "node-b", "node-c"]
+        assert rows["node-c"][1] == "Ready" and rows["node-c"][-1] == "containerd://2.4.0"
+        assert rows["node-a"][1] == "NotReady" and rows["node-a"][-1] == "cri-o://1.30.4"
+        node_c = json.loads(kubectl(kubeconfig, "get", "node", "node-c", "-o", "json").stdout)
+        assert node_c["metadata"]["labels"]["topology.kubernetes.io/zone"] == "c"
+        assert node_c["status"]["capacity"]["cpu"] == "16"
+        for name in ("ca.crt", "kubelet-client.crt", "kubelet-client.key"):
+            assert (state / name).stat().st_mode & 0o777 == 0o600
+
+        # kubectl reaches node-c's kubelet through the API server: the injected
+        # failure first, then a containerd archive.
+        manifest = tmp_path / "pod.yaml"
+        manifest.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "on-c"},
+            "spec": {"nodeName": "node-c",
+                     "containers": [{"name": "app", "image": "registry.example/app:1"}]}}))
+        kubectl(kubeconfig, "apply", "-f", str(manifest))
+        wait_for(lambda: "Running" in kubectl(kubeconfig, "get", "pod", "on-c").stdout,
+                 what="on-c Running")
+        empty = tmp_path / "empty"
+        empty.write_text("")
+        raw = ["create", "--raw", "/api/v1/nodes/node-c/proxy/checkpoint/default/on-c/app",
+               "-f", str(empty)]
+        assert KUBECTL is not None
+        failed = subprocess.run([KUBECTL, "--kubeconfig", str(kubeconfig), *raw],
+                                capture_output=True, text=True, timeout=60,
+                                env={**os.environ, "HOME": str(tmp_path)})
+        assert failed.returncode == 1
+        assert "checkpoint failed: (injected)" in failed.stderr
+        answer = json.loads(kubectl(kubeconfig, *raw).stdout)
+        archive = state / "nodes" / "node-c" / answer["items"][0].lstrip("/")
+        shown = _migrate("show", str(archive))[0]
+        assert (shown["pod_name"], shown["container_name"]) == ("on-c", "app")
+        assert shown["engine"] == "containerd"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=DEADLINE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+        reader.join(timeout=DEADLINE)
+    assert code == 0, proc.stderr.read() if proc.stderr else ""
+
+
+def test_command_line_rejects_a_bad_config(tmp_path: Path) -> None:
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text("nodes:\n  - name: node-c\n    runtme: containerd://2.4.0\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "e2e.sim", "--state", str(tmp_path / "state"), "--config",
+         str(config_file)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "unknown key(s) runtme" in result.stderr
+
+
+# -- pieces ---------------------------------------------------------------------------------
+
+
+def test_parse_config_merges_faults_into_nodes() -> None:
+    configs = parse_config({
+        "nodes": [{"name": "n1", "runtime": "containerd://2.0.0"}, {"name": "n2"}],
+        "faults": {"n1": {"checkpoint_delay_per_mib": 0.5}, "n3": {"fail_next_checkpoints": 2}},
+    })
+    assert list(configs) == ["n1", "n2", "n3"]
+    assert configs["n1"] == NodeConfig(runtime="containerd://2.0.0", checkpoint_delay_per_mib=0.5)
+    assert configs["n3"].fail_next_checkpoints == 2
+    for bad, message in (
+        ({"nodes": [{"name": "n", "restore_level": "all"}]}, "restore_level"),
+        ({"nodes": [{"name": "n", "runtime": "crio-1.30"}]}, "runtime"),
+        ({"nodes": [{"runtime": "cri-o://1.30.0"}]}, "`name` is required"),
+        ({"faults": {"n": {"fail_next_checkpoints": -1}}}, "fail_next_checkpoints"),
+        ({"node": []}, "unknown top-level key"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            parse_config(bad)
+
+
+def test_stop_ends_a_checkpoint_in_progress(tmp_path: Path) -> None:
+    sim = Simulator(tmp_path / "state", nodes=["n1"], start_latency=0.01,
+                    node_config={"n1": NodeConfig(checkpoint_delay_per_mib=60.0)}).start()
+    results: queue.Queue[tuple[int, bytes]] = queue.Queue()
+    try:
+        with _api_client(sim) as api_client:
+            v1 = client.CoreV1Api(api_client)
+            pod = _pod(v1, "n1", annotations={MEMORY_ANNOTATION: "1"})
+
+            def call() -> None:
+                try:
+                    results.put(_proxy_checkpoint(api_client, "n1", pod, timeout=600)[:2])
+                except Exception as e:  # the server going away may cut the connection
+                    results.put((0, repr(e).encode()))
+
+            caller = threading.Thread(target=call)
+            caller.start()
+            time.sleep(0.5)
+            assert results.empty()
+            started = time.monotonic()
+            sim.stop()
+            assert time.monotonic() - started < 5
+            caller.join(timeout=DEADLINE)
+            assert not caller.is_alive()
+    finally:
+        sim.stop()
+    status, body = results.get_nowait()
+    assert status in (0, 500), body
+    assert not list(sim.checkpoint_dir("n1").iterdir())
