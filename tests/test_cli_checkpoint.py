@@ -98,3 +98,87 @@ def test_missing_kubeconfig(cli: Cli, tmp_path: Path) -> None:
     r = cli("checkpoint", "x", "--kubeconfig", tmp_path / "none")
     assert r.code == 3
     assert r.err.startswith(f"error: cannot load {tmp_path / 'none'}: ")
+
+
+SECRET_PROCS = ('[{"pid": 1, "ppid": 0, "comm": "server", "argv": ["/srv/server", "--port=80"], '
+                '"env": ["HOME=/"], "heap": "token=S3CR3T-IN-MEMORY"}]')
+
+
+@pytest.mark.parametrize("via", ["apiserver", "kubelet"])
+def test_checkpoint_writes_the_archive_on_the_pods_node(
+        cli: Cli, sim: Simulator, v1: client.CoreV1Api, via: str) -> None:
+    name = f"web-{via}"
+    running_pod(v1, name, node="node-b",
+                annotations={"sim.migrate.dev/processes": SECRET_PROCS})
+    args: list[str | Path] = ["checkpoint", name, "--kubeconfig", sim.kubeconfig, "-o", "json"]
+    if via == "kubelet":
+        args += ["--via", "kubelet", "--kubelet-url", sim.kubelet_url("node-b"),
+                 "--cert", sim.state_dir / "kubelet-client.crt",
+                 "--key", sim.state_dir / "kubelet-client.key", "--ca", sim.state_dir / "ca.crt"]
+    r = cli(*args)
+    assert r.code == 0, r.err
+    out = r.json()
+    from migrate.validation import validate
+    validate(out, "checkpoint.schema.json", "checkpoint -o json")
+    assert (out["node"], out["namespace"], out["pod"], out["container"], out["via"]) == (
+        "node-b", "default", name, "app", via)
+    assert out["archive"].startswith(f"/var/lib/kubelet/checkpoints/checkpoint-{name}_default-app-")
+    local = sim.node_path("node-b", out["archive"])
+    assert local.stat().st_mode & 0o777 == 0o600
+    # The archive is a real checkpoint of that container, memory included.
+    shown = cli("show", local, "-o", "json").json()[0]
+    assert (shown["container_name"], shown["pod_name"], shown["namespace"]) == (
+        "app", name, "default")
+    found = cli("memparse", local, "--search", "S3CR3T-IN-MEMORY", "-o", "json").json()
+    assert [m["command"] for m in found] == ["server"]
+
+
+def test_table_output(cli: Cli, sim: Simulator, v1: client.CoreV1Api) -> None:
+    running_pod(v1, "tabled")
+    r = cli("checkpoint", "tabled", "--kubeconfig", sim.kubeconfig)
+    header, row = r.out.splitlines()
+    assert header.split() == ["NODE", "POD", "CONTAINER", "ARCHIVE", "TIME"]
+    assert row.split()[:3] == ["node-a", "default/tabled", "app"]
+
+
+def test_gate_off_gets_the_feature_gate_hint(cli: Cli, sim: Simulator,
+                                             v1: client.CoreV1Api) -> None:
+    running_pod(v1, "gated", node="node-b")
+    sim.configure_node("node-b", checkpoint_gate=False)
+    try:
+        r = cli("checkpoint", "gated", "--kubeconfig", sim.kubeconfig)
+    finally:
+        sim.configure_node("node-b", checkpoint_gate=True)
+    assert r.code == 4
+    assert r.err == ("error: checkpoint default/gated/app on node-b: 404 page not found\n"
+                     "hint: the kubelet has no checkpoint endpoint: enable the "
+                     "ContainerCheckpoint feature gate (on by default from 1.30)\n")
+
+
+def test_a_failed_checkpoint_is_retried(cli: Cli, sim: Simulator, v1: client.CoreV1Api) -> None:
+    running_pod(v1, "flaky", node="node-b")
+    sim.configure_node("node-b", fail_next_checkpoints=1)
+    r = cli("checkpoint", "flaky", "--kubeconfig", sim.kubeconfig, "-o", "json")
+    assert r.code == 0, r.err
+    assert sim.node_config("node-b").fail_next_checkpoints == 0
+
+
+def test_a_runtime_without_checkpoint_support(cli: Cli, sim: Simulator,
+                                              v1: client.CoreV1Api,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIGRATE_DEBUG", "")
+    running_pod(v1, "norestore", node="node-b")
+    sim.configure_node("node-b", restore_level="none")
+    try:
+        r = cli("checkpoint", "norestore", "--kubeconfig", sim.kubeconfig)
+    finally:
+        sim.configure_node("node-b", restore_level="checkpoint_restore")
+    assert r.code == 6
+    first, hint = r.err.splitlines()
+    assert first.startswith("error: checkpoint default/norestore/app on node-b: checkpointing "
+                            "of default/norestore/app failed")
+    assert hint == ("hint: the container runtime could not checkpoint it: CRI-O needs CRIU "
+                    "support enabled; see the kubelet and runtime logs on the node")
+    # A runtime without the feature is not retried: the kubelet saw one request.
+    log = (sim.node_dir("node-b") / "var/log/kubelet.log").read_text()
+    assert log.count("/checkpoint/default/norestore/app") == 1

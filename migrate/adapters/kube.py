@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from migrate.adapters.kubelet import parse_checkpoint_response
+from migrate.adapters.kubelet import parse_checkpoint_response, runtime_failure
 from migrate.errors import (
     AuthError,
     ClusterError,
@@ -154,16 +154,12 @@ def read_pod(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
 
 _GATE_HINT = ("the kubelet has no checkpoint endpoint: enable the ContainerCheckpoint feature "
               "gate (on by default from 1.30)")
-_RUNTIME_HINT = ("the container runtime could not checkpoint it: CRI-O needs CRIU support "
-                 "enabled; see the kubelet and runtime logs on the node")
 
 
-def _checkpoint_error(e: MigrateError, what: str) -> MigrateError:
+def _checkpoint_error(e: MigrateError) -> MigrateError:
     """Checkpoint failures, with hints for the two usual causes."""
     if isinstance(e, NotFoundError):
         return NotFoundError(e.message, hint=_GATE_HINT)
-    if isinstance(e, TransientClusterError):
-        return TransientClusterError(e.message, hint=_RUNTIME_HINT)
     return e
 
 
@@ -176,19 +172,30 @@ def checkpoint_via_apiserver(cluster: Cluster, node: str, namespace: str, pod: s
     what = f"checkpoint {namespace}/{pod}/{container} on {node}"
     query = [("timeout", str(timeout))] if timeout else []
 
-    def post(**kw: Any) -> Any:
-        return cluster.api.call_api(
-            "/api/v1/nodes/{node}/proxy/checkpoint/{namespace}/{pod}/{container}", "POST",
+    def post(_request_timeout: float) -> bytes:
+        from kubernetes.client.exceptions import ApiException
+
+        request = cluster.api.param_serialize(
+            "POST", "/api/v1/nodes/{node}/proxy/checkpoint/{namespace}/{pod}/{container}",
             path_params={"node": node, "namespace": namespace, "pod": pod,
                          "container": container},
             query_params=query, header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"], _preload_content=False, **kw)
+            auth_settings=["BearerToken"])
+        resp = cluster.api.call_api(*request, _request_timeout=_request_timeout)
+        data: bytes = resp.read()
+        if resp.status >= 500:
+            lines = data.decode(errors="replace").strip().splitlines()
+            raise runtime_failure(what, lines[0][:300] if lines else f"HTTP {resp.status}")
+        if not 200 <= resp.status < 300:
+            # call_api hands back any status; `call` translates the exception.
+            raise ApiException.from_response(http_resp=resp, body=data.decode(errors="replace"),
+                                             data=None)
+        return data
 
     # The request lasts as long as the runtime takes to dump the memory.
     request_timeout = max(cluster.settings.request_timeout, (timeout or 0) + 30)
     try:
         resp = call(cluster, what, post, _request_timeout=request_timeout)
     except MigrateError as e:
-        raise _checkpoint_error(e, what) from e
-    data = resp[0].data if isinstance(resp, tuple) else resp.data
-    return parse_checkpoint_response(data, what)
+        raise _checkpoint_error(e) from e
+    return parse_checkpoint_response(resp, what)

@@ -8,6 +8,7 @@ given CA; a client certificate the kubelet trusts authenticates us.
 from __future__ import annotations
 
 import json
+import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,19 @@ class KubeletEndpoint:
     cert: Path
     key: Path
     ca: Path | None = None  # None: the system's trust store
+
+
+# A runtime that cannot checkpoint at all answers 500 too; retrying cannot help.
+_PERMANENT = re.compile(r"code = Unimplemented|not (available|enabled|supported|implemented)",
+                        re.IGNORECASE)
+RUNTIME_HINT = ("the container runtime could not checkpoint it: CRI-O needs CRIU support "
+                "enabled; see the kubelet and runtime logs on the node")
+
+
+def runtime_failure(what: str, detail: str) -> ClusterError:
+    """A 5xx from the checkpoint API: transient unless the runtime lacks the feature."""
+    cls = ClusterError if _PERMANENT.search(detail) else TransientClusterError
+    return cls(f"{what}: {detail}", hint=RUNTIME_HINT)
 
 
 def parse_checkpoint_response(body: bytes, what: str) -> str:
@@ -86,8 +100,6 @@ def checkpoint_direct(ep: KubeletEndpoint, namespace: str, pod: str, container: 
                     "the kubelet has no checkpoint endpoint (ContainerCheckpoint gate) or "
                     "does not run this container"))
             if resp.status >= 500:
-                raise TransientClusterError(f"{what}: {detail}", hint=(
-                    "the container runtime could not checkpoint it: CRI-O needs CRIU "
-                    "support enabled; see the kubelet and runtime logs on the node"))
+                raise runtime_failure(what, detail)
             raise ClusterError(f"{what}: {detail}", hint="the kubelet refused the request")
     raise AssertionError("unreachable")  # pragma: no cover
