@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 
 from e2e.sim import Simulator
 from tests.conftest import Result
+from tests.simulated import sim_client, wait_for
 
 Cli = Callable[..., Result]
 
@@ -25,9 +25,7 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
 
 @pytest.fixture(scope="module")
 def v1(sim: Simulator) -> Iterator[client.CoreV1Api]:
-    cfg = client.Configuration()
-    config.load_kube_config(config_file=str(sim.kubeconfig), client_configuration=cfg)
-    with client.ApiClient(cfg) as api:
+    with sim_client(sim) as api:
         yield client.CoreV1Api(api)
 
 
@@ -41,13 +39,9 @@ def running_pod(v1: client.CoreV1Api, name: str, containers: tuple[str, ...] = (
     v1.create_namespaced_pod("default", {"metadata": {"name": name,
                                                       "annotations": annotations or {}},
                                          "spec": spec})
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        pod = v1.read_namespaced_pod(name, "default")
-        if pod.status.phase == "Running":
-            return pod.to_dict()  # type: ignore[no-any-return]
-        time.sleep(0.02)
-    raise AssertionError(f"pod {name} never ran")
+    pod = wait_for(lambda: (p := v1.read_namespaced_pod(name, "default")).status.phase
+                   == "Running" and p, what=f"pod {name} Running")
+    return pod.to_dict()  # type: ignore[no-any-return]
 
 
 def test_unknown_pod(cli: Cli, sim: Simulator) -> None:

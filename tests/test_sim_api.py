@@ -10,10 +10,8 @@ watch history expiry).
 from __future__ import annotations
 
 import json
-import os
 import queue
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,31 +27,19 @@ import yaml
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from e2e.pki import write_private
 from e2e.sim import Simulator
 from e2e.sim.errors import ApiError
 from e2e.sim.patch import json_patch, strategic_merge
 from e2e.sim.protocol import Attributes
 from e2e.sim.selectors import match_labels, parse_label_selector
 from e2e.sim.store import Store
+from tests.simulated import DEADLINE, kubectl_runner, needs_kubectl, sim_client, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
-KUBECTL = shutil.which("kubectl")
-needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
-DEADLINE = 10.0
 READ_ONLY_USER = "viewer"
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = DEADLINE, what: str = "") -> Any:
-    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(0.02)
+
 
 
 def _read_only_for_viewer(attrs: Attributes) -> bool:
@@ -69,23 +55,9 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
         yield cluster
 
 
-def _api_client(sim: Simulator, token: str | None = None) -> client.ApiClient:
-    """A client configured by load_kube_config from the simulator's kubeconfig, or
-    from a copy of it carrying another bearer token."""
-    path = sim.kubeconfig
-    if token is not None:
-        kubeconfig = yaml.safe_load(sim.kubeconfig.read_text())
-        kubeconfig["users"][0]["user"]["token"] = token
-        path = sim.state_dir / f"kubeconfig-{token[:8]}"
-        write_private(path, yaml.safe_dump(kubeconfig).encode())
-    cfg = client.Configuration()
-    config.load_kube_config(config_file=str(path), client_configuration=cfg)
-    return client.ApiClient(cfg)
-
-
 @pytest.fixture(scope="module")
 def api(sim: Simulator) -> Iterator[client.ApiClient]:
-    with _api_client(sim) as api_client:
+    with sim_client(sim) as api_client:
         yield api_client
 
 
@@ -147,21 +119,8 @@ def _status(e: ApiException) -> dict[str, Any]:
 def kubectl(sim: Simulator, tmp_path_factory: pytest.TempPathFactory
             ) -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run kubectl against the simulator (its caches in a private HOME)."""
-    home = tmp_path_factory.mktemp("kubectl-home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
-    env["HOME"] = str(home)
-
-    def run(*args: str, input: str | None = None, check: bool = True
-            ) -> subprocess.CompletedProcess[str]:
-        assert KUBECTL is not None
-        result = subprocess.run([KUBECTL, "--kubeconfig", str(sim.kubeconfig), *args],
-                                capture_output=True, text=True, env=env, input=input,
-                                timeout=60)
-        if check:
-            assert result.returncode == 0, (args, result.stdout, result.stderr)
-        return result
-
-    return run
+    run = kubectl_runner(tmp_path_factory.mktemp("kubectl-home"))
+    return lambda *args, **kw: run(sim.kubeconfig, *args, **kw)
 
 
 @needs_kubectl
@@ -427,7 +386,7 @@ def test_client_errors(v1: client.CoreV1Api, namespace: str) -> None:
 
 
 def test_forbidden(sim: Simulator, namespace: str) -> None:
-    with _api_client(sim, sim.add_token(READ_ONLY_USER)) as viewer_client:
+    with sim_client(sim, sim.add_token(READ_ONLY_USER)) as viewer_client:
         viewer = client.CoreV1Api(viewer_client)
         assert viewer.list_namespaced_pod(namespace).items == []
         with pytest.raises(ApiException) as e:
@@ -506,7 +465,7 @@ def test_watch_without_resource_version_starts_with_current_state(
 
 
 def test_bad_token_is_401(sim: Simulator) -> None:
-    with _api_client(sim, "not-the-token") as bad, pytest.raises(ApiException) as e:
+    with sim_client(sim, "not-the-token") as bad, pytest.raises(ApiException) as e:
         client.CoreV1Api(bad).list_node()
     assert e.value.status == 401
     assert _status(e.value) == {"kind": "Status", "apiVersion": "v1", "metadata": {},
@@ -535,7 +494,7 @@ def test_tls_is_verified_against_the_generated_ca(sim: Simulator) -> None:
     assert sim.kubeconfig.stat().st_mode & 0o777 == 0o600
     assert re.fullmatch(r"https://127\.0\.0\.1:\d+", sim.url)
 
-    with _api_client(sim) as api_client:
+    with sim_client(sim) as api_client:
         assert api_client.configuration.verify_ssl is True
         assert api_client.configuration.ssl_ca_cert
     # A client that does not trust the simulator's CA cannot talk to it.
@@ -581,7 +540,7 @@ def test_discovery(api: client.ApiClient) -> None:
 def test_stop_ends_watches_and_joins_every_thread(tmp_path: Path) -> None:
     before = set(threading.enumerate())
     sim = Simulator(tmp_path / "state", start_latency=0.05).start()
-    api_client = _api_client(sim)
+    api_client = sim_client(sim)
     v1 = client.CoreV1Api(api_client)
     v1.list_node()  # leaves an idle keep-alive connection behind
     events: queue.Queue[object] = queue.Queue()

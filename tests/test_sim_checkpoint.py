@@ -13,7 +13,6 @@ import json
 import os
 import queue
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,20 +25,18 @@ from typing import Any
 import pytest
 import urllib3
 import yaml
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from e2e.pki import issue, make_ca, write_private
+from e2e.pki import issue, make_ca
 from e2e.sim import NodeConfig, Simulator
 from e2e.sim.checkpoints import MEMORY_ANNOTATION, PROCESSES_ANNOTATION
 from e2e.sim.nodeconfig import parse_config
 from e2e.sim.protocol import Attributes
+from tests.simulated import DEADLINE, KUBECTL, kubectl_runner, needs_kubectl, sim_client, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 MIGRATE = REPO / ".venv" / "bin" / "migrate"
-KUBECTL = shutil.which("kubectl")
-needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
-DEADLINE = 10.0
 LIMITED_USER = "limited"
 SECRET = "SIM_SECRET_7731"
 PROXY_PATH = "/api/v1/nodes/{node}/proxy/checkpoint/{namespace}/{pod}/{container}"
@@ -56,16 +53,7 @@ NODES = {
 }
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = DEADLINE, what: str = "") -> Any:
-    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(0.02)
+
 
 
 def _no_node_proxy_for_limited(attrs: Attributes) -> bool:
@@ -82,21 +70,9 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
         yield cluster
 
 
-def _api_client(sim: Simulator, token: str | None = None) -> client.ApiClient:
-    path = sim.kubeconfig
-    if token is not None:
-        kubeconfig = yaml.safe_load(sim.kubeconfig.read_text())
-        kubeconfig["users"][0]["user"]["token"] = token
-        path = sim.state_dir / f"kubeconfig-{token[:8]}"
-        write_private(path, yaml.safe_dump(kubeconfig).encode())
-    cfg = client.Configuration()
-    config.load_kube_config(config_file=str(path), client_configuration=cfg)
-    return client.ApiClient(cfg)
-
-
 @pytest.fixture(scope="module")
 def api(sim: Simulator) -> Iterator[client.ApiClient]:
-    with _api_client(sim) as api_client:
+    with sim_client(sim) as api_client:
         yield api_client
 
 
@@ -428,7 +404,7 @@ def test_checkpoint_deadline(sim: Simulator, api: client.ApiClient,
 
 def test_rbac_denied_is_a_403_status(sim: Simulator, v1: client.CoreV1Api) -> None:
     pod = _pod(v1, "node-a")
-    with _api_client(sim, sim.add_token(LIMITED_USER)) as limited:
+    with sim_client(sim, sim.add_token(LIMITED_USER)) as limited:
         status, body, content_type = _proxy_checkpoint(limited, "node-a", pod)
         with pytest.raises(ApiException) as e:
             client.CoreV1Api(limited).connect_post_node_proxy_with_path(
@@ -457,18 +433,7 @@ def test_discovery_lists_nodes_proxy(api: client.ApiClient) -> None:
 def kubectl(tmp_path_factory: pytest.TempPathFactory
             ) -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run kubectl with a kubeconfig (its caches in a private HOME)."""
-    home = tmp_path_factory.mktemp("kubectl-home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
-    env["HOME"] = str(home)
-
-    def run(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
-        assert KUBECTL is not None
-        result = subprocess.run([KUBECTL, "--kubeconfig", str(kubeconfig), *args],
-                                capture_output=True, text=True, env=env, timeout=60)
-        assert result.returncode == 0, (args, result.stdout, result.stderr)
-        return result
-
-    return run
+    return kubectl_runner(tmp_path_factory.mktemp("kubectl-home"))
 
 
 def _node_rows(out: str) -> dict[str, list[str]]:
@@ -611,7 +576,7 @@ def test_stop_ends_a_checkpoint_in_progress(tmp_path: Path) -> None:
                     node_config={"n1": NodeConfig(checkpoint_delay_per_mib=60.0)}).start()
     results: queue.Queue[tuple[int, bytes]] = queue.Queue()
     try:
-        with _api_client(sim) as api_client:
+        with sim_client(sim) as api_client:
             v1 = client.CoreV1Api(api_client)
             pod = _pod(v1, "n1", annotations={MEMORY_ANNOTATION: "1"})
 
