@@ -29,7 +29,3 @@ def schema_path(name: str) -> Path:
     """Path of a JSON Schema by file name (``show.schema.json``)."""
     return data_dir("schemas") / name
 
-
-def template_path(name: str) -> Path:
-    """Path of a template by file name."""
-    return data_dir("templates") / name

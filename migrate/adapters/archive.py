@@ -142,7 +142,7 @@ def _check_end(reader: RangeReader, offset: int, total: int, last: str, label: s
                        f"{what}", hint=_TRUNCATED_HINT, member=name or None)
 
 
-def scan_tar(reader: RangeReader, label: str) -> tuple[list[Member], list[tarfile.TarInfo]]:
+def scan_tar(reader: RangeReader, label: str) -> list[Member]:
     """Index a tar stream's headers, checking each member's data lies inside the stream.
 
     ``label`` names the archive (or nested member) in errors.
@@ -186,7 +186,7 @@ def scan_tar(reader: RangeReader, label: str) -> tuple[list[Member], list[tarfil
                 mtime=int(info.mtime),
             )
         )
-    return members, infos
+    return members
 
 
 class CheckpointArchive:
@@ -217,7 +217,7 @@ class CheckpointArchive:
                                hint="check the file's permissions") from e
         try:
             self.file_size = os.fstat(self._fd).st_size
-            members, _ = scan_tar(RangeReader(self._fd, 0, self.file_size), self.label)
+            members = scan_tar(RangeReader(self._fd, 0, self.file_size), self.label)
         except BaseException:
             os.close(self._fd)
             raise
@@ -303,7 +303,7 @@ class NestedTar:
     def __init__(self, reader: RangeReader, label: str) -> None:
         self.reader = reader
         self.label = label
-        self.members, self._infos = scan_tar(reader, label)
+        self.members = scan_tar(reader, label)
 
     def extract(self, dest: Path) -> list[Member]:
         """Unpack every member under ``dest`` after checking none can escape it.

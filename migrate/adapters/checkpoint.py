@@ -15,7 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
-from migrate.adapters.archive import CheckpointArchive, Member, NestedTar
+from migrate.adapters.archive import CheckpointArchive, NestedTar
 from migrate.adapters.criu import images
 from migrate.adapters.criu.memory import ProcessMemory
 from migrate.errors import ArchiveError
@@ -212,7 +212,3 @@ class Checkpoint:
             raise ArchiveError(self.label, "is not a JSON list of paths",
                                hint="the archive's metadata is damaged", member=DELETED_FILES)
         return data
-
-    def criu_members(self) -> list[Member]:
-        """Regular files under checkpoint/."""
-        return list(self.archive.files_under(CRIU_DIR))
