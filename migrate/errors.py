@@ -90,19 +90,26 @@ class DependencyError(MigrateError):
     exit_code = ExitCode.DEPENDENCY
 
 
+class Transient(MigrateError):
+    """Mixed into errors worth retrying; ``retry_after`` is the server's Retry-After (s).
+
+    It sets no exit code: the error it is mixed with (cluster, registry) decides.
+    """
+
+    def __init__(self, message: str, hint: str | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, hint)
+        self.retry_after = retry_after
+
+
 class ClusterError(MigrateError):
     """The Kubernetes API answered with an error, or could not be reached."""
 
     exit_code = ExitCode.CLUSTER
 
 
-class TransientClusterError(ClusterError):
+class TransientClusterError(Transient, ClusterError):
     """A Kubernetes failure worth retrying: connection error, 5xx, 429."""
-
-    def __init__(self, message: str, hint: str | None = None,
-                 retry_after: float | None = None) -> None:
-        super().__init__(message, hint)
-        self.retry_after = retry_after
 
 
 class RegistryError(MigrateError):
@@ -111,13 +118,8 @@ class RegistryError(MigrateError):
     exit_code = ExitCode.REGISTRY
 
 
-class TransientRegistryError(RegistryError):
-    """A failure worth retrying: connection error, 5xx, 429 (``retry_after`` in seconds)."""
-
-    def __init__(self, message: str, hint: str | None = None,
-                 retry_after: float | None = None) -> None:
-        super().__init__(message, hint)
-        self.retry_after = retry_after
+class TransientRegistryError(Transient, RegistryError):
+    """A registry failure worth retrying: connection error, 5xx, 429."""
 
 
 class AuthError(MigrateError):

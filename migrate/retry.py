@@ -12,10 +12,15 @@ import logging
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_base, wait_exponential
 
-from migrate.errors import TransientClusterError, TransientRegistryError
+from migrate.errors import Transient, TransientClusterError, TransientRegistryError
 from migrate.settings import RetrySettings
 
 log = logging.getLogger(__name__)
+
+
+def retry_after(value: str | None) -> float | None:
+    """A Retry-After header in seconds; None when absent or an HTTP date (then we back off)."""
+    return float(value) if value and value.isdigit() else None
 
 
 class _RetryAfterOrBackoff(wait_base):
@@ -26,8 +31,7 @@ class _RetryAfterOrBackoff(wait_base):
     def __call__(self, retry_state: RetryCallState) -> float:
         outcome = retry_state.outcome
         exc = outcome.exception() if outcome else None
-        if isinstance(exc, TransientRegistryError | TransientClusterError) and \
-                exc.retry_after is not None:
+        if isinstance(exc, Transient) and exc.retry_after is not None:
             return min(exc.retry_after, self.max_wait)
         return float(self.backoff(retry_state))
 

@@ -25,7 +25,7 @@ from migrate.errors import (
     NotFoundError,
     TransientClusterError,
 )
-from migrate.retry import cluster_policy
+from migrate.retry import cluster_policy, retry_after
 from migrate.settings import KubeSettings
 
 log = logging.getLogger(__name__)
@@ -110,12 +110,10 @@ def translate(e: Exception, what: str) -> MigrateError:
         if e.status == 403:
             return AuthError(msg, hint="ask for the RBAC this needs; `migrate doctor` "
                              "lists what is missing")
-        if e.status in (429, 500, 502, 503, 504) or (e.status or 0) >= 500:
-            retry_after = (e.headers or {}).get("Retry-After")
+        if e.status == 429 or (e.status or 0) >= 500:
             return TransientClusterError(
                 msg, hint="the API server is overloaded or failing; try again later",
-                retry_after=float(retry_after) if retry_after and retry_after.isdigit()
-                else None)
+                retry_after=retry_after((e.headers or {}).get("Retry-After")))
         return ClusterError(msg, hint="the API server refused the request")
     if isinstance(e, HTTPError | OSError):
         return TransientClusterError(f"{what}: cannot reach the API server "

@@ -25,7 +25,7 @@ from urllib3.exceptions import HTTPError, SSLError
 from migrate.adapters.registry.auth import Credentials, basic_header, lookup, parse_challenge
 from migrate.adapters.registry.reference import Reference
 from migrate.errors import AuthError, RegistryError, TransientRegistryError
-from migrate.retry import registry_policy
+from migrate.retry import registry_policy, retry_after
 from migrate.settings import RegistrySettings
 
 log = logging.getLogger(__name__)
@@ -124,11 +124,9 @@ class RegistryClient:
                 if resp.status == 401 else
                 f"the account may not push to {self.ref.repository}"))
         if resp.status == 429 or resp.status >= 500:
-            retry_after = resp.headers.get("Retry-After")
             raise TransientRegistryError(
                 msg, hint="the registry is overloaded or failing; try again later",
-                retry_after=float(retry_after) if retry_after and retry_after.isdigit()
-                else None)
+                retry_after=retry_after(resp.headers.get("Retry-After")))
         raise RegistryError(msg, hint="the registry refused the request")
 
     # -- authentication -----------------------------------------------------------
