@@ -83,19 +83,30 @@ def _strings(data: bytes) -> list[str]:
     return [s.decode("utf-8", "backslashreplace") for s in data.split(b"\0") if s]
 
 
-def _read_block(ckpt: Checkpoint, pid: int, which: str, limit: int) -> list[str] | None:
+def _read_blocks(ckpt: Checkpoint, pid: int, opts: InspectOptions, limit: int
+                 ) -> tuple[list[str] | None, list[str] | None]:
+    """(argv, environment) from memory, each only if asked; None where not dumped.
+
+    The mm image and the pagemap are read once for both blocks.
+    """
     mm = ckpt.mm(pid)
     if mm is None:
-        return None
-    start, end = (
-        (mm.arg_start, mm.arg_end) if which == "args" else (mm.env_start, mm.env_end)
-    )
-    if end <= start:
-        return []
-    if end - start > limit:
-        log.warning("pid %d: %s block of %d bytes cut to %d", pid, which, end - start, limit)
-    data = ckpt.read_memory(ckpt.memory(pid), start, min(end - start, limit))
-    return None if data is None else _strings(data)
+        return None, None
+    memory = None
+
+    def block(which: str, start: int, end: int) -> list[str] | None:
+        nonlocal memory
+        if end <= start:
+            return []
+        if end - start > limit:
+            log.warning("pid %d: %s block of %d bytes cut to %d", pid, which, end - start, limit)
+        memory = memory or ckpt.memory(pid)
+        data = ckpt.read_memory(memory, start, min(end - start, limit))
+        return None if data is None else _strings(data)
+
+    argv = block("args", mm.arg_start, mm.arg_end) if opts.ps_tree_cmd else None
+    env = block("env", mm.env_start, mm.env_end) if opts.ps_tree_env else None
+    return argv, env
 
 
 def process_tree(
@@ -110,11 +121,10 @@ def process_tree(
     nodes: dict[int, ProcessNode] = {}
     for pid in entries:
         node = ProcessNode(pid, ckpt.core(pid).comm)
-        if opts.ps_tree_cmd:
-            argv = _read_block(ckpt, pid, "args", settings.max_string_bytes)
-            node.cmdline = None if argv is None else " ".join(argv)
-        if opts.ps_tree_env:
-            node.environment = _read_block(ckpt, pid, "env", settings.max_string_bytes)
+        if opts.ps_tree_cmd or opts.ps_tree_env:
+            argv, node.environment = _read_blocks(ckpt, pid, opts, settings.max_string_bytes)
+            if opts.ps_tree_cmd:
+                node.cmdline = None if argv is None else " ".join(argv)
         nodes[pid] = node
     roots = [n for pid, n in nodes.items() if entries[pid].ppid not in nodes]
     for pid, node in nodes.items():
