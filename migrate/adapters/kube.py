@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,8 +71,6 @@ def connect(settings: KubeSettings) -> Cluster:
 
 
 def _in_cluster() -> bool:
-    import os
-
     from kubernetes.config.incluster_config import SERVICE_TOKEN_FILENAME
 
     return "KUBERNETES_SERVICE_HOST" in os.environ and Path(SERVICE_TOKEN_FILENAME).is_file()

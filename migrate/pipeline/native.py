@@ -8,6 +8,7 @@ fails is cancelled.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -115,8 +116,6 @@ class LayoutTarget:
 
 
 def _digest(data: bytes) -> str:
-    import hashlib
-
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
