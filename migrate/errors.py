@@ -24,6 +24,7 @@ class ExitCode(IntEnum):
     CLUSTER = 6  # the Kubernetes API refused or failed a request, or could not be reached
     REGISTRY = 7  # the image registry refused or failed a request
     AUTH = 8  # credentials missing, wrong, or not allowed to do this
+    CHECKS_FAILED = 9  # preflight checks ran and at least one FAILed (migrate doctor)
     PARTIAL = 10  # the command did part of its work; the report says which part
     INTERRUPTED = 130  # Ctrl-C
 
@@ -126,6 +127,12 @@ class AuthError(MigrateError):
     """Credentials are missing or wrong (401), or not allowed this action (403)."""
 
     exit_code = ExitCode.AUTH
+
+
+class ChecksFailed(MigrateError):
+    """Preflight checks ran to the end and some failed; the report lists them."""
+
+    exit_code = ExitCode.CHECKS_FAILED
 
 
 class PartialFailure(MigrateError):

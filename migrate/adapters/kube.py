@@ -196,3 +196,61 @@ def checkpoint_via_apiserver(cluster: Cluster, node: str, namespace: str, pod: s
     except MigrateError as e:
         raise _checkpoint_error(e) from e
     return parse_checkpoint_response(resp, what)
+
+
+def _raw(resp: Any) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(resp.data)
+    return data
+
+
+def server_version(cluster: Cluster) -> dict[str, Any]:
+    """``/version``: gitVersion, major, minor, platform."""
+    from kubernetes import client
+
+    api = client.VersionApi(cluster.api)
+    return _raw(call(cluster, "read the server version", api.get_code, _preload_content=False))
+
+
+def list_nodes(cluster: Cluster) -> list[dict[str, Any]]:
+    """Every node, as the API serves it."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(cluster.api)
+    items: list[dict[str, Any]] = _raw(
+        call(cluster, "list nodes", core.list_node, _preload_content=False))["items"]
+    return items
+
+
+def read_node(cluster: Cluster, name: str) -> dict[str, Any]:
+    """One node, as the API serves it."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(cluster.api)
+    return _raw(call(cluster, f"read node {name}", core.read_node, name,
+                     _preload_content=False))
+
+
+@dataclass(frozen=True)
+class Access:
+    """What a SelfSubjectAccessReview answered."""
+
+    allowed: bool
+    reason: str
+
+
+def can_i(cluster: Cluster, verb: str, resource: str, *, group: str = "",
+          subresource: str = "", namespace: str = "") -> Access:
+    """Ask the API server whether the current user may ``verb`` the ``resource``."""
+    from kubernetes import client
+
+    attributes = client.V1ResourceAttributes(
+        verb=verb, resource=resource, group=group, subresource=subresource or None,
+        namespace=namespace or None)
+    body = client.V1SelfSubjectAccessReview(
+        api_version="authorization.k8s.io/v1", kind="SelfSubjectAccessReview",
+        spec=client.V1SelfSubjectAccessReviewSpec(resource_attributes=attributes))
+    api = client.AuthorizationV1Api(cluster.api)
+    what = f"review access to {verb} {resource}{'/' + subresource if subresource else ''}"
+    status = _raw(call(cluster, what, api.create_self_subject_access_review, body,
+                       _preload_content=False)).get("status") or {}
+    return Access(bool(status.get("allowed")), str(status.get("reason") or ""))
