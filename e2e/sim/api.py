@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from e2e.sim import discovery, openapi
+from e2e.sim import authz, discovery, openapi
 from e2e.sim.errors import (
     ApiError,
     bad_request,
@@ -33,7 +33,15 @@ from e2e.sim.errors import (
     method_not_allowed,
     status_body,
 )
-from e2e.sim.protocol import Attributes, Authorizer, Request, Response, allow_all, table_version
+from e2e.sim.protocol import (
+    Attributes,
+    Authorizer,
+    Request,
+    Response,
+    allow_all,
+    decide,
+    table_version,
+)
 from e2e.sim.resources import Registry, ResourceType
 from e2e.sim.rest import Rest
 from e2e.sim.store import Obj
@@ -123,11 +131,14 @@ class Api:
                                              f"Internal error occurred: {e!r}"))
 
     def _authorize(self, attrs: Attributes) -> None:
-        if self.authorizer(attrs):
+        decision = decide(self.authorizer, attrs)
+        if decision.allowed:
             return
+        # The authorizer's reason, if any, follows the API server's sentence after ": ".
+        why = f": {decision.reason}" if decision.reason else ""
         if not attrs.resource:
             raise ApiError(403, "Forbidden", f'forbidden: User "{attrs.user.name}" cannot '
-                           f'{attrs.verb.lower()} path "{attrs.path}"')
+                           f'{attrs.verb.lower()} path "{attrs.path}"{why}')
         resource = attrs.resource + (f"/{attrs.subresource}" if attrs.subresource else "")
         scope = f'in the namespace "{attrs.namespace}"' if attrs.namespace else \
             "at the cluster scope"
@@ -135,7 +146,7 @@ class Api:
         # subresource too (`cannot create resource "nodes/proxy"`), as the API server says.
         raise forbidden(attrs.resource, attrs.name, f'User "{attrs.user.name}" cannot '
                         f'{attrs.verb} resource "{resource}" in API group "{attrs.group}" '
-                        f'{scope}', attrs.group)
+                        f'{scope}{why}', attrs.group)
 
     def _route(self, req: Request) -> Response:
         parts = [p for p in req.path.split("/") if p]
@@ -303,6 +314,9 @@ class Api:
         rt = target.rt
         if target.subresource == "binding":
             return self._bind(req, target)
+        if rt.key == authz.SELF_SUBJECT_ACCESS_REVIEWS.key:  # answered, never stored
+            return Response(201, authz.self_subject_access_review(self.authorizer, req.user,
+                                                                  req.json()))
         if target.name is not None:
             raise method_not_allowed()
         return Response(201, self.rest.create(rt, target.namespace, req.json()))

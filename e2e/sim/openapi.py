@@ -50,18 +50,21 @@ def _paths(rt: ResourceType) -> dict[str, Any]:
     base = "/" + _gv_path(rt.group, rt.version)
     collection = f"{base}/namespaces/{{namespace}}/{rt.plural}" if rt.namespaced \
         else f"{base}/{rt.plural}"
-    return {
-        collection: {
-            "get": _operation(rt, "list", False),
-            "post": _operation(rt, "post", True),
-        },
+    # Only the operations the type serves: a review (create only) has no {name} path.
+    methods = {
+        collection: {"get": ("list", "list", False), "post": ("create", "post", True)},
         f"{collection}/{{name}}": {
-            "get": _operation(rt, "get", False),
-            "put": _operation(rt, "put", True),
-            "patch": _operation(rt, "patch", True),
-            "delete": _operation(rt, "delete", False),
+            "get": ("get", "get", False), "put": ("update", "put", True),
+            "patch": ("patch", "patch", True), "delete": ("delete", "delete", False),
         },
     }
+    paths: dict[str, Any] = {}
+    for path, operations in methods.items():
+        served = {method: _operation(rt, action, writes)
+                  for method, (verb, action, writes) in operations.items() if verb in rt.verbs}
+        if served:
+            paths[path] = served
+    return paths
 
 
 def group_version_document(registry: Registry, group: str, version: str) -> dict[str, Any] | None:

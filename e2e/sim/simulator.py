@@ -49,6 +49,7 @@ from typing import IO, Any
 import yaml
 
 from e2e.pki import CertPair, issue, make_ca, write_private
+from e2e.sim import authz
 from e2e.sim.api import Api
 from e2e.sim.checkpoints import CHECKPOINT_DIR
 from e2e.sim.controllers import Controller, NamespaceController, Scheduler
@@ -113,6 +114,7 @@ class Simulator:
         self.token = secrets.token_urlsafe(32)
         self.store = Store()
         self.registry = core_registry()
+        authz.register(self.registry)
         self.rest = Rest(self.store, self.registry)
         self.authorizer = authorizer
         self.api = Api(self.rest, self.registry, authorizer=authorizer,
