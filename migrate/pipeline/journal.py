@@ -59,7 +59,8 @@ class Stage:
 
 def _new_id(kind: str, subject: str) -> str:
     stamp = datetime.now(UTC).strftime("%Y%m%dt%H%M%S")
-    tidy = re.sub(r"[^a-z0-9-]+", "-", subject.lower()).strip("-")[:40] or kind
+    # Short enough to be a label value (63 characters): pods created by a run carry it.
+    tidy = re.sub(r"[^a-z0-9-]+", "-", subject.lower())[:30].strip("-") or kind
     return f"{kind}-{tidy}-{stamp}-{secrets.token_hex(2)}"
 
 
