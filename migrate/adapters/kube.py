@@ -196,3 +196,18 @@ def checkpoint_via_apiserver(cluster: Cluster, node: str, namespace: str, pod: s
     except MigrateError as e:
         raise _checkpoint_error(e) from e
     return parse_checkpoint_response(resp, what)
+
+
+def server_version(cluster: Cluster) -> str:
+    """The API server's Kubernetes version as ``MAJOR.MINOR`` (its ``/version``)."""
+    from kubernetes import client
+
+    resp: Any = call(cluster, "read the server version", client.VersionApi(cluster.api).get_code,
+                     _preload_content=False)
+    info = json.loads(resp.data)
+    # Managed clusters report minor "30+"; gitVersion ("v1.30.4-gke.1") is the fallback.
+    major, minor = (str(info.get(k, "")).rstrip("+") for k in ("major", "minor"))
+    if not (major.isdigit() and minor.isdigit()):
+        major, _, rest = str(info.get("gitVersion", "")).lstrip("v").partition(".")
+        minor = rest.split(".")[0]
+    return f"{major}.{minor}"

@@ -51,11 +51,12 @@ def root(
 
 
 def _register() -> None:
-    from migrate.cli import archive, cluster, images
+    from migrate.cli import archive, cluster, images, restore
 
     archive.register(app)
     images.register(app)
     cluster.register(app)
+    restore.register(app)
 
 
 _register()
