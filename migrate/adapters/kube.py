@@ -204,7 +204,11 @@ def server_version(cluster: Cluster) -> str:
 
     resp: Any = call(cluster, "read the server version", client.VersionApi(cluster.api).get_code,
                      _preload_content=False)
-    info = json.loads(resp.data)
+    return version_of(json.loads(resp.data))
+
+
+def version_of(info: dict[str, Any]) -> str:
+    """``MAJOR.MINOR`` of a ``/version`` document."""
     # Managed clusters report minor "30+"; gitVersion ("v1.30.4-gke.1") is the fallback.
     major, minor = (str(info.get(k, "")).rstrip("+") for k in ("major", "minor"))
     if not (major.isdigit() and minor.isdigit()):

@@ -93,11 +93,13 @@ class _Volumes:
         taken = set(self.volumes)
         inside = m.source.startswith(self.pod_dir + "/") if self.pod_dir else False
         if not inside:
-            kind = "File" if m.kind == "file" else "Directory"
+            # A directory must exist as one; a "file" may have been a socket or a device,
+            # which the type File would refuse: left unchecked.
+            host_path = {"path": m.source, **({"type": "Directory"} if m.kind == "directory"
+                                              else {})}
             name = next((n for n, v in self.volumes.items()
                          if v.get("hostPath", {}).get("path") == m.source), None)
-            return (name or _label_name("host-" + m.source, taken),
-                    {"hostPath": {"path": m.source, "type": kind}}, None)
+            return name or _label_name("host-" + m.source, taken), {"hostPath": host_path}, None
         parts = m.source[len(self.pod_dir) + 1:].split("/")
         if parts[0] == "volumes" and len(parts) >= 3:
             plugin = _PLUGINS.get(parts[1], parts[1])

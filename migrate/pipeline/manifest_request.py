@@ -86,8 +86,10 @@ def build_manifest(req: ManifestRequest, settings: Settings) -> dict[str, Any]:
     """Run the manifest stage; the Pod returned has passed every check."""
     if (req.from_pod is None) == (req.archive is None):
         raise UsageError("give one of --from-pod POD or --archive ARCHIVE")
+    if req.name and req.generate_name:  # usage errors come before any I/O
+        raise UsageError("--name and --generate-name exclude each other")
     if req.k8s_version:
-        kubernetes_version(req.k8s_version)  # a usage error before any I/O
+        kubernetes_version(req.k8s_version)
     source, version = _source(req, settings)
     images = assign_images(source.pod, req.images, req.container)
     labels = (source.pod.get("metadata") or {}).get("labels") or {}
