@@ -185,6 +185,23 @@ def test_an_invalid_result_is_a_bug_and_names_the_path() -> None:
         "Additional properties are not allowed ('resizePolicy' was unexpected)")
 
 
+def test_templates_are_filled_with_exactly_what_they_use() -> None:
+    from migrate.pipeline.templating import fill
+
+    values = {"name": "p", "generate_name": None, "namespace": "ns", "labels": None,
+              "annotations": {"a": "b"}, "owner_references": None, "node": "n",
+              "spec": {"nodeName": "ignored", "containers": [{"name": "c", "image": "$node"}]}}
+    pod = fill("restore-pod.yaml", values)
+    assert pod == {"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": "p", "namespace": "ns", "annotations": {"a": "b"}},
+                   # the template's nodeName wins; a value is data, never a placeholder
+                   "spec": {"nodeName": "n", "containers": [{"name": "c", "image": "$node"}]}}
+    with pytest.raises(RenderError, match=r"uses \$node, which the tool did not supply"):
+        fill("restore-pod.yaml", {k: v for k, v in values.items() if k != "node"})
+    with pytest.raises(RenderError, match=r"does not use \$extra"):
+        fill("restore-pod.yaml", {**values, "extra": 1})
+
+
 def test_the_bind_mount_rule_is_checked() -> None:
     pod = source("bare")
     with pytest.raises(RenderError, match="does not mount /data in container counter"):

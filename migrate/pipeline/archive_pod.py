@@ -44,16 +44,16 @@ _PLUGINS = {"kubernetes.io~empty-dir": "emptyDir", "kubernetes.io~configmap": "c
             "kubernetes.io~nfs": "nfs"}
 _PORT_KEYS = ("name", "containerPort", "protocol", "hostPort", "hostIP")
 _NOT_NAME = re.compile(r"[^a-z0-9]+")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,53}[a-z0-9])?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 def _label_name(text: str, taken: set[str]) -> str:
     """``text`` if it is a DNS label, else one made from it; unique among ``taken``."""
     base = text if _DNS_LABEL.match(text) else (
-        _NOT_NAME.sub("-", text.lower()).strip("-")[:55].strip("-") or "volume")
+        _NOT_NAME.sub("-", text.lower()).strip("-")[:63].strip("-") or "volume")
     name, n = base, 2
     while name in taken:
-        name, n = f"{base}-{n}", n + 1
+        name, n = f"{base[:58].rstrip('-')}-{n}", n + 1
     return name
 
 
@@ -183,6 +183,9 @@ def pod_from_checkpoint(ckpt: Checkpoint) -> PodSource:
         volumes.add(m)
     spec: dict[str, Any] = {
         "containers": [_container(ckpt, who.container, recorded, volumes.mounts)]}
+    hostname = ckpt.spec.get("hostname")
+    if isinstance(hostname, str) and _DNS_LABEL.match(hostname):
+        spec["hostname"] = hostname
     grace = recorded.get("io.kubernetes.pod.terminationGracePeriod", "")
     if str(grace).isdigit():
         spec["terminationGracePeriodSeconds"] = int(grace)

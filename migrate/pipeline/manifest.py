@@ -15,7 +15,9 @@ target version. What it keeps, drops and adds:
   `keep_owner_references`), the injected ``kube-api-access-*`` volume and its
   mounts (admission adds a fresh one), finished init containers (native
   sidecars stay), and the spec fields in `DROPPED_SPEC`;
-- added: ``spec.nodeName`` and the ``migrate.dev/*`` annotations.
+- added: ``spec.nodeName``, ``spec.hostname`` (the source's name, when it set
+  none: the restored processes keep their host name) and the ``migrate.dev/*``
+  annotations.
 """
 
 from __future__ import annotations
@@ -230,14 +232,20 @@ def _check_images(spec: Mapping[str, Any], images: Mapping[str, str], keep_init:
         if any(c.get("name") == name for c in spec.get("initContainers") or []):
             raise UsageError(f"init container {name} is not kept in the restored pod",
                              hint="pass --keep-init-containers to restore it")
-        raise UsageError(f"container {name} cannot be restored into a new pod",
-                         hint="ephemeral containers cannot be created with a pod")
+        if any(c.get("name") == name for c in spec.get("ephemeralContainers") or []):
+            raise UsageError(f"container {name} cannot be restored into a new pod",
+                             hint="ephemeral containers cannot be created with a pod")
+        raise NotFoundError(f"the source pod has no container {name!r}",
+                            hint=f"its containers: {', '.join(sorted(kept))}")
 
 
-def _spec(spec: Mapping[str, Any], images: Mapping[str, str],
-          options: RestoreOptions) -> dict[str, Any]:
+def _spec(spec: Mapping[str, Any], images: Mapping[str, str], options: RestoreOptions,
+          source_name: str) -> dict[str, Any]:
     dropped = _service_account_volumes(spec)
     out = {k: copy.deepcopy(v) for k, v in spec.items() if k not in DROPPED_SPEC}
+    if "hostname" not in out and _DNS_LABEL.match(source_name):
+        # A pod's host name is its name: keep the one the restored processes had.
+        out["hostname"] = source_name
     volumes = [v for v in out.pop("volumes", None) or [] if v.get("name") not in dropped]
     affinity = {k: v for k, v in (out.pop("affinity", None) or {}).items() if k != "nodeAffinity"}
     init = [_container(c, images.get(c["name"]), dropped) for c in out.pop("initContainers", [])
@@ -269,7 +277,7 @@ def render_restore_pod(source: PodSource | Mapping[str, Any], images: Mapping[st
         "namespace": options.namespace or meta.get("namespace") or "default",
         "labels": labels or None, "annotations": _annotations(source, images),
         "owner_references": owners or None, "node": options.node,
-        "spec": _spec(spec, images, options),
+        "spec": _spec(spec, images, options, str(meta.get("name", ""))),
     })
     check_restore_pod(pod, options.k8s_version, source.required_mounts)
     return pod
