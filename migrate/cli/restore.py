@@ -53,15 +53,15 @@ def manifest(
     node: str = typer.Option(..., "--node", metavar="NODE", show_default=False,
                              help="Node to restore on."),
     container: str | None = typer.Option(None, "-c", "--container", show_default=False,
-                                         help="Container a plain REF restores [default: the "
-                                         "pod's default or only one]."),
+                                         help="Container a plain REF restores (default: the "
+                                         "pod's default or only one)."),
     name: str | None = typer.Option(None, "--name", show_default=False,
-                                    help="Pod name [default: <source>-restored]."),
+                                    help="Pod name (default: <source>-restored)."),
     generate_name: bool = typer.Option(False, "--generate-name",
                                        help="Use generateName (create with kubectl create)."),
     k8s_version: str | None = typer.Option(None, "--k8s-version", metavar="X.Y",
                                            show_default=False, help="Validate for this "
-                                           "Kubernetes [default: the cluster's, else 1.30]."),
+                                           "Kubernetes (default: the cluster's, else 1.30)."),
     drop_label: list[str] = typer.Option([], "--drop-label", metavar="KEY", show_default=False,
                                          help="A label not to copy (repeatable)."),
     keep_init_containers: bool = typer.Option(False, "--keep-init-containers",
@@ -72,8 +72,8 @@ def manifest(
     kubeconfig: Path | None = KUBECONFIG,
     context: str | None = CONTEXT,
     namespace: str | None = typer.Option(None, "-n", "--namespace", show_default=False,
-                                         help="The pod's namespace [default: the context's]; "
-                                         "with --archive, the target [default: the archive's]."),
+                                         help="The pod's namespace (default: the context's); "
+                                         "with --archive, the target (default: the archive's)."),
     output: ManifestFormat = typer.Option(ManifestFormat.yaml, "-o", "--output",
                                           help="Output format."),
 ) -> None:
@@ -108,16 +108,16 @@ def sandbox(
     archive: Path = typer.Argument(..., help="Checkpoint archive (checkpoint-*.tar).",
                                    metavar="ARCHIVE", show_default=False),
     out: Path | None = typer.Option(None, "--out", metavar="DIR", show_default=False,
-                                    help="Where to write (new or empty) [default: ./NAME]."),
+                                    help="Where to write, new or empty (default: ./NAME)."),
     name: str | None = typer.Option(None, "--name", show_default=False,
-                                    help="Sandbox pod name [default: forensic-<pod>]."),
+                                    help="Sandbox pod name (default: forensic-<pod>)."),
     network: Network = typer.Option(Network.none, "--network",
                                     help="none: no name resolution, nothing published; pod: "
                                     "the runtime's pod network and DNS."),
     run: bool = typer.Option(False, "--run", help="Run crictl runp, create, start."),
     runtime_endpoint: str | None = typer.Option(None, "--runtime-endpoint", metavar="URI",
                                                 show_default=False, help="CRI endpoint for "
-                                                "crictl [default: its configuration]."),
+                                                "crictl (default: its configuration)."),
     timeout: int = typer.Option(60, "--timeout", metavar="S", help="Seconds crictl may wait "
                                 "for the runtime (at least 60)."),
     cgroup_parent: str | None = typer.Option(None, "--cgroup-parent", metavar="CGROUP",
