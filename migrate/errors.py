@@ -139,3 +139,14 @@ class PartialFailure(MigrateError):
     """Some of the work was done; ``MigrateError.message`` says how much."""
 
     exit_code = ExitCode.PARTIAL
+
+
+class RenderError(MigrateError):
+    """A document the tool rendered (a manifest, a crictl config) fails its schema.
+
+    That is a bug in the tool, or a source the target version cannot express:
+    the document is never printed or written, and the message names the JSON
+    path at fault.
+    """
+
+    exit_code = ExitCode.ERROR

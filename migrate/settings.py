@@ -130,6 +130,21 @@ class KubeSettings:
 
 
 @dataclass(frozen=True)
+class CrictlSettings:
+    """How `migrate sandbox --run` drives crictl."""
+
+    executable: str = "crictl"
+    """The crictl program: a name looked up on PATH, or a path."""
+
+    runtime_endpoint: str | None = None
+    """CRI endpoint (unix:///run/crio/crio.sock); default: crictl's own configuration."""
+
+    timeout: float = 60.0
+    """Seconds crictl may wait for the runtime on each call (its --timeout); at least 60:
+    a restore pulls the base image and restores memory before it answers."""
+
+
+@dataclass(frozen=True)
 class Settings:
     """Root of the settings tree."""
 
@@ -137,6 +152,7 @@ class Settings:
     archive: ArchiveSettings = field(default_factory=ArchiveSettings)
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     kube: KubeSettings = field(default_factory=KubeSettings)
+    crictl: CrictlSettings = field(default_factory=CrictlSettings)
     checkpoint_dirs: tuple[Path, ...] = (DEFAULT_CHECKPOINT_DIR,)
     """Where `migrate list` looks when no directory is given."""
 

@@ -424,3 +424,18 @@ def _rfc3339() -> str:
     from datetime import UTC, datetime
 
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def server_minor_version(cluster: Cluster) -> str:
+    """The API server's Kubernetes version as ``MAJOR.MINOR`` (its ``/version``)."""
+    return version_of(server_version(cluster))
+
+
+def version_of(info: dict[str, Any]) -> str:
+    """``MAJOR.MINOR`` of a ``/version`` document."""
+    # Managed clusters report minor "30+"; gitVersion ("v1.30.4-gke.1") is the fallback.
+    major, minor = (str(info.get(k, "")).rstrip("+") for k in ("major", "minor"))
+    if not (major.isdigit() and minor.isdigit()):
+        major, _, rest = str(info.get("gitVersion", "")).lstrip("v").partition(".")
+        minor = rest.split(".")[0]
+    return f"{major}.{minor}"

@@ -61,8 +61,8 @@ def _finish(settings: Settings, cluster: Any, journal: Journal, output: Format) 
     try:
         migration.execute(cluster, settings, journal, _progress)
     except migration.StageFailed as e:
-        emit(migration.report(e.journal, cluster.requests), output.value,
-             lambda: _human(migration.report(e.journal, cluster.requests)))
+        failed = migration.report(e.journal, cluster.requests)
+        emit(failed, output.value, lambda: _human(failed))
         raise
     except KeyboardInterrupt:
         typer.echo(f"migrate: migration {journal.id} interrupted: `migrate resume "

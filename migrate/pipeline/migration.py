@@ -130,13 +130,11 @@ def _build(run: Run) -> dict[str, Any]:
 def _render(run: Run, source_pod: Obj) -> tuple[Obj, tuple[str, str] | None]:
     plan = run.plan
     images = {c: i["reference"] for c, i in run.data("build")["images"].items()}
-    version = kube.server_version(run.cluster)
     pod = render_restore_pod(
         PodSource(source_pod, node=plan.source,
                   checkpoint_time=_rfc3339(run.data("checkpoint")["taken_at"])),
         images, RestoreOptions(node=plan.destination, generate_name=plan.owner is not None,
-                               k8s_version=f"{version['major']}.{version['minor']}"
-                               .rstrip("+")))
+                               k8s_version=kube.server_minor_version(run.cluster)))
     # A label, not only the journal's list: if the create's answer is lost, rollback
     # still finds the pod by it.
     pod["metadata"].setdefault("labels", {})[RUN_LABEL] = run.journal.id
