@@ -15,6 +15,14 @@ STATE/nodes/NODE/var/lib/kubelet/checkpoints/; the API server reaches it at
 `/api/v1/nodes/NODE/proxy/checkpoint/...`. Nodes are configured by
 `NodeConfig` (runtime, restore level, feature gate, readiness, faults).
 
+Requests are authorized by RBAC over the cluster's own Roles, ClusterRoles
+and bindings (rbac.authorization.k8s.io/v1, served like every kind, so
+`kubectl apply` of RBAC manifests takes effect at once). The admin token is
+in system:masters; `Simulator.add_user(name, groups, rules)` (or `users:` in
+the --config file) makes a restricted user, its rules RBAC PolicyRules plus
+`namespaces`. `kubectl auth can-i` works: SelfSubjectAccessReviews are
+answered by the same authorizer.
+
 Layout, bottom up:
 
     store.py       objects, the global resourceVersion, watch history
@@ -24,6 +32,9 @@ Layout, bottom up:
     server.py      HTTPS, bearer tokens or client certificates, HTTP/1.1
                    (protocol.py: what it hands api.py and kubelet_api.py)
     resources.py   what a kind is; core.py the core/v1 kinds
+    rbac.py        the RBAC kinds and bootstrap policy; rbac_authorizer.py
+                   evaluates them; users.py users and their grants;
+                   authz.py SelfSubjectAccessReview
     controllers.py scheduler, namespace controller; kubelet.py the nodes
     nodeconfig.py  per-node settings; kubelet_api.py the kubelet's HTTP API;
                    checkpoints.py what a checkpoint archive holds
@@ -32,5 +43,6 @@ Layout, bottom up:
 
 from e2e.sim.nodeconfig import NodeConfig
 from e2e.sim.simulator import DEFAULT_NODES, Simulator
+from e2e.sim.users import UserSpec
 
-__all__ = ["DEFAULT_NODES", "NodeConfig", "Simulator"]
+__all__ = ["DEFAULT_NODES", "NodeConfig", "Simulator", "UserSpec"]

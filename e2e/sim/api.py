@@ -217,8 +217,6 @@ class Api:
             raise ApiError(404, "NotFound", _NOT_FOUND_MESSAGE, {})
         name = tail[0] if tail else None
         sub = "/".join(tail[1:]) or None
-        if sub is not None and sub.split("/")[0] not in rt.subresources:
-            raise ApiError(404, "NotFound", _NOT_FOUND_MESSAGE, {})
         return _Target(rt, namespace, name, sub, watch)
 
     # -- resources -------------------------------------------------------------------
@@ -246,6 +244,9 @@ class Api:
         self._authorize(Attributes(
             req.user, verb, rt.group, rt.plural, sub_name, target.namespace, target.name or "",
         ))
+        # Authorized first, as the API server does: a denied user learns nothing more.
+        if sub and sub_name not in rt.subresources:
+            raise ApiError(404, "NotFound", _NOT_FOUND_MESSAGE, {})
         allowed = rt.subresources.get(sub_name, ()) if sub else rt.verbs
         all_namespaces = rt.namespaced and not target.namespace
         if verb not in allowed or (all_namespaces and verb not in ("list", "watch")):

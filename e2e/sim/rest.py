@@ -17,6 +17,7 @@ from typing import Any
 from e2e.sim.errors import (
     MODIFIED,
     ApiError,
+    FieldError,
     bad_request,
     conflict,
     forbidden,
@@ -51,6 +52,24 @@ _SERVER_OWNED = ("uid", "creationTimestamp", "deletionTimestamp", "deletionGrace
 _IMMUTABLE = ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp",
               "deletionGracePeriodSeconds", "generation")
 _GENERATE_ATTEMPTS = 8
+# Groups whose objects are named by any path segment (`system:discovery`), not DNS rules.
+_PATH_SEGMENT_NAMED = frozenset({"rbac.authorization.k8s.io"})
+
+
+def _metadata_errors(rt: ResourceType, meta: dict[str, Any]) -> list[FieldError]:
+    name = meta.get("name")
+    if rt.group not in _PATH_SEGMENT_NAMED or not name:
+        return validate_metadata(meta, dns_label_name=rt.dns_label_name)
+    # Labels and annotations as usual; the name as apimachinery's IsValidPathSegmentName.
+    errors = validate_metadata({**meta, "name": "x"})
+    name = str(name)
+    if name in (".", ".."):
+        errors.append(FieldError("Invalid", "metadata.name", f"may not be '{name}'", name))
+    for bad in ("/", "%"):
+        if bad in name:
+            errors.append(FieldError("Invalid", "metadata.name", f"may not contain '{bad}'",
+                                     name))
+    return errors
 
 
 class Rest:
@@ -109,7 +128,7 @@ class Rest:
                             f"{namespace} because it is being terminated", rt.group)
 
     def _validate(self, rt: ResourceType, obj: Obj, old: Obj | None) -> None:
-        errors = validate_metadata(obj["metadata"], dns_label_name=rt.dns_label_name)
+        errors = _metadata_errors(rt, obj["metadata"])
         if rt.validate is not None:
             errors += rt.validate(obj, old)
         if errors:
