@@ -15,6 +15,12 @@ STATE/nodes/NODE/var/lib/kubelet/checkpoints/; the API server reaches it at
 `/api/v1/nodes/NODE/proxy/checkpoint/...`. Nodes are configured by
 `NodeConfig` (runtime, restore level, feature gate, readiness, faults).
 
+Every object written is checked against the real Kubernetes schemas (from
+the kubernetes-validate package, for the release /version reports), as the
+API server decodes and validates: 400 for type errors and, under
+`fieldValidation=Strict` (kubectl's default), unknown fields; a Warning
+header under Warn; 422 Invalid with field causes for missing required fields.
+
 Requests are authorized by RBAC over the cluster's own Roles, ClusterRoles
 and bindings (rbac.authorization.k8s.io/v1, served like every kind, so
 `kubectl apply` of RBAC manifests takes effect at once). The admin token is
@@ -26,7 +32,9 @@ answered by the same authorizer.
 Layout, bottom up:
 
     store.py       objects, the global resourceVersion, watch history
-    rest.py        generic object semantics (create/update/patch/delete rules)
+    rest.py        generic object semantics (create/update/patch/delete rules);
+                   schema.py, validation.py decode and check every write
+                   against the Kubernetes OpenAPI schemas (400/422, fieldValidation)
     api.py         routing and handlers; watch.py streams watches;
                    discovery.py, openapi.py, tables.py what clients read
     server.py      HTTPS, bearer tokens or client certificates, HTTP/1.1

@@ -46,6 +46,7 @@ from e2e.sim.resources import Registry, ResourceType
 from e2e.sim.rest import Rest
 from e2e.sim.store import Obj
 from e2e.sim.tables import render_table
+from e2e.sim.validation import field_validation
 from e2e.sim.watch import watch_response
 
 __all__ = ["Api", "NodeProxy"]
@@ -55,6 +56,7 @@ NodeProxy = Callable[[Obj, Request, str], Response]
 
 _NOT_FOUND_MESSAGE = "the server could not find the requested resource"
 _PUBLIC_PATHS = ("/healthz", "/livez", "/readyz")
+_OPTIONS_KINDS = {"create": "CreateOptions", "update": "UpdateOptions", "patch": "PatchOptions"}
 
 
 @dataclass(frozen=True)
@@ -254,7 +256,15 @@ class Api:
         if sub_name == "proxy":
             return self._proxy(req, target)
         handler = getattr(self, f"_{verb}")
-        response: Response = handler(req, target)
+        if verb not in _OPTIONS_KINDS:
+            response: Response = handler(req, target)
+            return response
+        # Writes decode their body under the request's fieldValidation (validation.py).
+        with field_validation(req.param("fieldValidation"), _OPTIONS_KINDS[verb]) as scope:
+            response = handler(req, target)
+        warning = scope.warning_header()
+        if warning:
+            response.headers["Warning"] = warning
         return response
 
     def _proxy(self, req: Request, target: _Target) -> Response:

@@ -28,6 +28,7 @@ from e2e.sim.errors import (
 from e2e.sim.meta import generate_name, validate_metadata
 from e2e.sim.patch import json_patch, merge_patch, strategic_merge
 from e2e.sim.resources import Registry, ResourceType
+from e2e.sim.schema import Node, Schemas
 from e2e.sim.selectors import (
     match_fields,
     match_labels,
@@ -35,6 +36,7 @@ from e2e.sim.selectors import (
     parse_label_selector,
 )
 from e2e.sim.store import Obj, Store
+from e2e.sim.validation import Patch, decode, required_errors
 
 __all__ = ["PATCH_TYPES", "Rest"]
 
@@ -73,11 +75,21 @@ def _metadata_errors(rt: ResourceType, meta: dict[str, Any]) -> list[FieldError]
 
 
 class Rest:
-    """Create/read/update/delete any registered resource type against a Store."""
+    """Create/read/update/delete any registered resource type against a Store.
 
-    def __init__(self, store: Store, registry: Registry) -> None:
+    schemas: the API's OpenAPI schemas (schema.py); when given, every object
+        written is decoded and validated against its kind's schema, found by
+        group, version and kind (validation.py).
+    """
+
+    def __init__(self, store: Store, registry: Registry, schemas: Schemas | None = None
+                 ) -> None:
         self.store = store
         self.registry = registry
+        self.schemas = schemas
+
+    def _schema(self, rt: ResourceType) -> Node | None:
+        return self.schemas.kind(rt.group, rt.version, rt.kind) if self.schemas else None
 
     # -- reading ---------------------------------------------------------------------
 
@@ -103,7 +115,9 @@ class Rest:
 
     # -- creating ------------------------------------------------------------------------
 
-    def _decode(self, rt: ResourceType, body: Any) -> Obj:
+    def _decode(self, rt: ResourceType, body: Any, patch: Patch | None = None) -> Obj:
+        """A private copy of a body (or a patch's result), decoded as the API server's
+        decoder would: its kind checked, then its fields against the kind's schema."""
         if not isinstance(body, Mapping):
             raise bad_request(f"the body must be a {rt.kind} object")
         obj = copy.deepcopy(dict(body))
@@ -117,6 +131,9 @@ class Rest:
         meta = obj.setdefault("metadata", {})
         if not isinstance(meta, dict):
             raise bad_request("metadata must be an object")
+        node = self._schema(rt)
+        if node is not None:
+            decode(node, rt.kind, rt.version, obj, patch)
         return obj
 
     def _check_namespace(self, rt: ResourceType, namespace: str, name: str) -> None:
@@ -131,6 +148,11 @@ class Rest:
         errors = _metadata_errors(rt, obj["metadata"])
         if rt.validate is not None:
             errors += rt.validate(obj, old)
+        node = self._schema(rt)
+        if node is not None:
+            # Fields the kind's own checks found missing already are not reported twice.
+            seen = {(e.kind, e.field) for e in errors}
+            errors += [e for e in required_errors(node, obj) if (e.kind, e.field) not in seen]
         if errors:
             raise invalid(rt.kind, str(obj["metadata"].get("name", "")), errors, rt.group)
 
@@ -167,10 +189,14 @@ class Rest:
 
     # -- updating ------------------------------------------------------------------------
 
-    def _next_state(self, rt: ResourceType, old: Obj, new: Any, subresource: str | None) -> Obj:
-        """The state to store when a client sends `new` (PUT body or patch result)."""
+    def _next_state(self, rt: ResourceType, old: Obj, new: Any, subresource: str | None,
+                    patch: Patch | None = None) -> Obj:
+        """The state to store when a client sends `new` (PUT body, or the result of
+        `patch`)."""
         if not isinstance(new, dict) or not isinstance(new.get("metadata", {}), dict):
             raise bad_request(f"the body must be a {rt.kind} object")
+        if subresource in (None, "status", "finalize"):  # bodies of the object's own kind
+            new = self._decode(rt, new, patch)
         name = old["metadata"]["name"]
         sent_rv = new.get("metadata", {}).get("resourceVersion")
         if sent_rv and sent_rv != old["metadata"]["resourceVersion"]:
@@ -185,7 +211,7 @@ class Rest:
         elif subresource is not None:
             raise not_found(f"{rt.plural}/{subresource}", name, rt.group)
         else:
-            result = self._decode(rt, new)
+            result = new
             meta = result["metadata"]
             for key in _IMMUTABLE:
                 if key in old["metadata"]:
@@ -226,7 +252,8 @@ class Rest:
             raise unsupported_media_type(content_type)
 
         def mutate(old: Obj) -> Obj:
-            return self._next_state(rt, old, apply(old, patch), subresource)
+            return self._next_state(rt, old, apply(old, patch), subresource,
+                                    Patch(media, patch))
 
         return self.store.update(rt.key, namespace, name, mutate,
                                  remove_if=rt.ready_to_remove, group=rt.group)

@@ -65,6 +65,7 @@ from e2e.sim.api import Api
 from e2e.sim.checkpoints import CHECKPOINT_DIR
 from e2e.sim.controllers import Controller, NamespaceController, Scheduler
 from e2e.sim.core import NAMESPACES, core_registry
+from e2e.sim.discovery import KUBE_VERSION
 from e2e.sim.errors import status_body
 from e2e.sim.kubelet import Kubelet
 from e2e.sim.kubelet_api import KubeletApi
@@ -72,6 +73,7 @@ from e2e.sim.nodeconfig import NodeConfig
 from e2e.sim.protocol import Authorizer, Request, Response, User
 from e2e.sim.rbac_authorizer import RbacAuthorizer
 from e2e.sim.rest import Rest
+from e2e.sim.schema import schemas_for
 from e2e.sim.server import LOOPBACK, ApiServer, HttpsServer, cert_user
 from e2e.sim.store import Obj, Store
 from e2e.sim.users import UserSpec, user_grants
@@ -131,7 +133,7 @@ class Simulator:
         self.registry = core_registry()
         authz.register(self.registry)
         rbac.register(self.registry)
-        self.rest = Rest(self.store, self.registry)
+        self.rest = Rest(self.store, self.registry, schemas_for(KUBE_VERSION))
         self.authorizer = authorizer if authorizer is not None else RbacAuthorizer(self.store)
         self.api = Api(self.rest, self.registry, authorizer=self.authorizer,
                        server_address=lambda: f"{LOOPBACK}:{self.port}", log=self.log,
