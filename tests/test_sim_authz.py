@@ -124,6 +124,14 @@ def test_review_raw_answer(sim: Simulator) -> None:
             'SelfSubjectAccessReview.authorization.k8s.io "" is invalid: '
             'spec.resourceAttributes: Invalid value: "null": exactly one of '
             'nonResourceAttributes or resourceAttributes must be specified')
+        # Decoded like any body: kubectl's fieldValidation=Strict refuses a typo.
+        typo = _ssar(verb="get", resource="pods", verbb="list")
+        response = http.request("POST", f"{url}?fieldValidation=Strict",
+                                body=json.dumps(typo).encode())
+        assert (response.status, response.json()["message"]) == (400, (
+            'SelfSubjectAccessReview in version "v1" cannot be handled as a '
+            'SelfSubjectAccessReview: strict decoding error: unknown field '
+            '"spec.resourceAttributes.verbb"'))
         # Reviews are not stored: there is nothing to list, even for the admin.
         response = http.request("GET", url, headers={"Authorization": f"Bearer {sim.token}"})
         assert response.status == 405

@@ -326,8 +326,8 @@ class Api:
         if target.subresource == "binding":
             return self._bind(req, target)
         if rt.key == authz.SELF_SUBJECT_ACCESS_REVIEWS.key:  # answered, never stored
-            return Response(201, authz.self_subject_access_review(self.authorizer, req.user,
-                                                                  req.json()))
+            return Response(201, authz.self_subject_access_review(
+                self.authorizer, req.user, self.rest.decode(rt, req.json())))
         if target.name is not None:
             raise method_not_allowed()
         return Response(201, self.rest.create(rt, target.namespace, req.json()))

@@ -115,9 +115,10 @@ class Rest:
 
     # -- creating ------------------------------------------------------------------------
 
-    def _decode(self, rt: ResourceType, body: Any, patch: Patch | None = None) -> Obj:
+    def decode(self, rt: ResourceType, body: Any, patch: Patch | None = None) -> Obj:
         """A private copy of a body (or a patch's result), decoded as the API server's
-        decoder would: its kind checked, then its fields against the kind's schema."""
+        decoder would: its kind checked, then its fields against the kind's schema
+        (also for kinds answered without storage, like access reviews)."""
         if not isinstance(body, Mapping):
             raise bad_request(f"the body must be a {rt.kind} object")
         obj = copy.deepcopy(dict(body))
@@ -158,7 +159,7 @@ class Rest:
 
     def create(self, rt: ResourceType, namespace: str, body: Any) -> Obj:
         """Store a new object from a client's body (`generateName` honoured)."""
-        obj = self._decode(rt, body)
+        obj = self.decode(rt, body)
         meta = obj["metadata"]
         if rt.namespaced:
             if meta.get("namespace") not in (None, "", namespace):
@@ -196,7 +197,7 @@ class Rest:
         if not isinstance(new, dict) or not isinstance(new.get("metadata", {}), dict):
             raise bad_request(f"the body must be a {rt.kind} object")
         if subresource in (None, "status", "finalize"):  # bodies of the object's own kind
-            new = self._decode(rt, new, patch)
+            new = self.decode(rt, new, patch)
         name = old["metadata"]["name"]
         sent_rv = new.get("metadata", {}).get("resourceVersion")
         if sent_rv and sent_rv != old["metadata"]["resourceVersion"]:

@@ -231,7 +231,9 @@ class Simulator:
                            f"{', '.join(self.node_names)})")
 
     def add_token(self, user: str, groups: Sequence[str] = ()) -> str:
-        """A new bearer token for `user` (for tests of other identities, e.g. 403s)."""
+        """A new bearer token for `user` (for tests of other identities, e.g. 403s).
+        It only authenticates: under RBAC the user may read discovery and ask
+        access reviews, and what bindings to it or its groups grant (add_user())."""
         token = secrets.token_urlsafe(32)
         self._tokens[token] = User(user, tuple(groups))
         if self._server is not None:
