@@ -29,6 +29,20 @@ for a listed node, new names appended in the file's order):
       node-c:
         fail_next_checkpoints: 1          # the next N checkpoints answer 500
         checkpoint_delay_per_mib: 0.5     # seconds per MiB of simulated memory
+    users:                                # granted through RBAC objects (users.py)
+      - name: bob                         # required; DIR/kubeconfig-bob is written
+        token: s3cret                     # default: a random one
+        groups: [developers]              # system:authenticated is implied
+        rules:                            # RBAC PolicyRules, plus `namespaces`
+          - apiGroups: [""]
+            resources: [pods, pods/eviction]   # RESOURCE/SUBRESOURCE, "*" wildcards
+            verbs: [get, list, create]
+            namespaces: [shop]            # absent: cluster-wide (created if missing)
+          - nonResourceURLs: [/metrics]
+            verbs: [get]
+
+The admin user (DIR/kubeconfig) is in system:masters; RBAC objects applied
+later (kubectl apply -f role.yaml) count at once.
 
 Unknown keys are errors (typos must not pass silently).
 """
@@ -41,8 +55,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from e2e.sim.nodeconfig import load_config, merge_nodes
+from e2e.sim.nodeconfig import merge_nodes, parse_config, read_config
 from e2e.sim.simulator import DEFAULT_NODES, Simulator
+from e2e.sim.users import parse_users
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
@@ -61,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="seconds from a pod's deletion to it being gone (default: 0.2)")
     parser.add_argument("--config", type=Path, default=None,
                         help="YAML node settings (runtime, restore_level, checkpoint_gate, "
-                             "ready, labels, taints, capacity; faults), merged over --nodes")
+                             "ready, labels, taints, capacity; faults), merged over --nodes; "
+                             "users and their RBAC rules")
     return parser
 
 
@@ -70,10 +86,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     nodes = [n.strip() for n in args.nodes.split(",") if n.strip()]
     try:
-        configs = load_config(args.config) if args.config is not None else {}
+        document = read_config(args.config) if args.config is not None else None
+        try:
+            configs = parse_config(document)
+            users = parse_users(document.get("users") if isinstance(document, dict) else None)
+        except ValueError as e:
+            raise ValueError(f"{args.config}: {e}") from None
         sim = Simulator(args.state, nodes=merge_nodes(nodes, configs), port=args.port,
                         start_latency=args.start_latency, stop_latency=args.stop_latency,
-                        node_config=configs)
+                        node_config=configs, users=users)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -46,6 +46,7 @@ from e2e.sim.resources import Registry, ResourceType
 from e2e.sim.rest import Rest
 from e2e.sim.store import Obj
 from e2e.sim.tables import render_table
+from e2e.sim.validation import field_validation
 from e2e.sim.watch import watch_response
 
 __all__ = ["Api", "NodeProxy"]
@@ -55,6 +56,7 @@ NodeProxy = Callable[[Obj, Request, str], Response]
 
 _NOT_FOUND_MESSAGE = "the server could not find the requested resource"
 _PUBLIC_PATHS = ("/healthz", "/livez", "/readyz")
+_OPTIONS_KINDS = {"create": "CreateOptions", "update": "UpdateOptions", "patch": "PatchOptions"}
 
 
 @dataclass(frozen=True)
@@ -217,8 +219,6 @@ class Api:
             raise ApiError(404, "NotFound", _NOT_FOUND_MESSAGE, {})
         name = tail[0] if tail else None
         sub = "/".join(tail[1:]) or None
-        if sub is not None and sub.split("/")[0] not in rt.subresources:
-            raise ApiError(404, "NotFound", _NOT_FOUND_MESSAGE, {})
         return _Target(rt, namespace, name, sub, watch)
 
     # -- resources -------------------------------------------------------------------
@@ -246,6 +246,9 @@ class Api:
         self._authorize(Attributes(
             req.user, verb, rt.group, rt.plural, sub_name, target.namespace, target.name or "",
         ))
+        # Authorized first, as the API server does: a denied user learns nothing more.
+        if sub and sub_name not in rt.subresources:
+            raise ApiError(404, "NotFound", _NOT_FOUND_MESSAGE, {})
         allowed = rt.subresources.get(sub_name, ()) if sub else rt.verbs
         all_namespaces = rt.namespaced and not target.namespace
         if verb not in allowed or (all_namespaces and verb not in ("list", "watch")):
@@ -253,7 +256,15 @@ class Api:
         if sub_name == "proxy":
             return self._proxy(req, target)
         handler = getattr(self, f"_{verb}")
-        response: Response = handler(req, target)
+        if verb not in _OPTIONS_KINDS:
+            response: Response = handler(req, target)
+            return response
+        # Writes decode their body under the request's fieldValidation (validation.py).
+        with field_validation(req.param("fieldValidation"), _OPTIONS_KINDS[verb]) as scope:
+            response = handler(req, target)
+        warning = scope.warning_header()
+        if warning:
+            response.headers["Warning"] = warning
         return response
 
     def _proxy(self, req: Request, target: _Target) -> Response:
@@ -315,8 +326,8 @@ class Api:
         if target.subresource == "binding":
             return self._bind(req, target)
         if rt.key == authz.SELF_SUBJECT_ACCESS_REVIEWS.key:  # answered, never stored
-            return Response(201, authz.self_subject_access_review(self.authorizer, req.user,
-                                                                  req.json()))
+            return Response(201, authz.self_subject_access_review(
+                self.authorizer, req.user, self.rest.decode(rt, req.json())))
         if target.name is not None:
             raise method_not_allowed()
         return Response(201, self.rest.create(rt, target.namespace, req.json()))

@@ -2,7 +2,8 @@
 
 `NodeConfig` is what `Simulator(node_config={...})` takes for each node;
 `load_config()` reads the YAML of `python -m e2e.sim --config FILE` (the keys
-are documented in __main__.py) into the same objects.
+are documented in __main__.py) into the same objects; its `users:` are
+users.py's (`read_config()` gives the whole document).
 
 Runtimes are `<name>://<version>` as a Node reports them in
 `status.nodeInfo.containerRuntimeVersion`. Which of them can checkpoint is
@@ -30,6 +31,7 @@ __all__ = [
     "load_config",
     "merge_nodes",
     "parse_config",
+    "read_config",
 ]
 
 #: What nodes report as their runtime unless configured otherwise.
@@ -181,11 +183,12 @@ def parse_config(document: Any) -> dict[str, NodeConfig]:
     if document is None:
         return {}
     if not isinstance(document, dict):
-        raise ValueError("the config must be a mapping with `nodes:` and/or `faults:`")
-    unknown = sorted(set(document) - {"nodes", "faults"})
+        raise ValueError("the config must be a mapping with `nodes:`, `faults:` and/or "
+                         "`users:`")
+    unknown = sorted(set(document) - {"nodes", "faults", "users"})
     if unknown:
         raise ValueError(f"unknown top-level key(s) {', '.join(unknown)} "
-                         f"(known: nodes, faults)")
+                         f"(known: nodes, faults, users)")
     nodes = document.get("nodes") or []
     if not isinstance(nodes, list):
         raise ValueError("`nodes` must be a list")
@@ -215,14 +218,19 @@ def parse_config(document: Any) -> dict[str, NodeConfig]:
     return configs
 
 
-def load_config(path: Path) -> dict[str, NodeConfig]:
-    """Read a `--config` YAML file (ValueError when it is malformed)."""
+def read_config(path: Path) -> Any:
+    """The parsed YAML of a `--config` file (ValueError when unreadable or not YAML)."""
     try:
-        document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise ValueError(f"{path}: {e.strerror}") from None
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not YAML: {e}") from None
+
+
+def load_config(path: Path) -> dict[str, NodeConfig]:
+    """Read a `--config` YAML file's nodes (ValueError when it is malformed)."""
+    document = read_config(path)
     try:
         return parse_config(document)
     except ValueError as e:

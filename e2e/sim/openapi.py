@@ -9,8 +9,9 @@ operations, with that parameter, makes kubectl leave validation to the server
 
 PATCH operations carry no `requestBody` on purpose: kubectl then computes
 `apply` patches from its built-in type metadata instead of looking for
-schemas here. A later slice adds component schemas (the kubernetes-validate
-package ships them) for server-side validation and `kubectl explain`.
+schemas here. The server does validate fields itself, against the schemas the
+kubernetes-validate package ships (schema.py, validation.py); publishing them
+here too (for `kubectl explain`) is left for later.
 /openapi/v2 is not served (404), which kubectl tolerates once v3 answers.
 """
 
