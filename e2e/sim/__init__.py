@@ -15,6 +15,14 @@ STATE/nodes/NODE/var/lib/kubelet/checkpoints/; the API server reaches it at
 `/api/v1/nodes/NODE/proxy/checkpoint/...`. Nodes are configured by
 `NodeConfig` (runtime, restore level, feature gate, readiness, faults).
 
+Kubelets pull images for real from registries on 127.0.0.1 (Basic or Bearer
+auth from the pods' imagePullSecrets, TLS verified against the CAs of
+`RegistryConfig`); any other registry is never contacted and its images
+count as present on every node. A checkpoint image is restored as CRI-O
+does it, checks and error messages included; what it brings back (processes,
+memory, files) is kept on the Pod, so that a restored pod can be
+checkpointed and migrated again.
+
 Layout, bottom up:
 
     store.py       objects, the global resourceVersion, watch history
@@ -24,13 +32,18 @@ Layout, bottom up:
     server.py      HTTPS, bearer tokens or client certificates, HTTP/1.1
                    (protocol.py: what it hands api.py and kubelet_api.py)
     resources.py   what a kind is; core.py the core/v1 kinds
-    controllers.py scheduler, namespace controller; kubelet.py the nodes
+    controllers.py scheduler, namespace controller; serviceaccounts.py the
+                   `default` ServiceAccounts; kubelet.py the nodes
     nodeconfig.py  per-node settings; kubelet_api.py the kubelet's HTTP API;
                    checkpoints.py what a checkpoint archive holds
+    podstart.py    pulls (images.py, registry_pull.py), container creation and
+                   restore (restore.py, restored.py, criu_read.py), Events
+                   (kubelet_events.py) and backoff, on worker threads
     simulator.py   wires them together
 """
 
+from e2e.sim.images import RegistryConfig
 from e2e.sim.nodeconfig import NodeConfig
 from e2e.sim.simulator import DEFAULT_NODES, Simulator
 
-__all__ = ["DEFAULT_NODES", "NodeConfig", "Simulator"]
+__all__ = ["DEFAULT_NODES", "NodeConfig", "RegistryConfig", "Simulator"]

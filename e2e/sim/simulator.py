@@ -11,6 +11,10 @@
         sim.node_path("node-a", "/var/lib/kubelet/checkpoints/x.tar")  # where that file is
         sim.configure_node("node-a", fail_next_checkpoints=1)          # NodeConfig changes
 
+Kubelets pull images from registries on 127.0.0.1 for real (images.py):
+`Simulator(..., registries=RegistryConfig(insecure=("127.0.0.1:5000",),
+ca_files=(ca_pem,)))`; images of other registries count as present.
+
 start() generates a CA and a server certificate for 127.0.0.1/localhost
 (e2e.pki, files 0600 under STATE_DIR/pki), creates the `default`,
 `kube-system` and `kube-public` namespaces and one Node per name, starts the
@@ -27,8 +31,8 @@ and STATE_DIR/kubelet-client.crt/.key (CN `kubelet-admin`, O `system:masters`)
 for tools that talk to kubelets directly. The API server reaches them the
 same way (`/api/v1/nodes/NODE/proxy/...`), with its own client certificate.
 A node's files live under STATE_DIR/nodes/NODE/ (its root directory):
-checkpoint archives in var/lib/kubelet/checkpoints/, its kubelet's access
-log in var/log/kubelet.log.
+checkpoint archives in var/lib/kubelet/checkpoints/, pulled images in
+var/lib/containers/storage/, its kubelet's access log in var/log/kubelet.log.
 """
 
 from __future__ import annotations
@@ -54,12 +58,14 @@ from e2e.sim.checkpoints import CHECKPOINT_DIR
 from e2e.sim.controllers import Controller, NamespaceController, Scheduler
 from e2e.sim.core import NAMESPACES, core_registry
 from e2e.sim.errors import status_body
+from e2e.sim.images import RegistryConfig
 from e2e.sim.kubelet import Kubelet
 from e2e.sim.kubelet_api import KubeletApi
 from e2e.sim.nodeconfig import NodeConfig
 from e2e.sim.protocol import Authorizer, Request, Response, User, allow_all
 from e2e.sim.rest import Rest
 from e2e.sim.server import LOOPBACK, ApiServer, HttpsServer, cert_user
+from e2e.sim.serviceaccounts import ServiceAccountController
 from e2e.sim.store import Obj, Store
 
 __all__ = ["ADMIN", "DEFAULT_NODES", "KUBELET_CLIENT_CN", "Simulator"]
@@ -71,6 +77,7 @@ ADMIN = User("sim-admin", ("system:masters", "system:authenticated"))
 #: apiserver-kubelet-client).
 KUBELET_CLIENT_CN = "kubelet-admin"
 _CLUSTER = "sim"
+_IMAGE_STORAGE = "var/lib/containers/storage"
 _UNAUTHORIZED_TEXT = "Unauthorized\n"
 
 
@@ -86,6 +93,8 @@ class Simulator:
         (default: allow everything).
     node_config: NodeConfig per node name (runtime, checkpoint support,
         readiness, faults...); nodes not named get NodeConfig().
+    registries: how kubelets reach registries on 127.0.0.1 (plain HTTP ones,
+        trusted CAs); default: HTTPS with the system's CAs.
     """
 
     def __init__(
@@ -98,6 +107,7 @@ class Simulator:
         stop_latency: float = 0.2,
         authorizer: Authorizer = allow_all,
         node_config: Mapping[str, NodeConfig] | None = None,
+        registries: RegistryConfig | None = None,
     ) -> None:
         if not nodes:
             raise ValueError("a cluster needs at least one node")
@@ -125,10 +135,12 @@ class Simulator:
         self._ca: CertPair | None = None
         self._kubelet_client: CertPair | None = None
         self._proxy_context: ssl.SSLContext | None = None
+        self.registries = registries or RegistryConfig()
         self.kubelets = {
             node: Kubelet(self.rest, node, index, start_latency=start_latency,
                           stop_latency=stop_latency, config=(node_config or {}).get(node),
-                          log=self.log)
+                          log=self.log, registries=self.registries,
+                          storage=self.state_dir / "nodes" / node / _IMAGE_STORAGE)
             for index, node in enumerate(self.node_names, start=1)
         }
         self._kubelet_apis: dict[str, KubeletApi] = {}
@@ -250,7 +262,8 @@ class Simulator:
         for name in ("default", "kube-system", "kube-public", "kube-node-lease"):
             self.rest.create(NAMESPACES, "", {"metadata": {"name": name}})
         self._controllers = [Scheduler(self.rest, log=self.log),
-                             NamespaceController(self.rest, log=self.log)]
+                             NamespaceController(self.rest, log=self.log),
+                             ServiceAccountController(self.rest, log=self.log)]
         for node, kubelet in self.kubelets.items():
             kubelet.register(self._kubelet_servers[node].port)
             self._controllers.append(kubelet)
