@@ -385,7 +385,7 @@ def test_a_private_registry_needs_the_pods_pull_secret(
     denied = f"rpc error: code = Unknown desc = initializing source docker://{image}: " + (
         f"reading manifest v1 in {reg.host}/{unique_repo}: " if reg.auth == "basic" else
         "unable to retrieve auth token: invalid username/password: ") + \
-        "unauthorized: authentication required"
+        "authentication required"
     anonymous = _create(v1, "node-b", image)
     assert _waiting(v1, anonymous, "ErrImagePull").message == denied
     wrong = _create(v1, "node-b", image,

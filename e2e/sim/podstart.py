@@ -1,23 +1,14 @@
-"""How a simulated kubelet gets a pod's containers running: image pulls, container
-creation (a restore for checkpoint images) and start, with the kubelet's Events
-and backoff, on a small pool of worker threads per node so that the kubelet's
-loop never waits for a registry.
+"""How a simulated kubelet gets a pod's containers running: the image (image_manager.py),
+container creation (a restore for checkpoint images) and start, with the kubelet's
+Events and backoff, on a small pool of worker threads per node so that the
+kubelet's loop never waits for a registry.
 
-Per container, as kuberuntime_manager's startContainer does:
-
-1. the image (images.py): present and policy not Always -> Normal Pulled
-   `Container image "X" already present on machine`; policy Never and absent
-   -> ErrImageNeverPull; else Normal Pulling, the pull (registry_pull.py, after
-   the node's `image_pull_seconds` fault), then Normal Pulled `Successfully
-   pulled image "X" in 1.2s (1.2s including waiting). Image size: N bytes.`,
-   or Warning Failed `Failed to pull image "X": <error>` and `Error:
-   ErrImagePull`, and a backoff (`backoff`, doubling to `backoff_max`) during
-   which the container shows ImagePullBackOff (Normal BackOff `Back-off
-   pulling image "X"`, Warning Failed `Error: ImagePullBackOff`);
-2. create and start (restore.py): Normal Created `Created container NAME`,
-   Normal Started `Started container NAME`; a refusal is Warning Failed
-   `Error: <message>` with the container Waiting (CreateContainerError, or
-   RunContainerError when it failed at start) and retried every `backoff`.
+Per container, as kuberuntime_manager's startContainer does: the image
+(Pulling/Pulled, or ErrImagePull/ImagePullBackOff...), then create and start
+(restore.py): Normal Created `Created container NAME`, Normal Started `Started
+container NAME`; a refusal is Warning Failed `Error: <message>` with the
+container Waiting (CreateContainerError, or RunContainerError when it failed
+at start) and retried every `backoff` (the pod worker's requeue).
 
 Neither the kubelet nor CRI-O records an Event of its own for a restore: a
 restored container shows the same Created/Started events.
@@ -33,21 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from e2e.sim.core import SECRETS
-from e2e.sim.images import (
-    Credential,
-    ImageIndex,
-    ImageRef,
-    PulledImage,
-    credentials_for,
-    dockerconfig_of,
-    parse_image,
-    preloaded,
-)
+from e2e.sim.image_manager import Backoff, ImageManager, Waiting
+from e2e.sim.images import PulledImage
 from e2e.sim.kubelet_events import EventRecorder
 from e2e.sim.meta import now, rfc3339
 from e2e.sim.nodeconfig import NodeConfig
-from e2e.sim.registry_pull import Puller, PullError
+from e2e.sim.registry_pull import Puller
 from e2e.sim.rest import Rest
 from e2e.sim.restore import (
     CreateError,
@@ -62,7 +44,6 @@ from e2e.sim.store import Obj
 
 __all__ = ["PodOutcome", "PodStarter", "Started", "Waiting"]
 
-_MIB = 1024 * 1024
 _NORMAL, _WARNING = "Normal", "Warning"
 
 
@@ -74,14 +55,6 @@ class Started:
     image_id: str | None
     started_at: str
     annotations: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Waiting:
-    """A container not running: the kubelet's waiting reason and message."""
-
-    reason: str
-    message: str = ""
 
 
 @dataclass
@@ -104,25 +77,11 @@ class PodOutcome:
 
 
 @dataclass
-class _Backoff:
-    period: float
-    until: float
-
-
-@dataclass
 class _PodState:
     started: dict[str, Started] = field(default_factory=dict)
-    backoff: dict[str, _Backoff] = field(default_factory=dict)  # image -> pull backoff
+    backoff: dict[str, Backoff] = field(default_factory=dict)  # image -> pull backoff
     retry_at: float | None = None
     done: bool = False
-
-
-def _duration(seconds: float) -> str:
-    # Go's time.Duration text, truncated to milliseconds as the kubelet prints it.
-    ms = int(seconds * 1000)
-    if ms < 1000:
-        return f"{ms}ms" if ms else "0s"
-    return f"{ms / 1000:.3f}".rstrip("0").rstrip(".") + "s"
 
 
 Report = Callable[[Obj, PodOutcome], None]
@@ -140,11 +99,11 @@ class PodStarter:
         self.rest = rest
         self.node = node
         self.puller = puller
-        self.images = ImageIndex()
         self._config = config
         self._report = report
         self._log = log
         self._events = EventRecorder(rest, node, log)
+        self.image_manager = ImageManager(rest, puller, self._events, config)
         self._pool = ThreadPoolExecutor(max_workers=workers,
                                         thread_name_prefix=f"sim-kubelet-{node}-start")
         self._lock = threading.Lock()
@@ -225,7 +184,12 @@ class PodStarter:
 
     def _container(self, pod: Obj, c: dict[str, Any], state: _PodState,
                    so_far: dict[str, Started | Waiting]) -> tuple[Started | Waiting, float]:
-        image = self._image(pod, c, state, so_far)
+        def pulling() -> None:
+            # A pull that takes time: the pod shows ContainerCreating meanwhile.
+            self._report(pod, PodOutcome({**{str(x.get("name")): Waiting("ContainerCreating")
+                                             for x in pod["spec"]["containers"]}, **so_far}))
+
+        image = self.image_manager.ensure(pod, c, state.backoff, pulling)
         if not isinstance(image, PulledImage):
             return image
         try:
@@ -235,108 +199,9 @@ class PodStarter:
             return Waiting(e.reason, str(e)), time.monotonic() + self._config().backoff
         return started, 0.0
 
-    # -- images --------------------------------------------------------------------------
-
     def _event(self, pod: Obj, c: dict[str, Any], type_: str, reason: str,
                message: str) -> None:
         self._events.container(pod, str(c.get("name", "")), type_, reason, message)
-
-    def _image(self, pod: Obj, c: dict[str, Any], state: _PodState,
-               so_far: dict[str, Started | Waiting]
-               ) -> PulledImage | tuple[Waiting, float]:
-        image, config = str(c.get("image", "")), self._config()
-        try:
-            ref = parse_image(image)
-        except ValueError:
-            message = (f'Failed to apply default image tag "{image}": couldn\'t parse image '
-                       f'reference "{image}": invalid reference format')
-            self._event(pod, c, _WARNING, "InspectFailed", message)
-            self._event(pod, c, _WARNING, "Failed", "Error: InvalidImageName")
-            return Waiting("InvalidImageName", message), time.monotonic() + config.backoff
-        present = self.images.get(image) or (None if ref.reachable else preloaded(image, ref))
-        policy = c.get("imagePullPolicy") or "IfNotPresent"
-        if present is not None and policy != "Always":
-            self._event(pod, c, _NORMAL, "Pulled",
-                        f'Container image "{image}" already present on machine')
-            return present
-        if policy == "Never":
-            message = f'Container image "{image}" is not present with pull policy of Never'
-            self._event(pod, c, _WARNING, "ErrImageNeverPull", message)
-            self._event(pod, c, _WARNING, "Failed", "Error: ErrImageNeverPull")
-            return Waiting("ErrImageNeverPull", message), time.monotonic() + config.backoff
-        backoff = state.backoff.get(image)
-        if backoff is not None and time.monotonic() < backoff.until:
-            message = f'Back-off pulling image "{image}"'
-            self._event(pod, c, _NORMAL, "BackOff", message)
-            self._event(pod, c, _WARNING, "Failed", "Error: ImagePullBackOff")
-            return Waiting("ImagePullBackOff", message), backoff.until
-        return self._pull(pod, c, image, ref, state, so_far)
-
-    def _pull(self, pod: Obj, c: dict[str, Any], image: str, ref: ImageRef, state: _PodState,
-              so_far: dict[str, Started | Waiting]) -> PulledImage | tuple[Waiting, float]:
-        config = self._config()
-        self._event(pod, c, _NORMAL, "Pulling", f'Pulling image "{image}"')
-        if ref.reachable or config.image_pull_seconds or config.image_pull_seconds_per_mib:
-            # A pull that takes time: the pod shows ContainerCreating meanwhile.
-            self._report(pod, PodOutcome({**{str(x.get("name")): Waiting("ContainerCreating")
-                                             for x in pod["spec"]["containers"]}, **so_far}))
-        began = time.monotonic()
-        try:
-            pulled = self._fetch(pod, image, ref, config)
-        except PullError as e:
-            message = str(e)
-            self._event(pod, c, _WARNING, "Failed", f'Failed to pull image "{image}": {message}')
-            self._event(pod, c, _WARNING, "Failed", "Error: ErrImagePull")
-            previous = state.backoff.get(image)
-            period = min(previous.period * 2, config.backoff_max) if previous else config.backoff
-            failed = time.monotonic()
-            state.backoff[image] = _Backoff(period, failed + period)
-            # Half way through the backoff the pod is synced again: ImagePullBackOff.
-            return Waiting("ErrImagePull", message), failed + period / 2
-        state.backoff.pop(image, None)
-        self.images.put(pulled)
-        took = _duration(time.monotonic() - began)
-        self._event(pod, c, _NORMAL, "Pulled", f'Successfully pulled image "{image}" in {took} '
-                    f"({took} including waiting). Image size: {pulled.size} bytes.")
-        return pulled
-
-    def _wait(self, seconds: float) -> None:
-        if seconds > 0 and self.puller.stopped.wait(seconds):
-            raise PullError("pull cancelled: the node is shutting down")
-
-    def _fetch(self, pod: Obj, image: str, ref: ImageRef, config: NodeConfig) -> PulledImage:
-        self._wait(config.image_pull_seconds)
-        if not ref.reachable:
-            pulled = preloaded(image, ref)
-        else:
-            errors: list[str] = []
-            for creds in self._credentials(pod, ref) or [None]:
-                try:
-                    pulled = self.puller.pull(image, ref, creds)
-                    break
-                except PullError as e:
-                    errors.append(str(e))
-            else:
-                # The kubelet aggregates the errors of each credential it tried.
-                raise PullError(errors[0] if len(errors) == 1 else f"[{', '.join(errors)}]")
-        self._wait(pulled.size / _MIB * config.image_pull_seconds_per_mib)
-        return pulled
-
-    def _credentials(self, pod: Obj, ref: ImageRef) -> list[Credential | None]:
-        namespace, docs, missing = pod["metadata"]["namespace"], [], []
-        for entry in pod["spec"].get("imagePullSecrets") or []:
-            name = str((entry or {}).get("name", ""))
-            secret = self.rest.store.find(SECRETS.key, namespace, name)
-            document = dockerconfig_of(secret) if secret is not None else None
-            if document is None:
-                missing.append(name)
-            else:
-                docs.append(document)
-        if missing:
-            self._events.pod(pod, _WARNING, "FailedToRetrieveImagePullSecret",
-                             f"Unable to retrieve some image pull secrets ({', '.join(missing)}); "
-                             "attempting to pull the image may not succeed.")
-        return list(credentials_for(ref, docs))
 
     # -- containers ----------------------------------------------------------------------
 

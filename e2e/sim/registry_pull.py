@@ -27,6 +27,7 @@ import threading
 import urllib.parse
 import zlib
 from collections.abc import Callable
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,13 @@ _LAYER_CODECS = {
     "application/vnd.docker.image.rootfs.diff.tar": "none",
 }
 _CHUNK = 1024 * 1024
+#: distribution's errcode default messages (what containers/image shows alone).
+_DEFAULT_MESSAGES = {
+    "MANIFEST_UNKNOWN": "manifest unknown", "UNAUTHORIZED": "authentication required",
+    "DENIED": "requested access to the resource is denied",
+    "NAME_UNKNOWN": "repository name not known to registry",
+    "BLOB_UNKNOWN": "blob unknown to registry", "TOOMANYREQUESTS": "too many requests",
+}
 _MAX_DOCUMENT = 4 * 1024 * 1024
 
 
@@ -69,20 +77,35 @@ def _sha256(data: bytes) -> str:
 
 
 def _registry_error(body: bytes, status: int) -> str:
-    # distribution's errcode text: "manifest unknown: manifest unknown".
+    # containers/image's wording of a registry's first error: "code: message",
+    # or the message alone when it is the code's default one (then redundant).
     try:
-        errors = json.loads(body).get("errors") or []
-        first = errors[0]
-        code = str(first.get("code", "")).lower().replace("_", " ")
-        return f"{code}: {first.get('message', '')}"
+        first = (json.loads(body).get("errors") or [])[0]
+        code, message = str(first.get("code", "")), str(first.get("message", ""))
     except (ValueError, AttributeError, IndexError, TypeError):
-        return f"invalid status code from registry {status}"
+        return f"invalid status code from registry {status} ({HTTPStatus(status).phrase})"
+    if _DEFAULT_MESSAGES.get(code) == message:
+        return message
+    return f"{code.lower().replace('_', ' ')}: {message}"
 
 
 def _challenge(header: str) -> tuple[str, dict[str, str]]:
     scheme, _, rest = header.strip().partition(" ")
     params = {k.lower(): v for k, v in re.findall(r'(\w+)="([^"]*)"', rest)}
     return scheme.lower(), params
+
+
+def _network_error(e: urllib3.exceptions.HTTPError, ref: ImageRef) -> str:
+    # Go's net/http wording. (NewConnectionError is a ConnectTimeoutError in urllib3 2.)
+    if isinstance(e, urllib3.exceptions.NewConnectionError):
+        refused = "refused" in str(e).lower()
+        return f"dial tcp {ref.registry}: " + ("connect: connection refused" if refused
+                                               else str(e.__cause__ or e))
+    if isinstance(e, urllib3.exceptions.ConnectTimeoutError):
+        return f"dial tcp {ref.registry}: i/o timeout"
+    if isinstance(e, urllib3.exceptions.ReadTimeoutError):
+        return "net/http: request canceled (Client.Timeout exceeded while awaiting headers)"
+    return str(e)
 
 
 def _ssl_context(config: RegistryConfig) -> ssl.SSLContext:
@@ -154,8 +177,7 @@ class Puller:
                          "unknown authority"
             raise PullError(f"Get \"{url}\": {reason}") from None
         except urllib3.exceptions.HTTPError as e:
-            reason = "connect: connection refused" if "refused" in str(e) else str(e)
-            raise PullError(f"Get \"{url}\": dial tcp {ref.registry}: {reason}") from None
+            raise PullError(f'Get "{url}": {_network_error(e, ref)}') from None
 
     def _authorize(self, ref: ImageRef, creds: Credential | None) -> dict[str, str]:
         """Ping the registry; the Authorization header its challenge asks for."""
@@ -164,8 +186,11 @@ class Puller:
             answer = self._request(ref, url, {})
         except PullError as e:
             raise PullError(f"pinging container registry {ref.registry}: {e}") from None
-        if answer.status != 401:
+        if answer.status == 200:
             return {}
+        if answer.status != 401:
+            raise PullError(f"pinging container registry {ref.registry}: invalid status code "
+                            f"from registry {answer.status} ({HTTPStatus(answer.status).phrase})")
         scheme, params = _challenge(answer.headers.get("WWW-Authenticate", ""))
         if scheme == "basic":
             return {"Authorization": creds.basic()} if creds else {}
