@@ -11,6 +11,7 @@ through the official client: pod status, annotations and Events.
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import io
 import json
@@ -27,6 +28,7 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from e2e.sim import NodeConfig, RegistryConfig, Simulator
+from e2e.sim.__main__ import main as sim_main
 from e2e.sim.checkpoints import MEMORY_ANNOTATION, PROCESSES_ANNOTATION, ROOTFS_ANNOTATION
 from e2e.sim.images import parse_image, parse_registries
 from e2e.sim.nodeconfig import parse_config
@@ -38,6 +40,11 @@ Cli = Callable[..., Result]
 SECRET = "RESTORE_SECRET_5521"
 BASE_IMAGE = "registry.example/team/web-server:1.4"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_TYPES = (OCI_MANIFEST, "application/vnd.oci.image.config.v1+json",
+             "application/vnd.oci.image.layer.v1.tar")
+DOCKER_TYPES = ("application/vnd.docker.distribution.manifest.v2+json",
+                "application/vnd.docker.container.image.v1+json",
+                "application/vnd.docker.image.rootfs.diff.tar.gzip")
 RESTORED = "sim.migrate.dev/restored.app"
 VOLUMES = [{"name": "cache", "emptyDir": {}}, {"name": "conf", "configMap": {"name": "conf"}}]
 MOUNTS = [{"name": "cache", "mountPath": "/cache"}, {"name": "conf", "mountPath": "/etc/app"}]
@@ -291,17 +298,25 @@ def test_nodes_that_cannot_restore_run_the_image_as_an_ordinary_one(
     assert v1.read_namespaced_pod(name, "default").status.phase == "Pending"
 
 
-def _push_plain_image(reg: RegistryUnderTest, repo: str) -> str:
-    """An ordinary image (bin/app, Cmd /bin/app) pushed with the registry API; its digest."""
+def _app_layer() -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tf:
         info = tarfile.TarInfo("bin/app")
         info.size, info.mode = 4, 0o755
         tf.addfile(info, io.BytesIO(b"\x7fELF"))
-    layer = buf.getvalue()
+    return buf.getvalue()
+
+
+def _push_image(reg: RegistryUnderTest, repo: str, layer: bytes, *, docker: bool = False,
+                annotations: dict[str, str] | None = None) -> str:
+    """An image of one uncompressed (Docker: gzip) layer with Cmd /bin/app, pushed with the
+    registry API; its manifest digest."""
+    diff_id = _digest(layer)
+    if docker:
+        layer = gzip.compress(layer, mtime=0)
     config = json.dumps({"architecture": "amd64", "os": "linux",
                          "config": {"Cmd": ["/bin/app"]},
-                         "rootfs": {"type": "layers", "diff_ids": [_digest(layer)]}}).encode()
+                         "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
     http = reg.http()
     for blob in (layer, config):
         start = http.request("POST", f"{reg.url}/v2/{repo}/blobs/uploads/")
@@ -311,16 +326,21 @@ def _push_plain_image(reg: RegistryUnderTest, repo: str) -> str:
         done = http.request("PUT", f"{url}{sep}digest={_digest(blob)}", body=blob,
                             headers={"Content-Type": "application/octet-stream"})
         assert done.status == 201, done.data
+    kinds = (DOCKER_TYPES if docker else OCI_TYPES)
     manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": _digest(config), "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": _digest(layer), "size": len(layer)}]}).encode()
+        "schemaVersion": 2, "mediaType": kinds[0],
+        "config": {"mediaType": kinds[1], "digest": _digest(config), "size": len(config)},
+        "layers": [{"mediaType": kinds[2], "digest": _digest(layer), "size": len(layer)}],
+        **({"annotations": annotations} if annotations else {})}).encode()
     put = http.request("PUT", f"{reg.url}/v2/{repo}/manifests/v1", body=manifest,
-                       headers={"Content-Type": OCI_MANIFEST})
+                       headers={"Content-Type": kinds[0]})
     assert put.status == 201, put.data
     return _digest(manifest)
+
+
+def _push_plain_image(reg: RegistryUnderTest, repo: str) -> str:
+    """An ordinary image (bin/app, Cmd /bin/app); its digest."""
+    return _push_image(reg, repo, _app_layer())
 
 
 def _digest(data: bytes) -> str:
@@ -340,6 +360,45 @@ def test_an_image_without_the_annotation_starts_as_an_ordinary_container(
     _running(v1, again)
     assert _event(v1, again, "Pulled").message == \
         f'Container image "{image}" already present on machine'
+
+
+def test_cri_o_reads_the_checkpoint_annotation_from_oci_manifests_only(
+        sim: Simulator, v1: client.CoreV1Api, checkpoint_image: tuple[str, str, str],
+        plain_registry: RegistryUnderTest, unique_repo: str) -> None:
+    _, _, source = checkpoint_image
+    archive = _checkpoint(sim, "node-a", source).read_bytes()
+    repo = f"{unique_repo}-docker"
+    _push_image(plain_registry, repo, archive, docker=True,
+                annotations={"io.kubernetes.cri-o.annotations.checkpoint.name": "app"})
+    name = _create(v1, "node-b", f"{plain_registry.host}/{repo}:v1")
+    # Pulled (a Docker v2 manifest, gzip layer), but taken for an ordinary image whose
+    # root holds the archive, not /bin/app.
+    waiting = _waiting(v1, name, "CreateContainerError")
+    assert waiting.message == ('container create failed: runc create failed: unable to start '
+                               'container process: exec: "/bin/app": stat /bin/app: no such '
+                               "file or directory")
+    assert _event(v1, name, "Pulled").message.startswith("Successfully pulled image")
+    assert v1.read_namespaced_pod(name, "default").metadata.annotations in (None, {})
+
+
+def test_pull_errors_read_as_cri_o_reports_them(v1: client.CoreV1Api, fresh_registry: Any,
+                                               plain_registry: RegistryUnderTest,
+                                               unique_repo: str) -> None:
+    _push_plain_image(plain_registry, unique_repo)
+    missing = f"{plain_registry.host}/{unique_repo}:nope"
+    name = _create(v1, "node-b", missing)
+    assert _waiting(v1, name, "ErrImagePull").message == (
+        f"rpc error: code = Unknown desc = initializing source docker://{missing}: reading "
+        f"manifest nope in {plain_registry.host}/{unique_repo}: manifest unknown")
+    assert _event(v1, name, "Failed", "Error: ").message == "Error: ErrImagePull"
+    # A plain-HTTP registry that the cluster does not list as insecure.
+    unlisted: RegistryUnderTest = fresh_registry(tls=False)
+    image = f"{unlisted.host}/{unique_repo}:v1"
+    name = _create(v1, "node-b", image)
+    assert _waiting(v1, name, "ErrImagePull").message == (
+        f"rpc error: code = Unknown desc = initializing source docker://{image}: pinging "
+        f'container registry {unlisted.host}: Get "https://{unlisted.host}/v2/": http: server '
+        "gave HTTP response to HTTPS client")
 
 
 def test_a_registry_that_comes_back_lets_the_pod_start(v1: client.CoreV1Api, cli: Cli,
@@ -467,6 +526,16 @@ def test_every_namespace_gets_a_default_service_account(v1: client.CoreV1Api) ->
                                                  "type": "kubernetes.io/dockerconfigjson",
                                                  "data": {}})
     assert e.value.status == 422 and "data[.dockerconfigjson]" in e.value.body
+
+
+def test_the_command_line_refuses_bad_registry_settings(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    config = tmp_path / "cluster.yaml"
+    config.write_text("registries:\n  insecure: 127.0.0.1:5000\n")
+    assert sim_main(["--state", str(tmp_path / "state"), "--config", str(config)]) == 2
+    assert capsys.readouterr().err == (f"error: {config}: registries.insecure must be a list "
+                                       "of host:port strings\n")
 
 
 def test_image_references_and_registry_settings_parse() -> None:

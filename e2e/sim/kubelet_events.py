@@ -87,6 +87,5 @@ class EventRecorder:
             "reason": reason, "message": message,
             "source": {"component": "kubelet", "host": self.node},
             "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1, "type": type_,
-            "eventTime": None, "reportingComponent": "kubelet",
-            "reportingInstance": self.node,
+            "reportingComponent": "kubelet", "reportingInstance": self.node,
         })
