@@ -23,6 +23,7 @@ import os
 import re
 import secrets
 import ssl
+import tarfile
 import threading
 import urllib.parse
 import zlib
@@ -222,9 +223,13 @@ class Puller:
         """Pull `image` (parsed as `ref`) with `creds` (None: anonymous)."""
         try:
             return self._pull(image, ref, creds)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            # A document that is not the JSON it should be (manifest, config, token).
+            failure = PullError(f"invalid registry answer: {type(e).__name__}: {e}")
         except PullError as e:
-            raise PullError(f"rpc error: code = Unknown desc = initializing source "
-                            f"docker://{ref}: {e}") from None
+            failure = e
+        raise PullError(f"rpc error: code = Unknown desc = initializing source "
+                        f"docker://{ref}: {failure}")
 
     def _pull(self, image: str, ref: ImageRef, creds: Credential | None) -> PulledImage:
         auth = self._authorize(ref, creds)
@@ -305,6 +310,8 @@ class Puller:
                 if diff_id is not None and got != diff_id:
                     raise PullError(f"layer {digest}: uncompressed digest {got} does not "
                                     f"match the config's diff_id {diff_id}")
+                if not tarfile.is_tarfile(tmp):
+                    raise PullError(f"layer {digest}: not a tar archive")
                 final = directory / f"{got.removeprefix('sha256:')}.tar"
                 os.replace(tmp, final)
                 return final

@@ -126,7 +126,10 @@ def bring_back(image: PulledImage, root: LayerRoot, checkpoint: Checkpoint, pod:
     entries = [_process_entry(p) for p in processes]
     files, truncated = _rootfs(root)
     truncated |= any(cut for _, cut in entries)
-    deleted = json.loads(root.read("deleted.files") or b"[]")
+    try:
+        deleted = json.loads(root.read("deleted.files") or b"[]")
+    except ValueError:
+        deleted = []
     name = str(container["name"])
     bulk = _bulk_pages(processes)
     record = {
