@@ -29,6 +29,14 @@ the --config file) makes a restricted user, its rules RBAC PolicyRules plus
 `namespaces`. `kubectl auth can-i` works: SelfSubjectAccessReviews are
 answered by the same authorizer.
 
+Kubelets pull images for real from registries on 127.0.0.1 (Basic or Bearer
+auth from the pods' imagePullSecrets, TLS verified against the CAs of
+`RegistryConfig`); any other registry is never contacted and its images
+count as present on every node. A checkpoint image is restored as CRI-O
+does it, checks and error messages included; what it brings back (processes,
+memory, files) is kept on the Pod, so that a restored pod can be
+checkpointed and migrated again.
+
 Layout, bottom up:
 
     store.py       objects, the global resourceVersion, watch history
@@ -43,14 +51,19 @@ Layout, bottom up:
     rbac.py        the RBAC kinds and bootstrap policy; rbac_authorizer.py
                    evaluates them; users.py users and their grants;
                    authz.py SelfSubjectAccessReview
-    controllers.py scheduler, namespace controller; kubelet.py the nodes
+    controllers.py scheduler, namespace controller; serviceaccounts.py the
+                   `default` ServiceAccounts; kubelet.py the nodes
     nodeconfig.py  per-node settings; kubelet_api.py the kubelet's HTTP API;
                    checkpoints.py what a checkpoint archive holds
+    podstart.py    pulls (images.py, registry_pull.py), container creation and
+                   restore (restore.py, restored.py, criu_read.py), Events
+                   (kubelet_events.py) and backoff, on worker threads
     simulator.py   wires them together
 """
 
+from e2e.sim.images import RegistryConfig
 from e2e.sim.nodeconfig import NodeConfig
 from e2e.sim.simulator import DEFAULT_NODES, Simulator
 from e2e.sim.users import UserSpec
 
-__all__ = ["DEFAULT_NODES", "NodeConfig", "Simulator", "UserSpec"]
+__all__ = ["DEFAULT_NODES", "NodeConfig", "RegistryConfig", "Simulator", "UserSpec"]

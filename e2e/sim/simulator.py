@@ -14,6 +14,10 @@
                                             "verbs": ["get", "list"], "namespaces": ["shop"]}])
         sim.user_kubeconfig("bob")      # STATE_DIR/kubeconfig-bob, bob's token
 
+Kubelets pull images from registries on 127.0.0.1 for real (images.py):
+`Simulator(..., registries=RegistryConfig(insecure=("127.0.0.1:5000",),
+ca_files=(ca_pem,)))`; images of other registries count as present.
+
 start() generates a CA and a server certificate for 127.0.0.1/localhost
 (e2e.pki, files 0600 under STATE_DIR/pki), creates the `default`,
 `kube-system` and `kube-public` namespaces and one Node per name, starts the
@@ -30,8 +34,8 @@ and STATE_DIR/kubelet-client.crt/.key (CN `kubelet-admin`, O `system:masters`)
 for tools that talk to kubelets directly. The API server reaches them the
 same way (`/api/v1/nodes/NODE/proxy/...`), with its own client certificate.
 A node's files live under STATE_DIR/nodes/NODE/ (its root directory):
-checkpoint archives in var/lib/kubelet/checkpoints/, its kubelet's access
-log in var/log/kubelet.log.
+checkpoint archives in var/lib/kubelet/checkpoints/, pulled images in
+var/lib/containers/storage/, its kubelet's access log in var/log/kubelet.log.
 
 Requests are authorized by RBAC (rbac_authorizer.py) over the cluster's own
 Roles, ClusterRoles and bindings (rbac.authorization.k8s.io/v1, served like
@@ -67,6 +71,7 @@ from e2e.sim.controllers import Controller, NamespaceController, Scheduler
 from e2e.sim.core import NAMESPACES, core_registry
 from e2e.sim.discovery import KUBE_VERSION
 from e2e.sim.errors import status_body
+from e2e.sim.images import RegistryConfig
 from e2e.sim.kubelet import Kubelet
 from e2e.sim.kubelet_api import KubeletApi
 from e2e.sim.nodeconfig import NodeConfig
@@ -75,6 +80,7 @@ from e2e.sim.rbac_authorizer import RbacAuthorizer
 from e2e.sim.rest import Rest
 from e2e.sim.schema import schemas_for
 from e2e.sim.server import LOOPBACK, ApiServer, HttpsServer, cert_user
+from e2e.sim.serviceaccounts import ServiceAccountController
 from e2e.sim.store import Obj, Store
 from e2e.sim.users import UserSpec, user_grants
 
@@ -87,6 +93,7 @@ ADMIN = User("sim-admin", ("system:masters", "system:authenticated"))
 #: apiserver-kubelet-client).
 KUBELET_CLIENT_CN = "kubelet-admin"
 _CLUSTER = "sim"
+_IMAGE_STORAGE = "var/lib/containers/storage"
 _UNAUTHORIZED_TEXT = "Unauthorized\n"
 
 
@@ -103,6 +110,8 @@ class Simulator:
     users: users to create at start (see add_user()).
     node_config: NodeConfig per node name (runtime, checkpoint support,
         readiness, faults...); nodes not named get NodeConfig().
+    registries: how kubelets reach registries on 127.0.0.1 (plain HTTP ones,
+        trusted CAs); default: HTTPS with the system's CAs.
     """
 
     def __init__(
@@ -116,6 +125,7 @@ class Simulator:
         authorizer: Authorizer | None = None,
         node_config: Mapping[str, NodeConfig] | None = None,
         users: Sequence[UserSpec] = (),
+        registries: RegistryConfig | None = None,
     ) -> None:
         if not nodes:
             raise ValueError("a cluster needs at least one node")
@@ -146,10 +156,12 @@ class Simulator:
         self._ca: CertPair | None = None
         self._kubelet_client: CertPair | None = None
         self._proxy_context: ssl.SSLContext | None = None
+        self.registries = registries or RegistryConfig()
         self.kubelets = {
             node: Kubelet(self.rest, node, index, start_latency=start_latency,
                           stop_latency=stop_latency, config=(node_config or {}).get(node),
-                          log=self.log)
+                          log=self.log, registries=self.registries,
+                          storage=self.state_dir / "nodes" / node / _IMAGE_STORAGE)
             for index, node in enumerate(self.node_names, start=1)
         }
         self._kubelet_apis: dict[str, KubeletApi] = {}
@@ -311,7 +323,8 @@ class Simulator:
         for spec, _ in self._users.values():
             self._grant(spec)
         self._controllers = [Scheduler(self.rest, log=self.log),
-                             NamespaceController(self.rest, log=self.log)]
+                             NamespaceController(self.rest, log=self.log),
+                             ServiceAccountController(self.rest, log=self.log)]
         for node, kubelet in self.kubelets.items():
             kubelet.register(self._kubelet_servers[node].port)
             self._controllers.append(kubelet)
