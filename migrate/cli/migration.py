@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,6 +70,8 @@ def _finish(settings: Settings, cluster: Any, journal: Journal, output: Format) 
                    f"{journal.id}` continues it, `migrate rollback {journal.id}` undoes it",
                    err=True)
         raise
+    finally:
+        journal.unlock()
     rep = migration.report(journal, cluster.requests)
     emit(rep, output.value, lambda: _human(rep))
 
@@ -126,15 +129,19 @@ def pod(
                      compression=compression.value, keep_source=keep_source,
                      dry_run=dry_run, timeout=timeout, cleanup_archive=cleanup_archive)
     cluster = kube.connect(settings.kube)
+    started = time.perf_counter()
+    checked = preflight(cluster, settings, req)
     if dry_run:
-        plan = preflight(cluster, settings, req).to_dict()
+        plan = checked.to_dict()
         emit({"dry_run": True, "plan": plan}, output.value, lambda: table(
             ("pod", "from", "to", "containers", "switch-over", "images"),
             [(f"{plan['namespace']}/{plan['pod']}", plan["source"], plan["destination"],
               ",".join(plan["containers"]), plan["switch"],
               " ".join(plan["images"].values()))]))
         return
-    _finish(settings, cluster, migration.start(settings, req), output)
+    journal = migration.start(settings, req, checked, time.perf_counter() - started)
+    _progress("preflight", f"passed; migration {journal.id}")
+    _finish(settings, cluster, journal, output)
 
 
 def resume(
@@ -174,7 +181,10 @@ def rollback(
     settings = _with_kube(ctx, kubeconfig, context, None)
     journal = Journal.load(settings.state_dir, journal_id)
     journal.lock()
-    undone = migration.rollback_journal(kube.connect(settings.kube), settings, journal)
+    try:
+        undone = migration.rollback_journal(kube.connect(settings.kube), settings, journal)
+    finally:
+        journal.unlock()
     emit({"id": journal.id, "outcome": journal.outcome, "undone": undone}, output.value,
          lambda: "".join(f"{line}\n" for line in undone) or "nothing to undo\n")
 

@@ -240,9 +240,19 @@ def _event(run: Run, pod: Obj | None, reason: str, message: str, warning: bool =
 # -- running, resuming, rolling back -----------------------------------------------------
 
 
-def start(settings: Settings, req: PodRequest) -> Journal:
-    """Open a journal for ``req`` (dry runs get none: they change nothing)."""
-    return Journal.create(settings.state_dir, "pod", req.pod, req.to_dict(), STAGES)
+def start(settings: Settings, req: PodRequest, plan: Plan, seconds: float) -> Journal:
+    """Open the journal of a run whose preflight passed.
+
+    Preflight changes nothing, so a refusal there leaves no journal behind: the
+    history lists runs that touched the cluster.
+    """
+    journal = Journal.create(settings.state_dir, "pod", req.pod, req.to_dict(), STAGES)
+    stage = journal.stage("preflight")
+    stage.status, stage.started, stage.ended = DONE, journal.created, journal.created
+    stage.seconds = round(seconds, 6)
+    stage.data["plan"] = plan.to_dict()
+    journal.save()
+    return journal
 
 
 def execute(cluster: kube.Cluster, settings: Settings, journal: Journal,
