@@ -202,8 +202,10 @@ def history(
     for j in journals:
         req = j.request
         failed = next((s.name for s in j.stages if s.status == "failed"), "")
+        plan = j.stage("preflight").data.get("plan") or {}
+        namespace = plan.get("namespace") or req.get("namespace") or "-"
         rows.append({"id": j.id, "created": j.created, "outcome": j.outcome,
-                     "pod": f"{req.get('namespace') or '-'}/{req.get('pod')}",
+                     "pod": f"{namespace}/{req.get('pod')}",
                      "to": req.get("to"), "failed_stage": failed})
     if not rows and output is Format.table:
         typer.echo("no migrations recorded", err=True)
