@@ -100,6 +100,13 @@ def pod(
                                   "restored pod (and for the source to go)."),
     cleanup_archive: bool = typer.Option(False, "--cleanup-archive", help="Remove the "
                                          "checkpoint archive from the node afterwards."),
+    tool_image: str | None = typer.Option(None, "--tool-image", envvar="MIGRATE_TOOL_IMAGE",
+                                          help="The migrate container image, for --build-on "
+                                          "node Jobs.", show_default=False),
+    registry_secret: str | None = typer.Option(None, "--registry-secret", help="A "
+                                               "dockerconfigjson Secret for node builds "
+                                               "(default: a temporary one from your "
+                                               "credentials).", show_default=False),
     authfile: Path | None = AUTHFILE,
     creds: str | None = CREDS,
     tls_verify: bool = TLS_VERIFY,
@@ -127,7 +134,8 @@ def pod(
                      all_containers=all_containers, registry=registry, image=image,
                      builder=builder.value, build_on=build_on.value,
                      compression=compression.value, keep_source=keep_source,
-                     dry_run=dry_run, timeout=timeout, cleanup_archive=cleanup_archive)
+                     dry_run=dry_run, timeout=timeout, cleanup_archive=cleanup_archive,
+                     tool_image=tool_image, registry_secret=registry_secret)
     cluster = kube.connect(settings.kube)
     started = time.perf_counter()
     checked = preflight(cluster, settings, req)
