@@ -44,8 +44,12 @@ class Cluster:
     requests: int = 0  # API requests sent (retries and watches included): the report's count
 
 
-def connect(settings: KubeSettings) -> Cluster:
-    """Load kubeconfig (or the in-cluster service account) and build a client."""
+def connect(settings: KubeSettings, *, pool_size: int | None = None) -> Cluster:
+    """Load kubeconfig (or the in-cluster service account) and build a client.
+
+    ``pool_size``: connections kept open for reuse (the client's default is five
+    per CPU); callers running requests on many threads at once raise it.
+    """
     from kubernetes import client, config
     from kubernetes.config.config_exception import ConfigException
 
@@ -69,6 +73,9 @@ def connect(settings: KubeSettings) -> Cluster:
                          hint="pass --kubeconfig FILE (and --context NAME), or run in a pod "
                          "with a service account") from e
     configuration.retries = False  # retries are ours, transient failures only
+    if pool_size is not None:
+        configuration.connection_pool_maxsize = max(pool_size,
+                                                    configuration.connection_pool_maxsize)
     return Cluster(client.ApiClient(configuration), namespace or "default", settings)
 
 
@@ -506,3 +513,107 @@ def version_of(info: dict[str, Any]) -> str:
         major, _, rest = str(info.get("gitVersion", "")).lstrip("v").partition(".")
         minor = rest.split(".")[0]
     return f"{major}.{minor}"
+
+
+# -- nodes, evictions and disruption budgets: what a drain does --------------------------
+
+
+def patch_node(cluster: Cluster, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+    """Strategic-merge-patch a node (cordon: ``{"spec": {"unschedulable": True}}``)."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(cluster.api)
+    return _raw(call(cluster, f"patch node {name}", core.patch_node, name, patch,
+                     _preload_content=False))
+
+
+def list_nodes_matching(cluster: Cluster, label_selector: str) -> list[dict[str, Any]]:
+    """Nodes whose labels match ``label_selector`` (the API server parses it)."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(cluster.api)
+    items: list[dict[str, Any]] = _raw(call(
+        cluster, f"list nodes matching {label_selector!r}", core.list_node,
+        label_selector=label_selector, _preload_content=False))["items"]
+    return items
+
+
+def list_pdbs(cluster: Cluster, namespace: str | None) -> list[dict[str, Any]]:
+    """PodDisruptionBudgets (policy/v1) in ``namespace`` (None: every namespace)."""
+    from kubernetes import client
+
+    policy = client.PolicyV1Api(cluster.api)
+    if namespace is None:
+        resp = call(cluster, "list pod disruption budgets",
+                    policy.list_pod_disruption_budget_for_all_namespaces,
+                    _preload_content=False)
+    else:
+        resp = call(cluster, f"list pod disruption budgets in {namespace}",
+                    policy.list_namespaced_pod_disruption_budget, namespace,
+                    _preload_content=False)
+    items: list[dict[str, Any]] = _raw(resp)["items"]
+    return items
+
+
+EVICTED, GONE, REFUSED = "evicted", "gone", "refused"
+
+
+@dataclass(frozen=True)
+class Eviction:
+    """What the eviction subresource answered."""
+
+    outcome: str  # EVICTED | GONE (no such pod, or another pod by that name) | REFUSED
+    message: str = ""  # why REFUSED: the budget's own words
+    retry_after: float | None = None  # seconds the server asked us to wait, if it did
+
+
+def _refusal(e: Any) -> Eviction:
+    """A 429 as an `Eviction`: the Status message and the budget's cause, if given."""
+    message = _status_message(e.body) or "too many requests"
+    wait = retry_after((e.headers or {}).get("Retry-After"))
+    try:
+        details = json.loads(e.body).get("details") or {}
+    except (ValueError, TypeError, AttributeError):
+        details = {}
+    causes = [c.get("message") for c in details.get("causes") or [] if c.get("message")]
+    if causes:
+        message = f"{message} ({'; '.join(causes)})"
+    if wait is None and isinstance(details.get("retryAfterSeconds"), int):
+        wait = float(details["retryAfterSeconds"])
+    return Eviction(REFUSED, message, wait)
+
+
+def evict_pod(cluster: Cluster, namespace: str, name: str, *,
+              uid: str | None = None) -> Eviction:
+    """Ask the API server to evict a pod (policy/v1 Eviction: disruption budgets apply).
+
+    A 429 is not a failure but the budget (or the server) saying "not now": it
+    comes back as REFUSED, never raised nor retried here, so that the caller
+    waits as kubectl drain does. With ``uid``, only that pod is evicted; a pod
+    already gone, or replaced by another of the same name, is GONE.
+    """
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    core = client.CoreV1Api(cluster.api)
+    body: Any = {"apiVersion": "policy/v1", "kind": "Eviction",
+                            "metadata": {"name": name, "namespace": namespace}}
+    if uid:
+        body["deleteOptions"] = {"preconditions": {"uid": uid}}
+
+    def post(**kw: Any) -> Eviction:
+        try:
+            core.create_namespaced_pod_eviction(name, namespace, body, _preload_content=False,
+                                                **kw)
+        except ApiException as e:
+            if e.status == 429:
+                return _refusal(e)
+            if e.status == 409 and uid:  # the uid precondition: another pod took the name
+                return Eviction(GONE, _status_message(e.body))
+            raise
+        return Eviction(EVICTED)
+
+    try:
+        return call(cluster, f"evict pod {namespace}/{name}", post)
+    except NotFoundError:
+        return Eviction(GONE)

@@ -51,12 +51,13 @@ def root(
 
 
 def _register() -> None:
-    from migrate.cli import archive, cluster, images, migration, restore
+    from migrate.cli import archive, cluster, drain, images, migration, restore
 
     archive.register(app)
     images.register(app)
     cluster.register(app)
     migration.register(app)
+    drain.register(app)
     restore.register(app)
 
 

@@ -1,0 +1,181 @@
+"""`migrate drain` and `migrate uncordon`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from migrate.cli.cluster import CONTEXT, KUBECONFIG, _with_kube
+from migrate.cli.migration import BuildOn
+from migrate.cli.options import AUTHFILE, CERT_DIR, CREDS, TLS_VERIFY, with_registry
+from migrate.cli.output import Format, emit, table
+from migrate.errors import PartialFailure, UsageError
+
+if TYPE_CHECKING:
+    from migrate.adapters.kube import Cluster
+    from migrate.pipeline.journal import Journal
+    from migrate.settings import Settings
+
+
+def _progress(subject: str, message: str) -> None:
+    typer.echo(f"migrate: {subject}: {message}", err=True)
+
+
+def _detail(pod: dict[str, Any]) -> str:
+    if pod.get("error"):
+        return str(pod["error"])
+    if pod.get("restored_pod"):
+        return f"restored as {pod['restored_pod']}"
+    return str(pod["reason"])
+
+
+def _human(rep: dict[str, Any]) -> str:
+    pods = rep["pods"]
+    if rep["dry_run"]:
+        text = table(("namespace", "pod", "action", "to", "reason"), [
+            (p["namespace"], p["name"], p["action"], p["destination"] or "-", p["reason"])
+            for p in pods])
+        counts = ", ".join(f"{n} to {a}" for a, n in rep["summary"].items())
+        return text + f"dry run: drain of {rep['node']} would leave: " \
+            f"{counts or 'nothing to do'}\n"
+    text = table(("namespace", "pod", "action", "to", "outcome", "detail"), [
+        (p["namespace"], p["name"], p["action"], p["destination"] or "-", p["outcome"],
+         _detail(p)) for p in pods])
+    counts = ", ".join(f"{n} {o}" for o, n in rep["summary"].items()) or "no pods"
+    return text + f"drain:        {rep['id']} ({rep['outcome']})\n" \
+        f"pods:         {counts}\nAPI requests: {rep['api_requests']}\n"
+
+
+def _finish(settings: Settings, cluster: Cluster, journal: Journal, output: Format) -> None:
+    from migrate.pipeline.drain import report, run
+
+    try:
+        run.execute(cluster, settings, journal, _progress)
+    except KeyboardInterrupt:
+        typer.echo(f"migrate: drain {journal.id} interrupted: `migrate drain --resume "
+                   f"{journal.id}` continues it", err=True)
+        raise
+    finally:
+        journal.unlock()
+    rep = report.report(journal)
+    emit(rep, output.value, lambda: _human(rep))
+    if rep["failed"]:
+        raise PartialFailure(
+            f"drain of {rep['node']}: {len(rep['failed'])} of {len(rep['pods'])} pod(s) "
+            f"not drained: {', '.join(rep['failed'][:5])}"
+            f"{' ...' if len(rep['failed']) > 5 else ''}",
+            hint=f"the report says why; `migrate drain --resume {journal.id}` tries the "
+            "failed ones again; the node stays cordoned")
+
+
+def _check_registry(settings: Settings, registry: str | None, movers: int) -> None:
+    from migrate.pipeline.preflight import check_registry
+
+    if not movers:
+        return
+    if registry is None:
+        raise UsageError(f"{movers} pod(s) to migrate: say where their checkpoint images go "
+                         "with --registry REG", hint="--dry-run shows the plan without one")
+    check_registry(settings, {"": f"{registry.rstrip('/')}/drain-check:latest"})
+
+
+def drain(
+    ctx: typer.Context,
+    node: str | None = typer.Argument(None, metavar="NODE", help="The node to drain.",
+                                      show_default=False),
+    to: str | None = typer.Option(None, "--to", help="Send every migrated pod to this node.",
+                                  show_default=False),
+    to_selector: str | None = typer.Option(None, "--to-selector", metavar="LABELS",
+                                           help="Only nodes with these labels are "
+                                           "destinations.", show_default=False),
+    pod_selector: str | None = typer.Option(None, "--pod-selector", metavar="LABELS",
+                                            help="Migrate only pods with these labels; the "
+                                            "others are evicted.", show_default=False),
+    concurrency: int = typer.Option(4, "--concurrency", min=1, max=256,
+                                    help="Pods moved or evicted at once."),
+    timeout: float = typer.Option(300.0, "--timeout", min=1, help="Seconds each pod may "
+                                  "take (budget waits, restore, eviction)."),
+    evict_rest: bool = typer.Option(True, "--evict-rest/--skip-rest", help="Evict the pods "
+                                    "that cannot migrate, or leave them on the node."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
+    registry: str | None = typer.Option(None, "--registry", help="Push checkpoint images "
+                                        "under HOST[:PORT]/REPO.", show_default=False),
+    build_on: BuildOn = typer.Option(BuildOn.auto, "--build-on", help="Where images are "
+                                     "built (as for migrate pod)."),
+    tool_image: str | None = typer.Option(None, "--tool-image", envvar="MIGRATE_TOOL_IMAGE",
+                                          help="The migrate image, for --build-on node Jobs.",
+                                          show_default=False),
+    registry_secret: str | None = typer.Option(None, "--registry-secret", help="A "
+                                               "dockerconfigjson Secret for node builds.",
+                                               show_default=False),
+    resume: str | None = typer.Option(None, "--resume", metavar="ID", help="Continue an "
+                                      "interrupted drain (its id).", show_default=False),
+    authfile: Path | None = AUTHFILE,
+    creds: str | None = CREDS,
+    tls_verify: bool = TLS_VERIFY,
+    cert_dir: Path | None = CERT_DIR,
+    kubeconfig: Path | None = KUBECONFIG,
+    context: str | None = CONTEXT,
+    output: Format = typer.Option(Format.table, "-o", "--output", help="Output format."),
+) -> None:
+    """Empty a node: cordon it, migrate its pods with their memory, evict the rest."""
+    from migrate.adapters import kube
+    from migrate.pipeline.drain import plan, report, run
+
+    settings = with_registry(_with_kube(ctx, kubeconfig, context, None), authfile=authfile,
+                             creds=creds, tls_verify=tls_verify, cert_dir=cert_dir)
+    if resume is not None:
+        if node is not None:
+            raise UsageError("give NODE or --resume ID, not both")
+        journal = run.load(settings, resume)
+        if journal.outcome == "succeeded":
+            raise UsageError(f"drain {resume} has succeeded; nothing to resume")
+        journal.lock()
+        req = plan.DrainRequest.from_dict(journal.request)
+        _finish(settings, kube.connect(settings.kube, pool_size=2 * req.concurrency + 4),
+                journal, output)
+        return
+    if node is None:
+        raise UsageError("say which node to drain (or --resume ID)")
+    if to and to_selector:
+        raise UsageError("--to and --to-selector exclude each other")
+    req = plan.DrainRequest(node=node, to=to, to_selector=to_selector,
+                            pod_selector=pod_selector, concurrency=concurrency,
+                            timeout=timeout, evict_rest=evict_rest, dry_run=dry_run,
+                            registry=registry, build_on=build_on.value,
+                            tool_image=tool_image, registry_secret=registry_secret)
+    cluster = kube.connect(settings.kube, pool_size=2 * concurrency + 4)
+    entries = plan.plan(cluster, req)  # read-only: problems surface before the cordon
+    if dry_run:
+        rep = report.dry_run(req, entries)
+        emit(rep, output.value, lambda: _human(rep))
+        return
+    _check_registry(settings, registry, sum(e.action == "migrate" for e in entries))
+    journal = run.start(settings, req)
+    _progress("drain", f"{journal.id}: draining {node}")
+    _finish(settings, cluster, journal, output)
+
+
+def uncordon(
+    ctx: typer.Context,
+    node: str = typer.Argument(..., metavar="NODE", help="The node.", show_default=False),
+    kubeconfig: Path | None = KUBECONFIG,
+    context: str | None = CONTEXT,
+    output: Format = typer.Option(Format.table, "-o", "--output", help="Output format."),
+) -> None:
+    """Make a node schedulable again (after a drain)."""
+    from migrate.adapters import kube
+    from migrate.pipeline.drain import run
+
+    settings = _with_kube(ctx, kubeconfig, context, None)
+    was = run.uncordon(kube.connect(settings.kube), node)
+    emit({"node": node, "was_cordoned": was}, output.value,
+         lambda: f"node/{node} {'uncordoned' if was else 'already uncordoned'}\n")
+
+
+def register(app: typer.Typer) -> None:
+    """Attach the drain commands to the root app."""
+    app.command("drain")(drain)
+    app.command("uncordon")(uncordon)

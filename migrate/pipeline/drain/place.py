@@ -1,0 +1,137 @@
+"""Where each pod to migrate goes: the scheduler's checks, then the least-loaded node.
+
+A restored pod names its node, so the scheduler never sees it; placement
+does what it would have done. A destination must be Ready, schedulable
+(not cordoned), able to restore (CRI-O), not the drained node, and match
+--to-selector (or be --to). For each pod, a destination must also satisfy
+the pod's nodeSelector, required node affinity and taints
+(`placement.refusals`) and have room for its requests (CPU, memory, any
+other resource, and one more pod) in its allocatable, minus the requests of
+the pods already on it and of those this drain placed there before.
+
+The rule among those that fit: the least-loaded node after placing, that is
+the lowest mean of its CPU and memory requested fractions (kube-scheduler's
+LeastAllocated score, counting 100m / 200 MiB for containers that request
+nothing), then the fewest pods, then the name. Pods are placed largest
+first, so a big pod is not squeezed out by small ones; a node filling up
+sends later pods elsewhere, or leaves them blocked with each node's reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from migrate.pipeline import nodes, placement
+from migrate.pipeline.drain.quantity import Resources, add, parse_quantity, pod_requests, show
+
+Obj = dict[str, Any]
+DEFAULT_MAX_PODS = Decimal(110)  # the kubelet's --max-pods default
+
+
+def node_unfit(node: Obj, source: str) -> str | None:
+    """Why no pod of the drain may go to ``node`` at all (None: it is a candidate)."""
+    name = node["metadata"]["name"]
+    if name == source:
+        return "it is the node being drained"
+    ok, why = nodes.ready(node)
+    if not ok:
+        return f"not Ready: {why}"
+    if nodes.cordoned(node):
+        return "cordoned"
+    runtime = nodes.runtime_of(node)
+    if not runtime.can_restore:
+        return f"cannot restore checkpoints: {runtime.reason}"
+    return None
+
+
+@dataclass
+class Load:
+    """A destination's allocatable and what is requested on it so far."""
+
+    node: Obj
+    allocatable: Resources
+    requested: Resources = field(default_factory=dict)
+    scored: Resources = field(default_factory=dict)  # requests with scoring defaults
+
+    @property
+    def name(self) -> str:
+        """The node's name."""
+        return str(self.node["metadata"]["name"])
+
+    def take(self, pod: Obj) -> None:
+        """Count ``pod`` as running here."""
+        self.requested = add(self.requested, pod_requests(pod))
+        self.scored = add(self.scored, pod_requests(pod, scoring=True))
+
+    def shortfall(self, need: Resources) -> str | None:
+        """Which resource would not fit, with the numbers (None: all fit)."""
+        for resource, wanted in sorted(need.items()):
+            if not wanted:
+                continue
+            used = self.requested.get(resource, Decimal(0))
+            free = self.allocatable.get(resource, Decimal(0)) - used
+            if wanted > free:
+                return (f"not enough {resource} (the pod requests {show(resource, wanted)}, "
+                        f"{show(resource, max(free, Decimal(0)))} free)")
+        return None
+
+    def score(self, pod: Obj) -> tuple[float, float, str]:
+        """Lower is better: (CPU and memory fraction after placing, pod fraction, name)."""
+        after = add(self.scored, pod_requests(pod, scoring=True))
+        fractions = [float(after.get(r, 0) / self.allocatable[r])
+                     if self.allocatable.get(r) else 1.0 for r in ("cpu", "memory")]
+        pods = float(after.get("pods", 0) / (self.allocatable.get("pods") or 1))
+        return sum(fractions) / len(fractions), pods, self.name
+
+
+def load_of(node: Obj, running: list[Obj]) -> Load:
+    """``node``'s Load from its allocatable and the pods running on it."""
+    status = node.get("status") or {}
+    raw = status.get("allocatable") or status.get("capacity") or {}
+    allocatable = {k: parse_quantity(v) for k, v in raw.items()}
+    allocatable.setdefault("pods", DEFAULT_MAX_PODS)
+    load = Load(node, allocatable)
+    for pod in running:
+        load.take(pod)
+    return load
+
+
+def occupying(pod: Obj) -> bool:
+    """Whether a pod holds its node's resources (the scheduler counts all but finished)."""
+    return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+
+
+def choose(pod: Obj, loads: list[Load]) -> tuple[Load | None, str]:
+    """The destination for ``pod`` and why; (None, every node's reason) if none fits."""
+    need = pod_requests(pod)
+    fitting, refused = [], []
+    for load in loads:
+        why = next(iter(placement.refusals(pod, load.node)), None) or load.shortfall(need)
+        if why:
+            refused.append(why if why.startswith("node ") else f"node {load.name}: {why}")
+        else:
+            fitting.append(load)
+    if not fitting:
+        if not loads:
+            return None, "no destination: no Ready, schedulable node that can restore"
+        return None, "no destination fits: " + "; ".join(refused)
+    best = min(fitting, key=lambda load: load.score(pod))
+    return best, f"least loaded of {len(fitting)} fitting node(s)"
+
+
+def place(pods: list[Obj], loads: list[Load]) -> dict[str, tuple[str | None, str]]:
+    """uid -> (destination or None, reason) for each pod, largest first."""
+    def size(pod: Obj) -> tuple[Decimal, Decimal, str]:
+        need = pod_requests(pod)
+        return (-need.get("cpu", Decimal(0)), -need.get("memory", Decimal(0)),
+                f"{pod['metadata'].get('namespace')}/{pod['metadata']['name']}")
+
+    out: dict[str, tuple[str | None, str]] = {}
+    for pod in sorted(pods, key=size):
+        best, why = choose(pod, loads)
+        if best is not None:
+            best.take(pod)
+        out[pod["metadata"]["uid"]] = (best.name if best else None, why)
+    return out

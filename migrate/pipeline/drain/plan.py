@@ -1,0 +1,164 @@
+"""The drain's plan: every pod on the node, what happens to it and why.
+
+Read-only: it lists the node's pods (all namespaces), the candidate
+destinations, every pod (for what each destination already holds) and the
+disruption budgets; `classify` decides each pod's action, `place` the
+destination of each pod to migrate. Pods no destination fits are evicted
+(--evict-rest, the default) or left blocked (--skip-rest), which also
+leaves the pods that would be evicted where they are.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from migrate.adapters import kube
+from migrate.errors import ClusterError, UsageError
+from migrate.pipeline.drain import place
+from migrate.pipeline.drain.budgets import covering
+from migrate.pipeline.drain.classify import BLOCKED, EVICT, MIGRATE, SKIP, classify
+from migrate.pipeline.preflight import controller_of
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DrainRequest:
+    """One `migrate drain` (kept in its journal, so a resume runs the same)."""
+
+    node: str
+    to: str | None = None
+    to_selector: str | None = None
+    pod_selector: str | None = None
+    concurrency: int = 4
+    timeout: float = 300.0  # seconds each pod may take: budget waits, restore, eviction
+    evict_rest: bool = True
+    dry_run: bool = False
+    registry: str | None = None
+    build_on: str = "auto"
+    tool_image: str | None = None
+    registry_secret: str | None = None
+    attempts: int = 3  # tries per pod when a migration fails for a transient reason
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DrainRequest:
+        """Inverse of `to_dict`."""
+        return cls(**data)
+
+
+@dataclass
+class PodPlan:
+    """One pod of the drained node and what the drain does with it."""
+
+    namespace: str
+    name: str
+    uid: str
+    action: str  # migrate | evict | skip | blocked
+    reason: str
+    owner: dict[str, str] | None = None
+    destination: str | None = None
+    budgets: list[str] = field(default_factory=list)  # PDB names covering the pod
+
+    @property
+    def key(self) -> str:
+        """``namespace/name``."""
+        return f"{self.namespace}/{self.name}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PodPlan:
+        """Inverse of `to_dict`."""
+        return cls(**data)
+
+
+@dataclass
+class Snapshot:
+    """What the plan is made from (read once)."""
+
+    on_node: list[Obj]
+    selected: set[str]  # uids --pod-selector matched (all, without one)
+    destinations: list[Obj]
+    running: list[Obj]  # every pod holding a node's resources
+    budgets: list[Obj]
+
+
+def _listed(what: str, fn: Any, *args: Any, **kw: Any) -> Any:
+    """A listing with a user-given selector: the API server's 400 is a usage error."""
+    try:
+        return fn(*args, **kw)
+    except ClusterError as e:
+        if type(e) is ClusterError:  # not transient, not a 404: the selector was refused
+            raise UsageError(f"{what}: {e.message}", hint="label selectors look like "
+                             "app=web,tier!=db or 'env in (prod,staging)'") from e
+        raise
+
+
+def gather(cluster: kube.Cluster, req: DrainRequest) -> Snapshot:
+    """Read everything the plan needs; refuse a --to node no pod could go to."""
+    kube.read_node(cluster, req.node)  # a drain of a node that does not exist is an error
+    on_node = f"spec.nodeName={req.node}"
+    pods = kube.list_pods(cluster, None, field_selector=on_node)
+    selected = {p["metadata"]["uid"] for p in pods}
+    if req.pod_selector:
+        selected = {p["metadata"]["uid"] for p in _listed(
+            "--pod-selector", kube.list_pods, cluster, None, field_selector=on_node,
+            label_selector=req.pod_selector)}
+    if req.to:
+        destinations = [kube.read_node(cluster, req.to)]
+        why = place.node_unfit(destinations[0], req.node)
+        if why:
+            raise ClusterError(f"--to {req.to}: {why}", hint="pick another node, or let the "
+                               "drain choose (omit --to)")
+    elif req.to_selector:
+        destinations = _listed("--to-selector", kube.list_nodes_matching, cluster,
+                               req.to_selector)
+    else:
+        destinations = kube.list_nodes(cluster)
+    running = [p for p in kube.list_pods(cluster, None) if place.occupying(p)]
+    return Snapshot(pods, selected, destinations, running, kube.list_pdbs(cluster, None))
+
+
+def _entry(pod: Obj, action: str, reason: str, budgets: list[Obj]) -> PodPlan:
+    meta = pod["metadata"]
+    owner = controller_of(pod)
+    return PodPlan(meta.get("namespace", ""), meta["name"], meta.get("uid", ""), action, reason,
+                   {"kind": owner[0], "name": owner[1]} if owner else None,
+                   budgets=covering(pod, budgets))
+
+
+def make_plan(snap: Snapshot, req: DrainRequest) -> list[PodPlan]:
+    """Classify and place every pod of the snapshot (pure: no API calls)."""
+    entries = [_entry(p, *classify(p, selected=p["metadata"]["uid"] in snap.selected),
+                      snap.budgets) for p in snap.on_node]
+    by_node: dict[str, list[Obj]] = defaultdict(list)
+    for pod in snap.running:
+        by_node[(pod.get("spec") or {}).get("nodeName") or ""].append(pod)
+    loads = [place.load_of(n, by_node[n["metadata"]["name"]]) for n in snap.destinations
+             if place.node_unfit(n, req.node) is None]
+    movers = [p for p, e in zip(snap.on_node, entries, strict=True) if e.action == MIGRATE]
+    placed = place.place(movers, loads)
+    for e in entries:
+        if e.action == MIGRATE:
+            e.destination, why = placed[e.uid]
+            if e.destination is None:
+                e.action, e.reason = BLOCKED, why
+        if e.action == BLOCKED and req.evict_rest:
+            e.action, e.reason = EVICT, f"{e.reason}; evicted instead (--evict-rest)"
+        elif e.action == EVICT and not req.evict_rest:
+            e.action, e.reason = SKIP, f"left on the node (--skip-rest): {e.reason}"
+    order = {MIGRATE: 0, EVICT: 1, BLOCKED: 2, SKIP: 3}
+    return sorted(entries, key=lambda e: (order[e.action], e.namespace, e.name))
+
+
+def plan(cluster: kube.Cluster, req: DrainRequest) -> list[PodPlan]:
+    """Read the cluster and make the plan."""
+    return make_plan(gather(cluster, req), req)

@@ -1,0 +1,201 @@
+"""`migrate drain`: cordon, plan, then move and evict with bounded concurrency.
+
+    cordon -> plan -> drain (a thread pool: one `migrate pod` run or one
+                             eviction per pod; skipped and blocked pods are
+                             recorded as such)
+
+Every step lands in the drain's journal, so `migrate drain --resume ID`
+continues where a drain stopped: pods done stay done, a pod whose migration
+was interrupted resumes its own journal, the others start. One pod's
+failure is recorded and the others go on. The node stays cordoned at the
+end (as kubectl drain leaves it); `uncordon` undoes that.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+
+from migrate.adapters import kube
+from migrate.errors import MigrateError
+from migrate.pipeline.drain.budgets import Budgets
+from migrate.pipeline.drain.evict import evict_pod
+from migrate.pipeline.drain.move import migrate_pod
+from migrate.pipeline.drain.plan import DrainRequest, PodPlan, plan
+from migrate.pipeline.drain.state import (
+    BLOCKED,
+    FAILED,
+    FINAL,
+    INTERRUPTED,
+    PENDING,
+    SKIPPED,
+    STAGES,
+    SUCCESSFUL,
+    Context,
+    DrainState,
+    Progress,
+    journal_dir,
+)
+from migrate.pipeline.journal import Journal
+from migrate.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def cordon(cluster: kube.Cluster, node: str) -> bool:
+    """Mark ``node`` unschedulable; returns whether it already was."""
+    from migrate.pipeline.nodes import cordoned
+
+    was = cordoned(kube.read_node(cluster, node))
+    if not was:
+        kube.patch_node(cluster, node, {"spec": {"unschedulable": True}})
+    return was
+
+
+def uncordon(cluster: kube.Cluster, node: str) -> bool:
+    """Make ``node`` schedulable again; returns whether it was cordoned."""
+    from migrate.pipeline.nodes import cordoned
+
+    was = cordoned(kube.read_node(cluster, node))
+    if was:
+        kube.patch_node(cluster, node, {"spec": {"unschedulable": None}})
+    return was
+
+
+def start(settings: Settings, req: DrainRequest) -> Journal:
+    """Open a new drain's journal (locked by this process)."""
+    return Journal.create(journal_dir(settings), "drain", req.node, req.to_dict(), STAGES)
+
+
+def load(settings: Settings, journal_id: str) -> Journal:
+    """A drain's journal, for `--resume`."""
+    return Journal.load(journal_dir(settings), journal_id)
+
+
+def _cordon_stage(cluster: kube.Cluster, state: DrainState, progress: Progress) -> None:
+    journal, node = state.journal, state.request.node
+    first = not journal.done("cordon")
+    if first:
+        journal.begin("cordon")
+    was = cordon(cluster, node)  # again on resume: someone may have uncordoned it
+    if first:
+        journal.finish("cordon", was_cordoned=was)
+    if not was:
+        state.record("cordoned", node=node)
+        progress("drain", f"cordoned {node}")
+
+
+def _plan_stage(cluster: kube.Cluster, state: DrainState, progress: Progress) -> None:
+    journal = state.journal
+    if journal.done("plan"):
+        return
+    journal.begin("plan")
+    entries = plan(cluster, state.request)
+    journal.finish("plan", pods=[e.to_dict() for e in entries])
+    counts: dict[str, int] = {}
+    for e in entries:
+        counts[e.action] = counts.get(e.action, 0) + 1
+    progress("drain", "plan: " + (", ".join(f"{n} {a}" for a, n in counts.items())
+                                  or "no pods on the node"))
+
+
+def _one(ctx: Context, entry: PodPlan) -> str:
+    """Run one pod's part; record its result; returns its outcome. Never raises."""
+    if ctx.stop.is_set():
+        return PENDING
+    before = ctx.state.result(entry.key)
+    t0, started = time.perf_counter(), time.time()
+    deadline = time.monotonic() + ctx.req.timeout
+    try:
+        run = migrate_pod if entry.action == "migrate" else evict_pod
+        out = run(ctx, entry, deadline)
+    except MigrateError as e:
+        out = {"outcome": FAILED, "error": e.message}
+    except Exception as e:  # a bug must not take the other pods down with it
+        log.debug("pod %s", entry.key, exc_info=True)
+        out = {"outcome": FAILED, "error": f"unexpected {type(e).__name__}: {e}"}
+    out["api_requests"] = int(before.get("api_requests", 0)) + int(out.get("api_requests", 0))
+    out.update(started_at=round(started, 3), ended_at=round(time.time(), 3),
+               seconds=round(time.perf_counter() - t0, 3))
+    ctx.state.update(entry.key, **out)
+    outcome = str(out["outcome"])
+    if outcome != INTERRUPTED:
+        detail = f" to {entry.destination}" if outcome == "migrated" else ""
+        error = f": {out['error']}" if out.get("error") else ""
+        ctx.progress(entry.key, f"{outcome}{detail}{error}")
+    return outcome
+
+
+def _settle(state: DrainState, entries: list[PodPlan]) -> list[PodPlan]:
+    """Record the pods with nothing to do; return those with work left."""
+    todo = []
+    for e in entries:
+        done = state.result(e.key)["outcome"] in FINAL
+        if not done and e.action in ("skip", "blocked"):
+            state.update(e.key, outcome=SKIPPED if e.action == "skip" else BLOCKED)
+        elif not done:
+            todo.append(e)
+    return todo
+
+
+def _run_pool(ctx: Context, todo: list[PodPlan]) -> None:
+    """Run the pods' parts, ``concurrency`` at a time; stop everything on interruption."""
+    pool = ThreadPoolExecutor(max_workers=ctx.req.concurrency, thread_name_prefix="drain")
+    try:
+        futures = [pool.submit(_one, ctx, e) for e in todo]
+        for future in as_completed(futures):
+            if future.result() == INTERRUPTED:
+                ctx.stop.set()
+    except KeyboardInterrupt:
+        ctx.stop.set()
+        ctx.progress("drain", "interrupted: waiting for the pods in flight to reach a "
+                     "safe point")
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def execute(cluster: kube.Cluster, settings: Settings, journal: Journal,
+            progress: Progress) -> Journal:
+    """Run the drain's stages not yet done; the journal's outcome says how it ended:
+    succeeded, partial (some pods failed or are blocked) or interrupted (raised)."""
+    state, stop = DrainState(journal), threading.Event()
+    ctx = Context(cluster, settings, state, Budgets(stop), stop, progress)
+    journal.set_outcome("running")
+    requests_before = cluster.requests
+    try:
+        _cordon_stage(cluster, state, progress)
+        _plan_stage(cluster, state, progress)
+        journal.begin("drain")
+        _run_pool(ctx, _settle(state, state.plan()))
+    except KeyboardInterrupt:
+        _interrupted(journal)
+        raise
+    except MigrateError as e:
+        stage = next((s.name for s in journal.stages if s.status == "running"), "drain")
+        journal.fail(stage, e.message)
+        journal.set_outcome("failed")
+        raise
+    finally:
+        state.add_requests(cluster.requests - requests_before)
+    return _conclude(state)
+
+
+def _interrupted(journal: Journal) -> None:
+    for s in journal.stages:
+        if s.status == "running":
+            journal.fail(s.name, "interrupted")
+    journal.set_outcome("interrupted")
+
+
+def _conclude(state: DrainState) -> Journal:
+    journal = state.journal
+    outcomes = [state.result(e.key)["outcome"] for e in state.plan()]
+    if INTERRUPTED in outcomes or PENDING in outcomes:  # the pool was stopped
+        _interrupted(journal)
+        raise KeyboardInterrupt
+    journal.finish("drain")
+    journal.set_outcome("succeeded" if all(o in SUCCESSFUL for o in outcomes) else "partial")
+    return journal
