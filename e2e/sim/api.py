@@ -40,10 +40,13 @@ from e2e.sim.store import Obj
 from e2e.sim.tables import render_table
 from e2e.sim.watch import watch_response
 
-__all__ = ["Api", "NodeProxy"]
+__all__ = ["Api", "NodeProxy", "SubresourceHandler"]
 
 #: (the Node, the request, the path on the kubelet) -> the kubelet's response.
 NodeProxy = Callable[[Obj, Request, str], Response]
+#: Serves one subresource (pods/eviction, deployments/scale) after routing and
+#: authorization: (request, verb, resource type, namespace, name) -> response.
+SubresourceHandler = Callable[[Request, str, ResourceType, str, str], Response]
 
 _NOT_FOUND_MESSAGE = "the server could not find the requested resource"
 _PUBLIC_PATHS = ("/healthz", "/livez", "/readyz")
@@ -108,6 +111,11 @@ class Api:
         self.server_address = server_address
         self.log = log
         self.node_proxy = node_proxy
+        self._subresources: dict[tuple[str, str], SubresourceHandler] = {}
+
+    def serve_subresource(self, rt: ResourceType, name: str, handler: SubresourceHandler) -> None:
+        """Answer `rt`'s subresource `name` (listed in rt.subresources) with `handler`."""
+        self._subresources[(rt.key, name)] = handler
 
     # -- entry point -----------------------------------------------------------------
 
@@ -241,6 +249,9 @@ class Api:
             raise method_not_allowed()
         if sub_name == "proxy":
             return self._proxy(req, target)
+        served = self._subresources.get((rt.key, sub_name)) if sub else None
+        if served is not None and target.name is not None:
+            return served(req, verb, rt, target.namespace, target.name)
         handler = getattr(self, f"_{verb}")
         response: Response = handler(req, target)
         return response
@@ -345,12 +356,22 @@ class Api:
             grace = int(body["gracePeriodSeconds"])
         return grace, dict(body.get("preconditions") or {})
 
+    def _propagation(self, req: Request) -> str | None:
+        # propagationPolicy (query or body), else the legacy orphanDependents flag.
+        body = req.json() or {}
+        policy = req.param("propagationPolicy") or body.get("propagationPolicy")
+        orphan = req.param("orphanDependents") or body.get("orphanDependents")
+        if policy is None and orphan is not None:
+            policy = "Orphan" if str(orphan).lower() == "true" else "Background"
+        return str(policy) if policy is not None else None
+
     def _delete(self, req: Request, target: _Target) -> Response:
         assert target.name is not None
         rt = target.rt
         grace, preconditions = self._delete_options(req)
         obj, gone = self.rest.delete(rt, target.namespace, target.name, grace=grace,
-                                     preconditions=preconditions)
+                                     preconditions=preconditions,
+                                     propagation=self._propagation(req))
         if not gone or rt.return_deleted:
             return Response(200, obj)
         return Response(200, status_body(200, "", "", {
@@ -367,7 +388,8 @@ class Api:
         for obj in items:
             try:
                 state, _gone = self.rest.delete(rt, obj["metadata"].get("namespace", ""),
-                                                obj["metadata"]["name"], grace=grace)
+                                                obj["metadata"]["name"], grace=grace,
+                                                propagation=self._propagation(req))
             except ApiError as e:
                 if e.code != 404:
                     raise

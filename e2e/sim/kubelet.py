@@ -40,6 +40,11 @@ archive's own annotation copy):
         JSON object path -> text: the files in rootfs-diff.tar (default: none).
 
 A malformed annotation fails the checkpoint with 500, as a runtime error would.
+
+Pods with restartPolicy Never or OnFailure run to completion: once Running,
+each container is handed to a `ContainerProcess` (runs.py; by default it
+ends as the `sim.migrate.dev/run-seconds`, `exit-code` and
+`termination-message` annotations say), and the pod turns Succeeded or Failed.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from e2e.sim.errors import ApiError
 from e2e.sim.meta import now, rfc3339
 from e2e.sim.nodeconfig import DEFAULT_RUNTIME, NodeConfig
 from e2e.sim.rest import Rest
+from e2e.sim.runs import ContainerProcess, ContainerRuns, annotated_process
 from e2e.sim.store import Obj
 
 __all__ = ["CONTAINER_RUNTIME", "KUBELET_PORT", "Kubelet", "apply_node_config", "node_object"]
@@ -197,14 +203,16 @@ class Kubelet(Controller):
     index: the node's number (1-based): pod IPs 10.88.INDEX.x, InternalIP 192.0.2.(10+INDEX).
     config: how the node behaves (NodeConfig); change it with update_config().
     start_latency, stop_latency: seconds from seeing a pod (or its deletion) to acting.
+    process: what a run-to-completion container does (runs.py; default: as annotated).
     """
 
     def __init__(
         self, rest: Rest, node: str, index: int, *, start_latency: float,
         stop_latency: float, config: NodeConfig | None = None,
-        log: Callable[[str], None] | None = None,
+        log: Callable[[str], None] | None = None, process: ContainerProcess | None = None,
     ) -> None:
         super().__init__(rest, log=log)
+        self.runs = ContainerRuns(rest, node, process or annotated_process, self._log)
         self.node = node
         self.index = index
         self.name = f"kubelet-{node}"
@@ -276,6 +284,11 @@ class Kubelet(Controller):
             if e.reason != "AlreadyExists":
                 raise
 
+    def stop(self) -> None:
+        """Stop the loop, then the containers still running (joining their threads)."""
+        super().stop()
+        self.runs.stop()
+
     def next_wakeup(self) -> float | None:
         if not self._due:
             return None
@@ -289,6 +302,8 @@ class Kubelet(Controller):
         for uid in set(self._ips) - present:
             del self._ips[uid]
         self._stopped &= present
+        self.runs.retain(p["metadata"]["uid"] for p in pods
+                         if not p["metadata"].get("deletionTimestamp"))
         clock = time.monotonic()
         for pod in pods:
             meta = pod["metadata"]
@@ -301,6 +316,7 @@ class Kubelet(Controller):
                 latency = self.start_latency
             else:
                 self._due.pop(uid, None)
+                self.runs.track(pod)  # Never/OnFailure pods: their containers run to the end
                 continue
             due = self._due.setdefault(uid, clock + latency)
             if clock < due:

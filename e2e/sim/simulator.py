@@ -14,7 +14,9 @@
 start() generates a CA and a server certificate for 127.0.0.1/localhost
 (e2e.pki, files 0600 under STATE_DIR/pki), creates the `default`,
 `kube-system` and `kube-public` namespaces and one Node per name, starts the
-scheduler, the namespace controller and a kubelet per node, listens on
+scheduler, the namespace controller, the workload controllers (workloads.py:
+Deployments, ReplicaSets, Jobs, disruption budgets, garbage collection) and a
+kubelet per node, listens on
 127.0.0.1 (only) and writes the kubeconfig last, atomically: once it exists,
 the cluster answers. stop() (or leaving the `with`) stops every thread.
 
@@ -49,6 +51,7 @@ from typing import IO, Any
 import yaml
 
 from e2e.pki import CertPair, issue, make_ca, write_private
+from e2e.sim import workloads
 from e2e.sim.api import Api
 from e2e.sim.checkpoints import CHECKPOINT_DIR
 from e2e.sim.controllers import Controller, NamespaceController, Scheduler
@@ -118,6 +121,7 @@ class Simulator:
         self.api = Api(self.rest, self.registry, authorizer=authorizer,
                        server_address=lambda: f"{LOOPBACK}:{self.port}", log=self.log,
                        node_proxy=self._proxy_to_kubelet)
+        workloads.install(self.registry, self.rest, self.api)
         self._tokens: dict[str, User] = {self.token: ADMIN}
         self._port = port
         self._server: ApiServer | None = None
@@ -250,7 +254,8 @@ class Simulator:
         for name in ("default", "kube-system", "kube-public", "kube-node-lease"):
             self.rest.create(NAMESPACES, "", {"metadata": {"name": name}})
         self._controllers = [Scheduler(self.rest, log=self.log),
-                             NamespaceController(self.rest, log=self.log)]
+                             NamespaceController(self.rest, log=self.log),
+                             *workloads.controllers(self.rest, log=self.log)]
         for node, kubelet in self.kubelets.items():
             kubelet.register(self._kubelet_servers[node].port)
             self._controllers.append(kubelet)
