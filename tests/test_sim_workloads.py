@@ -20,7 +20,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from e2e.sim import Simulator
+from e2e.sim import ContainerExit, Simulator
 from e2e.sim.deployment import template_hash
 from e2e.sim.owners import selector_matches, selector_string
 from tests.simulated import kubectl_runner, needs_kubectl, sim_client, wait_for
@@ -492,6 +492,30 @@ def test_job_failures_up_to_the_backoff_limit(batch: client.BatchV1Api, v1: clie
         3, "Error", "no route to registry")
 
 
+def test_job_completions_and_parallelism(batch: client.BatchV1Api, v1: client.CoreV1Api,
+                                          ns: str) -> None:
+    batch.create_namespaced_job(ns, _job("fan", {"sim.migrate.dev/run-seconds": "0.05"},
+                                         completions=3, parallelism=2))
+    job = _job_done(batch, ns, "fan", "Complete")
+    assert job.status.succeeded == 3
+    assert len(v1.list_namespaced_pod(ns).items) == 3
+    listed = batch.list_namespaced_job(ns, field_selector="status.successful=3").items
+    assert [j.metadata.name for j in listed] == ["fan"]
+
+
+def test_on_failure_restarts_count_against_the_backoff_limit(
+        batch: client.BatchV1Api, v1: client.CoreV1Api, ns: str) -> None:
+    batch.create_namespaced_job(ns, _job("crash", {
+        "sim.migrate.dev/run-seconds": "0.02", "sim.migrate.dev/exit-code": "1"},
+        restart="OnFailure", backoffLimit=2))
+    job = _job_done(batch, ns, "crash", "Failed")
+    assert _condition(job, "Failed").reason == "BackoffLimitExceeded"
+    # No pod failed: its container restarted twice, then the Job deleted it (a failure).
+    wait_for(lambda: batch.read_namespaced_job("crash", ns).status.failed == 1,
+             what="the deleted pod counted as failed")
+    wait_for(lambda: not v1.list_namespaced_pod(ns).items, what="the pod gone")
+
+
 def test_job_deadline(batch: client.BatchV1Api, v1: client.CoreV1Api, ns: str) -> None:
     batch.create_namespaced_job(ns, _job("slow", {"sim.migrate.dev/run-seconds": "60"},
                                          activeDeadlineSeconds=1))
@@ -599,3 +623,36 @@ def test_template_hash_is_stable_and_safe() -> None:
     assert template_hash(template) == template_hash(dict(template))
     assert template_hash(template) != template_hash(template, 1)
     assert re.fullmatch(r"[bcdfghjklmnpqrstvwxz2456789]{1,10}", template_hash(template))
+
+
+def test_a_container_process_replaces_the_annotations(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    def process(pod: dict[str, Any], container: dict[str, Any], stop: threading.Event
+                ) -> ContainerExit:
+        seen.append(container["image"])
+        return ContainerExit(7, f"ran {container['image']}")
+
+    with Simulator(tmp_path / "state", nodes=["solo"], start_latency=0.02, stop_latency=0.02,
+                   container_process=process) as cluster, sim_client(cluster) as api_client:
+        batch, v1 = client.BatchV1Api(api_client), client.CoreV1Api(api_client)
+        batch.create_namespaced_job("default", _job("own", backoffLimit=0))
+        job = _job_done(batch, "default", "own", "Failed")
+        assert job.status.failed == 1
+        [pod] = v1.list_namespaced_pod("default").items
+        terminated = pod.status.container_statuses[0].state.terminated
+        assert (terminated.exit_code, terminated.message) == (7, "ran registry.example/task:1.0")
+    assert seen == ["registry.example/task:1.0"]
+
+
+def test_deleting_a_namespace_removes_its_workloads(
+        apps: client.AppsV1Api, v1: client.CoreV1Api, batch: client.BatchV1Api,
+        policy: client.PolicyV1Api) -> None:
+    ns = v1.create_namespace({"metadata": {"generateName": "doomed-"}}).metadata.name
+    apps.create_namespaced_deployment(ns, _deployment("web", 2))
+    batch.create_namespaced_job(ns, _job("long", {"sim.migrate.dev/run-seconds": "60"}))
+    policy.create_namespaced_pod_disruption_budget(ns, _pdb("web", "web", minAvailable=1))
+    _running(v1, ns, "web", 2)
+    _running(v1, ns, "long", 1)
+    v1.delete_namespace(ns)
+    _gone(lambda: v1.read_namespace(ns), f"namespace {ns}")

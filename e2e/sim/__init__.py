@@ -15,6 +15,23 @@ STATE/nodes/NODE/var/lib/kubelet/checkpoints/; the API server reaches it at
 `/api/v1/nodes/NODE/proxy/checkpoint/...`. Nodes are configured by
 `NodeConfig` (runtime, restore level, feature gate, readiness, faults).
 
+Workloads (workloads.py) run as kube-controller-manager runs them: apps/v1
+Deployments and ReplicaSets (with `scale`), policy/v1 PodDisruptionBudgets
+and the pods/eviction subresource (what `kubectl drain` uses), batch/v1 Jobs,
+and garbage collection by ownerReference (propagationPolicy Background,
+Foreground or Orphan). Nothing runs in a container; pods with restartPolicy
+Never or OnFailure (Jobs') end as their annotations say, each key also as
+`KEY.<container>` for one container:
+
+    sim.migrate.dev/run-seconds          seconds the container runs (default 0.2)
+    sim.migrate.dev/exit-code            its exit code (default 0): 0 -> Succeeded,
+                                         else Failed (OnFailure: restarted)
+    sim.migrate.dev/termination-message  its terminated state's `message`, as if
+                                         written to terminationMessagePath
+
+`Simulator(container_process=...)` replaces that decision with any function
+returning a `ContainerExit` (exit code, message), e.g. one running a command.
+
 Layout, bottom up:
 
     store.py       objects, the global resourceVersion, watch history
@@ -25,12 +42,17 @@ Layout, bottom up:
                    (protocol.py: what it hands api.py and kubelet_api.py)
     resources.py   what a kind is; core.py the core/v1 kinds
     controllers.py scheduler, namespace controller; kubelet.py the nodes
+                   (runs.py: how run-to-completion containers end)
+    workloads.py   apps, policy and batch kinds and their controllers: apps.py,
+                   replicaset.py, deployment.py, scale.py, policy.py,
+                   disruption.py, eviction.py, batch.py, job.py, gc.py
     nodeconfig.py  per-node settings; kubelet_api.py the kubelet's HTTP API;
                    checkpoints.py what a checkpoint archive holds
     simulator.py   wires them together
 """
 
 from e2e.sim.nodeconfig import NodeConfig
+from e2e.sim.runs import ContainerExit, ContainerProcess
 from e2e.sim.simulator import DEFAULT_NODES, Simulator
 
-__all__ = ["DEFAULT_NODES", "NodeConfig", "Simulator"]
+__all__ = ["DEFAULT_NODES", "ContainerExit", "ContainerProcess", "NodeConfig", "Simulator"]

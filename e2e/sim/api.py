@@ -9,6 +9,7 @@ semantics are the API server's:
     /api/v1/namespaces/NS/RESOURCE[/NAME[/SUBRESOURCE]]                     namespaced
     ...?watch=true (or the legacy /api/v1/watch/... prefix)                 watch
     /api/v1/nodes/NODE/proxy/PATH                                           the kubelet's PATH
+    .../pods/NAME/eviction, .../deployments/NAME/scale    handlers given to serve_subresource
 
 Every request is authorized (`Authorizer`) with the verb and resource the
 real server would use, so a later RBAC model plugs in without touching

@@ -15,7 +15,7 @@ from typing import Any
 
 from e2e.sim.errors import FieldError
 from e2e.sim.owners import int_or_percent
-from e2e.sim.resources import ALL_VERBS, STATUS_VERBS, ResourceType
+from e2e.sim.resources import ALL_VERBS, STATUS_VERBS, ResourceType, metadata_fields
 from e2e.sim.store import Obj
 from e2e.sim.strategy import (
     generation_hooks,
@@ -144,6 +144,8 @@ REPLICASETS = ResourceType(
     kind="ReplicaSet", plural="replicasets", singular="replicaset", namespaced=True,
     group="apps", short_names=("rs",), categories=("all",), verbs=ALL_VERBS,
     subresources=_SUBRESOURCES, defaults=_replicaset_defaults,
+    fields={**metadata_fields(), "status.replicas": lambda rs: str(
+        int((rs.get("status") or {}).get("replicas", 0)))},
     prepare_create=_replicaset_create, prepare_update=_replicaset_update,
     validate=_validate_replicaset, table=REPLICASET_TABLE,
 )

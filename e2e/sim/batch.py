@@ -24,7 +24,7 @@ import uuid
 from typing import Any
 
 from e2e.sim.errors import FieldError
-from e2e.sim.resources import ALL_VERBS, STATUS_VERBS, ResourceType
+from e2e.sim.resources import ALL_VERBS, STATUS_VERBS, ResourceType, metadata_fields
 from e2e.sim.store import Obj
 from e2e.sim.strategy import (
     generation_hooks,
@@ -118,6 +118,9 @@ def _immutable(spec: dict[str, Any], old: dict[str, Any]) -> list[FieldError]:
 JOBS = ResourceType(
     kind="Job", plural="jobs", singular="job", namespaced=True, group="batch",
     categories=("all",), verbs=ALL_VERBS, subresources={"status": STATUS_VERBS},
+    # The API server's one extra selectable field: succeeded pods, as status.successful.
+    fields={**metadata_fields(), "status.successful": lambda job: str(
+        int((job.get("status") or {}).get("succeeded", 0)))},
     defaults=_job_defaults, prepare_create=_job_prepare_create, prepare_update=_job_update,
     validate=_validate_job, table=JOB_TABLE,
 )

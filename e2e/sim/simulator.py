@@ -62,6 +62,7 @@ from e2e.sim.kubelet_api import KubeletApi
 from e2e.sim.nodeconfig import NodeConfig
 from e2e.sim.protocol import Authorizer, Request, Response, User, allow_all
 from e2e.sim.rest import Rest
+from e2e.sim.runs import ContainerProcess
 from e2e.sim.server import LOOPBACK, ApiServer, HttpsServer, cert_user
 from e2e.sim.store import Obj, Store
 
@@ -89,6 +90,8 @@ class Simulator:
         (default: allow everything).
     node_config: NodeConfig per node name (runtime, checkpoint support,
         readiness, faults...); nodes not named get NodeConfig().
+    container_process: what the containers of run-to-completion pods (Jobs) do
+        (runs.py; default: run and exit as the pod's annotations say).
     """
 
     def __init__(
@@ -101,6 +104,7 @@ class Simulator:
         stop_latency: float = 0.2,
         authorizer: Authorizer = allow_all,
         node_config: Mapping[str, NodeConfig] | None = None,
+        container_process: ContainerProcess | None = None,
     ) -> None:
         if not nodes:
             raise ValueError("a cluster needs at least one node")
@@ -132,7 +136,7 @@ class Simulator:
         self.kubelets = {
             node: Kubelet(self.rest, node, index, start_latency=start_latency,
                           stop_latency=stop_latency, config=(node_config or {}).get(node),
-                          log=self.log)
+                          log=self.log, process=container_process)
             for index, node in enumerate(self.node_names, start=1)
         }
         self._kubelet_apis: dict[str, KubeletApi] = {}
