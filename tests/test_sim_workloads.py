@@ -21,7 +21,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from e2e.sim import ContainerExit, Simulator
-from e2e.sim.deployment import template_hash
+from e2e.sim.deployment_util import template_hash
 from e2e.sim.owners import selector_matches, selector_string
 from tests.simulated import kubectl_runner, needs_kubectl, sim_client, wait_for
 
@@ -161,11 +161,12 @@ def _gone(read: Callable[[], Any], what: str) -> None:
     wait_for(check, what=f"{what} gone")
 
 
-def _bare_pods(v1: client.CoreV1Api, ns: str, app: str, count: int) -> list[str]:
+def _bare_pods(v1: client.CoreV1Api, ns: str, app: str, count: int,
+               finalizers: list[str] | None = None) -> list[str]:
     """`count` running pods without a controller (nothing replaces an evicted one)."""
     for i in range(count):
-        v1.create_namespaced_pod(ns, {"metadata": {"name": f"{app}-{i}", "labels": {"app": app}},
-                                      "spec": _template({})["spec"]})
+        meta = {"name": f"{app}-{i}", "labels": {"app": app}, "finalizers": finalizers or []}
+        v1.create_namespaced_pod(ns, {"metadata": meta, "spec": _template({})["spec"]})
     return sorted(p.metadata.name for p in _running(v1, ns, app, count))
 
 
@@ -310,12 +311,13 @@ def test_foreground_deletion_waits_for_the_pods(apps: client.AppsV1Api, v1: clie
                                                 ns: str) -> None:
     apps.create_namespaced_replica_set(ns, _replicaset("fg", 2))
     _running(v1, ns, "fg", 2)
-    apps.delete_namespaced_replica_set("fg", ns, propagation_policy="Foreground")
-    held = apps.read_namespaced_replica_set("fg", ns)
-    assert held.metadata.finalizers == ["foregroundDeletion"]
-    assert held.metadata.deletion_timestamp is not None
+    response = apps.delete_namespaced_replica_set("fg", ns, propagation_policy="Foreground",
+                                                  _preload_content=False)
+    held = json.loads(response.data)  # still there: the answer is the object itself
+    assert held["metadata"]["finalizers"] == ["foregroundDeletion"]
+    assert held["metadata"]["deletionTimestamp"]
     _gone(lambda: apps.read_namespaced_replica_set("fg", ns), "replicaset")
-    assert not v1.list_namespaced_pod(ns).items
+    assert not v1.list_namespaced_pod(ns).items  # the pods went first
 
 
 def test_invalid_workloads_are_422(apps: client.AppsV1Api, ns: str) -> None:
@@ -371,7 +373,8 @@ def test_pdb_status(apps: client.AppsV1Api, v1: client.CoreV1Api, policy: client
 
 def test_eviction_allowed_then_refused(v1: client.CoreV1Api, policy: client.PolicyV1Api,
                                        ns: str) -> None:
-    first, second = _bare_pods(v1, ns, "front", 2)
+    # A finalizer keeps the evicted pod readable after the kubelet is done with it.
+    first, second = _bare_pods(v1, ns, "front", 2, finalizers=["sim.test/hold"])
     policy.create_namespaced_pod_disruption_budget(ns, _pdb("front", "front", minAvailable=1))
     _budget(policy, ns, "front", disruptions_allowed=1)
 
@@ -392,6 +395,9 @@ def test_eviction_allowed_then_refused(v1: client.CoreV1Api, policy: client.Poli
     assert cause["reason"] == "DisruptionBudget"
     assert cause["message"].startswith("The disruption budget front needs 1 healthy pods")
     assert v1.read_namespaced_pod(second, ns).metadata.deletion_timestamp is None
+    for pod in (first, second):
+        v1.patch_namespaced_pod(pod, ns, {"metadata": {"finalizers": None}})
+    _gone(lambda: v1.read_namespaced_pod(first, ns), "the evicted pod")
 
 
 def test_two_quick_evictions_cannot_share_one_disruption(
@@ -433,6 +439,22 @@ def test_eviction_edge_cases(apps: client.AppsV1Api, v1: client.CoreV1Api,
     assert code == 500
     assert status["message"] == ("This pod has more than one PodDisruptionBudget, which the "
                                  "eviction subresource does not support.")
+
+
+def test_unhealthy_pod_eviction_policy(v1: client.CoreV1Api, policy: client.PolicyV1Api,
+                                       ns: str) -> None:
+    pods = _bare_pods(v1, ns, "strict", 3)
+    policy.create_namespaced_pod_disruption_budget(ns, _pdb("strict", "strict", minAvailable=3))
+    v1.patch_namespaced_pod_status(pods[0], ns, {"status": {"conditions": [
+        {"type": "Ready", "status": "False"}]}})
+    _budget(policy, ns, "strict", current_healthy=2, desired_healthy=3, disruptions_allowed=0)
+    # IfHealthyBudget (unset): the budget is not met, so even the unready pod stays.
+    code, status = _evict(v1, ns, pods[0])
+    assert (code, status["message"]) == (429, BUDGET_MESSAGE)
+    policy.patch_namespaced_pod_disruption_budget("strict", ns, {"spec": {
+        "unhealthyPodEvictionPolicy": "AlwaysAllow"}})
+    assert _evict(v1, ns, pods[0])[0] == 201
+    assert _evict(v1, ns, pods[1])[0] == 429  # a healthy pod is still protected
 
 
 # -- Jobs ---------------------------------------------------------------------------------
@@ -572,6 +594,14 @@ def test_kubectl_apply_and_scale(kubectl: Kubectl, apps: client.AppsV1Api,
         "registry.example/web:2.0"]
     status = kubectl("rollout", "status", "-n", ns, "deployment/site", "--timeout=10s").stdout
     assert 'deployment "site" successfully rolled out' in status
+    # Undo finds the first ReplicaSet again (same template): revision 1 becomes 3.
+    out = kubectl("rollout", "undo", "-n", ns, "deployment/site").stdout.strip()
+    assert out == "deployment.apps/site rolled back"
+    wait_for(lambda: [p.spec.containers[0].image for p in _running(v1, ns, "site", 1)] == [
+        "registry.example/web:1.0"], what="the first template back")
+    history = kubectl("rollout", "history", "-n", ns, "deployment/site").stdout.split()
+    assert history[-4:] == ["2", "<none>", "3", "<none>"]
+    assert len(apps.list_namespaced_replica_set(ns).items) == 2
 
 
 @needs_kubectl

@@ -27,53 +27,33 @@ and Progressing conditions; the revision annotation goes on both objects.
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from e2e.sim.apps import DEPLOYMENTS, REPLICASETS, max_surge_unavailable
 from e2e.sim.controllers import Controller
 from e2e.sim.core import PODS
-from e2e.sim.deployment_status import (
+from e2e.sim.deployment_util import (
     REVISION,
+    TEMPLATE_HASH,
     deployment_status,
     rollout_complete,
+    template_hash,
+    without_hash,
 )
 from e2e.sim.errors import ApiError
 from e2e.sim.owners import claim, controller_ref, owner_reference
 from e2e.sim.store import Obj
 
-__all__ = ["TEMPLATE_HASH", "DeploymentController", "template_hash"]
+__all__ = ["DeploymentController"]
 
-#: The label telling one template's ReplicaSet and pods from another's.
-TEMPLATE_HASH = "pod-template-hash"
 _DESIRED = "deployment.kubernetes.io/desired-replicas"
+_HISTORY = "deployment.kubernetes.io/revision-history"
 _MAX = "deployment.kubernetes.io/max-replicas"
 # Deployment annotations not copied to its ReplicaSets (deploymentutil.skipCopyAnnotation).
 _NOT_COPIED = frozenset({"kubectl.kubernetes.io/last-applied-configuration", REVISION,
-                         "deployment.kubernetes.io/revision-history", _DESIRED, _MAX,
+                         _HISTORY, _DESIRED, _MAX,
                          "deprecated.deployment.rollback.to"})
-_SAFE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
-
-
-def template_hash(template: Mapping[str, Any], collision_count: int = 0) -> str:
-    """The pod-template-hash: FNV-32a of the template (and the collision count),
-    its decimal digits mapped as rand.SafeEncodeString maps them."""
-    data = json.dumps(template, sort_keys=True, separators=(",", ":")).encode()
-    if collision_count:
-        data += collision_count.to_bytes(8, "little")
-    value = 0x811C9DC5
-    for byte in data:
-        value = ((value ^ byte) * 0x01000193) & 0xFFFFFFFF
-    return "".join(_SAFE_ALPHABET[ord(ch) % len(_SAFE_ALPHABET)] for ch in str(value))
-
-
-def _without_hash(template: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(dict(template))
-    labels = (out.get("metadata") or {}).get("labels")
-    if isinstance(labels, dict):
-        labels.pop(TEMPLATE_HASH, None)
-    return out
 
 
 def _revision(rs: Obj) -> int:
@@ -107,17 +87,20 @@ class DeploymentController(Controller):
             self._sync(d, _oldest_first(owned))
 
     def _sync(self, d: Obj, owned: list[Obj]) -> None:
-        wanted = _without_hash(d["spec"]["template"])
-        new = next((rs for rs in owned if _without_hash(rs["spec"]["template"]) == wanted), None)
+        wanted = without_hash(d["spec"]["template"])
+        new = next((rs for rs in owned if without_hash(rs["spec"]["template"]) == wanted), None)
         old = [rs for rs in owned if rs is not new]
         created = False
+        if new is not None and not d["metadata"].get("deletionTimestamp"):
+            self._sync_revision(new, old)
         if not d["metadata"].get("deletionTimestamp") and not d["spec"].get("paused"):
             if d["spec"]["strategy"].get("type") == "Recreate":
                 new, created = self._recreate(d, new, old)
             else:
                 new, created = self._rolling(d, new, old)
-        elif new is not None and not d["metadata"].get("deletionTimestamp"):
-            self._scale(d, new, _replicas(new))
+        elif new is not None and not d["metadata"].get("deletionTimestamp") and \
+                not any(_replicas(rs) for rs in old):
+            self._scale(d, new, int(d["spec"]["replicas"]))  # paused: scaling still applies
         self._write_status(d, new, old, created)
 
     # -- strategies ----------------------------------------------------------------------
@@ -233,6 +216,29 @@ class DeploymentController(Controller):
         # A ReplicaSet of that name exists with another template: hash again, differently.
         self._update_status(d, {"collisionCount": collisions + 1})
         return None
+
+    def _sync_revision(self, new: Obj, old: list[Obj]) -> None:
+        # The new ReplicaSet has the highest revision; one rolled back to moves up and
+        # keeps its former revisions in revision-history.
+        wanted = max((_revision(rs) for rs in old), default=0) + 1
+        current = _revision(new)
+        if current >= wanted:
+            return
+        annotations = dict(new["metadata"].get("annotations") or {})
+        if current:
+            history = [r for r in annotations.get(_HISTORY, "").split(",") if r]
+            annotations[_HISTORY] = ",".join([*history, str(current)])
+        annotations[REVISION] = str(wanted)
+        try:
+            updated = self.rest.patch(REPLICASETS, new["metadata"]["namespace"],
+                                      new["metadata"]["name"], "application/merge-patch+json",
+                                      {"metadata": {"annotations": annotations}})
+        except ApiError as e:
+            if e.code != 404:
+                raise
+            return
+        new.clear()
+        new.update(updated)
 
     @staticmethod
     def _replica_annotations(d: Obj) -> dict[str, str]:

@@ -4,7 +4,8 @@ The simulated kubelet executes nothing. Each container of such a pod, once the
 pod is Running, is handed to a `ContainerProcess` in a thread of its own: a
 function of (pod, container, stop event) that returns how the container
 exited, a `ContainerExit`, or None if `stop` was set first (the pod is being
-deleted, the node stops). It may block as long as the container "runs". The
+deleted, the node stops). It may block as long as the container "runs", but
+must return soon once `stop` is set: stopping the node joins its thread. The
 default, `annotated_process`, waits and answers from the pod's annotations:
 
     sim.migrate.dev/run-seconds           how long the container runs (default 0.2)

@@ -6,7 +6,7 @@
                  + pods/eviction                           eviction.py
     batch/v1     jobs                                      batch.py
 
-Controllers: replicaset.py, deployment.py (+ deployment_status.py),
+Controllers: replicaset.py, deployment.py (+ deployment_util.py),
 disruption.py, job.py (+ job_status.py) and the garbage collector, gc.py.
 Run-to-completion pods are finished by the kubelets (runs.py).
 """

@@ -1,4 +1,9 @@
-"""A Deployment's status, computed from its ReplicaSets (deployment/sync.go).
+"""Deployment helpers (deployment/util): template hashes, and the status computed
+from the ReplicaSets (deployment/sync.go).
+
+The pod-template-hash is FNV-32a of the template (and a collision count), its
+decimal digits mapped as rand.SafeEncodeString maps them, like
+`7f58579cf4`; templates compare with nulls dropped and that label ignored.
 
 Counts sum over the ReplicaSets: `replicas` their pods, `updatedReplicas`
 the new one's, `unavailableReplicas` the wanted ones not available. The
@@ -11,17 +16,61 @@ NewReplicaSetAvailable once the rollout is complete.
 from __future__ import annotations
 
 import copy
+import json
+from collections.abc import Mapping
 from typing import Any
 
 from e2e.sim.apps import max_surge_unavailable
 from e2e.sim.owners import set_typed_condition
 from e2e.sim.store import Obj
 
-__all__ = ["REVISION", "deployment_status", "rollout_complete"]
+__all__ = [
+    "REVISION",
+    "TEMPLATE_HASH",
+    "deployment_status",
+    "rollout_complete",
+    "template_hash",
+    "without_hash",
+]
 
 #: The revision annotation, on a Deployment and each of its ReplicaSets.
 REVISION = "deployment.kubernetes.io/revision"
+#: The label telling one template's ReplicaSet and pods from another's.
+TEMPLATE_HASH = "pod-template-hash"
+_SAFE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 _TIMES = ("lastUpdateTime", "lastTransitionTime")
+
+
+def _semantic(value: Any) -> Any:
+    # Typed decoding makes a null field and an absent one the same (`kubectl rollout
+    # undo` sends `creationTimestamp: null` in the template it restores).
+    if isinstance(value, Mapping):
+        return {k: _semantic(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_semantic(v) for v in value]
+    return value
+
+
+def template_hash(template: Mapping[str, Any], collision_count: int = 0) -> str:
+    """The pod-template-hash: FNV-32a of the template (and the collision count),
+    its decimal digits mapped as rand.SafeEncodeString maps them."""
+    data = json.dumps(_semantic(template), sort_keys=True, separators=(",", ":")).encode()
+    if collision_count:
+        data += collision_count.to_bytes(8, "little")
+    value = 0x811C9DC5
+    for byte in data:
+        value = ((value ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return "".join(_SAFE_ALPHABET[ord(ch) % len(_SAFE_ALPHABET)] for ch in str(value))
+
+
+def without_hash(template: Mapping[str, Any]) -> dict[str, Any]:
+    """The template as compared between a Deployment and its ReplicaSets: nulls dropped,
+    no pod-template-hash label (deploymentutil.EqualIgnoreHash)."""
+    out: dict[str, Any] = _semantic(template)
+    labels = (out.get("metadata") or {}).get("labels")
+    if isinstance(labels, dict):
+        labels.pop(TEMPLATE_HASH, None)
+    return out
 
 
 def _sum(sets: list[Obj], field: str) -> int:
