@@ -23,6 +23,7 @@ from kubernetes.client.exceptions import ApiException
 from e2e.sim import ContainerExit, Simulator
 from e2e.sim.deployment_util import template_hash
 from e2e.sim.owners import selector_matches, selector_string
+from e2e.sim.replicaset import deletion_order
 from tests.simulated import kubectl_runner, needs_kubectl, sim_client, wait_for
 
 COST = "controller.kubernetes.io/pod-deletion-cost"
@@ -425,6 +426,11 @@ def test_eviction_edge_cases(apps: client.AppsV1Api, v1: client.CoreV1Api,
     assert _evict(v1, ns, "no-such-pod")[0] == 404
     apps.create_namespaced_deployment(ns, _deployment("multi", 3))
     pods = [p.metadata.name for p in _running(v1, ns, "multi", 3)]
+    # The Eviction's deleteOptions are honoured: preconditions, dry run.
+    code, status = _evict(v1, ns, pods[0], preconditions={"uid": "not-its-uid"})
+    assert (code, status["reason"]) == (409, "Conflict")
+    assert _evict(v1, ns, pods[0], dryRun=["All"])[0] == 201
+    assert v1.read_namespaced_pod(pods[0], ns).metadata.deletion_timestamp is None
     policy.create_namespaced_pod_disruption_budget(ns, _pdb("one", "multi", minAvailable=2))
     # An unready pod may go without using the budget while the healthy count allows it
     # (IfHealthyBudget): 2 healthy of 2 desired, yet no disruption is allowed.
@@ -633,6 +639,24 @@ def test_kubectl_drain(tmp_path: Path) -> None:
         assert {p.spec.node_name for p in pods} == {"node-b"}
 
 
+def test_discovery(api: client.ApiClient) -> None:
+    groups = {g.name: g for g in client.ApisApi(api).get_api_versions().groups}
+    assert {"apps", "batch", "policy"} <= set(groups)
+    resources = {r.name: r for r in client.AppsV1Api(api).get_api_resources().resources}
+    assert resources["deployments"].short_names == ["deploy"]
+    assert resources["replicasets"].short_names == ["rs"]
+    assert "all" in resources["deployments"].categories
+    scale = resources["deployments/scale"]
+    assert (scale.group, scale.version, scale.kind) == ("autoscaling", "v1", "Scale")
+    core = {r.name: r for r in client.CoreV1Api(api).get_api_resources().resources}
+    eviction = core["pods/eviction"]
+    assert (eviction.group, eviction.version, eviction.kind, eviction.verbs) == (
+        "policy", "v1", "Eviction", ["create"])
+    pdbs = {r.name: r for r in client.PolicyV1Api(api).get_api_resources().resources}
+    assert pdbs["poddisruptionbudgets"].short_names == ["pdb"]
+    assert "jobs/status" in {r.name for r in client.BatchV1Api(api).get_api_resources().resources}
+
+
 # -- pieces clients cannot see directly -------------------------------------------------------
 
 
@@ -686,3 +710,21 @@ def test_deleting_a_namespace_removes_its_workloads(
     _running(v1, ns, "long", 1)
     v1.delete_namespace(ns)
     _gone(lambda: v1.read_namespace(ns), f"namespace {ns}")
+
+
+def test_deletion_order_ranks_pods_as_the_replicaset_controller() -> None:
+    def pod(name: str, node: str = "n1", phase: str = "Running", ready: bool = True,
+            cost: int | None = None) -> dict[str, Any]:
+        annotations = {COST: str(cost)} if cost is not None else {}
+        return {"metadata": {"name": name, "uid": name, "annotations": annotations,
+                             "creationTimestamp": "2024-01-01T00:00:00Z"},
+                "spec": {"nodeName": node},
+                "status": {"phase": phase, "conditions": [{
+                    "type": "Ready", "status": "True" if ready else "False",
+                    "lastTransitionTime": "2024-01-01T00:00:00Z"}]}}
+
+    pods = [pod("cheap", cost=-5), pod("dear", cost=9), pod("unready", ready=False),
+            pod("pending", phase="Pending", ready=False), pod("unscheduled", node="", ready=False),
+            pod("default")]
+    order = [p["metadata"]["name"] for p in deletion_order(pods, pods)]
+    assert order == ["unscheduled", "pending", "unready", "cheap", "default", "dear"]
