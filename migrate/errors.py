@@ -24,6 +24,7 @@ class ExitCode(IntEnum):
     CLUSTER = 6  # the Kubernetes API refused or failed a request, or could not be reached
     REGISTRY = 7  # the image registry refused or failed a request
     AUTH = 8  # credentials missing, wrong, or not allowed to do this
+    CHECKS_FAILED = 9  # preflight checks ran and at least one FAILed (migrate doctor)
     PARTIAL = 10  # the command did part of its work; the report says which part
     INTERRUPTED = 130  # Ctrl-C
 
@@ -128,7 +129,24 @@ class AuthError(MigrateError):
     exit_code = ExitCode.AUTH
 
 
+class ChecksFailed(MigrateError):
+    """Preflight checks ran to the end and some failed; the report lists them."""
+
+    exit_code = ExitCode.CHECKS_FAILED
+
+
 class PartialFailure(MigrateError):
     """Some of the work was done; ``MigrateError.message`` says how much."""
 
     exit_code = ExitCode.PARTIAL
+
+
+class RenderError(MigrateError):
+    """A document the tool rendered (a manifest, a crictl config) fails its schema.
+
+    That is a bug in the tool, or a source the target version cannot express:
+    the document is never printed or written, and the message names the JSON
+    path at fault.
+    """
+
+    exit_code = ExitCode.ERROR

@@ -130,6 +130,21 @@ class KubeSettings:
 
 
 @dataclass(frozen=True)
+class CrictlSettings:
+    """How `migrate sandbox --run` drives crictl."""
+
+    executable: str = "crictl"
+    """The crictl program: a name looked up on PATH, or a path."""
+
+    runtime_endpoint: str | None = None
+    """CRI endpoint (unix:///run/crio/crio.sock); default: crictl's own configuration."""
+
+    timeout: float = 60.0
+    """Seconds crictl may wait for the runtime on each call (its --timeout); at least 60:
+    a restore pulls the base image and restores memory before it answers."""
+
+
+@dataclass(frozen=True)
 class Settings:
     """Root of the settings tree."""
 
@@ -137,11 +152,21 @@ class Settings:
     archive: ArchiveSettings = field(default_factory=ArchiveSettings)
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     kube: KubeSettings = field(default_factory=KubeSettings)
+    crictl: CrictlSettings = field(default_factory=CrictlSettings)
     checkpoint_dirs: tuple[Path, ...] = (DEFAULT_CHECKPOINT_DIR,)
     """Where `migrate list` looks when no directory is given."""
 
     cache_dir: Path | None = None
     """Where the tool keeps caches (layer digests); None: no cache."""
+
+    state_dir: Path | None = None
+    """Where migration journals live (resume, rollback, history); None: nowhere,
+    and commands that need a journal refuse to run."""
+
+    node_root: str | None = None
+    """Where this machine sees a node's filesystem: a path with ``{node}`` in it,
+    e.g. ``/mnt/nodes/{node}`` when each node's checkpoint directory is shared.
+    None: only the node the tool runs on (paths as they are)."""
 
 
 AUTH_ENV = ("REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "HOME", "DOCKER_CONFIG")
@@ -158,7 +183,9 @@ def load_settings(
     """Build the settings from command-line values and the environment.
 
     ``MIGRATE_CHECKPOINT_DIRS`` (``:``-separated) overrides the default list
-    directories; ``MIGRATE_DEBUG=1`` turns on debug like ``--debug``.
+    directories; ``MIGRATE_DEBUG=1`` turns on debug like ``--debug``;
+    ``MIGRATE_STATE_DIR`` and ``MIGRATE_NODE_ROOT`` set `Settings.state_dir`
+    and `Settings.node_root`.
     """
     env = os.environ if env is None else env
     dirs = tuple(Path(p) for p in env.get("MIGRATE_CHECKPOINT_DIRS", "").split(":") if p)
@@ -169,7 +196,18 @@ def load_settings(
         checkpoint_dirs=dirs or (DEFAULT_CHECKPOINT_DIR,),
         registry=RegistrySettings(env=auth_env(env)),
         cache_dir=_cache_dir(env),
+        state_dir=_state_dir(env),
+        node_root=env.get("MIGRATE_NODE_ROOT") or None,
     )
+
+
+def _state_dir(env: Mapping[str, str]) -> Path | None:
+    """$MIGRATE_STATE_DIR, else $XDG_STATE_HOME/migrate, else ~/.local/state/migrate."""
+    if env.get("MIGRATE_STATE_DIR"):
+        return Path(env["MIGRATE_STATE_DIR"])
+    if env.get("XDG_STATE_HOME"):
+        return Path(env["XDG_STATE_HOME"]) / "migrate"
+    return Path(env["HOME"]) / ".local" / "state" / "migrate" if env.get("HOME") else None
 
 
 def _cache_dir(env: Mapping[str, str]) -> Path | None:

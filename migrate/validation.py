@@ -6,7 +6,7 @@ import json
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from migrate.errors import InputError
+from migrate.errors import InputError, RenderError, UsageError
 from migrate.resources import data_dir
 
 if TYPE_CHECKING:
@@ -14,7 +14,10 @@ if TYPE_CHECKING:
     from referencing import Registry
 
 # jsonschema is imported on first use, not with this module: it costs ~50 ms of
-# start-up that commands which never validate (memparse) should not pay.
+# start-up that commands which never validate (memparse) should not pay. The same
+# goes for kubernetes_validate (the OpenAPI schemas of every Kubernetes release).
+
+_BUG_HINT = "this is a bug in migrate; rerun with --debug and report it with the source"
 
 
 @cache
@@ -52,3 +55,53 @@ def validate(instance: Any, schema: str, source: str) -> None:
             f"{source}: {_path(first.absolute_path)}: {first.message}",
             hint=f"the data does not match {schema}",
         )
+
+
+def check_rendered(instance: Any, schema: str, what: str) -> None:
+    """Raise `RenderError` when a document the tool made fails ``schema``."""
+    errors = sorted(_validator(schema).iter_errors(instance), key=lambda e: list(e.absolute_path))
+    if errors:
+        first = errors[0]
+        raise RenderError(f"{what} fails {schema} at {_path(first.absolute_path)}: "
+                          f"{first.message}", hint=_BUG_HINT)
+
+
+@cache
+def kubernetes_versions() -> tuple[str, ...]:
+    """The Kubernetes releases whose OpenAPI schemas we ship, as ``MAJOR.MINOR``, oldest first."""
+    from kubernetes_validate.utils import all_versions
+
+    found = {".".join(v.split(".")[:2]) for v in all_versions()}
+    return tuple(sorted(found, key=lambda v: tuple(int(p) for p in v.split("."))))
+
+
+def kubernetes_version(requested: str) -> str:
+    """``requested`` (``1.30``, ``v1.30``, ``1.30.4``) as a supported ``MAJOR.MINOR``.
+
+    Unknown versions are a usage error listing the supported ones.
+    """
+    parts = requested.strip().lstrip("v").split(".")
+    version = ".".join(parts[:2])
+    if len(parts) < 2 or not all(p.isdigit() for p in parts[:2]) or \
+            version not in kubernetes_versions():
+        raise UsageError(f"unknown Kubernetes version {requested!r}",
+                         hint="supported: " + ", ".join(kubernetes_versions()))
+    return version
+
+
+def check_kubernetes(obj: dict[str, Any], version: str, what: str) -> None:
+    """Validate ``obj`` against the strict OpenAPI schema of Kubernetes ``version``.
+
+    Strict: unknown fields are errors, as the API server's strict field
+    validation (kubectl's default) makes them. Raises `RenderError` naming the
+    JSON path.
+    """
+    from kubernetes_validate import utils
+
+    try:
+        utils.validate(obj, version, strict=True)
+    except utils.ValidationError as e:
+        hint = (f"{_BUG_HINT}; or the source uses fields Kubernetes {version} does not "
+                "know (choose the target's version with --k8s-version)")
+        raise RenderError(f"{what} is not a valid {obj.get('kind')} for Kubernetes {version} "
+                          f"at {_path(e.absolute_path)}: {e.message}", hint=hint) from e

@@ -38,9 +38,10 @@ def _require_crit() -> None:
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory: pytest.TempPathFactory,
                    monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Keep the tool's caches out of the real home directory."""
+    """Keep the tool's caches and journals out of the real home directory."""
     cache = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("MIGRATE_CACHE_DIR", str(cache))
+    monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path_factory.mktemp("state")))
     return cache
 
 

@@ -25,7 +25,8 @@ def test_wheel_contains_data_files(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for schema in (REPO / "schemas").glob("*.json"):
         assert f"migrate/_data/schemas/{schema.name}" in names
-    assert "migrate/_data/templates/README.md" in names
+    for template in (REPO / "templates").iterdir():
+        assert f"migrate/_data/templates/{template.name}" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "migrate = migrate.cli.app:main" in text
@@ -50,3 +51,10 @@ def test_installed_wheel_finds_schemas_without_a_checkout(
                         "-o", "json"], cwd=tmp_path, env={"PYTHONPATH": str(target)},
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+    # The restore targets render from the wheel's templates and check against its schemas.
+    for args in (["manifest", "--archive", str(counters_archive), "--image", "r/x:1",
+                  "--node", "n"], ["sandbox", str(counters_archive), "--out", "box"]):
+        r = subprocess.run([sys.executable, "-m", "migrate", *args], cwd=tmp_path,
+                           env={"PYTHONPATH": str(target)}, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    assert (tmp_path / "box" / "container-config.json").is_file()

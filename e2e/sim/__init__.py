@@ -15,6 +15,28 @@ STATE/nodes/NODE/var/lib/kubelet/checkpoints/; the API server reaches it at
 `/api/v1/nodes/NODE/proxy/checkpoint/...`. Nodes are configured by
 `NodeConfig` (runtime, restore level, feature gate, readiness, faults).
 
+Every object written is checked against the real Kubernetes schemas (from
+the kubernetes-validate package, for the release /version reports), as the
+API server decodes and validates: 400 for type errors and, under
+`fieldValidation=Strict` (kubectl's default), unknown fields; a Warning
+header under Warn; 422 Invalid with field causes for missing required fields.
+
+Requests are authorized by RBAC over the cluster's own Roles, ClusterRoles
+and bindings (rbac.authorization.k8s.io/v1, served like every kind, so
+`kubectl apply` of RBAC manifests takes effect at once). The admin token is
+in system:masters; `Simulator.add_user(name, groups, rules)` (or `users:` in
+the --config file) makes a restricted user, its rules RBAC PolicyRules plus
+`namespaces`. `kubectl auth can-i` works: SelfSubjectAccessReviews are
+answered by the same authorizer.
+
+Kubelets pull images for real from registries on 127.0.0.1 (Basic or Bearer
+auth from the pods' imagePullSecrets, TLS verified against the CAs of
+`RegistryConfig`); any other registry is never contacted and its images
+count as present on every node. A checkpoint image is restored as CRI-O
+does it, checks and error messages included; what it brings back (processes,
+memory, files) is kept on the Pod, so that a restored pod can be
+checkpointed and migrated again.
+
 Workloads (workloads.py) run as kube-controller-manager runs them: apps/v1
 Deployments and ReplicaSets (with `scale`), policy/v1 PodDisruptionBudgets
 and the pods/eviction subresource (what `kubectl drain` uses), batch/v1 Jobs,
@@ -35,24 +57,43 @@ returning a `ContainerExit` (exit code, message), e.g. one running a command.
 Layout, bottom up:
 
     store.py       objects, the global resourceVersion, watch history
-    rest.py        generic object semantics (create/update/patch/delete rules)
+    rest.py        generic object semantics (create/update/patch/delete rules);
+                   schema.py, validation.py decode and check every write
+                   against the Kubernetes OpenAPI schemas (400/422, fieldValidation)
     api.py         routing and handlers; watch.py streams watches;
                    discovery.py, openapi.py, tables.py what clients read
     server.py      HTTPS, bearer tokens or client certificates, HTTP/1.1
                    (protocol.py: what it hands api.py and kubelet_api.py)
     resources.py   what a kind is; core.py the core/v1 kinds
-    controllers.py scheduler, namespace controller; kubelet.py the nodes
+    rbac.py        the RBAC kinds and bootstrap policy; rbac_authorizer.py
+                   evaluates them; users.py users and their grants;
+                   authz.py SelfSubjectAccessReview
+    controllers.py scheduler, namespace controller; serviceaccounts.py the
+                   `default` ServiceAccounts; kubelet.py the nodes
                    (runs.py: how run-to-completion containers end)
     workloads.py   apps, policy and batch kinds and their controllers: apps.py,
                    replicaset.py, deployment.py, scale.py, policy.py,
                    disruption.py, eviction.py, batch.py, job.py, gc.py
     nodeconfig.py  per-node settings; kubelet_api.py the kubelet's HTTP API;
                    checkpoints.py what a checkpoint archive holds
+    podstart.py    pulls (images.py, registry_pull.py), container creation and
+                   restore (restore.py, restored.py, criu_read.py), Events
+                   (kubelet_events.py) and backoff, on worker threads
     simulator.py   wires them together
 """
 
+from e2e.sim.images import RegistryConfig
 from e2e.sim.nodeconfig import NodeConfig
 from e2e.sim.runs import ContainerExit, ContainerProcess
 from e2e.sim.simulator import DEFAULT_NODES, Simulator
+from e2e.sim.users import UserSpec
 
-__all__ = ["DEFAULT_NODES", "ContainerExit", "ContainerProcess", "NodeConfig", "Simulator"]
+__all__ = [
+    "DEFAULT_NODES",
+    "ContainerExit",
+    "ContainerProcess",
+    "NodeConfig",
+    "RegistryConfig",
+    "Simulator",
+    "UserSpec",
+]

@@ -25,10 +25,36 @@ for a listed node, new names appended in the file's order):
         taints: [{key: dedicated, value: db, effect: NoSchedule}]
         capacity: {cpu: "8", memory: 16Gi}        # overrides; allocatable follows
         runtime_request_timeout: 120      # seconds; the floor of a checkpoint's deadline
+        backoff: 10                       # seconds: first wait after a failed image pull
+                                          # (doubling), and between container-creation retries
+        backoff_max: 300                  # seconds: the longest image pull backoff
     faults:
       node-c:
         fail_next_checkpoints: 1          # the next N checkpoints answer 500
         checkpoint_delay_per_mib: 0.5     # seconds per MiB of simulated memory
+        image_pull_seconds: 2             # every image pull takes this long...
+        image_pull_seconds_per_mib: 0.1   # ...plus this per MiB of layers
+    registries:                           # how kubelets pull from registries on 127.0.0.1
+      insecure: ["127.0.0.1:5000"]        # plain HTTP; others are HTTPS, verified
+      ca_files: [/path/to/ca.crt]         # CAs trusted for HTTPS, besides the system's
+      timeout: 10                         # seconds to connect and per read
+
+Kubelets contact no registry but those on 127.0.0.1: images elsewhere
+(docker.io/library/busybox...) count as present on every node.
+    users:                                # granted through RBAC objects (users.py)
+      - name: bob                         # required; DIR/kubeconfig-bob is written
+        token: s3cret                     # default: a random one
+        groups: [developers]              # system:authenticated is implied
+        rules:                            # RBAC PolicyRules, plus `namespaces`
+          - apiGroups: [""]
+            resources: [pods, pods/eviction]   # RESOURCE/SUBRESOURCE, "*" wildcards
+            verbs: [get, list, create]
+            namespaces: [shop]            # absent: cluster-wide (created if missing)
+          - nonResourceURLs: [/metrics]
+            verbs: [get]
+
+The admin user (DIR/kubeconfig) is in system:masters; RBAC objects applied
+later (kubectl apply -f role.yaml) count at once.
 
 Unknown keys are errors (typos must not pass silently).
 """
@@ -41,8 +67,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from e2e.sim.nodeconfig import load_config, merge_nodes
+from e2e.sim.images import parse_registries
+from e2e.sim.nodeconfig import merge_nodes, parse_config, read_config
 from e2e.sim.simulator import DEFAULT_NODES, Simulator
+from e2e.sim.users import parse_users
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
@@ -61,7 +89,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="seconds from a pod's deletion to it being gone (default: 0.2)")
     parser.add_argument("--config", type=Path, default=None,
                         help="YAML node settings (runtime, restore_level, checkpoint_gate, "
-                             "ready, labels, taints, capacity; faults), merged over --nodes")
+                             "ready, labels, taints, capacity, backoff; faults), merged over "
+                             "--nodes; registries (insecure, ca_files); users and their RBAC "
+                             "rules")
     return parser
 
 
@@ -70,10 +100,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     nodes = [n.strip() for n in args.nodes.split(",") if n.strip()]
     try:
-        configs = load_config(args.config) if args.config is not None else {}
+        document = read_config(args.config) if args.config is not None else None
+        try:
+            configs = parse_config(document)
+            users = parse_users(document.get("users") if isinstance(document, dict) else None)
+            registries = parse_registries((document or {}).get("registries"))
+        except ValueError as e:
+            raise ValueError(f"{args.config}: {e}") from None
         sim = Simulator(args.state, nodes=merge_nodes(nodes, configs), port=args.port,
                         start_latency=args.start_latency, stop_latency=args.stop_latency,
-                        node_config=configs)
+                        node_config=configs, users=users, registries=registries)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

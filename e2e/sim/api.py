@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from e2e.sim import discovery, openapi
+from e2e.sim import authz, discovery, openapi
 from e2e.sim.errors import (
     ApiError,
     bad_request,
@@ -34,11 +34,20 @@ from e2e.sim.errors import (
     method_not_allowed,
     status_body,
 )
-from e2e.sim.protocol import Attributes, Authorizer, Request, Response, allow_all, table_version
+from e2e.sim.protocol import (
+    Attributes,
+    Authorizer,
+    Request,
+    Response,
+    allow_all,
+    decide,
+    table_version,
+)
 from e2e.sim.resources import Registry, ResourceType
 from e2e.sim.rest import Rest
 from e2e.sim.store import Obj
 from e2e.sim.tables import render_table
+from e2e.sim.validation import field_validation
 from e2e.sim.watch import watch_response
 
 __all__ = ["Api", "NodeProxy", "SubresourceHandler"]
@@ -51,6 +60,7 @@ SubresourceHandler = Callable[[Request, str, ResourceType, str, str], Response]
 
 _NOT_FOUND_MESSAGE = "the server could not find the requested resource"
 _PUBLIC_PATHS = ("/healthz", "/livez", "/readyz")
+_OPTIONS_KINDS = {"create": "CreateOptions", "update": "UpdateOptions", "patch": "PatchOptions"}
 
 
 @dataclass(frozen=True)
@@ -132,11 +142,14 @@ class Api:
                                              f"Internal error occurred: {e!r}"))
 
     def _authorize(self, attrs: Attributes) -> None:
-        if self.authorizer(attrs):
+        decision = decide(self.authorizer, attrs)
+        if decision.allowed:
             return
+        # The authorizer's reason, if any, follows the API server's sentence after ": ".
+        why = f": {decision.reason}" if decision.reason else ""
         if not attrs.resource:
             raise ApiError(403, "Forbidden", f'forbidden: User "{attrs.user.name}" cannot '
-                           f'{attrs.verb.lower()} path "{attrs.path}"')
+                           f'{attrs.verb.lower()} path "{attrs.path}"{why}')
         resource = attrs.resource + (f"/{attrs.subresource}" if attrs.subresource else "")
         scope = f'in the namespace "{attrs.namespace}"' if attrs.namespace else \
             "at the cluster scope"
@@ -144,7 +157,7 @@ class Api:
         # subresource too (`cannot create resource "nodes/proxy"`), as the API server says.
         raise forbidden(attrs.resource, attrs.name, f'User "{attrs.user.name}" cannot '
                         f'{attrs.verb} resource "{resource}" in API group "{attrs.group}" '
-                        f'{scope}', attrs.group)
+                        f'{scope}{why}', attrs.group)
 
     def _route(self, req: Request) -> Response:
         parts = [p for p in req.path.split("/") if p]
@@ -215,8 +228,6 @@ class Api:
             raise ApiError(404, "NotFound", _NOT_FOUND_MESSAGE, {})
         name = tail[0] if tail else None
         sub = "/".join(tail[1:]) or None
-        if sub is not None and sub.split("/")[0] not in rt.subresources:
-            raise ApiError(404, "NotFound", _NOT_FOUND_MESSAGE, {})
         return _Target(rt, namespace, name, sub, watch)
 
     # -- resources -------------------------------------------------------------------
@@ -244,6 +255,9 @@ class Api:
         self._authorize(Attributes(
             req.user, verb, rt.group, rt.plural, sub_name, target.namespace, target.name or "",
         ))
+        # Authorized first, as the API server does: a denied user learns nothing more.
+        if sub and sub_name not in rt.subresources:
+            raise ApiError(404, "NotFound", _NOT_FOUND_MESSAGE, {})
         allowed = rt.subresources.get(sub_name, ()) if sub else rt.verbs
         all_namespaces = rt.namespaced and not target.namespace
         if verb not in allowed or (all_namespaces and verb not in ("list", "watch")):
@@ -254,7 +268,15 @@ class Api:
         if served is not None and target.name is not None:
             return served(req, verb, rt, target.namespace, target.name)
         handler = getattr(self, f"_{verb}")
-        response: Response = handler(req, target)
+        if verb not in _OPTIONS_KINDS:
+            response: Response = handler(req, target)
+            return response
+        # Writes decode their body under the request's fieldValidation (validation.py).
+        with field_validation(req.param("fieldValidation"), _OPTIONS_KINDS[verb]) as scope:
+            response = handler(req, target)
+        warning = scope.warning_header()
+        if warning:
+            response.headers["Warning"] = warning
         return response
 
     def _proxy(self, req: Request, target: _Target) -> Response:
@@ -315,6 +337,9 @@ class Api:
         rt = target.rt
         if target.subresource == "binding":
             return self._bind(req, target)
+        if rt.key == authz.SELF_SUBJECT_ACCESS_REVIEWS.key:  # answered, never stored
+            return Response(201, authz.self_subject_access_review(
+                self.authorizer, req.user, self.rest.decode(rt, req.json())))
         if target.name is not None:
             raise method_not_allowed()
         return Response(201, self.rest.create(rt, target.namespace, req.json()))

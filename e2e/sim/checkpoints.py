@@ -26,6 +26,7 @@ __all__ = [
     "CHECKPOINT_DIR",
     "MEMORY_ANNOTATION",
     "PROCESSES_ANNOTATION",
+    "RESTORED_ANNOTATION",
     "ROOTFS_ANNOTATION",
     "CheckpointPlan",
     "PlanError",
@@ -43,6 +44,8 @@ ANNOTATION_PREFIX = "sim.migrate.dev/"
 PROCESSES_ANNOTATION = ANNOTATION_PREFIX + "processes"
 MEMORY_ANNOTATION = ANNOTATION_PREFIX + "memory-mib"
 ROOTFS_ANNOTATION = ANNOTATION_PREFIX + "rootfs-diff"
+#: Set by a kubelet that restored the container (restored.py): JSON, with its base image.
+RESTORED_ANNOTATION = ANNOTATION_PREFIX + "restored"
 
 MIB = 1024 * 1024
 _PAGES_PER_MIB = MIB // PAGE
@@ -167,30 +170,37 @@ def parse_processes(raw: str, key: str, default_env: list[str]) -> list[Process]
     return out
 
 
-def _memory_mib(annotations: dict[str, str]) -> float:
-    raw = annotations.get(MEMORY_ANNOTATION)
+def _for_container(annotations: dict[str, str], key: str, container: str) -> tuple[str, str | None]:
+    # `<key>.<container>` wins over the pod-wide `<key>`.
+    specific = f"{key}.{container}"
+    return (specific, annotations[specific]) if specific in annotations \
+        else (key, annotations.get(key))
+
+
+def _memory_mib(annotations: dict[str, str], container: str) -> float:
+    key, raw = _for_container(annotations, MEMORY_ANNOTATION, container)
     if raw is None:
         return 0.0
     try:
         value = float(raw)
     except ValueError:
-        raise PlanError(f"annotation {MEMORY_ANNOTATION}: {raw!r} is not a number") from None
+        raise PlanError(f"annotation {key}: {raw!r} is not a number") from None
     if not 0 <= value <= _MAX_MEMORY_MIB:
-        raise PlanError(f"annotation {MEMORY_ANNOTATION}: {raw!r} is out of range "
+        raise PlanError(f"annotation {key}: {raw!r} is out of range "
                         f"(0 to {_MAX_MEMORY_MIB})")
     return value
 
 
-def _rootfs_files(annotations: dict[str, str]) -> dict[str, bytes]:
-    raw = annotations.get(ROOTFS_ANNOTATION)
+def _rootfs_files(annotations: dict[str, str], container: str) -> dict[str, bytes]:
+    key, raw = _for_container(annotations, ROOTFS_ANNOTATION, container)
     if raw is None:
         return {}
     try:
         data = json.loads(raw)
     except ValueError as e:
-        raise PlanError(f"annotation {ROOTFS_ANNOTATION}: not JSON: {e}") from None
+        raise PlanError(f"annotation {key}: not JSON: {e}") from None
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-        raise PlanError(f"annotation {ROOTFS_ANNOTATION}: expected an object path -> text")
+        raise PlanError(f"annotation {key}: expected an object path -> text")
     return {str(k).lstrip("/"): v.encode() for k, v in data.items() if str(k).strip("/")}
 
 
@@ -249,6 +259,19 @@ def _container_annotations(pod: Obj, container: dict[str, Any], restarts: int
     return out
 
 
+def _base_image(annotations: dict[str, str], container: str, image: str, image_ref: str
+                ) -> tuple[str, str]:
+    # A restored container runs on the checkpoint's base image (CRI-O restores
+    # onto config.dump's rootfsImageName): a new checkpoint names that one.
+    try:
+        record = json.loads(annotations.get(f"{RESTORED_ANNOTATION}.{container}", "{}"))
+    except ValueError:
+        return image, image_ref
+    if not isinstance(record, dict) or not record.get("baseImage"):
+        return image, image_ref
+    return str(record["baseImage"]), str(record.get("baseImageRef") or record["baseImage"])
+
+
 def _stats(processes: list[Process], bulk_pages: int, seconds: float) -> dict[str, int]:
     written = bulk_pages + sum(
         -(-len(b"\0".join(a.encode() for a in p.argv + p.env) + b"\0\0") // PAGE)
@@ -284,7 +307,7 @@ def plan(pod: Obj, container_name: str, config: NodeConfig, when: dt.datetime,
         key = PROCESSES_ANNOTATION
     processes = (parse_processes(annotations[key], key, default_env) if key in annotations
                  else _default_processes(pod, container))
-    bulk_pages = int(_memory_mib(annotations) * _PAGES_PER_MIB)
+    bulk_pages = int(_memory_mib(annotations, container_name) * _PAGES_PER_MIB)
     if bulk_pages and len(processes) == 1:
         # archivegen dumps bulk pages as the second process's memory; a lone
         # process gets them as (zeroed) heap instead.
@@ -300,6 +323,7 @@ def plan(pod: Obj, container_name: str, config: NodeConfig, when: dt.datetime,
         secrets.token_hex(32)
     image = str(container.get("image", ""))
     image_ref = str(ctr_status.get("imageID") or image)
+    image, image_ref = _base_image(annotations, container_name, image, image_ref)
     started = (ctr_status.get("state", {}).get("running") or {}).get("startedAt") or \
         status.get("startTime") or meta.get("creationTimestamp") or _nano_stamp(when)
     spec = ArchiveSpec(
@@ -315,7 +339,7 @@ def plan(pod: Obj, container_name: str, config: NodeConfig, when: dt.datetime,
         annotations=_container_annotations(pod, container,
                                            int(ctr_status.get("restartCount", 0))),
         volumes=_volumes(pod, container), processes=processes,
-        rootfs_files=_rootfs_files(annotations),
+        rootfs_files=_rootfs_files(annotations, container_name),
         stats=_stats(processes, bulk_pages, delay_seconds),
         parent_run=False, bulk_pages=bulk_pages, use_crit=None,
     )

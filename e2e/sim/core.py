@@ -1,4 +1,5 @@
-"""The core/v1 kinds the simulator serves: pods, nodes, namespaces, configmaps, events.
+"""The core/v1 kinds the simulator serves: pods, nodes, namespaces, configmaps, secrets,
+serviceaccounts, events.
 
 Defaulting, validation and update rules follow the API server's pod, node and
 namespace strategies closely enough that clients meet the same answers:
@@ -10,9 +11,13 @@ that pass through Terminating and refuse new content meanwhile.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import dataclasses
 import datetime as dt
+import json
+import re
 from typing import Any
 
 from e2e.sim.errors import FieldError, forbidden
@@ -28,6 +33,8 @@ from e2e.sim.tables import NAMESPACE_TABLE, NODE_TABLE, POD_TABLE
 
 __all__ = [
     "PROTECTED_NAMESPACES",
+    "SECRETS",
+    "SERVICEACCOUNTS",
     "core_registry",
     "pod_template_defaults",
     "validate_pod_template",
@@ -309,6 +316,72 @@ EVENTS = ResourceType(
 )
 
 
+# -- secrets and service accounts ---------------------------------------------------------
+
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+#: Secret types whose data must hold a key (the API server's secret validation).
+_SECRET_REQUIRED_KEYS = {"kubernetes.io/dockerconfigjson": ".dockerconfigjson",
+                         "kubernetes.io/dockercfg": ".dockercfg"}
+
+
+def _secret_defaults(secret: Obj) -> None:
+    # stringData is write-only: merged into data (base64), as the API server does.
+    secret.setdefault("type", "Opaque")
+    string_data = secret.pop("stringData", None)
+    if isinstance(string_data, dict):
+        data = secret.setdefault("data", {})
+        if isinstance(data, dict):
+            for key, value in string_data.items():
+                data[key] = base64.b64encode(str(value).encode()).decode()
+
+
+def _decoded(value: Any) -> bytes | None:
+    try:
+        return base64.b64decode(str(value), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _validate_secret(secret: Obj, old: Obj | None) -> list[FieldError]:
+    errors: list[FieldError] = []
+    data = secret.get("data") or {}
+    if not isinstance(data, dict):
+        return [FieldError("Invalid", "data", "must be a map of base64 strings", data)]
+    for key, value in data.items():
+        if not _SECRET_KEY.match(str(key)):
+            errors.append(FieldError("Invalid", f"data[{key}]", "a valid config key must "
+                                     "consist of alphanumeric characters, '-', '_' or '.'", key))
+        elif _decoded(value) is None:
+            errors.append(FieldError("Invalid", f"data[{key}]", "illegal base64 data", "..."))
+    required = _SECRET_REQUIRED_KEYS.get(str(secret.get("type")))
+    if required and required not in data:
+        errors.append(FieldError("Required", f"data[{required}]"))
+    elif required and not errors:
+        try:
+            json.loads(_decoded(data[required]) or b"")
+        except ValueError as e:
+            errors.append(FieldError("Invalid", f"data[{required}]", str(e), "<secret contents "
+                                     "redacted>"))
+    if old is not None and old.get("immutable") and (
+            data != (old.get("data") or {}) or not secret.get("immutable")):
+        errors.append(FieldError("Forbidden", "data", "field is immutable when `immutable` "
+                                 "is set"))
+    if old is not None and secret.get("type") != old.get("type"):
+        errors.append(FieldError("Invalid", "type", "field is immutable", secret.get("type")))
+    return errors
+
+
+SECRETS = ResourceType(
+    kind="Secret", plural="secrets", singular="secret", namespaced=True,
+    fields=metadata_fields("type"), defaults=_secret_defaults, validate=_validate_secret,
+)
+
+SERVICEACCOUNTS = ResourceType(
+    kind="ServiceAccount", plural="serviceaccounts", singular="serviceaccount",
+    namespaced=True, short_names=("sa",),
+)
+
+
 def core_registry() -> Registry:
     """A registry serving the core/v1 kinds above."""
-    return Registry([PODS, NODES, NAMESPACES, CONFIGMAPS, EVENTS])
+    return Registry([PODS, NODES, NAMESPACES, CONFIGMAPS, SECRETS, SERVICEACCOUNTS, EVENTS])

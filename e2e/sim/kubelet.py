@@ -39,7 +39,17 @@ archive's own annotation copy):
     sim.migrate.dev/rootfs-diff
         JSON object path -> text: the files in rootfs-diff.tar (default: none).
 
+    sim.migrate.dev/memory-mib.<container>, sim.migrate.dev/rootfs-diff.<container>
+        The same, for one container of the pod (a restored container gets these).
+
 A malformed annotation fails the checkpoint with 500, as a runtime error would.
+
+Pods start through podstart.py on a small worker pool: images are pulled
+(really, from registries on 127.0.0.1; others count as present on every node,
+see images.py), checkpoint images are restored as CRI-O does (restore.py),
+with the kubelet's Events, waiting reasons (ErrImagePull, ImagePullBackOff,
+CreateContainerError...) and backoff. A pod stays Pending until all its
+containers run; init and ephemeral containers are taken as done and running.
 
 Pods with restartPolicy Never or OnFailure run to completion: once Running,
 each container is handed to a `ContainerProcess` (runs.py; by default it
@@ -51,17 +61,22 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from e2e.sim.controllers import Controller, set_condition
 from e2e.sim.core import NODES, PODS
 from e2e.sim.discovery import KUBE_VERSION
 from e2e.sim.errors import ApiError
+from e2e.sim.images import RegistryConfig
 from e2e.sim.meta import now, rfc3339
 from e2e.sim.nodeconfig import DEFAULT_RUNTIME, NodeConfig
+from e2e.sim.podstart import PodOutcome, PodStarter, Started, Waiting
+from e2e.sim.registry_pull import Puller
 from e2e.sim.rest import Rest
 from e2e.sim.runs import ContainerProcess, ContainerRuns, annotated_process
 from e2e.sim.store import Obj
@@ -174,8 +189,17 @@ def _image_id(image: str) -> str:
     return f"{repo}@sha256:{hashlib.sha256(image.encode()).hexdigest()}"
 
 
+def _waiting_status(container: dict[str, Any], waiting: Waiting) -> dict[str, Any]:
+    state = {"reason": waiting.reason, **({"message": waiting.message} if waiting.message
+                                          else {})}
+    return {"name": str(container.get("name", "")), "image": str(container.get("image", "")),
+            "imageID": "", "ready": False, "started": False, "restartCount": 0,
+            "state": {"waiting": state}, "lastState": {}}
+
+
 def _container_status(container: dict[str, Any], uid: str, started: str, runtime: str,
-                      *, completed: bool = False) -> dict[str, Any]:
+                      *, completed: bool = False, image_id: str | None = None
+                      ) -> dict[str, Any]:
     image = str(container.get("image", ""))
     name = str(container.get("name", ""))
     state: dict[str, Any] = {"running": {"startedAt": started}}
@@ -187,7 +211,7 @@ def _container_status(container: dict[str, Any], uid: str, started: str, runtime
     return {
         "name": name,
         "image": image,
-        "imageID": _image_id(image),
+        "imageID": image_id or _image_id(image),
         "containerID": f"{runtime}://" + hashlib.sha256(f"{uid}/{name}".encode()).hexdigest(),
         "ready": not completed,
         "started": not completed,
@@ -203,13 +227,18 @@ class Kubelet(Controller):
     index: the node's number (1-based): pod IPs 10.88.INDEX.x, InternalIP 192.0.2.(10+INDEX).
     config: how the node behaves (NodeConfig); change it with update_config().
     start_latency, stop_latency: seconds from seeing a pod (or its deletion) to acting.
+    registries: how to reach registries on 127.0.0.1 (images.py).
+    storage: where pulled images go (the node's var/lib/containers/storage;
+        default: a temporary directory removed by stop()).
     process: what a run-to-completion container does (runs.py; default: as annotated).
     """
 
     def __init__(
         self, rest: Rest, node: str, index: int, *, start_latency: float,
         stop_latency: float, config: NodeConfig | None = None,
-        log: Callable[[str], None] | None = None, process: ContainerProcess | None = None,
+        log: Callable[[str], None] | None = None,
+        registries: RegistryConfig | None = None, storage: Path | None = None,
+        process: ContainerProcess | None = None,
     ) -> None:
         super().__init__(rest, log=log)
         self.runs = ContainerRuns(rest, node, process or annotated_process, self._log)
@@ -224,6 +253,15 @@ class Kubelet(Controller):
         self._ips: dict[str, str] = {}  # pod uid -> pod IP
         # Pods stopped here but held by finalizers: nothing more to do for them.
         self._stopped: set[str] = set()
+        self._ips_lock = threading.Lock()
+        self._halt = threading.Event()  # ends pulls in progress when the node stops
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
+        if storage is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix=f"sim-{node}-")
+            storage = Path(self._scratch.name)
+        puller = Puller(storage, registries or RegistryConfig(), self._halt)
+        self._starter = PodStarter(rest, node, puller, lambda: self.config, self._report,
+                                   self._log)
 
     # -- configuration ---------------------------------------------------------------
 
@@ -285,9 +323,14 @@ class Kubelet(Controller):
                 raise
 
     def stop(self) -> None:
-        """Stop the loop, then the containers still running (joining their threads)."""
+        """Stop the loop, then the pod start-up workers (pulls in progress end early)
+        and the run-to-completion containers still running (joining their threads)."""
+        self._halt.set()
         super().stop()
+        self._starter.close()
         self.runs.stop()
+        if self._scratch is not None:
+            self._scratch.cleanup()
 
     def next_wakeup(self) -> float | None:
         if not self._due:
@@ -299,8 +342,10 @@ class Kubelet(Controller):
         present = {p["metadata"]["uid"] for p in pods}
         for uid in set(self._due) - present:
             del self._due[uid]
-        for uid in set(self._ips) - present:
-            del self._ips[uid]
+        with self._ips_lock:
+            for uid in set(self._ips) - present:
+                del self._ips[uid]
+        self._starter.forget(present)
         self._stopped &= present
         self.runs.retain(p["metadata"]["uid"] for p in pods
                          if not p["metadata"].get("deletionTimestamp"))
@@ -313,7 +358,11 @@ class Kubelet(Controller):
             if meta.get("deletionTimestamp"):
                 latency = self.stop_latency
             elif pod.get("status", {}).get("phase") == "Pending":
-                latency = self.start_latency
+                if not self._starter.wants(uid):  # starting now, or started
+                    self._due.pop(uid, None)
+                    continue
+                retry = self._starter.retry_at(uid)
+                latency = self.start_latency if retry is None else retry - clock
             else:
                 self._due.pop(uid, None)
                 self.runs.track(pod)  # Never/OnFailure pods: their containers run to the end
@@ -338,33 +387,43 @@ class Kubelet(Controller):
                 raise
 
     def _pod_ip(self, uid: str) -> str:
-        if uid not in self._ips:
-            used = set(self._ips.values())
-            host = next(n for n in range(2, 255) if f"10.88.{self.index}.{n}" not in used)
-            self._ips[uid] = f"10.88.{self.index}.{host}"
-        return self._ips[uid]
+        with self._ips_lock:
+            if uid not in self._ips:
+                used = set(self._ips.values())
+                host = next(n for n in range(2, 255) if f"10.88.{self.index}.{n}" not in used)
+                self._ips[uid] = f"10.88.{self.index}.{host}"
+            return self._ips[uid]
 
     def _start_pod(self, pod: Obj) -> None:
+        self._starter.submit(pod)
+
+    def _report(self, pod: Obj, outcome: PodOutcome) -> None:
+        """Write what an attempt to start `pod` came to (on a start-up worker)."""
         uid = pod["metadata"]["uid"]
         ip = self._pod_ip(uid)
         host_ip = f"192.0.2.{10 + self.index}"
         runtime = self.config.runtime_name
 
         def running(current: Obj) -> Obj | None:
-            if current["metadata"]["uid"] != uid or current["metadata"].get("deletionTimestamp"):
+            if current["metadata"]["uid"] != uid or current["metadata"].get("deletionTimestamp") \
+                    or current.get("status", {}).get("phase") != "Pending":
                 return None
             started = rfc3339(now())
             status = current.setdefault("status", {})
-            status.update({
-                "phase": "Running", "hostIP": host_ip, "hostIPs": [{"ip": host_ip}],
-                "podIP": ip, "podIPs": [{"ip": ip}], "startTime": started,
-            })
+            status.update({"hostIP": host_ip, "hostIPs": [{"ip": host_ip}], "podIP": ip,
+                           "podIPs": [{"ip": ip}]})
+            status.setdefault("startTime", started)
+            spec = current["spec"]
+            status["containerStatuses"] = [_status_of(c, outcome, uid, runtime)
+                                           for c in spec["containers"]]
+            if outcome.annotations:
+                current["metadata"].setdefault("annotations", {}).update(outcome.annotations)
+            if not outcome.all_started:
+                _not_ready(status, outcome)
+                return current
+            status["phase"] = "Running"
             for type_ in _POD_CONDITIONS:
                 set_condition(status, type_, "True")
-            spec = current["spec"]
-            status["containerStatuses"] = [
-                _container_status(c, uid, started, runtime) for c in spec["containers"]
-            ]
             if spec.get("initContainers"):
                 # Init containers have run to completion; sidecars keep running.
                 status["initContainerStatuses"] = [
@@ -379,6 +438,32 @@ class Kubelet(Controller):
                 ]
             return current
 
-        self._log(f"{self.name}: {pod['metadata']['namespace']}/{pod['metadata']['name']} "
-                  f"running at {ip}")
-        self.rest.mutate(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"], running)
+        if outcome.all_started:
+            self._log(f"{self.name}: {pod['metadata']['namespace']}/{pod['metadata']['name']} "
+                      f"running at {ip}")
+        try:
+            self.rest.mutate(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"],
+                             running)
+        except ApiError as e:
+            if e.code != 404:  # deleted meanwhile: nothing to report
+                raise
+
+
+def _status_of(container: dict[str, Any], outcome: PodOutcome, uid: str,
+               runtime: str) -> dict[str, Any]:
+    state = outcome.containers.get(str(container.get("name", "")), Waiting("ContainerCreating"))
+    if isinstance(state, Started):
+        return _container_status(container, uid, state.started_at, runtime,
+                                 image_id=state.image_id)
+    return _waiting_status(container, state)
+
+
+def _not_ready(status: dict[str, Any], outcome: PodOutcome) -> None:
+    # The kubelet's conditions while some containers wait (image pulls, failures).
+    waiting = " ".join(sorted(n for n, o in outcome.containers.items()
+                              if isinstance(o, Waiting)))
+    message = f"containers with unready status: [{waiting}]"
+    for type_ in ("PodReadyToStartContainers", "Initialized", "PodScheduled"):
+        set_condition(status, type_, "True")
+    for type_ in ("Ready", "ContainersReady"):
+        set_condition(status, type_, "False", "ContainersNotReady", message)

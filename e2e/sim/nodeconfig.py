@@ -2,7 +2,8 @@
 
 `NodeConfig` is what `Simulator(node_config={...})` takes for each node;
 `load_config()` reads the YAML of `python -m e2e.sim --config FILE` (the keys
-are documented in __main__.py) into the same objects.
+are documented in __main__.py) into the same objects; its `users:` are
+users.py's (`read_config()` gives the whole document).
 
 Runtimes are `<name>://<version>` as a Node reports them in
 `status.nodeInfo.containerRuntimeVersion`. Which of them can checkpoint is
@@ -30,6 +31,7 @@ __all__ = [
     "load_config",
     "merge_nodes",
     "parse_config",
+    "read_config",
 ]
 
 #: What nodes report as their runtime unless configured otherwise.
@@ -41,8 +43,11 @@ DEFAULT_RUNTIME_REQUEST_TIMEOUT = 120.0
 
 _RUNTIME = re.compile(r"^([a-z0-9.-]+)://v?(\d+)\.(\d+)(?:\.(\d+))?([-+.~].*)?$")
 _NODE_KEYS = ("name", "runtime", "restore_level", "checkpoint_gate", "ready", "labels",
-              "taints", "capacity", "runtime_request_timeout")
-_FAULT_KEYS = ("fail_next_checkpoints", "checkpoint_delay_per_mib")
+              "taints", "capacity", "runtime_request_timeout", "backoff", "backoff_max")
+_FAULT_KEYS = ("fail_next_checkpoints", "checkpoint_delay_per_mib", "image_pull_seconds",
+               "image_pull_seconds_per_mib")
+#: The kubelet's image pull backoff: 10 s doubling to 300 s (MaxContainerBackOff).
+DEFAULT_BACKOFF, DEFAULT_BACKOFF_MAX = 10.0, 300.0
 _TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
 
@@ -68,6 +73,13 @@ class NodeConfig:
         runtime fail with 500 "checkpoint failed: (injected)".
     checkpoint_delay_per_mib: fault injection: seconds a checkpoint takes per
         MiB of the container's simulated memory.
+    backoff, backoff_max: seconds; after a failed image pull the kubelet waits
+        `backoff`, doubling after each further failure up to `backoff_max`
+        (ImagePullBackOff); a failed container creation is retried every
+        `backoff` (the pod worker's requeue). The kubelet's are 10 and 300.
+    image_pull_seconds, image_pull_seconds_per_mib: fault injection: how long
+        each image pull takes (fixed, plus per MiB of the image's layers)
+        before it completes; the pod stays Pending (ContainerCreating) meanwhile.
     """
 
     runtime: str = DEFAULT_RUNTIME
@@ -80,6 +92,10 @@ class NodeConfig:
     runtime_request_timeout: float = DEFAULT_RUNTIME_REQUEST_TIMEOUT
     fail_next_checkpoints: int = 0
     checkpoint_delay_per_mib: float = 0.0
+    backoff: float = DEFAULT_BACKOFF
+    backoff_max: float = DEFAULT_BACKOFF_MAX
+    image_pull_seconds: float = 0.0
+    image_pull_seconds_per_mib: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -98,7 +114,8 @@ class NodeConfig:
         if not isinstance(self.fail_next_checkpoints, int) or \
                 isinstance(self.fail_next_checkpoints, bool) or self.fail_next_checkpoints < 0:
             raise ValueError("fail_next_checkpoints must be an integer >= 0")
-        for name in ("checkpoint_delay_per_mib", "runtime_request_timeout"):
+        for name in ("checkpoint_delay_per_mib", "runtime_request_timeout", "backoff",
+                     "backoff_max", "image_pull_seconds", "image_pull_seconds_per_mib"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0")
@@ -181,11 +198,14 @@ def parse_config(document: Any) -> dict[str, NodeConfig]:
     if document is None:
         return {}
     if not isinstance(document, dict):
-        raise ValueError("the config must be a mapping with `nodes:` and/or `faults:`")
-    unknown = sorted(set(document) - {"nodes", "faults"})
+        raise ValueError("the config must be a mapping with `nodes:`, `faults:`, "
+                         "`registries:` and/or `users:`")
+    # `registries:` and `users:` are the cluster's, not a node's: images.parse_registries()
+    # and users.parse_users() read them.
+    unknown = sorted(set(document) - {"nodes", "faults", "registries", "users"})
     if unknown:
         raise ValueError(f"unknown top-level key(s) {', '.join(unknown)} "
-                         f"(known: nodes, faults)")
+                         f"(known: nodes, faults, registries, users)")
     nodes = document.get("nodes") or []
     if not isinstance(nodes, list):
         raise ValueError("`nodes` must be a list")
@@ -215,14 +235,19 @@ def parse_config(document: Any) -> dict[str, NodeConfig]:
     return configs
 
 
-def load_config(path: Path) -> dict[str, NodeConfig]:
-    """Read a `--config` YAML file (ValueError when it is malformed)."""
+def read_config(path: Path) -> Any:
+    """The parsed YAML of a `--config` file (ValueError when unreadable or not YAML)."""
     try:
-        document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise ValueError(f"{path}: {e.strerror}") from None
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not YAML: {e}") from None
+
+
+def load_config(path: Path) -> dict[str, NodeConfig]:
+    """Read a `--config` YAML file's nodes (ValueError when it is malformed)."""
+    document = read_config(path)
     try:
         return parse_config(document)
     except ValueError as e:

@@ -9,8 +9,9 @@ operations, with that parameter, makes kubectl leave validation to the server
 
 PATCH operations carry no `requestBody` on purpose: kubectl then computes
 `apply` patches from its built-in type metadata instead of looking for
-schemas here. A later slice adds component schemas (the kubernetes-validate
-package ships them) for server-side validation and `kubectl explain`.
+schemas here. The server does validate fields itself, against the schemas the
+kubernetes-validate package ships (schema.py, validation.py); publishing them
+here too (for `kubectl explain`) is left for later.
 /openapi/v2 is not served (404), which kubectl tolerates once v3 answers.
 """
 
@@ -50,18 +51,21 @@ def _paths(rt: ResourceType) -> dict[str, Any]:
     base = "/" + _gv_path(rt.group, rt.version)
     collection = f"{base}/namespaces/{{namespace}}/{rt.plural}" if rt.namespaced \
         else f"{base}/{rt.plural}"
-    return {
-        collection: {
-            "get": _operation(rt, "list", False),
-            "post": _operation(rt, "post", True),
-        },
+    # Only the operations the type serves: a review (create only) has no {name} path.
+    methods = {
+        collection: {"get": ("list", "list", False), "post": ("create", "post", True)},
         f"{collection}/{{name}}": {
-            "get": _operation(rt, "get", False),
-            "put": _operation(rt, "put", True),
-            "patch": _operation(rt, "patch", True),
-            "delete": _operation(rt, "delete", False),
+            "get": ("get", "get", False), "put": ("update", "put", True),
+            "patch": ("patch", "patch", True), "delete": ("delete", "delete", False),
         },
     }
+    paths: dict[str, Any] = {}
+    for path, operations in methods.items():
+        served = {method: _operation(rt, action, writes)
+                  for method, (verb, action, writes) in operations.items() if verb in rt.verbs}
+        if served:
+            paths[path] = served
+    return paths
 
 
 def group_version_document(registry: Registry, group: str, version: str) -> dict[str, Any] | None:

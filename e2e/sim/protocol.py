@@ -3,7 +3,8 @@
 server.py authenticates a connection's request into a `Request` carrying the
 `User`; api.py answers with a `Response` (a JSON body, or a `stream` of chunks
 for watches); an `Authorizer` sees each request as `Attributes`, the same
-fields a SubjectAccessReview has, so an RBAC model can replace `allow_all`.
+fields a SubjectAccessReview has, and answers a bool or a `Decision` (which
+also says why, as SelfSubjectAccessReviews and 403 messages report it).
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from e2e.sim.errors import bad_request
 __all__ = [
     "Attributes",
     "Authorizer",
+    "Decision",
     "Request",
     "Response",
     "User",
     "allow_all",
+    "decide",
     "table_version",
 ]
 
@@ -54,8 +57,35 @@ class Attributes:
     path: str = ""
 
 
-#: Decides whether a request may proceed.
-Authorizer = Callable[[Attributes], bool]
+@dataclass(frozen=True)
+class Decision:
+    """An authorizer's answer with its reasons (what a SubjectAccessReview's status says).
+
+    allowed: the request may proceed.
+    denied: explicitly refused (no other authorizer may allow it); RBAC never denies,
+        it only fails to allow.
+    reason: why, e.g. `RBAC: allowed by ClusterRoleBinding "x" of ClusterRole "y" to
+        User "bob"`; appended to a 403's message when not allowed.
+    """
+
+    allowed: bool
+    denied: bool = False
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+
+#: Decides whether a request may proceed: a bool, or a Decision with its reason.
+Authorizer = Callable[[Attributes], "bool | Decision"]
+
+
+def decide(authorizer: Authorizer, attributes: Attributes) -> Decision:
+    """The authorizer's answer as a Decision, whichever form it gave."""
+    answer = authorizer(attributes)
+    if isinstance(answer, Decision):
+        return answer
+    return Decision(bool(answer))
 
 
 def allow_all(attributes: Attributes) -> bool:

@@ -28,6 +28,7 @@ from e2e.sim.errors import (
 from e2e.sim.meta import generate_name, validate_metadata
 from e2e.sim.patch import json_patch, merge_patch, strategic_merge
 from e2e.sim.resources import Registry, ResourceType
+from e2e.sim.schema import Node, Schemas
 from e2e.sim.selectors import (
     match_fields,
     match_labels,
@@ -35,6 +36,7 @@ from e2e.sim.selectors import (
     parse_label_selector,
 )
 from e2e.sim.store import Obj, Store
+from e2e.sim.validation import Patch, decode, required_errors
 
 __all__ = ["FOREGROUND_FINALIZER", "ORPHAN_FINALIZER", "PATCH_TYPES", "PROPAGATION_POLICIES",
            "Rest"]
@@ -53,6 +55,25 @@ _SERVER_OWNED = ("uid", "creationTimestamp", "deletionTimestamp", "deletionGrace
 _IMMUTABLE = ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp",
               "deletionGracePeriodSeconds", "generation")
 _GENERATE_ATTEMPTS = 8
+# Groups whose objects are named by any path segment (`system:discovery`), not DNS rules.
+_PATH_SEGMENT_NAMED = frozenset({"rbac.authorization.k8s.io"})
+
+
+def _metadata_errors(rt: ResourceType, meta: dict[str, Any]) -> list[FieldError]:
+    name = meta.get("name")
+    if rt.group not in _PATH_SEGMENT_NAMED or not name:
+        return validate_metadata(meta, dns_label_name=rt.dns_label_name)
+    # Labels and annotations as usual; the name as apimachinery's IsValidPathSegmentName.
+    errors = validate_metadata({**meta, "name": "x"})
+    name = str(name)
+    if name in (".", ".."):
+        errors.append(FieldError("Invalid", "metadata.name", f"may not be '{name}'", name))
+    for bad in ("/", "%"):
+        if bad in name:
+            errors.append(FieldError("Invalid", "metadata.name", f"may not contain '{bad}'",
+                                     name))
+    return errors
+
 
 #: DeleteOptions.propagationPolicy values; Orphan and Foreground leave a finalizer on
 #: the object for the garbage collector (gc.py) to act on and remove.
@@ -62,14 +83,24 @@ FOREGROUND_FINALIZER = "foregroundDeletion"
 
 
 class Rest:
-    """Create/read/update/delete any registered resource type against a Store."""
+    """Create/read/update/delete any registered resource type against a Store.
 
-    def __init__(self, store: Store, registry: Registry) -> None:
+    schemas: the API's OpenAPI schemas (schema.py); when given, every object
+        written is decoded and validated against its kind's schema, found by
+        group, version and kind (validation.py).
+    """
+
+    def __init__(self, store: Store, registry: Registry, schemas: Schemas | None = None
+                 ) -> None:
         self.store = store
         self.registry = registry
         #: Storage keys whose objects orphan their dependents when a deletion names no
         #: propagation policy (batch/v1 Jobs, kept so for compatibility).
         self.orphan_by_default: set[str] = set()
+        self.schemas = schemas
+
+    def _schema(self, rt: ResourceType) -> Node | None:
+        return self.schemas.kind(rt.group, rt.version, rt.kind) if self.schemas else None
 
     # -- reading ---------------------------------------------------------------------
 
@@ -95,7 +126,10 @@ class Rest:
 
     # -- creating ------------------------------------------------------------------------
 
-    def _decode(self, rt: ResourceType, body: Any) -> Obj:
+    def decode(self, rt: ResourceType, body: Any, patch: Patch | None = None) -> Obj:
+        """A private copy of a body (or a patch's result), decoded as the API server's
+        decoder would: its kind checked, then its fields against the kind's schema
+        (also for kinds answered without storage, like access reviews)."""
         if not isinstance(body, Mapping):
             raise bad_request(f"the body must be a {rt.kind} object")
         obj = copy.deepcopy(dict(body))
@@ -109,6 +143,9 @@ class Rest:
         meta = obj.setdefault("metadata", {})
         if not isinstance(meta, dict):
             raise bad_request("metadata must be an object")
+        node = self._schema(rt)
+        if node is not None:
+            decode(node, rt.kind, rt.version, obj, patch)
         return obj
 
     def _check_namespace(self, rt: ResourceType, namespace: str, name: str) -> None:
@@ -120,15 +157,20 @@ class Rest:
                             f"{namespace} because it is being terminated", rt.group)
 
     def _validate(self, rt: ResourceType, obj: Obj, old: Obj | None) -> None:
-        errors = validate_metadata(obj["metadata"], dns_label_name=rt.dns_label_name)
+        errors = _metadata_errors(rt, obj["metadata"])
         if rt.validate is not None:
             errors += rt.validate(obj, old)
+        node = self._schema(rt)
+        if node is not None:
+            # Fields the kind's own checks found missing already are not reported twice.
+            seen = {(e.kind, e.field) for e in errors}
+            errors += [e for e in required_errors(node, obj) if (e.kind, e.field) not in seen]
         if errors:
             raise invalid(rt.kind, str(obj["metadata"].get("name", "")), errors, rt.group)
 
     def create(self, rt: ResourceType, namespace: str, body: Any) -> Obj:
         """Store a new object from a client's body (`generateName` honoured)."""
-        obj = self._decode(rt, body)
+        obj = self.decode(rt, body)
         meta = obj["metadata"]
         if rt.namespaced:
             if meta.get("namespace") not in (None, "", namespace):
@@ -159,10 +201,14 @@ class Rest:
 
     # -- updating ------------------------------------------------------------------------
 
-    def _next_state(self, rt: ResourceType, old: Obj, new: Any, subresource: str | None) -> Obj:
-        """The state to store when a client sends `new` (PUT body or patch result)."""
+    def _next_state(self, rt: ResourceType, old: Obj, new: Any, subresource: str | None,
+                    patch: Patch | None = None) -> Obj:
+        """The state to store when a client sends `new` (PUT body, or the result of
+        `patch`)."""
         if not isinstance(new, dict) or not isinstance(new.get("metadata", {}), dict):
             raise bad_request(f"the body must be a {rt.kind} object")
+        if subresource in (None, "status", "finalize"):  # bodies of the object's own kind
+            new = self.decode(rt, new, patch)
         name = old["metadata"]["name"]
         sent_rv = new.get("metadata", {}).get("resourceVersion")
         if sent_rv and sent_rv != old["metadata"]["resourceVersion"]:
@@ -177,7 +223,7 @@ class Rest:
         elif subresource is not None:
             raise not_found(f"{rt.plural}/{subresource}", name, rt.group)
         else:
-            result = self._decode(rt, new)
+            result = new
             meta = result["metadata"]
             for key in _IMMUTABLE:
                 if key in old["metadata"]:
@@ -218,7 +264,8 @@ class Rest:
             raise unsupported_media_type(content_type)
 
         def mutate(old: Obj) -> Obj:
-            return self._next_state(rt, old, apply(old, patch), subresource)
+            return self._next_state(rt, old, apply(old, patch), subresource,
+                                    Patch(media, patch))
 
         return self.store.update(rt.key, namespace, name, mutate,
                                  remove_if=rt.ready_to_remove, group=rt.group)

@@ -10,6 +10,13 @@
         sim.kubelet_client              # CertPair: a client certificate the kubelets accept
         sim.node_path("node-a", "/var/lib/kubelet/checkpoints/x.tar")  # where that file is
         sim.configure_node("node-a", fail_next_checkpoints=1)          # NodeConfig changes
+        token = sim.add_user("bob", rules=[{"apiGroups": [""], "resources": ["pods"],
+                                            "verbs": ["get", "list"], "namespaces": ["shop"]}])
+        sim.user_kubeconfig("bob")      # STATE_DIR/kubeconfig-bob, bob's token
+
+Kubelets pull images from registries on 127.0.0.1 for real (images.py):
+`Simulator(..., registries=RegistryConfig(insecure=("127.0.0.1:5000",),
+ca_files=(ca_pem,)))`; images of other registries count as present.
 
 start() generates a CA and a server certificate for 127.0.0.1/localhost
 (e2e.pki, files 0600 under STATE_DIR/pki), creates the `default`,
@@ -29,8 +36,15 @@ and STATE_DIR/kubelet-client.crt/.key (CN `kubelet-admin`, O `system:masters`)
 for tools that talk to kubelets directly. The API server reaches them the
 same way (`/api/v1/nodes/NODE/proxy/...`), with its own client certificate.
 A node's files live under STATE_DIR/nodes/NODE/ (its root directory):
-checkpoint archives in var/lib/kubelet/checkpoints/, its kubelet's access
-log in var/log/kubelet.log.
+checkpoint archives in var/lib/kubelet/checkpoints/, pulled images in
+var/lib/containers/storage/, its kubelet's access log in var/log/kubelet.log.
+
+Requests are authorized by RBAC (rbac_authorizer.py) over the cluster's own
+Roles, ClusterRoles and bindings (rbac.authorization.k8s.io/v1, served like
+any kind), starting from the bootstrap policy: the admin token is in
+system:masters, every user may read discovery and ask SelfSubjectAccessReviews.
+add_user() grants rules through such objects (users.py); add_token() only
+authenticates. `authorizer=` replaces RBAC altogether (e.g. `allow_all`).
 """
 
 from __future__ import annotations
@@ -39,6 +53,7 @@ import base64
 import hmac
 import http.client
 import os
+import re
 import secrets
 import ssl
 import threading
@@ -51,20 +66,26 @@ from typing import IO, Any
 import yaml
 
 from e2e.pki import CertPair, issue, make_ca, write_private
-from e2e.sim import workloads
+from e2e.sim import authz, rbac, workloads
 from e2e.sim.api import Api
 from e2e.sim.checkpoints import CHECKPOINT_DIR
 from e2e.sim.controllers import Controller, NamespaceController, Scheduler
 from e2e.sim.core import NAMESPACES, core_registry
+from e2e.sim.discovery import KUBE_VERSION
 from e2e.sim.errors import status_body
+from e2e.sim.images import RegistryConfig
 from e2e.sim.kubelet import Kubelet
 from e2e.sim.kubelet_api import KubeletApi
 from e2e.sim.nodeconfig import NodeConfig
-from e2e.sim.protocol import Authorizer, Request, Response, User, allow_all
+from e2e.sim.protocol import Authorizer, Request, Response, User
+from e2e.sim.rbac_authorizer import RbacAuthorizer
 from e2e.sim.rest import Rest
 from e2e.sim.runs import ContainerProcess
+from e2e.sim.schema import schemas_for
 from e2e.sim.server import LOOPBACK, ApiServer, HttpsServer, cert_user
+from e2e.sim.serviceaccounts import ServiceAccountController
 from e2e.sim.store import Obj, Store
+from e2e.sim.users import UserSpec, user_grants
 
 __all__ = ["ADMIN", "DEFAULT_NODES", "KUBELET_CLIENT_CN", "Simulator"]
 
@@ -75,6 +96,7 @@ ADMIN = User("sim-admin", ("system:masters", "system:authenticated"))
 #: apiserver-kubelet-client).
 KUBELET_CLIENT_CN = "kubelet-admin"
 _CLUSTER = "sim"
+_IMAGE_STORAGE = "var/lib/containers/storage"
 _UNAUTHORIZED_TEXT = "Unauthorized\n"
 
 
@@ -87,9 +109,12 @@ class Simulator:
     start_latency: seconds from a pod being bound to it Running.
     stop_latency: seconds from a pod's deletion to it being gone.
     authorizer: decides every request, the API server's and the kubelets'
-        (default: allow everything).
+        (default: RBAC over the cluster's own RBAC objects).
+    users: users to create at start (see add_user()).
     node_config: NodeConfig per node name (runtime, checkpoint support,
         readiness, faults...); nodes not named get NodeConfig().
+    registries: how kubelets reach registries on 127.0.0.1 (plain HTTP ones,
+        trusted CAs); default: HTTPS with the system's CAs.
     container_process: what the containers of run-to-completion pods (Jobs) do
         (runs.py; default: run and exit as the pod's annotations say).
     """
@@ -102,8 +127,10 @@ class Simulator:
         port: int = 0,
         start_latency: float = 0.2,
         stop_latency: float = 0.2,
-        authorizer: Authorizer = allow_all,
+        authorizer: Authorizer | None = None,
         node_config: Mapping[str, NodeConfig] | None = None,
+        users: Sequence[UserSpec] = (),
+        registries: RegistryConfig | None = None,
         container_process: ContainerProcess | None = None,
     ) -> None:
         if not nodes:
@@ -120,29 +147,37 @@ class Simulator:
         self.token = secrets.token_urlsafe(32)
         self.store = Store()
         self.registry = core_registry()
-        self.rest = Rest(self.store, self.registry)
-        self.authorizer = authorizer
-        self.api = Api(self.rest, self.registry, authorizer=authorizer,
+        authz.register(self.registry)
+        rbac.register(self.registry)
+        self.rest = Rest(self.store, self.registry, schemas_for(KUBE_VERSION))
+        self.authorizer = authorizer if authorizer is not None else RbacAuthorizer(self.store)
+        self.api = Api(self.rest, self.registry, authorizer=self.authorizer,
                        server_address=lambda: f"{LOOPBACK}:{self.port}", log=self.log,
                        node_proxy=self._proxy_to_kubelet)
         workloads.install(self.registry, self.rest, self.api)
         self._tokens: dict[str, User] = {self.token: ADMIN}
+        self._users: dict[str, tuple[UserSpec, str]] = {}
         self._port = port
         self._server: ApiServer | None = None
         self._controllers: list[Controller] = []
         self._ca: CertPair | None = None
         self._kubelet_client: CertPair | None = None
         self._proxy_context: ssl.SSLContext | None = None
+        self.registries = registries or RegistryConfig()
         self.kubelets = {
             node: Kubelet(self.rest, node, index, start_latency=start_latency,
                           stop_latency=stop_latency, config=(node_config or {}).get(node),
-                          log=self.log, process=container_process)
+                          log=self.log, registries=self.registries,
+                          storage=self.state_dir / "nodes" / node / _IMAGE_STORAGE,
+                          process=container_process)
             for index, node in enumerate(self.node_names, start=1)
         }
         self._kubelet_apis: dict[str, KubeletApi] = {}
         self._kubelet_servers: dict[str, HttpsServer] = {}
         self._log_file: IO[str] | None = None
         self._log_lock = threading.Lock()
+        for spec in users:
+            self.add_user(spec.name, spec.groups, spec.rules, token=spec.token)
 
     # -- what clients need -------------------------------------------------------------
 
@@ -216,12 +251,44 @@ class Simulator:
                            f"{', '.join(self.node_names)})")
 
     def add_token(self, user: str, groups: Sequence[str] = ()) -> str:
-        """A new bearer token for `user` (for tests of other identities, e.g. 403s)."""
+        """A new bearer token for `user` (for tests of other identities, e.g. 403s).
+        It only authenticates: under RBAC the user may read discovery and ask
+        access reviews, and what bindings to it or its groups grant (add_user())."""
         token = secrets.token_urlsafe(32)
         self._tokens[token] = User(user, tuple(groups))
         if self._server is not None:
             self._server.tokens[token] = self._tokens[token]
         return token
+
+    def add_user(self, name: str, groups: Sequence[str] = (),
+                 rules: Sequence[Mapping[str, Any]] = (), *, token: str | None = None) -> str:
+        """A bearer token for user `name`, granted `rules` (users.py) through RBAC
+        objects named `sim:user:NAME`; namespaces they name are created. Before
+        start() the objects are created at start; the token and
+        user_kubeconfig(name) work either way."""
+        if name in self._users:
+            raise ValueError(f"user {name!r} already exists")
+        spec = UserSpec(name, tuple(groups), tuple(rules), token)
+        token = token or secrets.token_urlsafe(32)
+        self._tokens[token] = User(name, spec.groups)
+        self._users[name] = (spec, token)
+        if self._server is not None:
+            self._server.tokens[token] = self._tokens[token]
+            self._grant(spec)
+            self._write_kubeconfig(self.user_kubeconfig(name), name, token)
+        return token
+
+    def user_kubeconfig(self, name: str) -> Path:
+        """The kubeconfig of a user made by add_user() (STATE_DIR/kubeconfig-NAME)."""
+        if name not in self._users:
+            raise KeyError(f"no user {name!r} was added")
+        return self.state_dir / f"kubeconfig-{re.sub(r'[^A-Za-z0-9_.-]', '-', name)}"
+
+    def _grant(self, spec: UserSpec) -> None:
+        for rt, namespace, obj in user_grants(spec):
+            if namespace and self.store.find(NAMESPACES.key, "", namespace) is None:
+                self.rest.create(NAMESPACES, "", {"metadata": {"name": namespace}})
+            self.rest.create(rt, namespace, obj)
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -247,7 +314,9 @@ class Simulator:
             self._server = ApiServer(self.api, server_cert, self._tokens, port=self._port,
                                      log=self.state_dir / "apiserver.log")
             self._server.start()
-            self._write_kubeconfig()
+            for name, (_, token) in self._users.items():
+                self._write_kubeconfig(self.user_kubeconfig(name), name, token)
+            self._write_kubeconfig(self.kubeconfig, ADMIN.name, self.token)
         except BaseException:
             self.stop()
             raise
@@ -257,8 +326,13 @@ class Simulator:
     def _bootstrap(self) -> None:
         for name in ("default", "kube-system", "kube-public", "kube-node-lease"):
             self.rest.create(NAMESPACES, "", {"metadata": {"name": name}})
+        for rt, obj in rbac.default_policy():
+            self.rest.create(rt, "", obj)
+        for spec, _ in self._users.values():
+            self._grant(spec)
         self._controllers = [Scheduler(self.rest, log=self.log),
                              NamespaceController(self.rest, log=self.log),
+                             ServiceAccountController(self.rest, log=self.log),
                              *workloads.controllers(self.rest, log=self.log)]
         for node, kubelet in self.kubelets.items():
             kubelet.register(self._kubelet_servers[node].port)
@@ -325,7 +399,7 @@ class Simulator:
                         answer.getheader("Content-Type") or "text/plain; charset=utf-8",
                         headers=passed)
 
-    def _write_kubeconfig(self) -> None:
+    def _write_kubeconfig(self, path: Path, user: str, token: str) -> None:
         config: dict[str, Any] = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -334,16 +408,16 @@ class Simulator:
                 "certificate-authority-data": base64.b64encode(
                     self.ca.cert.read_bytes()).decode(),
             }}],
-            "users": [{"name": ADMIN.name, "user": {"token": self.token}}],
+            "users": [{"name": user, "user": {"token": token}}],
             "contexts": [{"name": _CLUSTER, "context": {
-                "cluster": _CLUSTER, "user": ADMIN.name, "namespace": "default"}}],
+                "cluster": _CLUSTER, "user": user, "namespace": "default"}}],
             "current-context": _CLUSTER,
             "preferences": {},
         }
         # Written aside and renamed: whoever sees the file sees all of it.
-        tmp = self.kubeconfig.with_name(".kubeconfig.tmp")
+        tmp = path.with_name(f".{path.name}.tmp")
         write_private(tmp, yaml.safe_dump(config, sort_keys=False).encode())
-        os.replace(tmp, self.kubeconfig)
+        os.replace(tmp, path)
 
     def stop(self) -> None:
         """Stop serving, stop every controller and join every thread. Idempotent;

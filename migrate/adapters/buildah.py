@@ -233,3 +233,11 @@ def _cleanup(run: _Buildah, container: str | None, image: str | None) -> None:
             run(sub, what)
         except MigrateError as e:  # the error that got us here matters more
             log.warning("cleanup: %s", e)
+
+
+def buildah_version(executable: str = "buildah", timeout: float = 30.0) -> str:
+    """``buildah --version``'s version number; `DependencyError` when it cannot run."""
+    out = _Buildah(executable, timeout, [])("--version")
+    # "buildah version 1.28.2 (image-spec 1.0.2-dev, runtime-spec 1.0.2-dev)"
+    words = out.split()
+    return words[2] if len(words) > 2 and words[1] == "version" else out.strip()

@@ -9,6 +9,7 @@ in them) reach the user.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from migrate.errors import (
     TransientClusterError,
 )
 from migrate.retry import cluster_policy, retry_after
-from migrate.settings import KubeSettings
+from migrate.settings import KubeSettings, RetrySettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,6 +41,7 @@ class Cluster:
     api: Any  # kubernetes.client.ApiClient
     namespace: str
     settings: KubeSettings
+    requests: int = 0  # API requests sent (retries and watches included): the report's count
 
 
 def connect(settings: KubeSettings) -> Cluster:
@@ -122,14 +124,16 @@ def translate(e: Exception, what: str) -> MigrateError:
     raise e
 
 
-def call(cluster: Cluster, what: str, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+def call(cluster: Cluster, what: str, fn: Callable[..., T], *args: Any,
+         _retry: RetrySettings | None = None, **kw: Any) -> T:
     """Run one API call with the named retry policy; errors come out as ours."""
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
     kw.setdefault("_request_timeout", cluster.settings.request_timeout)
-    for attempt in cluster_policy(cluster.settings.retry):
+    for attempt in cluster_policy(_retry or cluster.settings.retry):
         with attempt:
+            cluster.requests += 1
             try:
                 return fn(*args, **kw)
             except (ApiException, HTTPError, OSError) as e:
@@ -196,3 +200,242 @@ def checkpoint_via_apiserver(cluster: Cluster, node: str, namespace: str, pod: s
     except MigrateError as e:
         raise _checkpoint_error(e) from e
     return parse_checkpoint_response(resp, what)
+
+
+def _raw(resp: Any) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(resp.data)
+    return data
+
+
+def server_version(cluster: Cluster) -> dict[str, Any]:
+    """``/version``: gitVersion, major, minor, platform."""
+    from kubernetes import client
+
+    api = client.VersionApi(cluster.api)
+    return _raw(call(cluster, "read the server version", api.get_code, _preload_content=False))
+
+
+def list_nodes(cluster: Cluster) -> list[dict[str, Any]]:
+    """Every node, as the API serves it."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(cluster.api)
+    items: list[dict[str, Any]] = _raw(
+        call(cluster, "list nodes", core.list_node, _preload_content=False))["items"]
+    return items
+
+
+def read_node(cluster: Cluster, name: str) -> dict[str, Any]:
+    """One node, as the API serves it."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(cluster.api)
+    return _raw(call(cluster, f"read node {name}", core.read_node, name,
+                     _preload_content=False))
+
+
+@dataclass(frozen=True)
+class Access:
+    """What a SelfSubjectAccessReview answered."""
+
+    allowed: bool
+    reason: str
+
+
+def can_i(cluster: Cluster, verb: str, resource: str, *, group: str = "",
+          subresource: str = "", namespace: str = "") -> Access:
+    """Ask the API server whether the current user may ``verb`` the ``resource``."""
+    from kubernetes import client
+
+    attributes = client.V1ResourceAttributes(
+        verb=verb, resource=resource, group=group, subresource=subresource or None,
+        namespace=namespace or None)
+    body = client.V1SelfSubjectAccessReview(
+        api_version="authorization.k8s.io/v1", kind="SelfSubjectAccessReview",
+        spec=client.V1SelfSubjectAccessReviewSpec(resource_attributes=attributes))
+    api = client.AuthorizationV1Api(cluster.api)
+    what = f"review access to {verb} {resource}{'/' + subresource if subresource else ''}"
+    status = _raw(call(cluster, what, api.create_self_subject_access_review, body,
+                       _preload_content=False)).get("status") or {}
+    return Access(bool(status.get("allowed")), str(status.get("reason") or ""))
+
+
+# -- pods, owners and events: what a migration does --------------------------------------
+
+
+def create_pod(cluster: Cluster, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Create a pod; returns it as the API stored it."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(cluster.api)
+    name = body.get("metadata", {}).get("name") or body.get("metadata", {}).get("generateName")
+    # Not retried: a create whose answer was lost may have happened; the caller's
+    # journal and the name (or generateName) sort that out, not a blind second POST.
+    return _raw(call(cluster, f"create pod {namespace}/{name}", core.create_namespaced_pod,
+                     namespace, body, _retry=dataclasses.replace(cluster.settings.retry,
+                                                                  attempts=1),
+                     _preload_content=False))
+
+
+def delete_pod(cluster: Cluster, namespace: str, name: str, *, uid: str | None = None,
+               grace_seconds: int | None = None) -> bool:
+    """Delete a pod (only the one with ``uid``, when given); False if it was already gone."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(cluster.api)
+    body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions"}
+    if uid:
+        body["preconditions"] = {"uid": uid}
+    if grace_seconds is not None:
+        body["gracePeriodSeconds"] = grace_seconds
+    try:
+        call(cluster, f"delete pod {namespace}/{name}", core.delete_namespaced_pod, name,
+             namespace, body=body, _preload_content=False)
+    except NotFoundError:
+        return False
+    return True
+
+
+def patch_pod(cluster: Cluster, namespace: str, name: str,
+              patch: dict[str, Any]) -> dict[str, Any]:
+    """Strategic-merge-patch a pod (``None`` values remove keys)."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(cluster.api)
+    return _raw(call(cluster, f"patch pod {namespace}/{name}", core.patch_namespaced_pod,
+                     name, namespace, patch, _preload_content=False))
+
+
+def list_pods(cluster: Cluster, namespace: str | None, *, label_selector: str = "",
+              field_selector: str = "") -> list[dict[str, Any]]:
+    """Pods in ``namespace`` (None: every namespace) matching the selectors."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(cluster.api)
+    kw: dict[str, Any] = {k: v for k, v in (("label_selector", label_selector),
+                            ("field_selector", field_selector)) if v}
+    if namespace is None:
+        resp = call(cluster, "list pods", core.list_pod_for_all_namespaces,
+                    _preload_content=False, **kw)
+    else:
+        resp = call(cluster, f"list pods in {namespace}", core.list_namespaced_pod, namespace,
+                    _preload_content=False, **kw)
+    items: list[dict[str, Any]] = _raw(resp)["items"]
+    return items
+
+
+def read_owner(cluster: Cluster, namespace: str, kind: str, name: str) -> dict[str, Any]:
+    """A pod's controller (ReplicaSet, Deployment, ...), as the API serves it."""
+    from kubernetes import client
+
+    apps = client.AppsV1Api(cluster.api)
+    readers: dict[str, Callable[..., Any]] = {
+        "ReplicaSet": apps.read_namespaced_replica_set,
+        "Deployment": apps.read_namespaced_deployment,
+        "StatefulSet": apps.read_namespaced_stateful_set,
+        "DaemonSet": apps.read_namespaced_daemon_set,
+    }
+    if kind not in readers:
+        raise ClusterError(f"cannot read owner {kind} {namespace}/{name}",
+                           hint="only apps/v1 owners are followed")
+    return _raw(call(cluster, f"read {kind} {namespace}/{name}", readers[kind], name,
+                     namespace, _preload_content=False))
+
+
+def watch_pod(cluster: Cluster, namespace: str, name: str,
+              until: Callable[[dict[str, Any] | None], T | None], timeout: float) -> T:
+    """Watch one pod until ``until(pod)`` returns something (None: the pod is gone).
+
+    A watch, not a polling loop: one list for the starting resourceVersion,
+    then events; an expired resourceVersion (410) or a dropped connection
+    starts over from a fresh list. `ClusterError` after ``timeout`` seconds.
+    """
+    import time
+
+    from kubernetes import client, watch
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    core = client.CoreV1Api(cluster.api)
+    selector = f"metadata.name={name}"
+    deadline = time.monotonic() + timeout
+    while True:
+        listing = _raw(call(cluster, f"list pod {namespace}/{name}", core.list_namespaced_pod,
+                            namespace, field_selector=selector, _preload_content=False))
+        pods = listing.get("items") or []
+        found = until(pods[0] if pods else None)
+        if found is not None:
+            return found
+        version = listing["metadata"]["resourceVersion"]
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        cluster.requests += 1
+        try:
+            for event in watch.Watch().stream(
+                    core.list_namespaced_pod, namespace, field_selector=selector,
+                    resource_version=version, timeout_seconds=max(1, int(remaining)),
+                    _request_timeout=remaining + 5):
+                pod = event["raw_object"]
+                if event["type"] == "ERROR":
+                    break  # 410 Gone and friends: list again
+                found = until(None if event["type"] == "DELETED" else pod)
+                if found is not None:
+                    return found
+                if time.monotonic() > deadline:
+                    break
+        except (ApiException, HTTPError, OSError) as e:
+            err = translate(e, f"watch pod {namespace}/{name}")
+            if not isinstance(err, TransientClusterError):
+                raise err from e
+        if time.monotonic() > deadline:
+            break
+    raise ClusterError(f"pod {namespace}/{name}: timed out after {timeout:g} s",
+                       hint="raise --timeout, or look at the pod's events "
+                       "(kubectl describe pod)")
+
+
+def create_event(cluster: Cluster, pod: dict[str, Any], reason: str, message: str,
+                 *, warning: bool = False) -> None:
+    """Record a core/v1 Event on ``pod``; failing to is logged, never fatal."""
+    from kubernetes import client
+
+    meta = pod["metadata"]
+    now = _rfc3339()
+    body = {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"],
+                           "namespace": meta["namespace"], "uid": meta.get("uid", "")},
+        "reason": reason, "message": message[:1024], "type": "Warning" if warning else "Normal",
+        "source": {"component": "migrate"}, "reportingComponent": "migrate",
+        "reportingInstance": os.uname().nodename, "firstTimestamp": now, "lastTimestamp": now,
+        "count": 1,
+    }
+    core = client.CoreV1Api(cluster.api)
+    try:
+        call(cluster, f"record event {reason}", core.create_namespaced_event,
+             meta["namespace"], body, _preload_content=False)
+    except MigrateError as e:
+        log.warning("could not record event %s on pod %s: %s", reason, meta["name"], e.message)
+
+
+def _rfc3339() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def server_minor_version(cluster: Cluster) -> str:
+    """The API server's Kubernetes version as ``MAJOR.MINOR`` (its ``/version``)."""
+    return version_of(server_version(cluster))
+
+
+def version_of(info: dict[str, Any]) -> str:
+    """``MAJOR.MINOR`` of a ``/version`` document."""
+    # Managed clusters report minor "30+"; gitVersion ("v1.30.4-gke.1") is the fallback.
+    major, minor = (str(info.get(k, "")).rstrip("+") for k in ("major", "minor"))
+    if not (major.isdigit() and minor.isdigit()):
+        major, _, rest = str(info.get("gitVersion", "")).lstrip("v").partition(".")
+        minor = rest.split(".")[0]
+    return f"{major}.{minor}"

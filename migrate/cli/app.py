@@ -51,11 +51,13 @@ def root(
 
 
 def _register() -> None:
-    from migrate.cli import archive, cluster, images
+    from migrate.cli import archive, cluster, images, migration, restore
 
     archive.register(app)
     images.register(app)
     cluster.register(app)
+    migration.register(app)
+    restore.register(app)
 
 
 _register()

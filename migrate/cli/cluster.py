@@ -1,15 +1,21 @@
-"""Commands that talk to the cluster: checkpoint (doctor follows)."""
+"""Commands that talk to the cluster: checkpoint, doctor."""
 
 from __future__ import annotations
 
 import dataclasses
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
+from migrate.cli.options import AUTHFILE, CERT_DIR, CREDS, TLS_VERIFY, with_registry
 from migrate.cli.output import Format, emit, table
+from migrate.errors import ChecksFailed
 from migrate.settings import Settings
+
+if TYPE_CHECKING:
+    from migrate.pipeline.doctor import DoctorReport
 
 # The kubernetes client (~0.3 s to import) loads when a cluster command runs.
 
@@ -75,6 +81,53 @@ def checkpoint(
           f"{result.seconds:.3f} s")]))
 
 
+def _doctor_table(report: DoctorReport) -> str:
+    rows = [(c.status.value, c.name, c.detail) for c in report.checks]
+    text = table(("status", "check", "detail"), rows)
+    hints = [f"  {c.name}: {c.hint}" for c in report.checks
+             if c.hint and c.status.value in ("WARN", "FAIL")]
+    if hints:
+        text += "\nhints:\n" + "\n".join(hints) + "\n"
+    n = report.to_dict()["summary"]
+    warnings = f"{n['warn']} warning" + ("" if n["warn"] == 1 else "s")
+    return text + f"\n{n['pass']} passed, {warnings}, {n['fail']} failed, {n['skip']} skipped\n"
+
+
+def doctor(
+    ctx: typer.Context,
+    node: list[str] = typer.Option([], "--node", help="Check only these nodes "
+                                   "(repeatable) [default: every node].", show_default=False),
+    registry: str | None = typer.Option(None, "--registry", help="Registry to check: "
+                                        "HOST[:PORT][/REPOSITORY].", show_default=False),
+    authfile: Path | None = AUTHFILE,
+    creds: str | None = CREDS,
+    tls_verify: bool = TLS_VERIFY,
+    cert_dir: Path | None = CERT_DIR,
+    kubeconfig: Path | None = KUBECONFIG,
+    context: str | None = CONTEXT,
+    namespace: str | None = NAMESPACE,
+    output: Format = typer.Option(Format.table, "-o", "--output", help="Output format."),
+) -> None:
+    """Preflight checks: API version, RBAC, node runtimes, registry, buildah.
+
+    Exits 9 when a check FAILs (WARN rows do not fail the run).
+    """
+    from migrate.pipeline.doctor import DoctorRequest
+    from migrate.pipeline.doctor import doctor as run
+
+    settings = with_registry(_with_kube(ctx, kubeconfig, context, namespace),
+                             authfile=authfile, creds=creds, tls_verify=tls_verify,
+                             cert_dir=cert_dir)
+    report = run(settings, DoctorRequest(nodes=tuple(node), registry=registry))
+    emit(report.to_dict(), output.value, lambda: _doctor_table(report))
+    failed = report.to_dict()["summary"]["fail"]
+    if failed:
+        raise ChecksFailed(f"{failed} check{'s' if failed > 1 else ''} failed",
+                           hint="each FAIL row has a hint; fix those and run migrate doctor "
+                           "again")
+
+
 def register(app: typer.Typer) -> None:
     """Attach the cluster commands to the root app."""
     app.command("checkpoint")(checkpoint)
+    app.command("doctor")(doctor)

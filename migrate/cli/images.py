@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
+from migrate.cli.options import AUTHFILE, CERT_DIR, CREDS, TLS_VERIFY, with_registry
 from migrate.cli.output import Format, emit, table
-from migrate.settings import Settings
 from migrate.units import human_size
 
 if TYPE_CHECKING:
@@ -55,14 +54,10 @@ def build(
     push: bool = typer.Option(True, "--push/--no-push", help="Push to the registry."),
     compression: Compression = typer.Option(Compression.none, "--compression",
                                             help="Layer compression."),
-    authfile: Path | None = typer.Option(None, "--authfile", help="Credentials file "
-                                         "(auth.json / docker config.json)."),
-    creds: str | None = typer.Option(None, "--creds", help="USER:PASSWORD for the registry.",
-                                     metavar="USER:PASS"),
-    tls_verify: bool = typer.Option(True, "--tls-verify/--no-tls-verify",
-                                    help="Verify TLS; --no-tls-verify also allows plain HTTP."),
-    cert_dir: Path | None = typer.Option(None, "--cert-dir", help="CA certificates (*.crt) "
-                                         "and client pair (*.cert, *.key)."),
+    authfile: Path | None = AUTHFILE,
+    creds: str | None = CREDS,
+    tls_verify: bool = TLS_VERIFY,
+    cert_dir: Path | None = CERT_DIR,
     oci_layout: Path | None = typer.Option(None, "--oci-layout", metavar="DIR",
                                            help="With --no-push: write an OCI layout."),
     oci_index: bool = typer.Option(False, "--oci-index", help="Also push an OCI index "
@@ -70,14 +65,11 @@ def build(
     output: Format = typer.Option(Format.table, "-o", "--output", help="Output format."),
 ) -> None:
     """Build an OCI checkpoint image from an archive and push it (or write an OCI layout)."""
-    from migrate.adapters.registry.auth import parse_creds
     from migrate.adapters.registry.reference import parse_reference
     from migrate.pipeline.build import BuildRequest, build_image
 
-    base: Settings = ctx.obj
-    settings = dataclasses.replace(base, registry=dataclasses.replace(
-        base.registry, tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile,
-        creds=parse_creds(creds) if creds is not None else None))
+    settings = with_registry(ctx.obj, authfile=authfile, creds=creds, tls_verify=tls_verify,
+                             cert_dir=cert_dir)
     report = build_image(BuildRequest(
         archive=archive, image=parse_reference(image), builder=builder.value,
         compression=compression.value, push=push, oci_layout=oci_layout,

@@ -76,6 +76,11 @@ class RegistryClient:
         self.policy = registry_policy(settings.retry)
         self.requests = 0
 
+    @property
+    def username(self) -> str | None:
+        """Who the client authenticates as (None: anonymous)."""
+        return self._creds[0] if self._creds else None
+
     # -- plumbing ---------------------------------------------------------------
 
     def url(self, path: str) -> str:

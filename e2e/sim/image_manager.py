@@ -1,0 +1,188 @@
+"""The kubelet's image manager for one node (pkg/kubelet/images): pull policies, pulls
+with the pod's imagePullSecrets, backoff, and the Events they make.
+
+- present and policy not Always: Normal Pulled `Container image "X" already
+  present on machine`; policy Never and absent: ErrImageNeverPull;
+- else Normal Pulling, the pull (registry_pull.py; the node's
+  `image_pull_seconds` and `image_pull_seconds_per_mib` faults first), then
+  Normal Pulled `Successfully pulled image "X" in 1.2s (1.2s including
+  waiting). Image size: N bytes.`;
+- a failed pull: Warning Failed `Failed to pull image "X": <error>` and
+  `Error: ErrImagePull`, then a backoff (`backoff`, doubling to
+  `backoff_max`) during which the container shows ImagePullBackOff (Normal
+  BackOff `Back-off pulling image "X"`, Warning Failed `Error: ImagePullBackOff`).
+
+Each of the pod's pull secrets holding credentials for the registry is tried
+in turn (none: anonymous); a secret that is missing or of another type gets a
+Warning FailedToRetrieveImagePullSecret on the pod.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from e2e.sim.core import SECRETS
+from e2e.sim.images import (
+    Credential,
+    ImageIndex,
+    ImageRef,
+    PulledImage,
+    credentials_for,
+    dockerconfig_of,
+    parse_image,
+    preloaded,
+)
+from e2e.sim.kubelet_events import EventRecorder
+from e2e.sim.nodeconfig import NodeConfig
+from e2e.sim.registry_pull import Puller, PullError
+from e2e.sim.rest import Rest
+from e2e.sim.store import Obj
+
+__all__ = ["Backoff", "ImageManager", "Waiting"]
+
+_MIB = 1024 * 1024
+_NORMAL, _WARNING = "Normal", "Warning"
+
+
+@dataclass
+class Waiting:
+    """A container not running: the kubelet's waiting reason and message."""
+
+    reason: str
+    message: str = ""
+
+
+@dataclass
+class Backoff:
+    """A pull backoff: its current period and when it ends (time.monotonic)."""
+
+    period: float
+    until: float
+
+
+def _duration(seconds: float) -> str:
+    # Go's time.Duration text, truncated to milliseconds as the kubelet prints it.
+    ms = int(seconds * 1000)
+    if ms < 1000:
+        return f"{ms}ms" if ms else "0s"
+    return f"{ms / 1000:.3f}".rstrip("0").rstrip(".") + "s"
+
+
+class ImageManager:
+    """Gets containers' images onto one node.
+
+    config: returns the node's current NodeConfig.
+    """
+
+    def __init__(self, rest: Rest, puller: Puller, events: EventRecorder,
+                 config: Callable[[], NodeConfig]) -> None:
+        self.rest = rest
+        self.puller = puller
+        self.images = ImageIndex()
+        self._events = events
+        self._config = config
+
+    def _event(self, pod: Obj, c: dict[str, Any], type_: str, reason: str,
+               message: str) -> None:
+        self._events.container(pod, str(c.get("name", "")), type_, reason, message)
+
+    def ensure(self, pod: Obj, c: dict[str, Any], backoffs: dict[str, Backoff],
+               pulling: Callable[[], None]) -> PulledImage | tuple[Waiting, float]:
+        """The image of container `c`, or why it is not there and when to try again
+        (time.monotonic). backoffs: the pod's pull backoffs, by image (updated here);
+        pulling: called when a pull that takes time begins."""
+        image, config = str(c.get("image", "")), self._config()
+        try:
+            ref = parse_image(image)
+        except ValueError:
+            message = (f'Failed to apply default image tag "{image}": couldn\'t parse image '
+                       f'reference "{image}": invalid reference format')
+            self._event(pod, c, _WARNING, "InspectFailed", message)
+            self._event(pod, c, _WARNING, "Failed", "Error: InvalidImageName")
+            return Waiting("InvalidImageName", message), time.monotonic() + config.backoff
+        present = self.images.get(image) or (None if ref.reachable else preloaded(image, ref))
+        policy = c.get("imagePullPolicy") or "IfNotPresent"
+        if present is not None and policy != "Always":
+            self._event(pod, c, _NORMAL, "Pulled",
+                        f'Container image "{image}" already present on machine')
+            return present
+        if policy == "Never":
+            message = f'Container image "{image}" is not present with pull policy of Never'
+            self._event(pod, c, _WARNING, "ErrImageNeverPull", message)
+            self._event(pod, c, _WARNING, "Failed", "Error: ErrImageNeverPull")
+            return Waiting("ErrImageNeverPull", message), time.monotonic() + config.backoff
+        backoff = backoffs.get(image)
+        if backoff is not None and time.monotonic() < backoff.until:
+            message = f'Back-off pulling image "{image}"'
+            self._event(pod, c, _NORMAL, "BackOff", message)
+            self._event(pod, c, _WARNING, "Failed", "Error: ImagePullBackOff")
+            return Waiting("ImagePullBackOff", message), backoff.until
+        return self._pull(pod, c, image, ref, backoffs, pulling)
+
+    def _pull(self, pod: Obj, c: dict[str, Any], image: str, ref: ImageRef,
+              backoffs: dict[str, Backoff], pulling: Callable[[], None]
+              ) -> PulledImage | tuple[Waiting, float]:
+        config = self._config()
+        self._event(pod, c, _NORMAL, "Pulling", f'Pulling image "{image}"')
+        if ref.reachable or config.image_pull_seconds or config.image_pull_seconds_per_mib:
+            pulling()
+        began = time.monotonic()
+        try:
+            pulled = self._fetch(pod, image, ref, config)
+        except PullError as e:
+            message = str(e)
+            self._event(pod, c, _WARNING, "Failed", f'Failed to pull image "{image}": {message}')
+            self._event(pod, c, _WARNING, "Failed", "Error: ErrImagePull")
+            previous = backoffs.get(image)
+            period = min(previous.period * 2, config.backoff_max) if previous else config.backoff
+            failed = time.monotonic()
+            backoffs[image] = Backoff(period, failed + period)
+            # Half way through the backoff the pod is synced again: ImagePullBackOff.
+            return Waiting("ErrImagePull", message), failed + period / 2
+        backoffs.pop(image, None)
+        self.images.put(pulled)
+        took = _duration(time.monotonic() - began)
+        self._event(pod, c, _NORMAL, "Pulled", f'Successfully pulled image "{image}" in {took} '
+                    f"({took} including waiting). Image size: {pulled.size} bytes.")
+        return pulled
+
+    def _wait(self, seconds: float) -> None:
+        if seconds > 0 and self.puller.stopped.wait(seconds):
+            raise PullError("pull cancelled: the node is shutting down")
+
+    def _fetch(self, pod: Obj, image: str, ref: ImageRef, config: NodeConfig) -> PulledImage:
+        self._wait(config.image_pull_seconds)
+        if not ref.reachable:
+            pulled = preloaded(image, ref)
+        else:
+            errors: list[str] = []
+            for creds in self._credentials(pod, ref) or [None]:
+                try:
+                    pulled = self.puller.pull(image, ref, creds)
+                    break
+                except PullError as e:
+                    errors.append(str(e))
+            else:
+                # The kubelet aggregates the errors of each credential it tried.
+                raise PullError(errors[0] if len(errors) == 1 else f"[{', '.join(errors)}]")
+        self._wait(pulled.size / _MIB * config.image_pull_seconds_per_mib)
+        return pulled
+
+    def _credentials(self, pod: Obj, ref: ImageRef) -> list[Credential | None]:
+        namespace, docs, missing = pod["metadata"]["namespace"], [], []
+        for entry in pod["spec"].get("imagePullSecrets") or []:
+            name = str((entry or {}).get("name", ""))
+            secret = self.rest.store.find(SECRETS.key, namespace, name)
+            document = dockerconfig_of(secret) if secret is not None else None
+            if document is None:
+                missing.append(name)
+            else:
+                docs.append(document)
+        if missing:
+            self._events.pod(pod, _WARNING, "FailedToRetrieveImagePullSecret",
+                             f"Unable to retrieve some image pull secrets ({', '.join(missing)}); "
+                             "attempting to pull the image may not succeed.")
+        return list(credentials_for(ref, docs))

@@ -1,0 +1,230 @@
+"""How a simulated kubelet gets a pod's containers running: the image (image_manager.py),
+container creation (a restore for checkpoint images) and start, with the kubelet's
+Events and backoff, on a small pool of worker threads per node so that the
+kubelet's loop never waits for a registry.
+
+Per container, as kuberuntime_manager's startContainer does: the image
+(Pulling/Pulled, or ErrImagePull/ImagePullBackOff...), then create and start
+(restore.py): Normal Created `Created container NAME`, Normal Started `Started
+container NAME`; a refusal is Warning Failed `Error: <message>` with the
+container Waiting (CreateContainerError, or RunContainerError when it failed
+at start) and retried every `backoff` (the pod worker's requeue).
+
+Neither the kubelet nor CRI-O records an Event of its own for a restore: a
+restored container shows the same Created/Started events.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from e2e.sim.image_manager import Backoff, ImageManager, Waiting
+from e2e.sim.images import PulledImage
+from e2e.sim.kubelet_events import EventRecorder
+from e2e.sim.meta import now, rfc3339
+from e2e.sim.nodeconfig import NodeConfig
+from e2e.sim.registry_pull import Puller
+from e2e.sim.rest import Rest
+from e2e.sim.restore import (
+    CreateError,
+    LayerRoot,
+    can_restore,
+    check_ordinary,
+    is_checkpoint_image,
+    prepare_restore,
+)
+from e2e.sim.restored import bring_back
+from e2e.sim.store import Obj
+
+__all__ = ["PodOutcome", "PodStarter", "Started", "Waiting"]
+
+_NORMAL, _WARNING = "Normal", "Warning"
+
+
+@dataclass
+class Started:
+    """A running container: its imageID (None: the kubelet's own for pre-loaded
+    images), when it started, and pod annotations it brings (a restore's)."""
+
+    image_id: str | None
+    started_at: str
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class PodOutcome:
+    """Each container's state after an attempt."""
+
+    containers: dict[str, Started | Waiting]
+
+    @property
+    def all_started(self) -> bool:
+        return all(isinstance(o, Started) for o in self.containers.values())
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for o in self.containers.values():
+            if isinstance(o, Started):
+                out.update(o.annotations)
+        return out
+
+
+@dataclass
+class _PodState:
+    started: dict[str, Started] = field(default_factory=dict)
+    backoff: dict[str, Backoff] = field(default_factory=dict)  # image -> pull backoff
+    retry_at: float | None = None
+    done: bool = False
+
+
+Report = Callable[[Obj, PodOutcome], None]
+
+
+class PodStarter:
+    """Starts pods on one node; the kubelet's loop asks wants()/retry_at() and submit()s.
+
+    config: returns the node's current NodeConfig.
+    report: writes a pod's status from an outcome (called on a worker thread).
+    """
+
+    def __init__(self, rest: Rest, node: str, puller: Puller, config: Callable[[], NodeConfig],
+                 report: Report, log: Callable[[str], None], workers: int = 2) -> None:
+        self.rest = rest
+        self.node = node
+        self.puller = puller
+        self._config = config
+        self._report = report
+        self._log = log
+        self._events = EventRecorder(rest, node, log)
+        self.image_manager = ImageManager(rest, puller, self._events, config)
+        self._pool = ThreadPoolExecutor(max_workers=workers,
+                                        thread_name_prefix=f"sim-kubelet-{node}-start")
+        self._lock = threading.Lock()
+        self._busy: set[str] = set()
+        self._pods: dict[str, _PodState] = {}
+
+    # -- what the kubelet's loop asks ----------------------------------------------------
+
+    def wants(self, uid: str) -> bool:
+        """Whether the pod needs an attempt (not in progress, not all started)."""
+        with self._lock:
+            state = self._pods.get(uid)
+            return uid not in self._busy and not (state is not None and state.done)
+
+    def retry_at(self, uid: str) -> float | None:
+        """When (time.monotonic) a failed pod may be tried again; None if never tried."""
+        with self._lock:
+            state = self._pods.get(uid)
+            return state.retry_at if state is not None else None
+
+    def forget(self, present: set[str]) -> None:
+        """Drop what is kept about pods that are gone."""
+        with self._lock:
+            for uid in set(self._pods) - present - self._busy:
+                del self._pods[uid]
+
+    def submit(self, pod: Obj) -> None:
+        """Start (or retry) `pod` on a worker thread."""
+        uid = pod["metadata"]["uid"]
+        with self._lock:
+            if uid in self._busy:
+                return
+            self._busy.add(uid)
+            state = self._pods.setdefault(uid, _PodState())
+        self._pool.submit(self._run, pod, state)
+
+    def close(self) -> None:
+        """Wait for the workers (the puller's stop event ends pulls early)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.puller.close()
+
+    # -- one attempt ---------------------------------------------------------------------
+
+    def _run(self, pod: Obj, state: _PodState) -> None:
+        uid = pod["metadata"]["uid"]
+        outcome: PodOutcome | None = None
+        try:
+            outcome = self._attempt(pod, state)
+        except Exception as e:  # a bug must not leave the pod busy forever
+            self._log(f"kubelet-{self.node}: starting {pod['metadata']['name']}: "
+                      f"unexpected {type(e).__name__}: {e}")
+            state.retry_at = time.monotonic() + self._config().backoff
+        finally:
+            # Not busy before the status write: the write wakes the kubelet's loop.
+            with self._lock:
+                self._busy.discard(uid)
+        if outcome is not None and not self.puller.stopped.is_set():
+            self._report(pod, outcome)
+
+    def _attempt(self, pod: Obj, state: _PodState) -> PodOutcome:
+        containers: dict[str, Started | Waiting] = {}
+        retries: list[float] = []
+        specs = [c for c in pod["spec"].get("containers") or [] if isinstance(c, dict)]
+        for c in specs:
+            name = str(c.get("name", ""))
+            if name in state.started:
+                containers[name] = state.started[name]
+                continue
+            outcome, retry = self._container(pod, c, state, containers)
+            containers[name] = outcome
+            if isinstance(outcome, Started):
+                state.started[name] = outcome
+            else:
+                retries.append(retry)
+        state.retry_at = min(retries) if retries else None
+        state.done = not retries
+        return PodOutcome(containers)
+
+    def _container(self, pod: Obj, c: dict[str, Any], state: _PodState,
+                   so_far: dict[str, Started | Waiting]) -> tuple[Started | Waiting, float]:
+        def pulling() -> None:
+            # A pull that takes time: the pod shows ContainerCreating meanwhile.
+            self._report(pod, PodOutcome({**{str(x.get("name")): Waiting("ContainerCreating")
+                                             for x in pod["spec"]["containers"]}, **so_far}))
+
+        image = self.image_manager.ensure(pod, c, state.backoff, pulling)
+        if not isinstance(image, PulledImage):
+            return image
+        try:
+            started = self._create(pod, c, image)
+        except CreateError as e:
+            self._event(pod, c, _WARNING, "Failed", f"Error: {e}")
+            return Waiting(e.reason, str(e)), time.monotonic() + self._config().backoff
+        return started, 0.0
+
+    def _event(self, pod: Obj, c: dict[str, Any], type_: str, reason: str,
+               message: str) -> None:
+        self._events.container(pod, str(c.get("name", "")), type_, reason, message)
+
+    # -- containers ----------------------------------------------------------------------
+
+    def _create(self, pod: Obj, c: dict[str, Any], image: PulledImage) -> Started:
+        name, config = str(c.get("name", "")), self._config()
+        annotations: dict[str, str] = {}
+        if image.ref.reachable and is_checkpoint_image(image) and can_restore(config):
+            with LayerRoot(image) as root:
+                checkpoint = prepare_restore(image, root, pod, c)
+                self._event(pod, c, _NORMAL, "Created", f"Created container {name}")
+                annotations = bring_back(image, root, checkpoint, pod, c).annotations
+        else:
+            if image.ref.reachable:
+                # The ID kubelet.py gives the container.
+                container_id = hashlib.sha256(
+                    f"{pod['metadata']['uid']}/{name}".encode()).hexdigest()
+                try:
+                    check_ordinary(image, c, config, container_id)
+                except CreateError as e:
+                    if e.reason == "RunContainerError":  # created, then failed to start
+                        self._event(pod, c, _NORMAL, "Created", f"Created container {name}")
+                    raise
+            self._event(pod, c, _NORMAL, "Created", f"Created container {name}")
+        self._event(pod, c, _NORMAL, "Started", f"Started container {name}")
+        return Started(image.repo_digest if image.ref.reachable else None, rfc3339(now()),
+                       annotations)

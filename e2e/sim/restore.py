@@ -1,0 +1,241 @@
+"""What the node's runtime does when the kubelet creates and starts a container from a
+pulled image, in particular a checkpoint image (FORMATS.md §4, §5).
+
+A checkpoint image is one whose OCI manifest carries
+`io.kubernetes.cri-o.annotations.checkpoint.name` (CRI-O reads only the
+manifest's annotations: not the config's labels, not an index's). CRI-O
+(1.25 and later, with `container_level_enabled = checkpoint_restore`)
+restores it; everything else creates an ordinary container from it:
+
+- CRI-O with restore off skips the checkpoint detection entirely;
+- containerd never restores a CRI-O checkpoint image here (2.4 removed
+  restore through CreateContainer; 2.1-2.3 have it off by default and need
+  containerd's own archive layout).
+
+An ordinary container from a checkpoint image fails as the runtime would:
+the image has no Entrypoint/Cmd ("no command specified" unless the pod gives
+a command), and its root holds the archive, not the program.
+
+Restoring follows CRI-O's CRImportCheckpoint: spec.dump and config.dump must
+be there, spec.dump's `io.kubernetes.cri-o.Annotations` must be JSON, and
+every mount in spec.dump (except /proc, /dev, /sys and the other runtime
+mounts CRI-O skips) must be among the mounts the kubelet asks for: the
+container's volumeMounts, /etc/hosts, its terminationMessagePath and the
+service-account token directory. Otherwise: `restoring "<image ID>" expects
+following bind mounts defined (<paths>)`, the image ID being what the kubelet
+passes as the image (the config digest's hex). CRI-O does not compare the
+checkpointed container's name with the new container's. Then StartContainer
+runs CRIU: the simulator reads the processes, memory and root-fs changes
+back from the archive (restored.py turns them into the pod's annotations).
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import tarfile
+from dataclasses import dataclass
+from typing import IO, Any
+
+from e2e.sim.images import PulledImage
+from e2e.sim.nodeconfig import NodeConfig
+from e2e.sim.store import Obj
+
+__all__ = [
+    "CHECKPOINT_ANNOTATION",
+    "CreateError",
+    "LayerRoot",
+    "can_restore",
+    "check_ordinary",
+    "is_checkpoint_image",
+    "kubelet_mounts",
+    "prepare_restore",
+]
+
+CHECKPOINT_ANNOTATION = "io.kubernetes.cri-o.annotations.checkpoint.name"
+CRIO_ANNOTATIONS = "io.kubernetes.cri-o.Annotations"
+SERVICE_ACCOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+#: Mounts CRI-O sets up anew on restore instead of requiring them (container_restore.go).
+IGNORED_MOUNTS = frozenset({
+    "/proc", "/dev", "/dev/pts", "/dev/mqueue", "/sys", "/sys/fs/cgroup", "/dev/shm",
+    "/etc/resolv.conf", "/etc/hostname", "/etc/passwd", "/etc/group", "/run/secrets",
+    "/run/.containerenv",
+})
+_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class CreateError(Exception):
+    """The runtime refused: `reason` is the kubelet's waiting reason
+    (CreateContainerError, RunContainerError), str() the runtime's message."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def is_checkpoint_image(image: PulledImage) -> bool:
+    """Whether CRI-O would take `image` for a checkpoint image."""
+    return CHECKPOINT_ANNOTATION in image.annotations
+
+
+def can_restore(config: NodeConfig) -> bool:
+    """Whether the node's runtime restores checkpoint images."""
+    return (config.runtime_name == "cri-o" and config.runtime_version >= (1, 25, 0)
+            and config.restore_level == "checkpoint_restore")
+
+
+def kubelet_mounts(pod: Obj, container: dict[str, Any]) -> list[str]:
+    """The container paths of the mounts the kubelet puts in CreateContainer."""
+    paths = [str(m["mountPath"]) for m in container.get("volumeMounts") or []
+             if isinstance(m, dict) and m.get("mountPath")]
+    if "/etc/hosts" not in paths:
+        paths.append("/etc/hosts")
+    termination = container.get("terminationMessagePath", "/dev/termination-log")
+    if termination:
+        paths.append(str(termination))
+    # The sim's API server has no ServiceAccount admission, which would add
+    # this volume; the kubelet stands in for it unless the pod opts out.
+    if pod.get("spec", {}).get("automountServiceAccountToken") is not False \
+            and SERVICE_ACCOUNT_PATH not in paths:
+        paths.append(SERVICE_ACCOUNT_PATH)
+    return paths
+
+
+class LayerRoot:
+    """The root file system an image's layers make, read from their tars."""
+
+    def __init__(self, image: PulledImage) -> None:
+        self._tars: list[tarfile.TarFile] = []
+        for layer in reversed(image.layers):  # the top layer wins
+            if layer.path is not None:
+                self._tars.append(tarfile.open(layer.path))  # noqa: SIM115 (closed by close())
+
+    def close(self) -> None:
+        """Close the layer files."""
+        for tf in self._tars:
+            tf.close()
+
+    def __enter__(self) -> LayerRoot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _find(self, name: str) -> tuple[tarfile.TarFile, tarfile.TarInfo] | None:
+        name = posixpath.normpath("/" + name).lstrip("/")
+        for tf in self._tars:
+            for candidate in (name, "./" + name):
+                try:
+                    return tf, tf.getmember(candidate)
+                except KeyError:
+                    continue
+        return None
+
+    def exists(self, name: str) -> bool:
+        """Whether the root has `name` (any kind of entry)."""
+        return self._find(name) is not None
+
+    def open(self, name: str) -> IO[bytes] | None:
+        """A seekable reader of a regular file, or None."""
+        found = self._find(name)
+        if found is None or not found[1].isreg():
+            return None
+        return found[0].extractfile(found[1])
+
+    def read(self, name: str) -> bytes | None:
+        """A regular file's bytes, or None."""
+        f = self.open(name)
+        return f.read() if f is not None else None
+
+
+def _argv0(container: dict[str, Any], image: PulledImage) -> str | None:
+    config = image.container_config
+    command = list(container.get("command") or [])
+    args = list(container.get("args") or [])
+    if not command:
+        if not args:
+            args = list(config.get("Cmd") or [])
+        command = list(config.get("Entrypoint") or [])
+    argv = command + args
+    return str(argv[0]) if argv else None
+
+
+def _on_path(root: LayerRoot, argv0: str, image: PulledImage) -> bool:
+    if "/" in argv0:
+        return root.exists(argv0)
+    env = [str(e) for e in image.container_config.get("Env") or []]
+    path = next((e[5:] for e in env if e.startswith("PATH=")), _DEFAULT_PATH)
+    return any(root.exists(posixpath.join(d or "/", argv0)) for d in path.split(":"))
+
+
+def check_ordinary(image: PulledImage, container: dict[str, Any], config: NodeConfig,
+                   container_id: str) -> None:
+    """CreateError if an ordinary container from `image` could not be created and
+    started (no command; the program not in the image's root)."""
+    argv0 = _argv0(container, image)
+    containerd = config.runtime_name == "containerd"
+    if argv0 is None:
+        message = "no command specified"
+        if containerd:
+            message = f'failed to generate container "{container_id}" spec: {message}'
+        raise CreateError("CreateContainerError", message)
+    with LayerRoot(image) as root:
+        if _on_path(root, argv0, image):
+            return
+    missing = f"stat {argv0}: no such file or directory" if "/" in argv0 \
+        else "executable file not found in $PATH"
+    runc = f'runc create failed: unable to start container process: exec: "{argv0}": {missing}'
+    if containerd:  # containerd runs runc at StartContainer
+        raise CreateError("RunContainerError", "failed to create containerd task: failed to "
+                          f"create shim task: OCI runtime create failed: {runc}: unknown")
+    raise CreateError("CreateContainerError", f"container create failed: {runc}")
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint image CRI-O accepted at CreateContainer."""
+
+    spec: dict[str, Any]
+    config: dict[str, Any]
+    annotations: dict[str, str]
+
+
+def _read_json(root: LayerRoot, name: str, image: PulledImage) -> dict[str, Any]:
+    data = root.read(name)
+    mount_point = f"/var/lib/containers/storage/overlay/{image.image_id[7:]}/merged"
+    if data is None:
+        raise CreateError("CreateContainerError", f'failed to read "{name}": open '
+                          f"{mount_point}/{name}: no such file or directory")
+    try:
+        doc = json.loads(data)
+    except ValueError as e:
+        raise CreateError("CreateContainerError", f'failed to read "{name}": {e}') from None
+    if not isinstance(doc, dict):
+        raise CreateError("CreateContainerError", f'failed to read "{name}": not an object')
+    return doc
+
+
+def prepare_restore(image: PulledImage, root: LayerRoot, pod: Obj,
+                    container: dict[str, Any]) -> Checkpoint:
+    """CRI-O's checks at CreateContainer (CreateError CreateContainerError)."""
+    spec = _read_json(root, "spec.dump", image)
+    config = _read_json(root, "config.dump", image)
+    raw = (spec.get("annotations") or {}).get(CRIO_ANNOTATIONS, "")
+    try:
+        original = json.loads(raw) if raw else None
+    except ValueError:
+        original = None
+    if not isinstance(original, dict):
+        detail = "unexpected end of JSON input" if not raw else "invalid JSON"
+        raise CreateError("CreateContainerError", f'failed to read "{CRIO_ANNOTATIONS}": '
+                          f"{detail}")
+    wanted = set(kubelet_mounts(pod, container))
+    missing = [str(m.get("destination")) for m in spec.get("mounts") or []
+               if isinstance(m, dict) and m.get("destination") not in IGNORED_MOUNTS
+               and m.get("destination") not in wanted]
+    if missing:
+        # The kubelet passes the image ID as the image; CRI-O quotes it.
+        raise CreateError("CreateContainerError",
+                          f'restoring "{image.image_id.removeprefix("sha256:")}" expects '
+                          f'following bind mounts defined ({",".join(missing)})')
+    return Checkpoint(spec, config, {str(k): str(v) for k, v in original.items()})

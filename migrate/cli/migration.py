@@ -1,0 +1,210 @@
+"""`migrate pod`, and the journal commands: resume, rollback, history."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from migrate.cli.cluster import CONTEXT, KUBECONFIG, NAMESPACE, _with_kube
+from migrate.cli.images import Builder, Compression
+from migrate.cli.options import AUTHFILE, CERT_DIR, CREDS, TLS_VERIFY, with_registry
+from migrate.cli.output import Format, emit, table
+from migrate.settings import Settings
+
+if TYPE_CHECKING:
+    from migrate.pipeline.journal import Journal
+
+
+class BuildOn(StrEnum):
+    """Where the checkpoint image is built."""
+
+    auto = "auto"
+    local = "local"
+    node = "node"
+
+
+def _progress(stage: str, message: str) -> None:
+    typer.echo(f"migrate: {stage}: {message}", err=True)
+
+
+def _seconds(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f} s"
+
+
+def _human(rep: dict[str, Any]) -> str:
+    text = table(("stage", "status", "time"),
+                 [(s["name"], s["status"], _seconds(s["seconds"])) for s in rep["stages"]])
+    plan = rep.get("plan") or {}
+    lines = [f"migration:        {rep['id']} ({rep['outcome']})"]
+    if plan:
+        lines.append(f"pod:              {plan['namespace']}/{plan['pod']} "
+                     f"{plan['source']} -> {plan['destination']}")
+    if rep.get("destination_pod"):
+        lines.append(f"restored pod:     {rep['destination_pod']}")
+    for container, image in rep["images"].items():
+        lines.append(f"image ({container}): {image['reference']}")
+    lines.append(f"state window:     {_seconds(rep['state_window_seconds'])} "
+                 "(checkpoint -> source stopped: changes in it are lost)")
+    lines.append(f"unavailability:   {_seconds(rep['unavailability_seconds'])} "
+                 "(source stopped -> destination ready)")
+    if "api_requests" in rep:
+        lines.append(f"API requests:     {rep['api_requests']}")
+    return text + "\n" + "\n".join(lines) + "\n"
+
+
+def _finish(settings: Settings, cluster: Any, journal: Journal, output: Format) -> None:
+    from migrate.pipeline import migration
+
+    try:
+        migration.execute(cluster, settings, journal, _progress)
+    except migration.StageFailed as e:
+        failed = migration.report(e.journal, cluster.requests)
+        emit(failed, output.value, lambda: _human(failed))
+        raise
+    except KeyboardInterrupt:
+        typer.echo(f"migrate: migration {journal.id} interrupted: `migrate resume "
+                   f"{journal.id}` continues it, `migrate rollback {journal.id}` undoes it",
+                   err=True)
+        raise
+    rep = migration.report(journal, cluster.requests)
+    emit(rep, output.value, lambda: _human(rep))
+
+
+def pod(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Pod to migrate.", metavar="POD", show_default=False),
+    to: str = typer.Option(..., "--to", help="Destination node.", show_default=False),
+    container: list[str] = typer.Option([], "-c", "--container", help="Container(s) to "
+                                        "checkpoint [default: the pod's default].",
+                                        show_default=False),
+    all_containers: bool = typer.Option(False, "--all-containers", help="Every container."),
+    registry: str | None = typer.Option(None, "--registry", help="Push checkpoint images "
+                                        "under HOST[:PORT]/REPO.", show_default=False),
+    image: str | None = typer.Option(None, "--image", help="The checkpoint image reference "
+                                     "(one container).", show_default=False),
+    builder: Builder = typer.Option(Builder.native, "--builder", help="How to build."),
+    build_on: BuildOn = typer.Option(BuildOn.auto, "--build-on", help="local: read the "
+                                     "archive here; node: a Job on the source node."),
+    compression: Compression = typer.Option(Compression.none, "--compression",
+                                            help="Layer compression."),
+    keep_source: bool = typer.Option(False, "--keep-source", help="Leave the source "
+                                     "running."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check and print the plan only."),
+    timeout: float = typer.Option(300.0, "--timeout", min=1, help="Seconds to wait for the "
+                                  "restored pod (and for the source to go)."),
+    cleanup_archive: bool = typer.Option(False, "--cleanup-archive", help="Remove the "
+                                         "checkpoint archive from the node afterwards."),
+    authfile: Path | None = AUTHFILE,
+    creds: str | None = CREDS,
+    tls_verify: bool = TLS_VERIFY,
+    cert_dir: Path | None = CERT_DIR,
+    kubeconfig: Path | None = KUBECONFIG,
+    context: str | None = CONTEXT,
+    namespace: str | None = NAMESPACE,
+    output: Format = typer.Option(Format.table, "-o", "--output", help="Output format."),
+) -> None:
+    """Move a running pod to another node with its memory and files."""
+    from migrate.adapters import kube
+    from migrate.errors import UsageError
+    from migrate.pipeline import migration
+    from migrate.pipeline.preflight import PodRequest, preflight
+
+    if container and all_containers:
+        raise UsageError("-c and --all-containers exclude each other")
+    if (registry is None) == (image is None):
+        raise UsageError("give exactly one of --registry REG and --image REF",
+                         hint="--registry names an image per container")
+    settings = with_registry(_with_kube(ctx, kubeconfig, context, namespace),
+                             authfile=authfile, creds=creds, tls_verify=tls_verify,
+                             cert_dir=cert_dir)
+    req = PodRequest(pod=name, to=to, namespace=namespace, containers=tuple(container),
+                     all_containers=all_containers, registry=registry, image=image,
+                     builder=builder.value, build_on=build_on.value,
+                     compression=compression.value, keep_source=keep_source,
+                     dry_run=dry_run, timeout=timeout, cleanup_archive=cleanup_archive)
+    cluster = kube.connect(settings.kube)
+    if dry_run:
+        plan = preflight(cluster, settings, req).to_dict()
+        emit({"dry_run": True, "plan": plan}, output.value, lambda: table(
+            ("pod", "from", "to", "containers", "switch-over", "images"),
+            [(f"{plan['namespace']}/{plan['pod']}", plan["source"], plan["destination"],
+              ",".join(plan["containers"]), plan["switch"],
+              " ".join(plan["images"].values()))]))
+        return
+    _finish(settings, cluster, migration.start(settings, req), output)
+
+
+def resume(
+    ctx: typer.Context,
+    journal_id: str = typer.Argument(..., metavar="ID", help="Migration id (migrate history).",
+                                     show_default=False),
+    kubeconfig: Path | None = KUBECONFIG,
+    context: str | None = CONTEXT,
+    output: Format = typer.Option(Format.table, "-o", "--output", help="Output format."),
+) -> None:
+    """Continue an interrupted migration from where it stopped."""
+    from migrate.adapters import kube
+    from migrate.errors import UsageError
+    from migrate.pipeline.journal import Journal
+
+    settings = _with_kube(ctx, kubeconfig, context, None)
+    journal = Journal.load(settings.state_dir, journal_id)
+    if journal.outcome in ("succeeded", "rolled-back"):
+        raise UsageError(f"migration {journal_id} has {journal.outcome}; nothing to resume")
+    journal.lock()
+    _finish(settings, kube.connect(settings.kube), journal, output)
+
+
+def rollback(
+    ctx: typer.Context,
+    journal_id: str = typer.Argument(..., metavar="ID", help="Migration id (migrate history).",
+                                     show_default=False),
+    kubeconfig: Path | None = KUBECONFIG,
+    context: str | None = CONTEXT,
+    output: Format = typer.Option(Format.table, "-o", "--output", help="Output format."),
+) -> None:
+    """Undo a migration that did not switch over: remove what it created."""
+    from migrate.adapters import kube
+    from migrate.pipeline import migration
+    from migrate.pipeline.journal import Journal
+
+    settings = _with_kube(ctx, kubeconfig, context, None)
+    journal = Journal.load(settings.state_dir, journal_id)
+    journal.lock()
+    undone = migration.rollback_journal(kube.connect(settings.kube), settings, journal)
+    emit({"id": journal.id, "outcome": journal.outcome, "undone": undone}, output.value,
+         lambda: "".join(f"{line}\n" for line in undone) or "nothing to undo\n")
+
+
+def history(
+    ctx: typer.Context,
+    output: Format = typer.Option(Format.table, "-o", "--output", help="Output format."),
+) -> None:
+    """List migrations from the journal directory, oldest first."""
+    from migrate.pipeline.journal import Journal
+
+    settings: Settings = ctx.obj
+    journals = Journal.history(settings.state_dir)
+    rows = []
+    for j in journals:
+        req = j.request
+        failed = next((s.name for s in j.stages if s.status == "failed"), "")
+        rows.append({"id": j.id, "created": j.created, "outcome": j.outcome,
+                     "pod": f"{req.get('namespace') or '-'}/{req.get('pod')}",
+                     "to": req.get("to"), "failed_stage": failed})
+    if not rows and output is Format.table:
+        typer.echo("no migrations recorded", err=True)
+    emit(rows, output.value, lambda: table(
+        ("id", "created", "outcome", "pod", "to", "failed stage"),
+        [tuple(r.values()) for r in rows]))
+
+
+def register(app: typer.Typer) -> None:
+    """Attach the migration commands to the root app."""
+    app.command("pod")(pod)
+    app.command("resume")(resume)
+    app.command("rollback")(rollback)
+    app.command("history")(history)

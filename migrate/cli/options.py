@@ -1,0 +1,30 @@
+"""Options several commands share, and how they fold into the settings."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import typer
+
+from migrate.settings import Settings
+
+AUTHFILE = typer.Option(None, "--authfile", help="Registry credentials file "
+                        "(auth.json / docker config.json).")
+CREDS = typer.Option(None, "--creds", help="USER:PASSWORD for the registry.",
+                     metavar="USER:PASS")
+TLS_VERIFY = typer.Option(True, "--tls-verify/--no-tls-verify",
+                          help="Verify the registry's TLS; --no-tls-verify also allows plain "
+                          "HTTP.")
+CERT_DIR = typer.Option(None, "--cert-dir", help="Registry CA certificates (*.crt) and "
+                        "client pair (*.cert, *.key).")
+
+
+def with_registry(base: Settings, *, authfile: Path | None, creds: str | None,
+                  tls_verify: bool, cert_dir: Path | None) -> Settings:
+    """``base`` with the registry options of one command applied."""
+    from migrate.adapters.registry.auth import parse_creds
+
+    return dataclasses.replace(base, registry=dataclasses.replace(
+        base.registry, tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile,
+        creds=parse_creds(creds) if creds is not None else None))

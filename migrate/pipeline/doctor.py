@@ -1,0 +1,252 @@
+"""Preflight checks: can this cluster, these nodes and this registry migrate a pod?
+
+Each check is one row, PASS, WARN, FAIL or SKIP, with what was found and a
+hint. Checks never stop at the first problem: an operator fixing a cluster
+wants the whole list. When the API server cannot be reached, the checks that
+need it are SKIPped rather than failed a second time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from migrate.adapters import kube
+from migrate.adapters.buildah import buildah_version
+from migrate.adapters.registry.client import RegistryClient
+from migrate.adapters.registry.reference import Reference
+from migrate.errors import MigrateError, NotFoundError, UsageError
+from migrate.pipeline import nodes
+from migrate.settings import RetrySettings, Settings
+
+
+class Status(StrEnum):
+    """How a check came out."""
+
+    PASS = "PASS"
+    WARN = "WARN"
+    FAIL = "FAIL"
+    SKIP = "SKIP"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One row of the report."""
+
+    name: str
+    status: Status
+    detail: str
+    hint: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        """JSON form (schemas/doctor.schema.json)."""
+        return {"check": self.name, "status": self.status.value, "detail": self.detail,
+                "hint": self.hint}
+
+
+@dataclass(frozen=True)
+class DoctorRequest:
+    """What to check besides the API server and RBAC."""
+
+    nodes: tuple[str, ...] = ()  # empty: every node
+    registry: str | None = None  # HOST[:PORT][/REPOSITORY]
+    buildah: str = "buildah"  # the executable to look for
+
+
+@dataclass
+class DoctorReport:
+    """Every check, in the order they ran."""
+
+    checks: list[Check] = field(default_factory=list)
+
+    def count(self, status: Status) -> int:
+        """How many checks came out ``status``."""
+        return sum(c.status is status for c in self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (schemas/doctor.schema.json)."""
+        return {"checks": [c.to_dict() for c in self.checks],
+                "summary": {s.value.lower(): self.count(s) for s in Status}}
+
+
+#: (verb, resource, subresource, group, needed for, FAIL or only WARN when denied)
+PERMISSIONS: tuple[tuple[str, str, str, str, str, Status], ...] = (
+    ("get", "pods", "", "", "read the pod to migrate", Status.FAIL),
+    ("watch", "pods", "", "", "wait for the restored pod", Status.FAIL),
+    ("create", "pods", "", "", "create the restored pod", Status.FAIL),
+    ("delete", "pods", "", "", "remove the source pod after the switch-over", Status.FAIL),
+    ("create", "nodes", "proxy", "", "checkpoint through the API server (--via apiserver)",
+     Status.FAIL),
+    ("create", "jobs", "", "batch", "build the image on the source node (--build-on node)",
+     Status.WARN),
+    ("create", "pods", "eviction", "", "evict what cannot move (migrate drain)", Status.WARN),
+    ("patch", "nodes", "", "", "cordon a node (migrate drain)", Status.WARN),
+)
+
+
+def _gate(version: dict[str, Any]) -> Check:
+    """The API server's version decides whether the checkpoint API is on by default."""
+    text = str(version.get("gitVersion") or f"v{version.get('major')}.{version.get('minor')}")
+    try:
+        minor = (int(str(version.get("major"))), int(str(version.get("minor")).rstrip("+")))
+    except ValueError:
+        return Check("api", Status.WARN, f"reachable, version {text} not understood",
+                     "the checkpoint API needs Kubernetes 1.25+ (on by default from 1.30)")
+    if minor >= (1, 30):
+        return Check("api", Status.PASS, f"reachable, Kubernetes {text}: checkpoint API "
+                     "(ContainerCheckpoint, beta) on by default", "")
+    if minor >= (1, 25):
+        return Check("api", Status.WARN, f"reachable, Kubernetes {text}: ContainerCheckpoint "
+                     "is alpha, off unless enabled",
+                     "enable the ContainerCheckpoint feature gate on the kubelets, or upgrade "
+                     "to 1.30+")
+    return Check("api", Status.FAIL, f"reachable, Kubernetes {text}: no checkpoint API",
+                 "checkpoints need Kubernetes 1.25 or later")
+
+
+def _rbac(cluster: kube.Cluster) -> Iterator[Check]:
+    for verb, resource, sub, group, why, severity in PERMISSIONS:
+        full = f"{resource}/{sub}" if sub else resource
+        name = f"rbac: {verb} {full}" + (f" ({group})" if group else "")
+        try:
+            access = kube.can_i(cluster, verb, resource, group=group, subresource=sub,
+                                namespace="" if resource == "nodes" else cluster.namespace)
+        except MigrateError as e:
+            # One row, not one per permission: the next reviews would fail the same way.
+            yield Check("rbac", Status.WARN, f"cannot review access: {e.message}",
+                        "the API server does not answer SelfSubjectAccessReviews; check "
+                        "the permissions listed in the README by hand (kubectl auth can-i)")
+            return
+        if access.allowed:
+            yield Check(name, Status.PASS, f"allowed: {why}")
+        else:
+            where = "" if resource == "nodes" else f" in namespace {cluster.namespace}"
+            yield Check(name, severity, f"denied{where}: needed to {why}",
+                        f"grant {verb} on {full}" + (f" in API group {group}" if group else "")
+                        + " (`migrate deploy` emits the role the tool needs)")
+
+
+def _node_checks(node: dict[str, Any]) -> Iterator[Check]:
+    name = node["metadata"]["name"]
+    rt = nodes.runtime_of(node)
+    shown = f"{rt.name}://{rt.version}" if rt.name else "unknown runtime"
+    if rt.can_restore:
+        yield Check(f"node {name}: runtime", Status.PASS,
+                    f"{shown}: checkpoint and restore", f"check that {rt.reason}")
+    elif rt.can_checkpoint:
+        yield Check(f"node {name}: runtime", Status.WARN, f"{shown}: checkpoint only",
+                    rt.reason)
+    else:
+        yield Check(f"node {name}: runtime", Status.FAIL, shown, rt.reason)
+    ok, why = nodes.ready(node)
+    yield (Check(f"node {name}: ready", Status.PASS, "Ready")
+           if ok else Check(f"node {name}: ready", Status.FAIL, f"not Ready: {why}",
+                            "a node that is not Ready can neither checkpoint nor restore"))
+    taints = nodes.blocking_taints(node)
+    if nodes.cordoned(node) or taints:
+        what = ", ".join((["cordoned"] if nodes.cordoned(node) else []) + taints)
+        yield Check(f"node {name}: schedulable", Status.WARN, what,
+                    "a source, but not a destination unless the pod tolerates this "
+                    "(`migrate uncordon` / kubectl uncordon)")
+    else:
+        yield Check(f"node {name}: schedulable", Status.PASS, "schedulable")
+
+
+def _read(cluster: kube.Cluster, names: tuple[str, ...]) -> Iterator[dict[str, Any] | Check]:
+    """The named nodes (a FAIL row for each that cannot be read), or every node."""
+    if not names:
+        yield from kube.list_nodes(cluster)
+        return
+    for name in names:
+        try:
+            yield kube.read_node(cluster, name)
+        except NotFoundError as e:
+            yield Check(f"node {name}", Status.FAIL, e.message,
+                        "`kubectl get nodes` lists the names")
+
+
+def _nodes(cluster: kube.Cluster, names: tuple[str, ...]) -> Iterator[Check]:
+    seen = 0
+    try:
+        for node in _read(cluster, names):
+            seen += 1
+            if isinstance(node, Check):
+                yield node
+            else:
+                yield from _node_checks(node)
+    except MigrateError as e:
+        yield Check("nodes", Status.FAIL, e.message, e.hint or "")
+        return
+    if not seen:
+        yield Check("nodes", Status.FAIL, "the cluster has no nodes", "")
+
+
+def _cluster(settings: Settings, req: DoctorRequest) -> Iterator[Check]:
+    try:
+        cluster = kube.connect(settings.kube)
+        version = kube.server_version(cluster)
+    except MigrateError as e:
+        yield Check("api", Status.FAIL, e.message, e.hint or "")
+        yield Check("rbac", Status.SKIP, "the API server was not reached", "")
+        yield Check("nodes", Status.SKIP, "the API server was not reached", "")
+        return
+    yield _gate(version)
+    yield from _rbac(cluster)
+    yield from _nodes(cluster, req.nodes)
+
+
+def registry_reference(registry: str) -> Reference:
+    """``HOST[:PORT][/REPOSITORY]`` as a reference (a repository is needed for token scopes)."""
+    host, _, repository = registry.partition("/")
+    if not host or ("." not in host and ":" not in host and host != "localhost"):
+        raise UsageError(f"--registry {registry!r} does not start with a registry host",
+                         hint="use HOST[:PORT][/REPOSITORY], e.g. registry.example:5000/ckpt")
+    return Reference(host, repository.strip("/") or "migrate/doctor", "latest", None)
+
+
+def _registry(settings: Settings, registry: str) -> Check:
+    ref = registry_reference(registry)
+    name = f"registry {ref.registry}"
+    client = RegistryClient(ref, settings.registry)
+    try:
+        client.login()
+    except MigrateError as e:
+        return Check(name, Status.FAIL, e.message, e.hint or "")
+    who = (f"authenticated as {client.username}" if client.username
+           else "anonymous access accepted")
+    return Check(name, Status.PASS, f"reachable, {who} (push scope {ref.repository})")
+
+
+def _buildah(executable: str) -> Check:
+    try:
+        return Check("buildah", Status.PASS, f"buildah {buildah_version(executable)}")
+    except MigrateError as e:
+        return Check("buildah", Status.WARN, e.message,
+                     f"only --builder buildah needs it (the native builder does not); {e.hint}")
+
+
+def doctor(settings: Settings, req: DoctorRequest,
+           on_check: Callable[[Check], None] = lambda c: None) -> DoctorReport:
+    """Run every check; ``on_check`` sees each row as soon as it is known."""
+    # A report should not wait out an outage: one retry at most, quickly.
+    quick = RetrySettings(attempts=2, initial_wait=0.2, max_wait=1.0)
+    settings = dataclasses.replace(
+        settings, kube=dataclasses.replace(settings.kube, retry=quick),
+        registry=dataclasses.replace(settings.registry, retry=quick))
+    if req.registry:
+        registry_reference(req.registry)  # bad input is a usage error before any check runs
+    report = DoctorReport()
+
+    def add(check: Check) -> None:
+        report.checks.append(check)
+        on_check(check)
+
+    for check in _cluster(settings, req):
+        add(check)
+    if req.registry:
+        add(_registry(settings, req.registry))
+    add(_buildah(req.buildah))
+    return report

@@ -1,0 +1,228 @@
+"""The migration journal: one JSON file per run, written after every step.
+
+It is what makes a run resumable and undoable after a crash, a Ctrl-C or a
+lost connection: the request, each stage's state and results, every object
+the run created in the cluster (so rollback removes exactly those), and a log
+of the actions taken (the "what was done" of a failure report). Writes are
+atomic (a temporary file renamed over the old one) and private (0600): a
+journal names images and nodes, and a run may record registry locations.
+
+A run holds an exclusive lock on its journal (``ID.lock``, flock: released
+by the kernel if the process dies), so two `migrate resume ID` cannot race.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from migrate.errors import InputError, MigrateError, NotFoundError, UsageError
+
+SCHEMA_VERSION = 1
+_ID = re.compile(r"^[a-z0-9][a-z0-9.-]{0,120}$")
+
+PENDING, RUNNING, DONE, FAILED, UNDONE = "pending", "running", "done", "failed", "undone"
+
+
+def utc_now() -> str:
+    """Now, as RFC 3339 UTC with milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Stage:
+    """One stage's state and what it produced."""
+
+    name: str
+    status: str = PENDING
+    started: str | None = None
+    ended: str | None = None
+    seconds: float | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"name": self.name, "status": self.status, "started": self.started,
+                "ended": self.ended, "seconds": self.seconds, "data": self.data,
+                "error": self.error}
+
+
+def _new_id(kind: str, subject: str) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%dt%H%M%S")
+    # Short enough to be a label value (63 characters): pods created by a run carry it.
+    tidy = re.sub(r"[^a-z0-9-]+", "-", subject.lower())[:30].strip("-") or kind
+    return f"{kind}-{tidy}-{stamp}-{secrets.token_hex(2)}"
+
+
+@dataclass
+class Journal:
+    """A run's persistent record. Mutate through the methods: each one saves."""
+
+    path: Path
+    id: str
+    kind: str
+    request: dict[str, Any]
+    created: str
+    outcome: str = RUNNING  # running | succeeded | failed | rolled-back | interrupted
+    stages: list[Stage] = field(default_factory=list)
+    objects: list[dict[str, str]] = field(default_factory=list)
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    _lock: int | None = None
+    _clock: dict[str, float] = field(default_factory=dict)
+
+    # -- files ----------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, state_dir: Path | None, kind: str, subject: str,
+               request: dict[str, Any], stages: list[str]) -> Journal:
+        """A new journal under ``state_dir``/journal, locked by this process."""
+        directory = _directory(state_dir)
+        journal_id = _new_id(kind, subject)
+        j = cls(directory / f"{journal_id}.json", journal_id, kind, request, utc_now(),
+                stages=[Stage(s) for s in stages])
+        j.lock()
+        j.save()
+        return j
+
+    @classmethod
+    def load(cls, state_dir: Path | None, journal_id: str) -> Journal:
+        """Read journal ``journal_id`` (not locked: call `lock` to change it)."""
+        if not _ID.match(journal_id):
+            raise UsageError(f"{journal_id!r} is not a journal id",
+                             hint="`migrate history` lists them")
+        path = _directory(state_dir) / f"{journal_id}.json"
+        try:
+            data = json.loads(path.read_text())
+            return cls(path, data["id"], data["kind"], data["request"], data["created"],
+                       data["outcome"], [Stage(**s) for s in data["stages"]],
+                       data["objects"], data["actions"])
+        except FileNotFoundError:
+            raise NotFoundError(f"no migration journal {journal_id!r} in {path.parent}",
+                                hint="`migrate history` lists them") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise InputError(f"journal {path} is damaged: {e}",
+                             hint="it can be removed; check the cluster by hand") from e
+
+    @classmethod
+    def history(cls, state_dir: Path | None) -> list[Journal]:
+        """Every readable journal, oldest first."""
+        out = []
+        for path in sorted(_directory(state_dir).glob("*.json")):
+            try:
+                out.append(cls.load(state_dir, path.stem))
+            except MigrateError:
+                continue  # a damaged file must not hide the others
+        return sorted(out, key=lambda j: j.created)
+
+    def lock(self) -> None:
+        """Take the run's exclusive lock; refuse if another process holds it."""
+        fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UsageError(f"migration {self.id} is being run by another process",
+                             hint="wait for it to finish, or stop it first") from None
+        self._lock = fd
+
+    def unlock(self) -> None:
+        """Release the lock (the kernel does it anyway when the process ends)."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (what the file holds)."""
+        return {"schema": SCHEMA_VERSION, "id": self.id, "kind": self.kind,
+                "created": self.created, "outcome": self.outcome, "request": self.request,
+                "stages": [s.to_dict() for s in self.stages], "objects": self.objects,
+                "actions": self.actions}
+
+    def save(self) -> None:
+        """Write atomically, mode 0600."""
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    # -- recording -----------------------------------------------------------------------
+
+    def stage(self, name: str) -> Stage:
+        """The stage called ``name``."""
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def begin(self, name: str) -> Stage:
+        """Mark a stage running."""
+        s = self.stage(name)
+        s.status, s.started, s.ended, s.error = RUNNING, utc_now(), None, None
+        self._clock[name] = time.perf_counter()
+        self.save()
+        return s
+
+    def finish(self, name: str, **data: Any) -> Stage:
+        """Mark a stage done, keeping what it produced (resume reuses it)."""
+        s = self.stage(name)
+        s.status, s.ended = DONE, utc_now()
+        s.seconds = round(time.perf_counter() - self._clock.pop(name, time.perf_counter()), 6)
+        s.data.update(data)
+        self.save()
+        return s
+
+    def fail(self, name: str, error: str) -> None:
+        """Mark a stage failed."""
+        s = self.stage(name)
+        s.status, s.ended, s.error = FAILED, utc_now(), error
+        if name in self._clock:
+            s.seconds = round(time.perf_counter() - self._clock.pop(name), 6)
+        self.save()
+
+    def record(self, action: str, **detail: Any) -> None:
+        """Log an action taken on the cluster or the disk."""
+        self.actions.append({"at": utc_now(), "action": action, **detail})
+        self.save()
+
+    def created_object(self, kind: str, namespace: str, name: str, uid: str = "") -> None:
+        """Remember an object this run created: rollback deletes exactly these."""
+        self.objects.append({"kind": kind, "namespace": namespace, "name": name, "uid": uid})
+        self.record(f"created {kind}", namespace=namespace, name=name)
+
+    def done(self, name: str) -> bool:
+        """Whether stage ``name`` has completed."""
+        return self.stage(name).status == DONE
+
+    def set_outcome(self, outcome: str) -> None:
+        """Record how the run ended."""
+        self.outcome = outcome
+        self.save()
+
+
+def _directory(state_dir: Path | None) -> Path:
+    if state_dir is None:
+        raise UsageError("no state directory for migration journals",
+                         hint="set MIGRATE_STATE_DIR (or HOME / XDG_STATE_HOME)")
+    directory = state_dir / "journal"
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return directory
+
+
+def iter_stage_data(journal: Journal) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(stage, data) for every completed stage, in order."""
+    for s in journal.stages:
+        if s.status == DONE:
+            yield s.name, s.data

@@ -1,0 +1,361 @@
+"""`migrate pod`: the stages in order, each recorded in the journal.
+
+    preflight -> checkpoint -> build -> create -> verify -> switchover -> cleanup
+
+Safety rules this module keeps:
+- the source is touched only in `switchover`, after `verify` saw the
+  destination running from the checkpoint image;
+- any failure before the switch-over rolls back what this run created (the
+  journal lists it) and leaves the source as it was; the error names the
+  stage, and the journal keeps the actions taken;
+- Ctrl-C leaves everything as it is and the journal resumable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from migrate.adapters import kube
+from migrate.adapters.checkpoint import Checkpoint
+from migrate.adapters.registry.reference import parse_reference
+from migrate.errors import ClusterError, MigrateError, UsageError
+from migrate.pipeline import restore, switchover
+from migrate.pipeline.build import BuildRequest, build_image
+from migrate.pipeline.journal import DONE, Journal
+from migrate.pipeline.manifest import PodSource, RestoreOptions, render_restore_pod
+from migrate.pipeline.preflight import Plan, PodRequest, preflight
+from migrate.settings import Settings
+
+RUN_LABEL = "migrate.dev/migration"
+STAGES = ["preflight", "checkpoint", "build", "create", "verify", "switchover", "cleanup"]
+Obj = dict[str, Any]
+Progress = Callable[[str, str], None]  # (stage, message)
+
+
+class StageFailed(MigrateError):
+    """A stage failed; the run was rolled back. Carries the cause's exit code."""
+
+    def __init__(self, stage: str, cause: MigrateError, journal: Journal) -> None:
+        super().__init__(f"{stage}: {cause.message}", hint=cause.hint)
+        self.exit_code = cause.exit_code
+        self.stage = stage
+        self.journal = journal
+
+
+@dataclass
+class Run:
+    """What the stages share: the cluster, settings, journal and progress sink."""
+
+    cluster: kube.Cluster
+    settings: Settings
+    journal: Journal
+    progress: Progress
+
+    @property
+    def req(self) -> PodRequest:
+        return PodRequest.from_dict(self.journal.request)
+
+    @property
+    def plan(self) -> Plan:
+        return Plan.from_dict(self.journal.stage("preflight").data["plan"])
+
+    def data(self, stage: str) -> dict[str, Any]:
+        return self.journal.stage(stage).data
+
+
+# -- stages ------------------------------------------------------------------------------
+
+
+def _preflight(run: Run) -> dict[str, Any]:
+    plan = preflight(run.cluster, run.settings, run.req)
+    return {"plan": plan.to_dict()}
+
+
+def _checkpoint(run: Run) -> dict[str, Any]:
+    plan = run.plan
+    archives: dict[str, Any] = {}
+    started = time.time()
+    for container in plan.containers:
+        run.progress("checkpoint", f"{plan.namespace}/{plan.pod}/{container} on {plan.source}")
+        t0 = time.perf_counter()
+        path = kube.checkpoint_via_apiserver(run.cluster, plan.source, plan.namespace,
+                                             plan.pod, container, None)
+        archives[container] = {"path": path, "seconds": round(time.perf_counter() - t0, 6)}
+        run.journal.record("checkpointed", container=container, node=plan.source, archive=path)
+    _event(run, _source(run), "Checkpointed",
+           f"checkpointed {', '.join(plan.containers)} for migration {run.journal.id}")
+    return {"archives": archives, "taken_at": started}
+
+
+def locate(node: str, path: str, settings: Settings) -> Path:
+    """Where this machine reads ``path`` of ``node`` (see `Settings.node_root`)."""
+    if settings.node_root:
+        return Path(settings.node_root.format(node=node)) / path.lstrip("/")
+    return Path(path)
+
+
+def _build(run: Run) -> dict[str, Any]:
+    plan, req = run.plan, run.req
+    images: dict[str, Any] = {}
+    for container, info in run.data("checkpoint")["archives"].items():
+        local = locate(plan.source, info["path"], run.settings)
+        if req.build_on == "node" or not local.is_file():
+            raise UsageError(f"the archive {info['path']} of node {plan.source} is not "
+                             f"readable here ({local})",
+                             hint="run migrate on the source node, or share the nodes' "
+                             "checkpoint directories and set MIGRATE_NODE_ROOT "
+                             "(e.g. /mnt/nodes/{node})")
+        with Checkpoint(local, run.settings.archive) as ckpt:
+            stats = ckpt.stats() or {}
+        run.progress("build", f"{container}: {local.stat().st_size} bytes -> "
+                     f"{plan.images[container]}")
+        report = build_image(BuildRequest(archive=local, image=parse_reference(
+            plan.images[container]), builder=req.builder, compression=req.compression),
+            run.settings)
+        images[container] = {"reference": report.reference, "digest": report.digest,
+                             "archive_size": report.archive_size,
+                             "image_size": report.image_size,
+                             "freezing_time_us": stats.get("freezing_time"),
+                             "frozen_time_us": stats.get("frozen_time"),
+                             "local_archive": str(local)}
+        run.journal.record("pushed", container=container, image=report.reference)
+    return {"images": images}
+
+
+def _render(run: Run, source_pod: Obj) -> tuple[Obj, tuple[str, str] | None]:
+    plan = run.plan
+    images = {c: i["reference"] for c, i in run.data("build")["images"].items()}
+    pod = render_restore_pod(
+        PodSource(source_pod, node=plan.source,
+                  checkpoint_time=_rfc3339(run.data("checkpoint")["taken_at"])),
+        images, RestoreOptions(node=plan.destination, generate_name=plan.owner is not None,
+                               k8s_version=kube.server_minor_version(run.cluster)))
+    # A label, not only the journal's list: if the create's answer is lost, rollback
+    # still finds the pod by it.
+    pod["metadata"].setdefault("labels", {})[RUN_LABEL] = run.journal.id
+    held = None
+    if plan.switch == "handover" or (plan.owner and plan.switch == "keep"):
+        assert plan.owner is not None
+        owner = kube.read_owner(run.cluster, plan.namespace, *plan.owner)
+        held = switchover.held_back_label(source_pod, owner)
+        pod["metadata"]["labels"].pop(held[0], None)
+        pod["metadata"]["annotations"][switchover.HELD_LABEL] = f"{held[0]}={held[1]}"
+    return pod, held
+
+
+def _create(run: Run) -> dict[str, Any]:
+    plan = run.plan
+    source_pod = _source(run)
+    if source_pod is None or source_pod["metadata"].get("uid") != plan.uid:
+        raise ClusterError(f"the source pod {plan.namespace}/{plan.pod} is gone",
+                           hint="nothing left to migrate")
+    manifest, held = _render(run, source_pod)
+    created = restore.create(run.cluster, plan.namespace, manifest)
+    meta = created["metadata"]
+    run.journal.created_object("Pod", plan.namespace, meta["name"], meta.get("uid", ""))
+    run.progress("create", f"pod {plan.namespace}/{meta['name']} on {plan.destination}")
+    return {"pod": meta["name"], "uid": meta.get("uid", ""),
+            "held_label": list(held) if held else None}
+
+
+def _verify(run: Run) -> dict[str, Any]:
+    plan, created = run.plan, run.data("create")
+    digests = {c: i["digest"] for c, i in run.data("build")["images"].items()}
+    run.progress("verify", f"waiting for {created['pod']} to run restored")
+    restored = restore.wait_restored(run.cluster, plan.namespace, created["pod"],
+                                     plan.destination, digests, run.req.timeout)
+    _event(run, _pod(run, created["pod"]), "Restored",
+           f"restored from {', '.join(sorted(set(digests.values())))} "
+           f"(migration {run.journal.id} from {plan.source})")
+    return {"ready_at": restored.ready_at, "image_ids": restored.image_ids}
+
+
+def _switchover(run: Run) -> dict[str, Any]:
+    plan, created = run.plan, run.data("create")
+    timeout = run.req.timeout
+    if plan.switch == "keep":
+        return {"source_stopped_at": None}
+    run.journal.record("switch-over", mode=plan.switch, source=plan.pod)
+    if plan.switch == "handover":
+        assert plan.owner is not None
+        owner = kube.read_owner(run.cluster, plan.namespace, *plan.owner)
+        held = created["held_label"]
+        run.journal.record("deletion-cost set", pod=plan.pod)
+        stopped = switchover.hand_over(run.cluster, plan.namespace, plan.pod, plan.uid,
+                                       created["pod"], (held[0], held[1]),
+                                       owner["metadata"]["uid"], timeout)
+    else:
+        stopped = switchover.delete_source(run.cluster, plan.namespace, plan.pod, plan.uid,
+                                           timeout)
+    run.journal.record("source deleted", pod=plan.pod)
+    _event(run, _pod(run, created["pod"]), "Migrated",
+           f"took over from {plan.namespace}/{plan.pod} on {plan.source}")
+    return {"source_stopped_at": stopped}
+
+
+def _cleanup(run: Run) -> dict[str, Any]:
+    removed = []
+    if run.req.cleanup_archive:
+        for info in run.data("build")["images"].values():
+            Path(info["local_archive"]).unlink(missing_ok=True)
+            removed.append(info["local_archive"])
+            run.journal.record("archive removed", path=info["local_archive"])
+    return {"removed": removed}
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[Run], dict[str, Any]]] = {
+    "preflight": _preflight, "checkpoint": _checkpoint, "build": _build, "create": _create,
+    "verify": _verify, "switchover": _switchover, "cleanup": _cleanup,
+}
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def _rfc3339(t: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _pod(run: Run, name: str) -> Obj | None:
+    found = kube.list_pods(run.cluster, run.plan.namespace, field_selector=f"metadata.name={name}")
+    return found[0] if found else None
+
+
+def _source(run: Run) -> Obj | None:
+    return _pod(run, run.plan.pod)
+
+
+def _event(run: Run, pod: Obj | None, reason: str, message: str, warning: bool = False) -> None:
+    if pod is not None:
+        kube.create_event(run.cluster, pod, reason, message, warning=warning)
+
+
+# -- running, resuming, rolling back -----------------------------------------------------
+
+
+def start(settings: Settings, req: PodRequest) -> Journal:
+    """Open a journal for ``req`` (dry runs get none: they change nothing)."""
+    return Journal.create(settings.state_dir, "pod", req.pod, req.to_dict(), STAGES)
+
+
+def execute(cluster: kube.Cluster, settings: Settings, journal: Journal,
+            progress: Progress) -> Journal:
+    """Run the stages not yet done; roll back on failure (before the switch-over)."""
+    run = Run(cluster, settings, journal, progress)
+    journal.set_outcome("running")
+    for name in STAGES:
+        if journal.done(name):
+            continue
+        progress(name, "started")
+        journal.begin(name)
+        try:
+            data = STAGE_FUNCTIONS[name](run)
+        except KeyboardInterrupt:
+            journal.fail(name, "interrupted")
+            journal.set_outcome("interrupted")
+            raise
+        except MigrateError as e:
+            journal.fail(name, e.message)
+            _failed(run, name, e)
+            raise StageFailed(name, e, journal) from e
+        journal.finish(name, **data)
+        progress(name, f"done in {journal.stage(name).seconds:.3f} s")
+    journal.set_outcome("succeeded")
+    return journal
+
+
+def _failed(run: Run, stage: str, error: MigrateError) -> None:
+    switched = run.journal.stage("switchover").status == DONE or (
+        stage == "switchover" and any(a["action"] == "source deleted"
+                                      for a in run.journal.actions))
+    if stage == "preflight":
+        run.journal.set_outcome("failed")
+        return
+    # The cluster may be what failed; the rollback below says more.
+    with contextlib.suppress(MigrateError):
+        _event(run, _source(run), "MigrationFailed", f"{stage}: {error.message}", warning=True)
+    if switched:
+        run.journal.set_outcome("failed")
+        return
+    rollback(run)
+    run.journal.set_outcome("rolled-back")
+
+
+def rollback(run: Run) -> list[str]:
+    """Undo what the journal says this run did; the source is left as it was."""
+    journal = run.journal
+    if journal.stage("switchover").status == DONE:
+        raise UsageError(f"migration {journal.id} already switched over: the restored pod "
+                         "replaced the source", hint="to move it back, migrate it again")
+    undone = []
+    pods = {(o["namespace"], o["name"]): o["uid"] for o in journal.objects
+            if o["kind"] == "Pod"}
+    plan = run.plan
+    labelled = kube.list_pods(run.cluster, plan.namespace,
+                              label_selector=f"{RUN_LABEL}={journal.id}")
+    for p in labelled:
+        if p["metadata"].get("uid") != plan.uid:
+            pods.setdefault((plan.namespace, p["metadata"]["name"]),
+                            p["metadata"].get("uid", ""))
+    for (namespace, name), uid in pods.items():
+        if kube.delete_pod(run.cluster, namespace, name, uid=uid or None):
+            undone.append(f"deleted pod {namespace}/{name}")
+    if any(a["action"] == "deletion-cost set" for a in journal.actions):
+        source = _source(run)
+        if source is not None:
+            kube.patch_pod(run.cluster, run.plan.namespace, run.plan.pod, {"metadata": {
+                "annotations": {switchover.DELETION_COST: None}}})
+            undone.append(f"removed the deletion cost from {run.plan.pod}")
+    for line in undone:
+        journal.record("rollback: " + line)
+    journal.objects = []
+    journal.save()
+    return undone
+
+
+def rollback_journal(cluster: kube.Cluster, settings: Settings, journal: Journal) -> list[str]:
+    """`migrate rollback ID`."""
+    if journal.stage("preflight").status != DONE:
+        journal.set_outcome("rolled-back")
+        return []
+    undone = rollback(Run(cluster, settings, journal, lambda s, m: None))
+    journal.set_outcome("rolled-back")
+    return undone
+
+
+def report(journal: Journal, api_requests: int | None = None) -> dict[str, Any]:
+    """What happened, and the two numbers an operator cares about.
+
+    state_window: checkpoint taken -> source stopped; what the source did in it
+    is lost. unavailability: source stopped -> destination ready; zero when the
+    destination was ready first (the usual case: the source stops only after
+    the destination is verified).
+    """
+    stages = {s.name: s for s in journal.stages}
+    taken = stages["checkpoint"].data.get("taken_at")
+    ready = stages["verify"].data.get("ready_at")
+    stopped = stages["switchover"].data.get("source_stopped_at")
+    plan = stages["preflight"].data.get("plan")
+    out: dict[str, Any] = {
+        "id": journal.id, "outcome": journal.outcome, "plan": plan,
+        "stages": [{"name": s.name, "status": s.status, "seconds": s.seconds,
+                    **({"error": s.error} if s.error else {})} for s in journal.stages],
+        "checkpoints": stages["checkpoint"].data.get("archives", {}),
+        "images": {c: {k: v for k, v in i.items() if k != "local_archive"}
+                   for c, i in stages["build"].data.get("images", {}).items()},
+        "destination_pod": stages["create"].data.get("pod"),
+        "state_window_seconds": round(stopped - taken, 3) if stopped and taken else None,
+        "unavailability_seconds": (round(max(0.0, ready - stopped), 3)
+                                   if stopped and ready else None),
+        "actions": journal.actions,
+    }
+    if api_requests is not None:
+        out["api_requests"] = api_requests
+    return out

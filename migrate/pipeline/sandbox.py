@@ -1,0 +1,205 @@
+"""Sandbox stage: crictl configs that restore a checkpoint archive for forensic work.
+
+1. read the archive: the container's identity, what CRI-O will refuse, and the
+   mounts it will require (`binds.required_mounts`);
+2. render pod-config.json and container-config.json from templates/ and check
+   them against the CRI schemas and the sandbox rules — before anything is
+   written;
+3. write them into DIR (0700; files 0600), with every required mount recreated
+   empty under DIR/mounts with the type CRI-O demands (directories 0700, files
+   0600) and a log directory;
+4. with ``--run``: crictl runp, create, start (`adapters.crictl`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from migrate.adapters import crictl
+from migrate.adapters.checkpoint import Checkpoint, Identity
+from migrate.errors import UsageError
+from migrate.pipeline.annotations import check_restorable
+from migrate.pipeline.binds import RecordedMount, required_mounts
+from migrate.pipeline.manifest import ANNOTATION_PREFIX
+from migrate.pipeline.templating import fill
+from migrate.settings import Settings
+from migrate.validation import check_rendered
+
+NAMESPACE = "migrate-sandbox"
+POD_CONFIG, CONTAINER_CONFIG = "pod-config.json", "container-config.json"
+_NETWORKS = ("none", "pod")
+# CRI has no "no network" mode: a resolver nobody answers on keeps names from resolving.
+_NO_DNS = {"servers": ["127.0.0.1"], "searches": [], "options": ["attempts:1", "timeout:1"]}
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class SandboxRequest:
+    """One `migrate sandbox`."""
+
+    archive: Path
+    out: Path | None = None
+    """Output directory; default: ./NAME. Must not exist, or be empty."""
+    name: str | None = None
+    """Sandbox pod name; default: forensic-<pod>."""
+    network: str = "none"
+    cgroup_parent: str | None = None
+    run: bool = False
+
+
+@dataclass(frozen=True)
+class SandboxMount:
+    """One recreated mount: an empty file or directory bound at ``container_path``."""
+
+    container_path: str
+    host_path: Path
+    kind: str
+    readonly: bool
+    original_permissions: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (an item of sandbox.schema.json's ``mounts``)."""
+        return {"container_path": self.container_path, "host_path": str(self.host_path),
+                "type": self.kind, "readonly": self.readonly,
+                "original_permissions": self.original_permissions}
+
+
+@dataclass(frozen=True)
+class SandboxReport:
+    """What was written, and with ``--run`` what crictl made."""
+
+    name: str
+    uid: str
+    container: str
+    archive: Path
+    out: Path
+    network: str
+    mounts: list[SandboxMount]
+    commands: list[str]
+    pod_id: str | None = None
+    container_id: str | None = None
+    configs: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def pod_config(self) -> Path:
+        """Where pod-config.json is."""
+        return self.out / POD_CONFIG
+
+    @property
+    def container_config(self) -> Path:
+        """Where container-config.json is."""
+        return self.out / CONTAINER_CONFIG
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (schemas/sandbox.schema.json)."""
+        return {"name": self.name, "namespace": NAMESPACE, "uid": self.uid,
+                "container": self.container, "archive": str(self.archive), "out": str(self.out),
+                "pod_config": str(self.pod_config),
+                "container_config": str(self.container_config), "network": self.network,
+                "mounts": [m.to_dict() for m in self.mounts], "commands": self.commands,
+                "pod_id": self.pod_id, "container_id": self.container_id}
+
+
+def _name(req: SandboxRequest, who: Identity) -> str:
+    if req.name is not None:
+        if not _DNS_LABEL.match(req.name):
+            raise UsageError(f"--name {req.name!r} is not a valid sandbox name",
+                             hint="lower-case letters, digits and '-'; at most 63 (it is also "
+                             "the host name)")
+        return req.name
+    base = re.sub(r"[^a-z0-9]+", "-", f"forensic-{who.pod or who.container}".lower())
+    return base[:63].strip("-")
+
+
+def _plan_mounts(recorded: list[RecordedMount], out: Path) -> list[SandboxMount]:
+    return [SandboxMount(m.destination,
+                         out / "mounts" / f"{i:02d}-{_UNSAFE.sub('-', m.destination).strip('-')}",
+                         m.kind, m.readonly, m.permissions)
+            for i, m in enumerate(recorded, 1)]
+
+
+def _annotations(who: Identity, archive: Path, checkpoint_time: str | None) -> dict[str, str]:
+    values = {"source-pod": f"{who.namespace}/{who.pod}" if who.pod else None,
+              "source-uid": who.pod_uid, "source-container": who.container,
+              "checkpoint": str(archive), "checkpoint-time": checkpoint_time}
+    return {ANNOTATION_PREFIX + k: v for k, v in values.items() if v}
+
+
+def _render(report: SandboxReport, who: Identity, checkpoint_time: str | None,
+            req: SandboxRequest) -> dict[str, Any]:
+    """Both configs, checked; nothing is written yet."""
+    pod = fill("crictl-pod-config.yaml", {
+        "name": report.name, "uid": report.uid, "log_directory": str(report.out / "logs"),
+        "dns_config": _NO_DNS if report.network == "none" else None,
+        "annotations": _annotations(who, report.archive, checkpoint_time),
+        "cgroup_parent": req.cgroup_parent})
+    container = fill("crictl-container-config.yaml", {
+        "container": report.container, "archive": str(report.archive),
+        "log_path": f"{report.container}.log",
+        "mounts": [{"container_path": m.container_path, "host_path": str(m.host_path),
+                    **({"readonly": True} if m.readonly else {})} for m in report.mounts]})
+    check_rendered(pod, "sandbox-pod-config.schema.json", POD_CONFIG)
+    check_rendered(container, "sandbox-container-config.schema.json", CONTAINER_CONFIG)
+    return {POD_CONFIG: pod, CONTAINER_CONFIG: container}
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, exist_ok=True)
+    path.chmod(0o700)  # the umask may have taken bits away, never added them: be exact
+
+
+def _private_file(path: Path, data: str = "") -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(data)
+    path.chmod(0o600)
+
+
+def _write(report: SandboxReport) -> None:
+    out = report.out
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"{out} exists and is not an empty directory",
+                         hint="choose another --out, or remove it (a sandbox may still use it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for d in (out, out / "logs", out / "mounts"):
+        _private_dir(d)
+    for m in report.mounts:
+        if m.kind == "file":
+            _private_file(m.host_path)
+        else:
+            _private_dir(m.host_path)
+    for name, document in report.configs.items():
+        _private_file(out / name, json.dumps(document, indent=2) + "\n")
+
+
+def prepare_sandbox(req: SandboxRequest, settings: Settings, uid: str | None = None
+                    ) -> SandboxReport:
+    """Render, check and write the sandbox; ``uid`` is fresh unless given (tests)."""
+    if req.network not in _NETWORKS:
+        raise UsageError(f"--network {req.network!r}: use none or pod")
+    crictl.check_timeout(settings.crictl)
+    archive = req.archive.absolute()
+    with Checkpoint(archive, settings.archive) as ckpt:
+        who = ckpt.identity()
+        check_restorable(ckpt, who)
+        recorded, checkpoint_time = required_mounts(ckpt), ckpt.config.get("checkpointedTime")
+    name = _name(req, who)
+    out = (req.out or Path(name)).absolute()
+    report = SandboxReport(
+        name=name, uid=uid or str(uuid.uuid4()), container=who.container, archive=archive,
+        out=out, network=req.network, mounts=_plan_mounts(recorded, out),
+        commands=crictl.manual_commands(settings.crictl, out / POD_CONFIG,
+                                        out / CONTAINER_CONFIG))
+    report = replace(report, configs=_render(report, who, checkpoint_time, req))
+    _write(report)
+    if not req.run:
+        return report
+    ids = crictl.restore_in_sandbox(settings.crictl, report.pod_config, report.container_config)
+    return replace(report, pod_id=ids.pod_id, container_id=ids.container_id)

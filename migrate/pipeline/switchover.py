@@ -1,0 +1,82 @@
+"""Switch-over: the restored pod takes the source's place; the source goes.
+
+Runs only after the destination is verified. Three ways:
+
+- delete: a bare pod's source is deleted (its uid as a precondition, so a
+  new pod that took the name is never touched).
+- handover: a ReplicaSet's pod. The destination was created with one of the
+  ReplicaSet's selector labels held back, so the ReplicaSet neither adopted
+  it nor scaled down while it was starting. Now the source gets the lowest
+  ``controller.kubernetes.io/pod-deletion-cost``, the held-back label is put
+  on the destination, the ReplicaSet adopts it, finds one pod too many and
+  removes the cheapest: the source. The tool then deletes the source itself
+  if the ReplicaSet has not, so the replica count ends where it started.
+- keep: nothing (``--keep-source``); both run.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from migrate.adapters import kube
+from migrate.errors import ClusterError
+
+Obj = dict[str, Any]
+
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+LOWEST_COST = str(-(2**31))  # int32 minimum: deleted before any other replica
+HELD_LABEL = "migrate.dev/held-label"  # annotation on the destination: key=value held back
+
+
+def held_back_label(pod: Obj, owner: Obj) -> tuple[str, str]:
+    """The selector label to keep off the destination until the switch-over."""
+    selector = ((owner.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    candidates = [k for k in selector if k in labels]
+    if not candidates:
+        raise ClusterError(f"{owner['kind']} {owner['metadata']['name']} selects its pods "
+                           "with matchExpressions only; migrate cannot hold the restored "
+                           "pod back from it", hint="use --keep-source and move it by hand")
+    key = "pod-template-hash" if "pod-template-hash" in candidates else sorted(candidates)[0]
+    return key, str(labels[key])
+
+
+def wait_gone(cluster: kube.Cluster, namespace: str, name: str, uid: str,
+              timeout: float) -> float:
+    """Watch until the pod with ``uid`` no longer exists; returns when (time.time())."""
+    def gone(pod: Obj | None) -> float | None:
+        if pod is None or pod["metadata"].get("uid") != uid:
+            return time.time()
+        return None
+
+    return kube.watch_pod(cluster, namespace, name, gone, timeout)
+
+
+def delete_source(cluster: kube.Cluster, namespace: str, name: str, uid: str,
+                  timeout: float) -> float:
+    """Delete the source pod and wait until it is gone; returns when it was."""
+    kube.delete_pod(cluster, namespace, name, uid=uid)
+    return wait_gone(cluster, namespace, name, uid, timeout)
+
+
+def hand_over(cluster: kube.Cluster, namespace: str, source: str, source_uid: str,
+              destination: str, label: tuple[str, str], owner_uid: str,
+              timeout: float) -> float:
+    """Give the ReplicaSet the destination and let it (or us) remove the source."""
+    kube.patch_pod(cluster, namespace, source,
+                   {"metadata": {"annotations": {DELETION_COST: LOWEST_COST}}})
+    kube.patch_pod(cluster, namespace, destination,
+                   {"metadata": {"labels": {label[0]: label[1]},
+                                 "annotations": {HELD_LABEL: None}}})
+
+    def adopted(pod: Obj | None) -> bool | None:
+        if pod is None:
+            raise ClusterError(f"the restored pod {destination} disappeared during the "
+                               "switch-over", hint="look at the ReplicaSet's events")
+        refs = pod["metadata"].get("ownerReferences") or []
+        return True if any(r.get("uid") == owner_uid and r.get("controller")
+                           for r in refs) else None
+
+    kube.watch_pod(cluster, namespace, destination, adopted, timeout)
+    return delete_source(cluster, namespace, source, source_uid, timeout)

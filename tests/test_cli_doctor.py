@@ -1,0 +1,214 @@
+"""`migrate doctor` against the cluster simulator, the real registry and buildah."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e.sim import NodeConfig, Simulator
+from e2e.sim.protocol import Attributes
+from migrate.pipeline import nodes
+from migrate.pipeline.doctor import _gate
+from migrate.validation import validate
+from tests.conftest import Result
+from tests.registries import RegistryUnderTest
+
+Cli = Callable[..., Result]
+LIMITED = "limited-operator"
+
+
+def _limited(attrs: Attributes) -> bool:
+    # The limited operator may do everything but proxy to kubelets and create Jobs.
+    if attrs.user.name != LIMITED:
+        return True
+    return not (attrs.resource == "nodes" and attrs.subresource == "proxy") and \
+        attrs.resource != "jobs"
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
+    configs = {
+        "node-c": NodeConfig(runtime="containerd://2.4.0"),
+        "node-d": NodeConfig(ready=False),
+        "node-e": NodeConfig(taints=[{"key": "maintenance", "value": "kernel",
+                                      "effect": "NoSchedule"}]),
+    }
+    with Simulator(tmp_path_factory.mktemp("sim") / "state",
+                   nodes=("node-a", "node-b", "node-c", "node-d", "node-e"),
+                   node_config=configs, authorizer=_limited) as cluster:
+        yield cluster
+
+
+def rows(r: Result) -> dict[str, tuple[str, str, str]]:
+    data: dict[str, Any] = json.loads(r.out)
+    validate(data, "doctor.schema.json", "doctor -o json")
+    return {c["check"]: (c["status"], c["detail"], c["hint"]) for c in data["checks"]}
+
+
+def test_a_healthy_node_and_the_admin_pass(cli: Cli, sim: Simulator) -> None:
+    r = cli("doctor", "--kubeconfig", sim.kubeconfig, "--node", "node-a", "-o", "json")
+    assert r.code == 0, r.err
+    got = rows(r)
+    assert got["api"][0] == "PASS"
+    assert "v1.30" in got["api"][1]
+    rbac = {k: v[0] for k, v in got.items() if k.startswith("rbac: ")}
+    assert rbac == {
+        "rbac: get pods": "PASS", "rbac: watch pods": "PASS", "rbac: create pods": "PASS",
+        "rbac: delete pods": "PASS", "rbac: create nodes/proxy": "PASS",
+        "rbac: create jobs (batch)": "PASS", "rbac: create pods/eviction": "PASS",
+        "rbac: patch nodes": "PASS"}
+    assert got["node node-a: runtime"][:2] == ("PASS", "cri-o://1.30.4: checkpoint and restore")
+    assert "checkpoint_restore" in got["node node-a: runtime"][2]
+    assert got["node node-a: ready"][0] == got["node node-a: schedulable"][0] == "PASS"
+    assert not any(k.startswith("node node-b") for k in got)  # --node limits the nodes
+    assert r.err == ""
+
+
+def test_every_node_problem_is_a_row(cli: Cli, sim: Simulator) -> None:
+    r = cli("doctor", "--kubeconfig", sim.kubeconfig, "-o", "json")
+    got = rows(r)
+    assert got["node node-c: runtime"] == (
+        "WARN", "containerd://2.4.0: checkpoint only",
+        "containerd can checkpoint (2.0+) but does not restore CRI-O checkpoint images "
+        "(restore was removed in 2.4): a source, never a destination")
+    assert got["node node-d: ready"][0] == "FAIL"
+    assert got["node node-d: ready"][1].startswith("not Ready: ")
+    assert got["node node-e: schedulable"][:2] == ("WARN", "maintenance=kernel:NoSchedule")
+    assert r.code == 9
+    assert r.err == ("error: 1 check failed\n"
+                     "hint: each FAIL row has a hint; fix those and run migrate doctor again\n")
+
+
+def test_cordoned_node_is_a_warning(cli: Cli, sim: Simulator) -> None:
+    from tests.simulated import sim_client
+
+    with sim_client(sim) as api:
+        from kubernetes import client
+
+        client.CoreV1Api(api).patch_node("node-b", {"spec": {"unschedulable": True}})
+        try:
+            got = rows(cli("doctor", "--kubeconfig", sim.kubeconfig, "--node", "node-b",
+                           "-o", "json"))
+        finally:
+            client.CoreV1Api(api).patch_node("node-b", {"spec": {"unschedulable": False}})
+    status, detail, hint = got["node node-b: schedulable"]
+    assert (status, detail.split(",")[0]) == ("WARN", "cordoned")
+    assert "uncordon" in hint
+
+
+def test_rbac_denials(cli: Cli, sim: Simulator, tmp_path: Path) -> None:
+    from tests.simulated import sim_client
+
+    token = sim.add_token(LIMITED)
+    with sim_client(sim, token):
+        pass  # writes the kubeconfig copy carrying the token
+    kubeconfig = sim.state_dir / f"kubeconfig-{token[:8]}"
+    r = cli("doctor", "--kubeconfig", kubeconfig, "--node", "node-a", "-o", "json")
+    got = rows(r)
+    assert got["rbac: create nodes/proxy"] == (
+        "FAIL", "denied: needed to checkpoint through the API server (--via apiserver)",
+        "grant create on nodes/proxy (`migrate deploy` emits the role the tool needs)")
+    assert got["rbac: create jobs (batch)"] == (
+        "WARN", "denied in namespace default: needed to build the image on the source node "
+        "(--build-on node)",
+        "grant create on jobs in API group batch (`migrate deploy` emits the role the tool "
+        "needs)")
+    assert got["rbac: create pods"][0] == "PASS"
+    assert r.code == 9
+
+
+def test_table_output(cli: Cli, sim: Simulator) -> None:
+    r = cli("doctor", "--kubeconfig", sim.kubeconfig, "--node", "node-c")
+    lines = r.out.splitlines()
+    assert lines[0].split() == ["STATUS", "CHECK", "DETAIL"]
+    assert any(line.startswith("WARN ") and "node node-c: runtime" in line for line in lines)
+    assert "hints:" in lines
+    assert lines[-1].endswith("0 failed, 0 skipped")
+    assert r.code == 0
+
+
+def test_unreachable_api_skips_the_cluster_checks(cli: Cli, tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "x",
+        "clusters": [{"name": "x", "cluster": {"server": "https://127.0.0.1:9"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "x", "user": "x"}}],
+        "users": [{"name": "x", "user": {"token": "not-a-real-token"}}]}))
+    os.chmod(kubeconfig, stat.S_IRUSR | stat.S_IWUSR)
+    r = cli("doctor", "--kubeconfig", kubeconfig, "-o", "json")
+    got = rows(r)
+    assert got["api"][0] == "FAIL"
+    assert "cannot reach the API server" in got["api"][1]
+    assert got["rbac"][0] == got["nodes"][0] == "SKIP"
+    assert "not-a-real-token" not in r.out + r.err
+    assert r.code == 9
+
+
+def test_registry_reachable_and_authorised(cli: Cli, sim: Simulator,
+                                           tls_basic_registry: RegistryUnderTest) -> None:
+    reg = tls_basic_registry
+    base = ("doctor", "--kubeconfig", sim.kubeconfig, "--node", "node-a", "-o", "json",
+            "--registry", f"{reg.host}/ckpt", "--cert-dir", reg.cert_dir)
+    got = rows(cli(*base, "--creds", f"{reg.username}:{reg.password}"))
+    assert got[f"registry {reg.host}"] == (
+        "PASS", f"reachable, authenticated as {reg.username} (push scope ckpt)", "")
+    r = cli(*base, "--creds", f"{reg.username}:wrong-password")
+    status, detail, _ = rows(r)[f"registry {reg.host}"]
+    assert (status, detail) == ("FAIL", f"{reg.host}: login failed: HTTP 401 (UNAUTHORIZED: "
+                                "authentication required) as 'alice'")
+    assert "wrong-password" not in r.out + r.err
+    assert r.code == 9
+
+
+def test_registry_without_tls_verification(cli: Cli, sim: Simulator,
+                                           plain_registry: RegistryUnderTest) -> None:
+    base = ("doctor", "--kubeconfig", sim.kubeconfig, "--node", "node-a", "-o", "json",
+            "--registry", plain_registry.host)
+    assert rows(cli(*base))[f"registry {plain_registry.host}"][0] == "FAIL"
+    got = rows(cli(*base, "--no-tls-verify"))
+    assert got[f"registry {plain_registry.host}"][:2] == (
+        "PASS", "reachable, anonymous access accepted (push scope migrate/doctor)")
+
+
+def test_bad_registry_argument_is_a_usage_error(cli: Cli, sim: Simulator) -> None:
+    r = cli("doctor", "--kubeconfig", sim.kubeconfig, "--registry", "just-a-name")
+    assert (r.code, r.out) == (2, "")
+    assert r.err == ("error: --registry 'just-a-name' does not start with a registry host\n"
+                     "hint: use HOST[:PORT][/REPOSITORY], e.g. registry.example:5000/ckpt\n")
+
+
+def test_buildah_missing_is_a_warning(cli: Cli, sim: Simulator, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    r = cli("doctor", "--kubeconfig", sim.kubeconfig, "--node", "node-a", "-o", "json")
+    status, detail, _ = rows(r)["buildah"]
+    assert status == "PASS" and detail.startswith("buildah 1.")
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing to find
+    status, detail, hint = rows(cli("doctor", "--kubeconfig", sim.kubeconfig, "--node",
+                                    "node-a", "-o", "json"))["buildah"]
+    assert (status, detail) == ("WARN", "buildah is not installed")
+    assert hint.startswith("only --builder buildah needs it")
+
+
+@pytest.mark.parametrize(("major", "minor", "status"), [
+    ("1", "24", "FAIL"), ("1", "25", "WARN"), ("1", "29", "WARN"), ("1", "30", "PASS"),
+    ("1", "33+", "PASS"), ("x", "y", "WARN"),
+])
+def test_the_version_decides_the_gate(major: str, minor: str, status: str) -> None:
+    assert _gate({"major": major, "minor": minor, "gitVersion": f"v{major}.{minor}"}
+                 ).status.value == status
+
+
+@pytest.mark.parametrize(("runtime", "checkpoint", "restore"), [
+    ("cri-o://1.30.4", True, True), ("containerd://1.7.20", False, False),
+    ("containerd://2.0.1", True, False), ("containerd://2.4.0", True, False),
+    ("docker://24.0.7", False, False), ("", False, False),
+])
+def test_runtime_classification(runtime: str, checkpoint: bool, restore: bool) -> None:
+    rt = nodes.runtime_of({"status": {"nodeInfo": {"containerRuntimeVersion": runtime}}})
+    assert (rt.can_checkpoint, rt.can_restore) == (checkpoint, restore)
