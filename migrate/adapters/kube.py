@@ -344,7 +344,27 @@ def read_owner(cluster: Cluster, namespace: str, kind: str, name: str) -> dict[s
 
 def watch_pod(cluster: Cluster, namespace: str, name: str,
               until: Callable[[dict[str, Any] | None], T | None], timeout: float) -> T:
-    """Watch one pod until ``until(pod)`` returns something (None: the pod is gone).
+    """Watch one pod until ``until(pod)`` returns something (None: the pod is gone)."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(cluster.api)
+    return _watch(cluster, core.list_namespaced_pod, f"pod {namespace}/{name}", namespace,
+                  name, until, timeout)
+
+
+def watch_job(cluster: Cluster, namespace: str, name: str,
+              until: Callable[[dict[str, Any] | None], T | None], timeout: float) -> T:
+    """Watch one Job until ``until(job)`` returns something (None: the Job is gone)."""
+    from kubernetes import client
+
+    batch = client.BatchV1Api(cluster.api)
+    return _watch(cluster, batch.list_namespaced_job, f"job {namespace}/{name}", namespace,
+                  name, until, timeout)
+
+
+def _watch(cluster: Cluster, list_fn: Callable[..., Any], what: str, namespace: str,
+           name: str, until: Callable[[dict[str, Any] | None], T | None], timeout: float) -> T:
+    """Watch one object until ``until(obj)`` returns something.
 
     A watch, not a polling loop: one list for the starting resourceVersion,
     then events; an expired resourceVersion (410) or a dropped connection
@@ -352,18 +372,17 @@ def watch_pod(cluster: Cluster, namespace: str, name: str,
     """
     import time
 
-    from kubernetes import client, watch
+    from kubernetes import watch
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
-    core = client.CoreV1Api(cluster.api)
     selector = f"metadata.name={name}"
     deadline = time.monotonic() + timeout
     while True:
-        listing = _raw(call(cluster, f"list pod {namespace}/{name}", core.list_namespaced_pod,
-                            namespace, field_selector=selector, _preload_content=False))
-        pods = listing.get("items") or []
-        found = until(pods[0] if pods else None)
+        listing = _raw(call(cluster, f"list {what}", list_fn, namespace,
+                            field_selector=selector, _preload_content=False))
+        items = listing.get("items") or []
+        found = until(items[0] if items else None)
         if found is not None:
             return found
         version = listing["metadata"]["resourceVersion"]
@@ -373,26 +392,74 @@ def watch_pod(cluster: Cluster, namespace: str, name: str,
         cluster.requests += 1
         try:
             for event in watch.Watch().stream(
-                    core.list_namespaced_pod, namespace, field_selector=selector,
-                    resource_version=version, timeout_seconds=max(1, int(remaining)),
-                    _request_timeout=remaining + 5):
-                pod = event["raw_object"]
+                    list_fn, namespace, field_selector=selector, resource_version=version,
+                    timeout_seconds=max(1, int(remaining)), _request_timeout=remaining + 5):
                 if event["type"] == "ERROR":
                     break  # 410 Gone and friends: list again
-                found = until(None if event["type"] == "DELETED" else pod)
+                found = until(None if event["type"] == "DELETED" else event["raw_object"])
                 if found is not None:
                     return found
                 if time.monotonic() > deadline:
                     break
         except (ApiException, HTTPError, OSError) as e:
-            err = translate(e, f"watch pod {namespace}/{name}")
+            err = translate(e, f"watch {what}")
             if not isinstance(err, TransientClusterError):
                 raise err from e
         if time.monotonic() > deadline:
             break
-    raise ClusterError(f"pod {namespace}/{name}: timed out after {timeout:g} s",
-                       hint="raise --timeout, or look at the pod's events "
-                       "(kubectl describe pod)")
+    raise ClusterError(f"{what}: timed out after {timeout:g} s",
+                       hint="raise --timeout, or look at its events (kubectl describe)")
+
+
+def create_job(cluster: Cluster, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Create a Job (not retried: see create_pod)."""
+    from kubernetes import client
+
+    batch = client.BatchV1Api(cluster.api)
+    return _raw(call(cluster, f"create job in {namespace}", batch.create_namespaced_job,
+                     namespace, body, _retry=dataclasses.replace(cluster.settings.retry,
+                                                                  attempts=1),
+                     _preload_content=False))
+
+
+def delete_job(cluster: Cluster, namespace: str, name: str) -> bool:
+    """Delete a Job and its pods; False if it was already gone."""
+    from kubernetes import client
+
+    batch = client.BatchV1Api(cluster.api)
+    body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+    try:
+        call(cluster, f"delete job {namespace}/{name}", batch.delete_namespaced_job, name,
+             namespace, body=body, _preload_content=False)
+    except NotFoundError:
+        return False
+    return True
+
+
+def create_secret(cluster: Cluster, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Create a Secret; the error never quotes its data."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(cluster.api)
+    created = _raw(call(cluster, f"create secret in {namespace}",
+                        core.create_namespaced_secret, namespace, body,
+                        _retry=dataclasses.replace(cluster.settings.retry, attempts=1),
+                        _preload_content=False))
+    created.pop("data", None)  # nothing downstream needs it back in memory
+    return created
+
+
+def delete_secret(cluster: Cluster, namespace: str, name: str) -> bool:
+    """Delete a Secret; False if it was already gone."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(cluster.api)
+    try:
+        call(cluster, f"delete secret {namespace}/{name}", core.delete_namespaced_secret, name,
+             namespace, _preload_content=False)
+    except NotFoundError:
+        return False
+    return True
 
 
 def create_event(cluster: Cluster, pod: dict[str, Any], reason: str, message: str,

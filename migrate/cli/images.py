@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,6 +63,9 @@ def build(
                                            help="With --no-push: write an OCI layout."),
     oci_index: bool = typer.Option(False, "--oci-index", help="Also push an OCI index "
                                    "carrying the annotations (containerd 2.1-2.3)."),
+    termination_message_path: Path | None = typer.Option(
+        None, "--termination-message-path", metavar="FILE",
+        help="Also write the digest and sizes there as JSON (a Job's /dev/termination-log)."),
     output: Format = typer.Option(Format.table, "-o", "--output", help="Output format."),
 ) -> None:
     """Build an OCI checkpoint image from an archive and push it (or write an OCI layout)."""
@@ -74,6 +78,11 @@ def build(
         archive=archive, image=parse_reference(image), builder=builder.value,
         compression=compression.value, push=push, oci_layout=oci_layout,
         oci_index=oci_index), settings)
+    if termination_message_path is not None:
+        # Kubernetes keeps 4 KiB of a termination message: the few fields a caller needs.
+        termination_message_path.write_text(json.dumps({
+            "reference": report.reference, "digest": report.digest,
+            "archive_size": report.archive_size, "image_size": report.image_size}))
     emit(report.to_dict(), output.value, lambda: _human(report))
 
 

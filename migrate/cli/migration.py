@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,6 +70,8 @@ def _finish(settings: Settings, cluster: Any, journal: Journal, output: Format) 
                    f"{journal.id}` continues it, `migrate rollback {journal.id}` undoes it",
                    err=True)
         raise
+    finally:
+        journal.unlock()
     rep = migration.report(journal, cluster.requests)
     emit(rep, output.value, lambda: _human(rep))
 
@@ -97,6 +100,13 @@ def pod(
                                   "restored pod (and for the source to go)."),
     cleanup_archive: bool = typer.Option(False, "--cleanup-archive", help="Remove the "
                                          "checkpoint archive from the node afterwards."),
+    tool_image: str | None = typer.Option(None, "--tool-image", envvar="MIGRATE_TOOL_IMAGE",
+                                          help="The migrate container image, for --build-on "
+                                          "node Jobs.", show_default=False),
+    registry_secret: str | None = typer.Option(None, "--registry-secret", help="A "
+                                               "dockerconfigjson Secret for node builds "
+                                               "(default: a temporary one from your "
+                                               "credentials).", show_default=False),
     authfile: Path | None = AUTHFILE,
     creds: str | None = CREDS,
     tls_verify: bool = TLS_VERIFY,
@@ -124,17 +134,22 @@ def pod(
                      all_containers=all_containers, registry=registry, image=image,
                      builder=builder.value, build_on=build_on.value,
                      compression=compression.value, keep_source=keep_source,
-                     dry_run=dry_run, timeout=timeout, cleanup_archive=cleanup_archive)
+                     dry_run=dry_run, timeout=timeout, cleanup_archive=cleanup_archive,
+                     tool_image=tool_image, registry_secret=registry_secret)
     cluster = kube.connect(settings.kube)
+    started = time.perf_counter()
+    checked = preflight(cluster, settings, req)
     if dry_run:
-        plan = preflight(cluster, settings, req).to_dict()
+        plan = checked.to_dict()
         emit({"dry_run": True, "plan": plan}, output.value, lambda: table(
             ("pod", "from", "to", "containers", "switch-over", "images"),
             [(f"{plan['namespace']}/{plan['pod']}", plan["source"], plan["destination"],
               ",".join(plan["containers"]), plan["switch"],
               " ".join(plan["images"].values()))]))
         return
-    _finish(settings, cluster, migration.start(settings, req), output)
+    journal = migration.start(settings, req, checked, time.perf_counter() - started)
+    _progress("preflight", f"passed; migration {journal.id}")
+    _finish(settings, cluster, journal, output)
 
 
 def resume(
@@ -174,7 +189,10 @@ def rollback(
     settings = _with_kube(ctx, kubeconfig, context, None)
     journal = Journal.load(settings.state_dir, journal_id)
     journal.lock()
-    undone = migration.rollback_journal(kube.connect(settings.kube), settings, journal)
+    try:
+        undone = migration.rollback_journal(kube.connect(settings.kube), settings, journal)
+    finally:
+        journal.unlock()
     emit({"id": journal.id, "outcome": journal.outcome, "undone": undone}, output.value,
          lambda: "".join(f"{line}\n" for line in undone) or "nothing to undo\n")
 
@@ -192,8 +210,10 @@ def history(
     for j in journals:
         req = j.request
         failed = next((s.name for s in j.stages if s.status == "failed"), "")
+        plan = j.stage("preflight").data.get("plan") or {}
+        namespace = plan.get("namespace") or req.get("namespace") or "-"
         rows.append({"id": j.id, "created": j.created, "outcome": j.outcome,
-                     "pod": f"{req.get('namespace') or '-'}/{req.get('pod')}",
+                     "pod": f"{namespace}/{req.get('pod')}",
                      "to": req.get("to"), "failed_stage": failed})
     if not rows and output is Format.table:
         typer.echo("no migrations recorded", err=True)

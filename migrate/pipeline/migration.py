@@ -24,7 +24,7 @@ from migrate.adapters import kube
 from migrate.adapters.checkpoint import Checkpoint
 from migrate.adapters.registry.reference import parse_reference
 from migrate.errors import ClusterError, MigrateError, UsageError
-from migrate.pipeline import restore, switchover
+from migrate.pipeline import nodebuild, restore, switchover
 from migrate.pipeline.build import BuildRequest, build_image
 from migrate.pipeline.journal import DONE, Journal
 from migrate.pipeline.manifest import PodSource, RestoreOptions, render_restore_pod
@@ -104,27 +104,64 @@ def _build(run: Run) -> dict[str, Any]:
     images: dict[str, Any] = {}
     for container, info in run.data("checkpoint")["archives"].items():
         local = locate(plan.source, info["path"], run.settings)
-        if req.build_on == "node" or not local.is_file():
+        on_node = req.build_on == "node" or (req.build_on == "auto" and not local.is_file())
+        if on_node:
+            images[container] = _build_on_node(run, container, info["path"])
+        elif not local.is_file():
             raise UsageError(f"the archive {info['path']} of node {plan.source} is not "
                              f"readable here ({local})",
-                             hint="run migrate on the source node, or share the nodes' "
-                             "checkpoint directories and set MIGRATE_NODE_ROOT "
-                             "(e.g. /mnt/nodes/{node})")
-        with Checkpoint(local, run.settings.archive) as ckpt:
-            stats = ckpt.stats() or {}
-        run.progress("build", f"{container}: {local.stat().st_size} bytes -> "
-                     f"{plan.images[container]}")
-        report = build_image(BuildRequest(archive=local, image=parse_reference(
-            plan.images[container]), builder=req.builder, compression=req.compression),
-            run.settings)
-        images[container] = {"reference": report.reference, "digest": report.digest,
-                             "archive_size": report.archive_size,
-                             "image_size": report.image_size,
-                             "freezing_time_us": stats.get("freezing_time"),
-                             "frozen_time_us": stats.get("frozen_time"),
-                             "local_archive": str(local)}
-        run.journal.record("pushed", container=container, image=report.reference)
+                             hint="use --build-on node (a Job on the source node), run "
+                             "migrate on the source node, or share the nodes' checkpoint "
+                             "directories and set MIGRATE_NODE_ROOT (e.g. /mnt/nodes/{node})")
+        else:
+            images[container] = _build_here(run, container, local)
+        run.journal.record("pushed", container=container,
+                           image=images[container]["reference"])
     return {"images": images}
+
+
+def _build_here(run: Run, container: str, local: Path) -> dict[str, Any]:
+    plan, req = run.plan, run.req
+    with Checkpoint(local, run.settings.archive) as ckpt:
+        stats = ckpt.stats() or {}
+    run.progress("build", f"{container}: {local.stat().st_size} bytes -> "
+                 f"{plan.images[container]}")
+    report = build_image(BuildRequest(archive=local, image=parse_reference(
+        plan.images[container]), builder=req.builder, compression=req.compression),
+        run.settings)
+    return {"reference": report.reference, "digest": report.digest,
+            "archive_size": report.archive_size, "image_size": report.image_size,
+            "freezing_time_us": stats.get("freezing_time"),
+            "frozen_time_us": stats.get("frozen_time"), "local_archive": str(local),
+            "built_on": "local"}
+
+
+def _build_on_node(run: Run, container: str, archive: str) -> dict[str, Any]:
+    plan, req = run.plan, run.req
+    secret = req.registry_secret
+    if secret is None:
+        body = nodebuild.registry_secret(run.settings, plan.namespace, plan.images[container],
+                                         run.journal.id)
+        if body is not None:
+            made = kube.create_secret(run.cluster, plan.namespace, body)
+            secret = made["metadata"]["name"]
+            run.journal.created_object("Secret", plan.namespace, secret,
+                                       made["metadata"].get("uid", ""))
+    job = kube.create_job(run.cluster, plan.namespace, nodebuild.job_manifest(
+        nodebuild.NodeBuild(
+            namespace=plan.namespace, node=plan.source, pod=plan.pod, archive=archive,
+            image=plan.images[container], run_id=run.journal.id,
+            tool_image=nodebuild.check_tool_image(req.tool_image), builder=req.builder,
+            compression=req.compression, tls_verify=run.settings.registry.tls_verify,
+            secret=secret, deadline=int(req.timeout))))
+    name = job["metadata"]["name"]
+    run.journal.created_object("Job", plan.namespace, name, job["metadata"].get("uid", ""))
+    run.progress("build", f"{container}: Job {plan.namespace}/{name} on {plan.source}")
+    result = nodebuild.collect(run.cluster, plan.namespace, name, req.timeout)
+    return {"reference": result["reference"], "digest": result["digest"],
+            "archive_size": result.get("archive_size", 0),
+            "image_size": result.get("image_size", 0), "freezing_time_us": None,
+            "frozen_time_us": None, "built_on": f"job {name}"}
 
 
 def _render(run: Run, source_pod: Obj) -> tuple[Obj, tuple[str, str] | None]:
@@ -199,13 +236,28 @@ def _switchover(run: Run) -> dict[str, Any]:
 
 
 def _cleanup(run: Run) -> dict[str, Any]:
-    removed = []
+    removed = _delete_temporaries(run, kinds=("Job", "Secret"))
     if run.req.cleanup_archive:
         for info in run.data("build")["images"].values():
-            Path(info["local_archive"]).unlink(missing_ok=True)
-            removed.append(info["local_archive"])
-            run.journal.record("archive removed", path=info["local_archive"])
+            if info.get("local_archive"):
+                Path(info["local_archive"]).unlink(missing_ok=True)
+                removed.append(info["local_archive"])
+                run.journal.record("archive removed", path=info["local_archive"])
     return {"removed": removed}
+
+
+def _delete_temporaries(run: Run, kinds: tuple[str, ...]) -> list[str]:
+    """Delete the run's objects of these kinds (newest first); forget them."""
+    deleters = {"Job": kube.delete_job, "Secret": kube.delete_secret}
+    removed = []
+    for obj in reversed(list(run.journal.objects)):
+        if obj["kind"] in kinds:
+            deleters[obj["kind"]](run.cluster, obj["namespace"], obj["name"])
+            removed.append(f"{obj['kind']} {obj['namespace']}/{obj['name']}")
+            run.journal.objects.remove(obj)
+            run.journal.record(f"deleted {obj['kind']}", namespace=obj["namespace"],
+                               name=obj["name"])
+    return removed
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[Run], dict[str, Any]]] = {
@@ -240,9 +292,19 @@ def _event(run: Run, pod: Obj | None, reason: str, message: str, warning: bool =
 # -- running, resuming, rolling back -----------------------------------------------------
 
 
-def start(settings: Settings, req: PodRequest) -> Journal:
-    """Open a journal for ``req`` (dry runs get none: they change nothing)."""
-    return Journal.create(settings.state_dir, "pod", req.pod, req.to_dict(), STAGES)
+def start(settings: Settings, req: PodRequest, plan: Plan, seconds: float) -> Journal:
+    """Open the journal of a run whose preflight passed.
+
+    Preflight changes nothing, so a refusal there leaves no journal behind: the
+    history lists runs that touched the cluster.
+    """
+    journal = Journal.create(settings.state_dir, "pod", req.pod, req.to_dict(), STAGES)
+    stage = journal.stage("preflight")
+    stage.status, stage.started, stage.ended = DONE, journal.created, journal.created
+    stage.seconds = round(seconds, 6)
+    stage.data["plan"] = plan.to_dict()
+    journal.save()
+    return journal
 
 
 def execute(cluster: kube.Cluster, settings: Settings, journal: Journal,
@@ -307,6 +369,7 @@ def rollback(run: Run) -> list[str]:
     for (namespace, name), uid in pods.items():
         if kube.delete_pod(run.cluster, namespace, name, uid=uid or None):
             undone.append(f"deleted pod {namespace}/{name}")
+    undone += [f"deleted {what}" for what in _delete_temporaries(run, ("Job", "Secret"))]
     if any(a["action"] == "deletion-cost set" for a in journal.actions):
         source = _source(run)
         if source is not None:

@@ -54,6 +54,8 @@ class PodRequest:
     dry_run: bool = False
     timeout: float = 300.0
     cleanup_archive: bool = False
+    tool_image: str | None = None  # the tool's own image, for --build-on node Jobs
+    registry_secret: str | None = None  # dockerconfigjson Secret for node builds
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (kept in the journal, so `resume` runs the same request)."""

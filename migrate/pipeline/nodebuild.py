@@ -1,0 +1,137 @@
+"""Build on the node: a Job on the source node builds and pushes the image.
+
+For when the archive is not readable where the tool runs (the usual case
+off-node): the archive never leaves the node except as the pushed image. The
+Job runs the tool's own image (`--tool-image`, built from the Containerfile)
+with the checkpoint directory mounted read-only, pushes with credentials from
+a Secret (one the operator names, or a temporary one made from the local
+credentials for that registry, deleted afterwards), and hands the digest back
+as its container's termination message.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+from migrate.adapters import kube
+from migrate.adapters.registry.auth import lookup
+from migrate.adapters.registry.reference import parse_reference
+from migrate.errors import ClusterError, UsageError
+from migrate.pipeline.templating import fill
+from migrate.settings import Settings
+
+AUTH_DIR = "/run/migrate/registry"
+SCRATCH = "/tmp"
+
+
+@dataclass(frozen=True)
+class NodeBuild:
+    """One image to build on ``node`` from ``archive`` (a path on that node)."""
+
+    namespace: str
+    node: str
+    pod: str
+    archive: str
+    image: str
+    run_id: str
+    tool_image: str
+    builder: str = "native"
+    compression: str = "none"
+    tls_verify: bool = True
+    secret: str | None = None  # dockerconfigjson Secret in ``namespace``
+    deadline: int = 900
+
+
+def registry_secret(settings: Settings, namespace: str, image: str,
+                    run_id: str) -> dict[str, Any] | None:
+    """A dockerconfigjson Secret holding the local credentials for ``image``'s registry."""
+    ref = parse_reference(image)
+    creds = lookup(ref.registry, ref.repository, settings.registry)
+    if creds is None:
+        return None
+    token = base64.b64encode(f"{creds[0]}:{creds[1].reveal()}".encode()).decode()
+    config = json.dumps({"auths": {ref.registry: {"auth": token}}})
+    return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+            "metadata": {"generateName": "migrate-registry-", "namespace": namespace,
+                         "labels": {"migrate.dev/migration": run_id}},
+            "data": {".dockerconfigjson": base64.b64encode(config.encode()).decode()}}
+
+
+def job_manifest(b: NodeBuild) -> dict[str, Any]:
+    """The Job that builds ``b`` (templates/build-job.yaml)."""
+    directory = str(PurePosixPath(b.archive).parent)
+    args = ["build", b.archive, "--image", b.image, "--builder", b.builder,
+            "--compression", b.compression, "--termination-message-path",
+            "/dev/termination-log", "-o", "json"]
+    if not b.tls_verify:
+        args.append("--no-tls-verify")
+    env = [{"name": "HOME", "value": SCRATCH}, {"name": "MIGRATE_CACHE_DIR",
+                                                  "value": f"{SCRATCH}/cache"}]
+    mounts = [{"name": "checkpoints", "mountPath": directory, "readOnly": True},
+              {"name": "scratch", "mountPath": SCRATCH}]
+    volumes: list[dict[str, Any]] = [
+        {"name": "checkpoints", "hostPath": {"path": directory, "type": "Directory"}},
+        {"name": "scratch", "emptyDir": {}}]
+    if b.secret:
+        env.append({"name": "REGISTRY_AUTH_FILE", "value": f"{AUTH_DIR}/.dockerconfigjson"})
+        mounts.append({"name": "registry-auth", "mountPath": AUTH_DIR, "readOnly": True})
+        volumes.append({"name": "registry-auth", "secret": {"secretName": b.secret}})
+    labels = {"migrate.dev/migration": b.run_id}
+    job: dict[str, Any] = fill("build-job.yaml", {
+        "generate_name": f"migrate-build-{b.pod}-"[:58], "namespace": b.namespace,
+        "labels": labels, "deadline": b.deadline, "node": b.node, "image": b.tool_image,
+        "args": args, "env": env, "mounts": mounts, "volumes": volumes})
+    return job
+
+
+def _finished(job: dict[str, Any] | None) -> str | None:
+    if job is None:
+        raise ClusterError("the build Job was deleted while it ran",
+                           hint="something else removed it")
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("status") == "True" and cond.get("type") in ("Complete", "Failed"):
+            return f"{cond['type']}: {cond.get('reason', '')} {cond.get('message', '')}".strip()
+    return None
+
+
+def _termination(cluster: kube.Cluster, namespace: str, job: str) -> tuple[int, str]:
+    pods = kube.list_pods(cluster, namespace, label_selector=f"job-name={job}")
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            done = (status.get("state") or {}).get("terminated") or {}
+            if done:
+                return int(done.get("exitCode", -1)), str(done.get("message", ""))
+    return -1, ""
+
+
+def collect(cluster: kube.Cluster, namespace: str, job: str, timeout: float) -> dict[str, Any]:
+    """Wait for the Job and read the build's result from its termination message."""
+    outcome = kube.watch_job(cluster, namespace, job, _finished, timeout)
+    code, message = _termination(cluster, namespace, job)
+    if not outcome.startswith("Complete") or code != 0:
+        tail = message.strip().splitlines()[-1][:300] if message.strip() else outcome
+        raise ClusterError(f"the build Job {job} failed (exit {code}): {tail}",
+                           hint=f"kubectl logs -n {namespace} job/{job}")
+    try:
+        result: dict[str, Any] = json.loads(message)
+        ok = isinstance(result, dict) and str(result.get("digest", "")).startswith("sha256:")
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ClusterError(f"the build Job {job} finished without a result",
+                           hint="is --tool-image the migrate image?")
+    return result
+
+
+def check_tool_image(tool_image: str | None) -> str:
+    """`--build-on node` needs the tool's image."""
+    if not tool_image:
+        raise UsageError("--build-on node needs the tool's container image",
+                         hint="build it from the Containerfile, push it, and pass "
+                         "--tool-image REF (or set MIGRATE_TOOL_IMAGE)")
+    parse_reference(tool_image)
+    return tool_image

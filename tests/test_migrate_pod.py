@@ -1,0 +1,280 @@
+"""`migrate pod` end to end: the simulator, the real registry, the native builder.
+
+Every failure test checks the cluster afterwards: the source pod is still
+there, running, on its node, and nothing the run created is left.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from e2e.sim import NodeConfig, RegistryConfig, Simulator
+from migrate.pipeline import migration
+from migrate.validation import validate
+from tests.conftest import Result
+from tests.registries import RegistryUnderTest
+from tests.simulated import sim_client, wait_for
+
+Cli = Callable[..., Result]
+SECRET = "s3cr3t-in-memory-4711"
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory,
+        plain_registry: RegistryUnderTest) -> Iterator[Simulator]:
+    configs = {"node-c": NodeConfig(runtime="containerd://2.4.0"),
+               "node-d": NodeConfig(restore_level="checkpoint_only"),
+               "node-e": NodeConfig(ready=False)}
+    with Simulator(tmp_path_factory.mktemp("sim") / "state",
+                   nodes=("node-a", "node-b", "node-c", "node-d", "node-e"),
+                   node_config=configs, start_latency=0.05, stop_latency=0.05,
+                   registries=RegistryConfig(insecure=(plain_registry.host,))) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def v1(sim: Simulator) -> Iterator[client.CoreV1Api]:
+    with sim_client(sim) as api:
+        yield client.CoreV1Api(api)
+
+
+@pytest.fixture(autouse=True)
+def _node_root(sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The tool reads archives where the nodes' directories are "shared".
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", str(sim.state_dir / "nodes" / "{node}"))
+
+
+@pytest.fixture
+def migrate(cli: Cli, sim: Simulator, plain_registry: RegistryUnderTest) -> Callable[..., Result]:
+    def run(pod: str, *args: str) -> Result:
+        return cli("pod", pod, "--kubeconfig", sim.kubeconfig, "--registry",
+                   f"{plain_registry.host}/migrations", "--no-tls-verify", "--timeout", "20",
+                   *args)
+    return run
+
+
+def make_pod(v1: client.CoreV1Api, name: str, node: str = "node-a", **extra: Any) -> Any:
+    annotations = {
+        "sim.migrate.dev/processes": json.dumps([{"argv": ["/bin/counter", "--port", "8088"],
+                                                  "heap": SECRET}]),
+        "sim.migrate.dev/rootfs-diff": json.dumps({"/home/counter/test-file": "state 42\n"}),
+    }
+    body = {"metadata": {"name": name, "labels": {"app": name}, "annotations": annotations},
+            "spec": {"nodeName": node, "containers": [
+                {"name": "counter", "image": "quay.io/adrianreber/counter:latest",
+                 "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+                "volumes": [{"name": "data", "emptyDir": {}}], **extra}}
+    v1.create_namespaced_pod("default", body)
+    return wait_for(lambda: (p := v1.read_namespaced_pod(name, "default")).status.phase
+                    == "Running" and p, what=f"{name} Running")
+
+
+def pods(v1: client.CoreV1Api) -> dict[str, tuple[str, str]]:
+    return {p.metadata.name: (p.spec.node_name, p.status.phase)
+            for p in v1.list_namespaced_pod("default").items
+            if not p.metadata.deletion_timestamp}
+
+
+def events(v1: client.CoreV1Api, pod: str) -> list[str]:
+    return [e.reason for e in v1.list_namespaced_event(
+        "default", field_selector=f"involvedObject.name={pod}").items]
+
+
+def assert_untouched(v1: client.CoreV1Api, name: str, uid: str) -> None:
+    """The source runs where it ran, and no restored copy is left."""
+    p = v1.read_namespaced_pod(name, "default")
+    assert (p.metadata.uid, p.spec.node_name, p.status.phase) == (uid, "node-a", "Running")
+    assert not (p.metadata.annotations or {}).get("controller.kubernetes.io/pod-deletion-cost")
+    assert not [n for n in pods(v1) if n.startswith(f"{name}-restored")]
+
+
+def test_a_bare_pod_moves_with_its_memory_and_files(migrate: Callable[..., Result], cli: Cli,
+                                                    sim: Simulator, v1: client.CoreV1Api,
+                                                    tmp_path: Path) -> None:
+    make_pod(v1, "counters")
+    r = migrate("counters", "--to", "node-b", "-o", "json")
+    assert r.code == 0, r.err
+    report = r.json()
+    validate(report, "pod.schema.json", "pod -o json")
+    assert report["outcome"] == "succeeded"
+    assert [s["status"] for s in report["stages"]] == ["done"] * 7
+    assert pods(v1).get("counters") is None
+    restored = v1.read_namespaced_pod(report["destination_pod"], "default")
+    assert (restored.spec.node_name, restored.status.phase) == ("node-b", "Running")
+    digest = report["images"]["counter"]["digest"]
+    assert digest in restored.status.container_statuses[0].image_id
+    # The proof: checkpoint the restored pod; its memory holds the secret, its files the state.
+    r = cli("checkpoint", report["destination_pod"], "--kubeconfig", sim.kubeconfig, "-o", "json")
+    assert r.code == 0, r.err
+    archive = sim.node_path("node-b", r.json()["archive"])
+    r = cli("memparse", archive, "--search", SECRET, "-o", "json")
+    assert r.code == 0 and SECRET in r.out, r.err
+    r = cli("rootfs-diff", archive, "--extract", tmp_path / "rootfs")
+    assert (tmp_path / "rootfs/home/counter/test-file").read_text() == "state 42\n"
+    assert report["state_window_seconds"] > 0
+    assert report["unavailability_seconds"] == 0
+    assert report["api_requests"] > 0
+    assert "Checkpointed" in events(v1, "counters")
+    assert {"Restored", "Migrated"} <= set(events(v1, report["destination_pod"]))
+
+
+def test_dry_run_changes_nothing(migrate: Callable[..., Result], cli: Cli,
+                                 v1: client.CoreV1Api) -> None:
+    pod = make_pod(v1, "dry")
+    r = migrate("dry", "--to", "node-b", "--dry-run", "-o", "json")
+    assert r.code == 0, r.err
+    assert r.json()["plan"]["destination"] == "node-b"
+    assert r.json()["plan"]["switch"] == "delete"
+    assert_untouched(v1, "dry", pod.metadata.uid)
+    assert cli("history", "-o", "json").json() == []
+
+
+@pytest.mark.parametrize(("node", "code", "message"), [
+    ("node-a", 2, "error: pod dry2 already runs on node-a"),
+    ("node-c", 6, "error: node node-c cannot restore checkpoints: containerd can checkpoint"),
+    ("node-e", 6, "error: node node-e is not Ready: "),
+    ("node-x", 4, 'error: read node node-x: nodes "node-x" not found'),
+])
+def test_preflight_refusals(migrate: Callable[..., Result], v1: client.CoreV1Api,
+                            node: str, code: int, message: str) -> None:
+    if "dry2" not in pods(v1):
+        make_pod(v1, "dry2")
+    uid = v1.read_namespaced_pod("dry2", "default").metadata.uid
+    r = migrate("dry2", "--to", node)
+    assert r.code == code
+    assert r.err.startswith(message), r.err
+    assert "\nhint: " in r.err
+    assert_untouched(v1, "dry2", uid)
+
+
+def test_checkpoint_failing_three_times_is_retried(migrate: Callable[..., Result],
+                                                   sim: Simulator, v1: client.CoreV1Api) -> None:
+    make_pod(v1, "flaky")
+    sim.configure_node("node-a", fail_next_checkpoints=3)
+    r = migrate("flaky", "--to", "node-b", "-o", "json")
+    assert r.code == 0, r.err
+    assert pods(v1)[r.json()["destination_pod"]] == ("node-b", "Running")
+
+
+def test_registry_down_fails_before_anything_changes(cli: Cli, sim: Simulator,
+                                                     v1: client.CoreV1Api) -> None:
+    pod = make_pod(v1, "noreg")
+    r = cli("pod", "noreg", "--to", "node-b", "--kubeconfig", sim.kubeconfig,
+            "--registry", "127.0.0.1:9/migrations", "--no-tls-verify")
+    assert r.code == 7
+    assert r.err.startswith("error: cannot reach 127.0.0.1:9"), r.err
+    assert_untouched(v1, "noreg", pod.metadata.uid)
+
+
+def test_restore_refused_by_the_runtime_rolls_back(migrate: Callable[..., Result],
+                                                   v1: client.CoreV1Api) -> None:
+    pod = make_pod(v1, "norestore")
+    r = migrate("norestore", "--to", "node-d", "-o", "json")  # restore level checkpoint_only
+    assert r.code == 6
+    assert "\nerror: verify: the restore of counter on node-d failed: CreateContainerError: " \
+        in r.err, r.err
+    report = r.json()  # the report of what was done is printed on failure too
+    assert report["outcome"] == "rolled-back"
+    assert [s["status"] for s in report["stages"]][:5] == ["done"] * 4 + ["failed"]
+    assert any(a["action"].startswith("rollback: deleted pod") for a in report["actions"])
+    assert_untouched(v1, "norestore", pod.metadata.uid)
+    assert "MigrationFailed" in events(v1, "norestore")
+
+
+def test_missing_bind_mount_is_refused_and_rolled_back(
+        migrate: Callable[..., Result], v1: client.CoreV1Api,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    pod = make_pod(v1, "nomount")
+    real = migration.render_restore_pod
+
+    def without_the_volume(*args: Any, **kw: Any) -> dict[str, Any]:
+        rendered = real(*args, **kw)
+        spec = rendered["spec"]
+        spec["volumes"] = [v for v in spec["volumes"] if v["name"] != "data"]
+        spec["containers"][0]["volumeMounts"] = [
+            m for m in spec["containers"][0]["volumeMounts"] if m["name"] != "data"]
+        return rendered
+
+    monkeypatch.setattr(migration, "render_restore_pod", without_the_volume)
+    r = migrate("nomount", "--to", "node-b")
+    assert r.code == 6
+    assert "expects following bind mounts defined (/data)" in r.err
+    assert "hint: the restored pod must mount every volume" in r.err
+    assert_untouched(v1, "nomount", pod.metadata.uid)
+
+
+def _interrupt_at(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
+    def interrupted(run: migration.Run) -> dict[str, Any]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(migration.STAGE_FUNCTIONS, stage, interrupted)
+
+
+def test_an_interrupted_run_resumes(migrate: Callable[..., Result], cli: Cli, sim: Simulator,
+                                    v1: client.CoreV1Api,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    make_pod(v1, "resumed")
+    with monkeypatch.context() as m:
+        _interrupt_at(m, "verify")
+        r = migrate("resumed", "--to", "node-b")
+    assert r.code == 130
+    journal_id = re.search(r"migration (pod-\S+) interrupted", r.err)[1]  # type: ignore[index]
+    assert f"`migrate resume {journal_id}` continues it" in r.err
+    history = {h["id"]: h for h in cli("history", "-o", "json").json()}
+    assert history[journal_id]["outcome"] == "interrupted"
+    assert "resumed" in pods(v1)  # nothing was switched over
+    r = cli("resume", journal_id, "--kubeconfig", sim.kubeconfig, "-o", "json")
+    assert r.code == 0, r.err
+    assert r.json()["outcome"] == "succeeded"
+    assert "resumed" not in pods(v1)
+    assert pods(v1)[r.json()["destination_pod"]] == ("node-b", "Running")
+    r = cli("resume", journal_id, "--kubeconfig", sim.kubeconfig)
+    assert (r.code, r.err.splitlines()[0]) == (
+        2, f"error: migration {journal_id} has succeeded; nothing to resume")
+
+
+def test_rollback_undoes_an_interrupted_run(migrate: Callable[..., Result], cli: Cli,
+                                            sim: Simulator, v1: client.CoreV1Api,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    pod = make_pod(v1, "undone")
+    with monkeypatch.context() as m:
+        _interrupt_at(m, "switchover")
+        r = migrate("undone", "--to", "node-b")
+    assert r.code == 130
+    journal_id = re.search(r"migration (pod-\S+) interrupted", r.err)[1]  # type: ignore[index]
+    assert any(n.startswith("undone-restored") for n in pods(v1))
+    r = cli("rollback", journal_id, "--kubeconfig", sim.kubeconfig, "-o", "json")
+    assert r.code == 0, r.err
+    assert r.json()["outcome"] == "rolled-back"
+    assert r.json()["undone"][0].startswith("deleted pod default/undone-restored")
+    wait_for(lambda: not any(n.startswith("undone-restored") for n in pods(v1)))
+    assert_untouched(v1, "undone", pod.metadata.uid)
+
+
+def test_journal_files_are_private(migrate: Callable[..., Result], v1: client.CoreV1Api,
+                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIGRATE_STATE_DIR", str(tmp_path))
+    make_pod(v1, "private")
+    assert migrate("private", "--to", "node-b").code == 0
+    files = list((tmp_path / "journal").glob("*.json"))
+    assert len(files) == 1 and files[0].stat().st_mode & 0o777 == 0o600
+
+
+def test_usage_errors(cli: Cli, sim: Simulator) -> None:
+    r = cli("pod", "x", "--to", "node-b", "--kubeconfig", sim.kubeconfig)
+    assert (r.code, r.err.splitlines()[0]) == (
+        2, "error: give exactly one of --registry REG and --image REF")
+    r = cli("pod", "x", "--to", "node-b", "-c", "a", "--all-containers", "--image", "r.io/a:1")
+    assert (r.code, r.err.splitlines()[0]) == (2, "error: -c and --all-containers exclude "
+                                                   "each other")
+    r = cli("resume", "../etc", "--kubeconfig", sim.kubeconfig)
+    assert r.code == 2
+    r = cli("rollback", "pod-nothing-20260101t000000-abcd", "--kubeconfig", sim.kubeconfig)
+    assert r.code == 4
