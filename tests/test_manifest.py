@@ -240,7 +240,9 @@ def v1(sim: Simulator) -> Iterator[client.CoreV1Api]:
 
 def create(v1: client.CoreV1Api, pod: dict[str, Any]) -> str:
     """Create the fixture's pod (what a client may send) and return its uid."""
-    keep = ("name", "generateName", "labels", "annotations", "ownerReferences")
+    # Not its ownerReferences: the simulator's garbage collector deletes a pod whose
+    # owner (a ReplicaSet that exists only in the fixture) is missing, as a cluster would.
+    keep = ("name", "generateName", "labels", "annotations")
     body = {"metadata": {k: v for k, v in pod["metadata"].items() if k in keep},
             "spec": copy.deepcopy(pod["spec"])}
     created = v1.create_namespaced_pod("default", body)

@@ -37,6 +37,23 @@ does it, checks and error messages included; what it brings back (processes,
 memory, files) is kept on the Pod, so that a restored pod can be
 checkpointed and migrated again.
 
+Workloads (workloads.py) run as kube-controller-manager runs them: apps/v1
+Deployments and ReplicaSets (with `scale`), policy/v1 PodDisruptionBudgets
+and the pods/eviction subresource (what `kubectl drain` uses), batch/v1 Jobs,
+and garbage collection by ownerReference (propagationPolicy Background,
+Foreground or Orphan). Nothing runs in a container; pods with restartPolicy
+Never or OnFailure (Jobs') end as their annotations say, each key also as
+`KEY.<container>` for one container:
+
+    sim.migrate.dev/run-seconds          seconds the container runs (default 0.2)
+    sim.migrate.dev/exit-code            its exit code (default 0): 0 -> Succeeded,
+                                         else Failed (OnFailure: restarted)
+    sim.migrate.dev/termination-message  its terminated state's `message`, as if
+                                         written to terminationMessagePath
+
+`Simulator(container_process=...)` replaces that decision with any function
+returning a `ContainerExit` (exit code, message), e.g. one running a command.
+
 Layout, bottom up:
 
     store.py       objects, the global resourceVersion, watch history
@@ -53,6 +70,10 @@ Layout, bottom up:
                    authz.py SelfSubjectAccessReview
     controllers.py scheduler, namespace controller; serviceaccounts.py the
                    `default` ServiceAccounts; kubelet.py the nodes
+                   (runs.py: how run-to-completion containers end)
+    workloads.py   apps, policy and batch kinds and their controllers: apps.py,
+                   replicaset.py, deployment.py, scale.py, policy.py,
+                   disruption.py, eviction.py, batch.py, job.py, gc.py
     nodeconfig.py  per-node settings; kubelet_api.py the kubelet's HTTP API;
                    checkpoints.py what a checkpoint archive holds
     podstart.py    pulls (images.py, registry_pull.py), container creation and
@@ -63,7 +84,16 @@ Layout, bottom up:
 
 from e2e.sim.images import RegistryConfig
 from e2e.sim.nodeconfig import NodeConfig
+from e2e.sim.runs import ContainerExit, ContainerProcess
 from e2e.sim.simulator import DEFAULT_NODES, Simulator
 from e2e.sim.users import UserSpec
 
-__all__ = ["DEFAULT_NODES", "NodeConfig", "RegistryConfig", "Simulator", "UserSpec"]
+__all__ = [
+    "DEFAULT_NODES",
+    "ContainerExit",
+    "ContainerProcess",
+    "NodeConfig",
+    "RegistryConfig",
+    "Simulator",
+    "UserSpec",
+]

@@ -9,6 +9,7 @@ semantics are the API server's:
     /api/v1/namespaces/NS/RESOURCE[/NAME[/SUBRESOURCE]]                     namespaced
     ...?watch=true (or the legacy /api/v1/watch/... prefix)                 watch
     /api/v1/nodes/NODE/proxy/PATH                                           the kubelet's PATH
+    .../pods/NAME/eviction, .../deployments/NAME/scale    handlers given to serve_subresource
 
 Every request is authorized (`Authorizer`) with the verb and resource the
 real server would use, so a later RBAC model plugs in without touching
@@ -49,10 +50,13 @@ from e2e.sim.tables import render_table
 from e2e.sim.validation import field_validation
 from e2e.sim.watch import watch_response
 
-__all__ = ["Api", "NodeProxy"]
+__all__ = ["Api", "NodeProxy", "SubresourceHandler"]
 
 #: (the Node, the request, the path on the kubelet) -> the kubelet's response.
 NodeProxy = Callable[[Obj, Request, str], Response]
+#: Serves one subresource (pods/eviction, deployments/scale) after routing and
+#: authorization: (request, verb, resource type, namespace, name) -> response.
+SubresourceHandler = Callable[[Request, str, ResourceType, str, str], Response]
 
 _NOT_FOUND_MESSAGE = "the server could not find the requested resource"
 _PUBLIC_PATHS = ("/healthz", "/livez", "/readyz")
@@ -118,6 +122,11 @@ class Api:
         self.server_address = server_address
         self.log = log
         self.node_proxy = node_proxy
+        self._subresources: dict[tuple[str, str], SubresourceHandler] = {}
+
+    def serve_subresource(self, rt: ResourceType, name: str, handler: SubresourceHandler) -> None:
+        """Answer `rt`'s subresource `name` (listed in rt.subresources) with `handler`."""
+        self._subresources[(rt.key, name)] = handler
 
     # -- entry point -----------------------------------------------------------------
 
@@ -255,6 +264,9 @@ class Api:
             raise method_not_allowed()
         if sub_name == "proxy":
             return self._proxy(req, target)
+        served = self._subresources.get((rt.key, sub_name)) if sub else None
+        if served is not None and target.name is not None:
+            return served(req, verb, rt, target.namespace, target.name)
         handler = getattr(self, f"_{verb}")
         if verb not in _OPTIONS_KINDS:
             response: Response = handler(req, target)
@@ -370,12 +382,22 @@ class Api:
             grace = int(body["gracePeriodSeconds"])
         return grace, dict(body.get("preconditions") or {})
 
+    def _propagation(self, req: Request) -> str | None:
+        # propagationPolicy (query or body), else the legacy orphanDependents flag.
+        body = req.json() or {}
+        policy = req.param("propagationPolicy") or body.get("propagationPolicy")
+        orphan = req.param("orphanDependents") or body.get("orphanDependents")
+        if policy is None and orphan is not None:
+            policy = "Orphan" if str(orphan).lower() == "true" else "Background"
+        return str(policy) if policy is not None else None
+
     def _delete(self, req: Request, target: _Target) -> Response:
         assert target.name is not None
         rt = target.rt
         grace, preconditions = self._delete_options(req)
         obj, gone = self.rest.delete(rt, target.namespace, target.name, grace=grace,
-                                     preconditions=preconditions)
+                                     preconditions=preconditions,
+                                     propagation=self._propagation(req))
         if not gone or rt.return_deleted:
             return Response(200, obj)
         return Response(200, status_body(200, "", "", {
@@ -392,7 +414,8 @@ class Api:
         for obj in items:
             try:
                 state, _gone = self.rest.delete(rt, obj["metadata"].get("namespace", ""),
-                                                obj["metadata"]["name"], grace=grace)
+                                                obj["metadata"]["name"], grace=grace,
+                                                propagation=self._propagation(req))
             except ApiError as e:
                 if e.code != 404:
                     raise

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -30,7 +31,14 @@ from e2e.sim.resources import (
 )
 from e2e.sim.tables import NAMESPACE_TABLE, NODE_TABLE, POD_TABLE
 
-__all__ = ["PROTECTED_NAMESPACES", "SECRETS", "SERVICEACCOUNTS", "core_registry"]
+__all__ = [
+    "PROTECTED_NAMESPACES",
+    "SECRETS",
+    "SERVICEACCOUNTS",
+    "core_registry",
+    "pod_template_defaults",
+    "validate_pod_template",
+]
 
 Obj = dict[str, Any]
 
@@ -166,6 +174,29 @@ def _validate_pod(pod: Obj, old: Obj | None) -> list[FieldError]:
     return errors
 
 
+def pod_template_defaults(spec: Obj) -> None:
+    """The defaults the API server fills into a workload's pod template spec: the
+    schema's, not the pod admission ones (service account, tolerations, priority)."""
+    spec.setdefault("restartPolicy", "Always")
+    spec.setdefault("terminationGracePeriodSeconds", _DEFAULT_GRACE)
+    spec.setdefault("dnsPolicy", "ClusterFirst")
+    spec.setdefault("securityContext", {})
+    spec.setdefault("schedulerName", "default-scheduler")
+    for field in ("containers", "initContainers"):
+        for c in spec.get(field) or []:
+            if isinstance(c, dict):
+                _default_container(c)
+
+
+def validate_pod_template(spec: Any, prefix: str) -> list[FieldError]:
+    """Errors in a workload's pod template spec (containers), paths under `prefix`."""
+    if not isinstance(spec, dict):
+        return [FieldError("Required", f"{prefix}spec")]
+    errors: list[FieldError] = []
+    _validate_containers(spec, errors)
+    return [dataclasses.replace(e, field=prefix + e.field) for e in errors]
+
+
 def _keep_status(new: Obj, old: Obj) -> None:
     # Updates of the main resource never change status: that is the subresource's job.
     if "status" in old:
@@ -198,7 +229,8 @@ POD_FIELDS = metadata_fields(
 PODS = ResourceType(
     kind="Pod", plural="pods", singular="pod", namespaced=True,
     short_names=("po",), categories=("all",),
-    subresources={"status": STATUS_VERBS, "binding": ("create",)},
+    # `eviction`: eviction.py serves it (disruption budgets).
+    subresources={"status": STATUS_VERBS, "binding": ("create",), "eviction": ("create",)},
     fields=POD_FIELDS,
     defaults=_pod_defaults, prepare_create=_pod_prepare_create, validate=_validate_pod,
     prepare_update=_keep_status,

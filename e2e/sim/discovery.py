@@ -28,6 +28,9 @@ __all__ = [
 KUBE_VERSION = "v1.30.4"
 
 _SUBRESOURCE_KINDS = {"binding": "Binding", "eviction": "Eviction", "scale": "Scale"}
+# Subresources whose kind lives in another group: kubectl drain looks for pods/eviction's
+# group and version to send a policy/v1 Eviction, kubectl scale for autoscaling/v1 Scale.
+_SUBRESOURCE_GROUPS = {"eviction": ("policy", "v1"), "scale": ("autoscaling", "v1")}
 
 
 def version_info() -> dict[str, Any]:
@@ -103,14 +106,17 @@ def _resources(rt: ResourceType) -> list[dict[str, Any]]:
         main["categories"] = list(rt.categories)
     out = [main]
     for sub, verbs in sorted(rt.subresources.items()):
-        out.append({
+        entry: dict[str, Any] = {
             "name": f"{rt.plural}/{sub}",
             "singularName": "",
             "namespaced": rt.namespaced,
-            "kind": _SUBRESOURCE_KINDS.get(
-                sub, f"{rt.kind}ProxyOptions" if sub == "proxy" else rt.kind),
-            "verbs": sorted(verbs),
-        })
+        }
+        if sub in _SUBRESOURCE_GROUPS:
+            entry["group"], entry["version"] = _SUBRESOURCE_GROUPS[sub]
+        entry["kind"] = _SUBRESOURCE_KINDS.get(
+            sub, f"{rt.kind}ProxyOptions" if sub == "proxy" else rt.kind)
+        entry["verbs"] = sorted(verbs)
+        out.append(entry)
     return out
 
 

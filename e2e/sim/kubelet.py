@@ -50,6 +50,11 @@ see images.py), checkpoint images are restored as CRI-O does (restore.py),
 with the kubelet's Events, waiting reasons (ErrImagePull, ImagePullBackOff,
 CreateContainerError...) and backoff. A pod stays Pending until all its
 containers run; init and ephemeral containers are taken as done and running.
+
+Pods with restartPolicy Never or OnFailure run to completion: once Running,
+each container is handed to a `ContainerProcess` (runs.py; by default it
+ends as the `sim.migrate.dev/run-seconds`, `exit-code` and
+`termination-message` annotations say), and the pod turns Succeeded or Failed.
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ from e2e.sim.nodeconfig import DEFAULT_RUNTIME, NodeConfig
 from e2e.sim.podstart import PodOutcome, PodStarter, Started, Waiting
 from e2e.sim.registry_pull import Puller
 from e2e.sim.rest import Rest
+from e2e.sim.runs import ContainerProcess, ContainerRuns, annotated_process
 from e2e.sim.store import Obj
 
 __all__ = ["CONTAINER_RUNTIME", "KUBELET_PORT", "Kubelet", "apply_node_config", "node_object"]
@@ -224,6 +230,7 @@ class Kubelet(Controller):
     registries: how to reach registries on 127.0.0.1 (images.py).
     storage: where pulled images go (the node's var/lib/containers/storage;
         default: a temporary directory removed by stop()).
+    process: what a run-to-completion container does (runs.py; default: as annotated).
     """
 
     def __init__(
@@ -231,8 +238,10 @@ class Kubelet(Controller):
         stop_latency: float, config: NodeConfig | None = None,
         log: Callable[[str], None] | None = None,
         registries: RegistryConfig | None = None, storage: Path | None = None,
+        process: ContainerProcess | None = None,
     ) -> None:
         super().__init__(rest, log=log)
+        self.runs = ContainerRuns(rest, node, process or annotated_process, self._log)
         self.node = node
         self.index = index
         self.name = f"kubelet-{node}"
@@ -314,10 +323,12 @@ class Kubelet(Controller):
                 raise
 
     def stop(self) -> None:
-        """Stop the loop, then the pod start-up workers (pulls in progress end early)."""
+        """Stop the loop, then the pod start-up workers (pulls in progress end early)
+        and the run-to-completion containers still running (joining their threads)."""
         self._halt.set()
         super().stop()
         self._starter.close()
+        self.runs.stop()
         if self._scratch is not None:
             self._scratch.cleanup()
 
@@ -336,6 +347,8 @@ class Kubelet(Controller):
                 del self._ips[uid]
         self._starter.forget(present)
         self._stopped &= present
+        self.runs.retain(p["metadata"]["uid"] for p in pods
+                         if not p["metadata"].get("deletionTimestamp"))
         clock = time.monotonic()
         for pod in pods:
             meta = pod["metadata"]
@@ -352,6 +365,7 @@ class Kubelet(Controller):
                 latency = self.start_latency if retry is None else retry - clock
             else:
                 self._due.pop(uid, None)
+                self.runs.track(pod)  # Never/OnFailure pods: their containers run to the end
                 continue
             due = self._due.setdefault(uid, clock + latency)
             if clock < due:

@@ -38,7 +38,8 @@ from e2e.sim.selectors import (
 from e2e.sim.store import Obj, Store
 from e2e.sim.validation import Patch, decode, required_errors
 
-__all__ = ["PATCH_TYPES", "Rest"]
+__all__ = ["FOREGROUND_FINALIZER", "ORPHAN_FINALIZER", "PATCH_TYPES", "PROPAGATION_POLICIES",
+           "Rest"]
 
 #: Patch media types -> how to apply them to the stored object.
 PATCH_TYPES: dict[str, Callable[[Any, Any], Any]] = {
@@ -74,6 +75,13 @@ def _metadata_errors(rt: ResourceType, meta: dict[str, Any]) -> list[FieldError]
     return errors
 
 
+#: DeleteOptions.propagationPolicy values; Orphan and Foreground leave a finalizer on
+#: the object for the garbage collector (gc.py) to act on and remove.
+PROPAGATION_POLICIES = ("Foreground", "Background", "Orphan")
+ORPHAN_FINALIZER = "orphan"
+FOREGROUND_FINALIZER = "foregroundDeletion"
+
+
 class Rest:
     """Create/read/update/delete any registered resource type against a Store.
 
@@ -86,6 +94,9 @@ class Rest:
                  ) -> None:
         self.store = store
         self.registry = registry
+        #: Storage keys whose objects orphan their dependents when a deletion names no
+        #: propagation policy (batch/v1 Jobs, kept so for compatibility).
+        self.orphan_by_default: set[str] = set()
         self.schemas = schemas
 
     def _schema(self, rt: ResourceType) -> Node | None:
@@ -270,12 +281,20 @@ class Rest:
     def delete(
         self, rt: ResourceType, namespace: str, name: str, *,
         grace: int | None = None, preconditions: Mapping[str, Any] | None = None,
+        propagation: str | None = None,
     ) -> tuple[Obj, bool]:
         """Delete (or begin to delete) an object: (its state, whether it is gone).
 
         grace: gracePeriodSeconds asked for (None: the type's default).
         preconditions: `{"uid": ..., "resourceVersion": ...}` that must match (409).
+        propagation: what becomes of dependents (PROPAGATION_POLICIES); None: what the
+            object's finalizers already say, else the type's default.
         """
+        if propagation is not None and propagation not in PROPAGATION_POLICIES:
+            raise invalid("DeleteOptions", "", [FieldError(
+                "NotSupported", "propagationPolicy",
+                'supported values: "Foreground", "Background", "Orphan", "nil"', propagation)],
+                "meta.k8s.io")
 
         def begin(old: Obj) -> Obj:
             meta = old["metadata"]
@@ -285,10 +304,29 @@ class Rest:
                     raise conflict(rt.plural, name, f"Precondition failed: {key} in "
                                    f"precondition: {want}, {key} in object meta: {meta.get(key)}",
                                    rt.group)
-            return rt.begin_delete(old, grace)
+            marked = rt.begin_delete(old, grace)
+            self._gc_finalizers(rt, marked["metadata"], propagation)
+            return marked
 
         obj = self.store.update(rt.key, namespace, name, begin,
                                 remove_if=rt.ready_to_remove, group=rt.group)
         still = self.store.find(rt.key, namespace, name)
         gone = still is None or still["metadata"].get("uid") != obj["metadata"].get("uid")
         return obj, gone
+
+    def _gc_finalizers(self, rt: ResourceType, meta: dict[str, Any], propagation: str | None
+                       ) -> None:
+        # The API server's deletionFinalizersForGarbageCollection: an explicit policy wins,
+        # then a GC finalizer already present, then the type's default.
+        present = meta.get("finalizers") or []
+        if propagation is None:
+            if ORPHAN_FINALIZER in present or FOREGROUND_FINALIZER in present:
+                return
+            propagation = "Orphan" if rt.key in self.orphan_by_default else "Background"
+        kept = [f for f in present if f not in (ORPHAN_FINALIZER, FOREGROUND_FINALIZER)]
+        kept += {"Orphan": [ORPHAN_FINALIZER], "Foreground": [FOREGROUND_FINALIZER]}.get(
+            propagation, [])
+        if kept:
+            meta["finalizers"] = kept
+        else:
+            meta.pop("finalizers", None)

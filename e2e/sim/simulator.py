@@ -21,7 +21,9 @@ ca_files=(ca_pem,)))`; images of other registries count as present.
 start() generates a CA and a server certificate for 127.0.0.1/localhost
 (e2e.pki, files 0600 under STATE_DIR/pki), creates the `default`,
 `kube-system` and `kube-public` namespaces and one Node per name, starts the
-scheduler, the namespace controller and a kubelet per node, listens on
+scheduler, the namespace controller, the workload controllers (workloads.py:
+Deployments, ReplicaSets, Jobs, disruption budgets, garbage collection) and a
+kubelet per node, listens on
 127.0.0.1 (only) and writes the kubeconfig last, atomically: once it exists,
 the cluster answers. stop() (or leaving the `with`) stops every thread.
 
@@ -64,7 +66,7 @@ from typing import IO, Any
 import yaml
 
 from e2e.pki import CertPair, issue, make_ca, write_private
-from e2e.sim import authz, rbac
+from e2e.sim import authz, rbac, workloads
 from e2e.sim.api import Api
 from e2e.sim.checkpoints import CHECKPOINT_DIR
 from e2e.sim.controllers import Controller, NamespaceController, Scheduler
@@ -78,6 +80,7 @@ from e2e.sim.nodeconfig import NodeConfig
 from e2e.sim.protocol import Authorizer, Request, Response, User
 from e2e.sim.rbac_authorizer import RbacAuthorizer
 from e2e.sim.rest import Rest
+from e2e.sim.runs import ContainerProcess
 from e2e.sim.schema import schemas_for
 from e2e.sim.server import LOOPBACK, ApiServer, HttpsServer, cert_user
 from e2e.sim.serviceaccounts import ServiceAccountController
@@ -112,6 +115,8 @@ class Simulator:
         readiness, faults...); nodes not named get NodeConfig().
     registries: how kubelets reach registries on 127.0.0.1 (plain HTTP ones,
         trusted CAs); default: HTTPS with the system's CAs.
+    container_process: what the containers of run-to-completion pods (Jobs) do
+        (runs.py; default: run and exit as the pod's annotations say).
     """
 
     def __init__(
@@ -126,6 +131,7 @@ class Simulator:
         node_config: Mapping[str, NodeConfig] | None = None,
         users: Sequence[UserSpec] = (),
         registries: RegistryConfig | None = None,
+        container_process: ContainerProcess | None = None,
     ) -> None:
         if not nodes:
             raise ValueError("a cluster needs at least one node")
@@ -148,6 +154,7 @@ class Simulator:
         self.api = Api(self.rest, self.registry, authorizer=self.authorizer,
                        server_address=lambda: f"{LOOPBACK}:{self.port}", log=self.log,
                        node_proxy=self._proxy_to_kubelet)
+        workloads.install(self.registry, self.rest, self.api)
         self._tokens: dict[str, User] = {self.token: ADMIN}
         self._users: dict[str, tuple[UserSpec, str]] = {}
         self._port = port
@@ -161,7 +168,8 @@ class Simulator:
             node: Kubelet(self.rest, node, index, start_latency=start_latency,
                           stop_latency=stop_latency, config=(node_config or {}).get(node),
                           log=self.log, registries=self.registries,
-                          storage=self.state_dir / "nodes" / node / _IMAGE_STORAGE)
+                          storage=self.state_dir / "nodes" / node / _IMAGE_STORAGE,
+                          process=container_process)
             for index, node in enumerate(self.node_names, start=1)
         }
         self._kubelet_apis: dict[str, KubeletApi] = {}
@@ -324,7 +332,8 @@ class Simulator:
             self._grant(spec)
         self._controllers = [Scheduler(self.rest, log=self.log),
                              NamespaceController(self.rest, log=self.log),
-                             ServiceAccountController(self.rest, log=self.log)]
+                             ServiceAccountController(self.rest, log=self.log),
+                             *workloads.controllers(self.rest, log=self.log)]
         for node, kubelet in self.kubelets.items():
             kubelet.register(self._kubelet_servers[node].port)
             self._controllers.append(kubelet)

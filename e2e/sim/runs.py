@@ -1,0 +1,212 @@
+"""Run-to-completion containers: what a pod with restartPolicy Never or OnFailure does.
+
+The simulated kubelet executes nothing. Each container of such a pod, once the
+pod is Running, is handed to a `ContainerProcess` in a thread of its own: a
+function of (pod, container, stop event) that returns how the container
+exited, a `ContainerExit`, or None if `stop` was set first (the pod is being
+deleted, the node stops). It may block as long as the container "runs", but
+must return soon once `stop` is set: stopping the node joins its thread. The
+default, `annotated_process`, waits and answers from the pod's annotations:
+
+    sim.migrate.dev/run-seconds           how long the container runs (default 0.2)
+    sim.migrate.dev/exit-code             its exit code (default 0)
+    sim.migrate.dev/termination-message   its terminated state's `message`, as if
+                                          written to terminationMessagePath
+
+each also as `KEY.<container>` for one container (winning over the pod-wide
+key). A malformed value ends the container at once with exit code 128 and a
+message naming the annotation. Give the Kubelet another function to run
+something real (e.g. a command line in a subprocess).
+
+When a container exits, its state becomes `terminated` (reason Completed for
+exit code 0, else Error, with the message); under OnFailure a non-zero exit
+restarts it at once (restartCount + 1, lastState keeps the exit; the real
+kubelet's crash-loop back-off is not simulated). When every container has
+terminated, the pod is Succeeded (all exit codes 0) or Failed, and its Ready
+and ContainersReady conditions turn False (PodCompleted / PodFailed).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+from e2e.sim.controllers import set_condition
+from e2e.sim.core import PODS
+from e2e.sim.errors import ApiError
+from e2e.sim.meta import now, rfc3339
+from e2e.sim.rest import Rest
+from e2e.sim.store import Obj
+
+__all__ = [
+    "EXIT_CODE",
+    "RUN_SECONDS",
+    "TERMINATION_MESSAGE",
+    "ContainerExit",
+    "ContainerProcess",
+    "ContainerRuns",
+    "annotated_process",
+]
+
+RUN_SECONDS = "sim.migrate.dev/run-seconds"
+EXIT_CODE = "sim.migrate.dev/exit-code"
+TERMINATION_MESSAGE = "sim.migrate.dev/termination-message"
+_DEFAULT_SECONDS = 0.2
+_BAD_ANNOTATION_EXIT = 128
+
+
+class ContainerExit(NamedTuple):
+    """How a container ended: its exit code and termination message."""
+
+    exit_code: int
+    message: str = ""
+
+
+#: Runs one container to its end: (pod, container, stop) -> its exit, None if stopped.
+ContainerProcess = Callable[[Obj, Obj, threading.Event], ContainerExit | None]
+
+
+def _annotation(pod: Obj, container: Obj, key: str) -> str | None:
+    annotations = pod["metadata"].get("annotations") or {}
+    value = annotations.get(f"{key}.{container.get('name')}", annotations.get(key))
+    return None if value is None else str(value)
+
+
+def annotated_process(pod: Obj, container: Obj, stop: threading.Event) -> ContainerExit | None:
+    """The default ContainerProcess: sleeps run-seconds, exits as the annotations say."""
+    try:
+        seconds = float(_annotation(pod, container, RUN_SECONDS) or _DEFAULT_SECONDS)
+        code = int(_annotation(pod, container, EXIT_CODE) or "0")
+    except ValueError as e:
+        return ContainerExit(_BAD_ANNOTATION_EXIT, f"sim: malformed annotation: {e}")
+    if stop.wait(max(seconds, 0.0)):
+        return None
+    return ContainerExit(code, _annotation(pod, container, TERMINATION_MESSAGE) or "")
+
+
+def _terminated(status: dict[str, Any], result: ContainerExit) -> dict[str, Any]:
+    running = (status.get("state") or {}).get("running") or {}
+    state: dict[str, Any] = {
+        "exitCode": result.exit_code,
+        "reason": "Completed" if result.exit_code == 0 else "Error",
+        "startedAt": running.get("startedAt") or rfc3339(now()),
+        "finishedAt": rfc3339(now()),
+        "containerID": status.get("containerID", ""),
+    }
+    if result.message:
+        state["message"] = result.message
+    return state
+
+
+def _settle_phase(pod: Obj) -> None:
+    """Pod phase and readiness once containers may have ended."""
+    status = pod["status"]
+    statuses = status.get("containerStatuses") or []
+    done = [s["state"]["terminated"] for s in statuses if "terminated" in s.get("state", {})]
+    if len(done) < len(statuses):
+        waiting = sorted(s["name"] for s in statuses if not s.get("ready"))
+        if waiting:
+            message = f"containers with unready status: [{' '.join(waiting)}]"
+            for type_ in ("Ready", "ContainersReady"):
+                set_condition(status, type_, "False", "ContainersNotReady", message)
+        return
+    failed = any(int(t.get("exitCode", 0)) != 0 for t in done)
+    status["phase"] = "Failed" if failed else "Succeeded"
+    for type_ in ("Ready", "ContainersReady"):
+        set_condition(status, type_, "False", "PodFailed" if failed else "PodCompleted")
+
+
+class ContainerRuns:
+    """The running run-to-completion containers of one node, each in a thread."""
+
+    def __init__(self, rest: Rest, node: str, process: ContainerProcess,
+                 log: Callable[[str], None]) -> None:
+        self.rest = rest
+        self.node = node
+        self.process = process
+        self._log = log
+        self._stops: dict[str, threading.Event] = {}  # pod uid -> set when it must stop
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def track(self, pod: Obj) -> None:
+        """Start the containers of a Running pod with restartPolicy Never/OnFailure, once."""
+        uid = pod["metadata"]["uid"]
+        if pod["spec"].get("restartPolicy", "Always") == "Always" or \
+                pod.get("status", {}).get("phase") != "Running":
+            return
+        with self._lock:
+            if uid in self._stops:
+                return
+            stop = self._stops[uid] = threading.Event()
+            running = {s["name"] for s in pod["status"].get("containerStatuses") or []
+                       if "running" in s.get("state", {})}
+            for container in pod["spec"]["containers"]:
+                if container["name"] in running:
+                    thread = threading.Thread(
+                        target=self._run, args=(pod, container, stop), daemon=True,
+                        name=f"sim-run-{self.node}-{pod['metadata']['name']}-"
+                             f"{container['name']}")
+                    self._threads.append(thread)
+                    thread.start()
+
+    def retain(self, uids: Iterable[str]) -> None:
+        """Stop the containers of every pod not in `uids` (deleted, or gone)."""
+        keep = set(uids)
+        with self._lock:
+            for uid in set(self._stops) - keep:
+                self._stops.pop(uid).set()
+            self._threads = [t for t in self._threads if t.is_alive()]
+
+    def stop(self) -> None:
+        """Stop every container and join their threads."""
+        self.retain(())
+        with self._lock:
+            threads, self._threads = self._threads, []
+        for thread in threads:
+            thread.join()
+
+    def _run(self, pod: Obj, container: Obj, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                result = self.process(pod, container, stop)
+            except Exception as e:  # a broken process function: the container errs
+                result = ContainerExit(_BAD_ANNOTATION_EXIT, f"sim: {type(e).__name__}: {e}")
+            if result is None or stop.is_set() or not self._record(pod, container, result):
+                return
+
+    def _record(self, pod: Obj, container: Obj, result: ContainerExit) -> bool:
+        """Write the exit into the pod; True if the container restarts (OnFailure)."""
+        uid, name = pod["metadata"]["uid"], container["name"]
+        restarts = pod["spec"].get("restartPolicy") == "OnFailure" and result.exit_code != 0
+        outcome: list[bool] = []
+
+        def exited(current: Obj) -> Obj | None:
+            if current["metadata"]["uid"] != uid or current["metadata"].get("deletionTimestamp"):
+                return None
+            status = current.setdefault("status", {})
+            entry = next((s for s in status.get("containerStatuses") or []
+                          if s.get("name") == name), None)
+            if entry is None or "running" not in entry.get("state", {}):
+                return None
+            terminated = _terminated(entry, result)
+            if restarts:
+                entry["lastState"] = {"terminated": terminated}
+                entry["state"] = {"running": {"startedAt": terminated["finishedAt"]}}
+                entry["restartCount"] = int(entry.get("restartCount", 0)) + 1
+            else:
+                entry.update(state={"terminated": terminated}, ready=False, started=False)
+            _settle_phase(current)
+            outcome.append(restarts)
+            return current
+
+        self._log(f"kubelet-{self.node}: {pod['metadata']['namespace']}/"
+                  f"{pod['metadata']['name']} container {name} exited {result.exit_code}")
+        try:
+            self.rest.mutate(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"],
+                             exited)
+        except ApiError as e:
+            if e.code != 404:
+                raise
+        return bool(outcome and outcome[0])
