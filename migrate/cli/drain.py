@@ -38,8 +38,7 @@ def _human(rep: dict[str, Any]) -> str:
             (p["namespace"], p["name"], p["action"], p["destination"] or "-", p["reason"])
             for p in pods])
         counts = ", ".join(f"{n} to {a}" for a, n in rep["summary"].items())
-        return text + f"dry run: drain of {rep['node']} would leave: " \
-            f"{counts or 'nothing to do'}\n"
+        return text + f"dry run, nothing changed: {counts or 'no pods on the node'}\n"
     text = table(("namespace", "pod", "action", "to", "outcome", "detail"), [
         (p["namespace"], p["name"], p["action"], p["destination"] or "-", p["outcome"],
          _detail(p)) for p in pods])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from migrate.adapters import kube
@@ -88,10 +89,12 @@ class Budgets:
                 and allowed(live[n]) - self._in_flight[(namespace, n)] <= 0]
 
     def wait(self, cluster: kube.Cluster, namespace: str, names: list[str],
-             deadline: float, *, hold: bool) -> float:
+             deadline: float, *, hold: bool,
+             waiting: Callable[[str], None] = lambda why: None) -> float:
         """Wait until every budget in ``names`` allows a disruption; returns the seconds
         waited. ``hold``: count one more migration in flight against each (`release`
-        gives it back). `BudgetTimeout` at ``deadline``, `Interrupted` on stop."""
+        gives it back). ``waiting(why)`` is called once if it has to wait.
+        `BudgetTimeout` at ``deadline``, `Interrupted` on stop."""
         started, pause = time.monotonic(), FIRST_PAUSE
         while True:
             with self._lock:
@@ -100,6 +103,8 @@ class Budgets:
                     if hold:
                         self._in_flight.update((namespace, n) for n in names)
                     return round(time.monotonic() - started, 3)
+            if pause == FIRST_PAUSE:
+                waiting(f"disruption budget {namespace}/{short[0]}")
             if time.monotonic() + pause > deadline:
                 raise BudgetTimeout(f"disruption budget {namespace}/{short[0]}, until the "
                                     "deadline", hint="raise --timeout, or wait for the "

@@ -34,6 +34,8 @@ def _evict(ctx: Context, cluster: kube.Cluster, entry: PodPlan, deadline: float)
                 return refusals
             raise _AlreadyGone
         refusals += 1
+        if refusals == 1:
+            ctx.waiting(entry)(f"eviction refused: {answer.message}")
         wait = answer.retry_after if answer.retry_after is not None else pause
         if time.monotonic() + wait > deadline:
             raise BudgetTimeout(f"eviction refused until the deadline: {answer.message}",
@@ -54,7 +56,8 @@ def evict_pod(ctx: Context, entry: PodPlan, deadline: float) -> dict[str, Any]:
     out: dict[str, Any] = {"budget_wait_seconds": 0.0}
     try:
         out["budget_wait_seconds"] = ctx.budgets.wait(cluster, entry.namespace, entry.budgets,
-                                                      deadline, hold=False)
+                                                      deadline, hold=False,
+                                                      waiting=ctx.waiting(entry))
         ctx.progress(entry.key, "evicting")
         out["eviction_refusals"] = _evict(ctx, cluster, entry, deadline)
         out.update(outcome=EVICTED, error=None)

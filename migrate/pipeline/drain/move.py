@@ -129,7 +129,7 @@ def migrate_pod(ctx: Context, entry: PodPlan, deadline: float) -> dict[str, Any]
     while True:
         try:
             waited += ctx.budgets.wait(cluster, entry.namespace, entry.budgets, deadline,
-                                       hold=True)
+                                       hold=True, waiting=ctx.waiting(entry))
         except (Interrupted, MigrateError) as e:
             if journal is not None:
                 journal.unlock()

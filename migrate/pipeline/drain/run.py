@@ -121,7 +121,9 @@ def _one(ctx: Context, entry: PodPlan) -> str:
                seconds=round(time.perf_counter() - t0, 3))
     ctx.state.update(entry.key, **out)
     outcome = str(out["outcome"])
-    if outcome != INTERRUPTED:
+    if outcome == INTERRUPTED:
+        ctx.stop.set()  # now, before this thread takes the next pod
+    else:
         detail = f" to {entry.destination}" if outcome == "migrated" else ""
         error = f": {out['error']}" if out.get("error") else ""
         ctx.progress(entry.key, f"{outcome}{detail}{error}")
@@ -146,8 +148,7 @@ def _run_pool(ctx: Context, todo: list[PodPlan]) -> None:
     try:
         futures = [pool.submit(_one, ctx, e) for e in todo]
         for future in as_completed(futures):
-            if future.result() == INTERRUPTED:
-                ctx.stop.set()
+            future.result()
     except KeyboardInterrupt:
         ctx.stop.set()
         ctx.progress("drain", "interrupted: waiting for the pods in flight to reach a "

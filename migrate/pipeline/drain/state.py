@@ -100,6 +100,13 @@ class Context:
     stop: threading.Event
     progress: Progress
 
+    def waiting(self, entry: PodPlan) -> Callable[[str], None]:
+        """What a worker calls when ``entry`` has to wait: said and journaled."""
+        def waiting(why: str) -> None:
+            self.progress(entry.key, f"waiting: {why}")
+            self.state.record("waiting", pod=entry.key, reason=why)
+        return waiting
+
     @property
     def req(self) -> DrainRequest:
         """The drain's request."""

@@ -1,0 +1,393 @@
+"""`migrate drain` end to end: the simulator (HTTPS, workloads, budgets), the real
+registry, the native builder. Each test gets a fresh cluster: a drain empties
+a whole node, so tests cannot share one.
+
+node-a is drained; node-b and node-c restore; node-d runs CRI-O with restores
+turned off (checkpoint_only: the kubelet refuses the restore) and carries the
+label disk=special and a taint restore=off:NoSchedule; node-e runs containerd (a source, never a destination).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from e2e.sim import NodeConfig, RegistryConfig, Simulator
+from migrate.pipeline import migration
+from migrate.validation import validate
+from tests.conftest import Result
+from tests.registries import RegistryUnderTest
+from tests.simulated import sim_client, wait_for
+
+Cli = Callable[..., Result]
+NODES = ("node-a", "node-b", "node-c", "node-d", "node-e")
+IMAGE = "quay.io/adrianreber/counter:latest"
+RESTORE_OFF = {"key": "restore", "value": "off", "effect": "NoSchedule"}
+
+
+class Cluster:
+    """A fresh simulator and clients for it."""
+
+    def __init__(self, sim: Simulator, api: client.ApiClient) -> None:
+        self.sim = sim
+        self.v1 = client.CoreV1Api(api)
+        self.apps = client.AppsV1Api(api)
+        self.policy = client.PolicyV1Api(api)
+
+    # -- making workloads on node-a ------------------------------------------------------
+
+    def pod(self, name: str, node: str = "node-a", labels: dict[str, str] | None = None,
+            owner: tuple[str, str] | None = None, annotations: dict[str, str] | None = None,
+            **spec: Any) -> Any:
+        meta: dict[str, Any] = {"name": name, "labels": labels or {"app": name},
+                                "annotations": annotations or {}}
+        if owner:
+            meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": owner[0],
+                                        "name": owner[1], "uid": f"uid-{owner[1]}",
+                                        "controller": True}]
+        body = {"metadata": meta, "spec": {"nodeName": node, "containers": [
+            {"name": "counter", "image": IMAGE,
+             "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+            "volumes": [{"name": "data", "emptyDir": {}}], **spec}}
+        self.v1.create_namespaced_pod("default", body)
+        return wait_for(lambda: (p := self.v1.read_namespaced_pod(name, "default")).status.phase
+                        == "Running" and p, what=f"{name} Running")
+
+    def deployment(self, name: str, replicas: int, **template_spec: Any) -> list[Any]:
+        """A Deployment whose pods all run on node-a (the others cordoned meanwhile)."""
+        others = [n for n in NODES if n != "node-a"]
+        for n in others:
+            self.v1.patch_node(n, {"spec": {"unschedulable": True}})
+        labels = {"app": name}
+        self.apps.create_namespaced_deployment("default", {
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels}, "spec": {
+                         "containers": [{"name": "counter", "image": IMAGE}],
+                         **template_spec}}}})
+        pods = wait_for(lambda: len(running := self.running(f"app={name}")) == replicas
+                        and running, what=f"{replicas} pods of {name}")
+        for n in others:
+            self.v1.patch_node(n, {"spec": {"unschedulable": None}})
+        assert {p.spec.node_name for p in pods} == {"node-a"}
+        return list(pods)
+
+    def pdb(self, name: str, app: str, **spec: Any) -> None:
+        self.policy.create_namespaced_pod_disruption_budget("default", {
+            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": {"name": name},
+            "spec": {"selector": {"matchLabels": {"app": app}}, **spec}})
+        wait_for(lambda: self.policy.read_namespaced_pod_disruption_budget(
+            name, "default").status.observed_generation, what=f"{name} observed")
+
+    # -- looking ---------------------------------------------------------------------
+
+    def running(self, selector: str = "") -> list[Any]:
+        return [p for p in self.v1.list_namespaced_pod("default",
+                                                        label_selector=selector).items
+                if not p.metadata.deletion_timestamp and p.status.phase == "Running"]
+
+    def where(self) -> dict[str, str]:
+        return {p.metadata.name: p.spec.node_name for p in self.running()}
+
+    def cordoned(self, node: str) -> bool:
+        return bool(self.v1.read_node(node).spec.unschedulable)
+
+
+@pytest.fixture
+def make_cluster(tmp_path_factory: pytest.TempPathFactory, plain_registry: RegistryUnderTest,
+                 monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Cluster]]:
+    with ExitStack() as stack:
+        def make(**configs: NodeConfig) -> Cluster:
+            node_config = {"node-d": NodeConfig(restore_level="checkpoint_only",
+                                                labels={"disk": "special"}, taints=[RESTORE_OFF]),
+                           "node-e": NodeConfig(runtime="containerd://2.4.0"), **configs}
+            sim = stack.enter_context(Simulator(
+                tmp_path_factory.mktemp("sim") / "state", nodes=NODES,
+                node_config=node_config, start_latency=0.05, stop_latency=0.05,
+                registries=RegistryConfig(insecure=(plain_registry.host,))))
+            # The tool reads archives where the nodes' directories are "shared".
+            monkeypatch.setenv("MIGRATE_NODE_ROOT", str(sim.state_dir / "nodes" / "{node}"))
+            return Cluster(sim, stack.enter_context(sim_client(sim)))
+        yield make
+
+
+@pytest.fixture
+def cluster(make_cluster: Callable[..., Cluster]) -> Cluster:
+    return make_cluster()
+
+
+@pytest.fixture
+def drain(cli: Cli, plain_registry: RegistryUnderTest) -> Callable[..., Result]:
+    def run(c: Cluster, *args: str) -> Result:
+        # The defaults first: a later option given by the test wins.
+        return cli("drain", "--kubeconfig", c.sim.kubeconfig, "--registry",
+                   f"{plain_registry.host}/drains", "--no-tls-verify", "--timeout", "20", *args)
+    return run
+
+
+def by_name(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {p["name"]: p for p in report["pods"]}
+
+
+def test_a_node_is_drained(drain: Callable[..., Result], cli: Cli, cluster: Cluster) -> None:
+    cluster.pod("solo-1")
+    cluster.pod("solo-2")
+    web = {p.metadata.name for p in cluster.deployment("web", 2)}
+    cluster.pod("db-0", owner=("StatefulSet", "db"))
+    cluster.pod("agent-x1", owner=("DaemonSet", "agent"))
+    cluster.pod("static-node-a", annotations={"kubernetes.io/config.mirror": "abc"})
+    cluster.pod("cache", volumes=[{"name": "data", "hostPath": {"path": "/var/cache"}}])
+
+    r = drain(cluster, "node-a", "--concurrency", "3", "-o", "json")
+    assert r.code == 0, r.err
+    report = r.json()
+    validate(report, "drain.schema.json", "drain -o json")
+    pods = by_name(report)
+    assert report["outcome"] == "succeeded" and report["cordoned"]
+    assert {n: p["outcome"] for n, p in pods.items()} == {
+        "solo-1": "migrated", "solo-2": "migrated", **{n: "migrated" for n in web},
+        "db-0": "evicted", "cache": "evicted", "agent-x1": "skipped",
+        "static-node-a": "skipped"}
+    assert pods["db-0"]["reason"].startswith("StatefulSet db: ")
+    assert pods["cache"]["reason"] == ("volume data is a hostPath: its data stays on the "
+                                       "node")
+    assert pods["agent-x1"]["reason"] == "DaemonSet agent: it runs a pod on every node"
+    assert cluster.cordoned("node-a")
+    where = cluster.where()
+    # Only what a drain leaves is left on node-a.
+    assert sorted(n for n, node in where.items() if node == "node-a") == [
+        "agent-x1", "static-node-a"]
+    restored = {n: p["restored_pod"] for n, p in pods.items() if p["outcome"] == "migrated"}
+    assert {where[r] for r in restored.values()} == {"node-b", "node-c"}  # spread, least loaded
+    assert all(pods[n]["destination"] == where[r] for n, r in restored.items())
+    # The Deployment kept its replica count; its ReplicaSet owns the restored pods.
+    replicaset = cluster.apps.list_namespaced_replica_set("default").items[0]
+    assert replicaset.spec.replicas == 2
+    owned = {p.metadata.name for p in cluster.running("app=web")
+             if p.metadata.owner_references
+             and p.metadata.owner_references[0].uid == replicaset.metadata.uid}
+    assert owned == {restored[n] for n in web}
+    assert all(pods[n]["owner"] == {"kind": "ReplicaSet", "name": replicaset.metadata.name}
+               for n in web)
+    # Each migration is a `migrate pod` run with its own journal.
+    history = {h["id"]: h for h in cli("history", "-o", "json").json()}
+    for name in restored:
+        (journal,) = pods[name]["journals"]
+        assert history[journal]["outcome"] == "succeeded"
+    assert report["api_requests"] > 0
+
+
+def test_the_table_and_the_dry_run_change_nothing(drain: Callable[..., Result], cli: Cli,
+                                                  cluster: Cluster) -> None:
+    cluster.pod("solo")
+    cluster.pod("db-0", owner=("StatefulSet", "db"))
+    before = {p.metadata.name: p.metadata.uid for p in cluster.running()}
+    r = drain(cluster, "node-a", "--dry-run")
+    assert r.code == 0, r.err
+    lines = r.out.splitlines()
+    assert re.split(r"\s{3,}", lines[0]) == ["NAMESPACE", "POD", "ACTION", "TO", "REASON"]
+    assert re.split(r"\s{3,}", lines[1]) == ["default", "solo", "migrate", "node-b",
+                                             "bare pod: the restored copy replaces it"]
+    assert re.split(r"\s{3,}", lines[2])[:5] == ["default", "db-0", "evict", "-",
+                                                  "StatefulSet db: a StatefulSet pod's name "
+                                                  "and storage cannot be taken by a copy "
+                                                  "while it exists"]
+    assert lines[3:] == ["dry run, nothing changed: 1 to migrate, 1 to evict"]
+    r = drain(cluster, "node-a", "--dry-run", "-o", "json")
+    validate(r.json(), "drain.schema.json", "drain --dry-run -o json")
+    assert (r.json()["summary"], r.json()["id"]) == ({"migrate": 1, "evict": 1}, None)
+    assert not cluster.cordoned("node-a")
+    assert {p.metadata.name: p.metadata.uid for p in cluster.running()} == before
+    assert cli("history", "-o", "json").json() == []
+
+
+def test_budgets_hold_evictions_and_migrations_until_they_allow(
+        drain: Callable[..., Result], cluster: Cluster) -> None:
+    guarded = {p.metadata.name for p in cluster.deployment("guarded", 2)}
+    # A hostPath volume: these pods are evicted, and the ReplicaSet replaces them elsewhere.
+    kept = {p.metadata.name for p in cluster.deployment("kept", 2, volumes=[
+        {"name": "logs", "hostPath": {"path": "/var/log/kept"}}])}
+    cluster.pdb("guarded-pdb", "guarded", minAvailable=2)  # no disruption allowed
+    cluster.pdb("kept-pdb", "kept", minAvailable=2)
+
+    def open_budgets() -> None:
+        # Once every pod waits for its budget (the drain journals it), allow one disruption.
+        wait_for(lambda: len(waiting_pods()) == 4, what="the drain to wait for budgets")
+        for name in ("guarded-pdb", "kept-pdb"):
+            cluster.policy.patch_namespaced_pod_disruption_budget(
+                name, "default", {"spec": {"minAvailable": 1}})
+
+    opener = threading.Thread(target=open_budgets)
+    opener.start()
+    r = drain(cluster, "node-a", "--concurrency", "4", "-o", "json")
+    opener.join()
+    assert r.code == 0, r.err
+    pods = by_name(r.json())
+    assert {pods[n]["outcome"] for n in guarded} == {"migrated"}
+    assert {pods[n]["outcome"] for n in kept} == {"evicted"}
+    assert all(pods[n]["budgets"] == ["guarded-pdb"] for n in guarded)
+    assert all(pods[n]["budget_wait_seconds"] > 0 for n in guarded | kept)
+    assert len(cluster.running("app=kept")) == 2  # replaced, on other nodes
+    assert "node-a" not in {p.spec.node_name for p in cluster.running("app=kept")}
+
+
+def waiting_pods() -> set[str]:
+    """Pods the drain under way has journaled as waiting."""
+    journals = (Path(os.environ["MIGRATE_STATE_DIR"]) / "drain" / "journal").glob("*.json")
+    return {a["pod"] for j in journals for a in json.loads(j.read_text())["actions"]
+            if a["action"] == "waiting"}
+
+
+def test_a_budget_that_never_allows_leaves_the_pods_and_says_so(
+        drain: Callable[..., Result], cluster: Cluster) -> None:
+    guarded = {p.metadata.name: p.metadata.uid for p in cluster.deployment("guarded", 2)}
+    cluster.pdb("guarded-pdb", "guarded", minAvailable=2)
+    r = drain(cluster, "node-a", "-o", "json", "--timeout", "1")
+    assert r.code == 10, r.err
+    assert "\nerror: drain of node-a: 2 of 2 pod(s) not drained: " in r.err, r.err
+    pods = by_name(r.json())
+    assert {pods[n]["outcome"] for n in guarded} == {"failed"}
+    assert pods[next(iter(guarded))]["error"].startswith(
+        "disruption budget default/guarded-pdb allows 0 disruption(s), 0 taken by "
+        "migrations in flight")
+    assert {p.metadata.name: p.metadata.uid for p in cluster.running("app=guarded")} == guarded
+
+
+def test_a_destination_filling_up_sends_pods_elsewhere_then_blocks(
+        drain: Callable[..., Result], make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster(**{
+        "node-b": NodeConfig(labels={"pool": "spare"}, capacity={"pods": "2"}),
+        "node-c": NodeConfig(labels={"pool": "spare"}, capacity={"pods": "2", "cpu": "1"})})
+    cluster.pod("big", containers=[{"name": "counter", "image": IMAGE, "resources": {
+        "requests": {"cpu": "1500m"}}}], volumes=[])
+    for i in range(1, 5):
+        cluster.pod(f"p{i}")
+    r = drain(cluster, "node-a", "--to-selector", "pool=spare", "--skip-rest", "-o", "json")
+    assert r.code == 10, r.err
+    pods = by_name(r.json())
+    assert {n: (p["action"], p["destination"], p["outcome"]) for n, p in pods.items()} == {
+        "big": ("migrate", "node-b", "migrated"), "p1": ("migrate", "node-c", "migrated"),
+        "p2": ("migrate", "node-c", "migrated"), "p3": ("migrate", "node-b", "migrated"),
+        "p4": ("blocked", None, "blocked")}
+    assert pods["p4"]["reason"] == (
+        "no destination fits: node node-b: not enough pods (the pod requests 1, 0 free); "
+        "node node-c: not enough pods (the pod requests 1, 0 free)")
+    assert cluster.where()["p4"] == "node-a"
+    assert r.json()["failed"] == ["default/p4"]
+
+
+def test_a_failed_migration_does_not_stop_the_others(drain: Callable[..., Result],
+                                                     cluster: Cluster) -> None:
+    # Only node-d fits this pod, and node-d refuses restores.
+    pinned = cluster.pod("pinned", nodeSelector={"disk": "special"}, tolerations=[
+        {"key": "restore", "operator": "Exists", "effect": "NoSchedule"}])
+    cluster.pod("free")
+    r = drain(cluster, "node-a", "-o", "json")
+    assert r.code == 10, r.err
+    assert ("\nerror: drain of node-a: 1 of 2 pod(s) not drained: default/pinned\nhint: "
+            "the report says why; `migrate drain --resume ") in r.err, r.err
+    pods = by_name(r.json())
+    assert r.json()["outcome"] == "partial"
+    assert (pods["pinned"]["destination"], pods["pinned"]["outcome"]) == ("node-d", "failed")
+    assert pods["pinned"]["error"].startswith("verify: the restore of counter on node-d "
+                                              "failed: CreateContainerError: ")
+    assert pods["pinned"]["attempts"] == 1  # a refusal is not retried
+    assert pods["free"]["outcome"] == "migrated"
+    # The failed pod's migration was rolled back: the source runs on.
+    assert cluster.v1.read_namespaced_pod("pinned", "default").metadata.uid == \
+        pinned.metadata.uid
+    assert cluster.where()["pinned"] == "node-a"
+    assert not [n for n in cluster.where() if n.startswith("pinned-restored")]
+
+
+def test_a_transient_failure_is_retried(drain: Callable[..., Result], cluster: Cluster) -> None:
+    cluster.pod("flaky")
+    # More failures than one API call retries: the first run fails and is rolled back.
+    cluster.sim.configure_node("node-a", fail_next_checkpoints=5)
+    r = drain(cluster, "node-a", "-o", "json")
+    assert r.code == 0, r.err
+    flaky = by_name(r.json())["flaky"]
+    assert (flaky["outcome"], flaky["attempts"], len(flaky["journals"])) == ("migrated", 2, 2)
+
+
+def _interrupt_at(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
+    def interrupted(run: migration.Run) -> dict[str, Any]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(migration.STAGE_FUNCTIONS, stage, interrupted)
+
+
+def test_an_interrupted_drain_resumes(drain: Callable[..., Result], cli: Cli,
+                                      cluster: Cluster, monkeypatch: pytest.MonkeyPatch,
+                                      plain_registry: RegistryUnderTest) -> None:
+    for name in ("r1", "r2", "r3"):
+        cluster.pod(name)
+    with monkeypatch.context() as m:
+        _interrupt_at(m, "verify")
+        r = drain(cluster, "node-a", "--concurrency", "1")
+    assert r.code == 130, r.err
+    drain_id = re.search(r"drain (drain-\S+) interrupted", r.err)[1]  # type: ignore[index]
+    assert f"`migrate drain --resume {drain_id}` continues it" in r.err
+    interrupted = [h for h in cli("history", "-o", "json").json()]
+    assert [h["outcome"] for h in interrupted] == ["interrupted"]  # one pod started, no more
+    assert set(cluster.where()) >= {"r1", "r2", "r3"}
+    r = cli("drain", "--resume", drain_id, "--kubeconfig", cluster.sim.kubeconfig,
+            "--no-tls-verify", "-o", "json")
+    assert r.code == 0, r.err
+    report = r.json()
+    assert report["id"] == drain_id and report["outcome"] == "succeeded"
+    pods = by_name(report)
+    assert {p["outcome"] for p in pods.values()} == {"migrated"}
+    # The interrupted pod went on with its own journal, not a new run.
+    assert [pods[h["pod"].split("/")[1]]["journals"] for h in interrupted] == [
+        [interrupted[0]["id"]]]
+    assert not {"r1", "r2", "r3"} & set(cluster.where())
+    r = cli("drain", "--resume", drain_id, "--kubeconfig", cluster.sim.kubeconfig)
+    assert (r.code, r.err.splitlines()[0]) == (
+        2, f"error: drain {drain_id} has succeeded; nothing to resume")
+
+
+def test_uncordon(cli: Cli, cluster: Cluster) -> None:
+    cluster.v1.patch_node("node-a", {"spec": {"unschedulable": True}})
+    r = cli("uncordon", "node-a", "--kubeconfig", cluster.sim.kubeconfig)
+    assert (r.code, r.out) == (0, "node/node-a uncordoned\n")
+    assert not cluster.cordoned("node-a")
+    r = cli("uncordon", "node-a", "--kubeconfig", cluster.sim.kubeconfig, "-o", "json")
+    assert json.loads(r.out) == {"node": "node-a", "was_cordoned": False}
+
+
+def test_usage_and_cluster_errors(drain: Callable[..., Result], cli: Cli,
+                                  cluster: Cluster) -> None:
+    cluster.pod("solo")
+
+    def first_line(r: Result) -> tuple[int, str]:
+        return r.code, r.err.splitlines()[0]
+
+    assert first_line(drain(cluster, "node-a", "--to", "node-b", "--to-selector", "x=y")) == (
+        2, "error: --to and --to-selector exclude each other")
+    assert first_line(drain(cluster, "node-a", "--resume", "drain-x")) == (
+        2, "error: give NODE or --resume ID, not both")
+    assert first_line(drain(cluster, "node-x")) == (
+        4, 'error: read node node-x: nodes "node-x" not found')
+    assert first_line(drain(cluster, "node-a", "--to", "node-e")) == (
+        6, "error: --to node-e: cannot restore checkpoints: containerd can checkpoint (2.0+) "
+        "but does not restore CRI-O checkpoint images (restore was removed in 2.4): a "
+        "source, never a destination")
+    code, line = first_line(drain(cluster, "node-a", "--pod-selector", "app in (x"))
+    assert (code, line.split(":")[:2]) == (2, ["error", " --pod-selector"])
+    r = cli("drain", "node-a", "--kubeconfig", cluster.sim.kubeconfig)
+    assert first_line(r) == (2, "error: 1 pod(s) to migrate: say where their checkpoint "
+                                "images go with --registry REG")
+    assert first_line(cli("drain", "--resume", "drain-nothing-20260101t000000-abcd",
+                          "--kubeconfig", cluster.sim.kubeconfig))[0] == 4
+    assert not cluster.cordoned("node-a")  # nothing above changed anything
