@@ -391,3 +391,29 @@ def test_usage_and_cluster_errors(drain: Callable[..., Result], cli: Cli,
     assert first_line(cli("drain", "--resume", "drain-nothing-20260101t000000-abcd",
                           "--kubeconfig", cluster.sim.kubeconfig))[0] == 4
     assert not cluster.cordoned("node-a")  # nothing above changed anything
+
+
+def test_the_eviction_api_says_not_now_gone_or_evicted(cluster: Cluster) -> None:
+    from migrate.adapters import kube
+    from migrate.settings import KubeSettings
+
+    first, _ = cluster.deployment("guarded", 2)
+    cluster.pdb("guarded-pdb", "guarded", minAvailable=2)
+    api = kube.connect(KubeSettings(kubeconfig=cluster.sim.kubeconfig))
+    name, uid = first.metadata.name, first.metadata.uid
+    answer = kube.evict_pod(api, "default", name, uid=uid)
+    assert (answer.outcome, answer.message) == (
+        "refused", "Cannot evict pod as it would violate the pod's disruption budget. (The "
+        "disruption budget guarded-pdb needs 2 healthy pods and has 2 currently)")
+    assert api.requests == 1  # a 429 here is an answer, not something to retry
+    assert kube.evict_pod(api, "default", "no-such-pod").outcome == "gone"
+    # Another pod took the name (the uid precondition fails): ours is gone.
+    cluster.pod("solo")
+    assert kube.evict_pod(api, "default", "solo", uid="another-uid").outcome == "gone"
+    assert "solo" in cluster.where()
+    cluster.policy.patch_namespaced_pod_disruption_budget("guarded-pdb", "default",
+                                                         {"spec": {"minAvailable": 1}})
+    wait_for(lambda: cluster.policy.read_namespaced_pod_disruption_budget(
+        "guarded-pdb", "default").status.disruptions_allowed == 1, what="one disruption")
+    assert kube.evict_pod(api, "default", name, uid=uid).outcome == "evicted"
+    wait_for(lambda: name not in cluster.where(), what=f"{name} gone")

@@ -9,7 +9,8 @@ from migrate.pipeline.drain.state import PENDING, SUCCESSFUL, DrainState
 from migrate.pipeline.journal import Journal
 
 _RESULT_KEYS = ("outcome", "error", "restored_pod", "journals", "attempts",
-                "budget_wait_seconds", "eviction_refusals", "started_at", "ended_at", "seconds", "api_requests")
+                "budget_wait_seconds", "eviction_refusals", "started_at", "ended_at",
+                "seconds", "api_requests")
 
 
 def _pod(entry: PodPlan, result: dict[str, Any]) -> dict[str, Any]:

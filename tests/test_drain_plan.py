@@ -1,0 +1,277 @@
+"""The drain's decisions without a cluster: quantities, classification, placement,
+budgets."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from migrate.adapters import kube
+from migrate.errors import InputError
+from migrate.pipeline.drain import budgets as budgets_mod
+from migrate.pipeline.drain import evict as evict_mod
+from migrate.pipeline.drain.budgets import Budgets, BudgetTimeout, Interrupted, covering, selects
+from migrate.pipeline.drain.classify import classify
+from migrate.pipeline.drain.plan import DrainRequest, PodPlan, Snapshot, make_plan
+from migrate.pipeline.drain.quantity import parse_quantity, pod_requests
+from migrate.pipeline.drain.state import STAGES, Context, DrainState
+from migrate.pipeline.journal import Journal
+from migrate.settings import KubeSettings, Settings
+
+Obj = dict[str, Any]
+
+
+def node(name: str, *, cpu: str = "4", memory: str = "8Gi", pods: str = "110",
+         runtime: str = "cri-o://1.30.4", ready: bool = True, cordoned: bool = False,
+         labels: dict[str, str] | None = None, taints: list[Obj] | None = None) -> Obj:
+    return {"metadata": {"name": name, "labels": labels or {}},
+            "spec": {"unschedulable": cordoned, "taints": taints or []},
+            "status": {"allocatable": {"cpu": cpu, "memory": memory, "pods": pods},
+                       "nodeInfo": {"containerRuntimeVersion": runtime},
+                       "conditions": [{"type": "Ready", "status": str(ready)}]}}
+
+
+def pod(name: str, *, on: str = "node-a", phase: str = "Running", owner: str | None = None,
+        cpu: str | None = None, memory: str | None = None,
+        labels: dict[str, str] | None = None, **spec: Any) -> Obj:
+    requests = {k: v for k, v in (("cpu", cpu), ("memory", memory)) if v}
+    meta: Obj = {"name": name, "namespace": "default", "uid": f"uid-{name}",
+                 "labels": labels or {"app": name}}
+    if owner:
+        kind, _, owner_name = owner.partition("/")
+        meta["ownerReferences"] = [{"kind": kind, "name": owner_name, "controller": True}]
+    return {"metadata": meta, "spec": {"nodeName": on, "containers": [
+        {"name": "c", "resources": {"requests": requests}}], **spec},
+        "status": {"phase": phase}}
+
+
+# -- quantities ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("500m", "0.5"), ("2", "2"), ("1.5", "1.5"), ("128Mi", str(128 * 2**20)),
+    ("1G", "1000000000"), ("1e3", "1000"), ("2E", str(2 * 10**18)), ("100n", "1E-7"),
+    (".5Ki", "512"),
+])
+def test_quantities(text: str, value: str) -> None:
+    assert parse_quantity(text) == Decimal(value)
+
+
+@pytest.mark.parametrize("text", ["", "abc", "1Zi", "--1", "1e"])
+def test_bad_quantities(text: str) -> None:
+    with pytest.raises(InputError, match="is not a Kubernetes quantity"):
+        parse_quantity(text)
+
+
+def test_requests_of_the_restored_copy() -> None:
+    p = pod("p", cpu="250m", memory="64Mi", overhead={"cpu": "10m"}, initContainers=[
+        {"name": "setup", "resources": {"requests": {"cpu": "8"}}},  # ran already: not counted
+        {"name": "proxy", "restartPolicy": "Always", "resources": {"limits": {"cpu": "50m"}}},
+    ])
+    assert pod_requests(p) == {"pods": 1, "cpu": Decimal("0.31"), "memory": 64 * 2**20}
+    assert pod_requests(pod("empty"), scoring=True) == {
+        "pods": 1, "cpu": Decimal("0.1"), "memory": 200 * 2**20}
+
+
+# -- classification ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("spec", "selected", "action", "reason"), [
+    ({}, True, "migrate", "bare pod: the restored copy replaces it"),
+    ({"owner": "ReplicaSet/web-1"}, True, "migrate",
+     "ReplicaSet web-1: the restored copy is handed over to it"),
+    ({}, False, "evict", "not matched by --pod-selector"),
+    ({"owner": "StatefulSet/db"}, True, "evict",
+     "StatefulSet db: a StatefulSet pod's name and storage cannot be taken by a copy while "
+     "it exists"),
+    ({"owner": "Job/nightly"}, True, "evict",
+     "Job nightly: a Job counts its pods and would start another"),
+    ({"owner": "ReplicationController/old"}, True, "evict",
+     "ReplicationController old: migrate cannot hand a pod over to this controller"),
+    ({"phase": "Pending"}, True, "evict", "Pending, not Running: no running state to keep"),
+    ({"volumes": [{"name": "v", "hostPath": {"path": "/srv"}}]}, True, "evict",
+     "volume v is a hostPath: its data stays on the node"),
+    ({"volumes": [{"name": "pv", "persistentVolumeClaim": {"claimName": "c"}}]}, True,
+     "evict", "volume pv is a persistent volume claim: a restored copy would need it "
+     "mounted on two nodes at once"),
+    ({"owner": "DaemonSet/agent"}, True, "skip", "DaemonSet agent: it runs a pod on every node"),
+    ({"owner": "DaemonSet/agent", "phase": "Pending"}, False, "skip",
+     "DaemonSet agent: it runs a pod on every node"),
+    ({"phase": "Succeeded"}, True, "skip", "completed (Succeeded)"),
+])
+def test_classification(spec: Obj, selected: bool, action: str, reason: str) -> None:
+    assert classify(pod("p", **spec), selected=selected) == (action, reason)
+
+
+def test_mirror_and_terminating_pods_are_skipped() -> None:
+    mirror = pod("static")
+    mirror["metadata"]["annotations"] = {"kubernetes.io/config.mirror": "h"}
+    assert classify(mirror)[0] == "skip" and "static pod" in classify(mirror)[1]
+    going = pod("going")
+    going["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    assert classify(going) == ("skip", "already terminating")
+
+
+# -- placement ---------------------------------------------------------------------------
+
+
+def plan(on_node: list[Obj], nodes: list[Obj], running: list[Obj] | None = None,
+         pdbs: list[Obj] | None = None, **req: Any) -> dict[str, tuple[str, str | None, str]]:
+    snap = Snapshot(on_node, {p["metadata"]["uid"] for p in on_node}, nodes,
+                    [*on_node, *(running or [])], pdbs or [])
+    return {e.name: (e.action, e.destination, e.reason)
+            for e in make_plan(snap, DrainRequest(node="node-a", **req))}
+
+
+def test_least_loaded_spreads_and_counts_what_runs() -> None:
+    nodes = [node("node-a"), node("node-b"), node("node-c")]
+    busy = [pod(f"x{i}", on="node-b") for i in range(3)]
+    placed = plan([pod(f"p{i}") for i in range(4)], nodes, busy)
+    # node-b already holds 3 pods: node-c takes three, then both hold as much (the name
+    # breaks the tie).
+    assert [placed[f"p{i}"][1] for i in range(4)] == ["node-c", "node-c", "node-c", "node-b"]
+    assert placed["p0"][2] == "bare pod: the restored copy replaces it"
+
+
+def test_requests_decide_and_largest_go_first() -> None:
+    nodes = [node("node-a"), node("node-b", cpu="2", memory="2Gi"),
+             node("node-c", cpu="1", memory="1Gi")]
+    placed = plan([pod("small", cpu="500m"), pod("large", cpu="1500m"),
+                   pod("fat", memory="3Gi")], nodes)
+    assert placed["large"][:2] == ("migrate", "node-b")
+    assert placed["small"][:2] == ("migrate", "node-c")
+    assert placed["fat"][:2] == ("evict", None)
+    assert placed["fat"][2] == (
+        "no destination fits: node node-b: not enough memory (the pod requests 3.0 GiB, "
+        "2.0 GiB free); node node-c: not enough memory (the pod requests 3.0 GiB, 1.0 GiB "
+        "free); evicted instead (--evict-rest)")
+
+
+def test_pods_capacity_blocks_and_skip_rest_leaves_pods() -> None:
+    nodes = [node("node-a"), node("node-b", pods="1")]
+    placed = plan([pod("p1"), pod("p2"), pod("db-0", owner="StatefulSet/db")], nodes,
+                  evict_rest=False)
+    assert placed["p1"][:2] == ("migrate", "node-b")
+    assert placed["p2"] == ("blocked", None, "no destination fits: node node-b: not enough "
+                            "pods (the pod requests 1, 0 free)")
+    assert placed["db-0"][0] == "skip"
+    assert placed["db-0"][2].startswith("left on the node (--skip-rest): StatefulSet db: ")
+
+
+def test_nodes_that_cannot_take_pods_are_no_destinations() -> None:
+    nodes = [node("node-a"), node("node-b", cordoned=True), node("node-c", ready=False),
+             node("node-d", runtime="containerd://2.4.0")]
+    assert plan([pod("p")], nodes, evict_rest=False)["p"] == (
+        "blocked", None, "no destination: no Ready, schedulable node that can restore")
+
+
+def test_the_pods_own_constraints_apply() -> None:
+    nodes = [node("node-a"), node("node-b", labels={"disk": "ssd"}),
+             node("node-c", taints=[{"key": "gpu", "effect": "NoSchedule"}])]
+    placed = plan([pod("ssd", nodeSelector={"disk": "ssd"}),
+                   pod("gpu", nodeSelector={"disk": "ssd"}, tolerations=[
+                       {"key": "gpu", "operator": "Exists"}]),
+                   pod("plain")], nodes, evict_rest=False)
+    assert placed["ssd"][1] == placed["gpu"][1] == "node-b"
+    assert placed["plain"][1] == "node-b"  # node-c's taint is not tolerated
+    nodes[1]["metadata"]["labels"] = {}
+    placed = plan([pod("ssd", nodeSelector={"disk": "ssd"})], nodes, evict_rest=False)
+    assert placed["ssd"][2] == (
+        "no destination fits: node node-b does not have the label disk=ssd (the pod's "
+        "nodeSelector); node node-c does not have the label disk=ssd (the pod's nodeSelector)")
+
+
+def test_the_plan_lists_budgets_and_orders_actions() -> None:
+    pdb = {"metadata": {"name": "web-pdb", "namespace": "default"},
+           "spec": {"selector": {"matchLabels": {"tier": "web"}}}}
+    snap = Snapshot([pod("z", owner="DaemonSet/d"), pod("b", labels={"tier": "web"}),
+                     pod("a", phase="Pending")], {"uid-b", "uid-a", "uid-z"},
+                    [node("node-b")], [], [pdb])
+    entries = make_plan(snap, DrainRequest(node="node-a"))
+    assert [(e.name, e.action, e.budgets) for e in entries] == [
+        ("b", "migrate", ["web-pdb"]), ("a", "evict", []), ("z", "skip", [])]
+
+
+# -- budgets -----------------------------------------------------------------------------
+
+
+def test_selectors() -> None:
+    labels = {"app": "web", "tier": "front"}
+    assert selects({}, labels) and not selects(None, labels)
+    assert selects({"matchLabels": {"app": "web"}, "matchExpressions": [
+        {"key": "tier", "operator": "In", "values": ["front", "back"]},
+        {"key": "legacy", "operator": "DoesNotExist"}]}, labels)
+    assert not selects({"matchExpressions": [{"key": "tier", "operator": "NotIn",
+                                              "values": ["front"]}]}, labels)
+    other_ns = {"metadata": {"name": "x", "namespace": "prod"}, "spec": {"selector": {}}}
+    assert covering(pod("p"), [other_ns]) == []
+
+
+def test_migrations_in_flight_count_against_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    status = {"disruptionsAllowed": 1}
+    pdb = {"metadata": {"name": "web-pdb", "namespace": "default"}, "status": status}
+    monkeypatch.setattr(budgets_mod.kube, "list_pdbs", lambda cluster, ns: [pdb])
+    stop = threading.Event()
+    gate = Budgets(stop)
+    soon = time.monotonic() + 0.3
+    assert gate.wait(None, "default", ["web-pdb"], soon, hold=True) == 0  # type: ignore[arg-type]
+    seen: list[str] = []
+    with pytest.raises(BudgetTimeout, match=re.escape("web-pdb allows 1 disruption(s), 1 "
+                                                      "taken by migrations in flight")):
+        gate.wait(None, "default", ["web-pdb"], time.monotonic() + 0.3,  # type: ignore[arg-type]
+                  hold=True, waiting=seen.append)
+    assert seen == ["disruption budget default/web-pdb allows 1 disruption(s), 1 taken by "
+                    "migrations in flight"]
+    # An eviction waits the same way, and does not hold a share.
+    with pytest.raises(BudgetTimeout):
+        gate.wait(None, "default", ["web-pdb"], time.monotonic() + 0.3,  # type: ignore[arg-type]
+                  hold=False)
+    gate.release("default", ["web-pdb"])
+    assert gate.wait(None, "default", ["web-pdb"], soon, hold=False) == 0  # type: ignore[arg-type]
+    status["disruptionsAllowed"] = 0
+    stop.set()
+    with pytest.raises(Interrupted):
+        gate.wait(None, "default", ["web-pdb"], time.monotonic() + 30,  # type: ignore[arg-type]
+                  hold=True)
+    # A budget deleted meanwhile holds nothing back.
+    assert gate.wait(None, "default", ["gone-pdb"], soon, hold=True) == 0  # type: ignore[arg-type]
+
+
+# -- evictions ---------------------------------------------------------------------------
+
+
+def _context(tmp_path: Path, said: list[str]) -> Context:
+    stop = threading.Event()
+    journal = Journal.create(tmp_path, "drain", "node-a", DrainRequest("node-a").to_dict(),
+                             STAGES)
+    return Context(kube.Cluster(None, "default", KubeSettings()), Settings(),
+                   DrainState(journal), Budgets(stop), stop,
+                   lambda subject, message: said.append(f"{subject}: {message}"))
+
+
+def test_a_refused_eviction_is_asked_again_until_the_deadline(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = [kube.Eviction("refused", "not now", 0.01), kube.Eviction("refused", "not now"),
+               kube.Eviction("evicted")]
+    monkeypatch.setattr(evict_mod.kube, "evict_pod", lambda *a, **kw: answers.pop(0))
+    monkeypatch.setattr(evict_mod.switchover, "wait_gone", lambda *a: 0.0)
+    monkeypatch.setattr(evict_mod, "FIRST_PAUSE", 0.01)
+    said: list[str] = []
+    ctx = _context(tmp_path, said)
+    entry = PodPlan("default", "p", "uid-p", "evict", "Pending, not Running")
+    out = evict_mod.evict_pod(ctx, entry, time.monotonic() + 5)
+    assert (out["outcome"], out["eviction_refusals"], out["error"]) == ("evicted", 2, None)
+    assert said == ["default/p: evicting", "default/p: waiting: eviction refused: not now"]
+    assert [a["action"] for a in ctx.state.journal.actions] == ["waiting"]
+    # Refused for good: the deadline ends it, with the API server's words.
+    monkeypatch.setattr(evict_mod.kube, "evict_pod",
+                        lambda *a, **kw: kube.Eviction("refused", "budget says no", 0.05))
+    out = evict_mod.evict_pod(ctx, entry, time.monotonic() + 0.2)
+    assert (out["outcome"], out["error"]) == (
+        "failed", "eviction refused until the deadline: budget says no")
