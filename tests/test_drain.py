@@ -206,9 +206,22 @@ def test_the_table_and_the_dry_run_change_nothing(drain: Callable[..., Result], 
     r = drain(cluster, "node-a", "--dry-run", "-o", "json")
     validate(r.json(), "drain.schema.json", "drain --dry-run -o json")
     assert (r.json()["summary"], r.json()["id"]) == ({"migrate": 1, "evict": 1}, None)
+    # --to and --pod-selector, planned: the pod left out is evicted.
+    cluster.pod("other")
+    before = {p.metadata.name: p.metadata.uid for p in cluster.running()}
+    r = drain(cluster, "node-a", "--dry-run", "--to", "node-c", "--pod-selector",
+              "app in (solo)", "-o", "json")
+    assert r.code == 0, r.err
+    assert {p["name"]: (p["action"], p["destination"], p["reason"])
+            for p in r.json()["pods"]} == {
+        "solo": ("migrate", "node-c", "bare pod: the restored copy replaces it"),
+        "other": ("evict", None, "not matched by --pod-selector"),
+        "db-0": ("evict", None, "StatefulSet db: a StatefulSet pod's name and storage cannot "
+                 "be taken by a copy while it exists")}
     assert not cluster.cordoned("node-a")
     assert {p.metadata.name: p.metadata.uid for p in cluster.running()} == before
     assert cli("history", "-o", "json").json() == []
+    assert not (Path(os.environ["MIGRATE_STATE_DIR"]) / "drain").exists()
 
 
 def test_budgets_hold_evictions_and_migrations_until_they_allow(

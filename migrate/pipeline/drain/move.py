@@ -119,14 +119,28 @@ def _run(ctx: Context, cluster: kube.Cluster, entry: PodPlan,
             "error": None}
 
 
+def _attempt(ctx: Context, cluster: kube.Cluster, entry: PodPlan,
+             journal: Journal | None) -> dict[str, Any] | None:
+    """One run's result fields; None when it failed in a way worth another try."""
+    try:
+        return _run(ctx, cluster, entry, journal)
+    except _Gone:
+        return {"outcome": GONE, "error": None}
+    except MigrateError as e:
+        if not _retryable(ctx, entry, e):
+            return {"outcome": FAILED, "error": e.message}
+        ctx.progress(entry.key, f"retrying after: {e.message}")
+        return None
+
+
 def migrate_pod(ctx: Context, entry: PodPlan, deadline: float) -> dict[str, Any]:
     """Move one pod (retrying transient failures); the result's fields."""
     cluster = dataclasses.replace(ctx.cluster, requests=0)  # a counter per thread
     journal = _unfinished(ctx, entry)
     if journal is not None and journal.outcome in ("succeeded", "failed"):
         return {**_run(ctx, cluster, entry, journal), "api_requests": cluster.requests}
-    waited, out = 0.0, dict[str, Any]()
-    while True:
+    waited, out = 0.0, None
+    while out is None:
         try:
             waited += ctx.budgets.wait(cluster, entry.namespace, entry.budgets, deadline,
                                        hold=True, waiting=ctx.waiting(entry))
@@ -137,17 +151,8 @@ def migrate_pod(ctx: Context, entry: PodPlan, deadline: float) -> dict[str, Any]
                    else {"outcome": INTERRUPTED})
             break
         try:
-            out = _run(ctx, cluster, entry, journal)
-            break
-        except _Gone:
-            out = {"outcome": GONE, "error": None}
-            break
-        except MigrateError as e:
-            out = {"outcome": FAILED, "error": e.message}
-            if not _retryable(ctx, entry, e):
-                break
-            ctx.progress(entry.key, f"retrying after: {e.message}")
-            journal = None
+            out = _attempt(ctx, cluster, entry, journal)
         finally:
             ctx.budgets.release(entry.namespace, entry.budgets)
+        journal = None  # a retry starts a new run
     return {**out, "budget_wait_seconds": round(waited, 3), "api_requests": cluster.requests}
