@@ -100,7 +100,7 @@ def drain(
                                     "that cannot migrate, or leave them on the node."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
     registry: str | None = typer.Option(None, "--registry", help="Push checkpoint images "
-                                        "under HOST[:PORT]/REPO.", show_default=False),
+                                        "under HOST:PORT/REPO.", show_default=False),
     build_on: BuildOn = typer.Option(BuildOn.auto, "--build-on", help="Where images are "
                                      "built (as for migrate pod)."),
     tool_image: str | None = typer.Option(None, "--tool-image", envvar="MIGRATE_TOOL_IMAGE",
