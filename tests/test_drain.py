@@ -42,6 +42,7 @@ class Cluster:
         self.v1 = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
         self.policy = client.PolicyV1Api(api)
+        self.batch = client.BatchV1Api(api)
 
     # -- making workloads on node-a ------------------------------------------------------
 
@@ -63,19 +64,35 @@ class Cluster:
                         == "Running" and p, what=f"{name} Running")
 
     def deployment(self, name: str, replicas: int, **template_spec: Any) -> list[Any]:
-        """A Deployment whose pods all run on node-a (the others cordoned meanwhile)."""
-        others = [n for n in NODES if n != "node-a"]
-        for n in others:
-            self.v1.patch_node(n, {"spec": {"unschedulable": True}})
+        """A Deployment whose pods all run on node-a."""
         labels = {"app": name}
-        self.apps.create_namespaced_deployment("default", {
+        return self._on_node_a(lambda: self.apps.create_namespaced_deployment("default", {
             "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
             "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
                      "template": {"metadata": {"labels": labels}, "spec": {
                          "containers": [{"name": "counter", "image": IMAGE}],
-                         **template_spec}}}})
-        pods = wait_for(lambda: len(running := self.running(f"app={name}")) == replicas
-                        and running, what=f"{replicas} pods of {name}")
+                         **template_spec}}}}), f"app={name}", replicas)
+
+    def job(self, name: str) -> Any:
+        """A Job whose pod runs (for ten minutes) on node-a."""
+        (pod,) = self._on_node_a(lambda: self.batch.create_namespaced_job("default", {
+            "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+            "spec": {"template": {
+                "metadata": {"labels": {"app": name},
+                             "annotations": {"sim.migrate.dev/run-seconds": "600"}},
+                "spec": {"restartPolicy": "Never",
+                         "containers": [{"name": "task", "image": IMAGE}]}}}}),
+            f"app={name}", 1)
+        return pod
+
+    def _on_node_a(self, create: Callable[[], Any], selector: str, count: int) -> list[Any]:
+        # The scheduler spreads pods: cordon the other nodes while it places these.
+        others = [n for n in NODES if n != "node-a"]
+        for n in others:
+            self.v1.patch_node(n, {"spec": {"unschedulable": True}})
+        create()
+        pods = wait_for(lambda: len(running := self.running(selector)) == count and running,
+                        what=f"{count} pod(s) {selector}")
         for n in others:
             self.v1.patch_node(n, {"spec": {"unschedulable": None}})
         assert {p.spec.node_name for p in pods} == {"node-a"}
@@ -144,6 +161,7 @@ def test_a_node_is_drained(drain: Callable[..., Result], cli: Cli, cluster: Clus
     cluster.pod("solo-2")
     web = {p.metadata.name for p in cluster.deployment("web", 2)}
     cluster.pod("db-0", owner=("StatefulSet", "db"))
+    task = cluster.job("nightly").metadata.name
     cluster.pod("agent-x1", owner=("DaemonSet", "agent"))
     cluster.pod("static-node-a", annotations={"kubernetes.io/config.mirror": "abc"})
     cluster.pod("cache", volumes=[{"name": "data", "hostPath": {"path": "/var/cache"}}])
@@ -156,9 +174,10 @@ def test_a_node_is_drained(drain: Callable[..., Result], cli: Cli, cluster: Clus
     assert report["outcome"] == "succeeded" and report["cordoned"]
     assert {n: p["outcome"] for n, p in pods.items()} == {
         "solo-1": "migrated", "solo-2": "migrated", **{n: "migrated" for n in web},
-        "db-0": "evicted", "cache": "evicted", "agent-x1": "skipped",
+        "db-0": "evicted", task: "evicted", "cache": "evicted", "agent-x1": "skipped",
         "static-node-a": "skipped"}
     assert pods["db-0"]["reason"].startswith("StatefulSet db: ")
+    assert pods[task]["reason"] == "Job nightly: a Job counts its pods and would start another"
     assert pods["cache"]["reason"] == ("volume data is a hostPath: its data stays on the "
                                        "node")
     assert pods["agent-x1"]["reason"] == "DaemonSet agent: it runs a pod on every node"
