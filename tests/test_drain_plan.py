@@ -169,6 +169,9 @@ def test_nodes_that_cannot_take_pods_are_no_destinations() -> None:
              node("node-d", runtime="containerd://2.4.0")]
     assert plan([pod("p")], nodes, evict_rest=False)["p"] == (
         "blocked", None, "no destination: no Ready, schedulable node that can restore")
+    assert plan([pod("p")], [], to_selector="pool=spare")["p"][2] == (
+        "no destination: no Ready, schedulable node that can restore among the nodes "
+        "--to-selector pool=spare selects; evicted instead (--evict-rest)")
 
 
 def test_the_pods_own_constraints_apply() -> None:

@@ -133,6 +133,7 @@ def drain(
             raise UsageError(f"drain {resume} has succeeded; nothing to resume")
         journal.lock()
         req = plan.DrainRequest.from_dict(journal.request)
+        _progress("drain", f"{journal.id}: resuming the drain of {req.node}")
         _finish(settings, kube.connect(settings.kube, pool_size=2 * req.concurrency + 4),
                 journal, output)
         return

@@ -103,8 +103,12 @@ def occupying(pod: Obj) -> bool:
     return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
 
 
-def choose(pod: Obj, loads: list[Load]) -> tuple[Load | None, str]:
-    """The destination for ``pod`` and why; (None, every node's reason) if none fits."""
+NOWHERE = "no destination: no Ready, schedulable node that can restore"
+
+
+def choose(pod: Obj, loads: list[Load], nowhere: str = NOWHERE) -> tuple[Load | None, str]:
+    """The destination for ``pod`` and why; (None, every node's reason) if none fits, or
+    ``nowhere`` if there is no candidate at all."""
     need = pod_requests(pod)
     fitting, refused = [], []
     for load in loads:
@@ -115,13 +119,14 @@ def choose(pod: Obj, loads: list[Load]) -> tuple[Load | None, str]:
             fitting.append(load)
     if not fitting:
         if not loads:
-            return None, "no destination: no Ready, schedulable node that can restore"
+            return None, nowhere
         return None, "no destination fits: " + "; ".join(refused)
     best = min(fitting, key=lambda load: load.score(pod))
     return best, f"least loaded of {len(fitting)} fitting node(s)"
 
 
-def place(pods: list[Obj], loads: list[Load]) -> dict[str, tuple[str | None, str]]:
+def place(pods: list[Obj], loads: list[Load],
+          nowhere: str = NOWHERE) -> dict[str, tuple[str | None, str]]:
     """uid -> (destination or None, reason) for each pod, largest first."""
     def size(pod: Obj) -> tuple[Decimal, Decimal, str]:
         need = pod_requests(pod)
@@ -130,7 +135,7 @@ def place(pods: list[Obj], loads: list[Load]) -> dict[str, tuple[str | None, str
 
     out: dict[str, tuple[str | None, str]] = {}
     for pod in sorted(pods, key=size):
-        best, why = choose(pod, loads)
+        best, why = choose(pod, loads, nowhere)
         if best is not None:
             best.take(pod)
         out[pod["metadata"]["uid"]] = (best.name if best else None, why)

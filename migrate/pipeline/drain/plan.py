@@ -145,7 +145,9 @@ def make_plan(snap: Snapshot, req: DrainRequest) -> list[PodPlan]:
     loads = [place.load_of(n, by_node[n["metadata"]["name"]]) for n in snap.destinations
              if place.node_unfit(n, req.node) is None]
     movers = [p for p, e in zip(snap.on_node, entries, strict=True) if e.action == MIGRATE]
-    placed = place.place(movers, loads)
+    nowhere = place.NOWHERE + (f" among the nodes --to-selector {req.to_selector} "
+                               "selects" if req.to_selector else "")
+    placed = place.place(movers, loads, nowhere)
     for e in entries:
         if e.action == MIGRATE:
             e.destination, why = placed[e.uid]
