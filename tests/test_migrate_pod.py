@@ -103,6 +103,7 @@ def test_a_bare_pod_moves_with_its_memory_and_files(migrate: Callable[..., Resul
     assert r.code == 0, r.err
     report = r.json()
     validate(report, "pod.schema.json", "pod -o json")
+    assert "streamed (100%)" in r.err  # upload progress, on stderr
     assert report["outcome"] == "succeeded"
     assert [s["status"] for s in report["stages"]] == ["done"] * 7
     assert pods(v1).get("counters") is None
