@@ -237,6 +237,9 @@ class HttpsServer:
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
         self._conn_lock = threading.Lock()
+        #: TLS connections accepted so far (handshake done): what a client's
+        #: connection reuse saves shows here (bench/pod_bench.py reads it).
+        self.connections_accepted = 0
         self._stopping = False
 
     @property
@@ -295,6 +298,7 @@ class HttpsServer:
                 conn.close()
                 return
             self._connections.add(conn)
+            self.connections_accepted += 1
         try:
             assert self._httpd is not None
             _Handler(conn, client_address, self._httpd)

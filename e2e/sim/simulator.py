@@ -193,6 +193,14 @@ class Simulator:
         return f"https://{LOOPBACK}:{self.port}"
 
     @property
+    def api_connections(self) -> int:
+        """TLS connections the API server has accepted so far (its requests are the
+        lines of STATE_DIR/apiserver.log)."""
+        if self._server is None:
+            raise RuntimeError("simulator not started")
+        return self._server.connections_accepted
+
+    @property
     def kubeconfig(self) -> Path:
         """The kubeconfig file (exists once start() has returned)."""
         return self.state_dir / "kubeconfig"

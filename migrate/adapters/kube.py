@@ -5,15 +5,23 @@ which maps an ``ApiException`` to the error tree using the API server's own
 ``Status`` message, marks connection errors, 5xx and 429 as transient for the
 named retry policy, and never lets the client's exceptions (or a bearer token
 in them) reach the user.
+
+Requests are built with the client's ``ApiClient`` (its configuration, auth
+and connection pool) but not through the generated API classes: importing
+``CoreV1Api`` alone costs ~0.75 s (hundreds of pydantic-validated methods
+built at import), each method's first call builds its validator, and
+watches through ``watch.Watch`` deserialize every event into models. The
+pipeline works with the API's JSON (manifest field names) anyway.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -148,16 +156,55 @@ def call(cluster: Cluster, what: str, fn: Callable[..., T], *args: Any,
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def send(cluster: Cluster, method: str, path: str, *,
+         path_params: dict[str, str] | None = None,
+         query: list[tuple[str, str]] | None = None, body: Any = None,
+         content_type: str = "application/json", request_timeout: float | None = None,
+         accept: str = "application/json") -> Any:
+    """One HTTP request through the client's pool; returns its ``RESTResponse``, body
+    unread. Any status but 2xx is an ``ApiException`` (for `call` to translate)."""
+    from kubernetes.client.exceptions import ApiException
+
+    headers = {"Accept": accept}
+    if body is not None:
+        headers["Content-Type"] = content_type
+    request = cluster.api.param_serialize(
+        method, path, path_params=path_params, query_params=query or [],
+        header_params=headers, body=body, auth_settings=["BearerToken"])
+    resp = cluster.api.call_api(*request, _request_timeout=request_timeout)
+    if not 200 <= resp.status < 300:
+        data = resp.read()
+        raise ApiException.from_response(http_resp=resp, body=data.decode(errors="replace"),
+                                         data=None)
+    return resp
+
+
+def request_json(cluster: Cluster, what: str, method: str, path: str, *,
+                 _retry: RetrySettings | None = None, **kw: Any) -> dict[str, Any]:
+    """`send` under `call` (retries, error translation); the answer's JSON."""
+    def once(_request_timeout: float) -> bytes:
+        data: bytes = send(cluster, method, path, request_timeout=_request_timeout,
+                           **kw).read()
+        return data
+
+    answer: dict[str, Any] = json.loads(call(cluster, what, once, _retry=_retry))
+    return answer
+
+
+def _raw(resp: Any) -> dict[str, Any]:
+    """The JSON body of a generated API method called with ``_preload_content=False``."""
+    data: dict[str, Any] = json.loads(resp.data)
+    return data
+
+
+_POD = "/api/v1/namespaces/{namespace}/pods/{name}"
+_PODS = "/api/v1/namespaces/{namespace}/pods"
+
+
 def read_pod(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
     """The pod as the API serves it (camelCase field names, as in manifests)."""
-    from kubernetes import client
-
-    core = client.CoreV1Api(cluster.api)
-    # Raw JSON, not the client's models: the pipeline works with manifest field names.
-    resp: Any = call(cluster, f"read pod {namespace}/{name}", core.read_namespaced_pod, name,
-                     namespace, _preload_content=False)
-    pod: dict[str, Any] = json.loads(resp.data)
-    return pod
+    return request_json(cluster, f"read pod {namespace}/{name}", "GET", _POD,
+                        path_params={"namespace": namespace, "name": name})
 
 
 _GATE_HINT = ("the kubelet has no checkpoint endpoint: enable the ContainerCheckpoint feature "
@@ -183,21 +230,19 @@ def checkpoint_via_apiserver(cluster: Cluster, node: str, namespace: str, pod: s
     def post(_request_timeout: float) -> bytes:
         from kubernetes.client.exceptions import ApiException
 
-        request = cluster.api.param_serialize(
-            "POST", "/api/v1/nodes/{node}/proxy/checkpoint/{namespace}/{pod}/{container}",
-            path_params={"node": node, "namespace": namespace, "pod": pod,
-                         "container": container},
-            query_params=query, header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"])
-        resp = cluster.api.call_api(*request, _request_timeout=_request_timeout)
+        try:
+            resp = send(cluster, "POST",
+                        "/api/v1/nodes/{node}/proxy/checkpoint/{namespace}/{pod}/{container}",
+                        path_params={"node": node, "namespace": namespace, "pod": pod,
+                                     "container": container},
+                        query=query, request_timeout=_request_timeout)
+        except ApiException as e:
+            if (e.status or 0) >= 500:
+                lines = (e.body or "").strip().splitlines()
+                raise runtime_failure(what, lines[0][:300] if lines else f"HTTP {e.status}"
+                                      ) from e
+            raise  # `call` translates it
         data: bytes = resp.read()
-        if resp.status >= 500:
-            lines = data.decode(errors="replace").strip().splitlines()
-            raise runtime_failure(what, lines[0][:300] if lines else f"HTTP {resp.status}")
-        if not 200 <= resp.status < 300:
-            # call_api hands back any status; `call` translates the exception.
-            raise ApiException.from_response(http_resp=resp, body=data.decode(errors="replace"),
-                                             data=None)
         return data
 
     # The request lasts as long as the runtime takes to dump the memory.
@@ -209,36 +254,22 @@ def checkpoint_via_apiserver(cluster: Cluster, node: str, namespace: str, pod: s
     return parse_checkpoint_response(resp, what)
 
 
-def _raw(resp: Any) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(resp.data)
-    return data
-
-
 def server_version(cluster: Cluster) -> dict[str, Any]:
     """``/version``: gitVersion, major, minor, platform."""
-    from kubernetes import client
-
-    api = client.VersionApi(cluster.api)
-    return _raw(call(cluster, "read the server version", api.get_code, _preload_content=False))
+    return request_json(cluster, "read the server version", "GET", "/version/")
 
 
 def list_nodes(cluster: Cluster) -> list[dict[str, Any]]:
     """Every node, as the API serves it."""
-    from kubernetes import client
-
-    core = client.CoreV1Api(cluster.api)
-    items: list[dict[str, Any]] = _raw(
-        call(cluster, "list nodes", core.list_node, _preload_content=False))["items"]
+    items: list[dict[str, Any]] = request_json(cluster, "list nodes", "GET",
+                                               "/api/v1/nodes")["items"]
     return items
 
 
 def read_node(cluster: Cluster, name: str) -> dict[str, Any]:
     """One node, as the API serves it."""
-    from kubernetes import client
-
-    core = client.CoreV1Api(cluster.api)
-    return _raw(call(cluster, f"read node {name}", core.read_node, name,
-                     _preload_content=False))
+    return request_json(cluster, f"read node {name}", "GET", "/api/v1/nodes/{name}",
+                        path_params={"name": name})
 
 
 @dataclass(frozen=True)
@@ -252,18 +283,15 @@ class Access:
 def can_i(cluster: Cluster, verb: str, resource: str, *, group: str = "",
           subresource: str = "", namespace: str = "") -> Access:
     """Ask the API server whether the current user may ``verb`` the ``resource``."""
-    from kubernetes import client
-
-    attributes = client.V1ResourceAttributes(
-        verb=verb, resource=resource, group=group, subresource=subresource or None,
-        namespace=namespace or None)
-    body = client.V1SelfSubjectAccessReview(
-        api_version="authorization.k8s.io/v1", kind="SelfSubjectAccessReview",
-        spec=client.V1SelfSubjectAccessReviewSpec(resource_attributes=attributes))
-    api = client.AuthorizationV1Api(cluster.api)
+    attributes = {"verb": verb, "resource": resource, "group": group,
+                  **({"subresource": subresource} if subresource else {}),
+                  **({"namespace": namespace} if namespace else {})}
+    body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": attributes}}
     what = f"review access to {verb} {resource}{'/' + subresource if subresource else ''}"
-    status = _raw(call(cluster, what, api.create_self_subject_access_review, body,
-                       _preload_content=False)).get("status") or {}
+    status = request_json(cluster, what, "POST",
+                          "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                          body=body).get("status") or {}
     return Access(bool(status.get("allowed")), str(status.get("reason") or ""))
 
 
@@ -272,32 +300,25 @@ def can_i(cluster: Cluster, verb: str, resource: str, *, group: str = "",
 
 def create_pod(cluster: Cluster, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
     """Create a pod; returns it as the API stored it."""
-    from kubernetes import client
-
-    core = client.CoreV1Api(cluster.api)
     name = body.get("metadata", {}).get("name") or body.get("metadata", {}).get("generateName")
     # Not retried: a create whose answer was lost may have happened; the caller's
     # journal and the name (or generateName) sort that out, not a blind second POST.
-    return _raw(call(cluster, f"create pod {namespace}/{name}", core.create_namespaced_pod,
-                     namespace, body, _retry=dataclasses.replace(cluster.settings.retry,
-                                                                  attempts=1),
-                     _preload_content=False))
+    return request_json(cluster, f"create pod {namespace}/{name}", "POST", _PODS,
+                        path_params={"namespace": namespace}, body=body,
+                        _retry=dataclasses.replace(cluster.settings.retry, attempts=1))
 
 
 def delete_pod(cluster: Cluster, namespace: str, name: str, *, uid: str | None = None,
                grace_seconds: int | None = None) -> bool:
     """Delete a pod (only the one with ``uid``, when given); False if it was already gone."""
-    from kubernetes import client
-
-    core = client.CoreV1Api(cluster.api)
     body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions"}
     if uid:
         body["preconditions"] = {"uid": uid}
     if grace_seconds is not None:
         body["gracePeriodSeconds"] = grace_seconds
     try:
-        call(cluster, f"delete pod {namespace}/{name}", core.delete_namespaced_pod, name,
-             namespace, body=body, _preload_content=False)
+        request_json(cluster, f"delete pod {namespace}/{name}", "DELETE", _POD,
+                     path_params={"namespace": namespace, "name": name}, body=body)
     except NotFoundError:
         return False
     return True
@@ -306,72 +327,61 @@ def delete_pod(cluster: Cluster, namespace: str, name: str, *, uid: str | None =
 def patch_pod(cluster: Cluster, namespace: str, name: str,
               patch: dict[str, Any]) -> dict[str, Any]:
     """Strategic-merge-patch a pod (``None`` values remove keys)."""
-    from kubernetes import client
+    return request_json(cluster, f"patch pod {namespace}/{name}", "PATCH", _POD,
+                        path_params={"namespace": namespace, "name": name}, body=patch,
+                        content_type="application/strategic-merge-patch+json")
 
-    core = client.CoreV1Api(cluster.api)
-    return _raw(call(cluster, f"patch pod {namespace}/{name}", core.patch_namespaced_pod,
-                     name, namespace, patch, _preload_content=False))
+
+def _selectors(label_selector: str, field_selector: str) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in (("labelSelector", label_selector),
+                                ("fieldSelector", field_selector)) if v]
 
 
 def list_pods(cluster: Cluster, namespace: str | None, *, label_selector: str = "",
               field_selector: str = "") -> list[dict[str, Any]]:
     """Pods in ``namespace`` (None: every namespace) matching the selectors."""
-    from kubernetes import client
-
-    core = client.CoreV1Api(cluster.api)
-    kw: dict[str, Any] = {k: v for k, v in (("label_selector", label_selector),
-                            ("field_selector", field_selector)) if v}
+    query = _selectors(label_selector, field_selector)
     if namespace is None:
-        resp = call(cluster, "list pods", core.list_pod_for_all_namespaces,
-                    _preload_content=False, **kw)
+        listing = request_json(cluster, "list pods", "GET", "/api/v1/pods", query=query)
     else:
-        resp = call(cluster, f"list pods in {namespace}", core.list_namespaced_pod, namespace,
-                    _preload_content=False, **kw)
-    items: list[dict[str, Any]] = _raw(resp)["items"]
+        listing = request_json(cluster, f"list pods in {namespace}", "GET", _PODS,
+                               path_params={"namespace": namespace}, query=query)
+    items: list[dict[str, Any]] = listing["items"]
     return items
+
+
+#: apps/v1 owners a pod can have, by kind: their resource names.
+_APPS_OWNERS = {"ReplicaSet": "replicasets", "Deployment": "deployments",
+                "StatefulSet": "statefulsets", "DaemonSet": "daemonsets"}
 
 
 def read_owner(cluster: Cluster, namespace: str, kind: str, name: str) -> dict[str, Any]:
     """A pod's controller (ReplicaSet, Deployment, ...), as the API serves it."""
-    from kubernetes import client
-
-    apps = client.AppsV1Api(cluster.api)
-    readers: dict[str, Callable[..., Any]] = {
-        "ReplicaSet": apps.read_namespaced_replica_set,
-        "Deployment": apps.read_namespaced_deployment,
-        "StatefulSet": apps.read_namespaced_stateful_set,
-        "DaemonSet": apps.read_namespaced_daemon_set,
-    }
-    if kind not in readers:
+    if kind not in _APPS_OWNERS:
         raise ClusterError(f"cannot read owner {kind} {namespace}/{name}",
                            hint="only apps/v1 owners are followed")
-    return _raw(call(cluster, f"read {kind} {namespace}/{name}", readers[kind], name,
-                     namespace, _preload_content=False))
+    return request_json(cluster, f"read {kind} {namespace}/{name}", "GET",
+                        "/apis/apps/v1/namespaces/{namespace}/{resource}/{name}",
+                        path_params={"namespace": namespace, "resource": _APPS_OWNERS[kind],
+                                     "name": name})
 
 
 def watch_pod(cluster: Cluster, namespace: str, name: str,
               until: Callable[[dict[str, Any] | None], T | None], timeout: float) -> T:
     """Watch one pod until ``until(pod)`` returns something (None: the pod is gone)."""
-    from kubernetes import client
-
-    core = client.CoreV1Api(cluster.api)
-    return _watch(cluster, core.list_namespaced_pod, f"pod {namespace}/{name}", namespace,
-                  name, until, timeout)
+    return _watch(cluster, _PODS, f"pod {namespace}/{name}", namespace, name, until, timeout)
 
 
 def watch_job(cluster: Cluster, namespace: str, name: str,
               until: Callable[[dict[str, Any] | None], T | None], timeout: float) -> T:
     """Watch one Job until ``until(job)`` returns something (None: the Job is gone)."""
-    from kubernetes import client
-
-    batch = client.BatchV1Api(cluster.api)
-    return _watch(cluster, batch.list_namespaced_job, f"job {namespace}/{name}", namespace,
-                  name, until, timeout)
+    return _watch(cluster, "/apis/batch/v1/namespaces/{namespace}/jobs",
+                  f"job {namespace}/{name}", namespace, name, until, timeout)
 
 
-def _watch(cluster: Cluster, list_fn: Callable[..., Any], what: str, namespace: str,
-           name: str, until: Callable[[dict[str, Any] | None], T | None], timeout: float) -> T:
-    """Watch one object until ``until(obj)`` returns something.
+def _watch(cluster: Cluster, collection: str, what: str, namespace: str, name: str,
+           until: Callable[[dict[str, Any] | None], T | None], timeout: float) -> T:
+    """Watch one object of ``collection`` until ``until(obj)`` returns something.
 
     A watch, not a polling loop: one list for the starting resourceVersion,
     then events; an expired resourceVersion (410) or a dropped connection
@@ -379,35 +389,37 @@ def _watch(cluster: Cluster, list_fn: Callable[..., Any], what: str, namespace: 
     """
     import time
 
-    from kubernetes import watch
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
-    selector = f"metadata.name={name}"
+    selector = [("fieldSelector", f"metadata.name={name}")]
+    where = {"namespace": namespace}
     deadline = time.monotonic() + timeout
     while True:
-        listing = _raw(call(cluster, f"list {what}", list_fn, namespace,
-                            field_selector=selector, _preload_content=False))
+        listing = request_json(cluster, f"list {what}", "GET", collection,
+                               path_params=where, query=selector)
         items = listing.get("items") or []
         found = until(items[0] if items else None)
         if found is not None:
             return found
-        version = listing["metadata"]["resourceVersion"]
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
         cluster.requests += 1
+        query = [*selector, ("resourceVersion", listing["metadata"]["resourceVersion"]),
+                 ("timeoutSeconds", str(max(1, int(remaining)))), ("watch", "true")]
         try:
-            for event in watch.Watch().stream(
-                    list_fn, namespace, field_selector=selector, resource_version=version,
-                    timeout_seconds=max(1, int(remaining)), _request_timeout=remaining + 5):
-                if event["type"] == "ERROR":
-                    break  # 410 Gone and friends: list again
-                found = until(None if event["type"] == "DELETED" else event["raw_object"])
-                if found is not None:
-                    return found
-                if time.monotonic() > deadline:
-                    break
+            resp = send(cluster, "GET", collection, path_params=where, query=query,
+                        request_timeout=remaining + 5)
+            with contextlib.closing(_events(resp)) as events:
+                for event in events:
+                    if event.get("type") == "ERROR":
+                        break  # 410 Gone and friends: list again
+                    found = until(None if event["type"] == "DELETED" else event["object"])
+                    if found is not None:
+                        return found
+                    if time.monotonic() > deadline:
+                        break
         except (ApiException, HTTPError, OSError) as e:
             err = translate(e, f"watch {what}")
             if not isinstance(err, TransientClusterError):
@@ -469,11 +481,31 @@ def delete_secret(cluster: Cluster, namespace: str, name: str) -> bool:
     return True
 
 
+def _events(resp: Any) -> Generator[dict[str, Any], None, None]:
+    """The watch events of a streamed response, one JSON object per line. A line
+    that is not JSON (cut short by a dropped connection) ends the stream, as the
+    drop would. The connection is closed at the end: a watch cut short cannot be
+    reused."""
+    raw = resp.response  # urllib3's, unread
+    pending = b""
+    try:
+        for chunk in raw.stream(amt=None, decode_content=False):
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                if line.strip():
+                    try:
+                        event: dict[str, Any] = json.loads(line)
+                    except ValueError:
+                        return
+                    yield event
+    finally:
+        raw.close()
+        raw.release_conn()
+
+
 def create_event(cluster: Cluster, pod: dict[str, Any], reason: str, message: str,
                  *, warning: bool = False) -> None:
     """Record a core/v1 Event on ``pod``; failing to is logged, never fatal."""
-    from kubernetes import client
-
     meta = pod["metadata"]
     now = _rfc3339()
     body = {
@@ -486,10 +518,10 @@ def create_event(cluster: Cluster, pod: dict[str, Any], reason: str, message: st
         "reportingInstance": os.uname().nodename, "firstTimestamp": now, "lastTimestamp": now,
         "count": 1,
     }
-    core = client.CoreV1Api(cluster.api)
     try:
-        call(cluster, f"record event {reason}", core.create_namespaced_event,
-             meta["namespace"], body, _preload_content=False)
+        request_json(cluster, f"record event {reason}", "POST",
+                     "/api/v1/namespaces/{namespace}/events",
+                     path_params={"namespace": meta["namespace"]}, body=body)
     except MigrateError as e:
         log.warning("could not record event %s on pod %s: %s", reason, meta["name"], e.message)
 

@@ -88,7 +88,7 @@ def _checkpoint(run: Run) -> dict[str, Any]:
                                              plan.pod, container, None)
         archives[container] = {"path": path, "seconds": round(time.perf_counter() - t0, 6)}
         run.journal.record("checkpointed", container=container, node=plan.source, archive=path)
-    _event(run, _source(run), "Checkpointed",
+    _event(run, _known(plan.namespace, plan.pod, plan.uid), "Checkpointed",
            f"checkpointed {', '.join(plan.containers)} for migration {run.journal.id}")
     return {"archives": archives, "taken_at": started}
 
@@ -221,7 +221,7 @@ def _verify(run: Run) -> dict[str, Any]:
     run.progress("verify", f"waiting for {created['pod']} to run restored")
     restored = restore.wait_restored(run.cluster, plan.namespace, created["pod"],
                                      plan.destination, digests, run.req.timeout)
-    _event(run, _pod(run, created["pod"]), "Restored",
+    _event(run, _known(plan.namespace, created["pod"], restored.uid), "Restored",
            f"restored from {', '.join(sorted(set(digests.values())))} "
            f"(migration {run.journal.id} from {plan.source})")
     return {"ready_at": restored.ready_at, "image_ids": restored.image_ids}
@@ -245,7 +245,7 @@ def _switchover(run: Run) -> dict[str, Any]:
         stopped = switchover.delete_source(run.cluster, plan.namespace, plan.pod, plan.uid,
                                            timeout)
     run.journal.record("source deleted", pod=plan.pod)
-    _event(run, _pod(run, created["pod"]), "Migrated",
+    _event(run, _known(plan.namespace, created["pod"], created["uid"]), "Migrated",
            f"took over from {plan.namespace}/{plan.pod} on {plan.source}")
     return {"source_stopped_at": stopped}
 
@@ -297,6 +297,11 @@ def _pod(run: Run, name: str) -> Obj | None:
 
 def _source(run: Run) -> Obj | None:
     return _pod(run, run.plan.pod)
+
+
+def _known(namespace: str, name: str, uid: str) -> Obj:
+    """A pod this run knows exists: enough of it for an Event, without reading it again."""
+    return {"metadata": {"namespace": namespace, "name": name, "uid": uid}}
 
 
 def _event(run: Run, pod: Obj | None, reason: str, message: str, warning: bool = False) -> None:
