@@ -51,13 +51,14 @@ def root(
 
 
 def _register() -> None:
-    from migrate.cli import archive, cluster, images, migration, restore
+    from migrate.cli import archive, cluster, images, migration, restore, schedule
 
     archive.register(app)
     images.register(app)
     cluster.register(app)
     migration.register(app)
     restore.register(app)
+    schedule.register(app)
 
 
 _register()
