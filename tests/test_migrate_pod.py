@@ -103,6 +103,7 @@ def test_a_bare_pod_moves_with_its_memory_and_files(migrate: Callable[..., Resul
     assert r.code == 0, r.err
     report = r.json()
     validate(report, "pod.schema.json", "pod -o json")
+    assert "streamed (100%)" in r.err  # upload progress, on stderr
     assert report["outcome"] == "succeeded"
     assert [s["status"] for s in report["stages"]] == ["done"] * 7
     assert pods(v1).get("counters") is None
@@ -278,3 +279,72 @@ def test_usage_errors(cli: Cli, sim: Simulator) -> None:
     assert r.code == 2
     r = cli("rollback", "pod-nothing-20260101t000000-abcd", "--kubeconfig", sim.kubeconfig)
     assert r.code == 4
+
+
+def test_a_deployment_pod_is_handed_over_to_its_replicaset(
+        migrate: Callable[..., Result], sim: Simulator, v1: client.CoreV1Api) -> None:
+    with sim_client(sim) as api:
+        apps = client.AppsV1Api(api)
+        template = {"metadata": {"labels": {"app": "web"}, "annotations": {
+            "sim.migrate.dev/processes": json.dumps([{"argv": ["/web"], "heap": SECRET}])}},
+            "spec": {"containers": [{"name": "web", "image": "quay.io/example/web:1"}],
+                     "nodeSelector": {}}}
+        apps.create_namespaced_deployment("default", {
+            "metadata": {"name": "web"},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                     "template": template}})
+
+        def web_pods() -> list[Any]:
+            return [p for p in v1.list_namespaced_pod("default", label_selector="app=web").items
+                    if not p.metadata.deletion_timestamp]
+
+        running = wait_for(lambda: (ps := web_pods()) and len(ps) == 2 and all(
+            p.status.phase == "Running" for p in ps) and ps, what="2 web pods")
+        source = next((p for p in running if p.spec.node_name == "node-a"), running[0])
+        to = "node-b" if source.spec.node_name == "node-a" else "node-a"
+        rs_name = source.metadata.owner_references[0].name
+        r = migrate(source.metadata.name, "--to", to, "-o", "json")
+        assert r.code == 0, r.err
+        report = r.json()
+        assert report["plan"]["switch"] == "handover"
+        assert report["plan"]["owner"] == {"kind": "ReplicaSet", "name": rs_name}
+        restored_name = report["destination_pod"]
+        assert restored_name.startswith(f"{rs_name}-") and restored_name != source.metadata.name
+
+        def settled() -> list[Any] | None:
+            ps = web_pods()
+            rs = apps.read_namespaced_replica_set(rs_name, "default")
+            names = {p.metadata.name for p in ps}
+            return ps if (len(ps) == 2 and restored_name in names
+                          and source.metadata.name not in names
+                          and rs.status.replicas == 2) else None
+
+        final = wait_for(settled, what="the ReplicaSet to settle on the restored pod")
+        restored = next(p for p in final if p.metadata.name == restored_name)
+        assert restored.spec.node_name == to
+        assert restored.metadata.owner_references[0].name == rs_name  # adopted
+        assert restored.metadata.labels["pod-template-hash"]  # the held-back label is back
+        assert apps.read_namespaced_deployment("web", "default").spec.replicas == 2
+
+
+def test_every_container_of_a_pod_with_an_init_container(
+        migrate: Callable[..., Result], v1: client.CoreV1Api) -> None:
+    body = {"metadata": {"name": "multi", "annotations": {
+        "sim.migrate.dev/processes.api": json.dumps([{"argv": ["/api"], "heap": SECRET}]),
+        "sim.migrate.dev/processes.sidecar": json.dumps([{"argv": ["/ship"]}])}},
+        "spec": {"nodeName": "node-a",
+                 "initContainers": [{"name": "init", "image": "quay.io/example/init:1"}],
+                 "containers": [{"name": "api", "image": "quay.io/example/api:1"},
+                                {"name": "sidecar", "image": "quay.io/example/ship:1"}]}}
+    v1.create_namespaced_pod("default", body)
+    wait_for(lambda: v1.read_namespaced_pod("multi", "default").status.phase == "Running")
+    r = migrate("multi", "--to", "node-b", "--all-containers", "-o", "json")
+    assert r.code == 0, r.err
+    report = r.json()
+    assert sorted(report["images"]) == ["api", "sidecar"]
+    restored = v1.read_namespaced_pod(report["destination_pod"], "default")
+    assert not restored.spec.init_containers  # they already ran
+    statuses = {s.name: s for s in restored.status.container_statuses}
+    for container in ("api", "sidecar"):
+        assert report["images"][container]["digest"] in statuses[container].image_id
+        assert f"sim.migrate.dev/restored.{container}" in restored.metadata.annotations

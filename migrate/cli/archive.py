@@ -197,7 +197,7 @@ def rootfs_diff_cmd(
 def list_cmd(
     ctx: typer.Context,
     dirs: list[Path] | None = typer.Argument(
-        None, help="Directories to search [default: /var/lib/kubelet/checkpoints]."),
+        None, help="Directories to search (default: /var/lib/kubelet/checkpoints)."),
     output: Format = OUTPUT,
 ) -> None:
     """List checkpoint archives found in directories."""

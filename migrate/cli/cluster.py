@@ -19,11 +19,11 @@ if TYPE_CHECKING:
 
 # The kubernetes client (~0.3 s to import) loads when a cluster command runs.
 
-KUBECONFIG = typer.Option(None, "--kubeconfig", help="Kubeconfig file [default: $KUBECONFIG, "
-                          "~/.kube/config, or the in-cluster service account].",
+KUBECONFIG = typer.Option(None, "--kubeconfig", help="Kubeconfig file (default: $KUBECONFIG, "
+                          "~/.kube/config, or the in-cluster service account).",
                           show_default=False)
 CONTEXT = typer.Option(None, "--context", help="Kubeconfig context.", show_default=False)
-NAMESPACE = typer.Option(None, "-n", "--namespace", help="Namespace [default: the context's].",
+NAMESPACE = typer.Option(None, "-n", "--namespace", help="Namespace (default: the context's).",
                          show_default=False)
 
 
@@ -45,10 +45,10 @@ def checkpoint(
     ctx: typer.Context,
     pod: str = typer.Argument(..., help="Pod name.", metavar="POD", show_default=False),
     container: str | None = typer.Option(None, "-c", "--container", help="Container "
-                                         "[default: the pod's default or only one].",
+                                         "(default: the pod's default or only one).",
                                          show_default=False),
     timeout: int | None = typer.Option(None, "--timeout", min=1, help="Seconds the runtime "
-                                       "may take [default: its own].", show_default=False),
+                                       "may take (default: its own).", show_default=False),
     via: Via = typer.Option(Via.apiserver, "--via", help="Through the API server's node "
                             "proxy, or to the kubelet directly."),
     kubelet_url: str | None = typer.Option(None, "--kubelet-url", help="With --via kubelet: "
@@ -96,9 +96,10 @@ def _doctor_table(report: DoctorReport) -> str:
 def doctor(
     ctx: typer.Context,
     node: list[str] = typer.Option([], "--node", help="Check only these nodes "
-                                   "(repeatable) [default: every node].", show_default=False),
+                                   "(repeatable) (default: every node).", show_default=False),
     registry: str | None = typer.Option(None, "--registry", help="Registry to check: "
-                                        "HOST[:PORT][/REPOSITORY].", show_default=False),
+                                        "HOST:PORT/REPOSITORY (port and repository optional).",
+                                        show_default=False),
     authfile: Path | None = AUTHFILE,
     creds: str | None = CREDS,
     tls_verify: bool = TLS_VERIFY,

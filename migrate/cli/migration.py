@@ -81,11 +81,11 @@ def pod(
     name: str = typer.Argument(..., help="Pod to migrate.", metavar="POD", show_default=False),
     to: str = typer.Option(..., "--to", help="Destination node.", show_default=False),
     container: list[str] = typer.Option([], "-c", "--container", help="Container(s) to "
-                                        "checkpoint [default: the pod's default].",
+                                        "checkpoint (default: the pod's default).",
                                         show_default=False),
     all_containers: bool = typer.Option(False, "--all-containers", help="Every container."),
     registry: str | None = typer.Option(None, "--registry", help="Push checkpoint images "
-                                        "under HOST[:PORT]/REPO.", show_default=False),
+                                        "under HOST:PORT/REPO.", show_default=False),
     image: str | None = typer.Option(None, "--image", help="The checkpoint image reference "
                                      "(one container).", show_default=False),
     builder: Builder = typer.Option(Builder.native, "--builder", help="How to build."),

@@ -30,6 +30,7 @@ from migrate.pipeline.journal import DONE, Journal
 from migrate.pipeline.manifest import PodSource, RestoreOptions, render_restore_pod
 from migrate.pipeline.preflight import Plan, PodRequest, preflight
 from migrate.settings import Settings
+from migrate.units import human_size
 
 RUN_LABEL = "migrate.dev/migration"
 STAGES = ["preflight", "checkpoint", "build", "create", "verify", "switchover", "cleanup"]
@@ -124,16 +125,30 @@ def _build_here(run: Run, container: str, local: Path) -> dict[str, Any]:
     plan, req = run.plan, run.req
     with Checkpoint(local, run.settings.archive) as ckpt:
         stats = ckpt.stats() or {}
-    run.progress("build", f"{container}: {local.stat().st_size} bytes -> "
-                 f"{plan.images[container]}")
+    size = local.stat().st_size
+    run.progress("build", f"{container}: {human_size(size)} -> {plan.images[container]}")
     report = build_image(BuildRequest(archive=local, image=parse_reference(
         plan.images[container]), builder=req.builder, compression=req.compression),
-        run.settings)
+        run.settings, on_progress=_upload_progress(run, container, size))
     return {"reference": report.reference, "digest": report.digest,
             "archive_size": report.archive_size, "image_size": report.image_size,
             "freezing_time_us": stats.get("freezing_time"),
             "frozen_time_us": stats.get("frozen_time"), "local_archive": str(local),
             "built_on": "local"}
+
+
+def _upload_progress(run: Run, container: str, size: int) -> Callable[[int], None]:
+    """Report the bytes streamed, every tenth of the archive (not every block)."""
+    step = max(size // 10, 1)
+    next_report = [step]
+
+    def report(done: int) -> None:
+        if done >= next_report[0] and size:
+            next_report[0] = (done // step + 1) * step
+            run.progress("build", f"{container}: {human_size(done)} of {human_size(size)} "
+                         f"streamed ({min(100, done * 100 // size)}%)")
+
+    return report
 
 
 def _build_on_node(run: Run, container: str, archive: str) -> dict[str, Any]:
