@@ -28,8 +28,8 @@ NAMESPACE = typer.Option("migrate-system", "--namespace", help="Namespace the to
 APPLY = typer.Option(False, "--apply", help="Create or update the objects in the cluster "
                      "instead of printing them (running it again is harmless).")
 K8S_VERSION = typer.Option(None, "--k8s-version", metavar="X.Y", help="Validate against this "
-                           "Kubernetes version [default: the cluster's with --apply, else "
-                           "1.30].", show_default=False)
+                           "Kubernetes version (default: the cluster's with --apply, else "
+                           "1.30).", show_default=False)
 OUTPUT = typer.Option(ManifestFormat.yaml, "-o", "--output", help="yaml: a multi-document "
                       "stream (kubectl apply -f -); json: a v1 List. With --apply: what "
                       "happened to each object.")
@@ -108,8 +108,8 @@ def schedule_drain(
                              "is Saturdays at 02:00.", show_default=False),
     namespace: str = NAMESPACE,
     image: str | None = typer.Option(None, "--image", envvar="MIGRATE_TOOL_IMAGE",
-                                     help="The tool's image [default with --apply: the one "
-                                     "`migrate deploy --image` recorded].",
+                                     help="The tool's image (default with --apply: the one "
+                                     "`migrate deploy --image` recorded).",
                                      show_default=False),
     registry: str | None = typer.Option(None, "--registry", help="Push checkpoint images "
                                         "under HOST[:PORT]/REPO (passed to the drain).",
@@ -119,10 +119,10 @@ def schedule_drain(
                                                "namespace: the registry credentials.",
                                                show_default=False),
     time_zone: str | None = typer.Option(None, "--time-zone", metavar="ZONE", help="IANA "
-                                         "time zone of the schedule [default: the cluster's "
-                                         "controller manager's].", show_default=False),
-    name: str | None = typer.Option(None, "--name", help="CronJob name [default: "
-                                    "migrate-drain-NODE].", show_default=False),
+                                         "time zone of the schedule (default: the cluster's "
+                                         "controller manager's).", show_default=False),
+    name: str | None = typer.Option(None, "--name", help="CronJob name (default: "
+                                    "migrate-drain-NODE).", show_default=False),
     deadline: int = typer.Option(6 * 3600, "--deadline", min=60, help="Seconds a drain may "
                                  "run before its Job is stopped."),
     apply: bool = APPLY,
