@@ -131,3 +131,45 @@ def test_mounts_translate_arguments() -> None:
     assert mounts.translate("--authfile=/tmp/auth.json") == "--authfile=/p/tmp/auth.json"
     assert mounts.translate("/dev/termination-log") == "/p/c/termination-log"
     assert mounts.translate("relative/tmp") == "relative/tmp"
+
+
+def tool_processes(pod: str) -> list[int]:
+    """PIDs of tool processes running as `pod` (their HOSTNAME is the pod's name)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile, or not ours
+        if f"HOSTNAME={pod}".encode() in environ and b"migrate" in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def hanging_pod(v1: client.CoreV1Api, name: str, port: int) -> None:
+    v1.create_namespaced_pod("default", {"metadata": {"name": name}, "spec": {
+        "nodeName": "node-a", "restartPolicy": "Never", "containers": [{
+            "name": "tool", "image": TOOL, "args": ["doctor"],
+            "env": [{"name": "KUBERNETES_SERVICE_PORT", "value": str(port)}]}]}})
+    wait_for(lambda: tool_processes(name), timeout=20, what=f"{name}'s process")
+
+
+def test_the_process_ends_with_its_pod_and_with_the_simulator(
+        v1: client.CoreV1Api, tmp_path: Path) -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        hanging_pod(v1, "deleted", port)
+        v1.delete_namespaced_pod("deleted", "default")
+        wait_for(lambda: not tool_processes("deleted"), what="the deleted pod's process to end")
+        with Simulator(tmp_path / "state", tool_images=(TOOL,), start_latency=0.02) as other, \
+                sim_client(other) as api:
+            other_v1 = client.CoreV1Api(api)
+            wait_for(lambda: other_v1.list_namespaced_service_account("default").items,
+                     what="the default ServiceAccount")
+            hanging_pod(other_v1, "orphaned", port)
+        assert not tool_processes("orphaned")  # stop() killed it before returning
