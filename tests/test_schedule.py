@@ -22,13 +22,15 @@ import yaml
 from kubernetes import client
 from kubernetes_validate import utils as kv
 
-from e2e.sim import Simulator
+from e2e.sim import RegistryConfig, Simulator
 from e2e.sim.cron import parse_schedule
 from migrate.cli.app import app
 from migrate.pipeline import incluster
 from migrate.pipeline.doctor import PERMISSIONS
 from tests.conftest import REPO, Result
+from tests.registries import RegistryUnderTest
 from tests.simulated import sim_client, wait_for
+from tests.test_migrate_pod import make_pod
 
 TOOL = "localhost/migrate:test"
 Cli = Callable[..., Result]
@@ -257,3 +259,29 @@ def test_a_service_account_without_the_role_is_denied(cli: Cli, sim: Simulator,
 def test_the_containerfile_and_the_simulator_agree_on_the_entrypoint() -> None:
     # The CronJob sets args only: the image's entrypoint must be the tool itself.
     assert '"migrate"' in (Path(REPO) / "Containerfile").read_text()
+
+
+@pytest.mark.skipif(not HAS_DRAIN, reason="migrate drain is not merged yet")
+def test_a_scheduled_drain_moves_the_pods_in_cluster(
+        cli: Cli, api: client.ApiClient, tmp_path_factory: pytest.TempPathFactory,
+        plain_registry: RegistryUnderTest) -> None:
+    registries = RegistryConfig(insecure=(plain_registry.host,))
+    with Simulator(tmp_path_factory.mktemp("drain") / "state", tool_images=(TOOL,),
+                   start_latency=0.02, stop_latency=0.02, tool_timeout=120,
+                   registries=registries) as sim, sim_client(sim) as admin:
+        core = client.CoreV1Api(admin)
+        source = make_pod(core, "counters")
+        cli("deploy", "--apply", "--kubeconfig", sim.kubeconfig, "--image", TOOL)
+        r = cli("schedule", "drain", "node-a", "--cron", "0 2 * * 6", "--registry",
+                f"{plain_registry.host}/drains", "--apply", "--kubeconfig", sim.kubeconfig,
+                "--", "--no-tls-verify", "--timeout", "60")
+        assert r.code == 0, r.err
+        job = fire(sim, admin, "migrate-system", "migrate-drain-node-a")
+        log = pod_log(sim, "migrate-system", job.metadata.name)
+        assert job.status.succeeded == 1, log
+        moved = [p for p in core.list_namespaced_pod("default").items
+                 if p.metadata.name != "counters" and p.metadata.name.startswith("counters")]
+        assert [(p.spec.node_name, p.status.phase) for p in moved] == [("node-b", "Running")]
+        assert moved[0].metadata.annotations["migrate.dev/source-uid"] == source.metadata.uid
+        assert core.read_node("node-a").spec.unschedulable  # cordoned, by the drain
+        assert "counters" in log and "migrate" in log

@@ -86,16 +86,14 @@ def deploy(
 
 def _check_drain_options(ctx: typer.Context, node: str, options: list[str]) -> None:
     """Parse the passed-through options with `migrate drain`'s own parser, when it exists."""
-    import click
-
     root = ctx.find_root()
-    group = root.command
-    drain = group.get_command(root, "drain") if isinstance(group, click.Group) else None
+    get_command = getattr(root.command, "get_command", None)  # typer's (vendored) click
+    drain = get_command(root, "drain") if get_command is not None else None
     if drain is None:
         return  # nothing to check against: they go through as they are
     try:
         drain.make_context("drain", [node, *options], parent=root)
-    except click.ClickException as e:
+    except typer.TyperException as e:
         raise UsageError(f"drain option: {e.format_message()}",
                          hint="see 'migrate drain --help'") from e
 
