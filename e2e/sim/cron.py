@@ -17,15 +17,20 @@ latter (the `timeZone` field says it), the simulator does not run the former.
 Times are computed in the schedule's zone (IANA, `zoneinfo`), on wall-clock
 minutes: a minute that does not exist in that zone (a spring-forward gap) is
 skipped, one that happens twice (fall back) runs once, at its first instance.
+
+`CronClock` is what time the CronJob controller thinks it is: the wall clock
+until a test sets it, then where it was put.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-__all__ = ["MISSED_TOO_MANY", "Schedule", "load_zone", "most_recent", "parse_schedule"]
+__all__ = ["MISSED_TOO_MANY", "CronClock", "Schedule", "load_zone", "most_recent",
+           "parse_schedule"]
 
 #: More missed start times than this and the controller only warns (as Kubernetes does).
 MISSED_TOO_MANY = 100
@@ -196,3 +201,33 @@ def most_recent(schedule: Schedule, earliest: dt.datetime, now: dt.datetime
         if latest is not None:
             return latest, missed
     return first, missed  # pragma: no cover - the walk from `earliest` finds `first`
+
+
+class CronClock:
+    """What time the CronJob controller thinks it is: the wall clock, or a set time."""
+
+    def __init__(self) -> None:
+        self._fixed: dt.datetime | None = None
+        self._lock = threading.Lock()
+
+    def now(self) -> dt.datetime:
+        """The controller's current time (aware, UTC)."""
+        with self._lock:
+            return self._fixed if self._fixed is not None else dt.datetime.now(dt.UTC)
+
+    def set(self, to: dt.datetime) -> None:
+        """Stop the clock at `to` (aware); it never goes back."""
+        if to.tzinfo is None:
+            raise ValueError("the cron clock needs an aware datetime (tzinfo set)")
+        with self._lock:
+            current = self._fixed if self._fixed is not None else dt.datetime.now(dt.UTC)
+            if to < current:
+                raise ValueError(f"the cron clock cannot go back from {current} to {to}")
+            self._fixed = to.astimezone(dt.UTC)
+
+    def seconds_until(self, t: dt.datetime) -> float | None:
+        """Real seconds until the clock shows `t` (None: a set clock never gets there)."""
+        with self._lock:
+            if self._fixed is not None:
+                return None
+        return max(0.0, (t - dt.datetime.now(dt.UTC)).total_seconds())

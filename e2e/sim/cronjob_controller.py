@@ -39,7 +39,14 @@ from typing import Any
 from e2e.sim.batch import JOBS
 from e2e.sim.controllers import Controller
 from e2e.sim.core import EVENTS
-from e2e.sim.cron import MISSED_TOO_MANY, Schedule, load_zone, most_recent, parse_schedule
+from e2e.sim.cron import (
+    MISSED_TOO_MANY,
+    CronClock,
+    Schedule,
+    load_zone,
+    most_recent,
+    parse_schedule,
+)
 from e2e.sim.cronjob import CRONJOBS, SCHEDULED_TIMESTAMP
 from e2e.sim.errors import ApiError
 from e2e.sim.meta import now, parse_time, rfc3339
@@ -47,39 +54,9 @@ from e2e.sim.owners import controller_ref, owner_reference
 from e2e.sim.rest import Rest
 from e2e.sim.store import Obj
 
-__all__ = ["CronClock", "CronJobController"]
+__all__ = ["CronJobController"]
 
 _SOURCE = "cronjob-controller"
-
-
-class CronClock:
-    """What time the CronJob controller thinks it is: the wall clock, or a set time."""
-
-    def __init__(self) -> None:
-        self._fixed: dt.datetime | None = None
-        self._lock = threading.Lock()
-
-    def now(self) -> dt.datetime:
-        """The controller's current time (aware, UTC)."""
-        with self._lock:
-            return self._fixed if self._fixed is not None else dt.datetime.now(dt.UTC)
-
-    def set(self, to: dt.datetime) -> None:
-        """Stop the clock at `to` (aware); it never goes back."""
-        if to.tzinfo is None:
-            raise ValueError("the cron clock needs an aware datetime (tzinfo set)")
-        with self._lock:
-            current = self._fixed if self._fixed is not None else dt.datetime.now(dt.UTC)
-            if to < current:
-                raise ValueError(f"the cron clock cannot go back from {current} to {to}")
-            self._fixed = to.astimezone(dt.UTC)
-
-    def seconds_until(self, t: dt.datetime) -> float | None:
-        """Real seconds until the clock shows `t` (None: a set clock never gets there)."""
-        with self._lock:
-            if self._fixed is not None:
-                return None
-        return max(0.0, (t - dt.datetime.now(dt.UTC)).total_seconds())
 
 
 def _finished(job: Obj) -> str | None:

@@ -79,7 +79,8 @@ from e2e.sim.api import Api
 from e2e.sim.checkpoints import CHECKPOINT_DIR
 from e2e.sim.controllers import Controller, NamespaceController, Scheduler
 from e2e.sim.core import NAMESPACES, core_registry
-from e2e.sim.cronjob_controller import CronClock, CronJobController
+from e2e.sim.cron import CronClock
+from e2e.sim.cronjob_controller import CronJobController
 from e2e.sim.discovery import KUBE_VERSION
 from e2e.sim.errors import status_body
 from e2e.sim.images import RegistryConfig

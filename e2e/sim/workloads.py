@@ -22,8 +22,9 @@ from e2e.sim.apps import DEPLOYMENTS, REPLICASETS
 from e2e.sim.batch import JOBS
 from e2e.sim.controllers import Controller
 from e2e.sim.core import PODS
+from e2e.sim.cron import CronClock
 from e2e.sim.cronjob import CRONJOBS
-from e2e.sim.cronjob_controller import CronClock, CronJobController
+from e2e.sim.cronjob_controller import CronJobController
 from e2e.sim.deployment import DeploymentController
 from e2e.sim.disruption import DisruptionController
 from e2e.sim.eviction import eviction_handler
