@@ -21,7 +21,7 @@ from kubernetes import client
 from e2e.sim import Simulator
 from e2e.sim.checkpoints import CHECKPOINT_DIR
 from e2e.sim.podfiles import Mounts
-from tests.simulated import sim_client, wait_for
+from tests.simulated import kubectl_runner, needs_kubectl, sim_client, wait_for
 
 TOOL = "localhost/migrate:test"
 
@@ -173,3 +173,20 @@ def test_the_process_ends_with_its_pod_and_with_the_simulator(
                      what="the default ServiceAccount")
             hanging_pod(other_v1, "orphaned", port)
         assert not tool_processes("orphaned")  # stop() killed it before returning
+
+
+@needs_kubectl
+def test_kubectl_logs_shows_what_the_tool_printed(sim: Simulator, v1: client.CoreV1Api,
+                                                  tmp_path: Path) -> None:
+    kubectl = kubectl_runner(tmp_path / "home")
+    client.BatchV1Api(v1.api_client).create_namespaced_job("default", {
+        "metadata": {"name": "version"}, "spec": {"backoffLimit": 0, "template": {"spec": {
+            "restartPolicy": "Never", "automountServiceAccountToken": False,
+            "containers": [{"name": "tool", "image": TOOL, "args": ["--version"]}]}}}})
+    wait_for(lambda: client.BatchV1Api(v1.api_client).read_namespaced_job(
+        "version", "default").status.succeeded, what="the Job to succeed")
+    out = kubectl(sim.kubeconfig, "logs", "job/version").stdout
+    assert out.startswith("migrate ")
+    assert kubectl(sim.kubeconfig, "logs", "job/version", "--tail=0").stdout == ""
+    gone = kubectl(sim.kubeconfig, "logs", "job/version", "--previous", check=False)
+    assert 'previous terminated container "tool" in pod' in gone.stderr

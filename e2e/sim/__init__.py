@@ -57,7 +57,8 @@ Containers whose image is one of `Simulator(tool_images=...)` (the tool's
 own image, built from the Containerfile) really run: `python -m migrate` in a
 subprocess with a pod's in-cluster credentials (a ServiceAccount token, the
 CA, KUBERNETES_SERVICE_HOST/PORT), its volumes on the node's disk and its
-termination message read back (toolrun.py, podfiles.py).
+termination message read back (toolrun.py, podfiles.py); what it prints is
+the pod's log (`kubectl logs`, podlogs.py).
 
 batch/v1 CronJobs start Jobs on schedule (cron.py: five fields, names,
 steps, timeZone). Their controller's clock is the wall clock until

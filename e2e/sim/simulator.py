@@ -43,8 +43,9 @@ var/lib/containers/storage/, its kubelet's access log in var/log/kubelet.log.
 
 Run-to-completion containers whose image is one of `tool_images` run the
 tool's CLI for real, in a subprocess with a pod's in-cluster credentials
-(toolrun.py, podfiles.py). The CronJob controller reads `cron_clock`: the
-wall clock until advance_cron() sets it (cronjob_controller.py).
+(toolrun.py, podfiles.py); their output is the pods' log (`kubectl logs`,
+podlogs.py). The CronJob controller reads `cron_clock`: the wall clock until
+advance_cron() sets it (cronjob_controller.py).
 
 Requests are authorized by RBAC (rbac_authorizer.py) over the cluster's own
 Roles, ClusterRoles and bindings (rbac.authorization.k8s.io/v1, served like
@@ -78,7 +79,7 @@ from e2e.sim import authz, rbac, workloads
 from e2e.sim.api import Api
 from e2e.sim.checkpoints import CHECKPOINT_DIR
 from e2e.sim.controllers import Controller, NamespaceController, Scheduler
-from e2e.sim.core import NAMESPACES, core_registry
+from e2e.sim.core import NAMESPACES, PODS, core_registry
 from e2e.sim.cron import CronClock
 from e2e.sim.cronjob_controller import CronJobController
 from e2e.sim.discovery import KUBE_VERSION
@@ -88,6 +89,7 @@ from e2e.sim.kubelet import Kubelet
 from e2e.sim.kubelet_api import KubeletApi
 from e2e.sim.nodeconfig import NodeConfig
 from e2e.sim.podfiles import PodFiles, TokenIssuer
+from e2e.sim.podlogs import log_handler
 from e2e.sim.protocol import Authorizer, Request, Response, User
 from e2e.sim.rbac_authorizer import RbacAuthorizer, service_account_user
 from e2e.sim.rest import Rest
@@ -174,6 +176,7 @@ class Simulator:
                        server_address=lambda: f"{LOOPBACK}:{self.port}", log=self.log,
                        node_proxy=self._proxy_to_kubelet)
         workloads.install(self.registry, self.rest, self.api)
+        self.api.serve_subresource(PODS, "log", log_handler(self.rest, self.node_dir))
         self._tokens: dict[str, User] = {self.token: ADMIN}
         self._users: dict[str, tuple[UserSpec, str]] = {}
         self._port = port
