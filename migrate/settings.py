@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_CHECKPOINT_DIR = Path("/var/lib/kubelet/checkpoints")
+#: Where Kubernetes puts a pod's service-account token, CA and namespace.
+SERVICEACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,11 @@ class KubeSettings:
 
     retry: RetrySettings = field(default_factory=RetrySettings)
 
+    serviceaccount_dir: Path = SERVICEACCOUNT_DIR
+    """The in-cluster service-account directory (token, ca.crt, namespace). Only a
+    stand-in for a pod sets another one (the simulator's runner, through
+    MIGRATE_SERVICEACCOUNT_DIR): real pods always have it at this path."""
+
 
 @dataclass(frozen=True)
 class CrictlSettings:
@@ -185,7 +192,8 @@ def load_settings(
     ``MIGRATE_CHECKPOINT_DIRS`` (``:``-separated) overrides the default list
     directories; ``MIGRATE_DEBUG=1`` turns on debug like ``--debug``;
     ``MIGRATE_STATE_DIR`` and ``MIGRATE_NODE_ROOT`` set `Settings.state_dir`
-    and `Settings.node_root`.
+    and `Settings.node_root`; ``MIGRATE_SERVICEACCOUNT_DIR`` moves the in-cluster
+    service-account directory (`KubeSettings.serviceaccount_dir`).
     """
     env = os.environ if env is None else env
     dirs = tuple(Path(p) for p in env.get("MIGRATE_CHECKPOINT_DIRS", "").split(":") if p)
@@ -195,6 +203,8 @@ def load_settings(
         ),
         checkpoint_dirs=dirs or (DEFAULT_CHECKPOINT_DIR,),
         registry=RegistrySettings(env=auth_env(env)),
+        kube=KubeSettings(serviceaccount_dir=Path(env.get("MIGRATE_SERVICEACCOUNT_DIR")
+                                                  or SERVICEACCOUNT_DIR)),
         cache_dir=_cache_dir(env),
         state_dir=_state_dir(env),
         node_root=env.get("MIGRATE_NODE_ROOT") or None,

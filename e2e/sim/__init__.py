@@ -53,6 +53,17 @@ Never or OnFailure (Jobs') end as their annotations say, each key also as
 
 `Simulator(container_process=...)` replaces that decision with any function
 returning a `ContainerExit` (exit code, message), e.g. one running a command.
+Containers whose image is one of `Simulator(tool_images=...)` (the tool's
+own image, built from the Containerfile) really run: `python -m migrate` in a
+subprocess with a pod's in-cluster credentials (a ServiceAccount token, the
+CA, KUBERNETES_SERVICE_HOST/PORT), its volumes on the node's disk and its
+termination message read back (toolrun.py, podfiles.py); what it prints is
+the pod's log (`kubectl logs`, podlogs.py).
+
+batch/v1 CronJobs start Jobs on schedule (cron.py: five fields, names,
+steps, timeZone). Their controller's clock is the wall clock until
+`Simulator.advance_cron(to=... | by=...)` sets it, so tests never wait for
+a minute to pass; `kubectl create job --from=cronjob/NAME` works.
 
 Layout, bottom up:
 
@@ -70,10 +81,12 @@ Layout, bottom up:
                    authz.py SelfSubjectAccessReview
     controllers.py scheduler, namespace controller; serviceaccounts.py the
                    `default` ServiceAccounts; kubelet.py the nodes
-                   (runs.py: how run-to-completion containers end)
+                   (runs.py: how run-to-completion containers end; toolrun.py
+                   and podfiles.py: the tool's image, run for real)
     workloads.py   apps, policy and batch kinds and their controllers: apps.py,
                    replicaset.py, deployment.py, scale.py, policy.py,
-                   disruption.py, eviction.py, batch.py, job.py, gc.py
+                   disruption.py, eviction.py, batch.py, job.py, gc.py,
+                   cronjob.py, cronjob_controller.py (cron.py: schedules)
     nodeconfig.py  per-node settings; kubelet_api.py the kubelet's HTTP API;
                    checkpoints.py what a checkpoint archive holds
     podstart.py    pulls (images.py, registry_pull.py), container creation and

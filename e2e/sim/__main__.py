@@ -52,6 +52,9 @@ Kubelets contact no registry but those on 127.0.0.1: images elsewhere
             namespaces: [shop]            # absent: cluster-wide (created if missing)
           - nonResourceURLs: [/metrics]
             verbs: [get]
+    tool_images: [localhost/migrate:test] # the tool's own images: Job and CronJob
+                                          # containers with one run `python -m migrate`
+                                          # in-cluster (e2e/sim/toolrun.py)
 
 The admin user (DIR/kubeconfig) is in system:masters; RBAC objects applied
 later (kubectl apply -f role.yaml) count at once.
@@ -70,6 +73,7 @@ from pathlib import Path
 from e2e.sim.images import parse_registries
 from e2e.sim.nodeconfig import merge_nodes, parse_config, read_config
 from e2e.sim.simulator import DEFAULT_NODES, Simulator
+from e2e.sim.toolrun import parse_tool_images
 from e2e.sim.users import parse_users
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -91,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="YAML node settings (runtime, restore_level, checkpoint_gate, "
                              "ready, labels, taints, capacity, backoff; faults), merged over "
                              "--nodes; registries (insecure, ca_files); users and their RBAC "
-                             "rules")
+                             "rules; tool_images")
     return parser
 
 
@@ -105,11 +109,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             configs = parse_config(document)
             users = parse_users(document.get("users") if isinstance(document, dict) else None)
             registries = parse_registries((document or {}).get("registries"))
+            tool_images = parse_tool_images((document or {}).get("tool_images"))
         except ValueError as e:
             raise ValueError(f"{args.config}: {e}") from None
         sim = Simulator(args.state, nodes=merge_nodes(nodes, configs), port=args.port,
                         start_latency=args.start_latency, stop_latency=args.stop_latency,
-                        node_config=configs, users=users, registries=registries)
+                        node_config=configs, users=users, registries=registries,
+                        tool_images=tool_images)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -37,6 +37,7 @@ class Controller:
         self.rest = rest
         self._log = log or (lambda line: None)
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def reconcile(self) -> None:
@@ -51,6 +52,11 @@ class Controller:
         self._thread = threading.Thread(target=self._run, name=f"sim-{self.name}")
         self._thread.start()
 
+    def wake(self) -> None:
+        """Run a pass now, though nothing changed in the store (e.g. a clock moved)."""
+        self._wake.set()
+        self.rest.store.poke()
+
     def stop(self) -> None:
         """Stop the loop and join its thread."""
         self._stop.set()
@@ -64,13 +70,15 @@ class Controller:
         while not self._stop.is_set() and not store.closed:
             # Read the version first: a write during reconcile() wakes the next pass.
             seen = store.resource_version
+            self._wake.clear()
             try:
                 self.reconcile()
             except ApiError as e:
                 self._log(f"{self.name}: {e}")
             except Exception as e:  # a bug must not kill the loop silently
                 self._log(f"{self.name}: unexpected {type(e).__name__}: {e}")
-            store.wait(seen, self.next_wakeup(), stopped=self._stop.is_set)
+            store.wait(seen, self.next_wakeup(),
+                       stopped=lambda: self._stop.is_set() or self._wake.is_set())
 
 
 def set_condition(status: dict[str, Any], type_: str, value: str, reason: str = "",
@@ -125,16 +133,49 @@ def node_fit(pod: Obj, node: Obj) -> str | None:
             return "node(s) had untolerated taint"
     labels = node["metadata"].get("labels") or {}
     selector = pod["spec"].get("nodeSelector") or {}
-    if any(labels.get(k) != v for k, v in selector.items()):
+    if any(labels.get(k) != v for k, v in selector.items()) or not _affinity_fits(pod, node):
         return "node(s) didn't match Pod's node affinity/selector"
     return None
+
+
+def _node_expression(expr: dict[str, Any], values: dict[str, str]) -> bool:
+    key, op = str(expr.get("key", "")), expr.get("operator")
+    wanted = [str(v) for v in expr.get("values") or []]
+    if op in ("Gt", "Lt"):
+        try:
+            have, limit = int(values[key]), int(wanted[0])
+        except (KeyError, IndexError, ValueError):
+            return False
+        return have > limit if op == "Gt" else have < limit
+    return {"In": key in values and values[key] in wanted,
+            "NotIn": key not in values or values[key] not in wanted,
+            "Exists": key in values, "DoesNotExist": key not in values}.get(str(op), False)
+
+
+def _affinity_fits(pod: Obj, node: Obj) -> bool:
+    """requiredDuringSchedulingIgnoredDuringExecution: some term matches (terms are ORed,
+    a term's expressions ANDed; matchFields knows metadata.name; an empty term matches
+    nothing)."""
+    required = (((pod["spec"].get("affinity") or {}).get("nodeAffinity") or {})
+                .get("requiredDuringSchedulingIgnoredDuringExecution"))
+    if not required:
+        return True
+    labels = node["metadata"].get("labels") or {}
+    fields = {"metadata.name": node["metadata"]["name"]}
+    for term in required.get("nodeSelectorTerms") or []:
+        checks = [(e, labels) for e in term.get("matchExpressions") or []] + \
+            [(e, fields) for e in term.get("matchFields") or []]
+        if checks and all(_node_expression(e, values) for e, values in checks):
+            return True
+    return False
 
 
 class Scheduler(Controller):
     """Binds pods without `spec.nodeName` to a fitting node, round robin.
 
-    Fitting: Ready, not cordoned, taints tolerated, nodeSelector matched.
-    Affinity, resources and spreading are not considered. A pod that fits
+    Fitting: Ready, not cordoned, taints tolerated, nodeSelector and required
+    node affinity matched. Preferred affinity, pod affinity, resources and
+    spreading are not considered. A pod that fits
     nowhere gets `PodScheduled=False` (reason Unschedulable), as kubectl
     describe would show.
     """

@@ -229,8 +229,9 @@ POD_FIELDS = metadata_fields(
 PODS = ResourceType(
     kind="Pod", plural="pods", singular="pod", namespaced=True,
     short_names=("po",), categories=("all",),
-    # `eviction`: eviction.py serves it (disruption budgets).
-    subresources={"status": STATUS_VERBS, "binding": ("create",), "eviction": ("create",)},
+    # `eviction`: eviction.py serves it (disruption budgets); `log`: podlogs.py.
+    subresources={"status": STATUS_VERBS, "binding": ("create",), "eviction": ("create",),
+                  "log": ("get",)},
     fields=POD_FIELDS,
     defaults=_pod_defaults, prepare_create=_pod_prepare_create, validate=_validate_pod,
     prepare_update=_keep_status,

@@ -202,10 +202,10 @@ def parse_config(document: Any) -> dict[str, NodeConfig]:
                          "`registries:` and/or `users:`")
     # `registries:` and `users:` are the cluster's, not a node's: images.parse_registries()
     # and users.parse_users() read them.
-    unknown = sorted(set(document) - {"nodes", "faults", "registries", "users"})
+    unknown = sorted(set(document) - {"nodes", "faults", "registries", "users", "tool_images"})
     if unknown:
         raise ValueError(f"unknown top-level key(s) {', '.join(unknown)} "
-                         f"(known: nodes, faults, registries, users)")
+                         f"(known: nodes, faults, registries, users, tool_images)")
     nodes = document.get("nodes") or []
     if not isinstance(nodes, list):
         raise ValueError("`nodes` must be a list")

@@ -13,6 +13,8 @@
         token = sim.add_user("bob", rules=[{"apiGroups": [""], "resources": ["pods"],
                                             "verbs": ["get", "list"], "namespaces": ["shop"]}])
         sim.user_kubeconfig("bob")      # STATE_DIR/kubeconfig-bob, bob's token
+        sim.service_account_token("ns", "sa")   # a token as that ServiceAccount
+        sim.advance_cron(to=datetime(2030, 1, 5, 2, 0, tzinfo=UTC))  # CronJobs' clock
 
 Kubelets pull images from registries on 127.0.0.1 for real (images.py):
 `Simulator(..., registries=RegistryConfig(insecure=("127.0.0.1:5000",),
@@ -39,6 +41,12 @@ A node's files live under STATE_DIR/nodes/NODE/ (its root directory):
 checkpoint archives in var/lib/kubelet/checkpoints/, pulled images in
 var/lib/containers/storage/, its kubelet's access log in var/log/kubelet.log.
 
+Run-to-completion containers whose image is one of `tool_images` run the
+tool's CLI for real, in a subprocess with a pod's in-cluster credentials
+(toolrun.py, podfiles.py); their output is the pods' log (`kubectl logs`,
+podlogs.py). The CronJob controller reads `cron_clock`: the wall clock until
+advance_cron() sets it (cronjob_controller.py).
+
 Requests are authorized by RBAC (rbac_authorizer.py) over the cluster's own
 Roles, ClusterRoles and bindings (rbac.authorization.k8s.io/v1, served like
 any kind), starting from the bootstrap policy: the admin token is in
@@ -50,6 +58,7 @@ authenticates. `authorizer=` replaces RBAC altogether (e.g. `allow_all`).
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hmac
 import http.client
 import os
@@ -70,21 +79,26 @@ from e2e.sim import authz, rbac, workloads
 from e2e.sim.api import Api
 from e2e.sim.checkpoints import CHECKPOINT_DIR
 from e2e.sim.controllers import Controller, NamespaceController, Scheduler
-from e2e.sim.core import NAMESPACES, core_registry
+from e2e.sim.core import NAMESPACES, PODS, core_registry
+from e2e.sim.cron import CronClock
+from e2e.sim.cronjob_controller import CronJobController
 from e2e.sim.discovery import KUBE_VERSION
 from e2e.sim.errors import status_body
 from e2e.sim.images import RegistryConfig
 from e2e.sim.kubelet import Kubelet
 from e2e.sim.kubelet_api import KubeletApi
 from e2e.sim.nodeconfig import NodeConfig
+from e2e.sim.podfiles import PodFiles, TokenIssuer
+from e2e.sim.podlogs import log_handler
 from e2e.sim.protocol import Authorizer, Request, Response, User
-from e2e.sim.rbac_authorizer import RbacAuthorizer
+from e2e.sim.rbac_authorizer import RbacAuthorizer, service_account_user
 from e2e.sim.rest import Rest
-from e2e.sim.runs import ContainerProcess
+from e2e.sim.runs import ContainerProcess, annotated_process
 from e2e.sim.schema import schemas_for
 from e2e.sim.server import LOOPBACK, ApiServer, HttpsServer, cert_user
 from e2e.sim.serviceaccounts import ServiceAccountController
 from e2e.sim.store import Obj, Store
+from e2e.sim.toolrun import DEFAULT_TIMEOUT, ToolRunner
 from e2e.sim.users import UserSpec, user_grants
 
 __all__ = ["ADMIN", "DEFAULT_NODES", "KUBELET_CLIENT_CN", "Simulator"]
@@ -117,6 +131,11 @@ class Simulator:
         trusted CAs); default: HTTPS with the system's CAs.
     container_process: what the containers of run-to-completion pods (Jobs) do
         (runs.py; default: run and exit as the pod's annotations say).
+    tool_images: images that are the tool's own: such containers run
+        `python -m migrate` in a subprocess, in-cluster (toolrun.py); others as
+        `container_process` says.
+    tool_timeout: seconds a tool container may run when neither its pod nor its
+        Job sets activeDeadlineSeconds.
     """
 
     def __init__(
@@ -132,6 +151,8 @@ class Simulator:
         users: Sequence[UserSpec] = (),
         registries: RegistryConfig | None = None,
         container_process: ContainerProcess | None = None,
+        tool_images: Sequence[str] = (),
+        tool_timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         if not nodes:
             raise ValueError("a cluster needs at least one node")
@@ -155,6 +176,7 @@ class Simulator:
                        server_address=lambda: f"{LOOPBACK}:{self.port}", log=self.log,
                        node_proxy=self._proxy_to_kubelet)
         workloads.install(self.registry, self.rest, self.api)
+        self.api.serve_subresource(PODS, "log", log_handler(self.rest, self.node_dir))
         self._tokens: dict[str, User] = {self.token: ADMIN}
         self._users: dict[str, tuple[UserSpec, str]] = {}
         self._port = port
@@ -164,12 +186,15 @@ class Simulator:
         self._kubelet_client: CertPair | None = None
         self._proxy_context: ssl.SSLContext | None = None
         self.registries = registries or RegistryConfig()
+        self.cron_clock = CronClock()
+        process = self._process(container_process or annotated_process, tool_images,
+                                tool_timeout)
         self.kubelets = {
             node: Kubelet(self.rest, node, index, start_latency=start_latency,
                           stop_latency=stop_latency, config=(node_config or {}).get(node),
                           log=self.log, registries=self.registries,
                           storage=self.state_dir / "nodes" / node / _IMAGE_STORAGE,
-                          process=container_process)
+                          process=process)
             for index, node in enumerate(self.node_names, start=1)
         }
         self._kubelet_apis: dict[str, KubeletApi] = {}
@@ -178,6 +203,15 @@ class Simulator:
         self._log_lock = threading.Lock()
         for spec in users:
             self.add_user(spec.name, spec.groups, spec.rules, token=spec.token)
+
+    def _process(self, fallback: ContainerProcess, tool_images: Sequence[str],
+                 timeout: float) -> ContainerProcess:
+        if not tool_images:
+            return fallback
+        files = PodFiles(self.store, self.node_dir, TokenIssuer(
+            self.service_account_token, self.revoke_token, lambda: self.ca.cert))
+        return ToolRunner(tool_images, self.store, files, lambda: self.port,
+                          fallback=fallback, timeout=timeout, log=self.log)
 
     # -- what clients need -------------------------------------------------------------
 
@@ -263,10 +297,28 @@ class Simulator:
         It only authenticates: under RBAC the user may read discovery and ask
         access reviews, and what bindings to it or its groups grant (add_user())."""
         token = secrets.token_urlsafe(32)
-        self._tokens[token] = User(user, tuple(groups))
-        if self._server is not None:
-            self._server.tokens[token] = self._tokens[token]
+        self._authenticate(token, User(user, tuple(groups)))
         return token
+
+    def service_account_token(self, namespace: str, name: str) -> str:
+        """A new bearer token for ServiceAccount NAMESPACE/NAME, as a TokenRequest
+        issues one: user `system:serviceaccount:NAMESPACE:NAME`, in the groups
+        system:serviceaccounts and system:serviceaccounts:NAMESPACE; RBAC bindings
+        to the ServiceAccount apply."""
+        user = service_account_user(namespace, name)
+        return self.add_token(user.name, user.groups)
+
+    def revoke_token(self, token: str) -> None:
+        """Stop accepting `token` (as a bound token stops working with its pod)."""
+        self._tokens.pop(token, None)
+        if self._server is not None:
+            self._server.tokens = {k: v for k, v in self._server.tokens.items() if k != token}
+
+    def _authenticate(self, token: str, user: User) -> None:
+        self._tokens[token] = user
+        if self._server is not None:
+            # A new mapping, not an insert: requests being authenticated iterate the old one.
+            self._server.tokens = {**self._server.tokens, token: user}
 
     def add_user(self, name: str, groups: Sequence[str] = (),
                  rules: Sequence[Mapping[str, Any]] = (), *, token: str | None = None) -> str:
@@ -278,10 +330,9 @@ class Simulator:
             raise ValueError(f"user {name!r} already exists")
         spec = UserSpec(name, tuple(groups), tuple(rules), token)
         token = token or secrets.token_urlsafe(32)
-        self._tokens[token] = User(name, spec.groups)
+        self._authenticate(token, User(name, spec.groups))
         self._users[name] = (spec, token)
         if self._server is not None:
-            self._server.tokens[token] = self._tokens[token]
             self._grant(spec)
             self._write_kubeconfig(self.user_kubeconfig(name), name, token)
         return token
@@ -297,6 +348,21 @@ class Simulator:
             if namespace and self.store.find(NAMESPACES.key, "", namespace) is None:
                 self.rest.create(NAMESPACES, "", {"metadata": {"name": namespace}})
             self.rest.create(rt, namespace, obj)
+
+    def advance_cron(self, to: dt.datetime | None = None, *,
+                     by: dt.timedelta | None = None) -> dt.datetime:
+        """Set the CronJob controller's clock to `to` (aware) or forward `by`; it stays
+        there (never going back). Returns the new time once the controller has run
+        a pass at it: the Jobs due by then exist."""
+        if (to is None) == (by is None):
+            raise ValueError("give exactly one of to= and by=")
+        target = to if to is not None else self.cron_clock.now() + (by or dt.timedelta())
+        self.cron_clock.set(target)
+        controller = next((c for c in self._controllers if isinstance(c, CronJobController)),
+                          None)
+        if controller is not None:
+            controller.run_pass()
+        return target
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -341,7 +407,8 @@ class Simulator:
         self._controllers = [Scheduler(self.rest, log=self.log),
                              NamespaceController(self.rest, log=self.log),
                              ServiceAccountController(self.rest, log=self.log),
-                             *workloads.controllers(self.rest, log=self.log)]
+                             *workloads.controllers(self.rest, log=self.log,
+                                                    cron_clock=self.cron_clock)]
         for node, kubelet in self.kubelets.items():
             kubelet.register(self._kubelet_servers[node].port)
             self._controllers.append(kubelet)

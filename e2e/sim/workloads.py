@@ -5,9 +5,11 @@
     policy/v1    poddisruptionbudgets (pdb)                policy.py
                  + pods/eviction                           eviction.py
     batch/v1     jobs                                      batch.py
+                 cronjobs (cj)                             cronjob.py
 
 Controllers: replicaset.py, deployment.py (+ deployment_util.py),
-disruption.py, job.py (+ job_status.py) and the garbage collector, gc.py.
+disruption.py, job.py (+ job_status.py), cronjob_controller.py (on a
+`CronClock` tests can set; schedules: cron.py) and the garbage collector, gc.py.
 Run-to-completion pods are finished by the kubelets (runs.py).
 """
 
@@ -20,6 +22,9 @@ from e2e.sim.apps import DEPLOYMENTS, REPLICASETS
 from e2e.sim.batch import JOBS
 from e2e.sim.controllers import Controller
 from e2e.sim.core import PODS
+from e2e.sim.cron import CronClock
+from e2e.sim.cronjob import CRONJOBS
+from e2e.sim.cronjob_controller import CronJobController
 from e2e.sim.deployment import DeploymentController
 from e2e.sim.disruption import DisruptionController
 from e2e.sim.eviction import eviction_handler
@@ -33,7 +38,7 @@ from e2e.sim.scale import scale_handler
 
 __all__ = ["WORKLOAD_TYPES", "controllers", "install"]
 
-WORKLOAD_TYPES = (DEPLOYMENTS, REPLICASETS, PODDISRUPTIONBUDGETS, JOBS)
+WORKLOAD_TYPES = (DEPLOYMENTS, REPLICASETS, PODDISRUPTIONBUDGETS, JOBS, CRONJOBS)
 
 
 def install(registry: Registry, rest: Rest, api: Api) -> None:
@@ -46,12 +51,15 @@ def install(registry: Registry, rest: Rest, api: Api) -> None:
         api.serve_subresource(rt, "scale", scale_handler(rest))
 
 
-def controllers(rest: Rest, *, log: Callable[[str], None] | None = None) -> list[Controller]:
-    """The workload controllers and the garbage collector (not started)."""
+def controllers(rest: Rest, *, log: Callable[[str], None] | None = None,
+                cron_clock: CronClock | None = None) -> list[Controller]:
+    """The workload controllers and the garbage collector (not started); the CronJob
+    controller reads `cron_clock` (default: the wall clock)."""
     return [
         DeploymentController(rest, log=log),
         ReplicaSetController(rest, log=log),
         DisruptionController(rest, log=log),
         JobController(rest, log=log),
+        CronJobController(rest, cron_clock or CronClock(), log=log),
         GarbageCollector(rest, log=log),
     ]

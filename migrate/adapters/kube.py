@@ -64,9 +64,9 @@ def connect(settings: KubeSettings, *, pool_size: int | None = None) -> Cluster:
     configuration = client.Configuration()
     namespace = settings.namespace
     try:
-        if settings.kubeconfig is None and _in_cluster():
-            config.load_incluster_config(client_configuration=configuration)
-            namespace = namespace or _in_cluster_namespace()
+        if settings.kubeconfig is None and _in_cluster(settings.serviceaccount_dir):
+            _load_in_cluster(settings.serviceaccount_dir, configuration)
+            namespace = namespace or _in_cluster_namespace(settings.serviceaccount_dir)
         else:
             kc = str(settings.kubeconfig) if settings.kubeconfig else None
             config.load_kube_config(config_file=kc, context=settings.context,
@@ -87,14 +87,20 @@ def connect(settings: KubeSettings, *, pool_size: int | None = None) -> Cluster:
     return Cluster(client.ApiClient(configuration), namespace or "default", settings)
 
 
-def _in_cluster() -> bool:
-    from kubernetes.config.incluster_config import SERVICE_TOKEN_FILENAME
-
-    return "KUBERNETES_SERVICE_HOST" in os.environ and Path(SERVICE_TOKEN_FILENAME).is_file()
+def _in_cluster(directory: Path) -> bool:
+    return "KUBERNETES_SERVICE_HOST" in os.environ and (directory / "token").is_file()
 
 
-def _in_cluster_namespace() -> str | None:
-    path = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+def _load_in_cluster(directory: Path, configuration: Any) -> None:
+    """The client's in-cluster loader, reading the token and CA from ``directory``."""
+    from kubernetes.config.incluster_config import InClusterConfigLoader
+
+    InClusterConfigLoader(token_filename=str(directory / "token"),
+                          cert_filename=str(directory / "ca.crt")).load_and_set(configuration)
+
+
+def _in_cluster_namespace(directory: Path) -> str | None:
+    path = directory / "namespace"
     return path.read_text().strip() if path.is_file() else None
 
 
@@ -501,6 +507,85 @@ def _events(resp: Any) -> Generator[dict[str, Any], None, None]:
     finally:
         raw.close()
         raw.release_conn()
+
+
+# -- applying the tool's own objects (migrate deploy, migrate schedule) ----------------
+
+
+def _typed(cluster: Cluster, kind: str) -> tuple[bool, Callable[..., Any], Callable[..., Any],
+                                                  Callable[..., Any]]:
+    """(namespaced, create, read, replace) of the kinds the tool applies."""
+    from kubernetes import client
+
+    core, batch = client.CoreV1Api(cluster.api), client.BatchV1Api(cluster.api)
+    rbac = client.RbacAuthorizationV1Api(cluster.api)
+    known: dict[str, tuple[bool, Callable[..., Any], Callable[..., Any], Callable[..., Any]]] = {
+        "Namespace": (False, core.create_namespace, core.read_namespace,
+                      core.replace_namespace),
+        "ServiceAccount": (True, core.create_namespaced_service_account,
+                           core.read_namespaced_service_account,
+                           core.replace_namespaced_service_account),
+        "ClusterRole": (False, rbac.create_cluster_role, rbac.read_cluster_role,
+                        rbac.replace_cluster_role),
+        "ClusterRoleBinding": (False, rbac.create_cluster_role_binding,
+                               rbac.read_cluster_role_binding,
+                               rbac.replace_cluster_role_binding),
+        "CronJob": (True, batch.create_namespaced_cron_job, batch.read_namespaced_cron_job,
+                    batch.replace_namespaced_cron_job),
+    }
+    if kind not in known:
+        raise ClusterError(f"cannot apply a {kind}", hint="this is a bug in migrate")
+    return known[kind]
+
+
+def read_object(cluster: Cluster, kind: str, namespace: str, name: str
+                ) -> dict[str, Any] | None:
+    """One object of a kind `apply_object` knows, or None if there is none."""
+    namespaced, _, read, _ = _typed(cluster, kind)
+    where = f"{namespace}/{name}" if namespaced else name
+    try:
+        return _raw(call(cluster, f"read {kind} {where}", read, name,
+                         *([namespace] if namespaced else []), _preload_content=False))
+    except NotFoundError:
+        return None
+
+
+def _contains(current: Any, wanted: Any) -> bool:
+    """Whether ``current`` already says everything ``wanted`` says (server defaults aside)."""
+    if isinstance(wanted, dict):
+        return isinstance(current, dict) and all(
+            k in current and _contains(current[k], v) for k, v in wanted.items())
+    if isinstance(wanted, list):
+        return isinstance(current, list) and len(current) == len(wanted) and all(
+            _contains(c, w) for c, w in zip(current, wanted, strict=True))
+    return bool(current == wanted)
+
+
+def apply_object(cluster: Cluster, obj: dict[str, Any]) -> str:
+    """Create ``obj``, or replace the object of that name with it.
+
+    Returns "created", "configured" (replaced) or "unchanged" (it already
+    said all of this): running it twice changes nothing. A replace carries
+    the current resourceVersion, so a concurrent change is a conflict, not
+    overwritten.
+    """
+    kind, meta = obj["kind"], obj["metadata"]
+    namespaced, create, _, replace = _typed(cluster, kind)
+    ns = [meta["namespace"]] if namespaced else []
+    where = f"{kind} {'/'.join([*ns, meta['name']])}"
+    current = read_object(cluster, kind, meta.get("namespace", ""), meta["name"])
+    once = dataclasses.replace(cluster.settings.retry, attempts=1)
+    if current is None:
+        call(cluster, f"create {where}", create, *ns, obj, _retry=once,
+             _preload_content=False)
+        return "created"
+    if _contains(current, obj):
+        return "unchanged"
+    body = {**obj, "metadata": {**meta,
+                                "resourceVersion": current["metadata"]["resourceVersion"]}}
+    call(cluster, f"replace {where}", replace, meta["name"], *ns, body, _retry=once,
+         _preload_content=False)
+    return "configured"
 
 
 def create_event(cluster: Cluster, pod: dict[str, Any], reason: str, message: str,

@@ -51,7 +51,7 @@ def root(
 
 
 def _register() -> None:
-    from migrate.cli import archive, cluster, drain, images, migration, restore
+    from migrate.cli import archive, cluster, drain, images, migration, restore, schedule
 
     archive.register(app)
     images.register(app)
@@ -59,6 +59,7 @@ def _register() -> None:
     migration.register(app)
     drain.register(app)
     restore.register(app)
+    schedule.register(app)
 
 
 _register()

@@ -108,14 +108,26 @@ def _termination(cluster: kube.Cluster, namespace: str, job: str) -> tuple[int, 
     return -1, ""
 
 
+def _failure(message: str, outcome: str) -> tuple[str, str | None]:
+    """The build's own ``error:`` and ``hint:`` lines from the tail of its output
+    (the termination message of a failed container), else the tail's last line."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    hints = [line.removeprefix("hint: ") for line in lines if line.startswith("hint: ")]
+    if errors:
+        return errors[-1][:300], (hints[-1][:300] if hints else None)
+    return (lines[-1][:300] if lines else outcome), None
+
+
 def collect(cluster: kube.Cluster, namespace: str, job: str, timeout: float) -> dict[str, Any]:
     """Wait for the Job and read the build's result from its termination message."""
     outcome = kube.watch_job(cluster, namespace, job, _finished, timeout)
     code, message = _termination(cluster, namespace, job)
     if not outcome.startswith("Complete") or code != 0:
-        tail = message.strip().splitlines()[-1][:300] if message.strip() else outcome
-        raise ClusterError(f"the build Job {job} failed (exit {code}): {tail}",
-                           hint=f"kubectl logs -n {namespace} job/{job}")
+        cause, hint = _failure(message, outcome)
+        logs = f"kubectl logs -n {namespace} job/{job}"
+        raise ClusterError(f"the build Job {job} failed (exit {code}): {cause}",
+                           hint=f"{hint}; {logs}" if hint else logs)
     try:
         result: dict[str, Any] = json.loads(message)
         ok = isinstance(result, dict) and str(result.get("digest", "")).startswith("sha256:")

@@ -1,0 +1,269 @@
+"""A pod's files on its node, for containers the simulator really runs (toolrun.py).
+
+The kubelet sets up what a container sees before it starts it; here that is a
+directory per pod on the node, STATE/nodes/NODE/var/lib/kubelet/pods/UID/:
+
+    volumes/kubernetes.io~empty-dir/NAME/     emptyDir volumes
+    volumes/kubernetes.io~secret/NAME/        secret volumes: one 0600 file per key
+    volumes/kubernetes.io~configmap/NAME/     configMap volumes (files 0600 too)
+    volumes/kubernetes.io~projected/kube-api-access-sim/
+                                              the service account: token, ca.crt, namespace
+    containers/CONTAINER/termination-log      terminationMessagePath, written by the process
+    containers/CONTAINER/home, .../tmp        HOME and TMPDIR when no mount provides them
+
+hostPath volumes are the node's own files, STATE/nodes/NODE/<path>, checked
+as the kubelet checks their `type` (Directory, DirectoryOrCreate, File,
+FileOrCreate; other types only need the path to exist). Directories are 0700.
+
+`Mounts` maps each container path (mountPath, with subPath applied, and the
+termination message path) to its place here. Volume types other than these
+(projected, downwardAPI, persistentVolumeClaim, ...) fail the container with
+a message, as a failed mount would keep it from starting. readOnly is not
+enforced: the process runs as the user running the simulator.
+
+The service account's token is issued when the pod's files are prepared
+(only if `automountServiceAccountToken`, of the pod else of its
+ServiceAccount, is not false) and revoked when the last container of the pod
+has ended, as a bound token stops working when its pod goes.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from e2e.sim.core import CONFIGMAPS, SECRETS, SERVICEACCOUNTS
+from e2e.sim.store import Obj, Store
+
+__all__ = ["SERVICE_ACCOUNT_PATH", "MountFailed", "Mounts", "PodFiles", "TokenIssuer"]
+
+SERVICE_ACCOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+TERMINATION_LOG = "/dev/termination-log"
+_SA_VOLUME = "volumes/kubernetes.io~projected/kube-api-access-sim"
+
+
+class MountFailed(Exception):
+    """A volume could not be set up: the container cannot start (the message says why)."""
+
+
+@dataclass(frozen=True)
+class TokenIssuer:
+    """How the pod's service account gets a token: issue(namespace, name) -> token,
+    revoke(token); ca_file() the cluster CA's PEM file."""
+
+    issue: Callable[[str, str], str]
+    revoke: Callable[[str], None]
+    ca_file: Callable[[], Path]
+
+
+@dataclass
+class Mounts:
+    """Container paths and where they are on this machine."""
+
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    def host(self, path: str) -> Path | None:
+        """Where container `path` is here, through the longest mount holding it."""
+        for mount in sorted(self.paths, key=len, reverse=True):
+            if path == mount or path.startswith(mount.rstrip("/") + "/"):
+                rest = path[len(mount):].lstrip("/")
+                return self.paths[mount] / rest if rest else self.paths[mount]
+        return None
+
+    def translate(self, value: str) -> str:
+        """`value` with a leading container path (also after `--opt=`) made a host path."""
+        head, eq, tail = value.partition("=")
+        if eq and value.startswith("-") and tail.startswith("/"):
+            return f"{head}={self.translate(tail)}"
+        if not value.startswith("/"):
+            return value
+        found = self.host(value)
+        return str(found) if found is not None else value
+
+
+@dataclass
+class _Pod:
+    root: Path
+    users: int = 0  # containers running with these files
+    ready: bool = False  # the service account is set up
+    token: str | None = None
+    volumes: dict[str, Path] = field(default_factory=dict)  # set up, by volume name
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+    return path
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    path.chmod(0o600)
+
+
+class PodFiles:
+    """Prepares and releases the per-pod directories of one cluster's nodes."""
+
+    def __init__(self, store: Store, node_dir: Callable[[str], Path],
+                 tokens: TokenIssuer) -> None:
+        self.store = store
+        self.node_dir = node_dir
+        self.tokens = tokens
+        self._pods: dict[str, _Pod] = {}
+        self._lock = threading.Lock()
+
+    def pod_dir(self, pod: Obj) -> Path:
+        """STATE/nodes/NODE/var/lib/kubelet/pods/UID."""
+        return self.node_dir(str(pod["spec"]["nodeName"])) / "var/lib/kubelet/pods" / \
+            str(pod["metadata"]["uid"])
+
+    def prepare(self, pod: Obj, container: Obj) -> Mounts:
+        """Set up the pod's volumes (each once per pod) and map `container`'s mounts;
+        MountFailed if one cannot be. Pair every successful call with release()."""
+        uid = pod["metadata"]["uid"]
+        with self._lock:
+            entry = self._pods.setdefault(uid, _Pod(_private_dir(self.pod_dir(pod))))
+            entry.users += 1
+            try:
+                if not entry.ready:
+                    entry.token = self._service_account(pod, entry.root)
+                    entry.ready = True
+                return self._mounts(pod, container, entry)
+            except BaseException:
+                entry.users -= 1
+                if entry.users == 0:
+                    self._forget(uid, entry)
+                raise
+
+    def release(self, pod: Obj) -> None:
+        """One container of the pod has ended; the last one revokes the token and
+        removes the secrets written for the pod."""
+        uid = pod["metadata"]["uid"]
+        with self._lock:
+            entry = self._pods.get(uid)
+            if entry is None:
+                return
+            entry.users -= 1
+            if entry.users == 0:
+                self._forget(uid, entry)
+
+    def _forget(self, uid: str, entry: _Pod) -> None:
+        del self._pods[uid]
+        if entry.token is not None:
+            self.tokens.revoke(entry.token)
+        for secret_dir in ("volumes/kubernetes.io~secret", _SA_VOLUME):
+            shutil.rmtree(entry.root / secret_dir, ignore_errors=True)
+
+    # -- what the pod gets -----------------------------------------------------------------
+
+    def _service_account(self, pod: Obj, root: Path) -> str | None:
+        spec, ns = pod["spec"], pod["metadata"]["namespace"]
+        name = spec.get("serviceAccountName") or "default"
+        account = self.store.find(SERVICEACCOUNTS.key, ns, name)
+        if account is None:
+            raise MountFailed(f"error looking up service account {ns}/{name}: "
+                              f'serviceaccount "{name}" not found')
+        mount = spec.get("automountServiceAccountToken")
+        if mount is None:
+            mount = account.get("automountServiceAccountToken")
+        if mount is False:
+            return None
+        token = self.tokens.issue(ns, name)
+        target = _private_dir(root / _SA_VOLUME)
+        _write_private(target / "token", token.encode())
+        _write_private(target / "ca.crt", self.tokens.ca_file().read_bytes())
+        _write_private(target / "namespace", ns.encode())
+        return token
+
+    def _mounts(self, pod: Obj, container: Obj, entry: _Pod) -> Mounts:
+        volumes = {v.get("name"): v for v in pod["spec"].get("volumes") or []}
+        mounts, root = Mounts(), entry.root
+        for mount in container.get("volumeMounts") or []:
+            volume = volumes.get(mount.get("name"))
+            if volume is None:
+                raise MountFailed(f"volume {mount.get('name')!r} is not in the pod")
+            where = entry.volumes.get(volume["name"])
+            if where is None:
+                where = entry.volumes[volume["name"]] = self._volume(pod, volume, root)
+            if mount.get("subPath"):
+                where = where / str(mount["subPath"]).lstrip("/")
+            mounts.paths[str(mount["mountPath"])] = where
+        if SERVICE_ACCOUNT_PATH not in mounts.paths:
+            mounts.paths[SERVICE_ACCOUNT_PATH] = root / _SA_VOLUME
+        own = _private_dir(root / "containers" / container["name"])
+        log = own / "termination-log"
+        _write_private(log, b"")
+        mounts.paths[str(container.get("terminationMessagePath") or TERMINATION_LOG)] = log
+        return mounts
+
+    def _volume(self, pod: Obj, volume: Obj, root: Path) -> Path:
+        name = str(volume["name"])
+        if "hostPath" in volume:
+            return self._host_path(pod, name, volume["hostPath"])
+        if "emptyDir" in volume:
+            return _private_dir(root / "volumes/kubernetes.io~empty-dir" / name)
+        if "secret" in volume:
+            source = volume["secret"]
+            return self._files(pod, name, root / "volumes/kubernetes.io~secret" / name,
+                               SECRETS.key, source.get("secretName"), source)
+        if "configMap" in volume:
+            source = volume["configMap"]
+            return self._files(pod, name, root / "volumes/kubernetes.io~configmap" / name,
+                               CONFIGMAPS.key, source.get("name"), source)
+        kind = next((k for k in volume if k != "name"), "?")
+        raise MountFailed(f'volume "{name}": {kind} volumes are not supported by the '
+                          "simulator's tool runner")
+
+    def _host_path(self, pod: Obj, name: str, source: dict[str, Any]) -> Path:
+        path = str(source.get("path", ""))
+        if not path.startswith("/") or ".." in PurePosixPath(path).parts:
+            raise MountFailed(f'volume "{name}": hostPath {path!r} is not absolute and normal')
+        host = self.node_dir(pod["spec"]["nodeName"]) / path.lstrip("/")
+        kind = source.get("type") or ""
+        if kind == "DirectoryOrCreate":
+            host.mkdir(parents=True, exist_ok=True, mode=0o755)
+        elif kind == "FileOrCreate" and not host.exists():
+            host.parent.mkdir(parents=True, exist_ok=True)
+            host.touch(mode=0o644)
+        checks = {"Directory": (host.is_dir, "is not a directory"),
+                  "File": (host.is_file, "is not a file")}
+        check, problem = checks.get(kind, (host.exists, "does not exist"))
+        if kind and not check():
+            raise MountFailed(f'MountVolume.SetUp failed for volume "{name}" : hostPath type '
+                              f"check failed: {path} {problem}")
+        return host
+
+    def _files(self, pod: Obj, name: str, target: Path, resource: str, source_name: Any,
+               source: dict[str, Any]) -> Path:
+        ns = pod["metadata"]["namespace"]
+        obj = self.store.find(resource, ns, str(source_name or ""))
+        if obj is None:
+            if source.get("optional"):
+                return _private_dir(target)
+            kind = "secret" if resource == SECRETS.key else "configmap"
+            raise MountFailed(f'MountVolume.SetUp failed for volume "{name}" : {kind} '
+                              f'"{source_name}" not found')
+        data = {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()} \
+            if resource == SECRETS.key else \
+            {**{k: str(v).encode() for k, v in (obj.get("data") or {}).items()},
+             **{k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()}}
+        items = source.get("items")
+        files = {str(i["path"]): data[i["key"]] for i in items if i.get("key") in data} \
+            if items else data
+        shutil.rmtree(target, ignore_errors=True)
+        _private_dir(target)
+        for path, content in files.items():
+            dest = target / path.lstrip("/")
+            if ".." in PurePosixPath(path).parts:
+                raise MountFailed(f'volume "{name}": item path {path!r} leaves the volume')
+            _private_dir(dest.parent)
+            _write_private(dest, content)
+        return target

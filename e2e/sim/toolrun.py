@@ -1,0 +1,281 @@
+"""Containers whose image is the tool's own run the real CLI: `python -m migrate ARGS`.
+
+`Simulator(tool_images=("localhost/migrate:test",))` (or `tool_images:` in the
+--config file) names the images built from the repository's Containerfile.
+A run-to-completion container (a Job's, a CronJob's) with one of those images,
+exactly as written, runs in a subprocess here; every other container ends as
+before (runs.py). What the subprocess gets, as a pod would:
+
+- the command: the image's entrypoint is `migrate` (its CMD `--help`), so a
+  container without `command`, or whose command is `migrate` /
+  `kubectl-migrate` (any directory), runs
+  `[sys.executable, "-m", "migrate", *rest, *args]`, args defaulting to the
+  CMD when neither is given; any other command ends the container with exit
+  code 127 (nothing else is in the image the simulator can stand in for);
+- in-cluster credentials: a token for the pod's ServiceAccount (user
+  `system:serviceaccount:NS:NAME`, RBAC applies), the cluster CA and the
+  namespace in the pod's service-account directory (podfiles.py), and
+  KUBERNETES_SERVICE_HOST=127.0.0.1, KUBERNETES_SERVICE_PORT=<API port>.
+  The process cannot see /var/run/secrets/kubernetes.io/serviceaccount, so
+  MIGRATE_SERVICEACCOUNT_DIR says where that directory is (the tool reads it
+  at its CLI edge; real pods never set it);
+- the container's env (value, valueFrom fieldRef / secretKeyRef /
+  configMapKeyRef, envFrom), `$(VAR)` references in args expanded, plus PATH,
+  PYTHONPATH and LANG of the simulator's own process (so the code under test
+  is what runs), HOSTNAME, HOME and TMPDIR of the container's own;
+- its volumes (podfiles.py). Paths: the process runs on this machine's file
+  system, so every argument and env value that starts with a mount path
+  (also `--opt=/path`) is rewritten to where that mount is here. Paths built
+  inside the process from other values are not: an approximation that holds
+  for the tool, whose paths all come in through arguments and env;
+- terminationMessagePath (default /dev/termination-log) is a file of the
+  container's own, read back when the process exits (at most 4096 bytes);
+  with FallbackToLogsOnError an empty one after a failure is replaced by the
+  output's tail (80 lines or 2048 bytes, whichever is less).
+
+Output (stdout and stderr together) goes to the node's log directory,
+STATE/nodes/NODE/var/log/pods/NS_POD_UID/CONTAINER/N.log (N: the run, from 0).
+The process never outlives its container: it is killed (SIGTERM, then
+SIGKILL after 2 s) when the pod is deleted, the node or the simulator stops,
+or the pod's activeDeadlineSeconds (else its Job's, else the runner's
+`timeout`) run out, which ends it with exit code 137.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from e2e.sim.batch import JOBS
+from e2e.sim.core import CONFIGMAPS, SECRETS
+from e2e.sim.owners import controller_ref
+from e2e.sim.podfiles import SERVICE_ACCOUNT_PATH, MountFailed, Mounts, PodFiles
+from e2e.sim.runs import ContainerExit, ContainerProcess
+from e2e.sim.store import Obj, Store
+
+__all__ = ["DEFAULT_ARGS", "DEFAULT_TIMEOUT", "ENTRYPOINTS", "SERVICE_ACCOUNT_DIR_ENV",
+           "ToolRunner", "parse_tool_images"]
+
+DEFAULT_TIMEOUT = 600.0
+SERVICE_ACCOUNT_DIR_ENV = "MIGRATE_SERVICEACCOUNT_DIR"
+#: The Containerfile's ENTRYPOINT (and the console scripts that are the same program)
+#: and CMD.
+ENTRYPOINTS = ("migrate", "kubectl-migrate")
+DEFAULT_ARGS = ("--help",)
+_INHERITED = ("PATH", "PYTHONPATH", "LANG")
+_MESSAGE_BYTES = 4096
+_TAIL_LINES, _TAIL_BYTES = 80, 2048
+_GRACE = 2.0
+_POLL = 0.1
+_KILLED = 137
+_NOT_RUN = 127
+_MOUNT_FAILED = 128
+_VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def parse_tool_images(raw: Any) -> tuple[str, ...]:
+    """The --config file's `tool_images:` (a list of image references)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(i, str) and i for i in raw):
+        raise ValueError("`tool_images` must be a list of image references")
+    return tuple(raw)
+
+
+def _expand(value: str, env: Mapping[str, str]) -> str:
+    """Kubernetes' `$(VAR)` expansion (`$$` escapes; unknown references stay)."""
+    def one(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        return env.get(m.group(1), m.group(0))
+    return _VAR_REF.sub(one, value)
+
+
+class ToolRunner:
+    """A ContainerProcess: the CLI for tool images, `fallback` for every other image.
+
+    files: the per-pod directories and tokens (podfiles.py).
+    api_port: the API server's port (known once the simulator has started).
+    """
+
+    def __init__(self, images: Sequence[str], store: Store, files: PodFiles,
+                 api_port: Callable[[], int], *, fallback: ContainerProcess,
+                 timeout: float = DEFAULT_TIMEOUT, log: Callable[[str], None] | None = None
+                 ) -> None:
+        self.images = frozenset(images)
+        self.store = store
+        self.files = files
+        self.api_port = api_port
+        self.fallback = fallback
+        self.timeout = timeout
+        self._log = log or (lambda line: None)
+        self._runs: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, pod: Obj, container: Obj, stop: threading.Event) -> ContainerExit | None:
+        if container.get("image") not in self.images:
+            return self.fallback(pod, container, stop)
+        command = [str(c) for c in container.get("command") or ["migrate"]]
+        if Path(command[0]).name not in ENTRYPOINTS:
+            return ContainerExit(_NOT_RUN, f"sim: the tool image runs its entrypoint "
+                                 f"(migrate), not {command[0]!r}")
+        try:
+            mounts = self.files.prepare(pod, container)
+        except MountFailed as e:
+            return ContainerExit(_MOUNT_FAILED, f"sim: {e}")
+        try:
+            return self._run(pod, container, mounts, command[1:], stop)
+        finally:
+            self.files.release(pod)
+
+    # -- the process ----------------------------------------------------------------------
+
+    def _run(self, pod: Obj, container: Obj, mounts: Mounts, head: list[str],
+             stop: threading.Event) -> ContainerExit | None:
+        env = self._environment(pod, container, mounts)
+        given = container.get("args")
+        if given is None and not head and container.get("command") is None:
+            given = list(DEFAULT_ARGS)
+        args = [mounts.translate(_expand(str(a), env)) for a in [*head, *(given or [])]]
+        workdir = mounts.host(str(container.get("workingDir") or "")) or \
+            self._own(pod, container, "home")
+        log_path = self._log_path(pod, container)
+        name = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}/{container['name']}"
+        self._log(f"toolrun: {name}: migrate {' '.join(args)}")
+        with open(log_path, "ab") as output:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "migrate", *args], stdin=subprocess.DEVNULL,
+                stdout=output, stderr=subprocess.STDOUT, env=env, cwd=workdir,
+                start_new_session=True)
+            code = self._wait(proc, stop, time.monotonic() + self._deadline(pod), output)
+        if code is None:
+            return None
+        message = self._message(container, mounts, code, log_path)
+        self._log(f"toolrun: {name} exited {code}")
+        return ContainerExit(code, message)
+
+    def _wait(self, proc: subprocess.Popen[bytes], stop: threading.Event, deadline: float,
+              output: IO[bytes]) -> int | None:
+        """The exit code; None if `stop` came first; 137 at the deadline."""
+        while True:
+            try:
+                code = proc.wait(timeout=_POLL)
+                return code if code >= 0 else 128 - code
+            except subprocess.TimeoutExpired:
+                pass
+            if stop.is_set():
+                _kill(proc)
+                return None
+            if time.monotonic() > deadline:
+                _kill(proc)
+                output.write(b"sim: killed: the container ran past its deadline\n")
+                return _KILLED
+
+    def _deadline(self, pod: Obj) -> float:
+        seconds = pod["spec"].get("activeDeadlineSeconds")
+        ref = controller_ref(pod)
+        if seconds is None and ref is not None and ref.get("kind") == "Job":
+            job = self.store.find(JOBS.key, pod["metadata"]["namespace"], ref["name"])
+            seconds = ((job or {}).get("spec") or {}).get("activeDeadlineSeconds")
+        return float(seconds) if seconds is not None else self.timeout
+
+    def _message(self, container: Obj, mounts: Mounts, code: int, log_path: Path) -> str:
+        path = mounts.host(str(container.get("terminationMessagePath")
+                               or "/dev/termination-log"))
+        message = ""
+        if path is not None and path.is_file():
+            with open(path, "rb") as f:
+                message = f.read(_MESSAGE_BYTES).decode(errors="replace")
+        policy = container.get("terminationMessagePolicy") or "File"
+        if not message.strip() and code != 0 and policy == "FallbackToLogsOnError":
+            data = log_path.read_bytes()[-_TAIL_BYTES:]
+            message = "\n".join(data.decode(errors="replace").splitlines()[-_TAIL_LINES:])
+        return message
+
+    # -- what the process sees ----------------------------------------------------------------
+
+    def _environment(self, pod: Obj, container: Obj, mounts: Mounts) -> dict[str, str]:
+        env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
+        env.update({
+            "HOSTNAME": pod["metadata"]["name"],
+            "HOME": str(self._own(pod, container, "home")),
+            "TMPDIR": str(mounts.host("/tmp") or self._own(pod, container, "tmp")),
+            "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+            "KUBERNETES_SERVICE_PORT": str(self.api_port()),
+            "KUBERNETES_SERVICE_PORT_HTTPS": str(self.api_port()),
+            SERVICE_ACCOUNT_DIR_ENV: str(mounts.host(SERVICE_ACCOUNT_PATH)),
+        })
+        ns = pod["metadata"]["namespace"]
+        for source in container.get("envFrom") or []:
+            ref = source.get("configMapRef") or source.get("secretRef") or {}
+            values = self._data(SECRETS.key if "secretRef" in source else CONFIGMAPS.key,
+                                ns, str(ref.get("name", "")))
+            prefix = str(source.get("prefix") or "")
+            env.update({prefix + k: v for k, v in values.items()})
+        for var in container.get("env") or []:
+            value = self._value(pod, var)
+            if value is not None:
+                env[str(var["name"])] = mounts.translate(_expand(value, env))
+        return env
+
+    def _value(self, pod: Obj, var: Mapping[str, Any]) -> str | None:
+        if "value" in var:
+            return str(var["value"])
+        source = var.get("valueFrom") or {}
+        if "fieldRef" in source:
+            node: Any = pod
+            for part in str(source["fieldRef"].get("fieldPath", "")).split("."):
+                node = node.get(part) if isinstance(node, Mapping) else None
+            return None if node is None else str(node)
+        for key, resource in (("secretKeyRef", SECRETS.key), ("configMapKeyRef",
+                                                               CONFIGMAPS.key)):
+            if key in source:
+                ref = source[key]
+                values = self._data(resource, pod["metadata"]["namespace"], ref.get("name", ""))
+                return values.get(str(ref.get("key")))
+        return None
+
+    def _data(self, resource: str, namespace: str, name: str) -> dict[str, str]:
+        obj = self.store.find(resource, namespace, name) or {}
+        data = obj.get("data") or {}
+        if resource == SECRETS.key:
+            return {k: base64.b64decode(v).decode(errors="replace") for k, v in data.items()}
+        return {k: str(v) for k, v in data.items()}
+
+    def _own(self, pod: Obj, container: Obj, what: str) -> Path:
+        path = self.files.pod_dir(pod) / "containers" / str(container["name"]) / what
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return path
+
+    def _log_path(self, pod: Obj, container: Obj) -> Path:
+        meta = pod["metadata"]
+        with self._lock:
+            key = (meta["uid"], container["name"])
+            run = self._runs[key] = self._runs.get(key, -1) + 1
+        directory = self.files.node_dir(pod["spec"]["nodeName"]) / "var/log/pods" / \
+            f"{meta['namespace']}_{meta['name']}_{meta['uid']}" / container["name"]
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return Path(directory / f"{run}.log")
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group, SIGKILL it if it has not gone within the grace period."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=_GRACE)
+            return
+        except subprocess.TimeoutExpired:
+            continue

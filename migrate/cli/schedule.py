@@ -1,0 +1,170 @@
+"""`migrate deploy` and `migrate schedule drain`: the tool's objects for running in-cluster."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from migrate.cli.cluster import CONTEXT, KUBECONFIG, _with_kube
+from migrate.cli.output import emit
+from migrate.errors import UsageError
+
+if TYPE_CHECKING:
+    from migrate.settings import Settings
+
+
+class ManifestFormat(StrEnum):
+    """How rendered objects are printed."""
+
+    yaml = "yaml"
+    json = "json"
+
+
+NAMESPACE = typer.Option("migrate-system", "--namespace", help="Namespace the tool runs in "
+                         "(created).")
+APPLY = typer.Option(False, "--apply", help="Create or update the objects in the cluster "
+                     "instead of printing them (running it again is harmless).")
+K8S_VERSION = typer.Option(None, "--k8s-version", metavar="X.Y", help="Validate against this "
+                           "Kubernetes version (default: the cluster's with --apply, else "
+                           "1.30).", show_default=False)
+OUTPUT = typer.Option(ManifestFormat.yaml, "-o", "--output", help="yaml: a multi-document "
+                      "stream (kubectl apply -f -); json: a v1 List. With --apply: what "
+                      "happened to each object.")
+
+
+def _render(objects: list[dict[str, Any]], output: ManifestFormat) -> None:
+    if output is ManifestFormat.json:
+        emit({"apiVersion": "v1", "kind": "List", "items": objects}, "json", str)
+        return
+    import yaml
+
+    typer.echo(yaml.safe_dump_all(objects, sort_keys=False, explicit_start=True), nl=False)
+
+
+def _emit_or_apply(settings: Settings, objects: list[dict[str, Any]], apply: bool,
+                   k8s_version: str | None, output: ManifestFormat) -> None:
+    """Validate, then print the objects or apply them (kubectl-style lines, or JSON)."""
+    from migrate.pipeline import incluster
+
+    if not apply:
+        incluster.check(objects, incluster.target_version(k8s_version))
+        _render(objects, output)
+        return
+    from migrate.adapters import kube
+
+    cluster = kube.connect(settings.kube)
+    version = k8s_version or kube.server_minor_version(cluster)
+    incluster.check(objects, incluster.target_version(version))
+    results = incluster.apply(cluster, objects)
+    emit(results, "json" if output is ManifestFormat.json else "table", lambda: "".join(
+        f"{r['kind'].lower()}/{r['name']} {r['action']}\n" for r in results))
+
+
+def deploy(
+    ctx: typer.Context,
+    namespace: str = NAMESPACE,
+    image: str | None = typer.Option(None, "--image", envvar="MIGRATE_TOOL_IMAGE",
+                                     help="The tool's image: recorded on the "
+                                     "ServiceAccount, the default of `migrate schedule "
+                                     "--apply`.", show_default=False),
+    apply: bool = APPLY,
+    k8s_version: str | None = K8S_VERSION,
+    kubeconfig: Path | None = KUBECONFIG,
+    context: str | None = CONTEXT,
+    output: ManifestFormat = OUTPUT,
+) -> None:
+    """The namespace, ServiceAccount and RBAC the tool needs to run in-cluster."""
+    from migrate.pipeline import incluster
+
+    objects = incluster.deploy_objects(incluster.Deployment(namespace, image))
+    _emit_or_apply(_with_kube(ctx, kubeconfig, context, None), objects, apply, k8s_version,
+                   output)
+
+
+def _check_drain_options(ctx: typer.Context, node: str, options: list[str]) -> None:
+    """Parse the passed-through options with `migrate drain`'s own parser, when it exists."""
+    root = ctx.find_root()
+    get_command = getattr(root.command, "get_command", None)  # typer's (vendored) click
+    drain = get_command(root, "drain") if get_command is not None else None
+    if drain is None:
+        return  # nothing to check against: they go through as they are
+    try:
+        drain.make_context("drain", [node, *options], parent=root)
+    except typer.TyperException as e:
+        raise UsageError(f"drain option: {e.format_message()}",
+                         hint="see 'migrate drain --help'") from e
+
+
+def schedule_drain(
+    ctx: typer.Context,
+    node: str = typer.Argument(..., metavar="NODE", help="The node to drain.",
+                               show_default=False),
+    cron: str = typer.Option(..., "--cron", help='When, as five cron fields: "0 2 * * 6" '
+                             "is Saturdays at 02:00.", show_default=False),
+    namespace: str = NAMESPACE,
+    image: str | None = typer.Option(None, "--image", envvar="MIGRATE_TOOL_IMAGE",
+                                     help="The tool's image (default with --apply: the one "
+                                     "`migrate deploy --image` recorded).",
+                                     show_default=False),
+    registry: str | None = typer.Option(None, "--registry", help="Push checkpoint images "
+                                        "under HOST[:PORT]/REPO (passed to the drain).",
+                                        show_default=False),
+    registry_secret: str | None = typer.Option(None, "--registry-secret", metavar="NAME",
+                                               help="A dockerconfigjson Secret in the "
+                                               "namespace: the registry credentials.",
+                                               show_default=False),
+    time_zone: str | None = typer.Option(None, "--time-zone", metavar="ZONE", help="IANA "
+                                         "time zone of the schedule (default: the cluster's "
+                                         "controller manager's).", show_default=False),
+    name: str | None = typer.Option(None, "--name", help="CronJob name (default: "
+                                    "migrate-drain-NODE).", show_default=False),
+    deadline: int = typer.Option(6 * 3600, "--deadline", min=60, help="Seconds a drain may "
+                                 "run before its Job is stopped."),
+    apply: bool = APPLY,
+    k8s_version: str | None = K8S_VERSION,
+    kubeconfig: Path | None = KUBECONFIG,
+    context: str | None = CONTEXT,
+    output: ManifestFormat = OUTPUT,
+) -> None:
+    """A CronJob that runs `migrate drain NODE` in-cluster, with the RBAC it needs.
+
+    Options this command does not know are drain options, passed through to the
+    scheduled `migrate drain` (put them after `--` to be explicit), e.g.
+    `-- --concurrency 8 --to-selector pool=b`.
+    """
+    from migrate.pipeline import incluster, schedule
+
+    options = list(ctx.args)
+    _check_drain_options(ctx, node, options)
+    settings = _with_kube(ctx, kubeconfig, context, None)
+    if image is None and apply:
+        from migrate.adapters import kube
+
+        image = incluster.service_account_image(kube.connect(settings.kube), namespace)
+    if image is None:
+        raise UsageError("say which image runs the drain: --image REF",
+                         hint="build it from the Containerfile and push it; or record it "
+                         "once with `migrate deploy --image REF --apply`")
+    deployment = incluster.Deployment(namespace, image)
+    job = schedule.cronjob(schedule.ScheduledDrain(
+        node=node, cron=cron, image=image, deployment=deployment, registry=registry,
+        registry_secret=registry_secret, time_zone=time_zone, name=name,
+        drain_options=tuple(options), deadline=deadline))
+    _emit_or_apply(settings, [*incluster.deploy_objects(deployment), job], apply,
+                   k8s_version, output)
+
+
+schedule_app = typer.Typer(name="schedule", no_args_is_help=True,
+                           help="Run the tool in-cluster on a schedule (CronJobs).")
+
+
+def register(app: typer.Typer) -> None:
+    """Attach `deploy` and `schedule drain` to the root app."""
+    app.command("deploy")(deploy)
+    schedule_app.command("drain", context_settings={
+        "allow_extra_args": True, "ignore_unknown_options": True})(schedule_drain)
+    app.add_typer(schedule_app)
+

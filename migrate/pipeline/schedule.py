@@ -1,0 +1,112 @@
+"""`migrate schedule drain`: a CronJob that drains a node in-cluster at a maintenance window.
+
+The CronJob (templates/drain-cronjob.yaml) runs the tool's own image as the
+`migrate` ServiceAccount of `migrate deploy` (whose objects come first in
+the output) with `migrate drain NODE`, plus:
+
+- `--build-on node --tool-image IMAGE`: in-cluster the archives are on the
+  drained node, not where the drain runs, so each image is built by a Job on
+  that node from the same image (unless the drain options say otherwise);
+- `--registry REG` when given;
+- the drain options given after the command's own, passed through as they
+  are (checked against `migrate drain`'s own options when it is installed);
+- registry credentials: `--registry-secret NAME` (a dockerconfigjson Secret in
+  the CronJob's namespace) is mounted read-only and REGISTRY_AUTH_FILE
+  points at it; the drain then hands each build Job a temporary Secret made
+  from those credentials in the migrated pod's namespace (nodebuild.py).
+
+The pod keeps off the drained node (node affinity): there the drain would
+evict itself. Its journal lives in an emptyDir (MIGRATE_STATE_DIR), so the
+Job's log, not a later `migrate drain --resume`, is the record of a run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from migrate.errors import UsageError
+from migrate.pipeline.incluster import ACCOUNT, LABELS, Deployment
+from migrate.pipeline.templating import fill
+
+Obj = dict[str, Any]
+
+AUTH_DIR = "/run/migrate/registry"
+STATE_DIR = "/var/lib/migrate"
+SCRATCH = "/tmp"
+_MAX_NAME = 52  # the API server's limit for CronJob names
+_DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight",
+                "@hourly")
+
+
+@dataclass(frozen=True)
+class ScheduledDrain:
+    """A drain of ``node`` on the ``cron`` schedule, from the tool image ``image``."""
+
+    node: str
+    cron: str
+    image: str
+    deployment: Deployment = field(default_factory=Deployment)
+    registry: str | None = None
+    registry_secret: str | None = None
+    time_zone: str | None = None
+    name: str | None = None
+    drain_options: tuple[str, ...] = ()
+    deadline: int = 6 * 3600
+
+
+def check_cron(text: str) -> str:
+    """Refuse what is plainly not a five-field schedule (the API server checks the rest)."""
+    fields = text.split()
+    if text.strip() in _DESCRIPTORS or len(fields) == 5:
+        return " ".join(fields)
+    raise UsageError(f"--cron {text!r} is not a cron schedule",
+                     hint='five fields, minute hour day-of-month month day-of-week: '
+                          '"0 2 * * 6" is Saturdays at 02:00')
+
+
+def cronjob_name(s: ScheduledDrain) -> str:
+    """``--name``, else migrate-drain-<node> cut to the 52 characters a CronJob may have."""
+    if s.name:
+        if len(s.name) > _MAX_NAME:
+            raise UsageError(f"--name {s.name!r} is longer than {_MAX_NAME} characters",
+                             hint="the CronJob controller adds 11 characters for its Jobs")
+        return s.name
+    return f"migrate-drain-{s.node}"[:_MAX_NAME].rstrip("-.")
+
+
+def _given(options: tuple[str, ...], name: str) -> bool:
+    return any(o == name or o.startswith(f"{name}=") for o in options)
+
+
+def drain_args(s: ScheduledDrain) -> list[str]:
+    """The drain command line the CronJob runs (the image's entrypoint is `migrate`)."""
+    args = ["drain", s.node]
+    if s.registry:
+        args += ["--registry", s.registry]
+    if not _given(s.drain_options, "--build-on"):
+        args += ["--build-on", "node"]
+    if not _given(s.drain_options, "--tool-image"):
+        args += ["--tool-image", s.image]
+    return args + list(s.drain_options)
+
+
+def cronjob(s: ScheduledDrain) -> Obj:
+    """The CronJob (templates/drain-cronjob.yaml)."""
+    env = [{"name": "HOME", "value": SCRATCH},
+           {"name": "MIGRATE_STATE_DIR", "value": STATE_DIR}]
+    mounts: list[Obj] = [{"name": "scratch", "mountPath": SCRATCH},
+                         {"name": "state", "mountPath": STATE_DIR}]
+    volumes: list[Obj] = [{"name": "scratch", "emptyDir": {}},
+                          {"name": "state", "emptyDir": {}}]
+    if s.registry_secret:
+        env.append({"name": "REGISTRY_AUTH_FILE", "value": f"{AUTH_DIR}/.dockerconfigjson"})
+        mounts.append({"name": "registry-auth", "mountPath": AUTH_DIR, "readOnly": True})
+        volumes.append({"name": "registry-auth", "secret": {"secretName": s.registry_secret}})
+    labels = {**LABELS, "migrate.dev/drain-node": s.node}
+    document: Obj = fill("drain-cronjob.yaml", {
+        "name": cronjob_name(s), "namespace": s.deployment.namespace, "labels": labels,
+        "schedule": check_cron(s.cron), "time_zone": s.time_zone, "deadline": s.deadline,
+        "account": ACCOUNT, "avoid": [s.node], "image": s.image, "args": drain_args(s),
+        "env": env, "mounts": mounts, "volumes": volumes})
+    return document

@@ -1,0 +1,172 @@
+"""`migrate pod --build-on node` end to end: the build Job really runs the tool.
+
+The simulator runs the build Job's container, whose image is the tool's own,
+as `python -m migrate build ...` on the source node (e2e/sim/toolrun.py):
+it reads the archive through the Job's hostPath mount, pushes to a real
+registry (with the temporary registry Secret for one that needs
+credentials), and hands the digest back through its termination message.
+The archive is never readable where the tool runs (no MIGRATE_NODE_ROOT).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from e2e.sim import RegistryConfig, Simulator
+from migrate.pipeline.journal import Journal
+from tests.conftest import Result
+from tests.registries import RegistryUnderTest
+from tests.simulated import sim_client
+from tests.test_migrate_pod import assert_untouched, make_pod, pods
+
+TOOL = "localhost/migrate:test"
+Cli = Callable[..., Result]
+# --no-tls-verify: the Job's process trusts only the system CAs, as the real image would.
+pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory, plain_registry: RegistryUnderTest,
+        tls_basic_registry: RegistryUnderTest) -> Iterator[Simulator]:
+    assert tls_basic_registry.ca_cert is not None
+    registries = RegistryConfig(insecure=(plain_registry.host,),
+                                ca_files=(tls_basic_registry.ca_cert,))
+    with Simulator(tmp_path_factory.mktemp("sim") / "state", start_latency=0.05,
+                   stop_latency=0.05, registries=registries, tool_images=(TOOL,),
+                   tool_timeout=120) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def api(sim: Simulator) -> Iterator[client.ApiClient]:
+    with sim_client(sim) as api_client:
+        yield api_client
+
+
+@pytest.fixture(scope="module")
+def v1(api: client.ApiClient) -> client.CoreV1Api:
+    return client.CoreV1Api(api)
+
+
+def dockerconfig(registry: RegistryUnderTest, password: str) -> dict[str, Any]:
+    auth = base64.b64encode(f"{registry.username}:{password}".encode()).decode()
+    config = json.dumps({"auths": {registry.host: {"auth": auth}}})
+    return {".dockerconfigjson": base64.b64encode(config.encode()).decode()}
+
+
+def secret(v1: client.CoreV1Api, name: str, registry: RegistryUnderTest,
+           password: str) -> None:
+    v1.create_namespaced_secret("default", {
+        "metadata": {"name": name}, "type": "kubernetes.io/dockerconfigjson",
+        "data": dockerconfig(registry, password)})
+
+
+def leftovers(api: client.ApiClient) -> tuple[list[str], list[str]]:
+    """The build Jobs and registry Secrets still there."""
+    jobs = client.BatchV1Api(api).list_namespaced_job("default").items
+    secrets = client.CoreV1Api(api).list_namespaced_secret("default").items
+    return ([j.metadata.name for j in jobs if not j.metadata.deletion_timestamp],
+            [s.metadata.name for s in secrets if s.metadata.name.startswith("migrate-registry")])
+
+
+def build_logs(sim: Simulator, job: str) -> str:
+    """What the Job's container printed (the node's pod log)."""
+    logs = sorted((sim.node_dir("node-a") / "var/log/pods").glob(f"default_{job}-*/build/*"))
+    return "\n".join(p.read_text() for p in logs)
+
+
+def on_node(cli: Cli, sim: Simulator, pod: str, registry: RegistryUnderTest,
+            *args: str) -> Result:
+    return cli("pod", pod, "--to", "node-b", "--build-on", "node", "--tool-image", TOOL,
+               "--registry", f"{registry.host}/migrations", "--no-tls-verify",
+               "--kubeconfig", sim.kubeconfig, "--timeout", "60", "-o", "json", *args)
+
+
+def journal_actions(journal_id: str) -> list[str]:
+    """The journal's actions as `action namespace/name` lines."""
+    journal = Journal.load(Path(os.environ["MIGRATE_STATE_DIR"]), journal_id)
+    return [f"{a['action']} {a.get('namespace', '')}/{a.get('name', '')}"
+            for a in journal.actions]
+
+
+def test_the_build_job_pushes_to_a_plain_registry(cli: Cli, sim: Simulator,
+                                                  api: client.ApiClient, v1: client.CoreV1Api,
+                                                  plain_registry: RegistryUnderTest) -> None:
+    make_pod(v1, "plain")
+    r = on_node(cli, sim, "plain", plain_registry)
+    assert r.code == 0, r.err
+    rep = r.json()
+    image = rep["images"]["counter"]
+    job = image["built_on"].removeprefix("job ")
+    assert job.startswith("migrate-build-plain-")
+    assert image["digest"].startswith("sha256:") and image["image_size"] > 0
+    assert image["reference"].startswith(f"{plain_registry.host}/migrations/")
+    restored = v1.read_namespaced_pod(rep["destination_pod"], "default")
+    assert (restored.spec.node_name, restored.status.phase) == ("node-b", "Running")
+    assert restored.status.container_statuses[0].image_id.endswith(image["digest"])
+    assert "plain" not in pods(v1)
+    # No credentials for a plain registry: no Secret; the Job is deleted at clean-up.
+    actions = journal_actions(rep["id"])
+    assert f"created Job default/{job}" in actions and f"deleted Job default/{job}" in actions
+    assert not [a for a in actions if "Secret" in a]
+    assert leftovers(api) == ([], [])
+    # The build ran in the Job's container: its JSON report went to the node's pod logs.
+    report = json.loads(build_logs(sim, job))
+    assert report["digest"] == image["digest"]
+
+
+def test_a_registry_with_credentials_gets_a_temporary_secret(
+        cli: Cli, sim: Simulator, api: client.ApiClient, v1: client.CoreV1Api,
+        tls_basic_registry: RegistryUnderTest) -> None:
+    assert tls_basic_registry.password is not None
+    secret(v1, "pull-tls", tls_basic_registry, tls_basic_registry.password)
+    make_pod(v1, "private", imagePullSecrets=[{"name": "pull-tls"}])
+    r = on_node(cli, sim, "private", tls_basic_registry, "--creds",
+                f"{tls_basic_registry.username}:{tls_basic_registry.password}")
+    assert r.code == 0, r.err
+    digest = r.json()["images"]["counter"]["digest"]
+    restored = v1.read_namespaced_pod(r.json()["destination_pod"], "default")
+    assert restored.status.container_statuses[0].image_id.endswith(digest)
+    # The Job's process saw no credentials but the Secret's (its environment is a
+    # pod's): the push worked through the mounted Secret, deleted afterwards.
+    made = [a.split()[-1] for a in journal_actions(r.json()["id"])
+            if a.startswith("created Secret")]
+    assert len(made) == 1 and made[0].startswith("default/migrate-registry-")
+    assert f"deleted Secret {made[0]}" in journal_actions(r.json()["id"])
+    assert leftovers(api) == ([], [])
+    assert not list((sim.node_dir("node-a") / "var/lib/kubelet/pods").glob(
+        "*/volumes/kubernetes.io~secret/registry-auth"))
+
+
+def test_a_failing_build_fails_the_migration_and_rolls_back(
+        cli: Cli, sim: Simulator, api: client.ApiClient, v1: client.CoreV1Api,
+        tls_basic_registry: RegistryUnderTest) -> None:
+    assert tls_basic_registry.password is not None
+    secret(v1, "wrong-creds", tls_basic_registry, "not-the-password")
+    pod = make_pod(v1, "denied")
+    r = on_node(cli, sim, "denied", tls_basic_registry, "--creds",
+                f"{tls_basic_registry.username}:{tls_basic_registry.password}",
+                "--registry-secret", "wrong-creds")
+    assert r.code == 6, r.err  # a cluster error: the Job failed
+    lines = r.err.splitlines()
+    error = next(line for line in lines if line.startswith("error: "))
+    job = error.split("the build Job ")[1].split()[0]
+    # The build's own error, out of its termination message (its output's tail).
+    assert error == (f"error: build: the build Job {job} failed (exit 8): "
+                     f"{tls_basic_registry.host}: login failed: HTTP 401 (UNAUTHORIZED: "
+                     "authentication required) as 'alice'")
+    assert lines[lines.index(error) + 1] == (
+        "hint: check the user and password (--creds USER:PASS or --authfile FILE); "
+        f"kubectl logs -n default job/{job}")
+    assert r.json()["outcome"] == "rolled-back"
+    assert_untouched(v1, "denied", pod.metadata.uid)
+    assert leftovers(api) == ([], [])  # the failed Job is gone; the named Secret is not ours
+    assert v1.read_namespaced_secret("wrong-creds", "default").metadata.name == "wrong-creds"

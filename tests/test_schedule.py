@@ -1,0 +1,287 @@
+"""`migrate deploy` and `migrate schedule drain`: the tool's RBAC and CronJob, applied and run.
+
+The ClusterRole is checked against the code (every API call of the Kubernetes
+adapter has its permission, doctor asks for nothing more), the rendered
+objects against the Kubernetes schema, `--apply` against the simulator (twice:
+nothing changes the second time), and the CronJob by firing it: the
+simulator's clock is moved, its Job runs the tool's image for real
+(e2e/sim/toolrun.py) as the `migrate` ServiceAccount, in-cluster.
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime as dt
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes_validate import utils as kv
+
+from e2e.sim import RegistryConfig, Simulator
+from e2e.sim.cron import parse_schedule
+from migrate.cli.app import app
+from migrate.pipeline import incluster
+from migrate.pipeline.doctor import PERMISSIONS
+from tests.conftest import REPO, Result
+from tests.registries import RegistryUnderTest
+from tests.simulated import sim_client, wait_for
+from tests.test_migrate_pod import make_pod
+
+TOOL = "localhost/migrate:test"
+Cli = Callable[..., Result]
+HAS_DRAIN = any(c.name == "drain" for c in app.registered_commands)
+# Adapter functions that come with `migrate drain` (branch drain): listed in API_CALLS
+# ahead of it. Once it is merged they are in migrate/adapters/kube.py too.
+DRAIN_CALLS = {"patch_node", "list_nodes_matching", "list_pdbs", "evict_pod"}
+
+
+# -- the ClusterRole follows the code -------------------------------------------------------
+
+
+def api_functions() -> dict[str, set[str]]:
+    """Public functions of the kube adapter -> the module functions they call."""
+    tree = ast.parse((REPO / "migrate/adapters/kube.py").read_text())
+    out = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+            out[node.name] = {n.func.id for n in ast.walk(node)
+                              if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    return out
+
+
+def test_every_api_call_has_its_permission() -> None:
+    functions = api_functions()
+    sends = {"call", "_watch", *incluster.API_CALLS, *incluster.OPERATOR_ONLY}
+    talking = {name for name, calls in functions.items() if calls & sends}
+    assert talking - set(incluster.API_CALLS) - incluster.OPERATOR_ONLY == set()
+    stale = set(incluster.API_CALLS) - set(functions)
+    assert stale <= (set() if HAS_DRAIN else DRAIN_CALLS), stale
+
+
+def test_doctor_checks_only_what_the_role_grants() -> None:
+    rules = incluster.cluster_rules()
+    for verb, resource, sub, group, _, _ in PERMISSIONS:
+        assert incluster.grants(rules, group, f"{resource}/{sub}" if sub else resource, verb)
+
+
+def test_the_role_is_minimal() -> None:
+    rules = {(r["apiGroups"][0], r["resources"][0]): r["verbs"]
+             for r in incluster.cluster_rules()}
+    assert rules[("", "pods")] == ["create", "delete", "get", "list", "patch", "watch"]
+    assert rules[("", "secrets")] == ["create", "delete"]  # never get, list or watch
+    assert rules[("batch", "jobs")] == ["create", "delete", "list", "watch"]
+    assert ("", "nodes/proxy") in rules and ("rbac.authorization.k8s.io", "*") not in rules
+    assert all("*" not in verbs for verbs in rules.values())
+
+
+# -- rendering --------------------------------------------------------------------------------
+
+
+def documents(r: Result) -> list[dict[str, Any]]:
+    assert r.code == 0, r.err
+    return list(yaml.safe_load_all(r.out))
+
+
+def test_deploy_renders_valid_objects(cli: Cli) -> None:
+    objects = documents(cli("deploy", "--namespace", "ops", "--image", TOOL))
+    assert [(o["kind"], o["metadata"]["name"]) for o in objects] == [
+        ("Namespace", "ops"), ("ServiceAccount", "migrate"), ("ClusterRole", "migrate"),
+        ("ClusterRoleBinding", "migrate:ops")]
+    for obj in objects:
+        kv.validate(obj, "1.30", strict=True)
+    assert objects[1]["metadata"]["annotations"] == {"migrate.dev/tool-image": TOOL}
+    assert objects[3]["subjects"] == [{"kind": "ServiceAccount", "name": "migrate",
+                                       "namespace": "ops"}]
+    assert objects[2]["rules"] == incluster.cluster_rules()
+    listed = cli("deploy", "-o", "json").json()
+    assert (listed["kind"], len(listed["items"])) == ("List", 4)
+
+
+def test_schedule_renders_the_cronjob(cli: Cli) -> None:
+    objects = documents(cli("schedule", "drain", "node-a", "--cron", "0 2 * * 6", "--image",
+                            TOOL, "--registry", "127.0.0.1:5000/ckpt", "--registry-secret",
+                            "regcred", "--time-zone", "Europe/Berlin", "--", "--timeout", "60"))
+    assert [o["kind"] for o in objects] == ["Namespace", "ServiceAccount", "ClusterRole",
+                                            "ClusterRoleBinding", "CronJob"]
+    job = objects[-1]
+    kv.validate(job, "1.30", strict=True)
+    assert (job["metadata"]["name"], job["spec"]["schedule"], job["spec"]["timeZone"]) == (
+        "migrate-drain-node-a", "0 2 * * 6", "Europe/Berlin")
+    pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["args"] == ["drain", "node-a", "--registry", "127.0.0.1:5000/ckpt",
+                                 "--build-on", "node", "--tool-image", TOOL, "--timeout", "60"]
+    assert pod["serviceAccountName"] == "migrate" and container["image"] == TOOL
+    assert {"name": "REGISTRY_AUTH_FILE", "value": "/run/migrate/registry/.dockerconfigjson"} \
+        in container["env"]
+    assert {"name": "registry-auth", "secret": {"secretName": "regcred"}} in pod["volumes"]
+    term = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == ["node-a"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--cron", "0 2 * *", "--image", TOOL], "error: --cron '0 2 * *' is not a cron schedule"),
+    (["--cron", "0 2 * * 6"], "error: say which image runs the drain: --image REF"),
+    (["--cron", "0 2 * * 6", "--image", TOOL, "--name", "x" * 53],
+     "error: --name 'xxxxx"),
+])
+def test_schedule_usage_errors(cli: Cli, monkeypatch: pytest.MonkeyPatch, args: list[str],
+                               message: str) -> None:
+    monkeypatch.delenv("MIGRATE_TOOL_IMAGE", raising=False)
+    r = cli("schedule", "drain", "node-a", *args)
+    assert r.code == 2 and r.err.startswith(message), r.err
+
+
+@pytest.mark.skipif(not HAS_DRAIN, reason="migrate drain is not merged yet")
+def test_schedule_checks_drain_options(cli: Cli) -> None:
+    r = cli("schedule", "drain", "node-a", "--cron", "0 2 * * 6", "--image", TOOL, "--",
+            "--no-such-option")
+    assert r.code == 2 and r.err.startswith("error: drain option: No such option"), r.err
+
+
+# -- in the cluster ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
+    with Simulator(tmp_path_factory.mktemp("sim") / "state", tool_images=(TOOL,),
+                   start_latency=0.02, stop_latency=0.02, tool_timeout=120) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def api(sim: Simulator) -> Iterator[client.ApiClient]:
+    with sim_client(sim) as api_client:
+        yield api_client
+
+
+def applied(r: Result) -> list[tuple[str, str]]:
+    assert r.code == 0, r.err
+    return [(f"{a['kind']}/{a['name']}", a["action"]) for a in r.json()]
+
+
+def test_deploy_applies_and_applies_again(cli: Cli, sim: Simulator) -> None:
+    args = ("deploy", "--apply", "--kubeconfig", sim.kubeconfig, "-o", "json")
+    first = applied(cli(*args))
+    assert first == [("Namespace/migrate-system", "created"),
+                     ("ServiceAccount/migrate", "created"), ("ClusterRole/migrate", "created"),
+                     ("ClusterRoleBinding/migrate:migrate-system", "created")]
+    assert [action for _, action in applied(cli(*args))] == ["unchanged"] * 4
+    again = applied(cli(*args, "--image", TOOL))  # records the image on the account
+    assert again[1] == ("ServiceAccount/migrate", "configured")
+    lines = cli("deploy", "--apply", "--kubeconfig", sim.kubeconfig, "--image", TOOL).out
+    assert lines.splitlines()[0] == "namespace/migrate-system unchanged"
+
+
+def test_schedule_applies_with_the_recorded_image(cli: Cli, sim: Simulator,
+                                                  api: client.ApiClient) -> None:
+    cli("deploy", "--apply", "--kubeconfig", sim.kubeconfig, "--image", TOOL)
+    r = applied(cli("schedule", "drain", "node-a", "--cron", "0 2 * * 6", "--apply",
+                    "--kubeconfig", sim.kubeconfig, "-o", "json"))
+    assert r[-1] == ("CronJob/migrate-drain-node-a", "created")
+    assert [action for _, action in r[:-1]] == ["unchanged"] * 4
+    cronjob = client.BatchV1Api(api).read_namespaced_cron_job("migrate-drain-node-a",
+                                                              "migrate-system")
+    assert cronjob.spec.job_template.spec.template.spec.containers[0].image == TOOL
+    r = applied(cli("schedule", "drain", "node-a", "--cron", "0 2 * * 6", "--apply",
+                    "--kubeconfig", sim.kubeconfig, "-o", "json"))
+    assert r[-1] == ("CronJob/migrate-drain-node-a", "unchanged")
+
+
+def fire(sim: Simulator, api: client.ApiClient, namespace: str, name: str) -> Any:
+    """Move the cron clock to the CronJob's next run; its Job once it has finished."""
+    batch = client.BatchV1Api(api)
+    cronjob = batch.read_namespaced_cron_job(name, namespace)
+    when = parse_schedule(cronjob.spec.schedule, cronjob.spec.time_zone).next(
+        max(cronjob.metadata.creation_timestamp, sim.cron_clock.now()))
+    assert when is not None
+    sim.advance_cron(to=when + dt.timedelta(seconds=1))
+    job = f"{name}-{int(when.timestamp()) // 60}"
+    return wait_for(lambda: (j := batch.read_namespaced_job(job, namespace)).status
+                    .conditions and j, timeout=90, what=f"Job {job} to finish")
+
+
+def pod_log(sim: Simulator, namespace: str, job: str) -> str:
+    logs = [p for node in sim.node_names for p in (sim.node_dir(node) / "var/log/pods").glob(
+        f"{namespace}_{job}-*/*/0.log")]
+    assert len(logs) == 1, logs
+    return logs[0].read_text()
+
+
+def test_a_scheduled_job_runs_the_tool_in_cluster(cli: Cli, sim: Simulator,
+                                                  api: client.ApiClient) -> None:
+    # Until `migrate drain` is merged, the scheduled CronJob runs `migrate doctor`:
+    # the same CronJob with other arguments, applied as an operator would.
+    rendered = documents(cli("schedule", "drain", "node-a", "--cron", "*/5 * * * *",
+                             "--image", TOOL, "--name", "doctor"))
+    cronjob = rendered[-1]
+    pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    pod["containers"][0]["args"] = ["doctor", "-o", "json"]
+    cli("deploy", "--apply", "--kubeconfig", sim.kubeconfig)
+    client.BatchV1Api(api).create_namespaced_cron_job("migrate-system", cronjob)
+    job = fire(sim, api, "migrate-system", "doctor")
+    assert job.status.succeeded == 1, pod_log(sim, "migrate-system", job.metadata.name)
+    report = json.loads(pod_log(sim, "migrate-system", job.metadata.name))
+    rbac = [c for c in report["checks"] if c["check"].startswith("rbac")]
+    assert rbac and all(c["status"] == "PASS" for c in rbac), rbac
+    pods = client.CoreV1Api(api).list_namespaced_pod(
+        "migrate-system", label_selector=f"job-name={job.metadata.name}").items
+    assert [p.spec.node_name for p in pods] == ["node-b"]  # kept off the drained node
+    assert pods[0].spec.service_account_name == "migrate"
+
+
+def test_a_service_account_without_the_role_is_denied(cli: Cli, sim: Simulator,
+                                                      api: client.ApiClient) -> None:
+    core = client.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": "elsewhere"}})
+    core.create_namespaced_service_account("elsewhere", {"metadata": {"name": "nobody"}})
+    core.create_namespaced_pod("elsewhere", {"metadata": {"name": "denied"}, "spec": {
+        "serviceAccountName": "nobody", "restartPolicy": "Never", "containers": [{
+            "name": "tool", "image": TOOL, "terminationMessagePolicy": "FallbackToLogsOnError",
+            "args": ["pod", "web", "-n", "default", "--to", "node-b", "--image",
+                     "127.0.0.1:5000/x:1"]}]}})
+    pod = wait_for(lambda: (p := core.read_namespaced_pod("denied", "elsewhere")).status
+                   .phase == "Failed" and p, timeout=60, what="the denied pod to fail")
+    done = pod.status.container_statuses[0].state.terminated
+    assert done.exit_code == 8  # AuthError
+    assert done.message.splitlines()[-2:] == [
+        'error: read pod default/web: pods "web" is forbidden: User "system:serviceaccount:'
+        'elsewhere:nobody" cannot get resource "pods" in API group "" in the namespace '
+        '"default"',
+        "hint: ask for the RBAC this needs; `migrate doctor` lists what is missing"]
+
+
+def test_the_containerfile_and_the_simulator_agree_on_the_entrypoint() -> None:
+    # The CronJob sets args only: the image's entrypoint must be the tool itself.
+    assert '"migrate"' in (Path(REPO) / "Containerfile").read_text()
+
+
+@pytest.mark.skipif(not HAS_DRAIN, reason="migrate drain is not merged yet")
+def test_a_scheduled_drain_moves_the_pods_in_cluster(
+        cli: Cli, api: client.ApiClient, tmp_path_factory: pytest.TempPathFactory,
+        plain_registry: RegistryUnderTest) -> None:
+    registries = RegistryConfig(insecure=(plain_registry.host,))
+    with Simulator(tmp_path_factory.mktemp("drain") / "state", tool_images=(TOOL,),
+                   start_latency=0.02, stop_latency=0.02, tool_timeout=120,
+                   registries=registries) as sim, sim_client(sim) as admin:
+        core = client.CoreV1Api(admin)
+        source = make_pod(core, "counters")
+        cli("deploy", "--apply", "--kubeconfig", sim.kubeconfig, "--image", TOOL)
+        r = cli("schedule", "drain", "node-a", "--cron", "0 2 * * 6", "--registry",
+                f"{plain_registry.host}/drains", "--apply", "--kubeconfig", sim.kubeconfig,
+                "--", "--no-tls-verify", "--timeout", "60")
+        assert r.code == 0, r.err
+        job = fire(sim, admin, "migrate-system", "migrate-drain-node-a")
+        log = pod_log(sim, "migrate-system", job.metadata.name)
+        assert job.status.succeeded == 1, log
+        moved = [p for p in core.list_namespaced_pod("default").items
+                 if p.metadata.name != "counters" and p.metadata.name.startswith("counters")]
+        assert [(p.spec.node_name, p.status.phase) for p in moved] == [("node-b", "Running")]
+        assert moved[0].metadata.annotations["migrate.dev/source-uid"] == source.metadata.uid
+        assert core.read_node("node-a").spec.unschedulable  # cordoned, by the drain
+        assert "counters" in log and "migrate" in log
