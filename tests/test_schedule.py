@@ -56,8 +56,9 @@ def api_functions() -> dict[str, set[str]]:
 
 def test_every_api_call_has_its_permission() -> None:
     functions = api_functions()
-    sends = {"call", "_watch", *incluster.API_CALLS, *incluster.OPERATOR_ONLY}
-    talking = {name for name, calls in functions.items() if calls & sends}
+    generic = {"call", "send", "request_json", "_watch"}  # the senders, not API calls
+    sends = {*generic, *incluster.API_CALLS, *incluster.OPERATOR_ONLY}
+    talking = {name for name, calls in functions.items() if calls & sends} - generic
     assert talking - set(incluster.API_CALLS) - incluster.OPERATOR_ONLY == set()
     stale = set(incluster.API_CALLS) - set(functions)
     assert stale <= (set() if HAS_DRAIN else DRAIN_CALLS), stale
