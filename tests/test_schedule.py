@@ -24,7 +24,6 @@ from kubernetes_validate import utils as kv
 
 from e2e.sim import RegistryConfig, Simulator
 from e2e.sim.cron import parse_schedule
-from migrate.cli.app import app
 from migrate.pipeline import incluster
 from migrate.pipeline.doctor import PERMISSIONS
 from tests.conftest import REPO, Result
@@ -34,10 +33,6 @@ from tests.test_migrate_pod import make_pod
 
 TOOL = "localhost/migrate:test"
 Cli = Callable[..., Result]
-HAS_DRAIN = any(c.name == "drain" for c in app.registered_commands)
-# Adapter functions that come with `migrate drain` (branch drain): listed in API_CALLS
-# ahead of it. Once it is merged they are in migrate/adapters/kube.py too.
-DRAIN_CALLS = {"patch_node", "list_nodes_matching", "list_pdbs", "evict_pod"}
 
 
 # -- the ClusterRole follows the code -------------------------------------------------------
@@ -60,8 +55,7 @@ def test_every_api_call_has_its_permission() -> None:
     sends = {*generic, *incluster.API_CALLS, *incluster.OPERATOR_ONLY}
     talking = {name for name, calls in functions.items() if calls & sends} - generic
     assert talking - set(incluster.API_CALLS) - incluster.OPERATOR_ONLY == set()
-    stale = set(incluster.API_CALLS) - set(functions)
-    assert stale <= (set() if HAS_DRAIN else DRAIN_CALLS), stale
+    assert set(incluster.API_CALLS) - set(functions) == set()  # nothing granted for nothing
 
 
 def test_doctor_checks_only_what_the_role_grants() -> None:
@@ -138,7 +132,6 @@ def test_schedule_usage_errors(cli: Cli, monkeypatch: pytest.MonkeyPatch, args: 
     assert r.code == 2 and r.err.startswith(message), r.err
 
 
-@pytest.mark.skipif(not HAS_DRAIN, reason="migrate drain is not merged yet")
 def test_schedule_checks_drain_options(cli: Cli) -> None:
     r = cli("schedule", "drain", "node-a", "--cron", "0 2 * * 6", "--image", TOOL, "--",
             "--no-such-option")
@@ -216,8 +209,8 @@ def pod_log(sim: Simulator, namespace: str, job: str) -> str:
 
 def test_a_scheduled_job_runs_the_tool_in_cluster(cli: Cli, sim: Simulator,
                                                   api: client.ApiClient) -> None:
-    # Until `migrate drain` is merged, the scheduled CronJob runs `migrate doctor`:
-    # the same CronJob with other arguments, applied as an operator would.
+    # The scheduled drain's CronJob with `migrate doctor` for arguments: as the
+    # `migrate` ServiceAccount, every permission the tool checks is granted.
     rendered = documents(cli("schedule", "drain", "node-a", "--cron", "*/5 * * * *",
                              "--image", TOOL, "--name", "doctor"))
     cronjob = rendered[-1]
@@ -262,7 +255,6 @@ def test_the_containerfile_and_the_simulator_agree_on_the_entrypoint() -> None:
     assert '"migrate"' in (Path(REPO) / "Containerfile").read_text()
 
 
-@pytest.mark.skipif(not HAS_DRAIN, reason="migrate drain is not merged yet")
 def test_a_scheduled_drain_moves_the_pods_in_cluster(
         cli: Cli, api: client.ApiClient, tmp_path_factory: pytest.TempPathFactory,
         plain_registry: RegistryUnderTest) -> None:
