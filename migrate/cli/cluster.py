@@ -2,43 +2,36 @@
 
 from __future__ import annotations
 
-import dataclasses
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
-from migrate.cli.options import AUTHFILE, CERT_DIR, CREDS, TLS_VERIFY, with_registry
+from migrate.cli.options import (
+    AUTHFILE,
+    CERT_DIR,
+    CONTEXT,
+    CREDS,
+    KUBECONFIG,
+    NAMESPACE,
+    TLS_VERIFY,
+    with_kube,
+    with_registry,
+)
 from migrate.cli.output import Format, emit, table
 from migrate.errors import ChecksFailed
-from migrate.settings import Settings
 
 if TYPE_CHECKING:
     from migrate.pipeline.doctor import DoctorReport
 
 # The kubernetes client (~0.3 s to import) loads when a cluster command runs.
 
-KUBECONFIG = typer.Option(None, "--kubeconfig", help="Kubeconfig file (default: $KUBECONFIG, "
-                          "~/.kube/config, or the in-cluster service account).",
-                          show_default=False)
-CONTEXT = typer.Option(None, "--context", help="Kubeconfig context.", show_default=False)
-NAMESPACE = typer.Option(None, "-n", "--namespace", help="Namespace (default: the context's).",
-                         show_default=False)
-
-
 class Via(StrEnum):
     """How to reach the kubelet's checkpoint API."""
 
     apiserver = "apiserver"
     kubelet = "kubelet"
-
-
-def _with_kube(ctx: typer.Context, kubeconfig: Path | None, context: str | None,
-               namespace: str | None) -> Settings:
-    base: Settings = ctx.obj
-    return dataclasses.replace(base, kube=dataclasses.replace(
-        base.kube, kubeconfig=kubeconfig, context=context, namespace=namespace))
 
 
 def checkpoint(
@@ -69,7 +62,7 @@ def checkpoint(
     from migrate.pipeline.checkpoint import CheckpointRequest
     from migrate.pipeline.checkpoint import checkpoint as run
 
-    settings = _with_kube(ctx, kubeconfig, context, namespace)
+    settings = with_kube(ctx, kubeconfig, context, namespace)
     endpoint = (KubeletEndpoint(kubelet_url, cert, key, ca)
                 if kubelet_url and cert and key else None)
     result = run(kube.connect(settings.kube), CheckpointRequest(
@@ -116,7 +109,7 @@ def doctor(
     from migrate.pipeline.doctor import DoctorRequest
     from migrate.pipeline.doctor import doctor as run
 
-    settings = with_registry(_with_kube(ctx, kubeconfig, context, namespace),
+    settings = with_registry(with_kube(ctx, kubeconfig, context, namespace),
                              authfile=authfile, creds=creds, tls_verify=tls_verify,
                              cert_dir=cert_dir)
     report = run(settings, DoctorRequest(nodes=tuple(node), registry=registry))

@@ -7,9 +7,17 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from migrate.cli.cluster import CONTEXT, KUBECONFIG, _with_kube
 from migrate.cli.migration import BuildOn
-from migrate.cli.options import AUTHFILE, CERT_DIR, CREDS, TLS_VERIFY, with_registry
+from migrate.cli.options import (
+    AUTHFILE,
+    CERT_DIR,
+    CONTEXT,
+    CREDS,
+    KUBECONFIG,
+    TLS_VERIFY,
+    with_kube,
+    with_registry,
+)
 from migrate.cli.output import Format, emit, table
 from migrate.errors import PartialFailure, UsageError
 
@@ -123,7 +131,7 @@ def drain(
     from migrate.adapters import kube
     from migrate.pipeline.drain import plan, report, run
 
-    settings = with_registry(_with_kube(ctx, kubeconfig, context, None), authfile=authfile,
+    settings = with_registry(with_kube(ctx, kubeconfig, context, None), authfile=authfile,
                              creds=creds, tls_verify=tls_verify, cert_dir=cert_dir)
     if resume is not None:
         if node is not None:
@@ -169,7 +177,7 @@ def uncordon(
     from migrate.adapters import kube
     from migrate.pipeline.drain import run
 
-    settings = _with_kube(ctx, kubeconfig, context, None)
+    settings = with_kube(ctx, kubeconfig, context, None)
     was = run.uncordon(kube.connect(settings.kube), node)
     emit({"node": node, "was_cordoned": was}, output.value,
          lambda: f"node/{node} {'uncordoned' if was else 'already uncordoned'}\n")

@@ -9,9 +9,18 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from migrate.cli.cluster import CONTEXT, KUBECONFIG, NAMESPACE, _with_kube
 from migrate.cli.images import Builder, Compression
-from migrate.cli.options import AUTHFILE, CERT_DIR, CREDS, TLS_VERIFY, with_registry
+from migrate.cli.options import (
+    AUTHFILE,
+    CERT_DIR,
+    CONTEXT,
+    CREDS,
+    KUBECONFIG,
+    NAMESPACE,
+    TLS_VERIFY,
+    with_kube,
+    with_registry,
+)
 from migrate.cli.output import Format, emit, table
 from migrate.settings import Settings
 
@@ -127,7 +136,7 @@ def pod(
     if (registry is None) == (image is None):
         raise UsageError("give exactly one of --registry REG and --image REF",
                          hint="--registry names an image per container")
-    settings = with_registry(_with_kube(ctx, kubeconfig, context, namespace),
+    settings = with_registry(with_kube(ctx, kubeconfig, context, namespace),
                              authfile=authfile, creds=creds, tls_verify=tls_verify,
                              cert_dir=cert_dir)
     req = PodRequest(pod=name, to=to, namespace=namespace, containers=tuple(container),
@@ -165,7 +174,7 @@ def resume(
     from migrate.errors import UsageError
     from migrate.pipeline.journal import Journal
 
-    settings = _with_kube(ctx, kubeconfig, context, None)
+    settings = with_kube(ctx, kubeconfig, context, None)
     journal = Journal.load(settings.state_dir, journal_id)
     if journal.outcome in ("succeeded", "rolled-back"):
         raise UsageError(f"migration {journal_id} has {journal.outcome}; nothing to resume")
@@ -186,7 +195,7 @@ def rollback(
     from migrate.pipeline import migration
     from migrate.pipeline.journal import Journal
 
-    settings = _with_kube(ctx, kubeconfig, context, None)
+    settings = with_kube(ctx, kubeconfig, context, None)
     journal = Journal.load(settings.state_dir, journal_id)
     journal.lock()
     try:

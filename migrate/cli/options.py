@@ -16,6 +16,12 @@ CREDS = typer.Option(None, "--creds", help="USER:PASSWORD for the registry.",
 TLS_VERIFY = typer.Option(True, "--tls-verify/--no-tls-verify",
                           help="Verify the registry's TLS; --no-tls-verify also allows plain "
                           "HTTP.")
+KUBECONFIG = typer.Option(None, "--kubeconfig", help="Kubeconfig file (default: $KUBECONFIG, "
+                          "~/.kube/config, or the in-cluster service account).",
+                          show_default=False)
+CONTEXT = typer.Option(None, "--context", help="Kubeconfig context.", show_default=False)
+NAMESPACE = typer.Option(None, "-n", "--namespace", help="Namespace (default: the context's).",
+                         show_default=False)
 CERT_DIR = typer.Option(None, "--cert-dir", help="Registry CA certificates (*.crt) and "
                         "client pair (*.cert, *.key).")
 
@@ -28,3 +34,11 @@ def with_registry(base: Settings, *, authfile: Path | None, creds: str | None,
     return dataclasses.replace(base, registry=dataclasses.replace(
         base.registry, tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile,
         creds=parse_creds(creds) if creds is not None else None))
+
+
+def with_kube(ctx: typer.Context, kubeconfig: Path | None, context: str | None,
+              namespace: str | None) -> Settings:
+    """The root settings (``ctx.obj``) with one command's cluster options applied."""
+    base: Settings = ctx.obj
+    return dataclasses.replace(base, kube=dataclasses.replace(
+        base.kube, kubeconfig=kubeconfig, context=context, namespace=namespace))

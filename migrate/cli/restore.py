@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from migrate.cli.cluster import CONTEXT, KUBECONFIG
+from migrate.cli.options import CONTEXT, KUBECONFIG, with_kube
 from migrate.cli.output import Format, emit, table
 from migrate.settings import Settings
 
@@ -32,13 +32,6 @@ class Network(StrEnum):
 
     none = "none"
     pod = "pod"
-
-
-def _with_kube(ctx: typer.Context, kubeconfig: Path | None, context: str | None,
-               namespace: str | None) -> Settings:
-    base: Settings = ctx.obj
-    return dataclasses.replace(base, kube=dataclasses.replace(
-        base.kube, kubeconfig=kubeconfig, context=context, namespace=namespace))
 
 
 def manifest(
@@ -81,7 +74,7 @@ def manifest(
     from migrate.pipeline.manifest import parse_images
     from migrate.pipeline.manifest_request import ManifestRequest, build_manifest
 
-    settings = _with_kube(ctx, kubeconfig, context, namespace)
+    settings = with_kube(ctx, kubeconfig, context, namespace)
     pod = build_manifest(ManifestRequest(
         images=parse_images(image, digest), node=node, from_pod=from_pod, archive=archive,
         container=container, namespace=namespace, name=name, generate_name=generate_name,

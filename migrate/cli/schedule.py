@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from migrate.cli.cluster import CONTEXT, KUBECONFIG, _with_kube
+from migrate.cli.options import CONTEXT, KUBECONFIG, with_kube
 from migrate.cli.output import emit
 from migrate.errors import UsageError
 
@@ -80,7 +80,7 @@ def deploy(
     from migrate.pipeline import incluster
 
     objects = incluster.deploy_objects(incluster.Deployment(namespace, image))
-    _emit_or_apply(_with_kube(ctx, kubeconfig, context, None), objects, apply, k8s_version,
+    _emit_or_apply(with_kube(ctx, kubeconfig, context, None), objects, apply, k8s_version,
                    output)
 
 
@@ -139,7 +139,7 @@ def schedule_drain(
 
     options = list(ctx.args)
     _check_drain_options(ctx, node, options)
-    settings = _with_kube(ctx, kubeconfig, context, None)
+    settings = with_kube(ctx, kubeconfig, context, None)
     if image is None and apply:
         from migrate.adapters import kube
 
