@@ -205,6 +205,8 @@ def _raw(resp: Any) -> dict[str, Any]:
 
 _POD = "/api/v1/namespaces/{namespace}/pods/{name}"
 _PODS = "/api/v1/namespaces/{namespace}/pods"
+_JOBS = "/apis/batch/v1/namespaces/{namespace}/jobs"
+_SECRETS = "/api/v1/namespaces/{namespace}/secrets"
 
 
 def read_pod(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
@@ -309,9 +311,7 @@ def create_pod(cluster: Cluster, namespace: str, body: dict[str, Any]) -> dict[s
     name = body.get("metadata", {}).get("name") or body.get("metadata", {}).get("generateName")
     # Not retried: a create whose answer was lost may have happened; the caller's
     # journal and the name (or generateName) sort that out, not a blind second POST.
-    return request_json(cluster, f"create pod {namespace}/{name}", "POST", _PODS,
-                        path_params={"namespace": namespace}, body=body,
-                        _retry=dataclasses.replace(cluster.settings.retry, attempts=1))
+    return _create_once(cluster, f"create pod {namespace}/{name}", _PODS, namespace, body)
 
 
 def delete_pod(cluster: Cluster, namespace: str, name: str, *, uid: str | None = None,
@@ -322,12 +322,8 @@ def delete_pod(cluster: Cluster, namespace: str, name: str, *, uid: str | None =
         body["preconditions"] = {"uid": uid}
     if grace_seconds is not None:
         body["gracePeriodSeconds"] = grace_seconds
-    try:
-        request_json(cluster, f"delete pod {namespace}/{name}", "DELETE", _POD,
-                     path_params={"namespace": namespace, "name": name}, body=body)
-    except NotFoundError:
-        return False
-    return True
+    return _delete(cluster, f"delete pod {namespace}/{name}", _POD,
+                   {"namespace": namespace, "name": name}, body)
 
 
 def patch_pod(cluster: Cluster, namespace: str, name: str,
@@ -381,8 +377,7 @@ def watch_pod(cluster: Cluster, namespace: str, name: str,
 def watch_job(cluster: Cluster, namespace: str, name: str,
               until: Callable[[dict[str, Any] | None], T | None], timeout: float) -> T:
     """Watch one Job until ``until(job)`` returns something (None: the Job is gone)."""
-    return _watch(cluster, "/apis/batch/v1/namespaces/{namespace}/jobs",
-                  f"job {namespace}/{name}", namespace, name, until, timeout)
+    return _watch(cluster, _JOBS, f"job {namespace}/{name}", namespace, name, until, timeout)
 
 
 def _watch(cluster: Cluster, collection: str, what: str, namespace: str, name: str,
@@ -436,55 +431,49 @@ def _watch(cluster: Cluster, collection: str, what: str, namespace: str, name: s
                        hint="raise --timeout, or look at its events (kubectl describe)")
 
 
-def create_job(cluster: Cluster, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-    """Create a Job (not retried: see create_pod)."""
-    from kubernetes import client
-
-    batch = client.BatchV1Api(cluster.api)
-    return _raw(call(cluster, f"create job in {namespace}", batch.create_namespaced_job,
-                     namespace, body, _retry=dataclasses.replace(cluster.settings.retry,
-                                                                  attempts=1),
-                     _preload_content=False))
+def _create_once(cluster: Cluster, what: str, collection: str, namespace: str,
+                 body: dict[str, Any]) -> dict[str, Any]:
+    """POST ``body`` once: a create whose answer was lost may have happened (see create_pod)."""
+    return request_json(cluster, what, "POST", collection, path_params={"namespace": namespace},
+                        body=body, _retry=dataclasses.replace(cluster.settings.retry,
+                                                               attempts=1))
 
 
-def delete_job(cluster: Cluster, namespace: str, name: str) -> bool:
-    """Delete a Job and its pods; False if it was already gone."""
-    from kubernetes import client
-
-    batch = client.BatchV1Api(cluster.api)
-    body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+def _delete(cluster: Cluster, what: str, path: str, params: dict[str, str],
+            body: dict[str, Any]) -> bool:
+    """DELETE one object; False if it was already gone."""
     try:
-        call(cluster, f"delete job {namespace}/{name}", batch.delete_namespaced_job, name,
-             namespace, body=body, _preload_content=False)
+        request_json(cluster, what, "DELETE", path, path_params=params, body=body)
     except NotFoundError:
         return False
     return True
 
 
+def create_job(cluster: Cluster, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Create a Job (not retried: see create_pod)."""
+    return _create_once(cluster, f"create job in {namespace}", _JOBS, namespace, body)
+
+
+def delete_job(cluster: Cluster, namespace: str, name: str) -> bool:
+    """Delete a Job and its pods; False if it was already gone."""
+    return _delete(cluster, f"delete job {namespace}/{name}", _JOBS + "/{name}",
+                   {"namespace": namespace, "name": name},
+                   {"apiVersion": "v1", "kind": "DeleteOptions",
+                    "propagationPolicy": "Background"})
+
+
 def create_secret(cluster: Cluster, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
     """Create a Secret; the error never quotes its data."""
-    from kubernetes import client
-
-    core = client.CoreV1Api(cluster.api)
-    created = _raw(call(cluster, f"create secret in {namespace}",
-                        core.create_namespaced_secret, namespace, body,
-                        _retry=dataclasses.replace(cluster.settings.retry, attempts=1),
-                        _preload_content=False))
+    created = _create_once(cluster, f"create secret in {namespace}", _SECRETS, namespace, body)
     created.pop("data", None)  # nothing downstream needs it back in memory
     return created
 
 
 def delete_secret(cluster: Cluster, namespace: str, name: str) -> bool:
     """Delete a Secret; False if it was already gone."""
-    from kubernetes import client
-
-    core = client.CoreV1Api(cluster.api)
-    try:
-        call(cluster, f"delete secret {namespace}/{name}", core.delete_namespaced_secret, name,
-             namespace, _preload_content=False)
-    except NotFoundError:
-        return False
-    return True
+    return _delete(cluster, f"delete secret {namespace}/{name}", _SECRETS + "/{name}",
+                   {"namespace": namespace, "name": name},
+                   {"apiVersion": "v1", "kind": "DeleteOptions"})
 
 
 def _events(resp: Any) -> Generator[dict[str, Any], None, None]:
