@@ -19,7 +19,6 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -220,9 +219,3 @@ def _directory(state_dir: Path | None) -> Path:
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     return directory
 
-
-def iter_stage_data(journal: Journal) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(stage, data) for every completed stage, in order."""
-    for s in journal.stages:
-        if s.status == DONE:
-            yield s.name, s.data

@@ -80,7 +80,6 @@ class Plan:
     images: dict[str, str]  # container -> image reference to push
     owner: tuple[str, str] | None  # (kind, name) of the controller
     switch: str  # delete | handover | keep
-    phase: str
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -95,7 +94,7 @@ class Plan:
         """Inverse of `to_dict`."""
         owner = (d["owner"]["kind"], d["owner"]["name"]) if d.get("owner") else None
         return cls(d["namespace"], d["pod"], d["uid"], d["source"], d["destination"],
-                   tuple(d["containers"]), dict(d["images"]), owner, d["switch"], "Running")
+                   tuple(d["containers"]), dict(d["images"]), owner, d["switch"])
 
 
 def controller_of(pod: Obj) -> tuple[str, str] | None:
@@ -203,4 +202,4 @@ def preflight(cluster: kube.Cluster, settings: Settings, req: PodRequest) -> Pla
     check_registry(settings, images)
     switch = "keep" if req.keep_source else ("handover" if owner else "delete")
     return Plan(namespace, req.pod, pod["metadata"].get("uid", ""), source, req.to, containers,
-                images, owner, switch, phase)
+                images, owner, switch)
