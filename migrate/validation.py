@@ -89,6 +89,37 @@ def kubernetes_version(requested: str) -> str:
     return version
 
 
+@cache
+def _kubernetes_validator(version: str, kind: str, api_version: str) -> Draft202012Validator:
+    """The strict validator of one kind, built once per process.
+
+    kubernetes_validate.validate() parses the release's schema files (the shared
+    definitions alone are megabytes of JSON) on every call: a drain renders a Pod
+    per migration, so the parsed schemas are kept. The file layout is the
+    package's: ``v<release>-local-strict/<kind>-<group>-<version>.json``, the
+    release being the newest shipped one not newer than ``version``.
+    """
+    import re
+
+    from jsonschema import Draft202012Validator
+    from kubernetes_validate import utils
+    from referencing import Registry, Resource
+
+    release = [v for v in utils.all_versions()
+               if utils.major_minor(v) <= utils.major_minor(version)][-1]
+    group_version = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    folder = f"kubernetes-json-schema/v{release}-local-strict"
+    try:
+        schema = utils.schema_contents(f"{folder}/{kind.lower()}-{group_version}.json", version)
+    except FileNotFoundError:
+        raise RenderError(f"Kubernetes {version} has no schema for {kind} ({api_version})",
+                          hint=_BUG_HINT) from None
+    definitions = utils.schema_contents(f"{folder}/_definitions.json", version)
+    registry: Registry[Any] = Resource.from_contents(schema) @ Registry()
+    registry = Resource.from_contents(definitions) @ registry
+    return Draft202012Validator(schema, registry=registry)
+
+
 def check_kubernetes(obj: dict[str, Any], version: str, what: str) -> None:
     """Validate ``obj`` against the strict OpenAPI schema of Kubernetes ``version``.
 
@@ -96,11 +127,12 @@ def check_kubernetes(obj: dict[str, Any], version: str, what: str) -> None:
     validation (kubectl's default) makes them. Raises `RenderError` naming the
     JSON path.
     """
-    from kubernetes_validate import utils
+    from jsonschema import ValidationError
 
+    validator = _kubernetes_validator(version, str(obj.get("kind")), str(obj.get("apiVersion")))
     try:
-        utils.validate(obj, version, strict=True)
-    except utils.ValidationError as e:
+        validator.validate(obj)
+    except ValidationError as e:
         hint = (f"{_BUG_HINT}; or the source uses fields Kubernetes {version} does not "
                 "know (choose the target's version with --k8s-version)")
         raise RenderError(f"{what} is not a valid {obj.get('kind')} for Kubernetes {version} "

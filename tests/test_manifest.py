@@ -185,6 +185,32 @@ def test_an_invalid_result_is_a_bug_and_names_the_path() -> None:
         "Additional properties are not allowed ('resizePolicy' was unexpected)")
 
 
+def test_the_kubernetes_schemas_are_parsed_once_per_kind_and_release(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A drain renders a Pod per migration; the release's definitions are megabytes of JSON.
+    from kubernetes_validate import utils
+
+    from migrate import validation
+
+    validation._kubernetes_validator.cache_clear()
+    parsed: list[str] = []
+    real = utils.schema_contents
+
+    def counted(name: str, version: str) -> Any:
+        parsed.append(name)
+        return real(name, version)
+
+    monkeypatch.setattr(utils, "schema_contents", counted)
+    for _ in range(3):
+        render_restore_pod(source("bare"), {"counter": "r/x:1"},
+                           RestoreOptions(node="n", k8s_version="1.29"))
+    assert len(parsed) == 2 and parsed[1].endswith("/_definitions.json")
+    assert "v1.29" in parsed[0] and parsed[0].endswith("-strict/pod-v1.json")
+    with pytest.raises(RenderError) as e:  # a kind the release has no schema for
+        validation.check_kubernetes({"apiVersion": "v1", "kind": "Gadget"}, "1.29", "it")
+    assert e.value.message == "Kubernetes 1.29 has no schema for Gadget (v1)"
+
+
 def test_templates_are_filled_with_exactly_what_they_use() -> None:
     from migrate.pipeline.templating import fill
 

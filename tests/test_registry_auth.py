@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
+import ssl
 from pathlib import Path
 
 import pytest
@@ -607,3 +609,47 @@ def test_missing_registry_auth_file_is_an_error(tmp_path: Path) -> None:
         lookup("reg.example:5000", "ns/app", settings({"REGISTRY_AUTH_FILE": missing}))
     assert err.value.message == f"{missing}: no such credentials file"
     assert err.value.exit_code == 4
+
+
+# -- TLS contexts --------------------------------------------------------------------
+
+
+def _context(s: RegistrySettings, host: str = REG) -> ssl.SSLContext:
+    from migrate.adapters.registry.client import RegistryClient
+    from migrate.adapters.registry.reference import parse_reference
+
+    pool = RegistryClient(parse_reference(f"{host}/team/app:v1"), s)._pool
+    ctx = pool.connection_pool_kw["ssl_context"]
+    assert isinstance(ctx, ssl.SSLContext)
+    return ctx
+
+
+def test_clients_share_one_context_per_trust_setting(tmp_path: Path) -> None:
+    # Loading the system CAs costs tens of milliseconds: a drain makes two clients per pod.
+    verified, again = _context(settings()), _context(settings())
+    insecure = _context(settings(tls_verify=False))
+    assert verified is again
+    assert insecure is not verified
+    assert verified.verify_mode == ssl.CERT_REQUIRED and verified.check_hostname
+    assert insecure.verify_mode == ssl.CERT_NONE and not insecure.check_hostname
+
+
+def test_a_cert_dir_ca_is_trusted_and_a_changed_one_reloaded(tmp_path: Path) -> None:
+    from e2e.pki import make_ca
+
+    cert_dir = tmp_path / "certs.d"
+    cert_dir.mkdir()
+    bare = _context(settings(cert_dir=tmp_path / "empty"))
+    first_ca = make_ca(tmp_path / "ca1", "first-test-ca")
+    (cert_dir / "ca.crt").write_bytes(first_ca.cert.read_bytes())
+    first = _context(settings(cert_dir=cert_dir))
+    assert first.cert_store_stats()["x509_ca"] == bare.cert_store_stats()["x509_ca"] + 1
+    assert _context(settings(cert_dir=cert_dir)) is first
+    # Rewritten (a rotated CA): the cache key holds the file's mtime, so it is read again.
+    second_ca = make_ca(tmp_path / "ca2", "second-test-ca")
+    (cert_dir / "ca.crt").write_bytes(second_ca.cert.read_bytes())
+    os.utime(cert_dir / "ca.crt", ns=(1, 1))
+    second = _context(settings(cert_dir=cert_dir))
+    assert second is not first
+    subjects = str([c["subject"] for c in second.get_ca_certs()])
+    assert "second-test-ca" in subjects and "first-test-ca" not in subjects

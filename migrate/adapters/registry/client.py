@@ -11,6 +11,7 @@ a message or a log line.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import ssl
@@ -35,17 +36,34 @@ _TLS_HINT = "give the registry's CA with --cert-dir DIR (DIR/*.crt), or --no-tls
 
 
 def _ssl_context(settings: RegistrySettings, host: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    if not settings.tls_verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
     cert_dir = settings.cert_dir or (CERTS_D / host)
+    files: tuple[tuple[str, int], ...] = ()
     if cert_dir.is_dir():
         # The containers-certs.d(5) layout: CAs as *.crt, a client pair as *.cert + *.key.
-        for ca in sorted(cert_dir.glob("*.crt")):
-            ctx.load_verify_locations(cafile=str(ca))
-        for cert in sorted(cert_dir.glob("*.cert")):
-            ctx.load_cert_chain(str(cert), str(cert.with_suffix(".key")))
+        files = tuple((str(f), f.stat().st_mtime_ns) for pattern in ("*.crt", "*.cert", "*.key")
+                      for f in sorted(cert_dir.glob(pattern)))
+    return _cached_context(settings.tls_verify, files)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_context(tls_verify: bool, files: tuple[tuple[str, int], ...]) -> ssl.SSLContext:
+    """One context per trust setting and set of certificate files (with their mtimes).
+
+    Loading the system's CAs costs tens of milliseconds of CPU; a drain makes two
+    clients per pod, in threads that share one interpreter, so each distinct
+    context is built once per process. Contexts are safe to share between
+    connections and threads once configured, and nothing changes them afterwards.
+    """
+    ctx = ssl.create_default_context()
+    if not tls_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    for name, _ in files:
+        path = Path(name)
+        if path.suffix == ".crt":
+            ctx.load_verify_locations(cafile=name)
+        elif path.suffix == ".cert":
+            ctx.load_cert_chain(name, str(path.with_suffix(".key")))
     return ctx
 
 
