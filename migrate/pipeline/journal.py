@@ -148,11 +148,17 @@ class Journal:
                 "actions": self.actions}
 
     def save(self) -> None:
-        """Write atomically, mode 0600."""
+        """Write atomically, mode 0600.
+
+        Compact JSON: an indented dump runs json's pure-Python encoder, and a
+        drain rewrites its journal (every pod's plan and result) twice per pod
+        under one lock; `jq . FILE` shows it indented.
+        """
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        text = json.dumps(self.to_dict(), separators=(",", ":")) + "\n"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
