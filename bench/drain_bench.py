@@ -1,0 +1,342 @@
+"""Benchmark ``migrate drain`` against issue 7's performance and scale targets.
+
+The targets: on the simulator, a drain of 200 pods over 4 nodes with
+``--concurrency 16`` reaches at least 70% parallel efficiency, i.e. wall time
+<= ideal / 0.7, where ideal = (sum of the pods' simulated latencies) /
+concurrency; the API requests per pod are reported; the tool's peak RSS stays
+under 300 MB.
+
+What it runs, side by side in one run: a loopback registry (Debian's
+``docker-registry``, ``e2e.registry``) and, for every measured drain, a fresh
+cluster simulator (``e2e.sim``): the source node node-a and ``--nodes``
+destinations (node-b, node-c, ...). node-a holds ``--pods`` pods, a mix of
+bare pods and Deployments' pods (``--deployments`` x ``--replicas``; the
+Deployments' pods are handed over to their ReplicaSets), each with ``--mib``
+MiB of simulated memory; node-a's kubelet runs with --max-pods 256, as a
+node that holds 200 pods must. They are created and awaited untimed. Then,
+timed: ``migrate drain node-a --concurrency C --registry REG -o json``, a
+subprocess under GNU time (wall, peak RSS, CPU). Afterwards every pod must
+have moved: its restored copy runs on the node the drain chose, from its
+checkpoint image (drain_cluster.py).
+
+The simulated latencies, per migrated pod, are the simulator's knobs:
+
+- the checkpoint: ``--checkpoint-seconds`` per MiB of the pod's memory
+  (NodeConfig.checkpoint_delay_per_mib), here x ``--mib``;
+- the restore: the kubelet's start latency (``--start-latency``, from the
+  restored pod being bound to its start) plus the image pull
+  (``--pull-seconds``, NodeConfig.image_pull_seconds);
+- the switch-over: the source pod's stop latency (``--stop-latency``).
+
+Their sum over the pods, over the concurrency, is the ideal: what a perfect
+tool would take with C migrations always in flight and no cost of its own.
+efficiency = ideal / wall; the target is >= 0.7. Everything else counts
+against the tool: its start-up, the cordon and the plan, the archives' reads
+and pushes, the journal, Events, renders and watches, and the simulator's and
+the registry's CPU on this machine's cores (they share them with the tool).
+
+Side by side: a serial drain (``--serial-pods`` bare pods, ``--concurrency
+1``) in each repetition shows the per-pod cost of one migration on its own
+(its wall per pod over its simulated latency per pod): the parallel drain's
+efficiency can only be as good as the serial one's allows. The runs are
+interleaved (the order rotates each repetition) after one untimed warm-up of
+each kind, and medians are compared: the machine is shared and noisy.
+
+Requests are counted on the API server's side (the lines its access log
+gained during the drain, and the TLS connections it accepted) and by migrate
+itself (the report's ``api_requests``), per pod. The pod journals the drain
+wrote give each stage's median time next to the simulated latency it holds.
+
+This is a report, not a test: it exits 0 whether or not the targets are met,
+and non-zero only when it could not measure. Run from the repository root:
+``.venv/bin/python bench/drain_bench.py`` (200 pods, 4 destinations,
+concurrency 16, 3 repetitions: about ten minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from drain_cluster import DrainCluster, Population
+from harness import (
+    MB,
+    MIGRATE,
+    BenchError,
+    Sample,
+    Series,
+    fmt_s,
+    in_workdir,
+    measure,
+    render,
+    require,
+    run_once,
+)
+from pod_cluster import Window
+
+from e2e.registry import Registry, RegistryError
+from e2e.sim import NodeConfig, RegistryConfig, Simulator
+
+EFFICIENCY_TARGET = 0.7  # ideal / wall >=
+RSS_TARGET_MB = 300.0  # peak RSS of migrate drain <
+SOURCE = "node-a"
+MAX_PODS = "256"  # the source's --max-pods: the kubelet's default (110) is too few
+# Stage of a `migrate pod` run -> the simulated latency it contains.
+STAGE_LATENCY = {"checkpoint": "checkpoint", "verify": "pull + start", "switchover": "stop"}
+
+
+@dataclass(frozen=True)
+class Latencies:
+    """The simulator's knobs, in seconds."""
+
+    checkpoint_per_mib: float
+    pull: float
+    start: float
+    stop: float
+
+    def per_pod(self, mib: int) -> dict[str, float]:
+        return {"checkpoint": self.checkpoint_per_mib * mib, "pull + start": self.pull + self.start,
+                "stop": self.stop}
+
+
+@dataclass(frozen=True)
+class DrainSample(Sample):
+    """One measured drain."""
+
+    report: dict[str, Any] = field(default_factory=dict)
+    requests: int = 0  # seen by the API server
+    connections: int = 0
+    stages: dict[str, list[float]] = field(default_factory=dict)  # from the pod journals
+    spread: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass
+class Drain(Series[DrainSample]):
+    """One kind of drain: its pods and concurrency."""
+
+    population: Population = field(default_factory=lambda: Population(0, 0, 0, 1))
+    concurrency: int = 1
+
+    @property
+    def pods(self) -> int:
+        return self.population.pods
+
+    def ideal(self, lat: Latencies) -> float:
+        return self.pods * sum(lat.per_pod(self.population.mib).values()) / self.concurrency
+
+    def efficiency(self, lat: Latencies) -> float:
+        return self.ideal(lat) / self.median
+
+    @property
+    def pool(self) -> float:
+        """Median seconds from the first pod's start to the last pod's end."""
+        return statistics.median(
+            float(max(p["ended_at"] for p in s.report["pods"]) -
+                  min(p["started_at"] for p in s.report["pods"])) for s in self.samples)
+
+    def per_pod(self, what: str) -> float:
+        if what == "server":
+            return statistics.median(s.requests / self.pods for s in self.samples)
+        if what == "connections":
+            return statistics.median(s.connections / self.pods for s in self.samples)
+        return statistics.median(float(s.report["api_requests"]) / self.pods
+                                 for s in self.samples)
+
+    def stage(self, name: str) -> float:
+        return statistics.median(t for s in self.samples for t in s.stages.get(name, []))
+
+
+class Runner:
+    """Runs one drain on a fresh simulated cluster."""
+
+    def __init__(self, work: Path, registry: Registry, destinations: int,
+                 lat: Latencies) -> None:
+        self.work, self.registry, self.lat = work, registry, lat
+        self.nodes = (SOURCE, *(f"node-{chr(ord('b') + i)}" for i in range(destinations)))
+        self._runs = 0
+
+    def run(self, drain: Drain, tag: str) -> DrainSample:
+        """One drain of ``drain``'s kind (tag: "warmup", "r1", ...)."""
+        self._runs += 1
+        run_dir = self.work / f"run-{self._runs}"
+        lat = self.lat
+        knobs = NodeConfig(checkpoint_delay_per_mib=lat.checkpoint_per_mib,
+                           image_pull_seconds=lat.pull)
+        configs = {n: knobs.replace(capacity={"pods": MAX_PODS}) if n == SOURCE else knobs
+                   for n in self.nodes}
+        print(f"  {tag}: {drain.label}: {drain.pods} pods ...", flush=True)
+        with Simulator(run_dir / "cluster", nodes=self.nodes, node_config=configs,
+                       start_latency=lat.start, stop_latency=lat.stop,
+                       registries=RegistryConfig(insecure=(self.registry.host,))) as sim:
+            cluster = DrainCluster(sim)
+            cluster.populate(SOURCE, drain.population)
+            window = Window(sim)
+            sample = run_once(f"migrate drain ({drain.label})", [
+                str(MIGRATE), "drain", SOURCE, "--registry", f"{self.registry.host}/bench",
+                "--no-tls-verify", "--concurrency", str(drain.concurrency), "--timeout", "300",
+                "-o", "json"], self._env(run_dir, sim))
+            requests, connections = window.close()
+            try:
+                report: dict[str, Any] = json.loads(sample.stdout)
+            except ValueError as e:
+                raise BenchError(f"migrate drain: no JSON on stdout ({e})") from e
+            spread = cluster.check(report, SOURCE, self.registry.host)
+        return DrainSample(**vars(sample), report=report, requests=len(requests),
+                           connections=connections, stages=_stages(run_dir / "state"),
+                           spread=tuple(sorted(spread.items())))
+
+    def _env(self, run_dir: Path, sim: Simulator) -> dict[str, str]:
+        # Bytecode cached, as for an installed tool; a state directory and an empty
+        # layer-digest cache per run: every push is cold.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        return {**env, "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+                "KUBECONFIG": str(sim.kubeconfig), "MIGRATE_STATE_DIR": str(run_dir / "state"),
+                "MIGRATE_CACHE_DIR": str(run_dir / "cache"),
+                "MIGRATE_NODE_ROOT": str(sim.state_dir / "nodes" / "{node}")}
+
+
+def _stages(state: Path) -> dict[str, list[float]]:
+    """Each stage's seconds over the drain's `migrate pod` journals."""
+    out: dict[str, list[float]] = {}
+    for path in sorted((state / "journal").glob("pod-*.json")):
+        for stage in json.loads(path.read_text())["stages"]:
+            if stage.get("seconds") is not None:
+                out.setdefault(stage["name"], []).append(float(stage["seconds"]))
+    return out
+
+
+def target_rows(par: Drain, serial: Drain, lat: Latencies) -> list[list[str]]:
+    """The targets, then the serial drain's efficiency for context."""
+    eff, rss = par.efficiency(lat), par.peak_rss_mb
+    return [
+        [f"efficiency, {par.pods} pods, concurrency {par.concurrency}",
+         f"{eff:.2f}", f">= {EFFICIENCY_TARGET}", "OK" if eff >= EFFICIENCY_TARGET else "MISSED"],
+        ["peak RSS of migrate drain (MB)", f"{rss:.0f}", f"< {RSS_TARGET_MB:g}",
+         "OK" if rss < RSS_TARGET_MB else "MISSED"],
+        [f"API requests per pod (server side; migrate counts {par.per_pod('migrate'):.1f})",
+         f"{par.per_pod('server'):.1f}", "(info)", "-"],
+        [f"efficiency, {serial.pods} pods, concurrency 1 (serial)",
+         f"{serial.efficiency(lat):.2f}", "(info)", "-"],
+    ]
+
+
+def run_rows(par: Drain, serial: Drain, lat: Latencies) -> list[list[str]]:
+    rows = []
+    for d in (par, serial):
+        rows.append([d.label, str(d.pods), str(d.concurrency), fmt_s(d.ideal(lat)),
+                     fmt_s(d.median), fmt_s(d.pool), f"{d.median / d.pods:.3f}",
+                     f"{d.cpu:.1f}", f"{d.peak_rss_mb:.0f}",
+                     " ".join(f"{t:.1f}" for t in d.times)])
+    return rows
+
+
+def stage_rows(par: Drain, serial: Drain, lat: Latencies, mib: int) -> list[list[str]]:
+    simulated = lat.per_pod(mib)
+    names = list(par.last.stages) or list(serial.last.stages)
+    rows = []
+    for name in names:
+        holds = STAGE_LATENCY.get(name)
+        rows.append([name, f"{serial.stage(name):.3f}", f"{par.stage(name):.3f}",
+                     f"{simulated[holds]:.3f} ({holds})" if holds else "-"])
+    return rows
+
+
+def bench(work: Path, args: argparse.Namespace) -> None:
+    lat = Latencies(args.checkpoint_seconds, args.pull_seconds, args.start_latency,
+                    args.stop_latency)
+    deployed = args.deployments * args.replicas
+    if deployed > args.pods:
+        raise BenchError(f"--deployments x --replicas ({deployed}) exceeds --pods ({args.pods})")
+    par = Drain(f"drain, concurrency {args.concurrency}",
+                population=Population(args.pods - deployed, args.deployments, args.replicas,
+                                      args.mib), concurrency=args.concurrency)
+    serial = Drain("drain, serial", population=Population(args.serial_pods, 0, 0, args.mib))
+    registry = Registry(work / "registry").start()
+    try:
+        runner = Runner(work, registry, args.nodes, lat)
+        print(f"measuring: {args.reps} interleaved repetitions after one warm-up each; "
+              f"every drain on a fresh simulator ...", flush=True)
+        measure([par, serial], args.reps, runner.run)
+    finally:
+        registry.stop()
+    report(par, serial, lat, args)
+
+
+def report(par: Drain, serial: Drain, lat: Latencies, args: argparse.Namespace) -> None:
+    per_pod = lat.per_pod(args.mib)
+    print()
+    print(f"RESULTS (medians of {args.reps}; {par.pods} pods on {SOURCE}: "
+          f"{par.population.bare} bare, {par.population.deployments} Deployments x "
+          f"{par.population.replicas}; {args.nodes} destinations; simulated latency per pod "
+          f"{sum(per_pod.values()):g} s: "
+          + ", ".join(f"{k} {v:g}" for k, v in per_pod.items()) + ")")
+    print(render(["measure", "value", "target", "result"], target_rows(par, serial, lat),
+                 lambda i: i == 1))
+    print()
+    print("RUNS (seconds; ideal = pods x simulated latency / concurrency; pool = first pod's "
+          "start to last pod's end;\n  CPU = migrate's user + system; RSS in MB)")
+    print(render(["drain", "pods", "C", "ideal", "wall", "pool", "wall/pod", "CPU", "RSS",
+                  "runs"], run_rows(par, serial, lat), lambda i: 0 < i < 9))
+    print()
+    print("STAGES (median seconds per pod, from the drains' `migrate pod` journals)")
+    print(render(["stage", "serial", f"concurrency {par.concurrency}", "simulated"],
+                 stage_rows(par, serial, lat, args.mib), lambda i: i in (1, 2)))
+    print()
+    spread = Counter(dict(par.last.spread))
+    print(f"API REQUESTS per pod (medians): {par.per_pod('server'):.1f} seen by the API server "
+          f"over {par.per_pod('connections'):.2f} TLS connections per pod "
+          f"({par.per_pod('migrate'):.1f} counted by migrate); serial "
+          f"{serial.per_pod('server'):.1f}")
+    print("last drain's destinations: " + ", ".join(f"{n} {c}" for n, c in sorted(spread.items())))
+    print(f"peak RSS: parallel {par.peak_rss_mb:.0f} MB, serial {serial.peak_rss_mb:.0f} MB "
+          f"(target < {RSS_TARGET_MB:g} MB; {par.peak_rss_mb * MB / 2**20:.0f} MiB)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pods", type=int, default=200, help="pods on the drained node")
+    ap.add_argument("--deployments", type=int, default=10,
+                    help="Deployments among them (the rest are bare pods)")
+    ap.add_argument("--replicas", type=int, default=10, help="pods per Deployment")
+    ap.add_argument("--nodes", type=int, default=4, help="destination nodes")
+    ap.add_argument("--concurrency", type=int, default=16, help="migrate drain --concurrency")
+    ap.add_argument("--serial-pods", type=int, default=8,
+                    help="pods of the serial drain (concurrency 1) measured alongside")
+    ap.add_argument("--reps", type=int, default=3, help="timed repetitions of each drain")
+    ap.add_argument("--mib", type=int, default=1, help="simulated memory of each pod (MiB)")
+    ap.add_argument("--checkpoint-seconds", type=float, default=1.0,
+                    help="simulated checkpoint time per MiB of memory")
+    ap.add_argument("--pull-seconds", type=float, default=0.5,
+                    help="simulated image pull time (each restore pulls its image)")
+    ap.add_argument("--start-latency", type=float, default=0.5,
+                    help="simulated seconds from a pod bound to it starting")
+    ap.add_argument("--stop-latency", type=float, default=0.5,
+                    help="simulated seconds from a pod's deletion to it gone")
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="where the clusters and the registry go (a temporary "
+                         "subdirectory, removed at the end)")
+    args = ap.parse_args(argv)
+    if min(args.pods, args.nodes, args.concurrency, args.serial_pods, args.reps, args.mib) < 1:
+        ap.error("--pods, --nodes, --concurrency, --serial-pods, --reps and --mib must be >= 1")
+    if args.nodes > 24:
+        ap.error("--nodes: at most 24 destinations (node-b ... node-y)")
+    if not require("docker-registry"):
+        return 2
+    # Killed, the bench still stops the registry and the simulator (finally blocks).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    return in_workdir("drain-bench-", args.workdir, lambda work: bench(work, args),
+                      (RegistryError,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
