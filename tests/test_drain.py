@@ -375,6 +375,10 @@ def test_an_interrupted_drain_resumes(drain: Callable[..., Result], cli: Cli,
     interrupted = [h for h in cli("history", "-o", "json").json()]
     assert [h["outcome"] for h in interrupted] == ["interrupted"]  # one pod started, no more
     assert set(cluster.where()) >= {"r1", "r2", "r3"}
+    # The id can be found again: `history --drains` lists the drain, as it stands.
+    (listed,) = cli("history", "--drains", "-o", "json").json()
+    assert listed == {"id": drain_id, "created": listed["created"], "outcome": "interrupted",
+                      "node": "node-a", "pods": 3, "results": {"interrupted": 1}}
     r = cli("drain", "--resume", drain_id, "--kubeconfig", cluster.sim.kubeconfig,
             "--no-tls-verify", "-o", "json")
     assert r.code == 0, r.err
@@ -386,6 +390,9 @@ def test_an_interrupted_drain_resumes(drain: Callable[..., Result], cli: Cli,
     assert [pods[h["pod"].split("/")[1]]["journals"] for h in interrupted] == [
         [interrupted[0]["id"]]]
     assert not {"r1", "r2", "r3"} & set(cluster.where())
+    table = cli("history", "--drains").out.splitlines()
+    assert table[0].split() == ["ID", "CREATED", "OUTCOME", "NODE", "PODS", "RESULTS"]
+    assert table[-1].split()[0::2] == [drain_id, "succeeded", "3", "migrated"]
     r = cli("drain", "--resume", drain_id, "--kubeconfig", cluster.sim.kubeconfig)
     assert (r.code, r.err.splitlines()[0]) == (
         2, f"error: drain {drain_id} has succeeded; nothing to resume")

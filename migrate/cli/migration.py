@@ -208,15 +208,20 @@ def rollback(
 
 def history(
     ctx: typer.Context,
+    drains: bool = typer.Option(False, "--drains",
+                                help="List drains (their ids are what --resume takes) instead "
+                                     "of migrations."),
     output: Format = typer.Option(Format.table, "-o", "--output", help="Output format."),
 ) -> None:
-    """List migrations from the journal directory, oldest first."""
+    """List migrations (or drains) from the journal directory, oldest first."""
+    settings: Settings = ctx.obj
+    if drains:
+        _drain_history(settings, output)
+        return
     from migrate.pipeline.journal import Journal
 
-    settings: Settings = ctx.obj
-    journals = Journal.history(settings.state_dir)
     rows = []
-    for j in journals:
+    for j in Journal.history(settings.state_dir):
         req = j.request
         failed = next((s.name for s in j.stages if s.status == "failed"), "")
         plan = j.stage("preflight").data.get("plan") or {}
@@ -229,6 +234,30 @@ def history(
     emit(rows, output.value, lambda: table(
         ("id", "created", "outcome", "pod", "to", "failed stage"),
         [tuple(r.values()) for r in rows]))
+
+
+def _drain_history(settings: Settings, output: Format) -> None:
+    from migrate.pipeline.drain.state import journal_dir
+    from migrate.pipeline.journal import Journal
+
+    rows: list[dict[str, Any]] = []
+    for j in Journal.history(journal_dir(settings)):
+        counts: dict[str, int] = {}
+        for r in (j.stage("drain").data.get("pods") or {}).values():
+            counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
+        rows.append({"id": j.id, "created": j.created, "outcome": j.outcome,
+                     "node": j.request.get("node"),
+                     "pods": len(j.stage("plan").data.get("pods") or []), "results": counts})
+    if not rows and output is Format.table:
+        typer.echo("no drains recorded", err=True)
+
+    def summary(counts: dict[str, int]) -> str:
+        return ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) or "-"
+
+    emit(rows, output.value, lambda: table(
+        ("id", "created", "outcome", "node", "pods", "results"),
+        [(r["id"], r["created"], r["outcome"], r["node"], str(r["pods"]), summary(r["results"]))
+         for r in rows]))
 
 
 def register(app: typer.Typer) -> None:
