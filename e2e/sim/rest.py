@@ -149,7 +149,7 @@ class Rest:
         return obj
 
     def _check_namespace(self, rt: ResourceType, namespace: str, name: str) -> None:
-        ns = self.store.find("namespaces", "", namespace)
+        ns = self.store.peek_one("namespaces", "", namespace)
         if ns is None:
             raise not_found("namespaces", namespace)
         if ns["metadata"].get("deletionTimestamp"):
@@ -310,7 +310,7 @@ class Rest:
 
         obj = self.store.update(rt.key, namespace, name, begin,
                                 remove_if=rt.ready_to_remove, group=rt.group)
-        still = self.store.find(rt.key, namespace, name)
+        still = self.store.peek_one(rt.key, namespace, name)
         gone = still is None or still["metadata"].get("uid") != obj["metadata"].get("uid")
         return obj, gone
 

@@ -10,7 +10,13 @@ what clients must cope with on a real cluster too).
 Thread safety: one re-entrant lock guards everything, with a Condition so
 watchers and controllers sleep until something changes. Stored dicts are never
 mutated in place (writes replace them), so events can share them; callers get
-deep copies.
+deep copies, except from `peek` and `peek_one`: those hand out the stored
+dicts themselves, for the simulator's own readers (controllers) that must
+never mutate them, and save copying every object on every pass.
+
+Indexes (`add_index`) map a value computed from each object of a resource
+(e.g. a pod's node) to the objects with it, kept up to date by every write,
+so that `peek` can select from a few objects instead of all.
 """
 
 from __future__ import annotations
@@ -21,17 +27,19 @@ import copy
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from e2e.sim.errors import already_exists, expired, not_found
 from e2e.sim.meta import now, rfc3339
 
-__all__ = ["Event", "Obj", "Store"]
+__all__ = ["Event", "IndexFunc", "Obj", "Store"]
 
 Obj = dict[str, Any]
 _Key = tuple[str, str]
+#: What an index maps an object to: the values it is found under.
+IndexFunc = Callable[[Obj], Iterable[str]]
 
 #: How long a blocked wait sleeps before re-checking for close(): bounds shutdown latency.
 _WAKE_INTERVAL = 0.5
@@ -79,6 +87,8 @@ class Store:
         # Events with rv <= this were dropped from the history.
         self._compacted = 0
         self._closed = False
+        # resource -> index name -> (its function, value -> keys of the objects with it)
+        self._indexes: dict[str, dict[str, tuple[IndexFunc, dict[str, set[_Key]]]]] = {}
 
     # -- reading -------------------------------------------------------------------
 
@@ -114,13 +124,62 @@ class Store:
     ) -> tuple[list[Obj], int]:
         """Copies of the objects (of `namespace`, or all), in key order, and the list's rv."""
         with self._lock:
-            items = [
-                copy.deepcopy(obj)
-                for key, obj in sorted(self._objects.get(resource, {}).items())
-                if (namespace is None or key[0] == namespace)
-                and (predicate is None or predicate(obj))
-            ]
-            return items, self._rv
+            return [copy.deepcopy(obj) for obj in self.peek(resource, namespace, predicate)], \
+                self._rv
+
+    def peek(
+        self,
+        resource: str,
+        namespace: str | None = None,
+        predicate: Callable[[Obj], bool] | None = None,
+        *,
+        index: tuple[str, str] | None = None,
+    ) -> builtins.list[Obj]:
+        """The stored objects themselves (callers must not mutate them), in key order.
+
+        namespace: only that namespace's (None: all). index: (index name, value):
+        only the objects that index maps to that value (see add_index).
+        """
+        with self._lock:
+            objects = self._objects.get(resource, {})
+            if index is not None:
+                keys: Iterable[_Key] = self._indexes[resource][index[0]][1].get(index[1], ())
+            else:
+                keys = objects.keys()
+            return [objects[key] for key in sorted(
+                k for k in keys if namespace is None or k[0] == namespace)
+                if predicate is None or predicate(objects[key])]
+
+    def peek_one(self, resource: str, namespace: str, name: str) -> Obj | None:
+        """One stored object itself (callers must not mutate it), or None."""
+        with self._lock:
+            return self._objects.get(resource, {}).get((namespace, name))
+
+    def add_index(self, resource: str, name: str, values: IndexFunc) -> None:
+        """Index `resource`'s objects by `values(obj)`, for peek(index=(name, value)).
+
+        Adding an index under a name that already has one changes nothing.
+        """
+        with self._lock:
+            indexes = self._indexes.setdefault(resource, {})
+            if name in indexes:
+                return
+            table: dict[str, set[_Key]] = {}
+            for key, obj in self._objects.get(resource, {}).items():
+                for value in values(obj):
+                    table.setdefault(value, set()).add(key)
+            indexes[name] = (values, table)
+
+    def _reindex(self, resource: str, key: _Key, old: Obj | None, new: Obj | None) -> None:
+        for values, table in self._indexes.get(resource, {}).values():
+            for value in values(old) if old is not None else ():
+                keys = table.get(value)
+                if keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del table[value]
+            for value in values(new) if new is not None else ():
+                table.setdefault(value, set()).add(key)
 
     # -- writing -------------------------------------------------------------------
 
@@ -192,6 +251,7 @@ class Store:
         obj["metadata"]["resourceVersion"] = str(self._rv)
         if store:
             self._objects.setdefault(resource, {})[key] = obj
+        self._reindex(resource, key, old, obj if store else None)
         self._events.append(Event(type_, resource, self._rv, obj, old))
         self._event_rvs.append(self._rv)
         if len(self._events) > self._history:
@@ -223,13 +283,14 @@ class Store:
         with self._lock:
             self._changed.notify_all()
 
-    def events_since(self, resource: str, since: int) -> builtins.list[Event]:
-        """History events of `resource` with rv > `since`; ApiError 410 if compacted away."""
+    def events_since(self, resource: str | None, since: int) -> builtins.list[Event]:
+        """History events of `resource` (None: of all) with rv > `since`; ApiError 410 if
+        compacted away."""
         with self._lock:
             if since < self._compacted:
                 raise expired(f"too old resource version: {since} ({self._compacted + 1})")
             start = bisect.bisect_right(self._event_rvs, since)
-            return [e for e in self._events[start:] if e.resource == resource]
+            return [e for e in self._events[start:] if resource is None or e.resource == resource]
 
     def watch(
         self, resource: str, since: int, *, deadline: float, stopped: Callable[[], bool]
