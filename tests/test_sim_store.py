@@ -3,11 +3,15 @@ the garbage collector that reads the store incrementally (e2e/sim/gc.py)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
 
+from e2e.sim.controllers import Controller
 from e2e.sim.core import CONFIGMAPS, core_registry
+from e2e.sim.errors import ApiError
 from e2e.sim.gc import GarbageCollector
 from e2e.sim.rest import Rest
 from e2e.sim.store import Obj, Store
@@ -169,3 +173,59 @@ def test_gc_examines_again_after_a_failed_pass(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(rest, "delete", real_delete)
     gc.reconcile()  # nothing was written meanwhile: still examined
     assert rest.store.peek_one("configmaps", "default", "dep") is None
+
+
+# -- waiting for writes of some resources ----------------------------------------------------
+
+
+def test_a_wait_for_some_resources_sleeps_through_other_writes() -> None:
+    store = Store()
+    checks: list[int] = []
+    woke: list[int] = []
+
+    def stopped() -> bool:  # evaluated once per wake-up of the waiter
+        checks.append(1)
+        return False
+
+    def waiter() -> None:
+        woke.append(store.wait(0, None, stopped, resources=("configmaps",)))
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not checks and time.monotonic() < deadline:
+        time.sleep(0.01)  # until it waits
+    for i in range(50):
+        store.create("secrets", {"metadata": {"name": f"s{i}", "namespace": "default"}})
+    assert not woke
+    store.create("configmaps", _cm("x"))
+    thread.join(10)
+    assert woke == [51]
+    # One check per wake-up: not one per secret (at most a few half-second timers).
+    assert len(checks) < 10
+
+
+def test_a_controller_waits_for_its_resources_and_after_an_error_for_any() -> None:
+    class Picky(Controller):
+        resources = ("configmaps",)
+        fail = False
+
+        def reconcile(self) -> None:
+            if self.fail:
+                raise ApiError(500, "InternalError", "boom")
+
+    rest = Rest(Store(), core_registry())
+    picky = Picky(rest)
+    waits: list[Any] = []
+
+    def recording_wait(since: int, timeout: float | None, stopped: Any = None,
+                       resources: Any = None) -> int:
+        waits.append(resources)
+        if len(waits) == 2:
+            picky._stop.set()
+        picky.fail = True
+        return since
+
+    rest.store.wait = recording_wait  # type: ignore[method-assign]
+    picky._run()
+    assert waits == [("configmaps",), None]

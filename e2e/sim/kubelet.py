@@ -269,8 +269,10 @@ class Kubelet(Controller):
             self._scratch = tempfile.TemporaryDirectory(prefix=f"sim-{node}-")
             storage = Path(self._scratch.name)
         puller = Puller(storage, registries or RegistryConfig(), self._halt)
+        # Its loop reads only pods, and what the starter knows (which wakes it).
+        self.resources = (PODS.key,)
         self._starter = PodStarter(rest, node, puller, lambda: self.config, self._report,
-                                   self._log)
+                                   self._log, done=self.wake)
         rest.store.add_index(PODS.key, NODE_INDEX, _pod_node)
 
     # -- configuration ---------------------------------------------------------------

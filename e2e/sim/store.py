@@ -7,8 +7,10 @@ recorded as an `Event` that watchers read from the history (bounded: a watch
 from a resourceVersion older than the history fails with 410 Expired, which is
 what clients must cope with on a real cluster too).
 
-Thread safety: one re-entrant lock guards everything, with a Condition so
-watchers and controllers sleep until something changes. Stored dicts are never
+Thread safety: one re-entrant lock guards everything. Watchers and
+controllers sleep on a Condition of their own (over that lock), registered
+for the resources they wait for, so that a write wakes only those waiting for
+its resource (or for any). Stored dicts are never
 mutated in place (writes replace them), so events can share them; callers get
 deep copies, except from `peek` and `peek_one`: those hand out the stored
 dicts themselves, for the simulator's own readers (controllers) that must
@@ -27,7 +29,7 @@ import copy
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,7 +80,9 @@ class Store:
 
     def __init__(self, history: int = 10_000) -> None:
         self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)
+        # resource (None: any) -> the Conditions of the waits for its writes
+        self._waiters: dict[str | None, set[threading.Condition]] = {}
+        self._last_write: dict[str, int] = {}  # resource -> rv of its latest write
         self._objects: dict[str, dict[_Key, Obj]] = {}
         self._rv = 0
         self._events: list[Event] = []
@@ -259,29 +263,53 @@ class Store:
             self._compacted = self._event_rvs[drop - 1]
             del self._events[:drop]
             del self._event_rvs[:drop]
-        self._changed.notify_all()
+        self._last_write[resource] = self._rv
+        for waiting in (resource, None):
+            for waiter in self._waiters.get(waiting, set()):
+                waiter.notify()
         return copy.deepcopy(obj)
 
     # -- waiting and watching --------------------------------------------------------
 
     def wait(
-        self, since: int, timeout: float | None, stopped: Callable[[], bool] | None = None
+        self, since: int, timeout: float | None, stopped: Callable[[], bool] | None = None,
+        resources: Collection[str] | None = None,
     ) -> int:
-        """Block until the resourceVersion passes `since`, the timeout, `stopped()`
-        (checked when poke()d and every half second) or close()."""
+        """Block until a write after `since` (of one of `resources`; None: of any), the
+        timeout, `stopped()` (checked when poke()d and every half second) or close();
+        returns the latest resourceVersion."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        keys: Collection[str | None] = (None,) if resources is None else resources
         with self._lock:
-            while self._rv <= since and not self._closed and not (stopped and stopped()):
-                left = _WAKE_INTERVAL if deadline is None else deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._changed.wait(min(left, _WAKE_INTERVAL))
+            waiter = threading.Condition(self._lock)
+            for key in keys:
+                self._waiters.setdefault(key, set()).add(waiter)
+            try:
+                while self._latest(resources) <= since and not self._closed \
+                        and not (stopped and stopped()):
+                    left = _WAKE_INTERVAL if deadline is None else deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    waiter.wait(min(left, _WAKE_INTERVAL))
+            finally:
+                for key in keys:
+                    self._waiters[key].discard(waiter)
             return self._rv
+
+    def _latest(self, resources: Collection[str] | None) -> int:
+        if resources is None:
+            return self._rv
+        return max((self._last_write.get(r, 0) for r in resources), default=0)
 
     def poke(self) -> None:
         """Wake every waiter (e.g. a controller being stopped)."""
         with self._lock:
-            self._changed.notify_all()
+            self._notify_all()
+
+    def _notify_all(self) -> None:
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                waiter.notify()
 
     def events_since(self, resource: str | None, since: int) -> builtins.list[Event]:
         """History events of `resource` (None: of all) with rv > `since`; ApiError 410 if
@@ -310,10 +338,10 @@ class Store:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            self.wait(last, min(left, _WAKE_INTERVAL))
+            self.wait(last, min(left, _WAKE_INTERVAL), resources=(resource,))
 
     def close(self) -> None:
         """End every watch and wait: the server is going away."""
         with self._lock:
             self._closed = True
-            self._changed.notify_all()
+            self._notify_all()
