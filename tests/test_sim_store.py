@@ -42,6 +42,8 @@ def test_peek_hands_out_the_stored_objects_in_key_order() -> None:
     assert store.peek_one("configmaps", "a", "y") is first[0]
     assert store.peek_one("configmaps", "a", "nope") is None
     assert _names(store.peek("configmaps", "a", lambda o: o["metadata"]["name"] == "z")) == ["z"]
+    snap, rv = store.snapshot("configmaps", "a")
+    assert snap == first[:2] and snap[0] is first[0] and rv == store.resource_version == 3
     # list() and find() still copy.
     listed, _ = store.list("configmaps")
     assert listed == first and listed[0] is not first[0]

@@ -10,6 +10,7 @@ writes obey the same rules as a client's.
 
 from __future__ import annotations
 
+import builtins
 import copy
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -123,6 +124,14 @@ class Rest:
     ) -> tuple[list[Obj], int]:
         """Matching objects (of `namespace`, or of all), in key order, and the list's rv."""
         return self.store.list(rt.key, namespace, predicate)
+
+    def snapshot(
+        self, rt: ResourceType, namespace: str | None,
+        predicate: Callable[[Obj], bool] | None = None,
+    ) -> tuple[builtins.list[Obj], int]:
+        """As list(), but the stored objects themselves, which callers must not mutate
+        (e.g. to serialize a list answer)."""
+        return self.store.snapshot(rt.key, namespace, predicate)
 
     # -- creating ------------------------------------------------------------------------
 

@@ -154,6 +154,17 @@ class Store:
                 k for k in keys if namespace is None or k[0] == namespace)
                 if predicate is None or predicate(objects[key])]
 
+    def snapshot(
+        self,
+        resource: str,
+        namespace: str | None = None,
+        predicate: Callable[[Obj], bool] | None = None,
+    ) -> tuple[builtins.list[Obj], int]:
+        """peek() and the resourceVersion it is current at: what a list answer is
+        serialized from (callers must not mutate the objects)."""
+        with self._lock:
+            return self.peek(resource, namespace, predicate), self._rv
+
     def peek_one(self, resource: str, namespace: str, name: str) -> Obj | None:
         """One stored object itself (callers must not mutate it), or None."""
         with self._lock:
