@@ -1,21 +1,29 @@
 """Encode CRIU images for generated archives.
 
 The reference encoder is CRIU's own: Debian's `criu` package ships `crit` and
-its library `pycriu`, run by the system python3. All images of one archive are
-encoded in a single `/usr/bin/python3` process (one `crit encode` per image
-would cost a second per archive). Where pycriu is not installed, or for the
-CRIU 3.19+ pagemap layout that Debian's CRIU 3.17 cannot express, a small
-encoder of our own is used; tests that check the reader against an
-independent encoder require pycriu (see `crit_available`).
+its library `pycriu`, run by the system python3. Starting that interpreter
+costs more than encoding an archive, so one long-lived `/usr/bin/python3`
+co-process per process does all the encoding: started on first use, fed one
+JSON line per archive (all its images) and answering one, serialized by a lock,
+started again if it has died, closed at exit. Where pycriu is not installed
+(`crit_available`, probed once per process), or for the CRIU 3.19+ pagemap
+layout that Debian's CRIU 3.17 cannot express, a small encoder of our own is
+used; tests that check the reader against an independent encoder require
+pycriu.
 """
 
 from __future__ import annotations
 
+import atexit
+import base64
+import functools
 import json
+import os
 import shutil
 import struct
 import subprocess
-from typing import Any
+import threading
+from typing import IO, Any
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 IMG_COMMON, IMG_SERVICE = 0x54564319, 0x55105940
@@ -24,35 +32,118 @@ MAGICS = {
     "PAGEMAP": 0x56084025, "MM": 0x57492820, "STATS": 0x57093306, "UTSNS": 0x54473203,
 }
 
-_PYCRIU_SCRIPT = r"""
-import io, json, sys, base64
+# One request per line: {filename: crit-JSON image}; one answer per line:
+# {"ok": {filename: base64}} or {"error": traceback}.
+_PYCRIU_SERVER = r"""
+import io, json, sys, base64, traceback
 import pycriu.images as I
-out = {}
-for name, img in json.load(sys.stdin).items():
-    f = io.BytesIO(); I.dump(img, f); out[name] = base64.b64encode(f.getvalue()).decode()
-json.dump(out, sys.stdout)
+for line in sys.stdin:
+    try:
+        out = {}
+        for name, img in json.loads(line).items():
+            f = io.BytesIO(); I.dump(img, f); out[name] = base64.b64encode(f.getvalue()).decode()
+        answer = {"ok": out}
+    except Exception:
+        answer = {"error": traceback.format_exc()}
+    sys.stdout.write(json.dumps(answer) + "\n"); sys.stdout.flush()
 """
 
 
+@functools.cache
 def crit_available() -> bool:
-    """Whether CRIU's own encoder (pycriu, with crit) is installed."""
+    """Whether CRIU's own encoder (pycriu, with crit) is installed (probed once)."""
     if not shutil.which("crit"):
         return False
     probe = subprocess.run([SYSTEM_PYTHON, "-c", "import pycriu.images"], capture_output=True)
     return probe.returncode == 0
 
 
-def encode_with_pycriu(images: dict[str, dict[str, Any]]) -> dict[str, bytes]:
-    """Encode ``{filename: crit-JSON image}`` with pycriu in one process."""
-    import base64
+class PycriuEncoder:
+    """A pycriu co-process: `encode` sends one request and reads the answer.
 
-    proc = subprocess.run(
-        [SYSTEM_PYTHON, "-c", _PYCRIU_SCRIPT],
-        input=json.dumps(images).encode(), capture_output=True, check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"pycriu failed: {proc.stderr.decode()[-2000:]}")
-    return {k: base64.b64decode(v) for k, v in json.loads(proc.stdout).items()}
+    Thread-safe (one request at a time). The process starts on the first
+    request and again on the next one after it died (in this process's
+    children, after a fork, too); close() ends it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._pid = 0  # the process that started _proc
+
+    @property
+    def pid(self) -> int | None:
+        """The co-process's pid, if one is running for this process."""
+        with self._lock:
+            alive = self._proc is not None and self._pid == os.getpid() \
+                and self._proc.poll() is None
+            return self._proc.pid if alive and self._proc is not None else None
+
+    def encode(self, images: dict[str, dict[str, Any]]) -> dict[str, bytes]:
+        """Encode ``{filename: crit-JSON image}``; RuntimeError if pycriu fails."""
+        request = json.dumps(images).encode() + b"\n"
+        with self._lock:
+            answer = self._ask(request)
+        if "error" in answer:
+            raise RuntimeError(f"pycriu failed: {str(answer['error'])[-2000:]}")
+        return {k: base64.b64decode(v) for k, v in answer["ok"].items()}
+
+    def close(self) -> None:
+        """End the co-process (if any): it sees end of input and exits."""
+        with self._lock:
+            self._stop()
+
+    def _ask(self, request: bytes) -> dict[str, Any]:
+        # A process that died since the last request is replaced once; dying while
+        # answering this one is an error (the request itself may be what kills it).
+        proc = self._running()
+        try:
+            stdin, stdout = _pipes(proc)
+            stdin.write(request)
+            stdin.flush()
+            line = stdout.readline()
+        except (BrokenPipeError, OSError):
+            line = b""
+        if not line:
+            err = self._stop()
+            raise RuntimeError(f"pycriu failed: encoder exited: {err[-2000:]}")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def _running(self) -> subprocess.Popen[bytes]:
+        if self._proc is None or self._pid != os.getpid() or self._proc.poll() is not None:
+            if self._pid == os.getpid():
+                self._stop()
+            self._proc = subprocess.Popen(
+                [SYSTEM_PYTHON, "-c", _PYCRIU_SERVER], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self._pid = os.getpid()
+        return self._proc
+
+    def _stop(self) -> str:
+        proc, self._proc = self._proc, None
+        if proc is None or self._pid != os.getpid():
+            return ""
+        try:  # closes its input: the loop ends
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        return err.decode(errors="replace")
+
+
+def _pipes(proc: subprocess.Popen[bytes]) -> tuple[IO[bytes], IO[bytes]]:
+    assert proc.stdin is not None and proc.stdout is not None
+    return proc.stdin, proc.stdout
+
+
+_ENCODER = PycriuEncoder()
+atexit.register(_ENCODER.close)
+
+
+def encode_with_pycriu(images: dict[str, dict[str, Any]]) -> dict[str, bytes]:
+    """Encode ``{filename: crit-JSON image}`` with pycriu (the shared co-process)."""
+    return _ENCODER.encode(images)
 
 
 # --- fallback encoder: field numbers from CRIU's images/*.proto -------------------

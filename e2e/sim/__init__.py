@@ -67,7 +67,7 @@ a minute to pass; `kubectl create job --from=cronjob/NAME` works.
 
 Layout, bottom up:
 
-    store.py       objects, the global resourceVersion, watch history
+    store.py       objects, the global resourceVersion, watch history, indexes
     rest.py        generic object semantics (create/update/patch/delete rules);
                    schema.py, validation.py decode and check every write
                    against the Kubernetes OpenAPI schemas (400/422, fieldValidation)

@@ -312,7 +312,8 @@ class Api:
         rt = target.rt
         match = self.rest.matcher(rt, req.param("labelSelector"), req.param("fieldSelector"))
         namespace = target.namespace if rt.namespaced and target.namespace else None
-        items, rv = self.rest.list(rt, namespace, match)
+        # Only read and serialized: no copies needed.
+        items, rv = self.rest.snapshot(rt, namespace, match)
         metadata: dict[str, Any] = {"resourceVersion": str(rv)}
         token = req.param("continue")
         if token:

@@ -1,8 +1,9 @@
 """Control loops: the scheduler and the namespace controller (kubelets: kubelet.py).
 
 Each controller is level-triggered, like Kubernetes' own: a thread that
-reconciles the whole (small) state whenever anything in the store changes, or
-when a timer it asked for is due. Reconciling twice must be a no-op, which
+reconciles the whole (small) state whenever anything in the store changes
+(anything it reads: see `Controller.resources`), or when a timer it asked for
+is due. Reconciling twice must be a no-op, which
 the store guarantees for unchanged writes, so loops settle by themselves.
 Writes go through `Rest`, obeying the same rules as clients' writes.
 """
@@ -28,10 +29,14 @@ class Controller:
 
     Subclasses implement reconcile() and may return, from next_wakeup(), the
     seconds until a timer of theirs is due (None: only wake on changes).
-    Errors in reconcile() go to `log` and are retried on the next change.
+    `resources`: the storage keys of everything reconcile() reads, whose writes
+    start a pass (None: a write of anything does).
+    Errors in reconcile() go to `log` and are retried on the next change (of
+    anything: what made it fail may be elsewhere).
     """
 
     name = "controller"
+    resources: tuple[str, ...] | None = None
 
     def __init__(self, rest: Rest, *, log: Callable[[str], None] | None = None) -> None:
         self.rest = rest
@@ -71,14 +76,18 @@ class Controller:
             # Read the version first: a write during reconcile() wakes the next pass.
             seen = store.resource_version
             self._wake.clear()
+            resources = self.resources
             try:
                 self.reconcile()
             except ApiError as e:
                 self._log(f"{self.name}: {e}")
+                resources = None
             except Exception as e:  # a bug must not kill the loop silently
                 self._log(f"{self.name}: unexpected {type(e).__name__}: {e}")
+                resources = None
             store.wait(seen, self.next_wakeup(),
-                       stopped=lambda: self._stop.is_set() or self._wake.is_set())
+                       stopped=lambda: self._stop.is_set() or self._wake.is_set(),
+                       resources=resources)
 
 
 def set_condition(status: dict[str, Any], type_: str, value: str, reason: str = "",
@@ -181,6 +190,7 @@ class Scheduler(Controller):
     """
 
     name = "scheduler"
+    resources = (PODS.key, NODES.key)
 
     def __init__(self, rest: Rest, *, log: Callable[[str], None] | None = None) -> None:
         super().__init__(rest, log=log)

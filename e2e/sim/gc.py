@@ -16,18 +16,26 @@ An owner is looked up by uid in the dependent's namespace (or cluster-wide
 for cluster-scoped kinds); before a dependent is deleted for a missing owner,
 the owner is looked up again by kind and name, as the real collector does, so
 an owner created after this pass's listing is never mistaken for gone.
+
+Like the real collector, it works incrementally: it keeps its own graph of
+every object's owner references (the stored objects themselves, never
+mutated), built once from the store and then updated from the store's event
+history, and each pass examines only what a write may have changed: the
+object written, its owners and its dependents. If it falls out of the history
+(410), or the served types change, it builds the graph again and examines
+everything, as its first pass does.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from e2e.sim.controllers import Controller
 from e2e.sim.errors import ApiError
 from e2e.sim.resources import ResourceType
-from e2e.sim.rest import FOREGROUND_FINALIZER, ORPHAN_FINALIZER
-from e2e.sim.store import Obj
+from e2e.sim.rest import FOREGROUND_FINALIZER, ORPHAN_FINALIZER, Rest
+from e2e.sim.store import Event, Obj
 
 __all__ = ["GarbageCollector"]
 
@@ -36,6 +44,10 @@ _Item = tuple[ResourceType, Obj]
 
 def _ns(obj: Obj) -> str:
     return str(obj["metadata"].get("namespace") or "")
+
+
+def _owner_uids(obj: Obj) -> set[str]:
+    return {str(r.get("uid")) for r in obj["metadata"].get("ownerReferences") or []}
 
 
 def _finalizing(obj: Obj, finalizer: str) -> bool:
@@ -48,25 +60,103 @@ class GarbageCollector(Controller):
 
     name = "garbage-collector"
 
+    def __init__(self, rest: Rest, *, log: Callable[[str], None] | None = None) -> None:
+        super().__init__(rest, log=log)
+        self._served: dict[str, ResourceType] = {}  # storage key -> type, in listing order
+        self._order: dict[str, int] = {}  # storage key -> position in that order
+        self._graph: dict[str, _Item] = {}  # uid -> (type, stored object)
+        self._dependents: dict[str, set[str]] = {}  # owner uid -> dependents' uids
+        self._dirty: set[str] = set()  # uids a pass must examine
+        self._synced: int | None = None  # the resourceVersion the graph is current at
+
     def reconcile(self) -> None:
-        items: list[_Item] = []
-        for rt in self._types():
-            objs, _ = self.rest.list(rt, None)
-            items += [(rt, o) for o in objs]
-        by_uid = {o["metadata"]["uid"]: (rt, o) for rt, o in items}
-        dependents: dict[str, list[_Item]] = defaultdict(list)
-        for rt, obj in items:
-            for ref in obj["metadata"].get("ownerReferences") or []:
-                dependents[str(ref.get("uid"))].append((rt, obj))
-        for rt, obj in items:
+        self._catch_up()
+        work = sorted((self._graph[uid] for uid in self._dirty if uid in self._graph),
+                      key=self._sort_key)
+        for rt, obj in work:
             uid = obj["metadata"]["uid"]
             if _finalizing(obj, ORPHAN_FINALIZER):
-                self._orphan(rt, obj, dependents.get(uid, []))
+                self._orphan(rt, obj, self._dependents_of(uid))
             elif _finalizing(obj, FOREGROUND_FINALIZER):
-                self._foreground(rt, obj, dependents.get(uid, []))
-        for rt, obj in items:
+                self._foreground(rt, obj, self._dependents_of(uid))
+        for rt, obj in work:
             if obj["metadata"].get("ownerReferences"):
-                self._check_owners(rt, obj, by_uid)
+                self._check_owners(rt, obj)
+        # Only once all went well: after an error the next pass examines all of it again.
+        self._dirty.clear()
+
+    # -- the graph -----------------------------------------------------------------------
+
+    def _catch_up(self) -> None:
+        served = {rt.key: rt for rt in self._types()}
+        if self._synced is None or served.keys() != self._served.keys():
+            self._resync(served)
+        assert self._synced is not None
+        try:
+            events = self.rest.store.events_since(None, self._synced)
+        except ApiError as e:
+            if e.code != 410:
+                raise
+            self._resync(served)
+            events = self.rest.store.events_since(None, self._synced)
+        for event in events:
+            self._apply(event)
+        if events:
+            self._synced = events[-1].rv
+
+    def _resync(self, served: dict[str, ResourceType]) -> None:
+        # Events after `rv` are applied on top: the graph ends at their latest state
+        # even if some of them are already in what is read here.
+        self._synced = self.rest.store.resource_version
+        self._served = served
+        self._order = {key: i for i, key in enumerate(served)}
+        self._graph.clear()
+        self._dependents.clear()
+        for rt in served.values():
+            for obj in self.rest.store.peek(rt.key):
+                self._put(rt, obj)
+        self._dirty = set(self._graph)
+
+    def _apply(self, event: Event) -> None:
+        rt = self._served.get(event.resource)
+        if rt is None:
+            return
+        uid = str(event.object["metadata"]["uid"])
+        before = self._graph.get(uid)
+        if before is not None:
+            self._dirty.update(_owner_uids(before[1]))
+            self._unlink(uid, before[1])
+            del self._graph[uid]
+        if event.type != "DELETED":
+            self._put(rt, event.object)
+        # What this write may change: the object's own fate, its owners' (foreground,
+        # orphan), its dependents' (their owner came or went).
+        self._dirty.update(_owner_uids(event.object))
+        self._dirty.add(uid)
+        self._dirty.update(self._dependents.get(uid, ()))
+
+    def _put(self, rt: ResourceType, obj: Obj) -> None:
+        uid = str(obj["metadata"]["uid"])
+        self._graph[uid] = (rt, obj)
+        for owner in _owner_uids(obj):
+            self._dependents.setdefault(owner, set()).add(uid)
+
+    def _unlink(self, uid: str, obj: Obj) -> None:
+        for owner in _owner_uids(obj):
+            deps = self._dependents.get(owner)
+            if deps is not None:
+                deps.discard(uid)
+                if not deps:
+                    del self._dependents[owner]
+
+    def _dependents_of(self, uid: str) -> list[_Item]:
+        return sorted((self._graph[d] for d in self._dependents.get(uid, ())
+                       if d in self._graph), key=self._sort_key)
+
+    def _sort_key(self, item: _Item) -> tuple[int, str, str]:
+        # The order of a full listing: by type, then namespace and name.
+        rt, obj = item
+        return self._order[rt.key], _ns(obj), str(obj["metadata"]["name"])
 
     def _types(self) -> list[ResourceType]:
         seen: dict[str, ResourceType] = {}
@@ -96,9 +186,9 @@ class GarbageCollector(Controller):
 
     # -- dependents whose owners are gone ----------------------------------------------
 
-    def _check_owners(self, rt: ResourceType, obj: Obj, by_uid: dict[str, _Item]) -> None:
+    def _check_owners(self, rt: ResourceType, obj: Obj) -> None:
         refs = obj["metadata"]["ownerReferences"]
-        missing = {str(r.get("uid")) for r in refs if not self._owner_exists(obj, r, by_uid)}
+        missing = {str(r.get("uid")) for r in refs if not self._owner_exists(obj, r)}
         if not missing:
             return
         if len(missing) < len({str(r.get("uid")) for r in refs}):
@@ -108,8 +198,8 @@ class GarbageCollector(Controller):
                       f"{obj['metadata']['name']}: its owners are gone")
             self._delete(rt, obj, "Background")
 
-    def _owner_exists(self, obj: Obj, ref: dict[str, Any], by_uid: dict[str, _Item]) -> bool:
-        known = by_uid.get(str(ref.get("uid")))
+    def _owner_exists(self, obj: Obj, ref: dict[str, Any]) -> bool:
+        known = self._graph.get(str(ref.get("uid")))
         if known is not None:
             owner_rt, owner = known
             return not owner_rt.namespaced or _ns(owner) == _ns(obj)
@@ -118,8 +208,8 @@ class GarbageCollector(Controller):
             owner_rt = self.rest.registry.by_kind(str(ref.get("kind")), group)
         except KeyError:
             return True  # a kind this cluster does not serve: never judged absent
-        current = self.rest.store.find(owner_rt.key, _ns(obj) if owner_rt.namespaced else "",
-                                       str(ref.get("name")))
+        current = self.rest.store.peek_one(
+            owner_rt.key, _ns(obj) if owner_rt.namespaced else "", str(ref.get("name")))
         return current is not None and current["metadata"]["uid"] == ref.get("uid")
 
     # -- writes ------------------------------------------------------------------------

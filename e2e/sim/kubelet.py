@@ -97,6 +97,15 @@ _NOT_READY_MESSAGE = ("container runtime network not ready: NetworkReady=false "
                       "cni plugin not initialized")
 
 
+#: The store's index of pods by the node they are bound to (spec.nodeName).
+NODE_INDEX = "spec.nodeName"
+
+
+def _pod_node(pod: Obj) -> list[str]:
+    node = (pod.get("spec") or {}).get("nodeName")
+    return [str(node)] if node else []
+
+
 def _same_taint(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return bool(a.get("key") == b.get("key") and a.get("effect") == b.get("effect"))
 
@@ -260,8 +269,11 @@ class Kubelet(Controller):
             self._scratch = tempfile.TemporaryDirectory(prefix=f"sim-{node}-")
             storage = Path(self._scratch.name)
         puller = Puller(storage, registries or RegistryConfig(), self._halt)
+        # Its loop reads only pods, and what the starter knows (which wakes it).
+        self.resources = (PODS.key,)
         self._starter = PodStarter(rest, node, puller, lambda: self.config, self._report,
-                                   self._log)
+                                   self._log, done=self.wake)
+        rest.store.add_index(PODS.key, NODE_INDEX, _pod_node)
 
     # -- configuration ---------------------------------------------------------------
 
@@ -338,7 +350,8 @@ class Kubelet(Controller):
         return max(0.0, min(self._due.values()) - time.monotonic())
 
     def reconcile(self) -> None:
-        pods, _ = self.rest.list(PODS, None, lambda p: p["spec"].get("nodeName") == self.node)
+        # The stored pods themselves: read here, copied before being handed on.
+        pods = self.rest.store.peek(PODS.key, index=(NODE_INDEX, self.node))
         present = {p["metadata"]["uid"] for p in pods}
         for uid in set(self._due) - present:
             del self._due[uid]
@@ -395,7 +408,7 @@ class Kubelet(Controller):
             return self._ips[uid]
 
     def _start_pod(self, pod: Obj) -> None:
-        self._starter.submit(pod)
+        self._starter.submit(copy.deepcopy(pod))
 
     def _report(self, pod: Obj, outcome: PodOutcome) -> None:
         """Write what an attempt to start `pod` came to (on a start-up worker)."""

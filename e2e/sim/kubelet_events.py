@@ -21,6 +21,13 @@ from e2e.sim.store import Obj
 __all__ = ["EventRecorder"]
 
 _serial = itertools.count()
+#: The store's index of Events by the uid of the object they are about.
+INVOLVED_INDEX = "involvedObject.uid"
+
+
+def _involved_uid(event: Obj) -> list[str]:
+    uid = (event.get("involvedObject") or {}).get("uid")
+    return [str(uid)] if uid else []
 
 
 class EventRecorder:
@@ -30,6 +37,7 @@ class EventRecorder:
         self.rest = rest
         self.node = node
         self._log = log
+        rest.store.add_index(EVENTS.key, INVOLVED_INDEX, _involved_uid)
 
     def container(self, pod: Obj, container: str, type_: str, reason: str,
                   message: str) -> None:
@@ -59,7 +67,8 @@ class EventRecorder:
                     and ev.get("message") == message
                     and (ev.get("source") or {}).get("host") == self.node)
 
-        found, _ = self.rest.list(EVENTS, meta["namespace"], same)
+        found = self.rest.store.peek(EVENTS.key, meta["namespace"], same,
+                                     index=(INVOLVED_INDEX, str(meta["uid"])))
         if not found:
             return False
         stamp = rfc3339(now())

@@ -92,10 +92,14 @@ class PodStarter:
 
     config: returns the node's current NodeConfig.
     report: writes a pod's status from an outcome (called on a worker thread).
+    done: called after each attempt (and its report): what wants() and retry_at()
+        answer may have changed, though the pod's status did not.
     """
 
     def __init__(self, rest: Rest, node: str, puller: Puller, config: Callable[[], NodeConfig],
-                 report: Report, log: Callable[[str], None], workers: int = 2) -> None:
+                 report: Report, log: Callable[[str], None], workers: int = 2,
+                 done: Callable[[], None] = lambda: None) -> None:
+        self._done = done
         self.rest = rest
         self.node = node
         self.puller = puller
@@ -160,8 +164,11 @@ class PodStarter:
             # Not busy before the status write: the write wakes the kubelet's loop.
             with self._lock:
                 self._busy.discard(uid)
-        if outcome is not None and not self.puller.stopped.is_set():
-            self._report(pod, outcome)
+        try:
+            if outcome is not None and not self.puller.stopped.is_set():
+                self._report(pod, outcome)
+        finally:
+            self._done()
 
     def _attempt(self, pod: Obj, state: _PodState) -> PodOutcome:
         containers: dict[str, Started | Waiting] = {}

@@ -10,6 +10,7 @@ writes obey the same rules as a client's.
 
 from __future__ import annotations
 
+import builtins
 import copy
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -124,6 +125,14 @@ class Rest:
         """Matching objects (of `namespace`, or of all), in key order, and the list's rv."""
         return self.store.list(rt.key, namespace, predicate)
 
+    def snapshot(
+        self, rt: ResourceType, namespace: str | None,
+        predicate: Callable[[Obj], bool] | None = None,
+    ) -> tuple[builtins.list[Obj], int]:
+        """As list(), but the stored objects themselves, which callers must not mutate
+        (e.g. to serialize a list answer)."""
+        return self.store.snapshot(rt.key, namespace, predicate)
+
     # -- creating ------------------------------------------------------------------------
 
     def decode(self, rt: ResourceType, body: Any, patch: Patch | None = None) -> Obj:
@@ -149,7 +158,7 @@ class Rest:
         return obj
 
     def _check_namespace(self, rt: ResourceType, namespace: str, name: str) -> None:
-        ns = self.store.find("namespaces", "", namespace)
+        ns = self.store.peek_one("namespaces", "", namespace)
         if ns is None:
             raise not_found("namespaces", namespace)
         if ns["metadata"].get("deletionTimestamp"):
@@ -310,7 +319,7 @@ class Rest:
 
         obj = self.store.update(rt.key, namespace, name, begin,
                                 remove_if=rt.ready_to_remove, group=rt.group)
-        still = self.store.find(rt.key, namespace, name)
+        still = self.store.peek_one(rt.key, namespace, name)
         gone = still is None or still["metadata"].get("uid") != obj["metadata"].get("uid")
         return obj, gone
 

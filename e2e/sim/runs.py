@@ -28,6 +28,7 @@ and ContainersReady conditions turn False (PodCompleted / PodFailed).
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
@@ -139,6 +140,7 @@ class ContainerRuns:
         with self._lock:
             if uid in self._stops:
                 return
+            pod = copy.deepcopy(pod)  # the caller's may be the stored object itself
             stop = self._stops[uid] = threading.Event()
             running = {s["name"] for s in pod["status"].get("containerStatuses") or []
                        if "running" in s.get("state", {})}

@@ -16,6 +16,7 @@ class ServiceAccountController(Controller):
     """Creates the `default` ServiceAccount in namespaces that lack it."""
 
     name = "serviceaccount-controller"
+    resources = (NAMESPACES.key, SERVICEACCOUNTS.key)
 
     def reconcile(self) -> None:
         namespaces, _ = self.rest.list(

@@ -7,10 +7,18 @@ recorded as an `Event` that watchers read from the history (bounded: a watch
 from a resourceVersion older than the history fails with 410 Expired, which is
 what clients must cope with on a real cluster too).
 
-Thread safety: one re-entrant lock guards everything, with a Condition so
-watchers and controllers sleep until something changes. Stored dicts are never
+Thread safety: one re-entrant lock guards everything. Watchers and
+controllers sleep on a Condition of their own (over that lock), registered
+for the resources they wait for, so that a write wakes only those waiting for
+its resource (or for any). Stored dicts are never
 mutated in place (writes replace them), so events can share them; callers get
-deep copies.
+deep copies, except from `peek` and `peek_one`: those hand out the stored
+dicts themselves, for the simulator's own readers (controllers) that must
+never mutate them, and save copying every object on every pass.
+
+Indexes (`add_index`) map a value computed from each object of a resource
+(e.g. a pod's node) to the objects with it, kept up to date by every write,
+so that `peek` can select from a few objects instead of all.
 """
 
 from __future__ import annotations
@@ -21,17 +29,19 @@ import copy
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from e2e.sim.errors import already_exists, expired, not_found
 from e2e.sim.meta import now, rfc3339
 
-__all__ = ["Event", "Obj", "Store"]
+__all__ = ["Event", "IndexFunc", "Obj", "Store"]
 
 Obj = dict[str, Any]
 _Key = tuple[str, str]
+#: What an index maps an object to: the values it is found under.
+IndexFunc = Callable[[Obj], Iterable[str]]
 
 #: How long a blocked wait sleeps before re-checking for close(): bounds shutdown latency.
 _WAKE_INTERVAL = 0.5
@@ -70,7 +80,9 @@ class Store:
 
     def __init__(self, history: int = 10_000) -> None:
         self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)
+        # resource (None: any) -> the Conditions of the waits for its writes
+        self._waiters: dict[str | None, set[threading.Condition]] = {}
+        self._last_write: dict[str, int] = {}  # resource -> rv of its latest write
         self._objects: dict[str, dict[_Key, Obj]] = {}
         self._rv = 0
         self._events: list[Event] = []
@@ -79,6 +91,8 @@ class Store:
         # Events with rv <= this were dropped from the history.
         self._compacted = 0
         self._closed = False
+        # resource -> index name -> (its function, value -> keys of the objects with it)
+        self._indexes: dict[str, dict[str, tuple[IndexFunc, dict[str, set[_Key]]]]] = {}
 
     # -- reading -------------------------------------------------------------------
 
@@ -114,13 +128,73 @@ class Store:
     ) -> tuple[list[Obj], int]:
         """Copies of the objects (of `namespace`, or all), in key order, and the list's rv."""
         with self._lock:
-            items = [
-                copy.deepcopy(obj)
-                for key, obj in sorted(self._objects.get(resource, {}).items())
-                if (namespace is None or key[0] == namespace)
-                and (predicate is None or predicate(obj))
-            ]
-            return items, self._rv
+            return [copy.deepcopy(obj) for obj in self.peek(resource, namespace, predicate)], \
+                self._rv
+
+    def peek(
+        self,
+        resource: str,
+        namespace: str | None = None,
+        predicate: Callable[[Obj], bool] | None = None,
+        *,
+        index: tuple[str, str] | None = None,
+    ) -> builtins.list[Obj]:
+        """The stored objects themselves (callers must not mutate them), in key order.
+
+        namespace: only that namespace's (None: all). index: (index name, value):
+        only the objects that index maps to that value (see add_index).
+        """
+        with self._lock:
+            objects = self._objects.get(resource, {})
+            if index is not None:
+                keys: Iterable[_Key] = self._indexes[resource][index[0]][1].get(index[1], ())
+            else:
+                keys = objects.keys()
+            return [objects[key] for key in sorted(
+                k for k in keys if namespace is None or k[0] == namespace)
+                if predicate is None or predicate(objects[key])]
+
+    def snapshot(
+        self,
+        resource: str,
+        namespace: str | None = None,
+        predicate: Callable[[Obj], bool] | None = None,
+    ) -> tuple[builtins.list[Obj], int]:
+        """peek() and the resourceVersion it is current at: what a list answer is
+        serialized from (callers must not mutate the objects)."""
+        with self._lock:
+            return self.peek(resource, namespace, predicate), self._rv
+
+    def peek_one(self, resource: str, namespace: str, name: str) -> Obj | None:
+        """One stored object itself (callers must not mutate it), or None."""
+        with self._lock:
+            return self._objects.get(resource, {}).get((namespace, name))
+
+    def add_index(self, resource: str, name: str, values: IndexFunc) -> None:
+        """Index `resource`'s objects by `values(obj)`, for peek(index=(name, value)).
+
+        Adding an index under a name that already has one changes nothing.
+        """
+        with self._lock:
+            indexes = self._indexes.setdefault(resource, {})
+            if name in indexes:
+                return
+            table: dict[str, set[_Key]] = {}
+            for key, obj in self._objects.get(resource, {}).items():
+                for value in values(obj):
+                    table.setdefault(value, set()).add(key)
+            indexes[name] = (values, table)
+
+    def _reindex(self, resource: str, key: _Key, old: Obj | None, new: Obj | None) -> None:
+        for values, table in self._indexes.get(resource, {}).values():
+            for value in values(old) if old is not None else ():
+                keys = table.get(value)
+                if keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del table[value]
+            for value in values(new) if new is not None else ():
+                table.setdefault(value, set()).add(key)
 
     # -- writing -------------------------------------------------------------------
 
@@ -192,6 +266,7 @@ class Store:
         obj["metadata"]["resourceVersion"] = str(self._rv)
         if store:
             self._objects.setdefault(resource, {})[key] = obj
+        self._reindex(resource, key, old, obj if store else None)
         self._events.append(Event(type_, resource, self._rv, obj, old))
         self._event_rvs.append(self._rv)
         if len(self._events) > self._history:
@@ -199,37 +274,62 @@ class Store:
             self._compacted = self._event_rvs[drop - 1]
             del self._events[:drop]
             del self._event_rvs[:drop]
-        self._changed.notify_all()
+        self._last_write[resource] = self._rv
+        for waiting in (resource, None):
+            for waiter in self._waiters.get(waiting, set()):
+                waiter.notify()
         return copy.deepcopy(obj)
 
     # -- waiting and watching --------------------------------------------------------
 
     def wait(
-        self, since: int, timeout: float | None, stopped: Callable[[], bool] | None = None
+        self, since: int, timeout: float | None, stopped: Callable[[], bool] | None = None,
+        resources: Collection[str] | None = None,
     ) -> int:
-        """Block until the resourceVersion passes `since`, the timeout, `stopped()`
-        (checked when poke()d and every half second) or close()."""
+        """Block until a write after `since` (of one of `resources`; None: of any), the
+        timeout, `stopped()` (checked when poke()d and every half second) or close();
+        returns the latest resourceVersion."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        keys: Collection[str | None] = (None,) if resources is None else resources
         with self._lock:
-            while self._rv <= since and not self._closed and not (stopped and stopped()):
-                left = _WAKE_INTERVAL if deadline is None else deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._changed.wait(min(left, _WAKE_INTERVAL))
+            waiter = threading.Condition(self._lock)
+            for key in keys:
+                self._waiters.setdefault(key, set()).add(waiter)
+            try:
+                while self._latest(resources) <= since and not self._closed \
+                        and not (stopped and stopped()):
+                    left = _WAKE_INTERVAL if deadline is None else deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    waiter.wait(min(left, _WAKE_INTERVAL))
+            finally:
+                for key in keys:
+                    self._waiters[key].discard(waiter)
             return self._rv
+
+    def _latest(self, resources: Collection[str] | None) -> int:
+        if resources is None:
+            return self._rv
+        return max((self._last_write.get(r, 0) for r in resources), default=0)
 
     def poke(self) -> None:
         """Wake every waiter (e.g. a controller being stopped)."""
         with self._lock:
-            self._changed.notify_all()
+            self._notify_all()
 
-    def events_since(self, resource: str, since: int) -> builtins.list[Event]:
-        """History events of `resource` with rv > `since`; ApiError 410 if compacted away."""
+    def _notify_all(self) -> None:
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                waiter.notify()
+
+    def events_since(self, resource: str | None, since: int) -> builtins.list[Event]:
+        """History events of `resource` (None: of all) with rv > `since`; ApiError 410 if
+        compacted away."""
         with self._lock:
             if since < self._compacted:
                 raise expired(f"too old resource version: {since} ({self._compacted + 1})")
             start = bisect.bisect_right(self._event_rvs, since)
-            return [e for e in self._events[start:] if e.resource == resource]
+            return [e for e in self._events[start:] if resource is None or e.resource == resource]
 
     def watch(
         self, resource: str, since: int, *, deadline: float, stopped: Callable[[], bool]
@@ -249,10 +349,10 @@ class Store:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            self.wait(last, min(left, _WAKE_INTERVAL))
+            self.wait(last, min(left, _WAKE_INTERVAL), resources=(resource,))
 
     def close(self) -> None:
         """End every watch and wait: the server is going away."""
         with self._lock:
             self._closed = True
-            self._changed.notify_all()
+            self._notify_all()

@@ -48,7 +48,7 @@ def watch_response(
     initial: list[Obj] = []
     if since_param in (None, "", "0"):
         # "Start at most recent": synthetic ADDED events for the current state.
-        initial, since = rest.list(rt, namespace, match)
+        initial, since = rest.snapshot(rt, namespace, match)  # only serialized
     else:
         try:
             since = int(since_param)
