@@ -169,10 +169,12 @@ class Runner:
         self._runs += 1
         run_dir = self.work / f"run-{self._runs}"
         lat = self.lat
-        knobs = NodeConfig(checkpoint_delay_per_mib=lat.checkpoint_per_mib,
-                           image_pull_seconds=lat.pull)
-        configs = {n: knobs.replace(capacity={"pods": MAX_PODS}) if n == SOURCE else knobs
-                   for n in self.nodes}
+        # The pull delay on the destinations only: the source's pods start (untimed)
+        # without it, and no restore happens there.
+        source = NodeConfig(checkpoint_delay_per_mib=lat.checkpoint_per_mib,
+                            capacity={"pods": MAX_PODS})
+        destination = NodeConfig(image_pull_seconds=lat.pull)
+        configs = {n: source if n == SOURCE else destination for n in self.nodes}
         print(f"  {tag}: {drain.label}: {drain.pods} pods ...", flush=True)
         with Simulator(run_dir / "cluster", nodes=self.nodes, node_config=configs,
                        start_latency=lat.start, stop_latency=lat.stop,

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from migrate.adapters.background import BackgroundSender
 from migrate.adapters.kubelet import parse_checkpoint_response, runtime_failure
 from migrate.errors import (
     AuthError,
@@ -50,13 +51,18 @@ class Cluster:
     namespace: str
     settings: KubeSettings
     requests: int = 0  # API requests sent (retries and watches included): the report's count
+    # Where Events go: None sends them inline; copies of a Cluster share it.
+    events: BackgroundSender | None = None
 
 
-def connect(settings: KubeSettings, *, pool_size: int | None = None) -> Cluster:
+def connect(settings: KubeSettings, *, pool_size: int | None = None,
+            background_events: bool = False) -> Cluster:
     """Load kubeconfig (or the in-cluster service account) and build a client.
 
     ``pool_size``: connections kept open for reuse (the client's default is five
     per CPU); callers running requests on many threads at once raise it.
+    ``background_events``: Events are sent off the caller's path; the caller
+    must `close` the cluster before it reports.
     """
     from kubernetes import client, config
     from kubernetes.config.config_exception import ConfigException
@@ -84,7 +90,22 @@ def connect(settings: KubeSettings, *, pool_size: int | None = None) -> Cluster:
     if pool_size is not None:
         configuration.connection_pool_maxsize = max(pool_size,
                                                     configuration.connection_pool_maxsize)
-    return Cluster(client.ApiClient(configuration), namespace or "default", settings)
+    return Cluster(client.ApiClient(configuration), namespace or "default", settings,
+                   events=BackgroundSender() if background_events else None)
+
+
+#: How long `close` waits for queued Events.
+EVENTS_FLUSH_SECONDS = 10.0
+
+
+def close(cluster: Cluster, timeout: float = EVENTS_FLUSH_SECONDS) -> None:
+    """Send what is queued (Events), waiting at most ``timeout`` seconds."""
+    if cluster.events is None:
+        return
+    left = cluster.events.flush(timeout)
+    if left:
+        log.warning("%d event(s) not recorded after %g s: the API server is slow or "
+                    "unreachable", left, timeout)
 
 
 def _in_cluster(directory: Path) -> bool:
@@ -592,12 +613,23 @@ def create_event(cluster: Cluster, pod: dict[str, Any], reason: str, message: st
         "reportingInstance": os.uname().nodename, "firstTimestamp": now, "lastTimestamp": now,
         "count": 1,
     }
-    try:
-        request_json(cluster, f"record event {reason}", "POST",
-                     "/api/v1/namespaces/{namespace}/events",
-                     path_params={"namespace": meta["namespace"]}, body=body)
-    except MigrateError as e:
-        log.warning("could not record event %s on pod %s: %s", reason, meta["name"], e.message)
+
+    def send(target: Cluster) -> None:
+        try:
+            request_json(target, f"record event {reason}", "POST",
+                         "/api/v1/namespaces/{namespace}/events",
+                         path_params={"namespace": meta["namespace"]}, body=body)
+        except MigrateError as e:
+            log.warning("could not record event %s on pod %s: %s", reason, meta["name"],
+                        e.message)
+
+    if cluster.events is None:
+        send(cluster)
+        return
+    # Counted now, for the caller's report; sent on a copy whose counter nobody reads,
+    # so that no two threads add to one counter.
+    cluster.requests += 1
+    cluster.events.submit(lambda: send(dataclasses.replace(cluster, requests=0)))
 
 
 def _rfc3339() -> str:

@@ -56,6 +56,7 @@ def _human(rep: dict[str, Any]) -> str:
 
 
 def _finish(settings: Settings, cluster: Cluster, journal: Journal, output: Format) -> None:
+    from migrate.adapters import kube
     from migrate.pipeline.drain import report, run
 
     try:
@@ -65,6 +66,7 @@ def _finish(settings: Settings, cluster: Cluster, journal: Journal, output: Form
                    f"{journal.id}` continues it", err=True)
         raise
     finally:
+        kube.close(cluster)  # its queued Events: they exist once the command ends
         journal.unlock()
     rep = report.report(journal)
     emit(rep, output.value, lambda: _human(rep))
@@ -142,7 +144,8 @@ def drain(
         journal.lock()
         req = plan.DrainRequest.from_dict(journal.request)
         _progress("drain", f"{journal.id}: resuming the drain of {req.node}")
-        _finish(settings, kube.connect(settings.kube, pool_size=2 * req.concurrency + 4),
+        _finish(settings, kube.connect(settings.kube, pool_size=2 * req.concurrency + 4,
+                                          background_events=True),
                 journal, output)
         return
     if node is None:
@@ -154,7 +157,8 @@ def drain(
                             timeout=timeout, evict_rest=evict_rest, dry_run=dry_run,
                             registry=registry, build_on=build_on.value,
                             tool_image=tool_image, registry_secret=registry_secret)
-    cluster = kube.connect(settings.kube, pool_size=2 * concurrency + 4)
+    cluster = kube.connect(settings.kube, pool_size=2 * concurrency + 4,
+                           background_events=True)
     entries = plan.plan(cluster, req)  # read-only: problems surface before the cordon
     if dry_run:
         rep = report.dry_run(req, entries)

@@ -66,6 +66,7 @@ def _human(rep: dict[str, Any]) -> str:
 
 
 def _finish(settings: Settings, cluster: Any, journal: Journal, output: Format) -> None:
+    from migrate.adapters import kube
     from migrate.pipeline import migration
 
     try:
@@ -80,6 +81,7 @@ def _finish(settings: Settings, cluster: Any, journal: Journal, output: Format) 
                    err=True)
         raise
     finally:
+        kube.close(cluster)  # its queued Events: they exist once the command ends
         journal.unlock()
     rep = migration.report(journal, cluster.requests)
     emit(rep, output.value, lambda: _human(rep))
@@ -145,7 +147,7 @@ def pod(
                      compression=compression.value, keep_source=keep_source,
                      dry_run=dry_run, timeout=timeout, cleanup_archive=cleanup_archive,
                      tool_image=tool_image, registry_secret=registry_secret)
-    cluster = kube.connect(settings.kube)
+    cluster = kube.connect(settings.kube, background_events=True)
     started = time.perf_counter()
     checked = preflight(cluster, settings, req)
     if dry_run:
@@ -179,7 +181,7 @@ def resume(
     if journal.outcome in ("succeeded", "rolled-back"):
         raise UsageError(f"migration {journal_id} has {journal.outcome}; nothing to resume")
     journal.lock()
-    _finish(settings, kube.connect(settings.kube), journal, output)
+    _finish(settings, kube.connect(settings.kube, background_events=True), journal, output)
 
 
 def rollback(
