@@ -135,3 +135,26 @@ def test_connect_reads_the_context_namespace(tmp_path: Path) -> None:
     assert connect(KubeSettings(kubeconfig=cfg)).namespace == "default"
     assert connect(KubeSettings(kubeconfig=cfg, context="b")).namespace == "prod"
     assert connect(KubeSettings(kubeconfig=cfg, context="b", namespace="x")).namespace == "x"
+
+
+def test_the_server_version_is_asked_once_per_connection(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A drain renders a Pod per migration, each on a worker's copy of the Cluster.
+    import dataclasses
+
+    from migrate.adapters import kube
+
+    asked: list[str] = []
+
+    def version(cluster: Cluster) -> dict[str, str]:
+        asked.append("GET /version")
+        return {"major": "1", "minor": "30+"}
+
+    monkeypatch.setattr(kube, "server_version", version)
+    cluster = _cluster(1)
+    worker = dataclasses.replace(cluster, requests=0)
+    assert kube.server_minor_version(cluster) == "1.30"
+    assert kube.server_minor_version(worker) == "1.30"
+    assert asked == ["GET /version"]
+    assert kube.server_minor_version(_cluster(1)) == "1.30"  # another connection asks again
+    assert len(asked) == 2

@@ -53,6 +53,9 @@ class Cluster:
     requests: int = 0  # API requests sent (retries and watches included): the report's count
     # Where Events go: None sends them inline; copies of a Cluster share it.
     events: BackgroundSender | None = None
+    # What does not change while a command runs (the server's /version), shared by
+    # copies: a drain's workers would otherwise each ask for every pod they render.
+    memo: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def connect(settings: KubeSettings, *, pool_size: int | None = None,
@@ -639,8 +642,14 @@ def _rfc3339() -> str:
 
 
 def server_minor_version(cluster: Cluster) -> str:
-    """The API server's Kubernetes version as ``MAJOR.MINOR`` (its ``/version``)."""
-    return version_of(server_version(cluster))
+    """The API server's Kubernetes version as ``MAJOR.MINOR`` (its ``/version``).
+
+    Asked once per connection: an upgrade of the control plane during one command
+    would change nothing the answer is used for (which schema a Pod is checked against).
+    """
+    if "minor_version" not in cluster.memo:
+        cluster.memo["minor_version"] = version_of(server_version(cluster))
+    return str(cluster.memo["minor_version"])
 
 
 def version_of(info: dict[str, Any]) -> str:
