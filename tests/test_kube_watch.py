@@ -129,3 +129,26 @@ def test_deleted_means_gone_and_a_refused_watch_is_an_error() -> None:
     api = FakeApi([listing("5", pod("Pending")), forbidden])
     with pytest.raises(AuthError, match="watch pod default/web: no watching"):
         kube.watch_pod(cluster(api), "default", "web", running, timeout=5)
+
+
+def test_a_known_resource_version_starts_the_watch_without_a_list() -> None:
+    # A create answered it: every later change of the pod is an event after it.
+    api = FakeApi([FakeResponse(chunks=[event("MODIFIED", pod("Running"))])])
+    c = cluster(api)
+    assert kube.watch_pod(c, "default", "web", running, timeout=5, since="41") == "up"
+    (sent,) = api.sent
+    assert "&resourceVersion=41&" in sent and sent.endswith("&watch=true")
+    assert c.requests == 1
+
+
+@pytest.mark.parametrize("status", [200, 410])
+def test_a_known_resource_version_too_old_lists_after_all(status: int) -> None:
+    # A resumed run's create answered long ago: the server says 410, in an ERROR
+    # event (what the API server does) or as the response's status.
+    expired = {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old"}
+    refused = (FakeResponse(chunks=[event("ERROR", expired)]) if status == 200 else
+               FakeResponse(json.dumps(expired).encode(), status=410))
+    api = FakeApi([refused, listing("90", pod("Running"))])
+    assert kube.watch_pod(cluster(api), "default", "web", running, timeout=5,
+                          since="3") == "up"
+    assert "resourceVersion=3" in api.sent[0] and "watch=true" not in api.sent[1]

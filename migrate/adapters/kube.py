@@ -393,9 +393,15 @@ def read_owner(cluster: Cluster, namespace: str, kind: str, name: str) -> dict[s
 
 
 def watch_pod(cluster: Cluster, namespace: str, name: str,
-              until: Callable[[dict[str, Any] | None], T | None], timeout: float) -> T:
-    """Watch one pod until ``until(pod)`` returns something (None: the pod is gone)."""
-    return _watch(cluster, _PODS, f"pod {namespace}/{name}", namespace, name, until, timeout)
+              until: Callable[[dict[str, Any] | None], T | None], timeout: float,
+              *, since: str | None = None) -> T:
+    """Watch one pod until ``until(pod)`` returns something (None: the pod is gone).
+
+    ``since``: the resourceVersion a write of this pod answered (its create): the
+    watch starts there, without a list, since every later change is an event.
+    """
+    return _watch(cluster, _PODS, f"pod {namespace}/{name}", namespace, name, until, timeout,
+                  since)
 
 
 def watch_job(cluster: Cluster, namespace: str, name: str,
@@ -405,12 +411,14 @@ def watch_job(cluster: Cluster, namespace: str, name: str,
 
 
 def _watch(cluster: Cluster, collection: str, what: str, namespace: str, name: str,
-           until: Callable[[dict[str, Any] | None], T | None], timeout: float) -> T:
+           until: Callable[[dict[str, Any] | None], T | None], timeout: float,
+           since: str | None = None) -> T:
     """Watch one object of ``collection`` until ``until(obj)`` returns something.
 
-    A watch, not a polling loop: one list for the starting resourceVersion,
-    then events; an expired resourceVersion (410) or a dropped connection
-    starts over from a fresh list. `ClusterError` after ``timeout`` seconds.
+    A watch, not a polling loop: one list for the starting resourceVersion
+    (or ``since``, when the caller knows one), then events; an expired
+    resourceVersion (410) or a dropped connection starts over from a fresh
+    list. `ClusterError` after ``timeout`` seconds.
     """
     import time
 
@@ -421,17 +429,19 @@ def _watch(cluster: Cluster, collection: str, what: str, namespace: str, name: s
     where = {"namespace": namespace}
     deadline = time.monotonic() + timeout
     while True:
-        listing = request_json(cluster, f"list {what}", "GET", collection,
-                               path_params=where, query=selector)
-        items = listing.get("items") or []
-        found = until(items[0] if items else None)
-        if found is not None:
-            return found
+        if since is None:
+            listing = request_json(cluster, f"list {what}", "GET", collection,
+                                   path_params=where, query=selector)
+            items = listing.get("items") or []
+            found = until(items[0] if items else None)
+            if found is not None:
+                return found
+            since = str(listing["metadata"]["resourceVersion"])
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
         cluster.requests += 1
-        query = [*selector, ("resourceVersion", listing["metadata"]["resourceVersion"]),
+        query = [*selector, ("resourceVersion", since),
                  ("timeoutSeconds", str(max(1, int(remaining)))), ("watch", "true")]
         try:
             resp = send(cluster, "GET", collection, path_params=where, query=query,
@@ -447,8 +457,10 @@ def _watch(cluster: Cluster, collection: str, what: str, namespace: str, name: s
                         break
         except (ApiException, HTTPError, OSError) as e:
             err = translate(e, f"watch {what}")
-            if not isinstance(err, TransientClusterError):
+            expired = isinstance(e, ApiException) and e.status == 410
+            if not (expired or isinstance(err, TransientClusterError)):
                 raise err from e
+        since = None  # the stream ended: the next round lists again
         if time.monotonic() > deadline:
             break
     raise ClusterError(f"{what}: timed out after {timeout:g} s",

@@ -212,6 +212,7 @@ def _create(run: Run) -> dict[str, Any]:
     run.journal.created_object("Pod", plan.namespace, meta["name"], meta.get("uid", ""))
     run.progress("create", f"pod {plan.namespace}/{meta['name']} on {plan.destination}")
     return {"pod": meta["name"], "uid": meta.get("uid", ""),
+            "resource_version": meta.get("resourceVersion"),
             "held_label": list(held) if held else None}
 
 
@@ -219,8 +220,11 @@ def _verify(run: Run) -> dict[str, Any]:
     plan, created = run.plan, run.data("create")
     digests = {c: i["digest"] for c, i in run.data("build")["images"].items()}
     run.progress("verify", f"waiting for {created['pod']} to run restored")
+    # From the create's answer: no list first (a resumed run's may be too old: the
+    # watch then answers 410 and lists).
     restored = restore.wait_restored(run.cluster, plan.namespace, created["pod"],
-                                     plan.destination, digests, run.req.timeout)
+                                     plan.destination, digests, run.req.timeout,
+                                     since=created.get("resource_version"))
     _event(run, _known(plan.namespace, created["pod"], restored.uid), "Restored",
            f"restored from {', '.join(sorted(set(digests.values())))} "
            f"(migration {run.journal.id} from {plan.source})")

@@ -113,11 +113,15 @@ def create(cluster: kube.Cluster, namespace: str, manifest: Obj) -> Obj:
 
 
 def wait_restored(cluster: kube.Cluster, namespace: str, name: str, node: str,
-                  digests: dict[str, str], timeout: float) -> Restored:
-    """Watch the destination pod until it is verified, refused, or the time is up."""
+                  digests: dict[str, str], timeout: float, *,
+                  since: str | None = None) -> Restored:
+    """Watch the destination pod until it is verified, refused, or the time is up.
+
+    ``since``: the resourceVersion its create answered (see `kube.watch_pod`).
+    """
     verify = _Verifier(digests, node)
     try:
-        return kube.watch_pod(cluster, namespace, name, verify, timeout)
+        return kube.watch_pod(cluster, namespace, name, verify, timeout, since=since)
     except RestoreRefused:
         raise
     except ClusterError as e:
