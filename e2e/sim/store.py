@@ -7,7 +7,10 @@ recorded as an `Event` that watchers read from the history (bounded: a watch
 from a resourceVersion older than the history fails with 410 Expired, which is
 what clients must cope with on a real cluster too).
 
-Thread safety: one re-entrant lock guards everything. Watchers and
+Thread safety: one re-entrant lock guards every write and every read of
+more than one object (peek_one and resource_version need none: a single
+lookup is atomic). It is held as briefly as possible: the copies handed out
+are made after releasing it. Watchers and
 controllers sleep on a Condition of their own (over that lock), registered
 for the resources they wait for, so that a write wakes only those waiting for
 its resource (or for any). Stored dicts are never
@@ -99,8 +102,7 @@ class Store:
     @property
     def resource_version(self) -> int:
         """The latest resourceVersion (0 before the first write)."""
-        with self._lock:
-            return self._rv
+        return self._rv  # one attribute read: atomic, needs no lock
 
     @property
     def closed(self) -> bool:
@@ -164,8 +166,9 @@ class Store:
 
     def peek_one(self, resource: str, namespace: str, name: str) -> Obj | None:
         """One stored object itself (callers must not mutate it), or None."""
-        with self._lock:
-            return self._objects.get(resource, {}).get((namespace, name))
+        # Without the lock: dict lookups are atomic, and a write stores a finished object
+        # with one assignment, so this sees the object before or after any write.
+        return self._objects.get(resource, {}).get((namespace, name))
 
     def add_index(self, resource: str, name: str, values: IndexFunc) -> None:
         """Index `resource`'s objects by `values(obj)`, for peek(index=(name, value)).
