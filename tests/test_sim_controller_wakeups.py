@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from e2e.sim.apps import REPLICASETS
+from e2e.sim.apps import DEPLOYMENTS, REPLICASETS
 from e2e.sim.controllers import Controller
 from e2e.sim.core import CONFIGMAPS, PODS, core_registry
+from e2e.sim.deployment import DeploymentController
 from e2e.sim.errors import ApiError
 from e2e.sim.owners import claim_candidates, index_owners
 from e2e.sim.replicaset import ReplicaSetController
@@ -189,3 +190,34 @@ def test_claim_candidates_are_the_owned_and_the_orphans_sharing_a_label() -> Non
     store.update(PODS.key, "a", "z-mine", lambda p: {**p, "metadata": {
         k: v for k, v in p["metadata"].items() if k != "ownerReferences"}})
     assert names({"matchLabels": {"app": "web"}}) == ["y-orphan"]
+
+
+def test_a_recreate_rollout_resumes_when_the_old_pod_is_gone(rest: Rest) -> None:
+    # The Deployment controller waits for pod writes only while such a rollout waits:
+    # the old pod's removal is then the only write, nothing else wakes it.
+    rest.registry.add(DEPLOYMENTS)
+    labels = {"app": "web"}
+
+    def template(image: str) -> Obj:
+        return {"metadata": {"labels": labels},
+                "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": image}]}}
+
+    rest.create(DEPLOYMENTS, "default", {
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                 "strategy": {"type": "Recreate"}, "template": template("x:1")}})
+
+    def sets() -> list[Obj]:
+        return rest.store.peek(REPLICASETS.key, "default")
+
+    with _started(DeploymentController(rest)), _started(ReplicaSetController(rest)):
+        _poll(lambda: len(rest.store.peek(PODS.key, "default")) == 1, "the first pod")
+        rest.patch(DEPLOYMENTS, "default", "web", "application/merge-patch+json",
+                   {"spec": {"template": template("x:2")}})
+        _poll(lambda: all(p["metadata"].get("deletionTimestamp") for p in rest.store.peek(
+            PODS.key, "default")) and sets()[0].get("status", {}).get("replicas", 0) == 0,
+            "the old pod terminating")
+        assert len(sets()) == 1  # Recreate: no new ReplicaSet while the old pod runs
+        old = rest.store.peek(PODS.key, "default")[0]["metadata"]["name"]
+        rest.store.remove(PODS.key, "default", old)
+        _poll(lambda: len(sets()) == 2, "the new ReplicaSet")
