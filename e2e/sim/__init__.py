@@ -86,7 +86,8 @@ Layout, bottom up:
     workloads.py   apps, policy and batch kinds and their controllers: apps.py,
                    replicaset.py, deployment.py, scale.py, policy.py,
                    disruption.py, eviction.py, batch.py, job.py, gc.py,
-                   cronjob.py, cronjob_controller.py (cron.py: schedules)
+                   cronjob.py, cronjob_controller.py (cron.py: schedules);
+                   owners.py what they share (claiming, the owner index)
     nodeconfig.py  per-node settings; kubelet_api.py the kubelet's HTTP API;
                    checkpoints.py what a checkpoint archive holds
     podstart.py    pulls (images.py, registry_pull.py), container creation and

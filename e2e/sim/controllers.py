@@ -30,13 +30,19 @@ class Controller:
     Subclasses implement reconcile() and may return, from next_wakeup(), the
     seconds until a timer of theirs is due (None: only wake on changes).
     `resources`: the storage keys of everything reconcile() reads, whose writes
-    start a pass (None: a write of anything does).
-    Errors in reconcile() go to `log` and are retried on the next change (of
-    anything: what made it fail may be elsewhere).
+    start a pass (None: a write of anything does); read after each pass, so a
+    pass may narrow or widen what the next one waits for.
+    Errors in reconcile(), and writes it reports failed (`failed()`), go to
+    `log` and are retried on the next change (of anything: what made them fail
+    may be elsewhere) or, at the latest, after a backoff doubling from
+    RETRY_MIN to RETRY_MAX seconds while passes keep failing, as the real
+    controllers' rate-limited work queues requeue.
     """
 
     name = "controller"
     resources: tuple[str, ...] | None = None
+    RETRY_MIN = 0.1
+    RETRY_MAX = 10.0
 
     def __init__(self, rest: Rest, *, log: Callable[[str], None] | None = None) -> None:
         self.rest = rest
@@ -44,12 +50,19 @@ class Controller:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pass_failed = False  # this pass reported a failed write
+        self._backoff = 0.0  # seconds until the retry of a failed pass (0: none failed)
 
     def reconcile(self) -> None:
         raise NotImplementedError
 
     def next_wakeup(self) -> float | None:
         return None
+
+    def failed(self, message: str) -> None:
+        """Log a write this pass could not make: a later pass retries it (see above)."""
+        self._log(f"{self.name}: {message}")
+        self._pass_failed = True
 
     def start(self) -> None:
         """Run the loop in a background thread."""
@@ -76,18 +89,24 @@ class Controller:
             # Read the version first: a write during reconcile() wakes the next pass.
             seen = store.resource_version
             self._wake.clear()
-            resources = self.resources
+            self._pass_failed = False
             try:
                 self.reconcile()
             except ApiError as e:
-                self._log(f"{self.name}: {e}")
-                resources = None
+                self.failed(str(e))
             except Exception as e:  # a bug must not kill the loop silently
-                self._log(f"{self.name}: unexpected {type(e).__name__}: {e}")
-                resources = None
-            store.wait(seen, self.next_wakeup(),
+                self.failed(f"unexpected {type(e).__name__}: {e}")
+            store.wait(seen, self._timeout(),
                        stopped=lambda: self._stop.is_set() or self._wake.is_set(),
-                       resources=resources)
+                       resources=None if self._pass_failed else self.resources)
+
+    def _timeout(self) -> float | None:
+        timer = self.next_wakeup()
+        if not self._pass_failed:
+            self._backoff = 0.0
+            return timer
+        self._backoff = min(max(self._backoff * 2, self.RETRY_MIN), self.RETRY_MAX)
+        return self._backoff if timer is None else min(timer, self._backoff)
 
 
 def set_condition(status: dict[str, Any], type_: str, value: str, reason: str = "",

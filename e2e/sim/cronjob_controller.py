@@ -82,6 +82,7 @@ class CronJobController(Controller):
     """Starts every CronJob's Jobs on schedule (see the module docstring)."""
 
     name = "cronjob-controller"
+    resources = (CRONJOBS.key, JOBS.key)
 
     def __init__(self, rest: Rest, clock: CronClock, *,
                  log: Callable[[str], None] | None = None) -> None:
@@ -118,9 +119,9 @@ class CronJobController(Controller):
 
     def _reconcile(self) -> None:
         self._wakeup = None
-        cronjobs, _ = self.rest.list(CRONJOBS, None)
-        jobs, _ = self.rest.list(JOBS, None)
-        for cronjob in cronjobs:
+        # The stored objects themselves (Store.peek): nothing here mutates them.
+        jobs = self.rest.store.peek(JOBS.key)
+        for cronjob in self.rest.store.peek(CRONJOBS.key):
             uid = cronjob["metadata"]["uid"]
             mine = [j for j in jobs if j["metadata"]["namespace"] == cronjob["metadata"][
                 "namespace"] and (controller_ref(j) or {}).get("uid") == uid]
@@ -237,6 +238,7 @@ class CronJobController(Controller):
         except ApiError as e:
             if e.reason != "AlreadyExists":
                 self._event(cronjob, "Warning", "FailedCreate", f"Error creating job: {e}")
+                self.failed(f"{ns}/{cronjob['metadata']['name']}: {e}")
                 return None
             existing = self.rest.store.find(JOBS.key, ns, name)
             if existing is None or (controller_ref(existing) or {}).get("uid") != \
@@ -270,6 +272,7 @@ class CronJobController(Controller):
         except ApiError as e:
             if e.code not in (404, 409):
                 self._event(cronjob, "Warning", "FailedDelete", f"Deleted job: {e}")
+                self.failed(f"{cronjob['metadata']['namespace']}/{name}: {e}")
                 return False
         self._event(cronjob, "Normal", "SuccessfulDelete", f"Deleted job {name}")
         return True

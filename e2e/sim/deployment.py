@@ -27,7 +27,7 @@ and Progressing conditions; the revision annotation goes on both objects.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from e2e.sim.apps import DEPLOYMENTS, REPLICASETS, max_surge_unavailable
@@ -42,7 +42,14 @@ from e2e.sim.deployment_util import (
     without_hash,
 )
 from e2e.sim.errors import ApiError
-from e2e.sim.owners import claim, controller_ref, owner_reference
+from e2e.sim.owners import (
+    OWNER_INDEX,
+    claim,
+    claim_candidates,
+    index_owners,
+    owner_reference,
+)
+from e2e.sim.rest import Rest
 from e2e.sim.store import Obj
 
 __all__ = ["DeploymentController"]
@@ -73,18 +80,31 @@ def _oldest_first(sets: list[Obj]) -> list[Obj]:
 
 
 class DeploymentController(Controller):
-    """Reconciles every Deployment's ReplicaSets and status (see the module docstring)."""
+    """Reconciles every Deployment's ReplicaSets and status (see the module docstring).
+
+    It reads the stored objects (Store.peek), copying only the ReplicaSets a
+    Deployment owns (it updates them in place), and finds those through the
+    owner index. It wakes for writes of Deployments and ReplicaSets, and of pods
+    only while a Recreate rollout waits for old pods to stop (nothing else it
+    decides depends on pods).
+    """
 
     name = "deployment-controller"
+    _QUIET = (DEPLOYMENTS.key, REPLICASETS.key)
+
+    def __init__(self, rest: Rest, *, log: Callable[[str], None] | None = None) -> None:
+        super().__init__(rest, log=log)
+        self.resources: tuple[str, ...] | None = self._QUIET
+        index_owners(rest.store, REPLICASETS)
+        index_owners(rest.store, PODS)
 
     def reconcile(self) -> None:
-        deployments, _ = self.rest.list(DEPLOYMENTS, None)
-        for d in deployments:
-            ns = d["metadata"]["namespace"]
-            candidates, _ = self.rest.list(REPLICASETS, ns)
-            owned = claim(self.rest, REPLICASETS, d, DEPLOYMENTS, candidates,
-                          d["spec"].get("selector"))
-            self._sync(d, _oldest_first(owned))
+        self.resources = self._QUIET
+        for d in self.rest.store.peek(DEPLOYMENTS.key):
+            selector = d["spec"].get("selector")
+            candidates = claim_candidates(self.rest.store, REPLICASETS, d, selector)
+            owned = claim(self.rest, REPLICASETS, d, DEPLOYMENTS, candidates, selector)
+            self._sync(d, _oldest_first([copy.deepcopy(rs) for rs in owned]))
 
     def _sync(self, d: Obj, owned: list[Obj]) -> None:
         wanted = without_hash(d["spec"]["template"])
@@ -165,11 +185,13 @@ class DeploymentController(Controller):
         return new, created
 
     def _old_pods_running(self, d: Obj, old: list[Obj]) -> bool:
-        uids = {rs["metadata"]["uid"] for rs in old}
-        pods, _ = self.rest.list(PODS, d["metadata"]["namespace"])
-        return any((controller_ref(p) or {}).get("uid") in uids
-                   and p.get("status", {}).get("phase") not in ("Succeeded", "Failed")
-                   for p in pods)
+        ns = d["metadata"]["namespace"]
+        running = any(p.get("status", {}).get("phase") not in ("Succeeded", "Failed")
+                      for rs in old for p in self.rest.store.peek(
+                          PODS.key, ns, index=(OWNER_INDEX, f"uid {rs['metadata']['uid']}")))
+        if running:
+            self.resources = (*self._QUIET, PODS.key)  # their stopping resumes the rollout
+        return running
 
     def _cleanup(self, d: Obj, new: Obj, old: list[Obj]) -> None:
         # Only once the rollout is done: old ReplicaSets at 0 beyond the history limit go.
@@ -267,6 +289,9 @@ class DeploymentController(Controller):
     def _write_status(self, d: Obj, new: Obj | None, old: list[Obj], created: bool) -> None:
         status = deployment_status(d, new, old, created=created)
         revision = str(_revision(new)) if new is not None else None
+        if d.get("status") == status and (not revision or revision == "0" or (
+                d["metadata"].get("annotations") or {}).get(REVISION) == revision):
+            return  # unchanged: not a write (saves the store's copy and compare)
         uid = d["metadata"]["uid"]
 
         def change(current: Obj) -> Obj | None:

@@ -20,6 +20,7 @@ fails the sync: disruptionsAllowed 0, DisruptionAllowed False, reason SyncFailed
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from e2e.sim.apps import DEPLOYMENTS, REPLICASETS
@@ -37,6 +38,10 @@ __all__ = ["DELETION_TIMEOUT", "DisruptionController"]
 DELETION_TIMEOUT = dt.timedelta(minutes=2)
 
 
+def _selected_by(selector: dict[str, Any] | None) -> Callable[[Obj], bool]:
+    return lambda pod: selector_matches(selector, pod["metadata"].get("labels"))
+
+
 class _NoController(Exception):
     """A matching pod's controller (and so its scale) cannot be found."""
 
@@ -45,16 +50,17 @@ class DisruptionController(Controller):
     """Keeps every PodDisruptionBudget's status current (see the module docstring)."""
 
     name = "disruption-controller"
+    # What it reads: budgets, pods, and the scales of the pods' controllers (the kinds
+    # with a scale subresource).
+    resources = (PODDISRUPTIONBUDGETS.key, PODS.key, REPLICASETS.key, DEPLOYMENTS.key)
     _wakeup: float | None = None
 
     def reconcile(self) -> None:
+        # The stored objects themselves (Store.peek): nothing here mutates them.
         self._wakeup = None
-        budgets, _ = self.rest.list(PODDISRUPTIONBUDGETS, None)
-        for pdb in budgets:
-            ns = pdb["metadata"]["namespace"]
-            pods, _ = self.rest.list(PODS, ns)
-            selector = pdb["spec"].get("selector")
-            pods = [p for p in pods if selector_matches(selector, p["metadata"].get("labels"))]
+        for pdb in self.rest.store.peek(PODDISRUPTIONBUDGETS.key):
+            pods = self.rest.store.peek(PODS.key, pdb["metadata"]["namespace"],
+                                        _selected_by(pdb["spec"].get("selector")))
             try:
                 status = self._status(pdb, pods)
             except (_NoController, ValueError) as e:
@@ -115,14 +121,14 @@ class DisruptionController(Controller):
             rt = self.rest.registry.by_kind(str(ref.get("kind")), group)
         except KeyError:
             return None
-        obj = self.rest.store.find(rt.key, ns, str(ref.get("name")))
+        obj = self.rest.store.peek_one(rt.key, ns, str(ref.get("name")))
         if obj is None or obj["metadata"]["uid"] != ref.get("uid") or \
                 "scale" not in rt.subresources:
             return None
         owner = controller_ref(obj) if rt is REPLICASETS else None
         if owner is not None and owner.get("kind") == DEPLOYMENTS.kind:
             # A Deployment's ReplicaSet: the Deployment's scale is what is expected.
-            deployment = self.rest.store.find(DEPLOYMENTS.key, ns, str(owner.get("name")))
+            deployment = self.rest.store.peek_one(DEPLOYMENTS.key, ns, str(owner.get("name")))
             if deployment is not None and deployment["metadata"]["uid"] == owner.get("uid"):
                 return deployment["metadata"]["uid"], int(deployment["spec"].get("replicas", 0))
         return obj["metadata"]["uid"], int(obj["spec"].get("replicas", 0))
@@ -151,6 +157,8 @@ class DisruptionController(Controller):
         return status
 
     def _write(self, pdb: Obj, status: dict[str, Any]) -> None:
+        if pdb.get("status") == status:
+            return  # unchanged: not a write (saves the store's copy and compare)
         seen = pdb["metadata"]["resourceVersion"]
 
         def change(current: Obj) -> Obj | None:

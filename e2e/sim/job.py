@@ -27,6 +27,7 @@ Failed pods are replaced at once: the real controller's exponential back-off
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from e2e.sim.batch import JOBS
@@ -42,11 +43,27 @@ from e2e.sim.job_status import (
     set_job_condition,
 )
 from e2e.sim.meta import now, parse_time, rfc3339
-from e2e.sim.owners import claim, controller_ref, is_pod_active, pod_from_template
+from e2e.sim.owners import (
+    claim,
+    claim_candidates,
+    controller_ref,
+    index_owners,
+    is_pod_active,
+    pod_from_template,
+)
 from e2e.sim.replicaset import deletion_order
+from e2e.sim.rest import Rest
 from e2e.sim.store import Obj
 
 __all__ = ["JobController"]
+
+
+_TRACKED_INDEX = "job-tracking"
+
+
+def _tracked(pod: Obj) -> list[str]:
+    # Pods holding the job-tracking finalizer, found without reading every pod.
+    return [JOB_TRACKING] if JOB_TRACKING in (pod["metadata"].get("finalizers") or []) else []
 
 
 def _finished(job: Obj) -> bool:
@@ -58,24 +75,29 @@ class JobController(Controller):
     """Runs every Job's pods to completion (see the module docstring)."""
 
     name = "job-controller"
+    resources = (JOBS.key, PODS.key)
     _wakeup: float | None = None
+
+    def __init__(self, rest: Rest, *, log: Callable[[str], None] | None = None) -> None:
+        super().__init__(rest, log=log)
+        index_owners(rest.store, PODS)
+        rest.store.add_index(PODS.key, _TRACKED_INDEX, _tracked)
 
     def reconcile(self) -> None:
         self._wakeup = None
         jobs, _ = self.rest.list(JOBS, None)
-        pods_by_ns: dict[str, list[Obj]] = {}
         for job in jobs:
-            ns = job["metadata"]["namespace"]
-            if ns not in pods_by_ns:
-                pods_by_ns[ns], _ = self.rest.list(PODS, ns)
-            self._sync(job, pods_by_ns[ns])
+            self._sync(job)
         self._release_orphans({j["metadata"]["uid"] for j in jobs})
 
     def next_wakeup(self) -> float | None:
         return self._wakeup
 
-    def _sync(self, job: Obj, all_pods: list[Obj]) -> None:
-        pods = claim(self.rest, PODS, job, JOBS, all_pods, job["spec"].get("selector"))
+    def _sync(self, job: Obj) -> None:
+        # The stored pods themselves (never mutated here), found through the owner index.
+        selector = job["spec"].get("selector")
+        candidates = claim_candidates(self.rest.store, PODS, job, selector)
+        pods = claim(self.rest, PODS, job, JOBS, candidates, selector)
         job = count_finished(self.rest, job, pods, self._write)
         active = [p for p in pods if is_pod_active(p)]
         status: dict[str, Any] = dict(job.get("status") or {})
@@ -140,7 +162,7 @@ class JobController(Controller):
             try:
                 active.append(self.rest.create(PODS, ns, pod))
             except ApiError as e:
-                self._log(f"{self.name}: {ns}/{job['metadata']['name']}: {e}")
+                self.failed(f"{ns}/{job['metadata']['name']}: {e}")
                 break
         if len(active) > want:
             surplus = deletion_order(active, active)[:len(active) - want]
@@ -159,9 +181,7 @@ class JobController(Controller):
 
     def _release_orphans(self, job_uids: set[str]) -> None:
         # A tracked pod whose Job is gone (or never was) must not stay stuck in deletion.
-        pods, _ = self.rest.list(PODS, None, lambda p: JOB_TRACKING in (
-            p["metadata"].get("finalizers") or []))
-        for pod in pods:
+        for pod in self.rest.store.peek(PODS.key, index=(_TRACKED_INDEX, JOB_TRACKING)):
             ref = controller_ref(pod)
             if ref is None or ref.get("kind") != "Job" or ref.get("uid") not in job_uids:
                 drop_tracking_finalizer(self.rest, pod)

@@ -4,12 +4,19 @@
     selector_string(selector)            its canonical text (`app=web,tier in (a,b)`)
     controller_ref(obj)                  the ownerReference with controller=true
     claim(...)                           adopt matching orphans, release mismatches
+    claim_candidates(...)                what claim() must see, from the store's
+                                         OWNER_INDEX (no copies)
 
 Claiming follows client-go's ControllerRefManager: an object controlled by
 someone else is never touched; one controlled by us whose labels stopped
 matching is released (its ownerReference removed) unless we are being
 deleted; a matching orphan that is not being deleted is adopted. Writes are
 compare-by-uid read-modify-writes, so a replaced object is left alone.
+
+Controllers find their candidates through OWNER_INDEX (`index_owners`): an
+object is indexed under its controller's uid, or, an orphan, under its
+namespace and each of its labels, so that an owner reads its own objects and
+the orphans sharing a label with its selector, not its whole namespace.
 """
 
 from __future__ import annotations
@@ -22,11 +29,14 @@ from e2e.sim.errors import ApiError
 from e2e.sim.meta import now, parse_time, rfc3339
 from e2e.sim.resources import ResourceType
 from e2e.sim.rest import Rest
-from e2e.sim.store import Obj
+from e2e.sim.store import Obj, Store
 
 __all__ = [
+    "OWNER_INDEX",
     "claim",
+    "claim_candidates",
     "controller_ref",
+    "index_owners",
     "int_or_percent",
     "is_pod_active",
     "is_pod_available",
@@ -178,6 +188,41 @@ def claim(rest: Rest, rt: ResourceType, owner: Obj, owner_rt: ResourceType,
         if adopted is not None:
             claimed.append(adopted)
     return claimed
+
+
+OWNER_INDEX = "owner"
+
+
+def _owner_keys(obj: Obj) -> list[str]:
+    meta = obj["metadata"]
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller"):
+            return [f"uid {ref.get('uid')}"]
+    ns = meta.get("namespace") or ""
+    return [f"orphan {ns}", *(f"orphan {ns} {k}={v}" for k, v in
+                              (meta.get("labels") or {}).items())]
+
+
+def index_owners(store: Store, rt: ResourceType) -> None:
+    """Index `rt`'s objects under OWNER_INDEX (idempotent), for claim_candidates()."""
+    store.add_index(rt.key, OWNER_INDEX, _owner_keys)
+
+
+def claim_candidates(store: Store, rt: ResourceType, owner: Obj,
+                     selector: Mapping[str, Any] | None) -> list[Obj]:
+    """The stored objects (not copies: never mutate them) of `owner`'s namespace that
+    claim() would not skip: those it controls and the orphans its selector might
+    match, in key order. `rt` must be indexed (index_owners)."""
+    meta = owner["metadata"]
+    ns = str(meta["namespace"])
+    found = store.peek(rt.key, ns, index=(OWNER_INDEX, f"uid {meta['uid']}"))
+    if selector is None:
+        return found  # selects nothing: no orphan is adopted
+    # Any one matchLabels pair narrows the orphans to those having it.
+    pair = next(iter((selector.get("matchLabels") or {}).items()), None)
+    orphans = f"orphan {ns}" if pair is None else f"orphan {ns} {pair[0]}={pair[1]}"
+    found += store.peek(rt.key, ns, index=(OWNER_INDEX, orphans))
+    return sorted(found, key=lambda o: str(o["metadata"]["name"]))
 
 
 def pod_from_template(owner: Obj, owner_rt: ResourceType, template: Mapping[str, Any],

@@ -19,7 +19,7 @@ import datetime as dt
 import functools
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from e2e.sim.apps import REPLICASETS
@@ -28,14 +28,18 @@ from e2e.sim.core import PODS
 from e2e.sim.errors import ApiError
 from e2e.sim.meta import now, parse_time
 from e2e.sim.owners import (
+    OWNER_INDEX,
     claim,
+    claim_candidates,
     controller_ref,
+    index_owners,
     is_pod_active,
     is_pod_available,
     is_pod_ready,
     pod_from_template,
     selector_matches,
 )
+from e2e.sim.rest import Rest
 from e2e.sim.store import Obj
 
 __all__ = ["DELETION_COST", "ReplicaSetController", "deletion_order", "replicaset_status"]
@@ -145,26 +149,33 @@ def replicaset_status(rs: Obj, pods: list[Obj]) -> dict[str, Any]:
 
 
 class ReplicaSetController(Controller):
-    """Reconciles every ReplicaSet's pods and status (see the module docstring)."""
+    """Reconciles every ReplicaSet's pods and status (see the module docstring).
+
+    It reads the stored objects (Store.peek), finding each ReplicaSet's pods
+    through the owner index, and wakes only for writes of ReplicaSets and pods.
+    """
 
     name = "replicaset-controller"
+    resources = (REPLICASETS.key, PODS.key)
     _wakeup: float | None = None
+
+    def __init__(self, rest: Rest, *, log: Callable[[str], None] | None = None) -> None:
+        super().__init__(rest, log=log)
+        index_owners(rest.store, PODS)
 
     def reconcile(self) -> None:
         self._wakeup = None
-        sets, _ = self.rest.list(REPLICASETS, None)
-        by_namespace: dict[str, list[Obj]] = {}
+        sets = self.rest.store.peek(REPLICASETS.key)
         for rs in sets:
-            ns = rs["metadata"]["namespace"]
-            if ns not in by_namespace:
-                by_namespace[ns], _ = self.rest.list(PODS, ns)
-            self._sync(rs, sets, by_namespace[ns])
+            self._sync(rs, sets)
 
-    def _sync(self, rs: Obj, sets: list[Obj], all_pods: list[Obj]) -> None:
-        active = [p for p in all_pods if is_pod_active(p)]
-        pods = claim(self.rest, PODS, rs, REPLICASETS, active, rs["spec"].get("selector"))
+    def _sync(self, rs: Obj, sets: list[Obj]) -> None:
+        selector = rs["spec"].get("selector")
+        active = [p for p in claim_candidates(self.rest.store, PODS, rs, selector)
+                  if is_pod_active(p)]
+        pods = claim(self.rest, PODS, rs, REPLICASETS, active, selector)
         if not rs["metadata"].get("deletionTimestamp"):
-            pods = self._manage(rs, pods, self._related(rs, sets, active))
+            pods = self._manage(rs, pods, lambda: self._related(rs, sets))
         self._write_status(rs, replicaset_status(rs, pods))
         self._note_availability(rs, pods)
 
@@ -179,18 +190,21 @@ class ReplicaSetController(Controller):
                 if left > 0:
                     self._wakeup = left if self._wakeup is None else min(self._wakeup, left)
 
-    @staticmethod
-    def _related(rs: Obj, sets: list[Obj], active: list[Obj]) -> list[Obj]:
-        # Pods of every ReplicaSet with the same owner (a Deployment's old and new ones).
+    def _related(self, rs: Obj, sets: list[Obj]) -> list[Obj]:
+        # Active pods of every ReplicaSet with the same owner (a Deployment's old and new
+        # ones).
         owner = controller_ref(rs)
         if owner is None:
             uids = {rs["metadata"]["uid"]}
         else:
             uids = {s["metadata"]["uid"] for s in sets
                     if (controller_ref(s) or {}).get("uid") == owner.get("uid")}
-        return [p for p in active if (controller_ref(p) or {}).get("uid") in uids]
+        ns = rs["metadata"]["namespace"]
+        return [p for uid in sorted(uids) for p in self.rest.store.peek(
+            PODS.key, ns, index=(OWNER_INDEX, f"uid {uid}")) if is_pod_active(p)]
 
-    def _manage(self, rs: Obj, pods: list[Obj], related: list[Obj]) -> list[Obj]:
+    def _manage(self, rs: Obj, pods: list[Obj], related: Callable[[], list[Obj]]
+                ) -> list[Obj]:
         diff = len(pods) - int(rs["spec"].get("replicas", 1))
         ns = rs["metadata"]["namespace"]
         if diff < 0:
@@ -200,10 +214,10 @@ class ReplicaSetController(Controller):
                     pods.append(self.rest.create(
                         PODS, ns, pod_from_template(rs, REPLICASETS, template)))
                 except ApiError as e:
-                    self._log(f"{self.name}: {ns}/{rs['metadata']['name']}: {e}")
+                    self.failed(f"{ns}/{rs['metadata']['name']}: {e}")
                     break
             return pods
-        doomed = deletion_order(pods, related)[:diff]
+        doomed = deletion_order(pods, related())[:diff] if diff > 0 else []
         for pod in doomed:
             self._log(f"{self.name}: {ns}/{rs['metadata']['name']} deletes "
                       f"{pod['metadata']['name']}")
@@ -217,6 +231,8 @@ class ReplicaSetController(Controller):
         return [p for p in pods if p["metadata"]["uid"] not in gone]
 
     def _write_status(self, rs: Obj, status: Mapping[str, Any]) -> None:
+        if rs.get("status") == status:
+            return  # unchanged: not a write (saves the store's copy and compare)
         uid = rs["metadata"]["uid"]
 
         def change(current: Obj) -> Obj | None:

@@ -7,7 +7,10 @@ recorded as an `Event` that watchers read from the history (bounded: a watch
 from a resourceVersion older than the history fails with 410 Expired, which is
 what clients must cope with on a real cluster too).
 
-Thread safety: one re-entrant lock guards everything. Watchers and
+Thread safety: one re-entrant lock guards every write and every read of
+more than one object (peek_one and resource_version need none: a single
+lookup is atomic). It is held as briefly as possible: the copies handed out
+are made after releasing it. Watchers and
 controllers sleep on a Condition of their own (over that lock), registered
 for the resources they wait for, so that a write wakes only those waiting for
 its resource (or for any). Stored dicts are never
@@ -99,8 +102,7 @@ class Store:
     @property
     def resource_version(self) -> int:
         """The latest resourceVersion (0 before the first write)."""
-        with self._lock:
-            return self._rv
+        return self._rv  # one attribute read: atomic, needs no lock
 
     @property
     def closed(self) -> bool:
@@ -108,17 +110,15 @@ class Store:
 
     def get(self, resource: str, namespace: str, name: str, *, group: str = "") -> Obj:
         """A copy of one object; ApiError 404 if absent."""
-        with self._lock:
-            obj = self._objects.get(resource, {}).get((namespace, name))
-            if obj is None:
-                raise not_found(resource.split(".")[0], name, group)
-            return copy.deepcopy(obj)
+        obj = self.peek_one(resource, namespace, name)
+        if obj is None:
+            raise not_found(resource.split(".")[0], name, group)
+        return copy.deepcopy(obj)  # outside the lock: stored objects never change
 
     def find(self, resource: str, namespace: str, name: str) -> Obj | None:
         """A copy of one object, or None."""
-        with self._lock:
-            obj = self._objects.get(resource, {}).get((namespace, name))
-            return copy.deepcopy(obj) if obj is not None else None
+        obj = self.peek_one(resource, namespace, name)
+        return copy.deepcopy(obj) if obj is not None else None
 
     def list(
         self,
@@ -127,9 +127,8 @@ class Store:
         predicate: Callable[[Obj], bool] | None = None,
     ) -> tuple[list[Obj], int]:
         """Copies of the objects (of `namespace`, or all), in key order, and the list's rv."""
-        with self._lock:
-            return [copy.deepcopy(obj) for obj in self.peek(resource, namespace, predicate)], \
-                self._rv
+        objects, rv = self.snapshot(resource, namespace, predicate)
+        return [copy.deepcopy(obj) for obj in objects], rv
 
     def peek(
         self,
@@ -167,8 +166,9 @@ class Store:
 
     def peek_one(self, resource: str, namespace: str, name: str) -> Obj | None:
         """One stored object itself (callers must not mutate it), or None."""
-        with self._lock:
-            return self._objects.get(resource, {}).get((namespace, name))
+        # Without the lock: dict lookups are atomic, and a write stores a finished object
+        # with one assignment, so this sees the object before or after any write.
+        return self._objects.get(resource, {}).get((namespace, name))
 
     def add_index(self, resource: str, name: str, values: IndexFunc) -> None:
         """Index `resource`'s objects by `values(obj)`, for peek(index=(name, value)).
@@ -203,16 +203,17 @@ class Store:
 
         ApiError 409 AlreadyExists if the name is taken.
         """
+        stored = copy.deepcopy(obj)
+        key = (_namespace(obj), _name(obj))
         with self._lock:
             objects = self._objects.setdefault(resource, {})
-            key = (_namespace(obj), _name(obj))
             if key in objects:
                 raise already_exists(resource.split(".")[0], key[1], group)
-            stored = copy.deepcopy(obj)
             meta = stored["metadata"]
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("creationTimestamp", rfc3339(now()))
-            return self._write("ADDED", resource, key, stored, None)
+            written = self._write("ADDED", resource, key, stored, None)
+        return copy.deepcopy(written)
 
     def update(
         self,
@@ -241,10 +242,12 @@ class Store:
                 raise not_found(resource.split(".")[0], name, group)
             new = mutate(copy.deepcopy(old))
             if new is None or _without_rv(new) == _without_rv(old):
-                return copy.deepcopy(old)
-            if remove_if is not None and remove_if(new):
-                return self._remove(resource, key, new)
-            return self._write("MODIFIED", resource, key, copy.deepcopy(new), old)
+                written = old
+            elif remove_if is not None and remove_if(new):
+                written = self._remove(resource, key, new)
+            else:
+                written = self._write("MODIFIED", resource, key, copy.deepcopy(new), old)
+        return copy.deepcopy(written)
 
     def remove(self, resource: str, namespace: str, name: str, *, group: str = "") -> Obj:
         """Delete one object now (DELETED event); returns its last state. 404 if absent."""
@@ -253,8 +256,11 @@ class Store:
             obj = self._objects.get(resource, {}).get(key)
             if obj is None:
                 raise not_found(resource.split(".")[0], name, group)
-            return self._remove(resource, key, obj)
+            written = self._remove(resource, key, obj)
+        return copy.deepcopy(written)
 
+    # _remove and _write return the stored (event's) object itself: callers copy it
+    # once they have released the lock.
     def _remove(self, resource: str, key: _Key, last: Obj) -> Obj:
         old = self._objects[resource].pop(key)
         return self._write("DELETED", resource, key, copy.deepcopy(last), old, store=False)
@@ -278,7 +284,7 @@ class Store:
         for waiting in (resource, None):
             for waiter in self._waiters.get(waiting, set()):
                 waiter.notify()
-        return copy.deepcopy(obj)
+        return obj
 
     # -- waiting and watching --------------------------------------------------------
 
