@@ -239,22 +239,23 @@ def history(
 
 
 def _drain_history(settings: Settings, output: Format) -> None:
+    from migrate.pipeline.drain.report import counts
     from migrate.pipeline.drain.state import journal_dir
     from migrate.pipeline.journal import Journal
 
     rows: list[dict[str, Any]] = []
     for j in Journal.history(journal_dir(settings)):
-        counts: dict[str, int] = {}
-        for r in (j.stage("drain").data.get("pods") or {}).values():
-            counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
+        # The outcomes recorded so far: pods not reached yet have none.
+        results = list((j.stage("drain").data.get("pods") or {}).values())
         rows.append({"id": j.id, "created": j.created, "outcome": j.outcome,
                      "node": j.request.get("node"),
-                     "pods": len(j.stage("plan").data.get("pods") or []), "results": counts})
+                     "pods": len(j.stage("plan").data.get("pods") or []),
+                     "results": counts(results, "outcome")})
     if not rows and output is Format.table:
         typer.echo("no drains recorded", err=True)
 
-    def summary(counts: dict[str, int]) -> str:
-        return ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) or "-"
+    def summary(results: dict[str, int]) -> str:
+        return ", ".join(f"{n} {outcome}" for outcome, n in sorted(results.items())) or "-"
 
     emit(rows, output.value, lambda: table(
         ("id", "created", "outcome", "node", "pods", "results"),
