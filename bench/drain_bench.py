@@ -57,8 +57,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import statistics
 import sys
 from collections import Counter
@@ -75,15 +73,14 @@ from harness import (
     Sample,
     Series,
     fmt_s,
-    in_workdir,
     measure,
     render,
-    require,
     run_once,
+    with_registry,
 )
-from pod_cluster import Window
+from pod_cluster import Window, migrate_env
 
-from e2e.registry import Registry, RegistryError
+from e2e.registry import Registry
 from e2e.sim import NodeConfig, RegistryConfig, Simulator
 
 EFFICIENCY_TARGET = 0.7  # ideal / wall >=
@@ -197,13 +194,9 @@ class Runner:
                            spread=tuple(sorted(spread.items())))
 
     def _env(self, run_dir: Path, sim: Simulator) -> dict[str, str]:
-        # Bytecode cached, as for an installed tool; a state directory and an empty
-        # layer-digest cache per run: every push is cold.
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-        return {**env, "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
-                "KUBECONFIG": str(sim.kubeconfig), "MIGRATE_STATE_DIR": str(run_dir / "state"),
-                "MIGRATE_CACHE_DIR": str(run_dir / "cache"),
-                "MIGRATE_NODE_ROOT": str(sim.state_dir / "nodes" / "{node}")}
+        # A state directory and an empty layer-digest cache per run: every push is cold.
+        return {**migrate_env(sim, run_dir / "state"),
+                "MIGRATE_CACHE_DIR": str(run_dir / "cache")}
 
 
 def _stages(state: Path) -> dict[str, list[float]]:
@@ -332,12 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("--pods, --nodes, --concurrency, --serial-pods, --reps and --mib must be >= 1")
     if args.nodes > 24:
         ap.error("--nodes: at most 24 destinations (node-b ... node-y)")
-    if not require("docker-registry"):
-        return 2
-    # Killed, the bench still stops the registry and the simulator (finally blocks).
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    return in_workdir("drain-bench-", args.workdir, lambda work: bench(work, args),
-                      (RegistryError,))
+    return with_registry("drain-bench-", args.workdir, lambda work: bench(work, args))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@
   ``check`` (a sanity check that raises it).
 - ``require``: migrate's console script and the tools a script needs are there;
   ``in_workdir``: run the benchmark in a temporary directory removed at the end,
-  turning what stops a measurement into an error message and exit code 1.
+  turning what stops a measurement into an error message and exit code 1;
+  ``with_registry``: the same for a benchmark that starts a loopback registry
+  (and a simulator), stopped even when the script is killed.
 - ``generate``: a checkpoint archive of realistic memory pages (``e2e.archivegen``).
 - ``Sample`` and ``run_once``: one run of a command under ``/usr/bin/time -f
   "%M %U %S"`` (wall time, peak RSS of the largest single process of the tree,
@@ -27,6 +29,7 @@ from __future__ import annotations
 import os
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -86,6 +89,20 @@ def in_workdir(prefix: str, workdir: Path | None, bench: Callable[[Path], None],
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def with_registry(prefix: str, workdir: Path | None, bench: Callable[[Path], None]) -> int:
+    """``in_workdir`` for a benchmark that starts Debian's docker-registry (e2e.registry).
+
+    Returns 2 when docker-registry is not installed. Killed (SIGTERM), the script
+    still runs its ``finally`` blocks, which stop the registry and the simulator.
+    """
+    from e2e.registry import RegistryError
+
+    if not require("docker-registry"):
+        return 2
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    return in_workdir(prefix, workdir, bench, (RegistryError,))
 
 
 def generate(out: Path, mib: int) -> float:

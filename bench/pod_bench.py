@@ -60,9 +60,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import signal
 import statistics
 import sys
 from collections import Counter
@@ -77,15 +75,14 @@ from harness import (
     Sample,
     Series,
     fmt_s,
-    in_workdir,
     measure,
     render,
-    require,
     run_once,
+    with_registry,
 )
-from pod_cluster import Cluster, Window
+from pod_cluster import Cluster, Window, migrate_env
 
-from e2e.registry import Registry, RegistryError
+from e2e.registry import Registry
 from e2e.sim import RegistryConfig, Simulator
 
 TARGET = 1.3  # t(migrate pod) / (sum of the unavoidable parts) <=
@@ -141,12 +138,7 @@ class Runner:
     def __init__(self, work: Path, sim: Simulator, registry: Registry, mib: int) -> None:
         self.work, self.sim, self.registry, self.mib = work, sim, registry, mib
         self.cluster = Cluster(sim)
-        # Bytecode cached, as for an installed tool: without it every run compiles
-        # migrate's modules again (more of them for migrate pod than for a part).
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-        self.env = {**env, "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
-                    "KUBECONFIG": str(sim.kubeconfig), "MIGRATE_STATE_DIR": str(work / "state"),
-                    "MIGRATE_NODE_ROOT": str(sim.state_dir / "nodes" / "{node}")}
+        self.env = migrate_env(sim, work / "state")
         self._runs = 0
 
     def _env(self) -> dict[str, str]:
@@ -338,12 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.reps < 1 or args.mib < 1:
         ap.error("--reps and --mib must be at least 1")
-    if not require("docker-registry"):
-        return 2
-    # Killed, the bench still stops the registry and the simulator (finally blocks).
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    return in_workdir("pod-bench-", args.workdir, lambda work: bench(
-        work, args.mib, args.reps, args.start_latency, args.stop_latency), (RegistryError,))
+    return with_registry("pod-bench-", args.workdir, lambda work: bench(
+        work, args.mib, args.reps, args.start_latency, args.stop_latency))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@
 - ``Window``: what the API server saw between its creation and ``close()``: the
   requests of its access log (STATE/apiserver.log) and the TLS connections it
   accepted.
+- ``migrate_env``: the environment of a migrate command against the simulator.
+
+drain_bench.py uses ``Window`` and ``migrate_env`` too.
 
 The bench's own requests (these) happen outside every ``Window``, except the
 restore's, which is one of the parts an operator does by hand.
@@ -15,12 +18,14 @@ restore's, which is one of the parts an operator does by hand.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from harness import BenchError
+from harness import REPO, BenchError
 from kubernetes import client, config, watch
 
 from e2e.sim import Simulator
@@ -151,3 +156,17 @@ class Window:
         requests = tuple(" ".join(m.groups()) for m in map(_LOG_LINE.search, text.splitlines())
                          if m)
         return requests, self.sim.api_connections - self.connections
+
+
+def migrate_env(sim: Simulator, state_dir: Path) -> dict[str, str]:
+    """This environment for a migrate command talking to ``sim``.
+
+    Bytecode cached, as for an installed tool (without it every run compiles
+    migrate's modules again); this checkout importable; the simulator's
+    kubeconfig; journals in ``state_dir``; archives read from the nodes'
+    directories (MIGRATE_NODE_ROOT).
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, "PYTHONPATH": str(REPO), "KUBECONFIG": str(sim.kubeconfig),
+            "MIGRATE_STATE_DIR": str(state_dir),
+            "MIGRATE_NODE_ROOT": str(sim.state_dir / "nodes" / "{node}")}
