@@ -321,6 +321,44 @@ def test_file_size_limit_part_way(rootfs_archive: Callable[[list[Entry]], Path],
     assert snapshot(tmp_path) == before
 
 
+def test_interrupted_part_way(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                              rootfs_archive: Callable[[list[Entry]], Path]) -> None:
+    """Ctrl-C after the first file: exit 130, and the staging directory is gone."""
+    arch = rootfs_archive([("a", "file", b"a"), ("b", "file", b"b")])
+    real = nofollow.TreeWriter.file
+
+    def file_then_interrupt(self: nofollow.TreeWriter, name: str, *args: Any) -> None:
+        if name == "b":
+            raise KeyboardInterrupt
+        real(self, name, *args)
+
+    monkeypatch.setattr(nofollow.TreeWriter, "file", file_then_interrupt)
+    dest = tmp_path / "dest"
+    before = snapshot(tmp_path)
+    r = cli("rootfs-diff", arch, "--extract", dest)
+    assert (r.code, r.err) == (130, "error: interrupted\n")
+    assert snapshot(tmp_path) == before
+
+
+def test_dir_filled_by_someone_else_meanwhile(cli: Cli, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              counters_archive: Path) -> None:
+    """DIR gets a file after the check: the final rename refuses to replace it."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    real = NestedTar.extract
+
+    def fill_then_extract(self: NestedTar, target: Target) -> Any:
+        (dest / "theirs").write_text("keep")
+        return real(self, target)
+
+    monkeypatch.setattr(NestedTar, "extract", fill_then_extract)
+    r = cli("rootfs-diff", counters_archive, "--extract", dest)
+    assert_clean_error(r, USAGE, f"error: {dest} exists and is not an empty directory")
+    assert snapshot(tmp_path)["dest/theirs"][2] == b"keep"
+    assert sorted(os.listdir(tmp_path)) == ["dest"] and os.listdir(dest) == ["theirs"]
+
+
 @pytest.mark.parametrize(("code", "hint"), [
     (errno.ENOSPC, "the file system holding /srv is full: free space or extract elsewhere; "
                    "nothing was extracted"),
