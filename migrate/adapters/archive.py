@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from migrate.adapters.safe_extract import check_members, extract_checked
+from migrate.adapters.safe_extract import Target, extract
 from migrate.errors import ArchiveError, MissingMemberError, NotFoundError
 from migrate.settings import ArchiveSettings
 
@@ -305,12 +305,12 @@ class NestedTar:
         self.label = label
         self.members = scan_tar(reader, label)
 
-    def extract(self, dest: Path) -> list[Member]:
-        """Unpack every member under ``dest`` after checking none can escape it.
+    def extract(self, target: Target) -> list[Member]:
+        """Unpack every member into the new directory ``target`` (see `safe_extract`).
 
-        All members are checked before anything is written: an unsafe entry
-        means nothing is extracted at all.
+        All members are checked before anything is written, and the tree is
+        moved into place only once complete: an unsafe entry, or any failure,
+        leaves the target as it was.
         """
-        check_members(self.members, self.label)
-        extract_checked(self.reader, dest, self.label)
+        extract(self.reader, self.members, target, self.label)
         return [m for m in self.members if m.kind != "dir"]

@@ -175,15 +175,16 @@ def memparse(
 def rootfs_diff_cmd(
     ctx: typer.Context,
     archive: Path = ARCHIVE,
-    extract: Path | None = typer.Option(None, "--extract", "-x", help="Write the files under DIR.",
-                                        metavar="DIR"),
+    extract: Path | None = typer.Option(None, "--extract", "-x", metavar="DIR",
+                                        help="Write the files into DIR (new or empty)."),
     output: Format = OUTPUT,
 ) -> None:
     """List the files the container changed or deleted; optionally extract them."""
     settings = _settings(ctx).archive
+    target = rootfs.check_target(extract) if extract else None
     with Checkpoint(archive, settings) as ckpt:
         changed, deleted = rootfs.rootfs_changes(ckpt)
-        written = rootfs.extract_changes(ckpt, extract) if extract else None
+        written = rootfs.extract_changes(ckpt, target) if target else None
     rows = [(d["path"], d["type"], human_size(d["size"])) for d in changed]
     rows += [(p, "deleted", "-") for p in deleted]
     data: dict[str, Any] = {"rootfs_diff": changed, "deleted_files": deleted}

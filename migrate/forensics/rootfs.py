@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from migrate.adapters.checkpoint import ROOTFS_DIFF, Checkpoint
+from migrate.adapters.safe_extract import Target, extraction_target
 
 
 def rootfs_changes(ckpt: Checkpoint) -> tuple[list[dict[str, Any]], list[str]]:
@@ -19,14 +20,20 @@ def rootfs_changes(ckpt: Checkpoint) -> tuple[list[dict[str, Any]], list[str]]:
     return changed, ckpt.deleted_files()
 
 
-def extract_changes(ckpt: Checkpoint, dest: Path) -> int:
-    """Write the changed files under ``dest``; returns how many entries were written.
+def check_target(dest: Path) -> Target:
+    """Refuse an extraction directory that exists and is not empty, before any reading."""
+    return extraction_target(dest)
+
+
+def extract_changes(ckpt: Checkpoint, target: Target) -> int:
+    """Write the changed files into ``target``; returns how many entries were written.
 
     Every entry is checked first; an unsafe one (``..``, absolute, a link out
-    of ``dest``, a device) stops the whole extraction before anything is written.
+    of the target, a device) stops the whole extraction before anything is
+    written, and any later failure removes what was written.
     """
     diff = ckpt.rootfs_diff()
     if diff is None:
         ckpt.archive.member(ROOTFS_DIFF)  # raises the missing-member error
         return 0
-    return len(diff.extract(dest))
+    return len(diff.extract(target))
