@@ -21,7 +21,24 @@ class ArchiveSettings:
     """Limits for reading untrusted checkpoint archives."""
 
     max_metadata_bytes: int = 64 * 1024 * 1024
-    """Largest JSON/protobuf member read whole into memory (bytes); larger is refused."""
+    """Largest CRIU image (protobuf) member read whole into memory (bytes); larger is refused."""
+
+    max_json_bytes: int = 4 * 1024 * 1024
+    """Largest JSON member (config.dump, spec.dump, deleted.files, bind.mounts) parsed (bytes).
+
+    Parsed JSON takes up to ~30 times its size in memory (``[[],[],...]``), so
+    this is much less than `max_metadata_bytes`; a CRI-O spec.dump is tens of KiB.
+    """
+
+    max_json_values: int = 262_144
+    """Most values (items and members, counted from commas and brackets) in archive JSON.
+
+    With `max_json_bytes`, bounds what a parsed document takes to ~25 MB; a
+    spec.dump holds a few thousand.
+    """
+
+    max_json_depth: int = 64
+    """Deepest nesting of arrays and objects accepted in archive JSON (an OCI spec needs ~8)."""
 
     read_chunk_bytes: int = 4 * 1024 * 1024
     """Block size for streaming reads of memory pages (bytes); bounds memparse's memory."""

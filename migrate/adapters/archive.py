@@ -13,7 +13,6 @@ truncated, naming the member.
 from __future__ import annotations
 
 import io
-import json
 import os
 import stat
 import tarfile
@@ -23,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from migrate.adapters import jsondoc
 from migrate.adapters.safe_extract import check_members, extract_checked
 from migrate.errors import ArchiveError, MissingMemberError, NotFoundError
 from migrate.settings import ArchiveSettings
@@ -268,10 +268,10 @@ class CheckpointArchive:
         m = self.member(name)
         return RangeReader(self._fd, m.offset, m.size)
 
-    def read_bytes(self, name: str) -> bytes:
-        """The whole member, refused when larger than the metadata limit."""
+    def read_bytes(self, name: str, limit: int | None = None) -> bytes:
+        """The whole member, refused when larger than ``limit`` (default: the metadata limit)."""
         m = self.member(name)
-        limit = self.settings.max_metadata_bytes
+        limit = self.settings.max_metadata_bytes if limit is None else limit
         if m.size > limit:
             raise ArchiveError(
                 self.label,
@@ -282,12 +282,13 @@ class CheckpointArchive:
         return self.open_member(name).read()
 
     def read_json(self, name: str) -> Any:
-        """Parse a JSON member, with errors that name it."""
+        """Parse a JSON member (size and nesting bounded), with errors that name it."""
+        data = self.read_bytes(name, self.settings.max_json_bytes)
         try:
-            return json.loads(self.read_bytes(name))
-        except (ValueError, UnicodeDecodeError) as e:
+            return jsondoc.loads(data, self.settings.max_json_depth, self.settings.max_json_values)
+        except jsondoc.JsonError as e:
             raise ArchiveError(
-                self.label, f"is not valid JSON ({e})",
+                self.label, str(e),
                 hint="the archive's metadata is damaged; take a new checkpoint", member=name
             ) from e
 

@@ -7,7 +7,6 @@ only the members it needs, and every format error comes back as an
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
+from migrate.adapters import jsondoc
 from migrate.adapters.archive import CheckpointArchive, NestedTar
 from migrate.adapters.criu import images
 from migrate.adapters.criu.memory import ProcessMemory
@@ -111,10 +111,10 @@ class Checkpoint:
         if raw is None:
             return None
         try:
-            return json.loads(raw)
-        except ValueError as e:
+            return jsondoc.loads(raw, self.archive.settings.max_json_depth)
+        except jsondoc.JsonError as e:
             raise ArchiveError(
-                self.label, f"annotation {key} is not valid JSON ({e})",
+                self.label, f"annotation {key} {e}",
                 hint="the archive's metadata is damaged; take a new checkpoint", member=SPEC_DUMP
             ) from e
 
