@@ -29,7 +29,6 @@ class ProcessTree:
 
     root: PstreeEntry
     children: dict[int, list[PstreeEntry]]
-    size: int
 
     def walk(self) -> Iterator[tuple[PstreeEntry, int]]:
         """Every process once with its depth (root 0), parents first, children in order."""
@@ -81,7 +80,7 @@ def build_tree(entries: Sequence[PstreeEntry]) -> ProcessTree | None:
     orphan = next((e for e in entries if e.ppid and e.ppid not in parent), None)
     if orphan is not None:
         raise TreeError(f"the parent of pid {orphan.pid}, {orphan.ppid}, is not in the dump")
-    tree = ProcessTree(roots[0], children, len(entries)) if roots else None
+    tree = ProcessTree(roots[0], children) if roots else None
     reached = {e.pid for e, _ in tree.walk()} if tree else set()
     if tree is None or len(reached) < len(parent):
         # Every process has a parent in the dump, yet some are not below the
