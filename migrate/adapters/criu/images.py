@@ -132,12 +132,11 @@ def iter_entries(data: bytes, expected: str) -> Iterator[memoryview]:
         index += 1
 
 
-def decode_entries(data: bytes, expected: str, schema: Schema, *,
-                   max_repeated: int | None = None) -> Iterator[dict[str, Any]]:
+def decode_entries(data: bytes, expected: str, schema: Schema) -> Iterator[dict[str, Any]]:
     """Decode the entries of an image with one schema, lazily."""
     for raw in iter_entries(data, expected):
         try:
-            yield decode(raw, schema, max_repeated=max_repeated)
+            yield decode(raw, schema)
         except WireError as e:
             raise ImageError(f"holds a malformed {expected} entry ({e})") from e
 
