@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -58,30 +59,44 @@ PEAK_RSS = 200 * MIB
 # --- helpers -------------------------------------------------------------------------------
 
 
+# Runs ARGV as its own child and writes that child's exit status and peak RSS
+# (KiB) to the file named first. Linux carries the memory high-water mark of
+# the process image an exec replaces into the new program's ru_maxrss, so a
+# direct child of this (large) test process would report this process's size;
+# the launcher is small, and its child's figure is the child's own.
+_LAUNCHER = """
+import os, sys
+report, argv = sys.argv[1], sys.argv[2:]
+pid = os.fork()
+if pid == 0:
+    os.execv(argv[0], argv)
+_, status, usage = os.wait4(pid, 0)
+with open(report, "w") as f:
+    f.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}")
+"""
+
+
 def measured_run(*args: str | Path, timeout: float = 300) -> tuple[subprocess.CompletedProcess[str],
                                                                    int]:
     """``python -m migrate ARGS`` and its peak RSS in bytes.
 
-    os.wait4 reports the child's own peak (RUSAGE_CHILDREN would be the
-    largest of every child this test process ever waited for, pycriu's
-    included). A timer kills a run that hangs; nothing sleeps.
+    A timer kills a run that hangs (the launcher's whole session); nothing sleeps.
     """
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([sys.executable, "-m", "migrate", *map(str, args)], cwd=REPO,
-                                stdout=out, stderr=err)
-        guard = threading.Timer(timeout, proc.kill)
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report"
+        cmd = [sys.executable, "-c", _LAUNCHER, str(report),
+               sys.executable, "-m", "migrate", *map(str, args)]
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        guard = threading.Timer(timeout, os.killpg, (proc.pid, signal.SIGKILL))
         guard.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            out, err = proc.communicate()
         finally:
             guard.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-        out.seek(0)
-        err.seek(0)
-        done = subprocess.CompletedProcess(proc.args, proc.returncode,
-                                           out.read().decode(), err.read().decode())
-    assert proc.returncode != -9, f"killed after {timeout} s: {done.stderr}"
-    return done, usage.ru_maxrss * 1024  # Linux reports KiB
+        assert proc.returncode == 0 and report.exists(), f"killed or failed to launch: {err}"
+        code, peak_kib = map(int, report.read_text().split())
+    return subprocess.CompletedProcess(cmd, code, out, err), peak_kib * 1024
 
 
 def with_pstree(src: Path, dst: Path, entries: list[dict[str, Any]]) -> Path:
