@@ -21,7 +21,31 @@ class ArchiveSettings:
     """Limits for reading untrusted checkpoint archives."""
 
     max_metadata_bytes: int = 64 * 1024 * 1024
-    """Largest JSON/protobuf member read whole into memory (bytes); larger is refused."""
+    """Largest CRIU image (protobuf) member read whole into memory (bytes); larger is refused."""
+
+    max_json_bytes: int = 4 * 1024 * 1024
+    """Largest JSON member (config.dump, spec.dump, deleted.files, bind.mounts) parsed (bytes).
+
+    Parsed JSON takes up to ~30 times its size in memory (``[[],[],...]``), so
+    this is much less than `max_metadata_bytes`; a CRI-O spec.dump is tens of KiB.
+    """
+
+    max_json_values: int = 262_144
+    """Most values (items and members, counted from commas and brackets) in archive JSON.
+
+    With `max_json_bytes`, bounds what a parsed document takes to ~25 MB; a
+    spec.dump holds a few thousand.
+    """
+
+    max_json_depth: int = 64
+    """Deepest nesting of arrays and objects accepted in archive JSON (an OCI spec needs ~8)."""
+
+    max_members: int = 250_000
+    """Most entries indexed in one tar (the archive, or its rootfs-diff.tar); more is refused.
+
+    The index keeps ~250 bytes per entry, and a tar of empty entries holds one
+    per 512 bytes; a checkpoint has a few per process and thread.
+    """
 
     read_chunk_bytes: int = 4 * 1024 * 1024
     """Block size for streaming reads of memory pages (bytes); bounds memparse's memory."""
@@ -29,8 +53,21 @@ class ArchiveSettings:
     max_string_bytes: int = 1024 * 1024
     """Longest argv or environment block read from process memory (bytes)."""
 
+    max_strings_total_bytes: int = 32 * 1024 * 1024
+    """Memory all processes' argv and environment strings may take together (bytes).
+
+    Each string is counted as its length plus 64 (what Python needs to hold it);
+    strings past the budget are left out with a warning.
+    """
+
     regex_window_bytes: int = 64 * 1024
     """Overlap kept between blocks for regex search: the longest match found (bytes)."""
+
+    max_matches: int = 10_000
+    """Matches memparse reports before it stops searching, with a warning."""
+
+    max_match_text_bytes: int = 32 * 1024 * 1024
+    """Characters of match text (with context) memparse holds before it stops, with a warning."""
 
 
 @dataclass(frozen=True)

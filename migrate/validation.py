@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from functools import cache
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from migrate.errors import InputError, RenderError, UsageError
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
 # start-up that commands which never validate (memparse) should not pay. The same
 # goes for kubernetes_validate (the OpenAPI schemas of every Kubernetes release).
 
+_ERRORS_READ = 100
+_MESSAGE_CHARS = 200
 _BUG_HINT = "this is a bug in migrate; rerun with --debug and report it with the source"
 
 
@@ -47,12 +50,21 @@ def _path(parts: Any) -> str:
 
 
 def validate(instance: Any, schema: str, source: str) -> None:
-    """Raise `InputError` naming ``source`` and the JSON path of the first problem."""
-    errors = sorted(_validator(schema).iter_errors(instance), key=lambda e: list(e.absolute_path))
+    """Raise `InputError` naming ``source`` and the JSON path of the first problem.
+
+    Input can be hostile: only the first `_ERRORS_READ` errors are collected
+    (an array of a million wrong items makes a million), and the message,
+    which quotes the offending value, is cut to `_MESSAGE_CHARS`.
+    """
+    found = islice(_validator(schema).iter_errors(instance), _ERRORS_READ)
+    errors = sorted(found, key=lambda e: list(e.absolute_path))
     if errors:
         first = errors[0]
+        message = first.message
+        if len(message) > _MESSAGE_CHARS:
+            message = message[:_MESSAGE_CHARS] + "..."
         raise InputError(
-            f"{source}: {_path(first.absolute_path)}: {first.message}",
+            f"{source}: {_path(first.absolute_path)}: {message}",
             hint=f"the data does not match {schema}",
         )
 

@@ -98,7 +98,7 @@ def test_stats_image_carries_the_service_magic(criu_dir: Path) -> None:
 def test_inventory_has_no_first_magic_and_still_parses(criu_dir: Path) -> None:
     data = (criu_dir / "checkpoint" / "inventory.img").read_bytes()
     assert int.from_bytes(data[:4], "little") == images.MAGICS["INVENTORY"]
-    assert len(images.split_entries(data, "INVENTORY")) == 1
+    assert len(list(images.iter_entries(data, "INVENTORY"))) == 1
 
 
 PAGEMAP = {"magic": "PAGEMAP", "entries": [

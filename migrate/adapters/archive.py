@@ -13,7 +13,6 @@ truncated, naming the member.
 from __future__ import annotations
 
 import io
-import json
 import os
 import stat
 import tarfile
@@ -23,12 +22,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from migrate.adapters import jsondoc
 from migrate.adapters.safe_extract import Target, extract
 from migrate.errors import ArchiveError, MissingMemberError, NotFoundError
 from migrate.settings import ArchiveSettings
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Member:
     """One entry of a tar archive, as its header describes it."""
 
@@ -142,10 +142,25 @@ def _check_end(reader: RangeReader, offset: int, total: int, last: str, label: s
                        f"{what}", hint=_TRUNCATED_HINT, member=name or None)
 
 
-def scan_tar(reader: RangeReader, label: str) -> list[Member]:
+def _member(info: tarfile.TarInfo) -> Member:
+    return Member(
+        name=normalize(info.name),
+        size=info.size if info.isreg() else 0,
+        offset=info.offset_data,
+        kind=_kind(info),
+        linkname=info.linkname,
+        mode=info.mode,
+        mtime=int(info.mtime),
+    )
+
+
+def scan_tar(reader: RangeReader, label: str, max_members: int) -> list[Member]:
     """Index a tar stream's headers, checking each member's data lies inside the stream.
 
-    ``label`` names the archive (or nested member) in errors.
+    ``label`` names the archive (or nested member) in errors. Headers are read
+    one at a time and only our compact `Member` is kept (tarfile's own list of
+    TarInfo objects is dropped as it grows), and more than ``max_members``
+    entries are refused: a file of empty entries holds one per 512 bytes.
     """
     total = reader.seek(0, os.SEEK_END)
     reader.seek(0)
@@ -158,34 +173,32 @@ def scan_tar(reader: RangeReader, label: str) -> list[Member]:
         raise ArchiveError(
             label, f"not a readable tar archive ({e})", hint="is this a checkpoint archive?"
         ) from e
-    with tf:
-        try:
-            infos = tf.getmembers()
-        except (tarfile.TarError, ValueError, OverflowError) as e:
-            # tarfile notices a cut in a member's data only when it looks for the
-            # next header; the member it loaded last is the one cut short.
-            loaded: list[tarfile.TarInfo] = getattr(tf, "members", [])
-            if loaded and loaded[-1].offset_data + loaded[-1].size > total:
-                raise _truncated(label, loaded[-1], total) from e
-            raise ArchiveError(label, f"not a readable tar archive ({e})",
-                               hint=_TRUNCATED_HINT) from e
-        _check_end(reader, tf.offset, total, infos[-1].name if infos else "", label)
     members: list[Member] = []
-    for info in infos:
-        size = info.size if info.isreg() else 0
-        if info.offset_data + size > total:
-            raise _truncated(label, info, total)
-        members.append(
-            Member(
-                name=normalize(info.name),
-                size=size,
-                offset=info.offset_data,
-                kind=_kind(info),
-                linkname=info.linkname,
-                mode=info.mode,
-                mtime=int(info.mtime),
-            )
-        )
+    last: tarfile.TarInfo | None = None
+    with tf:
+        while True:
+            try:
+                info = tf.next()
+            except (tarfile.TarError, ValueError, OverflowError) as e:
+                # tarfile notices a cut in a member's data only when it looks for
+                # the next header; the member it read last is the one cut short.
+                if last is not None and last.offset_data + last.size > total:
+                    raise _truncated(label, last, total) from e
+                raise ArchiveError(label, f"not a readable tar archive ({e})",
+                                   hint=_TRUNCATED_HINT) from e
+            # tarfile lists every TarInfo it reads (~600 bytes each); we need none.
+            tf.members.clear()  # type: ignore[attr-defined]
+            if info is None:
+                break
+            if len(members) >= max_members:
+                raise ArchiveError(label, f"holds more than {max_members} entries",
+                                   hint="a checkpoint has far fewer; this archive is "
+                                   "probably crafted")
+            if info.isreg() and info.offset_data + info.size > total:
+                raise _truncated(label, info, total)
+            members.append(_member(info))
+            last = info
+        _check_end(reader, tf.offset, total, last.name if last else "", label)
     return members
 
 
@@ -217,7 +230,8 @@ class CheckpointArchive:
                                hint="check the file's permissions") from e
         try:
             self.file_size = os.fstat(self._fd).st_size
-            members = scan_tar(RangeReader(self._fd, 0, self.file_size), self.label)
+            members = scan_tar(RangeReader(self._fd, 0, self.file_size), self.label,
+                               settings.max_members)
         except BaseException:
             os.close(self._fd)
             raise
@@ -268,10 +282,10 @@ class CheckpointArchive:
         m = self.member(name)
         return RangeReader(self._fd, m.offset, m.size)
 
-    def read_bytes(self, name: str) -> bytes:
-        """The whole member, refused when larger than the metadata limit."""
+    def read_bytes(self, name: str, limit: int | None = None) -> bytes:
+        """The whole member, refused when larger than ``limit`` (default: the metadata limit)."""
         m = self.member(name)
-        limit = self.settings.max_metadata_bytes
+        limit = self.settings.max_metadata_bytes if limit is None else limit
         if m.size > limit:
             raise ArchiveError(
                 self.label,
@@ -282,28 +296,30 @@ class CheckpointArchive:
         return self.open_member(name).read()
 
     def read_json(self, name: str) -> Any:
-        """Parse a JSON member, with errors that name it."""
+        """Parse a JSON member (size and nesting bounded), with errors that name it."""
+        data = self.read_bytes(name, self.settings.max_json_bytes)
         try:
-            return json.loads(self.read_bytes(name))
-        except (ValueError, UnicodeDecodeError) as e:
+            return jsondoc.loads(data, self.settings.max_json_depth, self.settings.max_json_values)
+        except jsondoc.JsonError as e:
             raise ArchiveError(
-                self.label, f"is not valid JSON ({e})",
+                self.label, str(e),
                 hint="the archive's metadata is damaged; take a new checkpoint", member=name
             ) from e
 
     def nested_tar(self, name: str) -> NestedTar:
         """Open a tar stored inside the archive (``rootfs-diff.tar``) without copying it."""
         m = self.member(name)
-        return NestedTar(RangeReader(self._fd, m.offset, m.size), f"{self.label}: {name}")
+        return NestedTar(RangeReader(self._fd, m.offset, m.size), f"{self.label}: {name}",
+                         self.settings.max_members)
 
 
 class NestedTar:
     """A tar archive held inside another one; headers indexed, data read in place."""
 
-    def __init__(self, reader: RangeReader, label: str) -> None:
+    def __init__(self, reader: RangeReader, label: str, max_members: int) -> None:
         self.reader = reader
         self.label = label
-        self.members = scan_tar(reader, label)
+        self.members = scan_tar(reader, label, max_members)
 
     def extract(self, target: Target) -> list[Member]:
         """Unpack every member into the new directory ``target`` (see `safe_extract`).

@@ -7,7 +7,6 @@ only the members it needs, and every format error comes back as an
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,9 +14,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
+from migrate.adapters import jsondoc
 from migrate.adapters.archive import CheckpointArchive, NestedTar
 from migrate.adapters.criu import images
 from migrate.adapters.criu.memory import ProcessMemory
+from migrate.adapters.criu.pstree import ProcessTree, TreeError, build_tree
 from migrate.errors import ArchiveError
 from migrate.settings import ArchiveSettings
 from migrate.validation import validate
@@ -33,6 +34,10 @@ BIND_MOUNTS = "bind.mounts"
 CRIU_DIR = "checkpoint"
 
 _UTSNS = re.compile(r"^checkpoint/utsns-\d+\.img$")
+_CORE = re.compile(r"^checkpoint/core-\d+\.img$")
+PSTREE = f"{CRIU_DIR}/pstree.img"
+_TREE_HINT = ("CRIU dumps one tree of processes, rooted at the task with ppid 0; this "
+              "pstree.img was damaged or edited")
 
 ENGINE_CRIO, ENGINE_PODMAN, ENGINE_CONTAINERD = "CRI-O", "Podman", "containerd"
 CRIO_ANNOTATIONS = "io.kubernetes.cri-o.Annotations"
@@ -111,10 +116,10 @@ class Checkpoint:
         if raw is None:
             return None
         try:
-            return json.loads(raw)
-        except ValueError as e:
+            return jsondoc.loads(raw, self.archive.settings.max_json_depth)
+        except jsondoc.JsonError as e:
             raise ArchiveError(
-                self.label, f"annotation {key} is not valid JSON ({e})",
+                self.label, f"annotation {key} {e}",
                 hint="the archive's metadata is damaged; take a new checkpoint", member=SPEC_DUMP
             ) from e
 
@@ -152,9 +157,26 @@ class Checkpoint:
             return None
         return self._parse(STATS_DUMP, images.parse_stats)
 
+    @cached_property
+    def task_images(self) -> int:
+        """How many ``core-<tid>.img`` the archive holds: CRIU writes one per task (thread)."""
+        return sum(1 for name, m in self.archive.members.items()
+                   if m.kind == "file" and _CORE.match(name))
+
     def pstree(self) -> list[images.PstreeEntry]:
-        """The checkpointed processes."""
-        return self._parse(f"{CRIU_DIR}/pstree.img", images.parse_pstree)
+        """The checkpointed processes, at most one per core image (threads likewise)."""
+        return self._parse(PSTREE, lambda data: images.parse_pstree(data, self.task_images))
+
+    def process_tree(self) -> ProcessTree | None:
+        """The processes as the one tree CRIU dumped; None when pstree.img lists none.
+
+        A pstree.img that is not one tree (a self-parent, a cycle, several
+        roots, a parent missing) is refused, naming the first inconsistency.
+        """
+        try:
+            return build_tree(self.pstree())
+        except TreeError as e:
+            raise ArchiveError(self.label, str(e), hint=_TREE_HINT, member=PSTREE) from e
 
     def core(self, pid: int) -> images.TaskCore:
         """The task core (command name, state) of ``pid``."""
@@ -175,10 +197,12 @@ class Checkpoint:
     def memory(self, pid: int) -> ProcessMemory:
         """Address translation for ``pid``'s dumped memory."""
         member = f"{CRIU_DIR}/pagemap-{pid}.img"
-        pages_id, entries = self._parse(member, images.parse_pagemap)
-        pages = f"{CRIU_DIR}/pages-{pages_id}.img"
-        size = self.archive.member(pages).size
+        data = self.archive.read_bytes(member)
         try:
+            # Entries are decoded while the runs are built, never listed whole:
+            # memory follows the runs stored, which the pages file bounds.
+            pages_id, entries = images.iter_pagemap(data)
+            size = self.archive.member(f"{CRIU_DIR}/pages-{pages_id}.img").size
             return ProcessMemory(pages_id, entries, size)
         except images.ImageError as e:
             raise ArchiveError(

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import typer
 
 from migrate import __version__
+from migrate.cli.output import EscapingFormatter, say
 from migrate.errors import ExitCode, MigrateError
 from migrate.settings import load_settings
 
@@ -46,7 +47,9 @@ def root(
     level = logging.DEBUG if settings.output.debug or verbose > 1 else (
         logging.INFO if verbose else logging.WARNING
     )
-    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EscapingFormatter("%(levelname)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     ctx.obj = settings
 
 
@@ -71,9 +74,10 @@ def _debug_requested(argv: Sequence[str]) -> bool:
 
 
 def _fail(message: str, hint: str | None, code: int) -> int:
-    typer.echo(f"error: {message}", err=True)
+    # Messages quote archive members and cluster objects: escaped, each stays one line.
+    say(f"error: {message}")
     if hint:
-        typer.echo(f"hint: {hint}", err=True)
+        say(f"hint: {hint}")
     return code
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from migrate.adapters.checkpoint import Checkpoint
-from migrate.cli.output import Format, Node, TreeFormat, emit, table, to_json, tree
+from migrate.cli.output import Format, Node, TreeFormat, echo_tree, emit, say, table, to_json
 from migrate.forensics import catalog, inspect, memsearch, rootfs
 from migrate.forensics.inspect import Inspection, InspectOptions, ProcessNode
 from migrate.forensics.summary import Summary, summarize
@@ -75,12 +75,24 @@ def show(
     emit([s.to_dict() for s in summaries], output.value, human)
 
 
-def _process_node(p: ProcessNode, cmd: bool) -> Node:
-    label = f"[{p.pid}]  {p.cmdline if cmd and p.cmdline else p.command}"
-    kids: list[Any] = []
-    if p.environment:
-        kids.append(("Environment variables", [(e, []) for e in p.environment]))
-    return label, kids + [_process_node(c, cmd) for c in p.children]
+def _process_node(root: ProcessNode, cmd: bool) -> Node:
+    """The tree view of a process tree, built with a stack (chains can be thousands deep)."""
+
+    def node(p: ProcessNode) -> Node:
+        label = f"[{p.pid}]  {p.cmdline if cmd and p.cmdline else p.command}"
+        env: list[Any] = [("Environment variables", [(e, []) for e in p.environment])
+                          ] if p.environment else []
+        return label, env
+
+    top = node(root)
+    stack = [(root, top)]
+    while stack:
+        p, drawn = stack.pop()
+        for child in p.children:
+            kid = node(child)
+            drawn[1].append(kid)
+            stack.append((child, kid))
+    return top
 
 
 def _inspect_tree(r: Inspection, opts: InspectOptions) -> Node:
@@ -139,7 +151,7 @@ def inspect_cmd(
     if output is TreeFormat.json:
         typer.echo(to_json(result.to_dict()))
     else:
-        typer.echo(tree(_inspect_tree(result, opts)), nl=False)
+        echo_tree(_inspect_tree(result, opts))
 
 
 def memparse(
@@ -169,7 +181,7 @@ def memparse(
         [(m.pid, m.command, m.to_dict()["address"] or "-", m.file, m.offset, m.match)
          for m in matches]))
     if not matches and output is Format.table:
-        typer.echo("no matches", err=True)
+        say("no matches")
 
 
 def rootfs_diff_cmd(
@@ -192,7 +204,7 @@ def rootfs_diff_cmd(
         data["extracted_to"] = str(extract)
     emit(data, output.value, lambda: table(("path", "change", "size"), rows))
     if written is not None and output is Format.table:
-        typer.echo(f"extracted {written} entries to {extract}", err=True)
+        say(f"extracted {written} entries to {extract}")
 
 
 def list_cmd(
@@ -205,14 +217,14 @@ def list_cmd(
     settings = _settings(ctx)
     result = catalog.catalog(dirs or settings.checkpoint_dirs, settings.archive)
     for path, reason in result.unreadable:
-        typer.echo(f"warning: skipped {path}: {reason}", err=True)
+        say(f"warning: skipped {path}: {reason}")
     emit([e.to_dict() for e in result.entries], output.value, lambda: table(
         ("namespace", "pod", "container", "engine", "time checkpointed", "archive"),
         [(e.namespace, e.pod_name, e.container_name, e.engine, _short_time(e.checkpointed),
           Path(e.archive).name) for e in result.entries]))
     if not result.entries and output is Format.table:
-        typer.echo("no checkpoints found in " + ", ".join(
-            map(str, dirs or settings.checkpoint_dirs)), err=True)
+        say("no checkpoints found in " + ", ".join(
+            map(str, dirs or settings.checkpoint_dirs)))
 
 
 def register(app: typer.Typer) -> None:

@@ -18,7 +18,7 @@ from migrate.cli.options import (
     with_kube,
     with_registry,
 )
-from migrate.cli.output import Format, emit, table
+from migrate.cli.output import Format, emit, say, table
 from migrate.errors import PartialFailure, UsageError
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 
 def _progress(subject: str, message: str) -> None:
-    typer.echo(f"migrate: {subject}: {message}", err=True)
+    say(f"migrate: {subject}: {message}")
 
 
 def _detail(pod: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ from migrate.cli.options import (
     with_kube,
     with_registry,
 )
-from migrate.cli.output import Format, emit, table
+from migrate.cli.output import Format, emit, say, table
 from migrate.settings import Settings
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ class BuildOn(StrEnum):
 
 
 def _progress(stage: str, message: str) -> None:
-    typer.echo(f"migrate: {stage}: {message}", err=True)
+    say(f"migrate: {stage}: {message}")
 
 
 def _seconds(value: Any) -> str:

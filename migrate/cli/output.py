@@ -1,9 +1,24 @@
-"""Render results: human tables and trees, or JSON/YAML with stable keys."""
+"""Render results: human tables and trees, or JSON/YAML with stable keys.
+
+Much of what is printed comes from untrusted archives or cluster objects: a
+member name can hold a newline that forges an output line (``error: none``)
+or an escape sequence that clears the screen. So control characters are
+escaped here, once, at the output boundary: table cells, tree labels, human
+text, one-line notes on stderr (and, in app.py, error lines and log records,
+through `printable`). JSON and YAML stay valid and keep the values exact,
+with the same characters escaped in their own syntax.
+
+Nothing here recurses: a process tree is as deep as the archive makes it.
+Past `MAX_DRAWN_DEPTH` levels, trees and JSON stop indenting further, so the
+output grows with the number of nodes, not with their depth squared.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+import logging
+import re
+from collections.abc import Callable, Iterator, Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -27,10 +42,129 @@ class TreeFormat(StrEnum):
 
 OUTPUT_HELP = "Output format."
 
+MAX_DRAWN_DEPTH = 64
+"""Levels a tree or JSON document is indented by at most; deeper levels are marked instead."""
+
+# What a terminal would act on rather than show: C0 controls (newline, ESC...),
+# DEL and C1 controls (0x9b is CSI on some terminals), the Unicode line and
+# paragraph separators, the bidirectional marks, embeddings, overrides and
+# isolates that reorder what follows them, and lone surrogates (undecodable
+# file names), which cannot even be encoded for output.
+_CONTROLS = "\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff"
+_UNSAFE = re.compile(f"[\x00-\x1f{_CONTROLS}]")
+_UNSAFE_IN_TEXT = re.compile(f"[\x00-\x09\x0b-\x1f{_CONTROLS}]")  # newline allowed
+_UNSAFE_IN_JSON = re.compile(f"[{_CONTROLS}]")  # json.dumps escapes the C0 ones itself
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(m: re.Match[str]) -> str:
+    ch = m.group()
+    code = ord(ch)
+    return _NAMED.get(ch) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def printable(text: str) -> str:
+    """``text`` as one line safe for a terminal: control characters as ``\\n``, ``\\x1b``...
+
+    Backslashes are left alone, so text already escaped (memparse matches)
+    prints as it is.
+    """
+    return _UNSAFE.sub(_escaped, text)
+
+
+def printable_text(text: str) -> str:
+    """Like `printable`, for text of several lines: newlines are kept."""
+    return _UNSAFE_IN_TEXT.sub(_escaped, text)
+
+
+def say(line: str) -> None:
+    """One line to stderr for a human (a note, a warning, a progress step), escaped."""
+    typer.echo(printable(line), err=True)
+
+
+class EscapingFormatter(logging.Formatter):
+    """Log records as one escaped line each (a traceback, with --debug, keeps its lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
+
+
+def _json_scalar(value: Any) -> str:
+    return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}",
+                               json.dumps(value, ensure_ascii=False))
+
+
+def _json_key(key: Any) -> str:
+    # As json.dumps: string keys as they are, numbers and literals as their JSON text.
+    return _json_scalar(key if isinstance(key, str) else json.dumps(key))
+
+
+def _json_items(value: dict[Any, Any] | list[Any] | tuple[Any, ...]
+                ) -> Iterator[tuple[str | None, Any]]:
+    if isinstance(value, dict):
+        return ((_json_key(k), v) for k, v in value.items())
+    return ((None, v) for v in value)
+
 
 def to_json(data: Any) -> str:
-    """Indented JSON, keys in the order the code builds them."""
-    return json.dumps(data, indent=2, ensure_ascii=False)
+    """Indented JSON, keys in the order the code builds them (what ``json.dumps(indent=2)``
+    prints), control characters escaped, written without recursion.
+
+    Levels deeper than `MAX_DRAWN_DEPTH` are written on the line of their
+    parent: still the same JSON, but not quadratic in a deep tree's depth.
+    """
+    out: list[str] = []
+    # One frame per open container: its remaining items, its closing bracket,
+    # its depth, and whether an item was written yet.
+    stack: list[tuple[Iterator[tuple[str | None, Any]], str, int, list[bool]]] = []
+
+    def start(value: Any, depth: int) -> None:
+        if isinstance(value, dict | list | tuple) and value:
+            out.append("{" if isinstance(value, dict) else "[")
+            closer = "}" if isinstance(value, dict) else "]"
+            stack.append((_json_items(value), closer, depth + 1, [False]))
+        elif isinstance(value, dict):
+            out.append("{}")
+        elif isinstance(value, list | tuple):
+            out.append("[]")
+        else:
+            out.append(_json_scalar(value))
+
+    start(data, 0)
+    while stack:
+        items, closer, depth, written = stack[-1]
+        drawn = depth <= MAX_DRAWN_DEPTH
+        item = next(items, None)
+        if item is None:
+            stack.pop()
+            out.append(("\n" + "  " * (depth - 1) if drawn else "") + closer)
+            continue
+        key, value = item
+        if drawn:
+            out.append(("," if written[0] else "") + "\n" + "  " * depth)
+        elif written[0]:
+            out.append(", ")
+        written[0] = True
+        if key is not None:
+            out.append(key + ": ")
+        start(value, depth)
+    return "".join(out)
+
+
+def _yaml(data: Any) -> str:
+    import yaml  # only -o yaml pays for it
+
+    class Dumper(yaml.SafeDumper):
+        """Double-quotes any string holding a control character, so YAML escapes it."""
+
+    def text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+        style = '"' if _UNSAFE.search(value) else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, text)
+    # allow_unicode=False: in a double-quoted scalar PyYAML would otherwise write
+    # bidi overrides as they are; escaped, they read back the same.
+    return yaml.dump(data, Dumper=Dumper, sort_keys=False, allow_unicode=False)
 
 
 def emit(data: Any, fmt: str, human: Callable[[], str]) -> None:
@@ -38,21 +172,21 @@ def emit(data: Any, fmt: str, human: Callable[[], str]) -> None:
     if fmt == "json":
         typer.echo(to_json(data))
     elif fmt == "yaml":
-        import yaml  # only -o yaml pays for it
-
-        typer.echo(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), nl=False)
+        typer.echo(_yaml(data), nl=False)
     else:
-        typer.echo(human(), nl=False)
+        typer.echo(printable_text(human()), nl=False)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """kubectl-style columns: upper-case headers, left aligned, three spaces apart.
 
     No rows, no output: the caller says "nothing found" on stderr instead.
+    Every cell is one line, control characters escaped.
     """
     if not rows:
         return ""
-    cells = [[str(h).upper() for h in headers], *[[str(c) for c in r] for r in rows]]
+    cells = [[printable(str(h).upper()) for h in headers],
+             *[[printable(str(c)) for c in r] for r in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = ["   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
              for row in cells]
@@ -62,15 +196,43 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 Node = tuple[str, list[Any]]
 
 
+def tree_lines(root: Node) -> Iterator[str]:
+    """Draw ``(label, [children...])`` with box-drawing branches, labels escaped, line by line.
+
+    Below `MAX_DRAWN_DEPTH` levels, a line keeps only the branches of the
+    deepest levels, after ``(+N)`` saying how many are not drawn.
+    """
+    yield printable(root[0])
+    width = 4 * MAX_DRAWN_DEPTH
+    # (siblings, index of the next one to draw, branches drawn so far, levels cut)
+    stack: list[tuple[list[Node], int, str, int]] = [(root[1], 0, "", 0)]
+    while stack:
+        siblings, i, prefix, hidden = stack.pop()
+        if i >= len(siblings):
+            continue
+        label, kids = siblings[i]
+        last = i == len(siblings) - 1
+        mark = f"(+{hidden}) " if hidden else ""
+        yield f"{mark}{prefix}{'└── ' if last else '├── '}{printable(label)}"
+        stack.append((siblings, i + 1, prefix, hidden))
+        below = prefix + ("    " if last else "│   ")
+        if len(below) > width:
+            below, hidden = below[4:], hidden + 1
+        stack.append((kids, 0, below, hidden))
+
+
 def tree(root: Node) -> str:
-    """Draw ``(label, [children...])`` with box-drawing branches."""
-    lines = [root[0]]
+    """The whole of `tree_lines`, one string."""
+    return "\n".join(tree_lines(root)) + "\n"
 
-    def walk(children: list[Node], prefix: str) -> None:
-        for i, (label, kids) in enumerate(children):
-            last = i == len(children) - 1
-            lines.append(f"{prefix}{'└── ' if last else '├── '}{label}")
-            walk(kids, prefix + ("    " if last else "│   "))
 
-    walk(root[1], "")
-    return "\n".join(lines) + "\n"
+def echo_tree(root: Node) -> None:
+    """Print a tree a batch of lines at a time: a big one is never held as one string."""
+    batch: list[str] = []
+    for line in tree_lines(root):
+        batch.append(line)
+        if len(batch) == 4096:
+            typer.echo("\n".join(batch))
+            batch.clear()
+    if batch:
+        typer.echo("\n".join(batch))

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from migrate.adapters.checkpoint import STATS_DUMP, Checkpoint
-from migrate.adapters.criu.images import PstreeEntry
 from migrate.forensics.rootfs import rootfs_changes
 from migrate.forensics.summary import Summary, summarize
 from migrate.settings import ArchiveSettings
@@ -44,15 +43,30 @@ class ProcessNode:
     environment: list[str] | None = None
     children: list[ProcessNode] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form: pid, command, cmdline and environment when read, children."""
+    def _fields(self) -> dict[str, Any]:
         out: dict[str, Any] = {"pid": self.pid, "command": self.command}
         if self.cmdline is not None:
             out["cmdline"] = self.cmdline
         if self.environment is not None:
             out["environment"] = self.environment
-        out["children"] = [c.to_dict() for c in self.children]
+        out["children"] = []
         return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form: pid, command, cmdline and environment when read, children.
+
+        Built with an explicit stack: a chain of processes is as deep as the
+        archive makes it, far past Python's recursion limit.
+        """
+        root = self._fields()
+        stack = [(self, root)]
+        while stack:
+            node, out = stack.pop()
+            for child in node.children:
+                child_out = child._fields()
+                out["children"].append(child_out)
+                stack.append((child, child_out))
+        return root
 
 
 @dataclass
@@ -78,13 +92,40 @@ class Inspection:
         return out
 
 
-def _strings(data: bytes) -> list[str]:
-    """NUL-separated strings as argv and environ keep them in memory."""
-    return [s.decode("utf-8", "backslashreplace") for s in data.split(b"\0") if s]
+class _StringBudget:
+    """What the argv and environment strings of the whole tree may take (bytes, estimated).
+
+    Each block is cut at ``max_string_bytes``, but a tree can hold as many
+    processes as the archive has core images, and a block of one-letter
+    strings takes ~30 times its size as Python strings; so every string is
+    charged its length plus `OVERHEAD`, and what does not fit is left out.
+    """
+
+    OVERHEAD = 64
+
+    def __init__(self, total: int) -> None:
+        self.total, self.left, self.cut = total, total, False
+
+    def take(self, pid: int, which: str, data: bytes) -> list[str]:
+        out = []
+        for raw in data.split(b"\0"):
+            if not raw:
+                continue
+            cost = len(raw) + self.OVERHEAD
+            if cost > self.left:
+                if not self.cut:
+                    log.warning("pid %d: %s and all later command lines and environments are "
+                                "cut: their strings exceed the %d-byte budget", pid, which,
+                                self.total)
+                self.cut, self.left = True, 0
+                break
+            self.left -= cost
+            out.append(raw.decode("utf-8", "backslashreplace"))
+        return out
 
 
-def _read_blocks(ckpt: Checkpoint, pid: int, opts: InspectOptions, limit: int
-                 ) -> tuple[list[str] | None, list[str] | None]:
+def _read_blocks(ckpt: Checkpoint, pid: int, opts: InspectOptions, settings: ArchiveSettings,
+                 budget: _StringBudget) -> tuple[list[str] | None, list[str] | None]:
     """(argv, environment) from memory, each only if asked; None where not dumped.
 
     The mm image and the pagemap are read once for both blocks.
@@ -93,6 +134,7 @@ def _read_blocks(ckpt: Checkpoint, pid: int, opts: InspectOptions, limit: int
     if mm is None:
         return None, None
     memory = None
+    limit = settings.max_string_bytes
 
     def block(which: str, start: int, end: int) -> list[str] | None:
         nonlocal memory
@@ -102,7 +144,7 @@ def _read_blocks(ckpt: Checkpoint, pid: int, opts: InspectOptions, limit: int
             log.warning("pid %d: %s block of %d bytes cut to %d", pid, which, end - start, limit)
         memory = memory or ckpt.memory(pid)
         data = ckpt.read_memory(memory, start, min(end - start, limit))
-        return None if data is None else _strings(data)
+        return None if data is None else budget.take(pid, which, data)
 
     argv = block("args", mm.arg_start, mm.arg_end) if opts.ps_tree_cmd else None
     env = block("env", mm.env_start, mm.env_end) if opts.ps_tree_env else None
@@ -112,28 +154,26 @@ def _read_blocks(ckpt: Checkpoint, pid: int, opts: InspectOptions, limit: int
 def process_tree(
     ckpt: Checkpoint, opts: InspectOptions, settings: ArchiveSettings
 ) -> ProcessNode | None:
-    """Build the tree from pstree.img; command names from each core image."""
-    entries: dict[int, PstreeEntry] = {}
-    for e in ckpt.pstree():
-        entries.setdefault(e.pid, e)
-    if not entries:
+    """Build the tree from pstree.img; command names from each core image.
+
+    pstree.img must hold one consistent tree (`Checkpoint.process_tree`
+    refuses anything else), so every process it lists is shown.
+    """
+    tree = ckpt.process_tree()
+    if tree is None:
         return None
+    budget = _StringBudget(settings.max_strings_total_bytes)
     nodes: dict[int, ProcessNode] = {}
-    for pid in entries:
-        node = ProcessNode(pid, ckpt.core(pid).comm)
+    for entry, _depth in tree.walk():  # parents before children
+        node = ProcessNode(entry.pid, ckpt.core(entry.pid).comm)
         if opts.ps_tree_cmd or opts.ps_tree_env:
-            argv, node.environment = _read_blocks(ckpt, pid, opts, settings.max_string_bytes)
+            argv, node.environment = _read_blocks(ckpt, entry.pid, opts, settings, budget)
             if opts.ps_tree_cmd:
                 node.cmdline = None if argv is None else " ".join(argv)
-        nodes[pid] = node
-    roots = [n for pid, n in nodes.items() if entries[pid].ppid not in nodes]
-    for pid, node in nodes.items():
-        parent = nodes.get(entries[pid].ppid)
-        if parent is not None and parent is not node:
-            parent.children.append(node)
-    if len(roots) != 1:
-        log.warning("process tree has %d roots; showing pid %d", len(roots), roots[0].pid)
-    return roots[0] if roots else None
+        if entry.ppid in nodes:
+            nodes[entry.ppid].children.append(node)
+        nodes[entry.pid] = node
+    return nodes[tree.root.pid]
 
 
 def mounts(ckpt: Checkpoint) -> list[dict[str, str]]:

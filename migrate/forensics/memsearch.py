@@ -7,6 +7,7 @@ use stays bounded by the block size whatever the size of the dump.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,9 @@ from migrate.adapters.archive import RangeReader
 from migrate.adapters.checkpoint import Checkpoint
 from migrate.errors import NotFoundError, UsageError
 from migrate.settings import ArchiveSettings
+
+log = logging.getLogger(__name__)
+_PIDS_SHOWN = 20  # PIDs listed in a hint before "..."
 
 
 @dataclass(frozen=True)
@@ -63,9 +67,11 @@ def _processes(ckpt: Checkpoint, pid: int | None) -> list[tuple[int, str]]:
     pids = sorted({e.pid for e in ckpt.pstree()})
     if pid is not None:
         if pid not in pids:
+            shown = ", ".join(map(str, pids[:_PIDS_SHOWN])) or "none"
+            more = f", ... ({len(pids)} in all)" if len(pids) > _PIDS_SHOWN else ""
             raise NotFoundError(
                 f"{ckpt.label}: no process with PID {pid} in the checkpoint",
-                hint=f"PIDs in this checkpoint: {', '.join(map(str, pids)) or 'none'}",
+                hint=f"PIDs in this checkpoint: {shown}{more}",
             )
         pids = [pid]
     return [(p, ckpt.core(p).comm) for p in pids]
@@ -161,7 +167,13 @@ def search(
     pid: int | None = None,
     context: int = 0,
 ) -> Iterator[Match]:
-    """Every match of ``pattern`` in the dumped memory, process by process."""
+    """Every match of ``pattern`` in the dumped memory, process by process.
+
+    Stops, with a warning, after `ArchiveSettings.max_matches` matches or
+    `ArchiveSettings.max_match_text_bytes` characters of match text: a
+    one-byte pattern in a dump of zeros would otherwise match billions of times.
+    """
+    count = chars = 0
     for p, comm in _processes(ckpt, pid):
         mem = ckpt.memory(p)
         scanner = ckpt.archive.open_member(mem.pages_member)
@@ -170,5 +182,12 @@ def search(
         for offset, length in _scan(scanner, pattern, settings):
             start = max(0, offset - context)
             reader.seek(start)
-            text = reader.read(offset - start + length + context)
-            yield Match(p, comm, mem.address_of(offset), name, offset, escape(text))
+            text = escape(reader.read(offset - start + length + context))
+            count, chars = count + 1, chars + len(text)
+            if count > settings.max_matches or chars > settings.max_match_text_bytes:
+                log.warning("stopped after %d matches: more would exceed the limit of %d "
+                            "matches or %d characters of match text; narrow the search "
+                            "(--pid, a longer pattern, less --context)", count - 1,
+                            settings.max_matches, settings.max_match_text_bytes)
+                return
+            yield Match(p, comm, mem.address_of(offset), name, offset, text)

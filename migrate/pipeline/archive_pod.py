@@ -23,11 +23,11 @@ in the manifest as plain text.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from typing import Any
 
+from migrate.adapters import jsondoc
 from migrate.adapters.checkpoint import CRIO_ANNOTATIONS, Checkpoint
 from migrate.errors import ArchiveError
 from migrate.pipeline.binds import RecordedMount, required_mounts, termination_path
@@ -141,10 +141,11 @@ def _security_context(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _ports(recorded: dict[str, Any]) -> list[dict[str, Any]]:
+def _ports(recorded: dict[str, Any], max_depth: int) -> list[dict[str, Any]]:
+    raw = recorded.get("io.kubernetes.container.ports", "[]")
     try:
-        ports = json.loads(recorded.get("io.kubernetes.container.ports", "[]"))
-    except ValueError:
+        ports = jsondoc.loads(raw, max_depth) if isinstance(raw, str) else None
+    except jsondoc.JsonError:
         return []
     return [{k: p[k] for k in _PORT_KEYS if k in p} for p in ports if isinstance(p, dict)
             and isinstance(p.get("containerPort"), int)] if isinstance(ports, list) else []
@@ -157,7 +158,8 @@ def _container(ckpt: Checkpoint, name: str, recorded: dict[str, Any],
         "io.kubernetes.cri-o.ImageName", "") or "unknown"
     c: dict[str, Any] = {"name": name, "image": image}
     optional = {
-        "ports": _ports(recorded), "resources": _resources(spec),
+        "ports": _ports(recorded, ckpt.archive.settings.max_json_depth),
+        "resources": _resources(spec),
         "securityContext": _security_context(spec),
         "terminationMessagePath": recorded.get("io.kubernetes.container.terminationMessagePath"),
         "terminationMessagePolicy":

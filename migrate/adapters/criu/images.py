@@ -9,10 +9,11 @@ Raw memory (``pages-N.img``) has no framing at all.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from migrate.adapters.criu.wire import Field, Schema, WireError, decode
+from migrate.adapters.criu.wire import Field, Schema, TooManyItems, WireError, decode
 
 IMG_COMMON = 0x54564319
 IMG_SERVICE = 0x55105940
@@ -97,8 +98,12 @@ TASK_STATES = {1: "alive", 2: "dead", 3: "stopped", 6: "zombie"}
 PE_PARENT, PE_LAZY, PE_PRESENT = 1, 2, 4
 
 
-def split_entries(data: bytes, expected: str) -> list[memoryview]:
-    """Check the magic is ``expected`` and return each entry's protobuf bytes."""
+def iter_entries(data: bytes, expected: str) -> Iterator[memoryview]:
+    """Check the magic is ``expected`` and yield each entry's protobuf bytes, one at a time.
+
+    Lazily: an image of 60 MiB can frame millions of entries, and a caller
+    that needs one entry, or refuses past a bound, never pays for the rest.
+    """
     view = memoryview(data)
     if len(view) < 4:
         raise ImageError("too short to hold a CRIU image magic")
@@ -112,27 +117,40 @@ def split_entries(data: bytes, expected: str) -> list[memoryview]:
     if magic != MAGICS[expected]:
         found = _NAMES.get(magic, f"unknown magic 0x{magic:08x}")
         raise ImageError(f"is not a {expected} image ({found})")
-    entries: list[memoryview] = []
+    index = 0
     while pos < len(view):
         if len(view) - pos < 4:
-            raise ImageError(f"entry {len(entries)} has a truncated size field")
+            raise ImageError(f"entry {index} has a truncated size field")
         (size,) = struct.unpack_from("<I", view, pos)
         pos += 4
         if size > len(view) - pos:
             raise ImageError(
-                f"entry {len(entries)} declares {size} bytes but only {len(view) - pos} remain"
+                f"entry {index} declares {size} bytes but only {len(view) - pos} remain"
             )
-        entries.append(view[pos : pos + size])
+        yield view[pos : pos + size]
         pos += size
-    return entries
+        index += 1
 
 
-def decode_entries(data: bytes, expected: str, schema: Schema) -> list[dict[str, Any]]:
-    """Decode every entry of an image with one schema."""
-    try:
-        return [decode(e, schema) for e in split_entries(data, expected)]
-    except WireError as e:
-        raise ImageError(f"holds a malformed {expected} entry ({e})") from e
+def decode_entries(data: bytes, expected: str, schema: Schema) -> Iterator[dict[str, Any]]:
+    """Decode the entries of an image with one schema, lazily."""
+    for raw in iter_entries(data, expected):
+        try:
+            yield decode(raw, schema)
+        except WireError as e:
+            raise ImageError(f"holds a malformed {expected} entry ({e})") from e
+
+
+def _first(data: bytes, expected: str, schema: Schema, what: str, *,
+           only: bool = True) -> dict[str, Any]:
+    """The first entry of an image; with ``only``, the image must hold exactly one."""
+    entries = decode_entries(data, expected, schema)
+    first = next(entries, None)
+    if first is None:
+        raise ImageError(f"has no {what} entry")
+    if only and next(entries, None) is not None:
+        raise ImageError(f"has more than one {what} entry")
+    return first
 
 
 def _require(entry: dict[str, Any], what: str, *keys: str) -> None:
@@ -141,7 +159,7 @@ def _require(entry: dict[str, Any], what: str, *keys: str) -> None:
         raise ImageError(f"{what} lacks required field(s) {', '.join(missing)}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PstreeEntry:
     """One process of the checkpointed tree (PIDs as seen inside its namespace)."""
 
@@ -152,11 +170,33 @@ class PstreeEntry:
     threads: tuple[int, ...]
 
 
-def parse_pstree(data: bytes) -> list[PstreeEntry]:
-    """Decode ``pstree.img``."""
-    out = []
-    for e in decode_entries(data, "PSTREE", PSTREE):
+def _too_many(what: str, tasks: int) -> ImageError:
+    return ImageError(f"lists more than {tasks} {what}, but the archive holds {tasks} core "
+                      "images (CRIU writes one per task)")
+
+
+def parse_pstree(data: bytes, max_tasks: int | None = None) -> list[PstreeEntry]:
+    """Decode ``pstree.img``.
+
+    ``max_tasks`` is how many tasks the archive can describe: CRIU writes one
+    ``core-<tid>.img`` per task (thread), so the processes, and the threads
+    they list together, are at most that many. None bounds them by the image
+    size only (for tests and tools reading a lone image).
+    """
+    out: list[PstreeEntry] = []
+    threads = 0
+    for raw in iter_entries(data, "PSTREE"):
+        if max_tasks is not None and len(out) >= max_tasks:
+            raise _too_many("processes", max_tasks)
+        room = None if max_tasks is None else max_tasks - threads
+        try:
+            e = decode(raw, PSTREE, max_repeated=room)
+        except TooManyItems:
+            raise _too_many("threads", max_tasks or 0) from None
+        except WireError as err:
+            raise ImageError(f"holds a malformed PSTREE entry ({err})") from err
         _require(e, "a pstree entry", "pid", "ppid")
+        threads += len(e.get("threads", ()))
         out.append(
             PstreeEntry(
                 e["pid"], e["ppid"], e.get("pgid", 0), e.get("sid", 0), tuple(e.get("threads", ()))
@@ -181,15 +221,13 @@ class TaskCore:
 
 def parse_core(data: bytes) -> TaskCore:
     """Decode ``core-<tid>.img`` (one entry)."""
-    entries = decode_entries(data, "CORE", CORE)
-    if len(entries) != 1:
-        raise ImageError(f"has {len(entries)} core entries, expected 1")
-    tc = entries[0].get("tc")
+    entry = _first(data, "CORE", CORE, "core")
+    tc = entry.get("tc")
     if tc is None:
         raise ImageError("has no task_core (tc) entry")
     _require(tc, "task_core", "comm")
     return TaskCore(comm=tc["comm"], task_state=tc.get("task_state", 0),
-                    mtype=entries[0].get("mtype", 0))
+                    mtype=entry.get("mtype", 0))
 
 
 @dataclass(frozen=True)
@@ -206,19 +244,30 @@ class PagemapEntry:
         return bool(self.flags & PE_PRESENT) and not self.flags & (PE_PARENT | PE_LAZY)
 
 
-def parse_pagemap(data: bytes) -> tuple[int, list[PagemapEntry]]:
-    """Decode ``pagemap-<pid>.img``: (pages_id, entries in pages-file order)."""
-    raw = split_entries(data, "PAGEMAP")
-    if not raw:
+def iter_pagemap(data: bytes) -> tuple[int, Iterator[PagemapEntry]]:
+    """Decode ``pagemap-<pid>.img``: (pages_id, entries in pages-file order, lazily).
+
+    The head is checked at once; each entry is decoded only when the caller
+    asks for it, so a huge pagemap never sits in memory as a list.
+    """
+    raw = iter_entries(data, "PAGEMAP")
+    first = next(raw, None)
+    if first is None:
         raise ImageError("has no pagemap_head entry")
     try:
-        head = decode(raw[0], PAGEMAP_HEAD)
-        entries = [decode(r, PAGEMAP_ENTRY) for r in raw[1:]]
+        head = decode(first, PAGEMAP_HEAD)
     except WireError as e:
         raise ImageError(f"holds a malformed PAGEMAP entry ({e})") from e
     _require(head, "pagemap_head", "pages_id")
-    out = []
-    for entry in entries:
+    return head["pages_id"], _pagemap_entries(raw)
+
+
+def _pagemap_entries(raw: Iterator[memoryview]) -> Iterator[PagemapEntry]:
+    for r in raw:
+        try:
+            entry = decode(r, PAGEMAP_ENTRY)
+        except WireError as e:
+            raise ImageError(f"holds a malformed PAGEMAP entry ({e})") from e
         _require(entry, "a pagemap entry", "vaddr")
         nr = entry.get("nr_pages", entry.get("compat_nr_pages"))
         if nr is None:
@@ -227,8 +276,13 @@ def parse_pagemap(data: bytes) -> tuple[int, list[PagemapEntry]]:
         flags = entry.get("flags", PE_PARENT if entry.get("in_parent") else PE_PRESENT)
         if entry.get("in_parent"):
             flags |= PE_PARENT
-        out.append(PagemapEntry(entry["vaddr"], nr, flags))
-    return head["pages_id"], out
+        yield PagemapEntry(entry["vaddr"], nr, flags)
+
+
+def parse_pagemap(data: bytes) -> tuple[int, list[PagemapEntry]]:
+    """Decode ``pagemap-<pid>.img`` whole: (pages_id, entries in pages-file order)."""
+    pages_id, entries = iter_pagemap(data)
+    return pages_id, list(entries)
 
 
 @dataclass(frozen=True)
@@ -243,20 +297,15 @@ class MmRanges:
 
 def parse_mm(data: bytes) -> MmRanges:
     """Decode ``mm-<pid>.img`` (one entry)."""
-    entries = decode_entries(data, "MM", MM)
-    if len(entries) != 1:
-        raise ImageError(f"has {len(entries)} mm entries, expected 1")
-    e = entries[0]
+    e = _first(data, "MM", MM, "mm")
     _require(e, "mm_entry", "mm_arg_start", "mm_arg_end", "mm_env_start", "mm_env_end")
     return MmRanges(e["mm_arg_start"], e["mm_arg_end"], e["mm_env_start"], e["mm_env_end"])
 
 
 def parse_utsns(data: bytes) -> tuple[str, str]:
     """Decode ``utsns-<id>.img``: (nodename, domainname)."""
-    entries = decode_entries(data, "UTSNS", UTSNS)
-    if not entries:
-        raise ImageError("has no utsns entry")
-    return entries[0].get("nodename", ""), entries[0].get("domainname", "")
+    entry = _first(data, "UTSNS", UTSNS, "utsns", only=False)
+    return entry.get("nodename", ""), entry.get("domainname", "")
 
 
 DUMP_STAT_KEYS = (
@@ -271,9 +320,9 @@ DUMP_STAT_KEYS = (
 
 def parse_stats(data: bytes) -> dict[str, int]:
     """Decode ``stats-dump``: the dump statistics (microseconds and page counts)."""
-    entries = decode_entries(data, "STATS", STATS)
-    if not entries or "dump" not in entries[0]:
+    entry = next(decode_entries(data, "STATS", STATS), None)
+    if entry is None or "dump" not in entry:
         raise ImageError("holds no dump statistics")
-    dump: dict[str, int] = entries[0]["dump"]
+    dump: dict[str, int] = entry["dump"]
     _require(dump, "dump statistics", *DUMP_STAT_KEYS)
     return dump

@@ -9,7 +9,7 @@ offset (found by scanning the file) back to an address.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from migrate.adapters.criu.images import ImageError, PagemapEntry
@@ -17,7 +17,7 @@ from migrate.adapters.criu.images import ImageError, PagemapEntry
 PAGE_SIZE = 4096
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Run:
     """``length`` bytes of memory at ``vaddr``, stored at ``offset`` in the pages file."""
 
@@ -29,16 +29,26 @@ class Run:
 class ProcessMemory:
     """Address <-> pages-file offset translation for one process."""
 
-    def __init__(self, pages_id: int, entries: Sequence[PagemapEntry], pages_size: int) -> None:
+    def __init__(self, pages_id: int, entries: Iterable[PagemapEntry], pages_size: int) -> None:
+        """Lay ``entries`` (read once, lazily if an iterator) onto a pages file of ``pages_size``.
+
+        Runs are kept only while they fit in the pages file, so however many
+        entries a pagemap frames, memory follows the pages file's size; past
+        it, offsets are only summed, to say how much the runs need.
+        """
         self.pages_id = pages_id
-        self.mapped_bytes = sum(e.nr_pages for e in entries) * PAGE_SIZE
-        runs, offset = [], 0
+        runs: list[Run] = []
+        offset = mapped_pages = 0
         for e in entries:
+            mapped_pages += e.nr_pages
             if not e.in_pages_file:
                 continue
             length = e.nr_pages * PAGE_SIZE
-            runs.append(Run(e.vaddr, length, offset))
+            # An empty run holds no byte; kept, it would shadow the run sharing its offset.
+            if length and offset + length <= pages_size:
+                runs.append(Run(e.vaddr, length, offset))
             offset += length
+        self.mapped_bytes = mapped_pages * PAGE_SIZE
         if offset > pages_size:
             raise ImageError(
                 f"points past the end of pages-{pages_id}.img "

@@ -95,28 +95,52 @@ def _scalar(field: Field, value: int | memoryview) -> Any:
     raise WireError(f"field {field.name}: a number where a {field.kind} was expected")
 
 
-def _packed(field: Field, value: memoryview) -> list[int]:
-    out, pos = [], 0
+class TooManyItems(WireError):
+    """Repeated fields hold more items than the caller allows."""
+
+    def __init__(self, field: str, limit: int) -> None:
+        super().__init__(f"field {field} repeats more than {limit} times")
+        self.field, self.limit = field, limit
+
+
+def _packed(field: Field, value: memoryview, room: int) -> list[int] | None:
+    """The items of a packed field; None as soon as there are more than ``room``."""
+    out: list[int] = []
+    pos = 0
     while pos < len(value):
+        if len(out) >= room:
+            # Checked before decoding more: a packed field of 60 MiB is 60
+            # million items, and the point of the bound is never to build them.
+            return None
         item, pos = read_varint(value, pos)
         out.append(_scalar(field, item))
     return out
 
 
-def decode(buf: bytes | memoryview, schema: Schema) -> dict[str, Any]:
-    """Decode a message; repeated fields become lists, absent ones are missing keys."""
+def decode(buf: bytes | memoryview, schema: Schema, *,
+           max_repeated: int | None = None) -> dict[str, Any]:
+    """Decode a message; repeated fields become lists, absent ones are missing keys.
+
+    ``max_repeated`` bounds the items of all repeated fields together
+    (`TooManyItems` past it); the caller derives it from what the archive holds.
+    """
     view = memoryview(buf)
     out: dict[str, Any] = {}
+    used = 0
+    limit = len(view) if max_repeated is None else max_repeated  # an item takes >= 1 byte
     for number, _wtype, value in iter_fields(view):
         field = schema.get(number)
         if field is None:
             continue
-        if field.repeated:
-            items = out.setdefault(field.name, [])
-            if isinstance(value, memoryview) and field.kind in ("uint", "int32", "bool"):
-                items.extend(_packed(field, value))
-            else:
-                items.append(_scalar(field, value))
-        else:
+        if not field.repeated:
             out[field.name] = _scalar(field, value)
+            continue
+        if isinstance(value, memoryview) and field.kind in ("uint", "int32", "bool"):
+            got = _packed(field, value, limit - used)
+        else:
+            got = [_scalar(field, value)] if used < limit else None
+        if got is None:
+            raise TooManyItems(field.name, limit)
+        out.setdefault(field.name, []).extend(got)
+        used += len(got)
     return out
