@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import resource
 import sys
@@ -31,6 +32,9 @@ def _serve(limit: int) -> None:
     for line in sys.stdin:
         request = json.loads(line)
         out, err = io.StringIO(), io.StringIO()
+        # The CLI configures logging once per process, onto the stderr of that
+        # moment; each request needs its own.
+        logging.getLogger().handlers.clear()
         t0 = time.perf_counter()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
