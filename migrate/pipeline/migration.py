@@ -236,6 +236,10 @@ def _switchover(run: Run) -> dict[str, Any]:
     timeout = run.req.timeout
     if plan.switch == "keep":
         return {"source_stopped_at": None}
+    # Verify may have ended a while ago (a resume, a slow watch): look again, last
+    # thing before the source is touched.
+    switchover.check_destination(run.cluster, plan.namespace, created["pod"], created["uid"],
+                                 plan.destination, plan.containers)
     run.journal.record("switch-over", mode=plan.switch, source=plan.pod)
     if plan.switch == "handover":
         assert plan.owner is not None
