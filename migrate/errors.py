@@ -109,6 +109,11 @@ class ClusterError(MigrateError):
     exit_code = ExitCode.CLUSTER
 
 
+class ConflictError(ClusterError):
+    """409 Conflict: someone else changed the object since it was read (a
+    resourceVersion precondition failed); read it again and decide again."""
+
+
 class TransientClusterError(Transient, ClusterError):
     """A Kubernetes failure worth retrying: connection error, 5xx, 429."""
 

@@ -60,7 +60,8 @@ def test_a_healthy_node_and_the_admin_pass(cli: Cli, sim: Simulator) -> None:
     rbac = {k: v[0] for k, v in got.items() if k.startswith("rbac: ")}
     assert rbac == {
         "rbac: get pods": "PASS", "rbac: watch pods": "PASS", "rbac: create pods": "PASS",
-        "rbac: delete pods": "PASS", "rbac: create nodes/proxy": "PASS",
+        "rbac: delete pods": "PASS", "rbac: patch pods": "PASS",
+        "rbac: create nodes/proxy": "PASS",
         "rbac: create jobs (batch)": "PASS", "rbac: create pods/eviction": "PASS",
         "rbac: patch nodes": "PASS"}
     assert got["node node-a: runtime"][:2] == ("PASS", "cri-o://1.30.4: checkpoint and restore")

@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -490,3 +493,67 @@ def test_the_eviction_api_says_not_now_gone_or_evicted(cluster: Cluster) -> None
         "guarded-pdb", "default").status.disruptions_allowed == 1, what="one disruption")
     assert kube.evict_pod(api, "default", name, uid=uid).outcome == "evicted"
     wait_for(lambda: name not in cluster.where(), what=f"{name} gone")
+
+
+def test_a_pod_another_migration_claims_is_blocked_not_moved_twice(
+        drain: Callable[..., Result], cli: Cli, cluster: Cluster,
+        plain_registry: RegistryUnderTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    claimed = cluster.pod("claimed")
+    cluster.pod("free")
+    with monkeypatch.context() as m:  # a `migrate pod` run of it, interrupted
+        _interrupt_at(m, "verify")
+        r = cli("pod", "claimed", "--to", "node-b", "--kubeconfig", cluster.sim.kubeconfig,
+                "--registry", f"{plain_registry.host}/drains", "--no-tls-verify")
+    assert r.code == 130
+    holder = re.search(r"migration (pod-\S+) interrupted", r.err)[1]  # type: ignore[index]
+    reason = f"claimed by migration {holder}, which was interrupted"
+    r = drain(cluster, "node-a", "--dry-run", "-o", "json")
+    assert {p["name"]: (p["action"], p["reason"]) for p in r.json()["pods"]} == {
+        "free": ("migrate", "bare pod: the restored copy replaces it"),
+        "claimed": ("blocked", reason)}
+    r = drain(cluster, "node-a", "-o", "json")  # --evict-rest: still not evicted
+    assert r.code == 10, r.err
+    pods = by_name(r.json())
+    assert (pods["claimed"]["outcome"], pods["claimed"]["reason"]) == ("blocked", reason)
+    assert pods["free"]["outcome"] == "migrated"
+    assert r.json()["failed"] == ["default/claimed"]
+    now = cluster.v1.read_namespaced_pod("claimed", "default")
+    assert (now.metadata.uid, now.spec.node_name) == (claimed.metadata.uid, "node-a")
+    assert now.metadata.annotations["migrate.dev/claimed-by"] == holder
+    assert [h["id"] for h in cli("history", "-o", "json").json()
+            if h["pod"] == "default/claimed"] == [holder]  # the drain started no run of it
+
+
+def test_sigterm_stops_a_drain_like_ctrl_c_and_it_resumes_as_it_ran(
+        cli: Cli, cluster: Cluster, plain_registry: RegistryUnderTest, tmp_path: Path,
+        spawned: list[subprocess.Popen[str]]) -> None:
+    for name in ("t1", "t2"):
+        cluster.pod(name)
+    args = ["drain", "node-a", "--kubeconfig", str(cluster.sim.kubeconfig), "--registry",
+            f"{plain_registry.host}/drains", "--no-tls-verify", "--timeout", "20",
+            "--concurrency", "1"]
+    stderr = tmp_path / "stderr"
+    with cluster.sim.holding_checkpoints("node-a") as waiting, stderr.open("w") as sink:
+        process = subprocess.Popen([str(Path(sys.executable).parent / "migrate"), *args],
+                                   stdout=subprocess.DEVNULL, stderr=sink, text=True)
+        spawned.append(process)
+        wait_for(lambda: waiting() == 1, timeout=60, what="a pod's checkpoint")
+        process.send_signal(signal.SIGTERM)
+        # Once the drain has stopped taking pods, the one in flight may go on to its
+        # next stage boundary: its checkpoint is let go.
+        wait_for(lambda: "migrate: drain: interrupted: waiting for the pods in flight"
+                 in stderr.read_text(), timeout=30, what="the drain to stop")
+    assert process.wait(timeout=60) == 130
+    err = stderr.read_text()
+    drain_id = re.search(r"drain (drain-\S+) interrupted", err)[1]  # type: ignore[index]
+    assert err.splitlines()[-2:] == [
+        f"migrate: drain {drain_id} interrupted: `migrate drain --resume {drain_id}` "
+        "continues it", "error: interrupted by SIGTERM"]
+    (listed,) = cli("history", "--drains", "-o", "json").json()
+    assert (listed["outcome"], listed["results"]) == ("interrupted", {"interrupted": 1})
+    assert [h["outcome"] for h in cli("history", "-o", "json").json()] == ["interrupted"]
+    # No registry options: the drain's journal says how it reached the registry.
+    r = cli("drain", "--resume", drain_id, "--kubeconfig", cluster.sim.kubeconfig, "-o", "json")
+    assert r.code == 0, r.err
+    assert {p["outcome"] for p in r.json()["pods"]} == {"migrated"}
+    assert not {"t1", "t2"} & set(cluster.where())

@@ -43,6 +43,57 @@ def test_a_journal_in_use_cannot_be_taken(tmp_path: Path) -> None:
     other.lock()
 
 
+def test_a_running_journal_whose_lock_is_free_reads_as_interrupted(tmp_path: Path) -> None:
+    j = Journal.create(tmp_path, "pod", "p", {}, ["a", "b"])
+    j.begin("a")
+    seen = Journal.load(tmp_path, j.id)
+    assert not seen.lock_free() and seen.current_outcome() == "running"  # its run holds it
+    j.unlock()  # as the kernel does when the process dies
+    assert seen.lock_free() and seen.current_outcome() == "interrupted"
+    assert seen.outcome == "running"  # only read so: the file is not changed
+    j.lock()
+    j.interrupted()
+    again = Journal.load(tmp_path, j.id)
+    assert (again.outcome, again.stage("a").status, again.stage("a").error,
+            again.stage("b").status) == ("interrupted", FAILED, "interrupted", "pending")
+    j.discard()  # a run refused before it changed anything leaves nothing
+    assert not list((tmp_path / "journal").iterdir())
+
+
+def test_the_registry_trust_is_kept_never_the_credentials(tmp_path: Path) -> None:
+    from migrate.adapters.registry.auth import parse_creds
+    from migrate.errors import AuthError
+    from migrate.pipeline import trust
+    from migrate.settings import RegistrySettings
+
+    used = RegistrySettings(tls_verify=False, cert_dir=tmp_path / "certs",
+                            creds=parse_creds("alice:s3cret"))
+    j = Journal.create(tmp_path, "pod", "p", {}, ["a"], registry=trust.record(used))
+    assert "s3cret" not in j.path.read_text()
+    recorded = Journal.load(tmp_path, j.id).registry
+    assert recorded == {"tls_verify": False, "cert_dir": str(tmp_path / "certs"),
+                        "authfile": None, "creds": True}
+    base = RegistrySettings(env=(("HOME", "/home/x"),))
+    with pytest.raises(AuthError) as refused:
+        trust.resumed(base, recorded, trust.Given(), run="migration X",
+                      command="migrate resume X", needs_registry=True)
+    assert (refused.value.message, refused.value.hint) == (
+        "migration X logged in to the registry with --creds, and credentials are never "
+        "recorded", "give them again: migrate resume X --creds USER:PASS (or --authfile FILE)")
+    again = trust.resumed(base, recorded, trust.Given(creds=parse_creds("alice:s3cret")),
+                          run="migration X", command="migrate resume X", needs_registry=True)
+    assert (again.tls_verify, again.cert_dir, again.creds, again.env) == (
+        False, tmp_path / "certs", parse_creds("alice:s3cret"), base.env)
+    # Nothing left to push: no credentials needed; what is given wins over the record.
+    later = trust.resumed(base, recorded, trust.Given(tls_verify=True, authfile=tmp_path / "a"),
+                          run="migration X", command="migrate resume X", needs_registry=False)
+    assert (later.tls_verify, later.authfile, later.creds) == (True, tmp_path / "a", None)
+    # A journal from before the record: the defaults, as such a resume always had.
+    old = trust.resumed(base, {}, trust.Given(), run="migration X", command="migrate resume X",
+                        needs_registry=True)
+    assert (old.tls_verify, old.cert_dir, old.authfile, old.creds) == (True, None, None, None)
+
+
 def test_bad_ids_and_damaged_files(tmp_path: Path) -> None:
     with pytest.raises(UsageError):
         Journal.load(tmp_path, "../../etc/passwd")

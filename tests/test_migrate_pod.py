@@ -348,3 +348,87 @@ def test_every_container_of_a_pod_with_an_init_container(
     for container in ("api", "sidecar"):
         assert report["images"][container]["digest"] in statuses[container].image_id
         assert f"sim.migrate.dev/restored.{container}" in restored.metadata.annotations
+
+
+@pytest.mark.parametrize("fault", ["node NotReady", "restored pod gone"])
+def test_a_destination_lost_after_verify_leaves_the_source_untouched(
+        migrate: Callable[..., Result], sim: Simulator, v1: client.CoreV1Api,
+        monkeypatch: pytest.MonkeyPatch, fault: str) -> None:
+    name = "lost-node" if fault == "node NotReady" else "lost-pod"
+    pod = make_pod(v1, name)
+    real = migration.STAGE_FUNCTIONS["verify"]
+
+    def verify_then_lose(run: migration.Run) -> dict[str, Any]:
+        verified = real(run)  # the destination was fine when verify saw it...
+        if fault == "node NotReady":  # ...and then it was not
+            sim.configure_node("node-b", ready=False)
+        else:
+            v1.delete_namespaced_pod(run.data("create")["pod"], "default",
+                                     grace_period_seconds=0)
+        return verified
+
+    monkeypatch.setitem(migration.STAGE_FUNCTIONS, "verify", verify_then_lose)
+    try:
+        r = migrate(name, "--to", "node-b", "-o", "json")
+    finally:
+        sim.configure_node("node-b", ready=True)
+    assert r.code == 6, r.err
+    report = r.json()
+    restored = report["destination_pod"]
+    error, hint = r.err.splitlines()[-2:]
+    if fault == "node NotReady":
+        assert error.startswith("error: switchover: destination node node-b is not Ready any "
+                                "more: container runtime network not ready"), error
+    else:
+        assert error == f"error: switchover: the restored pod {restored} is gone or going"
+    assert hint == ("hint: the source was not touched; migrate it again when the destination "
+                    "is healthy")
+    assert report["outcome"] == "rolled-back"
+    assert [s["status"] for s in report["stages"]][4:6] == ["done", "failed"]
+    assert not [a for a in report["actions"] if a["action"] in ("switch-over",
+                                                                "source deleted")]
+    wait_for(lambda: restored not in pods(v1), what=f"{restored} rolled back")
+    assert_untouched(v1, name, pod.metadata.uid)
+    assert "migrate.dev/claimed-by" not in (
+        v1.read_namespaced_pod(name, "default").metadata.annotations or {})
+
+
+def test_a_deployment_pod_stays_when_the_destination_goes_not_ready(
+        migrate: Callable[..., Result], sim: Simulator, v1: client.CoreV1Api,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    with sim_client(sim) as api:
+        apps = client.AppsV1Api(api)
+        for node in ("node-b", "node-c", "node-d"):  # only node-a takes the pod
+            v1.patch_node(node, {"spec": {"unschedulable": True}})
+        apps.create_namespaced_deployment("default", {
+            "metadata": {"name": "steady"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "steady"}},
+                     "template": {"metadata": {"labels": {"app": "steady"}}, "spec": {
+                         "containers": [{"name": "web", "image": "quay.io/example/web:1"}]}}}})
+        source = wait_for(lambda: next((p for p in v1.list_namespaced_pod(
+            "default", label_selector="app=steady").items if p.status.phase == "Running"),
+            None), what="steady's pod")
+        for node in ("node-b", "node-c", "node-d"):
+            v1.patch_node(node, {"spec": {"unschedulable": None}})
+        real = migration.STAGE_FUNCTIONS["verify"]
+
+        def verify_then_lose(run: migration.Run) -> dict[str, Any]:
+            verified = real(run)
+            sim.configure_node("node-b", ready=False)
+            return verified
+
+        monkeypatch.setitem(migration.STAGE_FUNCTIONS, "verify", verify_then_lose)
+        try:
+            r = migrate(source.metadata.name, "--to", "node-b", "-o", "json")
+        finally:
+            sim.configure_node("node-b", ready=True)
+        assert r.code == 6, r.err
+        assert r.json()["outcome"] == "rolled-back"
+        # The ReplicaSet keeps its own pod: no deletion cost, no claim, same uid.
+        wait_for(lambda: [p.metadata.name for p in v1.list_namespaced_pod(
+            "default", label_selector="app=steady").items] == [source.metadata.name],
+            what="only the source left")
+        now = v1.read_namespaced_pod(source.metadata.name, "default")
+        assert (now.metadata.uid, now.status.phase, now.spec.node_name) == (
+            source.metadata.uid, "Running", "node-a")
+        assert now.metadata.annotations == source.metadata.annotations

@@ -345,6 +345,78 @@ def test_client_status_subresource(v1: client.CoreV1Api, namespace: str) -> None
     assert v1.read_namespaced_pod_status("stat", namespace).status.phase == "Running"
 
 
+def _patch(api: client.ApiClient, namespace: str, name: str, content_type: str,
+           body: dict[str, Any]) -> Any:
+    """PATCH a ConfigMap with an explicit media type; its JSON answer."""
+    resp = api.call_api(*api.param_serialize(
+        "PATCH", f"/api/v1/namespaces/{namespace}/configmaps/{name}",
+        header_params={"Content-Type": content_type, "Accept": "application/json"},
+        body=body, auth_settings=["BearerToken"]))
+    data = resp.read()
+    if resp.status >= 300:
+        raise ApiException(http_resp=resp, body=data.decode())
+    return json.loads(data)
+
+
+def test_a_patch_carrying_a_resource_version_is_conditional(v1: client.CoreV1Api,
+                                                            namespace: str) -> None:
+    """As on the real API server (kubectl annotate --resource-version): a stale one is a
+    409 Conflict and nothing is written. (A ConfigMap: nothing else writes it meanwhile,
+    as a kubelet would a pod.)"""
+    stale = v1.create_namespaced_config_map(namespace, {"metadata": {"name": "claimed"}})
+    v1.patch_namespaced_config_map("claimed", namespace, {"data": {"v": "2"}})
+    current = v1.read_namespaced_config_map("claimed", namespace).metadata.resource_version
+    for content_type in ("application/strategic-merge-patch+json",
+                         "application/merge-patch+json"):
+        with pytest.raises(ApiException) as e:
+            _patch(v1.api_client, namespace, "claimed", content_type, {"metadata": {
+                "resourceVersion": stale.metadata.resource_version,
+                "annotations": {"example.com/claimed-by": "a"}}})
+        assert e.value.status == 409
+        assert (_status(e.value)["reason"], _status(e.value)["message"]) == (
+            "Conflict", 'Operation cannot be fulfilled on configmaps "claimed": the object has '
+            "been modified; please apply your changes to the latest version and try again")
+    after = v1.read_namespaced_config_map("claimed", namespace).metadata
+    assert (after.resource_version, after.annotations) == (current, None)
+    patched = _patch(v1.api_client, namespace, "claimed",
+                     "application/strategic-merge-patch+json",
+                     {"metadata": {"resourceVersion": current,
+                                   "annotations": {"example.com/claimed-by": "a"}}})
+    assert patched["metadata"]["annotations"] == {"example.com/claimed-by": "a"}
+    assert patched["metadata"]["resourceVersion"] != current
+    # Removing the last annotation leaves none: ObjectMeta's maps are `omitempty`.
+    released = _patch(v1.api_client, namespace, "claimed",
+                      "application/strategic-merge-patch+json",
+                      {"metadata": {"annotations": {"example.com/claimed-by": None}}})
+    assert "annotations" not in released["metadata"]
+
+
+def test_racing_conditional_patches_let_exactly_one_win(v1: client.CoreV1Api,
+                                                        namespace: str) -> None:
+    made = v1.create_namespaced_config_map(namespace, {"metadata": {"name": "raced"}})
+    version = made.metadata.resource_version
+    results: list[Any] = []
+
+    def claim(who: str) -> None:
+        try:
+            results.append(_patch(v1.api_client, namespace, "raced",
+                                  "application/strategic-merge-patch+json",
+                                  {"metadata": {"resourceVersion": version,
+                                                "annotations": {"claimed-by": who}}}))
+        except ApiException as e:
+            results.append(e.status)
+
+    threads = [threading.Thread(target=claim, args=(f"run-{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [r for r in results if isinstance(r, dict)]
+    assert len(winners) == 1 and sorted(r for r in results if isinstance(r, int)) == [409] * 3
+    held = v1.read_namespaced_config_map("raced", namespace).metadata.annotations
+    assert held == winners[0]["metadata"]["annotations"]
+
+
 def test_client_errors(v1: client.CoreV1Api, namespace: str) -> None:
     with pytest.raises(ApiException) as e:
         v1.read_namespaced_pod("missing", namespace)

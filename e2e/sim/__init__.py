@@ -13,7 +13,9 @@ certificates): `POST /checkpoint/NS/POD/CONTAINER` writes a checkpoint archive
 (e2e.archivegen's layout, filled from the pod) into the node's directory,
 STATE/nodes/NODE/var/lib/kubelet/checkpoints/; the API server reaches it at
 `/api/v1/nodes/NODE/proxy/checkpoint/...`. Nodes are configured by
-`NodeConfig` (runtime, restore level, feature gate, readiness, faults).
+`NodeConfig` (runtime, restore level, feature gate, readiness, faults);
+`Simulator.holding_checkpoints(NODE)` holds a node's checkpoints before the
+dump for as long as a test needs (to act while a client is inside one).
 
 Every object written is checked against the real Kubernetes schemas (from
 the kubernetes-validate package, for the release /version reports), as the

@@ -33,7 +33,9 @@ Checkpoint answers, in the kubelet's order and words (bodies are text):
 The deadline is the kubelet's: `?timeout=` when it is larger than the node's
 `runtime_request_timeout` (default 120 s), else that. A checkpoint takes
 `checkpoint_delay_per_mib` seconds per MiB of the container's simulated memory
-(the processes' heaps plus `sim.migrate.dev/memory-mib`).
+(the processes' heaps plus `sim.migrate.dev/memory-mib`). Tests can also hold
+checkpoints before the dump until they release them (`hold`, `release`;
+`Simulator.holding_checkpoints`), to know a client is inside its checkpoint.
 """
 
 from __future__ import annotations
@@ -95,10 +97,42 @@ class KubeletApi:
         self.authorizer = authorizer
         self.log = log
         self._aborted = threading.Event()
+        self._go = threading.Event()  # cleared: checkpoints wait (hold/release)
+        self._go.set()
+        self._held = 0
+        self._held_lock = threading.Lock()
 
     def abort(self) -> None:
         """Fail every checkpoint in progress now (the node is going away)."""
         self._aborted.set()
+
+    def hold(self) -> None:
+        """Make checkpoints wait before they dump, until `release` (a test's pause: a
+        run is then known to be inside its checkpoint, for as long as the test needs)."""
+        self._go.clear()
+
+    def release(self) -> None:
+        """Let held (and later) checkpoints go on."""
+        self._go.set()
+
+    @property
+    def held(self) -> int:
+        """How many checkpoints are waiting for `release`."""
+        with self._held_lock:
+            return self._held
+
+    def _wait_released(self) -> None:
+        if self._go.is_set():
+            return
+        with self._held_lock:
+            self._held += 1
+        try:
+            while not self._go.wait(0.05):
+                if self._aborted.is_set():
+                    raise _Failed(_CANCELED)
+        finally:
+            with self._held_lock:
+                self._held -= 1
 
     def handle(self, req: Request) -> Response:
         """Answer one authenticated request."""
@@ -170,6 +204,7 @@ class KubeletApi:
             raise _Failed(unsupported)
         if self.kubelet.take_injected_failure():
             raise _Failed(_INJECTED)
+        self._wait_released()
         started = time.monotonic()
         when = dt.datetime.now(dt.UTC)
         try:

@@ -60,6 +60,17 @@ _GENERATE_ATTEMPTS = 8
 _PATH_SEGMENT_NAMED = frozenset({"rbac.authorization.k8s.io"})
 
 
+#: ObjectMeta fields Go serializes with `omitempty`: stored empty, they are not there at
+#: all (a patch removing an object's last annotation leaves no `annotations: {}`).
+_OMIT_EMPTY = ("labels", "annotations", "finalizers", "ownerReferences")
+
+
+def _omit_empty(meta: dict[str, Any]) -> None:
+    for key in _OMIT_EMPTY:
+        if key in meta and not meta[key]:
+            del meta[key]
+
+
 def _metadata_errors(rt: ResourceType, meta: dict[str, Any]) -> list[FieldError]:
     name = meta.get("name")
     if rt.group not in _PATH_SEGMENT_NAMED or not name:
@@ -191,6 +202,7 @@ class Rest:
             meta.pop("namespace", None)
         for key in _SERVER_OWNED:
             meta.pop(key, None)
+        _omit_empty(meta)
         generated = not meta.get("name") and bool(meta.get("generateName"))
         for _ in range(_GENERATE_ATTEMPTS):
             candidate = copy.deepcopy(obj)
@@ -239,6 +251,7 @@ class Rest:
                     meta[key] = old["metadata"][key]
                 else:
                     meta.pop(key, None)
+            _omit_empty(meta)
             if rt.defaults is not None:
                 rt.defaults(result)
             if rt.prepare_update is not None:

@@ -58,6 +58,7 @@ authenticates. `authorizer=` replaces RBAC altogether (e.g. `allow_all`).
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import hmac
 import http.client
@@ -67,7 +68,7 @@ import secrets
 import ssl
 import threading
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -286,6 +287,19 @@ class Simulator:
         `fail_next_checkpoints=2`); the Node object reports them at once."""
         self._check_node(node)
         return self.kubelets[node].update_config(**changes)
+
+    @contextlib.contextmanager
+    def holding_checkpoints(self, node: str) -> Iterator[Callable[[], int]]:
+        """Within the block, checkpoints reaching NODE's runtime wait before they dump,
+        as a long dump would, and go on when it ends; yields a function telling how
+        many wait now. A test uses it to know a run is inside its checkpoint."""
+        self._check_node(node)
+        api = self._kubelet_apis[node]  # they exist once the simulator started
+        api.hold()
+        try:
+            yield lambda: api.held
+        finally:
+            api.release()
 
     def _check_node(self, node: str) -> None:
         if node not in self.kubelets:

@@ -31,6 +31,7 @@ from migrate.adapters.kubelet import parse_checkpoint_response, runtime_failure
 from migrate.errors import (
     AuthError,
     ClusterError,
+    ConflictError,
     InputError,
     MigrateError,
     NotFoundError,
@@ -128,6 +129,15 @@ def _in_cluster_namespace(directory: Path) -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
+def _status_field(body: str | bytes | None, key: str) -> str:
+    """One string field of the API server's Status body ("" when it is not one)."""
+    try:
+        status = json.loads(body or "")
+    except (ValueError, TypeError):
+        return ""
+    return str(status.get(key, "")) if isinstance(status, dict) else ""
+
+
 def _status_message(body: str | bytes | None) -> str:
     """The API server's Status.message, when the body is a Status."""
     if not body:
@@ -156,6 +166,10 @@ def translate(e: Exception, what: str) -> MigrateError:
         if e.status == 403:
             return AuthError(msg, hint="ask for the RBAC this needs; `migrate doctor` "
                              "lists what is missing")
+        if e.status == 409 and _status_field(e.body, "reason") == "Conflict":
+            # Not AlreadyExists: a precondition (resourceVersion, uid) no longer holds.
+            return ConflictError(msg, hint="someone else changed it at the same time; "
+                                 "read it again")
         if e.status == 429 or (e.status or 0) >= 500:
             return TransientClusterError(
                 msg, hint="the API server is overloaded or failing; try again later",

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from types import FrameType
 
 import typer
 
@@ -73,6 +77,10 @@ def _debug_requested(argv: Sequence[str]) -> bool:
     return "--debug" in args or os.environ.get("MIGRATE_DEBUG", "") in ("1", "true")
 
 
+def _interrupted(terminated: threading.Event) -> str:
+    return "interrupted by SIGTERM" if terminated.is_set() else "interrupted"
+
+
 def _fail(message: str, hint: str | None, code: int) -> int:
     # Messages quote archive members and cluster objects: escaped, each stays one line.
     say(f"error: {message}")
@@ -81,16 +89,52 @@ def _fail(message: str, hint: str | None, code: int) -> int:
     return code
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what kubelets, systemd and `kill` send): handled as Ctrl-C is, so that a
+    run stops where it is, its journal says `interrupted` and the way to resume it is
+    printed, instead of the process vanishing with its journal still `running`."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[threading.Event]:
+    """While the command runs, SIGTERM raises `Terminated` in the main thread; the event
+    yielded says whether it came (typer reports any KeyboardInterrupt as 130)."""
+    received = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield received  # handlers belong to the main thread; an embedding caller keeps its own
+        return
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        # Once: a second SIGTERM must not cut short the journal's bookkeeping the first
+        # one set off (SIGKILL remains for a process that will not end).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        received.set()
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and map every outcome to an exit code; never raises."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    with _sigterm_interrupts() as terminated:
+        try:
+            return _run(list(sys.argv[1:] if argv is None else argv), terminated)
+        except KeyboardInterrupt:  # landed between the command's end and its exit code
+            return _fail(_interrupted(terminated), None, ExitCode.INTERRUPTED)
+
+
+def _run(args: list[str], terminated: threading.Event) -> int:
     debug = _debug_requested(args)
     try:
         rv = app(args=args, prog_name="migrate", standalone_mode=False)
         # Without standalone mode typer returns exit codes instead of raising
         # them, Ctrl-C included (as 130).
         if rv == ExitCode.INTERRUPTED:
-            return _fail("interrupted", None, ExitCode.INTERRUPTED)
+            return _fail(_interrupted(terminated), None, ExitCode.INTERRUPTED)
         return int(rv) if isinstance(rv, int) else ExitCode.OK
     except MigrateError as e:
         if debug:
@@ -107,7 +151,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         hint = f"see '{cmd} --help'" if code == ExitCode.USAGE else None
         return _fail(e.format_message(), hint, code)
     except (typer.Abort, KeyboardInterrupt):
-        return _fail("interrupted", None, ExitCode.INTERRUPTED)
+        return _fail(_interrupted(terminated), None, ExitCode.INTERRUPTED)
     except BrokenPipeError:
         # Output piped into `head` and closed early: not an error worth a message.
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -14,8 +14,8 @@ from migrate.cli.options import (
     CONTEXT,
     CREDS,
     KUBECONFIG,
-    TLS_VERIFY,
     with_kube,
+    with_recorded_registry,
     with_registry,
 )
 from migrate.cli.output import Format, emit, say, table
@@ -123,7 +123,11 @@ def drain(
                                       "interrupted drain (its id).", show_default=False),
     authfile: Path | None = AUTHFILE,
     creds: str | None = CREDS,
-    tls_verify: bool = TLS_VERIFY,
+    tls_verify: bool | None = typer.Option(None, "--tls-verify/--no-tls-verify",
+                                           help="Verify the registry's TLS; "
+                                           "--no-tls-verify also allows plain HTTP. "
+                                           "Default: on (--resume: as the drain had it).",
+                                           show_default=False),
     cert_dir: Path | None = CERT_DIR,
     kubeconfig: Path | None = KUBECONFIG,
     context: str | None = CONTEXT,
@@ -133,14 +137,17 @@ def drain(
     from migrate.adapters import kube
     from migrate.pipeline.drain import plan, report, run
 
-    settings = with_registry(with_kube(ctx, kubeconfig, context, None), authfile=authfile,
-                             creds=creds, tls_verify=tls_verify, cert_dir=cert_dir)
+    base = with_kube(ctx, kubeconfig, context, None)
     if resume is not None:
         if node is not None:
             raise UsageError("give NODE or --resume ID, not both")
-        journal = run.load(settings, resume)
+        journal = run.load(base, resume)
         if journal.outcome == "succeeded":
             raise UsageError(f"drain {resume} has succeeded; nothing to resume")
+        settings = with_recorded_registry(
+            base, journal.registry, run=f"drain {resume}",
+            command=f"migrate drain --resume {resume}", needs_registry=True,
+            authfile=authfile, creds=creds, tls_verify=tls_verify, cert_dir=cert_dir)
         journal.lock()
         req = plan.DrainRequest.from_dict(journal.request)
         _progress("drain", f"{journal.id}: resuming the drain of {req.node}")
@@ -150,6 +157,8 @@ def drain(
         return
     if node is None:
         raise UsageError("say which node to drain (or --resume ID)")
+    settings = with_registry(base, authfile=authfile, creds=creds,
+                             tls_verify=tls_verify is not False, cert_dir=cert_dir)
     if to and to_selector:
         raise UsageError("--to and --to-selector exclude each other")
     req = plan.DrainRequest(node=node, to=to, to_selector=to_selector,
@@ -159,7 +168,8 @@ def drain(
                             tool_image=tool_image, registry_secret=registry_secret)
     cluster = kube.connect(settings.kube, pool_size=2 * concurrency + 4,
                            background_events=True)
-    entries = plan.plan(cluster, req)  # read-only: problems surface before the cordon
+    # Read-only: problems surface before the cordon.
+    entries = plan.plan(cluster, req, settings.state_dir)
     if dry_run:
         rep = report.dry_run(req, entries)
         emit(rep, output.value, lambda: _human(rep))

@@ -18,7 +18,9 @@ from migrate.cli.options import (
     KUBECONFIG,
     NAMESPACE,
     TLS_VERIFY,
+    TLS_VERIFY_AGAIN,
     with_kube,
+    with_recorded_registry,
     with_registry,
 )
 from migrate.cli.output import Format, emit, say, table
@@ -26,6 +28,7 @@ from migrate.settings import Settings
 
 if TYPE_CHECKING:
     from migrate.pipeline.journal import Journal
+    from migrate.pipeline.preflight import Plan
 
 
 class BuildOn(StrEnum):
@@ -65,20 +68,32 @@ def _human(rep: dict[str, Any]) -> str:
     return text + "\n" + "\n".join(lines) + "\n"
 
 
-def _finish(settings: Settings, cluster: Any, journal: Journal, output: Format) -> None:
+def _interrupted(journal: Journal) -> None:
+    typer.echo(f"migrate: migration {journal.id} interrupted: `migrate resume {journal.id}` "
+               f"continues it, `migrate rollback {journal.id}` undoes it", err=True)
+
+
+def _finish(settings: Settings, cluster: Any, journal: Journal, output: Format,
+            new: Plan | None = None) -> None:
+    """Run the migration to its end and report; ``new``: the plan of a new run, whose
+    source is claimed first (else the journal's run is resumed)."""
     from migrate.adapters import kube
     from migrate.pipeline import migration
 
     try:
-        migration.execute(cluster, settings, journal, _progress)
+        if new is not None:
+            migration.claim(cluster, settings, journal, new)
+            _progress("preflight", f"passed; migration {journal.id} claimed "
+                      f"{new.namespace}/{new.pod}")
+            migration.execute(cluster, settings, journal, _progress)
+        else:
+            migration.resume(cluster, settings, journal, _progress)
     except migration.StageFailed as e:
         failed = migration.report(e.journal, cluster.requests)
         emit(failed, output.value, lambda: _human(failed))
         raise
     except KeyboardInterrupt:
-        typer.echo(f"migrate: migration {journal.id} interrupted: `migrate resume "
-                   f"{journal.id}` continues it, `migrate rollback {journal.id}` undoes it",
-                   err=True)
+        _interrupted(journal)
         raise
     finally:
         kube.close(cluster)  # its queued Events: they exist once the command ends
@@ -158,20 +173,27 @@ def pod(
               ",".join(plan["containers"]), plan["switch"],
               " ".join(plan["images"].values()))]))
         return
-    journal = migration.start(settings, req, checked, time.perf_counter() - started)
-    _progress("preflight", f"passed; migration {journal.id}")
-    _finish(settings, cluster, journal, output)
+    journal = migration.open_journal(settings, req, checked, time.perf_counter() - started)
+    _finish(settings, cluster, journal, output, new=checked)
 
 
 def resume(
     ctx: typer.Context,
     journal_id: str = typer.Argument(..., metavar="ID", help="Migration id (migrate history).",
                                      show_default=False),
+    authfile: Path | None = AUTHFILE,
+    creds: str | None = CREDS,
+    tls_verify: bool | None = TLS_VERIFY_AGAIN,
+    cert_dir: Path | None = CERT_DIR,
     kubeconfig: Path | None = KUBECONFIG,
     context: str | None = CONTEXT,
     output: Format = typer.Option(Format.table, "-o", "--output", help="Output format."),
 ) -> None:
-    """Continue an interrupted migration from where it stopped."""
+    """Continue an interrupted migration from where it stopped.
+
+    The registry is reached as the run reached it (the journal keeps the
+    trust settings, never credentials); options given here win.
+    """
     from migrate.adapters import kube
     from migrate.errors import UsageError
     from migrate.pipeline.journal import Journal
@@ -180,6 +202,10 @@ def resume(
     journal = Journal.load(settings.state_dir, journal_id)
     if journal.outcome in ("succeeded", "rolled-back"):
         raise UsageError(f"migration {journal_id} has {journal.outcome}; nothing to resume")
+    settings = with_recorded_registry(
+        settings, journal.registry, run=f"migration {journal_id}",
+        command=f"migrate resume {journal_id}", needs_registry=not journal.done("build"),
+        authfile=authfile, creds=creds, tls_verify=tls_verify, cert_dir=cert_dir)
     journal.lock()
     _finish(settings, kube.connect(settings.kube, background_events=True), journal, output)
 
@@ -228,7 +254,7 @@ def history(
         failed = next((s.name for s in j.stages if s.status == "failed"), "")
         plan = j.stage("preflight").data.get("plan") or {}
         namespace = plan.get("namespace") or req.get("namespace") or "-"
-        rows.append({"id": j.id, "created": j.created, "outcome": j.outcome,
+        rows.append({"id": j.id, "created": j.created, "outcome": j.current_outcome(),
                      "pod": f"{namespace}/{req.get('pod')}",
                      "to": req.get("to"), "failed_stage": failed})
     if not rows and output is Format.table:
@@ -247,7 +273,7 @@ def _drain_history(settings: Settings, output: Format) -> None:
     for j in Journal.history(journal_dir(settings)):
         # The outcomes recorded so far: pods not reached yet have none.
         results = list((j.stage("drain").data.get("pods") or {}).values())
-        rows.append({"id": j.id, "created": j.created, "outcome": j.outcome,
+        rows.append({"id": j.id, "created": j.created, "outcome": j.current_outcome(),
                      "node": j.request.get("node"),
                      "pods": len(j.stage("plan").data.get("pods") or []),
                      "results": counts(results, "outcome")})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -16,6 +17,10 @@ CREDS = typer.Option(None, "--creds", help="USER:PASSWORD for the registry.",
 TLS_VERIFY = typer.Option(True, "--tls-verify/--no-tls-verify",
                           help="Verify the registry's TLS; --no-tls-verify also allows plain "
                           "HTTP.")
+TLS_VERIFY_AGAIN = typer.Option(None, "--tls-verify/--no-tls-verify",
+                                help="Verify the registry's TLS; --no-tls-verify also allows "
+                                "plain HTTP. Default: as the run being resumed had it.",
+                                show_default=False)
 KUBECONFIG = typer.Option(None, "--kubeconfig", help="Kubeconfig file (default: $KUBECONFIG, "
                           "~/.kube/config, or the in-cluster service account).",
                           show_default=False)
@@ -34,6 +39,21 @@ def with_registry(base: Settings, *, authfile: Path | None, creds: str | None,
     return dataclasses.replace(base, registry=dataclasses.replace(
         base.registry, tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile,
         creds=parse_creds(creds) if creds is not None else None))
+
+
+def with_recorded_registry(base: Settings, recorded: dict[str, Any], *, run: str, command: str,
+                           needs_registry: bool, authfile: Path | None, creds: str | None,
+                           tls_verify: bool | None, cert_dir: Path | None) -> Settings:
+    """``base`` with the registry settings a journal recorded, the options given winning
+    (see migrate.pipeline.trust)."""
+    from migrate.adapters.registry.auth import parse_creds
+    from migrate.pipeline import trust
+
+    given = trust.Given(tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile,
+                        creds=parse_creds(creds) if creds is not None else None)
+    return dataclasses.replace(base, registry=trust.resumed(
+        base.registry, recorded, given, run=run, command=command,
+        needs_registry=needs_registry))
 
 
 def with_kube(ctx: typer.Context, kubeconfig: Path | None, context: str | None,

@@ -78,6 +78,8 @@ PERMISSIONS: tuple[tuple[str, str, str, str, str, Status], ...] = (
     ("watch", "pods", "", "", "wait for the restored pod", Status.FAIL),
     ("create", "pods", "", "", "create the restored pod", Status.FAIL),
     ("delete", "pods", "", "", "remove the source pod after the switch-over", Status.FAIL),
+    ("patch", "pods", "", "", "claim the source pod (one migration at a time) and hand it "
+     "over", Status.FAIL),
     ("create", "nodes", "proxy", "", "checkpoint through the API server (--via apiserver)",
      Status.FAIL),
     ("create", "jobs", "", "batch", "build the image on the source node (--build-on node)",

@@ -45,7 +45,8 @@ API_CALLS: dict[str, tuple[Permission, ...]] = {
     "read_pod": (("", "pods", "get"),),
     "list_pods": (("", "pods", "list"),),
     "create_pod": (("", "pods", "create"),),
-    "patch_pod": (("", "pods", "patch"),),  # switch-over: deletion cost, held-back label
+    # claims (migrate.dev/claimed-by); switch-over: deletion cost, held-back label
+    "patch_pod": (("", "pods", "patch"),),
     "delete_pod": (("", "pods", "delete"),),
     "watch_pod": _POD_WATCH,
     "checkpoint_via_apiserver": (("", "nodes/proxy", "create"),),

@@ -8,7 +8,14 @@ atomic (a temporary file renamed over the old one) and private (0600): a
 journal names images and nodes, and a run may record registry locations.
 
 A run holds an exclusive lock on its journal (``ID.lock``, flock: released
-by the kernel if the process dies), so two `migrate resume ID` cannot race.
+by the kernel if the process dies), so two `migrate resume ID` cannot race,
+and a journal still saying ``running`` whose lock is free was left by a
+process that is gone (killed): it reads as interrupted.
+
+``registry`` keeps how the run reached the registry (TLS verification, the
+certificate directory, the credentials file, whether --creds gave
+credentials: never the credentials themselves), so that a resume can reach
+it the same way (trust.py).
 """
 
 from __future__ import annotations
@@ -76,6 +83,7 @@ class Journal:
     stages: list[Stage] = field(default_factory=list)
     objects: list[dict[str, str]] = field(default_factory=list)
     actions: list[dict[str, Any]] = field(default_factory=list)
+    registry: dict[str, Any] = field(default_factory=dict)
     _lock: int | None = None
     _clock: dict[str, float] = field(default_factory=dict)
 
@@ -83,12 +91,13 @@ class Journal:
 
     @classmethod
     def create(cls, state_dir: Path | None, kind: str, subject: str,
-               request: dict[str, Any], stages: list[str]) -> Journal:
+               request: dict[str, Any], stages: list[str],
+               registry: dict[str, Any] | None = None) -> Journal:
         """A new journal under ``state_dir``/journal, locked by this process."""
         directory = _directory(state_dir)
         journal_id = _new_id(kind, subject)
         j = cls(directory / f"{journal_id}.json", journal_id, kind, request, utc_now(),
-                stages=[Stage(s) for s in stages])
+                stages=[Stage(s) for s in stages], registry=dict(registry or {}))
         j.lock()
         j.save()
         return j
@@ -104,7 +113,7 @@ class Journal:
             data = json.loads(path.read_text())
             return cls(path, data["id"], data["kind"], data["request"], data["created"],
                        data["outcome"], [Stage(**s) for s in data["stages"]],
-                       data["objects"], data["actions"])
+                       data["objects"], data["actions"], dict(data.get("registry") or {}))
         except FileNotFoundError:
             raise NotFoundError(f"no migration journal {journal_id!r} in {path.parent}",
                                 hint="`migrate history` lists them") from None
@@ -140,12 +149,42 @@ class Journal:
             os.close(self._lock)
             self._lock = None
 
+    def lock_free(self) -> bool:
+        """Whether no run holds this journal's lock (this object, another one in this
+        process, or another process)."""
+        if self._lock is not None:
+            return False
+        try:
+            fd = os.open(self.path.with_suffix(".lock"), os.O_RDONLY)
+        except FileNotFoundError:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)  # releases the lock if this took it
+        return True
+
+    def current_outcome(self) -> str:
+        """The outcome; ``running`` with the lock free means the process that ran it is
+        gone (killed before it could say so): interrupted."""
+        if self.outcome == RUNNING and self.lock_free():
+            return "interrupted"
+        return self.outcome
+
+    def discard(self) -> None:
+        """Remove the journal of a run that changed nothing after all (refused)."""
+        self.path.unlink(missing_ok=True)
+        self.path.with_suffix(".lock").unlink(missing_ok=True)
+        self.unlock()
+
     def to_dict(self) -> dict[str, Any]:
         """JSON form (what the file holds)."""
         return {"schema": SCHEMA_VERSION, "id": self.id, "kind": self.kind,
                 "created": self.created, "outcome": self.outcome, "request": self.request,
                 "stages": [s.to_dict() for s in self.stages], "objects": self.objects,
-                "actions": self.actions}
+                "actions": self.actions, "registry": self.registry}
 
     def save(self) -> None:
         """Write atomically, mode 0600.
@@ -215,6 +254,14 @@ class Journal:
         """Record how the run ended."""
         self.outcome = outcome
         self.save()
+
+    def interrupted(self) -> None:
+        """Record an interruption (Ctrl-C, SIGTERM): the stages under way failed with
+        "interrupted", and so did the run, resumably."""
+        for s in self.stages:
+            if s.status == RUNNING:
+                self.fail(s.name, "interrupted")
+        self.set_outcome("interrupted")
 
 
 def _directory(state_dir: Path | None) -> Path:

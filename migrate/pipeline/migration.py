@@ -3,12 +3,16 @@
     preflight -> checkpoint -> build -> create -> verify -> switchover -> cleanup
 
 Safety rules this module keeps:
+- one run at a time per source: a run claims its source right after
+  preflight (claims.py) and a rollback releases it;
 - the source is touched only in `switchover`, after `verify` saw the
-  destination running from the checkpoint image;
+  destination running from the checkpoint image, and after a last look
+  that the destination node is still Ready and the restored pod still runs;
 - any failure before the switch-over rolls back what this run created (the
   journal lists it) and leaves the source as it was; the error names the
   stage, and the journal keeps the actions taken;
-- Ctrl-C leaves everything as it is and the journal resumable.
+- an interruption (Ctrl-C, SIGTERM: KeyboardInterrupt here) leaves everything
+  as it is and the journal `interrupted`, resumable, wherever it lands.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from migrate.adapters import kube
 from migrate.adapters.checkpoint import Checkpoint
 from migrate.adapters.registry.reference import parse_reference
 from migrate.errors import ClusterError, MigrateError, UsageError
-from migrate.pipeline import nodebuild, restore, switchover
+from migrate.pipeline import claims, nodebuild, restore, switchover, trust
 from migrate.pipeline.build import BuildRequest, build_image
 from migrate.pipeline.journal import DONE, Journal
 from migrate.pipeline.manifest import PodSource, RestoreOptions, render_restore_pod
@@ -41,8 +45,9 @@ Progress = Callable[[str, str], None]  # (stage, message)
 class StageFailed(MigrateError):
     """A stage failed; the run was rolled back. Carries the cause's exit code."""
 
-    def __init__(self, stage: str, cause: MigrateError, journal: Journal) -> None:
-        super().__init__(f"{stage}: {cause.message}", hint=cause.hint)
+    def __init__(self, stage: str, cause: MigrateError, journal: Journal,
+                 hint: str | None = None) -> None:
+        super().__init__(f"{stage}: {cause.message}", hint=hint or cause.hint)
         self.exit_code = cause.exit_code
         self.stage = stage
         self.journal = journal
@@ -236,6 +241,10 @@ def _switchover(run: Run) -> dict[str, Any]:
     timeout = run.req.timeout
     if plan.switch == "keep":
         return {"source_stopped_at": None}
+    # Verify may have ended a while ago (a resume, a slow watch): look again, last
+    # thing before the source is touched.
+    switchover.check_destination(run.cluster, plan.namespace, created["pod"], created["uid"],
+                                 plan.destination, plan.containers)
     run.journal.record("switch-over", mode=plan.switch, source=plan.pod)
     if plan.switch == "handover":
         assert plan.owner is not None
@@ -256,6 +265,8 @@ def _switchover(run: Run) -> dict[str, Any]:
 
 def _cleanup(run: Run) -> dict[str, Any]:
     removed = _delete_temporaries(run, kinds=("Job", "Secret"))
+    if run.plan.switch == "keep" and _release(run):  # the source runs on: free again
+        run.journal.record("released", pod=run.plan.pod)
     if run.req.cleanup_archive:
         for info in run.data("build")["images"].values():
             if info.get("local_archive"):
@@ -316,13 +327,16 @@ def _event(run: Run, pod: Obj | None, reason: str, message: str, warning: bool =
 # -- running, resuming, rolling back -----------------------------------------------------
 
 
-def start(settings: Settings, req: PodRequest, plan: Plan, seconds: float) -> Journal:
-    """Open the journal of a run whose preflight passed.
+def open_journal(settings: Settings, req: PodRequest, plan: Plan, seconds: float) -> Journal:
+    """Open the journal of a run whose preflight passed (then `claim` the source).
 
     Preflight changes nothing, so a refusal there leaves no journal behind: the
-    history lists runs that touched the cluster.
+    history lists runs that touched the cluster. The journal exists before the
+    claim is written, so that a claim always has a journal to resume or roll
+    back with.
     """
-    journal = Journal.create(settings.state_dir, "pod", req.pod, req.to_dict(), STAGES)
+    journal = Journal.create(settings.state_dir, "pod", req.pod, req.to_dict(), STAGES,
+                             registry=trust.record(settings.registry))
     stage = journal.stage("preflight")
     stage.status, stage.started, stage.ended = DONE, journal.created, journal.created
     stage.seconds = round(seconds, 6)
@@ -331,30 +345,90 @@ def start(settings: Settings, req: PodRequest, plan: Plan, seconds: float) -> Jo
     return journal
 
 
+def claim(cluster: kube.Cluster, settings: Settings, journal: Journal, plan: Plan) -> None:
+    """Claim the source for a new run (claims.py), conditional on what preflight read.
+
+    A refused claim changed nothing: its journal goes again, and the refusal
+    (`claims.Claimed`) is raised.
+    """
+    try:
+        claims.take(cluster, settings.state_dir, plan.namespace, plan.pod, plan.uid,
+                    journal.id, plan.resource_version)
+        journal.record("claimed", pod=plan.pod)
+    except KeyboardInterrupt:
+        journal.interrupted()  # the claim may be written: resume or rollback deals with it
+        raise
+    except MigrateError:
+        # Refused or failed: this run's claim was not written (a write whose answer was
+        # lost is retried, and the retry finds it); nothing to keep.
+        journal.discard()
+        raise
+
+
+def start(cluster: kube.Cluster, settings: Settings, req: PodRequest, plan: Plan,
+          seconds: float) -> Journal:
+    """`open_journal` and `claim`: a new run, ready to `execute`."""
+    journal = open_journal(settings, req, plan, seconds)
+    claim(cluster, settings, journal, plan)
+    return journal
+
+
+def resume(cluster: kube.Cluster, settings: Settings, journal: Journal,
+           progress: Progress) -> Journal:
+    """Continue a run from its journal: make sure it still holds its source, then
+    `execute` what is left."""
+    if journal.done("preflight") and not journal.done("switchover"):
+        plan = Plan.from_dict(journal.stage("preflight").data["plan"])
+        try:
+            claims.take(cluster, settings.state_dir, plan.namespace, plan.pod, plan.uid,
+                        journal.id)
+        except KeyboardInterrupt:
+            journal.interrupted()
+            raise
+    return execute(cluster, settings, journal, progress)
+
+
 def execute(cluster: kube.Cluster, settings: Settings, journal: Journal,
             progress: Progress) -> Journal:
-    """Run the stages not yet done; roll back on failure (before the switch-over)."""
+    """Run the stages not yet done; roll back on failure (before the switch-over).
+
+    An interruption anywhere in here, between stages and in a rollback too,
+    leaves the journal `interrupted`, never `running`.
+    """
     run = Run(cluster, settings, journal, progress)
-    journal.set_outcome("running")
-    for name in STAGES:
-        if journal.done(name):
-            continue
-        progress(name, "started")
-        journal.begin(name)
-        try:
-            data = STAGE_FUNCTIONS[name](run)
-        except KeyboardInterrupt:
-            journal.fail(name, "interrupted")
-            journal.set_outcome("interrupted")
-            raise
-        except MigrateError as e:
-            journal.fail(name, e.message)
-            _failed(run, name, e)
-            raise StageFailed(name, e, journal) from e
-        journal.finish(name, **data)
-        progress(name, f"done in {journal.stage(name).seconds:.3f} s")
-    journal.set_outcome("succeeded")
+    try:
+        journal.set_outcome("running")
+        for name in STAGES:
+            if not journal.done(name):
+                _stage(run, name)
+        journal.set_outcome("succeeded")
+    except KeyboardInterrupt:
+        journal.interrupted()
+        raise
     return journal
+
+
+def _stage(run: Run, name: str) -> None:
+    journal = run.journal
+    run.progress(name, "started")
+    journal.begin(name)
+    try:
+        data = STAGE_FUNCTIONS[name](run)
+    except MigrateError as e:
+        journal.fail(name, e.message)
+        try:
+            _failed(run, name, e)
+        except MigrateError as undo:
+            # Half undone: not over (nor "failed", whose claim another run may take), but
+            # stopped, like an interruption: `migrate rollback` finishes the undoing.
+            journal.record("rollback failed", error=undo.message)
+            journal.set_outcome("interrupted")
+            raise StageFailed(name, e, journal, hint=f"the rollback failed too "
+                              f"({undo.message}): `migrate rollback {journal.id}` tries "
+                              "again") from e
+        raise StageFailed(name, e, journal) from e
+    journal.finish(name, **data)
+    run.progress(name, f"done in {journal.stage(name).seconds:.3f} s")
 
 
 def _failed(run: Run, stage: str, error: MigrateError) -> None:
@@ -404,7 +478,17 @@ def rollback(run: Run) -> list[str]:
         journal.record("rollback: " + line)
     journal.objects = []
     journal.save()
+    # Last: the source is free for another run only once nothing of this one is left.
+    if _release(run):
+        undone.append(f"released the claim on {run.plan.pod}")
+        journal.record("rollback: " + undone[-1])
     return undone
+
+
+def _release(run: Run) -> bool:
+    """Remove this run's claim from the source, if it still carries it."""
+    plan = run.plan
+    return claims.release(run.cluster, plan.namespace, plan.pod, plan.uid, run.journal.id)
 
 
 def rollback_journal(cluster: kube.Cluster, settings: Settings, journal: Journal) -> list[str]:

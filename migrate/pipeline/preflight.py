@@ -1,15 +1,15 @@
 """Preflight: everything that can be known before anything is changed.
 
-The pod exists and runs; its owner lets it move; the destination exists, is
-Ready, schedulable, not the source, runs CRI-O and admits the pod; the
-registry answers. The result is the `Plan` every later stage follows, and
-what `--dry-run` prints.
+The pod exists and runs; no other migration claims it (claims.py); its owner
+lets it move; the destination exists, is Ready, schedulable, not the source,
+runs CRI-O and admits the pod; the registry answers. The result is the
+`Plan` every later stage follows, and what `--dry-run` prints.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +17,7 @@ from migrate.adapters import kube
 from migrate.adapters.registry.client import RegistryClient
 from migrate.adapters.registry.reference import Reference, parse_reference
 from migrate.errors import ClusterError, UsageError
-from migrate.pipeline import nodes, placement
+from migrate.pipeline import claims, nodes, placement
 from migrate.pipeline.containers import resolve_container
 from migrate.settings import Settings
 
@@ -80,6 +80,9 @@ class Plan:
     images: dict[str, str]  # container -> image reference to push
     owner: tuple[str, str] | None  # (kind, name) of the controller
     switch: str  # delete | handover | keep
+    # The pod's resourceVersion preflight read and judged: the claim written right
+    # after is conditional on it. Not journaled: a resumed run reads the pod again.
+    resource_version: str | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -188,6 +191,7 @@ def preflight(cluster: kube.Cluster, settings: Settings, req: PodRequest) -> Pla
     if (pod["metadata"]).get("deletionTimestamp"):
         raise ClusterError(f"pod {namespace}/{req.pod} is being deleted",
                            hint="nothing to migrate")
+    claims.check(settings.state_dir, pod)
     owner = controller_of(pod)
     if owner and owner[0] in REFUSED_OWNERS:
         raise UsageError(f"pod {namespace}/{req.pod} is owned by {owner[0]} {owner[1]}: "
@@ -202,4 +206,4 @@ def preflight(cluster: kube.Cluster, settings: Settings, req: PodRequest) -> Pla
     check_registry(settings, images)
     switch = "keep" if req.keep_source else ("handover" if owner else "delete")
     return Plan(namespace, req.pod, pod["metadata"].get("uid", ""), source, req.to, containers,
-                images, owner, switch)
+                images, owner, switch, pod["metadata"].get("resourceVersion"))

@@ -1,6 +1,10 @@
 """Switch-over: the restored pod takes the source's place; the source goes.
 
-Runs only after the destination is verified. Three ways:
+Runs only after the destination is verified, and only after a last look
+(`check_destination`): the destination node is still Ready and the restored
+pod still the one verified, Running and ready. A node that went NotReady
+during verify fails the stage before the source is touched, and the run is
+rolled back like any failure before the switch-over. Three ways:
 
 - delete: a bare pod's source is deleted (its uid as a precondition, so a
   new pod that took the name is never touched).
@@ -21,6 +25,7 @@ from typing import Any
 
 from migrate.adapters import kube
 from migrate.errors import ClusterError
+from migrate.pipeline import nodes
 
 Obj = dict[str, Any]
 
@@ -40,6 +45,33 @@ def held_back_label(pod: Obj, owner: Obj) -> tuple[str, str]:
                            "pod back from it", hint="use --keep-source and move it by hand")
     key = "pod-template-hash" if "pod-template-hash" in candidates else sorted(candidates)[0]
     return key, str(labels[key])
+
+
+class DestinationLost(ClusterError):
+    """The verified destination is no longer fit to take over: the source stays."""
+
+
+def check_destination(cluster: kube.Cluster, namespace: str, name: str, uid: str, node: str,
+                      containers: tuple[str, ...]) -> None:
+    """Refuse to switch over unless ``node`` is Ready and pod ``uid`` still runs there with
+    ``containers`` running and ready."""
+    hint = "the source was not touched; migrate it again when the destination is healthy"
+    ready, why = nodes.ready(kube.read_node(cluster, node))
+    if not ready:
+        raise DestinationLost(f"destination node {node} is not Ready any more: {why}", hint=hint)
+    found = kube.list_pods(cluster, namespace, field_selector=f"metadata.name={name}")
+    pod = found[0] if found and found[0]["metadata"].get("uid") == uid else None
+    if pod is None or pod["metadata"].get("deletionTimestamp"):
+        raise DestinationLost(f"the restored pod {name} is gone or going", hint=hint)
+    status = pod.get("status") or {}
+    statuses = {s["name"]: s for s in status.get("containerStatuses") or []}
+    unready = [c for c in containers if not ((statuses.get(c) or {}).get("ready") and (
+        (statuses.get(c) or {}).get("state") or {}).get("running"))]
+    if status.get("phase") != "Running" or unready:
+        raise DestinationLost(f"the restored pod {name} is not running and ready any more "
+                              f"({status.get('phase')}"
+                              f"{'; not ready: ' + ', '.join(unready) if unready else ''})",
+                              hint=hint)
 
 
 def wait_gone(cluster: kube.Cluster, namespace: str, name: str, uid: str,

@@ -9,7 +9,8 @@
     skip     DaemonSet pods, mirror pods of static pods, pods already
              terminating or completed: a drain leaves them (kubectl drain
              --ignore-daemonsets does the same).
-    blocked  a pod to migrate that no destination fits (placement decides).
+    blocked  a pod to migrate that no destination fits (placement decides), and
+             any pod another migration has claimed (plan.py).
 """
 
 from __future__ import annotations

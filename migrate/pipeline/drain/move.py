@@ -69,7 +69,7 @@ def _start(ctx: Context, cluster: kube.Cluster, entry: PodPlan) -> Journal:
         raise
     if plan.uid != entry.uid:
         raise _Gone
-    journal = migration.start(ctx.settings, req, plan, time.perf_counter() - t0)
+    journal = migration.start(cluster, ctx.settings, req, plan, time.perf_counter() - t0)
     result = ctx.state.result(entry.key)
     ctx.state.update(entry.key, journals=[*result.get("journals", []), journal.id],
                      attempts=int(result.get("attempts", 0)) + 1)
@@ -101,6 +101,7 @@ def _retryable(ctx: Context, entry: PodPlan, error: MigrateError) -> bool:
 def _run(ctx: Context, cluster: kube.Cluster, entry: PodPlan,
          journal: Journal | None) -> dict[str, Any]:
     """One attempt: continue ``journal`` or start a new run; the result's fields."""
+    resumed = journal is not None
     journal = journal or _start(ctx, cluster, entry)
     try:
         if journal.outcome == "failed":  # after its switch-over: nothing to retry
@@ -108,7 +109,8 @@ def _run(ctx: Context, cluster: kube.Cluster, entry: PodPlan,
             return {"outcome": FAILED, "error": f"{failed.name}: {failed.error}" if failed
                     else f"migration {journal.id} failed"}
         if journal.outcome != "succeeded":
-            migration.execute(cluster, ctx.settings, journal, _progress(ctx, entry))
+            (migration.resume if resumed else migration.execute)(
+                cluster, ctx.settings, journal, _progress(ctx, entry))
     except KeyboardInterrupt:
         if journal.outcome == "running":
             journal.set_outcome("interrupted")

@@ -3,7 +3,8 @@
 Read-only: it lists the node's pods (all namespaces), the candidate
 destinations, every pod (for what each destination already holds) and the
 disruption budgets; `classify` decides each pod's action, `place` the
-destination of each pod to migrate. Pods no destination fits are evicted
+destination of each pod to migrate. A pod another migration has claimed
+(claims.py) is blocked, whatever it would be otherwise. Pods no destination fits are evicted
 (--evict-rest, the default) or left blocked (--skip-rest), which also
 leaves the pods that would be evicted where they are.
 """
@@ -12,10 +13,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from migrate.adapters import kube
 from migrate.errors import ClusterError, UsageError
+from migrate.pipeline import claims
 from migrate.pipeline.drain import place
 from migrate.pipeline.drain.budgets import covering
 from migrate.pipeline.drain.classify import BLOCKED, EVICT, MIGRATE, SKIP, classify
@@ -135,10 +138,19 @@ def _entry(pod: Obj, action: str, reason: str, budgets: list[Obj]) -> PodPlan:
                    budgets=covering(pod, budgets))
 
 
-def make_plan(snap: Snapshot, req: DrainRequest) -> list[PodPlan]:
-    """Classify and place every pod of the snapshot (pure: no API calls)."""
+def make_plan(snap: Snapshot, req: DrainRequest,
+              claimed: dict[str, str] | None = None) -> list[PodPlan]:
+    """Classify and place every pod of the snapshot (pure: no API calls).
+
+    ``claimed``: uid -> why, for pods another migration holds (claims.py). They
+    are blocked, whatever else they would be: neither migrated a second time
+    nor evicted from under the run moving them.
+    """
     entries = [_entry(p, *classify(p, selected=p["metadata"]["uid"] in snap.selected),
                       snap.budgets) for p in snap.on_node]
+    for e in entries:
+        if e.uid in (claimed or {}) and e.action != SKIP:
+            e.action, e.reason = BLOCKED, (claimed or {})[e.uid]
     by_node: dict[str, list[Obj]] = defaultdict(list)
     for pod in snap.running:
         by_node[(pod.get("spec") or {}).get("nodeName") or ""].append(pod)
@@ -151,16 +163,20 @@ def make_plan(snap: Snapshot, req: DrainRequest) -> list[PodPlan]:
     for e in entries:
         if e.action == MIGRATE:
             e.destination, why = placed[e.uid]
-            if e.destination is None:
+            if e.destination is None and req.evict_rest:
+                e.action, e.reason = EVICT, f"{why}; evicted instead (--evict-rest)"
+            elif e.destination is None:
                 e.action, e.reason = BLOCKED, why
-        if e.action == BLOCKED and req.evict_rest:
-            e.action, e.reason = EVICT, f"{e.reason}; evicted instead (--evict-rest)"
         elif e.action == EVICT and not req.evict_rest:
             e.action, e.reason = SKIP, f"left on the node (--skip-rest): {e.reason}"
     order = {MIGRATE: 0, EVICT: 1, BLOCKED: 2, SKIP: 3}
     return sorted(entries, key=lambda e: (order[e.action], e.namespace, e.name))
 
 
-def plan(cluster: kube.Cluster, req: DrainRequest) -> list[PodPlan]:
-    """Read the cluster and make the plan."""
-    return make_plan(gather(cluster, req), req)
+def plan(cluster: kube.Cluster, req: DrainRequest, state_dir: Path | None) -> list[PodPlan]:
+    """Read the cluster and make the plan; ``state_dir``: where the journals of the runs
+    that may claim its pods are (their claims are judged by them)."""
+    snap = gather(cluster, req)
+    claimed = {p["metadata"].get("uid", ""): why for p in snap.on_node
+               if (why := claims.blocked_reason(state_dir, p)) is not None}
+    return make_plan(snap, req, claimed)

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from migrate.adapters import kube
 from migrate.errors import MigrateError
+from migrate.pipeline import trust
 from migrate.pipeline.drain.budgets import Budgets
 from migrate.pipeline.drain.evict import evict_pod
 from migrate.pipeline.drain.move import migrate_pod
@@ -65,8 +66,10 @@ def uncordon(cluster: kube.Cluster, node: str) -> bool:
 
 
 def start(settings: Settings, req: DrainRequest) -> Journal:
-    """Open a new drain's journal (locked by this process)."""
-    return Journal.create(journal_dir(settings), "drain", req.node, req.to_dict(), STAGES)
+    """Open a new drain's journal (locked by this process); it keeps how the registry was
+    reached, for `--resume` (trust.py)."""
+    return Journal.create(journal_dir(settings), "drain", req.node, req.to_dict(), STAGES,
+                          registry=trust.record(settings.registry))
 
 
 def load(settings: Settings, journal_id: str) -> Journal:
@@ -87,12 +90,13 @@ def _cordon_stage(cluster: kube.Cluster, state: DrainState, progress: Progress) 
         progress("drain", f"cordoned {node}")
 
 
-def _plan_stage(cluster: kube.Cluster, state: DrainState, progress: Progress) -> None:
+def _plan_stage(cluster: kube.Cluster, settings: Settings, state: DrainState,
+                progress: Progress) -> None:
     journal = state.journal
     if journal.done("plan"):
         return
     journal.begin("plan")
-    entries = plan(cluster, state.request)
+    entries = plan(cluster, state.request, settings.state_dir)
     journal.finish("plan", pods=[e.to_dict() for e in entries])
     counts: dict[str, int] = {}
     for e in entries:
@@ -164,15 +168,15 @@ def execute(cluster: kube.Cluster, settings: Settings, journal: Journal,
     succeeded, partial (some pods failed or are blocked) or interrupted (raised)."""
     state, stop = DrainState(journal), threading.Event()
     ctx = Context(cluster, settings, state, Budgets(stop), stop, progress)
-    journal.set_outcome("running")
     requests_before = cluster.requests
     try:
+        journal.set_outcome("running")
         _cordon_stage(cluster, state, progress)
-        _plan_stage(cluster, state, progress)
+        _plan_stage(cluster, settings, state, progress)
         journal.begin("drain")
         _run_pool(ctx, _settle(state, state.plan()))
     except KeyboardInterrupt:
-        _interrupted(journal)
+        journal.interrupted()
         raise
     except MigrateError as e:
         stage = next((s.name for s in journal.stages if s.status == "running"), "drain")
@@ -184,18 +188,11 @@ def execute(cluster: kube.Cluster, settings: Settings, journal: Journal,
     return _conclude(state)
 
 
-def _interrupted(journal: Journal) -> None:
-    for s in journal.stages:
-        if s.status == "running":
-            journal.fail(s.name, "interrupted")
-    journal.set_outcome("interrupted")
-
-
 def _conclude(state: DrainState) -> Journal:
     journal = state.journal
     outcomes = [state.result(e.key)["outcome"] for e in state.plan()]
     if INTERRUPTED in outcomes or PENDING in outcomes:  # the pool was stopped
-        _interrupted(journal)
+        journal.interrupted()
         raise KeyboardInterrupt
     journal.finish("drain")
     journal.set_outcome("succeeded" if all(o in SUCCESSFUL for o in outcomes) else "partial")
