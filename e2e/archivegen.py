@@ -153,12 +153,15 @@ def _memory(spec: ArchiveSpec, p: Process, index: int) -> tuple[dict[str, Any], 
     env = b"\0".join(e.encode() for e in p.env) + b"\0"
     stack = args + env
     stack_pages, heap_pages = _pages(len(stack)), _pages(len(p.heap))
+    # Stack and heap are anonymous private memory: CRIU flags it lazy and adds
+    # PE_PRESENT as it writes the pages (every dump made without --lazy-pages).
+    anon = PE_LAZY | PE_PRESENT
     entries: list[dict[str, Any]] = [
-        {"vaddr": STACK_BASE, "nr_pages": stack_pages, "flags": PE_PRESENT}]
+        {"vaddr": STACK_BASE, "nr_pages": stack_pages, "flags": anon}]
     if spec.parent_run:
         entries.append({"vaddr": PARENT_BASE, "nr_pages": 3, "in_parent": True,
                         "flags": PE_PARENT})
-    entries.append({"vaddr": HEAP_BASE, "nr_pages": heap_pages, "flags": PE_PRESENT})
+    entries.append({"vaddr": HEAP_BASE, "nr_pages": heap_pages, "flags": anon})
     bulk = spec.bulk_pages if index == 1 else 0
     if bulk:
         entries.append({"vaddr": BULK_BASE, "nr_pages": bulk, "flags": PE_PRESENT})
