@@ -1,14 +1,16 @@
 """Extract untrusted tar members without letting any of them escape the target.
 
 Two independent guards: a static check of every member before anything is
-written (names, link targets, special files), then tarfile's ``data`` filter
+written (names, link targets, device nodes), then tarfile's ``data`` filter
 during extraction, which also resolves symlinks already present in the target.
-Extracted files are private (0600, directories 0700): a container's files can
-hold its secrets.
+Extracted files (and fifos) are private (0600, directories 0700): a
+container's files can hold its secrets.
 """
 
 from __future__ import annotations
 
+import copy
+import os
 import posixpath
 import tarfile
 from collections.abc import Iterable
@@ -20,7 +22,10 @@ from migrate.errors import ArchiveError, UnsafeArchiveError
 if TYPE_CHECKING:
     from migrate.adapters.archive import Member, RangeReader
 
-_SPECIAL = {"char", "block", "fifo", "other"}
+# Device nodes are refused. A fifo is not: containers make them (Podman records
+# them in rootfs-diff.tar), it holds no data and is recreated 0600 at a path
+# checked like a regular file's.
+_SPECIAL = {"char", "block", "other"}
 
 
 _MAX_LINK_HOPS = 40  # as the kernel's ELOOP limit
@@ -108,6 +113,13 @@ def check_members(members: Iterable[Member], label: str) -> None:
 
 
 def _private(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    if member.isfifo():
+        # The data filter refuses every special file: check the path as a file's.
+        as_file = copy.copy(member)
+        as_file.type = tarfile.REGTYPE
+        fifo = tarfile.data_filter(as_file, dest).replace(mode=0o600)
+        fifo.type = tarfile.FIFOTYPE
+        return fifo
     checked = tarfile.data_filter(member, dest)
     if checked.isdir():
         return checked.replace(mode=0o700, deep=False)
@@ -120,6 +132,10 @@ def extract_checked(reader: RangeReader, dest: Path, label: str) -> None:
     """Extract the tar behind ``reader`` into ``dest`` (created 0700 if missing)."""
     dest.mkdir(mode=0o700, parents=True, exist_ok=True)
     reader.seek(0)
+    # Parents the tar has no entry for (Podman's rootfs-diff.tar has none) are
+    # made by tarfile with the umask's mode: 0700 needs the umask. Extraction
+    # runs on the CLI's only thread, so the process-wide change is contained.
+    umask = os.umask(0o077)
     try:
         with tarfile.open(fileobj=reader, mode="r:") as tf:
             tf.extractall(dest, filter=_private)
@@ -134,3 +150,5 @@ def extract_checked(reader: RangeReader, dest: Path, label: str) -> None:
             label, f"extraction into {dest} failed: {e}",
             hint="check that the directory is writable and the disk has space",
         ) from e
+    finally:
+        os.umask(umask)
