@@ -9,6 +9,9 @@ Loaded from tests/conftest.py (`pytest_plugins`). Fixtures (session scope):
                                 --compress none` of it, with the /proc ground truth
     real_podman_archive_gzip    the same with --compress gzip
     real_podman_archive_zstd    the same with --compress zstd (Podman's default)
+    real_crio_archive           a CRI-O-layout archive made as CRI-O makes one: `runc
+                                checkpoint` of the same container, packed with CRI-O's
+                                metadata (e2e/real/crio.py); .pod holds its Kubernetes names
     real_tools                  e2e.real.tools.Tools (criu, crit, checkpointctl)
 
 Checkpoints are taken with --leave-running, so every archive is of the same,
@@ -29,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from e2e.real import tools as real_tools_mod
+from e2e.real.crio import Pod, crio_archive
 from e2e.real.podman import PodmanWorld
 from e2e.real.truth import Truth, read_truth
 from e2e.real.workload import (
@@ -41,7 +45,9 @@ from e2e.real.workload import (
     start_workload,
 )
 
-__all__ = ["RealArchive", "require"]
+__all__ = ["CRIO_POD", "RealArchive", "require"]
+
+CRIO_POD = Pod()
 
 
 def require(reason: str | None) -> None:
@@ -111,6 +117,21 @@ def real_podman_archive(real_world: PodmanWorld, real_container: Container, _rea
     """Podman's export of the workload, uncompressed."""
     return _export(real_world, real_container, _real_secret,
                    tmp_path_factory.mktemp("real-none"), "none")
+
+
+@pytest.fixture(scope="session")
+def real_crio_archive(real_world: PodmanWorld, real_container: Container, _real_secret: str,
+                      tmp_path_factory: pytest.TempPathFactory) -> RealArchive:
+    """`runc checkpoint` of the workload, packed as CRI-O packs it."""
+    out_dir = tmp_path_factory.mktemp("real-crio")
+    ctr = real_container
+    truth = read_truth(ctr.host_pid, _real_secret.encode(), WORKLOAD_FILES)
+    view = engine_view(real_world, ctr.name)
+    path = crio_archive(real_world, ctr.name, ctr.host_pid, view,
+                        out_dir / f"checkpoint-{CRIO_POD.name}_{CRIO_POD.namespace}-"
+                        f"{CRIO_POD.container}.tar", CRIO_POD)
+    (out_dir / "truth-crio.json").write_text(truth.to_json())
+    return RealArchive(path, truth, _real_secret, ctr.name, "none", view)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ checkpointctl" lists them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import re
@@ -31,7 +32,7 @@ from migrate.cli.app import run
 from migrate.forensics.memsearch import escape
 from migrate.units import human_size
 from tests.conftest import Result
-from tests.real import RealArchive, require
+from tests.real import CRIO_POD, RealArchive, require
 
 pytestmark = pytest.mark.real
 Cli = Callable[..., Result]
@@ -72,13 +73,38 @@ def checkpointctl() -> Callable[..., str]:
     return lambda *args: _run([path, *args])
 
 
-@pytest.fixture(scope="session")
-def inspected(real_podman_archive: RealArchive) -> dict[str, Any]:
-    """`migrate inspect --all -o json` of the archive (run once)."""
+@functools.cache
+def _inspect(path: Path) -> dict[str, Any]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert run(["inspect", str(real_podman_archive.path), "--all", "-o", "json"]) == 0
+        assert run(["inspect", str(path), "--all", "-o", "json"]) == 0
     result: dict[str, Any] = json.loads(out.getvalue())
+    return result
+
+
+@pytest.fixture(scope="session")
+def inspected(real_podman_archive: RealArchive) -> dict[str, Any]:
+    """`migrate inspect --all -o json` of Podman's archive (run once)."""
+    return _inspect(real_podman_archive.path)
+
+
+# Both real archives: Podman's export, and CRI-O's layout around `runc checkpoint`.
+BOTH = pytest.mark.parametrize("archive", ["real_podman_archive", "real_crio_archive"],
+                               indirect=True)
+
+
+@pytest.fixture
+def archive(request: pytest.FixtureRequest) -> RealArchive:
+    """The real archive a parametrized test names."""
+    result: RealArchive = request.getfixturevalue(request.param)
+    return result
+
+
+def _list_json(directory: Path) -> list[dict[str, Any]]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert run(["list", str(directory), "-o", "json"]) == 0
+    result: list[dict[str, Any]] = json.loads(out.getvalue())
     return result
 
 
@@ -92,11 +118,11 @@ def _walk(node: dict[str, Any], parent: int = 0) -> Iterator[tuple[int, dict[str
 # --- migrate against /proc -----------------------------------------------------------
 
 
-def test_process_tree_commands_and_environments_match_proc(
-        real_podman_archive: RealArchive, inspected: dict[str, Any]) -> None:
-    truth = real_podman_archive.truth.processes
+@BOTH
+def test_process_tree_commands_and_environments_match_proc(archive: RealArchive) -> None:
+    truth = archive.truth.processes
     seen = {}
-    for parent, node in _walk(inspected["process_tree"]):
+    for parent, node in _walk(_inspect(archive.path)["process_tree"]):
         p = truth[node["pid"]]
         seen[node["pid"]] = {"ppid": parent, "command": node["command"],
                              "cmdline": node["cmdline"], "environment": node["environment"]}
@@ -106,9 +132,9 @@ def test_process_tree_commands_and_environments_match_proc(
     assert len(seen) == PROCESSES
 
 
-def test_memparse_addresses_and_bytes_match_proc(cli: Cli,
-                                                 real_podman_archive: RealArchive) -> None:
-    a = real_podman_archive
+@BOTH
+def test_memparse_addresses_and_bytes_match_proc(cli: Cli, archive: RealArchive) -> None:
+    a = archive
     r = cli("memparse", a.path, "--search", a.secret, "--context", CONTEXT, "-o", "json")
     assert r.code == 0, r.err
     got = {(m["pid"], m["address"]): m for m in r.json()}
@@ -172,21 +198,47 @@ def test_rootfs_diff_matches_podman_and_proc(cli: Cli, real_podman_archive: Real
     assert (tmp_path / "out/var/log/app.log").read_text() == a.truth.files["/var/log/app.log"]
 
 
-def test_every_command_reads_the_real_archive(cli: Cli, real_podman_archive: RealArchive,
-                                              inspected: dict[str, Any]) -> None:
-    """The tables as well as the JSON: nothing Podman writes is an error."""
-    a = real_podman_archive
+@BOTH
+def test_every_command_reads_the_real_archive(cli: Cli, archive: RealArchive) -> None:
+    """The tables as well as the JSON: nothing the engines write is an error."""
+    a = archive
     for args in (["show", "--stats"], ["inspect", "--all"], ["memparse"],
                  ["memparse", "--search", a.secret], ["rootfs-diff"]):
         r = cli(args[0], a.path, *args[1:])
         assert (r.code, r.err) == (0, ""), args
-    r = cli("list", a.path.parent, "-o", "json")
-    (entry,) = r.json()
-    assert (entry["container_name"], entry["engine"]) == (a.container, "Podman")
-    # No checkpointedTime in Podman's config.dump: CRIU's inventory time, just now.
+    inspected = _inspect(a.path)
+    (entry,) = cli("list", a.path.parent, "-o", "json").json()
+    assert (entry["container_name"], entry["engine"]) == (inspected["container_name"],
+                                                         inspected["engine"])
+    # Podman's config.dump has no checkpointedTime: CRIU's inventory time stands
+    # in; CRI-O's has one. Either way: just now.
     taken = _instant(entry["checkpointed"])
     assert abs((datetime.now(UTC) - taken).total_seconds()) < 600
     assert {m["destination"] for m in inspected["mounts"]} >= {TMPFS, "/proc", "/dev"}
+
+
+def test_crio_layout_identity_and_build(cli: Cli, real_crio_archive: RealArchive,
+                                        tmp_path: Path) -> None:
+    """CRI-O's layout around real CRIU images: identity from annotations, dump.log read."""
+    a, view = real_crio_archive, real_crio_archive.engine
+    (shown,) = cli("show", a.path, "-o", "json").json()
+    assert {k: shown[k] for k in ("container_name", "pod_name", "namespace", "engine", "ip",
+                                  "id", "image", "created")} == {
+        "container_name": CRIO_POD.container, "pod_name": CRIO_POD.name,
+        "namespace": CRIO_POD.namespace, "engine": "CRI-O", "ip": view.ip, "id": view.id,
+        "image": view.image, "created": view.created}
+    assert _inspect(a.path)["hostname"] == HOSTNAME
+    (entry,) = cli("list", a.path.parent, "-o", "json").json()
+    assert (entry["namespace"], entry["pod_name"], entry["engine"]) == (
+        CRIO_POD.namespace, CRIO_POD.name, "CRI-O")
+    r = cli("build", a.path, "--image", "localhost/forensics:1", "--no-push", "--oci-layout",
+            tmp_path / "oci", "-o", "json")
+    assert r.code == 0, r.err
+    notes = r.json()["annotations"]
+    # The CRIU version comes from the real dump.log's "Version: 4.1.1" line.
+    assert notes["io.kubernetes.cri-o.annotations.checkpoint.criu.version"] == \
+        real.versions()["CRIU_VERSION"]
+    assert notes["io.kubernetes.cri-o.annotations.checkpoint.name"] == CRIO_POD.container
 
 
 # --- migrate against crit ------------------------------------------------------------
@@ -297,29 +349,42 @@ def _table(text: str) -> list[dict[str, str]]:
     return [dict(zip(head, re.split(r"\s{2,}", ln.strip()), strict=True)) for ln in lines[i + 1:]]
 
 
+@BOTH
 def test_show_matches_checkpointctl(cli: Cli, checkpointctl: Callable[..., str],
-                                    real_podman_archive: RealArchive) -> None:
-    (theirs,) = _table(checkpointctl("show", real_podman_archive.path))
-    r = cli("show", real_podman_archive.path)
+                                    archive: RealArchive) -> None:
+    (theirs,) = _table(checkpointctl("show", archive.path))
+    r = cli("show", archive.path)
     head, row = r.out.splitlines()
     ours = dict(zip(re.split(r"\s{2,}", head.strip()), re.split(r"\s{2,}", row.strip()),
                     strict=True))
-    # checkpointctl 1.6 prints no IP column (it is in its JSON, compared below).
-    assert ours.pop("IP") == real_podman_archive.engine.ip
+    # checkpointctl 1.6 prints no IP column (it is in its JSON, compared below)...
+    assert ours.pop("IP") == archive.engine.ip
+    # ...and CRI-O's Created annotation as written (nanoseconds); migrate's
+    # table shows every engine's time to the second (its JSON keeps it whole).
+    assert ours.pop("CREATED") == _instant(theirs.pop("CREATED")).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert ours == theirs
 
 
+@BOTH
 def test_inspect_matches_checkpointctl(checkpointctl: Callable[..., str],
-                                       real_podman_archive: RealArchive,
-                                       inspected: dict[str, Any]) -> None:
-    (theirs,) = json.loads(checkpointctl("inspect", "--all", "--format", "json",
-                                         real_podman_archive.path))
+                                       archive: RealArchive) -> None:
+    inspected = _inspect(archive.path)
+    (theirs,) = json.loads(checkpointctl("inspect", "--all", "--format", "json", archive.path))
     same = ("container_name", "image", "id", "runtime", "engine", "ip", "checkpoint_size",
             "statistics", "mounts")
     assert {k: inspected[k] for k in same} == {k: theirs[k] for k in same}
-    # Differences kept on purpose (README): migrate keeps the engine's precision...
-    assert theirs["created"] == _instant(inspected["created"]).strftime("%Y-%m-%dT%H:%M:%SZ")
-    assert inspected["created"] != theirs["created"]
+    if inspected["engine"] == "CRI-O":
+        assert inspected["created"] == theirs["created"]  # the annotation, as written
+        # checkpointctl's JSON has config.dump's checkpointedTime (to the second);
+        # migrate's has it in `list` (as written) and its pod and namespace everywhere.
+        (listed,) = [e for e in _list_json(archive.path.parent)]
+        assert _instant(listed["checkpointed"]) == _instant(theirs["checkpointed"])
+        assert "pod_name" not in theirs and inspected["pod_name"] == CRIO_POD.name
+    else:
+        # A difference kept on purpose (README): checkpointctl prints Podman's
+        # createdTime to the second, migrate as the engine recorded it.
+        assert theirs["created"] == _instant(inspected["created"]).strftime(
+            "%Y-%m-%dT%H:%M:%SZ") != inspected["created"]
 
     def tree(node: dict[str, Any]) -> Any:  # checkpointctl's children come in map order
         return (node["pid"], node["command"],
@@ -330,13 +395,14 @@ def test_inspect_matches_checkpointctl(checkpointctl: Callable[..., str],
     # the u64 field CRIU 4.2 added: on CRIU 4.1.1 dumps every run has 0 pages,
     # so its command lines are blanks and its environments absent.
     for _, node in _walk(theirs["process_tree"]):
-        assert node["cmdline"].strip() == "" and "environment" not in node
+        assert node["cmdline"].strip() == "" and not node.get("environment_variables")
 
 
+@BOTH
 def test_memparse_vs_checkpointctl(cli: Cli, checkpointctl: Callable[..., str],
-                                   real_podman_archive: RealArchive) -> None:
+                                   archive: RealArchive) -> None:
     """Pinned difference: checkpointctl 1.6 finds no memory in CRIU 4.1.1 dumps (see above)."""
-    a = real_podman_archive
+    a = archive
     theirs = {int(r["PID"]): r for r in _table(checkpointctl("memparse", a.path))}
     ours = {e["pid"]: e for e in cli("memparse", a.path, "-o", "json").json()}
     assert set(theirs) == set(ours)
