@@ -127,7 +127,7 @@ def real_crio_archive(real_world: PodmanWorld, real_container: Container, _real_
     ctr = real_container
     truth = read_truth(ctr.host_pid, _real_secret.encode(), WORKLOAD_FILES)
     view = engine_view(real_world, ctr.name)
-    path = crio_archive(real_world, ctr.name, ctr.host_pid, view,
+    path = crio_archive(real_world, ctr.host_pid, view,
                         out_dir / f"checkpoint-{CRIO_POD.name}_{CRIO_POD.namespace}-"
                         f"{CRIO_POD.container}.tar", CRIO_POD)
     (out_dir / "truth-crio.json").write_text(truth.to_json())

@@ -241,6 +241,25 @@ def test_crio_layout_identity_and_build(cli: Cli, real_crio_archive: RealArchive
     assert notes["io.kubernetes.cri-o.annotations.checkpoint.name"] == CRIO_POD.container
 
 
+def test_build_reads_podmans_config_dump(cli: Cli, real_podman_archive: RealArchive,
+                                         tmp_path: Path) -> None:
+    """Podman names the image ID rootfsImageID and records no checkpointedTime."""
+    a = real_podman_archive
+    r = cli("build", a.path, "--image", "localhost/podman-ckpt:1", "--no-push", "--oci-layout",
+            tmp_path / "oci", "-o", "json")
+    assert r.code == 0, r.err
+    notes = r.json()["annotations"]
+    assert notes["org.criu.checkpoint.rootfsImageID"] == a.engine.image_id
+    assert notes["org.criu.checkpoint.engine.name"] == "podman"
+    index = json.loads((tmp_path / "oci/index.json").read_text())
+    manifest_digest = index["manifests"][0]["digest"].split(":", 1)[1]
+    manifest = json.loads((tmp_path / "oci/blobs/sha256" / manifest_digest).read_text())
+    config = json.loads((tmp_path / "oci/blobs/sha256" /
+                         manifest["config"]["digest"].split(":", 1)[1]).read_text())
+    # The image is as old as the dump (CRIU's inventory), not the container.
+    assert _instant(config["created"]) == _instant(_list_json(a.path.parent)[0]["checkpointed"])
+
+
 # --- migrate against crit ------------------------------------------------------------
 
 

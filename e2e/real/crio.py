@@ -93,18 +93,18 @@ def _rootfs_diff(host_pid: int, view: EngineView) -> bytes:
     return buf.getvalue()
 
 
-def crio_archive(world: PodmanWorld, name: str, host_pid: int, view: EngineView, out: Path,
+def crio_archive(world: PodmanWorld, host_pid: int, view: EngineView, out: Path,
                  pod: Pod) -> Path:
-    """Checkpoint ``name`` with runc and pack a CRI-O archive at ``out``."""
+    """Checkpoint the container with runc and pack a CRI-O archive at ``out``."""
     scratch = out.parent / f"{out.name}.d"
     runc_checkpoint(world, view.id, scratch / "images", scratch / "work")
     userdata = world.root / "storage" / "overlay-containers" / view.id / "userdata"
     spec = json.loads((userdata / "config.json").read_text())
     spec["annotations"] = _annotations(spec, pod, view)
-    image_id = world.podman("inspect", "--format", "{{.Image}}", name).stdout.strip()
     config = {
         "id": view.id, "name": f"k8s_{pod.container}_{pod.name}_{pod.namespace}_{pod.uid}_0",
-        "rootfsImage": image_id, "rootfsImageRef": image_id, "rootfsImageName": view.image,
+        "rootfsImage": view.image_id, "rootfsImageRef": view.image_id,
+        "rootfsImageName": view.image,
         "runtime": "runc", "createdTime": view.created,
         "checkpointedTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "restoredTime": "0001-01-01T00:00:00Z", "restored": False,

@@ -135,6 +135,7 @@ class EngineView:
 
     id: str
     image: str
+    image_id: str
     created: str  # RFC 3339, as Podman prints it in JSON
     ip: str
     diff: dict[str, str]  # path -> A (added), C (changed) or D (deleted), from `podman diff`
@@ -149,7 +150,8 @@ def engine_view(world: PodmanWorld, name: str) -> EngineView:
     for line in world.podman("diff", name).stdout.splitlines():
         kind, path = line.split(" ", 1)
         diff[path] = kind
-    return EngineView(info["Id"], info["ImageName"], info["Created"], ", ".join(ips), diff)
+    return EngineView(info["Id"], info["ImageName"], info["Image"], info["Created"],
+                      ", ".join(ips), diff)
 
 
 def export_checkpoint(world: PodmanWorld, name: str, out: Path, compress: str) -> Path:
