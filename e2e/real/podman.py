@@ -75,8 +75,6 @@ class PodmanWorld:
             CONTAINERS_STORAGE_CONF=str(root / "storage.conf"),
             PATH=f"{criu_bin_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
         )
-        # buildah keeps its own registries/auth lookups; nothing is pulled anyway.
-        self.env.pop("REGISTRY_AUTH_FILE", None)
 
     def _write_configs(self) -> None:
         # Small enough never to raise a limit (raising needs CAP_SYS_RESOURCE);

@@ -13,7 +13,6 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 CONTEXT = 32  # bytes kept each side of every secret occurrence
 
@@ -148,8 +147,3 @@ def read_truth(host_pid1: int, secret: bytes, files: list[str]) -> Truth:
 def load(path: Path) -> Truth:
     """Read a truth file written next to an archive."""
     return Truth.from_json(path.read_text())
-
-
-def as_dict(truth: Truth) -> dict[str, Any]:
-    """Plain data (JSON-ready)."""
-    return asdict(truth)

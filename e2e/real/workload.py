@@ -1,8 +1,8 @@
 """The real-dump workload: a busybox process tree with something of every kind to dump.
 
-    image = build_workload_image(world, secret, tmp / "rootfs")
-    ctr = start_workload(world, image, "wl")       # waits until every part is set up
-    truth = read_truth(ctr.host_pid, secret, WORKLOAD_FILES)
+    build_workload_image(world, secret, tmp / "rootfs", "localhost/wl:1")
+    ctr = start_workload(world, "localhost/wl:1", "wl")  # waits until it is set up and idle
+    truth = read_truth(ctr.host_pid, secret.encode(), WORKLOAD_FILES)
     export_checkpoint(world, "wl", out / "checkpoint-wl.tar", compress="none")
 
 PID 1 is a busybox shell (run.sh, with arguments and an environment) that
@@ -12,8 +12,8 @@ regular files, a fifo, a file on a tmpfs mount and a deleted file; its
 children are syslogd (a unix socket, /dev/log), a TCP listener and a client
 connected to it over loopback (an established connection), and a shell with
 an environment of its own whose child sleeps. Once all of that is in place
-it touches /run/ready and waits: from then on nothing in the container runs
-until it is killed, so /proc read after /run/ready is what CRIU dumps.
+it touches /run/ready and waits (in sigsuspend): from then on nothing in the
+container runs until it is killed, so /proc read then is what CRIU dumps.
 """
 
 from __future__ import annotations
