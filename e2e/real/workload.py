@@ -110,7 +110,8 @@ def _settled(host_pid: int) -> bool:
     wchan = Path(f"/proc/{host_pid}/wchan").read_text()
     state = Path(f"/proc/{host_pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     # wchan reads "0" on kernels that do not expose it; the state still must be S.
-    return state == "S" and (wchan in ("", "0") or wchan.startswith("sigsuspend"))
+    # Busybox ash waits in sigsuspend (other versions: waitpid, do_wait).
+    return state == "S" and (wchan in ("", "0") or "sigsuspend" in wchan or "wait" in wchan)
 
 
 def start_workload(world: PodmanWorld, image: str, name: str) -> Container:
