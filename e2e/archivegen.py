@@ -96,7 +96,7 @@ class ArchiveSpec:
     bulk_pages: int = 0
     """Extra pages in the second process (benchmarks): half zero, some random, some text."""
     pagemap_u64: bool = False
-    """Write the CRIU 3.19+ pagemap layout (u64 nr_pages in field 5)."""
+    """Write the CRIU 4.2+ pagemap layout (u64 nr_pages in field 5)."""
     use_crit: bool | None = None
     """Encode with CRIU's pycriu (None: when installed)."""
     omit: tuple[str, ...] = ()
@@ -153,12 +153,15 @@ def _memory(spec: ArchiveSpec, p: Process, index: int) -> tuple[dict[str, Any], 
     env = b"\0".join(e.encode() for e in p.env) + b"\0"
     stack = args + env
     stack_pages, heap_pages = _pages(len(stack)), _pages(len(p.heap))
+    # Stack and heap are anonymous private memory: CRIU flags it lazy and adds
+    # PE_PRESENT as it writes the pages (every dump made without --lazy-pages).
+    anon = PE_LAZY | PE_PRESENT
     entries: list[dict[str, Any]] = [
-        {"vaddr": STACK_BASE, "nr_pages": stack_pages, "flags": PE_PRESENT}]
+        {"vaddr": STACK_BASE, "nr_pages": stack_pages, "flags": anon}]
     if spec.parent_run:
         entries.append({"vaddr": PARENT_BASE, "nr_pages": 3, "in_parent": True,
                         "flags": PE_PARENT})
-    entries.append({"vaddr": HEAP_BASE, "nr_pages": heap_pages, "flags": PE_PRESENT})
+    entries.append({"vaddr": HEAP_BASE, "nr_pages": heap_pages, "flags": anon})
     bulk = spec.bulk_pages if index == 1 else 0
     if bulk:
         entries.append({"vaddr": BULK_BASE, "nr_pages": bulk, "flags": PE_PRESENT})
@@ -257,6 +260,14 @@ def _spec_dump(spec: ArchiveSpec) -> dict[str, Any]:
 
 
 def _config_dump(spec: ArchiveSpec) -> dict[str, Any]:
+    if spec.engine == "libpod":
+        # libpod's own container record (Podman 4.3): no checkpointedTime, no
+        # rootfsImageRef; the image ID is rootfsImageID.
+        return {"id": spec.container_id, "name": spec.container,
+                "RawImageName": spec.image, "rootfsImageID": spec.image_id,
+                "rootfsImageName": spec.image, "runtime": spec.runtime,
+                "createdTime": spec.created, "logDriver": "k8s-file",
+                "cgroupManager": "cgroupfs", "networkMode": "bridge"}
     name = (f"k8s_{spec.container}_{spec.pod}_{spec.namespace}_{spec.pod_uid}_0"
             if spec.engine == "cri-o" else spec.container)
     return {"id": spec.container_id, "name": name, "rootfsImage": spec.image_id,
@@ -264,6 +275,19 @@ def _config_dump(spec: ArchiveSpec) -> dict[str, Any]:
             "runtime": spec.runtime, "createdTime": spec.created,
             "checkpointedTime": spec.checkpointed, "restoredTime": "0001-01-01T00:00:00Z",
             "restored": False}
+
+
+def _podman_members(spec: ArchiveSpec) -> list[tuple[str, bytes | tuple[bytes, int]]]:
+    """What `podman container checkpoint --export` (4.3) adds: no dump.log, no bind.mounts."""
+    status = {"podman": {"interfaces": {"eth0": {
+        "subnets": [{"ipnet": f"{spec.ip}/16", "gateway": "10.88.0.1"}],
+        "mac_address": "3e:1c:8a:5d:02:9f"}}}}
+    return [
+        ("network.status", json.dumps(status, indent=2).encode()),
+        ("ctr.log", b"2023-03-02T06:06:50.1Z stdout F counter: 0\n"),
+        ("devshm-checkpoint.tar", _tar_bytes({})),
+        ("checkpoint/descriptors.json", b'["/dev/null","pipe:[31675]","pipe:[31676]"]'),
+    ]
 
 
 def _tar_bytes(files: dict[str, bytes]) -> bytes:
@@ -305,7 +329,6 @@ def build(spec: ArchiveSpec, out: Path) -> Path:
     stats = encode_images({"stats-dump": {"magic": "STATS", "entries": [{"dump": spec.stats}]}},
                           use_crit=spec.use_crit)["stats-dump"]
     members: list[tuple[str, bytes | tuple[bytes, int]]] = [
-        ("bind.mounts", json.dumps(_binds(spec)).encode()),
         *((f"checkpoint/{n}", d) for n, d in sorted(encoded.items())),
         *((f"checkpoint/{n}", d) for n, d in sorted(pages.items())),
         ("config.dump", json.dumps(_config_dump(spec), indent=2).encode()),
@@ -313,15 +336,15 @@ def build(spec: ArchiveSpec, out: Path) -> Path:
     if spec.deleted_files is not None:
         members.append(("deleted.files", json.dumps(spec.deleted_files).encode()))
     members += [
-        ("dump.log", b"(00.000000) Version: 3.17.1 (gitid 0)\n(00.119627) Dumping finished\n"),
-        ("io.kubernetes.cri-o.LogPath", b"counter: 0\ncounter: 1\ncounter: 2\n"),
         ("rootfs-diff.tar", _tar_bytes(spec.rootfs_files)),
         ("spec.dump", json.dumps(_spec_dump(spec), indent=2).encode()),
         ("stats-dump", stats),
-        *spec.extra_members.items(),
     ]
-    if spec.engine == "libpod":
-        members += [("network.status", b"{}"), ("devshm-checkpoint.tar", _tar_bytes({}))]
+    members += _podman_members(spec) if spec.engine == "libpod" else [
+        ("bind.mounts", json.dumps(_binds(spec)).encode()),
+        ("dump.log", b"(00.000000) Version: 3.17.1 (gitid 0)\n(00.119627) Dumping finished\n"),
+        ("io.kubernetes.cri-o.LogPath", b"counter: 0\ncounter: 1\ncounter: 2\n")]
+    members += spec.extra_members.items()
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w",
                                                 format=tarfile.PAX_FORMAT) as tf:

@@ -6,7 +6,7 @@ costs more than encoding an archive, so one long-lived `/usr/bin/python3`
 co-process per process does all the encoding: started on first use, fed one
 JSON line per archive (all its images) and answering one, serialized by a lock,
 started again if it has died, closed at exit. Where pycriu is not installed
-(`crit_available`, probed once per process), or for the CRIU 3.19+ pagemap
+(`crit_available`, probed once per process), or for the CRIU 4.2+ pagemap
 layout that Debian's CRIU 3.17 cannot express, a small encoder of our own is
 used; tests that check the reader against an independent encoder require
 pycriu.
@@ -204,8 +204,8 @@ def encode_message(kind: str, values: dict[str, Any]) -> bytes:
 def encode_own(image: dict[str, Any], *, pagemap_u64: bool = False) -> bytes:
     """Encode one crit-JSON image without CRIU.
 
-    ``pagemap_u64`` writes the CRIU 3.19+ pagemap layout: the page count both
-    in ``compat_nr_pages`` (field 2) and in the u64 ``nr_pages`` (field 5).
+    ``pagemap_u64`` writes the CRIU 4.2+ pagemap layout: the page count in the
+    u64 ``nr_pages`` (field 5) and ``compat_nr_pages`` (field 2, required) as 0.
     """
     magic = image["magic"]
     out = bytearray()
@@ -219,8 +219,9 @@ def encode_own(image: dict[str, Any], *, pagemap_u64: bool = False) -> bytes:
             else:
                 entry = dict(entry)
                 if pagemap_u64:
-                    entry["nr_pages_u64"] = entry["nr_pages"]
-                    entry["compat_nr_pages"] = entry.pop("nr_pages") & 0xFFFFFFFF
+                    # CRIU 4.2 sets only the u64 count; the required field 2 goes out as 0.
+                    entry["nr_pages_u64"] = entry.pop("nr_pages")
+                    entry["compat_nr_pages"] = 0
                 payload = encode_message("pagemap", entry)
         else:
             payload = encode_message(_ENTRY[magic], entry)

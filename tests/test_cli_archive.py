@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tarfile
 from collections.abc import Callable
@@ -80,13 +81,48 @@ def test_show_several_archives_in_order(cli: Cli, make_archive: Callable[..., Pa
 
 
 @pytest.mark.parametrize("engine,expected", [
-    ("libpod", ("counter", "", "", "Podman", "")),
+    ("libpod", ("counter", "", "", "Podman", "10.88.0.25")),  # from network.status
     ("containerd", ("counter", "counters", "default", "containerd", "")),
 ])
 def test_engines(cli: Cli, make_archive: Callable[..., Path], engine: str,
                  expected: tuple[str, ...]) -> None:
     d = cli("show", make_archive(engine=engine), "-o", "json").json()[0]
     assert (d["container_name"], d["pod_name"], d["namespace"], d["engine"], d["ip"]) == expected
+
+
+@pytest.mark.parametrize(("status", "ip"), [
+    (None, ""),  # --network none or host
+    ({"b-net": {"interfaces": {"eth1": {"subnets": [{"ipnet": "10.89.1.5/24"}]},
+                               "eth0": {"subnets": [{"ipnet": "10.89.1.4/24"},
+                                                    {"ipnet": "fd00::4/64"}]}}},
+      "a-net": {"interfaces": {"eth0": {"subnets": None}}}}, "10.89.1.4, fd00::4, 10.89.1.5"),
+    ([{"cniVersion": "0.4.0", "ips": [{"version": "4", "address": "10.88.0.7/16"}]}],
+     "10.88.0.7"),  # Podman 3: CNI results
+], ids=["null", "netavark-sorted", "podman3-cni"])
+def test_podman_ip_from_network_status(cli: Cli, make_archive: Callable[..., Path],
+                                       status: Any, ip: str) -> None:
+    archive = make_archive(engine="libpod",
+                           extra_members={"network.status": json.dumps(status).encode()})
+    assert cli("show", archive, "-o", "json").json()[0]["ip"] == ip
+
+
+def test_podman_network_status_of_another_shape_is_refused(
+        cli: Cli, make_archive: Callable[..., Path]) -> None:
+    archive = make_archive(engine="libpod", extra_members={
+        "network.status": b'{"podman": {"interfaces": {"eth0": {"subnets": "10.0.0.1"}}}}'})
+    r = cli("show", archive)
+    assert r.code == 3
+    assert r.err.splitlines()[0] == (f"error: {archive}: network.status: "
+                                     "$.podman.interfaces.eth0.subnets: '10.0.0.1' is not of "
+                                     "type 'array', 'null'")
+
+
+def test_podman_list_time_is_criu_dump_time(cli: Cli, make_archive: Callable[..., Path],
+                                            tmp_path: Path) -> None:
+    """Podman's config.dump has no checkpointedTime: the inventory's tar time stands in."""
+    make_archive("checkpoint-counter.tar", engine="libpod")
+    (entry,) = cli("list", tmp_path, "-o", "json").json()
+    assert (entry["engine"], entry["checkpointed"]) == ("Podman", "2023-03-02T06:08:12Z")
 
 
 def test_show_without_stats_dump(cli: Cli, make_archive: Callable[..., Path]) -> None:

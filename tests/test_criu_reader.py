@@ -106,6 +106,9 @@ PAGEMAP = {"magic": "PAGEMAP", "entries": [
     {"vaddr": 0x1000, "nr_pages": 2, "flags": images.PE_PRESENT},
     {"vaddr": 0x9000, "nr_pages": 1, "in_parent": True, "flags": images.PE_PARENT},
     {"vaddr": 0x20000, "nr_pages": 4, "flags": images.PE_LAZY},
+    # What CRIU writes for anonymous private memory (heap, stack) in every dump
+    # made without --lazy-pages: lazy *and* present.
+    {"vaddr": 0x30000, "nr_pages": 3, "flags": images.PE_LAZY | images.PE_PRESENT},
 ]}
 
 
@@ -114,11 +117,11 @@ def test_pagemap_old_layout_from_pycriu() -> None:
     pages_id, entries = images.parse_pagemap(data)
     assert pages_id == 3
     assert [(e.vaddr, e.nr_pages, e.in_pages_file) for e in entries] == [
-        (0x1000, 2, True), (0x9000, 1, False), (0x20000, 4, False)]
+        (0x1000, 2, True), (0x9000, 1, False), (0x20000, 4, False), (0x30000, 3, True)]
 
 
-def test_pagemap_criu_319_layout_reads_u64_nr_pages() -> None:
-    """CRIU 3.19+ writes compat_nr_pages (field 2) and a u64 nr_pages (field 5)."""
+def test_pagemap_criu_42_layout_reads_u64_nr_pages() -> None:
+    """CRIU 4.2+ writes compat_nr_pages (field 2, as 0) and a u64 nr_pages (field 5)."""
     big = {"magic": "PAGEMAP", "entries": [
         {"pages_id": 1}, {"vaddr": 0x1000, "nr_pages": (1 << 32) + 5, "flags": 4}]}
     _, entries = images.parse_pagemap(encode_own(big, pagemap_u64=True))

@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 
 from migrate.adapters.archive import RangeReader
 from migrate.adapters.checkpoint import Checkpoint
-from migrate.adapters.criu.images import PE_PARENT, PE_PRESENT, ImageError, PagemapEntry
+from migrate.adapters.criu.images import (
+    PE_LAZY,
+    PE_PARENT,
+    PE_PRESENT,
+    ImageError,
+    PagemapEntry,
+)
 from migrate.adapters.criu.memory import PAGE_SIZE, ProcessMemory
 from migrate.forensics import memsearch
 from migrate.forensics.memsearch import Pattern, compile_pattern
@@ -43,6 +49,29 @@ def test_ranges_spanning_runs_and_holes() -> None:
     assert mem.file_ranges(0x2FF0, 32) is None  # runs off the dumped memory
     assert mem.file_ranges(0x500, 4) is None
     assert mem.file_ranges(0x50000, 4) is None  # in the parent run: not here
+
+
+def test_present_decides_lazy_alone_is_absent_parent_is_elsewhere() -> None:
+    """PE_PRESENT decides whether a run is in the pages file, as in CRIU's reader."""
+    mem = ProcessMemory(1, [
+        PagemapEntry(0x10000, 1, PE_LAZY | PE_PRESENT),  # anonymous memory, as CRIU dumps it
+        PagemapEntry(0x20000, 2, PE_LAZY),  # left to a lazy-pages server: nothing stored
+        PagemapEntry(0x30000, 1, PE_PRESENT),
+        # Never written by CRIU; a crafted image gets CRIU's reading: the pages
+        # come from the parent, and the run still takes its space here.
+        PagemapEntry(0x40000, 1, PE_PARENT | PE_PRESENT),
+        PagemapEntry(0x50000, 1, PE_PRESENT),
+    ], 4 * PAGE_SIZE)
+    assert mem.stored_bytes == 4 * PAGE_SIZE
+    assert mem.mapped_bytes == 6 * PAGE_SIZE
+    assert mem.file_ranges(0x10008, 8) == [(8, 8)]
+    assert mem.file_ranges(0x20000, 1) is None
+    assert mem.file_ranges(0x30000, 4) == [(PAGE_SIZE, 4)]
+    assert mem.file_ranges(0x40000, 4) is None
+    assert mem.file_ranges(0x50000, 4) == [(3 * PAGE_SIZE, 4)]
+    assert mem.address_of(5) == 0x10005
+    assert mem.address_of(2 * PAGE_SIZE + 1) is None  # the parent run's space
+    assert mem.address_of(3 * PAGE_SIZE + 2) == 0x50002
 
 
 def test_pagemap_longer_than_pages_file_is_refused() -> None:

@@ -122,7 +122,12 @@ UNSAFE: list[tuple[str, list[Entry], str, str]] = [
      "is a hard link to '../x', outside the target"),
     ("char-device", [("dev", "char", None)], "dev", "is a char special file"),
     ("block-device", [("dev", "block", None)], "dev", "is a block special file"),
-    ("fifo", [("fifo", "fifo", None)], "fifo", "is a fifo special file"),
+    ("fifo-through-link-out", [("link", "symlink", ".."), ("link/f", "fifo", None)], "link",
+     "is a symlink pointing out of the target ('..')"),
+    ("hardlink-to-fifo", [("p", "fifo", None), ("h", "hardlink", "p")], "h",
+     "is a hard link to 'p', which is not a file extracted before it"),
+    ("write-through-fifo", [("p", "fifo", None), ("p/x", "file", b"x")], "p/x",
+     "would be written through the FIFO 'p'"),
     ("benign-then-dotdot", [("ok.txt", "file", b"fine"), ("../escape", "file", b"x")],
      "../escape", "has a '..' path component"),
     # Breach 1: a symlink that stays inside (a/b/q -> DIR itself), then a HARD link to it,
@@ -461,6 +466,19 @@ def test_normal_rootfs_diff_extracts_exactly(cli: Cli, tmp_path: Path,
         assert os.lstat(dest / name).st_mtime == MTIME, name  # listed entries keep their time
     assert os.listdir(dest.parent) == ["dest"]  # no staging directory left beside it
     assert above(dest) == modes
+
+
+def test_fifo_recreated_private(cli: Cli, tmp_path: Path,
+                                rootfs_archive: Callable[[list[Entry]], Path]) -> None:
+    """A FIFO the container made (Podman records them) comes back as a FIFO, 0600, never opened."""
+    arch = rootfs_archive([("run", "dir", None), ("run/ctl.fifo", "fifo", None)])
+    dest = tmp_path / "dest"
+    r = cli("rootfs-diff", arch, "--extract", dest)
+    assert (r.code, r.err) == (0, f"extracted 1 entries to {dest}\n")
+    st = os.lstat(dest / "run/ctl.fifo")
+    assert stat.S_ISFIFO(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    assert st.st_mtime == MTIME
 
 
 def test_existing_empty_dir_is_filled(cli: Cli, tmp_path: Path, counters_archive: Path) -> None:

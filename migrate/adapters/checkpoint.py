@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,7 +32,9 @@ STATS_DUMP = "stats-dump"
 ROOTFS_DIFF = "rootfs-diff.tar"
 DELETED_FILES = "deleted.files"
 BIND_MOUNTS = "bind.mounts"
+NETWORK_STATUS = "network.status"
 CRIU_DIR = "checkpoint"
+INVENTORY = f"{CRIU_DIR}/inventory.img"
 
 _UTSNS = re.compile(r"^checkpoint/utsns-\d+\.img$")
 _CORE = re.compile(r"^checkpoint/core-\d+\.img$")
@@ -142,7 +145,41 @@ class Checkpoint:
                             a.get("io.kubernetes.cri.container-name", "") or config.get("name", ""),
                             a.get("io.kubernetes.cri.sandbox-name", ""),
                             a.get("io.kubernetes.cri.sandbox-namespace", ""), uid, created, "")
-        return Identity(engine, config.get("name", ""), "", "", uid, created, "")
+        return Identity(engine, config.get("name", ""), "", "", uid, created, self.podman_ips())
+
+    def podman_ips(self) -> str:
+        """The container's addresses from Podman's ``network.status``, joined by ", ".
+
+        In checkpointctl's order: networks by name, interfaces by name, subnets
+        as listed, prefix lengths dropped. Empty without networks (``null``
+        under --network none or host) or without the member.
+        """
+        if not self.archive.has(NETWORK_STATUS):
+            return ""
+        data = self.archive.read_json(NETWORK_STATUS)
+        validate(data, "network-status.schema.json", f"{self.label}: {NETWORK_STATUS}")
+        found: list[str] = []
+        if isinstance(data, dict):
+            for net in sorted(data):
+                interfaces = data[net].get("interfaces") or {}
+                for name in sorted(interfaces):
+                    subnets = interfaces[name].get("subnets") or []
+                    found += [s.get("ipnet", "") for s in subnets]
+        elif isinstance(data, list):  # Podman 3: CNI results
+            found = [ip.get("address", "") for r in data for ip in r.get("ips") or []]
+        return ", ".join(ip.split("/", 1)[0] for ip in found if ip)
+
+    def dump_time(self) -> str:
+        """When CRIU dumped, as the tar header of ``inventory.img`` records it (RFC 3339).
+
+        For archives whose config.dump has no ``checkpointedTime`` (Podman's):
+        CRIU writes the inventory when the dump starts and the engine keeps its
+        time when it packs the archive. Empty when the member is missing.
+        """
+        m = self.archive.members.get(INVENTORY)
+        if m is None or m.kind != "file" or m.mtime <= 0:
+            return ""
+        return datetime.fromtimestamp(m.mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def sizes(self) -> tuple[int, int, int]:
         """(CRIU image bytes, of which memory pages, rootfs-diff.tar bytes), from headers."""

@@ -56,7 +56,8 @@ def _leaf(name: str) -> list[str]:
 
 
 class TreeWriter:
-    """Creates directories (0700), files (0600), symlinks and hard links below ``root_fd``."""
+    """Creates directories (0700), files and FIFOs (0600), symlinks and hard links
+    below ``root_fd``."""
 
     def __init__(self, root_fd: int, chunk_bytes: int = 1 << 20) -> None:
         self._root = root_fd
@@ -124,6 +125,18 @@ class TreeWriter:
             while out < got:
                 out += os.write(fd, view[out:got])
             done += got
+
+    def fifo(self, name: str, mtime: int) -> None:
+        """Create the FIFO ``name`` (0600, never replacing anything); it is never opened."""
+        parts = _leaf(name)
+        with self._dir(parts[:-1], create=True) as parent:
+            os.mkfifo(parts[-1], FILE_MODE, dir_fd=parent)
+            # mkfifo's mode went through the umask. fchmodat cannot refuse to follow
+            # a link on Linux, but the parent is this extraction's private (0700)
+            # directory, held by descriptor: the name is the FIFO just made.
+            os.chmod(parts[-1], FILE_MODE, dir_fd=parent, follow_symlinks=True)
+            os.utime(parts[-1], ns=(mtime * 10**9, mtime * 10**9), dir_fd=parent,
+                     follow_symlinks=False)
 
     def symlink(self, name: str, text: str) -> None:
         """Create the symlink ``name`` -> ``text`` (the link itself; nothing is followed)."""

@@ -41,8 +41,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UNSAFE_HINT = "the archive may be crafted; nothing was extracted"
-_SPECIAL = {"char", "block", "fifo", "other"}
-_WORD = {"dir": "directory", "file": "file", "symlink": "symlink"}
+# Device nodes are refused. A FIFO is not: containers make them (Podman records
+# them in rootfs-diff.tar); it holds no data, is made 0600 and gets a file's checks.
+_SPECIAL = {"char", "block", "other"}
+_WORD = {"dir": "directory", "file": "file", "symlink": "symlink", "fifo": "FIFO"}
 _MAX_LINK_HOPS = 40  # the kernel's limit on symlinks followed in one lookup
 _MAX_SECONDS = 1 << 63  # os.utime cannot pass a time_t this large (file systems clamp the rest)
 
@@ -299,6 +301,8 @@ def _write(writer: TreeWriter, m: Member, reader: RangeReader) -> None:
         writer.symlink(m.name, m.linkname)
     elif m.kind == "hardlink":
         writer.hardlink(m.name, m.linkname)
+    elif m.kind == "fifo":
+        writer.fifo(m.name, m.mtime)
     else:
         raise Unsafe(f"is a {m.kind} special file")
 

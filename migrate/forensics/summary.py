@@ -66,7 +66,8 @@ def summarize(ckpt: Checkpoint, *, with_stats: bool = False) -> Summary:
         ip=who.ip,
         pod_name=who.pod,
         namespace=who.namespace,
-        checkpointed=config.get("checkpointedTime", ""),
+        # Podman's config.dump has no checkpointedTime: CRIU's own time then.
+        checkpointed=config.get("checkpointedTime") or ckpt.dump_time(),
         checkpoint_size=CheckpointSize(total, pages, diff),
         statistics=stats,
     )

@@ -67,7 +67,8 @@ def checkpoint_image_info(ckpt: Checkpoint) -> CheckpointImageInfo:
     config = ckpt.config
     image_name = config.get("rootfsImageName") or ckpt.annotations.get(
         "io.kubernetes.cri-o.ImageName", "")
-    image_id = config.get("rootfsImage", "")
+    # CRI-O's config.dump calls the image ID rootfsImage, Podman's rootfsImageID.
+    image_id = config.get("rootfsImage") or config.get("rootfsImageID", "")
     values = {
         CRIO + "name": who.container,
         CRIO + "rawImageName": image_name,
@@ -87,7 +88,8 @@ def checkpoint_image_info(ckpt: Checkpoint) -> CheckpointImageInfo:
         values[CRIO + "criu.version"] = values[CRIU + "criu.version"] = version
     # The image's creation time is the checkpoint's, so rebuilding the same
     # archive gives the same config digest.
-    created = config.get("checkpointedTime") or who.created or datetime.now(UTC).isoformat()
+    created = (config.get("checkpointedTime") or ckpt.dump_time() or who.created
+               or datetime.now(UTC).isoformat())
     return CheckpointImageInfo(
         identity=who,
         annotations={k: v for k, v in values.items() if v},

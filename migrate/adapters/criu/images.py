@@ -54,8 +54,8 @@ TASK_CORE: Schema = {
 }
 CORE: Schema = {1: Field("mtype", "uint"), 3: Field("tc", "message", message=TASK_CORE)}
 PAGEMAP_HEAD: Schema = {1: Field("pages_id", "uint")}
-# CRIU 3.19 turned field 2 into compat_nr_pages (u32) and added a u64 nr_pages
-# as field 5; older images only have field 2.
+# CRIU 4.2 turned field 2 into compat_nr_pages (u32, still required, written as
+# 0) and added a u64 nr_pages as field 5; 4.1.1 and older write only field 2.
 PAGEMAP_ENTRY: Schema = {
     1: Field("vaddr", "uint"),
     2: Field("compat_nr_pages", "uint"),
@@ -239,9 +239,25 @@ class PagemapEntry:
     flags: int
 
     @property
+    def occupies_pages_file(self) -> bool:
+        """Whether this run takes its ``nr_pages`` pages in the pages file (PE_PRESENT).
+
+        PE_PRESENT alone decides, as in CRIU's own reader: CRIU flags all
+        anonymous private memory PE_LAZY and adds PE_PRESENT when it writes the
+        pages (always, unless dumped with --lazy-pages, when lazy runs are left
+        to the page server): PE_LAZY alone is absent, PE_LAZY|PE_PRESENT is here.
+        """
+        return bool(self.flags & PE_PRESENT)
+
+    @property
     def in_pages_file(self) -> bool:
-        """Whether this run's data is stored in this dump's pages file."""
-        return bool(self.flags & PE_PRESENT) and not self.flags & (PE_PARENT | PE_LAZY)
+        """Whether this run's data can be read from this dump's pages file.
+
+        A PE_PARENT (or legacy ``in_parent``) run is in the parent image of an
+        incremental dump; CRIU never also marks it PE_PRESENT, and where a
+        crafted image does, CRIU reads the parent and skips the space here.
+        """
+        return self.occupies_pages_file and not self.flags & PE_PARENT
 
 
 def iter_pagemap(data: bytes) -> tuple[int, Iterator[PagemapEntry]]:

@@ -1,9 +1,11 @@
 """Process memory from a dump: pagemap runs mapped onto a pages-N.img file.
 
-Runs whose data is in this dump (PE_PRESENT, not in a parent or lazy) are laid
-out back to back in the pages file, in pagemap order. That gives every run a
-file offset, which lets us read memory by virtual address and translate a file
-offset (found by scanning the file) back to an address.
+Runs flagged PE_PRESENT are laid out back to back in the pages file, in
+pagemap order, whatever else they are flagged (CRIU writes anonymous memory as
+PE_LAZY|PE_PRESENT); runs without it (PE_PARENT: in a parent dump, PE_LAZY
+alone: left to a lazy-pages server) take no space there. That gives every run
+a file offset, which lets us read memory by virtual address and translate a
+file offset (found by scanning the file) back to an address.
 """
 
 from __future__ import annotations
@@ -41,11 +43,11 @@ class ProcessMemory:
         offset = mapped_pages = 0
         for e in entries:
             mapped_pages += e.nr_pages
-            if not e.in_pages_file:
+            if not e.occupies_pages_file:
                 continue
             length = e.nr_pages * PAGE_SIZE
             # An empty run holds no byte; kept, it would shadow the run sharing its offset.
-            if length and offset + length <= pages_size:
+            if e.in_pages_file and length and offset + length <= pages_size:
                 runs.append(Run(e.vaddr, length, offset))
             offset += length
         self.mapped_bytes = mapped_pages * PAGE_SIZE
