@@ -61,11 +61,18 @@ __all__ = [
     "CONTAINERD_RESTORE_OPTION_FROM",
     "CRIO_CHECKPOINT_ONLY_FROM",
     "CRIO_NOT_AVAILABLE",
+    "PAUSE_IMAGE",
     "containerd_restore",
     "crio_default_level",
 ]
 
 Version = tuple[int, int, int]
+
+#: The sandbox (pause) image CRI-O's `pause_image` and containerd's `sandbox_image` name by
+#: default in the releases modelled; the kubelet lists it among the node's images.
+PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
+#: Its size as registry.k8s.io serves it for linux/amd64 (bytes, as the kubelet reports).
+PAUSE_IMAGE_SIZE = 320368
 
 #: First patch of each CRI-O minor whose default is checkpoint_only (see above).
 #: 1.35 and 1.37 are assumed to follow (no backport found; releases after
