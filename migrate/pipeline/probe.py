@@ -35,7 +35,7 @@ from migrate.errors import ClusterError, MigrateError, UsageError
 from migrate.pipeline import nodebuild, nodes, restore
 from migrate.pipeline.build import BuildRequest, build_image
 from migrate.pipeline.manifest import PodSource, RestoreOptions, render_restore_pod
-from migrate.pipeline.refusals import FATAL_WAITING, PULLING, pull_refused
+from migrate.pipeline.refusals import FATAL_WAITING, PROBE_SUGGESTION, PULLING, pull_refused
 from migrate.settings import Settings
 
 PROBE_LABEL = "migrate.dev/probe"
@@ -105,7 +105,8 @@ class _Probe:
         except MigrateError as e:
             self.result.stage = name
             self.result.message = _runtime_words(e)
-            self.result.hint = e.hint or ""
+            self.result.hint = (e.hint or "").removesuffix(
+                PROBE_SUGGESTION.format(node=self.node))
             raise
         finally:
             self.result.seconds[name] = time.perf_counter() - t0

@@ -69,6 +69,10 @@ _PULL_CAUSES: tuple[tuple[re.Pattern[str], str, str], ...] = (
 )
 
 
+#: How a restore hint ends: the way to prove the fix (a probe's own row leaves it out).
+PROBE_SUGGESTION = "; `migrate doctor --probe {node}` proves it"
+
+
 class RestoreRefused(ClusterError):
     """The destination's kubelet or runtime refused the restore.
 
@@ -100,7 +104,7 @@ def refused(container: str, node: str, reason: str, message: str,
                if "no command" in message or "exec:" in message else "")
         fix = runtime.restore_fix if runtime and known else crio_restore_fix()
         error = RestoreRefused(f"{text} ({who} does not restore checkpoints{how})",
-                               hint=f"{fix}; `migrate doctor --probe {node}` proves it")
+                               hint=fix + PROBE_SUGGESTION.format(node=node))
     else:
         error = RestoreRefused(text, hint=_hint(message))
     error.runtime_message = f"{reason}: {message}".rstrip(": ")
