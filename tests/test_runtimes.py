@@ -20,11 +20,12 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from e2e.archivegen import ArchiveSpec, build
 from e2e.sim import NodeConfig, RegistryConfig, Simulator
 from e2e.sim.runtime_releases import crio_default_level
 from migrate.adapters.registry.client import RegistryClient
 from migrate.adapters.registry.reference import parse_reference
-from migrate.pipeline import migration, nodes, probe
+from migrate.pipeline import migration, nodes, probe, restore
 from migrate.settings import load_settings
 from migrate.validation import validate
 from tests.conftest import Result
@@ -524,3 +525,92 @@ def test_the_restored_pod_carries_the_pull_secrets(cli: Cli, world: World) -> No
     assert world.basic.password is not None
     for journal in Path(load_settings().state_dir).rglob("*.json"):
         assert world.basic.password not in journal.read_text()
+
+
+def test_an_interrupted_probe_removes_what_it_made(cli: Cli, world: World,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*args: Any, **kw: Any) -> None:
+        raise KeyboardInterrupt  # Ctrl-C while the restored pod starts
+
+    seen: dict[str, Any] = {}
+    real_cleanup = probe._cleanup
+
+    def cleanup(p: Any) -> None:
+        seen.update(made=list(p.made), archive=p.archive, pushed=p.pushed)
+        real_cleanup(p)
+
+    monkeypatch.setattr(restore, "wait_restored", interrupted)
+    monkeypatch.setattr(probe, "_cleanup", cleanup)
+    r = doctor_probe(cli, world, "crio-1-34-11")
+    assert r.code == 130, r.err
+    assert [kind for kind, _ in seen["made"]] == ["Pod", "Pod"]  # probe and restored pod
+    for _, name in seen["made"]:
+        wait_for(lambda n=name: not [p for p in world.v1.list_namespaced_pod("default").items
+                                     if p.metadata.name == n], what=f"{name} gone")
+    assert seen["archive"] is not None and not seen["archive"].exists()
+    image = parse_reference(seen["pushed"])
+    answer = world.plain.http().request(
+        "GET", f"{world.plain.url}/v2/{image.repository}/manifests/{image.digest}")
+    assert answer.status == 404
+
+
+# -- containerd's own restore path in the simulator --------------------------------------
+
+
+def _containerd_checkpoint_image(cli: Cli, world: World, tmp_path: Path, base: str) -> str:
+    """A checkpoint image in containerd's layout (status.dump) whose base image is ``base``."""
+    archive = build(ArchiveSpec(engine="containerd", container="app", image=base,
+                                image_ref=base, extra_members={"status.dump": b"{}"}),
+                    tmp_path / "containerd.tar")
+    r = cli("build", archive, "--image", f"{world.plain.host}/containerd/app:{tmp_path.name}",
+            "--no-tls-verify", "-o", "json")
+    assert r.code == 0, r.err
+    return str(r.json()["reference"])
+
+
+def _waiting(world: World, name: str) -> tuple[str, str]:
+    def check() -> tuple[str, str] | None:
+        statuses = world.v1.read_namespaced_pod(name, "default").status.container_statuses
+        waiting = statuses[0].state.waiting if statuses else None
+        return (waiting.reason, waiting.message) if waiting and waiting.message else None
+
+    found: tuple[str, str] = wait_for(check, what=f"{name} waiting")
+    return found
+
+
+def test_containerd_pulls_the_base_image_without_the_pods_secrets(
+        cli: Cli, world: World, tmp_path: Path) -> None:
+    base = f"{world.basic.host}/base/app:1"
+    image = _containerd_checkpoint_image(cli, world, tmp_path, base)
+    auth = base64.b64encode(f"{world.basic.creds}".encode()).decode()
+    world.v1.create_namespaced_secret("default", {
+        "metadata": {"name": "base-creds"}, "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": base64.b64encode(json.dumps(
+            {"auths": {world.basic.host: {"auth": auth}}}).encode()).decode()}})
+    world.v1.create_namespaced_pod("default", {
+        "metadata": {"name": "ctrd-base"}, "spec": {
+            "nodeName": "ctrd-2-1", "imagePullSecrets": [{"name": "base-creds"}],
+            "containers": [{"name": "app", "image": image}]}})
+    reason, message = _waiting(world, "ctrd-base")
+    assert reason == "CreateContainerError"
+    assert message.startswith(f"failed to pull checkpoint base image {base}: reading manifest "
+                              f"1 in {world.basic.host}/base/app: "), message
+    assert message.endswith("authentication required")
+
+
+def test_containerd_restores_its_own_archive(cli: Cli, world: World, tmp_path: Path) -> None:
+    image = _containerd_checkpoint_image(cli, world, tmp_path, "quay.io/example/base:1")
+    for node in ("ctrd-2-1", "ctrd-2-3-on"):
+        name = f"ctrd-own-{node}"
+        world.v1.create_namespaced_pod("default", {
+            "metadata": {"name": name}, "spec": {
+                "nodeName": node, "containers": [{"name": "app", "image": image}]}})
+        pod = wait_for(lambda n=name: (p := world.v1.read_namespaced_pod(n, "default"))
+                       .status.phase == "Running" and p, what=f"{name} restored")
+        assert "sim.migrate.dev/restored.app" in pod.metadata.annotations
+    name = "ctrd-own-off"
+    world.v1.create_namespaced_pod("default", {"metadata": {"name": name}, "spec": {
+        "nodeName": "ctrd-2-3-off", "containers": [{"name": "app", "image": image}]}})
+    assert _waiting(world, name) == (
+        "CreateContainerError",
+        "checkpoint restore via CreateContainer is disabled by configuration")

@@ -223,10 +223,9 @@ class PodStarter:
                 annotations = bring_back(image, root, checkpoint, pod, c).annotations
         elif path != "plain":  # containerd's restore in CreateContainer
             with LayerRoot(image) as root:
-                config_dump = check_containerd(image, root, config)
-                self._base_image(str(config_dump.get("rootfsImageRef")
-                                     or config_dump.get("rootfsImageName") or ""))
-                checkpoint = prepare_restore(image, root, pod, c)
+                checkpoint = check_containerd(image, root, config)
+                self._base_image(str(checkpoint.config.get("rootfsImageRef")
+                                     or checkpoint.config.get("rootfsImageName") or ""))
                 self._event(pod, c, _NORMAL, "Created", f"Created container {name}")
                 annotations = bring_back(image, root, checkpoint, pod, c).annotations
         else:

@@ -260,9 +260,10 @@ def prepare_restore(image: PulledImage, root: LayerRoot, pod: Obj,
     return Checkpoint(spec, config, {str(k): str(v) for k, v in original.items()})
 
 
-def check_containerd(image: PulledImage, root: LayerRoot, config: NodeConfig) -> dict[str, Any]:
-    """containerd's CRImportCheckpoint up to its base-image pull: config.dump, or a
-    CreateError CreateContainerError with containerd's words."""
+def check_containerd(image: PulledImage, root: LayerRoot, config: NodeConfig) -> Checkpoint:
+    """containerd's CRImportCheckpoint up to its base-image pull (the caller's), or a
+    CreateError CreateContainerError with containerd's words. It takes the original
+    labels and annotations from status.dump and checks no bind mounts."""
     if restore_path(config, image) == "containerd-disabled":
         raise CreateError("CreateContainerError", CONTAINERD_RESTORE_DISABLED)
     if config.level == "none" and config.runtime_version >= (2, 2, 7):
@@ -280,5 +281,6 @@ def check_containerd(image: PulledImage, root: LayerRoot, config: NodeConfig) ->
             documents[name] = json.loads(data)
         except ValueError as e:
             raise CreateError("CreateContainerError", f'failed to read "{name}": {e}') from None
-    config_dump = documents["config.dump"]
-    return config_dump if isinstance(config_dump, dict) else {}
+    spec, config_dump = documents["spec.dump"], documents["config.dump"]
+    return Checkpoint(spec if isinstance(spec, dict) else {},
+                      config_dump if isinstance(config_dump, dict) else {}, {})
