@@ -131,9 +131,10 @@ def pod(
                                           help="The migrate container image, for --build-on "
                                           "node Jobs.", show_default=False),
     registry_secret: str | None = typer.Option(None, "--registry-secret", help="A "
-                                               "dockerconfigjson Secret for node builds "
-                                               "(default: a temporary one from your "
-                                               "credentials).", show_default=False),
+                                               "dockerconfigjson Secret for node builds and "
+                                               "the restored pod's pulls (default: a "
+                                               "temporary one from your credentials).",
+                                               show_default=False),
     authfile: Path | None = AUTHFILE,
     creds: str | None = CREDS,
     tls_verify: bool = TLS_VERIFY,
