@@ -78,6 +78,9 @@ class ArchiveSpec:
     annotations: dict[str, str] = field(default_factory=dict)
     volumes: list[dict[str, Any]] = field(default_factory=list)
     """Extra bind mounts: {destination, source, file_type, permissions}."""
+    service_account: bool = True
+    """Mount the service-account token (a pod with automountServiceAccountToken: false
+    has none)."""
     processes: list[Process] = field(default_factory=counters_processes)
     rootfs_files: dict[str, bytes] = field(default_factory=lambda: {
         "home/counter/logfile": (
@@ -217,9 +220,9 @@ def _binds(spec: ArchiveSpec) -> list[dict[str, Any]]:
         {"destination": "/dev/termination-log",
          "source": f"{pod_dir}/containers/{spec.container}/1a2b3c4d",
          "file_type": "file", "permissions": 0o644},
-        {"destination": "/var/run/secrets/kubernetes.io/serviceaccount",
-         "source": f"{pod_dir}/volumes/kubernetes.io~projected/kube-api-access-7xk2p",
-         "file_type": "directory", "permissions": 0o755},
+        *([{"destination": "/var/run/secrets/kubernetes.io/serviceaccount",
+             "source": f"{pod_dir}/volumes/kubernetes.io~projected/kube-api-access-7xk2p",
+             "file_type": "directory", "permissions": 0o755}] if spec.service_account else []),
         *spec.volumes,
     ]
 

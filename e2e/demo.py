@@ -1,8 +1,10 @@
 """The demo (the README's main job): migrate the seed article's `counters` pod.
 
-Starts a loopback registry and the cluster simulator, creates `counters` on
-node-a with a secret in its process's memory and a file in its root fs,
-runs `migrate pod counters --to node-b`, then proves the restored pod holds
+Starts a loopback registry and the cluster simulator, proves the path to
+node-b with `migrate doctor --probe node-b` (a real checkpoint, push and
+restore of a probe pod, all removed after), creates `counters` on node-a
+with a secret in its process's memory and a file in its root fs, runs
+`migrate pod counters --to node-b`, then proves the restored pod holds
 the same secret and file by checkpointing it on node-b and searching that
 archive. Everything it starts is stopped at the end, failures included.
 
@@ -94,8 +96,9 @@ def demo(work: Path) -> None:
                    # the source node or share the checkpoint directories.
                    "MIGRATE_NODE_ROOT": str(sim.state_dir / "nodes" / "{node}")}
             _say(f"A cluster simulator at {sim.url} and a registry at {registry.url}")
+            _say("Preflight: the checks, and a probe that proves node-b restores")
             _run([*migrate, "doctor", "--registry", f"{registry.host}/demo",
-                  "--no-tls-verify"], env)
+                  "--no-tls-verify", "--probe", "node-b"], env)
             processes = json.dumps([{"argv": ["/usr/bin/counter", "--port", "8088"],
                                      "heap": f"counter=42 token={secret}"}])
             files = json.dumps({"/home/counter/test-file": "counter state: 42\n"})

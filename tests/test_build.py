@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import tarfile
 from collections.abc import Callable, Iterator
@@ -144,6 +145,7 @@ def test_no_push_writes_an_oci_layout(cli: Cli, counters_archive: Path, tmp_path
     assert r.code == 0, r.err
     report = r.json()
     assert report["destination"] == str(layout)
+    assert report["layer_uploaded"] is False  # written, not uploaded
     index = json.loads((layout / "index.json").read_text())
     (entry,) = index["manifests"]
     assert entry["annotations"]["org.opencontainers.image.ref.name"] == "v2"
@@ -334,10 +336,41 @@ def test_build_usage_errors(cli: Cli, counters_archive: Path, tmp_path: Path) ->
     assert (r.code, r.err.splitlines()[0]) == (2, "error: --creds must be USER:PASSWORD")
     r = cli("build", counters_archive, "--image", "example.org/a:v1", "--oci-layout", tmp_path)
     assert r.code == 2 and "add --no-push" in r.err
-    r = cli("build", counters_archive, "--image", "example.org/a:v1", "--builder", "buildah")
+    r = cli("build", counters_archive, "--image", "example.org/a:v1", "--builder", "buildah",
+            "--compression", "none")
     assert r.err == ("error: buildah cannot push uncompressed layers\n"
                      "hint: use --builder native for --compression none, or give buildah "
                      "--compression gzip or zstd\n")
+    r = cli("build", counters_archive)
+    assert (r.code, r.err) == (2, "error: say where to push: --image REGISTRY/REPOSITORY[:TAG]\n"
+                                  "hint: or write an OCI layout: --no-push --oci-layout DIR\n")
+
+
+def test_an_oci_layout_needs_no_image_name(cli: Cli, counters_archive: Path,
+                                           tmp_path: Path) -> None:
+    r = cli("build", counters_archive, "--no-push", "--oci-layout", tmp_path / "l", "-o", "json")
+    assert r.code == 0, r.err
+    report = r.json()
+    validate(report, "build.schema.json", "build -o json")
+    assert (report["image"], report["layer_uploaded"]) == (
+        "localhost/checkpoint-counter:latest", False)
+    (entry,) = json.loads((tmp_path / "l" / "index.json").read_text())["manifests"]
+    assert entry["annotations"]["org.opencontainers.image.ref.name"] == "latest"
+    assert entry["digest"] == report["digest"]
+
+
+def test_buildah_without_a_compression_uses_gzip(cli: Cli, counters_archive: Path,
+                                                 tmp_path: Path) -> None:
+    if shutil.which("buildah") is None:
+        pytest.skip("buildah is not installed")
+    r = cli("build", counters_archive, "--builder", "buildah", "--no-push", "--oci-layout",
+            tmp_path / "l", "-o", "json")
+    assert r.code == 0, r.err
+    assert (r.json()["compression"], r.json()["layer_uploaded"]) == ("gzip", False)
+    (entry,) = json.loads((tmp_path / "l" / "index.json").read_text())["manifests"]
+    manifest = json.loads((tmp_path / "l" / "blobs" / "sha256" /
+                           entry["digest"].removeprefix("sha256:")).read_bytes())
+    assert manifest["layers"][0]["mediaType"].endswith("+gzip")
 
 
 def test_files_written_are_private(counters_archive: Path, tmp_path: Path) -> None:

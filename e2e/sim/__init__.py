@@ -34,8 +34,10 @@ answered by the same authorizer.
 Kubelets pull images for real from registries on 127.0.0.1 (Basic or Bearer
 auth from the pods' imagePullSecrets, TLS verified against the CAs of
 `RegistryConfig`); any other registry is never contacted and its images
-count as present on every node. A checkpoint image is restored as CRI-O
-does it, checks and error messages included; what it brings back (processes,
+count as present on every node. A checkpoint image is restored, or refused,
+as the node's runtime release does it (CRI-O's restore level, defaulting by
+release; containerd 2.0-2.4 and enable_experimental_restore_via_create),
+checks and error messages included; what it brings back (processes,
 memory, files) is kept on the Pod, so that a restored pod can be
 checkpointed and migrated again.
 
@@ -91,7 +93,9 @@ Layout, bottom up:
                    cronjob.py, cronjob_controller.py (cron.py: schedules);
                    owners.py what they share (claiming, the owner index)
     nodeconfig.py  per-node settings; kubelet_api.py the kubelet's HTTP API;
-                   checkpoints.py what a checkpoint archive holds
+                   checkpoints.py what a checkpoint archive holds;
+                   runtime_releases.py what each CRI-O and containerd release
+                   does with checkpoints and restores, and its exact words
     podstart.py    pulls (images.py, registry_pull.py), container creation and
                    restore (restore.py, restored.py, criu_read.py), Events
                    (kubelet_events.py) and backoff, on worker threads

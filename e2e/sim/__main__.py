@@ -17,8 +17,11 @@ for a listed node, new names appended in the file's order):
     nodes:
       - name: node-c                      # required
         runtime: containerd://2.4.0       # default cri-o://1.30.4 (nodeInfo)
-        restore_level: checkpoint_only    # none | checkpoint_only | checkpoint_restore
-                                          # (default); none: checkpoints answer 500
+        restore_level: checkpoint_only    # none | checkpoint_only | checkpoint_restore;
+                                          # default: the CRI-O release's (runtime_releases.py:
+                                          # none up to 1.29, checkpoint_only from 1.34.12...);
+                                          # none: checkpoints answer 500
+        enable_experimental_restore_via_create: false   # containerd 2.2.7+/2.3.4+
         checkpoint_gate: true             # false: /checkpoint is 404 (gate off)
         ready: true                       # false: NotReady (and the not-ready taint)
         labels: {topology.kubernetes.io/zone: b}

@@ -217,7 +217,9 @@ class PulledImage:
 
     digest: what the reference resolved to at the registry (an index's digest
         when the tag names an index); image_id: the config digest (CRI-O's
-        image ID); annotations: the OCI manifest's (Docker manifests have none).
+        image ID); annotations: the OCI manifest's (Docker manifests have none);
+        top_annotations: those of the document the reference named, an index's
+        or the manifest's (what containerd reads, parsing either as an index).
     """
 
     image: str
@@ -228,6 +230,7 @@ class PulledImage:
     annotations: dict[str, str] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     layers: list[Layer] = field(default_factory=list)
+    top_annotations: dict[str, str] = field(default_factory=dict)
 
     @property
     def size(self) -> int:

@@ -79,6 +79,7 @@ from e2e.sim.podstart import PodOutcome, PodStarter, Started, Waiting
 from e2e.sim.registry_pull import Puller
 from e2e.sim.rest import Rest
 from e2e.sim.runs import ContainerProcess, ContainerRuns, annotated_process
+from e2e.sim.runtime_releases import PAUSE_IMAGE, PAUSE_IMAGE_SIZE
 from e2e.sim.store import Obj
 
 __all__ = ["CONTAINER_RUNTIME", "KUBELET_PORT", "Kubelet", "apply_node_config", "node_object"]
@@ -164,7 +165,8 @@ def node_object(name: str, index: int, config: NodeConfig | None = None,
             "operatingSystem": "linux",
             "architecture": "amd64",
         },
-        "images": [],
+        # Every node holds its runtime's pause image (one per pod sandbox).
+        "images": [{"names": [PAUSE_IMAGE], "sizeBytes": PAUSE_IMAGE_SIZE}],
     }
     for type_, reason, message in (
         ("MemoryPressure", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),

@@ -8,8 +8,10 @@ users.py's (`read_config()` gives the whole document).
 Runtimes are `<name>://<version>` as a Node reports them in
 `status.nodeInfo.containerRuntimeVersion`. Which of them can checkpoint is
 `checkpoint_support()`: CRI-O from 1.25 and containerd from 2.0, and neither
-when `restore_level` is "none" (CRI-O's `[crio.checkpoint_restore]
-container_level_enabled = none`, or no CRIU on the node).
+when the restore level is "none" (CRI-O's `[crio.checkpoint_restore]
+container_level_enabled = none`, or no CRIU on the node). A node that sets no
+`restore_level` runs with its CRI-O release's default (runtime_releases.py:
+none up to 1.29, checkpoint_only in the patch releases since September 2026).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from e2e.sim.runtime_releases import CRIO_NOT_AVAILABLE, crio_default_level
 
 __all__ = [
     "DEFAULT_RUNTIME",
@@ -42,8 +46,9 @@ RESTORE_LEVELS = ("none", "checkpoint_only", "checkpoint_restore")
 DEFAULT_RUNTIME_REQUEST_TIMEOUT = 120.0
 
 _RUNTIME = re.compile(r"^([a-z0-9.-]+)://v?(\d+)\.(\d+)(?:\.(\d+))?([-+.~].*)?$")
-_NODE_KEYS = ("name", "runtime", "restore_level", "checkpoint_gate", "ready", "labels",
-              "taints", "capacity", "runtime_request_timeout", "backoff", "backoff_max")
+_NODE_KEYS = ("name", "runtime", "restore_level", "enable_experimental_restore_via_create",
+              "checkpoint_gate", "ready", "labels", "taints", "capacity",
+              "runtime_request_timeout", "backoff", "backoff_max")
 _FAULT_KEYS = ("fail_next_checkpoints", "checkpoint_delay_per_mib", "image_pull_seconds",
                "image_pull_seconds_per_mib")
 #: The kubelet's image pull backoff: 10 s doubling to 300 s (MaxContainerBackOff).
@@ -58,7 +63,10 @@ class NodeConfig:
     runtime: `status.nodeInfo.containerRuntimeVersion`, e.g. `cri-o://1.30.4`,
         `containerd://2.4.0`; its name also prefixes the pods' container IDs.
     restore_level: none | checkpoint_only | checkpoint_restore (CRI-O's setting;
-        "none" makes checkpoints fail with 500 on any runtime).
+        "none" makes checkpoints fail with 500 on any runtime); None: what the
+        runtime's release defaults to (`level`).
+    enable_experimental_restore_via_create: containerd's switch (2.2.7+, 2.3.4+)
+        for restoring checkpoint images in CreateContainer.
     checkpoint_gate: the kubelet's ContainerCheckpoint feature gate; off, the
         kubelet has no /checkpoint route (404 "404 page not found").
     ready: the Node's Ready condition (False: NotReady, with the
@@ -83,7 +91,8 @@ class NodeConfig:
     """
 
     runtime: str = DEFAULT_RUNTIME
-    restore_level: str = "checkpoint_restore"
+    restore_level: str | None = None
+    enable_experimental_restore_via_create: bool = False
     checkpoint_gate: bool = True
     ready: bool = True
     labels: dict[str, str] = field(default_factory=dict)
@@ -105,10 +114,10 @@ class NodeConfig:
         if not _RUNTIME.match(self.runtime):
             raise ValueError(f"runtime {self.runtime!r}: expected <name>://<version>, "
                              f"e.g. {DEFAULT_RUNTIME}")
-        if self.restore_level not in RESTORE_LEVELS:
+        if self.restore_level is not None and self.restore_level not in RESTORE_LEVELS:
             raise ValueError(f"restore_level {self.restore_level!r}: expected one of "
                              f"{', '.join(RESTORE_LEVELS)}")
-        for name in ("checkpoint_gate", "ready"):
+        for name in ("checkpoint_gate", "ready", "enable_experimental_restore_via_create"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false")
         if not isinstance(self.fail_next_checkpoints, int) or \
@@ -151,6 +160,16 @@ class NodeConfig:
         assert m is not None  # validated
         return int(m.group(2)), int(m.group(3)), int(m.group(4) or 0)
 
+    @property
+    def level(self) -> str:
+        """The restore level in effect: `restore_level`, else the CRI-O release's default
+        (other runtimes: checkpoint_restore, i.e. CRIU is there)."""
+        if self.restore_level is not None:
+            return self.restore_level
+        if self.runtime_name == "cri-o":
+            return crio_default_level(self.runtime_version)
+        return "checkpoint_restore"
+
 
 def checkpoint_support(config: NodeConfig) -> str | None:
     """Why the node's runtime cannot checkpoint (a CRI error as the kubelet relays it),
@@ -160,14 +179,14 @@ def checkpoint_support(config: NodeConfig) -> str | None:
         if version < (1, 25, 0):
             return "rpc error: code = Unimplemented desc = unknown method CheckpointContainer " \
                    "for service runtime.v1.RuntimeService"
-        if config.restore_level == "none":
-            return "rpc error: code = Unknown desc = checkpoint/restore support not available"
+        if config.level == "none":
+            return f"rpc error: code = Unknown desc = {CRIO_NOT_AVAILABLE}"
         return None
     if name == "containerd":
         if version < (2, 0, 0):
             return "rpc error: code = Unimplemented desc = method CheckpointContainer not " \
                    "implemented"
-        if config.restore_level == "none":
+        if config.level == "none":
             return 'rpc error: code = Unknown desc = failed to checkpoint container: exec: ' \
                    '"criu": executable file not found in $PATH'
         return None

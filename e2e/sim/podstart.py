@@ -25,19 +25,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from e2e.sim.image_manager import Backoff, ImageManager, Waiting
-from e2e.sim.images import PulledImage
+from e2e.sim.images import PulledImage, parse_image
 from e2e.sim.kubelet_events import EventRecorder
 from e2e.sim.meta import now, rfc3339
 from e2e.sim.nodeconfig import NodeConfig
-from e2e.sim.registry_pull import Puller
+from e2e.sim.registry_pull import Puller, PullError
 from e2e.sim.rest import Rest
 from e2e.sim.restore import (
     CreateError,
     LayerRoot,
-    can_restore,
+    check_containerd,
     check_ordinary,
-    is_checkpoint_image,
     prepare_restore,
+    restore_path,
 )
 from e2e.sim.restored import bring_back
 from e2e.sim.store import Obj
@@ -215,9 +215,17 @@ class PodStarter:
     def _create(self, pod: Obj, c: dict[str, Any], image: PulledImage) -> Started:
         name, config = str(c.get("name", "")), self._config()
         annotations: dict[str, str] = {}
-        if image.ref.reachable and is_checkpoint_image(image) and can_restore(config):
+        path = restore_path(config, image) if image.ref.reachable else "plain"
+        if path == "crio":
             with LayerRoot(image) as root:
                 checkpoint = prepare_restore(image, root, pod, c)
+                self._event(pod, c, _NORMAL, "Created", f"Created container {name}")
+                annotations = bring_back(image, root, checkpoint, pod, c).annotations
+        elif path != "plain":  # containerd's restore in CreateContainer
+            with LayerRoot(image) as root:
+                checkpoint = check_containerd(image, root, config)
+                self._base_image(str(checkpoint.config.get("rootfsImageRef")
+                                     or checkpoint.config.get("rootfsImageName") or ""))
                 self._event(pod, c, _NORMAL, "Created", f"Created container {name}")
                 annotations = bring_back(image, root, checkpoint, pod, c).annotations
         else:
@@ -235,3 +243,20 @@ class PodStarter:
         self._event(pod, c, _NORMAL, "Started", f"Started container {name}")
         return Started(image.repo_digest if image.ref.reachable else None, rfc3339(now()),
                        annotations)
+
+    def _base_image(self, image: str) -> None:
+        """containerd's pull of a checkpoint's base image: no credentials at all, not even
+        the pod's imagePullSecrets (containerd #12585, #11901)."""
+        try:
+            ref = parse_image(image)
+        except ValueError:
+            raise CreateError("CreateContainerError", f"failed to pull checkpoint base image "
+                              f"{image}: invalid reference format") from None
+        if not ref.reachable or self.image_manager.images.get(image) is not None:
+            return
+        try:
+            self.puller.pull(image, ref, None)
+        except PullError as e:
+            cause = str(e).split(": ", 2)[-1] if str(e).startswith("rpc error") else str(e)
+            raise CreateError("CreateContainerError",
+                              f"failed to pull checkpoint base image {image}: {cause}") from None

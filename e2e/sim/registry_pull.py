@@ -234,7 +234,7 @@ class Puller:
     def _pull(self, image: str, ref: ImageRef, creds: Credential | None) -> PulledImage:
         auth = self._authorize(ref, creds)
         manifest, media_type, digest = self._manifest(ref, ref.reference, auth)
-        top_digest = digest
+        top_digest, top_annotations = digest, manifest.get("annotations")
         if media_type in (OCI_INDEX, DOCKER_LIST):
             chosen = self._platform(manifest)
             manifest, media_type, digest = self._manifest(ref, chosen, auth)
@@ -252,7 +252,8 @@ class Puller:
         # CRI-O reads checkpoint annotations from OCI manifests only.
         annotations = manifest.get("annotations") if media_type == OCI_MANIFEST else None
         return PulledImage(image, ref, top_digest, config_digest, media_type,
-                           dict(annotations or {}), config, layers)
+                           dict(annotations or {}), config, layers,
+                           {str(k): str(v) for k, v in (top_annotations or {}).items()})
 
     def _manifest(self, ref: ImageRef, reference: str, auth: dict[str, str]
                   ) -> tuple[dict[str, Any], str, str]:

@@ -1,16 +1,23 @@
 """What the node's runtime does when the kubelet creates and starts a container from a
-pulled image, in particular a checkpoint image (FORMATS.md §4, §5).
+pulled image, in particular a checkpoint image (FORMATS.md §4, §5; the release
+facts and their sources are in runtime_releases.py).
 
-A checkpoint image is one whose OCI manifest carries
-`io.kubernetes.cri-o.annotations.checkpoint.name` (CRI-O reads only the
-manifest's annotations: not the config's labels, not an index's). CRI-O
-(1.25 and later, with `container_level_enabled = checkpoint_restore`)
-restores it; everything else creates an ordinary container from it:
+`restore_path()` says which way a CreateContainer goes:
 
-- CRI-O with restore off skips the checkpoint detection entirely;
-- containerd never restores a CRI-O checkpoint image here (2.4 removed
-  restore through CreateContainer; 2.1-2.3 have it off by default and need
-  containerd's own archive layout).
+- "crio": CRI-O 1.25+ whose restore level in effect is checkpoint_restore,
+  and an image whose OCI manifest carries
+  `io.kubernetes.cri-o.annotations.checkpoint.name` (CRI-O reads only the
+  manifest's annotations: not the config's labels, not an index's): restored;
+- "containerd": containerd 2.1-2.3 with restore on, and an image whose
+  top-level document (index or manifest) carries
+  `org.criu.checkpoint.container.name`: containerd's CRImportCheckpoint,
+  which needs spec.dump, config.dump and status.dump (a CRI-O archive has no
+  status.dump) and pulls the base image without the pod's pull secrets;
+- "containerd-disabled": containerd 2.2.7+/2.3.4+ without
+  `enable_experimental_restore_via_create`: refused with containerd's words;
+- "plain": everything else creates an ordinary container from the image:
+  CRI-O with restore off skips the checkpoint detection entirely, containerd
+  2.0 and 2.4+ never look for one.
 
 An ordinary container from a checkpoint image fails as the runtime would:
 the image has no Entrypoint/Cmd ("no command specified" unless the pod gives
@@ -39,20 +46,24 @@ from typing import IO, Any
 
 from e2e.sim.images import PulledImage
 from e2e.sim.nodeconfig import NodeConfig
+from e2e.sim.runtime_releases import CONTAINERD_RESTORE_DISABLED, containerd_restore
 from e2e.sim.store import Obj
 
 __all__ = [
     "CHECKPOINT_ANNOTATION",
     "CreateError",
     "LayerRoot",
-    "can_restore",
+    "check_containerd",
     "check_ordinary",
     "is_checkpoint_image",
     "kubelet_mounts",
     "prepare_restore",
+    "restore_path",
 ]
 
 CHECKPOINT_ANNOTATION = "io.kubernetes.cri-o.annotations.checkpoint.name"
+#: What containerd looks for (checkpointctl's CheckpointAnnotationName).
+CONTAINERD_CHECKPOINT_ANNOTATION = "org.criu.checkpoint.container.name"
 CRIO_ANNOTATIONS = "io.kubernetes.cri-o.Annotations"
 SERVICE_ACCOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 #: Mounts CRI-O sets up anew on restore instead of requiring them (container_restore.go).
@@ -78,10 +89,18 @@ def is_checkpoint_image(image: PulledImage) -> bool:
     return CHECKPOINT_ANNOTATION in image.annotations
 
 
-def can_restore(config: NodeConfig) -> bool:
-    """Whether the node's runtime restores checkpoint images."""
-    return (config.runtime_name == "cri-o" and config.runtime_version >= (1, 25, 0)
-            and config.restore_level == "checkpoint_restore")
+def restore_path(config: NodeConfig, image: PulledImage) -> str:
+    """Which way the node's CreateContainer takes `image`: crio | containerd |
+    containerd-disabled | plain (see the module's docstring)."""
+    if config.runtime_name == "cri-o":
+        restores = config.runtime_version >= (1, 25, 0) and config.level == "checkpoint_restore"
+        return "crio" if restores and is_checkpoint_image(image) else "plain"
+    if config.runtime_name == "containerd" and \
+            CONTAINERD_CHECKPOINT_ANNOTATION in image.top_annotations:
+        mode = containerd_restore(config.runtime_version,
+                                  config.enable_experimental_restore_via_create)
+        return {"restore": "containerd", "disabled": "containerd-disabled"}.get(mode, "plain")
+    return "plain"
 
 
 def kubelet_mounts(pod: Obj, container: dict[str, Any]) -> list[str]:
@@ -239,3 +258,29 @@ def prepare_restore(image: PulledImage, root: LayerRoot, pod: Obj,
                           f'restoring "{image.image_id.removeprefix("sha256:")}" expects '
                           f'following bind mounts defined ({",".join(missing)})')
     return Checkpoint(spec, config, {str(k): str(v) for k, v in original.items()})
+
+
+def check_containerd(image: PulledImage, root: LayerRoot, config: NodeConfig) -> Checkpoint:
+    """containerd's CRImportCheckpoint up to its base-image pull (the caller's), or a
+    CreateError CreateContainerError with containerd's words. It takes the original
+    labels and annotations from status.dump and checks no bind mounts."""
+    if restore_path(config, image) == "containerd-disabled":
+        raise CreateError("CreateContainerError", CONTAINERD_RESTORE_DISABLED)
+    if config.level == "none" and config.runtime_version >= (2, 2, 7):
+        raise CreateError("CreateContainerError", "checkpoint restore is not enabled: criu "
+                          "binary not found in shim path or system PATH")
+    # os.MkdirTemp("", "checkpoint"): a random number after the prefix.
+    mount_point = f"/tmp/checkpoint{int(image.image_id[7:15], 16) % 10**9}"
+    documents = {}
+    for name in ("spec.dump", "config.dump", "status.dump"):
+        data = root.read(name)
+        if data is None:
+            raise CreateError("CreateContainerError", f'failed to read "{name}": open '
+                              f"{mount_point}/{name}: no such file or directory")
+        try:
+            documents[name] = json.loads(data)
+        except ValueError as e:
+            raise CreateError("CreateContainerError", f'failed to read "{name}": {e}') from None
+    spec, config_dump = documents["spec.dump"], documents["config.dump"]
+    return Checkpoint(spec if isinstance(spec, dict) else {},
+                      config_dump if isinstance(config_dump, dict) else {}, {})

@@ -83,7 +83,32 @@ def _doctor_table(report: DoctorReport) -> str:
         text += "\nhints:\n" + "\n".join(hints) + "\n"
     n = report.to_dict()["summary"]
     warnings = f"{n['warn']} warning" + ("" if n["warn"] == 1 else "s")
-    return text + f"\n{n['pass']} passed, {warnings}, {n['fail']} failed, {n['skip']} skipped\n"
+    text += f"\n{n['pass']} passed, {warnings}, {n['fail']} failed, {n['skip']} skipped\n"
+    if report.probes is not None:
+        text += "\n" + _probe_table(report)
+    return text
+
+
+def _probe_table(report: DoctorReport) -> str:
+    from migrate.pipeline.probe import STAGES
+
+    probes = report.probes or []
+
+    def seconds(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f} s"
+
+    rows = [(r.status, r.node, r.source or "-", r.stage or "-",
+             *(seconds(r.seconds.get(s)) for s in STAGES)) for r in probes]
+    text = table(("probe", "node", "from", "failed at", *STAGES), rows)
+    lines = []
+    for r in probes:
+        if r.status != "PASS":
+            lines += [f"  {r.node}: {r.message}"] + ([f"    hint: {r.hint}"] if r.hint else [])
+        lines += [f"  {r.node}: left behind: {left}" for left in r.leftovers]
+    if lines:
+        text += "\n" + "\n".join(lines) + "\n"
+    passed = sum(r.status == "PASS" for r in probes)
+    return text + f"\nprobes: {passed} passed, {len(probes) - passed} failed\n"
 
 
 def doctor(
@@ -97,26 +122,60 @@ def doctor(
     creds: str | None = CREDS,
     tls_verify: bool = TLS_VERIFY,
     cert_dir: Path | None = CERT_DIR,
+    probe: list[str] = typer.Option([], "--probe", metavar="NODE", help="Prove a destination "
+                                    "end to end: checkpoint a probe pod on another node, push "
+                                    "its image to --registry, restore it on NODE, delete "
+                                    "everything (repeatable, or NODE,NODE).",
+                                    show_default=False),
+    probe_image: str | None = typer.Option(None, "--probe-image", help="The probe pod's image "
+                                           "(default: the pause image the source node "
+                                           "holds).", show_default=False),
+    probe_source: str | None = typer.Option(None, "--probe-source", metavar="NODE",
+                                            help="Where the probe pod runs (default: a Ready "
+                                            "node that can checkpoint, CRI-O first).",
+                                            show_default=False),
+    timeout: float = typer.Option(120.0, "--timeout", min=1, help="With --probe: seconds for "
+                                  "each wait (probe pod, build Job, restored pod)."),
+    tool_image: str | None = typer.Option(None, "--tool-image", envvar="MIGRATE_TOOL_IMAGE",
+                                          help="With --probe: the migrate image, for a build "
+                                          "Job when archives are not readable here.",
+                                          show_default=False),
     kubeconfig: Path | None = KUBECONFIG,
     context: str | None = CONTEXT,
     namespace: str | None = NAMESPACE,
     output: Format = typer.Option(Format.table, "-o", "--output", help="Output format."),
 ) -> None:
-    """Preflight checks: API version, RBAC, node runtimes, registry, buildah.
+    """Preflight checks: API version, RBAC, node runtimes, registry, buildah; with --probe,
+    a real checkpoint and restore onto each node given.
 
-    Exits 9 when a check FAILs (WARN rows do not fail the run).
+    Exits 9 when a check FAILs or a probe fails (WARN rows do not fail the run).
     """
+    from migrate.errors import UsageError
     from migrate.pipeline.doctor import DoctorRequest
     from migrate.pipeline.doctor import doctor as run
+    from migrate.pipeline.probe import ProbeRequest
 
     settings = with_registry(with_kube(ctx, kubeconfig, context, namespace),
                              authfile=authfile, creds=creds, tls_verify=tls_verify,
                              cert_dir=cert_dir)
-    report = run(settings, DoctorRequest(nodes=tuple(node), registry=registry))
+    probed = tuple(n.strip() for value in probe for n in value.split(",") if n.strip())
+    if probe and registry is None:
+        raise UsageError("--probe needs --registry REG: the probe pushes its checkpoint "
+                         "image there", hint="the registry the migrations will use")
+    if (probe_image or probe_source) and not probe:
+        raise UsageError("--probe-image and --probe-source go with --probe NODE")
+    request = ProbeRequest(nodes=probed, registry=registry or "", image=probe_image,
+                           source=probe_source, timeout=timeout, tool_image=tool_image) \
+        if probe else None
+    report = run(settings, DoctorRequest(nodes=tuple(node), registry=registry, probe=request))
     emit(report.to_dict(), output.value, lambda: _doctor_table(report))
     failed = report.to_dict()["summary"]["fail"]
-    if failed:
-        raise ChecksFailed(f"{failed} check{'s' if failed > 1 else ''} failed",
+    probes_failed = report.probes_failed
+    if failed or probes_failed:
+        what = [f"{failed} check{'s' if failed > 1 else ''}"] if failed else []
+        what += [f"{probes_failed} probe{'s' if probes_failed > 1 else ''}"] \
+            if probes_failed else []
+        raise ChecksFailed(f"{' and '.join(what)} failed",
                            hint="each FAIL row has a hint; fix those and run migrate doctor "
                            "again")
 

@@ -50,6 +50,9 @@ def _human(rep: dict[str, Any]) -> str:
     text = table(("namespace", "pod", "action", "to", "outcome", "detail"), [
         (p["namespace"], p["name"], p["action"], p["destination"] or "-", p["outcome"],
          _detail(p)) for p in pods])
+    hints = [f"  {p['namespace']}/{p['name']}: {p['hint']}" for p in pods if p.get("hint")]
+    if hints:
+        text += "hints:\n" + "\n".join(hints) + "\n"
     counts = ", ".join(f"{n} {o}" for o, n in rep["summary"].items()) or "no pods"
     return text + f"drain:        {rep['id']} ({rep['outcome']})\n" \
         f"pods:         {counts}\nAPI requests: {rep['api_requests']}\n"

@@ -49,12 +49,15 @@ def build(
     ctx: typer.Context,
     archive: Path = typer.Argument(..., help="Checkpoint archive (checkpoint-*.tar).",
                                    metavar="ARCHIVE", show_default=False),
-    image: str = typer.Option(..., "--image", "-i", help="Image reference to push, "
-                              "REGISTRY/REPOSITORY[:TAG].", show_default=False),
+    image: str | None = typer.Option(None, "--image", "-i", help="Image reference to push, "
+                                     "REGISTRY/REPOSITORY[:TAG] (with --oci-layout: "
+                                     "default localhost/checkpoint-CONTAINER:latest).",
+                                     show_default=False),
     builder: Builder = typer.Option(Builder.native, "--builder", help="How to build."),
     push: bool = typer.Option(True, "--push/--no-push", help="Push to the registry."),
-    compression: Compression = typer.Option(Compression.none, "--compression",
-                                            help="Layer compression."),
+    compression: Compression | None = typer.Option(
+        None, "--compression", help="Layer compression (default: none; gzip with --builder "
+        "buildah).", show_default=False),
     authfile: Path | None = AUTHFILE,
     creds: str | None = CREDS,
     tls_verify: bool = TLS_VERIFY,
@@ -70,13 +73,14 @@ def build(
 ) -> None:
     """Build an OCI checkpoint image from an archive and push it (or write an OCI layout)."""
     from migrate.adapters.registry.reference import parse_reference
-    from migrate.pipeline.build import BuildRequest, build_image
+    from migrate.pipeline.build import BuildRequest, build_image, default_compression
 
     settings = with_registry(ctx.obj, authfile=authfile, creds=creds, tls_verify=tls_verify,
                              cert_dir=cert_dir)
     report = build_image(BuildRequest(
-        archive=archive, image=parse_reference(image), builder=builder.value,
-        compression=compression.value, push=push, oci_layout=oci_layout,
+        archive=archive, image=parse_reference(image) if image is not None else None,
+        builder=builder.value, compression=compression.value if compression is not None
+        else default_compression(builder.value), push=push, oci_layout=oci_layout,
         oci_index=oci_index), settings)
     if termination_message_path is not None:
         # Kubernetes keeps 4 KiB of a termination message: the few fields a caller needs.

@@ -117,8 +117,9 @@ def pod(
     builder: Builder = typer.Option(Builder.native, "--builder", help="How to build."),
     build_on: BuildOn = typer.Option(BuildOn.auto, "--build-on", help="local: read the "
                                      "archive here; node: a Job on the source node."),
-    compression: Compression = typer.Option(Compression.none, "--compression",
-                                            help="Layer compression."),
+    compression: Compression | None = typer.Option(
+        None, "--compression", help="Layer compression (default: none; gzip with --builder "
+        "buildah).", show_default=False),
     keep_source: bool = typer.Option(False, "--keep-source", help="Leave the source "
                                      "running."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check and print the plan only."),
@@ -130,9 +131,10 @@ def pod(
                                           help="The migrate container image, for --build-on "
                                           "node Jobs.", show_default=False),
     registry_secret: str | None = typer.Option(None, "--registry-secret", help="A "
-                                               "dockerconfigjson Secret for node builds "
-                                               "(default: a temporary one from your "
-                                               "credentials).", show_default=False),
+                                               "dockerconfigjson Secret for node builds and "
+                                               "the restored pod's pulls (default: a "
+                                               "temporary one from your credentials).",
+                                               show_default=False),
     authfile: Path | None = AUTHFILE,
     creds: str | None = CREDS,
     tls_verify: bool = TLS_VERIFY,
@@ -146,6 +148,7 @@ def pod(
     from migrate.adapters import kube
     from migrate.errors import UsageError
     from migrate.pipeline import migration
+    from migrate.pipeline.build import default_compression
     from migrate.pipeline.preflight import PodRequest, preflight
 
     if container and all_containers:
@@ -159,7 +162,8 @@ def pod(
     req = PodRequest(pod=name, to=to, namespace=namespace, containers=tuple(container),
                      all_containers=all_containers, registry=registry, image=image,
                      builder=builder.value, build_on=build_on.value,
-                     compression=compression.value, keep_source=keep_source,
+                     compression=compression.value if compression is not None
+                     else default_compression(builder.value), keep_source=keep_source,
                      dry_run=dry_run, timeout=timeout, cleanup_archive=cleanup_archive,
                      tool_image=tool_image, registry_secret=registry_secret)
     cluster = kube.connect(settings.kube, background_events=True)

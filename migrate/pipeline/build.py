@@ -35,12 +35,18 @@ BUILDERS = ("native", "buildah")
 COMPRESSIONS = ("none", "gzip", "zstd")
 
 
+def default_compression(builder: str) -> str:
+    """What --compression is when not given: none, or gzip for buildah, which cannot push
+    uncompressed layers (containers/image compresses whatever it pushes)."""
+    return "gzip" if builder == "buildah" else "none"
+
+
 @dataclass(frozen=True)
 class BuildRequest:
     """One `migrate build`."""
 
     archive: Path
-    image: Reference
+    image: Reference | None  # None only with an OCI layout: named after the container
     builder: str = "native"
     compression: str = "none"
     push: bool = True
@@ -59,6 +65,9 @@ class BuildRequest:
                              hint="add --no-push")
         if not self.push and not self.oci_layout:
             raise UsageError("--no-push needs --oci-layout DIR to put the image somewhere")
+        if self.push and self.image is None:
+            raise UsageError("say where to push: --image REGISTRY/REPOSITORY[:TAG]",
+                             hint="or write an OCI layout: --no-push --oci-layout DIR")
         if self.builder == "buildah" and self.compression == "none":
             # containers/image always compresses what buildah pushes (buildah#3904);
             # asking for none would silently give gzip.
@@ -123,7 +132,9 @@ def build_image(req: BuildRequest, settings: Settings,
     with timer.step("validate"), Checkpoint(req.archive, settings.archive) as ckpt:
         info = checkpoint_image_info(ckpt)
         archive_size = ckpt.archive.file_size
-    client = RegistryClient(req.image, settings.registry) if req.push else None
+    image = req.image or Reference("localhost", f"checkpoint-{info.identity.container}".lower(),
+                                   "latest", None)
+    client = RegistryClient(image, settings.registry) if req.push else None
     if client is not None:
         with timer.step("login"):
             for attempt in client.policy:
@@ -138,30 +149,31 @@ def build_image(req: BuildRequest, settings: Settings,
         else:
             assert req.oci_layout is not None  # BuildRequest.check made sure
             target = LayoutTarget(OciLayout(req.oci_layout))
-        result = build_native(req.archive, info, target, tag=req.image.tag or None,
+        result = build_native(req.archive, info, target, tag=image.tag or None,
                               compression=req.compression,
                               chunk_bytes=settings.registry.chunk_bytes,
                               oci_index=req.oci_index, timer=timer, on_progress=on_progress)
         digest, layer_size, image_size = result.digest, result.layer.size, result.image_size
-        uploaded = not isinstance(target, RegistryTarget) or target.layer_uploaded
+        # An OCI layout is written, not uploaded; a registry may have had the layer.
+        uploaded = isinstance(target, RegistryTarget) and target.layer_uploaded
     else:
         # Imported here: `sh` costs start-up time the native path does not need.
         from migrate.adapters.buildah import BuildahPush, build_with_buildah
 
         reg = settings.registry
-        dest = str(req.image) if client is not None else f"oci:{req.oci_layout}:{req.image.tag}"
+        dest = str(image) if client is not None else f"oci:{req.oci_layout}:{image.tag}"
         built = build_with_buildah(req.archive, info.annotations, push=BuildahPush(
             destination=dest, tls_verify=reg.tls_verify, cert_dir=reg.cert_dir,
             authfile=reg.authfile, creds=reg.creds, compression=req.compression))
         timer.timings.update(built.timings)
         digest, layer_size, image_size = built.digest or "", 0, 0
-        uploaded = True
+        uploaded = client is not None
     if client is not None:
         with timer.step("verify"):
             doc = _verify(client, digest, info.identity.container)
         layer_size = layer_size or sum(int(x["size"]) for x in doc["layers"])
         image_size = image_size or layer_size + int(doc["config"]["size"])
-    return BuildReport(image=str(req.image), digest=digest, builder=req.builder,
+    return BuildReport(image=str(image), digest=digest, builder=req.builder,
                        compression=req.compression, layer_size=layer_size,
                        image_size=image_size, archive_size=archive_size,
                        annotations=info.annotations, timings=timer.timings,

@@ -4,6 +4,9 @@ Each check is one row, PASS, WARN, FAIL or SKIP, with what was found and a
 hint. Checks never stop at the first problem: an operator fixing a cluster
 wants the whole list. When the API server cannot be reached, the checks that
 need it are SKIPped rather than failed a second time.
+
+The static checks read versions; with probes (probe.py) a destination is
+proved by a real checkpoint, push and restore, one row per node.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from migrate.adapters.registry.client import RegistryClient
 from migrate.adapters.registry.reference import Reference
 from migrate.errors import MigrateError, NotFoundError, UsageError
 from migrate.pipeline import nodes
+from migrate.pipeline.probe import ProbeRequest, ProbeResult, probe
 from migrate.settings import RetrySettings, Settings
 
 
@@ -54,6 +58,7 @@ class DoctorRequest:
     nodes: tuple[str, ...] = ()  # empty: every node
     registry: str | None = None  # HOST[:PORT][/REPOSITORY]
     buildah: str = "buildah"  # the executable to look for
+    probe: ProbeRequest | None = None  # destinations to prove end to end
 
 
 @dataclass
@@ -61,15 +66,24 @@ class DoctorReport:
     """Every check, in the order they ran."""
 
     checks: list[Check] = field(default_factory=list)
+    probes: list[ProbeResult] | None = None  # None: no --probe
 
     def count(self, status: Status) -> int:
         """How many checks came out ``status``."""
         return sum(c.status is status for c in self.checks)
 
+    @property
+    def probes_failed(self) -> int:
+        """How many probes failed."""
+        return sum(r.status != "PASS" for r in self.probes or [])
+
     def to_dict(self) -> dict[str, Any]:
         """JSON form (schemas/doctor.schema.json)."""
-        return {"checks": [c.to_dict() for c in self.checks],
-                "summary": {s.value.lower(): self.count(s) for s in Status}}
+        out: dict[str, Any] = {"checks": [c.to_dict() for c in self.checks],
+                               "summary": {s.value.lower(): self.count(s) for s in Status}}
+        if self.probes is not None:
+            out["probes"] = [r.to_dict() for r in self.probes]
+        return out
 
 
 #: (verb, resource, subresource, group, needed for, FAIL or only WARN when denied)
@@ -131,18 +145,27 @@ def _rbac(cluster: kube.Cluster) -> Iterator[Check]:
                         + " (`migrate deploy` emits the role the tool needs)")
 
 
-def _node_checks(node: dict[str, Any]) -> Iterator[Check]:
+def _runtime_check(node: dict[str, Any]) -> Check:
     name = node["metadata"]["name"]
     rt = nodes.runtime_of(node)
-    shown = f"{rt.name}://{rt.version}" if rt.name else "unknown runtime"
+    row = f"node {name}: runtime"
+    if rt.can_restore and rt.restore_default == "on":
+        return Check(row, Status.PASS, f"{rt.shown}: checkpoint and restore", rt.reason)
     if rt.can_restore:
-        yield Check(f"node {name}: runtime", Status.PASS,
-                    f"{shown}: checkpoint and restore", f"check that {rt.reason}")
-    elif rt.can_checkpoint:
-        yield Check(f"node {name}: runtime", Status.WARN, f"{shown}: checkpoint only",
-                    rt.reason)
-    else:
-        yield Check(f"node {name}: runtime", Status.FAIL, shown, rt.reason)
+        # The release's default refuses restores: only its configuration can say otherwise,
+        # and the API does not show that (`--probe` tries).
+        what = {"disabled": "checkpoint and restore off by default",
+                "off": "checkpoint only by default"}.get(
+                    rt.restore_default, "checkpoint, restore probably off by default")
+        return Check(row, Status.WARN, f"{rt.shown}: {what}", rt.reason)
+    if rt.can_checkpoint:
+        return Check(row, Status.WARN, f"{rt.shown}: checkpoint only", rt.reason)
+    return Check(row, Status.FAIL, rt.shown if rt.name else "unknown runtime", rt.reason)
+
+
+def _node_checks(node: dict[str, Any]) -> Iterator[Check]:
+    name = node["metadata"]["name"]
+    yield _runtime_check(node)
     ok, why = nodes.ready(node)
     yield (Check(f"node {name}: ready", Status.PASS, "Ready")
            if ok else Check(f"node {name}: ready", Status.FAIL, f"not Ready: {why}",
@@ -231,8 +254,10 @@ def _buildah(executable: str) -> Check:
 
 
 def doctor(settings: Settings, req: DoctorRequest,
-           on_check: Callable[[Check], None] = lambda c: None) -> DoctorReport:
-    """Run every check; ``on_check`` sees each row as soon as it is known."""
+           on_check: Callable[[Check], None] = lambda c: None,
+           on_probe: Callable[[ProbeResult], None] = lambda r: None) -> DoctorReport:
+    """Run every check, then the probes; ``on_check`` and ``on_probe`` see each row as soon
+    as it is known."""
     # A report should not wait out an outage: one retry at most, quickly.
     quick = RetrySettings(attempts=2, initial_wait=0.2, max_wait=1.0)
     settings = dataclasses.replace(
@@ -240,6 +265,10 @@ def doctor(settings: Settings, req: DoctorRequest,
         registry=dataclasses.replace(settings.registry, retry=quick))
     if req.registry:
         registry_reference(req.registry)  # bad input is a usage error before any check runs
+    if req.probe is not None and not req.probe.nodes:
+        raise UsageError("--probe needs a node", hint="--probe NODE (repeatable)")
+    if req.probe is not None:
+        registry_reference(req.probe.registry)
     report = DoctorReport()
 
     def add(check: Check) -> None:
@@ -251,4 +280,19 @@ def doctor(settings: Settings, req: DoctorRequest,
     if req.registry:
         add(_registry(settings, req.registry))
     add(_buildah(req.buildah))
+    if req.probe is not None:
+        report.probes = []
+        try:
+            cluster = kube.connect(settings.kube)
+        except MigrateError as e:
+            report.probes = [ProbeResult(n, message=e.message, hint=e.hint or "")
+                             for n in req.probe.nodes]
+            return report
+
+        def seen(result: ProbeResult) -> None:
+            assert report.probes is not None
+            report.probes.append(result)
+            on_probe(result)
+
+        probe(cluster, settings, req.probe, seen)
     return report

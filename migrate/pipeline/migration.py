@@ -28,7 +28,7 @@ from migrate.adapters import kube
 from migrate.adapters.checkpoint import Checkpoint
 from migrate.adapters.registry.reference import parse_reference
 from migrate.errors import ClusterError, MigrateError, UsageError
-from migrate.pipeline import claims, nodebuild, restore, switchover, trust
+from migrate.pipeline import claims, nodebuild, nodes, restore, switchover, trust
 from migrate.pipeline.build import BuildRequest, build_image
 from migrate.pipeline.journal import DONE, Journal
 from migrate.pipeline.manifest import PodSource, RestoreOptions, render_restore_pod
@@ -212,6 +212,12 @@ def _create(run: Run) -> dict[str, Any]:
         raise ClusterError(f"the source pod {plan.namespace}/{plan.pod} is gone",
                            hint="nothing left to migrate")
     manifest, held = _render(run, source_pod)
+    pulls = manifest["spec"].setdefault("imagePullSecrets", [])
+    for secret in _pull_secrets(run):
+        if {"name": secret} not in pulls:
+            pulls.append({"name": secret})
+    if not pulls:
+        del manifest["spec"]["imagePullSecrets"]
     created = restore.create(run.cluster, plan.namespace, manifest)
     meta = created["metadata"]
     run.journal.created_object("Pod", plan.namespace, meta["name"], meta.get("uid", ""))
@@ -221,15 +227,46 @@ def _create(run: Run) -> dict[str, Any]:
             "held_label": list(held) if held else None}
 
 
+def _pull_secrets(run: Run) -> list[str]:
+    """Secrets that let the destination pull the checkpoint images, besides the source's
+    own imagePullSecrets (which the restored pod keeps, for its other images).
+
+    The credentials this run pushed with: the Secret named by --registry-secret, the
+    one made for a build Job, or else a temporary dockerconfigjson Secret made from
+    them now (recorded, and removed at cleanup or rollback). None when the run
+    pushed anonymously.
+    """
+    req, plan = run.req, run.plan
+    if req.registry_secret:
+        return [req.registry_secret]
+    made = [o["name"] for o in run.journal.objects if o["kind"] == "Secret"]
+    if made:
+        return made
+    names, seen = [], set()
+    for image in plan.images.values():
+        registry = parse_reference(image).registry
+        body = nodebuild.registry_secret(run.settings, plan.namespace, image, run.journal.id)
+        if body is None or registry in seen:
+            continue
+        seen.add(registry)
+        secret = kube.create_secret(run.cluster, plan.namespace, body)["metadata"]
+        run.journal.created_object("Secret", plan.namespace, secret["name"],
+                                   secret.get("uid", ""))
+        names.append(secret["name"])
+    return names
+
+
 def _verify(run: Run) -> dict[str, Any]:
     plan, created = run.plan, run.data("create")
     digests = {c: i["digest"] for c, i in run.data("build")["images"].items()}
     run.progress("verify", f"waiting for {created['pod']} to run restored")
     # From the create's answer: no list first (a resumed run's may be too old: the
     # watch then answers 410 and lists).
+    runtime = nodes.parse_runtime(plan.destination_runtime) if plan.destination_runtime \
+        else None
     restored = restore.wait_restored(run.cluster, plan.namespace, created["pod"],
                                      plan.destination, digests, run.req.timeout,
-                                     since=created.get("resource_version"))
+                                     since=created.get("resource_version"), runtime=runtime)
     _event(run, _known(plan.namespace, created["pod"], restored.uid), "Restored",
            f"restored from {', '.join(sorted(set(digests.values())))} "
            f"(migration {run.journal.id} from {plan.source})")

@@ -83,6 +83,9 @@ class Plan:
     # The pod's resourceVersion preflight read and judged: the claim written right
     # after is conditional on it. Not journaled: a resumed run reads the pod again.
     resource_version: str | None = field(default=None, compare=False)
+    # What the destination reports as its runtime (cri-o://1.34.12): the hint when it
+    # will not restore names its setting. "" in journals written before it was kept.
+    destination_runtime: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -90,14 +93,15 @@ class Plan:
                 "source": self.source, "destination": self.destination,
                 "containers": list(self.containers), "images": self.images,
                 "owner": {"kind": self.owner[0], "name": self.owner[1]} if self.owner else None,
-                "switch": self.switch}
+                "switch": self.switch, "destination_runtime": self.destination_runtime}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Plan:
         """Inverse of `to_dict`."""
         owner = (d["owner"]["kind"], d["owner"]["name"]) if d.get("owner") else None
         return cls(d["namespace"], d["pod"], d["uid"], d["source"], d["destination"],
-                   tuple(d["containers"]), dict(d["images"]), owner, d["switch"])
+                   tuple(d["containers"]), dict(d["images"]), owner, d["switch"],
+                   destination_runtime=str(d.get("destination_runtime") or ""))
 
 
 def controller_of(pod: Obj) -> tuple[str, str] | None:
@@ -162,7 +166,8 @@ def check_destination(pod: Obj, node: Obj, source: str) -> None:
     rt = nodes.runtime_of(node)
     if not rt.can_restore:
         raise ClusterError(f"node {name} cannot restore checkpoints: {rt.reason}",
-                           hint="pick a CRI-O node (`migrate doctor` lists them)")
+                           hint="pick a CRI-O node (`migrate doctor` lists them)"
+                           + ("; " + rt.restore_fix if rt.name == "containerd" else ""))
     refused = placement.refusals(pod, node)
     if refused:
         raise ClusterError(refused[0], hint="the pod's own scheduling constraints rule this "
@@ -200,10 +205,12 @@ def preflight(cluster: kube.Cluster, settings: Settings, req: PodRequest) -> Pla
         raise UsageError(f"pod {namespace}/{req.pod} is controlled by {owner[0]} {owner[1]}, "
                          "which migrate cannot hand a pod over to",
                          hint="only bare pods and ReplicaSet (Deployment) pods can move")
-    check_destination(pod, kube.read_node(cluster, req.to), source)
+    destination = kube.read_node(cluster, req.to)
+    check_destination(pod, destination, source)
     containers = _containers(pod, req)
     images = _images(req, namespace, _workload(pod, owner), containers)
     check_registry(settings, images)
     switch = "keep" if req.keep_source else ("handover" if owner else "delete")
     return Plan(namespace, req.pod, pod["metadata"].get("uid", ""), source, req.to, containers,
-                images, owner, switch, pod["metadata"].get("resourceVersion"))
+                images, owner, switch, pod["metadata"].get("resourceVersion"),
+                destination_runtime=nodes.reported_runtime(destination))

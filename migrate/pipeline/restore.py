@@ -4,8 +4,10 @@
 container is running and ready, and reports the checkpoint image's digest as
 its imageID (so it started from the checkpoint, not from some other image).
 The wait is a watch on the pod. A container the runtime refused to create
-(CRI-O's restore checks: bind mounts, restore level) fails at once with the
-kubelet's reason and message; image pull errors are waited out until the
+(CRI-O's restore checks: bind mounts; a runtime that does not restore) fails
+at once with the kubelet's reason and message; so does an image pull that
+no retry can fix (plain HTTP, an untrusted certificate, credentials, an
+unknown image: refusals.py). Other pull errors are waited out until the
 deadline, because a registry can come back.
 """
 
@@ -17,17 +19,20 @@ from typing import Any
 
 from migrate.adapters import kube
 from migrate.errors import ClusterError
+from migrate.pipeline.nodes import Runtime
+from migrate.pipeline.refusals import (
+    FATAL_WAITING,
+    PULLING,
+    PullRefused,
+    RestoreRefused,
+    pull_refused,
+    refused,
+)
+
+__all__ = ["FATAL_WAITING", "PULLING", "PullRefused", "RestoreRefused", "Restored", "create",
+           "wait_restored"]
 
 Obj = dict[str, Any]
-
-#: Waiting reasons that will not resolve by themselves (the kubelet retries, in vain).
-FATAL_WAITING = frozenset({"CreateContainerError", "CreateContainerConfigError",
-                           "InvalidImageName", "ErrImageNeverPull", "RunContainerError"})
-PULLING = frozenset({"ErrImagePull", "ImagePullBackOff"})
-
-
-class RestoreRefused(ClusterError):
-    """The destination's kubelet or runtime refused the restore."""
 
 
 @dataclass(frozen=True)
@@ -53,9 +58,10 @@ def _statuses(pod: Obj) -> dict[str, Obj]:
 class _Verifier:
     """The watch predicate: None to keep waiting, a `Restored`, or an error raised."""
 
-    def __init__(self, digests: dict[str, str], node: str) -> None:
+    def __init__(self, digests: dict[str, str], node: str, runtime: Runtime | None) -> None:
         self.digests = digests
         self.node = node
+        self.runtime = runtime
         self.last_reason = ""
 
     def __call__(self, pod: Obj | None) -> Restored | None:
@@ -72,12 +78,15 @@ class _Verifier:
         statuses = _statuses(pod)
         for container in self.digests:
             waiting = ((statuses.get(container) or {}).get("state") or {}).get("waiting") or {}
-            reason = waiting.get("reason", "")
+            reason, message = waiting.get("reason", ""), str(waiting.get("message", ""))
             if reason in FATAL_WAITING:
-                raise RestoreRefused(
-                    f"the restore of {container} on {self.node} failed: {reason}: "
-                    f"{waiting.get('message', '')}".rstrip(": "),
-                    hint=_hint(waiting.get("message", "")))
+                raise refused(container, self.node, reason, message, self.runtime)
+            if reason in PULLING:
+                image = next((str(c.get("image", "")) for c in pod["spec"]["containers"]
+                              if c.get("name") == container), "")
+                permanent = pull_refused(container, self.node, image, message)
+                if permanent is not None:
+                    raise permanent
             if reason:
                 self.last_reason = f"{container}: {reason}: {waiting.get('message', '')}"
         if status.get("phase") != "Running":
@@ -97,16 +106,6 @@ class _Verifier:
         return Restored(name, pod["metadata"].get("uid", ""), self.node, time.time(), ids)
 
 
-def _hint(message: str) -> str:
-    if "expects following bind mounts" in message:
-        return ("the restored pod must mount every volume the checkpointed container had; "
-                "keep the source's volumes and volumeMounts")
-    if "checkpoint" in message.lower() and ("disabled" in message or "not" in message):
-        return ("the destination's runtime does not restore checkpoints: CRI-O needs "
-                "[crio.checkpoint_restore] container_level_enabled = checkpoint_restore")
-    return "kubectl describe pod shows the kubelet's events"
-
-
 def create(cluster: kube.Cluster, namespace: str, manifest: Obj) -> Obj:
     """Create the destination pod."""
     return kube.create_pod(cluster, namespace, manifest)
@@ -114,15 +113,16 @@ def create(cluster: kube.Cluster, namespace: str, manifest: Obj) -> Obj:
 
 def wait_restored(cluster: kube.Cluster, namespace: str, name: str, node: str,
                   digests: dict[str, str], timeout: float, *,
-                  since: str | None = None) -> Restored:
+                  since: str | None = None, runtime: Runtime | None = None) -> Restored:
     """Watch the destination pod until it is verified, refused, or the time is up.
 
-    ``since``: the resourceVersion its create answered (see `kube.watch_pod`).
+    ``since``: the resourceVersion its create answered (see `kube.watch_pod`);
+    ``runtime``: the destination's, for the hint when it does not restore.
     """
-    verify = _Verifier(digests, node)
+    verify = _Verifier(digests, node, runtime)
     try:
         return kube.watch_pod(cluster, namespace, name, verify, timeout, since=since)
-    except RestoreRefused:
+    except (RestoreRefused, PullRefused):
         raise
     except ClusterError as e:
         if "timed out" in e.message and verify.last_reason:

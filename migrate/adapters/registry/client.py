@@ -257,3 +257,11 @@ class RegistryClient:
                             headers={"Accept": media_type}, expected={200},
                             what="manifest fetch")
         return bytes(resp.data)
+
+    def delete_manifest(self, digest: str) -> bool:
+        """Delete a manifest by digest (logging in first); False when the registry does not
+        allow deletes (405). One that is gone already counts as deleted."""
+        self.login()
+        resp = self.request("DELETE", f"/v2/{self.ref.repository}/manifests/{digest}",
+                            expected={202, 404, 405}, what="manifest delete")
+        return resp.status != 405

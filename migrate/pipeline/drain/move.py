@@ -130,7 +130,7 @@ def _attempt(ctx: Context, cluster: kube.Cluster, entry: PodPlan,
         return {"outcome": GONE, "error": None}
     except MigrateError as e:
         if not _retryable(ctx, entry, e):
-            return {"outcome": FAILED, "error": e.message}
+            return {"outcome": FAILED, "error": e.message, "hint": e.hint}
         ctx.progress(entry.key, f"retrying after: {e.message}")
         return None
 
@@ -149,7 +149,8 @@ def migrate_pod(ctx: Context, entry: PodPlan, deadline: float) -> dict[str, Any]
         except (Interrupted, MigrateError) as e:
             if journal is not None:
                 journal.unlock()
-            out = ({"outcome": FAILED, "error": e.message} if isinstance(e, MigrateError)
+            out = ({"outcome": FAILED, "error": e.message, "hint": e.hint}
+                   if isinstance(e, MigrateError)
                    else {"outcome": INTERRUPTED})
             break
         try:

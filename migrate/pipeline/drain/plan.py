@@ -18,7 +18,7 @@ from typing import Any
 
 from migrate.adapters import kube
 from migrate.errors import ClusterError, UsageError
-from migrate.pipeline import claims
+from migrate.pipeline import claims, nodes
 from migrate.pipeline.drain import place
 from migrate.pipeline.drain.budgets import covering
 from migrate.pipeline.drain.classify import BLOCKED, EVICT, MIGRATE, SKIP, classify
@@ -119,8 +119,11 @@ def gather(cluster: kube.Cluster, req: DrainRequest) -> Snapshot:
         destinations = [kube.read_node(cluster, req.to)]
         why = place.node_unfit(destinations[0], req.node)
         if why:
+            runtime = nodes.runtime_of(destinations[0])
             raise ClusterError(f"--to {req.to}: {why}", hint="pick another node, or let the "
-                               "drain choose (omit --to)")
+                               "drain choose (omit --to)" + (
+                                   f"; {runtime.restore_fix}" if runtime.name == "containerd"
+                                   and not runtime.can_restore else ""))
     elif req.to_selector:
         destinations = _listed("--to-selector", kube.list_nodes_matching, cluster,
                                req.to_selector)

@@ -8,7 +8,7 @@ from migrate.pipeline.drain.plan import DrainRequest, PodPlan
 from migrate.pipeline.drain.state import PENDING, SUCCESSFUL, DrainState
 from migrate.pipeline.journal import Journal
 
-_RESULT_KEYS = ("outcome", "error", "restored_pod", "journals", "attempts",
+_RESULT_KEYS = ("outcome", "error", "hint", "restored_pod", "journals", "attempts",
                 "budget_wait_seconds", "eviction_refusals", "started_at", "ended_at",
                 "seconds", "api_requests")
 

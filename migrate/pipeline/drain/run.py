@@ -116,7 +116,7 @@ def _one(ctx: Context, entry: PodPlan) -> str:
         run = migrate_pod if entry.action == "migrate" else evict_pod
         out = run(ctx, entry, deadline)
     except MigrateError as e:
-        out = {"outcome": FAILED, "error": e.message}
+        out = {"outcome": FAILED, "error": e.message, "hint": e.hint}
     except Exception as e:  # a bug must not take the other pods down with it
         log.debug("pod %s", entry.key, exc_info=True)
         out = {"outcome": FAILED, "error": f"unexpected {type(e).__name__}: {e}"}

@@ -1,0 +1,136 @@
+"""What a destination's refusal means, read from what its kubelet reports.
+
+The restored pod's containers say why they do not run in their waiting
+state (reason and message, as the kubelet took them from the runtime). Two
+families need an operator, not patience:
+
+- the runtime would not restore. Whatever the words, a checkpoint image
+  created as an ordinary container means restore is off: CRI-O with
+  `container_level_enabled` other than checkpoint_restore skips its
+  checkpoint detection, and the image (no Entrypoint, the archive as its
+  root) fails with "no command specified", or with runc not finding the
+  pod's command in it; containerd 2.2.7+/2.3.4+ say "checkpoint restore via
+  CreateContainer is disabled by configuration", 2.4 starts it as an
+  ordinary image. The hint names the setting and the file.
+- the node cannot pull the checkpoint image for a reason a retry cannot
+  fix: a registry answering plain HTTP to the node's HTTPS, a certificate
+  the node does not trust, credentials missing, wrong or not allowed, an
+  image the registry does not have. The kubelet retries these for ever
+  (ImagePullBackOff); the first ErrImagePull that says so is enough.
+  Connection errors, timeouts, 5xx and 429 are not among them: those are
+  waited out until the deadline, as a registry can come back.
+"""
+
+from __future__ import annotations
+
+import re
+
+from migrate.errors import ClusterError, RegistryError
+from migrate.pipeline.nodes import Runtime, crio_restore_fix
+
+#: Waiting reasons that will not resolve by themselves (the kubelet retries, in vain).
+FATAL_WAITING = frozenset({"CreateContainerError", "CreateContainerConfigError",
+                           "InvalidImageName", "ErrImageNeverPull", "RunContainerError"})
+PULLING = frozenset({"ErrImagePull", "ImagePullBackOff"})
+
+#: A checkpoint image started as an ordinary image, or a runtime saying restore is off.
+_RESTORE_OFF = re.compile(
+    r"no command specified"
+    r"|restore via CreateContainer is disabled"
+    r"|checkpoint restore is not enabled"
+    r"|checkpoint/restore support not available"
+    r'|exec: "[^"]*": (?:executable file not found in \$PATH|stat [^:]*: no such file)')
+
+#: (pattern, what it is, what to do) for pull failures no retry fixes; first match wins.
+_PULL_CAUSES: tuple[tuple[re.Pattern[str], str, str], ...] = (
+    (re.compile(r"server gave HTTP response to HTTPS client"),
+     "the registry answers plain HTTP and the node speaks HTTPS",
+     "list it as insecure in the nodes' /etc/containers/registries.conf ([[registry]] "
+     'location = "{registry}", insecure = true; containerd: a hosts.toml in '
+     "/etc/containerd/certs.d/{registry}/), or serve it over TLS"),
+    (re.compile(r"x509|certificate"),
+     "the node does not trust the registry's certificate",
+     "put the registry's CA in /etc/containers/certs.d/{registry}/ca.crt on each node "
+     "(containerd: /etc/containerd/certs.d/{registry}/), or use a certificate the nodes trust"),
+    (re.compile(r"\b403\b|denied|forbidden", re.IGNORECASE),
+     "the registry refused the node's credentials access to the image",
+     "the credentials migrate pushed with (--creds, --authfile) go to the restored pod as an "
+     "imagePullSecret: give ones that may also pull from {registry}"),
+    (re.compile(r"\b401\b|unauthorized|authentication required|invalid username/password",
+                re.IGNORECASE),
+     "the node has no valid credentials for the registry",
+     "give migrate credentials that can pull from {registry} (--creds or --authfile): it puts "
+     "them on the restored pod as an imagePullSecret; the node's own (its kubelet credential "
+     "provider, global pull secret) are not enough here"),
+    (re.compile(r"manifest unknown|name unknown|not found|\b404\b", re.IGNORECASE),
+     "the registry does not have the image the node asked for",
+     "check that the nodes reach the same registry as migrate at {registry} (a mirror in the "
+     "nodes' registries.conf, another address, a cleanup of the repository)"),
+)
+
+
+#: How a restore hint ends: the way to prove the fix (a probe's own row leaves it out).
+PROBE_SUGGESTION = "; `migrate doctor --probe {node}` proves it"
+
+
+class RestoreRefused(ClusterError):
+    """The destination's kubelet or runtime refused the restore.
+
+    ``runtime_message``: the kubelet's reason and message, as the runtime worded it.
+    """
+
+    runtime_message = ""
+
+
+class PullRefused(RegistryError):
+    """The destination cannot pull the checkpoint image, and retrying will not change that."""
+
+    runtime_message = ""
+
+
+def restore_off(message: str) -> bool:
+    """Whether a container's creation failed because its runtime does not restore."""
+    return bool(_RESTORE_OFF.search(message))
+
+
+def refused(container: str, node: str, reason: str, message: str,
+            runtime: Runtime | None) -> RestoreRefused:
+    """The error for a fatal waiting reason, with a hint for its cause."""
+    text = f"the restore of {container} on {node} failed: {reason}: {message}".rstrip(": ")
+    if restore_off(message):
+        known = runtime is not None and bool(runtime.name)
+        who = f"{runtime.shown} on {node}" if runtime and known else f"the runtime on {node}"
+        how = (": it started the checkpoint image as an ordinary image"
+               if "no command" in message or "exec:" in message else "")
+        fix = runtime.restore_fix if runtime and known else crio_restore_fix()
+        error = RestoreRefused(f"{text} ({who} does not restore checkpoints{how})",
+                               hint=fix + PROBE_SUGGESTION.format(node=node))
+    else:
+        error = RestoreRefused(text, hint=_hint(message))
+    error.runtime_message = f"{reason}: {message}".rstrip(": ")
+    return error
+
+
+def _hint(message: str) -> str:
+    if "expects following bind mounts" in message:
+        return ("the restored pod must mount every volume the checkpointed container had; "
+                "keep the source's volumes and volumeMounts")
+    if 'failed to read "status.dump"' in message:
+        return ("containerd restores only archives in its own layout (status.dump): restore "
+                "a CRI-O checkpoint on a CRI-O node")
+    if "failed to pull checkpoint base image" in message:
+        return ("containerd pulls the checkpoint's base image without the pod's pull secrets "
+                "(containerd #12585): make it pullable by the node as it is, or pre-pull it")
+    return "kubectl describe pod shows the kubelet's events"
+
+
+def pull_refused(container: str, node: str, image: str, message: str) -> PullRefused | None:
+    """The error for a pull failure no retry fixes, or None (a transient one: wait)."""
+    registry = image.split("/", 1)[0]
+    for pattern, what, todo in _PULL_CAUSES:
+        if pattern.search(message):
+            error = PullRefused(f"{node} cannot pull the checkpoint image of {container}: "
+                                f"{what}: {message}", hint=todo.format(registry=registry))
+            error.runtime_message = f"ErrImagePull: {message}"
+            return error
+    return None
