@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from migrate.adapters.checkpoint import Checkpoint
-from migrate.cli.output import Format, Node, TreeFormat, echo_tree, emit, say, table, to_json
+from migrate.cli.output import Format, Node, TreeFormat, echo_json, echo_tree, emit, say, table
 from migrate.forensics import catalog, inspect, memsearch, rootfs
 from migrate.forensics.inspect import Inspection, InspectOptions, ProcessNode
 from migrate.forensics.openfiles import OpenFile, ProcessFiles, Socket
@@ -199,7 +199,7 @@ def inspect_cmd(
     with Checkpoint(archive, settings) as ckpt:
         result = inspect.inspect(ckpt, opts, settings)
     if output is TreeFormat.json:
-        typer.echo(to_json(result.to_dict()))
+        echo_json(result.to_dict())
     else:
         echo_tree(_inspect_tree(result, opts))
 

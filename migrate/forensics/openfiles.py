@@ -10,7 +10,7 @@ described further: family, type, protocol, state and addresses.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from migrate.adapters.checkpoint import Checkpoint
@@ -58,7 +58,7 @@ class OpenFile:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (schemas/inspect.schema.json, #/$defs/open_file)."""
-        return asdict(self)
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +80,7 @@ class Socket:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (schemas/inspect.schema.json, #/$defs/socket)."""
-        return asdict(self)
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
 @dataclass
