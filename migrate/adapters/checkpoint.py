@@ -290,9 +290,9 @@ class Checkpoint:
             return self._parse(member, criu_files.parse_ids_files_id)
         found = self._parse(f"{CRIU_DIR}/core-{pid}.img", criu_files.parse_core_files_id)
         if found is None:
-            raise ArchiveError(self.label, f"has no ids-{pid}.img, and core-{pid}.img no ids",
-                               hint="the dump is incomplete: CRIU records every live "
-                               "task's fd table", member=member)
+            raise ArchiveError(self.label, f"missing from the archive, and core-{pid}.img "
+                               "holds no ids either", hint="the dump is incomplete: CRIU "
+                               "records the fd table of every live task", member=member)
         return found
 
     def fd_table(self, files_id: int, limit: int) -> list[criu_files.FdEntry]:
