@@ -3,8 +3,8 @@
 How a dump records what a process has open (criu/files.c, images/*.proto):
 
 - ``ids-<pid>.img`` holds the task's kernel object ids; its ``files_id``
-  names the fd table, ``fdinfo-<files_id>.img`` (CRIU before 4 could put
-  the ids in the core image instead; that is the fallback).
+  names the fd table, ``fdinfo-<files_id>.img``. Older CRIU kept the ids in
+  the core image, which CRIU's restore still reads: that is the fallback.
 - ``fdinfo-<files_id>.img``: one ``fdinfo_entry { id, flags, type, fd }`` per
   descriptor; ``flags`` are the descriptor's own (FD_CLOEXEC), ``id`` the
   open file description, an entry of ``files.img``.
