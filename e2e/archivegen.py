@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e.criu_encode import encode_images
+from e2e.filesgen import FileTable
 
 PAGE = 4096
 PE_PARENT, PE_LAZY, PE_PRESENT = 1, 2, 4
@@ -105,6 +106,8 @@ class ArchiveSpec:
     omit: tuple[str, ...] = ()
     """Archive members to leave out (for bad-input tests)."""
     extra_members: dict[str, bytes] = field(default_factory=dict)
+    open_files: FileTable | None = None
+    """Open files and sockets (e2e/filesgen.py); None: no files images, as before."""
 
 
 STACK_BASE, HEAP_BASE, PARENT_BASE, BULK_BASE = (
@@ -325,9 +328,13 @@ def build(spec: ArchiveSpec, out: Path) -> Path:
         images[f"core-{p.pid}.img"] = {"magic": "CORE", "entries": [{
             "mtype": "X86_64", "tc": {"task_state": p.state, "exit_code": 0, "personality": 0,
                                       "flags": 0x402100, "blk_sigset": 0, "comm": p.comm}}]}
+        if spec.open_files and spec.open_files.ids_in_core and p.pid in spec.open_files.ids:
+            images[f"core-{p.pid}.img"]["entries"][0]["ids"] = spec.open_files.core_ids(p.pid)
         mm, pagemap, data, bulk = _memory(spec, p, i)
         images[f"mm-{p.pid}.img"], images[f"pagemap-{p.pid}.img"] = mm, pagemap
         pages[f"pages-{i + 1}.img"] = (data, bulk)
+    if spec.open_files:
+        images.update(spec.open_files.images())
     encoded = encode_images(images, use_crit=spec.use_crit, pagemap_u64=spec.pagemap_u64)
     stats = encode_images({"stats-dump": {"magic": "STATS", "entries": [{"dump": spec.stats}]}},
                           use_crit=spec.use_crit)["stats-dump"]

@@ -60,6 +60,13 @@ class ArchiveSettings:
     strings past the budget are left out with a warning.
     """
 
+    max_open_files: int = 262_144
+    """Most descriptors ``inspect --files``/``--sockets`` reads, all processes together.
+
+    Each is kept with its file until the output is written (~1 KiB in JSON);
+    a container's processes rarely hold more than a few thousand.
+    """
+
     regex_window_bytes: int = 64 * 1024
     """Overlap kept between blocks for regex search: the longest match found (bytes)."""
 

@@ -1,7 +1,7 @@
 """Fuzzing: hostile archives never crash a command, exhaust memory or escape DIR.
 
-Three generators, each starting from the seed `counters` checkpoint (CRIU
-images encoded by CRIU's own pycriu):
+Three generators, each starting from the seed `counters` checkpoint with its
+open files and sockets (CRIU images encoded by CRIU's own pycriu):
 
 - a member's bytes mutated (CRIU images, JSON metadata, the nested tar):
   flipped, cut, extended, entry sizes rewritten, entries repeated thousands of
@@ -13,8 +13,9 @@ images encoded by CRIU's own pycriu):
   nodes pointing anywhere.
 
 Every command an operator points at an archive runs on every example (show,
-inspect, memparse, rootfs-diff with and without --extract, list, build into an
-OCI layout), in one long-lived worker process whose data segment is capped.
+inspect, also with --files --sockets, memparse, rootfs-diff with and without
+--extract, list, build into an OCI layout), in one long-lived worker process
+whose data segment is capped.
 The promise checked on each: exit 0, or exit 3/4 with exactly one ``error:``
 line and one ``hint:`` line; never exit 1 or a traceback; no control
 character but newline in any output; peak RSS under a bound; nothing created
@@ -46,6 +47,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from e2e.archivegen import ArchiveSpec, build
+from e2e.filesgen import counters_files
 from tests.conftest import REPO
 
 EXAMPLES = int(os.environ.get("MIGRATE_FUZZ_EXAMPLES", "30"))
@@ -109,7 +111,10 @@ class Seed(list[tuple[tarfile.TarInfo, bytes | None]]):
 
 @pytest.fixture(scope="module")
 def seed(tmp_path_factory: pytest.TempPathFactory) -> Seed:
-    path = build(ArchiveSpec(use_crit=True), tmp_path_factory.mktemp("seed") / "seed.tar")
+    # With open files and sockets, so that their images (fdinfo, files.img, ids, fs,
+    # remap-fpath) are mutated too and `inspect --all` reads them.
+    path = build(ArchiveSpec(use_crit=True, open_files=counters_files()),
+                 tmp_path_factory.mktemp("seed") / "seed.tar")
     with tarfile.open(path) as tf:
         return Seed((i, tf.extractfile(i).read() if i.isreg() else None)  # type: ignore[union-attr]
                     for i in tf.getmembers())
@@ -180,6 +185,7 @@ def check_archive(worker: Worker, data: bytes, work: Path) -> None:
         ("show", str(archive), "--stats", "-o", "json"),
         ("inspect", str(archive), "--all", "-o", "json"),
         ("inspect", str(archive), "--ps-tree-cmd", "--ps-tree-env", "--mounts"),
+        ("inspect", str(archive), "--files", "--sockets"),
         ("memparse", str(archive)),
         ("memparse", str(archive), "--search", SECRET, "--context", "16"),
         ("rootfs-diff", str(archive)),

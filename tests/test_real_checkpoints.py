@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import ipaddress
 import json
+import quopri
 import re
 import subprocess
 import tarfile
@@ -431,6 +433,195 @@ def test_memparse_vs_checkpointctl(cli: Cli, checkpointctl: Callable[..., str],
     out = checkpointctl("memparse", "--pid", "1", "--search", a.secret, a.path)
     assert f'No matches for pattern "{a.secret}" in the memory of PID 1' in out
     assert cli("memparse", a.path, "--pid", 1, "--search", a.secret, "-o", "json").json()
+
+
+# --- open files and sockets (inspect --files --sockets) ------------------------------
+
+O_CLOEXEC = 0o2000000
+# sock_diag's TCP_* states and /proc/net/unix's types, by the names migrate prints.
+TCP_STATES = {1: "ESTABLISHED", 7: "CLOSE", 10: "LISTEN"}
+UNIX_TYPES = {1: "STREAM", 2: "DGRAM", 5: "SEQPACKET"}
+SS_UNCONNECTED, SS_CONNECTED, ACCEPTCON = 1, 3, 0x10000
+
+
+def _files(inspected: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    return {p["pid"]: p for p in inspected["files"]}
+
+
+def _sockets(inspected: dict[str, Any]) -> dict[tuple[int, int], dict[str, Any]]:
+    return {(p["pid"], s["fd"]): s for p in inspected["sockets"] for s in p["open_sockets"]}
+
+
+def _ip(text: str | None) -> Any:
+    return None if text is None else ipaddress.ip_address(text)
+
+
+@BOTH
+def test_open_files_match_proc(archive: RealArchive) -> None:
+    """Every descriptor: path as /proc/PID/fd shows it, position and flags as
+    /proc/PID/fdinfo shows them (CRIU keeps O_CLOEXEC as the descriptor's FD_CLOEXEC)."""
+    files = _files(_inspect(archive.path))
+    assert set(files) == set(archive.truth.processes)
+    kinds = set()
+    for pid, p in archive.truth.processes.items():
+        ours = {f["fd"]: f for f in files[pid]["open_files"]}
+        assert set(ours) == set(p.fds), pid
+        for n, f in ours.items():
+            kinds.add(f["type"])
+            assert f["path"] + (" (deleted)" if f["deleted"] else "") == p.fds[n], (pid, n)
+            assert f["flags"] == p.fdinfo[n]["flags"] & ~O_CLOEXEC, (pid, n)
+            assert f["cloexec"] == bool(p.fdinfo[n]["flags"] & O_CLOEXEC), (pid, n)
+            assert f["mode"] == ("r", "w", "rw")[f["flags"] & 3]
+            if f["type"] in ("REG", "FIFO"):
+                assert f["pos"] == p.fdinfo[n]["pos"], (pid, n)
+        assert (files[pid]["cwd"], files[pid]["root"]) == (p.cwd, p.root)
+    # The workload has one of each: what the comparison covered.
+    assert kinds == {"REG", "PIPE", "FIFO", "UNIXSK", "INETSK"}
+    deleted = {f["path"] for p in files.values() for f in p["open_files"] if f["deleted"]}
+    assert deleted == {"/var/tmp/gone.log"}
+    assert {f["pos"] for f in files[1]["open_files"] if f["path"] == "/var/log/app.log"} == {
+        len("started alpha beta gamma\n")}
+
+
+@BOTH
+def test_sockets_match_proc_net(archive: RealArchive) -> None:
+    """Each socket against its line in the container's /proc/net/{tcp,tcp6,unix}."""
+    sockets = _sockets(_inspect(archive.path))
+    on_proc = {(pid, n): int(link[8:-1]) for pid, p in archive.truth.processes.items()
+               for n, link in p.fds.items() if link.startswith("socket:[")}
+    assert {k: s["inode"] for k, s in sockets.items()} == on_proc
+    families = set()
+    for s in sockets.values():
+        t = archive.truth.sockets[s["inode"]]
+        families.add(s["family"])
+        if t["family"] == "UNIX":
+            listening = t["flags"] & ACCEPTCON
+            state = "LISTEN" if listening else {SS_UNCONNECTED: "CLOSE",
+                                                SS_CONNECTED: "ESTABLISHED"}[t["state"]]
+            assert (s["family"], s["type"], s["state"], s["address"]) == (
+                "UNIX", UNIX_TYPES[t["type"]], state, t["path"])
+            continue
+        assert (s["family"], s["protocol"], s["state"], s["src_port"], s["dst_port"]) == (
+            t["family"], t["protocol"], TCP_STATES[t["state"]], t["src_port"], t["dst_port"])
+        assert (_ip(s["src"]), _ip(s["dst"])) == (_ip(t["src"]), _ip(t["dst"]))
+    assert families == {"UNIX", "INET", "INET6"}
+    # nc -l listens on :: (IPv4 clients arrive v4-mapped); the client connects over 127.0.0.1.
+    assert {(s["src"], s["dst"]) for s in sockets.values() if s["family"] == "INET6"} == {
+        ("::ffff:127.0.0.1", "::ffff:127.0.0.1")}
+
+
+def _crit_fds(text: str) -> dict[int, dict[str, str]]:
+    """`crit x DIR fds` -> {pid: {fd or cwd/root: what crit prints}}."""
+    out: dict[int, dict[str, str]] = {}
+    pid = 0
+    for line in text.splitlines():
+        if re.fullmatch(r"\d+", line):
+            pid = int(line)
+            out[pid] = {}
+        elif m := re.match(r"^\t\s*(\w+): (.*)$", line):
+            out[pid][m.group(1)] = m.group(2)
+    return out
+
+
+def test_open_files_match_crit_x_fds(crit: Callable[..., str], criu_dir: Path,
+                                     inspected: dict[str, Any]) -> None:
+    theirs = _crit_fds(crit("x", criu_dir, "fds"))
+    for pid, p in _files(inspected).items():
+        ours = {str(f["fd"]): f for f in p["open_files"]}
+        assert set(ours) | {"cwd", "root"} == set(theirs[pid]), pid
+        assert (theirs[pid]["cwd"], theirs[pid]["root"]) == (p["cwd"], p["root"])
+        for n, f in ours.items():
+            shown = theirs[pid][n]
+            if f["type"] == "REG":
+                assert shown == f["path"]
+            elif f["type"] == "PIPE":  # crit: pipe[N], /proc and migrate: pipe:[N]
+                assert shown == f["path"].replace(":", "")
+            elif f["type"] == "UNIXSK":  # unix[ino (peer) name]
+                assert shown.startswith(f"unix[{f['path'][8:-1]} ")
+            else:  # crit names other types by their id: FIFO.7, INETSK.20
+                assert re.fullmatch(f"{f['type']}\\.\\d+", shown), shown
+
+
+def test_open_files_match_crit_decode(crit: Callable[..., str], criu_dir: Path,
+                                      inspected: dict[str, Any]) -> None:
+    """Every field migrate shows, from crit's own decoding of the same images."""
+    entries = {e["id"]: e for e in json.loads(crit("decode", "-i", criu_dir / "files.img"))[
+        "entries"]}
+    sockets = _sockets(inspected)
+    for pid, p in _files(inspected).items():
+        ids = json.loads(crit("decode", "-i", criu_dir / f"ids-{pid}.img"))["entries"][0]
+        table = json.loads(crit("decode", "-i", criu_dir / f"fdinfo-{ids['files_id']}.img"))
+        by_fd = {e["fd"]: e for e in table["entries"]}
+        for f in p["open_files"]:
+            e = by_fd[f["fd"]]
+            assert (f["type"], f["cloexec"]) == (e["type"], bool(e["flags"] & 1))
+            file = entries[e["id"]]
+            sub = file[{"REG": "reg", "PIPE": "pipe", "FIFO": "fifo", "UNIXSK": "usk",
+                        "INETSK": "isk"}[f["type"]]]
+            if f["type"] == "FIFO":
+                sub = entries[sub["regf_id"]]["reg"]
+            assert f["flags"] == sub["flags"]
+            if "pos" in sub:
+                assert (f["pos"], f["size"]) == (sub["pos"], sub.get("size"))
+            if f["type"] in ("REG", "FIFO"):
+                assert f["path"] == sub["name"]
+            if f["type"] == "INETSK":
+                s = sockets[pid, f["fd"]]
+                assert (s["inode"], s["src_port"], s["dst_port"]) == (
+                    sub["ino"], sub["src_port"], sub["dst_port"])
+                assert _ip(s["src"]) == _ip(_crit_ip(sub["src_addr"]))
+            if f["type"] == "UNIXSK":
+                s = sockets[pid, f["fd"]]
+                assert s["inode"] == sub["ino"]
+                # crit prints the name quoted-printable: /dev/log=00 (with the kernel's NUL)
+                assert quopri.decodestring(sub["name"]) == s["address"].encode() + b"\0"
+
+
+def _crit_ip(words: list[int]) -> str:
+    return str(ipaddress.ip_address(b"".join(w.to_bytes(4, "little") for w in words)))
+
+
+@BOTH
+def test_files_and_sockets_vs_checkpointctl(checkpointctl: Callable[..., str],
+                                            archive: RealArchive) -> None:
+    """Equal where both show the same thing; where they differ, the README says why."""
+    (theirs,) = json.loads(checkpointctl("inspect", "--files", "--sockets", "--format", "json",
+                                         archive.path))
+    inspected = _inspect(archive.path)
+    files, sockets = _files(inspected), _sockets(inspected)
+    their_files = {p["pid"]: p["open_files"] for p in theirs["file_descriptors"]}
+    assert set(their_files) == set(files)
+    for pid, rows in their_files.items():
+        *fds, cwd, root = rows
+        assert (cwd["fd"], cwd["path"], root["fd"], root["path"]) == (
+            "cwd", files[pid]["cwd"], "root", files[pid]["root"])
+        ours = files[pid]["open_files"]
+        assert [r["fd"] for r in fds] == [f"{f['type']} {f['fd']}" for f in ours]
+        for r, f in zip(fds, ours, strict=True):
+            if f["type"] == "REG":
+                assert r["path"] == f["path"]
+            elif f["type"] == "PIPE":  # pipe[N] (crit's), not /proc's pipe:[N]
+                assert r["path"] == f["path"].replace(":", "")
+            elif f["type"] == "UNIXSK":  # unix[ino (peer) name], the kernel's NUL kept
+                s = sockets[pid, f["fd"]]
+                assert r["path"] == f"unix[{s['inode']} (0) {s['address']}\0]"
+            else:  # FIFO.7, INETSK.20: the file id, where migrate shows the path or inode
+                assert re.fullmatch(f"{f['type']}\\.\\d+", r["path"])
+    their_sockets = {p["pid"]: [s["data"] for s in p["open_sockets"]] for p in theirs["sockets"]}
+    # checkpointctl lists only processes with sockets, and no fd numbers.
+    assert {pid: len(v) for pid, v in their_sockets.items()} == {
+        p["pid"]: len(p["open_sockets"]) for p in inspected["sockets"] if p["open_sockets"]}
+    ours_by_pid = {p["pid"]: p["open_sockets"] for p in inspected["sockets"]}
+    for pid, datas in their_sockets.items():
+        for data, s in zip(datas, ours_by_pid[pid], strict=True):
+            if s["family"] == "UNIX":
+                # checkpointctl: type "UNIX", no state, the name with the kernel's NUL.
+                assert data == {"type": "UNIX", "address": s["address"] + "\0"}
+                continue
+            assert {k: data[k] for k in ("type", "state", "src", "src_port", "dst",
+                                         "dst_port")} == {
+                "type": s["protocol"], "state": s["state"], "src": s["src"],
+                "src_port": s["src_port"], "dst": s["dst"], "dst_port": s["dst_port"]}
 
 
 # --- the compressed variants (read by the analysis commands in a later change) --------

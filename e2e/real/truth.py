@@ -8,11 +8,13 @@ call), so its memory at dump time is the memory read here.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 CONTEXT = 32  # bytes kept each side of every secret occurrence
 
@@ -31,6 +33,10 @@ class ProcessTruth:
     maps: list[str]  # /proc/PID/maps lines
     secret_at: dict[int, str] = field(default_factory=dict)
     """Address of each occurrence of the secret -> the bytes around it (hex), CONTEXT each side."""
+    fdinfo: dict[int, dict[str, int]] = field(default_factory=dict)
+    """fd -> /proc/PID/fdinfo/N: ``pos`` and ``flags`` (O_CLOEXEC included, as the kernel shows)."""
+    cwd: str = ""
+    root: str = ""
 
 
 @dataclass
@@ -40,6 +46,9 @@ class Truth:
     processes: dict[int, ProcessTruth]
     files: dict[str, str]  # path in the container -> content (text)
     hostname: str
+    sockets: dict[int, dict[str, Any]] = field(default_factory=dict)
+    """Socket inode -> its line of /proc/net/{tcp,tcp6,udp,udp6,unix} in the container's
+    network namespace (`net_sockets`)."""
 
     def to_json(self) -> str:
         """Serialized (kept next to the archive, for debugging and other tests)."""
@@ -52,8 +61,10 @@ class Truth:
         for pid, p in raw["processes"].items():
             p["fds"] = {int(k): v for k, v in p["fds"].items()}
             p["secret_at"] = {int(k): v for k, v in p["secret_at"].items()}
+            p["fdinfo"] = {int(k): v for k, v in p.get("fdinfo", {}).items()}
             procs[int(pid)] = ProcessTruth(**p)
-        return cls(procs, raw["files"], raw["hostname"])
+        sockets = {int(k): v for k, v in raw.get("sockets", {}).items()}
+        return cls(procs, raw["files"], raw["hostname"], sockets)
 
 
 def _strings(raw: bytes) -> list[str]:
@@ -119,6 +130,43 @@ def secret_occurrences(host_pid: int, secret: bytes) -> dict[int, str]:
     return out
 
 
+def _fdinfo(base: Path, fd: str) -> dict[str, int]:
+    fields = dict(line.split(":", 1) for line in (base / "fdinfo" / fd).read_text().splitlines()
+                  if ":" in line)
+    return {"pos": int(fields["pos"]), "flags": int(fields["flags"], 8)}
+
+
+def _hex_address(text: str) -> str:
+    """/proc/net/tcp's address: 32-bit words in hex, each as this (little-endian) host
+    prints the integer."""
+    raw = b"".join(bytes.fromhex(text[i:i + 8])[::-1] for i in range(0, len(text), 8))
+    return str(ipaddress.ip_address(raw))
+
+
+def net_sockets(host_pid: int) -> dict[int, dict[str, Any]]:
+    """Every inet and unix socket of ``host_pid``'s network namespace, by inode.
+
+    inet: family, protocol, src, src_port, dst, dst_port, state (TCP_* number);
+    unix: type, state (SS_* number), flags (0x10000: listening), path.
+    """
+    out: dict[int, dict[str, Any]] = {}
+    net = Path(f"/proc/{host_pid}/net")
+    for name, family in (("tcp", "INET"), ("tcp6", "INET6"), ("udp", "INET"),
+                         ("udp6", "INET6")):
+        for line in (net / name).read_text().splitlines()[1:]:
+            f = line.split()
+            (src, sport), (dst, dport) = (a.split(":") for a in f[1:3])
+            out[int(f[9])] = {"family": family, "protocol": name[:3].upper(),
+                              "src": _hex_address(src), "src_port": int(sport, 16),
+                              "dst": _hex_address(dst), "dst_port": int(dport, 16),
+                              "state": int(f[3], 16)}
+    for line in (net / "unix").read_text().splitlines()[1:]:
+        f = line.split()
+        out[int(f[6])] = {"family": "UNIX", "flags": int(f[3], 16), "type": int(f[4], 16),
+                          "state": int(f[5], 16), "path": " ".join(f[7:]) or None}
+    return out
+
+
 def read_truth(host_pid1: int, secret: bytes, files: list[str]) -> Truth:
     """Snapshot the container whose first process is ``host_pid1``."""
     members = namespace_members(host_pid1)
@@ -126,7 +174,8 @@ def read_truth(host_pid1: int, secret: bytes, files: list[str]) -> Truth:
     processes = {}
     for h in members:
         base = Path(f"/proc/{h}")
-        fds = {int(n): os.readlink(base / "fd" / n) for n in os.listdir(base / "fd")}
+        fd_names = os.listdir(base / "fd")
+        fds = {int(n): os.readlink(base / "fd" / n) for n in fd_names}
         processes[to_ns[h]] = ProcessTruth(
             pid=to_ns[h],
             host_pid=h,
@@ -137,11 +186,14 @@ def read_truth(host_pid1: int, secret: bytes, files: list[str]) -> Truth:
             fds=fds,
             maps=(base / "maps").read_text().splitlines(),
             secret_at=secret_occurrences(h, secret),
+            fdinfo={int(n): _fdinfo(base, n) for n in fd_names},
+            cwd=os.readlink(base / "cwd"),
+            root=os.readlink(base / "root"),
         )
     root = Path(f"/proc/{host_pid1}/root")
     contents = {p: (root / p.lstrip("/")).read_text() for p in files}
     hostname = (root / "etc/hostname").read_text().strip()
-    return Truth(processes, contents, hostname)
+    return Truth(processes, contents, hostname, net_sockets(host_pid1))
 
 
 def load(path: Path) -> Truth:

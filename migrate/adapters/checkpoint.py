@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from migrate.adapters import jsondoc
 from migrate.adapters.archive import CheckpointArchive, NestedTar
+from migrate.adapters.criu import files as criu_files
 from migrate.adapters.criu import images
 from migrate.adapters.criu.memory import ProcessMemory
 from migrate.adapters.criu.pstree import ProcessTree, TreeError, build_tree
@@ -39,6 +40,8 @@ INVENTORY = f"{CRIU_DIR}/inventory.img"
 _UTSNS = re.compile(r"^checkpoint/utsns-\d+\.img$")
 _CORE = re.compile(r"^checkpoint/core-\d+\.img$")
 PSTREE = f"{CRIU_DIR}/pstree.img"
+FILES_IMG = f"{CRIU_DIR}/files.img"
+REMAP_FPATH = f"{CRIU_DIR}/remap-fpath.img"
 _TREE_HINT = ("CRIU dumps one tree of processes, rooted at the task with ppid 0; this "
               "pstree.img was damaged or edited")
 
@@ -273,3 +276,52 @@ class Checkpoint:
             raise ArchiveError(self.label, "is not a JSON list of paths",
                                hint="the archive's metadata is damaged", member=DELETED_FILES)
         return data
+
+    # --- open files (inspect --files / --sockets) ---------------------------------------
+
+    def has_files(self) -> bool:
+        """Whether the dump records open files (CRIU >= 3 writes them all to files.img)."""
+        return self.archive.has(FILES_IMG)
+
+    def files_id(self, pid: int) -> int:
+        """The id of ``pid``'s fd table: ``ids-<pid>.img``, else (older CRIU) the core's ids."""
+        member = f"{CRIU_DIR}/ids-{pid}.img"
+        if self.archive.has(member):
+            return self._parse(member, criu_files.parse_ids_files_id)
+        found = self._parse(f"{CRIU_DIR}/core-{pid}.img", criu_files.parse_core_files_id)
+        if found is None:
+            raise ArchiveError(self.label, f"missing from the archive, and core-{pid}.img "
+                               "holds no ids either", hint="the dump is incomplete: CRIU "
+                               "records the fd table of every live task", member=member)
+        return found
+
+    def fd_table(self, files_id: int, limit: int) -> list[criu_files.FdEntry]:
+        """The descriptors of fd table ``files_id``; more than ``limit`` is refused."""
+        return self._parse(f"{CRIU_DIR}/fdinfo-{files_id}.img",
+                           lambda data: list(criu_files.iter_fdinfo(data, limit)))
+
+    def fs(self, pid: int) -> tuple[int, int]:
+        """File ids of ``pid``'s working and root directories."""
+        return self._parse(f"{CRIU_DIR}/fs-{pid}.img", criu_files.parse_fs)
+
+    def files(self, wanted: set[int], byteorder: Literal["little", "big"]
+              ) -> dict[int, criu_files.FileEntry]:
+        """The files.img entries of the ``wanted`` ids, and the path entries of their FIFOs.
+
+        A FIFO's path is a REG entry of its own (``regf_id``), which may come
+        before or after it: a second pass reads those not found in the first.
+        """
+        found = self._parse(FILES_IMG, lambda d: criu_files.collect_files(
+            d, wanted, byteorder=byteorder))
+        paths = {f.regf_id for f in found.values()
+                 if isinstance(f, criu_files.Fifo) and f.regf_id is not None} - found.keys()
+        if paths:
+            found.update(self._parse(FILES_IMG, lambda d: criu_files.collect_files(
+                d, paths, byteorder=byteorder)))
+        return found
+
+    def deleted_file_ids(self, wanted: set[int]) -> set[int]:
+        """Which ``wanted`` files were open under a name deleted before the dump."""
+        if not self.archive.has(REMAP_FPATH):
+            return set()
+        return self._parse(REMAP_FPATH, lambda d: criu_files.deleted_ids(d, wanted))

@@ -8,9 +8,10 @@ from typing import Any
 import typer
 
 from migrate.adapters.checkpoint import Checkpoint
-from migrate.cli.output import Format, Node, TreeFormat, echo_tree, emit, say, table, to_json
+from migrate.cli.output import Format, Node, TreeFormat, echo_json, echo_tree, emit, say, table
 from migrate.forensics import catalog, inspect, memsearch, rootfs
 from migrate.forensics.inspect import Inspection, InspectOptions, ProcessNode
+from migrate.forensics.openfiles import OpenFile, ProcessFiles, Socket
 from migrate.forensics.summary import Summary, summarize
 from migrate.settings import Settings
 from migrate.units import human_micros, human_size
@@ -75,14 +76,55 @@ def show(
     emit([s.to_dict() for s in summaries], output.value, human)
 
 
-def _process_node(root: ProcessNode, cmd: bool) -> Node:
+def _file_label(f: OpenFile) -> str:
+    notes = [n for n in (f.mode, None if f.pos is None else f"pos {f.pos}",
+                         "deleted" if f.deleted else None) if n]
+    label = f"[{f.fd}]  {f.type}" + (f"  {f.path}" if f.path is not None else "")
+    return label + (f"  ({', '.join(notes)})" if notes else "")
+
+
+def _endpoint(address: str | None, port: int | None) -> str:
+    host = f"[{address}]" if address and ":" in address else address
+    return f"{host}:{port}"
+
+
+def _socket_label(s: Socket) -> str:
+    if s.family in ("INET", "INET6"):
+        label = f"[{s.fd}]  {s.protocol} {s.state}  {_endpoint(s.src, s.src_port)}"
+        if s.dst_port or s.dst not in ("0.0.0.0", "::"):
+            label += f" -> {_endpoint(s.dst, s.dst_port)}"
+        return label
+    if s.family == "UNIX":
+        label = f"[{s.fd}]  UNIX {s.type} {s.state}  {s.address or '(unnamed)'}"
+        return label + (f"  (peer socket:[{s.peer}])" if s.peer else "")
+    if s.family == "NETLINK":
+        return f"[{s.fd}]  NETLINK {s.protocol}"
+    return f"[{s.fd}]  {s.family} {s.type} protocol {s.protocol}"
+
+
+def _descriptors(p: ProcessFiles | None) -> list[Node]:
+    """The "Open files" and "Open sockets" branches of one process (checkpointctl's)."""
+    if p is None:
+        return []
+    out: list[Node] = []
+    if p.files is not None:
+        out.append(("Open files", [(_file_label(f), []) for f in p.files]
+                    + [(f"[cwd]  {p.cwd}", []), (f"[root]  {p.root}", [])]))
+    if p.sockets:
+        out.append(("Open sockets", [(_socket_label(s), []) for s in p.sockets]))
+    return out
+
+
+def _process_node(root: ProcessNode, cmd: bool,
+                  descriptors: dict[int, ProcessFiles] | None = None) -> Node:
     """The tree view of a process tree, built with a stack (chains can be thousands deep)."""
+    by_pid = descriptors or {}
 
     def node(p: ProcessNode) -> Node:
         label = f"[{p.pid}]  {p.cmdline if cmd and p.cmdline else p.command}"
         env: list[Any] = [("Environment variables", [(e, []) for e in p.environment])
                           ] if p.environment else []
-        return label, env
+        return label, env + _descriptors(by_pid.get(p.pid))
 
     top = node(root)
     stack = [(root, top)]
@@ -114,7 +156,9 @@ def _inspect_tree(r: Inspection, opts: InspectOptions) -> Node:
                                                             _stats_row(s.statistics), strict=True)
         ]))
     if r.process_tree:
-        items.append(("Process tree", [_process_node(r.process_tree, opts.ps_tree_cmd)]))
+        descriptors = {p.pid: p for p in r.open_files or []}
+        items.append(("Process tree", [_process_node(r.process_tree, opts.ps_tree_cmd,
+                                                     descriptors)]))
     if r.mounts is not None:
         items.append(("Overview of mounts", [
             (f"Destination: {m['destination']}",
@@ -139,17 +183,23 @@ def inspect_cmd(
     mounts: bool = typer.Option(False, "--mounts", help="Show the container's mounts."),
     rootfs_diff: bool = typer.Option(False, "--rootfs-diff",
                                      help="Show changed and deleted files."),
+    files: bool = typer.Option(False, "--files",
+                               help="Process tree with each process's open files."),
+    sockets: bool = typer.Option(False, "--sockets",
+                                 help="Process tree with each process's sockets."),
     all_: bool = typer.Option(False, "--all", help="Everything above."),
     output: TreeFormat = typer.Option(TreeFormat.tree, "-o", "--output", help="Output format."),
 ) -> None:
-    """Show everything a checkpoint records: processes, mounts, file changes, statistics."""
+    """Show everything a checkpoint records: processes, open files, mounts, file changes,
+    statistics."""
     settings = _settings(ctx).archive
     opts = InspectOptions.everything() if all_ else InspectOptions(
-        ps_tree, ps_tree_cmd, ps_tree_env, stats, mounts, rootfs_diff)
+        ps_tree, ps_tree_cmd, ps_tree_env, stats, mounts, rootfs_diff, files=files,
+        sockets=sockets)
     with Checkpoint(archive, settings) as ckpt:
         result = inspect.inspect(ckpt, opts, settings)
     if output is TreeFormat.json:
-        typer.echo(to_json(result.to_dict()))
+        echo_json(result.to_dict())
     else:
         echo_tree(_inspect_tree(result, opts))
 

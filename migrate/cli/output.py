@@ -15,6 +15,7 @@ output grows with the number of nodes, not with their depth squared.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -89,11 +90,27 @@ class EscapingFormatter(logging.Formatter):
         return printable(super().formatMessage(record))
 
 
+_LITERALS = {None: "null", True: "true", False: "false"}
+# What json.dumps(text, ensure_ascii=False) writes for a string, without its
+# per-call set-up: documents of a million values are written value by value.
+_json_string = json.encoder.encode_basestring
+
+
+def _escape_json(m: re.Match[str]) -> str:
+    return f"\\u{ord(m.group()):04x}"
+
+
 def _json_scalar(value: Any) -> str:
-    return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}",
-                               json.dumps(value, ensure_ascii=False))
+    if type(value) is str:
+        return _UNSAFE_IN_JSON.sub(_escape_json, _json_string(value))
+    if type(value) is int:
+        return str(value)
+    if value is None or type(value) is bool:
+        return _LITERALS[value]
+    return _UNSAFE_IN_JSON.sub(_escape_json, json.dumps(value, ensure_ascii=False))
 
 
+@functools.lru_cache(maxsize=1024)
 def _json_key(key: Any) -> str:
     # As json.dumps: string keys as they are, numbers and literals as their JSON text.
     return _json_scalar(key if isinstance(key, str) else json.dumps(key))
@@ -113,42 +130,67 @@ def to_json(data: Any) -> str:
     Levels deeper than `MAX_DRAWN_DEPTH` are written on the line of their
     parent: still the same JSON, but not quadratic in a deep tree's depth.
     """
-    out: list[str] = []
+    return "".join(json_pieces(data))
+
+
+_SCALARS = (str, int, bool, type(None))
+
+
+def _flat_object(value: dict[Any, Any], depth: int) -> str | None:
+    """A drawn object of scalars written at once (the usual row of a listing), else None."""
+    if not all(type(v) in _SCALARS for v in value.values()):
+        return None
+    pad = "\n" + "  " * (depth + 1)
+    return "{" + ",".join(f"{pad}{_json_key(k)}: {_json_scalar(v)}" for k, v in value.items()
+                          ) + "\n" + "  " * depth + "}"
+
+
+def json_pieces(data: Any) -> Iterator[str]:
+    """`to_json`'s text piece by piece, so a large document need never be held as text."""
     # One frame per open container: its remaining items, its closing bracket,
     # its depth, and whether an item was written yet.
     stack: list[tuple[Iterator[tuple[str | None, Any]], str, int, list[bool]]] = []
 
-    def start(value: Any, depth: int) -> None:
+    def start(value: Any, depth: int) -> str:
+        if isinstance(value, dict) and value and depth < MAX_DRAWN_DEPTH:
+            flat = _flat_object(value, depth)
+            if flat is not None:
+                return flat
         if isinstance(value, dict | list | tuple) and value:
-            out.append("{" if isinstance(value, dict) else "[")
             closer = "}" if isinstance(value, dict) else "]"
             stack.append((_json_items(value), closer, depth + 1, [False]))
-        elif isinstance(value, dict):
-            out.append("{}")
-        elif isinstance(value, list | tuple):
-            out.append("[]")
-        else:
-            out.append(_json_scalar(value))
+            return "{" if isinstance(value, dict) else "["
+        if isinstance(value, dict):
+            return "{}"
+        if isinstance(value, list | tuple):
+            return "[]"
+        return _json_scalar(value)
 
-    start(data, 0)
+    yield start(data, 0)
     while stack:
         items, closer, depth, written = stack[-1]
         drawn = depth <= MAX_DRAWN_DEPTH
         item = next(items, None)
         if item is None:
             stack.pop()
-            out.append(("\n" + "  " * (depth - 1) if drawn else "") + closer)
+            yield ("\n" + "  " * (depth - 1) if drawn else "") + closer
             continue
         key, value = item
-        if drawn:
-            out.append(("," if written[0] else "") + "\n" + "  " * depth)
-        elif written[0]:
-            out.append(", ")
+        lead = ("," if written[0] else "") + "\n" + "  " * depth if drawn else (
+            ", " if written[0] else "")
         written[0] = True
-        if key is not None:
-            out.append(key + ": ")
-        start(value, depth)
-    return "".join(out)
+        yield lead + ("" if key is None else key + ": ") + start(value, depth)
+
+
+def echo_json(data: Any) -> None:
+    """Print `to_json` of ``data`` a batch of pieces at a time (see `echo_tree`)."""
+    batch: list[str] = []
+    for piece in json_pieces(data):
+        batch.append(piece)
+        if len(batch) == 4096:
+            typer.echo("".join(batch), nl=False)
+            batch.clear()
+    typer.echo("".join(batch))
 
 
 def _yaml(data: Any) -> str:
@@ -170,7 +212,7 @@ def _yaml(data: Any) -> str:
 def emit(data: Any, fmt: str, human: Callable[[], str]) -> None:
     """Print ``data`` as JSON/YAML, or call ``human`` for the table/tree text."""
     if fmt == "json":
-        typer.echo(to_json(data))
+        echo_json(data)
     elif fmt == "yaml":
         typer.echo(_yaml(data), nl=False)
     else:

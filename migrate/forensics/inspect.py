@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from migrate.adapters.checkpoint import STATS_DUMP, Checkpoint
+from migrate.adapters.criu.pstree import ProcessTree
+from migrate.forensics.openfiles import ProcessFiles, open_files
 from migrate.forensics.rootfs import rootfs_changes
 from migrate.forensics.summary import Summary, summarize
 from migrate.settings import ArchiveSettings
@@ -26,11 +28,22 @@ class InspectOptions:
     rootfs_diff: bool = False
     require_stats: bool = True
     """With ``stats``: a missing stats-dump is an error (False: the part is left out)."""
+    files: bool = False
+    sockets: bool = False
+    require_files: bool = True
+    """With ``files``/``sockets``: a dump without files.img is an error (False: left out)."""
 
     @classmethod
     def everything(cls) -> InspectOptions:
         """What ``--all`` asks for: every part the archive has."""
-        return cls(True, True, True, True, True, True, require_stats=False)
+        return cls(True, True, True, True, True, True, require_stats=False, files=True,
+                   sockets=True, require_files=False)
+
+    @property
+    def tree(self) -> bool:
+        """Whether the process tree is shown: asked for, or carrying files or sockets."""
+        return (self.ps_tree or self.ps_tree_cmd or self.ps_tree_env or self.files
+                or self.sockets)
 
 
 @dataclass
@@ -79,6 +92,8 @@ class Inspection:
     mounts: list[dict[str, str]] | None = None
     rootfs_diff: list[dict[str, Any]] | None = None
     deleted_files: list[str] | None = None
+    open_files: list[ProcessFiles] | None = None
+    """Per live process, with ``files`` and/or ``sockets`` filled as asked."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (schemas/inspect.schema.json)."""
@@ -89,6 +104,15 @@ class Inspection:
         for key in ("mounts", "rootfs_diff", "deleted_files"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        procs = self.open_files or []
+        if any(p.files is not None for p in procs):
+            out["files"] = [{"pid": p.pid, "command": p.command, "cwd": p.cwd, "root": p.root,
+                             "open_files": [f.to_dict() for f in p.files or []]}
+                            for p in procs]
+        if any(p.sockets is not None for p in procs):
+            out["sockets"] = [{"pid": p.pid, "command": p.command,
+                               "open_sockets": [s.to_dict() for s in p.sockets or []]}
+                              for p in procs]
         return out
 
 
@@ -152,14 +176,13 @@ def _read_blocks(ckpt: Checkpoint, pid: int, opts: InspectOptions, settings: Arc
 
 
 def process_tree(
-    ckpt: Checkpoint, opts: InspectOptions, settings: ArchiveSettings
+    ckpt: Checkpoint, tree: ProcessTree | None, opts: InspectOptions, settings: ArchiveSettings
 ) -> ProcessNode | None:
     """Build the tree from pstree.img; command names from each core image.
 
     pstree.img must hold one consistent tree (`Checkpoint.process_tree`
     refuses anything else), so every process it lists is shown.
     """
-    tree = ckpt.process_tree()
     if tree is None:
         return None
     budget = _StringBudget(settings.max_strings_total_bytes)
@@ -192,8 +215,13 @@ def inspect(ckpt: Checkpoint, opts: InspectOptions, settings: ArchiveSettings) -
     """Read the parts of the checkpoint ``opts`` asks for."""
     want_stats = opts.stats and (opts.require_stats or ckpt.archive.has(STATS_DUMP))
     result = Inspection(summary=summarize(ckpt, with_stats=want_stats), hostname=ckpt.hostname())
-    if opts.ps_tree or opts.ps_tree_cmd or opts.ps_tree_env:
-        result.process_tree = process_tree(ckpt, opts, settings)
+    if opts.tree:
+        tree = ckpt.process_tree()
+        result.process_tree = process_tree(ckpt, tree, opts, settings)
+        if (opts.files or opts.sockets) and tree is not None and (
+                opts.require_files or ckpt.has_files()):
+            result.open_files = open_files(ckpt, tree, settings, files=opts.files,
+                                           sockets=opts.sockets)
     if opts.mounts:
         result.mounts = mounts(ckpt)
     if opts.rootfs_diff:

@@ -30,6 +30,9 @@ MAGICS: dict[str, int] = {
     "FILES": 0x56303138,
     "INETSK": 0x56443851,
     "UNIXSK": 0x54373943,
+    "IDS": 0x54432030,
+    "FS": 0x51403912,
+    "REMAP_FPATH": 0x59133954,
 }
 _NAMES = {v: k for k, v in MAGICS.items()}
 
