@@ -45,7 +45,9 @@ _HINT = "see Podman's message; `podman info` shows its runtime, storage and CRIU
 _LOG_FILE = re.compile(r"\|?\s*log file: (/\S+)")
 # "(00.231191)      1: Error (criu/files-reg.c:2175): File etc/data.txt has bad size 9 ..."
 _CRIU_ERROR = re.compile(r"^\(\s*[\d.]+\)\s+(?:(\d+): )?Error \([^)]*\): (.+)$")
-_CONSEQUENCES = ("Unable to open fd=", "Restoring FAILED")  # what follows from a cause above
+# What follows from a cause above: a task that could not open an fd, then exits.
+_CONSEQUENCES = re.compile(r"^(Unable to open fd=|Restoring FAILED|\d+ exited, status=|"
+                           r"\d+ killed by signal)")
 _LOG_TAIL = 1024 * 1024
 _ERROR_CHARS = 200
 
@@ -252,7 +254,7 @@ def criu_errors(log_file: Path, most: int = 3) -> list[str]:
     others: list[str] = []
     for line in text.splitlines():
         m = _CRIU_ERROR.match(line)
-        if m and not m.group(2).startswith(_CONSEQUENCES):
+        if m and not _CONSEQUENCES.match(m.group(2)):
             found = tasks if m.group(1) else others
             if m.group(2) not in found:
                 found.append(m.group(2)[:_ERROR_CHARS])
