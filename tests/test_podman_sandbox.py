@@ -191,6 +191,31 @@ def test_image_built_by_migrate_restores_in_a_sandbox(
     assert_nothing_left(world)
 
 
+def test_image_from_a_registry_with_tls_and_credentials(
+        cli: Cli, world: PodmanWorld, counted: Counted, podman_env: None,
+        tls_basic_registry: RegistryUnderTest, unique_repo: str) -> None:
+    """--creds and --cert-dir reach `podman pull` (the password in a private authfile, never
+    on its command line, never in an error)."""
+    reg = tls_basic_registry
+    assert reg.cert_dir is not None and reg.password is not None
+    image = f"{reg.host}/{unique_repo}:v1"
+    creds = ("--creds", f"{reg.username}:{reg.password}", "--cert-dir", reg.cert_dir)
+    built = cli("build", counted.archive, "--image", image, *creds, "-o", "json")
+    assert built.code == 0, built.err
+    wrong = cli("sandbox", image, "--engine", "podman", "--creds", f"{reg.username}:wrong-pw",
+                "--cert-dir", reg.cert_dir)
+    assert wrong.code == 8, wrong.err
+    assert wrong.err.startswith(f"error: podman pull {image} failed: ")
+    assert "wrong-pw" not in wrong.err and "unauthorized" in wrong.err.lower()
+    r = cli("sandbox", image, "--engine", "podman", *creds, "--name", "from-tls", "-o", "json")
+    assert r.code == 0, r.err
+    assert reg.password not in r.out + r.err
+    assert_counts_on(world, "from-tls", counted.printed)
+    assert cli("sandbox", "stop", "from-tls", "--time", "1").code == 0
+    world.podman("rmi", image)
+    assert_nothing_left(world)
+
+
 @pytest.mark.parametrize(("builder", "compression"), [("native", "zstd"), ("buildah", "gzip")])
 def test_podman_restores_migrates_image_itself(
         cli: Cli, world: PodmanWorld, counted: Counted, podman_env: None,
