@@ -257,6 +257,8 @@ def test_podman_options_are_not_for_crictl(cli: Cli, libpod_archive: Path) -> No
     r = cli("sandbox", libpod_archive, "--rm")
     assert (r.code, r.err) == (2, "error: --rm is an option of --engine podman\nhint: see "
                                   "'migrate sandbox restore --help'; this is --engine crictl\n")
+    r = cli("sandbox", libpod_archive, "--no-tls-verify")
+    assert r.err.splitlines()[0] == "error: --no-tls-verify is an option of --engine podman"
     r = cli("sandbox", "registry.example:5000/ckpt/app:v1", "--out", "x")
     assert (r.code, r.err) == (2, "error: registry.example:5000/ckpt/app:v1: --engine crictl "
                                   "restores from an archive file\nhint: restore an image with "

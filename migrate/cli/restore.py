@@ -128,22 +128,25 @@ def _podman_human(r: PodmanSandboxReport) -> str:
 
 _CRICTL_ONLY = ("--out", "--run", "--runtime-endpoint", "--cgroup-parent", "--crictl")
 _PODMAN_ONLY = ("--allow-mount", "--rm", "--podman", "--authfile", "--creds", "--cert-dir",
-                "--no-tls-verify")
+                "--tls-verify", "--no-tls-verify")
 
 
 def _given(ctx: typer.Context, names: tuple[str, ...]) -> list[str]:
-    """Which of these options the command line set (not left at their default)."""
+    """Which of these options the command line set, as it spelled them."""
     from typer.core import TyperOption
 
-    cmd = ctx.command
     given = []
-    for param in cmd.params:
+    for param in ctx.command.params:
         if not isinstance(param, TyperOption) or param.name is None:
             continue
         source = ctx.get_parameter_source(param.name)
-        if source is not None and source.name == "COMMANDLINE":
-            opts = [o for o in (*param.opts, *param.secondary_opts) if o in names]
-            given += opts[:1]
+        if source is None or source.name != "COMMANDLINE":
+            continue
+        # A --flag/--no-flag pair: the spelling its value came from.
+        negative = param.secondary_opts and ctx.params.get(param.name) is False
+        spelled = param.secondary_opts[0] if negative else param.opts[0]
+        if spelled in names:
+            given.append(spelled)
     return given
 
 
