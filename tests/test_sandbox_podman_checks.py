@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from migrate.adapters.podman import criu_errors
 from migrate.errors import InputError
 from migrate.pipeline import sandbox_podman
 from migrate.pipeline.libpod_rewrite import (
@@ -387,3 +388,22 @@ def test_image_references_and_paths() -> None:
         assert not sandbox_podman.is_image_reference(path), path
 
 
+
+
+def test_criu_errors_name_the_cause(tmp_path: Path) -> None:
+    """From a real CRIU 4.1.1 restore.log (trimmed): a task's errors first, its consequences
+    and CRIU's own setup noise left out."""
+    log = tmp_path / "restore.log"
+    log.write_text(
+        "(00.081468) Error (criu/util.c:1533): rlimit: Can't setup RLIMIT_NOFILE for self: "
+        "Operation not permitted\n"
+        "(00.231191)      1: Error (criu/files-reg.c:2175): File etc/data.txt has bad size 9 "
+        "(expect 33)\n"
+        "(00.231202)      1: Error (criu/files.c:1221): Unable to open fd=3 id=0x5\n"
+        "(00.231442)     17: Error (criu/sk-inet.c:903): inet: Connected TCP socket in image\n"
+        "(00.233059)     11: Error (criu/sk-inet.c:903): inet: Connected TCP socket in image\n"
+        "(00.240000) Error (criu/cr-restore.c:1480): 8 exited, status=1\n"
+        "(00.245423) Error (criu/cr-restore.c:2320): Restoring FAILED.\n")
+    assert criu_errors(log) == ["File etc/data.txt has bad size 9 (expect 33)",
+                                "inet: Connected TCP socket in image"]
+    assert criu_errors(tmp_path / "gone.log") == []

@@ -113,7 +113,6 @@ class _Podman:
 class PulledImage:
     """A checkpoint image in Podman's storage."""
 
-    reference: str
     id: str
     digest: str
     """The manifest's digest, ``sha256:...``: what the registry served."""
@@ -141,11 +140,6 @@ class Podman:
         self.settings = settings
         self._run = _Podman(settings)
 
-    def version(self) -> str:
-        """``podman --version``'s number (``podman version 4.3.1``)."""
-        words = self._run("--version", sub="--version").split()
-        return words[-1] if words else ""
-
     def pull(self, reference: str, registry: RegistrySettings) -> PulledImage:
         """``podman pull`` with the registry options of `migrate build`; the image pulled.
 
@@ -171,7 +165,7 @@ class Podman:
             except PodmanFailed as e:
                 raise _pull_error(reference, e) from e
         info = self.image(image_id)
-        return PulledImage(reference, image_id, str(info.get("Digest") or ""))
+        return PulledImage(image_id, str(info.get("Digest") or ""))
 
     def image(self, name: str) -> dict[str, Any]:
         """``podman image inspect`` of one image."""

@@ -5,9 +5,11 @@
    or an IMAGE that Podman pulls and mounts (its manifest digest is the label);
 3. refuse what a sandbox cannot restore, and plan network, mounts and labels
    (`libpod_rewrite`);
-4. write a private copy of the checkpoint with config.dump and spec.dump
-   rewritten (`adapters.repack`), in a 0700 temporary directory;
-5. ``podman container restore --import COPY --name NAME``, then delete the copy.
+4. refuse a name in use; write a private copy of the checkpoint with
+   config.dump and spec.dump rewritten (`adapters.repack`), in a 0700
+   temporary directory;
+5. ``podman container restore --import COPY --name NAME``, then delete the
+   copy; when the restore fails, remove the container Podman left behind.
 
 `stop_sandbox` removes a sandbox again, and only a sandbox: a container
 without the `libpod_rewrite.LABEL` label is refused.
