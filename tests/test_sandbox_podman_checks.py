@@ -402,6 +402,7 @@ def test_criu_errors_name_the_cause(tmp_path: Path) -> None:
         "(00.231202)      1: Error (criu/files.c:1221): Unable to open fd=3 id=0x5\n"
         "(00.231442)     17: Error (criu/sk-inet.c:903): inet: Connected TCP socket in image\n"
         "(00.233059)     11: Error (criu/sk-inet.c:903): inet: Connected TCP socket in image\n"
+        "(00.233100)      7: Error (criu/files.c:246): Can't sent fd 2 to 7\n"
         "(00.240000) Error (criu/cr-restore.c:1480): 8 exited, status=1\n"
         "(00.245423) Error (criu/cr-restore.c:2320): Restoring FAILED.\n")
     assert criu_errors(log) == ["File etc/data.txt has bad size 9 (expect 33)",

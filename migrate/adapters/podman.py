@@ -45,9 +45,10 @@ _HINT = "see Podman's message; `podman info` shows its runtime, storage and CRIU
 _LOG_FILE = re.compile(r"\|?\s*log file: (/\S+)")
 # "(00.231191)      1: Error (criu/files-reg.c:2175): File etc/data.txt has bad size 9 ..."
 _CRIU_ERROR = re.compile(r"^\(\s*[\d.]+\)\s+(?:(\d+): )?Error \([^)]*\): (.+)$")
-# What follows from a cause above: a task that could not open an fd, then exits.
-_CONSEQUENCES = re.compile(r"^(Unable to open fd=|Restoring FAILED|\d+ exited, status=|"
-                           r"\d+ killed by signal)")
+# What follows from a cause above: a task that could not open an fd, or hand one to
+# another task that failed ("sent" is CRIU 4.1's spelling), then exits.
+_CONSEQUENCES = re.compile(r"^(Unable to open fd=|Can't sen[dt] fd |Restoring FAILED|"
+                           r"\d+ exited, status=|\d+ killed by signal)")
 _LOG_TAIL = 1024 * 1024
 _ERROR_CHARS = 200
 
