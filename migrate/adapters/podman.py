@@ -165,8 +165,10 @@ class Podman:
                 image_id = run(*args, reference).strip().splitlines()[-1]
             except PodmanFailed as e:
                 raise _pull_error(reference, e) from e
-        info = self.image(image_id)
-        return PulledImage(image_id, str(info.get("Digest") or ""))
+        # The manifest's digest, which `migrate build` printed; the image ID (its
+        # config's digest) if Podman knows none.
+        digest = str(self.image(image_id).get("Digest") or f"sha256:{image_id}")
+        return PulledImage(image_id, digest)
 
     def image(self, name: str) -> dict[str, Any]:
         """``podman image inspect`` of one image."""
