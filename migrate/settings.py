@@ -196,6 +196,22 @@ class CrictlSettings:
 
 
 @dataclass(frozen=True)
+class PodmanSettings:
+    """How `migrate sandbox --engine podman` drives Podman (and `migrate sandbox stop`)."""
+
+    executable: str = "podman"
+    """The podman program: a name looked up on PATH, or a path."""
+
+    timeout: float = 600.0
+    """Seconds one podman call may take: a pull of a large checkpoint image, or a
+    restore of much memory, takes minutes."""
+
+    stop_timeout: int = 10
+    """Seconds `migrate sandbox stop` gives the restored processes after SIGTERM
+    before Podman kills them (podman rm --time)."""
+
+
+@dataclass(frozen=True)
 class Settings:
     """Root of the settings tree."""
 
@@ -204,6 +220,7 @@ class Settings:
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     kube: KubeSettings = field(default_factory=KubeSettings)
     crictl: CrictlSettings = field(default_factory=CrictlSettings)
+    podman: PodmanSettings = field(default_factory=PodmanSettings)
     checkpoint_dirs: tuple[Path, ...] = (DEFAULT_CHECKPOINT_DIR,)
     """Where `migrate list` looks when no directory is given."""
 

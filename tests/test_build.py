@@ -171,6 +171,34 @@ def test_no_push_writes_an_oci_layout(cli: Cli, counters_archive: Path, tmp_path
         subprocess.run(["buildah", "rmi", "-f", image_id], capture_output=True)
 
 
+PODMAN_KEYS = "io.podman.annotations.checkpoint."
+
+
+def test_podman_annotations_only_for_podman_archives(
+        cli: Cli, counters_archive: Path, make_archive: Callable[..., Path],
+        tmp_path: Path) -> None:
+    """Podman restores from libpod's config.dump: its keys go on images of its archives only.
+
+    Podman 4.3 takes an image for a checkpoint when `...runtime.name` is present
+    (the real restore is in tests/test_podman_sandbox.py)."""
+    podman = make_archive("podman.tar", engine="libpod", runtime="runc")
+    notes = cli("build", podman, "--image", "example.org/p:1", "--no-push", "--oci-layout",
+                tmp_path / "p", "-o", "json").json()["annotations"]
+    assert {k: v for k, v in notes.items() if k.startswith(PODMAN_KEYS)} == {
+        PODMAN_KEYS + "name": "counter",
+        PODMAN_KEYS + "rawImageName": "quay.io/adrianreber/counter:blog",
+        PODMAN_KEYS + "rootfsImageID": (
+            "d0b3e3b25b4e5b3c1a2f4e6d8c0b2a4f6e8d0c2b4a6f8e0d2c4b6a8f0e2d4c6b"),
+        PODMAN_KEYS + "rootfsImageName": "quay.io/adrianreber/counter:blog",
+        PODMAN_KEYS + "runtime.name": "runc",
+        PODMAN_KEYS + "host.arch": "amd64",
+    }
+    crio = cli("build", counters_archive, "--image", "example.org/c:1", "--no-push",
+               "--oci-layout", tmp_path / "c", "-o", "json").json()["annotations"]
+    assert not [k for k in crio if k.startswith(PODMAN_KEYS)]
+    assert crio[CRIO_NAME] == "counter"
+
+
 def test_oci_index_carries_the_annotations(cli: Cli, counters_archive: Path,
                                            plain_registry: RegistryUnderTest,
                                            unique_repo: str) -> None:

@@ -311,8 +311,7 @@ def test_an_existing_output_directory_is_not_reused(cli: Cli, archive: Path,
 
 @pytest.mark.parametrize("args, code, first", [
     (["--name", "Not_A_Name"], 2, "error: --name 'Not_A_Name' is not a valid sandbox name"),
-    (["--network", "host"], 2, "error: Invalid value for '--network': 'host' is not one of "
-                               "'none', 'pod'."),
+    (["--network", "host"], 2, "error: --network 'host': --engine crictl takes none or pod"),
 ])
 def test_bad_options(cli: Cli, archive: Path, tmp_path: Path, args: list[str], code: int,
                      first: str) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 import sh
 
 from migrate.adapters.registry.reference import parse_reference
+from migrate.adapters.stderr import tail
 from migrate.errors import (
     AuthError,
     DependencyError,
@@ -41,7 +42,6 @@ _INSTALL = "install it: apt-get install buildah (Debian/Ubuntu) or dnf install b
 _AUTH_FAILURE = re.compile(r"unauthorized|authentication required|\b40[13]\b|access.*denied", re.I)
 _COMPRESSION = {"none": ["--disable-compression"], "gzip": ["--compression-format", "gzip"],
                 "zstd": ["--compression-format", "zstd"]}
-_TAIL_CHARS = 500
 
 
 @dataclass(frozen=True)
@@ -100,16 +100,16 @@ class _Buildah:
                       hint="retry, or allow more time") from e
         except sh.ErrorReturnCode as e:
             raw = e.stderr.decode("utf-8", "replace")
-            err = _error(sub, self._scrub(_tail(raw)), auth=bool(_AUTH_FAILURE.search(raw)))
+            err = _error(sub, self._scrub(tail(raw)), auth=bool(_AUTH_FAILURE.search(raw)))
             # sh's own exception quotes stderr verbatim: keep it off the chain if
             # buildah echoed a secret, so not even a --debug traceback shows it.
             raise err from (None if self._scrub(raw) != raw else e)
         return str(out)
 
 
-def _error(sub: str, tail: str, auth: bool) -> MigrateError:
+def _error(sub: str, said: str, auth: bool) -> MigrateError:
     """Our error for a failed ``buildah SUB``: only a push can meet the registry."""
-    message = f"buildah {sub} failed: {tail or 'no error message'}"
+    message = f"buildah {sub} failed: {said or 'no error message'}"
     if sub != "push":
         return DependencyError(message, hint="see buildah's message; `buildah info` shows "
                                "its storage and configuration")
@@ -118,15 +118,6 @@ def _error(sub: str, tail: str, auth: bool) -> MigrateError:
                          "that they may push to this repository")
     return RegistryError(message, hint="check that the registry is reachable; for plain HTTP "
                          "or a private CA, disable TLS verification or give a cert dir")
-
-
-def _tail(stderr: str) -> str:
-    """The last lines of ``stderr`` that fit in one line of ~500 characters."""
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    kept: list[str] = []
-    while lines and sum(map(len, kept)) + len(lines[-1]) <= _TAIL_CHARS:
-        kept.insert(0, lines.pop())
-    return " | ".join(kept) if kept else (lines[-1][-_TAIL_CHARS:] if lines else "")
 
 
 def _target(destination: str) -> tuple[str, str | None]:

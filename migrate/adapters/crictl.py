@@ -17,6 +17,7 @@ from pathlib import Path
 
 import sh
 
+from migrate.adapters.stderr import tail
 from migrate.errors import DependencyError, MigrateError, UsageError
 from migrate.settings import CrictlSettings
 
@@ -25,7 +26,6 @@ log = logging.getLogger(__name__)
 MIN_TIMEOUT = 60.0
 _INSTALL = ("install cri-tools (crictl) on the node, or run the printed commands where it is; "
             "--crictl names another executable")
-_TAIL_CHARS = 500
 
 
 def check_timeout(settings: CrictlSettings) -> None:
@@ -54,15 +54,6 @@ def manual_commands(settings: CrictlSettings, pod_config: Path,
             f'{crictl} start "$CTR_ID"']
 
 
-def _tail(stderr: str) -> str:
-    """The last lines of ``stderr``, joined into one line of at most ~500 characters."""
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    kept: list[str] = []
-    while lines and sum(map(len, kept)) + len(lines[-1]) <= _TAIL_CHARS:
-        kept.insert(0, lines.pop())
-    return " | ".join(kept) if kept else (lines[-1][-_TAIL_CHARS:] if lines else "")
-
-
 class _Crictl:
     """The one command runner: every crictl call and its errors."""
 
@@ -87,8 +78,8 @@ class _Crictl:
             raise DependencyError(f"crictl {sub} did not finish in {self._timeout:g} s",
                                   hint="see the runtime's log (journalctl -u crio)") from e
         except sh.ErrorReturnCode as e:
-            tail = _tail(e.stderr.decode("utf-8", "replace")) or f"exit code {e.exit_code}"
-            raise DependencyError(f"crictl {sub} failed: {tail}",
+            said = tail(e.stderr.decode("utf-8", "replace")) or f"exit code {e.exit_code}"
+            raise DependencyError(f"crictl {sub} failed: {said}",
                                   hint="see the runtime's log (journalctl -u crio)") from e
         return str(out).strip()
 

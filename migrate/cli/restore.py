@@ -1,4 +1,5 @@
-"""Restore targets: `manifest` (a Pod pinned to a node) and `sandbox` (crictl configs)."""
+"""Restore targets: `manifest` (a Pod pinned to a node) and `sandbox` (crictl configs, or a
+restore with Podman on this machine, and `sandbox stop`)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+import typer.core
 
-from migrate.cli.options import CONTEXT, KUBECONFIG, with_kube
+from migrate.cli.options import (
+    AUTHFILE,
+    CERT_DIR,
+    CONTEXT,
+    CREDS,
+    KUBECONFIG,
+    TLS_VERIFY,
+    with_kube,
+    with_registry,
+)
 from migrate.cli.output import Format, emit, table
+from migrate.errors import UsageError
 from migrate.settings import Settings
 
 if TYPE_CHECKING:
+    from typer._click import Context as ClickContext  # what TyperGroup.parse_args takes
+
     from migrate.pipeline.sandbox import SandboxReport
+    from migrate.pipeline.sandbox_podman import PodmanSandboxReport, StopReport
 
 # The pipelines (jsonschema, kubernetes-validate, the kubernetes client) load
 # when a command runs, not when the CLI starts.
@@ -27,11 +42,11 @@ class ManifestFormat(StrEnum):
     json = "json"
 
 
-class Network(StrEnum):
-    """The sandbox's network: see README, `migrate sandbox`."""
+class Engine(StrEnum):
+    """Who restores a sandbox: see README, `migrate sandbox`."""
 
-    none = "none"
-    pod = "pod"
+    crictl = "crictl"
+    podman = "podman"
 
 
 def manifest(
@@ -96,43 +111,172 @@ def _sandbox_human(r: SandboxReport) -> str:
     return text + f"\n{verb}:\n" + "".join(f"  {c}\n" for c in r.commands)
 
 
+def _podman_human(r: PodmanSandboxReport) -> str:
+    gone = ", removed when it exits (--rm)" if r.autoremove else ""
+    lines = [f"restored {r.name} ({r.id[:12]}) with podman from {r.checkpoint}",
+             f"checkpoint {r.digest} (label migrate.dev/forensic-restore)",
+             f"container {r.container}, network {r.network}{gone}", ""]
+    text = "\n".join(lines)
+    if r.mounts:
+        text += "\n" + table(("container path", "host path", "mode", "recorded source"),
+                             [(m.recorded.destination, m.host_path,
+                               "ro" if m.recorded.readonly else "rw",
+                               f"volume {m.recorded.volume}" if m.recorded.volume
+                               else m.recorded.source) for m in r.mounts])
+    return text + "\nlook at it:  " + r.commands[0] + "\nremove it:   " + r.commands[1] + "\n"
+
+
+_CRICTL_ONLY = ("--out", "--run", "--runtime-endpoint", "--cgroup-parent", "--crictl")
+_PODMAN_ONLY = ("--allow-mount", "--rm", "--podman", "--authfile", "--creds", "--cert-dir",
+                "--tls-verify", "--no-tls-verify")
+
+
+def _given(ctx: typer.Context, names: tuple[str, ...]) -> list[str]:
+    """Which of these options the command line set, as it spelled them."""
+    from typer.core import TyperOption
+
+    given = []
+    for param in ctx.command.params:
+        if not isinstance(param, TyperOption) or param.name is None:
+            continue
+        source = ctx.get_parameter_source(param.name)
+        if source is None or source.name != "COMMANDLINE":
+            continue
+        # A --flag/--no-flag pair: the spelling its value came from.
+        negative = param.secondary_opts and ctx.params.get(param.name) is False
+        spelled = param.secondary_opts[0] if negative else param.opts[0]
+        if spelled in names:
+            given.append(spelled)
+    return given
+
+
 def sandbox(
     ctx: typer.Context,
-    archive: Path = typer.Argument(..., help="Checkpoint archive (checkpoint-*.tar).",
-                                   metavar="ARCHIVE", show_default=False),
-    out: Path | None = typer.Option(None, "--out", metavar="DIR", show_default=False,
-                                    help="Where to write, new or empty (default: ./NAME)."),
+    checkpoint: str = typer.Argument(..., help="Checkpoint archive, or (--engine podman) a "
+                                     "checkpoint image REGISTRY/REPOSITORY[:TAG].",
+                                     metavar="ARCHIVE|IMAGE", show_default=False),
+    engine: Engine = typer.Option(Engine.crictl, "--engine",
+                                  help="crictl: write configs for a CRI host (--run runs them); "
+                                  "podman: restore here, now."),
     name: str | None = typer.Option(None, "--name", show_default=False,
-                                    help="Sandbox pod name (default: forensic-<pod>)."),
-    network: Network = typer.Option(Network.none, "--network",
-                                    help="none: no name resolution, nothing published; pod: "
-                                    "the runtime's pod network and DNS."),
-    run: bool = typer.Option(False, "--run", help="Run crictl runp, create, start."),
+                                    help="Sandbox name (default: forensic-<pod> for crictl, "
+                                    "forensic-<container> for podman)."),
+    network: str = typer.Option("none", "--network", metavar="NETWORK",
+                                help="none: no network; crictl: pod (the runtime's pod "
+                                "network and DNS); podman: a Podman network's name."),
+    allow_mount: list[str] = typer.Option([], "--allow-mount", metavar="DEST=HOSTPATH",
+                                          show_default=False, help="podman: bind HOSTPATH "
+                                          "where the checkpoint records a host mount at DEST "
+                                          "(each one must be given)."),
+    autoremove: bool = typer.Option(False, "--rm", help="podman: remove the container when "
+                                    "its processes exit."),
+    podman: str = typer.Option("podman", "--podman", metavar="PATH",
+                               help="podman: the podman executable."),
+    authfile: Path | None = AUTHFILE,
+    creds: str | None = CREDS,
+    tls_verify: bool = TLS_VERIFY,
+    cert_dir: Path | None = CERT_DIR,
+    out: Path | None = typer.Option(None, "--out", metavar="DIR", show_default=False,
+                                    help="crictl: where to write, new or empty "
+                                    "(default: ./NAME)."),
+    run: bool = typer.Option(False, "--run", help="crictl: run crictl runp, create, start."),
     runtime_endpoint: str | None = typer.Option(None, "--runtime-endpoint", metavar="URI",
-                                                show_default=False, help="CRI endpoint for "
-                                                "crictl (default: its configuration)."),
-    timeout: int = typer.Option(60, "--timeout", metavar="S", help="Seconds crictl may wait "
-                                "for the runtime (at least 60)."),
+                                                show_default=False, help="crictl: CRI "
+                                                "endpoint (default: its configuration)."),
+    timeout: int | None = typer.Option(None, "--timeout", metavar="S", show_default=False,
+                                       help="Seconds crictl may wait for the runtime (at "
+                                       "least 60; default 60), or one podman call may take "
+                                       "(default 600)."),
     cgroup_parent: str | None = typer.Option(None, "--cgroup-parent", metavar="CGROUP",
-                                             show_default=False, help="The sandbox's parent "
-                                             "cgroup (the systemd driver needs one)."),
+                                             show_default=False, help="crictl: the sandbox's "
+                                             "parent cgroup (the systemd driver needs one)."),
     crictl: str = typer.Option("crictl", "--crictl", metavar="PATH",
-                               help="The crictl executable."),
+                               help="crictl: the crictl executable."),
     output: Format = typer.Option(Format.table, "-o", "--output", help="Output format."),
 ) -> None:
-    """Write crictl configs that restore ARCHIVE in a forensic sandbox; --run runs them."""
+    """Restore a checkpoint in a forensic sandbox: crictl configs for a CRI host (default),
+    or with Podman on this machine (--engine podman)."""
+    wrong = _given(ctx, _PODMAN_ONLY if engine == Engine.crictl else _CRICTL_ONLY)
+    if wrong:
+        other = "podman" if engine == Engine.crictl else "crictl"
+        raise UsageError(f"{wrong[0]} is an option of --engine {other}",
+                         hint=f"see 'migrate sandbox restore --help'; this is --engine "
+                         f"{engine.value}")
+    base: Settings = ctx.obj
+    if engine == Engine.podman:
+        from migrate.pipeline.sandbox_podman import PodmanSandboxRequest, restore_sandbox
+
+        settings = with_registry(base, authfile=authfile, creds=creds, tls_verify=tls_verify,
+                                 cert_dir=cert_dir)
+        podman_settings = dataclasses.replace(settings.podman, executable=podman)
+        if timeout is not None:
+            podman_settings = dataclasses.replace(podman_settings, timeout=float(timeout))
+        settings = dataclasses.replace(settings, podman=podman_settings)
+        report = restore_sandbox(PodmanSandboxRequest(
+            checkpoint=checkpoint, name=name, network=network,
+            allow_mounts=tuple(allow_mount), autoremove=autoremove), settings)
+        emit(report.to_dict(), output.value, lambda: _podman_human(report))
+        return
     from migrate.pipeline.sandbox import SandboxRequest, prepare_sandbox
+    from migrate.pipeline.sandbox_podman import is_image_reference
+
+    if is_image_reference(checkpoint) and not Path(checkpoint).exists():
+        raise UsageError(f"{checkpoint}: --engine crictl restores from an archive file",
+                         hint="restore an image with --engine podman, or on a cluster with "
+                         "`migrate manifest --image`")
+    crictl_settings = dataclasses.replace(base.crictl, executable=crictl,
+                                          runtime_endpoint=runtime_endpoint)
+    if timeout is not None:
+        crictl_settings = dataclasses.replace(crictl_settings, timeout=timeout)
+    crictl_report = prepare_sandbox(SandboxRequest(
+        archive=Path(checkpoint), out=out, name=name, network=network,
+        cgroup_parent=cgroup_parent, run=run),
+        dataclasses.replace(base, crictl=crictl_settings))
+    emit(crictl_report.to_dict(), output.value, lambda: _sandbox_human(crictl_report))
+
+
+def _stop_human(r: StopReport) -> str:
+    return f"removed {r.name} ({r.id[:12]}), the forensic restore of {r.digest}\n"
+
+
+def stop(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., metavar="NAME", show_default=False,
+                               help="The sandbox's name (or ID)."),
+    podman: str = typer.Option("podman", "--podman", metavar="PATH",
+                               help="The podman executable."),
+    time: int = typer.Option(10, "--time", metavar="S", help="Seconds between SIGTERM and "
+                             "SIGKILL."),
+    output: Format = typer.Option(Format.table, "-o", "--output", help="Output format."),
+) -> None:
+    """Stop and remove a sandbox `migrate sandbox --engine podman` restored (and only that)."""
+    from migrate.pipeline.sandbox_podman import stop_sandbox
 
     base: Settings = ctx.obj
-    settings = dataclasses.replace(base, crictl=dataclasses.replace(
-        base.crictl, executable=crictl, runtime_endpoint=runtime_endpoint, timeout=timeout))
-    report = prepare_sandbox(SandboxRequest(
-        archive=archive, out=out, name=name, network=network.value,
-        cgroup_parent=cgroup_parent, run=run), settings)
-    emit(report.to_dict(), output.value, lambda: _sandbox_human(report))
+    settings = dataclasses.replace(base, podman=dataclasses.replace(
+        base.podman, executable=podman, stop_timeout=time))
+    report = stop_sandbox(name, settings)
+    emit(report.to_dict(), output.value, lambda: _stop_human(report))
+
+
+class _SandboxGroup(typer.core.TyperGroup):
+    """`migrate sandbox ARCHIVE ...` means `migrate sandbox restore ARCHIVE ...`: the
+    command kept working as it did before `stop` joined it."""
+
+    def parse_args(self, ctx: ClickContext, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["restore", *args]
+        return super().parse_args(ctx, args)
+
+
+sandbox_app = typer.Typer(name="sandbox", cls=_SandboxGroup, no_args_is_help=True,
+                          help="Restore a checkpoint in a forensic sandbox (`migrate sandbox "
+                          "ARCHIVE|IMAGE` is `migrate sandbox restore ...`), or remove one.")
 
 
 def register(app: typer.Typer) -> None:
     """Attach the restore commands to the root app."""
     app.command("manifest")(manifest)
-    app.command("sandbox")(sandbox)
+    sandbox_app.command("restore")(sandbox)
+    sandbox_app.command("stop")(stop)
+    app.add_typer(sandbox_app)

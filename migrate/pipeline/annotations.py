@@ -1,8 +1,13 @@
 """The annotations that make an image a checkpoint image, and the archive checks CRI-O makes.
 
-We set both families: CRI-O's keys (``io.kubernetes.cri-o.annotations.checkpoint.*``,
-of which CRI-O checks ``.name``) and checkpointctl/containerd's
-(``org.criu.checkpoint.*``). No tool today sets both.
+We set CRI-O's keys (``io.kubernetes.cri-o.annotations.checkpoint.*``, of which
+CRI-O checks ``.name``) and checkpointctl/containerd's (``org.criu.checkpoint.*``)
+on every image; no tool today sets both. Images of archives Podman exported also
+get Podman's own keys (``io.podman.annotations.checkpoint.*``): Podman 4.3 takes
+an image for a checkpoint when ``...checkpoint.runtime.name`` is there and names
+its own OCI runtime (cmd/podman/utils/utils.go, IsCheckpointImage). Only those
+archives: Podman restores from libpod's config.dump, which CRI-O and containerd
+archives do not have.
 """
 
 from __future__ import annotations
@@ -10,10 +15,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from migrate.adapters.checkpoint import (
     CRIO_ANNOTATIONS,
     ENGINE_CRIO,
+    ENGINE_PODMAN,
     SPEC_DUMP,
     Checkpoint,
     Identity,
@@ -22,7 +29,9 @@ from migrate.errors import ArchiveError
 
 CRIO = "io.kubernetes.cri-o.annotations.checkpoint."
 CRIU = "org.criu.checkpoint."
+PODMAN = "io.podman.annotations.checkpoint."
 CHECKPOINT_NAME = CRIO + "name"
+PODMAN_RUNTIME = PODMAN + "runtime.name"
 _CRIU_VERSION = re.compile(rb"Version: (\d+\.\d+(?:\.\d+)?)")
 _ARCHES = {1: "amd64", 2: "arm", 3: "arm64", 4: "ppc64le", 5: "s390x", 6: "mips64le"}
 _REFUSED = "CRI-O would refuse to restore from it; nothing was uploaded"
@@ -83,6 +92,9 @@ def checkpoint_image_info(ckpt: Checkpoint) -> CheckpointImageInfo:
         CRIU + "engine.name": who.engine.lower(),
         CRIU + "runtime.name": config.get("runtime", ""),
     }
+    architecture = _architecture(ckpt)
+    if who.engine == ENGINE_PODMAN:
+        values |= _podman(config, who, image_name, image_id, architecture)
     version = _criu_version(ckpt)
     if version:
         values[CRIO + "criu.version"] = values[CRIU + "criu.version"] = version
@@ -94,5 +106,24 @@ def checkpoint_image_info(ckpt: Checkpoint) -> CheckpointImageInfo:
         identity=who,
         annotations={k: v for k, v in values.items() if v},
         created=created,
-        architecture=_architecture(ckpt),
+        architecture=architecture,
     )
+
+
+def _podman(config: dict[str, Any], who: Identity, image_name: str, image_id: str,
+            architecture: str) -> dict[str, str]:
+    """The keys `podman container checkpoint --create-image` sets that an archive can tell.
+
+    Podman also writes its own, conmon's and the runtime's versions, the host's
+    kernel, cgroup version and distribution: facts about the machine that
+    checkpointed, which the archive does not record, so they are left out
+    rather than made up. Podman reads only ``runtime.name``.
+    """
+    return {
+        PODMAN + "name": who.container,
+        PODMAN + "rawImageName": config.get("RawImageName") or image_name,
+        PODMAN + "rootfsImageID": image_id,
+        PODMAN + "rootfsImageName": image_name,
+        PODMAN_RUNTIME: config.get("runtime", ""),
+        PODMAN + "host.arch": architecture,
+    }

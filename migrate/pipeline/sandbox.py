@@ -99,7 +99,7 @@ class SandboxReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (schemas/sandbox.schema.json)."""
-        return {"name": self.name, "namespace": NAMESPACE, "uid": self.uid,
+        return {"engine": "crictl", "name": self.name, "namespace": NAMESPACE, "uid": self.uid,
                 "container": self.container, "archive": str(self.archive), "out": str(self.out),
                 "pod_config": str(self.pod_config),
                 "container_config": str(self.container_config), "network": self.network,
@@ -183,7 +183,8 @@ def prepare_sandbox(req: SandboxRequest, settings: Settings, uid: str | None = N
                     ) -> SandboxReport:
     """Render, check and write the sandbox; ``uid`` is fresh unless given (tests)."""
     if req.network not in _NETWORKS:
-        raise UsageError(f"--network {req.network!r}: use none or pod")
+        raise UsageError(f"--network {req.network!r}: --engine crictl takes none or pod",
+                         hint="a named network is for --engine podman")
     crictl.check_timeout(settings.crictl)
     archive = req.archive.absolute()
     with Checkpoint(archive, settings.archive) as ckpt:
