@@ -22,7 +22,7 @@ from e2e.archivegen import ArchiveSpec, build
 from e2e.criu_encode import crit_available
 from migrate.cli.app import run
 
-pytest_plugins = ["tests.registries", "tests.real"]
+pytest_plugins = ["tests.registries", "tests.real", "tests.cluster"]
 
 REPO = Path(__file__).resolve().parent.parent
 
