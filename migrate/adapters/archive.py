@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from migrate.adapters import jsondoc
+from migrate.adapters import compressed, jsondoc
 from migrate.adapters.safe_extract import Target, extract
 from migrate.errors import ArchiveError, MissingMemberError, NotFoundError
 from migrate.settings import ArchiveSettings
@@ -202,33 +202,50 @@ def scan_tar(reader: RangeReader, label: str, max_members: int) -> list[Member]:
     return members
 
 
+def _open_archive(path: Path, label: str) -> int:
+    try:
+        # Checked before opening: opening a FIFO would block, and a directory
+        # opens fine on Linux only to fail on the first read.
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise ArchiveError(label, "is a directory, not an archive",
+                               hint="give the path of a checkpoint archive; "
+                               "`migrate list DIR` finds them")
+        if not stat.S_ISREG(st.st_mode):
+            raise ArchiveError(label, "is not a regular file",
+                               hint="copy the archive to a file first")
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError as e:
+        raise NotFoundError(
+            f"{path}: no such file", hint="check the archive path (see `migrate list`)"
+        ) from e
+    except OSError as e:
+        raise ArchiveError(label, f"cannot open: {e.strerror}",
+                           hint="check the file's permissions") from e
+
+
 class CheckpointArchive:
-    """An opened checkpoint archive; use as a context manager."""
+    """An opened checkpoint archive; use as a context manager.
+
+    A gzip or zstd archive (known by its first bytes) is decompressed once into
+    a private temporary file (see `migrate.adapters.compressed`), read from
+    then on like an uncompressed one; ``compression`` says which it was.
+    """
 
     def __init__(self, path: Path, settings: ArchiveSettings) -> None:
         self.path = path
         self.label = str(path)
         self.settings = settings
+        self._fd = _open_archive(path, self.label)
+        self.compression: str | None = None
         try:
-            # Checked before opening: opening a FIFO would block, and a directory
-            # opens fine on Linux only to fail on the first read.
-            st = os.stat(path)
-            if stat.S_ISDIR(st.st_mode):
-                raise ArchiveError(self.label, "is a directory, not an archive",
-                                   hint="give the path of a checkpoint-*.tar file; "
-                                   "`migrate list DIR` finds them")
-            if not stat.S_ISREG(st.st_mode):
-                raise ArchiveError(self.label, "is not a regular file",
-                                   hint="copy the archive to a file first")
-            self._fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError as e:
-            raise NotFoundError(
-                f"{path}: no such file", hint="check the archive path (see `migrate list`)"
-            ) from e
-        except OSError as e:
-            raise ArchiveError(self.label, f"cannot open: {e.strerror}",
-                               hint="check the file's permissions") from e
-        try:
+            self.stored_size = os.fstat(self._fd).st_size
+            self.compression = compressed.sniff(os.pread(self._fd, 4, 0))
+            if self.compression is not None:
+                tar = compressed.decompress_to_file(self._fd, self.stored_size,
+                                                    self.compression, self.label, settings)
+                os.close(self._fd)
+                self._fd = tar
             self.file_size = os.fstat(self._fd).st_size
             members = scan_tar(RangeReader(self._fd, 0, self.file_size), self.label,
                                settings.max_members)
@@ -237,6 +254,11 @@ class CheckpointArchive:
             raise
         # Later entries win, as they would when the tar is unpacked.
         self.members: dict[str, Member] = {m.name: m for m in members}
+
+    @property
+    def fd(self) -> int:
+        """The descriptor of the tar itself (for a compressed archive, the decompressed copy)."""
+        return self._fd
 
     def __enter__(self) -> CheckpointArchive:
         return self

@@ -10,6 +10,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from types import FrameType
 
 import typer
@@ -45,9 +46,12 @@ def root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version."
     ),
+    tmp_dir: Path | None = typer.Option(
+        None, "--tmp-dir", metavar="DIR", show_default=False,
+        help="Where compressed archives are decompressed (default: $TMPDIR, else /tmp)."),
 ) -> None:
     """Global options; builds the settings every command receives."""
-    settings = load_settings(debug=debug, verbose=verbose)
+    settings = load_settings(debug=debug, verbose=verbose, tmp_dir=tmp_dir)
     level = logging.DEBUG if settings.output.debug or verbose > 1 else (
         logging.INFO if verbose else logging.WARNING
     )

@@ -38,7 +38,8 @@ class Catalog:
 
 
 def find_archives(dirs: Iterable[Path]) -> list[Path]:
-    """``checkpoint-*.tar`` files directly in each directory, sorted by name."""
+    """``checkpoint-*.tar`` files (maybe compressed: ``.tar.gz``, ...) directly in each
+    directory, sorted by name."""
     found: list[Path] = []
     for d in dirs:
         if not d.is_dir():
@@ -47,7 +48,7 @@ def find_archives(dirs: Iterable[Path]) -> list[Path]:
                 hint="pass the directory holding checkpoint-*.tar archives "
                 "(the kubelet writes them to /var/lib/kubelet/checkpoints)",
             )
-        found.extend(sorted(p for p in d.glob("checkpoint-*.tar") if p.is_file()))
+        found.extend(sorted(p for p in d.glob("checkpoint-*.tar*") if p.is_file()))
     return found
 
 

@@ -1,0 +1,310 @@
+"""Compressed checkpoint archives: gzip and zstd, known by content, read like plain tars.
+
+Every analysis command and `build` must give on a compressed archive exactly
+what it gives on the same tar uncompressed (the real Podman exports are in
+test_real_checkpoints.py). Hostile compressed input (cut, garbage after the
+magic, trailing garbage, failed checksums, an oversized zstd window, a
+decompression bomb, no room left) ends in exit 3 with one ``error:`` line
+naming the archive and a ``hint:``; nothing is left in the temporary
+directory either way.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import stat
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from e2e.archivegen import ArchiveSpec, build
+from migrate.adapters import compressed
+from migrate.adapters.archive import CheckpointArchive
+from migrate.errors import ArchiveError
+from migrate.settings import ArchiveSettings
+from tests.conftest import Result, run_binary
+from tests.test_untrusted_input import assert_clean_error
+from tests.test_untrusted_limits import measured_run
+
+Cli = Callable[..., Result]
+INVALID_INPUT, USAGE = 3, 2
+SECRET = "RANDOM_1432_KEY"
+MIB = 1 << 20
+DAMAGED = "hint: the archive is damaged; copy it again, or export the checkpoint again"
+CUT = "hint: the archive was cut short; copy it again from where it was made"
+
+
+def compress(data: bytes, kind: str, pieces: int = 1) -> bytes:
+    """``data`` as ``pieces`` concatenated gzip members or zstd frames (with checksums)."""
+    step = max(1, -(-len(data) // pieces))
+    parts = [data[i:i + step] for i in range(0, len(data), step)] or [b""]
+    if kind == "gzip":
+        return b"".join(gzip.compress(p, mtime=0) for p in parts)
+    cctx = zstandard.ZstdCompressor(level=3, write_checksum=True)
+    return b"".join(cctx.compress(p) for p in parts)
+
+
+def skippable(payload: bytes) -> bytes:
+    """A zstd skippable frame (what pzstd puts first), which decoders pass over."""
+    return struct.pack("<II", 0x184D2A50, len(payload)) + payload
+
+
+VARIANTS = {
+    "gzip": lambda d: compress(d, "gzip"),
+    "gzip-3-members": lambda d: compress(d, "gzip", 3),
+    "zstd": lambda d: compress(d, "zstd"),
+    "zstd-3-frames": lambda d: compress(d, "zstd", 3),
+    "zstd-skippable-first": lambda d: skippable(b"pzstd") + compress(d, "zstd"),
+}
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build(ArchiveSpec(use_crit=True),
+                 tmp_path_factory.mktemp("plain") / "checkpoint-counters.tar")
+
+
+@pytest.fixture(autouse=True)
+def tmp_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A TMPDIR of the test's own: what decompression leaves there can be checked."""
+    d = tmp_path_factory.mktemp("tmpdir")
+    monkeypatch.setenv("TMPDIR", str(d))
+    return d
+
+
+def _outputs(cli: Cli, archive: Path, work: Path) -> dict[str, str]:
+    """What every analysis command prints for ``archive`` (its path replaced by ARCHIVE)."""
+    work.mkdir()
+    runs = {
+        "show": ["show", archive, "--stats", "-o", "json"],
+        "show-table": ["show", archive],
+        "inspect": ["inspect", archive, "--all", "-o", "json"],
+        "inspect-tree": ["inspect", archive, "--ps-tree-cmd", "--ps-tree-env"],
+        "memparse": ["memparse", archive, "-o", "json"],
+        "memparse-search": ["memparse", archive, "--search", SECRET, "--context", "8",
+                            "-o", "json"],
+        "memparse-regex": ["memparse", archive, "--search-regex", "RANDOM_[0-9]+", "--pid", "7"],
+        "rootfs-diff": ["rootfs-diff", archive, "-o", "json"],
+        "extract": ["rootfs-diff", archive, "--extract", work / "x", "-o", "json"],
+        "build": ["build", archive, "--image", "localhost/c:1", "--no-push", "--oci-layout",
+                  work / "oci", "-o", "json"],
+    }
+    out = {}
+    for key, args in runs.items():
+        r = cli(*args)
+        assert (r.code, r.err) == (0, ""), (key, r.err)
+        out[key] = r.out.replace(str(archive), "ARCHIVE").replace(str(work), "WORK")
+    build_report = json.loads(out.pop("build"))
+    out["digest"] = build_report["digest"]
+    out["tree"] = json.dumps(_tree(work / "x"))
+    return out
+
+
+def _tree(root: Path) -> dict[str, tuple[int, str]]:
+    return {str(p.relative_to(root)): (stat.S_IMODE(p.lstat().st_mode),
+                                       p.read_bytes().hex() if p.is_file() else "")
+            for p in sorted(root.rglob("*"))} if root.exists() else {}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_command_reads_a_compressed_archive_as_the_plain_one(
+        cli: Cli, plain: Path, tmp_path: Path, tmp_dir: Path, variant: str) -> None:
+    archive = tmp_path / "podman-export"  # no suffix: the content says what it is
+    archive.write_bytes(VARIANTS[variant](plain.read_bytes()))
+    want = _outputs(cli, plain, tmp_path / "plain")
+    got = _outputs(cli, archive, tmp_path / "compressed")
+    # The image holds the tar itself (CRI-O unpacks the layer into the image root):
+    # the same layer, config and manifest, so the same digest as from the plain tar.
+    assert got == want
+    assert json.loads(got["memparse-search"])[0]["match"].startswith("\\x00secret=")
+    assert "home/counter/test-file" in json.loads(got["tree"])
+    assert list(tmp_dir.iterdir()) == []
+
+
+def test_build_reports_the_compressed_size_and_pushes_the_tar(cli: Cli, plain: Path,
+                                                              tmp_path: Path) -> None:
+    archive = tmp_path / "c.tar.zst"
+    archive.write_bytes(compress(plain.read_bytes(), "zstd"))
+    r = cli("build", archive, "--image", "localhost/c:1", "--no-push", "--oci-layout",
+            tmp_path / "oci", "--compression", "gzip", "-o", "json")
+    assert r.code == 0, r.err
+    report = r.json()
+    assert report["archive_size"] == archive.stat().st_size
+    blobs = tmp_path / "oci" / "blobs" / "sha256"
+    index = json.loads((tmp_path / "oci" / "index.json").read_text())
+    manifest = json.loads((blobs / index["manifests"][0]["digest"][7:]).read_bytes())
+    (layer,) = manifest["layers"]
+    assert layer["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"
+    assert gzip.decompress((blobs / layer["digest"][7:]).read_bytes()) == plain.read_bytes()
+
+
+def test_verbose_says_how_long_decompression_took(plain: Path, tmp_path: Path,
+                                                  tmp_dir: Path) -> None:
+    archive = tmp_path / "c.tar.gz"
+    archive.write_bytes(compress(plain.read_bytes(), "gzip"))
+    r = run_binary(["-v", "show", str(archive)])
+    assert r.returncode == 0, r.stderr
+    (line,) = [ln for ln in r.stderr.splitlines() if "decompressed" in ln]
+    size = plain.stat().st_size
+    assert line.startswith(f"INFO: {archive}: gzip, ")
+    assert f" decompressed to {size / 1024:.1f} KiB in " in line
+    assert line.endswith(f" s (into {tmp_dir})")
+
+
+def test_tmp_dir_option_and_tmpdir(cli: Cli, plain: Path, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = tmp_path / "c.tar.zst"
+    archive.write_bytes(compress(plain.read_bytes(), "zstd"))
+    missing = tmp_path / "no-such-dir"
+    line = (f"error: {missing}: cannot create a temporary file to decompress {archive}: "
+            "No such file or directory")
+    assert_clean_error(cli("--tmp-dir", missing, "show", archive), USAGE, line)
+    monkeypatch.setenv("TMPDIR", str(missing))
+    assert_clean_error(cli("show", archive), USAGE, line)
+    assert cli("--tmp-dir", tmp_path, "show", archive).code == 0
+    # A plain tar needs no temporary file at all.
+    assert cli("show", plain).code == 0
+
+
+# --- hostile compressed input ----------------------------------------------------------------
+
+
+def _zstd_frame(window_descriptor: int, blocks: bytes) -> bytes:
+    """A zstd frame: magic, a descriptor with no flags, the window byte, then ``blocks``."""
+    return struct.pack("<IBB", 0xFD2FB528, 0, window_descriptor) + blocks
+
+
+def _raw_block(data: bytes, last: bool = True) -> bytes:
+    return (len(data) << 3 | int(last)).to_bytes(3, "little") + data
+
+
+def _flip(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:]
+
+
+def hostile(tar: bytes) -> dict[str, tuple[bytes, str, str]]:
+    """name -> (archive bytes, the error after "ARCHIVE: ", its hint)."""
+    gz, zst = compress(tar, "gzip"), compress(tar, "zstd")
+    return {
+        "gzip-cut": (gz[:len(gz) // 2], "truncated: the gzip stream ends in the middle of a "
+                     f"member (after {len(gz) // 2} bytes)", CUT),
+        "zstd-cut": (zst[:len(zst) // 2], "truncated: the zstd stream ends in the middle of a "
+                     f"frame (after {len(zst) // 2} bytes)", CUT),
+        "zstd-magic-only": (zst[:4], "truncated: the zstd stream ends in the middle of a "
+                            "frame (after 4 bytes)", CUT),
+        "gzip-garbage-after-magic": (b"\x1f\x8b" + bytes(range(256)) * 4,
+                                     "corrupt gzip data (Error -3 while decompressing data: "
+                                     "unknown compression method)", DAMAGED),
+        "zstd-reserved-bit": (struct.pack("<IB", 0xFD2FB528, 0x08) + bytes(64),
+                              "has a corrupt zstd frame header (byte 4)", DAMAGED),
+        "zstd-reserved-block": (_zstd_frame(0x50, b"\x07\x00\x00" + bytes(64)),
+                                "has a corrupt zstd block (byte 6)", DAMAGED),
+        "gzip-trailing-garbage": (gz + b"not gzip", "has data after the end of the gzip "
+                                  f"stream (byte {len(gz)})", DAMAGED),
+        "zstd-trailing-garbage": (zst + b"not zstd", "has data after the end of the zstd "
+                                  f"stream (byte {len(zst)})", DAMAGED),
+        "gzip-bad-crc": (_flip(gz, len(gz) - 6), "corrupt gzip data (Error -3 while "
+                         "decompressing data: incorrect data check)", DAMAGED),
+        "zstd-bad-checksum": (_flip(zst, len(zst) - 2), "corrupt zstd data (Restored data "
+                              "doesn't match checksum)", DAMAGED),
+        # Window_Descriptor 0xa8: a 2 GiB window, which no checkpoint needs.
+        "zstd-huge-window": (_zstd_frame(0xA8, _raw_block(b"x")), "corrupt zstd data (Frame "
+                             "requires too much memory for decoding)", DAMAGED),
+        "gzip-not-a-tar": (compress(b"just some text\n" * 100, "gzip"), "not a readable tar "
+                           "archive (invalid header)", "hint: is this a checkpoint archive?"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(hostile(b"x")))
+def test_hostile_compressed_input_is_refused(cli: Cli, plain: Path, tmp_path: Path,
+                                             tmp_dir: Path, case: str) -> None:
+    data, error, hint = hostile(plain.read_bytes())[case]
+    archive = tmp_path / "checkpoint-x.tar"
+    archive.write_bytes(data)
+    for command in (["show"], ["memparse", "--search", SECRET], ["rootfs-diff"]):
+        r = cli(command[0], archive, *command[1:])
+        assert_clean_error(r, INVALID_INPUT, f"error: {archive}: {error}")
+        assert r.err.splitlines()[1] == hint
+    r = cli("list", tmp_path, "-o", "json")
+    assert (r.code, r.out.strip()) == (0, "[]")
+    assert r.err == f"warning: skipped {archive}: {archive}: {error}\n"
+    assert list(tmp_dir.iterdir()) == []
+
+
+def test_decompression_bomb_is_refused_at_the_limit(cli: Cli, tmp_path: Path, tmp_dir: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """1 GiB of zeros in 32 KiB of zstd: refused once 16 MiB are out, in bounded memory."""
+    bomb = tmp_path / "bomb.tar.zst"
+    cctx = zstandard.ZstdCompressor(level=19)
+    with bomb.open("wb") as f, cctx.stream_writer(f) as w:
+        block = bytes(16 * MIB)
+        for _ in range(64):
+            w.write(block)
+    monkeypatch.setenv("MIGRATE_MAX_UNCOMPRESSED", "16M")
+    r, peak = measured_run("show", bomb)
+    line = (f"error: {bomb}: decompresses to more than 16.0 MiB (the limit for compressed "
+            f"archives; ")
+    assert r.returncode == INVALID_INPUT, r.stderr
+    assert r.stderr.startswith(line) and r.stderr.count("\n") == 2, r.stderr
+    assert r.stderr.splitlines()[1] == (
+        "hint: if the archive is genuine, raise MIGRATE_MAX_UNCOMPRESSED; a small archive "
+        "that decompresses to this much is probably crafted")
+    assert peak < 100 * MIB
+    assert list(tmp_dir.iterdir()) == []
+    monkeypatch.setenv("MIGRATE_MAX_UNCOMPRESSED", "lots")
+    assert_clean_error(cli("show", bomb), USAGE,
+                       "error: MIGRATE_MAX_UNCOMPRESSED='lots': not a size")
+
+
+def test_decompression_stops_before_the_disk_fills(plain: Path, tmp_path: Path,
+                                                   tmp_dir: Path) -> None:
+    archive = tmp_path / "c.tar.gz"
+    archive.write_bytes(compress(plain.read_bytes(), "gzip"))
+    st = os.statvfs(tmp_dir)
+    keep = st.f_bavail * st.f_frsize  # more than stays free once anything is written
+    settings = ArchiveSettings(tmp_dir=tmp_dir, min_free_bytes=keep)
+    with pytest.raises(ArchiveError) as e:
+        CheckpointArchive(archive, settings)
+    assert e.value.message.startswith(f"{archive}: decompressing needs more room than "
+                                      f"{tmp_dir} has: 0 B written, ")
+    assert e.value.hint is not None and e.value.hint.startswith("give --tmp-dir (or TMPDIR)")
+    assert list(tmp_dir.iterdir()) == []
+
+
+def test_temporary_file_is_private_and_nameless(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    fd = compressed.private_tempfile(tmp_path, "x")
+    try:
+        st = os.fstat(fd)
+        assert (stat.S_IMODE(st.st_mode), st.st_nlink) == (0o600, 0)
+    finally:
+        os.close(fd)
+    # Where O_TMPFILE is refused (some file systems): created 0600, unlinked at once.
+    monkeypatch.setattr(os, "O_TMPFILE", os.O_DIRECTORY)
+    with pytest.raises(IsADirectoryError):
+        os.close(os.open(tmp_path, os.O_RDWR | os.O_TMPFILE))
+    fd = compressed.private_tempfile(tmp_path, "x")
+    try:
+        st = os.fstat(fd)
+        assert (stat.S_IMODE(st.st_mode), st.st_nlink) == (0o600, 0)
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        os.close(fd)
+
+
+def test_memory_stays_bounded_on_a_big_compressed_archive(tmp_path: Path) -> None:
+    """128 MiB of pages, zstd-compressed: memparse --search streams it, RSS stays small."""
+    tar = build(ArchiveSpec(use_crit=True, bulk_pages=128 * MIB // 4096), tmp_path / "big.tar")
+    archive = tmp_path / "big.tar.zst"
+    with tar.open("rb") as src, archive.open("wb") as dst:
+        zstandard.ZstdCompressor(level=1).copy_stream(src, dst)
+    tar.unlink()
+    r, peak = measured_run("memparse", archive, "--search", SECRET, "-o", "json")
+    assert r.returncode == 0, r.stderr
+    assert [m["pid"] for m in json.loads(r.stdout)] == [7]
+    assert peak < 120 * MIB, peak
