@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import stat
 import struct
 from collections.abc import Callable
@@ -24,7 +25,7 @@ import zstandard
 
 from e2e.archivegen import ArchiveSpec, build
 from migrate.adapters import compressed
-from migrate.adapters.archive import CheckpointArchive
+from migrate.adapters.archive import CheckpointArchive, looks_like_checkpoint
 from migrate.errors import ArchiveError
 from migrate.settings import ArchiveSettings
 from tests.conftest import Result, run_binary
@@ -308,3 +309,28 @@ def test_memory_stays_bounded_on_a_big_compressed_archive(tmp_path: Path) -> Non
     assert r.returncode == 0, r.stderr
     assert [m["pid"] for m in json.loads(r.stdout)] == [7]
     assert peak < 120 * MIB, peak
+
+
+# --- finding archives by content (`migrate list`) ---------------------------------------------
+
+
+def test_probe_reads_only_the_first_entries(plain: Path, tmp_path: Path) -> None:
+    data = plain.read_bytes()
+    for name, content in {"plain": data, "gz": compress(data, "gzip"),
+                          "zst": compress(data, "zstd")}.items():
+        (tmp_path / name).write_bytes(content)
+        assert looks_like_checkpoint(tmp_path / name), name
+    # Not checkpoints: text, compressed text, a tar of other files, zeros (a sparse
+    # 1 TiB file: never read whole), a zstd bomb of zeros, an empty file, a directory.
+    (tmp_path / "text").write_text("hello\n")
+    (tmp_path / "text.gz").write_bytes(compress(b"hello\n", "gzip"))
+    shutil.make_archive(str(tmp_path / "other"), "tar", tmp_path, "text")
+    with (tmp_path / "sparse").open("wb") as f:
+        f.truncate(1 << 40)
+    cctx = zstandard.ZstdCompressor(level=19)
+    (tmp_path / "zeros.zst").write_bytes(cctx.compress(bytes(256 * MIB)))
+    (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / "dir").mkdir()
+    for name in ("text", "text.gz", "other.tar", "sparse", "zeros.zst", "empty", "dir",
+                 "missing"):
+        assert not looks_like_checkpoint(tmp_path / name), name

@@ -499,6 +499,22 @@ def test_podman_compressed_export_reads_as_the_uncompressed_one(
     assert (listed["container_name"], listed["engine"]) == (archive.container, "Podman")
 
 
+def test_list_finds_podman_exports_by_content(cli: Cli, real_podman_archive: RealArchive,
+                                              real_podman_archive_gzip: RealArchive,
+                                              real_podman_archive_zstd: RealArchive,
+                                              tmp_path: Path) -> None:
+    """`podman container checkpoint --export FILE` takes any name: list goes by content."""
+    names = {"web.backup": real_podman_archive, "web-1.gz": real_podman_archive_gzip,
+             "nightly": real_podman_archive_zstd}
+    for name, a in names.items():
+        (tmp_path / name).write_bytes(a.path.read_bytes())
+    (tmp_path / "truth.json").write_text("{}")  # not an archive: skipped, no warning
+    r = cli("list", tmp_path, "-o", "json")
+    assert (r.code, r.err) == (0, "")
+    assert [(Path(e["archive"]).name, e["container_name"], e["engine"]) for e in r.json()] == [
+        (name, names[name].container, "Podman") for name in sorted(names)]
+
+
 @pytest.mark.parametrize("kind", ["gzip", "zstd"])
 def test_the_same_dump_compressed_gives_the_same_json(
         cli: Cli, real_podman_archive: RealArchive, tmp_path: Path, kind: str) -> None:

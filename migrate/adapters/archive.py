@@ -24,7 +24,7 @@ from typing import Any
 
 from migrate.adapters import compressed, jsondoc
 from migrate.adapters.safe_extract import Target, extract
-from migrate.errors import ArchiveError, MissingMemberError, NotFoundError
+from migrate.errors import ArchiveError, MigrateError, MissingMemberError, NotFoundError
 from migrate.settings import ArchiveSettings
 
 
@@ -222,6 +222,82 @@ def _open_archive(path: Path, label: str) -> int:
     except OSError as e:
         raise ArchiveError(label, f"cannot open: {e.strerror}",
                            hint="check the file's permissions") from e
+
+
+# Top-level names only checkpoint archives use (CRI-O's, Podman's and containerd's).
+_CHECKPOINT_NAMES = frozenset({
+    "config.dump", "spec.dump", "checkpoint", "stats-dump", "dump.log", "rootfs-diff.tar",
+    "deleted.files", "bind.mounts", "network.status", "devshm-checkpoint.tar", "status.dump",
+})
+PROBE_ENTRIES = 32
+"""Entries `looks_like_checkpoint` reads before it gives up."""
+PROBE_BYTES = 64 * 1024 * 1024
+"""Decompressed bytes `looks_like_checkpoint` reads at most from a compressed file (Podman
+puts devshm-checkpoint.tar, up to /dev/shm's 64 MiB, before its config.dump)."""
+
+
+class _ProbeDone(Exception):
+    """The probe read as much as it may."""
+
+
+class _Budgeted(io.RawIOBase):
+    """At most ``budget`` bytes of ``source``; reading past them raises `_ProbeDone`."""
+
+    def __init__(self, source: io.RawIOBase, budget: int) -> None:
+        super().__init__()
+        self._source, self._left = source, budget
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._left <= 0:
+            raise _ProbeDone
+        view = memoryview(buffer).cast("B")[:self._left]
+        n = self._source.readinto(view) or 0
+        self._left -= n
+        return n
+
+
+def looks_like_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a tar, plain or gzip/zstd-compressed, that starts like a checkpoint.
+
+    That is: one of its first `PROBE_ENTRIES` entries is a member only
+    checkpoints have (``config.dump``, ``spec.dump``, ``checkpoint/``, ...).
+    Only headers are read (a compressed file is decompressed up to
+    `PROBE_BYTES`), never a whole file; anything unreadable is simply not one.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        size = st.st_size
+        kind = compressed.sniff(os.pread(fd, 4, 0))
+        if kind is None:
+            # A plain tar: tarfile seeks over member data and reads headers only.
+            tf = tarfile.open(fileobj=RangeReader(fd, 0, size), mode="r:")  # noqa: SIM115
+        else:
+            stream = _Budgeted(compressed.Decompressor(fd, size, kind, str(path)), PROBE_BYTES)
+            tf = tarfile.open(fileobj=stream, mode="r|")  # noqa: SIM115
+        with tf:
+            for _ in range(PROBE_ENTRIES):
+                info = tf.next()
+                tf.members.clear()  # type: ignore[attr-defined]
+                if info is None:
+                    return False
+                name = normalize(info.name)
+                if name in _CHECKPOINT_NAMES or name.startswith("checkpoint/"):
+                    return True
+        return False
+    except (_ProbeDone, tarfile.TarError, ValueError, OverflowError, EOFError, OSError,
+            MigrateError):
+        return False
+    finally:
+        os.close(fd)
 
 
 class CheckpointArchive:
