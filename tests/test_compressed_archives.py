@@ -14,11 +14,14 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 import stat
 import struct
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
@@ -26,8 +29,10 @@ import zstandard
 from e2e.archivegen import ArchiveSpec, build
 from migrate.adapters import compressed
 from migrate.adapters.archive import CheckpointArchive, looks_like_checkpoint
+from migrate.adapters.checkpoint import unread
 from migrate.errors import ArchiveError
 from migrate.settings import ArchiveSettings
+from migrate.units import human_size
 from tests.conftest import Result, run_binary
 from tests.test_untrusted_input import assert_clean_error
 from tests.test_untrusted_limits import measured_run
@@ -64,9 +69,16 @@ VARIANTS = {
 }
 
 
+# Big enough (>= 1 MiB) that commands which never read them leave the pages and the
+# rootfs diff out of the decompressed copy.
+BULK_FILE = "var/lib/data.bin"
+
+
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build(ArchiveSpec(use_crit=True),
+    spec = ArchiveSpec(use_crit=True, bulk_pages=768)
+    files = {**spec.rootfs_files, BULK_FILE: bytes(range(256)) * 6144}
+    return build(ArchiveSpec(use_crit=True, bulk_pages=768, rootfs_files=files),
                  tmp_path_factory.mktemp("plain") / "checkpoint-counters.tar")
 
 
@@ -85,8 +97,10 @@ def _outputs(cli: Cli, archive: Path, work: Path) -> dict[str, str]:
         "show": ["show", archive, "--stats", "-o", "json"],
         "show-table": ["show", archive],
         "inspect": ["inspect", archive, "--all", "-o", "json"],
+        "inspect-default": ["inspect", archive, "--ps-tree", "--mounts", "--stats"],
         "inspect-tree": ["inspect", archive, "--ps-tree-cmd", "--ps-tree-env"],
         "memparse": ["memparse", archive, "-o", "json"],
+        "memparse-pid": ["memparse", archive, "--pid", "7"],
         "memparse-search": ["memparse", archive, "--search", SECRET, "--context", "8",
                             "-o", "json"],
         "memparse-regex": ["memparse", archive, "--search-regex", "RANDOM_[0-9]+", "--pid", "7"],
@@ -124,7 +138,61 @@ def test_every_command_reads_a_compressed_archive_as_the_plain_one(
     assert got == want
     assert json.loads(got["memparse-search"])[0]["match"].startswith("\\x00secret=")
     assert "home/counter/test-file" in json.loads(got["tree"])
+    assert BULK_FILE in json.loads(got["tree"])
     assert list(tmp_dir.iterdir()) == []
+    r = cli("list", tmp_path, "-o", "json")
+    assert [Path(e["archive"]).name for e in r.json()] == ["podman-export"]
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zstd"])
+def test_commands_leave_what_they_never_read_out_of_the_copy(plain: Path, tmp_path: Path,
+                                                             kind: str) -> None:
+    """show, list, memparse without --search...: the pages and the rootfs diff are holes."""
+    archive = tmp_path / "c"
+    archive.write_bytes(compress(plain.read_bytes(), kind))
+    settings = ArchiveSettings(tmp_dir=tmp_path)
+    big = {"checkpoint/pages-2.img", "rootfs-diff.tar"}
+    for reads, skipped in ((unread(), big), (unread(pages=True), {"rootfs-diff.tar"}),
+                           (unread(pages=True, rootfs_diff=True), set()), (None, set())):
+        with CheckpointArchive(archive, settings, reads) as a:
+            assert a.skipped == skipped
+            st = os.fstat(a.fd)
+            assert st.st_size == plain.stat().st_size  # every offset as in the tar...
+            left_out = sum(a.members[name].size for name in skipped)
+            assert st.st_blocks * 512 <= st.st_size - left_out + 64 * 1024  # ...sparse
+            for name in skipped:  # reading one would be a bug in the command
+                with pytest.raises(RuntimeError, match="left out of the decompressed copy"):
+                    a.open_member(name)
+            if "rootfs-diff.tar" not in skipped:
+                assert a.nested_tar("rootfs-diff.tar").members
+
+
+def test_a_copy_with_holes_is_never_trusted_over_the_index(
+        cli: Cli, plain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Headers read two ways (a global pax path renames every member for tarfile, not for
+    the header walk): the archive is decompressed again, whole, and reads as it would
+    uncompressed."""
+    crafted = tmp_path / "crafted.tar"
+    with tarfile.open(plain) as src, tarfile.open(crafted, "w", format=tarfile.PAX_FORMAT,
+                                                  pax_headers={"path": "renamed"}) as dst:
+        for info in src.getmembers():
+            dst.addfile(info, src.extractfile(info) if info.isreg() else None)
+    packed = tmp_path / "crafted.tar.zst"
+    packed.write_bytes(compress(crafted.read_bytes(), "zstd"))
+    copies: list[bool] = []  # whether each copy was asked to leave members out
+    real_copy = compressed.decompress_to_file
+
+    def spy(*args: Any) -> tuple[int, list[compressed.Hole]]:
+        copies.append(len(args) > 5 and args[5] is not None)
+        return real_copy(*args)
+
+    monkeypatch.setattr(compressed, "decompress_to_file", spy)
+    with CheckpointArchive(packed, ArchiveSettings(tmp_dir=tmp_path), unread()) as a:
+        assert a.skipped == frozenset() and set(a.members) == {"renamed"}
+    assert copies == [True, False]  # with holes, then again whole
+    plain_run, packed_run = cli("show", crafted), cli("show", packed)
+    assert plain_run.code == packed_run.code == INVALID_INPUT
+    assert packed_run.err == plain_run.err.replace(str(crafted), str(packed))
 
 
 def test_build_reports_the_compressed_size_and_pushes_the_tar(cli: Cli, plain: Path,
@@ -151,10 +219,11 @@ def test_verbose_says_how_long_decompression_took(plain: Path, tmp_path: Path,
     r = run_binary(["-v", "show", str(archive)])
     assert r.returncode == 0, r.stderr
     (line,) = [ln for ln in r.stderr.splitlines() if "decompressed" in ln]
-    size = plain.stat().st_size
-    assert line.startswith(f"INFO: {archive}: gzip, ")
-    assert f" decompressed to {size / 1024:.1f} KiB in " in line
-    assert line.endswith(f" s (into {tmp_dir})")
+    assert line.startswith(f"INFO: {archive}: gzip, {human_size(archive.stat().st_size)} "
+                           f"decompressed to {human_size(plain.stat().st_size)} in ")
+    # show reads neither the memory pages nor the rootfs diff: their data is not written.
+    assert re.search(r" in \d+\.\d{3} s \(\d+\.\d KiB of it written, into "
+                     + re.escape(str(tmp_dir)) + r"\)$", line), line
 
 
 def test_tmp_dir_option_and_tmpdir(cli: Cli, plain: Path, tmp_path: Path,

@@ -16,7 +16,7 @@ import io
 import os
 import stat
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -24,6 +24,7 @@ from typing import Any
 
 from migrate.adapters import compressed, jsondoc
 from migrate.adapters.safe_extract import Target, extract
+from migrate.adapters.tarstream import normalize
 from migrate.errors import ArchiveError, MigrateError, MissingMemberError, NotFoundError
 from migrate.settings import ArchiveSettings
 
@@ -99,13 +100,6 @@ def _kind(info: tarfile.TarInfo) -> str:
     if info.isfifo():
         return "fifo"
     return "other"
-
-
-def normalize(name: str) -> str:
-    """Tar writers differ on ``./`` prefixes and trailing slashes; index without them."""
-    while name.startswith("./"):
-        name = name[2:]
-    return name.rstrip("/")
 
 
 _TRUNCATED_HINT = "the archive was cut short; copy it again from the node"
@@ -300,6 +294,12 @@ def looks_like_checkpoint(path: Path) -> bool:
         os.close(fd)
 
 
+def _holes_match(members: list[Member], holes: list[compressed.Hole]) -> bool:
+    """Whether every hole is exactly the data of a regular file of that name in the index."""
+    files = {(m.offset, m.size, m.name) for m in members if m.kind == "file"}
+    return all(hole in files for hole in holes)
+
+
 class CheckpointArchive:
     """An opened checkpoint archive; use as a context manager.
 
@@ -308,28 +308,58 @@ class CheckpointArchive:
     then on like an uncompressed one; ``compression`` says which it was.
     """
 
-    def __init__(self, path: Path, settings: ArchiveSettings) -> None:
+    def __init__(self, path: Path, settings: ArchiveSettings,
+                 skip: Callable[[str], bool] | None = None) -> None:
+        """``skip``: members the caller will not read; a compressed archive's decompressed
+        copy leaves out the data of the big ones it names (see `skipped`)."""
         self.path = path
         self.label = str(path)
         self.settings = settings
         self._fd = _open_archive(path, self.label)
         self.compression: str | None = None
+        self.skipped: frozenset[str] = frozenset()
+        """Members whose data was left out of the decompressed copy; reading one is a bug."""
         try:
             self.stored_size = os.fstat(self._fd).st_size
             self.compression = compressed.sniff(os.pread(self._fd, 4, 0))
-            if self.compression is not None:
-                tar = compressed.decompress_to_file(self._fd, self.stored_size,
-                                                    self.compression, self.label, settings)
-                os.close(self._fd)
-                self._fd = tar
-            self.file_size = os.fstat(self._fd).st_size
-            members = scan_tar(RangeReader(self._fd, 0, self.file_size), self.label,
-                               settings.max_members)
+            members = (self._index(self._fd) if self.compression is None
+                       else self._decompress(skip))
         except BaseException:
-            os.close(self._fd)
+            if self._fd >= 0:
+                os.close(self._fd)
             raise
         # Later entries win, as they would when the tar is unpacked.
         self.members: dict[str, Member] = {m.name: m for m in members}
+
+    def _index(self, fd: int) -> list[Member]:
+        self.file_size = os.fstat(fd).st_size
+        return scan_tar(RangeReader(fd, 0, self.file_size), self.label, self.settings.max_members)
+
+    def _decompress(self, skip: Callable[[str], bool] | None) -> list[Member]:
+        """Replace the archive's descriptor by its decompressed copy's, and index that."""
+        assert self.compression is not None
+        source, self._fd, tar = self._fd, -1, -1
+        try:
+            tar, holes = compressed.decompress_to_file(source, self.stored_size, self.compression,
+                                                       self.label, self.settings, skip)
+            members = self._index(tar)
+            if holes and not _holes_match(members, holes):
+                # The header walk and tarfile read the headers differently (a crafted or
+                # exotic archive): decompress again, whole, rather than trust either.
+                os.close(tar)
+                tar = -1
+                tar, holes = compressed.decompress_to_file(
+                    source, self.stored_size, self.compression, self.label, self.settings)
+                members = self._index(tar)
+        except BaseException:
+            if tar >= 0:
+                os.close(tar)
+            raise
+        finally:
+            os.close(source)
+        self._fd = tar
+        self.skipped = frozenset(name for _offset, _size, name in holes)
+        return members
 
     @property
     def fd(self) -> int:
@@ -375,14 +405,21 @@ class CheckpointArchive:
         pre = prefix.rstrip("/") + "/"
         return (m for m in self.members.values() if m.kind == "file" and m.name.startswith(pre))
 
+    def _readable(self, name: str) -> Member:
+        m = self.member(name)
+        if name in self.skipped:
+            raise RuntimeError(f"{name} was left out of the decompressed copy "
+                               "(the command said it would not read it)")
+        return m
+
     def open_member(self, name: str) -> RangeReader:
         """A seekable reader over the member's bytes (nothing is read yet)."""
-        m = self.member(name)
+        m = self._readable(name)
         return RangeReader(self._fd, m.offset, m.size)
 
     def read_bytes(self, name: str, limit: int | None = None) -> bytes:
         """The whole member, refused when larger than ``limit`` (default: the metadata limit)."""
-        m = self.member(name)
+        m = self._readable(name)
         limit = self.settings.max_metadata_bytes if limit is None else limit
         if m.size > limit:
             raise ArchiveError(
@@ -406,7 +443,7 @@ class CheckpointArchive:
 
     def nested_tar(self, name: str) -> NestedTar:
         """Open a tar stored inside the archive (``rootfs-diff.tar``) without copying it."""
-        m = self.member(name)
+        m = self._readable(name)
         return NestedTar(RangeReader(self._fd, m.offset, m.size), f"{self.label}: {name}",
                          self.settings.max_members)
 

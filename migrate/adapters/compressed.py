@@ -6,7 +6,9 @@ never from the file name. A compressed archive is decompressed once, as a
 stream, into an anonymous private temporary file (``O_TMPFILE``, mode 0600,
 never visible in a directory; created and unlinked at once where the file
 system lacks ``O_TMPFILE``); the archive reader then reads that file in place
-with ``pread`` as it reads an uncompressed archive.
+with ``pread`` as it reads an uncompressed archive. The data of big members a
+command will not read (the memory pages for `show`) is not written: the copy
+seeks over it, leaving holes (`migrate.adapters.tarstream`).
 
 Compressed input is untrusted like the rest: a stream that is cut short, has
 garbage where a frame or member should start, or fails its checksum is an
@@ -27,12 +29,16 @@ import logging
 import os
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from migrate.errors import ArchiveError, UsageError
 from migrate.settings import ArchiveSettings
 from migrate.units import human_size
+
+if TYPE_CHECKING:
+    from migrate.adapters.tarstream import TarHoles
 
 log = logging.getLogger(__name__)
 
@@ -305,44 +311,61 @@ def private_tempfile(directory: Path, label: str) -> int:
             "uncompressed archive") from e
 
 
-def decompress_to_file(fd: int, size: int, kind: str, label: str,
-                       settings: ArchiveSettings) -> int:
-    """Decompress ``size`` bytes of ``fd`` into a private temporary file; its descriptor.
+Hole = tuple[int, int, str]  # (offset, length, member name) of data left out
 
-    The caller owns (and closes) the descriptor returned; on any failure the
-    temporary file is closed, and so gone.
+
+def decompress_to_file(fd: int, size: int, kind: str, label: str, settings: ArchiveSettings,
+                       skip: Callable[[str], bool] | None = None) -> tuple[int, list[Hole]]:
+    """Decompress ``size`` bytes of ``fd`` into a private temporary file.
+
+    Returns its descriptor and the holes left in it: with ``skip``, the data of
+    regular-file members it names (of 1 MiB or more) is not written (see
+    `migrate.adapters.tarstream`). The caller owns (and closes) the descriptor;
+    on any failure the temporary file is closed, and so gone.
     """
     start = time.perf_counter()
     out = private_tempfile(settings.tmp_dir, label)
+    holes = None
+    if skip is not None:
+        from migrate.adapters.tarstream import TarHoles
+
+        holes = TarHoles(skip)
     try:
-        written = _copy(Decompressor(fd, size, kind, label), out, label, settings)
+        total, kept = _copy(Decompressor(fd, size, kind, label), out, label, settings, holes)
     except BaseException:
         os.close(out)
         raise
-    log.info("%s: %s, %s decompressed to %s in %.3f s (into %s)", label, kind,
-             human_size(size), human_size(written), time.perf_counter() - start,
-             settings.tmp_dir)
-    return out
+    log.info("%s: %s, %s decompressed to %s in %.3f s (%s of it written, into %s)", label,
+             kind, human_size(size), human_size(total), time.perf_counter() - start,
+             human_size(kept), settings.tmp_dir)
+    return out, holes.holes if holes is not None else []
 
 
-def _copy(source: Decompressor, out: int, label: str, settings: ArchiveSettings) -> int:
+def _copy(source: Decompressor, out: int, label: str, settings: ArchiveSettings,
+          holes: TarHoles | None) -> tuple[int, int]:
+    """Decompressed bytes in all, and bytes written (the rest left as holes)."""
     buf = bytearray(settings.read_chunk_bytes)
     view = memoryview(buf)
-    written = check_at = 0
+    total = kept = check_at = 0
     while n := source.readinto(view):
-        if written + n > settings.max_uncompressed_bytes:
+        if total + n > settings.max_uncompressed_bytes:
             raise ArchiveError(
                 label, f"decompresses to more than {human_size(settings.max_uncompressed_bytes)}"
                 f" (the limit for compressed archives; {human_size(source.consumed)} of "
                 f"{human_size(source.size)} read)",
                 hint="if the archive is genuine, raise MIGRATE_MAX_UNCOMPRESSED; a small "
                 "archive that decompresses to this much is probably crafted")
-        if written >= check_at:
-            _check_room(out, written, label, settings)
-            check_at = written + _CHECK_EVERY
-        _write_all(out, view[:n], label, settings)
-        written += n
-    return written
+        if kept >= check_at:
+            _check_room(out, kept, label, settings)
+            check_at = kept + _CHECK_EVERY
+        pos = 0
+        for gap_start, gap_end in holes.feed(view[:n]) if holes is not None else ():
+            kept += _write_all(out, view[pos:gap_start], total + pos, label, settings)
+            pos = gap_end
+        kept += _write_all(out, view[pos:n], total + pos, label, settings)
+        total += n
+    os.ftruncate(out, total)  # a hole may end the file
+    return total, kept
 
 
 def _check_room(out: int, written: int, label: str, settings: ArchiveSettings) -> None:
@@ -358,13 +381,16 @@ def _check_room(out: int, written: int, label: str, settings: ArchiveSettings) -
             "archive; a small archive that decompresses to this much is probably crafted")
 
 
-def _write_all(out: int, data: memoryview, label: str, settings: ArchiveSettings) -> None:
-    while data:
+def _write_all(out: int, data: memoryview, offset: int, label: str,
+               settings: ArchiveSettings) -> int:
+    """Write ``data`` at ``offset`` of ``out``; returns its length."""
+    done = 0
+    while done < len(data):
         try:
-            n = os.write(out, data)
+            done += os.pwrite(out, data[done:], offset + done)
         except OSError as e:
             raise ArchiveError(
                 label, f"cannot decompress into {settings.tmp_dir}: {e.strerror}",
                 hint="give --tmp-dir (or TMPDIR) a file system with room for the "
                 "uncompressed archive") from e
-        data = data[n:]
+    return done

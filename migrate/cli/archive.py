@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from migrate.adapters.checkpoint import Checkpoint
+from migrate.adapters.checkpoint import Checkpoint, unread
 from migrate.cli.output import Format, Node, TreeFormat, echo_tree, emit, say, table, to_json
 from migrate.forensics import catalog, inspect, memsearch, rootfs
 from migrate.forensics.inspect import Inspection, InspectOptions, ProcessNode
@@ -62,7 +62,7 @@ def show(
     settings = _settings(ctx).archive
     summaries = []
     for path in archives:
-        with Checkpoint(path, settings) as ckpt:
+        with Checkpoint(path, settings, unread()) as ckpt:
             summaries.append(summarize(ckpt, with_stats=stats))
 
     def human() -> str:
@@ -146,7 +146,8 @@ def inspect_cmd(
     settings = _settings(ctx).archive
     opts = InspectOptions.everything() if all_ else InspectOptions(
         ps_tree, ps_tree_cmd, ps_tree_env, stats, mounts, rootfs_diff)
-    with Checkpoint(archive, settings) as ckpt:
+    skip = unread(pages=opts.ps_tree_cmd or opts.ps_tree_env, rootfs_diff=opts.rootfs_diff)
+    with Checkpoint(archive, settings, skip) as ckpt:
         result = inspect.inspect(ckpt, opts, settings)
     if output is TreeFormat.json:
         typer.echo(to_json(result.to_dict()))
@@ -167,8 +168,9 @@ def memparse(
 ) -> None:
     """Per-process memory sizes, or search the checkpointed memory."""
     settings = _settings(ctx).archive
-    with Checkpoint(archive, settings) as ckpt:
-        if search is None and search_regex is None:
+    searching = search is not None or search_regex is not None
+    with Checkpoint(archive, settings, unread(pages=searching)) as ckpt:
+        if not searching:
             rows = memsearch.memory_sizes(ckpt, pid)
             emit([r.to_dict() for r in rows], output.value, lambda: table(
                 ("pid", "process name", "memory size"),
@@ -194,7 +196,7 @@ def rootfs_diff_cmd(
     """List the files the container changed or deleted; optionally extract them."""
     settings = _settings(ctx).archive
     target = rootfs.check_target(extract) if extract else None
-    with Checkpoint(archive, settings) as ckpt:
+    with Checkpoint(archive, settings, unread(rootfs_diff=True)) as ckpt:
         changed, deleted = rootfs.rootfs_changes(ckpt)
         written = rootfs.extract_changes(ckpt, target) if target else None
     rows = [(d["path"], d["type"], human_size(d["size"])) for d in changed]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from migrate.adapters.archive import looks_like_checkpoint
-from migrate.adapters.checkpoint import Checkpoint
+from migrate.adapters.checkpoint import Checkpoint, unread
 from migrate.errors import InputError, MigrateError, NotFoundError
 from migrate.forensics.summary import summarize
 from migrate.settings import ArchiveSettings
@@ -76,7 +76,7 @@ def catalog(dirs: Iterable[Path], settings: ArchiveSettings) -> Catalog:
     entries, bad = [], []
     for path in find_archives(dirs):
         try:
-            with Checkpoint(path, settings) as ckpt:
+            with Checkpoint(path, settings, unread()) as ckpt:
                 s = summarize(ckpt)
         except MigrateError as e:
             bad.append((str(path), e.message))
