@@ -20,13 +20,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from migrate.adapters import compressed, jsondoc
-from migrate.adapters.safe_extract import Target, extract
 from migrate.adapters.tarstream import normalize
 from migrate.errors import ArchiveError, MigrateError, MissingMemberError, NotFoundError
 from migrate.settings import ArchiveSettings
+
+if TYPE_CHECKING:
+    from migrate.adapters.safe_extract import Target
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,5 +465,7 @@ class NestedTar:
         moved into place only once complete: an unsafe entry, or any failure,
         leaves the target as it was.
         """
+        from migrate.adapters.safe_extract import extract  # only --extract needs it
+
         extract(self.reader, self.members, target, self.label)
         return [m for m in self.members if m.kind != "dir"]
