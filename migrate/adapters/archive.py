@@ -85,6 +85,29 @@ class RangeReader(io.RawIOBase):
         self._pos += got
         return got
 
+    @property
+    def size(self) -> int:
+        """Bytes in the range."""
+        return self._size
+
+    def pread_into(self, buffer: bytearray, pos: int) -> int:
+        """Fill ``buffer`` from ``pos`` in the range (fewer bytes where it ends); bytes read.
+
+        Independent of the read position, and safe to call from several threads.
+        """
+        view, got = memoryview(buffer), 0
+        want = min(len(buffer), max(0, self._size - pos))
+        while got < want:
+            n = os.preadv(self._fd, [view[got:want]], self._offset + pos + got)
+            if n == 0:
+                break
+            got += n
+        return got
+
+    def advise_sequential(self) -> None:
+        """Tell the kernel the range will be read once, in order (read-ahead, no reuse)."""
+        os.posix_fadvise(self._fd, self._offset, self._size, os.POSIX_FADV_SEQUENTIAL)
+
 
 def _kind(info: tarfile.TarInfo) -> str:
     if info.isreg():
