@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from e2e.archivegen import ArchiveSpec, build
 from migrate.adapters import compressed
@@ -239,6 +241,26 @@ def test_tmp_dir_option_and_tmpdir(cli: Cli, plain: Path, tmp_path: Path,
     assert cli("--tmp-dir", tmp_path, "show", archive).code == 0
     # A plain tar needs no temporary file at all.
     assert cli("show", plain).code == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.binary(max_size=3000) | st.just(bytes(5000)), pieces=st.integers(1, 4),
+       kind=st.sampled_from(["gzip", "zstd"]), block=st.integers(1, 700))
+def test_decompressor_gives_every_byte_whatever_the_buffer(
+        tmp_path_factory: pytest.TempPathFactory, data: bytes, pieces: int, kind: str,
+        block: int) -> None:
+    """Output handed out a buffer at a time, ends of members and frames anywhere."""
+    path = tmp_path_factory.mktemp("d") / "c"
+    path.write_bytes(compress(data, kind, pieces))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        reader = compressed.Decompressor(fd, path.stat().st_size, kind, "c")
+        out, buf = bytearray(), bytearray(block)
+        while n := reader.readinto(buf):
+            out += buf[:n]
+    finally:
+        os.close(fd)
+    assert bytes(out) == data
 
 
 # --- hostile compressed input ----------------------------------------------------------------

@@ -239,11 +239,9 @@ class Decompressor(io.RawIOBase):
                 return 0
             data = self._z.unconsumed_tail or self._pending or self._input.read(_INPUT_BYTES)
             self._pending = b""
-            if not data:
-                raise ArchiveError(self.label, f"truncated: the gzip stream ends in the "
-                                   f"middle of a member (after {self.consumed} bytes)",
-                                   hint=_TRUNCATED_HINT)
             try:
+                # With no input left, zlib may still hold output back from input it
+                # has taken (a full buffer stopped it); an empty call drains it.
                 out = self._z.decompress(data, len(view))
             except zlib.error as e:
                 raise ArchiveError(self.label, f"corrupt gzip data ({e})",
@@ -253,6 +251,10 @@ class Decompressor(io.RawIOBase):
             if out:
                 view[:len(out)] = out
                 return len(out)
+            if not data and not self._z.eof:
+                raise ArchiveError(self.label, f"truncated: the gzip stream ends in the "
+                                   f"middle of a member (after {self.consumed} bytes)",
+                                   hint=_TRUNCATED_HINT)
 
     def _next_member(self) -> bool:
         """Start the next gzip member, if more bytes follow (gzip streams may be
