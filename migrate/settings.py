@@ -6,10 +6,14 @@ builds the settings it needs and hands them in.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from migrate.errors import UsageError
+from migrate.units import parse_size
 
 DEFAULT_CHECKPOINT_DIR = Path("/var/lib/kubelet/checkpoints")
 #: Where Kubernetes puts a pod's service-account token, CA and namespace.
@@ -75,6 +79,17 @@ class ArchiveSettings:
 
     max_match_text_bytes: int = 32 * 1024 * 1024
     """Characters of match text (with context) memparse holds before it stops, with a warning."""
+
+    tmp_dir: Path = Path("/tmp")
+    """Where a compressed archive is decompressed to (an anonymous 0600 file, gone when
+    the command ends); the CLI sets it from --tmp-dir, else $TMPDIR."""
+
+    max_uncompressed_bytes: int = 64 * 1024**3
+    """Largest size a compressed archive may decompress to (bytes); more is refused."""
+
+    min_free_bytes: int = 256 * 1024 * 1024
+    """Space left free on `tmp_dir`'s file system while decompressing (bytes): a
+    decompression that would eat into it is refused before the disk fills."""
 
 
 @dataclass(frozen=True)
@@ -246,7 +261,8 @@ def auth_env(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
 
 
 def load_settings(
-    *, debug: bool = False, verbose: int = 0, env: Mapping[str, str] | None = None
+    *, debug: bool = False, verbose: int = 0, tmp_dir: Path | None = None,
+    env: Mapping[str, str] | None = None
 ) -> Settings:
     """Build the settings from command-line values and the environment.
 
@@ -254,11 +270,15 @@ def load_settings(
     directories; ``MIGRATE_DEBUG=1`` turns on debug like ``--debug``;
     ``MIGRATE_STATE_DIR`` and ``MIGRATE_NODE_ROOT`` set `Settings.state_dir`
     and `Settings.node_root`; ``MIGRATE_SERVICEACCOUNT_DIR`` moves the in-cluster
-    service-account directory (`KubeSettings.serviceaccount_dir`).
+    service-account directory (`KubeSettings.serviceaccount_dir`). Compressed
+    archives are decompressed under ``tmp_dir`` (--tmp-dir), else ``$TMPDIR``,
+    else /tmp, up to ``MIGRATE_MAX_UNCOMPRESSED`` (bytes, or with a K/M/G/T
+    binary suffix) each.
     """
     env = os.environ if env is None else env
     dirs = tuple(Path(p) for p in env.get("MIGRATE_CHECKPOINT_DIRS", "").split(":") if p)
     return Settings(
+        archive=_archive_settings(tmp_dir, env),
         output=OutputSettings(
             verbose=verbose, debug=debug or env.get("MIGRATE_DEBUG", "") in ("1", "true")
         ),
@@ -270,6 +290,19 @@ def load_settings(
         state_dir=_state_dir(env),
         node_root=env.get("MIGRATE_NODE_ROOT") or None,
     )
+
+
+def _archive_settings(tmp_dir: Path | None, env: Mapping[str, str]) -> ArchiveSettings:
+    base = ArchiveSettings()
+    limit = env.get("MIGRATE_MAX_UNCOMPRESSED")
+    try:
+        max_uncompressed = parse_size(limit) if limit else base.max_uncompressed_bytes
+    except ValueError as e:
+        raise UsageError(f"MIGRATE_MAX_UNCOMPRESSED={limit!r}: {e}",
+                         hint="give bytes, or a number with K, M, G or T (binary units)") from e
+    return dataclasses.replace(
+        base, tmp_dir=tmp_dir or Path(env.get("TMPDIR") or "/tmp"),
+        max_uncompressed_bytes=max_uncompressed)
 
 
 def _state_dir(env: Mapping[str, str]) -> Path | None:

@@ -20,3 +20,16 @@ def human_size(n: int) -> str:
 def human_micros(us: int) -> str:
     """Durations in microseconds as CRIU's statistics report them (``100809 us``)."""
     return f"{us} us"
+
+
+_SUFFIXES = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """``"1048576"``, ``"64G"``, ``"512MiB"`` -> bytes (suffixes are binary units)."""
+    value = text.strip().lower().removesuffix("ib").removesuffix("b")
+    digits = value.rstrip("kmgt")
+    suffix = value[len(digits):]
+    if not digits.isdigit() or suffix not in _SUFFIXES:
+        raise ValueError("not a size")
+    return int(digits) * _SUFFIXES[suffix]

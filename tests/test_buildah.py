@@ -379,6 +379,28 @@ def test_real_build_to_oci_layout(counters_archive: Path, tmp_path: Path, no_lef
         assert layer_files(blob, layer["mediaType"]) == regular_files(tar)
 
 
+@real
+@pytest.mark.parametrize("packing", ["gzip", "zstd"])
+def test_real_build_unpacks_a_compressed_archive(counters_archive: Path, tmp_path: Path,
+                                                 no_leftovers: None, packing: str) -> None:
+    """`migrate build --builder buildah` hands buildah a Podman export as it is: `buildah
+    add` unpacks a gzip or zstd tar, so the layer holds the members, not the file."""
+    zstd = pytest.importorskip("zstandard")
+    data = counters_archive.read_bytes()
+    packed = tmp_path / f"export.{packing}"
+    packed.write_bytes(gzip.compress(data) if packing == "gzip"
+                       else zstd.ZstdCompressor().compress(data))
+    layout = tmp_path / "layout"
+    result = build_with_buildah(packed, ANNOTATIONS, push=BuildahPush(
+        f"oci:{layout}:v1", compression="gzip"), timeout=120)
+    blobs = layout / "blobs" / "sha256"
+    manifest = json.loads((blobs / result.digest.removeprefix("sha256:")).read_bytes())
+    (layer,) = manifest["layers"]
+    blob = (blobs / layer["digest"].removeprefix("sha256:")).read_bytes()
+    with tarfile.open(counters_archive) as tar:
+        assert layer_files(blob, layer["mediaType"]) == regular_files(tar)
+
+
 def pushed(reg: RegistryUnderTest, repo: str, tag: str) -> tuple[str, dict[str, Any]]:
     """The digest and manifest the registry serves for ``repo:tag``."""
     resp = reg.http().request(

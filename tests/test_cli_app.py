@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import subprocess
 import sys
@@ -118,19 +119,60 @@ def test_verbose_logging_goes_to_stderr(counters_archive: Path) -> None:
     assert r.stdout.startswith("[")
 
 
+_HEAVY = ("sh", "urllib3", "zstandard", "jsonschema", "yaml", "kubernetes", "pydantic")
+
+
+def _imported_after(call: str) -> set[str]:
+    """The modules a fresh interpreter holds after ``call`` (from migrate.cli.app)."""
+    code = ("import sys, io, contextlib\nfrom migrate.cli import app\n"
+            f"with contextlib.redirect_stdout(io.StringIO()): {call}\n"
+            "print(' '.join(sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(r.stdout.split())
+
+
 def test_start_up_imports_stay_light() -> None:
     """Every command pays for what the CLI imports at start-up; the heavy modules load on
     first use (bench/archive_bench.py's memparse-vs-grep budget depends on it)."""
-    code = ("import sys, migrate.cli.app; "
-            "print(','.join(m for m in ('sh', 'urllib3', 'zstandard', 'jsonschema', 'yaml', "
-            "'kubernetes', 'pydantic') if m in sys.modules))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert r.stdout.strip() == ""
+    # `migrate --help` registers every command: still none of the heavy modules.
+    assert _imported_after("app.run(['--help'])") & set(_HEAVY) == set()
+    # `migrate --version` is answered before typer is imported at all.
+    assert {"typer", "migrate.cli.root", "migrate.settings"} & _imported_after(
+        "app.run(['--version'])") == set()
+    # A command imports its own module only, and the stages it runs.
+    loaded = _imported_after("app.run(['memparse', '--help'])")
+    assert "migrate.cli.archive" in loaded
+    assert {"migrate.cli.cluster", "migrate.cli.images", "migrate.cli.migration",
+            "migrate.forensics.inspect", "migrate.adapters.checkpoint"} & loaded == set()
+
+
+def test_command_table_names_what_each_module_registers() -> None:
+    """root.MODULES decides which module a command's run imports; it must stay true."""
+    import typer
+
+    from migrate.cli import root
+
+    for module, names in root.MODULES.items():
+        mod = importlib.import_module(f"migrate.cli.{module}")
+        # A module's own sub-apps (`schedule`) gain commands too: put them back after.
+        subapps = {a: list(a.registered_commands) for a in vars(mod).values()
+                   if isinstance(a, typer.Typer) and a is not root.app}
+        probe = typer.Typer()
+        try:
+            mod.register(probe)
+        finally:
+            for subapp, commands in subapps.items():
+                subapp.registered_commands = commands
+        registered = [c.name for c in probe.registered_commands]
+        registered += [g.typer_instance.info.name for g in probe.registered_groups
+                       if g.typer_instance is not None]
+        assert tuple(registered) == names, module
 
 
 def _commands() -> list[str]:
-    from migrate.cli.app import app
+    from migrate.cli.root import app, register_for
 
+    register_for([])
     return sorted(c.name for c in app.registered_commands if c.name)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tarfile
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+import zstandard
 
 from migrate.validation import validate
 from tests.conftest import Result
@@ -262,15 +264,24 @@ def test_list(cli: Cli, make_archive: Callable[..., Path], tmp_path: Path) -> No
     make_archive("checkpoint-counters_default-counter-2023-03-02T06:08:12Z.tar")
     make_archive("checkpoint-web_prod-nginx-2023-03-02T07:00:00Z.tar", pod="web",
                  namespace="prod", container="nginx", checkpointed="2023-03-02T07:00:00Z")
-    make_archive("not-a-checkpoint.tar")
+    # Found by content, whatever the name (Podman exports have any), compressed or not.
+    exported = make_archive("exported", pod="dbg", namespace="tools", container="shell",
+                            checkpointed="2023-03-02T08:00:00Z")
+    exported.write_bytes(zstandard.ZstdCompressor().compress(exported.read_bytes()))
+    # Not checkpoints, skipped without a word: text, compressed text, a tar of other files.
+    (tmp_path / "notes.txt").write_text("hello\n")
+    (tmp_path / "notes.txt.gz").write_bytes(gzip.compress(b"hello\n"))
+    with tarfile.open(tmp_path / "other.tar", "w") as tf:
+        tf.add(tmp_path / "notes.txt", "notes.txt")
     r = cli("list", tmp_path)
-    assert r.code == 0
+    assert (r.code, r.err) == (0, "")
     assert r.out == (
         "NAMESPACE   POD        CONTAINER   ENGINE   TIME CHECKPOINTED      ARCHIVE\n"
         "default     counters   counter     CRI-O    2023-03-02T06:08:12Z   "
         "checkpoint-counters_default-counter-2023-03-02T06:08:12Z.tar\n"
         "prod        web        nginx       CRI-O    2023-03-02T07:00:00Z   "
-        "checkpoint-web_prod-nginx-2023-03-02T07:00:00Z.tar\n")
+        "checkpoint-web_prod-nginx-2023-03-02T07:00:00Z.tar\n"
+        "tools       dbg        shell       CRI-O    2023-03-02T08:00:00Z   exported\n")
     data = cli("list", tmp_path, "-o", "json").json()
     validate(data, "list.schema.json", "list")
     assert data[1]["archive"] == str(tmp_path / "checkpoint-web_prod-nginx-2023-03-02T07:00:00Z.tar")

@@ -1,6 +1,6 @@
 """Fuzzing: hostile archives never crash a command, exhaust memory or escape DIR.
 
-Three generators, each starting from the seed `counters` checkpoint with its
+Four generators, each starting from the seed `counters` checkpoint with its
 open files and sockets (CRIU images encoded by CRIU's own pycriu):
 
 - a member's bytes mutated (CRIU images, JSON metadata, the nested tar):
@@ -10,7 +10,10 @@ open files and sockets (CRIU images encoded by CRIU's own pycriu):
   with its checksum fixed up or not;
 - a rootfs-diff.tar built from random entries: names with '..', long
   components, empty parts; files, directories, symlinks, hard links and device
-  nodes pointing anywhere.
+  nodes pointing anywhere;
+- the archive (whole, or with a member mutated as above) gzip- or
+  zstd-compressed in one or several members/frames, then maybe damaged: bytes
+  flipped, cut short, bytes inserted, data appended, garbage after the magic.
 
 Every command an operator points at an archive runs on every example (show,
 inspect, also with --files --sockets, memparse, rootfs-diff with and without
@@ -28,6 +31,7 @@ is the long opt-in run.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -43,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -94,6 +99,10 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     env["MIGRATE_CACHE_DIR"] = str(tmp_path_factory.mktemp("fuzz-cache"))
     env["MIGRATE_STATE_DIR"] = str(tmp_path_factory.mktemp("fuzz-state"))
     env.pop("MIGRATE_DEBUG", None)
+    # Compressed examples decompress into a directory of their own, and never to more
+    # than a seed archive could hold (a flipped block header can claim 128 KiB a byte).
+    env["TMPDIR"] = str(tmp_path_factory.mktemp("fuzz-tmp"))
+    env["MIGRATE_MAX_UNCOMPRESSED"] = "64M"
     w = Worker(env)
     yield w
     w.close()
@@ -383,6 +392,53 @@ def test_fuzz_rootfs_entries(worker: Worker, seed: Seed,
     members = [(i, _rootfs_tar(entries) if i.name == "rootfs-diff.tar" else d)
                for i, d in seed]
     check_archive(worker, _tar(members), tmp_path / "w")
+
+
+# --- generator 4: compressed archives -------------------------------------------------------
+
+
+def _compressed(draw: st.DrawFn, tar: bytes) -> bytes:
+    """``tar`` as gzip or zstd (one or several members/frames), then maybe damaged."""
+    kind = draw(st.sampled_from(["gzip", "zstd"]))
+    pieces = draw(st.sampled_from([1, 1, 2, 7]))
+    step = -(-len(tar) // pieces)
+    parts = [tar[i:i + step] for i in range(0, len(tar), step)]
+    if kind == "gzip":
+        data = b"".join(gzip.compress(p, compresslevel=1, mtime=0) for p in parts)
+    else:
+        cctx = zstandard.ZstdCompressor(level=1, write_checksum=draw(st.booleans()))
+        data = b"".join(cctx.compress(p) for p in parts)
+    op = draw(st.sampled_from(["none", "flip", "cut", "insert", "append", "head"]))
+    if op == "flip":
+        out = bytearray(data)
+        for _ in range(draw(st.integers(1, 4))):
+            out[draw(st.integers(0, len(out) - 1))] ^= draw(st.integers(1, 255))
+        return bytes(out)
+    if op == "cut":
+        return data[:draw(st.integers(1, len(data) - 1))]
+    if op == "insert":
+        at = draw(st.integers(0, len(data)))
+        return data[:at] + draw(st.binary(min_size=1, max_size=64)) + data[at:]
+    if op == "append":
+        return data + draw(st.binary(min_size=1, max_size=64) | st.just(data))
+    if op == "head":  # the magic, then anything
+        return data[:4] + draw(st.binary(max_size=256))
+    return data
+
+
+@given(data=st.data())
+@FUZZ
+def test_fuzz_compressed(worker: Worker, seed: Seed, tmp_path: Path,
+                         data: st.DataObject) -> None:
+    members = list(seed)
+    if data.draw(st.booleans()):  # a damaged member inside a whole compressed stream
+        files = [k for k, (_i, d) in enumerate(members) if d is not None]
+        k = data.draw(st.sampled_from(files))
+        old = members[k][1]
+        assert old is not None
+        new = _mutate(data.draw, members[k][0].name, old)
+        members = members[:k] + ([] if new is None else [(members[k][0], new)]) + members[k + 1:]
+    check_archive(worker, _compressed(data.draw, _tar(members)), tmp_path / "w")
 
 
 def test_worker_reports_a_crash(worker: Worker, tmp_path: Path) -> None:

@@ -16,16 +16,19 @@ import io
 import os
 import stat
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from migrate.adapters import jsondoc
-from migrate.adapters.safe_extract import Target, extract
-from migrate.errors import ArchiveError, MissingMemberError, NotFoundError
+from migrate.adapters import compressed, jsondoc
+from migrate.adapters.tarstream import normalize
+from migrate.errors import ArchiveError, MigrateError, MissingMemberError, NotFoundError
 from migrate.settings import ArchiveSettings
+
+if TYPE_CHECKING:
+    from migrate.adapters.safe_extract import Target
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,29 @@ class RangeReader(io.RawIOBase):
         self._pos += got
         return got
 
+    @property
+    def size(self) -> int:
+        """Bytes in the range."""
+        return self._size
+
+    def pread_into(self, buffer: bytearray, pos: int) -> int:
+        """Fill ``buffer`` from ``pos`` in the range (fewer bytes where it ends); bytes read.
+
+        Independent of the read position, and safe to call from several threads.
+        """
+        view, got = memoryview(buffer), 0
+        want = min(len(buffer), max(0, self._size - pos))
+        while got < want:
+            n = os.preadv(self._fd, [view[got:want]], self._offset + pos + got)
+            if n == 0:
+                break
+            got += n
+        return got
+
+    def advise_sequential(self) -> None:
+        """Tell the kernel the range will be read once, in order (read-ahead, no reuse)."""
+        os.posix_fadvise(self._fd, self._offset, self._size, os.POSIX_FADV_SEQUENTIAL)
+
 
 def _kind(info: tarfile.TarInfo) -> str:
     if info.isreg():
@@ -99,13 +125,6 @@ def _kind(info: tarfile.TarInfo) -> str:
     if info.isfifo():
         return "fifo"
     return "other"
-
-
-def normalize(name: str) -> str:
-    """Tar writers differ on ``./`` prefixes and trailing slashes; index without them."""
-    while name.startswith("./"):
-        name = name[2:]
-    return name.rstrip("/")
 
 
 _TRUNCATED_HINT = "the archive was cut short; copy it again from the node"
@@ -202,41 +221,175 @@ def scan_tar(reader: RangeReader, label: str, max_members: int) -> list[Member]:
     return members
 
 
-class CheckpointArchive:
-    """An opened checkpoint archive; use as a context manager."""
+def _open_archive(path: Path, label: str) -> int:
+    try:
+        # Checked before opening: opening a FIFO would block, and a directory
+        # opens fine on Linux only to fail on the first read.
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise ArchiveError(label, "is a directory, not an archive",
+                               hint="give the path of a checkpoint archive; "
+                               "`migrate list DIR` finds them")
+        if not stat.S_ISREG(st.st_mode):
+            raise ArchiveError(label, "is not a regular file",
+                               hint="copy the archive to a file first")
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError as e:
+        raise NotFoundError(
+            f"{path}: no such file", hint="check the archive path (see `migrate list`)"
+        ) from e
+    except OSError as e:
+        raise ArchiveError(label, f"cannot open: {e.strerror}",
+                           hint="check the file's permissions") from e
 
-    def __init__(self, path: Path, settings: ArchiveSettings) -> None:
+
+# Top-level names only checkpoint archives use (CRI-O's, Podman's and containerd's).
+_CHECKPOINT_NAMES = frozenset({
+    "config.dump", "spec.dump", "checkpoint", "stats-dump", "dump.log", "rootfs-diff.tar",
+    "deleted.files", "bind.mounts", "network.status", "devshm-checkpoint.tar", "status.dump",
+})
+PROBE_ENTRIES = 32
+"""Entries `looks_like_checkpoint` reads before it gives up."""
+PROBE_BYTES = 64 * 1024 * 1024
+"""Decompressed bytes `looks_like_checkpoint` reads at most from a compressed file (Podman
+puts devshm-checkpoint.tar, up to /dev/shm's 64 MiB, before its config.dump)."""
+
+
+class _ProbeDone(Exception):
+    """The probe read as much as it may."""
+
+
+class _Budgeted(io.RawIOBase):
+    """At most ``budget`` bytes of ``source``; reading past them raises `_ProbeDone`."""
+
+    def __init__(self, source: io.RawIOBase, budget: int) -> None:
+        super().__init__()
+        self._source, self._left = source, budget
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._left <= 0:
+            raise _ProbeDone
+        view = memoryview(buffer).cast("B")[:self._left]
+        n = self._source.readinto(view) or 0
+        self._left -= n
+        return n
+
+
+def looks_like_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a tar, plain or gzip/zstd-compressed, that starts like a checkpoint.
+
+    That is: one of its first `PROBE_ENTRIES` entries is a member only
+    checkpoints have (``config.dump``, ``spec.dump``, ``checkpoint/``, ...).
+    Only headers are read (a compressed file is decompressed up to
+    `PROBE_BYTES`), never a whole file; anything unreadable is simply not one.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        size = st.st_size
+        kind = compressed.sniff(os.pread(fd, 4, 0))
+        if kind is None:
+            # A plain tar: tarfile seeks over member data and reads headers only.
+            tf = tarfile.open(fileobj=RangeReader(fd, 0, size), mode="r:")  # noqa: SIM115
+        else:
+            stream = _Budgeted(compressed.Decompressor(fd, size, kind, str(path)), PROBE_BYTES)
+            tf = tarfile.open(fileobj=stream, mode="r|")  # noqa: SIM115
+        with tf:
+            for _ in range(PROBE_ENTRIES):
+                info = tf.next()
+                tf.members.clear()  # type: ignore[attr-defined]
+                if info is None:
+                    return False
+                name = normalize(info.name)
+                if name in _CHECKPOINT_NAMES or name.startswith("checkpoint/"):
+                    return True
+        return False
+    except (_ProbeDone, tarfile.TarError, ValueError, OverflowError, EOFError, OSError,
+            MigrateError):
+        return False
+    finally:
+        os.close(fd)
+
+
+def _holes_match(members: list[Member], holes: list[compressed.Hole]) -> bool:
+    """Whether every hole is exactly the data of a regular file of that name in the index."""
+    files = {(m.offset, m.size, m.name) for m in members if m.kind == "file"}
+    return all(hole in files for hole in holes)
+
+
+class CheckpointArchive:
+    """An opened checkpoint archive; use as a context manager.
+
+    A gzip or zstd archive (known by its first bytes) is decompressed once into
+    a private temporary file (see `migrate.adapters.compressed`), read from
+    then on like an uncompressed one; ``compression`` says which it was.
+    """
+
+    def __init__(self, path: Path, settings: ArchiveSettings,
+                 skip: Callable[[str], bool] | None = None) -> None:
+        """``skip``: members the caller will not read; a compressed archive's decompressed
+        copy leaves out the data of the big ones it names (see `skipped`)."""
         self.path = path
         self.label = str(path)
         self.settings = settings
+        self._fd = _open_archive(path, self.label)
+        self.compression: str | None = None
+        self.skipped: frozenset[str] = frozenset()
+        """Members whose data was left out of the decompressed copy; reading one is a bug."""
         try:
-            # Checked before opening: opening a FIFO would block, and a directory
-            # opens fine on Linux only to fail on the first read.
-            st = os.stat(path)
-            if stat.S_ISDIR(st.st_mode):
-                raise ArchiveError(self.label, "is a directory, not an archive",
-                                   hint="give the path of a checkpoint-*.tar file; "
-                                   "`migrate list DIR` finds them")
-            if not stat.S_ISREG(st.st_mode):
-                raise ArchiveError(self.label, "is not a regular file",
-                                   hint="copy the archive to a file first")
-            self._fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError as e:
-            raise NotFoundError(
-                f"{path}: no such file", hint="check the archive path (see `migrate list`)"
-            ) from e
-        except OSError as e:
-            raise ArchiveError(self.label, f"cannot open: {e.strerror}",
-                               hint="check the file's permissions") from e
-        try:
-            self.file_size = os.fstat(self._fd).st_size
-            members = scan_tar(RangeReader(self._fd, 0, self.file_size), self.label,
-                               settings.max_members)
+            self.stored_size = os.fstat(self._fd).st_size
+            self.compression = compressed.sniff(os.pread(self._fd, 4, 0))
+            members = (self._index(self._fd) if self.compression is None
+                       else self._decompress(skip))
         except BaseException:
-            os.close(self._fd)
+            if self._fd >= 0:
+                os.close(self._fd)
             raise
         # Later entries win, as they would when the tar is unpacked.
         self.members: dict[str, Member] = {m.name: m for m in members}
+
+    def _index(self, fd: int) -> list[Member]:
+        self.file_size = os.fstat(fd).st_size
+        return scan_tar(RangeReader(fd, 0, self.file_size), self.label, self.settings.max_members)
+
+    def _decompress(self, skip: Callable[[str], bool] | None) -> list[Member]:
+        """Replace the archive's descriptor by its decompressed copy's, and index that."""
+        assert self.compression is not None
+        source, self._fd, tar = self._fd, -1, -1
+        try:
+            tar, holes = compressed.decompress_to_file(source, self.stored_size, self.compression,
+                                                       self.label, self.settings, skip)
+            members = self._index(tar)
+            if holes and not _holes_match(members, holes):
+                # The header walk and tarfile read the headers differently (a crafted or
+                # exotic archive): decompress again, whole, rather than trust either.
+                os.close(tar)
+                tar = -1
+                tar, holes = compressed.decompress_to_file(
+                    source, self.stored_size, self.compression, self.label, self.settings)
+                members = self._index(tar)
+        except BaseException:
+            if tar >= 0:
+                os.close(tar)
+            raise
+        finally:
+            os.close(source)
+        self._fd = tar
+        self.skipped = frozenset(name for _offset, _size, name in holes)
+        return members
+
+    @property
+    def fd(self) -> int:
+        """The descriptor of the tar itself (for a compressed archive, the decompressed copy)."""
+        return self._fd
 
     def __enter__(self) -> CheckpointArchive:
         return self
@@ -277,14 +430,21 @@ class CheckpointArchive:
         pre = prefix.rstrip("/") + "/"
         return (m for m in self.members.values() if m.kind == "file" and m.name.startswith(pre))
 
+    def _readable(self, name: str) -> Member:
+        m = self.member(name)
+        if name in self.skipped:
+            raise RuntimeError(f"{name} was left out of the decompressed copy "
+                               "(the command said it would not read it)")
+        return m
+
     def open_member(self, name: str) -> RangeReader:
         """A seekable reader over the member's bytes (nothing is read yet)."""
-        m = self.member(name)
+        m = self._readable(name)
         return RangeReader(self._fd, m.offset, m.size)
 
     def read_bytes(self, name: str, limit: int | None = None) -> bytes:
         """The whole member, refused when larger than ``limit`` (default: the metadata limit)."""
-        m = self.member(name)
+        m = self._readable(name)
         limit = self.settings.max_metadata_bytes if limit is None else limit
         if m.size > limit:
             raise ArchiveError(
@@ -308,7 +468,7 @@ class CheckpointArchive:
 
     def nested_tar(self, name: str) -> NestedTar:
         """Open a tar stored inside the archive (``rootfs-diff.tar``) without copying it."""
-        m = self.member(name)
+        m = self._readable(name)
         return NestedTar(RangeReader(self._fd, m.offset, m.size), f"{self.label}: {name}",
                          self.settings.max_members)
 
@@ -328,5 +488,7 @@ class NestedTar:
         moved into place only once complete: an unsafe entry, or any failure,
         leaves the target as it was.
         """
+        from migrate.adapters.safe_extract import extract  # only --extract needs it
+
         extract(self.reader, self.members, target, self.label)
         return [m for m in self.members if m.kind != "dir"]

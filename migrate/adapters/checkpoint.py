@@ -72,11 +72,30 @@ def engine_of(annotations: dict[str, str]) -> str:
     return ENGINE_CONTAINERD
 
 
+_PAGES = re.compile(r"^checkpoint/pages-\d+\.img$")
+# Big members no command reads: container logs, Podman's /dev/shm.
+_NEVER_READ = frozenset({"ctr.log", "container.log", "io.kubernetes.cri-o.LogPath",
+                         "devshm-checkpoint.tar"})
+
+
+def unread(*, pages: bool = False, rootfs_diff: bool = False) -> Callable[[str], bool]:
+    """Which members a command leaves unread, given whether it reads the memory pages and
+    rootfs-diff.tar: a compressed archive's decompressed copy need not hold their data."""
+
+    def skip(name: str) -> bool:
+        return (name in _NEVER_READ or (not pages and _PAGES.match(name) is not None)
+                or (not rootfs_diff and name == ROOTFS_DIFF))
+
+    return skip
+
+
 class Checkpoint:
     """An opened checkpoint archive; use as a context manager."""
 
-    def __init__(self, path: Path, settings: ArchiveSettings) -> None:
-        self.archive = CheckpointArchive(path, settings)
+    def __init__(self, path: Path, settings: ArchiveSettings,
+                 skip: Callable[[str], bool] | None = None) -> None:
+        """``skip``: members the caller will not read (`unread`); None: it may read any."""
+        self.archive = CheckpointArchive(path, settings, skip)
         self.label = self.archive.label
 
     def __enter__(self) -> Checkpoint:

@@ -1,75 +1,25 @@
-"""The root command, global options and the one error boundary."""
+"""The entry point and the one error boundary (the root command is in root.py).
+
+Nothing heavy is imported before a command needs it: ``migrate --version`` is
+answered here, without typer, and a command imports only its own module
+(`migrate.cli.root.register_for`).
+"""
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 import sys
 import threading
-import traceback
 from collections.abc import Iterator, Sequence
 from types import FrameType
 
-import typer
-
 from migrate import __version__
-from migrate.cli.output import EscapingFormatter, say
 from migrate.errors import ExitCode, MigrateError
-from migrate.settings import load_settings
 
-app = typer.Typer(
-    name="migrate",
-    help="Move running Kubernetes containers between nodes, and restore them in "
-    "sandboxes, from CRIU checkpoints.",
-    no_args_is_help=True,
-    # Rich tracebacks print local variables, and locals can hold credentials.
-    pretty_exceptions_enable=False,
-    pretty_exceptions_show_locals=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"migrate {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def root(
-    ctx: typer.Context,
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
-    verbose: int = typer.Option(0, "-v", "--verbose", count=True, help="More logging (-vv)."),
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version."
-    ),
-) -> None:
-    """Global options; builds the settings every command receives."""
-    settings = load_settings(debug=debug, verbose=verbose)
-    level = logging.DEBUG if settings.output.debug or verbose > 1 else (
-        logging.INFO if verbose else logging.WARNING
-    )
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(EscapingFormatter("%(levelname)s: %(message)s"))
-    logging.basicConfig(level=level, handlers=[handler])
-    ctx.obj = settings
-
-
-def _register() -> None:
-    from migrate.cli import archive, cluster, drain, images, migration, restore, schedule
-
-    archive.register(app)
-    images.register(app)
-    cluster.register(app)
-    migration.register(app)
-    drain.register(app)
-    restore.register(app)
-    schedule.register(app)
-
-
-_register()
+# The global flags `migrate --version` may come with and still print just the version.
+_VERSION_FLAGS = frozenset({"--version", "--debug", "--verbose", "-v", "-vv", "-vvv"})
 
 
 def _debug_requested(argv: Sequence[str]) -> bool:
@@ -82,6 +32,8 @@ def _interrupted(terminated: threading.Event) -> str:
 
 
 def _fail(message: str, hint: str | None, code: int) -> int:
+    from migrate.cli.output import say
+
     # Messages quote archive members and cluster objects: escaped, each stays one line.
     say(f"error: {message}")
     if hint:
@@ -127,9 +79,27 @@ def run(argv: Sequence[str] | None = None) -> int:
             return _fail(_interrupted(terminated), None, ExitCode.INTERRUPTED)
 
 
+def _print_version() -> int:
+    try:
+        sys.stdout.write(f"migrate {__version__}\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return ExitCode.OK
+
+
 def _run(args: list[str], terminated: threading.Event) -> int:
+    if "--version" in args and _VERSION_FLAGS.issuperset(args):
+        return _print_version()
+    import traceback
+
+    import typer
+
+    from migrate.cli.root import app, register_for
+
     debug = _debug_requested(args)
     try:
+        register_for(args)
         rv = app(args=args, prog_name="migrate", standalone_mode=False)
         # Without standalone mode typer returns exit codes instead of raising
         # them, Ctrl-C included (as 130).

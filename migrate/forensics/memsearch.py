@@ -1,16 +1,19 @@
 """Process memory: per-process sizes, and streaming search of the pages files.
 
-The search reads each pages file in fixed-size blocks, keeping a small overlap
-between blocks so that matches across a block boundary are found once; memory
-use stays bounded by the block size whatever the size of the dump.
+The search reads each pages file in fixed-size blocks, each with a small overlap
+into the next so that matches across a block boundary are found once; memory
+use stays bounded by the block size whatever the size of the dump. The next
+block is read in a helper thread while one is searched.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from queue import SimpleQueue
 from typing import Any
 
 from migrate.adapters.archive import RangeReader
@@ -111,15 +114,52 @@ def compile_pattern(literal: str | None, regex: str | None) -> Pattern:
         ) from e
 
 
-def _fill(reader: RangeReader, view: memoryview) -> int:
-    """Read until ``view`` is full or the member ends; returns bytes read."""
-    got = 0
-    while got < len(view):
-        n = reader.readinto(view[got:])
-        if n == 0:
-            break
-        got += n
-    return got
+def _blocks(reader: RangeReader, chunk: int,
+            overlap: int) -> Iterator[tuple[int, bytearray, int]]:
+    """The member as consecutive blocks: (offset, a buffer holding the ``chunk`` bytes
+    there and the ``overlap`` bytes after them, how many it holds: fewer at the end).
+
+    While the caller searches one block a helper thread reads the next: the
+    kernel's copy in ``pread`` runs without the GIL, so reading and searching
+    overlap (they take about as long as each other). Two buffers, reused.
+    """
+    size = reader.size
+    if size <= chunk + overlap:  # one block: nothing to overlap
+        buf = bytearray(size)
+        yield 0, buf, reader.pread_into(buf, 0)
+        return
+    reader.advise_sequential()
+    free: SimpleQueue[bytearray | None] = SimpleQueue()
+    ready: SimpleQueue[tuple[int, bytearray, int] | BaseException] = SimpleQueue()
+    for _ in range(2):
+        free.put(bytearray(chunk + overlap))
+
+    def read_ahead() -> None:
+        for offset in range(0, size, chunk):
+            buf = free.get()
+            if buf is None:
+                return
+            try:
+                ready.put((offset, buf, reader.pread_into(buf, offset)))
+            except BaseException as e:  # handed to the searching thread, raised there
+                ready.put(e)
+                return
+
+    thread = threading.Thread(target=read_ahead, name="memparse-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ready.get()
+            if isinstance(item, BaseException):
+                raise item
+            offset, buf, n = item
+            yield offset, buf, n
+            if offset + chunk >= size:
+                return
+            free.put(buf)
+    finally:
+        free.put(None)
+        thread.join()
 
 
 def _scan(
@@ -128,35 +168,26 @@ def _scan(
     """(offset, length) of each match in the member behind ``reader``, in order, once each.
 
     Blocks overlap by ``len(literal) - 1`` bytes (or the regex window), so a
-    match straddling two blocks is seen whole in the later one; a match is
-    reported from the block where it starts before the overlap region.
+    match straddling two blocks is seen whole in the earlier one; a match is
+    reported from the block where it starts before the overlap region (the
+    next block starts there).
     """
     plain = pattern.literal
     overlap = len(plain) - 1 if plain is not None else settings.regex_window_bytes
     chunk = max(settings.read_chunk_bytes, overlap + 1)
-    buf = bytearray(chunk + overlap)
-    view = memoryview(buf)
-    base = carry = 0  # file offset of buf[0]; bytes carried over from the last block
-    while True:
-        n = _fill(reader, view[carry : carry + chunk])
-        valid, at_eof = carry + n, n < chunk
-        limit = valid if at_eof else valid - overlap
+    for base, block, valid in _blocks(reader, chunk, overlap):
+        limit = valid if base + chunk >= reader.size else chunk
         if plain is not None:
-            pos = buf.find(plain, 0, valid)
+            pos = block.find(plain, 0, valid)
             while 0 <= pos < limit:
                 yield base + pos, len(plain)
-                pos = buf.find(plain, pos + 1, valid)
+                pos = block.find(plain, pos + 1, valid)
         else:
-            for m in pattern.regex.finditer(view[:valid]):
+            for m in pattern.regex.finditer(memoryview(block)[:valid]):
                 if m.start() >= limit:
                     break
                 if m.end() > m.start():
                     yield base + m.start(), m.end() - m.start()
-        if at_eof:
-            return
-        buf[:overlap] = buf[valid - overlap : valid]
-        base += valid - overlap
-        carry = overlap
 
 
 def search(

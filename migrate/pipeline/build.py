@@ -19,7 +19,11 @@ from migrate.adapters.registry.digest_cache import DigestCache
 from migrate.adapters.registry.layout import OciLayout
 from migrate.adapters.registry.reference import Reference
 from migrate.errors import RegistryError, UsageError
-from migrate.pipeline.annotations import CHECKPOINT_NAME, checkpoint_image_info
+from migrate.pipeline.annotations import (
+    CHECKPOINT_NAME,
+    CheckpointImageInfo,
+    checkpoint_image_info,
+)
 from migrate.pipeline.native import (
     INDEX,
     MANIFEST,
@@ -126,12 +130,26 @@ def _verify(client: RegistryClient, digest: str, info_name: str) -> dict[str, An
 
 def build_image(req: BuildRequest, settings: Settings,
                 on_progress: Callable[[int], None] | None = None) -> BuildReport:
-    """Run the build stage; ``on_progress`` hears the archive bytes read so far."""
+    """Run the build stage; ``on_progress`` hears the archive bytes read so far.
+
+    The layer is the archive's tar: a gzip or zstd archive is validated and
+    pushed decompressed (compressed again only as ``req.compression`` asks),
+    since the image's root must hold the members themselves; the native
+    builder streams the very file that was validated.
+    """
     req.check()
     timer = Stopwatch()
-    with timer.step("validate"), Checkpoint(req.archive, settings.archive) as ckpt:
-        info = checkpoint_image_info(ckpt)
-        archive_size = ckpt.archive.file_size
+    with timer.step("validate"):
+        ckpt = Checkpoint(req.archive, settings.archive)
+    with ckpt:
+        with timer.step("validate"):
+            info = checkpoint_image_info(ckpt)
+        return _build(req, settings, ckpt, info, timer, on_progress)
+
+
+def _build(req: BuildRequest, settings: Settings, ckpt: Checkpoint, info: CheckpointImageInfo,
+           timer: Stopwatch, on_progress: Callable[[int], None] | None) -> BuildReport:
+    archive_size = ckpt.archive.stored_size
     image = req.image or Reference("localhost", f"checkpoint-{info.identity.container}".lower(),
                                    "latest", None)
     client = RegistryClient(image, settings.registry) if req.push else None
@@ -152,12 +170,15 @@ def build_image(req: BuildRequest, settings: Settings,
         result = build_native(req.archive, info, target, tag=image.tag or None,
                               compression=req.compression,
                               chunk_bytes=settings.registry.chunk_bytes,
-                              oci_index=req.oci_index, timer=timer, on_progress=on_progress)
+                              oci_index=req.oci_index, timer=timer, on_progress=on_progress,
+                              fd=ckpt.archive.fd)
         digest, layer_size, image_size = result.digest, result.layer.size, result.image_size
         # An OCI layout is written, not uploaded; a registry may have had the layer.
         uploaded = isinstance(target, RegistryTarget) and target.layer_uploaded
     else:
         # Imported here: `sh` costs start-up time the native path does not need.
+        # buildah gets the archive as it is: `buildah add` unpacks a plain, gzip
+        # or zstd tar alike.
         from migrate.adapters.buildah import BuildahPush, build_with_buildah
 
         reg = settings.registry

@@ -135,10 +135,16 @@ class NativeResult:
 
 def build_native(archive: Path, info: CheckpointImageInfo, target: Target, *, tag: str | None,
                  compression: str, chunk_bytes: int, oci_index: bool, timer: Stopwatch,
-                 on_progress: Callable[[int], None] | None = None) -> NativeResult:
-    """Stream the layer, then write config, manifest (and index) to ``target``."""
+                 on_progress: Callable[[int], None] | None = None,
+                 fd: int | None = None) -> NativeResult:
+    """Stream the layer, then write config, manifest (and index) to ``target``.
+
+    ``fd``: read the layer's tar from this descriptor instead of opening
+    ``archive`` (which still identifies it in the digest cache).
+    """
     with timer.step("layer"):
-        layer = target.upload_layer(LayerStream(archive, compression, chunk_bytes, on_progress))
+        layer = target.upload_layer(LayerStream(archive, compression, chunk_bytes, on_progress,
+                                                fd=fd))
     config = _json({
         "created": info.created,
         "architecture": info.architecture or "amd64",

@@ -96,8 +96,13 @@ class LayerStream:
     """Iterate to get the blob's blocks; ``result`` once exhausted. Iterable once per read."""
 
     def __init__(self, path: Path, compression: str, chunk_bytes: int,
-                 on_progress: Callable[[int], None] | None = None) -> None:
-        self.path, self.compression, self.chunk = path, compression, chunk_bytes
+                 on_progress: Callable[[int], None] | None = None,
+                 fd: int | None = None) -> None:
+        """``fd``: read the tar from this open descriptor (from its start, with
+        ``pread``; it stays open) instead of opening ``path``, which then only
+        names the archive (the digest cache's key): a compressed archive's
+        decompressed copy has no path."""
+        self.path, self.compression, self.chunk, self.fd = path, compression, chunk_bytes, fd
         self.media_type = MEDIA_TYPES[compression]
         self.on_progress = on_progress
         self._result: LayerDigests | None = None
@@ -116,9 +121,9 @@ class LayerStream:
         buf = bytearray(self.chunk)
         view = memoryview(buf)
         read = size = 0
-        fd = os.open(self.path, os.O_RDONLY)
+        fd = os.open(self.path, os.O_RDONLY) if self.fd is None else self.fd
         try:
-            while n := os.readv(fd, [buf]):
+            while n := os.preadv(fd, [buf], read):
                 block = view[:n]
                 diff.update(block)
                 read += n
@@ -140,6 +145,7 @@ class LayerStream:
                     size += len(out)
                     yield out
         finally:
-            os.close(fd)
+            if self.fd is None:
+                os.close(fd)
         self._result = LayerDigests(f"sha256:{diff.hexdigest()}", f"sha256:{blob.hexdigest()}",
                                     size, read, self.media_type)
