@@ -9,6 +9,7 @@ import typer
 
 from migrate.adapters.checkpoint import Checkpoint
 from migrate.cli.output import Format, Node, TreeFormat, echo_json, echo_tree, emit, say, table
+from migrate.errors import ExitCode
 from migrate.forensics import catalog, inspect, memsearch, rootfs
 from migrate.forensics.inspect import Inspection, InspectOptions, ProcessNode
 from migrate.forensics.openfiles import OpenFile, ProcessFiles, Socket
@@ -215,7 +216,10 @@ def memparse(
                                 help="Bytes of context around each match."),
     output: Format = OUTPUT,
 ) -> None:
-    """Per-process memory sizes, or search the checkpointed memory."""
+    """Per-process memory sizes, or search the checkpointed memory.
+
+    A search that finds nothing exits 11 (as grep exits 1).
+    """
     settings = _settings(ctx).archive
     with Checkpoint(archive, settings) as ckpt:
         if search is None and search_regex is None:
@@ -228,10 +232,14 @@ def memparse(
         matches = list(memsearch.search(ckpt, pattern, settings, pid=pid, context=context))
     emit([m.to_dict() for m in matches], output.value, lambda: table(
         ("pid", "command", "address", "file", "offset", "match"),
-        [(m.pid, m.command, m.to_dict()["address"] or "-", m.file, m.offset, m.match)
+        [(m.pid, m.command, m.to_dict()["address"] or "-", m.file, m.offset, m.text)
          for m in matches]))
-    if not matches and output is Format.table:
-        say("no matches")
+    if not matches:
+        # As grep: a search that found nothing is told by the exit code, so a script
+        # (the demo) cannot take "no matches" for a proof.
+        if output is Format.table:
+            say("no matches")
+        raise typer.Exit(ExitCode.NO_MATCH)
 
 
 def rootfs_diff_cmd(
