@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -10,23 +11,32 @@ import sys
 import threading
 import traceback
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from types import FrameType
 
 import typer
+import typer.core
+import typer.main
 
 from migrate import __version__
-from migrate.cli.output import EscapingFormatter, say
+from migrate.cli import argv as normalise
+from migrate.cli.completion import complete_namespaces, handle_completion_options
+from migrate.cli.examples import Command, Group
+from migrate.cli.output import PROGRAM, EscapingFormatter, say
 from migrate.errors import ExitCode, MigrateError
 from migrate.settings import load_settings
 
 app = typer.Typer(
     name="migrate",
+    cls=Group,
     help="Move running Kubernetes containers between nodes, and restore them in "
     "sandboxes, from CRIU checkpoints.",
     no_args_is_help=True,
     # Rich tracebacks print local variables, and locals can hold credentials.
     pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,
+    # The completion options are ours (completion.py): typer's take no shell name.
+    add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -42,12 +52,32 @@ def root(
     ctx: typer.Context,
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
     verbose: int = typer.Option(0, "-v", "--verbose", count=True, help="More logging (-vv)."),
+    kubeconfig: Path | None = typer.Option(None, "--kubeconfig", help="Kubeconfig file, for "
+                                           "every command that uses the cluster.",
+                                           show_default=False),
+    context: str | None = typer.Option(None, "--context", help="Kubeconfig context, for "
+                                       "every command that uses the cluster.",
+                                       show_default=False),
+    namespace: str | None = typer.Option(None, "-n", "--namespace", help="Namespace, for "
+                                         "every command that takes one.", show_default=False,
+                                         autocompletion=complete_namespaces),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version."
     ),
+    install_completion: str | None = typer.Option(
+        None, "--install-completion", metavar="SHELL", show_default=False,
+        help="Install shell completion: bash, zsh or fish (default: the current shell)."),
+    show_completion: str | None = typer.Option(
+        None, "--show-completion", metavar="SHELL", show_default=False,
+        help="Print the completion script for bash, zsh or fish (default: the current "
+        "shell)."),
 ) -> None:
-    """Global options; builds the settings every command receives."""
+    """Global options (before or after the command, as kubectl takes them); builds the
+    settings every command receives."""
+    # --install-completion and --show-completion were handled before parsing (run()).
     settings = load_settings(debug=debug, verbose=verbose)
+    settings = dataclasses.replace(settings, kube=dataclasses.replace(
+        settings.kube, kubeconfig=kubeconfig, context=context, namespace=namespace))
     level = logging.DEBUG if settings.output.debug or verbose > 1 else (
         logging.INFO if verbose else logging.WARNING
     )
@@ -67,6 +97,12 @@ def _register() -> None:
     drain.register(app)
     restore.register(app)
     schedule.register(app)
+    # Every help page ends with examples (examples.py).
+    for info in [*app.registered_commands,
+                 *(c for g in app.registered_groups if g.typer_instance
+                   for c in g.typer_instance.registered_commands)]:
+        if info.cls in (None, typer.core.TyperCommand):
+            info.cls = Command
 
 
 _register()
@@ -82,11 +118,18 @@ def _interrupted(terminated: threading.Event) -> str:
 
 
 def _fail(message: str, hint: str | None, code: int) -> int:
-    # Messages quote archive members and cluster objects: escaped, each stays one line.
+    # Messages quote archive members and cluster objects: escaped, each stays one line
+    # (and the commands they quote are spelled as the user runs the tool: say()).
     say(f"error: {message}")
     if hint:
         say(f"hint: {hint}")
     return code
+
+
+def program_name(argv0: str) -> str:
+    """How the user called the tool: ``kubectl migrate`` when kubectl ran its plugin (the
+    executable ``kubectl-migrate``), else ``migrate``."""
+    return "kubectl migrate" if Path(argv0).name == "kubectl-migrate" else "migrate"
 
 
 class Terminated(KeyboardInterrupt):
@@ -118,19 +161,39 @@ def _sigterm_interrupts() -> Iterator[threading.Event]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI and map every outcome to an exit code; never raises."""
-    with _sigterm_interrupts() as terminated:
-        try:
-            return _run(list(sys.argv[1:] if argv is None else argv), terminated)
-        except KeyboardInterrupt:  # landed between the command's end and its exit code
-            return _fail(_interrupted(terminated), None, ExitCode.INTERRUPTED)
+def run(argv: Sequence[str] | None = None, program: str | None = None) -> int:
+    """Run the CLI and map every outcome to an exit code; never raises.
+
+    ``program``: how the user called it (`program_name`; default: from sys.argv[0]).
+    """
+    token = PROGRAM.set(program or program_name(sys.argv[0]))
+    try:
+        with _sigterm_interrupts() as terminated:
+            try:
+                return _run(list(sys.argv[1:] if argv is None else argv), terminated)
+            except KeyboardInterrupt:  # landed between the command's end and its exit code
+                return _fail(_interrupted(terminated), None, ExitCode.INTERRUPTED)
+    finally:
+        PROGRAM.reset(token)
 
 
 def _run(args: list[str], terminated: threading.Event) -> int:
     debug = _debug_requested(args)
     try:
-        rv = app(args=args, prog_name="migrate", standalone_mode=False)
+        command = typer.main.get_command(app)
+        # kubectl habits: global options anywhere on the line (argv.py).
+        args = normalise.globals_first(command, args)
+        program = PROGRAM.get()
+        # Completion scripts call the executable back (`kubectl-migrate` for the plugin),
+        # with its own variable: _MIGRATE_COMPLETE, _KUBECTL_MIGRATE_COMPLETE.
+        executable = "migrate" if program == "migrate" else Path(sys.argv[0]).name
+        complete_var = normalise.complete_var(executable)
+        done = handle_completion_options(command, args, executable=executable,
+                                         complete_var=complete_var)
+        if done is not None:
+            return done
+        rv = command.main(args=args, prog_name=program, complete_var=complete_var,
+                          standalone_mode=False)
         # Without standalone mode typer returns exit codes instead of raising
         # them, Ctrl-C included (as 130).
         if rv == ExitCode.INTERRUPTED:
@@ -147,7 +210,7 @@ def _run(args: list[str], terminated: threading.Event) -> int:
         # that names the command whose --help explains the options.
         code = int(getattr(e, "exit_code", ExitCode.USAGE))
         ctx = getattr(e, "ctx", None)
-        cmd = ctx.command_path if ctx is not None else "migrate"
+        cmd = ctx.command_path if ctx is not None else PROGRAM.get()
         hint = f"see '{cmd} --help'" if code == ExitCode.USAGE else None
         return _fail(e.format_message(), hint, code)
     except (typer.Abort, KeyboardInterrupt):
@@ -170,3 +233,11 @@ def _run(args: list[str], terminated: threading.Event) -> int:
 def main() -> None:
     """Console-script entry point (`migrate`, `kubectl-migrate`)."""
     sys.exit(run())
+
+
+def kubectl_complete() -> None:
+    """Console-script entry point `kubectl_complete-migrate`: what kubectl (1.26+) runs to
+    complete `kubectl migrate ...` (see completion.py)."""
+    from migrate.cli.completion import kubectl_complete as complete
+
+    sys.exit(complete(typer.main.get_command(app), sys.argv[1:]))
