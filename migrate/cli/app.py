@@ -192,6 +192,10 @@ def _run(args: list[str], terminated: threading.Event) -> int:
                                          complete_var=complete_var)
         if done is not None:
             return done
+        if complete_var in os.environ:  # a completion script calling back
+            from typer._completion_classes import completion_init
+
+            completion_init()  # typer registers its shells' classes only with its options
         rv = command.main(args=args, prog_name=program, complete_var=complete_var,
                           standalone_mode=False)
         # Without standalone mode typer returns exit codes instead of raising

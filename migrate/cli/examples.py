@@ -17,9 +17,9 @@ from migrate.cli.output import as_invoked
 EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
     "": (
         ("is the cluster ready? every node, the registry, a real probe of node-b",
-         "migrate doctor --registry registry.example:5000/ckpt --probe node-b"),
+         "migrate doctor --registry reg.example/ckpt --probe node-b"),
         ("move a running pod to node-b with its memory",
-         "migrate pod counters --to node-b --registry registry.example:5000/ckpt"),
+         "migrate pod counters --to node-b --registry reg.example/ckpt"),
         ("what a checkpoint archive holds",
          "migrate inspect checkpoint.tar --all"),
     ),
@@ -53,37 +53,39 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "build": (
         ("push a checkpoint image", "migrate build checkpoint.tar --image "
-         "registry.example:5000/ckpt/counter:v1"),
-        ("a plain-HTTP registry, zstd layer", "migrate build checkpoint.tar --image "
-         "127.0.0.1:5000/ckpt/counter:v1 --no-tls-verify --compression zstd"),
+         "reg.example/ckpt/counter:v1"),
+        ("a plain-HTTP registry", "migrate build checkpoint.tar -i "
+         "127.0.0.1:5000/ckpt/c:v1 --no-tls-verify"),
+        ("a zstd-compressed layer", "migrate build checkpoint.tar -i reg.example/ckpt/c:v1 "
+         "--compression zstd"),
         ("an OCI layout on disk instead", "migrate build checkpoint.tar --no-push "
          "--oci-layout ./image"),
     ),
     "checkpoint": (
         ("checkpoint the pod's default container", "migrate checkpoint counters -n default"),
-        ("one container, straight to the kubelet", "migrate checkpoint web-0 -c app --via "
-         "kubelet --kubelet-url https://node-a:10250 --cert client.crt --key client.key"),
+        ("one container of a pod in another namespace, a minute at most",
+         "migrate checkpoint web-0 -n shop -c app --timeout 60"),
     ),
     "doctor": (
         ("every check", "migrate doctor"),
         ("the registry too, and a real checkpoint and restore onto node-b",
-         "migrate doctor --registry 127.0.0.1:5000/ckpt --no-tls-verify --probe node-b"),
+         "migrate doctor --registry 127.0.0.1:5000/ckpt --no-tls-verify --probe "
+         "node-b"),
         ("another cluster, JSON", "migrate --context prod doctor -o json"),
     ),
     "pod": (
         ("move a pod; its image goes to the registry",
-         "migrate pod counters --to node-b --registry registry.example:5000/ckpt"),
-        ("see the plan (where the image is built, the images) and change nothing",
-         "migrate pod counters --to node-b --registry registry.example:5000/ckpt --dry-run"),
-        ("build in a Job on the source node (the archive is not readable here)",
-         "migrate pod web-0 -n shop --to node-c --registry registry.example:5000/ckpt "
-         "--build-on node --tool-image registry.example:5000/migrate:0.1.0"),
+         "migrate pod counters --to node-b --registry reg.example/ckpt"),
+        ("see the plan (where the image is built, the images), change nothing",
+         "migrate pod counters --to node-b --registry reg.example/ckpt --dry-run"),
+        ("build in a Job on the source node (MIGRATE_TOOL_IMAGE: the tool's image)",
+         "migrate pod web -n shop --to node-c --registry reg.example/c --build-on node"),
     ),
     "resume": (
         ("continue an interrupted migration (`migrate history` lists them)",
          "migrate resume pod-counters-20261122t120228-e347"),
         ("a run that pushed with --creds needs them again",
-         "migrate resume pod-counters-20261122t120228-e347 --creds user:secret"),
+         "migrate resume pod-counters-20261122t120228-e347 --creds user:pw"),
     ),
     "rollback": (
         ("undo a migration that did not switch over",
@@ -99,7 +101,7 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
     "drain": (
         ("see the plan and change nothing", "migrate drain node-a --dry-run"),
         ("empty node-a; pods that can move keep their memory",
-         "migrate drain node-a --registry registry.example:5000/drains"),
+         "migrate drain node-a --registry reg.example/drains"),
         ("continue an interrupted drain", "migrate drain --resume "
          "drain-node-a-20261122t121556-854a"),
     ),
@@ -109,25 +111,23 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
     "deploy": (
         ("print the objects, then apply them with kubectl", "migrate deploy -n ops"),
         ("apply them, recording the tool's image", "migrate deploy --image "
-         "registry.example:5000/migrate:0.1.0 --apply"),
+         "reg.example/migrate:0.1 --apply"),
     ),
     "manifest": (
         ("a Pod restoring a live pod's checkpoint on node-b",
-         "migrate manifest --from-pod counters --image registry.example:5000/ckpt/counter:v1 "
-         "--node node-b"),
-        ("from an archive, the pod being gone", "migrate manifest --archive checkpoint.tar "
-         "--image registry.example:5000/ckpt/counter:v1 --node node-b -o json"),
+         "migrate manifest --from-pod counters -i reg.example/ckpt/c:v1 --node node-b"),
+        ("from an archive, the pod being gone", "migrate manifest --archive c.tar "
+         "-i reg.example/ckpt/c:v1 --node node-b"),
     ),
     "schedule": (
         ("drain node-a every Saturday at 02:00", "migrate schedule drain node-a --cron "
-         "'0 2 * * 6' --registry registry.example:5000/drains --apply"),
+         "'0 2 * * 6' --registry reg.io/d --apply"),
     ),
     "schedule drain": (
         ("print the CronJob and its RBAC", "migrate schedule drain node-a --cron '0 2 * * 6' "
-         "--image registry.example:5000/migrate:0.1.0"),
+         "--image reg.example/m:1"),
         ("apply it, with drain options passed through",
-         "migrate schedule drain node-a --cron '0 2 * * 6' --registry "
-         "registry.example:5000/drains --apply -- --concurrency 8 --to-selector pool=b"),
+         "migrate schedule drain node-a --cron '0 2 * * 6' --apply -- --concurrency 8"),
     ),
     "sandbox": (
         ("crictl configs for a CRI-O host", "migrate sandbox checkpoint.tar --out ./sandbox"),
@@ -139,8 +139,7 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("crictl configs, and run them", "migrate sandbox restore checkpoint.tar --out "
          "./sandbox --run"),
         ("with Podman, a host mount replaced by a directory of yours",
-         "migrate sandbox restore checkpoint.tar --engine podman --allow-mount "
-         "/data=/srv/forensics/data"),
+         "migrate sandbox restore c.tar --engine podman --allow-mount /data=/srv/x"),
     ),
     "sandbox stop": (
         ("stop and remove what --engine podman restored",
