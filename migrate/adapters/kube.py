@@ -565,13 +565,20 @@ class EventWatch:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
-        """Stop now: nothing is reported after this returns."""
+    def stop(self, catch_up: bool = True) -> None:
+        """Stop the thread now; ``catch_up``: first report, on the caller's thread, the
+        Events recorded that its watch has not delivered yet (the two streams race: the
+        pod can be seen ready before its "Started" arrives). Nothing is reported after
+        this returns."""
         self._stopped.set()
         current = self._current
         if current is not None:
             with contextlib.suppress(Exception):
                 current.response.shutdown()  # unblocks the read on the other thread
+        if catch_up:
+            once = dataclasses.replace(self._cluster.settings.retry, attempts=1)
+            with contextlib.suppress(Exception):
+                self._list(once, final=True)
 
     def _run(self) -> None:
         since: str | None = None
@@ -584,13 +591,16 @@ class EventWatch:
             except Exception:  # a courtesy: whatever went wrong, stop reporting
                 return
 
-    def _list(self, retry: RetrySettings) -> str:
+    def _list(self, retry: RetrySettings, final: bool = False) -> str:
         listing = request_json(self._cluster, "list events", "GET", _EVENTS,
                                path_params=self._where, query=self._selector, _retry=retry)
         items = sorted(listing.get("items") or [],
                        key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
         for event in items:
-            self._report(event)
+            if final:
+                self._on_event(event)
+            else:
+                self._report(event)
         return str(listing["metadata"]["resourceVersion"])
 
     def _watch(self, since: str) -> str | None:

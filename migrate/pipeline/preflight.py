@@ -264,12 +264,22 @@ def check_restore_name(cluster: kube.Cluster, settings: Settings, pod: Obj) -> N
         return
     other = ((found[0]["metadata"].get("labels") or {}).get(claims.RUN_LABEL))
     where = f"{meta['namespace']}/{name}"
+    if found[0]["metadata"].get("deletionTimestamp"):
+        made = f", the restored copy of migration {other}," if other else ""
+        raise claims.Claimed(f"pod {where}{made} is still being deleted: the restored copy "
+                             "needs its name", hint="run it again once it is gone (kubectl get "
+                             f"pod -n {meta['namespace']} {name})")
     if other:
         verdict = claims.judge(settings.state_dir, pod, other)
         why = verdict.why.removeprefix(f"claimed by migration {other}, ") or "which has ended"
+        delete = f"kubectl delete pod -n {meta['namespace']} {name}"
+        hint = verdict.hint or f"it is left over: `migrate rollback {other}` removes it (or " \
+            f"{delete})"
+        if "journal is not on this machine" in why:
+            hint = (f"roll it back where it ran (`migrate rollback {other}`); if that run is "
+                    f"gone for good, delete the copy: {delete}")
         raise claims.Claimed(f"pod {where} is the restored copy of migration {other}, {why}",
-                             hint=verdict.hint or f"it is left over: `migrate rollback {other}` "
-                             f"removes it (or kubectl delete pod -n {meta['namespace']} {name})")
+                             hint=hint)
     raise claims.Claimed(f"pod {where} exists and was not made by migrate: the restored copy "
                          "would take its name", hint=f"delete or rename it (kubectl delete pod "
                          f"-n {meta['namespace']} {name}) if it is not needed")

@@ -13,6 +13,7 @@ deadline, because a registry can come back.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,15 +132,17 @@ class KubeletReport:
         self.say = say
         self.sizes = sizes
         self.seen: set[tuple[str, int]] = set()
+        self.lock = threading.Lock()  # the watch's thread, then the caller's catch-up
         self.started = time.monotonic()
         self.doing: dict[str, str] = {}
 
     def event(self, event: Obj) -> None:
         """One Event: said once (a repeat is said again when its count grows)."""
         key = (str((event.get("metadata") or {}).get("name")), int(event.get("count") or 1))
-        if key in self.seen:
-            return
-        self.seen.add(key)
+        with self.lock:
+            if key in self.seen:
+                return
+            self.seen.add(key)
         path = str((event.get("involvedObject") or {}).get("fieldPath") or "")
         container = path.partition("{")[2].rstrip("}") or "pod"
         reason, message = str(event.get("reason") or ""), str(event.get("message") or "")
