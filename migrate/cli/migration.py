@@ -13,6 +13,7 @@ import typer
 
 from migrate.cli.completion import (
     complete_migrations,
+    complete_namespaces,
     complete_nodes,
     complete_pods,
     complete_runs,
@@ -343,7 +344,8 @@ def history(
                                 help="List drains (their ids are what --resume takes) instead "
                                      "of migrations."),
     namespace: str | None = typer.Option(None, "-n", "--namespace", show_default=False,
-                                         help="Only the migrations of pods in this namespace."),
+                                         help="Only the migrations of pods in this namespace.",
+                                         autocompletion=complete_namespaces),
     all_namespaces: bool = typer.Option(False, "-A", "--all-namespaces", help="Every "
                                         "namespace (the default; as kubectl takes it)."),
     output: ListFormat = typer.Option(ListFormat.table, "-o", "--output", help="Output "
