@@ -159,7 +159,7 @@ def test_registry_reachable_and_authorised(cli: Cli, sim: Simulator,
             "--registry", f"{reg.host}/ckpt", "--cert-dir", reg.cert_dir)
     got = rows(cli(*base, "--creds", f"{reg.username}:{reg.password}"))
     assert got[f"registry {reg.host}"] == (
-        "PASS", f"reachable, authenticated as {reg.username} (push scope ckpt)", "")
+        "PASS", f"reachable, authenticated as {reg.username} (push scope ckpt)", None)
     r = cli(*base, "--creds", f"{reg.username}:wrong-password")
     status, detail, _ = rows(r)[f"registry {reg.host}"]
     assert (status, detail) == ("FAIL", f"{reg.host}: login failed: HTTP 401 (UNAUTHORIZED: "

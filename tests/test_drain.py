@@ -456,8 +456,7 @@ def test_usage_and_cluster_errors(drain: Callable[..., Result], cli: Cli,
         2, "error: --to and --to-selector exclude each other")
     assert first_line(drain(cluster, "node-a", "--resume", "drain-x")) == (
         2, "error: give NODE or --resume ID, not both")
-    assert first_line(drain(cluster, "node-x")) == (
-        4, 'error: read node node-x: nodes "node-x" not found')
+    assert first_line(drain(cluster, "node-x")) == (4, "error: node node-x does not exist")
     assert first_line(drain(cluster, "node-a", "--to", "node-e")) == (
         6, "error: --to node-e: cannot restore checkpoints: containerd can checkpoint (2.0+) "
         "but does not restore CRI-O checkpoint images (restore was removed in 2.4), and "
@@ -551,7 +550,8 @@ def test_sigterm_stops_a_drain_like_ctrl_c_and_it_resumes_as_it_ran(
     drain_id = re.search(r"drain (drain-\S+) interrupted", err)[1]  # type: ignore[index]
     assert err.splitlines()[-2:] == [
         f"migrate: drain {drain_id} interrupted: `migrate drain --resume {drain_id}` "
-        "continues it", "error: interrupted by SIGTERM"]
+        f"continues it, `migrate rollback {drain_id}` undoes its migrations in flight and "
+        "uncordons node-a", "error: interrupted by SIGTERM"]
     (listed,) = cli("history", "--drains", "-o", "json").json()
     assert (listed["outcome"], listed["results"]) == ("interrupted", {"interrupted": 1})
     assert [h["outcome"] for h in cli("history", "-o", "json").json()] == ["interrupted"]

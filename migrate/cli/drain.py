@@ -33,9 +33,14 @@ def _progress(subject: str, message: str) -> None:
 
 
 def _quiet(subject: str, message: str) -> None:
+    """-o json|yaml: progress is logged (-v), but what explains a wait after Ctrl-C is
+    said: the user is waiting for the prompt."""
+    if message.startswith("interrupted"):
+        _progress(subject, message)
+        return
     import logging
 
-    logging.getLogger(__name__).info("%s: %s", subject, message)  # -o json: only with -v
+    logging.getLogger(__name__).info("%s: %s", subject, message)
 
 
 def _detail(pod: dict[str, Any]) -> str:
@@ -172,7 +177,8 @@ def drain(
             authfile=authfile, creds=creds, tls_verify=tls_verify, cert_dir=cert_dir)
         journal.lock()
         req = plan.DrainRequest.from_dict(journal.request)
-        _progress("drain", f"{journal.id}: resuming the drain of {req.node}")
+        (_progress if output is Format.table else _quiet)(
+            "drain", f"{journal.id}: resuming the drain of {req.node}")
         _finish(settings, kube.connect(settings.kube, pool_size=2 * req.concurrency + 4,
                                           background_events=True),
                 journal, output)
@@ -200,7 +206,8 @@ def drain(
         return
     _check_movers(settings, req, sum(e.action == "migrate" for e in entries))
     journal = run.start(settings, req)
-    _progress("drain", f"{journal.id}: draining {node}")
+    (_progress if output is Format.table else _quiet)("drain",
+                                                      f"{journal.id}: draining {node}")
     _finish(settings, cluster, journal, output)
 
 

@@ -45,10 +45,10 @@ class Check:
     detail: str
     hint: str = ""
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, str | None]:
         """JSON form (schemas/doctor.schema.json)."""
         return {"check": self.name, "status": self.status.value, "detail": self.detail,
-                "hint": self.hint}
+                "hint": self.hint or None}
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,7 @@ class Plan:
                 "source": self.source, "destination": self.destination,
                 "containers": list(self.containers), "images": self.images,
                 "owner": {"kind": self.owner[0], "name": self.owner[1]} if self.owner else None,
-                "switch": self.switch, "destination_runtime": self.destination_runtime,
+                "switch": self.switch, "destination_runtime": self.destination_runtime or None,
                 "build_on": self.build_on or None, "build_from": self.build_from or None}
 
     @classmethod

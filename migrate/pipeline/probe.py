@@ -78,7 +78,8 @@ class ProbeResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
         return {"node": self.node, "source": self.source, "status": self.status,
-                "stage": self.stage, "message": self.message, "hint": self.hint,
+                "stage": self.stage, "message": self.message or None,
+                "hint": self.hint or None,
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
                 "image": self.image, "leftovers": self.leftovers}
 
