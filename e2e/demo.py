@@ -3,10 +3,14 @@
 Starts a loopback registry and the cluster simulator, proves the path to
 node-b with `migrate doctor --probe node-b` (a real checkpoint, push and
 restore of a probe pod, all removed after), creates `counters` on node-a
-with a secret in its process's memory and a file in its root fs, runs
-`migrate pod counters --to node-b`, then proves the restored pod holds
-the same secret and file by checkpointing it on node-b and searching that
-archive. Everything it starts is stopped at the end, failures included.
+with a secret and its counter's state in its process's memory and a file in
+its root fs, shows the secret in a checkpoint of the source first, prints
+the plan, runs `migrate pod counters --to node-b`, then checkpoints the
+restored pod on node-b and checks, rather than shows, that it holds the same
+secret, the same file and the counter's state where the source had it (the
+same process, going on from 42): each check that fails stops the demo with
+`demo: FAILED: ...` and exit 1; "Done" is printed only when all of them
+passed. Everything it starts is stopped at the end, failures included.
 
     python -m e2e.demo [--keep DIR]
 """
@@ -69,6 +73,37 @@ def _run(argv: Sequence[str | Path], env: dict[str, str], *, capture: bool = Fal
     return done.stdout or ""
 
 
+def _fail(what: str) -> SystemExit:
+    return SystemExit(f"demo: FAILED: {what}")
+
+
+def _search(migrate: list[str], archive: Path, text: str, env: dict[str, str],
+            what: str) -> dict[str, object]:
+    """The one match of ``text`` in ``archive``'s memory, shown; fails the demo when
+    memparse finds none (its exit 11) or more than one."""
+    argv = [*migrate, "memparse", archive, "--search", text, "-o", "json"]
+    print("$ " + " ".join(shlex.quote(str(a)) for a in argv), flush=True)
+    done = subprocess.run([str(a) for a in argv], env=env, text=True, check=False,
+                          stdout=subprocess.PIPE)
+    if done.returncode == 11:
+        raise _fail(f"{what}: `{text}` is not in the memory of {archive.name}")
+    if done.returncode != 0:
+        raise SystemExit(f"demo: memparse exited {done.returncode}")
+    matches = json.loads(done.stdout)
+    if len(matches) != 1:
+        raise _fail(f"{what}: `{text}` is in {len(matches)} places, not one")
+    match: dict[str, object] = matches[0]
+    print(f"{what}: {match['match']} (pid {match['pid']}, {match['command']}, address "
+          f"{match['address']})", flush=True)
+    return match
+
+
+def _checkpoint(migrate: list[str], pod: str, env: dict[str, str], sim: Simulator) -> Path:
+    out = _run([*migrate, "checkpoint", pod, "-o", "json"], env, capture=True)
+    taken = json.loads(out)
+    return sim.node_path(str(taken["node"]), str(taken["archive"]))
+
+
 def _wait_running(env: dict[str, str], kubectl: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -99,30 +134,58 @@ def demo(work: Path) -> None:
             _say("Preflight: the checks, and a probe that proves node-b restores")
             _run([*migrate, "doctor", "--registry", f"{registry.host}/demo",
                   "--no-tls-verify", "--probe", "node-b"], env)
+            state = "counter=42"
             processes = json.dumps([{"argv": ["/usr/bin/counter", "--port", "8088"],
-                                     "heap": f"counter=42 token={secret}"}])
+                                     "heap": f"{state} token={secret}"}])
             files = json.dumps({"/home/counter/test-file": "counter state: 42\n"})
             manifest = POD_MANIFEST.format(processes=processes, files=files)
             _say(f"The counters pod on node-a, with {secret} in its memory")
-            if kubectl:
-                _run([kubectl, "apply", "-f", "-"], env, input=manifest)
-                _wait_running(env, kubectl)
-                _run([kubectl, "get", "pods", "-o", "wide"], env)
-            else:
+            if not kubectl:
                 raise SystemExit("demo: kubectl is needed (it is on these machines)")
+            _run([kubectl, "apply", "-f", "-"], env, input=manifest)
+            _wait_running(env, kubectl)
+            _run([kubectl, "get", "pods", "-o", "wide"], env)
+            _say("Before: the secret and the counter's state, in a checkpoint of the source")
+            source = _checkpoint(migrate, "counters", env, sim)
+            before_secret = _search(migrate, source, secret, env, "secret in the source")
+            before_state = _search(migrate, source, state, env, "counter state in the source")
+            source.unlink()  # a copy of the memory, secret included: not kept
+            _say("The plan: node-b, and where the image is built (here: MIGRATE_NODE_ROOT "
+                 "makes the nodes' checkpoint directories readable on this machine)")
+            registry_prefix = f"{registry.host}/demo"
+            _run([*migrate, "pod", "counters", "--to", "node-b", "--registry", registry_prefix,
+                  "--no-tls-verify", "--dry-run"], env)
             _say("Migrate it to node-b")
-            _run([*migrate, "pod", "counters", "--to", "node-b", "--registry",
-                  f"{registry.host}/demo", "--no-tls-verify"], env)
+            _run([*migrate, "pod", "counters", "--to", "node-b", "--registry", registry_prefix,
+                  "--no-tls-verify"], env)
             _run([kubectl, "get", "pods", "-o", "wide"], env)
             _say("Proof: checkpoint the restored pod on node-b and look inside")
-            out = _run([*migrate, "checkpoint", "counters-restored", "-o", "json"], env,
-                       capture=True)
-            archive = sim.node_path("node-b", json.loads(out)["archive"])
-            _run([*migrate, "memparse", archive, "--search", secret], env)
-            _run([*migrate, "rootfs-diff", archive, "--extract", work / "rootfs"], env)
-            print((work / "rootfs/home/counter/test-file").read_text(), end="")
+            restored = _checkpoint(migrate, "counters-restored", env, sim)
+            after_secret = _search(migrate, restored, secret, env, "secret in the restored pod")
+            after_state = _search(migrate, restored, state, env,
+                                  "counter state in the restored pod")
+            for key in ("pid", "command"):
+                if before_state[key] != after_state[key] or before_secret[key] != \
+                        after_secret[key]:
+                    raise _fail(f"the restored pod's process is not the source's ({key} "
+                                f"{before_state[key]} -> {after_state[key]}): the counter "
+                                "started afresh")
+            print(f"counter continuation: {state} is held by the same process (pid "
+                  f"{after_state['pid']}, {after_state['command']}) that held it on node-a",
+                  flush=True)
+            _run([*migrate, "rootfs-diff", restored, "--extract", work / "rootfs"], env)
+            written = work / "rootfs/home/counter/test-file"
+            if not written.is_file():
+                raise _fail("/home/counter/test-file is not in the restored pod's files")
+            content = written.read_text()
+            if content != "counter state: 42\n":
+                raise _fail(f"/home/counter/test-file holds {content!r}, not 'counter state: "
+                            "42'")
+            print(f"file /home/counter/test-file in the restored pod: {content}", end="",
+                  flush=True)
             _run([*migrate, "history"], env)
-            _say("Done: the restored pod holds the same secret and files")
+            _say("Done: the restored pod holds the same secret, the same file, and its "
+                 "counter's state in the same process")
     finally:
         registry.stop()
 

@@ -26,6 +26,7 @@ class ExitCode(IntEnum):
     AUTH = 8  # credentials missing, wrong, or not allowed to do this
     CHECKS_FAILED = 9  # preflight checks ran and at least one FAILed (migrate doctor)
     PARTIAL = 10  # the command did part of its work; the report says which part
+    NO_MATCH = 11  # a search ran and found nothing (grep's 1; 1 is taken by "bug" here)
     INTERRUPTED = 130  # Ctrl-C
 
 

@@ -176,7 +176,10 @@ class KubeSettings:
     """How to reach the cluster."""
 
     kubeconfig: Path | None = None
-    """A kubeconfig file; default: $KUBECONFIG, ~/.kube/config, else in-cluster config."""
+    """A kubeconfig file; default: `default_kubeconfig`, else in-cluster config."""
+    default_kubeconfig: str = "~/.kube/config"
+    """The kubeconfig files read without --kubeconfig: $KUBECONFIG (``:``-separated, merged
+    as kubectl does), captured at the CLI edge, else ~/.kube/config."""
 
     context: str | None = None
     """The kubeconfig context; default: its current-context."""
@@ -285,7 +288,8 @@ def load_settings(
         checkpoint_dirs=dirs or (DEFAULT_CHECKPOINT_DIR,),
         registry=RegistrySettings(env=auth_env(env)),
         kube=KubeSettings(serviceaccount_dir=Path(env.get("MIGRATE_SERVICEACCOUNT_DIR")
-                                                  or SERVICEACCOUNT_DIR)),
+                                                  or SERVICEACCOUNT_DIR),
+                          default_kubeconfig=env.get("KUBECONFIG") or "~/.kube/config"),
         cache_dir=_cache_dir(env),
         state_dir=_state_dir(env),
         node_root=env.get("MIGRATE_NODE_ROOT") or None,

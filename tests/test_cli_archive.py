@@ -15,7 +15,7 @@ import yaml
 import zstandard
 
 from migrate.validation import validate
-from tests.conftest import Result
+from tests.conftest import Result, run_binary
 
 Cli = Callable[..., Result]
 
@@ -223,9 +223,32 @@ def test_memparse_regex_and_pid_filter(cli: Cli, counters_archive: Path) -> None
 
 
 def test_memparse_no_match(cli: Cli, counters_archive: Path) -> None:
+    """Issue 15, item 11: "no matches" is exit 11 (as grep's 1), so a script that checks
+    the exit code cannot take it for a find."""
     r = cli("memparse", counters_archive, "-s", "NOT-THERE-AT-ALL")
-    assert (r.code, r.out, r.err) == (0, "", "no matches\n")
-    assert cli("memparse", counters_archive, "-s", "NOT-THERE", "-o", "json").json() == []
+    assert (r.code, r.out, r.err) == (11, "", "no matches\n")
+    r = cli("memparse", counters_archive, "-s", "NOT-THERE", "-o", "json")
+    assert (r.code, r.json(), r.err) == (11, [], "")
+    r = run_binary(["memparse", str(counters_archive), "-r", "NOT[-]THERE"])
+    assert (r.returncode, r.stderr) == (11, "no matches\n")
+
+
+def test_memparse_context_apart_from_the_match(cli: Cli, counters_archive: Path) -> None:
+    """Issue 15, item 10: with --context the match keeps its own start; the context
+    is in `before` and `after`."""
+    plain = cli("memparse", counters_archive, "-s", "RANDOM_1432_KEY", "-o", "json").json()
+    r = cli("memparse", counters_archive, "-s", "RANDOM_1432_KEY", "--context", "8", "-o",
+            "json")
+    assert r.code == 0, r.err
+    data = r.json()
+    validate(data, "memparse.schema.json", "memparse --context")
+    (m,) = data
+    assert (m["before"], m["match"], m["after"]) == ("\\x00secret=", "RANDOM_1432_KEY",
+                                                     "\\x00counter")
+    assert (m["offset"], m["address"]) == (plain[0]["offset"], plain[0]["address"])
+    assert (plain[0]["before"], plain[0]["after"]) == (None, None)
+    table = cli("memparse", counters_archive, "-s", "RANDOM_1432_KEY", "--context", "8")
+    assert table.out.splitlines()[1].endswith("\\x00secret=RANDOM_1432_KEY\\x00counter")
 
 
 def test_memparse_errors(cli: Cli, counters_archive: Path) -> None:

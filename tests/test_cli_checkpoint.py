@@ -47,8 +47,9 @@ def running_pod(v1: client.CoreV1Api, name: str, containers: tuple[str, ...] = (
 def test_unknown_pod(cli: Cli, sim: Simulator) -> None:
     r = cli("checkpoint", "ghost", "--kubeconfig", sim.kubeconfig)
     assert r.code == 4
-    assert r.err == ('error: read pod default/ghost: pods "ghost" not found\n'
-                     "hint: check the name and the namespace (-n)\n")
+    assert r.err == ("error: pod default/ghost does not exist\n"
+                     "hint: there are no pods in default; check the name and the namespace "
+                     "(-n)\n")
 
 
 def test_several_containers_need_c(cli: Cli, sim: Simulator, v1: client.CoreV1Api) -> None:
@@ -74,10 +75,10 @@ def test_pod_not_running(cli: Cli, sim: Simulator, v1: client.CoreV1Api) -> None
 
 def test_namespace_and_context_come_from_flags(cli: Cli, sim: Simulator) -> None:
     r = cli("checkpoint", "x", "-n", "kube-system", "--kubeconfig", sim.kubeconfig)
-    assert r.err.splitlines()[0] == 'error: read pod kube-system/x: pods "x" not found'
+    assert r.err.splitlines()[0] == "error: pod kube-system/x does not exist"
     r = cli("checkpoint", "x", "--context", "nope", "--kubeconfig", sim.kubeconfig)
-    assert r.code == 3
-    assert r.err.startswith(f"error: cannot load {sim.kubeconfig}: ")
+    assert r.code == 4
+    assert r.err.startswith(f"error: context nope is not in kubeconfig {sim.kubeconfig}\n")
 
 
 def test_kubelet_route_needs_its_credentials(cli: Cli, sim: Simulator,
@@ -90,8 +91,10 @@ def test_kubelet_route_needs_its_credentials(cli: Cli, sim: Simulator,
 
 def test_missing_kubeconfig(cli: Cli, tmp_path: Path) -> None:
     r = cli("checkpoint", "x", "--kubeconfig", tmp_path / "none")
-    assert r.code == 3
-    assert r.err.startswith(f"error: cannot load {tmp_path / 'none'}: ")
+    assert r.code == 4
+    assert r.err == (f"error: kubeconfig {tmp_path / 'none'} does not exist\n"
+                     "hint: give the path of a kubeconfig file with --kubeconfig FILE (or set "
+                     "KUBECONFIG)\n")
 
 
 SECRET_PROCS = ('[{"pid": 1, "ppid": 0, "comm": "server", "argv": ["/srv/server", "--port=80"], '

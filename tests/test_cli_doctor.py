@@ -75,9 +75,10 @@ def test_every_node_problem_is_a_row(cli: Cli, sim: Simulator) -> None:
     r = cli("doctor", "--kubeconfig", sim.kubeconfig, "-o", "json")
     got = rows(r)
     assert got["node node-c: runtime"] == (
-        "WARN", "containerd://2.4.0: checkpoint only",
+        "WARN", "containerd://2.4.0: checkpoints, but neither a source nor a destination",
         "containerd can checkpoint (2.0+) but does not restore CRI-O checkpoint images "
-        "(restore was removed in 2.4): a source, never a destination")
+        "(restore was removed in 2.4), and CRI-O does not restore its archives: neither a "
+        "source nor a destination")
     assert got["node node-d: ready"][0] == "FAIL"
     assert got["node node-d: ready"][1].startswith("not Ready: ")
     assert got["node node-e: schedulable"][:2] == ("WARN", "maintenance=kernel:NoSchedule")
@@ -158,7 +159,7 @@ def test_registry_reachable_and_authorised(cli: Cli, sim: Simulator,
             "--registry", f"{reg.host}/ckpt", "--cert-dir", reg.cert_dir)
     got = rows(cli(*base, "--creds", f"{reg.username}:{reg.password}"))
     assert got[f"registry {reg.host}"] == (
-        "PASS", f"reachable, authenticated as {reg.username} (push scope ckpt)", "")
+        "PASS", f"reachable, authenticated as {reg.username} (push scope ckpt)", None)
     r = cli(*base, "--creds", f"{reg.username}:wrong-password")
     status, detail, _ = rows(r)[f"registry {reg.host}"]
     assert (status, detail) == ("FAIL", f"{reg.host}: login failed: HTTP 401 (UNAUTHORIZED: "

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from migrate.adapters import kube
-from migrate.errors import InputError
+from migrate.errors import NotFoundError
 from migrate.settings import SERVICEACCOUNT_DIR, KubeSettings, load_settings
 
 
@@ -37,6 +37,6 @@ def test_connect_reads_token_ca_and_namespace_from_the_directory(
 def test_without_a_token_it_is_not_in_cluster(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
-    with pytest.raises(InputError, match="cannot load"):
-        kube.connect(KubeSettings(serviceaccount_dir=tmp_path))
+    missing = tmp_path / "missing"
+    with pytest.raises(NotFoundError, match=f"no kubeconfig: {missing} does not exist"):
+        kube.connect(KubeSettings(serviceaccount_dir=tmp_path, default_kubeconfig=str(missing)))

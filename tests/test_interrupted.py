@@ -294,7 +294,7 @@ def test_resume_options_win_over_the_journal(cli: Cli, sim: Simulator, v1: clien
     # rolls back; the source stays.
     r = resume(cli, sim, journal_id, "--tls-verify")
     assert r.code == 7, r.err
-    assert f"\nerror: build: TLS with {plain_registry.host} failed" in r.err, r.err
+    assert r.err.startswith(f"error: build: TLS with {plain_registry.host} failed"), r.err
     assert journal(journal_id).outcome == "rolled-back"
     assert_untouched(v1, "override", pod.metadata.uid)
 

@@ -119,7 +119,8 @@ def test_connect_errors_name_the_kubeconfig(tmp_path: Path) -> None:
     bad.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\n")
     with pytest.raises(InputError) as e:
         connect(KubeSettings(kubeconfig=bad))
-    assert e.value.message.startswith(f"cannot load {bad}: ")
+    assert e.value.message == (f"kubeconfig {bad} is not usable: Expected key "
+                               f"current-context in {bad}")
     assert "--kubeconfig" in (e.value.hint or "")
 
 

@@ -106,7 +106,9 @@ def test_search_reports_address_file_and_offset(counters_archive: Path) -> None:
     assert data[m.offset:m.offset + 15] == b"RANDOM_1432_KEY"
     # The heap run follows one stack page in pages-2.img (the parent run is not stored).
     assert m.address == 0x5600_0000_0000 + m.offset - PAGE_SIZE
-    assert m.match == "secret=RANDOM_1432_KEY\\x00counte"  # 7 bytes each side
+    # 7 bytes each side, apart from the match: its start is where offset says.
+    assert (m.before, m.match, m.after) == ("secret=", "RANDOM_1432_KEY", "\\x00counte")
+    assert m.text == "secret=RANDOM_1432_KEY\\x00counte"
 
 
 def _scan_all(data: bytes, pattern: Pattern, chunk: int, window: int) -> list[tuple[int, int]]:

@@ -230,7 +230,10 @@ def test_image_from_a_registry_with_tls_and_credentials(
     assert r.code == 0, r.err
     assert reg.password not in r.out + r.err
     assert_counts_on(world, "from-tls", counted)
-    assert cli("sandbox", "stop", "from-tls", "--time", "1").code == 0
+    stopped = cli("sandbox", "stop", "from-tls", "--time", "1", "-o", "json")
+    assert stopped.code == 0, stopped.err
+    validate(stopped.json(), "sandbox-stop.schema.json", "sandbox stop -o json")
+    assert (stopped.json()["name"], stopped.json()["removed"]) == ("from-tls", True)
     world.podman("rmi", image)
     assert_nothing_left(world)
 

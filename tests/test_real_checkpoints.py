@@ -160,7 +160,8 @@ def test_memparse_addresses_and_bytes_match_proc(cli: Cli, archive: RealArchive)
     assert want, "the secret should be in the workload's heap"
     assert set(got) == set(want)
     for key, m in got.items():
-        assert m["match"] == escape(bytes.fromhex(want[key]))
+        assert m["before"] + m["match"] + m["after"] == escape(bytes.fromhex(want[key]))
+        assert m["match"] == escape(a.secret.encode())
         assert m["command"] == a.truth.processes[m["pid"]].comm
     # ...and each offset holds the secret in the named pages file.
     with _open_tar(a.path) as tf:

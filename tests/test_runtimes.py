@@ -202,10 +202,10 @@ def test_doctor_warns_where_the_release_defaults_to_restore_off(cli: Cli, world:
         "crio-1-34-12-on": ("WARN", "cri-o://1.34.12: checkpoint only by default"),
         "crio-none": ("WARN", "cri-o://1.36.4: checkpoint only by default"),
         "crio-1-29": ("WARN", "cri-o://1.29.13: checkpoint and restore off by default"),
-        "ctrd-2-1": ("WARN", "containerd://2.1.9: checkpoint only"),
-        "ctrd-2-3-off": ("WARN", "containerd://2.3.4: checkpoint only"),
-        "ctrd-2-3-on": ("WARN", "containerd://2.3.4: checkpoint only"),
-        "ctrd-2-4": ("WARN", "containerd://2.4.0: checkpoint only"),
+        "ctrd-2-1": ("WARN", "containerd://2.1.9: checkpoints, but neither a source nor a destination"),
+        "ctrd-2-3-off": ("WARN", "containerd://2.3.4: checkpoints, but neither a source nor a destination"),
+        "ctrd-2-3-on": ("WARN", "containerd://2.3.4: checkpoints, but neither a source nor a destination"),
+        "ctrd-2-4": ("WARN", "containerd://2.4.0: checkpoints, but neither a source nor a destination"),
     }
     assert rows["node crio-1-34-12: runtime"]["hint"] == (
         'CRI-O 1.34.12 defaults to container_level_enabled = "checkpoint_only": it '
@@ -254,7 +254,8 @@ def test_migrate_pod_to_each_runtime_state(cli: Cli, world: World, node: str) ->
         version = NODES[node].runtime.removeprefix("containerd://")
         assert error == (f"node {node} cannot restore checkpoints: containerd can checkpoint "
                          "(2.0+) but does not restore CRI-O checkpoint images (restore was "
-                         "removed in 2.4): a source, never a destination"), version
+                         "removed in 2.4), and CRI-O does not restore its archives: neither a "
+                         "source nor a destination"), version
         assert hint.startswith("pick a CRI-O node (`migrate doctor` lists them); containerd "
                                f"2.2.7+/2.3.4+ restore only with {CONTAINERD_FIX}"), hint
     else:
@@ -293,7 +294,8 @@ def test_migrate_drain_to_each_runtime_state(cli: Cli, world: World, node: str) 
         assert r.code == 6, r.err
         assert error == (f"--to {node}: cannot restore checkpoints: containerd can checkpoint "
                          "(2.0+) but does not restore CRI-O checkpoint images (restore was "
-                         "removed in 2.4): a source, never a destination")
+                         "removed in 2.4), and CRI-O does not restore its archives: neither a "
+                         "source nor a destination")
         assert hint == ("pick another node, or let the drain choose (omit --to); containerd "
                         f"2.2.7+/2.3.4+ restore only with {CONTAINERD_FIX} (removed in 2.4), "
                         "and only archives in containerd's own layout (status.dump): restore "
@@ -321,7 +323,7 @@ def test_doctor_probe_of_each_runtime_state(cli: Cli, world: World, node: str) -
     assert set(row["seconds"]) == ({"start", "checkpoint", "build", "restore", "cleanup"})
     assert row["leftovers"] == []
     if restores:
-        assert (row["status"], row["stage"], row["message"]) == ("PASS", None, ""), json.dumps(row)
+        assert (row["status"], row["stage"], row["message"]) == ("PASS", None, None), json.dumps(row)
         assert r.code == 0, r.err
     else:
         assert seconds < FAST_FAIL, seconds
@@ -563,7 +565,7 @@ def _containerd_checkpoint_image(cli: Cli, world: World, tmp_path: Path, base: s
                                 image_ref=base, extra_members={"status.dump": b"{}"}),
                     tmp_path / "containerd.tar")
     r = cli("build", archive, "--image", f"{world.plain.host}/containerd/app:{tmp_path.name}",
-            "--no-tls-verify", "-o", "json")
+            "--no-tls-verify", "--containerd", "-o", "json")
     assert r.code == 0, r.err
     return str(r.json()["reference"])
 

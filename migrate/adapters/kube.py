@@ -68,28 +68,39 @@ def connect(settings: KubeSettings, *, pool_size: int | None = None,
     ``background_events``: Events are sent off the caller's path; the caller
     must `close` the cluster before it reports.
     """
+    import yaml
     from kubernetes import client, config
     from kubernetes.config.config_exception import ConfigException
 
     configuration = client.Configuration()
     namespace = settings.namespace
+    in_cluster = settings.kubeconfig is None and _in_cluster(settings.serviceaccount_dir)
     try:
-        if settings.kubeconfig is None and _in_cluster(settings.serviceaccount_dir):
+        if in_cluster:
             _load_in_cluster(settings.serviceaccount_dir, configuration)
             namespace = namespace or _in_cluster_namespace(settings.serviceaccount_dir)
         else:
-            kc = str(settings.kubeconfig) if settings.kubeconfig else None
+            # Several files: the client merges them as kubectl does.
+            kc = os.pathsep.join(map(str, _kubeconfig_files(settings)))
+            contexts, active = config.list_kube_config_contexts(config_file=kc)
+            chosen = active
+            if settings.context:
+                chosen = next((c for c in contexts if c["name"] == settings.context), None)
+                if chosen is None:
+                    raise _unknown_context(settings, [str(c["name"]) for c in contexts])
             config.load_kube_config(config_file=kc, context=settings.context,
                                     client_configuration=configuration)
-            contexts, active = config.list_kube_config_contexts(config_file=kc)
-            chosen = (next((c for c in contexts if c["name"] == settings.context), None)
-                      if settings.context else active)
             namespace = namespace or (chosen or {}).get("context", {}).get("namespace")
-    except (ConfigException, OSError) as e:
-        where = settings.kubeconfig or "the default kubeconfig"
-        raise InputError(f"cannot load {where}: {e}",
-                         hint="pass --kubeconfig FILE (and --context NAME), or run in a pod "
-                         "with a service account") from e
+    except (ConfigException, OSError, yaml.YAMLError, TypeError, AttributeError) as e:
+        # The client's own words name its internals ("Invalid kube-config file. Expected
+        # object with name ..."): say which file, and the first line of why.
+        where = "the in-cluster service account" if in_cluster else (
+            f"kubeconfig {', '.join(map(str, _kubeconfig_files(settings)))}")
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        why = why.removeprefix("Invalid kube-config file. ")
+        raise InputError(f"{where} is not usable: {why}",
+                         hint="check the file (kubectl config view), or pass another with "
+                         "--kubeconfig FILE") from e
     configuration.retries = False  # retries are ours, transient failures only
     if pool_size is not None:
         configuration.connection_pool_maxsize = max(pool_size,
@@ -110,6 +121,39 @@ def close(cluster: Cluster, timeout: float = EVENTS_FLUSH_SECONDS) -> None:
     if left:
         log.warning("%d event(s) not recorded after %g s: the API server is slow or "
                     "unreachable", left, timeout)
+
+
+def _kubeconfig_files(settings: KubeSettings) -> list[Path]:
+    """The kubeconfig files the client reads: --kubeconfig, else $KUBECONFIG (a list),
+    else ~/.kube/config. A missing one is refused in our words, with the exit code for
+    things not found, rather than the client's "No configuration found"."""
+    if settings.kubeconfig is not None:
+        if not settings.kubeconfig.is_file():
+            raise NotFoundError(f"kubeconfig {settings.kubeconfig} does not exist",
+                                hint="give the path of a kubeconfig file with --kubeconfig "
+                                "FILE (or set KUBECONFIG)")
+        return [settings.kubeconfig]
+    listed = [Path(os.path.expanduser(p)) for p in
+              settings.default_kubeconfig.split(os.pathsep) if p]
+    found = [p for p in listed if p.is_file()]
+    if not found:
+        shown = ", ".join(map(str, listed)) or "no file"
+        raise NotFoundError(f"no kubeconfig: {shown} does not exist, and this is not a pod "
+                            "with a service account",
+                            hint="pass --kubeconfig FILE (and --context NAME), set KUBECONFIG, "
+                            "or run in a pod with a service account")
+    return found
+
+
+def _unknown_context(settings: KubeSettings, known: list[str]) -> NotFoundError:
+    import difflib
+
+    files = ", ".join(map(str, _kubeconfig_files(settings)))
+    close = difflib.get_close_matches(settings.context or "", known, n=2, cutoff=0.6)
+    listed = ", ".join(sorted(known)) or "none"
+    return NotFoundError(f"context {settings.context} is not in kubeconfig {files}",
+                         hint=(f"did you mean {' or '.join(close)}? " if close else "")
+                         + f"its contexts: {listed} (kubectl config get-contexts)")
 
 
 def _in_cluster(directory: Path) -> bool:
@@ -312,6 +356,13 @@ def list_nodes(cluster: Cluster) -> list[dict[str, Any]]:
     return items
 
 
+def list_namespaces(cluster: Cluster) -> list[dict[str, Any]]:
+    """Every namespace (shell completion of -n)."""
+    items: list[dict[str, Any]] = request_json(cluster, "list namespaces", "GET",
+                                               "/api/v1/namespaces")["items"]
+    return items
+
+
 def read_node(cluster: Cluster, name: str) -> dict[str, Any]:
     """One node, as the API serves it."""
     return request_json(cluster, f"read node {name}", "GET", "/api/v1/nodes/{name}",
@@ -479,6 +530,112 @@ def _watch(cluster: Cluster, collection: str, what: str, namespace: str, name: s
             break
     raise ClusterError(f"{what}: timed out after {timeout:g} s",
                        hint="raise --timeout, or look at its events (kubectl describe)")
+
+
+class EventWatch:
+    """The Events about one object, as the API server records them, on a thread of its own.
+
+    ``on_event(event)`` hears each Event (ADDED or MODIFIED: a repeat raises its
+    count), those recorded before the watch began first; ``on_idle()`` is called
+    after each ``idle_seconds`` without one. It is a courtesy (progress for a human):
+    errors end it silently. `stop` ends it at once, whatever it is waiting for.
+    Requests go through a copy of the cluster; `requests` counts them.
+    """
+
+    def __init__(self, cluster: Cluster, namespace: str, uid: str,
+                 on_event: Callable[[dict[str, Any]], None], on_idle: Callable[[], None],
+                 idle_seconds: float = 15.0) -> None:
+        import threading
+
+        self._cluster = dataclasses.replace(cluster, requests=0)
+        self._where = {"namespace": namespace}
+        self._selector = [("fieldSelector", f"involvedObject.uid={uid}")]
+        self._on_event, self._on_idle, self._idle = on_event, on_idle, idle_seconds
+        self._stopped = threading.Event()
+        self._current: Any = None  # the streaming response being read
+        self._thread = threading.Thread(target=self._run, name="events", daemon=True)
+
+    @property
+    def requests(self) -> int:
+        """API requests this watch sent."""
+        return self._cluster.requests
+
+    def start(self) -> EventWatch:
+        """Begin watching; returns self."""
+        self._thread.start()
+        return self
+
+    def stop(self, catch_up: bool = True) -> None:
+        """Stop the thread now; ``catch_up``: first report, on the caller's thread, the
+        Events recorded that its watch has not delivered yet (the two streams race: the
+        pod can be seen ready before its "Started" arrives). Nothing is reported after
+        this returns."""
+        self._stopped.set()
+        current = self._current
+        if current is not None:
+            with contextlib.suppress(Exception):
+                current.response.shutdown()  # unblocks the read on the other thread
+        if catch_up:
+            once = dataclasses.replace(self._cluster.settings.retry, attempts=1)
+            with contextlib.suppress(Exception):
+                self._list(once, final=True)
+
+    def _run(self) -> None:
+        since: str | None = None
+        once = dataclasses.replace(self._cluster.settings.retry, attempts=1)
+        while not self._stopped.is_set():
+            try:
+                if since is None:
+                    since = self._list(once)
+                since = self._watch(since)
+            except Exception:  # a courtesy: whatever went wrong, stop reporting
+                return
+
+    def _list(self, retry: RetrySettings, final: bool = False) -> str:
+        listing = request_json(self._cluster, "list events", "GET", _EVENTS,
+                               path_params=self._where, query=self._selector, _retry=retry)
+        items = sorted(listing.get("items") or [],
+                       key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+        for event in items:
+            if final:
+                self._on_event(event)
+            else:
+                self._report(event)
+        return str(listing["metadata"]["resourceVersion"])
+
+    def _watch(self, since: str) -> str | None:
+        self._cluster.requests += 1
+        query = [*self._selector, ("resourceVersion", since),
+                 ("timeoutSeconds", str(max(1, int(self._idle)))), ("watch", "true")]
+        self._current = send(self._cluster, "GET", _EVENTS, path_params=self._where,
+                             query=query, request_timeout=self._idle + 5)
+        quiet = True
+        with contextlib.closing(_events(self._current)) as events:
+            for event in events:
+                if event.get("type") == "ERROR":
+                    return None  # expired: list again
+                obj = event.get("object") or {}
+                since = str((obj.get("metadata") or {}).get("resourceVersion") or since)
+                if event.get("type") in ("ADDED", "MODIFIED"):
+                    quiet = False
+                    self._report(obj)
+        if quiet and not self._stopped.is_set():
+            self._on_idle()
+        return since
+
+    def _report(self, event: dict[str, Any]) -> None:
+        if not self._stopped.is_set():
+            self._on_event(event)
+
+
+_EVENTS = "/api/v1/namespaces/{namespace}/events"
+
+
+def watch_events(cluster: Cluster, namespace: str, uid: str,
+                 on_event: Callable[[dict[str, Any]], None], on_idle: Callable[[], None],
+                 idle_seconds: float = 15.0) -> EventWatch:
+    """Start an `EventWatch` on the object ``uid`` in ``namespace``; `EventWatch.stop` it."""
+    return EventWatch(cluster, namespace, uid, on_event, on_idle, idle_seconds).start()
 
 
 def _create_once(cluster: Cluster, what: str, collection: str, namespace: str,

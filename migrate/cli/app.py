@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from types import FrameType
 
 from migrate import __version__
@@ -34,11 +35,18 @@ def _interrupted(terminated: threading.Event) -> str:
 def _fail(message: str, hint: str | None, code: int) -> int:
     from migrate.cli.output import say
 
-    # Messages quote archive members and cluster objects: escaped, each stays one line.
+    # Messages quote archive members and cluster objects: escaped, each stays one line
+    # (and the commands they quote are spelled as the user runs the tool: say()).
     say(f"error: {message}")
     if hint:
         say(f"hint: {hint}")
     return code
+
+
+def program_name(argv0: str) -> str:
+    """How the user called the tool: ``kubectl migrate`` when kubectl ran its plugin (the
+    executable ``kubectl-migrate``), else ``migrate``."""
+    return "kubectl migrate" if Path(argv0).name == "kubectl-migrate" else "migrate"
 
 
 class Terminated(KeyboardInterrupt):
@@ -70,13 +78,25 @@ def _sigterm_interrupts() -> Iterator[threading.Event]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI and map every outcome to an exit code; never raises."""
-    with _sigterm_interrupts() as terminated:
-        try:
-            return _run(list(sys.argv[1:] if argv is None else argv), terminated)
-        except KeyboardInterrupt:  # landed between the command's end and its exit code
-            return _fail(_interrupted(terminated), None, ExitCode.INTERRUPTED)
+def run(argv: Sequence[str] | None = None, program: str | None = None) -> int:
+    """Run the CLI and map every outcome to an exit code; never raises.
+
+    ``program``: how the user called it (`program_name`; default: from sys.argv[0]).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--version" in args and _VERSION_FLAGS.issuperset(args):
+        return _print_version()
+    from migrate.cli.output import PROGRAM
+
+    token = PROGRAM.set(program or program_name(sys.argv[0]))
+    try:
+        with _sigterm_interrupts() as terminated:
+            try:
+                return _run(args, terminated)
+            except KeyboardInterrupt:  # landed between the command's end and its exit code
+                return _fail(_interrupted(terminated), None, ExitCode.INTERRUPTED)
+    finally:
+        PROGRAM.reset(token)
 
 
 def _print_version() -> int:
@@ -89,18 +109,37 @@ def _print_version() -> int:
 
 
 def _run(args: list[str], terminated: threading.Event) -> int:
-    if "--version" in args and _VERSION_FLAGS.issuperset(args):
-        return _print_version()
     import traceback
 
     import typer
+    import typer.main
 
+    from migrate.cli import argv as normalise
+    from migrate.cli.completion import handle_completion_options
+    from migrate.cli.output import PROGRAM
     from migrate.cli.root import app, register_for
 
     debug = _debug_requested(args)
     try:
         register_for(args)
-        rv = app(args=args, prog_name="migrate", standalone_mode=False)
+        command = typer.main.get_command(app)
+        # kubectl habits: global options anywhere on the line (argv.py).
+        args = normalise.globals_first(command, args)
+        program = PROGRAM.get()
+        # Completion scripts call the executable back (`kubectl-migrate` for the plugin),
+        # with its own variable: _MIGRATE_COMPLETE, _KUBECTL_MIGRATE_COMPLETE.
+        executable = "migrate" if program == "migrate" else Path(sys.argv[0]).name
+        complete_var = normalise.complete_var(executable)
+        done = handle_completion_options(command, args, executable=executable,
+                                         complete_var=complete_var)
+        if done is not None:
+            return done
+        if complete_var in os.environ:  # a completion script calling back
+            from typer._completion_classes import completion_init
+
+            completion_init()  # typer registers its shells' classes only with its options
+        rv = command.main(args=args, prog_name=program, complete_var=complete_var,
+                          standalone_mode=False)
         # Without standalone mode typer returns exit codes instead of raising
         # them, Ctrl-C included (as 130).
         if rv == ExitCode.INTERRUPTED:
@@ -117,7 +156,7 @@ def _run(args: list[str], terminated: threading.Event) -> int:
         # that names the command whose --help explains the options.
         code = int(getattr(e, "exit_code", ExitCode.USAGE))
         ctx = getattr(e, "ctx", None)
-        cmd = ctx.command_path if ctx is not None else "migrate"
+        cmd = ctx.command_path if ctx is not None else PROGRAM.get()
         hint = f"see '{cmd} --help'" if code == ExitCode.USAGE else None
         return _fail(e.format_message(), hint, code)
     except (typer.Abort, KeyboardInterrupt):
@@ -140,3 +179,15 @@ def _run(args: list[str], terminated: threading.Event) -> int:
 def main() -> None:
     """Console-script entry point (`migrate`, `kubectl-migrate`)."""
     sys.exit(run())
+
+
+def kubectl_complete() -> None:
+    """Console-script entry point `kubectl_complete-migrate`: what kubectl (1.26+) runs to
+    complete `kubectl migrate ...` (see completion.py)."""
+    import typer.main
+
+    from migrate.cli.completion import kubectl_complete as complete
+    from migrate.cli.root import app, register_for
+
+    register_for([])
+    sys.exit(complete(typer.main.get_command(app), sys.argv[1:]))

@@ -7,7 +7,17 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from migrate.cli.output import Format, Node, TreeFormat, echo_json, echo_tree, emit, say, table
+from migrate.cli.output import (
+    Format,
+    ListFormat,
+    Node,
+    TreeFormat,
+    echo_json,
+    echo_tree,
+    emit,
+    say,
+    table,
+)
 from migrate.settings import Settings
 from migrate.units import human_micros, human_size
 
@@ -226,7 +236,10 @@ def memparse(
                                 help="Bytes of context around each match."),
     output: Format = OUTPUT,
 ) -> None:
-    """Per-process memory sizes, or search the checkpointed memory."""
+    """Per-process memory sizes, or search the checkpointed memory.
+
+    A search that finds nothing exits 11 (as grep exits 1).
+    """
     from migrate.adapters.checkpoint import Checkpoint, unread
     from migrate.forensics import memsearch
 
@@ -243,10 +256,16 @@ def memparse(
         matches = list(memsearch.search(ckpt, pattern, settings, pid=pid, context=context))
     emit([m.to_dict() for m in matches], output.value, lambda: table(
         ("pid", "command", "address", "file", "offset", "match"),
-        [(m.pid, m.command, m.to_dict()["address"] or "-", m.file, m.offset, m.match)
+        [(m.pid, m.command, m.to_dict()["address"] or "-", m.file, m.offset, m.text)
          for m in matches]))
-    if not matches and output is Format.table:
-        say("no matches")
+    if not matches:
+        from migrate.errors import ExitCode
+
+        # As grep: a search that found nothing is told by the exit code, so a script
+        # (the demo) cannot take "no matches" for a proof.
+        if output is Format.table:
+            say("no matches")
+        raise typer.Exit(ExitCode.NO_MATCH)
 
 
 def rootfs_diff_cmd(
@@ -279,22 +298,36 @@ def list_cmd(
     ctx: typer.Context,
     dirs: list[Path] | None = typer.Argument(
         None, help="Directories to search (default: /var/lib/kubelet/checkpoints)."),
-    output: Format = OUTPUT,
+    namespace: str | None = typer.Option(None, "-n", "--namespace", show_default=False,
+                                         help="Only archives of pods in this namespace."),
+    all_namespaces: bool = typer.Option(False, "-A", "--all-namespaces", help="Every "
+                                        "namespace (the default; as kubectl takes it)."),
+    output: ListFormat = typer.Option(ListFormat.table, "-o", "--output", help="Output "
+                                      "format; name: the archives' paths, one a line."),
 ) -> None:
     """List checkpoint archives found in directories."""
+    from migrate.errors import UsageError
     from migrate.forensics import catalog
 
     settings = _settings(ctx)
+    namespace = namespace or settings.kube.namespace  # -n before the command, too
+    if namespace and all_namespaces:
+        raise UsageError("-n and -A exclude each other")
     result = catalog.catalog(dirs or settings.checkpoint_dirs, settings.archive)
     for path, reason in result.unreadable:
         say(f"warning: skipped {path}: {reason}")
-    emit([e.to_dict() for e in result.entries], output.value, lambda: table(
-        ("namespace", "pod", "container", "engine", "time checkpointed", "archive"),
-        [(e.namespace, e.pod_name, e.container_name, e.engine, _short_time(e.checkpointed),
-          Path(e.archive).name) for e in result.entries]))
-    if not result.entries and output is Format.table:
-        say("no checkpoints found in " + ", ".join(
-            map(str, dirs or settings.checkpoint_dirs)))
+    entries = [e for e in result.entries if not namespace or e.namespace == namespace]
+    if output is ListFormat.name:
+        typer.echo("".join(f"{e.archive}\n" for e in entries), nl=False)
+    else:
+        emit([e.to_dict() for e in entries], output.value, lambda: table(
+            ("namespace", "pod", "container", "engine", "time checkpointed", "archive"),
+            [(e.namespace, e.pod_name, e.container_name, e.engine,
+              _short_time(e.checkpointed), Path(e.archive).name) for e in entries]))
+    if not entries and output is ListFormat.table:
+        where = ", ".join(map(str, dirs or settings.checkpoint_dirs))
+        say(f"no checkpoints found in {where}" + (f" for namespace {namespace}"
+                                                   if namespace else ""))
 
 
 def register(app: typer.Typer) -> None:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from migrate.cli.completion import complete_nodes, complete_pods
 from migrate.cli.options import (
     AUTHFILE,
     CERT_DIR,
@@ -36,7 +37,8 @@ class Via(StrEnum):
 
 def checkpoint(
     ctx: typer.Context,
-    pod: str = typer.Argument(..., help="Pod name.", metavar="POD", show_default=False),
+    pod: str = typer.Argument(..., help="Pod name.", metavar="POD", show_default=False,
+                              autocompletion=complete_pods),
     container: str | None = typer.Option(None, "-c", "--container", help="Container "
                                          "(default: the pod's default or only one).",
                                          show_default=False),
@@ -114,7 +116,8 @@ def _probe_table(report: DoctorReport) -> str:
 def doctor(
     ctx: typer.Context,
     node: list[str] = typer.Option([], "--node", help="Check only these nodes "
-                                   "(repeatable) (default: every node).", show_default=False),
+                                   "(repeatable) (default: every node).", show_default=False,
+                                   autocompletion=complete_nodes),
     registry: str | None = typer.Option(None, "--registry", help="Registry to check: "
                                         "HOST:PORT/REPOSITORY (port and repository optional).",
                                         show_default=False),
@@ -126,14 +129,15 @@ def doctor(
                                     "end to end: checkpoint a probe pod on another node, push "
                                     "its image to --registry, restore it on NODE, delete "
                                     "everything (repeatable, or NODE,NODE).",
-                                    show_default=False),
+                                    show_default=False, autocompletion=complete_nodes),
     probe_image: str | None = typer.Option(None, "--probe-image", help="The probe pod's image "
                                            "(default: the pause image the source node "
                                            "holds).", show_default=False),
     probe_source: str | None = typer.Option(None, "--probe-source", metavar="NODE",
                                             help="Where the probe pod runs (default: a Ready "
-                                            "node that can checkpoint, CRI-O first).",
-                                            show_default=False),
+                                            "CRI-O node that can checkpoint).",
+                                            show_default=False,
+                                            autocompletion=complete_nodes),
     timeout: float = typer.Option(120.0, "--timeout", min=1, help="With --probe: seconds for "
                                   "each wait (probe pod, build Job, restored pod)."),
     tool_image: str | None = typer.Option(None, "--tool-image", envvar="MIGRATE_TOOL_IMAGE",

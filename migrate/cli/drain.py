@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from migrate.cli.completion import complete_drains, complete_nodes
 from migrate.cli.migration import BuildOn
 from migrate.cli.options import (
     AUTHFILE,
@@ -29,6 +30,17 @@ if TYPE_CHECKING:
 
 def _progress(subject: str, message: str) -> None:
     say(f"migrate: {subject}: {message}")
+
+
+def _quiet(subject: str, message: str) -> None:
+    """-o json|yaml: progress is logged (-v), but what explains a wait after Ctrl-C is
+    said: the user is waiting for the prompt."""
+    if message.startswith("interrupted"):
+        _progress(subject, message)
+        return
+    import logging
+
+    logging.getLogger(__name__).info("%s: %s", subject, message)
 
 
 def _detail(pod: dict[str, Any]) -> str:
@@ -63,10 +75,14 @@ def _finish(settings: Settings, cluster: Cluster, journal: Journal, output: Form
     from migrate.pipeline.drain import report, run
 
     try:
-        run.execute(cluster, settings, journal, _progress)
+        run.execute(cluster, settings, journal, _progress if output is Format.table else _quiet)
     except KeyboardInterrupt:
-        typer.echo(f"migrate: drain {journal.id} interrupted: `migrate drain --resume "
-                   f"{journal.id}` continues it", err=True)
+        stopped = report.report(journal)  # where each pod stands, for -o json too
+        emit(stopped, output.value, lambda: _human(stopped))
+        node = journal.request["node"]
+        say(f"migrate: drain {journal.id} interrupted: `migrate drain --resume {journal.id}` "
+            f"continues it, `migrate rollback {journal.id}` undoes its migrations in flight "
+            f"and uncordons {node}")
         raise
     finally:
         kube.close(cluster)  # its queued Events: they exist once the command ends
@@ -82,23 +98,26 @@ def _finish(settings: Settings, cluster: Cluster, journal: Journal, output: Form
             "failed ones again; the node stays cordoned")
 
 
-def _check_registry(settings: Settings, registry: str | None, movers: int) -> None:
-    from migrate.pipeline.preflight import check_registry
+def _check_movers(settings: Settings, req: Any, movers: int) -> None:
+    """What the migrations need, before the cordon: a registry that answers, and a place
+    to build their images (every pod is on the drained node)."""
+    from migrate.pipeline.preflight import build_location, check_registry
 
     if not movers:
         return
-    if registry is None:
+    if req.registry is None:
         raise UsageError(f"{movers} pod(s) to migrate: say where their checkpoint images go "
                          "with --registry REG", hint="--dry-run shows the plan without one")
-    check_registry(settings, {"": f"{registry.rstrip('/')}/drain-check:latest"})
+    build_location(settings, req.node, req.build_on, req.tool_image)
+    check_registry(settings, {"": f"{req.registry.rstrip('/')}/drain-check:latest"})
 
 
 def drain(
     ctx: typer.Context,
     node: str | None = typer.Argument(None, metavar="NODE", help="The node to drain.",
-                                      show_default=False),
+                                      show_default=False, autocompletion=complete_nodes),
     to: str | None = typer.Option(None, "--to", help="Send every migrated pod to this node.",
-                                  show_default=False),
+                                  show_default=False, autocompletion=complete_nodes),
     to_selector: str | None = typer.Option(None, "--to-selector", metavar="LABELS",
                                            help="Only nodes with these labels are "
                                            "destinations.", show_default=False),
@@ -123,7 +142,8 @@ def drain(
                                                "dockerconfigjson Secret for node builds.",
                                                show_default=False),
     resume: str | None = typer.Option(None, "--resume", metavar="ID", help="Continue an "
-                                      "interrupted drain (its id).", show_default=False),
+                                      "interrupted drain (its id).", show_default=False,
+                                      autocompletion=complete_drains),
     authfile: Path | None = AUTHFILE,
     creds: str | None = CREDS,
     tls_verify: bool | None = typer.Option(None, "--tls-verify/--no-tls-verify",
@@ -138,22 +158,27 @@ def drain(
 ) -> None:
     """Empty a node: cordon it, migrate its pods with their memory, evict the rest."""
     from migrate.adapters import kube
+    from migrate.adapters.registry.reference import check_prefix
     from migrate.pipeline.drain import plan, report, run
 
     base = with_kube(ctx, kubeconfig, context, None)
     if resume is not None:
         if node is not None:
             raise UsageError("give NODE or --resume ID, not both")
+        if resume.startswith("pod-"):
+            raise UsageError(f"{resume} is a migration, not a drain",
+                             hint=f"`migrate resume {resume}` continues it")
         journal = run.load(base, resume)
-        if journal.outcome == "succeeded":
-            raise UsageError(f"drain {resume} has succeeded; nothing to resume")
+        if journal.outcome in ("succeeded", "rolled-back"):
+            raise UsageError(f"drain {resume} has {journal.outcome}; nothing to resume")
         settings = with_recorded_registry(
             base, journal.registry, run=f"drain {resume}",
             command=f"migrate drain --resume {resume}", needs_registry=True,
             authfile=authfile, creds=creds, tls_verify=tls_verify, cert_dir=cert_dir)
         journal.lock()
         req = plan.DrainRequest.from_dict(journal.request)
-        _progress("drain", f"{journal.id}: resuming the drain of {req.node}")
+        (_progress if output is Format.table else _quiet)(
+            "drain", f"{journal.id}: resuming the drain of {req.node}")
         _finish(settings, kube.connect(settings.kube, pool_size=2 * req.concurrency + 4,
                                           background_events=True),
                 journal, output)
@@ -162,6 +187,8 @@ def drain(
         raise UsageError("say which node to drain (or --resume ID)")
     settings = with_registry(base, authfile=authfile, creds=creds,
                              tls_verify=tls_verify is not False, cert_dir=cert_dir)
+    if registry is not None:
+        registry = check_prefix(registry)
     if to and to_selector:
         raise UsageError("--to and --to-selector exclude each other")
     req = plan.DrainRequest(node=node, to=to, to_selector=to_selector,
@@ -177,15 +204,17 @@ def drain(
         rep = report.dry_run(req, entries)
         emit(rep, output.value, lambda: _human(rep))
         return
-    _check_registry(settings, registry, sum(e.action == "migrate" for e in entries))
+    _check_movers(settings, req, sum(e.action == "migrate" for e in entries))
     journal = run.start(settings, req)
-    _progress("drain", f"{journal.id}: draining {node}")
+    (_progress if output is Format.table else _quiet)("drain",
+                                                      f"{journal.id}: draining {node}")
     _finish(settings, cluster, journal, output)
 
 
 def uncordon(
     ctx: typer.Context,
-    node: str = typer.Argument(..., metavar="NODE", help="The node.", show_default=False),
+    node: str = typer.Argument(..., metavar="NODE", help="The node.", show_default=False,
+                               autocompletion=complete_nodes),
     kubeconfig: Path | None = KUBECONFIG,
     context: str | None = CONTEXT,
     output: Format = typer.Option(Format.table, "-o", "--output", help="Output format."),

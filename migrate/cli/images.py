@@ -66,6 +66,10 @@ def build(
                                            help="With --no-push: write an OCI layout."),
     oci_index: bool = typer.Option(False, "--oci-index", help="Also push an OCI index "
                                    "carrying the annotations (containerd 2.1-2.3)."),
+    containerd: bool = typer.Option(False, "--containerd", help="The archive is "
+                                    "containerd's, for containerd 2.1-2.3 to restore (an OCI "
+                                    "index; CRI-O never restores it). Without it, a "
+                                    "containerd archive is refused."),
     termination_message_path: Path | None = typer.Option(
         None, "--termination-message-path", metavar="FILE",
         help="Also write the digest and sizes there as JSON (a Job's /dev/termination-log)."),
@@ -81,7 +85,7 @@ def build(
         archive=archive, image=parse_reference(image) if image is not None else None,
         builder=builder.value, compression=compression.value if compression is not None
         else default_compression(builder.value), push=push, oci_layout=oci_layout,
-        oci_index=oci_index), settings)
+        oci_index=oci_index, containerd=containerd), settings)
     if termination_message_path is not None:
         # Kubernetes keeps 4 KiB of a termination message: the few fields a caller needs.
         termination_message_path.write_text(json.dumps({

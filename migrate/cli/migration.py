@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 
+from migrate.cli.completion import (
+    complete_migrations,
+    complete_namespaces,
+    complete_nodes,
+    complete_pods,
+    complete_runs,
+)
 from migrate.cli.images import Builder, Compression
 from migrate.cli.options import (
     AUTHFILE,
@@ -23,12 +32,15 @@ from migrate.cli.options import (
     with_recorded_registry,
     with_registry,
 )
-from migrate.cli.output import Format, emit, say, table
+from migrate.cli.output import Format, ListFormat, emit, say, table
+from migrate.errors import MigrateError
 from migrate.settings import Settings
 
 if TYPE_CHECKING:
     from migrate.pipeline.journal import Journal
-    from migrate.pipeline.preflight import Plan
+    from migrate.pipeline.preflight import Plan, PodRequest
+
+log = logging.getLogger(__name__)
 
 
 class BuildOn(StrEnum):
@@ -43,11 +55,33 @@ def _progress(stage: str, message: str) -> None:
     say(f"migrate: {stage}: {message}")
 
 
+def _quiet(stage: str, message: str) -> None:
+    log.info("%s: %s", stage, message)  # -o json|yaml: stderr stays quiet unless -v
+
+
+def progress_for(output: Format) -> Callable[[str, str], None]:
+    """Where progress goes: stderr for a human (table), the log (-v) with -o json|yaml."""
+    return _progress if output is Format.table else _quiet
+
+
 def _seconds(value: Any) -> str:
     return "-" if value is None else f"{value:.3f} s"
 
 
+def _build_cell(plan: dict[str, Any]) -> str:
+    if plan.get("build_on") == "node":
+        return f"job on {plan['source']} ({plan['build_from']})"
+    return f"here ({plan.get('build_from')})" if plan.get("build_on") else "-"
+
+
 def _human(rep: dict[str, Any]) -> str:
+    if rep.get("dry_run"):
+        plan = rep["plan"]
+        return table(("pod", "from", "to", "containers", "switch-over", "build", "images"),
+                     [(f"{plan['namespace']}/{plan['pod']}", plan["source"],
+                       plan["destination"], ",".join(plan["containers"]), plan["switch"],
+                       _build_cell(plan), " ".join(plan["images"].values()))]) + \
+            "dry run: preflight passed, nothing changed\n"
     text = table(("stage", "status", "time"),
                  [(s["name"], s["status"], _seconds(s["seconds"])) for s in rep["stages"]])
     plan = rep.get("plan") or {}
@@ -69,8 +103,8 @@ def _human(rep: dict[str, Any]) -> str:
 
 
 def _interrupted(journal: Journal) -> None:
-    typer.echo(f"migrate: migration {journal.id} interrupted: `migrate resume {journal.id}` "
-               f"continues it, `migrate rollback {journal.id}` undoes it", err=True)
+    say(f"migrate: migration {journal.id} interrupted: `migrate resume {journal.id}` "
+        f"continues it, `migrate rollback {journal.id}` undoes it")
 
 
 def _finish(settings: Settings, cluster: Any, journal: Journal, output: Format,
@@ -80,19 +114,25 @@ def _finish(settings: Settings, cluster: Any, journal: Journal, output: Format,
     from migrate.adapters import kube
     from migrate.pipeline import migration
 
+    progress = progress_for(output)
     try:
         if new is not None:
             migration.claim(cluster, settings, journal, new)
-            _progress("preflight", f"passed; migration {journal.id} claimed "
-                      f"{new.namespace}/{new.pod}")
-            migration.execute(cluster, settings, journal, _progress)
+            progress("preflight", f"passed; migration {journal.id} claimed "
+                     f"{new.namespace}/{new.pod}")
+            migration.execute(cluster, settings, journal, progress)
         else:
-            migration.resume(cluster, settings, journal, _progress)
+            migration.resume(cluster, settings, journal, progress)
     except migration.StageFailed as e:
         failed = migration.report(e.journal, cluster.requests)
         emit(failed, output.value, lambda: _human(failed))
         raise
     except KeyboardInterrupt:
+        if journal.outcome == "running":
+            journal.interrupted()
+        # The report too: a script reading -o json learns the id and where it stopped.
+        stopped = migration.report(journal, cluster.requests)
+        emit(stopped, output.value, lambda: _human(stopped))
         _interrupted(journal)
         raise
     finally:
@@ -104,19 +144,26 @@ def _finish(settings: Settings, cluster: Any, journal: Journal, output: Format,
 
 def pod(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help="Pod to migrate.", metavar="POD", show_default=False),
-    to: str = typer.Option(..., "--to", help="Destination node.", show_default=False),
+    name: str = typer.Argument(..., help="Pod to migrate.", metavar="POD", show_default=False,
+                               autocompletion=complete_pods),
+    to: str = typer.Option(..., "--to", help="Destination node.", show_default=False,
+                           autocompletion=complete_nodes),
     container: list[str] = typer.Option([], "-c", "--container", help="Container(s) to "
                                         "checkpoint (default: the pod's default).",
                                         show_default=False),
     all_containers: bool = typer.Option(False, "--all-containers", help="Every container."),
     registry: str | None = typer.Option(None, "--registry", help="Push checkpoint images "
-                                        "under HOST:PORT/REPO.", show_default=False),
+                                        "under HOST[:PORT]/REPO (no http://). This or "
+                                        "--image is required.", show_default=False),
     image: str | None = typer.Option(None, "--image", help="The checkpoint image reference "
-                                     "(one container).", show_default=False),
+                                     "(one container). This or --registry is required.",
+                                     show_default=False),
     builder: Builder = typer.Option(Builder.native, "--builder", help="How to build."),
     build_on: BuildOn = typer.Option(BuildOn.auto, "--build-on", help="local: read the "
-                                     "archive here; node: a Job on the source node."),
+                                     "archive here (MIGRATE_NODE_ROOT, or on the source "
+                                     "node); node: a Job on the source node (--tool-image); "
+                                     "auto: local when readable, else node. Checked before "
+                                     "the checkpoint."),
     compression: Compression | None = typer.Option(
         None, "--compression", help="Layer compression (default: none; gzip with --builder "
         "buildah).", show_default=False),
@@ -127,6 +174,8 @@ def pod(
                                   "restored pod (and for the source to go)."),
     cleanup_archive: bool = typer.Option(False, "--cleanup-archive", help="Remove the "
                                          "checkpoint archive from the node afterwards."),
+    keep_archive: bool = typer.Option(False, "--keep-archive", help="Keep the archives of a "
+                                      "run that fails (default: removed with the rest)."),
     tool_image: str | None = typer.Option(None, "--tool-image", envvar="MIGRATE_TOOL_IMAGE",
                                           help="The migrate container image, for --build-on "
                                           "node Jobs.", show_default=False),
@@ -146,6 +195,7 @@ def pod(
 ) -> None:
     """Move a running pod to another node with its memory and files."""
     from migrate.adapters import kube
+    from migrate.adapters.registry.reference import check_prefix
     from migrate.errors import UsageError
     from migrate.pipeline import migration
     from migrate.pipeline.build import default_compression
@@ -156,6 +206,8 @@ def pod(
     if (registry is None) == (image is None):
         raise UsageError("give exactly one of --registry REG and --image REF",
                          hint="--registry names an image per container")
+    if registry is not None:
+        registry = check_prefix(registry)
     settings = with_registry(with_kube(ctx, kubeconfig, context, namespace),
                              authfile=authfile, creds=creds, tls_verify=tls_verify,
                              cert_dir=cert_dir)
@@ -165,26 +217,54 @@ def pod(
                      compression=compression.value if compression is not None
                      else default_compression(builder.value), keep_source=keep_source,
                      dry_run=dry_run, timeout=timeout, cleanup_archive=cleanup_archive,
-                     tool_image=tool_image, registry_secret=registry_secret)
+                     tool_image=tool_image, registry_secret=registry_secret,
+                     keep_archive=keep_archive)
     cluster = kube.connect(settings.kube, background_events=True)
     started = time.perf_counter()
     checked = preflight(cluster, settings, req)
     if dry_run:
-        plan = checked.to_dict()
-        emit({"dry_run": True, "plan": plan}, output.value, lambda: table(
-            ("pod", "from", "to", "containers", "switch-over", "images"),
-            [(f"{plan['namespace']}/{plan['pod']}", plan["source"], plan["destination"],
-              ",".join(plan["containers"]), plan["switch"],
-              " ".join(plan["images"].values()))]))
+        planned = _planned(req, checked, time.perf_counter() - started, cluster.requests)
+        emit(planned, output.value, lambda: _human(planned))
         return
     journal = migration.open_journal(settings, req, checked, time.perf_counter() - started)
     _finish(settings, cluster, journal, output, new=checked)
 
 
+def _planned(req: PodRequest, plan: Plan, seconds: float, requests: int) -> dict[str, Any]:
+    """A dry run in the report's shape (schemas/pod.schema.json): preflight done, nothing
+    else, no journal."""
+    from migrate.pipeline.migration import STAGES
+
+    return {"id": None, "outcome": "planned", "dry_run": True, "plan": plan.to_dict(),
+            "stages": [{"name": s, "status": "done" if s == "preflight" else "pending",
+                        "seconds": round(seconds, 6) if s == "preflight" else None}
+                       for s in STAGES],
+            "checkpoints": {}, "images": {}, "destination_pod": None,
+            "state_window_seconds": None, "unavailability_seconds": None,
+            "api_requests": requests, "actions": []}
+
+
+def _not_a_drain(settings: Settings, journal_id: str, command: str) -> None:
+    """Refuse a drain's id where a migration's is expected, naming the command for it."""
+    from migrate.errors import UsageError
+    from migrate.pipeline.drain import run
+
+    if not journal_id.startswith("drain-"):
+        return
+    try:
+        drain = run.load(settings, journal_id)
+    except MigrateError:
+        return  # not a drain's either: the migration journal's own error says so
+    raise UsageError(f"{journal_id} is a drain ({drain.current_outcome()}), not a migration",
+                     hint=f"`migrate drain --resume {journal_id}` continues it, `migrate "
+                     f"rollback {journal_id}` undoes its migrations in flight"
+                     if command == "resume" else None)
+
+
 def resume(
     ctx: typer.Context,
     journal_id: str = typer.Argument(..., metavar="ID", help="Migration id (migrate history).",
-                                     show_default=False),
+                                     show_default=False, autocompletion=complete_migrations),
     authfile: Path | None = AUTHFILE,
     creds: str | None = CREDS,
     tls_verify: bool | None = TLS_VERIFY_AGAIN,
@@ -203,6 +283,7 @@ def resume(
     from migrate.pipeline.journal import Journal
 
     settings = with_kube(ctx, kubeconfig, context, None)
+    _not_a_drain(settings, journal_id, "resume")
     journal = Journal.load(settings.state_dir, journal_id)
     if journal.outcome in ("succeeded", "rolled-back"):
         raise UsageError(f"migration {journal_id} has {journal.outcome}; nothing to resume")
@@ -216,26 +297,45 @@ def resume(
 
 def rollback(
     ctx: typer.Context,
-    journal_id: str = typer.Argument(..., metavar="ID", help="Migration id (migrate history).",
-                                     show_default=False),
+    journal_id: str = typer.Argument(..., metavar="ID", help="Migration or drain id "
+                                     "(migrate history, migrate history --drains).",
+                                     show_default=False, autocompletion=complete_runs),
     kubeconfig: Path | None = KUBECONFIG,
     context: str | None = CONTEXT,
     output: Format = typer.Option(Format.table, "-o", "--output", help="Output format."),
 ) -> None:
-    """Undo a migration that did not switch over: remove what it created."""
+    """Undo a migration that did not switch over: remove what it created (and release
+    its pod). Given a drain's id: undo the drain's migrations in flight and uncordon its
+    node (pods already moved or evicted stay where they are)."""
     from migrate.adapters import kube
     from migrate.pipeline import migration
+    from migrate.pipeline.drain import run
     from migrate.pipeline.journal import Journal
 
     settings = with_kube(ctx, kubeconfig, context, None)
-    journal = Journal.load(settings.state_dir, journal_id)
+    kind = "drain" if journal_id.startswith("drain-") else "migration"
+    journal = (run.load(settings, journal_id) if kind == "drain"
+               else Journal.load(settings.state_dir, journal_id))
     journal.lock()
     try:
-        undone = migration.rollback_journal(kube.connect(settings.kube), settings, journal)
+        cluster = kube.connect(settings.kube)
+        undone = (run.rollback(cluster, settings, journal) if kind == "drain"
+                  else migration.rollback_journal(cluster, settings, journal))
     finally:
         journal.unlock()
-    emit({"id": journal.id, "outcome": journal.outcome, "undone": undone}, output.value,
-         lambda: "".join(f"{line}\n" for line in undone) or "nothing to undo\n")
+    emit({"id": journal.id, "kind": kind, "outcome": journal.outcome, "undone": undone},
+         output.value, lambda: "".join(f"{line}\n" for line in undone) or "nothing to undo\n")
+
+
+def _stopped_at(j: Journal) -> tuple[str | None, str | None]:
+    """(the stage that failed, the stage it was interrupted in): at most one is set."""
+    outcome = j.current_outcome()
+    if outcome == "interrupted":
+        stage = next((s.name for s in j.stages if s.status in ("running", "failed")), None)
+        return None, stage
+    if outcome in ("failed", "rolled-back"):
+        return next((s.name for s in j.stages if s.status == "failed"), None), None
+    return None, None
 
 
 def history(
@@ -243,10 +343,21 @@ def history(
     drains: bool = typer.Option(False, "--drains",
                                 help="List drains (their ids are what --resume takes) instead "
                                      "of migrations."),
-    output: Format = typer.Option(Format.table, "-o", "--output", help="Output format."),
+    namespace: str | None = typer.Option(None, "-n", "--namespace", show_default=False,
+                                         help="Only the migrations of pods in this namespace.",
+                                         autocompletion=complete_namespaces),
+    all_namespaces: bool = typer.Option(False, "-A", "--all-namespaces", help="Every "
+                                        "namespace (the default; as kubectl takes it)."),
+    output: ListFormat = typer.Option(ListFormat.table, "-o", "--output", help="Output "
+                                      "format; name: the ids alone, one a line."),
 ) -> None:
     """List migrations (or drains) from the journal directory, oldest first."""
+    from migrate.errors import UsageError
+
     settings: Settings = ctx.obj
+    namespace = namespace or settings.kube.namespace  # -n before the command, too
+    if namespace and all_namespaces:
+        raise UsageError("-n and -A exclude each other")
     if drains:
         _drain_history(settings, output)
         return
@@ -255,20 +366,35 @@ def history(
     rows = []
     for j in Journal.history(settings.state_dir):
         req = j.request
-        failed = next((s.name for s in j.stages if s.status == "failed"), "")
         plan = j.stage("preflight").data.get("plan") or {}
-        namespace = plan.get("namespace") or req.get("namespace") or "-"
+        ns = plan.get("namespace") or req.get("namespace") or None
+        if namespace and ns != namespace:
+            continue
+        failed, interrupted = _stopped_at(j)
         rows.append({"id": j.id, "created": j.created, "outcome": j.current_outcome(),
-                     "pod": f"{namespace}/{req.get('pod')}",
-                     "to": req.get("to"), "failed_stage": failed})
-    if not rows and output is Format.table:
-        typer.echo("no migrations recorded", err=True)
-    emit(rows, output.value, lambda: table(
-        ("id", "created", "outcome", "pod", "to", "failed stage"),
-        [tuple(r.values()) for r in rows]))
+                     "pod": f"{ns or '-'}/{req.get('pod')}", "namespace": ns,
+                     "to": req.get("to"), "failed_stage": failed,
+                     "interrupted_stage": interrupted})
+    _rows(rows, output, "no migrations recorded", lambda: table(
+        ("id", "created", "outcome", "pod", "to", "stopped at"),
+        [(r["id"], r["created"], r["outcome"], r["pod"], r["to"],
+          f"{r['failed_stage']} (failed)" if r["failed_stage"] else
+          f"{r['interrupted_stage']} (interrupted)" if r["interrupted_stage"] else "-")
+         for r in rows]))
 
 
-def _drain_history(settings: Settings, output: Format) -> None:
+def _rows(rows: list[dict[str, Any]], output: ListFormat, none: str,
+          human: Callable[[], str]) -> None:
+    """Print a listing: table, JSON, YAML, or (-o name) the ids alone."""
+    if not rows and output is ListFormat.table:
+        say(none)
+    if output is ListFormat.name:
+        typer.echo("".join(f"{r['id']}\n" for r in rows), nl=False)
+        return
+    emit(rows, output.value, human)
+
+
+def _drain_history(settings: Settings, output: ListFormat) -> None:
     from migrate.pipeline.drain.report import counts
     from migrate.pipeline.drain.state import journal_dir
     from migrate.pipeline.journal import Journal
@@ -281,13 +407,11 @@ def _drain_history(settings: Settings, output: Format) -> None:
                      "node": j.request.get("node"),
                      "pods": len(j.stage("plan").data.get("pods") or []),
                      "results": counts(results, "outcome")})
-    if not rows and output is Format.table:
-        typer.echo("no drains recorded", err=True)
 
     def summary(results: dict[str, int]) -> str:
         return ", ".join(f"{n} {outcome}" for outcome, n in sorted(results.items())) or "-"
 
-    emit(rows, output.value, lambda: table(
+    _rows(rows, output, "no drains recorded", lambda: table(
         ("id", "created", "outcome", "node", "pods", "results"),
         [(r["id"], r["created"], r["outcome"], r["node"], str(r["pods"]), summary(r["results"]))
          for r in rows]))

@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from migrate.cli.completion import complete_namespaces
 from migrate.settings import Settings
 
 AUTHFILE = typer.Option(None, "--authfile", help="Registry credentials file "
@@ -26,7 +27,7 @@ KUBECONFIG = typer.Option(None, "--kubeconfig", help="Kubeconfig file (default: 
                           show_default=False)
 CONTEXT = typer.Option(None, "--context", help="Kubeconfig context.", show_default=False)
 NAMESPACE = typer.Option(None, "-n", "--namespace", help="Namespace (default: the context's).",
-                         show_default=False)
+                         show_default=False, autocompletion=complete_namespaces)
 CERT_DIR = typer.Option(None, "--cert-dir", help="Registry CA certificates (*.crt) and "
                         "client pair (*.cert, *.key).")
 
@@ -58,7 +59,10 @@ def with_recorded_registry(base: Settings, recorded: dict[str, Any], *, run: str
 
 def with_kube(ctx: typer.Context, kubeconfig: Path | None, context: str | None,
               namespace: str | None) -> Settings:
-    """The root settings (``ctx.obj``) with one command's cluster options applied."""
+    """The root settings (``ctx.obj``) with one command's cluster options applied; those
+    given before the command (``migrate --context X doctor``) hold where it gives none."""
     base: Settings = ctx.obj
+    kube = base.kube
     return dataclasses.replace(base, kube=dataclasses.replace(
-        base.kube, kubeconfig=kubeconfig, context=context, namespace=namespace))
+        kube, kubeconfig=kubeconfig or kube.kubeconfig, context=context or kube.context,
+        namespace=namespace or kube.namespace))

@@ -15,6 +15,7 @@ output grows with the number of nodes, not with their depth squared.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
 import logging
@@ -32,6 +33,15 @@ class Format(StrEnum):
     table = "table"
     json = "json"
     yaml = "yaml"
+
+
+class ListFormat(StrEnum):
+    """Output formats of lists whose items have names (kubectl's ``-o name``)."""
+
+    table = "table"
+    json = "json"
+    yaml = "yaml"
+    name = "name"
 
 
 class TreeFormat(StrEnum):
@@ -64,6 +74,19 @@ def _escaped(m: re.Match[str]) -> str:
     return _NAMED.get(ch) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
 
 
+#: How the user called the tool: ``migrate``, or ``kubectl migrate`` (the kubectl plugin).
+#: Set once by the CLI boundary (app.run); the commands hints quote are written for it.
+PROGRAM: contextvars.ContextVar[str] = contextvars.ContextVar("program", default="migrate")
+_COMMAND = re.compile(r"(?<=[`'])migrate (?=[a-z-])")
+
+
+def as_invoked(text: str) -> str:
+    """``text`` with the commands it quotes (`` `migrate resume ID` ``, ``'migrate pod
+    --help'``) spelled the way the user runs the tool."""
+    program = PROGRAM.get()
+    return text if program == "migrate" else _COMMAND.sub(program + " ", text)
+
+
 def printable(text: str) -> str:
     """``text`` as one line safe for a terminal: control characters as ``\\n``, ``\\x1b``...
 
@@ -80,7 +103,7 @@ def printable_text(text: str) -> str:
 
 def say(line: str) -> None:
     """One line to stderr for a human (a note, a warning, a progress step), escaped."""
-    typer.echo(printable(line), err=True)
+    typer.echo(printable(as_invoked(line)), err=True)
 
 
 class EscapingFormatter(logging.Formatter):
@@ -216,7 +239,7 @@ def emit(data: Any, fmt: str, human: Callable[[], str]) -> None:
     elif fmt == "yaml":
         typer.echo(_yaml(data), nl=False)
     else:
-        typer.echo(printable_text(human()), nl=False)
+        typer.echo(printable_text(as_invoked(human())), nl=False)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

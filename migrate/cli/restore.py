@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 import typer
 import typer.core
 
+from migrate.cli.completion import complete_namespaces, complete_nodes, complete_pods
+from migrate.cli.examples import Group
 from migrate.cli.options import (
     AUTHFILE,
     CERT_DIR,
@@ -52,14 +54,16 @@ class Engine(StrEnum):
 def manifest(
     ctx: typer.Context,
     from_pod: str | None = typer.Option(None, "--from-pod", metavar="POD", show_default=False,
-                                        help="Render from this live pod."),
+                                        help="Render from this live pod.",
+                                        autocompletion=complete_pods),
     archive: Path | None = typer.Option(None, "--archive", metavar="ARCHIVE", show_default=False,
                                         help="Render from a checkpoint archive (pod gone)."),
     image: list[str] = typer.Option([], "--image", "-i", metavar="[CONTAINER=]REF",
                                     show_default=False, help="Checkpoint image; CONTAINER=REF "
                                     "once per container in a multi-container pod."),
     node: str = typer.Option(..., "--node", metavar="NODE", show_default=False,
-                             help="Node to restore on."),
+                             help="Node to restore on (with --from-pod: checked to exist).",
+                             autocompletion=complete_nodes),
     container: str | None = typer.Option(None, "-c", "--container", show_default=False,
                                          help="Container a plain REF restores (default: the "
                                          "pod's default or only one)."),
@@ -81,7 +85,8 @@ def manifest(
     context: str | None = CONTEXT,
     namespace: str | None = typer.Option(None, "-n", "--namespace", show_default=False,
                                          help="The pod's namespace (default: the context's); "
-                                         "with --archive, the target (default: the archive's)."),
+                                         "with --archive, the target (default: the archive's).",
+                                         autocompletion=complete_namespaces),
     output: ManifestFormat = typer.Option(ManifestFormat.yaml, "-o", "--output",
                                           help="Output format."),
 ) -> None:
@@ -92,7 +97,8 @@ def manifest(
     settings = with_kube(ctx, kubeconfig, context, namespace)
     pod = build_manifest(ManifestRequest(
         images=parse_images(image, digest), node=node, from_pod=from_pod, archive=archive,
-        container=container, namespace=namespace, name=name, generate_name=generate_name,
+        container=container, namespace=namespace or settings.kube.namespace, name=name,
+        generate_name=generate_name,
         k8s_version=k8s_version, drop_labels=tuple(drop_label),
         keep_init_containers=keep_init_containers), settings)
     emit(pod, output.value, lambda: "")
@@ -259,13 +265,15 @@ def stop(
     emit(report.to_dict(), output.value, lambda: _stop_human(report))
 
 
-class _SandboxGroup(typer.core.TyperGroup):
+class _SandboxGroup(Group):
     """`migrate sandbox ARCHIVE ...` means `migrate sandbox restore ARCHIVE ...`: the
     command kept working as it did before `stop` joined it."""
 
+    default_command = "restore"  # what argv.py descends into, too
+
     def parse_args(self, ctx: ClickContext, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
-            args = ["restore", *args]
+            args = [self.default_command, *args]
         return super().parse_args(ctx, args)
 
 

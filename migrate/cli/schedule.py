@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from migrate.cli.completion import complete_namespaces, complete_nodes
+from migrate.cli.examples import Group
 from migrate.cli.options import CONTEXT, KUBECONFIG, with_kube
 from migrate.cli.output import emit
 from migrate.errors import UsageError
@@ -23,8 +25,9 @@ class ManifestFormat(StrEnum):
     json = "json"
 
 
-NAMESPACE = typer.Option("migrate-system", "--namespace", help="Namespace the tool runs in "
-                         "(created).")
+NAMESPACE = typer.Option(None, "-n", "--namespace", help="Namespace the tool runs in "
+                         "(created; default: migrate-system).", show_default=False,
+                         autocompletion=complete_namespaces)
 APPLY = typer.Option(False, "--apply", help="Create or update the objects in the cluster "
                      "instead of printing them (running it again is harmless).")
 K8S_VERSION = typer.Option(None, "--k8s-version", metavar="X.Y", help="Validate against this "
@@ -60,12 +63,20 @@ def _emit_or_apply(settings: Settings, objects: list[dict[str, Any]], apply: boo
     incluster.check(objects, incluster.target_version(version))
     results = incluster.apply(cluster, objects)
     emit(results, "json" if output is ManifestFormat.json else "table", lambda: "".join(
-        f"{r['kind'].lower()}/{r['name']} {r['action']}\n" for r in results))
+        f"{str(r['kind']).lower()}/{r['name']} {r['action']}\n" for r in results))
+
+
+def _namespace(given: str | None, settings: Settings) -> str:
+    """The tool's namespace: -n after the command, or before it, else migrate-system (never
+    the kubeconfig context's: the tool's home is not wherever the operator happens to be)."""
+    from migrate.pipeline.incluster import DEFAULT_NAMESPACE
+
+    return given or settings.kube.namespace or DEFAULT_NAMESPACE
 
 
 def deploy(
     ctx: typer.Context,
-    namespace: str = NAMESPACE,
+    namespace: str | None = NAMESPACE,
     image: str | None = typer.Option(None, "--image", envvar="MIGRATE_TOOL_IMAGE",
                                      help="The tool's image: recorded on the "
                                      "ServiceAccount, the default of `migrate schedule "
@@ -79,9 +90,10 @@ def deploy(
     """The namespace, ServiceAccount and RBAC the tool needs to run in-cluster."""
     from migrate.pipeline import incluster
 
-    objects = incluster.deploy_objects(incluster.Deployment(namespace, image))
-    _emit_or_apply(with_kube(ctx, kubeconfig, context, None), objects, apply, k8s_version,
-                   output)
+    settings = with_kube(ctx, kubeconfig, context, None)
+    objects = incluster.deploy_objects(incluster.Deployment(_namespace(namespace, settings),
+                                                            image))
+    _emit_or_apply(settings, objects, apply, k8s_version, output)
 
 
 def _check_drain_options(ctx: typer.Context, node: str, options: list[str]) -> None:
@@ -100,11 +112,12 @@ def _check_drain_options(ctx: typer.Context, node: str, options: list[str]) -> N
 
 def schedule_drain(
     ctx: typer.Context,
-    node: str = typer.Argument(..., metavar="NODE", help="The node to drain.",
-                               show_default=False),
+    node: str = typer.Argument(..., metavar="NODE", help="The node to drain (with --apply: "
+                               "checked to exist).", show_default=False,
+                               autocompletion=complete_nodes),
     cron: str = typer.Option(..., "--cron", help='When, as five cron fields: "0 2 * * 6" '
                              "is Saturdays at 02:00.", show_default=False),
-    namespace: str = NAMESPACE,
+    namespace: str | None = NAMESPACE,
     image: str | None = typer.Option(None, "--image", envvar="MIGRATE_TOOL_IMAGE",
                                      help="The tool's image (default with --apply: the one "
                                      "`migrate deploy --image` recorded).",
@@ -140,10 +153,19 @@ def schedule_drain(
     options = list(ctx.args)
     _check_drain_options(ctx, node, options)
     settings = with_kube(ctx, kubeconfig, context, None)
-    if image is None and apply:
-        from migrate.adapters import kube
+    namespace = _namespace(namespace, settings)
+    if registry is not None:
+        from migrate.adapters.registry.reference import check_prefix
 
-        image = incluster.service_account_image(kube.connect(settings.kube), namespace)
+        registry = check_prefix(registry)
+    if apply:
+        from migrate.adapters import kube
+        from migrate.pipeline.names import check_node
+
+        cluster = kube.connect(settings.kube)
+        check_node(cluster, node)  # nothing is applied for a node that does not exist
+        if image is None:
+            image = incluster.service_account_image(cluster, namespace)
     if image is None:
         raise UsageError("say which image runs the drain: --image REF",
                          hint="build it from the Containerfile and push it; or record it "
@@ -157,7 +179,7 @@ def schedule_drain(
                    k8s_version, output)
 
 
-schedule_app = typer.Typer(name="schedule", no_args_is_help=True,
+schedule_app = typer.Typer(name="schedule", cls=Group, no_args_is_help=True,
                            help="Run the tool in-cluster on a schedule (CronJobs).")
 
 

@@ -44,13 +44,23 @@ class Match:
 
     pid: int
     command: str
-    address: int | None
+    address: int | None  # of the match's first byte
     file: str
-    offset: int
-    match: str
+    offset: int  # of the match's first byte in the pages file
+    match: str  # the matched bytes alone, escaped
+    # --context bytes before and after the match, escaped; None without --context (a
+    # match at the very start or end of the pages file has "" there).
+    before: str | None = None
+    after: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The match with its context around it, as the table shows it."""
+        return f"{self.before or ''}{self.match}{self.after or ''}"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form; address in hex as memory addresses are read."""
+        """JSON form; address in hex as memory addresses are read. The match and its
+        context are separate fields, so the match's start stays where offset says."""
         return {
             "pid": self.pid,
             "command": self.command,
@@ -58,6 +68,8 @@ class Match:
             "file": self.file,
             "offset": self.offset,
             "match": self.match,
+            "before": self.before,
+            "after": self.after,
         }
 
 
@@ -213,12 +225,18 @@ def search(
         for offset, length in _scan(scanner, pattern, settings):
             start = max(0, offset - context)
             reader.seek(start)
-            text = escape(reader.read(offset - start + length + context))
-            count, chars = count + 1, chars + len(text)
+            raw = reader.read(offset - start + length + context)
+            lead = offset - start
+            before, after = ((escape(raw[:lead]), escape(raw[lead + length:])) if context
+                             else (None, None))
+            found = escape(raw[lead:lead + length])
+            chars += len(found) + len(before or "") + len(after or "")
+            count += 1
             if count > settings.max_matches or chars > settings.max_match_text_bytes:
                 log.warning("stopped after %d matches: more would exceed the limit of %d "
                             "matches or %d characters of match text; narrow the search "
                             "(--pid, a longer pattern, less --context)", count - 1,
                             settings.max_matches, settings.max_match_text_bytes)
                 return
-            yield Match(p, comm, mem.address_of(offset), name, offset, text)
+            yield Match(p, comm, mem.address_of(offset), name, offset, found, before,
+                        after)

@@ -19,13 +19,14 @@ from typing import Any
 
 from migrate.adapters.checkpoint import (
     CRIO_ANNOTATIONS,
+    ENGINE_CONTAINERD,
     ENGINE_CRIO,
     ENGINE_PODMAN,
     SPEC_DUMP,
     Checkpoint,
     Identity,
 )
-from migrate.errors import ArchiveError
+from migrate.errors import ArchiveError, UsageError
 
 CRIO = "io.kubernetes.cri-o.annotations.checkpoint."
 CRIU = "org.criu.checkpoint."
@@ -60,19 +61,33 @@ def _architecture(ckpt: Checkpoint) -> str:
     return _ARCHES.get(ckpt.core(tree[0].pid).mtype, "") if tree else ""
 
 
-def check_restorable(ckpt: Checkpoint, who: Identity) -> None:
-    """Refuse what CRI-O would refuse, before anything is uploaded."""
+def check_restorable(ckpt: Checkpoint, who: Identity, containerd: bool = False) -> None:
+    """Refuse what CRI-O would refuse, before anything is uploaded.
+
+    ``containerd``: the image is for containerd 2.1-2.3, which restore their own
+    archives (`migrate build --containerd`): a containerd archive is what it takes.
+    """
     if not who.container:
         raise ArchiveError(ckpt.label, "names no container", hint=_REFUSED, member=SPEC_DUMP)
+    if containerd and who.engine != ENGINE_CONTAINERD:
+        raise UsageError(f"--containerd: {ckpt.label} is {who.engine}'s checkpoint, and "
+                         "containerd restores only its own", hint="leave out --containerd")
+    if who.engine == ENGINE_CONTAINERD and not containerd:
+        raise ArchiveError(ckpt.label, f"is a containerd checkpoint: CRI-O refuses to restore "
+                           f"it (its spec.dump has no {CRIO_ANNOTATIONS} annotation)",
+                           hint="CRI-O restores only CRI-O's archives; nothing was uploaded "
+                           "(containerd 2.1-2.3 restore their own: `migrate build "
+                           "--containerd`)")
     if who.engine == ENGINE_CRIO and CRIO_ANNOTATIONS not in ckpt.annotations:
         raise ArchiveError(ckpt.label, f"has no {CRIO_ANNOTATIONS} annotation", hint=_REFUSED,
                            member=SPEC_DUMP)
 
 
-def checkpoint_image_info(ckpt: Checkpoint) -> CheckpointImageInfo:
-    """Check the archive and derive the image's annotations from config.dump and spec.dump."""
+def checkpoint_image_info(ckpt: Checkpoint, containerd: bool = False) -> CheckpointImageInfo:
+    """Check the archive and derive the image's annotations from config.dump and spec.dump
+    (``containerd``: see `check_restorable`)."""
     who = ckpt.identity()
-    check_restorable(ckpt, who)
+    check_restorable(ckpt, who, containerd)
     config = ckpt.config
     image_name = config.get("rootfsImageName") or ckpt.annotations.get(
         "io.kubernetes.cri-o.ImageName", "")

@@ -56,6 +56,7 @@ class BuildRequest:
     push: bool = True
     oci_layout: Path | None = None
     oci_index: bool = False
+    containerd: bool = False  # a containerd archive, for containerd 2.1-2.3 (an OCI index)
 
     def check(self) -> None:
         """Refuse contradictory requests before any work."""
@@ -78,8 +79,9 @@ class BuildRequest:
             raise UsageError("buildah cannot push uncompressed layers",
                              hint="use --builder native for --compression none, or give "
                              "buildah --compression gzip or zstd")
-        if self.oci_index and self.builder == "buildah":
-            raise UsageError("--oci-index is only made by the native builder",
+        if (self.oci_index or self.containerd) and self.builder == "buildah":
+            raise UsageError(f"{'--oci-index' if self.oci_index else '--containerd'} is only "
+                             "made by the native builder (an OCI index)",
                              hint="use --builder native")
 
 
@@ -143,7 +145,7 @@ def build_image(req: BuildRequest, settings: Settings,
         ckpt = Checkpoint(req.archive, settings.archive)
     with ckpt:
         with timer.step("validate"):
-            info = checkpoint_image_info(ckpt)
+            info = checkpoint_image_info(ckpt, req.containerd)
         return _build(req, settings, ckpt, info, timer, on_progress)
 
 
@@ -170,8 +172,9 @@ def _build(req: BuildRequest, settings: Settings, ckpt: Checkpoint, info: Checkp
         result = build_native(req.archive, info, target, tag=image.tag or None,
                               compression=req.compression,
                               chunk_bytes=settings.registry.chunk_bytes,
-                              oci_index=req.oci_index, timer=timer, on_progress=on_progress,
-                              fd=ckpt.archive.fd)
+                              # containerd reads the annotations from the index
+                              oci_index=req.oci_index or req.containerd, timer=timer,
+                              on_progress=on_progress, fd=ckpt.archive.fd)
         digest, layer_size, image_size = result.digest, result.layer.size, result.image_size
         # An OCI layout is written, not uploaded; a registry may have had the layer.
         uploaded = isinstance(target, RegistryTarget) and target.layer_uploaded

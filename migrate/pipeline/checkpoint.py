@@ -16,6 +16,7 @@ from typing import Any
 from migrate.adapters import kube
 from migrate.adapters.kubelet import KubeletEndpoint, checkpoint_direct
 from migrate.errors import ClusterError, UsageError
+from migrate.pipeline import names
 from migrate.pipeline.containers import resolve_container
 
 
@@ -55,7 +56,7 @@ def checkpoint(cluster: kube.Cluster, req: CheckpointRequest) -> CheckpointResul
     if req.via == "kubelet" and req.kubelet is None:
         raise UsageError("--via kubelet needs --kubelet-url, --cert and --key")
     namespace = req.namespace or cluster.namespace
-    pod = kube.read_pod(cluster, namespace, req.pod)
+    pod = names.read_pod(cluster, namespace, req.pod)
     phase = (pod.get("status") or {}).get("phase", "Unknown")
     node = (pod.get("spec") or {}).get("nodeName")
     if phase != "Running" or not node:

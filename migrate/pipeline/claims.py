@@ -28,6 +28,8 @@ from migrate.pipeline.journal import Journal
 Obj = dict[str, Any]
 
 CLAIM = "migrate.dev/claimed-by"
+#: The label every pod a run creates carries: its run id (rollback finds them by it).
+RUN_LABEL = "migrate.dev/migration"
 #: Tries of a claim (or release) whose write met a conflict: each re-reads the pod.
 ATTEMPTS = 5
 ENDED = frozenset({"succeeded", "failed", "rolled-back"})
@@ -85,6 +87,22 @@ def check(state_dir: Path | None, pod: Obj, run: str | None = None) -> None:
         meta = pod["metadata"]
         raise Claimed(f"pod {meta.get('namespace')}/{meta['name']} is {verdict.why}",
                       hint=verdict.hint)
+
+
+def check_journals(state_dir: Path | None, pod: Obj) -> None:
+    """Refuse a pod that a run recorded on this machine has not finished with, even
+    when the pod carries no claim (a run stopped before it could write one): a new run
+    would checkpoint it again beside the one left. Runs of another pod of the same name
+    (another uid) do not count."""
+    meta = pod.get("metadata") or {}
+    for journal in Journal.of_subject(state_dir, "pod", str(meta.get("name", ""))):
+        plan = journal.stage("preflight").data.get("plan") or {}
+        if (journal.request.get("pod") != meta.get("name") or plan.get("uid") != meta.get("uid")
+                or journal.current_outcome() not in ("running", "interrupted")):
+            continue
+        verdict = judge(state_dir, pod, journal.id)
+        raise Claimed(f"pod {meta.get('namespace')}/{meta['name']} is "
+                      f"{verdict.why.replace('claimed by', 'held by', 1)}", hint=verdict.hint)
 
 
 def blocked_reason(state_dir: Path | None, pod: Obj) -> str | None:

@@ -20,9 +20,9 @@ from typing import Any
 from migrate.adapters import kube
 from migrate.adapters.buildah import buildah_version
 from migrate.adapters.registry.client import RegistryClient
-from migrate.adapters.registry.reference import Reference
+from migrate.adapters.registry.reference import Reference, check_prefix
 from migrate.errors import MigrateError, NotFoundError, UsageError
-from migrate.pipeline import nodes
+from migrate.pipeline import names, nodes
 from migrate.pipeline.probe import ProbeRequest, ProbeResult, probe
 from migrate.settings import RetrySettings, Settings
 
@@ -45,10 +45,10 @@ class Check:
     detail: str
     hint: str = ""
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, str | None]:
         """JSON form (schemas/doctor.schema.json)."""
         return {"check": self.name, "status": self.status.value, "detail": self.detail,
-                "hint": self.hint}
+                "hint": self.hint or None}
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,10 @@ def _runtime_check(node: dict[str, Any]) -> Check:
                     rt.restore_default, "checkpoint, restore probably off by default")
         return Check(row, Status.WARN, f"{rt.shown}: {what}", rt.reason)
     if rt.can_checkpoint:
-        return Check(row, Status.WARN, f"{rt.shown}: checkpoint only", rt.reason)
+        # containerd: it checkpoints, but CRI-O restores none of its archives, and it
+        # restores none of CRI-O's: pods neither leave it nor land on it.
+        return Check(row, Status.WARN, f"{rt.shown}: checkpoints, but neither a source nor "
+                     "a destination", rt.reason)
     return Check(row, Status.FAIL, rt.shown if rt.name else "unknown runtime", rt.reason)
 
 
@@ -180,17 +183,16 @@ def _node_checks(node: dict[str, Any]) -> Iterator[Check]:
         yield Check(f"node {name}: schedulable", Status.PASS, "schedulable")
 
 
-def _read(cluster: kube.Cluster, names: tuple[str, ...]) -> Iterator[dict[str, Any] | Check]:
+def _read(cluster: kube.Cluster, wanted: tuple[str, ...]) -> Iterator[dict[str, Any] | Check]:
     """The named nodes (a FAIL row for each that cannot be read), or every node."""
-    if not names:
+    if not wanted:
         yield from kube.list_nodes(cluster)
         return
-    for name in names:
+    for node_name in wanted:
         try:
-            yield kube.read_node(cluster, name)
+            yield names.read_node(cluster, node_name)
         except NotFoundError as e:
-            yield Check(f"node {name}", Status.FAIL, e.message,
-                        "`kubectl get nodes` lists the names")
+            yield Check(f"node {node_name}", Status.FAIL, e.message, e.hint or "")
 
 
 def _nodes(cluster: kube.Cluster, names: tuple[str, ...]) -> Iterator[Check]:
@@ -225,10 +227,7 @@ def _cluster(settings: Settings, req: DoctorRequest) -> Iterator[Check]:
 
 def registry_reference(registry: str) -> Reference:
     """``HOST[:PORT][/REPOSITORY]`` as a reference (a repository is needed for token scopes)."""
-    host, _, repository = registry.partition("/")
-    if not host or ("." not in host and ":" not in host and host != "localhost"):
-        raise UsageError(f"--registry {registry!r} does not start with a registry host",
-                         hint="use HOST[:PORT][/REPOSITORY], e.g. registry.example:5000/ckpt")
+    host, _, repository = check_prefix(registry).partition("/")
     return Reference(host, repository.strip("/") or "migrate/doctor", "latest", None)
 
 

@@ -60,6 +60,8 @@ API_CALLS: dict[str, tuple[Permission, ...]] = {
     "create_secret": (("", "secrets", "create"),),  # --build-on node: temporary credentials
     "delete_secret": (("", "secrets", "delete"),),
     "create_event": (("", "events", "create"),),
+    # what the kubelet reports while the restored pod starts (pulling, restoring)
+    "watch_events": (("", "events", "list"), ("", "events", "watch")),
     # migrate drain
     "patch_node": (("", "nodes", "patch"),),  # cordon, uncordon
     "list_nodes_matching": (("", "nodes", "list"),),
@@ -68,7 +70,7 @@ API_CALLS: dict[str, tuple[Permission, ...]] = {
 }
 
 #: Adapter functions the operator runs with their own credentials, never in-cluster.
-OPERATOR_ONLY = frozenset({"apply_object", "read_object"})
+OPERATOR_ONLY = frozenset({"apply_object", "read_object", "list_namespaces"})
 
 
 def cluster_rules(permissions: Iterable[Permission] | None = None) -> list[Obj]:
@@ -125,10 +127,11 @@ def check(objects: list[Obj], version: str) -> None:
         check_kubernetes(obj, version, f"{obj.get('kind')} {where}{meta.get('name')}")
 
 
-def apply(cluster: kube.Cluster, objects: list[Obj]) -> list[dict[str, str]]:
-    """Create or update each object, in order; what happened to each (idempotent)."""
-    return [{"kind": obj["kind"], "name": obj["metadata"]["name"],
-             "namespace": obj["metadata"].get("namespace", ""),
+def apply(cluster: kube.Cluster, objects: list[Obj]) -> list[dict[str, str | None]]:
+    """Create or update each object, in order; what happened to each (idempotent;
+    schemas/apply.schema.json: a cluster-scoped object's namespace is null)."""
+    return [{"kind": obj["kind"], "namespace": obj["metadata"].get("namespace"),
+             "name": obj["metadata"]["name"],
              "action": kube.apply_object(cluster, obj)} for obj in objects]
 
 

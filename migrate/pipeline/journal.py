@@ -122,6 +122,20 @@ class Journal:
                              hint="it can be removed; check the cluster by hand") from e
 
     @classmethod
+    def of_subject(cls, state_dir: Path | None, kind: str, subject: str) -> list[Journal]:
+        """The readable journals of ``kind`` whose id was made from ``subject`` (a pod's
+        name), oldest first: only their files are read, not the whole history."""
+        directory = _directory(state_dir)
+        prefix = _new_id(kind, subject).rsplit("-", 2)[0]  # without the time and the nonce
+        out = []
+        for path in sorted(directory.glob(f"{prefix}-*.json")):
+            try:
+                out.append(cls.load(state_dir, path.stem))
+            except MigrateError:
+                continue
+        return sorted(out, key=lambda j: j.created)
+
+    @classmethod
     def history(cls, state_dir: Path | None) -> list[Journal]:
         """Every readable journal, oldest first."""
         out = []

@@ -18,6 +18,7 @@ from typing import Any
 from migrate.adapters import kube
 from migrate.adapters.checkpoint import Checkpoint
 from migrate.errors import UsageError
+from migrate.pipeline import names
 from migrate.pipeline.archive_pod import pod_from_checkpoint
 from migrate.pipeline.manifest import (
     DEFAULT_K8S_VERSION,
@@ -76,7 +77,9 @@ def _source(req: ManifestRequest, settings: Settings) -> tuple[PodSource, str]:
         return source, kubernetes_version(req.k8s_version or DEFAULT_K8S_VERSION)
     assert req.from_pod is not None
     cluster = kube.connect(settings.kube)
-    pod = kube.read_pod(cluster, req.namespace or cluster.namespace, req.from_pod)
+    pod = names.read_pod(cluster, req.namespace or cluster.namespace, req.from_pod)
+    # A Pod pinned to a node that does not exist would wait for ever: refuse it now.
+    names.check_node(cluster, req.node, "--node")
     version = (kubernetes_version(req.k8s_version) if req.k8s_version
                else cluster_version(kube.server_minor_version(cluster)))
     return PodSource(pod), version

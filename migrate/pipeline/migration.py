@@ -32,11 +32,11 @@ from migrate.pipeline import claims, nodebuild, nodes, restore, switchover, trus
 from migrate.pipeline.build import BuildRequest, build_image
 from migrate.pipeline.journal import DONE, Journal
 from migrate.pipeline.manifest import PodSource, RestoreOptions, render_restore_pod
-from migrate.pipeline.preflight import Plan, PodRequest, preflight
+from migrate.pipeline.preflight import Plan, PodRequest, locate, preflight
 from migrate.settings import Settings
 from migrate.units import human_size
 
-RUN_LABEL = "migrate.dev/migration"
+RUN_LABEL = claims.RUN_LABEL
 STAGES = ["preflight", "checkpoint", "build", "create", "verify", "switchover", "cleanup"]
 Obj = dict[str, Any]
 Progress = Callable[[str, str], None]  # (stage, message)
@@ -98,19 +98,14 @@ def _checkpoint(run: Run) -> dict[str, Any]:
     return {"archives": archives, "taken_at": started}
 
 
-def locate(node: str, path: str, settings: Settings) -> Path:
-    """Where this machine reads ``path`` of ``node`` (see `Settings.node_root`)."""
-    if settings.node_root:
-        return Path(settings.node_root.format(node=node)) / path.lstrip("/")
-    return Path(path)
-
-
 def _build(run: Run) -> dict[str, Any]:
     plan, req = run.plan, run.req
     images: dict[str, Any] = {}
     for container, info in run.data("checkpoint")["archives"].items():
         local = locate(plan.source, info["path"], run.settings)
-        on_node = req.build_on == "node" or (req.build_on == "auto" and not local.is_file())
+        # Preflight chose (journals older than that choice decide here, as they did).
+        on_node = plan.build_on == "node" if plan.build_on else (
+            req.build_on == "node" or (req.build_on == "auto" and not local.is_file()))
         if on_node:
             images[container] = _build_on_node(run, container, info["path"])
         elif not local.is_file():
@@ -264,9 +259,12 @@ def _verify(run: Run) -> dict[str, Any]:
     # watch then answers 410 and lists).
     runtime = nodes.parse_runtime(plan.destination_runtime) if plan.destination_runtime \
         else None
+    sizes = {c: int(i.get("image_size") or 0) for c, i in run.data("build")["images"].items()}
+    report = restore.KubeletReport(lambda message: run.progress("verify", message), sizes)
     restored = restore.wait_restored(run.cluster, plan.namespace, created["pod"],
                                      plan.destination, digests, run.req.timeout,
-                                     since=created.get("resource_version"), runtime=runtime)
+                                     since=created.get("resource_version"), runtime=runtime,
+                                     uid=created.get("uid"), report=report)
     _event(run, _known(plan.namespace, created["pod"], restored.uid), "Restored",
            f"restored from {', '.join(sorted(set(digests.values())))} "
            f"(migration {run.journal.id} from {plan.source})")
@@ -511,6 +509,7 @@ def rollback(run: Run) -> list[str]:
             kube.patch_pod(run.cluster, run.plan.namespace, run.plan.pod, {"metadata": {
                 "annotations": {switchover.DELETION_COST: None}}})
             undone.append(f"removed the deletion cost from {run.plan.pod}")
+    undone += _remove_archives(run)
     for line in undone:
         journal.record("rollback: " + line)
     journal.objects = []
@@ -520,6 +519,27 @@ def rollback(run: Run) -> list[str]:
         undone.append(f"released the claim on {run.plan.pod}")
         journal.record("rollback: " + undone[-1])
     return undone
+
+
+def _remove_archives(run: Run) -> list[str]:
+    """Remove the checkpoint archives this run made (each one a copy of the container's
+    memory, secrets included), unless --keep-archive; an archive this machine cannot
+    read is named instead: it stays on its node."""
+    plan, actions = run.plan, run.journal.actions
+    made = [a["archive"] for a in actions if a["action"] == "checkpointed"]
+    gone = {a.get("path") for a in actions if a["action"] == "archive removed"}
+    out = []
+    for path in (p for p in made if p not in gone):
+        local = locate(plan.source, path, run.settings)
+        if run.req.keep_archive:
+            out.append(f"kept the archive {path} on {plan.source} (--keep-archive)")
+        elif local.is_file():
+            local.unlink(missing_ok=True)
+            run.journal.record("archive removed", path=path)
+            out.append(f"removed the archive {path} from {plan.source}")
+        else:
+            out.append(f"left the archive {path} on {plan.source}: it is not readable here")
+    return out
 
 
 def _release(run: Run) -> bool:
@@ -552,7 +572,7 @@ def report(journal: Journal, api_requests: int | None = None) -> dict[str, Any]:
     stopped = stages["switchover"].data.get("source_stopped_at")
     plan = stages["preflight"].data.get("plan")
     out: dict[str, Any] = {
-        "id": journal.id, "outcome": journal.outcome, "plan": plan,
+        "id": journal.id, "outcome": journal.outcome, "dry_run": False, "plan": plan,
         "stages": [{"name": s.name, "status": s.status, "seconds": s.seconds,
                     **({"error": s.error} if s.error else {})} for s in journal.stages],
         "checkpoints": stages["checkpoint"].data.get("archives", {}),

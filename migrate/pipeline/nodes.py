@@ -103,6 +103,23 @@ class Runtime:
     restore_default: str = "on"  # on | off | disabled | unsettled (see `crio_default`)
 
     @property
+    def can_source(self) -> bool:
+        """Whether migrate can move pods off this node: it checkpoints, and its archives
+        are CRI-O's, which CRI-O destinations restore."""
+        return self.name == "cri-o" and self.can_checkpoint
+
+    @property
+    def source_reason(self) -> str:
+        """Why pods on this node cannot be migrated ("" when they can)."""
+        if self.can_source:
+            return ""
+        if self.name == "containerd" and self.can_checkpoint:
+            return (f"{self.shown} checkpoints, but CRI-O refuses to restore containerd's "
+                    "archives (their spec.dump has no io.kubernetes.cri-o.Annotations), and "
+                    "migrate restores only on CRI-O")
+        return f"{self.shown} cannot checkpoint: {self.reason}"
+
+    @property
     def shown(self) -> str:
         """``name://version`` as the node reports it."""
         return f"{self.name}://{self.version}" if self.name else "unknown runtime"
@@ -158,8 +175,8 @@ def parse_runtime(raw: str) -> Runtime:
                            "containerd checkpoints from 2.0 and cannot restore CRI-O archives")
         return Runtime(name, version, True, False,
                        "containerd can checkpoint (2.0+) but does not restore CRI-O "
-                       "checkpoint images (restore was removed in 2.4): a source, never "
-                       "a destination", "off")
+                       "checkpoint images (restore was removed in 2.4), and CRI-O does not "
+                       "restore its archives: neither a source nor a destination", "off")
     shown = raw or "no runtime reported"
     return Runtime(name, version, False, False,
                    f"{shown}: only CRI-O (and containerd as a source) support checkpoints")

@@ -1,25 +1,30 @@
 """Preflight: everything that can be known before anything is changed.
 
-The pod exists and runs; no other migration claims it (claims.py); its owner
-lets it move; the destination exists, is Ready, schedulable, not the source,
-runs CRI-O and admits the pod; the registry answers. The result is the
-`Plan` every later stage follows, and what `--dry-run` prints.
+The pod exists and runs; no other migration holds it (claims.py: its claim,
+its journal on this machine, a restored copy still there); its owner lets it
+move; its node's runtime makes archives CRI-O restores; the destination
+exists, is Ready, schedulable, not the source, runs CRI-O and admits the pod;
+the image build has a place to run (the archive readable here, or a Job on
+the source node from the tool's image); the registry answers. The result is
+the `Plan` every later stage follows, and what `--dry-run` prints.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from migrate.adapters import kube
 from migrate.adapters.registry.client import RegistryClient
 from migrate.adapters.registry.reference import Reference, parse_reference
 from migrate.errors import ClusterError, UsageError
-from migrate.pipeline import claims, nodes, placement
+from migrate.pipeline import claims, names, nodebuild, nodes, placement
 from migrate.pipeline.containers import resolve_container
-from migrate.settings import Settings
+from migrate.settings import DEFAULT_CHECKPOINT_DIR, Settings
 
 Obj = dict[str, Any]
 
@@ -56,6 +61,7 @@ class PodRequest:
     cleanup_archive: bool = False
     tool_image: str | None = None  # the tool's own image, for --build-on node Jobs
     registry_secret: str | None = None  # dockerconfigjson Secret for node builds
+    keep_archive: bool = False  # a failed run keeps the archives it made (else removed)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (kept in the journal, so `resume` runs the same request)."""
@@ -86,6 +92,12 @@ class Plan:
     # What the destination reports as its runtime (cri-o://1.34.12): the hint when it
     # will not restore names its setting. "" in journals written before it was kept.
     destination_runtime: str = ""
+    # Where the image is built: "local" (the archive read here, in `build_from`, the
+    # source's checkpoint directory as this machine sees it) or "node" (a Job on the
+    # source node; `build_from` is the tool's image). "" in older journals: decided
+    # once the archive exists, as before.
+    build_on: str = ""
+    build_from: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -93,7 +105,8 @@ class Plan:
                 "source": self.source, "destination": self.destination,
                 "containers": list(self.containers), "images": self.images,
                 "owner": {"kind": self.owner[0], "name": self.owner[1]} if self.owner else None,
-                "switch": self.switch, "destination_runtime": self.destination_runtime}
+                "switch": self.switch, "destination_runtime": self.destination_runtime or None,
+                "build_on": self.build_on or None, "build_from": self.build_from or None}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Plan:
@@ -101,7 +114,9 @@ class Plan:
         owner = (d["owner"]["kind"], d["owner"]["name"]) if d.get("owner") else None
         return cls(d["namespace"], d["pod"], d["uid"], d["source"], d["destination"],
                    tuple(d["containers"]), dict(d["images"]), owner, d["switch"],
-                   destination_runtime=str(d.get("destination_runtime") or ""))
+                   destination_runtime=str(d.get("destination_runtime") or ""),
+                   build_on=str(d.get("build_on") or ""),
+                   build_from=str(d.get("build_from") or ""))
 
 
 def controller_of(pod: Obj) -> tuple[str, str] | None:
@@ -174,6 +189,102 @@ def check_destination(pod: Obj, node: Obj, source: str) -> None:
                            "node out; pick another with --to")
 
 
+def check_source(namespace: str, pod: str, node: Obj) -> None:
+    """Refuse a pod whose node makes archives CRI-O cannot restore, before its checkpoint."""
+    rt = nodes.runtime_of(node)
+    if rt.can_source:
+        return
+    name = node["metadata"]["name"]
+    raise ClusterError(f"pod {namespace}/{pod} runs on {name}, whose runtime cannot be a "
+                       f"source: {rt.source_reason}",
+                       hint="only pods on CRI-O nodes can be migrated (`migrate doctor` "
+                       "lists the nodes' runtimes); nothing was checkpointed")
+
+
+def locate(node: str, path: str, settings: Settings) -> Path:
+    """Where this machine reads ``path`` of ``node`` (see `Settings.node_root`)."""
+    if settings.node_root:
+        return Path(settings.node_root.format(node=node)) / path.lstrip("/")
+    return Path(path)
+
+
+def _readable_here(settings: Settings, node: str) -> tuple[Path, str]:
+    """The node's checkpoint directory as this machine sees it, and why it cannot be read
+    here ("" when it can)."""
+    here = locate(node, str(DEFAULT_CHECKPOINT_DIR), settings)
+    if settings.node_root:
+        root = locate(node, "/", settings)
+        if not root.is_dir():
+            return here, f"{root} (MIGRATE_NODE_ROOT for {node}) does not exist"
+    elif os.uname().nodename.split(".")[0] != node.split(".")[0]:
+        return here, f"this machine is not {node} and MIGRATE_NODE_ROOT is not set"
+    # The kubelet makes the directory at its first checkpoint: its parent will do.
+    probe = here if here.exists() else here.parent
+    if not os.access(probe, os.R_OK | os.X_OK):
+        return here, f"{probe} is not readable here"
+    return here, ""
+
+
+def build_location(settings: Settings, source: str, build_on: str,
+                   tool_image: str | None) -> tuple[str, str]:
+    """Where the image of an archive of ``source`` will be built, proved possible before
+    anything is checkpointed: ("local", the checkpoint directory as read here) or
+    ("node", the tool's image for the Job)."""
+    here, why = _readable_here(settings, source)
+    where = ("set MIGRATE_NODE_ROOT to where this machine sees each node's files (e.g. "
+             "/mnt/nodes/{node}), or run migrate on " + source)
+    if build_on == "local":
+        if why:
+            raise UsageError(f"--build-on local: the archives of {source} are not readable "
+                             f"here: {why}", hint=where + "; or build in a Job on the node: "
+                             "--build-on node --tool-image IMAGE")
+        return "local", str(here)
+    if build_on == "node" or why:
+        if not tool_image:
+            first = ("--build-on node needs the tool's container image" if build_on == "node"
+                     else f"the image build has nowhere to run: the archives of {source} "
+                     f"are not readable here ({why}), and a build on the node needs the "
+                     "tool's container image")
+            raise UsageError(first, hint="give --tool-image REF (or MIGRATE_TOOL_IMAGE): "
+                             "the migrate image, built from the Containerfile and pushed"
+                             + ("" if build_on == "node" else "; or " + where))
+        return "node", nodebuild.check_tool_image(tool_image)
+    return "local", str(here)
+
+
+def check_restore_name(cluster: kube.Cluster, settings: Settings, pod: Obj) -> None:
+    """Refuse when the restored copy's name is taken: by a copy another run left (named,
+    with how to resume or undo it), or by a pod migrate did not make."""
+    from migrate.pipeline.manifest import derive_name
+
+    meta = pod["metadata"]
+    name = derive_name(meta["name"])
+    found = kube.list_pods(cluster, meta["namespace"], field_selector=f"metadata.name={name}")
+    if not found:
+        return
+    other = ((found[0]["metadata"].get("labels") or {}).get(claims.RUN_LABEL))
+    where = f"{meta['namespace']}/{name}"
+    if found[0]["metadata"].get("deletionTimestamp"):
+        made = f", the restored copy of migration {other}," if other else ""
+        raise claims.Claimed(f"pod {where}{made} is still being deleted: the restored copy "
+                             "needs its name", hint="run it again once it is gone (kubectl get "
+                             f"pod -n {meta['namespace']} {name})")
+    if other:
+        verdict = claims.judge(settings.state_dir, pod, other)
+        why = verdict.why.removeprefix(f"claimed by migration {other}, ") or "which has ended"
+        delete = f"kubectl delete pod -n {meta['namespace']} {name}"
+        hint = verdict.hint or f"it is left over: `migrate rollback {other}` removes it (or " \
+            f"{delete})"
+        if "journal is not on this machine" in why:
+            hint = (f"roll it back where it ran (`migrate rollback {other}`); if that run is "
+                    f"gone for good, delete the copy: {delete}")
+        raise claims.Claimed(f"pod {where} is the restored copy of migration {other}, {why}",
+                             hint=hint)
+    raise claims.Claimed(f"pod {where} exists and was not made by migrate: the restored copy "
+                         "would take its name", hint=f"delete or rename it (kubectl delete pod "
+                         f"-n {meta['namespace']} {name}) if it is not needed")
+
+
 def check_registry(settings: Settings, images: dict[str, str]) -> None:
     """Log in to each registry once: fail now rather than after the checkpoint."""
     seen: set[str] = set()
@@ -187,7 +298,7 @@ def check_registry(settings: Settings, images: dict[str, str]) -> None:
 def preflight(cluster: kube.Cluster, settings: Settings, req: PodRequest) -> Plan:
     """Check everything; return the plan, or raise the first reason it cannot work."""
     namespace = req.namespace or cluster.namespace
-    pod = kube.read_pod(cluster, namespace, req.pod)
+    pod = names.read_pod(cluster, namespace, req.pod)
     phase = (pod.get("status") or {}).get("phase", "Unknown")
     source = (pod.get("spec") or {}).get("nodeName") or ""
     if phase != "Running" or not source:
@@ -197,6 +308,7 @@ def preflight(cluster: kube.Cluster, settings: Settings, req: PodRequest) -> Pla
         raise ClusterError(f"pod {namespace}/{req.pod} is being deleted",
                            hint="nothing to migrate")
     claims.check(settings.state_dir, pod)
+    claims.check_journals(settings.state_dir, pod)
     owner = controller_of(pod)
     if owner and owner[0] in REFUSED_OWNERS:
         raise UsageError(f"pod {namespace}/{req.pod} is owned by {owner[0]} {owner[1]}: "
@@ -205,12 +317,17 @@ def preflight(cluster: kube.Cluster, settings: Settings, req: PodRequest) -> Pla
         raise UsageError(f"pod {namespace}/{req.pod} is controlled by {owner[0]} {owner[1]}, "
                          "which migrate cannot hand a pod over to",
                          hint="only bare pods and ReplicaSet (Deployment) pods can move")
-    destination = kube.read_node(cluster, req.to)
+    if owner is None:  # a controller's copy is named by generateName: no name to take
+        check_restore_name(cluster, settings, pod)
+    check_source(namespace, req.pod, kube.read_node(cluster, source))
+    destination = names.read_node(cluster, req.to, "--to")
     check_destination(pod, destination, source)
     containers = _containers(pod, req)
     images = _images(req, namespace, _workload(pod, owner), containers)
+    build_on, build_from = build_location(settings, source, req.build_on, req.tool_image)
     check_registry(settings, images)
     switch = "keep" if req.keep_source else ("handover" if owner else "delete")
     return Plan(namespace, req.pod, pod["metadata"].get("uid", ""), source, req.to, containers,
                 images, owner, switch, pod["metadata"].get("resourceVersion"),
-                destination_runtime=nodes.reported_runtime(destination))
+                destination_runtime=nodes.reported_runtime(destination),
+                build_on=build_on, build_from=build_from)

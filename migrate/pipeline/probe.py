@@ -31,10 +31,12 @@ from typing import Any
 from migrate.adapters import kube
 from migrate.adapters.registry.client import RegistryClient
 from migrate.adapters.registry.reference import parse_reference
-from migrate.errors import ClusterError, MigrateError, UsageError
+from migrate.errors import ClusterError, MigrateError, NotFoundError, UsageError
 from migrate.pipeline import nodebuild, nodes, restore
 from migrate.pipeline.build import BuildRequest, build_image
 from migrate.pipeline.manifest import PodSource, RestoreOptions, render_restore_pod
+from migrate.pipeline.names import suggestion
+from migrate.pipeline.preflight import build_location, locate
 from migrate.pipeline.refusals import FATAL_WAITING, PROBE_SUGGESTION, PULLING, pull_refused
 from migrate.settings import Settings
 
@@ -76,7 +78,8 @@ class ProbeResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
         return {"node": self.node, "source": self.source, "status": self.status,
-                "stage": self.stage, "message": self.message, "hint": self.hint,
+                "stage": self.stage, "message": self.message or None,
+                "hint": self.hint or None,
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
                 "image": self.image, "leftovers": self.leftovers}
 
@@ -132,16 +135,23 @@ def pick_source(all_nodes: list[Obj], destination: str, wanted: str | None) -> O
     if wanted is not None:
         found = [n for n in all_nodes if n["metadata"]["name"] == wanted]
         if not found:
-            raise UsageError(f"--probe-source {wanted}: no such node",
-                             hint="`kubectl get nodes` lists the names")
+            raise NotFoundError(f"--probe-source {wanted}: no such node", hint=suggestion(
+                wanted, sorted(n["metadata"]["name"] for n in all_nodes),
+                "kubectl get nodes", "the cluster's nodes"))
+        runtime = nodes.runtime_of(found[0])
+        if not runtime.can_source:
+            raise UsageError(f"--probe-source {wanted}: {runtime.source_reason}",
+                             hint="a probe proves what a migration does: name a CRI-O node")
         return found[0]
+    # A containerd node checkpoints, but CRI-O would refuse its archive: no proof of
+    # anything a migration does.
     fit = [n for n in all_nodes if n["metadata"]["name"] != destination
            and nodes.ready(n)[0] and not nodes.cordoned(n)
-           and nodes.runtime_of(n).can_checkpoint]
-    fit.sort(key=lambda n: (nodes.runtime_of(n).name != "cri-o", n["metadata"]["name"]))
+           and nodes.runtime_of(n).can_source]
+    fit.sort(key=lambda n: n["metadata"]["name"])
     if not fit:
         raise ClusterError(f"no node besides {destination} can run the probe pod and "
-                           "checkpoint it (Ready, schedulable, CRI-O or containerd 2.0+)",
+                           "checkpoint it (Ready, schedulable, CRI-O)",
                            hint="name one with --probe-source")
     return fit[0]
 
@@ -199,8 +209,6 @@ def _image_ref(p: _Probe) -> str:
 def _build(p: _Probe, source: str, pod: str, archive: str) -> str:
     """Build and push the probe's image: here when the archive is readable, else in a Job
     on the source node. Returns IMAGE@DIGEST."""
-    from migrate.pipeline.migration import locate  # the one place that maps node paths
-
     image = _image_ref(p)
     local = locate(source, archive, p.settings)
     if local.is_file():
@@ -292,10 +300,13 @@ def probe_node(cluster: kube.Cluster, settings: Settings, req: ProbeRequest,
     try:
         destination = next((n for n in all_nodes if n["metadata"]["name"] == node), None)
         if destination is None:
-            raise ClusterError(f'nodes "{node}" not found',
-                               hint="`kubectl get nodes` lists the names")
+            raise NotFoundError(f"node {node} does not exist", hint=suggestion(
+                node, sorted(n["metadata"]["name"] for n in all_nodes), "kubectl get nodes",
+                "the cluster's nodes"))
         source = pick_source(all_nodes, node, req.source)
         result.source = source["metadata"]["name"]
+        # Where the image will be built, proved before the probe pod exists.
+        build_location(settings, result.source, "auto", req.tool_image)
         with p.stage("start"):
             pod = _start(p, source, req.image or pause_image(source))
         with p.stage("checkpoint"):

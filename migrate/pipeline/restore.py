@@ -13,7 +13,9 @@ deadline, because a registry can come back.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,9 +30,10 @@ from migrate.pipeline.refusals import (
     pull_refused,
     refused,
 )
+from migrate.units import human_size
 
-__all__ = ["FATAL_WAITING", "PULLING", "PullRefused", "RestoreRefused", "Restored", "create",
-           "wait_restored"]
+__all__ = ["FATAL_WAITING", "PULLING", "KubeletReport", "PullRefused", "RestoreRefused",
+           "Restored", "create", "wait_restored"]
 
 Obj = dict[str, Any]
 
@@ -111,15 +114,66 @@ def create(cluster: kube.Cluster, namespace: str, manifest: Obj) -> Obj:
     return kube.create_pod(cluster, namespace, manifest)
 
 
+#: What a container is busy with after each kubelet reason, for the "still ..." lines.
+_DOING = {"Pulling": "pulling its image", "Pulled": "creating it",
+          "Created": "restoring it", "BackOff": "waiting to pull again"}
+
+
+class KubeletReport:
+    """What the destination's kubelet reports about the restored pod's containers (its
+    Events: Pulling, Pulled, Created, Started, Failed, BackOff...), told as it happens:
+    the pull and the restore can take minutes, and a human wants to see them move.
+
+    ``sizes``: container -> bytes of its checkpoint image, when known (the kubelet
+    reports a pull's size only once it is done).
+    """
+
+    def __init__(self, say: Callable[[str], None], sizes: dict[str, int]) -> None:
+        self.say = say
+        self.sizes = sizes
+        self.seen: set[tuple[str, int]] = set()
+        self.lock = threading.Lock()  # the watch's thread, then the caller's catch-up
+        self.started = time.monotonic()
+        self.doing: dict[str, str] = {}
+
+    def event(self, event: Obj) -> None:
+        """One Event: said once (a repeat is said again when its count grows)."""
+        key = (str((event.get("metadata") or {}).get("name")), int(event.get("count") or 1))
+        with self.lock:
+            if key in self.seen:
+                return
+            self.seen.add(key)
+        path = str((event.get("involvedObject") or {}).get("fieldPath") or "")
+        container = path.partition("{")[2].rstrip("}") or "pod"
+        reason, message = str(event.get("reason") or ""), str(event.get("message") or "")
+        size = self.sizes.get(container)
+        if reason == "Pulling" and size:
+            message += f" ({human_size(size)})"
+        elif reason == "Created":
+            message += " (from the checkpoint: CRIU restores its processes as it starts)"
+        self.doing[container] = _DOING.get(reason, "")
+        self.say(f"{container}: {reason}: {message}")
+
+    def idle(self) -> None:
+        """Nothing new for a while: say what is still going on."""
+        waited = time.monotonic() - self.started
+        doing = [f"{c}: still {d}" for c, d in self.doing.items() if d]
+        self.say(f"{'; '.join(doing) or 'still waiting'} ({waited:.0f} s so far)")
+
+
 def wait_restored(cluster: kube.Cluster, namespace: str, name: str, node: str,
                   digests: dict[str, str], timeout: float, *,
-                  since: str | None = None, runtime: Runtime | None = None) -> Restored:
+                  since: str | None = None, runtime: Runtime | None = None,
+                  uid: str | None = None, report: KubeletReport | None = None) -> Restored:
     """Watch the destination pod until it is verified, refused, or the time is up.
 
     ``since``: the resourceVersion its create answered (see `kube.watch_pod`);
-    ``runtime``: the destination's, for the hint when it does not restore.
+    ``runtime``: the destination's, for the hint when it does not restore;
+    ``report``: told the pod's Events meanwhile (``uid``: the pod's).
     """
     verify = _Verifier(digests, node, runtime)
+    events = (kube.watch_events(cluster, namespace, uid, report.event, report.idle)
+              if report is not None and uid else None)
     try:
         return kube.watch_pod(cluster, namespace, name, verify, timeout, since=since)
     except (RestoreRefused, PullRefused):
@@ -129,3 +183,7 @@ def wait_restored(cluster: kube.Cluster, namespace: str, name: str, node: str,
             raise RestoreRefused(f"{e.message}; last state: {verify.last_reason}",
                                  hint=e.hint) from e
         raise
+    finally:
+        if events is not None:
+            events.stop()
+            cluster.requests += events.requests

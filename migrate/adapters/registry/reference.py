@@ -68,3 +68,19 @@ def parse_reference(ref: str) -> Reference:
     if not tag and not digest:
         tag = "latest"
     return Reference(registry, path, tag, digest or None)
+
+
+def check_prefix(value: str, option: str = "--registry") -> str:
+    """A ``HOST[:PORT]/REPOSITORY`` prefix as given to --registry, checked before it is
+    used to name images: a URL (``http://host/repo``) would otherwise fail later, on an
+    image reference the user never typed."""
+    scheme, sep, rest = value.partition("://")
+    if sep:
+        plain = " (plain HTTP: add --no-tls-verify)" if scheme.lower() == "http" else ""
+        raise UsageError(f"{option} {value}: give HOST[:PORT]/REPOSITORY, without "
+                         f"{scheme}://", hint=f"{option} {rest.rstrip('/')}{plain}")
+    host = value.partition("/")[0]
+    if not host or ("." not in host and ":" not in host and host != "localhost"):
+        raise UsageError(f"{option} {value!r} does not start with a registry host",
+                         hint="use HOST[:PORT][/REPOSITORY], e.g. registry.example:5000/ckpt")
+    return value.rstrip("/")

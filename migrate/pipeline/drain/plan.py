@@ -18,7 +18,7 @@ from typing import Any
 
 from migrate.adapters import kube
 from migrate.errors import ClusterError, UsageError
-from migrate.pipeline import claims, nodes
+from migrate.pipeline import claims, names, nodes
 from migrate.pipeline.drain import place
 from migrate.pipeline.drain.budgets import covering
 from migrate.pipeline.drain.classify import BLOCKED, EVICT, MIGRATE, SKIP, classify
@@ -92,6 +92,7 @@ class Snapshot:
     destinations: list[Obj]
     running: list[Obj]  # every pod holding a node's resources
     budgets: list[Obj]
+    source: Obj | None = None  # the drained node (None: taken to be a CRI-O node)
 
 
 def _listed(what: str, fn: Any, *args: Any, **kw: Any) -> Any:
@@ -107,7 +108,7 @@ def _listed(what: str, fn: Any, *args: Any, **kw: Any) -> Any:
 
 def gather(cluster: kube.Cluster, req: DrainRequest) -> Snapshot:
     """Read everything the plan needs; refuse a --to node no pod could go to."""
-    kube.read_node(cluster, req.node)  # a drain of a node that does not exist is an error
+    source = names.read_node(cluster, req.node)  # a node that does not exist is an error
     on_node = f"spec.nodeName={req.node}"
     pods = kube.list_pods(cluster, None, field_selector=on_node)
     selected = {p["metadata"]["uid"] for p in pods}
@@ -116,7 +117,7 @@ def gather(cluster: kube.Cluster, req: DrainRequest) -> Snapshot:
             "--pod-selector", kube.list_pods, cluster, None, field_selector=on_node,
             label_selector=req.pod_selector)}
     if req.to:
-        destinations = [kube.read_node(cluster, req.to)]
+        destinations = [names.read_node(cluster, req.to, "--to")]
         why = place.node_unfit(destinations[0], req.node)
         if why:
             runtime = nodes.runtime_of(destinations[0])
@@ -130,7 +131,8 @@ def gather(cluster: kube.Cluster, req: DrainRequest) -> Snapshot:
     else:
         destinations = kube.list_nodes(cluster)
     running = [p for p in kube.list_pods(cluster, None) if place.occupying(p)]
-    return Snapshot(pods, selected, destinations, running, kube.list_pdbs(cluster, None))
+    return Snapshot(pods, selected, destinations, running, kube.list_pdbs(cluster, None),
+                    source)
 
 
 def _entry(pod: Obj, action: str, reason: str, budgets: list[Obj]) -> PodPlan:
@@ -139,6 +141,16 @@ def _entry(pod: Obj, action: str, reason: str, budgets: list[Obj]) -> PodPlan:
     return PodPlan(meta.get("namespace", ""), meta["name"], meta.get("uid", ""), action, reason,
                    {"kind": owner[0], "name": owner[1]} if owner else None,
                    budgets=covering(pod, budgets))
+
+
+def _unmovable(source: Obj | None) -> str:
+    """Why no pod can migrate off ``source`` ("" when they can): its runtime's archives
+    are not CRI-O's."""
+    if source is None:
+        return ""
+    runtime = nodes.runtime_of(source)
+    return "" if runtime.can_source else \
+        f"{source['metadata']['name']} cannot be a source: {runtime.source_reason}"
 
 
 def make_plan(snap: Snapshot, req: DrainRequest,
@@ -159,6 +171,12 @@ def make_plan(snap: Snapshot, req: DrainRequest,
         by_node[(pod.get("spec") or {}).get("nodeName") or ""].append(pod)
     loads = [place.load_of(n, by_node[n["metadata"]["name"]]) for n in snap.destinations
              if place.node_unfit(n, req.node) is None]
+    unmovable = _unmovable(snap.source)
+    if unmovable:  # nothing leaves this node with its memory: the rest as if nowhere fit
+        for e in entries:
+            if e.action == MIGRATE:
+                e.action, e.reason = (EVICT, f"{unmovable}; evicted instead (--evict-rest)") \
+                    if req.evict_rest else (BLOCKED, unmovable)
     movers = [p for p, e in zip(snap.on_node, entries, strict=True) if e.action == MIGRATE]
     nowhere = place.NOWHERE + (f" among the nodes --to-selector {req.to_selector} "
                                "selects" if req.to_selector else "")

@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from migrate.adapters import kube
-from migrate.errors import MigrateError
+from migrate.errors import MigrateError, UsageError
 from migrate.pipeline import trust
 from migrate.pipeline.drain.budgets import Budgets
 from migrate.pipeline.drain.evict import evict_pod
@@ -57,9 +57,10 @@ def cordon(cluster: kube.Cluster, node: str) -> bool:
 
 def uncordon(cluster: kube.Cluster, node: str) -> bool:
     """Make ``node`` schedulable again; returns whether it was cordoned."""
+    from migrate.pipeline.names import read_node
     from migrate.pipeline.nodes import cordoned
 
-    was = cordoned(kube.read_node(cluster, node))
+    was = cordoned(read_node(cluster, node))
     if was:
         kube.patch_node(cluster, node, {"spec": {"unschedulable": None}})
     return was
@@ -186,6 +187,43 @@ def execute(cluster: kube.Cluster, settings: Settings, journal: Journal,
     finally:
         state.add_requests(cluster.requests - requests_before)
     return _conclude(state)
+
+
+def rollback(cluster: kube.Cluster, settings: Settings, journal: Journal) -> list[str]:
+    """`migrate rollback DRAIN-ID`: give a drain up. Each of its migrations that stopped
+    half way (interrupted, or its process killed) is rolled back as `migrate rollback`
+    does, and the node is uncordoned if the drain cordoned it. Pods it migrated or
+    evicted stay where they are. ``journal`` is locked by the caller."""
+    from migrate.pipeline import migration
+
+    if journal.outcome == "succeeded":
+        raise UsageError(f"drain {journal.id} has succeeded: there is nothing in flight to "
+                         "undo", hint=f"`migrate uncordon {journal.request['node']}` makes the "
+                         "node schedulable again")
+    state, undone = DrainState(journal), []
+    for entry in state.plan():
+        runs = state.result(entry.key).get("journals") or []
+        if not runs:
+            continue
+        last = Journal.load(settings.state_dir, runs[-1])
+        if last.current_outcome() not in ("running", "interrupted"):
+            continue
+        last.lock()
+        try:
+            lines = migration.rollback_journal(cluster, settings, last)
+        finally:
+            last.unlock()
+        undone += [f"{entry.key}: {line}" for line in lines] or [
+            f"{entry.key}: migration {last.id} rolled back (it had changed nothing)"]
+        state.update(entry.key, error=f"rolled back: migration {last.id}")
+    node = journal.request["node"]
+    cordoned_here = journal.done("cordon") and not journal.stage("cordon").data.get(
+        "was_cordoned")
+    if cordoned_here and uncordon(cluster, node):
+        undone.append(f"uncordoned {node}")
+        state.record("uncordoned", node=node)
+    journal.set_outcome("rolled-back")
+    return undone
 
 
 def _conclude(state: DrainState) -> Journal:
