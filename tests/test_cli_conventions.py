@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import typer.main
 
-from migrate.cli.root import app, register_for
 from migrate.cli.argv import globals_first
 from migrate.cli.examples import EXAMPLES
+from migrate.cli.root import app, register_for
 from tests.conftest import Result, run_binary
 
 Cli = Callable[..., Result]
