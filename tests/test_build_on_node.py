@@ -1,7 +1,7 @@
 """`migrate pod --build-on node` end to end: the build Job really runs the tool.
 
 The simulator runs the build Job's container, whose image is the tool's own,
-as `python -m migrate build ...` on the source node (e2e/sim/toolrun.py):
+as `python -m migrate build ...` on the source node (e2e/nodes/toolrun.py):
 it reads the archive through the Job's hostPath mount, pushes to a real
 registry (with the temporary registry Secret for one that needs
 credentials), and hands the digest back through its termination message.

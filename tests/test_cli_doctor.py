@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from e2e.nodes.protocol import Attributes
 from e2e.sim import NodeConfig, Simulator
-from e2e.sim.protocol import Attributes
 from migrate.pipeline import nodes
 from migrate.pipeline.doctor import _gate
 from migrate.validation import validate

@@ -21,8 +21,8 @@ import pytest
 from kubernetes import client
 
 from e2e.archivegen import ArchiveSpec, build
+from e2e.nodes.runtime_releases import crio_default_level
 from e2e.sim import NodeConfig, RegistryConfig, Simulator
-from e2e.sim.runtime_releases import crio_default_level
 from migrate.adapters.registry.client import RegistryClient
 from migrate.adapters.registry.reference import parse_reference
 from migrate.pipeline import migration, nodes, probe, restore

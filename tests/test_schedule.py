@@ -5,7 +5,7 @@ adapter has its permission, doctor asks for nothing more), the rendered
 objects against the Kubernetes schema, `--apply` against the simulator (twice:
 nothing changes the second time), and the CronJob by firing it: the
 simulator's clock is moved, its Job runs the tool's image for real
-(e2e/sim/toolrun.py) as the `migrate` ServiceAccount, in-cluster.
+(e2e/nodes/toolrun.py) as the `migrate` ServiceAccount, in-cluster.
 """
 
 from __future__ import annotations

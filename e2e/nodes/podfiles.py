@@ -38,8 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from e2e.sim.core import CONFIGMAPS, SECRETS, SERVICEACCOUNTS
-from e2e.sim.store import Obj, Store
+from e2e.nodes.api import NodeApi, Obj
 
 __all__ = ["SERVICE_ACCOUNT_PATH", "MountFailed", "Mounts", "PodFiles", "TokenIssuer"]
 
@@ -54,10 +53,10 @@ class MountFailed(Exception):
 
 @dataclass(frozen=True)
 class TokenIssuer:
-    """How the pod's service account gets a token: issue(namespace, name) -> token,
-    revoke(token); ca_file() the cluster CA's PEM file."""
+    """How the pod's service account gets a token: issue(pod, account) -> a token
+    bound to the pod, revoke(token); ca_file() the cluster CA's PEM file."""
 
-    issue: Callable[[str, str], str]
+    issue: Callable[[Obj, str], str]
     revoke: Callable[[str], None]
     ca_file: Callable[[], Path]
 
@@ -112,9 +111,9 @@ def _write_private(path: Path, data: bytes) -> None:
 class PodFiles:
     """Prepares and releases the per-pod directories of one cluster's nodes."""
 
-    def __init__(self, store: Store, node_dir: Callable[[str], Path],
+    def __init__(self, api: Callable[[str], NodeApi], node_dir: Callable[[str], Path],
                  tokens: TokenIssuer) -> None:
-        self.store = store
+        self.api = api
         self.node_dir = node_dir
         self.tokens = tokens
         self._pods: dict[str, _Pod] = {}
@@ -167,7 +166,7 @@ class PodFiles:
     def _service_account(self, pod: Obj, root: Path) -> str | None:
         spec, ns = pod["spec"], pod["metadata"]["namespace"]
         name = spec.get("serviceAccountName") or "default"
-        account = self.store.find(SERVICEACCOUNTS.key, ns, name)
+        account = self.api(spec["nodeName"]).get("ServiceAccount", ns, name)
         if account is None:
             raise MountFailed(f"error looking up service account {ns}/{name}: "
                               f'serviceaccount "{name}" not found')
@@ -176,7 +175,7 @@ class PodFiles:
             mount = account.get("automountServiceAccountToken")
         if mount is False:
             return None
-        token = self.tokens.issue(ns, name)
+        token = self.tokens.issue(pod, name)
         target = _private_dir(root / _SA_VOLUME)
         _write_private(target / "token", token.encode())
         _write_private(target / "ca.crt", self.tokens.ca_file().read_bytes())
@@ -213,11 +212,11 @@ class PodFiles:
         if "secret" in volume:
             source = volume["secret"]
             return self._files(pod, name, root / "volumes/kubernetes.io~secret" / name,
-                               SECRETS.key, source.get("secretName"), source)
+                               "Secret", source.get("secretName"), source)
         if "configMap" in volume:
             source = volume["configMap"]
             return self._files(pod, name, root / "volumes/kubernetes.io~configmap" / name,
-                               CONFIGMAPS.key, source.get("name"), source)
+                               "ConfigMap", source.get("name"), source)
         kind = next((k for k in volume if k != "name"), "?")
         raise MountFailed(f'volume "{name}": {kind} volumes are not supported by the '
                           "simulator's tool runner")
@@ -241,18 +240,17 @@ class PodFiles:
                               f"check failed: {path} {problem}")
         return host
 
-    def _files(self, pod: Obj, name: str, target: Path, resource: str, source_name: Any,
+    def _files(self, pod: Obj, name: str, target: Path, kind: str, source_name: Any,
                source: dict[str, Any]) -> Path:
         ns = pod["metadata"]["namespace"]
-        obj = self.store.find(resource, ns, str(source_name or ""))
+        obj = self.api(pod["spec"]["nodeName"]).get(kind, ns, str(source_name or ""))
         if obj is None:
             if source.get("optional"):
                 return _private_dir(target)
-            kind = "secret" if resource == SECRETS.key else "configmap"
-            raise MountFailed(f'MountVolume.SetUp failed for volume "{name}" : {kind} '
-                              f'"{source_name}" not found')
+            raise MountFailed(f'MountVolume.SetUp failed for volume "{name}" : '
+                              f'{kind.lower()} "{source_name}" not found')
         data = {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()} \
-            if resource == SECRETS.key else \
+            if kind == "Secret" else \
             {**{k: str(v).encode() for k, v in (obj.get("data") or {}).items()},
              **{k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()}}
         items = source.get("items")
