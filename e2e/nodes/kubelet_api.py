@@ -13,8 +13,8 @@ the kubelet's own server does:
 
 Every request is authorized first, with the attributes the kubelet asks the
 API server about (SubjectAccessReview): resource `nodes`, subresource
-`proxy` (the v1.30 kubelet; newer ones say `checkpoint` for /checkpoint), the
-node's name, verb from the method (POST: create). Denied: 403 text
+`proxy` (`checkpoint` for /checkpoint from some release on: see
+KubeletApi), the node's name, verb from the method (POST: create). Denied: 403 text
 `Forbidden (user=U, verb=V, resource=nodes, subresource=proxy)`.
 
 Checkpoint answers, in the kubelet's order and words (bodies are text):
@@ -72,8 +72,8 @@ def _text(code: int, message: str) -> Response:
                     headers={"X-Content-Type-Options": "nosniff"})
 
 
-def _subresource(path: str) -> str:
-    for prefix, subresource in _SUBRESOURCES:
+def _subresource(path: str, checkpoint: str) -> str:
+    for prefix, subresource in (*_SUBRESOURCES, ("/checkpoint", checkpoint)):
         if path == prefix or path.startswith(prefix + "/"):
             return subresource
     return "proxy"
@@ -90,11 +90,16 @@ class KubeletApi:
     checkpoint_dir: where the node's /var/lib/kubelet/checkpoints is on this machine.
     pod_logs: where its /var/log/pods is (None: every container's log is empty).
     authorizer: the cluster's (the kubelet delegates to the API server).
+    checkpoint_subresource: what /checkpoint is authorized as: `proxy` for the v1.30
+        kubelet (the simulator's), `checkpoint` for v1.37.2's (the node agents';
+        pkg/kubelet/server/auth.go).
     """
 
     def __init__(self, kubelet: Kubelet, checkpoint_dir: Path, *,
                  pod_logs: Path | None = None, authorizer: Authorizer = allow_all,
-                 log: Callable[[str], None] = lambda line: None) -> None:
+                 log: Callable[[str], None] = lambda line: None,
+                 checkpoint_subresource: str = "proxy") -> None:
+        self.checkpoint_subresource = checkpoint_subresource
         self.kubelet = kubelet
         self.node = kubelet.node
         self.checkpoint_dir = Path(checkpoint_dir)
@@ -149,7 +154,7 @@ class KubeletApi:
 
     def _route(self, req: Request) -> Response:
         verb = _VERBS.get(req.method, "get")
-        subresource = _subresource(req.path)
+        subresource = _subresource(req.path, self.checkpoint_subresource)
         if not self.authorizer(Attributes(req.user, verb, "", "nodes", subresource, "",
                                           self.node, req.path)):
             return _text(403, f"Forbidden (user={req.user.name}, verb={verb}, "
