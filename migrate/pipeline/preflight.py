@@ -174,6 +174,24 @@ def check_destination(pod: Obj, node: Obj, source: str) -> None:
                            "node out; pick another with --to")
 
 
+def check_source(pod: Obj, node: Obj) -> None:
+    """Refuse a source whose checkpoints no destination restores.
+
+    containerd (2.0+) checkpoints, but its spec.dump has none of the annotations
+    CRI-O's restore reads (`io.kubernetes.cri-o.Annotations`): CRI-O refuses the
+    image only once the restored pod is created, after the checkpoint and the push.
+    """
+    rt = nodes.runtime_of(node)
+    if rt.name == "containerd":
+        meta, name = pod["metadata"], node["metadata"]["name"]
+        raise ClusterError(
+            f"pod {meta.get('namespace')}/{meta['name']} runs on {name} ({rt.shown}): CRI-O "
+            "restores only CRI-O's checkpoints, and containerd's have none of the "
+            "annotations CRI-O reads (io.kubernetes.cri-o.Annotations)",
+            hint="migrate pods that run on CRI-O nodes; `migrate checkpoint` still takes "
+                 "containerd's checkpoints, for analysis")
+
+
 def check_registry(settings: Settings, images: dict[str, str]) -> None:
     """Log in to each registry once: fail now rather than after the checkpoint."""
     seen: set[str] = set()
@@ -207,6 +225,7 @@ def preflight(cluster: kube.Cluster, settings: Settings, req: PodRequest) -> Pla
                          hint="only bare pods and ReplicaSet (Deployment) pods can move")
     destination = kube.read_node(cluster, req.to)
     check_destination(pod, destination, source)
+    check_source(pod, kube.read_node(cluster, source))
     containers = _containers(pod, req)
     images = _images(req, namespace, _workload(pod, owner), containers)
     check_registry(settings, images)
