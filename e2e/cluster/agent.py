@@ -225,6 +225,7 @@ class NodeAgent:
         """Tell every thread to end (stop() waits for them)."""
         self._stop.set()
         self._wake.set()
+        self.api.stop_watch()
         self.kubelet_api.abort()
 
     def stop(self) -> None:

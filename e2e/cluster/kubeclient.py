@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import ssl
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import urllib3
@@ -75,9 +75,12 @@ class KubeClient:
         result: Obj = json.loads(resp.data) if resp.data else {}
         return result
 
-    def watch(self, path: str, query: Mapping[str, str], *, seconds: int) -> Iterator[Obj]:
+    def watch(self, path: str, query: Mapping[str, str], *, seconds: int,
+              opened: Callable[[Callable[[], None]], None] = lambda cancel: None
+              ) -> Iterator[Obj]:
         """The events of a watch of `path` lasting at most `seconds` (timeoutSeconds):
-        {"type": ..., "object": ...} each, until the server ends the stream."""
+        {"type": ..., "object": ...} each, until the server ends the stream.
+        opened: given a function that ends the stream from another thread."""
         params = {**query, "watch": "true", "timeoutSeconds": str(seconds)}
         try:
             resp = self._pool.request("GET", self._url(path, params), preload_content=False,
@@ -85,6 +88,7 @@ class KubeClient:
                                       timeout=urllib3.Timeout(connect=5.0, read=seconds + 15))
         except urllib3.exceptions.HTTPError as e:
             raise ApiFailure(0, f"watch {path}: {e}") from e
+        opened(resp.shutdown)
         try:
             if resp.status >= 400:
                 raise ApiFailure(resp.status, _message(resp.status, resp.read()))

@@ -36,8 +36,8 @@ _PATHS = {"Secret": "/api/v1/namespaces/{ns}/secrets/{name}",
           "Job": "/apis/batch/v1/namespaces/{ns}/jobs/{name}"}
 _CONFLICT_RETRIES = 20
 #: How long one watch request lasts before the server ends it and it is made again from
-#: the last resourceVersion seen: also how long stopping may wait for the watch to end.
-WATCH_SECONDS = 5
+#: the last resourceVersion seen.
+WATCH_SECONDS = 60
 #: A bound service-account token's life, as the kubelet asks for it (an hour).
 TOKEN_SECONDS = 3600
 
@@ -75,12 +75,15 @@ class ClusterNodeApi:
         self._pods: dict[tuple[str, str], Obj] = {}
         self._lock = threading.Lock()
         self.synced = threading.Event()  # set once the first list is in the cache
+        self._cancel: Callable[[], None] = lambda: None  # ends the watch in progress
+        self._stopping = threading.Event()
 
     # -- the pod source ------------------------------------------------------------------
 
     def run_pod_watch(self, stop: threading.Event) -> None:
         """List and watch this node's pods into the cache until `stop` is set."""
         selector = {"fieldSelector": f"spec.nodeName={self.node}"}
+        self._stopping = stop
         while not stop.is_set():
             try:
                 listing = self.client.request("GET", "/api/v1/pods", query=selector)
@@ -98,7 +101,8 @@ class ClusterNodeApi:
         """One watch request from `version`; the version to go on from. ApiFailure
         when the list must be made again (410 Gone, a broken connection)."""
         query = {**selector, "resourceVersion": version, "allowWatchBookmarks": "true"}
-        for event in self.client.watch("/api/v1/pods", query, seconds=WATCH_SECONDS):
+        for event in self.client.watch("/api/v1/pods", query, seconds=WATCH_SECONDS,
+                                       opened=self._opened):
             kind, obj = event.get("type"), event.get("object") or {}
             if kind == "ERROR":
                 raise ApiFailure(int(obj.get("code") or 0), str(obj.get("message")))
@@ -110,6 +114,15 @@ class ClusterNodeApi:
             if stop.is_set():
                 break
         return version
+
+    def _opened(self, cancel: Callable[[], None]) -> None:
+        self._cancel = cancel
+        if self._stopping.is_set():  # stop_watch() came before this watch began
+            cancel()
+
+    def stop_watch(self) -> None:
+        """End the watch in progress now (run_pod_watch's `stop` must be set first)."""
+        self._cancel()
 
     def _replace(self, pods: list[Obj]) -> None:
         with self._lock:
