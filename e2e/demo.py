@@ -1,16 +1,22 @@
 """The demo (the README's main job): migrate the seed article's `counters` pod.
 
-Starts a loopback registry and the cluster simulator, proves the path to
-node-b with `migrate doctor --probe node-b` (a real checkpoint, push and
-restore of a probe pod, all removed after), creates `counters` on node-a
-with a secret and its counter's state in its process's memory and a file in
-its root fs, shows the secret in a checkpoint of the source first, prints
-the plan, runs `migrate pod counters --to node-b`, then checkpoints the
-restored pod on node-b and checks, rather than shows, that it holds the same
-secret, the same file and the counter's state where the source had it (the
-same process, going on from 42): each check that fails stops the demo with
-`demo: FAILED: ...` and exit 1; "Done" is printed only when all of them
-passed. Everything it starts is stopped at the end, failures included.
+Starts a loopback registry and the real Kubernetes control plane (etcd,
+kube-apiserver, controller manager and scheduler on 127.0.0.1: e2e/cluster)
+with two node agents, node-a and node-b, each in a node host of its own (a
+network namespace and a 198.18 address the API server's node proxy reaches);
+the agents run the pods' containers as simulated processes (e2e/nodes). Then
+it proves the path to node-b with `migrate doctor --probe node-b` (a
+checkpoint, push and restore of a probe pod, all removed after), creates
+`counters` on node-a with a secret and its counter's state in its process's
+memory and a file in its root fs, shows the secret in a checkpoint of the
+source first, prints the plan, runs `migrate pod counters --to node-b`, then
+checkpoints the restored pod on node-b and checks, rather than shows, that it
+holds the same secret, the same file and the counter's state where the source
+had it (the same process, going on from 42): each check that fails stops the
+demo with `demo: FAILED: ...` and exit 1; "Done" is printed only when all of
+them passed. Everything it starts is stopped at the end, failures included.
+Needs root (network namespaces) and the control plane's binaries
+(scripts/setup builds them).
 
     python -m e2e.demo [--keep DIR]
 """
@@ -30,8 +36,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from e2e.cluster import binaries, nodehost
+from e2e.cluster.launcher import control_plane
+from e2e.cluster.world import Cluster
+from e2e.nodes import RegistryConfig
 from e2e.registry import Registry
-from e2e.sim import RegistryConfig, Simulator
 
 POD_MANIFEST = """\
 apiVersion: v1
@@ -98,7 +107,7 @@ def _search(migrate: list[str], archive: Path, text: str, env: dict[str, str],
     return match
 
 
-def _checkpoint(migrate: list[str], pod: str, env: dict[str, str], sim: Simulator) -> Path:
+def _checkpoint(migrate: list[str], pod: str, env: dict[str, str], sim: Cluster) -> Path:
     out = _run([*migrate, "checkpoint", pod, "-o", "json"], env, capture=True)
     taken = json.loads(out)
     return sim.node_path(str(taken["node"]), str(taken["archive"]))
@@ -121,16 +130,24 @@ def demo(work: Path) -> None:
     secret = f"DEMO-SECRET-{secrets.token_hex(8)}"
     migrate = [sys.executable, "-m", "migrate"]
     kubectl = shutil.which("kubectl")
+    missing = binaries.missing() or nodehost.missing()
+    if missing:
+        raise SystemExit(f"demo: {missing}; run scripts/setup (as root: it builds the control "
+                         "plane) and the demo as root")
     registry = Registry(work / "registry").start()
     try:
-        with Simulator(work / "cluster", nodes=("node-a", "node-b"),
-                       registries=RegistryConfig(insecure=(registry.host,))) as sim:
+        with control_plane(work / "control-plane") as cp, \
+                Cluster(cp, work / "cluster", nodes=("node-a", "node-b"),
+                        registries=RegistryConfig(insecure=(registry.host,))) as sim:
             env = {**os.environ, "KUBECONFIG": str(sim.kubeconfig),
                    "MIGRATE_STATE_DIR": str(work / "state"),
-                   # The demo's "nodes" keep their files here; on a real cluster, run on
+                   # The demo's nodes keep their files here; on a real cluster, run on
                    # the source node or share the checkpoint directories.
-                   "MIGRATE_NODE_ROOT": str(sim.state_dir / "nodes" / "{node}")}
-            _say(f"A cluster simulator at {sim.url} and a registry at {registry.url}")
+                   "MIGRATE_NODE_ROOT": sim.node_root}
+            _say(f"Kubernetes {cp.versions.kubernetes} (etcd {cp.versions.etcd}) at "
+                 f"{cp.server}, node agents node-a ({sim.node_address('node-a')}) and "
+                 f"node-b ({sim.node_address('node-b')}), a registry at {registry.url}")
+            _run([kubectl or "kubectl", "get", "nodes", "-o", "wide"], env)
             _say("Preflight: the checks, and a probe that proves node-b restores")
             _run([*migrate, "doctor", "--registry", f"{registry.host}/demo",
                   "--no-tls-verify", "--probe", "node-b"], env)

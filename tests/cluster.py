@@ -8,6 +8,14 @@ Loaded from tests/conftest.py (`pytest_plugins`). Fixtures:
     cp_admin        session  an official-client ApiClient as kubernetes-admin
     cp_namespace    function a fresh namespace whose default ServiceAccount exists
 
+and `node_agents(real_cp, directory, **Cluster options)`, a context manager:
+node agents (e2e/cluster/world.py's Cluster) on the session's control plane,
+for a module or a test. The end-to-end tests work in namespace `default`, as
+an operator's first try would: node_agents() empties it before and after
+(workloads, pods, Secrets, ConfigMaps, Events), so modules sharing the
+control plane do not see each other's objects. Node hosts need root: without
+it the tests skip (MIGRATE_REQUIRE_CLUSTER=1: fail).
+
 Tests using them are marked `controlplane`. When the binaries are missing they
 skip, saying what to run; with MIGRATE_REQUIRE_CLUSTER=1 (scripts/test sets it
 as root, where setup builds them) they fail instead: in CI nothing may be
@@ -16,6 +24,7 @@ skipped silently.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -28,10 +37,12 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from e2e.cluster import binaries
+from e2e.cluster import binaries, nodehost
 from e2e.cluster.launcher import ControlPlane, control_plane
+from e2e.cluster.world import Cluster
 
-__all__ = ["Kubectl", "api_client", "require_cluster", "wait_for"]
+__all__ = ["Kubectl", "api_client", "empty_namespace", "node_agents", "require_cluster",
+           "wait_for"]
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 DEADLINE = 60.0
@@ -110,3 +121,45 @@ def cp_namespace(real_cp: ControlPlane, cp_admin: client.ApiClient,
 
     wait_for(default_sa, what=f"the default ServiceAccount of {name}")
     return name
+
+
+def empty_namespace(api: client.ApiClient, namespace: str) -> None:
+    """Delete what tests make in `namespace` (its ServiceAccounts and kube-root-ca.crt
+    stay) and wait until its pods are gone."""
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    batch, policy = client.BatchV1Api(api), client.PolicyV1Api(api)
+    background = {"propagation_policy": "Background"}
+    for delete in (apps.delete_collection_namespaced_deployment,
+                   apps.delete_collection_namespaced_replica_set,
+                   apps.delete_collection_namespaced_stateful_set,
+                   apps.delete_collection_namespaced_daemon_set,
+                   batch.delete_collection_namespaced_cron_job,
+                   batch.delete_collection_namespaced_job):
+        delete(namespace, **background)
+    policy.delete_collection_namespaced_pod_disruption_budget(namespace)
+    core.delete_collection_namespaced_secret(namespace)
+    core.delete_collection_namespaced_config_map(
+        namespace, field_selector="metadata.name!=kube-root-ca.crt")
+
+    def no_pods() -> bool:
+        # Again each round: a ReplicaSet not yet collected may make another.
+        core.delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
+        return not core.list_namespaced_pod(namespace).items
+
+    wait_for(no_pods, what=f"the pods of namespace {namespace} to be gone")
+    core.delete_collection_namespaced_event(namespace)
+
+
+@contextlib.contextmanager
+def node_agents(cp: ControlPlane, directory: Path, **options: Any) -> Iterator[Cluster]:
+    """Node agents on `cp` (Cluster(cp, directory, **options)), namespace default
+    emptied before and after."""
+    require_cluster(nodehost.missing())
+    admin = api_client(cp.admin_kubeconfig)
+    with admin:
+        empty_namespace(admin, "default")
+        with Cluster(cp, directory, **options) as cluster:
+            try:
+                yield cluster
+            finally:
+                empty_namespace(admin, "default")

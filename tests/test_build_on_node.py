@@ -1,7 +1,8 @@
 """`migrate pod --build-on node` end to end: the build Job really runs the tool.
 
-The simulator runs the build Job's container, whose image is the tool's own,
-as `python -m migrate build ...` on the source node (e2e/sim/toolrun.py):
+The source node's agent on the real control plane runs the build Job's
+container, whose image is the tool's own, as `python -m migrate build ...`
+(e2e/nodes/toolrun.py):
 it reads the archive through the Job's hostPath mount, pushes to a real
 registry (with the temporary registry Secret for one that needs
 credentials), and hands the digest back through its termination message.
@@ -20,11 +21,13 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from e2e.sim import RegistryConfig, Simulator
+from e2e.cluster.launcher import ControlPlane
+from e2e.cluster.world import Cluster
+from e2e.nodes import RegistryConfig
 from migrate.pipeline.journal import Journal
+from tests.cluster import api_client, node_agents
 from tests.conftest import Result
 from tests.registries import RegistryUnderTest
-from tests.simulated import sim_client
 from tests.test_migrate_pod import assert_untouched, make_pod, pods
 
 TOOL = "localhost/migrate:test"
@@ -34,21 +37,22 @@ pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequ
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory, plain_registry: RegistryUnderTest,
-        tls_basic_registry: RegistryUnderTest) -> Iterator[Simulator]:
+def cluster(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
+            plain_registry: RegistryUnderTest,
+            tls_basic_registry: RegistryUnderTest) -> Iterator[Cluster]:
     assert tls_basic_registry.ca_cert is not None
     registries = RegistryConfig(insecure=(plain_registry.host,),
                                 ca_files=(tls_basic_registry.ca_cert,))
-    with Simulator(tmp_path_factory.mktemp("sim") / "state", start_latency=0.05,
-                   stop_latency=0.05, registries=registries, tool_images=(TOOL,),
-                   tool_timeout=120) as cluster:
-        yield cluster
+    with node_agents(real_cp, tmp_path_factory.mktemp("nodes"), start_latency=0.05,
+                     stop_latency=0.05, registries=registries, tool_images=(TOOL,),
+                     tool_timeout=120) as world:
+        yield world
 
 
 @pytest.fixture(scope="module")
-def api(sim: Simulator) -> Iterator[client.ApiClient]:
-    with sim_client(sim) as api_client:
-        yield api_client
+def api(cluster: Cluster) -> Iterator[client.ApiClient]:
+    with api_client(cluster.kubeconfig) as admin:
+        yield admin
 
 
 @pytest.fixture(scope="module")
@@ -77,17 +81,17 @@ def leftovers(api: client.ApiClient) -> tuple[list[str], list[str]]:
             [s.metadata.name for s in secrets if s.metadata.name.startswith("migrate-registry")])
 
 
-def build_logs(sim: Simulator, job: str) -> str:
+def build_logs(cluster: Cluster, job: str) -> str:
     """What the Job's container printed (the node's pod log)."""
-    logs = sorted((sim.node_dir("node-a") / "var/log/pods").glob(f"default_{job}-*/build/*"))
+    logs = sorted((cluster.node_dir("node-a") / "var/log/pods").glob(f"default_{job}-*/build/*"))
     return "\n".join(p.read_text() for p in logs)
 
 
-def on_node(cli: Cli, sim: Simulator, pod: str, registry: RegistryUnderTest,
+def on_node(cli: Cli, cluster: Cluster, pod: str, registry: RegistryUnderTest,
             *args: str) -> Result:
     return cli("pod", pod, "--to", "node-b", "--build-on", "node", "--tool-image", TOOL,
                "--registry", f"{registry.host}/migrations", "--no-tls-verify",
-               "--kubeconfig", sim.kubeconfig, "--timeout", "60", "-o", "json", *args)
+               "--kubeconfig", cluster.kubeconfig, "--timeout", "60", "-o", "json", *args)
 
 
 def journal_actions(journal_id: str) -> list[str]:
@@ -97,11 +101,11 @@ def journal_actions(journal_id: str) -> list[str]:
             for a in journal.actions]
 
 
-def test_the_build_job_pushes_to_a_plain_registry(cli: Cli, sim: Simulator,
+def test_the_build_job_pushes_to_a_plain_registry(cli: Cli, cluster: Cluster,
                                                   api: client.ApiClient, v1: client.CoreV1Api,
                                                   plain_registry: RegistryUnderTest) -> None:
     make_pod(v1, "plain")
-    r = on_node(cli, sim, "plain", plain_registry)
+    r = on_node(cli, cluster, "plain", plain_registry)
     assert r.code == 0, r.err
     rep = r.json()
     image = rep["images"]["counter"]
@@ -119,17 +123,17 @@ def test_the_build_job_pushes_to_a_plain_registry(cli: Cli, sim: Simulator,
     assert not [a for a in actions if "Secret" in a]
     assert leftovers(api) == ([], [])
     # The build ran in the Job's container: its JSON report went to the node's pod logs.
-    report = json.loads(build_logs(sim, job))
+    report = json.loads(build_logs(cluster, job))
     assert report["digest"] == image["digest"]
 
 
 def test_a_registry_with_credentials_gets_a_temporary_secret(
-        cli: Cli, sim: Simulator, api: client.ApiClient, v1: client.CoreV1Api,
+        cli: Cli, cluster: Cluster, api: client.ApiClient, v1: client.CoreV1Api,
         tls_basic_registry: RegistryUnderTest) -> None:
     assert tls_basic_registry.password is not None
     secret(v1, "pull-tls", tls_basic_registry, tls_basic_registry.password)
     make_pod(v1, "private", imagePullSecrets=[{"name": "pull-tls"}])
-    r = on_node(cli, sim, "private", tls_basic_registry, "--creds",
+    r = on_node(cli, cluster, "private", tls_basic_registry, "--creds",
                 f"{tls_basic_registry.username}:{tls_basic_registry.password}")
     assert r.code == 0, r.err
     digest = r.json()["images"]["counter"]["digest"]
@@ -142,17 +146,17 @@ def test_a_registry_with_credentials_gets_a_temporary_secret(
     assert len(made) == 1 and made[0].startswith("default/migrate-registry-")
     assert f"deleted Secret {made[0]}" in journal_actions(r.json()["id"])
     assert leftovers(api) == ([], [])
-    assert not list((sim.node_dir("node-a") / "var/lib/kubelet/pods").glob(
+    assert not list((cluster.node_dir("node-a") / "var/lib/kubelet/pods").glob(
         "*/volumes/kubernetes.io~secret/registry-auth"))
 
 
 def test_a_failing_build_fails_the_migration_and_rolls_back(
-        cli: Cli, sim: Simulator, api: client.ApiClient, v1: client.CoreV1Api,
+        cli: Cli, cluster: Cluster, api: client.ApiClient, v1: client.CoreV1Api,
         tls_basic_registry: RegistryUnderTest) -> None:
     assert tls_basic_registry.password is not None
     secret(v1, "wrong-creds", tls_basic_registry, "not-the-password")
     pod = make_pod(v1, "denied")
-    r = on_node(cli, sim, "denied", tls_basic_registry, "--creds",
+    r = on_node(cli, cluster, "denied", tls_basic_registry, "--creds",
                 f"{tls_basic_registry.username}:{tls_basic_registry.password}",
                 "--registry-secret", "wrong-creds")
     assert r.code == 6, r.err  # a cluster error: the Job failed

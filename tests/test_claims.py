@@ -1,9 +1,10 @@
 """Claims: one migration at a time per source pod (migrate.pipeline.claims).
 
-Against the simulator, with the real registry. Racing runs are real
-processes (the installed `migrate`), started together; the simulator holds
-checkpoints on the source node (`Simulator.holding_checkpoints`), so the run
-that wins is known to be inside its checkpoint while the other one decides.
+Against the real control plane with node agents, and the real registry.
+Racing runs are real processes (the installed `migrate`), started together;
+the source node's agent holds checkpoints (`Cluster.holding_checkpoints`), so
+the run that wins is known to be inside its checkpoint while the other one
+decides.
 """
 
 from __future__ import annotations
@@ -20,15 +21,18 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from e2e.sim import RegistryConfig, Simulator
+from e2e.cluster.launcher import ControlPlane
+from e2e.cluster.world import Cluster
+from e2e.nodes import RegistryConfig
 from migrate.adapters import kube
 from migrate.errors import ConflictError
 from migrate.pipeline import claims, migration
 from migrate.pipeline.journal import Journal
 from migrate.settings import KubeSettings
+from tests.cluster import api_client, node_agents, wait_for
 from tests.conftest import Result
 from tests.registries import RegistryUnderTest
-from tests.simulated import KUBECTL, kubectl_runner, sim_client, wait_for
+from tests.simulated import KUBECTL, kubectl_runner
 from tests.test_migrate_pod import make_pod, pods
 
 Cli = Callable[..., Result]
@@ -38,18 +42,23 @@ NODES = ("node-a", "node-b", "node-c")
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory,
-        plain_registry: RegistryUnderTest) -> Iterator[Simulator]:
-    with Simulator(tmp_path_factory.mktemp("sim") / "state", nodes=NODES, start_latency=0.05,
-                   stop_latency=0.05,
-                   registries=RegistryConfig(insecure=(plain_registry.host,))) as cluster:
-        yield cluster
+def cluster(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
+            plain_registry: RegistryUnderTest) -> Iterator[Cluster]:
+    with node_agents(real_cp, tmp_path_factory.mktemp("nodes"), nodes=NODES,
+                     start_latency=0.05, stop_latency=0.05,
+                     registries=RegistryConfig(insecure=(plain_registry.host,))) as world:
+        yield world
 
 
 @pytest.fixture(scope="module")
-def api(sim: Simulator) -> Iterator[client.ApiClient]:
-    with sim_client(sim) as api_client:
-        yield api_client
+def world(cluster: Cluster) -> Cluster:
+    return cluster
+
+
+@pytest.fixture(scope="module")
+def api(cluster: Cluster) -> Iterator[client.ApiClient]:
+    with api_client(cluster.kubeconfig) as admin:
+        yield admin
 
 
 @pytest.fixture(scope="module")
@@ -58,27 +67,27 @@ def v1(api: client.ApiClient) -> client.CoreV1Api:
 
 
 @pytest.fixture(autouse=True)
-def _node_root(sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MIGRATE_NODE_ROOT", str(sim.state_dir / "nodes" / "{node}"))
+def _node_root(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", cluster.node_root)
 
 
-def _args(sim: Simulator, registry: RegistryUnderTest, pod: str, *extra: str) -> list[str]:
-    return ["pod", pod, "--kubeconfig", str(sim.kubeconfig), "--registry",
+def _args(cluster: Cluster, registry: RegistryUnderTest, pod: str, *extra: str) -> list[str]:
+    return ["pod", pod, "--kubeconfig", str(cluster.kubeconfig), "--registry",
             f"{registry.host}/claims", "--no-tls-verify", "--timeout", "30", *extra]
 
 
 @pytest.fixture
-def migrate(cli: Cli, sim: Simulator, plain_registry: RegistryUnderTest) -> Callable[..., Result]:
+def migrate(cli: Cli, cluster: Cluster, plain_registry: RegistryUnderTest) -> Callable[..., Result]:
     def run(pod: str, *args: str) -> Result:
-        return cli(*_args(sim, plain_registry, pod, *args))
+        return cli(*_args(cluster, plain_registry, pod, *args))
     return run
 
 
-def spawn(sim: Simulator, registry: RegistryUnderTest, pod: str, to: str
+def spawn(cluster: Cluster, registry: RegistryUnderTest, pod: str, to: str
           ) -> subprocess.Popen[str]:
     """`migrate pod POD --to TO -o json` as a process of its own (the environment is the
     test's: its state directory and node root)."""
-    return subprocess.Popen([MIGRATE, *_args(sim, registry, pod, "--to", to, "-o", "json")],
+    return subprocess.Popen([MIGRATE, *_args(cluster, registry, pod, "--to", to, "-o", "json")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -119,14 +128,14 @@ def history(cli: Cli) -> dict[str, dict[str, Any]]:
 
 @pytest.mark.parametrize("kind", ["bare", "deployment"])
 def test_of_two_runs_started_together_one_proceeds_the_other_refuses(
-        kind: str, cli: Cli, sim: Simulator, api: client.ApiClient, v1: client.CoreV1Api,
+        kind: str, cli: Cli, cluster: Cluster, api: client.ApiClient, v1: client.CoreV1Api,
         plain_registry: RegistryUnderTest, spawned: list[subprocess.Popen[str]]) -> None:
     name = f"race-{kind}"
     source = make_pod(v1, name) if kind == "bare" else deployment_pod(api, v1, name)
     name = source.metadata.name
-    with sim.holding_checkpoints("node-a") as waiting:
-        runs = [spawn(sim, plain_registry, name, "node-b"),
-                spawn(sim, plain_registry, name, "node-c")]
+    with cluster.holding_checkpoints("node-a") as waiting:
+        runs = [spawn(cluster, plain_registry, name, "node-b"),
+                spawn(cluster, plain_registry, name, "node-c")]
         spawned += runs
         # The loser ends while the winner waits inside its checkpoint.
         loser = wait_for(lambda: next((r for r in runs if r.poll() is not None), None),
@@ -162,9 +171,9 @@ def test_of_two_runs_started_together_one_proceeds_the_other_refuses(
 
 
 def test_a_conditional_claim_that_lost_the_race_reads_again_and_refuses(
-        sim: Simulator, v1: client.CoreV1Api) -> None:
+        world: Cluster, v1: client.CoreV1Api) -> None:
     pod = make_pod(v1, "lost-race")
-    cluster = kube.connect(KubeSettings(kubeconfig=sim.kubeconfig))
+    cluster = kube.connect(KubeSettings(kubeconfig=world.kubeconfig))
     state = Path(os.environ["MIGRATE_STATE_DIR"])
     first = Journal.create(state, "pod", "lost-race", {}, migration.STAGES)  # held (locked)
     seen = pod.metadata.resource_version  # what both runs read before either wrote
@@ -190,7 +199,7 @@ def _interrupt_at(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
 
 
 def test_an_interrupted_run_holds_its_pod_until_rolled_back(
-        migrate: Callable[..., Result], cli: Cli, sim: Simulator, v1: client.CoreV1Api,
+        migrate: Callable[..., Result], cli: Cli, cluster: Cluster, v1: client.CoreV1Api,
         monkeypatch: pytest.MonkeyPatch) -> None:
     pod = make_pod(v1, "held")
     original = pod.metadata.annotations
@@ -207,7 +216,7 @@ def test_an_interrupted_run_holds_its_pod_until_rolled_back(
             f"hint: `migrate resume {held}` continues it, `migrate rollback {held}` undoes "
             "it and releases the pod"])
     assert list(history(cli)) == [held]
-    r = cli("rollback", held, "--kubeconfig", sim.kubeconfig, "-o", "json")
+    r = cli("rollback", held, "--kubeconfig", cluster.kubeconfig, "-o", "json")
     assert r.code == 0, r.err
     assert r.json()["undone"][0].startswith("deleted pod default/held-restored")
     assert r.json()["undone"][-1] == "released the claim on held"
@@ -224,7 +233,7 @@ def test_an_interrupted_run_holds_its_pod_until_rolled_back(
 
 
 def test_a_claim_whose_journal_is_elsewhere_is_refused_with_the_way_out(
-        migrate: Callable[..., Result], sim: Simulator, v1: client.CoreV1Api,
+        migrate: Callable[..., Result], cluster: Cluster, v1: client.CoreV1Api,
         tmp_path: Path) -> None:
     make_pod(v1, "foreign")
     other = "pod-foreign-20260101t000000-abcd"
@@ -239,7 +248,7 @@ def test_a_claim_whose_journal_is_elsewhere_is_refused_with_the_way_out(
     if KUBECTL is None:
         annotate(v1, "foreign", None)
     else:  # the hint's command, as given
-        kubectl_runner(tmp_path)(sim.kubeconfig, "annotate", "pod", "-n", "default", "foreign",
+        kubectl_runner(tmp_path)(cluster.kubeconfig, "annotate", "pod", "-n", "default", "foreign",
                                  f"{CLAIM}-")
     assert CLAIM not in annotations(v1, "foreign")
     assert migrate("foreign", "--to", "node-b", "--dry-run").code == 0

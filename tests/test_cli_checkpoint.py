@@ -1,4 +1,5 @@
-"""`migrate checkpoint` against the cluster simulator over real HTTPS."""
+"""`migrate checkpoint` against the real control plane with node agents: through the API
+server's node proxy, and straight to a node's kubelet API (in its node host)."""
 
 from __future__ import annotations
 
@@ -9,23 +10,24 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from e2e.sim import Simulator
+from e2e.cluster.launcher import ControlPlane
+from e2e.cluster.world import Cluster
+from tests.cluster import api_client, node_agents, wait_for
 from tests.conftest import Result
-from tests.simulated import sim_client, wait_for
 
 Cli = Callable[..., Result]
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
-    with Simulator(tmp_path_factory.mktemp("sim") / "state", start_latency=0.05,
-                   stop_latency=0.05) as cluster:
-        yield cluster
+def cluster(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with node_agents(real_cp, tmp_path_factory.mktemp("nodes"), start_latency=0.05,
+                     stop_latency=0.05) as world:
+        yield world
 
 
 @pytest.fixture(scope="module")
-def v1(sim: Simulator) -> Iterator[client.CoreV1Api]:
-    with sim_client(sim) as api:
+def v1(cluster: Cluster) -> Iterator[client.CoreV1Api]:
+    with api_client(cluster.kubeconfig) as api:
         yield client.CoreV1Api(api)
 
 
@@ -44,47 +46,47 @@ def running_pod(v1: client.CoreV1Api, name: str, containers: tuple[str, ...] = (
     return pod.to_dict()  # type: ignore[no-any-return]
 
 
-def test_unknown_pod(cli: Cli, sim: Simulator) -> None:
-    r = cli("checkpoint", "ghost", "--kubeconfig", sim.kubeconfig)
+def test_unknown_pod(cli: Cli, cluster: Cluster) -> None:
+    r = cli("checkpoint", "ghost", "--kubeconfig", cluster.kubeconfig)
     assert r.code == 4
     assert r.err == ("error: pod default/ghost does not exist\n"
                      "hint: there are no pods in default; check the name and the namespace "
                      "(-n)\n")
 
 
-def test_several_containers_need_c(cli: Cli, sim: Simulator, v1: client.CoreV1Api) -> None:
+def test_several_containers_need_c(cli: Cli, cluster: Cluster, v1: client.CoreV1Api) -> None:
     running_pod(v1, "duo", ("app", "sidecar"))
-    r = cli("checkpoint", "duo", "--kubeconfig", sim.kubeconfig)
+    r = cli("checkpoint", "duo", "--kubeconfig", cluster.kubeconfig)
     assert r.code == 2
     assert r.err == ("error: pod default/duo has 2 containers; say which with -c\n"
                      "hint: its containers: app, sidecar\n")
-    r = cli("checkpoint", "duo", "-c", "db", "--kubeconfig", sim.kubeconfig)
+    r = cli("checkpoint", "duo", "-c", "db", "--kubeconfig", cluster.kubeconfig)
     assert (r.code, r.err.splitlines()[0]) == (4, "error: pod default/duo has no container 'db'")
 
 
-def test_pod_not_running(cli: Cli, sim: Simulator, v1: client.CoreV1Api) -> None:
+def test_pod_not_running(cli: Cli, cluster: Cluster, v1: client.CoreV1Api) -> None:
     sim_unschedulable = {"containers": [{"name": "app", "image": "x"}],
                          "nodeSelector": {"no-such": "node"}}
     v1.create_namespaced_pod("default", {"metadata": {"name": "pending"},
                                          "spec": sim_unschedulable})
-    r = cli("checkpoint", "pending", "--kubeconfig", sim.kubeconfig)
+    r = cli("checkpoint", "pending", "--kubeconfig", cluster.kubeconfig)
     assert r.code == 6
     assert r.err == ("error: pod default/pending is Pending, not Running\n"
                      "hint: only a running container can be checkpointed\n")
 
 
-def test_namespace_and_context_come_from_flags(cli: Cli, sim: Simulator) -> None:
-    r = cli("checkpoint", "x", "-n", "kube-system", "--kubeconfig", sim.kubeconfig)
+def test_namespace_and_context_come_from_flags(cli: Cli, cluster: Cluster) -> None:
+    r = cli("checkpoint", "x", "-n", "kube-system", "--kubeconfig", cluster.kubeconfig)
     assert r.err.splitlines()[0] == "error: pod kube-system/x does not exist"
-    r = cli("checkpoint", "x", "--context", "nope", "--kubeconfig", sim.kubeconfig)
+    r = cli("checkpoint", "x", "--context", "nope", "--kubeconfig", cluster.kubeconfig)
     assert r.code == 4
-    assert r.err.startswith(f"error: context nope is not in kubeconfig {sim.kubeconfig}\n")
+    assert r.err.startswith(f"error: context nope is not in kubeconfig {cluster.kubeconfig}\n")
 
 
-def test_kubelet_route_needs_its_credentials(cli: Cli, sim: Simulator,
+def test_kubelet_route_needs_its_credentials(cli: Cli, cluster: Cluster,
                                              v1: client.CoreV1Api) -> None:
     running_pod(v1, "solo")
-    r = cli("checkpoint", "solo", "--via", "kubelet", "--kubeconfig", sim.kubeconfig)
+    r = cli("checkpoint", "solo", "--via", "kubelet", "--kubeconfig", cluster.kubeconfig)
     assert (r.code, r.err.splitlines()[0]) == (
         2, "error: --via kubelet needs --kubelet-url, --cert and --key")
 
@@ -103,15 +105,16 @@ SECRET_PROCS = ('[{"pid": 1, "ppid": 0, "comm": "server", "argv": ["/srv/server"
 
 @pytest.mark.parametrize("via", ["apiserver", "kubelet"])
 def test_checkpoint_writes_the_archive_on_the_pods_node(
-        cli: Cli, sim: Simulator, v1: client.CoreV1Api, via: str) -> None:
+        cli: Cli, cluster: Cluster, v1: client.CoreV1Api, via: str) -> None:
     name = f"web-{via}"
     running_pod(v1, name, node="node-b",
                 annotations={"sim.migrate.dev/processes": SECRET_PROCS})
-    args: list[str | Path] = ["checkpoint", name, "--kubeconfig", sim.kubeconfig, "-o", "json"]
+    args: list[str | Path] = ["checkpoint", name, "--kubeconfig", cluster.kubeconfig, "-o", "json"]
     if via == "kubelet":
-        args += ["--via", "kubelet", "--kubelet-url", sim.kubelet_url("node-b"),
-                 "--cert", sim.state_dir / "kubelet-client.crt",
-                 "--key", sim.state_dir / "kubelet-client.key", "--ca", sim.state_dir / "ca.crt"]
+        # The API server's own kubelet client certificate: its group may do everything.
+        args += ["--via", "kubelet", "--kubelet-url", cluster.kubelet_url("node-b"),
+                 "--cert", cluster.kubelet_client.cert, "--key", cluster.kubelet_client.key,
+                 "--ca", cluster.ca.cert]
     r = cli(*args)
     assert r.code == 0, r.err
     out = r.json()
@@ -120,7 +123,7 @@ def test_checkpoint_writes_the_archive_on_the_pods_node(
     assert (out["node"], out["namespace"], out["pod"], out["container"], out["via"]) == (
         "node-b", "default", name, "app", via)
     assert out["archive"].startswith(f"/var/lib/kubelet/checkpoints/checkpoint-{name}_default-app-")
-    local = sim.node_path("node-b", out["archive"])
+    local = cluster.node_path("node-b", out["archive"])
     assert local.stat().st_mode & 0o777 == 0o600
     # The archive is a real checkpoint of that container, memory included.
     shown = cli("show", local, "-o", "json").json()[0]
@@ -130,46 +133,46 @@ def test_checkpoint_writes_the_archive_on_the_pods_node(
     assert [m["command"] for m in found] == ["server"]
 
 
-def test_table_output(cli: Cli, sim: Simulator, v1: client.CoreV1Api) -> None:
+def test_table_output(cli: Cli, cluster: Cluster, v1: client.CoreV1Api) -> None:
     running_pod(v1, "tabled")
-    r = cli("checkpoint", "tabled", "--kubeconfig", sim.kubeconfig)
+    r = cli("checkpoint", "tabled", "--kubeconfig", cluster.kubeconfig)
     header, row = r.out.splitlines()
     assert header.split() == ["NODE", "POD", "CONTAINER", "ARCHIVE", "TIME"]
     assert row.split()[:3] == ["node-a", "default/tabled", "app"]
 
 
-def test_gate_off_gets_the_feature_gate_hint(cli: Cli, sim: Simulator,
+def test_gate_off_gets_the_feature_gate_hint(cli: Cli, cluster: Cluster,
                                              v1: client.CoreV1Api) -> None:
     running_pod(v1, "gated", node="node-b")
-    sim.configure_node("node-b", checkpoint_gate=False)
+    cluster.configure_node("node-b", checkpoint_gate=False)
     try:
-        r = cli("checkpoint", "gated", "--kubeconfig", sim.kubeconfig)
+        r = cli("checkpoint", "gated", "--kubeconfig", cluster.kubeconfig)
     finally:
-        sim.configure_node("node-b", checkpoint_gate=True)
+        cluster.configure_node("node-b", checkpoint_gate=True)
     assert r.code == 4
     assert r.err == ("error: checkpoint default/gated/app on node-b: 404 page not found\n"
                      "hint: the kubelet has no checkpoint endpoint: enable the "
                      "ContainerCheckpoint feature gate (on by default from 1.30)\n")
 
 
-def test_a_failed_checkpoint_is_retried(cli: Cli, sim: Simulator, v1: client.CoreV1Api) -> None:
+def test_a_failed_checkpoint_is_retried(cli: Cli, cluster: Cluster, v1: client.CoreV1Api) -> None:
     running_pod(v1, "flaky", node="node-b")
-    sim.configure_node("node-b", fail_next_checkpoints=1)
-    r = cli("checkpoint", "flaky", "--kubeconfig", sim.kubeconfig, "-o", "json")
+    cluster.configure_node("node-b", fail_next_checkpoints=1)
+    r = cli("checkpoint", "flaky", "--kubeconfig", cluster.kubeconfig, "-o", "json")
     assert r.code == 0, r.err
-    assert sim.node_config("node-b").fail_next_checkpoints == 0
+    assert cluster.node_config("node-b").fail_next_checkpoints == 0
 
 
-def test_a_runtime_without_checkpoint_support(cli: Cli, sim: Simulator,
+def test_a_runtime_without_checkpoint_support(cli: Cli, cluster: Cluster,
                                               v1: client.CoreV1Api,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MIGRATE_DEBUG", "")
     running_pod(v1, "norestore", node="node-b")
-    sim.configure_node("node-b", restore_level="none")
+    cluster.configure_node("node-b", restore_level="none")
     try:
-        r = cli("checkpoint", "norestore", "--kubeconfig", sim.kubeconfig)
+        r = cli("checkpoint", "norestore", "--kubeconfig", cluster.kubeconfig)
     finally:
-        sim.configure_node("node-b", restore_level="checkpoint_restore")
+        cluster.configure_node("node-b", restore_level="checkpoint_restore")
     assert r.code == 6
     first, hint = r.err.splitlines()
     assert first.startswith("error: checkpoint default/norestore/app on node-b: checkpointing "
@@ -177,5 +180,5 @@ def test_a_runtime_without_checkpoint_support(cli: Cli, sim: Simulator,
     assert hint == ("hint: the container runtime could not checkpoint it: CRI-O needs CRIU "
                     "support enabled; see the kubelet and runtime logs on the node")
     # A runtime without the feature is not retried: the kubelet saw one request.
-    log = (sim.node_dir("node-b") / "var/log/kubelet.log").read_text()
+    log = (cluster.node_dir("node-b") / "var/log/kubelet.log").read_text()
     assert log.count("/checkpoint/default/norestore/app") == 1

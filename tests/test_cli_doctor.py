@@ -1,4 +1,5 @@
-"""`migrate doctor` against the cluster simulator, the real registry and buildah."""
+"""`migrate doctor` against the real control plane with node agents, the real registry and
+buildah."""
 
 from __future__ import annotations
 
@@ -11,38 +12,37 @@ from typing import Any
 
 import pytest
 
-from e2e.sim import NodeConfig, Simulator
-from e2e.sim.protocol import Attributes
+from e2e.cluster.launcher import ControlPlane
+from e2e.cluster.world import Cluster
+from e2e.nodes import NodeConfig
 from migrate.pipeline import nodes
 from migrate.pipeline.doctor import _gate
 from migrate.validation import validate
+from tests.cluster import node_agents
 from tests.conftest import Result
 from tests.registries import RegistryUnderTest
 
 Cli = Callable[..., Result]
 LIMITED = "limited-operator"
-
-
-def _limited(attrs: Attributes) -> bool:
-    # The limited operator may do everything but proxy to kubelets and create Jobs.
-    if attrs.user.name != LIMITED:
-        return True
-    return not (attrs.resource == "nodes" and attrs.subresource == "proxy") and \
-        attrs.resource != "jobs"
+#: The limited operator may do everything but proxy to kubelets and create Jobs.
+LIMITED_RULES = [{"apiGroups": [""], "verbs": ["*"],
+                  "resources": ["pods", "pods/eviction", "pods/log", "nodes", "events",
+                                "secrets"]},
+                 {"apiGroups": ["apps"], "resources": ["*"], "verbs": ["*"]}]
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
+def cluster(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     configs = {
         "node-c": NodeConfig(runtime="containerd://2.4.0"),
         "node-d": NodeConfig(ready=False),
         "node-e": NodeConfig(taints=[{"key": "maintenance", "value": "kernel",
                                       "effect": "NoSchedule"}]),
     }
-    with Simulator(tmp_path_factory.mktemp("sim") / "state",
-                   nodes=("node-a", "node-b", "node-c", "node-d", "node-e"),
-                   node_config=configs, authorizer=_limited) as cluster:
-        yield cluster
+    with node_agents(real_cp, tmp_path_factory.mktemp("nodes"),
+                     nodes=("node-a", "node-b", "node-c", "node-d", "node-e"),
+                     node_config=configs) as world:
+        yield world
 
 
 def rows(r: Result) -> dict[str, tuple[str, str, str]]:
@@ -51,12 +51,13 @@ def rows(r: Result) -> dict[str, tuple[str, str, str]]:
     return {c["check"]: (c["status"], c["detail"], c["hint"]) for c in data["checks"]}
 
 
-def test_a_healthy_node_and_the_admin_pass(cli: Cli, sim: Simulator) -> None:
-    r = cli("doctor", "--kubeconfig", sim.kubeconfig, "--node", "node-a", "-o", "json")
+def test_a_healthy_node_and_the_admin_pass(cli: Cli, cluster: Cluster,
+                                           real_cp: ControlPlane) -> None:
+    r = cli("doctor", "--kubeconfig", cluster.kubeconfig, "--node", "node-a", "-o", "json")
     assert r.code == 0, r.err
     got = rows(r)
     assert got["api"][0] == "PASS"
-    assert "v1.30" in got["api"][1]
+    assert real_cp.versions.kubernetes in got["api"][1]
     rbac = {k: v[0] for k, v in got.items() if k.startswith("rbac: ")}
     assert rbac == {
         "rbac: get pods": "PASS", "rbac: watch pods": "PASS", "rbac: create pods": "PASS",
@@ -71,8 +72,8 @@ def test_a_healthy_node_and_the_admin_pass(cli: Cli, sim: Simulator) -> None:
     assert r.err == ""
 
 
-def test_every_node_problem_is_a_row(cli: Cli, sim: Simulator) -> None:
-    r = cli("doctor", "--kubeconfig", sim.kubeconfig, "-o", "json")
+def test_every_node_problem_is_a_row(cli: Cli, cluster: Cluster) -> None:
+    r = cli("doctor", "--kubeconfig", cluster.kubeconfig, "-o", "json")
     got = rows(r)
     assert got["node node-c: runtime"] == (
         "WARN", "containerd://2.4.0: checkpoints, but neither a source nor a destination",
@@ -87,15 +88,15 @@ def test_every_node_problem_is_a_row(cli: Cli, sim: Simulator) -> None:
                      "hint: each FAIL row has a hint; fix those and run migrate doctor again\n")
 
 
-def test_cordoned_node_is_a_warning(cli: Cli, sim: Simulator) -> None:
-    from tests.simulated import sim_client
+def test_cordoned_node_is_a_warning(cli: Cli, cluster: Cluster) -> None:
+    from tests.cluster import api_client
 
-    with sim_client(sim) as api:
+    with api_client(cluster.kubeconfig) as api:
         from kubernetes import client
 
         client.CoreV1Api(api).patch_node("node-b", {"spec": {"unschedulable": True}})
         try:
-            got = rows(cli("doctor", "--kubeconfig", sim.kubeconfig, "--node", "node-b",
+            got = rows(cli("doctor", "--kubeconfig", cluster.kubeconfig, "--node", "node-b",
                            "-o", "json"))
         finally:
             client.CoreV1Api(api).patch_node("node-b", {"spec": {"unschedulable": False}})
@@ -104,13 +105,8 @@ def test_cordoned_node_is_a_warning(cli: Cli, sim: Simulator) -> None:
     assert "uncordon" in hint
 
 
-def test_rbac_denials(cli: Cli, sim: Simulator, tmp_path: Path) -> None:
-    from tests.simulated import sim_client
-
-    token = sim.add_token(LIMITED)
-    with sim_client(sim, token):
-        pass  # writes the kubeconfig copy carrying the token
-    kubeconfig = sim.state_dir / f"kubeconfig-{token[:8]}"
+def test_rbac_denials(cli: Cli, cluster: Cluster, tmp_path: Path) -> None:
+    kubeconfig = cluster.user_kubeconfig(LIMITED, LIMITED_RULES)
     r = cli("doctor", "--kubeconfig", kubeconfig, "--node", "node-a", "-o", "json")
     got = rows(r)
     assert got["rbac: create nodes/proxy"] == (
@@ -125,8 +121,8 @@ def test_rbac_denials(cli: Cli, sim: Simulator, tmp_path: Path) -> None:
     assert r.code == 9
 
 
-def test_table_output(cli: Cli, sim: Simulator) -> None:
-    r = cli("doctor", "--kubeconfig", sim.kubeconfig, "--node", "node-c")
+def test_table_output(cli: Cli, cluster: Cluster) -> None:
+    r = cli("doctor", "--kubeconfig", cluster.kubeconfig, "--node", "node-c")
     lines = r.out.splitlines()
     assert lines[0].split() == ["STATUS", "CHECK", "DETAIL"]
     assert any(line.startswith("WARN ") and "node node-c: runtime" in line for line in lines)
@@ -152,10 +148,10 @@ def test_unreachable_api_skips_the_cluster_checks(cli: Cli, tmp_path: Path) -> N
     assert r.code == 9
 
 
-def test_registry_reachable_and_authorised(cli: Cli, sim: Simulator,
+def test_registry_reachable_and_authorised(cli: Cli, cluster: Cluster,
                                            tls_basic_registry: RegistryUnderTest) -> None:
     reg = tls_basic_registry
-    base = ("doctor", "--kubeconfig", sim.kubeconfig, "--node", "node-a", "-o", "json",
+    base = ("doctor", "--kubeconfig", cluster.kubeconfig, "--node", "node-a", "-o", "json",
             "--registry", f"{reg.host}/ckpt", "--cert-dir", reg.cert_dir)
     got = rows(cli(*base, "--creds", f"{reg.username}:{reg.password}"))
     assert got[f"registry {reg.host}"] == (
@@ -168,9 +164,9 @@ def test_registry_reachable_and_authorised(cli: Cli, sim: Simulator,
     assert r.code == 9
 
 
-def test_registry_without_tls_verification(cli: Cli, sim: Simulator,
+def test_registry_without_tls_verification(cli: Cli, cluster: Cluster,
                                            plain_registry: RegistryUnderTest) -> None:
-    base = ("doctor", "--kubeconfig", sim.kubeconfig, "--node", "node-a", "-o", "json",
+    base = ("doctor", "--kubeconfig", cluster.kubeconfig, "--node", "node-a", "-o", "json",
             "--registry", plain_registry.host)
     assert rows(cli(*base))[f"registry {plain_registry.host}"][0] == "FAIL"
     got = rows(cli(*base, "--no-tls-verify"))
@@ -178,20 +174,20 @@ def test_registry_without_tls_verification(cli: Cli, sim: Simulator,
         "PASS", "reachable, anonymous access accepted (push scope migrate/doctor)")
 
 
-def test_bad_registry_argument_is_a_usage_error(cli: Cli, sim: Simulator) -> None:
-    r = cli("doctor", "--kubeconfig", sim.kubeconfig, "--registry", "just-a-name")
+def test_bad_registry_argument_is_a_usage_error(cli: Cli, cluster: Cluster) -> None:
+    r = cli("doctor", "--kubeconfig", cluster.kubeconfig, "--registry", "just-a-name")
     assert (r.code, r.out) == (2, "")
     assert r.err == ("error: --registry 'just-a-name' does not start with a registry host\n"
                      "hint: use HOST[:PORT][/REPOSITORY], e.g. registry.example:5000/ckpt\n")
 
 
-def test_buildah_missing_is_a_warning(cli: Cli, sim: Simulator, tmp_path: Path,
+def test_buildah_missing_is_a_warning(cli: Cli, cluster: Cluster, tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    r = cli("doctor", "--kubeconfig", sim.kubeconfig, "--node", "node-a", "-o", "json")
+    r = cli("doctor", "--kubeconfig", cluster.kubeconfig, "--node", "node-a", "-o", "json")
     status, detail, _ = rows(r)["buildah"]
     assert status == "PASS" and detail.startswith("buildah 1.")
     monkeypatch.setenv("PATH", str(tmp_path))  # nothing to find
-    status, detail, hint = rows(cli("doctor", "--kubeconfig", sim.kubeconfig, "--node",
+    status, detail, hint = rows(cli("doctor", "--kubeconfig", cluster.kubeconfig, "--node",
                                     "node-a", "-o", "json"))["buildah"]
     assert (status, detail) == ("WARN", "buildah is not installed")
     assert hint.startswith("only --builder buildah needs it")

@@ -3,7 +3,7 @@
 Building it needs the network (the Debian base image, packages, the wheel's
 build dependencies), which the test machine does not have; these checks keep
 it consistent with the package and with what the simulator assumes the image
-runs (e2e/sim/toolrun.py).
+runs (e2e/nodes/toolrun.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import re
 import tomllib
 from pathlib import Path
 
-from e2e.sim.toolrun import DEFAULT_ARGS, ENTRYPOINTS
+from e2e.nodes.toolrun import DEFAULT_ARGS, ENTRYPOINTS
 
 REPO = Path(__file__).resolve().parent.parent
 

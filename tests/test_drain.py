@@ -1,6 +1,7 @@
-"""`migrate drain` end to end: the simulator (HTTPS, workloads, budgets), the real
-registry, the native builder. Each test gets a fresh cluster: a drain empties
-a whole node, so tests cannot share one.
+"""`migrate drain` end to end: the real control plane (its scheduler, workload
+controllers, disruption budgets and eviction API) with node agents, the real
+registry, the native builder. Each test gets fresh nodes: a drain empties a
+whole node, so tests cannot share them.
 
 node-a is drained; node-b and node-c restore; node-d runs CRI-O with restores
 turned off (checkpoint_only: the kubelet refuses the restore) and carries the
@@ -25,12 +26,14 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from e2e.sim import NodeConfig, RegistryConfig, Simulator
+from e2e.cluster.launcher import ControlPlane
+from e2e.cluster.world import Cluster as Nodes
+from e2e.nodes import NodeConfig, RegistryConfig
 from migrate.pipeline import migration
 from migrate.validation import validate
+from tests.cluster import api_client, node_agents, wait_for
 from tests.conftest import Result
 from tests.registries import RegistryUnderTest
-from tests.simulated import sim_client, wait_for
 
 Cli = Callable[..., Result]
 NODES = ("node-a", "node-b", "node-c", "node-d", "node-e")
@@ -39,10 +42,10 @@ RESTORE_OFF = {"key": "restore", "value": "off", "effect": "NoSchedule"}
 
 
 class Cluster:
-    """A fresh simulator and clients for it."""
+    """Fresh node agents and clients for their cluster."""
 
-    def __init__(self, sim: Simulator, api: client.ApiClient) -> None:
-        self.sim = sim
+    def __init__(self, nodes: Nodes, api: client.ApiClient) -> None:
+        self.nodes = nodes
         self.v1 = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
         self.policy = client.PolicyV1Api(api)
@@ -55,17 +58,44 @@ class Cluster:
             **spec: Any) -> Any:
         meta: dict[str, Any] = {"name": name, "labels": labels or {"app": name},
                                 "annotations": annotations or {}}
-        if owner:
-            meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": owner[0],
-                                        "name": owner[1], "uid": f"uid-{owner[1]}",
-                                        "controller": True}]
+        if owner and owner[0] == "StatefulSet":
+            # What the StatefulSet controller checks before it adopts a pod as its own.
+            meta["labels"]["statefulset.kubernetes.io/pod-name"] = name
+            spec = {"hostname": name, "subdomain": owner[1], **spec}
         body = {"metadata": meta, "spec": {"nodeName": node, "containers": [
             {"name": "counter", "image": IMAGE,
              "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
             "volumes": [{"name": "data", "emptyDir": {}}], **spec}}
         self.v1.create_namespaced_pod("default", body)
-        return wait_for(lambda: (p := self.v1.read_namespaced_pod(name, "default")).status.phase
-                        == "Running" and p, what=f"{name} Running")
+        running = wait_for(lambda: (p := self.v1.read_namespaced_pod(name, "default"))
+                           .status.phase == "Running" and p, what=f"{name} Running")
+        return self._adopted(running, owner, node) if owner else running
+
+    def _adopted(self, pod: Any, owner: tuple[str, str], node: str) -> Any:
+        """The pod, once a real owner of that kind and name has adopted it (the real
+        garbage collector deletes a pod whose owner does not exist). Updates OnDelete:
+        the controller keeps the pod it adopted instead of replacing it with its own."""
+        kind, name = owner
+        labels = {"app": pod.metadata.name}
+        template = {"metadata": {"labels": labels}, "spec": {
+            "containers": [{"name": "counter", "image": IMAGE}],
+            "nodeSelector": {"kubernetes.io/hostname": node}}}
+        spec = {"selector": {"matchLabels": labels}, "template": template,
+                "updateStrategy": {"type": "OnDelete"}}
+        if kind == "StatefulSet":
+            self.apps.create_namespaced_stateful_set("default", {
+                "metadata": {"name": name}, "spec": {**spec, "replicas": 1,
+                                                     "serviceName": name}})
+        else:
+            self.apps.create_namespaced_daemon_set("default", {
+                "metadata": {"name": name}, "spec": spec})
+
+        def adopted() -> Any:
+            p = self.v1.read_namespaced_pod(pod.metadata.name, "default")
+            refs = [r for r in p.metadata.owner_references or [] if r.controller]
+            return p if refs and (refs[0].kind, refs[0].name) == owner else None
+
+        return wait_for(adopted, what=f"{pod.metadata.name} adopted by {kind} {name}")
 
     def deployment(self, name: str, replicas: int, **template_spec: Any) -> list[Any]:
         """A Deployment whose pods all run on node-a."""
@@ -125,20 +155,21 @@ class Cluster:
 
 
 @pytest.fixture
-def make_cluster(tmp_path_factory: pytest.TempPathFactory, plain_registry: RegistryUnderTest,
+def make_cluster(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
+                 plain_registry: RegistryUnderTest,
                  monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Cluster]]:
     with ExitStack() as stack:
         def make(**configs: NodeConfig) -> Cluster:
             node_config = {"node-d": NodeConfig(restore_level="checkpoint_only",
                                                 labels={"disk": "special"}, taints=[RESTORE_OFF]),
                            "node-e": NodeConfig(runtime="containerd://2.4.0"), **configs}
-            sim = stack.enter_context(Simulator(
-                tmp_path_factory.mktemp("sim") / "state", nodes=NODES,
+            nodes = stack.enter_context(node_agents(
+                real_cp, tmp_path_factory.mktemp("nodes"), nodes=NODES,
                 node_config=node_config, start_latency=0.05, stop_latency=0.05,
                 registries=RegistryConfig(insecure=(plain_registry.host,))))
             # The tool reads archives where the nodes' directories are "shared".
-            monkeypatch.setenv("MIGRATE_NODE_ROOT", str(sim.state_dir / "nodes" / "{node}"))
-            return Cluster(sim, stack.enter_context(sim_client(sim)))
+            monkeypatch.setenv("MIGRATE_NODE_ROOT", nodes.node_root)
+            return Cluster(nodes, stack.enter_context(api_client(nodes.kubeconfig)))
         yield make
 
 
@@ -151,7 +182,7 @@ def cluster(make_cluster: Callable[..., Cluster]) -> Cluster:
 def drain(cli: Cli, plain_registry: RegistryUnderTest) -> Callable[..., Result]:
     def run(c: Cluster, *args: str) -> Result:
         # The defaults first: a later option given by the test wins.
-        return cli("drain", "--kubeconfig", c.sim.kubeconfig, "--registry",
+        return cli("drain", "--kubeconfig", c.nodes.kubeconfig, "--registry",
                    f"{plain_registry.host}/drains", "--no-tls-verify", "--timeout", "20", *args)
     return run
 
@@ -353,7 +384,7 @@ def test_a_failed_migration_does_not_stop_the_others(drain: Callable[..., Result
 def test_a_transient_failure_is_retried(drain: Callable[..., Result], cluster: Cluster) -> None:
     cluster.pod("flaky")
     # More failures than one API call retries: the first run fails and is rolled back.
-    cluster.sim.configure_node("node-a", fail_next_checkpoints=5)
+    cluster.nodes.configure_node("node-a", fail_next_checkpoints=5)
     r = drain(cluster, "node-a", "-o", "json")
     assert r.code == 0, r.err
     flaky = by_name(r.json())["flaky"]
@@ -385,7 +416,7 @@ def test_an_interrupted_drain_resumes(drain: Callable[..., Result], cli: Cli,
     (listed,) = cli("history", "--drains", "-o", "json").json()
     assert listed == {"id": drain_id, "created": listed["created"], "outcome": "interrupted",
                       "node": "node-a", "pods": 3, "results": {"interrupted": 1}}
-    r = cli("drain", "--resume", drain_id, "--kubeconfig", cluster.sim.kubeconfig,
+    r = cli("drain", "--resume", drain_id, "--kubeconfig", cluster.nodes.kubeconfig,
             "--no-tls-verify", "-o", "json")
     assert r.code == 0, r.err
     report = r.json()
@@ -399,7 +430,7 @@ def test_an_interrupted_drain_resumes(drain: Callable[..., Result], cli: Cli,
     table = cli("history", "--drains").out.splitlines()
     assert table[0].split() == ["ID", "CREATED", "OUTCOME", "NODE", "PODS", "RESULTS"]
     assert table[-1].split()[0::2] == [drain_id, "succeeded", "3", "migrated"]
-    r = cli("drain", "--resume", drain_id, "--kubeconfig", cluster.sim.kubeconfig)
+    r = cli("drain", "--resume", drain_id, "--kubeconfig", cluster.nodes.kubeconfig)
     assert (r.code, r.err.splitlines()[0]) == (
         2, f"error: drain {drain_id} has succeeded; nothing to resume")
 
@@ -429,7 +460,7 @@ def test_ctrl_c_stops_the_pods_in_flight_at_a_stage_boundary(
     assert 1 <= len(left) <= 2  # one pod moved; the others stopped before switching over
     history = cli("history", "-o", "json").json()
     assert {h["outcome"] for h in history} <= {"succeeded", "interrupted"}
-    r = cli("drain", "--resume", drain_id, "--kubeconfig", cluster.sim.kubeconfig,
+    r = cli("drain", "--resume", drain_id, "--kubeconfig", cluster.nodes.kubeconfig,
             "--no-tls-verify", "-o", "json")
     assert r.code == 0, r.err
     assert {p["outcome"] for p in r.json()["pods"]} == {"migrated"}
@@ -438,10 +469,10 @@ def test_ctrl_c_stops_the_pods_in_flight_at_a_stage_boundary(
 
 def test_uncordon(cli: Cli, cluster: Cluster) -> None:
     cluster.v1.patch_node("node-a", {"spec": {"unschedulable": True}})
-    r = cli("uncordon", "node-a", "--kubeconfig", cluster.sim.kubeconfig)
+    r = cli("uncordon", "node-a", "--kubeconfig", cluster.nodes.kubeconfig)
     assert (r.code, r.out) == (0, "node/node-a uncordoned\n")
     assert not cluster.cordoned("node-a")
-    r = cli("uncordon", "node-a", "--kubeconfig", cluster.sim.kubeconfig, "-o", "json")
+    r = cli("uncordon", "node-a", "--kubeconfig", cluster.nodes.kubeconfig, "-o", "json")
     assert json.loads(r.out) == {"node": "node-a", "was_cordoned": False}
 
 
@@ -463,11 +494,11 @@ def test_usage_and_cluster_errors(drain: Callable[..., Result], cli: Cli,
         "CRI-O does not restore its archives: neither a source nor a destination")
     code, line = first_line(drain(cluster, "node-a", "--pod-selector", "app in (x"))
     assert (code, line.split(":")[:2]) == (2, ["error", " --pod-selector"])
-    r = cli("drain", "node-a", "--kubeconfig", cluster.sim.kubeconfig)
+    r = cli("drain", "node-a", "--kubeconfig", cluster.nodes.kubeconfig)
     assert first_line(r) == (2, "error: 1 pod(s) to migrate: say where their checkpoint "
                                 "images go with --registry REG")
     assert first_line(cli("drain", "--resume", "drain-nothing-20260101t000000-abcd",
-                          "--kubeconfig", cluster.sim.kubeconfig))[0] == 4
+                          "--kubeconfig", cluster.nodes.kubeconfig))[0] == 4
     assert not cluster.cordoned("node-a")  # nothing above changed anything
 
 
@@ -477,7 +508,7 @@ def test_the_eviction_api_says_not_now_gone_or_evicted(cluster: Cluster) -> None
 
     first, _ = cluster.deployment("guarded", 2)
     cluster.pdb("guarded-pdb", "guarded", minAvailable=2)
-    api = kube.connect(KubeSettings(kubeconfig=cluster.sim.kubeconfig))
+    api = kube.connect(KubeSettings(kubeconfig=cluster.nodes.kubeconfig))
     name, uid = first.metadata.name, first.metadata.uid
     answer = kube.evict_pod(api, "default", name, uid=uid)
     assert (answer.outcome, answer.message) == (
@@ -504,7 +535,7 @@ def test_a_pod_another_migration_claims_is_blocked_not_moved_twice(
     cluster.pod("free")
     with monkeypatch.context() as m:  # a `migrate pod` run of it, interrupted
         _interrupt_at(m, "verify")
-        r = cli("pod", "claimed", "--to", "node-b", "--kubeconfig", cluster.sim.kubeconfig,
+        r = cli("pod", "claimed", "--to", "node-b", "--kubeconfig", cluster.nodes.kubeconfig,
                 "--registry", f"{plain_registry.host}/drains", "--no-tls-verify")
     assert r.code == 130
     holder = re.search(r"migration (pod-\S+) interrupted", r.err)[1]  # type: ignore[index]
@@ -531,11 +562,11 @@ def test_sigterm_stops_a_drain_like_ctrl_c_and_it_resumes_as_it_ran(
         spawned: list[subprocess.Popen[str]]) -> None:
     for name in ("t1", "t2"):
         cluster.pod(name)
-    args = ["drain", "node-a", "--kubeconfig", str(cluster.sim.kubeconfig), "--registry",
+    args = ["drain", "node-a", "--kubeconfig", str(cluster.nodes.kubeconfig), "--registry",
             f"{plain_registry.host}/drains", "--no-tls-verify", "--timeout", "20",
             "--concurrency", "1"]
     stderr = tmp_path / "stderr"
-    with cluster.sim.holding_checkpoints("node-a") as waiting, stderr.open("w") as sink:
+    with cluster.nodes.holding_checkpoints("node-a") as waiting, stderr.open("w") as sink:
         process = subprocess.Popen([str(Path(sys.executable).parent / "migrate"), *args],
                                    stdout=subprocess.DEVNULL, stderr=sink, text=True)
         spawned.append(process)
@@ -556,7 +587,7 @@ def test_sigterm_stops_a_drain_like_ctrl_c_and_it_resumes_as_it_ran(
     assert (listed["outcome"], listed["results"]) == ("interrupted", {"interrupted": 1})
     assert [h["outcome"] for h in cli("history", "-o", "json").json()] == ["interrupted"]
     # No registry options: the drain's journal says how it reached the registry.
-    r = cli("drain", "--resume", drain_id, "--kubeconfig", cluster.sim.kubeconfig, "-o", "json")
+    r = cli("drain", "--resume", drain_id, "--kubeconfig", cluster.nodes.kubeconfig, "-o", "json")
     assert r.code == 0, r.err
     assert {p["outcome"] for p in r.json()["pods"]} == {"migrated"}
     assert not {"t1", "t2"} & set(cluster.where())

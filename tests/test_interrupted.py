@@ -1,10 +1,11 @@
 """Interrupted migrations: SIGTERM, interruptions as a stage starts, killed processes,
 and resuming them, also against registries that need TLS options or credentials.
 
-SIGTERM goes to real `migrate pod` processes (the installed console script) at
-points the test knows they are at: inside the checkpoint (the simulator holds
-checkpoints on the source node), or in verify (the destination's image pull
-takes seconds; the journal says when verify began).
+Against the real control plane with node agents. SIGTERM goes to real
+`migrate pod` processes (the installed console script) at points the test
+knows they are at: inside the checkpoint (the source node's agent holds
+checkpoints), or in verify (the destination's image pull takes seconds; the
+journal says when verify began).
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from e2e.sim import RegistryConfig, Simulator
+from e2e.cluster.launcher import ControlPlane
+from e2e.cluster.world import Cluster
+from e2e.nodes import RegistryConfig
 from migrate.pipeline import migration
 from migrate.pipeline.journal import Journal
+from tests.cluster import api_client, node_agents, wait_for
 from tests.conftest import Result
 from tests.registries import RegistryUnderTest
-from tests.simulated import sim_client, wait_for
 from tests.test_migrate_pod import assert_untouched, make_pod, pods
 
 Cli = Callable[..., Result]
@@ -36,29 +39,30 @@ MIGRATE = str(Path(sys.executable).parent / "migrate")
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory, plain_registry: RegistryUnderTest,
-        tls_basic_registry: RegistryUnderTest) -> Iterator[Simulator]:
+def cluster(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
+            plain_registry: RegistryUnderTest,
+            tls_basic_registry: RegistryUnderTest) -> Iterator[Cluster]:
     assert tls_basic_registry.ca_cert is not None
     registries = RegistryConfig(insecure=(plain_registry.host,),
                                 ca_files=(tls_basic_registry.ca_cert,))
-    with Simulator(tmp_path_factory.mktemp("sim") / "state", nodes=("node-a", "node-b"),
-                   start_latency=0.05, stop_latency=0.05, registries=registries) as cluster:
-        yield cluster
+    with node_agents(real_cp, tmp_path_factory.mktemp("nodes"), nodes=("node-a", "node-b"),
+                     start_latency=0.05, stop_latency=0.05, registries=registries) as world:
+        yield world
 
 
 @pytest.fixture(scope="module")
-def v1(sim: Simulator) -> Iterator[client.CoreV1Api]:
-    with sim_client(sim) as api:
+def v1(cluster: Cluster) -> Iterator[client.CoreV1Api]:
+    with api_client(cluster.kubeconfig) as api:
         yield client.CoreV1Api(api)
 
 
 @pytest.fixture(autouse=True)
-def _node_root(sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MIGRATE_NODE_ROOT", str(sim.state_dir / "nodes" / "{node}"))
+def _node_root(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", cluster.node_root)
 
 
-def plain(sim: Simulator, registry: RegistryUnderTest, pod: str) -> list[str]:
-    return ["pod", pod, "--to", "node-b", "--kubeconfig", str(sim.kubeconfig), "--registry",
+def plain(cluster: Cluster, registry: RegistryUnderTest, pod: str) -> list[str]:
+    return ["pod", pod, "--to", "node-b", "--kubeconfig", str(cluster.kubeconfig), "--registry",
             f"{registry.host}/interrupted", "--no-tls-verify", "--timeout", "30"]
 
 
@@ -85,16 +89,16 @@ def history(cli: Cli) -> dict[str, str]:
     return {h["id"]: h["outcome"] for h in cli("history", "-o", "json").json()}
 
 
-def resume(cli: Cli, sim: Simulator, journal_id: str, *args: str) -> Result:
-    return cli("resume", journal_id, "--kubeconfig", sim.kubeconfig, "-o", "json", *args)
+def resume(cli: Cli, cluster: Cluster, journal_id: str, *args: str) -> Result:
+    return cli("resume", journal_id, "--kubeconfig", cluster.kubeconfig, "-o", "json", *args)
 
 
-def test_sigterm_in_the_checkpoint(cli: Cli, sim: Simulator, v1: client.CoreV1Api,
+def test_sigterm_in_the_checkpoint(cli: Cli, cluster: Cluster, v1: client.CoreV1Api,
                                    plain_registry: RegistryUnderTest,
                                    spawned: list[subprocess.Popen[str]]) -> None:
     pod = make_pod(v1, "term-checkpoint")
-    with sim.holding_checkpoints("node-a") as waiting:
-        run = subprocess.Popen([MIGRATE, *plain(sim, plain_registry, "term-checkpoint")],
+    with cluster.holding_checkpoints("node-a") as waiting:
+        run = subprocess.Popen([MIGRATE, *plain(cluster, plain_registry, "term-checkpoint")],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         spawned.append(run)
         wait_for(lambda: waiting() == 1, timeout=60, what="the run inside its checkpoint")
@@ -107,20 +111,20 @@ def test_sigterm_in_the_checkpoint(cli: Cli, sim: Simulator, v1: client.CoreV1Ap
     assert stages(journal_id)["checkpoint"] == ("failed", "interrupted")
     assert history(cli)[journal_id] == "interrupted"
     assert_untouched(v1, "term-checkpoint", pod.metadata.uid)
-    r = resume(cli, sim, journal_id)  # no registry options: the journal has them
+    r = resume(cli, cluster, journal_id)  # no registry options: the journal has them
     assert r.code == 0, r.err
     assert r.json()["outcome"] == "succeeded"
     assert "term-checkpoint" not in pods(v1)
     assert pods(v1)[r.json()["destination_pod"]] == ("node-b", "Running")
 
 
-def test_sigterm_in_verify(cli: Cli, sim: Simulator, v1: client.CoreV1Api,
+def test_sigterm_in_verify(cli: Cli, cluster: Cluster, v1: client.CoreV1Api,
                            plain_registry: RegistryUnderTest,
                            spawned: list[subprocess.Popen[str]]) -> None:
     make_pod(v1, "term-verify")
-    sim.configure_node("node-b", image_pull_seconds=5.0)  # verify lasts this long at least
+    cluster.configure_node("node-b", image_pull_seconds=5.0)  # verify lasts this long at least
     try:
-        run = subprocess.Popen([MIGRATE, *plain(sim, plain_registry, "term-verify")],
+        run = subprocess.Popen([MIGRATE, *plain(cluster, plain_registry, "term-verify")],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         spawned.append(run)
 
@@ -137,19 +141,19 @@ def test_sigterm_in_verify(cli: Cli, sim: Simulator, v1: client.CoreV1Api,
         run.send_signal(signal.SIGTERM)
         _, err = run.communicate(timeout=30)
     finally:
-        sim.configure_node("node-b", image_pull_seconds=0.0)
+        cluster.configure_node("node-b", image_pull_seconds=0.0)
     assert run.returncode == 130, err
     assert err.splitlines()[-2:] == interrupted_lines(journal_id)
     assert stages(journal_id)["verify"] == ("failed", "interrupted")
     assert "term-verify" in pods(v1)  # nothing was switched over
-    r = resume(cli, sim, journal_id)
+    r = resume(cli, cluster, journal_id)
     assert r.code == 0, r.err
     assert r.json()["outcome"] == "succeeded"
     assert "term-verify" not in pods(v1)
 
 
 @pytest.mark.parametrize("where", ["progress", "begin"])
-def test_an_interruption_as_a_stage_starts(cli: Cli, sim: Simulator, v1: client.CoreV1Api,
+def test_an_interruption_as_a_stage_starts(cli: Cli, cluster: Cluster, v1: client.CoreV1Api,
                                            plain_registry: RegistryUnderTest,
                                            monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     """Ctrl-C or SIGTERM landing between `progress(stage, "started")`, the journal's
@@ -173,24 +177,24 @@ def test_an_interruption_as_a_stage_starts(cli: Cli, sim: Simulator, v1: client.
             m.setattr(Journal, "begin", begin)
         else:
             m.setattr("migrate.cli.migration._progress", progress)
-        r = cli(*plain(sim, plain_registry, name))
+        r = cli(*plain(cluster, plain_registry, name))
     assert r.code == 130
     journal_id = journal_id_of(r.err)
     assert r.err.splitlines()[-2:] == interrupted_lines(journal_id, "interrupted")
     assert journal(journal_id).outcome == "interrupted"
     assert stages(journal_id)["build"] == (
         ("failed", "interrupted") if where == "begin" else ("pending", None))
-    r = resume(cli, sim, journal_id)
+    r = resume(cli, cluster, journal_id)
     assert r.code == 0, r.err
     assert [s["status"] for s in r.json()["stages"]] == ["done"] * 7
 
 
-def test_a_killed_run_reads_as_interrupted(cli: Cli, sim: Simulator, v1: client.CoreV1Api,
+def test_a_killed_run_reads_as_interrupted(cli: Cli, cluster: Cluster, v1: client.CoreV1Api,
                                            plain_registry: RegistryUnderTest,
                                            spawned: list[subprocess.Popen[str]]) -> None:
     make_pod(v1, "killed")
-    with sim.holding_checkpoints("node-a") as waiting:
-        run = subprocess.Popen([MIGRATE, *plain(sim, plain_registry, "killed")],
+    with cluster.holding_checkpoints("node-a") as waiting:
+        run = subprocess.Popen([MIGRATE, *plain(cluster, plain_registry, "killed")],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         spawned.append(run)
         wait_for(lambda: waiting() == 1, timeout=60, what="the run inside its checkpoint")
@@ -201,11 +205,11 @@ def test_a_killed_run_reads_as_interrupted(cli: Cli, sim: Simulator, v1: client.
     assert history(cli)[journal_id] == "interrupted"  # ...and what it means: no one runs it
     table = cli("history").out.splitlines()
     assert next(line for line in table if journal_id in line).split()[2] == "interrupted"
-    r = cli(*plain(sim, plain_registry, "killed"))  # its claim still holds the pod
+    r = cli(*plain(cluster, plain_registry, "killed"))  # its claim still holds the pod
     assert (r.code, r.err.splitlines()[0]) == (
         2, f"error: pod default/killed is claimed by migration {journal_id}, which was "
         "interrupted")
-    r = resume(cli, sim, journal_id)
+    r = resume(cli, cluster, journal_id)
     assert r.code == 0, r.err
     assert r.json()["outcome"] == "succeeded"
 
@@ -218,17 +222,17 @@ def _interrupt_at(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
 
 
 def test_resume_reaches_a_plain_http_registry_as_the_run_did(
-        cli: Cli, sim: Simulator, v1: client.CoreV1Api, plain_registry: RegistryUnderTest,
+        cli: Cli, cluster: Cluster, v1: client.CoreV1Api, plain_registry: RegistryUnderTest,
         monkeypatch: pytest.MonkeyPatch) -> None:
     make_pod(v1, "plain-resume")
     with monkeypatch.context() as m:
         _interrupt_at(m, "build")
-        r = cli(*plain(sim, plain_registry, "plain-resume"))
+        r = cli(*plain(cluster, plain_registry, "plain-resume"))
     assert r.code == 130
     journal_id = journal_id_of(r.err)
     assert journal(journal_id).registry == {"tls_verify": False, "cert_dir": None,
                                             "authfile": None, "creds": False}
-    r = resume(cli, sim, journal_id)
+    r = resume(cli, cluster, journal_id)
     assert r.code == 0, r.err
     assert r.json()["images"]["counter"]["reference"].startswith(f"{plain_registry.host}/")
     assert "plain-resume" not in pods(v1)
@@ -236,7 +240,7 @@ def test_resume_reaches_a_plain_http_registry_as_the_run_did(
 
 @pytest.mark.parametrize("login", ["creds", "authfile"])
 def test_resume_reaches_a_registry_needing_credentials(
-        cli: Cli, sim: Simulator, v1: client.CoreV1Api, tls_basic_registry: RegistryUnderTest,
+        cli: Cli, cluster: Cluster, v1: client.CoreV1Api, tls_basic_registry: RegistryUnderTest,
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, login: str) -> None:
     reg = tls_basic_registry
     assert reg.cert_dir is not None and reg.password is not None
@@ -252,7 +256,7 @@ def test_resume_reaches_a_registry_needing_credentials(
     given = ["--creds", str(reg.creds)] if login == "creds" else ["--authfile", str(authfile)]
     with monkeypatch.context() as m:
         _interrupt_at(m, "build")
-        r = cli("pod", name, "--to", "node-b", "--kubeconfig", sim.kubeconfig, "--registry",
+        r = cli("pod", name, "--to", "node-b", "--kubeconfig", cluster.kubeconfig, "--registry",
                 f"{reg.host}/interrupted", "--cert-dir", reg.cert_dir, "--timeout", "30",
                 *given)
     assert r.code == 130
@@ -263,7 +267,7 @@ def test_resume_reaches_a_registry_needing_credentials(
         "authfile": str(authfile) if login == "authfile" else None}
     assert reg.password not in recorded.path.read_text()  # never a secret
     if login == "creds":
-        r = resume(cli, sim, journal_id)
+        r = resume(cli, cluster, journal_id)
         assert (r.code, r.out, r.err.splitlines()) == (8, "", [
             f"error: migration {journal_id} logged in to the registry with --creds, and "
             "credentials are never recorded",
@@ -271,9 +275,9 @@ def test_resume_reaches_a_registry_needing_credentials(
             "--authfile FILE)"])
         assert journal(journal_id).outcome == "interrupted"  # refused before anything
         assert_untouched(v1, name, pod.metadata.uid)
-        r = resume(cli, sim, journal_id, "--creds", str(reg.creds))
+        r = resume(cli, cluster, journal_id, "--creds", str(reg.creds))
     else:
-        r = resume(cli, sim, journal_id)
+        r = resume(cli, cluster, journal_id)
     assert r.code == 0, r.err
     assert r.json()["outcome"] == "succeeded"
     restored = v1.read_namespaced_pod(r.json()["destination_pod"], "default")
@@ -282,17 +286,17 @@ def test_resume_reaches_a_registry_needing_credentials(
     assert reg.password not in journal(journal_id).path.read_text()
 
 
-def test_resume_options_win_over_the_journal(cli: Cli, sim: Simulator, v1: client.CoreV1Api,
+def test_resume_options_win_over_the_journal(cli: Cli, cluster: Cluster, v1: client.CoreV1Api,
                                              plain_registry: RegistryUnderTest,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     pod = make_pod(v1, "override")
     with monkeypatch.context() as m:
         _interrupt_at(m, "build")
-        r = cli(*plain(sim, plain_registry, "override"))
+        r = cli(*plain(cluster, plain_registry, "override"))
     journal_id = journal_id_of(r.err)
     # --tls-verify against a plain-HTTP registry: the resume fails as that says, and
     # rolls back; the source stays.
-    r = resume(cli, sim, journal_id, "--tls-verify")
+    r = resume(cli, cluster, journal_id, "--tls-verify")
     assert r.code == 7, r.err
     assert r.err.startswith(f"error: build: TLS with {plain_registry.host} failed"), r.err
     assert journal(journal_id).outcome == "rolled-back"
@@ -300,7 +304,7 @@ def test_resume_options_win_over_the_journal(cli: Cli, sim: Simulator, v1: clien
 
 
 def test_a_failed_rollback_leaves_the_run_to_roll_back_again(
-        cli: Cli, sim: Simulator, v1: client.CoreV1Api, plain_registry: RegistryUnderTest,
+        cli: Cli, cluster: Cluster, v1: client.CoreV1Api, plain_registry: RegistryUnderTest,
         monkeypatch: pytest.MonkeyPatch) -> None:
     from migrate.errors import ClusterError
     from migrate.pipeline import claims
@@ -316,7 +320,7 @@ def test_a_failed_rollback_leaves_the_run_to_roll_back_again(
     with monkeypatch.context() as m:
         m.setitem(migration.STAGE_FUNCTIONS, "verify", refused)
         m.setattr(claims, "release", unreachable)
-        r = cli(*plain(sim, plain_registry, "undo-fails"))
+        r = cli(*plain(cluster, plain_registry, "undo-fails"))
     assert r.code == 6
     (journal_id,) = [j for j in history(cli) if j.startswith("pod-undo-fails-")]
     assert r.err.splitlines()[-2:] == [
@@ -324,7 +328,7 @@ def test_a_failed_rollback_leaves_the_run_to_roll_back_again(
         "hint: the rollback failed too (patch pod default/undo-fails: cannot reach the API "
         f"server): `migrate rollback {journal_id}` tries again"]
     assert history(cli)[journal_id] == "interrupted"  # not over: it holds its pod still
-    r = cli("rollback", journal_id, "--kubeconfig", sim.kubeconfig, "-o", "json")
+    r = cli("rollback", journal_id, "--kubeconfig", cluster.kubeconfig, "-o", "json")
     assert r.code == 0, r.err
     assert r.json()["undone"][-1] == "released the claim on undo-fails"
     wait_for(lambda: not [n for n in pods(v1) if n.startswith("undo-fails-restored")],

@@ -1,5 +1,5 @@
 """`migrate manifest`: golden restore Pods from live pods (the pipeline, and the CLI
-against the cluster simulator over HTTPS) and from archives (e2e.archivegen),
+against the real control plane with node agents) and from archives (e2e.archivegen),
 every one also checked here with kubernetes-validate; and the bad inputs.
 
 Golden files are in tests/golden/manifest/: ``<case>.source.json`` is the pod
@@ -9,6 +9,7 @@ intended change, ``UPDATE_GOLDEN=1 pytest tests/test_manifest.py`` rewrites them
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -22,7 +23,8 @@ import yaml
 from kubernetes import client
 
 from e2e.archivegen import ArchiveSpec, build
-from e2e.sim import Simulator
+from e2e.cluster.launcher import ControlPlane
+from e2e.cluster.world import Cluster
 from migrate.errors import NotFoundError, RenderError, UsageError
 from migrate.pipeline.manifest import (
     CHECKPOINT_IMAGES,
@@ -34,8 +36,8 @@ from migrate.pipeline.manifest import (
     render_restore_pod,
 )
 from migrate.validation import kubernetes_versions, validate
+from tests.cluster import api_client, node_agents
 from tests.conftest import Result
-from tests.simulated import sim_client
 
 Cli = Callable[..., Result]
 GOLDEN = Path(__file__).parent / "golden" / "manifest"
@@ -248,25 +250,40 @@ def test_the_version_a_cluster_reports() -> None:
     assert cluster_version("1.24") == "1.25"
 
 
-# -- the CLI against the simulator ------------------------------------------------------
+# -- the CLI against the real control plane with node agents ------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
-    with Simulator(tmp_path_factory.mktemp("sim") / "state", start_latency=0.05,
-                   stop_latency=0.05) as cluster:
-        yield cluster
+def cluster(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with node_agents(real_cp, tmp_path_factory.mktemp("nodes"), start_latency=0.05,
+                     stop_latency=0.05) as world, fixture_priority_class(world.kubeconfig):
+        yield world
+
+
+@contextlib.contextmanager
+def fixture_priority_class(kubeconfig: Path) -> Iterator[None]:
+    """The deployment fixture's PriorityClass, with the priority its pod carries: the
+    Priority admission plugin refuses a pod naming a class that does not exist, or a
+    priority other than its class's."""
+    with api_client(kubeconfig) as admin:
+        scheduling = client.SchedulingV1Api(admin)
+        scheduling.create_priority_class({"metadata": {"name": "shop-critical"},
+                                          "value": 100000})
+        try:
+            yield
+        finally:
+            scheduling.delete_priority_class("shop-critical")
 
 
 @pytest.fixture(scope="module")
-def v1(sim: Simulator) -> Iterator[client.CoreV1Api]:
-    with sim_client(sim) as api:
+def v1(cluster: Cluster) -> Iterator[client.CoreV1Api]:
+    with api_client(cluster.kubeconfig) as api:
         yield client.CoreV1Api(api)
 
 
 def create(v1: client.CoreV1Api, pod: dict[str, Any]) -> str:
     """Create the fixture's pod (what a client may send) and return its uid."""
-    # Not its ownerReferences: the simulator's garbage collector deletes a pod whose
+    # Not its ownerReferences: the garbage collector deletes a pod whose
     # owner (a ReplicaSet that exists only in the fixture) is missing, as a cluster would.
     keep = ("name", "generateName", "labels", "annotations")
     body = {"metadata": {k: v for k, v in pod["metadata"].items() if k in keep},
@@ -276,37 +293,37 @@ def create(v1: client.CoreV1Api, pod: dict[str, Any]) -> str:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_from_pod_over_https_matches_the_golden(cli: Cli, sim: Simulator,
+def test_from_pod_over_https_matches_the_golden(cli: Cli, cluster: Cluster,
                                                 v1: client.CoreV1Api, case: str) -> None:
     pod = source(case)
     uid = create(v1, pod)
     args = [a for image in CASES[case] for a in ("--image", image)]
     r = cli("manifest", "--from-pod", pod["metadata"]["name"], *args, "--node", "node-b",
-            "--kubeconfig", sim.kubeconfig)
+            "--kubeconfig", cluster.kubeconfig)
     assert r.code == 0, r.err
-    # The simulator gave the pod its own uid (and orders keys its own way); everything
+    # The API server gave the pod its own uid (and orders keys its own way); everything
     # else comes out as from the fixture.
     served = yaml.safe_load(r.out.replace(uid, pod["metadata"]["uid"]))
     assert served == yaml.safe_load((GOLDEN / f"{case}.yaml").read_text())
     independently_valid(served)
     as_json = cli("manifest", "--from-pod", pod["metadata"]["name"], *args, "--node", "node-b",
-                  "--kubeconfig", sim.kubeconfig, "-o", "json")
+                  "--kubeconfig", cluster.kubeconfig, "-o", "json")
     assert as_json.json() == yaml.safe_load(r.out)
 
 
-def test_unknown_pod(cli: Cli, sim: Simulator) -> None:
+def test_unknown_pod(cli: Cli, cluster: Cluster) -> None:
     r = cli("manifest", "--from-pod", "ghost", "--image", "r/x:1", "--node", "node-b",
-            "--kubeconfig", sim.kubeconfig)
+            "--kubeconfig", cluster.kubeconfig)
     assert (r.code, r.out) == (4, "")
     assert r.err.startswith("error: pod default/ghost does not exist\nhint: ")
 
 
-def test_unknown_container_and_unknown_mapping(cli: Cli, sim: Simulator,
+def test_unknown_container_and_unknown_mapping(cli: Cli, cluster: Cluster,
                                                v1: client.CoreV1Api) -> None:
     v1.create_namespaced_pod("default", {"metadata": {"name": "duo"}, "spec": {
         "nodeName": "node-a", "containers": [{"name": "app", "image": "r/app:1"},
                                              {"name": "side", "image": "r/side:1"}]}})
-    base = ("manifest", "--from-pod", "duo", "--node", "node-b", "--kubeconfig", sim.kubeconfig)
+    base = ("manifest", "--from-pod", "duo", "--node", "node-b", "--kubeconfig", cluster.kubeconfig)
     r = cli(*base, "--image", "r/x:1", "-c", "db")
     assert (r.code, r.err) == (4, "error: pod default/duo has no container 'db'\n"
                                   "hint: its containers: app, side\n")
@@ -321,7 +338,7 @@ def test_unknown_container_and_unknown_mapping(cli: Cli, sim: Simulator,
     assert [c["image"] for c in r.json()["spec"]["containers"]] == ["r/app:1", "r/x:1"]
 
 
-def test_version_comes_from_the_cluster_or_the_flag(cli: Cli, sim: Simulator,
+def test_version_comes_from_the_cluster_or_the_flag(cli: Cli, cluster: Cluster,
                                                     v1: client.CoreV1Api) -> None:
     pod = source("bare")
     pod["metadata"]["name"] = "resizable"
@@ -329,8 +346,8 @@ def test_version_comes_from_the_cluster_or_the_flag(cli: Cli, sim: Simulator,
         {"resourceName": "cpu", "restartPolicy": "NotRequired"}]
     create(v1, pod)
     base = ("manifest", "--from-pod", "resizable", "--image", "r/x:1", "--node", "node-b",
-            "--kubeconfig", sim.kubeconfig)
-    assert cli(*base).code == 0  # the simulator says 1.30, which knows resizePolicy
+            "--kubeconfig", cluster.kubeconfig)
+    assert cli(*base).code == 0  # the cluster says 1.37, which knows resizePolicy
     r = cli(*base, "--k8s-version", "1.25")
     assert (r.code, r.out) == (1, "")  # never printed
     first, hint = r.err.splitlines()
@@ -348,8 +365,8 @@ def test_version_comes_from_the_cluster_or_the_flag(cli: Cli, sim: Simulator,
     (["--from-pod", "x", "--name", "a", "--generate-name"],
      "--name and --generate-name exclude each other"),
 ])
-def test_usage_errors(cli: Cli, sim: Simulator, args: list[str], message: str) -> None:
-    r = cli("manifest", "--image", "r/x:1", "--node", "node-b", "--kubeconfig", sim.kubeconfig,
+def test_usage_errors(cli: Cli, cluster: Cluster, args: list[str], message: str) -> None:
+    r = cli("manifest", "--image", "r/x:1", "--node", "node-b", "--kubeconfig", cluster.kubeconfig,
             *args)
     assert (r.code, r.out, r.err.splitlines()[0]) == (2, "", f"error: {message}")
     if "version" in message:
@@ -434,19 +451,19 @@ def test_archive_image_mapping_names_its_container(cli: Cli, counters_archive: P
                                   "(--image web=...)\nhint: its containers: counter\n")
 
 
-def test_checkpoint_of_a_simulated_pod_comes_back_with_its_volumes(
-        cli: Cli, sim: Simulator, v1: client.CoreV1Api) -> None:
-    """The simulator's kubelet records the pod's volumeMounts as bind mounts, with the
+def test_checkpoint_of_a_node_agents_pod_comes_back_with_its_volumes(
+        cli: Cli, cluster: Cluster, v1: client.CoreV1Api) -> None:
+    """The node agent records the pod's volumeMounts as bind mounts, with the
     kubelet's own paths: the archive alone must give a manifest mounting all of them."""
-    from tests.simulated import wait_for
+    from tests.cluster import wait_for
 
     pod = source("volumes")
     pod["metadata"]["name"] = "ledger-1"
     create(v1, pod)
     wait_for(lambda: v1.read_namespaced_pod("ledger-1", "default").status.phase == "Running")
-    r = cli("checkpoint", "ledger-1", "--kubeconfig", sim.kubeconfig, "-o", "json")
+    r = cli("checkpoint", "ledger-1", "--kubeconfig", cluster.kubeconfig, "-o", "json")
     assert r.code == 0, r.err
-    archive = sim.node_path("node-a", r.json()["archive"])
+    archive = cluster.node_path("node-a", r.json()["archive"])
     r = cli("manifest", "--archive", archive, "--image", "r/ckpt:1", "--node", "node-b",
             "-o", "json")
     assert r.code == 0, r.err

@@ -1,4 +1,5 @@
-"""Rendered restore Pods meet the (simulated) CRI-O: every golden case restores.
+"""Rendered restore Pods meet the (simulated) CRI-O of a node agent on the real control
+plane: every golden case restores.
 
 For each golden source pod: run it on node-a, checkpoint each container the
 case restores, build and push the images to the real registry, render the
@@ -18,27 +19,30 @@ import pytest
 import yaml
 from kubernetes import client
 
-from e2e.sim import RegistryConfig, Simulator
+from e2e.cluster.launcher import ControlPlane
+from e2e.cluster.world import Cluster
+from e2e.nodes import RegistryConfig
+from tests.cluster import api_client, node_agents, wait_for
 from tests.conftest import Result
 from tests.registries import RegistryUnderTest
-from tests.simulated import sim_client, wait_for
-from tests.test_manifest import CASES, source
+from tests.test_manifest import CASES, fixture_priority_class, source
 
 Cli = Callable[..., Result]
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory,
-        plain_registry: RegistryUnderTest) -> Iterator[Simulator]:
-    with Simulator(tmp_path_factory.mktemp("sim") / "state", start_latency=0.05,
-                   stop_latency=0.05,
-                   registries=RegistryConfig(insecure=(plain_registry.host,))) as cluster:
-        yield cluster
+def cluster(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
+            plain_registry: RegistryUnderTest) -> Iterator[Cluster]:
+    with node_agents(real_cp, tmp_path_factory.mktemp("nodes"), start_latency=0.05,
+                     stop_latency=0.05,
+                     registries=RegistryConfig(insecure=(plain_registry.host,))) as world, \
+            fixture_priority_class(world.kubeconfig):
+        yield world
 
 
 @pytest.fixture(scope="module")
-def v1(sim: Simulator) -> Iterator[client.CoreV1Api]:
-    with sim_client(sim) as api:
+def v1(cluster: Cluster) -> Iterator[client.CoreV1Api]:
+    with api_client(cluster.kubeconfig) as api:
         yield client.CoreV1Api(api)
 
 
@@ -60,14 +64,14 @@ def _run_source(v1: client.CoreV1Api, pod: dict[str, Any]) -> None:
              what=f"{name} Running")
 
 
-def _checkpoint_images(cli: Cli, sim: Simulator, registry: RegistryUnderTest, case: str,
+def _checkpoint_images(cli: Cli, cluster: Cluster, registry: RegistryUnderTest, case: str,
                        pod: dict[str, Any]) -> list[str]:
     args = []
     for container in _containers(case, pod):
         r = cli("checkpoint", pod["metadata"]["name"], "-c", container, "--kubeconfig",
-                sim.kubeconfig, "-o", "json")
+                cluster.kubeconfig, "-o", "json")
         assert r.code == 0, r.err
-        archive = sim.node_path("node-a", r.json()["archive"])
+        archive = cluster.node_path("node-a", r.json()["archive"])
         r = cli("build", archive, "--image", f"{registry.host}/golden/{case}-{container}:v1",
                 "--no-tls-verify", "-o", "json")
         assert r.code == 0, r.err
@@ -75,9 +79,9 @@ def _checkpoint_images(cli: Cli, sim: Simulator, registry: RegistryUnderTest, ca
     return args
 
 
-def _render(cli: Cli, sim: Simulator, pod: dict[str, Any], args: list[str]) -> dict[str, Any]:
+def _render(cli: Cli, cluster: Cluster, pod: dict[str, Any], args: list[str]) -> dict[str, Any]:
     r = cli("manifest", "--from-pod", pod["metadata"]["name"], *args, "--node", "node-b",
-            "--kubeconfig", sim.kubeconfig)
+            "--kubeconfig", cluster.kubeconfig)
     assert r.code == 0, r.err
     rendered: dict[str, Any] = yaml.safe_load(r.out)
     return rendered
@@ -92,11 +96,11 @@ def _waiting(v1: client.CoreV1Api, name: str) -> Any:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_every_golden_case_restores(cli: Cli, sim: Simulator, v1: client.CoreV1Api,
+def test_every_golden_case_restores(cli: Cli, cluster: Cluster, v1: client.CoreV1Api,
                                     plain_registry: RegistryUnderTest, case: str) -> None:
     pod = source(case)
     _run_source(v1, pod)
-    restore = _render(cli, sim, pod, _checkpoint_images(cli, sim, plain_registry, case, pod))
+    restore = _render(cli, cluster, pod, _checkpoint_images(cli, cluster, plain_registry, case, pod))
     created = v1.create_namespaced_pod("default", restore)
     name = created.metadata.name
     restored = wait_for(lambda: (p := v1.read_namespaced_pod(name, "default")).status.phase
@@ -106,13 +110,13 @@ def test_every_golden_case_restores(cli: Cli, sim: Simulator, v1: client.CoreV1A
         assert annotation in restored.metadata.annotations, (case, container)
 
 
-def test_a_restore_pod_without_its_volume_is_refused(cli: Cli, sim: Simulator,
+def test_a_restore_pod_without_its_volume_is_refused(cli: Cli, cluster: Cluster,
                                                      v1: client.CoreV1Api,
                                                      plain_registry: RegistryUnderTest) -> None:
     pod = source("volumes")
     pod["metadata"]["name"] = "ledger-novolume"
     _run_source(v1, pod)
-    restore = _render(cli, sim, pod, _checkpoint_images(cli, sim, plain_registry, "volumes",
+    restore = _render(cli, cluster, pod, _checkpoint_images(cli, cluster, plain_registry, "volumes",
                                                         pod))
     spec = restore["spec"]
     dropped = spec["volumes"].pop(0)["name"]

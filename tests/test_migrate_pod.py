@@ -1,4 +1,5 @@
-"""`migrate pod` end to end: the simulator, the real registry, the native builder.
+"""`migrate pod` end to end: the real control plane with node agents, the real registry,
+the native builder.
 
 Every failure test checks the cluster afterwards: the source pod is still
 there, running, on its node, and nothing the run created is left.
@@ -15,46 +16,48 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from e2e.sim import NodeConfig, RegistryConfig, Simulator
+from e2e.cluster.launcher import ControlPlane
+from e2e.cluster.world import Cluster
+from e2e.nodes import NodeConfig, RegistryConfig
 from migrate.pipeline import migration
 from migrate.validation import validate
+from tests.cluster import api_client, node_agents, wait_for
 from tests.conftest import Result
 from tests.registries import RegistryUnderTest
-from tests.simulated import sim_client, wait_for
 
 Cli = Callable[..., Result]
 SECRET = "s3cr3t-in-memory-4711"
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory,
-        plain_registry: RegistryUnderTest) -> Iterator[Simulator]:
+def cluster(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
+            plain_registry: RegistryUnderTest) -> Iterator[Cluster]:
     configs = {"node-c": NodeConfig(runtime="containerd://2.4.0"),
                "node-d": NodeConfig(restore_level="checkpoint_only"),
                "node-e": NodeConfig(ready=False)}
-    with Simulator(tmp_path_factory.mktemp("sim") / "state",
-                   nodes=("node-a", "node-b", "node-c", "node-d", "node-e"),
-                   node_config=configs, start_latency=0.05, stop_latency=0.05,
-                   registries=RegistryConfig(insecure=(plain_registry.host,))) as cluster:
-        yield cluster
+    with node_agents(real_cp, tmp_path_factory.mktemp("nodes"),
+                     nodes=("node-a", "node-b", "node-c", "node-d", "node-e"),
+                     node_config=configs, start_latency=0.05, stop_latency=0.05,
+                     registries=RegistryConfig(insecure=(plain_registry.host,))) as world:
+        yield world
 
 
 @pytest.fixture(scope="module")
-def v1(sim: Simulator) -> Iterator[client.CoreV1Api]:
-    with sim_client(sim) as api:
+def v1(cluster: Cluster) -> Iterator[client.CoreV1Api]:
+    with api_client(cluster.kubeconfig) as api:
         yield client.CoreV1Api(api)
 
 
 @pytest.fixture(autouse=True)
-def _node_root(sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
+def _node_root(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     # The tool reads archives where the nodes' directories are "shared".
-    monkeypatch.setenv("MIGRATE_NODE_ROOT", str(sim.state_dir / "nodes" / "{node}"))
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", cluster.node_root)
 
 
 @pytest.fixture
-def migrate(cli: Cli, sim: Simulator, plain_registry: RegistryUnderTest) -> Callable[..., Result]:
+def migrate(cli: Cli, cluster: Cluster, plain_registry: RegistryUnderTest) -> Callable[..., Result]:
     def run(pod: str, *args: str) -> Result:
-        return cli("pod", pod, "--kubeconfig", sim.kubeconfig, "--registry",
+        return cli("pod", pod, "--kubeconfig", cluster.kubeconfig, "--registry",
                    f"{plain_registry.host}/migrations", "--no-tls-verify", "--timeout", "20",
                    *args)
     return run
@@ -96,7 +99,7 @@ def assert_untouched(v1: client.CoreV1Api, name: str, uid: str) -> None:
 
 
 def test_a_bare_pod_moves_with_its_memory_and_files(migrate: Callable[..., Result], cli: Cli,
-                                                    sim: Simulator, v1: client.CoreV1Api,
+                                                    cluster: Cluster, v1: client.CoreV1Api,
                                                     tmp_path: Path) -> None:
     make_pod(v1, "counters")
     r = migrate("counters", "--to", "node-b", "-o", "json")
@@ -112,9 +115,9 @@ def test_a_bare_pod_moves_with_its_memory_and_files(migrate: Callable[..., Resul
     digest = report["images"]["counter"]["digest"]
     assert digest in restored.status.container_statuses[0].image_id
     # The proof: checkpoint the restored pod; its memory holds the secret, its files the state.
-    r = cli("checkpoint", report["destination_pod"], "--kubeconfig", sim.kubeconfig, "-o", "json")
+    r = cli("checkpoint", report["destination_pod"], "--kubeconfig", cluster.kubeconfig, "-o", "json")
     assert r.code == 0, r.err
-    archive = sim.node_path("node-b", r.json()["archive"])
+    archive = cluster.node_path("node-b", r.json()["archive"])
     r = cli("memparse", archive, "--search", SECRET, "-o", "json")
     assert r.code == 0 and SECRET in r.out, r.err
     r = cli("rootfs-diff", archive, "--extract", tmp_path / "rootfs")
@@ -156,19 +159,35 @@ def test_preflight_refusals(migrate: Callable[..., Result], v1: client.CoreV1Api
     assert_untouched(v1, "dry2", uid)
 
 
+def test_a_pod_on_a_containerd_node_is_refused_before_anything_changes(
+        migrate: Callable[..., Result], v1: client.CoreV1Api) -> None:
+    pod = make_pod(v1, "ctrd-source", node="node-c")
+    r = migrate("ctrd-source", "--to", "node-b")
+    assert (r.code, r.err.splitlines()) == (6, [
+        "error: pod default/ctrd-source runs on node-c (containerd://2.4.0): CRI-O restores "
+        "only CRI-O's checkpoints, and containerd's have none of the annotations CRI-O reads "
+        "(io.kubernetes.cri-o.Annotations)",
+        "hint: migrate pods that run on CRI-O nodes; `migrate checkpoint` still takes "
+        "containerd's checkpoints, for analysis"])
+    now = v1.read_namespaced_pod("ctrd-source", "default")
+    assert (now.metadata.uid, now.spec.node_name, now.status.phase) == (
+        pod.metadata.uid, "node-c", "Running")
+    assert "migrate.dev/claimed-by" not in (now.metadata.annotations or {})
+
+
 def test_checkpoint_failing_three_times_is_retried(migrate: Callable[..., Result],
-                                                   sim: Simulator, v1: client.CoreV1Api) -> None:
+                                                   cluster: Cluster, v1: client.CoreV1Api) -> None:
     make_pod(v1, "flaky")
-    sim.configure_node("node-a", fail_next_checkpoints=3)
+    cluster.configure_node("node-a", fail_next_checkpoints=3)
     r = migrate("flaky", "--to", "node-b", "-o", "json")
     assert r.code == 0, r.err
     assert pods(v1)[r.json()["destination_pod"]] == ("node-b", "Running")
 
 
-def test_registry_down_fails_before_anything_changes(cli: Cli, sim: Simulator,
+def test_registry_down_fails_before_anything_changes(cli: Cli, cluster: Cluster,
                                                      v1: client.CoreV1Api) -> None:
     pod = make_pod(v1, "noreg")
-    r = cli("pod", "noreg", "--to", "node-b", "--kubeconfig", sim.kubeconfig,
+    r = cli("pod", "noreg", "--to", "node-b", "--kubeconfig", cluster.kubeconfig,
             "--registry", "127.0.0.1:9/migrations", "--no-tls-verify")
     assert r.code == 7
     assert r.err.startswith("error: cannot reach 127.0.0.1:9"), r.err
@@ -219,7 +238,7 @@ def _interrupt_at(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
     monkeypatch.setitem(migration.STAGE_FUNCTIONS, stage, interrupted)
 
 
-def test_an_interrupted_run_resumes(migrate: Callable[..., Result], cli: Cli, sim: Simulator,
+def test_an_interrupted_run_resumes(migrate: Callable[..., Result], cli: Cli, cluster: Cluster,
                                     v1: client.CoreV1Api,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     make_pod(v1, "resumed")
@@ -232,18 +251,18 @@ def test_an_interrupted_run_resumes(migrate: Callable[..., Result], cli: Cli, si
     history = {h["id"]: h for h in cli("history", "-o", "json").json()}
     assert history[journal_id]["outcome"] == "interrupted"
     assert "resumed" in pods(v1)  # nothing was switched over
-    r = cli("resume", journal_id, "--kubeconfig", sim.kubeconfig, "-o", "json")
+    r = cli("resume", journal_id, "--kubeconfig", cluster.kubeconfig, "-o", "json")
     assert r.code == 0, r.err
     assert r.json()["outcome"] == "succeeded"
     assert "resumed" not in pods(v1)
     assert pods(v1)[r.json()["destination_pod"]] == ("node-b", "Running")
-    r = cli("resume", journal_id, "--kubeconfig", sim.kubeconfig)
+    r = cli("resume", journal_id, "--kubeconfig", cluster.kubeconfig)
     assert (r.code, r.err.splitlines()[0]) == (
         2, f"error: migration {journal_id} has succeeded; nothing to resume")
 
 
 def test_rollback_undoes_an_interrupted_run(migrate: Callable[..., Result], cli: Cli,
-                                            sim: Simulator, v1: client.CoreV1Api,
+                                            cluster: Cluster, v1: client.CoreV1Api,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     pod = make_pod(v1, "undone")
     with monkeypatch.context() as m:
@@ -252,7 +271,7 @@ def test_rollback_undoes_an_interrupted_run(migrate: Callable[..., Result], cli:
     assert r.code == 130
     journal_id = re.search(r"migration (pod-\S+) interrupted", r.err)[1]  # type: ignore[index]
     assert any(n.startswith("undone-restored") for n in pods(v1))
-    r = cli("rollback", journal_id, "--kubeconfig", sim.kubeconfig, "-o", "json")
+    r = cli("rollback", journal_id, "--kubeconfig", cluster.kubeconfig, "-o", "json")
     assert r.code == 0, r.err
     assert r.json()["outcome"] == "rolled-back"
     assert r.json()["undone"][0].startswith("deleted pod default/undone-restored")
@@ -269,27 +288,29 @@ def test_journal_files_are_private(migrate: Callable[..., Result], v1: client.Co
     assert len(files) == 1 and files[0].stat().st_mode & 0o777 == 0o600
 
 
-def test_usage_errors(cli: Cli, sim: Simulator) -> None:
-    r = cli("pod", "x", "--to", "node-b", "--kubeconfig", sim.kubeconfig)
+def test_usage_errors(cli: Cli, cluster: Cluster) -> None:
+    r = cli("pod", "x", "--to", "node-b", "--kubeconfig", cluster.kubeconfig)
     assert (r.code, r.err.splitlines()[0]) == (
         2, "error: give exactly one of --registry REG and --image REF")
     r = cli("pod", "x", "--to", "node-b", "-c", "a", "--all-containers", "--image", "r.io/a:1")
     assert (r.code, r.err.splitlines()[0]) == (2, "error: -c and --all-containers exclude "
                                                    "each other")
-    r = cli("resume", "../etc", "--kubeconfig", sim.kubeconfig)
+    r = cli("resume", "../etc", "--kubeconfig", cluster.kubeconfig)
     assert r.code == 2
-    r = cli("rollback", "pod-nothing-20260101t000000-abcd", "--kubeconfig", sim.kubeconfig)
+    r = cli("rollback", "pod-nothing-20260101t000000-abcd", "--kubeconfig", cluster.kubeconfig)
     assert r.code == 4
 
 
 def test_a_deployment_pod_is_handed_over_to_its_replicaset(
-        migrate: Callable[..., Result], sim: Simulator, v1: client.CoreV1Api) -> None:
-    with sim_client(sim) as api:
+        migrate: Callable[..., Result], cluster: Cluster, v1: client.CoreV1Api) -> None:
+    with api_client(cluster.kubeconfig) as api:
         apps = client.AppsV1Api(api)
         template = {"metadata": {"labels": {"app": "web"}, "annotations": {
             "sim.migrate.dev/processes": json.dumps([{"argv": ["/web"], "heap": SECRET}])}},
             "spec": {"containers": [{"name": "web", "image": "quay.io/example/web:1"}],
                      "nodeSelector": {}}}
+        # Off the containerd node: CRI-O cannot restore its checkpoints (preflight says so).
+        v1.patch_node("node-c", {"spec": {"unschedulable": True}})
         apps.create_namespaced_deployment("default", {
             "metadata": {"name": "web"},
             "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
@@ -301,6 +322,7 @@ def test_a_deployment_pod_is_handed_over_to_its_replicaset(
 
         running = wait_for(lambda: (ps := web_pods()) and len(ps) == 2 and all(
             p.status.phase == "Running" for p in ps) and ps, what="2 web pods")
+        v1.patch_node("node-c", {"spec": {"unschedulable": None}})
         source = next((p for p in running if p.spec.node_name == "node-a"), running[0])
         to = "node-b" if source.spec.node_name == "node-a" else "node-a"
         rs_name = source.metadata.owner_references[0].name
@@ -353,7 +375,7 @@ def test_every_container_of_a_pod_with_an_init_container(
 
 @pytest.mark.parametrize("fault", ["node NotReady", "restored pod gone"])
 def test_a_destination_lost_after_verify_leaves_the_source_untouched(
-        migrate: Callable[..., Result], sim: Simulator, v1: client.CoreV1Api,
+        migrate: Callable[..., Result], cluster: Cluster, v1: client.CoreV1Api,
         monkeypatch: pytest.MonkeyPatch, fault: str) -> None:
     name = "lost-node" if fault == "node NotReady" else "lost-pod"
     pod = make_pod(v1, name)
@@ -362,7 +384,7 @@ def test_a_destination_lost_after_verify_leaves_the_source_untouched(
     def verify_then_lose(run: migration.Run) -> dict[str, Any]:
         verified = real(run)  # the destination was fine when verify saw it...
         if fault == "node NotReady":  # ...and then it was not
-            sim.configure_node("node-b", ready=False)
+            cluster.configure_node("node-b", ready=False)
         else:
             v1.delete_namespaced_pod(run.data("create")["pod"], "default",
                                      grace_period_seconds=0)
@@ -372,7 +394,7 @@ def test_a_destination_lost_after_verify_leaves_the_source_untouched(
     try:
         r = migrate(name, "--to", "node-b", "-o", "json")
     finally:
-        sim.configure_node("node-b", ready=True)
+        cluster.configure_node("node-b", ready=True)
     assert r.code == 6, r.err
     report = r.json()
     restored = report["destination_pod"]
@@ -395,9 +417,9 @@ def test_a_destination_lost_after_verify_leaves_the_source_untouched(
 
 
 def test_a_deployment_pod_stays_when_the_destination_goes_not_ready(
-        migrate: Callable[..., Result], sim: Simulator, v1: client.CoreV1Api,
+        migrate: Callable[..., Result], cluster: Cluster, v1: client.CoreV1Api,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    with sim_client(sim) as api:
+    with api_client(cluster.kubeconfig) as api:
         apps = client.AppsV1Api(api)
         for node in ("node-b", "node-c", "node-d"):  # only node-a takes the pod
             v1.patch_node(node, {"spec": {"unschedulable": True}})
@@ -415,14 +437,14 @@ def test_a_deployment_pod_stays_when_the_destination_goes_not_ready(
 
         def verify_then_lose(run: migration.Run) -> dict[str, Any]:
             verified = real(run)
-            sim.configure_node("node-b", ready=False)
+            cluster.configure_node("node-b", ready=False)
             return verified
 
         monkeypatch.setitem(migration.STAGE_FUNCTIONS, "verify", verify_then_lose)
         try:
             r = migrate(source.metadata.name, "--to", "node-b", "-o", "json")
         finally:
-            sim.configure_node("node-b", ready=True)
+            cluster.configure_node("node-b", ready=True)
         assert r.code == 6, r.err
         assert r.json()["outcome"] == "rolled-back"
         # The ReplicaSet keeps its own pod: no deletion cost, no claim, same uid.

@@ -1,6 +1,6 @@
 """Runtimes as they ship in 2026 (issue 14): each state a destination can be in, driven
 through `migrate pod`, `migrate drain` and `migrate doctor --probe` against the
-simulator configured that way, with the real registry.
+real control plane with node agents configured that way, and the real registry.
 
 For every state the tests assert the outcome, the exact error and hint, that a
 refusal comes in seconds against a 300 s --timeout (a generous bound, measured
@@ -21,16 +21,18 @@ import pytest
 from kubernetes import client
 
 from e2e.archivegen import ArchiveSpec, build
-from e2e.sim import NodeConfig, RegistryConfig, Simulator
-from e2e.sim.runtime_releases import crio_default_level
+from e2e.cluster.launcher import ControlPlane
+from e2e.cluster.world import Cluster
+from e2e.nodes import NodeConfig, RegistryConfig
+from e2e.nodes.runtime_releases import crio_default_level
 from migrate.adapters.registry.client import RegistryClient
 from migrate.adapters.registry.reference import parse_reference
 from migrate.pipeline import migration, nodes, probe, restore
 from migrate.settings import load_settings
 from migrate.validation import validate
+from tests.cluster import api_client, node_agents, wait_for
 from tests.conftest import Result
 from tests.registries import RegistryPKI, RegistryUnderTest, _build_pki, _Stack
-from tests.simulated import sim_client, wait_for
 
 Cli = Callable[..., Result]
 FAST = {"backoff": 0.2, "backoff_max": 1.0}
@@ -58,13 +60,13 @@ NODES = {
 
 
 class World:
-    """The simulator and the registries of the module."""
+    """The node agents and the registries of the module."""
 
-    def __init__(self, sim: Simulator, v1: client.CoreV1Api, plain: RegistryUnderTest,
+    def __init__(self, cluster: Cluster, v1: client.CoreV1Api, plain: RegistryUnderTest,
                  unlisted: RegistryUnderTest, untrusted: RegistryUnderTest,
                  untrusted_pki: RegistryPKI, basic: RegistryUnderTest,
                  flaky: RegistryUnderTest) -> None:
-        self.sim, self.v1 = sim, v1
+        self.cluster, self.v1 = cluster, v1
         self.plain, self.unlisted, self.untrusted, self.basic = plain, unlisted, untrusted, basic
         self.untrusted_pki, self.flaky = untrusted_pki, flaky
         self.count = 0
@@ -96,7 +98,8 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, plain_registry: RegistryUnderTest,
+def world(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
+          plain_registry: RegistryUnderTest,
           tls_basic_registry: RegistryUnderTest, registry_pki: RegistryPKI) -> Iterator[World]:
     stack = _Stack()
     try:
@@ -110,10 +113,11 @@ def world(tmp_path_factory: pytest.TempPathFactory, plain_registry: RegistryUnde
         # session CA (tls_basic_registry's), not other_pki's.
         registries = RegistryConfig(insecure=(plain_registry.host, flaky.host),
                                     ca_files=(registry_pki.ca_cert,), timeout=2.0)
-        with Simulator(tmp_path_factory.mktemp("sim") / "state", nodes=list(NODES),
-                       node_config=NODES, start_latency=0.05, stop_latency=0.05,
-                       registries=registries) as sim, sim_client(sim) as api:
-            yield World(sim, client.CoreV1Api(api), plain_registry, unlisted, untrusted,
+        with node_agents(real_cp, tmp_path_factory.mktemp("nodes"), nodes=list(NODES),
+                         node_config=NODES, start_latency=0.05, stop_latency=0.05,
+                         registries=registries) as cluster, \
+                api_client(cluster.kubeconfig) as api:
+            yield World(cluster, client.CoreV1Api(api), plain_registry, unlisted, untrusted,
                         other_pki, tls_basic_registry, flaky)
     finally:
         stack.close()
@@ -122,7 +126,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, plain_registry: RegistryUnde
 @pytest.fixture(autouse=True)
 def _node_root(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     # The tool reads archives where the nodes' directories are "shared".
-    monkeypatch.setenv("MIGRATE_NODE_ROOT", str(world.sim.state_dir / "nodes" / "{node}"))
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", world.cluster.node_root)
 
 
 def timed(run: Callable[[], Result]) -> tuple[Result, float]:
@@ -142,7 +146,7 @@ def migrate_pod(cli: Cli, world: World, pod: str, to: str, *args: str,
     reg = registry or world.plain
     creds = ["--creds", reg.creds] if reg.creds else []
     trust = ["--cert-dir", str(reg.cert_dir)] if reg.cert_dir else ["--no-tls-verify"]
-    return cli("pod", pod, "--to", to, "--kubeconfig", world.sim.kubeconfig, "--registry",
+    return cli("pod", pod, "--to", to, "--kubeconfig", world.cluster.kubeconfig, "--registry",
                f"{reg.host}/runtimes", *creds, *trust, "--timeout", "300", "-o", "json", *args)
 
 
@@ -151,7 +155,7 @@ def doctor_probe(cli: Cli, world: World, node: str, *args: str,
     reg = registry or world.plain
     creds = ["--creds", reg.creds] if reg.creds else []
     trust = ["--cert-dir", str(reg.cert_dir)] if reg.cert_dir else ["--no-tls-verify"]
-    return cli("doctor", "--kubeconfig", world.sim.kubeconfig, "--node", "node-a",
+    return cli("doctor", "--kubeconfig", world.cluster.kubeconfig, "--node", "node-a",
                "--registry", f"{reg.host}/probes", *creds, *trust, "--probe", node,
                "--probe-source", "node-a", "--timeout", "300", "-o", "json", *args)
 
@@ -163,7 +167,7 @@ def probe_row(r: Result) -> dict[str, Any]:
     return dict(row)
 
 
-# -- the facts the simulator follows ------------------------------------------------------
+# -- the facts the node agents follow ------------------------------------------------------
 
 
 @pytest.mark.parametrize(("version", "level", "migrate_says"), [
@@ -179,7 +183,7 @@ def probe_row(r: Result) -> dict[str, Any]:
 ])
 def test_each_crio_release_has_its_default(version: tuple[int, int, int], level: str,
                                            migrate_says: str) -> None:
-    # The simulator's nodes and migrate's doctor read the same releases the same way.
+    # The node agents and migrate's doctor read the same releases the same way.
     assert crio_default_level(version) == level
     assert NodeConfig(runtime="cri-o://{}.{}.{}".format(*version)).level == level
     assert nodes.crio_default(version) == migrate_says
@@ -189,7 +193,7 @@ def test_each_crio_release_has_its_default(version: tuple[int, int, int], level:
 
 
 def test_doctor_warns_where_the_release_defaults_to_restore_off(cli: Cli, world: World) -> None:
-    r = cli("doctor", "--kubeconfig", world.sim.kubeconfig, "-o", "json")
+    r = cli("doctor", "--kubeconfig", world.cluster.kubeconfig, "-o", "json")
     rows = {c["check"]: c for c in r.json()["checks"]}
     assert r.code == 0, r.err  # WARN rows do not fail doctor
     got = {n: (rows[f"node {n}: runtime"]["status"], rows[f"node {n}: runtime"]["detail"])
@@ -279,10 +283,10 @@ def test_migrate_drain_to_each_runtime_state(cli: Cli, world: World, node: str) 
     try:
         r, seconds = timed(lambda: cli(
             "drain", "node-drain", "--to", node, "--pod-selector", f"app={name}", "--skip-rest",
-            "--kubeconfig", world.sim.kubeconfig, "--registry", f"{world.plain.host}/drains",
+            "--kubeconfig", world.cluster.kubeconfig, "--registry", f"{world.plain.host}/drains",
             "--no-tls-verify", "--timeout", "300", "-o", "json"))
     finally:
-        cli("uncordon", "node-drain", "--kubeconfig", world.sim.kubeconfig)
+        cli("uncordon", "node-drain", "--kubeconfig", world.cluster.kubeconfig)
     if restores:
         assert r.code == 0, r.err
         pod = next(p for p in r.json()["pods"] if p["name"] == name)
@@ -335,7 +339,7 @@ def test_doctor_probe_of_each_runtime_state(cli: Cli, world: World, node: str) -
     # Everything the probe made is gone: pods (deleted, and soon away), archive, image.
     wait_for(lambda: {p.metadata.name for p in world.v1.list_namespaced_pod(
         "default").items} <= before, what="the probe's pods gone")
-    assert not list((world.sim.state_dir / "nodes" / "node-a" / "var/lib/kubelet/checkpoints")
+    assert not list((world.cluster.node_dir("node-a") / "var/lib/kubelet/checkpoints")
                     .glob("checkpoint-migrate-probe-*"))
     image = parse_reference(row["image"])
     answer = world.plain.http().request(
@@ -352,7 +356,7 @@ def test_the_probe_pod_runs_the_pause_image_the_node_holds(world: World) -> None
 
 
 def test_a_human_probe_report(cli: Cli, world: World) -> None:
-    r = cli("doctor", "--kubeconfig", world.sim.kubeconfig, "--node", "node-a", "--registry",
+    r = cli("doctor", "--kubeconfig", world.cluster.kubeconfig, "--node", "node-a", "--registry",
             f"{world.plain.host}/probes", "--no-tls-verify", "--probe",
             "crio-1-34-11,crio-1-34-12", "--probe-source", "node-a")
     assert r.code == 9
@@ -370,10 +374,10 @@ def test_a_human_probe_report(cli: Cli, world: World) -> None:
 
 
 def test_probe_usage(cli: Cli, world: World) -> None:
-    r = cli("doctor", "--kubeconfig", world.sim.kubeconfig, "--probe", "crio-1-34-11")
+    r = cli("doctor", "--kubeconfig", world.cluster.kubeconfig, "--probe", "crio-1-34-11")
     assert (r.code, r.err.splitlines()[0]) == (
         2, "error: --probe needs --registry REG: the probe pushes its checkpoint image there")
-    r = cli("doctor", "--kubeconfig", world.sim.kubeconfig, "--probe-image", "x")
+    r = cli("doctor", "--kubeconfig", world.cluster.kubeconfig, "--probe-image", "x")
     assert (r.code, r.err.splitlines()[0]) == (
         2, "error: --probe-image and --probe-source go with --probe NODE")
 
@@ -412,11 +416,11 @@ def test_a_registry_certificate_the_nodes_do_not_trust(cli: Cli, world: World) -
     try:
         r, seconds = timed(lambda: cli(
             "drain", "node-drain", "--to", "crio-1-34-11", "--pod-selector", f"app={name}",
-            "--skip-rest", "--kubeconfig", world.sim.kubeconfig, "--registry",
+            "--skip-rest", "--kubeconfig", world.cluster.kubeconfig, "--registry",
             f"{world.untrusted.host}/drains", "--cert-dir", str(world.untrusted.cert_dir),
             "--timeout", "300", "-o", "json"))
     finally:
-        cli("uncordon", "node-drain", "--kubeconfig", world.sim.kubeconfig)
+        cli("uncordon", "node-drain", "--kubeconfig", world.cluster.kubeconfig)
     assert seconds < FAST_FAIL and r.code == 10, r.err
     pod = next(p for p in r.json()["pods"] if p["name"] == name)
     assert pod["error"].startswith("verify: crio-1-34-11 cannot pull the checkpoint image of "
@@ -556,7 +560,7 @@ def test_an_interrupted_probe_removes_what_it_made(cli: Cli, world: World,
     assert answer.status == 404
 
 
-# -- containerd's own restore path in the simulator --------------------------------------
+# -- containerd's own restore path on the node agents --------------------------------------
 
 
 def _containerd_checkpoint_image(cli: Cli, world: World, tmp_path: Path, base: str) -> str:

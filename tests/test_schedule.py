@@ -2,16 +2,17 @@
 
 The ClusterRole is checked against the code (every API call of the Kubernetes
 adapter has its permission, doctor asks for nothing more), the rendered
-objects against the Kubernetes schema, `--apply` against the simulator (twice:
-nothing changes the second time), and the CronJob by firing it: the
-simulator's clock is moved, its Job runs the tool's image for real
-(e2e/sim/toolrun.py) as the `migrate` ServiceAccount, in-cluster.
+objects against the Kubernetes schema, `--apply` against the real control
+plane (twice: nothing changes the second time), and the CronJob by firing it
+as an operator would, with a Job made from its template (`kubectl create job
+--from=cronjob/NAME`: the real CronJob controller keeps the real clock); the
+Job runs the tool's image for real on a node agent (e2e/nodes/toolrun.py) as
+the `migrate` ServiceAccount, in-cluster, its rights the real RBAC's.
 """
 
 from __future__ import annotations
 
 import ast
-import datetime as dt
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,13 +23,14 @@ import yaml
 from kubernetes import client
 from kubernetes_validate import utils as kv
 
-from e2e.sim import RegistryConfig, Simulator
-from e2e.sim.cron import parse_schedule
+from e2e.cluster.launcher import ControlPlane
+from e2e.cluster.world import Cluster
+from e2e.nodes import RegistryConfig
 from migrate.pipeline import incluster
 from migrate.pipeline.doctor import PERMISSIONS
+from tests.cluster import Kubectl, api_client, node_agents, wait_for
 from tests.conftest import REPO, Result
 from tests.registries import RegistryUnderTest
-from tests.simulated import sim_client, wait_for
 from tests.test_migrate_pod import make_pod
 
 TOOL = "localhost/migrate:test"
@@ -143,16 +145,24 @@ def test_schedule_checks_drain_options(cli: Cli) -> None:
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
-    with Simulator(tmp_path_factory.mktemp("sim") / "state", tool_images=(TOOL,),
-                   start_latency=0.02, stop_latency=0.02, tool_timeout=120) as cluster:
-        yield cluster
+def cluster(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
+            plain_registry: RegistryUnderTest, cp_kubectl: Kubectl) -> Iterator[Cluster]:
+    registries = RegistryConfig(insecure=(plain_registry.host,))
+    with node_agents(real_cp, tmp_path_factory.mktemp("nodes"), tool_images=(TOOL,),
+                     start_latency=0.02, stop_latency=0.02, tool_timeout=120,
+                     registries=registries) as world:
+        try:
+            yield world
+        finally:  # what `migrate deploy` and the tests made outside namespace default
+            cp_kubectl(real_cp.admin_kubeconfig, "delete", "--ignore-not-found", "--wait=false",
+                       "namespace/migrate-system", "namespace/elsewhere",
+                       "clusterrole/migrate", "clusterrolebinding/migrate:migrate-system")
 
 
 @pytest.fixture(scope="module")
-def api(sim: Simulator) -> Iterator[client.ApiClient]:
-    with sim_client(sim) as api_client:
-        yield api_client
+def api(cluster: Cluster) -> Iterator[client.ApiClient]:
+    with api_client(cluster.kubeconfig) as admin:
+        yield admin
 
 
 def applied(r: Result) -> list[tuple[str, str]]:
@@ -160,8 +170,8 @@ def applied(r: Result) -> list[tuple[str, str]]:
     return [(f"{a['kind']}/{a['name']}", a["action"]) for a in r.json()]
 
 
-def test_deploy_applies_and_applies_again(cli: Cli, sim: Simulator) -> None:
-    args = ("deploy", "--apply", "--kubeconfig", sim.kubeconfig, "-o", "json")
+def test_deploy_applies_and_applies_again(cli: Cli, cluster: Cluster) -> None:
+    args = ("deploy", "--apply", "--kubeconfig", cluster.kubeconfig, "-o", "json")
     first = applied(cli(*args))
     assert first == [("Namespace/migrate-system", "created"),
                      ("ServiceAccount/migrate", "created"), ("ClusterRole/migrate", "created"),
@@ -169,47 +179,47 @@ def test_deploy_applies_and_applies_again(cli: Cli, sim: Simulator) -> None:
     assert [action for _, action in applied(cli(*args))] == ["unchanged"] * 4
     again = applied(cli(*args, "--image", TOOL))  # records the image on the account
     assert again[1] == ("ServiceAccount/migrate", "configured")
-    lines = cli("deploy", "--apply", "--kubeconfig", sim.kubeconfig, "--image", TOOL).out
+    lines = cli("deploy", "--apply", "--kubeconfig", cluster.kubeconfig, "--image", TOOL).out
     assert lines.splitlines()[0] == "namespace/migrate-system unchanged"
 
 
-def test_schedule_applies_with_the_recorded_image(cli: Cli, sim: Simulator,
+def test_schedule_applies_with_the_recorded_image(cli: Cli, cluster: Cluster,
                                                   api: client.ApiClient) -> None:
-    cli("deploy", "--apply", "--kubeconfig", sim.kubeconfig, "--image", TOOL)
+    cli("deploy", "--apply", "--kubeconfig", cluster.kubeconfig, "--image", TOOL)
     r = applied(cli("schedule", "drain", "node-a", "--cron", "0 2 * * 6", "--apply",
-                    "--kubeconfig", sim.kubeconfig, "-o", "json"))
+                    "--kubeconfig", cluster.kubeconfig, "-o", "json"))
     assert r[-1] == ("CronJob/migrate-drain-node-a", "created")
     assert [action for _, action in r[:-1]] == ["unchanged"] * 4
     cronjob = client.BatchV1Api(api).read_namespaced_cron_job("migrate-drain-node-a",
                                                               "migrate-system")
     assert cronjob.spec.job_template.spec.template.spec.containers[0].image == TOOL
     r = applied(cli("schedule", "drain", "node-a", "--cron", "0 2 * * 6", "--apply",
-                    "--kubeconfig", sim.kubeconfig, "-o", "json"))
+                    "--kubeconfig", cluster.kubeconfig, "-o", "json"))
     assert r[-1] == ("CronJob/migrate-drain-node-a", "unchanged")
 
 
-def fire(sim: Simulator, api: client.ApiClient, namespace: str, name: str) -> Any:
-    """Move the cron clock to the CronJob's next run; its Job once it has finished."""
+def fire(cluster: Cluster, api: client.ApiClient, namespace: str, name: str,
+         kubectl: Kubectl) -> Any:
+    """Run the CronJob now, as an operator would (its schedule is the real clock's);
+    its Job once it has finished."""
     batch = client.BatchV1Api(api)
-    cronjob = batch.read_namespaced_cron_job(name, namespace)
-    when = parse_schedule(cronjob.spec.schedule, cronjob.spec.time_zone).next(
-        max(cronjob.metadata.creation_timestamp, sim.cron_clock.now()))
-    assert when is not None
-    sim.advance_cron(to=when + dt.timedelta(seconds=1))
-    job = f"{name}-{int(when.timestamp()) // 60}"
+    job = f"{name}-now"
+    kubectl(cluster.kubeconfig, "create", "job", "-n", namespace, job,
+            f"--from=cronjob/{name}")
     return wait_for(lambda: (j := batch.read_namespaced_job(job, namespace)).status
                     .conditions and j, timeout=90, what=f"Job {job} to finish")
 
 
-def pod_log(sim: Simulator, namespace: str, job: str) -> str:
-    logs = [p for node in sim.node_names for p in (sim.node_dir(node) / "var/log/pods").glob(
+def pod_log(cluster: Cluster, namespace: str, job: str) -> str:
+    logs = [p for node in cluster.node_names for p in (cluster.node_dir(node) / "var/log/pods").glob(
         f"{namespace}_{job}-*/*/0.log")]
     assert len(logs) == 1, logs
     return logs[0].read_text()
 
 
-def test_a_scheduled_job_runs_the_tool_in_cluster(cli: Cli, sim: Simulator,
-                                                  api: client.ApiClient) -> None:
+def test_a_scheduled_job_runs_the_tool_in_cluster(cli: Cli, cluster: Cluster,
+                                                  api: client.ApiClient,
+                                                  cp_kubectl: Kubectl) -> None:
     # The scheduled drain's CronJob with `migrate doctor` for arguments: as the
     # `migrate` ServiceAccount, every permission the tool checks is granted.
     rendered = documents(cli("schedule", "drain", "node-a", "--cron", "*/5 * * * *",
@@ -217,11 +227,11 @@ def test_a_scheduled_job_runs_the_tool_in_cluster(cli: Cli, sim: Simulator,
     cronjob = rendered[-1]
     pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     pod["containers"][0]["args"] = ["doctor", "-o", "json"]
-    cli("deploy", "--apply", "--kubeconfig", sim.kubeconfig)
+    cli("deploy", "--apply", "--kubeconfig", cluster.kubeconfig)
     client.BatchV1Api(api).create_namespaced_cron_job("migrate-system", cronjob)
-    job = fire(sim, api, "migrate-system", "doctor")
-    assert job.status.succeeded == 1, pod_log(sim, "migrate-system", job.metadata.name)
-    report = json.loads(pod_log(sim, "migrate-system", job.metadata.name))
+    job = fire(cluster, api, "migrate-system", "doctor", cp_kubectl)
+    assert job.status.succeeded == 1, pod_log(cluster, "migrate-system", job.metadata.name)
+    report = json.loads(pod_log(cluster, "migrate-system", job.metadata.name))
     rbac = [c for c in report["checks"] if c["check"].startswith("rbac")]
     assert rbac and all(c["status"] == "PASS" for c in rbac), rbac
     pods = client.CoreV1Api(api).list_namespaced_pod(
@@ -230,7 +240,7 @@ def test_a_scheduled_job_runs_the_tool_in_cluster(cli: Cli, sim: Simulator,
     assert pods[0].spec.service_account_name == "migrate"
 
 
-def test_a_service_account_without_the_role_is_denied(cli: Cli, sim: Simulator,
+def test_a_service_account_without_the_role_is_denied(cli: Cli, cluster: Cluster,
                                                       api: client.ApiClient) -> None:
     core = client.CoreV1Api(api)
     core.create_namespace({"metadata": {"name": "elsewhere"}})
@@ -251,27 +261,27 @@ def test_a_service_account_without_the_role_is_denied(cli: Cli, sim: Simulator,
         "hint: ask for the RBAC this needs; `migrate doctor` lists what is missing"]
 
 
-def test_the_containerfile_and_the_simulator_agree_on_the_entrypoint() -> None:
+def test_the_containerfile_and_the_node_agents_agree_on_the_entrypoint() -> None:
     # The CronJob sets args only: the image's entrypoint must be the tool itself.
     assert '"migrate"' in (Path(REPO) / "Containerfile").read_text()
 
 
 def test_a_scheduled_drain_moves_the_pods_in_cluster(
-        cli: Cli, api: client.ApiClient, tmp_path_factory: pytest.TempPathFactory,
-        plain_registry: RegistryUnderTest) -> None:
-    registries = RegistryConfig(insecure=(plain_registry.host,))
-    with Simulator(tmp_path_factory.mktemp("drain") / "state", tool_images=(TOOL,),
-                   start_latency=0.02, stop_latency=0.02, tool_timeout=120,
-                   registries=registries) as sim, sim_client(sim) as admin:
+        cli: Cli, cluster: Cluster, api: client.ApiClient, plain_registry: RegistryUnderTest,
+        cp_kubectl: Kubectl, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The tool that moves the pods runs in the Job, in-cluster: never where this test runs.
+    monkeypatch.delenv("MIGRATE_NODE_ROOT", raising=False)
+    admin = api
+    try:
         core = client.CoreV1Api(admin)
         source = make_pod(core, "counters")
-        cli("deploy", "--apply", "--kubeconfig", sim.kubeconfig, "--image", TOOL)
+        cli("deploy", "--apply", "--kubeconfig", cluster.kubeconfig, "--image", TOOL)
         r = cli("schedule", "drain", "node-a", "--cron", "0 2 * * 6", "--registry",
-                f"{plain_registry.host}/drains", "--apply", "--kubeconfig", sim.kubeconfig,
+                f"{plain_registry.host}/drains", "--apply", "--kubeconfig", cluster.kubeconfig,
                 "--", "--no-tls-verify", "--timeout", "60")
         assert r.code == 0, r.err
-        job = fire(sim, admin, "migrate-system", "migrate-drain-node-a")
-        log = pod_log(sim, "migrate-system", job.metadata.name)
+        job = fire(cluster, admin, "migrate-system", "migrate-drain-node-a", cp_kubectl)
+        log = pod_log(cluster, "migrate-system", job.metadata.name)
         assert job.status.succeeded == 1, log
         moved = [p for p in core.list_namespaced_pod("default").items
                  if p.metadata.name != "counters" and p.metadata.name.startswith("counters")]
@@ -279,3 +289,5 @@ def test_a_scheduled_drain_moves_the_pods_in_cluster(
         assert moved[0].metadata.annotations["migrate.dev/source-uid"] == source.metadata.uid
         assert core.read_node("node-a").spec.unschedulable  # cordoned, by the drain
         assert "counters" in log and "migrate" in log
+    finally:
+        client.CoreV1Api(admin).patch_node("node-a", {"spec": {"unschedulable": None}})

@@ -27,10 +27,10 @@ import yaml
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
+from e2e.nodes.protocol import Attributes
 from e2e.sim import Simulator
 from e2e.sim.errors import ApiError
 from e2e.sim.patch import json_patch, strategic_merge
-from e2e.sim.protocol import Attributes
 from e2e.sim.selectors import match_labels, parse_label_selector
 from e2e.sim.store import Store
 from tests.simulated import DEADLINE, kubectl_runner, needs_kubectl, sim_client, wait_for

@@ -23,9 +23,9 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from e2e.nodes.protocol import Attributes, Decision, User
 from e2e.sim import Simulator
 from e2e.sim.__main__ import main as sim_main
-from e2e.sim.protocol import Attributes, Decision, User
 from e2e.sim.rbac_authorizer import rule_allows, service_account_user
 from e2e.sim.users import UserSpec, parse_users
 from tests.simulated import DEADLINE, kubectl_runner, needs_kubectl, sim_client

@@ -28,11 +28,11 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from e2e.nodes.checkpoints import MEMORY_ANNOTATION, PROCESSES_ANNOTATION
+from e2e.nodes.nodeconfig import parse_config
+from e2e.nodes.protocol import Attributes
 from e2e.pki import issue, make_ca
 from e2e.sim import NodeConfig, Simulator
-from e2e.sim.checkpoints import MEMORY_ANNOTATION, PROCESSES_ANNOTATION
-from e2e.sim.nodeconfig import parse_config
-from e2e.sim.protocol import Attributes
 from tests.simulated import DEADLINE, KUBECTL, kubectl_runner, needs_kubectl, sim_client, wait_for
 
 REPO = Path(__file__).resolve().parent.parent

@@ -27,11 +27,11 @@ import urllib3
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
+from e2e.nodes.checkpoints import MEMORY_ANNOTATION, PROCESSES_ANNOTATION, ROOTFS_ANNOTATION
+from e2e.nodes.images import parse_image, parse_registries
+from e2e.nodes.nodeconfig import parse_config
 from e2e.sim import NodeConfig, RegistryConfig, Simulator
 from e2e.sim.__main__ import main as sim_main
-from e2e.sim.checkpoints import MEMORY_ANNOTATION, PROCESSES_ANNOTATION, ROOTFS_ANNOTATION
-from e2e.sim.images import parse_image, parse_registries
-from e2e.sim.nodeconfig import parse_config
 from tests.conftest import Result
 from tests.registries import RegistryPKI, RegistryUnderTest
 from tests.simulated import DEADLINE, sim_client, wait_for

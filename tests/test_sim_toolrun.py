@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from e2e.nodes.checkpoints import CHECKPOINT_DIR
+from e2e.nodes.podfiles import Mounts
 from e2e.sim import Simulator
-from e2e.sim.checkpoints import CHECKPOINT_DIR
-from e2e.sim.podfiles import Mounts
 from tests.simulated import kubectl_runner, needs_kubectl, sim_client, wait_for
 
 TOOL = "localhost/migrate:test"

@@ -9,6 +9,12 @@
     nodehost.py        node_host(): a network namespace + veth pair giving a node an
                        address the API server's node proxy accepts
     kubelet_standin.py a tiny HTTPS server answering as a kubelet (/healthz, /checkpoint)
+    kubeclient.py      a small JSON client of the API server (client certificates, watches)
+    nodeapi.py         the API server as a node's view (e2e/nodes/api.py's NodeApi): its
+                       pods from a watch, status, Events, Nodes, tokens
+    agent.py           NodeAgent: a simulated node (e2e/nodes) as a client of the real
+                       API server, its kubelet API inside its node host
+    world.py           Cluster: node hosts and agents on a control plane (tests, demo)
     procs.py           children killed with their parent; orderly stop
     __main__.py        `python -m e2e.cluster`, to start one by hand
 

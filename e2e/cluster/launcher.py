@@ -20,7 +20,8 @@ timings are short (Options) so tests see a node go unhealthy in seconds.
 
 The launcher is ready when the API server answers /readyz and /livez, the
 controller manager /healthz, the scheduler /readyz, and the service-account
-controller has made `default/default` (pods cannot be created before it exists).
+controller has made `default/default` (pods cannot be created before it exists);
+then it binds group kubeadm:cluster-admins to cluster-admin, as kubeadm does.
 On exit, normal or by exception, every process is stopped (SIGTERM, then
 SIGKILL); if the launcher itself dies, the kernel kills them (e2e/cluster/procs.py).
 """
@@ -348,6 +349,18 @@ class _Launch:
         admin = _client_context(pki.ca, pki.admin)
         self.wait("the service-account controller (ServiceAccount default/default)", server,
                   admin, "/api/v1/namespaces/default/serviceaccounts/default")
+        # kubeadm binds the group of the API server's kubelet client certificate to
+        # cluster-admin: kubelets authorize its proxied requests with SubjectAccessReviews.
+        status, body = _request(server, admin, "POST",
+                                "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
+                                    "metadata": {"name": "kubeadm:cluster-admins"},
+                                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io",
+                                                "kind": "ClusterRole", "name": "cluster-admin"},
+                                    "subjects": [{"apiGroup": "rbac.authorization.k8s.io",
+                                                  "kind": "Group",
+                                                  "name": "kubeadm:cluster-admins"}]})
+        if status != 201:
+            raise RuntimeError(f"binding kubeadm:cluster-admins: {status} {body}")
 
 
 @contextlib.contextmanager

@@ -77,34 +77,30 @@ Layout, bottom up:
                    against the Kubernetes OpenAPI schemas (400/422, fieldValidation)
     api.py         routing and handlers; watch.py streams watches;
                    discovery.py, openapi.py, tables.py what clients read
-    server.py      HTTPS, bearer tokens or client certificates, HTTP/1.1
-                   (protocol.py: what it hands api.py and kubelet_api.py)
+    server.py      the API server's HTTPS front: bearer tokens (e2e/nodes/https.py,
+                   protocol.py: the server and what it hands api.py)
     resources.py   what a kind is; core.py the core/v1 kinds
     rbac.py        the RBAC kinds and bootstrap policy; rbac_authorizer.py
                    evaluates them; users.py users and their grants;
                    authz.py SelfSubjectAccessReview
     controllers.py scheduler, namespace controller; serviceaccounts.py the
-                   `default` ServiceAccounts; kubelet.py the nodes
-                   (runs.py: how run-to-completion containers end; toolrun.py
-                   and podfiles.py: the tool's image, run for real)
+                   `default` ServiceAccounts
     workloads.py   apps, policy and batch kinds and their controllers: apps.py,
                    replicaset.py, deployment.py, scale.py, policy.py,
                    disruption.py, eviction.py, batch.py, job.py, gc.py,
                    cronjob.py, cronjob_controller.py (cron.py: schedules);
                    owners.py what they share (claiming, the owner index)
-    nodeconfig.py  per-node settings; kubelet_api.py the kubelet's HTTP API;
-                   checkpoints.py what a checkpoint archive holds;
-                   runtime_releases.py what each CRI-O and containerd release
-                   does with checkpoints and restores, and its exact words
-    podstart.py    pulls (images.py, registry_pull.py), container creation and
-                   restore (restore.py, restored.py, criu_read.py), Events
-                   (kubelet_events.py) and backoff, on worker threads
+    nodeapi.py     the store as the nodes' view of the cluster; kubelets.py runs
+                   each node's kubelet as a controller. The nodes themselves
+                   (kubelet, kubelet API, runtime, pulls, restores, the tool's
+                   image run for real) are e2e/nodes, shared with the node agents
+                   on the real control plane (e2e/cluster)
     simulator.py   wires them together
 """
 
-from e2e.sim.images import RegistryConfig
-from e2e.sim.nodeconfig import NodeConfig
-from e2e.sim.runs import ContainerExit, ContainerProcess
+from e2e.nodes.images import RegistryConfig
+from e2e.nodes.nodeconfig import NodeConfig
+from e2e.nodes.runs import ContainerExit, ContainerProcess
 from e2e.sim.simulator import DEFAULT_NODES, Simulator
 from e2e.sim.users import UserSpec
 

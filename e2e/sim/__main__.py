@@ -57,7 +57,7 @@ Kubelets contact no registry but those on 127.0.0.1: images elsewhere
             verbs: [get]
     tool_images: [localhost/migrate:test] # the tool's own images: Job and CronJob
                                           # containers with one run `python -m migrate`
-                                          # in-cluster (e2e/sim/toolrun.py)
+                                          # in-cluster (e2e/nodes/toolrun.py)
 
 The admin user (DIR/kubeconfig) is in system:masters; RBAC objects applied
 later (kubectl apply -f role.yaml) count at once.
@@ -73,10 +73,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from e2e.sim.images import parse_registries
-from e2e.sim.nodeconfig import merge_nodes, parse_config, read_config
+from e2e.nodes.images import parse_registries
+from e2e.nodes.nodeconfig import merge_nodes, parse_config, read_config
+from e2e.nodes.toolrun import parse_tool_images
 from e2e.sim.simulator import DEFAULT_NODES, Simulator
-from e2e.sim.toolrun import parse_tool_images
 from e2e.sim.users import parse_users
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}

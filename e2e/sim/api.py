@@ -26,6 +26,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from e2e.nodes.protocol import (
+    Attributes,
+    Authorizer,
+    BadRequest,
+    Request,
+    Response,
+    allow_all,
+    decide,
+    table_version,
+)
 from e2e.sim import authz, discovery, openapi
 from e2e.sim.errors import (
     ApiError,
@@ -33,15 +43,6 @@ from e2e.sim.errors import (
     forbidden,
     method_not_allowed,
     status_body,
-)
-from e2e.sim.protocol import (
-    Attributes,
-    Authorizer,
-    Request,
-    Response,
-    allow_all,
-    decide,
-    table_version,
 )
 from e2e.sim.resources import Registry, ResourceType
 from e2e.sim.rest import Rest
@@ -136,6 +137,8 @@ class Api:
             return self._route(req)
         except ApiError as e:
             return Response(e.code, e.status())
+        except BadRequest as e:
+            return Response(400, status_body(400, "BadRequest", str(e)))
         except Exception as e:  # a simulator bug: answer as the API server would
             self.log(f"{req.method} {req.path}: {traceback.format_exc()}")
             return Response(500, status_body(500, "InternalError",

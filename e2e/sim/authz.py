@@ -15,8 +15,8 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+from e2e.nodes.protocol import Attributes, Authorizer, User, decide
 from e2e.sim.errors import FieldError, bad_request, invalid
-from e2e.sim.protocol import Attributes, Authorizer, User, decide
 from e2e.sim.resources import Registry, ResourceType
 
 __all__ = ["SELF_SUBJECT_ACCESS_REVIEWS", "register", "self_subject_access_review"]

@@ -15,9 +15,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from e2e.nodes.api import set_condition
 from e2e.sim.core import NAMESPACES, NODES, PODS
 from e2e.sim.errors import ApiError
-from e2e.sim.meta import now, rfc3339
 from e2e.sim.rest import Rest
 from e2e.sim.store import Obj
 
@@ -107,30 +107,6 @@ class Controller:
             return timer
         self._backoff = min(max(self._backoff * 2, self.RETRY_MIN), self.RETRY_MAX)
         return self._backoff if timer is None else min(timer, self._backoff)
-
-
-def set_condition(status: dict[str, Any], type_: str, value: str, reason: str = "",
-                  message: str = "") -> None:
-    """Set one condition in `status.conditions`; its transition time changes only
-    when its status does."""
-    conditions: list[dict[str, Any]] = status.setdefault("conditions", [])
-    current = next((c for c in conditions if c.get("type") == type_), None)
-    entry: dict[str, Any] = {"type": type_, "status": value, "lastProbeTime": None}
-    if reason:
-        entry["reason"] = reason
-    if message:
-        entry["message"] = message
-    if current is not None and current.get("status") == value:
-        entry["lastTransitionTime"] = current.get("lastTransitionTime")
-        current.clear()
-        current.update(entry)
-        return
-    entry["lastTransitionTime"] = rfc3339(now())
-    if current is not None:
-        current.clear()
-        current.update(entry)
-    else:
-        conditions.append(entry)
 
 
 def _tolerates(tolerations: list[dict[str, Any]], taint: dict[str, Any]) -> bool:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from e2e.nodes.protocol import Request, Response
 from e2e.sim.api import SubresourceHandler
 from e2e.sim.controllers import set_condition
 from e2e.sim.core import PODS
@@ -40,7 +41,6 @@ from e2e.sim.errors import (
 from e2e.sim.meta import now, rfc3339
 from e2e.sim.owners import is_pod_ready, selector_matches
 from e2e.sim.policy import PODDISRUPTIONBUDGETS, set_disruption_allowed
-from e2e.sim.protocol import Request, Response
 from e2e.sim.resources import ResourceType
 from e2e.sim.rest import Rest
 from e2e.sim.store import Obj

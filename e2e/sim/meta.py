@@ -15,6 +15,7 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
+from e2e.nodes.api import now, rfc3339
 from e2e.sim.errors import FieldError
 
 __all__ = [
@@ -36,16 +37,6 @@ _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 # look-alikes (k8s.io/apimachinery/pkg/util/rand), so names never spell words.
 _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 _MAX_GENERATED_PREFIX = 63 - 5
-
-
-def now() -> dt.datetime:
-    """The current UTC time, truncated to seconds (metav1.Time's precision)."""
-    return dt.datetime.now(dt.UTC).replace(microsecond=0)
-
-
-def rfc3339(t: dt.datetime) -> str:
-    """`2024-05-01T12:00:00Z`, the wire form of metav1.Time."""
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(value: str) -> dt.datetime:

@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from e2e.nodes.protocol import Request, Response
 from e2e.sim.api import SubresourceHandler
 from e2e.sim.core import PODS
 from e2e.sim.errors import bad_request, method_not_allowed
-from e2e.sim.protocol import Request, Response
 from e2e.sim.resources import ResourceType
 from e2e.sim.rest import Rest
 from e2e.sim.store import Obj

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from e2e.sim.protocol import Attributes, Decision, User
+from e2e.nodes.protocol import Attributes, Decision, User
 from e2e.sim.rbac import CLUSTER_ROLE_BINDINGS, CLUSTER_ROLES, ROLE_BINDINGS, ROLES
 from e2e.sim.resources import ResourceType
 from e2e.sim.store import Obj, Store

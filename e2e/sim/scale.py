@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from e2e.nodes.protocol import Request, Response
 from e2e.sim.api import SubresourceHandler
 from e2e.sim.errors import (
     FieldError,
@@ -22,7 +23,6 @@ from e2e.sim.errors import (
     unsupported_media_type,
 )
 from e2e.sim.owners import selector_string
-from e2e.sim.protocol import Request, Response
 from e2e.sim.resources import ResourceType
 from e2e.sim.rest import PATCH_TYPES, Rest
 from e2e.sim.store import Obj

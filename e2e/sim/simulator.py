@@ -75,31 +75,34 @@ from typing import IO, Any
 
 import yaml
 
+from e2e.nodes.checkpoints import CHECKPOINT_DIR
+from e2e.nodes.https import LOOPBACK, HttpsServer, cert_user
+from e2e.nodes.images import RegistryConfig
+from e2e.nodes.kubelet import Kubelet
+from e2e.nodes.kubelet_api import KubeletApi
+from e2e.nodes.nodeconfig import NodeConfig
+from e2e.nodes.podfiles import PodFiles, TokenIssuer
+from e2e.nodes.protocol import Authorizer, Request, Response, User
+from e2e.nodes.runs import ContainerProcess, annotated_process
+from e2e.nodes.toolrun import DEFAULT_TIMEOUT, ToolRunner
 from e2e.pki import CertPair, issue, make_ca, write_private
 from e2e.sim import authz, rbac, workloads
 from e2e.sim.api import Api
-from e2e.sim.checkpoints import CHECKPOINT_DIR
 from e2e.sim.controllers import Controller, NamespaceController, Scheduler
 from e2e.sim.core import NAMESPACES, PODS, core_registry
 from e2e.sim.cron import CronClock
 from e2e.sim.cronjob_controller import CronJobController
 from e2e.sim.discovery import KUBE_VERSION
 from e2e.sim.errors import status_body
-from e2e.sim.images import RegistryConfig
-from e2e.sim.kubelet import Kubelet
-from e2e.sim.kubelet_api import KubeletApi
-from e2e.sim.nodeconfig import NodeConfig
-from e2e.sim.podfiles import PodFiles, TokenIssuer
+from e2e.sim.kubelets import KubeletLoop
+from e2e.sim.nodeapi import SimNodeApi
 from e2e.sim.podlogs import log_handler
-from e2e.sim.protocol import Authorizer, Request, Response, User
 from e2e.sim.rbac_authorizer import RbacAuthorizer, service_account_user
 from e2e.sim.rest import Rest
-from e2e.sim.runs import ContainerProcess, annotated_process
 from e2e.sim.schema import schemas_for
-from e2e.sim.server import LOOPBACK, ApiServer, HttpsServer, cert_user
+from e2e.sim.server import ApiServer
 from e2e.sim.serviceaccounts import ServiceAccountController
 from e2e.sim.store import Obj, Store
-from e2e.sim.toolrun import DEFAULT_TIMEOUT, ToolRunner
 from e2e.sim.users import UserSpec, user_grants
 
 __all__ = ["ADMIN", "DEFAULT_NODES", "KUBELET_CLIENT_CN", "Simulator"]
@@ -188,14 +191,16 @@ class Simulator:
         self._proxy_context: ssl.SSLContext | None = None
         self.registries = registries or RegistryConfig()
         self.cron_clock = CronClock()
+        self.node_apis = {node: SimNodeApi(self.rest, node, tokens=(
+            self.service_account_token, self.revoke_token)) for node in self.node_names}
         process = self._process(container_process or annotated_process, tool_images,
                                 tool_timeout)
         self.kubelets = {
-            node: Kubelet(self.rest, node, index, start_latency=start_latency,
+            node: Kubelet(self.node_apis[node], node, index, start_latency=start_latency,
                           stop_latency=stop_latency, config=(node_config or {}).get(node),
                           log=self.log, registries=self.registries,
                           storage=self.state_dir / "nodes" / node / _IMAGE_STORAGE,
-                          process=process)
+                          process=process, kubelet_version=KUBE_VERSION)
             for index, node in enumerate(self.node_names, start=1)
         }
         self._kubelet_apis: dict[str, KubeletApi] = {}
@@ -209,9 +214,11 @@ class Simulator:
                  timeout: float) -> ContainerProcess:
         if not tool_images:
             return fallback
-        files = PodFiles(self.store, self.node_dir, TokenIssuer(
-            self.service_account_token, self.revoke_token, lambda: self.ca.cert))
-        return ToolRunner(tool_images, self.store, files, lambda: self.port,
+        files = PodFiles(self.node_apis.__getitem__, self.node_dir, TokenIssuer(
+            lambda pod, account: self.service_account_token(pod["metadata"]["namespace"],
+                                                            account),
+            self.revoke_token, lambda: self.ca.cert))
+        return ToolRunner(tool_images, self.node_apis.__getitem__, files, lambda: self.port,
                           fallback=fallback, timeout=timeout, log=self.log)
 
     # -- what clients need -------------------------------------------------------------
@@ -425,7 +432,7 @@ class Simulator:
                                                     cron_clock=self.cron_clock)]
         for node, kubelet in self.kubelets.items():
             kubelet.register(self._kubelet_servers[node].port)
-            self._controllers.append(kubelet)
+            self._controllers.append(KubeletLoop(self.rest, kubelet, log=self.log))
         for controller in self._controllers:
             controller.start()
 
@@ -437,7 +444,8 @@ class Simulator:
             (self.node_dir(node) / "var" / "log").mkdir(parents=True, exist_ok=True)
             cert = issue(self.ca, pki / "nodes", f"kubelet-{node}", dns=[node, "localhost"],
                          ips=[LOOPBACK], cn=f"system:node:{node}", org="system:nodes")
-            api = KubeletApi(kubelet, checkpoints, authorizer=self.authorizer, log=self.log)
+            api = KubeletApi(kubelet, checkpoints, authorizer=self.authorizer, log=self.log,
+                             pod_logs=self.node_dir(node) / "var/log/pods")
             server = HttpsServer(
                 api, cert, authenticator=self._kubelet_user,
                 unauthorized=lambda: Response(401, _UNAUTHORIZED_TEXT.encode(),

@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from e2e.nodes.protocol import Request, Response, table_version
 from e2e.sim.errors import ApiError, bad_request
-from e2e.sim.protocol import Request, Response, table_version
 from e2e.sim.resources import ResourceType
 from e2e.sim.rest import Rest
 from e2e.sim.store import Event, Obj

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from e2e.sim.runtime_releases import CRIO_NOT_AVAILABLE, crio_default_level
+from e2e.nodes.runtime_releases import CRIO_NOT_AVAILABLE, crio_default_level
 
 __all__ = [
     "DEFAULT_RUNTIME",

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from e2e.sim.core import SECRETS
-from e2e.sim.images import (
+from e2e.nodes.api import NodeApi, Obj
+from e2e.nodes.images import (
     Credential,
     ImageIndex,
     ImageRef,
@@ -35,11 +35,9 @@ from e2e.sim.images import (
     parse_image,
     preloaded,
 )
-from e2e.sim.kubelet_events import EventRecorder
-from e2e.sim.nodeconfig import NodeConfig
-from e2e.sim.registry_pull import Puller, PullError
-from e2e.sim.rest import Rest
-from e2e.sim.store import Obj
+from e2e.nodes.kubelet_events import EventRecorder
+from e2e.nodes.nodeconfig import NodeConfig
+from e2e.nodes.registry_pull import Puller, PullError
 
 __all__ = ["Backoff", "ImageManager", "Waiting"]
 
@@ -77,9 +75,9 @@ class ImageManager:
     config: returns the node's current NodeConfig.
     """
 
-    def __init__(self, rest: Rest, puller: Puller, events: EventRecorder,
+    def __init__(self, api: NodeApi, puller: Puller, events: EventRecorder,
                  config: Callable[[], NodeConfig]) -> None:
-        self.rest = rest
+        self.api = api
         self.puller = puller
         self.images = ImageIndex()
         self._events = events
@@ -175,7 +173,7 @@ class ImageManager:
         namespace, docs, missing = pod["metadata"]["namespace"], [], []
         for entry in pod["spec"].get("imagePullSecrets") or []:
             name = str((entry or {}).get("name", ""))
-            secret = self.rest.store.find(SECRETS.key, namespace, name)
+            secret = self.api.get("Secret", namespace, name)
             document = dockerconfig_of(secret) if secret is not None else None
             if document is None:
                 missing.append(name)

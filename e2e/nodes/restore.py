@@ -44,10 +44,10 @@ import tarfile
 from dataclasses import dataclass
 from typing import IO, Any
 
-from e2e.sim.images import PulledImage
-from e2e.sim.nodeconfig import NodeConfig
-from e2e.sim.runtime_releases import CONTAINERD_RESTORE_DISABLED, containerd_restore
-from e2e.sim.store import Obj
+from e2e.nodes.api import Obj
+from e2e.nodes.images import PulledImage
+from e2e.nodes.nodeconfig import NodeConfig
+from e2e.nodes.runtime_releases import CONTAINERD_RESTORE_DISABLED, containerd_restore
 
 __all__ = [
     "CHECKPOINT_ANNOTATION",

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from e2e.archivegen import PAGE, ArchiveSpec, Process, build
-from e2e.sim.nodeconfig import NodeConfig
-from e2e.sim.store import Obj
+from e2e.nodes.api import Obj
+from e2e.nodes.nodeconfig import NodeConfig
 
 __all__ = [
     "ANNOTATION_PREFIX",

@@ -29,16 +29,16 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from e2e.sim.checkpoints import (
+from e2e.nodes.api import Obj
+from e2e.nodes.checkpoints import (
     MEMORY_ANNOTATION,
     PROCESSES_ANNOTATION,
     RESTORED_ANNOTATION,
     ROOTFS_ANNOTATION,
 )
-from e2e.sim.criu_read import PAGE, CriuError, DumpedProcess, read_processes
-from e2e.sim.images import PulledImage
-from e2e.sim.restore import CHECKPOINT_ANNOTATION, Checkpoint, CreateError, LayerRoot
-from e2e.sim.store import Obj
+from e2e.nodes.criu_read import PAGE, CriuError, DumpedProcess, read_processes
+from e2e.nodes.images import PulledImage
+from e2e.nodes.restore import CHECKPOINT_ANNOTATION, Checkpoint, CreateError, LayerRoot
 
 __all__ = ["RESTORED_ANNOTATION", "Restored", "bring_back"]
 

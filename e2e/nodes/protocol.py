@@ -1,10 +1,11 @@
-"""What passes between the HTTPS server and the router: users, requests, responses.
+"""What passes between an HTTPS server and its handler: users, requests, responses.
 
-server.py authenticates a connection's request into a `Request` carrying the
-`User`; api.py answers with a `Response` (a JSON body, or a `stream` of chunks
-for watches); an `Authorizer` sees each request as `Attributes`, the same
-fields a SubjectAccessReview has, and answers a bool or a `Decision` (which
-also says why, as SelfSubjectAccessReviews and 403 messages report it).
+https.py authenticates a connection's request into a `Request` carrying the
+`User`; the handler (the kubelet API, kubelet_api.py; the simulator's API
+server, e2e/sim/api.py) answers with a `Response` (a JSON body, or a `stream`
+of chunks for watches); an `Authorizer` sees each request as `Attributes`, the
+same fields a SubjectAccessReview has, and answers a bool or a `Decision`
+(which also says why, as SelfSubjectAccessReviews and 403 messages report it).
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ from typing import Any
 
 import yaml
 
-from e2e.sim.errors import bad_request
-
 __all__ = [
     "Attributes",
     "Authorizer",
+    "BadRequest",
     "Decision",
     "Request",
     "Response",
@@ -29,6 +29,10 @@ __all__ = [
     "decide",
     "table_version",
 ]
+
+
+class BadRequest(ValueError):
+    """A request the handler cannot take as it is (a 400 BadRequest; str(): why)."""
 
 
 @dataclass(frozen=True)
@@ -116,14 +120,14 @@ class Request:
         return values[-1] if values else None
 
     def int_param(self, name: str) -> int | None:
-        """An integer query parameter (400 BadRequest if it is not one)."""
+        """An integer query parameter (BadRequest if it is not one)."""
         value = self.param(name)
         if value in (None, ""):
             return None
         try:
             return int(value)
         except ValueError:
-            raise bad_request(f"invalid {name} {value!r}: not an integer") from None
+            raise BadRequest(f"invalid {name} {value!r}: not an integer") from None
 
     def json(self) -> Any:
         """The body, JSON (or YAML, which kubectl never sends but humans do)."""
@@ -136,7 +140,7 @@ class Request:
         try:
             return yaml.safe_load(self.body)
         except yaml.YAMLError as e:
-            raise bad_request(f"the request body is neither JSON nor YAML: {e}") from None
+            raise BadRequest(f"the request body is neither JSON nor YAML: {e}") from None
 
 
 @dataclass

@@ -24,14 +24,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from e2e.sim.image_manager import Backoff, ImageManager, Waiting
-from e2e.sim.images import PulledImage, parse_image
-from e2e.sim.kubelet_events import EventRecorder
-from e2e.sim.meta import now, rfc3339
-from e2e.sim.nodeconfig import NodeConfig
-from e2e.sim.registry_pull import Puller, PullError
-from e2e.sim.rest import Rest
-from e2e.sim.restore import (
+from e2e.nodes.api import NodeApi, Obj, now, rfc3339
+from e2e.nodes.image_manager import Backoff, ImageManager, Waiting
+from e2e.nodes.images import PulledImage, parse_image
+from e2e.nodes.kubelet_events import EventRecorder
+from e2e.nodes.nodeconfig import NodeConfig
+from e2e.nodes.registry_pull import Puller, PullError
+from e2e.nodes.restore import (
     CreateError,
     LayerRoot,
     check_containerd,
@@ -39,8 +38,7 @@ from e2e.sim.restore import (
     prepare_restore,
     restore_path,
 )
-from e2e.sim.restored import bring_back
-from e2e.sim.store import Obj
+from e2e.nodes.restored import bring_back
 
 __all__ = ["PodOutcome", "PodStarter", "Started", "Waiting"]
 
@@ -96,18 +94,18 @@ class PodStarter:
         answer may have changed, though the pod's status did not.
     """
 
-    def __init__(self, rest: Rest, node: str, puller: Puller, config: Callable[[], NodeConfig],
+    def __init__(self, api: NodeApi, node: str, puller: Puller, config: Callable[[], NodeConfig],
                  report: Report, log: Callable[[str], None], workers: int = 2,
                  done: Callable[[], None] = lambda: None) -> None:
         self._done = done
-        self.rest = rest
+        self.api = api
         self.node = node
         self.puller = puller
         self._config = config
         self._report = report
         self._log = log
-        self._events = EventRecorder(rest, node, log)
-        self.image_manager = ImageManager(rest, puller, self._events, config)
+        self._events = EventRecorder(api, node, log)
+        self.image_manager = ImageManager(api, puller, self._events, config)
         self._pool = ThreadPoolExecutor(max_workers=workers,
                                         thread_name_prefix=f"sim-kubelet-{node}-start")
         self._lock = threading.Lock()

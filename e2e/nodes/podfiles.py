@@ -8,6 +8,8 @@ directory per pod on the node, STATE/nodes/NODE/var/lib/kubelet/pods/UID/:
     volumes/kubernetes.io~configmap/NAME/     configMap volumes (files 0600 too)
     volumes/kubernetes.io~projected/kube-api-access-sim/
                                               the service account: token, ca.crt, namespace
+    volumes/kubernetes.io~projected/NAME/     projected volumes (the real API server's
+                                              kube-api-access-*: the same three files)
     containers/CONTAINER/termination-log      terminationMessagePath, written by the process
     containers/CONTAINER/home, .../tmp        HOME and TMPDIR when no mount provides them
 
@@ -17,7 +19,7 @@ FileOrCreate; other types only need the path to exist). Directories are 0700.
 
 `Mounts` maps each container path (mountPath, with subPath applied, and the
 termination message path) to its place here. Volume types other than these
-(projected, downwardAPI, persistentVolumeClaim, ...) fail the container with
+(downwardAPI, persistentVolumeClaim, ...) fail the container with
 a message, as a failed mount would keep it from starting. readOnly is not
 enforced: the process runs as the user running the simulator.
 
@@ -38,8 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from e2e.sim.core import CONFIGMAPS, SECRETS, SERVICEACCOUNTS
-from e2e.sim.store import Obj, Store
+from e2e.nodes.api import NodeApi, Obj
 
 __all__ = ["SERVICE_ACCOUNT_PATH", "MountFailed", "Mounts", "PodFiles", "TokenIssuer"]
 
@@ -54,10 +55,10 @@ class MountFailed(Exception):
 
 @dataclass(frozen=True)
 class TokenIssuer:
-    """How the pod's service account gets a token: issue(namespace, name) -> token,
-    revoke(token); ca_file() the cluster CA's PEM file."""
+    """How the pod's service account gets a token: issue(pod, account) -> a token
+    bound to the pod, revoke(token); ca_file() the cluster CA's PEM file."""
 
-    issue: Callable[[str, str], str]
+    issue: Callable[[Obj, str], str]
     revoke: Callable[[str], None]
     ca_file: Callable[[], Path]
 
@@ -112,9 +113,9 @@ def _write_private(path: Path, data: bytes) -> None:
 class PodFiles:
     """Prepares and releases the per-pod directories of one cluster's nodes."""
 
-    def __init__(self, store: Store, node_dir: Callable[[str], Path],
+    def __init__(self, api: Callable[[str], NodeApi], node_dir: Callable[[str], Path],
                  tokens: TokenIssuer) -> None:
-        self.store = store
+        self.api = api
         self.node_dir = node_dir
         self.tokens = tokens
         self._pods: dict[str, _Pod] = {}
@@ -167,7 +168,7 @@ class PodFiles:
     def _service_account(self, pod: Obj, root: Path) -> str | None:
         spec, ns = pod["spec"], pod["metadata"]["namespace"]
         name = spec.get("serviceAccountName") or "default"
-        account = self.store.find(SERVICEACCOUNTS.key, ns, name)
+        account = self.api(spec["nodeName"]).get("ServiceAccount", ns, name)
         if account is None:
             raise MountFailed(f"error looking up service account {ns}/{name}: "
                               f'serviceaccount "{name}" not found')
@@ -176,7 +177,7 @@ class PodFiles:
             mount = account.get("automountServiceAccountToken")
         if mount is False:
             return None
-        token = self.tokens.issue(ns, name)
+        token = self.tokens.issue(pod, name)
         target = _private_dir(root / _SA_VOLUME)
         _write_private(target / "token", token.encode())
         _write_private(target / "ca.crt", self.tokens.ca_file().read_bytes())
@@ -192,7 +193,7 @@ class PodFiles:
                 raise MountFailed(f"volume {mount.get('name')!r} is not in the pod")
             where = entry.volumes.get(volume["name"])
             if where is None:
-                where = entry.volumes[volume["name"]] = self._volume(pod, volume, root)
+                where = entry.volumes[volume["name"]] = self._volume(pod, volume, entry)
             if mount.get("subPath"):
                 where = where / str(mount["subPath"]).lstrip("/")
             mounts.paths[str(mount["mountPath"])] = where
@@ -204,8 +205,8 @@ class PodFiles:
         mounts.paths[str(container.get("terminationMessagePath") or TERMINATION_LOG)] = log
         return mounts
 
-    def _volume(self, pod: Obj, volume: Obj, root: Path) -> Path:
-        name = str(volume["name"])
+    def _volume(self, pod: Obj, volume: Obj, entry: _Pod) -> Path:
+        name, root = str(volume["name"]), entry.root
         if "hostPath" in volume:
             return self._host_path(pod, name, volume["hostPath"])
         if "emptyDir" in volume:
@@ -213,14 +214,55 @@ class PodFiles:
         if "secret" in volume:
             source = volume["secret"]
             return self._files(pod, name, root / "volumes/kubernetes.io~secret" / name,
-                               SECRETS.key, source.get("secretName"), source)
+                               "Secret", source.get("secretName"), source)
         if "configMap" in volume:
             source = volume["configMap"]
             return self._files(pod, name, root / "volumes/kubernetes.io~configmap" / name,
-                               CONFIGMAPS.key, source.get("name"), source)
+                               "ConfigMap", source.get("name"), source)
+        if "projected" in volume:
+            return self._projected(pod, name, volume["projected"], entry)
         kind = next((k for k in volume if k != "name"), "?")
         raise MountFailed(f'volume "{name}": {kind} volumes are not supported by the '
                           "simulator's tool runner")
+
+    def _projected(self, pod: Obj, name: str, projected: dict[str, Any], entry: _Pod) -> Path:
+        """A projected volume: the real API server gives every pod one (kube-api-access-*:
+        the service account's token, kube-root-ca.crt's ca.crt, the namespace)."""
+        target = _private_dir(entry.root / "volumes/kubernetes.io~projected" / name)
+        ns = pod["metadata"]["namespace"]
+        for source in projected.get("sources") or []:
+            files: dict[str, bytes] = {}
+            if "serviceAccountToken" in source:
+                if entry.token is None:
+                    raise MountFailed(f'volume "{name}": the pod mounts no service account '
+                                      "token")
+                files[str(source["serviceAccountToken"].get("path") or "token")] = \
+                    entry.token.encode()
+            for kind in ("configMap", "secret"):
+                if kind in source:
+                    ref = source[kind]
+                    obj = self.api(pod["spec"]["nodeName"]).get(
+                        "ConfigMap" if kind == "configMap" else "Secret", ns,
+                        str(ref.get("name", ""))) or {}
+                    data = {k: str(v).encode() for k, v in (obj.get("data") or {}).items()} \
+                        if kind == "configMap" else \
+                        {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
+                    items = ref.get("items")
+                    files.update({str(i["path"]): data[i["key"]] for i in items
+                                  if i.get("key") in data} if items else data)
+            for item in (source.get("downwardAPI") or {}).get("items") or []:
+                field_path = str((item.get("fieldRef") or {}).get("fieldPath", ""))
+                value: Any = pod
+                for part in field_path.split("."):
+                    value = value.get(part) if isinstance(value, dict) else None
+                files[str(item["path"])] = str(value or "").encode()
+            for path, content in files.items():
+                if ".." in PurePosixPath(path).parts:
+                    raise MountFailed(f'volume "{name}": item path {path!r} leaves the volume')
+                dest = target / path.lstrip("/")
+                _private_dir(dest.parent)
+                _write_private(dest, content)
+        return target
 
     def _host_path(self, pod: Obj, name: str, source: dict[str, Any]) -> Path:
         path = str(source.get("path", ""))
@@ -241,18 +283,17 @@ class PodFiles:
                               f"check failed: {path} {problem}")
         return host
 
-    def _files(self, pod: Obj, name: str, target: Path, resource: str, source_name: Any,
+    def _files(self, pod: Obj, name: str, target: Path, kind: str, source_name: Any,
                source: dict[str, Any]) -> Path:
         ns = pod["metadata"]["namespace"]
-        obj = self.store.find(resource, ns, str(source_name or ""))
+        obj = self.api(pod["spec"]["nodeName"]).get(kind, ns, str(source_name or ""))
         if obj is None:
             if source.get("optional"):
                 return _private_dir(target)
-            kind = "secret" if resource == SECRETS.key else "configmap"
-            raise MountFailed(f'MountVolume.SetUp failed for volume "{name}" : {kind} '
-                              f'"{source_name}" not found')
+            raise MountFailed(f'MountVolume.SetUp failed for volume "{name}" : '
+                              f'{kind.lower()} "{source_name}" not found')
         data = {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()} \
-            if resource == SECRETS.key else \
+            if kind == "Secret" else \
             {**{k: str(v).encode() for k, v in (obj.get("data") or {}).items()},
              **{k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()}}
         items = source.get("items")

@@ -28,17 +28,13 @@ and ContainersReady conditions turn False (PodCompleted / PodFailed).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from e2e.sim.controllers import set_condition
-from e2e.sim.core import PODS
-from e2e.sim.errors import ApiError
-from e2e.sim.meta import now, rfc3339
-from e2e.sim.rest import Rest
-from e2e.sim.store import Obj
+from e2e.nodes.api import Gone, NodeApi, Obj, now, rfc3339, set_condition
 
 __all__ = [
     "EXIT_CODE",
@@ -121,9 +117,9 @@ def _settle_phase(pod: Obj) -> None:
 class ContainerRuns:
     """The running run-to-completion containers of one node, each in a thread."""
 
-    def __init__(self, rest: Rest, node: str, process: ContainerProcess,
+    def __init__(self, api: NodeApi, node: str, process: ContainerProcess,
                  log: Callable[[str], None]) -> None:
-        self.rest = rest
+        self.api = api
         self.node = node
         self.process = process
         self._log = log
@@ -205,10 +201,6 @@ class ContainerRuns:
 
         self._log(f"kubelet-{self.node}: {pod['metadata']['namespace']}/"
                   f"{pod['metadata']['name']} container {name} exited {result.exit_code}")
-        try:
-            self.rest.mutate(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"],
-                             exited)
-        except ApiError as e:
-            if e.code != 404:
-                raise
+        with contextlib.suppress(Gone):
+            self.api.update_pod(pod["metadata"]["namespace"], pod["metadata"]["name"], exited)
         return bool(outcome and outcome[0])

@@ -6,13 +6,15 @@ the kubelet's own server does:
 
     POST /checkpoint/{namespace}/{pod}/{container}[?timeout=SECONDS]
         200 {"items":["/var/lib/kubelet/checkpoints/checkpoint-<pod>_<ns>-<ctr>-<time>.tar"]}
+    GET  /containerLogs/{namespace}/{pod}/{container}[?tailLines=N&limitBytes=N&previous=true]
+                      what the container printed (containers that really run: toolrun.py)
     GET  /pods        the PodList of the pods bound to this node
     GET  /healthz     ok
 
 Every request is authorized first, with the attributes the kubelet asks the
 API server about (SubjectAccessReview): resource `nodes`, subresource
-`proxy` (the v1.30 kubelet; newer ones say `checkpoint` for /checkpoint), the
-node's name, verb from the method (POST: create). Denied: 403 text
+`proxy` (`checkpoint` for /checkpoint from some release on: see
+KubeletApi), the node's name, verb from the method (POST: create). Denied: 403 text
 `Forbidden (user=U, verb=V, resource=nodes, subresource=proxy)`.
 
 Checkpoint answers, in the kubelet's order and words (bodies are text):
@@ -46,13 +48,14 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from e2e.sim import checkpoints
-from e2e.sim.checkpoints import CHECKPOINT_DIR, PlanError
-from e2e.sim.kubelet import Kubelet
-from e2e.sim.nodeconfig import checkpoint_support
-from e2e.sim.protocol import Attributes, Authorizer, Request, Response, allow_all
-from e2e.sim.store import Obj
+from e2e.nodes import checkpoints
+from e2e.nodes.api import Obj
+from e2e.nodes.checkpoints import CHECKPOINT_DIR, PlanError
+from e2e.nodes.kubelet import Kubelet
+from e2e.nodes.nodeconfig import checkpoint_support
+from e2e.nodes.protocol import Attributes, Authorizer, Request, Response, allow_all
 
 __all__ = ["KubeletApi"]
 
@@ -69,8 +72,8 @@ def _text(code: int, message: str) -> Response:
                     headers={"X-Content-Type-Options": "nosniff"})
 
 
-def _subresource(path: str) -> str:
-    for prefix, subresource in _SUBRESOURCES:
+def _subresource(path: str, checkpoint: str) -> str:
+    for prefix, subresource in (*_SUBRESOURCES, ("/checkpoint", checkpoint)):
         if path == prefix or path.startswith(prefix + "/"):
             return subresource
     return "proxy"
@@ -85,15 +88,22 @@ class KubeletApi:
 
     kubelet: the node's agent (its pods and its live NodeConfig).
     checkpoint_dir: where the node's /var/lib/kubelet/checkpoints is on this machine.
+    pod_logs: where its /var/log/pods is (None: every container's log is empty).
     authorizer: the cluster's (the kubelet delegates to the API server).
+    checkpoint_subresource: what /checkpoint is authorized as: `proxy` for the v1.30
+        kubelet (the simulator's), `checkpoint` for v1.37.2's (the node agents';
+        pkg/kubelet/server/auth.go).
     """
 
     def __init__(self, kubelet: Kubelet, checkpoint_dir: Path, *,
-                 authorizer: Authorizer = allow_all,
-                 log: Callable[[str], None] = lambda line: None) -> None:
+                 pod_logs: Path | None = None, authorizer: Authorizer = allow_all,
+                 log: Callable[[str], None] = lambda line: None,
+                 checkpoint_subresource: str = "proxy") -> None:
+        self.checkpoint_subresource = checkpoint_subresource
         self.kubelet = kubelet
         self.node = kubelet.node
         self.checkpoint_dir = Path(checkpoint_dir)
+        self.pod_logs = pod_logs
         self.authorizer = authorizer
         self.log = log
         self._aborted = threading.Event()
@@ -144,7 +154,7 @@ class KubeletApi:
 
     def _route(self, req: Request) -> Response:
         verb = _VERBS.get(req.method, "get")
-        subresource = _subresource(req.path)
+        subresource = _subresource(req.path, self.checkpoint_subresource)
         if not self.authorizer(Attributes(req.user, verb, "", "nodes", subresource, "",
                                           self.node, req.path)):
             return _text(403, f"Forbidden (user={req.user.name}, verb={verb}, "
@@ -152,6 +162,8 @@ class KubeletApi:
         parts = [p for p in req.path.split("/") if p]
         if parts == ["healthz"] and req.method == "GET":
             return _text(200, "ok")
+        if parts[:1] == ["containerLogs"] and len(parts) == 4 and req.method == "GET":
+            return self._logs(req, parts[1], parts[2], parts[3])
         if parts == ["pods"] and req.method == "GET":
             return Response(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {},
                                   "items": self.kubelet.pods()})
@@ -161,6 +173,41 @@ class KubeletApi:
                 return _text(405, "405: Method Not Allowed")
             return self._checkpoint(req, parts[1], parts[2], parts[3])
         return _text(404, "404 page not found\n")
+
+    # -- GET /containerLogs/{namespace}/{pod}/{container} -------------------------------
+
+    def _logs(self, req: Request, namespace: str, pod_name: str, container: str) -> Response:
+        """The kubelet's answers (server.go getContainerLogs, kuberuntime's
+        validateContainerLogStatus), reading the files toolrun.py writes."""
+        pod = self.kubelet.pod(namespace, pod_name)
+        if pod is None:
+            return _text(404, f'pod "{pod_name}" does not exist')
+        if checkpoints.find_container(pod, container) is None:
+            return _text(404, f'container "{container}" not found in pod "{pod_name}"')
+        statuses = [*(pod.get("status", {}).get("containerStatuses") or []),
+                    *(pod.get("status", {}).get("initContainerStatuses") or [])]
+        status: dict[str, Any] = next((s for s in statuses if s.get("name") == container), {})
+        waiting = (status.get("state") or {}).get("waiting")
+        if not status or waiting is not None:
+            reason = (waiting or {}).get("reason", "ContainerCreating")
+            return _text(400, f'container "{container}" in pod "{pod_name}" is waiting to '
+                              f"start: {reason}")
+        meta = pod["metadata"]
+        directory = (self.pod_logs or Path("/nonexistent")) / \
+            f"{namespace}_{pod_name}_{meta['uid']}" / container
+        runs = sorted(int(p.stem) for p in directory.glob("*.log") if p.stem.isdigit())
+        if req.param("previous") == "true":
+            if len(runs) < 2:
+                return _text(400, f'previous terminated container "{container}" in pod '
+                                  f'"{pod_name}" not found')
+            runs = runs[:-1]
+        data = (directory / f"{runs[-1]}.log").read_bytes() if runs else b""
+        tail, limit = req.param("tailLines"), req.param("limitBytes")
+        if tail and tail.isdigit():
+            data = b"".join(data.splitlines(keepends=True)[-int(tail):]) if int(tail) else b""
+        if limit and limit.isdigit() and int(limit) > 0:
+            data = data[:int(limit)]
+        return Response(200, data, "text/plain")
 
     # -- POST /checkpoint/{namespace}/{pod}/{container} --------------------------------
 

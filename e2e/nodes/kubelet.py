@@ -59,6 +59,7 @@ ends as the `sim.migrate.dev/run-seconds`, `exit-code` and
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import tempfile
@@ -68,19 +69,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from e2e.sim.controllers import Controller, set_condition
-from e2e.sim.core import NODES, PODS
-from e2e.sim.discovery import KUBE_VERSION
-from e2e.sim.errors import ApiError
-from e2e.sim.images import RegistryConfig
-from e2e.sim.meta import now, rfc3339
-from e2e.sim.nodeconfig import DEFAULT_RUNTIME, NodeConfig
-from e2e.sim.podstart import PodOutcome, PodStarter, Started, Waiting
-from e2e.sim.registry_pull import Puller
-from e2e.sim.rest import Rest
-from e2e.sim.runs import ContainerProcess, ContainerRuns, annotated_process
-from e2e.sim.runtime_releases import PAUSE_IMAGE, PAUSE_IMAGE_SIZE
-from e2e.sim.store import Obj
+from e2e.nodes.api import Gone, NodeApi, Obj, now, rfc3339, set_condition
+from e2e.nodes.images import RegistryConfig
+from e2e.nodes.nodeconfig import DEFAULT_RUNTIME, NodeConfig
+from e2e.nodes.podstart import PodOutcome, PodStarter, Started, Waiting
+from e2e.nodes.registry_pull import Puller
+from e2e.nodes.runs import ContainerProcess, ContainerRuns, annotated_process
+from e2e.nodes.runtime_releases import PAUSE_IMAGE, PAUSE_IMAGE_SIZE
 
 __all__ = ["CONTAINER_RUNTIME", "KUBELET_PORT", "Kubelet", "apply_node_config", "node_object"]
 
@@ -98,32 +93,28 @@ _NOT_READY_MESSAGE = ("container runtime network not ready: NetworkReady=false "
                       "cni plugin not initialized")
 
 
-#: The store's index of pods by the node they are bound to (spec.nodeName).
-NODE_INDEX = "spec.nodeName"
-
-
-def _pod_node(pod: Obj) -> list[str]:
-    node = (pod.get("spec") or {}).get("nodeName")
-    return [str(node)] if node else []
-
-
 def _same_taint(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return bool(a.get("key") == b.get("key") and a.get("effect") == b.get("effect"))
 
 
-def apply_node_config(node: Obj, config: NodeConfig, previous: NodeConfig | None = None) -> Obj:
+def apply_node_config(node: Obj, config: NodeConfig, previous: NodeConfig | None = None,
+                      *, taint_not_ready: bool = True) -> Obj:
     """Make `node` report `config` (runtime, readiness, labels, taints, capacity);
-    `previous`: the config it reported so far (its taints are taken back)."""
+    `previous`: the config it reported so far (its taints are taken back).
+    taint_not_ready: also do what the node lifecycle controller does, taint a
+    NotReady node `node.kubernetes.io/not-ready:NoSchedule` (the simulator has no
+    such controller; with a real one, leave its taints alone)."""
     status, spec = node.setdefault("status", {}), node.setdefault("spec", {})
     status.setdefault("nodeInfo", {})["containerRuntimeVersion"] = config.runtime
     capacity = {**_CAPACITY, **config.capacity}
     status["capacity"], status["allocatable"] = capacity, dict(capacity)
     node["metadata"].setdefault("labels", {}).update(config.labels)
-    owned = (previous.taints if previous else []) + [{"key": NOT_READY_TAINT,
-                                                      "effect": "NoSchedule"}]
+    owned = list(previous.taints if previous else [])
+    if taint_not_ready:
+        owned.append({"key": NOT_READY_TAINT, "effect": "NoSchedule"})
     taints = [t for t in spec.get("taints") or [] if not any(_same_taint(t, o) for o in owned)]
     wanted = [copy.deepcopy(t) for t in config.taints]
-    if not config.ready:
+    if not config.ready and taint_not_ready:
         wanted.append({"key": NOT_READY_TAINT, "effect": "NoSchedule",
                        "timeAdded": rfc3339(now())})
     taints += [t for t in wanted if not any(_same_taint(t, have) for have in taints)]
@@ -142,13 +133,17 @@ def apply_node_config(node: Obj, config: NodeConfig, previous: NodeConfig | None
 
 
 def node_object(name: str, index: int, config: NodeConfig | None = None,
-                kubelet_port: int = KUBELET_PORT) -> Obj:
-    """The Node a kubelet registers: by default Ready, schedulable, CRI-O, 4 CPUs / 8 GiB."""
+                kubelet_port: int = KUBELET_PORT, *, address: str | None = None,
+                kubelet_version: str = "v1.30.4", taint_not_ready: bool = True) -> Obj:
+    """The Node a kubelet registers: by default Ready, schedulable, CRI-O, 4 CPUs / 8 GiB.
+
+    address: its InternalIP (default 192.0.2.(10+index): data only, nothing dials it).
+    """
     config = config or NodeConfig()
     digest = hashlib.sha256(name.encode()).hexdigest()
     status: dict[str, Any] = {
         "addresses": [
-            {"type": "InternalIP", "address": f"192.0.2.{10 + index}"},
+            {"type": "InternalIP", "address": address or f"192.0.2.{10 + index}"},
             {"type": "Hostname", "address": name},
         ],
         "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
@@ -160,8 +155,8 @@ def node_object(name: str, index: int, config: NodeConfig | None = None,
             "kernelVersion": "6.1.0-sim-amd64",
             "osImage": "Debian GNU/Linux 12 (bookworm)",
             "containerRuntimeVersion": config.runtime,
-            "kubeletVersion": KUBE_VERSION,
-            "kubeProxyVersion": KUBE_VERSION,
+            "kubeletVersion": kubelet_version,
+            "kubeProxyVersion": kubelet_version,
             "operatingSystem": "linux",
             "architecture": "amd64",
         },
@@ -191,7 +186,7 @@ def node_object(name: str, index: int, config: NodeConfig | None = None,
         "spec": {"podCIDR": f"10.88.{index}.0/24", "podCIDRs": [f"10.88.{index}.0/24"]},
         "status": status,
     }
-    return apply_node_config(node, config)
+    return apply_node_config(node, config, taint_not_ready=taint_not_ready)
 
 
 def _image_id(image: str) -> str:
@@ -232,32 +227,52 @@ def _container_status(container: dict[str, Any], uid: str, started: str, runtime
     }
 
 
-class Kubelet(Controller):
-    """One node's agent.
+class Kubelet:
+    """One node's agent: registers its Node, starts the pods bound to it, removes
+    the deleted ones, and reports what it did.
 
-    index: the node's number (1-based): pod IPs 10.88.INDEX.x, InternalIP 192.0.2.(10+INDEX).
+    It has no thread of its own: a driver calls reconcile() whenever the node's pods
+    change, when wake() was called, and next_wakeup() seconds after a pass (the
+    simulator's controller loop, e2e/sim/kubelets.py; a node agent's, e2e/cluster/agent.py).
+
+    api: the node's view of the cluster (api.py).
+    index: the node's number (1-based): pod IPs 10.88.INDEX.x.
     config: how the node behaves (NodeConfig); change it with update_config().
     start_latency, stop_latency: seconds from seeing a pod (or its deletion) to acting.
     registries: how to reach registries on 127.0.0.1 (images.py).
     storage: where pulled images go (the node's var/lib/containers/storage;
         default: a temporary directory removed by stop()).
     process: what a run-to-completion container does (runs.py; default: as annotated).
+    address: the node's InternalIP, the pods' hostIP (default 192.0.2.(10+INDEX)).
+    kubelet_version: what the Node reports as its kubelet's version.
+    controller_manager: a real kube-controller-manager runs beside it. Its node
+        lifecycle controller taints a NotReady node and marks the node's pods not
+        Ready; this kubelet then leaves the former to it and, as the kubelet's status
+        manager does, reports its running pods Ready again once the node is. Without
+        one (the simulator), the kubelet taints its NotReady node itself.
     """
 
     def __init__(
-        self, rest: Rest, node: str, index: int, *, start_latency: float,
+        self, api: NodeApi, node: str, index: int, *, start_latency: float,
         stop_latency: float, config: NodeConfig | None = None,
         log: Callable[[str], None] | None = None,
         registries: RegistryConfig | None = None, storage: Path | None = None,
-        process: ContainerProcess | None = None,
+        process: ContainerProcess | None = None, address: str | None = None,
+        kubelet_version: str = "v1.30.4", controller_manager: bool = False,
     ) -> None:
-        super().__init__(rest, log=log)
-        self.runs = ContainerRuns(rest, node, process or annotated_process, self._log)
+        self.api = api
+        self._log = log or (lambda line: None)
+        self.runs = ContainerRuns(api, node, process or annotated_process, self._log)
         self.node = node
         self.index = index
         self.name = f"kubelet-{node}"
+        self.address = address or f"192.0.2.{10 + index}"
+        self.kubelet_version = kubelet_version
+        self.controller_manager = controller_manager
         self.start_latency = start_latency
         self.stop_latency = stop_latency
+        #: Called when a pass is wanted though no pod changed (set by the driver).
+        self.wake: Callable[[], None] = lambda: None
         self._config = config or NodeConfig()
         self._config_lock = threading.Lock()
         self._due: dict[str, float] = {}  # pod uid -> when to start or remove it
@@ -268,14 +283,11 @@ class Kubelet(Controller):
         self._halt = threading.Event()  # ends pulls in progress when the node stops
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
         if storage is None:
-            self._scratch = tempfile.TemporaryDirectory(prefix=f"sim-{node}-")
+            self._scratch = tempfile.TemporaryDirectory(prefix=f"node-{node}-")
             storage = Path(self._scratch.name)
         puller = Puller(storage, registries or RegistryConfig(), self._halt)
-        # Its loop reads only pods, and what the starter knows (which wakes it).
-        self.resources = (PODS.key,)
-        self._starter = PodStarter(rest, node, puller, lambda: self.config, self._report,
-                                   self._log, done=self.wake)
-        rest.store.add_index(PODS.key, NODE_INDEX, _pod_node)
+        self._starter = PodStarter(api, node, puller, lambda: self.config, self._report,
+                                   self._log, done=lambda: self.wake())
 
     # -- configuration ---------------------------------------------------------------
 
@@ -293,13 +305,13 @@ class Kubelet(Controller):
             config = self._config
 
         def report(node: Obj) -> Obj:
-            return apply_node_config(node, config, previous)
+            return apply_node_config(node, config, previous,
+                                     taint_not_ready=not self.controller_manager)
 
-        try:
-            self.rest.mutate(NODES, "", self.node, report)
-        except ApiError as e:
-            if e.code != 404:  # not registered yet: it will register with this config
-                raise
+        with contextlib.suppress(Gone):  # not registered yet: it registers with this config
+            self.api.update_node(report)
+        if config.ready and not previous.ready and self.controller_manager:
+            self.wake()  # pods the node lifecycle controller marked NotReady: report again
         return config
 
     def take_injected_failure(self) -> bool:
@@ -314,46 +326,44 @@ class Kubelet(Controller):
     # -- what the kubelet API sees ---------------------------------------------------
 
     def pod(self, namespace: str, name: str) -> Obj | None:
-        """A pod this kubelet knows (bound to its node), or None."""
-        pod = self.rest.store.find(PODS.key, namespace, name)
+        """A pod this kubelet knows (bound to its node), or None (read-only)."""
+        pod = self.api.pod(namespace, name)
         if pod is None or pod.get("spec", {}).get("nodeName") != self.node:
             return None
         return pod
 
     def pods(self) -> list[Obj]:
-        """Every pod bound to this node."""
-        pods, _ = self.rest.list(PODS, None, lambda p: p["spec"].get("nodeName") == self.node)
-        return pods
+        """Every pod bound to this node (copies)."""
+        return [copy.deepcopy(p) for p in self.api.pods()]
 
     # -- the node and its pods -------------------------------------------------------
 
     def register(self, kubelet_port: int = KUBELET_PORT) -> None:
         """Create this node's Node object (if it is not there yet)."""
-        try:
-            self.rest.create(NODES, "", node_object(self.node, self.index, self.config,
-                                                    kubelet_port))
-        except ApiError as e:
-            if e.reason != "AlreadyExists":
-                raise
+        self.api.register_node(node_object(
+            self.node, self.index, self.config, kubelet_port, address=self.address,
+            kubelet_version=self.kubelet_version,
+            taint_not_ready=not self.controller_manager))
 
     def stop(self) -> None:
-        """Stop the loop, then the pod start-up workers (pulls in progress end early)
-        and the run-to-completion containers still running (joining their threads)."""
+        """Stop the pod start-up workers (pulls in progress end early) and the
+        run-to-completion containers still running (joining their threads). Stop
+        the driver first."""
         self._halt.set()
-        super().stop()
         self._starter.close()
         self.runs.stop()
         if self._scratch is not None:
             self._scratch.cleanup()
 
     def next_wakeup(self) -> float | None:
+        """Seconds until a pass is due though nothing changed (None: none is)."""
         if not self._due:
             return None
         return max(0.0, min(self._due.values()) - time.monotonic())
 
     def reconcile(self) -> None:
-        # The stored pods themselves: read here, copied before being handed on.
-        pods = self.rest.store.peek(PODS.key, index=(NODE_INDEX, self.node))
+        """One pass over the node's pods: start the new, remove the deleted."""
+        pods = self.api.pods()  # read-only: copied before being handed on
         present = {p["metadata"]["uid"] for p in pods}
         for uid in set(self._due) - present:
             del self._due[uid]
@@ -381,6 +391,7 @@ class Kubelet(Controller):
             else:
                 self._due.pop(uid, None)
                 self.runs.track(pod)  # Never/OnFailure pods: their containers run to the end
+                self._ready_again(pod)
                 continue
             due = self._due.setdefault(uid, clock + latency)
             if clock < due:
@@ -392,14 +403,33 @@ class Kubelet(Controller):
             else:
                 self._start_pod(pod)
 
+    def _ready_again(self, pod: Obj) -> None:
+        """Report a running pod Ready again once the node is: the node lifecycle
+        controller marks every pod of a NotReady node not Ready, and the kubelet's
+        status manager puts back what its containers say."""
+        status = pod.get("status") or {}
+        statuses = status.get("containerStatuses") or []
+        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"),
+                     None)
+        if not (self.controller_manager and self.config.ready
+                and status.get("phase") == "Running" and statuses
+                and all(s.get("ready") for s in statuses)
+                and ready is not None and ready.get("status") == "False"):
+            return
+        uid = pod["metadata"]["uid"]
+
+        def again(current: Obj) -> Obj | None:
+            if current["metadata"]["uid"] != uid or current["metadata"].get("deletionTimestamp"):
+                return None
+            set_condition(current.setdefault("status", {}), "Ready", "True")
+            return current
+
+        with contextlib.suppress(Gone):
+            self.api.update_pod(pod["metadata"]["namespace"], pod["metadata"]["name"], again)
+
     def _remove(self, pod: Obj) -> None:
         meta = pod["metadata"]
-        try:
-            self.rest.delete(PODS, meta["namespace"], meta["name"], grace=0,
-                             preconditions={"uid": meta["uid"]})
-        except ApiError as e:
-            if e.code not in (404, 409):
-                raise
+        self.api.delete_pod(meta["namespace"], meta["name"], meta["uid"])
 
     def _pod_ip(self, uid: str) -> str:
         with self._ips_lock:
@@ -416,7 +446,7 @@ class Kubelet(Controller):
         """Write what an attempt to start `pod` came to (on a start-up worker)."""
         uid = pod["metadata"]["uid"]
         ip = self._pod_ip(uid)
-        host_ip = f"192.0.2.{10 + self.index}"
+        host_ip = self.address
         runtime = self.config.runtime_name
 
         def running(current: Obj) -> Obj | None:
@@ -456,12 +486,9 @@ class Kubelet(Controller):
         if outcome.all_started:
             self._log(f"{self.name}: {pod['metadata']['namespace']}/{pod['metadata']['name']} "
                       f"running at {ip}")
-        try:
-            self.rest.mutate(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"],
-                             running)
-        except ApiError as e:
-            if e.code != 404:  # deleted meanwhile: nothing to report
-                raise
+        with contextlib.suppress(Gone):  # deleted meanwhile: nothing to report
+            self.api.update_pod(pod["metadata"]["namespace"], pod["metadata"]["name"], running)
+
 
 
 def _status_of(container: dict[str, Any], outcome: PodOutcome, uid: str,

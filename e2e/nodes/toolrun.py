@@ -55,12 +55,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from e2e.sim.batch import JOBS
-from e2e.sim.core import CONFIGMAPS, SECRETS
-from e2e.sim.owners import controller_ref
-from e2e.sim.podfiles import SERVICE_ACCOUNT_PATH, MountFailed, Mounts, PodFiles
-from e2e.sim.runs import ContainerExit, ContainerProcess
-from e2e.sim.store import Obj, Store
+from e2e.nodes.api import NodeApi, Obj
+from e2e.nodes.podfiles import SERVICE_ACCOUNT_PATH, MountFailed, Mounts, PodFiles
+from e2e.nodes.runs import ContainerExit, ContainerProcess
 
 __all__ = ["DEFAULT_ARGS", "DEFAULT_TIMEOUT", "ENTRYPOINTS", "SERVICE_ACCOUNT_DIR_ENV",
            "ToolRunner", "parse_tool_images"]
@@ -103,16 +100,17 @@ def _expand(value: str, env: Mapping[str, str]) -> str:
 class ToolRunner:
     """A ContainerProcess: the CLI for tool images, `fallback` for every other image.
 
+    api: the node's NodeApi, by node name (Secrets, ConfigMaps, Jobs).
     files: the per-pod directories and tokens (podfiles.py).
-    api_port: the API server's port (known once the simulator has started).
+    api_port: the API server's port on 127.0.0.1 (known once it has started).
     """
 
-    def __init__(self, images: Sequence[str], store: Store, files: PodFiles,
+    def __init__(self, images: Sequence[str], api: Callable[[str], NodeApi], files: PodFiles,
                  api_port: Callable[[], int], *, fallback: ContainerProcess,
                  timeout: float = DEFAULT_TIMEOUT, log: Callable[[str], None] | None = None
                  ) -> None:
         self.images = frozenset(images)
-        self.store = store
+        self.api = api
         self.files = files
         self.api_port = api_port
         self.fallback = fallback
@@ -182,9 +180,11 @@ class ToolRunner:
 
     def _deadline(self, pod: Obj) -> float:
         seconds = pod["spec"].get("activeDeadlineSeconds")
-        ref = controller_ref(pod)
+        ref = next((r for r in pod["metadata"].get("ownerReferences") or []
+                    if r.get("controller")), None)
         if seconds is None and ref is not None and ref.get("kind") == "Job":
-            job = self.store.find(JOBS.key, pod["metadata"]["namespace"], ref["name"])
+            job = self.api(pod["spec"]["nodeName"]).get("Job", pod["metadata"]["namespace"],
+                                                         ref["name"])
             seconds = ((job or {}).get("spec") or {}).get("activeDeadlineSeconds")
         return float(seconds) if seconds is not None else self.timeout
 
@@ -214,11 +214,10 @@ class ToolRunner:
             "KUBERNETES_SERVICE_PORT_HTTPS": str(self.api_port()),
             SERVICE_ACCOUNT_DIR_ENV: str(mounts.host(SERVICE_ACCOUNT_PATH)),
         })
-        ns = pod["metadata"]["namespace"]
         for source in container.get("envFrom") or []:
             ref = source.get("configMapRef") or source.get("secretRef") or {}
-            values = self._data(SECRETS.key if "secretRef" in source else CONFIGMAPS.key,
-                                ns, str(ref.get("name", "")))
+            values = self._data(pod, "Secret" if "secretRef" in source else "ConfigMap",
+                                str(ref.get("name", "")))
             prefix = str(source.get("prefix") or "")
             env.update({prefix + k: v for k, v in values.items()})
         for var in container.get("env") or []:
@@ -236,18 +235,18 @@ class ToolRunner:
             for part in str(source["fieldRef"].get("fieldPath", "")).split("."):
                 node = node.get(part) if isinstance(node, Mapping) else None
             return None if node is None else str(node)
-        for key, resource in (("secretKeyRef", SECRETS.key), ("configMapKeyRef",
-                                                               CONFIGMAPS.key)):
+        for key, kind in (("secretKeyRef", "Secret"), ("configMapKeyRef", "ConfigMap")):
             if key in source:
                 ref = source[key]
-                values = self._data(resource, pod["metadata"]["namespace"], ref.get("name", ""))
+                values = self._data(pod, kind, ref.get("name", ""))
                 return values.get(str(ref.get("key")))
         return None
 
-    def _data(self, resource: str, namespace: str, name: str) -> dict[str, str]:
-        obj = self.store.find(resource, namespace, name) or {}
+    def _data(self, pod: Obj, kind: str, name: str) -> dict[str, str]:
+        api = self.api(pod["spec"]["nodeName"])
+        obj = api.get(kind, pod["metadata"]["namespace"], name) or {}
         data = obj.get("data") or {}
-        if resource == SECRETS.key:
+        if kind == "Secret":
             return {k: base64.b64decode(v).decode(errors="replace") for k, v in data.items()}
         return {k: str(v) for k, v in data.items()}
 

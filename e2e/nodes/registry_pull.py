@@ -35,7 +35,7 @@ from typing import Any
 import urllib3
 import zstandard
 
-from e2e.sim.images import (
+from e2e.nodes.images import (
     LOOPBACK,
     Credential,
     ImageRef,

@@ -1,0 +1,94 @@
+"""Events a kubelet records about a pod's containers (core/v1 Event, source kubelet).
+
+Repeats are aggregated as client-go's recorder does (its EventCorrelator): an
+Event with the same object, field path, type, reason and message gets its
+`count` raised and its `lastTimestamp` moved instead of a new object
+(`kubectl describe` shows "(x3 over 20s)"). The recorder remembers the Events
+it made, as client-go's does (in memory, per recorder); one that has gone
+meanwhile (expired, or its namespace deleted) is made afresh.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable
+
+from e2e.nodes.api import ApiFailure, Gone, NodeApi, Obj, now, rfc3339
+
+__all__ = ["EventRecorder"]
+
+_serial = itertools.count()
+#: How many aggregated Events a recorder remembers (client-go keeps 4096).
+_REMEMBERED = 4096
+_Key = tuple[str, str, str, str, str]
+
+
+class EventRecorder:
+    """Records Events for pods on one node."""
+
+    def __init__(self, api: NodeApi, node: str, log: Callable[[str], None]) -> None:
+        self.api = api
+        self.node = node
+        self._log = log
+        self._seen: dict[_Key, tuple[str, int]] = {}  # key -> (Event name, count)
+        self._lock = threading.Lock()
+
+    def container(self, pod: Obj, container: str, type_: str, reason: str,
+                  message: str) -> None:
+        """An Event about one container of `pod` (fieldPath spec.containers{NAME})."""
+        self._record(pod, f"spec.containers{{{container}}}", type_, reason, message)
+
+    def pod(self, pod: Obj, type_: str, reason: str, message: str) -> None:
+        """An Event about `pod` as a whole."""
+        self._record(pod, "", type_, reason, message)
+
+    def _record(self, pod: Obj, field_path: str, type_: str, reason: str,
+                message: str) -> None:
+        meta = pod["metadata"]
+        key = (str(meta["uid"]), field_path, type_, reason, message)
+        try:
+            if not self._bump(meta["namespace"], key):
+                self._create(pod, key)
+        except ApiFailure as e:  # e.g. the namespace is terminating
+            self._log(f"kubelet-{self.node}: event {reason} for {meta['name']} not "
+                      f"recorded: {e}")
+
+    def _bump(self, namespace: str, key: _Key) -> bool:
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is None:
+                return False
+            name, count = seen[0], seen[1] + 1
+            self._seen[key] = (name, count)
+        try:
+            self.api.patch_event(namespace, name, {"count": count,
+                                                   "lastTimestamp": rfc3339(now())})
+        except Gone:
+            with self._lock:
+                self._seen.pop(key, None)
+            return False
+        return True
+
+    def _create(self, pod: Obj, key: _Key) -> None:
+        meta, stamp = pod["metadata"], rfc3339(now())
+        _, field_path, type_, reason, message = key
+        # The recorder's name: the object's, then the time in hex nanoseconds.
+        name = f"{meta['name']}.{time.time_ns() + next(_serial):x}"
+        self.api.create_event({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": name, "namespace": meta["namespace"]},
+            "involvedObject": {"kind": "Pod", "namespace": meta["namespace"],
+                               "name": meta["name"], "uid": meta["uid"], "apiVersion": "v1",
+                               "resourceVersion": meta.get("resourceVersion", ""),
+                               **({"fieldPath": field_path} if field_path else {})},
+            "reason": reason, "message": message,
+            "source": {"component": "kubelet", "host": self.node},
+            "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1, "type": type_,
+            "reportingComponent": "kubelet", "reportingInstance": self.node,
+        })
+        with self._lock:
+            if len(self._seen) >= _REMEMBERED:
+                self._seen.pop(next(iter(self._seen)))
+            self._seen[key] = (name, 1)
