@@ -157,3 +157,20 @@ def test_compile_pattern_errors() -> None:
         compile_pattern(None, "(")
     with pytest.raises(UsageError, match="non-empty"):
         compile_pattern("", None)
+
+
+def test_regex_match_running_into_the_next_block_is_not_found_again() -> None:
+    """'abcde' starts in the first block and runs into the second: re.finditer over the
+    whole member resumes after it, and so must the block-wise scan (not at 'bcdef')."""
+    rx = re.compile(rb"[a-f]{2,5}")
+    data = b"zzzzzabcdefzzz"
+    assert _scan_all(data, Pattern(rx), 3, 5) == [(5, 5)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.lists(st.sampled_from([b"a", b"b", b"c", b"z", b"zz"]), max_size=120)
+       .map(b"".join), chunk=st.integers(1, 20))
+def test_regex_scan_equals_whole_buffer_regex_on_dense_matches(data: bytes, chunk: int) -> None:
+    rx = re.compile(rb"[a-c]{2,4}")
+    expected = [(m.start(), m.end() - m.start()) for m in rx.finditer(data)]
+    assert _scan_all(data, Pattern(rx), chunk, 4) == expected

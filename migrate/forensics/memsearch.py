@@ -136,7 +136,9 @@ def _blocks(reader: RangeReader, chunk: int,
     overlap (they take about as long as each other). Two buffers, reused.
     """
     size = reader.size
-    if size <= chunk + overlap:  # one block: nothing to overlap
+    # One block only when nothing lies past the first chunk: `_scan` reports from each
+    # block the matches starting in its chunk, so a tail in the overlap needs a block.
+    if size <= chunk:
         buf = bytearray(size)
         yield 0, buf, reader.pread_into(buf, 0)
         return
@@ -182,11 +184,14 @@ def _scan(
     Blocks overlap by ``len(literal) - 1`` bytes (or the regex window), so a
     match straddling two blocks is seen whole in the earlier one; a match is
     reported from the block where it starts before the overlap region (the
-    next block starts there).
+    next block starts there). A literal is found wherever it starts, overlapping
+    occurrences included; regex matches do not overlap, as with ``re.finditer``
+    over the whole member: the next block resumes after a match that ran into it.
     """
     plain = pattern.literal
     overlap = len(plain) - 1 if plain is not None else settings.regex_window_bytes
     chunk = max(settings.read_chunk_bytes, overlap + 1)
+    resume = 0
     for base, block, valid in _blocks(reader, chunk, overlap):
         limit = valid if base + chunk >= reader.size else chunk
         if plain is not None:
@@ -195,10 +200,12 @@ def _scan(
                 yield base + pos, len(plain)
                 pos = block.find(plain, pos + 1, valid)
         else:
-            for m in pattern.regex.finditer(memoryview(block)[:valid]):
+            view = memoryview(block)[:valid]
+            for m in pattern.regex.finditer(view, max(0, resume - base)):
                 if m.start() >= limit:
                     break
                 if m.end() > m.start():
+                    resume = base + m.end()
                     yield base + m.start(), m.end() - m.start()
 
 
