@@ -222,6 +222,7 @@ def bench(work: Path, small_mib: int, big_mib: int, reps: int, compressed: bool,
     greps = {s: grep(f"grep -c -a {s}", s, pages) for s in (PRESENT, ABSENT)}
     memparse = {s: mig(f"memparse big --search {s}", "memparse", big, "--search", s)
                 for s in (PRESENT, ABSENT)}
+    memparse[ABSENT].ok_codes = (11,)  # memparse's "searched, not found", as grep's 1
 
     print(f"measuring: {reps} interleaved repetitions after one warm-up run each ...", flush=True)
     measure([floor, python, show["small"], show["big"], insp["small"], insp["big"]], reps, run)
