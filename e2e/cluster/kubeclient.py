@@ -9,6 +9,7 @@ on their next pass, as a kubelet's loops do).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import urllib.parse
@@ -88,7 +89,14 @@ class KubeClient:
                                       timeout=urllib3.Timeout(connect=5.0, read=seconds + 15))
         except urllib3.exceptions.HTTPError as e:
             raise ApiFailure(0, f"watch {path}: {e}") from e
-        opened(resp.shutdown)
+
+        def cancel() -> None:
+            # A stream that has ended (closed, or back in the pool) has nothing to
+            # shut down: urllib3 raises then, and stopping must not fail for it.
+            with contextlib.suppress(ValueError, RuntimeError, OSError):
+                resp.shutdown()
+
+        opened(cancel)
         try:
             if resp.status >= 400:
                 raise ApiFailure(resp.status, _message(resp.status, resp.read()))
