@@ -164,11 +164,12 @@ def test_a_pod_on_a_containerd_node_is_refused_before_anything_changes(
     pod = make_pod(v1, "ctrd-source", node="node-c")
     r = migrate("ctrd-source", "--to", "node-b")
     assert (r.code, r.err.splitlines()) == (6, [
-        "error: pod default/ctrd-source runs on node-c (containerd://2.4.0): CRI-O restores "
-        "only CRI-O's checkpoints, and containerd's have none of the annotations CRI-O reads "
-        "(io.kubernetes.cri-o.Annotations)",
-        "hint: migrate pods that run on CRI-O nodes; `migrate checkpoint` still takes "
-        "containerd's checkpoints, for analysis"])
+        "error: pod default/ctrd-source runs on node-c, whose runtime cannot be a source: "
+        "containerd://2.4.0 checkpoints, but CRI-O refuses to restore containerd's archives "
+        "(their spec.dump has no io.kubernetes.cri-o.Annotations), and migrate restores only "
+        "on CRI-O",
+        "hint: only pods on CRI-O nodes can be migrated (`migrate doctor` lists the nodes' "
+        "runtimes); nothing was checkpointed"])
     now = v1.read_namespaced_pod("ctrd-source", "default")
     assert (now.metadata.uid, now.spec.node_name, now.status.phase) == (
         pod.metadata.uid, "node-c", "Running")

@@ -474,7 +474,7 @@ def test_fifo_recreated_private(cli: Cli, tmp_path: Path,
     arch = rootfs_archive([("run", "dir", None), ("run/ctl.fifo", "fifo", None)])
     dest = tmp_path / "dest"
     r = cli("rootfs-diff", arch, "--extract", dest)
-    assert (r.code, r.err) == (0, f"extracted 1 entries to {dest}\n")
+    assert (r.code, r.err) == (0, f"extracted 1 entry to {dest}\n")
     st = os.lstat(dest / "run/ctl.fifo")
     assert stat.S_ISFIFO(st.st_mode)
     assert stat.S_IMODE(st.st_mode) == 0o600

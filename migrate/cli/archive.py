@@ -291,7 +291,7 @@ def rootfs_diff_cmd(
         data["extracted_to"] = str(extract)
     emit(data, output.value, lambda: table(("path", "change", "size"), rows))
     if written is not None and output is Format.table:
-        say(f"extracted {written} entries to {extract}")
+        say(f"extracted {written} {'entry' if written == 1 else 'entries'} to {extract}")
 
 
 def list_cmd(
