@@ -115,6 +115,19 @@ class ConflictError(ClusterError):
     resourceVersion precondition failed); read it again and decide again."""
 
 
+class AlreadyExistsError(ClusterError):
+    """409 AlreadyExists: an object of that name is there already."""
+
+
+class InvalidError(ClusterError):
+    """400 BadRequest or 422 Invalid: the API server refused the request itself (a
+    selector it cannot parse, an object its validation rejects)."""
+
+
+class WatchTimeout(ClusterError):
+    """What a watch waited for did not happen in time."""
+
+
 class TransientClusterError(Transient, ClusterError):
     """A Kubernetes failure worth retrying: connection error, 5xx, 429."""
 

@@ -100,7 +100,7 @@ def test_an_event_is_counted_for_its_caller_and_sent_by_close(
         sent.append({"what": what, "path": path, **kw["body"]})
         return {}
 
-    monkeypatch.setattr(kube, "request_json", request_json)
+    monkeypatch.setattr(kube.events, "request_json", request_json)
     cluster = _cluster(background)
     pod = {"metadata": {"name": "web", "namespace": "shop", "uid": "u-1"}}
     kube.create_event(cluster, pod, "Checkpointed", "checkpointed web")
@@ -117,7 +117,7 @@ def test_an_event_is_counted_for_its_caller_and_sent_by_close(
 def test_close_warns_about_events_it_could_not_send(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     gate = threading.Event()
-    monkeypatch.setattr(kube, "request_json", lambda *a, **kw: gate.wait(5) and {})
+    monkeypatch.setattr(kube.events, "request_json", lambda *a, **kw: gate.wait(5) and {})
     cluster = _cluster(True)
     kube.create_event(cluster, {"metadata": {"name": "web", "namespace": "shop"}}, "R", "m")
     with caplog.at_level(logging.WARNING):

@@ -15,6 +15,7 @@ from migrate.errors import (
     ClusterError,
     ExitCode,
     InputError,
+    InvalidError,
     NotFoundError,
     TransientClusterError,
 )
@@ -35,7 +36,7 @@ def api_error(status: int, message: str = "", headers: dict[str, str] | None = N
     (401, AuthError, ExitCode.AUTH),
     (403, AuthError, ExitCode.AUTH),
     (409, ClusterError, ExitCode.CLUSTER),
-    (422, ClusterError, ExitCode.CLUSTER),
+    (422, InvalidError, ExitCode.CLUSTER),
     (500, TransientClusterError, ExitCode.CLUSTER),
     (503, TransientClusterError, ExitCode.CLUSTER),
     (429, TransientClusterError, ExitCode.CLUSTER),
@@ -151,7 +152,7 @@ def test_the_server_version_is_asked_once_per_connection(
         asked.append("GET /version")
         return {"major": "1", "minor": "30+"}
 
-    monkeypatch.setattr(kube, "server_version", version)
+    monkeypatch.setattr(kube.nodes, "server_version", version)
     cluster = _cluster(1)
     worker = dataclasses.replace(cluster, requests=0)
     assert kube.server_minor_version(cluster) == "1.30"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from migrate.adapters import kube
-from migrate.errors import ClusterError
+from migrate.errors import WatchTimeout
 from migrate.pipeline.nodes import Runtime
 from migrate.pipeline.refusals import (
     FATAL_WAITING,
@@ -178,8 +178,8 @@ def wait_restored(cluster: kube.Cluster, namespace: str, name: str, node: str,
         return kube.watch_pod(cluster, namespace, name, verify, timeout, since=since)
     except (RestoreRefused, PullRefused):
         raise
-    except ClusterError as e:
-        if "timed out" in e.message and verify.last_reason:
+    except WatchTimeout as e:
+        if verify.last_reason:
             raise RestoreRefused(f"{e.message}; last state: {verify.last_reason}",
                                  hint=e.hint) from e
         raise

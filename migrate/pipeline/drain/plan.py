@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from migrate.adapters import kube
-from migrate.errors import ClusterError, UsageError
+from migrate.errors import ClusterError, InvalidError, UsageError
 from migrate.pipeline import claims, names, nodes
 from migrate.pipeline.drain import place
 from migrate.pipeline.drain.budgets import covering
@@ -99,11 +99,9 @@ def _listed(what: str, fn: Any, *args: Any, **kw: Any) -> Any:
     """A listing with a user-given selector: the API server's 400 is a usage error."""
     try:
         return fn(*args, **kw)
-    except ClusterError as e:
-        if type(e) is ClusterError:  # not transient, not a 404: the selector was refused
-            raise UsageError(f"{what}: {e.message}", hint="label selectors look like "
-                             "app=web,tier!=db or 'env in (prod,staging)'") from e
-        raise
+    except InvalidError as e:  # 400: the API server could not parse the selector
+        raise UsageError(f"{what}: {e.message}", hint="label selectors look like "
+                         "app=web,tier!=db or 'env in (prod,staging)'") from e
 
 
 def gather(cluster: kube.Cluster, req: DrainRequest) -> Snapshot:
