@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,13 @@ import typer
 
 from migrate.cli.completion import complete_namespaces
 from migrate.settings import Settings
+
+
+class ManifestFormat(StrEnum):
+    """How rendered objects print: YAML (for kubectl apply -f -) or JSON."""
+
+    yaml = "yaml"
+    json = "json"
 
 AUTHFILE = typer.Option(None, "--authfile", help="Registry credentials file "
                         "(auth.json / docker config.json).")

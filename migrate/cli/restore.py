@@ -20,6 +20,7 @@ from migrate.cli.options import (
     CREDS,
     KUBECONFIG,
     TLS_VERIFY,
+    ManifestFormat,
     with_kube,
     with_registry,
 )
@@ -35,13 +36,6 @@ if TYPE_CHECKING:
 
 # The pipelines (jsonschema, kubernetes-validate, the kubernetes client) load
 # when a command runs, not when the CLI starts.
-
-
-class ManifestFormat(StrEnum):
-    """A manifest prints as YAML (kubectl apply -f -) or JSON."""
-
-    yaml = "yaml"
-    json = "json"
 
 
 class Engine(StrEnum):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -10,19 +9,12 @@ import typer
 
 from migrate.cli.completion import complete_namespaces, complete_nodes
 from migrate.cli.examples import Group
-from migrate.cli.options import CONTEXT, KUBECONFIG, with_kube
+from migrate.cli.options import CONTEXT, KUBECONFIG, ManifestFormat, with_kube
 from migrate.cli.output import emit
 from migrate.errors import UsageError
 
 if TYPE_CHECKING:
     from migrate.settings import Settings
-
-
-class ManifestFormat(StrEnum):
-    """How rendered objects are printed."""
-
-    yaml = "yaml"
-    json = "json"
 
 
 NAMESPACE = typer.Option(None, "-n", "--namespace", help="Namespace the tool runs in "
