@@ -10,31 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from migrate.pipeline.selectors import requirement_holds
+
 Obj = dict[str, Any]
 
 
 def _labels(node: Obj) -> dict[str, str]:
     return dict((node.get("metadata") or {}).get("labels") or {})
-
-
-def _expression_holds(expr: Obj, values: dict[str, str]) -> bool:
-    key, op, wanted = expr.get("key", ""), expr.get("operator", ""), expr.get("values") or []
-    have = values.get(key)
-    if op == "In":
-        return have is not None and have in wanted
-    if op == "NotIn":
-        return have is None or have not in wanted
-    if op == "Exists":
-        return have is not None
-    if op == "DoesNotExist":
-        return have is None
-    if op in ("Gt", "Lt") and have is not None and len(wanted) == 1:
-        try:
-            a, b = int(have), int(wanted[0])
-        except ValueError:
-            return False
-        return a > b if op == "Gt" else a < b
-    return False
 
 
 def _term_holds(term: Obj, node: Obj) -> bool:
@@ -43,8 +25,8 @@ def _term_holds(term: Obj, node: Obj) -> bool:
     field_exprs = term.get("matchFields") or []
     if not exprs and not field_exprs:
         return False  # an empty term matches nothing (as the scheduler has it)
-    return (all(_expression_holds(e, _labels(node)) for e in exprs)
-            and all(_expression_holds(e, fields) for e in field_exprs))
+    return (all(requirement_holds(e, _labels(node)) for e in exprs)
+            and all(requirement_holds(e, fields) for e in field_exprs))
 
 
 def _tolerated(taint: Obj, tolerations: list[Obj]) -> bool:

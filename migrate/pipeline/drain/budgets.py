@@ -21,6 +21,7 @@ from typing import Any
 
 from migrate.adapters import kube
 from migrate.errors import ClusterError
+from migrate.pipeline.selectors import selects
 
 Obj = dict[str, Any]
 FIRST_PAUSE, MAX_PAUSE = 0.2, 2.0  # seconds between two looks at a budget
@@ -32,30 +33,6 @@ class BudgetTimeout(ClusterError):
 
 class Interrupted(Exception):
     """The drain is stopping (Ctrl-C, or a pod's run was interrupted)."""
-
-
-def _requirement_holds(expr: Obj, labels: dict[str, str]) -> bool:
-    key, op, values = expr.get("key", ""), expr.get("operator"), expr.get("values") or []
-    if op == "In":
-        return key in labels and labels[key] in values
-    if op == "NotIn":
-        return key not in labels or labels[key] not in values
-    if op == "Exists":
-        return key in labels
-    if op == "DoesNotExist":
-        return key not in labels
-    return False
-
-
-def selects(selector: Obj | None, labels: dict[str, str]) -> bool:
-    """Whether a LabelSelector matches ``labels`` (policy/v1: empty selects every pod,
-    absent selects none)."""
-    if selector is None:
-        return False
-    wanted = selector.get("matchLabels") or {}
-    return (all(labels.get(k) == v for k, v in wanted.items())
-            and all(_requirement_holds(e, labels) for e in selector.get("matchExpressions")
-                    or []))
 
 
 def covering(pod: Obj, budgets: list[Obj]) -> list[str]:
