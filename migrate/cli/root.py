@@ -100,6 +100,9 @@ MODULES: dict[str, tuple[str, ...]] = {
     "restore": ("manifest", "sandbox"),
     "schedule": ("deploy", "schedule"),
 }
+# Modules a module's commands use: `schedule drain` parses its pass-through options
+# with `migrate drain`'s own parser, which must then be registered too.
+_NEEDS: dict[str, tuple[str, ...]] = {"schedule": ("drain",)}
 _registered: dict[str, tuple[list[typer.models.CommandInfo], list[typer.models.TyperInfo]]] = {}
 # Global options that take a value (the command name is the first other word).
 _VALUED = ("--tmp-dir", "--kubeconfig", "--context", "-n", "--namespace")
@@ -123,6 +126,7 @@ def register_for(args: Sequence[str]) -> None:
     """Register the module of the command ``args`` run; all of them if unknown or none."""
     name = command_of(args)
     wanted = [m for m, names in MODULES.items() if name in names] or list(MODULES)
+    wanted += [n for m in wanted for n in _NEEDS.get(m, ()) if n not in wanted]
     for module in wanted:
         if module not in _registered:
             before = (list(app.registered_commands), list(app.registered_groups))
