@@ -16,7 +16,14 @@ from migrate.adapters import kube
 from migrate.errors import InputError
 from migrate.pipeline.drain import budgets as budgets_mod
 from migrate.pipeline.drain import evict as evict_mod
-from migrate.pipeline.drain.budgets import Budgets, BudgetTimeout, Interrupted, covering, selects
+from migrate.pipeline.drain.budgets import (
+    FIRST_PAUSE,
+    Budgets,
+    BudgetTimeout,
+    Interrupted,
+    covering,
+    selects,
+)
 from migrate.pipeline.drain.classify import classify
 from migrate.pipeline.drain.plan import DrainRequest, PodPlan, Snapshot, make_plan
 from migrate.pipeline.drain.quantity import parse_quantity, pod_requests
@@ -223,7 +230,8 @@ def test_migrations_in_flight_count_against_the_budget(monkeypatch: pytest.Monke
     stop = threading.Event()
     gate = Budgets(stop)
     soon = time.monotonic() + 0.3
-    assert gate.wait(None, "default", ["web-pdb"], soon, hold=True) == 0  # type: ignore[arg-type]
+    # No pause taken (the figure is the seconds the call took: not 0 on a busy machine).
+    assert gate.wait(None, "default", ["web-pdb"], soon, hold=True) < FIRST_PAUSE  # type: ignore[arg-type]
     seen: list[str] = []
     with pytest.raises(BudgetTimeout, match=re.escape("web-pdb allows 1 disruption(s), 1 "
                                                       "taken by migrations in flight")):
@@ -236,14 +244,14 @@ def test_migrations_in_flight_count_against_the_budget(monkeypatch: pytest.Monke
         gate.wait(None, "default", ["web-pdb"], time.monotonic() + 0.3,  # type: ignore[arg-type]
                   hold=False)
     gate.release("default", ["web-pdb"])
-    assert gate.wait(None, "default", ["web-pdb"], soon, hold=False) == 0  # type: ignore[arg-type]
+    assert gate.wait(None, "default", ["web-pdb"], soon, hold=False) < FIRST_PAUSE  # type: ignore[arg-type]
     status["disruptionsAllowed"] = 0
     stop.set()
     with pytest.raises(Interrupted):
         gate.wait(None, "default", ["web-pdb"], time.monotonic() + 30,  # type: ignore[arg-type]
                   hold=True)
     # A budget deleted meanwhile holds nothing back.
-    assert gate.wait(None, "default", ["gone-pdb"], soon, hold=True) == 0  # type: ignore[arg-type]
+    assert gate.wait(None, "default", ["gone-pdb"], soon, hold=True) < FIRST_PAUSE  # type: ignore[arg-type]
 
 
 # -- evictions ---------------------------------------------------------------------------

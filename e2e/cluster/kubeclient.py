@@ -106,7 +106,14 @@ class KubeClient:
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
                     if line.strip():
-                        yield json.loads(line)
+                        try:
+                            event = json.loads(line)
+                        except ValueError as e:
+                            # Seen once under heavy load (a line not UTF-8 at a 4 KiB
+                            # boundary); a watcher lists again rather than dies.
+                            raise ApiFailure(0, f"watch {path}: an event that is not JSON "
+                                             f"({e}) near {line[4080:4110]!r}") from e
+                        yield event
         except urllib3.exceptions.HTTPError as e:
             raise ApiFailure(0, f"watch {path}: {e}") from e
         finally:
