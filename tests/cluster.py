@@ -109,7 +109,7 @@ def cp_admin(real_cp: ControlPlane) -> client.ApiClient:
 
 @pytest.fixture
 def cp_namespace(real_cp: ControlPlane, cp_admin: client.ApiClient,
-                 request: pytest.FixtureRequest) -> str:
+                 request: pytest.FixtureRequest) -> Iterator[str]:
     name = f"t-{request.node.name[:40].lower().replace('_', '-')}-{secrets.token_hex(3)}"
     name = "".join(c for c in name if c.isalnum() or c == "-")
     core = client.CoreV1Api(cp_admin)
@@ -120,7 +120,12 @@ def cp_namespace(real_cp: ControlPlane, cp_admin: client.ApiClient,
                    for sa in core.list_namespaced_service_account(name).items)
 
     wait_for(default_sa, what=f"the default ServiceAccount of {name}")
-    return name
+    yield name
+    # Emptied before the namespace goes (which the namespace controller finishes in its
+    # own time): a Deployment left pending here would otherwise be scheduled onto the
+    # node agents a later test starts, and drained with that test's pods.
+    empty_namespace(cp_admin, name)
+    core.delete_namespace(name)
 
 
 def empty_namespace(api: client.ApiClient, namespace: str) -> None:
