@@ -182,3 +182,20 @@ def test_migrate_pod_moves_a_real_process_that_keeps_counting(
     assert ("counters", "deleting") in events, events
     assert events.index((restored, "ready")) < events.index(("counters", "deleting"))
     assert "counters" not in {p.metadata.name for p in v1.list_namespaced_pod("default").items}
+
+
+def test_a_real_container_needs_its_image_from_a_loopback_registry(
+        cluster: Cluster, v1: client.CoreV1Api) -> None:
+    body = counter_pod("preloaded", "quay.io/adrianreber/counter:latest", secret=SECRET,
+                       node="node-a")
+    v1.create_namespaced_pod("default", body)
+
+    def waiting() -> Any:
+        statuses = v1.read_namespaced_pod("preloaded", "default").status.container_statuses
+        return statuses and statuses[0].state.waiting
+
+    state = wait_for(waiting, what="preloaded waiting")
+    assert (state.reason, state.message) == (
+        "CreateContainerError", "real containers need the layers of "
+        "quay.io/adrianreber/counter:latest: it is not from a registry on 127.0.0.1")
+    v1.delete_namespaced_pod("preloaded", "default", grace_period_seconds=0)

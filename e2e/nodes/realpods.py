@@ -230,10 +230,13 @@ class RealRuntime:
 
     def _runc(self, *args: str, stdout: int | None = None, work: Path | None = None) -> None:
         self.state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        proc = subprocess.run(["runc", "--root", str(self.state), *args],
-                              stdin=subprocess.DEVNULL, stdout=stdout or subprocess.PIPE,
-                              stderr=stdout or subprocess.PIPE, env=self.env,
-                              timeout=_TIMEOUT, check=False)
+        try:
+            proc = subprocess.run(["runc", "--root", str(self.state), *args],
+                                  stdin=subprocess.DEVNULL, stdout=stdout or subprocess.PIPE,
+                                  stderr=stdout or subprocess.PIPE, env=self.env,
+                                  timeout=_TIMEOUT, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise RuntimeFailed(f"runc {args[0]} failed: {e}") from None
         if proc.returncode == 0:
             return
         err = (proc.stderr or b"").decode(errors="replace").strip()
@@ -241,20 +244,25 @@ class RealRuntime:
             log = work / name if work else None
             if log is not None and log.is_file():
                 err += "\n" + log.read_text(errors="replace")[-1500:]
-        if stdout is not None:
-            err = err or f"exit status {proc.returncode} (its output is in the container's log)"
-        raise RuntimeFailed(f"runc {args[0]} failed: {err}")
+        raise RuntimeFailed(f"runc {args[0]} failed: {err or f'exit status {proc.returncode}'}")
 
     def _start(self, c: RealContainer, *args: str, work: Path | None = None) -> None:
         """`runc run -d` or `runc restore -d` with the container's log pipe as stdio."""
         read, write = os.pipe()
         try:
             self._runc(*args, stdout=write, work=work)
+        except RuntimeFailed as e:
+            os.close(write)
+            # runc's own words went to the pipe, the container's stdio: what is there now.
+            os.set_blocking(read, False)
+            with os.fdopen(read, "rb") as f:
+                said = (f.read(4096) or b"").decode(errors="replace").strip()
+            raise RuntimeFailed(f"{e}{': ' + said if said else ''}") from None
         except BaseException:
+            os.close(write)
             os.close(read)
             raise
-        finally:
-            os.close(write)
+        os.close(write)
         c.log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         c.pump = threading.Thread(target=self._pump, args=(read, c.log), daemon=True,
                                   name=f"log-{self.node}-{c.name}")
@@ -284,7 +292,11 @@ class RealRuntime:
             if layer.path is None:
                 raise CreateError("CreateContainerError", f"real containers need the layers "
                                   f"of {image.image}: it is not from a registry on 127.0.0.1")
-            _unpack_layer(layer.path, bundle / "rootfs")
+            try:
+                _unpack_layer(layer.path, bundle / "rootfs")
+            except (OSError, tarfile.TarError) as e:
+                raise CreateError("CreateContainerError",
+                                  f"unpacking a layer of {image.image}: {e}") from None
         log = self.pod_logs / f"{meta['namespace']}_{meta['name']}_{meta['uid']}" / \
             str(container["name"]) / "0.log"
         return RealContainer(cid, pod, str(container["name"]), image.image, image.image_id,
@@ -312,7 +324,10 @@ class RealRuntime:
         """Create and start the container (CreateError RunContainerError if runc fails).
         annotations: CRI-O's, for config.json (and so spec.dump)."""
         c = self._new(pod, container, image)
-        self._runc("spec", "--bundle", str(c.bundle))
+        try:
+            self._runc("spec", "--bundle", str(c.bundle))
+        except RuntimeFailed as e:
+            raise CreateError("CreateContainerError", str(e)) from None
         spec = json.loads((c.bundle / "config.json").read_text())
         config = image.container_config
         argv = list(container.get("command") or config.get("Entrypoint") or []) + \
@@ -376,7 +391,11 @@ class RealRuntime:
         shutil.rmtree(images, ignore_errors=True)
         images.mkdir(mode=0o700)
         try:
-            deleted = self._unpack_checkpoint(image, c.rootfs, images)
+            try:
+                deleted = self._unpack_checkpoint(image, c.rootfs, images)
+            except (OSError, ValueError, tarfile.TarError) as e:
+                raise CreateError("RunContainerError", f"failed to restore container "
+                                  f"{container['name']}: {e}") from None
             for path in deleted:
                 name = _safe_name(path)
                 if name is not None:
