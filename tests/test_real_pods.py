@@ -42,9 +42,14 @@ TOKEN = f"token={SECRET}"
 
 
 @pytest.fixture(scope="module")
-def cluster(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
+def _runc_and_criu() -> None:
+    require(missing())  # before the control plane starts, not after
+
+
+@pytest.fixture(scope="module")
+def cluster(_runc_and_criu: None, real_cp: ControlPlane,
+            tmp_path_factory: pytest.TempPathFactory,
             plain_registry: RegistryUnderTest) -> Iterator[Cluster]:
-    require(missing())
     with node_agents(real_cp, tmp_path_factory.mktemp("nodes"), nodes=("node-a", "node-b"),
                      start_latency=0.05, stop_latency=0.05,
                      registries=RegistryConfig(insecure=(plain_registry.host,))) as world:

@@ -32,11 +32,15 @@ What a container gets, and why:
 Checkpoint (the kubelet API): `runc checkpoint --leave-running`, then CRI-O's
 archive (e2e/real/crio.py's `pack`): CRIU's images, dump.log, stats-dump,
 config.dump, spec.dump (the container's config.json), bind.mounts,
-rootfs-diff.tar (added and changed files) and deleted.files. Restore (a
-checkpoint image, after restore.py's CRI-O checks): the base image of
-config.dump (`rootfsImageName`) pulled, its layers unpacked, rootfs-diff.tar
-applied and deleted.files removed, spec.dump with the new pod's mounts as
-config.json, then `runc restore` of the image's checkpoint/ directory.
+rootfs-diff.tar and deleted.files. Restore (a checkpoint image, after
+restore.py's CRI-O checks): the base image of config.dump
+(`rootfsImageName`) pulled, its layers unpacked, rootfs-diff.tar applied and
+deleted.files removed, spec.dump with the new pod's mounts as config.json,
+then `runc restore` of the image's checkpoint/ directory. The root-fs diff is
+what CRI-O makes with Podman's crutils (pkg/checkpoint/crutils,
+CRCreateRootFsDiffTar / CRApplyRootFsDiffTar / CRRemoveDeletedFiles): added
+files, changed regular files (with the new directories they are in), and the
+deleted paths, removed on restore whole (RemoveAll).
 
 A container that exits is not reported (these are long-running pods); deleting
 the pod kills it (`runc delete --force`).
@@ -396,11 +400,14 @@ class RealRuntime:
             except (OSError, ValueError, tarfile.TarError) as e:
                 raise CreateError("RunContainerError", f"failed to restore container "
                                   f"{container['name']}: {e}") from None
-            for path in deleted:
+            for path in deleted:  # RemoveAll: `podman diff` lists a deleted tree once
                 name = _safe_name(path)
-                if name is not None:
+                target = c.rootfs / name if name is not None else None
+                if target is not None and target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                elif target is not None:
                     with contextlib.suppress(FileNotFoundError):
-                        (c.rootfs / name).unlink()
+                        target.unlink()
             spec = json.loads(json.dumps(checkpoint.spec))
             spec["root"] = {"path": "rootfs", "readonly": False}
             binds = {m["destination"]: m for m in self._volumes(pod, container)}
