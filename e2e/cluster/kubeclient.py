@@ -9,7 +9,6 @@ on their next pass, as a kubelet's loops do).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import ssl
 import urllib.parse
@@ -89,14 +88,7 @@ class KubeClient:
                                       timeout=urllib3.Timeout(connect=5.0, read=seconds + 15))
         except urllib3.exceptions.HTTPError as e:
             raise ApiFailure(0, f"watch {path}: {e}") from e
-
-        def cancel() -> None:
-            # A stream that already ended has given its socket back to the pool:
-            # urllib3 then refuses to shut it down (ValueError), and nothing is left to end.
-            with contextlib.suppress(ValueError, OSError):
-                resp.shutdown()
-
-        opened(cancel)
+        opened(resp.shutdown)
         try:
             if resp.status >= 400:
                 raise ApiFailure(resp.status, _message(resp.status, resp.read()))
