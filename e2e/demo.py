@@ -1,22 +1,28 @@
-"""The demo (the README's main job): migrate the seed article's `counters` pod.
+"""The demo (the README's main job): migrate the seed article's `counters` pod, a real
+container, and prove its process went on.
 
 Starts a loopback registry and the real Kubernetes control plane (etcd,
 kube-apiserver, controller manager and scheduler on 127.0.0.1: e2e/cluster)
 with two node agents, node-a and node-b, each in a node host of its own (a
-network namespace and a 198.18 address the API server's node proxy reaches);
-the agents run the pods' containers as simulated processes (e2e/nodes). Then
-it proves the path to node-b with `migrate doctor --probe node-b` (a
-checkpoint, push and restore of a probe pod, all removed after), creates
-`counters` on node-a with a secret and its counter's state in its process's
-memory and a file in its root fs, shows the secret in a checkpoint of the
-source first, prints the plan, runs `migrate pod counters --to node-b`, then
-checkpoints the restored pod on node-b and checks, rather than shows, that it
-holds the same secret, the same file and the counter's state where the source
-had it (the same process, going on from 42): each check that fails stops the
-demo with `demo: FAILED: ...` and exit 1; "Done" is printed only when all of
-them passed. Everything it starts is stopped at the end, failures included.
-Needs root (network namespaces) and the control plane's binaries
-(scripts/setup builds them).
+network namespace and a 198.18 address the API server's node proxy reaches).
+Then it proves the path to node-b with `migrate doctor --probe node-b` (a
+checkpoint, push and restore of a simulated probe pod, all removed after),
+pushes the counter's image (busybox-static, e2e/real/counter.py) to the
+registry and creates `counters` on node-a: a real runc container
+(e2e/nodes/realpods.py) whose shell holds `token=<secret>` in its heap,
+writes /home/counter/test-file and prints `counter: N` every second. It
+finds the secret in a CRIU checkpoint of the source (`migrate memparse
+--search`), prints the plan, reads the counter from `kubectl logs` (the
+kubelet's containerLogs through the node proxy), runs `migrate pod counters
+--to node-b` (CRIU dump on node-a, checkpoint image, CRIU restore on node-b),
+then checks, rather than shows, that the restored process counts on from
+after the value seen before (not from 1, without gaps), that a checkpoint of
+it holds the secret in the same process (same pid, same command), and that
+its files hold the source's test-file. Each check that fails stops the demo
+with `demo: FAILED: ...` and exit 1; "Done" is printed only when all of them
+passed. Everything it starts is stopped at the end, failures included. Needs
+root (network namespaces, runc, CRIU) and the control plane's binaries
+(scripts/setup builds them, and CRIU with scripts/setup-real).
 
     python -m e2e.demo [--keep DIR]
 """
@@ -40,29 +46,9 @@ from e2e.cluster import binaries, nodehost
 from e2e.cluster.launcher import control_plane
 from e2e.cluster.world import Cluster
 from e2e.nodes import RegistryConfig
+from e2e.nodes.realpods import missing as missing_runtime
+from e2e.real.counter import counter_pod, counts, push_counter_image
 from e2e.registry import Registry
-
-POD_MANIFEST = """\
-apiVersion: v1
-kind: Pod
-metadata:
-  name: counters
-  namespace: default
-  labels: {{app: counters}}
-  annotations:
-    # What the simulated runtime puts in the checkpoint: the process and its memory...
-    sim.migrate.dev/processes: '{processes}'
-    # ...and a file the container wrote.
-    sim.migrate.dev/rootfs-diff: '{files}'
-spec:
-  nodeName: node-a
-  containers:
-    - name: counter
-      image: quay.io/adrianreber/counter:latest
-      ports: [{{containerPort: 8088}}]
-      volumeMounts: [{{name: data, mountPath: /data}}]
-  volumes: [{{name: data, emptyDir: {{}}}}]
-"""
 
 
 def _say(text: str) -> None:
@@ -88,8 +74,8 @@ def _fail(what: str) -> SystemExit:
 
 def _search(migrate: list[str], archive: Path, text: str, env: dict[str, str],
             what: str) -> dict[str, object]:
-    """The one match of ``text`` in ``archive``'s memory, shown; fails the demo when
-    memparse finds none (its exit 11) or more than one."""
+    """Where ``text`` is in ``archive``'s memory, shown; fails the demo when memparse
+    finds it nowhere (its exit 11) or in more than one process."""
     argv = [*migrate, "memparse", archive, "--search", text, "-o", "json"]
     print("$ " + " ".join(shlex.quote(str(a)) for a in argv), flush=True)
     done = subprocess.run([str(a) for a in argv], env=env, text=True, check=False,
@@ -99,11 +85,13 @@ def _search(migrate: list[str], archive: Path, text: str, env: dict[str, str],
     if done.returncode != 0:
         raise SystemExit(f"demo: memparse exited {done.returncode}")
     matches = json.loads(done.stdout)
-    if len(matches) != 1:
-        raise _fail(f"{what}: `{text}` is in {len(matches)} places, not one")
+    holders = sorted({(m["pid"], m["command"]) for m in matches})
+    if len(holders) != 1:
+        raise _fail(f"{what}: `{text}` is held by {len(holders)} processes, not one")
     match: dict[str, object] = matches[0]
     print(f"{what}: {match['match']} (pid {match['pid']}, {match['command']}, address "
-          f"{match['address']})", flush=True)
+          f"{match['address']}{f', and {len(matches) - 1} more' if len(matches) > 1 else ''})",
+          flush=True)
     return match
 
 
@@ -113,16 +101,35 @@ def _checkpoint(migrate: list[str], pod: str, env: dict[str, str], sim: Cluster)
     return sim.node_path(str(taken["node"]), str(taken["archive"]))
 
 
-def _wait_running(env: dict[str, str], kubectl: str, timeout: float = 30.0) -> None:
+def _wait_running(env: dict[str, str], kubectl: str, pod: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        phase = subprocess.run([kubectl, "get", "pod", "counters", "-o",
+        phase = subprocess.run([kubectl, "get", "pod", pod, "-o",
                                 "jsonpath={.status.phase}"], env=env, text=True,
                                capture_output=True, check=False).stdout
         if phase == "Running":
             return
         time.sleep(0.1)
-    raise SystemExit("demo: the counters pod did not start")
+    raise SystemExit(f"demo: the {pod} pod did not start")
+
+
+def _counts(env: dict[str, str], kubectl: str, pod: str, at_least: int = 1,
+            timeout: float = 30.0) -> list[int]:
+    """The counter's values in `kubectl logs POD` (the kubelet's containerLogs, through
+    the API server's node proxy), once it has printed ``at_least``; shows the last lines."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = subprocess.run([kubectl, "logs", pod], env=env, text=True,
+                             capture_output=True, check=False).stdout
+        values = counts(out)
+        if len(values) >= at_least:
+            print(f"$ kubectl logs {pod} | tail -3", flush=True)
+            print("".join(out.splitlines(keepends=True)[-3:]), end="", flush=True)
+            return values
+        if time.monotonic() > deadline:
+            raise _fail(f"the {pod} pod printed {len(values)} counts, not {at_least}, "
+                        f"in {timeout:.0f} s")
+        time.sleep(0.2)
 
 
 def demo(work: Path) -> None:
@@ -130,7 +137,7 @@ def demo(work: Path) -> None:
     secret = f"DEMO-SECRET-{secrets.token_hex(8)}"
     migrate = [sys.executable, "-m", "migrate"]
     kubectl = shutil.which("kubectl")
-    missing = binaries.missing() or nodehost.missing()
+    missing = binaries.missing() or nodehost.missing() or missing_runtime()
     if missing:
         raise SystemExit(f"demo: {missing}; run scripts/setup (as root: it builds the control "
                          "plane) and the demo as root")
@@ -151,58 +158,61 @@ def demo(work: Path) -> None:
             _say("Preflight: the checks, and a probe that proves node-b restores")
             _run([*migrate, "doctor", "--registry", f"{registry.host}/demo",
                   "--no-tls-verify", "--probe", "node-b"], env)
-            state = "counter=42"
-            processes = json.dumps([{"argv": ["/usr/bin/counter", "--port", "8088"],
-                                     "heap": f"{state} token={secret}"}])
-            files = json.dumps({"/home/counter/test-file": "counter state: 42\n"})
-            manifest = POD_MANIFEST.format(processes=processes, files=files)
-            _say(f"The counters pod on node-a, with {secret} in its memory")
             if not kubectl:
                 raise SystemExit("demo: kubectl is needed (it is on these machines)")
-            _run([kubectl, "apply", "-f", "-"], env, input=manifest)
-            _wait_running(env, kubectl)
+            image = push_counter_image(registry.host, "demo/counter", "1", work / "image")
+            token = f"token={secret}"
+            manifest = counter_pod("counters", image, secret=secret, node="node-a")
+            _say(f"The counters pod on node-a: a real container (runc), {image}, with "
+                 f"{secret} in its memory")
+            _run([kubectl, "apply", "-f", "-"], env, input=json.dumps(manifest))
+            _wait_running(env, kubectl, "counters")
             _run([kubectl, "get", "pods", "-o", "wide"], env)
-            _say("Before: the secret and the counter's state, in a checkpoint of the source")
+            _say("Before: the secret in a checkpoint of the source, and the counter counting")
             source = _checkpoint(migrate, "counters", env, sim)
-            before_secret = _search(migrate, source, secret, env, "secret in the source")
-            before_state = _search(migrate, source, state, env, "counter state in the source")
+            before_secret = _search(migrate, source, token, env, "secret in the source")
             source.unlink()  # a copy of the memory, secret included: not kept
             _say("The plan: node-b, and where the image is built (here: MIGRATE_NODE_ROOT "
                  "makes the nodes' checkpoint directories readable on this machine)")
             registry_prefix = f"{registry.host}/demo"
             _run([*migrate, "pod", "counters", "--to", "node-b", "--registry", registry_prefix,
                   "--no-tls-verify", "--dry-run"], env)
+            before = _counts(env, kubectl, "counters", at_least=3)
+            print(f"counter before the migration: {before[-1]}", flush=True)
             _say("Migrate it to node-b")
             _run([*migrate, "pod", "counters", "--to", "node-b", "--registry", registry_prefix,
                   "--no-tls-verify"], env)
             _run([kubectl, "get", "pods", "-o", "wide"], env)
-            _say("Proof: checkpoint the restored pod on node-b and look inside")
+            _say("Proof: the restored process counts on from there, and holds the secret")
+            after = _counts(env, kubectl, "counters-restored", at_least=2)
+            if after[0] <= before[-1]:
+                raise _fail(f"the counter on node-b began at {after[0]}, not after "
+                            f"{before[-1]}: the counter started afresh")
+            if after != list(range(after[0], after[0] + len(after))):
+                raise _fail(f"the counter on node-b skips or repeats: {after}")
+            print(f"counter continuation: {before[-1]} on node-a before the migration, "
+                  f"{after[0]}..{after[-1]} on node-b", flush=True)
             restored = _checkpoint(migrate, "counters-restored", env, sim)
-            after_secret = _search(migrate, restored, secret, env, "secret in the restored pod")
-            after_state = _search(migrate, restored, state, env,
-                                  "counter state in the restored pod")
+            after_secret = _search(migrate, restored, token, env, "secret in the restored pod")
             for key in ("pid", "command"):
-                if before_state[key] != after_state[key] or before_secret[key] != \
-                        after_secret[key]:
+                if before_secret[key] != after_secret[key]:
                     raise _fail(f"the restored pod's process is not the source's ({key} "
-                                f"{before_state[key]} -> {after_state[key]}): the counter "
-                                "started afresh")
-            print(f"counter continuation: {state} is held by the same process (pid "
-                  f"{after_state['pid']}, {after_state['command']}) that held it on node-a",
-                  flush=True)
+                                f"{before_secret[key]} -> {after_secret[key]})")
+            print(f"the secret is held by the same process (pid {after_secret['pid']}, "
+                  f"{after_secret['command']}) that held it on node-a", flush=True)
             _run([*migrate, "rootfs-diff", restored, "--extract", work / "rootfs"], env)
+            restored.unlink()
             written = work / "rootfs/home/counter/test-file"
             if not written.is_file():
                 raise _fail("/home/counter/test-file is not in the restored pod's files")
             content = written.read_text()
-            if content != "counter state: 42\n":
-                raise _fail(f"/home/counter/test-file holds {content!r}, not 'counter state: "
-                            "42'")
+            if content != "counter state file of counters\n":
+                raise _fail(f"/home/counter/test-file holds {content!r}, not the source's")
             print(f"file /home/counter/test-file in the restored pod: {content}", end="",
                   flush=True)
             _run([*migrate, "history"], env)
-            _say("Done: the restored pod holds the same secret, the same file, and its "
-                 "counter's state in the same process")
+            _say("Done: the restored process holds the same secret and the same file, and "
+                 "its counter went on from where it was")
     finally:
         registry.stop()
 

@@ -637,5 +637,5 @@ def test_11_the_demo_fails_loudly_when_a_claim_does_not_hold(counters_archive: P
                      "secret in the restored pod")
     assert str(stopped.value) == (f"demo: FAILED: secret in the restored pod: `NOT-IN-THERE` "
                                   f"is not in the memory of {counters_archive.name}")
-    with pytest.raises(SystemExit, match="is in 3 places, not one"):
+    with pytest.raises(SystemExit, match="is held by 3 processes, not one"):
         demo._search(migrate, counters_archive, "HOSTNAME=counters", dict(os.environ), "x")

@@ -31,6 +31,7 @@ __all__ = [
     "CheckpointPlan",
     "PlanError",
     "archive_name",
+    "container_annotations",
     "find_container",
     "is_running",
     "plan",
@@ -238,7 +239,7 @@ def _volumes(pod: Obj, container: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _container_annotations(pod: Obj, container: dict[str, Any], restarts: int
+def container_annotations(pod: Obj, container: dict[str, Any], restarts: int
                            ) -> dict[str, str]:
     # What CRI-O records as the container's annotations: the pod's (the
     # simulator's own keys left out) and those the kubelet adds.
@@ -336,7 +337,7 @@ def plan(pod: Obj, container_name: str, config: NodeConfig, when: dt.datetime,
         hostname=str(pod["spec"].get("hostname") or meta["name"]),
         engine="cri-o" if config.runtime_name == "cri-o" else "containerd",
         labels={str(k): str(v) for k, v in (meta.get("labels") or {}).items()},
-        annotations=_container_annotations(pod, container,
+        annotations=container_annotations(pod, container,
                                            int(ctr_status.get("restartCount", 0))),
         volumes=_volumes(pod, container), processes=processes,
         service_account=pod["spec"].get("automountServiceAccountToken") is not False,

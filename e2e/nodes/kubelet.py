@@ -73,6 +73,7 @@ from e2e.nodes.api import Gone, NodeApi, Obj, now, rfc3339, set_condition
 from e2e.nodes.images import RegistryConfig
 from e2e.nodes.nodeconfig import DEFAULT_RUNTIME, NodeConfig
 from e2e.nodes.podstart import PodOutcome, PodStarter, Started, Waiting
+from e2e.nodes.realpods import RealRuntime
 from e2e.nodes.registry_pull import Puller
 from e2e.nodes.runs import ContainerProcess, ContainerRuns, annotated_process
 from e2e.nodes.runtime_releases import PAUSE_IMAGE, PAUSE_IMAGE_SIZE
@@ -259,6 +260,7 @@ class Kubelet:
         registries: RegistryConfig | None = None, storage: Path | None = None,
         process: ContainerProcess | None = None, address: str | None = None,
         kubelet_version: str = "v1.30.4", controller_manager: bool = False,
+        real: RealRuntime | None = None,
     ) -> None:
         self.api = api
         self._log = log or (lambda line: None)
@@ -286,8 +288,10 @@ class Kubelet:
             self._scratch = tempfile.TemporaryDirectory(prefix=f"node-{node}-")
             storage = Path(self._scratch.name)
         puller = Puller(storage, registries or RegistryConfig(), self._halt)
+        #: The node's real (runc) containers, for pods that ask for them.
+        self.real = real
         self._starter = PodStarter(api, node, puller, lambda: self.config, self._report,
-                                   self._log, done=lambda: self.wake())
+                                   self._log, done=lambda: self.wake(), real=real)
 
     # -- configuration ---------------------------------------------------------------
 
@@ -352,6 +356,8 @@ class Kubelet:
         self._halt.set()
         self._starter.close()
         self.runs.stop()
+        if self.real is not None:
+            self.real.close()
         if self._scratch is not None:
             self._scratch.cleanup()
 
@@ -374,6 +380,8 @@ class Kubelet:
         self._stopped &= present
         self.runs.retain(p["metadata"]["uid"] for p in pods
                          if not p["metadata"].get("deletionTimestamp"))
+        if self.real is not None:
+            self.real.retain(present)
         clock = time.monotonic()
         for pod in pods:
             meta = pod["metadata"]
@@ -429,6 +437,8 @@ class Kubelet:
 
     def _remove(self, pod: Obj) -> None:
         meta = pod["metadata"]
+        if self.real is not None:  # the grace period is not waited out: killed at once
+            self.real.remove_pod(meta["uid"])
         self.api.delete_pod(meta["namespace"], meta["name"], meta["uid"])
 
     def _pod_ip(self, uid: str) -> str:

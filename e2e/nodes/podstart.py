@@ -29,8 +29,10 @@ from e2e.nodes.image_manager import Backoff, ImageManager, Waiting
 from e2e.nodes.images import PulledImage, parse_image
 from e2e.nodes.kubelet_events import EventRecorder
 from e2e.nodes.nodeconfig import NodeConfig
+from e2e.nodes.realpods import RealRuntime, crio_annotations
 from e2e.nodes.registry_pull import Puller, PullError
 from e2e.nodes.restore import (
+    Checkpoint,
     CreateError,
     LayerRoot,
     check_containerd,
@@ -92,12 +94,15 @@ class PodStarter:
     report: writes a pod's status from an outcome (called on a worker thread).
     done: called after each attempt (and its report): what wants() and retry_at()
         answer may have changed, though the pod's status did not.
+    real: the node's runc containers, for pods that ask for them (realpods.py).
     """
 
     def __init__(self, api: NodeApi, node: str, puller: Puller, config: Callable[[], NodeConfig],
                  report: Report, log: Callable[[str], None], workers: int = 2,
-                 done: Callable[[], None] = lambda: None) -> None:
+                 done: Callable[[], None] = lambda: None, real: RealRuntime | None = None
+                 ) -> None:
         self._done = done
+        self.real = real
         self.api = api
         self.node = node
         self.puller = puller
@@ -213,12 +218,16 @@ class PodStarter:
     def _create(self, pod: Obj, c: dict[str, Any], image: PulledImage) -> Started:
         name, config = str(c.get("name", "")), self._config()
         annotations: dict[str, str] = {}
+        real = self.real if self.real is not None and self.real.wants(pod) else None
         path = restore_path(config, image) if image.ref.reachable else "plain"
         if path == "crio":
             with LayerRoot(image) as root:
                 checkpoint = prepare_restore(image, root, pod, c)
                 self._event(pod, c, _NORMAL, "Created", f"Created container {name}")
-                annotations = bring_back(image, root, checkpoint, pod, c).annotations
+                if real is not None:
+                    self._restore_real(real, pod, c, image, checkpoint)
+                else:
+                    annotations = bring_back(image, root, checkpoint, pod, c).annotations
         elif path != "plain":  # containerd's restore in CreateContainer
             with LayerRoot(image) as root:
                 checkpoint = check_containerd(image, root, config)
@@ -238,9 +247,25 @@ class PodStarter:
                         self._event(pod, c, _NORMAL, "Created", f"Created container {name}")
                     raise
             self._event(pod, c, _NORMAL, "Created", f"Created container {name}")
+            if real is not None:
+                real.run(pod, c, image, crio_annotations(pod, c, image))
         self._event(pod, c, _NORMAL, "Started", f"Started container {name}")
         return Started(image.repo_digest if image.ref.reachable else None, rfc3339(now()),
                        annotations)
+
+    def _restore_real(self, real: RealRuntime, pod: Obj, c: dict[str, Any],
+                      image: PulledImage, checkpoint: Checkpoint) -> None:
+        """CRI-O's restore for real: the base image pulled, then `runc restore`."""
+        base_name = str(checkpoint.config.get("rootfsImageName") or "")
+        base = self.image_manager.images.get(base_name)
+        if base is None:
+            try:
+                base = self.puller.pull(base_name, parse_image(base_name), None)
+            except (ValueError, PullError) as e:
+                raise CreateError("CreateContainerError", f"failed to pull base image "
+                                  f"{base_name!r} of the checkpoint: {e}") from None
+            self.image_manager.images.put(base)
+        real.restore(pod, c, image, base, checkpoint, crio_annotations(pod, c, base))
 
     def _base_image(self, image: str) -> None:
         """containerd's pull of a checkpoint's base image: no credentials at all, not even

@@ -110,16 +110,26 @@ def crio_archive(world: PodmanWorld, host_pid: int, view: EngineView, out: Path,
         "restoredTime": "0001-01-01T00:00:00Z", "restored": False,
     }
     deleted = sorted(p for p, kind in view.diff.items() if kind == "D")
+    return pack(out, scratch, config=config, spec=spec, rootfs_diff=_rootfs_diff(host_pid, view),
+                deleted=deleted, log=userdata / "ctr.log")
+
+
+def pack(out: Path, scratch: Path, *, config: dict[str, Any], spec: dict[str, Any],
+         rootfs_diff: bytes, deleted: list[str], log: Path) -> Path:
+    """Write CRI-O's archive at ``out`` (0600): CRIU's images and dump.log/stats-dump of a
+    `runc checkpoint` into ``scratch``/images and ``scratch``/work (runc_checkpoint's
+    layout), config.dump, spec.dump, bind.mounts (from spec's bind mounts),
+    rootfs-diff.tar, deleted.files and the container's log."""
     members: list[tuple[str, bytes | Path]] = [
         *((f"checkpoint/{f.name}", f) for f in sorted((scratch / "images").iterdir())),
         ("config.dump", json.dumps(config, indent=2).encode()),
         ("spec.dump", json.dumps(spec, indent=2).encode()),
         ("bind.mounts", json.dumps(_binds(spec)).encode()),
-        ("rootfs-diff.tar", _rootfs_diff(host_pid, view)),
+        ("rootfs-diff.tar", rootfs_diff),
         ("deleted.files", json.dumps(deleted).encode()),
         ("dump.log", scratch / "work" / "dump.log"),
         ("stats-dump", scratch / "work" / "stats-dump"),
-        ("io.kubernetes.cri-o.LogPath", userdata / "ctr.log"),
+        ("io.kubernetes.cri-o.LogPath", log),
     ]
     now = int(datetime.now(UTC).timestamp())
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
