@@ -111,10 +111,11 @@ def _public_jwk(path: Path, data: bytes) -> tuple[str, jwk.JWK]:
         raise InputError(f"{path}: is a private key; --encrypt-for takes the recipient's "
                          "public key",
                          hint="keep the private key on the node; give its public half: "
-                         f"openssl pkey -in {path} -pubout -out {path.name}.pub")
+                         f"openssl pkey -in {path} -pubout -out {path.with_suffix('.pub')}")
     if label is not None and label.group(1) == b"CERTIFICATE":
         raise InputError(f"{path}: is a certificate; --encrypt-for jwe: takes a public key",
-                         hint=f"extract it: openssl x509 -in {path} -pubkey -noout")
+                         hint=f"extract it: openssl x509 -in {path} -pubkey -noout "
+                         f"> {path.with_suffix('.pub')}")
     try:
         loaded = (serialization.load_pem_public_key(data) if label is not None
                   else serialization.load_der_public_key(data))
@@ -122,8 +123,8 @@ def _public_jwk(path: Path, data: bytes) -> tuple[str, jwk.JWK]:
         raise InputError(f"{path}: not a PEM or DER public key", hint=KEY_HINT) from e
     if isinstance(loaded, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
         return _algorithm(path, loaded), jwk.JWK.from_pyca(loaded)
-    raise InputError(f"{path}: {_kind(loaded)} keys cannot be JWE recipients in ocicrypt",
-                     hint=KEY_HINT)
+    raise InputError(f"{path}: an {_kind(loaded)} key cannot be a JWE recipient (ocicrypt "
+                     "wraps layer keys with RSA-OAEP or ECDH-ES+A256KW)", hint=KEY_HINT)
 
 
 def _from_jwk(path: Path, data: bytes) -> tuple[str, jwk.JWK]:
@@ -135,7 +136,8 @@ def _from_jwk(path: Path, data: bytes) -> tuple[str, jwk.JWK]:
         raise InputError(f"{path}: is a private JWK; --encrypt-for takes the recipient's "
                          "public key", hint="export the public half (drop d, p, q, dp, dq, qi)")
     if key.get("kty") not in ("RSA", "EC"):
-        raise InputError(f"{path}: {key.get('kty')} keys cannot be JWE recipients in ocicrypt",
+        raise InputError(f"{path}: a JWK of type {key.get('kty')} cannot be a JWE recipient "
+                         "(ocicrypt wraps layer keys with RSA-OAEP or ECDH-ES+A256KW)",
                          hint=KEY_HINT)
     pub = key.get_op_key("wrapKey")
     assert isinstance(pub, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)
