@@ -29,7 +29,7 @@ import pytest
 import zstandard
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, hmac, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from jwcrypto import jwe, jwk
 
@@ -291,6 +291,8 @@ def bad_keys(tmp_path: Path, keys: dict[str, KeyPair]) -> Path:
     d.mkdir()
     _write(d / "ed25519.pub", ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    _write(d / "x25519.pub", x25519.X25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     _write(d / "k1.pub", ec.generate_private_key(ec.SECP256K1()).public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     _write(d / "rsa1024.pub", rsa.generate_private_key(65537, 1024).public_key().public_bytes(
@@ -329,9 +331,12 @@ def _refused(cli: Cli, archive: Path, tmp_path: Path, spec: str) -> Result:
     ("jwe:{d}/private.jwk", 3, ["error: {d}/private.jwk: is a private JWK; --encrypt-for takes "
                                 "the recipient's public key",
                                 "hint: export the public half (drop d, p, q, dp, dq, qi)"]),
-    ("jwe:{d}/ed25519.pub", 3, ["error: {d}/ed25519.pub: an Ed25519 key cannot be a JWE "
-                                "recipient (ocicrypt wraps layer keys with RSA-OAEP or "
+    ("jwe:{d}/ed25519.pub", 3, ["error: {d}/ed25519.pub: Ed25519 keys cannot be JWE "
+                                "recipients (ocicrypt wraps layer keys with RSA-OAEP or "
                                 "ECDH-ES+A256KW)", KEY_HINT]),
+    ("jwe:{d}/x25519.pub", 3, ["error: {d}/x25519.pub: X25519 keys cannot be JWE "
+                               "recipients (ocicrypt wraps layer keys with RSA-OAEP or "
+                               "ECDH-ES+A256KW)", KEY_HINT]),
     ("jwe:{d}/oct.jwk", 3, ["error: {d}/oct.jwk: a JWK of type oct cannot be a JWE recipient "
                             "(ocicrypt wraps layer keys with RSA-OAEP or ECDH-ES+A256KW)",
                             KEY_HINT]),

@@ -123,7 +123,7 @@ def _public_jwk(path: Path, data: bytes) -> tuple[str, jwk.JWK]:
         raise InputError(f"{path}: not a PEM or DER public key", hint=KEY_HINT) from e
     if isinstance(loaded, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
         return _algorithm(path, loaded), jwk.JWK.from_pyca(loaded)
-    raise InputError(f"{path}: an {_kind(loaded)} key cannot be a JWE recipient (ocicrypt "
+    raise InputError(f"{path}: {_kind(loaded)} keys cannot be JWE recipients (ocicrypt "
                      "wraps layer keys with RSA-OAEP or ECDH-ES+A256KW)", hint=KEY_HINT)
 
 
