@@ -287,7 +287,8 @@ class Kubelet:
         if storage is None:
             self._scratch = tempfile.TemporaryDirectory(prefix=f"node-{node}-")
             storage = Path(self._scratch.name)
-        puller = Puller(storage, registries or RegistryConfig(), self._halt)
+        puller = Puller(storage, registries or RegistryConfig(), self._halt,
+                        decryption_keys=lambda: self.config.keys_dir)
         #: The node's real (runc) containers, for pods that ask for them.
         self.real = real
         self._starter = PodStarter(api, node, puller, lambda: self.config, self._report,

@@ -48,7 +48,7 @@ DEFAULT_RUNTIME_REQUEST_TIMEOUT = 120.0
 _RUNTIME = re.compile(r"^([a-z0-9.-]+)://v?(\d+)\.(\d+)(?:\.(\d+))?([-+.~].*)?$")
 _NODE_KEYS = ("name", "runtime", "restore_level", "enable_experimental_restore_via_create",
               "checkpoint_gate", "ready", "labels", "taints", "capacity",
-              "runtime_request_timeout", "backoff", "backoff_max")
+              "runtime_request_timeout", "backoff", "backoff_max", "decryption_keys_path")
 _FAULT_KEYS = ("fail_next_checkpoints", "checkpoint_delay_per_mib", "image_pull_seconds",
                "image_pull_seconds_per_mib")
 #: The kubelet's image pull backoff: 10 s doubling to 300 s (MaxContainerBackOff).
@@ -88,6 +88,10 @@ class NodeConfig:
     image_pull_seconds, image_pull_seconds_per_mib: fault injection: how long
         each image pull takes (fixed, plus per MiB of the image's layers)
         before it completes; the pod stays Pending (ContainerCreating) meanwhile.
+    decryption_keys_path: CRI-O's directory of private keys for encrypted
+        image layers (crio.conf, default /etc/crio/keys), read at each pull
+        (decrypt.py). None: the node has no keys (a simulated node never reads
+        the machine's /etc/crio/keys), so every encrypted pull fails.
     """
 
     runtime: str = DEFAULT_RUNTIME
@@ -105,6 +109,7 @@ class NodeConfig:
     backoff_max: float = DEFAULT_BACKOFF_MAX
     image_pull_seconds: float = 0.0
     image_pull_seconds_per_mib: float = 0.0
+    decryption_keys_path: str | Path | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -128,6 +133,9 @@ class NodeConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0")
+        if self.decryption_keys_path is not None and \
+                not isinstance(self.decryption_keys_path, str | Path):
+            raise ValueError("decryption_keys_path must be a directory path")
         if not isinstance(self.labels, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in self.labels.items()
         ):
@@ -147,6 +155,11 @@ class NodeConfig:
     def replace(self, **changes: Any) -> NodeConfig:
         """A copy with `changes` applied (validated)."""
         return dataclasses.replace(self, **changes)
+
+    @property
+    def keys_dir(self) -> Path | None:
+        """`decryption_keys_path` as a Path (None: no keys)."""
+        return Path(self.decryption_keys_path) if self.decryption_keys_path else None
 
     @property
     def runtime_name(self) -> str:

@@ -31,6 +31,8 @@ for a listed node, new names appended in the file's order):
         backoff: 10                       # seconds: first wait after a failed image pull
                                           # (doubling), and between container-creation retries
         backoff_max: 300                  # seconds: the longest image pull backoff
+        decryption_keys_path: /keys/node-c  # CRI-O's: private keys for encrypted images;
+                                          # default none (a node without keys)
     faults:
       node-c:
         fail_next_checkpoints: 1          # the next N checkpoints answer 500

@@ -59,6 +59,9 @@ class BuildahPush:
     compression: str = "gzip"
     """``none``, ``gzip`` or ``zstd``. buildah 1.28 ignores ``none`` for docker://
     and oci: destinations (containers/image always compresses there)."""
+    encryption_keys: tuple[str, ...] = ()
+    """``jwe:PUBLIC_KEY_FILE`` recipients: buildah (containers/image with ocicrypt)
+    encrypts the layer as it pushes (``--encryption-key``)."""
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,8 @@ def _push(run: _Buildah, image: str, push: BuildahPush) -> str:
             auths = {"auths": {host or "": {"auth": _basic(push.creds)}}}
             authfile = _write_private(Path(tmp, "auth.json"), json.dumps(auths))
         args += ["--authfile", str(authfile)] if authfile else []
+        for key in push.encryption_keys:  # a public key's path: nothing secret on argv
+            args += ["--encryption-key", key]
         run(*args, *_COMPRESSION[push.compression], image, target)
         digest = digestfile.read_text().strip() if digestfile.exists() else ""
     if not digest:

@@ -144,6 +144,10 @@ def doctor(
                                           help="With --probe: the migrate image, for a build "
                                           "Job when archives are not readable here.",
                                           show_default=False),
+    encrypt_for: list[str] = typer.Option(
+        [], "--encrypt-for", metavar="jwe:PUBLIC_KEY_FILE", show_default=False,
+        help="With --probe: encrypt the probe image for this public key (repeatable), as "
+        "migrate pod --encrypt-for does: the restore proves the node can decrypt."),
     kubeconfig: Path | None = KUBECONFIG,
     context: str | None = CONTEXT,
     namespace: str | None = NAMESPACE,
@@ -168,9 +172,17 @@ def doctor(
                          "image there", hint="the registry the migrations will use")
     if (probe_image or probe_source) and not probe:
         raise UsageError("--probe-image and --probe-source go with --probe NODE")
+    if encrypt_for and not probe:
+        raise UsageError("--encrypt-for goes with --probe NODE: it encrypts the probe image",
+                         hint="migrate doctor --registry REG --probe NODE --encrypt-for "
+                         "jwe:PUBLIC_KEY_FILE")
+    if encrypt_for:  # the key files are read now: a bad one fails before any probe
+        from migrate.pipeline.preflight import check_encryption
+
+        check_encryption(tuple(encrypt_for), "local")
     request = ProbeRequest(nodes=probed, registry=registry or "", image=probe_image,
-                           source=probe_source, timeout=timeout, tool_image=tool_image) \
-        if probe else None
+                           source=probe_source, timeout=timeout, tool_image=tool_image,
+                           encrypt_for=tuple(encrypt_for)) if probe else None
     report = run(settings, DoctorRequest(nodes=tuple(node), registry=registry, probe=request))
     emit(report.to_dict(), output.value, lambda: _doctor_table(report))
     failed = report.to_dict()["summary"]["fail"]

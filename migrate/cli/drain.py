@@ -14,6 +14,7 @@ from migrate.cli.options import (
     CERT_DIR,
     CONTEXT,
     CREDS,
+    ENCRYPT_FOR,
     KUBECONFIG,
     with_kube,
     with_recorded_registry,
@@ -101,14 +102,15 @@ def _finish(settings: Settings, cluster: Cluster, journal: Journal, output: Form
 def _check_movers(settings: Settings, req: Any, movers: int) -> None:
     """What the migrations need, before the cordon: a registry that answers, and a place
     to build their images (every pod is on the drained node)."""
-    from migrate.pipeline.preflight import build_location, check_registry
+    from migrate.pipeline.preflight import build_location, check_encryption, check_registry
 
     if not movers:
         return
     if req.registry is None:
         raise UsageError(f"{movers} pod(s) to migrate: say where their checkpoint images go "
                          "with --registry REG", hint="--dry-run shows the plan without one")
-    build_location(settings, req.node, req.build_on, req.tool_image)
+    build_on, _ = build_location(settings, req.node, req.build_on, req.tool_image)
+    check_encryption(req.encrypt_for, build_on)
     check_registry(settings, {"": f"{req.registry.rstrip('/')}/drain-check:latest"})
 
 
@@ -141,6 +143,7 @@ def drain(
     registry_secret: str | None = typer.Option(None, "--registry-secret", help="A "
                                                "dockerconfigjson Secret for node builds.",
                                                show_default=False),
+    encrypt_for: list[str] = ENCRYPT_FOR,
     resume: str | None = typer.Option(None, "--resume", metavar="ID", help="Continue an "
                                       "interrupted drain (its id).", show_default=False,
                                       autocompletion=complete_drains),
@@ -195,7 +198,8 @@ def drain(
                             pod_selector=pod_selector, concurrency=concurrency,
                             timeout=timeout, evict_rest=evict_rest, dry_run=dry_run,
                             registry=registry, build_on=build_on.value,
-                            tool_image=tool_image, registry_secret=registry_secret)
+                            tool_image=tool_image, registry_secret=registry_secret,
+                            encrypt_for=tuple(encrypt_for))
     cluster = kube.connect(settings.kube, pool_size=2 * concurrency + 4,
                            background_events=True)
     # Read-only: problems surface before the cordon.

@@ -60,6 +60,8 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
          "--compression zstd"),
         ("an OCI layout on disk instead", "migrate build checkpoint.tar --no-push "
          "--oci-layout ./image"),
+        ("encrypted for the destination nodes' public keys (repeat per node)",
+         "migrate build ckpt.tar -i reg.example/c:v1 --encrypt-for jwe:node-b.pub"),
     ),
     "checkpoint": (
         ("checkpoint the pod's default container", "migrate checkpoint counters -n default"),

@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from migrate.cli.options import AUTHFILE, CERT_DIR, CREDS, TLS_VERIFY, with_registry
+from migrate.cli.options import (
+    AUTHFILE,
+    CERT_DIR,
+    CREDS,
+    ENCRYPT_FOR,
+    TLS_VERIFY,
+    with_registry,
+)
 from migrate.cli.output import Format, emit, table
 from migrate.units import human_size
 
@@ -38,7 +45,8 @@ class Compression(StrEnum):
 def _human(r: BuildReport) -> str:
     where = "pushed" if r.destination == "registry" else f"wrote to {r.destination}:"
     lines = [f"{where} {r.reference}",
-             f"builder {r.builder}, compression {r.compression}",
+             f"builder {r.builder}, compression {r.compression}"
+             + (f", encrypted for {len(r.encrypted_for)} recipient(s)" if r.encrypted_for else ""),
              f"archive {human_size(r.archive_size)}, layer {human_size(r.layer_size)}, "
              f"image {human_size(r.image_size)}", ""]
     return "\n".join(lines) + table(("step", "time"),
@@ -70,6 +78,7 @@ def build(
                                     "containerd's, for containerd 2.1-2.3 to restore (an OCI "
                                     "index; CRI-O never restores it). Without it, a "
                                     "containerd archive is refused."),
+    encrypt_for: list[str] = ENCRYPT_FOR,
     termination_message_path: Path | None = typer.Option(
         None, "--termination-message-path", metavar="FILE",
         help="Also write the digest and sizes there as JSON (a Job's /dev/termination-log)."),
@@ -85,7 +94,7 @@ def build(
         archive=archive, image=parse_reference(image) if image is not None else None,
         builder=builder.value, compression=compression.value if compression is not None
         else default_compression(builder.value), push=push, oci_layout=oci_layout,
-        oci_index=oci_index, containerd=containerd), settings)
+        oci_index=oci_index, containerd=containerd, encrypt_for=tuple(encrypt_for)), settings)
     if termination_message_path is not None:
         # Kubernetes keeps 4 KiB of a termination message: the few fields a caller needs.
         termination_message_path.write_text(json.dumps({

@@ -24,6 +24,7 @@ from migrate.cli.options import (
     CERT_DIR,
     CONTEXT,
     CREDS,
+    ENCRYPT_FOR,
     KUBECONFIG,
     NAMESPACE,
     TLS_VERIFY,
@@ -184,6 +185,7 @@ def pod(
                                                "the restored pod's pulls (default: a "
                                                "temporary one from your credentials).",
                                                show_default=False),
+    encrypt_for: list[str] = ENCRYPT_FOR,
     authfile: Path | None = AUTHFILE,
     creds: str | None = CREDS,
     tls_verify: bool = TLS_VERIFY,
@@ -218,7 +220,7 @@ def pod(
                      else default_compression(builder.value), keep_source=keep_source,
                      dry_run=dry_run, timeout=timeout, cleanup_archive=cleanup_archive,
                      tool_image=tool_image, registry_secret=registry_secret,
-                     keep_archive=keep_archive)
+                     keep_archive=keep_archive, encrypt_for=tuple(encrypt_for))
     cluster = kube.connect(settings.kube, background_events=True)
     started = time.perf_counter()
     checked = preflight(cluster, settings, req)

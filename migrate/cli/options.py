@@ -36,6 +36,10 @@ KUBECONFIG = typer.Option(None, "--kubeconfig", help="Kubeconfig file (default: 
 CONTEXT = typer.Option(None, "--context", help="Kubeconfig context.", show_default=False)
 NAMESPACE = typer.Option(None, "-n", "--namespace", help="Namespace (default: the context's).",
                          show_default=False, autocompletion=complete_namespaces)
+ENCRYPT_FOR = typer.Option([], "--encrypt-for", metavar="jwe:PUBLIC_KEY_FILE",
+                           help="Encrypt the layer (OCI image encryption) for this recipient's "
+                           "public key (RSA or EC, PEM); repeat for each destination node.",
+                           show_default=False)
 CERT_DIR = typer.Option(None, "--cert-dir", help="Registry CA certificates (*.crt) and "
                         "client pair (*.cert, *.key).")
 

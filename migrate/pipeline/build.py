@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from migrate.adapters.checkpoint import Checkpoint
+from migrate.adapters.ocicrypt import LayerEncryption, parse_recipients
 from migrate.adapters.registry.client import RegistryClient
 from migrate.adapters.registry.digest_cache import DigestCache
 from migrate.adapters.registry.layout import OciLayout
@@ -57,6 +58,7 @@ class BuildRequest:
     oci_layout: Path | None = None
     oci_index: bool = False
     containerd: bool = False  # a containerd archive, for containerd 2.1-2.3 (an OCI index)
+    encrypt_for: tuple[str, ...] = ()  # --encrypt-for jwe:PUBLIC_KEY_FILE, one per recipient
 
     def check(self) -> None:
         """Refuse contradictory requests before any work."""
@@ -100,6 +102,7 @@ class BuildReport:
     timings: dict[str, float] = field(default_factory=dict)
     destination: str = "registry"
     layer_uploaded: bool = True
+    encrypted_for: tuple[str, ...] = ()  # the --encrypt-for recipients (files, not keys)
 
     @property
     def reference(self) -> str:
@@ -113,6 +116,7 @@ class BuildReport:
                 "layer_size": self.layer_size, "image_size": self.image_size,
                 "archive_size": self.archive_size, "destination": self.destination,
                 "layer_uploaded": self.layer_uploaded,
+                "encrypted_for": list(self.encrypted_for),
                 "annotations": self.annotations,
                 "timings": {k: round(v, 6) for k, v in self.timings.items()}}
 
@@ -140,17 +144,22 @@ def build_image(req: BuildRequest, settings: Settings,
     builder streams the very file that was validated.
     """
     req.check()
+    # Key files are read before the archive: a bad key fails before any work.
+    recipients = parse_recipients(req.encrypt_for)
     timer = Stopwatch()
     with timer.step("validate"):
         ckpt = Checkpoint(req.archive, settings.archive)
     with ckpt:
         with timer.step("validate"):
             info = checkpoint_image_info(ckpt, req.containerd)
-        return _build(req, settings, ckpt, info, timer, on_progress)
+        encryption = (LayerEncryption(recipients, settings.registry.chunk_bytes)
+                      if recipients else None)
+        return _build(req, settings, ckpt, info, timer, on_progress, encryption)
 
 
 def _build(req: BuildRequest, settings: Settings, ckpt: Checkpoint, info: CheckpointImageInfo,
-           timer: Stopwatch, on_progress: Callable[[int], None] | None) -> BuildReport:
+           timer: Stopwatch, on_progress: Callable[[int], None] | None,
+           encryption: LayerEncryption | None) -> BuildReport:
     archive_size = ckpt.archive.stored_size
     image = req.image or Reference("localhost", f"checkpoint-{info.identity.container}".lower(),
                                    "latest", None)
@@ -163,8 +172,9 @@ def _build(req: BuildRequest, settings: Settings, ckpt: Checkpoint, info: Checkp
     if req.builder == "native":
         target: Target
         if client is not None:
+            # An encrypted layer is new on every build (a fresh key): nothing to cache.
             cache = (DigestCache(settings.cache_dir / "layer-digests.json")
-                     if settings.cache_dir else None)
+                     if settings.cache_dir and encryption is None else None)
             target = RegistryTarget(client, cache)
         else:
             assert req.oci_layout is not None  # BuildRequest.check made sure
@@ -174,7 +184,8 @@ def _build(req: BuildRequest, settings: Settings, ckpt: Checkpoint, info: Checkp
                               chunk_bytes=settings.registry.chunk_bytes,
                               # containerd reads the annotations from the index
                               oci_index=req.oci_index or req.containerd, timer=timer,
-                              on_progress=on_progress, fd=ckpt.archive.fd)
+                              on_progress=on_progress, fd=ckpt.archive.fd,
+                              encryption=encryption)
         digest, layer_size, image_size = result.digest, result.layer.size, result.image_size
         # An OCI layout is written, not uploaded; a registry may have had the layer.
         uploaded = isinstance(target, RegistryTarget) and target.layer_uploaded
@@ -188,7 +199,8 @@ def _build(req: BuildRequest, settings: Settings, ckpt: Checkpoint, info: Checkp
         dest = str(image) if client is not None else f"oci:{req.oci_layout}:{image.tag}"
         built = build_with_buildah(req.archive, info.annotations, push=BuildahPush(
             destination=dest, tls_verify=reg.tls_verify, cert_dir=reg.cert_dir,
-            authfile=reg.authfile, creds=reg.creds, compression=req.compression))
+            authfile=reg.authfile, creds=reg.creds, compression=req.compression,
+            encryption_keys=req.encrypt_for))
         timer.timings.update(built.timings)
         digest, layer_size, image_size = built.digest or "", 0, 0
         uploaded = client is not None
@@ -202,4 +214,4 @@ def _build(req: BuildRequest, settings: Settings, ckpt: Checkpoint, info: Checkp
                        image_size=image_size, archive_size=archive_size,
                        annotations=info.annotations, timings=timer.timings,
                        destination="registry" if client is not None else str(req.oci_layout),
-                       layer_uploaded=uploaded)
+                       layer_uploaded=uploaded, encrypted_for=req.encrypt_for)

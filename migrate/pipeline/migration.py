@@ -128,7 +128,8 @@ def _build_here(run: Run, container: str, local: Path) -> dict[str, Any]:
     size = local.stat().st_size
     run.progress("build", f"{container}: {human_size(size)} -> {plan.images[container]}")
     report = build_image(BuildRequest(archive=local, image=parse_reference(
-        plan.images[container]), builder=req.builder, compression=req.compression),
+        plan.images[container]), builder=req.builder, compression=req.compression,
+        encrypt_for=req.encrypt_for),
         run.settings, on_progress=_upload_progress(run, container, size))
     return {"reference": report.reference, "digest": report.digest,
             "archive_size": report.archive_size, "image_size": report.image_size,

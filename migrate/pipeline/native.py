@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from migrate.adapters.registry.client import RegistryClient
 from migrate.adapters.registry.digest_cache import DigestCache
-from migrate.adapters.registry.layer import LayerDigests, LayerStream
+from migrate.adapters.registry.layer import Encryption, LayerDigests, LayerStream
 from migrate.adapters.registry.layout import OciLayout
 from migrate.pipeline.annotations import CheckpointImageInfo
 from migrate.pipeline.timing import Stopwatch
@@ -50,7 +50,10 @@ class RegistryTarget:
 
     def _known_layer(self, stream: LayerStream) -> LayerDigests | None:
         """Digests of this archive from an earlier push, if the registry still has the blob."""
-        known = self.cache.get(stream.path, stream.compression) if self.cache else None
+        if self.cache is None or stream.encryption is not None:
+            # An encrypted layer is new each time (a fresh key): never one seen before.
+            return None
+        known = self.cache.get(stream.path, stream.compression)
         if known is None:
             return None
         for attempt in self.client.policy:
@@ -75,7 +78,7 @@ class RegistryTarget:
                     self.client.cancel_upload(location)
                     raise
         self.layer_uploaded = True
-        if self.cache:
+        if self.cache and stream.encryption is None:
             self.cache.put(stream.path, stream.compression, stream.result)
         return stream.result
 
@@ -123,6 +126,14 @@ def _json(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
 
 
+def _descriptor(layer: LayerDigests) -> dict[str, Any]:
+    desc: dict[str, Any] = {"mediaType": layer.media_type, "digest": layer.digest,
+                            "size": layer.size}
+    if layer.annotations:
+        desc["annotations"] = layer.annotations  # an encrypted layer's wrapped key
+    return desc
+
+
 @dataclass(frozen=True)
 class NativeResult:
     """What the native build produced."""
@@ -136,15 +147,16 @@ class NativeResult:
 def build_native(archive: Path, info: CheckpointImageInfo, target: Target, *, tag: str | None,
                  compression: str, chunk_bytes: int, oci_index: bool, timer: Stopwatch,
                  on_progress: Callable[[int], None] | None = None,
-                 fd: int | None = None) -> NativeResult:
+                 fd: int | None = None, encryption: Encryption | None = None) -> NativeResult:
     """Stream the layer, then write config, manifest (and index) to ``target``.
 
     ``fd``: read the layer's tar from this descriptor instead of opening
     ``archive`` (which still identifies it in the digest cache).
+    ``encryption``: encrypt the layer (ocicrypt's format) in the same pass.
     """
     with timer.step("layer"):
         layer = target.upload_layer(LayerStream(archive, compression, chunk_bytes, on_progress,
-                                                fd=fd))
+                                                fd=fd, encryption=encryption))
     config = _json({
         "created": info.created,
         "architecture": info.architecture or "amd64",
@@ -161,7 +173,7 @@ def build_native(archive: Path, info: CheckpointImageInfo, target: Target, *, ta
         "schemaVersion": 2,
         "mediaType": MANIFEST,
         "config": {"mediaType": CONFIG, "digest": config_digest, "size": len(config)},
-        "layers": [{"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}],
+        "layers": [_descriptor(layer)],
         "annotations": info.annotations,
     })
     manifest_digest = _digest(manifest)

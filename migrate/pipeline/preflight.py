@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from migrate.adapters import kube
+from migrate.adapters.ocicrypt import parse_recipients
 from migrate.adapters.registry.client import RegistryClient
 from migrate.adapters.registry.reference import Reference, parse_reference
 from migrate.errors import ClusterError, UsageError
@@ -62,6 +63,9 @@ class PodRequest:
     tool_image: str | None = None  # the tool's own image, for --build-on node Jobs
     registry_secret: str | None = None  # dockerconfigjson Secret for node builds
     keep_archive: bool = False  # a failed run keeps the archives it made (else removed)
+    # --encrypt-for SCHEME:PUBLIC_KEY_FILE recipients: file names only (the journal keeps
+    # the request; the files are read again when the build runs).
+    encrypt_for: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (kept in the journal, so `resume` runs the same request)."""
@@ -70,7 +74,8 @@ class PodRequest:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PodRequest:
         """Inverse of `to_dict`."""
-        return cls(**{**data, "containers": tuple(data.get("containers") or ())})
+        return cls(**{**data, "containers": tuple(data.get("containers") or ()),
+                      "encrypt_for": tuple(data.get("encrypt_for") or ())})
 
 
 @dataclass(frozen=True)
@@ -252,6 +257,19 @@ def build_location(settings: Settings, source: str, build_on: str,
     return "local", str(here)
 
 
+def check_encryption(encrypt_for: tuple[str, ...], build_on: str) -> None:
+    """Read the recipients' key files now (a bad one fails before the checkpoint), and
+    refuse a build on the node: its Job could not read them."""
+    if not encrypt_for:
+        return
+    parse_recipients(encrypt_for)
+    if build_on == "node":
+        raise UsageError("--encrypt-for needs the image built here: the build Job on the "
+                         "node cannot read the public key files",
+                         hint="make the archives readable here (--build-on local, "
+                         "MIGRATE_NODE_ROOT) or run migrate on the source node")
+
+
 def check_restore_name(cluster: kube.Cluster, settings: Settings, pod: Obj) -> None:
     """Refuse when the restored copy's name is taken: by a copy another run left (named,
     with how to resume or undo it), or by a pod migrate did not make."""
@@ -325,6 +343,7 @@ def preflight(cluster: kube.Cluster, settings: Settings, req: PodRequest) -> Pla
     containers = _containers(pod, req)
     images = _images(req, namespace, _workload(pod, owner), containers)
     build_on, build_from = build_location(settings, source, req.build_on, req.tool_image)
+    check_encryption(req.encrypt_for, build_on)
     check_registry(settings, images)
     switch = "keep" if req.keep_source else ("handover" if owner else "delete")
     return Plan(namespace, req.pod, pod["metadata"].get("uid", ""), source, req.to, containers,

@@ -59,6 +59,9 @@ class ProbeRequest:
     source: str | None = None  # default: the first Ready node that can checkpoint
     timeout: float = 120.0  # seconds for each wait (probe pod, restored pod, build Job)
     tool_image: str | None = None  # for a build Job when archives are not readable here
+    # --encrypt-for recipients: the probe image is encrypted as the migrations' will be,
+    # so the restore proves the destination holds a matching private key.
+    encrypt_for: tuple[str, ...] = ()
 
 
 @dataclass
@@ -213,8 +216,13 @@ def _build(p: _Probe, source: str, pod: str, archive: str) -> str:
     local = locate(source, archive, p.settings)
     if local.is_file():
         p.archive = local
-        return build_image(BuildRequest(archive=local, image=parse_reference(image)),
-                           p.settings).reference
+        return build_image(BuildRequest(archive=local, image=parse_reference(image),
+                                        encrypt_for=p.req.encrypt_for), p.settings).reference
+    if p.req.encrypt_for:
+        raise UsageError(f"the archive {archive} of node {source} is not readable here "
+                         f"({local}): an encrypted probe image is built here only",
+                         hint="share the nodes' checkpoint directories and set "
+                         "MIGRATE_NODE_ROOT, or run migrate on the source node")
     if not p.req.tool_image:
         raise UsageError(f"the archive {archive} of node {source} is not readable here "
                          f"({local})", hint="give --tool-image (a build Job on the source "

@@ -15,7 +15,8 @@ families need an operator, not patience:
 - the node cannot pull the checkpoint image for a reason a retry cannot
   fix: a registry answering plain HTTP to the node's HTTPS, a certificate
   the node does not trust, credentials missing, wrong or not allowed, an
-  image the registry does not have. The kubelet retries these for ever
+  image the registry does not have, an encrypted image (`--encrypt-for`) the
+  node holds no private key for. The kubelet retries these for ever
   (ImagePullBackOff); the first ErrImagePull that says so is enough.
   Connection errors, timeouts, 5xx and 429 are not among them: those are
   waited out until the deadline, as a registry can come back.
@@ -43,6 +44,13 @@ _RESTORE_OFF = re.compile(
 
 #: (pattern, what it is, what to do) for pull failures no retry fixes; first match wins.
 _PULL_CAUSES: tuple[tuple[re.Pattern[str], str, str], ...] = (
+    # containers/image's words (ocicrypt): no key at all, or none that opens the layer.
+    (re.compile(r"decrypting layer|private key needed for decryption|no suitable key "
+                r"unwrapper"),
+     "the node has no private key for the encrypted image",
+     "put the private key of one --encrypt-for recipient in CRI-O's decryption_keys_path on "
+     "{node} (crio.conf [crio.runtime], default /etc/crio/keys; containerd: "
+     "/etc/containerd/ocicrypt/keys), or encrypt for {node}'s public key"),
     (re.compile(r"server gave HTTP response to HTTPS client"),
      "the registry answers plain HTTP and the node speaks HTTPS",
      "list it as insecure in the nodes' /etc/containers/registries.conf ([[registry]] "
@@ -130,7 +138,8 @@ def pull_refused(container: str, node: str, image: str, message: str) -> PullRef
     for pattern, what, todo in _PULL_CAUSES:
         if pattern.search(message):
             error = PullRefused(f"{node} cannot pull the checkpoint image of {container}: "
-                                f"{what}: {message}", hint=todo.format(registry=registry))
+                                f"{what}: {message}",
+                                hint=todo.format(registry=registry, node=node))
             error.runtime_message = f"ErrImagePull: {message}"
             return error
     return None

@@ -4,6 +4,11 @@ An uncompressed checkpoint tar is already a valid layer. While it is read
 once, block by block, the stream hashes the uncompressed bytes (the config's
 ``diff_id``), compresses them if asked, and hashes what it yields (the blob
 digest): by the time the upload finishes, both digests are known.
+
+With an encryption (ocicrypt's format, migrate.adapters.ocicrypt) the blob is
+encrypted as well, in the same pass: compressed blocks are hashed (the
+digest a decrypting client checks), encrypted, and hashed again (the blob
+digest); the wrapped key goes in the descriptor's annotations.
 """
 
 from __future__ import annotations
@@ -14,11 +19,14 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import zstandard
 
 from migrate.errors import InputError
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
 
 MEDIA_TYPES = {
     "none": "application/vnd.oci.image.layer.v1.tar",
@@ -90,6 +98,21 @@ class LayerDigests:
     size: int  # blob bytes
     uncompressed_size: int
     media_type: str
+    annotations: dict[str, str] | None = None  # the descriptor's (an encrypted layer's keys)
+
+
+class LayerCipher(Protocol):
+    """One encryption pass (migrate.adapters.ocicrypt.LayerCipher)."""
+
+    def update(self, data: bytes | memoryview, /) -> bytes | memoryview: ...
+
+    def finish(self, plain_digest: str, /) -> dict[str, str]: ...
+
+
+class Encryption(Protocol):
+    """Starts a cipher per pass (migrate.adapters.ocicrypt.LayerEncryption)."""
+
+    def start(self) -> LayerCipher: ...
 
 
 class LayerStream:
@@ -97,13 +120,15 @@ class LayerStream:
 
     def __init__(self, path: Path, compression: str, chunk_bytes: int,
                  on_progress: Callable[[int], None] | None = None,
-                 fd: int | None = None) -> None:
+                 fd: int | None = None, encryption: Encryption | None = None) -> None:
         """``fd``: read the tar from this open descriptor (from its start, with
         ``pread``; it stays open) instead of opening ``path``, which then only
         names the archive (the digest cache's key): a compressed archive's
-        decompressed copy has no path."""
+        decompressed copy has no path. ``encryption``: encrypt the blob (each
+        pass under a new key)."""
         self.path, self.compression, self.chunk, self.fd = path, compression, chunk_bytes, fd
-        self.media_type = MEDIA_TYPES[compression]
+        self.encryption = encryption
+        self.media_type = MEDIA_TYPES[compression] + ("+encrypted" if encryption else "")
         self.on_progress = on_progress
         self._result: LayerDigests | None = None
 
@@ -116,8 +141,13 @@ class LayerStream:
 
     def __iter__(self) -> Iterator[bytes | memoryview]:
         comp = _compressor(self.compression, self.chunk)
+        cipher = self.encryption.start() if self.encryption else None
         diff = hashlib.sha256()
-        blob = diff if comp is None else hashlib.sha256()
+        plain = diff if comp is None else hashlib.sha256()  # the blob before encryption
+        blob = plain if cipher is None else hashlib.sha256()
+        # Blocks the loop has not hashed yet: a compressor's output, and ciphertext.
+        hash_plain = None if plain is diff else plain
+        hash_blob = None if blob is plain else blob
         buf = bytearray(self.chunk)
         view = memoryview(buf)
         read = size = 0
@@ -127,25 +157,33 @@ class LayerStream:
                 block = view[:n]
                 diff.update(block)
                 read += n
-                if comp is None:
-                    size += n
-                    # The consumer sends the block before asking for the next one,
-                    # so the buffer can be reused.
-                    yield block
-                else:
-                    for out in comp.compress(block):
-                        blob.update(out)
-                        size += len(out)
-                        yield out
+                # The consumer sends a block before asking for the next one, so the
+                # buffers (ours and the cipher's) can be reused.
+                for out in (block,) if comp is None else comp.compress(block):
+                    size += len(out)
+                    yield _seal(out, hash_plain, cipher, hash_blob)
                 if self.on_progress:
                     self.on_progress(read)
-            if comp is not None:
-                for out in comp.finish():
-                    blob.update(out)
-                    size += len(out)
-                    yield out
+            for out in comp.finish() if comp is not None else ():
+                size += len(out)
+                yield _seal(out, hash_plain, cipher, hash_blob)
         finally:
             if self.fd is None:
                 os.close(fd)
-        self._result = LayerDigests(f"sha256:{diff.hexdigest()}", f"sha256:{blob.hexdigest()}",
-                                    size, read, self.media_type)
+        plain_digest = f"sha256:{plain.hexdigest()}"
+        self._result = LayerDigests(
+            f"sha256:{diff.hexdigest()}", f"sha256:{blob.hexdigest()}", size, read,
+            self.media_type, cipher.finish(plain_digest) if cipher else None)
+
+
+def _seal(out: bytes | memoryview, plain: _Hash | None, cipher: LayerCipher | None,
+          blob: _Hash | None) -> bytes | memoryview:
+    """Hash the plain block, then encrypt it and hash that (CTR keeps the size)."""
+    if plain is not None:
+        plain.update(out)
+    if cipher is None:
+        return out
+    sealed = cipher.update(out)
+    if blob is not None:
+        blob.update(sealed)
+    return sealed

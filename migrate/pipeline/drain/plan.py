@@ -44,6 +44,7 @@ class DrainRequest:
     tool_image: str | None = None
     registry_secret: str | None = None
     attempts: int = 3  # tries per pod when a migration fails for a transient reason
+    encrypt_for: tuple[str, ...] = ()  # --encrypt-for recipients (file names) of every image
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -52,7 +53,7 @@ class DrainRequest:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DrainRequest:
         """Inverse of `to_dict`."""
-        return cls(**data)
+        return cls(**{**data, "encrypt_for": tuple(data.get("encrypt_for") or ())})
 
 
 @dataclass
