@@ -1,14 +1,15 @@
-"""Issue 15: an operator's first hour, against the simulator and a real registry.
+"""Issue 15: an operator's first hour, against the real control plane and a real registry.
 
 Each test reproduces one numbered problem from the user's side (the CLI's
 real boundary, or the console scripts) and checks what it does now: the
 exact error and hint, the exit code, and that nothing moved (no checkpoint on
 the node, no journal, no object) when it refuses.
 
-The cluster: node-a and node-b run CRI-O that restores; node-c runs
-containerd 2.4 (it checkpoints; nothing it writes is restorable by CRI-O);
-node-d runs a CRI-O whose restore is off (checkpoint_only): the restore fails
-at verify, which is how a run fails late.
+The cluster: node agents (tests/cluster.py) on the session's control plane.
+node-a and node-b run CRI-O that restores; node-c runs containerd 2.4 (it
+checkpoints; nothing it writes is restorable by CRI-O); node-d runs a CRI-O
+whose restore is off (checkpoint_only): the restore fails at verify, which is
+how a run fails late.
 """
 
 from __future__ import annotations
@@ -26,13 +27,16 @@ import pytest
 from kubernetes import client
 
 from e2e.archivegen import ArchiveSpec, build
-from e2e.sim import NodeConfig, RegistryConfig, Simulator
+from e2e.cluster.launcher import ControlPlane
+from e2e.cluster.world import Cluster
+from e2e.nodes import NodeConfig, RegistryConfig
+from e2e.nodes.checkpoints import CHECKPOINT_DIR
 from migrate.pipeline import migration
 from migrate.pipeline.journal import Journal
 from migrate.validation import validate
+from tests.cluster import Kubectl, api_client, node_agents, wait_for
 from tests.conftest import Result, run_binary
 from tests.registries import RegistryUnderTest
-from tests.simulated import sim_client, wait_for
 from tests.test_migrate_pod import assert_untouched, make_pod, pods
 
 Cli = Callable[..., Result]
@@ -41,20 +45,25 @@ TOOL = "localhost/migrate:test"
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory,
-        plain_registry: RegistryUnderTest) -> Iterator[Simulator]:
+def sim(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
+        plain_registry: RegistryUnderTest, cp_kubectl: Kubectl) -> Iterator[Cluster]:
     configs = {"node-c": NodeConfig(runtime="containerd://2.4.0"),
                "node-d": NodeConfig(restore_level="checkpoint_only")}
-    with Simulator(tmp_path_factory.mktemp("sim") / "state",
-                   nodes=("node-a", "node-b", "node-c", "node-d"), node_config=configs,
-                   start_latency=0.05, stop_latency=0.05,
-                   registries=RegistryConfig(insecure=(plain_registry.host,))) as cluster:
-        yield cluster
+    with node_agents(real_cp, tmp_path_factory.mktemp("nodes"),
+                     nodes=("node-a", "node-b", "node-c", "node-d"), node_config=configs,
+                     start_latency=0.05, stop_latency=0.05,
+                     registries=RegistryConfig(insecure=(plain_registry.host,))) as cluster:
+        try:
+            yield cluster
+        finally:  # what the tests made outside namespace default
+            cp_kubectl(real_cp.admin_kubeconfig, "delete", "--ignore-not-found", "--wait=false",
+                       "namespace/shop", "namespace/tools", "clusterrole/migrate",
+                       "clusterrolebinding/migrate:tools")
 
 
 @pytest.fixture(scope="module")
-def v1(sim: Simulator) -> Iterator[client.CoreV1Api]:
-    with sim_client(sim) as api:
+def v1(sim: Cluster) -> Iterator[client.CoreV1Api]:
+    with api_client(sim.kubeconfig) as api:
         yield client.CoreV1Api(api)
 
 
@@ -66,22 +75,27 @@ def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def shared(sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
+def shared(sim: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     """The nodes' checkpoint directories are readable here."""
-    monkeypatch.setenv("MIGRATE_NODE_ROOT", str(sim.state_dir / "nodes" / "{node}"))
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", sim.node_root)
 
 
 @pytest.fixture
-def migrate(cli: Cli, sim: Simulator, plain_registry: RegistryUnderTest) -> Callable[..., Result]:
+def migrate(cli: Cli, sim: Cluster, plain_registry: RegistryUnderTest) -> Callable[..., Result]:
     def run(pod: str, *args: str) -> Result:
         return cli("pod", pod, "--kubeconfig", sim.kubeconfig, "--registry",
                    f"{plain_registry.host}/first", "--no-tls-verify", "--timeout", "20", *args)
     return run
 
 
-def archives(sim: Simulator, node: str) -> list[str]:
+def checkpoint_dir(sim: Cluster, node: str) -> Path:
+    """The node's /var/lib/kubelet/checkpoints on this machine."""
+    return sim.node_path(node, CHECKPOINT_DIR)
+
+
+def archives(sim: Cluster, node: str) -> list[str]:
     """The checkpoint archives on a node."""
-    directory = sim.checkpoint_dir(node)
+    directory = checkpoint_dir(sim, node)
     return sorted(p.name for p in directory.glob("*.tar")) if directory.is_dir() else []
 
 
@@ -123,7 +137,7 @@ NOWHERE = ["error: the image build has nowhere to run: the archives of node-a ar
 
 
 def test_1_no_place_to_build_is_refused_before_the_checkpoint(
-        migrate: Callable[..., Result], v1: client.CoreV1Api, sim: Simulator) -> None:
+        migrate: Callable[..., Result], v1: client.CoreV1Api, sim: Cluster) -> None:
     """`--dry-run` printed a plan and exited 0; the real run checkpointed, then failed
     with `--build-on node needs the tool's container image`, the archive left behind."""
     pod = make_pod(v1, "nowhere")
@@ -146,7 +160,7 @@ def test_1_no_place_to_build_is_refused_before_the_checkpoint(
 
 
 def test_1_the_plan_says_where_the_build_runs(migrate: Callable[..., Result],
-                                              v1: client.CoreV1Api, sim: Simulator,
+                                              v1: client.CoreV1Api, sim: Cluster,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     make_pod(v1, "planned")
     r = migrate("planned", "--to", "node-b", "--dry-run", "--tool-image", TOOL, "-o", "json")
@@ -156,12 +170,12 @@ def test_1_the_plan_says_where_the_build_runs(migrate: Callable[..., Result],
     assert (plan["outcome"], plan["id"], plan["dry_run"]) == ("planned", None, True)
     assert (plan["plan"]["build_on"], plan["plan"]["build_from"]) == ("node", TOOL)
     assert [s["status"] for s in plan["stages"]] == ["done"] + ["pending"] * 6
-    monkeypatch.setenv("MIGRATE_NODE_ROOT", str(sim.state_dir / "nodes" / "{node}"))
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", sim.node_root)
     r = migrate("planned", "--to", "node-b", "--dry-run")
     assert r.code == 0, r.err
     row = r.out.splitlines()[1].split()
     assert row[:6] == ["default/planned", "node-a", "node-b", "counter", "delete", "here"]
-    assert row[6] == f"({sim.checkpoint_dir('node-a')})"
+    assert row[6] == f"({checkpoint_dir(sim, 'node-a')})"
     assert r.out.endswith("dry run: preflight passed, nothing changed\n")
     assert journals() == []
 
@@ -170,7 +184,7 @@ def test_1_the_plan_says_where_the_build_runs(migrate: Callable[..., Result],
 
 
 def test_2_a_retry_after_ctrl_c_names_the_run(migrate: Callable[..., Result], cli: Cli,
-                                              v1: client.CoreV1Api, sim: Simulator,
+                                              v1: client.CoreV1Api, sim: Cluster,
                                               shared: None,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Each retry used to take a new checkpoint, then fail with `pods "solo2-restored"
@@ -209,7 +223,7 @@ def test_2_a_retry_after_ctrl_c_names_the_run(migrate: Callable[..., Result], cl
 
 
 def test_2_an_unclaimed_unfinished_run_is_found_by_its_journal(
-        migrate: Callable[..., Result], v1: client.CoreV1Api, sim: Simulator, shared: None,
+        migrate: Callable[..., Result], v1: client.CoreV1Api, sim: Cluster, shared: None,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Interrupted before its claim was written: the journal alone knows it."""
     make_pod(v1, "early")
@@ -232,7 +246,7 @@ def test_2_an_unclaimed_unfinished_run_is_found_by_its_journal(
 
 
 def test_2_a_restored_copy_left_behind_is_named(migrate: Callable[..., Result],
-                                                v1: client.CoreV1Api, sim: Simulator,
+                                                v1: client.CoreV1Api, sim: Cluster,
                                                 shared: None) -> None:
     make_pod(v1, "left")
     other = "pod-left-20260101t000000-abcd"
@@ -260,7 +274,7 @@ def test_2_a_restored_copy_left_behind_is_named(migrate: Callable[..., Result],
 
 
 def test_2_a_failed_run_removes_its_archives(migrate: Callable[..., Result],
-                                             v1: client.CoreV1Api, sim: Simulator,
+                                             v1: client.CoreV1Api, sim: Cluster,
                                              shared: None) -> None:
     make_pod(v1, "failing")
     before = archives(sim, "node-a")
@@ -296,7 +310,7 @@ CONTAINERD = ("containerd://2.4.0 checkpoints, but CRI-O refuses to restore cont
 
 
 def test_3_a_pod_on_containerd_is_refused_before_its_checkpoint(
-        migrate: Callable[..., Result], cli: Cli, v1: client.CoreV1Api, sim: Simulator,
+        migrate: Callable[..., Result], cli: Cli, v1: client.CoreV1Api, sim: Cluster,
         shared: None) -> None:
     """It was checkpointed, pushed and created before CRI-O refused at verify."""
     pod = make_pod(v1, "ctrd", node="node-c")
@@ -341,7 +355,7 @@ def test_3_build_refuses_a_containerd_archive_before_the_registry(
 
 
 def test_4_a_missing_node_or_pod_is_named_by_kind_with_what_was_meant(
-        migrate: Callable[..., Result], cli: Cli, v1: client.CoreV1Api, sim: Simulator) -> None:
+        migrate: Callable[..., Result], cli: Cli, v1: client.CoreV1Api, sim: Cluster) -> None:
     make_pod(v1, "named")
     nodes = "the cluster's nodes: node-a, node-b, node-c, node-d"
     r = migrate("named", "--to", "nod-b")
@@ -367,7 +381,7 @@ def make_pod_in(v1: client.CoreV1Api, namespace: str, name: str) -> None:
 
 
 def test_4_nothing_is_made_for_a_node_that_does_not_exist(cli: Cli, v1: client.CoreV1Api,
-                                                          sim: Simulator) -> None:
+                                                          sim: Cluster) -> None:
     """`manifest --node nod-b` printed a Pod pinned to a missing node; `schedule drain
     node-zz --apply` created the CronJob."""
     make_pod(v1, "pinned")
@@ -377,7 +391,7 @@ def test_4_nothing_is_made_for_a_node_that_does_not_exist(cli: Cli, v1: client.C
     r = cli("schedule", "drain", "node-zz", "--cron", "0 2 * * 6", "--image", TOOL,
             "--apply", "--kubeconfig", sim.kubeconfig)
     assert (r.code, r.out, lines(r)[0]) == (4, "", "error: node node-zz does not exist")
-    with sim_client(sim) as api:
+    with api_client(sim.kubeconfig) as api:
         assert client.BatchV1Api(api).list_cron_job_for_all_namespaces().items == []
     assert "migrate-system" not in [n.metadata.name for n in v1.list_namespace().items]
     r = cli("doctor", "--node", "nod-b", "--kubeconfig", sim.kubeconfig, "-o", "json")
@@ -394,7 +408,7 @@ def nodes_hint() -> str:
 
 
 def test_5_progress_while_the_restored_pod_starts(migrate: Callable[..., Result],
-                                                  v1: client.CoreV1Api, sim: Simulator,
+                                                  v1: client.CoreV1Api, sim: Cluster,
                                                   shared: None,
                                                   plain_registry: RegistryUnderTest) -> None:
     """verify showed one line for as long as the pull and the restore took, even -vv."""
@@ -431,11 +445,11 @@ def test_5_progress_while_the_restored_pod_starts(migrate: Callable[..., Result]
 # -- 6. global options on either side, through the console script -------------------------------
 
 
-def test_6_cluster_options_before_the_command(sim: Simulator, v1: client.CoreV1Api,
+def test_6_cluster_options_before_the_command(sim: Cluster, v1: client.CoreV1Api,
                                               tmp_path: Path) -> None:
-    """`migrate --context sim doctor` was "No such option"."""
+    """`migrate --context CTX doctor` was "No such option"."""
     env = {**os.environ, "HOME": str(tmp_path)}
-    r = subprocess.run([str(BIN / "migrate"), "--context", "sim", "--kubeconfig",
+    r = subprocess.run([str(BIN / "migrate"), "--context", "kubernetes-admin", "--kubeconfig",
                         str(sim.kubeconfig), "doctor", "--node", "node-a", "-o", "json"],
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
@@ -463,7 +477,7 @@ def test_6_history_lists_by_namespace_and_by_name(cli: Cli, migrate: Callable[..
 # -- 8. completion from the cluster and the journals ---------------------------------------------
 
 
-def test_8_names_complete_from_the_cluster(sim: Simulator, v1: client.CoreV1Api,
+def test_8_names_complete_from_the_cluster(sim: Cluster, v1: client.CoreV1Api,
                                            tmp_path: Path) -> None:
     make_pod(v1, "completed")
     env = {**os.environ, "KUBECONFIG": str(sim.kubeconfig), "HOME": str(tmp_path),
@@ -527,7 +541,7 @@ def test_9_an_interrupted_run_in_history_and_in_json(cli: Cli, migrate: Callable
     assert migrate("stopped", "--to", "node-b", "--dry-run").code == 2
 
 
-def test_9_drains_resume_and_roll_back_by_their_own_ids(cli: Cli, sim: Simulator,
+def test_9_drains_resume_and_roll_back_by_their_own_ids(cli: Cli, sim: Cluster,
                                                         v1: client.CoreV1Api, shared: None,
                                                         plain_registry: RegistryUnderTest,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -575,7 +589,7 @@ def test_9_drains_resume_and_roll_back_by_their_own_ids(cli: Cli, sim: Simulator
 # -- 10. every JSON form has a schema that real output matches ----------------------------------
 
 
-def test_10_uncordon_deploy_apply(cli: Cli, sim: Simulator) -> None:
+def test_10_uncordon_deploy_apply(cli: Cli, sim: Cluster) -> None:
     r = cli("uncordon", "node-a", "--kubeconfig", sim.kubeconfig, "-o", "json")
     assert r.code == 0, r.err
     validate(r.json(), "uncordon.schema.json", "uncordon -o json")

@@ -9,6 +9,7 @@ on their next pass, as a kubelet's loops do).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import urllib.parse
@@ -88,7 +89,13 @@ class KubeClient:
                                       timeout=urllib3.Timeout(connect=5.0, read=seconds + 15))
         except urllib3.exceptions.HTTPError as e:
             raise ApiFailure(0, f"watch {path}: {e}") from e
-        opened(resp.shutdown)
+        def cancel() -> None:
+            # The stream may have ended and been closed already (the server's
+            # timeoutSeconds): urllib3 then refuses a shutdown, and none is needed.
+            with contextlib.suppress(ValueError, RuntimeError, OSError):
+                resp.shutdown()
+
+        opened(cancel)
         try:
             if resp.status >= 400:
                 raise ApiFailure(resp.status, _message(resp.status, resp.read()))
