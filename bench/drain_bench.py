@@ -7,7 +7,7 @@ simulated latencies) / concurrency; the API requests per pod are reported;
 the tool's peak RSS stays under 300 MB.
 
 What it runs, side by side in one run: a loopback registry (Debian's
-``docker-registry``, ``e2e.registry``), one real control plane (Kubernetes'
+``docker-registry``, ``e2e.services.registry``), one real control plane (Kubernetes'
 API server, controller manager and scheduler on etcd, ``e2e.cluster``; root
 and the binaries scripts/setup builds), and, for every measured drain, fresh
 node agents (``e2e.cluster.world.Cluster``): the source node node-a and
@@ -92,7 +92,7 @@ from e2e.cluster import binaries, nodehost
 from e2e.cluster.launcher import ControlPlane, Options, control_plane
 from e2e.cluster.world import Cluster
 from e2e.nodes import NodeConfig, RegistryConfig
-from e2e.registry import Registry
+from e2e.services.registry import Registry
 
 EFFICIENCY_TARGET = 0.7  # ideal / wall >=
 RSS_TARGET_MB = 300.0  # peak RSS of migrate drain <

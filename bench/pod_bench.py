@@ -6,7 +6,7 @@ native push + simulated restore), i.e. the orchestration itself costs little;
 and the number of API requests per migration.
 
 What it runs, side by side in one run: a loopback registry (Debian's
-``docker-registry``, ``e2e.registry``) and the cluster simulator (``e2e.sim``,
+``docker-registry``, ``e2e.services.registry``) and the cluster simulator (``e2e.sim``,
 nodes node-a and node-b, pulling from that registry). Every measured run gets
 a fresh source pod on node-a whose checkpoint holds ``--mib`` MiB of memory
 (annotation ``sim.migrate.dev/memory-mib``), created and awaited untimed.
@@ -69,6 +69,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from e2e.sim import RegistryConfig, Simulator
 from harness import (
     MIGRATE,
     BenchError,
@@ -82,8 +83,7 @@ from harness import (
 )
 from pod_cluster import Cluster, Window, migrate_env
 
-from e2e.registry import Registry
-from e2e.sim import RegistryConfig, Simulator
+from e2e.services.registry import Registry
 
 TARGET = 1.3  # t(migrate pod) / (sum of the unavoidable parts) <=
 PARTS = ("checkpoint", "build", "restore")

@@ -40,7 +40,7 @@ from e2e.cluster import binaries, nodehost
 from e2e.cluster.launcher import control_plane
 from e2e.cluster.world import Cluster
 from e2e.nodes import RegistryConfig
-from e2e.registry import Registry
+from e2e.services.registry import Registry
 
 POD_MANIFEST = """\
 apiVersion: v1

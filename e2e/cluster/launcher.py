@@ -6,7 +6,7 @@
 
 Binaries: scripts/setup-cluster (e2e/cluster/binaries.py says where). Every
 component listens on 127.0.0.1 on a port the kernel picked a moment before;
-every certificate comes from e2e/pki.py (one CA for serving, client and kubelet
+every certificate comes from e2e/services/pki.py (one CA for serving, client and kubelet
 certificates); data and certificates live in one directory, 0700, files 0600.
 
 What is switched on, as a kubeadm cluster has it: `--authorization-mode=Node,RBAC`,
@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from e2e.cluster import procs
 from e2e.cluster.binaries import Versions, binaries, missing, versions
-from e2e.pki import CertPair, issue, make_ca, write_private
+from e2e.services.pki import CertPair, issue, make_ca, write_private
 
 __all__ = ["SERVICE_CIDR", "ControlPlane", "Options", "control_plane"]
 

@@ -37,7 +37,7 @@ The deadline is the kubelet's: `?timeout=` when it is larger than the node's
 `checkpoint_delay_per_mib` seconds per MiB of the container's simulated memory
 (the processes' heaps plus `sim.migrate.dev/memory-mib`). Tests can also hold
 checkpoints before the dump until they release them (`hold`, `release`;
-`Simulator.holding_checkpoints`), to know a client is inside its checkpoint.
+`Cluster.holding_checkpoints`), to know a client is inside its checkpoint.
 """
 
 from __future__ import annotations
