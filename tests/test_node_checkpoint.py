@@ -52,15 +52,15 @@ NODES = {
 
 
 @pytest.fixture(scope="module")
-def sim(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with node_agents(real_cp, tmp_path_factory.mktemp("nodes"), nodes=list(NODES),
                      node_config=NODES, start_latency=0.05, stop_latency=0.05) as cluster:
         yield cluster
 
 
 @pytest.fixture(scope="module")
-def api(sim: Cluster) -> Iterator[client.ApiClient]:
-    with api_client(sim.kubeconfig) as admin:
+def api(cluster: Cluster) -> Iterator[client.ApiClient]:
+    with api_client(cluster.kubeconfig) as admin:
         yield admin
 
 
@@ -70,11 +70,11 @@ def v1(api: client.ApiClient) -> client.CoreV1Api:
 
 
 @pytest.fixture(scope="module")
-def kubelet_http(sim: Cluster) -> Iterator[urllib3.PoolManager]:
+def kubelet_http(cluster: Cluster) -> Iterator[urllib3.PoolManager]:
     """A client of the kubelets with the API server's kubelet client certificate."""
-    http = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(sim.ca.cert),
-                               cert_file=str(sim.kubelet_client.cert),
-                               key_file=str(sim.kubelet_client.key),
+    http = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(cluster.ca.cert),
+                               cert_file=str(cluster.kubelet_client.cert),
+                               key_file=str(cluster.kubelet_client.key),
                                retries=False, timeout=DEADLINE)
     yield http
     http.clear()
@@ -126,11 +126,11 @@ def _migrate(*args: str) -> Any:
     return json.loads(result.stdout)
 
 
-def checkpoint_dir(sim: Cluster, node: str) -> Path:
-    return sim.node_path(node, CHECKPOINT_DIR)
+def checkpoint_dir(cluster: Cluster, node: str) -> Path:
+    return cluster.node_path(node, CHECKPOINT_DIR)
 
 
-def _archive(sim: Cluster, node: str, body: bytes, pod: str, container: str = "app") -> Path:
+def _archive(cluster: Cluster, node: str, body: bytes, pod: str, container: str = "app") -> Path:
     """Check the kubelet's answer; the archive's path on this machine."""
     answer = json.loads(body)
     assert list(answer) == ["items"] and len(answer["items"]) == 1
@@ -138,9 +138,9 @@ def _archive(sim: Cluster, node: str, body: bytes, pod: str, container: str = "a
     assert node_path.startswith("/var/lib/kubelet/checkpoints/")
     assert re.fullmatch(ARCHIVE_NAME.format(pod=pod, namespace="default", container=container),
                         node_path.rsplit("/", 1)[1]), node_path
-    local = sim.node_path(node, node_path)
-    assert local.parent == checkpoint_dir(sim, node) == \
-        sim.state_dir / "nodes" / node / "var/lib/kubelet/checkpoints"
+    local = cluster.node_path(node, node_path)
+    assert local.parent == checkpoint_dir(cluster, node) == \
+        cluster.state_dir / "nodes" / node / "var/lib/kubelet/checkpoints"
     assert local.is_file()
     assert local.stat().st_mode & 0o777 == 0o600
     return local
@@ -149,7 +149,7 @@ def _archive(sim: Cluster, node: str, body: bytes, pod: str, container: str = "a
 # -- success, through the API server and directly -------------------------------------
 
 
-def test_checkpoint_through_the_api_server(sim: Cluster, api: client.ApiClient,
+def test_checkpoint_through_the_api_server(cluster: Cluster, api: client.ApiClient,
                                            v1: client.CoreV1Api) -> None:
     processes = [
         {"pid": 1, "comm": "supervisor", "argv": ["/sbin/supervisor", "-c", "/etc/s.conf"]},
@@ -169,7 +169,7 @@ def test_checkpoint_through_the_api_server(sim: Cluster, api: client.ApiClient,
     status, body, content_type = _proxy_checkpoint(api, "node-a", pod)
     assert status == 200, body
     assert content_type == "application/json"
-    archive = _archive(sim, "node-a", body, pod)
+    archive = _archive(cluster, "node-a", body, pod)
 
     [shown] = _migrate("show", str(archive))
     assert shown["container_name"] == "app"
@@ -203,21 +203,21 @@ def test_checkpoint_through_the_api_server(sim: Cluster, api: client.ApiClient,
     assert "/var/lib/kubelet/checkpoints/checkpoint-" in answer
 
 
-def test_checkpoint_directly_from_the_kubelet(sim: Cluster, v1: client.CoreV1Api,
+def test_checkpoint_directly_from_the_kubelet(cluster: Cluster, v1: client.CoreV1Api,
                                               kubelet_http: urllib3.PoolManager) -> None:
     pod = _pod(v1, "node-a")
     node = v1.read_node("node-a")
     port = node.status.daemon_endpoints.kubelet_endpoint.port
-    address = sim.node_address("node-a")
-    assert sim.kubelet_url("node-a") == f"https://{address}:{port}" and port == 10250
+    address = cluster.node_address("node-a")
+    assert cluster.kubelet_url("node-a") == f"https://{address}:{port}" and port == 10250
     assert [a.address for a in node.status.addresses if a.type == "InternalIP"] == [address]
-    assert sim.kubelet_url("node-a") != sim.kubelet_url("node-faults")
+    assert cluster.kubelet_url("node-a") != cluster.kubelet_url("node-faults")
 
-    response = kubelet_http.request("POST", f"{sim.kubelet_url('node-a')}/checkpoint/default/"
+    response = kubelet_http.request("POST", f"{cluster.kubelet_url('node-a')}/checkpoint/default/"
                                             f"{pod}/app?timeout=30")
     assert response.status == 200, response.data
     assert response.headers["Content-Type"] == "application/json"
-    archive = _archive(sim, "node-a", response.data, pod)
+    archive = _archive(cluster, "node-a", response.data, pod)
     inspected = _migrate("inspect", "--ps-tree", str(archive))
     # No annotation: one process, named after the image's last path component.
     assert inspected["process_tree"]["command"] == "web-server"
@@ -225,32 +225,32 @@ def test_checkpoint_directly_from_the_kubelet(sim: Cluster, v1: client.CoreV1Api
     assert inspected["pod_name"] == pod
 
     # The kubelet knows only its own pods.
-    response = kubelet_http.request("POST", f"{sim.kubelet_url('node-faults')}/checkpoint/"
+    response = kubelet_http.request("POST", f"{cluster.kubelet_url('node-faults')}/checkpoint/"
                                             f"default/{pod}/app")
     assert (response.status, response.data) == (404, b"pod does not exist")
-    pods = kubelet_http.request("GET", f"{sim.kubelet_url('node-a')}/pods").json()
+    pods = kubelet_http.request("GET", f"{cluster.kubelet_url('node-a')}/pods").json()
     assert pod in {p["metadata"]["name"] for p in pods["items"]}
     assert all(p["spec"]["nodeName"] == "node-a" for p in pods["items"])
 
     # The API server's bearer tokens are not served (agent.py: no TokenReview): 401.
-    http = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(sim.ca.cert),
+    http = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(cluster.ca.cert),
                                retries=False, timeout=DEADLINE)
     try:
-        response = http.request("GET", f"{sim.kubelet_url('node-a')}/healthz",
+        response = http.request("GET", f"{cluster.kubelet_url('node-a')}/healthz",
                                 headers={"Authorization": "Bearer anything"})
         assert (response.status, response.data) == (401, b"Unauthorized\n")
-        response = kubelet_http.request("GET", f"{sim.kubelet_url('node-a')}/healthz")
+        response = kubelet_http.request("GET", f"{cluster.kubelet_url('node-a')}/healthz")
         assert (response.status, response.data) == (200, b"ok")
     finally:
         http.clear()
 
 
 def test_kubelet_refuses_clients_without_a_valid_certificate(
-    sim: Cluster, v1: client.CoreV1Api, tmp_path: Path
+    cluster: Cluster, v1: client.CoreV1Api, tmp_path: Path
 ) -> None:
     pod = _pod(v1, "node-a")
-    url = f"{sim.kubelet_url('node-a')}/checkpoint/default/{pod}/app"
-    anonymous = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(sim.ca.cert),
+    url = f"{cluster.kubelet_url('node-a')}/checkpoint/default/{pod}/app"
+    anonymous = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(cluster.ca.cert),
                                     retries=False, timeout=DEADLINE)
     try:
         response = anonymous.request("POST", url)
@@ -264,7 +264,7 @@ def test_kubelet_refuses_clients_without_a_valid_certificate(
     other_ca = make_ca(tmp_path / "other", "other-ca")
     stranger = issue(other_ca, tmp_path / "other", "stranger", client=True, cn="kubelet-admin",
                      org="system:masters")
-    foreign = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(sim.ca.cert),
+    foreign = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(cluster.ca.cert),
                                   cert_file=str(stranger.cert), key_file=str(stranger.key),
                                   retries=False, timeout=DEADLINE)
     try:
@@ -272,11 +272,11 @@ def test_kubelet_refuses_clients_without_a_valid_certificate(
             foreign.request("POST", url)
     finally:
         foreign.clear()
-    assert not list(checkpoint_dir(sim, "node-a").glob(f"checkpoint-{pod}_*"))
+    assert not list(checkpoint_dir(cluster, "node-a").glob(f"checkpoint-{pod}_*"))
 
     # A certificate of the cluster CA for a user RBAC denies: the kubelet's 403.
-    limited = issue(sim.ca, tmp_path, "limited", client=True, cn=LIMITED_USER)
-    denied = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(sim.ca.cert),
+    limited = issue(cluster.ca, tmp_path, "limited", client=True, cn=LIMITED_USER)
+    denied = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(cluster.ca.cert),
                                  cert_file=str(limited.cert), key_file=str(limited.key),
                                  retries=False, timeout=DEADLINE)
     try:
@@ -291,7 +291,7 @@ def test_kubelet_refuses_clients_without_a_valid_certificate(
 # -- errors -----------------------------------------------------------------------------
 
 
-def test_unknown_pod_or_container_is_404(sim: Cluster, api: client.ApiClient,
+def test_unknown_pod_or_container_is_404(cluster: Cluster, api: client.ApiClient,
                                          v1: client.CoreV1Api) -> None:
     pod = _pod(v1, "node-a")
     status, body, content_type = _proxy_checkpoint(api, "node-a", pod, "nope")
@@ -311,7 +311,7 @@ def test_unknown_pod_or_container_is_404(sim: Cluster, api: client.ApiClient,
         404, b"cannot parse value of timeout parameter")
 
 
-def test_init_containers_are_accepted_by_name(sim: Cluster, api: client.ApiClient,
+def test_init_containers_are_accepted_by_name(cluster: Cluster, api: client.ApiClient,
                                               v1: client.CoreV1Api) -> None:
     pod = _pod(v1, "node-a", initContainers=[
         {"name": "setup", "image": "registry.example/setup:1"},
@@ -324,7 +324,7 @@ def test_init_containers_are_accepted_by_name(sim: Cluster, api: client.ApiClien
     # A sidecar keeps running and is checkpointed like any container.
     status, body, _ = _proxy_checkpoint(api, "node-a", pod, "proxy")
     assert status == 200, body
-    archive = _archive(sim, "node-a", body, pod, "proxy")
+    archive = _archive(cluster, "node-a", body, pod, "proxy")
     assert _migrate("show", str(archive))[0]["image"] == "registry.example/envoy:1.30"
 
 
@@ -335,7 +335,7 @@ def test_feature_gate_off_is_404(api: client.ApiClient, v1: client.CoreV1Api) ->
     assert content_type == "text/plain; charset=utf-8"
 
 
-def test_runtime_without_checkpoint_support_is_500(sim: Cluster, api: client.ApiClient,
+def test_runtime_without_checkpoint_support_is_500(cluster: Cluster, api: client.ApiClient,
                                                    v1: client.CoreV1Api) -> None:
     pod = _pod(v1, "node-no-criu")
     status, body, content_type = _proxy_checkpoint(api, "node-no-criu", pod)
@@ -350,29 +350,29 @@ def test_runtime_without_checkpoint_support_is_500(sim: Cluster, api: client.Api
     status, body, _ = _proxy_checkpoint(api, "node-old-containerd", pod)
     assert status == 500
     assert b"code = Unimplemented desc = method CheckpointContainer not implemented" in body
-    assert not list(checkpoint_dir(sim, "node-no-criu").iterdir())
-    assert not list(checkpoint_dir(sim, "node-old-containerd").iterdir())
+    assert not list(checkpoint_dir(cluster, "node-no-criu").iterdir())
+    assert not list(checkpoint_dir(cluster, "node-old-containerd").iterdir())
 
 
-def test_injected_failure_then_success(sim: Cluster, api: client.ApiClient,
+def test_injected_failure_then_success(cluster: Cluster, api: client.ApiClient,
                                        v1: client.CoreV1Api) -> None:
     pod = _pod(v1, "node-faults")
-    sim.configure_node("node-faults", fail_next_checkpoints=1)
+    cluster.configure_node("node-faults", fail_next_checkpoints=1)
     status, body, _ = _proxy_checkpoint(api, "node-faults", pod)
     assert status == 500
     assert body.decode() == (f"checkpointing of default/{pod}/app failed (rpc error: code = "
                              f"Unknown desc = checkpoint failed: (injected))")
-    assert sim.node_config("node-faults").fail_next_checkpoints == 0
+    assert cluster.node_config("node-faults").fail_next_checkpoints == 0
     status, body, _ = _proxy_checkpoint(api, "node-faults", pod)
     assert status == 200, body
-    _archive(sim, "node-faults", body, pod)
+    _archive(cluster, "node-faults", body, pod)
 
 
-def test_checkpoint_deadline(sim: Cluster, api: client.ApiClient,
+def test_checkpoint_deadline(cluster: Cluster, api: client.ApiClient,
                              v1: client.CoreV1Api) -> None:
     # 6 MiB at 0.25 s/MiB: the dump takes 1.5 s; the node's CRI default deadline is 0.2 s.
     pod = _pod(v1, "node-faults", annotations={MEMORY_ANNOTATION: "6"})
-    sim.configure_node("node-faults", checkpoint_delay_per_mib=0.25)
+    cluster.configure_node("node-faults", checkpoint_delay_per_mib=0.25)
     try:
         expected = (f"checkpointing of default/{pod}/app failed (rpc error: code = "
                     f"DeadlineExceeded desc = context deadline exceeded)").encode()
@@ -382,22 +382,22 @@ def test_checkpoint_deadline(sim: Cluster, api: client.ApiClient,
             elapsed = time.monotonic() - started
             assert (status, body) == (500, expected)
             assert seconds - 0.05 <= elapsed < seconds + 1.0, (timeout, elapsed)
-        assert not list(checkpoint_dir(sim, "node-faults").glob(f"checkpoint-{pod}_*"))
+        assert not list(checkpoint_dir(cluster, "node-faults").glob(f"checkpoint-{pod}_*"))
 
         started = time.monotonic()
         status, body, _ = _proxy_checkpoint(api, "node-faults", pod, timeout=3)
         assert status == 200, body
         assert time.monotonic() - started >= 1.45
-        archive = _archive(sim, "node-faults", body, pod)
+        archive = _archive(cluster, "node-faults", body, pod)
         sizes = _migrate("show", str(archive))[0]["checkpoint_size"]
         assert sizes["memory_pages_size"] >= 6 * 1024 * 1024
     finally:
-        sim.configure_node("node-faults", checkpoint_delay_per_mib=0.0)
+        cluster.configure_node("node-faults", checkpoint_delay_per_mib=0.0)
 
 
-def test_rbac_denied_is_a_403_status(sim: Cluster, v1: client.CoreV1Api) -> None:
+def test_rbac_denied_is_a_403_status(cluster: Cluster, v1: client.CoreV1Api) -> None:
     pod = _pod(v1, "node-a")
-    with api_client(sim.user_kubeconfig(LIMITED_USER)) as limited:
+    with api_client(cluster.user_kubeconfig(LIMITED_USER)) as limited:
         status, body, content_type = _proxy_checkpoint(limited, "node-a", pod)
         with pytest.raises(ApiException) as e:
             client.CoreV1Api(limited).connect_post_node_proxy_with_path(
@@ -409,7 +409,7 @@ def test_rbac_denied_is_a_403_status(sim: Cluster, v1: client.CoreV1Api) -> None
                    f'resource "nodes/proxy" in API group "" at the cluster scope',
         "reason": "Forbidden", "details": {"name": "node-a", "kind": "nodes"}, "code": 403}
     assert e.value.status == 403
-    assert not list(checkpoint_dir(sim, "node-a").glob(f"checkpoint-{pod}_*"))
+    assert not list(checkpoint_dir(cluster, "node-a").glob(f"checkpoint-{pod}_*"))
 
 
 def test_discovery_lists_nodes_proxy(api: client.ApiClient) -> None:
@@ -426,9 +426,9 @@ def _node_rows(out: str) -> dict[str, list[str]]:
     return {line.split()[0]: line.split() for line in out.splitlines()[1:]}
 
 
-def test_not_ready_node(sim: Cluster, v1: client.CoreV1Api, cp_kubectl: Kubectl) -> None:
+def test_not_ready_node(cluster: Cluster, v1: client.CoreV1Api, cp_kubectl: Kubectl) -> None:
     def status(node: str) -> str:
-        return _node_rows(cp_kubectl(sim.kubeconfig, "get", "nodes").stdout)[node][1]
+        return _node_rows(cp_kubectl(cluster.kubeconfig, "get", "nodes").stdout)[node][1]
 
     assert status("node-not-ready") == "NotReady"
     assert status("node-a") == "Ready"
@@ -442,11 +442,11 @@ def test_not_ready_node(sim: Cluster, v1: client.CoreV1Api, cp_kubectl: Kubectl)
         ("node.kubernetes.io/not-ready", "NoExecute"),
         ("node.kubernetes.io/not-ready", "NoSchedule")]
 
-    sim.configure_node("node-faults", ready=False)
+    cluster.configure_node("node-faults", ready=False)
     try:
         assert status("node-faults") == "NotReady"
     finally:
-        sim.configure_node("node-faults", ready=True)
+        cluster.configure_node("node-faults", ready=True)
     assert status("node-faults") == "Ready"
     wait_for(lambda: not v1.read_node("node-faults").spec.taints, what="no taint on node-faults")
 

@@ -61,7 +61,7 @@ NODES = {
 
 
 @pytest.fixture(scope="module")
-def sim(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
+def cluster(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
         plain_registry: RegistryUnderTest, registry_pki: RegistryPKI) -> Iterator[Cluster]:
     registries = RegistryConfig(insecure=(plain_registry.host,),
                                 ca_files=(registry_pki.ca_cert,))
@@ -72,8 +72,8 @@ def sim(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
 
 
 @pytest.fixture(scope="module")
-def v1(sim: Cluster) -> Iterator[client.CoreV1Api]:
-    with api_client(sim.kubeconfig) as admin:
+def v1(cluster: Cluster) -> Iterator[client.CoreV1Api]:
+    with api_client(cluster.kubeconfig) as admin:
         yield client.CoreV1Api(admin)
 
 
@@ -128,15 +128,15 @@ def _event(v1: client.CoreV1Api, name: str, reason: str, prefix: str = "") -> cl
     return found
 
 
-def _checkpoint(sim: Cluster, node: str, pod: str) -> Path:
+def _checkpoint(cluster: Cluster, node: str, pod: str) -> Path:
     """Checkpoint `app` of `pod` through the node's kubelet API; the archive here."""
-    http = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(sim.ca.cert),
-                               cert_file=str(sim.kubelet_client.cert),
-                               key_file=str(sim.kubelet_client.key), retries=False,
+    http = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(cluster.ca.cert),
+                               cert_file=str(cluster.kubelet_client.cert),
+                               key_file=str(cluster.kubelet_client.key), retries=False,
                                timeout=DEADLINE)
-    answer = http.request("POST", f"{sim.kubelet_url(node)}/checkpoint/default/{pod}/app")
+    answer = http.request("POST", f"{cluster.kubelet_url(node)}/checkpoint/default/{pod}/app")
     assert answer.status == 200, answer.data
-    return sim.node_path(node, json.loads(answer.data)["items"][0])
+    return cluster.node_path(node, json.loads(answer.data)["items"][0])
 
 
 def _push(cli: Cli, archive: Path, image: str, reg: RegistryUnderTest, *extra: str) -> str:
@@ -172,7 +172,7 @@ def _memory(archive: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def checkpoint_image(sim: Cluster, v1: client.CoreV1Api, cli: Cli,
+def checkpoint_image(cluster: Cluster, v1: client.CoreV1Api, cli: Cli,
                      plain_registry: RegistryUnderTest, unique_repo: str
                      ) -> tuple[str, str, str]:
     """A pod checkpointed on node-a and pushed: (image, digest, source pod)."""
@@ -184,7 +184,7 @@ def checkpoint_image(sim: Cluster, v1: client.CoreV1Api, cli: Cli,
         ROOTFS_ANNOTATION: json.dumps({"/srv/state.txt": "counter=41\n"})})
     _running(v1, source)
     image = f"{plain_registry.host}/{unique_repo}:v1"
-    digest = _push(cli, _checkpoint(sim, "node-a", source), image, plain_registry)
+    digest = _push(cli, _checkpoint(cluster, "node-a", source), image, plain_registry)
     return image, digest, source
 
 
@@ -192,7 +192,7 @@ def checkpoint_image(sim: Cluster, v1: client.CoreV1Api, cli: Cli,
 
 
 @pytest.mark.parametrize("layout", ["two processes", "one process"])
-def test_migrate_a_pod_then_migrate_it_again(sim: Cluster, v1: client.CoreV1Api, cli: Cli,
+def test_migrate_a_pod_then_migrate_it_again(cluster: Cluster, v1: client.CoreV1Api, cli: Cli,
                                              plain_registry: RegistryUnderTest,
                                              unique_repo: str, layout: str) -> None:
     processes: list[dict[str, Any]] = [
@@ -204,7 +204,7 @@ def test_migrate_a_pod_then_migrate_it_again(sim: Cluster, v1: client.CoreV1Api,
         PROCESSES_ANNOTATION: json.dumps(processes), MEMORY_ANNOTATION: "0.25",
         ROOTFS_ANNOTATION: json.dumps({"/srv/state.txt": "counter=41\n"})})
     _running(v1, source)
-    first = _checkpoint(sim, "node-a", source)
+    first = _checkpoint(cluster, "node-a", source)
     image = f"{plain_registry.host}/{unique_repo}:v1"
     digest = _push(cli, first, image, plain_registry, "--compression", "zstd")
 
@@ -227,7 +227,7 @@ def test_migrate_a_pod_then_migrate_it_again(sim: Cluster, v1: client.CoreV1Api,
         f'Successfully pulled image "{image}" in ')
 
     # Checkpointed again, the restored pod holds the same memory and files.
-    second = _checkpoint(sim, "node-b", restored)
+    second = _checkpoint(cluster, "node-b", restored)
     assert _memory(second) == _memory(first)
     assert json.loads(_members(second)["config.dump"])["rootfsImageName"] == BASE_IMAGE
     r = cli("memparse", second, "--search", SECRET, "-o", "json")
@@ -238,16 +238,16 @@ def test_migrate_a_pod_then_migrate_it_again(sim: Cluster, v1: client.CoreV1Api,
     _push(cli, second, again, plain_registry, "--compression", "gzip")
     third = _running(v1, _create(v1, "node-a", again, prefix="dst"))
     assert json.loads(third.metadata.annotations[RESTORED])["source"]["pod"] == restored
-    assert _memory(_checkpoint(sim, "node-a", third.metadata.name)) == _memory(first)
+    assert _memory(_checkpoint(cluster, "node-a", third.metadata.name)) == _memory(first)
 
 
-def test_an_oci_index_restores_from_its_manifest(sim: Cluster, v1: client.CoreV1Api,
+def test_an_oci_index_restores_from_its_manifest(cluster: Cluster, v1: client.CoreV1Api,
                                                  cli: Cli, checkpoint_image: tuple[str, str, str],
                                                  plain_registry: RegistryUnderTest,
                                                  unique_repo: str) -> None:
     _, _, source = checkpoint_image
     image = f"{plain_registry.host}/{unique_repo}:index"
-    digest = _push(cli, _checkpoint(sim, "node-a", source), image, plain_registry,
+    digest = _push(cli, _checkpoint(cluster, "node-a", source), image, plain_registry,
                    "--oci-index")
     pod = _running(v1, _create(v1, "node-b", image))
     assert pod.status.container_statuses[0].image_id.endswith(f"@{digest}")
@@ -364,10 +364,10 @@ def test_an_image_without_the_annotation_starts_as_an_ordinary_container(
 
 
 def test_cri_o_reads_the_checkpoint_annotation_from_oci_manifests_only(
-        sim: Cluster, v1: client.CoreV1Api, checkpoint_image: tuple[str, str, str],
+        cluster: Cluster, v1: client.CoreV1Api, checkpoint_image: tuple[str, str, str],
         plain_registry: RegistryUnderTest, unique_repo: str) -> None:
     _, _, source = checkpoint_image
-    archive = _checkpoint(sim, "node-a", source).read_bytes()
+    archive = _checkpoint(cluster, "node-a", source).read_bytes()
     repo = f"{unique_repo}-docker"
     _push_image(plain_registry, repo, archive, docker=True,
                 annotations={"io.kubernetes.cri-o.annotations.checkpoint.name": "app"})
@@ -405,11 +405,11 @@ def test_pull_errors_read_as_cri_o_reports_them(v1: client.CoreV1Api, fresh_regi
 def test_a_registry_that_comes_back_lets_the_pod_start(v1: client.CoreV1Api, cli: Cli,
                                                        fresh_registry: Any,
                                                        checkpoint_image: tuple[str, str, str],
-                                                       sim: Cluster, unique_repo: str) -> None:
+                                                       cluster: Cluster, unique_repo: str) -> None:
     _, _, source = checkpoint_image
     reg: RegistryUnderTest = fresh_registry(tls=True)
     image = f"{reg.host}/{unique_repo}:v1"
-    _push(cli, _checkpoint(sim, "node-a", source), image, reg)
+    _push(cli, _checkpoint(cluster, "node-a", source), image, reg)
     reg.registry.stop()
     name = _create(v1, "node-b", image)
     waiting = _waiting(v1, name, "ErrImagePull")
@@ -436,12 +436,12 @@ def _pull_secret(v1: client.CoreV1Api, reg: RegistryUnderTest, password: str) ->
 
 @pytest.mark.parametrize("registry", ["tls_basic_registry", "token_registry"])
 def test_a_private_registry_needs_the_pods_pull_secret(
-        sim: Cluster, v1: client.CoreV1Api, cli: Cli, request: pytest.FixtureRequest,
+        cluster: Cluster, v1: client.CoreV1Api, cli: Cli, request: pytest.FixtureRequest,
         registry: str, checkpoint_image: tuple[str, str, str], unique_repo: str) -> None:
     reg: RegistryUnderTest = request.getfixturevalue(registry)
     _, _, source = checkpoint_image
     image = f"{reg.host}/{unique_repo}:v1"
-    _push(cli, _checkpoint(sim, "node-a", source), image, reg)
+    _push(cli, _checkpoint(cluster, "node-a", source), image, reg)
     denied = f"rpc error: code = Unknown desc = initializing source docker://{image}: " + (
         f"reading manifest v1 in {reg.host}/{unique_repo}: " if reg.auth == "basic" else
         "unable to retrieve auth token: invalid username/password: ") + \

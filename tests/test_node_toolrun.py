@@ -29,15 +29,15 @@ TOOL = "localhost/migrate:test"
 
 
 @pytest.fixture(scope="module")
-def sim(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with node_agents(real_cp, tmp_path_factory.mktemp("nodes"), tool_images=(TOOL,),
                      start_latency=0.02, stop_latency=0.02, tool_timeout=60) as cluster:
         yield cluster
 
 
 @pytest.fixture(scope="module")
-def v1(sim: Cluster) -> Iterator[client.CoreV1Api]:
-    with api_client(sim.kubeconfig) as api:
+def v1(cluster: Cluster) -> Iterator[client.CoreV1Api]:
+    with api_client(cluster.kubeconfig) as api:
         yield client.CoreV1Api(api)
 
 
@@ -52,7 +52,7 @@ def run_pod(v1: client.CoreV1Api, name: str, container: dict[str, Any], *,
     return pod.status.container_statuses[0].state.terminated
 
 
-def test_in_cluster_as_the_pods_service_account(sim: Cluster, v1: client.CoreV1Api) -> None:
+def test_in_cluster_as_the_pods_service_account(cluster: Cluster, v1: client.CoreV1Api) -> None:
     wait_for(lambda: v1.list_namespaced_service_account("default").items,
              what="the default ServiceAccount")
     done = run_pod(v1, "doctor", {"args": ["doctor", "-o", "json"],
@@ -61,7 +61,7 @@ def test_in_cluster_as_the_pods_service_account(sim: Cluster, v1: client.CoreV1A
     # No termination message was written: the output's tail stands in for it.
     assert done.message.rstrip().endswith("hint: each FAIL row has a hint; fix those and run "
                                           "migrate doctor again")
-    logs = list((sim.node_dir("node-a") / "var/log/pods").glob("default_doctor_*/tool/0.log"))
+    logs = list((cluster.node_dir("node-a") / "var/log/pods").glob("default_doctor_*/tool/0.log"))
     report = json.loads(logs[0].read_text().split("\nerror:")[0])
     rows = {c["check"]: c for c in report["checks"]}
     assert rows["api"]["status"] == "PASS"  # it reached the API server, in-cluster
@@ -70,14 +70,14 @@ def test_in_cluster_as_the_pods_service_account(sim: Cluster, v1: client.CoreV1A
                                        '"nodes" in API group "" at the cluster scope')
     assert rows["rbac: get pods"]["hint"].endswith("(`migrate deploy` emits the role the "
                                                    "tool needs)")
-    pod_dir = next((sim.node_dir("node-a") / "var/lib/kubelet/pods").iterdir())
+    pod_dir = next((cluster.node_dir("node-a") / "var/lib/kubelet/pods").iterdir())
     # The token and the pod's secrets do not outlive the pod's containers.
     assert not list(pod_dir.glob("volumes/kubernetes.io~projected/*/token"))
 
 
-def test_a_host_path_mount_and_its_paths(sim: Cluster, v1: client.CoreV1Api,
+def test_a_host_path_mount_and_its_paths(cluster: Cluster, v1: client.CoreV1Api,
                                          counters_archive: Path) -> None:
-    target = sim.node_path("node-a", CHECKPOINT_DIR) / counters_archive.name
+    target = cluster.node_path("node-a", CHECKPOINT_DIR) / counters_archive.name
     shutil.copyfile(counters_archive, target)
     done = run_pod(v1, "lister", {
         "args": ["list", "$(DIR)", "-o", "json"],
@@ -86,7 +86,7 @@ def test_a_host_path_mount_and_its_paths(sim: Cluster, v1: client.CoreV1Api,
         volumes=[{"name": "ckpt", "hostPath": {"path": CHECKPOINT_DIR, "type": "Directory"}}],
         automountServiceAccountToken=False)
     assert (done.exit_code, done.message) == (0, None)
-    log = next((sim.node_dir("node-a") / "var/log/pods").glob("default_lister_*/tool/0.log"))
+    log = next((cluster.node_dir("node-a") / "var/log/pods").glob("default_lister_*/tool/0.log"))
     listed = json.loads(log.read_text())
     assert [Path(a["archive"]).name for a in listed] == [counters_archive.name]
 
@@ -118,7 +118,7 @@ def test_only_the_entrypoint_runs(v1: client.CoreV1Api) -> None:
     assert done.exit_code == 0
 
 
-def test_a_container_past_its_deadline_is_killed(sim: Cluster, v1: client.CoreV1Api) -> None:
+def test_a_container_past_its_deadline_is_killed(cluster: Cluster, v1: client.CoreV1Api) -> None:
     # An API server that accepts connections and never answers: the tool would wait.
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
@@ -165,7 +165,7 @@ def hanging_pod(v1: client.CoreV1Api, name: str, port: int, node: str = "node-a"
 
 
 def test_the_process_ends_with_its_pod_and_with_the_node_agents(
-        real_cp: ControlPlane, sim: Cluster, v1: client.CoreV1Api, tmp_path: Path) -> None:
+        real_cp: ControlPlane, cluster: Cluster, v1: client.CoreV1Api, tmp_path: Path) -> None:
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen()
@@ -179,7 +179,7 @@ def test_the_process_ends_with_its_pod_and_with_the_node_agents(
         assert not tool_processes("orphaned")  # stop() killed it before returning
 
 
-def test_kubectl_logs_shows_what_the_tool_printed(sim: Cluster, v1: client.CoreV1Api,
+def test_kubectl_logs_shows_what_the_tool_printed(cluster: Cluster, v1: client.CoreV1Api,
                                                   cp_kubectl: Kubectl) -> None:
     kubectl = cp_kubectl
     client.BatchV1Api(v1.api_client).create_namespaced_job("default", {
@@ -188,8 +188,8 @@ def test_kubectl_logs_shows_what_the_tool_printed(sim: Cluster, v1: client.CoreV
             "containers": [{"name": "tool", "image": TOOL, "args": ["--version"]}]}}}})
     wait_for(lambda: client.BatchV1Api(v1.api_client).read_namespaced_job(
         "version", "default").status.succeeded, what="the Job to succeed")
-    out = kubectl(sim.kubeconfig, "logs", "job/version").stdout
+    out = kubectl(cluster.kubeconfig, "logs", "job/version").stdout
     assert out.startswith("migrate ")
-    assert kubectl(sim.kubeconfig, "logs", "job/version", "--tail=0").stdout == ""
-    gone = kubectl(sim.kubeconfig, "logs", "job/version", "--previous", check=False)
+    assert kubectl(cluster.kubeconfig, "logs", "job/version", "--tail=0").stdout == ""
+    gone = kubectl(cluster.kubeconfig, "logs", "job/version", "--previous", check=False)
     assert 'previous terminated container "tool" in pod' in gone.stderr
