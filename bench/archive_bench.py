@@ -1,7 +1,7 @@
 """Benchmark the forensic commands against the issue's performance targets.
 
 What it measures, on a small (~10 MiB) and a big (~1 GiB) generated checkpoint
-archive of realistic memory pages (`e2e.archivegen`), side by side in one run:
+archive of realistic memory pages (`e2e.archives.archivegen`), side by side in one run:
 
 1. ``migrate show`` and ``migrate inspect`` (no memory work) read only the
    members they need, so the big archive may cost at most 1.5x the small one.

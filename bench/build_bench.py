@@ -1,8 +1,8 @@
 """Benchmark ``migrate build`` against the issue's performance targets.
 
 What it measures, on a generated checkpoint archive of realistic memory pages
-(``e2e.archivegen``, ~1 GiB by default), every image pushed to a loopback
-registry (Debian's ``docker-registry``, ``e2e.registry``):
+(``e2e.archives.archivegen``, ~1 GiB by default), every image pushed to a loopback
+registry (Debian's ``docker-registry``, ``e2e.services.registry``):
 
 1. ``migrate build --builder native --compression none`` is within 1.5x of
    ``sha256sum ARCHIVE`` (the native builder reads the archive once, hashing
@@ -91,7 +91,7 @@ from harness import (
     wait4_note,
 )
 
-from e2e.registry import Registry, RegistryError
+from e2e.services.registry import Registry, RegistryError
 
 BLOB_INFO_CACHE = Path("/var/lib/containers/cache/blob-info-cache-v1.boltdb")
 CONTAINERS_STORAGE = Path("/var/lib/containers")

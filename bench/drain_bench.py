@@ -1,29 +1,35 @@
 """Benchmark ``migrate drain`` against issue 7's performance and scale targets.
 
-The targets: on the simulator, a drain of 200 pods over 4 nodes with
-``--concurrency 16`` reaches at least 70% parallel efficiency, i.e. wall time
-<= ideal / 0.7, where ideal = (sum of the pods' simulated latencies) /
-concurrency; the API requests per pod are reported; the tool's peak RSS stays
-under 300 MB.
+The targets: on the real control plane with node agents, a drain of 200 pods
+over 4 nodes with ``--concurrency 16`` reaches at least 70% parallel
+efficiency, i.e. wall time <= ideal / 0.7, where ideal = (sum of the pods'
+simulated latencies) / concurrency; the API requests per pod are reported;
+the tool's peak RSS stays under 300 MB.
 
 What it runs, side by side in one run: a loopback registry (Debian's
-``docker-registry``, ``e2e.registry``) and, for every measured drain, a fresh
-cluster simulator (``e2e.sim``): the source node node-a and ``--nodes``
-destinations (node-b, node-c, ...). node-a holds ``--pods`` pods, a mix of
-bare pods and Deployments' pods (``--deployments`` x ``--replicas``; the
-Deployments' pods are handed over to their ReplicaSets), each with ``--mib``
-MiB of simulated memory; node-a's kubelet runs with --max-pods 256, as a
-node that holds 200 pods must. They are created and awaited untimed. Then,
-timed: ``migrate drain node-a --concurrency C --registry REG -o json``, a
-subprocess under GNU time (wall, peak RSS, CPU). Afterwards every pod must
-have moved: its restored copy runs on the node the drain chose, from its
-checkpoint image (drain_cluster.py).
+``docker-registry``, ``e2e.services.registry``), one real control plane (Kubernetes'
+API server, controller manager and scheduler on etcd, ``e2e.cluster``; root
+and the binaries scripts/setup builds), and, for every measured drain, fresh
+node agents (``e2e.cluster.world.Cluster``): the source node node-a and
+``--nodes`` destinations (node-b, node-c, ...), each in its own network
+namespace, and a namespace of its own. node-a holds ``--pods`` pods, a mix of
+bare pods and Deployments' pods (``--deployments`` x ``--replicas``, each
+Deployment with a PodDisruptionBudget of ``--max-unavailable``; the
+Deployments' pods are handed over to their ReplicaSets: the real ReplicaSet
+controller, the real disruption controller), each with ``--mib`` MiB of
+simulated memory; node-a reports a capacity of 256 pods, as a node that holds
+200 pods must. They are created and awaited untimed. Then, timed: ``migrate
+drain node-a --concurrency C --registry REG -o json``, a subprocess under GNU
+time (wall, peak RSS, CPU). Afterwards every pod must have moved: its
+restored copy runs on the node the drain chose, from its checkpoint image
+(drain_cluster.py).
 
-The simulated latencies, per migrated pod, are the simulator's knobs:
+The simulated latencies, per migrated pod, are the node agents' knobs
+(e2e/nodes/nodeconfig.py; containers are simulated processes):
 
 - the checkpoint: ``--checkpoint-seconds`` per MiB of the pod's memory
   (NodeConfig.checkpoint_delay_per_mib), here x ``--mib``;
-- the restore: the kubelet's start latency (``--start-latency``, from the
+- the restore: the agent's start latency (``--start-latency``, from the
   restored pod being bound to its start) plus the image pull
   (``--pull-seconds``, NodeConfig.image_pull_seconds);
 - the switch-over: the source pod's stop latency (``--stop-latency``).
@@ -32,8 +38,9 @@ Their sum over the pods, over the concurrency, is the ideal: what a perfect
 tool would take with C migrations always in flight and no cost of its own.
 efficiency = ideal / wall; the target is >= 0.7. Everything else counts
 against the tool: its start-up, the cordon and the plan, the archives' reads
-and pushes, the journal, Events, renders and watches, and the simulator's and
-the registry's CPU on this machine's cores (they share them with the tool).
+and pushes, the journal, Events, renders and watches, waits for disruption
+budgets, and the control plane's, the agents' and the registry's CPU on this
+machine's cores (they share them with the tool).
 
 Side by side: a serial drain (``--serial-pods`` bare pods, ``--concurrency
 1``) in each repetition shows the per-pod cost of one migration on its own
@@ -42,15 +49,17 @@ efficiency can only be as good as the serial one's allows. The runs are
 interleaved (the order rotates each repetition) after one untimed warm-up of
 each kind, and medians are compared: the machine is shared and noisy.
 
-Requests are counted on the API server's side (the lines its access log
-gained during the drain, and the TLS connections it accepted) and by migrate
-itself (the report's ``api_requests``), per pod. The pod journals the drain
-wrote give each stage's median time next to the simulated latency it holds.
+Requests are counted on the API server's side, from its audit log (the
+launcher's Options.audit_users: migrate runs as a user of its own,
+``bench-migrate`` in group system:masters, so only its requests count), and
+by migrate itself (the report's ``api_requests``), per pod. The pod journals
+the drain wrote give each stage's median time next to the simulated latency
+it holds.
 
 This is a report, not a test: it exits 0 whether or not the targets are met,
-and non-zero only when it could not measure. Run from the repository root:
-``.venv/bin/python bench/drain_bench.py`` (200 pods, 4 destinations,
-concurrency 16, 3 repetitions: about ten minutes).
+and non-zero only when it could not measure. Run from the repository root, as
+root: ``.venv/bin/python bench/drain_bench.py`` (200 pods, 4 destinations,
+concurrency 16, 3 repetitions: about a quarter of an hour).
 """
 
 from __future__ import annotations
@@ -65,7 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drain_cluster import DrainCluster, Population
+from drain_cluster import AuditWindow, DrainCluster, Population, migrate_env
 from harness import (
     MB,
     MIGRATE,
@@ -78,22 +87,25 @@ from harness import (
     run_once,
     with_registry,
 )
-from pod_cluster import Window, migrate_env
 
-from e2e.registry import Registry
-from e2e.sim import NodeConfig, RegistryConfig, Simulator
+from e2e.cluster import binaries, nodehost
+from e2e.cluster.launcher import ControlPlane, Options, control_plane
+from e2e.cluster.world import Cluster
+from e2e.nodes import NodeConfig, RegistryConfig
+from e2e.services.registry import Registry
 
 EFFICIENCY_TARGET = 0.7  # ideal / wall >=
 RSS_TARGET_MB = 300.0  # peak RSS of migrate drain <
 SOURCE = "node-a"
-MAX_PODS = "256"  # the source's --max-pods: the kubelet's default (110) is too few
+MAX_PODS = "256"  # the source's pod capacity: the kubelet's default (110) is too few
+USER = "bench-migrate"  # migrate's user: the audit log counts its requests
 # Stage of a `migrate pod` run -> the simulated latency it contains.
 STAGE_LATENCY = {"checkpoint": "checkpoint", "verify": "pull + start", "switchover": "stop"}
 
 
 @dataclass(frozen=True)
 class Latencies:
-    """The simulator's knobs, in seconds."""
+    """The node agents' knobs, in seconds."""
 
     checkpoint_per_mib: float
     pull: float
@@ -111,7 +123,6 @@ class DrainSample(Sample):
 
     report: dict[str, Any] = field(default_factory=dict)
     requests: int = 0  # seen by the API server
-    connections: int = 0
     stages: dict[str, list[float]] = field(default_factory=dict)  # from the pod journals
     spread: tuple[tuple[str, int], ...] = ()
 
@@ -143,8 +154,6 @@ class Drain(Series[DrainSample]):
     def per_pod(self, what: str) -> float:
         if what == "server":
             return statistics.median(s.requests / self.pods for s in self.samples)
-        if what == "connections":
-            return statistics.median(s.connections / self.pods for s in self.samples)
         return statistics.median(float(s.report["api_requests"]) / self.pods
                                  for s in self.samples)
 
@@ -153,12 +162,13 @@ class Drain(Series[DrainSample]):
 
 
 class Runner:
-    """Runs one drain on a fresh simulated cluster."""
+    """Runs one drain on fresh node agents of the control plane ``cp``."""
 
-    def __init__(self, work: Path, registry: Registry, destinations: int,
+    def __init__(self, work: Path, cp: ControlPlane, registry: Registry, destinations: int,
                  lat: Latencies) -> None:
-        self.work, self.registry, self.lat = work, registry, lat
+        self.work, self.cp, self.registry, self.lat = work, cp, registry, lat
         self.nodes = (SOURCE, *(f"node-{chr(ord('b') + i)}" for i in range(destinations)))
+        self.kubeconfig = cp.kubeconfig(USER, group="system:masters")
         self._runs = 0
 
     def run(self, drain: Drain, tag: str) -> DrainSample:
@@ -173,29 +183,32 @@ class Runner:
         destination = NodeConfig(image_pull_seconds=lat.pull)
         configs = {n: source if n == SOURCE else destination for n in self.nodes}
         print(f"  {tag}: {drain.label}: {drain.pods} pods ...", flush=True)
-        with Simulator(run_dir / "cluster", nodes=self.nodes, node_config=configs,
-                       start_latency=lat.start, stop_latency=lat.stop,
-                       registries=RegistryConfig(insecure=(self.registry.host,))) as sim:
-            cluster = DrainCluster(sim)
-            cluster.populate(SOURCE, drain.population)
-            window = Window(sim)
-            sample = run_once(f"migrate drain ({drain.label})", [
-                str(MIGRATE), "drain", SOURCE, "--registry", f"{self.registry.host}/bench",
-                "--no-tls-verify", "--concurrency", str(drain.concurrency), "--timeout", "300",
-                "-o", "json"], self._env(run_dir, sim))
-            requests, connections = window.close()
+        with Cluster(self.cp, run_dir / "cluster", nodes=self.nodes, node_config=configs,
+                     start_latency=lat.start, stop_latency=lat.stop,
+                     registries=RegistryConfig(insecure=(self.registry.host,))) as world:
+            cluster = DrainCluster(world, f"drain-{self._runs}")
             try:
-                report: dict[str, Any] = json.loads(sample.stdout)
-            except ValueError as e:
-                raise BenchError(f"migrate drain: no JSON on stdout ({e})") from e
-            spread = cluster.check(report, SOURCE, self.registry.host)
+                cluster.populate(SOURCE, drain.population)
+                window = AuditWindow(self.cp.logs["audit"], USER)
+                sample = run_once(f"migrate drain ({drain.label})", [
+                    str(MIGRATE), "drain", SOURCE, "--registry", f"{self.registry.host}/bench",
+                    "--no-tls-verify", "--concurrency", str(drain.concurrency), "--timeout",
+                    "300", "-o", "json"], self._env(run_dir, world))
+                requests = window.close()
+                try:
+                    report: dict[str, Any] = json.loads(sample.stdout)
+                except ValueError as e:
+                    raise BenchError(f"migrate drain: no JSON on stdout ({e})") from e
+                spread = cluster.check(report, SOURCE, self.registry.host)
+            finally:
+                cluster.remove()
         return DrainSample(**vars(sample), report=report, requests=len(requests),
-                           connections=connections, stages=_stages(run_dir / "state"),
+                           stages=_stages(run_dir / "state"),
                            spread=tuple(sorted(spread.items())))
 
-    def _env(self, run_dir: Path, sim: Simulator) -> dict[str, str]:
+    def _env(self, run_dir: Path, world: Cluster) -> dict[str, str]:
         # A state directory and an empty layer-digest cache per run: every push is cold.
-        return {**migrate_env(sim, run_dir / "state"),
+        return {**migrate_env(world, self.kubeconfig, run_dir / "state"),
                 "MIGRATE_CACHE_DIR": str(run_dir / "cache")}
 
 
@@ -253,14 +266,20 @@ def bench(work: Path, args: argparse.Namespace) -> None:
         raise BenchError(f"--deployments x --replicas ({deployed}) exceeds --pods ({args.pods})")
     par = Drain(f"drain, concurrency {args.concurrency}",
                 population=Population(args.pods - deployed, args.deployments, args.replicas,
-                                      args.mib), concurrency=args.concurrency)
+                                      args.mib, args.max_unavailable),
+                concurrency=args.concurrency)
     serial = Drain("drain, serial", population=Population(args.serial_pods, 0, 0, args.mib))
+    missing = binaries.missing() or nodehost.missing()
+    if missing:
+        raise BenchError(missing)
     registry = Registry(work / "registry").start()
     try:
-        runner = Runner(work, registry, args.nodes, lat)
-        print(f"measuring: {args.reps} interleaved repetitions after one warm-up each; "
-              f"every drain on a fresh simulator ...", flush=True)
-        measure([par, serial], args.reps, runner.run)
+        print("starting the control plane ...", flush=True)
+        with control_plane(work / "control-plane", Options(audit_users=(USER,))) as cp:
+            runner = Runner(work, cp, registry, args.nodes, lat)
+            print(f"measuring: {args.reps} interleaved repetitions after one warm-up each; "
+                  f"every drain on fresh node agents ...", flush=True)
+            measure([par, serial], args.reps, runner.run)
     finally:
         registry.stop()
     report(par, serial, lat, args)
@@ -271,7 +290,8 @@ def report(par: Drain, serial: Drain, lat: Latencies, args: argparse.Namespace) 
     print()
     print(f"RESULTS (medians of {args.reps}; {par.pods} pods on {SOURCE}: "
           f"{par.population.bare} bare, {par.population.deployments} Deployments x "
-          f"{par.population.replicas}; {args.nodes} destinations; simulated latency per pod "
+          f"{par.population.replicas}, budgets maxUnavailable {args.max_unavailable}; "
+          f"{args.nodes} destinations; simulated latency per pod "
           f"{sum(per_pod.values()):g} s: "
           + ", ".join(f"{k} {v:g}" for k, v in per_pod.items()) + ")")
     print(render(["measure", "value", "target", "result"], target_rows(par, serial, lat),
@@ -287,10 +307,12 @@ def report(par: Drain, serial: Drain, lat: Latencies, args: argparse.Namespace) 
                  stage_rows(par, serial, lat, args.mib), lambda i: i in (1, 2)))
     print()
     spread = Counter(dict(par.last.spread))
-    print(f"API REQUESTS per pod (medians): {par.per_pod('server'):.1f} seen by the API server "
-          f"over {par.per_pod('connections'):.2f} TLS connections per pod "
-          f"({par.per_pod('migrate'):.1f} counted by migrate); serial "
+    print(f"API REQUESTS per pod (medians): {par.per_pod('server'):.1f} in the API server's "
+          f"audit log ({par.per_pod('migrate'):.1f} counted by migrate); serial "
           f"{serial.per_pod('server'):.1f}")
+    waits = [float(p.get("budget_wait_seconds") or 0) for p in par.last.report["pods"]]
+    print(f"last drain's waits for disruption budgets: {sum(1 for w in waits if w > 0)} pods, "
+          f"{sum(waits):.1f} s in all")
     print("last drain's destinations: " + ", ".join(f"{n} {c}" for n, c in sorted(spread.items())))
     print(f"peak RSS: parallel {par.peak_rss_mb:.0f} MB, serial {serial.peak_rss_mb:.0f} MB "
           f"(target < {RSS_TARGET_MB:g} MB; {par.peak_rss_mb * MB / 2**20:.0f} MiB)")
@@ -303,6 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--deployments", type=int, default=10,
                     help="Deployments among them (the rest are bare pods)")
     ap.add_argument("--replicas", type=int, default=10, help="pods per Deployment")
+    ap.add_argument("--max-unavailable", type=int, default=2,
+                    help="each Deployment's PodDisruptionBudget (maxUnavailable; 0: none)")
     ap.add_argument("--nodes", type=int, default=4, help="destination nodes")
     ap.add_argument("--concurrency", type=int, default=16, help="migrate drain --concurrency")
     ap.add_argument("--serial-pods", type=int, default=8,
@@ -318,9 +342,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--stop-latency", type=float, default=0.5,
                     help="simulated seconds from a pod's deletion to it gone")
     ap.add_argument("--workdir", type=Path, default=None,
-                    help="where the clusters and the registry go (a temporary "
+                    help="where the control plane, the nodes and the registry go (a temporary "
                          "subdirectory, removed at the end)")
     args = ap.parse_args(argv)
+    if args.max_unavailable < 0:
+        ap.error("--max-unavailable must be >= 0")
     if min(args.pods, args.nodes, args.concurrency, args.serial_pods, args.reps, args.mib) < 1:
         ap.error("--pods, --nodes, --concurrency, --serial-pods, --reps and --mib must be >= 1")
     if args.nodes > 24:

@@ -1,14 +1,20 @@
-"""What drain_bench.py does in the simulated cluster itself, with the official client.
+"""What drain_bench.py does in the cluster itself: the real control plane with node agents.
 
 - ``Population``: what the drained node holds: bare pods and Deployments'
-  pods, each with ``mib`` MiB of simulated memory (its checkpoint's size).
-- ``DrainCluster.populate``: create them on the source node and wait until
-  every one runs (untimed setup: the other nodes are cordoned meanwhile, so
-  that the scheduler puts the Deployments' pods on the source too).
+  pods, each with ``mib`` MiB of simulated memory (its checkpoint's size), and
+  a PodDisruptionBudget per Deployment (``max_unavailable``; 0: none).
+- ``DrainCluster.populate``: create them in the run's own namespace on the
+  source node and wait until every one runs and every budget has its status
+  from the disruption controller (untimed setup: the other nodes are cordoned
+  meanwhile, so that the scheduler puts the Deployments' pods on the source too).
 - ``DrainCluster.check``: after a drain, every planned pod moved: the source
   node holds none of them, each restored pod runs on the node the drain chose,
-  restored from its checkpoint image (the kubelet's `restored.<container>`
+  restored from its checkpoint image (the node agent's `restored.<container>`
   annotation and an imageID from the bench's registry).
+- ``DrainCluster.remove``: delete the namespace and wait until it is gone.
+- ``AuditWindow``: the requests the API server's audit log holds for one user
+  between its creation and ``close()`` (the launcher's Options.audit_users).
+- ``migrate_env``: the environment of a migrate command against the cluster.
 
 Raw JSON (``_preload_content=False``) throughout: hundreds of pods through the
 client's models would cost the bench seconds per listing for nothing.
@@ -17,18 +23,19 @@ client's models would cost the bench seconds per listing for nothing.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from harness import BenchError
+from harness import REPO, BenchError
 from kubernetes import client, config
 
-from e2e.sim import Simulator
+from e2e.cluster.world import Cluster
 
 Obj = dict[str, Any]
-NAMESPACE = "default"
 IMAGE = "quay.io/adrianreber/counter:latest"
 CONTAINER = "counter"
 MEMORY_ANNOTATION = "sim.migrate.dev/memory-mib"
@@ -38,12 +45,14 @@ SETUP_TIMEOUT = 600.0
 
 @dataclass(frozen=True)
 class Population:
-    """The drained node's pods: ``bare`` bare pods, ``deployments`` x ``replicas``."""
+    """The drained node's pods: ``bare`` bare pods, ``deployments`` x ``replicas``,
+    each Deployment with a budget of ``max_unavailable`` (0: no budget)."""
 
     bare: int
     deployments: int
     replicas: int
     mib: int
+    max_unavailable: int = 0
 
     @property
     def pods(self) -> int:
@@ -71,22 +80,32 @@ def running(pod: Obj) -> bool:
             and bool(statuses) and all(s.get("ready") for s in statuses))
 
 
-class DrainCluster:
-    """The bench's client of one simulated cluster."""
+def _poll(what: str, done: Any) -> None:
+    # Setup, not measured: a plain poll is enough.
+    deadline = time.monotonic() + SETUP_TIMEOUT
+    while not done():
+        if time.monotonic() > deadline:
+            raise BenchError(f"setup: {what} after {SETUP_TIMEOUT:g} s")
+        time.sleep(0.5)
 
-    def __init__(self, sim: Simulator) -> None:
+
+class DrainCluster:
+    """The bench's client of one run's namespace, as kubernetes-admin."""
+
+    def __init__(self, cluster: Cluster, namespace: str) -> None:
         cfg = client.Configuration()
         config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=str(sim.kubeconfig), client_configuration=cfg)
+            config_file=str(cluster.kubeconfig), client_configuration=cfg)
         api = client.ApiClient(cfg)
         # Any: raw responses (_preload_content=False) and dict bodies, not the models.
         self.core: Any = client.CoreV1Api(api)
         self.apps: Any = client.AppsV1Api(api)
-        self.sim = sim
+        self.policy: Any = client.PolicyV1Api(api)
+        self.cluster, self.namespace = cluster, namespace
 
     def pods(self) -> list[Obj]:
         """Every pod of the namespace."""
-        resp = self.core.list_namespaced_pod(NAMESPACE, _preload_content=False)
+        resp = self.core.list_namespaced_pod(self.namespace, _preload_content=False)
         items: list[Obj] = json.loads(resp.data)["items"]
         return items
 
@@ -96,40 +115,52 @@ class DrainCluster:
                                  _preload_content=False)
 
     def populate(self, node: str, population: Population) -> None:
-        """Create ``population`` on ``node``; returns once every pod runs."""
-        others = [n for n in self.sim.node_names if n != node]
+        """Create the namespace and ``population`` on ``node``; returns once every pod
+        runs and every budget allows what it should."""
+        self.core.create_namespace({"metadata": {"name": self.namespace}},
+                                   _preload_content=False)
+        _poll(f"the default ServiceAccount of {self.namespace}", lambda: json.loads(
+            self.core.list_namespaced_service_account(self.namespace,
+                                                      _preload_content=False).data)["items"])
+        others = [n for n in self.cluster.node_names if n != node]
         self._cordon(others, True)
         try:
             for d in range(population.deployments):
-                labels = {"app": f"web-{d:02d}"}
-                self.apps.create_namespaced_deployment(NAMESPACE, {
-                    "apiVersion": "apps/v1", "kind": "Deployment",
-                    "metadata": {"name": f"web-{d:02d}"},
-                    "spec": {"replicas": population.replicas,
-                             "selector": {"matchLabels": labels},
-                             "template": _template(labels, population.mib)}},
-                    _preload_content=False)
+                self._deployment(f"web-{d:02d}", population)
             for i in range(population.bare):
                 body = _template({"app": "solo"}, population.mib)
                 body["metadata"]["name"] = f"solo-{i:03d}"
                 body["spec"]["nodeName"] = node
-                self.core.create_namespaced_pod(NAMESPACE, body, _preload_content=False)
-            self._wait_running(node, population.pods)
+                self.core.create_namespaced_pod(self.namespace, body, _preload_content=False)
+            _poll(f"{population.pods} pods running on {node}",
+                  lambda: len([p for p in self.pods() if running(p)
+                               and p["spec"].get("nodeName") == node]) == population.pods)
         finally:
             self._cordon(others, False)
+        if population.max_unavailable and population.deployments:
+            _poll("every budget's status from the disruption controller", lambda: all(
+                (b.get("status") or {}).get("disruptionsAllowed") == population.max_unavailable
+                for b in self._budgets()) and len(self._budgets()) == population.deployments)
 
-    def _wait_running(self, node: str, count: int) -> None:
-        # Setup, not measured: a plain poll is enough.
-        deadline = time.monotonic() + SETUP_TIMEOUT
-        while True:
-            pods = self.pods()
-            ready = [p for p in pods if running(p) and p["spec"].get("nodeName") == node]
-            if len(ready) == count:
-                return
-            if time.monotonic() > deadline:
-                raise BenchError(f"setup: {len(ready)} of {count} pods run on {node} after "
-                                 f"{SETUP_TIMEOUT:g} s")
-            time.sleep(0.5)
+    def _deployment(self, name: str, population: Population) -> None:
+        labels = {"app": name}
+        self.apps.create_namespaced_deployment(self.namespace, {
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+            "spec": {"replicas": population.replicas, "selector": {"matchLabels": labels},
+                     "template": _template(labels, population.mib)}},
+            _preload_content=False)
+        if population.max_unavailable:
+            self.policy.create_namespaced_pod_disruption_budget(self.namespace, {
+                "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                "metadata": {"name": name},
+                "spec": {"maxUnavailable": population.max_unavailable,
+                         "selector": {"matchLabels": labels}}}, _preload_content=False)
+
+    def _budgets(self) -> list[Obj]:
+        resp = self.policy.list_namespaced_pod_disruption_budget(self.namespace,
+                                                                 _preload_content=False)
+        items: list[Obj] = json.loads(resp.data)["items"]
+        return items
 
     def check(self, report: Obj, node: str, registry: str) -> Counter[str]:
         """Every planned pod migrated, its copy runs restored where the drain put it.
@@ -158,3 +189,51 @@ class DrainCluster:
                                  f"restored from a checkpoint image: {status}")
             spread[str(where)] += 1
         return spread
+
+    def remove(self) -> None:
+        """Delete the namespace (its Deployments first, so that nothing makes pods
+        again) and wait until it is gone."""
+        self.apps.delete_collection_namespaced_deployment(
+            self.namespace, propagation_policy="Background", _preload_content=False)
+        self.core.delete_namespace(self.namespace, _preload_content=False)
+
+        def gone() -> bool:
+            names = json.loads(self.core.list_namespace(_preload_content=False).data)["items"]
+            return all(n["metadata"]["name"] != self.namespace for n in names)
+
+        _poll(f"namespace {self.namespace} gone", gone)
+
+
+class AuditWindow:
+    """The requests of ``user`` the API server audited from now until ``close()``."""
+
+    def __init__(self, log: Path, user: str) -> None:
+        self.log, self.user = log, user
+        self.offset = log.stat().st_size if log.exists() else 0
+
+    def close(self) -> tuple[str, ...]:
+        """"VERB URI STATUS" per request of the user."""
+        if not self.log.exists():
+            raise BenchError(f"the API server wrote no audit log at {self.log}")
+        with self.log.open("rb") as f:
+            f.seek(self.offset)
+            text = f.read().decode(errors="replace")
+        out = []
+        for line in text.splitlines():
+            event = json.loads(line)
+            if (event.get("user") or {}).get("username") == self.user:
+                code = (event.get("responseStatus") or {}).get("code")
+                out.append(f"{event['verb']} {event['requestURI']} {code}")
+        return tuple(out)
+
+
+def migrate_env(cluster: Cluster, kubeconfig: Path, state_dir: Path) -> dict[str, str]:
+    """This environment for a migrate command against ``cluster`` as ``kubeconfig``'s user.
+
+    Bytecode cached, as for an installed tool (without it every run compiles
+    migrate's modules again); this checkout importable; journals in
+    ``state_dir``; archives read from the nodes' directories (MIGRATE_NODE_ROOT).
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, "PYTHONPATH": str(REPO), "KUBECONFIG": str(kubeconfig),
+            "MIGRATE_STATE_DIR": str(state_dir), "MIGRATE_NODE_ROOT": cluster.node_root}

@@ -4,7 +4,7 @@ Issue 18's target: encrypting the layer (ocicrypt's format: AES-256-CTR,
 HMAC-SHA256 over the ciphertext, the key wrapped in a JWE) stays one
 streaming pass, at most 1.3x the time of the same native build without it.
 
-On one generated checkpoint archive (``e2e.archivegen``, 512 MiB of bulk
+On one generated checkpoint archive (``e2e.archives.archivegen``, 512 MiB of bulk
 memory by default), pushed to a loopback registry (Debian's
 ``docker-registry``), side by side in one run:
 
@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from harness import MIB, MIGRATE, BenchError, check, fmt_s, generate, measure, render, with_registry
 
-from e2e.registry import Registry
+from e2e.services.registry import Registry
 
 TARGET = 1.3  # t(encrypted) / t(plain) <=
 

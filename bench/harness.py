@@ -9,7 +9,7 @@
   turning what stops a measurement into an error message and exit code 1;
   ``with_registry``: the same for a benchmark that starts a loopback registry
   (and a simulator), stopped even when the script is killed.
-- ``generate``: a checkpoint archive of realistic memory pages (``e2e.archivegen``).
+- ``generate``: a checkpoint archive of realistic memory pages (``e2e.archives.archivegen``).
 - ``Sample`` and ``run_once``: one run of a command under ``/usr/bin/time -f
   "%M %U %S"`` (wall time, peak RSS of the largest single process of the tree,
   user + system CPU of the whole tree); without GNU time, ``os.wait4``'s figures
@@ -92,12 +92,12 @@ def in_workdir(prefix: str, workdir: Path | None, bench: Callable[[Path], None],
 
 
 def with_registry(prefix: str, workdir: Path | None, bench: Callable[[Path], None]) -> int:
-    """``in_workdir`` for a benchmark that starts Debian's docker-registry (e2e.registry).
+    """``in_workdir`` for a benchmark that starts Debian's docker-registry (e2e.services.registry).
 
     Returns 2 when docker-registry is not installed. Killed (SIGTERM), the script
     still runs its ``finally`` blocks, which stop the registry and the simulator.
     """
-    from e2e.registry import RegistryError
+    from e2e.services.registry import RegistryError
 
     if not require("docker-registry"):
         return 2
@@ -108,8 +108,8 @@ def with_registry(prefix: str, workdir: Path | None, bench: Callable[[Path], Non
 def generate(out: Path, mib: int) -> float:
     """Write an archive with ``mib`` MiB of bulk memory; returns seconds taken."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "e2e.archivegen", str(out), "--bulk-mib", str(mib)],
-                   cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "e2e.archives.archivegen", str(out), "--bulk-mib",
+                    str(mib)], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 

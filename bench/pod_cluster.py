@@ -32,7 +32,7 @@ from e2e.nodes import RegistryConfig
 from e2e.real.counter import counter_pod, counter_rootfs, push_counter_image
 from e2e.real.podman import PodmanWorld
 from e2e.real.tools import tools
-from e2e.registry import Registry
+from e2e.services.registry import Registry
 
 TIMEOUT = 120.0
 

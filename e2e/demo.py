@@ -48,7 +48,7 @@ from e2e.cluster.world import Cluster
 from e2e.nodes import RegistryConfig
 from e2e.nodes.realpods import missing as missing_runtime
 from e2e.real.counter import counter_pod, counts, push_counter_image
-from e2e.registry import Registry
+from e2e.services.registry import Registry
 
 
 def _say(text: str) -> None:

@@ -1,6 +1,6 @@
 """Shared fixtures: generated checkpoint archives and a CLI runner.
 
-Archives are generated at test time by e2e.archivegen, their CRIU images
+Archives are generated at test time by e2e.archives.archivegen, their CRIU images
 encoded by CRIU's own pycriu (the `criu` Debian package, installed by
 scripts/setup), so the reader is checked against an independent encoder.
 """
@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from e2e.archivegen import ArchiveSpec, build
-from e2e.criu_encode import crit_available
+from e2e.archives.archivegen import ArchiveSpec, build
+from e2e.archives.criu_encode import crit_available
 from migrate.cli.app import run
 
 pytest_plugins = ["tests.registries", "tests.real", "tests.cluster"]

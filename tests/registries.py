@@ -6,7 +6,7 @@ Fixtures (each yields a `RegistryUnderTest`, see its attributes):
 
     plain_registry      session  HTTP, no auth
     tls_basic_registry  session  HTTPS (CA made for the session) + htpasswd alice/s3cret-pa55
-    token_registry      session  HTTPS + Bearer tokens from an e2e.token_server.TokenServer
+    token_registry      session  HTTPS + Bearer tokens from an e2e.services.token_server.TokenServer
                                  (HTTPS too) that accepts alice/s3cret-pa55
     fresh_registry      function factory: fresh_registry(tls=..., auth=None|"basic"|"token")
                                  starts a new, private registry, for tests that stop,
@@ -34,9 +34,9 @@ from typing import Any, Literal
 import pytest
 import urllib3
 
-from e2e.pki import CertPair, issue, make_ca, write_private
-from e2e.registry import Registry, TokenAuth
-from e2e.token_server import TokenServer
+from e2e.services.pki import CertPair, issue, make_ca, write_private
+from e2e.services.registry import Registry, TokenAuth
+from e2e.services.token_server import TokenServer
 
 __all__ = [
     "PASSWORD",
@@ -58,7 +58,7 @@ Auth = Literal["basic", "token"] | None
 class RegistryPKI:
     """A CA and the certificates the registries and token servers use.
 
-    ca: the CA (cert + key), to issue more certificates with e2e.pki.issue.
+    ca: the CA (cert + key), to issue more certificates with e2e.services.pki.issue.
     server: server certificate for 127.0.0.1 and localhost.
     token_signer: the certificate/key token JWTs are signed with (no EKU).
     cert_dir: a containers-style certificate directory holding `ca.crt`
@@ -80,7 +80,7 @@ class RegistryPKI:
 class RegistryUnderTest:
     """A running registry plus what a client needs to talk to it.
 
-    registry: the e2e.registry.Registry (stop/kill/restart it only if it came
+    registry: the e2e.services.registry.Registry (stop/kill/restart it only if it came
         from `fresh_registry`).
     ca_cert: CA PEM file to verify the registry's (and token server's)
         certificate, None for plain HTTP.

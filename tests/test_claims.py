@@ -29,10 +29,9 @@ from migrate.errors import ConflictError
 from migrate.pipeline import claims, migration
 from migrate.pipeline.journal import Journal
 from migrate.settings import KubeSettings
-from tests.cluster import api_client, node_agents, wait_for
+from tests.cluster import Kubectl, api_client, node_agents, wait_for
 from tests.conftest import Result
 from tests.registries import RegistryUnderTest
-from tests.simulated import KUBECTL, kubectl_runner
 from tests.test_migrate_pod import make_pod, pods
 
 Cli = Callable[..., Result]
@@ -234,7 +233,7 @@ def test_an_interrupted_run_holds_its_pod_until_rolled_back(
 
 def test_a_claim_whose_journal_is_elsewhere_is_refused_with_the_way_out(
         migrate: Callable[..., Result], cluster: Cluster, v1: client.CoreV1Api,
-        tmp_path: Path) -> None:
+        cp_kubectl: Kubectl) -> None:
     make_pod(v1, "foreign")
     other = "pod-foreign-20260101t000000-abcd"
     annotate(v1, "foreign", other)
@@ -245,10 +244,7 @@ def test_a_claim_whose_journal_is_elsewhere_is_refused_with_the_way_out(
         f"hint: roll it back where it ran (`migrate rollback {other}`); if that run is gone "
         f"for good, remove the claim: kubectl annotate pod -n default foreign {CLAIM}-"])
     assert annotations(v1, "foreign")[CLAIM] == other
-    if KUBECTL is None:
-        annotate(v1, "foreign", None)
-    else:  # the hint's command, as given
-        kubectl_runner(tmp_path)(cluster.kubeconfig, "annotate", "pod", "-n", "default", "foreign",
-                                 f"{CLAIM}-")
+    # the hint's command, as given
+    cp_kubectl(cluster.kubeconfig, "annotate", "pod", "-n", "default", "foreign", f"{CLAIM}-")
     assert CLAIM not in annotations(v1, "foreign")
     assert migrate("foreign", "--to", "node-b", "--dry-run").code == 0

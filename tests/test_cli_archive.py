@@ -189,7 +189,7 @@ def test_inspect_lists_deleted_files(cli: Cli, make_archive: Callable[..., Path]
 def test_inspect_process_without_dumped_argv(cli: Cli, make_archive: Callable[..., Path]
                                              ) -> None:
     """A cmdline whose memory is not in this dump is null, not an error."""
-    from e2e.archivegen import Process
+    from e2e.archives.archivegen import Process
     archive = make_archive(processes=[Process(1, 0, "sh", [], [])])
     tree = cli("inspect", archive, "--ps-tree-cmd", "-o", "json").json()["process_tree"]
     assert tree["pid"] == 1 and tree["cmdline"] == ""

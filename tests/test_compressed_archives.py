@@ -28,7 +28,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from e2e.archivegen import ArchiveSpec, build
+from e2e.archives.archivegen import ArchiveSpec, build
 from migrate.adapters import compressed
 from migrate.adapters.archive import CheckpointArchive, looks_like_checkpoint
 from migrate.adapters.checkpoint import unread

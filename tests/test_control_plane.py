@@ -25,7 +25,7 @@ from kubernetes.client.rest import ApiException
 
 from e2e.cluster import binaries, nodehost, procs
 from e2e.cluster.launcher import ControlPlane, Options
-from e2e.registry import free_port
+from e2e.services.registry import free_port
 from tests.cluster import Kubectl, api_client, require_cluster, wait_for
 
 pytestmark = pytest.mark.controlplane

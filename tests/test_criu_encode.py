@@ -1,4 +1,4 @@
-"""The pycriu co-process (e2e/criu_encode.py): same bytes as a fresh pycriu, survives its death."""
+"""The pycriu co-process (e2e/archives/criu_encode.py): same bytes as a fresh pycriu, survives its death."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from e2e.criu_encode import SYSTEM_PYTHON, PycriuEncoder, crit_available, encode_images
+from e2e.archives.criu_encode import SYSTEM_PYTHON, PycriuEncoder, crit_available, encode_images
 
 IMAGES: dict[str, dict[str, Any]] = {
     "pstree.img": {"magic": "PSTREE", "entries": [

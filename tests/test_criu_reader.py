@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from e2e.criu_encode import encode_own, encode_with_pycriu
+from e2e.archives.criu_encode import encode_own, encode_with_pycriu
 from migrate.adapters.criu import images
 from migrate.adapters.criu.wire import Field, WireError, decode, read_varint
 

@@ -286,3 +286,21 @@ def test_a_refused_eviction_is_asked_again_until_the_deadline(
     out = evict_mod.evict_pod(ctx, entry, time.monotonic() + 0.2)
     assert (out["outcome"], out["error"]) == (
         "failed", "eviction refused until the deadline: budget says no")
+
+
+def test_workers_take_one_pod_per_budget_group_each_round() -> None:
+    """In plan order a Deployment's pods come together, and its budget would hold every
+    other worker behind them; the pool takes them round by round instead."""
+    from migrate.pipeline.drain.run import spread
+
+    def pod(name: str, *budgets: str, ns: str = "default") -> PodPlan:
+        return PodPlan(ns, name, f"uid-{name}", "migrate", "", budgets=list(budgets))
+
+    todo = [pod("solo-1"), pod("solo-2"), pod("web-a-1", "web-a"), pod("web-a-2", "web-a"),
+            pod("web-a-3", "web-a"), pod("web-b-1", "web-b"), pod("web-b-2", "web-b"),
+            pod("web-a-4", "web-a", ns="other")]
+    assert [e.name for e in spread(todo)] == [
+        "solo-1", "solo-2", "web-a-1", "web-b-1", "web-a-4",  # round 1
+        "web-a-2", "web-b-2",  # round 2
+        "web-a-3"]
+    assert spread([]) == []

@@ -1,14 +1,15 @@
-"""Issue 15: an operator's first hour, against the simulator and a real registry.
+"""Issue 15: an operator's first hour, against the real control plane and a real registry.
 
 Each test reproduces one numbered problem from the user's side (the CLI's
 real boundary, or the console scripts) and checks what it does now: the
 exact error and hint, the exit code, and that nothing moved (no checkpoint on
 the node, no journal, no object) when it refuses.
 
-The cluster: node-a and node-b run CRI-O that restores; node-c runs
-containerd 2.4 (it checkpoints; nothing it writes is restorable by CRI-O);
-node-d runs a CRI-O whose restore is off (checkpoint_only): the restore fails
-at verify, which is how a run fails late.
+The cluster: node agents (tests/cluster.py) on the session's control plane.
+node-a and node-b run CRI-O that restores; node-c runs containerd 2.4 (it
+checkpoints; nothing it writes is restorable by CRI-O); node-d runs a CRI-O
+whose restore is off (checkpoint_only): the restore fails at verify, which is
+how a run fails late.
 """
 
 from __future__ import annotations
@@ -25,14 +26,17 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from e2e.archivegen import ArchiveSpec, build
-from e2e.sim import NodeConfig, RegistryConfig, Simulator
+from e2e.archives.archivegen import ArchiveSpec, build
+from e2e.cluster.launcher import ControlPlane
+from e2e.cluster.world import Cluster
+from e2e.nodes import NodeConfig, RegistryConfig
+from e2e.nodes.checkpoints import CHECKPOINT_DIR
 from migrate.pipeline import migration
 from migrate.pipeline.journal import Journal
 from migrate.validation import validate
+from tests.cluster import Kubectl, api_client, node_agents, wait_for
 from tests.conftest import Result, run_binary
 from tests.registries import RegistryUnderTest
-from tests.simulated import sim_client, wait_for
 from tests.test_migrate_pod import assert_untouched, make_pod, pods
 
 Cli = Callable[..., Result]
@@ -41,20 +45,25 @@ TOOL = "localhost/migrate:test"
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory,
-        plain_registry: RegistryUnderTest) -> Iterator[Simulator]:
+def cluster(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
+        plain_registry: RegistryUnderTest, cp_kubectl: Kubectl) -> Iterator[Cluster]:
     configs = {"node-c": NodeConfig(runtime="containerd://2.4.0"),
                "node-d": NodeConfig(restore_level="checkpoint_only")}
-    with Simulator(tmp_path_factory.mktemp("sim") / "state",
-                   nodes=("node-a", "node-b", "node-c", "node-d"), node_config=configs,
-                   start_latency=0.05, stop_latency=0.05,
-                   registries=RegistryConfig(insecure=(plain_registry.host,))) as cluster:
-        yield cluster
+    with node_agents(real_cp, tmp_path_factory.mktemp("nodes"),
+                     nodes=("node-a", "node-b", "node-c", "node-d"), node_config=configs,
+                     start_latency=0.05, stop_latency=0.05,
+                     registries=RegistryConfig(insecure=(plain_registry.host,))) as cluster:
+        try:
+            yield cluster
+        finally:  # what the tests made outside namespace default
+            cp_kubectl(real_cp.admin_kubeconfig, "delete", "--ignore-not-found", "--wait=false",
+                       "namespace/shop", "namespace/tools", "clusterrole/migrate",
+                       "clusterrolebinding/migrate:tools")
 
 
 @pytest.fixture(scope="module")
-def v1(sim: Simulator) -> Iterator[client.CoreV1Api]:
-    with sim_client(sim) as api:
+def v1(cluster: Cluster) -> Iterator[client.CoreV1Api]:
+    with api_client(cluster.kubeconfig) as api:
         yield client.CoreV1Api(api)
 
 
@@ -66,22 +75,27 @@ def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def shared(sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
+def shared(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     """The nodes' checkpoint directories are readable here."""
-    monkeypatch.setenv("MIGRATE_NODE_ROOT", str(sim.state_dir / "nodes" / "{node}"))
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", cluster.node_root)
 
 
 @pytest.fixture
-def migrate(cli: Cli, sim: Simulator, plain_registry: RegistryUnderTest) -> Callable[..., Result]:
+def migrate(cli: Cli, cluster: Cluster, plain_registry: RegistryUnderTest) -> Callable[..., Result]:
     def run(pod: str, *args: str) -> Result:
-        return cli("pod", pod, "--kubeconfig", sim.kubeconfig, "--registry",
+        return cli("pod", pod, "--kubeconfig", cluster.kubeconfig, "--registry",
                    f"{plain_registry.host}/first", "--no-tls-verify", "--timeout", "20", *args)
     return run
 
 
-def archives(sim: Simulator, node: str) -> list[str]:
+def checkpoint_dir(cluster: Cluster, node: str) -> Path:
+    """The node's /var/lib/kubelet/checkpoints on this machine."""
+    return cluster.node_path(node, CHECKPOINT_DIR)
+
+
+def archives(cluster: Cluster, node: str) -> list[str]:
     """The checkpoint archives on a node."""
-    directory = sim.checkpoint_dir(node)
+    directory = checkpoint_dir(cluster, node)
     return sorted(p.name for p in directory.glob("*.tar")) if directory.is_dir() else []
 
 
@@ -123,16 +137,16 @@ NOWHERE = ["error: the image build has nowhere to run: the archives of node-a ar
 
 
 def test_1_no_place_to_build_is_refused_before_the_checkpoint(
-        migrate: Callable[..., Result], v1: client.CoreV1Api, sim: Simulator) -> None:
+        migrate: Callable[..., Result], v1: client.CoreV1Api, cluster: Cluster) -> None:
     """`--dry-run` printed a plan and exited 0; the real run checkpointed, then failed
     with `--build-on node needs the tool's container image`, the archive left behind."""
     pod = make_pod(v1, "nowhere")
-    before = archives(sim, "node-a")
+    before = archives(cluster, "node-a")
     r = migrate("nowhere", "--to", "node-b", "--dry-run")
     assert (r.code, r.out, lines(r)) == (2, "", NOWHERE)
     r = migrate("nowhere", "--to", "node-b")
     assert (r.code, r.out, lines(r)) == (2, "", NOWHERE)
-    assert archives(sim, "node-a") == before  # nothing was checkpointed
+    assert archives(cluster, "node-a") == before  # nothing was checkpointed
     assert journals() == []  # nothing was started
     assert_untouched(v1, "nowhere", pod.metadata.uid)
     r = migrate("nowhere", "--to", "node-b", "--build-on", "node")
@@ -146,7 +160,7 @@ def test_1_no_place_to_build_is_refused_before_the_checkpoint(
 
 
 def test_1_the_plan_says_where_the_build_runs(migrate: Callable[..., Result],
-                                              v1: client.CoreV1Api, sim: Simulator,
+                                              v1: client.CoreV1Api, cluster: Cluster,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     make_pod(v1, "planned")
     r = migrate("planned", "--to", "node-b", "--dry-run", "--tool-image", TOOL, "-o", "json")
@@ -156,12 +170,12 @@ def test_1_the_plan_says_where_the_build_runs(migrate: Callable[..., Result],
     assert (plan["outcome"], plan["id"], plan["dry_run"]) == ("planned", None, True)
     assert (plan["plan"]["build_on"], plan["plan"]["build_from"]) == ("node", TOOL)
     assert [s["status"] for s in plan["stages"]] == ["done"] + ["pending"] * 6
-    monkeypatch.setenv("MIGRATE_NODE_ROOT", str(sim.state_dir / "nodes" / "{node}"))
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", cluster.node_root)
     r = migrate("planned", "--to", "node-b", "--dry-run")
     assert r.code == 0, r.err
     row = r.out.splitlines()[1].split()
     assert row[:6] == ["default/planned", "node-a", "node-b", "counter", "delete", "here"]
-    assert row[6] == f"({sim.checkpoint_dir('node-a')})"
+    assert row[6] == f"({checkpoint_dir(cluster, 'node-a')})"
     assert r.out.endswith("dry run: preflight passed, nothing changed\n")
     assert journals() == []
 
@@ -170,19 +184,19 @@ def test_1_the_plan_says_where_the_build_runs(migrate: Callable[..., Result],
 
 
 def test_2_a_retry_after_ctrl_c_names_the_run(migrate: Callable[..., Result], cli: Cli,
-                                              v1: client.CoreV1Api, sim: Simulator,
+                                              v1: client.CoreV1Api, cluster: Cluster,
                                               shared: None,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Each retry used to take a new checkpoint, then fail with `pods "solo2-restored"
     already exists` (exit 6)."""
     pod = make_pod(v1, "solo2")
-    before = archives(sim, "node-a")
+    before = archives(cluster, "node-a")
     with monkeypatch.context() as m:
         interrupt_at(m, "verify")
         r = migrate("solo2", "--to", "node-b")
     assert r.code == 130
     run = journal_id_of(r.err)
-    taken = archives(sim, "node-a")
+    taken = archives(cluster, "node-a")
     (made,) = set(taken) - set(before)
     for _ in range(2):
         r = migrate("solo2", "--to", "node-b")
@@ -190,26 +204,26 @@ def test_2_a_retry_after_ctrl_c_names_the_run(migrate: Callable[..., Result], cl
             f"error: pod default/solo2 is claimed by migration {run}, which was interrupted",
             f"hint: `migrate resume {run}` continues it, `migrate rollback {run}` undoes it "
             "and releases the pod"])
-    assert archives(sim, "node-a") == taken  # no new checkpoint
+    assert archives(cluster, "node-a") == taken  # no new checkpoint
     # The drain leaves it alone and says why.
-    r = cli("drain", "node-a", "--dry-run", "--kubeconfig", sim.kubeconfig, "-o", "json")
+    r = cli("drain", "node-a", "--dry-run", "--kubeconfig", cluster.kubeconfig, "-o", "json")
     entry = next(p for p in r.json()["pods"] if p["name"] == "solo2")
     assert (entry["action"], entry["reason"]) == (
         "blocked", f"claimed by migration {run}, which was interrupted")
     # The one command it names recovers: the copy, the claim and the archive go.
-    r = cli("rollback", run, "--kubeconfig", sim.kubeconfig, "-o", "json")
+    r = cli("rollback", run, "--kubeconfig", cluster.kubeconfig, "-o", "json")
     assert r.code == 0, r.err
     validate(r.json(), "rollback.schema.json", "rollback -o json")
     assert f"removed the archive /var/lib/kubelet/checkpoints/{made} from node-a" \
         in r.json()["undone"]
-    assert archives(sim, "node-a") == before
+    assert archives(cluster, "node-a") == before
     wait_for(lambda: "solo2-restored" not in every_pod(v1), what="the copy gone")
     assert_untouched(v1, "solo2", pod.metadata.uid)
     assert migrate("solo2", "--to", "node-b").code == 0
 
 
 def test_2_an_unclaimed_unfinished_run_is_found_by_its_journal(
-        migrate: Callable[..., Result], v1: client.CoreV1Api, sim: Simulator, shared: None,
+        migrate: Callable[..., Result], v1: client.CoreV1Api, cluster: Cluster, shared: None,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Interrupted before its claim was written: the journal alone knows it."""
     make_pod(v1, "early")
@@ -232,14 +246,14 @@ def test_2_an_unclaimed_unfinished_run_is_found_by_its_journal(
 
 
 def test_2_a_restored_copy_left_behind_is_named(migrate: Callable[..., Result],
-                                                v1: client.CoreV1Api, sim: Simulator,
+                                                v1: client.CoreV1Api, cluster: Cluster,
                                                 shared: None) -> None:
     make_pod(v1, "left")
     other = "pod-left-20260101t000000-abcd"
     v1.create_namespaced_pod("default", {
         "metadata": {"name": "left-restored", "labels": {"migrate.dev/migration": other}},
         "spec": {"nodeName": "node-b", "containers": [{"name": "c", "image": "x.io/y:1"}]}})
-    taken = archives(sim, "node-a")
+    taken = archives(cluster, "node-a")
     r = migrate("left", "--to", "node-b")
     assert (r.code, lines(r)) == (2, [
         f"error: pod default/left-restored is the restored copy of migration {other}, whose "
@@ -256,14 +270,14 @@ def test_2_a_restored_copy_left_behind_is_named(migrate: Callable[..., Result],
         "copy would take its name",
         "hint: delete or rename it (kubectl delete pod -n default mine-restored) if it is not "
         "needed"])
-    assert archives(sim, "node-a") == taken
+    assert archives(cluster, "node-a") == taken
 
 
 def test_2_a_failed_run_removes_its_archives(migrate: Callable[..., Result],
-                                             v1: client.CoreV1Api, sim: Simulator,
+                                             v1: client.CoreV1Api, cluster: Cluster,
                                              shared: None) -> None:
     make_pod(v1, "failing")
-    before = archives(sim, "node-a")
+    before = archives(cluster, "node-a")
     r = migrate("failing", "--to", "node-d", "-o", "json")  # restore off: fails at verify
     assert r.code == 6, r.err
     report = r.json()
@@ -271,7 +285,7 @@ def test_2_a_failed_run_removes_its_archives(migrate: Callable[..., Result],
     path = report["checkpoints"]["counter"]["path"]
     assert f"rollback: removed the archive {path} from node-a" in [
         a["action"] for a in report["actions"]]
-    assert archives(sim, "node-a") == before
+    assert archives(cluster, "node-a") == before
     r = migrate("failing", "--to", "node-d", "--dry-run")
     if r.code == 2:  # the rolled-back copy may still be going: the name is taken until then
         assert lines(r) == [
@@ -282,7 +296,7 @@ def test_2_a_failed_run_removes_its_archives(migrate: Callable[..., Result],
     r = migrate("failing", "--to", "node-d", "-o", "json", "--keep-archive")
     assert r.code == 6, r.err
     kept = r.json()["checkpoints"]["counter"]["path"]
-    assert archives(sim, "node-a") == sorted([*before, Path(kept).name])
+    assert archives(cluster, "node-a") == sorted([*before, Path(kept).name])
     assert f"rollback: kept the archive {kept} on node-a (--keep-archive)" in [
         a["action"] for a in r.json()["actions"]]
 
@@ -296,7 +310,7 @@ CONTAINERD = ("containerd://2.4.0 checkpoints, but CRI-O refuses to restore cont
 
 
 def test_3_a_pod_on_containerd_is_refused_before_its_checkpoint(
-        migrate: Callable[..., Result], cli: Cli, v1: client.CoreV1Api, sim: Simulator,
+        migrate: Callable[..., Result], cli: Cli, v1: client.CoreV1Api, cluster: Cluster,
         shared: None) -> None:
     """It was checkpointed, pushed and created before CRI-O refused at verify."""
     pod = make_pod(v1, "ctrd", node="node-c")
@@ -307,13 +321,13 @@ def test_3_a_pod_on_containerd_is_refused_before_its_checkpoint(
             f"{CONTAINERD}",
             "hint: only pods on CRI-O nodes can be migrated (`migrate doctor` lists the "
             "nodes' runtimes); nothing was checkpointed"])
-    assert archives(sim, "node-c") == [] and journals() == []
+    assert archives(cluster, "node-c") == [] and journals() == []
     assert v1.read_namespaced_pod("ctrd", "default").metadata.uid == pod.metadata.uid
-    r = cli("doctor", "--node", "node-c", "--kubeconfig", sim.kubeconfig, "-o", "json")
+    r = cli("doctor", "--node", "node-c", "--kubeconfig", cluster.kubeconfig, "-o", "json")
     row = next(c for c in r.json()["checks"] if c["check"] == "node node-c: runtime")
     assert (row["status"], row["detail"]) == (
         "WARN", "containerd://2.4.0: checkpoints, but neither a source nor a destination")
-    r = cli("drain", "node-c", "--dry-run", "--kubeconfig", sim.kubeconfig, "-o", "json")
+    r = cli("drain", "node-c", "--dry-run", "--kubeconfig", cluster.kubeconfig, "-o", "json")
     entry = next(p for p in r.json()["pods"] if p["name"] == "ctrd")
     assert (entry["action"], entry["reason"]) == (
         "evict", f"node-c cannot be a source: {CONTAINERD}; evicted instead (--evict-rest)")
@@ -341,7 +355,7 @@ def test_3_build_refuses_a_containerd_archive_before_the_registry(
 
 
 def test_4_a_missing_node_or_pod_is_named_by_kind_with_what_was_meant(
-        migrate: Callable[..., Result], cli: Cli, v1: client.CoreV1Api, sim: Simulator) -> None:
+        migrate: Callable[..., Result], cli: Cli, v1: client.CoreV1Api, cluster: Cluster) -> None:
     make_pod(v1, "named")
     nodes = "the cluster's nodes: node-a, node-b, node-c, node-d"
     r = migrate("named", "--to", "nod-b")
@@ -353,10 +367,10 @@ def test_4_a_missing_node_or_pod_is_named_by_kind_with_what_was_meant(
                         r"-n default` lists the \d+ pods in default)", lines(r)[1]), lines(r)
     v1.create_namespace({"metadata": {"name": "shop"}})
     make_pod_in(v1, "shop", "cart")
-    r = cli("checkpoint", "cart", "--kubeconfig", sim.kubeconfig)
+    r = cli("checkpoint", "cart", "--kubeconfig", cluster.kubeconfig)
     assert (r.code, lines(r)[0]) == (4, "error: pod default/cart does not exist")
     assert lines(r)[1].startswith("hint: it is in namespace shop: -n shop; ")
-    r = cli("uncordon", "nod-a", "--kubeconfig", sim.kubeconfig)
+    r = cli("uncordon", "nod-a", "--kubeconfig", cluster.kubeconfig)
     assert (r.code, lines(r)) == (4, ["error: node nod-a does not exist",
                                       f"hint: did you mean node-a?; {nodes}"])
 
@@ -367,20 +381,20 @@ def make_pod_in(v1: client.CoreV1Api, namespace: str, name: str) -> None:
 
 
 def test_4_nothing_is_made_for_a_node_that_does_not_exist(cli: Cli, v1: client.CoreV1Api,
-                                                          sim: Simulator) -> None:
+                                                          cluster: Cluster) -> None:
     """`manifest --node nod-b` printed a Pod pinned to a missing node; `schedule drain
     node-zz --apply` created the CronJob."""
     make_pod(v1, "pinned")
     r = cli("manifest", "--from-pod", "pinned", "--image", "x.io/c:1", "--node", "nod-b",
-            "--kubeconfig", sim.kubeconfig)
+            "--kubeconfig", cluster.kubeconfig)
     assert (r.code, r.out, lines(r)[0]) == (4, "", "error: --node nod-b: no such node")
     r = cli("schedule", "drain", "node-zz", "--cron", "0 2 * * 6", "--image", TOOL,
-            "--apply", "--kubeconfig", sim.kubeconfig)
+            "--apply", "--kubeconfig", cluster.kubeconfig)
     assert (r.code, r.out, lines(r)[0]) == (4, "", "error: node node-zz does not exist")
-    with sim_client(sim) as api:
+    with api_client(cluster.kubeconfig) as api:
         assert client.BatchV1Api(api).list_cron_job_for_all_namespaces().items == []
     assert "migrate-system" not in [n.metadata.name for n in v1.list_namespace().items]
-    r = cli("doctor", "--node", "nod-b", "--kubeconfig", sim.kubeconfig, "-o", "json")
+    r = cli("doctor", "--node", "nod-b", "--kubeconfig", cluster.kubeconfig, "-o", "json")
     row = next(c for c in r.json()["checks"] if c["check"] == "node nod-b")
     assert (row["status"], row["detail"], row["hint"]) == (
         "FAIL", "node nod-b does not exist", f"did you mean node-b?; {nodes_hint()}")
@@ -394,16 +408,16 @@ def nodes_hint() -> str:
 
 
 def test_5_progress_while_the_restored_pod_starts(migrate: Callable[..., Result],
-                                                  v1: client.CoreV1Api, sim: Simulator,
+                                                  v1: client.CoreV1Api, cluster: Cluster,
                                                   shared: None,
                                                   plain_registry: RegistryUnderTest) -> None:
     """verify showed one line for as long as the pull and the restore took, even -vv."""
     make_pod(v1, "watched")
-    sim.configure_node("node-b", image_pull_seconds=1.0)
+    cluster.configure_node("node-b", image_pull_seconds=1.0)
     try:
         r = migrate("watched", "--to", "node-b")
     finally:
-        sim.configure_node("node-b", image_pull_seconds=0.0)
+        cluster.configure_node("node-b", image_pull_seconds=0.0)
     assert r.code == 0, r.err
     said = [line.removeprefix("migrate: verify: ") for line in lines(r)
             if line.startswith("migrate: verify: counter: ")]
@@ -420,7 +434,7 @@ def test_5_progress_while_the_restored_pod_starts(migrate: Callable[..., Result]
     r = migrate("watched2", "--to", "node-b", "-o", "json")
     assert (r.code, r.err) == (0, "")
     make_pod(v1, "watched3")
-    done = run_binary(["pod", "watched3", "--to", "node-b", "--kubeconfig", str(sim.kubeconfig),
+    done = run_binary(["pod", "watched3", "--to", "node-b", "--kubeconfig", str(cluster.kubeconfig),
                        "--registry", f"{plain_registry.host}/first", "--no-tls-verify", "-o",
                        "json", "-v"])
     assert done.returncode == 0, done.stderr
@@ -431,18 +445,18 @@ def test_5_progress_while_the_restored_pod_starts(migrate: Callable[..., Result]
 # -- 6. global options on either side, through the console script -------------------------------
 
 
-def test_6_cluster_options_before_the_command(sim: Simulator, v1: client.CoreV1Api,
+def test_6_cluster_options_before_the_command(cluster: Cluster, v1: client.CoreV1Api,
                                               tmp_path: Path) -> None:
-    """`migrate --context sim doctor` was "No such option"."""
+    """`migrate --context CTX doctor` was "No such option"."""
     env = {**os.environ, "HOME": str(tmp_path)}
-    r = subprocess.run([str(BIN / "migrate"), "--context", "sim", "--kubeconfig",
-                        str(sim.kubeconfig), "doctor", "--node", "node-a", "-o", "json"],
+    r = subprocess.run([str(BIN / "migrate"), "--context", "kubernetes-admin", "--kubeconfig",
+                        str(cluster.kubeconfig), "doctor", "--node", "node-a", "-o", "json"],
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["checks"][0]["status"] == "PASS"
     make_pod(v1, "moved-flags")
     r = subprocess.run([str(BIN / "migrate"), "-n", "default", "checkpoint", "moved-flags",
-                        "--kubeconfig", str(sim.kubeconfig), "-v", "-o", "json"],
+                        "--kubeconfig", str(cluster.kubeconfig), "-v", "-o", "json"],
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["namespace"] == "default"
@@ -463,10 +477,10 @@ def test_6_history_lists_by_namespace_and_by_name(cli: Cli, migrate: Callable[..
 # -- 8. completion from the cluster and the journals ---------------------------------------------
 
 
-def test_8_names_complete_from_the_cluster(sim: Simulator, v1: client.CoreV1Api,
+def test_8_names_complete_from_the_cluster(cluster: Cluster, v1: client.CoreV1Api,
                                            tmp_path: Path) -> None:
     make_pod(v1, "completed")
-    env = {**os.environ, "KUBECONFIG": str(sim.kubeconfig), "HOME": str(tmp_path),
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "HOME": str(tmp_path),
            "PATH": f"{BIN}:{os.environ['PATH']}"}
 
     def zsh(line: str) -> str:
@@ -527,7 +541,7 @@ def test_9_an_interrupted_run_in_history_and_in_json(cli: Cli, migrate: Callable
     assert migrate("stopped", "--to", "node-b", "--dry-run").code == 2
 
 
-def test_9_drains_resume_and_roll_back_by_their_own_ids(cli: Cli, sim: Simulator,
+def test_9_drains_resume_and_roll_back_by_their_own_ids(cli: Cli, cluster: Cluster,
                                                         v1: client.CoreV1Api, shared: None,
                                                         plain_registry: RegistryUnderTest,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -538,7 +552,7 @@ def test_9_drains_resume_and_roll_back_by_their_own_ids(cli: Cli, sim: Simulator
         interrupt_at(m, "verify")
         r = cli("drain", "node-d", "--to", "node-b", "--registry",
                 f"{plain_registry.host}/first", "--no-tls-verify", "--kubeconfig",
-                sim.kubeconfig, "-o", "json")
+                cluster.kubeconfig, "-o", "json")
     assert r.code == 130, r.err
     report = r.json()
     validate(report, "drain.schema.json", "drain -o json, interrupted")
@@ -547,16 +561,16 @@ def test_9_drains_resume_and_roll_back_by_their_own_ids(cli: Cli, sim: Simulator
         f"migrate: drain {drain} interrupted: `migrate drain --resume {drain}` continues it, "
         f"`migrate rollback {drain}` undoes its migrations in flight and uncordons node-d",
         "error: interrupted"]
-    r = cli("resume", drain, "--kubeconfig", sim.kubeconfig)
+    r = cli("resume", drain, "--kubeconfig", cluster.kubeconfig)
     assert (r.code, lines(r)) == (2, [
         f"error: {drain} is a drain (interrupted), not a migration",
         f"hint: `migrate drain --resume {drain}` continues it, `migrate rollback {drain}` "
         "undoes its migrations in flight"])
     (moving,) = report["pods"][0]["journals"]
-    r = cli("drain", "--resume", moving, "--kubeconfig", sim.kubeconfig)
+    r = cli("drain", "--resume", moving, "--kubeconfig", cluster.kubeconfig)
     assert (r.code, lines(r)) == (2, [f"error: {moving} is a migration, not a drain",
                                       f"hint: `migrate resume {moving}` continues it"])
-    r = cli("rollback", drain, "--kubeconfig", sim.kubeconfig, "-o", "json")
+    r = cli("rollback", drain, "--kubeconfig", cluster.kubeconfig, "-o", "json")
     assert r.code == 0, r.err
     undone = r.json()
     validate(undone, "rollback.schema.json", "rollback of a drain -o json")
@@ -575,12 +589,12 @@ def test_9_drains_resume_and_roll_back_by_their_own_ids(cli: Cli, sim: Simulator
 # -- 10. every JSON form has a schema that real output matches ----------------------------------
 
 
-def test_10_uncordon_deploy_apply(cli: Cli, sim: Simulator) -> None:
-    r = cli("uncordon", "node-a", "--kubeconfig", sim.kubeconfig, "-o", "json")
+def test_10_uncordon_deploy_apply(cli: Cli, cluster: Cluster) -> None:
+    r = cli("uncordon", "node-a", "--kubeconfig", cluster.kubeconfig, "-o", "json")
     assert r.code == 0, r.err
     validate(r.json(), "uncordon.schema.json", "uncordon -o json")
     assert r.json() == {"node": "node-a", "was_cordoned": False}
-    r = cli("deploy", "--apply", "-n", "tools", "--kubeconfig", sim.kubeconfig, "-o", "json")
+    r = cli("deploy", "--apply", "-n", "tools", "--kubeconfig", cluster.kubeconfig, "-o", "json")
     assert r.code == 0, r.err
     validate(r.json(), "apply.schema.json", "deploy --apply -o json")
     assert [(o["kind"], o["namespace"], o["action"]) for o in r.json()] == [

@@ -51,8 +51,8 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from e2e.archivegen import ArchiveSpec, build
-from e2e.filesgen import counters_files
+from e2e.archives.archivegen import ArchiveSpec, build
+from e2e.archives.filesgen import counters_files
 from tests.conftest import REPO
 
 EXAMPLES = int(os.environ.get("MIGRATE_FUZZ_EXAMPLES", "30"))

@@ -1,5 +1,5 @@
 """`migrate manifest`: golden restore Pods from live pods (the pipeline, and the CLI
-against the real control plane with node agents) and from archives (e2e.archivegen),
+against the real control plane with node agents) and from archives (e2e.archives.archivegen),
 every one also checked here with kubernetes-validate; and the bad inputs.
 
 Golden files are in tests/golden/manifest/: ``<case>.source.json`` is the pod
@@ -22,7 +22,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from e2e.archivegen import ArchiveSpec, build
+from e2e.archives.archivegen import ArchiveSpec, build
 from e2e.cluster.launcher import ControlPlane
 from e2e.cluster.world import Cluster
 from migrate.errors import NotFoundError, RenderError, UsageError

@@ -1,7 +1,7 @@
 """inspect --files / --sockets on generated archives: the decoders against crit, the
 CLI's exact output, and hostile images.
 
-The generated archive is the seed pod with the open files of e2e/filesgen.py
+The generated archive is the seed pod with the open files of e2e/archives/filesgen.py
 (`counters_files`): what real dumps on this machine do not produce (a
 listening socket, IPv6 and UDP, abstract and connected unix sockets, an
 eventfd, a netlink socket, a deleted file) beside pipes, a FIFO and regular
@@ -26,8 +26,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from e2e.archivegen import ArchiveSpec, Process, build
-from e2e.filesgen import FileTable, counters_files, fd, reg
+from e2e.archives.archivegen import ArchiveSpec, Process, build
+from e2e.archives.filesgen import FileTable, counters_files, fd, reg
 from migrate.adapters.criu import files as cf
 from migrate.adapters.criu.images import ImageError
 from migrate.validation import validate

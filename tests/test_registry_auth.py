@@ -635,7 +635,7 @@ def test_clients_share_one_context_per_trust_setting(tmp_path: Path) -> None:
 
 
 def test_a_cert_dir_ca_is_trusted_and_a_changed_one_reloaded(tmp_path: Path) -> None:
-    from e2e.pki import make_ca
+    from e2e.services.pki import make_ca
 
     cert_dir = tmp_path / "certs.d"
     cert_dir.mkdir()

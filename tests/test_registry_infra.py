@@ -26,10 +26,10 @@ import urllib3
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-import e2e.registry
-from e2e.pki import issue, make_ca, write_private
-from e2e.registry import Registry, RegistryError
-from e2e.token_server import decode_jwt
+import e2e.services.registry
+from e2e.services.pki import issue, make_ca, write_private
+from e2e.services.registry import Registry, RegistryError
+from e2e.services.token_server import decode_jwt
 from tests.registries import (
     PASSWORD,
     USERNAME,
@@ -379,8 +379,8 @@ def test_free_port_race_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         squatter.listen()
         taken = squatter.getsockname()[1]
         ports = iter([taken])
-        real_free_port = e2e.registry.free_port
-        monkeypatch.setattr(e2e.registry, "free_port", lambda: next(ports, None) or real_free_port())
+        real_free_port = e2e.services.registry.free_port
+        monkeypatch.setattr(e2e.services.registry, "free_port", lambda: next(ports, None) or real_free_port())
         with Registry(tmp_path / "reg") as reg:
             assert reg.port != taken
             assert urllib3.request("GET", f"{reg.url}/v2/", retries=False).status == 200

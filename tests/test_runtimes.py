@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from e2e.archivegen import ArchiveSpec, build
+from e2e.archives.archivegen import ArchiveSpec, build
 from e2e.cluster.launcher import ControlPlane
 from e2e.cluster.world import Cluster
 from e2e.nodes import NodeConfig, RegistryConfig

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from e2e.archivegen import ArchiveSpec, build
+from e2e.archives.archivegen import ArchiveSpec, build
 from migrate.adapters.crictl import restore_in_sandbox
 from migrate.errors import DependencyError
 from migrate.settings import CrictlSettings

@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from e2e.archivegen import Process
-from e2e.criu_encode import encode_images, encode_message, encode_own
+from e2e.archives.archivegen import Process
+from e2e.archives.criu_encode import encode_images, encode_message, encode_own
 from migrate.adapters import jsondoc
 from migrate.adapters.archive import CheckpointArchive
 from migrate.adapters.checkpoint import Checkpoint
@@ -157,7 +157,7 @@ def test_memparse_needs_no_tree(cli: Cli, counters_archive: Path, tmp_path: Path
 @pytest.fixture(scope="module")
 def chain_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """1,500 processes, each the child of the one before (was: RecursionError)."""
-    from e2e.archivegen import ArchiveSpec, build
+    from e2e.archives.archivegen import ArchiveSpec, build
 
     procs = [Process(i, i - 1, f"p{i}", [f"p{i}"], []) for i in range(1, 1501)]
     return build(ArchiveSpec(processes=procs, use_crit=True),

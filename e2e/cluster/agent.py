@@ -67,7 +67,7 @@ from e2e.nodes.nodeconfig import NodeConfig
 from e2e.nodes.protocol import Attributes, Decision, Response
 from e2e.nodes.realpods import RealRuntime
 from e2e.nodes.runs import ContainerProcess
-from e2e.pki import CertPair
+from e2e.services.pki import CertPair
 
 __all__ = ["ApiServerAuthorizer", "NodeAgent", "listen_in"]
 

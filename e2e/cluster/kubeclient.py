@@ -19,7 +19,7 @@ from typing import Any
 import urllib3
 
 from e2e.nodes.api import ApiFailure, Gone, Obj
-from e2e.pki import CertPair
+from e2e.services.pki import CertPair
 
 __all__ = ["KubeClient"]
 

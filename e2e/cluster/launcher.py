@@ -6,7 +6,7 @@
 
 Binaries: scripts/setup-cluster (e2e/cluster/binaries.py says where). Every
 component listens on 127.0.0.1 on a port the kernel picked a moment before;
-every certificate comes from e2e/pki.py (one CA for serving, client and kubelet
+every certificate comes from e2e/services/pki.py (one CA for serving, client and kubelet
 certificates); data and certificates live in one directory, 0700, files 0600.
 
 What is switched on, as a kubeadm cluster has it: `--authorization-mode=Node,RBAC`,
@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from e2e.cluster import procs
 from e2e.cluster.binaries import Versions, binaries, missing, versions
-from e2e.pki import CertPair, issue, make_ca, write_private
+from e2e.services.pki import CertPair, issue, make_ca, write_private
 
 __all__ = ["SERVICE_CIDR", "ControlPlane", "Options", "control_plane"]
 
@@ -78,6 +78,10 @@ class Options:
     """How long stopping waits after SIGTERM before SIGKILL."""
     verbosity: int = 1
     """The components' klog level (-v)."""
+    audit_users: tuple[str, ...] = ()
+    """Users whose requests the API server writes to its audit log (logs/audit.log,
+    JSON lines, one event per request at ResponseComplete): the benchmarks count a
+    tool's requests there. Empty: no audit log."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,7 @@ class ControlPlane:
     pids: dict[str, int] = field(default_factory=dict)
     """Component name -> process id."""
     logs: dict[str, Path] = field(default_factory=dict)
-    """Component name -> log file."""
+    """Component name -> log file ("audit": the audit log, with Options.audit_users)."""
 
     @property
     def pki(self) -> Path:
@@ -311,11 +315,29 @@ class _Launch:
             f"--proxy-client-cert-file={pki.front_proxy_client.cert}",
             f"--proxy-client-key-file={pki.front_proxy_client.key}",
             "--allow-privileged=true", "--profiling=false", f"-v={self.options.verbosity}",
+            *self.audit(),
         ])
         server = f"https://{LOOPBACK}:{port}"
         ctx = _client_context(pki.ca, pki.admin)
         self.wait("kube-apiserver /readyz and /livez", server, ctx, "/readyz", "/livez")
         return server
+
+    def audit(self) -> list[str]:
+        """The audit flags for Options.audit_users: metadata of their requests, once each."""
+        users = self.options.audit_users
+        if not users:
+            return []
+        policy = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+                  # One event per request: a watch's ResponseStarted would count it twice.
+                  "omitStages": ["RequestReceived", "ResponseStarted"],
+                  "rules": [{"level": "Metadata", "users": list(users)}, {"level": "None"}]}
+        path = write_private(self.d / "audit-policy.yaml", yaml.safe_dump(policy).encode())
+        return [f"--audit-policy-file={path}", f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json", "--audit-log-mode=blocking"]
+
+    @property
+    def audit_log(self) -> Path:
+        return self.d / "logs" / "audit.log"
 
     def controllers(self, pki: _Pki, server: str) -> None:
         o = self.options
@@ -392,7 +414,8 @@ def control_plane(directory: Path | None = None,
             dir=d, server=server, ca=pki.ca, admin_kubeconfig=admin_cfg,
             kubelet_client=pki.kubelet_client, versions=versions(),
             pids={p.name: p.pid for p in launch.procs},
-            logs={p.name: p.log for p in launch.procs},
+            logs={**{p.name: p.log for p in launch.procs},
+                  **({"audit": launch.audit_log} if options.audit_users else {})},
         )
     finally:
         # Reverse order: the API server goes before etcd, so it does not spend

@@ -9,14 +9,14 @@
         with c.holding_checkpoints("node-a") as waiting: ...          # hold dumps
         c.user_kubeconfig("bob", rules=[...])                          # a restricted user
 
-It offers what the end-to-end tests used of e2e/sim's Simulator, with the
-same meanings, over the real thing: each node is a node host (nodehost.py: a
-network namespace and a 198.18 address) and a node agent (agent.py). A node's
+It is what the end-to-end tests, the benchmarks and the demo use: each node is
+a node host (nodehost.py: a network namespace and a 198.18 address) and a node
+agent (agent.py). A node's
 files are under DIR/nodes/NODE on this machine (checkpoints, pulled images,
 pod logs); the tool reads archives there through MIGRATE_NODE_ROOT, as it
 would from shared node directories.
 
-What the simulator had and the real control plane does by itself is not here:
+What the real control plane does by itself is not here:
 the scheduler, the controllers (ReplicaSets, Deployments, Jobs, CronJobs,
 disruption budgets, garbage collection, node lifecycle), RBAC, admission. The
 CronJob controller keeps the real clock: a test fires a CronJob now with a
@@ -49,7 +49,7 @@ from e2e.nodes.nodeconfig import NodeConfig
 from e2e.nodes.podfiles import PodFiles, TokenIssuer
 from e2e.nodes.runs import ContainerProcess, annotated_process
 from e2e.nodes.toolrun import DEFAULT_TIMEOUT, ToolRunner
-from e2e.pki import CertPair, issue
+from e2e.services.pki import CertPair, issue
 
 __all__ = ["DEFAULT_NODES", "Cluster"]
 

@@ -1,10 +1,9 @@
 """Simulated nodes: what a kubelet and its container runtime do, for either backend.
 
-The same code runs a node of the cluster simulator (e2e/sim: its store, its
-API server) and a node agent on the real control plane (e2e/cluster/agent.py:
-a real API server over HTTPS). It never talks to either directly: it reads
-and writes through a `NodeApi` (api.py), the pod source and sink each backend
-implements.
+This code runs each node agent on the real control plane (e2e/cluster/agent.py:
+a real API server over HTTPS). It never talks to the API server directly: it
+reads and writes through a `NodeApi` (api.py), the pod source and sink
+e2e/cluster/nodeapi.py implements. Containers are simulated processes.
 
 Layout, bottom up:
 
@@ -18,7 +17,7 @@ Layout, bottom up:
                     image_manager.py the kubelet's pull policies, backoff, Events
     restore.py      CRI-O's and containerd's create/restore rules and messages;
                     restored.py what a restore brings back (criu_read.py)
-    checkpoints.py  what a checkpoint archive holds (e2e.archivegen's layout)
+    checkpoints.py  what a checkpoint archive holds (e2e.archives.archivegen's layout)
     podstart.py     a pod's containers started on worker threads (kubelet_events.py:
                     the kubelet's Events, aggregated as client-go's recorder does)
     runs.py         run-to-completion containers; toolrun.py and podfiles.py:
@@ -26,7 +25,7 @@ Layout, bottom up:
     kubelet.py      the node's agent: registers the Node, starts and removes pods
     kubelet_api.py  the kubelet's HTTP API (checkpoint, containerLogs, pods, healthz)
     protocol.py     requests, responses, users, authorizers; https.py the HTTPS
-                    server both the kubelet API and the simulator's API server use
+                    server of the kubelet API
 """
 
 from e2e.nodes.images import RegistryConfig

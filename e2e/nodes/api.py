@@ -1,14 +1,12 @@
 """What a node's agent reads from and writes to its cluster: the pod source and sink.
 
 The node code in this package (kubelet.py and what it uses) never talks to an
-API server or a store itself: it goes through a `NodeApi`. Two implementations
-exist, one per backend:
-
-    e2e/sim/nodeapi.py      the simulator's in-process store (writes through its Rest)
-    e2e/cluster/nodeapi.py  the real API server over HTTPS, pods from a watch
+API server itself: it goes through a `NodeApi`, implemented by
+e2e/cluster/nodeapi.py (the real API server over HTTPS, pods from a watch) and,
+for unit tests, by any in-memory fake.
 
 Objects are plain dicts in the API's JSON form. What `pods()` and `pod()` return
-is read-only (the simulator hands out its stored objects, the real backend its
+is read-only (the real backend hands out its
 watch cache): copy before changing. Writes that find their object gone raise
 `Gone`; other refusals raise `ApiFailure` with the HTTP status.
 """

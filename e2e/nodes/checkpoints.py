@@ -1,6 +1,6 @@
 """What a simulated runtime writes when the kubelet asks it to checkpoint a container.
 
-The archive is e2e.archivegen's CRI-O (or containerd) layout filled from the
+The archive is e2e.archives.archivegen's CRI-O (or containerd) layout filled from the
 Pod: names, uid, container ID, image, pod IP, labels and annotations, the
 container's volumeMounts as extra bind mounts, its start time, and processes
 and memory that a test chooses through annotations (the keys are documented in
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from e2e.archivegen import PAGE, ArchiveSpec, Process, build
+from e2e.archives.archivegen import PAGE, ArchiveSpec, Process, build
 from e2e.nodes.api import Obj
 from e2e.nodes.nodeconfig import NodeConfig
 

@@ -5,13 +5,12 @@ keep-alive (kubectl and urllib3 reuse connections) and chunked streaming for
 watches, handing each authenticated `Request` to a `Handler`. It listens on
 127.0.0.1, or on a socket the caller made (a node agent's, inside its node
 host's network namespace: e2e/cluster/agent.py). TLS is real: certificates
-come from e2e.pki and clients verify them. The TLS handshake runs in the
+come from e2e.services.pki and clients verify them. The TLS handshake runs in the
 connection's own thread, so a stalled client cannot block accept(). With
 `client_ca`, a client certificate is verified when one is offered (one from
 another CA fails the handshake), as the kubelet's server does.
 
-The kubelets' servers authenticate client certificates; the simulator's API
-server (e2e/sim/server.py) bearer tokens.
+The kubelets' servers authenticate client certificates (e2e/cluster/agent.py).
 
 stop() ends everything it started: it stops accepting, ends watches, shuts
 idle keep-alive connections and joins every connection thread.
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from e2e.nodes.protocol import Request, Response, User
-from e2e.pki import CertPair
+from e2e.services.pki import CertPair
 
 __all__ = ["LOOPBACK", "Authenticator", "Handler", "HttpsServer", "cert_user"]
 
@@ -197,7 +196,7 @@ class HttpsServer:
     """An HTTPS server for a `Handler`, on 127.0.0.1 or a given socket.
 
     handler: answers authenticated requests.
-    tls: server certificate and key (PEM) from e2e.pki.
+    tls: server certificate and key (PEM) from e2e.services.pki.
     authenticator: who a request is (None: 401, except on `public_paths`).
     unauthorized: the 401 response.
     client_ca: CA file verifying client certificates (None: none are asked for).

@@ -8,12 +8,11 @@ images count as already on every node ("pre-loaded"), so pods using them
 start as they always did, with no network at all.
 
 The cluster-wide registry settings are `RegistryConfig`, from
-`Simulator(registries=...)` or the `registries:` key of `--config`:
+`Cluster(registries=...)`:
 
-    registries:
-      insecure: ["127.0.0.1:5000"]        # plain HTTP (CRI-O's insecure_registries)
-      ca_files: [/path/to/ca.crt]         # PEM CAs trusted for HTTPS, besides the system's
-      timeout: 10                         # seconds to connect, and per read
+    RegistryConfig(insecure=("127.0.0.1:5000",),  # plain HTTP (CRI-O's insecure_registries)
+                   ca_files=(Path("ca.crt"),),     # PEM CAs trusted for HTTPS, besides the system's
+                   timeout=10.0)                   # seconds to connect, and per read
 
 A node keeps what it pulled under STATE/nodes/NODE/var/lib/containers/storage/
 (blobs by digest, mode 0600: checkpoint images hold process memory);
@@ -41,7 +40,6 @@ __all__ = [
     "RegistryConfig",
     "credentials_for",
     "parse_image",
-    "parse_registries",
     "preloaded",
 ]
 
@@ -73,27 +71,6 @@ class RegistryConfig:
     def is_insecure(self, registry: str) -> bool:
         """Whether `registry` (host:port) is spoken to over plain HTTP."""
         return registry in self.insecure
-
-
-def parse_registries(document: Any) -> RegistryConfig:
-    """The `registries:` mapping of a config file (None: defaults); ValueError if malformed."""
-    if document is None:
-        return RegistryConfig()
-    if not isinstance(document, dict):
-        raise ValueError("`registries` must be a mapping (insecure, ca_files, timeout)")
-    unknown = sorted(set(document) - {"insecure", "ca_files", "timeout"})
-    if unknown:
-        raise ValueError(f"registries: unknown key(s) {', '.join(unknown)} "
-                         f"(known: insecure, ca_files, timeout)")
-    insecure, ca_files = document.get("insecure") or [], document.get("ca_files") or []
-    if not isinstance(insecure, list) or not all(isinstance(h, str) for h in insecure):
-        raise ValueError("registries.insecure must be a list of host:port strings")
-    if not isinstance(ca_files, list) or not all(isinstance(f, str) for f in ca_files):
-        raise ValueError("registries.ca_files must be a list of file paths")
-    timeout = document.get("timeout", 10.0)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-        raise ValueError("registries.timeout must be a number > 0")
-    return RegistryConfig(tuple(insecure), tuple(Path(f) for f in ca_files), float(timeout))
 
 
 @dataclass(frozen=True)

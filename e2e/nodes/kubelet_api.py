@@ -37,7 +37,7 @@ The deadline is the kubelet's: `?timeout=` when it is larger than the node's
 `checkpoint_delay_per_mib` seconds per MiB of the container's simulated memory
 (the processes' heaps plus `sim.migrate.dev/memory-mib`). Tests can also hold
 checkpoints before the dump until they release them (`hold`, `release`;
-`Simulator.holding_checkpoints`), to know a client is inside its checkpoint.
+`Cluster.holding_checkpoints`), to know a client is inside its checkpoint.
 
 A container that really runs (realpods.py) is dumped by `runc checkpoint` and
 CRIU instead, into the same place; what fails there is a 500 with runc's

@@ -1,9 +1,7 @@
 """Per-node settings: the container runtime, checkpoint support, readiness, faults.
 
-`NodeConfig` is what `Simulator(node_config={...})` takes for each node;
-`load_config()` reads the YAML of `python -m e2e.sim --config FILE` (the keys
-are documented in __main__.py) into the same objects; its `users:` are
-users.py's (`read_config()` gives the whole document).
+`NodeConfig` is what `Cluster(node_config={...})` (e2e/cluster/world.py) takes
+for each node; `Cluster.configure_node` changes it while the node runs.
 
 Runtimes are `<name>://<version>` as a Node reports them in
 `status.nodeInfo.containerRuntimeVersion`. Which of them can checkpoint is
@@ -18,12 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from e2e.nodes.runtime_releases import CRIO_NOT_AVAILABLE, crio_default_level
 
@@ -32,10 +27,6 @@ __all__ = [
     "RESTORE_LEVELS",
     "NodeConfig",
     "checkpoint_support",
-    "load_config",
-    "merge_nodes",
-    "parse_config",
-    "read_config",
 ]
 
 #: What nodes report as their runtime unless configured otherwise.
@@ -46,11 +37,6 @@ RESTORE_LEVELS = ("none", "checkpoint_only", "checkpoint_restore")
 DEFAULT_RUNTIME_REQUEST_TIMEOUT = 120.0
 
 _RUNTIME = re.compile(r"^([a-z0-9.-]+)://v?(\d+)\.(\d+)(?:\.(\d+))?([-+.~].*)?$")
-_NODE_KEYS = ("name", "runtime", "restore_level", "enable_experimental_restore_via_create",
-              "checkpoint_gate", "ready", "labels", "taints", "capacity",
-              "runtime_request_timeout", "backoff", "backoff_max", "decryption_keys_path")
-_FAULT_KEYS = ("fail_next_checkpoints", "checkpoint_delay_per_mib", "image_pull_seconds",
-               "image_pull_seconds_per_mib")
 #: The kubelet's image pull backoff: 10 s doubling to 300 s (MaxContainerBackOff).
 DEFAULT_BACKOFF, DEFAULT_BACKOFF_MAX = 10.0, 300.0
 _TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
@@ -204,90 +190,3 @@ def checkpoint_support(config: NodeConfig) -> str | None:
                    '"criu": executable file not found in $PATH'
         return None
     return "rpc error: code = Unimplemented desc = method CheckpointContainer not implemented"
-
-
-def _node_entry(entry: Any, where: str) -> tuple[str, dict[str, Any]]:
-    if not isinstance(entry, dict):
-        raise ValueError(f"{where}: expected a mapping with at least `name`")
-    unknown = sorted(set(entry) - set(_NODE_KEYS))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)} (known: "
-                         f"{', '.join(_NODE_KEYS)})")
-    name = entry.get("name")
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"{where}: `name` is required")
-    fields = {k: v for k, v in entry.items() if k != "name" and v is not None}
-    if isinstance(fields.get("capacity"), dict):
-        fields["capacity"] = {str(k): str(v) for k, v in fields["capacity"].items()}
-    if isinstance(fields.get("labels"), dict):
-        fields["labels"] = {str(k): str(v) for k, v in fields["labels"].items()}
-    return name, fields
-
-
-def parse_config(document: Any) -> dict[str, NodeConfig]:
-    """Node name -> NodeConfig from a parsed config document (see __main__.py), in the
-    document's order. ValueError on anything unknown or out of range."""
-    if document is None:
-        return {}
-    if not isinstance(document, dict):
-        raise ValueError("the config must be a mapping with `nodes:`, `faults:`, "
-                         "`registries:` and/or `users:`")
-    # `registries:` and `users:` are the cluster's, not a node's: images.parse_registries()
-    # and users.parse_users() read them.
-    unknown = sorted(set(document) - {"nodes", "faults", "registries", "users", "tool_images"})
-    if unknown:
-        raise ValueError(f"unknown top-level key(s) {', '.join(unknown)} "
-                         f"(known: nodes, faults, registries, users, tool_images)")
-    nodes = document.get("nodes") or []
-    if not isinstance(nodes, list):
-        raise ValueError("`nodes` must be a list")
-    fields: dict[str, dict[str, Any]] = {}
-    for i, entry in enumerate(nodes):
-        name, values = _node_entry(entry, f"nodes[{i}]")
-        if name in fields:
-            raise ValueError(f"nodes[{i}]: node {name!r} is listed twice")
-        fields[name] = values
-    faults = document.get("faults") or {}
-    if not isinstance(faults, dict):
-        raise ValueError("`faults` must map node names to fault settings")
-    for name, values in faults.items():
-        if not isinstance(values, dict):
-            raise ValueError(f"faults.{name}: expected a mapping")
-        unknown = sorted(set(values) - set(_FAULT_KEYS))
-        if unknown:
-            raise ValueError(f"faults.{name}: unknown key(s) {', '.join(unknown)} "
-                             f"(known: {', '.join(_FAULT_KEYS)})")
-        fields.setdefault(str(name), {}).update(values)
-    configs: dict[str, NodeConfig] = {}
-    for name, values in fields.items():
-        try:
-            configs[name] = NodeConfig(**values)
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"node {name!r}: {e}") from None
-    return configs
-
-
-def read_config(path: Path) -> Any:
-    """The parsed YAML of a `--config` file (ValueError when unreadable or not YAML)."""
-    try:
-        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ValueError(f"{path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not YAML: {e}") from None
-
-
-def load_config(path: Path) -> dict[str, NodeConfig]:
-    """Read a `--config` YAML file's nodes (ValueError when it is malformed)."""
-    document = read_config(path)
-    try:
-        return parse_config(document)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
-
-
-def merge_nodes(names: Sequence[str], configs: Mapping[str, NodeConfig]) -> list[str]:
-    """`names` followed by the configured nodes not among them (config order)."""
-    out = list(names)
-    out += [n for n in configs if n not in out]
-    return out

@@ -160,7 +160,10 @@ class PodFiles:
         del self._pods[uid]
         if entry.token is not None:
             self.tokens.revoke(entry.token)
-        for secret_dir in ("volumes/kubernetes.io~secret", _SA_VOLUME):
+        # As the kubelet tears down a terminated pod's volumes: the projected one
+        # (kube-api-access-*) holds the token too.
+        for secret_dir in ("volumes/kubernetes.io~secret", "volumes/kubernetes.io~projected",
+                           _SA_VOLUME):
             shutil.rmtree(entry.root / secret_dir, ignore_errors=True)
 
     # -- what the pod gets -----------------------------------------------------------------

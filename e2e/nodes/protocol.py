@@ -1,11 +1,10 @@
 """What passes between an HTTPS server and its handler: users, requests, responses.
 
 https.py authenticates a connection's request into a `Request` carrying the
-`User`; the handler (the kubelet API, kubelet_api.py; the simulator's API
-server, e2e/sim/api.py) answers with a `Response` (a JSON body, or a `stream`
-of chunks for watches); an `Authorizer` sees each request as `Attributes`, the
-same fields a SubjectAccessReview has, and answers a bool or a `Decision`
-(which also says why, as SelfSubjectAccessReviews and 403 messages report it).
+`User`; the handler (the kubelet API, kubelet_api.py) answers with a
+`Response` (a JSON body, or a `stream` of chunks); an `Authorizer` sees each
+request as `Attributes`, the same fields a SubjectAccessReview has, and
+answers a bool or a `Decision` (which also says why).
 """
 
 from __future__ import annotations
@@ -26,8 +25,6 @@ __all__ = [
     "Response",
     "User",
     "allow_all",
-    "decide",
-    "table_version",
 ]
 
 
@@ -84,14 +81,6 @@ class Decision:
 Authorizer = Callable[[Attributes], "bool | Decision"]
 
 
-def decide(authorizer: Authorizer, attributes: Attributes) -> Decision:
-    """The authorizer's answer as a Decision, whichever form it gave."""
-    answer = authorizer(attributes)
-    if isinstance(answer, Decision):
-        return answer
-    return Decision(bool(answer))
-
-
 def allow_all(attributes: Attributes) -> bool:
     """The default authorizer: every authenticated user may do everything."""
     return True
@@ -118,16 +107,6 @@ class Request:
         """The last value of query parameter `name`, or None."""
         values = self.query.get(name)
         return values[-1] if values else None
-
-    def int_param(self, name: str) -> int | None:
-        """An integer query parameter (BadRequest if it is not one)."""
-        value = self.param(name)
-        if value in (None, ""):
-            return None
-        try:
-            return int(value)
-        except ValueError:
-            raise BadRequest(f"invalid {name} {value!r}: not an integer") from None
 
     def json(self) -> Any:
         """The body, JSON (or YAML, which kubectl never sends but humans do)."""
@@ -159,14 +138,3 @@ class Response:
         if isinstance(self.body, str):
             return self.body.encode()
         return json.dumps(self.body, separators=(",", ":")).encode()
-
-
-def table_version(accept: str) -> str | None:
-    """`meta.k8s.io/v1` (or v1beta1) when an Accept header asks for a Table, else None."""
-    for media in accept.split(","):
-        params = dict(
-            p.strip().split("=", 1) for p in media.split(";")[1:] if "=" in p
-        )
-        if params.get("as") == "Table" and params.get("g") == "meta.k8s.io":
-            return f"meta.k8s.io/{params.get('v', 'v1')}"
-    return None

@@ -1,7 +1,7 @@
 """Containers whose image is the tool's own run the real CLI: `python -m migrate ARGS`.
 
-`Simulator(tool_images=("localhost/migrate:test",))` (or `tool_images:` in the
---config file) names the images built from the repository's Containerfile.
+`Cluster(tool_images=("localhost/migrate:test",))` names the images built from
+the repository's Containerfile.
 A run-to-completion container (a Job's, a CronJob's) with one of those images,
 exactly as written, runs in a subprocess here; every other container ends as
 before (runs.py). What the subprocess gets, as a pod would:
@@ -60,7 +60,7 @@ from e2e.nodes.podfiles import SERVICE_ACCOUNT_PATH, MountFailed, Mounts, PodFil
 from e2e.nodes.runs import ContainerExit, ContainerProcess
 
 __all__ = ["DEFAULT_ARGS", "DEFAULT_TIMEOUT", "ENTRYPOINTS", "SERVICE_ACCOUNT_DIR_ENV",
-           "ToolRunner", "parse_tool_images"]
+           "ToolRunner"]
 
 DEFAULT_TIMEOUT = 600.0
 SERVICE_ACCOUNT_DIR_ENV = "MIGRATE_SERVICEACCOUNT_DIR"
@@ -77,15 +77,6 @@ _KILLED = 137
 _NOT_RUN = 127
 _MOUNT_FAILED = 128
 _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
-
-
-def parse_tool_images(raw: Any) -> tuple[str, ...]:
-    """The --config file's `tool_images:` (a list of image references)."""
-    if raw is None:
-        return ()
-    if not isinstance(raw, list) or not all(isinstance(i, str) and i for i in raw):
-        raise ValueError("`tool_images` must be a list of image references")
-    return tuple(raw)
 
 
 def _expand(value: str, env: Mapping[str, str]) -> str:

@@ -10,7 +10,7 @@ and answers `{"token": JWT, "access_token": JWT, "expires_in": N, "issued_at": .
 the JWT granting every requested action (or what `policy` allows). Wrong or missing
 credentials get a 401.
 
-The JWT is ES256-signed by `signer` (a CertPair from e2e.pki) and carries the
+The JWT is ES256-signed by `signer` (a CertPair from e2e.services.pki) and carries the
 signing certificate in its `x5c` header; distribution verifies that chain
 against its `rootcertbundle` (the CA that issued `signer`), so no libtrust `kid`
 is needed.
@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from e2e.pki import CertPair
+from e2e.services.pki import CertPair
 
 __all__ = ["Policy", "Scope", "TokenRequest", "TokenServer", "decode_jwt", "parse_scopes"]
 

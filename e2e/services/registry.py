@@ -19,7 +19,7 @@ interpreter exits.
 
 Auth, one of:
     htpasswd={user: password}   Basic auth (bcrypt hashes, as distribution requires)
-    token=TokenAuth(...)        Bearer tokens from e2e.token_server (or any issuer)
+    token=TokenAuth(...)        Bearer tokens from e2e.services.token_server (or any issuer)
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from typing import IO, Any
 import bcrypt
 import yaml
 
-from e2e.pki import CertPair, write_private
+from e2e.services.pki import CertPair, write_private
 
 __all__ = ["LOOPBACK", "Registry", "RegistryError", "TokenAuth", "free_port"]
 

@@ -1,6 +1,6 @@
-"""The simulator runs the tool's own image for real: `python -m migrate` in-cluster.
+"""Node agents run the tool's own image for real: `python -m migrate` in-cluster.
 
-A container whose image is one of `Simulator(tool_images=...)` gets a
+A container whose image is one of `Cluster(tool_images=...)` gets a
 ServiceAccount token (RBAC applies), the CA, KUBERNETES_SERVICE_HOST/PORT, its
 volumes on the node's disk with paths in its arguments rewritten, and its
 termination message read back; it never outlives its pod.
@@ -17,25 +17,27 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
+from e2e.cluster.launcher import ControlPlane
+from e2e.cluster.world import Cluster
 from e2e.nodes.checkpoints import CHECKPOINT_DIR
 from e2e.nodes.podfiles import Mounts
-from e2e.sim import Simulator
-from tests.simulated import kubectl_runner, needs_kubectl, sim_client, wait_for
+from tests.cluster import Kubectl, api_client, node_agents, wait_for
 
 TOOL = "localhost/migrate:test"
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
-    with Simulator(tmp_path_factory.mktemp("sim") / "state", tool_images=(TOOL,),
-                   start_latency=0.02, stop_latency=0.02, tool_timeout=60) as cluster:
+def cluster(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with node_agents(real_cp, tmp_path_factory.mktemp("nodes"), tool_images=(TOOL,),
+                     start_latency=0.02, stop_latency=0.02, tool_timeout=60) as cluster:
         yield cluster
 
 
 @pytest.fixture(scope="module")
-def v1(sim: Simulator) -> Iterator[client.CoreV1Api]:
-    with sim_client(sim) as api:
+def v1(cluster: Cluster) -> Iterator[client.CoreV1Api]:
+    with api_client(cluster.kubeconfig) as api:
         yield client.CoreV1Api(api)
 
 
@@ -50,7 +52,7 @@ def run_pod(v1: client.CoreV1Api, name: str, container: dict[str, Any], *,
     return pod.status.container_statuses[0].state.terminated
 
 
-def test_in_cluster_as_the_pods_service_account(sim: Simulator, v1: client.CoreV1Api) -> None:
+def test_in_cluster_as_the_pods_service_account(cluster: Cluster, v1: client.CoreV1Api) -> None:
     wait_for(lambda: v1.list_namespaced_service_account("default").items,
              what="the default ServiceAccount")
     done = run_pod(v1, "doctor", {"args": ["doctor", "-o", "json"],
@@ -59,7 +61,7 @@ def test_in_cluster_as_the_pods_service_account(sim: Simulator, v1: client.CoreV
     # No termination message was written: the output's tail stands in for it.
     assert done.message.rstrip().endswith("hint: each FAIL row has a hint; fix those and run "
                                           "migrate doctor again")
-    logs = list((sim.node_dir("node-a") / "var/log/pods").glob("default_doctor_*/tool/0.log"))
+    logs = list((cluster.node_dir("node-a") / "var/log/pods").glob("default_doctor_*/tool/0.log"))
     report = json.loads(logs[0].read_text().split("\nerror:")[0])
     rows = {c["check"]: c for c in report["checks"]}
     assert rows["api"]["status"] == "PASS"  # it reached the API server, in-cluster
@@ -68,14 +70,14 @@ def test_in_cluster_as_the_pods_service_account(sim: Simulator, v1: client.CoreV
                                        '"nodes" in API group "" at the cluster scope')
     assert rows["rbac: get pods"]["hint"].endswith("(`migrate deploy` emits the role the "
                                                    "tool needs)")
-    pod_dir = next((sim.node_dir("node-a") / "var/lib/kubelet/pods").iterdir())
+    pod_dir = next((cluster.node_dir("node-a") / "var/lib/kubelet/pods").iterdir())
     # The token and the pod's secrets do not outlive the pod's containers.
     assert not list(pod_dir.glob("volumes/kubernetes.io~projected/*/token"))
 
 
-def test_a_host_path_mount_and_its_paths(sim: Simulator, v1: client.CoreV1Api,
+def test_a_host_path_mount_and_its_paths(cluster: Cluster, v1: client.CoreV1Api,
                                          counters_archive: Path) -> None:
-    target = sim.checkpoint_dir("node-a") / counters_archive.name
+    target = cluster.node_path("node-a", CHECKPOINT_DIR) / counters_archive.name
     shutil.copyfile(counters_archive, target)
     done = run_pod(v1, "lister", {
         "args": ["list", "$(DIR)", "-o", "json"],
@@ -84,12 +86,12 @@ def test_a_host_path_mount_and_its_paths(sim: Simulator, v1: client.CoreV1Api,
         volumes=[{"name": "ckpt", "hostPath": {"path": CHECKPOINT_DIR, "type": "Directory"}}],
         automountServiceAccountToken=False)
     assert (done.exit_code, done.message) == (0, None)
-    log = next((sim.node_dir("node-a") / "var/log/pods").glob("default_lister_*/tool/0.log"))
+    log = next((cluster.node_dir("node-a") / "var/log/pods").glob("default_lister_*/tool/0.log"))
     listed = json.loads(log.read_text())
     assert [Path(a["archive"]).name for a in listed] == [counters_archive.name]
 
 
-def test_a_missing_host_path_or_service_account_fails_the_container(
+def test_a_missing_host_path_fails_the_container_and_a_missing_account_the_pod(
         v1: client.CoreV1Api) -> None:
     done = run_pod(v1, "nodir", {
         "args": ["list", "/nowhere"],
@@ -98,9 +100,14 @@ def test_a_missing_host_path_or_service_account_fails_the_container(
     assert (done.exit_code, done.message) == (128, 'sim: MountVolume.SetUp failed for volume '
                                               '"x" : hostPath type check failed: /nowhere is '
                                               'not a directory')
-    done = run_pod(v1, "noaccount", {"args": ["version"]}, serviceAccountName="ghost")
-    assert done.message == 'sim: error looking up service account default/ghost: ' \
-        'serviceaccount "ghost" not found'
+    # A missing ServiceAccount: the API server's ServiceAccount admission refuses the pod
+    # (the simulator used to start it and fail the container).
+    with pytest.raises(ApiException) as refused:
+        run_pod(v1, "noaccount", {"args": ["version"]}, serviceAccountName="ghost")
+    assert refused.value.status == 403
+    assert json.loads(refused.value.body)["message"] == (
+        'pods "noaccount" is forbidden: error looking up service account default/ghost: '
+        'serviceaccount "ghost" not found')
 
 
 def test_only_the_entrypoint_runs(v1: client.CoreV1Api) -> None:
@@ -111,7 +118,7 @@ def test_only_the_entrypoint_runs(v1: client.CoreV1Api) -> None:
     assert done.exit_code == 0
 
 
-def test_a_container_past_its_deadline_is_killed(sim: Simulator, v1: client.CoreV1Api) -> None:
+def test_a_container_past_its_deadline_is_killed(cluster: Cluster, v1: client.CoreV1Api) -> None:
     # An API server that accepts connections and never answers: the tool would wait.
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
@@ -149,16 +156,16 @@ def tool_processes(pod: str) -> list[int]:
     return found
 
 
-def hanging_pod(v1: client.CoreV1Api, name: str, port: int) -> None:
+def hanging_pod(v1: client.CoreV1Api, name: str, port: int, node: str = "node-a") -> None:
     v1.create_namespaced_pod("default", {"metadata": {"name": name}, "spec": {
-        "nodeName": "node-a", "restartPolicy": "Never", "containers": [{
+        "nodeName": node, "restartPolicy": "Never", "containers": [{
             "name": "tool", "image": TOOL, "args": ["doctor"],
             "env": [{"name": "KUBERNETES_SERVICE_PORT", "value": str(port)}]}]}})
     wait_for(lambda: tool_processes(name), timeout=20, what=f"{name}'s process")
 
 
-def test_the_process_ends_with_its_pod_and_with_the_simulator(
-        v1: client.CoreV1Api, tmp_path: Path) -> None:
+def test_the_process_ends_with_its_pod_and_with_the_node_agents(
+        real_cp: ControlPlane, cluster: Cluster, v1: client.CoreV1Api, tmp_path: Path) -> None:
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen()
@@ -166,27 +173,23 @@ def test_the_process_ends_with_its_pod_and_with_the_simulator(
         hanging_pod(v1, "deleted", port)
         v1.delete_namespaced_pod("deleted", "default")
         wait_for(lambda: not tool_processes("deleted"), what="the deleted pod's process to end")
-        with Simulator(tmp_path / "state", tool_images=(TOOL,), start_latency=0.02) as other, \
-                sim_client(other) as api:
-            other_v1 = client.CoreV1Api(api)
-            wait_for(lambda: other_v1.list_namespaced_service_account("default").items,
-                     what="the default ServiceAccount")
-            hanging_pod(other_v1, "orphaned", port)
+        with Cluster(real_cp, tmp_path / "nodes", nodes=("node-z",), tool_images=(TOOL,),
+                     start_latency=0.02):
+            hanging_pod(v1, "orphaned", port, node="node-z")
         assert not tool_processes("orphaned")  # stop() killed it before returning
 
 
-@needs_kubectl
-def test_kubectl_logs_shows_what_the_tool_printed(sim: Simulator, v1: client.CoreV1Api,
-                                                  tmp_path: Path) -> None:
-    kubectl = kubectl_runner(tmp_path / "home")
+def test_kubectl_logs_shows_what_the_tool_printed(cluster: Cluster, v1: client.CoreV1Api,
+                                                  cp_kubectl: Kubectl) -> None:
+    kubectl = cp_kubectl
     client.BatchV1Api(v1.api_client).create_namespaced_job("default", {
         "metadata": {"name": "version"}, "spec": {"backoffLimit": 0, "template": {"spec": {
             "restartPolicy": "Never", "automountServiceAccountToken": False,
             "containers": [{"name": "tool", "image": TOOL, "args": ["--version"]}]}}}})
     wait_for(lambda: client.BatchV1Api(v1.api_client).read_namespaced_job(
         "version", "default").status.succeeded, what="the Job to succeed")
-    out = kubectl(sim.kubeconfig, "logs", "job/version").stdout
+    out = kubectl(cluster.kubeconfig, "logs", "job/version").stdout
     assert out.startswith("migrate ")
-    assert kubectl(sim.kubeconfig, "logs", "job/version", "--tail=0").stdout == ""
-    gone = kubectl(sim.kubeconfig, "logs", "job/version", "--previous", check=False)
+    assert kubectl(cluster.kubeconfig, "logs", "job/version", "--tail=0").stdout == ""
+    gone = kubectl(cluster.kubeconfig, "logs", "job/version", "--previous", check=False)
     assert 'previous terminated container "tool" in pod' in gone.stderr

@@ -3,10 +3,10 @@
 The default is a checkpoint of the seed article's `counters` pod: three
 processes (bash, counter.py, tee), the secret RANDOM_1432_KEY in
 counter.py's heap, two changed files and CRIU dump statistics. Everything is a
-parameter so the cluster simulator can checkpoint its own pods, tests can
+parameter so the node agents can checkpoint their own pods, tests can
 build variants, and benchmarks can add bulk memory.
 
-Run ``python -m e2e.archivegen OUT.tar [--bulk-mib N]`` for a sample archive.
+Run ``python -m e2e.archives.archivegen OUT.tar [--bulk-mib N]`` for a sample archive.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from e2e.criu_encode import encode_images
-from e2e.filesgen import FileTable
+from e2e.archives.criu_encode import encode_images
+from e2e.archives.filesgen import FileTable
 
 PAGE = 4096
 PE_PARENT, PE_LAZY, PE_PRESENT = 1, 2, 4
@@ -107,7 +107,7 @@ class ArchiveSpec:
     """Archive members to leave out (for bad-input tests)."""
     extra_members: dict[str, bytes] = field(default_factory=dict)
     open_files: FileTable | None = None
-    """Open files and sockets (e2e/filesgen.py); None: no files images, as before."""
+    """Open files and sockets (e2e/archives/filesgen.py); None: no files images, as before."""
 
 
 STACK_BASE, HEAP_BASE, PARENT_BASE, BULK_BASE = (
