@@ -32,7 +32,7 @@ from migrate.pipeline import claims, nodebuild, nodes, restore, switchover, trus
 from migrate.pipeline.build import BuildRequest, build_image
 from migrate.pipeline.journal import DONE, Journal
 from migrate.pipeline.manifest import PodSource, RestoreOptions, render_restore_pod
-from migrate.pipeline.preflight import Plan, PodRequest, locate, preflight
+from migrate.pipeline.preflight import Plan, PodRequest, locate
 from migrate.settings import Settings
 from migrate.units import human_size
 
@@ -75,11 +75,6 @@ class Run:
 
 
 # -- stages ------------------------------------------------------------------------------
-
-
-def _preflight(run: Run) -> dict[str, Any]:
-    plan = preflight(run.cluster, run.settings, run.req)
-    return {"plan": plan.to_dict()}
 
 
 def _checkpoint(run: Run) -> dict[str, Any]:
@@ -154,24 +149,12 @@ def _upload_progress(run: Run, container: str, size: int) -> Callable[[int], Non
 
 def _build_on_node(run: Run, container: str, archive: str) -> dict[str, Any]:
     plan, req = run.plan, run.req
-    secret = req.registry_secret
-    if secret is None:
-        body = nodebuild.registry_secret(run.settings, plan.namespace, plan.images[container],
-                                         run.journal.id)
-        if body is not None:
-            made = kube.create_secret(run.cluster, plan.namespace, body)
-            secret = made["metadata"]["name"]
-            run.journal.created_object("Secret", plan.namespace, secret,
-                                       made["metadata"].get("uid", ""))
-    job = kube.create_job(run.cluster, plan.namespace, nodebuild.job_manifest(
-        nodebuild.NodeBuild(
-            namespace=plan.namespace, node=plan.source, pod=plan.pod, archive=archive,
-            image=plan.images[container], run_id=run.journal.id,
-            tool_image=nodebuild.check_tool_image(req.tool_image), builder=req.builder,
-            compression=req.compression, tls_verify=run.settings.registry.tls_verify,
-            secret=secret, deadline=int(req.timeout))))
-    name = job["metadata"]["name"]
-    run.journal.created_object("Job", plan.namespace, name, job["metadata"].get("uid", ""))
+    name = nodebuild.start(run.cluster, run.settings, nodebuild.NodeBuild(
+        namespace=plan.namespace, node=plan.source, pod=plan.pod, archive=archive,
+        image=plan.images[container], run_id=run.journal.id,
+        tool_image=nodebuild.check_tool_image(req.tool_image), builder=req.builder,
+        compression=req.compression, tls_verify=run.settings.registry.tls_verify,
+        secret=req.registry_secret, deadline=int(req.timeout)), run.journal.created_object)
     run.progress("build", f"{container}: Job {plan.namespace}/{name} on {plan.source}")
     result = nodebuild.collect(run.cluster, plan.namespace, name, req.timeout)
     return {"reference": result["reference"], "digest": result["digest"],
@@ -326,8 +309,10 @@ def _delete_temporaries(run: Run, kinds: tuple[str, ...]) -> list[str]:
     return removed
 
 
+# Preflight runs before the journal exists (`open_journal` records it done): a
+# refusal leaves nothing behind, so it is never a stage run from here.
 STAGE_FUNCTIONS: dict[str, Callable[[Run], dict[str, Any]]] = {
-    "preflight": _preflight, "checkpoint": _checkpoint, "build": _build, "create": _create,
+    "checkpoint": _checkpoint, "build": _build, "create": _create,
     "verify": _verify, "switchover": _switchover, "cleanup": _cleanup,
 }
 

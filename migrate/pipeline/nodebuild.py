@@ -12,7 +12,9 @@ as its container's termination message.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -59,6 +61,30 @@ def registry_secret(settings: Settings, namespace: str, image: str,
             "metadata": {"generateName": "migrate-registry-", "namespace": namespace,
                          "labels": {"migrate.dev/migration": run_id}},
             "data": {".dockerconfigjson": base64.b64encode(config.encode()).decode()}}
+
+
+#: Told each object a build creates, as soon as it exists: (kind, namespace, name, uid).
+Created = Callable[[str, str, str, str], None]
+
+
+def start(cluster: kube.Cluster, settings: Settings, b: NodeBuild, created: Created) -> str:
+    """Create the build's Job (and, when ``b`` names no Secret and the registry needs
+    credentials, a temporary Secret made from the local ones); returns the Job's name.
+
+    ``created`` hears each object before anything else can fail, so that a
+    rollback finds and deletes it.
+    """
+    if b.secret is None:
+        body = registry_secret(settings, b.namespace, b.image, b.run_id)
+        if body is not None:
+            made = kube.create_secret(cluster, b.namespace, body)
+            meta = made["metadata"]
+            created("Secret", b.namespace, meta["name"], meta.get("uid", ""))
+            b = dataclasses.replace(b, secret=meta["name"])
+    job = kube.create_job(cluster, b.namespace, job_manifest(b))
+    meta = job["metadata"]
+    created("Job", b.namespace, meta["name"], meta.get("uid", ""))
+    return str(meta["name"])
 
 
 def job_manifest(b: NodeBuild) -> dict[str, Any]:
