@@ -136,6 +136,16 @@ def test_schedule_usage_errors(cli: Cli, monkeypatch: pytest.MonkeyPatch, args: 
     assert r.code == 2 and r.err.startswith(message), r.err
 
 
+def test_schedule_refuses_encryption_it_cannot_do(cli: Cli) -> None:
+    r = cli("schedule", "drain", "node-a", "--cron", "0 2 * * 6", "--image", TOOL, "--",
+            "--encrypt-for", "jwe:/etc/keys/node-b.pem")
+    assert (r.code, r.out, r.err) == (2, "", (
+        "error: drain option --encrypt-for: a scheduled drain runs in a pod that cannot read "
+        "key files on this machine\n"
+        "hint: encrypt in a drain run from here (`migrate drain NODE --encrypt-for jwe:KEY`); "
+        "scheduled drains push unencrypted images\n"))
+
+
 def test_schedule_checks_drain_options(cli: Cli) -> None:
     r = cli("schedule", "drain", "node-a", "--cron", "0 2 * * 6", "--image", TOOL, "--",
             "--no-such-option")

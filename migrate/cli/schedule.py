@@ -90,6 +90,12 @@ def deploy(
 
 def _check_drain_options(ctx: typer.Context, node: str, options: list[str]) -> None:
     """Parse the passed-through options with `migrate drain`'s own parser, when it exists."""
+    if any(o == "--encrypt-for" or o.startswith("--encrypt-for=") for o in options):
+        # The drain runs in the CronJob's pod, which has none of this machine's files.
+        raise UsageError("drain option --encrypt-for: a scheduled drain runs in a pod that "
+                         "cannot read key files on this machine",
+                         hint="encrypt in a drain run from here (`migrate drain NODE "
+                         "--encrypt-for jwe:KEY`); scheduled drains push unencrypted images")
     root = ctx.find_root()
     get_command = getattr(root.command, "get_command", None)  # typer's (vendored) click
     drain = get_command(root, "drain") if get_command is not None else None
