@@ -217,8 +217,15 @@ def fire(cluster: Cluster, api: client.ApiClient, namespace: str, name: str,
     job = f"{name}-now"
     kubectl(cluster.kubeconfig, "create", "job", "-n", namespace, job,
             f"--from=cronjob/{name}")
-    return wait_for(lambda: (j := batch.read_namespaced_job(job, namespace)).status
-                    .conditions and j, timeout=90, what=f"Job {job} to finish")
+
+    def finished() -> Any:
+        # Complete or Failed, not just any condition: a v1.37 Job controller sets
+        # SuccessCriteriaMet first, and counts the pod in status.succeeded only after.
+        j = batch.read_namespaced_job(job, namespace)
+        return j if any(c.type in ("Complete", "Failed") and c.status == "True"
+                        for c in j.status.conditions or []) else None
+
+    return wait_for(finished, timeout=90, what=f"Job {job} to finish")
 
 
 def pod_log(cluster: Cluster, namespace: str, job: str) -> str:
