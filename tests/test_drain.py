@@ -300,8 +300,8 @@ def test_budgets_hold_evictions_and_migrations_until_they_allow(
     opener.join()
     assert r.code == 0, r.err
     pods = by_name(r.json())
-    assert {pods[n]["outcome"] for n in guarded} == {"migrated"}
-    assert {pods[n]["outcome"] for n in kept} == {"evicted"}
+    assert {pods[n]["outcome"] for n in guarded} == {"migrated"}, [pods[n] for n in guarded]
+    assert {pods[n]["outcome"] for n in kept} == {"evicted"}, [pods[n] for n in kept]
     assert all(pods[n]["budgets"] == ["guarded-pdb"] for n in guarded)
     assert all(pods[n]["budget_wait_seconds"] > 0 for n in guarded | kept)
     # The ReplicaSet replaces the evicted pods, elsewhere: node-a is cordoned.
