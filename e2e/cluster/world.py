@@ -34,6 +34,7 @@ import contextlib
 import os
 import secrets
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -201,10 +202,41 @@ class Cluster:
             process = self._container_process()
             for index, node in enumerate(self.node_names, start=1):
                 self._start_node(node, index, process)
+            self._wait_schedulable()
         except BaseException:
             self.stop()
             raise
         return self
+
+    #: Taints the node lifecycle controller puts on a node whose kubelet stopped reporting.
+    _LIFECYCLE_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
+
+    def _wait_schedulable(self, timeout: float = 60.0) -> None:
+        """Wait until every node meant to be Ready is Ready without the lifecycle taints.
+
+        The Node objects outlive the agents of an earlier test on the same control
+        plane: once those stopped renewing their Leases, the controller marked the
+        nodes unreachable and tainted them, and it lifts the taints only after it
+        sees the new agent's Ready (its monitor period later). A test that starts
+        before then finds no destination a pod tolerates.
+        """
+        deadline = time.monotonic() + timeout
+        for node in self.node_names:
+            config = self._configs.get(node)
+            if config is not None and not config.ready:
+                continue
+            while True:
+                obj = self._admin().request("GET", f"/api/v1/nodes/{node}")
+                ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                            for c in (obj.get("status") or {}).get("conditions") or [])
+                tainted = any(t.get("key") in self._LIFECYCLE_TAINTS
+                              for t in (obj.get("spec") or {}).get("taints") or [])
+                if ready and not tainted:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"node {node}: not Ready and untainted after "
+                                       f"{timeout:g} s")
+                time.sleep(0.1)
 
     def _admin(self) -> KubeClient:
         if self._client is None:
