@@ -203,10 +203,14 @@ class ClusterNodeApi:
             if e.code != 409:
                 raise
 
-            # Registered before (a restarted agent): what it reports now wins.
+            # Registered before, by an earlier test's agent on this control plane: the
+            # Node starts again as this agent's, not with that test's cordon, taints or
+            # capacity (a drain would find no destination in them).
             def ours(current: Obj) -> Obj:
                 current["metadata"].setdefault("labels", {}).update(node["metadata"]["labels"])
-                current["spec"] = {**current.get("spec", {}), **node.get("spec", {})}
+                spec = {k: v for k, v in (current.get("spec") or {}).items()
+                        if k not in ("taints", "unschedulable")}
+                current["spec"] = {**spec, **node.get("spec", {})}
                 current["status"] = node["status"]
                 return current
 
