@@ -58,7 +58,6 @@ Run from the repository root: ``.venv/bin/python bench/build_bench.py``.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -80,11 +79,13 @@ from harness import (
     BenchError,
     Sample,
     Series,
+    archive_args,
     check,
     fmt_s,
     generate,
     in_workdir,
     measure,
+    process_cpu,
     render,
     require,
     run_once,
@@ -163,12 +164,6 @@ class Command(Series[BuildSample]):
     def timing(self, step: str) -> float | None:
         vals = [float(r["timings"][step]) for r in self.reports if step in r["timings"]]
         return statistics.median(vals) if vals else None
-
-
-def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of a running process (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def tree_size(path: Path) -> int:
@@ -450,17 +445,8 @@ def bench(work: Path, big_mib: int, reps: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--big-mib", type=int, default=1024, help="bulk memory of the archive")
-    ap.add_argument("--reps", type=int, default=3, help="timed repetitions of each command")
-    ap.add_argument("--workdir", type=Path, default=None,
-                    help="where to put the archive and the registry's storage (a temporary "
-                         "subdirectory of it, removed at the end) [default: the system "
-                         "temporary directory]")
-    args = ap.parse_args(argv)
-    if args.reps < 1 or args.big_mib < 0:
-        ap.error("--reps must be at least 1 and --big-mib non-negative")
+    args = archive_args(argv, __doc__, 1024, "where to put the archive and the registry's "
+                        "storage")
     if not require("buildah", "docker-registry", "sha256sum"):
         return 2
     return in_workdir("build-bench-", args.workdir,

@@ -66,10 +66,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,7 @@ from harness import (
     MB,
     MIGRATE,
     BenchError,
+    CpuWindow,
     Sample,
     Series,
     fmt_s,
@@ -123,8 +125,10 @@ class DrainSample(Sample):
 
     report: dict[str, Any] = field(default_factory=dict)
     requests: int = 0  # seen by the API server
+    kinds: tuple[tuple[str, int], ...] = ()  # request_kind -> how many
     stages: dict[str, list[float]] = field(default_factory=dict)  # from the pod journals
     spread: tuple[tuple[str, int], ...] = ()
+    cpu_split: dict[str, float] = field(default_factory=dict)  # CpuWindow's, in the drain
 
 
 @dataclass
@@ -156,6 +160,10 @@ class Drain(Series[DrainSample]):
             return statistics.median(s.requests / self.pods for s in self.samples)
         return statistics.median(float(s.report["api_requests"]) / self.pods
                                  for s in self.samples)
+
+    def cpu_of(self, name: str) -> float:
+        """Median CPU seconds of one CpuWindow entry over the samples."""
+        return statistics.median(s.cpu_split.get(name, 0.0) for s in self.samples)
 
     def stage(self, name: str) -> float:
         return statistics.median(t for s in self.samples for t in s.stages.get(name, []))
@@ -190,10 +198,12 @@ class Runner:
             try:
                 cluster.populate(SOURCE, drain.population)
                 window = AuditWindow(self.cp.logs["audit"], USER)
+                cpu = CpuWindow({**self.cp.pids, "registry": self.registry.pid or 0})
                 sample = run_once(f"migrate drain ({drain.label})", [
                     str(MIGRATE), "drain", SOURCE, "--registry", f"{self.registry.host}/bench",
                     "--no-tls-verify", "--concurrency", str(drain.concurrency), "--timeout",
                     "300", "-o", "json"], self._env(run_dir, world))
+                cpu_split = cpu.close()
                 requests = window.close()
                 try:
                     report: dict[str, Any] = json.loads(sample.stdout)
@@ -202,14 +212,35 @@ class Runner:
                 spread = cluster.check(report, SOURCE, self.registry.host)
             finally:
                 cluster.remove()
+        kinds = Counter(request_kind(r) for r in requests)
         return DrainSample(**vars(sample), report=report, requests=len(requests),
+                           kinds=tuple(sorted(kinds.items())),
                            stages=_stages(run_dir / "state"),
-                           spread=tuple(sorted(spread.items())))
+                           spread=tuple(sorted(spread.items())), cpu_split=cpu_split)
 
     def _env(self, run_dir: Path, world: Cluster) -> dict[str, str]:
         # A state directory and an empty layer-digest cache per run: every push is cold.
         return {**migrate_env(world, self.kubeconfig, run_dir / "state"),
                 "MIGRATE_CACHE_DIR": str(run_dir / "cache")}
+
+
+def request_kind(request: str) -> str:
+    """"VERB URI STATUS" (AuditWindow's) -> "verb resource[/subresource]", the object's
+    name and namespace left out: what the requests per pod are spent on."""
+    verb, uri, _ = request.split(" ", 2)
+    path, _, query = uri.partition("?")
+    parts = [p for p in path.split("/") if p][2:]  # past /api/v1 or /apis/GROUP
+    if path.startswith("/apis/"):
+        parts = parts[1:]  # and the group's version
+    if parts[:1] == ["namespaces"] and len(parts) > 2:
+        parts = parts[2:]
+    resource = parts[0] if parts else path
+    sub = f"/{parts[2]}" if len(parts) > 2 else ""
+    if "watch=true" in query or "watch=1" in query:
+        verb = "watch"
+    elif verb == "GET" and len(parts) == 1:
+        verb = "list"
+    return f"{verb} {resource}{sub}"
 
 
 def _stages(state: Path) -> dict[str, list[float]]:
@@ -258,6 +289,44 @@ def stage_rows(par: Drain, serial: Drain, lat: Latencies, mib: int) -> list[list
     return rows
 
 
+CPU_PARTS = {"migrate (the tool, GNU time)": None, "node agents (the bench's threads)": "self",
+             "kube-apiserver": "kube-apiserver", "etcd": "etcd",
+             "kube-controller-manager": "kube-controller-manager",
+             "kube-scheduler": "kube-scheduler", "registry": "registry"}
+
+
+def cpu_rows(par: Drain, serial: Drain, lat: Latencies) -> list[list[str]]:
+    """Whose CPU the drains used, and what the machine's cores allow.
+
+    When the machine is busy for most of a drain's wall time, the drain is bound
+    by the cores, and its efficiency cannot pass ideal / (busy CPU / cores) of
+    the work it needs: a ceiling no change to the tool's waiting can lift, only
+    less CPU per pod (the tool's, the control plane's, the agents').
+    """
+    cores = os.cpu_count() or 1
+    drains = (par, serial)
+
+    def needed(d: Drain) -> float:  # the drain's own work: every part but other work
+        return d.cpu + sum(d.cpu_of(k) for k in CPU_PARTS.values() if k)
+
+    def row(label: str, value: Callable[[Drain], float], fmt: str = "{:.1f}") -> list[str]:
+        return [label, *(fmt.format(value(d)) for d in drains)]
+
+    return [
+        *(row(label, lambda d, k=key: d.cpu if k is None else d.cpu_of(k))
+          for label, key in CPU_PARTS.items()),
+        row("the rest of the machine (other work)",
+            lambda d: max(0.0, d.cpu_of("machine") - needed(d))),
+        row("all cores busy (machine)", lambda d: d.cpu_of("machine")),
+        row(f"cores busy on average (of {cores})", lambda d: d.cpu_of("machine") / d.median,
+            "{:.2f}"),
+        row("efficiency ceiling: ideal / (the drain's CPU / cores)",
+            lambda d: d.ideal(lat) / max(needed(d) / cores, 1e-9), "{:.2f}"),
+        row("CPU per pod (tool + control plane + agents + registry)",
+            lambda d: needed(d) / d.pods, "{:.3f}"),
+    ]
+
+
 def bench(work: Path, args: argparse.Namespace) -> None:
     lat = Latencies(args.checkpoint_seconds, args.pull_seconds, args.start_latency,
                     args.stop_latency)
@@ -302,6 +371,9 @@ def report(par: Drain, serial: Drain, lat: Latencies, args: argparse.Namespace) 
     print(render(["drain", "pods", "C", "ideal", "wall", "pool", "wall/pod", "CPU", "RSS",
                   "runs"], run_rows(par, serial, lat), lambda i: 0 < i < 9))
     print()
+    print("CPU (median CPU seconds while the timed drain ran, per part)")
+    print(render(["part", "parallel", "serial"], cpu_rows(par, serial, lat), lambda i: i > 0))
+    print()
     print("STAGES (median seconds per pod, from the drains' `migrate pod` journals)")
     print(render(["stage", "serial", f"concurrency {par.concurrency}", "simulated"],
                  stage_rows(par, serial, lat, args.mib), lambda i: i in (1, 2)))
@@ -310,6 +382,9 @@ def report(par: Drain, serial: Drain, lat: Latencies, args: argparse.Namespace) 
     print(f"API REQUESTS per pod (medians): {par.per_pod('server'):.1f} in the API server's "
           f"audit log ({par.per_pod('migrate'):.1f} counted by migrate); serial "
           f"{serial.per_pod('server'):.1f}")
+    kinds = Counter(dict(par.last.kinds))
+    print("  last parallel drain's, per pod: " + ", ".join(
+        f"{kind} {n / par.pods:.2f}" for kind, n in kinds.most_common()))
     waits = [float(p.get("budget_wait_seconds") or 0) for p in par.last.report["pods"]]
     print(f"last drain's waits for disruption budgets: {sum(1 for w in waits if w > 0)} pods, "
           f"{sum(waits):.1f} s in all")

@@ -28,7 +28,6 @@ when it could not measure. Run from the repository root:
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 from collections.abc import Sequence
@@ -37,7 +36,18 @@ from pathlib import Path
 from build_bench import Bench, Command, DiskWatch, fmt_opt, ratio_row
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from harness import MIB, MIGRATE, BenchError, check, fmt_s, generate, measure, render, with_registry
+from harness import (
+    MIB,
+    MIGRATE,
+    BenchError,
+    archive_args,
+    check,
+    fmt_s,
+    generate,
+    measure,
+    render,
+    with_registry,
+)
 
 from e2e.services.registry import Registry
 
@@ -144,17 +154,7 @@ def _report(pairs: dict[str, tuple[Command, Command]], floor: Command, size: int
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--big-mib", type=int, default=512, help="bulk memory of the archive")
-    ap.add_argument("--reps", type=int, default=3, help="timed repetitions of each command")
-    ap.add_argument("--workdir", type=Path, default=None,
-                    help="where the archive, keys and registry storage go (a temporary "
-                         "subdirectory, removed at the end) [default: the system temporary "
-                         "directory]")
-    args = ap.parse_args(argv)
-    if args.reps < 1 or args.big_mib < 0:
-        ap.error("--reps must be at least 1 and --big-mib non-negative")
+    args = archive_args(argv, __doc__, 512, "where the archive, keys and registry storage go")
     return with_registry("encrypt-bench-", args.workdir,
                          lambda work: bench(work, args.big_mib, args.reps))
 

@@ -9,6 +9,8 @@
   turning what stops a measurement into an error message and exit code 1;
   ``with_registry``: the same for a benchmark that starts a loopback registry
   (and a simulator), stopped even when the script is killed.
+- ``archive_args``: the command line of a benchmark over one generated archive
+  (``--big-mib``, ``--reps``, ``--workdir``), checked.
 - ``generate``: a checkpoint archive of realistic memory pages (``e2e.archives.archivegen``).
 - ``Sample`` and ``run_once``: one run of a command under ``/usr/bin/time -f
   "%M %U %S"`` (wall time, peak RSS of the largest single process of the tree,
@@ -18,6 +20,9 @@
   CPU); each script subclasses it with what its commands need.
 - ``measure``: one untimed warm-up run per command, then interleaved
   repetitions whose order rotates, for a shared and noisy machine.
+- ``process_cpu`` and ``CpuWindow``: CPU seconds of running processes, of this
+  process's threads and of the whole machine, over a timed window: whether a
+  measurement was bound by the cores, and by whose work.
 - ``fmt_s`` and ``render``: the report's numbers and aligned plain-text tables.
 
 The scripts import it as ``harness``: run as ``python bench/SCRIPT.py``, their
@@ -26,6 +31,7 @@ own directory is first on ``sys.path``.
 
 from __future__ import annotations
 
+import argparse
 import os
 import resource
 import shutil
@@ -103,6 +109,23 @@ def with_registry(prefix: str, workdir: Path | None, bench: Callable[[Path], Non
         return 2
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     return in_workdir(prefix, workdir, bench, (RegistryError,))
+
+
+def archive_args(argv: Sequence[str] | None, doc: str | None, big_mib: int,
+                 workdir_help: str) -> argparse.Namespace:
+    """Parse ``--big-mib`` (default ``big_mib``), ``--reps`` and ``--workdir``; the
+    description is the first paragraph of the script's ``doc``."""
+    ap = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--big-mib", type=int, default=big_mib, help="bulk memory of the archive")
+    ap.add_argument("--reps", type=int, default=3, help="timed repetitions of each command")
+    ap.add_argument("--workdir", type=Path, default=None, help=f"{workdir_help} (a temporary "
+                    "subdirectory of it, removed at the end) [default: the system temporary "
+                    "directory]")
+    args = ap.parse_args(argv)
+    if args.reps < 1 or args.big_mib < 0:
+        ap.error("--reps must be at least 1 and --big-mib non-negative")
+    return args
 
 
 def generate(out: Path, mib: int) -> float:
@@ -217,6 +240,38 @@ def measure(commands: Sequence[C], reps: int, run: Callable[[C, str], Sample],
             print(f"  repetition {rep + 1}/{reps} ...", flush=True)
         for cmd in [*commands[rep % n:], *commands[:rep % n]]:
             cmd.samples.append(run(cmd, f"r{rep + 1}"))
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a running process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> float:
+    """CPU seconds all cores spent busy since boot (not idle, not waiting for I/O)."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is inside user already)
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuWindow:
+    """CPU used between its creation and `close`: by each named process, by this
+    process (all its threads), and by the whole machine."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._start = self._read()
+
+    def _read(self) -> dict[str, float]:
+        now = {name: process_cpu(pid) for name, pid in self.pids.items()}
+        own = os.times()
+        return {**now, "self": own.user + own.system, "machine": machine_busy()}
+
+    def close(self) -> dict[str, float]:
+        """CPU seconds per name, plus "self" and "machine"."""
+        end = self._read()
+        return {k: round(end[k] - self._start[k], 3) for k in end}
 
 
 def fmt_s(seconds: float) -> str:

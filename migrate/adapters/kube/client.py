@@ -14,7 +14,7 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -295,25 +295,3 @@ def delete_object(cluster: Cluster, what: str, path: str, params: dict[str, str]
     except NotFoundError:
         return False
     return True
-
-
-def watch_stream(resp: Any) -> Generator[dict[str, Any], None, None]:
-    """The watch events of a streamed response, one JSON object per line. A line
-    that is not JSON (cut short by a dropped connection) ends the stream, as the
-    drop would. The connection is closed at the end: a watch cut short cannot be
-    reused."""
-    raw = resp.response  # urllib3's, unread
-    pending = b""
-    try:
-        for chunk in raw.stream(amt=None, decode_content=False):
-            *lines, pending = (pending + chunk).split(b"\n")
-            for line in lines:
-                if line.strip():
-                    try:
-                        event: dict[str, Any] = json.loads(line)
-                    except ValueError:
-                        return
-                    yield event
-    finally:
-        raw.close()
-        raw.release_conn()

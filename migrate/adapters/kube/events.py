@@ -9,7 +9,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from migrate.adapters.kube.client import Cluster, request_json, send, watch_stream
+from migrate.adapters.kube.client import Cluster, request_json, send
+from migrate.adapters.kube.watches import watch_stream
 from migrate.errors import MigrateError
 from migrate.settings import RetrySettings
 

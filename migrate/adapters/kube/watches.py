@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Generator
 from typing import Any
 
-from migrate.adapters.kube.client import (
-    Cluster,
-    T,
-    request_json,
-    send,
-    translate,
-    watch_stream,
-)
+from migrate.adapters.kube.client import Cluster, T, request_json, send, translate
 from migrate.errors import TransientClusterError, WatchTimeout
 
 
@@ -72,3 +66,25 @@ def watch_object(cluster: Cluster, collection: str, what: str, namespace: str, n
             break
     raise WatchTimeout(f"{what}: timed out after {timeout:g} s",
                        hint="raise --timeout, or look at its events (kubectl describe)")
+
+
+def watch_stream(resp: Any) -> Generator[dict[str, Any], None, None]:
+    """The watch events of a streamed response, one JSON object per line. A line
+    that is not JSON (cut short by a dropped connection) ends the stream, as the
+    drop would. The connection is closed at the end: a watch cut short cannot be
+    reused."""
+    raw = resp.response  # urllib3's, unread
+    pending = b""
+    try:
+        for chunk in raw.stream(amt=None, decode_content=False):
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                if line.strip():
+                    try:
+                        event: dict[str, Any] = json.loads(line)
+                    except ValueError:
+                        return
+                    yield event
+    finally:
+        raw.close()
+        raw.release_conn()
