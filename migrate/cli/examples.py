@@ -131,6 +131,14 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("apply it, with drain options passed through",
          "migrate schedule drain node-a --cron '0 2 * * 6' --apply -- --concurrency 8"),
     ),
+    "schedule prune": (
+        ("print the CronJob and its RBAC: every night, archives over a week old",
+         "migrate schedule prune --cron '30 3 * * *' --image reg.example/m:1 -- "
+         "--older-than 7d --keep 2"),
+        ("apply one for the registry's images",
+         "migrate schedule prune --name migrate-prune-images --cron '0 4 * * 0' --apply -- "
+         "--registry reg.example/ckpt --older-than 30d"),
+    ),
     "sandbox": (
         ("crictl configs for a CRI-O host", "migrate sandbox checkpoint.tar --out ./sandbox"),
         ("restore a Podman checkpoint here, fenced off", "migrate sandbox checkpoint.tar "
@@ -142,6 +150,14 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
          "./sandbox --run"),
         ("with Podman, a host mount replaced by a directory of yours",
          "migrate sandbox restore c.tar --engine podman --allow-mount /data=/srv/x"),
+    ),
+    "prune": (
+        ("what would go: archives over a week old, beyond the 2 newest per container",
+         "migrate prune --older-than 7d --keep 2 --dry-run"),
+        ("one node, in a Job on it", "migrate prune --node node-a --max-size 20G "
+         "--where node --tool-image reg.example/migrate:1"),
+        ("checkpoint images no pod uses, over 30 days old",
+         "migrate prune --registry reg.example/ckpt --older-than 30d"),
     ),
     "sandbox stop": (
         ("stop and remove what --engine podman restored",
