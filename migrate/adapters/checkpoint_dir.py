@@ -31,7 +31,7 @@ class Entry:
 
     name: str
     regular: bool  # a regular file (never a symlink, directory, FIFO, device...)
-    kind: str  # "file", "symlink", "directory", "other"
+    kind: str  # "file", "symlink", "directory", "special file"
     size: int
     mtime: float
     inode: tuple[int, int]  # (st_dev, st_ino)
@@ -42,7 +42,7 @@ def _kind(mode: int) -> str:
         return "file"
     if stat.S_ISLNK(mode):
         return "symlink"
-    return "directory" if stat.S_ISDIR(mode) else "other"
+    return "directory" if stat.S_ISDIR(mode) else "special file"
 
 
 @contextmanager

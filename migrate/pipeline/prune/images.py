@@ -238,6 +238,7 @@ def prune_registry(cluster: kube.Cluster, settings: Settings, req: RegistryPrune
     for repo in _repositories(root, repository):
         client = RegistryClient(Reference(registry, repo), settings.registry,
                                 actions="pull,delete")
+        client.login()  # per repository: a Bearer token's scope is one repository
         for image in _images(client):
             if image.checkpoint is None:
                 other += 1
