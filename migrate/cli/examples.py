@@ -132,12 +132,10 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
          "migrate schedule drain node-a --cron '0 2 * * 6' --apply -- --concurrency 8"),
     ),
     "schedule prune": (
-        ("print the CronJob and its RBAC: every night, archives over a week old",
-         "migrate schedule prune --cron '30 3 * * *' --image reg.example/m:1 -- "
-         "--older-than 7d --keep 2"),
-        ("apply one for the registry's images",
-         "migrate schedule prune --name migrate-prune-images --cron '0 4 * * 0' --apply -- "
-         "--registry reg.example/ckpt --older-than 30d"),
+        ("print the CronJob and its RBAC: nightly, 2 archives kept per container",
+         "migrate schedule prune --cron '30 3 * * *' --image reg/m:1 -- --keep 2"),
+        ("weekly, the registry's unused images (default name: migrate-prune)",
+         "migrate schedule prune --cron @weekly -- --registry reg/c --older-than 4w"),
     ),
     "sandbox": (
         ("crictl configs for a CRI-O host", "migrate sandbox checkpoint.tar --out ./sandbox"),
@@ -155,7 +153,7 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("what would go: archives over a week old, beyond the 2 newest per container",
          "migrate prune --older-than 7d --keep 2 --dry-run"),
         ("one node, in a Job on it", "migrate prune --node node-a --max-size 20G "
-         "--where node --tool-image reg.example/migrate:1"),
+         "--where node --tool-image reg/m:1"),
         ("checkpoint images no pod uses, over 30 days old",
          "migrate prune --registry reg.example/ckpt --older-than 30d"),
     ),
