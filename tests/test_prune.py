@@ -231,3 +231,24 @@ def test_the_termination_message_fits_in_4_kib(cli: Cli, tmp_path: Path) -> None
     assert len(text.encode()) <= archives.MESSAGE_BYTES
     node = json.loads(text)
     assert len(node["pruned"]) + node["omitted"] == 120 and node["pruned_bytes"] == 1200
+
+
+def test_the_node_job_is_a_valid_job_that_protects_what_it_is_told() -> None:
+    from migrate.pipeline import incluster
+    from migrate.pipeline.prune.onnode import NodePrune, job_manifest
+
+    job = job_manifest(NodePrune("default", "node-a", "reg.example/migrate:1",
+                                 Rules(older_than=3600, keep=2, max_size=1 << 30),
+                                 protected=("checkpoint-w_d-a-2026-01-01T00:00:00Z.tar",),
+                                 protected_prefixes=("checkpoint-m_d-",), dry_run=True))
+    incluster.check([job], incluster.target_version(None))
+    pod = job["spec"]["template"]["spec"]
+    assert pod["nodeName"] == "node-a" and pod["automountServiceAccountToken"] is False
+    assert pod["volumes"][0]["hostPath"] == {"path": "/var/lib/kubelet/checkpoints",
+                                             "type": "Directory"}
+    assert pod["containers"][0]["args"] == [
+        "prune", "--where", "local", "--node", "node-a", "--dir", "/var/lib/kubelet/checkpoints",
+        "--termination-message-path", "/dev/termination-log", "-o", "json",
+        "--older-than", "3600s", "--keep", "2", "--max-size", str(1 << 30),
+        "--protect", "checkpoint-w_d-a-2026-01-01T00:00:00Z.tar",
+        "--protect-prefix", "checkpoint-m_d-", "--dry-run"]

@@ -1,4 +1,5 @@
-"""`migrate schedule drain`: a CronJob that drains a node in-cluster at a maintenance window.
+"""`migrate schedule drain` and `migrate schedule prune`: CronJobs that drain a node at a
+maintenance window, and prune checkpoint archives or images, in-cluster.
 
 The CronJob (templates/drain-cronjob.yaml) runs the tool's own image as the
 `migrate` ServiceAccount of `migrate deploy` (whose objects come first in
@@ -18,6 +19,11 @@ the output) with `migrate drain NODE`, plus:
 The pod keeps off the drained node (node affinity): there the drain would
 evict itself. Its journal lives in an emptyDir (MIGRATE_STATE_DIR), so the
 Job's log, not a later `migrate drain --resume`, is the record of a run.
+
+The prune's CronJob (templates/prune-cronjob.yaml) runs `migrate prune` as
+its own ServiceAccount (incluster.prune_objects: only the prune's rules),
+adding `--where node --tool-image IMAGE --namespace NS` for node archives: a
+Job on each node does the deleting.
 """
 
 from __future__ import annotations
