@@ -103,6 +103,10 @@ def test_prune_removes_what_the_rules_say_and_dry_run_nothing(cli: Cli, tmp_path
     r = prune(cli, tmp_path, "--older-than", "7d", "--keep", "2", "--dry-run")
     assert sorted(pruned(r)) == sorted([web[2], web[3], db[1]])
     assert r.json()["dry_run"] is True and sorted(os.listdir(tmp_path)) == before
+    table = cli("prune", "--dir", tmp_path, "--node", "node-a", "--older-than", "7d",
+                "--keep", "2", "--dry-run").out
+    assert f"node-a: would prune {web[3]} (older-than)" in table.splitlines()
+    assert f"node-a: would prune {web[2]} (keep)" in table.splitlines()
     r = prune(cli, tmp_path, "--older-than", "7d", "--keep", "2")
     assert sorted(pruned(r)) == sorted([web[2], web[3], db[1]])
     assert sorted(os.listdir(tmp_path)) == sorted([web[0], web[1], db[0]])
@@ -172,6 +176,10 @@ def test_only_regular_files_named_as_the_kubelet_names_them_go(cli: Cli, tmp_pat
     assert (victim / "precious").read_text() == "keep me" and (ckpt / link).is_symlink()
     assert sorted(os.listdir(ckpt)) == sorted([link, dirname, fifo, "checkpoint-garbage.tar",
                                                "podman-export.tar"])
+    table = cli("prune", "--dir", ckpt, "--node", "node-a", "--keep", "0", "--dry-run").out
+    assert table.splitlines()[1].split() == [
+        "node-a", "local", "0", "(0", "B)", "0", "(0", "B)", "4", "skipped", "(not", "kubelet",
+        "archives)"]
 
 
 def test_a_symlinked_checkpoint_directory_is_refused(cli: Cli, tmp_path: Path) -> None:

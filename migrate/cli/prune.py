@@ -60,11 +60,12 @@ def _human_nodes(rep: dict[str, Any]) -> str:
         if "error" in n:
             rows.append((n["node"], n["where"], "-", "-", "failed: " + n["error"]))
             continue
-        note = (f"{len(n['protected'])} protected" if n["protected"] else "") + (
-            f", {len(n['failed'])} not removed" if n["failed"] else "")
+        note = ", ".join(f"{len(n[key])} {word}" for key, word in (
+            ("protected", "protected"), ("skipped", "skipped (not kubelet archives)"),
+            ("failed", "not removed")) if n[key])
         rows.append((n["node"], n["where"], f"{len(n['pruned']) + n['omitted']} "
                      f"({human_size(n['pruned_bytes'])})",
-                     f"{n['kept']} ({human_size(n['kept_bytes'])})", note.strip(", ")))
+                     f"{n['kept']} ({human_size(n['kept_bytes'])})", note))
     lines = [f"{n['node']}: {verb} {p['name']} ({p['rule']})"
              for n in rep["nodes"] if "pruned" in n for p in n["pruned"]]
     body = table(("node", "where", verb, "kept", "note"), rows)
