@@ -142,19 +142,42 @@ def test_a_node_whose_job_fails_is_reported_and_the_others_pruned(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MIGRATE_NODE_ROOT", raising=False)
     old = archive(dirs["node-a"], "web", 30)
-    dirs["node-b"].rmdir()  # no checkpoint yet on node-b: the hostPath mount fails
+    dirs["node-b"].rmdir()
+    dirs["node-b"].write_text("not a directory")  # the hostPath mount fails on node-b
     try:
         r = cli("prune", "--older-than", "1d", "--where", "node", "--tool-image", TOOL,
                 "--kubeconfig", cluster.kubeconfig, "-n", "default", "-o", "json")
     finally:
+        dirs["node-b"].unlink()
         dirs["node-b"].mkdir(mode=0o700)
     assert r.code == 10, r.err
     rep = r.json()
     validate(rep, "prune.schema.json", "prune -o json")
     assert rep["failed_nodes"] == ["node-b"] and rep["pruned"] == 1
     assert old not in os.listdir(dirs["node-a"])
-    assert r.err.splitlines()[0].startswith("error: prune: 1 of 2 node(s) not fully pruned; "
-                                            "node-b: the prune Job migrate-prune-node-b-")
+    lines = r.err.splitlines()
+    assert lines[0].startswith("error: prune: 1 of 2 node(s) not fully pruned; node-b: the "
+                               "prune Job migrate-prune-node-b-"), lines
+    assert lines[0].endswith("hostPath type check failed: /var/lib/kubelet/checkpoints is not "
+                             "a directory"), lines
+
+
+def test_a_node_without_a_checkpoint_directory_has_nothing_to_prune(
+        cli: Cli, cluster: Cluster, dirs: dict[str, Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    dirs["node-b"].rmdir()  # never checkpointed, the ContainerCheckpoint gate off
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", cluster.node_root)
+    r = cli("prune", "--node", "node-b", "--keep", "1", "--kubeconfig", cluster.kubeconfig,
+            "-o", "json")
+    assert r.code == 0, r.err
+    assert r.json()["nodes"][0]["where"] == "local" and not dirs["node-b"].exists()
+    monkeypatch.delenv("MIGRATE_NODE_ROOT")
+    r = cli("prune", "--node", "node-b", "--keep", "1", "--where", "node", "--tool-image", TOOL,
+            "--kubeconfig", cluster.kubeconfig, "-n", "default", "-o", "json")
+    assert r.code == 0, r.err
+    assert r.json()["nodes"][0]["pruned"] == []
+    # The Job's mount made it; the prune made it 0700, as the kubelet makes it.
+    assert dirs["node-b"].is_dir() and dirs["node-b"].stat().st_mode & 0o777 == 0o700
 
 
 def test_a_scheduled_prune_runs_with_exactly_its_rules(

@@ -80,6 +80,13 @@ def entries(fd: int) -> list[Entry]:
     return out
 
 
+def tighten_if_empty(fd: int) -> None:
+    """Make an empty directory 0700, the mode the kubelet creates it with: a hostPath
+    ``DirectoryOrCreate`` mount makes it 0755, and archives are named after pods."""
+    if not os.listdir(fd) and os.fstat(fd).st_mode & 0o077:
+        os.fchmod(fd, 0o700)
+
+
 def remove(fd: int, entry: Entry) -> str:
     """Remove ``entry`` if it is still the regular file listed; "" when removed, else why
     not ("gone", "replaced", or the error)."""

@@ -44,12 +44,17 @@ def _candidates(found: list[checkpoint_dir.Entry]) -> tuple[list[Archive], list[
 
 
 def prune_directory(node: str, directory: Path, rules: Rules, protected: set[str],
-                    prefixes: tuple[str, ...] = (), *, dry_run: bool, now: float) -> Obj:
+                    prefixes: tuple[str, ...] = (), *, dry_run: bool, now: float,
+                    tighten: bool = False) -> Obj:
     """Select and (unless ``dry_run``) remove archives in ``directory``; the node's report.
 
     Names in ``protected``, and names starting with one of ``prefixes`` (the
-    archives of a claimed pod), are kept whatever the rules say."""
+    archives of a claimed pod), are kept whatever the rules say. ``tighten``:
+    an empty directory is made 0700 (a node Job's mount may have just made it).
+    """
     with checkpoint_dir.opened(directory) as fd:
+        if tighten and not dry_run:
+            checkpoint_dir.tighten_if_empty(fd)
         found = checkpoint_dir.entries(fd)
         archives, skipped = _candidates(found)
         protected = protected | {a.name for a in archives
@@ -74,6 +79,13 @@ def prune_directory(node: str, directory: Path, rules: Rules, protected: set[str
             "kept": len(chosen.kept), "kept_bytes": sum(a.size for a in chosen.kept),
             "protected": sorted(protected & names), "skipped": skipped, "failed": failed,
             "omitted": 0}
+
+
+def nothing_yet(node: str, directory: Path) -> Obj:
+    """The report of a node with no checkpoint directory: it never took a checkpoint."""
+    return {"node": node, "directory": str(directory), "where": "local", "pruned": [],
+            "pruned_bytes": 0, "kept": 0, "kept_bytes": 0, "protected": [], "skipped": [],
+            "failed": [], "omitted": 0}
 
 
 def compact(report: Obj, limit: int = MESSAGE_BYTES) -> str:

@@ -52,9 +52,12 @@ def _unreadable(settings: Settings, node: str) -> tuple[Path, str]:
     here = locate(node, str(DEFAULT_CHECKPOINT_DIR), settings)
     if not settings.node_root and os.uname().nodename.split(".")[0] != node.split(".")[0]:
         return here, f"this machine is not {node} and MIGRATE_NODE_ROOT is not set"
-    if not here.is_dir():
+    if settings.node_root and not locate(node, "/", settings).is_dir():
+        return here, f"{locate(node, '/', settings)} (MIGRATE_NODE_ROOT for {node}) does not " \
+            "exist"
+    if not (here if here.exists() else here.parent).is_dir():
         return here, f"{here} is not a directory here"
-    if not os.access(here, os.R_OK | os.W_OK | os.X_OK):
+    if here.exists() and not os.access(here, os.R_OK | os.W_OK | os.X_OK):
         return here, f"{here} is not writable here"
     return here, ""
 
@@ -106,7 +109,7 @@ def prune_here(req: PruneRequest) -> Obj:
         raise UsageError("--dir needs exactly one --node: the node the directory is from")
     report = archives.prune_directory(req.nodes[0], req.directory, req.rules,
                                       set(req.protect), req.protect_prefixes,
-                                      dry_run=req.dry_run, now=time.time())
+                                      dry_run=req.dry_run, now=time.time(), tighten=True)
     return _summary(req, [report])
 
 
@@ -156,6 +159,8 @@ def _node_prune(req: PruneRequest, namespace: str, node: str,
 
 
 def _local(req: PruneRequest, kept: protect.Protected, node: str, here: Path) -> Obj:
+    if not here.exists() and not here.is_symlink():
+        return archives.nothing_yet(node, here)
     try:
         return archives.prune_directory(
             node, here, req.rules, kept.on(node) | set(req.protect),

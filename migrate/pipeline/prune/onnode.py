@@ -68,7 +68,11 @@ def job_manifest(p: NodePrune) -> dict[str, Any]:
         "mounts": [{"name": "checkpoints", "mountPath": directory},
                    {"name": "scratch", "mountPath": SCRATCH}],
         "volumes": [{"name": "checkpoints",
-                     "hostPath": {"path": directory, "type": "Directory"}},
+                     # The kubelet makes it (0700) at start-up when ContainerCheckpoint
+                     # is on; a node without it has nothing to prune, and with "Directory"
+                     # its Job would wait for the mount until the deadline. The prune
+                     # makes a new, empty one 0700 as the kubelet would have.
+                     "hostPath": {"path": directory, "type": "DirectoryOrCreate"}},
                     {"name": "scratch", "emptyDir": {}}]})
     return job
 
