@@ -181,3 +181,22 @@ def test_a_migrations_images_are_deleted_only_once_no_pod_uses_them(
     assert tags(plain_registry, repo) == []
     assert delete_images(cluster, settings, [pinned]) == [
         {"image": pinned, "digest": digest, "deleted": False}]
+
+
+def test_a_token_registry_grants_the_delete_it_was_asked_for(
+        cli: Cli, real_cp: ControlPlane, token_registry: RegistryUnderTest,
+        counters_archive: Path) -> None:
+    """Bearer tokens are per action: a prune asks for pull,delete on each repository
+    (distribution checks `delete` for DELETE), and the catalog is not granted: the
+    repository given is pruned alone."""
+    repo = make_repo_name("token")
+    creds = f"{token_registry.username}:{token_registry.password}"
+    tls = ("--cert-dir", str(token_registry.cert_dir))
+    r = cli("build", counters_archive, "--image", f"{token_registry.host}/{repo}:v1",
+            "--creds", creds, *tls, "-o", "json")
+    assert r.code == 0, r.err
+    r = cli("prune", "--registry", f"{token_registry.host}/{repo}", "--older-than", "1d",
+            "--creds", creds, *tls, "--kubeconfig", real_cp.admin_kubeconfig, "-o", "json")
+    assert r.code == 0, r.err
+    assert [i["tags"] for i in r.json()["pruned"]] == [["v1"]]
+    assert tags(token_registry, repo) == []
