@@ -131,6 +131,8 @@ def test_a_registry_that_refuses_deletes_says_how_to_allow_them(
     (("--older-than", "1d", "--keep", "2"),
      "error: --keep and --max-size apply to node archives, not to --registry"),
     ((), "error: --registry needs --older-than DURATION"),
+    (("--older-than", "1d", "--node", "node-a"),
+     "error: --node, --where, --dir and --protect apply to node archives, not to --registry"),
     (("--older-than", "1 day"), "error: --older-than '1 day' is not a duration"),
 ])
 def test_registry_usage_errors(cli: Cli, real_cp: ControlPlane, args: tuple[str, ...],

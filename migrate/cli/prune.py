@@ -139,6 +139,10 @@ def prune(
     or its claim is on the pod) are always kept.
     """
     seconds = _duration(older_than)
+    if registry is not None and (node or where is not Where.auto or directory or protect):
+        raise UsageError("--node, --where, --dir and --protect apply to node archives, not "
+                         "to --registry", hint="prune node archives and registry images in "
+                         "two runs")
     if registry is not None:
         _prune_registry(ctx, registry, seconds, keep, max_size, dry_run, output, kubeconfig,
                         context, with_registry(ctx.obj, authfile=authfile, creds=creds,
