@@ -253,7 +253,7 @@ def test_the_node_job_is_a_valid_job_that_protects_what_it_is_told() -> None:
     pod = job["spec"]["template"]["spec"]
     assert pod["nodeName"] == "node-a" and pod["automountServiceAccountToken"] is False
     assert pod["volumes"][0]["hostPath"] == {"path": "/var/lib/kubelet/checkpoints",
-                                             "type": "Directory"}
+                                             "type": "DirectoryOrCreate"}
     assert pod["containers"][0]["args"] == [
         "prune", "--where", "local", "--node", "node-a", "--dir", "/var/lib/kubelet/checkpoints",
         "--termination-message-path", "/dev/termination-log", "-o", "json",
