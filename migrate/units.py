@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 _UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
 
 
@@ -33,3 +35,18 @@ def parse_size(text: str) -> int:
     if not digits.isdigit() or suffix not in _SUFFIXES:
         raise ValueError("not a size")
     return int(digits) * _SUFFIXES[suffix]
+
+
+_DURATION_PART = re.compile(r"(\d+)([smhdw])")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> int:
+    """``"30d"``, ``"12h"``, ``"1h30m"``, ``"2w"`` -> seconds (a bare number is seconds)."""
+    value = text.strip().lower()
+    if value.isdigit():
+        return int(value)
+    parts = _DURATION_PART.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        raise ValueError("not a duration")
+    return sum(int(n) * _SECONDS[u] for n, u in parts)

@@ -613,6 +613,8 @@ JSON_FORMS = {  # the schema of each command's -o json, and a test validating re
     "deploy --apply": "apply.schema.json", "schedule drain --apply": "apply.schema.json",
     "sandbox": "sandbox.schema.json", "sandbox --engine podman": "sandbox-podman.schema.json",
     "sandbox stop": "sandbox-stop.schema.json",
+    "prune": "prune.schema.json", "prune --registry": "prune-registry.schema.json",
+    "schedule prune --apply": "apply.schema.json",
 }
 
 

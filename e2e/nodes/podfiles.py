@@ -273,12 +273,13 @@ class PodFiles:
             raise MountFailed(f'volume "{name}": hostPath {path!r} is not absolute and normal')
         host = self.node_dir(pod["spec"]["nodeName"]) / path.lstrip("/")
         kind = source.get("type") or ""
-        if kind == "DirectoryOrCreate":
+        if kind == "DirectoryOrCreate" and not host.exists():
             host.mkdir(parents=True, exist_ok=True, mode=0o755)
         elif kind == "FileOrCreate" and not host.exists():
             host.parent.mkdir(parents=True, exist_ok=True)
             host.touch(mode=0o644)
         checks = {"Directory": (host.is_dir, "is not a directory"),
+                  "DirectoryOrCreate": (host.is_dir, "is not a directory"),
                   "File": (host.is_file, "is not a file")}
         check, problem = checks.get(kind, (host.exists, "does not exist"))
         if kind and not check():

@@ -131,6 +131,12 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("apply it, with drain options passed through",
          "migrate schedule drain node-a --cron '0 2 * * 6' --apply -- --concurrency 8"),
     ),
+    "schedule prune": (
+        ("print the CronJob and its RBAC: nightly, 2 archives kept per container",
+         "migrate schedule prune --cron '30 3 * * *' --image reg/m:1 -- --keep 2"),
+        ("weekly, the registry's unused images (default name: migrate-prune)",
+         "migrate schedule prune --cron @weekly -- --registry reg/c --older-than 4w"),
+    ),
     "sandbox": (
         ("crictl configs for a CRI-O host", "migrate sandbox checkpoint.tar --out ./sandbox"),
         ("restore a Podman checkpoint here, fenced off", "migrate sandbox checkpoint.tar "
@@ -142,6 +148,14 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
          "./sandbox --run"),
         ("with Podman, a host mount replaced by a directory of yours",
          "migrate sandbox restore c.tar --engine podman --allow-mount /data=/srv/x"),
+    ),
+    "prune": (
+        ("what would go: archives over a week old, beyond the 2 newest per container",
+         "migrate prune --older-than 7d --keep 2 --dry-run"),
+        ("one node, in a Job on it", "migrate prune --node node-a --max-size 20G "
+         "--where node --tool-image reg/m:1"),
+        ("checkpoint images no pod uses, over 30 days old",
+         "migrate prune --registry reg.example/ckpt --older-than 30d"),
     ),
     "sandbox stop": (
         ("stop and remove what --engine podman restored",

@@ -99,10 +99,12 @@ MODULES: dict[str, tuple[str, ...]] = {
     "drain": ("drain", "uncordon"),
     "restore": ("manifest", "sandbox"),
     "schedule": ("deploy", "schedule"),
+    "prune": ("prune",),
 }
-# Modules a module's commands use: `schedule drain` parses its pass-through options
-# with `migrate drain`'s own parser, which must then be registered too.
-_NEEDS: dict[str, tuple[str, ...]] = {"schedule": ("drain",)}
+# Modules a module's commands use: `schedule drain` and `schedule prune` parse their
+# pass-through options with `migrate drain`'s and `migrate prune`'s own parsers, which
+# must then be registered too.
+_NEEDS: dict[str, tuple[str, ...]] = {"schedule": ("drain", "prune")}
 _registered: dict[str, tuple[list[typer.models.CommandInfo], list[typer.models.TyperInfo]]] = {}
 # Global options that take a value (the command name is the first other word).
 _VALUED = ("--tmp-dir", "--kubeconfig", "--context", "-n", "--namespace")

@@ -1,4 +1,5 @@
-"""`migrate deploy` and `migrate schedule drain`: the tool's objects for running in-cluster."""
+"""`migrate deploy`, `migrate schedule drain` and `migrate schedule prune`: the tool's objects
+for running in-cluster."""
 
 from __future__ import annotations
 
@@ -177,14 +178,95 @@ def schedule_drain(
                    k8s_version, output)
 
 
+def _check_prune_options(ctx: typer.Context, options: list[str]) -> None:
+    """Parse the passed-through options with `migrate prune`'s own parser."""
+    for own in ("--dir", "--termination-message-path", "--dry-run"):
+        if any(o == own or o.startswith(own + "=") for o in options):
+            raise UsageError(f"prune option {own} makes no sense on a schedule",
+                             hint="run `migrate prune --dry-run` by hand to see what would go")
+    root = ctx.find_root()
+    get_command = getattr(root.command, "get_command", None)
+    prune = get_command(root, "prune") if get_command is not None else None
+    if prune is None:
+        return
+    try:
+        prune.make_context("prune", list(options), parent=root, resilient_parsing=False)
+    except typer.TyperException as e:
+        raise UsageError(f"prune option: {e.format_message()}",
+                         hint="see 'migrate prune --help'") from e
+    if not any(o.split("=")[0] in ("--older-than", "--keep", "--max-size") for o in options):
+        raise UsageError("say what the scheduled prune removes: --older-than, --keep or "
+                         "--max-size (after --)", hint='e.g. `migrate schedule prune --cron '
+                         '"30 3 * * *" -- --older-than 7d --keep 2`')
+
+
+def schedule_prune(
+    ctx: typer.Context,
+    cron: str = typer.Option(..., "--cron", help='When, as five cron fields: "30 3 * * *" '
+                             "is every day at 03:30.", show_default=False),
+    namespace: str | None = NAMESPACE,
+    image: str | None = typer.Option(None, "--image", envvar="MIGRATE_TOOL_IMAGE",
+                                     help="The tool's image (default with --apply: the one "
+                                     "`migrate deploy --image` recorded).",
+                                     show_default=False),
+    registry_secret: str | None = typer.Option(None, "--registry-secret", metavar="NAME",
+                                               help="A dockerconfigjson Secret in the "
+                                               "namespace: credentials for prune --registry.",
+                                               show_default=False),
+    time_zone: str | None = typer.Option(None, "--time-zone", metavar="ZONE", help="IANA "
+                                         "time zone of the schedule (default: the cluster's "
+                                         "controller manager's).", show_default=False),
+    name: str | None = typer.Option(None, "--name", help="CronJob name (default: "
+                                    "migrate-prune).", show_default=False),
+    deadline: int = typer.Option(3600, "--deadline", min=60, help="Seconds a prune may "
+                                 "run before its Job is stopped."),
+    apply: bool = APPLY,
+    k8s_version: str | None = K8S_VERSION,
+    kubeconfig: Path | None = KUBECONFIG,
+    context: str | None = CONTEXT,
+    output: ManifestFormat = OUTPUT,
+) -> None:
+    """A CronJob that runs `migrate prune` in-cluster, with its own ServiceAccount and
+    only the RBAC a prune needs.
+
+    Options this command does not know are prune options, passed through to the
+    scheduled `migrate prune` (after `--`), e.g. `-- --older-than 7d --keep 2`. Node
+    archives are pruned by a Job on each node (--where node, this image); in-cluster
+    the journals of migrations run elsewhere are not seen, so their archives are kept
+    by their claims on the pods.
+    """
+    from migrate.pipeline import incluster, schedule
+
+    options = list(ctx.args)
+    _check_prune_options(ctx, options)
+    settings = with_kube(ctx, kubeconfig, context, None)
+    namespace = _namespace(namespace, settings)
+    if apply and image is None:
+        from migrate.adapters import kube
+
+        image = incluster.service_account_image(kube.connect(settings.kube), namespace)
+    if image is None:
+        raise UsageError("say which image runs the prune: --image REF",
+                         hint="build it from the Containerfile and push it; or record it "
+                         "once with `migrate deploy --image REF --apply`")
+    deployment = incluster.Deployment(namespace, image)
+    job = schedule.prune_cronjob(schedule.ScheduledPrune(
+        cron=cron, image=image, prune_options=tuple(options), deployment=deployment,
+        registry_secret=registry_secret, time_zone=time_zone, name=name, deadline=deadline))
+    _emit_or_apply(settings, [*incluster.prune_objects(deployment), job], apply,
+                   k8s_version, output)
+
+
 schedule_app = typer.Typer(name="schedule", cls=Group, no_args_is_help=True,
                            help="Run the tool in-cluster on a schedule (CronJobs).")
 
 
 def register(app: typer.Typer) -> None:
-    """Attach `deploy` and `schedule drain` to the root app."""
+    """Attach `deploy`, `schedule drain` and `schedule prune` to the root app."""
     app.command("deploy")(deploy)
     schedule_app.command("drain", context_settings={
         "allow_extra_args": True, "ignore_unknown_options": True})(schedule_drain)
+    schedule_app.command("prune", context_settings={
+        "allow_extra_args": True, "ignore_unknown_options": True})(schedule_prune)
     app.add_typer(schedule_app)
 

@@ -17,8 +17,10 @@ The migration (`migrate pod`, `resume`, `rollback`; `drain` runs one per pod):
                    readings of cluster objects
     drain/         `migrate drain`: classify, plan, budgets, move, evict, state, report
 
+Retention (`migrate prune`): prune/ (policy, protect, archives, onnode, nodes, images).
+
 The other commands' services: checkpoint.py (`migrate checkpoint`), doctor.py and
 probe.py (`migrate doctor`), manifest_request.py, archive_pod.py, binds.py (`migrate
 manifest`), sandbox.py, sandbox_podman.py, libpod_rewrite.py (`migrate sandbox`),
-incluster.py, schedule.py, templating.py (`migrate deploy`, `migrate schedule`).
+incluster.py, schedule.py, templating.py (`migrate deploy`, `migrate schedule drain|prune`).
 """

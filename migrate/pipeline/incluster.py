@@ -69,6 +69,12 @@ API_CALLS: dict[str, tuple[Permission, ...]] = {
     "evict_pod": (("", "pods/eviction", "create"),),
 }
 
+#: The adapter functions `migrate prune` calls (pipeline/prune): a scheduled prune's
+#: ServiceAccount gets exactly their permissions, and nothing of the drain's.
+PRUNE_CALLS = ("read_node", "list_nodes", "list_pods", "create_job", "watch_job",
+               "delete_job")
+PRUNE_ACCOUNT = "migrate-prune"
+
 #: Adapter functions the operator runs with their own credentials, never in-cluster.
 OPERATOR_ONLY = frozenset({"apply_object", "read_object", "list_namespaces"})
 
@@ -110,6 +116,22 @@ def deploy_objects(d: Deployment) -> list[Obj]:
         "namespace": d.namespace, "account": ACCOUNT, "role": ROLE, "binding": d.binding,
         "labels": dict(LABELS), "rules": cluster_rules(),
         "annotations": {TOOL_IMAGE_ANNOTATION: d.image} if d.image else None})
+    items: list[Obj] = document["items"]
+    return items
+
+
+def prune_rules() -> list[Obj]:
+    """The RBAC rules of `PRUNE_CALLS`."""
+    return cluster_rules(p for call in PRUNE_CALLS for p in API_CALLS[call])
+
+
+def prune_objects(d: Deployment) -> list[Obj]:
+    """Namespace, ServiceAccount, ClusterRole and ClusterRoleBinding of a scheduled prune:
+    its own account, with the prune's permissions only."""
+    document: Obj = fill("incluster-rbac.yaml", {
+        "namespace": d.namespace, "account": PRUNE_ACCOUNT, "role": PRUNE_ACCOUNT,
+        "binding": f"{PRUNE_ACCOUNT}:{d.namespace}", "labels": dict(LABELS),
+        "rules": prune_rules(), "annotations": None})
     items: list[Obj] = document["items"]
     return items
 

@@ -145,15 +145,23 @@ def _failure(message: str, outcome: str) -> tuple[str, str | None]:
     return (lines[-1][:300] if lines else outcome), None
 
 
-def collect(cluster: kube.Cluster, namespace: str, job: str, timeout: float) -> dict[str, Any]:
-    """Wait for the Job and read the build's result from its termination message."""
+def termination_message(cluster: kube.Cluster, namespace: str, job: str, timeout: float,
+                        what: str = "build") -> str:
+    """Wait for the Job (of the tool's image) and return its termination message; a
+    failed one raises with the tool's own ``error:`` and ``hint:`` lines out of it."""
     outcome = kube.watch_job(cluster, namespace, job, _finished, timeout)
     code, message = _termination(cluster, namespace, job)
     if not outcome.startswith("Complete") or code != 0:
         cause, hint = _failure(message, outcome)
         logs = f"kubectl logs -n {namespace} job/{job}"
-        raise ClusterError(f"the build Job {job} failed (exit {code}): {cause}",
+        raise ClusterError(f"the {what} Job {job} failed (exit {code}): {cause}",
                            hint=f"{hint}; {logs}" if hint else logs)
+    return message
+
+
+def collect(cluster: kube.Cluster, namespace: str, job: str, timeout: float) -> dict[str, Any]:
+    """Wait for the Job and read the build's result from its termination message."""
+    message = termination_message(cluster, namespace, job, timeout)
     try:
         result: dict[str, Any] = json.loads(message)
         ok = isinstance(result, dict) and str(result.get("digest", "")).startswith("sha256:")

@@ -1,4 +1,5 @@
-"""`migrate schedule drain`: a CronJob that drains a node in-cluster at a maintenance window.
+"""`migrate schedule drain` and `migrate schedule prune`: CronJobs that drain a node at a
+maintenance window, and prune checkpoint archives or images, in-cluster.
 
 The CronJob (templates/drain-cronjob.yaml) runs the tool's own image as the
 `migrate` ServiceAccount of `migrate deploy` (whose objects come first in
@@ -18,6 +19,11 @@ the output) with `migrate drain NODE`, plus:
 The pod keeps off the drained node (node affinity): there the drain would
 evict itself. Its journal lives in an emptyDir (MIGRATE_STATE_DIR), so the
 Job's log, not a later `migrate drain --resume`, is the record of a run.
+
+The prune's CronJob (templates/prune-cronjob.yaml) runs `migrate prune` as
+its own ServiceAccount (incluster.prune_objects: only the prune's rules),
+adding `--where node --tool-image IMAGE --namespace NS` for node archives: a
+Job on each node does the deleting.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from migrate.errors import UsageError
-from migrate.pipeline.incluster import ACCOUNT, LABELS, Deployment
+from migrate.pipeline.incluster import ACCOUNT, LABELS, PRUNE_ACCOUNT, Deployment
 from migrate.pipeline.templating import fill
 
 Obj = dict[str, Any]
@@ -109,4 +115,54 @@ def cronjob(s: ScheduledDrain) -> Obj:
         "schedule": check_cron(s.cron), "time_zone": s.time_zone, "deadline": s.deadline,
         "account": ACCOUNT, "avoid": [s.node], "image": s.image, "args": drain_args(s),
         "env": env, "mounts": mounts, "volumes": volumes})
+    return document
+
+
+@dataclass(frozen=True)
+class ScheduledPrune:
+    """A `migrate prune` on the ``cron`` schedule, from the tool image ``image``."""
+
+    cron: str
+    image: str
+    prune_options: tuple[str, ...]
+    deployment: Deployment = field(default_factory=Deployment)
+    registry_secret: str | None = None
+    time_zone: str | None = None
+    name: str | None = None
+    deadline: int = 3600
+
+
+def prune_args(s: ScheduledPrune) -> list[str]:
+    """The prune command line the CronJob runs: node archives are pruned by a Job on each
+    node (the CronJob's pod sees no node's files) in the CronJob's namespace."""
+    args = ["prune"]
+    if not _given(s.prune_options, "--registry"):
+        if not _given(s.prune_options, "--where"):
+            args += ["--where", "node"]
+        if not _given(s.prune_options, "--tool-image"):
+            args += ["--tool-image", s.image]
+        if not _given(s.prune_options, "--namespace") and not _given(s.prune_options, "-n"):
+            args += ["--namespace", s.deployment.namespace]
+    return args + list(s.prune_options)
+
+
+def prune_cronjob(s: ScheduledPrune) -> Obj:
+    """The CronJob (templates/prune-cronjob.yaml)."""
+    name = s.name or "migrate-prune"
+    if len(name) > _MAX_NAME:
+        raise UsageError(f"--name {name!r} is longer than {_MAX_NAME} characters",
+                         hint="the CronJob controller adds 11 characters for its Jobs")
+    env = [{"name": "HOME", "value": SCRATCH}]
+    mounts: list[Obj] = [{"name": "scratch", "mountPath": SCRATCH}]
+    volumes: list[Obj] = [{"name": "scratch", "emptyDir": {}}]
+    if s.registry_secret:
+        env.append({"name": "REGISTRY_AUTH_FILE", "value": f"{AUTH_DIR}/.dockerconfigjson"})
+        mounts.append({"name": "registry-auth", "mountPath": AUTH_DIR, "readOnly": True})
+        volumes.append({"name": "registry-auth", "secret": {"secretName": s.registry_secret}})
+    document: Obj = fill("prune-cronjob.yaml", {
+        "name": name, "namespace": s.deployment.namespace,
+        "labels": {**LABELS, "app.kubernetes.io/component": "prune"},
+        "schedule": check_cron(s.cron), "time_zone": s.time_zone, "deadline": s.deadline,
+        "account": PRUNE_ACCOUNT, "image": s.image, "args": prune_args(s), "env": env,
+        "mounts": mounts, "volumes": volumes})
     return document

@@ -12,13 +12,14 @@ a message or a log line.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import ssl
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import urllib3
 from urllib3.exceptions import HTTPError, SSLError
@@ -32,6 +33,10 @@ from migrate.settings import RegistrySettings
 log = logging.getLogger(__name__)
 
 CERTS_D = Path("/etc/containers/certs.d")
+_MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
+                   "application/vnd.oci.image.index.v1+json",
+                   "application/vnd.docker.distribution.manifest.v2+json",
+                   "application/vnd.docker.distribution.manifest.list.v2+json")
 _TLS_HINT = "give the registry's CA with --cert-dir DIR (DIR/*.crt), or --no-tls-verify"
 
 
@@ -80,8 +85,10 @@ def _registry_message(resp: urllib3.BaseHTTPResponse) -> str:
 class RegistryClient:
     """Talks to one repository of one registry."""
 
-    def __init__(self, ref: Reference, settings: RegistrySettings) -> None:
+    def __init__(self, ref: Reference, settings: RegistrySettings,
+                 actions: str = "pull,push") -> None:
         self.ref = ref
+        self.actions = actions  # what a Bearer token is asked for (prune: pull,delete)
         self.settings = settings
         self._creds: Credentials | None = lookup(ref.registry, ref.repository, settings)
         self._pool = urllib3.PoolManager(
@@ -169,7 +176,7 @@ class RegistryClient:
         if not realm:
             raise RegistryError(f"{self.ref.registry}: Bearer challenge without a realm",
                                 hint="the registry's auth configuration is broken")
-        query = {"scope": f"repository:{self.ref.repository}:pull,push"}
+        query = {"scope": f"repository:{self.ref.repository}:{self.actions}"}
         if params.get("service"):
             query["service"] = params["service"]
         headers = {"Authorization": basic_header(self._creds)} if self._creds else {}
@@ -258,6 +265,14 @@ class RegistryClient:
                             what="manifest fetch")
         return bytes(resp.data)
 
+    def has_manifest(self, digest: str) -> bool:
+        """Whether the repository has this manifest (logging in first)."""
+        self.login()
+        resp = self.request("HEAD", f"/v2/{self.ref.repository}/manifests/{digest}",
+                            headers={"Accept": ", ".join(_MANIFEST_TYPES)},
+                            expected={200, 404}, what="manifest check")
+        return resp.status == 200
+
     def delete_manifest(self, digest: str) -> bool:
         """Delete a manifest by digest (logging in first); False when the registry does not
         allow deletes (405). One that is gone already counts as deleted."""
@@ -265,3 +280,55 @@ class RegistryClient:
         resp = self.request("DELETE", f"/v2/{self.ref.repository}/manifests/{digest}",
                             expected={202, 404, 405}, what="manifest delete")
         return resp.status != 405
+
+    # -- listing and reading, for prune ----------------------------------------------
+
+    def _pages(self, path: str, key: str, what: str) -> list[str]:
+        """Every item of a paginated list (``Link: <...>; rel="next"``), 404 as empty."""
+        out: list[str] = []
+        query: dict[str, str] = {"n": "1000"}
+        for _ in range(10_000):  # a registry that links in a circle must not hang us
+            resp = self.request("GET", f"{path}?{urlencode(query)}", expected={200, 404},
+                                what=what)
+            if resp.status == 404:
+                return out
+            try:
+                items = json.loads(resp.data).get(key) or []
+            except (ValueError, AttributeError) as e:
+                raise RegistryError(f"{self.ref.registry}: {what}: not JSON",
+                                    hint="is this an OCI distribution registry?") from e
+            out.extend(str(i) for i in items)
+            link = resp.headers.get("Link", "")
+            if 'rel="next"' not in link:
+                return out
+            following = parse_qs(urlsplit(link.split(";")[0].strip(" <>")).query)
+            query = {k: v[-1] for k, v in following.items()}
+        return out
+
+    def list_tags(self) -> list[str]:
+        """The repository's tags (none when it does not exist)."""
+        return self._pages(f"/v2/{self.ref.repository}/tags/list", "tags", "tag list")
+
+    def catalog(self) -> list[str]:
+        """The registry's repositories (``/v2/_catalog``; many registries refuse it)."""
+        return self._pages("/v2/_catalog", "repositories", "catalog")
+
+    def manifest(self, reference: str, accept: Iterable[str]) -> tuple[bytes, str, str]:
+        """A manifest or index by tag or digest: (body, media type, its digest)."""
+        resp = self.request("GET", f"/v2/{self.ref.repository}/manifests/{reference}",
+                            headers={"Accept": ", ".join(accept)}, expected={200},
+                            what="manifest fetch")
+        body = bytes(resp.data)
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        return body, resp.headers.get("Content-Type", ""), digest
+
+    def get_blob(self, digest: str, limit: int) -> bytes:
+        """A small blob (an image config), at most ``limit`` bytes, checked against its digest."""
+        resp = self.request("GET", f"/v2/{self.ref.repository}/blobs/{digest}", expected={200},
+                            what="blob fetch")
+        body = bytes(resp.data)
+        if len(body) > limit or "sha256:" + hashlib.sha256(body).hexdigest() != digest:
+            raise RegistryError(f"{self.ref.registry}: blob {digest} is not what was asked "
+                                f"for (or larger than {limit} bytes)",
+                                hint="the registry's storage may be damaged")
+        return body
