@@ -26,6 +26,12 @@ APPLY = typer.Option(False, "--apply", help="Create or update the objects in the
 K8S_VERSION = typer.Option(None, "--k8s-version", metavar="X.Y", help="Validate against this "
                            "Kubernetes version (default: the cluster's with --apply, else "
                            "1.30).", show_default=False)
+TOOL_IMAGE = typer.Option(None, "--image", envvar="MIGRATE_TOOL_IMAGE", help="The tool's image "
+                         "(default with --apply: the one `migrate deploy --image` recorded).",
+                         show_default=False)
+TIME_ZONE = typer.Option(None, "--time-zone", metavar="ZONE", help="IANA time zone of the "
+                         "schedule (default: the cluster's controller manager's).",
+                         show_default=False)
 OUTPUT = typer.Option(ManifestFormat.yaml, "-o", "--output", help="yaml: a multi-document "
                       "stream (kubectl apply -f -); json: a v1 List. With --apply: what "
                       "happened to each object.")
@@ -89,6 +95,21 @@ def deploy(
     _emit_or_apply(settings, objects, apply, k8s_version, output)
 
 
+def _parse_as(ctx: typer.Context, command: str, args: list[str]) -> None:
+    """Parse passed-through ``args`` with `migrate COMMAND`'s own parser, when it exists:
+    a mistake is refused now, not in the CronJob's pod on the first night."""
+    root = ctx.find_root()
+    get_command = getattr(root.command, "get_command", None)  # typer's (vendored) click
+    target = get_command(root, command) if get_command is not None else None
+    if target is None:
+        return  # nothing to check against: they go through as they are
+    try:
+        target.make_context(command, args, parent=root)
+    except typer.TyperException as e:
+        raise UsageError(f"{command} option: {e.format_message()}",
+                         hint=f"see 'migrate {command} --help'") from e
+
+
 def _check_drain_options(ctx: typer.Context, node: str, options: list[str]) -> None:
     """Parse the passed-through options with `migrate drain`'s own parser, when it exists."""
     if any(o == "--encrypt-for" or o.startswith("--encrypt-for=") for o in options):
@@ -97,16 +118,7 @@ def _check_drain_options(ctx: typer.Context, node: str, options: list[str]) -> N
                          "cannot read key files on this machine",
                          hint="encrypt in a drain run from here (`migrate drain NODE "
                          "--encrypt-for jwe:KEY`); scheduled drains push unencrypted images")
-    root = ctx.find_root()
-    get_command = getattr(root.command, "get_command", None)  # typer's (vendored) click
-    drain = get_command(root, "drain") if get_command is not None else None
-    if drain is None:
-        return  # nothing to check against: they go through as they are
-    try:
-        drain.make_context("drain", [node, *options], parent=root)
-    except typer.TyperException as e:
-        raise UsageError(f"drain option: {e.format_message()}",
-                         hint="see 'migrate drain --help'") from e
+    _parse_as(ctx, "drain", [node, *options])
 
 
 def schedule_drain(
@@ -117,10 +129,7 @@ def schedule_drain(
     cron: str = typer.Option(..., "--cron", help='When, as five cron fields: "0 2 * * 6" '
                              "is Saturdays at 02:00.", show_default=False),
     namespace: str | None = NAMESPACE,
-    image: str | None = typer.Option(None, "--image", envvar="MIGRATE_TOOL_IMAGE",
-                                     help="The tool's image (default with --apply: the one "
-                                     "`migrate deploy --image` recorded).",
-                                     show_default=False),
+    image: str | None = TOOL_IMAGE,
     registry: str | None = typer.Option(None, "--registry", help="Push checkpoint images "
                                         "under HOST[:PORT]/REPO (passed to the drain).",
                                         show_default=False),
@@ -128,9 +137,7 @@ def schedule_drain(
                                                help="A dockerconfigjson Secret in the "
                                                "namespace: the registry credentials.",
                                                show_default=False),
-    time_zone: str | None = typer.Option(None, "--time-zone", metavar="ZONE", help="IANA "
-                                         "time zone of the schedule (default: the cluster's "
-                                         "controller manager's).", show_default=False),
+    time_zone: str | None = TIME_ZONE,
     name: str | None = typer.Option(None, "--name", help="CronJob name (default: "
                                     "migrate-drain-NODE).", show_default=False),
     deadline: int = typer.Option(6 * 3600, "--deadline", min=60, help="Seconds a drain may "
@@ -184,16 +191,7 @@ def _check_prune_options(ctx: typer.Context, options: list[str]) -> None:
         if any(o == own or o.startswith(own + "=") for o in options):
             raise UsageError(f"prune option {own} makes no sense on a schedule",
                              hint="run `migrate prune --dry-run` by hand to see what would go")
-    root = ctx.find_root()
-    get_command = getattr(root.command, "get_command", None)
-    prune = get_command(root, "prune") if get_command is not None else None
-    if prune is None:
-        return
-    try:
-        prune.make_context("prune", list(options), parent=root, resilient_parsing=False)
-    except typer.TyperException as e:
-        raise UsageError(f"prune option: {e.format_message()}",
-                         hint="see 'migrate prune --help'") from e
+    _parse_as(ctx, "prune", options)
     if not any(o.split("=")[0] in ("--older-than", "--keep", "--max-size") for o in options):
         raise UsageError("say what the scheduled prune removes: --older-than, --keep or "
                          "--max-size (after --)", hint='e.g. `migrate schedule prune --cron '
@@ -205,17 +203,12 @@ def schedule_prune(
     cron: str = typer.Option(..., "--cron", help='When, as five cron fields: "30 3 * * *" '
                              "is every day at 03:30.", show_default=False),
     namespace: str | None = NAMESPACE,
-    image: str | None = typer.Option(None, "--image", envvar="MIGRATE_TOOL_IMAGE",
-                                     help="The tool's image (default with --apply: the one "
-                                     "`migrate deploy --image` recorded).",
-                                     show_default=False),
+    image: str | None = TOOL_IMAGE,
     registry_secret: str | None = typer.Option(None, "--registry-secret", metavar="NAME",
                                                help="A dockerconfigjson Secret in the "
                                                "namespace: credentials for prune --registry.",
                                                show_default=False),
-    time_zone: str | None = typer.Option(None, "--time-zone", metavar="ZONE", help="IANA "
-                                         "time zone of the schedule (default: the cluster's "
-                                         "controller manager's).", show_default=False),
+    time_zone: str | None = TIME_ZONE,
     name: str | None = typer.Option(None, "--name", help="CronJob name (default: "
                                     "migrate-prune).", show_default=False),
     deadline: int = typer.Option(3600, "--deadline", min=60, help="Seconds a prune may "
