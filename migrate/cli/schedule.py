@@ -104,7 +104,7 @@ def _parse_as(ctx: typer.Context, command: str, args: list[str]) -> None:
     if target is None:
         return  # nothing to check against: they go through as they are
     try:
-        target.make_context(command, args, parent=root)
+        target.make_context(command, list(args), parent=root)  # click consumes its list
     except typer.TyperException as e:
         raise UsageError(f"{command} option: {e.format_message()}",
                          hint=f"see 'migrate {command} --help'") from e
