@@ -40,8 +40,8 @@ def cluster(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
                      start_latency=0.02, stop_latency=0.02, tool_timeout=120) as world:
         try:
             yield world
-        finally:
-            cp_kubectl(real_cp.admin_kubeconfig, "delete", "--ignore-not-found", "--wait=false",
+        finally:  # waited for: the next module may create migrate-system again
+            cp_kubectl(real_cp.admin_kubeconfig, "delete", "--ignore-not-found", "--timeout=120s",
                        "namespace/migrate-system", "clusterrole/migrate-prune",
                        "clusterrolebinding/migrate-prune:migrate-system")
 

@@ -164,8 +164,9 @@ def cluster(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
                      registries=registries) as world:
         try:
             yield world
-        finally:  # what `migrate deploy` and the tests made outside namespace default
-            cp_kubectl(real_cp.admin_kubeconfig, "delete", "--ignore-not-found", "--wait=false",
+        finally:  # what `migrate deploy` and the tests made outside namespace default, waited
+            # for: the next module may create migrate-system again
+            cp_kubectl(real_cp.admin_kubeconfig, "delete", "--ignore-not-found", "--timeout=120s",
                        "namespace/migrate-system", "namespace/elsewhere",
                        "clusterrole/migrate", "clusterrolebinding/migrate:migrate-system")
 
