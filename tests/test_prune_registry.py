@@ -51,14 +51,16 @@ def push_plain(reg: RegistryUnderTest, repo: str, tag: str) -> str:
 
 @pytest.fixture
 def pending_pod(real_cp: ControlPlane, cp_admin: client.ApiClient,
-                cp_namespace: str) -> Iterator[Callable[[str, str], None]]:
+                cp_namespace: str) -> Iterator[Callable[..., None]]:
     """Make a pod naming an image; it never runs (no node matches), it only names it."""
     core = client.CoreV1Api(cp_admin)
 
-    def make(name: str, image: str) -> None:
+    def make(name: str, image: str, policy: str | None = None) -> None:
+        container = {"name": "c", "image": image}
+        if policy:
+            container["imagePullPolicy"] = policy
         core.create_namespaced_pod(cp_namespace, {"metadata": {"name": name}, "spec": {
-            "nodeSelector": {"migrate.dev/no-such-node": "true"},
-            "containers": [{"name": "c", "image": image}]}})
+            "nodeSelector": {"migrate.dev/no-such-node": "true"}, "containers": [container]}})
 
     yield make
 
@@ -70,7 +72,7 @@ def prune(cli: Cli, cp: ControlPlane, where: str, *args: str) -> Result:
 
 def test_unused_old_checkpoint_images_go_and_the_rest_stay(
         cli: Cli, real_cp: ControlPlane, plain_registry: RegistryUnderTest,
-        counters_archive: Path, pending_pod: Callable[[str, str], None],
+        counters_archive: Path, pending_pod: Callable[..., None],
         cp_namespace: str) -> None:
     prefix = make_repo_name("prune")
     host = plain_registry.host
@@ -154,7 +156,7 @@ def test_credentials_never_reach_a_message(cli: Cli, real_cp: ControlPlane,
 
 def test_a_migrations_images_are_deleted_only_once_no_pod_uses_them(
         cli: Cli, real_cp: ControlPlane, plain_registry: RegistryUnderTest,
-        counters_archive: Path, pending_pod: Callable[[str, str], None],
+        counters_archive: Path, pending_pod: Callable[..., None],
         cp_namespace: str, cp_admin: client.ApiClient) -> None:
     repo = make_repo_name("cleanup")
     ref = f"{plain_registry.host}/{repo}:checkpoint-1"
@@ -174,14 +176,23 @@ def test_a_migrations_images_are_deleted_only_once_no_pod_uses_them(
     assert tags(plain_registry, repo) == ["checkpoint-1"]
     with pytest.raises(UsageError, match="has no digest"):
         delete_images(cluster, settings, [ref])
-    client.CoreV1Api(cp_admin).delete_namespaced_pod("restored", cp_namespace,
-                                                     grace_period_seconds=0)
-    wait_for(lambda: not client.CoreV1Api(cp_admin).list_namespaced_pod(cp_namespace).items,
-             what="the pod to go")
-    assert delete_images(cluster, settings, [pinned]) == [
+    # The migration's own restored pod restarts from its node's copy; another does not.
+    pending_pod("other", pinned)
+    with pytest.raises(UsageError, match=f"used by pod {cp_namespace}/other"):
+        delete_images(cluster, settings, [pinned], restored=f"{cp_namespace}/restored")
+    core = client.CoreV1Api(cp_admin)
+    for name in ("restored", "other"):
+        core.delete_namespaced_pod(name, cp_namespace, grace_period_seconds=0)
+    wait_for(lambda: not core.list_namespaced_pod(cp_namespace).items, what="the pods to go")
+    pending_pod("restored", pinned, "Always")  # pulls at every start: it needs the registry
+    with pytest.raises(UsageError, match=f"used by pod {cp_namespace}/restored"):
+        delete_images(cluster, settings, [pinned], restored=f"{cp_namespace}/restored")
+    core.delete_namespaced_pod("restored", cp_namespace, grace_period_seconds=0)
+    pending_pod("restored-b", pinned)
+    assert delete_images(cluster, settings, [pinned], restored=f"{cp_namespace}/restored-b") == [
         {"image": pinned, "digest": digest, "deleted": True}]
     assert tags(plain_registry, repo) == []
-    assert delete_images(cluster, settings, [pinned]) == [
+    assert delete_images(cluster, settings, [pinned], restored=f"{cp_namespace}/restored-b") == [
         {"image": pinned, "digest": digest, "deleted": False}]
 
 

@@ -74,12 +74,15 @@ def _images_of(pod: Obj) -> Iterable[str]:
             yield str(s.get("imageID") or "")
 
 
-def in_use(cluster: kube.Cluster) -> InUse:
-    """Every image any pod in the cluster names."""
+def in_use(cluster: kube.Cluster, restored: str | None = None) -> InUse:
+    """Every image any pod in the cluster names; ``restored`` (NAMESPACE/NAME): a pod
+    left out when none of its containers pulls Always (see `delete_images`)."""
     out = InUse()
     for pod in kube.list_pods(cluster, None):
         meta = pod.get("metadata") or {}
         who = f"{meta.get('namespace')}/{meta.get('name')}"
+        if who == restored and not _pulls_always(pod):
+            continue
         for image in _images_of(pod):
             image = image.split("://", 1)[-1]  # docker-pullable://, as some runtimes report
             if "@sha256:" in image or image.startswith("sha256:"):
@@ -95,6 +98,13 @@ def in_use(cluster: kube.Cluster) -> InUse:
     return out
 
 
+def _pulls_always(pod: Obj) -> bool:
+    """Whether a container of ``pod`` pulls its image at every start (the API server
+    writes the default policy into the spec: Always for :latest or no tag)."""
+    return any(c.get("imagePullPolicy") == "Always"
+               for c in (pod.get("spec") or {}).get("containers") or [])
+
+
 def _deleted_or_refused(client: RegistryClient, digest: str) -> None:
     if not client.delete_manifest(digest):
         raise RegistryError(f"{client.ref.registry} refuses to delete manifests "
@@ -102,14 +112,19 @@ def _deleted_or_refused(client: RegistryClient, digest: str) -> None:
                             hint=_DELETE_HINT)
 
 
-def delete_images(cluster: kube.Cluster, settings: Settings, images: Sequence[str]) -> list[Obj]:
+def delete_images(cluster: kube.Cluster, settings: Settings, images: Sequence[str],
+                  restored: str | None = None) -> list[Obj]:
     """Delete the checkpoint images ``images`` (``REGISTRY/REPOSITORY[:TAG]@DIGEST``, as a
     migration's report names them) from their registries, by digest.
 
     Refuses, deleting none, while any pod in the cluster names one of them
-    (a restored pod that restarts is restored from it again). Returns one
-    ``{"image", "digest", "deleted"}`` per image; ``deleted`` is False for
-    one the registry no longer had.
+    (a restored pod that restarts is restored from it again). ``restored``
+    (NAMESPACE/NAME), the migration's own restored pod, is the exception
+    unless a container of it pulls Always: a restart restores from the copy
+    in its node's image store, which the kubelet's image garbage collection
+    leaves alone while a container of the pod uses it (docs/retention.md).
+    Returns one ``{"image", "digest", "deleted"}`` per image; ``deleted`` is
+    False for one the registry no longer had.
     """
     refs = [parse_reference(i) for i in images]
     missing = [str(r) for r in refs if not r.digest]
@@ -117,7 +132,7 @@ def delete_images(cluster: kube.Cluster, settings: Settings, images: Sequence[st
         raise UsageError(f"image {missing[0]} has no digest: only a pushed image's "
                          "digest says exactly what to delete", hint="name it as "
                          "REGISTRY/REPOSITORY@sha256:...")
-    users = in_use(cluster)
+    users = in_use(cluster, restored)
     for r in refs:
         assert r.digest is not None
         who = users.user(r.registry, r.repository, r.digest, [r.tag] if r.tag else [])
