@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +16,6 @@ from migrate.cli.completion import (
     complete_pods,
     complete_runs,
 )
-from migrate.cli.images import Builder, Compression
 from migrate.cli.options import (
     AUTHFILE,
     CERT_DIR,
@@ -33,6 +31,7 @@ from migrate.cli.options import (
     with_registry,
 )
 from migrate.cli.output import Format, ListFormat, emit, say, table
+from migrate.pipeline.choices import Builder, BuildOn, Compression, default_compression
 from migrate.settings import Settings
 
 if TYPE_CHECKING:
@@ -40,14 +39,6 @@ if TYPE_CHECKING:
     from migrate.pipeline.migration import Migration, Planned, Progress
 
 log = logging.getLogger(__name__)
-
-
-class BuildOn(StrEnum):
-    """Where the checkpoint image is built."""
-
-    auto = "auto"
-    local = "local"
-    node = "node"
 
 
 def _progress(stage: str, message: str) -> None:
@@ -184,7 +175,6 @@ def pod(
     from migrate.adapters.registry.reference import check_prefix
     from migrate.errors import UsageError
     from migrate.pipeline import migration
-    from migrate.pipeline.build import default_compression
     from migrate.pipeline.preflight import PodRequest
 
     if container and all_containers:
@@ -199,9 +189,9 @@ def pod(
                              cert_dir=cert_dir)
     req = PodRequest(pod=name, to=to, namespace=namespace, containers=tuple(container),
                      all_containers=all_containers, registry=registry, image=image,
-                     builder=builder.value, build_on=build_on.value,
-                     compression=compression.value if compression is not None
-                     else default_compression(builder.value), keep_source=keep_source,
+                     builder=builder, build_on=build_on,
+                     compression=compression or default_compression(builder),
+                     keep_source=keep_source,
                      dry_run=dry_run, timeout=timeout, cleanup_archive=cleanup_archive,
                      tool_image=tool_image, registry_secret=registry_secret,
                      keep_archive=keep_archive, encrypt_for=tuple(encrypt_for))

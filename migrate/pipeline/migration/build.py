@@ -12,6 +12,7 @@ from migrate.adapters.registry.reference import parse_reference
 from migrate.errors import UsageError
 from migrate.pipeline import nodebuild
 from migrate.pipeline.build import BuildRequest, build_image
+from migrate.pipeline.choices import BuildOn
 from migrate.pipeline.migration.results import Archive, BuildResult, ImageResult
 from migrate.pipeline.migration.run import Run
 from migrate.pipeline.preflight import locate
@@ -26,7 +27,8 @@ def build(run: Run) -> BuildResult:
         local = locate(plan.source, archive.path, run.settings)
         # Preflight chose (journals older than that choice decide here, as they did).
         on_node = plan.build_on == "node" if plan.build_on else (
-            req.build_on == "node" or (req.build_on == "auto" and not local.is_file()))
+            req.build_on is BuildOn.node or (req.build_on is BuildOn.auto
+                                             and not local.is_file()))
         if on_node:
             images[container] = _on_node(run, container, archive)
         elif not local.is_file():
