@@ -5,7 +5,9 @@ named by its JSON path."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from migrate.pipeline.migration import Migration
 from migrate.pipeline.migration.results import BuildResult, CreateResult, ImageResult, done
 from migrate.pipeline.preflight import Plan, PodRequest
 from migrate.validation import validate
+from tests.conftest import Result
 
 GOLDEN = Path(__file__).parent / "golden" / "journal" / "pod-v1-interrupted.json"
 ID = "pod-web-20261201t101500-ab12"
@@ -117,3 +120,15 @@ def test_a_damaged_stage_result_is_named_by_its_path(tmp_path: Path) -> None:
                                      "$.stages[2].data.images.app: 'digest' is a required "
                                      "property")
     assert refused.value.hint == "it can be removed; check the cluster by hand"
+
+
+def test_resume_and_rollback_refuse_a_newer_journal_in_one_line(
+        cli: Callable[..., Result]) -> None:
+    state = Path(os.environ["MIGRATE_STATE_DIR"])
+    path = place(state, {**json.loads(GOLDEN.read_text()), "schema": 3})
+    for command in ("resume", "rollback"):
+        r = cli(command, ID)
+        assert (r.code, r.out, r.err.splitlines()) == (3, "", [
+            f"error: journal {path} is of version 3; this migrate reads versions 1 to 2",
+            "hint: resume or roll it back with the migrate that wrote it (or a newer one)"])
+    assert json.loads(path.read_text())["schema"] == 3  # left as it was
