@@ -35,8 +35,9 @@ from migrate.pipeline.choices import Builder, BuildOn, Compression, default_comp
 from migrate.settings import Settings
 
 if TYPE_CHECKING:
+    from migrate.adapters.kube import Cluster
     from migrate.pipeline.journal import Journal
-    from migrate.pipeline.migration import Migration, Planned, Progress
+    from migrate.pipeline.migration import Migration, Progress
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def _render(rep: dict[str, Any], output: Format) -> None:
     emit(rep, output.value, lambda: _human(rep))
 
 
-def _finish(cluster: Any, output: Format, go: Callable[[Progress], Migration]) -> None:
+def _finish(cluster: Cluster, output: Format, go: Callable[[Progress], Migration]) -> None:
     """Run a migration (``go``: start or resume it) to its end and report, also when it
     failed or was interrupted (a script reading -o json learns the id and where it
     stopped)."""
@@ -200,15 +201,8 @@ def pod(
     if dry_run:
         _render(planned.report(), output)
         return
-    _finish(cluster, output, lambda progress: _started(planned, progress))
-
-
-def _started(planned: Planned, progress: Progress) -> Migration:
-    from migrate.pipeline import migration
-
-    started = migration.start(planned, progress)
-    started.run(planned.cluster, planned.settings, progress)
-    return started
+    _finish(cluster, output, lambda progress: migration.start(planned, progress).run(
+        cluster, settings, progress))
 
 
 def resume(
@@ -238,12 +232,7 @@ def resume(
         command=f"migrate resume {journal_id}", needs_registry=resumed.needs_registry,
         authfile=authfile, creds=creds, tls_verify=tls_verify, cert_dir=cert_dir)
     cluster = kube.connect(settings.kube, background_events=True)
-
-    def go(progress: Progress) -> Migration:
-        resumed.run(cluster, settings, progress)
-        return resumed
-
-    _finish(cluster, output, go)
+    _finish(cluster, output, lambda progress: resumed.run(cluster, settings, progress))
 
 
 def rollback(

@@ -88,14 +88,16 @@ class Migration:
         created = done(self.journal).get("create")
         return created.pod if isinstance(created, CreateResult) else None
 
-    def run(self, cluster: kube.Cluster, settings: Settings, progress: Progress) -> None:
-        """Run the stages not yet done (see the module's docstring for how it ends)."""
+    def run(self, cluster: kube.Cluster, settings: Settings, progress: Progress) -> Migration:
+        """Run the stages not yet done (see the module's docstring for how it ends);
+        returns itself, succeeded."""
         try:
             self.journal.hold()
             if not self.claimed:
                 runner.retake(cluster, settings, self.journal)
                 self.claimed = True
             runner.execute(cluster, settings, self.journal, progress)
+            return self
         except KeyboardInterrupt as e:
             self.journal.interrupted()
             raise Interrupted(self) from e
