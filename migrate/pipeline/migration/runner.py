@@ -37,7 +37,7 @@ from migrate.pipeline.migration.run import (
 )
 from migrate.pipeline.migration.switchover import switch_over
 from migrate.pipeline.migration.verify import verify
-from migrate.pipeline.preflight import locate
+from migrate.pipeline.preflight import Plan, locate
 from migrate.settings import Settings
 
 STAGES = ["preflight", "checkpoint", "build", "create", "verify", "switchover", "cleanup"]
@@ -65,7 +65,7 @@ class StageFailed(MigrateError):
 def retake(cluster: kube.Cluster, settings: Settings, journal: Journal) -> None:
     """A resumed run makes sure it still holds its source (until the switch-over)."""
     if journal.done("preflight") and not journal.done("switchover"):
-        plan = Run(cluster, settings, journal, lambda s, m: None).plan
+        plan = Plan.from_dict(journal.stage("preflight").data["plan"])
         claims.take(cluster, settings.state_dir, plan.namespace, plan.pod, plan.uid,
                     journal.id)
 
