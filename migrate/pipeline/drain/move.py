@@ -1,8 +1,11 @@
 """Move one pod of the drain with the `migrate pod` pipeline.
 
-Each attempt is a `migrate pod` run of its own, with its own journal (the
+Each attempt is a `migrate pod` run of its own, made with the calls `migrate
+pod` makes (migration.plan, start, Migration.run), with its own journal (the
 drain records its id): preflight, checkpoint, build, create, verify,
-switch-over, cleanup, rolled back on failure. A run that failed for a
+switch-over, cleanup, rolled back on failure. What is the drain's own is
+here: the disruption budgets' waits, the retries, a pod gone meanwhile, the
+journal ids in the drain's state. A run that failed for a
 transient reason (the API server or the registry) and was rolled back is
 tried again, up to the request's attempts. A resumed drain continues a run
 that was interrupted from its own journal.
