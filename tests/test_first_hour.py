@@ -31,7 +31,7 @@ from e2e.cluster.launcher import ControlPlane
 from e2e.cluster.world import Cluster
 from e2e.nodes import NodeConfig, RegistryConfig
 from e2e.nodes.checkpoints import CHECKPOINT_DIR
-from migrate.pipeline import migration
+from migrate.pipeline import claims, migration
 from migrate.pipeline.journal import Journal
 from migrate.validation import validate
 from tests.cluster import Kubectl, api_client, node_agents, wait_for
@@ -232,7 +232,7 @@ def test_2_an_unclaimed_unfinished_run_is_found_by_its_journal(
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(migration.claims, "take", claim)
+        m.setattr(claims, "take", claim)
         r = migrate("early", "--to", "node-b")
     assert r.code == 130
     run = journal_id_of(r.err)

@@ -336,3 +336,29 @@ def test_a_failed_rollback_leaves_the_run_to_roll_back_again(
     assert_untouched(v1, "undo-fails", pod.metadata.uid)
     assert "migrate.dev/claimed-by" not in (
         v1.read_namespaced_pod("undo-fails", "default").metadata.annotations or {})
+
+
+def test_a_run_interrupted_before_an_upgrade_resumes_after_it(
+        cli: Cli, cluster: Cluster, v1: client.CoreV1Api, plain_registry: RegistryUnderTest,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its journal as migrate wrote it before the stage results were typed (version 1:
+    no ``schema`` 2, a result's absent keys left out) is read, resumed and written back
+    in the current version."""
+    make_pod(v1, "upgraded")
+    with monkeypatch.context() as m:
+        _interrupt_at(m, "verify")
+        r = cli(*plain(cluster, plain_registry, "upgraded"))
+    assert r.code == 130, r.err
+    journal_id = journal_id_of(r.err)
+    path = journal(journal_id).path
+    data = json.loads(path.read_text())
+    data["schema"] = 1
+    created = next(s for s in data["stages"] if s["name"] == "create")
+    del created["data"]["resource_version"]  # version 1 files may lack it: verify lists first
+    path.write_text(json.dumps(data))
+    r = resume(cli, cluster, journal_id)
+    assert r.code == 0, r.err
+    assert r.json()["outcome"] == "succeeded"
+    assert pods(v1)[r.json()["destination_pod"]] == ("node-b", "Running")
+    assert "upgraded" not in pods(v1)
+    assert json.loads(path.read_text())["schema"] == 2

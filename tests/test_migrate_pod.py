@@ -20,6 +20,7 @@ from e2e.cluster.launcher import ControlPlane
 from e2e.cluster.world import Cluster
 from e2e.nodes import NodeConfig, RegistryConfig
 from migrate.pipeline import migration
+from migrate.pipeline.migration import create as create_stage
 from migrate.validation import validate
 from tests.cluster import api_client, node_agents, wait_for
 from tests.conftest import Result
@@ -214,7 +215,7 @@ def test_missing_bind_mount_is_refused_and_rolled_back(
         migrate: Callable[..., Result], v1: client.CoreV1Api,
         monkeypatch: pytest.MonkeyPatch) -> None:
     pod = make_pod(v1, "nomount")
-    real = migration.render_restore_pod
+    real = create_stage.render_restore_pod
 
     def without_the_volume(*args: Any, **kw: Any) -> dict[str, Any]:
         rendered = real(*args, **kw)
@@ -224,7 +225,7 @@ def test_missing_bind_mount_is_refused_and_rolled_back(
             m for m in spec["containers"][0]["volumeMounts"] if m["name"] != "data"]
         return rendered
 
-    monkeypatch.setattr(migration, "render_restore_pod", without_the_volume)
+    monkeypatch.setattr(create_stage, "render_restore_pod", without_the_volume)
     r = migrate("nomount", "--to", "node-b")
     assert r.code == 6
     assert "expects following bind mounts defined (/data)" in r.err
@@ -387,7 +388,7 @@ def test_a_destination_lost_after_verify_leaves_the_source_untouched(
         if fault == "node NotReady":  # ...and then it was not
             cluster.configure_node("node-b", ready=False)
         else:
-            v1.delete_namespaced_pod(run.data("create")["pod"], "default",
+            v1.delete_namespaced_pod(run.created.pod, "default",
                                      grace_period_seconds=0)
         return verified
 

@@ -464,9 +464,9 @@ def test_an_image_the_registry_no_longer_has(cli: Cli, world: World,
 
     def delete_then_create(run: migration.Run) -> dict[str, Any]:
         settings = run.settings
-        for info in run.data("build")["images"].values():
-            ref = parse_reference(info["reference"])
-            assert RegistryClient(ref, settings.registry).delete_manifest(info["digest"])
+        for info in run.built.images.values():
+            ref = parse_reference(info.reference)
+            assert RegistryClient(ref, settings.registry).delete_manifest(info.digest)
         return real(run)
 
     monkeypatch.setitem(migration.STAGE_FUNCTIONS, "create", delete_then_create)

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from migrate.cli.completion import complete_drains, complete_nodes
-from migrate.cli.migration import BuildOn
 from migrate.cli.options import (
     AUTHFILE,
     CERT_DIR,
@@ -22,6 +21,7 @@ from migrate.cli.options import (
 )
 from migrate.cli.output import Format, emit, say, table
 from migrate.errors import PartialFailure, UsageError
+from migrate.pipeline.choices import BuildOn
 
 if TYPE_CHECKING:
     from migrate.adapters.kube import Cluster
@@ -197,7 +197,7 @@ def drain(
     req = plan.DrainRequest(node=node, to=to, to_selector=to_selector,
                             pod_selector=pod_selector, concurrency=concurrency,
                             timeout=timeout, evict_rest=evict_rest, dry_run=dry_run,
-                            registry=registry, build_on=build_on.value,
+                            registry=registry, build_on=build_on,
                             tool_image=tool_image, registry_secret=registry_secret,
                             encrypt_for=tuple(encrypt_for))
     cluster = kube.connect(settings.kube, pool_size=2 * concurrency + 4,

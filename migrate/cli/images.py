@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +17,7 @@ from migrate.cli.options import (
     with_registry,
 )
 from migrate.cli.output import Format, emit, table
+from migrate.pipeline.choices import Builder, Compression, default_compression
 from migrate.units import human_size
 
 if TYPE_CHECKING:
@@ -25,21 +25,6 @@ if TYPE_CHECKING:
 
 # The pipeline (urllib3, zstandard, sh) is imported when `build` runs, not when
 # the CLI starts: every other command would pay ~75 ms for it.
-
-
-class Builder(StrEnum):
-    """Image builders."""
-
-    native = "native"
-    buildah = "buildah"
-
-
-class Compression(StrEnum):
-    """Layer compressions."""
-
-    none = "none"
-    gzip = "gzip"
-    zstd = "zstd"
 
 
 def _human(r: BuildReport) -> str:
@@ -86,15 +71,15 @@ def build(
 ) -> None:
     """Build an OCI checkpoint image from an archive and push it (or write an OCI layout)."""
     from migrate.adapters.registry.reference import parse_reference
-    from migrate.pipeline.build import BuildRequest, build_image, default_compression
+    from migrate.pipeline.build import BuildRequest, build_image
 
     settings = with_registry(ctx.obj, authfile=authfile, creds=creds, tls_verify=tls_verify,
                              cert_dir=cert_dir)
     report = build_image(BuildRequest(
         archive=archive, image=parse_reference(image) if image is not None else None,
-        builder=builder.value, compression=compression.value if compression is not None
-        else default_compression(builder.value), push=push, oci_layout=oci_layout,
-        oci_index=oci_index, containerd=containerd, encrypt_for=tuple(encrypt_for)), settings)
+        builder=builder, compression=compression or default_compression(builder), push=push,
+        oci_layout=oci_layout, oci_index=oci_index, containerd=containerd,
+        encrypt_for=tuple(encrypt_for)), settings)
     if termination_message_path is not None:
         # Kubernetes keeps 4 KiB of a termination message: the few fields a caller needs.
         termination_message_path.write_text(json.dumps({

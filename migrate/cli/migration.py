@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +16,6 @@ from migrate.cli.completion import (
     complete_pods,
     complete_runs,
 )
-from migrate.cli.images import Builder, Compression
 from migrate.cli.options import (
     AUTHFILE,
     CERT_DIR,
@@ -34,22 +31,15 @@ from migrate.cli.options import (
     with_registry,
 )
 from migrate.cli.output import Format, ListFormat, emit, say, table
-from migrate.errors import MigrateError
+from migrate.pipeline.choices import Builder, BuildOn, Compression, default_compression
 from migrate.settings import Settings
 
 if TYPE_CHECKING:
+    from migrate.adapters.kube import Cluster
     from migrate.pipeline.journal import Journal
-    from migrate.pipeline.preflight import Plan, PodRequest
+    from migrate.pipeline.migration import Migration, Progress
 
 log = logging.getLogger(__name__)
-
-
-class BuildOn(StrEnum):
-    """Where the checkpoint image is built."""
-
-    auto = "auto"
-    local = "local"
-    node = "node"
 
 
 def _progress(stage: str, message: str) -> None:
@@ -103,44 +93,30 @@ def _human(rep: dict[str, Any]) -> str:
     return text + "\n" + "\n".join(lines) + "\n"
 
 
-def _interrupted(journal: Journal) -> None:
-    say(f"migrate: migration {journal.id} interrupted: `migrate resume {journal.id}` "
-        f"continues it, `migrate rollback {journal.id}` undoes it")
+def _render(rep: dict[str, Any], output: Format) -> None:
+    emit(rep, output.value, lambda: _human(rep))
 
 
-def _finish(settings: Settings, cluster: Any, journal: Journal, output: Format,
-            new: Plan | None = None) -> None:
-    """Run the migration to its end and report; ``new``: the plan of a new run, whose
-    source is claimed first (else the journal's run is resumed)."""
+def _finish(cluster: Cluster, output: Format, go: Callable[[Progress], Migration]) -> None:
+    """Run a migration (``go``: start or resume it) to its end and report, also when it
+    failed or was interrupted (a script reading -o json learns the id and where it
+    stopped)."""
     from migrate.adapters import kube
     from migrate.pipeline import migration
 
-    progress = progress_for(output)
     try:
-        if new is not None:
-            migration.claim(cluster, settings, journal, new)
-            progress("preflight", f"passed; migration {journal.id} claimed "
-                     f"{new.namespace}/{new.pod}")
-            migration.execute(cluster, settings, journal, progress)
-        else:
-            migration.resume(cluster, settings, journal, progress)
+        done = go(progress_for(output))
     except migration.StageFailed as e:
-        failed = migration.report(e.journal, cluster.requests)
-        emit(failed, output.value, lambda: _human(failed))
+        _render(migration.Migration(e.journal).report(cluster.requests), output)
         raise
-    except KeyboardInterrupt:
-        if journal.outcome == "running":
-            journal.interrupted()
-        # The report too: a script reading -o json learns the id and where it stopped.
-        stopped = migration.report(journal, cluster.requests)
-        emit(stopped, output.value, lambda: _human(stopped))
-        _interrupted(journal)
+    except migration.Interrupted as e:
+        _render(e.migration.report(cluster.requests), output)
+        say(f"migrate: migration {e.migration.id} interrupted: `migrate resume "
+            f"{e.migration.id}` continues it, `migrate rollback {e.migration.id}` undoes it")
         raise
     finally:
         kube.close(cluster)  # its queued Events: they exist once the command ends
-        journal.unlock()
-    rep = migration.report(journal, cluster.requests)
-    emit(rep, output.value, lambda: _human(rep))
+    _render(done.report(cluster.requests), output)
 
 
 def pod(
@@ -200,8 +176,7 @@ def pod(
     from migrate.adapters.registry.reference import check_prefix
     from migrate.errors import UsageError
     from migrate.pipeline import migration
-    from migrate.pipeline.build import default_compression
-    from migrate.pipeline.preflight import PodRequest, preflight
+    from migrate.pipeline.preflight import PodRequest
 
     if container and all_containers:
         raise UsageError("-c and --all-containers exclude each other")
@@ -215,52 +190,19 @@ def pod(
                              cert_dir=cert_dir)
     req = PodRequest(pod=name, to=to, namespace=namespace, containers=tuple(container),
                      all_containers=all_containers, registry=registry, image=image,
-                     builder=builder.value, build_on=build_on.value,
-                     compression=compression.value if compression is not None
-                     else default_compression(builder.value), keep_source=keep_source,
+                     builder=builder, build_on=build_on,
+                     compression=compression or default_compression(builder),
+                     keep_source=keep_source,
                      dry_run=dry_run, timeout=timeout, cleanup_archive=cleanup_archive,
                      tool_image=tool_image, registry_secret=registry_secret,
                      keep_archive=keep_archive, encrypt_for=tuple(encrypt_for))
     cluster = kube.connect(settings.kube, background_events=True)
-    started = time.perf_counter()
-    checked = preflight(cluster, settings, req)
+    planned = migration.plan(cluster, settings, req)
     if dry_run:
-        planned = _planned(req, checked, time.perf_counter() - started, cluster.requests)
-        emit(planned, output.value, lambda: _human(planned))
+        _render(planned.report(), output)
         return
-    journal = migration.open_journal(settings, req, checked, time.perf_counter() - started)
-    _finish(settings, cluster, journal, output, new=checked)
-
-
-def _planned(req: PodRequest, plan: Plan, seconds: float, requests: int) -> dict[str, Any]:
-    """A dry run in the report's shape (schemas/pod.schema.json): preflight done, nothing
-    else, no journal."""
-    from migrate.pipeline.migration import STAGES
-
-    return {"id": None, "outcome": "planned", "dry_run": True, "plan": plan.to_dict(),
-            "stages": [{"name": s, "status": "done" if s == "preflight" else "pending",
-                        "seconds": round(seconds, 6) if s == "preflight" else None}
-                       for s in STAGES],
-            "checkpoints": {}, "images": {}, "destination_pod": None,
-            "state_window_seconds": None, "unavailability_seconds": None,
-            "api_requests": requests, "actions": []}
-
-
-def _not_a_drain(settings: Settings, journal_id: str, command: str) -> None:
-    """Refuse a drain's id where a migration's is expected, naming the command for it."""
-    from migrate.errors import UsageError
-    from migrate.pipeline.drain import run
-
-    if not journal_id.startswith("drain-"):
-        return
-    try:
-        drain = run.load(settings, journal_id)
-    except MigrateError:
-        return  # not a drain's either: the migration journal's own error says so
-    raise UsageError(f"{journal_id} is a drain ({drain.current_outcome()}), not a migration",
-                     hint=f"`migrate drain --resume {journal_id}` continues it, `migrate "
-                     f"rollback {journal_id}` undoes its migrations in flight"
-                     if command == "resume" else None)
+    _finish(cluster, output, lambda progress: migration.start(planned, progress).run(
+        cluster, settings, progress))
 
 
 def resume(
@@ -281,20 +223,16 @@ def resume(
     trust settings, never credentials); options given here win.
     """
     from migrate.adapters import kube
-    from migrate.errors import UsageError
-    from migrate.pipeline.journal import Journal
+    from migrate.pipeline import migration
 
     settings = with_kube(ctx, kubeconfig, context, None)
-    _not_a_drain(settings, journal_id, "resume")
-    journal = Journal.load(settings.state_dir, journal_id)
-    if journal.outcome in ("succeeded", "rolled-back"):
-        raise UsageError(f"migration {journal_id} has {journal.outcome}; nothing to resume")
+    resumed = migration.load(settings, journal_id, resume=True)
     settings = with_recorded_registry(
-        settings, journal.registry, run=f"migration {journal_id}",
-        command=f"migrate resume {journal_id}", needs_registry=not journal.done("build"),
+        settings, resumed.journal.registry, run=f"migration {journal_id}",
+        command=f"migrate resume {journal_id}", needs_registry=resumed.needs_registry,
         authfile=authfile, creds=creds, tls_verify=tls_verify, cert_dir=cert_dir)
-    journal.lock()
-    _finish(settings, kube.connect(settings.kube, background_events=True), journal, output)
+    cluster = kube.connect(settings.kube, background_events=True)
+    _finish(cluster, output, lambda progress: resumed.run(cluster, settings, progress))
 
 
 def rollback(
@@ -312,20 +250,21 @@ def rollback(
     from migrate.adapters import kube
     from migrate.pipeline import migration
     from migrate.pipeline.drain import run
-    from migrate.pipeline.journal import Journal
 
     settings = with_kube(ctx, kubeconfig, context, None)
-    kind = "drain" if journal_id.startswith("drain-") else "migration"
-    journal = (run.load(settings, journal_id) if kind == "drain"
-               else Journal.load(settings.state_dir, journal_id))
-    journal.lock()
-    try:
-        cluster = kube.connect(settings.kube)
-        undone = (run.rollback(cluster, settings, journal) if kind == "drain"
-                  else migration.rollback_journal(cluster, settings, journal))
-    finally:
-        journal.unlock()
-    emit({"id": journal.id, "kind": kind, "outcome": journal.outcome, "undone": undone},
+    if journal_id.startswith("drain-"):
+        kind, drain = "drain", run.load(settings, journal_id)
+        drain.lock()
+        try:
+            undone = run.rollback(kube.connect(settings.kube), settings, drain)
+        finally:
+            drain.unlock()
+        outcome = drain.outcome
+    else:
+        kind, undoing = "migration", migration.load(settings, journal_id)
+        undone = undoing.rollback(kube.connect(settings.kube), settings)
+        outcome = undoing.journal.outcome
+    emit({"id": journal_id, "kind": kind, "outcome": outcome, "undone": undone},
          output.value, lambda: "".join(f"{line}\n" for line in undone) or "nothing to undo\n")
 
 

@@ -2,20 +2,23 @@
 adapters (the outside world).
 
 The migration (`migrate pod`, `resume`, `rollback`; `drain` runs one per pod):
+    migration/     the one entry point (plan, start, load; Migration.run, rollback,
+                   report), the runner, one module per stage (checkpoint, build, create,
+                   verify, switch-over, cleanup) and their typed results
+    drain/         `migrate drain`: classify, plan, budgets, move, evict, state, report
+
+What both share, and never import either of them:
     preflight.py   everything known before anything changes (names, nodes, placement,
                    runtimes, where the build runs, the registry); the Plan
     claims.py      one migration at a time per source pod
-    journal.py     one JSON file per run, written after every step; trust.py: how it
-                   reached its registry
-    migration.py   the stages in order (checkpoint, build, create, verify, switch-over,
-                   cleanup), resume and rollback
-    build.py, native.py, nodebuild.py, annotations.py   the checkpoint image, here or in
-                   a Job on the source node
+    journal.py     one JSON file per run, written after every step, versioned
+                   (schemas/journal.schema.json); trust.py: how it reached its registry
+    build.py, native.py, nodebuild.py, annotations.py, choices.py   the checkpoint
+                   image, here or in a Job on the source node (`migrate build` too)
     manifest.py, restore.py, refusals.py, switchover.py   the restored pod, its start,
                    what a refusal means, the hand-over
     nodes.py, placement.py, selectors.py, names.py, containers.py, timing.py   shared
                    readings of cluster objects
-    drain/         `migrate drain`: classify, plan, budgets, move, evict, state, report
 
 Retention (`migrate prune`): prune/ (policy, protect, archives, onnode, nodes, images).
 

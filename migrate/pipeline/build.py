@@ -25,6 +25,7 @@ from migrate.pipeline.annotations import (
     CheckpointImageInfo,
     checkpoint_image_info,
 )
+from migrate.pipeline.choices import Builder, Compression
 from migrate.pipeline.native import (
     INDEX,
     MANIFEST,
@@ -36,15 +37,6 @@ from migrate.pipeline.native import (
 from migrate.pipeline.timing import Stopwatch
 from migrate.settings import Settings
 
-BUILDERS = ("native", "buildah")
-COMPRESSIONS = ("none", "gzip", "zstd")
-
-
-def default_compression(builder: str) -> str:
-    """What --compression is when not given: none, or gzip for buildah, which cannot push
-    uncompressed layers (containers/image compresses whatever it pushes)."""
-    return "gzip" if builder == "buildah" else "none"
-
 
 @dataclass(frozen=True)
 class BuildRequest:
@@ -52,8 +44,8 @@ class BuildRequest:
 
     archive: Path
     image: Reference | None  # None only with an OCI layout: named after the container
-    builder: str = "native"
-    compression: str = "none"
+    builder: Builder = Builder.native
+    compression: Compression = Compression.none
     push: bool = True
     oci_layout: Path | None = None
     oci_index: bool = False
@@ -62,11 +54,6 @@ class BuildRequest:
 
     def check(self) -> None:
         """Refuse contradictory requests before any work."""
-        if self.builder not in BUILDERS:
-            raise UsageError(f"unknown builder {self.builder!r}", hint="use native or buildah")
-        if self.compression not in COMPRESSIONS:
-            raise UsageError(f"unknown compression {self.compression!r}",
-                             hint="use none, gzip or zstd")
         if self.push and self.oci_layout:
             raise UsageError("--oci-layout writes a local image instead of pushing",
                              hint="add --no-push")
@@ -75,13 +62,13 @@ class BuildRequest:
         if self.push and self.image is None:
             raise UsageError("say where to push: --image REGISTRY/REPOSITORY[:TAG]",
                              hint="or write an OCI layout: --no-push --oci-layout DIR")
-        if self.builder == "buildah" and self.compression == "none":
+        if self.builder is Builder.buildah and self.compression is Compression.none:
             # containers/image always compresses what buildah pushes (buildah#3904);
             # asking for none would silently give gzip.
             raise UsageError("buildah cannot push uncompressed layers",
                              hint="use --builder native for --compression none, or give "
                              "buildah --compression gzip or zstd")
-        if (self.oci_index or self.containerd) and self.builder == "buildah":
+        if (self.oci_index or self.containerd) and self.builder is Builder.buildah:
             raise UsageError(f"{'--oci-index' if self.oci_index else '--containerd'} is only "
                              "made by the native builder (an OCI index)",
                              hint="use --builder native")
@@ -169,7 +156,7 @@ def _build(req: BuildRequest, settings: Settings, ckpt: Checkpoint, info: Checkp
             for attempt in client.policy:
                 with attempt:
                     client.login()
-    if req.builder == "native":
+    if req.builder is Builder.native:
         target: Target
         if client is not None:
             # An encrypted layer is new on every build (a fresh key): nothing to cache.

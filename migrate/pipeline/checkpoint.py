@@ -1,4 +1,7 @@
-"""Checkpoint stage: ask the pod's kubelet to checkpoint one of its containers.
+"""`migrate checkpoint`: ask the pod's kubelet to checkpoint one of its containers.
+
+(A migration's checkpoint stage, migration/checkpoint.py, starts at step 3: preflight
+has read the pod and chosen its containers, and it goes through the API server.)
 
 1. read the pod; it must be Running on a node;
 2. pick the container (-c, the default-container annotation, the only one);
@@ -52,7 +55,7 @@ class CheckpointResult:
 
 
 def checkpoint(cluster: kube.Cluster, req: CheckpointRequest) -> CheckpointResult:
-    """Run the checkpoint stage."""
+    """Checkpoint one container (`migrate checkpoint`)."""
     if req.via == "kubelet" and req.kubelet is None:
         raise UsageError("--via kubelet needs --kubelet-url, --cert and --key")
     namespace = req.namespace or cluster.namespace

@@ -16,6 +16,13 @@ process that is gone (killed): it reads as interrupted.
 certificate directory, the credentials file, whether --creds gave
 credentials: never the credentials themselves), so that a resume can reach
 it the same way (trust.py).
+
+The file's form is schemas/journal.schema.json, checked on every load, and
+versioned (``schema``). Version 2 keeps each migration stage's result whole
+(pipeline/migration/results.py: every key, null where there is nothing);
+version 1 files, which left some out, are read by filling them in, so that a
+run interrupted before an upgrade resumes after it. A file from a newer
+version is refused: this one cannot know what it means.
 """
 
 from __future__ import annotations
@@ -32,8 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from migrate.errors import InputError, MigrateError, NotFoundError, UsageError
+from migrate.validation import validate
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _ID = re.compile(r"^[a-z0-9][a-z0-9.-]{0,120}$")
 
 PENDING, RUNNING, DONE, FAILED, UNDONE = "pending", "running", "done", "failed", "undone"
@@ -110,10 +118,10 @@ class Journal:
                              hint="`migrate history` lists them")
         path = _directory(state_dir) / f"{journal_id}.json"
         try:
-            data = json.loads(path.read_text())
+            data = _current(json.loads(path.read_text()), path)
             return cls(path, data["id"], data["kind"], data["request"], data["created"],
                        data["outcome"], [Stage(**s) for s in data["stages"]],
-                       data["objects"], data["actions"], dict(data.get("registry") or {}))
+                       data["objects"], data["actions"], dict(data["registry"]))
         except FileNotFoundError:
             raise NotFoundError(f"no migration journal {journal_id!r} in {path.parent}",
                                 hint="`migrate history` lists them") from None
@@ -156,6 +164,11 @@ class Journal:
             raise UsageError(f"migration {self.id} is being run by another process",
                              hint="wait for it to finish, or stop it first") from None
         self._lock = fd
+
+    def hold(self) -> None:
+        """`lock`, unless this object holds the lock already."""
+        if self._lock is None:
+            self.lock()
 
     def unlock(self) -> None:
         """Release the lock (the kernel does it anyway when the process ends)."""
@@ -278,6 +291,51 @@ class Journal:
         self.set_outcome("interrupted")
 
 
+def _current(data: Any, path: Path) -> dict[str, Any]:
+    """The file's content in the current version's form, checked against its schema."""
+    version = data.get("schema", 1) if isinstance(data, dict) else None
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise InputError(f"journal {path} is of version {version}; this migrate reads "
+                         f"versions 1 to {SCHEMA_VERSION}",
+                         hint="resume or roll it back with the migrate that wrote it (or a "
+                         "newer one)")
+    if version == 1:
+        data = _from_v1(data)
+    try:
+        validate(data, "journal.schema.json", str(path))
+    except InputError as e:
+        raise InputError(f"journal {path} is damaged: {e.message.removeprefix(f'{path}: ')}",
+                         hint="it can be removed; check the cluster by hand") from e
+    return dict(data)
+
+
+def _from_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A version 1 file as version 2: the keys its stage results left out, as null."""
+    data = {**data, "schema": SCHEMA_VERSION, "registry": data.get("registry") or {}}
+    if data.get("kind") == "pod" and isinstance(data.get("stages"), list):
+        for stage in data["stages"]:
+            if isinstance(stage, dict) and stage.get("status") == DONE:
+                _fill_v1(stage.get("name"), stage.get("data"))
+    return data
+
+
+def _fill_v1(stage: Any, result: Any) -> None:
+    def fill(d: Any, *keys: str) -> None:
+        for key in keys if isinstance(d, dict) else ():
+            d.setdefault(key, None)
+
+    if not isinstance(result, dict):
+        return
+    if stage == "preflight":  # journals from before these were planned
+        fill(result.get("plan"), "destination_runtime", "build_on", "build_from")
+    elif stage == "build":  # an image built on the node had no local archive
+        images = result.get("images")
+        for image in images.values() if isinstance(images, dict) else ():
+            fill(image, "freezing_time_us", "frozen_time_us", "local_archive")
+    elif stage == "create":
+        fill(result, "resource_version", "held_label")
+
+
 def _directory(state_dir: Path | None) -> Path:
     if state_dir is None:
         raise UsageError("no state directory for migration journals",
@@ -286,3 +344,11 @@ def _directory(state_dir: Path | None) -> Path:
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     return directory
 
+
+
+def drain_directory(state_dir: Path | None) -> Path:
+    """Where drain journals live: beside, not among, the `migrate pod` journals."""
+    if state_dir is None:
+        raise UsageError("no state directory for drain journals",
+                         hint="set MIGRATE_STATE_DIR (or HOME / XDG_STATE_HOME)")
+    return state_dir / "drain"

@@ -23,6 +23,7 @@ from migrate.adapters import kube
 from migrate.adapters.registry.auth import lookup
 from migrate.adapters.registry.reference import parse_reference
 from migrate.errors import ClusterError, UsageError
+from migrate.pipeline.choices import Builder, Compression
 from migrate.pipeline.templating import fill
 from migrate.settings import Settings
 
@@ -41,8 +42,8 @@ class NodeBuild:
     image: str
     run_id: str
     tool_image: str
-    builder: str = "native"
-    compression: str = "none"
+    builder: Builder = Builder.native
+    compression: Compression = Compression.none
     tls_verify: bool = True
     secret: str | None = None  # dockerconfigjson Secret in ``namespace``
     deadline: int = 900
@@ -90,8 +91,8 @@ def start(cluster: kube.Cluster, settings: Settings, b: NodeBuild, created: Crea
 def job_manifest(b: NodeBuild) -> dict[str, Any]:
     """The Job that builds ``b`` (templates/build-job.yaml)."""
     directory = str(PurePosixPath(b.archive).parent)
-    args = ["build", b.archive, "--image", b.image, "--builder", b.builder,
-            "--compression", b.compression, "--termination-message-path",
+    args = ["build", b.archive, "--image", b.image, "--builder", b.builder.value,
+            "--compression", b.compression.value, "--termination-message-path",
             "/dev/termination-log", "-o", "json"]
     if not b.tls_verify:
         args.append("--no-tls-verify")

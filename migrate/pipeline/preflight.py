@@ -15,6 +15,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from migrate.adapters.registry.client import RegistryClient
 from migrate.adapters.registry.reference import Reference, parse_reference
 from migrate.errors import ClusterError, UsageError
 from migrate.pipeline import claims, names, nodebuild, nodes, placement
+from migrate.pipeline.choices import Builder, BuildOn, Compression
 from migrate.pipeline.containers import resolve_container
 from migrate.settings import DEFAULT_CHECKPOINT_DIR, Settings
 
@@ -53,9 +55,9 @@ class PodRequest:
     all_containers: bool = False
     registry: str | None = None  # HOST[:PORT]/REPO prefix; images named per container
     image: str | None = None  # the image reference, for a single container
-    builder: str = "native"
-    build_on: str = "auto"  # auto | local | node
-    compression: str = "none"
+    builder: Builder = Builder.native
+    build_on: BuildOn = BuildOn.auto
+    compression: Compression = Compression.none
     keep_source: bool = False
     dry_run: bool = False
     timeout: float = 300.0
@@ -69,13 +71,17 @@ class PodRequest:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (kept in the journal, so `resume` runs the same request)."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+        return {k: (list(v) if isinstance(v, tuple) else v.value if isinstance(v, StrEnum)
+                    else v) for k, v in self.__dict__.items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PodRequest:
-        """Inverse of `to_dict`."""
+        """Inverse of `to_dict` (the journal's schema checked the choices' values)."""
         return cls(**{**data, "containers": tuple(data.get("containers") or ()),
-                      "encrypt_for": tuple(data.get("encrypt_for") or ())})
+                      "encrypt_for": tuple(data.get("encrypt_for") or ()),
+                      "builder": Builder(data.get("builder", Builder.native)),
+                      "build_on": BuildOn(data.get("build_on", BuildOn.auto)),
+                      "compression": Compression(data.get("compression", Compression.none))})
 
 
 @dataclass(frozen=True)
@@ -230,7 +236,7 @@ def _readable_here(settings: Settings, node: str) -> tuple[Path, str]:
     return here, ""
 
 
-def build_location(settings: Settings, source: str, build_on: str,
+def build_location(settings: Settings, source: str, build_on: BuildOn,
                    tool_image: str | None) -> tuple[str, str]:
     """Where the image of an archive of ``source`` will be built, proved possible before
     anything is checkpointed: ("local", the checkpoint directory as read here) or
@@ -238,21 +244,21 @@ def build_location(settings: Settings, source: str, build_on: str,
     here, why = _readable_here(settings, source)
     where = ("set MIGRATE_NODE_ROOT to where this machine sees each node's files (e.g. "
              "/mnt/nodes/{node}), or run migrate on " + source)
-    if build_on == "local":
+    if build_on is BuildOn.local:
         if why:
             raise UsageError(f"--build-on local: the archives of {source} are not readable "
                              f"here: {why}", hint=where + "; or build in a Job on the node: "
                              "--build-on node --tool-image IMAGE")
         return "local", str(here)
-    if build_on == "node" or why:
+    if build_on is BuildOn.node or why:
         if not tool_image:
-            first = ("--build-on node needs the tool's container image" if build_on == "node"
+            first = ("--build-on node needs the tool's container image" if build_on is BuildOn.node
                      else f"the image build has nowhere to run: the archives of {source} "
                      f"are not readable here ({why}), and a build on the node needs the "
                      "tool's container image")
             raise UsageError(first, hint="give --tool-image REF (or MIGRATE_TOOL_IMAGE): "
                              "the migrate image, built from the Containerfile and pushed"
-                             + ("" if build_on == "node" else "; or " + where))
+                             + ("" if build_on is BuildOn.node else "; or " + where))
         return "node", nodebuild.check_tool_image(tool_image)
     return "local", str(here)
 

@@ -34,6 +34,7 @@ from migrate.adapters.registry.reference import parse_reference
 from migrate.errors import ClusterError, MigrateError, NotFoundError, UsageError
 from migrate.pipeline import nodebuild, nodes, restore
 from migrate.pipeline.build import BuildRequest, build_image
+from migrate.pipeline.choices import BuildOn
 from migrate.pipeline.manifest import PodSource, RestoreOptions, render_restore_pod
 from migrate.pipeline.names import suggestion
 from migrate.pipeline.preflight import build_location, locate
@@ -314,7 +315,7 @@ def probe_node(cluster: kube.Cluster, settings: Settings, req: ProbeRequest,
         source = pick_source(all_nodes, node, req.source)
         result.source = source["metadata"]["name"]
         # Where the image will be built, proved before the probe pod exists.
-        build_location(settings, result.source, "auto", req.tool_image)
+        build_location(settings, result.source, BuildOn.auto, req.tool_image)
         with p.stage("start"):
             pod = _start(p, source, req.image or pause_image(source))
         with p.stage("checkpoint"):

@@ -1,8 +1,11 @@
 """Move one pod of the drain with the `migrate pod` pipeline.
 
-Each attempt is a `migrate pod` run of its own, with its own journal (the
+Each attempt is a `migrate pod` run of its own, made with the calls `migrate
+pod` makes (migration.plan, start, Migration.run), with its own journal (the
 drain records its id): preflight, checkpoint, build, create, verify,
-switch-over, cleanup, rolled back on failure. A run that failed for a
+switch-over, cleanup, rolled back on failure. What is the drain's own is
+here: the disruption budgets' waits, the retries, a pod gone meanwhile, the
+journal ids in the drain's state. A run that failed for a
 transient reason (the API server or the registry) and was rolled back is
 tried again, up to the request's attempts. A resumed drain continues a run
 that was interrupted from its own journal.
@@ -15,7 +18,6 @@ stage starts), so its journal is left resumable like any interrupted run.
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any
 
 from migrate.adapters import kube
@@ -24,8 +26,7 @@ from migrate.pipeline import migration
 from migrate.pipeline.drain.budgets import Interrupted
 from migrate.pipeline.drain.plan import PodPlan
 from migrate.pipeline.drain.state import FAILED, GONE, INTERRUPTED, MIGRATED, Context
-from migrate.pipeline.journal import Journal
-from migrate.pipeline.preflight import PodRequest, preflight
+from migrate.pipeline.preflight import PodRequest
 
 
 class _Gone(Exception):
@@ -57,37 +58,35 @@ def _still_there(cluster: kube.Cluster, entry: PodPlan) -> bool:
     return bool(found) and found[0]["metadata"].get("uid") == entry.uid
 
 
-def _start(ctx: Context, cluster: kube.Cluster, entry: PodPlan) -> Journal:
-    """Preflight and open the journal of a new run (nothing changed before it)."""
-    t0 = time.perf_counter()
-    req = pod_request(ctx, entry)
+def _start(ctx: Context, cluster: kube.Cluster, entry: PodPlan) -> migration.Migration:
+    """Preflight, then a new run (its journal and claim), recorded in the drain's state."""
     try:
-        plan = preflight(cluster, ctx.settings, req)
+        planned = migration.plan(cluster, ctx.settings, pod_request(ctx, entry))
     except NotFoundError:
         if not _still_there(cluster, entry):
             raise _Gone from None
         raise
-    if plan.uid != entry.uid:
+    if planned.plan.uid != entry.uid:
         raise _Gone
-    journal = migration.start(cluster, ctx.settings, req, plan, time.perf_counter() - t0)
+    started = migration.start(planned)
     result = ctx.state.result(entry.key)
-    ctx.state.update(entry.key, journals=[*result.get("journals", []), journal.id],
+    ctx.state.update(entry.key, journals=[*result.get("journals", []), started.id],
                      attempts=int(result.get("attempts", 0)) + 1)
-    ctx.progress(entry.key, f"migrating to {entry.destination} ({journal.id})")
-    return journal
+    ctx.progress(entry.key, f"migrating to {entry.destination} ({started.id})")
+    return started
 
 
-def _unfinished(ctx: Context, entry: PodPlan) -> Journal | None:
-    """The journal of this pod's last run, if a resume should continue it (locked)."""
+def _unfinished(ctx: Context, entry: PodPlan) -> migration.Migration | None:
+    """This pod's last run, if a resume should continue it (locked if it is to run)."""
     journals = ctx.state.result(entry.key).get("journals") or []
     if not journals:
         return None
-    journal = Journal.load(ctx.settings.state_dir, journals[-1])
-    if journal.outcome == "rolled-back":
+    last = migration.load(ctx.settings, journals[-1])
+    if last.journal.outcome == "rolled-back":
         return None  # nothing of it is left: start afresh
-    if journal.outcome in ("running", "interrupted"):
-        journal.lock()
-    return journal
+    if last.journal.outcome in ("running", "interrupted"):
+        last.journal.lock()
+    return last
 
 
 def _retryable(ctx: Context, entry: PodPlan, error: MigrateError) -> bool:
@@ -99,33 +98,27 @@ def _retryable(ctx: Context, entry: PodPlan, error: MigrateError) -> bool:
 
 
 def _run(ctx: Context, cluster: kube.Cluster, entry: PodPlan,
-         journal: Journal | None) -> dict[str, Any]:
-    """One attempt: continue ``journal`` or start a new run; the result's fields."""
-    resumed = journal is not None
-    journal = journal or _start(ctx, cluster, entry)
-    try:
-        if journal.outcome == "failed":  # after its switch-over: nothing to retry
-            failed = next((s for s in journal.stages if s.error), None)
-            return {"outcome": FAILED, "error": f"{failed.name}: {failed.error}" if failed
-                    else f"migration {journal.id} failed"}
-        if journal.outcome != "succeeded":
-            (migration.resume if resumed else migration.execute)(
-                cluster, ctx.settings, journal, _progress(ctx, entry))
-    except KeyboardInterrupt:
-        if journal.outcome == "running":
-            journal.set_outcome("interrupted")
-        return {"outcome": INTERRUPTED}
-    finally:
-        journal.unlock()
-    return {"outcome": MIGRATED, "restored_pod": journal.stage("create").data.get("pod"),
-            "error": None}
+         resumed: migration.Migration | None) -> dict[str, Any]:
+    """One attempt: continue ``resumed`` or start a new run; the result's fields."""
+    run = resumed or _start(ctx, cluster, entry)
+    journal = run.journal
+    if journal.outcome == "failed":  # after its switch-over: nothing to retry
+        failed = next((s for s in journal.stages if s.error), None)
+        return {"outcome": FAILED, "error": f"{failed.name}: {failed.error}" if failed
+                else f"migration {journal.id} failed"}
+    if journal.outcome != "succeeded":
+        try:
+            run.run(cluster, ctx.settings, _progress(ctx, entry))
+        except migration.Interrupted:
+            return {"outcome": INTERRUPTED}
+    return {"outcome": MIGRATED, "restored_pod": run.restored_pod, "error": None}
 
 
 def _attempt(ctx: Context, cluster: kube.Cluster, entry: PodPlan,
-             journal: Journal | None) -> dict[str, Any] | None:
+             resumed: migration.Migration | None) -> dict[str, Any] | None:
     """One run's result fields; None when it failed in a way worth another try."""
     try:
-        return _run(ctx, cluster, entry, journal)
+        return _run(ctx, cluster, entry, resumed)
     except _Gone:
         return {"outcome": GONE, "error": None}
     except MigrateError as e:
@@ -138,24 +131,24 @@ def _attempt(ctx: Context, cluster: kube.Cluster, entry: PodPlan,
 def migrate_pod(ctx: Context, entry: PodPlan, deadline: float) -> dict[str, Any]:
     """Move one pod (retrying transient failures); the result's fields."""
     cluster = dataclasses.replace(ctx.cluster, requests=0)  # a counter per thread
-    journal = _unfinished(ctx, entry)
-    if journal is not None and journal.outcome in ("succeeded", "failed"):
-        return {**_run(ctx, cluster, entry, journal), "api_requests": cluster.requests}
+    resumed = _unfinished(ctx, entry)
+    if resumed is not None and resumed.journal.outcome in ("succeeded", "failed"):
+        return {**_run(ctx, cluster, entry, resumed), "api_requests": cluster.requests}
     waited, out = 0.0, None
     while out is None:
         try:
             waited += ctx.budgets.wait(cluster, entry.namespace, entry.budgets, deadline,
                                        hold=True, waiting=ctx.waiting(entry))
         except (Interrupted, MigrateError) as e:
-            if journal is not None:
-                journal.unlock()
+            if resumed is not None:
+                resumed.journal.unlock()
             out = ({"outcome": FAILED, "error": e.message, "hint": e.hint}
                    if isinstance(e, MigrateError)
                    else {"outcome": INTERRUPTED})
             break
         try:
-            out = _attempt(ctx, cluster, entry, journal)
+            out = _attempt(ctx, cluster, entry, resumed)
         finally:
             ctx.budgets.release(entry.namespace, entry.budgets)
-        journal = None  # a retry starts a new run
+        resumed = None  # a retry starts a new run
     return {**out, "budget_wait_seconds": round(waited, 3), "api_requests": cluster.requests}

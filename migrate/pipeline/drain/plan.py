@@ -19,6 +19,7 @@ from typing import Any
 from migrate.adapters import kube
 from migrate.errors import ClusterError, InvalidError, UsageError
 from migrate.pipeline import claims, names, nodes
+from migrate.pipeline.choices import BuildOn
 from migrate.pipeline.drain import place
 from migrate.pipeline.drain.budgets import covering
 from migrate.pipeline.drain.classify import BLOCKED, EVICT, MIGRATE, SKIP, classify
@@ -40,7 +41,7 @@ class DrainRequest:
     evict_rest: bool = True
     dry_run: bool = False
     registry: str | None = None
-    build_on: str = "auto"
+    build_on: BuildOn = BuildOn.auto
     tool_image: str | None = None
     registry_secret: str | None = None
     attempts: int = 3  # tries per pod when a migration fails for a transient reason
@@ -48,12 +49,13 @@ class DrainRequest:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
-        return asdict(self)
+        return {**asdict(self), "build_on": self.build_on.value}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DrainRequest:
         """Inverse of `to_dict`."""
-        return cls(**{**data, "encrypt_for": tuple(data.get("encrypt_for") or ())})
+        return cls(**{**data, "encrypt_for": tuple(data.get("encrypt_for") or ()),
+                      "build_on": BuildOn(data.get("build_on", BuildOn.auto))})
 
 
 @dataclass

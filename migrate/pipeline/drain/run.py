@@ -227,11 +227,7 @@ def rollback(cluster: kube.Cluster, settings: Settings, journal: Journal) -> lis
         last = Journal.load(settings.state_dir, runs[-1])
         if last.current_outcome() not in ("running", "interrupted"):
             continue
-        last.lock()
-        try:
-            lines = migration.rollback_journal(cluster, settings, last)
-        finally:
-            last.unlock()
+        lines = migration.load(settings, last.id).rollback(cluster, settings)
         undone += [f"{entry.key}: {line}" for line in lines] or [
             f"{entry.key}: migration {last.id} rolled back (it had changed nothing)"]
         state.update(entry.key, error=f"rolled back: migration {last.id}")

@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from migrate.adapters import kube
-from migrate.errors import UsageError
 from migrate.pipeline.drain.budgets import Budgets
 from migrate.pipeline.drain.plan import DrainRequest, PodPlan
-from migrate.pipeline.journal import Journal
+from migrate.pipeline.journal import Journal, drain_directory
 from migrate.settings import Settings
 
 STAGES = ["cordon", "plan", "drain"]
@@ -38,10 +37,7 @@ SUCCESSFUL = frozenset({MIGRATED, EVICTED, GONE, SKIPPED})
 
 def journal_dir(settings: Settings) -> Path:
     """Where drain journals live: beside, not among, the `migrate pod` journals."""
-    if settings.state_dir is None:
-        raise UsageError("no state directory for drain journals",
-                         hint="set MIGRATE_STATE_DIR (or HOME / XDG_STATE_HOME)")
-    return settings.state_dir / "drain"
+    return drain_directory(settings.state_dir)
 
 
 class DrainState:

@@ -1,0 +1,89 @@
+"""Create stage: the restored pod, rendered from the source's and the images, on the
+destination node; the temporary pull Secret it may need."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from migrate.adapters import kube
+from migrate.adapters.registry.reference import parse_reference
+from migrate.errors import ClusterError
+from migrate.pipeline import claims, nodebuild, restore, switchover
+from migrate.pipeline.manifest import PodSource, RestoreOptions, render_restore_pod
+from migrate.pipeline.migration.results import CreateResult
+from migrate.pipeline.migration.run import Obj, Run, source
+
+
+def create(run: Run) -> CreateResult:
+    """Create the restored pod; the journal records it before anything else can fail."""
+    plan = run.plan
+    source_pod = source(run)
+    if source_pod is None or source_pod["metadata"].get("uid") != plan.uid:
+        raise ClusterError(f"the source pod {plan.namespace}/{plan.pod} is gone",
+                           hint="nothing left to migrate")
+    manifest, held = _render(run, source_pod)
+    pulls = manifest["spec"].setdefault("imagePullSecrets", [])
+    for secret in _pull_secrets(run):
+        if {"name": secret} not in pulls:
+            pulls.append({"name": secret})
+    if not pulls:
+        del manifest["spec"]["imagePullSecrets"]
+    created = restore.create(run.cluster, plan.namespace, manifest)
+    meta = created["metadata"]
+    run.journal.created_object("Pod", plan.namespace, meta["name"], meta.get("uid", ""))
+    run.progress("create", f"pod {plan.namespace}/{meta['name']} on {plan.destination}")
+    return CreateResult(meta["name"], meta.get("uid", ""), meta.get("resourceVersion"), held)
+
+
+def _render(run: Run, source_pod: Obj) -> tuple[Obj, tuple[str, str] | None]:
+    plan = run.plan
+    images = {c: i.reference for c, i in run.built.images.items()}
+    pod = render_restore_pod(
+        PodSource(source_pod, node=plan.source,
+                  checkpoint_time=_rfc3339(run.checkpointed.taken_at)),
+        images, RestoreOptions(node=plan.destination, generate_name=plan.owner is not None,
+                               k8s_version=kube.server_minor_version(run.cluster)))
+    # A label, not only the journal's list: if the create's answer is lost, rollback
+    # still finds the pod by it.
+    pod["metadata"].setdefault("labels", {})[claims.RUN_LABEL] = run.journal.id
+    held = None
+    if plan.switch == "handover" or (plan.owner and plan.switch == "keep"):
+        assert plan.owner is not None
+        owner = kube.read_owner(run.cluster, plan.namespace, *plan.owner)
+        held = switchover.held_back_label(source_pod, owner)
+        pod["metadata"]["labels"].pop(held[0], None)
+        pod["metadata"]["annotations"][switchover.HELD_LABEL] = f"{held[0]}={held[1]}"
+    return pod, held
+
+
+def _rfc3339(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _pull_secrets(run: Run) -> list[str]:
+    """Secrets that let the destination pull the checkpoint images, besides the source's
+    own imagePullSecrets (which the restored pod keeps, for its other images).
+
+    The credentials this run pushed with: the Secret named by --registry-secret, the
+    one made for a build Job, or else a temporary dockerconfigjson Secret made from
+    them now (recorded, and removed at cleanup or rollback). None when the run
+    pushed anonymously.
+    """
+    req, plan = run.req, run.plan
+    if req.registry_secret:
+        return [req.registry_secret]
+    made = [o["name"] for o in run.journal.objects if o["kind"] == "Secret"]
+    if made:
+        return made
+    names, seen = [], set()
+    for image in plan.images.values():
+        registry = parse_reference(image).registry
+        body = nodebuild.registry_secret(run.settings, plan.namespace, image, run.journal.id)
+        if body is None or registry in seen:
+            continue
+        seen.add(registry)
+        secret = kube.create_secret(run.cluster, plan.namespace, body)["metadata"]
+        run.journal.created_object("Secret", plan.namespace, secret["name"],
+                                   secret.get("uid", ""))
+        names.append(secret["name"])
+    return names

@@ -1,0 +1,190 @@
+"""What each stage of a migration produced: frozen, typed, and kept in the journal.
+
+A stage returns one of these; the runner writes its `to_dict` into the stage's
+``data`` in the journal, and a resumed run reads it back with `from_dict`
+(the journal file, schemas/journal.schema.json, says exactly these keys). Later
+stages read earlier results through `Run` (run.py), never through string keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from migrate.pipeline.journal import DONE, Journal
+
+
+@dataclass(frozen=True)
+class Archive:
+    """One container's checkpoint archive, on the source node."""
+
+    path: str
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"path": self.path, "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Archive:
+        """Inverse of `to_dict`."""
+        return cls(str(d["path"]), float(d["seconds"]))
+
+
+@dataclass(frozen=True)
+class CheckpointResult:
+    """The archives, per container, and when the first checkpoint began (time.time())."""
+
+    archives: Mapping[str, Archive]
+    taken_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"archives": {c: a.to_dict() for c, a in self.archives.items()},
+                "taken_at": self.taken_at}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CheckpointResult:
+        """Inverse of `to_dict`."""
+        return cls({c: Archive.from_dict(a) for c, a in d["archives"].items()},
+                   float(d["taken_at"]))
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One container's checkpoint image, pushed."""
+
+    reference: str  # IMAGE@DIGEST
+    digest: str
+    archive_size: int
+    image_size: int
+    freezing_time_us: int | None  # CRIU's stats-dump; None when built on the node
+    frozen_time_us: int | None
+    built_on: str  # "local", or "job NAME"
+    local_archive: str | None = None  # the archive as read here (a local build only)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (the journal's; the report leaves `local_archive` out)."""
+        return {"reference": self.reference, "digest": self.digest,
+                "archive_size": self.archive_size, "image_size": self.image_size,
+                "freezing_time_us": self.freezing_time_us,
+                "frozen_time_us": self.frozen_time_us, "built_on": self.built_on,
+                "local_archive": self.local_archive}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ImageResult:
+        """Inverse of `to_dict`."""
+        return cls(str(d["reference"]), str(d["digest"]), int(d["archive_size"]),
+                   int(d["image_size"]), d["freezing_time_us"], d["frozen_time_us"],
+                   str(d["built_on"]), d["local_archive"])
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """The images, per container."""
+
+    images: Mapping[str, ImageResult]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"images": {c: i.to_dict() for c, i in self.images.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BuildResult:
+        """Inverse of `to_dict`."""
+        return cls({c: ImageResult.from_dict(i) for c, i in d["images"].items()})
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    """The restored pod as its create answered."""
+
+    pod: str
+    uid: str
+    resource_version: str | None
+    # The owner's selector label kept off the restored pod until the hand-over.
+    held_label: tuple[str, str] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"pod": self.pod, "uid": self.uid, "resource_version": self.resource_version,
+                "held_label": list(self.held_label) if self.held_label else None}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CreateResult:
+        """Inverse of `to_dict`."""
+        held = d["held_label"]
+        return cls(str(d["pod"]), str(d["uid"]), d["resource_version"],
+                   (str(held[0]), str(held[1])) if held else None)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """When the restored pod was seen ready (time.time()), and its images' ids."""
+
+    ready_at: float
+    image_ids: Mapping[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"ready_at": self.ready_at, "image_ids": dict(self.image_ids)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> VerifyResult:
+        """Inverse of `to_dict`."""
+        return cls(float(d["ready_at"]), dict(d["image_ids"]))
+
+
+@dataclass(frozen=True)
+class SwitchoverResult:
+    """When the source stopped (time.time()); None when it runs on (--keep-source)."""
+
+    source_stopped_at: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"source_stopped_at": self.source_stopped_at}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SwitchoverResult:
+        """Inverse of `to_dict`."""
+        stopped = d["source_stopped_at"]
+        return cls(None if stopped is None else float(stopped))
+
+
+@dataclass(frozen=True)
+class CleanupResult:
+    """What the cleanup removed, as lines (objects, archives)."""
+
+    removed: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"removed": list(self.removed)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CleanupResult:
+        """Inverse of `to_dict`."""
+        return cls(tuple(d["removed"]))
+
+
+StageResult = (CheckpointResult | BuildResult | CreateResult | VerifyResult | SwitchoverResult
+               | CleanupResult)
+
+#: Each stage's result type, by the stage's name in the journal.
+TYPES: dict[str, type[StageResult]] = {
+    "checkpoint": CheckpointResult, "build": BuildResult, "create": CreateResult,
+    "verify": VerifyResult, "switchover": SwitchoverResult, "cleanup": CleanupResult,
+}
+
+
+def read(stage: str, data: Mapping[str, Any]) -> StageResult:
+    """The result of a done stage, from its journal ``data``."""
+    return TYPES[stage].from_dict(data)
+
+
+def done(journal: Journal) -> dict[str, StageResult]:
+    """The results of the stages ``journal`` says are done, by stage name."""
+    return {s.name: read(s.name, s.data) for s in journal.stages
+            if s.status == DONE and s.name in TYPES}
