@@ -457,3 +457,49 @@ def test_a_deployment_pod_stays_when_the_destination_goes_not_ready(
         assert (now.metadata.uid, now.status.phase, now.spec.node_name) == (
             source.metadata.uid, "Running", "node-a")
         assert now.metadata.annotations == source.metadata.annotations
+
+
+def manifest_status(registry: RegistryUnderTest, image: str) -> int:
+    """HTTP status of the registry's manifest for ``image`` (REG/REPO[:TAG]@DIGEST)."""
+    name, digest = image.split("/", 1)[1].split("@")
+    name = name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+    resp = registry.http().request("HEAD", f"{registry.url}/v2/{name}/manifests/{digest}",
+                                   headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    return int(resp.status)
+
+
+def test_cleanup_image_deletes_the_checkpoint_image_once_switched_over(
+        migrate: Callable[..., Result], v1: client.CoreV1Api,
+        plain_registry: RegistryUnderTest) -> None:
+    """Only the restored pod names the image, and it restarts from its node's copy."""
+    make_pod(v1, "tidy")
+    r = migrate("tidy", "--to", "node-b", "--cleanup-image", "-o", "json")
+    assert r.code == 0, r.err
+    report = r.json()
+    validate(report, "pod.schema.json", "pod -o json")
+    image = report["images"]["counter"]["reference"]
+    assert manifest_status(plain_registry, image) == 404
+    assert [a["image"] for a in report["actions"] if a["action"] == "image deleted"] == [image]
+    restored = v1.read_namespaced_pod(report["destination_pod"], "default")
+    assert (restored.spec.node_name, restored.status.phase) == ("node-b", "Running")
+
+
+def test_cleanup_image_kept_does_not_fail_the_migration(
+        migrate: Callable[..., Result], v1: client.CoreV1Api, plain_registry: RegistryUnderTest,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pod has moved: an image the cleanup may not delete is kept, and said so."""
+    from migrate.errors import UsageError
+    from migrate.pipeline.migration import cleanup
+
+    def refused(*_: Any, **__: Any) -> list[dict[str, Any]]:
+        raise UsageError("checkpoint image X is still used by pod default/other: nothing was "
+                         "deleted")
+    monkeypatch.setattr(cleanup, "delete_images", refused)
+    make_pod(v1, "kept")
+    r = migrate("kept", "--to", "node-b", "--cleanup-image", "-o", "json")
+    assert r.code == 0, r.err
+    report = r.json()
+    assert report["outcome"] == "succeeded"
+    assert [a["reason"] for a in report["actions"] if a["action"] == "images kept"] == [
+        "checkpoint image X is still used by pod default/other: nothing was deleted"]
+    assert manifest_status(plain_registry, report["images"]["counter"]["reference"]) == 200

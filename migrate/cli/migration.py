@@ -151,6 +151,11 @@ def pod(
                                   "restored pod (and for the source to go)."),
     cleanup_archive: bool = typer.Option(False, "--cleanup-archive", help="Remove the "
                                          "checkpoint archive from the node afterwards."),
+    cleanup_image: bool = typer.Option(False, "--cleanup-image", help="After the switch-over, "
+                                       "delete the checkpoint images from the registry when "
+                                       "no pod but the restored one names them (its restarts "
+                                       "restore from its node's copy: docs/retention.md); "
+                                       "else they are kept and the report says why."),
     keep_archive: bool = typer.Option(False, "--keep-archive", help="Keep the archives of a "
                                       "run that fails (default: removed with the rest)."),
     tool_image: str | None = typer.Option(None, "--tool-image", envvar="MIGRATE_TOOL_IMAGE",
@@ -192,8 +197,8 @@ def pod(
                      all_containers=all_containers, registry=registry, image=image,
                      builder=builder, build_on=build_on,
                      compression=compression or default_compression(builder),
-                     keep_source=keep_source,
-                     dry_run=dry_run, timeout=timeout, cleanup_archive=cleanup_archive,
+                     keep_source=keep_source, dry_run=dry_run, timeout=timeout,
+                     cleanup_archive=cleanup_archive, cleanup_image=cleanup_image,
                      tool_image=tool_image, registry_secret=registry_secret,
                      keep_archive=keep_archive, encrypt_for=tuple(encrypt_for))
     cluster = kube.connect(settings.kube, background_events=True)

@@ -62,6 +62,7 @@ class PodRequest:
     dry_run: bool = False
     timeout: float = 300.0
     cleanup_archive: bool = False
+    cleanup_image: bool = False  # delete the checkpoint images once switched over
     tool_image: str | None = None  # the tool's own image, for --build-on node Jobs
     registry_secret: str | None = None  # dockerconfigjson Secret for node builds
     keep_archive: bool = False  # a failed run keeps the archives it made (else removed)

@@ -6,11 +6,16 @@ of `migrate pod`) is one more function there.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from migrate.errors import MigrateError
 from migrate.pipeline.migration.results import CleanupResult
 from migrate.pipeline.migration.run import Run, delete_temporaries, release
+from migrate.pipeline.prune.images import delete_images
+
+log = logging.getLogger(__name__)
 
 
 def _temporaries(run: Run) -> list[str]:
@@ -38,7 +43,28 @@ def _archives(run: Run) -> list[str]:
     return removed
 
 
-STEPS: tuple[Callable[[Run], list[str]], ...] = (_temporaries, _claim, _archives)
+def _images(run: Run) -> list[str]:
+    """--cleanup-image: the checkpoint images in the registry, unless a pod other than
+    the restored one names them or it pulls Always (prune.images.delete_images). Kept
+    images do not fail the run: the pod has moved; the journal and progress say why."""
+    if not run.req.cleanup_image:
+        return []
+    refs = [i.reference if "@" in i.reference else f"{i.reference}@{i.digest}"
+            for i in run.built.images.values()]
+    try:
+        deleted = delete_images(run.cluster, run.settings, refs,
+                                restored=f"{run.plan.namespace}/{run.created.pod}")
+    except MigrateError as e:
+        run.journal.record("images kept", reason=e.message)
+        run.progress("cleanup", f"kept the checkpoint images: {e.message}")
+        log.warning("kept the checkpoint images: %s", e.message)
+        return []
+    for d in deleted:
+        run.journal.record("image deleted", image=d["image"], present=d["deleted"])
+    return [f"image {d['image']}" for d in deleted]
+
+
+STEPS: tuple[Callable[[Run], list[str]], ...] = (_temporaries, _claim, _archives, _images)
 
 
 def cleanup(run: Run) -> CleanupResult:
