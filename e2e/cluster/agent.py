@@ -59,12 +59,12 @@ from e2e.cluster.nodeapi import ClusterNodeApi
 from e2e.cluster.nodehost import NodeHost
 from e2e.nodes.api import ApiFailure, Gone
 from e2e.nodes.checkpoints import CHECKPOINT_DIR
-from e2e.nodes.https import HttpsServer, cert_user
+from e2e.nodes.https import HttpsServer
 from e2e.nodes.images import RegistryConfig
 from e2e.nodes.kubelet import KUBELET_PORT, Kubelet
 from e2e.nodes.kubelet_api import KubeletApi
 from e2e.nodes.nodeconfig import NodeConfig
-from e2e.nodes.protocol import Attributes, Decision, Response
+from e2e.nodes.protocol import Attributes, Decision
 from e2e.nodes.realpods import RealRuntime
 from e2e.nodes.runs import ContainerProcess
 from e2e.services.pki import CertPair
@@ -154,7 +154,7 @@ class NodeAgent:
     serving: the kubelet API's certificate (IP SAN: the node's address); ca: the
         CA its clients' certificates must come from.
     root: the node's files on this machine (var/lib/kubelet/checkpoints, pulled
-        images, pod logs), as e2e/sim's STATE/nodes/NODE.
+        images, pod logs), DIR/nodes/NODE.
     index: the node's number (pod IPs 10.88.INDEX.x).
     lease_interval: seconds between Lease renewals (inside the control plane's
         node-monitor grace period, with room for a busy machine).
@@ -163,12 +163,10 @@ class NodeAgent:
     """
 
     def __init__(self, client: KubeClient, host: NodeHost, index: int, root: Path, *,
-                 serving: CertPair, ca: CertPair, config: NodeConfig | None = None,
-                 registries: RegistryConfig | None = None,
-                 process: ContainerProcess | None = None, start_latency: float = 0.2,
-                 stop_latency: float = 0.2, lease_interval: float = 1.0,
-                 kubelet_version: str = "v1.37.2",
-                 log: Callable[[str], None] = lambda line: None) -> None:
+                 serving: CertPair, ca: CertPair, config: NodeConfig | None,
+                 registries: RegistryConfig, process: ContainerProcess,
+                 start_latency: float, stop_latency: float, lease_interval: float,
+                 kubelet_version: str, log: Callable[[str], None]) -> None:
         self.client = client
         self.host = host
         self.node = host.name
@@ -182,12 +180,12 @@ class NodeAgent:
                                stop_latency=stop_latency, config=config, log=log,
                                registries=registries, storage=root / _IMAGE_STORAGE,
                                process=process, address=host.address,
-                               kubelet_version=kubelet_version, controller_manager=True,
+                               kubelet_version=kubelet_version,
                                real=RealRuntime(self.node, root, log=log))
         self.kubelet.wake = self._wake.set
         self.kubelet_api = KubeletApi(
             self.kubelet, self.checkpoint_dir, pod_logs=root / "var/log/pods",
-            authorizer=ApiServerAuthorizer(client), log=log, checkpoint_subresource="checkpoint")
+            authorizer=ApiServerAuthorizer(client), log=log)
         self._serving, self._ca = serving, ca
         self._server: HttpsServer | None = None
         self._threads: list[threading.Thread] = []
@@ -211,13 +209,11 @@ class NodeAgent:
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
         listening = listen_in(self.host.netns, self.host.address, KUBELET_PORT)
         self._server = HttpsServer(
-            self.kubelet_api, self._serving, authenticator=lambda _header, cert: cert_user(cert),
-            unauthorized=lambda: Response(401, b"Unauthorized\n", "text/plain; charset=utf-8"),
-            client_ca=self._ca.cert, listening=listening,
-            log=self.root / "var/log/kubelet.log", name=f"kubelet-{self.node}",
-            server_header="")
+            self.kubelet_api.handle, self._serving, client_ca=self._ca.cert,
+            listening=listening, log=self.root / "var/log/kubelet.log",
+            name=f"kubelet-{self.node}")
         self._server.start()
-        self.kubelet.register(KUBELET_PORT)
+        self.kubelet.register()
         for target, name in ((self.api.run_pod_watch, "watch"), (self._renew_lease, "lease"),
                              (self._loop, "loop")):
             thread = threading.Thread(target=target, args=(self._stop,),
