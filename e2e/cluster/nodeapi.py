@@ -260,6 +260,3 @@ class ClusterNodeApi:
                  "apiVersion": "v1", "kind": "Pod", "name": meta["name"],
                  "uid": meta["uid"]}}})
         return str(answer["status"]["token"])
-
-    def revoke_token(self, token: str) -> None:
-        """Nothing to do: a bound token stops working when its pod is deleted."""

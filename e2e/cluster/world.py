@@ -47,7 +47,7 @@ from e2e.cluster.launcher import ControlPlane
 from e2e.nodes.api import ApiFailure, Gone
 from e2e.nodes.images import RegistryConfig
 from e2e.nodes.nodeconfig import NodeConfig
-from e2e.nodes.podfiles import PodFiles, TokenIssuer
+from e2e.nodes.podfiles import PodFiles
 from e2e.nodes.runs import ContainerProcess, annotated_process
 from e2e.nodes.toolrun import DEFAULT_TIMEOUT, ToolRunner
 from e2e.services.pki import CertPair, issue
@@ -249,10 +249,9 @@ class Cluster:
         images, timeout = self._tool
         if not images:
             return self._process
-        files = PodFiles(lambda node: self._agent(node).api, self.node_dir, TokenIssuer(
-            lambda pod, account: self._agent(pod["spec"]["nodeName"]).api
-            .service_account_token(pod, account),
-            lambda token: None, lambda: self.cp.ca.cert))
+        files = PodFiles(lambda node: self._agent(node).api, self.node_dir,
+                         lambda pod, account: self._agent(pod["spec"]["nodeName"]).api
+                         .service_account_token(pod, account))
         port = int(self.cp.server.rsplit(":", 1)[1])
         return ToolRunner(images, lambda node: self._agent(node).api, files, lambda: port,
                           fallback=self._process, timeout=timeout, log=self.log)

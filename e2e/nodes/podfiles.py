@@ -6,10 +6,9 @@ directory per pod on the node, STATE/nodes/NODE/var/lib/kubelet/pods/UID/:
     volumes/kubernetes.io~empty-dir/NAME/     emptyDir volumes
     volumes/kubernetes.io~secret/NAME/        secret volumes: one 0600 file per key
     volumes/kubernetes.io~configmap/NAME/     configMap volumes (files 0600 too)
-    volumes/kubernetes.io~projected/kube-api-access-sim/
-                                              the service account: token, ca.crt, namespace
-    volumes/kubernetes.io~projected/NAME/     projected volumes (the real API server's
-                                              kube-api-access-*: the same three files)
+    volumes/kubernetes.io~projected/NAME/     projected volumes (the API server's
+                                              ServiceAccount admission adds
+                                              kube-api-access-*: token, ca.crt, namespace)
     containers/CONTAINER/termination-log      terminationMessagePath, written by the process
     containers/CONTAINER/home, .../tmp        HOME and TMPDIR when no mount provides them
 
@@ -23,10 +22,9 @@ termination message path) to its place here. Volume types other than these
 a message, as a failed mount would keep it from starting. readOnly is not
 enforced: the process runs as the user running the simulator.
 
-The service account's token is issued when the pod's files are prepared
-(only if `automountServiceAccountToken`, of the pod else of its
-ServiceAccount, is not false) and revoked when the last container of the pod
-has ended, as a bound token stops working when its pod goes.
+The service account's token is issued (bound to the pod) when a projected
+volume asks for one; the files holding it go when the last container of the
+pod has ended.
 """
 
 from __future__ import annotations
@@ -44,23 +42,15 @@ from e2e.nodes.api import NodeApi, Obj
 
 __all__ = ["SERVICE_ACCOUNT_PATH", "MountFailed", "Mounts", "PodFiles", "TokenIssuer"]
 
+#: issue(pod, account): a token for ServiceAccount `account` bound to `pod`.
+TokenIssuer = Callable[[Obj, str], str]
+
 SERVICE_ACCOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 TERMINATION_LOG = "/dev/termination-log"
-_SA_VOLUME = "volumes/kubernetes.io~projected/kube-api-access-sim"
 
 
 class MountFailed(Exception):
     """A volume could not be set up: the container cannot start (the message says why)."""
-
-
-@dataclass(frozen=True)
-class TokenIssuer:
-    """How the pod's service account gets a token: issue(pod, account) -> a token
-    bound to the pod, revoke(token); ca_file() the cluster CA's PEM file."""
-
-    issue: Callable[[Obj, str], str]
-    revoke: Callable[[str], None]
-    ca_file: Callable[[], Path]
 
 
 @dataclass
@@ -92,7 +82,6 @@ class Mounts:
 class _Pod:
     root: Path
     users: int = 0  # containers running with these files
-    ready: bool = False  # the service account is set up
     token: str | None = None
     volumes: dict[str, Path] = field(default_factory=dict)  # set up, by volume name
 
@@ -114,10 +103,10 @@ class PodFiles:
     """Prepares and releases the per-pod directories of one cluster's nodes."""
 
     def __init__(self, api: Callable[[str], NodeApi], node_dir: Callable[[str], Path],
-                 tokens: TokenIssuer) -> None:
+                 token: TokenIssuer) -> None:
         self.api = api
         self.node_dir = node_dir
-        self.tokens = tokens
+        self.token = token
         self._pods: dict[str, _Pod] = {}
         self._lock = threading.Lock()
 
@@ -134,9 +123,6 @@ class PodFiles:
             entry = self._pods.setdefault(uid, _Pod(_private_dir(self.pod_dir(pod))))
             entry.users += 1
             try:
-                if not entry.ready:
-                    entry.token = self._service_account(pod, entry.root)
-                    entry.ready = True
                 return self._mounts(pod, container, entry)
             except BaseException:
                 entry.users -= 1
@@ -145,8 +131,8 @@ class PodFiles:
                 raise
 
     def release(self, pod: Obj) -> None:
-        """One container of the pod has ended; the last one revokes the token and
-        removes the secrets written for the pod."""
+        """One container of the pod has ended; the last one removes the token and the
+        secrets written for the pod."""
         uid = pod["metadata"]["uid"]
         with self._lock:
             entry = self._pods.get(uid)
@@ -158,34 +144,12 @@ class PodFiles:
 
     def _forget(self, uid: str, entry: _Pod) -> None:
         del self._pods[uid]
-        if entry.token is not None:
-            self.tokens.revoke(entry.token)
         # As the kubelet tears down a terminated pod's volumes: the projected one
-        # (kube-api-access-*) holds the token too.
-        for secret_dir in ("volumes/kubernetes.io~secret", "volumes/kubernetes.io~projected",
-                           _SA_VOLUME):
+        # (kube-api-access-*) holds the token.
+        for secret_dir in ("volumes/kubernetes.io~secret", "volumes/kubernetes.io~projected"):
             shutil.rmtree(entry.root / secret_dir, ignore_errors=True)
 
     # -- what the pod gets -----------------------------------------------------------------
-
-    def _service_account(self, pod: Obj, root: Path) -> str | None:
-        spec, ns = pod["spec"], pod["metadata"]["namespace"]
-        name = spec.get("serviceAccountName") or "default"
-        account = self.api(spec["nodeName"]).get("ServiceAccount", ns, name)
-        if account is None:
-            raise MountFailed(f"error looking up service account {ns}/{name}: "
-                              f'serviceaccount "{name}" not found')
-        mount = spec.get("automountServiceAccountToken")
-        if mount is None:
-            mount = account.get("automountServiceAccountToken")
-        if mount is False:
-            return None
-        token = self.tokens.issue(pod, name)
-        target = _private_dir(root / _SA_VOLUME)
-        _write_private(target / "token", token.encode())
-        _write_private(target / "ca.crt", self.tokens.ca_file().read_bytes())
-        _write_private(target / "namespace", ns.encode())
-        return token
 
     def _mounts(self, pod: Obj, container: Obj, entry: _Pod) -> Mounts:
         volumes = {v.get("name"): v for v in pod["spec"].get("volumes") or []}
@@ -200,8 +164,6 @@ class PodFiles:
             if mount.get("subPath"):
                 where = where / str(mount["subPath"]).lstrip("/")
             mounts.paths[str(mount["mountPath"])] = where
-        if SERVICE_ACCOUNT_PATH not in mounts.paths:
-            mounts.paths[SERVICE_ACCOUNT_PATH] = root / _SA_VOLUME
         own = _private_dir(root / "containers" / container["name"])
         log = own / "termination-log"
         _write_private(log, b"")
@@ -237,8 +199,8 @@ class PodFiles:
             files: dict[str, bytes] = {}
             if "serviceAccountToken" in source:
                 if entry.token is None:
-                    raise MountFailed(f'volume "{name}": the pod mounts no service account '
-                                      "token")
+                    account = pod["spec"].get("serviceAccountName") or "default"
+                    entry.token = self.token(pod, account)
                 files[str(source["serviceAccountToken"].get("path") or "token")] = \
                     entry.token.encode()
             for kind in ("configMap", "secret"):

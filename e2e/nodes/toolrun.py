@@ -203,8 +203,10 @@ class ToolRunner:
             "KUBERNETES_SERVICE_HOST": "127.0.0.1",
             "KUBERNETES_SERVICE_PORT": str(self.api_port()),
             "KUBERNETES_SERVICE_PORT_HTTPS": str(self.api_port()),
-            SERVICE_ACCOUNT_DIR_ENV: str(mounts.host(SERVICE_ACCOUNT_PATH)),
         })
+        account = mounts.host(SERVICE_ACCOUNT_PATH)
+        if account is not None:  # automountServiceAccountToken false: none
+            env[SERVICE_ACCOUNT_DIR_ENV] = str(account)
         for source in container.get("envFrom") or []:
             ref = source.get("configMapRef") or source.get("secretRef") or {}
             values = self._data(pod, "Secret" if "secretRef" in source else "ConfigMap",
