@@ -5,7 +5,6 @@ directory per pod on the node, STATE/nodes/NODE/var/lib/kubelet/pods/UID/:
 
     volumes/kubernetes.io~empty-dir/NAME/     emptyDir volumes
     volumes/kubernetes.io~secret/NAME/        secret volumes: one 0600 file per key
-    volumes/kubernetes.io~configmap/NAME/     configMap volumes (files 0600 too)
     volumes/kubernetes.io~projected/NAME/     projected volumes (the API server's
                                               ServiceAccount admission adds
                                               kube-api-access-*: token, ca.crt, namespace)
@@ -13,13 +12,14 @@ directory per pod on the node, STATE/nodes/NODE/var/lib/kubelet/pods/UID/:
     containers/CONTAINER/home, .../tmp        HOME and TMPDIR when no mount provides them
 
 hostPath volumes are the node's own files, STATE/nodes/NODE/<path>, checked
-as the kubelet checks their `type` (Directory, DirectoryOrCreate, File,
-FileOrCreate; other types only need the path to exist). Directories are 0700.
+as the kubelet checks their `type` (Directory, DirectoryOrCreate, File; other
+types only need the path to exist). Directories are 0700.
 
 `Mounts` maps each container path (mountPath, with subPath applied, and the
-termination message path) to its place here. Volume types other than these
-(downwardAPI, persistentVolumeClaim, ...) fail the container with
-a message, as a failed mount would keep it from starting. readOnly is not
+termination message path) to its place here. These are the volumes the tool's
+own pods use (a node build's, a scheduled drain's); others (configMap,
+persistentVolumeClaim, ...) fail the container with a message, as a failed
+mount would keep it from starting. readOnly is not
 enforced: the process runs as the user running the simulator.
 
 The service account's token is issued (bound to the pod) when a projected
@@ -178,12 +178,13 @@ class PodFiles:
             return _private_dir(root / "volumes/kubernetes.io~empty-dir" / name)
         if "secret" in volume:
             source = volume["secret"]
-            return self._files(pod, name, root / "volumes/kubernetes.io~secret" / name,
-                               "Secret", source.get("secretName"), source)
-        if "configMap" in volume:
-            source = volume["configMap"]
-            return self._files(pod, name, root / "volumes/kubernetes.io~configmap" / name,
-                               "ConfigMap", source.get("name"), source)
+            secret = self._get(pod, "Secret", source.get("secretName"))
+            if secret is None and not source.get("optional"):
+                raise MountFailed(f'MountVolume.SetUp failed for volume "{name}" : secret '
+                                  f'"{source.get("secretName")}" not found')
+            data = {k: base64.b64decode(v) for k, v in ((secret or {}).get("data") or {}).items()}
+            return _write_files(root / "volumes/kubernetes.io~secret" / name,
+                                _items(data, source.get("items")), name)
         if "projected" in volume:
             return self._projected(pod, name, volume["projected"], entry)
         kind = next((k for k in volume if k != "name"), "?")
@@ -191,43 +192,32 @@ class PodFiles:
                           "simulator's tool runner")
 
     def _projected(self, pod: Obj, name: str, projected: dict[str, Any], entry: _Pod) -> Path:
-        """A projected volume: the real API server gives every pod one (kube-api-access-*:
-        the service account's token, kube-root-ca.crt's ca.crt, the namespace)."""
-        target = _private_dir(entry.root / "volumes/kubernetes.io~projected" / name)
-        ns = pod["metadata"]["namespace"]
+        """A projected volume: the API server's admission gives every pod one
+        (kube-api-access-*: the service account's token, kube-root-ca.crt's ca.crt,
+        the namespace)."""
+        files: dict[str, bytes] = {}
         for source in projected.get("sources") or []:
-            files: dict[str, bytes] = {}
             if "serviceAccountToken" in source:
                 if entry.token is None:
                     account = pod["spec"].get("serviceAccountName") or "default"
                     entry.token = self.token(pod, account)
                 files[str(source["serviceAccountToken"].get("path") or "token")] = \
                     entry.token.encode()
-            for kind in ("configMap", "secret"):
-                if kind in source:
-                    ref = source[kind]
-                    obj = self.api(pod["spec"]["nodeName"]).get(
-                        "ConfigMap" if kind == "configMap" else "Secret", ns,
-                        str(ref.get("name", ""))) or {}
-                    data = {k: str(v).encode() for k, v in (obj.get("data") or {}).items()} \
-                        if kind == "configMap" else \
-                        {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
-                    items = ref.get("items")
-                    files.update({str(i["path"]): data[i["key"]] for i in items
-                                  if i.get("key") in data} if items else data)
+            if "configMap" in source:
+                ref = source["configMap"]
+                found = self._get(pod, "ConfigMap", ref.get("name")) or {}
+                data = {k: str(v).encode() for k, v in (found.get("data") or {}).items()}
+                files.update(_items(data, ref.get("items")))
             for item in (source.get("downwardAPI") or {}).get("items") or []:
-                field_path = str((item.get("fieldRef") or {}).get("fieldPath", ""))
                 value: Any = pod
-                for part in field_path.split("."):
+                for part in str((item.get("fieldRef") or {}).get("fieldPath", "")).split("."):
                     value = value.get(part) if isinstance(value, dict) else None
                 files[str(item["path"])] = str(value or "").encode()
-            for path, content in files.items():
-                if ".." in PurePosixPath(path).parts:
-                    raise MountFailed(f'volume "{name}": item path {path!r} leaves the volume')
-                dest = target / path.lstrip("/")
-                _private_dir(dest.parent)
-                _write_private(dest, content)
-        return target
+        return _write_files(entry.root / "volumes/kubernetes.io~projected" / name, files, name)
+
+    def _get(self, pod: Obj, kind: str, name: Any) -> Obj | None:
+        return self.api(pod["spec"]["nodeName"]).get(kind, pod["metadata"]["namespace"],
+                                                     str(name or ""))
 
     def _host_path(self, pod: Obj, name: str, source: dict[str, Any]) -> Path:
         path = str(source.get("path", ""))
@@ -237,9 +227,6 @@ class PodFiles:
         kind = source.get("type") or ""
         if kind == "DirectoryOrCreate":
             host.mkdir(parents=True, exist_ok=True, mode=0o755)
-        elif kind == "FileOrCreate" and not host.exists():
-            host.parent.mkdir(parents=True, exist_ok=True)
-            host.touch(mode=0o644)
         checks = {"Directory": (host.is_dir, "is not a directory"),
                   "File": (host.is_file, "is not a file")}
         check, problem = checks.get(kind, (host.exists, "does not exist"))
@@ -248,28 +235,22 @@ class PodFiles:
                               f"check failed: {path} {problem}")
         return host
 
-    def _files(self, pod: Obj, name: str, target: Path, kind: str, source_name: Any,
-               source: dict[str, Any]) -> Path:
-        ns = pod["metadata"]["namespace"]
-        obj = self.api(pod["spec"]["nodeName"]).get(kind, ns, str(source_name or ""))
-        if obj is None:
-            if source.get("optional"):
-                return _private_dir(target)
-            raise MountFailed(f'MountVolume.SetUp failed for volume "{name}" : '
-                              f'{kind.lower()} "{source_name}" not found')
-        data = {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()} \
-            if kind == "Secret" else \
-            {**{k: str(v).encode() for k, v in (obj.get("data") or {}).items()},
-             **{k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()}}
-        items = source.get("items")
-        files = {str(i["path"]): data[i["key"]] for i in items if i.get("key") in data} \
-            if items else data
-        shutil.rmtree(target, ignore_errors=True)
-        _private_dir(target)
-        for path, content in files.items():
-            dest = target / path.lstrip("/")
-            if ".." in PurePosixPath(path).parts:
-                raise MountFailed(f'volume "{name}": item path {path!r} leaves the volume')
-            _private_dir(dest.parent)
-            _write_private(dest, content)
-        return target
+
+def _items(data: dict[str, bytes], items: list[dict[str, Any]] | None) -> dict[str, bytes]:
+    """The files a volume source's `items` pick (path <- key), else every key."""
+    if not items:
+        return data
+    return {str(i["path"]): data[i["key"]] for i in items if i.get("key") in data}
+
+
+def _write_files(target: Path, files: dict[str, bytes], volume: str) -> Path:
+    """A volume's files, each 0600, in a fresh 0700 directory."""
+    shutil.rmtree(target, ignore_errors=True)
+    _private_dir(target)
+    for path, content in files.items():
+        if ".." in PurePosixPath(path).parts:
+            raise MountFailed(f'volume "{volume}": item path {path!r} leaves the volume')
+        dest = target / path.lstrip("/")
+        _private_dir(dest.parent)
+        _write_private(dest, content)
+    return target

@@ -19,8 +19,8 @@ before (runs.py). What the subprocess gets, as a pod would:
   The process cannot see /var/run/secrets/kubernetes.io/serviceaccount, so
   MIGRATE_SERVICEACCOUNT_DIR says where that directory is (the tool reads it
   at its CLI edge; real pods never set it);
-- the container's env (value, valueFrom fieldRef / secretKeyRef /
-  configMapKeyRef, envFrom), `$(VAR)` references in args expanded, plus PATH,
+- the container's env (`value`s: the tool's pods set no other kind), `$(VAR)`
+  references in args expanded, plus PATH,
   PYTHONPATH and LANG of the simulator's own process (so the code under test
   is what runs), HOSTNAME, HOME and TMPDIR of the container's own;
 - its volumes (podfiles.py). Paths: the process runs on this machine's file
@@ -43,7 +43,6 @@ or the pod's activeDeadlineSeconds (else its Job's, else the runner's
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import signal
@@ -53,7 +52,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from e2e.nodes.api import NodeApi, Obj
 from e2e.nodes.podfiles import SERVICE_ACCOUNT_PATH, MountFailed, Mounts, PodFiles
@@ -207,41 +206,10 @@ class ToolRunner:
         account = mounts.host(SERVICE_ACCOUNT_PATH)
         if account is not None:  # automountServiceAccountToken false: none
             env[SERVICE_ACCOUNT_DIR_ENV] = str(account)
-        for source in container.get("envFrom") or []:
-            ref = source.get("configMapRef") or source.get("secretRef") or {}
-            values = self._data(pod, "Secret" if "secretRef" in source else "ConfigMap",
-                                str(ref.get("name", "")))
-            prefix = str(source.get("prefix") or "")
-            env.update({prefix + k: v for k, v in values.items()})
         for var in container.get("env") or []:
-            value = self._value(pod, var)
-            if value is not None:
-                env[str(var["name"])] = mounts.translate(_expand(value, env))
+            if "value" in var:
+                env[str(var["name"])] = mounts.translate(_expand(str(var["value"]), env))
         return env
-
-    def _value(self, pod: Obj, var: Mapping[str, Any]) -> str | None:
-        if "value" in var:
-            return str(var["value"])
-        source = var.get("valueFrom") or {}
-        if "fieldRef" in source:
-            node: Any = pod
-            for part in str(source["fieldRef"].get("fieldPath", "")).split("."):
-                node = node.get(part) if isinstance(node, Mapping) else None
-            return None if node is None else str(node)
-        for key, kind in (("secretKeyRef", "Secret"), ("configMapKeyRef", "ConfigMap")):
-            if key in source:
-                ref = source[key]
-                values = self._data(pod, kind, ref.get("name", ""))
-                return values.get(str(ref.get("key")))
-        return None
-
-    def _data(self, pod: Obj, kind: str, name: str) -> dict[str, str]:
-        api = self.api(pod["spec"]["nodeName"])
-        obj = api.get(kind, pod["metadata"]["namespace"], name) or {}
-        data = obj.get("data") or {}
-        if kind == "Secret":
-            return {k: base64.b64decode(v).decode(errors="replace") for k, v in data.items()}
-        return {k: str(v) for k, v in data.items()}
 
     def _own(self, pod: Obj, container: Obj, what: str) -> Path:
         path = self.files.pod_dir(pod) / "containers" / str(container["name"]) / what
