@@ -50,9 +50,9 @@ CreateContainerError...) and backoff. A pod stays Pending until all its
 containers run; init and ephemeral containers are taken as done and running.
 
 Pods with restartPolicy Never or OnFailure run to completion: once Running,
-each container is handed to a `ContainerProcess` (runs.py; by default it
-ends as the `sim.migrate.dev/run-seconds`, `exit-code` and
-`termination-message` annotations say), and the pod turns Succeeded or Failed.
+each container is handed to a `ContainerProcess` (runs.py: by default it ends
+after `sim.migrate.dev/run-seconds`; toolrun.py runs the tool's image for
+real), and the pod turns Succeeded or Failed.
 """
 
 from __future__ import annotations

@@ -192,15 +192,12 @@ class KubeletApi:
             reason = (waiting or {}).get("reason", "ContainerCreating")
             return _text(400, f'container "{container}" in pod "{pod_name}" is waiting to '
                               f"start: {reason}")
-        meta = pod["metadata"]
-        directory = self.pod_logs / f"{namespace}_{pod_name}_{meta['uid']}" / container
-        runs = sorted(int(p.stem) for p in directory.glob("*.log") if p.stem.isdigit())
-        if req.param("previous") == "true":
-            if len(runs) < 2:
-                return _text(400, f'previous terminated container "{container}" in pod '
-                                  f'"{pod_name}" not found')
-            runs = runs[:-1]
-        data = (directory / f"{runs[-1]}.log").read_bytes() if runs else b""
+        if req.param("previous") == "true":  # containers are never restarted here
+            return _text(400, f'previous terminated container "{container}" in pod '
+                              f'"{pod_name}" not found')
+        log = self.pod_logs / f"{namespace}_{pod_name}_{pod['metadata']['uid']}" / container / \
+            "0.log"
+        data = log.read_bytes() if log.is_file() else b""
         tail, limit = req.param("tailLines"), req.param("limitBytes")
         if tail and tail.isdigit():
             data = b"".join(data.splitlines(keepends=True)[-int(tail):]) if int(tail) else b""

@@ -34,7 +34,7 @@ before (runs.py). What the subprocess gets, as a pod would:
   output's tail (80 lines or 2048 bytes, whichever is less).
 
 Output (stdout and stderr together) goes to the node's log directory,
-STATE/nodes/NODE/var/log/pods/NS_POD_UID/CONTAINER/N.log (N: the run, from 0).
+STATE/nodes/NODE/var/log/pods/NS_POD_UID/CONTAINER/0.log (containers are not restarted).
 The process never outlives its container: it is killed (SIGTERM, then
 SIGKILL after 2 s) when the pod is deleted, the node or the simulator stops,
 or the pod's activeDeadlineSeconds (else its Job's, else the runner's
@@ -106,8 +106,6 @@ class ToolRunner:
         self.fallback = fallback
         self.timeout = timeout
         self._log = log or (lambda line: None)
-        self._runs: dict[tuple[str, str], int] = {}
-        self._lock = threading.Lock()
 
     def __call__(self, pod: Obj, container: Obj, stop: threading.Event) -> ContainerExit | None:
         if container.get("image") not in self.images:
@@ -218,13 +216,10 @@ class ToolRunner:
 
     def _log_path(self, pod: Obj, container: Obj) -> Path:
         meta = pod["metadata"]
-        with self._lock:
-            key = (meta["uid"], container["name"])
-            run = self._runs[key] = self._runs.get(key, -1) + 1
         directory = self.files.node_dir(pod["spec"]["nodeName"]) / "var/log/pods" / \
             f"{meta['namespace']}_{meta['name']}_{meta['uid']}" / container["name"]
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return Path(directory / f"{run}.log")
+        return Path(directory / "0.log")
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
