@@ -40,7 +40,7 @@ __all__ = [
 
 #: Where the kubelet keeps checkpoint archives, on the node.
 CHECKPOINT_DIR = "/var/lib/kubelet/checkpoints"
-#: Pod annotations under this prefix steer the simulator; they are left out of archives.
+#: Pod annotations under this prefix steer the simulated nodes; they are left out of archives.
 ANNOTATION_PREFIX = "sim.migrate.dev/"
 PROCESSES_ANNOTATION = ANNOTATION_PREFIX + "processes"
 MEMORY_ANNOTATION = ANNOTATION_PREFIX + "memory-mib"
@@ -242,7 +242,7 @@ def _volumes(pod: Obj, container: dict[str, Any]) -> list[dict[str, Any]]:
 def container_annotations(pod: Obj, container: dict[str, Any], restarts: int
                            ) -> dict[str, str]:
     # What CRI-O records as the container's annotations: the pod's (the
-    # simulator's own keys left out) and those the kubelet adds.
+    # sim.migrate.dev keys left out) and those the kubelet adds.
     meta, spec = pod["metadata"], pod["spec"]
     out = {k: str(v) for k, v in (meta.get("annotations") or {}).items()
            if not k.startswith(ANNOTATION_PREFIX)}

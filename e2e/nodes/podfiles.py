@@ -1,4 +1,4 @@
-"""A pod's files on its node, for containers the simulator really runs (toolrun.py).
+"""A pod's files on its node, for containers a node agent really runs (toolrun.py).
 
 The kubelet sets up what a container sees before it starts it; here that is a
 directory per pod on the node, STATE/nodes/NODE/var/lib/kubelet/pods/UID/:
@@ -20,7 +20,7 @@ termination message path) to its place here. These are the volumes the tool's
 own pods use (a node build's, a scheduled drain's); others (configMap,
 persistentVolumeClaim, ...) fail the container with a message, as a failed
 mount would keep it from starting. readOnly is not
-enforced: the process runs as the user running the simulator.
+enforced: the process runs as the user running the node agents.
 
 The service account's token is issued (bound to the pod) when a projected
 volume asks for one; the files holding it go when the last container of the
@@ -189,7 +189,7 @@ class PodFiles:
             return self._projected(pod, name, volume["projected"], entry)
         kind = next((k for k in volume if k != "name"), "?")
         raise MountFailed(f'volume "{name}": {kind} volumes are not supported by the '
-                          "simulator's tool runner")
+                          "node agents' tool runner")
 
     def _projected(self, pod: Obj, name: str, projected: dict[str, Any], entry: _Pod) -> Path:
         """A projected volume: the API server's admission gives every pod one

@@ -32,7 +32,7 @@ service-account token directory. Otherwise: `restoring "<image ID>" expects
 following bind mounts defined (<paths>)`, the image ID being what the kubelet
 passes as the image (the config digest's hex). CRI-O does not compare the
 checkpointed container's name with the new container's. Then StartContainer
-runs CRIU: the simulator reads the processes, memory and root-fs changes
+runs CRIU: the simulated node reads the processes, memory and root-fs changes
 back from the archive (restored.py turns them into the pod's annotations).
 """
 

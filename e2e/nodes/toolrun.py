@@ -11,7 +11,7 @@ before (runs.py). What the subprocess gets, as a pod would:
   `kubectl-migrate` (any directory), runs
   `[sys.executable, "-m", "migrate", *rest, *args]`, args defaulting to the
   CMD when neither is given; any other command ends the container with exit
-  code 127 (nothing else is in the image the simulator can stand in for);
+  code 127 (nothing else is in the image the node can stand in for);
 - in-cluster credentials: a token for the pod's ServiceAccount (user
   `system:serviceaccount:NS:NAME`, RBAC applies), the cluster CA and the
   namespace in the pod's service-account directory (podfiles.py), and
@@ -21,7 +21,7 @@ before (runs.py). What the subprocess gets, as a pod would:
   at its CLI edge; real pods never set it);
 - the container's env (`value`s: the tool's pods set no other kind), `$(VAR)`
   references in args expanded, plus PATH,
-  PYTHONPATH and LANG of the simulator's own process (so the code under test
+  PYTHONPATH and LANG of the node agent's own process (so the code under test
   is what runs), HOSTNAME, HOME and TMPDIR of the container's own;
 - its volumes (podfiles.py). Paths: the process runs on this machine's file
   system, so every argument and env value that starts with a mount path
@@ -36,7 +36,7 @@ before (runs.py). What the subprocess gets, as a pod would:
 Output (stdout and stderr together) goes to the node's log directory,
 STATE/nodes/NODE/var/log/pods/NS_POD_UID/CONTAINER/0.log (containers are not restarted).
 The process never outlives its container: it is killed (SIGTERM, then
-SIGKILL after 2 s) when the pod is deleted, the node or the simulator stops,
+SIGKILL after 2 s) when the pod is deleted, the node stops,
 or the pod's activeDeadlineSeconds (else its Job's, else the runner's
 `timeout`) run out, which ends it with exit code 137.
 """
