@@ -3,7 +3,7 @@ runtime (e2e/nodes) that is a client of the real API server.
 
 Per node it registers the Node (its node host's 198.18 address as InternalIP,
 the kubelet port in daemonEndpoints, capacity, labels, the runtime from its
-NodeConfig), renews its Lease in kube-node-lease every `lease_interval`
+NodeConfig), renews its Lease in kube-node-lease every LEASE_INTERVAL
 seconds, watches the pods bound to it (nodeapi.py), runs them through the
 kubelet's code (pulls, restores, Events, status, graceful deletion confirmed
 with a grace-0 delete), and serves the kubelet API over HTTPS on the node's
@@ -76,6 +76,9 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
 #: The kubelet's nodeLeaseDurationSeconds.
 LEASE_DURATION = 40
+#: Seconds between Lease renewals: well inside the launcher's node-monitor grace
+#: period (6 s), with room for a busy machine.
+LEASE_INTERVAL = 1.0
 #: A pass over the node's pods at least this often (seconds), whatever happens.
 RESYNC_SECONDS = 10.0
 _IMAGE_STORAGE = "var/lib/containers/storage"
@@ -156,8 +159,6 @@ class NodeAgent:
     root: the node's files on this machine (var/lib/kubelet/checkpoints, pulled
         images, pod logs), DIR/nodes/NODE.
     index: the node's number (pod IPs 10.88.INDEX.x).
-    lease_interval: seconds between Lease renewals (inside the control plane's
-        node-monitor grace period, with room for a busy machine).
     log: where the agent tells what it does.
     Other arguments: e2e/nodes/kubelet.py's Kubelet.
     """
@@ -165,13 +166,12 @@ class NodeAgent:
     def __init__(self, client: KubeClient, host: NodeHost, index: int, root: Path, *,
                  serving: CertPair, ca: CertPair, config: NodeConfig | None,
                  registries: RegistryConfig, process: ContainerProcess,
-                 start_latency: float, stop_latency: float, lease_interval: float,
-                 kubelet_version: str, log: Callable[[str], None]) -> None:
+                 start_latency: float, stop_latency: float, kubelet_version: str,
+                 log: Callable[[str], None]) -> None:
         self.client = client
         self.host = host
         self.node = host.name
         self.root = root
-        self.lease_interval = lease_interval
         self._log = log
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -270,7 +270,7 @@ class NodeAgent:
             except ApiFailure as e:
                 self._log(f"kubelet-{self.node}: lease: {e}")
                 lease = None
-            stop.wait(self.lease_interval)
+            stop.wait(LEASE_INTERVAL)
 
     def _renewed(self, path: str, lease: dict[str, object] | None) -> dict[str, object]:
         renew = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # MicroTime
