@@ -174,18 +174,18 @@ class TokenServer:
         `auth.token.service`).
     issuer: JWT `iss` (= the registry's `auth.token.issuer`).
     tls: serve HTTPS with this certificate (clients must trust its CA).
-    lifetime: token lifetime in seconds (`expires_in`, and `exp` - `iat`).
     """
 
     path = "/token"
+    #: Token lifetime in seconds (`expires_in`, and `exp` - `iat`).
+    lifetime = 300
 
     def __init__(self, signer: CertPair, users: Mapping[str, str], *,
                  service: str = "migrate-test-registry",
-                 issuer: str = "migrate-test-token-issuer", tls: CertPair | None = None,
-                 lifetime: int = 300) -> None:
+                 issuer: str = "migrate-test-token-issuer",
+                 tls: CertPair | None = None) -> None:
         self.service = service
         self.issuer = issuer
-        self.lifetime = lifetime
         self.tls = tls
         self._users = dict(users)
         self._key = jwk.JWK.from_pem(signer.key.read_bytes())
