@@ -12,8 +12,8 @@ directory per pod on the node, STATE/nodes/NODE/var/lib/kubelet/pods/UID/:
     containers/CONTAINER/home, .../tmp        HOME and TMPDIR when no mount provides them
 
 hostPath volumes are the node's own files, STATE/nodes/NODE/<path>, checked
-as the kubelet checks their `type` (Directory, DirectoryOrCreate, File; other
-types only need the path to exist). Directories are 0700.
+as the kubelet checks their `type` (Directory, DirectoryOrCreate, File,
+FileOrCreate; other types only need the path to exist). Directories are 0700.
 
 `Mounts` maps each container path (mountPath, with subPath applied, and the
 termination message path) to its place here. These are the volumes the tool's
@@ -227,6 +227,9 @@ class PodFiles:
         kind = source.get("type") or ""
         if kind == "DirectoryOrCreate":
             host.mkdir(parents=True, exist_ok=True, mode=0o755)
+        elif kind == "FileOrCreate" and not host.exists():
+            host.parent.mkdir(parents=True, exist_ok=True)
+            host.touch(mode=0o644)
         checks = {"Directory": (host.is_dir, "is not a directory"),
                   "File": (host.is_file, "is not a file")}
         check, problem = checks.get(kind, (host.exists, "does not exist"))
