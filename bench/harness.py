@@ -101,7 +101,7 @@ def with_registry(prefix: str, workdir: Path | None, bench: Callable[[Path], Non
     """``in_workdir`` for a benchmark that starts Debian's docker-registry (e2e.services.registry).
 
     Returns 2 when docker-registry is not installed. Killed (SIGTERM), the script
-    still runs its ``finally`` blocks, which stop the registry and the simulator.
+    still runs its ``finally`` blocks, which stop the registry and the node agents.
     """
     from e2e.services.registry import RegistryError
 

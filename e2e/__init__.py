@@ -7,9 +7,10 @@ import contracts keep it so):
                 world.py's Cluster: what tests, benchmarks and the demo use)
     nodes/      the node side: a kubelet and its container runtime (checkpoint,
                 pulls, CRI-O's restore rules, the tool's image run for real),
-                behind NodeApi; containers are simulated processes
+                behind NodeApi; containers are simulated processes, or runc's
     real/       real checkpoints: CRIU, runc and Podman on a real workload
-    archives/   generated checkpoint archives (archivegen, criu_encode, filesgen)
+    archives/   generated checkpoint archives (archivegen, criu_encode, filesgen) and
+                the one writer of CRI-O-layout tars, real/'s too
     services/   the loopback registry, its token server, the PKI
 
 The tool itself is never imported here: the world is what it is tested against.

@@ -74,6 +74,19 @@ def api_client(kubeconfig: Path) -> client.ApiClient:
     return config.new_client_from_config(config_file=str(kubeconfig))
 
 
+@pytest.fixture(scope="module")
+def api(cluster: Cluster) -> Iterator[client.ApiClient]:
+    """An admin client of the test module's node agents (its own `cluster` fixture)."""
+    with api_client(cluster.kubeconfig) as admin:
+        yield admin
+
+
+@pytest.fixture(scope="module")
+def v1(api: client.ApiClient) -> client.CoreV1Api:
+    """The core API of the test module's `cluster`."""
+    return client.CoreV1Api(api)
+
+
 @pytest.fixture(scope="session")
 def real_cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     require_cluster(binaries.missing())

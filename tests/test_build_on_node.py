@@ -25,7 +25,7 @@ from e2e.cluster.launcher import ControlPlane
 from e2e.cluster.world import Cluster
 from e2e.nodes import RegistryConfig
 from migrate.pipeline.journal import Journal
-from tests.cluster import api_client, node_agents
+from tests.cluster import node_agents
 from tests.conftest import Result
 from tests.registries import RegistryUnderTest
 from tests.test_migrate_pod import assert_untouched, make_pod, pods
@@ -47,17 +47,6 @@ def cluster(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
                      stop_latency=0.05, registries=registries, tool_images=(TOOL,),
                      tool_timeout=120) as world:
         yield world
-
-
-@pytest.fixture(scope="module")
-def api(cluster: Cluster) -> Iterator[client.ApiClient]:
-    with api_client(cluster.kubeconfig) as admin:
-        yield admin
-
-
-@pytest.fixture(scope="module")
-def v1(api: client.ApiClient) -> client.CoreV1Api:
-    return client.CoreV1Api(api)
 
 
 def dockerconfig(registry: RegistryUnderTest, password: str) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from migrate.errors import ConflictError
 from migrate.pipeline import claims, migration
 from migrate.pipeline.journal import Journal
 from migrate.settings import KubeSettings
-from tests.cluster import Kubectl, api_client, node_agents, wait_for
+from tests.cluster import Kubectl, node_agents, wait_for
 from tests.conftest import Result
 from tests.registries import RegistryUnderTest
 from tests.test_migrate_pod import make_pod, pods
@@ -52,17 +52,6 @@ def cluster(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
 @pytest.fixture(scope="module")
 def world(cluster: Cluster) -> Cluster:
     return cluster
-
-
-@pytest.fixture(scope="module")
-def api(cluster: Cluster) -> Iterator[client.ApiClient]:
-    with api_client(cluster.kubeconfig) as admin:
-        yield admin
-
-
-@pytest.fixture(scope="module")
-def v1(api: client.ApiClient) -> client.CoreV1Api:
-    return client.CoreV1Api(api)
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ from kubernetes import client
 
 from e2e.cluster.launcher import ControlPlane
 from e2e.cluster.world import Cluster
-from tests.cluster import api_client, node_agents, wait_for
+from tests.cluster import node_agents, wait_for
 from tests.conftest import Result
 
 Cli = Callable[..., Result]
@@ -23,12 +23,6 @@ def cluster(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> 
     with node_agents(real_cp, tmp_path_factory.mktemp("nodes"), start_latency=0.05,
                      stop_latency=0.05) as world:
         yield world
-
-
-@pytest.fixture(scope="module")
-def v1(cluster: Cluster) -> Iterator[client.CoreV1Api]:
-    with api_client(cluster.kubeconfig) as api:
-        yield client.CoreV1Api(api)
 
 
 def running_pod(v1: client.CoreV1Api, name: str, containers: tuple[str, ...] = ("app",),

@@ -29,7 +29,7 @@ from e2e.cluster.world import Cluster
 from e2e.nodes import RegistryConfig
 from migrate.pipeline import migration
 from migrate.pipeline.journal import Journal
-from tests.cluster import api_client, node_agents, wait_for
+from tests.cluster import node_agents, wait_for
 from tests.conftest import Result
 from tests.registries import RegistryUnderTest
 from tests.test_migrate_pod import assert_untouched, make_pod, pods
@@ -48,12 +48,6 @@ def cluster(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
     with node_agents(real_cp, tmp_path_factory.mktemp("nodes"), nodes=("node-a", "node-b"),
                      start_latency=0.05, stop_latency=0.05, registries=registries) as world:
         yield world
-
-
-@pytest.fixture(scope="module")
-def v1(cluster: Cluster) -> Iterator[client.CoreV1Api]:
-    with api_client(cluster.kubeconfig) as api:
-        yield client.CoreV1Api(api)
 
 
 @pytest.fixture(autouse=True)

@@ -275,12 +275,6 @@ def fixture_priority_class(kubeconfig: Path) -> Iterator[None]:
             scheduling.delete_priority_class("shop-critical")
 
 
-@pytest.fixture(scope="module")
-def v1(cluster: Cluster) -> Iterator[client.CoreV1Api]:
-    with api_client(cluster.kubeconfig) as api:
-        yield client.CoreV1Api(api)
-
-
 def create(v1: client.CoreV1Api, pod: dict[str, Any]) -> str:
     """Create the fixture's pod (what a client may send) and return its uid."""
     # Not its ownerReferences: the garbage collector deletes a pod whose

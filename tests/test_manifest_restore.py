@@ -22,7 +22,7 @@ from kubernetes import client
 from e2e.cluster.launcher import ControlPlane
 from e2e.cluster.world import Cluster
 from e2e.nodes import RegistryConfig
-from tests.cluster import api_client, node_agents, wait_for
+from tests.cluster import node_agents, wait_for
 from tests.conftest import Result
 from tests.registries import RegistryUnderTest
 from tests.test_manifest import CASES, fixture_priority_class, source
@@ -38,12 +38,6 @@ def cluster(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
                      registries=RegistryConfig(insecure=(plain_registry.host,))) as world, \
             fixture_priority_class(world.kubeconfig):
         yield world
-
-
-@pytest.fixture(scope="module")
-def v1(cluster: Cluster) -> Iterator[client.CoreV1Api]:
-    with api_client(cluster.kubeconfig) as api:
-        yield client.CoreV1Api(api)
 
 
 def _containers(case: str, pod: dict[str, Any]) -> list[str]:

@@ -43,12 +43,6 @@ def cluster(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
         yield world
 
 
-@pytest.fixture(scope="module")
-def v1(cluster: Cluster) -> Iterator[client.CoreV1Api]:
-    with api_client(cluster.kubeconfig) as api:
-        yield client.CoreV1Api(api)
-
-
 @pytest.fixture(autouse=True)
 def _node_root(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     # The tool reads archives where the nodes' directories are "shared".

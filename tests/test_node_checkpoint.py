@@ -59,17 +59,6 @@ def cluster(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="module")
-def api(cluster: Cluster) -> Iterator[client.ApiClient]:
-    with api_client(cluster.kubeconfig) as admin:
-        yield admin
-
-
-@pytest.fixture(scope="module")
-def v1(api: client.ApiClient) -> client.CoreV1Api:
-    return client.CoreV1Api(api)
-
-
-@pytest.fixture(scope="module")
 def kubelet_http(cluster: Cluster) -> Iterator[urllib3.PoolManager]:
     """A client of the kubelets with the API server's kubelet client certificate."""
     http = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(cluster.ca.cert),

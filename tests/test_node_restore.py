@@ -71,12 +71,6 @@ def cluster(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
         yield cluster
 
 
-@pytest.fixture(scope="module")
-def v1(cluster: Cluster) -> Iterator[client.CoreV1Api]:
-    with api_client(cluster.kubeconfig) as admin:
-        yield client.CoreV1Api(admin)
-
-
 _counter = iter(range(1_000_000))
 
 

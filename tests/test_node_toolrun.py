@@ -23,7 +23,7 @@ from e2e.cluster.launcher import ControlPlane
 from e2e.cluster.world import Cluster
 from e2e.nodes.checkpoints import CHECKPOINT_DIR
 from e2e.nodes.podfiles import Mounts
-from tests.cluster import Kubectl, api_client, node_agents, wait_for
+from tests.cluster import Kubectl, node_agents, wait_for
 
 TOOL = "localhost/migrate:test"
 
@@ -33,12 +33,6 @@ def cluster(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> 
     with node_agents(real_cp, tmp_path_factory.mktemp("nodes"), tool_images=(TOOL,),
                      start_latency=0.02, stop_latency=0.02, tool_timeout=60) as cluster:
         yield cluster
-
-
-@pytest.fixture(scope="module")
-def v1(cluster: Cluster) -> Iterator[client.CoreV1Api]:
-    with api_client(cluster.kubeconfig) as api:
-        yield client.CoreV1Api(api)
 
 
 def run_pod(v1: client.CoreV1Api, name: str, container: dict[str, Any], *,

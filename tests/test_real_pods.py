@@ -29,7 +29,7 @@ from e2e.cluster.world import Cluster
 from e2e.nodes import RegistryConfig
 from e2e.nodes.realpods import missing
 from e2e.real.counter import counter_pod, counts, push_counter_image
-from tests.cluster import Kubectl, api_client, node_agents, wait_for
+from tests.cluster import Kubectl, node_agents, wait_for
 from tests.conftest import Result
 from tests.real import require
 from tests.registries import RegistryUnderTest
@@ -60,12 +60,6 @@ def cluster(_runc_and_criu: None, real_cp: ControlPlane,
 def image(plain_registry: RegistryUnderTest, tmp_path_factory: pytest.TempPathFactory) -> str:
     return push_counter_image(plain_registry.host, "real/counter", "1",
                               tmp_path_factory.mktemp("counter"))
-
-
-@pytest.fixture(scope="module")
-def v1(cluster: Cluster) -> Iterator[client.CoreV1Api]:
-    with api_client(cluster.kubeconfig) as api:
-        yield client.CoreV1Api(api)
 
 
 @pytest.fixture(autouse=True)

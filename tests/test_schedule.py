@@ -28,7 +28,7 @@ from e2e.cluster.world import Cluster
 from e2e.nodes import RegistryConfig
 from migrate.pipeline import incluster
 from migrate.pipeline.doctor import PERMISSIONS
-from tests.cluster import Kubectl, api_client, node_agents, wait_for
+from tests.cluster import Kubectl, node_agents, wait_for
 from tests.conftest import REPO, Result
 from tests.registries import RegistryUnderTest
 from tests.test_migrate_pod import make_pod
@@ -169,12 +169,6 @@ def cluster(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
             cp_kubectl(real_cp.admin_kubeconfig, "delete", "--ignore-not-found", "--timeout=120s",
                        "namespace/migrate-system", "namespace/elsewhere",
                        "clusterrole/migrate", "clusterrolebinding/migrate:migrate-system")
-
-
-@pytest.fixture(scope="module")
-def api(cluster: Cluster) -> Iterator[client.ApiClient]:
-    with api_client(cluster.kubeconfig) as admin:
-        yield admin
 
 
 def applied(r: Result) -> list[tuple[str, str]]:

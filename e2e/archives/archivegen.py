@@ -121,10 +121,10 @@ def _pages(n_bytes: int) -> int:
 class BulkPages(io.RawIOBase):
     """Realistic page contents, generated while they are written (never all in memory)."""
 
-    def __init__(self, pages: int, seed: int = 7) -> None:
+    def __init__(self, pages: int) -> None:
         super().__init__()
         self.remaining = pages * PAGE
-        self.rng = random.Random(seed)
+        self.rng = random.Random(7)  # the same pages in every archive
         self.text = (b"GET /index.html HTTP/1.1 counter=42 user=alice lorem ipsum dolor "
                      * 64)[:PAGE]
         self.buf = b""
@@ -283,7 +283,7 @@ def _config_dump(spec: ArchiveSpec) -> dict[str, Any]:
             "restored": False}
 
 
-def _podman_members(spec: ArchiveSpec) -> list[tuple[str, bytes | tuple[bytes, int]]]:
+def _podman_members(spec: ArchiveSpec) -> list[tuple[str, Member]]:
     """What `podman container checkpoint --export` (4.3) adds: no dump.log, no bind.mounts."""
     status = {"podman": {"interfaces": {"eth0": {
         "subnets": [{"ipnet": f"{spec.ip}/16", "gateway": "10.88.0.1"}],
@@ -338,7 +338,7 @@ def build(spec: ArchiveSpec, out: Path) -> Path:
     encoded = encode_images(images, use_crit=spec.use_crit, pagemap_u64=spec.pagemap_u64)
     stats = encode_images({"stats-dump": {"magic": "STATS", "entries": [{"dump": spec.stats}]}},
                           use_crit=spec.use_crit)["stats-dump"]
-    members: list[tuple[str, bytes | tuple[bytes, int]]] = [
+    members: list[tuple[str, Member]] = [
         *((f"checkpoint/{n}", d) for n, d in sorted(encoded.items())),
         *((f"checkpoint/{n}", d) for n, d in sorted(pages.items())),
         ("config.dump", json.dumps(_config_dump(spec), indent=2).encode()),
@@ -355,6 +355,16 @@ def build(spec: ArchiveSpec, out: Path) -> Path:
         ("dump.log", b"(00.000000) Version: 3.17.1 (gitid 0)\n(00.119627) Dumping finished\n"),
         ("io.kubernetes.cri-o.LogPath", b"counter: 0\ncounter: 1\ncounter: 2\n")]
     members += spec.extra_members.items()
+    return write_archive(out, [(n, c) for n, c in members if n not in spec.omit], 1677737292)
+
+
+#: An archive member's content: bytes, a file to copy, or (head, N): head then N bulk pages.
+Member = bytes | Path | tuple[bytes, int]
+
+
+def write_archive(out: Path, members: list[tuple[str, Member]], mtime: int) -> Path:
+    """Write a checkpoint archive in CRI-O's layout at ``out``, mode 0600 (checkpoints
+    hold process memory): the `checkpoint` directory, then ``members`` in order."""
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w",
                                                 format=tarfile.PAX_FORMAT) as tf:
@@ -362,10 +372,11 @@ def build(spec: ArchiveSpec, out: Path) -> Path:
         info.type, info.mode = tarfile.DIRTYPE, 0o700
         tf.addfile(info)
         for name, content in members:
-            if name in spec.omit:
+            if isinstance(content, Path):
+                tf.add(content, arcname=name, recursive=False)
                 continue
             info = tarfile.TarInfo(name)
-            info.mode, info.mtime = 0o600, 1677737292
+            info.mode, info.mtime = 0o600, mtime
             if isinstance(content, tuple):
                 head, bulk = content
                 info.size = len(head) + bulk * PAGE

@@ -3,7 +3,7 @@ runtime (e2e/nodes) that is a client of the real API server.
 
 Per node it registers the Node (its node host's 198.18 address as InternalIP,
 the kubelet port in daemonEndpoints, capacity, labels, the runtime from its
-NodeConfig), renews its Lease in kube-node-lease every `lease_interval`
+NodeConfig), renews its Lease in kube-node-lease every LEASE_INTERVAL
 seconds, watches the pods bound to it (nodeapi.py), runs them through the
 kubelet's code (pulls, restores, Events, status, graceful deletion confirmed
 with a grace-0 delete), and serves the kubelet API over HTTPS on the node's
@@ -59,12 +59,12 @@ from e2e.cluster.nodeapi import ClusterNodeApi
 from e2e.cluster.nodehost import NodeHost
 from e2e.nodes.api import ApiFailure, Gone
 from e2e.nodes.checkpoints import CHECKPOINT_DIR
-from e2e.nodes.https import HttpsServer, cert_user
+from e2e.nodes.https import HttpsServer
 from e2e.nodes.images import RegistryConfig
 from e2e.nodes.kubelet import KUBELET_PORT, Kubelet
 from e2e.nodes.kubelet_api import KubeletApi
 from e2e.nodes.nodeconfig import NodeConfig
-from e2e.nodes.protocol import Attributes, Decision, Response
+from e2e.nodes.protocol import Attributes, Decision
 from e2e.nodes.realpods import RealRuntime
 from e2e.nodes.runs import ContainerProcess
 from e2e.services.pki import CertPair
@@ -76,6 +76,9 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
 #: The kubelet's nodeLeaseDurationSeconds.
 LEASE_DURATION = 40
+#: Seconds between Lease renewals: well inside the launcher's node-monitor grace
+#: period (6 s), with room for a busy machine.
+LEASE_INTERVAL = 1.0
 #: A pass over the node's pods at least this often (seconds), whatever happens.
 RESYNC_SECONDS = 10.0
 _IMAGE_STORAGE = "var/lib/containers/storage"
@@ -154,26 +157,21 @@ class NodeAgent:
     serving: the kubelet API's certificate (IP SAN: the node's address); ca: the
         CA its clients' certificates must come from.
     root: the node's files on this machine (var/lib/kubelet/checkpoints, pulled
-        images, pod logs), as e2e/sim's STATE/nodes/NODE.
+        images, pod logs), DIR/nodes/NODE.
     index: the node's number (pod IPs 10.88.INDEX.x).
-    lease_interval: seconds between Lease renewals (inside the control plane's
-        node-monitor grace period, with room for a busy machine).
     log: where the agent tells what it does.
     Other arguments: e2e/nodes/kubelet.py's Kubelet.
     """
 
     def __init__(self, client: KubeClient, host: NodeHost, index: int, root: Path, *,
-                 serving: CertPair, ca: CertPair, config: NodeConfig | None = None,
-                 registries: RegistryConfig | None = None,
-                 process: ContainerProcess | None = None, start_latency: float = 0.2,
-                 stop_latency: float = 0.2, lease_interval: float = 1.0,
-                 kubelet_version: str = "v1.37.2",
-                 log: Callable[[str], None] = lambda line: None) -> None:
+                 serving: CertPair, ca: CertPair, config: NodeConfig | None,
+                 registries: RegistryConfig, process: ContainerProcess,
+                 start_latency: float, stop_latency: float, kubelet_version: str,
+                 log: Callable[[str], None]) -> None:
         self.client = client
         self.host = host
         self.node = host.name
         self.root = root
-        self.lease_interval = lease_interval
         self._log = log
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -182,12 +180,12 @@ class NodeAgent:
                                stop_latency=stop_latency, config=config, log=log,
                                registries=registries, storage=root / _IMAGE_STORAGE,
                                process=process, address=host.address,
-                               kubelet_version=kubelet_version, controller_manager=True,
+                               kubelet_version=kubelet_version,
                                real=RealRuntime(self.node, root, log=log))
         self.kubelet.wake = self._wake.set
         self.kubelet_api = KubeletApi(
             self.kubelet, self.checkpoint_dir, pod_logs=root / "var/log/pods",
-            authorizer=ApiServerAuthorizer(client), log=log, checkpoint_subresource="checkpoint")
+            authorizer=ApiServerAuthorizer(client), log=log)
         self._serving, self._ca = serving, ca
         self._server: HttpsServer | None = None
         self._threads: list[threading.Thread] = []
@@ -211,13 +209,11 @@ class NodeAgent:
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
         listening = listen_in(self.host.netns, self.host.address, KUBELET_PORT)
         self._server = HttpsServer(
-            self.kubelet_api, self._serving, authenticator=lambda _header, cert: cert_user(cert),
-            unauthorized=lambda: Response(401, b"Unauthorized\n", "text/plain; charset=utf-8"),
-            client_ca=self._ca.cert, listening=listening,
-            log=self.root / "var/log/kubelet.log", name=f"kubelet-{self.node}",
-            server_header="")
+            self.kubelet_api.handle, self._serving, client_ca=self._ca.cert,
+            listening=listening, log=self.root / "var/log/kubelet.log",
+            name=f"kubelet-{self.node}")
         self._server.start()
-        self.kubelet.register(KUBELET_PORT)
+        self.kubelet.register()
         for target, name in ((self.api.run_pod_watch, "watch"), (self._renew_lease, "lease"),
                              (self._loop, "loop")):
             thread = threading.Thread(target=target, args=(self._stop,),
@@ -274,7 +270,7 @@ class NodeAgent:
             except ApiFailure as e:
                 self._log(f"kubelet-{self.node}: lease: {e}")
                 lease = None
-            stop.wait(self.lease_interval)
+            stop.wait(LEASE_INTERVAL)
 
     def _renewed(self, path: str, lease: dict[str, object] | None) -> dict[str, object]:
         renew = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # MicroTime

@@ -159,21 +159,25 @@ class ClusterNodeApi:
 
     # -- the pod sink --------------------------------------------------------------------
 
-    def update_pod(self, namespace: str, name: str, change: Change) -> None:
-        path = _pod_path(namespace, name)
+    def _read_modify_write(self, path: str, change: Change,
+                           write: Callable[[str, Obj, Obj], None]) -> None:
+        """`change` a fresh copy of the object at `path`, `write` it; on a conflict
+        (409: someone wrote in between) read again and redo the change."""
         for _ in range(_CONFLICT_RETRIES):
             current = self.client.request("GET", path)
             new = change(copy.deepcopy(current))
             if new is None:
                 return
             try:
-                self._write_pod(path, current, new)
+                write(path, current, new)
                 return
             except ApiFailure as e:
                 if e.code != 409:
                     raise
-        raise ApiFailure(409, f"pod {namespace}/{name}: still conflicting after "
-                              f"{_CONFLICT_RETRIES} attempts")
+        raise ApiFailure(409, f"{path}: still conflicting after {_CONFLICT_RETRIES} attempts")
+
+    def update_pod(self, namespace: str, name: str, change: Change) -> None:
+        self._read_modify_write(_pod_path(namespace, name), change, self._write_pod)
 
     def _write_pod(self, path: str, current: Obj, new: Obj) -> None:
         meta = current["metadata"]
@@ -217,25 +221,15 @@ class ClusterNodeApi:
             self.update_node(ours)
 
     def update_node(self, change: Change) -> None:
-        path = f"/api/v1/nodes/{self.node}"
-        for _ in range(_CONFLICT_RETRIES):
-            current = self.client.request("GET", path)
-            new = change(copy.deepcopy(current))
-            if new is None:
-                return
-            try:
-                if {k: new.get(k) for k in ("metadata", "spec")} != \
-                        {k: current.get(k) for k in ("metadata", "spec")}:
-                    written = self.client.request("PUT", path, new)
-                    new["metadata"]["resourceVersion"] = written["metadata"]["resourceVersion"]
-                if new.get("status") != current.get("status"):
-                    self.client.request("PUT", f"{path}/status", new)
-                return
-            except ApiFailure as e:
-                if e.code != 409:
-                    raise
-        raise ApiFailure(409, f"node {self.node}: still conflicting after "
-                              f"{_CONFLICT_RETRIES} attempts")
+        self._read_modify_write(f"/api/v1/nodes/{self.node}", change, self._write_node)
+
+    def _write_node(self, path: str, current: Obj, new: Obj) -> None:
+        if {k: new.get(k) for k in ("metadata", "spec")} != \
+                {k: current.get(k) for k in ("metadata", "spec")}:
+            written = self.client.request("PUT", path, new)
+            new["metadata"]["resourceVersion"] = written["metadata"]["resourceVersion"]
+        if new.get("status") != current.get("status"):
+            self.client.request("PUT", f"{path}/status", new)
 
     def create_event(self, event: Obj) -> None:
         namespace = event["metadata"]["namespace"]
@@ -260,6 +254,3 @@ class ClusterNodeApi:
                  "apiVersion": "v1", "kind": "Pod", "name": meta["name"],
                  "uid": meta["uid"]}}})
         return str(answer["status"]["token"])
-
-    def revoke_token(self, token: str) -> None:
-        """Nothing to do: a bound token stops working when its pod is deleted."""

@@ -47,7 +47,7 @@ from e2e.cluster.launcher import ControlPlane
 from e2e.nodes.api import ApiFailure, Gone
 from e2e.nodes.images import RegistryConfig
 from e2e.nodes.nodeconfig import NodeConfig
-from e2e.nodes.podfiles import PodFiles, TokenIssuer
+from e2e.nodes.podfiles import PodFiles
 from e2e.nodes.runs import ContainerProcess, annotated_process
 from e2e.nodes.toolrun import DEFAULT_TIMEOUT, ToolRunner
 from e2e.services.pki import CertPair, issue
@@ -64,19 +64,16 @@ class Cluster:
     node_config: NodeConfig per node (others get NodeConfig()).
     registries: how nodes reach registries on 127.0.0.1.
     start_latency, stop_latency: seconds from a pod bound (deleted) to it started (gone).
-    container_process: what run-to-completion containers do (e2e/nodes/runs.py).
     tool_images: images whose containers run `python -m migrate` for real
         (e2e/nodes/toolrun.py); tool_timeout: their deadline when the pod sets none.
-    lease_interval: seconds between a node's Lease renewals.
     """
 
     def __init__(self, cp: ControlPlane, directory: Path, *,
                  nodes: Sequence[str] = DEFAULT_NODES,
                  node_config: Mapping[str, NodeConfig] | None = None,
                  registries: RegistryConfig | None = None, start_latency: float = 0.2,
-                 stop_latency: float = 0.2, container_process: ContainerProcess | None = None,
-                 tool_images: Sequence[str] = (), tool_timeout: float = DEFAULT_TIMEOUT,
-                 lease_interval: float = 1.0) -> None:
+                 stop_latency: float = 0.2,
+                 tool_images: Sequence[str] = (), tool_timeout: float = DEFAULT_TIMEOUT) -> None:
         if not nodes or len(set(nodes)) != len(nodes):
             raise ValueError(f"node names must be given, each once: {list(nodes)}")
         unknown = sorted(set(node_config or {}) - set(nodes))
@@ -88,8 +85,6 @@ class Cluster:
         self._configs = dict(node_config or {})
         self._registries = registries or RegistryConfig()
         self._latency = (start_latency, stop_latency)
-        self._lease_interval = lease_interval
-        self._process = container_process or annotated_process
         self._tool = (tuple(tool_images), tool_timeout)
         self.agents: dict[str, NodeAgent] = {}
         self._stack = contextlib.ExitStack()
@@ -248,14 +243,13 @@ class Cluster:
     def _container_process(self) -> ContainerProcess:
         images, timeout = self._tool
         if not images:
-            return self._process
-        files = PodFiles(lambda node: self._agent(node).api, self.node_dir, TokenIssuer(
-            lambda pod, account: self._agent(pod["spec"]["nodeName"]).api
-            .service_account_token(pod, account),
-            lambda token: None, lambda: self.cp.ca.cert))
+            return annotated_process
+        files = PodFiles(lambda node: self._agent(node).api, self.node_dir,
+                         lambda pod, account: self._agent(pod["spec"]["nodeName"]).api
+                         .service_account_token(pod, account))
         port = int(self.cp.server.rsplit(":", 1)[1])
         return ToolRunner(images, lambda node: self._agent(node).api, files, lambda: port,
-                          fallback=self._process, timeout=timeout, log=self.log)
+                          fallback=annotated_process, timeout=timeout, log=self.log)
 
     def _start_node(self, node: str, index: int, process: ContainerProcess) -> None:
         logs = self.state_dir / "logs"
@@ -267,8 +261,7 @@ class Cluster:
             self._admin(), host, index, self.state_dir / "nodes" / node, serving=serving,
             ca=self.cp.ca, config=self._configs.get(node), registries=self._registries,
             process=process, start_latency=self._latency[0], stop_latency=self._latency[1],
-            lease_interval=self._lease_interval, kubelet_version=self.cp.versions.kubernetes,
-            log=self.log)
+            kubelet_version=self.cp.versions.kubernetes, log=self.log)
         self.agents[node] = agent
         agent.start()
 

@@ -89,11 +89,6 @@ class NodeApi(Protocol):
         """A token for ServiceAccount `account` in the pod's namespace, bound to the pod."""
         ...
 
-    def revoke_token(self, token: str) -> None:
-        """The token's pod has ended (the real API server invalidates bound tokens
-        with their pod by itself)."""
-        ...
-
 
 def now() -> dt.datetime:
     """The current UTC time, truncated to seconds (metav1.Time's precision)."""

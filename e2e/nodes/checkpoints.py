@@ -40,7 +40,7 @@ __all__ = [
 
 #: Where the kubelet keeps checkpoint archives, on the node.
 CHECKPOINT_DIR = "/var/lib/kubelet/checkpoints"
-#: Pod annotations under this prefix steer the simulator; they are left out of archives.
+#: Pod annotations under this prefix steer the simulated nodes; they are left out of archives.
 ANNOTATION_PREFIX = "sim.migrate.dev/"
 PROCESSES_ANNOTATION = ANNOTATION_PREFIX + "processes"
 MEMORY_ANNOTATION = ANNOTATION_PREFIX + "memory-mib"
@@ -242,7 +242,7 @@ def _volumes(pod: Obj, container: dict[str, Any]) -> list[dict[str, Any]]:
 def container_annotations(pod: Obj, container: dict[str, Any], restarts: int
                            ) -> dict[str, str]:
     # What CRI-O records as the container's annotations: the pod's (the
-    # simulator's own keys left out) and those the kubelet adds.
+    # sim.migrate.dev keys left out) and those the kubelet adds.
     meta, spec = pod["metadata"], pod["spec"]
     out = {k: str(v) for k, v in (meta.get("annotations") or {}).items()
            if not k.startswith(ANNOTATION_PREFIX)}
@@ -288,14 +288,10 @@ def _nano_stamp(when: dt.datetime) -> str:
     return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"
 
 
-def plan(pod: Obj, container_name: str, config: NodeConfig, when: dt.datetime,
-         *, delay_seconds: float | None = None) -> CheckpointPlan:
-    """The archive a checkpoint of `container_name` (running, in `pod`) would write now.
-
-    delay_seconds: how long the dump takes, for the statistics (None: computed
-    from the node's checkpoint_delay_per_mib).
-    PlanError when a simulator annotation is malformed.
-    """
+def plan(pod: Obj, container_name: str, config: NodeConfig, when: dt.datetime
+         ) -> CheckpointPlan:
+    """The archive a checkpoint of `container_name` (running, in `pod`) would write now;
+    PlanError when a sim.migrate.dev annotation is malformed."""
     found = find_container(pod, container_name)
     if found is None:
         raise PlanError(f"container {container_name} does not exist")
@@ -317,8 +313,8 @@ def plan(pod: Obj, container_name: str, config: NodeConfig, when: dt.datetime,
                              heap=only.heap + bytes(bulk_pages * PAGE), state=only.state)]
         bulk_pages = 0
     memory = bulk_pages * PAGE + sum(len(p.heap) for p in processes)
-    if delay_seconds is None:
-        delay_seconds = memory / MIB * config.checkpoint_delay_per_mib
+    # How long the dump takes (the node's fault), for the statistics.
+    delay_seconds = memory / MIB * config.checkpoint_delay_per_mib
     ctr_status = _status(pod, kind, container_name)
     container_id = str(ctr_status.get("containerID", "")).partition("://")[2] or \
         secrets.token_hex(32)

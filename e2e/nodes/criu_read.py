@@ -4,7 +4,7 @@ much other memory was dumped.
 
 A small protobuf reader with the field numbers of CRIU's images/*.proto (the
 same ones e2e/archives/criu_encode.py writes), independent of the `migrate` package so
-that the simulator never checks the tool with the tool's own code. Framing:
+that the node agents never check the tool with the tool's own code. Framing:
 a u32 magic (two for "common" and "service" images), then entries of a
 little-endian u32 size and that many bytes of protobuf.
 """

@@ -43,7 +43,7 @@ __all__ = [
     "preloaded",
 ]
 
-#: The only address the simulator's kubelets ever connect to.
+#: The only address the node agents' kubelets ever connect to.
 LOOPBACK = "127.0.0.1"
 _DEFAULT_REGISTRY = "docker.io"
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -227,7 +227,7 @@ class PulledImage:
 
 
 def preloaded(image: str, ref: ImageRef) -> PulledImage:
-    """An image of a registry the simulator never contacts: present on every node, with
+    """An image of a registry the node agents never contact: present on every node, with
     digests derived from the reference (as pods' imageIDs always were)."""
     digest = "sha256:" + hashlib.sha256(image.encode()).hexdigest()
     image_id = "sha256:" + hashlib.sha256(b"config:" + image.encode()).hexdigest()

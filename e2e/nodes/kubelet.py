@@ -1,15 +1,13 @@
 """Simulated kubelets: each registers its Node, "runs" the pods bound to it and
 serves the kubelet API (checkpoints).
 
-Nothing is executed. A pod bound to the node turns Running (containers ready,
-a pod IP from the node's 10.88.N.0/24 range) `start_latency` seconds after the
-kubelet first sees it; a pod being deleted is removed `stop_latency` seconds
-after its deletionTimestamp appears (the grace period is not waited out:
-nothing runs that could use it). Init containers count as completed (sidecars,
-`restartPolicy: Always`, as running). Addresses are data only: the node's
-InternalIP is in 192.0.2.0/24 (TEST-NET-1, RFC 5737) and nothing ever
-connects to it; the kubelet API listens on 127.0.0.1 at the port the Node
-reports in `status.daemonEndpoints.kubeletEndpoint.Port`.
+Unless a pod asks for real containers (realpods.py), nothing is executed. A pod
+bound to the node turns Running (containers ready, a pod IP from the node's
+10.88.N.0/24 range, data only) `start_latency` seconds after the kubelet first
+sees it; a pod being deleted is removed `stop_latency` seconds after its
+deletionTimestamp appears (the grace period is not waited out: nothing runs
+that could use it). Init containers count as completed (sidecars,
+`restartPolicy: Always`, as running).
 
 Each node is configured by a `NodeConfig` (nodeconfig.py): runtime, restore
 level, the ContainerCheckpoint gate, readiness, labels, taints, capacity and
@@ -52,9 +50,9 @@ CreateContainerError...) and backoff. A pod stays Pending until all its
 containers run; init and ephemeral containers are taken as done and running.
 
 Pods with restartPolicy Never or OnFailure run to completion: once Running,
-each container is handed to a `ContainerProcess` (runs.py; by default it
-ends as the `sim.migrate.dev/run-seconds`, `exit-code` and
-`termination-message` annotations say), and the pod turns Succeeded or Failed.
+each container is handed to a `ContainerProcess` (runs.py: by default it ends
+after `sim.migrate.dev/run-seconds`; toolrun.py runs the tool's image for
+real), and the pod turns Succeeded or Failed.
 """
 
 from __future__ import annotations
@@ -62,7 +60,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -71,20 +68,17 @@ from typing import Any
 
 from e2e.nodes.api import Gone, NodeApi, Obj, now, rfc3339, set_condition
 from e2e.nodes.images import RegistryConfig
-from e2e.nodes.nodeconfig import DEFAULT_RUNTIME, NodeConfig
+from e2e.nodes.nodeconfig import NodeConfig
 from e2e.nodes.podstart import PodOutcome, PodStarter, Started, Waiting
 from e2e.nodes.realpods import RealRuntime
 from e2e.nodes.registry_pull import Puller
-from e2e.nodes.runs import ContainerProcess, ContainerRuns, annotated_process
+from e2e.nodes.runs import ContainerProcess, ContainerRuns
 from e2e.nodes.runtime_releases import PAUSE_IMAGE, PAUSE_IMAGE_SIZE
 
-__all__ = ["CONTAINER_RUNTIME", "KUBELET_PORT", "Kubelet", "apply_node_config", "node_object"]
+__all__ = ["KUBELET_PORT", "Kubelet", "apply_node_config", "node_object"]
 
-#: What nodes report as their runtime unless configured (`nodeInfo.containerRuntimeVersion`).
-CONTAINER_RUNTIME = DEFAULT_RUNTIME
-#: The kubelet's usual port, reported when a node's kubelet API is not served.
+#: The kubelet's port (the node proxy's default; every node host listens on it).
 KUBELET_PORT = 10250
-NOT_READY_TAINT = "node.kubernetes.io/not-ready"
 _CAPACITY = {"cpu": "4", "memory": "8148752Ki", "pods": "110",
              "ephemeral-storage": "61202244Ki", "hugepages-2Mi": "0"}
 _POD_CONDITIONS = ("PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady",
@@ -98,27 +92,19 @@ def _same_taint(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return bool(a.get("key") == b.get("key") and a.get("effect") == b.get("effect"))
 
 
-def apply_node_config(node: Obj, config: NodeConfig, previous: NodeConfig | None = None,
-                      *, taint_not_ready: bool = True) -> Obj:
+def apply_node_config(node: Obj, config: NodeConfig, previous: NodeConfig | None = None) -> Obj:
     """Make `node` report `config` (runtime, readiness, labels, taints, capacity);
-    `previous`: the config it reported so far (its taints are taken back).
-    taint_not_ready: also do what the node lifecycle controller does, taint a
-    NotReady node `node.kubernetes.io/not-ready:NoSchedule` (the simulator has no
-    such controller; with a real one, leave its taints alone)."""
+    `previous`: the config it reported so far (its taints are taken back). A NotReady
+    node's `not-ready` taint is the node lifecycle controller's, not the kubelet's."""
     status, spec = node.setdefault("status", {}), node.setdefault("spec", {})
     status.setdefault("nodeInfo", {})["containerRuntimeVersion"] = config.runtime
     capacity = {**_CAPACITY, **config.capacity}
     status["capacity"], status["allocatable"] = capacity, dict(capacity)
     node["metadata"].setdefault("labels", {}).update(config.labels)
     owned = list(previous.taints if previous else [])
-    if taint_not_ready:
-        owned.append({"key": NOT_READY_TAINT, "effect": "NoSchedule"})
     taints = [t for t in spec.get("taints") or [] if not any(_same_taint(t, o) for o in owned)]
-    wanted = [copy.deepcopy(t) for t in config.taints]
-    if not config.ready and taint_not_ready:
-        wanted.append({"key": NOT_READY_TAINT, "effect": "NoSchedule",
-                       "timeAdded": rfc3339(now())})
-    taints += [t for t in wanted if not any(_same_taint(t, have) for have in taints)]
+    taints += [copy.deepcopy(t) for t in config.taints
+               if not any(_same_taint(t, have) for have in taints)]
     if taints:
         spec["taints"] = taints
     else:
@@ -133,21 +119,17 @@ def apply_node_config(node: Obj, config: NodeConfig, previous: NodeConfig | None
     return node
 
 
-def node_object(name: str, index: int, config: NodeConfig | None = None,
-                kubelet_port: int = KUBELET_PORT, *, address: str | None = None,
-                kubelet_version: str = "v1.30.4", taint_not_ready: bool = True) -> Obj:
-    """The Node a kubelet registers: by default Ready, schedulable, CRI-O, 4 CPUs / 8 GiB.
-
-    address: its InternalIP (default 192.0.2.(10+index): data only, nothing dials it).
-    """
-    config = config or NodeConfig()
+def node_object(name: str, index: int, config: NodeConfig, *, address: str,
+                kubelet_version: str) -> Obj:
+    """The Node a kubelet registers: by default Ready, schedulable, CRI-O, 4 CPUs / 8 GiB;
+    `address` its InternalIP, where the API server's node proxy reaches its kubelet."""
     digest = hashlib.sha256(name.encode()).hexdigest()
     status: dict[str, Any] = {
         "addresses": [
-            {"type": "InternalIP", "address": address or f"192.0.2.{10 + index}"},
+            {"type": "InternalIP", "address": address},
             {"type": "Hostname", "address": name},
         ],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": KUBELET_PORT}},
         "nodeInfo": {
             "machineID": digest[:32],
             "systemUUID": f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-"
@@ -187,7 +169,7 @@ def node_object(name: str, index: int, config: NodeConfig | None = None,
         "spec": {"podCIDR": f"10.88.{index}.0/24", "podCIDRs": [f"10.88.{index}.0/24"]},
         "status": status,
     }
-    return apply_node_config(node, config, taint_not_ready=taint_not_ready)
+    return apply_node_config(node, config)
 
 
 def _image_id(image: str) -> str:
@@ -232,45 +214,40 @@ class Kubelet:
     """One node's agent: registers its Node, starts the pods bound to it, removes
     the deleted ones, and reports what it did.
 
-    It has no thread of its own: a driver calls reconcile() whenever the node's pods
-    change, when wake() was called, and next_wakeup() seconds after a pass (the
-    simulator's controller loop, e2e/sim/kubelets.py; a node agent's, e2e/cluster/agent.py).
+    It has no thread of its own: a driver (e2e/cluster/agent.py) calls reconcile()
+    whenever the node's pods change, when wake() was called, and next_wakeup()
+    seconds after a pass.
 
     api: the node's view of the cluster (api.py).
     index: the node's number (1-based): pod IPs 10.88.INDEX.x.
     config: how the node behaves (NodeConfig); change it with update_config().
     start_latency, stop_latency: seconds from seeing a pod (or its deletion) to acting.
     registries: how to reach registries on 127.0.0.1 (images.py).
-    storage: where pulled images go (the node's var/lib/containers/storage;
-        default: a temporary directory removed by stop()).
-    process: what a run-to-completion container does (runs.py; default: as annotated).
-    address: the node's InternalIP, the pods' hostIP (default 192.0.2.(10+INDEX)).
+    storage: where pulled images go (the node's var/lib/containers/storage).
+    process: what a run-to-completion container does (runs.py).
+    address: the node's InternalIP, the pods' hostIP.
     kubelet_version: what the Node reports as its kubelet's version.
-    controller_manager: a real kube-controller-manager runs beside it. Its node
-        lifecycle controller taints a NotReady node and marks the node's pods not
-        Ready; this kubelet then leaves the former to it and, as the kubelet's status
-        manager does, reports its running pods Ready again once the node is. Without
-        one (the simulator), the kubelet taints its NotReady node itself.
+    real: the node's runc containers, for pods that ask for them (realpods.py).
+
+    The real kube-controller-manager's node lifecycle controller taints a NotReady
+    node and marks the node's pods not Ready; as the kubelet's status manager does,
+    this one reports its running pods Ready again once the node is.
     """
 
     def __init__(
         self, api: NodeApi, node: str, index: int, *, start_latency: float,
-        stop_latency: float, config: NodeConfig | None = None,
-        log: Callable[[str], None] | None = None,
-        registries: RegistryConfig | None = None, storage: Path | None = None,
-        process: ContainerProcess | None = None, address: str | None = None,
-        kubelet_version: str = "v1.30.4", controller_manager: bool = False,
-        real: RealRuntime | None = None,
+        stop_latency: float, config: NodeConfig | None, log: Callable[[str], None],
+        registries: RegistryConfig, storage: Path, process: ContainerProcess,
+        address: str, kubelet_version: str, real: RealRuntime,
     ) -> None:
         self.api = api
-        self._log = log or (lambda line: None)
-        self.runs = ContainerRuns(api, node, process or annotated_process, self._log)
+        self._log = log
+        self.runs = ContainerRuns(api, node, process, self._log)
         self.node = node
         self.index = index
         self.name = f"kubelet-{node}"
-        self.address = address or f"192.0.2.{10 + index}"
+        self.address = address
         self.kubelet_version = kubelet_version
-        self.controller_manager = controller_manager
         self.start_latency = start_latency
         self.stop_latency = stop_latency
         #: Called when a pass is wanted though no pod changed (set by the driver).
@@ -283,11 +260,7 @@ class Kubelet:
         self._stopped: set[str] = set()
         self._ips_lock = threading.Lock()
         self._halt = threading.Event()  # ends pulls in progress when the node stops
-        self._scratch: tempfile.TemporaryDirectory[str] | None = None
-        if storage is None:
-            self._scratch = tempfile.TemporaryDirectory(prefix=f"node-{node}-")
-            storage = Path(self._scratch.name)
-        puller = Puller(storage, registries or RegistryConfig(), self._halt,
+        puller = Puller(storage, registries, self._halt,
                         decryption_keys=lambda: self.config.keys_dir)
         #: The node's real (runc) containers, for pods that ask for them.
         self.real = real
@@ -309,13 +282,9 @@ class Kubelet:
             self._config = previous.replace(**changes)
             config = self._config
 
-        def report(node: Obj) -> Obj:
-            return apply_node_config(node, config, previous,
-                                     taint_not_ready=not self.controller_manager)
-
         with contextlib.suppress(Gone):  # not registered yet: it registers with this config
-            self.api.update_node(report)
-        if config.ready and not previous.ready and self.controller_manager:
+            self.api.update_node(lambda node: apply_node_config(node, config, previous))
+        if config.ready and not previous.ready:
             self.wake()  # pods the node lifecycle controller marked NotReady: report again
         return config
 
@@ -343,12 +312,11 @@ class Kubelet:
 
     # -- the node and its pods -------------------------------------------------------
 
-    def register(self, kubelet_port: int = KUBELET_PORT) -> None:
-        """Create this node's Node object (if it is not there yet)."""
-        self.api.register_node(node_object(
-            self.node, self.index, self.config, kubelet_port, address=self.address,
-            kubelet_version=self.kubelet_version,
-            taint_not_ready=not self.controller_manager))
+    def register(self) -> None:
+        """Create this node's Node object (or take over one an earlier agent left)."""
+        self.api.register_node(node_object(self.node, self.index, self.config,
+                                           address=self.address,
+                                           kubelet_version=self.kubelet_version))
 
     def stop(self) -> None:
         """Stop the pod start-up workers (pulls in progress end early) and the
@@ -357,10 +325,7 @@ class Kubelet:
         self._halt.set()
         self._starter.close()
         self.runs.stop()
-        if self.real is not None:
-            self.real.close()
-        if self._scratch is not None:
-            self._scratch.cleanup()
+        self.real.close()
 
     def next_wakeup(self) -> float | None:
         """Seconds until a pass is due though nothing changed (None: none is)."""
@@ -381,8 +346,7 @@ class Kubelet:
         self._stopped &= present
         self.runs.retain(p["metadata"]["uid"] for p in pods
                          if not p["metadata"].get("deletionTimestamp"))
-        if self.real is not None:
-            self.real.retain(present)
+        self.real.retain(present)
         clock = time.monotonic()
         for pod in pods:
             meta = pod["metadata"]
@@ -420,7 +384,7 @@ class Kubelet:
         statuses = status.get("containerStatuses") or []
         ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"),
                      None)
-        if not (self.controller_manager and self.config.ready
+        if not (self.config.ready
                 and status.get("phase") == "Running" and statuses
                 and all(s.get("ready") for s in statuses)
                 and ready is not None and ready.get("status") == "False"):
@@ -438,8 +402,7 @@ class Kubelet:
 
     def _remove(self, pod: Obj) -> None:
         meta = pod["metadata"]
-        if self.real is not None:  # the grace period is not waited out: killed at once
-            self.real.remove_pod(meta["uid"])
+        self.real.remove_pod(meta["uid"])  # the grace period is not waited out
         self.api.delete_pod(meta["namespace"], meta["name"], meta["uid"])
 
     def _pod_ip(self, uid: str) -> str:

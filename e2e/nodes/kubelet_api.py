@@ -1,7 +1,7 @@
 """The kubelet API of a simulated node (what listens on the kubelet's port 10250).
 
-Served over HTTPS by `server.HttpsServer` with client-certificate (or bearer
-token) authentication; this module routes and answers, transport-free, as
+Served over HTTPS by https.py's `HttpsServer` with client-certificate
+authentication; this module routes and answers, transport-free, as
 the kubelet's own server does:
 
     POST /checkpoint/{namespace}/{pod}/{container}[?timeout=SECONDS]
@@ -13,8 +13,8 @@ the kubelet's own server does:
 
 Every request is authorized first, with the attributes the kubelet asks the
 API server about (SubjectAccessReview): resource `nodes`, subresource
-`proxy` (`checkpoint` for /checkpoint from some release on: see
-KubeletApi), the node's name, verb from the method (POST: create). Denied: 403 text
+`checkpoint` for /checkpoint (v1.37.2's pkg/kubelet/server/auth.go), else
+`proxy`, the node's name, verb from the method (POST: create). Denied: 403 text
 `Forbidden (user=U, verb=V, resource=nodes, subresource=proxy)`.
 
 Checkpoint answers, in the kubelet's order and words (bodies are text):
@@ -60,14 +60,15 @@ from e2e.nodes.api import Obj
 from e2e.nodes.checkpoints import CHECKPOINT_DIR, PlanError
 from e2e.nodes.kubelet import Kubelet
 from e2e.nodes.nodeconfig import checkpoint_support
-from e2e.nodes.protocol import Attributes, Authorizer, Request, Response, allow_all
+from e2e.nodes.protocol import Attributes, Authorizer, Request, Response
 from e2e.nodes.realpods import RealContainer, RuntimeFailed
 
 __all__ = ["KubeletApi"]
 
 _TEXT = "text/plain; charset=utf-8"
 _VERBS = {"POST": "create", "GET": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
-_SUBRESOURCES = (("/stats", "stats"), ("/metrics", "metrics"), ("/logs", "log"))
+_SUBRESOURCES = (("/stats", "stats"), ("/metrics", "metrics"), ("/logs", "log"),
+                 ("/checkpoint", "checkpoint"))
 _DEADLINE = "rpc error: code = DeadlineExceeded desc = context deadline exceeded"
 _CANCELED = "rpc error: code = Canceled desc = context canceled"
 _INJECTED = "rpc error: code = Unknown desc = checkpoint failed: (injected)"
@@ -78,8 +79,8 @@ def _text(code: int, message: str) -> Response:
                     headers={"X-Content-Type-Options": "nosniff"})
 
 
-def _subresource(path: str, checkpoint: str) -> str:
-    for prefix, subresource in (*_SUBRESOURCES, ("/checkpoint", checkpoint)):
+def _subresource(path: str) -> str:
+    for prefix, subresource in _SUBRESOURCES:
         if path == prefix or path.startswith(prefix + "/"):
             return subresource
     return "proxy"
@@ -94,18 +95,12 @@ class KubeletApi:
 
     kubelet: the node's agent (its pods and its live NodeConfig).
     checkpoint_dir: where the node's /var/lib/kubelet/checkpoints is on this machine.
-    pod_logs: where its /var/log/pods is (None: every container's log is empty).
+    pod_logs: where its /var/log/pods is.
     authorizer: the cluster's (the kubelet delegates to the API server).
-    checkpoint_subresource: what /checkpoint is authorized as: `proxy` for the v1.30
-        kubelet (the simulator's), `checkpoint` for v1.37.2's (the node agents';
-        pkg/kubelet/server/auth.go).
     """
 
-    def __init__(self, kubelet: Kubelet, checkpoint_dir: Path, *,
-                 pod_logs: Path | None = None, authorizer: Authorizer = allow_all,
-                 log: Callable[[str], None] = lambda line: None,
-                 checkpoint_subresource: str = "proxy") -> None:
-        self.checkpoint_subresource = checkpoint_subresource
+    def __init__(self, kubelet: Kubelet, checkpoint_dir: Path, *, pod_logs: Path,
+                 authorizer: Authorizer, log: Callable[[str], None]) -> None:
         self.kubelet = kubelet
         self.node = kubelet.node
         self.checkpoint_dir = Path(checkpoint_dir)
@@ -160,9 +155,8 @@ class KubeletApi:
 
     def _route(self, req: Request) -> Response:
         verb = _VERBS.get(req.method, "get")
-        subresource = _subresource(req.path, self.checkpoint_subresource)
-        if not self.authorizer(Attributes(req.user, verb, "", "nodes", subresource, "",
-                                          self.node, req.path)):
+        subresource = _subresource(req.path)
+        if not self.authorizer(Attributes(req.user, verb, "nodes", subresource, self.node)):
             return _text(403, f"Forbidden (user={req.user.name}, verb={verb}, "
                               f"resource=nodes, subresource={subresource})\n")
         parts = [p for p in req.path.split("/") if p]
@@ -198,16 +192,12 @@ class KubeletApi:
             reason = (waiting or {}).get("reason", "ContainerCreating")
             return _text(400, f'container "{container}" in pod "{pod_name}" is waiting to '
                               f"start: {reason}")
-        meta = pod["metadata"]
-        directory = (self.pod_logs or Path("/nonexistent")) / \
-            f"{namespace}_{pod_name}_{meta['uid']}" / container
-        runs = sorted(int(p.stem) for p in directory.glob("*.log") if p.stem.isdigit())
-        if req.param("previous") == "true":
-            if len(runs) < 2:
-                return _text(400, f'previous terminated container "{container}" in pod '
-                                  f'"{pod_name}" not found')
-            runs = runs[:-1]
-        data = (directory / f"{runs[-1]}.log").read_bytes() if runs else b""
+        if req.param("previous") == "true":  # containers are never restarted here
+            return _text(400, f'previous terminated container "{container}" in pod '
+                              f'"{pod_name}" not found')
+        log = self.pod_logs / f"{namespace}_{pod_name}_{pod['metadata']['uid']}" / container / \
+            "0.log"
+        data = log.read_bytes() if log.is_file() else b""
         tail, limit = req.param("tailLines"), req.param("limitBytes")
         if tail and tail.isdigit():
             data = b"".join(data.splitlines(keepends=True)[-int(tail):]) if int(tail) else b""
@@ -260,7 +250,7 @@ class KubeletApi:
         self._wait_released()
         started = time.monotonic()
         when = dt.datetime.now(dt.UTC)
-        real = self.kubelet.real.find(pod, container) if self.kubelet.real else None
+        real = self.kubelet.real.find(pod, container)
         if real is not None:
             return self._real_checkpoint(pod, real, when)
         try:
@@ -285,7 +275,6 @@ class KubeletApi:
                   "checkpointedTime": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
                   "restoredTime": "0001-01-01T00:00:00Z", "restored": False}
         ip = str((pod.get("status") or {}).get("podIP") or "")
-        assert self.kubelet.real is not None
         try:
             self.kubelet.real.checkpoint(real, self.checkpoint_dir / name, config,
                                          {"io.kubernetes.cri-o.IP.0": ip} if ip else {})

@@ -1,15 +1,13 @@
-"""A pod's files on its node, for containers the simulator really runs (toolrun.py).
+"""A pod's files on its node, for containers a node agent really runs (toolrun.py).
 
 The kubelet sets up what a container sees before it starts it; here that is a
 directory per pod on the node, STATE/nodes/NODE/var/lib/kubelet/pods/UID/:
 
     volumes/kubernetes.io~empty-dir/NAME/     emptyDir volumes
     volumes/kubernetes.io~secret/NAME/        secret volumes: one 0600 file per key
-    volumes/kubernetes.io~configmap/NAME/     configMap volumes (files 0600 too)
-    volumes/kubernetes.io~projected/kube-api-access-sim/
-                                              the service account: token, ca.crt, namespace
-    volumes/kubernetes.io~projected/NAME/     projected volumes (the real API server's
-                                              kube-api-access-*: the same three files)
+    volumes/kubernetes.io~projected/NAME/     projected volumes (the API server's
+                                              ServiceAccount admission adds
+                                              kube-api-access-*: token, ca.crt, namespace)
     containers/CONTAINER/termination-log      terminationMessagePath, written by the process
     containers/CONTAINER/home, .../tmp        HOME and TMPDIR when no mount provides them
 
@@ -18,15 +16,15 @@ as the kubelet checks their `type` (Directory, DirectoryOrCreate, File,
 FileOrCreate; other types only need the path to exist). Directories are 0700.
 
 `Mounts` maps each container path (mountPath, with subPath applied, and the
-termination message path) to its place here. Volume types other than these
-(downwardAPI, persistentVolumeClaim, ...) fail the container with
-a message, as a failed mount would keep it from starting. readOnly is not
-enforced: the process runs as the user running the simulator.
+termination message path) to its place here. These are the volumes the tool's
+own pods use (a node build's, a scheduled drain's); others (configMap,
+persistentVolumeClaim, ...) fail the container with a message, as a failed
+mount would keep it from starting. readOnly is not
+enforced: the process runs as the user running the node agents.
 
-The service account's token is issued when the pod's files are prepared
-(only if `automountServiceAccountToken`, of the pod else of its
-ServiceAccount, is not false) and revoked when the last container of the pod
-has ended, as a bound token stops working when its pod goes.
+The service account's token is issued (bound to the pod) when a projected
+volume asks for one; the files holding it go when the last container of the
+pod has ended.
 """
 
 from __future__ import annotations
@@ -44,23 +42,15 @@ from e2e.nodes.api import NodeApi, Obj
 
 __all__ = ["SERVICE_ACCOUNT_PATH", "MountFailed", "Mounts", "PodFiles", "TokenIssuer"]
 
+#: issue(pod, account): a token for ServiceAccount `account` bound to `pod`.
+TokenIssuer = Callable[[Obj, str], str]
+
 SERVICE_ACCOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 TERMINATION_LOG = "/dev/termination-log"
-_SA_VOLUME = "volumes/kubernetes.io~projected/kube-api-access-sim"
 
 
 class MountFailed(Exception):
     """A volume could not be set up: the container cannot start (the message says why)."""
-
-
-@dataclass(frozen=True)
-class TokenIssuer:
-    """How the pod's service account gets a token: issue(pod, account) -> a token
-    bound to the pod, revoke(token); ca_file() the cluster CA's PEM file."""
-
-    issue: Callable[[Obj, str], str]
-    revoke: Callable[[str], None]
-    ca_file: Callable[[], Path]
 
 
 @dataclass
@@ -92,7 +82,6 @@ class Mounts:
 class _Pod:
     root: Path
     users: int = 0  # containers running with these files
-    ready: bool = False  # the service account is set up
     token: str | None = None
     volumes: dict[str, Path] = field(default_factory=dict)  # set up, by volume name
 
@@ -114,10 +103,10 @@ class PodFiles:
     """Prepares and releases the per-pod directories of one cluster's nodes."""
 
     def __init__(self, api: Callable[[str], NodeApi], node_dir: Callable[[str], Path],
-                 tokens: TokenIssuer) -> None:
+                 token: TokenIssuer) -> None:
         self.api = api
         self.node_dir = node_dir
-        self.tokens = tokens
+        self.token = token
         self._pods: dict[str, _Pod] = {}
         self._lock = threading.Lock()
 
@@ -134,9 +123,6 @@ class PodFiles:
             entry = self._pods.setdefault(uid, _Pod(_private_dir(self.pod_dir(pod))))
             entry.users += 1
             try:
-                if not entry.ready:
-                    entry.token = self._service_account(pod, entry.root)
-                    entry.ready = True
                 return self._mounts(pod, container, entry)
             except BaseException:
                 entry.users -= 1
@@ -145,8 +131,8 @@ class PodFiles:
                 raise
 
     def release(self, pod: Obj) -> None:
-        """One container of the pod has ended; the last one revokes the token and
-        removes the secrets written for the pod."""
+        """One container of the pod has ended; the last one removes the token and the
+        secrets written for the pod."""
         uid = pod["metadata"]["uid"]
         with self._lock:
             entry = self._pods.get(uid)
@@ -158,34 +144,12 @@ class PodFiles:
 
     def _forget(self, uid: str, entry: _Pod) -> None:
         del self._pods[uid]
-        if entry.token is not None:
-            self.tokens.revoke(entry.token)
         # As the kubelet tears down a terminated pod's volumes: the projected one
-        # (kube-api-access-*) holds the token too.
-        for secret_dir in ("volumes/kubernetes.io~secret", "volumes/kubernetes.io~projected",
-                           _SA_VOLUME):
+        # (kube-api-access-*) holds the token.
+        for secret_dir in ("volumes/kubernetes.io~secret", "volumes/kubernetes.io~projected"):
             shutil.rmtree(entry.root / secret_dir, ignore_errors=True)
 
     # -- what the pod gets -----------------------------------------------------------------
-
-    def _service_account(self, pod: Obj, root: Path) -> str | None:
-        spec, ns = pod["spec"], pod["metadata"]["namespace"]
-        name = spec.get("serviceAccountName") or "default"
-        account = self.api(spec["nodeName"]).get("ServiceAccount", ns, name)
-        if account is None:
-            raise MountFailed(f"error looking up service account {ns}/{name}: "
-                              f'serviceaccount "{name}" not found')
-        mount = spec.get("automountServiceAccountToken")
-        if mount is None:
-            mount = account.get("automountServiceAccountToken")
-        if mount is False:
-            return None
-        token = self.tokens.issue(pod, name)
-        target = _private_dir(root / _SA_VOLUME)
-        _write_private(target / "token", token.encode())
-        _write_private(target / "ca.crt", self.tokens.ca_file().read_bytes())
-        _write_private(target / "namespace", ns.encode())
-        return token
 
     def _mounts(self, pod: Obj, container: Obj, entry: _Pod) -> Mounts:
         volumes = {v.get("name"): v for v in pod["spec"].get("volumes") or []}
@@ -200,8 +164,6 @@ class PodFiles:
             if mount.get("subPath"):
                 where = where / str(mount["subPath"]).lstrip("/")
             mounts.paths[str(mount["mountPath"])] = where
-        if SERVICE_ACCOUNT_PATH not in mounts.paths:
-            mounts.paths[SERVICE_ACCOUNT_PATH] = root / _SA_VOLUME
         own = _private_dir(root / "containers" / container["name"])
         log = own / "termination-log"
         _write_private(log, b"")
@@ -216,56 +178,46 @@ class PodFiles:
             return _private_dir(root / "volumes/kubernetes.io~empty-dir" / name)
         if "secret" in volume:
             source = volume["secret"]
-            return self._files(pod, name, root / "volumes/kubernetes.io~secret" / name,
-                               "Secret", source.get("secretName"), source)
-        if "configMap" in volume:
-            source = volume["configMap"]
-            return self._files(pod, name, root / "volumes/kubernetes.io~configmap" / name,
-                               "ConfigMap", source.get("name"), source)
+            secret = self._get(pod, "Secret", source.get("secretName"))
+            if secret is None and not source.get("optional"):
+                raise MountFailed(f'MountVolume.SetUp failed for volume "{name}" : secret '
+                                  f'"{source.get("secretName")}" not found')
+            data = {k: base64.b64decode(v) for k, v in ((secret or {}).get("data") or {}).items()}
+            return _write_files(root / "volumes/kubernetes.io~secret" / name,
+                                _items(data, source.get("items")), name)
         if "projected" in volume:
             return self._projected(pod, name, volume["projected"], entry)
         kind = next((k for k in volume if k != "name"), "?")
         raise MountFailed(f'volume "{name}": {kind} volumes are not supported by the '
-                          "simulator's tool runner")
+                          "node agents' tool runner")
 
     def _projected(self, pod: Obj, name: str, projected: dict[str, Any], entry: _Pod) -> Path:
-        """A projected volume: the real API server gives every pod one (kube-api-access-*:
-        the service account's token, kube-root-ca.crt's ca.crt, the namespace)."""
-        target = _private_dir(entry.root / "volumes/kubernetes.io~projected" / name)
-        ns = pod["metadata"]["namespace"]
+        """A projected volume: the API server's admission gives every pod one
+        (kube-api-access-*: the service account's token, kube-root-ca.crt's ca.crt,
+        the namespace)."""
+        files: dict[str, bytes] = {}
         for source in projected.get("sources") or []:
-            files: dict[str, bytes] = {}
             if "serviceAccountToken" in source:
                 if entry.token is None:
-                    raise MountFailed(f'volume "{name}": the pod mounts no service account '
-                                      "token")
+                    account = pod["spec"].get("serviceAccountName") or "default"
+                    entry.token = self.token(pod, account)
                 files[str(source["serviceAccountToken"].get("path") or "token")] = \
                     entry.token.encode()
-            for kind in ("configMap", "secret"):
-                if kind in source:
-                    ref = source[kind]
-                    obj = self.api(pod["spec"]["nodeName"]).get(
-                        "ConfigMap" if kind == "configMap" else "Secret", ns,
-                        str(ref.get("name", ""))) or {}
-                    data = {k: str(v).encode() for k, v in (obj.get("data") or {}).items()} \
-                        if kind == "configMap" else \
-                        {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
-                    items = ref.get("items")
-                    files.update({str(i["path"]): data[i["key"]] for i in items
-                                  if i.get("key") in data} if items else data)
+            if "configMap" in source:
+                ref = source["configMap"]
+                found = self._get(pod, "ConfigMap", ref.get("name")) or {}
+                data = {k: str(v).encode() for k, v in (found.get("data") or {}).items()}
+                files.update(_items(data, ref.get("items")))
             for item in (source.get("downwardAPI") or {}).get("items") or []:
-                field_path = str((item.get("fieldRef") or {}).get("fieldPath", ""))
                 value: Any = pod
-                for part in field_path.split("."):
+                for part in str((item.get("fieldRef") or {}).get("fieldPath", "")).split("."):
                     value = value.get(part) if isinstance(value, dict) else None
                 files[str(item["path"])] = str(value or "").encode()
-            for path, content in files.items():
-                if ".." in PurePosixPath(path).parts:
-                    raise MountFailed(f'volume "{name}": item path {path!r} leaves the volume')
-                dest = target / path.lstrip("/")
-                _private_dir(dest.parent)
-                _write_private(dest, content)
-        return target
+        return _write_files(entry.root / "volumes/kubernetes.io~projected" / name, files, name)
+
+    def _get(self, pod: Obj, kind: str, name: Any) -> Obj | None:
+        return self.api(pod["spec"]["nodeName"]).get(kind, pod["metadata"]["namespace"],
+                                                     str(name or ""))
 
     def _host_path(self, pod: Obj, name: str, source: dict[str, Any]) -> Path:
         path = str(source.get("path", ""))
@@ -287,28 +239,22 @@ class PodFiles:
                               f"check failed: {path} {problem}")
         return host
 
-    def _files(self, pod: Obj, name: str, target: Path, kind: str, source_name: Any,
-               source: dict[str, Any]) -> Path:
-        ns = pod["metadata"]["namespace"]
-        obj = self.api(pod["spec"]["nodeName"]).get(kind, ns, str(source_name or ""))
-        if obj is None:
-            if source.get("optional"):
-                return _private_dir(target)
-            raise MountFailed(f'MountVolume.SetUp failed for volume "{name}" : '
-                              f'{kind.lower()} "{source_name}" not found')
-        data = {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()} \
-            if kind == "Secret" else \
-            {**{k: str(v).encode() for k, v in (obj.get("data") or {}).items()},
-             **{k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()}}
-        items = source.get("items")
-        files = {str(i["path"]): data[i["key"]] for i in items if i.get("key") in data} \
-            if items else data
-        shutil.rmtree(target, ignore_errors=True)
-        _private_dir(target)
-        for path, content in files.items():
-            dest = target / path.lstrip("/")
-            if ".." in PurePosixPath(path).parts:
-                raise MountFailed(f'volume "{name}": item path {path!r} leaves the volume')
-            _private_dir(dest.parent)
-            _write_private(dest, content)
-        return target
+
+def _items(data: dict[str, bytes], items: list[dict[str, Any]] | None) -> dict[str, bytes]:
+    """The files a volume source's `items` pick (path <- key), else every key."""
+    if not items:
+        return data
+    return {str(i["path"]): data[i["key"]] for i in items if i.get("key") in data}
+
+
+def _write_files(target: Path, files: dict[str, bytes], volume: str) -> Path:
+    """A volume's files, each 0600, in a fresh 0700 directory."""
+    shutil.rmtree(target, ignore_errors=True)
+    _private_dir(target)
+    for path, content in files.items():
+        if ".." in PurePosixPath(path).parts:
+            raise MountFailed(f'volume "{volume}": item path {path!r} leaves the volume')
+        dest = target / path.lstrip("/")
+        _private_dir(dest.parent)
+        _write_private(dest, content)
+    return target

@@ -256,30 +256,30 @@ class PodStarter:
     def _restore_real(self, real: RealRuntime, pod: Obj, c: dict[str, Any],
                       image: PulledImage, checkpoint: Checkpoint) -> None:
         """CRI-O's restore for real: the base image pulled, then `runc restore`."""
-        base_name = str(checkpoint.config.get("rootfsImageName") or "")
-        base = self.image_manager.images.get(base_name)
+        name = str(checkpoint.config.get("rootfsImageName") or "")
+        base = self._base_image(name)
         if base is None:
-            try:
-                base = self.puller.pull(base_name, parse_image(base_name), None)
-            except (ValueError, PullError) as e:
-                raise CreateError("CreateContainerError", f"failed to pull base image "
-                                  f"{base_name!r} of the checkpoint: {e}") from None
-            self.image_manager.images.put(base)
+            raise CreateError("CreateContainerError", f"real containers need the layers of "
+                              f"{name}: it is not from a registry on 127.0.0.1")
         real.restore(pod, c, image, base, checkpoint, crio_annotations(pod, c, base))
 
-    def _base_image(self, image: str) -> None:
-        """containerd's pull of a checkpoint's base image: no credentials at all, not even
-        the pod's imagePullSecrets (containerd #12585, #11901)."""
+    def _base_image(self, image: str) -> PulledImage | None:
+        """A checkpoint's base image, pulled as containerd pulls it for a restore: with no
+        credentials at all, not even the pod's imagePullSecrets (containerd #12585,
+        #11901). None: an image of a registry the nodes never contact."""
         try:
             ref = parse_image(image)
         except ValueError:
             raise CreateError("CreateContainerError", f"failed to pull checkpoint base image "
                               f"{image}: invalid reference format") from None
-        if not ref.reachable or self.image_manager.images.get(image) is not None:
-            return
+        pulled = self.image_manager.images.get(image)
+        if not ref.reachable or pulled is not None:
+            return pulled
         try:
-            self.puller.pull(image, ref, None)
+            pulled = self.puller.pull(image, ref, None)
         except PullError as e:
             cause = str(e).split(": ", 2)[-1] if str(e).startswith("rpc error") else str(e)
             raise CreateError("CreateContainerError",
                               f"failed to pull checkpoint base image {image}: {cause}") from None
+        self.image_manager.images.put(pulled)
+        return pulled

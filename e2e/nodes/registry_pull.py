@@ -142,7 +142,7 @@ class _Decompressor:
 class Puller:
     """Pulls images for one node into `root` (its var/lib/containers/storage).
 
-    stopped: set when the simulator stops; pulls in progress end early.
+    stopped: set when the node stops; pulls in progress end early.
     """
 
     def __init__(self, root: Path, config: RegistryConfig, stopped: threading.Event,

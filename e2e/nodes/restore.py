@@ -32,7 +32,7 @@ service-account token directory. Otherwise: `restoring "<image ID>" expects
 following bind mounts defined (<paths>)`, the image ID being what the kubelet
 passes as the image (the config digest's hex). CRI-O does not compare the
 checkpointed container's name with the new container's. Then StartContainer
-runs CRIU: the simulator reads the processes, memory and root-fs changes
+runs CRIU: the simulated node reads the processes, memory and root-fs changes
 back from the archive (restored.py turns them into the pod's annotations).
 """
 
@@ -65,7 +65,6 @@ CHECKPOINT_ANNOTATION = "io.kubernetes.cri-o.annotations.checkpoint.name"
 #: What containerd looks for (checkpointctl's CheckpointAnnotationName).
 CONTAINERD_CHECKPOINT_ANNOTATION = "org.criu.checkpoint.container.name"
 CRIO_ANNOTATIONS = "io.kubernetes.cri-o.Annotations"
-SERVICE_ACCOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 #: Mounts CRI-O sets up anew on restore instead of requiring them (container_restore.go).
 IGNORED_MOUNTS = frozenset({
     "/proc", "/dev", "/dev/pts", "/dev/mqueue", "/sys", "/sys/fs/cgroup", "/dev/shm",
@@ -103,7 +102,7 @@ def restore_path(config: NodeConfig, image: PulledImage) -> str:
     return "plain"
 
 
-def kubelet_mounts(pod: Obj, container: dict[str, Any]) -> list[str]:
+def kubelet_mounts(container: dict[str, Any]) -> list[str]:
     """The container paths of the mounts the kubelet puts in CreateContainer."""
     paths = [str(m["mountPath"]) for m in container.get("volumeMounts") or []
              if isinstance(m, dict) and m.get("mountPath")]
@@ -112,12 +111,7 @@ def kubelet_mounts(pod: Obj, container: dict[str, Any]) -> list[str]:
     termination = container.get("terminationMessagePath", "/dev/termination-log")
     if termination:
         paths.append(str(termination))
-    # The sim's API server has no ServiceAccount admission, which would add
-    # this volume; the kubelet stands in for it unless the pod opts out.
-    if pod.get("spec", {}).get("automountServiceAccountToken") is not False \
-            and SERVICE_ACCOUNT_PATH not in paths:
-        paths.append(SERVICE_ACCOUNT_PATH)
-    return paths
+    return paths  # the service account's: a volumeMount the API server's admission added
 
 
 class LayerRoot:
@@ -248,7 +242,7 @@ def prepare_restore(image: PulledImage, root: LayerRoot, pod: Obj,
         detail = "unexpected end of JSON input" if not raw else "invalid JSON"
         raise CreateError("CreateContainerError", f'failed to read "{CRIO_ANNOTATIONS}": '
                           f"{detail}")
-    wanted = set(kubelet_mounts(pod, container))
+    wanted = set(kubelet_mounts(container))
     missing = [str(m.get("destination")) for m in spec.get("mounts") or []
                if isinstance(m, dict) and m.get("destination") not in IGNORED_MOUNTS
                and m.get("destination") not in wanted]

@@ -6,22 +6,13 @@ function of (pod, container, stop event) that returns how the container
 exited, a `ContainerExit`, or None if `stop` was set first (the pod is being
 deleted, the node stops). It may block as long as the container "runs", but
 must return soon once `stop` is set: stopping the node joins its thread. The
-default, `annotated_process`, waits and answers from the pod's annotations:
-
-    sim.migrate.dev/run-seconds           how long the container runs (default 0.2)
-    sim.migrate.dev/exit-code             its exit code (default 0)
-    sim.migrate.dev/termination-message   its terminated state's `message`, as if
-                                          written to terminationMessagePath
-
-each also as `KEY.<container>` for one container (winning over the pod-wide
-key). A malformed value ends the container at once with exit code 128 and a
-message naming the annotation. Give the Kubelet another function to run
-something real (e.g. a command line in a subprocess).
+default, `annotated_process`, runs `sim.migrate.dev/run-seconds` (default 0.2;
+`.<container>` for one container wins) and exits 0; toolrun.py's runs the tool
+for real.
 
 When a container exits, its state becomes `terminated` (reason Completed for
-exit code 0, else Error, with the message); under OnFailure a non-zero exit
-restarts it at once (restartCount + 1, lastState keeps the exit; the real
-kubelet's crash-loop back-off is not simulated). When every container has
+exit code 0, else Error, with the message); it is not restarted (the tool's
+Jobs and the tests' pods are restartPolicy Never). When every container has
 terminated, the pod is Succeeded (all exit codes 0) or Failed, and its Ready
 and ContainersReady conditions turn False (PodCompleted / PodFailed).
 """
@@ -36,21 +27,12 @@ from typing import Any, NamedTuple
 
 from e2e.nodes.api import Gone, NodeApi, Obj, now, rfc3339, set_condition
 
-__all__ = [
-    "EXIT_CODE",
-    "RUN_SECONDS",
-    "TERMINATION_MESSAGE",
-    "ContainerExit",
-    "ContainerProcess",
-    "ContainerRuns",
-    "annotated_process",
-]
+__all__ = ["RUN_SECONDS", "ContainerExit", "ContainerProcess", "ContainerRuns",
+           "annotated_process"]
 
 RUN_SECONDS = "sim.migrate.dev/run-seconds"
-EXIT_CODE = "sim.migrate.dev/exit-code"
-TERMINATION_MESSAGE = "sim.migrate.dev/termination-message"
 _DEFAULT_SECONDS = 0.2
-_BAD_ANNOTATION_EXIT = 128
+_BROKEN_EXIT = 128
 
 
 class ContainerExit(NamedTuple):
@@ -64,22 +46,16 @@ class ContainerExit(NamedTuple):
 ContainerProcess = Callable[[Obj, Obj, threading.Event], ContainerExit | None]
 
 
-def _annotation(pod: Obj, container: Obj, key: str) -> str | None:
-    annotations = pod["metadata"].get("annotations") or {}
-    value = annotations.get(f"{key}.{container.get('name')}", annotations.get(key))
-    return None if value is None else str(value)
-
-
 def annotated_process(pod: Obj, container: Obj, stop: threading.Event) -> ContainerExit | None:
-    """The default ContainerProcess: sleeps run-seconds, exits as the annotations say."""
+    """The default ContainerProcess: sleeps run-seconds, exits 0."""
+    annotations = pod["metadata"].get("annotations") or {}
+    value = annotations.get(f"{RUN_SECONDS}.{container.get('name')}",
+                            annotations.get(RUN_SECONDS))
     try:
-        seconds = float(_annotation(pod, container, RUN_SECONDS) or _DEFAULT_SECONDS)
-        code = int(_annotation(pod, container, EXIT_CODE) or "0")
+        seconds = float(value or _DEFAULT_SECONDS)
     except ValueError as e:
-        return ContainerExit(_BAD_ANNOTATION_EXIT, f"sim: malformed annotation: {e}")
-    if stop.wait(max(seconds, 0.0)):
-        return None
-    return ContainerExit(code, _annotation(pod, container, TERMINATION_MESSAGE) or "")
+        return ContainerExit(_BROKEN_EXIT, f"sim: malformed annotation: {e}")
+    return None if stop.wait(max(seconds, 0.0)) else ContainerExit(0)
 
 
 def _terminated(status: dict[str, Any], result: ContainerExit) -> dict[str, Any]:
@@ -128,7 +104,7 @@ class ContainerRuns:
         self._lock = threading.Lock()
 
     def track(self, pod: Obj) -> None:
-        """Start the containers of a Running pod with restartPolicy Never/OnFailure, once."""
+        """Start the containers of a Running pod that runs to completion, once."""
         uid = pod["metadata"]["uid"]
         if pod["spec"].get("restartPolicy", "Always") == "Always" or \
                 pod.get("status", {}).get("phase") != "Running":
@@ -166,19 +142,16 @@ class ContainerRuns:
             thread.join()
 
     def _run(self, pod: Obj, container: Obj, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                result = self.process(pod, container, stop)
-            except Exception as e:  # a broken process function: the container errs
-                result = ContainerExit(_BAD_ANNOTATION_EXIT, f"sim: {type(e).__name__}: {e}")
-            if result is None or stop.is_set() or not self._record(pod, container, result):
-                return
+        try:
+            result = self.process(pod, container, stop)
+        except Exception as e:  # a broken process function: the container errs
+            result = ContainerExit(_BROKEN_EXIT, f"sim: {type(e).__name__}: {e}")
+        if result is not None and not stop.is_set():
+            self._record(pod, container, result)
 
-    def _record(self, pod: Obj, container: Obj, result: ContainerExit) -> bool:
-        """Write the exit into the pod; True if the container restarts (OnFailure)."""
+    def _record(self, pod: Obj, container: Obj, result: ContainerExit) -> None:
+        """Write the exit into the pod."""
         uid, name = pod["metadata"]["uid"], container["name"]
-        restarts = pod["spec"].get("restartPolicy") == "OnFailure" and result.exit_code != 0
-        outcome: list[bool] = []
 
         def exited(current: Obj) -> Obj | None:
             if current["metadata"]["uid"] != uid or current["metadata"].get("deletionTimestamp"):
@@ -188,19 +161,12 @@ class ContainerRuns:
                           if s.get("name") == name), None)
             if entry is None or "running" not in entry.get("state", {}):
                 return None
-            terminated = _terminated(entry, result)
-            if restarts:
-                entry["lastState"] = {"terminated": terminated}
-                entry["state"] = {"running": {"startedAt": terminated["finishedAt"]}}
-                entry["restartCount"] = int(entry.get("restartCount", 0)) + 1
-            else:
-                entry.update(state={"terminated": terminated}, ready=False, started=False)
+            entry.update(state={"terminated": _terminated(entry, result)}, ready=False,
+                         started=False)
             _settle_phase(current)
-            outcome.append(restarts)
             return current
 
         self._log(f"kubelet-{self.node}: {pod['metadata']['namespace']}/"
                   f"{pod['metadata']['name']} container {name} exited {result.exit_code}")
         with contextlib.suppress(Gone):
             self.api.update_pod(pod["metadata"]["namespace"], pod["metadata"]["name"], exited)
-        return bool(outcome and outcome[0])

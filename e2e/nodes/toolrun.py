@@ -11,7 +11,7 @@ before (runs.py). What the subprocess gets, as a pod would:
   `kubectl-migrate` (any directory), runs
   `[sys.executable, "-m", "migrate", *rest, *args]`, args defaulting to the
   CMD when neither is given; any other command ends the container with exit
-  code 127 (nothing else is in the image the simulator can stand in for);
+  code 127 (nothing else is in the image the node can stand in for);
 - in-cluster credentials: a token for the pod's ServiceAccount (user
   `system:serviceaccount:NS:NAME`, RBAC applies), the cluster CA and the
   namespace in the pod's service-account directory (podfiles.py), and
@@ -19,9 +19,9 @@ before (runs.py). What the subprocess gets, as a pod would:
   The process cannot see /var/run/secrets/kubernetes.io/serviceaccount, so
   MIGRATE_SERVICEACCOUNT_DIR says where that directory is (the tool reads it
   at its CLI edge; real pods never set it);
-- the container's env (value, valueFrom fieldRef / secretKeyRef /
-  configMapKeyRef, envFrom), `$(VAR)` references in args expanded, plus PATH,
-  PYTHONPATH and LANG of the simulator's own process (so the code under test
+- the container's env (`value`s: the tool's pods set no other kind), `$(VAR)`
+  references in args expanded, plus PATH,
+  PYTHONPATH and LANG of the node agent's own process (so the code under test
   is what runs), HOSTNAME, HOME and TMPDIR of the container's own;
 - its volumes (podfiles.py). Paths: the process runs on this machine's file
   system, so every argument and env value that starts with a mount path
@@ -34,16 +34,15 @@ before (runs.py). What the subprocess gets, as a pod would:
   output's tail (80 lines or 2048 bytes, whichever is less).
 
 Output (stdout and stderr together) goes to the node's log directory,
-STATE/nodes/NODE/var/log/pods/NS_POD_UID/CONTAINER/N.log (N: the run, from 0).
+STATE/nodes/NODE/var/log/pods/NS_POD_UID/CONTAINER/0.log (containers are not restarted).
 The process never outlives its container: it is killed (SIGTERM, then
-SIGKILL after 2 s) when the pod is deleted, the node or the simulator stops,
+SIGKILL after 2 s) when the pod is deleted, the node stops,
 or the pod's activeDeadlineSeconds (else its Job's, else the runner's
 `timeout`) run out, which ends it with exit code 137.
 """
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import signal
@@ -53,7 +52,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from e2e.nodes.api import NodeApi, Obj
 from e2e.nodes.podfiles import SERVICE_ACCOUNT_PATH, MountFailed, Mounts, PodFiles
@@ -107,8 +106,6 @@ class ToolRunner:
         self.fallback = fallback
         self.timeout = timeout
         self._log = log or (lambda line: None)
-        self._runs: dict[tuple[str, str], int] = {}
-        self._lock = threading.Lock()
 
     def __call__(self, pod: Obj, container: Obj, stop: threading.Event) -> ContainerExit | None:
         if container.get("image") not in self.images:
@@ -203,43 +200,14 @@ class ToolRunner:
             "KUBERNETES_SERVICE_HOST": "127.0.0.1",
             "KUBERNETES_SERVICE_PORT": str(self.api_port()),
             "KUBERNETES_SERVICE_PORT_HTTPS": str(self.api_port()),
-            SERVICE_ACCOUNT_DIR_ENV: str(mounts.host(SERVICE_ACCOUNT_PATH)),
         })
-        for source in container.get("envFrom") or []:
-            ref = source.get("configMapRef") or source.get("secretRef") or {}
-            values = self._data(pod, "Secret" if "secretRef" in source else "ConfigMap",
-                                str(ref.get("name", "")))
-            prefix = str(source.get("prefix") or "")
-            env.update({prefix + k: v for k, v in values.items()})
+        account = mounts.host(SERVICE_ACCOUNT_PATH)
+        if account is not None:  # automountServiceAccountToken false: none
+            env[SERVICE_ACCOUNT_DIR_ENV] = str(account)
         for var in container.get("env") or []:
-            value = self._value(pod, var)
-            if value is not None:
-                env[str(var["name"])] = mounts.translate(_expand(value, env))
+            if "value" in var:
+                env[str(var["name"])] = mounts.translate(_expand(str(var["value"]), env))
         return env
-
-    def _value(self, pod: Obj, var: Mapping[str, Any]) -> str | None:
-        if "value" in var:
-            return str(var["value"])
-        source = var.get("valueFrom") or {}
-        if "fieldRef" in source:
-            node: Any = pod
-            for part in str(source["fieldRef"].get("fieldPath", "")).split("."):
-                node = node.get(part) if isinstance(node, Mapping) else None
-            return None if node is None else str(node)
-        for key, kind in (("secretKeyRef", "Secret"), ("configMapKeyRef", "ConfigMap")):
-            if key in source:
-                ref = source[key]
-                values = self._data(pod, kind, ref.get("name", ""))
-                return values.get(str(ref.get("key")))
-        return None
-
-    def _data(self, pod: Obj, kind: str, name: str) -> dict[str, str]:
-        api = self.api(pod["spec"]["nodeName"])
-        obj = api.get(kind, pod["metadata"]["namespace"], name) or {}
-        data = obj.get("data") or {}
-        if kind == "Secret":
-            return {k: base64.b64decode(v).decode(errors="replace") for k, v in data.items()}
-        return {k: str(v) for k, v in data.items()}
 
     def _own(self, pod: Obj, container: Obj, what: str) -> Path:
         path = self.files.pod_dir(pod) / "containers" / str(container["name"]) / what
@@ -248,13 +216,10 @@ class ToolRunner:
 
     def _log_path(self, pod: Obj, container: Obj) -> Path:
         meta = pod["metadata"]
-        with self._lock:
-            key = (meta["uid"], container["name"])
-            run = self._runs[key] = self._runs.get(key, -1) + 1
         directory = self.files.node_dir(pod["spec"]["nodeName"]) / "var/log/pods" / \
             f"{meta['namespace']}_{meta['name']}_{meta['uid']}" / container["name"]
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return Path(directory / f"{run}.log")
+        return Path(directory / "0.log")
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from e2e.archives.archivegen import Member, write_archive
 from e2e.real.podman import PodmanError, PodmanWorld
 from e2e.real.workload import EngineView
 
@@ -120,7 +121,7 @@ def pack(out: Path, scratch: Path, *, config: dict[str, Any], spec: dict[str, An
     `runc checkpoint` into ``scratch``/images and ``scratch``/work (runc_checkpoint's
     layout), config.dump, spec.dump, bind.mounts (from spec's bind mounts),
     rootfs-diff.tar, deleted.files and the container's log."""
-    members: list[tuple[str, bytes | Path]] = [
+    members: list[tuple[str, Member]] = [
         *((f"checkpoint/{f.name}", f) for f in sorted((scratch / "images").iterdir())),
         ("config.dump", json.dumps(config, indent=2).encode()),
         ("spec.dump", json.dumps(spec, indent=2).encode()),
@@ -131,18 +132,4 @@ def pack(out: Path, scratch: Path, *, config: dict[str, Any], spec: dict[str, An
         ("stats-dump", scratch / "work" / "stats-dump"),
         ("io.kubernetes.cri-o.LogPath", log),
     ]
-    now = int(datetime.now(UTC).timestamp())
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w",
-                                                format=tarfile.PAX_FORMAT) as tf:
-        info = tarfile.TarInfo("checkpoint")
-        info.type, info.mode = tarfile.DIRTYPE, 0o700
-        tf.addfile(info)
-        for arcname, content in members:
-            if isinstance(content, Path):
-                tf.add(content, arcname=arcname, recursive=False)
-            else:
-                info = tarfile.TarInfo(arcname)
-                info.size, info.mode, info.mtime = len(content), 0o600, now
-                tf.addfile(info, io.BytesIO(content))
-    return out
+    return write_archive(out, members, int(datetime.now(UTC).timestamp()))

@@ -35,7 +35,7 @@ PrivateKey = ec.EllipticCurvePrivateKey
 #: How far back not_before is set, so a peer with a slightly slow clock still
 #: accepts a certificate made a moment ago.
 _BACKDATE = dt.timedelta(minutes=5)
-_DEFAULT_VALIDITY = dt.timedelta(days=1)
+_VALIDITY = dt.timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -99,9 +99,9 @@ def _write_pair(
     return CertPair(cert=cert_path, key=key_path)
 
 
-def _validity(validity: dt.timedelta) -> tuple[dt.datetime, dt.datetime]:
+def _validity() -> tuple[dt.datetime, dt.datetime]:
     now = dt.datetime.now(dt.UTC)
-    return now - _BACKDATE, now + validity
+    return now - _BACKDATE, now + _VALIDITY
 
 
 def _key_usage(*, ca: bool) -> x509.KeyUsage:
@@ -113,12 +113,7 @@ def _key_usage(*, ca: bool) -> x509.KeyUsage:
     )
 
 
-def make_ca(
-    directory: Path,
-    name: str = "migrate-test-ca",
-    *,
-    validity: dt.timedelta = _DEFAULT_VALIDITY,
-) -> CertPair:
+def make_ca(directory: Path, name: str = "migrate-test-ca") -> CertPair:
     """Create a self-signed CA; write `<name>.crt` and `<name>.key` into `directory`.
 
     The CA may only sign end-entity certificates (path length 0).
@@ -130,7 +125,7 @@ def make_ca(
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "migrate tests"),
         ]
     )
-    not_before, not_after = _validity(validity)
+    not_before, not_after = _validity()
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -158,7 +153,6 @@ def issue(
     server: bool | None = None,
     cn: str | None = None,
     org: str | None = None,
-    validity: dt.timedelta = _DEFAULT_VALIDITY,
 ) -> CertPair:
     """Issue an end-entity certificate signed by `ca`; write `<name>.crt/.key` into `directory`.
 
@@ -188,7 +182,7 @@ def issue(
     if org is not None:
         attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
 
-    not_before, not_after = _validity(validity)
+    not_before, not_after = _validity()
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name(attrs))

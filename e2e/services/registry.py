@@ -48,7 +48,6 @@ from e2e.services.pki import CertPair, write_private
 __all__ = ["LOOPBACK", "Registry", "RegistryError", "TokenAuth", "free_port"]
 
 LOOPBACK = "127.0.0.1"
-DEFAULT_BINARY = "docker-registry"
 _POLL_INTERVAL = 0.05
 _PORT_ATTEMPTS = 5
 
@@ -131,7 +130,6 @@ class Registry:
         storage: Path | None = None,
         port: int | None = None,
         ready_timeout: float = 10.0,
-        binary: str = DEFAULT_BINARY,
         extra_config: Mapping[str, Any] | None = None,
     ) -> None:
         if htpasswd is not None and token is not None:
@@ -144,7 +142,6 @@ class Registry:
         self.htpasswd = dict(htpasswd) if htpasswd is not None else None
         self.token = token
         self.ready_timeout = ready_timeout
-        self.binary = binary
         self.extra_config = dict(extra_config or {})
         self._port = port
         self._port_fixed = port is not None
@@ -289,7 +286,7 @@ class Registry:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed by _reap
         try:
             proc = subprocess.Popen(
-                [self.binary, "serve", str(self.config_path)],
+                ["docker-registry", "serve", str(self.config_path)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

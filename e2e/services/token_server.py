@@ -7,13 +7,12 @@ flow that distribution's `auth: token` access controller expects:
     POST /token   grant_type=password&username=..&password=..&service=..&scope=..
 
 and answers `{"token": JWT, "access_token": JWT, "expires_in": N, "issued_at": ...}`,
-the JWT granting every requested action (or what `policy` allows). Wrong or missing
-credentials get a 401.
+the JWT granting every requested action. Wrong or missing credentials get a 401.
 
-The JWT is ES256-signed by `signer` (a CertPair from e2e.services.pki) and carries the
-signing certificate in its `x5c` header; distribution verifies that chain
-against its `rootcertbundle` (the CA that issued `signer`), so no libtrust `kid`
-is needed.
+The JWT is ES256-signed (jwcrypto) by `signer` (a CertPair from e2e.services.pki)
+and carries the signing certificate in its `x5c` header; distribution verifies
+that chain against its `rootcertbundle` (the CA that issued `signer`), so no
+libtrust `kid` is needed.
 
 The server is stdlib `http.server` in a background thread, bound to 127.0.0.1
 only, optionally over TLS. Every request is recorded (`requests`,
@@ -30,34 +29,21 @@ import hmac
 import json
 import secrets
 import ssl
-import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from jwcrypto import jwk, jwt
 
 from e2e.services.pki import CertPair
 
-__all__ = ["Policy", "Scope", "TokenRequest", "TokenServer", "decode_jwt", "parse_scopes"]
+__all__ = ["Scope", "TokenRequest", "TokenServer", "decode_jwt", "parse_scopes"]
 
 LOOPBACK = "127.0.0.1"
-
-#: (account, resource type, resource name, requested actions) -> granted actions.
-Policy = Callable[[str, str, str, tuple[str, ...]], Collection[str]]
-
-
-def _grant_all(
-    account: str, type_: str, name: str, actions: tuple[str, ...]
-) -> Collection[str]:
-    return actions
 
 
 @dataclass(frozen=True)
@@ -69,23 +55,17 @@ class Scope:
     actions: tuple[str, ...]
 
 
-def parse_scopes(values: Sequence[str]) -> list[Scope]:
-    """Parse `scope` parameters; each may hold several space-separated scopes.
-
-    The name sits between the first and the last colon (a resource type may carry
-    a class, `repository(plugin)`, and actions never contain a colon). Malformed
-    entries are ignored, as a permissive token server would.
-    """
-    scopes: list[Scope] = []
-    for value in values:
-        for item in value.split():
-            type_, sep, rest = item.partition(":")
-            name, sep2, actions = rest.rpartition(":")
-            if not (sep and sep2 and type_ and name):
-                continue
-            acts = tuple(a for a in actions.split(",") if a)
-            scopes.append(Scope(type=type_, name=name, actions=acts))
-    return scopes
+def parse_scopes(values: list[str]) -> tuple[Scope, ...]:
+    """Parse `scope` parameters; each may hold several space-separated scopes. The name
+    sits between the first and the last colon (actions never hold one); malformed
+    entries are ignored, as a permissive token server would."""
+    scopes = []
+    for item in " ".join(values).split():
+        type_, sep, rest = item.partition(":")
+        name, sep2, actions = rest.rpartition(":")
+        if sep and sep2 and type_ and name:
+            scopes.append(Scope(type_, name, tuple(a for a in actions.split(",") if a)))
+    return tuple(scopes)
 
 
 @dataclass(frozen=True)
@@ -95,23 +75,15 @@ class TokenRequest:
     method: str
     path: str
     account: str | None
-    service: str | None
     scopes: tuple[Scope, ...]
     status: int
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _b64url_decode(data: str) -> bytes:
-    return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
-
-
 def decode_jwt(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return a JWT's (header, claims) WITHOUT verifying it: for assertions in tests."""
-    header, claims, _sig = token.split(".")
-    return json.loads(_b64url_decode(header)), json.loads(_b64url_decode(claims))
+    header, claims = (json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+                      for part in token.split(".")[:2])
+    return header, claims
 
 
 class _Server(ThreadingHTTPServer):
@@ -121,9 +93,7 @@ class _Server(ThreadingHTTPServer):
     owner: TokenServer
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that hangs up or fails the TLS handshake is not our failure;
-        # keep pytest's output clean but remember it.
-        self.owner._record_error(f"{client_address}: {sys.exc_info()[1]!r}")
+        pass  # a client that hangs up or fails the TLS handshake is not our failure
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -147,16 +117,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length).decode("utf-8", "replace") if length else ""
-        form = urllib.parse.parse_qs(body)
+        form = urllib.parse.parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
         creds = self._basic_credentials()
         if creds is None and form.get("grant_type") == ["password"]:
             creds = (form.get("username", [""])[0], form.get("password", [""])[0])
         self._answer(form, creds)
 
     def _basic_credentials(self) -> tuple[str, str] | None:
-        header = self.headers.get("Authorization", "")
-        scheme, _, value = header.partition(" ")
+        scheme, _, value = self.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "basic":
             return None
         try:
@@ -169,41 +137,28 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.server.owner
         path = urllib.parse.urlsplit(self.path).path
         service = params.get("service", [None])[0]
-        scopes = tuple(parse_scopes(params.get("scope", [])))
-        account = creds[0] if creds else None
+        scopes = parse_scopes(params.get("scope", []))
+        headers = {"Content-Type": "application/json", "Cache-Control": "no-store"}
         payload: dict[str, Any]
-        extra: dict[str, str] = {}
-
         if path != owner.path:
-            status = HTTPStatus.NOT_FOUND
-            payload = {"errors": [{"code": "NOT_FOUND", "message": f"no such path {path!r}"}]}
+            status, payload = 404, {"errors": [{"code": "NOT_FOUND", "message": path}]}
         elif creds is None or not owner.check_password(*creds):
-            status = HTTPStatus.UNAUTHORIZED
+            status = 401
             payload = {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}
-            extra = {"WWW-Authenticate": f'Basic realm="{owner.realm}"'}
+            headers["WWW-Authenticate"] = f'Basic realm="{owner.realm}"'
         elif service is not None and service != owner.service:
-            status = HTTPStatus.BAD_REQUEST
+            status = 400
             payload = {"errors": [{"code": "DENIED", "message": f"unknown service {service!r}"}]}
         else:
-            assert account is not None
-            token = owner.issue_token(account, scopes)
-            status = HTTPStatus.OK
-            payload = {
-                "token": token,
-                "access_token": token,
-                "expires_in": owner.lifetime,
-                "issued_at": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
-            }
-        owner._record(
-            TokenRequest(self.command, path, account, service, scopes, int(status)),
-            issued=status == HTTPStatus.OK,
-        )
+            token = owner.issue_token(creds[0], scopes)
+            status = 200
+            payload = {"token": token, "access_token": token, "expires_in": owner.lifetime,
+                       "issued_at": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")}
+        owner._record(TokenRequest(self.command, path, creds[0] if creds else None, scopes,
+                                   status))
         body = json.dumps(payload).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        for key, value in extra.items():
+        for key, value in {**headers, "Content-Length": str(len(body))}.items():
             self.send_header(key, value)
         self.end_headers()
         self.wfile.write(body)
@@ -212,50 +167,33 @@ class _Handler(BaseHTTPRequestHandler):
 class TokenServer:
     """Bearer token server on 127.0.0.1 for distribution's `auth: token`.
 
-    signer: certificate + key the JWTs are signed with; its issuing CA must be in
-        the registry's `rootcertbundle`.
+    signer: certificate + key the JWTs are signed with (EC P-256); its issuing CA
+        must be in the registry's `rootcertbundle`.
     users: account -> password accepted as Basic credentials.
     service: expected `service` parameter and the JWT `aud` (= the registry's
         `auth.token.service`).
     issuer: JWT `iss` (= the registry's `auth.token.issuer`).
     tls: serve HTTPS with this certificate (clients must trust its CA).
-    lifetime: token lifetime in seconds (`expires_in`, and `exp` - `iat`).
-    policy: which of the requested actions to grant; default: all of them.
-
-    Use as a context manager, or start() / stop().
     """
 
     path = "/token"
+    #: Token lifetime in seconds (`expires_in`, and `exp` - `iat`).
+    lifetime = 300
 
-    def __init__(
-        self,
-        signer: CertPair,
-        users: Mapping[str, str],
-        *,
-        service: str = "migrate-test-registry",
-        issuer: str = "migrate-test-token-issuer",
-        tls: CertPair | None = None,
-        lifetime: int = 300,
-        policy: Policy | None = None,
-    ) -> None:
+    def __init__(self, signer: CertPair, users: Mapping[str, str], *,
+                 service: str = "migrate-test-registry",
+                 issuer: str = "migrate-test-token-issuer",
+                 tls: CertPair | None = None) -> None:
         self.service = service
         self.issuer = issuer
-        self.lifetime = lifetime
         self.tls = tls
         self._users = dict(users)
-        self._policy: Policy = policy or _grant_all
-        self._key = signer.load_key()
-        if not isinstance(self._key.curve, ec.SECP256R1):
-            raise ValueError("the token signing key must be EC P-256 (ES256)")
+        self._key = jwk.JWK.from_pem(signer.key.read_bytes())
         self._x5c = [base64.b64encode(signer.cert_der()).decode("ascii")]
         self._lock = threading.Lock()
         self._requests: list[TokenRequest] = []
-        self._tokens = 0
-        self._errors: list[str] = []
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
-
-    # -- lifecycle -----------------------------------------------------------------
 
     def start(self) -> TokenServer:
         """Bind 127.0.0.1 on a free port and serve in a background thread."""
@@ -267,16 +205,12 @@ class TokenServer:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.minimum_version = ssl.TLSVersion.TLSv1_2
             ctx.load_cert_chain(self.tls.cert, self.tls.key)
-            server.socket = ctx.wrap_socket(
-                server.socket, server_side=True, do_handshake_on_connect=False
-            )
+            server.socket = ctx.wrap_socket(server.socket, server_side=True,
+                                            do_handshake_on_connect=False)
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"token-server-{self.port}",
-            daemon=True,
-        )
+        self._thread = threading.Thread(target=server.serve_forever,
+                                        kwargs={"poll_interval": 0.05},
+                                        name=f"token-server-{self.port}", daemon=True)
         self._thread.start()
         return self
 
@@ -291,15 +225,11 @@ class TokenServer:
         if thread is not None:
             thread.join(timeout=10)
 
-    close = stop
-
     def __enter__(self) -> TokenServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-    # -- addresses -----------------------------------------------------------------
 
     @property
     def port(self) -> int:
@@ -309,17 +239,10 @@ class TokenServer:
         return int(self._server.server_address[1])
 
     @property
-    def url(self) -> str:
-        """Base URL, e.g. `https://127.0.0.1:41234`."""
-        scheme = "https" if self.tls is not None else "http"
-        return f"{scheme}://{LOOPBACK}:{self.port}"
-
-    @property
     def realm(self) -> str:
-        """The token endpoint: the registry's `auth.token.realm`."""
-        return self.url + self.path
-
-    # -- bookkeeping ---------------------------------------------------------------
+        """The token endpoint, e.g. `https://127.0.0.1:41234/token`: the registry's
+        `auth.token.realm`."""
+        return f"{'https' if self.tls is not None else 'http'}://{LOOPBACK}:{self.port}{self.path}"
 
     @property
     def requests(self) -> list[TokenRequest]:
@@ -330,77 +253,38 @@ class TokenServer:
     @property
     def request_count(self) -> int:
         """Number of HTTP requests answered (any status)."""
-        with self._lock:
-            return len(self._requests)
+        return len(self.requests)
 
     @property
     def token_count(self) -> int:
         """Number of tokens issued over HTTP (200 answers)."""
-        with self._lock:
-            return self._tokens
+        return sum(r.status == 200 for r in self.requests)
 
-    def reset_counts(self) -> None:
-        """Forget recorded requests (for session-scoped servers shared by tests)."""
-        with self._lock:
-            self._requests.clear()
-            self._tokens = 0
-
-    @property
-    def errors(self) -> list[str]:
-        """Connection-level failures (client hang-ups, failed TLS handshakes)."""
-        with self._lock:
-            return list(self._errors)
-
-    def _record_error(self, message: str) -> None:
-        with self._lock:
-            self._errors.append(message)
-
-    def _record(self, request: TokenRequest, *, issued: bool) -> None:
+    def _record(self, request: TokenRequest) -> None:
         with self._lock:
             self._requests.append(request)
-            self._tokens += int(issued)
-
-    # -- tokens --------------------------------------------------------------------
 
     def check_password(self, user: str, password: str) -> bool:
         """True iff `user` exists and `password` matches (constant-time compare)."""
         expected = self._users.get(user)
-        return expected is not None and hmac.compare_digest(
-            expected.encode(), password.encode()
-        )
+        return expected is not None and hmac.compare_digest(expected.encode(), password.encode())
 
-    def issue_token(self, account: str, scopes: Sequence[Scope]) -> str:
-        """A signed JWT for `account` granting `scopes` as filtered by the policy.
-
-        Usable directly by tests that want a token without an HTTP round trip (such
-        tokens are not counted).
-        """
+    def issue_token(self, account: str, scopes: tuple[Scope, ...]) -> str:
+        """A signed JWT for `account` granting every action of `scopes`."""
         access: dict[tuple[str, str], list[str]] = {}
         for scope in scopes:
-            granted = self._policy(account, scope.type, scope.name, scope.actions)
-            actions = access.setdefault((scope.type, scope.name), [])
-            actions.extend(a for a in granted if a not in actions)
+            granted = access.setdefault((scope.type, scope.name), [])
+            granted += [a for a in scope.actions if a not in granted]
         now = int(time.time())
-        claims = {
-            "iss": self.issuer,
-            "sub": account,
-            # A string: distribution 2.8 rejects a list here ("cannot unmarshal array
+        claims: dict[str, Any] = {
+            # `aud` a string: distribution 2.8 rejects a list ("cannot unmarshal array
             # into Go struct field ClaimSet.aud of type string").
-            "aud": self.service,
-            "exp": now + self.lifetime,
-            "nbf": now,
-            "iat": now,
-            "jti": secrets.token_hex(16),
-            "access": [
-                {"type": t, "name": n, "actions": acts} for (t, n), acts in access.items()
-            ],
+            "iss": self.issuer, "sub": account, "aud": self.service,
+            "exp": now + self.lifetime, "nbf": now, "iat": now, "jti": secrets.token_hex(16),
+            "access": [{"type": t, "name": n, "actions": acts}
+                       for (t, n), acts in access.items()],
         }
-        header = {"typ": "JWT", "alg": "ES256", "x5c": self._x5c}
-        signing_input = ".".join(
-            _b64url(json.dumps(part, separators=(",", ":")).encode())
-            for part in (header, claims)
-        )
-        der = self._key.sign(signing_input.encode("ascii"), ec.ECDSA(hashes.SHA256()))
-        r, s = decode_dss_signature(der)
-        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")  # JWS raw R||S
-        return f"{signing_input}.{_b64url(signature)}"
+        token = jwt.JWT(header={"typ": "JWT", "alg": "ES256", "x5c": self._x5c},
+                        claims=claims)
+        token.make_signed_token(self._key)
+        return str(token.serialize())
