@@ -591,3 +591,29 @@ def test_sigterm_stops_a_drain_like_ctrl_c_and_it_resumes_as_it_ran(
     assert r.code == 0, r.err
     assert {p["outcome"] for p in r.json()["pods"]} == {"migrated"}
     assert not {"t1", "t2"} & set(cluster.where())
+
+
+def test_the_kubelets_events_are_followed_only_when_shown(
+        drain: Callable[..., Result], cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The restored pods' Events are progress for -v: without it the drain spends no
+    watch (and its requests) on them."""
+    from migrate.adapters import kube
+
+    followed: list[str] = []
+    real = kube.watch_events
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        followed.append(args[2])  # the restored pod's uid
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kube, "watch_events", spy)
+    cluster.pod("quiet")
+    r = drain(cluster, "node-a", "--to", "node-c", "-o", "json")
+    assert r.code == 0, r.err
+    assert by_name(r.json())["quiet"]["outcome"] == "migrated"
+    assert followed == []
+    cluster.pod("told", node="node-b")
+    r = drain(cluster, "node-b", "-v", "--to", "node-c")
+    assert r.code == 0, r.err
+    assert len(followed) == 1
+    assert "Started" in r.err  # the kubelet's Event, told as progress

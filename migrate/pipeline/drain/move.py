@@ -108,7 +108,9 @@ def _run(ctx: Context, cluster: kube.Cluster, entry: PodPlan,
                 else f"migration {journal.id} failed"}
     if journal.outcome != "succeeded":
         try:
-            run.run(cluster, ctx.settings, _progress(ctx, entry))
+            # The kubelet's Events are progress for -v only: without it, no watch for them.
+            run.run(cluster, ctx.settings, _progress(ctx, entry),
+                    follow_kubelet=ctx.settings.output.verbose > 0)
         except migration.Interrupted:
             return {"outcome": INTERRUPTED}
     return {"outcome": MIGRATED, "restored_pod": run.restored_pod, "error": None}

@@ -88,15 +88,18 @@ class Migration:
         created = done(self.journal).get("create")
         return created.pod if isinstance(created, CreateResult) else None
 
-    def run(self, cluster: kube.Cluster, settings: Settings, progress: Progress) -> Migration:
+    def run(self, cluster: kube.Cluster, settings: Settings, progress: Progress, *,
+            follow_kubelet: bool = True) -> Migration:
         """Run the stages not yet done (see the module's docstring for how it ends);
-        returns itself, succeeded."""
+        returns itself, succeeded. ``follow_kubelet``: tell ``progress`` the restored
+        pod's Events while verify waits (a watch of its own: a caller that drops the
+        messages saves its requests)."""
         try:
             self.journal.hold()
             if not self.claimed:
                 runner.retake(cluster, settings, self.journal)
                 self.claimed = True
-            runner.execute(cluster, settings, self.journal, progress)
+            runner.execute(cluster, settings, self.journal, progress, follow_kubelet)
             return self
         except KeyboardInterrupt as e:
             self.journal.interrupted()

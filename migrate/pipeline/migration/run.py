@@ -34,6 +34,7 @@ class Run:
     settings: Settings
     journal: Journal
     progress: Progress
+    follow_kubelet: bool = True  # verify follows the restored pod's Events for progress
     req: PodRequest = field(init=False)
     plan: Plan = field(init=False)
     results: dict[str, StageResult] = field(init=False)

@@ -71,12 +71,12 @@ def retake(cluster: kube.Cluster, settings: Settings, journal: Journal) -> None:
 
 
 def execute(cluster: kube.Cluster, settings: Settings, journal: Journal,
-            progress: Progress) -> None:
+            progress: Progress, follow_kubelet: bool = True) -> None:
     """Run the stages not yet done; roll back on failure (before the switch-over).
 
     The caller turns an interruption into the journal's `interrupted`.
     """
-    run = Run(cluster, settings, journal, progress)
+    run = Run(cluster, settings, journal, progress, follow_kubelet)
     journal.set_outcome("running")
     for name in STAGES:
         if not journal.done(name):

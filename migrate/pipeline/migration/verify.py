@@ -17,7 +17,8 @@ def verify(run: Run) -> VerifyResult:
     runtime = nodes.parse_runtime(plan.destination_runtime) if plan.destination_runtime \
         else None
     sizes = {c: i.image_size for c, i in images.items()}
-    report = restore.KubeletReport(lambda message: run.progress("verify", message), sizes)
+    report = (restore.KubeletReport(lambda message: run.progress("verify", message), sizes)
+              if run.follow_kubelet else None)
     restored = restore.wait_restored(run.cluster, plan.namespace, created.pod,
                                      plan.destination, digests, run.req.timeout,
                                      since=created.resource_version, runtime=runtime,
