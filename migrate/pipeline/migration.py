@@ -29,6 +29,7 @@ from migrate.adapters.checkpoint import Checkpoint
 from migrate.adapters.registry.reference import parse_reference
 from migrate.errors import ClusterError, MigrateError, UsageError
 from migrate.pipeline import claims, nodebuild, nodes, restore, switchover, trust
+from migrate.pipeline.annotations import ROOTFS_IMAGE_NAME
 from migrate.pipeline.build import BuildRequest, build_image
 from migrate.pipeline.journal import DONE, Journal
 from migrate.pipeline.manifest import PodSource, RestoreOptions, render_restore_pod
@@ -128,6 +129,7 @@ def _build_here(run: Run, container: str, local: Path) -> dict[str, Any]:
         run.settings, on_progress=_upload_progress(run, container, size))
     return {"reference": report.reference, "digest": report.digest,
             "archive_size": report.archive_size, "image_size": report.image_size,
+            "rootfs_image": report.annotations.get(ROOTFS_IMAGE_NAME, ""),
             "freezing_time_us": stats.get("freezing_time"),
             "frozen_time_us": stats.get("frozen_time"), "local_archive": str(local),
             "built_on": "local"}
@@ -159,7 +161,9 @@ def _build_on_node(run: Run, container: str, archive: str) -> dict[str, Any]:
     result = nodebuild.collect(run.cluster, plan.namespace, name, req.timeout)
     return {"reference": result["reference"], "digest": result["digest"],
             "archive_size": result.get("archive_size", 0),
-            "image_size": result.get("image_size", 0), "freezing_time_us": None,
+            "image_size": result.get("image_size", 0),
+            "rootfs_image": str(result.get("rootfs_image") or ""),
+            "freezing_time_us": None,
             "frozen_time_us": None, "built_on": f"job {name}"}
 
 
@@ -245,10 +249,12 @@ def _verify(run: Run) -> dict[str, Any]:
         else None
     sizes = {c: int(i.get("image_size") or 0) for c, i in run.data("build")["images"].items()}
     report = restore.KubeletReport(lambda message: run.progress("verify", message), sizes)
+    rootfs = {c: str(i.get("rootfs_image") or "")
+              for c, i in run.data("build")["images"].items()}
     restored = restore.wait_restored(run.cluster, plan.namespace, created["pod"],
                                      plan.destination, digests, run.req.timeout,
                                      since=created.get("resource_version"), runtime=runtime,
-                                     uid=created.get("uid"), report=report)
+                                     uid=created.get("uid"), report=report, rootfs=rootfs)
     _event(run, _known(plan.namespace, created["pod"], restored.uid), "Restored",
            f"restored from {', '.join(sorted(set(digests.values())))} "
            f"(migration {run.journal.id} from {plan.source})")
