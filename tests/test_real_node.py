@@ -175,3 +175,18 @@ def test_the_restored_pod_counts_on_from_the_checkpoint(
         assert whole == list(range(1, len(whole) + 1)), whole
     finally:
         real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")
+
+
+def test_doctor_probe_passes_on_the_real_node(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode,
+        plain_registry: RegistryUnderTest, source: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The kubelet's checkpoint directory is on this machine, at the path it reports.
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
+    r = cli("doctor", "--registry", f"{plain_registry.host}/probe", "--no-tls-verify",
+            "--probe", node.name, "--probe-source", node.name,
+            "--probe-image", source["spec"]["containers"][0]["image"],
+            "--kubeconfig", real_cp.admin_kubeconfig, "-o", "json")
+    assert r.code == 0, (r.out, r.err)
+    (probe,) = r.json()["probes"]
+    assert (probe["node"], probe["status"], probe["leftovers"]) == (node.name, "PASS", []), probe
