@@ -6,7 +6,8 @@ POST to /api/v1/nodes/NODE/proxy/checkpoint/default/POD/CONTAINER through the
 API server makes the kubelet ask CRI-O for a checkpoint; checkpointctl reads
 the archive; `migrate build` pushes the checkpoint image to the loopback
 registry; the Pod `migrate manifest --from-pod` renders runs on the same node,
-and its process counts on from where the checkpoint caught it.
+and its process counts on from where the checkpoint caught it. `doctor --probe`
+passes there, and `migrate pod` moves a counter to a second real node.
 
 Skips (never fails, even with MIGRATE_REQUIRE_*) when the stretch binaries are
 not built: scripts/setup does not build them (scripts/setup-stretch does).
@@ -29,7 +30,7 @@ from kubernetes import client
 
 from e2e.cluster import realnode
 from e2e.cluster.launcher import ControlPlane
-from e2e.real.counter import counter_pod, counts, push_counter_image
+from e2e.real.counter import counter_pod, counter_rootfs, counts, push_counter_image, push_rootfs
 from tests.cluster import api_client, wait_for
 from tests.conftest import Result
 from tests.real import require
@@ -40,6 +41,15 @@ pytestmark = [pytest.mark.controlplane, pytest.mark.real]
 Cli = Callable[..., Result]
 POD, CONTAINER, SECRET = "counters", "counter", "token-of-the-real-node"
 DEADLINE = 180.0  # pulls, CRIU and a loaded 2-core machine
+
+
+@pytest.fixture(scope="module")
+def node_b(node: realnode.RealNode, real_cp: ControlPlane, plain_registry: RegistryUnderTest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[realnode.RealNode]:
+    """A second real node, for `migrate pod` between two."""
+    with realnode.real_node(real_cp, tmp_path_factory.mktemp("real-node-b"), name="node-b",
+                            registry=plain_registry.host) as n:
+        yield n
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +200,70 @@ def test_doctor_probe_passes_on_the_real_node(
     assert r.code == 0, (r.out, r.err)
     (probe,) = r.json()["probes"]
     assert (probe["node"], probe["status"], probe["leftovers"]) == (node.name, "PASS", []), probe
+
+
+def _start(cp: ControlPlane, pod: dict[str, Any]) -> str:
+    status, body = cp.api("POST", "/api/v1/namespaces/default/pods", pod)
+    assert status == 201, body
+    name = str(pod["metadata"]["name"])
+    wait_for(lambda: _running(cp, name), DEADLINE, f"{name} Running")
+    return name
+
+
+def _migrate(cli: Cli, cp: ControlPlane, registry: RegistryUnderTest, pod: str,
+             to: str) -> Result:
+    return cli("pod", pod, "--to", to, "--registry", f"{registry.host}/moved",
+               "--no-tls-verify", "--kubeconfig", cp.admin_kubeconfig, "-o", "json")
+
+
+def test_migrate_pod_to_a_node_without_the_base_image_rolls_back(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
+        plain_registry: RegistryUnderTest, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # CRI-O v1.36.3 restores onto the image config.dump names by its storage ID
+    # (rootfsImageRef) and pulls nothing (server/container_restore.go): an image
+    # of its own, never pulled on node-b, shows it.
+    image = push_rootfs(plain_registry.host, "stretch/unpulled", "1",
+                        counter_rootfs(tmp_path / "rootfs"),
+                        {"Cmd": ["/bin/sh", "/counter.sh"], "Env": ["PATH=/bin", "UNPULLED=1"]})
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
+    name = _start(real_cp, counter_pod("unpulled", image, secret=SECRET, node=node.name))
+    try:
+        r = _migrate(cli, real_cp, plain_registry, name, node_b.name)
+        assert r.code != 0, r.out
+        assert "image not known" in r.err, r.err
+        assert _running(real_cp, name)  # rolled back: the source runs on
+    finally:
+        real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")
+
+
+def test_migrate_pod_moves_the_counter_between_real_nodes(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
+        plain_registry: RegistryUnderTest, source: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    image = source["spec"]["containers"][0]["image"]
+    # The base image on node-b first (see above): a pod of it, as an operator's
+    # pre-pull DaemonSet would.
+    prepull = counter_pod("prepull", image, secret="", node=node_b.name)
+    _start(real_cp, prepull)
+    real_cp.api("DELETE", "/api/v1/namespaces/default/pods/prepull?gracePeriodSeconds=0")
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
+    name = _start(real_cp, counter_pod("movers", image, secret=SECRET, node=node.name))
+    wait_for(lambda: len(_counts(real_cp, name)) >= 2, DEADLINE, f"{name} counting")
+    before = _counts(real_cp, name)[-1]
+    started = dt.datetime.now(dt.UTC)
+    r = _migrate(cli, real_cp, plain_registry, name, node_b.name)
+    assert r.code == 0, r.err
+    moved = r.json()["destination_pod"]
+    try:
+        status, pod = real_cp.api("GET", f"/api/v1/namespaces/default/pods/{moved}")
+        assert status == 200 and pod["spec"]["nodeName"] == node_b.name
+        assert real_cp.api("GET", f"/api/v1/namespaces/default/pods/{name}")[0] == 404
+        log = wait_for(lambda: _log_after(real_cp, moved, started, 2), DEADLINE,
+                       f"{moved} counting on {node_b.name}")
+        after = counts("\n".join(line for t, line in log if t > started))
+        assert before < after[0], (before, after)
+        whole = counts("\n".join(line for _, line in log))
+        assert whole == list(range(1, len(whole) + 1)), whole
+    finally:
+        real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{moved}?gracePeriodSeconds=0")
