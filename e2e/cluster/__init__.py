@@ -16,6 +16,7 @@
                        API server, its kubelet API inside its node host
     world.py           Cluster: node hosts and agents on a control plane (tests, demo)
     procs.py           children killed with their parent; orderly stop
+    realnode.py        real_node(): the real kubelet and CRI-O as one node (scripts/setup-stretch)
     __main__.py        `python -m e2e.cluster`, to start one by hand
 
 Facts for node agents, read in the sources of Kubernetes v1.37.2 (the pinned

@@ -71,6 +71,7 @@ def build(
 ) -> None:
     """Build an OCI checkpoint image from an archive and push it (or write an OCI layout)."""
     from migrate.adapters.registry.reference import parse_reference
+    from migrate.pipeline.annotations import ROOTFS_IMAGE_NAME
     from migrate.pipeline.build import BuildRequest, build_image
 
     settings = with_registry(ctx.obj, authfile=authfile, creds=creds, tls_verify=tls_verify,
@@ -84,7 +85,8 @@ def build(
         # Kubernetes keeps 4 KiB of a termination message: the few fields a caller needs.
         termination_message_path.write_text(json.dumps({
             "reference": report.reference, "digest": report.digest,
-            "archive_size": report.archive_size, "image_size": report.image_size}))
+            "archive_size": report.archive_size, "image_size": report.image_size,
+            "rootfs_image": report.annotations.get(ROOTFS_IMAGE_NAME, "")}))
     emit(report.to_dict(), output.value, lambda: _human(report))
 
 

@@ -31,6 +31,9 @@ from migrate.errors import ArchiveError, UsageError
 CRIO = "io.kubernetes.cri-o.annotations.checkpoint."
 CRIU = "org.criu.checkpoint."
 PODMAN = "io.podman.annotations.checkpoint."
+#: The checkpointed container's image: what a CRI-O restore reports running
+#: (pipeline/restore.py).
+ROOTFS_IMAGE_NAME = CRIO + "rootfsImageName"
 CHECKPOINT_NAME = CRIO + "name"
 PODMAN_RUNTIME = PODMAN + "runtime.name"
 _CRIU_VERSION = re.compile(rb"Version: (\d+\.\d+(?:\.\d+)?)")

@@ -267,10 +267,14 @@ def _restore(p: _Probe, probe_pod: Obj, destination: Obj) -> None:
         pod["spec"]["imagePullSecrets"] = [{"name": secret}]
     created = kube.create_pod(p.cluster, p.namespace, pod)
     p.made.append(("Pod", created["metadata"]["name"]))
+    # What the source's runtime reported running: a CRI-O restore reports that image.
+    ran = next((str(s.get("image", "")) for s in
+                (probe_pod.get("status") or {}).get("containerStatuses") or []
+                if s.get("name") == CONTAINER), "")
     restore.wait_restored(p.cluster, p.namespace, created["metadata"]["name"], p.node,
                           {CONTAINER: digest}, p.req.timeout,
                           since=created["metadata"].get("resourceVersion"),
-                          runtime=nodes.runtime_of(destination))
+                          runtime=nodes.runtime_of(destination), rootfs={CONTAINER: ran})
 
 
 def _cleanup(p: _Probe) -> None:

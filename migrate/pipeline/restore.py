@@ -1,8 +1,12 @@
 """Restore stage: create the destination pod and wait until it runs restored.
 
 "Verified" means: the pod is Running on the destination, every migrated
-container is running and ready, and reports the checkpoint image's digest as
-its imageID (so it started from the checkpoint, not from some other image).
+container is running and ready, and reports the image it was restored from:
+the checkpoint image's digest as its imageID, or, as CRI-O reports a restored
+container, the checkpointed container's own image. CRI-O (v1.36.3,
+server/container_restore.go) creates the restored container with the image
+the checkpoint's config.dump names (rootfsImageRef, else rootfsImageName), so
+its status shows that image and its imageID, never the checkpoint image's.
 The wait is a watch on the pod. A container the runtime refused to create
 (CRI-O's restore checks: bind mounts; a runtime that does not restore) fails
 at once with the kubelet's reason and message; so does an image pull that
@@ -20,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from migrate.adapters import kube
-from migrate.errors import WatchTimeout
+from migrate.adapters.registry.reference import parse_reference
+from migrate.errors import MigrateError, WatchTimeout
 from migrate.pipeline.nodes import Runtime
 from migrate.pipeline.refusals import (
     FATAL_WAITING,
@@ -61,8 +66,10 @@ def _statuses(pod: Obj) -> dict[str, Obj]:
 class _Verifier:
     """The watch predicate: None to keep waiting, a `Restored`, or an error raised."""
 
-    def __init__(self, digests: dict[str, str], node: str, runtime: Runtime | None) -> None:
+    def __init__(self, digests: dict[str, str], node: str, runtime: Runtime | None,
+                 rootfs: dict[str, str]) -> None:
         self.digests = digests
+        self.rootfs = rootfs
         self.node = node
         self.runtime = runtime
         self.last_reason = ""
@@ -100,13 +107,26 @@ class _Verifier:
             if not ((s.get("state") or {}).get("running") and s.get("ready")):
                 return None
             image_id = str(s.get("imageID", ""))
-            if digest and digest not in image_id:
+            if digest and digest not in image_id and not self._runs_own_image(container, s):
                 shown = image_id or "an unknown image"
                 raise RestoreRefused(f"{container} on {self.node} runs {shown}, not the "
                                      f"checkpoint {digest}",
                                      hint="the node resolved the image to something else")
             ids[container] = image_id
         return Restored(name, pod["metadata"].get("uid", ""), self.node, time.time(), ids)
+
+    def _runs_own_image(self, container: str, status: Obj) -> bool:
+        """Whether the container reports the checkpointed container's image (CRI-O's
+        restore); a plain start of the checkpoint image would report the checkpoint."""
+        own = self.rootfs.get(container, "")
+        return bool(own) and _same_image(str(status.get("image", "")), own)
+
+
+def _same_image(a: str, b: str) -> bool:
+    try:
+        return parse_reference(a) == parse_reference(b)
+    except MigrateError:
+        return a == b
 
 
 def create(cluster: kube.Cluster, namespace: str, manifest: Obj) -> Obj:
@@ -164,14 +184,17 @@ class KubeletReport:
 def wait_restored(cluster: kube.Cluster, namespace: str, name: str, node: str,
                   digests: dict[str, str], timeout: float, *,
                   since: str | None = None, runtime: Runtime | None = None,
-                  uid: str | None = None, report: KubeletReport | None = None) -> Restored:
+                  uid: str | None = None, report: KubeletReport | None = None,
+                  rootfs: dict[str, str] | None = None) -> Restored:
     """Watch the destination pod until it is verified, refused, or the time is up.
 
     ``since``: the resourceVersion its create answered (see `kube.watch_pod`);
     ``runtime``: the destination's, for the hint when it does not restore;
-    ``report``: told the pod's Events meanwhile (``uid``: the pod's).
+    ``report``: told the pod's Events meanwhile (``uid``: the pod's);
+    ``rootfs``: container -> the image the checkpointed container ran (the checkpoint's
+    rootfsImageName), which a CRI-O restore reports instead of the checkpoint's digest.
     """
-    verify = _Verifier(digests, node, runtime)
+    verify = _Verifier(digests, node, runtime, rootfs or {})
     events = (kube.watch_events(cluster, namespace, uid, report.event, report.idle)
               if report is not None and uid else None)
     try:

@@ -11,6 +11,7 @@ from migrate.adapters.checkpoint import Checkpoint
 from migrate.adapters.registry.reference import parse_reference
 from migrate.errors import UsageError
 from migrate.pipeline import nodebuild
+from migrate.pipeline.annotations import ROOTFS_IMAGE_NAME
 from migrate.pipeline.build import BuildRequest, build_image
 from migrate.pipeline.choices import BuildOn
 from migrate.pipeline.migration.results import Archive, BuildResult, ImageResult
@@ -56,7 +57,8 @@ def _here(run: Run, container: str, local: Path) -> ImageResult:
         run.settings, on_progress=_upload_progress(run, container, size))
     return ImageResult(report.reference, report.digest, report.archive_size,
                        report.image_size, stats.get("freezing_time"),
-                       stats.get("frozen_time"), "local", str(local))
+                       stats.get("frozen_time"), "local", str(local),
+                       report.annotations.get(ROOTFS_IMAGE_NAME, ""))
 
 
 def _upload_progress(run: Run, container: str, size: int) -> Callable[[int], None]:
@@ -85,4 +87,5 @@ def _on_node(run: Run, container: str, archive: Archive) -> ImageResult:
     result = nodebuild.collect(run.cluster, plan.namespace, name, req.timeout)
     return ImageResult(str(result["reference"]), str(result["digest"]),
                        int(result.get("archive_size", 0)), int(result.get("image_size", 0)),
-                       None, None, f"job {name}")
+                       None, None, f"job {name}",
+                       rootfs_image=str(result.get("rootfs_image") or ""))

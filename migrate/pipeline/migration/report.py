@@ -40,8 +40,10 @@ def report(journal: Journal, results: dict[str, StageResult],
                     **({"error": s.error} if s.error else {})} for s in journal.stages],
         "checkpoints": ({c: a.to_dict() for c, a in checkpointed.archives.items()}
                         if isinstance(checkpointed, CheckpointResult) else {}),
-        # Where this machine read the archive is the journal's business (the cleanup).
-        "images": {c: {k: v for k, v in i.to_dict().items() if k != "local_archive"}
+        # Where this machine read the archive is the journal's business (the cleanup);
+        # an unknown rootfs image (a journal older than it) is left out, as it was.
+        "images": {c: {k: v for k, v in i.to_dict().items()
+                       if k != "local_archive" and not (k == "rootfs_image" and not v)}
                    for c, i in images.items()},
         "destination_pod": created.pod if isinstance(created, CreateResult) else None,
         "state_window_seconds": round(stopped - taken, 3) if stopped and taken else None,

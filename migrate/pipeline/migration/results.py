@@ -63,6 +63,9 @@ class ImageResult:
     frozen_time_us: int | None
     built_on: str  # "local", or "job NAME"
     local_archive: str | None = None  # the archive as read here (a local build only)
+    # The image the checkpointed container ran (the checkpoint's rootfsImageName): what a
+    # CRI-O restore reports as the restored container's image (verify accepts it).
+    rootfs_image: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (the journal's; the report leaves `local_archive` out)."""
@@ -70,14 +73,15 @@ class ImageResult:
                 "archive_size": self.archive_size, "image_size": self.image_size,
                 "freezing_time_us": self.freezing_time_us,
                 "frozen_time_us": self.frozen_time_us, "built_on": self.built_on,
-                "local_archive": self.local_archive}
+                "local_archive": self.local_archive, "rootfs_image": self.rootfs_image}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ImageResult:
         """Inverse of `to_dict`."""
         return cls(str(d["reference"]), str(d["digest"]), int(d["archive_size"]),
                    int(d["image_size"]), d["freezing_time_us"], d["frozen_time_us"],
-                   str(d["built_on"]), d["local_archive"])
+                   str(d["built_on"]), d["local_archive"],
+                   str(d.get("rootfs_image") or ""))  # journals before it: unknown
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ def verify(run: Run) -> VerifyResult:
     restored = restore.wait_restored(run.cluster, plan.namespace, created.pod,
                                      plan.destination, digests, run.req.timeout,
                                      since=created.resource_version, runtime=runtime,
-                                     uid=created.uid, report=report)
+                                     uid=created.uid, report=report,
+                                     rootfs={c: i.rootfs_image for c, i in images.items()})
     event(run, known(plan.namespace, created.pod, restored.uid), "Restored",
           f"restored from {', '.join(sorted(set(digests.values())))} "
           f"(migration {run.journal.id} from {plan.source})")

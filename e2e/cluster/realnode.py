@@ -1,0 +1,326 @@
+"""One node with nothing simulated: the real kubelet and real CRI-O (issue 16's stretch).
+
+    with control_plane() as cp, real_node(cp, tmp / "node", registry="127.0.0.1:5000") as n:
+        n.checkpoints   # the kubelet's checkpoint directory (ROOT/kubelet/checkpoints)
+
+Binaries: scripts/setup-stretch (kubelet at the control plane's release, CRI-O
+at CRIO_VERSION of e2e/real/versions.env); conmon, runc and the CNI plugins
+from Debian; CRIU 4.1.1 from setup-real, first on CRI-O's PATH.
+
+Where things run, and why:
+- The kubelet and CRI-O run in the host's network namespace, to reach the API
+  server and the registry on 127.0.0.1. The node proxy refuses loopback
+  (__init__.py), so the kubelet serves on the host end of a node host's veth
+  pair (198.18, nodehost.py). Pods get a CNI bridge of their own (a free /28 of
+  198.18, no masquerading).
+- Everything on disk is under ROOT: CRI-O's storage (vfs), state, socket, CNI
+  config and IPAM; the kubelet's root (checkpoints in ROOT/kubelet/checkpoints,
+  never /var/lib/kubelet), certificates and pod logs.
+- CRI-O pulls a pause image for every pod, even with drop_infra_ctr
+  (server/sandbox_run_linux.go): the node pushes its own (busybox) to the
+  loopback registry it is given and pulls it over plain HTTP (registries.conf:
+  CRI-O's insecure_registries is "no longer effective").
+- No `signature_policy`: CRI-O puts it in the system context, and its restore
+  then refuses every checkpoint image as if a namespaced policy applied
+  (server/container_restore.go: "namespaced signature policy ... signature
+  validation is not supported for container restore"). Podman's
+  /etc/containers/policy.json is read instead.
+- Hybrid cgroup v1 here: the kubelet runs with failCgroupV1: false, both with
+  cgroupfs, pods under a cgroup root of the node's own (/migrate-<hex>).
+  hugetlb sits on the cgroup2 half, unmounted as v1 yet listed in /proc/cgroups:
+  CRI-O believes it present (internal/config/node CgroupHasHugetlb) and passes
+  the kubelet's hugepage limits to runc, whose v1 manager fails ("cannot set
+  hugetlb limit: container could not join or create cgroup"). The kubelet asks
+  one limit per size in /sys/kernel/mm/hugepages, so both run in a private mount
+  namespace where that directory is an empty tmpfs; their mounts (volumes, shm,
+  namespaces) stay in it and go with it.
+- The kubelet sets vm.overcommit_memory, kernel.panic and kernel.panic_on_oops
+  (pkg/kubelet/cm/container_manager_linux.go setupKernelTunables; the only
+  alternative, protectKernelDefaults, refuses to start): they are put back.
+Teardown: kubelet, every process left in the node's cgroups (conmon keeps
+containers running when CRI-O exits), CRI-O, the mount namespace, the cgroups,
+the bridge, the Node object, the sysctls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from e2e.cluster import nodehost, procs
+from e2e.cluster.binaries import versions as k8s_versions
+from e2e.cluster.launcher import ControlPlane
+from e2e.real import tools as real_tools
+from e2e.real.counter import counter_rootfs, push_rootfs
+
+__all__ = ["RealNode", "bin_dir", "missing", "real_node"]
+
+SETUP_HINT = "run scripts/setup-stretch as root"
+_SYSCTLS = ("vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops")
+_CGROUPS = Path("/sys/fs/cgroup")
+_CNI_BIN = Path("/usr/lib/cni")
+
+
+@dataclass(frozen=True)
+class RealNode:
+    """A running node; valid inside `real_node`'s with-block."""
+
+    name: str
+    address: str
+    """The kubelet's address (the Node's InternalIP)."""
+    root: Path
+    checkpoints: Path
+    """Where the kubelet writes checkpoint archives."""
+    logs: dict[str, Path]
+    """"kubelet", "crio" -> their log files."""
+
+
+def bin_dir() -> Path:
+    """Where setup-stretch puts kubelet, crio and pinns."""
+    return (real_tools.cache_dir() / f"stretch-{k8s_versions().kubernetes}-crio-"
+            f"{real_tools.versions()['CRIO_VERSION']}" / "bin")
+
+
+def missing() -> str | None:
+    """None when a real node can run here, else one sentence saying what is missing."""
+    if (reason := nodehost.missing()) is not None:
+        return reason
+    absent = [str(bin_dir() / b) for b in ("kubelet", "crio", "pinns")
+              if not os.access(bin_dir() / b, os.X_OK)]
+    absent += [t for t in ("conmon", "runc") if shutil.which(t) is None]
+    absent += [p for p in ("/etc/containers/policy.json",) if not Path(p).exists()]
+    absent += [str(_CNI_BIN / p) for p in ("bridge", "host-local", "loopback")
+               if not (_CNI_BIN / p).exists()]
+    if absent:
+        return f"a real node needs {', '.join(absent)}: {SETUP_HINT}"
+    return real_tools.missing_engine()
+
+
+def _pod_subnet() -> ipaddress.IPv4Network:
+    """A /28 of 198.18 that no interface here holds (node hosts take /30s from it)."""
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True,
+                         check=True, timeout=30).stdout
+    taken = [ipaddress.IPv4Interface(line.split()[3]).network for line in out.splitlines()]
+    for _ in range(100):
+        net = ipaddress.IPv4Network((int(nodehost.NODE_HOSTS.network_address)
+                                     + 16 * random.randrange(4096), 28))
+        if not any(net.overlaps(t) for t in taken):
+            return net
+    raise RuntimeError("no free /28 in 198.18.0.0/16 for the pods")
+
+
+def _pause_image(registry: str, workdir: Path) -> str:
+    rootfs = counter_rootfs(workdir)
+    (rootfs / "pause").write_text("#!/bin/sh\nexec sleep 2147483647\n")
+    (rootfs / "pause").chmod(0o755)
+    return push_rootfs(registry, "migrate-test/pause", "1", rootfs, {"Cmd": ["/pause"]})
+
+
+def _crio_conf(root: Path, bridge: str, subnet: ipaddress.IPv4Network,
+               registry: str) -> Path:
+    run = root / "run"
+    for d in ("cni", "keys", "log", "policies", "run/ns", "run/exits", "run/runc"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    (root / "cni" / "10-bridge.conflist").write_text(json.dumps({
+        "cniVersion": "1.0.0", "name": bridge, "plugins": [{
+            "type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": False,
+            "ipam": {"type": "host-local", "dataDir": str(root / "ipam"),
+                     "ranges": [[{"subnet": str(subnet)}]]}}]}))
+    q = json.dumps  # TOML basic strings and arrays of them read like JSON's
+    conf = f"""
+[crio]
+root = {q(str(root / "storage"))}
+runroot = {q(str(run / "storage"))}
+storage_driver = "vfs"
+storage_option = []
+log_dir = {q(str(root / "log"))}
+version_file = {q(str(run / "version"))}
+version_file_persist = {q(str(root / "version"))}
+clean_shutdown_file = {q(str(root / "clean.shutdown"))}
+[crio.api]
+listen = {q(str(run / "crio.sock"))}
+[crio.runtime]
+default_runtime = "runc"
+cgroup_manager = "cgroupfs"
+pinns_path = {q(str(bin_dir() / "pinns"))}
+namespaces_dir = {q(str(run / "ns"))}
+container_exits_dir = {q(str(run / "exits"))}
+container_attach_socket_dir = {q(str(run))}
+decryption_keys_path = {q(str(root / "keys"))}
+irqbalance_config_file = {q(str(root / "irqbalance"))}
+irqbalance_config_restore_file = {q(str(root / "irqbalance.restore"))}
+hooks_dir = []
+enable_criu_support = true
+[crio.runtime.runtimes.runc]
+runtime_path = {q(shutil.which("runc") or "runc")}
+runtime_type = "oci"
+runtime_root = {q(str(run / "runc"))}
+monitor_path = {q(shutil.which("conmon") or "conmon")}
+monitor_cgroup = "pod"
+[crio.image]
+signature_policy_dir = {q(str(root / "policies"))}
+pause_image = {q(_pause_image(registry, root / "pause-rootfs"))}
+[crio.network]
+network_dir = {q(str(root / "cni"))}
+plugin_dirs = [{q(str(_CNI_BIN))}]
+[crio.metrics]
+enable_metrics = false
+[crio.nri]
+enable_nri = false
+"""
+    path = root / "crio.conf"
+    path.write_text(conf)
+    (root / "registries.conf.d").mkdir(exist_ok=True)
+    (root / "registries.conf").write_text(
+        f'unqualified-search-registries = []\n[[registry]]\nlocation = {q(registry)}\n'
+        'insecure = true\n')
+    return path
+
+
+def _kubelet_conf(cp: ControlPlane, root: Path, name: str, address: str,
+                  cgroup_root: str) -> list[str]:
+    serving = cp.serving_cert(name, [address])
+    kubeconfig = cp.kubeconfig(f"system:node:{name}", group="system:nodes")
+    config = {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+        "address": address, "port": 10250, "readOnlyPort": 0,
+        "healthzBindAddress": address, "healthzPort": 10248,
+        "tlsCertFile": str(serving.cert), "tlsPrivateKeyFile": str(serving.key),
+        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
+                           "x509": {"clientCAFile": str(cp.ca.cert)}},
+        "authorization": {"mode": "Webhook"},
+        "containerRuntimeEndpoint": f"unix://{root / 'crio' / 'run' / 'crio.sock'}",
+        "cgroupDriver": "cgroupfs", "cgroupRoot": cgroup_root, "failCgroupV1": False,
+        "failSwapOn": False, "podLogsDir": str(root / "pod-logs"),
+        # The machine's disks are shared and may be fuller than the defaults allow:
+        # eviction would taint the node before any pod ran.
+        "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%",
+                         "imagefs.available": "1%", "nodefs.inodesFree": "1%"},
+        "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
+        "nodeStatusUpdateFrequency": "2s", "syncFrequency": "5s",
+    }
+    path = root / "kubelet.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return [f"--config={path}", f"--kubeconfig={kubeconfig}",
+            f"--root-dir={root / 'kubelet'}", f"--cert-dir={root / 'kubelet-pki'}",
+            f"--hostname-override={name}", f"--node-ip={address}", "-v=2"]
+
+
+def _cgroup_dirs(cgroup_root: str) -> list[Path]:
+    return [d / cgroup_root.lstrip("/") for d in _CGROUPS.iterdir()
+            if d.is_dir() and not d.is_symlink()]
+
+
+def _kill_cgroup_tasks(cgroup_root: str) -> None:
+    for top in _cgroup_dirs(cgroup_root):
+        for procs_file in top.rglob("cgroup.procs") if top.exists() else []:
+            for pid in procs_file.read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+
+
+def _remove_cgroups(cgroup_root: str) -> None:
+    for top in _cgroup_dirs(cgroup_root):
+        if top.exists():
+            for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+            with contextlib.suppress(OSError):
+                top.rmdir()
+
+
+def _mount_namespace(logs: Path, env: dict[str, str]) -> procs.Proc:
+    """A holder of a private mount namespace with no hugepage sizes to see."""
+    holder = procs.spawn("mountns", ["unshare", "--mount", "--propagation", "private", "--",
+                                     "sleep", "infinity"], logs / "mountns.log", env=env)
+    mine = os.readlink("/proc/self/ns/mnt")
+
+    def unshared() -> bool:
+        with contextlib.suppress(FileNotFoundError):
+            return os.readlink(f"/proc/{holder.pid}/ns/mnt") != mine
+        return False
+
+    procs.wait_until(unshared, timeout=10, what="the node's mount namespace", watch=[holder])
+    subprocess.run(["nsenter", f"--mount=/proc/{holder.pid}/ns/mnt", "--", "mount", "-t",
+                    "tmpfs", "-o", "ro,size=4k", "tmpfs", "/sys/kernel/mm/hugepages"],
+                   check=True, capture_output=True, timeout=30)
+    return holder
+
+
+def _node_ready(cp: ControlPlane, name: str) -> bool:
+    status, node = cp.api("GET", f"/api/v1/nodes/{name}")
+    if status != 200:
+        return False
+    return any(c["type"] == "Ready" and c["status"] == "True"
+               for c in node.get("status", {}).get("conditions", []))
+
+
+@contextlib.contextmanager
+def real_node(cp: ControlPlane, root: Path, *, name: str = "node-real",
+              registry: str, ready_timeout: float = 180.0) -> Iterator[RealNode]:
+    """Start CRI-O and the kubelet as Node `name`, wait until Ready, stop it all.
+
+    root: where everything of the node goes (created; kept afterwards, logs and all).
+    registry: a plain-HTTP registry (host:port) CRI-O pulls from; the pause image is
+    pushed there.
+    """
+    if (reason := missing()) is not None:
+        raise RuntimeError(reason)
+    root.mkdir(parents=True, exist_ok=True)
+    logs = root / "logs"
+    logs.mkdir(exist_ok=True)
+    saved = {s: (Path("/proc/sys") / s).read_text() for s in _SYSCTLS}
+    cgroup_root = f"/migrate-{secrets.token_hex(4)}"
+    bridge = f"mig{secrets.token_hex(4)}"
+    started: list[procs.Proc] = []
+    env = {"PATH": f"{real_tools.tools().criu_bin_dir}:/usr/local/sbin:/usr/local/bin:"
+                   "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(root), "LANG": "C"}
+    try:
+        with nodehost.node_host(name, logs) as host:
+            address = host.host_address
+            crio_conf = _crio_conf(root / "crio", bridge, _pod_subnet(), registry)
+            for d in _cgroup_dirs(cgroup_root):
+                d.mkdir()  # the kubelet wants its cgroup root to exist already
+            holder = _mount_namespace(logs, env)
+            started.append(holder)
+            inside = ["nsenter", f"--mount=/proc/{holder.pid}/ns/mnt", "--"]
+            crio = procs.spawn("crio", [
+                *inside, bin_dir() / "crio", "--config", crio_conf, "--log-level", "info",
+                "--registries-conf", crio_conf.parent / "registries.conf",
+                "--registries-conf-dir", crio_conf.parent / "registries.conf.d",
+            ], logs / "crio.log", env=env)
+            started.append(crio)
+            sock = root / "crio" / "run" / "crio.sock"
+            procs.wait_until(sock.exists, timeout=ready_timeout, what="CRI-O's socket",
+                             watch=[crio])
+            started.append(procs.spawn(
+                "kubelet", [*inside, bin_dir() / "kubelet",
+                            *_kubelet_conf(cp, root, name, address, cgroup_root)],
+                logs / "kubelet.log", env=env))
+            procs.wait_until(lambda: _node_ready(cp, name), timeout=ready_timeout,
+                             what=f"Node {name} Ready", watch=started)
+            yield RealNode(name=name, address=address, root=root,
+                           checkpoints=root / "kubelet" / "checkpoints",
+                           logs={"crio": logs / "crio.log", "kubelet": logs / "kubelet.log"})
+    finally:
+        procs.stop(started[2:], grace=15)  # the kubelet first: it would restart pods
+        _kill_cgroup_tasks(cgroup_root)
+        procs.stop(list(reversed(started[:2])), grace=15)
+        _remove_cgroups(cgroup_root)
+        subprocess.run(["ip", "link", "delete", bridge], capture_output=True, check=False,
+                       timeout=30)
+        cp.api("DELETE", f"/api/v1/nodes/{name}")
+        for s, value in saved.items():
+            (Path("/proc/sys") / s).write_text(value)

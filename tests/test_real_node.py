@@ -1,0 +1,269 @@
+"""Issue 16's stretch: the seed article's checkpoint and restore with nothing simulated.
+
+One node runs the real kubelet and real CRI-O (e2e/cluster/realnode.py) on the
+real control plane. The counter (e2e/real/counter.py) runs there as a pod; a
+POST to /api/v1/nodes/NODE/proxy/checkpoint/default/POD/CONTAINER through the
+API server makes the kubelet ask CRI-O for a checkpoint; checkpointctl reads
+the archive; `migrate build` pushes the checkpoint image to the loopback
+registry; the Pod `migrate manifest --from-pod` renders runs on the same node,
+and its process counts on from where the checkpoint caught it. `doctor --probe`
+passes there, and `migrate pod` moves a counter to a second real node.
+
+Skips (never fails, even with MIGRATE_REQUIRE_*) when the stretch binaries are
+not built: scripts/setup does not build them (scripts/setup-stretch does).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from e2e.cluster import realnode
+from e2e.cluster.launcher import ControlPlane
+from e2e.real.counter import counter_pod, counter_rootfs, counts, push_counter_image, push_rootfs
+from tests.cluster import api_client, wait_for
+from tests.conftest import Result
+from tests.real import require
+from tests.registries import RegistryUnderTest
+
+pytestmark = [pytest.mark.controlplane, pytest.mark.real]
+
+Cli = Callable[..., Result]
+POD, CONTAINER, SECRET = "counters", "counter", "token-of-the-real-node"
+DEADLINE = 180.0  # pulls, CRIU and a loaded 2-core machine
+
+
+@pytest.fixture(scope="module")
+def node_b(node: realnode.RealNode, real_cp: ControlPlane, plain_registry: RegistryUnderTest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[realnode.RealNode]:
+    """A second real node, for `migrate pod` between two."""
+    with realnode.real_node(real_cp, tmp_path_factory.mktemp("real-node-b"), name="node-b",
+                            registry=plain_registry.host) as n:
+        yield n
+
+
+@pytest.fixture(scope="module")
+def stretch_built() -> None:
+    """Skips (a plain skip: nothing builds these by default) without the binaries."""
+    reason = realnode.missing()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def node(stretch_built: None, real_cp: ControlPlane, plain_registry: RegistryUnderTest,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[realnode.RealNode]:
+    # stretch_built first: no control plane is started only to be skipped.
+    with realnode.real_node(real_cp, tmp_path_factory.mktemp("real-node"),
+                            registry=plain_registry.host) as n:
+        yield n
+
+
+def _running(cp: ControlPlane, name: str) -> bool:
+    status, pod = cp.api("GET", f"/api/v1/namespaces/default/pods/{name}")
+    statuses = pod.get("status", {}).get("containerStatuses", []) if status == 200 else []
+    return bool(statuses) and all("running" in s["state"] for s in statuses)
+
+
+def _log_after(cp: ControlPlane, name: str, since: dt.datetime,
+               lines: int) -> list[tuple[dt.datetime, str]] | None:
+    """The pod's log as (time, line) once it has `lines` lines stamped after `since`."""
+    status, text = cp.api("GET", f"/api/v1/namespaces/default/pods/{name}/log?timestamps=true")
+    if status != 200 or not isinstance(text, str):
+        return None
+    log = []
+    for entry in text.splitlines():
+        stamp, _, line = entry.partition(" ")
+        # RFC 3339 with nanoseconds; fromisoformat takes microseconds.
+        log.append((dt.datetime.fromisoformat(stamp[:26] + "+00:00"), line))
+    return log if sum(t > since for t, _ in log) >= lines else None
+
+
+def _counts(cp: ControlPlane, name: str) -> list[int]:
+    status, text = cp.api("GET", f"/api/v1/namespaces/default/pods/{name}/log")
+    return counts(text) if status == 200 and isinstance(text, str) else []
+
+
+@pytest.fixture(scope="module")
+def source(real_cp: ControlPlane, node: realnode.RealNode, plain_registry: RegistryUnderTest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    image = push_counter_image(plain_registry.host, "stretch/counter", "1",
+                               tmp_path_factory.mktemp("counter"))
+    pod = counter_pod(POD, image, secret=SECRET, node=node.name)
+    status, body = real_cp.api("POST", "/api/v1/namespaces/default/pods", pod)
+    assert status == 201, body
+    wait_for(lambda: _running(real_cp, POD), DEADLINE, f"{POD} Running on {node.name}")
+    wait_for(lambda: len(_counts(real_cp, POD)) >= 2, DEADLINE, f"{POD} counting")
+    yield pod
+    real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{POD}?gracePeriodSeconds=0")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    """The archive the kubelet wrote."""
+    before: int
+    """The last count the source had printed before the POST."""
+    seconds: float
+    """How long the POST took: the count went on for at most that long before CRIU froze it."""
+
+
+@pytest.fixture(scope="module")
+def checkpoint(real_cp: ControlPlane, node: realnode.RealNode,
+               source: dict[str, Any]) -> Checkpoint:
+    before = _counts(real_cp, POD)[-1]
+    start = time.monotonic()
+    # POST /api/v1/nodes/NODE/proxy/checkpoint/default/POD/CONTAINER, as the seed
+    # article's curl does, with a timeout longer than cp.api's for CRIU's dump.
+    with api_client(real_cp.admin_kubeconfig) as api:
+        try:
+            resp = client.CoreV1Api(api).connect_post_node_proxy_with_path(
+                node.name, f"checkpoint/default/{POD}/{CONTAINER}", _request_timeout=DEADLINE,
+                _preload_content=False)
+        except client.ApiException as e:
+            pytest.fail(f"{e.status} {e.body}\n{node.logs['kubelet'].read_text()[-3000:]}")
+    (path,) = json.loads(resp.data)["items"]
+    return Checkpoint(Path(path), before, time.monotonic() - start)
+
+
+def test_the_kubelet_writes_the_archive_into_its_checkpoint_directory(
+        node: realnode.RealNode, checkpoint: Checkpoint) -> None:
+    path = checkpoint.path
+    assert path.parent == node.checkpoints
+    assert path.name.startswith(f"checkpoint-{POD}_default-{CONTAINER}-")
+    assert path.stat().st_size > 0
+
+
+def test_checkpointctl_reads_the_archive(checkpoint: Checkpoint) -> None:
+    from e2e.real import tools
+
+    require(tools.missing_checkpointctl())
+    r = subprocess.run([str(tools.tools().checkpointctl), "show", str(checkpoint.path)],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    assert CONTAINER in r.stdout and "CRI-O" in r.stdout
+
+
+def test_the_restored_pod_counts_on_from_the_checkpoint(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode,
+        plain_registry: RegistryUnderTest, checkpoint: Checkpoint) -> None:
+    before = checkpoint.before
+    r = cli("build", checkpoint.path, "--image", f"{plain_registry.host}/stretch/counter-ckpt:v1",
+            "--no-tls-verify", "-o", "json")
+    assert r.code == 0, r.err
+    ref = r.json()["reference"]
+    r = cli("manifest", "--from-pod", POD, "--image", ref, "--node", node.name,
+            "--kubeconfig", real_cp.admin_kubeconfig, "-o", "yaml")
+    assert r.code == 0, r.err
+    restored = yaml.safe_load(r.out)
+    name = restored["metadata"]["name"]
+    created = dt.datetime.now(dt.UTC)
+    status, body = real_cp.api("POST", "/api/v1/namespaces/default/pods", restored)
+    assert status == 201, body
+    try:
+        wait_for(lambda: _running(real_cp, name), DEADLINE, f"{name} Running (restored)")
+        log = wait_for(lambda: _log_after(real_cp, name, created, 3), DEADLINE,
+                       f"{name} counting")
+        after = counts("\n".join(line for t, line in log if t > created))
+        # Restored, not started afresh (that would print 1 after `created`): the first
+        # value follows the ones printed before the checkpoint (it counts once a second,
+        # so by at most the POST's duration and one more) and goes on without a gap.
+        # CRI-O copies the source's log into the restored container's, so the whole
+        # log counts from 1 with neither a gap nor a repeat.
+        assert 2 <= before < after[0] <= before + checkpoint.seconds + 2, (before, after)
+        whole = counts("\n".join(line for _, line in log))
+        assert whole == list(range(1, len(whole) + 1)), whole
+    finally:
+        real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")
+
+
+def test_doctor_probe_passes_on_the_real_node(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode,
+        plain_registry: RegistryUnderTest, source: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The kubelet's checkpoint directory is on this machine, at the path it reports.
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
+    r = cli("doctor", "--registry", f"{plain_registry.host}/probe", "--no-tls-verify",
+            "--probe", node.name, "--probe-source", node.name,
+            "--probe-image", source["spec"]["containers"][0]["image"],
+            "--kubeconfig", real_cp.admin_kubeconfig, "-o", "json")
+    assert r.code == 0, (r.out, r.err)
+    (probe,) = r.json()["probes"]
+    assert (probe["node"], probe["status"], probe["leftovers"]) == (node.name, "PASS", []), probe
+
+
+def _start(cp: ControlPlane, pod: dict[str, Any]) -> str:
+    status, body = cp.api("POST", "/api/v1/namespaces/default/pods", pod)
+    assert status == 201, body
+    name = str(pod["metadata"]["name"])
+    wait_for(lambda: _running(cp, name), DEADLINE, f"{name} Running")
+    return name
+
+
+def _migrate(cli: Cli, cp: ControlPlane, registry: RegistryUnderTest, pod: str,
+             to: str) -> Result:
+    return cli("pod", pod, "--to", to, "--registry", f"{registry.host}/moved",
+               "--no-tls-verify", "--kubeconfig", cp.admin_kubeconfig, "-o", "json")
+
+
+def test_migrate_pod_to_a_node_without_the_base_image_rolls_back(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
+        plain_registry: RegistryUnderTest, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # CRI-O v1.36.3 restores onto the image config.dump names by its storage ID
+    # (rootfsImageRef) and pulls nothing (server/container_restore.go): an image
+    # of its own, never pulled on node-b, shows it.
+    image = push_rootfs(plain_registry.host, "stretch/unpulled", "1",
+                        counter_rootfs(tmp_path / "rootfs"),
+                        {"Cmd": ["/bin/sh", "/counter.sh"], "Env": ["PATH=/bin", "UNPULLED=1"]})
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
+    name = _start(real_cp, counter_pod("unpulled", image, secret=SECRET, node=node.name))
+    try:
+        r = _migrate(cli, real_cp, plain_registry, name, node_b.name)
+        assert r.code != 0, r.out
+        assert "image not known" in r.err, r.err
+        assert _running(real_cp, name)  # rolled back: the source runs on
+    finally:
+        real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")
+
+
+def test_migrate_pod_moves_the_counter_between_real_nodes(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
+        plain_registry: RegistryUnderTest, source: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    image = source["spec"]["containers"][0]["image"]
+    # The base image on node-b first (see above): a pod of it, as an operator's
+    # pre-pull DaemonSet would.
+    prepull = counter_pod("prepull", image, secret="", node=node_b.name)
+    _start(real_cp, prepull)
+    real_cp.api("DELETE", "/api/v1/namespaces/default/pods/prepull?gracePeriodSeconds=0")
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
+    name = _start(real_cp, counter_pod("movers", image, secret=SECRET, node=node.name))
+    wait_for(lambda: len(_counts(real_cp, name)) >= 2, DEADLINE, f"{name} counting")
+    before = _counts(real_cp, name)[-1]
+    started = dt.datetime.now(dt.UTC)
+    r = _migrate(cli, real_cp, plain_registry, name, node_b.name)
+    assert r.code == 0, r.err
+    moved = r.json()["destination_pod"]
+    try:
+        status, pod = real_cp.api("GET", f"/api/v1/namespaces/default/pods/{moved}")
+        assert status == 200 and pod["spec"]["nodeName"] == node_b.name
+        assert real_cp.api("GET", f"/api/v1/namespaces/default/pods/{name}")[0] == 404
+        log = wait_for(lambda: _log_after(real_cp, moved, started, 2), DEADLINE,
+                       f"{moved} counting on {node_b.name}")
+        after = counts("\n".join(line for t, line in log if t > started))
+        assert before < after[0], (before, after)
+        whole = counts("\n".join(line for _, line in log))
+        assert whole == list(range(1, len(whole) + 1)), whole
+    finally:
+        real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{moved}?gracePeriodSeconds=0")

@@ -1,0 +1,54 @@
+"""The restore stage's verdict on a destination pod's container status.
+
+A CRI-O restore (v1.36.3, server/container_restore.go) creates the container
+with the image the checkpoint's config.dump names, so the kubelet reports that
+image and its imageID, not the checkpoint image's: seen on the real kubelet and
+CRI-O (tests/test_real_node.py), where `doctor --probe` failed with "runs
+<the workload's image>, not the checkpoint sha256:..." before the verdict knew.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from migrate.pipeline.restore import Restored, RestoreRefused, _Verifier
+
+CHECKPOINT = "sha256:" + "c" * 64
+WORKLOAD = "127.0.0.1:5000/stretch/counter:1"
+WORKLOAD_ID = "127.0.0.1:5000/stretch/counter@sha256:" + "a" * 64
+
+
+def _pod(image: str, image_id: str) -> dict[str, Any]:
+    return {"metadata": {"name": "counters-restored", "uid": "u1"},
+            "status": {"phase": "Running", "containerStatuses": [{
+                "name": "counter", "image": image, "imageID": image_id, "ready": True,
+                "state": {"running": {"startedAt": "2026-12-02T14:08:04Z"}}}]}}
+
+
+def _verify(pod: dict[str, Any], rootfs: dict[str, str]) -> Restored | None:
+    return _Verifier({"counter": CHECKPOINT}, "node-real", None, rootfs)(pod)
+
+
+def test_the_checkpoint_digest_as_image_id_is_restored() -> None:
+    restored = _verify(_pod("127.0.0.1:5000/ckpt/counter:v1",
+                            f"127.0.0.1:5000/ckpt/counter@{CHECKPOINT}"), {})
+    assert restored is not None and restored.image_ids["counter"].endswith(CHECKPOINT)
+
+
+def test_crio_reporting_the_checkpointed_containers_image_is_restored() -> None:
+    restored = _verify(_pod(WORKLOAD, WORKLOAD_ID), {"counter": WORKLOAD})
+    assert restored is not None and restored.image_ids == {"counter": WORKLOAD_ID}
+
+
+def test_a_short_name_matches_its_canonical_form() -> None:
+    restored = _verify(_pod("docker.io/library/busybox:1.36", "docker.io/library/busybox@"
+                            "sha256:" + "b" * 64), {"counter": "busybox:1.36"})
+    assert restored is not None
+
+
+@pytest.mark.parametrize("rootfs", [{}, {"counter": "127.0.0.1:5000/other:1"}])
+def test_any_other_image_is_refused(rootfs: dict[str, str]) -> None:
+    with pytest.raises(RestoreRefused, match="not the checkpoint"):
+        _verify(_pod(WORKLOAD, WORKLOAD_ID), rootfs)
