@@ -9,8 +9,9 @@ registry; the Pod `migrate manifest --from-pod` renders runs on the same node,
 and its process counts on from where the checkpoint caught it. `doctor --probe`
 passes there, and `migrate pod` moves a counter to a second real node.
 
-Skips (never fails, even with MIGRATE_REQUIRE_*) when the stretch binaries are
-not built: scripts/setup does not build them (scripts/setup-stretch does).
+Skips when the stretch binaries are not built (scripts/setup builds them as root,
+with scripts/setup-stretch); with MIGRATE_REQUIRE_CLUSTER=1 (scripts/test as root)
+it fails instead: nothing may be skipped.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from kubernetes import client
 from e2e.cluster import realnode
 from e2e.cluster.launcher import ControlPlane
 from e2e.real.counter import counter_pod, counter_rootfs, counts, push_counter_image, push_rootfs
-from tests.cluster import api_client, wait_for
+from tests.cluster import api_client, require_cluster, wait_for
 from tests.conftest import Result
 from tests.real import require
 from tests.registries import RegistryUnderTest
@@ -54,10 +55,8 @@ def node_b(node: realnode.RealNode, real_cp: ControlPlane, plain_registry: Regis
 
 @pytest.fixture(scope="module")
 def stretch_built() -> None:
-    """Skips (a plain skip: nothing builds these by default) without the binaries."""
-    reason = realnode.missing()
-    if reason is not None:
-        pytest.skip(reason)
+    """Skips (fails with MIGRATE_REQUIRE_CLUSTER=1) without the binaries."""
+    require_cluster(realnode.missing())
 
 
 @pytest.fixture(scope="module")
@@ -232,6 +231,7 @@ def test_migrate_pod_to_a_node_without_the_base_image_rolls_back(
         r = _migrate(cli, real_cp, plain_registry, name, node_b.name)
         assert r.code != 0, r.out
         assert "image not known" in r.err, r.err
+        assert "hint: CRI-O restores onto the image the container ran" in r.err, r.err
         assert _running(real_cp, name)  # rolled back: the source runs on
     finally:
         real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")

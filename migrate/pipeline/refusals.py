@@ -129,6 +129,12 @@ def _hint(message: str) -> str:
     if "failed to pull checkpoint base image" in message:
         return ("containerd pulls the checkpoint's base image without the pod's pull secrets "
                 "(containerd #12585): make it pullable by the node as it is, or pre-pull it")
+    if "image not known" in message:
+        # CRI-O creates the restored container on the image config.dump names, by its
+        # storage ID, and pulls nothing for it (server/container_restore.go, v1.36.3).
+        return ("CRI-O restores onto the image the container ran (the checkpoint's "
+                "rootfsImageName) and does not pull it: pull that image on the destination "
+                "first (any pod of it there, or a pre-pull DaemonSet), then migrate again")
     return "kubectl describe pod shows the kubelet's events"
 
 
