@@ -342,3 +342,42 @@ def unique_repo(request: pytest.FixtureRequest) -> str:
     """A repository name unique to this test (and this run), e.g. `t/test-push-1a2b3c`."""
     return make_repo_name(request.node.name)
 
+
+
+def push_app_image(reg: RegistryUnderTest, repo: str, tag: str = "v1") -> str:
+    """An ordinary OCI image (one layer holding bin/app, Cmd /bin/app) pushed to ``reg``
+    with the registry API, as a workload's image; its manifest digest."""
+    import hashlib
+    import io
+    import json
+    import tarfile
+
+    def digest(data: bytes) -> str:
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        info = tarfile.TarInfo("bin/app")
+        info.size, info.mode = 4, 0o755
+        tf.addfile(info, io.BytesIO(b"\x7fELF"))
+    layer = buf.getvalue()
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/app"]},
+                         "rootfs": {"type": "layers", "diff_ids": [digest(layer)]}}).encode()
+    http = reg.http()
+    for blob in (layer, config):
+        location = http.request("POST", f"{reg.url}/v2/{repo}/blobs/uploads/").headers["Location"]
+        url = location if location.startswith("http") else reg.url + location
+        sep = "&" if "?" in url else "?"
+        done = http.request("PUT", f"{url}{sep}digest={digest(blob)}", body=blob,
+                            headers={"Content-Type": "application/octet-stream"})
+        assert done.status == 201, done.data
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": digest(config), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": digest(layer), "size": len(layer)}]}).encode()
+    put = http.request("PUT", f"{reg.url}/v2/{repo}/manifests/{tag}", body=manifest,
+                       headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+    assert put.status == 201, put.data
+    return digest(manifest)

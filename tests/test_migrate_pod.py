@@ -24,7 +24,7 @@ from migrate.pipeline.migration import create as create_stage
 from migrate.validation import validate
 from tests.cluster import api_client, node_agents, wait_for
 from tests.conftest import Result
-from tests.registries import RegistryUnderTest
+from tests.registries import RegistryUnderTest, push_app_image
 
 Cli = Callable[..., Result]
 SECRET = "s3cr3t-in-memory-4711"
@@ -58,7 +58,8 @@ def migrate(cli: Cli, cluster: Cluster, plain_registry: RegistryUnderTest) -> Ca
     return run
 
 
-def make_pod(v1: client.CoreV1Api, name: str, node: str = "node-a", **extra: Any) -> Any:
+def make_pod(v1: client.CoreV1Api, name: str, node: str = "node-a",
+             image: str = "quay.io/adrianreber/counter:latest", **extra: Any) -> Any:
     annotations = {
         "sim.migrate.dev/processes": json.dumps([{"argv": ["/bin/counter", "--port", "8088"],
                                                   "heap": SECRET}]),
@@ -66,7 +67,7 @@ def make_pod(v1: client.CoreV1Api, name: str, node: str = "node-a", **extra: Any
     }
     body = {"metadata": {"name": name, "labels": {"app": name}, "annotations": annotations},
             "spec": {"nodeName": node, "containers": [
-                {"name": "counter", "image": "quay.io/adrianreber/counter:latest",
+                {"name": "counter", "image": image,
                  "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
                 "volumes": [{"name": "data", "emptyDir": {}}], **extra}}
     v1.create_namespaced_pod("default", body)
@@ -108,7 +109,10 @@ def test_a_bare_pod_moves_with_its_memory_and_files(migrate: Callable[..., Resul
     restored = v1.read_namespaced_pod(report["destination_pod"], "default")
     assert (restored.spec.node_name, restored.status.phase) == ("node-b", "Running")
     digest = report["images"]["counter"]["digest"]
-    assert digest in restored.status.container_statuses[0].image_id
+    # Restored from the checkpoint image; CRI-O reports the workload's image as its own.
+    record = json.loads(restored.metadata.annotations["sim.migrate.dev/restored.counter"])
+    assert digest in record["imageID"]
+    assert restored.status.container_statuses[0].image == record["baseImage"]
     # The proof: checkpoint the restored pod; its memory holds the secret, its files the state.
     r = cli("checkpoint", report["destination_pod"], "--kubeconfig", cluster.kubeconfig, "-o", "json")
     assert r.code == 0, r.err
@@ -365,8 +369,9 @@ def test_every_container_of_a_pod_with_an_init_container(
     assert not restored.spec.init_containers  # they already ran
     statuses = {s.name: s for s in restored.status.container_statuses}
     for container in ("api", "sidecar"):
-        assert report["images"][container]["digest"] in statuses[container].image_id
-        assert f"sim.migrate.dev/restored.{container}" in restored.metadata.annotations
+        record = json.loads(restored.metadata.annotations[f"sim.migrate.dev/restored.{container}"])
+        assert report["images"][container]["digest"] in record["imageID"]
+        assert statuses[container].image == record["baseImage"]
 
 
 @pytest.mark.parametrize("fault", ["node NotReady", "restored pod gone"])
@@ -497,3 +502,117 @@ def test_cleanup_image_kept_does_not_fail_the_migration(
     assert [a["reason"] for a in report["actions"] if a["action"] == "images kept"] == [
         "checkpoint image X is still used by pod default/other: nothing was deleted"]
     assert manifest_status(plain_registry, report["images"]["counter"]["reference"]) == 200
+
+
+# -- the workload's image on a CRI-O destination (CRI-O restores onto it, pulls nothing) ----
+
+@pytest.fixture
+def workload_image(plain_registry: RegistryUnderTest, unique_repo: str) -> tuple[str, str]:
+    """An image of a registry the nodes pull from (none holds it yet): (tag, REPO@DIGEST)."""
+    digest = push_app_image(plain_registry, unique_repo)
+    repo = f"{plain_registry.host}/{unique_repo}"
+    return f"{repo}:v1", f"{repo}@{digest}"
+
+
+def prepull_pods(v1: client.CoreV1Api) -> list[str]:
+    return [n for n in pods(v1) if "-prepull-" in n]
+
+
+def test_a_destination_without_the_workload_image_pulls_it_before_the_restore(
+        migrate: Callable[..., Result], v1: client.CoreV1Api,
+        workload_image: tuple[str, str]) -> None:
+    tag, by_digest = workload_image
+    source = make_pod(v1, "fresh", image=tag)
+    assert source.status.container_statuses[0].image_id == by_digest
+    r = migrate("fresh", "--to", "node-b", "-o", "json")
+    assert r.code == 0, r.err
+    report = r.json()
+    validate(report, "pod.schema.json", "pod -o json")
+    assert list(report["base_images"]) == [by_digest] and report["base_images"][by_digest] > 0
+    [pulled] = [a for a in report["actions"] if a["action"] == "base image pulled"]
+    assert (pulled["node"], pulled["image"]) == ("node-b", by_digest)
+    # Pulled before the restored pod existed; the pre-pull pod is gone.
+    actions = [a["action"] for a in report["actions"]]
+    assert actions.index("base image pulled") < actions.index("created Pod", actions.index(
+        "base image pulled"))
+    assert prepull_pods(v1) == []
+    restored = v1.read_namespaced_pod(report["destination_pod"], "default")
+    assert restored.status.container_statuses[0].image == tag  # CRI-O reports the base
+
+
+def test_without_the_pull_the_restore_fails_as_cri_o_fails_it(
+        migrate: Callable[..., Result], v1: client.CoreV1Api,
+        workload_image: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the pull prevents: CRI-O's `image not known`, rolled back, with the hint."""
+    monkeypatch.setattr(create_stage, "_base_images", lambda *_: ({}, {}))
+    uid = make_pod(v1, "bare", image=workload_image[0]).metadata.uid
+    r = migrate("bare", "--to", "node-b")
+    assert r.code != 0
+    assert "image not known" in r.err and "reading image" in r.err, r.err
+    assert "pull that image on the destination" in r.err
+    assert_untouched(v1, "bare", uid)
+
+
+def test_an_image_the_destination_cannot_pull_fails_before_the_restored_pod(
+        migrate: Callable[..., Result], v1: client.CoreV1Api, plain_registry: RegistryUnderTest,
+        workload_image: tuple[str, str]) -> None:
+    tag, by_digest = workload_image
+    uid = make_pod(v1, "gone", image=tag).metadata.uid
+    repo, digest = by_digest.split("/", 1)[1].split("@")
+    deleted = plain_registry.http().request("DELETE",
+                                            f"{plain_registry.url}/v2/{repo}/manifests/{digest}")
+    assert deleted.status == 202, deleted.data
+    r = migrate("gone", "--to", "node-b", "-o", "json")
+    assert r.code != 0
+    report = r.json()
+    assert report["outcome"] == "rolled-back"
+    assert [s["status"] for s in report["stages"]][3] == "failed"
+    assert f"node-b cannot pull {by_digest}" in r.err, r.err
+    assert "hint: " in r.err
+    actions = [a["action"] for a in report["actions"]]
+    assert actions.count("created Pod") == 1  # the pre-pull pod only, then deleted
+    assert prepull_pods(v1) == []
+    assert_untouched(v1, "gone", uid)
+
+
+def test_a_destination_listing_the_image_is_not_asked_to_pull_it(
+        migrate: Callable[..., Result], cluster: Cluster, v1: client.CoreV1Api,
+        workload_image: tuple[str, str]) -> None:
+    tag, by_digest = workload_image
+    make_pod(v1, "known", image=tag)
+    # node-b got it some other way (the node agent's store, as its Node reports it).
+    make_pod(v1, "other", node="node-b", image=tag)
+    images = v1.read_node("node-b").status.images or []
+    v1.patch_node_status("node-b", {"status": {"images": [
+        *({"names": i.names, "sizeBytes": i.size_bytes} for i in images),
+        {"names": [by_digest, tag], "sizeBytes": 1024}]}})
+    r = migrate("known", "--to", "node-b", "-o", "json")
+    assert r.code == 0, r.err
+    report = r.json()
+    assert "base_images" not in report
+    assert [(a["node"], a["image"]) for a in report["actions"]
+            if a["action"] == "base image present"] == [("node-b", by_digest)]
+    assert [a for a in report["actions"] if a["action"] == "created Pod"] == [
+        a for a in report["actions"] if a["action"] == "created Pod"
+        and a["name"] == report["destination_pod"]]
+
+
+def test_a_run_interrupted_while_pulling_resumes_without_leaving_the_pre_pull_pod(
+        migrate: Callable[..., Result], cli: Cli, cluster: Cluster, v1: client.CoreV1Api,
+        workload_image: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from migrate.pipeline import prepull
+
+    def interrupted(*_: Any, **__: Any) -> None:
+        raise KeyboardInterrupt
+    make_pod(v1, "halfway", image=workload_image[0])
+    with monkeypatch.context() as m:
+        m.setattr(prepull, "wait", interrupted)
+        r = migrate("halfway", "--to", "node-b")
+    assert r.code == 130
+    assert len(prepull_pods(v1)) == 1
+    journal_id = re.search(r"migration (pod-\S+) interrupted", r.err)[1]  # type: ignore[index]
+    r = cli("resume", journal_id, "--kubeconfig", cluster.kubeconfig, "-o", "json")
+    assert r.code == 0, r.err
+    assert r.json()["outcome"] == "succeeded" and list(r.json()["base_images"]) == [
+        workload_image[1]]
+    assert prepull_pods(v1) == []

@@ -215,26 +215,57 @@ def _migrate(cli: Cli, cp: ControlPlane, registry: RegistryUnderTest, pod: str,
                "--no-tls-verify", "--kubeconfig", cp.admin_kubeconfig, "-o", "json")
 
 
-def test_migrate_pod_to_a_node_without_the_base_image_rolls_back(
+def _moves_counting(cli: Cli, cp: ControlPlane, registry: RegistryUnderTest, name: str,
+                    to: str) -> dict[str, Any]:
+    """Migrate the counter ``name`` to ``to``; it counts on there from where it was. The
+    report."""
+    wait_for(lambda: len(_counts(cp, name)) >= 2, DEADLINE, f"{name} counting")
+    before = _counts(cp, name)[-1]
+    started = dt.datetime.now(dt.UTC)
+    r = _migrate(cli, cp, registry, name, to)
+    assert r.code == 0, r.err
+    report: dict[str, Any] = r.json()
+    moved = report["destination_pod"]
+    try:
+        status, pod = cp.api("GET", f"/api/v1/namespaces/default/pods/{moved}")
+        assert status == 200 and pod["spec"]["nodeName"] == to
+        assert cp.api("GET", f"/api/v1/namespaces/default/pods/{name}")[0] == 404
+        log = wait_for(lambda: _log_after(cp, moved, started, 2), DEADLINE,
+                       f"{moved} counting on {to}")
+        after = counts("\n".join(line for t, line in log if t > started))
+        assert before < after[0], (before, after)
+        whole = counts("\n".join(line for _, line in log))
+        assert whole == list(range(1, len(whole) + 1)), whole
+    finally:
+        cp.api("DELETE", f"/api/v1/namespaces/default/pods/{moved}?gracePeriodSeconds=0")
+    return report
+
+
+def test_migrate_pod_pulls_the_base_image_on_a_node_without_it(
         cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
         plain_registry: RegistryUnderTest, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     # CRI-O v1.36.3 restores onto the image config.dump names by its storage ID
-    # (rootfsImageRef) and pulls nothing (server/container_restore.go): an image
-    # of its own, never pulled on node-b, shows it.
+    # (rootfsImageRef) and pulls nothing (server/container_restore.go): on a node
+    # that never ran it the restore fails with `image not known`. An image of its
+    # own, never pulled on node-b: migrate pulls it there first, and the counter
+    # counts on.
     image = push_rootfs(plain_registry.host, "stretch/unpulled", "1",
                         counter_rootfs(tmp_path / "rootfs"),
                         {"Cmd": ["/bin/sh", "/counter.sh"], "Env": ["PATH=/bin", "UNPULLED=1"]})
     monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
     name = _start(real_cp, counter_pod("unpulled", image, secret=SECRET, node=node.name))
     try:
-        r = _migrate(cli, real_cp, plain_registry, name, node_b.name)
-        assert r.code != 0, r.out
-        assert "image not known" in r.err, r.err
-        assert "hint: CRI-O restores onto the image the container ran" in r.err, r.err
-        assert _running(real_cp, name)  # rolled back: the source runs on
+        report = _moves_counting(cli, real_cp, plain_registry, name, node_b.name)
     finally:
         real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")
+    [(pulled, seconds)] = report["base_images"].items()
+    assert pulled.startswith(image.rsplit(":", 1)[0] + "@sha256:") and seconds > 0
+    assert [a["node"] for a in report["actions"] if a["action"] == "base image pulled"] == \
+        [node_b.name]
+    status, left = real_cp.api("GET", "/api/v1/namespaces/default/pods")
+    assert status == 200 and not [p for p in left["items"]
+                                  if "-prepull-" in p["metadata"]["name"]]
 
 
 def test_migrate_pod_moves_the_counter_between_real_nodes(
@@ -242,28 +273,6 @@ def test_migrate_pod_moves_the_counter_between_real_nodes(
         plain_registry: RegistryUnderTest, source: dict[str, Any],
         monkeypatch: pytest.MonkeyPatch) -> None:
     image = source["spec"]["containers"][0]["image"]
-    # The base image on node-b first (see above): a pod of it, as an operator's
-    # pre-pull DaemonSet would.
-    prepull = counter_pod("prepull", image, secret="", node=node_b.name)
-    _start(real_cp, prepull)
-    real_cp.api("DELETE", "/api/v1/namespaces/default/pods/prepull?gracePeriodSeconds=0")
     monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
     name = _start(real_cp, counter_pod("movers", image, secret=SECRET, node=node.name))
-    wait_for(lambda: len(_counts(real_cp, name)) >= 2, DEADLINE, f"{name} counting")
-    before = _counts(real_cp, name)[-1]
-    started = dt.datetime.now(dt.UTC)
-    r = _migrate(cli, real_cp, plain_registry, name, node_b.name)
-    assert r.code == 0, r.err
-    moved = r.json()["destination_pod"]
-    try:
-        status, pod = real_cp.api("GET", f"/api/v1/namespaces/default/pods/{moved}")
-        assert status == 200 and pod["spec"]["nodeName"] == node_b.name
-        assert real_cp.api("GET", f"/api/v1/namespaces/default/pods/{name}")[0] == 404
-        log = wait_for(lambda: _log_after(real_cp, moved, started, 2), DEADLINE,
-                       f"{moved} counting on {node_b.name}")
-        after = counts("\n".join(line for t, line in log if t > started))
-        assert before < after[0], (before, after)
-        whole = counts("\n".join(line for _, line in log))
-        assert whole == list(range(1, len(whole) + 1)), whole
-    finally:
-        real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{moved}?gracePeriodSeconds=0")
+    _moves_counting(cli, real_cp, plain_registry, name, node_b.name)

@@ -52,3 +52,15 @@ def test_a_short_name_matches_its_canonical_form() -> None:
 def test_any_other_image_is_refused(rootfs: dict[str, str]) -> None:
     with pytest.raises(RestoreRefused, match="not the checkpoint"):
         _verify(_pod(WORKLOAD, WORKLOAD_ID), rootfs)
+
+
+def test_the_workload_image_as_pulled_by_digest_is_restored() -> None:
+    """migrate pulled it by the digest the source ran: CRI-O names it REPO@DIGEST (seen on
+    the real kubelet and CRI-O), not the rootfsImageName's tag."""
+    pod = _pod(WORKLOAD_ID, WORKLOAD_ID)
+    with pytest.raises(RestoreRefused, match="not the checkpoint"):
+        _verify(pod, {"counter": WORKLOAD})
+    verify = _Verifier({"counter": CHECKPOINT}, "node-real", None, {"counter": WORKLOAD},
+                       {"counter": WORKLOAD_ID})
+    restored = verify(pod)
+    assert restored is not None and restored.image_ids == {"counter": WORKLOAD_ID}

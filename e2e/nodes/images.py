@@ -250,6 +250,15 @@ class ImageIndex:
         with self._lock:
             return self._images.get(image)
 
+    def holding(self, name: str, ref: str) -> PulledImage | None:
+        """The image pulled as `name`, or whose ID or REPO@DIGEST is `ref` (what a
+        checkpoint's config.dump names: rootfsImageName, rootfsImageRef), else None."""
+        ids = {ref, f"sha256:{ref}"}
+        with self._lock:
+            return next((i for i in self._images.values()
+                         if i.image in (name, ref) or i.repo_digest in (name, ref)
+                         or i.image_id in ids), None)
+
     def put(self, pulled: PulledImage) -> None:
         """Record a completed pull."""
         with self._lock:

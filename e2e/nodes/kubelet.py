@@ -187,9 +187,9 @@ def _waiting_status(container: dict[str, Any], waiting: Waiting) -> dict[str, An
 
 
 def _container_status(container: dict[str, Any], uid: str, started: str, runtime: str,
-                      *, completed: bool = False, image_id: str | None = None
-                      ) -> dict[str, Any]:
-    image = str(container.get("image", ""))
+                      *, completed: bool = False, image_id: str | None = None,
+                      image: str | None = None) -> dict[str, Any]:
+    image = image or str(container.get("image", ""))
     name = str(container.get("name", ""))
     state: dict[str, Any] = {"running": {"startedAt": started}}
     if completed:
@@ -470,7 +470,7 @@ def _status_of(container: dict[str, Any], outcome: PodOutcome, uid: str,
     state = outcome.containers.get(str(container.get("name", "")), Waiting("ContainerCreating"))
     if isinstance(state, Started):
         return _container_status(container, uid, state.started_at, runtime,
-                                 image_id=state.image_id)
+                                 image_id=state.image_id, image=state.image)
     return _waiting_status(container, state)
 
 

@@ -50,11 +50,14 @@ _NORMAL, _WARNING = "Normal", "Warning"
 @dataclass
 class Started:
     """A running container: its imageID (None: the kubelet's own for pre-loaded
-    images), when it started, and pod annotations it brings (a restore's)."""
+    images), when it started, pod annotations it brings (a restore's), and the image
+    it reports when not its spec's (a CRI-O restore reports the checkpointed
+    container's image)."""
 
     image_id: str | None
     started_at: str
     annotations: dict[str, str] = field(default_factory=dict)
+    image: str | None = None
 
 
 @dataclass
@@ -223,11 +226,17 @@ class PodStarter:
         if path == "crio":
             with LayerRoot(image) as root:
                 checkpoint = prepare_restore(image, root, pod, c)
+                base_name, base = self._restore_base(checkpoint)
                 self._event(pod, c, _NORMAL, "Created", f"Created container {name}")
                 if real is not None:
-                    self._restore_real(real, pod, c, image, checkpoint)
+                    self._restore_real(real, pod, c, image, checkpoint, base)
                 else:
                     annotations = bring_back(image, root, checkpoint, pod, c).annotations
+            self._event(pod, c, _NORMAL, "Started", f"Started container {name}")
+            # CRI-O reports the image the container was created on: the base image.
+            ref = str(checkpoint.config.get("rootfsImageRef") or "")
+            return Started(base.repo_digest if base is not None else (ref or None),
+                           rfc3339(now()), annotations, image=base_name)
         elif path != "plain":  # containerd's restore in CreateContainer
             with LayerRoot(image) as root:
                 checkpoint = check_containerd(image, root, config)
@@ -253,11 +262,32 @@ class PodStarter:
         return Started(image.repo_digest if image.ref.reachable else None, rfc3339(now()),
                        annotations)
 
-    def _restore_real(self, real: RealRuntime, pod: Obj, c: dict[str, Any],
-                      image: PulledImage, checkpoint: Checkpoint) -> None:
-        """CRI-O's restore for real: the base image pulled, then `runc restore`."""
+    def _restore_base(self, checkpoint: Checkpoint) -> tuple[str, PulledImage | None]:
+        """The image a CRI-O restore creates the container on: config.dump's
+        rootfsImageName, looked up by rootfsImageRef, never pulled
+        (server/container_restore.go, v1.36.3). Not in the node's store: CreateError
+        with the words of containers/image's storage reference (storage_reference.go),
+        which CRI-O passes on. None: an image of a registry the nodes never contact,
+        present on every node."""
         name = str(checkpoint.config.get("rootfsImageName") or "")
-        base = self._base_image(name)
+        ref = str(checkpoint.config.get("rootfsImageRef") or "")
+        try:
+            reachable = parse_image(name).reachable
+        except ValueError:
+            reachable = True
+        if not reachable:
+            return name, None
+        found = self.image_manager.images.holding(name, ref)
+        if found is None:
+            raise CreateError("CreateContainerError", f'reading image '
+                              f'"{ref.rpartition("sha256:")[2] or name}": image not known')
+        return name, found
+
+    def _restore_real(self, real: RealRuntime, pod: Obj, c: dict[str, Any],
+                      image: PulledImage, checkpoint: Checkpoint,
+                      base: PulledImage | None) -> None:
+        """CRI-O's restore for real: `runc restore` on the base image's layers."""
+        name = str(checkpoint.config.get("rootfsImageName") or "")
         if base is None:
             raise CreateError("CreateContainerError", f"real containers need the layers of "
                               f"{name}: it is not from a registry on 127.0.0.1")

@@ -31,7 +31,11 @@ container's volumeMounts, /etc/hosts, its terminationMessagePath and the
 service-account token directory. Otherwise: `restoring "<image ID>" expects
 following bind mounts defined (<paths>)`, the image ID being what the kubelet
 passes as the image (the config digest's hex). CRI-O does not compare the
-checkpointed container's name with the new container's. Then StartContainer
+checkpointed container's name with the new container's. It then creates the
+container on config.dump's image (rootfsImageRef, by ID) and pulls nothing: a
+node without it fails with `reading image "<ID>": image not known`
+(podstart.py), and the restored container reports that image, not the
+checkpoint's, as its image and imageID. Then StartContainer
 runs CRIU: the simulated node reads the processes, memory and root-fs changes
 back from the archive (restored.py turns them into the pod's annotations).
 """

@@ -138,6 +138,26 @@ def _hint(message: str) -> str:
     return "kubectl describe pod shows the kubelet's events"
 
 
+def base_pull_refused(node: str, image: str, message: str) -> PullRefused:
+    """The error when the destination cannot pull the workload's own image (the one a
+    CRI-O restore needs there): the cause's hint when it is known, else where to look."""
+    registry = image.split("/", 1)[0]
+    for pattern, what, todo in _PULL_CAUSES:
+        if pattern.search(message):
+            error = PullRefused(f"{node} cannot pull {image}, the image the restore runs on: "
+                                f"{what}: {message}",
+                                hint=todo.format(registry=registry, node=node))
+            break
+    else:
+        error = PullRefused(f"{node} cannot pull {image}, the image the restore runs on: "
+                            f"{message}",
+                            hint=f"the pod's imagePullSecrets must reach {registry}, and the "
+                            f"nodes' /etc/containers/registries.conf must let {node} pull "
+                            "from it (mirrors, insecure registries)")
+    error.runtime_message = f"ErrImagePull: {message}"
+    return error
+
+
 def pull_refused(container: str, node: str, image: str, message: str) -> PullRefused | None:
     """The error for a pull failure no retry fixes, or None (a transient one: wait)."""
     registry = image.split("/", 1)[0]

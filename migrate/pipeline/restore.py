@@ -67,9 +67,10 @@ class _Verifier:
     """The watch predicate: None to keep waiting, a `Restored`, or an error raised."""
 
     def __init__(self, digests: dict[str, str], node: str, runtime: Runtime | None,
-                 rootfs: dict[str, str]) -> None:
+                 rootfs: dict[str, str], ran: dict[str, str] | None = None) -> None:
         self.digests = digests
         self.rootfs = rootfs
+        self.ran = ran or {}
         self.node = node
         self.runtime = runtime
         self.last_reason = ""
@@ -118,8 +119,10 @@ class _Verifier:
     def _runs_own_image(self, container: str, status: Obj) -> bool:
         """Whether the container reports the checkpointed container's image (CRI-O's
         restore); a plain start of the checkpoint image would report the checkpoint."""
-        own = self.rootfs.get(container, "")
-        return bool(own) and _same_image(str(status.get("image", "")), own)
+        reported = str(status.get("image", ""))
+        # Pulled by digest (the create stage's pre-pull), CRI-O names it REPO@DIGEST.
+        return any(own and _same_image(reported, own)
+                   for own in (self.rootfs.get(container, ""), self.ran.get(container, "")))
 
 
 def _same_image(a: str, b: str) -> bool:
@@ -185,16 +188,19 @@ def wait_restored(cluster: kube.Cluster, namespace: str, name: str, node: str,
                   digests: dict[str, str], timeout: float, *,
                   since: str | None = None, runtime: Runtime | None = None,
                   uid: str | None = None, report: KubeletReport | None = None,
-                  rootfs: dict[str, str] | None = None) -> Restored:
+                  rootfs: dict[str, str] | None = None,
+                  ran: dict[str, str] | None = None) -> Restored:
     """Watch the destination pod until it is verified, refused, or the time is up.
 
     ``since``: the resourceVersion its create answered (see `kube.watch_pod`);
     ``runtime``: the destination's, for the hint when it does not restore;
     ``report``: told the pod's Events meanwhile (``uid``: the pod's);
     ``rootfs``: container -> the image the checkpointed container ran (the checkpoint's
-    rootfsImageName), which a CRI-O restore reports instead of the checkpoint's digest.
+    rootfsImageName), which a CRI-O restore reports instead of the checkpoint's digest;
+    ``ran``: container -> the image the source container ran as the destination pulled
+    it (REPO@DIGEST), which CRI-O reports when it has no other name for it.
     """
-    verify = _Verifier(digests, node, runtime, rootfs or {})
+    verify = _Verifier(digests, node, runtime, rootfs or {}, ran)
     events = (kube.watch_events(cluster, namespace, uid, report.event, report.idle)
               if report is not None and uid else None)
     try:

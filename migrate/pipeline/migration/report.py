@@ -51,6 +51,8 @@ def report(journal: Journal, results: dict[str, StageResult],
                                    if stopped and ready else None),
         "actions": journal.actions,
     }
+    if isinstance(created, CreateResult) and created.base_images:
+        out["base_images"] = dict(created.base_images)
     if api_requests is not None:
         out["api_requests"] = api_requests
     return out

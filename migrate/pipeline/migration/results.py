@@ -9,7 +9,7 @@ stages read earlier results through `Run` (run.py), never through string keys.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from migrate.pipeline.journal import DONE, Journal
@@ -109,18 +109,28 @@ class CreateResult:
     resource_version: str | None
     # The owner's selector label kept off the restored pod until the hand-over.
     held_label: tuple[str, str] | None
+    # The images the source ran, pulled on a CRI-O destination first (it restores onto
+    # them and pulls nothing): image -> seconds. Empty: none needed, or older journals.
+    base_images: Mapping[str, float] = field(default_factory=dict)
+    # Container -> the image the source container ran (REPO@sha256:... when known) on a
+    # CRI-O destination: pulled by it, a restored container may report that name.
+    workload_images: Mapping[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
         return {"pod": self.pod, "uid": self.uid, "resource_version": self.resource_version,
-                "held_label": list(self.held_label) if self.held_label else None}
+                "held_label": list(self.held_label) if self.held_label else None,
+                "base_images": dict(self.base_images),
+                "workload_images": dict(self.workload_images)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CreateResult:
         """Inverse of `to_dict`."""
         held = d["held_label"]
         return cls(str(d["pod"]), str(d["uid"]), d["resource_version"],
-                   (str(held[0]), str(held[1])) if held else None)
+                   (str(held[0]), str(held[1])) if held else None,
+                   {str(i): float(s) for i, s in (d.get("base_images") or {}).items()},
+                   {str(c): str(i) for c, i in (d.get("workload_images") or {}).items()})
 
 
 @dataclass(frozen=True)
