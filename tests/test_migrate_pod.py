@@ -531,8 +531,10 @@ def test_a_destination_without_the_workload_image_pulls_it_before_the_restore(
     assert list(report["base_images"]) == [by_digest] and report["base_images"][by_digest] > 0
     [pulled] = [a for a in report["actions"] if a["action"] == "base image pulled"]
     assert (pulled["node"], pulled["image"]) == ("node-b", by_digest)
-    # Pulled before the restored pod existed; the pre-pull pod is gone.
+    # Pulled before the checkpoint (the state window pays nothing for it), so before the
+    # restored pod existed; the pre-pull pod is gone.
     actions = [a["action"] for a in report["actions"]]
+    assert actions.index("base image pulled") < actions.index("checkpointed")
     assert actions.index("base image pulled") < actions.index("created Pod", actions.index(
         "base image pulled"))
     assert prepull_pods(v1) == []
@@ -544,7 +546,9 @@ def test_without_the_pull_the_restore_fails_as_cri_o_fails_it(
         migrate: Callable[..., Result], v1: client.CoreV1Api,
         workload_image: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     """What the pull prevents: CRI-O's `image not known`, rolled back, with the hint."""
-    monkeypatch.setattr(create_stage, "_base_images", lambda *_: ({}, {}))
+    from migrate.pipeline.migration import base
+
+    monkeypatch.setattr(base, "pull_base_images", lambda run: None)
     uid = make_pod(v1, "bare", image=workload_image[0]).metadata.uid
     r = migrate("bare", "--to", "node-b")
     assert r.code != 0
@@ -566,7 +570,9 @@ def test_an_image_the_destination_cannot_pull_fails_before_the_restored_pod(
     assert r.code != 0
     report = r.json()
     assert report["outcome"] == "rolled-back"
-    assert [s["status"] for s in report["stages"]][3] == "failed"
+    # Before any checkpoint: the pull comes first in the checkpoint stage.
+    assert [s["status"] for s in report["stages"]][1] == "failed"
+    assert not [a for a in report["actions"] if a["action"] == "checkpointed"]
     assert f"node-b cannot pull {by_digest}" in r.err, r.err
     assert "hint: " in r.err
     actions = [a["action"] for a in report["actions"]]

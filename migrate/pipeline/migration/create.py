@@ -1,17 +1,16 @@
 """Create stage: the restored pod, rendered from the source's and the images, on the
-destination node; the temporary pull Secret it may need; before it, on a CRI-O
-destination, the images the source ran (pipeline/prepull.py)."""
+destination node, with the pull Secrets it needs (base.py). On a CRI-O destination the
+images the source ran are there already: the checkpoint stage pulled them (base.py)."""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 
 from migrate.adapters import kube
-from migrate.adapters.registry.reference import parse_reference
 from migrate.errors import ClusterError
-from migrate.pipeline import claims, nodebuild, nodes, prepull, restore, switchover
+from migrate.pipeline import claims, restore, switchover
 from migrate.pipeline.manifest import PodSource, RestoreOptions, render_restore_pod
+from migrate.pipeline.migration import base
 from migrate.pipeline.migration.results import CreateResult
 from migrate.pipeline.migration.run import Obj, Run, source
 
@@ -24,8 +23,9 @@ def create(run: Run) -> CreateResult:
         raise ClusterError(f"the source pod {plan.namespace}/{plan.pod} is gone",
                            hint="nothing left to migrate")
     manifest, held = _render(run, source_pod)
-    secrets = _pull_secrets(run)
-    ran, pulled = _base_images(run, source_pod, secrets)
+    secrets = base.pull_secrets(run)
+    ran = base.images_ran(run, source_pod)
+    pulled = base.pulled(run)
     pulls = manifest["spec"].setdefault("imagePullSecrets", [])
     for secret in secrets:
         if {"name": secret} not in pulls:
@@ -38,61 +38,6 @@ def create(run: Run) -> CreateResult:
     run.progress("create", f"pod {plan.namespace}/{meta['name']} on {plan.destination}")
     return CreateResult(meta["name"], meta.get("uid", ""), meta.get("resourceVersion"), held,
                         pulled, ran)
-
-
-def _base_images(run: Run, source_pod: Obj, secrets: list[str]
-                 ) -> tuple[dict[str, str], dict[str, float]]:
-    """On a CRI-O destination, the images the source's containers ran, pulled there
-    first unless its Node lists them (CRI-O restores onto them and pulls nothing: see
-    prepull.py). Container -> the image it ran; image -> seconds its pull took."""
-    plan = run.plan
-    _forget_prepulls(run)
-    if nodes.parse_runtime(plan.destination_runtime).name != "cri-o":
-        return {}, {}
-    node = kube.read_node(run.cluster, plan.destination)
-    wanted = prepull.images_ran(source_pod, plan.containers)
-    pulled: dict[str, float] = {}
-    for container, image in wanted.items():
-        if image in pulled:
-            continue
-        if prepull.listed(node, image):
-            run.journal.record("base image present", node=plan.destination, image=image)
-            continue
-        pulled[image] = _pull(run, source_pod, container, image, secrets)
-    return wanted, pulled
-
-
-def _forget_prepulls(run: Run) -> None:
-    """A resumed run's pre-pull pods (an interruption left them): deleted, not left to
-    rollback, which a run that succeeds never does."""
-    for obj in [o for o in run.journal.objects if o["kind"] == "Pod"
-                and prepull.is_prepull(run.plan.pod, o["name"])]:
-        kube.delete_pod(run.cluster, obj["namespace"], obj["name"], uid=obj["uid"] or None,
-                        grace_seconds=0)
-        run.journal.objects.remove(obj)
-        run.journal.record("deleted Pod", namespace=obj["namespace"], name=obj["name"])
-
-
-def _pull(run: Run, source_pod: Obj, container: str, image: str, secrets: list[str]) -> float:
-    plan = run.plan
-    run.progress("create", f"pulling {image} on {plan.destination} (the restore runs on it)")
-    began = time.monotonic()
-    manifest = prepull.pod_manifest(source_pod, container, image, plan.destination,
-                                    run.journal.id, secrets)
-    created = prepull.start(run.cluster, manifest)
-    meta = created["metadata"]
-    record = {"kind": "Pod", "namespace": plan.namespace, "name": meta["name"],
-              "uid": meta.get("uid", "")}
-    run.journal.created_object("Pod", plan.namespace, meta["name"], meta.get("uid", ""))
-    prepull.wait(run.cluster, created, plan.destination, image, run.req.timeout)
-    seconds = round(time.monotonic() - began, 3)
-    kube.delete_pod(run.cluster, plan.namespace, meta["name"], uid=meta.get("uid") or None,
-                    grace_seconds=0)
-    run.journal.objects.remove(record)
-    run.journal.record("base image pulled", node=plan.destination, image=image,
-                       seconds=seconds, pod=meta["name"])
-    run.progress("create", f"{image} is on {plan.destination} ({seconds:.3f} s)")
-    return seconds
 
 
 def _render(run: Run, source_pod: Obj) -> tuple[Obj, tuple[str, str] | None]:
@@ -118,32 +63,3 @@ def _render(run: Run, source_pod: Obj) -> tuple[Obj, tuple[str, str] | None]:
 
 def _rfc3339(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _pull_secrets(run: Run) -> list[str]:
-    """Secrets that let the destination pull the checkpoint images, besides the source's
-    own imagePullSecrets (which the restored pod keeps, for its other images).
-
-    The credentials this run pushed with: the Secret named by --registry-secret, the
-    one made for a build Job, or else a temporary dockerconfigjson Secret made from
-    them now (recorded, and removed at cleanup or rollback). None when the run
-    pushed anonymously.
-    """
-    req, plan = run.req, run.plan
-    if req.registry_secret:
-        return [req.registry_secret]
-    made = [o["name"] for o in run.journal.objects if o["kind"] == "Secret"]
-    if made:
-        return made
-    names, seen = [], set()
-    for image in plan.images.values():
-        registry = parse_reference(image).registry
-        body = nodebuild.registry_secret(run.settings, plan.namespace, image, run.journal.id)
-        if body is None or registry in seen:
-            continue
-        seen.add(registry)
-        secret = kube.create_secret(run.cluster, plan.namespace, body)["metadata"]
-        run.journal.created_object("Secret", plan.namespace, secret["name"],
-                                   secret.get("uid", ""))
-        names.append(secret["name"])
-    return names

@@ -1,0 +1,124 @@
+"""What the destination needs before the restored pod can run there: the Secrets to pull
+the checkpoint images with, and on a CRI-O destination the images the source ran.
+
+CRI-O creates a restored container on the image the checkpointed container ran
+(config.dump's rootfsImageRef, by storage ID) and pulls nothing for it
+(server/container_restore.go, v1.36.3): a destination without it fails the restore
+with `image not known`. So the checkpoint stage pulls those images there first,
+through a short-lived pre-pull pod (pipeline/prepull.py), before any checkpoint is
+taken: a pull can take minutes, and what the source does after its checkpoint is lost.
+The create stage reads what was pulled from the journal's actions.
+"""
+
+from __future__ import annotations
+
+import time
+
+from migrate.adapters import kube
+from migrate.adapters.registry.reference import parse_reference
+from migrate.errors import ClusterError
+from migrate.pipeline import nodebuild, nodes, prepull
+from migrate.pipeline.migration.run import Obj, Run, source
+
+PULLED = "base image pulled"  # the journal action; its image and seconds
+
+
+def on_cri_o(run: Run) -> bool:
+    """Whether the destination runs CRI-O (whose restore pulls nothing)."""
+    return nodes.parse_runtime(run.plan.destination_runtime).name == "cri-o"
+
+
+def images_ran(run: Run, source_pod: Obj) -> dict[str, str]:
+    """On a CRI-O destination, container -> the image the source's container ran."""
+    return prepull.images_ran(source_pod, run.plan.containers) if on_cri_o(run) else {}
+
+
+def pulled(run: Run) -> dict[str, float]:
+    """Image -> seconds its pull on the destination took, as the journal recorded them."""
+    return {str(a["image"]): float(a["seconds"]) for a in run.journal.actions
+            if a["action"] == PULLED}
+
+
+def pull_base_images(run: Run) -> None:
+    """On a CRI-O destination, pull the images the source's containers ran there, unless
+    its Node lists them; each pull is journaled (`PULLED`)."""
+    plan = run.plan
+    _forget_prepulls(run)
+    if not on_cri_o(run):
+        return
+    source_pod = source(run)
+    if source_pod is None or source_pod["metadata"].get("uid") != plan.uid:
+        raise ClusterError(f"the source pod {plan.namespace}/{plan.pod} is gone",
+                           hint="nothing left to migrate")
+    node = kube.read_node(run.cluster, plan.destination)
+    done: set[str] = set()
+    for container, image in images_ran(run, source_pod).items():
+        if image in done:
+            continue
+        done.add(image)
+        if prepull.listed(node, image):
+            run.journal.record("base image present", node=plan.destination, image=image)
+            continue
+        _pull(run, source_pod, container, image, pull_secrets(run))
+
+
+def _forget_prepulls(run: Run) -> None:
+    """A resumed run's pre-pull pods (an interruption left them): deleted, not left to
+    rollback, which a run that succeeds never does."""
+    for obj in [o for o in run.journal.objects if o["kind"] == "Pod"
+                and prepull.is_prepull(run.plan.pod, o["name"])]:
+        kube.delete_pod(run.cluster, obj["namespace"], obj["name"], uid=obj["uid"] or None,
+                        grace_seconds=0)
+        run.journal.objects.remove(obj)
+        run.journal.record("deleted Pod", namespace=obj["namespace"], name=obj["name"])
+
+
+def _pull(run: Run, source_pod: Obj, container: str, image: str, secrets: list[str]) -> None:
+    plan = run.plan
+    run.progress("checkpoint", f"first pulling {image} on {plan.destination} (the restore "
+                 "runs on it)")
+    began = time.monotonic()
+    manifest = prepull.pod_manifest(source_pod, container, image, plan.destination,
+                                    run.journal.id, secrets)
+    created = prepull.start(run.cluster, manifest)
+    meta = created["metadata"]
+    record = {"kind": "Pod", "namespace": plan.namespace, "name": meta["name"],
+              "uid": meta.get("uid", "")}
+    run.journal.created_object("Pod", plan.namespace, meta["name"], meta.get("uid", ""))
+    prepull.wait(run.cluster, created, plan.destination, image, run.req.timeout)
+    seconds = round(time.monotonic() - began, 3)
+    kube.delete_pod(run.cluster, plan.namespace, meta["name"], uid=meta.get("uid") or None,
+                    grace_seconds=0)
+    run.journal.objects.remove(record)
+    run.journal.record(PULLED, node=plan.destination, image=image, seconds=seconds,
+                       pod=meta["name"])
+    run.progress("checkpoint", f"{image} is on {plan.destination} ({seconds:.3f} s)")
+
+
+def pull_secrets(run: Run) -> list[str]:
+    """Secrets that let the destination pull the checkpoint images, besides the source's
+    own imagePullSecrets (which the restored pod keeps, for its other images).
+
+    The credentials this run pushed with: the Secret named by --registry-secret, the
+    one made for a build Job, or else a temporary dockerconfigjson Secret made from
+    them now (recorded, and removed at cleanup or rollback). None when the run
+    pushed anonymously.
+    """
+    req, plan = run.req, run.plan
+    if req.registry_secret:
+        return [req.registry_secret]
+    made = [o["name"] for o in run.journal.objects if o["kind"] == "Secret"]
+    if made:
+        return made
+    names, seen = [], set()
+    for image in plan.images.values():
+        registry = parse_reference(image).registry
+        body = nodebuild.registry_secret(run.settings, plan.namespace, image, run.journal.id)
+        if body is None or registry in seen:
+            continue
+        seen.add(registry)
+        secret = kube.create_secret(run.cluster, plan.namespace, body)["metadata"]
+        run.journal.created_object("Secret", plan.namespace, secret["name"],
+                                   secret.get("uid", ""))
+        names.append(secret["name"])
+    return names
