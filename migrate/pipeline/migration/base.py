@@ -59,7 +59,10 @@ def pull_base_images(run: Run) -> None:
         if prepull.listed(node, image):
             run.journal.record("base image present", node=plan.destination, image=image)
             continue
-        _pull(run, source_pod, container, image, pull_secrets(run))
+        # The source's own imagePullSecrets pulled this image on its node (the pre-pull
+        # pod keeps them); besides them only Secrets that exist already: one made here
+        # now would be a second one beside the build Job's.
+        _pull(run, source_pod, container, image, _existing_secrets(run))
 
 
 def _forget_prepulls(run: Run) -> None:
@@ -95,6 +98,13 @@ def _pull(run: Run, source_pod: Obj, container: str, image: str, secrets: list[s
     run.progress("checkpoint", f"{image} is on {plan.destination} ({seconds:.3f} s)")
 
 
+def _existing_secrets(run: Run) -> list[str]:
+    """--registry-secret, or the Secrets this run made so far (none: an empty list)."""
+    if run.req.registry_secret:
+        return [run.req.registry_secret]
+    return [o["name"] for o in run.journal.objects if o["kind"] == "Secret"]
+
+
 def pull_secrets(run: Run) -> list[str]:
     """Secrets that let the destination pull the checkpoint images, besides the source's
     own imagePullSecrets (which the restored pod keeps, for its other images).
@@ -104,10 +114,8 @@ def pull_secrets(run: Run) -> list[str]:
     them now (recorded, and removed at cleanup or rollback). None when the run
     pushed anonymously.
     """
-    req, plan = run.req, run.plan
-    if req.registry_secret:
-        return [req.registry_secret]
-    made = [o["name"] for o in run.journal.objects if o["kind"] == "Secret"]
+    plan = run.plan
+    made = _existing_secrets(run)
     if made:
         return made
     names, seen = [], set()
