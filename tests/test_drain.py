@@ -300,14 +300,26 @@ def test_budgets_hold_evictions_and_migrations_until_they_allow(
     opener.join()
     assert r.code == 0, r.err
     pods = by_name(r.json())
-    assert {pods[n]["outcome"] for n in guarded} == {"migrated"}, [pods[n] for n in guarded]
-    assert {pods[n]["outcome"] for n in kept} == {"evicted"}, [pods[n] for n in kept]
+    # On failure: each pod's plan and outcome, and the nodes as the drain found them (once
+    # under a loaded full suite the guarded pods were planned for eviction: no destination).
+    why = [{k: pods[n].get(k) for k in ("action", "reason", "destination", "outcome", "error")}
+           for n in sorted(guarded | kept)], cluster_nodes(cluster)
+    assert {pods[n]["outcome"] for n in guarded} == {"migrated"}, why
+    assert {pods[n]["outcome"] for n in kept} == {"evicted"}, why
     assert all(pods[n]["budgets"] == ["guarded-pdb"] for n in guarded)
     assert all(pods[n]["budget_wait_seconds"] > 0 for n in guarded | kept)
     # The ReplicaSet replaces the evicted pods, elsewhere: node-a is cordoned.
     replaced = wait_for(lambda: len(pods := cluster.running("app=kept")) == 2 and pods,
                         what="kept's replacements")
     assert "node-a" not in {p.spec.node_name for p in replaced}
+
+
+def cluster_nodes(cluster: Cluster) -> list[tuple[str, bool, list[str], list[str]]]:
+    """Each node: schedulable, its taints, its conditions that are True."""
+    return [(n.metadata.name, not n.spec.unschedulable,
+             [t.key for t in n.spec.taints or []],
+             [c.type for c in n.status.conditions or [] if c.status == "True"])
+            for n in cluster.v1.list_node().items]
 
 
 def waiting_pods() -> set[str]:
