@@ -19,13 +19,15 @@ Warning FailedToRetrieveImagePullSecret on the pod.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from e2e.nodes.api import NodeApi, Obj
+from e2e.nodes.api import Gone, NodeApi, Obj
 from e2e.nodes.images import (
+    NODE_STATUS_MAX_IMAGES,
     Credential,
     ImageIndex,
     ImageRef,
@@ -38,6 +40,7 @@ from e2e.nodes.images import (
 from e2e.nodes.kubelet_events import EventRecorder
 from e2e.nodes.nodeconfig import NodeConfig
 from e2e.nodes.registry_pull import Puller, PullError
+from e2e.nodes.runtime_releases import PAUSE_IMAGE, PAUSE_IMAGE_SIZE
 
 __all__ = ["Backoff", "ImageManager", "Waiting"]
 
@@ -106,6 +109,7 @@ class ImageManager:
         if present is not None and policy != "Always":
             self._event(pod, c, _NORMAL, "Pulled",
                         f'Container image "{image}" already present on machine')
+            self.hold(present)  # a preloaded image, now used here: the Node lists it
             return present
         if policy == "Never":
             message = f'Container image "{image}" is not present with pull policy of Never'
@@ -141,11 +145,24 @@ class ImageManager:
             # Half way through the backoff the pod is synced again: ImagePullBackOff.
             return Waiting("ErrImagePull", message), failed + period / 2
         backoffs.pop(image, None)
-        self.images.put(pulled)
+        self.hold(pulled)
         took = _duration(time.monotonic() - began)
         self._event(pod, c, _NORMAL, "Pulled", f'Successfully pulled image "{image}" in {took} '
                     f"({took} including waiting). Image size: {pulled.size} bytes.")
         return pulled
+
+    def hold(self, image: PulledImage) -> None:
+        """Keep ``image`` on the node; a new one goes into the Node's status.images (a
+        kubelet reports them on its next status update; here at once)."""
+        if self.images.put(image):
+            listed = [{"names": [PAUSE_IMAGE], "sizeBytes": PAUSE_IMAGE_SIZE},
+                      *self.images.listed(NODE_STATUS_MAX_IMAGES - 1)]
+
+            def change(node: Obj) -> Obj:
+                node.setdefault("status", {})["images"] = listed
+                return node
+            with contextlib.suppress(Gone):  # the node went: nothing to report on
+                self.api.update_node(change)
 
     def _wait(self, seconds: float) -> None:
         if seconds > 0 and self.puller.stopped.wait(seconds):

@@ -238,6 +238,9 @@ def preloaded(image: str, ref: ImageRef) -> PulledImage:
                                      size, None)])
 
 
+NODE_STATUS_MAX_IMAGES = 50  # the kubelet's default nodeStatusMaxImages
+
+
 class ImageIndex:
     """The images a node holds, by the exact image string pods name (thread-safe)."""
 
@@ -259,10 +262,20 @@ class ImageIndex:
                          if i.image in (name, ref) or i.repo_digest in (name, ref)
                          or i.image_id in ids), None)
 
-    def put(self, pulled: PulledImage) -> None:
-        """Record a completed pull."""
+    def put(self, pulled: PulledImage) -> bool:
+        """Record an image now on the node; whether it is new here."""
         with self._lock:
+            new = pulled.image not in self._images
             self._images[pulled.image] = pulled
+            return new
+
+    def listed(self, most: int = NODE_STATUS_MAX_IMAGES) -> list[dict[str, Any]]:
+        """The Node's status.images, as a kubelet reports them: each image's names (its
+        REPO@DIGEST and the reference it was pulled by), largest first, at most ``most``
+        (the kubelet's nodeStatusMaxImages, 50 by default)."""
+        with self._lock:
+            held = sorted(self._images.values(), key=lambda i: i.size, reverse=True)
+        return [{"names": [i.repo_digest, i.image], "sizeBytes": i.size} for i in held[:most]]
 
 
 def dockerconfig_of(secret: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -311,5 +311,5 @@ class PodStarter:
             cause = str(e).split(": ", 2)[-1] if str(e).startswith("rpc error") else str(e)
             raise CreateError("CreateContainerError",
                               f"failed to pull checkpoint base image {image}: {cause}") from None
-        self.image_manager.images.put(pulled)
+        self.image_manager.hold(pulled)
         return pulled
