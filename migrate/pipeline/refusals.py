@@ -138,17 +138,24 @@ def _hint(message: str) -> str:
     return "kubectl describe pod shows the kubelet's events"
 
 
-def base_pull_refused(node: str, image: str, message: str) -> PullRefused:
-    """The error when the destination cannot pull the workload's own image (the one a
-    CRI-O restore needs there): the cause's hint when it is known, else where to look."""
+def _known_cause(message: str, image: str, node: str) -> tuple[str, str] | None:
+    """(what went wrong, the hint) when a pull's message matches a known cause."""
     registry = image.split("/", 1)[0]
     for pattern, what, todo in _PULL_CAUSES:
         if pattern.search(message):
-            error = PullRefused(f"{node} cannot pull {image}, the image the restore runs on: "
-                                f"{what}: {message}",
-                                hint=todo.format(registry=registry, node=node))
-            break
+            return what, todo.format(registry=registry, node=node)
+    return None
+
+
+def base_pull_refused(node: str, image: str, message: str) -> PullRefused:
+    """The error when the destination cannot pull the workload's own image (the one a
+    CRI-O restore needs there): the cause's hint when it is known, else where to look."""
+    cause = _known_cause(message, image, node)
+    if cause is not None:
+        error = PullRefused(f"{node} cannot pull {image}, the image the restore runs on: "
+                            f"{cause[0]}: {message}", hint=cause[1])
     else:
+        registry = image.split("/", 1)[0]
         error = PullRefused(f"{node} cannot pull {image}, the image the restore runs on: "
                             f"{message}",
                             hint=f"the pod's imagePullSecrets must reach {registry}, and the "
@@ -160,12 +167,10 @@ def base_pull_refused(node: str, image: str, message: str) -> PullRefused:
 
 def pull_refused(container: str, node: str, image: str, message: str) -> PullRefused | None:
     """The error for a pull failure no retry fixes, or None (a transient one: wait)."""
-    registry = image.split("/", 1)[0]
-    for pattern, what, todo in _PULL_CAUSES:
-        if pattern.search(message):
-            error = PullRefused(f"{node} cannot pull the checkpoint image of {container}: "
-                                f"{what}: {message}",
-                                hint=todo.format(registry=registry, node=node))
-            error.runtime_message = f"ErrImagePull: {message}"
-            return error
-    return None
+    cause = _known_cause(message, image, node)
+    if cause is None:
+        return None
+    error = PullRefused(f"{node} cannot pull the checkpoint image of {container}: "
+                        f"{cause[0]}: {message}", hint=cause[1])
+    error.runtime_message = f"ErrImagePull: {message}"
+    return error
