@@ -16,9 +16,8 @@ import time
 
 from migrate.adapters import kube
 from migrate.adapters.registry.reference import parse_reference
-from migrate.errors import ClusterError
 from migrate.pipeline import nodebuild, nodes, prepull
-from migrate.pipeline.migration.run import Obj, Run, source
+from migrate.pipeline.migration.run import Obj, Run, live_source
 
 PULLED = "base image pulled"  # the journal action; its image and seconds
 
@@ -46,10 +45,7 @@ def pull_base_images(run: Run) -> None:
     _forget_prepulls(run)
     if not on_cri_o(run):
         return
-    source_pod = source(run)
-    if source_pod is None or source_pod["metadata"].get("uid") != plan.uid:
-        raise ClusterError(f"the source pod {plan.namespace}/{plan.pod} is gone",
-                           hint="nothing left to migrate")
+    source_pod = live_source(run)
     node = kube.read_node(run.cluster, plan.destination)
     done: set[str] = set()
     for container, image in images_ran(run, source_pod).items():

@@ -7,21 +7,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from migrate.adapters import kube
-from migrate.errors import ClusterError
 from migrate.pipeline import claims, restore, switchover
 from migrate.pipeline.manifest import PodSource, RestoreOptions, render_restore_pod
 from migrate.pipeline.migration import base
 from migrate.pipeline.migration.results import CreateResult
-from migrate.pipeline.migration.run import Obj, Run, source
+from migrate.pipeline.migration.run import Obj, Run, live_source
 
 
 def create(run: Run) -> CreateResult:
     """Create the restored pod; the journal records it before anything else can fail."""
     plan = run.plan
-    source_pod = source(run)
-    if source_pod is None or source_pod["metadata"].get("uid") != plan.uid:
-        raise ClusterError(f"the source pod {plan.namespace}/{plan.pod} is gone",
-                           hint="nothing left to migrate")
+    source_pod = live_source(run)
     manifest, held = _render(run, source_pod)
     secrets = base.pull_secrets(run)
     ran = base.images_ran(run, source_pod)

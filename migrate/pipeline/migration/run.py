@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from migrate.adapters import kube
+from migrate.errors import ClusterError
 from migrate.pipeline import claims
 from migrate.pipeline.journal import Journal
 from migrate.pipeline.migration.results import (
@@ -71,6 +72,16 @@ def source(run: Run) -> Obj | None:
     plan = run.plan
     found = kube.list_pods(run.cluster, plan.namespace, field_selector=f"metadata.name={plan.pod}")
     return found[0] if found else None
+
+
+def live_source(run: Run) -> Obj:
+    """The source pod as it is now; ClusterError when it is gone (or another pod took
+    its name)."""
+    found = source(run)
+    if found is None or found["metadata"].get("uid") != run.plan.uid:
+        raise ClusterError(f"the source pod {run.plan.namespace}/{run.plan.pod} is gone",
+                           hint="nothing left to migrate")
+    return found
 
 
 def known(namespace: str, name: str, uid: str) -> Obj:
