@@ -49,8 +49,7 @@ def _images(run: Run) -> list[str]:
     images do not fail the run: the pod has moved; the journal and progress say why."""
     if not run.req.cleanup_image:
         return []
-    refs = [i.reference if "@" in i.reference else f"{i.reference}@{i.digest}"
-            for i in run.built.images.values()]
+    refs = [i.reference for i in run.built.images.values()]  # IMAGE@DIGEST, as built
     try:
         deleted = delete_images(run.cluster, run.settings, refs,
                                 restored=f"{run.plan.namespace}/{run.created.pod}")
