@@ -10,7 +10,7 @@
 - ``DrainCluster.check``: after a drain, every planned pod moved: the source
   node holds none of them, each restored pod runs on the node the drain chose,
   restored from its checkpoint image (the node agent's `restored.<container>`
-  annotation and an imageID from the bench's registry).
+  annotation, whose imageID is in the bench's registry).
 - ``DrainCluster.remove``: delete the namespace and wait until it is gone.
 - ``AuditWindow``: the requests the API server's audit log holds for one user
   between its creation and ``close()`` (the launcher's Options.audit_users).
@@ -182,11 +182,13 @@ class DrainCluster:
             if copy is None or not running(copy) or copy["spec"].get("nodeName") != where:
                 raise BenchError(f"{planned['name']}: its copy {planned.get('restored_pod')} "
                                  f"does not run on {where}")
-            status = copy["status"]["containerStatuses"][0]
+            # The agent's restore record, not the container's imageID: a CRI-O
+            # restore reports the workload's image there, as the real one does.
             restored = (copy["metadata"].get("annotations") or {}).get(RESTORED_ANNOTATION)
-            if not restored or registry not in str(status.get("imageID")):
+            image_id = json.loads(restored).get("imageID") if restored else None
+            if not image_id or registry not in str(image_id):
                 raise BenchError(f"{planned['name']}: {copy['metadata']['name']} was not "
-                                 f"restored from a checkpoint image: {status}")
+                                 f"restored from a checkpoint image: {restored}")
             spread[str(where)] += 1
         return spread
 
