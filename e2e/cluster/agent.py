@@ -12,7 +12,7 @@ address: checkpoint, containerLogs, pods, healthz.
 Where things run, and why:
 
 - The agent is threads of the process that starts it (a test session, the
-  demo), in the host's network namespace. From there it reaches the API server
+  drain benchmark), in the host's network namespace. From there it reaches the API server
   and the registries on 127.0.0.1 (a node pulls from them), and tests change
   its NodeConfig or hold its checkpoints with method calls.
 - Its kubelet API listens inside its node host's namespace (nodehost.py), on
