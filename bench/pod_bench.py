@@ -2,9 +2,10 @@
 of the same container by hand (the floor).
 
 What it runs, side by side in one run (pod_cluster.py): the real control plane
-with node agents node-a and node-b running real runc containers
-(e2e/nodes/realpods.py), a loopback registry (Debian's docker-registry), and a
-private Podman (e2e/real/podman.py, runc + the CRIU scripts/setup-real built).
+with two real nodes, node-a and node-b (the real kubelet and CRI-O each, with
+runc, conmon and CRIU 4.1.1: e2e/cluster/realnode.py), a loopback registry
+(Debian's docker-registry), and a private Podman (e2e/real/podman.py, runc + the
+CRIU scripts/setup-real built).
 The workload is the counters container (e2e/real/counter.py: busybox-static,
 a shell counting), small, and again with ``--mib`` MiB (default 256) of
 touched memory held by a busybox awk child.
@@ -45,6 +46,8 @@ from pathlib import Path
 from harness import BenchError, fmt_s, in_workdir, render, require, run_once
 from pod_cluster import World, migrate_env, wait
 
+from e2e.cluster import realnode
+
 STAGES = ("preflight", "checkpoint", "build", "create", "verify", "switchover", "cleanup")
 
 
@@ -72,7 +75,7 @@ def _migrate(w: World, work: Path, name: str, mib: int, tag: str) -> Run:
     before = w.logs(restored)
     wait(lambda: len(w.logs(restored)) > len(before), f"{restored} counting on node-b")
     w.remove(restored)
-    for archive in (w.cluster.node_dir("node-a") / "var/lib/kubelet/checkpoints").glob("*"):
+    for archive in w.nodes["node-a"].checkpoints.glob("*"):
         archive.unlink()
     frozen = report["images"]["counter"].get("frozen_time_us")
     return Run(s.seconds, frozen / 1e6 if frozen is not None else None,
@@ -177,6 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="where the temporary directory goes")
     args = parser.parse_args(argv)
     if not require("docker-registry", "podman", "runc", "kubectl"):
+        return 2
+    if (missing := realnode.missing()) is not None:
+        print(f"error: {missing}", file=sys.stderr)
         return 2
     errors: tuple[type[Exception], ...] = (RuntimeError,)
     return in_workdir("pod-bench-", args.workdir,

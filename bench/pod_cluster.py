@@ -1,14 +1,16 @@
-"""What pod_bench.py runs: the real control plane, two node agents running real (runc)
-containers, a loopback registry, and a private Podman for the floor.
+"""What pod_bench.py runs: the real control plane, two real nodes (the real kubelet and
+CRI-O each), a loopback registry, and a private Podman for the floor.
 
 - ``World``: everything started in one ``with``, stopped at the end (failures too):
-  the registry, the control plane (e2e/cluster), node agents node-a and node-b
-  pulling from the registry, the counter's image pushed there
-  (e2e/real/counter.py), and a ``PodmanWorld`` (e2e/real/podman.py) holding the
-  same root as an image of its own.
-- ``World.start_counter``: a counters pod on node-a, a real container, with
-  BALLAST_MIB MiB of touched memory, awaited (untimed) until its log shows the
-  ballast built and the counter counting.
+  the registry, the control plane (e2e/cluster), the real nodes node-a and node-b
+  (e2e/cluster/realnode.py) pulling from the registry, the counter's image pushed
+  there (e2e/real/counter.py) and pulled on node-b by a warm-up pod (as Podman's
+  floor has its image at hand; `migrate pod` would pull it there first otherwise),
+  and a ``PodmanWorld`` (e2e/real/podman.py) holding the same root as an image of
+  its own.
+- ``World.start_counter``: a counters pod on node-a with BALLAST_MIB MiB of touched
+  memory, awaited (untimed) until its log shows the ballast built and the counter
+  counting.
 - ``World.remove``: pods deleted and awaited gone.
 - ``migrate_env``: the environment of a migrate command against the world.
 """
@@ -26,9 +28,8 @@ from typing import Any
 
 from harness import BenchError
 
-from e2e.cluster.launcher import control_plane
-from e2e.cluster.world import Cluster
-from e2e.nodes import RegistryConfig
+from e2e.cluster import realnode
+from e2e.cluster.launcher import ControlPlane, control_plane
 from e2e.real.counter import counter_pod, counter_rootfs, push_counter_image
 from e2e.real.podman import PodmanWorld
 from e2e.real.tools import tools
@@ -54,7 +55,8 @@ class World:
         self.work = work
         self._stack = contextlib.ExitStack()
         self.registry: Registry
-        self.cluster: Cluster
+        self.cp: ControlPlane
+        self.nodes: dict[str, realnode.RealNode] = {}
         self.podman: PodmanWorld
         self.image = ""
         self.podman_image = "localhost/bench-counter:1"
@@ -62,13 +64,13 @@ class World:
     def __enter__(self) -> World:
         try:
             self.registry = self._stack.enter_context(Registry(self.work / "registry"))
-            cp = self._stack.enter_context(control_plane(self.work / "control-plane"))
-            self.cluster = self._stack.enter_context(Cluster(
-                cp, self.work / "cluster", nodes=("node-a", "node-b"),
-                registries=RegistryConfig(insecure=(self.registry.host,)),
-                start_latency=0.05, stop_latency=0.05))
+            self.cp = self._stack.enter_context(control_plane(self.work / "control-plane"))
+            for name in ("node-a", "node-b"):
+                self.nodes[name] = self._stack.enter_context(realnode.real_node(
+                    self.cp, self.work / name, name=name, registry=self.registry.host))
             self.image = push_counter_image(self.registry.host, "bench/counter", "1",
                                             self.work / "image")
+            self._pull_on("node-b")
             self.podman = self._stack.enter_context(
                 PodmanWorld(self.work / "podman", tools().criu_bin_dir))
             self.podman.build_image(counter_rootfs(self.work / "podman-rootfs"),
@@ -81,8 +83,15 @@ class World:
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
 
+    def _pull_on(self, node: str) -> None:
+        """The counter's image pulled on ``node`` by a pod of it, which then goes."""
+        body = counter_pod("warm-up", self.image, secret="-", node=node)
+        self.kubectl("apply", "-f", "-", input=json.dumps(body))
+        wait(lambda: "counter: 1" in self.logs("warm-up"), f"the warm-up pod on {node}")
+        self.remove("warm-up")
+
     def kubectl(self, *args: str, input: str | None = None) -> str:
-        done = subprocess.run(["kubectl", "--kubeconfig", str(self.cluster.kubeconfig), *args],
+        done = subprocess.run(["kubectl", "--kubeconfig", str(self.cp.admin_kubeconfig), *args],
                               capture_output=True, text=True, input=input, timeout=120,
                               check=False)
         if done.returncode != 0:
@@ -91,7 +100,7 @@ class World:
 
     def logs(self, pod: str) -> str:
         """`kubectl logs POD` ("" while the container is not there)."""
-        done = subprocess.run(["kubectl", "--kubeconfig", str(self.cluster.kubeconfig),
+        done = subprocess.run(["kubectl", "--kubeconfig", str(self.cp.admin_kubeconfig),
                                "logs", pod], capture_output=True, text=True, timeout=60,
                               check=False)
         return done.stdout if done.returncode == 0 else ""
@@ -109,7 +118,8 @@ class World:
 
 
 def migrate_env(world: World, state: Path) -> dict[str, str]:
-    """A migrate command's environment: the admin kubeconfig, a private state dir, the
-    nodes' directories readable here (MIGRATE_NODE_ROOT)."""
-    return {**os.environ, "KUBECONFIG": str(world.cluster.kubeconfig),
-            "MIGRATE_STATE_DIR": str(state), "MIGRATE_NODE_ROOT": world.cluster.node_root}
+    """A migrate command's environment: the admin kubeconfig, a private state dir, and
+    MIGRATE_NODE_ROOT=/ (the kubelets' checkpoint directories are on this machine, at
+    the paths they report)."""
+    return {**os.environ, "KUBECONFIG": str(world.cp.admin_kubeconfig),
+            "MIGRATE_STATE_DIR": str(state), "MIGRATE_NODE_ROOT": "/"}

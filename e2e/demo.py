@@ -1,28 +1,31 @@
 """The demo (the README's main job): migrate the seed article's `counters` pod, a real
-container, and prove its process went on.
+container, between two real Kubernetes nodes, and prove its process went on.
 
-Starts a loopback registry and the real Kubernetes control plane (etcd,
+Starts a loopback registry, the real Kubernetes control plane (etcd,
 kube-apiserver, controller manager and scheduler on 127.0.0.1: e2e/cluster)
-with two node agents, node-a and node-b, each in a node host of its own (a
-network namespace and a 198.18 address the API server's node proxy reaches).
-Then it proves the path to node-b with `migrate doctor --probe node-b` (a
-checkpoint, push and restore of a simulated probe pod, all removed after),
-pushes the counter's image (busybox-static, e2e/real/counter.py) to the
-registry and creates `counters` on node-a: a real runc container
-(e2e/nodes/realpods.py) whose shell holds `token=<secret>` in its heap,
-writes /home/counter/test-file and prints `counter: N` every second. It
-finds the secret in a CRIU checkpoint of the source (`migrate memparse
---search`), prints the plan, reads the counter from `kubectl logs` (the
-kubelet's containerLogs through the node proxy), runs `migrate pod counters
---to node-b` (CRIU dump on node-a, checkpoint image, CRIU restore on node-b),
-then checks, rather than shows, that the restored process counts on from
-after the value seen before (not from 1, without gaps), that a checkpoint of
-it holds the secret in the same process (same pid, same command), and that
-its files hold the source's test-file. Each check that fails stops the demo
-with `demo: FAILED: ...` and exit 1; "Done" is printed only when all of them
-passed. Everything it starts is stopped at the end, failures included. Needs
-root (network namespaces, runc, CRIU) and the control plane's binaries
-(scripts/setup builds them, and CRIU with scripts/setup-real).
+and two real nodes, node-a and node-b: the real kubelet and the real CRI-O
+(runc, conmon and CRIU underneath) each, serving the kubelet API on a 198.18
+address the API server's node proxy reaches (e2e/cluster/realnode.py).
+Nothing on the nodes is simulated. It pushes the counter's image
+(busybox-static, e2e/real/counter.py) to the registry after proving the
+path to node-b with `migrate doctor --probe node-b` (a pod of the nodes' pause
+image checkpointed on node-a, pushed, restored on node-b, all removed
+after). Then it creates `counters` on node-a, whose shell holds `token=<secret>` in its
+heap, writes /home/counter/test-file and prints `counter: N` every second.
+It finds the secret in a checkpoint of the source (the kubelet's checkpoint
+API: CRI-O and CRIU; `migrate memparse --search`), prints the plan, reads
+the counter from `kubectl logs` (the kubelet's containerLogs through the
+node proxy), runs `migrate pod counters --to node-b` (a checkpoint on
+node-a, the checkpoint image, CRI-O's restore on node-b), then checks,
+rather than shows, that the restored process counts on from after the value
+seen before (its log, which CRI-O carries over from the source, counts from
+1 without a gap or a restart), that a checkpoint of it holds the secret in
+the same process (same pid, same command), and that its files hold the
+source's test-file. Each check that fails stops the demo with `demo:
+FAILED: ...` and exit 1; "Done" is printed only when all of them passed.
+Everything it starts is stopped at the end, failures included. Needs root
+(the nodes' network namespaces, cgroups and mounts), the control plane's
+binaries and the real node's (scripts/setup builds them all as root).
 
     python -m e2e.demo [--keep DIR]
 """
@@ -30,6 +33,8 @@ root (network namespaces, runc, CRIU) and the control plane's binaries
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime as dt
 import json
 import os
 import secrets
@@ -42,11 +47,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from e2e.cluster import binaries, nodehost
+from e2e.cluster import binaries, realnode
 from e2e.cluster.launcher import control_plane
-from e2e.cluster.world import Cluster
-from e2e.nodes import RegistryConfig
-from e2e.nodes.realpods import missing as missing_runtime
+from e2e.real import tools as real_tools
 from e2e.real.counter import counter_pod, counts, push_counter_image
 from e2e.services.registry import Registry
 
@@ -95,13 +98,14 @@ def _search(migrate: list[str], archive: Path, text: str, env: dict[str, str],
     return match
 
 
-def _checkpoint(migrate: list[str], pod: str, env: dict[str, str], sim: Cluster) -> Path:
+def _checkpoint(migrate: list[str], pod: str, env: dict[str, str]) -> Path:
+    """A checkpoint of ``pod`` through the kubelet API: the kubelet's own archive (its
+    checkpoint directory is on this machine, where MIGRATE_NODE_ROOT=/ finds it)."""
     out = _run([*migrate, "checkpoint", pod, "-o", "json"], env, capture=True)
-    taken = json.loads(out)
-    return sim.node_path(str(taken["node"]), str(taken["archive"]))
+    return Path(str(json.loads(out)["archive"]))
 
 
-def _wait_running(env: dict[str, str], kubectl: str, pod: str, timeout: float = 60.0) -> None:
+def _wait_running(env: dict[str, str], kubectl: str, pod: str, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         phase = subprocess.run([kubectl, "get", "pod", pod, "-o",
@@ -113,108 +117,136 @@ def _wait_running(env: dict[str, str], kubectl: str, pod: str, timeout: float = 
     raise SystemExit(f"demo: the {pod} pod did not start")
 
 
+def _log(env: dict[str, str], kubectl: str, pod: str) -> list[tuple[dt.datetime, str]]:
+    """`kubectl logs --timestamps POD` (the kubelet's containerLogs, through the API
+    server's node proxy) as (time, line)."""
+    out = subprocess.run([kubectl, "logs", "--timestamps", pod], env=env, text=True,
+                         capture_output=True, check=False).stdout
+    log = []
+    for entry in out.splitlines():
+        stamp, _, line = entry.partition(" ")
+        with contextlib.suppress(ValueError):  # RFC 3339 in nanoseconds; Python takes micro
+            log.append((dt.datetime.fromisoformat(stamp[:26] + "+00:00"), line))
+    return log
+
+
 def _counts(env: dict[str, str], kubectl: str, pod: str, at_least: int = 1,
-            timeout: float = 30.0) -> list[int]:
-    """The counter's values in `kubectl logs POD` (the kubelet's containerLogs, through
-    the API server's node proxy), once it has printed ``at_least``; shows the last lines."""
+            since: dt.datetime | None = None,
+            timeout: float = 60.0) -> tuple[list[int], list[int]]:
+    """The counter's values in `kubectl logs POD`: the whole log's, and those stamped
+    after ``since`` (all without it), once there are ``at_least`` of the latter; shows
+    the last lines."""
     deadline = time.monotonic() + timeout
     while True:
-        out = subprocess.run([kubectl, "logs", pod], env=env, text=True,
-                             capture_output=True, check=False).stdout
-        values = counts(out)
-        if len(values) >= at_least:
+        log = _log(env, kubectl, pod)
+        recent = counts("\n".join(line for t, line in log if since is None or t > since))
+        if len(recent) >= at_least:
             print(f"$ kubectl logs {pod} | tail -3", flush=True)
-            print("".join(out.splitlines(keepends=True)[-3:]), end="", flush=True)
-            return values
+            print("".join(f"{line}\n" for _, line in log[-3:]), end="", flush=True)
+            return counts("\n".join(line for _, line in log)), recent
         if time.monotonic() > deadline:
-            raise _fail(f"the {pod} pod printed {len(values)} counts, not {at_least}, "
+            raise _fail(f"the {pod} pod printed {len(recent)} counts, not {at_least}, "
                         f"in {timeout:.0f} s")
         time.sleep(0.2)
 
 
+def _missing() -> str | None:
+    if shutil.which("kubectl") is None:
+        return "kubectl is needed (it is on these machines)"
+    return binaries.missing() or realnode.missing()
+
+
 def demo(work: Path) -> None:
     """Run the whole story in ``work``."""
+    if missing := _missing():
+        raise SystemExit(f"demo: {missing} (scripts/setup, run as root, builds all of it; "
+                         "the demo runs as root too)")
+    kubectl = shutil.which("kubectl") or "kubectl"
     secret = f"DEMO-SECRET-{secrets.token_hex(8)}"
     migrate = [sys.executable, "-m", "migrate"]
-    kubectl = shutil.which("kubectl")
-    missing = binaries.missing() or nodehost.missing() or missing_runtime()
-    if missing:
-        raise SystemExit(f"demo: {missing}; run scripts/setup (as root: it builds the control "
-                         "plane) and the demo as root")
-    registry = Registry(work / "registry").start()
-    try:
-        with control_plane(work / "control-plane") as cp, \
-                Cluster(cp, work / "cluster", nodes=("node-a", "node-b"),
-                        registries=RegistryConfig(insecure=(registry.host,))) as sim:
-            env = {**os.environ, "KUBECONFIG": str(sim.kubeconfig),
-                   "MIGRATE_STATE_DIR": str(work / "state"),
-                   # The demo's nodes keep their files here; on a real cluster, run on
-                   # the source node or share the checkpoint directories.
-                   "MIGRATE_NODE_ROOT": sim.node_root}
-            _say(f"Kubernetes {cp.versions.kubernetes} (etcd {cp.versions.etcd}) at "
-                 f"{cp.server}, node agents node-a ({sim.node_address('node-a')}) and "
-                 f"node-b ({sim.node_address('node-b')}), a registry at {registry.url}")
-            _run([kubectl or "kubectl", "get", "nodes", "-o", "wide"], env)
-            _say("Preflight: the checks, and a probe that proves node-b restores")
-            _run([*migrate, "doctor", "--registry", f"{registry.host}/demo",
-                  "--no-tls-verify", "--probe", "node-b"], env)
-            if not kubectl:
-                raise SystemExit("demo: kubectl is needed (it is on these machines)")
-            image = push_counter_image(registry.host, "demo/counter", "1", work / "image")
-            token = f"token={secret}"
-            manifest = counter_pod("counters", image, secret=secret, node="node-a")
-            _say(f"The counters pod on node-a: a real container (runc), {image}, with "
-                 f"{secret} in its memory")
-            _run([kubectl, "apply", "-f", "-"], env, input=json.dumps(manifest))
-            _wait_running(env, kubectl, "counters")
-            _run([kubectl, "get", "pods", "-o", "wide"], env)
-            _say("Before: the secret in a checkpoint of the source, and the counter counting")
-            source = _checkpoint(migrate, "counters", env, sim)
-            before_secret = _search(migrate, source, token, env, "secret in the source")
-            source.unlink()  # a copy of the memory, secret included: not kept
-            _say("The plan: node-b, and where the image is built (here: MIGRATE_NODE_ROOT "
-                 "makes the nodes' checkpoint directories readable on this machine)")
-            registry_prefix = f"{registry.host}/demo"
-            _run([*migrate, "pod", "counters", "--to", "node-b", "--registry", registry_prefix,
-                  "--no-tls-verify", "--dry-run"], env)
-            before = _counts(env, kubectl, "counters", at_least=3)
-            print(f"counter before the migration: {before[-1]}", flush=True)
-            _say("Migrate it to node-b")
-            _run([*migrate, "pod", "counters", "--to", "node-b", "--registry", registry_prefix,
-                  "--no-tls-verify"], env)
-            _run([kubectl, "get", "pods", "-o", "wide"], env)
-            _say("Proof: the restored process counts on from there, and holds the secret")
-            after = _counts(env, kubectl, "counters-restored", at_least=2)
-            if after[0] <= before[-1]:
-                raise _fail(f"the counter on node-b began at {after[0]}, not after "
-                            f"{before[-1]}: the counter started afresh")
-            if after != list(range(after[0], after[0] + len(after))):
-                raise _fail(f"the counter on node-b skips or repeats: {after}")
-            print(f"counter continuation: {before[-1]} on node-a before the migration, "
-                  f"{after[0]}..{after[-1]} on node-b", flush=True)
-            restored = _checkpoint(migrate, "counters-restored", env, sim)
-            after_secret = _search(migrate, restored, token, env, "secret in the restored pod")
-            for key in ("pid", "command"):
-                if before_secret[key] != after_secret[key]:
-                    raise _fail(f"the restored pod's process is not the source's ({key} "
-                                f"{before_secret[key]} -> {after_secret[key]})")
-            print(f"the secret is held by the same process (pid {after_secret['pid']}, "
-                  f"{after_secret['command']}) that held it on node-a", flush=True)
-            _run([*migrate, "rootfs-diff", restored, "--extract", work / "rootfs"], env)
-            restored.unlink()
-            written = work / "rootfs/home/counter/test-file"
-            if not written.is_file():
-                raise _fail("/home/counter/test-file is not in the restored pod's files")
-            content = written.read_text()
-            if content != "counter state file of counters\n":
-                raise _fail(f"/home/counter/test-file holds {content!r}, not the source's")
-            print(f"file /home/counter/test-file in the restored pod: {content}", end="",
-                  flush=True)
-            _run([*migrate, "history"], env)
-            _say("Done: the restored process holds the same secret and the same file, and "
-                 "its counter went on from where it was")
-    finally:
-        registry.stop()
+    with contextlib.ExitStack() as stack:
+        registry = stack.enter_context(Registry(work / "registry"))
+        cp = stack.enter_context(control_plane(work / "control-plane"))
+        nodes = [stack.enter_context(realnode.real_node(cp, work / name, name=name,
+                                                        registry=registry.host))
+                 for name in ("node-a", "node-b")]
+        env = {**os.environ, "KUBECONFIG": str(cp.admin_kubeconfig),
+               "MIGRATE_STATE_DIR": str(work / "state"),
+               # The kubelets' checkpoint directories are on this machine, at the paths
+               # they report; on a real cluster, run on the source node or share them.
+               "MIGRATE_NODE_ROOT": "/"}
+        _say(f"Kubernetes {cp.versions.kubernetes} (etcd {cp.versions.etcd}) at {cp.server}; "
+             f"the real kubelet and CRI-O {real_tools.versions()['CRIO_VERSION']} as "
+             + " and ".join(f"{n.name} ({n.address})" for n in nodes)
+             + f"; a registry at {registry.url}")
+        _run([kubectl, "get", "nodes", "-o", "wide"], env)
+        _say("Preflight: the checks, and a probe that proves node-b restores")
+        # The probe's pod runs the pause image the nodes pull from the loopback
+        # registry, as doctor picks by default from a node's status.images: fresh nodes
+        # list none yet, and its fallback (registry.k8s.io) is out of reach here.
+        _run([*migrate, "doctor", "--registry", f"{registry.host}/demo", "--no-tls-verify",
+              "--probe", "node-b", "--probe-image", nodes[0].pause_image], env)
+        image = push_counter_image(registry.host, "demo/counter", "1", work / "image")
+        token = f"token={secret}"
+        _say(f"The counters pod on node-a: {image}, with {secret} in its memory")
+        manifest = counter_pod("counters", image, secret=secret, node="node-a")
+        _run([kubectl, "apply", "-f", "-"], env, input=json.dumps(manifest))
+        _wait_running(env, kubectl, "counters")
+        _run([kubectl, "get", "pods", "-o", "wide"], env)
+        _say("Before: the secret in a checkpoint of the source, and the counter counting")
+        source = _checkpoint(migrate, "counters", env)
+        before_secret = _search(migrate, source, token, env, "secret in the source")
+        source.unlink()  # a copy of the memory, secret included: not kept
+        _say("The plan: node-b, and where the image is built (here: MIGRATE_NODE_ROOT=/ "
+             "finds the kubelets' checkpoint directories on this machine)")
+        registry_prefix = f"{registry.host}/demo"
+        _run([*migrate, "pod", "counters", "--to", "node-b", "--registry", registry_prefix,
+              "--no-tls-verify", "--dry-run"], env)
+        _, before = _counts(env, kubectl, "counters", at_least=3)
+        print(f"counter before the migration: {before[-1]}", flush=True)
+        _say("Migrate it to node-b")
+        _run([*migrate, "pod", "counters", "--to", "node-b", "--registry", registry_prefix,
+              "--no-tls-verify"], env)
+        moved = dt.datetime.now(dt.UTC)
+        _run([kubectl, "get", "pods", "-o", "wide"], env)
+        _say("Proof: the restored process counts on from there, and holds the secret")
+        # CRI-O carries the source's log over into the restored container's: the lines
+        # stamped after `migrate pod` returned are the restored process's own.
+        whole, after = _counts(env, kubectl, "counters-restored", at_least=2, since=moved)
+        if after[0] <= before[-1]:
+            raise _fail(f"the counter on node-b printed {after[0]}, not more than "
+                        f"{before[-1]}: the counter started afresh")
+        if whole != list(range(1, len(whole) + 1)):
+            raise _fail(f"the restored pod's log does not count 1, 2, 3... without a gap "
+                        f"or a restart: {whole}")
+        print(f"counter continuation: {before[-1]} on node-a before the migration, "
+              f"{after[0]}..{after[-1]} on node-b since; the whole log 1..{whole[-1]} "
+              "without a gap or a restart", flush=True)
+        restored = _checkpoint(migrate, "counters-restored", env)
+        after_secret = _search(migrate, restored, token, env, "secret in the restored pod")
+        for key in ("pid", "command"):
+            if before_secret[key] != after_secret[key]:
+                raise _fail(f"the restored pod's process is not the source's ({key} "
+                            f"{before_secret[key]} -> {after_secret[key]})")
+        print(f"the secret is held by the same process (pid {after_secret['pid']}, "
+              f"{after_secret['command']}) that held it on node-a", flush=True)
+        # Listed, not extracted: CRI-O adds /etc/mtab -> /proc/mounts to a root without
+        # one, and `rootfs-diff --extract` refuses a symlink to an absolute path.
+        _run([*migrate, "rootfs-diff", restored], env)
+        changed = json.loads(subprocess.run(
+            [*migrate, "rootfs-diff", str(restored), "-o", "json"], env=env, text=True,
+            capture_output=True, check=True).stdout)
+        restored.unlink()
+        if "home/counter/test-file" not in [e["path"].lstrip("/")
+                                            for e in changed["rootfs_diff"]]:
+            raise _fail("/home/counter/test-file is not in the restored pod's files")
+        content = _run([kubectl, "exec", "counters-restored", "--", "cat",
+                        "/home/counter/test-file"], env, capture=True)
+        if content != "counter state file of counters\n":
+            raise _fail(f"/home/counter/test-file holds {content!r}, not the source's")
+        _run([*migrate, "history"], env)
+        _say("Done: the restored process holds the same secret and the same file, and "
+             "its counter went on from where it was")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,8 +6,12 @@ POST to /api/v1/nodes/NODE/proxy/checkpoint/default/POD/CONTAINER through the
 API server makes the kubelet ask CRI-O for a checkpoint; checkpointctl reads
 the archive; `migrate build` pushes the checkpoint image to the loopback
 registry; the Pod `migrate manifest --from-pod` renders runs on the same node,
-and its process counts on from where the checkpoint caught it. `doctor --probe`
-passes there, and `migrate pod` moves a counter to a second real node.
+and its process counts on from where the checkpoint caught it. `migrate
+memparse` finds the counter's secret in the kubelet's archive and `rootfs-diff`
+its file. `doctor --probe` passes there, and `migrate pod` moves a counter to a
+second real node: the restored pod is ready before the source goes (a watch),
+its log (`kubectl logs`, through the API server's node proxy) counts on, and a
+checkpoint of it holds the secret in the same process.
 
 Skips when the stretch binaries are not built (scripts/setup builds them as root,
 with scripts/setup-stretch); with MIGRATE_REQUIRE_CLUSTER=1 (scripts/test as root)
@@ -16,9 +20,11 @@ it fails instead: nothing may be skipped.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,12 +33,12 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client
+from kubernetes import client, watch
 
 from e2e.cluster import realnode
 from e2e.cluster.launcher import ControlPlane
 from e2e.real.counter import counter_pod, counter_rootfs, counts, push_counter_image, push_rootfs
-from tests.cluster import api_client, require_cluster, wait_for
+from tests.cluster import Kubectl, api_client, require_cluster, wait_for
 from tests.conftest import Result
 from tests.real import require
 from tests.registries import RegistryUnderTest
@@ -41,6 +47,7 @@ pytestmark = [pytest.mark.controlplane, pytest.mark.real]
 
 Cli = Callable[..., Result]
 POD, CONTAINER, SECRET = "counters", "counter", "token-of-the-real-node"
+TOKEN = f"token={SECRET}"  # what the counter's shell builds in its heap
 DEADLINE = 180.0  # pulls, CRIU and a loaded 2-core machine
 
 
@@ -153,6 +160,24 @@ def test_checkpointctl_reads_the_archive(checkpoint: Checkpoint) -> None:
     assert CONTAINER in r.stdout and "CRI-O" in r.stdout
 
 
+def _token_in(cli: Cli, archive: Path) -> dict[str, Any]:
+    """Where memparse finds TOKEN in ``archive``'s memory: one process."""
+    r = cli("memparse", archive, "--search", TOKEN, "-o", "json")
+    assert r.code == 0, r.err
+    matches = r.json()
+    assert matches and {m["pid"] for m in matches} == {matches[0]["pid"]}, matches
+    found: dict[str, Any] = matches[0]
+    return found
+
+
+def test_memparse_and_rootfs_diff_read_the_kubelets_archive(
+        cli: Cli, checkpoint: Checkpoint) -> None:
+    assert _token_in(cli, checkpoint.path)["command"] == "sh"
+    r = cli("rootfs-diff", checkpoint.path, "-o", "json")
+    assert r.code == 0, r.err
+    assert "home/counter/test-file" in [e["path"] for e in r.json()["rootfs_diff"]]
+
+
 def test_the_restored_pod_counts_on_from_the_checkpoint(
         cli: Cli, real_cp: ControlPlane, node: realnode.RealNode,
         plain_registry: RegistryUnderTest, checkpoint: Checkpoint) -> None:
@@ -215,16 +240,18 @@ def _migrate(cli: Cli, cp: ControlPlane, registry: RegistryUnderTest, pod: str,
                "--no-tls-verify", "--kubeconfig", cp.admin_kubeconfig, "-o", "json")
 
 
-def _moves_counting(cli: Cli, cp: ControlPlane, registry: RegistryUnderTest, name: str,
-                    to: str) -> dict[str, Any]:
-    """Migrate the counter ``name`` to ``to``; it counts on there from where it was. The
-    report."""
+@contextlib.contextmanager
+def _moved_counting(cli: Cli, cp: ControlPlane, registry: RegistryUnderTest, name: str,
+                    to: str) -> Iterator[dict[str, Any]]:
+    """Migrate the counter ``name`` to ``to``; it counts on there from where it was. Yields
+    the report; the restored pod is deleted afterwards."""
     wait_for(lambda: len(_counts(cp, name)) >= 2, DEADLINE, f"{name} counting")
     before = _counts(cp, name)[-1]
     started = dt.datetime.now(dt.UTC)
     r = _migrate(cli, cp, registry, name, to)
     assert r.code == 0, r.err
     report: dict[str, Any] = r.json()
+    assert report["outcome"] == "succeeded"
     moved = report["destination_pod"]
     try:
         status, pod = cp.api("GET", f"/api/v1/namespaces/default/pods/{moved}")
@@ -236,9 +263,9 @@ def _moves_counting(cli: Cli, cp: ControlPlane, registry: RegistryUnderTest, nam
         assert before < after[0], (before, after)
         whole = counts("\n".join(line for _, line in log))
         assert whole == list(range(1, len(whole) + 1)), whole
+        yield report
     finally:
         cp.api("DELETE", f"/api/v1/namespaces/default/pods/{moved}?gracePeriodSeconds=0")
-    return report
 
 
 def test_migrate_pod_pulls_the_base_image_on_a_node_without_it(
@@ -256,7 +283,8 @@ def test_migrate_pod_pulls_the_base_image_on_a_node_without_it(
     monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
     name = _start(real_cp, counter_pod("unpulled", image, secret=SECRET, node=node.name))
     try:
-        report = _moves_counting(cli, real_cp, plain_registry, name, node_b.name)
+        with _moved_counting(cli, real_cp, plain_registry, name, node_b.name) as report:
+            pass
     finally:
         real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")
     [(pulled, seconds)] = report["base_images"].items()
@@ -268,11 +296,56 @@ def test_migrate_pod_pulls_the_base_image_on_a_node_without_it(
                                   if "-prepull-" in p["metadata"]["name"]]
 
 
+def _timeline(cp: ControlPlane, source: str, events: list[tuple[str, str]]) -> None:
+    """(pod, what) in the order the API server tells: `ready` when a pod's containers
+    all run and are ready, `deleting` when its deletionTimestamp appears; ends once
+    `source` is deleting."""
+    seen: set[tuple[str, str]] = set()
+    with api_client(cp.admin_kubeconfig) as api:
+        for event in watch.Watch().stream(client.CoreV1Api(api).list_namespaced_pod,
+                                          "default", timeout_seconds=int(DEADLINE)):
+            pod = event["object"]
+            statuses = pod.status.container_statuses or []
+            for what, happened in (
+                    ("ready", bool(statuses) and all(s.ready and s.state.running
+                                                     for s in statuses)),
+                    ("deleting", pod.metadata.deletion_timestamp is not None
+                     or event["type"] == "DELETED")):
+                if happened and (pod.metadata.name, what) not in seen:
+                    seen.add((pod.metadata.name, what))
+                    events.append((pod.metadata.name, what))
+            if (source, "deleting") in seen:
+                return
+
+
+def _checkpoint_of(cli: Cli, cp: ControlPlane, pod: str) -> Path:
+    """`migrate checkpoint POD`: the kubelet's archive (MIGRATE_NODE_ROOT=/ reads it)."""
+    r = cli("checkpoint", pod, "--kubeconfig", cp.admin_kubeconfig, "-o", "json")
+    assert r.code == 0, r.err
+    return Path(r.json()["archive"])
+
+
 def test_migrate_pod_moves_the_counter_between_real_nodes(
         cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
-        plain_registry: RegistryUnderTest, source: dict[str, Any],
+        plain_registry: RegistryUnderTest, source: dict[str, Any], cp_kubectl: Kubectl,
         monkeypatch: pytest.MonkeyPatch) -> None:
     image = source["spec"]["containers"][0]["image"]
     monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
     name = _start(real_cp, counter_pod("movers", image, secret=SECRET, node=node.name))
-    _moves_counting(cli, real_cp, plain_registry, name, node_b.name)
+    before_token = _token_in(cli, _checkpoint_of(cli, real_cp, name))
+    events: list[tuple[str, str]] = []
+    watcher = threading.Thread(target=_timeline, args=(real_cp, name, events), daemon=True)
+    watcher.start()
+    with _moved_counting(cli, real_cp, plain_registry, name, node_b.name) as report:
+        restored = report["destination_pod"]
+        # kubectl, unchanged, reads the log through the API server and the kubelet.
+        logged = counts(cp_kubectl(real_cp.admin_kubeconfig, "logs", restored).stdout)
+        assert logged == list(range(1, len(logged) + 1)) and len(logged) >= 3, logged
+        # The same process, the same memory: the secret where the source held it.
+        after_token = _token_in(cli, _checkpoint_of(cli, real_cp, restored))
+        assert (after_token["pid"], after_token["command"]) == \
+            (before_token["pid"], before_token["command"])
+    # The source went only once the destination ran.
+    watcher.join(timeout=DEADLINE)
+    assert (name, "deleting") in events, events
+    assert events.index((restored, "ready")) < events.index((name, "deleting")), events

@@ -12,7 +12,7 @@ address: checkpoint, containerLogs, pods, healthz.
 Where things run, and why:
 
 - The agent is threads of the process that starts it (a test session, the
-  demo), in the host's network namespace. From there it reaches the API server
+  drain benchmark), in the host's network namespace. From there it reaches the API server
   and the registries on 127.0.0.1 (a node pulls from them), and tests change
   its NodeConfig or hold its checkpoints with method calls.
 - Its kubelet API listens inside its node host's namespace (nodehost.py), on
@@ -25,10 +25,6 @@ Where things run, and why:
 - Containers that really run (the tool's image, toolrun.py) are processes in
   the host's namespace too: they reach the API server at 127.0.0.1, as a pod
   reaches `kubernetes.default`.
-- Pods annotated `sim.migrate.dev/runtime: runc` run as real runc containers
-  (e2e/nodes/realpods.py: a fresh, empty network namespace each, so CRIU can
-  dump it and recreate it on another node), checkpointed and restored by CRIU;
-  runc's state is the node's own (ROOT/run/runc), so two nodes are two runtimes.
 
 The kubelet API authenticates client certificates signed by the cluster CA
 (the API server presents its kubelet client certificate) and authorizes each
@@ -65,7 +61,6 @@ from e2e.nodes.kubelet import KUBELET_PORT, Kubelet
 from e2e.nodes.kubelet_api import KubeletApi
 from e2e.nodes.nodeconfig import NodeConfig
 from e2e.nodes.protocol import Attributes, Decision
-from e2e.nodes.realpods import RealRuntime
 from e2e.nodes.runs import ContainerProcess
 from e2e.services.pki import CertPair
 
@@ -180,8 +175,7 @@ class NodeAgent:
                                stop_latency=stop_latency, config=config, log=log,
                                registries=registries, storage=root / _IMAGE_STORAGE,
                                process=process, address=host.address,
-                               kubelet_version=kubelet_version,
-                               real=RealRuntime(self.node, root, log=log))
+                               kubelet_version=kubelet_version)
         self.kubelet.wake = self._wake.set
         self.kubelet_api = KubeletApi(
             self.kubelet, self.checkpoint_dir, pod_logs=root / "var/log/pods",

@@ -85,6 +85,8 @@ class RealNode:
     """Where the kubelet writes checkpoint archives."""
     logs: dict[str, Path]
     """"kubelet", "crio" -> their log files."""
+    pause_image: str
+    """The pause image CRI-O pulls for every pod (from the registry `real_node` got)."""
 
 
 def bin_dir() -> Path:
@@ -129,7 +131,7 @@ def _pause_image(registry: str, workdir: Path) -> str:
 
 
 def _crio_conf(root: Path, bridge: str, subnet: ipaddress.IPv4Network,
-               registry: str) -> Path:
+               registry: str, pause_image: str) -> Path:
     run = root / "run"
     for d in ("cni", "keys", "log", "policies", "run/ns", "run/exits", "run/runc"):
         (root / d).mkdir(parents=True, exist_ok=True)
@@ -171,7 +173,7 @@ monitor_path = {q(shutil.which("conmon") or "conmon")}
 monitor_cgroup = "pod"
 [crio.image]
 signature_policy_dir = {q(str(root / "policies"))}
-pause_image = {q(_pause_image(registry, root / "pause-rootfs"))}
+pause_image = {q(pause_image)}
 [crio.network]
 network_dir = {q(str(root / "cni"))}
 plugin_dirs = [{q(str(_CNI_BIN))}]
@@ -290,7 +292,8 @@ def real_node(cp: ControlPlane, root: Path, *, name: str = "node-real",
     try:
         with nodehost.node_host(name, logs) as host:
             address = host.host_address
-            crio_conf = _crio_conf(root / "crio", bridge, _pod_subnet(), registry)
+            pause = _pause_image(registry, root / "crio" / "pause-rootfs")
+            crio_conf = _crio_conf(root / "crio", bridge, _pod_subnet(), registry, pause)
             for d in _cgroup_dirs(cgroup_root):
                 d.mkdir()  # the kubelet wants its cgroup root to exist already
             holder = _mount_namespace(logs, env)
@@ -313,7 +316,8 @@ def real_node(cp: ControlPlane, root: Path, *, name: str = "node-real",
                              what=f"Node {name} Ready", watch=started)
             yield RealNode(name=name, address=address, root=root,
                            checkpoints=root / "kubelet" / "checkpoints",
-                           logs={"crio": logs / "crio.log", "kubelet": logs / "kubelet.log"})
+                           logs={"crio": logs / "crio.log", "kubelet": logs / "kubelet.log"},
+                           pause_image=pause)
     finally:
         procs.stop(started[2:], grace=15)  # the kubelet first: it would restart pods
         _kill_cgroup_tasks(cgroup_root)

@@ -1,4 +1,4 @@
-"""`Cluster`: the real control plane with node agents, for tests and the demo.
+"""`Cluster`: the real control plane with node agents, for tests and the drain benchmark.
 
     with control_plane() as cp, Cluster(cp, tmp / "world", nodes=("node-a", "node-b"),
                                         node_config={"node-b": NodeConfig(ready=False)}) as c:
@@ -9,7 +9,8 @@
         with c.holding_checkpoints("node-a") as waiting: ...          # hold dumps
         c.user_kubeconfig("bob", rules=[...])                          # a restricted user
 
-It is what the end-to-end tests, the benchmarks and the demo use: each node is
+It is what the end-to-end tests and the drain benchmark use (the demo and the pod
+benchmark run real nodes, realnode.py): each node is
 a node host (nodehost.py: a network namespace and a 198.18 address) and a node
 agent (agent.py). A node's
 files are under DIR/nodes/NODE on this machine (checkpoints, pulled images,

@@ -1,13 +1,13 @@
 """Simulated kubelets: each registers its Node, "runs" the pods bound to it and
 serves the kubelet API (checkpoints).
 
-Unless a pod asks for real containers (realpods.py), nothing is executed. A pod
-bound to the node turns Running (containers ready, a pod IP from the node's
-10.88.N.0/24 range, data only) `start_latency` seconds after the kubelet first
-sees it; a pod being deleted is removed `stop_latency` seconds after its
-deletionTimestamp appears (the grace period is not waited out: nothing runs
-that could use it). Init containers count as completed (sidecars,
-`restartPolicy: Always`, as running).
+Nothing is executed (real containers run on the real kubelet and CRI-O,
+e2e/cluster/realnode.py). A pod bound to the node turns Running (containers
+ready, a pod IP from the node's 10.88.N.0/24 range, data only) `start_latency`
+seconds after the kubelet first sees it; a pod being deleted is removed
+`stop_latency` seconds after its deletionTimestamp appears (the grace period is
+not waited out: nothing runs that could use it). Init containers count as
+completed (sidecars, `restartPolicy: Always`, as running).
 
 Each node is configured by a `NodeConfig` (nodeconfig.py): runtime, restore
 level, the ContainerCheckpoint gate, readiness, labels, taints, capacity and
@@ -70,7 +70,6 @@ from e2e.nodes.api import Gone, NodeApi, Obj, now, rfc3339, set_condition
 from e2e.nodes.images import RegistryConfig
 from e2e.nodes.nodeconfig import NodeConfig
 from e2e.nodes.podstart import PodOutcome, PodStarter, Started, Waiting
-from e2e.nodes.realpods import RealRuntime
 from e2e.nodes.registry_pull import Puller
 from e2e.nodes.runs import ContainerProcess, ContainerRuns
 from e2e.nodes.runtime_releases import PAUSE_IMAGE, PAUSE_IMAGE_SIZE
@@ -227,7 +226,6 @@ class Kubelet:
     process: what a run-to-completion container does (runs.py).
     address: the node's InternalIP, the pods' hostIP.
     kubelet_version: what the Node reports as its kubelet's version.
-    real: the node's runc containers, for pods that ask for them (realpods.py).
 
     The real kube-controller-manager's node lifecycle controller taints a NotReady
     node and marks the node's pods not Ready; as the kubelet's status manager does,
@@ -238,7 +236,7 @@ class Kubelet:
         self, api: NodeApi, node: str, index: int, *, start_latency: float,
         stop_latency: float, config: NodeConfig | None, log: Callable[[str], None],
         registries: RegistryConfig, storage: Path, process: ContainerProcess,
-        address: str, kubelet_version: str, real: RealRuntime,
+        address: str, kubelet_version: str,
     ) -> None:
         self.api = api
         self._log = log
@@ -262,10 +260,8 @@ class Kubelet:
         self._halt = threading.Event()  # ends pulls in progress when the node stops
         puller = Puller(storage, registries, self._halt,
                         decryption_keys=lambda: self.config.keys_dir)
-        #: The node's real (runc) containers, for pods that ask for them.
-        self.real = real
         self._starter = PodStarter(api, node, puller, lambda: self.config, self._report,
-                                   self._log, done=lambda: self.wake(), real=real)
+                                   self._log, done=lambda: self.wake())
 
     # -- configuration ---------------------------------------------------------------
 
@@ -325,7 +321,6 @@ class Kubelet:
         self._halt.set()
         self._starter.close()
         self.runs.stop()
-        self.real.close()
 
     def next_wakeup(self) -> float | None:
         """Seconds until a pass is due though nothing changed (None: none is)."""
@@ -346,7 +341,6 @@ class Kubelet:
         self._stopped &= present
         self.runs.retain(p["metadata"]["uid"] for p in pods
                          if not p["metadata"].get("deletionTimestamp"))
-        self.real.retain(present)
         clock = time.monotonic()
         for pod in pods:
             meta = pod["metadata"]
@@ -402,7 +396,6 @@ class Kubelet:
 
     def _remove(self, pod: Obj) -> None:
         meta = pod["metadata"]
-        self.real.remove_pod(meta["uid"])  # the grace period is not waited out
         self.api.delete_pod(meta["namespace"], meta["name"], meta["uid"])
 
     def _pod_ip(self, uid: str) -> str:

@@ -38,11 +38,6 @@ The deadline is the kubelet's: `?timeout=` when it is larger than the node's
 (the processes' heaps plus `sim.migrate.dev/memory-mib`). Tests can also hold
 checkpoints before the dump until they release them (`hold`, `release`;
 `Cluster.holding_checkpoints`), to know a client is inside its checkpoint.
-
-A container that really runs (realpods.py) is dumped by `runc checkpoint` and
-CRIU instead, into the same place; what fails there is a 500 with runc's
-error. The injected failures, holds and the deadline's checks before the dump
-apply to it as to the others.
 """
 
 from __future__ import annotations
@@ -61,7 +56,6 @@ from e2e.nodes.checkpoints import CHECKPOINT_DIR, PlanError
 from e2e.nodes.kubelet import Kubelet
 from e2e.nodes.nodeconfig import checkpoint_support
 from e2e.nodes.protocol import Attributes, Authorizer, Request, Response
-from e2e.nodes.realpods import RealContainer, RuntimeFailed
 
 __all__ = ["KubeletApi"]
 
@@ -250,9 +244,6 @@ class KubeletApi:
         self._wait_released()
         started = time.monotonic()
         when = dt.datetime.now(dt.UTC)
-        real = self.kubelet.real.find(pod, container)
-        if real is not None:
-            return self._real_checkpoint(pod, real, when)
         try:
             plan = checkpoints.plan(pod, container, config, when)
         except PlanError as e:
@@ -265,22 +256,6 @@ class KubeletApi:
         name = checkpoints.archive_name(pod["metadata"]["name"], pod["metadata"]["namespace"],
                                         container, when)
         checkpoints.write(plan, self.checkpoint_dir / name)
-        return f"{CHECKPOINT_DIR}/{name}"
-
-    def _real_checkpoint(self, pod: Obj, real: RealContainer, when: dt.datetime) -> str:
-        """`runc checkpoint` of a real container into CRI-O's archive (realpods.py)."""
-        meta = pod["metadata"]
-        name = checkpoints.archive_name(meta["name"], meta["namespace"], real.name, when)
-        config = {"name": f"k8s_{real.name}_{meta['name']}_{meta['namespace']}_{meta['uid']}_0",
-                  "checkpointedTime": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                  "restoredTime": "0001-01-01T00:00:00Z", "restored": False}
-        ip = str((pod.get("status") or {}).get("podIP") or "")
-        try:
-            self.kubelet.real.checkpoint(real, self.checkpoint_dir / name, config,
-                                         {"io.kubernetes.cri-o.IP.0": ip} if ip else {})
-        except RuntimeFailed as e:
-            raise _Failed(f"rpc error: code = Unknown desc = failed to checkpoint container "
-                          f"{real.id}: {e}") from None
         return f"{CHECKPOINT_DIR}/{name}"
 
     def _sleep(self, until: float) -> None:

@@ -29,7 +29,6 @@ from e2e.nodes.image_manager import Backoff, ImageManager, Waiting
 from e2e.nodes.images import PulledImage, parse_image
 from e2e.nodes.kubelet_events import EventRecorder
 from e2e.nodes.nodeconfig import NodeConfig
-from e2e.nodes.realpods import RealRuntime, crio_annotations
 from e2e.nodes.registry_pull import Puller, PullError
 from e2e.nodes.restore import (
     Checkpoint,
@@ -97,15 +96,12 @@ class PodStarter:
     report: writes a pod's status from an outcome (called on a worker thread).
     done: called after each attempt (and its report): what wants() and retry_at()
         answer may have changed, though the pod's status did not.
-    real: the node's runc containers, for pods that ask for them (realpods.py).
     """
 
     def __init__(self, api: NodeApi, node: str, puller: Puller, config: Callable[[], NodeConfig],
                  report: Report, log: Callable[[str], None], workers: int = 2,
-                 done: Callable[[], None] = lambda: None, real: RealRuntime | None = None
-                 ) -> None:
+                 done: Callable[[], None] = lambda: None) -> None:
         self._done = done
-        self.real = real
         self.api = api
         self.node = node
         self.puller = puller
@@ -221,17 +217,13 @@ class PodStarter:
     def _create(self, pod: Obj, c: dict[str, Any], image: PulledImage) -> Started:
         name, config = str(c.get("name", "")), self._config()
         annotations: dict[str, str] = {}
-        real = self.real if self.real is not None and self.real.wants(pod) else None
         path = restore_path(config, image) if image.ref.reachable else "plain"
         if path == "crio":
             with LayerRoot(image) as root:
                 checkpoint = prepare_restore(image, root, pod, c)
                 base_name, base = self._restore_base(checkpoint)
                 self._event(pod, c, _NORMAL, "Created", f"Created container {name}")
-                if real is not None:
-                    self._restore_real(real, pod, c, image, checkpoint, base)
-                else:
-                    annotations = bring_back(image, root, checkpoint, pod, c).annotations
+                annotations = bring_back(image, root, checkpoint, pod, c).annotations
             self._event(pod, c, _NORMAL, "Started", f"Started container {name}")
             # CRI-O reports the image the container was created on: the base image.
             ref = str(checkpoint.config.get("rootfsImageRef") or "")
@@ -256,8 +248,6 @@ class PodStarter:
                         self._event(pod, c, _NORMAL, "Created", f"Created container {name}")
                     raise
             self._event(pod, c, _NORMAL, "Created", f"Created container {name}")
-            if real is not None:
-                real.run(pod, c, image, crio_annotations(pod, c, image))
         self._event(pod, c, _NORMAL, "Started", f"Started container {name}")
         return Started(image.repo_digest if image.ref.reachable else None, rfc3339(now()),
                        annotations)
@@ -282,16 +272,6 @@ class PodStarter:
             raise CreateError("CreateContainerError", f'reading image '
                               f'"{ref.rpartition("sha256:")[2] or name}": image not known')
         return name, found
-
-    def _restore_real(self, real: RealRuntime, pod: Obj, c: dict[str, Any],
-                      image: PulledImage, checkpoint: Checkpoint,
-                      base: PulledImage | None) -> None:
-        """CRI-O's restore for real: `runc restore` on the base image's layers."""
-        name = str(checkpoint.config.get("rootfsImageName") or "")
-        if base is None:
-            raise CreateError("CreateContainerError", f"real containers need the layers of "
-                              f"{name}: it is not from a registry on 127.0.0.1")
-        real.restore(pod, c, image, base, checkpoint, crio_annotations(pod, c, base))
 
     def _base_image(self, image: str) -> PulledImage | None:
         """A checkpoint's base image, pulled as containerd pulls it for a restore: with no

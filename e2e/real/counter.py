@@ -15,8 +15,8 @@ after printing `ballast: M MiB` (touched, resident memory for CRIU to dump).
 
 The image is built here, from scratch, with nothing pulled: one uncompressed
 layer (busybox-static and its applet links, the script), an OCI config and
-manifest, pushed over plain HTTP to a loopback registry (the registries the
-node agents reach are insecure ones on 127.0.0.1).
+manifest, pushed over plain HTTP to a loopback registry (the real nodes pull
+from it over plain HTTP, realnode.py).
 """
 
 from __future__ import annotations
@@ -149,8 +149,7 @@ def push_counter_image(registry: str, repo: str, tag: str, workdir: Path) -> str
 
 def counter_pod(name: str, image: str, *, secret: str, node: str, interval: float = 1.0,
                 ballast_mib: int = 0, volumes: bool = True) -> dict[str, Any]:
-    """The pod (a manifest as a dict) that runs the counter as a real container on
-    `node` (the annotation that asks the node agent for runc)."""
+    """The pod (a manifest as a dict) that runs the counter on `node`."""
     env = [{"name": "SECRET", "value": secret}, {"name": "INTERVAL", "value": str(interval)}]
     if ballast_mib:
         env.append({"name": "BALLAST_MIB", "value": str(ballast_mib)})
@@ -161,8 +160,7 @@ def counter_pod(name: str, image: str, *, secret: str, node: str, interval: floa
         container["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
         spec["volumes"] = [{"name": "data", "emptyDir": {}}]
     return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": "default", "labels": {"app": name},
-                         "annotations": {"sim.migrate.dev/runtime": "runc"}},
+            "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
             "spec": spec}
 
 

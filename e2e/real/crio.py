@@ -96,7 +96,9 @@ def _rootfs_diff(host_pid: int, view: EngineView) -> bytes:
 
 def crio_archive(world: PodmanWorld, host_pid: int, view: EngineView, out: Path,
                  pod: Pod) -> Path:
-    """Checkpoint the container with runc and pack a CRI-O archive at ``out``."""
+    """Checkpoint the container with runc and pack CRI-O's archive at ``out`` (0600):
+    CRIU's images, dump.log and stats-dump, config.dump, spec.dump, bind.mounts (from the
+    spec's bind mounts), rootfs-diff.tar, deleted.files and the container's log."""
     scratch = out.parent / f"{out.name}.d"
     runc_checkpoint(world, view.id, scratch / "images", scratch / "work")
     userdata = world.root / "storage" / "overlay-containers" / view.id / "userdata"
@@ -111,25 +113,15 @@ def crio_archive(world: PodmanWorld, host_pid: int, view: EngineView, out: Path,
         "restoredTime": "0001-01-01T00:00:00Z", "restored": False,
     }
     deleted = sorted(p for p, kind in view.diff.items() if kind == "D")
-    return pack(out, scratch, config=config, spec=spec, rootfs_diff=_rootfs_diff(host_pid, view),
-                deleted=deleted, log=userdata / "ctr.log")
-
-
-def pack(out: Path, scratch: Path, *, config: dict[str, Any], spec: dict[str, Any],
-         rootfs_diff: bytes, deleted: list[str], log: Path) -> Path:
-    """Write CRI-O's archive at ``out`` (0600): CRIU's images and dump.log/stats-dump of a
-    `runc checkpoint` into ``scratch``/images and ``scratch``/work (runc_checkpoint's
-    layout), config.dump, spec.dump, bind.mounts (from spec's bind mounts),
-    rootfs-diff.tar, deleted.files and the container's log."""
     members: list[tuple[str, Member]] = [
         *((f"checkpoint/{f.name}", f) for f in sorted((scratch / "images").iterdir())),
         ("config.dump", json.dumps(config, indent=2).encode()),
         ("spec.dump", json.dumps(spec, indent=2).encode()),
         ("bind.mounts", json.dumps(_binds(spec)).encode()),
-        ("rootfs-diff.tar", rootfs_diff),
+        ("rootfs-diff.tar", _rootfs_diff(host_pid, view)),
         ("deleted.files", json.dumps(deleted).encode()),
         ("dump.log", scratch / "work" / "dump.log"),
         ("stats-dump", scratch / "work" / "stats-dump"),
-        ("io.kubernetes.cri-o.LogPath", log),
+        ("io.kubernetes.cri-o.LogPath", userdata / "ctr.log"),
     ]
     return write_archive(out, members, int(datetime.now(UTC).timestamp()))
