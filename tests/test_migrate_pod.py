@@ -348,6 +348,13 @@ def test_a_deployment_pod_is_handed_over_to_its_replicaset(
         assert restored.metadata.owner_references[0].name == rs_name  # adopted
         assert restored.metadata.labels["pod-template-hash"]  # the held-back label is back
         assert apps.read_namespaced_deployment("web", "default").spec.replicas == 2
+        # The ReplicaSet never made a pod of its own during the switch-over (one
+        # would mean it saw the source gone before it counted the restored pod):
+        # it created the two it started with, nothing since.
+        created = [e for e in v1.list_namespaced_event(
+            "default", field_selector=f"involvedObject.name={rs_name}").items
+            if e.reason == "SuccessfulCreate"]
+        assert sum(e.count or 1 for e in created) == 2, [e.message for e in created]
 
 
 def test_every_container_of_a_pod_with_an_init_container(

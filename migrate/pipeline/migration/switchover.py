@@ -24,8 +24,7 @@ def switch_over(run: Run) -> SwitchoverResult:
         owner = kube.read_owner(run.cluster, plan.namespace, *plan.owner)
         run.journal.record("deletion-cost set", pod=plan.pod)
         stopped = handover.hand_over(run.cluster, plan.namespace, plan.pod, plan.uid,
-                                     created.pod, created.held_label,
-                                     owner["metadata"]["uid"], timeout)
+                                     created.pod, created.held_label, owner, timeout)
     else:
         stopped = handover.delete_source(run.cluster, plan.namespace, plan.pod, plan.uid,
                                          timeout)
