@@ -27,7 +27,7 @@ from kubernetes import client
 from e2e.cluster.launcher import ControlPlane
 from e2e.cluster.world import Cluster
 from e2e.nodes import RegistryConfig
-from migrate.pipeline import migration
+from migrate.pipeline import migration, switchover
 from migrate.pipeline.journal import Journal
 from tests.cluster import node_agents, wait_for
 from tests.conftest import Result
@@ -357,3 +357,35 @@ def test_a_run_interrupted_before_an_upgrade_resumes_after_it(
     assert pods(v1)[r.json()["destination_pod"]] == ("node-b", "Running")
     assert "upgraded" not in pods(v1)
     assert json.loads(path.read_text())["schema"] == 2
+
+
+def test_a_run_stopped_after_its_source_went_is_finished_not_undone(
+        cli: Cli, cluster: Cluster, v1: client.CoreV1Api, plain_registry: RegistryUnderTest,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Stopped between the source's deletion and the journal's record of it: the
+    # journal says less than happened. Undoing the run now would delete the restored
+    # pod, the only copy of the workload left; rollback refuses, and resume finishes.
+    make_pod(v1, "gone-src")
+    deleted = switchover.delete_source
+
+    def delete_then_stop(*args: Any, **kw: Any) -> float:
+        deleted(*args, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(switchover, "delete_source", delete_then_stop)
+    r = cli(*plain(cluster, plain_registry, "gone-src"))
+    assert r.code == 130, r.err
+    journal_id = journal_id_of(r.err)
+    monkeypatch.setattr(switchover, "delete_source", deleted)
+    assert "gone-src" not in pods(v1) and pods(v1)["gone-src-restored"] == ("node-b", "Running")
+    r = cli("rollback", journal_id, "--kubeconfig", cluster.kubeconfig)
+    assert r.code == 2, r.err
+    assert r.err.splitlines() == [
+        f"error: migration {journal_id} was stopped in its switch-over after the source pod "
+        "default/gone-src went: the restored pod is what runs now, and undoing the run "
+        "would delete it", f"hint: `migrate resume {journal_id}` finishes the switch-over"]
+    assert pods(v1)["gone-src-restored"] == ("node-b", "Running")
+    r = resume(cli, cluster, journal_id)
+    assert r.code == 0, r.err
+    assert r.json()["outcome"] == "succeeded"
+    assert pods(v1)["gone-src-restored"] == ("node-b", "Running")

@@ -21,11 +21,12 @@ rolled back like any failure before the switch-over. Three ways:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
 from migrate.adapters import kube
-from migrate.errors import ClusterError
+from migrate.errors import ClusterError, NotFoundError
 from migrate.pipeline import nodes
 
 Obj = dict[str, Any]
@@ -109,8 +110,12 @@ def hand_over(cluster: kube.Cluster, namespace: str, source: str, source_uid: st
               destination: str, label: tuple[str, str], owner: Obj,
               timeout: float) -> float:
     """Give the ReplicaSet the destination and remove the source."""
-    kube.patch_pod(cluster, namespace, source,
-                   {"metadata": {"annotations": {DELETION_COST: LOWEST_COST}}})
+    # A resumed handover may find the source gone already (the ReplicaSet removed
+    # it, or the run was stopped after deleting it): the destination still needs
+    # its label and owner.
+    with contextlib.suppress(NotFoundError):
+        kube.patch_pod(cluster, namespace, source,
+                       {"metadata": {"annotations": {DELETION_COST: LOWEST_COST}}})
     # The label and the controller reference together, rather than the label alone
     # and a wait for the ReplicaSet to adopt the pod: the controller's informer sees
     # this change before the source's deletion (one watch, in resourceVersion

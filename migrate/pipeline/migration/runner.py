@@ -21,7 +21,7 @@ from collections.abc import Callable
 from migrate.adapters import kube
 from migrate.errors import MigrateError, UsageError
 from migrate.pipeline import claims, switchover
-from migrate.pipeline.journal import DONE, Journal
+from migrate.pipeline.journal import DONE, PENDING, Journal
 from migrate.pipeline.migration.build import build
 from migrate.pipeline.migration.checkpoint import checkpoint
 from migrate.pipeline.migration.cleanup import cleanup
@@ -108,10 +108,28 @@ def _stage(run: Run, name: str) -> None:
     run.progress(name, f"done in {journal.stage(name).seconds:.3f} s")
 
 
+def _switched(run: Run) -> bool:
+    """Whether the restored pod has replaced the source: the switch-over is done, or it
+    began and the source is gone or going.
+
+    The cluster is asked, not only the journal: a run killed between the source's
+    deletion and its record of it, or a ReplicaSet that removed the source itself
+    after the handover's patch, leaves a journal that says less than happened, and
+    undoing such a run would delete the only copy of the workload."""
+    stage = run.journal.stage("switchover")
+    if stage.status == DONE or any(a["action"] == "source deleted"
+                                   for a in run.journal.actions):
+        return True
+    if stage.status == PENDING and not any(a["action"] == "switch-over"
+                                           for a in run.journal.actions):
+        return False
+    now = source(run)
+    return (now is None or now["metadata"].get("uid") != run.plan.uid
+            or bool(now["metadata"].get("deletionTimestamp")))
+
+
 def _failed(run: Run, stage: str, error: MigrateError) -> None:
-    switched = run.journal.stage("switchover").status == DONE or (
-        stage == "switchover" and any(a["action"] == "source deleted"
-                                      for a in run.journal.actions))
+    switched = _switched(run)
     # The cluster may be what failed; the rollback below says more.
     with contextlib.suppress(MigrateError):
         event(run, source(run), "MigrationFailed", f"{stage}: {error.message}", warning=True)
@@ -128,6 +146,11 @@ def rollback(run: Run) -> list[str]:
     if journal.stage("switchover").status == DONE:
         raise UsageError(f"migration {journal.id} already switched over: the restored pod "
                          "replaced the source", hint="to move it back, migrate it again")
+    if _switched(run):
+        raise UsageError(f"migration {journal.id} was stopped in its switch-over after the "
+                         f"source pod {plan.namespace}/{plan.pod} went: the restored pod is "
+                         "what runs now, and undoing the run would delete it",
+                         hint=f"`migrate resume {journal.id}` finishes the switch-over")
     undone = []
     pods = {(o["namespace"], o["name"]): o["uid"] for o in journal.objects
             if o["kind"] == "Pod"}
