@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -163,3 +165,25 @@ def test_taints_and_tolerations() -> None:
     assert refusals(pod(tolerations=[wrong]), node("b", taints=[taint]))
     soft = {"key": "x", "effect": "PreferNoSchedule"}
     assert refusals(pod(), node("b", taints=[soft])) == []
+
+
+def test_what_a_resume_or_rollback_reads_is_synced_a_stage_start_is_not(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[str] = []
+    j = Journal.create(tmp_path, "pod", "counters", {"pod": "counters"}, ["a", "b"])
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(j.path.name), real_fsync(fd)))
+
+    def saves(step: Callable[[], object]) -> int:
+        before = len(synced)
+        step()
+        return len(synced) - before
+
+    assert saves(lambda: j.begin("a")) == 0
+    # Written all the same, only not synced.
+    assert json.loads(j.path.read_text())["stages"][0]["status"] == "running"
+    assert saves(lambda: j.record("checkpointed", archive="/x")) == 1
+    assert saves(lambda: j.created_object("Pod", "default", "counters-restored")) == 1
+    assert saves(lambda: j.finish("a", archive="/x")) == 1
+    assert saves(lambda: j.set_outcome("succeeded")) == 1
+    assert oct(j.path.stat().st_mode & 0o777) == "0o600"
