@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import subprocess
 import threading
 import time
@@ -171,11 +172,21 @@ def _token_in(cli: Cli, archive: Path) -> dict[str, Any]:
 
 
 def test_memparse_and_rootfs_diff_read_the_kubelets_archive(
-        cli: Cli, checkpoint: Checkpoint) -> None:
+        cli: Cli, checkpoint: Checkpoint, tmp_path: Path) -> None:
     assert _token_in(cli, checkpoint.path)["command"] == "sh"
     r = cli("rootfs-diff", checkpoint.path, "-o", "json")
     assert r.code == 0, r.err
     assert "home/counter/test-file" in [e["path"] for e in r.json()["rootfs_diff"]]
+    # CRI-O adds etc/mtab -> /proc/mounts to a root without one (the counter's has
+    # none): --extract writes it as a link inside DIR, and says so.
+    dest = tmp_path / "rootfs"
+    r = cli("rootfs-diff", checkpoint.path, "--extract", dest, "-o", "json")
+    assert r.code == 0, r.err
+    assert (dest / "home/counter/test-file").read_text() == f"counter state file of {POD}\n"
+    assert r.json()["rewritten_links"] == [
+        {"path": "etc/mtab", "target": "/proc/mounts", "written": "../proc/mounts"}]
+    assert os.readlink(dest / "etc/mtab") == "../proc/mounts"
+    assert Path(os.path.realpath(dest / "etc/mtab")) == dest / "proc/mounts"
 
 
 def test_the_restored_pod_counts_on_from_the_checkpoint(

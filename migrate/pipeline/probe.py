@@ -32,7 +32,7 @@ from migrate.adapters import kube
 from migrate.adapters.registry.client import RegistryClient
 from migrate.adapters.registry.reference import parse_reference
 from migrate.errors import ClusterError, MigrateError, NotFoundError, UsageError
-from migrate.pipeline import nodebuild, nodes, restore
+from migrate.pipeline import nodebuild, nodes, prepull, restore
 from migrate.pipeline.build import BuildRequest, build_image
 from migrate.pipeline.choices import BuildOn
 from migrate.pipeline.manifest import PodSource, RestoreOptions, render_restore_pod
@@ -255,7 +255,27 @@ def _secret(p: _Probe, image: str) -> str | None:
     return str(created["metadata"]["name"])
 
 
-def _restore(p: _Probe, probe_pod: Obj, destination: Obj) -> None:
+def _pull_base_image(p: _Probe, probe_pod: Obj, destination: Obj) -> dict[str, str]:
+    """On a CRI-O destination, pull the probe pod's image there first, as `migrate pod`
+    does (migration/base.py): CRI-O restores onto it and pulls nothing. Returns
+    container -> that image as the destination holds it (REPO@DIGEST when pulled so)."""
+    if nodes.runtime_of(destination).name != "cri-o":
+        return {}
+
+    def gone(pod: Obj) -> None:
+        p.made.remove(("Pod", pod["metadata"]["name"]))
+
+    wanted = prepull.wanted(probe_pod, (CONTAINER,), destination)
+    for container, image, present in wanted:
+        if not present:
+            manifest = prepull.pod_manifest(probe_pod, container, image, p.node, p.run_id, [])
+            manifest["metadata"]["labels"] = {PROBE_LABEL: p.run_id}  # a probe's, not a run's
+            prepull.pull(p.cluster, manifest, image, p.req.timeout,
+                         lambda pod: p.made.append(("Pod", pod["metadata"]["name"])), gone)
+    return {container: image for container, image, _ in wanted}
+
+
+def _restore(p: _Probe, probe_pod: Obj, destination: Obj, pulled: dict[str, str]) -> None:
     assert p.pushed is not None
     digest = p.pushed.rpartition("@")[2]
     pod = render_restore_pod(PodSource(probe_pod), {CONTAINER: p.pushed},
@@ -274,7 +294,8 @@ def _restore(p: _Probe, probe_pod: Obj, destination: Obj) -> None:
     restore.wait_restored(p.cluster, p.namespace, created["metadata"]["name"], p.node,
                           {CONTAINER: digest}, p.req.timeout,
                           since=created["metadata"].get("resourceVersion"),
-                          runtime=nodes.runtime_of(destination), rootfs={CONTAINER: ran})
+                          runtime=nodes.runtime_of(destination), rootfs={CONTAINER: ran},
+                          ran=pulled)
 
 
 def _cleanup(p: _Probe) -> None:
@@ -323,13 +344,15 @@ def probe_node(cluster: kube.Cluster, settings: Settings, req: ProbeRequest,
         with p.stage("start"):
             pod = _start(p, source, req.image or pause_image(source))
         with p.stage("checkpoint"):
+            # Before the checkpoint, as `migrate pod` does (and timed with it).
+            pulled = _pull_base_image(p, pod, destination)
             archive = kube.checkpoint_via_apiserver(cluster, result.source, p.namespace,
                                                     pod["metadata"]["name"], CONTAINER, None)
         with p.stage("build"):
             p.pushed = _build(p, result.source, pod["metadata"]["name"], archive)
             result.image = p.pushed
         with p.stage("restore"):
-            _restore(p, pod, destination)
+            _restore(p, pod, destination, pulled)
         result.status = "PASS"
     except MigrateError as e:
         if result.stage is None:  # before any stage: no destination, no source
