@@ -237,6 +237,35 @@ def test_doctor_probe_passes_on_the_real_node(
     assert (probe["node"], probe["status"], probe["leftovers"]) == (node.name, "PASS", []), probe
 
 
+def _probe(cli: Cli, cp: ControlPlane, registry: RegistryUnderTest, source: str,
+           destination: str, image: str) -> dict[str, Any]:
+    r = cli("doctor", "--registry", f"{registry.host}/probe", "--no-tls-verify",
+            "--probe", destination, "--probe-source", source, "--probe-image", image,
+            "--kubeconfig", cp.admin_kubeconfig, "-o", "json")
+    (probe,) = r.json()["probes"]
+    assert r.code == (0 if probe["status"] == "PASS" else 9), (r.out, r.err)
+    assert probe["leftovers"] == [], probe
+    status, left = cp.api("GET", "/api/v1/namespaces/default/pods?labelSelector=migrate.dev/probe")
+    assert status == 200 and [p for p in left["items"]
+                              if not p["metadata"].get("deletionTimestamp")] == []
+    found: dict[str, Any] = probe
+    return found
+
+
+def test_doctor_probe_pulls_its_image_on_a_destination_without_it(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
+        plain_registry: RegistryUnderTest, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # As `migrate pod` does: CRI-O restores onto the probe pod's image and pulls nothing,
+    # so without the pre-pull the restore on node-b fails with `image not known`.
+    image = push_rootfs(plain_registry.host, "stretch/probe-unpulled", "1",
+                        counter_rootfs(tmp_path / "rootfs"),
+                        {"Cmd": ["/bin/sh", "/counter.sh"], "Env": ["PATH=/bin", "PROBE=1"]})
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
+    probe = _probe(cli, real_cp, plain_registry, node.name, node_b.name, image)
+    assert (probe["node"], probe["status"]) == (node_b.name, "PASS"), json.dumps(probe)
+
+
 def _start(cp: ControlPlane, pod: dict[str, Any]) -> str:
     status, body = cp.api("POST", "/api/v1/namespaces/default/pods", pod)
     assert status == 201, body
