@@ -266,6 +266,49 @@ def test_doctor_probe_pulls_its_image_on_a_destination_without_it(
     assert (probe["node"], probe["status"]) == (node_b.name, "PASS"), json.dumps(probe)
 
 
+def test_doctor_probe_fails_at_once_on_an_image_the_node_cannot_pull(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
+        plain_registry: RegistryUnderTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Nothing listens on port 1: the kubelet reports RegistryUnavailable (CRI-O's word for
+    # it), then ImagePullBackOff, for ever; the probe fails on the first, not at
+    # --timeout's end (then its words would be the watch's, not the kubelet's).
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
+    image = "127.0.0.1:1/nothing/here:1"
+    probe = _probe(cli, real_cp, plain_registry, node.name, node_b.name, image)
+    assert (probe["status"], probe["stage"]) == ("FAIL", "start"), probe
+    assert probe["message"].startswith(
+        f"the probe pod did not start on {node.name}: RegistryUnavailable: image pull failed "
+        f"for {image} because the registry is unavailable: "), probe
+    assert "connection refused" in probe["message"] and "\n" not in probe["message"], probe
+    assert probe["hint"] == f"give an image {node.name} holds or can pull with --probe-image"
+
+
+def test_the_pre_pull_refuses_an_image_the_node_cannot_pull(
+        real_cp: ControlPlane, node_b: realnode.RealNode) -> None:
+    # The kubelet's first word for an unreachable registry is RegistryUnavailable, not
+    # ErrImagePull: the pre-pull took it for "past the pull" and went on to the restore.
+    from migrate.adapters import kube
+    from migrate.pipeline import prepull
+    from migrate.pipeline.refusals import PullRefused
+    from migrate.settings import KubeSettings
+
+    image = "127.0.0.1:1/nothing/here:1"
+    cluster = kube.connect(KubeSettings(kubeconfig=real_cp.admin_kubeconfig))
+    source = {"metadata": {"name": "unreachable", "namespace": "default"},
+              "spec": {"containers": [{"name": "c", "image": image}]}}
+    manifest = prepull.pod_manifest(source, "c", image, node_b.name, "test-run", [])
+    made: list[dict[str, Any]] = []
+    try:
+        with pytest.raises(PullRefused) as e:
+            prepull.pull(cluster, manifest, image, DEADLINE, made.append, made.remove)
+    finally:
+        for pod in made:
+            kube.delete_pod(cluster, "default", pod["metadata"]["name"], grace_seconds=0)
+    assert e.value.message.startswith(
+        f"{node_b.name} cannot pull {image}, the image the restore runs on: image pull failed "
+        f"for {image} because the registry is unavailable: "), e.value.message
+
+
 def _start(cp: ControlPlane, pod: dict[str, Any]) -> str:
     status, body = cp.api("POST", "/api/v1/namespaces/default/pods", pod)
     assert status == 201, body

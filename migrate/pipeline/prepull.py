@@ -22,7 +22,7 @@ from migrate.adapters import kube
 from migrate.adapters.registry.reference import parse_reference
 from migrate.errors import ClusterError, MigrateError
 from migrate.pipeline import claims
-from migrate.pipeline.refusals import base_pull_refused
+from migrate.pipeline.refusals import PULL_FAILED, base_pull_refused
 
 __all__ = ["COMMAND", "images_ran", "is_prepull", "listed", "pod_manifest", "pull", "start",
            "wait", "wanted"]
@@ -34,8 +34,6 @@ COMMAND = "/.migrate-prepull/no-such-command"
 CONTAINER = "prepull"
 #: Waiting reasons while the image is not on the node yet.
 _PULLING = frozenset({"", "ContainerCreating", "PodInitializing"})
-_REFUSED = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName",
-                      "ErrImageNeverPull"})
 
 
 def images_ran(source_pod: Obj, containers: tuple[str, ...]) -> dict[str, str]:
@@ -144,7 +142,7 @@ class _PastPull:
         if found[0].get("imageID") or "terminated" in state or "running" in state:
             return True
         reason = str((state.get("waiting") or {}).get("reason") or "")
-        if reason in _REFUSED:
+        if reason in PULL_FAILED:
             message = str((state.get("waiting") or {}).get("message") or reason)
             raise base_pull_refused(self.node, self.image, message)
         return None if reason in _PULLING else True

@@ -38,7 +38,7 @@ from migrate.pipeline.choices import BuildOn
 from migrate.pipeline.manifest import PodSource, RestoreOptions, render_restore_pod
 from migrate.pipeline.names import suggestion
 from migrate.pipeline.preflight import build_location, locate
-from migrate.pipeline.refusals import FATAL_WAITING, PROBE_SUGGESTION, PULLING, pull_refused
+from migrate.pipeline.refusals import FATAL_WAITING, PROBE_SUGGESTION, PULL_FAILED
 from migrate.settings import Settings
 
 PROBE_LABEL = "migrate.dev/probe"
@@ -171,8 +171,16 @@ def _probe_pod(name: str, namespace: str, node: str, image: str, run_id: str) ->
                                                                 "memory": "16Mi"}}}]}}
 
 
-def _running(node: str) -> Callable[[Obj | None], Obj | None]:
-    """The watch predicate for the probe pod: it runs, or it will not start."""
+def _running(node: str, image: str, fallback: bool) -> Callable[[Obj | None], Obj | None]:
+    """The watch predicate for the probe pod: it runs, or it will not start.
+
+    Unlike a restored pod's checkpoint image, the probe pod's image is no part of
+    the path a probe proves: any failed pull of it (the kubelet's RegistryUnavailable
+    or ErrImagePull, then ImagePullBackOff, for ever) fails the probe at once, as the
+    pre-pull does, whatever the cause: an unreachable registry would only be waited
+    on until --timeout. ``fallback``: the image is DEFAULT_PAUSE_IMAGE, the node
+    listing none.
+    """
     def check(pod: Obj | None) -> Obj | None:
         if pod is None:
             raise ClusterError("the probe pod was deleted while it was starting")
@@ -180,15 +188,22 @@ def _running(node: str) -> Callable[[Obj | None], Obj | None]:
         for s in status.get("containerStatuses") or []:
             waiting = (s.get("state") or {}).get("waiting") or {}
             reason, message = waiting.get("reason", ""), str(waiting.get("message", ""))
-            if reason in FATAL_WAITING or (
-                    reason in PULLING and pull_refused(CONTAINER, node, "", message)):
-                raise ClusterError(f"the probe pod did not start on {node}: {reason}: "
-                                   f"{message}".rstrip(": "),
-                                   hint="give an image the node can run with --probe-image")
+            if reason in FATAL_WAITING or reason in PULL_FAILED:
+                raise _not_started(node, image, fallback, reason, message)
         running = status.get("phase") == "Running" and all(
             (s.get("state") or {}).get("running") for s in status.get("containerStatuses") or [])
         return pod if running else None
     return check
+
+
+def _not_started(node: str, image: str, fallback: bool, reason: str,
+                 message: str) -> ClusterError:
+    words = " ".join(f"{reason}: {message}".split()).rstrip(": ")  # one line, whatever it says
+    hint = f"give an image {node} holds or can pull with --probe-image"
+    if reason in PULL_FAILED and fallback:
+        hint = (f"{node} lists no pause image in its status.images, so the probe ran "
+                f"{image}, which it cannot pull: {hint}")
+    return ClusterError(f"the probe pod did not start on {node}: {words}", hint=hint)
 
 
 def _start(p: _Probe, source: Obj, image: str) -> Obj:
@@ -196,8 +211,9 @@ def _start(p: _Probe, source: Obj, image: str) -> Obj:
     body = _probe_pod(name, p.namespace, source["metadata"]["name"], image, p.run_id)
     created = kube.create_pod(p.cluster, p.namespace, body)
     p.made.append(("Pod", created["metadata"]["name"]))
+    fallback = p.req.image is None and image == DEFAULT_PAUSE_IMAGE
     return kube.watch_pod(p.cluster, p.namespace, created["metadata"]["name"],
-                          _running(source["metadata"]["name"]), p.req.timeout,
+                          _running(source["metadata"]["name"], image, fallback), p.req.timeout,
                           since=created["metadata"].get("resourceVersion"))
 
 
