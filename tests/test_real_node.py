@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import subprocess
 import threading
 import time
@@ -171,11 +172,21 @@ def _token_in(cli: Cli, archive: Path) -> dict[str, Any]:
 
 
 def test_memparse_and_rootfs_diff_read_the_kubelets_archive(
-        cli: Cli, checkpoint: Checkpoint) -> None:
+        cli: Cli, checkpoint: Checkpoint, tmp_path: Path) -> None:
     assert _token_in(cli, checkpoint.path)["command"] == "sh"
     r = cli("rootfs-diff", checkpoint.path, "-o", "json")
     assert r.code == 0, r.err
     assert "home/counter/test-file" in [e["path"] for e in r.json()["rootfs_diff"]]
+    # CRI-O adds etc/mtab -> /proc/mounts to a root without one (the counter's has
+    # none): --extract writes it as a link inside DIR, and says so.
+    dest = tmp_path / "rootfs"
+    r = cli("rootfs-diff", checkpoint.path, "--extract", dest, "-o", "json")
+    assert r.code == 0, r.err
+    assert (dest / "home/counter/test-file").read_text() == f"counter state file of {POD}\n"
+    assert r.json()["rewritten_links"] == [
+        {"path": "etc/mtab", "target": "/proc/mounts", "written": "../proc/mounts"}]
+    assert os.readlink(dest / "etc/mtab") == "../proc/mounts"
+    assert Path(os.path.realpath(dest / "etc/mtab")) == dest / "proc/mounts"
 
 
 def test_the_restored_pod_counts_on_from_the_checkpoint(
@@ -224,6 +235,78 @@ def test_doctor_probe_passes_on_the_real_node(
     assert r.code == 0, (r.out, r.err)
     (probe,) = r.json()["probes"]
     assert (probe["node"], probe["status"], probe["leftovers"]) == (node.name, "PASS", []), probe
+
+
+def _probe(cli: Cli, cp: ControlPlane, registry: RegistryUnderTest, source: str,
+           destination: str, image: str) -> dict[str, Any]:
+    r = cli("doctor", "--registry", f"{registry.host}/probe", "--no-tls-verify",
+            "--probe", destination, "--probe-source", source, "--probe-image", image,
+            "--kubeconfig", cp.admin_kubeconfig, "-o", "json")
+    (probe,) = r.json()["probes"]
+    assert r.code == (0 if probe["status"] == "PASS" else 9), (r.out, r.err)
+    assert probe["leftovers"] == [], probe
+    status, left = cp.api("GET", "/api/v1/namespaces/default/pods?labelSelector=migrate.dev/probe")
+    assert status == 200 and [p for p in left["items"]
+                              if not p["metadata"].get("deletionTimestamp")] == []
+    found: dict[str, Any] = probe
+    return found
+
+
+def test_doctor_probe_pulls_its_image_on_a_destination_without_it(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
+        plain_registry: RegistryUnderTest, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # As `migrate pod` does: CRI-O restores onto the probe pod's image and pulls nothing,
+    # so without the pre-pull the restore on node-b fails with `image not known`.
+    image = push_rootfs(plain_registry.host, "stretch/probe-unpulled", "1",
+                        counter_rootfs(tmp_path / "rootfs"),
+                        {"Cmd": ["/bin/sh", "/counter.sh"], "Env": ["PATH=/bin", "PROBE=1"]})
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
+    probe = _probe(cli, real_cp, plain_registry, node.name, node_b.name, image)
+    assert (probe["node"], probe["status"]) == (node_b.name, "PASS"), json.dumps(probe)
+
+
+def test_doctor_probe_fails_at_once_on_an_image_the_node_cannot_pull(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
+        plain_registry: RegistryUnderTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Nothing listens on port 1: the kubelet reports RegistryUnavailable (CRI-O's word for
+    # it), then ImagePullBackOff, for ever; the probe fails on the first, not at
+    # --timeout's end (then its words would be the watch's, not the kubelet's).
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
+    image = "127.0.0.1:1/nothing/here:1"
+    probe = _probe(cli, real_cp, plain_registry, node.name, node_b.name, image)
+    assert (probe["status"], probe["stage"]) == ("FAIL", "start"), probe
+    assert probe["message"].startswith(
+        f"the probe pod did not start on {node.name}: RegistryUnavailable: image pull failed "
+        f"for {image} because the registry is unavailable: "), probe
+    assert "connection refused" in probe["message"] and "\n" not in probe["message"], probe
+    assert probe["hint"] == f"give an image {node.name} holds or can pull with --probe-image"
+
+
+def test_the_pre_pull_refuses_an_image_the_node_cannot_pull(
+        real_cp: ControlPlane, node_b: realnode.RealNode) -> None:
+    # The kubelet's first word for an unreachable registry is RegistryUnavailable, not
+    # ErrImagePull: the pre-pull took it for "past the pull" and went on to the restore.
+    from migrate.adapters import kube
+    from migrate.pipeline import prepull
+    from migrate.pipeline.refusals import PullRefused
+    from migrate.settings import KubeSettings
+
+    image = "127.0.0.1:1/nothing/here:1"
+    cluster = kube.connect(KubeSettings(kubeconfig=real_cp.admin_kubeconfig))
+    source = {"metadata": {"name": "unreachable", "namespace": "default"},
+              "spec": {"containers": [{"name": "c", "image": image}]}}
+    manifest = prepull.pod_manifest(source, "c", image, node_b.name, "test-run", [])
+    made: list[dict[str, Any]] = []
+    try:
+        with pytest.raises(PullRefused) as e:
+            prepull.pull(cluster, manifest, image, DEADLINE, made.append, made.remove)
+    finally:
+        for pod in made:
+            kube.delete_pod(cluster, "default", pod["metadata"]["name"], grace_seconds=0)
+    assert e.value.message.startswith(
+        f"{node_b.name} cannot pull {image}, the image the restore runs on: image pull failed "
+        f"for {image} because the registry is unavailable: "), e.value.message
 
 
 def _start(cp: ControlPlane, pod: dict[str, Any]) -> str:

@@ -29,6 +29,7 @@ import pytest
 from migrate.adapters import nofollow
 from migrate.adapters.archive import NestedTar
 from migrate.adapters.safe_extract import Target, _write_failure
+from migrate.validation import validate
 from tests.conftest import REPO, Result
 from tests.test_untrusted_input import Entry, assert_clean_error, inner_tar, read_members
 
@@ -114,8 +115,21 @@ UNSAFE: list[tuple[str, list[Entry], str, str]] = [
      "has an absolute path"),
     ("symlink-out", [("link", "symlink", "../../outside")], "link",
      "is a symlink pointing out of the target ('../../outside')"),
-    ("symlink-absolute", [("link", "symlink", OUT)], "link",
-     f"is a symlink to the absolute path '{OUT}'"),
+    ("symlink-out-to-shadow", [("etc/passwd-", "symlink", "../../etc/shadow")], "etc/passwd-",
+     "is a symlink pointing out of the target ('../../etc/shadow')"),
+    # An absolute target is written relative (see test_absolute_symlinks_written_inside),
+    # then checked as any link: here through a link that leads out of DIR by itself...
+    ("absolute-into-a-link-out", [("etc/mtab", "symlink", "/proc/mounts"),
+                                  ("proc", "symlink", "../..")], "proc",
+     "is a symlink pointing out of the target ('../..')"),
+    # ... and through one that leads out only once a later link redirects it.
+    ("absolute-into-a-redirected-link", [("y", "symlink", "/p/q/z"),
+                                         ("p/q", "symlink", "r/../.."),
+                                         ("p/r", "symlink", "..")], "y",
+     "is a symlink pointing out of the target ('/p/q/z', written as 'p/q/z')"),
+    ("through-an-absolute-link", [("x", "symlink", "/d/l"), ("d/l", "symlink", ".."),
+                                  ("y", "symlink", "x/..")], "y",
+     "is a symlink pointing out of the target ('x/..')"),
     ("symlink-dotdot-then-write", [("link", "symlink", ".."), ("link/file", "file", b"x")],
      "link", "is a symlink pointing out of the target ('..')"),
     ("hardlink-out", [("hl", "hardlink", "../x")], "hl",
@@ -466,6 +480,51 @@ def test_normal_rootfs_diff_extracts_exactly(cli: Cli, tmp_path: Path,
         assert os.lstat(dest / name).st_mtime == MTIME, name  # listed entries keep their time
     assert os.listdir(dest.parent) == ["dest"]  # no staging directory left beside it
     assert above(dest) == modes
+
+
+ABSOLUTE: list[tuple[str, str, str]] = [
+    # (symlink, its absolute target, the relative target written)
+    ("etc/mtab", "/proc/mounts", "../proc/mounts"),  # what CRI-O adds to every root without one
+    ("a/b/up", "/a/../../../x", "../../x"),  # ".." at the root stays at the root, as in a chroot
+    ("root", "/", "."),
+    ("usr/lib/shared", "/usr/share/", "../share/"),  # the trailing "/" (a directory) is kept
+    ("etc/localtime", "//usr/./share/zoneinfo/UTC", "../usr/share/zoneinfo/UTC"),
+]
+
+
+def test_absolute_symlinks_written_inside(cli: Cli, tmp_path: Path,
+                                          rootfs_archive: Callable[[list[Entry]], Path]) -> None:
+    """An absolute target is a path in the container's root: written relative, inside DIR.
+
+    A host path (here a directory outside DIR that exists) is taken the same way: the
+    link leads to that path inside DIR, never to the host's. Each rewrite is told, one
+    line each, and in -o json's rewritten_links.
+    """
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    host = (str(outside), str(outside)[1:])
+    entries: list[Entry] = [("etc/app.conf", "file", b"x=1\n"), ("etc/rel", "symlink", "app.conf")]
+    entries += [(n, "symlink", t) for n, t, _ in ABSOLUTE] + [("host", "symlink", host[0])]
+    arch = rootfs_archive(entries)
+    dest = tmp_path / "dest"
+    r = cli("rootfs-diff", arch, "--extract", dest)
+    rewritten = [*ABSOLUTE, ("host", *host)]
+    assert (r.code, r.err) == (0, "".join(f"{n}: symlink to {t} written as {w}\n"
+                                          for n, t, w in rewritten)
+                               + f"extracted {len(entries)} entries to {dest}\n")
+    snap = snapshot(dest)
+    assert {n: snap[n] for n, _, _ in rewritten} == {n: ("link", w) for n, _, w in rewritten}
+    assert snap["etc/rel"] == ("link", "app.conf")
+    for name, _, _ in rewritten:
+        assert Path(os.path.realpath(dest / name)).is_relative_to(dest), name
+    assert os.listdir(outside) == []
+
+    json_dest = tmp_path / "json"
+    r = cli("rootfs-diff", arch, "--extract", json_dest, "-o", "json")
+    validate(r.json(), "rootfs-diff.schema.json", "rootfs-diff --extract")
+    assert r.json()["rewritten_links"] == [{"path": n, "target": t, "written": w}
+                                           for n, t, w in rewritten]
+    assert snapshot(json_dest) == snap
 
 
 def test_fifo_recreated_private(cli: Cli, tmp_path: Path,

@@ -28,7 +28,7 @@ from migrate.errors import ArchiveError, MigrateError, MissingMemberError, NotFo
 from migrate.settings import ArchiveSettings
 
 if TYPE_CHECKING:
-    from migrate.adapters.safe_extract import Target
+    from migrate.adapters.safe_extract import Rewrite, Target
 
 
 @dataclass(frozen=True, slots=True)
@@ -481,14 +481,15 @@ class NestedTar:
         self.label = label
         self.members = scan_tar(reader, label, max_members)
 
-    def extract(self, target: Target) -> list[Member]:
+    def extract(self, target: Target) -> tuple[list[Member], list[Rewrite]]:
         """Unpack every member into the new directory ``target`` (see `safe_extract`).
 
         All members are checked before anything is written, and the tree is
         moved into place only once complete: an unsafe entry, or any failure,
-        leaves the target as it was.
+        leaves the target as it was. Returns the entries written (all but
+        directories) and the symlinks whose absolute target was written relative.
         """
         from migrate.adapters.safe_extract import extract  # only --extract needs it
 
-        extract(self.reader, self.members, target, self.label)
-        return [m for m in self.members if m.kind != "dir"]
+        rewrites = extract(self.reader, self.members, target, self.label)
+        return [m for m in self.members if m.kind != "dir"], rewrites

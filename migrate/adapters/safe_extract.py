@@ -8,6 +8,9 @@ Two independent guards:
    anything but a file extracted before, symlinks resolving out of the tree
    (followed through the other symlinks, once more when all are known, since a
    later link can redirect an earlier one). An unsafe archive writes nothing.
+   A symlink's absolute target names a path in the container's root, never the
+   host's: it is written relative, to the same path inside DIR (`Rewrite`), and
+   checked as such.
 2. The writer (`migrate.adapters.nofollow`) never follows a link: every path is
    walked from a directory descriptor one component at a time with
    ``O_NOFOLLOW``, so even an entry the model got wrong cannot reach outside.
@@ -47,6 +50,19 @@ _SPECIAL = {"char", "block", "other"}
 _WORD = {"dir": "directory", "file": "file", "symlink": "symlink", "fifo": "FIFO"}
 _MAX_LINK_HOPS = 40  # the kernel's limit on symlinks followed in one lookup
 _MAX_SECONDS = 1 << 63  # os.utime cannot pass a time_t this large (file systems clamp the rest)
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """A symlink whose absolute ``target`` was written as the relative ``written`` inside DIR."""
+
+    path: str
+    target: str
+    written: str
+
+    def to_dict(self) -> dict[str, str]:
+        """The JSON form (rootfs-diff.schema.json's ``rewritten_links``)."""
+        return {"path": self.path, "target": self.target, "written": self.written}
 
 
 @dataclass(frozen=True)
@@ -128,11 +144,37 @@ def _resolve(parts: list[str], links: dict[str, str]) -> None:
             done.append(part)
             continue
         hops += 1
-        if posixpath.isabs(target):
+        if posixpath.isabs(target):  # never: the model holds absolute targets made relative
             raise _Escape
         if hops > _MAX_LINK_HOPS:
             return
         todo = [p for p in target.split("/") if p not in ("", ".")] + todo
+
+
+def _text(m: Member, parts: list[str]) -> str:
+    """The text the symlink ``m`` (at ``parts``) is written with: its own, or made relative."""
+    return chroot_relative(parts[:-1], m.linkname) if posixpath.isabs(m.linkname) else m.linkname
+
+
+def chroot_relative(parent: list[str], text: str) -> str:
+    """The absolute symlink target ``text`` of a link in ``parent``, relative to that link.
+
+    As in a chroot, ``..`` at the root stays at the root (``/a/../../x`` is
+    ``/x``), so the result never climbs above DIR by itself. The normalisation
+    is by name (``realpath -s``): a ``..`` after a component that is itself a
+    symlink undoes that name, not its target. A trailing ``/`` is kept.
+    """
+    inside: list[str] = []
+    for part in text.split("/"):
+        if part == "..":
+            if inside:
+                inside.pop()
+        elif part not in ("", "."):
+            inside.append(part)
+    # The link's parent components are real directories (the model refuses writing
+    # through a link), so climbing them with ".." is exact.
+    rel = posixpath.relpath("/" + "/".join(inside), "/" + "/".join(parent))
+    return rel + "/" if text.endswith("/") and inside else rel
 
 
 class _Model:
@@ -140,8 +182,9 @@ class _Model:
 
     def __init__(self) -> None:
         self.kinds: dict[str, str] = {}
-        self.links: dict[str, str] = {}  # symlink path -> its text
+        self.links: dict[str, str] = {}  # symlink path -> the text it is written with
         self.link_members: dict[str, Member] = {}
+        self.rewrites: dict[str, Rewrite] = {}  # symlink path -> its absolute target, rewritten
 
     def reason(self, m: Member) -> str | None:
         """Why ``m`` is unsafe after the members added so far, or None (then it is added)."""
@@ -168,7 +211,9 @@ class _Model:
         if why is None:
             self.kinds[path] = kind
             if m.kind == "symlink":
-                self.links[path], self.link_members[path] = m.linkname, m
+                self.links[path], self.link_members[path] = _text(m, parts), m
+                if posixpath.isabs(m.linkname):
+                    self.rewrites[path] = Rewrite(m.name, m.linkname, self.links[path])
         return why
 
     def _link_reason(self, m: Member, parts: list[str]) -> str | None:
@@ -182,30 +227,37 @@ class _Model:
         if m.kind == "symlink":
             if not m.linkname or "\0" in m.linkname:
                 return f"is a symlink to an impossible target {m.linkname!r}"
-            if posixpath.isabs(m.linkname):
-                return f"is a symlink to the absolute path {m.linkname!r}"
-            return self.escapes(parts[:-1], m.linkname)
+            return self.escapes(parts[:-1], _text(m, parts), m.linkname)
         return None
 
-    def escapes(self, parent: list[str], text: str) -> str | None:
-        """The reason a symlink in ``parent`` with ``text`` points out of DIR, if it does."""
+    def escapes(self, parent: list[str], text: str, original: str) -> str | None:
+        """The reason a symlink in ``parent`` written with ``text`` points out of DIR, if it does.
+
+        ``original`` is the archive's text (``text`` unless an absolute target was rewritten).
+        """
         try:
             _resolve([*parent, *text.split("/")], self.links)
         except _Escape:
-            return f"is a symlink pointing out of the target ({text!r})"
+            shown = repr(text) if text == original else f"{original!r}, written as {text!r}"
+            return f"is a symlink pointing out of the target ({shown})"
         return None
 
     def final_check(self) -> tuple[Member, str] | None:
         """A symlink that, with every link now known, resolves out of DIR."""
         for path, text in self.links.items():
-            why = self.escapes(path.split("/")[:-1], text)
+            m = self.link_members[path]
+            why = self.escapes(path.split("/")[:-1], text, m.linkname)
             if why:
-                return self.link_members[path], why
+                return m, why
         return None
 
 
-def check_members(members: Iterable[Member], label: str) -> None:
-    """Raise UnsafeArchiveError on the first member that could escape; nothing is written."""
+def check_members(members: Iterable[Member], label: str) -> dict[str, Rewrite]:
+    """Raise UnsafeArchiveError on the first member that could escape; nothing is written.
+
+    Returns the symlinks with an absolute target, by member name, and the
+    relative text each must be written with.
+    """
     model = _Model()
     for m in members:
         reason = model.reason(m)
@@ -214,6 +266,7 @@ def check_members(members: Iterable[Member], label: str) -> None:
     late = model.final_check()
     if late:
         raise _unsafe(label, late[0].name, late[1])
+    return {r.path: r for r in model.rewrites.values()}
 
 
 def _unsafe(label: str, member: str, reason: str) -> UnsafeArchiveError:
@@ -224,23 +277,25 @@ def _unsafe(label: str, member: str, reason: str) -> UnsafeArchiveError:
 # --- writing --------------------------------------------------------------------------------
 
 
-def extract(reader: RangeReader, members: list[Member], target: Target, label: str) -> None:
+def extract(reader: RangeReader, members: list[Member], target: Target,
+            label: str) -> list[Rewrite]:
     """Check ``members``, write them into a staging directory, then rename it to DIR.
 
     ``target`` comes from `extraction_target`. On any failure (an unsafe or
     truncated entry, a full disk, Ctrl-C) the staging directory is removed and
-    DIR is as it was.
+    DIR is as it was. Returns the symlinks written relative instead of absolute.
     """
-    check_members(members, label)
+    rewrites = check_members(members, label)
     parent, staging = _staging(target, label)
     try:
-        _fill(parent, staging, reader, members, label, target)
+        _fill(parent, staging, reader, members, rewrites, label, target)
         _move(parent, staging, target, label)
     except BaseException:
         _remove(parent, staging, target)
         raise
     finally:
         os.close(parent)
+    return list(rewrites.values())
 
 
 def _staging(target: Target, label: str) -> tuple[int, str]:
@@ -262,8 +317,8 @@ def _staging(target: Target, label: str) -> tuple[int, str]:
     return parent, staging
 
 
-def _fill(parent: int, staging: str, reader: RangeReader, members: list[Member], label: str,
-          target: Target) -> None:
+def _fill(parent: int, staging: str, reader: RangeReader, members: list[Member],
+          rewrites: dict[str, Rewrite], label: str, target: Target) -> None:
     current: Member | None = None
     try:
         root = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -272,7 +327,7 @@ def _fill(parent: int, staging: str, reader: RangeReader, members: list[Member],
             os.fchmod(root, DIR_MODE)
             writer = TreeWriter(root)
             for current in members:
-                _write(writer, current, reader)
+                _write(writer, current, reader, rewrites)
             # Writing into a directory changes its time: set them once all is in.
             for current in members:
                 if current.kind == "dir" and split_name(current.name):
@@ -291,14 +346,16 @@ def _fill(parent: int, staging: str, reader: RangeReader, members: list[Member],
         raise _write_failure(e, label, current, target) from e
 
 
-def _write(writer: TreeWriter, m: Member, reader: RangeReader) -> None:
+def _write(writer: TreeWriter, m: Member, reader: RangeReader,
+           rewrites: dict[str, Rewrite]) -> None:
     if m.kind == "dir":
         writer.directory(m.name)
     elif m.kind == "file":
         reader.seek(m.offset)
         writer.file(m.name, m.mtime, m.size, reader)
     elif m.kind == "symlink":
-        writer.symlink(m.name, m.linkname)
+        rewrite = rewrites.get(m.name)
+        writer.symlink(m.name, rewrite.written if rewrite else m.linkname)
     elif m.kind == "hardlink":
         writer.hardlink(m.name, m.linkname)
     elif m.kind == "fifo":

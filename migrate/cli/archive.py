@@ -283,14 +283,19 @@ def rootfs_diff_cmd(
     target = rootfs.check_target(extract) if extract else None
     with Checkpoint(archive, settings, unread(rootfs_diff=True)) as ckpt:
         changed, deleted = rootfs.rootfs_changes(ckpt)
-        written = rootfs.extract_changes(ckpt, target) if target else None
+        written, rewrites = rootfs.extract_changes(ckpt, target) if target else (None, [])
     rows = [(d["path"], d["type"], human_size(d["size"])) for d in changed]
     rows += [(p, "deleted", "-") for p in deleted]
     data: dict[str, Any] = {"rootfs_diff": changed, "deleted_files": deleted}
     if extract:
         data["extracted_to"] = str(extract)
+        data["rewritten_links"] = [r.to_dict() for r in rewrites]
     emit(data, output.value, lambda: table(("path", "change", "size"), rows))
     if written is not None and output is Format.table:
+        # An absolute target is the container's path: written relative so that it
+        # stays inside DIR; the user is told, since the link's text changed.
+        for r in rewrites:
+            say(f"{r.path}: symlink to {r.target} written as {r.written}")
         say(f"extracted {written} {'entry' if written == 1 else 'entries'} to {extract}")
 
 

@@ -14,15 +14,18 @@ kubelet lists at most 50, nodeStatusMaxImages): only a listed image skips the pu
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from migrate.adapters import kube
 from migrate.adapters.registry.reference import parse_reference
 from migrate.errors import ClusterError, MigrateError
 from migrate.pipeline import claims
-from migrate.pipeline.refusals import base_pull_refused
+from migrate.pipeline.refusals import PULL_FAILED, base_pull_refused
 
-__all__ = ["COMMAND", "images_ran", "is_prepull", "listed", "pod_manifest", "start", "wait"]
+__all__ = ["COMMAND", "images_ran", "is_prepull", "listed", "pod_manifest", "pull", "start",
+           "wait", "wanted"]
 
 Obj = dict[str, Any]
 
@@ -31,8 +34,6 @@ COMMAND = "/.migrate-prepull/no-such-command"
 CONTAINER = "prepull"
 #: Waiting reasons while the image is not on the node yet.
 _PULLING = frozenset({"", "ContainerCreating", "PodInitializing"})
-_REFUSED = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName",
-                      "ErrImageNeverPull"})
 
 
 def images_ran(source_pod: Obj, containers: tuple[str, ...]) -> dict[str, str]:
@@ -62,6 +63,18 @@ def listed(node: Obj, image: str) -> bool:
     names = [str(n) for i in (node.get("status") or {}).get("images") or []
              for n in i.get("names") or []]
     return any(_same(image, n) for n in names)
+
+
+def wanted(source_pod: Obj, containers: tuple[str, ...],
+           node: Obj) -> list[tuple[str, str, bool]]:
+    """(container, the image it ran, whether ``node`` lists it) for each image a CRI-O
+    restore of ``containers`` needs on ``node``: the first container of each image."""
+    out, seen = [], set()
+    for container, image in images_ran(source_pod, containers).items():
+        if image not in seen:
+            seen.add(image)
+            out.append((container, image, listed(node, image)))
+    return out
 
 
 def pod_manifest(source_pod: Obj, container: str, image: str, node: str, run_id: str,
@@ -129,7 +142,7 @@ class _PastPull:
         if found[0].get("imageID") or "terminated" in state or "running" in state:
             return True
         reason = str((state.get("waiting") or {}).get("reason") or "")
-        if reason in _REFUSED:
+        if reason in PULL_FAILED:
             message = str((state.get("waiting") or {}).get("message") or reason)
             raise base_pull_refused(self.node, self.image, message)
         return None if reason in _PULLING else True
@@ -139,6 +152,28 @@ def start(cluster: kube.Cluster, manifest: Obj) -> Obj:
     """Create the pre-pull pod (returned as created); the caller records it, then
     calls `wait` and deletes it."""
     return kube.create_pod(cluster, manifest["metadata"]["namespace"], manifest)
+
+
+def pull(cluster: kube.Cluster, manifest: Obj, image: str, timeout: float,
+         made: Callable[[Obj], None], gone: Callable[[Obj], None]) -> tuple[Obj, float]:
+    """Pull ``image`` on the node ``manifest`` (from `pod_manifest`) is pinned to; returns
+    the pre-pull pod as created and the seconds the pull took. PullRefused when the node
+    cannot pull it.
+
+    ``made(pod)`` is called as soon as the pod exists, so that the caller can
+    remove it if the wait fails or is interrupted (then the pod is left to it);
+    ``gone(pod)`` once it was deleted, after the pull.
+    """
+    began = time.monotonic()
+    created = start(cluster, manifest)
+    made(created)
+    meta = created["metadata"]
+    wait(cluster, created, manifest["spec"]["nodeName"], image, timeout)
+    seconds = round(time.monotonic() - began, 3)
+    kube.delete_pod(cluster, meta["namespace"], meta["name"], uid=meta.get("uid") or None,
+                    grace_seconds=0)
+    gone(created)
+    return created, seconds
 
 
 def wait(cluster: kube.Cluster, created: Obj, node: str, image: str, timeout: float) -> None:

@@ -32,13 +32,13 @@ from migrate.adapters import kube
 from migrate.adapters.registry.client import RegistryClient
 from migrate.adapters.registry.reference import parse_reference
 from migrate.errors import ClusterError, MigrateError, NotFoundError, UsageError
-from migrate.pipeline import nodebuild, nodes, restore
+from migrate.pipeline import nodebuild, nodes, prepull, restore
 from migrate.pipeline.build import BuildRequest, build_image
 from migrate.pipeline.choices import BuildOn
 from migrate.pipeline.manifest import PodSource, RestoreOptions, render_restore_pod
 from migrate.pipeline.names import suggestion
 from migrate.pipeline.preflight import build_location, locate
-from migrate.pipeline.refusals import FATAL_WAITING, PROBE_SUGGESTION, PULLING, pull_refused
+from migrate.pipeline.refusals import FATAL_WAITING, PROBE_SUGGESTION, PULL_FAILED
 from migrate.settings import Settings
 
 PROBE_LABEL = "migrate.dev/probe"
@@ -171,8 +171,16 @@ def _probe_pod(name: str, namespace: str, node: str, image: str, run_id: str) ->
                                                                 "memory": "16Mi"}}}]}}
 
 
-def _running(node: str) -> Callable[[Obj | None], Obj | None]:
-    """The watch predicate for the probe pod: it runs, or it will not start."""
+def _running(node: str, image: str, fallback: bool) -> Callable[[Obj | None], Obj | None]:
+    """The watch predicate for the probe pod: it runs, or it will not start.
+
+    Unlike a restored pod's checkpoint image, the probe pod's image is no part of
+    the path a probe proves: any failed pull of it (the kubelet's RegistryUnavailable
+    or ErrImagePull, then ImagePullBackOff, for ever) fails the probe at once, as the
+    pre-pull does, whatever the cause: an unreachable registry would only be waited
+    on until --timeout. ``fallback``: the image is DEFAULT_PAUSE_IMAGE, the node
+    listing none.
+    """
     def check(pod: Obj | None) -> Obj | None:
         if pod is None:
             raise ClusterError("the probe pod was deleted while it was starting")
@@ -180,15 +188,22 @@ def _running(node: str) -> Callable[[Obj | None], Obj | None]:
         for s in status.get("containerStatuses") or []:
             waiting = (s.get("state") or {}).get("waiting") or {}
             reason, message = waiting.get("reason", ""), str(waiting.get("message", ""))
-            if reason in FATAL_WAITING or (
-                    reason in PULLING and pull_refused(CONTAINER, node, "", message)):
-                raise ClusterError(f"the probe pod did not start on {node}: {reason}: "
-                                   f"{message}".rstrip(": "),
-                                   hint="give an image the node can run with --probe-image")
+            if reason in FATAL_WAITING or reason in PULL_FAILED:
+                raise _not_started(node, image, fallback, reason, message)
         running = status.get("phase") == "Running" and all(
             (s.get("state") or {}).get("running") for s in status.get("containerStatuses") or [])
         return pod if running else None
     return check
+
+
+def _not_started(node: str, image: str, fallback: bool, reason: str,
+                 message: str) -> ClusterError:
+    words = " ".join(f"{reason}: {message}".split()).rstrip(": ")  # one line, whatever it says
+    hint = f"give an image {node} holds or can pull with --probe-image"
+    if reason in PULL_FAILED and fallback:
+        hint = (f"{node} lists no pause image in its status.images, so the probe ran "
+                f"{image}, which it cannot pull: {hint}")
+    return ClusterError(f"the probe pod did not start on {node}: {words}", hint=hint)
 
 
 def _start(p: _Probe, source: Obj, image: str) -> Obj:
@@ -196,8 +211,9 @@ def _start(p: _Probe, source: Obj, image: str) -> Obj:
     body = _probe_pod(name, p.namespace, source["metadata"]["name"], image, p.run_id)
     created = kube.create_pod(p.cluster, p.namespace, body)
     p.made.append(("Pod", created["metadata"]["name"]))
+    fallback = p.req.image is None and image == DEFAULT_PAUSE_IMAGE
     return kube.watch_pod(p.cluster, p.namespace, created["metadata"]["name"],
-                          _running(source["metadata"]["name"]), p.req.timeout,
+                          _running(source["metadata"]["name"], image, fallback), p.req.timeout,
                           since=created["metadata"].get("resourceVersion"))
 
 
@@ -255,7 +271,27 @@ def _secret(p: _Probe, image: str) -> str | None:
     return str(created["metadata"]["name"])
 
 
-def _restore(p: _Probe, probe_pod: Obj, destination: Obj) -> None:
+def _pull_base_image(p: _Probe, probe_pod: Obj, destination: Obj) -> dict[str, str]:
+    """On a CRI-O destination, pull the probe pod's image there first, as `migrate pod`
+    does (migration/base.py): CRI-O restores onto it and pulls nothing. Returns
+    container -> that image as the destination holds it (REPO@DIGEST when pulled so)."""
+    if nodes.runtime_of(destination).name != "cri-o":
+        return {}
+
+    def gone(pod: Obj) -> None:
+        p.made.remove(("Pod", pod["metadata"]["name"]))
+
+    wanted = prepull.wanted(probe_pod, (CONTAINER,), destination)
+    for container, image, present in wanted:
+        if not present:
+            manifest = prepull.pod_manifest(probe_pod, container, image, p.node, p.run_id, [])
+            manifest["metadata"]["labels"] = {PROBE_LABEL: p.run_id}  # a probe's, not a run's
+            prepull.pull(p.cluster, manifest, image, p.req.timeout,
+                         lambda pod: p.made.append(("Pod", pod["metadata"]["name"])), gone)
+    return {container: image for container, image, _ in wanted}
+
+
+def _restore(p: _Probe, probe_pod: Obj, destination: Obj, pulled: dict[str, str]) -> None:
     assert p.pushed is not None
     digest = p.pushed.rpartition("@")[2]
     pod = render_restore_pod(PodSource(probe_pod), {CONTAINER: p.pushed},
@@ -274,7 +310,8 @@ def _restore(p: _Probe, probe_pod: Obj, destination: Obj) -> None:
     restore.wait_restored(p.cluster, p.namespace, created["metadata"]["name"], p.node,
                           {CONTAINER: digest}, p.req.timeout,
                           since=created["metadata"].get("resourceVersion"),
-                          runtime=nodes.runtime_of(destination), rootfs={CONTAINER: ran})
+                          runtime=nodes.runtime_of(destination), rootfs={CONTAINER: ran},
+                          ran=pulled)
 
 
 def _cleanup(p: _Probe) -> None:
@@ -323,13 +360,15 @@ def probe_node(cluster: kube.Cluster, settings: Settings, req: ProbeRequest,
         with p.stage("start"):
             pod = _start(p, source, req.image or pause_image(source))
         with p.stage("checkpoint"):
+            # Before the checkpoint, as `migrate pod` does (and timed with it).
+            pulled = _pull_base_image(p, pod, destination)
             archive = kube.checkpoint_via_apiserver(cluster, result.source, p.namespace,
                                                     pod["metadata"]["name"], CONTAINER, None)
         with p.stage("build"):
             p.pushed = _build(p, result.source, pod["metadata"]["name"], archive)
             result.image = p.pushed
         with p.stage("restore"):
-            _restore(p, pod, destination)
+            _restore(p, pod, destination, pulled)
         result.status = "PASS"
     except MigrateError as e:
         if result.stage is None:  # before any stage: no destination, no source

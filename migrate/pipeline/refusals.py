@@ -31,8 +31,15 @@ from migrate.pipeline.nodes import Runtime, crio_restore_fix
 
 #: Waiting reasons that will not resolve by themselves (the kubelet retries, in vain).
 FATAL_WAITING = frozenset({"CreateContainerError", "CreateContainerConfigError",
-                           "InvalidImageName", "ErrImageNeverPull", "RunContainerError"})
-PULLING = frozenset({"ErrImagePull", "ImagePullBackOff"})
+                           "InvalidImageName", "ErrImageNeverPull", "RunContainerError",
+                           "SignatureValidationFailed"})
+#: A failed pull the kubelet will try again: its message tells whether that can help.
+#: The kubelet (pkg/kubelet/images/image_manager.go evalCRIPullErr, v1.37) reports a
+#: runtime's RegistryUnavailable (CRI-O: the registry did not answer) as that reason,
+#: any other failure as ErrImagePull, then ImagePullBackOff until the next try.
+PULLING = frozenset({"ErrImagePull", "ImagePullBackOff", "RegistryUnavailable"})
+#: Every waiting reason of a failed image pull.
+PULL_FAILED = PULLING | {"InvalidImageName", "ErrImageNeverPull", "SignatureValidationFailed"}
 
 #: A checkpoint image started as an ordinary image, or a runtime saying restore is off.
 _RESTORE_OFF = re.compile(

@@ -12,8 +12,6 @@ The create stage reads what was pulled from the journal's actions.
 
 from __future__ import annotations
 
-import time
-
 from migrate.adapters import kube
 from migrate.adapters.registry.reference import parse_reference
 from migrate.pipeline import nodebuild, nodes, prepull
@@ -47,12 +45,8 @@ def pull_base_images(run: Run) -> None:
         return
     source_pod = live_source(run)
     node = kube.read_node(run.cluster, plan.destination)
-    done: set[str] = set()
-    for container, image in images_ran(run, source_pod).items():
-        if image in done:
-            continue
-        done.add(image)
-        if prepull.listed(node, image):
+    for container, image, present in prepull.wanted(source_pod, plan.containers, node):
+        if present:
             run.journal.record("base image present", node=plan.destination, image=image)
             continue
         # The source's own imagePullSecrets pulled this image on its node (the pre-pull
@@ -76,21 +70,22 @@ def _pull(run: Run, source_pod: Obj, container: str, image: str, secrets: list[s
     plan = run.plan
     run.progress("checkpoint", f"first pulling {image} on {plan.destination} (the restore "
                  "runs on it)")
-    began = time.monotonic()
     manifest = prepull.pod_manifest(source_pod, container, image, plan.destination,
                                     run.journal.id, secrets)
-    created = prepull.start(run.cluster, manifest)
-    meta = created["metadata"]
-    record = {"kind": "Pod", "namespace": plan.namespace, "name": meta["name"],
-              "uid": meta.get("uid", "")}
-    run.journal.created_object("Pod", plan.namespace, meta["name"], meta.get("uid", ""))
-    prepull.wait(run.cluster, created, plan.destination, image, run.req.timeout)
-    seconds = round(time.monotonic() - began, 3)
-    kube.delete_pod(run.cluster, plan.namespace, meta["name"], uid=meta.get("uid") or None,
-                    grace_seconds=0)
-    run.journal.objects.remove(record)
+
+    def made(pod: Obj) -> None:
+        meta = pod["metadata"]
+        run.journal.created_object("Pod", plan.namespace, meta["name"], meta.get("uid", ""))
+
+    def gone(pod: Obj) -> None:
+        meta = pod["metadata"]
+        run.journal.objects.remove({"kind": "Pod", "namespace": plan.namespace,
+                                    "name": meta["name"], "uid": meta.get("uid", "")})
+
+    # Journaled while it exists: an interrupted pull leaves the pod to rollback.
+    pod, seconds = prepull.pull(run.cluster, manifest, image, run.req.timeout, made, gone)
     run.journal.record(PULLED, node=plan.destination, image=image, seconds=seconds,
-                       pod=meta["name"])
+                       pod=pod["metadata"]["name"])
     run.progress("checkpoint", f"{image} is on {plan.destination} ({seconds:.3f} s)")
 
 
