@@ -288,6 +288,7 @@ def test_the_pre_pull_refuses_an_image_the_node_cannot_pull(
     # The kubelet's first word for an unreachable registry is RegistryUnavailable, not
     # ErrImagePull: the pre-pull took it for "past the pull" and went on to the restore.
     from migrate.adapters import kube
+    from migrate.errors import Transient
     from migrate.pipeline import prepull
     from migrate.pipeline.refusals import PullRefused
     from migrate.settings import KubeSettings
@@ -307,6 +308,8 @@ def test_the_pre_pull_refuses_an_image_the_node_cannot_pull(
     assert e.value.message.startswith(
         f"{node_b.name} cannot pull {image}, the image the restore runs on: image pull failed "
         f"for {image} because the registry is unavailable: "), e.value.message
+    # No lasting cause: the run stops (before any checkpoint), a drain tries again later.
+    assert isinstance(e.value, Transient)
 
 
 def _start(cp: ControlPlane, pod: dict[str, Any]) -> str:

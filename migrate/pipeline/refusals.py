@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 
-from migrate.errors import ClusterError, RegistryError
+from migrate.errors import ClusterError, RegistryError, Transient
 from migrate.pipeline.nodes import Runtime, crio_restore_fix
 
 #: Waiting reasons that will not resolve by themselves (the kubelet retries, in vain).
@@ -103,6 +103,12 @@ class PullRefused(RegistryError):
     runtime_message = ""
 
 
+class PullFailedForNow(Transient, PullRefused):
+    """The destination could not pull the workload's image for no known lasting cause
+    (the registry unreachable, a 5xx): the pre-pull stops the run at once, before any
+    checkpoint, and a drain tries the pod again later (its --attempts)."""
+
+
 def restore_off(message: str) -> bool:
     """Whether a container's creation failed because its runtime does not restore."""
     return bool(_RESTORE_OFF.search(message))
@@ -163,7 +169,7 @@ def base_pull_refused(node: str, image: str, message: str) -> PullRefused:
                             f"{cause[0]}: {message}", hint=cause[1])
     else:
         registry = image.split("/", 1)[0]
-        error = PullRefused(f"{node} cannot pull {image}, the image the restore runs on: "
+        error = PullFailedForNow(f"{node} cannot pull {image}, the image the restore runs on: "
                             f"{message}",
                             hint=f"the pod's imagePullSecrets must reach {registry}, and the "
                             f"nodes' /etc/containers/registries.conf must let {node} pull "

@@ -1,0 +1,35 @@
+"""Which failed pulls of the workload's image (the pre-pull on a CRI-O destination) stop
+a drain's pod for good, and which it tries again: refusals.base_pull_refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from migrate.errors import Transient
+from migrate.pipeline.refusals import PullRefused, base_pull_refused
+
+IMAGE = "reg.example:5000/shop/web:1"
+
+
+@pytest.mark.parametrize("message", [
+    'pinging container registry reg.example:5000: Get "https://reg.example:5000/v2/": '
+    "http: server gave HTTP response to HTTPS client",
+    "tls: failed to verify certificate: x509: certificate signed by unknown authority",
+    "reading manifest 1 in reg.example:5000/shop/web: manifest unknown",
+    "unauthorized: authentication required",
+])
+def test_a_lasting_cause_is_not_tried_again(message: str) -> None:
+    error = base_pull_refused("node-b", IMAGE, message)
+    assert isinstance(error, PullRefused) and not isinstance(error, Transient)
+
+
+@pytest.mark.parametrize("message", [
+    f"image pull failed for {IMAGE} because the registry is unavailable: dial tcp "
+    "127.0.0.1:5000: connect: connection refused",
+    "received unexpected HTTP status: 503 Service Unavailable",
+])
+def test_no_known_cause_may_pass(message: str) -> None:
+    error = base_pull_refused("node-b", IMAGE, message)
+    assert isinstance(error, PullRefused) and isinstance(error, Transient)
+    assert error.message == (f"node-b cannot pull {IMAGE}, the image the restore runs on: "
+                             f"{message}")
