@@ -8,9 +8,12 @@ with the pod's imagePullSecrets, backoff, and the Events they make.
   Normal Pulled `Successfully pulled image "X" in 1.2s (1.2s including
   waiting). Image size: N bytes.`;
 - a failed pull: Warning Failed `Failed to pull image "X": <error>` and
-  `Error: ErrImagePull`, then a backoff (`backoff`, doubling to
-  `backoff_max`) during which the container shows ImagePullBackOff (Normal
-  BackOff `Back-off pulling image "X"`, Warning Failed `Error: ImagePullBackOff`).
+  `Error: ErrImagePull` (on CRI-O a refused connection is `RegistryUnavailable:
+  ...`, `Error: RegistryUnavailable` and that waiting reason, with the message
+  `image pull failed for X because the registry is unavailable: ...`), then a
+  backoff (`backoff`, doubling to `backoff_max`) during which the container
+  shows ImagePullBackOff (Normal BackOff `Back-off pulling image "X"`, Warning
+  Failed `Error: ImagePullBackOff`).
 
 Each of the pod's pull secrets holding credentials for the registry is tried
 in turn (none: anonymous); a secret that is missing or of another type gets a
@@ -135,15 +138,22 @@ class ImageManager:
         try:
             pulled = self._fetch(pod, image, ref, config)
         except PullError as e:
-            message = str(e)
+            message, reason = str(e), "ErrImagePull"
+            if e.refused and config.runtime.startswith("cri-o://"):
+                # CRI-O's `RegistryUnavailable: ...`, which the kubelet's evalCRIPullErr
+                # makes a reason of its own (pkg/kubelet/images/image_manager.go, v1.37.2).
+                message, reason = f"RegistryUnavailable: {message}", "RegistryUnavailable"
             self._event(pod, c, _WARNING, "Failed", f'Failed to pull image "{image}": {message}')
-            self._event(pod, c, _WARNING, "Failed", "Error: ErrImagePull")
+            self._event(pod, c, _WARNING, "Failed", f"Error: {reason}")
+            if reason == "RegistryUnavailable":
+                message = (f"image pull failed for {image} because the registry is unavailable"
+                           f"{message.removeprefix('RegistryUnavailable')}")
             previous = backoffs.get(image)
             period = min(previous.period * 2, config.backoff_max) if previous else config.backoff
             failed = time.monotonic()
             backoffs[image] = Backoff(period, failed + period)
             # Half way through the backoff the pod is synced again: ImagePullBackOff.
-            return Waiting("ErrImagePull", message), failed + period / 2
+            return Waiting(reason, message), failed + period / 2
         backoffs.pop(image, None)
         self.hold(pulled)
         took = _duration(time.monotonic() - began)
@@ -173,16 +183,19 @@ class ImageManager:
         if not ref.reachable:
             pulled = preloaded(image, ref)
         else:
-            errors: list[str] = []
+            errors: list[PullError] = []
             for creds in self._credentials(pod, ref) or [None]:
                 try:
                     pulled = self.puller.pull(image, ref, creds)
                     break
                 except PullError as e:
-                    errors.append(str(e))
+                    errors.append(e)
             else:
-                # The kubelet aggregates the errors of each credential it tried.
-                raise PullError(errors[0] if len(errors) == 1 else f"[{', '.join(errors)}]")
+                # The kubelet aggregates the errors of each credential it tried: one is
+                # itself, more are bracketed (and no longer start with a reason).
+                if len(errors) == 1:
+                    raise errors[0]
+                raise PullError(f"[{', '.join(map(str, errors))}]")
         self._wait(pulled.size / _MIB * config.image_pull_seconds_per_mib)
         return pulled
 

@@ -288,7 +288,7 @@ class PodStarter:
         try:
             pulled = self.puller.pull(image, ref, None)
         except PullError as e:
-            cause = str(e).split(": ", 2)[-1] if str(e).startswith("rpc error") else str(e)
+            cause = str(e).split(": ", 1)[-1] if str(e).startswith("initializing") else str(e)
             raise CreateError("CreateContainerError",
                               f"failed to pull checkpoint base image {image}: {cause}") from None
         self.image_manager.hold(pulled)

@@ -14,7 +14,11 @@ real HTTP (urllib3), as CRI-O's containers/image does it.
    (CRI-O's `decryption_keys_path`; decrypt.py), or the pull fails.
 
 Errors are `PullError`s worded as CRI-O reports them through the kubelet
-(`rpc error: code = Unknown desc = initializing source docker://...: ...`).
+(`initializing source docker://...: ...`: the kubelet's CRI client drops gRPC's
+`rpc error: code = Unknown desc =`, k8s.io/cri-client v0.37.2 remote_image.go).
+A refused connection is marked (`refused`): CRI-O v1.36.3 then prefixes
+`RegistryUnavailable: ` (server/image_pull.go, errors.Is ECONNREFUSED), which
+the kubelet turns into its own waiting reason (image_manager.py).
 """
 
 from __future__ import annotations
@@ -73,7 +77,12 @@ _MAX_DOCUMENT = 4 * 1024 * 1024
 
 
 class PullError(Exception):
-    """A failed pull; str() is what the kubelet shows (waiting message, event)."""
+    """A failed pull; str() is what the kubelet shows (waiting message, event);
+    ``refused``: the registry refused the connection."""
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 def _sha256(data: bytes) -> str:
@@ -185,7 +194,9 @@ class Puller:
                          "unknown authority"
             raise PullError(f"Get \"{url}\": {reason}") from None
         except urllib3.exceptions.HTTPError as e:
-            raise PullError(f'Get "{url}": {_network_error(e, ref)}') from None
+            refused = isinstance(e, urllib3.exceptions.NewConnectionError) and \
+                "refused" in str(e).lower()
+            raise PullError(f'Get "{url}": {_network_error(e, ref)}', refused=refused) from None
 
     def _authorize(self, ref: ImageRef, creds: Credential | None) -> dict[str, str]:
         """Ping the registry; the Authorization header its challenge asks for."""
@@ -193,7 +204,8 @@ class Puller:
         try:
             answer = self._request(ref, url, {})
         except PullError as e:
-            raise PullError(f"pinging container registry {ref.registry}: {e}") from None
+            raise PullError(f"pinging container registry {ref.registry}: {e}",
+                            refused=e.refused) from None
         if answer.status == 200:
             return {}
         if answer.status != 401:
@@ -235,8 +247,8 @@ class Puller:
             failure = PullError(f"invalid registry answer: {type(e).__name__}: {e}")
         except PullError as e:
             failure = e
-        raise PullError(f"rpc error: code = Unknown desc = initializing source "
-                        f"docker://{ref}: {failure}")
+        raise PullError(f"initializing source docker://{ref}: {failure}",
+                        refused=failure.refused)
 
     def _pull(self, image: str, ref: ImageRef, creds: Credential | None) -> PulledImage:
         auth = self._authorize(ref, creds)
