@@ -37,6 +37,7 @@ from e2e.nodes.images import RegistryConfig, parse_image
 from e2e.nodes.registry_pull import Puller, PullError
 from migrate.adapters.ocicrypt import KEYS_JWE, PUBOPTS, LayerEncryption, parse_recipients
 from migrate.adapters.registry.layer import LayerStream
+from migrate.pipeline.refusals import pull_refused
 from migrate.validation import validate
 from tests.conftest import Result
 from tests.real import require
@@ -419,3 +420,29 @@ def test_a_node_agent_refuses_an_encrypted_layer_in_crio_s_words(
         puller.close()
     assert f"{image}: decrypting layer sha256:" in str(failed.value)
     assert str(failed.value).endswith(": missing private key needed for decryption")
+
+
+# -- CRI-O v1.36.3's own words for encrypted pulls it cannot make (the real node's, in
+# tests/test_encrypted_migration.py), as migrate's refusals read them -------------------
+
+_CRIO = "unable to pull image or OCI artifact: pull image err: {}; artifact err: image " \
+        "reference: reference is a container image, not an OCI artifact"
+_LAYER = "sha256:68213ca034ef19426b584add763c18a9268021ffb1e30849d06c94bcddf2e977"
+
+
+@pytest.mark.parametrize(("said", "what"), [
+    (f"decrypting layer {_LAYER}: missing private key needed for decryption:\n",
+     "the node has no private key for the encrypted image"),
+    (f"decrypting layer {_LAYER}: no suitable key unwrapper found or none of the private keys "
+     "could be used for decryption:\nno suitable key found for decrypting layer key:\n- JWE: "
+     "No suitable private key found for decryption\n\n",
+     "the node has no private key for the encrypted image"),
+    (f"layer {_LAYER} should be decrypted, but we can\u2019t modify the manifest: Destination "
+     "specifies a digest", "the node cannot decrypt an image named by its digest"),
+])
+def test_refusals_read_crio_s_own_words(said: str, what: str) -> None:
+    message = _CRIO.format(said)
+    error = pull_refused("counter", "node-b", "reg.example:5000/ckpt/c:v1", message)
+    assert error is not None
+    assert error.message == f"node-b cannot pull the checkpoint image of counter: {what}: " \
+                            f"{message}"
