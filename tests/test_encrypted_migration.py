@@ -15,6 +15,7 @@ with MIGRATE_REQUIRE_CLUSTER=1 it fails instead.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -73,19 +74,28 @@ class World:
         wait_for(lambda: len(self.counts(name)) >= 2, DEADLINE, f"{name} counting on {node}")
         return name, self.v1.read_namespaced_pod(name, "default").metadata.uid
 
-    def counts(self, pod: str) -> list[int]:
+    def counts(self, pod: str, since: dt.datetime | None = None) -> list[int]:
+        """The counter's values in ``pod``'s log (only those stamped after ``since``)."""
         try:
-            return counts(self.v1.read_namespaced_pod_log(pod, "default"))
+            log = self.v1.read_namespaced_pod_log(pod, "default", timestamps=True)
         except client.ApiException:
             return []
+        # RFC 3339 with nanoseconds; fromisoformat takes microseconds.
+        return counts("\n".join(line for stamp, _, line in (x.partition(" ") for x in
+                                                            log.splitlines())
+                                if since is None
+                                or dt.datetime.fromisoformat(stamp[:26] + "+00:00") > since))
 
-    def counting_on(self, pod: str, node: str, before: int) -> None:
-        """``pod`` runs on ``node`` and counts on from ``before`` (CRI-O carries the log
-        over: the whole log counts from 1 without a gap)."""
+    def counting_on(self, pod: str, node: str, before: int, since: dt.datetime) -> None:
+        """``pod`` runs on ``node`` and counts on from ``before``, its last value before
+        ``since``: restored, not started afresh (that would print 1 after ``since``);
+        CRI-O carries the log over, so the whole log counts from 1 without a gap."""
         p = self.v1.read_namespaced_pod(pod, "default")
         assert (p.spec.node_name, p.status.phase) == (node, "Running")
-        whole = wait_for(lambda: (c := self.counts(pod)) and c[-1] > before + 1 and c,
-                         DEADLINE, f"{pod} counting on {node}")
+        after = wait_for(lambda: len(c := self.counts(pod, since)) >= 2 and c, DEADLINE,
+                         f"{pod} counting on {node}")
+        assert before < after[0], (before, after)
+        whole = self.counts(pod)
         assert whole == list(range(1, len(whole) + 1)), whole
 
     def untouched(self, name: str, uid: str, node: str) -> None:
@@ -150,13 +160,13 @@ def _error_and_hint(r: Result) -> tuple[str, str]:
 def test_a_node_with_the_key_restores_the_encrypted_image(cli: Cli, world: World,
                                                           _private_cache: Path) -> None:
     name, _ = world.pod("node-a")
-    before = world.counts(name)[-1]
+    before, since = world.counts(name)[-1], dt.datetime.now(dt.UTC)
     r = world.migrate(cli, name, "node-b", "--encrypt-for", f"jwe:{world.public}",
                       "--encrypt-for", f"jwe:{world.other_public}")
     assert r.code == 0, r.err
     report = r.json()
     assert report["outcome"] == "succeeded"
-    world.counting_on(report["destination_pod"], "node-b", before)
+    world.counting_on(report["destination_pod"], "node-b", before, since)
     reference = report["images"]["counter"]["reference"]
     # By its tag: CRI-O (containers/image) decrypts no image pulled by digest.
     restored = world.v1.read_namespaced_pod(report["destination_pod"], "default")
@@ -226,6 +236,7 @@ def test_a_bad_key_fails_before_the_checkpoint(cli: Cli, world: World, tmp_path:
 def test_a_drain_encrypts_every_image(cli: Cli, world: World) -> None:
     pods = [world.pod("node-a", {"drain": "encrypted"})[0] for _ in range(2)]
     before = {name: world.counts(name)[-1] for name in pods}
+    since = dt.datetime.now(dt.UTC)
     try:
         r = cli("drain", "node-a", "--to", "node-b", "--pod-selector", "drain=encrypted",
                 "--skip-rest", "--kubeconfig", world.cp.admin_kubeconfig, "--registry",
@@ -237,7 +248,7 @@ def test_a_drain_encrypts_every_image(cli: Cli, world: World) -> None:
     moved = {p["name"]: p for p in r.json()["pods"] if p["name"] in pods}
     assert {n: p["outcome"] for n, p in moved.items()} == dict.fromkeys(pods, "migrated")
     for name, pod in moved.items():
-        world.counting_on(pod["restored_pod"], "node-b", before[name])
+        world.counting_on(pod["restored_pod"], "node-b", before[name], since)
         restored = world.v1.read_namespaced_pod(pod["restored_pod"], "default")
         assert world.layer(restored.spec.containers[0].image)["mediaType"] == ENCRYPTED
 
