@@ -33,11 +33,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from jwcrypto import jwe, jwk
 
-from e2e.nodes.decrypt import DecryptError, LayerDecryptor, load_keys
-from e2e.nodes.images import PulledImage, RegistryConfig, parse_image
+from e2e.nodes.images import RegistryConfig, parse_image
 from e2e.nodes.registry_pull import Puller, PullError
 from migrate.adapters.ocicrypt import KEYS_JWE, PUBOPTS, LayerEncryption, parse_recipients
 from migrate.adapters.registry.layer import LayerStream
+from migrate.pipeline.refusals import pull_refused
 from migrate.validation import validate
 from tests.conftest import Result
 from tests.real import require
@@ -401,63 +401,49 @@ def test_public_jwk_and_der_keys_are_accepted(counters_archive: Path, tmp_path: 
     assert "BEGIN" not in repr(got) and str(os.fspath(der)) in repr(got)
 
 
-# -- the simulated nodes' decryption (e2e/nodes/decrypt.py), met with real pushes ----------
+# -- a node agent holds no keys: it refuses an encrypted layer as CRI-O without keys does ----
+# (CRI-O decrypting for real: tests/test_encrypted_migration.py.)
 
 
-def _node_pull(reg: RegistryUnderTest, image: str, keys_dir: Path | None,
-               root: Path) -> PulledImage:
-    puller = Puller(root, RegistryConfig(insecure=(reg.host,)), threading.Event(),
-                    decryption_keys=lambda: keys_dir)
-    try:
-        return puller.pull(image, parse_image(image), None)
-    finally:
-        puller.close()
-
-
-def test_a_simulated_node_decrypts_with_its_keys_only(
+def test_a_node_agent_refuses_an_encrypted_layer_in_crio_s_words(
         cli: Cli, counters_archive: Path, plain_registry: RegistryUnderTest, unique_repo: str,
         keys: dict[str, KeyPair], tmp_path: Path) -> None:
     image = f"{plain_registry.host}/{unique_repo}:v1"
-    assert cli("build", counters_archive, "--image", image, "--compression", "zstd",
-               "--encrypt-for", f"jwe:{keys['ec'].public}", "--no-tls-verify").code == 0
-    keyed, other = tmp_path / "keyed", tmp_path / "other"
-    for d, pair in ((keyed, keys["ec"]), (other, keys["other"])):
-        d.mkdir()
-        shutil.copy(pair.private, d / "key.pem")
-    (keyed / "README").write_text("not a key: skipped\n")
-    pulled = _node_pull(plain_registry, image, keyed, tmp_path / "n1")
-    (layer,) = pulled.layers
-    assert layer.media_type == f"{LAYER}+zstd"
-    assert layer.path is not None and layer.path.read_bytes() == counters_archive.read_bytes()
-    for keys_dir, said in ((None, "missing private key needed for decryption"),
-                           (other, "no suitable key unwrapper found or none of the private "
-                                   "keys could be used for decryption")):
+    assert cli("build", counters_archive, "--image", image, "--encrypt-for",
+               f"jwe:{keys['ec'].public}", "--no-tls-verify").code == 0
+    puller = Puller(tmp_path, RegistryConfig(insecure=(plain_registry.host,)),
+                    threading.Event())
+    try:
         with pytest.raises(PullError) as failed:
-            _node_pull(plain_registry, image, keys_dir, tmp_path / "n2")
-        assert str(failed.value).startswith("initializing "
-                                            f"source docker://{image}: decrypting layer sha256:")
-        assert str(failed.value).endswith(said)
+            puller.pull(image, parse_image(image), None)
+    finally:
+        puller.close()
+    assert str(failed.value).startswith(f"initializing source docker://{image}: decrypting "
+                                        "layer sha256:")
+    assert str(failed.value).endswith(": missing private key needed for decryption")
 
 
-def test_a_simulated_node_checks_the_hmac(cli: Cli, counters_archive: Path,
-                                          plain_registry: RegistryUnderTest, unique_repo: str,
-                                          keys: dict[str, KeyPair], tmp_path: Path) -> None:
-    """A blob whose HMAC does not match fails at its end, as ocicrypt's reader does."""
-    layout = tmp_path / "layout"
-    assert cli("build", counters_archive, "--image", "x.example/c:v1", "--no-push",
-               "--oci-layout", layout, "--encrypt-for", f"jwe:{keys['rsa'].public}").code == 0
-    desc, blob = _oci_layer(layout)
-    public = json.loads(base64.b64decode(desc["annotations"][PUBOPTS]))
-    public["hmac"] = base64.b64encode(bytes(32)).decode()
-    tampered = {**desc["annotations"], PUBOPTS: base64.b64encode(
-        json.dumps(public).encode()).decode()}
-    (tmp_path / "k").mkdir()
-    shutil.copy(keys["rsa"].private, tmp_path / "k" / "key.pem")
-    for notes, ok in ((desc["annotations"], True), (tampered, False)):
-        decryptor = LayerDecryptor(desc["digest"], notes, load_keys(tmp_path / "k"))
-        assert decryptor.update(blob) == counters_archive.read_bytes()
-        if ok:
-            decryptor.finish()
-        else:
-            with pytest.raises(DecryptError, match="could not properly decrypt byte stream"):
-                decryptor.finish()
+# -- CRI-O v1.36.3's own words for encrypted pulls it cannot make (the real node's, in
+# tests/test_encrypted_migration.py), as migrate's refusals read them -------------------
+
+_CRIO = "unable to pull image or OCI artifact: pull image err: {}; artifact err: image " \
+        "reference: reference is a container image, not an OCI artifact"
+_LAYER = "sha256:68213ca034ef19426b584add763c18a9268021ffb1e30849d06c94bcddf2e977"
+
+
+@pytest.mark.parametrize(("said", "what"), [
+    (f"decrypting layer {_LAYER}: missing private key needed for decryption:\n",
+     "the node has no private key for the encrypted image"),
+    (f"decrypting layer {_LAYER}: no suitable key unwrapper found or none of the private keys "
+     "could be used for decryption:\nno suitable key found for decrypting layer key:\n- JWE: "
+     "No suitable private key found for decryption\n\n",
+     "the node has no private key for the encrypted image"),
+    (f"layer {_LAYER} should be decrypted, but we can\u2019t modify the manifest: Destination "
+     "specifies a digest", "the node cannot decrypt an image named by its digest"),
+])
+def test_refusals_read_crio_s_own_words(said: str, what: str) -> None:
+    message = _CRIO.format(said)
+    error = pull_refused("counter", "node-b", "reg.example:5000/ckpt/c:v1", message)
+    assert error is not None
+    assert error.message == f"node-b cannot pull the checkpoint image of counter: {what}: " \
+                            f"{message}"

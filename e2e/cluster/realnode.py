@@ -20,6 +20,10 @@ Where things run, and why:
   (server/sandbox_run_linux.go): the node pushes its own (busybox) to the
   loopback registry it is given and pulls it over plain HTTP (registries.conf:
   CRI-O's insecure_registries is "no longer effective").
+- Encrypted images: CRI-O decrypts with the private key files in
+  `[crio.runtime] decryption_keys_path` (pkg/config/config.go), read at each
+  pull (server/image_pull.go getDecryptionKeys): `decryption_keys` names that
+  directory, else the node has an empty one of its own (never /etc/crio/keys).
 - No `signature_policy`: CRI-O puts it in the system context, and its restore
   then refuses every checkpoint image as if a namespaced policy applied
   (server/container_restore.go: "namespaced signature policy ... signature
@@ -131,7 +135,7 @@ def _pause_image(registry: str, workdir: Path) -> str:
 
 
 def _crio_conf(root: Path, bridge: str, subnet: ipaddress.IPv4Network,
-               registry: str, pause_image: str) -> Path:
+               registry: str, pause_image: str, keys: Path) -> Path:
     run = root / "run"
     for d in ("cni", "keys", "log", "policies", "run/ns", "run/exits", "run/runc"):
         (root / d).mkdir(parents=True, exist_ok=True)
@@ -160,7 +164,7 @@ pinns_path = {q(str(bin_dir() / "pinns"))}
 namespaces_dir = {q(str(run / "ns"))}
 container_exits_dir = {q(str(run / "exits"))}
 container_attach_socket_dir = {q(str(run))}
-decryption_keys_path = {q(str(root / "keys"))}
+decryption_keys_path = {q(str(keys))}
 irqbalance_config_file = {q(str(root / "irqbalance"))}
 irqbalance_config_restore_file = {q(str(root / "irqbalance.restore"))}
 hooks_dir = []
@@ -271,12 +275,15 @@ def _node_ready(cp: ControlPlane, name: str) -> bool:
 
 @contextlib.contextmanager
 def real_node(cp: ControlPlane, root: Path, *, name: str = "node-real",
-              registry: str, ready_timeout: float = 180.0) -> Iterator[RealNode]:
+              registry: str, decryption_keys: Path | None = None,
+              ready_timeout: float = 180.0) -> Iterator[RealNode]:
     """Start CRI-O and the kubelet as Node `name`, wait until Ready, stop it all.
 
     root: where everything of the node goes (created; kept afterwards, logs and all).
     registry: a plain-HTTP registry (host:port) CRI-O pulls from; the pause image is
     pushed there.
+    decryption_keys: a directory of private keys (PEM, DER or JWK files) CRI-O decrypts
+    encrypted image layers with; None: an empty one under root.
     """
     if (reason := missing()) is not None:
         raise RuntimeError(reason)
@@ -293,7 +300,8 @@ def real_node(cp: ControlPlane, root: Path, *, name: str = "node-real",
         with nodehost.node_host(name, logs) as host:
             address = host.host_address
             pause = _pause_image(registry, root / "crio" / "pause-rootfs")
-            crio_conf = _crio_conf(root / "crio", bridge, _pod_subnet(), registry, pause)
+            keys = decryption_keys or root / "crio" / "keys"
+            crio_conf = _crio_conf(root / "crio", bridge, _pod_subnet(), registry, pause, keys)
             for d in _cgroup_dirs(cgroup_root):
                 d.mkdir()  # the kubelet wants its cgroup root to exist already
             holder = _mount_namespace(logs, env)

@@ -13,7 +13,7 @@ Layout, bottom up:
                     runtime_releases.py what each CRI-O and containerd release does
     images.py       image references, registry configuration, credentials;
                     registry_pull.py real pulls from registries on 127.0.0.1
-                    (decrypt.py: encrypted layers, with the node's private keys);
+                    (no keys: an encrypted layer fails as on CRI-O without any);
                     image_manager.py the kubelet's pull policies, backoff, Events
     restore.py      CRI-O's and containerd's create/restore rules and messages;
                     restored.py what a restore brings back (criu_read.py)

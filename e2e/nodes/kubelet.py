@@ -258,8 +258,7 @@ class Kubelet:
         self._stopped: set[str] = set()
         self._ips_lock = threading.Lock()
         self._halt = threading.Event()  # ends pulls in progress when the node stops
-        puller = Puller(storage, registries, self._halt,
-                        decryption_keys=lambda: self.config.keys_dir)
+        puller = Puller(storage, registries, self._halt)
         self._starter = PodStarter(api, node, puller, lambda: self.config, self._report,
                                    self._log, done=lambda: self.wake())
 

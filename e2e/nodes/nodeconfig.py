@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from e2e.nodes.runtime_releases import CRIO_NOT_AVAILABLE, crio_default_level
@@ -73,10 +72,6 @@ class NodeConfig:
     image_pull_seconds, image_pull_seconds_per_mib: fault injection: how long
         each image pull takes (fixed, plus per MiB of the image's layers)
         before it completes; the pod stays Pending (ContainerCreating) meanwhile.
-    decryption_keys_path: CRI-O's directory of private keys for encrypted
-        image layers (crio.conf, default /etc/crio/keys), read at each pull
-        (decrypt.py). None: the node has no keys (a simulated node never reads
-        the machine's /etc/crio/keys), so every encrypted pull fails.
     """
 
     runtime: str = DEFAULT_RUNTIME
@@ -94,7 +89,6 @@ class NodeConfig:
     backoff_max: float = DEFAULT_BACKOFF_MAX
     image_pull_seconds: float = 0.0
     image_pull_seconds_per_mib: float = 0.0
-    decryption_keys_path: str | Path | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -116,11 +110,6 @@ class NodeConfig:
     def replace(self, **changes: Any) -> NodeConfig:
         """A copy with `changes` applied (validated)."""
         return dataclasses.replace(self, **changes)
-
-    @property
-    def keys_dir(self) -> Path | None:
-        """`decryption_keys_path` as a Path (None: no keys)."""
-        return Path(self.decryption_keys_path) if self.decryption_keys_path else None
 
     @property
     def runtime_name(self) -> str:

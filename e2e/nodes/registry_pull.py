@@ -9,9 +9,9 @@ real HTTP (urllib3), as CRI-O's containers/image does it.
    reference must match what came back;
 3. the config blob, then each layer (none, gzip or zstd), digest-verified
    while streamed and unpacked to an uncompressed tar whose digest must match
-   the config's `rootfs.diff_ids`; a layer whose media type ends in
-   `+encrypted` is decrypted on the way with the node's private keys
-   (CRI-O's `decryption_keys_path`; decrypt.py), or the pull fails.
+   the config's `rootfs.diff_ids`. A node agent holds no private keys: a
+   layer whose media type ends in `+encrypted` fails as on CRI-O with an
+   empty `decryption_keys_path` (the real one decrypts: realnode.py).
 
 Errors are `PullError`s worded as CRI-O reports them through the kubelet
 (`initializing source docker://...: ...`: the kubelet's CRI client drops gRPC's
@@ -41,7 +41,6 @@ from typing import Any
 import urllib3
 import zstandard
 
-from e2e.nodes.decrypt import ENCRYPTED, DecryptError, LayerDecryptor, load_keys
 from e2e.nodes.images import (
     LOOPBACK,
     Credential,
@@ -131,10 +130,9 @@ def _ssl_context(config: RegistryConfig) -> ssl.SSLContext:
 class _Decompressor:
     """Streams a layer: the compressed digest, the unpacked bytes and their digest."""
 
-    def __init__(self, codec: str, out: Any, decryptor: LayerDecryptor | None = None) -> None:
+    def __init__(self, codec: str, out: Any) -> None:
         self.blob, self.diff = hashlib.sha256(), hashlib.sha256()
         self.out = out
-        self.decryptor = decryptor
         self._feed: Callable[[bytes], bytes] = lambda b: b
         if codec == "gzip":
             self._feed = zlib.decompressobj(wbits=47).decompress
@@ -143,7 +141,7 @@ class _Decompressor:
 
     def write(self, chunk: bytes) -> None:
         self.blob.update(chunk)
-        data = self._feed(self.decryptor.update(chunk) if self.decryptor else chunk)
+        data = self._feed(chunk)
         self.diff.update(data)
         self.out.write(data)
 
@@ -154,13 +152,10 @@ class Puller:
     stopped: set when the node stops; pulls in progress end early.
     """
 
-    def __init__(self, root: Path, config: RegistryConfig, stopped: threading.Event,
-                 decryption_keys: Callable[[], Path | None] = lambda: None) -> None:
+    def __init__(self, root: Path, config: RegistryConfig, stopped: threading.Event) -> None:
         self.root = root
         self.config = config
         self.stopped = stopped
-        #: The node's decryption_keys_path as it is at each pull (None: no keys).
-        self.decryption_keys = decryption_keys
         self._http = urllib3.PoolManager(
             ssl_context=_ssl_context(config), retries=False,
             timeout=urllib3.Timeout(connect=config.timeout, read=config.timeout))
@@ -300,27 +295,22 @@ class Puller:
     def _layer(self, ref: ImageRef, entry: dict[str, Any], diff_id: str | None,
                auth: dict[str, str]) -> Layer:
         digest, media_type = str(entry.get("digest", "")), str(entry.get("mediaType", ""))
-        plain_type = media_type.removesuffix(ENCRYPTED)
-        codec = _LAYER_CODECS.get(plain_type)
+        if media_type.endswith("+encrypted"):  # containers/image's and ocicrypt's words
+            raise PullError(f"decrypting layer {digest}: missing private key needed for "
+                            "decryption")
+        codec = _LAYER_CODECS.get(media_type)
         if codec is None:
             raise PullError(f"layer {digest}: unsupported media type {media_type}")
-        decryptor = None
-        if plain_type != media_type:  # the keys are needed at every pull, stored or not
-            try:
-                decryptor = LayerDecryptor(digest, dict(entry.get("annotations") or {}),
-                                           load_keys(self.decryption_keys()))
-            except DecryptError as e:
-                raise PullError(str(e)) from None
         with self._lock:
             path = self._layers.get(digest)
         if path is None or not path.exists():
-            path = self._fetch_layer(ref, digest, codec, diff_id, auth, decryptor)
+            path = self._fetch_layer(ref, digest, codec, diff_id, auth)
             with self._lock:
                 self._layers[digest] = path
-        return Layer(digest, plain_type, int(entry.get("size", 0)), diff_id, path)
+        return Layer(digest, media_type, int(entry.get("size", 0)), diff_id, path)
 
     def _fetch_layer(self, ref: ImageRef, digest: str, codec: str, diff_id: str | None,
-                     auth: dict[str, str], decryptor: LayerDecryptor | None = None) -> Path:
+                     auth: dict[str, str]) -> Path:
         answer = self._request(ref, self._url(ref, f"/v2/{ref.repository}/blobs/{digest}"),
                                auth, stream=True)
         try:
@@ -331,7 +321,7 @@ class Puller:
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             tmp = directory / f".{secrets.token_hex(8)}.partial"
             try:
-                unpacked = self._unpack(answer, tmp, codec, decryptor)
+                unpacked = self._unpack(answer, tmp, codec)
                 if _sha256_hex(unpacked.blob) != digest:
                     raise PullError(f"fetching blob {digest}: digest mismatch")
                 got = _sha256_hex(unpacked.diff)
@@ -348,11 +338,11 @@ class Puller:
         finally:
             answer.release_conn()
 
-    def _unpack(self, answer: urllib3.BaseHTTPResponse, tmp: Path, codec: str,
-                decryptor: LayerDecryptor | None = None) -> _Decompressor:
+    def _unpack(self, answer: urllib3.BaseHTTPResponse, tmp: Path,
+                codec: str) -> _Decompressor:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out:
-            unpacked = _Decompressor(codec, out, decryptor)
+            unpacked = _Decompressor(codec, out)
             try:
                 for chunk in answer.stream(_CHUNK):
                     if self.stopped.is_set():
@@ -362,11 +352,6 @@ class Puller:
                 raise PullError(f"layer: not {codec} data: {e}") from None
             except urllib3.exceptions.HTTPError as e:
                 raise PullError(f"reading blob: {e}") from None
-            try:
-                if decryptor is not None:
-                    decryptor.finish()
-            except DecryptError as e:
-                raise PullError(f"writing blob: happened during read: {e}") from None
         return unpacked
 
 

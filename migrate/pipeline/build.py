@@ -108,6 +108,16 @@ class BuildReport:
                 "timings": {k: round(v, 6) for k, v in self.timings.items()}}
 
 
+def pod_image(reference: str, encrypted: bool) -> str:
+    """What a restored Pod names to pull ``reference`` (IMAGE@DIGEST): the same, or for
+    an encrypted image IMAGE alone (its tag). Decrypting rewrites the manifest (the
+    layers' media types and digests), which containers/image refuses when the pulled
+    reference names a digest, before it looks for a key: "layer ... should be decrypted,
+    but we can't modify the manifest: Destination specifies a digest" (go.podman.io/image
+    v5.38.0 copy/single.go, copy/encryption.go; CRI-O v1.36.3's)."""
+    return reference.split("@")[0] if encrypted else reference
+
+
 def _verify(client: RegistryClient, digest: str, info_name: str) -> dict[str, Any]:
     """Read the pushed manifest back by digest; returns it (index resolved)."""
     accept = f"{MANIFEST}, {INDEX}"

@@ -33,7 +33,7 @@ from migrate.adapters.registry.client import RegistryClient
 from migrate.adapters.registry.reference import parse_reference
 from migrate.errors import ClusterError, MigrateError, NotFoundError, UsageError
 from migrate.pipeline import nodebuild, nodes, prepull, restore
-from migrate.pipeline.build import BuildRequest, build_image
+from migrate.pipeline.build import BuildRequest, build_image, pod_image
 from migrate.pipeline.choices import BuildOn
 from migrate.pipeline.manifest import PodSource, RestoreOptions, render_restore_pod
 from migrate.pipeline.names import suggestion
@@ -294,7 +294,8 @@ def _pull_base_image(p: _Probe, probe_pod: Obj, destination: Obj) -> dict[str, s
 def _restore(p: _Probe, probe_pod: Obj, destination: Obj, pulled: dict[str, str]) -> None:
     assert p.pushed is not None
     digest = p.pushed.rpartition("@")[2]
-    pod = render_restore_pod(PodSource(probe_pod), {CONTAINER: p.pushed},
+    image = pod_image(p.pushed, bool(p.req.encrypt_for))
+    pod = render_restore_pod(PodSource(probe_pod), {CONTAINER: image},
                              RestoreOptions(node=p.node, k8s_version=kube.server_minor_version(
                                  p.cluster)))
     pod["metadata"].setdefault("labels", {})[PROBE_LABEL] = p.run_id

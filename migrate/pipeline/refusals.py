@@ -16,7 +16,8 @@ families need an operator, not patience:
   fix: a registry answering plain HTTP to the node's HTTPS, a certificate
   the node does not trust, credentials missing, wrong or not allowed, an
   image the registry does not have, an encrypted image (`--encrypt-for`) the
-  node holds no private key for. The kubelet retries these for ever
+  node holds no private key for, or one a pod names by digest (CRI-O decrypts
+  only what it may store under another digest). The kubelet retries these for ever
   (ImagePullBackOff); the first ErrImagePull that says so is enough.
   Connection errors, timeouts, 5xx and 429 are not among them: those are
   waited out until the deadline, as a registry can come back.
@@ -51,6 +52,12 @@ _RESTORE_OFF = re.compile(
 
 #: (pattern, what it is, what to do) for pull failures no retry fixes; first match wins.
 _PULL_CAUSES: tuple[tuple[re.Pattern[str], str, str], ...] = (
+    # containers/image refuses to decrypt what a digest names (the manifest would change),
+    # before it looks for a key (copy/encryption.go, go.podman.io/image v5.38.0).
+    (re.compile(r"should be decrypted, but we can.t modify the manifest"),
+     "the node cannot decrypt an image named by its digest",
+     "name the encrypted checkpoint image by its tag (IMAGE:TAG, not IMAGE@DIGEST), as "
+     "migrate pod and doctor --probe do: decrypting rewrites its manifest"),
     # containers/image's words (ocicrypt): no key at all, or none that opens the layer.
     (re.compile(r"decrypting layer|private key needed for decryption|no suitable key "
                 r"unwrapper"),

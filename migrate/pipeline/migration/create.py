@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from migrate.adapters import kube
 from migrate.pipeline import claims, restore, switchover
+from migrate.pipeline.build import pod_image
 from migrate.pipeline.manifest import PodSource, RestoreOptions, render_restore_pod
 from migrate.pipeline.migration import base
 from migrate.pipeline.migration.results import CreateResult
@@ -38,7 +39,8 @@ def create(run: Run) -> CreateResult:
 
 def _render(run: Run, source_pod: Obj) -> tuple[Obj, tuple[str, str] | None]:
     plan = run.plan
-    images = {c: i.reference for c, i in run.built.images.items()}
+    images = {c: pod_image(i.reference, bool(run.req.encrypt_for))
+              for c, i in run.built.images.items()}
     pod = render_restore_pod(
         PodSource(source_pod, node=plan.source,
                   checkpoint_time=_rfc3339(run.checkpointed.taken_at)),
