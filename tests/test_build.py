@@ -100,7 +100,7 @@ def test_push_pull_back_byte_for_byte(cli: Cli, counters_archive: Path,
     assert r.code == 0, r.err
     report = r.json()
     validate(report, "build.schema.json", "build -o json")
-    assert report["reference"] == f"{image}@{report['digest']}"
+    assert report["reference"] == report["pod_image"] == f"{image}@{report['digest']}"
     doc = manifest(plain_registry, unique_repo, report["digest"])
     assert doc["layers"][0]["mediaType"] == LAYER_TYPES[compression]
     assert doc["layers"][0]["size"] == report["layer_size"]

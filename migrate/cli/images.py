@@ -33,7 +33,11 @@ def _human(r: BuildReport) -> str:
              f"builder {r.builder}, compression {r.compression}"
              + (f", encrypted for {len(r.encrypted_for)} recipient(s)" if r.encrypted_for else ""),
              f"archive {human_size(r.archive_size)}, layer {human_size(r.layer_size)}, "
-             f"image {human_size(r.image_size)}", ""]
+             f"image {human_size(r.image_size)}"]
+    if r.encrypted_for:
+        lines.append(f"restore pods must name it by its tag, {r.to_dict()['pod_image']}: "
+                     "CRI-O does not decrypt an image pulled by digest")
+    lines.append("")
     return "\n".join(lines) + table(("step", "time"),
                                     [(k, f"{v:.3f} s") for k, v in r.timings.items()])
 

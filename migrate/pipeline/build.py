@@ -98,7 +98,9 @@ class BuildReport:
 
     def to_dict(self) -> dict[str, Any]:
         """Stable JSON keys (schemas/build.schema.json)."""
-        return {"image": self.image, "reference": self.reference, "digest": self.digest,
+        return {"image": self.image, "reference": self.reference,
+                "pod_image": pod_image(self.reference, bool(self.encrypted_for)),
+                "digest": self.digest,
                 "builder": self.builder, "compression": self.compression,
                 "layer_size": self.layer_size, "image_size": self.image_size,
                 "archive_size": self.archive_size, "destination": self.destination,
