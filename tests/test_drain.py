@@ -629,3 +629,20 @@ def test_the_kubelets_events_are_followed_only_when_shown(
     assert r.code == 0, r.err
     assert len(followed) == 1
     assert "Started" in r.err  # the kubelet's Event, told as progress
+
+
+def test_the_migrations_to_one_node_pull_its_image_once(
+        drain: Callable[..., Result], cluster: Cluster) -> None:
+    # CRI-O restores onto the workload's image and pulls nothing, so migrate pulls it on
+    # the destination first; a kubelet lists what it pulled only at its next node
+    # status update, so four migrations starting together would each pull it.
+    for name in ("same-1", "same-2", "same-3", "same-4"):
+        cluster.pod(name)
+    r = drain(cluster, "node-a", "--to", "node-b", "--concurrency", "4", "-o", "json")
+    assert r.code == 0, r.err
+    state = Path(os.environ["MIGRATE_STATE_DIR"]) / "journal"
+    actions = [a["action"] for p in r.json()["pods"] for j in p["journals"]
+               for a in json.loads((state / f"{j}.json").read_text())["actions"]]
+    assert (actions.count("base image pulled"), actions.count("base image present")) == (1, 3)
+    assert not [p for p in cluster.v1.list_namespaced_pod("default").items
+                if "-prepull-" in p.metadata.name]

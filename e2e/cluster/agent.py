@@ -255,7 +255,9 @@ class NodeAgent:
             self._wake.wait(RESYNC_SECONDS if timeout is None else min(timeout, RESYNC_SECONDS))
 
     def _renew_lease(self, stop: threading.Event) -> None:
-        """kube-node-lease/NODE: created once, its renewTime moved every interval."""
+        """kube-node-lease/NODE: created once, its renewTime moved every interval; and
+        the node status (the images held) on the same beat, as the kubelet's defaults
+        have them both every 10 s (renewInterval, nodeStatusUpdateFrequency)."""
         path = f"{_LEASES}/{self.node}"
         lease = None
         while not stop.is_set():
@@ -264,6 +266,10 @@ class NodeAgent:
             except ApiFailure as e:
                 self._log(f"kubelet-{self.node}: lease: {e}")
                 lease = None
+            try:
+                self.kubelet.update_node_status()
+            except ApiFailure as e:
+                self._log(f"kubelet-{self.node}: node status: {e}")
             stop.wait(LEASE_INTERVAL)
 
     def _renewed(self, path: str, lease: dict[str, object] | None) -> dict[str, object]:

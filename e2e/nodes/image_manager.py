@@ -22,7 +22,7 @@ Warning FailedToRetrieveImagePullSecret on the pod.
 
 from __future__ import annotations
 
-import contextlib
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,6 +88,8 @@ class ImageManager:
         self.images = ImageIndex()
         self._events = events
         self._config = config
+        self._lock = threading.Lock()
+        self._unreported = False  # images held that the Node does not list yet
 
     def _event(self, pod: Obj, c: dict[str, Any], type_: str, reason: str,
                message: str) -> None:
@@ -162,17 +164,34 @@ class ImageManager:
         return pulled
 
     def hold(self, image: PulledImage) -> None:
-        """Keep ``image`` on the node; a new one goes into the Node's status.images (a
-        kubelet reports them on its next status update; here at once)."""
+        """Keep ``image`` on the node; a new one goes into the Node's status.images at
+        the next `report_images`, as a kubelet lists what it holds in its periodic
+        node status (nodeStatusUpdateFrequency), not at each pull."""
         if self.images.put(image):
-            listed = [{"names": [PAUSE_IMAGE], "sizeBytes": PAUSE_IMAGE_SIZE},
-                      *self.images.listed(NODE_STATUS_MAX_IMAGES - 1)]
+            with self._lock:
+                self._unreported = True
 
-            def change(node: Obj) -> Obj:
-                node.setdefault("status", {})["images"] = listed
-                return node
-            with contextlib.suppress(Gone):  # the node went: nothing to report on
-                self.api.update_node(change)
+    def report_images(self) -> None:
+        """Write the Node's status.images if an image came since the last report: the
+        pause image and the largest others, at most NODE_STATUS_MAX_IMAGES."""
+        with self._lock:
+            if not self._unreported:
+                return
+            self._unreported = False
+        listed = [{"names": [PAUSE_IMAGE], "sizeBytes": PAUSE_IMAGE_SIZE},
+                  *self.images.listed(NODE_STATUS_MAX_IMAGES - 1)]
+
+        def change(node: Obj) -> Obj:
+            node.setdefault("status", {})["images"] = listed
+            return node
+        try:
+            self.api.update_node(change)
+        except Gone:
+            pass  # the node went: nothing to report on
+        except Exception:
+            with self._lock:
+                self._unreported = True  # the next report tries again
+            raise
 
     def _wait(self, seconds: float) -> None:
         if seconds > 0 and self.puller.stopped.wait(seconds):

@@ -313,6 +313,10 @@ class Kubelet:
                                            address=self.address,
                                            kubelet_version=self.kubelet_version))
 
+    def update_node_status(self) -> None:
+        """The periodic node status: the images it holds, if they changed."""
+        self._starter.image_manager.report_images()
+
     def stop(self) -> None:
         """Stop the pod start-up workers (pulls in progress end early) and the
         run-to-completion containers still running (joining their threads). Stop

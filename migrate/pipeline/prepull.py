@@ -10,10 +10,14 @@ the kubelet pulls it with the pod's pull secrets, then cannot start its command
 
 Absence from ``node.status.images`` is not proof the node lacks an image (the
 kubelet lists at most 50, nodeStatusMaxImages): only a listed image skips the pull.
+Nor is it news: a kubelet lists what it pulled at its next node status update
+(every 10 s by default), so the migrations of one drain to one node would each
+pull an image the first has just pulled. `Pulls` makes it once per process.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,8 +28,8 @@ from migrate.errors import ClusterError, MigrateError
 from migrate.pipeline import claims
 from migrate.pipeline.refusals import PULL_FAILED, base_pull_refused
 
-__all__ = ["COMMAND", "images_ran", "is_prepull", "listed", "pod_manifest", "pull", "start",
-           "wait", "wanted"]
+__all__ = ["COMMAND", "Pulls", "images_ran", "is_prepull", "listed", "pod_manifest", "pull",
+           "pulls", "start", "wait", "wanted"]
 
 Obj = dict[str, Any]
 
@@ -146,6 +150,43 @@ class _PastPull:
             message = str((state.get("waiting") or {}).get("message") or reason)
             raise base_pull_refused(self.node, self.image, message)
         return None if reason in _PULLING else True
+
+
+class Pulls:
+    """The pre-pulls of one process, by (node, image): one caller pulls, the others
+    wait for it and then have the image; a failed pull lets the next one try."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pulled: set[tuple[str, str]] = set()
+        self._pulling: dict[tuple[str, str], threading.Event] = {}
+
+    def begin(self, node: str, image: str) -> bool:
+        """True: the caller pulls and then calls `end`; False: a pull of this process
+        put the image there already."""
+        key = (node, image)
+        while True:
+            with self._lock:
+                if key in self._pulled:
+                    return False
+                pulling = self._pulling.get(key)
+                if pulling is None:
+                    self._pulling[key] = threading.Event()
+                    return True
+            pulling.wait()  # that pull has a deadline: then see how it ended
+
+    def end(self, node: str, image: str, pulled: bool) -> None:
+        """The pull `begin` gave the caller is over."""
+        with self._lock:
+            if pulled:
+                self._pulled.add((node, image))
+            self._pulling.pop((node, image)).set()
+
+
+def pulls(cluster: kube.Cluster) -> Pulls:
+    """This process's `Pulls` (kept with what else its copies of the cluster share)."""
+    found: Pulls = cluster.memo.setdefault("prepulls", Pulls())
+    return found
 
 
 def start(cluster: kube.Cluster, manifest: Obj) -> Obj:

@@ -45,14 +45,22 @@ def pull_base_images(run: Run) -> None:
         return
     source_pod = live_source(run)
     node = kube.read_node(run.cluster, plan.destination)
+    shared = prepull.pulls(run.cluster)
     for container, image, present in prepull.wanted(source_pod, plan.containers, node):
-        if present:
+        if present or not shared.begin(plan.destination, image):
+            # Listed by the Node, or pulled there by another migration of this process
+            # (a drain's), which the Node lists only at its next status update.
             run.journal.record("base image present", node=plan.destination, image=image)
             continue
-        # The source's own imagePullSecrets pulled this image on its node (the pre-pull
-        # pod keeps them); besides them only Secrets that exist already: one made here
-        # now would be a second one beside the build Job's.
-        _pull(run, source_pod, container, image, _existing_secrets(run))
+        pulled = False
+        try:
+            # The source's own imagePullSecrets pulled this image on its node (the
+            # pre-pull pod keeps them); besides them only Secrets that exist already:
+            # one made here now would be a second one beside the build Job's.
+            _pull(run, source_pod, container, image, _existing_secrets(run))
+            pulled = True
+        finally:
+            shared.end(plan.destination, image, pulled)
 
 
 def _forget_prepulls(run: Run) -> None:
