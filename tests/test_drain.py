@@ -646,3 +646,20 @@ def test_the_migrations_to_one_node_pull_its_image_once(
     assert (actions.count("base image pulled"), actions.count("base image present")) == (1, 3)
     assert not [p for p in cluster.v1.list_namespaced_pod("default").items
                 if "-prepull-" in p.metadata.name]
+
+
+def test_preflights_of_one_process_share_recent_node_reads(cluster: Cluster) -> None:
+    # A drain's preflights read the same few nodes for every pod: each node once in a
+    # few seconds, shared by the process's copies of the cluster, each caller its copy.
+    from migrate.adapters import kube
+    from migrate.settings import KubeSettings
+
+    api = kube.connect(KubeSettings(kubeconfig=cluster.nodes.kubeconfig))
+    first = kube.read_node_recent(api, "node-b")
+    first["metadata"]["labels"]["mine"] = "changed"
+    again = kube.read_node_recent(api, "node-b")
+    assert api.requests == 1 and "mine" not in again["metadata"]["labels"]
+    cluster.v1.patch_node("node-b", {"metadata": {"labels": {"seen": "later"}}})
+    assert "seen" not in kube.read_node_recent(api, "node-b")["metadata"]["labels"]
+    assert kube.read_node_recent(api, "node-b", max_age=0)["metadata"]["labels"]["seen"] == "later"
+    assert api.requests == 2

@@ -52,6 +52,7 @@ API_CALLS: dict[str, tuple[Permission, ...]] = {
     "checkpoint_via_apiserver": (("", "nodes/proxy", "create"),),
     "list_nodes": (("", "nodes", "list"),),
     "read_node": (("", "nodes", "get"),),
+    "read_node_recent": (("", "nodes", "get"),),
     "can_i": (("authorization.k8s.io", "selfsubjectaccessreviews", "create"),),
     "read_owner": (("apps", "replicasets", "get"), ("apps", "deployments", "get")),
     "create_job": (("batch", "jobs", "create"),),

@@ -56,10 +56,12 @@ def node_missing(cluster: kube.Cluster, name: str, role: str = "node") -> NotFou
                                                   "the cluster's nodes"))
 
 
-def read_node(cluster: kube.Cluster, name: str, role: str = "node") -> Obj:
-    """The node, or `node_missing`'s error."""
+def read_node(cluster: kube.Cluster, name: str, role: str = "node", *,
+              recent: bool = False) -> Obj:
+    """The node, or `node_missing`'s error; ``recent``: as read by this process in the
+    last seconds (kube.read_node_recent)."""
     try:
-        return kube.read_node(cluster, name)
+        return kube.read_node_recent(cluster, name) if recent else kube.read_node(cluster, name)
     except NotFoundError:
         raise node_missing(cluster, name, role) from None
 

@@ -344,8 +344,11 @@ def preflight(cluster: kube.Cluster, settings: Settings, req: PodRequest) -> Pla
                          hint="only bare pods and ReplicaSet (Deployment) pods can move")
     if owner is None:  # a controller's copy is named by generateName: no name to take
         check_restore_name(cluster, settings, pod)
-    check_source(namespace, req.pod, kube.read_node(cluster, source))
-    destination = names.read_node(cluster, req.to, "--to")
+    # Nodes as read in the last seconds: a drain's preflights read the same few for
+    # every pod. Nothing irreversible follows from them: the switch-over looks at the
+    # destination again before it touches the source.
+    check_source(namespace, req.pod, kube.read_node_recent(cluster, source))
+    destination = names.read_node(cluster, req.to, "--to", recent=True)
     check_destination(pod, destination, source)
     containers = _containers(pod, req)
     images = _images(req, namespace, _workload(pod, owner), containers)

@@ -52,6 +52,7 @@ from migrate.adapters.kube.nodes import (
     list_nodes_matching,
     patch_node,
     read_node,
+    read_node_recent,
     server_minor_version,
     server_version,
     version_of,
@@ -79,6 +80,7 @@ __all__ = [
     "connect", "create_event", "create_job", "create_pod", "create_secret", "delete_job",
     "delete_pod", "delete_secret", "evict_pod", "list_namespaces", "list_nodes",
     "list_nodes_matching", "list_pdbs", "list_pods", "patch_node", "patch_pod", "read_node",
-    "read_object", "read_owner", "read_pod", "request_json", "send", "server_minor_version",
-    "server_version", "translate", "version_of", "watch_events", "watch_job", "watch_pod",
+    "read_node_recent", "read_object", "read_owner", "read_pod", "request_json", "send",
+    "server_minor_version", "server_version", "translate", "version_of", "watch_events",
+    "watch_job", "watch_pod",
 ]

@@ -3,6 +3,8 @@ checkpoint API through the API server's node proxy."""
 
 from __future__ import annotations
 
+import copy
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +58,23 @@ def read_node(cluster: Cluster, name: str) -> dict[str, Any]:
     """One node, as the API serves it."""
     return request_json(cluster, f"read node {name}", "GET", "/api/v1/nodes/{name}",
                         path_params={"name": name})
+
+
+#: How old a node read by `read_node_recent` may be (seconds): an informer's lag.
+RECENT_NODE_SECONDS = 5.0
+
+
+def read_node_recent(cluster: Cluster, name: str,
+                     max_age: float = RECENT_NODE_SECONDS) -> dict[str, Any]:
+    """One node, read at most ``max_age`` seconds ago by this process (its copies of
+    ``cluster`` share the reads): a drain's preflights read the same few nodes for
+    every pod. Not for a last look before an irreversible step: use `read_node`."""
+    reads: dict[str, tuple[float, dict[str, Any]]] = cluster.memo.setdefault("node_reads", {})
+    found = reads.get(name)
+    if found is None or time.monotonic() - found[0] > max_age:
+        found = (time.monotonic(), read_node(cluster, name))
+        reads[name] = found  # one assignment: safe between threads
+    return copy.deepcopy(found[1])  # the caller's to change
 
 
 def patch_node(cluster: Cluster, name: str, patch: dict[str, Any]) -> dict[str, Any]:
