@@ -38,7 +38,7 @@ from kubernetes import client, watch
 
 from e2e.cluster import realnode
 from e2e.cluster.launcher import ControlPlane
-from e2e.real.counter import counter_pod, counter_rootfs, counts, push_counter_image, push_rootfs
+from e2e.real.counter import counter_pod, counts, push_counter_image
 from tests.cluster import Kubectl, api_client, require_cluster, wait_for
 from tests.conftest import Result
 from tests.real import require
@@ -258,9 +258,8 @@ def test_doctor_probe_pulls_its_image_on_a_destination_without_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # As `migrate pod` does: CRI-O restores onto the probe pod's image and pulls nothing,
     # so without the pre-pull the restore on node-b fails with `image not known`.
-    image = push_rootfs(plain_registry.host, "stretch/probe-unpulled", "1",
-                        counter_rootfs(tmp_path / "rootfs"),
-                        {"Cmd": ["/bin/sh", "/counter.sh"], "Env": ["PATH=/bin", "PROBE=1"]})
+    image = push_counter_image(plain_registry.host, "stretch/probe-unpulled", "1", tmp_path,
+                               env=("PROBE=1",))
     monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
     probe = _probe(cli, real_cp, plain_registry, node.name, node_b.name, image)
     assert (probe["node"], probe["status"]) == (node_b.name, "PASS"), json.dumps(probe)
@@ -363,9 +362,8 @@ def test_migrate_pod_pulls_the_base_image_on_a_node_without_it(
     # that never ran it the restore fails with `image not known`. An image of its
     # own, never pulled on node-b: migrate pulls it there first, and the counter
     # counts on.
-    image = push_rootfs(plain_registry.host, "stretch/unpulled", "1",
-                        counter_rootfs(tmp_path / "rootfs"),
-                        {"Cmd": ["/bin/sh", "/counter.sh"], "Env": ["PATH=/bin", "UNPULLED=1"]})
+    image = push_counter_image(plain_registry.host, "stretch/unpulled", "1", tmp_path,
+                               env=("UNPULLED=1",))
     monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
     name = _start(real_cp, counter_pod("unpulled", image, secret=SECRET, node=node.name))
     try:

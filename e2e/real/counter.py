@@ -138,12 +138,14 @@ def push_rootfs(registry: str, repo: str, tag: str, rootfs: Path,
     return f"{registry}/{repo}:{tag}"
 
 
-def push_counter_image(registry: str, repo: str, tag: str, workdir: Path) -> str:
-    """Build the counter's root in `workdir` and push it; returns its reference."""
+def push_counter_image(registry: str, repo: str, tag: str, workdir: Path,
+                       env: tuple[str, ...] = ()) -> str:
+    """Build the counter's root in `workdir` and push it; returns its reference. `env`:
+    more of the config's Env (NAME=VALUE), making an image of its own (another digest)."""
     rootfs = counter_rootfs(workdir / "rootfs")
     return push_rootfs(registry, repo, tag, rootfs, {
         "Cmd": ["/bin/sh", "/counter.sh"],
-        "Env": ["PATH=/bin"],
+        "Env": ["PATH=/bin", *env],
     })
 
 
