@@ -184,7 +184,8 @@ class _Model:
         self.kinds: dict[str, str] = {}
         self.links: dict[str, str] = {}  # symlink path -> the text it is written with
         self.link_members: dict[str, Member] = {}
-        self.rewrites: dict[str, Rewrite] = {}  # symlink path -> its absolute target, rewritten
+        # member name -> its absolute target, rewritten (the writer looks them up by name)
+        self.rewrites: dict[str, Rewrite] = {}
 
     def reason(self, m: Member) -> str | None:
         """Why ``m`` is unsafe after the members added so far, or None (then it is added)."""
@@ -213,7 +214,7 @@ class _Model:
             if m.kind == "symlink":
                 self.links[path], self.link_members[path] = _text(m, parts), m
                 if posixpath.isabs(m.linkname):
-                    self.rewrites[path] = Rewrite(m.name, m.linkname, self.links[path])
+                    self.rewrites[m.name] = Rewrite(m.name, m.linkname, self.links[path])
         return why
 
     def _link_reason(self, m: Member, parts: list[str]) -> str | None:
@@ -266,7 +267,7 @@ def check_members(members: Iterable[Member], label: str) -> dict[str, Rewrite]:
     late = model.final_check()
     if late:
         raise _unsafe(label, late[0].name, late[1])
-    return {r.path: r for r in model.rewrites.values()}
+    return model.rewrites
 
 
 def _unsafe(label: str, member: str, reason: str) -> UnsafeArchiveError:

@@ -176,11 +176,11 @@ def base_pull_refused(node: str, image: str, message: str) -> PullRefused:
                             f"{cause[0]}: {message}", hint=cause[1])
     else:
         registry = image.split("/", 1)[0]
-        error = PullFailedForNow(f"{node} cannot pull {image}, the image the restore runs on: "
-                            f"{message}",
-                            hint=f"the pod's imagePullSecrets must reach {registry}, and the "
-                            f"nodes' /etc/containers/registries.conf must let {node} pull "
-                            "from it (mirrors, insecure registries)")
+        error = PullFailedForNow(
+            f"{node} cannot pull {image}, the image the restore runs on: {message}",
+            hint=f"the pod's imagePullSecrets must reach {registry}, and the nodes' "
+            f"/etc/containers/registries.conf must let {node} pull from it (mirrors, "
+            "insecure registries)")
     error.runtime_message = f"ErrImagePull: {message}"
     return error
 
