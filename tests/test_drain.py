@@ -30,6 +30,7 @@ from e2e.cluster.launcher import ControlPlane
 from e2e.cluster.world import Cluster as Nodes
 from e2e.nodes import NodeConfig, RegistryConfig
 from migrate.pipeline import migration
+from migrate.pipeline.journal import Journal
 from migrate.validation import validate
 from tests.cluster import api_client, node_agents, wait_for
 from tests.conftest import Result
@@ -640,9 +641,9 @@ def test_the_migrations_to_one_node_pull_its_image_once(
         cluster.pod(name)
     r = drain(cluster, "node-a", "--to", "node-b", "--concurrency", "4", "-o", "json")
     assert r.code == 0, r.err
-    state = Path(os.environ["MIGRATE_STATE_DIR"]) / "journal"
+    state = Path(os.environ["MIGRATE_STATE_DIR"])
     actions = [a["action"] for p in r.json()["pods"] for j in p["journals"]
-               for a in json.loads((state / f"{j}.json").read_text())["actions"]]
+               for a in Journal.load(state, j).actions]
     assert (actions.count("base image pulled"), actions.count("base image present")) == (1, 3)
     assert not [p for p in cluster.v1.list_namespaced_pod("default").items
                 if "-prepull-" in p.metadata.name]
