@@ -31,7 +31,11 @@ The simulated latencies, per migrated pod, are the node agents' knobs
   (NodeConfig.checkpoint_delay_per_mib), here x ``--mib``;
 - the restore: the agent's start latency (``--start-latency``, from the
   restored pod being bound to its start) plus the image pull
-  (``--pull-seconds``, NodeConfig.image_pull_seconds);
+  (``--pull-seconds``, NodeConfig.image_pull_seconds). The destinations pull
+  ``--pulls-at-once`` images at a time (0, the default: no limit, a kubelet
+  with serializeImagePulls false; the kubelet's own default is 1, one pull at
+  a time per node, which bounds a drain's restores by the destinations' pulls:
+  ``--pulls-at-once 1`` shows that bound);
 - the switch-over: the source pod's stop latency (``--stop-latency``).
 
 Their sum over the pods, over the concurrency, is the ideal: what a perfect
@@ -173,8 +177,9 @@ class Runner:
     """Runs one drain on fresh node agents of the control plane ``cp``."""
 
     def __init__(self, work: Path, cp: ControlPlane, registry: Registry, destinations: int,
-                 lat: Latencies) -> None:
+                 lat: Latencies, pulls_at_once: int | None) -> None:
         self.work, self.cp, self.registry, self.lat = work, cp, registry, lat
+        self.pulls_at_once = pulls_at_once
         self.nodes = (SOURCE, *(f"node-{chr(ord('b') + i)}" for i in range(destinations)))
         self.kubeconfig = cp.kubeconfig(USER, group="system:masters")
         self._runs = 0
@@ -188,7 +193,8 @@ class Runner:
         # without it, and no restore happens there.
         source = NodeConfig(checkpoint_delay_per_mib=lat.checkpoint_per_mib,
                             capacity={"pods": MAX_PODS})
-        destination = NodeConfig(image_pull_seconds=lat.pull)
+        destination = NodeConfig(image_pull_seconds=lat.pull,
+                                 max_parallel_image_pulls=self.pulls_at_once)
         configs = {n: source if n == SOURCE else destination for n in self.nodes}
         print(f"  {tag}: {drain.label}: {drain.pods} pods ...", flush=True)
         with Cluster(self.cp, run_dir / "cluster", nodes=self.nodes, node_config=configs,
@@ -345,7 +351,7 @@ def bench(work: Path, args: argparse.Namespace) -> None:
     try:
         print("starting the control plane ...", flush=True)
         with control_plane(work / "control-plane", Options(audit_users=(USER,))) as cp:
-            runner = Runner(work, cp, registry, args.nodes, lat)
+            runner = Runner(work, cp, registry, args.nodes, lat, args.pulls_at_once or None)
             print(f"measuring: {args.reps} interleaved repetitions after one warm-up each; "
                   f"every drain on fresh node agents ...", flush=True)
             measure([par, serial], args.reps, runner.run)
@@ -360,7 +366,8 @@ def report(par: Drain, serial: Drain, lat: Latencies, args: argparse.Namespace) 
     print(f"RESULTS (medians of {args.reps}; {par.pods} pods on {SOURCE}: "
           f"{par.population.bare} bare, {par.population.deployments} Deployments x "
           f"{par.population.replicas}, budgets maxUnavailable {args.max_unavailable}; "
-          f"{args.nodes} destinations; simulated latency per pod "
+          f"{args.nodes} destinations pulling "
+          f"{args.pulls_at_once or 'any number of'} image(s) at once; simulated latency per pod "
           f"{sum(per_pod.values()):g} s: "
           + ", ".join(f"{k} {v:g}" for k, v in per_pod.items()) + ")")
     print(render(["measure", "value", "target", "result"], target_rows(par, serial, lat),
@@ -412,6 +419,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="simulated checkpoint time per MiB of memory")
     ap.add_argument("--pull-seconds", type=float, default=0.5,
                     help="simulated image pull time (each restore pulls its image)")
+    ap.add_argument("--pulls-at-once", type=int, default=0,
+                    help="image pulls a destination runs at once (0: no limit; 1: the "
+                         "kubelet's default, serializeImagePulls)")
     ap.add_argument("--start-latency", type=float, default=0.5,
                     help="simulated seconds from a pod bound to it starting")
     ap.add_argument("--stop-latency", type=float, default=0.5,
@@ -422,6 +432,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.max_unavailable < 0:
         ap.error("--max-unavailable must be >= 0")
+    if args.pulls_at_once < 0:
+        ap.error("--pulls-at-once must be >= 0")
     if min(args.pods, args.nodes, args.concurrency, args.serial_pods, args.reps, args.mib) < 1:
         ap.error("--pods, --nodes, --concurrency, --serial-pods, --reps and --mib must be >= 1")
     if args.nodes > 24:

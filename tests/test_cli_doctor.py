@@ -68,6 +68,10 @@ def test_a_healthy_node_and_the_admin_pass(cli: Cli, cluster: Cluster,
     assert got["node node-a: runtime"][:2] == ("PASS", "cri-o://1.30.4: checkpoint and restore")
     assert "checkpoint_restore" in got["node node-a: runtime"][2]
     assert got["node node-a: ready"][0] == got["node node-a: schedulable"][0] == "PASS"
+    # The kubelet's default, read from its /configz.
+    assert got["node node-a: image pulls"] == (
+        "PASS", "one at a time (the kubelet's serializeImagePulls): restores onto this node "
+        "pull their images in turn", None)
     assert not any(k.startswith("node node-b") for k in got)  # --node limits the nodes
     assert r.err == ""
 
@@ -83,6 +87,7 @@ def test_every_node_problem_is_a_row(cli: Cli, cluster: Cluster) -> None:
     assert got["node node-d: ready"][0] == "FAIL"
     assert got["node node-d: ready"][1].startswith("not Ready: ")
     assert got["node node-e: schedulable"][:2] == ("WARN", "maintenance=kernel:NoSchedule")
+    assert not any(k.endswith(": image pulls") for k in got)  # no kubelet asked unless named
     assert r.code == 9
     assert r.err == ("error: 1 check failed\n"
                      "hint: each FAIL row has a hint; fix those and run migrate doctor again\n")
@@ -105,6 +110,20 @@ def test_cordoned_node_is_a_warning(cli: Cli, cluster: Cluster) -> None:
     assert "uncordon" in hint
 
 
+@pytest.mark.parametrize(("at_once", "detail"), [(4, "4 at once (maxParallelImagePulls)"),
+                                                 (None, "any number at once "
+                                                        "(serializeImagePulls false)")])
+def test_image_pulls_in_parallel(cli: Cli, cluster: Cluster, at_once: int | None,
+                                 detail: str) -> None:
+    cluster.configure_node("node-b", max_parallel_image_pulls=at_once)
+    try:
+        got = rows(cli("doctor", "--kubeconfig", cluster.kubeconfig, "--node", "node-b",
+                       "-o", "json"))
+    finally:
+        cluster.configure_node("node-b", max_parallel_image_pulls=1)
+    assert got["node node-b: image pulls"] == ("PASS", detail, None)
+
+
 def test_rbac_denials(cli: Cli, cluster: Cluster, tmp_path: Path) -> None:
     kubeconfig = cluster.user_kubeconfig(LIMITED, LIMITED_RULES)
     r = cli("doctor", "--kubeconfig", kubeconfig, "--node", "node-a", "-o", "json")
@@ -118,6 +137,9 @@ def test_rbac_denials(cli: Cli, cluster: Cluster, tmp_path: Path) -> None:
         "grant create on jobs in API group batch (`migrate deploy` emits the role the tool "
         "needs)")
     assert got["rbac: create pods"][0] == "PASS"
+    # Without nodes/proxy the kubelet's configuration cannot be read: a row says so.
+    status, detail, _ = got["node node-a: image pulls"]
+    assert (status, detail.split(":")[0]) == ("SKIP", "cannot read the kubelet's configuration")
     assert r.code == 9
 
 

@@ -272,7 +272,7 @@ def test_kubelet_refuses_clients_without_a_valid_certificate(
         response = denied.request("POST", url)
         assert response.status == 403
         assert response.data == (f"Forbidden (user={LIMITED_USER}, verb=create, "
-                                 f"resource=nodes, subresource=checkpoint)\n").encode()
+                                 f"resource=nodes, subresource(s)=[checkpoint])\n").encode()
     finally:
         denied.clear()
 

@@ -57,6 +57,7 @@ NODES = {
     "node-containerd": NodeConfig(runtime="containerd://2.4.0", **FAST),
     "node-ckpt-only": NodeConfig(restore_level="checkpoint_only", **FAST),
     "node-slow": NodeConfig(image_pull_seconds=1.0, **FAST),
+    "node-parallel": NodeConfig(image_pull_seconds=1.0, max_parallel_image_pulls=None, **FAST),
 }
 
 
@@ -486,6 +487,30 @@ def test_pull_latency_holds_the_pod_in_container_creating(
     assert reasons.index("Pulling") < reasons.index("Pulled") < reasons.index("Started")
 
 
+def _pull_times(message: str) -> tuple[float, float]:
+    """A Pulled event's pull time and time including waiting, in seconds."""
+    found = re.search(r" in ([\d.]+)(ms|s) \(([\d.]+)(ms|s) including waiting\)", message)
+    assert found is not None, message
+    scale = {"ms": 0.001, "s": 1.0}
+    return (float(found.group(1)) * scale[found.group(2)],
+            float(found.group(3)) * scale[found.group(4)])
+
+
+@pytest.mark.parametrize(("node", "serial"), [("node-slow", True), ("node-parallel", False)])
+def test_a_node_pulls_one_image_at_a_time_unless_told_otherwise(
+        v1: client.CoreV1Api, node: str, serial: bool) -> None:
+    # No tag: pulled Always, each pull taking the node's 1 s.
+    names = [_create(v1, node, "docker.io/library/busybox", mounts=[]) for _ in range(3)]
+    times = sorted(_pull_times(_event(v1, n, "Pulled").message) for n in names)
+    assert all(1.0 <= pull < 1.9 for pull, _ in times), times
+    waited = sorted(total for _, total in times)
+    if serial:  # the kubelet's default: one puller, the others in line behind it
+        # (less the few milliseconds between the pods' creations)
+        assert waited[1] >= 1.8 and waited[2] >= 2.7, times
+    else:
+        assert waited[2] < 1.9, times
+
+
 def test_stop_ends_pulls_in_progress(real_cp: ControlPlane, tmp_path: Path) -> None:
     world = Cluster(real_cp, tmp_path / "nodes", nodes=["n1"], start_latency=0.01,
                     node_config={"n1": NodeConfig(image_pull_seconds=600)}).start()
@@ -534,3 +559,5 @@ def test_image_references_parse_and_node_settings_are_checked() -> None:
         parse_image("Bad Name")
     with pytest.raises(ValueError, match="image_pull_seconds"):
         NodeConfig(image_pull_seconds=-1)
+    with pytest.raises(ValueError, match="max_parallel_image_pulls"):
+        NodeConfig(max_parallel_image_pulls=0)

@@ -230,11 +230,14 @@ def test_doctor_probe_passes_on_the_real_node(
     monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
     r = cli("doctor", "--registry", f"{plain_registry.host}/probe", "--no-tls-verify",
             "--probe", node.name, "--probe-source", node.name,
-            "--probe-image", source["spec"]["containers"][0]["image"],
+            "--probe-image", source["spec"]["containers"][0]["image"], "--node", node.name,
             "--kubeconfig", real_cp.admin_kubeconfig, "-o", "json")
     assert r.code == 0, (r.out, r.err)
     (probe,) = r.json()["probes"]
     assert (probe["node"], probe["status"], probe["leftovers"]) == (node.name, "PASS", []), probe
+    # The real kubelet's /configz, with its defaults: one pull at a time.
+    rows = {c["check"]: c for c in r.json()["checks"]}
+    assert rows[f"node {node.name}: image pulls"]["detail"].startswith("one at a time"), rows
 
 
 def _probe(cli: Cli, cp: ControlPlane, registry: RegistryUnderTest, source: str,

@@ -3,10 +3,11 @@ with the pod's imagePullSecrets, backoff, and the Events they make.
 
 - present and policy not Always: Normal Pulled `Container image "X" already
   present on machine`; policy Never and absent: ErrImageNeverPull;
-- else Normal Pulling, the pull (registry_pull.py; the node's
-  `image_pull_seconds` and `image_pull_seconds_per_mib` faults first), then
-  Normal Pulled `Successfully pulled image "X" in 1.2s (1.2s including
-  waiting). Image size: N bytes.`;
+- else Normal Pulling, a turn among the node's pulls (`max_parallel_image_pulls`
+  at once, in order: the kubelet serializes them by default), the pull
+  (registry_pull.py; the node's `image_pull_seconds` and
+  `image_pull_seconds_per_mib` faults first), then Normal Pulled `Successfully
+  pulled image "X" in 1.2s (3.5s including waiting). Image size: N bytes.`;
 - a failed pull: Warning Failed `Failed to pull image "X": <error>` and
   `Error: ErrImagePull` (on CRI-O a refused connection is `RegistryUnavailable:
   ...`, `Error: RegistryUnavailable` and that waiting reason, with the message
@@ -22,9 +23,11 @@ Warning FailedToRetrieveImagePullSecret on the pod.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +78,44 @@ def _duration(seconds: float) -> str:
     return f"{ms / 1000:.3f}".rstrip("0").rstrip(".") + "s"
 
 
+class _PullTurns:
+    """At most `limit()` pulls at a time, the others served in the order they came
+    (the kubelet's serial puller is one goroutine reading a queue; its parallel one
+    a counting semaphore)."""
+
+    def __init__(self, limit: Callable[[], int | None], stopped: threading.Event) -> None:
+        self._limit = limit
+        self._stopped = stopped
+        self._lock = threading.Lock()
+        self._running = 0
+        self._queue: deque[threading.Event] = deque()
+
+    def _admit(self) -> None:
+        limit = self._limit()
+        while self._queue and (limit is None or self._running < limit):
+            self._queue.popleft().set()
+            self._running += 1
+
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        mine = threading.Event()
+        with self._lock:
+            self._queue.append(mine)
+            self._admit()
+        while not mine.wait(0.1):
+            if self._stopped.is_set():
+                with self._lock:
+                    if not mine.is_set():
+                        self._queue.remove(mine)
+                        raise PullError("pull cancelled: the node is shutting down")
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running -= 1
+                self._admit()
+
+
 class ImageManager:
     """Gets containers' images onto one node.
 
@@ -90,6 +131,8 @@ class ImageManager:
         self._config = config
         self._lock = threading.Lock()
         self._unreported = False  # images held that the Node does not list yet
+        self._turns = _PullTurns(lambda: self._config().max_parallel_image_pulls,
+                                 puller.stopped)
 
     def _event(self, pod: Obj, c: dict[str, Any], type_: str, reason: str,
                message: str) -> None:
@@ -136,9 +179,12 @@ class ImageManager:
         self._event(pod, c, _NORMAL, "Pulling", f'Pulling image "{image}"')
         if ref.reachable or config.image_pull_seconds or config.image_pull_seconds_per_mib:
             pulling()
-        began = time.monotonic()
+        queued = time.monotonic()
         try:
-            pulled = self._fetch(pod, image, ref, config)
+            with self._turns.turn():
+                began = time.monotonic()
+                pulled = self._fetch(pod, image, ref, config)
+                pulled_in = time.monotonic() - began
         except PullError as e:
             message, reason = str(e), "ErrImagePull"
             if e.refused and config.runtime.startswith("cri-o://"):
@@ -158,9 +204,9 @@ class ImageManager:
             return Waiting(reason, message), failed + period / 2
         backoffs.pop(image, None)
         self.hold(pulled)
-        took = _duration(time.monotonic() - began)
+        took, waited = _duration(pulled_in), _duration(time.monotonic() - queued)
         self._event(pod, c, _NORMAL, "Pulled", f'Successfully pulled image "{image}" in {took} '
-                    f"({took} including waiting). Image size: {pulled.size} bytes.")
+                    f"({waited} including waiting). Image size: {pulled.size} bytes.")
         return pulled
 
     def hold(self, image: PulledImage) -> None:

@@ -9,13 +9,18 @@ the kubelet's own server does:
     GET  /containerLogs/{namespace}/{pod}/{container}[?tailLines=N&limitBytes=N&previous=true]
                       what the container printed (containers that really run: toolrun.py)
     GET  /pods        the PodList of the pods bound to this node
+    GET  /configz     {"kubeletconfig": {...}}: of the v1beta1 fields, those of image
+                      pulls (serializeImagePulls, maxParallelImagePulls)
     GET  /healthz     ok
 
 Every request is authorized first, with the attributes the kubelet asks the
-API server about (SubjectAccessReview): resource `nodes`, subresource
-`checkpoint` for /checkpoint (v1.37.2's pkg/kubelet/server/auth.go), else
-`proxy`, the node's name, verb from the method (POST: create). Denied: 403 text
-`Forbidden (user=U, verb=V, resource=nodes, subresource=proxy)`.
+API server about (SubjectAccessReview; v1.37.2's pkg/kubelet/server/auth.go,
+KubeletFineGrainedAuthz GA): resource `nodes`, the node's name, verb from the
+method (POST: create), subresource `checkpoint` for /checkpoint, `log` for
+/logs, `stats`, `metrics`; /pods, /healthz and /configz try `pods`, `healthz`,
+`configz` first and then `proxy`; anything else `proxy`. Allowed if any is.
+Denied: 403 text `Forbidden (user=U, verb=V, resource=nodes,
+subresource(s)=[configz proxy])` (server.go).
 
 Checkpoint answers, in the kubelet's order and words (bodies are text):
 - feature gate off: no such route, 404 `404 page not found`;
@@ -61,6 +66,7 @@ __all__ = ["KubeletApi"]
 
 _TEXT = "text/plain; charset=utf-8"
 _VERBS = {"POST": "create", "GET": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+_FINE_GRAINED = (("/pods", "pods"), ("/healthz", "healthz"), ("/configz", "configz"))
 _SUBRESOURCES = (("/stats", "stats"), ("/metrics", "metrics"), ("/logs", "log"),
                  ("/checkpoint", "checkpoint"))
 _DEADLINE = "rpc error: code = DeadlineExceeded desc = context deadline exceeded"
@@ -73,11 +79,11 @@ def _text(code: int, message: str) -> Response:
                     headers={"X-Content-Type-Options": "nosniff"})
 
 
-def _subresource(path: str) -> str:
-    for prefix, subresource in _SUBRESOURCES:
-        if path == prefix or path.startswith(prefix + "/"):
-            return subresource
-    return "proxy"
+def _subresources(path: str) -> list[str]:
+    def under(prefix: str) -> bool:
+        return path == prefix or path.startswith(prefix + "/")
+    fine = [sub for prefix, sub in _FINE_GRAINED if under(prefix)][:1]
+    return fine + ([sub for prefix, sub in _SUBRESOURCES if under(prefix)][:1] or ["proxy"])
 
 
 class _Failed(Exception):
@@ -149,15 +155,18 @@ class KubeletApi:
 
     def _route(self, req: Request) -> Response:
         verb = _VERBS.get(req.method, "get")
-        subresource = _subresource(req.path)
-        if not self.authorizer(Attributes(req.user, verb, "nodes", subresource, self.node)):
-            return _text(403, f"Forbidden (user={req.user.name}, verb={verb}, "
-                              f"resource=nodes, subresource={subresource})\n")
+        subresources = _subresources(req.path)
+        if not any(self.authorizer(Attributes(req.user, verb, "nodes", sub, self.node))
+                   for sub in subresources):
+            return _text(403, f"Forbidden (user={req.user.name}, verb={verb}, resource=nodes, "
+                              f"subresource(s)=[{' '.join(subresources)}])\n")
         parts = [p for p in req.path.split("/") if p]
         if parts == ["healthz"] and req.method == "GET":
             return _text(200, "ok")
         if parts[:1] == ["containerLogs"] and len(parts) == 4 and req.method == "GET":
             return self._logs(req, parts[1], parts[2], parts[3])
+        if parts == ["configz"] and req.method == "GET":
+            return Response(200, {"kubeletconfig": self._configz()})
         if parts == ["pods"] and req.method == "GET":
             return Response(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {},
                                   "items": self.kubelet.pods()})
@@ -167,6 +176,15 @@ class KubeletApi:
                 return _text(405, "405: Method Not Allowed")
             return self._checkpoint(req, parts[1], parts[2], parts[3])
         return _text(404, "404 page not found\n")
+
+    def _configz(self) -> dict[str, Any]:
+        at_once = self.kubelet.config.max_parallel_image_pulls
+        # The kubelet's defaulting: serialized unless maxParallelImagePulls is 2 or more
+        # (pkg/kubelet/apis/config/v1beta1/defaults.go); a nil limit is left out.
+        fields: dict[str, Any] = {"serializeImagePulls": at_once == 1}
+        if at_once is not None and at_once > 1:
+            fields["maxParallelImagePulls"] = at_once
+        return fields
 
     # -- GET /containerLogs/{namespace}/{pod}/{container} -------------------------------
 

@@ -72,6 +72,11 @@ class NodeConfig:
     image_pull_seconds, image_pull_seconds_per_mib: fault injection: how long
         each image pull takes (fixed, plus per MiB of the image's layers)
         before it completes; the pod stays Pending (ContainerCreating) meanwhile.
+    max_parallel_image_pulls: how many image pulls the node runs at once; the
+        others wait their turn, in order, under their `Pulling` event. 1 is the
+        kubelet's default (serializeImagePulls true: one puller goroutine reading
+        a queue, pkg/kubelet/images/puller.go at v1.37.2); None is
+        serializeImagePulls false with no maxParallelImagePulls (no limit).
     """
 
     runtime: str = DEFAULT_RUNTIME
@@ -89,6 +94,7 @@ class NodeConfig:
     backoff_max: float = DEFAULT_BACKOFF_MAX
     image_pull_seconds: float = 0.0
     image_pull_seconds_per_mib: float = 0.0
+    max_parallel_image_pulls: int | None = 1
 
     def __post_init__(self) -> None:
         self.validate()
@@ -106,6 +112,8 @@ class NodeConfig:
                      "image_pull_seconds_per_mib"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if self.max_parallel_image_pulls is not None and self.max_parallel_image_pulls < 1:
+            raise ValueError("max_parallel_image_pulls must be >= 1 (None: no limit)")
 
     def replace(self, **changes: Any) -> NodeConfig:
         """A copy with `changes` applied (validated)."""

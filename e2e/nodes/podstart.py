@@ -96,10 +96,13 @@ class PodStarter:
     report: writes a pod's status from an outcome (called on a worker thread).
     done: called after each attempt (and its report): what wants() and retry_at()
         answer may have changed, though the pod's status did not.
+    workers: pods started at once. The kubelet has a worker per pod (pod_workers.go);
+        what it does one at a time is pulling images (image_manager.py), not starting
+        pods. The bound only keeps a node's threads finite.
     """
 
     def __init__(self, api: NodeApi, node: str, puller: Puller, config: Callable[[], NodeConfig],
-                 report: Report, log: Callable[[str], None], workers: int = 2,
+                 report: Report, log: Callable[[str], None], workers: int = 64,
                  done: Callable[[], None] = lambda: None) -> None:
         self._done = done
         self.api = api

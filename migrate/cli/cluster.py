@@ -116,7 +116,8 @@ def _probe_table(report: DoctorReport) -> str:
 def doctor(
     ctx: typer.Context,
     node: list[str] = typer.Option([], "--node", help="Check only these nodes "
-                                   "(repeatable) (default: every node).", show_default=False,
+                                   "(repeatable) (default: every node); for these, also how "
+                                   "many images their kubelet pulls at once.", show_default=False,
                                    autocompletion=complete_nodes),
     registry: str | None = typer.Option(None, "--registry", help="Registry to check: "
                                         "HOST:PORT/REPOSITORY (port and repository optional).",

@@ -183,6 +183,25 @@ def _node_checks(node: dict[str, Any]) -> Iterator[Check]:
         yield Check(f"node {name}: schedulable", Status.PASS, "schedulable")
 
 
+def _pulls_check(cluster: kube.Cluster, name: str) -> Check:
+    """How many images the node's kubelet pulls at once. One at a time is the kubelet's
+    default (serializeImagePulls): the restores of a drain onto that node then wait
+    in line for their checkpoint images, however many migrations run at once."""
+    row = f"node {name}: image pulls"
+    try:
+        config = kube.kubelet_config(cluster, name)
+    except MigrateError as e:
+        return Check(row, Status.SKIP, f"cannot read the kubelet's configuration: {e.message}",
+                     e.hint or "")
+    at_once = config.get("maxParallelImagePulls")
+    if config.get("serializeImagePulls", True) is not False:
+        return Check(row, Status.PASS, "one at a time (the kubelet's serializeImagePulls): "
+                     "restores onto this node pull their images in turn")
+    if isinstance(at_once, int) and at_once > 0:
+        return Check(row, Status.PASS, f"{at_once} at once (maxParallelImagePulls)")
+    return Check(row, Status.PASS, "any number at once (serializeImagePulls false)")
+
+
 def _read(cluster: kube.Cluster, wanted: tuple[str, ...]) -> Iterator[dict[str, Any] | Check]:
     """The named nodes (a FAIL row for each that cannot be read), or every node."""
     if not wanted:
@@ -202,8 +221,10 @@ def _nodes(cluster: kube.Cluster, names: tuple[str, ...]) -> Iterator[Check]:
             seen += 1
             if isinstance(node, Check):
                 yield node
-            else:
-                yield from _node_checks(node)
+                continue
+            yield from _node_checks(node)
+            if names:  # a kubelet request each: only for the nodes asked about
+                yield _pulls_check(cluster, node["metadata"]["name"])
     except MigrateError as e:
         yield Check("nodes", Status.FAIL, e.message, e.hint or "")
         return

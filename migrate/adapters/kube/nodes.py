@@ -77,6 +77,18 @@ def read_node_recent(cluster: Cluster, name: str,
     return copy.deepcopy(found[1])  # the caller's to change
 
 
+def kubelet_config(cluster: Cluster, name: str) -> dict[str, Any]:
+    """The node's kubelet configuration as it runs (``/configz`` through the node proxy:
+    RBAC ``nodes/proxy`` get), in KubeletConfiguration v1beta1's fields."""
+    answer = request_json(cluster, f"read the kubelet configuration of {name}", "GET",
+                          "/api/v1/nodes/{name}/proxy/configz", path_params={"name": name})
+    config = answer.get("kubeletconfig")
+    if not isinstance(config, dict):
+        raise MigrateError(f"the kubelet of {name} answered /configz without a "
+                           "kubeletconfig")
+    return config
+
+
 def patch_node(cluster: Cluster, name: str, patch: dict[str, Any]) -> dict[str, Any]:
     """Strategic-merge-patch a node (cordon: ``{"spec": {"unschedulable": True}}``)."""
     return request_json(cluster, f"patch node {name}", "PATCH", "/api/v1/nodes/{name}",
