@@ -8,9 +8,9 @@ import contracts keep it so):
     nodes/      the node side: a kubelet and its container runtime (checkpoint,
                 pulls, CRI-O's restore rules, the tool's image run for real),
                 behind NodeApi; containers are simulated processes, or runc's
-    real/       real checkpoints: CRIU, runc and Podman on a real workload
-    archives/   generated checkpoint archives (archivegen, criu_encode, filesgen) and
-                the one writer of CRI-O-layout tars, real/'s too
+    real/       real checkpoints: CRIU, runc and Podman on a real workload, its image
+                and pod for the real nodes (cluster/realnode.py, where CRI-O's come from)
+    archives/   generated checkpoint archives (archivegen, criu_encode, filesgen)
     services/   the loopback registry, its token server, the PKI
 
 The tool itself is never imported here: the world is what it is tested against.

@@ -22,7 +22,8 @@ from e2e.archives.archivegen import ArchiveSpec, build
 from e2e.archives.criu_encode import crit_available
 from migrate.cli.app import run
 
-pytest_plugins = ["tests.registries", "tests.real", "tests.cluster"]
+# tests.real uses the other two: they are loaded (and their asserts rewritten) first.
+pytest_plugins = ["tests.registries", "tests.cluster", "tests.real"]
 
 REPO = Path(__file__).resolve().parent.parent
 

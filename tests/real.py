@@ -9,32 +9,40 @@ Loaded from tests/conftest.py (`pytest_plugins`). Fixtures (session scope):
                                 --compress none` of it, with the /proc ground truth
     real_podman_archive_gzip    the same with --compress gzip
     real_podman_archive_zstd    the same with --compress zstd (Podman's default)
-    real_crio_archive           a CRI-O-layout archive made as CRI-O makes one: `runc
-                                checkpoint` of the same container, packed with CRI-O's
-                                metadata (e2e/real/crio.py); .pod holds its Kubernetes names
+    real_crio_archive           the archive the real kubelet and CRI-O write: the same
+                                workload as a pod on a real node (e2e/cluster/realnode.py,
+                                on the session's control plane), checkpointed through the
+                                kubelet API; .pod holds the pod's names as the API server
+                                has them, .engine CRI-O's own record of the container
     real_tools                  e2e.real.tools.Tools (criu, crit, checkpointctl)
 
-Checkpoints are taken with --leave-running, so every archive is of the same,
-idle container; the truth is read again just before each one. With
-MIGRATE_REQUIRE_REAL=1 (scripts/test sets it when run as root) a missing part
-fails the test instead of skipping it: in CI, where setup installs everything,
+Podman's checkpoints are taken with --leave-running, so they are of the same,
+idle container; the kubelet's leaves its container running too. The truth is
+read again just before each one. With MIGRATE_REQUIRE_REAL=1 (scripts/test sets
+it when run as root) a missing part fails the test instead of skipping it (the
+real node's: MIGRATE_REQUIRE_CLUSTER=1): in CI, where setup installs everything,
 nothing may be skipped silently.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from kubernetes import client
 
+from e2e.cluster import realnode
+from e2e.cluster.launcher import ControlPlane
 from e2e.real import tools as real_tools_mod
-from e2e.real.crio import Pod, crio_archive
 from e2e.real.podman import PodmanWorld
-from e2e.real.truth import Truth, read_truth
+from e2e.real.truth import Truth, read_truth, root_diff
 from e2e.real.workload import (
     WORKLOAD_FILES,
     Container,
@@ -42,12 +50,17 @@ from e2e.real.workload import (
     build_workload_image,
     engine_view,
     export_checkpoint,
+    push_workload_image,
     start_workload,
+    wait_idle,
+    workload_pod,
 )
+from tests.cluster import api_client, require_cluster, wait_for
+from tests.registries import RegistryUnderTest
 
-__all__ = ["CRIO_POD", "RealArchive", "require"]
+__all__ = ["Pod", "RealArchive", "require"]
 
-CRIO_POD = Pod()
+CRIO_DEADLINE = 180.0  # the node's pulls, CRIU and a loaded 2-core machine
 
 
 def require(reason: str | None) -> None:
@@ -60,15 +73,26 @@ def require(reason: str | None) -> None:
 
 
 @dataclass(frozen=True)
+class Pod:
+    """A pod's names, as the API server has them."""
+
+    name: str
+    namespace: str
+    uid: str
+    container: str
+
+
+@dataclass(frozen=True)
 class RealArchive:
     """A real checkpoint archive and what /proc showed just before it was taken."""
 
     path: Path
     truth: Truth
     secret: str
-    container: str  # the container's name
+    container: str  # the container's name (Podman's; the pod's container for CRI-O)
     compress: str
-    engine: EngineView  # what `podman inspect` and `podman diff` said
+    engine: EngineView  # what `podman inspect` and `podman diff` said, or CRI-O's record
+    pod: Pod | None = None  # the pod the kubelet checkpointed (CRI-O's archive)
 
 
 @pytest.fixture(scope="session")
@@ -120,21 +144,6 @@ def real_podman_archive(real_world: PodmanWorld, real_container: Container, _rea
 
 
 @pytest.fixture(scope="session")
-def real_crio_archive(real_world: PodmanWorld, real_container: Container, _real_secret: str,
-                      tmp_path_factory: pytest.TempPathFactory) -> RealArchive:
-    """`runc checkpoint` of the workload, packed as CRI-O packs it."""
-    out_dir = tmp_path_factory.mktemp("real-crio")
-    ctr = real_container
-    truth = read_truth(ctr.host_pid, _real_secret.encode(), WORKLOAD_FILES)
-    view = engine_view(real_world, ctr.name)
-    path = crio_archive(real_world, ctr.host_pid, view,
-                        out_dir / f"checkpoint-{CRIO_POD.name}_{CRIO_POD.namespace}-"
-                        f"{CRIO_POD.container}.tar", CRIO_POD)
-    (out_dir / "truth-crio.json").write_text(truth.to_json())
-    return RealArchive(path, truth, _real_secret, ctr.name, "none", view)
-
-
-@pytest.fixture(scope="session")
 def real_podman_archive_gzip(real_world: PodmanWorld, real_container: Container,
                              _real_secret: str,
                              tmp_path_factory: pytest.TempPathFactory) -> RealArchive:
@@ -150,3 +159,114 @@ def real_podman_archive_zstd(real_world: PodmanWorld, real_container: Container,
     """Podman's export of the workload, zstd-compressed (Podman's default)."""
     return _export(real_world, real_container, _real_secret,
                    tmp_path_factory.mktemp("real-zstd"), "zstd")
+
+
+# --- the kubelet's checkpoint of the workload, on a real node ----------------------
+
+
+@pytest.fixture(scope="session")
+def real_crio_archive(real_tools: real_tools_mod.Tools, _real_secret: str,
+                      request: pytest.FixtureRequest,
+                      tmp_path_factory: pytest.TempPathFactory) -> RealArchive:
+    """The kubelet's checkpoint of the workload running as a pod on a real node.
+
+    The node is this fixture's own, stopped once the archive is written: a node
+    registered for the rest of the session would take pods the node agents' tests
+    schedule. Its root, the archive in its kubelet's checkpoint directory, stays.
+    """
+    require_cluster(realnode.missing())  # before the control plane is started for nothing
+    cp: ControlPlane = request.getfixturevalue("real_cp")
+    registry: RegistryUnderTest = request.getfixturevalue("plain_registry")
+    out = tmp_path_factory.mktemp("real-crio")
+    image = push_workload_image(registry.host, "forensics/workload", secrets.token_hex(4),
+                                out / "rootfs", _real_secret)
+    # CRIU refuses the workload's established TCP connection unless told to dump it;
+    # runc hands CRIU the file the org.criu.config annotation names.
+    (out / "criu.conf").write_text("tcp-established\n")
+    manifest = workload_pod("forensics", "evidence", image, node="node-forensics",
+                            annotations={"org.criu.config": str(out / "criu.conf")})
+    with realnode.real_node(cp, out / "node", name="node-forensics",
+                            registry=registry.host) as node, _namespace(cp, "evidence"):
+        pod = _start(cp, manifest)
+        (status,) = pod["status"]["containerStatuses"]
+        container_id = status["containerID"].removeprefix("cri-o://")
+        crio = node.crio_container(container_id)
+        if not wait_idle(crio["pid"]):
+            pytest.fail(f"the workload did not get idle:\n{_log(cp, pod)}")
+        truth = read_truth(crio["pid"], _real_secret.encode(), WORKLOAD_FILES)
+        diff = root_diff(crio["pid"], out / "rootfs")
+        path = _kubelet_checkpoint(cp, node, pod)
+    (out / "truth-crio.json").write_text(truth.to_json())
+    (out / "crio-container.json").write_text(json.dumps(crio, indent=1))
+    meta = pod["metadata"]
+    names = Pod(meta["name"], meta["namespace"], meta["uid"], status["name"])
+    return RealArchive(path, truth, _real_secret, status["name"], "none",
+                       _crio_view(container_id, crio, diff), names)
+
+
+@contextlib.contextmanager
+def _namespace(cp: ControlPlane, name: str) -> Iterator[None]:
+    """A namespace of the pod's own (so that the archive names one that is not `default`),
+    deleted with whatever is left in it."""
+    status, body = cp.api("POST", "/api/v1/namespaces",
+                          {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    assert status == 201, body
+    try:
+        # The ServiceAccount admission refuses pods until the controller made `default`.
+        wait_for(lambda: cp.api("GET", f"/api/v1/namespaces/{name}/serviceaccounts/default")[0]
+                 == 200, CRIO_DEADLINE, f"ServiceAccount {name}/default")
+        yield
+    finally:
+        cp.api("DELETE", f"/api/v1/namespaces/{name}/pods?gracePeriodSeconds=0")
+        cp.api("DELETE", f"/api/v1/namespaces/{name}")
+
+
+def _start(cp: ControlPlane, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Create the pod and wait until its container runs; returns the pod."""
+    meta = manifest["metadata"]
+    url = f"/api/v1/namespaces/{meta['namespace']}/pods"
+    status, body = cp.api("POST", url, manifest)
+    assert status == 201, body
+
+    def running() -> dict[str, Any] | None:
+        status, pod = cp.api("GET", f"{url}/{meta['name']}")
+        statuses = pod.get("status", {}).get("containerStatuses", []) if status == 200 else []
+        return pod if statuses and all("running" in s["state"] for s in statuses) else None
+
+    found: dict[str, Any] = wait_for(running, CRIO_DEADLINE, f"{meta['name']} Running")
+    return found
+
+
+def _log(cp: ControlPlane, pod: dict[str, Any]) -> str:
+    meta = pod["metadata"]
+    status, text = cp.api("GET", f"/api/v1/namespaces/{meta['namespace']}/pods/"
+                                 f"{meta['name']}/log")
+    return str(text) if status == 200 else f"(no log: {status})"
+
+
+def _kubelet_checkpoint(cp: ControlPlane, node: realnode.RealNode,
+                        pod: dict[str, Any]) -> Path:
+    """POST /api/v1/nodes/NODE/proxy/checkpoint/NS/POD/CONTAINER (the kubelet API through
+    the API server's node proxy): the path of the archive the kubelet wrote."""
+    meta, (status,) = pod["metadata"], pod["status"]["containerStatuses"]
+    with api_client(cp.admin_kubeconfig) as api:
+        try:
+            resp = client.CoreV1Api(api).connect_post_node_proxy_with_path(
+                node.name, f"checkpoint/{meta['namespace']}/{meta['name']}/{status['name']}",
+                _request_timeout=CRIO_DEADLINE, _preload_content=False)
+        except client.ApiException as e:
+            pytest.fail(f"{e.status} {e.body}\n{node.logs['kubelet'].read_text()[-3000:]}")
+    (path,) = json.loads(resp.data)["items"]
+    return Path(path)
+
+
+def _crio_view(container_id: str, crio: dict[str, Any], diff: dict[str, str]) -> EngineView:
+    """CRI-O's record of the container (`RealNode.crio_container`) as an EngineView: the
+    image by name, its storage ID and the creation time from the annotations CRI-O keeps
+    for it (its image_ref is a repository digest; its created_time runc's, a little
+    later). CRI-O has no diff command: ``diff`` is the container's root against the
+    image's (`root_diff`)."""
+    notes = crio["crio_annotations"]
+    return EngineView(container_id, crio["image"], notes["io.kubernetes.cri-o.ImageRef"],
+                      notes["io.kubernetes.cri-o.Created"],
+                      ", ".join(crio["ip_addresses"] or []), diff)

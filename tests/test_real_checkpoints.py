@@ -1,7 +1,9 @@
-"""Real checkpoints (Podman 4.3 + runc + CRIU 4.1.1) against /proc, crit and checkpointctl.
+"""Real checkpoints (Podman 4.3, and the kubelet v1.37 with CRI-O v1.36, each with runc
+and CRIU 4.1.1) against /proc, crit and checkpointctl.
 
-The archive is `podman container checkpoint --export` of the workload in
-e2e/real/workload.py; the truth is what /proc showed just before the dump
+The archives are `podman container checkpoint --export` of the workload in
+e2e/real/workload.py, and the kubelet's checkpoint of the same workload run as
+a pod on a real node; the truth is what /proc showed just before the dump
 (tests/real.py). Every field migrate reports is compared with the truth, with
 CRIU's crit (4.1.1, same tree as the CRIU that dumped) and with checkpointctl.
 Where a peer disagrees for a known reason, the test pins that reason (so it
@@ -36,7 +38,7 @@ from migrate.cli.app import run
 from migrate.forensics.memsearch import escape
 from migrate.units import human_size
 from tests.conftest import Result
-from tests.real import CRIO_POD, RealArchive, require
+from tests.real import RealArchive, require
 from tests.test_untrusted_limits import measured_run
 
 pytestmark = pytest.mark.real
@@ -93,13 +95,13 @@ def inspected(real_podman_archive: RealArchive) -> dict[str, Any]:
     return _inspect(real_podman_archive.path)
 
 
-# Both real archives: Podman's export, and CRI-O's layout around `runc checkpoint`.
-BOTH = pytest.mark.parametrize("archive", ["real_podman_archive", "real_crio_archive"],
-                               indirect=True)
+# Both real archives: Podman's export, and the kubelet's (CRI-O's) from a real node.
+CRIO = pytest.param("real_crio_archive", marks=pytest.mark.controlplane)
+BOTH = pytest.mark.parametrize("archive", ["real_podman_archive", CRIO], indirect=True)
 # ...and Podman's gzip and zstd exports (zstd is its default), each a dump of its own.
 COMPRESSED = ["real_podman_archive_gzip", "real_podman_archive_zstd"]
-EVERY = pytest.mark.parametrize("archive", ["real_podman_archive", "real_crio_archive",
-                                            *COMPRESSED], indirect=True)
+EVERY = pytest.mark.parametrize("archive", ["real_podman_archive", CRIO, *COMPRESSED],
+                                indirect=True)
 
 
 @pytest.fixture
@@ -198,14 +200,16 @@ def _instant(rfc3339: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
-def test_rootfs_diff_matches_podman_and_proc(cli: Cli, real_podman_archive: RealArchive,
-                                             tmp_path: Path) -> None:
-    a = real_podman_archive
+@BOTH
+def test_rootfs_diff_matches_the_diff_and_proc(cli: Cli, archive: RealArchive,
+                                               tmp_path: Path) -> None:
+    """Against `podman diff`, and for CRI-O the container's root read against its image's."""
+    a = archive
     data = cli("rootfs-diff", a.path, "-o", "json").json()
     listed = {e["path"]: e["type"] for e in data["rootfs_diff"]}
     added = {p.lstrip("/") for p, kind in a.engine.diff.items() if kind == "A"}
-    # Podman 4.3 packs only the files `podman diff` calls added (A): a changed
-    # image file (C, /etc/data.txt here) is not in the archive (README).
+    # Podman 4.3 and CRI-O v1.36 pack only the files the diff calls added (A): a
+    # changed image file (C, /etc/data.txt here) is not in the archive (README).
     assert set(listed) == added
     assert a.engine.diff["/etc/data.txt"] == "C"
     assert listed["run/ctl.fifo"] == "fifo"
@@ -235,20 +239,23 @@ def test_every_command_reads_the_real_archive(cli: Cli, archive: RealArchive) ->
     assert {m["destination"] for m in inspected["mounts"]} >= {TMPFS, "/proc", "/dev"}
 
 
+@pytest.mark.controlplane
 def test_crio_layout_identity_and_build(cli: Cli, real_crio_archive: RealArchive,
                                         tmp_path: Path) -> None:
-    """CRI-O's layout around real CRIU images: identity from annotations, dump.log read."""
-    a, view = real_crio_archive, real_crio_archive.engine
+    """The kubelet's archive: the pod as the API server has it, the container as CRI-O
+    records it, CRIU's version from the real dump.log."""
+    a, view, pod = real_crio_archive, real_crio_archive.engine, real_crio_archive.pod
+    assert pod is not None
     (shown,) = cli("show", a.path, "-o", "json").json()
     assert {k: shown[k] for k in ("container_name", "pod_name", "namespace", "engine", "ip",
                                   "id", "image", "created")} == {
-        "container_name": CRIO_POD.container, "pod_name": CRIO_POD.name,
-        "namespace": CRIO_POD.namespace, "engine": "CRI-O", "ip": view.ip, "id": view.id,
-        "image": view.image, "created": view.created}
+        "container_name": pod.container, "pod_name": pod.name, "namespace": pod.namespace,
+        "engine": "CRI-O", "ip": view.ip, "id": view.id, "image": view.image,
+        "created": view.created}
     assert _inspect(a.path)["hostname"] == HOSTNAME
     (entry,) = cli("list", a.path.parent, "-o", "json").json()
     assert (entry["namespace"], entry["pod_name"], entry["engine"]) == (
-        CRIO_POD.namespace, CRIO_POD.name, "CRI-O")
+        pod.namespace, pod.name, "CRI-O")
     r = cli("build", a.path, "--image", "localhost/forensics:1", "--no-push", "--oci-layout",
             tmp_path / "oci", "-o", "json")
     assert r.code == 0, r.err
@@ -256,7 +263,13 @@ def test_crio_layout_identity_and_build(cli: Cli, real_crio_archive: RealArchive
     # The CRIU version comes from the real dump.log's "Version: 4.1.1" line.
     assert notes["io.kubernetes.cri-o.annotations.checkpoint.criu.version"] == \
         real.versions()["CRIU_VERSION"]
-    assert notes["io.kubernetes.cri-o.annotations.checkpoint.name"] == CRIO_POD.container
+    assert notes["io.kubernetes.cri-o.annotations.checkpoint.name"] == pod.container
+    assert {k: notes[f"org.criu.checkpoint.{k}"] for k in (
+        "container.name", "pod.name", "pod.namespace", "pod.uid", "rootfsImageName",
+        "rootfsImageID")} == {
+        "container.name": pod.container, "pod.name": pod.name, "pod.namespace": pod.namespace,
+        "pod.uid": pod.uid, "rootfsImageName": view.image, "rootfsImageID": view.image_id}
+    assert notes["io.kubernetes.cri-o.annotations.checkpoint.rootfsImageID"] == view.image_id
 
 
 def test_build_reads_podmans_config_dump(cli: Cli, real_podman_archive: RealArchive,
@@ -416,7 +429,8 @@ def test_inspect_matches_checkpointctl(checkpointctl: Callable[..., str],
         # migrate's has it in `list` (as written) and its pod and namespace everywhere.
         (listed,) = [e for e in _list_json(archive.path.parent)]
         assert _instant(listed["checkpointed"]) == _instant(theirs["checkpointed"])
-        assert "pod_name" not in theirs and inspected["pod_name"] == CRIO_POD.name
+        assert archive.pod is not None
+        assert "pod_name" not in theirs and inspected["pod_name"] == archive.pod.name
     else:
         # A difference kept on purpose (README): checkpointctl prints Podman's
         # createdTime to the second, migrate as the engine recorded it.

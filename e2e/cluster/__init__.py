@@ -17,8 +17,8 @@
     world.py           Cluster: node hosts and agents on a control plane (tests, drain bench)
     procs.py           children killed with their parent; orderly stop
     realnode.py        real_node(): the real kubelet and CRI-O as one node (scripts/setup-stretch;
-                       the demo, the pod bench, tests/test_real_node.py and
-                       test_encrypted_migration.py)
+                       the demo, the pod bench, tests/test_real_node.py,
+                       test_encrypted_migration.py and tests/real.py's CRI-O archive)
     __main__.py        `python -m e2e.cluster`, to start one by hand
 
 Facts for node agents, read in the sources of Kubernetes v1.37.2 (the pinned

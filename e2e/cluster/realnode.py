@@ -2,6 +2,7 @@
 
     with control_plane() as cp, real_node(cp, tmp / "node", registry="127.0.0.1:5000") as n:
         n.checkpoints   # the kubelet's checkpoint directory (ROOT/kubelet/checkpoints)
+        n.crio_container(container_id)["pid"]  # CRI-O's own record of a container
 
 Binaries: scripts/setup-stretch (kubelet at the control plane's release, CRI-O
 at CRIO_VERSION of e2e/real/versions.env); conmon, runc and the CNI plugins
@@ -38,6 +39,10 @@ Where things run, and why:
   one limit per size in /sys/kernel/mm/hugepages, so both run in a private mount
   namespace where that directory is an empty tmpfs; their mounts (volumes, shm,
   namespaces) stay in it and go with it.
+- A pod may name a CRIU configuration file with the annotation org.criu.config
+  (runc hands it to CRIU; CRI-O drops the annotation unless the runtime's
+  allowed_annotations lists it, pkg/annotations/v2): the forensic workload's
+  established TCP connection needs tcp-established (tests/real.py).
 - The kubelet sets vm.overcommit_memory, kernel.panic and kernel.panic_on_oops
   (pkg/kubelet/cm/container_manager_linux.go setupKernelTunables; the only
   alternative, protectKernelDefaults, refuses to start): they are put back.
@@ -49,6 +54,7 @@ the bridge, the Node object, the sysctls.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import ipaddress
 import json
 import os
@@ -56,10 +62,12 @@ import random
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -91,6 +99,39 @@ class RealNode:
     """"kubelet", "crio" -> their log files."""
     pause_image: str
     """The pause image CRI-O pulls for every pod (from the registry `real_node` got)."""
+    crio_socket: Path
+    """CRI-O's socket: the CRI (gRPC) and its inspect endpoints (HTTP) on one listener."""
+
+    def crio_container(self, container_id: str) -> dict[str, Any]:
+        """CRI-O's own record of a container (GET /containers/ID on its socket, what
+        `crio status containers --id` reads): name, pid (the host's), image, image_ref,
+        created_time (Unix nanoseconds), labels, annotations, ip_addresses..."""
+        conn = _UnixHTTPConnection(self.crio_socket)
+        try:
+            conn.request("GET", f"/containers/{container_id}")
+            resp = conn.getresponse()
+            body = resp.read().decode()
+        finally:
+            conn.close()
+        if resp.status != 200:
+            raise RuntimeError(f"CRI-O on {self.name}: container {container_id}: "
+                               f"{resp.status} {body.strip()}")
+        info: dict[str, Any] = json.loads(body)
+        return info
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over a unix socket."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__("localhost", timeout=30)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(str(self._path))
+        self.sock = sock
 
 
 def bin_dir() -> Path:
@@ -175,6 +216,7 @@ runtime_type = "oci"
 runtime_root = {q(str(run / "runc"))}
 monitor_path = {q(shutil.which("conmon") or "conmon")}
 monitor_cgroup = "pod"
+allowed_annotations = ["org.criu.config"]
 [crio.image]
 signature_policy_dir = {q(str(root / "policies"))}
 pause_image = {q(pause_image)}
@@ -325,7 +367,7 @@ def real_node(cp: ControlPlane, root: Path, *, name: str = "node-real",
             yield RealNode(name=name, address=address, root=root,
                            checkpoints=root / "kubelet" / "checkpoints",
                            logs={"crio": logs / "crio.log", "kubelet": logs / "kubelet.log"},
-                           pause_image=pause)
+                           pause_image=pause, crio_socket=sock)
     finally:
         procs.stop(started[2:], grace=15)  # the kubelet first: it would restart pods
         _kill_cgroup_tasks(cgroup_root)

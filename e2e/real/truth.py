@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import re
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,53 @@ def net_sockets(host_pid: int) -> dict[int, dict[str, Any]]:
         out[int(f[6])] = {"family": "UNIX", "flags": int(f[3], 16), "type": int(f[4], 16),
                           "state": int(f[5], 16), "path": " ".join(f[7:]) or None}
     return out
+
+
+def _mount_points(host_pid: int) -> set[str]:
+    """Where something is mounted inside the process's root (/proc/PID/mountinfo's fifth
+    field, octal escapes decoded), the root itself left out."""
+    lines = Path(f"/proc/{host_pid}/mountinfo").read_text().splitlines()
+    return {re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
+            for line in lines} - {"/"}
+
+
+def _tree(top: Path, skip: set[str]) -> dict[str, int]:
+    """The mode of every entry under ``top`` by its path from ``top`` ("/etc/x"), links
+    not followed, ``skip`` not entered."""
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        rel = os.path.relpath(dirpath, top)
+        base = "/" if rel == "." else f"/{rel}/"
+        for name in [*dirnames, *filenames]:
+            if base + name not in skip:
+                found[base + name] = os.lstat(os.path.join(dirpath, name)).st_mode
+            elif name in dirnames:
+                dirnames.remove(name)
+    return found
+
+
+def _content(path: Path, mode: int) -> bytes | None:
+    """What makes two entries of one type differ: a link's target, a file's bytes."""
+    if stat.S_ISLNK(mode):
+        return os.readlink(path).encode()
+    return path.read_bytes() if stat.S_ISREG(mode) else None
+
+
+def root_diff(host_pid: int, image_root: Path) -> dict[str, str]:
+    """The container's root file system against its image's root, as `podman diff` tells
+    it: path -> A (added), C (changed) or D (deleted). What is mounted inside the
+    container is not the root file system's and is left out; directories count as
+    changed only when their type did."""
+    root, mounts = Path(f"/proc/{host_pid}/root"), _mount_points(host_pid)
+    now, before = _tree(root, mounts), _tree(image_root, mounts)
+    diff = {path: "A" for path in now.keys() - before.keys()}
+    diff |= {path: "D" for path in before.keys() - now.keys()}
+    for path in now.keys() & before.keys():
+        a, b = now[path], before[path]
+        if stat.S_IFMT(a) != stat.S_IFMT(b) or (
+                _content(root / path[1:], a) != _content(image_root / path[1:], b)):
+            diff[path] = "C"
+    return dict(sorted(diff.items()))
 
 
 def read_truth(host_pid1: int, secret: bytes, files: list[str]) -> Truth:

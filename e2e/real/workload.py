@@ -5,6 +5,10 @@
     truth = read_truth(ctr.host_pid, secret.encode(), WORKLOAD_FILES)
     export_checkpoint(world, "wl", out / "checkpoint-wl.tar", compress="none")
 
+The same workload runs as a pod on a real node (tests/real.py): its image pushed
+to a loopback registry (`push_workload_image`), the pod from `workload_pod`, and
+`wait_idle` on the host PID CRI-O reports.
+
 PID 1 is a busybox shell (run.sh, with arguments and an environment) that
 reads a random secret into its heap and deletes the file it came from (a
 deleted root-fs file), appends to an image file (a changed one), keeps open
@@ -23,7 +27,9 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from e2e.real.counter import push_rootfs
 from e2e.real.podman import PodmanError, PodmanWorld
 from e2e.real.truth import namespace_members
 
@@ -60,6 +66,7 @@ wait
 """
 
 ARGS = ("alpha", "beta gamma")
+COMMAND = ("/bin/sh", "/run.sh")
 ENV = {"APP_MODE": "forensic", "GREETING": "hello world"}
 HOSTNAME = "forensic-host"
 TMPFS = "/scratch"
@@ -114,32 +121,68 @@ def _settled(host_pid: int) -> bool:
     return state == "S" and (wchan in ("", "0") or "sigsuspend" in wchan or "wait" in wchan)
 
 
+def wait_idle(host_pid: int, timeout: float = _READY_TIMEOUT) -> bool:
+    """Poll /proc until the workload whose PID 1 is ``host_pid`` is set up and idle;
+    False when it is gone or ``timeout`` seconds passed first."""
+    deadline = time.monotonic() + timeout
+    while not _settled(host_pid):
+        if time.monotonic() > deadline or not Path(f"/proc/{host_pid}").exists():
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def start_workload(world: PodmanWorld, image: str, name: str) -> Container:
     """Run the workload and wait (polling /proc) until it is set up and idle."""
     env = [a for k, v in ENV.items() for a in ("--env", f"{k}={v}")]
     world.podman("run", "--detach", "--name", name, "--hostname", HOSTNAME,
                  "--network", world.network, "--tmpfs", f"{TMPFS}:size=1m", *env,
-                 image, "/bin/sh", "/run.sh", *ARGS)
+                 image, *COMMAND, *ARGS)
     host_pid = world.host_pid(name)
-    deadline = time.monotonic() + _READY_TIMEOUT
-    while not _settled(host_pid):
-        if time.monotonic() > deadline or not Path(f"/proc/{host_pid}").exists():
-            logs = world.podman("logs", name, check=False)
-            raise PodmanError(f"workload {name} did not get ready: {logs.stdout}{logs.stderr}")
-        time.sleep(0.02)
+    if not wait_idle(host_pid):
+        logs = world.podman("logs", name, check=False)
+        raise PodmanError(f"workload {name} did not get ready: {logs.stdout}{logs.stderr}")
     return Container(name, host_pid)
+
+
+def push_workload_image(registry: str, repo: str, tag: str, workdir: Path,
+                        secret: str) -> str:
+    """Build the workload's root in ``workdir`` and push it to the plain-HTTP registry
+    ``registry`` (host:port) as a one-layer image; returns its reference."""
+    return push_rootfs(registry, repo, tag, workload_rootfs(workdir, secret),
+                       {"Env": ["PATH=/bin"], "Cmd": [*COMMAND, *ARGS]})
+
+
+def workload_pod(name: str, namespace: str, image: str, *, node: str,
+                 annotations: dict[str, str]) -> dict[str, Any]:
+    """The workload as a Pod pinned to ``node``, set up as `start_workload` runs it in
+    Podman: the hostname, arguments, environment and a 1 MiB tmpfs (a memory-backed
+    emptyDir) at TMPFS. Its one container is named ``workload``."""
+    container = {"name": "workload", "image": image, "command": list(COMMAND),
+                 "args": list(ARGS), "env": [{"name": k, "value": v} for k, v in ENV.items()],
+                 "volumeMounts": [{"name": "scratch", "mountPath": TMPFS}]}
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "annotations": annotations},
+            "spec": {"nodeName": node, "hostname": HOSTNAME, "containers": [container],
+                     "automountServiceAccountToken": False,
+                     "volumes": [{"name": "scratch",
+                                  "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}],
+                     "terminationGracePeriodSeconds": 1}}
 
 
 @dataclass(frozen=True)
 class EngineView:
-    """What Podman itself says about the container (compared with the archive)."""
+    """What the engine itself says about the container (compared with the archive):
+    Podman's `podman inspect` and `podman diff`, or CRI-O's own record of it."""
 
     id: str
     image: str
     image_id: str
-    created: str  # RFC 3339, as Podman prints it in JSON
+    created: str  # RFC 3339, as Podman prints it in JSON (CRI-O: nanoseconds, UTC)
     ip: str
-    diff: dict[str, str]  # path -> A (added), C (changed) or D (deleted), from `podman diff`
+    diff: dict[str, str]
+    """path -> A (added), C (changed) or D (deleted), from `podman diff`; for CRI-O, which
+    has no such command, the container's root against its image's (truth.root_diff)."""
 
 
 def engine_view(world: PodmanWorld, name: str) -> EngineView:
