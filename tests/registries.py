@@ -361,7 +361,10 @@ def push_app_image(reg: RegistryUnderTest, repo: str, tag: str = "v1") -> str:
         info.size, info.mode = 4, 0o755
         tf.addfile(info, io.BytesIO(b"\x7fELF"))
     layer = buf.getvalue()
-    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/app"]},
+    # The repository in a label: each repository's image has an ID of its own (the
+    # config's digest, which CRI-O finds a restore's image by), as separate builds do.
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "config": {"Cmd": ["/bin/app"], "Labels": {"repository": repo}},
                          "rootfs": {"type": "layers", "diff_ids": [digest(layer)]}}).encode()
     http = reg.http()
     for blob in (layer, config):

@@ -276,8 +276,11 @@ def _config_dump(spec: ArchiveSpec) -> dict[str, Any]:
                 "cgroupManager": "cgroupfs", "networkMode": "bridge"}
     name = (f"k8s_{spec.container}_{spec.pod}_{spec.namespace}_{spec.pod_uid}_0"
             if spec.engine == "cri-o" else spec.container)
+    # CRI-O's rootfsImageRef is the image ID, as its restore parses it (since v1.30;
+    # internal/lib/checkpoint.go, v1.36.3); containerd's is the reference it pulls.
     return {"id": spec.container_id, "name": name, "rootfsImage": spec.image_id,
-            "rootfsImageRef": spec.image_ref, "rootfsImageName": spec.image,
+            "rootfsImageRef": spec.image_id if spec.engine == "cri-o" else spec.image_ref,
+            "rootfsImageName": spec.image,
             "runtime": spec.runtime, "createdTime": spec.created,
             "checkpointedTime": spec.checkpointed, "restoredTime": "0001-01-01T00:00:00Z",
             "restored": False}

@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -288,10 +289,11 @@ def _nano_stamp(when: dt.datetime) -> str:
     return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"
 
 
-def plan(pod: Obj, container_name: str, config: NodeConfig, when: dt.datetime
-         ) -> CheckpointPlan:
+def plan(pod: Obj, container_name: str, config: NodeConfig, when: dt.datetime, *,
+         storage_id: Callable[[str], str | None] = lambda _: None) -> CheckpointPlan:
     """The archive a checkpoint of `container_name` (running, in `pod`) would write now;
-    PlanError when a sim.migrate.dev annotation is malformed."""
+    PlanError when a sim.migrate.dev annotation is malformed. storage_id: the ID of the
+    image a container reports as its imageID (REPO@DIGEST), if the node holds it."""
     found = find_container(pod, container_name)
     if found is None:
         raise PlanError(f"container {container_name} does not exist")
@@ -326,7 +328,8 @@ def plan(pod: Obj, container_name: str, config: NodeConfig, when: dt.datetime
     spec = ArchiveSpec(
         pod=meta["name"], namespace=meta["namespace"], pod_uid=meta["uid"],
         container=container_name, image=image, image_ref=image_ref,
-        image_id=image_ref.rpartition("sha256:")[2] or secrets.token_hex(32),
+        image_id=storage_id(image_ref) or image_ref.rpartition("sha256:")[2]
+        or secrets.token_hex(32),
         container_id=container_id, ip=str(status.get("podIP", "")),
         runtime="runc" if config.runtime_name == "cri-o" else "io.containerd.runc.v2",
         created=str(started), checkpointed=_nano_stamp(when),

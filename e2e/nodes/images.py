@@ -253,14 +253,24 @@ class ImageIndex:
         with self._lock:
             return self._images.get(image)
 
-    def holding(self, name: str, ref: str) -> PulledImage | None:
-        """The image pulled as `name`, or whose ID or REPO@DIGEST is `ref` (what a
-        checkpoint's config.dump names: rootfsImageName, rootfsImageRef), else None."""
-        ids = {ref, f"sha256:{ref}"}
+    def holding(self, name: str, storage_id: str) -> PulledImage | None:
+        """What a CRI-O restore creates its container on: the image whose ID is
+        `storage_id` (config.dump's rootfsImageRef), or without one the image pulled as
+        `name` (rootfsImageName: archives of CRI-O before rootfsImageRef), else None."""
         with self._lock:
+            if storage_id:
+                return next((i for i in self._images.values()
+                             if i.image_id == f"sha256:{storage_id}"), None)
             return next((i for i in self._images.values()
-                         if i.image in (name, ref) or i.repo_digest in (name, ref)
-                         or i.image_id in ids), None)
+                         if name in (i.image, i.repo_digest)), None)
+
+    def storage_id(self, repo_digest: str) -> str | None:
+        """The ID (64 hex digits, CRI-O's storage ID) of the image a container reports
+        as its imageID, REPO@DIGEST; None if the node holds no such image."""
+        with self._lock:
+            found = next((i for i in self._images.values() if i.repo_digest == repo_digest),
+                         None)
+        return found.image_id.removeprefix("sha256:") if found is not None else None
 
     def put(self, pulled: PulledImage) -> bool:
         """Record an image now on the node; whether it is new here."""

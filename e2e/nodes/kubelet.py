@@ -283,6 +283,11 @@ class Kubelet:
             self.wake()  # pods the node lifecycle controller marked NotReady: report again
         return config
 
+    def image_storage_id(self, image_id: str) -> str | None:
+        """The runtime's ID of the image a container reports as ``image_id``
+        (REPO@DIGEST), if this node pulled it."""
+        return self._starter.image_manager.images.storage_id(image_id)
+
     def take_injected_failure(self) -> bool:
         """Consume one of `fail_next_checkpoints`: True if this checkpoint must fail."""
         with self._config_lock:

@@ -263,7 +263,8 @@ class KubeletApi:
         started = time.monotonic()
         when = dt.datetime.now(dt.UTC)
         try:
-            plan = checkpoints.plan(pod, container, config, when)
+            plan = checkpoints.plan(pod, container, config, when,
+                                    storage_id=self.kubelet.image_storage_id)
         except PlanError as e:
             raise _Failed(f"rpc error: code = Unknown desc = {e}") from None
         duration = plan.memory_mib * config.checkpoint_delay_per_mib

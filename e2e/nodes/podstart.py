@@ -17,6 +17,7 @@ restored container shows the same Created/Started events.
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +45,8 @@ from e2e.nodes.restored import bring_back
 __all__ = ["PodOutcome", "PodStarter", "Started", "Waiting"]
 
 _NORMAL, _WARNING = "Normal", "Warning"
+#: An image ID as CRI-O parses one (reference.IsFullIdentifier).
+_STORAGE_ID = re.compile(r"[a-f0-9]{64}")
 
 
 @dataclass
@@ -257,13 +260,17 @@ class PodStarter:
 
     def _restore_base(self, checkpoint: Checkpoint) -> tuple[str, PulledImage | None]:
         """The image a CRI-O restore creates the container on: config.dump's
-        rootfsImageName, looked up by rootfsImageRef, never pulled
-        (server/container_restore.go, v1.36.3). Not in the node's store: CreateError
+        rootfsImageRef, an image ID (else, in older archives, rootfsImageName), never
+        pulled (server/container_restore.go, v1.36.3). Not in the node's store: CreateError
         with the words of containers/image's storage reference (storage_reference.go),
         which CRI-O passes on. None: an image of a registry the nodes never contact,
         present on every node."""
         name = str(checkpoint.config.get("rootfsImageName") or "")
         ref = str(checkpoint.config.get("rootfsImageRef") or "")
+        if ref and not _STORAGE_ID.fullmatch(ref):
+            # storage.ParseStorageImageIDFromOutOfProcessData (internal/storage/image_id.go)
+            raise CreateError("CreateContainerError", f'invalid RootfsImageRef "{ref}": '
+                              f'"{ref}" is not a valid image ID')
         try:
             reachable = parse_image(name).reachable
         except ValueError:
@@ -272,8 +279,8 @@ class PodStarter:
             return name, None
         found = self.image_manager.images.holding(name, ref)
         if found is None:
-            raise CreateError("CreateContainerError", f'reading image '
-                              f'"{ref.rpartition("sha256:")[2] or name}": image not known')
+            raise CreateError("CreateContainerError",
+                              f'reading image "{ref or name}": image not known')
         return name, found
 
     def _base_image(self, image: str) -> PulledImage | None:
