@@ -77,7 +77,8 @@ PRUNE_CALLS = ("read_node", "list_nodes", "list_pods", "create_job", "watch_job"
 PRUNE_ACCOUNT = "migrate-prune"
 
 #: Adapter functions the operator runs with their own credentials, never in-cluster.
-OPERATOR_ONLY = frozenset({"apply_object", "read_object", "list_namespaces"})
+#: (kubelet_config: `doctor --node`'s image-pull row, nodes/proxy get.)
+OPERATOR_ONLY = frozenset({"apply_object", "read_object", "list_namespaces", "kubelet_config"})
 
 
 def cluster_rules(permissions: Iterable[Permission] | None = None) -> list[Obj]:
