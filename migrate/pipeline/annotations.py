@@ -86,6 +86,17 @@ def check_restorable(ckpt: Checkpoint, who: Identity, containerd: bool = False) 
                            member=SPEC_DUMP)
 
 
+def _image_id(config: dict[str, Any]) -> str:
+    """The ID of the image the container ran. CRI-O from 1.30 writes it as rootfsImageRef
+    (internal/lib/checkpoint.go, v1.36.3) and keeps in rootfsImage what the client asked
+    for: the ID when the kubelet asks, a name when crictl is given one. Before 1.30
+    rootfsImage was the ID; Podman calls it rootfsImageID."""
+    ref = str(config.get("rootfsImageRef") or "")
+    if re.fullmatch(r"[0-9a-f]{64}", ref):
+        return ref
+    return str(config.get("rootfsImage") or config.get("rootfsImageID") or "")
+
+
 def checkpoint_image_info(ckpt: Checkpoint, containerd: bool = False) -> CheckpointImageInfo:
     """Check the archive and derive the image's annotations from config.dump and spec.dump
     (``containerd``: see `check_restorable`)."""
@@ -94,8 +105,7 @@ def checkpoint_image_info(ckpt: Checkpoint, containerd: bool = False) -> Checkpo
     config = ckpt.config
     image_name = config.get("rootfsImageName") or ckpt.annotations.get(
         "io.kubernetes.cri-o.ImageName", "")
-    # CRI-O's config.dump calls the image ID rootfsImage, Podman's rootfsImageID.
-    image_id = config.get("rootfsImage") or config.get("rootfsImageID", "")
+    image_id = _image_id(config)
     values = {
         CRIO + "name": who.container,
         CRIO + "rawImageName": image_name,
