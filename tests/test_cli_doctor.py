@@ -93,6 +93,12 @@ def test_every_node_problem_is_a_row(cli: Cli, cluster: Cluster) -> None:
                      "hint: each FAIL row has a hint; fix those and run migrate doctor again\n")
 
 
+def test_a_node_not_ready_is_not_asked_about_its_pulls(cli: Cli, cluster: Cluster) -> None:
+    got = rows(cli("doctor", "--kubeconfig", cluster.kubeconfig, "--node", "node-d", "-o",
+                   "json"))
+    assert got["node node-d: image pulls"] == ("SKIP", "not asked: the node is not Ready", None)
+
+
 def test_cordoned_node_is_a_warning(cli: Cli, cluster: Cluster) -> None:
     from tests.cluster import api_client
 

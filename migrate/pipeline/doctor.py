@@ -183,11 +183,15 @@ def _node_checks(node: dict[str, Any]) -> Iterator[Check]:
         yield Check(f"node {name}: schedulable", Status.PASS, "schedulable")
 
 
-def _pulls_check(cluster: kube.Cluster, name: str) -> Check:
+def _pulls_check(cluster: kube.Cluster, node: dict[str, Any]) -> Check:
     """How many images the node's kubelet pulls at once. One at a time is the kubelet's
     default (serializeImagePulls): the restores of a drain onto that node then wait
     in line for their checkpoint images, however many migrations run at once."""
+    name = node["metadata"]["name"]
     row = f"node {name}: image pulls"
+    if not nodes.ready(node)[0]:
+        # Its kubelet may be gone: the proxy would wait out a connection to it.
+        return Check(row, Status.SKIP, "not asked: the node is not Ready")
     try:
         config = kube.kubelet_config(cluster, name)
     except MigrateError as e:
@@ -224,7 +228,7 @@ def _nodes(cluster: kube.Cluster, names: tuple[str, ...]) -> Iterator[Check]:
                 continue
             yield from _node_checks(node)
             if names:  # a kubelet request each: only for the nodes asked about
-                yield _pulls_check(cluster, node["metadata"]["name"])
+                yield _pulls_check(cluster, node)
     except MigrateError as e:
         yield Check("nodes", Status.FAIL, e.message, e.hint or "")
         return
