@@ -436,3 +436,27 @@ def test_migrate_pod_moves_the_counter_between_real_nodes(
     watcher.join(timeout=DEADLINE)
     assert (name, "deleting") in events, events
     assert events.index((restored, "ready")) < events.index((name, "deleting")), events
+
+
+def test_criu_refusing_a_tcp_connection_is_final_with_its_log_and_the_setting(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode,
+        plain_registry: RegistryUnderTest, tmp_path: Path) -> None:
+    # The forensic workload holds an established TCP connection; CRI-O runs
+    # `runc checkpoint` without --tcp-established or --tcp-close, so CRIU refuses it.
+    from e2e.real.workload import push_workload_image, workload_pod
+
+    image = push_workload_image(plain_registry.host, "stretch/tcp", "1", tmp_path / "root",
+                                "TCP-SECRET")
+    name = _start(real_cp, workload_pod("tcp-held", "default", image, node=node.name,
+                                        annotations={}))
+    time.sleep(2)  # the workload connects to itself once it is up
+    r = cli("checkpoint", name, "--kubeconfig", real_cp.admin_kubeconfig)
+    assert r.code == 6, (r.out, r.err)
+    first, hint = r.err.splitlines()
+    assert first.startswith(f"error: checkpoint default/{name}/workload on {node.name}: CRIU "
+                            "could not dump it (type NOTIFY errno 0); its log on the node: /")
+    log = Path(first.rsplit("its log on the node: ", 1)[1])
+    assert log.name == "dump.log"
+    # The log is on this machine (the node's storage): it says what the hint says.
+    assert "Connected TCP socket, consider using --tcp-established option" in log.read_text()
+    assert hint.startswith("hint: CRIU's log on the node says why") and "tcp-close" in hint

@@ -21,9 +21,11 @@ from migrate.adapters.registry.client import RegistryClient
 from migrate.adapters.registry.reference import parse_reference
 from migrate.errors import (
     AuthError,
+    ClusterError,
     ExitCode,
     InputError,
     RegistryError,
+    TransientClusterError,
     TransientRegistryError,
 )
 from migrate.retry import registry_policy
@@ -532,3 +534,33 @@ def test_connection_refused_at_login(closed_port: int) -> None:
     with pytest.raises(TransientRegistryError):
         client.login()
     assert client.requests == 2  # https, then the plain-HTTP fallback; login itself never retries
+
+
+#: What the kubelet v1.37.2 answered when CRIU refused a container's TCP connection on
+#: CRI-O v1.36.3 with runc (a real node; paths shortened, the one long line kept whole).
+CRIU_REFUSED = (
+    'checkpointing of default/tcp/workload failed (rpc error: code = Unknown desc = failed to '
+    'checkpoint container 3d76: running "/usr/sbin/runc" ["checkpoint" "--file-locks" '
+    '"--image-path" "/var/lib/containers/storage/overlay-containers/3d76/userdata/checkpoint" '
+    '"--work-path" "/var/lib/containers/storage/overlay-containers/3d76/userdata" '
+    '"--leave-running" "3d76"] failed: `/usr/sbin/runc --root /run/runc checkpoint --file-locks '
+    '--image-path /var/lib/containers/storage/overlay-containers/3d76/userdata/checkpoint '
+    '--work-path /var/lib/containers/storage/overlay-containers/3d76/userdata --leave-running '
+    '3d76` failed: time="2026-12-02T20:46:21Z" level=error msg="criu failed: type NOTIFY errno '
+    '0\\nlog file: /var/lib/containers/storage/overlay-containers/3d76/userdata/dump.log"\n'
+    ' : exit status 1)')
+
+
+def test_a_criu_failure_is_final_and_names_its_log() -> None:
+    from migrate.adapters.kubelet import runtime_failure
+
+    e = runtime_failure("checkpoint default/tcp/workload on node-a", CRIU_REFUSED)
+    assert type(e) is ClusterError  # not transient: the same process state fails again
+    assert e.message == (
+        "checkpoint default/tcp/workload on node-a: CRIU could not dump it (type NOTIFY errno "
+        "0); its log on the node: /var/lib/containers/storage/overlay-containers/3d76/userdata/"
+        "dump.log")
+    assert e.hint is not None and "/etc/criu/runc.conf" in e.hint and "tcp-close" in e.hint
+    # Other runtime failures keep their first line (cut) and stay transient.
+    other = runtime_failure("checkpoint x", "checkpointing failed (injected)\nmore")
+    assert isinstance(other, TransientClusterError) and other.message.endswith("(injected)")

@@ -39,8 +39,29 @@ RUNTIME_HINT = ("the container runtime could not checkpoint it: CRI-O needs CRIU
                 "enabled; see the kubelet and runtime logs on the node")
 
 
-def runtime_failure(what: str, detail: str) -> ClusterError:
-    """A 5xx from the checkpoint API: transient unless the runtime lacks the feature."""
+# CRIU failed the dump: CRI-O relays runc's `criu failed: type NOTIFY errno 0\nlog file:
+# .../userdata/dump.log` (the newline logrus-quoted, as the two characters \n) at the end
+# of a line of a thousand characters (CRI-O v1.36.3 with runc, seen on the real nodes).
+_CRIU_FAILED = re.compile(r"criu failed: (?P<why>.*?)(?:\\n|\n)log file: (?P<log>\S+?\.log)")
+CRIU_HINT = ("CRIU's log on the node says why (the lines with Error). Most often the "
+             "container holds an established TCP connection: CRI-O asks CRIU for neither "
+             "--tcp-established nor --tcp-close, so put the line `tcp-close` in "
+             "/etc/criu/runc.conf on the node (runc hands that file to CRIU); the connections "
+             "are then closed on restore and the workload must reconnect")
+#: How much of a kubelet's error a message quotes.
+_DETAIL = 300
+
+
+def runtime_failure(what: str, body: str) -> ClusterError:
+    """A 5xx from the checkpoint API (``body``: the kubelet's answer): CRIU's own failure,
+    which a retry of the same process state meets again; else transient unless the runtime
+    lacks the feature."""
+    criu = _CRIU_FAILED.search(body)
+    if criu:
+        return ClusterError(f"{what}: CRIU could not dump it ({criu['why'].strip()}); "
+                            f"its log on the node: {criu['log']}", hint=CRIU_HINT)
+    lines = body.strip().splitlines()
+    detail = lines[0][:_DETAIL] if lines else "no answer"
     cls = ClusterError if _PERMANENT.search(detail) else TransientClusterError
     return cls(f"{what}: {detail}", hint=RUNTIME_HINT)
 
@@ -88,8 +109,9 @@ def checkpoint_direct(ep: KubeletEndpoint, namespace: str, pod: str, container: 
                 raise TransientClusterError(f"{what}: cannot reach the kubelet "
                                             f"({type(e).__name__})",
                                             hint="check --kubelet-url") from e
-            text = resp.data.decode(errors="replace").strip().splitlines()
-            detail = text[0][:300] if text else f"HTTP {resp.status}"
+            body = resp.data.decode(errors="replace")
+            text = body.strip().splitlines()
+            detail = text[0][:_DETAIL] if text else f"HTTP {resp.status}"
             if resp.status == 200:
                 return parse_checkpoint_response(resp.data, what)
             if resp.status in (401, 403):
@@ -100,6 +122,6 @@ def checkpoint_direct(ep: KubeletEndpoint, namespace: str, pod: str, container: 
                     "the kubelet has no checkpoint endpoint (ContainerCheckpoint gate) or "
                     "does not run this container"))
             if resp.status >= 500:
-                raise runtime_failure(what, detail)
+                raise runtime_failure(what, body or f"HTTP {resp.status}")
             raise ClusterError(f"{what}: {detail}", hint="the kubelet refused the request")
     raise AssertionError("unreachable")  # pragma: no cover

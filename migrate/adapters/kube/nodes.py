@@ -157,9 +157,7 @@ def checkpoint_via_apiserver(cluster: Cluster, node: str, namespace: str, pod: s
                         query=query, request_timeout=_request_timeout)
         except ApiException as e:
             if (e.status or 0) >= 500:
-                lines = (e.body or "").strip().splitlines()
-                raise runtime_failure(what, lines[0][:300] if lines else f"HTTP {e.status}"
-                                      ) from e
+                raise runtime_failure(what, e.body or f"HTTP {e.status}") from e
             raise  # `call` translates it
         data: bytes = resp.read()
         return data
