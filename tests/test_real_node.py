@@ -96,9 +96,13 @@ def _log_after(cp: ControlPlane, name: str, since: dt.datetime,
     return log if sum(t > since for t, _ in log) >= lines else None
 
 
-def _counts(cp: ControlPlane, name: str) -> list[int]:
+def _log(cp: ControlPlane, name: str) -> str:
     status, text = cp.api("GET", f"/api/v1/namespaces/default/pods/{name}/log")
-    return counts(text) if status == 200 and isinstance(text, str) else []
+    return text if status == 200 and isinstance(text, str) else ""
+
+
+def _counts(cp: ControlPlane, name: str) -> list[int]:
+    return counts(_log(cp, name))
 
 
 @pytest.fixture(scope="module")
@@ -438,25 +442,50 @@ def test_migrate_pod_moves_the_counter_between_real_nodes(
     assert events.index((restored, "ready")) < events.index((name, "deleting")), events
 
 
+
+def _tcp_counter(cp: ControlPlane, registry: RegistryUnderTest, node: str, name: str,
+                 workdir: Path, annotations: dict[str, str]) -> str:
+    """The counter holding an established TCP connection (TCP_PORT), running on ``node``."""
+    image = push_counter_image(registry.host, f"stretch/{name}", "1", workdir,
+                               env=("TCP_PORT=7000",))
+    pod = counter_pod(name, image, secret="TCP-SECRET", node=node)
+    pod["metadata"]["annotations"] = annotations
+    _start(cp, pod)
+    wait_for(lambda: "tcp: connected on 7000" in _log(cp, name), DEADLINE,
+             f"{name}'s TCP connection")
+    return name
+
+
 def test_criu_refusing_a_tcp_connection_is_final_with_its_log_and_the_setting(
         cli: Cli, real_cp: ControlPlane, node: realnode.RealNode,
         plain_registry: RegistryUnderTest, tmp_path: Path) -> None:
-    # The forensic workload holds an established TCP connection; CRI-O runs
-    # `runc checkpoint` without --tcp-established or --tcp-close, so CRIU refuses it.
-    from e2e.real.workload import push_workload_image, workload_pod
-
-    image = push_workload_image(plain_registry.host, "stretch/tcp", "1", tmp_path / "root",
-                                "TCP-SECRET")
-    name = _start(real_cp, workload_pod("tcp-held", "default", image, node=node.name,
-                                        annotations={}))
-    time.sleep(2)  # the workload connects to itself once it is up
+    # CRI-O runs `runc checkpoint` with neither --tcp-established nor --tcp-close, and
+    # without a CRIU configuration saying otherwise CRIU refuses the connection.
+    name = _tcp_counter(real_cp, plain_registry, node.name, "tcp-held", tmp_path, {})
     r = cli("checkpoint", name, "--kubeconfig", real_cp.admin_kubeconfig)
     assert r.code == 6, (r.out, r.err)
     first, hint = r.err.splitlines()
-    assert first.startswith(f"error: checkpoint default/{name}/workload on {node.name}: CRIU "
+    assert first.startswith(f"error: checkpoint default/{name}/counter on {node.name}: CRIU "
                             "could not dump it (type NOTIFY errno 0); its log on the node: /")
     log = Path(first.rsplit("its log on the node: ", 1)[1])
     assert log.name == "dump.log"
     # The log is on this machine (the node's storage): it says what the hint says.
     assert "Connected TCP socket, consider using --tcp-established option" in log.read_text()
     assert hint.startswith("hint: CRIU's log on the node says why") and "tcp-close" in hint
+
+
+def test_with_tcp_close_the_counter_with_a_tcp_connection_moves_and_counts_on(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
+        plain_registry: RegistryUnderTest, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The hint's setting, in the file runc hands CRIU: here the pod's org.criu.config
+    # annotation names it (the real nodes allow it) rather than /etc/criu/runc.conf, which
+    # is this machine's. runc passes it on restore too.
+    config = tmp_path / "criu.conf"
+    config.write_text("tcp-close\n")
+    config.chmod(0o644)
+    name = _tcp_counter(real_cp, plain_registry, node.name, "tcp-closed", tmp_path / "image",
+                        {"org.criu.config": str(config)})
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")  # the kubelets' archives are on this machine
+    with _moved_counting(cli, real_cp, plain_registry, name, node_b.name) as report:
+        assert report["destination_pod"]

@@ -12,6 +12,8 @@ with N going up from 1: its log is how the count is read, and a restored
 process goes on from where it was. With BALLAST_MIB=M a busybox awk child
 builds an M MiB string (a power of two: doubling "x") and waits holding it,
 after printing `ballast: M MiB` (touched, resident memory for CRIU to dump).
+With TCP_PORT=P two busybox nc hold an established TCP connection to each other
+on 127.0.0.1:P (`tcp: connected on P` once they do), as most services hold one.
 
 The image is built here, from scratch, with nothing pulled: one uncompressed
 layer (busybox-static and its applet links, the script), an OCI config and
@@ -44,6 +46,15 @@ if [ -n "$BALLAST_MIB" ]; then
   awk -v mib="$BALLAST_MIB" 'BEGIN { s = "x"; while (length(s) < mib * 1048576) s = s s;
     printf "ballast: %d MiB\\n", length(s) / 1048576; fflush(); system("exec sleep 2147483647") }' &
 fi
+if [ -n "$TCP_PORT" ]; then
+  mkfifo /tmp/tcp.fifo
+  exec 5<>/tmp/tcp.fifo
+  nc -l -p "$TCP_PORT" </tmp/tcp.fifo >/dev/null &
+  until netstat -tln | grep -q ":$TCP_PORT "; do usleep 10000; done
+  nc 127.0.0.1 "$TCP_PORT" </tmp/tcp.fifo >/dev/null &
+  until netstat -tn | grep -q ESTABLISHED; do usleep 10000; done
+  echo "tcp: connected on $TCP_PORT"
+fi
 n=0
 while :; do
   n=$((n + 1))
@@ -52,7 +63,8 @@ while :; do
 done
 """
 LINE_PREFIX = "counter: "
-_APPLETS = ("sh", "echo", "mkdir", "hostname", "sleep", "awk", "cat", "ls")
+_APPLETS = ("sh", "echo", "mkdir", "hostname", "sleep", "awk", "cat", "ls", "mkfifo", "nc",
+            "netstat", "grep", "usleep")
 _OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 _OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 _OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"

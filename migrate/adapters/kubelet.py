@@ -46,8 +46,8 @@ _CRIU_FAILED = re.compile(r"criu failed: (?P<why>.*?)(?:\\n|\n)log file: (?P<log
 CRIU_HINT = ("CRIU's log on the node says why (the lines with Error). Most often the "
              "container holds an established TCP connection: CRI-O asks CRIU for neither "
              "--tcp-established nor --tcp-close, so put the line `tcp-close` in "
-             "/etc/criu/runc.conf on the node (runc hands that file to CRIU); the connections "
-             "are then closed on restore and the workload must reconnect")
+             "/etc/criu/runc.conf on the nodes (runc hands that file to CRIU); the "
+             "connections are then closed on restore and the workload must reconnect")
 #: How much of a kubelet's error a message quotes.
 _DETAIL = 300
 
