@@ -1,5 +1,6 @@
 """Which failed pulls of the workload's image (the pre-pull on a CRI-O destination) stop
-a drain's pod for good, and which it tries again: refusals.base_pull_refused."""
+a drain's pod for good, and which it tries again: refusals.base_pull_refused; and what a
+restore CRIU failed says (refusals.refused)."""
 
 from __future__ import annotations
 
@@ -33,3 +34,24 @@ def test_no_known_cause_may_pass(message: str) -> None:
     assert isinstance(error, PullRefused) and isinstance(error, Transient)
     assert error.message == (f"node-b cannot pull {IMAGE}, the image the restore runs on: "
                              f"{message}")
+
+
+#: The restored container's RunContainerError when CRIU could not restore it (CRI-O
+#: v1.36.3 with runc on a real node: the forensic workload, whose open /etc/data.txt
+#: CRI-O had left out of the root-fs diff; paths shortened).
+CRIU_RESTORE_FAILED = (
+    "failed to restore container 08e5: container restore failed: "
+    'time="2026-12-02T20:49:33Z" level=error msg="criu failed: type NOTIFY errno 0\\nlog file: '
+    '/var/lib/containers/storage/overlay-containers/08e5/userdata/restore.log"\n')
+
+
+def test_criu_failing_a_restore_names_its_log_and_the_usual_causes() -> None:
+    from migrate.pipeline.refusals import refused
+
+    e = refused("workload", "node-b", "RunContainerError", CRIU_RESTORE_FAILED, None)
+    assert e.message == (
+        "the restore of workload on node-b failed: CRIU could not restore it (type NOTIFY "
+        "errno 0); its log on node-b: /var/lib/containers/storage/overlay-containers/08e5/"
+        "userdata/restore.log")
+    assert e.hint is not None and "bad size" in e.hint and "tcp-close" in e.hint
+    assert e.runtime_message.startswith("RunContainerError: failed to restore container")

@@ -489,3 +489,34 @@ def test_with_tcp_close_the_counter_with_a_tcp_connection_moves_and_counts_on(
     monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")  # the kubelets' archives are on this machine
     with _moved_counting(cli, real_cp, plain_registry, name, node_b.name) as report:
         assert report["destination_pod"]
+
+
+def test_a_changed_image_file_held_open_fails_the_restore_with_criu_s_log(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
+        plain_registry: RegistryUnderTest, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The forensic workload appends to /etc/data.txt, a file of its image, and keeps it
+    # open. CRI-O puts a changed file into rootfs-diff.tar only where the node has a file
+    # at that path (go.podman.io/common crutils.CRCreateRootFsDiffTar stats the host's
+    # path), so the restore meets the image's shorter file and CRIU refuses it.
+    from e2e.real.workload import push_workload_image, workload_pod
+
+    config = tmp_path / "criu.conf"
+    config.write_text("tcp-close\n")  # its TCP connection is not what this is about
+    config.chmod(0o644)
+    image = push_workload_image(plain_registry.host, "stretch/changed", "1", tmp_path / "root",
+                                "CHANGED-SECRET")
+    name = _start(real_cp, workload_pod("changed", "default", image, node=node.name,
+                                        annotations={"org.criu.config": str(config)}))
+    time.sleep(2)  # the workload gets idle
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")  # the kubelets' archives are on this machine
+    r = _migrate(cli, real_cp, plain_registry, name, node_b.name)
+    assert r.code == 6, (r.out, r.err)
+    assert r.json()["outcome"] == "rolled-back"
+    first, hint = r.err.splitlines()[:2]
+    assert first.startswith(f"error: verify: the restore of workload on {node_b.name} failed: "
+                            f"CRIU could not restore it (type NOTIFY errno 0); its log on "
+                            f"{node_b.name}: /"), first
+    assert first.endswith("/restore.log")
+    assert "bad size" in hint
+    assert _running(real_cp, name)  # the source runs on, untouched

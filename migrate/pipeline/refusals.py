@@ -133,10 +133,25 @@ def refused(container: str, node: str, reason: str, message: str,
         fix = runtime.restore_fix if runtime and known else crio_restore_fix()
         error = RestoreRefused(f"{text} ({who} does not restore checkpoints{how})",
                                hint=fix + PROBE_SUGGESTION.format(node=node))
+    elif criu := _CRIU_RESTORE.search(message):
+        error = RestoreRefused(f"the restore of {container} on {node} failed: CRIU could not "
+                               f"restore it ({criu['why'].strip()}); its log on {node}: "
+                               f"{criu['log']}", hint=CRIU_RESTORE_HINT)
     else:
         error = RestoreRefused(text, hint=_hint(message))
     error.runtime_message = f"{reason}: {message}".rstrip(": ")
     return error
+
+
+# CRI-O relays runc's `criu failed: type NOTIFY errno 0\nlog file: .../restore.log` in the
+# container's RunContainerError (the newline logrus-quoted: the two characters \n).
+_CRIU_RESTORE = re.compile(r"criu failed: (?P<why>.*?)(?:\\n|\n)log file: (?P<log>\S+?\.log)")
+CRIU_RESTORE_HINT = (
+    "CRIU's log on the destination says why (the lines with Error). Two causes it often "
+    "names: a file the process holds open that the checkpoint did not carry (`File ... has "
+    "bad size`: CRI-O carries a file the container changed in its image's layers only where "
+    "the node itself has a file at that path, so keep such files on a volume), and a TCP "
+    "connection (put `tcp-close` in /etc/criu/runc.conf on both nodes)")
 
 
 def _hint(message: str) -> str:
