@@ -39,10 +39,11 @@ RUNTIME_HINT = ("the container runtime could not checkpoint it: CRI-O needs CRIU
                 "enabled; see the kubelet and runtime logs on the node")
 
 
-# CRIU failed the dump: CRI-O relays runc's `criu failed: type NOTIFY errno 0\nlog file:
-# .../userdata/dump.log` (the newline logrus-quoted, as the two characters \n) at the end
-# of a line of a thousand characters (CRI-O v1.36.3 with runc, seen on the real nodes).
-_CRIU_FAILED = re.compile(r"criu failed: (?P<why>.*?)(?:\\n|\n)log file: (?P<log>\S+?\.log)")
+# CRIU failed a dump or a restore: CRI-O relays runc's `criu failed: type NOTIFY errno
+# 0\nlog file: .../userdata/dump.log` (or restore.log; the newline logrus-quoted, as the
+# two characters \n), for a dump at the end of a line of a thousand characters (CRI-O
+# v1.36.3 with runc, seen on the real nodes).
+CRIU_FAILED = re.compile(r"criu failed: (?P<why>.*?)(?:\\n|\n)log file: (?P<log>\S+?\.log)")
 CRIU_HINT = ("CRIU's log on the node says why (the lines with Error). Most often the "
              "container holds an established TCP connection: CRI-O asks CRIU for neither "
              "--tcp-established nor --tcp-close, so put the line `tcp-close` in "
@@ -56,7 +57,7 @@ def runtime_failure(what: str, body: str) -> ClusterError:
     """A 5xx from the checkpoint API (``body``: the kubelet's answer): CRIU's own failure,
     which a retry of the same process state meets again; else transient unless the runtime
     lacks the feature."""
-    criu = _CRIU_FAILED.search(body)
+    criu = CRIU_FAILED.search(body)
     if criu:
         return ClusterError(f"{what}: CRIU could not dump it ({criu['why'].strip()}); "
                             f"its log on the node: {criu['log']}", hint=CRIU_HINT)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 
+from migrate.adapters.kubelet import CRIU_FAILED
 from migrate.errors import ClusterError, RegistryError, Transient
 from migrate.pipeline.nodes import Runtime, crio_restore_fix
 
@@ -133,7 +134,7 @@ def refused(container: str, node: str, reason: str, message: str,
         fix = runtime.restore_fix if runtime and known else crio_restore_fix()
         error = RestoreRefused(f"{text} ({who} does not restore checkpoints{how})",
                                hint=fix + PROBE_SUGGESTION.format(node=node))
-    elif criu := _CRIU_RESTORE.search(message):
+    elif criu := CRIU_FAILED.search(message):
         error = RestoreRefused(f"the restore of {container} on {node} failed: CRIU could not "
                                f"restore it ({criu['why'].strip()}); its log on {node}: "
                                f"{criu['log']}", hint=CRIU_RESTORE_HINT)
@@ -143,9 +144,6 @@ def refused(container: str, node: str, reason: str, message: str,
     return error
 
 
-# CRI-O relays runc's `criu failed: type NOTIFY errno 0\nlog file: .../restore.log` in the
-# container's RunContainerError (the newline logrus-quoted: the two characters \n).
-_CRIU_RESTORE = re.compile(r"criu failed: (?P<why>.*?)(?:\\n|\n)log file: (?P<log>\S+?\.log)")
 CRIU_RESTORE_HINT = (
     "CRIU's log on the destination says why (the lines with Error). Two causes it often "
     "names: a file the process holds open that the checkpoint did not carry (`File ... has "
