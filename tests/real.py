@@ -58,7 +58,7 @@ from e2e.real.workload import (
 from tests.cluster import api_client, require_cluster, wait_for
 from tests.registries import RegistryUnderTest
 
-__all__ = ["Pod", "RealArchive", "require"]
+__all__ = ["Pod", "RealArchive", "kubelet_checkpoint", "pod_log", "require", "start_pod"]
 
 CRIO_DEADLINE = 180.0  # the node's pulls, CRIU and a loaded 2-core machine
 
@@ -187,15 +187,18 @@ def real_crio_archive(real_tools: real_tools_mod.Tools, _real_secret: str,
                             annotations={"org.criu.config": str(out / "criu.conf")})
     with realnode.real_node(cp, out / "node", name="node-forensics",
                             registry=registry.host) as node, _namespace(cp, "evidence"):
-        pod = _start(cp, manifest)
+        pod = start_pod(cp, manifest)
         (status,) = pod["status"]["containerStatuses"]
         container_id = status["containerID"].removeprefix("cri-o://")
         crio = node.crio_container(container_id)
         if not wait_idle(crio["pid"]):
-            pytest.fail(f"the workload did not get idle:\n{_log(cp, pod)}")
+            meta = pod["metadata"]
+            pytest.fail(f"the workload did not get idle:\n"
+                        f"{pod_log(cp, meta['namespace'], meta['name']) or '(no log)'}")
         truth = read_truth(crio["pid"], _real_secret.encode(), WORKLOAD_FILES)
         diff = root_diff(crio["pid"], out / "rootfs")
-        path = _kubelet_checkpoint(cp, node, pod)
+        path = kubelet_checkpoint(cp, node, pod["metadata"]["namespace"],
+                                  pod["metadata"]["name"], status["name"])
     (out / "truth-crio.json").write_text(truth.to_json())
     (out / "crio-container.json").write_text(json.dumps(crio, indent=1))
     meta = pod["metadata"]
@@ -221,8 +224,8 @@ def _namespace(cp: ControlPlane, name: str) -> Iterator[None]:
         cp.api("DELETE", f"/api/v1/namespaces/{name}")
 
 
-def _start(cp: ControlPlane, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Create the pod and wait until its container runs; returns the pod."""
+def start_pod(cp: ControlPlane, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Create the pod and wait until its containers run; returns the pod."""
     meta = manifest["metadata"]
     url = f"/api/v1/namespaces/{meta['namespace']}/pods"
     status, body = cp.api("POST", url, manifest)
@@ -237,22 +240,21 @@ def _start(cp: ControlPlane, manifest: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
-def _log(cp: ControlPlane, pod: dict[str, Any]) -> str:
-    meta = pod["metadata"]
-    status, text = cp.api("GET", f"/api/v1/namespaces/{meta['namespace']}/pods/"
-                                 f"{meta['name']}/log")
-    return str(text) if status == 200 else f"(no log: {status})"
+def pod_log(cp: ControlPlane, namespace: str, name: str) -> str:
+    """What the pod's container printed ("" when the API server has no log for it)."""
+    status, text = cp.api("GET", f"/api/v1/namespaces/{namespace}/pods/{name}/log")
+    return text if status == 200 and isinstance(text, str) else ""
 
 
-def _kubelet_checkpoint(cp: ControlPlane, node: realnode.RealNode,
-                        pod: dict[str, Any]) -> Path:
+def kubelet_checkpoint(cp: ControlPlane, node: realnode.RealNode, namespace: str, pod: str,
+                       container: str) -> Path:
     """POST /api/v1/nodes/NODE/proxy/checkpoint/NS/POD/CONTAINER (the kubelet API through
-    the API server's node proxy): the path of the archive the kubelet wrote."""
-    meta, (status,) = pod["metadata"], pod["status"]["containerStatuses"]
+    the API server's node proxy, as the seed article's curl does), with a timeout longer
+    than cp.api's for CRIU's dump: the path of the archive the kubelet wrote."""
     with api_client(cp.admin_kubeconfig) as api:
         try:
             resp = client.CoreV1Api(api).connect_post_node_proxy_with_path(
-                node.name, f"checkpoint/{meta['namespace']}/{meta['name']}/{status['name']}",
+                node.name, f"checkpoint/{namespace}/{pod}/{container}",
                 _request_timeout=CRIO_DEADLINE, _preload_content=False)
         except client.ApiException as e:
             pytest.fail(f"{e.status} {e.body}\n{node.logs['kubelet'].read_text()[-3000:]}")

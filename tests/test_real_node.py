@@ -41,7 +41,7 @@ from e2e.cluster.launcher import ControlPlane
 from e2e.real.counter import counter_pod, counts, push_counter_image
 from tests.cluster import Kubectl, api_client, require_cluster, wait_for
 from tests.conftest import Result
-from tests.real import require
+from tests.real import kubelet_checkpoint, pod_log, require, start_pod
 from tests.registries import RegistryUnderTest
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.real]
@@ -96,13 +96,8 @@ def _log_after(cp: ControlPlane, name: str, since: dt.datetime,
     return log if sum(t > since for t, _ in log) >= lines else None
 
 
-def _log(cp: ControlPlane, name: str) -> str:
-    status, text = cp.api("GET", f"/api/v1/namespaces/default/pods/{name}/log")
-    return text if status == 200 and isinstance(text, str) else ""
-
-
 def _counts(cp: ControlPlane, name: str) -> list[int]:
-    return counts(_log(cp, name))
+    return counts(pod_log(cp, "default", name))
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +106,7 @@ def source(real_cp: ControlPlane, node: realnode.RealNode, plain_registry: Regis
     image = push_counter_image(plain_registry.host, "stretch/counter", "1",
                                tmp_path_factory.mktemp("counter"))
     pod = counter_pod(POD, image, secret=SECRET, node=node.name)
-    status, body = real_cp.api("POST", "/api/v1/namespaces/default/pods", pod)
-    assert status == 201, body
-    wait_for(lambda: _running(real_cp, POD), DEADLINE, f"{POD} Running on {node.name}")
+    _start(real_cp, pod)
     wait_for(lambda: len(_counts(real_cp, POD)) >= 2, DEADLINE, f"{POD} counting")
     yield pod
     real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{POD}?gracePeriodSeconds=0")
@@ -134,17 +127,8 @@ def checkpoint(real_cp: ControlPlane, node: realnode.RealNode,
                source: dict[str, Any]) -> Checkpoint:
     before = _counts(real_cp, POD)[-1]
     start = time.monotonic()
-    # POST /api/v1/nodes/NODE/proxy/checkpoint/default/POD/CONTAINER, as the seed
-    # article's curl does, with a timeout longer than cp.api's for CRIU's dump.
-    with api_client(real_cp.admin_kubeconfig) as api:
-        try:
-            resp = client.CoreV1Api(api).connect_post_node_proxy_with_path(
-                node.name, f"checkpoint/default/{POD}/{CONTAINER}", _request_timeout=DEADLINE,
-                _preload_content=False)
-        except client.ApiException as e:
-            pytest.fail(f"{e.status} {e.body}\n{node.logs['kubelet'].read_text()[-3000:]}")
-    (path,) = json.loads(resp.data)["items"]
-    return Checkpoint(Path(path), before, time.monotonic() - start)
+    path = kubelet_checkpoint(real_cp, node, "default", POD, CONTAINER)
+    return Checkpoint(path, before, time.monotonic() - start)
 
 
 def test_the_kubelet_writes_the_archive_into_its_checkpoint_directory(
@@ -319,11 +303,8 @@ def test_the_pre_pull_refuses_an_image_the_node_cannot_pull(
 
 
 def _start(cp: ControlPlane, pod: dict[str, Any]) -> str:
-    status, body = cp.api("POST", "/api/v1/namespaces/default/pods", pod)
-    assert status == 201, body
-    name = str(pod["metadata"]["name"])
-    wait_for(lambda: _running(cp, name), DEADLINE, f"{name} Running")
-    return name
+    """Create ``pod`` and wait until it runs; its name."""
+    return str(start_pod(cp, pod)["metadata"]["name"])
 
 
 def _migrate(cli: Cli, cp: ControlPlane, registry: RegistryUnderTest, pod: str,
@@ -451,7 +432,7 @@ def _tcp_counter(cp: ControlPlane, registry: RegistryUnderTest, node: str, name:
     pod = counter_pod(name, image, secret="TCP-SECRET", node=node)
     pod["metadata"]["annotations"] = annotations
     _start(cp, pod)
-    wait_for(lambda: "tcp: connected on 7000" in _log(cp, name), DEADLINE,
+    wait_for(lambda: "tcp: connected on 7000" in pod_log(cp, "default", name), DEADLINE,
              f"{name}'s TCP connection")
     return name
 
