@@ -171,6 +171,21 @@ def test_no_push_writes_an_oci_layout(cli: Cli, counters_archive: Path, tmp_path
         subprocess.run(["buildah", "rmi", "-f", image_id], capture_output=True)
 
 
+def _annotations_with_config(cli: Cli, archive: Path, tmp_path: Path,
+                             **config: str) -> dict[str, str]:
+    """The image annotations `build` derives from ``archive`` with these fields of its
+    config.dump set."""
+    from tests.test_untrusted_input import rewrite_member
+
+    def change(data: bytes) -> bytes:
+        return json.dumps({**json.loads(data), **config}).encode()
+
+    changed = rewrite_member(archive, tmp_path / "changed.tar", "config.dump", change)
+    notes: dict[str, str] = cli("build", changed, "--image", "example.org/c:1", "--no-push",
+                                "--oci-layout", tmp_path / "c", "-o", "json").json()["annotations"]
+    return notes
+
+
 @pytest.mark.parametrize("asked", [
     "quay.io/adrianreber/counter:blog",  # crictl given a name (CRI-O >= 1.30)
     "d0b3e3b25b4e5b3c1a2f4e6d8c0b2a4f6e8d0c2b4a6f8e0d2c4b6a8f0e2d4c6b",  # another ID
@@ -179,18 +194,9 @@ def test_the_image_id_comes_from_rootfs_image_ref(
         cli: Cli, counters_archive: Path, tmp_path: Path, asked: str) -> None:
     """CRI-O keeps in config.dump's rootfsImage what the client asked for (a name, when
     crictl was given one) and the image's ID in rootfsImageRef: the annotation is the ID."""
-    from tests.test_untrusted_input import rewrite_member
-
     ref = "5e3f" * 16
-
-    def change(data: bytes) -> bytes:
-        config = json.loads(data)
-        config.update(rootfsImage=asked, rootfsImageRef=ref)
-        return json.dumps(config).encode()
-
-    archive = rewrite_member(counters_archive, tmp_path / "asked.tar", "config.dump", change)
-    notes = cli("build", archive, "--image", "example.org/c:1", "--no-push", "--oci-layout",
-                tmp_path / "c", "-o", "json").json()["annotations"]
+    notes = _annotations_with_config(cli, counters_archive, tmp_path, rootfsImage=asked,
+                                     rootfsImageRef=ref)
     assert notes["io.kubernetes.cri-o.annotations.checkpoint.rootfsImageID"] == ref
     assert notes["org.criu.checkpoint.rootfsImageID"] == ref
 
@@ -198,16 +204,9 @@ def test_the_image_id_comes_from_rootfs_image_ref(
 def test_an_older_cri_o_archive_names_the_image_id_in_rootfs_image(
         cli: Cli, counters_archive: Path, tmp_path: Path) -> None:
     """Before 1.30 rootfsImageRef was absent or a REPO@DIGEST; rootfsImage held the ID."""
-    from tests.test_untrusted_input import rewrite_member
-
-    def change(data: bytes) -> bytes:
-        config = json.loads(data)
-        config["rootfsImageRef"] = "quay.io/adrianreber/counter@sha256:" + "4a" * 32
-        return json.dumps(config).encode()
-
-    archive = rewrite_member(counters_archive, tmp_path / "old.tar", "config.dump", change)
-    notes = cli("build", archive, "--image", "example.org/c:1", "--no-push", "--oci-layout",
-                tmp_path / "c", "-o", "json").json()["annotations"]
+    notes = _annotations_with_config(
+        cli, counters_archive, tmp_path,
+        rootfsImageRef="quay.io/adrianreber/counter@sha256:" + "4a" * 32)
     assert notes["org.criu.checkpoint.rootfsImageID"] == json.loads(
         archive_files(counters_archive)["config.dump"])["rootfsImage"]
 
