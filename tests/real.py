@@ -58,7 +58,8 @@ from e2e.real.workload import (
 from tests.cluster import api_client, require_cluster, wait_for
 from tests.registries import RegistryUnderTest
 
-__all__ = ["Pod", "RealArchive", "kubelet_checkpoint", "pod_log", "require", "start_pod"]
+__all__ = ["Pod", "RealArchive", "criu_config", "kubelet_checkpoint", "pod_log", "require",
+           "start_pod"]
 
 CRIO_DEADLINE = 180.0  # the node's pulls, CRIU and a loaded 2-core machine
 
@@ -180,11 +181,9 @@ def real_crio_archive(real_tools: real_tools_mod.Tools, _real_secret: str,
     out = tmp_path_factory.mktemp("real-crio")
     image = push_workload_image(registry.host, "forensics/workload", secrets.token_hex(4),
                                 out / "rootfs", _real_secret)
-    # CRIU refuses the workload's established TCP connection unless told to dump it;
-    # runc hands CRIU the file the org.criu.config annotation names.
-    (out / "criu.conf").write_text("tcp-established\n")
+    # CRIU refuses the workload's established TCP connection unless told to dump it.
     manifest = workload_pod("forensics", "evidence", image, node="node-forensics",
-                            annotations={"org.criu.config": str(out / "criu.conf")})
+                            annotations=criu_config(out, "tcp-established"))
     with realnode.real_node(cp, out / "node", name="node-forensics",
                             registry=registry.host) as node, _namespace(cp, "evidence"):
         pod = start_pod(cp, manifest)
@@ -222,6 +221,15 @@ def _namespace(cp: ControlPlane, name: str) -> Iterator[None]:
     finally:
         cp.api("DELETE", f"/api/v1/namespaces/{name}/pods?gracePeriodSeconds=0")
         cp.api("DELETE", f"/api/v1/namespaces/{name}")
+
+
+def criu_config(directory: Path, *options: str) -> dict[str, str]:
+    """A CRIU configuration file of ``options`` in ``directory``, as the pod annotation that
+    has runc hand it to CRIU (org.criu.config, which the real nodes' CRI-O lets through)."""
+    path = directory / "criu.conf"
+    path.write_text("".join(f"{option}\n" for option in options))
+    path.chmod(0o644)
+    return {"org.criu.config": str(path)}
 
 
 def start_pod(cp: ControlPlane, manifest: dict[str, Any]) -> dict[str, Any]:

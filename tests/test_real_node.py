@@ -41,7 +41,7 @@ from e2e.cluster.launcher import ControlPlane
 from e2e.real.counter import counter_pod, counts, push_counter_image
 from tests.cluster import Kubectl, api_client, require_cluster, wait_for
 from tests.conftest import Result
-from tests.real import kubelet_checkpoint, pod_log, require, start_pod
+from tests.real import criu_config, kubelet_checkpoint, pod_log, require, start_pod
 from tests.registries import RegistryUnderTest
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.real]
@@ -462,11 +462,8 @@ def test_with_tcp_close_the_counter_with_a_tcp_connection_moves_and_counts_on(
     # The hint's setting, in the file runc hands CRIU: here the pod's org.criu.config
     # annotation names it (the real nodes allow it) rather than /etc/criu/runc.conf, which
     # is this machine's. runc passes it on restore too.
-    config = tmp_path / "criu.conf"
-    config.write_text("tcp-close\n")
-    config.chmod(0o644)
     name = _tcp_counter(real_cp, plain_registry, node.name, "tcp-closed", tmp_path / "image",
-                        {"org.criu.config": str(config)})
+                        criu_config(tmp_path, "tcp-close"))
     monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")  # the kubelets' archives are on this machine
     with _moved_counting(cli, real_cp, plain_registry, name, node_b.name) as report:
         assert report["destination_pod"]
@@ -482,13 +479,11 @@ def test_a_changed_image_file_held_open_fails_the_restore_with_criu_s_log(
     # path), so the restore meets the image's shorter file and CRIU refuses it.
     from e2e.real.workload import push_workload_image, workload_pod
 
-    config = tmp_path / "criu.conf"
-    config.write_text("tcp-close\n")  # its TCP connection is not what this is about
-    config.chmod(0o644)
     image = push_workload_image(plain_registry.host, "stretch/changed", "1", tmp_path / "root",
                                 "CHANGED-SECRET")
     name = _start(real_cp, workload_pod("changed", "default", image, node=node.name,
-                                        annotations={"org.criu.config": str(config)}))
+                                        # its TCP connection is not the point
+                                        annotations=criu_config(tmp_path, "tcp-close")))
     time.sleep(2)  # the workload gets idle
     monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")  # the kubelets' archives are on this machine
     r = _migrate(cli, real_cp, plain_registry, name, node_b.name)
