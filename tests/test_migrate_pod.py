@@ -128,6 +128,45 @@ def test_a_bare_pod_moves_with_its_memory_and_files(migrate: Callable[..., Resul
     assert {"Restored", "Migrated"} <= set(events(v1, report["destination_pod"]))
 
 
+def test_a_migration_sends_few_requests_and_lists_nothing(
+        migrate: Callable[..., Result], v1: client.CoreV1Api,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drain runs this for every pod of a node, against one API server, and a list
+    filters every pod (or Event) of the namespace where a GET reads one key. Every look
+    at the source, the restored pod and the name it takes is a GET; each watch starts
+    where a write answered; with -o json and no -v nobody reads the kubelet's Events,
+    so they are not followed."""
+    from migrate.adapters.kube import client as kube_client
+    from migrate.adapters.kube import events as kube_events
+    from migrate.adapters.kube import nodes as kube_nodes
+    from migrate.adapters.kube import watches as kube_watches
+
+    sent: list[tuple[str, str, dict[str, str]]] = []
+    real_send = kube_client.send
+
+    def recording(cluster: Any, method: str, path: str, **kw: Any) -> Any:
+        sent.append((method, path.format(**(kw.get("path_params") or {})),
+                     dict(kw.get("query") or [])))
+        return real_send(cluster, method, path, **kw)
+
+    for module in (kube_client, kube_events, kube_nodes, kube_watches):
+        monkeypatch.setattr(module, "send", recording)
+    make_pod(v1, "budget")
+    r = migrate("budget", "--to", "node-b", "-o", "json")
+    assert r.code == 0, r.err
+    lists = [(path, query) for method, path, query in sent
+             if method == "GET" and path.endswith(("/pods", "/events"))
+             and "resourceVersion" not in query]
+    assert lists == []
+    assert not [path for _, path, _ in sent if path.endswith("/events") and "watch" in path]
+    watched = [query["fieldSelector"] for _, path, query in sent if "watch" in query]
+    # the restored pod's and the source's going; before them a pre-pull pod's, if node-b
+    # did not list the image yet (this test alone)
+    assert [w for w in watched if "-prepull-" not in w] == [
+        "metadata.name=budget-restored", "metadata.name=budget"]
+    assert r.json()["api_requests"] == len(sent) <= 21, sent
+
+
 def test_dry_run_changes_nothing(migrate: Callable[..., Result], cli: Cli,
                                  v1: client.CoreV1Api) -> None:
     pod = make_pod(v1, "dry")

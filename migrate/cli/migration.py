@@ -55,6 +55,13 @@ def progress_for(output: Format) -> Callable[[str, str], None]:
     return _progress if output is Format.table else _quiet
 
 
+def follows_kubelet(output: Format, settings: Settings) -> bool:
+    """Whether verify follows the restored pod's Events: only when its progress reaches
+    anyone (a list and a watch of Events each run, for a script reading -o json, would
+    be read by nobody)."""
+    return output is Format.table or settings.output.verbose > 0
+
+
 def _seconds(value: Any) -> str:
     return "-" if value is None else f"{value:.3f} s"
 
@@ -207,7 +214,7 @@ def pod(
         _render(planned.report(), output)
         return
     _finish(cluster, output, lambda progress: migration.start(planned, progress).run(
-        cluster, settings, progress))
+        cluster, settings, progress, follow_kubelet=follows_kubelet(output, settings)))
 
 
 def resume(
@@ -237,7 +244,8 @@ def resume(
         command=f"migrate resume {journal_id}", needs_registry=resumed.needs_registry,
         authfile=authfile, creds=creds, tls_verify=tls_verify, cert_dir=cert_dir)
     cluster = kube.connect(settings.kube, background_events=True)
-    _finish(cluster, output, lambda progress: resumed.run(cluster, settings, progress))
+    _finish(cluster, output, lambda progress: resumed.run(
+        cluster, settings, progress, follow_kubelet=follows_kubelet(output, settings)))
 
 
 def rollback(

@@ -115,8 +115,8 @@ def blocked_reason(state_dir: Path | None, pod: Obj) -> str | None:
 
 
 def _current(cluster: kube.Cluster, namespace: str, name: str, uid: str) -> Obj | None:
-    found = kube.list_pods(cluster, namespace, field_selector=f"metadata.name={name}")
-    return found[0] if found and found[0]["metadata"].get("uid") == uid else None
+    found = kube.find_pod(cluster, namespace, name)
+    return found if found is not None and found["metadata"].get("uid") == uid else None
 
 
 def take(cluster: kube.Cluster, state_dir: Path | None, namespace: str, name: str, uid: str,

@@ -43,11 +43,13 @@ API_CALLS: dict[str, tuple[Permission, ...]] = {
     "server_version": (),  # /version: system:public-info-viewer
     "server_minor_version": (),
     "read_pod": (("", "pods", "get"),),
+    "find_pod": (("", "pods", "get"),),
     "list_pods": (("", "pods", "list"),),
     "create_pod": (("", "pods", "create"),),
     # claims (migrate.dev/claimed-by); switch-over: deletion cost, held-back label
     "patch_pod": (("", "pods", "patch"),),
     "delete_pod": (("", "pods", "delete"),),
+    "begin_pod_deletion": (("", "pods", "delete"),),
     "watch_pod": _POD_WATCH,
     "checkpoint_via_apiserver": (("", "nodes/proxy", "create"),),
     "list_nodes": (("", "nodes", "list"),),

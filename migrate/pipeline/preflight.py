@@ -284,12 +284,12 @@ def check_restore_name(cluster: kube.Cluster, settings: Settings, pod: Obj) -> N
 
     meta = pod["metadata"]
     name = derive_name(meta["name"])
-    found = kube.list_pods(cluster, meta["namespace"], field_selector=f"metadata.name={name}")
-    if not found:
+    found = kube.find_pod(cluster, meta["namespace"], name)
+    if found is None:
         return
-    other = ((found[0]["metadata"].get("labels") or {}).get(claims.RUN_LABEL))
+    other = ((found["metadata"].get("labels") or {}).get(claims.RUN_LABEL))
     where = f"{meta['namespace']}/{name}"
-    if found[0]["metadata"].get("deletionTimestamp"):
+    if found["metadata"].get("deletionTimestamp"):
         made = f", the restored copy of migration {other}," if other else ""
         raise claims.Claimed(f"pod {where}{made} is still being deleted: the restored copy "
                              "needs its name", hint="run it again once it is gone (kubectl get "

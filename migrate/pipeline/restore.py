@@ -201,7 +201,8 @@ def wait_restored(cluster: kube.Cluster, namespace: str, name: str, node: str,
     it (REPO@DIGEST), which CRI-O reports when it has no other name for it.
     """
     verify = _Verifier(digests, node, runtime, rootfs or {}, ran)
-    events = (kube.watch_events(cluster, namespace, uid, report.event, report.idle)
+    events = (kube.watch_events(cluster, namespace, uid, report.event, report.idle,
+                                since=since)
               if report is not None and uid else None)
     try:
         return kube.watch_pod(cluster, namespace, name, verify, timeout, since=since)

@@ -61,9 +61,8 @@ def check_destination(cluster: kube.Cluster, namespace: str, name: str, uid: str
     ready, why = nodes.ready(kube.read_node(cluster, node))
     if not ready:
         raise DestinationLost(f"destination node {node} is not Ready any more: {why}", hint=hint)
-    found = kube.list_pods(cluster, namespace, field_selector=f"metadata.name={name}")
-    pod = found[0] if found and found[0]["metadata"].get("uid") == uid else None
-    if pod is None or pod["metadata"].get("deletionTimestamp"):
+    pod = kube.find_pod(cluster, namespace, name)
+    if pod is None or pod["metadata"].get("uid") != uid or pod["metadata"].get("deletionTimestamp"):
         raise DestinationLost(f"the restored pod {name} is gone or going", hint=hint)
     status = pod.get("status") or {}
     statuses = {s["name"]: s for s in status.get("containerStatuses") or []}
@@ -77,21 +76,24 @@ def check_destination(cluster: kube.Cluster, namespace: str, name: str, uid: str
 
 
 def wait_gone(cluster: kube.Cluster, namespace: str, name: str, uid: str,
-              timeout: float) -> float:
-    """Watch until the pod with ``uid`` no longer exists; returns when (time.time())."""
+              timeout: float, since: str | None = None) -> float:
+    """Watch until the pod with ``uid`` no longer exists; returns when (time.time()).
+    ``since``: a resourceVersion of the pod's deletion (see `kube.watch_pod`)."""
     def gone(pod: Obj | None) -> float | None:
         if pod is None or pod["metadata"].get("uid") != uid:
             return time.time()
         return None
 
-    return kube.watch_pod(cluster, namespace, name, gone, timeout)
+    return kube.watch_pod(cluster, namespace, name, gone, timeout, since=since)
 
 
 def delete_source(cluster: kube.Cluster, namespace: str, name: str, uid: str,
                   timeout: float) -> float:
     """Delete the source pod and wait until it is gone; returns when it was."""
-    kube.delete_pod(cluster, namespace, name, uid=uid)
-    return wait_gone(cluster, namespace, name, uid, timeout)
+    since = kube.begin_pod_deletion(cluster, namespace, name, uid)
+    if since is None:
+        return time.time()
+    return wait_gone(cluster, namespace, name, uid, timeout, since)
 
 
 def controller_reference(owner: Obj) -> Obj:

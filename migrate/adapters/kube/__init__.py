@@ -59,8 +59,10 @@ from migrate.adapters.kube.nodes import (
     version_of,
 )
 from migrate.adapters.kube.pods import (
+    begin_pod_deletion,
     create_pod,
     delete_pod,
+    find_pod,
     list_pods,
     patch_pod,
     read_pod,
@@ -77,11 +79,11 @@ from migrate.adapters.kube.workloads import (
 
 __all__ = [
     "EVENTS_FLUSH_SECONDS", "EVICTED", "GONE", "REFUSED", "Access", "Cluster", "EventWatch",
-    "Eviction", "apply_object", "call", "can_i", "checkpoint_via_apiserver", "close",
-    "connect", "create_event", "create_job", "create_pod", "create_secret", "delete_job",
-    "delete_pod", "delete_secret", "evict_pod", "kubelet_config", "list_namespaces", "list_nodes",
-    "list_nodes_matching", "list_pdbs", "list_pods", "patch_node", "patch_pod", "read_node",
-    "read_node_recent", "read_object", "read_owner", "read_pod", "request_json", "send",
-    "server_minor_version", "server_version", "translate", "version_of", "watch_events",
+    "Eviction", "apply_object", "begin_pod_deletion", "call", "can_i", "checkpoint_via_apiserver",
+    "close", "connect", "create_event", "create_job", "create_pod", "create_secret", "delete_job",
+    "delete_pod", "delete_secret", "evict_pod", "find_pod", "kubelet_config", "list_namespaces",
+    "list_nodes", "list_nodes_matching", "list_pdbs", "list_pods", "patch_node", "patch_pod",
+    "read_node", "read_node_recent", "read_object", "read_owner", "read_pod", "request_json",
+    "send", "server_minor_version", "server_version", "translate", "version_of", "watch_events",
     "watch_job", "watch_pod",
 ]

@@ -290,8 +290,14 @@ def create_once(cluster: Cluster, what: str, collection: str, namespace: str,
 def delete_object(cluster: Cluster, what: str, path: str, params: dict[str, str],
             body: dict[str, Any]) -> bool:
     """DELETE one object; False if it was already gone."""
+    return deletion(cluster, what, path, params, body) is not None
+
+
+def deletion(cluster: Cluster, what: str, path: str, params: dict[str, str],
+             body: dict[str, Any]) -> dict[str, Any] | None:
+    """DELETE one object; the answer (the object as it terminates, or a Status when it
+    went at once), or None if it was already gone."""
     try:
-        request_json(cluster, what, "DELETE", path, path_params=params, body=body)
+        return request_json(cluster, what, "DELETE", path, path_params=params, body=body)
     except NotFoundError:
-        return False
-    return True
+        return None

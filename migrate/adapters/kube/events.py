@@ -21,7 +21,9 @@ class EventWatch:
     """The Events about one object, as the API server records them, on a thread of its own.
 
     ``on_event(event)`` hears each Event (ADDED or MODIFIED: a repeat raises its
-    count), those recorded before the watch began first; ``on_idle()`` is called
+    count), those recorded before the watch began first (``since``: a resourceVersion
+    no Event of the object can precede, its create's: the watch starts there, without a
+    list); ``on_idle()`` is called
     after each ``idle_seconds`` without one. It is a courtesy (progress for a human):
     errors end it silently. `stop` ends it at once, whatever it is waiting for.
     Requests go through a copy of the cluster; `requests` counts them.
@@ -29,9 +31,10 @@ class EventWatch:
 
     def __init__(self, cluster: Cluster, namespace: str, uid: str,
                  on_event: Callable[[dict[str, Any]], None], on_idle: Callable[[], None],
-                 idle_seconds: float = 15.0) -> None:
+                 idle_seconds: float = 15.0, since: str | None = None) -> None:
         import threading
 
+        self._since = since
         self._cluster = dataclasses.replace(cluster, requests=0)
         self._where = {"namespace": namespace}
         self._selector = [("fieldSelector", f"involvedObject.uid={uid}")]
@@ -66,7 +69,7 @@ class EventWatch:
                 self._list(once, final=True)
 
     def _run(self) -> None:
-        since: str | None = None
+        since = self._since
         once = dataclasses.replace(self._cluster.settings.retry, attempts=1)
         while not self._stopped.is_set():
             try:
@@ -118,9 +121,10 @@ _EVENTS = "/api/v1/namespaces/{namespace}/events"
 
 def watch_events(cluster: Cluster, namespace: str, uid: str,
                  on_event: Callable[[dict[str, Any]], None], on_idle: Callable[[], None],
-                 idle_seconds: float = 15.0) -> EventWatch:
+                 idle_seconds: float = 15.0, since: str | None = None) -> EventWatch:
     """Start an `EventWatch` on the object ``uid`` in ``namespace``; `EventWatch.stop` it."""
-    return EventWatch(cluster, namespace, uid, on_event, on_idle, idle_seconds).start()
+    return EventWatch(cluster, namespace, uid, on_event, on_idle, idle_seconds,
+                      since).start()
 
 
 def create_event(cluster: Cluster, pod: dict[str, Any], reason: str, message: str,

@@ -5,8 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from migrate.adapters.kube.client import Cluster, T, create_once, delete_object, request_json
+from migrate.adapters.kube.client import (
+    Cluster,
+    T,
+    create_once,
+    delete_object,
+    deletion,
+    request_json,
+)
 from migrate.adapters.kube.watches import watch_object
+from migrate.errors import NotFoundError
 
 _POD = "/api/v1/namespaces/{namespace}/pods/{name}"
 
@@ -20,6 +28,19 @@ def read_pod(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
                         path_params={"namespace": namespace, "name": name})
 
 
+def find_pod(cluster: Cluster, namespace: str, name: str) -> dict[str, Any] | None:
+    """The pod named ``name`` as it is now, or None when there is none.
+
+    A GET, not a list by ``metadata.name``: the API server answers a GET with one
+    key's read, while a list filters every pod of the namespace, and a drain asks
+    this several times a pod in a namespace that may hold hundreds.
+    """
+    try:
+        return read_pod(cluster, namespace, name)
+    except NotFoundError:
+        return None
+
+
 def create_pod(cluster: Cluster, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
     """Create a pod; returns it as the API stored it."""
     name = body.get("metadata", {}).get("name") or body.get("metadata", {}).get("generateName")
@@ -28,16 +49,32 @@ def create_pod(cluster: Cluster, namespace: str, body: dict[str, Any]) -> dict[s
     return create_once(cluster, f"create pod {namespace}/{name}", _PODS, namespace, body)
 
 
-def delete_pod(cluster: Cluster, namespace: str, name: str, *, uid: str | None = None,
-               grace_seconds: int | None = None) -> bool:
-    """Delete a pod (only the one with ``uid``, when given); False if it was already gone."""
+def _delete_options(uid: str | None, grace_seconds: int | None) -> dict[str, Any]:
     body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions"}
     if uid:
         body["preconditions"] = {"uid": uid}
     if grace_seconds is not None:
         body["gracePeriodSeconds"] = grace_seconds
+    return body
+
+
+def delete_pod(cluster: Cluster, namespace: str, name: str, *, uid: str | None = None,
+               grace_seconds: int | None = None) -> bool:
+    """Delete a pod (only the one with ``uid``, when given); False if it was already gone."""
     return delete_object(cluster, f"delete pod {namespace}/{name}", _POD,
-                   {"namespace": namespace, "name": name}, body)
+                         {"namespace": namespace, "name": name},
+                         _delete_options(uid, grace_seconds))
+
+
+def begin_pod_deletion(cluster: Cluster, namespace: str, name: str, uid: str) -> str | None:
+    """Delete pod ``uid`` gracefully; the resourceVersion its deletion began at, from
+    which `watch_pod` (``since``) sees it terminate without listing first; None when it
+    is gone already (or went at once: the answer is a Status, not the pod)."""
+    answer = deletion(cluster, f"delete pod {namespace}/{name}", _POD,
+                      {"namespace": namespace, "name": name}, _delete_options(uid, None))
+    if answer is None or answer.get("kind") != "Pod":
+        return None
+    return str((answer.get("metadata") or {}).get("resourceVersion") or "") or None
 
 
 def patch_pod(cluster: Cluster, namespace: str, name: str,

@@ -53,9 +53,8 @@ def _progress(ctx: Context, entry: PodPlan) -> migration.Progress:
 
 
 def _still_there(cluster: kube.Cluster, entry: PodPlan) -> bool:
-    found = kube.list_pods(cluster, entry.namespace,
-                           field_selector=f"metadata.name={entry.name}")
-    return bool(found) and found[0]["metadata"].get("uid") == entry.uid
+    found = kube.find_pod(cluster, entry.namespace, entry.name)
+    return found is not None and found["metadata"].get("uid") == entry.uid
 
 
 def _start(ctx: Context, cluster: kube.Cluster, entry: PodPlan) -> migration.Migration:

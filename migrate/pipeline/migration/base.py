@@ -44,7 +44,10 @@ def pull_base_images(run: Run) -> None:
     if not on_cri_o(run):
         return
     source_pod = live_source(run)
-    node = kube.read_node(run.cluster, plan.destination)
+    # As read in the last seconds will do (a drain's migrations share the read): the
+    # Node's image list lags its kubelet's pulls anyway, and `shared` knows the pulls
+    # this process made since.
+    node = kube.read_node_recent(run.cluster, plan.destination)
     shared = prepull.pulls(run.cluster)
     for container, image, present in prepull.wanted(source_pod, plan.containers, node):
         if present or not shared.begin(plan.destination, image):

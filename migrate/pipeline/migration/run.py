@@ -70,8 +70,7 @@ class Run:
 def source(run: Run) -> Obj | None:
     """The source pod as it is now (by name: the caller checks its uid), or None."""
     plan = run.plan
-    found = kube.list_pods(run.cluster, plan.namespace, field_selector=f"metadata.name={plan.pod}")
-    return found[0] if found else None
+    return kube.find_pod(run.cluster, plan.namespace, plan.pod)
 
 
 def live_source(run: Run) -> Obj:
