@@ -221,7 +221,7 @@ class Runner:
         kinds = Counter(request_kind(r) for r in requests)
         return DrainSample(**vars(sample), report=report, requests=len(requests),
                            kinds=tuple(sorted(kinds.items())),
-                           stages=_stages(run_dir / "state"),
+                           stages=_stages(run_dir / "state", report),
                            spread=tuple(sorted(spread.items())), cpu_split=cpu_split)
 
     def _env(self, run_dir: Path, world: Cluster) -> dict[str, str]:
@@ -249,14 +249,27 @@ def request_kind(request: str) -> str:
     return f"{verb} {resource}{sub}"
 
 
-def _stages(state: Path) -> dict[str, list[float]]:
-    """Each stage's seconds over the drain's `migrate pod` journals."""
+def _stages(state: Path, report: dict[str, Any]) -> dict[str, list[float]]:
+    """Each stage's seconds over the drain's `migrate pod` journals; then, per migrated
+    pod, its time in the drain in all and the part of it outside its runs' stages
+    (claims, budget waits, the drain's journal, retries' pauses)."""
     out: dict[str, list[float]] = {}
+    in_stages: dict[str, float] = {}
     for path in sorted((state / "journal").glob("pod-*.json")):
-        for stage in json.loads(path.read_text())["stages"]:
+        journal = json.loads(path.read_text())
+        for stage in journal["stages"]:
             if stage.get("seconds") is not None:
                 out.setdefault(stage["name"], []).append(float(stage["seconds"]))
+                in_stages[journal["id"]] = in_stages.get(journal["id"], 0.0) + stage["seconds"]
+    for pod in report.get("pods") or []:
+        if pod.get("outcome") == "migrated" and pod.get("seconds") is not None:
+            out.setdefault(IN_ALL, []).append(float(pod["seconds"]))
+            out.setdefault(OUTSIDE, []).append(float(pod["seconds"]) - sum(
+                in_stages.get(j, 0.0) for j in pod.get("journals") or []))
     return out
+
+
+IN_ALL, OUTSIDE = "the pod in all", "outside stages"
 
 
 def target_rows(par: Drain, serial: Drain, lat: Latencies) -> list[list[str]]:
@@ -290,8 +303,9 @@ def stage_rows(par: Drain, serial: Drain, lat: Latencies, mib: int) -> list[list
     rows = []
     for name in names:
         holds = STAGE_LATENCY.get(name)
-        rows.append([name, f"{serial.stage(name):.3f}", f"{par.stage(name):.3f}",
-                     f"{simulated[holds]:.3f} ({holds})" if holds else "-"])
+        held = (f"{simulated[holds]:.3f} ({holds})" if holds else
+                f"{sum(simulated.values()):.3f} (all)" if name == IN_ALL else "-")
+        rows.append([name, f"{serial.stage(name):.3f}", f"{par.stage(name):.3f}", held])
     return rows
 
 

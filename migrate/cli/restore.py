@@ -74,7 +74,8 @@ def manifest(
                                               help="Keep init containers (they already ran)."),
     digest: str | None = typer.Option(None, "--digest", metavar="sha256:...", show_default=False,
                                       help="Pin the image to this digest (`migrate build` "
-                                      "prints it)."),
+                                      "prints it); not for an encrypted image, which CRI-O "
+                                      "pulls by its tag only."),
     kubeconfig: Path | None = KUBECONFIG,
     context: str | None = CONTEXT,
     namespace: str | None = typer.Option(None, "-n", "--namespace", show_default=False,
