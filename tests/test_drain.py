@@ -480,6 +480,65 @@ def test_ctrl_c_stops_the_pods_in_flight_at_a_stage_boundary(
     assert not {"c1", "c2", "c3"} & set(cluster.where())
 
 
+def test_rolling_back_a_drain_finishes_a_migration_that_had_switched_over(
+        drain: Callable[..., Result], cli: Cli, cluster: Cluster,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Interrupted between its switch-over and its clean-up, a pod's run cannot be undone:
+    its source is gone and the restored pod is the only copy. Rolling the drain back
+    finishes that run rather than failing on it."""
+    cluster.pod("switched")
+    with monkeypatch.context() as m:
+        _interrupt_at(m, "cleanup")
+        r = drain(cluster, "node-a", "-o", "json")
+    assert r.code == 130, r.err
+    drain_id = re.search(r"drain (drain-\S+) interrupted", r.err)[1]  # type: ignore[index]
+    r = cli("rollback", drain_id, "--kubeconfig", cluster.nodes.kubeconfig, "-o", "json")
+    assert r.code == 0, r.err
+    (run_id,) = [h["id"] for h in cli("history", "-o", "json").json()]
+    assert r.json()["undone"] == [
+        f"default/switched: migration {run_id} had switched over: finished it (the pod runs "
+        "as switched-restored)", "uncordoned node-a"]
+    assert cluster.where() == {"switched-restored": "node-b"}
+    assert cli("history", "-o", "json").json()[0]["outcome"] == "succeeded"
+
+
+def test_on_interrupt_rollback_undoes_the_pods_in_flight_and_uncordons(
+        drain: Callable[..., Result], cli: Cli, cluster: Cluster,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a scheduled drain runs with: its journal goes with its pod, so an interruption
+    must not leave migrations half way for a `--resume` that cannot come."""
+    from migrate.pipeline.drain import run
+
+    for name in ("i1", "i2", "i3"):
+        cluster.pod(name)
+    real = run.as_completed
+
+    def ctrl_c_after_the_first(futures: Any) -> Iterator[Any]:
+        for future in real(futures):
+            yield future
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(run, "as_completed", ctrl_c_after_the_first)
+        r = drain(cluster, "node-a", "--concurrency", "2", "--on-interrupt", "rollback",
+                  "-o", "json")
+    assert r.code == 130, r.err
+    drain_id = re.search(r"drain (drain-\S+) interrupted and rolled back: .*; uncordoned "
+                         r"node-a\n", r.err)
+    assert drain_id is not None, r.err
+    pods = by_name(r.json())
+    moved = {n: p["restored_pod"] for n, p in pods.items() if p["outcome"] == "migrated"}
+    stayed = {"i1", "i2", "i3"} - set(moved)
+    assert moved and stayed
+    # The pods not moved run where they ran, and nothing the drain made for them is left.
+    assert cluster.where() == {**{n: "node-a" for n in stayed},
+                               **{copy: cluster.where()[copy] for copy in moved.values()}}
+    assert not cluster.cordoned("node-a")
+    r = cli("drain", "--resume", drain_id[1], "--kubeconfig", cluster.nodes.kubeconfig)
+    assert (r.code, r.err.splitlines()[0]) == (
+        2, f"error: drain {drain_id[1]} has rolled-back; nothing to resume")
+
+
 def test_uncordon(cli: Cli, cluster: Cluster) -> None:
     cluster.v1.patch_node("node-a", {"spec": {"unschedulable": True}})
     r = cli("uncordon", "node-a", "--kubeconfig", cluster.nodes.kubeconfig)

@@ -114,13 +114,25 @@ def test_schedule_renders_the_cronjob(cli: Cli) -> None:
     pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["args"] == ["drain", "node-a", "--registry", "127.0.0.1:5000/ckpt",
-                                 "--build-on", "node", "--tool-image", TOOL, "--timeout", "60"]
+                                 "--on-interrupt", "rollback", "--build-on", "node",
+                                 "--tool-image", TOOL, "--timeout", "60"]
+    # the journal goes with the pod: after SIGTERM, the time to undo what is in flight
+    # (a stage may wait up to --timeout first)
+    assert pod["terminationGracePeriodSeconds"] == 60 + 120
     assert pod["serviceAccountName"] == "migrate" and container["image"] == TOOL
     assert {"name": "REGISTRY_AUTH_FILE", "value": "/run/migrate/registry/.dockerconfigjson"} \
         in container["env"]
     assert {"name": "registry-auth", "secret": {"secretName": "regcred"}} in pod["volumes"]
     term = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert term["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == ["node-a"]
+
+
+def test_a_scheduled_drain_keeps_the_interruption_it_is_given(cli: Cli) -> None:
+    pod = documents(cli("schedule", "drain", "node-a", "--cron", "0 2 * * 6", "--image", TOOL,
+                        "--", "--on-interrupt", "stop"))[-1]["spec"]["jobTemplate"]["spec"][
+        "template"]["spec"]
+    assert pod["containers"][0]["args"].count("--on-interrupt") == 1
+    assert pod["terminationGracePeriodSeconds"] == 300 + 120  # drain's default --timeout
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -20,8 +20,8 @@ from migrate.cli.options import (
     with_registry,
 )
 from migrate.cli.output import Format, emit, say, table
-from migrate.errors import PartialFailure, UsageError
-from migrate.pipeline.choices import BuildOn
+from migrate.errors import MigrateError, PartialFailure, UsageError
+from migrate.pipeline.choices import BuildOn, OnInterrupt
 
 if TYPE_CHECKING:
     from migrate.adapters.kube import Cluster
@@ -71,13 +71,17 @@ def _human(rep: dict[str, Any]) -> str:
         f"pods:         {counts}\nAPI requests: {rep['api_requests']}\n"
 
 
-def _finish(settings: Settings, cluster: Cluster, journal: Journal, output: Format) -> None:
+def _finish(settings: Settings, cluster: Cluster, journal: Journal, output: Format,
+            on_interrupt: OnInterrupt = OnInterrupt.stop) -> None:
     from migrate.adapters import kube
     from migrate.pipeline.drain import report, run
 
     try:
         run.execute(cluster, settings, journal, _progress if output is Format.table else _quiet)
     except KeyboardInterrupt:
+        if on_interrupt is OnInterrupt.rollback:
+            _roll_back(settings, cluster, journal, output)
+            raise
         stopped = report.report(journal)  # where each pod stands, for -o json too
         emit(stopped, output.value, lambda: _human(stopped))
         node = journal.request["node"]
@@ -97,6 +101,26 @@ def _finish(settings: Settings, cluster: Cluster, journal: Journal, output: Form
             f"{' ...' if len(rep['failed']) > 5 else ''}",
             hint=f"the report says why; `migrate drain --resume {journal.id}` tries the "
             "failed ones again; the node stays cordoned")
+
+
+def _roll_back(settings: Settings, cluster: Cluster, journal: Journal,
+               output: Format) -> None:
+    """--on-interrupt rollback: undo the migrations the interruption stopped half way and
+    uncordon the node (as `migrate rollback ID` would), then report where each pod is."""
+    from migrate.pipeline.drain import report, run
+
+    try:
+        undone = run.rollback(cluster, settings, journal)
+    except MigrateError as e:
+        stopped = report.report(journal)
+        emit(stopped, output.value, lambda: _human(stopped))
+        say(f"migrate: drain {journal.id} interrupted, and its rollback failed: {e.message}; "
+            f"`migrate rollback {journal.id}` tries again")
+        return
+    rolled = report.report(journal)
+    emit(rolled, output.value, lambda: _human(rolled))
+    say(f"migrate: drain {journal.id} interrupted and rolled back: "
+        + ("; ".join(undone) or "nothing was in flight"))
 
 
 def _check_movers(settings: Settings, req: Any, movers: int) -> None:
@@ -147,6 +171,11 @@ def drain(
     resume: str | None = typer.Option(None, "--resume", metavar="ID", help="Continue an "
                                       "interrupted drain (its id).", show_default=False,
                                       autocompletion=complete_drains),
+    on_interrupt: OnInterrupt = typer.Option(
+        OnInterrupt.stop, "--on-interrupt", help="What Ctrl-C or SIGTERM leaves: stop (the "
+        "migrations in flight stop at a stage boundary; --resume goes on) or rollback (they "
+        "are undone and the node uncordoned: for a drain whose journal does not outlive it, "
+        "as in `migrate schedule drain`'s pod)."),
     authfile: Path | None = AUTHFILE,
     creds: str | None = CREDS,
     tls_verify: bool | None = typer.Option(None, "--tls-verify/--no-tls-verify",
@@ -184,7 +213,7 @@ def drain(
             "drain", f"{journal.id}: resuming the drain of {req.node}")
         _finish(settings, kube.connect(settings.kube, pool_size=2 * req.concurrency + 4,
                                           background_events=True),
-                journal, output)
+                journal, output, on_interrupt)
         return
     if node is None:
         raise UsageError("say which node to drain (or --resume ID)")
@@ -212,7 +241,7 @@ def drain(
     journal = run.start(settings, req)
     (_progress if output is Format.table else _quiet)("drain",
                                                       f"{journal.id}: draining {node}")
-    _finish(settings, cluster, journal, output)
+    _finish(settings, cluster, journal, output, on_interrupt)
 
 
 def uncordon(

@@ -22,6 +22,13 @@ class Compression(StrEnum):
     zstd = "zstd"
 
 
+class OnInterrupt(StrEnum):
+    """What an interrupted drain leaves behind."""
+
+    stop = "stop"  # its migrations in flight stopped at a stage boundary: --resume goes on
+    rollback = "rollback"  # those undone and the node uncordoned: nothing to resume
+
+
 class BuildOn(StrEnum):
     """Where the checkpoint image is built."""
 

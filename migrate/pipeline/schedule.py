@@ -18,7 +18,12 @@ the output) with `migrate drain NODE`, plus:
 
 The pod keeps off the drained node (node affinity): there the drain would
 evict itself. Its journal lives in an emptyDir (MIGRATE_STATE_DIR), so the
-Job's log, not a later `migrate drain --resume`, is the record of a run.
+Job's log, not a later `migrate drain --resume`, is the record of a run, and
+nothing could resume or roll back a drain the Job stopped half way (its
+deadline, a deleted Job): the drain runs with `--on-interrupt rollback`, and
+its pod gets the time to do that after SIGTERM (terminationGracePeriodSeconds:
+the per-pod --timeout a migration in flight may still take to reach a stage
+boundary, plus ROLLBACK_SECONDS to undo it).
 
 The prune's CronJob (templates/prune-cronjob.yaml) runs `migrate prune` as
 its own ServiceAccount (incluster.prune_objects: only the prune's rules),
@@ -41,6 +46,8 @@ AUTH_DIR = "/run/migrate/registry"
 STATE_DIR = "/var/lib/migrate"
 SCRATCH = "/tmp"
 _MAX_NAME = 52  # the API server's limit for CronJob names
+DRAIN_TIMEOUT = 300  # `migrate drain --timeout`'s default: seconds a pod may take
+ROLLBACK_SECONDS = 120  # after the migrations in flight stopped: undoing them
 _DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight",
                 "@hourly")
 
@@ -85,11 +92,33 @@ def _given(options: tuple[str, ...], name: str) -> bool:
     return any(o == name or o.startswith(f"{name}=") for o in options)
 
 
+def _value(options: tuple[str, ...], name: str) -> str | None:
+    """The value given to option ``name`` (``--name V`` or ``--name=V``), if any."""
+    for i, option in enumerate(options):
+        if option.startswith(f"{name}="):
+            return option.split("=", 1)[1]
+        if option == name and i + 1 < len(options):
+            return options[i + 1]
+    return None
+
+
+def grace_seconds(s: ScheduledDrain) -> int:
+    """How long the drain's pod may take after SIGTERM (see the module's docstring)."""
+    given = _value(s.drain_options, "--timeout")
+    try:
+        timeout = float(given) if given is not None else DRAIN_TIMEOUT
+    except ValueError:
+        raise UsageError(f"--timeout {given!r} is not a number of seconds") from None
+    return int(timeout) + ROLLBACK_SECONDS
+
+
 def drain_args(s: ScheduledDrain) -> list[str]:
     """The drain command line the CronJob runs (the image's entrypoint is `migrate`)."""
     args = ["drain", s.node]
     if s.registry:
         args += ["--registry", s.registry]
+    if not _given(s.drain_options, "--on-interrupt"):
+        args += ["--on-interrupt", "rollback"]
     if not _given(s.drain_options, "--build-on"):
         args += ["--build-on", "node"]
     if not _given(s.drain_options, "--tool-image"):
@@ -114,6 +143,7 @@ def cronjob(s: ScheduledDrain) -> Obj:
         "name": cronjob_name(s), "namespace": s.deployment.namespace, "labels": labels,
         "schedule": check_cron(s.cron), "time_zone": s.time_zone, "deadline": s.deadline,
         "account": ACCOUNT, "avoid": [s.node], "image": s.image, "args": drain_args(s),
+        "grace": grace_seconds(s),
         "env": env, "mounts": mounts, "volumes": volumes})
     return document
 

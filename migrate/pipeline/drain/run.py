@@ -30,6 +30,7 @@ from migrate.pipeline.drain.state import (
     FAILED,
     FINAL,
     INTERRUPTED,
+    MIGRATED,
     PENDING,
     SKIPPED,
     STAGES,
@@ -212,7 +213,9 @@ def rollback(cluster: kube.Cluster, settings: Settings, journal: Journal) -> lis
     """`migrate rollback DRAIN-ID`: give a drain up. Each of its migrations that stopped
     half way (interrupted, or its process killed) is rolled back as `migrate rollback`
     does, and the node is uncordoned if the drain cordoned it. Pods it migrated or
-    evicted stay where they are. ``journal`` is locked by the caller."""
+    evicted stay where they are, and so does one whose migration had switched over
+    when it stopped (the restored pod is the only copy): that run is finished instead
+    (its clean-up). ``journal`` is locked by the caller."""
     from migrate.pipeline import migration
 
     if journal.outcome == "succeeded":
@@ -227,7 +230,15 @@ def rollback(cluster: kube.Cluster, settings: Settings, journal: Journal) -> lis
         last = Journal.load(settings.state_dir, runs[-1])
         if last.current_outcome() not in ("running", "interrupted"):
             continue
-        lines = migration.load(settings, last.id).rollback(cluster, settings)
+        run = migration.load(settings, last.id)
+        if run.switched(cluster, settings):
+            run.run(cluster, settings, lambda stage, message: None, follow_kubelet=False)
+            state.update(entry.key, outcome=MIGRATED, restored_pod=run.restored_pod,
+                         error=None)
+            undone.append(f"{entry.key}: migration {last.id} had switched over: finished it "
+                          f"(the pod runs as {run.restored_pod})")
+            continue
+        lines = run.rollback(cluster, settings)
         undone += [f"{entry.key}: {line}" for line in lines] or [
             f"{entry.key}: migration {last.id} rolled back (it had changed nothing)"]
         state.update(entry.key, error=f"rolled back: migration {last.id}")

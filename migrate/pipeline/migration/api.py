@@ -120,6 +120,11 @@ class Migration:
         finally:
             self.journal.unlock()
 
+    def switched(self, cluster: kube.Cluster, settings: Settings) -> bool:
+        """Whether the restored pod has replaced the source (`runner.switched`): from
+        there the run can be finished (`run`), not undone."""
+        return runner.switched(Run(cluster, settings, self.journal, lambda s, m: None))
+
     def report(self, api_requests: int | None = None) -> dict[str, Any]:
         """What happened (schemas/pod.schema.json)."""
         return report(self.journal, done(self.journal), api_requests)

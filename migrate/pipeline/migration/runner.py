@@ -108,7 +108,7 @@ def _stage(run: Run, name: str) -> None:
     run.progress(name, f"done in {journal.stage(name).seconds:.3f} s")
 
 
-def _switched(run: Run) -> bool:
+def switched(run: Run) -> bool:
     """Whether the restored pod has replaced the source: the switch-over is done, or it
     began and the source is gone or going.
 
@@ -129,11 +129,11 @@ def _switched(run: Run) -> bool:
 
 
 def _failed(run: Run, stage: str, error: MigrateError) -> None:
-    switched = _switched(run)
+    over = switched(run)
     # The cluster may be what failed; the rollback below says more.
     with contextlib.suppress(MigrateError):
         event(run, source(run), "MigrationFailed", f"{stage}: {error.message}", warning=True)
-    if switched:
+    if over:
         run.journal.set_outcome("failed")
         return
     rollback(run)
@@ -146,7 +146,7 @@ def rollback(run: Run) -> list[str]:
     if journal.stage("switchover").status == DONE:
         raise UsageError(f"migration {journal.id} already switched over: the restored pod "
                          "replaced the source", hint="to move it back, migrate it again")
-    if _switched(run):
+    if switched(run):
         raise UsageError(f"migration {journal.id} was stopped in its switch-over after the "
                          f"source pod {plan.namespace}/{plan.pod} went: the restored pod is "
                          "what runs now, and undoing the run would delete it",
