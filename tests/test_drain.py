@@ -29,6 +29,7 @@ from kubernetes import client
 from e2e.cluster.launcher import ControlPlane
 from e2e.cluster.world import Cluster as Nodes
 from e2e.nodes import NodeConfig, RegistryConfig
+from migrate.errors import ClusterError
 from migrate.pipeline import migration
 from migrate.pipeline.journal import Journal
 from migrate.validation import validate
@@ -500,6 +501,32 @@ def test_rolling_back_a_drain_finishes_a_migration_that_had_switched_over(
         "as switched-restored)", "uncordoned node-a"]
     assert cluster.where() == {"switched-restored": "node-b"}
     assert cli("history", "-o", "json").json()[0]["outcome"] == "succeeded"
+
+
+def test_a_switched_run_that_cannot_be_finished_does_not_stop_the_drains_rollback(
+        drain: Callable[..., Result], cli: Cli, cluster: Cluster,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster.pod("stuck")
+    with monkeypatch.context() as m:
+        _interrupt_at(m, "cleanup")
+        r = drain(cluster, "node-a", "-o", "json")
+    assert r.code == 130, r.err
+    drain_id = re.search(r"drain (drain-\S+) interrupted", r.err)[1]  # type: ignore[index]
+
+    def unreachable(run: migration.Run) -> dict[str, Any]:
+        raise ClusterError("cannot reach the API server")
+
+    with monkeypatch.context() as m:
+        m.setitem(migration.STAGE_FUNCTIONS, "cleanup", unreachable)
+        r = cli("rollback", drain_id, "--kubeconfig", cluster.nodes.kubeconfig, "-o", "json")
+    assert r.code == 0, r.err
+    (run_id,) = [h["id"] for h in cli("history", "-o", "json").json()]
+    assert r.json()["undone"] == [
+        f"default/stuck: migration {run_id} had switched over (the pod runs as stuck-restored); "
+        f"finishing it failed: cleanup: cannot reach the API server: `migrate resume {run_id}` "
+        "tries again", "uncordoned node-a"]
+    r = cli("resume", run_id, "--kubeconfig", cluster.nodes.kubeconfig, "-o", "json")
+    assert r.code == 0, r.err
 
 
 def test_on_interrupt_rollback_undoes_the_pods_in_flight_and_uncordons(

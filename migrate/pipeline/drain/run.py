@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import TYPE_CHECKING
 
 from migrate.adapters import kube
 from migrate.errors import MigrateError, UsageError
@@ -42,6 +43,9 @@ from migrate.pipeline.drain.state import (
 )
 from migrate.pipeline.journal import Journal
 from migrate.settings import Settings
+
+if TYPE_CHECKING:
+    from migrate.pipeline.migration import Migration
 
 log = logging.getLogger(__name__)
 
@@ -232,11 +236,7 @@ def rollback(cluster: kube.Cluster, settings: Settings, journal: Journal) -> lis
             continue
         run = migration.load(settings, last.id)
         if run.switched(cluster, settings):
-            run.run(cluster, settings, lambda stage, message: None, follow_kubelet=False)
-            state.update(entry.key, outcome=MIGRATED, restored_pod=run.restored_pod,
-                         error=None)
-            undone.append(f"{entry.key}: migration {last.id} had switched over: finished it "
-                          f"(the pod runs as {run.restored_pod})")
+            undone.append(f"{entry.key}: {_finish_switched(cluster, settings, state, entry, run)}")
             continue
         lines = run.rollback(cluster, settings)
         undone += [f"{entry.key}: {line}" for line in lines] or [
@@ -250,6 +250,21 @@ def rollback(cluster: kube.Cluster, settings: Settings, journal: Journal) -> lis
         state.record("uncordoned", node=node)
     journal.set_outcome("rolled-back")
     return undone
+
+
+def _finish_switched(cluster: kube.Cluster, settings: Settings, state: DrainState,
+                     entry: PodPlan, run: Migration) -> str:
+    """Finish a run past its switch-over (its clean-up); what became of it. A failure is
+    said, not raised: the drain's other runs in flight still need undoing."""
+    try:
+        run.run(cluster, settings, lambda stage, message: None, follow_kubelet=False)
+    except MigrateError as e:
+        state.update(entry.key, error=f"switched over; not finished: {e.message}")
+        return (f"migration {run.id} had switched over (the pod runs as {run.restored_pod}); "
+                f"finishing it failed: {e.message}: `migrate resume {run.id}` tries again")
+    state.update(entry.key, outcome=MIGRATED, restored_pod=run.restored_pod, error=None)
+    return f"migration {run.id} had switched over: finished it (the pod runs as " \
+           f"{run.restored_pod})"
 
 
 def _conclude(state: DrainState) -> Journal:
