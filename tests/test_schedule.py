@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -316,3 +317,48 @@ def test_a_scheduled_drain_moves_the_pods_in_cluster(
         assert "counters" in log and "migrate" in log
     finally:
         client.CoreV1Api(admin).patch_node("node-a", {"spec": {"unschedulable": None}})
+
+
+def test_a_scheduled_drain_stopped_by_its_deadline_rolls_back(
+        cli: Cli, cluster: Cluster, api: client.ApiClient, plain_registry: RegistryUnderTest,
+        cp_kubectl: Kubectl, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Job's deadline: the real Job controller deletes the drain's pod, its node sends
+    SIGTERM and waits the pod's grace period, as a kubelet does. The drain, whose journal
+    goes with the pod, undoes the migration it had in flight and uncordons the node."""
+    monkeypatch.delenv("MIGRATE_NODE_ROOT", raising=False)
+    core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+    try:
+        source = make_pod(core, "held")
+        cli("deploy", "--apply", "--kubeconfig", cluster.kubeconfig, "--image", TOOL)
+        r = cli("schedule", "drain", "node-a", "--cron", "0 2 * * 6", "--registry",
+                f"{plain_registry.host}/drains", "--apply", "--kubeconfig", cluster.kubeconfig,
+                "--", "--no-tls-verify", "--timeout", "60")
+        assert r.code == 0, r.err
+        job = "migrate-drain-node-a-deadline"
+        with cluster.holding_checkpoints("node-a") as waiting:
+            cp_kubectl(cluster.kubeconfig, "create", "job", "-n", "migrate-system", job,
+                       "--from=cronjob/migrate-drain-node-a")
+            wait_for(lambda: waiting() == 1, timeout=60, what="the drain's checkpoint")
+            # The maintenance window is over while the checkpoint runs.
+            batch.patch_namespaced_job(job, "migrate-system",
+                                       {"spec": {"activeDeadlineSeconds": 1}})
+            wait_for(lambda: "interrupted: waiting for the pods in flight" in pod_log(
+                cluster, "migrate-system", job), timeout=30, what="SIGTERM to the drain")
+            # The checkpoint takes a while yet (a real one of a big pod: many seconds),
+            # within the pod's grace period: the drain must not be killed meanwhile.
+            time.sleep(5)
+        # released: the checkpoint ends, the stage boundary comes, the rollback runs
+        wait_for(lambda: "error: interrupted" in pod_log(cluster, "migrate-system", job),
+                 timeout=90, what="the drain to end")
+        log = pod_log(cluster, "migrate-system", job)
+        assert "interrupted and rolled back: default/held: " in log, log
+        assert "uncordoned node-a" in log, log
+        held = core.read_namespaced_pod("held", "default")
+        assert (held.metadata.uid, held.spec.node_name, held.status.phase) == (
+            source.metadata.uid, "node-a", "Running")
+        assert "migrate.dev/claimed-by" not in (held.metadata.labels or {})
+        assert not [p for p in core.list_namespaced_pod("default").items
+                    if p.metadata.name.startswith("held-")]
+        assert not core.read_node("node-a").spec.unschedulable
+    finally:
+        core.patch_node("node-a", {"spec": {"unschedulable": None}})

@@ -36,7 +36,8 @@ before (runs.py). What the subprocess gets, as a pod would:
 Output (stdout and stderr together) goes to the node's log directory,
 STATE/nodes/NODE/var/log/pods/NS_POD_UID/CONTAINER/0.log (containers are not restarted).
 The process never outlives its container: it is killed (SIGTERM, then
-SIGKILL after 2 s) when the pod is deleted, the node stops,
+SIGKILL after the pod's terminationGracePeriodSeconds, 30 by default, as the
+kubelet does) when the pod is deleted, the node stops,
 or the pod's activeDeadlineSeconds (else its Job's, else the runner's
 `timeout`) run out, which ends it with exit code 137.
 """
@@ -70,7 +71,8 @@ DEFAULT_ARGS = ("--help",)
 _INHERITED = ("PATH", "PYTHONPATH", "LANG")
 _MESSAGE_BYTES = 4096
 _TAIL_LINES, _TAIL_BYTES = 80, 2048
-_GRACE = 2.0
+_GRACE = 30  # the API's default terminationGracePeriodSeconds
+_REAPED = 5.0  # after SIGKILL: the kernel's part
 _POLL = 0.1
 _KILLED = 137
 _NOT_RUN = 127
@@ -142,7 +144,9 @@ class ToolRunner:
                 [sys.executable, "-m", "migrate", *args], stdin=subprocess.DEVNULL,
                 stdout=output, stderr=subprocess.STDOUT, env=env, cwd=workdir,
                 start_new_session=True)
-            code = self._wait(proc, stop, time.monotonic() + self._deadline(pod), output)
+            grace = float(pod["spec"].get("terminationGracePeriodSeconds", _GRACE))
+            code = self._wait(proc, stop, time.monotonic() + self._deadline(pod), output,
+                              grace)
         if code is None:
             return None
         message = self._message(container, mounts, code, log_path)
@@ -150,7 +154,7 @@ class ToolRunner:
         return ContainerExit(code, message)
 
     def _wait(self, proc: subprocess.Popen[bytes], stop: threading.Event, deadline: float,
-              output: IO[bytes]) -> int | None:
+              output: IO[bytes], grace: float) -> int | None:
         """The exit code; None if `stop` came first; 137 at the deadline."""
         while True:
             try:
@@ -159,10 +163,10 @@ class ToolRunner:
             except subprocess.TimeoutExpired:
                 pass
             if stop.is_set():
-                _kill(proc)
+                _kill(proc, grace)
                 return None
             if time.monotonic() > deadline:
-                _kill(proc)
+                _kill(proc, grace)
                 output.write(b"sim: killed: the container ran past its deadline\n")
                 return _KILLED
 
@@ -222,15 +226,15 @@ class ToolRunner:
         return Path(directory / "0.log")
 
 
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group, SIGKILL it if it has not gone within the grace period."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+def _kill(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM the process group, SIGKILL it if it has not gone within ``grace`` s."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, _REAPED)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             return
         try:
-            proc.wait(timeout=_GRACE)
+            proc.wait(timeout=wait)
             return
         except subprocess.TimeoutExpired:
             continue
