@@ -158,7 +158,7 @@ def test_a_migration_sends_few_requests_and_lists_nothing(
              if method == "GET" and path.endswith(("/pods", "/events"))
              and "resourceVersion" not in query]
     assert lists == []
-    assert not [path for _, path, _ in sent if path.endswith("/events") and "watch" in path]
+    assert not [path for _, path, query in sent if path.endswith("/events") and "watch" in query]
     watched = [query["fieldSelector"] for _, path, query in sent if "watch" in query]
     # the restored pod's and the source's going; before them a pre-pull pod's, if node-b
     # did not list the image yet (this test alone)
