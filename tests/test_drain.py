@@ -449,13 +449,10 @@ def test_an_interrupted_drain_resumes(drain: Callable[..., Result], cli: Cli,
         2, f"error: drain {drain_id} has succeeded; nothing to resume")
 
 
-def test_ctrl_c_stops_the_pods_in_flight_at_a_stage_boundary(
-        drain: Callable[..., Result], cli: Cli, cluster: Cluster,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def _ctrl_c_after_the_first_pod(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The drain's main thread is interrupted once the first pod is done."""
     from migrate.pipeline.drain import run
 
-    for name in ("c1", "c2", "c3"):
-        cluster.pod(name)
     real = run.as_completed
 
     def ctrl_c_after_the_first(futures: Any) -> Iterator[Any]:
@@ -463,8 +460,16 @@ def test_ctrl_c_stops_the_pods_in_flight_at_a_stage_boundary(
             yield future
             raise KeyboardInterrupt  # what SIGINT does to the main thread
 
+    monkeypatch.setattr(run, "as_completed", ctrl_c_after_the_first)
+
+
+def test_ctrl_c_stops_the_pods_in_flight_at_a_stage_boundary(
+        drain: Callable[..., Result], cli: Cli, cluster: Cluster,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("c1", "c2", "c3"):
+        cluster.pod(name)
     with monkeypatch.context() as m:
-        m.setattr(run, "as_completed", ctrl_c_after_the_first)
+        _ctrl_c_after_the_first_pod(m)
         r = drain(cluster, "node-a", "--concurrency", "2", "-o", "json")
     assert r.code == 130, r.err
     assert "migrate: drain: interrupted: waiting for the pods in flight to reach a safe " \
@@ -481,18 +486,24 @@ def test_ctrl_c_stops_the_pods_in_flight_at_a_stage_boundary(
     assert not {"c1", "c2", "c3"} & set(cluster.where())
 
 
+def _drain_stopped_after_its_switch_over(drain: Callable[..., Result], cluster: Cluster,
+                                         monkeypatch: pytest.MonkeyPatch, pod: str) -> str:
+    """Drain node-a of one pod, interrupted when its run begins its clean-up; the id."""
+    cluster.pod(pod)
+    with monkeypatch.context() as m:
+        _interrupt_at(m, "cleanup")
+        r = drain(cluster, "node-a", "-o", "json")
+    assert r.code == 130, r.err
+    return re.search(r"drain (drain-\S+) interrupted", r.err)[1]  # type: ignore[index]
+
+
 def test_rolling_back_a_drain_finishes_a_migration_that_had_switched_over(
         drain: Callable[..., Result], cli: Cli, cluster: Cluster,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Interrupted between its switch-over and its clean-up, a pod's run cannot be undone:
     its source is gone and the restored pod is the only copy. Rolling the drain back
     finishes that run rather than failing on it."""
-    cluster.pod("switched")
-    with monkeypatch.context() as m:
-        _interrupt_at(m, "cleanup")
-        r = drain(cluster, "node-a", "-o", "json")
-    assert r.code == 130, r.err
-    drain_id = re.search(r"drain (drain-\S+) interrupted", r.err)[1]  # type: ignore[index]
+    drain_id = _drain_stopped_after_its_switch_over(drain, cluster, monkeypatch, "switched")
     r = cli("rollback", drain_id, "--kubeconfig", cluster.nodes.kubeconfig, "-o", "json")
     assert r.code == 0, r.err
     (run_id,) = [h["id"] for h in cli("history", "-o", "json").json()]
@@ -506,12 +517,7 @@ def test_rolling_back_a_drain_finishes_a_migration_that_had_switched_over(
 def test_a_switched_run_that_cannot_be_finished_does_not_stop_the_drains_rollback(
         drain: Callable[..., Result], cli: Cli, cluster: Cluster,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    cluster.pod("stuck")
-    with monkeypatch.context() as m:
-        _interrupt_at(m, "cleanup")
-        r = drain(cluster, "node-a", "-o", "json")
-    assert r.code == 130, r.err
-    drain_id = re.search(r"drain (drain-\S+) interrupted", r.err)[1]  # type: ignore[index]
+    drain_id = _drain_stopped_after_its_switch_over(drain, cluster, monkeypatch, "stuck")
 
     def unreachable(run: migration.Run) -> dict[str, Any]:
         raise ClusterError("cannot reach the API server")
@@ -534,19 +540,10 @@ def test_on_interrupt_rollback_undoes_the_pods_in_flight_and_uncordons(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """What a scheduled drain runs with: its journal goes with its pod, so an interruption
     must not leave migrations half way for a `--resume` that cannot come."""
-    from migrate.pipeline.drain import run
-
     for name in ("i1", "i2", "i3"):
         cluster.pod(name)
-    real = run.as_completed
-
-    def ctrl_c_after_the_first(futures: Any) -> Iterator[Any]:
-        for future in real(futures):
-            yield future
-            raise KeyboardInterrupt
-
     with monkeypatch.context() as m:
-        m.setattr(run, "as_completed", ctrl_c_after_the_first)
+        _ctrl_c_after_the_first_pod(m)
         r = drain(cluster, "node-a", "--concurrency", "2", "--on-interrupt", "rollback",
                   "-o", "json")
     assert r.code == 130, r.err

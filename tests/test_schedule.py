@@ -292,6 +292,16 @@ def test_the_containerfile_and_the_node_agents_agree_on_the_entrypoint() -> None
     assert '"migrate"' in (Path(REPO) / "Containerfile").read_text()
 
 
+def _schedule_drain_of_node_a(cli: Cli, cluster: Cluster,
+                              registry: RegistryUnderTest) -> None:
+    """`deploy --apply`, then the CronJob draining node-a (`migrate-drain-node-a`)."""
+    cli("deploy", "--apply", "--kubeconfig", cluster.kubeconfig, "--image", TOOL)
+    r = cli("schedule", "drain", "node-a", "--cron", "0 2 * * 6", "--registry",
+            f"{registry.host}/drains", "--apply", "--kubeconfig", cluster.kubeconfig,
+            "--", "--no-tls-verify", "--timeout", "60")
+    assert r.code == 0, r.err
+
+
 def test_a_scheduled_drain_moves_the_pods_in_cluster(
         cli: Cli, cluster: Cluster, api: client.ApiClient, plain_registry: RegistryUnderTest,
         cp_kubectl: Kubectl, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -301,11 +311,7 @@ def test_a_scheduled_drain_moves_the_pods_in_cluster(
     try:
         core = client.CoreV1Api(admin)
         source = make_pod(core, "counters")
-        cli("deploy", "--apply", "--kubeconfig", cluster.kubeconfig, "--image", TOOL)
-        r = cli("schedule", "drain", "node-a", "--cron", "0 2 * * 6", "--registry",
-                f"{plain_registry.host}/drains", "--apply", "--kubeconfig", cluster.kubeconfig,
-                "--", "--no-tls-verify", "--timeout", "60")
-        assert r.code == 0, r.err
+        _schedule_drain_of_node_a(cli, cluster, plain_registry)
         job = fire(cluster, admin, "migrate-system", "migrate-drain-node-a", cp_kubectl)
         log = pod_log(cluster, "migrate-system", job.metadata.name)
         assert job.status.succeeded == 1, log
@@ -329,11 +335,7 @@ def test_a_scheduled_drain_stopped_by_its_deadline_rolls_back(
     core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
     try:
         source = make_pod(core, "held")
-        cli("deploy", "--apply", "--kubeconfig", cluster.kubeconfig, "--image", TOOL)
-        r = cli("schedule", "drain", "node-a", "--cron", "0 2 * * 6", "--registry",
-                f"{plain_registry.host}/drains", "--apply", "--kubeconfig", cluster.kubeconfig,
-                "--", "--no-tls-verify", "--timeout", "60")
-        assert r.code == 0, r.err
+        _schedule_drain_of_node_a(cli, cluster, plain_registry)
         job = "migrate-drain-node-a-deadline"
         with cluster.holding_checkpoints("node-a") as waiting:
             cp_kubectl(cluster.kubeconfig, "create", "job", "-n", "migrate-system", job,
