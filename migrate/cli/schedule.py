@@ -95,30 +95,33 @@ def deploy(
     _emit_or_apply(settings, objects, apply, k8s_version, output)
 
 
-def _parse_as(ctx: typer.Context, command: str, args: list[str]) -> None:
+def _parse_as(ctx: typer.Context, command: str, args: list[str]) -> dict[str, Any]:
     """Parse passed-through ``args`` with `migrate COMMAND`'s own parser, when it exists:
-    a mistake is refused now, not in the CronJob's pod on the first night."""
+    a mistake is refused now, not in the CronJob's pod on the first night. The values
+    it parsed, defaults included ({} with no parser)."""
     root = ctx.find_root()
     get_command = getattr(root.command, "get_command", None)  # typer's (vendored) click
     target = get_command(root, command) if get_command is not None else None
     if target is None:
-        return  # nothing to check against: they go through as they are
+        return {}  # nothing to check against: they go through as they are
     try:
-        target.make_context(command, list(args), parent=root)  # click consumes its list
+        parsed = target.make_context(command, list(args), parent=root)  # consumes its list
     except typer.TyperException as e:
         raise UsageError(f"{command} option: {e.format_message()}",
                          hint=f"see 'migrate {command} --help'") from e
+    return dict(parsed.params)
 
 
-def _check_drain_options(ctx: typer.Context, node: str, options: list[str]) -> None:
-    """Parse the passed-through options with `migrate drain`'s own parser, when it exists."""
+def _check_drain_options(ctx: typer.Context, node: str, options: list[str]) -> dict[str, Any]:
+    """Parse the passed-through options with `migrate drain`'s own parser, when it exists;
+    the values it parsed."""
     if any(o == "--encrypt-for" or o.startswith("--encrypt-for=") for o in options):
         # The drain runs in the CronJob's pod, which has none of this machine's files.
         raise UsageError("drain option --encrypt-for: a scheduled drain runs in a pod that "
                          "cannot read key files on this machine",
                          hint="encrypt in a drain run from here (`migrate drain NODE "
                          "--encrypt-for jwe:KEY`); scheduled drains push unencrypted images")
-    _parse_as(ctx, "drain", [node, *options])
+    return _parse_as(ctx, "drain", [node, *options])
 
 
 def schedule_drain(
@@ -157,7 +160,7 @@ def schedule_drain(
     from migrate.pipeline import incluster, schedule
 
     options = list(ctx.args)
-    _check_drain_options(ctx, node, options)
+    parsed = _check_drain_options(ctx, node, options)
     settings = with_kube(ctx, kubeconfig, context, None)
     namespace = _namespace(namespace, settings)
     if registry is not None:
@@ -180,7 +183,8 @@ def schedule_drain(
     job = schedule.cronjob(schedule.ScheduledDrain(
         node=node, cron=cron, image=image, deployment=deployment, registry=registry,
         registry_secret=registry_secret, time_zone=time_zone, name=name,
-        drain_options=tuple(options), deadline=deadline))
+        drain_options=tuple(options), deadline=deadline,
+        drain_timeout=float(parsed.get("timeout", schedule.DRAIN_TIMEOUT))))
     _emit_or_apply(settings, [*incluster.deploy_objects(deployment), job], apply,
                    k8s_version, output)
 

@@ -46,7 +46,8 @@ AUTH_DIR = "/run/migrate/registry"
 STATE_DIR = "/var/lib/migrate"
 SCRATCH = "/tmp"
 _MAX_NAME = 52  # the API server's limit for CronJob names
-DRAIN_TIMEOUT = 300  # `migrate drain --timeout`'s default: seconds a pod may take
+#: `migrate drain --timeout`'s default, for when its own parser is not there to say it
+DRAIN_TIMEOUT = 300.0
 ROLLBACK_SECONDS = 120  # after the migrations in flight stopped: undoing them
 _DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight",
                 "@hourly")
@@ -66,6 +67,7 @@ class ScheduledDrain:
     name: str | None = None
     drain_options: tuple[str, ...] = ()
     deadline: int = 6 * 3600
+    drain_timeout: float = DRAIN_TIMEOUT  # the drain's --timeout, as its parser read it
 
 
 def check_cron(text: str) -> str:
@@ -92,24 +94,9 @@ def _given(options: tuple[str, ...], name: str) -> bool:
     return any(o == name or o.startswith(f"{name}=") for o in options)
 
 
-def _value(options: tuple[str, ...], name: str) -> str | None:
-    """The value given to option ``name`` (``--name V`` or ``--name=V``), if any."""
-    for i, option in enumerate(options):
-        if option.startswith(f"{name}="):
-            return option.split("=", 1)[1]
-        if option == name and i + 1 < len(options):
-            return options[i + 1]
-    return None
-
-
 def grace_seconds(s: ScheduledDrain) -> int:
     """How long the drain's pod may take after SIGTERM (see the module's docstring)."""
-    given = _value(s.drain_options, "--timeout")
-    try:
-        timeout = float(given) if given is not None else DRAIN_TIMEOUT
-    except ValueError:
-        raise UsageError(f"--timeout {given!r} is not a number of seconds") from None
-    return int(timeout) + ROLLBACK_SECONDS
+    return int(s.drain_timeout) + ROLLBACK_SECONDS
 
 
 def drain_args(s: ScheduledDrain) -> list[str]:
