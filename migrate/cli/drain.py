@@ -79,15 +79,14 @@ def _finish(settings: Settings, cluster: Cluster, journal: Journal, output: Form
     try:
         run.execute(cluster, settings, journal, _progress if output is Format.table else _quiet)
     except KeyboardInterrupt:
-        if on_interrupt is OnInterrupt.rollback:
-            _roll_back(settings, cluster, journal, output)
-            raise
+        node = journal.request["node"]
+        said = (_roll_back(settings, cluster, journal) if on_interrupt is OnInterrupt.rollback
+                else f"interrupted: `migrate drain --resume {journal.id}` continues it, "
+                f"`migrate rollback {journal.id}` undoes its migrations in flight and "
+                f"uncordons {node}")
         stopped = report.report(journal)  # where each pod stands, for -o json too
         emit(stopped, output.value, lambda: _human(stopped))
-        node = journal.request["node"]
-        say(f"migrate: drain {journal.id} interrupted: `migrate drain --resume {journal.id}` "
-            f"continues it, `migrate rollback {journal.id}` undoes its migrations in flight "
-            f"and uncordons {node}")
+        say(f"migrate: drain {journal.id} {said}")
         raise
     finally:
         kube.close(cluster)  # its queued Events: they exist once the command ends
@@ -103,24 +102,17 @@ def _finish(settings: Settings, cluster: Cluster, journal: Journal, output: Form
             "failed ones again; the node stays cordoned")
 
 
-def _roll_back(settings: Settings, cluster: Cluster, journal: Journal,
-               output: Format) -> None:
+def _roll_back(settings: Settings, cluster: Cluster, journal: Journal) -> str:
     """--on-interrupt rollback: undo the migrations the interruption stopped half way and
-    uncordon the node (as `migrate rollback ID` would), then report where each pod is."""
-    from migrate.pipeline.drain import report, run
+    uncordon the node (as `migrate rollback ID` would); what became of the drain."""
+    from migrate.pipeline.drain import run
 
     try:
         undone = run.rollback(cluster, settings, journal)
     except MigrateError as e:
-        stopped = report.report(journal)
-        emit(stopped, output.value, lambda: _human(stopped))
-        say(f"migrate: drain {journal.id} interrupted, and its rollback failed: {e.message}; "
-            f"`migrate rollback {journal.id}` tries again")
-        return
-    rolled = report.report(journal)
-    emit(rolled, output.value, lambda: _human(rolled))
-    say(f"migrate: drain {journal.id} interrupted and rolled back: "
-        + ("; ".join(undone) or "nothing was in flight"))
+        return (f"interrupted, and its rollback failed: {e.message}; `migrate rollback "
+                f"{journal.id}` tries again")
+    return "interrupted and rolled back: " + ("; ".join(undone) or "nothing was in flight")
 
 
 def _check_movers(settings: Settings, req: Any, movers: int) -> None:
