@@ -486,6 +486,27 @@ def test_ctrl_c_stops_the_pods_in_flight_at_a_stage_boundary(
     assert not {"c1", "c2", "c3"} & set(cluster.where())
 
 
+def test_on_interrupt_rollback_that_fails_says_how_to_try_again(
+        drain: Callable[..., Result], cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    from migrate.pipeline.drain import run
+
+    for name in ("f1", "f2"):
+        cluster.pod(name)
+
+    def unreachable(*args: Any) -> list[str]:
+        raise ClusterError("cannot reach the API server")
+
+    with monkeypatch.context() as m:
+        _ctrl_c_after_the_first_pod(m)
+        m.setattr(run, "rollback", unreachable)
+        r = drain(cluster, "node-a", "--concurrency", "2", "--on-interrupt", "rollback",
+                  "-o", "json")
+    assert r.code == 130, r.err
+    drain_id = r.json()["id"]  # the report still says where each pod stands
+    assert f"migrate: drain {drain_id} interrupted, and its rollback failed: cannot reach " \
+        f"the API server; `migrate rollback {drain_id}` tries again\n" in r.err
+
+
 def _drain_stopped_after_its_switch_over(drain: Callable[..., Result], cluster: Cluster,
                                          monkeypatch: pytest.MonkeyPatch, pod: str) -> str:
     """Drain node-a of one pod, interrupted when its run begins its clean-up; the id."""
