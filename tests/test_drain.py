@@ -31,6 +31,7 @@ from e2e.cluster.world import Cluster as Nodes
 from e2e.nodes import NodeConfig, RegistryConfig
 from migrate.errors import ClusterError
 from migrate.pipeline import migration
+from migrate.pipeline.drain.plan import BARE_POD
 from migrate.pipeline.journal import Journal
 from migrate.validation import validate
 from tests.cluster import api_client, node_agents, wait_for
@@ -203,7 +204,8 @@ def test_a_node_is_drained(drain: Callable[..., Result], cli: Cli, cluster: Clus
     cluster.pod("static-node-a", annotations={"kubernetes.io/config.mirror": "abc"})
     cluster.pod("cache", volumes=[{"name": "data", "hostPath": {"path": "/var/cache"}}])
 
-    r = drain(cluster, "node-a", "--concurrency", "3", "-o", "json")
+    # --force: `cache`, a bare pod with its data on the node, is evicted too.
+    r = drain(cluster, "node-a", "--concurrency", "3", "--force", "-o", "json")
     assert r.code == 0, r.err
     report = r.json()
     validate(report, "drain.schema.json", "drain -o json")
@@ -262,8 +264,10 @@ def test_the_table_and_the_dry_run_change_nothing(drain: Callable[..., Result], 
     r = drain(cluster, "node-a", "--dry-run", "-o", "json")
     validate(r.json(), "drain.schema.json", "drain --dry-run -o json")
     assert (r.json()["summary"], r.json()["id"]) == ({"migrate": 1, "evict": 1}, None)
-    # --to and --pod-selector, planned: the pod left out is evicted.
+    # --to and --pod-selector, planned: a Deployment's pod left out is evicted; a bare pod
+    # left out stays blocked (nothing would start it again) unless --force.
     cluster.pod("other")
+    [web] = [p.metadata.name for p in cluster.deployment("web", 1)]
     before = {p.metadata.name: p.metadata.uid for p in cluster.running()}
     r = drain(cluster, "node-a", "--dry-run", "--to", "node-c", "--pod-selector",
               "app in (solo)", "-o", "json")
@@ -271,9 +275,13 @@ def test_the_table_and_the_dry_run_change_nothing(drain: Callable[..., Result], 
     assert {p["name"]: (p["action"], p["destination"], p["reason"])
             for p in r.json()["pods"]} == {
         "solo": ("migrate", "node-c", "bare pod: the restored copy replaces it"),
-        "other": ("evict", None, "not matched by --pod-selector"),
+        "other": ("blocked", None, f"not matched by --pod-selector; {BARE_POD}"),
+        web: ("evict", None, "not matched by --pod-selector"),
         "db-0": ("evict", None, "StatefulSet db: a StatefulSet pod's name and storage cannot "
                  "be taken by a copy while it exists")}
+    r = drain(cluster, "node-a", "--dry-run", "--pod-selector", "app in (solo)", "--force",
+              "-o", "json")
+    assert {p["name"]: p["action"] for p in r.json()["pods"]}["other"] == "evict"
     assert not cluster.cordoned("node-a")
     assert {p.metadata.name: p.metadata.uid for p in cluster.running()} == before
     assert cli("history", "-o", "json").json() == []

@@ -25,7 +25,7 @@ from migrate.pipeline.drain.budgets import (
     selects,
 )
 from migrate.pipeline.drain.classify import classify
-from migrate.pipeline.drain.plan import DrainRequest, PodPlan, Snapshot, make_plan
+from migrate.pipeline.drain.plan import BARE_POD, DrainRequest, PodPlan, Snapshot, make_plan
 from migrate.pipeline.drain.quantity import parse_quantity, pod_requests
 from migrate.pipeline.drain.state import STAGES, Context, DrainState
 from migrate.pipeline.journal import Journal
@@ -150,7 +150,7 @@ def test_requests_decide_and_largest_go_first() -> None:
     nodes = [node("node-a"), node("node-b", cpu="2", memory="2Gi"),
              node("node-c", cpu="1", memory="1Gi")]
     placed = plan([pod("small", cpu="500m"), pod("large", cpu="1500m"),
-                   pod("fat", memory="3Gi")], nodes)
+                   pod("fat", memory="3Gi", owner="ReplicaSet/fat")], nodes)
     assert placed["large"][:2] == ("migrate", "node-b")
     assert placed["small"][:2] == ("migrate", "node-c")
     assert placed["fat"][:2] == ("evict", None)
@@ -176,7 +176,7 @@ def test_nodes_that_cannot_take_pods_are_no_destinations() -> None:
              node("node-d", runtime="containerd://2.4.0")]
     assert plan([pod("p")], nodes, evict_rest=False)["p"] == (
         "blocked", None, "no destination: no Ready, schedulable node that can restore")
-    assert plan([pod("p")], [], to_selector="pool=spare")["p"][2] == (
+    assert plan([pod("p", owner="ReplicaSet/p")], [], to_selector="pool=spare")["p"][2] == (
         "no destination: no Ready, schedulable node that can restore among the nodes "
         "--to-selector pool=spare selects; evicted instead (--evict-rest)")
 
@@ -201,11 +201,46 @@ def test_the_plan_lists_budgets_and_orders_actions() -> None:
     pdb = {"metadata": {"name": "web-pdb", "namespace": "default"},
            "spec": {"selector": {"matchLabels": {"tier": "web"}}}}
     snap = Snapshot([pod("z", owner="DaemonSet/d"), pod("b", labels={"tier": "web"}),
-                     pod("a", phase="Pending")], {"uid-b", "uid-a", "uid-z"},
+                     pod("a", phase="Pending", owner="ReplicaSet/a")],
+                    {"uid-b", "uid-a", "uid-z"},
                     [node("node-b")], [], [pdb])
     entries = make_plan(snap, DrainRequest(node="node-a"))
     assert [(e.name, e.action, e.budgets) for e in entries] == [
         ("b", "migrate", ["web-pdb"]), ("a", "evict", []), ("z", "skip", [])]
+
+
+def test_a_bare_pod_is_evicted_only_with_force() -> None:
+    # Nothing starts an evicted bare pod again: kubectl drain refuses such pods without
+    # --force, and so does the drain, whatever the reason it would evict them.
+    pods = [pod("left-out", labels={"app": "other"}), pod("pending", phase="Pending"),
+            pod("cache", volumes=[{"name": "d", "hostPath": {"path": "/var/cache"}}]),
+            pod("fat", memory="3Gi"), pod("owned", phase="Pending", owner="ReplicaSet/o")]
+    snap = Snapshot(pods, {p["metadata"]["uid"] for p in pods if p["metadata"]["name"]
+                           != "left-out"}, [node("node-b", memory="2Gi")], pods, [])
+    entries = {e.name: (e.action, e.reason) for e in make_plan(snap, DrainRequest("node-a"))}
+    assert entries == {
+        "left-out": ("blocked", f"not matched by --pod-selector; {BARE_POD}"),
+        "pending": ("blocked", f"Pending, not Running: no running state to keep; {BARE_POD}"),
+        "cache": ("blocked", f"volume d is a hostPath: its data stays on the node; {BARE_POD}"),
+        "fat": ("blocked", "no destination fits: node node-b: not enough memory (the pod "
+                "requests 3.0 GiB, 2.0 GiB free); " + BARE_POD),
+        "owned": ("evict", "Pending, not Running: no running state to keep")}
+    assert BARE_POD == ("a bare pod: evicting it deletes it for good, no controller starts "
+                        "it again (--force evicts it)")
+    forced = make_plan(snap, DrainRequest("node-a", force=True))
+    assert {e.name for e in forced if e.action == "evict"} == set(entries)
+    assert next(e for e in forced if e.name == "fat").reason.endswith(
+        "evicted instead (--evict-rest)")
+    # --skip-rest leaves them as before: nothing is evicted.
+    kept = {e.name: e.action for e in make_plan(snap, DrainRequest("node-a", evict_rest=False))}
+    assert kept == {"left-out": "skip", "pending": "skip", "cache": "skip", "fat": "blocked",
+                    "owned": "skip"}
+    # A node whose pods cannot leave with their memory: its bare pods stay too.
+    containerd = node("node-a", runtime="containerd://2.4.0")
+    snap.source = containerd
+    snap.on_node = snap.running = [pod("solo")]
+    [solo] = make_plan(snap, DrainRequest("node-a"))
+    assert (solo.action, solo.reason.endswith(BARE_POD)) == ("blocked", True)
 
 
 # -- budgets -----------------------------------------------------------------------------

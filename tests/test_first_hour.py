@@ -32,6 +32,7 @@ from e2e.cluster.world import Cluster
 from e2e.nodes import NodeConfig, RegistryConfig
 from e2e.nodes.checkpoints import CHECKPOINT_DIR
 from migrate.pipeline import claims, migration
+from migrate.pipeline.drain.plan import BARE_POD
 from migrate.pipeline.journal import Journal
 from migrate.validation import validate
 from tests.cluster import Kubectl, api_client, node_agents, wait_for
@@ -321,10 +322,15 @@ def test_3_a_pod_on_containerd_is_refused_before_its_checkpoint(
     row = next(c for c in r.json()["checks"] if c["check"] == "node node-c: runtime")
     assert (row["status"], row["detail"]) == (
         "WARN", "containerd://2.4.0: checkpoints, but neither a source nor a destination")
-    r = cli("drain", "node-c", "--dry-run", "--kubeconfig", cluster.kubeconfig, "-o", "json")
-    entry = next(p for p in r.json()["pods"] if p["name"] == "ctrd")
-    assert (entry["action"], entry["reason"]) == (
-        "evict", f"node-c cannot be a source: {CONTAINERD}; evicted instead (--evict-rest)")
+    # A drain cannot move it either; a bare pod, it is evicted only with --force.
+    for force, outcome in (((), f"; {BARE_POD}"),
+                           (("--force",), "; evicted instead (--evict-rest)")):
+        r = cli("drain", "node-c", "--dry-run", *force, "--kubeconfig", cluster.kubeconfig,
+                "-o", "json")
+        entry = next(p for p in r.json()["pods"] if p["name"] == "ctrd")
+        assert (entry["action"], entry["reason"]) == (
+            "evict" if force else "blocked",
+            f"node-c cannot be a source: {CONTAINERD}{outcome}")
 
 
 def test_3_build_refuses_a_containerd_archive_before_the_registry(

@@ -141,13 +141,17 @@ def drain(
                                            "destinations.", show_default=False),
     pod_selector: str | None = typer.Option(None, "--pod-selector", metavar="LABELS",
                                             help="Migrate only pods with these labels; the "
-                                            "others are evicted.", show_default=False),
+                                            "others are evicted (bare pods only with "
+                                            "--force).", show_default=False),
     concurrency: int = typer.Option(4, "--concurrency", min=1, max=256,
                                     help="Pods moved or evicted at once."),
     timeout: float = typer.Option(300.0, "--timeout", min=1, help="Seconds each pod may "
                                   "take (budget waits, restore, eviction)."),
     evict_rest: bool = typer.Option(True, "--evict-rest/--skip-rest", help="Evict the pods "
                                     "that cannot migrate, or leave them on the node."),
+    force: bool = typer.Option(False, "--force", help="Evict bare pods that cannot migrate "
+                               "too: no controller starts them again (as kubectl drain "
+                               "--force). Without it they stay, blocked."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
     registry: str | None = typer.Option(None, "--registry", help="Push checkpoint images "
                                         "under HOST:PORT/REPO.", show_default=False),
@@ -220,7 +224,7 @@ def drain(
                             timeout=timeout, evict_rest=evict_rest, dry_run=dry_run,
                             registry=registry, build_on=build_on,
                             tool_image=tool_image, registry_secret=registry_secret,
-                            encrypt_for=tuple(encrypt_for))
+                            encrypt_for=tuple(encrypt_for), force=force)
     cluster = kube.connect(settings.kube, pool_size=2 * concurrency + 4,
                            background_events=True)
     # Read-only: problems surface before the cordon.

@@ -6,7 +6,8 @@ disruption budgets; `classify` decides each pod's action, `place` the
 destination of each pod to migrate. A pod another migration has claimed
 (claims.py) is blocked, whatever it would be otherwise. Pods no destination fits are evicted
 (--evict-rest, the default) or left blocked (--skip-rest), which also
-leaves the pods that would be evicted where they are.
+leaves the pods that would be evicted where they are. A bare pod is evicted only with
+--force: nothing would start it again, so kubectl drain refuses it too.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from migrate.pipeline.drain.classify import BLOCKED, EVICT, MIGRATE, SKIP, class
 from migrate.pipeline.preflight import controller_of
 
 Obj = dict[str, Any]
+#: Why a drain leaves a bare pod it would evict (kubectl drain refuses such pods the same way).
+BARE_POD = ("a bare pod: evicting it deletes it for good, no controller starts it again "
+            "(--force evicts it)")
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class DrainRequest:
     registry_secret: str | None = None
     attempts: int = 3  # tries per pod when a migration fails for a transient reason
     encrypt_for: tuple[str, ...] = ()  # --encrypt-for recipients (file names) of every image
+    force: bool = False  # evict bare pods too (gone for good: no controller starts them again)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -154,6 +159,17 @@ def _unmovable(source: Obj | None) -> str:
         f"{source['metadata']['name']} cannot be a source: {runtime.source_reason}"
 
 
+def _instead_of_migrating(e: PodPlan, why: str, req: DrainRequest) -> None:
+    """A pod to migrate that cannot (``why``): evicted with --evict-rest, unless it is a bare
+    pod and there is no --force; left blocked otherwise."""
+    if not req.evict_rest:
+        e.action, e.reason = BLOCKED, why
+    elif e.owner is None and not req.force:
+        e.action, e.reason = BLOCKED, f"{why}; {BARE_POD}"
+    else:
+        e.action, e.reason = EVICT, f"{why}; evicted instead (--evict-rest)"
+
+
 def make_plan(snap: Snapshot, req: DrainRequest,
               claimed: dict[str, str] | None = None) -> list[PodPlan]:
     """Classify and place every pod of the snapshot (pure: no API calls).
@@ -167,6 +183,11 @@ def make_plan(snap: Snapshot, req: DrainRequest,
     for e in entries:
         if e.uid in (claimed or {}) and e.action != SKIP:
             e.action, e.reason = BLOCKED, (claimed or {})[e.uid]
+    for e in entries:
+        if e.action == EVICT and not req.evict_rest:
+            e.action, e.reason = SKIP, f"left on the node (--skip-rest): {e.reason}"
+        elif e.action == EVICT and e.owner is None and not req.force:
+            e.action, e.reason = BLOCKED, f"{e.reason}; {BARE_POD}"
     by_node: dict[str, list[Obj]] = defaultdict(list)
     for pod in snap.running:
         by_node[(pod.get("spec") or {}).get("nodeName") or ""].append(pod)
@@ -176,8 +197,7 @@ def make_plan(snap: Snapshot, req: DrainRequest,
     if unmovable:  # nothing leaves this node with its memory: the rest as if nowhere fit
         for e in entries:
             if e.action == MIGRATE:
-                e.action, e.reason = (EVICT, f"{unmovable}; evicted instead (--evict-rest)") \
-                    if req.evict_rest else (BLOCKED, unmovable)
+                _instead_of_migrating(e, unmovable, req)
     movers = [p for p, e in zip(snap.on_node, entries, strict=True) if e.action == MIGRATE]
     nowhere = place.NOWHERE + (f" among the nodes --to-selector {req.to_selector} "
                                "selects" if req.to_selector else "")
@@ -185,12 +205,8 @@ def make_plan(snap: Snapshot, req: DrainRequest,
     for e in entries:
         if e.action == MIGRATE:
             e.destination, why = placed[e.uid]
-            if e.destination is None and req.evict_rest:
-                e.action, e.reason = EVICT, f"{why}; evicted instead (--evict-rest)"
-            elif e.destination is None:
-                e.action, e.reason = BLOCKED, why
-        elif e.action == EVICT and not req.evict_rest:
-            e.action, e.reason = SKIP, f"left on the node (--skip-rest): {e.reason}"
+            if e.destination is None:
+                _instead_of_migrating(e, why, req)
     order = {MIGRATE: 0, EVICT: 1, BLOCKED: 2, SKIP: 3}
     return sorted(entries, key=lambda e: (order[e.action], e.namespace, e.name))
 
