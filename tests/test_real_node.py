@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
 import subprocess
@@ -39,6 +40,7 @@ from kubernetes import client, watch
 from e2e.cluster import realnode
 from e2e.cluster.launcher import ControlPlane
 from e2e.real.counter import counter_pod, counts, push_counter_image
+from migrate.pipeline.drain.plan import BARE_POD
 from tests.cluster import Kubectl, api_client, require_cluster, wait_for
 from tests.conftest import Result
 from tests.real import criu_config, kubelet_checkpoint, pod_log, require, start_pod
@@ -496,3 +498,104 @@ def test_a_changed_image_file_held_open_fails_the_restore_with_criu_s_log(
     assert first.endswith("/restore.log")
     assert "bad size" in hint
     assert _running(real_cp, name)  # the source runs on, untouched
+
+
+def _cordon(cp: ControlPlane, node: str, unschedulable: bool) -> None:
+    status, body = cp.api("PATCH", f"/api/v1/nodes/{node}",
+                          {"spec": {"unschedulable": unschedulable}},
+                          content_type="application/strategic-merge-patch+json")
+    assert status == 200, body
+
+
+def _pods(cp: ControlPlane, selector: str) -> list[dict[str, Any]]:
+    status, found = cp.api("GET", f"/api/v1/namespaces/default/pods?labelSelector={selector}")
+    assert status == 200, found
+    return list(found["items"])
+
+
+def test_a_drain_hands_a_deployments_counters_to_the_replicaset_on_node_b(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
+        plain_registry: RegistryUnderTest, source: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The real ReplicaSet, disruption and scheduler controllers with real kubelets: two
+    # counters of a Deployment, a budget allowing one disruption at a time. The drain
+    # moves both to node-b; the ReplicaSet takes the restored pods as its own and starts
+    # no fresh one, and each counts on from where its source was.
+    image = source["spec"]["containers"][0]["image"]
+    template = counter_pod("drained", image, secret=SECRET, node=node.name)
+    del template["spec"]["nodeName"]
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment",
+                  "metadata": {"name": "drained", "namespace": "default"},
+                  "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "drained"}},
+                           "template": {"metadata": {"labels": {"app": "drained"}},
+                                        "spec": template["spec"]}}}
+    budget = {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+              "metadata": {"name": "drained", "namespace": "default"},
+              "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "drained"}}}}
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")  # the kubelets' archives are on this machine
+    _cordon(real_cp, node_b.name, True)  # the scheduler puts both on node-a
+    try:
+        for path, body in (("/apis/apps/v1/namespaces/default/deployments", deployment),
+                           ("/apis/policy/v1/namespaces/default/poddisruptionbudgets", budget)):
+            status, made = real_cp.api("POST", path, body)
+            assert status == 201, made
+        sources = wait_for(lambda: len(p := [x["metadata"]["name"]
+                                             for x in _pods(real_cp, "app=drained")
+                                             if _running(real_cp, x["metadata"]["name"])]) == 2
+                           and p, DEADLINE, "both counters running")
+        _cordon(real_cp, node_b.name, False)
+        wait_for(lambda: all(len(_counts(real_cp, n)) >= 2 for n in sources), DEADLINE,
+                 "both counting")
+        status, rs = real_cp.api("GET", "/apis/apps/v1/namespaces/default/replicasets"
+                                        "?labelSelector=app%3Ddrained")
+        [replicaset] = rs["items"]
+        before = {name: _counts(real_cp, name)[-1] for name in sources}
+        started = dt.datetime.now(dt.UTC)
+        r = cli("drain", node.name, "--to", node_b.name, "--pod-selector", "app=drained",
+                "--registry", f"{plain_registry.host}/drained", "--no-tls-verify",
+                "--kubeconfig", real_cp.admin_kubeconfig, "--concurrency", "2",
+                "--timeout", str(int(DEADLINE)), "-o", "json")
+        # The module's bare counter on node-a is left out by the selector; evicting it would
+        # delete it for good (it did, until the drain refused bare pods without --force).
+        assert r.code == 10, r.err
+        report = r.json()
+        pods = {p["name"]: p for p in report.pop("pods")}
+        left = {n: pods.pop(n) for n in list(pods) if n not in sources}
+        assert left[POD]["reason"] == f"not matched by --pod-selector; {BARE_POD}"
+        assert all(p["action"] == "blocked" and p["reason"].endswith(BARE_POD)
+                   for p in left.values()), left
+        assert _running(real_cp, POD)
+        assert {n: p["outcome"] for n, p in pods.items()} == {n: "migrated" for n in sources}
+        assert all(p["budgets"] == ["drained"] for p in pods.values()), pods
+        # One disruption at a time: the second waited for the first to finish.
+        assert max(p["budget_wait_seconds"] for p in pods.values()) > 1, pods
+        restored = {n: p["restored_pod"] for n, p in pods.items()}
+        # The ReplicaSet owns exactly the restored pods, on node-b, and made none of its own.
+        now = _pods(real_cp, "app=drained")
+        assert sorted(p["metadata"]["name"] for p in now) == sorted(restored.values()), now
+        for pod in now:
+            assert pod["spec"]["nodeName"] == node_b.name
+            [owner] = pod["metadata"]["ownerReferences"]
+            assert owner["uid"] == replicaset["metadata"]["uid"] and owner["controller"]
+        status, rs_now = real_cp.api(
+            "GET", f"/apis/apps/v1/namespaces/default/replicasets/"
+                   f"{replicaset['metadata']['name']}")
+        assert rs_now["spec"]["replicas"] == 2
+        for name, moved in restored.items():
+            log = wait_for(functools.partial(_log_after, real_cp, moved, started, 2), DEADLINE,
+                           f"{moved} counting on {node_b.name}")
+            whole = counts("\n".join(line for _, line in log))
+            assert whole == list(range(1, len(whole) + 1)), whole  # the same process
+            assert whole[-1] > before[name], (name, before[name], whole)
+        # A while later still two: the ReplicaSet did not replace anything.
+        time.sleep(3)
+        assert len(_pods(real_cp, "app=drained")) == 2
+    finally:
+        _cordon(real_cp, node.name, False)
+        _cordon(real_cp, node_b.name, False)
+        for path in ("/apis/apps/v1/namespaces/default/deployments/drained",
+                     "/apis/policy/v1/namespaces/default/poddisruptionbudgets/drained"):
+            real_cp.api("DELETE", path)
+        for pod in _pods(real_cp, "app=drained"):
+            real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/"
+                                  f"{pod['metadata']['name']}?gracePeriodSeconds=0")
