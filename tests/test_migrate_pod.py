@@ -585,7 +585,8 @@ def test_a_destination_without_the_workload_image_pulls_it_before_the_restore(
         "base image pulled"))
     assert prepull_pods(v1) == []
     restored = v1.read_namespaced_pod(report["destination_pod"], "default")
-    assert restored.status.container_statuses[0].image == tag  # CRI-O reports the base
+    # CRI-O reports the base image by node-b's name for it: the digest it was pulled by.
+    assert restored.status.container_statuses[0].image == by_digest
     # The node now lists the image, as a kubelet lists what it holds: the next
     # migration of it to node-b has nothing to pull.
     wait_for(lambda: by_digest in {n for i in v1.read_node("node-b").status.images or []
@@ -596,6 +597,23 @@ def test_a_destination_without_the_workload_image_pulls_it_before_the_restore(
     assert "base_images" not in r.json()
     assert [a["image"] for a in r.json()["actions"] if a["action"] == "base image present"] == [
         by_digest]
+
+
+def test_a_restored_pod_migrates_back_where_its_image_has_another_name(
+        migrate: Callable[..., Result], v1: client.CoreV1Api,
+        workload_image: tuple[str, str]) -> None:
+    # node-b holds the base image by digest (the pre-pull), node-a by tag (the source's
+    # pull): back on node-a, CRI-O shows the restored container's image by its tag, and
+    # its imageID is the base image's. Found on the real nodes.
+    tag, by_digest = workload_image
+    make_pod(v1, "there-and-back", image=tag)
+    r = migrate("there-and-back", "--to", "node-b", "-o", "json")
+    assert r.code == 0, r.err
+    r = migrate(r.json()["destination_pod"], "--to", "node-a", "-o", "json")
+    assert r.code == 0, r.err
+    back = v1.read_namespaced_pod(r.json()["destination_pod"], "default")
+    [status] = back.status.container_statuses
+    assert (back.spec.node_name, status.image, status.image_id) == ("node-a", tag, by_digest)
 
 
 def test_without_the_pull_the_restore_fails_as_cri_o_fails_it(

@@ -84,10 +84,11 @@ def _running(cp: ControlPlane, name: str) -> bool:
     return bool(statuses) and all("running" in s["state"] for s in statuses)
 
 
-def _log_after(cp: ControlPlane, name: str, since: dt.datetime,
-               lines: int) -> list[tuple[dt.datetime, str]] | None:
+def _log_after(cp: ControlPlane, name: str, since: dt.datetime, lines: int,
+               container: str = CONTAINER) -> list[tuple[dt.datetime, str]] | None:
     """The pod's log as (time, line) once it has `lines` lines stamped after `since`."""
-    status, text = cp.api("GET", f"/api/v1/namespaces/default/pods/{name}/log?timestamps=true")
+    status, text = cp.api("GET", f"/api/v1/namespaces/default/pods/{name}/log?timestamps=true"
+                                 f"&container={container}")
     if status != 200 or not isinstance(text, str):
         return None
     log = []
@@ -310,9 +311,9 @@ def _start(cp: ControlPlane, pod: dict[str, Any]) -> str:
 
 
 def _migrate(cli: Cli, cp: ControlPlane, registry: RegistryUnderTest, pod: str,
-             to: str) -> Result:
+             to: str, *extra: str) -> Result:
     return cli("pod", pod, "--to", to, "--registry", f"{registry.host}/moved",
-               "--no-tls-verify", "--kubeconfig", cp.admin_kubeconfig, "-o", "json")
+               "--no-tls-verify", "--kubeconfig", cp.admin_kubeconfig, "-o", "json", *extra)
 
 
 @contextlib.contextmanager
@@ -599,3 +600,59 @@ def test_a_drain_hands_a_deployments_counters_to_the_replicaset_on_node_b(
         for pod in _pods(real_cp, "app=drained"):
             real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/"
                                   f"{pod['metadata']['name']}?gracePeriodSeconds=0")
+
+
+def test_a_restored_counter_moves_on_and_back(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
+        plain_registry: RegistryUnderTest, source: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A checkpoint of a container CRI-O restored, restored again: node-a -> node-b -> node-a.
+    image = source["spec"]["containers"][0]["image"]
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
+    name = _start(real_cp, counter_pod("roundtrip", image, secret=SECRET, node=node.name))
+    with _moved_counting(cli, real_cp, plain_registry, name, node_b.name) as there:
+        back = there["destination_pod"]
+        with _moved_counting(cli, real_cp, plain_registry, back, node.name) as report:
+            assert report["outcome"] == "succeeded"
+
+
+def test_every_container_of_a_real_pod_with_an_init_container_moves(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
+        plain_registry: RegistryUnderTest, source: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two counters in one pod, after an init container that has run to completion: each
+    # counter is checkpointed and restored, and counts on from where it was.
+    image = source["spec"]["containers"][0]["image"]
+    pod = counter_pod("pair", image, secret=SECRET, node=node.name)
+    first = pod["spec"]["containers"][0]
+    pod["spec"]["containers"].append({**first, "name": "second", "env": [
+        {"name": "SECRET", "value": "second-" + SECRET}, {"name": "INTERVAL", "value": "0.5"}]})
+    pod["spec"]["initContainers"] = [{
+        "name": "init", "image": image, "command": ["/bin/sh", "-c", "echo ready >/data/init"],
+        "volumeMounts": first["volumeMounts"]}]
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
+    name = _start(real_cp, pod)
+    containers = ("counter", "second")
+    try:
+        started = dt.datetime.now(dt.UTC)
+        wait_for(lambda: all(_log_after(real_cp, name, started, 2, c) for c in containers),
+                 DEADLINE, "both counting")
+        before = {c: counts("\n".join(line for _, line in _log_after(
+            real_cp, name, started, 0, c) or []))[-1] for c in containers}
+        started = dt.datetime.now(dt.UTC)
+        r = _migrate(cli, real_cp, plain_registry, name, node_b.name, "--all-containers")
+        assert r.code == 0, r.err
+        moved = r.json()["destination_pod"]
+        try:
+            status, restored = real_cp.api("GET", f"/api/v1/namespaces/default/pods/{moved}")
+            assert status == 200 and "initContainers" not in restored["spec"]  # it had run
+            for c in containers:
+                log = wait_for(functools.partial(_log_after, real_cp, moved, started, 2, c),
+                               DEADLINE, f"{moved}/{c} counting on")
+                whole = counts("\n".join(line for _, line in log))
+                assert whole == list(range(1, len(whole) + 1)), (c, whole)
+                assert whole[-1] > before[c], (c, before[c], whole)
+        finally:
+            real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{moved}?gracePeriodSeconds=0")
+    finally:
+        real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")

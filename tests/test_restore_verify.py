@@ -64,3 +64,14 @@ def test_the_workload_image_as_pulled_by_digest_is_restored() -> None:
                        {"counter": WORKLOAD_ID})
     restored = verify(pod)
     assert restored is not None and restored.image_ids == {"counter": WORKLOAD_ID}
+
+
+def test_a_node_showing_the_base_image_by_its_own_tag_is_restored() -> None:
+    """A restored pod's checkpoint names its base image by digest (the pre-pull's); a node
+    that pulled it by tag shows the tag, and the imageID is the digest (seen on the real
+    nodes: a counter migrated node-a -> node-b -> node-a)."""
+    restored = _verify(_pod(WORKLOAD, WORKLOAD_ID), {"counter": WORKLOAD_ID})
+    assert restored is not None and restored.image_ids == {"counter": WORKLOAD_ID}
+    other = "127.0.0.1:5000/stretch/counter@sha256:" + "e" * 64
+    with pytest.raises(RestoreRefused, match="not the checkpoint"):
+        _verify(_pod(WORKLOAD, other), {"counter": WORKLOAD_ID})

@@ -261,17 +261,20 @@ def container_annotations(pod: Obj, container: dict[str, Any], restarts: int
     return out
 
 
-def _base_image(annotations: dict[str, str], container: str, image: str, image_ref: str
-                ) -> tuple[str, str]:
-    # A restored container runs on the checkpoint's base image (CRI-O restores
-    # onto config.dump's rootfsImageName): a new checkpoint names that one.
+def _base_image(annotations: dict[str, str], container: str, image: str, image_ref: str,
+                shown: str) -> tuple[str, str]:
+    # A restored container runs on the checkpoint's base image (CRI-O restores onto
+    # config.dump's rootfsImageRef): a new checkpoint names that one, by the name the node
+    # shows for it (``shown``, the status image: CRI-O's SomeNameOfTheImage, which its
+    # checkpoint writes as rootfsImageName; internal/lib/checkpoint.go, v1.36.3).
     try:
         record = json.loads(annotations.get(f"{RESTORED_ANNOTATION}.{container}", "{}"))
     except ValueError:
         return image, image_ref
     if not isinstance(record, dict) or not record.get("baseImage"):
         return image, image_ref
-    return str(record["baseImage"]), str(record.get("baseImageRef") or record["baseImage"])
+    return shown or str(record["baseImage"]), str(record.get("baseImageRef")
+                                                  or record["baseImage"])
 
 
 def _stats(processes: list[Process], bulk_pages: int, seconds: float) -> dict[str, int]:
@@ -322,7 +325,8 @@ def plan(pod: Obj, container_name: str, config: NodeConfig, when: dt.datetime, *
         secrets.token_hex(32)
     image = str(container.get("image", ""))
     image_ref = str(ctr_status.get("imageID") or image)
-    image, image_ref = _base_image(annotations, container_name, image, image_ref)
+    image, image_ref = _base_image(annotations, container_name, image, image_ref,
+                                   str(ctr_status.get("image") or ""))
     started = (ctr_status.get("state", {}).get("running") or {}).get("startedAt") or \
         status.get("startTime") or meta.get("creationTimestamp") or _nano_stamp(when)
     spec = ArchiveSpec(

@@ -264,6 +264,14 @@ class ImageIndex:
             return next((i for i in self._images.values()
                          if name in (i.image, i.repo_digest)), None)
 
+    def name_of(self, image_id: str) -> str | None:
+        """The name CRI-O shows for the image ``image_id`` as a restored container's
+        image: the first of its names that has a tag, else its first (digest) name, in the
+        order the node got them (internal/storage/image.go parseImageNames, v1.36.3)."""
+        with self._lock:
+            names = [i.image for i in self._images.values() if i.image_id == image_id]
+        return next((n for n in names if "@" not in n), names[0] if names else None)
+
     def storage_id(self, repo_digest: str) -> str | None:
         """The ID (64 hex digits, CRI-O's storage ID) of the image a container reports
         as its imageID, REPO@DIGEST; None if the node holds no such image."""

@@ -281,7 +281,8 @@ class PodStarter:
         if found is None:
             raise CreateError("CreateContainerError",
                               f'reading image "{ref or name}": image not known')
-        return name, found
+        # Found by ID: shown by the node's name for it, which may not be config.dump's.
+        return self.image_manager.images.name_of(found.image_id) or name, found
 
     def _base_image(self, image: str) -> PulledImage | None:
         """A checkpoint's base image, pulled as containerd pulls it for a restore: with no

@@ -119,9 +119,13 @@ class _Verifier:
     def _runs_own_image(self, container: str, status: Obj) -> bool:
         """Whether the container reports the checkpointed container's image (CRI-O's
         restore); a plain start of the checkpoint image would report the checkpoint."""
-        reported = str(status.get("image", ""))
-        # Pulled by digest (the create stage's pre-pull), CRI-O names it REPO@DIGEST.
-        return any(own and _same_image(reported, own)
+        # CRI-O shows the image by the node's own name for it (its first tag, else its
+        # first REPO@DIGEST: internal/storage/image.go, v1.36.3), which need not be the
+        # name the source's node had: a restored pod's checkpoint names the base image by
+        # digest (the pre-pull's), and a node that pulled it by tag shows the tag. The
+        # imageID (REPO@DIGEST) then matches.
+        reported = (str(status.get("image", "")), str(status.get("imageID", "")))
+        return any(own and shown and _same_image(shown, own) for shown in reported
                    for own in (self.rootfs.get(container, ""), self.ran.get(container, "")))
 
 
