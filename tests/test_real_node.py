@@ -656,3 +656,48 @@ def test_every_container_of_a_real_pod_with_an_init_container_moves(
             real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{moved}?gracePeriodSeconds=0")
     finally:
         real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")
+
+
+def test_a_counter_with_limits_probes_and_mounted_config_moves(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
+        plain_registry: RegistryUnderTest, source: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # What production pods carry: requests and limits (the restored process lands in the
+    # new pod's cgroup), a ConfigMap and a Secret mounted (CRI-O's restore checks every
+    # bind mount), readiness and liveness probes (verify waits for ready).
+    image = source["spec"]["containers"][0]["image"]
+    for path, body in (
+            ("configmaps", {"metadata": {"name": "shaped"}, "data": {"mode": "fast"}}),
+            ("secrets", {"metadata": {"name": "shaped"}, "stringData": {"key": "k"}})):
+        status, made = real_cp.api("POST", f"/api/v1/namespaces/default/{path}", body)
+        assert status in (201, 409), made
+    pod = counter_pod("shaped", image, secret=SECRET, node=node.name)
+    [container] = pod["spec"]["containers"]
+    container["resources"] = {"requests": {"cpu": "50m", "memory": "32Mi"},
+                              "limits": {"cpu": "500m", "memory": "128Mi"}}
+    container["volumeMounts"] += [{"name": "config", "mountPath": "/etc/shaped"},
+                                  {"name": "secret", "mountPath": "/run/shaped",
+                                   "readOnly": True}]
+    pod["spec"]["volumes"] += [{"name": "config", "configMap": {"name": "shaped"}},
+                               {"name": "secret", "secret": {"secretName": "shaped"}}]
+    probe = {"exec": {"command": ["/bin/sh", "-c", "test -f /home/counter/test-file"]},
+             "periodSeconds": 1}
+    container["readinessProbe"] = probe
+    container["livenessProbe"] = {**probe, "periodSeconds": 2}
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
+    name = _start(real_cp, pod)
+    try:
+        with _moved_counting(cli, real_cp, plain_registry, name, node_b.name) as report:
+            status, moved = real_cp.api(
+                "GET", f"/api/v1/namespaces/default/pods/{report['destination_pod']}")
+            [moved_container] = moved["spec"]["containers"]
+            assert moved_container["resources"] == container["resources"]
+            assert {v["name"] for v in moved["spec"]["volumes"]} >= {"config", "secret"}
+            [ready] = moved["status"]["containerStatuses"]
+            assert ready["ready"] and ready["restartCount"] == 0
+            time.sleep(5)  # the liveness probe keeps passing: no restart
+            status, moved = real_cp.api(
+                "GET", f"/api/v1/namespaces/default/pods/{report['destination_pod']}")
+            assert moved["status"]["containerStatuses"][0]["restartCount"] == 0
+    finally:
+        real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")
