@@ -26,9 +26,9 @@ from migrate.pipeline.drain.budgets import (
 )
 from migrate.pipeline.drain.classify import classify
 from migrate.pipeline.drain.plan import BARE_POD, DrainRequest, PodPlan, Snapshot, make_plan
-from migrate.pipeline.drain.quantity import parse_quantity, pod_requests
 from migrate.pipeline.drain.state import STAGES, Context, DrainState
 from migrate.pipeline.journal import Journal
+from migrate.pipeline.quantity import parse_quantity, pod_requests
 from migrate.settings import KubeSettings, Settings
 
 Obj = dict[str, Any]
@@ -299,6 +299,14 @@ def _context(tmp_path: Path, said: list[str]) -> Context:
     return Context(kube.Cluster(None, "default", KubeSettings()), Settings(),
                    DrainState(journal), Budgets(stop), stop,
                    lambda subject, message: said.append(f"{subject}: {message}"))
+
+
+def test_a_drains_migration_is_placed_so_its_preflight_does_not_count_room_again(
+        tmp_path: Path) -> None:
+    from migrate.pipeline.drain.move import pod_request
+
+    entry = PodPlan("default", "p", "uid-p", "migrate", "bare pod", destination="node-b")
+    assert pod_request(_context(tmp_path, []), entry).placed
 
 
 def test_a_refused_eviction_is_asked_again_until_the_deadline(

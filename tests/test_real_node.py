@@ -701,3 +701,44 @@ def test_a_counter_with_limits_probes_and_mounted_config_moves(
             assert moved["status"]["containerStatuses"][0]["restartCount"] == 0
     finally:
         real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")
+
+
+def test_a_destination_without_room_for_the_pod_is_refused_before_its_checkpoint(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
+        plain_registry: RegistryUnderTest, source: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A pod created with spec.nodeName skips the scheduler, and the kubelet rejects one
+    # its node has no room for (OutOf<resource>). node-b's CPU is mostly taken.
+    image = source["spec"]["containers"][0]["image"]
+    _, found = real_cp.api("GET", f"/api/v1/nodes/{node_b.name}")
+    millis = int(parse_cpu(found["status"]["allocatable"]["cpu"]))
+    filler = counter_pod("filler", image, secret=SECRET, node=node_b.name)
+    filler["spec"]["containers"][0]["resources"] = {"requests": {"cpu": f"{millis - 300}m"}}
+    big = counter_pod("big", image, secret=SECRET, node=node.name)
+    big["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "500m"}}
+    names = [_start(real_cp, filler), _start(real_cp, big)]
+    try:
+        r = _migrate(cli, real_cp, plain_registry, "big", node_b.name)
+        assert (r.code, r.out) == (6, ""), r.err  # nothing began: no run, no report
+        first, hint = r.err.splitlines()
+        assert first.startswith(f"error: node {node_b.name} has no room for pod default/big: "
+                                "not enough cpu (the pod requests 500m, "), first
+        assert hint == ("hint: its kubelet would reject the restored pod; make room there or "
+                        "pick another node with --to")
+        assert _running(real_cp, "big") and not _pods(real_cp, "app=big")[1:]
+        # Without the check, the kubelet is the judge, after the checkpoint: as it was.
+        monkeypatch.setattr("migrate.pipeline.preflight.check_room", lambda *a: None)
+        monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
+        r = _migrate(cli, real_cp, plain_registry, "big", node_b.name)
+        assert r.code == 6 and r.json()["outcome"] == "rolled-back", r.err
+        first, hint = r.err.splitlines()
+        assert "ended: Failed OutOfcpu Pod was rejected" in first
+        assert hint == (f"hint: the kubelet of {node_b.name} had no room for it; make room "
+                        "there or pick another node with --to")
+    finally:
+        for name in names:
+            real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")
+
+
+def parse_cpu(text: str) -> float:
+    return float(text[:-1]) if text.endswith("m") else float(text) * 1000

@@ -75,3 +75,19 @@ def test_a_node_showing_the_base_image_by_its_own_tag_is_restored() -> None:
     other = "127.0.0.1:5000/stretch/counter@sha256:" + "e" * 64
     with pytest.raises(RestoreRefused, match="not the checkpoint"):
         _verify(_pod(WORKLOAD, other), {"counter": WORKLOAD_ID})
+
+
+@pytest.mark.parametrize(("reason", "hint"), [
+    ("OutOfcpu", "the kubelet of node-real had no room for it; make room there or pick "
+                 "another node with --to"),
+    ("Evicted", "its Events say why: kubectl get events -n default --field-selector "
+                "involvedObject.name=counters-restored")])
+def test_a_pod_the_kubelet_ended_says_why_after_the_rollback(reason: str, hint: str) -> None:
+    pod = _pod(WORKLOAD, WORKLOAD_ID)
+    pod["metadata"]["namespace"] = "default"
+    pod["status"] = {"phase": "Failed", "reason": reason, "message": "Pod was rejected"}
+    with pytest.raises(RestoreRefused) as e:
+        _verify(pod, {})
+    assert e.value.message == f"destination pod counters-restored ended: Failed {reason} " \
+        "Pod was rejected"
+    assert e.value.hint == hint

@@ -8,11 +8,15 @@ scheduler would have checked, and refuses with the reason.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
+from migrate.pipeline.quantity import Resources, add, parse_quantity, pod_requests, show
 from migrate.pipeline.selectors import requirement_holds
 
 Obj = dict[str, Any]
+DEFAULT_MAX_PODS = Decimal(110)  # the kubelet's --max-pods default
 
 
 def _labels(node: Obj) -> dict[str, str]:
@@ -65,3 +69,66 @@ def refusals(pod: Obj, node: Obj) -> list[str]:
             out.append(f"node {name} has the taint {taint.get('key')}{value}:"
                        f"{taint['effect']}, which the pod does not tolerate")
     return out
+
+
+@dataclass
+class Load:
+    """A destination's allocatable and what is requested on it so far."""
+
+    node: Obj
+    allocatable: Resources
+    requested: Resources = field(default_factory=dict)
+    scored: Resources = field(default_factory=dict)  # requests with scoring defaults
+
+    @property
+    def name(self) -> str:
+        """The node's name."""
+        return str(self.node["metadata"]["name"])
+
+    def take(self, pod: Obj) -> None:
+        """Count ``pod`` as running here."""
+        self.requested = add(self.requested, pod_requests(pod))
+        self.scored = add(self.scored, pod_requests(pod, scoring=True))
+
+    def shortfall(self, need: Resources) -> str | None:
+        """Which resource would not fit, with the numbers (None: all fit)."""
+        for resource, wanted in sorted(need.items()):
+            if not wanted:
+                continue
+            used = self.requested.get(resource, Decimal(0))
+            free = self.allocatable.get(resource, Decimal(0)) - used
+            if wanted > free:
+                return (f"not enough {resource} (the pod requests {show(resource, wanted)}, "
+                        f"{show(resource, max(free, Decimal(0)))} free)")
+        return None
+
+    def score(self, pod: Obj) -> tuple[float, float, str]:
+        """Lower is better: (CPU and memory fraction after placing, pod fraction, name)."""
+        after = add(self.scored, pod_requests(pod, scoring=True))
+        fractions = [float(after.get(r, 0) / self.allocatable[r])
+                     if self.allocatable.get(r) else 1.0 for r in ("cpu", "memory")]
+        pods = float(after.get("pods", 0) / (self.allocatable.get("pods") or 1))
+        return sum(fractions) / len(fractions), pods, self.name
+
+
+def load_of(node: Obj, running: list[Obj]) -> Load:
+    """``node``'s Load from its allocatable and the pods running on it."""
+    status = node.get("status") or {}
+    raw = status.get("allocatable") or status.get("capacity") or {}
+    allocatable = {k: parse_quantity(v) for k, v in raw.items()}
+    allocatable.setdefault("pods", DEFAULT_MAX_PODS)
+    load = Load(node, allocatable)
+    for pod in running:
+        load.take(pod)
+    return load
+
+
+def occupying(pod: Obj) -> bool:
+    """Whether a pod holds its node's resources (the scheduler counts all but finished)."""
+    return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+
+
+def room_refusal(pod: Obj, node: Obj, running: list[Obj]) -> str | None:
+    """Why ``node``, running ``running``, has no room for ``pod``'s requests (None: it has).
+    The kubelet's admission refuses such a pod (OutOfcpu, OutOfmemory, OutOfpods...)."""
+    return load_of(node, [p for p in running if occupying(p)]).shortfall(pod_requests(pod))

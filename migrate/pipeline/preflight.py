@@ -23,7 +23,7 @@ from migrate.adapters import kube
 from migrate.adapters.ocicrypt import parse_recipients
 from migrate.adapters.registry.client import RegistryClient
 from migrate.adapters.registry.reference import Reference, parse_reference
-from migrate.errors import ClusterError, UsageError
+from migrate.errors import AuthError, ClusterError, UsageError
 from migrate.pipeline import claims, names, nodebuild, nodes, placement
 from migrate.pipeline.choices import Builder, BuildOn, Compression
 from migrate.pipeline.containers import resolve_container
@@ -66,6 +66,7 @@ class PodRequest:
     tool_image: str | None = None  # the tool's own image, for --build-on node Jobs
     registry_secret: str | None = None  # dockerconfigjson Secret for node builds
     keep_archive: bool = False  # a failed run keeps the archives it made (else removed)
+    placed: bool = False  # a drain placed it: the destination's room is already counted
     # --encrypt-for SCHEME:PUBLIC_KEY_FILE recipients: file names only (the journal keeps
     # the request; the files are read again when the build runs).
     encrypt_for: tuple[str, ...] = ()
@@ -199,6 +200,23 @@ def check_destination(pod: Obj, node: Obj, source: str) -> None:
     if refused:
         raise ClusterError(refused[0], hint="the pod's own scheduling constraints rule this "
                            "node out; pick another with --to")
+
+
+def check_room(cluster: kube.Cluster, pod: Obj, node: Obj) -> None:
+    """Refuse a destination without room for the pod's requests: created with its node
+    named, the restored pod skips the scheduler, and the kubelet's admission would reject
+    it (OutOfcpu...) only after the checkpoint."""
+    name = node["metadata"]["name"]
+    try:
+        running = kube.list_pods(cluster, None, field_selector=f"spec.nodeName={name}")
+    except AuthError:
+        return  # not allowed to see the node's pods: the kubelet stays the only judge
+    short = placement.room_refusal(pod, node, running)
+    if short:
+        raise ClusterError(f"node {name} has no room for pod {pod['metadata'].get('namespace')}"
+                           f"/{pod['metadata']['name']}: {short}",
+                           hint="its kubelet would reject the restored pod; make room there "
+                           "or pick another node with --to")
 
 
 def check_source(namespace: str, pod: str, node: Obj) -> None:
@@ -350,6 +368,8 @@ def preflight(cluster: kube.Cluster, settings: Settings, req: PodRequest) -> Pla
     check_source(namespace, req.pod, kube.read_node_recent(cluster, source))
     destination = names.read_node(cluster, req.to, "--to", recent=True)
     check_destination(pod, destination, source)
+    if not req.placed:
+        check_room(cluster, pod, destination)
     containers = _containers(pod, req)
     images = _images(req, namespace, _workload(pod, owner), containers)
     build_on, build_from = build_location(settings, source, req.build_on, req.tool_image)

@@ -83,9 +83,14 @@ class _Verifier:
         status = pod.get("status") or {}
         name = pod["metadata"]["name"]
         if status.get("phase") in ("Failed", "Succeeded"):
+            reason = str(status.get("reason", ""))
+            # The pod is gone once rolled back; its Events stay (an hour, by default).
+            hint = (f"the kubelet of {self.node} had no room for it; make room there or pick "
+                    "another node with --to" if reason.startswith("OutOf") else
+                    f"its Events say why: kubectl get events -n {pod['metadata'].get('namespace')}"
+                    f" --field-selector involvedObject.name={name}")
             raise RestoreRefused(f"destination pod {name} ended: {status.get('phase')} "
-                                 f"{status.get('reason', '')} {status.get('message', '')}"
-                                 .strip(), hint="kubectl describe pod " + name)
+                                 f"{reason} {status.get('message', '')}".strip(), hint=hint)
         statuses = _statuses(pod)
         for container in self.digests:
             waiting = ((statuses.get(container) or {}).get("state") or {}).get("waiting") or {}

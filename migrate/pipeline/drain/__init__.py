@@ -3,7 +3,6 @@
 One module per step:
 
     classify.py  each pod's action (migrate, evict, skip, blocked) and reason
-    quantity.py  resource quantities and what a pod requests
     place.py     destinations: the scheduler's checks, then the least loaded
     plan.py      the request and the plan (read-only: what --dry-run prints)
     budgets.py   PodDisruptionBudgets, with migrations in flight counted

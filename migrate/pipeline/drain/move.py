@@ -40,7 +40,8 @@ def pod_request(ctx: Context, entry: PodPlan) -> PodRequest:
     return PodRequest(pod=entry.name, to=entry.destination, namespace=entry.namespace,
                       all_containers=True, registry=req.registry, build_on=req.build_on,
                       timeout=req.timeout, tool_image=req.tool_image,
-                      registry_secret=req.registry_secret, encrypt_for=req.encrypt_for)
+                      registry_secret=req.registry_secret, encrypt_for=req.encrypt_for,
+                      placed=True)
 
 
 def _progress(ctx: Context, entry: PodPlan) -> migration.Progress:

@@ -19,15 +19,14 @@ sends later pods elsewhere, or leaves them blocked with each node's reason.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from migrate.pipeline import nodes, placement
-from migrate.pipeline.drain.quantity import Resources, add, parse_quantity, pod_requests, show
+from migrate.pipeline.placement import Load
+from migrate.pipeline.quantity import pod_requests
 
 Obj = dict[str, Any]
-DEFAULT_MAX_PODS = Decimal(110)  # the kubelet's --max-pods default
 
 
 def node_unfit(node: Obj, source: str) -> str | None:
@@ -44,63 +43,6 @@ def node_unfit(node: Obj, source: str) -> str | None:
     if not runtime.can_restore:
         return f"cannot restore checkpoints: {runtime.reason}"
     return None
-
-
-@dataclass
-class Load:
-    """A destination's allocatable and what is requested on it so far."""
-
-    node: Obj
-    allocatable: Resources
-    requested: Resources = field(default_factory=dict)
-    scored: Resources = field(default_factory=dict)  # requests with scoring defaults
-
-    @property
-    def name(self) -> str:
-        """The node's name."""
-        return str(self.node["metadata"]["name"])
-
-    def take(self, pod: Obj) -> None:
-        """Count ``pod`` as running here."""
-        self.requested = add(self.requested, pod_requests(pod))
-        self.scored = add(self.scored, pod_requests(pod, scoring=True))
-
-    def shortfall(self, need: Resources) -> str | None:
-        """Which resource would not fit, with the numbers (None: all fit)."""
-        for resource, wanted in sorted(need.items()):
-            if not wanted:
-                continue
-            used = self.requested.get(resource, Decimal(0))
-            free = self.allocatable.get(resource, Decimal(0)) - used
-            if wanted > free:
-                return (f"not enough {resource} (the pod requests {show(resource, wanted)}, "
-                        f"{show(resource, max(free, Decimal(0)))} free)")
-        return None
-
-    def score(self, pod: Obj) -> tuple[float, float, str]:
-        """Lower is better: (CPU and memory fraction after placing, pod fraction, name)."""
-        after = add(self.scored, pod_requests(pod, scoring=True))
-        fractions = [float(after.get(r, 0) / self.allocatable[r])
-                     if self.allocatable.get(r) else 1.0 for r in ("cpu", "memory")]
-        pods = float(after.get("pods", 0) / (self.allocatable.get("pods") or 1))
-        return sum(fractions) / len(fractions), pods, self.name
-
-
-def load_of(node: Obj, running: list[Obj]) -> Load:
-    """``node``'s Load from its allocatable and the pods running on it."""
-    status = node.get("status") or {}
-    raw = status.get("allocatable") or status.get("capacity") or {}
-    allocatable = {k: parse_quantity(v) for k, v in raw.items()}
-    allocatable.setdefault("pods", DEFAULT_MAX_PODS)
-    load = Load(node, allocatable)
-    for pod in running:
-        load.take(pod)
-    return load
-
-
-def occupying(pod: Obj) -> bool:
-    """Whether a pod holds its node's resources (the scheduler counts all but finished)."""
-    return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
 
 
 NOWHERE = "no destination: no Ready, schedulable node that can restore"

@@ -19,7 +19,7 @@ from typing import Any
 
 from migrate.adapters import kube
 from migrate.errors import ClusterError, InvalidError, UsageError
-from migrate.pipeline import claims, names, nodes
+from migrate.pipeline import claims, names, nodes, placement
 from migrate.pipeline.choices import BuildOn
 from migrate.pipeline.drain import place
 from migrate.pipeline.drain.budgets import covering
@@ -136,7 +136,7 @@ def gather(cluster: kube.Cluster, req: DrainRequest) -> Snapshot:
                                req.to_selector)
     else:
         destinations = kube.list_nodes(cluster)
-    running = [p for p in kube.list_pods(cluster, None) if place.occupying(p)]
+    running = [p for p in kube.list_pods(cluster, None) if placement.occupying(p)]
     return Snapshot(pods, selected, destinations, running, kube.list_pdbs(cluster, None),
                     source)
 
@@ -191,7 +191,7 @@ def make_plan(snap: Snapshot, req: DrainRequest,
     by_node: dict[str, list[Obj]] = defaultdict(list)
     for pod in snap.running:
         by_node[(pod.get("spec") or {}).get("nodeName") or ""].append(pod)
-    loads = [place.load_of(n, by_node[n["metadata"]["name"]]) for n in snap.destinations
+    loads = [placement.load_of(n, by_node[n["metadata"]["name"]]) for n in snap.destinations
              if place.node_unfit(n, req.node) is None]
     unmovable = _unmovable(snap.source)
     if unmovable:  # nothing leaves this node with its memory: the rest as if nowhere fit
