@@ -176,6 +176,12 @@ def test_dry_run_changes_nothing(migrate: Callable[..., Result], cli: Cli,
     assert r.code == 0, r.err
     assert r.json()["plan"]["destination"] == "node-b"
     assert r.json()["plan"]["switch"] == "delete"
+    assert r.json()["plan"]["emptied_volumes"] == ["data"]  # make_pod's emptyDir
+    validate(r.json(), "pod.schema.json", "pod --dry-run -o json")
+    r = migrate("dry", "--to", "node-b", "--dry-run")
+    assert r.out.splitlines()[-2:] == [
+        "note: emptyDir volume(s) data start empty on node-b: a checkpoint holds no volume's "
+        "files", "dry run: preflight passed, nothing changed"]
     assert_untouched(v1, "dry", pod.metadata.uid)
     assert cli("history", "-o", "json").json() == []
 
@@ -702,3 +708,19 @@ def test_a_run_interrupted_while_pulling_resumes_without_leaving_the_pre_pull_po
             if a["action"] in ("base image pulled", "base image present")][-1:] == [
         workload_image[1]]
     assert prepull_pods(v1) == []
+
+
+def test_only_the_emptydirs_of_the_moved_containers_are_named() -> None:
+    from migrate.pipeline.preflight import emptied_volumes
+
+    pod = {"spec": {"volumes": [{"name": "cache", "emptyDir": {}},
+                                {"name": "shm", "emptyDir": {"medium": "Memory"}},
+                                {"name": "conf", "configMap": {"name": "c"}},
+                                {"name": "logs", "emptyDir": {}}],
+                    "containers": [
+                        {"name": "app", "volumeMounts": [{"name": "shm", "mountPath": "/s"},
+                                                         {"name": "cache", "mountPath": "/c"},
+                                                         {"name": "conf", "mountPath": "/e"}]},
+                        {"name": "shipper", "volumeMounts": [{"name": "logs", "mountPath": "/l"}]}]}}
+    assert emptied_volumes(pod, ("app",)) == ("cache", "shm")
+    assert emptied_volumes(pod, ("app", "shipper")) == ("cache", "logs", "shm")

@@ -79,7 +79,7 @@ def _human(rep: dict[str, Any]) -> str:
                      [(f"{plan['namespace']}/{plan['pod']}", plan["source"],
                        plan["destination"], ",".join(plan["containers"]), plan["switch"],
                        _build_cell(plan), " ".join(plan["images"].values()))]) + \
-            "dry run: preflight passed, nothing changed\n"
+            _emptied(plan) + "dry run: preflight passed, nothing changed\n"
     text = table(("stage", "status", "time"),
                  [(s["name"], s["status"], _seconds(s["seconds"])) for s in rep["stages"]])
     plan = rep.get("plan") or {}
@@ -97,7 +97,13 @@ def _human(rep: dict[str, Any]) -> str:
                  "(source stopped -> destination ready)")
     if "api_requests" in rep:
         lines.append(f"API requests:     {rep['api_requests']}")
-    return text + "\n" + "\n".join(lines) + "\n"
+    return text + "\n" + "\n".join(lines) + "\n" + _emptied(plan)
+
+
+def _emptied(plan: dict[str, Any]) -> str:
+    volumes = plan.get("emptied_volumes") or []
+    return (f"note: emptyDir volume(s) {', '.join(volumes)} start empty on "
+            f"{plan['destination']}: a checkpoint holds no volume's files\n" if volumes else "")
 
 
 def _render(rep: dict[str, Any], output: Format) -> None:

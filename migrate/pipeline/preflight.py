@@ -111,6 +111,10 @@ class Plan:
     # once the archive exists, as before.
     build_on: str = ""
     build_from: str = ""
+    # The emptyDir volumes the moved containers mount: a checkpoint holds none of a
+    # volume's files (CRI-O dumps processes and the root-fs diff), so the restored pod
+    # gets them empty. Said in the report; () in older journals.
+    emptied: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -119,7 +123,8 @@ class Plan:
                 "containers": list(self.containers), "images": self.images,
                 "owner": {"kind": self.owner[0], "name": self.owner[1]} if self.owner else None,
                 "switch": self.switch, "destination_runtime": self.destination_runtime or None,
-                "build_on": self.build_on or None, "build_from": self.build_from or None}
+                "build_on": self.build_on or None, "build_from": self.build_from or None,
+                "emptied_volumes": list(self.emptied)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Plan:
@@ -129,7 +134,8 @@ class Plan:
                    tuple(d["containers"]), dict(d["images"]), owner, d["switch"],
                    destination_runtime=str(d.get("destination_runtime") or ""),
                    build_on=str(d.get("build_on") or ""),
-                   build_from=str(d.get("build_from") or ""))
+                   build_from=str(d.get("build_from") or ""),
+                   emptied=tuple(d.get("emptied_volumes") or ()))
 
 
 def controller_of(pod: Obj) -> tuple[str, str] | None:
@@ -147,6 +153,15 @@ def _containers(pod: Obj, req: PodRequest) -> tuple[str, ...]:
     if not req.containers:
         return (resolve_container(pod, None),)
     return tuple(resolve_container(pod, c) for c in req.containers)
+
+
+def emptied_volumes(pod: Obj, containers: tuple[str, ...]) -> tuple[str, ...]:
+    """The emptyDir volumes ``containers`` mount: they start empty on the destination."""
+    spec = pod.get("spec") or {}
+    empty = {v["name"] for v in spec.get("volumes") or [] if "emptyDir" in v}
+    mounted = {m.get("name") for c in spec.get("containers") or [] if c.get("name") in containers
+               for m in c.get("volumeMounts") or []}
+    return tuple(sorted(empty & mounted))
 
 
 def _images(req: PodRequest, plan_ns: str, workload: str, containers: tuple[str, ...]
@@ -379,4 +394,5 @@ def preflight(cluster: kube.Cluster, settings: Settings, req: PodRequest) -> Pla
     return Plan(namespace, req.pod, pod["metadata"].get("uid", ""), source, req.to, containers,
                 images, owner, switch, pod["metadata"].get("resourceVersion"),
                 destination_runtime=nodes.reported_runtime(destination),
-                build_on=build_on, build_from=build_from)
+                build_on=build_on, build_from=build_from,
+                emptied=emptied_volumes(pod, containers))
