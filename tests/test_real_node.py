@@ -115,6 +115,12 @@ def source(real_cp: ControlPlane, node: realnode.RealNode, plain_registry: Regis
     real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{POD}?gracePeriodSeconds=0")
 
 
+@pytest.fixture(scope="module")
+def counter_image(source: dict[str, Any]) -> str:
+    """The counter's image, in the registry the real nodes pull from."""
+    return str(source["spec"]["containers"][0]["image"])
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     path: Path
@@ -308,6 +314,19 @@ def test_the_pre_pull_refuses_an_image_the_node_cannot_pull(
 def _start(cp: ControlPlane, pod: dict[str, Any]) -> str:
     """Create ``pod`` and wait until it runs; its name."""
     return str(start_pod(cp, pod)["metadata"]["name"])
+
+
+@contextlib.contextmanager
+def _started(cp: ControlPlane, *pods: dict[str, Any]) -> Iterator[list[str]]:
+    """Start ``pods`` (each running before the next); their names. Deleted afterwards."""
+    names: list[str] = []
+    try:
+        for pod in pods:
+            names.append(_start(cp, pod))
+        yield names
+    finally:
+        for name in names:
+            cp.api("DELETE", f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")
 
 
 def _migrate(cli: Cli, cp: ControlPlane, registry: RegistryUnderTest, pod: str,
@@ -521,13 +540,13 @@ def _pods(cp: ControlPlane, selector: str) -> list[dict[str, Any]]:
 
 def test_a_drain_hands_a_deployments_counters_to_the_replicaset_on_node_b(
         cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
-        plain_registry: RegistryUnderTest, source: dict[str, Any],
+        plain_registry: RegistryUnderTest, counter_image: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
     # The real ReplicaSet, disruption and scheduler controllers with real kubelets: two
     # counters of a Deployment, a budget allowing one disruption at a time. The drain
     # moves both to node-b; the ReplicaSet takes the restored pods as its own and starts
     # no fresh one, and each counts on from where its source was.
-    image = source["spec"]["containers"][0]["image"]
+    image = counter_image
     template = counter_pod("drained", image, secret=SECRET, node=node.name)
     del template["spec"]["nodeName"]
     deployment = {"apiVersion": "apps/v1", "kind": "Deployment",
@@ -609,13 +628,14 @@ def test_a_drain_hands_a_deployments_counters_to_the_replicaset_on_node_b(
 
 def test_a_restored_counter_moves_on_and_back(
         cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
-        plain_registry: RegistryUnderTest, source: dict[str, Any],
+        plain_registry: RegistryUnderTest, counter_image: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
     # A checkpoint of a container CRI-O restored, restored again: node-a -> node-b -> node-a.
-    image = source["spec"]["containers"][0]["image"]
+    image = counter_image
     monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
-    name = _start(real_cp, counter_pod("roundtrip", image, secret=SECRET, node=node.name))
-    with _moved_counting(cli, real_cp, plain_registry, name, node_b.name) as there:
+    with _started(real_cp, counter_pod("roundtrip", image, secret=SECRET, node=node.name)
+                  ) as [name], _moved_counting(cli, real_cp, plain_registry, name,
+                                               node_b.name) as there:
         back = there["destination_pod"]
         with _moved_counting(cli, real_cp, plain_registry, back, node.name) as report:
             assert report["outcome"] == "succeeded"
@@ -623,11 +643,11 @@ def test_a_restored_counter_moves_on_and_back(
 
 def test_every_container_of_a_real_pod_with_an_init_container_moves(
         cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
-        plain_registry: RegistryUnderTest, source: dict[str, Any],
+        plain_registry: RegistryUnderTest, counter_image: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
     # Two counters in one pod, after an init container that has run to completion: each
     # counter is checkpointed and restored, and counts on from where it was.
-    image = source["spec"]["containers"][0]["image"]
+    image = counter_image
     pod = counter_pod("pair", image, secret=SECRET, node=node.name)
     first = pod["spec"]["containers"][0]
     pod["spec"]["containers"].append({**first, "name": "second", "env": [
@@ -636,11 +656,10 @@ def test_every_container_of_a_real_pod_with_an_init_container_moves(
         "name": "init", "image": image, "command": ["/bin/sh", "-c", "echo ready >/data/init"],
         "volumeMounts": first["volumeMounts"]}]
     monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
-    name = _start(real_cp, pod)
-    source_uid = real_cp.api("GET", f"/api/v1/namespaces/default/pods/{name}")[1]["metadata"][
-        "uid"]
     containers = ("counter", "second")
-    try:
+    with _started(real_cp, pod) as [name]:
+        source_uid = real_cp.api("GET", f"/api/v1/namespaces/default/pods/{name}")[1][
+            "metadata"]["uid"]
         started = dt.datetime.now(dt.UTC)
         wait_for(lambda: all(_log_after(real_cp, name, started, 2, c) for c in containers),
                  DEADLINE, "both counting")
@@ -652,8 +671,8 @@ def test_every_container_of_a_real_pod_with_an_init_container_moves(
         assert r.code == 0, r.err
         moved = r.json()["destination_pod"]
         try:
-            status, restored = real_cp.api("GET", f"/api/v1/namespaces/default/pods/{moved}")
-            assert status == 200 and "initContainers" not in restored["spec"]  # it had run
+            restored = real_cp.api("GET", f"/api/v1/namespaces/default/pods/{moved}")[1]
+            assert "initContainers" not in restored["spec"]  # it had run
             # What the init container wrote into the emptyDir stays behind: a checkpoint
             # holds no volume's files. The report says so.
             assert r.json()["plan"]["emptied_volumes"] == ["data"]
@@ -666,18 +685,16 @@ def test_every_container_of_a_real_pod_with_an_init_container_moves(
                 assert whole[-1] > before[c], (c, before[c], whole)
         finally:
             real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{moved}?gracePeriodSeconds=0")
-    finally:
-        real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")
 
 
 def test_a_counter_with_limits_probes_and_mounted_config_moves(
         cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
-        plain_registry: RegistryUnderTest, source: dict[str, Any],
+        plain_registry: RegistryUnderTest, counter_image: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
     # What production pods carry: requests and limits (the restored process lands in the
     # new pod's cgroup), a ConfigMap and a Secret mounted (CRI-O's restore checks every
     # bind mount), readiness and liveness probes (verify waits for ready).
-    image = source["spec"]["containers"][0]["image"]
+    image = counter_image
     for path, body in (
             ("configmaps", {"metadata": {"name": "shaped"}, "data": {"mode": "fast"}}),
             ("secrets", {"metadata": {"name": "shaped"}, "stringData": {"key": "k"}})):
@@ -697,39 +714,34 @@ def test_a_counter_with_limits_probes_and_mounted_config_moves(
     container["readinessProbe"] = probe
     container["livenessProbe"] = {**probe, "periodSeconds": 2}
     monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
-    name = _start(real_cp, pod)
-    try:
-        with _moved_counting(cli, real_cp, plain_registry, name, node_b.name) as report:
-            status, moved = real_cp.api(
-                "GET", f"/api/v1/namespaces/default/pods/{report['destination_pod']}")
-            [moved_container] = moved["spec"]["containers"]
-            assert moved_container["resources"] == container["resources"]
-            assert {v["name"] for v in moved["spec"]["volumes"]} >= {"config", "secret"}
-            [ready] = moved["status"]["containerStatuses"]
-            assert ready["ready"] and ready["restartCount"] == 0
-            time.sleep(5)  # the liveness probe keeps passing: no restart
-            status, moved = real_cp.api(
-                "GET", f"/api/v1/namespaces/default/pods/{report['destination_pod']}")
-            assert moved["status"]["containerStatuses"][0]["restartCount"] == 0
-    finally:
-        real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")
+    with _started(real_cp, pod) as [name], \
+            _moved_counting(cli, real_cp, plain_registry, name, node_b.name) as report:
+        path = f"/api/v1/namespaces/default/pods/{report['destination_pod']}"
+        moved = real_cp.api("GET", path)[1]
+        [moved_container] = moved["spec"]["containers"]
+        assert moved_container["resources"] == container["resources"]
+        assert {v["name"] for v in moved["spec"]["volumes"]} >= {"config", "secret"}
+        [ready] = moved["status"]["containerStatuses"]
+        assert ready["ready"] and ready["restartCount"] == 0
+        time.sleep(5)  # the liveness probe keeps passing: no restart
+        assert real_cp.api("GET", path)[1]["status"]["containerStatuses"][0][
+            "restartCount"] == 0
 
 
 def test_a_destination_without_room_for_the_pod_is_refused_before_its_checkpoint(
         cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
-        plain_registry: RegistryUnderTest, source: dict[str, Any],
+        plain_registry: RegistryUnderTest, counter_image: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
     # A pod created with spec.nodeName skips the scheduler, and the kubelet rejects one
     # its node has no room for (OutOf<resource>). node-b's CPU is mostly taken.
-    image = source["spec"]["containers"][0]["image"]
+    image = counter_image
     _, found = real_cp.api("GET", f"/api/v1/nodes/{node_b.name}")
-    millis = int(parse_cpu(found["status"]["allocatable"]["cpu"]))
+    millis = _millicpu(found["status"]["allocatable"]["cpu"])
     filler = counter_pod("filler", image, secret=SECRET, node=node_b.name)
     filler["spec"]["containers"][0]["resources"] = {"requests": {"cpu": f"{millis - 300}m"}}
     big = counter_pod("big", image, secret=SECRET, node=node.name)
     big["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "500m"}}
-    names = [_start(real_cp, filler), _start(real_cp, big)]
-    try:
+    with _started(real_cp, filler, big):
         r = _migrate(cli, real_cp, plain_registry, "big", node_b.name)
         assert (r.code, r.out) == (6, ""), r.err  # nothing began: no run, no report
         first, hint = r.err.splitlines()
@@ -747,10 +759,7 @@ def test_a_destination_without_room_for_the_pod_is_refused_before_its_checkpoint
         assert "ended: Failed OutOfcpu Pod was rejected" in first
         assert hint == (f"hint: the kubelet of {node_b.name} had no room for it; make room "
                         "there or pick another node with --to")
-    finally:
-        for name in names:
-            real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")
 
 
-def parse_cpu(text: str) -> float:
-    return float(text[:-1]) if text.endswith("m") else float(text) * 1000
+def _millicpu(quantity: str) -> int:
+    return int(quantity[:-1]) if quantity.endswith("m") else int(float(quantity) * 1000)
