@@ -724,3 +724,22 @@ def test_only_the_emptydirs_of_the_moved_containers_are_named() -> None:
                         {"name": "shipper", "volumeMounts": [{"name": "logs", "mountPath": "/l"}]}]}}
     assert emptied_volumes(pod, ("app",)) == ("cache", "shm")
     assert emptied_volumes(pod, ("app", "shipper")) == ("cache", "logs", "shm")
+
+
+def test_a_user_who_may_not_list_the_nodes_pods_leaves_the_room_to_the_kubelet(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from migrate.errors import AuthError
+    from migrate.pipeline import preflight
+
+    def forbidden(*args: Any, **kw: Any) -> Any:
+        raise AuthError("pods is forbidden: cannot list resource pods at the cluster scope")
+
+    monkeypatch.setattr(preflight.kube, "list_pods", forbidden)
+    pod = {"metadata": {"name": "big", "namespace": "default"},
+           "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "64"}}}]}}
+    node = {"metadata": {"name": "node-b"}, "status": {"allocatable": {"cpu": "2"}}}
+    preflight.check_room(None, pod, node)  # type: ignore[arg-type]
+    monkeypatch.setattr(preflight.kube, "list_pods", lambda *a, **kw: [])
+    with pytest.raises(preflight.ClusterError, match="node node-b has no room for pod "
+                       "default/big: not enough cpu"):
+        preflight.check_room(None, pod, node)  # type: ignore[arg-type]

@@ -1,9 +1,13 @@
-"""Would this node take this pod? nodeSelector, required node affinity, taints.
+"""Would this node take this pod? nodeSelector, required node affinity, taints, and
+room for its requests.
 
 A restored pod is created with ``spec.nodeName`` set, which bypasses the
 scheduler: nothing in the cluster would stop a migration from putting a pod
-where its own spec says it must not run. So the tool checks what the
-scheduler would have checked, and refuses with the reason.
+where its own spec says it must not run, and only the kubelet's admission
+(OutOfcpu...) would stop one its node has no room for, after the checkpoint.
+So the tool checks what the scheduler would have checked, and refuses with the
+reason. `Load` counts a node's allocatable against the requests on it (the
+drain's placement adds the pods it sends there).
 """
 
 from __future__ import annotations
