@@ -763,3 +763,43 @@ def test_a_destination_without_room_for_the_pod_is_refused_before_its_checkpoint
 
 def _millicpu(quantity: str) -> int:
     return int(quantity[:-1]) if quantity.endswith("m") else int(float(quantity) * 1000)
+
+
+def test_a_restored_counter_that_dies_is_restored_again_from_the_nodes_copy(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
+        plain_registry: RegistryUnderTest, counter_image: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # docs/retention.md, read in CRI-O's and the kubelet's sources, proven here: a restart
+    # of a restored container is a new CreateContainer of the checkpoint image, so it comes
+    # back as the checkpoint caught it (not counting from 1, and not from where it died),
+    # from the node's copy of the image: --cleanup-image deleted the registry's.
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
+    with _started(real_cp, counter_pod("phoenix", counter_image, secret=SECRET,
+                                       node=node.name)) as [name]:
+        wait_for(lambda: len(_counts(real_cp, name)) >= 3, DEADLINE, f"{name} counting")
+        before = _counts(real_cp, name)[-1]
+        r = _migrate(cli, real_cp, plain_registry, name, node_b.name, "--cleanup-image")
+        assert r.code == 0, r.err
+        moved = r.json()["destination_pod"]
+        try:
+            assert [a["action"] for a in r.json()["actions"]].count("image deleted") == 1, \
+                r.json()["actions"]
+            path = f"/api/v1/namespaces/default/pods/{moved}"
+            [status] = real_cp.api("GET", path)[1]["status"]["containerStatuses"]
+            pid = node_b.crio_container(status["containerID"].removeprefix("cri-o://"))["pid"]
+            died_at = wait_for(lambda: (c := _counts(real_cp, moved)[-1]) >= before + 8 and c,
+                               DEADLINE, f"{moved} counting on")
+            killed = dt.datetime.now(dt.UTC)
+            os.kill(int(pid), 9)
+
+            def restarted() -> list[int] | None:
+                [s] = real_cp.api("GET", path)[1]["status"]["containerStatuses"]
+                log = _log_after(real_cp, moved, killed, 2) if s["restartCount"] == 1 else None
+                return counts("\n".join(line for t, line in log if t > killed)) if log else None
+
+            again = wait_for(restarted, DEADLINE, f"{moved} restarted")
+            # The checkpoint caught the count at `before` or a few seconds after (the pull
+            # and the POST before it): back to there, well before where it died.
+            assert before < again[0] < died_at, (before, died_at, again)
+        finally:
+            real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{moved}?gracePeriodSeconds=0")
