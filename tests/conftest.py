@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -106,3 +107,20 @@ def run_binary(args: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[st
     """Run the installed console script, as an operator would."""
     exe = Path(sys.executable).parent / "migrate"
     return subprocess.run([str(exe), *args], capture_output=True, text=True, **kw)
+
+
+def interrupt_at(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
+    """Make the migration's ``stage`` stop as Ctrl-C stops it, at its start."""
+    from migrate.pipeline import migration
+
+    def interrupted(run: migration.Run) -> dict[str, Any]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(migration.STAGE_FUNCTIONS, stage, interrupted)
+
+
+def journal_id_of(err: str) -> str:
+    """The id of the migration an interruption stopped, from what it said."""
+    found = re.search(r"migration (pod-\S+) interrupted", err)
+    assert found, err
+    return found[1]

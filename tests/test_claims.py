@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -30,7 +29,7 @@ from migrate.pipeline import claims, migration
 from migrate.pipeline.journal import Journal
 from migrate.settings import KubeSettings
 from tests.cluster import Kubectl, node_agents, wait_for
-from tests.conftest import Result
+from tests.conftest import Result, interrupt_at, journal_id_of
 from tests.registries import RegistryUnderTest
 from tests.test_migrate_pod import make_pod, pods
 
@@ -182,12 +181,6 @@ def test_a_conditional_claim_that_lost_the_race_reads_again_and_refuses(
     first.unlock()
 
 
-def _interrupt_at(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
-    def interrupted(run: migration.Run) -> dict[str, Any]:
-        raise KeyboardInterrupt
-
-    monkeypatch.setitem(migration.STAGE_FUNCTIONS, stage, interrupted)
-
 
 def test_an_interrupted_run_holds_its_pod_until_rolled_back(
         migrate: Callable[..., Result], cli: Cli, cluster: Cluster, v1: client.CoreV1Api,
@@ -195,10 +188,10 @@ def test_an_interrupted_run_holds_its_pod_until_rolled_back(
     pod = make_pod(v1, "held")
     original = pod.metadata.annotations
     with monkeypatch.context() as m:
-        _interrupt_at(m, "verify")
+        interrupt_at(m, "verify")
         r = migrate("held", "--to", "node-b")
     assert r.code == 130
-    held = re.search(r"migration (pod-\S+) interrupted", r.err)[1]  # type: ignore[index]
+    held = journal_id_of(r.err)
     assert annotations(v1, "held") == {**original, CLAIM: held}
     for extra in ((), ("--dry-run",)):  # refused before anything moves, as preflight
         r = migrate("held", "--to", "node-c", *extra)

@@ -35,7 +35,7 @@ from migrate.pipeline.drain.plan import BARE_POD
 from migrate.pipeline.journal import Journal
 from migrate.validation import validate
 from tests.cluster import api_client, node_agents, wait_for
-from tests.conftest import Result
+from tests.conftest import Result, interrupt_at, journal_id_of
 from tests.registries import RegistryUnderTest
 
 Cli = Callable[..., Result]
@@ -413,12 +413,6 @@ def test_a_transient_failure_is_retried(drain: Callable[..., Result], cluster: C
     assert (flaky["outcome"], flaky["attempts"], len(flaky["journals"])) == ("migrated", 2, 2)
 
 
-def _interrupt_at(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
-    def interrupted(run: migration.Run) -> dict[str, Any]:
-        raise KeyboardInterrupt
-
-    monkeypatch.setitem(migration.STAGE_FUNCTIONS, stage, interrupted)
-
 
 def test_an_interrupted_drain_resumes(drain: Callable[..., Result], cli: Cli,
                                       cluster: Cluster, monkeypatch: pytest.MonkeyPatch,
@@ -426,7 +420,7 @@ def test_an_interrupted_drain_resumes(drain: Callable[..., Result], cli: Cli,
     for name in ("r1", "r2", "r3"):
         cluster.pod(name)
     with monkeypatch.context() as m:
-        _interrupt_at(m, "verify")
+        interrupt_at(m, "verify")
         r = drain(cluster, "node-a", "--concurrency", "1")
     assert r.code == 130, r.err
     drain_id = re.search(r"drain (drain-\S+) interrupted", r.err)[1]  # type: ignore[index]
@@ -520,7 +514,7 @@ def _drain_stopped_after_its_switch_over(drain: Callable[..., Result], cluster: 
     """Drain node-a of one pod, interrupted when its run begins its clean-up; the id."""
     cluster.pod(pod)
     with monkeypatch.context() as m:
-        _interrupt_at(m, "cleanup")
+        interrupt_at(m, "cleanup")
         r = drain(cluster, "node-a", "-o", "json")
     assert r.code == 130, r.err
     return re.search(r"drain (drain-\S+) interrupted", r.err)[1]  # type: ignore[index]
@@ -659,11 +653,11 @@ def test_a_pod_another_migration_claims_is_blocked_not_moved_twice(
     claimed = cluster.pod("claimed")
     cluster.pod("free")
     with monkeypatch.context() as m:  # a `migrate pod` run of it, interrupted
-        _interrupt_at(m, "verify")
+        interrupt_at(m, "verify")
         r = cli("pod", "claimed", "--to", "node-b", "--kubeconfig", cluster.nodes.kubeconfig,
                 "--registry", f"{plain_registry.host}/drains", "--no-tls-verify")
     assert r.code == 130
-    holder = re.search(r"migration (pod-\S+) interrupted", r.err)[1]  # type: ignore[index]
+    holder = journal_id_of(r.err)
     reason = f"claimed by migration {holder}, which was interrupted"
     r = drain(cluster, "node-a", "--dry-run", "-o", "json")
     assert {p["name"]: (p["action"], p["reason"]) for p in r.json()["pods"]} == {

@@ -31,12 +31,12 @@ from e2e.cluster.launcher import ControlPlane
 from e2e.cluster.world import Cluster
 from e2e.nodes import NodeConfig, RegistryConfig
 from e2e.nodes.checkpoints import CHECKPOINT_DIR
-from migrate.pipeline import claims, migration
+from migrate.pipeline import claims
 from migrate.pipeline.drain.plan import BARE_POD
 from migrate.pipeline.journal import Journal
 from migrate.validation import validate
 from tests.cluster import Kubectl, api_client, node_agents, wait_for
-from tests.conftest import Result, run_binary
+from tests.conftest import Result, interrupt_at, journal_id_of, run_binary
 from tests.registries import RegistryUnderTest
 from tests.test_migrate_pod import assert_untouched, make_pod, pods
 
@@ -107,17 +107,6 @@ def lines(r: Result) -> list[str]:
     return r.err.splitlines()
 
 
-def journal_id_of(err: str) -> str:
-    found = re.search(r"migration (pod-\S+) interrupted", err)
-    assert found, err
-    return found[1]
-
-
-def interrupt_at(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
-    def interrupted(run: migration.Run) -> dict[str, Any]:
-        raise KeyboardInterrupt
-
-    monkeypatch.setitem(migration.STAGE_FUNCTIONS, stage, interrupted)
 
 
 # -- 1. the default build location: decided, and proved, before the checkpoint ----------------

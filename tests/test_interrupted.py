@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from e2e.nodes import RegistryConfig
 from migrate.pipeline import migration, switchover
 from migrate.pipeline.journal import Journal
 from tests.cluster import node_agents, wait_for
-from tests.conftest import Result
+from tests.conftest import Result, interrupt_at, journal_id_of
 from tests.registries import RegistryUnderTest
 from tests.test_migrate_pod import assert_untouched, make_pod, pods
 
@@ -67,11 +66,6 @@ def journal(journal_id: str) -> Journal:
 def stages(journal_id: str) -> dict[str, tuple[str, str | None]]:
     return {s.name: (s.status, s.error) for s in journal(journal_id).stages}
 
-
-def journal_id_of(err: str) -> str:
-    found = re.search(r"migration (pod-\S+) interrupted", err)
-    assert found, err
-    return found[1]
 
 
 def interrupted_lines(journal_id: str, why: str = "interrupted by SIGTERM") -> list[str]:
@@ -208,19 +202,13 @@ def test_a_killed_run_reads_as_interrupted(cli: Cli, cluster: Cluster, v1: clien
     assert r.json()["outcome"] == "succeeded"
 
 
-def _interrupt_at(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
-    def interrupted(run: migration.Run) -> dict[str, Any]:
-        raise KeyboardInterrupt
-
-    monkeypatch.setitem(migration.STAGE_FUNCTIONS, stage, interrupted)
-
 
 def test_resume_reaches_a_plain_http_registry_as_the_run_did(
         cli: Cli, cluster: Cluster, v1: client.CoreV1Api, plain_registry: RegistryUnderTest,
         monkeypatch: pytest.MonkeyPatch) -> None:
     make_pod(v1, "plain-resume")
     with monkeypatch.context() as m:
-        _interrupt_at(m, "build")
+        interrupt_at(m, "build")
         r = cli(*plain(cluster, plain_registry, "plain-resume"))
     assert r.code == 130
     journal_id = journal_id_of(r.err)
@@ -249,7 +237,7 @@ def test_resume_reaches_a_registry_needing_credentials(
         "auth": base64.b64encode(str(reg.creds).encode()).decode()}}}))
     given = ["--creds", str(reg.creds)] if login == "creds" else ["--authfile", str(authfile)]
     with monkeypatch.context() as m:
-        _interrupt_at(m, "build")
+        interrupt_at(m, "build")
         r = cli("pod", name, "--to", "node-b", "--kubeconfig", cluster.kubeconfig, "--registry",
                 f"{reg.host}/interrupted", "--cert-dir", reg.cert_dir, "--timeout", "30",
                 *given)
@@ -286,7 +274,7 @@ def test_resume_options_win_over_the_journal(cli: Cli, cluster: Cluster, v1: cli
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     pod = make_pod(v1, "override")
     with monkeypatch.context() as m:
-        _interrupt_at(m, "build")
+        interrupt_at(m, "build")
         r = cli(*plain(cluster, plain_registry, "override"))
     journal_id = journal_id_of(r.err)
     # --tls-verify against a plain-HTTP registry: the resume fails as that says, and
@@ -341,7 +329,7 @@ def test_a_run_interrupted_before_an_upgrade_resumes_after_it(
     in the current version."""
     make_pod(v1, "upgraded")
     with monkeypatch.context() as m:
-        _interrupt_at(m, "verify")
+        interrupt_at(m, "verify")
         r = cli(*plain(cluster, plain_registry, "upgraded"))
     assert r.code == 130, r.err
     journal_id = journal_id_of(r.err)

@@ -8,7 +8,6 @@ there, running, on its node, and nothing the run created is left.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from migrate.pipeline import migration
 from migrate.pipeline.migration import create as create_stage
 from migrate.validation import validate
 from tests.cluster import api_client, node_agents, wait_for
-from tests.conftest import Result
+from tests.conftest import Result, interrupt_at, journal_id_of
 from tests.registries import RegistryUnderTest, push_app_image
 
 Cli = Callable[..., Result]
@@ -278,22 +277,16 @@ def test_missing_bind_mount_is_refused_and_rolled_back(
     assert_untouched(v1, "nomount", pod.metadata.uid)
 
 
-def _interrupt_at(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
-    def interrupted(run: migration.Run) -> dict[str, Any]:
-        raise KeyboardInterrupt
-
-    monkeypatch.setitem(migration.STAGE_FUNCTIONS, stage, interrupted)
-
 
 def test_an_interrupted_run_resumes(migrate: Callable[..., Result], cli: Cli, cluster: Cluster,
                                     v1: client.CoreV1Api,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     make_pod(v1, "resumed")
     with monkeypatch.context() as m:
-        _interrupt_at(m, "verify")
+        interrupt_at(m, "verify")
         r = migrate("resumed", "--to", "node-b")
     assert r.code == 130
-    journal_id = re.search(r"migration (pod-\S+) interrupted", r.err)[1]  # type: ignore[index]
+    journal_id = journal_id_of(r.err)
     assert f"`migrate resume {journal_id}` continues it" in r.err
     history = {h["id"]: h for h in cli("history", "-o", "json").json()}
     assert history[journal_id]["outcome"] == "interrupted"
@@ -313,10 +306,10 @@ def test_rollback_undoes_an_interrupted_run(migrate: Callable[..., Result], cli:
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     pod = make_pod(v1, "undone")
     with monkeypatch.context() as m:
-        _interrupt_at(m, "switchover")
+        interrupt_at(m, "switchover")
         r = migrate("undone", "--to", "node-b")
     assert r.code == 130
-    journal_id = re.search(r"migration (pod-\S+) interrupted", r.err)[1]  # type: ignore[index]
+    journal_id = journal_id_of(r.err)
     assert any(n.startswith("undone-restored") for n in pods(v1))
     r = cli("rollback", journal_id, "--kubeconfig", cluster.kubeconfig, "-o", "json")
     assert r.code == 0, r.err
@@ -698,7 +691,7 @@ def test_a_run_interrupted_while_pulling_resumes_without_leaving_the_pre_pull_po
         r = migrate("halfway", "--to", "node-b")
     assert r.code == 130
     assert len(prepull_pods(v1)) == 1
-    journal_id = re.search(r"migration (pod-\S+) interrupted", r.err)[1]  # type: ignore[index]
+    journal_id = journal_id_of(r.err)
     r = cli("resume", journal_id, "--kubeconfig", cluster.kubeconfig, "-o", "json")
     assert r.code == 0, r.err
     # The interrupted pre-pull pod had pulled it already: the node lists it now, or the
