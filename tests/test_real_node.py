@@ -42,7 +42,7 @@ from e2e.cluster.launcher import ControlPlane
 from e2e.real.counter import counter_pod, counts, push_counter_image
 from migrate.pipeline.drain.plan import BARE_POD
 from tests.cluster import Kubectl, api_client, require_cluster, wait_for
-from tests.conftest import Result
+from tests.conftest import Result, interrupt_at, journal_id_of
 from tests.real import criu_config, kubelet_checkpoint, pod_log, require, start_pod
 from tests.registries import RegistryUnderTest
 
@@ -801,5 +801,34 @@ def test_a_restored_counter_that_dies_is_restored_again_from_the_nodes_copy(
             # The checkpoint caught the count at `before` or a few seconds after (the pull
             # and the POST before it): back to there, well before where it died.
             assert before < again[0] < died_at, (before, died_at, again)
+        finally:
+            real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{moved}?gracePeriodSeconds=0")
+
+
+def test_a_run_interrupted_before_its_switch_over_resumes_between_real_nodes(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
+        plain_registry: RegistryUnderTest, counter_image: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Stopped once the restored counter runs on node-b, beside its source; `migrate resume`
+    # switches over: the source goes, the restored one counts on.
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
+    with _started(real_cp, counter_pod("paused", counter_image, secret=SECRET,
+                                       node=node.name)) as [name]:
+        wait_for(lambda: len(_counts(real_cp, name)) >= 2, DEADLINE, f"{name} counting")
+        with monkeypatch.context() as m:
+            interrupt_at(m, "switchover")
+            r = _migrate(cli, real_cp, plain_registry, name, node_b.name)
+        assert r.code == 130, r.err
+        run = journal_id_of(r.err)
+        moved = r.json()["destination_pod"]
+        try:
+            assert _running(real_cp, name) and _running(real_cp, moved)
+            r = cli("resume", run, "--kubeconfig", real_cp.admin_kubeconfig, "-o", "json")
+            assert r.code == 0, r.err
+            assert r.json()["outcome"] == "succeeded"
+            assert real_cp.api("GET", f"/api/v1/namespaces/default/pods/{name}")[0] == 404
+            counted = len(_counts(real_cp, moved))
+            wait_for(lambda: len(_counts(real_cp, moved)) > counted, DEADLINE,
+                     f"{moved} counting on")
         finally:
             real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{moved}?gracePeriodSeconds=0")
