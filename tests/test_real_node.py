@@ -110,7 +110,7 @@ def source(real_cp: ControlPlane, node: realnode.RealNode, plain_registry: Regis
                                tmp_path_factory.mktemp("counter"))
     pod = counter_pod(POD, image, secret=SECRET, node=node.name)
     _start(real_cp, pod)
-    wait_for(lambda: len(_counts(real_cp, POD)) >= 2, DEADLINE, f"{POD} counting")
+    _counting(real_cp, POD)
     yield pod
     real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{POD}?gracePeriodSeconds=0")
 
@@ -316,6 +316,10 @@ def _start(cp: ControlPlane, pod: dict[str, Any]) -> str:
     return str(start_pod(cp, pod)["metadata"]["name"])
 
 
+def _delete(cp: ControlPlane, name: str) -> None:
+    cp.api("DELETE", f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")
+
+
 @contextlib.contextmanager
 def _started(cp: ControlPlane, *pods: dict[str, Any]) -> Iterator[list[str]]:
     """Start ``pods`` (each running before the next); their names. Deleted afterwards."""
@@ -326,7 +330,23 @@ def _started(cp: ControlPlane, *pods: dict[str, Any]) -> Iterator[list[str]]:
         yield names
     finally:
         for name in names:
-            cp.api("DELETE", f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")
+            _delete(cp, name)
+
+
+@contextlib.contextmanager
+def _deleted_after(cp: ControlPlane, name: str) -> Iterator[str]:
+    """``name``, a pod deleted when the block ends."""
+    try:
+        yield name
+    finally:
+        _delete(cp, name)
+
+
+def _counting(cp: ControlPlane, name: str, lines: int = 2) -> list[int]:
+    """The pod's counts once it has printed ``lines`` of them."""
+    found: list[int] = wait_for(lambda: len(c := _counts(cp, name)) >= lines and c, DEADLINE,
+                                f"{name} counting")
+    return found
 
 
 def _migrate(cli: Cli, cp: ControlPlane, registry: RegistryUnderTest, pod: str,
@@ -340,7 +360,7 @@ def _moved_counting(cli: Cli, cp: ControlPlane, registry: RegistryUnderTest, nam
                     to: str) -> Iterator[dict[str, Any]]:
     """Migrate the counter ``name`` to ``to``; it counts on there from where it was. Yields
     the report; the restored pod is deleted afterwards."""
-    wait_for(lambda: len(_counts(cp, name)) >= 2, DEADLINE, f"{name} counting")
+    _counting(cp, name)
     before = _counts(cp, name)[-1]
     started = dt.datetime.now(dt.UTC)
     r = _migrate(cli, cp, registry, name, to)
@@ -360,7 +380,7 @@ def _moved_counting(cli: Cli, cp: ControlPlane, registry: RegistryUnderTest, nam
         assert whole == list(range(1, len(whole) + 1)), whole
         yield report
     finally:
-        cp.api("DELETE", f"/api/v1/namespaces/default/pods/{moved}?gracePeriodSeconds=0")
+        _delete(cp, moved)
 
 
 def test_migrate_pod_pulls_the_base_image_on_a_node_without_it(
@@ -375,12 +395,10 @@ def test_migrate_pod_pulls_the_base_image_on_a_node_without_it(
     image = push_counter_image(plain_registry.host, "stretch/unpulled", "1", tmp_path,
                                env=("UNPULLED=1",))
     monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
-    name = _start(real_cp, counter_pod("unpulled", image, secret=SECRET, node=node.name))
-    try:
-        with _moved_counting(cli, real_cp, plain_registry, name, node_b.name) as report:
-            pass
-    finally:
-        real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")
+    with _started(real_cp, counter_pod("unpulled", image, secret=SECRET, node=node.name)
+                  ) as [name], _moved_counting(cli, real_cp, plain_registry, name,
+                                               node_b.name) as report:
+        pass
     [(pulled, seconds)] = report["base_images"].items()
     assert pulled.startswith(image.rsplit(":", 1)[0] + "@sha256:") and seconds > 0
     assert [a["node"] for a in report["actions"] if a["action"] == "base image pulled"] == \
@@ -669,8 +687,7 @@ def test_every_container_of_a_real_pod_with_an_init_container_moves(
         started = dt.datetime.now(dt.UTC)
         r = _migrate(cli, real_cp, plain_registry, name, node_b.name, "--all-containers")
         assert r.code == 0, r.err
-        moved = r.json()["destination_pod"]
-        try:
+        with _deleted_after(real_cp, r.json()["destination_pod"]) as moved:
             restored = real_cp.api("GET", f"/api/v1/namespaces/default/pods/{moved}")[1]
             assert "initContainers" not in restored["spec"]  # it had run
             # What the init container wrote into the emptyDir stays behind: a checkpoint
@@ -683,8 +700,6 @@ def test_every_container_of_a_real_pod_with_an_init_container_moves(
                 whole = counts("\n".join(line for _, line in log))
                 assert whole == list(range(1, len(whole) + 1)), (c, whole)
                 assert whole[-1] > before[c], (c, before[c], whole)
-        finally:
-            real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{moved}?gracePeriodSeconds=0")
 
 
 def test_a_counter_with_limits_probes_and_mounted_config_moves(
@@ -776,12 +791,11 @@ def test_a_restored_counter_that_dies_is_restored_again_from_the_nodes_copy(
     monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
     with _started(real_cp, counter_pod("phoenix", counter_image, secret=SECRET,
                                        node=node.name)) as [name]:
-        wait_for(lambda: len(_counts(real_cp, name)) >= 3, DEADLINE, f"{name} counting")
+        _counting(real_cp, name, 3)
         before = _counts(real_cp, name)[-1]
         r = _migrate(cli, real_cp, plain_registry, name, node_b.name, "--cleanup-image")
         assert r.code == 0, r.err
-        moved = r.json()["destination_pod"]
-        try:
+        with _deleted_after(real_cp, r.json()["destination_pod"]) as moved:
             assert [a["action"] for a in r.json()["actions"]].count("image deleted") == 1, \
                 r.json()["actions"]
             path = f"/api/v1/namespaces/default/pods/{moved}"
@@ -801,8 +815,6 @@ def test_a_restored_counter_that_dies_is_restored_again_from_the_nodes_copy(
             # The checkpoint caught the count at `before` or a few seconds after (the pull
             # and the POST before it): back to there, well before where it died.
             assert before < again[0] < died_at, (before, died_at, again)
-        finally:
-            real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{moved}?gracePeriodSeconds=0")
 
 
 def test_a_run_interrupted_before_its_switch_over_resumes_between_real_nodes(
@@ -814,21 +826,17 @@ def test_a_run_interrupted_before_its_switch_over_resumes_between_real_nodes(
     monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
     with _started(real_cp, counter_pod("paused", counter_image, secret=SECRET,
                                        node=node.name)) as [name]:
-        wait_for(lambda: len(_counts(real_cp, name)) >= 2, DEADLINE, f"{name} counting")
+        _counting(real_cp, name)
         with monkeypatch.context() as m:
             interrupt_at(m, "switchover")
             r = _migrate(cli, real_cp, plain_registry, name, node_b.name)
         assert r.code == 130, r.err
         run = journal_id_of(r.err)
-        moved = r.json()["destination_pod"]
-        try:
+        with _deleted_after(real_cp, r.json()["destination_pod"]) as moved:
             assert _running(real_cp, name) and _running(real_cp, moved)
             r = cli("resume", run, "--kubeconfig", real_cp.admin_kubeconfig, "-o", "json")
             assert r.code == 0, r.err
             assert r.json()["outcome"] == "succeeded"
             assert real_cp.api("GET", f"/api/v1/namespaces/default/pods/{name}")[0] == 404
             counted = len(_counts(real_cp, moved))
-            wait_for(lambda: len(_counts(real_cp, moved)) > counted, DEADLINE,
-                     f"{moved} counting on")
-        finally:
-            real_cp.api("DELETE", f"/api/v1/namespaces/default/pods/{moved}?gracePeriodSeconds=0")
+            _counting(real_cp, moved, counted + 1)
