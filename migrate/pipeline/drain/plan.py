@@ -159,15 +159,17 @@ def _unmovable(source: Obj | None) -> str:
         f"{source['metadata']['name']} cannot be a source: {runtime.source_reason}"
 
 
-def _instead_of_migrating(e: PodPlan, why: str, req: DrainRequest) -> None:
-    """A pod to migrate that cannot (``why``): evicted with --evict-rest, unless it is a bare
-    pod and there is no --force; left blocked otherwise."""
+def _evict(e: PodPlan, why: str, req: DrainRequest, *, instead: bool = False) -> None:
+    """Evict ``e`` for ``why`` as the options allow. ``instead``: it was to migrate and
+    cannot. --skip-rest leaves it on the node (blocked if it was to migrate: that is not
+    done); a bare pod stays blocked without --force (nothing would start it again)."""
     if not req.evict_rest:
-        e.action, e.reason = BLOCKED, why
+        e.action, e.reason = (BLOCKED, why) if instead else \
+            (SKIP, f"left on the node (--skip-rest): {why}")
     elif e.owner is None and not req.force:
         e.action, e.reason = BLOCKED, f"{why}; {BARE_POD}"
     else:
-        e.action, e.reason = EVICT, f"{why}; evicted instead (--evict-rest)"
+        e.action, e.reason = EVICT, f"{why}; evicted instead (--evict-rest)" if instead else why
 
 
 def make_plan(snap: Snapshot, req: DrainRequest,
@@ -184,10 +186,8 @@ def make_plan(snap: Snapshot, req: DrainRequest,
         if e.uid in (claimed or {}) and e.action != SKIP:
             e.action, e.reason = BLOCKED, (claimed or {})[e.uid]
     for e in entries:
-        if e.action == EVICT and not req.evict_rest:
-            e.action, e.reason = SKIP, f"left on the node (--skip-rest): {e.reason}"
-        elif e.action == EVICT and e.owner is None and not req.force:
-            e.action, e.reason = BLOCKED, f"{e.reason}; {BARE_POD}"
+        if e.action == EVICT:
+            _evict(e, e.reason, req)
     by_node: dict[str, list[Obj]] = defaultdict(list)
     for pod in snap.running:
         by_node[(pod.get("spec") or {}).get("nodeName") or ""].append(pod)
@@ -197,7 +197,7 @@ def make_plan(snap: Snapshot, req: DrainRequest,
     if unmovable:  # nothing leaves this node with its memory: the rest as if nowhere fit
         for e in entries:
             if e.action == MIGRATE:
-                _instead_of_migrating(e, unmovable, req)
+                _evict(e, unmovable, req, instead=True)
     movers = [p for p, e in zip(snap.on_node, entries, strict=True) if e.action == MIGRATE]
     nowhere = place.NOWHERE + (f" among the nodes --to-selector {req.to_selector} "
                                "selects" if req.to_selector else "")
@@ -206,7 +206,7 @@ def make_plan(snap: Snapshot, req: DrainRequest,
         if e.action == MIGRATE:
             e.destination, why = placed[e.uid]
             if e.destination is None:
-                _instead_of_migrating(e, why, req)
+                _evict(e, why, req, instead=True)
     order = {MIGRATE: 0, EVICT: 1, BLOCKED: 2, SKIP: 3}
     return sorted(entries, key=lambda e: (order[e.action], e.namespace, e.name))
 
