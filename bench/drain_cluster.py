@@ -109,6 +109,10 @@ class DrainCluster:
         items: list[Obj] = json.loads(resp.data)["items"]
         return items
 
+    def _node(self, name: str) -> Obj:
+        node: Obj = json.loads(self.core.read_node(name, _preload_content=False).data)
+        return node
+
     def _cordon(self, nodes: list[str], on: bool) -> None:
         for node in nodes:
             self.core.patch_node(node, {"spec": {"unschedulable": True if on else None}},
@@ -137,6 +141,11 @@ class DrainCluster:
                                and p["spec"].get("nodeName") == node]) == population.pods)
         finally:
             self._cordon(others, False)
+        # The node lifecycle controller takes its unschedulable taint away a moment after
+        # the uncordon; a drain planned before then finds no destination.
+        _poll("the unschedulable taints to go", lambda: not any(
+            t.get("key") == "node.kubernetes.io/unschedulable"
+            for n in others for t in self._node(n).get("spec", {}).get("taints") or []))
         if population.max_unavailable and population.deployments:
             _poll("every budget's status from the disruption controller", lambda: all(
                 (b.get("status") or {}).get("disruptionsAllowed") == population.max_unavailable

@@ -41,11 +41,12 @@ from e2e.cluster import binaries, nodehost
 from e2e.cluster.launcher import ControlPlane, control_plane
 from e2e.cluster.world import Cluster
 
-__all__ = ["Kubectl", "api_client", "empty_namespace", "node_agents", "require_cluster",
-           "wait_for"]
+__all__ = ["Kubectl", "api_client", "cordoned", "empty_namespace", "node_agents",
+           "require_cluster", "wait_for"]
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 DEADLINE = 60.0
+UNSCHEDULABLE_TAINT = "node.kubernetes.io/unschedulable"
 
 
 def require_cluster(reason: str | None) -> None:
@@ -166,6 +167,26 @@ def empty_namespace(api: client.ApiClient, namespace: str) -> None:
 
     wait_for(no_pods, what=f"the pods of namespace {namespace} to be gone")
     core.delete_collection_namespaced_event(namespace)
+
+
+@contextlib.contextmanager
+def cordoned(v1: client.CoreV1Api, nodes: list[str] | tuple[str, ...]) -> Iterator[None]:
+    """`nodes` unschedulable for the block (the scheduler spreads pods: a test that wants
+    them on one node cordons the others), then schedulable again. On the way out it waits
+    for the node lifecycle controller to take away the taint it gave the cordoned nodes
+    (node.kubernetes.io/unschedulable): until then the scheduler, and migrate's own
+    placement, still refuse them (a drain planned in that window once evicted what it
+    should have migrated)."""
+    for node in nodes:
+        v1.patch_node(node, {"spec": {"unschedulable": True}})
+    try:
+        yield
+    finally:
+        for node in nodes:
+            v1.patch_node(node, {"spec": {"unschedulable": None}})
+    wait_for(lambda: not any(t.key == UNSCHEDULABLE_TAINT for node in nodes
+                             for t in v1.read_node(node).spec.taints or []),
+             what=f"the {UNSCHEDULABLE_TAINT} taint to leave {', '.join(nodes)}")
 
 
 @contextlib.contextmanager

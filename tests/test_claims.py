@@ -28,7 +28,7 @@ from migrate.errors import ConflictError
 from migrate.pipeline import claims, migration
 from migrate.pipeline.journal import Journal
 from migrate.settings import KubeSettings
-from tests.cluster import Kubectl, node_agents, wait_for
+from tests.cluster import Kubectl, cordoned, node_agents, wait_for
 from tests.conftest import Result, interrupt_at, journal_id_of
 from tests.registries import RegistryUnderTest
 from tests.test_migrate_pod import make_pod, pods
@@ -89,17 +89,14 @@ def annotate(v1: client.CoreV1Api, name: str, value: str | None) -> None:
 def deployment_pod(api: client.ApiClient, v1: client.CoreV1Api, name: str) -> Any:
     """A one-replica Deployment whose pod runs on node-a."""
     apps = client.AppsV1Api(api)
-    for node in NODES[1:]:  # the scheduler spreads pods: only node-a takes this one
-        v1.patch_node(node, {"spec": {"unschedulable": True}})
-    apps.create_namespaced_deployment("default", {
-        "metadata": {"name": name},
-        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
-                 "template": {"metadata": {"labels": {"app": name}}, "spec": {
-                     "containers": [{"name": "web", "image": "quay.io/example/web:1"}]}}}})
-    pod = wait_for(lambda: next((p for p in running(v1, f"app={name}")), None),
-                   what=f"{name}'s pod")
-    for node in NODES[1:]:
-        v1.patch_node(node, {"spec": {"unschedulable": None}})
+    with cordoned(v1, NODES[1:]):  # the scheduler spreads pods: only node-a takes this one
+        apps.create_namespaced_deployment("default", {
+            "metadata": {"name": name},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}}, "spec": {
+                         "containers": [{"name": "web", "image": "quay.io/example/web:1"}]}}}})
+        pod = wait_for(lambda: next((p for p in running(v1, f"app={name}")), None),
+                       what=f"{name}'s pod")
     assert pod.spec.node_name == "node-a"
     return pod
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client
 
 from e2e.cluster.launcher import ControlPlane
 from e2e.cluster.world import Cluster
@@ -18,7 +19,7 @@ from e2e.nodes import NodeConfig
 from migrate.pipeline import nodes
 from migrate.pipeline.doctor import _gate
 from migrate.validation import validate
-from tests.cluster import node_agents
+from tests.cluster import api_client, cordoned, node_agents
 from tests.conftest import Result
 from tests.registries import RegistryUnderTest
 
@@ -100,17 +101,9 @@ def test_a_node_not_ready_is_not_asked_about_its_pulls(cli: Cli, cluster: Cluste
 
 
 def test_cordoned_node_is_a_warning(cli: Cli, cluster: Cluster) -> None:
-    from tests.cluster import api_client
-
-    with api_client(cluster.kubeconfig) as api:
-        from kubernetes import client
-
-        client.CoreV1Api(api).patch_node("node-b", {"spec": {"unschedulable": True}})
-        try:
-            got = rows(cli("doctor", "--kubeconfig", cluster.kubeconfig, "--node", "node-b",
-                           "-o", "json"))
-        finally:
-            client.CoreV1Api(api).patch_node("node-b", {"spec": {"unschedulable": False}})
+    with api_client(cluster.kubeconfig) as api, cordoned(client.CoreV1Api(api), ["node-b"]):
+        got = rows(cli("doctor", "--kubeconfig", cluster.kubeconfig, "--node", "node-b",
+                       "-o", "json"))
     status, detail, hint = got["node node-b: schedulable"]
     assert (status, detail.split(",")[0]) == ("WARN", "cordoned")
     assert "uncordon" in hint

@@ -34,7 +34,7 @@ from migrate.pipeline import migration
 from migrate.pipeline.drain.plan import BARE_POD
 from migrate.pipeline.journal import Journal
 from migrate.validation import validate
-from tests.cluster import api_client, node_agents, wait_for
+from tests.cluster import api_client, cordoned, node_agents, wait_for
 from tests.conftest import Result, interrupt_at, journal_id_of
 from tests.registries import RegistryUnderTest
 
@@ -124,14 +124,10 @@ class Cluster:
 
     def _on_node_a(self, create: Callable[[], Any], selector: str, count: int) -> list[Any]:
         # The scheduler spreads pods: cordon the other nodes while it places these.
-        others = [n for n in NODES if n != "node-a"]
-        for n in others:
-            self.v1.patch_node(n, {"spec": {"unschedulable": True}})
-        create()
-        pods = wait_for(lambda: len(running := self.running(selector)) == count and running,
-                        what=f"{count} pod(s) {selector}")
-        for n in others:
-            self.v1.patch_node(n, {"spec": {"unschedulable": None}})
+        with cordoned(self.v1, [n for n in NODES if n != "node-a"]):
+            create()
+            pods = wait_for(lambda: len(running := self.running(selector)) == count
+                            and running, what=f"{count} pod(s) {selector}")
         assert {p.spec.node_name for p in pods} == {"node-a"}
         return list(pods)
 

@@ -21,7 +21,7 @@ from e2e.nodes import NodeConfig, RegistryConfig
 from migrate.pipeline import migration
 from migrate.pipeline.migration import create as create_stage
 from migrate.validation import validate
-from tests.cluster import api_client, node_agents, wait_for
+from tests.cluster import api_client, cordoned, node_agents, wait_for
 from tests.conftest import Result, interrupt_at, journal_id_of
 from tests.registries import RegistryUnderTest, push_app_image
 
@@ -349,20 +349,18 @@ def test_a_deployment_pod_is_handed_over_to_its_replicaset(
             "sim.migrate.dev/processes": json.dumps([{"argv": ["/web"], "heap": SECRET}])}},
             "spec": {"containers": [{"name": "web", "image": "quay.io/example/web:1"}],
                      "nodeSelector": {}}}
-        # Off the containerd node: CRI-O cannot restore its checkpoints (preflight says so).
-        v1.patch_node("node-c", {"spec": {"unschedulable": True}})
-        apps.create_namespaced_deployment("default", {
-            "metadata": {"name": "web"},
-            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
-                     "template": template}})
-
         def web_pods() -> list[Any]:
             return [p for p in v1.list_namespaced_pod("default", label_selector="app=web").items
                     if not p.metadata.deletion_timestamp]
 
-        running = wait_for(lambda: (ps := web_pods()) and len(ps) == 2 and all(
-            p.status.phase == "Running" for p in ps) and ps, what="2 web pods")
-        v1.patch_node("node-c", {"spec": {"unschedulable": None}})
+        # Off the containerd node: CRI-O cannot restore its checkpoints (preflight says so).
+        with cordoned(v1, ["node-c"]):
+            apps.create_namespaced_deployment("default", {
+                "metadata": {"name": "web"},
+                "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                         "template": template}})
+            running = wait_for(lambda: (ps := web_pods()) and len(ps) == 2 and all(
+                p.status.phase == "Running" for p in ps) and ps, what="2 web pods")
         source = next((p for p in running if p.spec.node_name == "node-a"), running[0])
         to = "node-b" if source.spec.node_name == "node-a" else "node-a"
         rs_name = source.metadata.owner_references[0].name
@@ -469,18 +467,16 @@ def test_a_deployment_pod_stays_when_the_destination_goes_not_ready(
         monkeypatch: pytest.MonkeyPatch) -> None:
     with api_client(cluster.kubeconfig) as api:
         apps = client.AppsV1Api(api)
-        for node in ("node-b", "node-c", "node-d"):  # only node-a takes the pod
-            v1.patch_node(node, {"spec": {"unschedulable": True}})
-        apps.create_namespaced_deployment("default", {
-            "metadata": {"name": "steady"},
-            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "steady"}},
-                     "template": {"metadata": {"labels": {"app": "steady"}}, "spec": {
-                         "containers": [{"name": "web", "image": "quay.io/example/web:1"}]}}}})
-        source = wait_for(lambda: next((p for p in v1.list_namespaced_pod(
-            "default", label_selector="app=steady").items if p.status.phase == "Running"),
-            None), what="steady's pod")
-        for node in ("node-b", "node-c", "node-d"):
-            v1.patch_node(node, {"spec": {"unschedulable": None}})
+        with cordoned(v1, ["node-b", "node-c", "node-d"]):  # only node-a takes the pod
+            apps.create_namespaced_deployment("default", {
+                "metadata": {"name": "steady"},
+                "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "steady"}},
+                         "template": {"metadata": {"labels": {"app": "steady"}}, "spec": {
+                             "containers": [{"name": "web",
+                                             "image": "quay.io/example/web:1"}]}}}})
+            source = wait_for(lambda: next((p for p in v1.list_namespaced_pod(
+                "default", label_selector="app=steady").items if p.status.phase == "Running"),
+                None), what="steady's pod")
         real = migration.STAGE_FUNCTIONS["verify"]
 
         def verify_then_lose(run: migration.Run) -> dict[str, Any]:
