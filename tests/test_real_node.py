@@ -11,7 +11,9 @@ memparse` finds the counter's secret in the kubelet's archive and `rootfs-diff`
 its file. `doctor --probe` passes there, and `migrate pod` moves a counter to a
 second real node: the restored pod is ready before the source goes (a watch),
 its log (`kubectl logs`, through the API server's node proxy) counts on, and a
-checkpoint of it holds the secret in the same process.
+checkpoint of it holds the secret in the same process. `migrate sandbox --run`
+restores the kubelet's archive with real crictl into a CRI-O with no kubelet
+(`realnode.crio_alone`), the seed article's restore outside Kubernetes.
 
 Skips when the stretch binaries are not built (scripts/setup builds them as root,
 with scripts/setup-stretch); with MIGRATE_REQUIRE_CLUSTER=1 (scripts/test as root)
@@ -840,3 +842,53 @@ def test_a_run_interrupted_before_its_switch_over_resumes_between_real_nodes(
             assert real_cp.api("GET", f"/api/v1/namespaces/default/pods/{name}")[0] == 404
             counted = len(_counts(real_cp, moved))
             _counting(real_cp, moved, counted + 1)
+
+
+@pytest.fixture(scope="module")
+def lone_crio(stretch_built: None, plain_registry: RegistryUnderTest,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[realnode.CrioAlone]:
+    """CRI-O with no kubelet, for `migrate sandbox --run` (the seed article's restore
+    outside Kubernetes)."""
+    with realnode.crio_alone(tmp_path_factory.mktemp("crio-alone"),
+                             registry=plain_registry.host) as crio:
+        yield crio
+
+
+def _cri_log_counts(path: Path) -> list[int]:
+    """The counter's values in a CRI log file ("TIME STREAM TAG LINE" per line)."""
+    return counts("\n".join(line.split(" ", 3)[-1] for line in path.read_text().splitlines()))
+
+
+def test_migrate_sandbox_runs_the_kubelets_archive_in_crio_with_real_crictl(
+        cli: Cli, checkpoint: Checkpoint, lone_crio: realnode.CrioAlone,
+        plain_registry: RegistryUnderTest, tmp_path: Path) -> None:
+    out = tmp_path / "sandbox"
+    r = cli("sandbox", checkpoint.path, "--out", out, "--run", "--crictl",
+            realnode.bin_dir() / "crictl", "--runtime-endpoint", lone_crio.endpoint,
+            "-o", "json")
+    assert r.code == 0, f"{r.err}\n{lone_crio.log.read_text()[-3000:]}"
+    report = r.json()
+    inspected = lone_crio.crictl("inspect", report["container_id"])
+    assert inspected.returncode == 0, inspected.stderr
+    info = json.loads(inspected.stdout)
+    assert info["status"]["state"] == "CONTAINER_RUNNING", info["status"]
+    # This CRI-O never ran the counter's image: the restore is created on it by its ID
+    # (config.dump's rootfsImageRef), so it was pulled first, by the digest CRI-O recorded.
+    # Without the pull the create failed: `reading image "<id>": ... image not known`.
+    base = report["base_image"]
+    assert report["pulled_base_image"] is True, report
+    assert base["reference"].startswith(f"{plain_registry.host}/stretch/counter@sha256:"), base
+    assert lone_crio.crictl("inspecti", "-q", base["id"]).returncode == 0
+    # Restored, not started afresh: its log (which CRI-O names by the container's ID,
+    # whatever log_path says) holds the source's lines and counts on from them.
+    log = Path(report["log"])
+    assert log.parent == out / "logs"
+    after = wait_for(lambda: log.exists() and len(c := _cri_log_counts(log)) >= checkpoint.before
+                     + 2 and c, DEADLINE, "the sandboxed counter counting on")
+    assert after == list(range(1, len(after) + 1)), after
+    # A second sandbox of the same archive: the image is there now, nothing is pulled.
+    r = cli("sandbox", checkpoint.path, "--out", tmp_path / "again", "--name", "again",
+            "--run", "--crictl", realnode.bin_dir() / "crictl", "--runtime-endpoint",
+            lone_crio.endpoint, "-o", "json")
+    assert r.code == 0, r.err
+    assert r.json()["pulled_base_image"] is False

@@ -205,6 +205,8 @@ def _annotations(spec: ArchiveSpec) -> dict[str, str]:
             "io.kubernetes.cri-o.SandboxName": f"k8s_{spec.pod}_{spec.namespace}_"
                                                f"{spec.pod_uid}_0",
         })
+        if spec.image_ref:  # joined with "," when the image has several (CRI-O >= 1.30)
+            a["io.kubernetes.cri-o.ImageRepoDigests"] = spec.image_ref
     elif spec.engine == "libpod":
         a = {"io.container.manager": "libpod"}
     else:

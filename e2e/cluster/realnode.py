@@ -4,6 +4,9 @@
         n.checkpoints   # the kubelet's checkpoint directory (ROOT/kubelet/checkpoints)
         n.crio_container(container_id)["pid"]  # CRI-O's own record of a container
 
+    with crio_alone(tmp / "crio", registry="127.0.0.1:5000") as c:  # no kubelet
+        c.crictl("pods")  # crictl, built by setup-stretch, against that CRI-O
+
 Binaries: scripts/setup-stretch (kubelet at the control plane's release, CRI-O
 at CRIO_VERSION of e2e/real/versions.env); conmon, runc and the CNI plugins
 from Debian; CRIU 4.1.1 from setup-real, first on CRI-O's PATH.
@@ -77,7 +80,7 @@ from e2e.cluster.launcher import ControlPlane
 from e2e.real import tools as real_tools
 from e2e.real.counter import counter_rootfs, push_rootfs
 
-__all__ = ["RealNode", "bin_dir", "missing", "real_node"]
+__all__ = ["CrioAlone", "RealNode", "bin_dir", "crio_alone", "missing", "real_node"]
 
 SETUP_HINT = "run scripts/setup-stretch as root"
 _SYSCTLS = ("vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops")
@@ -135,7 +138,7 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 
 def bin_dir() -> Path:
-    """Where setup-stretch puts kubelet, crio and pinns."""
+    """Where setup-stretch puts kubelet, crio, pinns and crictl."""
     return (real_tools.cache_dir() / f"stretch-{k8s_versions().kubernetes}-crio-"
             f"{real_tools.versions()['CRIO_VERSION']}" / "bin")
 
@@ -144,7 +147,7 @@ def missing() -> str | None:
     """None when a real node can run here, else one sentence saying what is missing."""
     if (reason := nodehost.missing()) is not None:
         return reason
-    absent = [str(bin_dir() / b) for b in ("kubelet", "crio", "pinns")
+    absent = [str(bin_dir() / b) for b in ("kubelet", "crio", "pinns", "crictl")
               if not os.access(bin_dir() / b, os.X_OK)]
     absent += [t for t in ("conmon", "runc") if shutil.which(t) is None]
     absent += [p for p in ("/etc/containers/policy.json",) if not Path(p).exists()]
@@ -307,6 +310,30 @@ def _mount_namespace(logs: Path, env: dict[str, str]) -> procs.Proc:
     return holder
 
 
+def _env(root: Path) -> dict[str, str]:
+    """CRI-O's and the kubelet's environment: CRIU 4.1.1 first on the PATH."""
+    return {"PATH": f"{real_tools.tools().criu_bin_dir}:/usr/local/sbin:/usr/local/bin:"
+                    "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(root), "LANG": "C"}
+
+
+def _start_crio(conf: Path, logs: Path, env: dict[str, str], started: list[procs.Proc],
+                timeout: float) -> tuple[list[str], Path]:
+    """The mount namespace's holder, then CRI-O in it (both appended to ``started``);
+    the command prefix that enters the namespace, and CRI-O's socket once it listens."""
+    holder = _mount_namespace(logs, env)
+    started.append(holder)
+    inside = ["nsenter", f"--mount=/proc/{holder.pid}/ns/mnt", "--"]
+    crio = procs.spawn("crio", [
+        *inside, bin_dir() / "crio", "--config", conf, "--log-level", "info",
+        "--registries-conf", conf.parent / "registries.conf",
+        "--registries-conf-dir", conf.parent / "registries.conf.d",
+    ], logs / "crio.log", env=env)
+    started.append(crio)
+    sock = conf.parent / "run" / "crio.sock"
+    procs.wait_until(sock.exists, timeout=timeout, what="CRI-O's socket", watch=[crio])
+    return inside, sock
+
+
 def _node_ready(cp: ControlPlane, name: str) -> bool:
     status, node = cp.api("GET", f"/api/v1/nodes/{name}")
     if status != 200:
@@ -336,8 +363,7 @@ def real_node(cp: ControlPlane, root: Path, *, name: str = "node-real",
     cgroup_root = f"/migrate-{secrets.token_hex(4)}"
     bridge = f"mig{secrets.token_hex(4)}"
     started: list[procs.Proc] = []
-    env = {"PATH": f"{real_tools.tools().criu_bin_dir}:/usr/local/sbin:/usr/local/bin:"
-                   "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(root), "LANG": "C"}
+    env = _env(root)
     try:
         with nodehost.node_host(name, logs) as host:
             address = host.host_address
@@ -346,18 +372,7 @@ def real_node(cp: ControlPlane, root: Path, *, name: str = "node-real",
             crio_conf = _crio_conf(root / "crio", bridge, _pod_subnet(), registry, pause, keys)
             for d in _cgroup_dirs(cgroup_root):
                 d.mkdir()  # the kubelet wants its cgroup root to exist already
-            holder = _mount_namespace(logs, env)
-            started.append(holder)
-            inside = ["nsenter", f"--mount=/proc/{holder.pid}/ns/mnt", "--"]
-            crio = procs.spawn("crio", [
-                *inside, bin_dir() / "crio", "--config", crio_conf, "--log-level", "info",
-                "--registries-conf", crio_conf.parent / "registries.conf",
-                "--registries-conf-dir", crio_conf.parent / "registries.conf.d",
-            ], logs / "crio.log", env=env)
-            started.append(crio)
-            sock = root / "crio" / "run" / "crio.sock"
-            procs.wait_until(sock.exists, timeout=ready_timeout, what="CRI-O's socket",
-                             watch=[crio])
+            inside, sock = _start_crio(crio_conf, logs, env, started, ready_timeout)
             started.append(procs.spawn(
                 "kubelet", [*inside, bin_dir() / "kubelet",
                             *_kubelet_conf(cp, root, name, address, cgroup_root)],
@@ -378,3 +393,62 @@ def real_node(cp: ControlPlane, root: Path, *, name: str = "node-real",
         cp.api("DELETE", f"/api/v1/nodes/{name}")
         for s, value in saved.items():
             (Path("/proc/sys") / s).write_text(value)
+
+
+@dataclass(frozen=True)
+class CrioAlone:
+    """CRI-O with no kubelet; valid inside `crio_alone`'s with-block."""
+
+    root: Path
+    socket: Path
+    log: Path
+    """CRI-O's log."""
+
+    @property
+    def endpoint(self) -> str:
+        """The CRI endpoint (crictl's --runtime-endpoint)."""
+        return f"unix://{self.socket}"
+
+    def crictl(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        """Run crictl against this CRI-O (not checked: the caller reads the result)."""
+        return subprocess.run([str(bin_dir() / "crictl"), "--runtime-endpoint", self.endpoint,
+                               "--timeout", "60s", *args], capture_output=True, text=True,
+                              timeout=timeout, check=False)
+
+
+@contextlib.contextmanager
+def crio_alone(root: Path, *, registry: str, ready_timeout: float = 180.0
+               ) -> Iterator[CrioAlone]:
+    """CRI-O as a real node runs it, with no kubelet and no Node: the "sandboxed
+    instance of CRI-O" the seed article restores a checkpoint archive into with
+    crictl (runp, create with the archive as the image, start).
+
+    Nothing manages its pods: without a kubelet nobody kills them as orphans (a
+    kubelet kills the sandboxes of pods it does not know). Teardown removes every
+    pod (`crictl rmp --force --all`: conmon keeps containers running when CRI-O
+    exits), then CRI-O, its mount namespace and the bridge. root and registry are
+    real_node's.
+    """
+    if (reason := missing()) is not None:
+        raise RuntimeError(reason)
+    root.mkdir(parents=True, exist_ok=True)
+    logs = root / "logs"
+    logs.mkdir(exist_ok=True)
+    bridge = f"mig{secrets.token_hex(4)}"
+    started: list[procs.Proc] = []
+    alone: CrioAlone | None = None
+    try:
+        pause = _pause_image(registry, root / "crio" / "pause-rootfs")
+        conf = _crio_conf(root / "crio", bridge, _pod_subnet(), registry, pause,
+                          root / "crio" / "keys")
+        _, sock = _start_crio(conf, logs, _env(root), started, ready_timeout)
+        alone = CrioAlone(root=root, socket=sock, log=logs / "crio.log")
+        yield alone
+    finally:
+        if alone is not None:
+            removed = alone.crictl("rmp", "--force", "--all")
+            if removed.returncode != 0:
+                (logs / "teardown.log").write_text(removed.stderr)
+        procs.stop(list(reversed(started)), grace=15)
+        subprocess.run(["ip", "link", "delete", bridge], capture_output=True, check=False,
+                       timeout=30)

@@ -2,7 +2,11 @@
 
 The steps of the seed article's sandbox restore: ``crictl runp`` makes the
 pod sandbox, ``crictl create`` restores the container into it from the
-archive, ``crictl start`` runs it. Every call goes through `_Crictl`, which
+archive, ``crictl start`` runs it. Before them the runtime must hold the image
+the container ran: CRI-O creates the restored container on it by its storage ID
+and pulls nothing (server/container_restore.go, v1.36.3), so a host that never
+ran it fails the create with `image not known`; ``crictl pull`` fetches it
+first when ``crictl inspecti`` does not find it. Every call goes through `_Crictl`, which
 puts the tail of crictl's stderr into the error; when a step after ``runp``
 fails, the sandbox it made is stopped and removed (``stopp``, ``rmp``: a
 removed sandbox takes its containers with it).
@@ -14,6 +18,7 @@ import logging
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sh
 
@@ -32,8 +37,8 @@ def check_timeout(settings: CrictlSettings) -> None:
     """Refuse deadlines too short for a restore: crictl's default (2 s) fails it."""
     if settings.timeout < MIN_TIMEOUT:
         raise UsageError(f"--timeout must be at least {MIN_TIMEOUT:g} seconds",
-                         hint="a restore pulls the base image and restores the memory before "
-                         "the runtime answers")
+                         hint="a pull of the base image, or a restore of much memory, takes "
+                         "longer than that before the runtime answers")
 
 
 def base_command(settings: CrictlSettings) -> list[str]:
@@ -44,12 +49,32 @@ def base_command(settings: CrictlSettings) -> list[str]:
     return [*args, "--timeout", f"{settings.timeout:g}s"]
 
 
+@dataclass(frozen=True)
+class BaseImage:
+    """The image the checkpointed container ran, which the restore is created on."""
+
+    id: str
+    """Its storage ID (config.dump's rootfsImageRef): what CRI-O looks the image up by."""
+    reference: str | None
+    """What to pull when the runtime lacks it: a REPO@DIGEST CRI-O recorded for the image,
+    else the name the container ran (a tag may have moved since); None: nothing to pull
+    by (the archive names no image)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (sandbox.schema.json's ``base_image``)."""
+        return {"id": self.id, "reference": self.reference}
+
+
 def manual_commands(settings: CrictlSettings, pod_config: Path,
-                    container_config: Path) -> list[str]:
-    """The three shell lines an operator can run instead of ``--run``."""
+                    container_config: Path, base: BaseImage | None) -> list[str]:
+    """The shell lines an operator can run instead of ``--run``: the base image's pull
+    (when the runtime lacks it and there is a reference), runp, create, start."""
     crictl = shlex.join(base_command(settings))
     pod, ctr = shlex.quote(str(pod_config)), shlex.quote(str(container_config))
-    return [f"POD_ID=$({crictl} runp {pod})",
+    pull = ([f"{crictl} inspecti {shlex.quote(base.id)} >/dev/null 2>&1 || "
+             f"{crictl} pull {shlex.quote(base.reference)}"]
+            if base is not None and base.id and base.reference else [])
+    return [*pull, f"POD_ID=$({crictl} runp {pod})",
             f'CTR_ID=$({crictl} create "$POD_ID" {ctr} {pod})',
             f'{crictl} start "$CTR_ID"']
 
@@ -90,6 +115,7 @@ class SandboxIds:
 
     pod_id: str
     container_id: str
+    pulled_base_image: bool
 
 
 def _remove(run: _Crictl, pod_id: str) -> bool:
@@ -103,11 +129,49 @@ def _remove(run: _Crictl, pod_id: str) -> bool:
     return True
 
 
+def _has_image(run: _Crictl, image_id: str) -> bool:
+    try:
+        run("inspecti", "-q", image_id)
+    except DependencyError:  # crictl says "no such image" with exit code 1
+        return False
+    return True
+
+
+def ensure_base_image(run: _Crictl, base: BaseImage) -> bool:
+    """Pull the base image unless the runtime holds it by ID; whether it pulled.
+
+    A pull that brings another image (a tag moved since the checkpoint) is refused
+    here: the create would fail with `image not known` after the sandbox exists."""
+    if not base.id or _has_image(run, base.id):
+        return False
+    if base.reference is None:
+        raise DependencyError(f"the runtime has no image {base.id[:12]} (the one the "
+                              "checkpointed container ran), and the archive names none to "
+                              "pull", hint="pull that image on this host first, or restore "
+                              "where the container ran")
+    try:
+        run("pull", base.reference)
+    except DependencyError as e:
+        raise DependencyError(f"{e.message} (the image the checkpointed container ran: "
+                              "CRI-O restores onto it and does not pull it itself)",
+                              hint="the runtime pulls with its own credentials and registry "
+                              f"settings; pull {base.reference} on this host by hand, or "
+                              "make it reachable") from e
+    if not _has_image(run, base.id):
+        raise DependencyError(f"crictl pulled {base.reference}, but it is not image "
+                              f"{base.id[:12]}, the one the checkpointed container ran",
+                              hint="the tag has moved since the checkpoint: pull that image "
+                              "by its digest, then run again")
+    return True
+
+
 def restore_in_sandbox(settings: CrictlSettings, pod_config: Path,
-                       container_config: Path) -> SandboxIds:
-    """runp, create, start; on a failure after runp, the sandbox is removed again."""
+                       container_config: Path, base: BaseImage | None) -> SandboxIds:
+    """The base image (pulled unless the runtime holds it), then runp, create, start;
+    on a failure after runp, the sandbox is removed again."""
     check_timeout(settings)
     run = _Crictl(settings)
+    pulled = ensure_base_image(run, base) if base is not None else False
     pod_id = run("runp", str(pod_config))  # (1) the sandbox: its namespaces, its network
     if not pod_id:
         raise DependencyError("crictl runp printed no pod ID", hint="check crictl's version")
@@ -121,4 +185,4 @@ def restore_in_sandbox(settings: CrictlSettings, pod_config: Path,
         hint = f"{e.hint}; the sandbox {pod_id} {what}" + (
             "" if removed else f": crictl stopp {pod_id}; crictl rmp {pod_id}")
         raise DependencyError(e.message, hint=hint) from e
-    return SandboxIds(pod_id, container_id)
+    return SandboxIds(pod_id, container_id, pulled)

@@ -99,15 +99,30 @@ def manifest(
     emit(pod, output.value, lambda: "")
 
 
+def _base_line(r: SandboxReport) -> list[str]:
+    """Which image the restore is created on, and whether --run pulled it."""
+    base = r.base_image
+    if base is None:
+        return []
+    if r.pulled is not None:
+        how = f", pulled as {base.reference}" if r.pulled else ", the runtime had it"
+    elif base.reference:
+        how = f" (pulled as {base.reference} where the runtime lacks it)"
+    else:
+        how = " (the runtime must hold it: the archive names none to pull)"
+    return [f"restored onto image {base.id[:12]}, the one the container ran{how}"]
+
+
 def _sandbox_human(r: SandboxReport) -> str:
     lines = [f"wrote {r.pod_config}", f"wrote {r.container_config}",
              f"sandbox {r.name} (namespace migrate-sandbox, uid {r.uid}): container "
-             f"{r.container}, network {r.network}", "", ""]
+             f"{r.container}, network {r.network}", *_base_line(r), "", ""]
     rows = [(m.container_path, m.host_path, m.kind, "ro" if m.readonly else "rw")
             for m in r.mounts]
     text = "\n".join(lines) + table(("container path", "host path", "type", "mode"), rows)
     if r.pod_id:
-        text += f"\npod ID        {r.pod_id}\ncontainer ID  {r.container_id}\n"
+        text += (f"\npod ID        {r.pod_id}\ncontainer ID  {r.container_id}\n"
+                 f"log           {r.log}\n")
     verb = "the same, by hand" if r.pod_id else "restore it with"
     return text + f"\n{verb}:\n" + "".join(f"  {c}\n" for c in r.commands)
 

@@ -26,6 +26,7 @@ from migrate.adapters.checkpoint import (
     Checkpoint,
     Identity,
 )
+from migrate.adapters.registry.reference import parse_reference
 from migrate.errors import ArchiveError, UsageError
 
 CRIO = "io.kubernetes.cri-o.annotations.checkpoint."
@@ -86,7 +87,38 @@ def check_restorable(ckpt: Checkpoint, who: Identity, containerd: bool = False) 
                            member=SPEC_DUMP)
 
 
-def _image_id(config: dict[str, Any]) -> str:
+#: Where CRI-O keeps, in spec.dump, the name the container's image ran under and the
+#: REPO@DIGEST names of that image, comma-separated ("persisted for restore":
+#: internal/annotations/annotations.go, internal/factory/container/container.go, v1.36.3).
+CRIO_IMAGE_NAME = "io.kubernetes.cri-o.ImageName"
+CRIO_REPO_DIGESTS = "io.kubernetes.cri-o.ImageRepoDigests"
+# What an archive may name as an image to pull: nothing a command line could take for an
+# option, nothing a shell would split.
+_PULLABLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,254}$")
+
+
+def image_name(ckpt: Checkpoint) -> str:
+    """The name the checkpointed container's image ran under ("" when none is recorded)."""
+    return str(ckpt.config.get("rootfsImageName")
+               or ckpt.annotations.get(CRIO_IMAGE_NAME, ""))
+
+
+def pull_reference(ckpt: Checkpoint) -> str | None:
+    """What pulls exactly the image the container ran: the first REPO@DIGEST CRI-O
+    recorded, else its name (a tag may have moved since); None when the archive names
+    nothing that looks like an image reference (it is untrusted input)."""
+    digests = [d.strip() for d in ckpt.annotations.get(CRIO_REPO_DIGESTS, "").split(",")]
+    for candidate in [*(d for d in digests if "@" in d), image_name(ckpt)]:
+        if _PULLABLE.match(candidate):
+            try:
+                parse_reference(candidate)
+            except UsageError:
+                continue
+            return candidate
+    return None
+
+
+def image_id(config: dict[str, Any]) -> str:
     """The ID of the image the container ran. CRI-O from 1.30 writes it as rootfsImageRef
     (internal/lib/checkpoint.go, v1.36.3) and keeps in rootfsImage what the client asked
     for: the ID when the kubelet asks, a name when crictl is given one. Before 1.30
@@ -103,26 +135,25 @@ def checkpoint_image_info(ckpt: Checkpoint, containerd: bool = False) -> Checkpo
     who = ckpt.identity()
     check_restorable(ckpt, who, containerd)
     config = ckpt.config
-    image_name = config.get("rootfsImageName") or ckpt.annotations.get(
-        "io.kubernetes.cri-o.ImageName", "")
-    image_id = _image_id(config)
+    name = image_name(ckpt)
+    ran_id = image_id(config)
     values = {
         CRIO + "name": who.container,
-        CRIO + "rawImageName": image_name,
-        CRIO + "rootfsImageName": image_name,
-        CRIO + "rootfsImageID": image_id,
+        CRIO + "rawImageName": name,
+        CRIO + "rootfsImageName": name,
+        CRIO + "rootfsImageID": ran_id,
         CRIU + "container.name": who.container,
         CRIU + "pod.name": who.pod,
         CRIU + "pod.namespace": who.namespace,
         CRIU + "pod.uid": who.pod_uid,
-        CRIU + "rootfsImageName": image_name,
-        CRIU + "rootfsImageID": image_id,
+        CRIU + "rootfsImageName": name,
+        CRIU + "rootfsImageID": ran_id,
         CRIU + "engine.name": who.engine.lower(),
         CRIU + "runtime.name": config.get("runtime", ""),
     }
     architecture = _architecture(ckpt)
     if who.engine == ENGINE_PODMAN:
-        values |= _podman(config, who, image_name, image_id, architecture)
+        values |= _podman(config, who, name, ran_id, architecture)
     version = _criu_version(ckpt)
     if version:
         values[CRIO + "criu.version"] = values[CRIU + "criu.version"] = version

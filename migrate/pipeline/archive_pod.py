@@ -30,6 +30,7 @@ from typing import Any
 from migrate.adapters import jsondoc
 from migrate.adapters.checkpoint import CRIO_ANNOTATIONS, Checkpoint
 from migrate.errors import ArchiveError
+from migrate.pipeline.annotations import image_name
 from migrate.pipeline.binds import RecordedMount, required_mounts, termination_path
 from migrate.pipeline.manifest import ANNOTATION_PREFIX, PodSource
 
@@ -153,9 +154,8 @@ def _ports(recorded: dict[str, Any], max_depth: int) -> list[dict[str, Any]]:
 
 def _container(ckpt: Checkpoint, name: str, recorded: dict[str, Any],
                mounts: list[dict[str, Any]]) -> dict[str, Any]:
-    spec, config = ckpt.spec, ckpt.config
-    image = config.get("rootfsImageName") or ckpt.annotations.get(
-        "io.kubernetes.cri-o.ImageName", "") or "unknown"
+    spec = ckpt.spec
+    image = image_name(ckpt) or "unknown"
     c: dict[str, Any] = {"name": name, "image": image}
     optional = {
         "ports": _ports(recorded, ckpt.archive.settings.max_json_depth),

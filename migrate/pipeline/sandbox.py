@@ -1,14 +1,16 @@
 """Sandbox stage: crictl configs that restore a checkpoint archive for forensic work.
 
-1. read the archive: the container's identity, what CRI-O will refuse, and the
-   mounts it will require (`binds.required_mounts`);
+1. read the archive: the container's identity, what CRI-O will refuse, the
+   mounts it will require (`binds.required_mounts`), and the image the container
+   ran, which the restore is created on (its ID, and what pulls it);
 2. render pod-config.json and container-config.json from templates/ and check
    them against the CRI schemas and the sandbox rules — before anything is
    written;
 3. write them into DIR (0700; files 0600), with every required mount recreated
    empty under DIR/mounts with the type CRI-O demands (directories 0700, files
    0600) and a log directory;
-4. with ``--run``: crictl runp, create, start (`adapters.crictl`).
+4. with ``--run``: that image pulled unless the runtime holds it, then crictl
+   runp, create, start (`adapters.crictl`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 from migrate.adapters import crictl
 from migrate.adapters.checkpoint import Checkpoint, Identity
 from migrate.errors import UsageError
-from migrate.pipeline.annotations import check_restorable
+from migrate.pipeline.annotations import check_restorable, image_id, pull_reference
 from migrate.pipeline.binds import RecordedMount, required_mounts
 from migrate.pipeline.manifest import ANNOTATION_PREFIX
 from migrate.pipeline.templating import fill
@@ -83,8 +85,16 @@ class SandboxReport:
     network: str
     mounts: list[SandboxMount]
     commands: list[str]
+    base_image: crictl.BaseImage | None
     pod_id: str | None = None
     container_id: str | None = None
+    pulled: bool | None = None
+    """With --run: whether the base image had to be pulled."""
+
+    @property
+    def log(self) -> Path | None:
+        """With --run: the restored container's log (CRI-O names it by the container's ID)."""
+        return self.out / "logs" / f"{self.container_id}.log" if self.container_id else None
     configs: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -104,7 +114,10 @@ class SandboxReport:
                 "pod_config": str(self.pod_config),
                 "container_config": str(self.container_config), "network": self.network,
                 "mounts": [m.to_dict() for m in self.mounts], "commands": self.commands,
-                "pod_id": self.pod_id, "container_id": self.container_id}
+                "base_image": self.base_image.to_dict() if self.base_image else None,
+                "pod_id": self.pod_id, "container_id": self.container_id,
+                "pulled_base_image": self.pulled,
+                "log": str(self.log) if self.log else None}
 
 
 def _name(req: SandboxRequest, who: Identity) -> str:
@@ -142,7 +155,6 @@ def _render(report: SandboxReport, who: Identity, checkpoint_time: str | None,
         "cgroup_parent": req.cgroup_parent})
     container = fill("crictl-container-config.yaml", {
         "container": report.container, "archive": str(report.archive),
-        "log_path": f"{report.container}.log",
         "mounts": [{"container_path": m.container_path, "host_path": str(m.host_path),
                     **({"readonly": True} if m.readonly else {})} for m in report.mounts]})
     check_rendered(pod, "sandbox-pod-config.schema.json", POD_CONFIG)
@@ -191,16 +203,20 @@ def prepare_sandbox(req: SandboxRequest, settings: Settings, uid: str | None = N
         who = ckpt.identity()
         check_restorable(ckpt, who)
         recorded, checkpoint_time = required_mounts(ckpt), ckpt.config.get("checkpointedTime")
+        ran = image_id(ckpt.config)
+        base = crictl.BaseImage(ran, pull_reference(ckpt)) if ran else None
     name = _name(req, who)
     out = (req.out or Path(name)).absolute()
     report = SandboxReport(
         name=name, uid=uid or str(uuid.uuid4()), container=who.container, archive=archive,
         out=out, network=req.network, mounts=_plan_mounts(recorded, out),
         commands=crictl.manual_commands(settings.crictl, out / POD_CONFIG,
-                                        out / CONTAINER_CONFIG))
+                                        out / CONTAINER_CONFIG, base), base_image=base)
     report = replace(report, configs=_render(report, who, checkpoint_time, req))
     _write(report)
     if not req.run:
         return report
-    ids = crictl.restore_in_sandbox(settings.crictl, report.pod_config, report.container_config)
-    return replace(report, pod_id=ids.pod_id, container_id=ids.container_id)
+    ids = crictl.restore_in_sandbox(settings.crictl, report.pod_config, report.container_config,
+                                    base)
+    return replace(report, pod_id=ids.pod_id, container_id=ids.container_id,
+                   pulled=ids.pulled_base_image)
