@@ -210,7 +210,7 @@ class CrictlSettings:
 
     timeout: float = 60.0
     """Seconds crictl may wait for the runtime on each call (its --timeout); at least 60:
-    a restore pulls the base image and restores memory before it answers."""
+    the base image's pull, and a restore of much memory, take long before it answers."""
 
 
 @dataclass(frozen=True)

@@ -201,7 +201,10 @@ def test_an_interrupted_run_holds_its_pod_until_rolled_back(
     assert r.code == 0, r.err
     assert r.json()["undone"][0].startswith("deleted pod default/held-restored")
     assert r.json()["undone"][-1] == "released the claim on held"
-    # Exactly as it was: same pod, same annotations, running where it ran.
+    # Exactly as it was: same pod, same annotations, running where it ran, and the
+    # restored copy gone, not terminating, when rollback returns: its name is free.
+    assert [p.metadata.name for p in v1.list_namespaced_pod("default").items
+            if p.metadata.name == "held-restored"] == []
     now = v1.read_namespaced_pod("held", "default")
     assert (now.metadata.uid, now.metadata.annotations, now.spec.node_name,
             now.status.phase) == (pod.metadata.uid, original, "node-a", "Running")

@@ -844,6 +844,32 @@ def test_a_run_interrupted_before_its_switch_over_resumes_between_real_nodes(
             _counting(real_cp, moved, counted + 1)
 
 
+def test_a_run_interrupted_before_its_switch_over_rolls_back_between_real_nodes(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
+        plain_registry: RegistryUnderTest, counter_image: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Stopped once the restored counter runs on node-b; `migrate rollback` deletes it. The
+    # real kubelet takes its time to stop a container: rollback returns once the copy is
+    # gone, so the next run may take its name at once (it found it terminating before).
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
+    with _started(real_cp, counter_pod("undone", counter_image, secret=SECRET,
+                                       node=node.name)) as [name]:
+        _counting(real_cp, name)
+        with monkeypatch.context() as m:
+            interrupt_at(m, "switchover")
+            r = _migrate(cli, real_cp, plain_registry, name, node_b.name)
+        assert r.code == 130, r.err
+        run, copy = journal_id_of(r.err), r.json()["destination_pod"]
+        r = cli("rollback", run, "--kubeconfig", real_cp.admin_kubeconfig, "-o", "json")
+        assert r.code == 0, r.err
+        assert r.json()["undone"][0] == f"deleted pod default/{copy}", r.json()
+        assert real_cp.api("GET", f"/api/v1/namespaces/default/pods/{copy}")[0] == 404
+        counted = len(_counts(real_cp, name))
+        _counting(real_cp, name, counted + 1)  # the source never stopped
+        with _moved_counting(cli, real_cp, plain_registry, name, node_b.name) as report:
+            assert report["destination_pod"] == copy
+
+
 @pytest.fixture(scope="module")
 def lone_crio(stretch_built: None, plain_registry: RegistryUnderTest,
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[realnode.CrioAlone]:
@@ -892,3 +918,4 @@ def test_migrate_sandbox_runs_the_kubelets_archive_in_crio_with_real_crictl(
             lone_crio.endpoint, "-o", "json")
     assert r.code == 0, r.err
     assert r.json()["pulled_base_image"] is False
+

@@ -19,7 +19,7 @@ import contextlib
 from collections.abc import Callable
 
 from migrate.adapters import kube
-from migrate.errors import MigrateError, UsageError
+from migrate.errors import MigrateError, UsageError, WatchTimeout
 from migrate.pipeline import claims, switchover
 from migrate.pipeline.journal import DONE, PENDING, Journal
 from migrate.pipeline.migration.build import build
@@ -160,9 +160,12 @@ def rollback(run: Run) -> list[str]:
         if p["metadata"].get("uid") != plan.uid:
             pods.setdefault((plan.namespace, p["metadata"]["name"]),
                             p["metadata"].get("uid", ""))
-    for (namespace, name), uid in pods.items():
+    deleted = []
+    for (namespace, name), uid in pods.items():  # every deletion first: they end together
         if kube.delete_pod(run.cluster, namespace, name, uid=uid or None):
-            undone.append(f"deleted pod {namespace}/{name}")
+            deleted.append((namespace, name, uid))
+    undone += [f"deleted pod {ns}/{name}{_still_going(run, ns, name, uid)}"
+               for ns, name, uid in deleted]
     undone += [f"deleted {what}" for what in delete_temporaries(run, ("Job", "Secret"))]
     cost_set = any(a["action"] == "deletion-cost set" for a in journal.actions)
     if cost_set and source(run) is not None:
@@ -179,6 +182,26 @@ def rollback(run: Run) -> list[str]:
         undone.append(f"released the claim on {plan.pod}")
         journal.record("rollback: " + undone[-1])
     return undone
+
+
+#: How long a rollback waits for each pod it deleted to be gone: long enough for a
+#: container that exits on SIGTERM, short enough when the node is lost and nothing
+#: will confirm the deletion.
+GONE_WAIT = 15.0
+
+
+def _still_going(run: Run, namespace: str, name: str, uid: str) -> str:
+    """Wait for a pod the rollback deleted to be gone, so that the source's claim goes
+    only when the name of its restored copy is free for another run; what to add to the
+    report's line when it is not gone yet."""
+    if not uid:
+        return ""
+    try:
+        switchover.wait_gone(run.cluster, namespace, name, uid,
+                             min(run.req.timeout, GONE_WAIT))
+    except WatchTimeout:
+        return " (still terminating: another run must wait until it is gone)"
+    return ""
 
 
 def _remove_archives(run: Run) -> list[str]:
