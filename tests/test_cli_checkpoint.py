@@ -176,3 +176,19 @@ def test_a_runtime_without_checkpoint_support(cli: Cli, cluster: Cluster,
     # A runtime without the feature is not retried: the kubelet saw one request.
     log = (cluster.node_dir("node-b") / "var/log/kubelet.log").read_text()
     assert log.count("/checkpoint/default/norestore/app") == 1
+
+
+@pytest.mark.parametrize(("status", "body", "hint"), [
+    (401, "Unauthorized", "the kubelet does not accept this client certificate: --cert and "
+     "--key must be signed by the CA its clientCAFile names"),
+    (403, "Forbidden (user=ops, verb=create, resource=nodes, subresource(s)=[checkpoint])",
+     "the kubelet knows the certificate's user ops, who may not create nodes/checkpoint: "
+     "grant it (a ClusterRole with that resource and verb, bound to the user)"),
+    (403, "Forbidden", "the kubelet accepts this client certificate, but its user may not "
+     "checkpoint"),
+])
+def test_the_kubelets_refusals_say_what_to_mend(status: int, body: str, hint: str) -> None:
+    # What the real kubelet answers (test_real_node.py proves the 403's wording).
+    from migrate.adapters.kubelet import auth_hint
+
+    assert auth_hint(status, body) == hint

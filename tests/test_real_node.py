@@ -870,6 +870,45 @@ def test_a_run_interrupted_before_its_switch_over_rolls_back_between_real_nodes(
             assert report["destination_pod"] == copy
 
 
+def test_migrate_checkpoint_through_the_kubelet_itself_needs_nodes_checkpoint(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode,
+        source: dict[str, Any]) -> None:
+    # The seed article's curl: straight to the kubelet with a client certificate. The
+    # kubelet authenticates it by its CA, then asks the API server whether the user may
+    # create nodes/checkpoint (pkg/kubelet/server/auth.go, v1.37.2).
+    user = "checkpointer"
+    real_cp.kubeconfig(user)  # a client certificate the kubelet's client CA signed
+    via = ["--via", "kubelet", "--kubelet-url", f"https://{node.address}:10250",
+           "--cert", real_cp.pki / f"user-{user}.crt", "--key", real_cp.pki / f"user-{user}.key",
+           "--ca", real_cp.ca.cert, "--kubeconfig", real_cp.admin_kubeconfig]
+    r = cli("checkpoint", POD, *via)
+    assert (r.code, r.out) == (8, ""), r.err
+    assert r.err.splitlines() == [
+        f"error: checkpoint default/{POD}/{CONTAINER} at https://{node.address}:10250: "
+        f"Forbidden (user={user}, verb=create, resource=nodes, subresource(s)=[checkpoint])",
+        f"hint: the kubelet knows the certificate's user {user}, who may not create "
+        "nodes/checkpoint: grant it (a ClusterRole with that resource and verb, bound to "
+        "the user)"]
+    rbac = "/apis/rbac.authorization.k8s.io/v1"
+    role = {"metadata": {"name": user}, "rules": [
+        {"apiGroups": [""], "resources": ["nodes/checkpoint"], "verbs": ["create"]}]}
+    binding = {"metadata": {"name": user}, "roleRef": {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": user},
+        "subjects": [{"kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io"}]}
+    assert real_cp.api("POST", f"{rbac}/clusterroles", role)[0] == 201
+    assert real_cp.api("POST", f"{rbac}/clusterrolebindings", binding)[0] == 201
+    try:
+        # The kubelet caches its authorizer's answers (a denial for 30 s by default).
+        r = wait_for(lambda: (got := cli("checkpoint", POD, *via, "-o", "json")).code == 0
+                     and got, DEADLINE, "the kubelet to allow the checkpoint")
+        archive = Path(r.json()["archive"])
+        assert archive.parent == node.checkpoints and archive.stat().st_size > 0
+        assert r.json()["via"] == "kubelet"
+    finally:
+        real_cp.api("DELETE", f"{rbac}/clusterrolebindings/{user}")
+        real_cp.api("DELETE", f"{rbac}/clusterroles/{user}")
+
+
 @pytest.fixture(scope="module")
 def lone_crio(stretch_built: None, plain_registry: RegistryUnderTest,
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[realnode.CrioAlone]:

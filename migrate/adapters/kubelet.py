@@ -80,6 +80,26 @@ def parse_checkpoint_response(body: bytes, what: str) -> str:
     return path
 
 
+# The kubelet's denial after its authorizer (webhook: a SubjectAccessReview to the API
+# server) said no: "Forbidden (user=U, verb=create, resource=nodes,
+# subresource(s)=[checkpoint])" (pkg/kubelet/server/auth.go and server.go, v1.37.2).
+_FORBIDDEN = re.compile(r"Forbidden \(user=(?P<user>[^,()]{1,200}), verb=(?P<verb>\w+), "
+                        r"resource=(?P<resource>\w+), subresource\(s\)=\[(?P<sub>[\w,]*)\]\)")
+
+
+def auth_hint(status: int, detail: str) -> str:
+    """401: the certificate was not accepted; 403: its user was, and may not checkpoint."""
+    if status == 401:
+        return ("the kubelet does not accept this client certificate: --cert and --key must "
+                "be signed by the CA its clientCAFile names")
+    denied = _FORBIDDEN.search(detail)
+    if denied is None:
+        return "the kubelet accepts this client certificate, but its user may not checkpoint"
+    return (f"the kubelet knows the certificate's user {denied['user']}, who may not "
+            f"{denied['verb']} {denied['resource']}/{denied['sub'].split(',')[0]}: grant it "
+            "(a ClusterRole with that resource and verb, bound to the user)")
+
+
 def _pool(ep: KubeletEndpoint, timeout: float) -> urllib3.PoolManager:
     ctx = ssl.create_default_context(cafile=str(ep.ca) if ep.ca else None)
     ctx.load_cert_chain(str(ep.cert), str(ep.key))
@@ -116,8 +136,7 @@ def checkpoint_direct(ep: KubeletEndpoint, namespace: str, pod: str, container: 
             if resp.status == 200:
                 return parse_checkpoint_response(resp.data, what)
             if resp.status in (401, 403):
-                raise AuthError(f"{what}: {detail}",
-                                hint="the kubelet does not accept this client certificate")
+                raise AuthError(f"{what}: {detail}", hint=auth_hint(resp.status, detail))
             if resp.status == 404:
                 raise NotFoundError(f"{what}: {detail}", hint=(
                     "the kubelet has no checkpoint endpoint (ContainerCheckpoint gate) or "
