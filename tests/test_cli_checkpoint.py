@@ -12,6 +12,7 @@ from kubernetes import client
 
 from e2e.cluster.launcher import ControlPlane
 from e2e.cluster.world import Cluster
+from migrate.adapters.kubelet import auth_hint
 from tests.cluster import node_agents, wait_for
 from tests.conftest import Result
 
@@ -189,6 +190,4 @@ def test_a_runtime_without_checkpoint_support(cli: Cli, cluster: Cluster,
 ])
 def test_the_kubelets_refusals_say_what_to_mend(status: int, body: str, hint: str) -> None:
     # What the real kubelet answers (test_real_node.py proves the 403's wording).
-    from migrate.adapters.kubelet import auth_hint
-
     assert auth_hint(status, body) == hint
