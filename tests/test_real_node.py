@@ -819,29 +819,38 @@ def test_a_restored_counter_that_dies_is_restored_again_from_the_nodes_copy(
             assert before < again[0] < died_at, (before, died_at, again)
 
 
+@contextlib.contextmanager
+def _stopped_before_switch_over(cli: Cli, cp: ControlPlane, registry: RegistryUnderTest,
+                                monkeypatch: pytest.MonkeyPatch, pod: dict[str, Any],
+                                to: str) -> Iterator[tuple[str, str, str]]:
+    """``pod`` started and counting, then migrated to ``to`` and interrupted once its
+    restored copy runs there: (the pod's name, the run's id, the copy's name)."""
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
+    with _started(cp, pod) as [name]:
+        _counting(cp, name)
+        with monkeypatch.context() as m:
+            interrupt_at(m, "switchover")
+            r = _migrate(cli, cp, registry, name, to)
+        assert r.code == 130, r.err
+        yield name, journal_id_of(r.err), r.json()["destination_pod"]
+
+
 def test_a_run_interrupted_before_its_switch_over_resumes_between_real_nodes(
         cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
         plain_registry: RegistryUnderTest, counter_image: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
     # Stopped once the restored counter runs on node-b, beside its source; `migrate resume`
     # switches over: the source goes, the restored one counts on.
-    monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
-    with _started(real_cp, counter_pod("paused", counter_image, secret=SECRET,
-                                       node=node.name)) as [name]:
-        _counting(real_cp, name)
-        with monkeypatch.context() as m:
-            interrupt_at(m, "switchover")
-            r = _migrate(cli, real_cp, plain_registry, name, node_b.name)
-        assert r.code == 130, r.err
-        run = journal_id_of(r.err)
-        with _deleted_after(real_cp, r.json()["destination_pod"]) as moved:
-            assert _running(real_cp, name) and _running(real_cp, moved)
-            r = cli("resume", run, "--kubeconfig", real_cp.admin_kubeconfig, "-o", "json")
-            assert r.code == 0, r.err
-            assert r.json()["outcome"] == "succeeded"
-            assert real_cp.api("GET", f"/api/v1/namespaces/default/pods/{name}")[0] == 404
-            counted = len(_counts(real_cp, moved))
-            _counting(real_cp, moved, counted + 1)
+    with _stopped_before_switch_over(cli, real_cp, plain_registry, monkeypatch, counter_pod(
+            "paused", counter_image, secret=SECRET, node=node.name), node_b.name) as (
+            name, run, copy), _deleted_after(real_cp, copy) as moved:
+        assert _running(real_cp, name) and _running(real_cp, moved)
+        r = cli("resume", run, "--kubeconfig", real_cp.admin_kubeconfig, "-o", "json")
+        assert r.code == 0, r.err
+        assert r.json()["outcome"] == "succeeded"
+        assert real_cp.api("GET", f"/api/v1/namespaces/default/pods/{name}")[0] == 404
+        counted = len(_counts(real_cp, moved))
+        _counting(real_cp, moved, counted + 1)
 
 
 def test_a_run_interrupted_before_its_switch_over_rolls_back_between_real_nodes(
@@ -851,15 +860,9 @@ def test_a_run_interrupted_before_its_switch_over_rolls_back_between_real_nodes(
     # Stopped once the restored counter runs on node-b; `migrate rollback` deletes it. The
     # real kubelet takes its time to stop a container: rollback returns once the copy is
     # gone, so the next run may take its name at once (it found it terminating before).
-    monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
-    with _started(real_cp, counter_pod("undone", counter_image, secret=SECRET,
-                                       node=node.name)) as [name]:
-        _counting(real_cp, name)
-        with monkeypatch.context() as m:
-            interrupt_at(m, "switchover")
-            r = _migrate(cli, real_cp, plain_registry, name, node_b.name)
-        assert r.code == 130, r.err
-        run, copy = journal_id_of(r.err), r.json()["destination_pod"]
+    with _stopped_before_switch_over(cli, real_cp, plain_registry, monkeypatch, counter_pod(
+            "undone", counter_image, secret=SECRET, node=node.name), node_b.name) as (
+            name, run, copy):
         r = cli("rollback", run, "--kubeconfig", real_cp.admin_kubeconfig, "-o", "json")
         assert r.code == 0, r.err
         assert r.json()["undone"][0] == f"deleted pod default/{copy}", r.json()
@@ -951,7 +954,20 @@ def test_migrate_sandbox_runs_the_kubelets_archive_in_crio_with_real_crictl(
     after = wait_for(lambda: log.exists() and len(c := _cri_log_counts(log)) >= checkpoint.before
                      + 2 and c, DEADLINE, "the sandboxed counter counting on")
     assert after == list(range(1, len(after) + 1)), after
-    # A second sandbox of the same archive: the image is there now, nothing is pulled.
+    # The commands it prints, run by hand in a shell, do the same: the image gone again,
+    # they pull it and restore.
+    for step in (("rmp", "--force", "--all"), ("rmi", base["id"])):
+        assert lone_crio.crictl(*step).returncode == 0, step
+    r = cli("sandbox", checkpoint.path, "--out", tmp_path / "by-hand", "--name", "by-hand",
+            "--crictl", realnode.bin_dir() / "crictl", "--runtime-endpoint",
+            lone_crio.endpoint, "-o", "json")
+    assert r.code == 0, r.err
+    shell = subprocess.run(["sh", "-euc", "\n".join([*r.json()["commands"], 'echo "$CTR_ID"'])],
+                           capture_output=True, text=True, timeout=DEADLINE, check=False)
+    assert shell.returncode == 0, shell.stderr
+    state = json.loads(lone_crio.crictl("inspect", shell.stdout.split()[-1]).stdout)
+    assert state["status"]["state"] == "CONTAINER_RUNNING", state["status"]
+    # Another sandbox of the same archive: the image is there now, nothing is pulled.
     r = cli("sandbox", checkpoint.path, "--out", tmp_path / "again", "--name", "again",
             "--run", "--crictl", realnode.bin_dir() / "crictl", "--runtime-endpoint",
             lone_crio.endpoint, "-o", "json")
