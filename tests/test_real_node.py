@@ -709,8 +709,9 @@ def test_a_counter_with_limits_probes_and_mounted_config_moves(
         plain_registry: RegistryUnderTest, counter_image: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
     # What production pods carry: requests and limits (the restored process lands in the
-    # new pod's cgroup), a ConfigMap and a Secret mounted (CRI-O's restore checks every
-    # bind mount), readiness and liveness probes (verify waits for ready).
+    # new pod's cgroup), a ConfigMap (whole, and one key by subPath) and a Secret mounted
+    # (CRI-O's restore checks every bind mount), readiness and liveness probes (verify
+    # waits for ready).
     image = counter_image
     for path, body in (
             ("configmaps", {"metadata": {"name": "shaped"}, "data": {"mode": "fast"}}),
@@ -722,6 +723,8 @@ def test_a_counter_with_limits_probes_and_mounted_config_moves(
     container["resources"] = {"requests": {"cpu": "50m", "memory": "32Mi"},
                               "limits": {"cpu": "500m", "memory": "128Mi"}}
     container["volumeMounts"] += [{"name": "config", "mountPath": "/etc/shaped"},
+                                  {"name": "config", "mountPath": "/etc/shaped.mode",
+                                   "subPath": "mode"},  # one file: a bind of a file
                                   {"name": "secret", "mountPath": "/run/shaped",
                                    "readOnly": True}]
     pod["spec"]["volumes"] += [{"name": "config", "configMap": {"name": "shaped"}},
@@ -974,3 +977,40 @@ def test_migrate_sandbox_runs_the_kubelets_archive_in_crio_with_real_crictl(
     assert r.code == 0, r.err
     assert r.json()["pulled_base_image"] is False
 
+
+
+
+def test_a_drain_leaves_a_pod_criu_cannot_dump_running_where_it_was(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
+        plain_registry: RegistryUnderTest, source: dict[str, Any], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A counter holding an established TCP connection: CRIU refuses to dump it (CRI-O asks
+    # for no TCP option). The drain tries once (a retry meets the same state), rolls the
+    # run back and reports why; the pod runs on untouched and the node stays cordoned.
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
+    name = _tcp_counter(real_cp, plain_registry, node.name, "tcp-drained", tmp_path, {})
+    uid = real_cp.api("GET", f"/api/v1/namespaces/default/pods/{name}")[1]["metadata"]["uid"]
+    try:
+        r = cli("drain", node.name, "--to", node_b.name, "--pod-selector", f"app={name}",
+                "--registry", f"{plain_registry.host}/drained", "--no-tls-verify",
+                "--kubeconfig", real_cp.admin_kubeconfig, "-o", "json")
+        assert r.code == 10, r.err
+        pods = {p["name"]: p for p in r.json()["pods"]}
+        failed = pods[name]
+        assert (failed["outcome"], failed["attempts"], failed["restored_pod"]) == (
+            "failed", 1, None), failed
+        assert failed["error"].startswith(f"checkpoint: checkpoint default/{name}/counter on "
+                                          f"{node.name}: CRIU could not dump it"), failed
+        assert "tcp-close" in failed["hint"]
+        assert pods[POD]["outcome"] == "blocked"  # the module's bare counter: left alone
+        [journal] = failed["journals"]
+        history = {h["id"]: h for h in cli("history", "-o", "json").json()}
+        assert history[journal]["outcome"] == "rolled-back", history[journal]
+        now = real_cp.api("GET", f"/api/v1/namespaces/default/pods/{name}")[1]
+        assert (now["metadata"]["uid"], now["spec"]["nodeName"]) == (uid, node.name)
+        assert _running(real_cp, name)
+        assert [p["metadata"]["name"] for p in _pods(real_cp, f"app={name}")] == [name]
+        assert real_cp.api("GET", f"/api/v1/nodes/{node.name}")[1]["spec"]["unschedulable"]
+    finally:
+        _cordon(real_cp, node.name, False)
+        _delete(real_cp, name)
