@@ -42,6 +42,7 @@ from kubernetes import client, watch
 from e2e.cluster import realnode
 from e2e.cluster.launcher import ControlPlane
 from e2e.real.counter import counter_pod, counts, push_counter_image
+from migrate.adapters.kubelet import SUPPORT_OFF_HINT
 from migrate.pipeline.drain.plan import BARE_POD
 from tests.cluster import Kubectl, api_client, require_cluster, wait_for
 from tests.conftest import Result, interrupt_at, journal_id_of
@@ -1014,3 +1015,41 @@ def test_a_drain_leaves_a_pod_criu_cannot_dump_running_where_it_was(
     finally:
         _cordon(real_cp, node.name, False)
         _delete(real_cp, name)
+
+
+
+def test_a_node_whose_crio_has_criu_support_off_is_named_with_its_switch(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode,
+        plain_registry: RegistryUnderTest, counter_image: str,
+        tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # CRI-O 1.36.3 with enable_criu_support = false: its checkpoints answer "support not
+    # available", and it starts a checkpoint image as an ordinary one. It has no
+    # [crio.checkpoint_restore] table: both refusals name the switch it does have.
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
+    switch = "set [crio.runtime] enable_criu_support = true in a file in /etc/crio/crio.conf.d/"
+    with realnode.real_node(real_cp, tmp_path_factory.mktemp("real-node-c"), name="node-c",
+                            registry=plain_registry.host, criu=False) as node_c:
+        with _started(real_cp, counter_pod("to-c", counter_image, secret=SECRET,
+                                           node=node.name)) as [name]:
+            _counting(real_cp, name)
+            r = _migrate(cli, real_cp, plain_registry, name, node_c.name)
+            assert r.code == 6, r.err
+            error, hint = r.err.splitlines()
+            assert error == ("error: verify: the restore of counter on node-c failed: "
+                             "CreateContainerError: no command specified (cri-o://1.36.3 on "
+                             "node-c does not restore checkpoints: it started the checkpoint "
+                             "image as an ordinary image)")
+            assert hint.startswith(f"hint: {switch} and restart CRI-O, with criu on its PATH"), \
+                hint
+            assert r.json()["outcome"] == "rolled-back"
+            assert [p["spec"]["nodeName"] for p in _pods(real_cp, f"app={name}")] == [node.name]
+        with _started(real_cp, counter_pod("on-c", counter_image, secret=SECRET,
+                                           node=node_c.name)) as [name]:
+            _counting(real_cp, name)
+            r = _migrate(cli, real_cp, plain_registry, name, node.name)
+            assert r.code == 6, r.err
+            assert r.err.splitlines() == [
+                f"error: checkpoint: checkpoint default/{name}/counter on node-c: checkpointing "
+                f"of default/{name}/counter failed (rpc error: code = Unknown desc = "
+                "checkpoint/restore support not available)",
+                f"hint: {SUPPORT_OFF_HINT}"]

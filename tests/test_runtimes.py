@@ -51,6 +51,8 @@ NODES = {
                                   **FAST),
     "crio-none": NodeConfig(runtime="cri-o://1.36.4", restore_level="none", **FAST),
     "crio-1-29": NodeConfig(runtime="cri-o://1.29.13", **FAST),
+    # enable_criu_support = false, on a release without [crio.checkpoint_restore]
+    "crio-1-36-3-off": NodeConfig(runtime="cri-o://1.36.3", restore_level="none", **FAST),
     "ctrd-2-1": NodeConfig(runtime="containerd://2.1.9", **FAST),
     "ctrd-2-3-off": NodeConfig(runtime="containerd://2.3.4", **FAST),
     "ctrd-2-3-on": NodeConfig(runtime="containerd://2.3.4",
@@ -206,6 +208,7 @@ def test_doctor_warns_where_the_release_defaults_to_restore_off(cli: Cli, world:
         "crio-1-34-12-on": ("WARN", "cri-o://1.34.12: checkpoint only by default"),
         "crio-none": ("WARN", "cri-o://1.36.4: checkpoint only by default"),
         "crio-1-29": ("WARN", "cri-o://1.29.13: checkpoint and restore off by default"),
+        "crio-1-36-3-off": ("PASS", "cri-o://1.36.3: checkpoint and restore"),
         "ctrd-2-1": ("WARN", "containerd://2.1.9: checkpoints, but neither a source nor a destination"),
         "ctrd-2-3-off": ("WARN", "containerd://2.3.4: checkpoints, but neither a source nor a destination"),
         "ctrd-2-3-on": ("WARN", "containerd://2.3.4: checkpoints, but neither a source nor a destination"),
@@ -231,6 +234,10 @@ STATES: dict[str, tuple[bool, str, str]] = {
     "crio-1-29": (False, "CreateContainerError: no command specified",
                   "set [crio.runtime] enable_criu_support = true in a file in "
                   "/etc/crio/crio.conf.d/"),
+    # Proven on a real CRI-O 1.36.3 with the support off (test_real_node.py).
+    "crio-1-36-3-off": (False, "CreateContainerError: no command specified",
+                        "set [crio.runtime] enable_criu_support = true in a file in "
+                        "/etc/crio/crio.conf.d/ and restart CRI-O, with criu on its PATH"),
     "ctrd-2-1": (False, 'CreateContainerError: failed to read "status.dump": open '
                  "/tmp/checkpoint", "containerd restores only archives in its own layout"),
     "ctrd-2-3-on": (False, 'CreateContainerError: failed to read "status.dump": open '

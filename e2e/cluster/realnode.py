@@ -179,7 +179,7 @@ def _pause_image(registry: str, workdir: Path) -> str:
 
 
 def _crio_conf(root: Path, bridge: str, subnet: ipaddress.IPv4Network,
-               registry: str, pause_image: str, keys: Path) -> Path:
+               registry: str, pause_image: str, keys: Path, criu: bool = True) -> Path:
     run = root / "run"
     for d in ("cni", "keys", "log", "policies", "run/ns", "run/exits", "run/runc"):
         (root / d).mkdir(parents=True, exist_ok=True)
@@ -212,7 +212,7 @@ decryption_keys_path = {q(str(keys))}
 irqbalance_config_file = {q(str(root / "irqbalance"))}
 irqbalance_config_restore_file = {q(str(root / "irqbalance.restore"))}
 hooks_dir = []
-enable_criu_support = true
+enable_criu_support = {q(criu)}
 [crio.runtime.runtimes.runc]
 runtime_path = {q(shutil.which("runc") or "runc")}
 runtime_type = "oci"
@@ -344,7 +344,7 @@ def _node_ready(cp: ControlPlane, name: str) -> bool:
 
 @contextlib.contextmanager
 def real_node(cp: ControlPlane, root: Path, *, name: str = "node-real",
-              registry: str, decryption_keys: Path | None = None,
+              registry: str, decryption_keys: Path | None = None, criu: bool = True,
               ready_timeout: float = 180.0) -> Iterator[RealNode]:
     """Start CRI-O and the kubelet as Node `name`, wait until Ready, stop it all.
 
@@ -353,6 +353,8 @@ def real_node(cp: ControlPlane, root: Path, *, name: str = "node-real",
     pushed there.
     decryption_keys: a directory of private keys (PEM, DER or JWK files) CRI-O decrypts
     encrypted image layers with; None: an empty one under root.
+    criu: CRI-O's enable_criu_support (False: a node that can neither checkpoint nor
+    restore, as CRI-O is configured unless asked).
     """
     if (reason := missing()) is not None:
         raise RuntimeError(reason)
@@ -369,7 +371,8 @@ def real_node(cp: ControlPlane, root: Path, *, name: str = "node-real",
             address = host.host_address
             pause = _pause_image(registry, root / "crio" / "pause-rootfs")
             keys = decryption_keys or root / "crio" / "keys"
-            crio_conf = _crio_conf(root / "crio", bridge, _pod_subnet(), registry, pause, keys)
+            crio_conf = _crio_conf(root / "crio", bridge, _pod_subnet(), registry, pause, keys,
+                                   criu)
             for d in _cgroup_dirs(cgroup_root):
                 d.mkdir()  # the kubelet wants its cgroup root to exist already
             inside, sock = _start_crio(crio_conf, logs, env, started, ready_timeout)

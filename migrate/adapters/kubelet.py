@@ -37,6 +37,15 @@ _PERMANENT = re.compile(r"code = Unimplemented|not (available|enabled|supported|
                         re.IGNORECASE)
 RUNTIME_HINT = ("the container runtime could not checkpoint it: CRI-O needs CRIU support "
                 "enabled; see the kubelet and runtime logs on the node")
+# CRI-O's answer when its CRIU support is off (server/container_checkpoint.go, v1.36.3):
+# enable_criu_support = false, no criu found at start, or (1.37, the patch releases
+# since September 2026) container_level_enabled = "none".
+_SUPPORT_OFF = "checkpoint/restore support not available"
+SUPPORT_OFF_HINT = ("CRI-O's checkpoint support is off on that node: set [crio.runtime] "
+                    "enable_criu_support = true (where CRI-O has a [crio.checkpoint_restore] "
+                    'table: container_level_enabled = "checkpoint_only", or '
+                    '"checkpoint_restore" to restore there too) in a file in '
+                    "/etc/crio/crio.conf.d/, put criu on its PATH, and restart CRI-O")
 
 
 # CRIU failed a dump or a restore: CRI-O relays runc's `criu failed: type NOTIFY errno
@@ -63,6 +72,8 @@ def runtime_failure(what: str, body: str) -> ClusterError:
                             f"its log on the node: {criu['log']}", hint=CRIU_HINT)
     lines = body.strip().splitlines()
     detail = lines[0][:_DETAIL] if lines else "no answer"
+    if _SUPPORT_OFF in detail:
+        return ClusterError(f"{what}: {detail}", hint=SUPPORT_OFF_HINT)
     cls = ClusterError if _PERMANENT.search(detail) else TransientClusterError
     return cls(f"{what}: {detail}", hint=RUNTIME_HINT)
 

@@ -57,10 +57,18 @@ def _version(text: str) -> tuple[int, int, int] | None:
 
 
 def crio_restore_fix(version: tuple[int, int, int] | None = None) -> str:
-    """What to set, where, on a CRI-O node that refuses restores."""
+    """What to set, where, on a CRI-O node that refuses restores: the switch its release
+    has. The [crio.checkpoint_restore] table came with #10248, in 1.37 and in the patch
+    releases that default to checkpoint_only; the releases before it (1.30.0 - 1.36.3
+    among them, read in v1.36.3's pkg/config) have only enable_criu_support, and refuse
+    restores when it is false or CRI-O found no criu at start."""
     if version is not None and version[:2] < (1, 30):
         return (f"set {CRIO_OLD_SETTING} in a file in {CRIO_CONFIG_DIR} and restart CRI-O "
                 "(1.29 and older have no [crio.checkpoint_restore] table)")
+    if version is not None and crio_default(version) == "on" and version[:2] != (1, 37):
+        return (f"set {CRIO_OLD_SETTING} in a file in {CRIO_CONFIG_DIR} and restart CRI-O, "
+                "with criu on its PATH (CRI-O turns the support off when it finds none); "
+                f"{'.'.join(map(str, version))} has no [crio.checkpoint_restore] table")
     return (f"set {CRIO_RESTORE_SETTING} in a file in {CRIO_CONFIG_DIR} (e.g. "
             f"{CRIO_CONFIG_DIR}99-checkpoint-restore.conf) and restart CRI-O, or start it "
             "with --checkpoint-restore-level=checkpoint_restore")
