@@ -137,7 +137,7 @@ def _has_image(run: _Crictl, image_id: str) -> bool:
     return True
 
 
-def ensure_base_image(run: _Crictl, base: BaseImage) -> bool:
+def _ensure_base_image(run: _Crictl, base: BaseImage) -> bool:
     """Pull the base image unless the runtime holds it by ID; whether it pulled.
 
     A pull that brings another image (a tag moved since the checkpoint) is refused
@@ -171,7 +171,7 @@ def restore_in_sandbox(settings: CrictlSettings, pod_config: Path,
     on a failure after runp, the sandbox is removed again."""
     check_timeout(settings)
     run = _Crictl(settings)
-    pulled = ensure_base_image(run, base) if base is not None else False
+    pulled = _ensure_base_image(run, base) if base is not None else False
     pod_id = run("runp", str(pod_config))  # (1) the sandbox: its namespaces, its network
     if not pod_id:
         raise DependencyError("crictl runp printed no pod ID", hint="check crictl's version")
