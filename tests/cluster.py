@@ -41,8 +41,8 @@ from e2e.cluster import binaries, nodehost
 from e2e.cluster.launcher import ControlPlane, control_plane
 from e2e.cluster.world import Cluster
 
-__all__ = ["Kubectl", "api_client", "cordoned", "empty_namespace", "node_agents",
-           "require_cluster", "wait_for"]
+__all__ = ["UNSCHEDULABLE_TAINT", "Kubectl", "api_client", "cordoned", "empty_namespace",
+           "node_agents", "require_cluster", "wait_for"]
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 DEADLINE = 60.0
