@@ -1,12 +1,15 @@
 """`migrate sandbox`: the crictl configs (golden files, CRI schemas), the directory it
 writes (types, modes), and `--run` against a crictl stand-in.
 
-crictl is not packaged for these machines. The stand-in is a small Python
-program written by the test: it records each call, checks the files it is given
-the way CRI-O would (the image is the archive; every spec.dump mount outside
-CRI-O's own list is in the container's mounts, bound from a source of the same
-type), prints IDs like crictl, and fails at a chosen step with a crictl-style
-message.
+Real crictl against a real CRI-O runs in tests/test_real_node.py (setup-stretch
+builds it); this module needs neither root nor the real parts, and makes the faults
+reality will not make on demand. The stand-in is a small Python program written by
+the test: it records each call, checks the files it is given the way CRI-O would
+(the image is the archive; the base image is held, else the create is refused with
+CRI-O's `image not known`; every spec.dump mount outside CRI-O's own list is in the
+container's mounts, bound from a source of the same type), answers `inspecti` and
+`pull` from the images it holds and a registry it is given, prints IDs like
+crictl, and fails at a chosen step with a crictl-style message.
 """
 
 from __future__ import annotations
