@@ -955,6 +955,17 @@ def test_migrate_sandbox_runs_the_kubelets_archive_in_crio_with_real_crictl(
     assert report["pulled_base_image"] is True, report
     assert base["reference"].startswith(f"{plain_registry.host}/stretch/counter@sha256:"), base
     assert lone_crio.crictl("inspecti", "-q", base["id"]).returncode == 0
+    # --network none, as the restored process sees it: a resolver where nothing answers.
+    # Its host name is the checkpointed one, not the sandbox's: CRIU restores the UTS
+    # namespace's name with the processes (the README says so).
+    def inside(*cmd: str) -> str:
+        got = lone_crio.crictl("exec", report["container_id"], *cmd)
+        assert got.returncode == 0, got.stderr
+        return got.stdout
+
+    assert inside("cat", "/etc/resolv.conf") == ("nameserver 127.0.0.1\n"
+                                                 "options attempts:1 timeout:1\n")
+    assert (report["name"], inside("hostname")) == ("forensic-counters", f"{POD}\n")
     # Restored, not started afresh: its log (which CRI-O names by the container's ID,
     # whatever log_path says) holds the source's lines and counts on from them.
     log = Path(report["log"])

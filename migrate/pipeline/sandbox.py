@@ -124,8 +124,8 @@ def _name(req: SandboxRequest, who: Identity) -> str:
     if req.name is not None:
         if not _DNS_LABEL.match(req.name):
             raise UsageError(f"--name {req.name!r} is not a valid sandbox name",
-                             hint="lower-case letters, digits and '-'; at most 63 (it is also "
-                             "the host name)")
+                             hint="lower-case letters, digits and '-'; at most 63 (it is also the "
+                             "sandbox's host name)")
         return req.name
     base = re.sub(r"[^a-z0-9]+", "-", f"forensic-{who.pod or who.container}".lower())
     return base[:63].strip("-")
