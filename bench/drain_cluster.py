@@ -33,6 +33,7 @@ from typing import Any
 from harness import REPO, BenchError
 from kubernetes import client, config
 
+from e2e.cluster.launcher import unschedulable_tainted
 from e2e.cluster.world import Cluster
 
 Obj = dict[str, Any]
@@ -144,8 +145,7 @@ class DrainCluster:
         # The node lifecycle controller takes its unschedulable taint away a moment after
         # the uncordon; a drain planned before then finds no destination.
         _poll("the unschedulable taints to go", lambda: not any(
-            t.get("key") == "node.kubernetes.io/unschedulable"
-            for n in others for t in self._node(n).get("spec", {}).get("taints") or []))
+            unschedulable_tainted(self._node(n)) for n in others))
         if population.max_unavailable and population.deployments:
             _poll("every budget's status from the disruption controller", lambda: all(
                 (b.get("status") or {}).get("disruptionsAllowed") == population.max_unavailable

@@ -25,6 +25,7 @@ skipped silently.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -38,15 +39,19 @@ import pytest
 from kubernetes import client, config
 
 from e2e.cluster import binaries, nodehost
-from e2e.cluster.launcher import ControlPlane, control_plane
+from e2e.cluster.launcher import (
+    UNSCHEDULABLE_TAINT,
+    ControlPlane,
+    control_plane,
+    unschedulable_tainted,
+)
 from e2e.cluster.world import Cluster
 
-__all__ = ["UNSCHEDULABLE_TAINT", "Kubectl", "api_client", "cordoned", "empty_namespace",
-           "node_agents", "require_cluster", "wait_for"]
+__all__ = ["Kubectl", "api_client", "cordoned", "empty_namespace", "node_agents",
+           "require_cluster", "wait_for"]
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 DEADLINE = 60.0
-UNSCHEDULABLE_TAINT = "node.kubernetes.io/unschedulable"
 
 
 def require_cluster(reason: str | None) -> None:
@@ -184,8 +189,8 @@ def cordoned(v1: client.CoreV1Api, nodes: list[str] | tuple[str, ...]) -> Iterat
     finally:
         for node in nodes:
             v1.patch_node(node, {"spec": {"unschedulable": None}})
-    wait_for(lambda: not any(t.key == UNSCHEDULABLE_TAINT for node in nodes
-                             for t in v1.read_node(node).spec.taints or []),
+    wait_for(lambda: not any(unschedulable_tainted(json.loads(
+        v1.read_node(node, _preload_content=False).data)) for node in nodes),
              what=f"the {UNSCHEDULABLE_TAINT} taint to leave {', '.join(nodes)}")
 
 

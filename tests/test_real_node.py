@@ -40,11 +40,11 @@ import yaml
 from kubernetes import client, watch
 
 from e2e.cluster import realnode
-from e2e.cluster.launcher import ControlPlane
+from e2e.cluster.launcher import ControlPlane, unschedulable_tainted
 from e2e.real.counter import counter_pod, counts, push_counter_image
 from migrate.adapters.kubelet import SUPPORT_OFF_HINT
 from migrate.pipeline.drain.plan import BARE_POD
-from tests.cluster import UNSCHEDULABLE_TAINT, Kubectl, api_client, require_cluster, wait_for
+from tests.cluster import Kubectl, api_client, require_cluster, wait_for
 from tests.conftest import Result, interrupt_at, journal_id_of
 from tests.real import criu_config, kubelet_checkpoint, pod_log, require, start_pod
 from tests.registries import RegistryUnderTest
@@ -552,9 +552,8 @@ def _cordon(cp: ControlPlane, node: str, unschedulable: bool) -> None:
                           content_type="application/strategic-merge-patch+json")
     assert status == 200, body
     if not unschedulable:  # as tests.cluster.cordoned: the controller's taint goes later
-        wait_for(lambda: not any(t["key"] == UNSCHEDULABLE_TAINT for t in cp.api(
-            "GET", f"/api/v1/nodes/{node}")[1]["spec"].get("taints") or []), DEADLINE,
-            f"the unschedulable taint to leave {node}")
+        wait_for(lambda: not unschedulable_tainted(cp.api("GET", f"/api/v1/nodes/{node}")[1]),
+                 DEADLINE, f"the unschedulable taint to leave {node}")
 
 
 def _pods(cp: ControlPlane, selector: str) -> list[dict[str, Any]]:

@@ -50,7 +50,8 @@ from e2e.cluster import procs
 from e2e.cluster.binaries import Versions, binaries, missing, versions
 from e2e.services.pki import CertPair, issue, make_ca, write_private
 
-__all__ = ["SERVICE_CIDR", "ControlPlane", "Options", "control_plane"]
+__all__ = ["SERVICE_CIDR", "UNSCHEDULABLE_TAINT", "ControlPlane", "Options", "control_plane",
+           "unschedulable_tainted"]
 
 LOOPBACK = "127.0.0.1"
 #: Service ClusterIPs. Nothing routes or dials them (no kube-proxy here); the range
@@ -59,6 +60,16 @@ LOOPBACK = "127.0.0.1"
 SERVICE_CIDR = "198.19.0.0/24"
 _SERVICE_IP = "198.19.0.1"  # the `kubernetes` Service: first address of the range
 _ISSUER = "https://kubernetes.default.svc.cluster.local"
+#: The taint the node lifecycle controller gives a cordoned node (TaintNodesByCondition)
+#: and takes away a moment after the uncordon: until then the scheduler, and migrate's
+#: own placement, still refuse the node. Tests and benchmarks that uncordon wait for it.
+UNSCHEDULABLE_TAINT = "node.kubernetes.io/unschedulable"
+
+
+def unschedulable_tainted(node: dict[str, Any]) -> bool:
+    """Whether a Node (as the API's JSON) still carries `UNSCHEDULABLE_TAINT`."""
+    return any(t.get("key") == UNSCHEDULABLE_TAINT
+               for t in (node.get("spec") or {}).get("taints") or [])
 
 
 @dataclass(frozen=True)
