@@ -208,7 +208,7 @@ class Runner:
                 sample = run_once(f"migrate drain ({drain.label})", [
                     str(MIGRATE), "drain", SOURCE, "--registry", f"{self.registry.host}/bench",
                     "--no-tls-verify", "--concurrency", str(drain.concurrency), "--timeout",
-                    "300", "-o", "json"], self._env(run_dir, world))
+                    "300", "-o", "json", "--delete-emptydir-data"], self._env(run_dir, world))
                 cpu_split = cpu.close()
                 requests = window.close()
                 try:

@@ -67,7 +67,8 @@ def _migrate(w: World, work: Path, name: str, mib: int, tag: str) -> Run:
     env = {**migrate_env(w, work / "state"), "MIGRATE_CACHE_DIR": str(work / "cache" / tag)}
     s = run_once("migrate pod", [sys.executable, "-m", "migrate", "pod", name, "--to",
                                  "node-b", "--registry", f"{w.registry.host}/bench",
-                                 "--no-tls-verify", "--timeout", "300", "-o", "json"], env)
+                                 "--no-tls-verify", "--timeout", "300", "-o", "json",
+                                 "--delete-emptydir-data"], env)
     report = json.loads(s.stdout)
     if report.get("outcome") != "succeeded":
         raise BenchError(f"migrate pod {name}: outcome {report.get('outcome')}")

@@ -198,15 +198,16 @@ def demo(work: Path) -> None:
         before_secret = _search(migrate, source, token, env, "secret in the source")
         source.unlink()  # a copy of the memory, secret included: not kept
         _say("The plan: node-b, and where the image is built (here: MIGRATE_NODE_ROOT=/ "
-             "finds the kubelets' checkpoint directories on this machine)")
+             "finds the kubelets' checkpoint directories on this machine). The pod's "
+             "emptyDir /data (empty) starts empty there: --delete-emptydir-data agrees")
         registry_prefix = f"{registry.host}/demo"
         _run([*migrate, "pod", "counters", "--to", "node-b", "--registry", registry_prefix,
-              "--no-tls-verify", "--dry-run"], env)
+              "--no-tls-verify", "--delete-emptydir-data", "--dry-run"], env)
         _, before = _counts(env, kubectl, "counters", at_least=3)
         print(f"counter before the migration: {before[-1]}", flush=True)
         _say("Migrate it to node-b")
         _run([*migrate, "pod", "counters", "--to", "node-b", "--registry", registry_prefix,
-              "--no-tls-verify"], env)
+              "--no-tls-verify", "--delete-emptydir-data"], env)
         moved = dt.datetime.now(dt.UTC)
         _run([kubectl, "get", "pods", "-o", "wide"], env)
         _say("Proof: the restored process counts on from there, and holds the secret")

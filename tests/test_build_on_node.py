@@ -80,7 +80,8 @@ def on_node(cli: Cli, cluster: Cluster, pod: str, registry: RegistryUnderTest,
             *args: str) -> Result:
     return cli("pod", pod, "--to", "node-b", "--build-on", "node", "--tool-image", TOOL,
                "--registry", f"{registry.host}/migrations", "--no-tls-verify",
-               "--kubeconfig", cluster.kubeconfig, "--timeout", "60", "-o", "json", *args)
+               "--kubeconfig", cluster.kubeconfig, "--timeout", "60", "-o", "json",
+               "--delete-emptydir-data", *args)
 
 
 def journal_actions(journal_id: str) -> list[str]:

@@ -60,7 +60,8 @@ def _node_root(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _args(cluster: Cluster, registry: RegistryUnderTest, pod: str, *extra: str) -> list[str]:
     return ["pod", pod, "--kubeconfig", str(cluster.kubeconfig), "--registry",
-            f"{registry.host}/claims", "--no-tls-verify", "--timeout", "30", *extra]
+            f"{registry.host}/claims", "--no-tls-verify", "--timeout", "30",
+            "--delete-emptydir-data", *extra]
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from e2e.cluster.world import Cluster as Nodes
 from e2e.nodes import NodeConfig, RegistryConfig
 from migrate.errors import ClusterError
 from migrate.pipeline import migration
-from migrate.pipeline.drain.plan import BARE_POD
+from migrate.pipeline.drain.plan import BARE_POD, LOCAL_DATA
 from migrate.pipeline.journal import Journal
 from migrate.validation import validate
 from tests.cluster import api_client, cordoned, node_agents, wait_for
@@ -182,7 +182,8 @@ def drain(cli: Cli, plain_registry: RegistryUnderTest) -> Callable[..., Result]:
     def run(c: Cluster, *args: str) -> Result:
         # The defaults first: a later option given by the test wins.
         return cli("drain", "--kubeconfig", c.nodes.kubeconfig, "--registry",
-                   f"{plain_registry.host}/drains", "--no-tls-verify", "--timeout", "20", *args)
+                   f"{plain_registry.host}/drains", "--no-tls-verify", "--timeout", "20",
+                   "--delete-emptydir-data", *args)
     return run
 
 
@@ -609,7 +610,7 @@ def test_usage_and_cluster_errors(drain: Callable[..., Result], cli: Cli,
         "CRI-O does not restore its archives: neither a source nor a destination")
     code, line = first_line(drain(cluster, "node-a", "--pod-selector", "app in (x"))
     assert (code, line.split(":")[:2]) == (2, ["error", " --pod-selector"])
-    r = cli("drain", "node-a", "--kubeconfig", cluster.nodes.kubeconfig)
+    r = cli("drain", "node-a", "--kubeconfig", cluster.nodes.kubeconfig, "--delete-emptydir-data")
     assert first_line(r) == (2, "error: 1 pod(s) to migrate: say where their checkpoint "
                                 "images go with --registry REG")
     assert first_line(cli("drain", "--resume", "drain-nothing-20260101t000000-abcd",
@@ -643,6 +644,21 @@ def test_the_eviction_api_says_not_now_gone_or_evicted(cluster: Cluster) -> None
     wait_for(lambda: name not in cluster.where(), what=f"{name} gone")
 
 
+def test_a_drain_leaves_a_pod_whose_emptydir_data_it_would_lose(
+        cli: Cli, cluster: Cluster, plain_registry: RegistryUnderTest) -> None:
+    # kubectl drain refuses it too ("Pods with local storage"): migrated or evicted, the
+    # pod's emptyDirs go with it, and a checkpoint holds none of their files.
+    scratch = cluster.pod("scratch")
+    r = cli("drain", "node-a", "--kubeconfig", cluster.nodes.kubeconfig, "--registry",
+            f"{plain_registry.host}/drains", "--no-tls-verify", "--timeout", "20", "-o", "json")
+    assert r.code == 10, r.err
+    pod = by_name(r.json())["scratch"]
+    assert (pod["outcome"], pod["reason"]) == ("blocked", LOCAL_DATA.format("data"))
+    now = cluster.v1.read_namespaced_pod("scratch", "default")
+    assert (now.metadata.uid, now.spec.node_name) == (scratch.metadata.uid, "node-a")
+    assert cluster.cordoned("node-a")
+
+
 def test_a_pod_another_migration_claims_is_blocked_not_moved_twice(
         drain: Callable[..., Result], cli: Cli, cluster: Cluster,
         plain_registry: RegistryUnderTest, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -651,7 +667,8 @@ def test_a_pod_another_migration_claims_is_blocked_not_moved_twice(
     with monkeypatch.context() as m:  # a `migrate pod` run of it, interrupted
         interrupt_at(m, "verify")
         r = cli("pod", "claimed", "--to", "node-b", "--kubeconfig", cluster.nodes.kubeconfig,
-                "--registry", f"{plain_registry.host}/drains", "--no-tls-verify")
+                "--registry", f"{plain_registry.host}/drains", "--no-tls-verify",
+                "--delete-emptydir-data")
     assert r.code == 130
     holder = journal_id_of(r.err)
     reason = f"claimed by migration {holder}, which was interrupted"
@@ -679,7 +696,7 @@ def test_sigterm_stops_a_drain_like_ctrl_c_and_it_resumes_as_it_ran(
         cluster.pod(name)
     args = ["drain", "node-a", "--kubeconfig", str(cluster.nodes.kubeconfig), "--registry",
             f"{plain_registry.host}/drains", "--no-tls-verify", "--timeout", "20",
-            "--concurrency", "1"]
+            "--concurrency", "1", "--delete-emptydir-data"]
     stderr = tmp_path / "stderr"
     with cluster.nodes.holding_checkpoints("node-a") as waiting, stderr.open("w") as sink:
         process = subprocess.Popen([str(Path(sys.executable).parent / "migrate"), *args],

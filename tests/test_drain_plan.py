@@ -25,7 +25,14 @@ from migrate.pipeline.drain.budgets import (
     selects,
 )
 from migrate.pipeline.drain.classify import classify
-from migrate.pipeline.drain.plan import BARE_POD, DrainRequest, PodPlan, Snapshot, make_plan
+from migrate.pipeline.drain.plan import (
+    BARE_POD,
+    LOCAL_DATA,
+    DrainRequest,
+    PodPlan,
+    Snapshot,
+    make_plan,
+)
 from migrate.pipeline.drain.state import STAGES, Context, DrainState
 from migrate.pipeline.journal import Journal
 from migrate.pipeline.quantity import parse_quantity, pod_requests
@@ -241,6 +248,40 @@ def test_a_bare_pod_is_evicted_only_with_force() -> None:
     snap.on_node = snap.running = [pod("solo")]
     [solo] = make_plan(snap, DrainRequest("node-a"))
     assert (solo.action, solo.reason.endswith(BARE_POD)) == ("blocked", True)
+
+
+def test_pods_with_emptydirs_move_or_go_only_with_delete_emptydir_data() -> None:
+    # kubectl drain refuses pods with local storage without --delete-emptydir-data. A
+    # migration loses that data as an eviction does: the checkpoint holds none of it,
+    # and the source pod's emptyDirs go with it.
+    scratch = [{"name": "scratch", "emptyDir": {}},
+               {"name": "shm", "emptyDir": {"medium": "Memory"}}]
+    pods = [pod("web", owner="ReplicaSet/web", volumes=scratch),
+            pod("db-0", owner="StatefulSet/db", volumes=scratch[:1]),
+            pod("solo", volumes=scratch[1:]),
+            pod("done", phase="Succeeded", owner="ReplicaSet/d", volumes=scratch),
+            pod("agent", owner="DaemonSet/agent", volumes=scratch), pod("plain")]
+    snap = Snapshot(pods, {p["metadata"]["uid"] for p in pods}, [node("node-b")], pods, [])
+    entries = {e.name: (e.action, e.reason) for e in make_plan(snap, DrainRequest("node-a"))}
+    assert entries["web"] == ("blocked", LOCAL_DATA.format("scratch, shm"))
+    assert entries["db-0"] == ("blocked", LOCAL_DATA.format("scratch"))
+    assert entries["solo"] == ("blocked", LOCAL_DATA.format("shm"))
+    assert [entries[n][0] for n in ("done", "agent", "plain")] == ["skip", "skip", "migrate"]
+    assert LOCAL_DATA.format("scratch") == (
+        "emptyDir volume(s) scratch: their data on the node is deleted with the pod, "
+        "migrated or evicted (--delete-emptydir-data allows it)")
+    allowed = {e.name: e.action for e in make_plan(
+        snap, DrainRequest("node-a", delete_emptydir_data=True))}
+    assert allowed == {"web": "migrate", "db-0": "evict", "solo": "migrate", "done": "skip",
+                       "agent": "skip", "plain": "migrate"}
+    # --skip-rest evicts nothing: what it would evict it leaves, data and all.
+    kept = {e.name: e.action for e in make_plan(snap, DrainRequest("node-a",
+                                                                   evict_rest=False))}
+    assert (kept["web"], kept["db-0"]) == ("blocked", "skip")
+    # A drain journaled before the flag existed moved such pods: resumed, it still does.
+    assert DrainRequest.from_dict({"node": "node-a"}).delete_emptydir_data is True
+    assert DrainRequest.from_dict(DrainRequest("node-a").to_dict()).delete_emptydir_data \
+        is False
 
 
 # -- budgets -----------------------------------------------------------------------------

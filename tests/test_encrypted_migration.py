@@ -108,7 +108,7 @@ class World:
     def migrate(self, cli: Cli, pod: str, to: str, *args: str) -> Result:
         return cli("pod", pod, "--to", to, "--kubeconfig", self.cp.admin_kubeconfig,
                    "--registry", f"{self.registry.host}/encrypted", "--no-tls-verify",
-                   "--timeout", "300", "-o", "json", *args)
+                   "--timeout", "300", "-o", "json", "--delete-emptydir-data", *args)
 
     def layer(self, reference: str) -> dict[str, Any]:
         """The first layer descriptor of the manifest REGISTRY/REPO[:TAG][@DIGEST]."""
@@ -241,7 +241,8 @@ def test_a_drain_encrypts_every_image(cli: Cli, world: World) -> None:
         r = cli("drain", "node-a", "--to", "node-b", "--pod-selector", "drain=encrypted",
                 "--skip-rest", "--kubeconfig", world.cp.admin_kubeconfig, "--registry",
                 f"{world.registry.host}/drains", "--no-tls-verify", "--encrypt-for",
-                f"jwe:{world.public}", "--timeout", "300", "-o", "json")
+                f"jwe:{world.public}", "--timeout", "300", "-o", "json",
+                "--delete-emptydir-data")
     finally:
         cli("uncordon", "node-a", "--kubeconfig", world.cp.admin_kubeconfig)
     assert r.code == 0, r.err

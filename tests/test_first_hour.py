@@ -79,7 +79,8 @@ def shared(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
 def migrate(cli: Cli, cluster: Cluster, plain_registry: RegistryUnderTest) -> Callable[..., Result]:
     def run(pod: str, *args: str) -> Result:
         return cli("pod", pod, "--kubeconfig", cluster.kubeconfig, "--registry",
-                   f"{plain_registry.host}/first", "--no-tls-verify", "--timeout", "20", *args)
+                   f"{plain_registry.host}/first", "--no-tls-verify", "--timeout", "20",
+                   "--delete-emptydir-data", *args)
     return run
 
 
@@ -315,7 +316,7 @@ def test_3_a_pod_on_containerd_is_refused_before_its_checkpoint(
     for force, outcome in (((), f"; {BARE_POD}"),
                            (("--force",), "; evicted instead (--evict-rest)")):
         r = cli("drain", "node-c", "--dry-run", *force, "--kubeconfig", cluster.kubeconfig,
-                "-o", "json")
+                "-o", "json", "--delete-emptydir-data")
         entry = next(p for p in r.json()["pods"] if p["name"] == "ctrd")
         assert (entry["action"], entry["reason"]) == (
             "evict" if force else "blocked",
@@ -425,7 +426,7 @@ def test_5_progress_while_the_restored_pod_starts(migrate: Callable[..., Result]
     make_pod(v1, "watched3")
     done = run_binary(["pod", "watched3", "--to", "node-b", "--kubeconfig", str(cluster.kubeconfig),
                        "--registry", f"{plain_registry.host}/first", "--no-tls-verify", "-o",
-                       "json", "-v"])
+                       "json", "-v", "--delete-emptydir-data"])
     assert done.returncode == 0, done.stderr
     assert "INFO: verify: counter: Started: Started container counter" in \
         done.stderr.splitlines()
@@ -541,7 +542,7 @@ def test_9_drains_resume_and_roll_back_by_their_own_ids(cli: Cli, cluster: Clust
         interrupt_at(m, "verify")
         r = cli("drain", "node-d", "--to", "node-b", "--registry",
                 f"{plain_registry.host}/first", "--no-tls-verify", "--kubeconfig",
-                cluster.kubeconfig, "-o", "json")
+                cluster.kubeconfig, "-o", "json", "--delete-emptydir-data")
     assert r.code == 130, r.err
     report = r.json()
     validate(report, "drain.schema.json", "drain -o json, interrupted")

@@ -56,7 +56,8 @@ def _node_root(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def plain(cluster: Cluster, registry: RegistryUnderTest, pod: str) -> list[str]:
     return ["pod", pod, "--to", "node-b", "--kubeconfig", str(cluster.kubeconfig), "--registry",
-            f"{registry.host}/interrupted", "--no-tls-verify", "--timeout", "30"]
+            f"{registry.host}/interrupted", "--no-tls-verify", "--timeout", "30",
+            "--delete-emptydir-data"]
 
 
 def journal(journal_id: str) -> Journal:
@@ -240,7 +241,7 @@ def test_resume_reaches_a_registry_needing_credentials(
         interrupt_at(m, "build")
         r = cli("pod", name, "--to", "node-b", "--kubeconfig", cluster.kubeconfig, "--registry",
                 f"{reg.host}/interrupted", "--cert-dir", reg.cert_dir, "--timeout", "30",
-                *given)
+                "--delete-emptydir-data", *given)
     assert r.code == 130
     journal_id = journal_id_of(r.err)
     recorded = journal(journal_id)

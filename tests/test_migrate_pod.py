@@ -53,7 +53,7 @@ def migrate(cli: Cli, cluster: Cluster, plain_registry: RegistryUnderTest) -> Ca
     def run(pod: str, *args: str) -> Result:
         return cli("pod", pod, "--kubeconfig", cluster.kubeconfig, "--registry",
                    f"{plain_registry.host}/migrations", "--no-tls-verify", "--timeout", "20",
-                   *args)
+                   "--delete-emptydir-data", *args)
     return run
 
 
@@ -185,6 +185,44 @@ def test_dry_run_changes_nothing(migrate: Callable[..., Result], cli: Cli,
     assert cli("history", "-o", "json").json() == []
 
 
+def test_a_pod_whose_emptydir_data_would_go_moves_only_when_told(
+        cli: Cli, cluster: Cluster, v1: client.CoreV1Api,
+        plain_registry: RegistryUnderTest) -> None:
+    # kubectl drain's rule, for the same reason: the source pod's emptyDirs are deleted
+    # with it, and a checkpoint holds none of their files.
+    pod = make_pod(v1, "scratch")
+    base = ("pod", "scratch", "--to", "node-b", "--kubeconfig", cluster.kubeconfig,
+            "--registry", f"{plain_registry.host}/migrations", "--no-tls-verify")
+    for args in ((), ("--dry-run",)):
+        r = cli(*base, *args)
+        assert (r.code, r.err.splitlines()) == (2, [
+            "error: pod default/scratch has emptyDir volume(s) data: a checkpoint does not "
+            "hold their files, and they are deleted with the source pod",
+            "hint: --delete-emptydir-data moves it anyway (the restored pod gets them "
+            "empty); --keep-source leaves the source and its data running"])
+    assert_untouched(v1, "scratch", pod.metadata.uid)
+    assert cli("history", "-o", "json").json() == []
+    # A copy beside a source left running loses nothing; the flag lets it go.
+    for args in (("--keep-source",), ("--delete-emptydir-data",)):
+        r = cli(*base, *args, "--dry-run", "-o", "json")
+        assert (r.code, r.json()["plan"]["emptied_volumes"]) == (0, ["data"]), r.err
+
+
+def test_the_emptydirs_a_pod_loses_are_all_of_its_own() -> None:
+    from migrate.pipeline.preflight import PodRequest, local_data
+
+    spec = {"volumes": [{"name": "shm", "emptyDir": {"medium": "Memory"}},
+                        {"name": "conf", "configMap": {"name": "c"}},
+                        {"name": "unmounted", "emptyDir": {}}], "containers": []}
+    assert local_data({"spec": spec}) == ("shm", "unmounted")
+    assert local_data({"spec": {"containers": []}}) == ()
+    # A run journaled before the flag existed moved such pods: resumed, it still does.
+    req = PodRequest("web", "node-b").to_dict()
+    assert PodRequest.from_dict(req).delete_emptydir_data is False
+    del req["delete_emptydir_data"]
+    assert PodRequest.from_dict(req).delete_emptydir_data is True
+
+
 @pytest.mark.parametrize(("node", "code", "message"), [
     ("node-a", 2, "error: pod dry2 already runs on node-a"),
     ("node-c", 6, "error: node node-c cannot restore checkpoints: containerd can checkpoint"),
@@ -234,7 +272,7 @@ def test_registry_down_fails_before_anything_changes(cli: Cli, cluster: Cluster,
                                                      v1: client.CoreV1Api) -> None:
     pod = make_pod(v1, "noreg")
     r = cli("pod", "noreg", "--to", "node-b", "--kubeconfig", cluster.kubeconfig,
-            "--registry", "127.0.0.1:9/migrations", "--no-tls-verify")
+            "--registry", "127.0.0.1:9/migrations", "--no-tls-verify", "--delete-emptydir-data")
     assert r.code == 7
     assert r.err.startswith("error: cannot reach 127.0.0.1:9"), r.err
     assert_untouched(v1, "noreg", pod.metadata.uid)

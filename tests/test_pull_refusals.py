@@ -55,3 +55,18 @@ def test_criu_failing_a_restore_names_its_log_and_the_usual_causes() -> None:
         "userdata/restore.log")
     assert e.hint is not None and "bad size" in e.hint and "tcp-close" in e.hint
     assert e.runtime_message.startswith("RunContainerError: failed to restore container")
+
+
+def test_a_criu_failure_after_emptydirs_started_empty_names_them_first() -> None:
+    from migrate.pipeline.refusals import CRIU_RESTORE_HINT, refused
+
+    e = refused("counter", "node-b", "RunContainerError", CRIU_RESTORE_FAILED, None,
+                emptied=("cache", "data"))
+    assert e.hint == (
+        "the emptyDir volume(s) cache, data started empty on node-b: a file the process held "
+        "open there cannot be opened again (`Can't open file ... on restore`); such a pod can "
+        "move only once it holds none open there. " + CRIU_RESTORE_HINT)
+    # Another failure is not blamed on them.
+    other = refused("counter", "node-b", "CreateContainerError", "image not known", None,
+                    emptied=("data",))
+    assert other.hint is not None and "emptyDir" not in other.hint

@@ -354,8 +354,10 @@ def _counting(cp: ControlPlane, name: str, lines: int = 2) -> list[int]:
 
 def _migrate(cli: Cli, cp: ControlPlane, registry: RegistryUnderTest, pod: str,
              to: str, *extra: str) -> Result:
+    # The counter's /data emptyDir holds nothing, and the restored pod gets it empty.
     return cli("pod", pod, "--to", to, "--registry", f"{registry.host}/moved",
-               "--no-tls-verify", "--kubeconfig", cp.admin_kubeconfig, "-o", "json", *extra)
+               "--no-tls-verify", "--kubeconfig", cp.admin_kubeconfig, "-o", "json",
+               "--delete-emptydir-data", *extra)
 
 
 @contextlib.contextmanager
@@ -447,6 +449,12 @@ def test_migrate_pod_moves_the_counter_between_real_nodes(
     image = source["spec"]["containers"][0]["image"]
     monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
     name = _start(real_cp, counter_pod("movers", image, secret=SECRET, node=node.name))
+    # Its emptyDir goes with the source: without the word for it, nothing moves.
+    r = cli("pod", name, "--to", node_b.name, "--registry", f"{plain_registry.host}/moved",
+            "--no-tls-verify", "--kubeconfig", real_cp.admin_kubeconfig)
+    assert (r.code, r.err.splitlines()[0]) == (2, (
+        f"error: pod default/{name} has emptyDir volume(s) data: a checkpoint does not hold "
+        "their files, and they are deleted with the source pod"))
     before_token = _token_in(cli, _checkpoint_of(cli, real_cp, name))
     events: list[tuple[str, str]] = []
     watcher = threading.Thread(target=_timeline, args=(real_cp, name, events), daemon=True)
@@ -541,6 +549,29 @@ def test_a_changed_image_file_held_open_fails_the_restore_with_criu_s_log(
     assert _running(real_cp, name)  # the source runs on, untouched
 
 
+def test_a_file_held_open_on_an_emptydir_fails_the_restore_and_names_the_volume(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
+        plain_registry: RegistryUnderTest, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The counter appends to /data/counter.log and holds it open: the restored pod's
+    # emptyDir is a new, empty one, and CRIU cannot open the file again there.
+    image = push_counter_image(plain_registry.host, "stretch/logged", "1", tmp_path,
+                               env=("DATA_LOG=/data/counter.log",))
+    name = _start(real_cp, counter_pod("logged", image, secret=SECRET, node=node.name))
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")  # the kubelets' archives are on this machine
+    r = _migrate(cli, real_cp, plain_registry, name, node_b.name)
+    assert r.code == 6, (r.out, r.err)
+    assert r.json()["outcome"] == "rolled-back"
+    first, hint = r.err.splitlines()[:2]
+    assert first.startswith(f"error: verify: the restore of counter on {node_b.name} failed: "
+                            "CRIU could not restore it (type NOTIFY errno 0)"), first
+    # CRIU's log says `Can't open file data/counter.log on restore: No such file or
+    # directory`: the hint names the volume first.
+    assert hint.startswith(f"hint: the emptyDir volume(s) data started empty on "
+                           f"{node_b.name}: a file the process held open there"), hint
+    assert _running(real_cp, name)  # the source runs on, untouched
+
+
 def _empty_dir(node: realnode.RealNode, uid: str, volume: str) -> Path:
     """Where a pod's emptyDir lives on the node (the kubelet's root dir is on this machine)."""
     return node.checkpoints.parent / "pods" / uid / "volumes" / "kubernetes.io~empty-dir" / volume
@@ -603,7 +634,7 @@ def test_a_drain_hands_a_deployments_counters_to_the_replicaset_on_node_b(
         r = cli("drain", node.name, "--to", node_b.name, "--pod-selector", "app=drained",
                 "--registry", f"{plain_registry.host}/drained", "--no-tls-verify",
                 "--kubeconfig", real_cp.admin_kubeconfig, "--concurrency", "2",
-                "--timeout", str(int(DEADLINE)), "-o", "json")
+                "--timeout", str(int(DEADLINE)), "-o", "json", "--delete-emptydir-data")
         # The module's bare counter on node-a is left out by the selector; evicting it would
         # delete it for good (it did, until the drain refused bare pods without --force).
         assert r.code == 10, r.err
@@ -1008,7 +1039,8 @@ def test_a_drain_leaves_a_pod_criu_cannot_dump_running_where_it_was(
     try:
         r = cli("drain", node.name, "--to", node_b.name, "--pod-selector", f"app={name}",
                 "--registry", f"{plain_registry.host}/drained", "--no-tls-verify",
-                "--kubeconfig", real_cp.admin_kubeconfig, "-o", "json")
+                "--kubeconfig", real_cp.admin_kubeconfig, "-o", "json",
+                "--delete-emptydir-data")
         assert r.code == 10, r.err
         pods = {p["name"]: p for p in r.json()["pods"]}
         failed = pods[name]

@@ -298,7 +298,7 @@ def _schedule_drain_of_node_a(cli: Cli, cluster: Cluster,
     cli("deploy", "--apply", "--kubeconfig", cluster.kubeconfig, "--image", TOOL)
     r = cli("schedule", "drain", "node-a", "--cron", "0 2 * * 6", "--registry",
             f"{registry.host}/drains", "--apply", "--kubeconfig", cluster.kubeconfig,
-            "--", "--no-tls-verify", "--timeout", "60")
+            "--", "--no-tls-verify", "--timeout", "60", "--delete-emptydir-data")
     assert r.code == 0, r.err
 
 

@@ -14,6 +14,8 @@ builds an M MiB string (a power of two: doubling "x") and waits holding it,
 after printing `ballast: M MiB` (touched, resident memory for CRIU to dump).
 With TCP_PORT=P two busybox nc hold an established TCP connection to each other
 on 127.0.0.1:P (`tcp: connected on P` once they do), as most services hold one.
+With DATA_LOG=PATH it also appends each line to PATH (on a volume, say), which it
+holds open, as a service holds its log or its database.
 
 The image is built here, from scratch, with nothing pulled: one uncompressed
 layer (busybox-static and its applet links, the script), an OCI config and
@@ -55,10 +57,14 @@ if [ -n "$TCP_PORT" ]; then
   until netstat -tn | grep -q ESTABLISHED; do usleep 10000; done
   echo "tcp: connected on $TCP_PORT"
 fi
+if [ -n "$DATA_LOG" ]; then
+  exec 6>>"$DATA_LOG"
+fi
 n=0
 while :; do
   n=$((n + 1))
   echo "counter: $n"
+  if [ -n "$DATA_LOG" ]; then echo "counter: $n" >&6; fi
   sleep "${INTERVAL:-1}"
 done
 """

@@ -152,6 +152,11 @@ def drain(
     force: bool = typer.Option(False, "--force", help="Evict bare pods that cannot migrate "
                                "too: no controller starts them again (as kubectl drain "
                                "--force). Without it they stay, blocked."),
+    delete_emptydir_data: bool = typer.Option(False, "--delete-emptydir-data", help="Migrate "
+                                              "or evict pods with emptyDir volumes too: "
+                                              "their data on the node is lost either way "
+                                              "(as kubectl drain's flag). Without it they "
+                                              "stay, blocked."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
     registry: str | None = typer.Option(None, "--registry", help="Push checkpoint images "
                                         "under HOST:PORT/REPO.", show_default=False),
@@ -224,7 +229,8 @@ def drain(
                             timeout=timeout, evict_rest=evict_rest, dry_run=dry_run,
                             registry=registry, build_on=build_on,
                             tool_image=tool_image, registry_secret=registry_secret,
-                            encrypt_for=tuple(encrypt_for), force=force)
+                            encrypt_for=tuple(encrypt_for), force=force,
+                            delete_emptydir_data=delete_emptydir_data)
     cluster = kube.connect(settings.kube, pool_size=2 * concurrency + 4,
                            background_events=True)
     # Read-only: problems surface before the cordon.

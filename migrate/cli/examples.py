@@ -82,6 +82,8 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
          "migrate pod counters --to node-b --registry reg.example/ckpt --dry-run"),
         ("build in a Job on the source node (MIGRATE_TOOL_IMAGE: the tool's image)",
          "migrate pod web -n shop --to node-c --registry reg.example/c --build-on node"),
+        ("a pod with emptyDir volumes: their data goes with the source",
+         "migrate pod web --to node-c --registry reg.example/c --delete-emptydir-data"),
     ),
     "resume": (
         ("continue an interrupted migration (`migrate history` lists them)",
@@ -104,6 +106,8 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("see the plan and change nothing", "migrate drain node-a --dry-run"),
         ("empty node-a; pods that can move keep their memory",
          "migrate drain node-a --registry reg.example/drains"),
+        ("move or evict pods with emptyDir volumes too (their data is lost)",
+         "migrate drain node-a --registry reg.example/d --delete-emptydir-data"),
         ("continue an interrupted drain", "migrate drain --resume "
          "drain-node-a-20261122t121556-854a"),
     ),

@@ -159,6 +159,11 @@ def pod(
         "buildah).", show_default=False),
     keep_source: bool = typer.Option(False, "--keep-source", help="Leave the source "
                                      "running."),
+    delete_emptydir_data: bool = typer.Option(False, "--delete-emptydir-data", help="Move a "
+                                              "pod with emptyDir volumes: their data is "
+                                              "deleted with the source, and the restored "
+                                              "pod gets them empty (as kubectl drain's "
+                                              "flag)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check and print the plan only."),
     timeout: float = typer.Option(300.0, "--timeout", min=1, help="Seconds to wait for the "
                                   "restored pod (and for the source to go)."),
@@ -213,7 +218,8 @@ def pod(
                      keep_source=keep_source, dry_run=dry_run, timeout=timeout,
                      cleanup_archive=cleanup_archive, cleanup_image=cleanup_image,
                      tool_image=tool_image, registry_secret=registry_secret,
-                     keep_archive=keep_archive, encrypt_for=tuple(encrypt_for))
+                     keep_archive=keep_archive, encrypt_for=tuple(encrypt_for),
+                     delete_emptydir_data=delete_emptydir_data)
     cluster = kube.connect(settings.kube, background_events=True)
     planned = migration.plan(cluster, settings, req)
     if dry_run:

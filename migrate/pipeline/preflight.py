@@ -70,6 +70,9 @@ class PodRequest:
     # --encrypt-for SCHEME:PUBLIC_KEY_FILE recipients: file names only (the journal keeps
     # the request; the files are read again when the build runs).
     encrypt_for: tuple[str, ...] = ()
+    # The pod's emptyDir volumes may be lost (kubectl drain's --delete-emptydir-data):
+    # deleting the source deletes them, and the restored pod gets them empty.
+    delete_emptydir_data: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (kept in the journal, so `resume` runs the same request)."""
@@ -81,6 +84,8 @@ class PodRequest:
         """Inverse of `to_dict` (the journal's schema checked the choices' values)."""
         return cls(**{**data, "containers": tuple(data.get("containers") or ()),
                       "encrypt_for": tuple(data.get("encrypt_for") or ()),
+                      # Runs journaled before the flag existed moved such pods.
+                      "delete_emptydir_data": data.get("delete_emptydir_data", True),
                       "builder": Builder(data.get("builder", Builder.native)),
                       "build_on": BuildOn(data.get("build_on", BuildOn.auto)),
                       "compression": Compression(data.get("compression", Compression.none))})
@@ -153,6 +158,14 @@ def _containers(pod: Obj, req: PodRequest) -> tuple[str, ...]:
     if not req.containers:
         return (resolve_container(pod, None),)
     return tuple(resolve_container(pod, c) for c in req.containers)
+
+
+def local_data(pod: Obj) -> tuple[str, ...]:
+    """The pod's emptyDir volumes: data on its node that goes with the pod. kubectl
+    drain's rule (k8s.io/kubectl pkg/drain hasLocalStorage): any emptyDir, mounted or
+    not, of any medium."""
+    return tuple(sorted(v["name"] for v in (pod.get("spec") or {}).get("volumes") or []
+                        if "emptyDir" in v))
 
 
 def emptied_volumes(pod: Obj, containers: tuple[str, ...]) -> tuple[str, ...]:
@@ -375,6 +388,13 @@ def preflight(cluster: kube.Cluster, settings: Settings, req: PodRequest) -> Pla
         raise UsageError(f"pod {namespace}/{req.pod} is controlled by {owner[0]} {owner[1]}, "
                          "which migrate cannot hand a pod over to",
                          hint="only bare pods and ReplicaSet (Deployment) pods can move")
+    volumes = local_data(pod)
+    if volumes and not (req.delete_emptydir_data or req.keep_source):
+        raise UsageError(f"pod {namespace}/{req.pod} has emptyDir volume(s) "
+                         f"{', '.join(volumes)}: a checkpoint does not hold their files, and "
+                         "they are deleted with the source pod",
+                         hint="--delete-emptydir-data moves it anyway (the restored pod gets "
+                         "them empty); --keep-source leaves the source and its data running")
     if owner is None:  # a controller's copy is named by generateName: no name to take
         check_restore_name(cluster, settings, pod)
     # Nodes as read in the last seconds: a drain's preflights read the same few for

@@ -123,8 +123,10 @@ def restore_off(message: str) -> bool:
 
 
 def refused(container: str, node: str, reason: str, message: str,
-            runtime: Runtime | None) -> RestoreRefused:
-    """The error for a fatal waiting reason, with a hint for its cause."""
+            runtime: Runtime | None, *, emptied: tuple[str, ...] = ()) -> RestoreRefused:
+    """The error for a fatal waiting reason, with a hint for its cause; ``emptied``: the
+    emptyDir volumes the restored pod got empty (a file held open there is the likely
+    cause of a CRIU failure)."""
     text = f"the restore of {container} on {node} failed: {reason}: {message}".rstrip(": ")
     if restore_off(message):
         known = runtime is not None and bool(runtime.name)
@@ -137,7 +139,9 @@ def refused(container: str, node: str, reason: str, message: str,
     elif criu := CRIU_FAILED.search(message):
         error = RestoreRefused(f"the restore of {container} on {node} failed: CRIU could not "
                                f"restore it ({criu['why'].strip()}); its log on {node}: "
-                               f"{criu['log']}", hint=CRIU_RESTORE_HINT)
+                               f"{criu['log']}", hint=(EMPTIED_HINT.format(
+                                   ", ".join(emptied), node) if emptied else "")
+                               + CRIU_RESTORE_HINT)
     else:
         error = RestoreRefused(text, hint=_hint(message))
     error.runtime_message = f"{reason}: {message}".rstrip(": ")
@@ -148,8 +152,14 @@ CRIU_RESTORE_HINT = (
     "CRIU's log on the destination says why (the lines with Error). Two causes it often "
     "names: a file the process holds open that the checkpoint did not carry (`File ... has "
     "bad size`: CRI-O carries a file the container changed in its image's layers only where "
-    "the node itself has a file at that path, so keep such files on a volume), and a TCP "
-    "connection (put `tcp-close` in /etc/criu/runc.conf on both nodes)")
+    "the node itself has a file at that path, so keep such files on a volume both nodes "
+    "reach), and a TCP connection (put `tcp-close` in /etc/criu/runc.conf on both nodes)")
+#: Put first when the restored pod got emptyDirs empty: CRIU then cannot open a file the
+#: process held open there again (`Can't open file data/counter.log on restore: No such
+#: file or directory`, CRI-O v1.36.3 with CRIU 4.1.1 on a real node).
+EMPTIED_HINT = ("the emptyDir volume(s) {} started empty on {}: a file the process held "
+                "open there cannot be opened again (`Can't open file ... on restore`); such "
+                "a pod can move only once it holds none open there. ")
 
 
 def _hint(message: str) -> str:

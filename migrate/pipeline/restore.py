@@ -67,8 +67,10 @@ class _Verifier:
     """The watch predicate: None to keep waiting, a `Restored`, or an error raised."""
 
     def __init__(self, digests: dict[str, str], node: str, runtime: Runtime | None,
-                 rootfs: dict[str, str], ran: dict[str, str] | None = None) -> None:
+                 rootfs: dict[str, str], ran: dict[str, str] | None = None,
+                 emptied: tuple[str, ...] = ()) -> None:
         self.digests = digests
+        self.emptied = emptied
         self.rootfs = rootfs
         self.ran = ran or {}
         self.node = node
@@ -96,7 +98,8 @@ class _Verifier:
             waiting = ((statuses.get(container) or {}).get("state") or {}).get("waiting") or {}
             reason, message = waiting.get("reason", ""), str(waiting.get("message", ""))
             if reason in FATAL_WAITING:
-                raise refused(container, self.node, reason, message, self.runtime)
+                raise refused(container, self.node, reason, message, self.runtime,
+                              emptied=self.emptied)
             if reason in PULLING:
                 image = next((str(c.get("image", "")) for c in pod["spec"]["containers"]
                               if c.get("name") == container), "")
@@ -198,7 +201,8 @@ def wait_restored(cluster: kube.Cluster, namespace: str, name: str, node: str,
                   since: str | None = None, runtime: Runtime | None = None,
                   uid: str | None = None, report: KubeletReport | None = None,
                   rootfs: dict[str, str] | None = None,
-                  ran: dict[str, str] | None = None) -> Restored:
+                  ran: dict[str, str] | None = None,
+                  emptied: tuple[str, ...] = ()) -> Restored:
     """Watch the destination pod until it is verified, refused, or the time is up.
 
     ``since``: the resourceVersion its create answered (see `kube.watch_pod`);
@@ -207,9 +211,11 @@ def wait_restored(cluster: kube.Cluster, namespace: str, name: str, node: str,
     ``rootfs``: container -> the image the checkpointed container ran (the checkpoint's
     rootfsImageName), which a CRI-O restore reports instead of the checkpoint's digest;
     ``ran``: container -> the image the source container ran as the destination pulled
-    it (REPO@DIGEST), which CRI-O reports when it has no other name for it.
+    it (REPO@DIGEST), which CRI-O reports when it has no other name for it;
+    ``emptied``: the emptyDir volumes the restored containers get empty (a CRIU failure's
+    likely cause).
     """
-    verify = _Verifier(digests, node, runtime, rootfs or {}, ran)
+    verify = _Verifier(digests, node, runtime, rootfs or {}, ran, emptied)
     events = (kube.watch_events(cluster, namespace, uid, report.event, report.idle,
                                 since=since)
               if report is not None and uid else None)

@@ -41,7 +41,7 @@ def pod_request(ctx: Context, entry: PodPlan) -> PodRequest:
                       all_containers=True, registry=req.registry, build_on=req.build_on,
                       timeout=req.timeout, tool_image=req.tool_image,
                       registry_secret=req.registry_secret, encrypt_for=req.encrypt_for,
-                      placed=True)
+                      placed=True, delete_emptydir_data=req.delete_emptydir_data)
 
 
 def _progress(ctx: Context, entry: PodPlan) -> migration.Progress:

@@ -7,7 +7,9 @@ destination of each pod to migrate. A pod another migration has claimed
 (claims.py) is blocked, whatever it would be otherwise. Pods no destination fits are evicted
 (--evict-rest, the default) or left blocked (--skip-rest), which also
 leaves the pods that would be evicted where they are. A bare pod is evicted only with
---force: nothing would start it again, so kubectl drain refuses it too.
+--force: nothing would start it again, so kubectl drain refuses it too. A pod with
+emptyDir volumes is migrated or evicted only with --delete-emptydir-data, as kubectl
+drain asks: either way its data there is gone.
 """
 
 from __future__ import annotations
@@ -24,12 +26,17 @@ from migrate.pipeline.choices import BuildOn
 from migrate.pipeline.drain import place
 from migrate.pipeline.drain.budgets import covering
 from migrate.pipeline.drain.classify import BLOCKED, EVICT, MIGRATE, SKIP, classify
-from migrate.pipeline.preflight import controller_of
+from migrate.pipeline.preflight import controller_of, local_data
 
 Obj = dict[str, Any]
 #: Why a drain leaves a bare pod it would evict (kubectl drain refuses such pods the same way).
 BARE_POD = ("a bare pod: evicting it deletes it for good, no controller starts it again "
             "(--force evicts it)")
+#: Why a drain leaves a pod with emptyDir volumes (kubectl drain: "Pods with local storage
+#: (use --delete-emptydir-data to override)"): migrated or evicted, the source pod goes
+#: and its emptyDirs with it; a checkpoint holds none of their files.
+LOCAL_DATA = ("emptyDir volume(s) {}: their data on the node is deleted with the pod, "
+              "migrated or evicted (--delete-emptydir-data allows it)")
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,7 @@ class DrainRequest:
     attempts: int = 3  # tries per pod when a migration fails for a transient reason
     encrypt_for: tuple[str, ...] = ()  # --encrypt-for recipients (file names) of every image
     force: bool = False  # evict bare pods too (gone for good: no controller starts them again)
+    delete_emptydir_data: bool = False  # move or evict pods with emptyDir volumes too
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -60,7 +68,9 @@ class DrainRequest:
     def from_dict(cls, data: dict[str, Any]) -> DrainRequest:
         """Inverse of `to_dict`."""
         return cls(**{**data, "encrypt_for": tuple(data.get("encrypt_for") or ()),
-                      "build_on": BuildOn(data.get("build_on", BuildOn.auto))})
+                      "build_on": BuildOn(data.get("build_on", BuildOn.auto)),
+                      # Drains journaled before the flag existed moved such pods.
+                      "delete_emptydir_data": data.get("delete_emptydir_data", True)})
 
 
 @dataclass
@@ -185,6 +195,11 @@ def make_plan(snap: Snapshot, req: DrainRequest,
     for e in entries:
         if e.uid in (claimed or {}) and e.action != SKIP:
             e.action, e.reason = BLOCKED, (claimed or {})[e.uid]
+    if not req.delete_emptydir_data:
+        for pod, e in zip(snap.on_node, entries, strict=True):
+            volumes = local_data(pod)
+            if volumes and (e.action == MIGRATE or (e.action == EVICT and req.evict_rest)):
+                e.action, e.reason = BLOCKED, LOCAL_DATA.format(", ".join(volumes))
     for e in entries:
         if e.action == EVICT:
             _evict(e, e.reason, req)

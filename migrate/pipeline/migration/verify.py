@@ -24,7 +24,8 @@ def verify(run: Run) -> VerifyResult:
                                      since=created.resource_version, runtime=runtime,
                                      uid=created.uid, report=report,
                                      rootfs={c: i.rootfs_image for c, i in images.items()},
-                                     ran=dict(created.workload_images))
+                                     ran=dict(created.workload_images),
+                                     emptied=plan.emptied)
     event(run, known(plan.namespace, created.pod, restored.uid), "Restored",
           f"restored from {', '.join(sorted(set(digests.values())))} "
           f"(migration {run.journal.id} from {plan.source})")
