@@ -272,6 +272,19 @@ def plain_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registr
 
 
 @pytest.fixture(scope="session")
+def plain_basic_registry(tmp_path_factory: pytest.TempPathFactory
+                         ) -> Iterator[RegistryUnderTest]:
+    """A shared HTTP registry with Basic auth (alice / s3cret-pa55): a private registry a
+    runtime lists as insecure."""
+    stack = _Stack()
+    try:
+        yield stack.start(tmp_path_factory.mktemp("registry-plain-basic"), None, tls=False,
+                          auth="basic")
+    finally:
+        stack.close()
+
+
+@pytest.fixture(scope="session")
 def tls_basic_registry(
     tmp_path_factory: pytest.TempPathFactory, registry_pki: RegistryPKI
 ) -> Iterator[RegistryUnderTest]:

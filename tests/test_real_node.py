@@ -30,6 +30,7 @@ import os
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -1005,7 +1006,9 @@ def test_migrate_sandbox_runs_the_kubelets_archive_in_crio_with_real_crictl(
     assert after == list(range(1, len(after) + 1)), after
     # The commands it prints, run by hand in a shell, do the same: the image gone again,
     # they pull it and restore.
-    for step in (("rmp", "--force", "--all"), ("rmi", base["id"])):
+    running = lone_crio.crictl("ps", "-q").stdout.split()  # killed at once: see crio_alone
+    for step in (("stop", "--timeout", "0", *running), ("rmp", "--force", "--all"),
+                 ("rmi", base["id"])):
         assert lone_crio.crictl(*step).returncode == 0, step
     r = cli("sandbox", checkpoint.path, "--out", tmp_path / "by-hand", "--name", "by-hand",
             "--crictl", realnode.bin_dir() / "crictl", "--runtime-endpoint",
@@ -1024,6 +1027,88 @@ def test_migrate_sandbox_runs_the_kubelets_archive_in_crio_with_real_crictl(
     assert r.json()["pulled_base_image"] is False
 
 
+
+
+def test_migrate_sandbox_pulls_a_private_base_image_with_the_credentials_given(
+        cli: Cli, stretch_built: None, plain_registry: RegistryUnderTest,
+        plain_basic_registry: RegistryUnderTest, tmp_path: Path) -> None:
+    # CRI-O's own checkpoint (`crictl checkpoint --export`, the call the kubelet makes)
+    # of the counter run from a registry that asks for credentials; then the image is
+    # gone, and the sandbox's pull must bring them: crictl reads them from CRICTL_CREDS.
+    auth = plain_basic_registry
+    assert auth.creds is not None
+    ref = f"{auth.host}/private/counter:1"
+    skopeo = subprocess.run(
+        ["skopeo", "copy", "--src-tls-verify=false", "--dest-tls-verify=false",
+         "--dest-creds", auth.creds,
+         f"docker://{push_counter_image(plain_registry.host, 'stretch/private', '1', tmp_path)}",
+         f"docker://{ref}"], capture_output=True, text=True, timeout=DEADLINE, check=False)
+    assert skopeo.returncode == 0, skopeo.stderr
+    work = tmp_path / "crio"
+    with realnode.crio_alone(work, registry=plain_registry.host,
+                             insecure=(auth.host,)) as crio:
+        def crictl(*args: str, creds: bool = False) -> str:
+            env = {**os.environ, "CRICTL_CREDS": auth.creds or ""} if creds else None
+            done = subprocess.run([str(realnode.bin_dir() / "crictl"), "--runtime-endpoint",
+                                   crio.endpoint, "--timeout", "60s", *args], env=env,
+                                  capture_output=True, text=True, timeout=DEADLINE,
+                                  check=False)
+            assert done.returncode == 0, (args, done.stderr, crio.log.read_text()[-2000:])
+            return done.stdout.strip()
+
+        assert "authentication required" in crio.crictl("pull", ref).stderr
+        crictl("pull", ref, creds=True)
+        image_id = json.loads(crictl("inspecti", "-q", ref))["status"]["id"]
+        logs = work / "pod-logs"
+        logs.mkdir()
+        pod_config, ctr_config = work / "pod.json", work / "ctr.json"
+        pod_config.write_text(json.dumps({
+            "metadata": {"name": "private", "namespace": "default", "uid": str(uuid.uuid4()),
+                         "attempt": 0}, "hostname": "private", "log_directory": str(logs),
+            # PID namespace per container: CRI-O then runs no infra container, whose
+            # oom_score_adj this machine may not lower (no CAP_SYS_RESOURCE).
+            "linux": {"security_context": {"namespace_options": {"pid": 1}}}}))
+        ctr_config.write_text(json.dumps({
+            "metadata": {"name": "counter"}, "image": {"image": ref},
+            "envs": [{"key": "SECRET", "value": "PRIVATE-SECRET"}],
+            "log_path": "counter.log",
+            "linux": {"security_context": {"namespace_options": {"pid": 1}}}}))
+        pod = crictl("runp", str(pod_config))
+        ctr = crictl("create", pod, str(ctr_config), str(pod_config))
+        crictl("start", ctr)
+        wait_for(lambda: len(_cri_log_counts(logs / "counter.log")) >= 2, DEADLINE,
+                 "the private counter counting")
+        archive = tmp_path / "private.tar"
+        crictl("checkpoint", f"--export={archive}", ctr)
+        # At once: the counter, PID 1 of its namespace, ignores SIGTERM (a stop would wait
+        # out its grace period).
+        crictl("stop", "--timeout", "0", ctr)
+        crictl("rmp", "--force", pod)
+        crictl("rmi", image_id)
+        base = ("sandbox", archive, "--run", "--crictl", realnode.bin_dir() / "crictl",
+                "--runtime-endpoint", crio.endpoint)
+        # Without them the pull is refused, before any sandbox exists, and the hint says
+        # none were found.
+        r = cli(*base, "--out", tmp_path / "anonymous")
+        assert r.code == 5, r.err
+        assert r.err.splitlines()[1].startswith(
+            f"hint: no credentials for {auth.host} were found here"), r.err
+        assert crictl("pods", "-q") == ""
+        r = cli(*base, "--out", tmp_path / "sandbox", "--creds", auth.creds, "-o", "json")
+        assert r.code == 0, f"{r.err}\n{crio.log.read_text()[-3000:]}"
+        report = r.json()
+        assert report["pulled_base_image"] is True, report
+        assert report["base_image"] == {"id": image_id, "reference": report["base_image"][
+            "reference"]} and report["base_image"]["reference"].startswith(
+            f"{auth.host}/private/counter@sha256:"), report
+        # The password went to crictl in its environment: never into what migrate wrote.
+        password = auth.creds.split(":", 1)[1]
+        assert not [f for f in (tmp_path / "sandbox").rglob("*")
+                    if f.is_file() and password in f.read_text(errors="replace")]
+        log = Path(report["log"])
+        after = wait_for(lambda: log.exists() and len(c := _cri_log_counts(log)) >= 3 and c,
+                         DEADLINE, "the restored private counter counting on")
+        assert after == list(range(1, len(after) + 1)), after
 
 
 def test_a_drain_leaves_a_pod_criu_cannot_dump_running_where_it_was(

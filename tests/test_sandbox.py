@@ -14,6 +14,7 @@ crictl, and fails at a chosen step with a crictl-style message.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
@@ -56,7 +57,10 @@ while args and args[0].startswith("--"):
     args = args[2:]
 sub, rest = args[0], args[1:]
 with open(CFG["log"], "a") as f:
-    f.write(json.dumps({"flags": flags, "sub": sub, "args": rest}) + "\n")
+    call = {"flags": flags, "sub": sub, "args": rest}
+    if "CRICTL_CREDS" in os.environ:
+        call["creds"] = os.environ["CRICTL_CREDS"]
+    f.write(json.dumps(call) + "\n")
 state = json.load(open(CFG["state"])) if os.path.exists(CFG["state"]) else {}
 
 def fatal(msg):
@@ -315,8 +319,9 @@ def test_run_pulls_the_base_image_the_runtime_lacks_by_its_recorded_digest(
     ({}, f"crictl pull failed: time=\"2026-11-22T10:00:00Z\" level=fatal msg=\"pulling image: "
      f"rpc error: code = NotFound desc = {REPO_DIGEST}: manifest unknown\" (the image the "
      "checkpointed container ran: CRI-O restores onto it and does not pull it itself)",
-     f"the runtime pulls with its own credentials and registry settings; pull {REPO_DIGEST} "
-     "on this host by hand, or make it reachable"),
+     f"no credentials for {REPO_DIGEST.split('/')[0]} were found here (--creds, --authfile, "
+     f"`podman login`), so only the runtime's own apply; pull {REPO_DIGEST} on this host by "
+     "hand, or make it reachable"),
     ({REPO_DIGEST: "e" * 64}, f"crictl pulled {REPO_DIGEST}, but it is not image "
      f"{IMAGE_ID[:12]}, the one the checkpointed container ran",
      "the tag has moved since the checkpoint: pull that image by its digest, then run again"),
@@ -328,6 +333,44 @@ def test_a_base_image_that_cannot_be_had_stops_the_run_before_any_sandbox(
     r = cli("sandbox", archive, "--out", tmp_path / "run", "--run", "--crictl", standin)
     assert (r.code, r.out, r.err) == (5, "", f"error: {said}\nhint: {hint}\n")
     assert "runp" not in [c["sub"] for c in calls(standin)]
+
+
+def test_run_pulls_with_the_credentials_found_for_the_base_images_registry(
+        cli: Cli, archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # To crictl in its environment (CRICTL_CREDS, what `crictl pull --creds` reads), never
+    # on its command line: ps shows a command line to every user of the host.
+    registry = REPO_DIGEST.split("/")[0]
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for env in ("REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "DOCKER_CONFIG"):
+        monkeypatch.delenv(env, raising=False)
+    authfile = tmp_path / "auth.json"
+    authfile.write_text(json.dumps({"auths": {registry: {
+        "auth": base64.b64encode(b"bob:from-the-file").decode()}}}))
+    for n, (given, creds) in enumerate((
+            ((), None), (("--authfile", str(authfile)), "bob:from-the-file"),
+            (("--creds", "alice:pa:ss"), "alice:pa:ss"))):
+        standin = make_standin(tmp_path / f"bin-{n}", images=(),
+                               registry={REPO_DIGEST: IMAGE_ID})
+        r = cli("sandbox", archive, "--out", tmp_path / f"run-{n}", "--run", "--crictl",
+                standin, *given)
+        assert r.code == 0, r.err
+        assert [(c["sub"], c.get("creds")) for c in calls(standin)][:2] == [
+            ("inspecti", None), ("pull", creds)]
+        assert all("pa:ss" not in " ".join(c["args"]) and "from-the-file" not in
+                   " ".join(c["args"]) for c in calls(standin))
+    # Credentials serve --run's pull alone: the printed commands leave them to the operator.
+    r = cli("sandbox", archive, "--out", tmp_path / "none", "--creds", "alice:pa:ss")
+    assert (r.code, r.err.splitlines()) == (2, [
+        "error: --creds is for --run: the pull of the image the container ran",
+        "hint: add --run, or run the printed commands with CRICTL_CREDS=USER:PASSWORD set for "
+        "their `crictl pull`"])
+    # A named credentials file that is missing fails before any sandbox exists.
+    standin = make_standin(tmp_path / "bin-missing", images=())
+    r = cli("sandbox", archive, "--out", tmp_path / "missing", "--run", "--crictl", standin,
+            "--authfile", str(tmp_path / "nope.json"))
+    assert (r.code, r.err.splitlines()[0]) == (
+        4, f"error: {tmp_path}/nope.json: no such credentials file")
+    assert calls(standin) == []
 
 
 def test_the_printed_commands_pull_the_base_image_where_it_is_missing(

@@ -179,7 +179,8 @@ def _pause_image(registry: str, workdir: Path) -> str:
 
 
 def _crio_conf(root: Path, bridge: str, subnet: ipaddress.IPv4Network,
-               registry: str, pause_image: str, keys: Path, criu: bool = True) -> Path:
+               registry: str, pause_image: str, keys: Path, criu: bool = True,
+               insecure: tuple[str, ...] = ()) -> Path:
     run = root / "run"
     for d in ("cni", "keys", "log", "policies", "run/ns", "run/exits", "run/runc"):
         (root / d).mkdir(parents=True, exist_ok=True)
@@ -234,9 +235,8 @@ enable_nri = false
     path = root / "crio.conf"
     path.write_text(conf)
     (root / "registries.conf.d").mkdir(exist_ok=True)
-    (root / "registries.conf").write_text(
-        f'unqualified-search-registries = []\n[[registry]]\nlocation = {q(registry)}\n'
-        'insecure = true\n')
+    (root / "registries.conf").write_text("unqualified-search-registries = []\n" + "".join(
+        f"[[registry]]\nlocation = {q(r)}\ninsecure = true\n" for r in (registry, *insecure)))
     return path
 
 
@@ -420,17 +420,18 @@ class CrioAlone:
 
 
 @contextlib.contextmanager
-def crio_alone(root: Path, *, registry: str, ready_timeout: float = 180.0
-               ) -> Iterator[CrioAlone]:
+def crio_alone(root: Path, *, registry: str, insecure: tuple[str, ...] = (),
+               ready_timeout: float = 180.0) -> Iterator[CrioAlone]:
     """CRI-O as a real node runs it, with no kubelet and no Node: the "sandboxed
     instance of CRI-O" the seed article restores a checkpoint archive into with
     crictl (runp, create with the archive as the image, start).
 
     Nothing manages its pods: without a kubelet nobody kills them as orphans (a
-    kubelet kills the sandboxes of pods it does not know). Teardown removes every
-    pod (`crictl rmp --force --all`: conmon keeps containers running when CRI-O
-    exits), then CRI-O, its mount namespace and the bridge. root and registry are
-    real_node's.
+    kubelet kills the sandboxes of pods it does not know). Teardown kills every
+    container and removes every pod (`crictl stop --timeout 0`, `crictl rmp --force
+    --all`: conmon keeps containers running when CRI-O exits), then CRI-O, its mount
+    namespace and the bridge. root and registry are
+    real_node's; ``insecure``: more registries it pulls from over plain HTTP.
     """
     if (reason := missing()) is not None:
         raise RuntimeError(reason)
@@ -443,12 +444,17 @@ def crio_alone(root: Path, *, registry: str, ready_timeout: float = 180.0
     try:
         pause = _pause_image(registry, root / "crio" / "pause-rootfs")
         conf = _crio_conf(root / "crio", bridge, _pod_subnet(), registry, pause,
-                          root / "crio" / "keys")
+                          root / "crio" / "keys", insecure=insecure)
         _, sock = _start_crio(conf, logs, _env(root), started, ready_timeout)
         alone = CrioAlone(root=root, socket=sock, log=logs / "crio.log")
         yield alone
     finally:
         if alone is not None:
+            # Killed first: a container's PID 1 that ignores SIGTERM (a shell, the counter)
+            # would hold each removal for its grace period.
+            running = alone.crictl("ps", "-q").stdout.split()
+            if running:
+                alone.crictl("stop", "--timeout", "0", *running)
             removed = alone.crictl("rmp", "--force", "--all")
             if removed.returncode != 0:
                 (logs / "teardown.log").write_text(removed.stderr)

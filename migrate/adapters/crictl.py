@@ -10,12 +10,18 @@ first when ``crictl inspecti`` does not find it. Every call goes through `_Crict
 puts the tail of crictl's stderr into the error; when a step after ``runp``
 fails, the sandbox it made is stopped and removed (``stopp``, ``rmp``: a
 removed sandbox takes its containers with it).
+
+Registry credentials for the pull go to crictl in its environment
+(CRICTL_CREDS, which cri-tools v1.37 reads for ``pull --creds``), never on its
+command line, where any user of the host could read them in ps.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +30,7 @@ import sh
 
 from migrate.adapters.stderr import tail
 from migrate.errors import DependencyError, MigrateError, UsageError
-from migrate.settings import CrictlSettings
+from migrate.settings import CrictlSettings, Secret
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +98,15 @@ class _Crictl:
         # crictl's own deadline covers one runtime call; leave it room to report.
         self._timeout = settings.timeout + 30
 
-    def __call__(self, *args: str) -> str:
-        """Run ``crictl GLOBAL ARGS``; its stdout, stripped, or a `DependencyError`."""
+    def __call__(self, *args: str, env: Mapping[str, str] | None = None) -> str:
+        """Run ``crictl GLOBAL ARGS``; its stdout, stripped, or a `DependencyError`.
+        ``env``: more environment for this call (never logged: it carries credentials)."""
         sub = args[0]
         log.debug("crictl %s", " ".join(args))
         try:
             out = self._cmd(*self._global, *args, _err_to_out=False, _tty_out=False,
-                            _timeout=self._timeout, _encoding="utf-8", _decode_errors="replace")
+                            _timeout=self._timeout, _encoding="utf-8", _decode_errors="replace",
+                            _env={**os.environ, **env} if env else None)
         except sh.TimeoutException as e:
             raise DependencyError(f"crictl {sub} did not finish in {self._timeout:g} s",
                                   hint="see the runtime's log (journalctl -u crio)") from e
@@ -137,8 +145,10 @@ def _has_image(run: _Crictl, image_id: str) -> bool:
     return True
 
 
-def _ensure_base_image(run: _Crictl, base: BaseImage) -> bool:
-    """Pull the base image unless the runtime holds it by ID; whether it pulled.
+def _ensure_base_image(run: _Crictl, base: BaseImage,
+                       creds: tuple[str, Secret] | None) -> bool:
+    """Pull the base image unless the runtime holds it by ID, with ``creds`` (user,
+    password) when given; whether it pulled.
 
     A pull that brings another image (a tag moved since the checkpoint) is refused
     here: the create would fail with `image not known` after the sandbox exists."""
@@ -149,14 +159,18 @@ def _ensure_base_image(run: _Crictl, base: BaseImage) -> bool:
                               "checkpointed container ran), and the archive names none to "
                               "pull", hint="pull that image on this host first, or restore "
                               "where the container ran")
+    env = {"CRICTL_CREDS": f"{creds[0]}:{creds[1].reveal()}"} if creds else None
     try:
-        run("pull", base.reference)
+        run("pull", base.reference, env=env)
     except DependencyError as e:
+        registry = base.reference.split("/", 1)[0]
+        whose = (f"it pulled with the credentials found for {registry}" if creds else
+                 f"no credentials for {registry} were found here (--creds, --authfile, "
+                 "`podman login`), so only the runtime's own apply")
         raise DependencyError(f"{e.message} (the image the checkpointed container ran: "
                               "CRI-O restores onto it and does not pull it itself)",
-                              hint="the runtime pulls with its own credentials and registry "
-                              f"settings; pull {base.reference} on this host by hand, or "
-                              "make it reachable") from e
+                              hint=f"{whose}; pull {base.reference} on this host by hand, "
+                              "or make it reachable") from e
     if not _has_image(run, base.id):
         raise DependencyError(f"crictl pulled {base.reference}, but it is not image "
                               f"{base.id[:12]}, the one the checkpointed container ran",
@@ -166,12 +180,13 @@ def _ensure_base_image(run: _Crictl, base: BaseImage) -> bool:
 
 
 def restore_in_sandbox(settings: CrictlSettings, pod_config: Path,
-                       container_config: Path, base: BaseImage | None) -> SandboxIds:
-    """The base image (pulled unless the runtime holds it), then runp, create, start;
-    on a failure after runp, the sandbox is removed again."""
+                       container_config: Path, base: BaseImage | None,
+                       creds: tuple[str, Secret] | None = None) -> SandboxIds:
+    """The base image (pulled unless the runtime holds it, with ``creds`` if any), then
+    runp, create, start; on a failure after runp, the sandbox is removed again."""
     check_timeout(settings)
     run = _Crictl(settings)
-    pulled = _ensure_base_image(run, base) if base is not None else False
+    pulled = _ensure_base_image(run, base, creds) if base is not None else False
     pod_id = run("runp", str(pod_config))  # (1) the sandbox: its namespaces, its network
     if not pod_id:
         raise DependencyError("crictl runp printed no pod ID", hint="check crictl's version")

@@ -143,8 +143,11 @@ def _podman_human(r: PodmanSandboxReport) -> str:
 
 
 _CRICTL_ONLY = ("--out", "--run", "--runtime-endpoint", "--cgroup-parent", "--crictl")
-_PODMAN_ONLY = ("--allow-mount", "--rm", "--podman", "--authfile", "--creds", "--cert-dir",
-                "--tls-verify", "--no-tls-verify")
+_PODMAN_ONLY = ("--allow-mount", "--rm", "--podman", "--cert-dir", "--tls-verify",
+                "--no-tls-verify")
+#: crictl: credentials serve only --run's pull of the base image (the printed commands
+#: leave them to the operator: CRICTL_CREDS).
+_RUN_ONLY = ("--authfile", "--creds")
 
 
 def _given(ctx: typer.Context, names: tuple[str, ...]) -> list[str]:
@@ -240,6 +243,12 @@ def sandbox(
         raise UsageError(f"{checkpoint}: --engine crictl restores from an archive file",
                          hint="restore an image with --engine podman, or on a cluster with "
                          "`migrate manifest --image`")
+    needs_run = [] if run else _given(ctx, _RUN_ONLY)
+    if needs_run:
+        raise UsageError(f"{needs_run[0]} is for --run: the pull of the image the container "
+                         "ran", hint="add --run, or run the printed commands with "
+                         "CRICTL_CREDS=USER:PASSWORD set for their `crictl pull`")
+    base = with_registry(base, authfile=authfile, creds=creds, tls_verify=True, cert_dir=None)
     crictl_settings = dataclasses.replace(base.crictl, executable=crictl,
                                           runtime_endpoint=runtime_endpoint)
     if timeout is not None:

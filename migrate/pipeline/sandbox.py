@@ -9,8 +9,9 @@
 3. write them into DIR (0700; files 0600), with every required mount recreated
    empty under DIR/mounts with the type CRI-O demands (directories 0700, files
    0600) and a log directory;
-4. with ``--run``: that image pulled unless the runtime holds it, then crictl
-   runp, create, start (`adapters.crictl`).
+4. with ``--run``: that image pulled unless the runtime holds it (with the
+   credentials found here for its registry, as for a push), then crictl runp,
+   create, start (`adapters.crictl`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from typing import Any
 
 from migrate.adapters import crictl
 from migrate.adapters.checkpoint import Checkpoint, Identity
+from migrate.adapters.registry.auth import Credentials, lookup
+from migrate.adapters.registry.reference import parse_reference
 from migrate.errors import UsageError
 from migrate.pipeline.annotations import check_restorable, image_id, pull_reference
 from migrate.pipeline.binds import RecordedMount, required_mounts
@@ -191,6 +194,16 @@ def _write(report: SandboxReport) -> None:
         _private_file(out / name, json.dumps(document, indent=2) + "\n")
 
 
+def _pull_creds(base: crictl.BaseImage | None, settings: Settings) -> Credentials | None:
+    """Credentials for the base image's registry, found as for a push (--creds, --authfile,
+    the usual files); None: the runtime pulls with its own, if any. Looked up before the
+    sandbox exists: a named credentials file that is missing fails first."""
+    if base is None or base.reference is None:
+        return None
+    ref = parse_reference(base.reference)
+    return lookup(ref.registry, ref.repository, settings.registry)
+
+
 def prepare_sandbox(req: SandboxRequest, settings: Settings, uid: str | None = None
                     ) -> SandboxReport:
     """Render, check and write the sandbox; ``uid`` is fresh unless given (tests)."""
@@ -217,6 +230,6 @@ def prepare_sandbox(req: SandboxRequest, settings: Settings, uid: str | None = N
     if not req.run:
         return report
     ids = crictl.restore_in_sandbox(settings.crictl, report.pod_config, report.container_config,
-                                    base)
+                                    base, _pull_creds(base, settings))
     return replace(report, pod_id=ids.pod_id, container_id=ids.container_id,
                    pulled=ids.pulled_base_image)
