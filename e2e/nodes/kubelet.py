@@ -369,6 +369,10 @@ class Kubelet:
                 self._ready_again(pod)
                 continue
             due = self._due.setdefault(uid, clock + latency)
+            if meta.get("deletionTimestamp") and clock + latency < due:
+                # A start waiting out its backoff does not hold up the pod's deletion:
+                # the kubelet stops a pod at once, whatever its containers were waiting for.
+                due = self._due[uid] = clock + latency
             if clock < due:
                 continue
             del self._due[uid]
