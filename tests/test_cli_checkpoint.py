@@ -183,7 +183,8 @@ def test_a_runtime_without_checkpoint_support(cli: Cli, cluster: Cluster,
      "--key must be signed by the CA its clientCAFile names"),
     (403, "Forbidden (user=ops, verb=create, resource=nodes, subresource(s)=[checkpoint])",
      "the kubelet knows the certificate's user ops, who may not create nodes/checkpoint: "
-     "grant it (a ClusterRole with that resource and verb, bound to the user)"),
+     "grant it (a ClusterRole with that resource and verb, bound to the user); the kubelet "
+     "remembers a denial for up to 30 s (its cacheUnauthorizedTTL)"),
     (403, "Forbidden", "the kubelet accepts this client certificate, but its user may not "
      "checkpoint"),
 ])

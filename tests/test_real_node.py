@@ -930,7 +930,8 @@ def test_migrate_checkpoint_through_the_kubelet_itself_needs_nodes_checkpoint(
         f"Forbidden (user={user}, verb=create, resource=nodes, subresource(s)=[checkpoint])",
         f"hint: the kubelet knows the certificate's user {user}, who may not create "
         "nodes/checkpoint: grant it (a ClusterRole with that resource and verb, bound to "
-        "the user)"]
+        "the user); the kubelet remembers a denial for up to 30 s (its "
+        "cacheUnauthorizedTTL)"]
     rbac = "/apis/rbac.authorization.k8s.io/v1"
     role = {"metadata": {"name": user}, "rules": [
         {"apiGroups": [""], "resources": ["nodes/checkpoint"], "verbs": ["create"]}]}
@@ -940,7 +941,8 @@ def test_migrate_checkpoint_through_the_kubelet_itself_needs_nodes_checkpoint(
     assert real_cp.api("POST", f"{rbac}/clusterroles", role)[0] == 201
     assert real_cp.api("POST", f"{rbac}/clusterrolebindings", binding)[0] == 201
     try:
-        # The kubelet caches its authorizer's answers (a denial for 30 s by default).
+        # The kubelet caches its authorizer's denials (30 s by default; the real nodes
+        # here set 2 s).
         r = wait_for(lambda: (got := cli("checkpoint", POD, *via, "-o", "json")).code == 0
                      and got, DEADLINE, "the kubelet to allow the checkpoint")
         archive = Path(r.json()["archive"])

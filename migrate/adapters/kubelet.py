@@ -106,9 +106,13 @@ def auth_hint(status: int, detail: str) -> str:
     denied = _FORBIDDEN.search(detail)
     if denied is None:
         return "the kubelet accepts this client certificate, but its user may not checkpoint"
+    # The kubelet's webhook authorizer caches a denial (authorization.webhook.
+    # cacheUnauthorizedTTL, 30 s by default: pkg/kubelet/apis/config/v1beta1/defaults.go,
+    # v1.37.2): a run at once after the grant is still refused.
     return (f"the kubelet knows the certificate's user {denied['user']}, who may not "
             f"{denied['verb']} {denied['resource']}/{denied['sub'].split(',')[0]}: grant it "
-            "(a ClusterRole with that resource and verb, bound to the user)")
+            "(a ClusterRole with that resource and verb, bound to the user); the kubelet "
+            "remembers a denial for up to 30 s (its cacheUnauthorizedTTL)")
 
 
 def _pool(ep: KubeletEndpoint, timeout: float) -> urllib3.PoolManager:
