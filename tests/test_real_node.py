@@ -389,6 +389,34 @@ def _moved_counting(cli: Cli, cp: ControlPlane, registry: RegistryUnderTest, nam
         _delete(cp, moved)
 
 
+def test_keep_source_leaves_the_counter_running_beside_its_restored_copy(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
+        plain_registry: RegistryUnderTest, counter_image: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Nothing is deleted, so its emptyDir needs no word: both count on, each from the
+    # checkpoint's value, and the source is released.
+    monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")
+    with _started(real_cp, counter_pod("kept", counter_image, secret=SECRET,
+                                       node=node.name)) as [name]:
+        _counting(real_cp, name)
+        r = cli("pod", name, "--to", node_b.name, "--registry", f"{plain_registry.host}/moved",
+                "--no-tls-verify", "--kubeconfig", real_cp.admin_kubeconfig, "-o", "json",
+                "--keep-source")
+        assert r.code == 0, r.err
+        report = r.json()
+        assert (report["outcome"], report["plan"]["switch"]) == ("succeeded", "keep")
+        with _deleted_after(real_cp, report["destination_pod"]) as copy:
+            at_checkpoint = _counts(real_cp, copy)
+            status, kept = real_cp.api("GET", f"/api/v1/namespaces/default/pods/{name}")
+            assert status == 200 and kept["spec"]["nodeName"] == node.name
+            assert "migrate.dev/claimed-by" not in (kept["metadata"].get("annotations") or {})
+            source_now = _counts(real_cp, name)[-1]
+            wait_for(lambda: _counts(real_cp, name)[-1] > source_now + 1
+                     and _counts(real_cp, copy)[-1] > at_checkpoint[-1] + 1, DEADLINE,
+                     "both counters counting on")
+            assert _running(real_cp, name) and _running(real_cp, copy)
+
+
 def test_migrate_pod_pulls_the_base_image_on_a_node_without_it(
         cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
         plain_registry: RegistryUnderTest, tmp_path: Path,
