@@ -171,10 +171,9 @@ def local_data(pod: Obj) -> tuple[str, ...]:
 def emptied_volumes(pod: Obj, containers: tuple[str, ...]) -> tuple[str, ...]:
     """The emptyDir volumes ``containers`` mount: they start empty on the destination."""
     spec = pod.get("spec") or {}
-    empty = {v["name"] for v in spec.get("volumes") or [] if "emptyDir" in v}
     mounted = {m.get("name") for c in spec.get("containers") or [] if c.get("name") in containers
                for m in c.get("volumeMounts") or []}
-    return tuple(sorted(empty & mounted))
+    return tuple(v for v in local_data(pod) if v in mounted)
 
 
 def _images(req: PodRequest, plan_ns: str, workload: str, containers: tuple[str, ...]
