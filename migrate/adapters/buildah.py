@@ -9,7 +9,6 @@ the local image are removed on every path, failures included.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import sh
 
+from migrate.adapters.registry.auth import auth_token
 from migrate.adapters.registry.reference import parse_reference
 from migrate.adapters.stderr import tail
 from migrate.errors import (
@@ -132,11 +132,6 @@ def _target(destination: str) -> tuple[str, str | None]:
     return f"docker://{destination}", parse_reference(destination).registry
 
 
-def _basic(creds: tuple[str, Secret]) -> str:
-    """The ``auth`` value of an auth.json entry: base64 of ``user:password``."""
-    return base64.b64encode(f"{creds[0]}:{creds[1].reveal()}".encode()).decode()
-
-
 def _write_private(path: Path, data: str) -> Path:
     """Create ``path`` 0600 from the start: no moment where others could read it."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -165,7 +160,7 @@ def _push(run: _Buildah, image: str, push: BuildahPush) -> str:
         args += ["--cert-dir", str(push.cert_dir)] if push.cert_dir else []
         authfile = push.authfile
         if push.creds:
-            auths = {"auths": {host or "": {"auth": _basic(push.creds)}}}
+            auths = {"auths": {host or "": {"auth": auth_token(push.creds)}}}
             authfile = _write_private(Path(tmp, "auth.json"), json.dumps(auths))
         args += ["--authfile", str(authfile)] if authfile else []
         for key in push.encryption_keys:  # a public key's path: nothing secret on argv
@@ -192,7 +187,7 @@ def build_with_buildah(archive: Path, annotations: Mapping[str, str], *, push: B
             raise UsageError(f"unknown compression {push.compression!r}",
                              hint="use one of: " + ", ".join(_COMPRESSION))
     creds = push.creds if push else None
-    run = _Buildah(executable, timeout, [creds[1].reveal(), _basic(creds)] if creds else [])
+    run = _Buildah(executable, timeout, [creds[1].reveal(), auth_token(creds)] if creds else [])
     name = f"migrate-checkpoint-{secrets.token_hex(8)}"
     timings: dict[str, float] = {}
     container = image = None

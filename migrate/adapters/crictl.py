@@ -28,9 +28,10 @@ from typing import Any
 
 import sh
 
+from migrate.adapters.registry.auth import Credentials, user_password
 from migrate.adapters.stderr import tail
 from migrate.errors import DependencyError, MigrateError, UsageError
-from migrate.settings import CrictlSettings, Secret
+from migrate.settings import CrictlSettings
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ def _has_image(run: _Crictl, image_id: str) -> bool:
 
 
 def _ensure_base_image(run: _Crictl, base: BaseImage,
-                       creds: tuple[str, Secret] | None) -> bool:
+                       creds: Credentials | None) -> bool:
     """Pull the base image unless the runtime holds it by ID, with ``creds`` (user,
     password) when given; whether it pulled.
 
@@ -159,7 +160,7 @@ def _ensure_base_image(run: _Crictl, base: BaseImage,
                               "checkpointed container ran), and the archive names none to "
                               "pull", hint="pull that image on this host first, or restore "
                               "where the container ran")
-    env = {"CRICTL_CREDS": f"{creds[0]}:{creds[1].reveal()}"} if creds else None
+    env = {"CRICTL_CREDS": user_password(creds)} if creds else None
     try:
         run("pull", base.reference, env=env)
     except DependencyError as e:
@@ -181,7 +182,7 @@ def _ensure_base_image(run: _Crictl, base: BaseImage,
 
 def restore_in_sandbox(settings: CrictlSettings, pod_config: Path,
                        container_config: Path, base: BaseImage | None,
-                       creds: tuple[str, Secret] | None = None) -> SandboxIds:
+                       creds: Credentials | None = None) -> SandboxIds:
     """The base image (pulled unless the runtime holds it, with ``creds`` if any), then
     runp, create, start; on a failure after runp, the sandbox is removed again."""
     check_timeout(settings)

@@ -10,7 +10,6 @@ Podman".
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ from typing import Any
 
 import sh
 
+from migrate.adapters.registry.auth import auth_token
 from migrate.adapters.registry.reference import parse_reference
 from migrate.adapters.stderr import tail
 from migrate.errors import (
@@ -121,9 +121,7 @@ class PulledImage:
 
 def _auth(creds: tuple[str, Secret], host: str) -> str:
     """An auth.json naming ``host`` (``{"auths": {host: {"auth": base64(user:pass)}}}``)."""
-    user, secret = creds
-    token = base64.b64encode(f"{user}:{secret.reveal()}".encode()).decode()
-    return json.dumps({"auths": {host: {"auth": token}}})
+    return json.dumps({"auths": {host: {"auth": auth_token(creds)}}})
 
 
 def _write_private(path: Path, data: str) -> Path:
@@ -156,9 +154,7 @@ class Podman:
             if registry.creds:
                 host = parse_reference(reference).registry
                 authfile = _write_private(Path(tmp, "auth.json"), _auth(registry.creds, host))
-                secret = registry.creds[1].reveal()
-                hidden = (secret, base64.b64encode(
-                    f"{registry.creds[0]}:{secret}".encode()).decode())
+                hidden = (registry.creds[1].reveal(), auth_token(registry.creds))
             args += ["--authfile", str(authfile)] if authfile else []
             run = _Podman(self.settings, hidden) if hidden else self._run
             try:

@@ -20,7 +20,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from migrate.adapters import kube
-from migrate.adapters.registry.auth import lookup
+from migrate.adapters.registry.auth import auth_token, lookup
 from migrate.adapters.registry.reference import parse_reference
 from migrate.errors import ClusterError, UsageError
 from migrate.pipeline.choices import Builder, Compression
@@ -56,8 +56,7 @@ def registry_secret(settings: Settings, namespace: str, image: str,
     creds = lookup(ref.registry, ref.repository, settings.registry)
     if creds is None:
         return None
-    token = base64.b64encode(f"{creds[0]}:{creds[1].reveal()}".encode()).decode()
-    config = json.dumps({"auths": {ref.registry: {"auth": token}}})
+    config = json.dumps({"auths": {ref.registry: {"auth": auth_token(creds)}}})
     return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
             "metadata": {"generateName": "migrate-registry-", "namespace": namespace,
                          "labels": {"migrate.dev/migration": run_id}},

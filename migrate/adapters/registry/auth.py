@@ -149,7 +149,17 @@ def parse_challenge(header: str) -> Challenge:
     return Challenge(scheme.lower(), params)
 
 
+def user_password(creds: Credentials) -> str:
+    """``USER:PASSWORD``, as --creds takes it (and crictl's CRICTL_CREDS): the password
+    revealed, so the result goes only where the password may."""
+    return f"{creds[0]}:{creds[1].reveal()}"
+
+
+def auth_token(creds: Credentials) -> str:
+    """base64 of ``USER:PASSWORD``: an auth.json entry's ``auth``, and Basic auth's value."""
+    return base64.b64encode(user_password(creds).encode()).decode()
+
+
 def basic_header(creds: Credentials) -> str:
     """The ``Authorization`` value for Basic auth."""
-    raw = f"{creds[0]}:{creds[1].reveal()}".encode()
-    return "Basic " + base64.b64encode(raw).decode()
+    return "Basic " + auth_token(creds)
