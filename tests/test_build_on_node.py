@@ -102,6 +102,8 @@ def test_the_build_job_pushes_to_a_plain_registry(cli: Cli, cluster: Cluster,
     job = image["built_on"].removeprefix("job ")
     assert job.startswith("migrate-build-plain-")
     assert image["digest"].startswith("sha256:") and image["image_size"] > 0
+    # CRIU's times, read in the Job from the archive, come back with the digest.
+    assert image["freezing_time_us"] > 0 and image["frozen_time_us"] > 0
     assert image["reference"].startswith(f"{plain_registry.host}/migrations/")
     restored = v1.read_namespaced_pod(rep["destination_pod"], "default")
     assert (restored.spec.node_name, restored.status.phase) == ("node-b", "Running")

@@ -1,9 +1,9 @@
 """The Containerfile builds the image the simulator stands in for: checked by reading it.
 
-Building it needs the network (the Debian base image, packages, the wheel's
-build dependencies), which the test machine does not have; these checks keep
-it consistent with the package and with what the simulator assumes the image
-runs (e2e/nodes/toolrun.py).
+The image is built for real, and run in a Job on a real node, by
+tests/test_real_node.py (e2e/real/toolimage.py); these quick checks keep the
+file consistent with the package and with what the simulator assumes the
+image runs (e2e/nodes/toolrun.py).
 """
 
 from __future__ import annotations

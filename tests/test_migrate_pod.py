@@ -108,6 +108,7 @@ def test_a_bare_pod_moves_with_its_memory_and_files(migrate: Callable[..., Resul
     restored = v1.read_namespaced_pod(report["destination_pod"], "default")
     assert (restored.spec.node_name, restored.status.phase) == ("node-b", "Running")
     digest = report["images"]["counter"]["digest"]
+    assert report["images"]["counter"]["freezing_time_us"] > 0  # the archive's stats-dump
     # Restored from the checkpoint image; CRI-O reports the workload's image as its own.
     record = json.loads(restored.metadata.annotations["sim.migrate.dev/restored.counter"])
     assert digest in record["imageID"]

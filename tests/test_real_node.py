@@ -11,7 +11,9 @@ memparse` finds the counter's secret in the kubelet's archive and `rootfs-diff`
 its file. `doctor --probe` passes there, and `migrate pod` moves a counter to a
 second real node: the restored pod is ready before the source goes (a watch),
 its log (`kubectl logs`, through the API server's node proxy) counts on, and a
-checkpoint of it holds the secret in the same process. `migrate sandbox --run`
+checkpoint of it holds the secret in the same process; with `--build-on node` the
+tool's own image, built from the Containerfile, does the build in a Job on the
+source node and pushes from inside the pod. `migrate sandbox --run`
 restores the kubelet's archive with real crictl into a CRI-O with no kubelet
 (`realnode.crio_alone`), the seed article's restore outside Kubernetes.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import http.client
 import json
 import os
 import subprocess
@@ -40,13 +43,15 @@ import pytest
 import yaml
 from kubernetes import client, watch
 
-from e2e.cluster import realnode
+from e2e.cluster import nodehost, realnode
 from e2e.cluster.launcher import ControlPlane, unschedulable_tainted
+from e2e.real import toolimage
 from e2e.real.counter import counter_pod, counts, push_counter_image
+from e2e.services.registry import Registry
 from migrate.adapters.kubelet import SUPPORT_OFF_HINT
 from migrate.pipeline.drain.plan import BARE_POD
 from tests.cluster import Kubectl, api_client, require_cluster, wait_for
-from tests.conftest import Result, interrupt_at, journal_id_of
+from tests.conftest import REPO, Result, interrupt_at, journal_id_of
 from tests.real import criu_config, kubelet_checkpoint, pod_log, require, start_pod
 from tests.registries import RegistryUnderTest
 
@@ -60,10 +65,11 @@ DEADLINE = 180.0  # pulls, CRIU and a loaded 2-core machine
 
 @pytest.fixture(scope="module")
 def node_b(node: realnode.RealNode, real_cp: ControlPlane, plain_registry: RegistryUnderTest,
+           pod_registry: RegistryUnderTest,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[realnode.RealNode]:
     """A second real node, for `migrate pod` between two."""
     with realnode.real_node(real_cp, tmp_path_factory.mktemp("real-node-b"), name="node-b",
-                            registry=plain_registry.host) as n:
+                            registry=plain_registry.host, insecure=(pod_registry.host,)) as n:
         yield n
 
 
@@ -74,11 +80,25 @@ def stretch_built() -> None:
 
 
 @pytest.fixture(scope="module")
+def pod_registry(stretch_built: None, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[RegistryUnderTest]:
+    """A plain registry that pods on the real nodes reach, where `plain_registry`'s
+    127.0.0.1 is the pod's own loopback: it listens on the host's end of a node host
+    of its own (a 198.18 address this host holds, so a pod reaches it through its
+    bridge's gateway), and the real nodes pull from it over plain HTTP."""
+    logs = tmp_path_factory.mktemp("pod-registry")
+    with nodehost.node_host("registry", logs) as host, \
+            Registry(logs / "registry", address=host.host_address) as reg:
+        yield RegistryUnderTest(registry=reg)
+
+
+@pytest.fixture(scope="module")
 def node(stretch_built: None, real_cp: ControlPlane, plain_registry: RegistryUnderTest,
+         pod_registry: RegistryUnderTest,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[realnode.RealNode]:
     # stretch_built first: no control plane is started only to be skipped.
     with realnode.real_node(real_cp, tmp_path_factory.mktemp("real-node"),
-                            registry=plain_registry.host) as n:
+                            registry=plain_registry.host, insecure=(pod_registry.host,)) as n:
         yield n
 
 
@@ -363,13 +383,13 @@ def _migrate(cli: Cli, cp: ControlPlane, registry: RegistryUnderTest, pod: str,
 
 @contextlib.contextmanager
 def _moved_counting(cli: Cli, cp: ControlPlane, registry: RegistryUnderTest, name: str,
-                    to: str) -> Iterator[dict[str, Any]]:
-    """Migrate the counter ``name`` to ``to``; it counts on there from where it was. Yields
-    the report; the restored pod is deleted afterwards."""
+                    to: str, *extra: str) -> Iterator[dict[str, Any]]:
+    """Migrate the counter ``name`` to ``to`` (``extra``: more options); it counts on there
+    from where it was. Yields the report; the restored pod is deleted afterwards."""
     _counting(cp, name)
     before = _counts(cp, name)[-1]
     started = dt.datetime.now(dt.UTC)
-    r = _migrate(cli, cp, registry, name, to)
+    r = _migrate(cli, cp, registry, name, to, *extra)
     assert r.code == 0, r.err
     report: dict[str, Any] = r.json()
     assert report["outcome"] == "succeeded"
@@ -440,6 +460,47 @@ def test_migrate_pod_pulls_the_base_image_on_a_node_without_it(
     status, left = real_cp.api("GET", "/api/v1/namespaces/default/pods")
     assert status == 200 and not [p for p in left["items"]
                                   if "-prepull-" in p["metadata"]["name"]]
+
+
+@pytest.fixture(scope="module")
+def tool_image(pod_registry: RegistryUnderTest) -> str:
+    """The tool's own image, built from this checkout's Containerfile, where nodes pull."""
+    require_cluster(toolimage.missing())
+    return toolimage.build_tool_image(REPO, f"{pod_registry.host}/migrate/tool:test")
+
+
+def test_build_on_node_runs_the_tools_own_image_in_a_job_on_the_source_node(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
+        pod_registry: RegistryUnderTest, tool_image: str, counter_image: str) -> None:
+    # No MIGRATE_NODE_ROOT: the kubelet's archive cannot be read here, so the build runs
+    # on node-a in a Job, in the image the Containerfile makes (a read-only root, as the
+    # Job asks), and pushes from inside a pod. The digest comes back through the real
+    # kubelet's termination message.
+    with _started(real_cp, counter_pod("built", counter_image, secret=SECRET,
+                                       node=node.name)) as [name], \
+            _moved_counting(cli, real_cp, pod_registry, name, node_b.name, "--build-on",
+                            "node", "--tool-image", tool_image) as report:
+        image = report["images"][CONTAINER]
+    assert image["built_on"].startswith(f"job migrate-build-{name}-")
+    # CRIU's times come back with the digest: the Job read them from the archive.
+    assert image["freezing_time_us"] > 0 and image["frozen_time_us"] > 0, image
+    repository, _, _ = image["reference"].removeprefix(f"{pod_registry.host}/").partition(":")
+    status, _ = _registry_head(pod_registry, f"/v2/{repository}/manifests/{image['digest']}")
+    assert status == 200
+    status, jobs = real_cp.api("GET", "/apis/batch/v1/namespaces/default/jobs")
+    assert status == 200 and not [j["metadata"]["name"] for j in jobs["items"]
+                                  if not j["metadata"].get("deletionTimestamp")]
+
+
+def _registry_head(registry: RegistryUnderTest, path: str) -> tuple[int, str]:
+    conn = http.client.HTTPConnection(registry.host, timeout=30)
+    try:
+        conn.request("HEAD", path, headers={
+            "Accept": "application/vnd.oci.image.manifest.v1+json"})
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("Docker-Content-Digest") or ""
+    finally:
+        conn.close()
 
 
 def _timeline(cp: ControlPlane, source: str, events: list[tuple[str, str]]) -> None:

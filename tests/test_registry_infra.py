@@ -380,7 +380,8 @@ def test_free_port_race_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         taken = squatter.getsockname()[1]
         ports = iter([taken])
         real_free_port = e2e.services.registry.free_port
-        monkeypatch.setattr(e2e.services.registry, "free_port", lambda: next(ports, None) or real_free_port())
+        monkeypatch.setattr(e2e.services.registry, "free_port",
+                            lambda address: next(ports, None) or real_free_port(address))
         with Registry(tmp_path / "reg") as reg:
             assert reg.port != taken
             assert urllib3.request("GET", f"{reg.url}/v2/", retries=False).status == 200
@@ -394,6 +395,14 @@ def test_extra_config_cannot_leave_loopback(tmp_path: Path) -> None:
         Registry(tmp_path / "r", port=1, extra_config={"http": {"debug": {"addr": ":5001"}}}).config()
     with pytest.raises(ValueError, match="notifications"):
         Registry(tmp_path / "r", port=1, extra_config={"notifications": {}}).config()
+    # Another listen address only among the test world's own.
+    on_test_host = Registry(tmp_path / "t", port=5000, address="198.18.7.1",
+                            extra_config={"http": {"addr": "0.0.0.0:5000"}})
+    assert (on_test_host.host, on_test_host.config()["http"]["addr"]) == \
+        ("198.18.7.1:5000", "198.18.7.1:5000")
+    for elsewhere in ("0.0.0.0", "10.0.0.1", "198.20.0.1"):
+        with pytest.raises(ValueError, match=r"loopback or 198\.18/16"):
+            Registry(tmp_path / "x", address=elsewhere)
 
 
 def test_unreferenced_registry_is_reaped(tmp_path: Path) -> None:

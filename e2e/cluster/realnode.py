@@ -16,7 +16,8 @@ Where things run, and why:
   server and the registry on 127.0.0.1. The node proxy refuses loopback
   (__init__.py), so the kubelet serves on the host end of a node host's veth
   pair (198.18, nodehost.py). Pods get a CNI bridge of their own (a free /28 of
-  198.18, no masquerading).
+  198.18, no masquerading) and a route to 198.18/16 through it, no default one:
+  a server that pods must reach listens on a 198.18 address of the host.
 - Everything on disk is under ROOT: CRI-O's storage (vfs), state, socket, CNI
   config and IPAM; the kubelet's root (checkpoints in ROOT/kubelet/checkpoints,
   never /var/lib/kubelet), certificates and pod logs.
@@ -188,7 +189,13 @@ def _crio_conf(root: Path, bridge: str, subnet: ipaddress.IPv4Network,
         "cniVersion": "1.0.0", "name": bridge, "plugins": [{
             "type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": False,
             "ipam": {"type": "host-local", "dataDir": str(root / "ipam"),
-                     "ranges": [[{"subnet": str(subnet)}]]}}]}))
+                     "ranges": [[{"subnet": str(subnet)}]],
+                     # The test world's own addresses only, through the bridge: a pod
+                     # reaches a server on one this host holds (pod_registry), and
+                     # nothing else (no default route).
+                     # (The gateway spelled out: CRI-O's CNI check compares routes.)
+                     "routes": [{"dst": str(nodehost.NODE_HOSTS),
+                                 "gw": str(subnet.network_address + 1)}]}}]}))
     q = json.dumps  # TOML basic strings and arrays of them read like JSON's
     conf = f"""
 [crio]
@@ -345,13 +352,15 @@ def _node_ready(cp: ControlPlane, name: str) -> bool:
 
 @contextlib.contextmanager
 def real_node(cp: ControlPlane, root: Path, *, name: str = "node-real",
-              registry: str, decryption_keys: Path | None = None, criu: bool = True,
+              registry: str, insecure: tuple[str, ...] = (),
+              decryption_keys: Path | None = None, criu: bool = True,
               ready_timeout: float = 180.0) -> Iterator[RealNode]:
     """Start CRI-O and the kubelet as Node `name`, wait until Ready, stop it all.
 
     root: where everything of the node goes (created; kept afterwards, logs and all).
     registry: a plain-HTTP registry (host:port) CRI-O pulls from; the pause image is
     pushed there.
+    insecure: more registries CRI-O pulls from over plain HTTP.
     decryption_keys: a directory of private keys (PEM, DER or JWK files) CRI-O decrypts
     encrypted image layers with; None: an empty one under root.
     criu: CRI-O's enable_criu_support (False: a node that can neither checkpoint nor
@@ -373,7 +382,7 @@ def real_node(cp: ControlPlane, root: Path, *, name: str = "node-real",
             pause = _pause_image(registry, root / "crio" / "pause-rootfs")
             keys = decryption_keys or root / "crio" / "keys"
             crio_conf = _crio_conf(root / "crio", bridge, _pod_subnet(), registry, pause, keys,
-                                   criu)
+                                   criu, insecure)
             for d in _cgroup_dirs(cgroup_root):
                 d.mkdir()  # the kubelet wants its cgroup root to exist already
             inside, sock = _start_crio(crio_conf, logs, env, started, ready_timeout)

@@ -6,12 +6,13 @@
         reg.restart()   # same port, same storage, same upload secret
         reg.kill()      # SIGKILL: "the registry died mid-upload"
 
-The server listens on 127.0.0.1 only, on a free port chosen at start (retried if
-another process grabs it first), stores blobs under `storage` (default
-`STATE_DIR/storage`) with deletes enabled, and logs to `STATE_DIR/registry.log`
-(appended across restarts). start() returns once the server has logged that it
-is listening *and* answers `GET /v2/`, within `ready_timeout` seconds; failures
-raise RegistryError with the tail of that log.
+The server listens on 127.0.0.1 (or, with `address=`, one of the test world's own
+198.18 addresses: pods on a real node reach the host there, never its loopback),
+on a free port chosen at start (retried if another process grabs it first),
+stores blobs under `storage` (default `STATE_DIR/storage`) with deletes enabled,
+and logs to `STATE_DIR/registry.log` (appended across restarts). start() returns
+once the server has logged that it is listening *and* answers `GET /v2/`, within
+`ready_timeout` seconds; failures raise RegistryError with the tail of that log.
 
 Every process is reaped: by stop()/close()/the context manager, and, failing
 that, by a weakref finalizer when the object is garbage collected or the
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import ipaddress
 import os
 import re
 import secrets
@@ -48,6 +50,9 @@ from e2e.services.pki import CertPair, write_private
 __all__ = ["LOOPBACK", "Registry", "RegistryError", "TokenAuth", "free_port"]
 
 LOOPBACK = "127.0.0.1"
+#: Where a registry may listen: loopback, or the benchmarking block the test world
+#: takes its own hosts from (e2e/cluster/nodehost.py's NODE_HOSTS).
+_TEST_ADDRESSES = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("198.18.0.0/16"))
 _POLL_INTERVAL = 0.05
 _PORT_ATTEMPTS = 5
 
@@ -72,10 +77,10 @@ class TokenAuth:
     rootcertbundle: Path
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick)."""
+def free_port(address: str = LOOPBACK) -> int:
+    """A TCP port on `address` that was free a moment ago (the kernel's pick)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
+        s.bind((address, 0))
         return int(s.getsockname()[1])
 
 
@@ -106,6 +111,10 @@ def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any
 class Registry:
     """One `docker-registry serve` process on 127.0.0.1, with its config and state.
 
+    address: the listen address, 127.0.0.1 unless a test needs pods on a real node
+        to reach the registry: then an address of the test world's own (198.18/16)
+        that this host holds; anything else is refused with ValueError.
+
     state_dir: where config.yml, registry.log and htpasswd go (created if needed).
     tls: (certificate, key) PEM paths, or a CertPair: serve HTTPS.
     htpasswd: user -> password for Basic auth (mutually exclusive with `token`).
@@ -115,7 +124,7 @@ class Registry:
         across restarts.
     ready_timeout: seconds start() waits for the server to answer.
     extra_config: deep-merged over the generated configuration (tests that need
-        an unusual setting). The listen address stays 127.0.0.1:PORT whatever it
+        an unusual setting). The listen address stays ADDRESS:PORT whatever it
         says; `http.debug.addr` must be on 127.0.0.1; `proxy`, `notifications` and
         `redis` (which connect out) are refused with ValueError.
     """
@@ -131,7 +140,11 @@ class Registry:
         port: int | None = None,
         ready_timeout: float = 10.0,
         extra_config: Mapping[str, Any] | None = None,
+        address: str = LOOPBACK,
     ) -> None:
+        if not any(ipaddress.ip_address(address) in net for net in _TEST_ADDRESSES):
+            raise ValueError(f"a test registry listens on loopback or 198.18/16, not {address}")
+        self.address = address
         if htpasswd is not None and token is not None:
             raise ValueError("choose one of htpasswd= and token= auth")
         self.state_dir = Path(state_dir)
@@ -162,8 +175,8 @@ class Registry:
 
     @property
     def host(self) -> str:
-        """`127.0.0.1:PORT`, the registry part of an image reference."""
-        return f"{LOOPBACK}:{self.port}"
+        """`ADDRESS:PORT` (127.0.0.1:PORT), the registry part of an image reference."""
+        return f"{self.address}:{self.port}"
 
     @property
     def scheme(self) -> str:
@@ -209,7 +222,7 @@ class Registry:
             self._write_htpasswd()
         for attempt in range(1, _PORT_ATTEMPTS + 1):
             if self._port is None:
-                self._port = free_port()
+                self._port = free_port(self.address)
             offset = self.log_path.stat().st_size if self.log_path.exists() else 0
             self._write_config()
             self._spawn()
@@ -222,7 +235,7 @@ class Registry:
                 self._port = None  # someone took the port between our probe and bind
                 continue
             raise RegistryError(
-                f"docker-registry {outcome} on {LOOPBACK}:{self._port}"
+                f"docker-registry {outcome} on {self.address}:{self._port}"
                 f" (config {self.config_path}); log tail:\n{self.log_tail()}"
             )
         raise AssertionError("unreachable")  # pragma: no cover
@@ -322,9 +335,9 @@ class Registry:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
-            conn = http.client.HTTPSConnection(LOOPBACK, self.port, timeout=1, context=ctx)
+            conn = http.client.HTTPSConnection(self.address, self.port, timeout=1, context=ctx)
         else:
-            conn = http.client.HTTPConnection(LOOPBACK, self.port, timeout=1)
+            conn = http.client.HTTPConnection(self.address, self.port, timeout=1)
         try:
             conn.request("GET", "/v2/")
             response = conn.getresponse()
@@ -353,7 +366,7 @@ class Registry:
     def config(self) -> dict[str, Any]:
         """The configuration the next start() writes (for inspection in tests)."""
         http_section: dict[str, Any] = {
-            "addr": f"{LOOPBACK}:{self.port}",
+            "addr": self.host,
             "secret": self._secret,
             "headers": {"X-Content-Type-Options": ["nosniff"]},
         }
@@ -385,8 +398,8 @@ class Registry:
                 }
             }
         config = _deep_merge(config, self.extra_config)
-        # Never listen on, or connect to, anything but loopback.
-        config["http"]["addr"] = f"{LOOPBACK}:{self.port}"
+        # Never listen on, or connect to, anything but the address chosen above.
+        config["http"]["addr"] = self.host
         debug_addr = str(config["http"].get("debug", {}).get("addr", f"{LOOPBACK}:0"))
         if not debug_addr.startswith(f"{LOOPBACK}:"):
             raise ValueError(f"http.debug.addr must be on {LOOPBACK}, not {debug_addr!r}")

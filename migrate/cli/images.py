@@ -90,7 +90,9 @@ def build(
         termination_message_path.write_text(json.dumps({
             "reference": report.reference, "digest": report.digest,
             "archive_size": report.archive_size, "image_size": report.image_size,
-            "rootfs_image": report.annotations.get(ROOTFS_IMAGE_NAME, "")}))
+            "rootfs_image": report.annotations.get(ROOTFS_IMAGE_NAME, ""),
+            "freezing_time_us": report.criu_stats.get("freezing_time"),
+            "frozen_time_us": report.criu_stats.get("frozen_time")}))
     emit(report.to_dict(), output.value, lambda: _human(report))
 
 

@@ -90,6 +90,9 @@ class BuildReport:
     destination: str = "registry"
     layer_uploaded: bool = True
     encrypted_for: tuple[str, ...] = ()  # the --encrypt-for recipients (files, not keys)
+    criu_stats: dict[str, int] = field(default_factory=dict)
+    """The archive's CRIU dump statistics (freezing_time, frozen_time... in us), read
+    while it was open for the build: a migration reports them, wherever it built."""
 
     @property
     def reference(self) -> str:
@@ -153,7 +156,9 @@ def build_image(req: BuildRequest, settings: Settings,
             info = checkpoint_image_info(ckpt, req.containerd)
         encryption = (LayerEncryption(recipients, settings.registry.chunk_bytes)
                       if recipients else None)
-        return _build(req, settings, ckpt, info, timer, on_progress, encryption)
+        report = _build(req, settings, ckpt, info, timer, on_progress, encryption)
+        report.criu_stats.update(ckpt.stats() or {})
+        return report
 
 
 def _build(req: BuildRequest, settings: Settings, ckpt: Checkpoint, info: CheckpointImageInfo,

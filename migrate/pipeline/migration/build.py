@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from migrate.adapters.checkpoint import Checkpoint
 from migrate.adapters.registry.reference import parse_reference
 from migrate.errors import UsageError
 from migrate.pipeline import nodebuild
@@ -47,8 +47,6 @@ def build(run: Run) -> BuildResult:
 
 def _here(run: Run, container: str, local: Path) -> ImageResult:
     plan, req = run.plan, run.req
-    with Checkpoint(local, run.settings.archive) as ckpt:
-        stats = ckpt.stats() or {}
     size = local.stat().st_size
     run.progress("build", f"{container}: {human_size(size)} -> {plan.images[container]}")
     report = build_image(BuildRequest(archive=local, image=parse_reference(
@@ -56,8 +54,8 @@ def _here(run: Run, container: str, local: Path) -> ImageResult:
         encrypt_for=req.encrypt_for),
         run.settings, on_progress=_upload_progress(run, container, size))
     return ImageResult(report.reference, report.digest, report.archive_size,
-                       report.image_size, stats.get("freezing_time"),
-                       stats.get("frozen_time"), "local", str(local),
+                       report.image_size, report.criu_stats.get("freezing_time"),
+                       report.criu_stats.get("frozen_time"), "local", str(local),
                        report.annotations.get(ROOTFS_IMAGE_NAME, ""))
 
 
@@ -87,5 +85,12 @@ def _on_node(run: Run, container: str, archive: Archive) -> ImageResult:
     result = nodebuild.collect(run.cluster, plan.namespace, name, req.timeout)
     return ImageResult(str(result["reference"]), str(result["digest"]),
                        int(result.get("archive_size", 0)), int(result.get("image_size", 0)),
-                       None, None, f"job {name}",
+                       _microseconds(result.get("freezing_time_us")),
+                       _microseconds(result.get("frozen_time_us")), f"job {name}",
                        rootfs_image=str(result.get("rootfs_image") or ""))
+
+
+def _microseconds(value: Any) -> int | None:
+    """A CRIU time from a build Job's termination message: an int, or None (a tool image
+    older than the field, or an archive without stats-dump)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

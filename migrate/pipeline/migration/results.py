@@ -59,7 +59,7 @@ class ImageResult:
     digest: str
     archive_size: int
     image_size: int
-    freezing_time_us: int | None  # CRIU's stats-dump; None when built on the node
+    freezing_time_us: int | None  # CRIU's stats-dump; None when the archive has none
     frozen_time_us: int | None
     built_on: str  # "local", or "job NAME"
     local_archive: str | None = None  # the archive as read here (a local build only)
