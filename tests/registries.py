@@ -23,6 +23,7 @@ absolute values.
 from __future__ import annotations
 
 import base64
+import os
 import re
 import secrets
 import shutil
@@ -34,8 +35,9 @@ from typing import Any, Literal
 import pytest
 import urllib3
 
+from e2e.cluster import nodehost
 from e2e.services.pki import CertPair, issue, make_ca, write_private
-from e2e.services.registry import Registry, TokenAuth
+from e2e.services.registry import LOOPBACK, Registry, TokenAuth
 from e2e.services.token_server import TokenServer
 
 __all__ = [
@@ -207,12 +209,15 @@ class _Stack:
         self._closers: list[Callable[[], None]] = []
 
     def start(
-        self, state_dir: Path, pki: RegistryPKI | None, *, tls: bool, auth: Auth
+        self, state_dir: Path, pki: RegistryPKI | None, *, tls: bool, auth: Auth,
+        address: str = LOOPBACK,
     ) -> RegistryUnderTest:
         _require_binary()
         if pki is None and (tls or auth == "token"):
             raise ValueError("TLS and token auth need a PKI")
         server_cert = pki.server if pki is not None and tls else None
+        if pki is not None and tls and address != LOOPBACK:
+            server_cert = issue(pki.ca, state_dir, "registry", ips=[address])
         token_server: TokenServer | None = None
         token: TokenAuth | None = None
         if auth == "token":
@@ -237,6 +242,7 @@ class _Stack:
             tls=server_cert,
             htpasswd={USERNAME: PASSWORD} if auth == "basic" else None,
             token=token,
+            address=address,
         )
         self._closers.append(registry.close)
         registry.start()
@@ -397,3 +403,45 @@ def push_app_image(reg: RegistryUnderTest, repo: str, tag: str = "v1") -> str:
                        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
     assert put.status == 201, put.data
     return digest(manifest)
+
+
+# -- registries that pods reach ----------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pods_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[nodehost.NodeHost]:
+    """A 198.18 address this host holds (the host end of a node host of its own), where
+    servers that pods must reach listen: a pod's 127.0.0.1 is its own. A pod on a real
+    node routes there through its bridge; node agents' Jobs run on this host. Needs root."""
+    if (reason := nodehost.missing()) is not None:
+        # As tests.cluster.require_cluster (not imported: this plugin loads first).
+        if os.environ.get("MIGRATE_REQUIRE_CLUSTER") == "1":
+            pytest.fail(f"{reason} (MIGRATE_REQUIRE_CLUSTER=1: nothing may be skipped)")
+        pytest.skip(reason)
+    with nodehost.node_host("for-pods", tmp_path_factory.mktemp("for-pods")) as host:
+        yield host
+
+
+@pytest.fixture(scope="session")
+def pod_plain_registry(pods_host: nodehost.NodeHost, tmp_path_factory: pytest.TempPathFactory
+                       ) -> Iterator[RegistryUnderTest]:
+    """`plain_registry`, on `pods_host`: for builds in Jobs and drains in pods."""
+    stack = _Stack()
+    try:
+        yield stack.start(tmp_path_factory.mktemp("registry-pods-plain"), None, tls=False,
+                          auth=None, address=pods_host.host_address)
+    finally:
+        stack.close()
+
+
+@pytest.fixture(scope="session")
+def pod_tls_basic_registry(pods_host: nodehost.NodeHost, registry_pki: RegistryPKI,
+                           tmp_path_factory: pytest.TempPathFactory
+                           ) -> Iterator[RegistryUnderTest]:
+    """`tls_basic_registry`, on `pods_host` (its certificate names that address)."""
+    stack = _Stack()
+    try:
+        yield stack.start(tmp_path_factory.mktemp("registry-pods-basic"), registry_pki,
+                          tls=True, auth="basic", address=pods_host.host_address)
+    finally:
+        stack.close()

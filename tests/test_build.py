@@ -507,3 +507,12 @@ def test_plain_http_only_with_no_tls_verify(cli: Cli, counters_archive: Path,
                      "hint: give the registry's CA with --cert-dir DIR (DIR/*.crt), or "
                      "--no-tls-verify\n")
     assert unique_repo not in _catalog(plain_registry)
+
+
+@pytest.mark.parametrize(("image", "loopback"), [
+    ("127.0.0.1:5000/a:v1", True), ("127.9.9.9/a", True), ("localhost/a", True),
+    ("localhost:5000/a", True), ("[::1]:5000/a", True), ("198.18.0.1:5000/a", False),
+    ("registry.example/a", False), ("busybox", False), ("localhost.example/a", False)])
+def test_a_registry_on_loopback_is_told_apart(image: str, loopback: bool) -> None:
+    # What no pod reaches (a build Job's push, a scheduled drain): its own loopback.
+    assert parse_reference(image).loopback is loopback

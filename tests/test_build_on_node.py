@@ -25,6 +25,7 @@ from e2e.cluster.launcher import ControlPlane
 from e2e.cluster.world import Cluster
 from e2e.nodes import RegistryConfig
 from migrate.pipeline.journal import Journal
+from migrate.pipeline.preflight import POD_REACH_HINT
 from tests.cluster import node_agents
 from tests.conftest import Result
 from tests.registries import RegistryUnderTest
@@ -38,11 +39,11 @@ pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequ
 
 @pytest.fixture(scope="module")
 def cluster(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
-            plain_registry: RegistryUnderTest,
-            tls_basic_registry: RegistryUnderTest) -> Iterator[Cluster]:
-    assert tls_basic_registry.ca_cert is not None
-    registries = RegistryConfig(insecure=(plain_registry.host,),
-                                ca_files=(tls_basic_registry.ca_cert,))
+            pod_plain_registry: RegistryUnderTest,
+            pod_tls_basic_registry: RegistryUnderTest) -> Iterator[Cluster]:
+    assert pod_tls_basic_registry.ca_cert is not None
+    registries = RegistryConfig(insecure=(pod_plain_registry.host,),
+                                ca_files=(pod_tls_basic_registry.ca_cert,))
     with node_agents(real_cp, tmp_path_factory.mktemp("nodes"), start_latency=0.05,
                      stop_latency=0.05, registries=registries, tool_images=(TOOL,),
                      tool_timeout=120) as world:
@@ -93,9 +94,9 @@ def journal_actions(journal_id: str) -> list[str]:
 
 def test_the_build_job_pushes_to_a_plain_registry(cli: Cli, cluster: Cluster,
                                                   api: client.ApiClient, v1: client.CoreV1Api,
-                                                  plain_registry: RegistryUnderTest) -> None:
+                                                  pod_plain_registry: RegistryUnderTest) -> None:
     make_pod(v1, "plain")
-    r = on_node(cli, cluster, "plain", plain_registry)
+    r = on_node(cli, cluster, "plain", pod_plain_registry)
     assert r.code == 0, r.err
     rep = r.json()
     image = rep["images"]["counter"]
@@ -104,7 +105,7 @@ def test_the_build_job_pushes_to_a_plain_registry(cli: Cli, cluster: Cluster,
     assert image["digest"].startswith("sha256:") and image["image_size"] > 0
     # CRIU's times, read in the Job from the archive, come back with the digest.
     assert image["freezing_time_us"] > 0 and image["frozen_time_us"] > 0
-    assert image["reference"].startswith(f"{plain_registry.host}/migrations/")
+    assert image["reference"].startswith(f"{pod_plain_registry.host}/migrations/")
     restored = v1.read_namespaced_pod(rep["destination_pod"], "default")
     assert (restored.spec.node_name, restored.status.phase) == ("node-b", "Running")
     # Restored from the checkpoint image (CRI-O then reports the workload's image).
@@ -123,12 +124,12 @@ def test_the_build_job_pushes_to_a_plain_registry(cli: Cli, cluster: Cluster,
 
 def test_a_registry_with_credentials_gets_a_temporary_secret(
         cli: Cli, cluster: Cluster, api: client.ApiClient, v1: client.CoreV1Api,
-        tls_basic_registry: RegistryUnderTest) -> None:
-    assert tls_basic_registry.password is not None
-    secret(v1, "pull-tls", tls_basic_registry, tls_basic_registry.password)
+        pod_tls_basic_registry: RegistryUnderTest) -> None:
+    assert pod_tls_basic_registry.password is not None
+    secret(v1, "pull-tls", pod_tls_basic_registry, pod_tls_basic_registry.password)
     make_pod(v1, "private", imagePullSecrets=[{"name": "pull-tls"}])
-    r = on_node(cli, cluster, "private", tls_basic_registry, "--creds",
-                f"{tls_basic_registry.username}:{tls_basic_registry.password}")
+    r = on_node(cli, cluster, "private", pod_tls_basic_registry, "--creds",
+                f"{pod_tls_basic_registry.username}:{pod_tls_basic_registry.password}")
     assert r.code == 0, r.err
     digest = r.json()["images"]["counter"]["digest"]
     restored = v1.read_namespaced_pod(r.json()["destination_pod"], "default")
@@ -147,12 +148,12 @@ def test_a_registry_with_credentials_gets_a_temporary_secret(
 
 def test_a_failing_build_fails_the_migration_and_rolls_back(
         cli: Cli, cluster: Cluster, api: client.ApiClient, v1: client.CoreV1Api,
-        tls_basic_registry: RegistryUnderTest) -> None:
-    assert tls_basic_registry.password is not None
-    secret(v1, "wrong-creds", tls_basic_registry, "not-the-password")
+        pod_tls_basic_registry: RegistryUnderTest) -> None:
+    assert pod_tls_basic_registry.password is not None
+    secret(v1, "wrong-creds", pod_tls_basic_registry, "not-the-password")
     pod = make_pod(v1, "denied")
-    r = on_node(cli, cluster, "denied", tls_basic_registry, "--creds",
-                f"{tls_basic_registry.username}:{tls_basic_registry.password}",
+    r = on_node(cli, cluster, "denied", pod_tls_basic_registry, "--creds",
+                f"{pod_tls_basic_registry.username}:{pod_tls_basic_registry.password}",
                 "--registry-secret", "wrong-creds")
     assert r.code == 6, r.err  # a cluster error: the Job failed
     lines = r.err.splitlines()
@@ -160,7 +161,7 @@ def test_a_failing_build_fails_the_migration_and_rolls_back(
     job = error.split("the build Job ")[1].split()[0]
     # The build's own error, out of its termination message (its output's tail).
     assert error == (f"error: build: the build Job {job} failed (exit 8): "
-                     f"{tls_basic_registry.host}: login failed: HTTP 401 (UNAUTHORIZED: "
+                     f"{pod_tls_basic_registry.host}: login failed: HTTP 401 (UNAUTHORIZED: "
                      "authentication required) as 'alice'")
     assert lines[lines.index(error) + 1] == (
         "hint: check the user and password (--creds USER:PASS or --authfile FILE); "
@@ -169,3 +170,28 @@ def test_a_failing_build_fails_the_migration_and_rolls_back(
     assert_untouched(v1, "denied", pod.metadata.uid)
     assert leftovers(api) == ([], [])  # the failed Job is gone; the named Secret is not ours
     assert v1.read_namespaced_secret("wrong-creds", "default").metadata.name == "wrong-creds"
+
+
+def test_a_registry_on_loopback_is_refused_before_the_checkpoint(
+        cli: Cli, cluster: Cluster, api: client.ApiClient, v1: client.CoreV1Api,
+        plain_registry: RegistryUnderTest) -> None:
+    # The Job's pod has a loopback of its own: its push could never reach this registry.
+    # (These node agents run Jobs on this host, where it would work: a real pod's fails,
+    # seen on the real nodes, after the checkpoint, with "connection refused".)
+    pod = make_pod(v1, "looped")
+    reach = f"the Job's pod cannot reach the registry {plain_registry.host}: a loopback " \
+            "address is the pod's own"
+    r = on_node(cli, cluster, "looped", plain_registry)
+    assert r.code == 2, r.err
+    assert r.err.splitlines()[:2] == [f"error: --build-on node, and {reach}",
+                                      f"hint: {POD_REACH_HINT}"]
+    # Chosen because the archives are not readable here: said so.
+    r = cli("pod", "looped", "--to", "node-b", "--tool-image", TOOL, "--registry",
+            f"localhost:{plain_registry.registry.port}/migrations", "--kubeconfig",
+            cluster.kubeconfig, "--delete-emptydir-data")
+    assert (r.code, r.err.splitlines()[0]) == (2, (
+        "error: the image build runs in a Job on the node (the archives are not readable "
+        f"here), and the Job's pod cannot reach the registry localhost:"
+        f"{plain_registry.registry.port}: a loopback address is the pod's own"))
+    assert_untouched(v1, "looped", pod.metadata.uid)
+    assert leftovers(api) == ([], [])

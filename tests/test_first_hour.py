@@ -146,9 +146,18 @@ def test_1_no_place_to_build_is_refused_before_the_checkpoint(
 
 def test_1_the_plan_says_where_the_build_runs(migrate: Callable[..., Result],
                                               v1: client.CoreV1Api, cluster: Cluster,
+                                              plain_registry: RegistryUnderTest,
+                                              pod_plain_registry: RegistryUnderTest,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     make_pod(v1, "planned")
-    r = migrate("planned", "--to", "node-b", "--dry-run", "--tool-image", TOOL, "-o", "json")
+    # The build would run in a Job, whose pod cannot reach a registry on loopback.
+    r = migrate("planned", "--to", "node-b", "--dry-run", "--tool-image", TOOL)
+    assert (r.code, lines(r)[0]) == (2, (
+        "error: the image build runs in a Job on the node (the archives are not readable "
+        f"here), and the Job's pod cannot reach the registry {plain_registry.host}: a "
+        "loopback address is the pod's own"))
+    r = migrate("planned", "--to", "node-b", "--dry-run", "--tool-image", TOOL, "-o", "json",
+                "--registry", f"{pod_plain_registry.host}/first")
     assert r.code == 0, r.err
     plan = r.json()
     validate(plan, "pod.schema.json", "pod --dry-run -o json")  # item 10: it did not match

@@ -28,6 +28,7 @@ import contextlib
 import datetime as dt
 import functools
 import http.client
+import ipaddress
 import json
 import os
 import subprocess
@@ -43,11 +44,10 @@ import pytest
 import yaml
 from kubernetes import client, watch
 
-from e2e.cluster import nodehost, realnode
-from e2e.cluster.launcher import ControlPlane, unschedulable_tainted
+from e2e.cluster import kubeproxy, nodehost, realnode
+from e2e.cluster.launcher import SERVICE_CIDR, ControlPlane, unschedulable_tainted
 from e2e.real import toolimage
 from e2e.real.counter import counter_pod, counts, push_counter_image
-from e2e.services.registry import Registry
 from migrate.adapters.kubelet import SUPPORT_OFF_HINT
 from migrate.pipeline.drain.plan import BARE_POD
 from tests.cluster import Kubectl, api_client, require_cluster, wait_for
@@ -65,11 +65,11 @@ DEADLINE = 180.0  # pulls, CRIU and a loaded 2-core machine
 
 @pytest.fixture(scope="module")
 def node_b(node: realnode.RealNode, real_cp: ControlPlane, plain_registry: RegistryUnderTest,
-           pod_registry: RegistryUnderTest,
+           pod_plain_registry: RegistryUnderTest,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[realnode.RealNode]:
     """A second real node, for `migrate pod` between two."""
     with realnode.real_node(real_cp, tmp_path_factory.mktemp("real-node-b"), name="node-b",
-                            registry=plain_registry.host, insecure=(pod_registry.host,)) as n:
+                            registry=plain_registry.host, insecure=(pod_plain_registry.host,)) as n:
         yield n
 
 
@@ -80,25 +80,25 @@ def stretch_built() -> None:
 
 
 @pytest.fixture(scope="module")
-def pod_registry(stretch_built: None, tmp_path_factory: pytest.TempPathFactory
-                 ) -> Iterator[RegistryUnderTest]:
-    """A plain registry that pods on the real nodes reach, where `plain_registry`'s
-    127.0.0.1 is the pod's own loopback: it listens on the host's end of a node host
-    of its own (a 198.18 address this host holds, so a pod reaches it through its
-    bridge's gateway), and the real nodes pull from it over plain HTTP."""
-    logs = tmp_path_factory.mktemp("pod-registry")
-    with nodehost.node_host("registry", logs) as host, \
-            Registry(logs / "registry", address=host.host_address) as reg:
-        yield RegistryUnderTest(registry=reg)
+def kubernetes_service(real_cp: ControlPlane, node: realnode.RealNode,
+                       pods_host: nodehost.NodeHost,
+                       tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """In-cluster clients on the real nodes reach the API server as the `kubernetes`
+    Service: real kube-proxy, and a relay to it on `pods_host` (e2e/cluster/kubeproxy.py)."""
+    with kubeproxy.api_for_pods(real_cp, pods_host.host_address), kubeproxy.kube_proxy(
+            real_cp, tmp_path_factory.mktemp("kube-proxy"),
+            binary=realnode.bin_dir() / "kube-proxy", node=node.name,
+            service_ip=str(ipaddress.ip_network(SERVICE_CIDR)[1])):
+        yield
 
 
 @pytest.fixture(scope="module")
 def node(stretch_built: None, real_cp: ControlPlane, plain_registry: RegistryUnderTest,
-         pod_registry: RegistryUnderTest,
+         pod_plain_registry: RegistryUnderTest,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[realnode.RealNode]:
     # stretch_built first: no control plane is started only to be skipped.
     with realnode.real_node(real_cp, tmp_path_factory.mktemp("real-node"),
-                            registry=plain_registry.host, insecure=(pod_registry.host,)) as n:
+                            registry=plain_registry.host, insecure=(pod_plain_registry.host,)) as n:
         yield n
 
 
@@ -463,29 +463,29 @@ def test_migrate_pod_pulls_the_base_image_on_a_node_without_it(
 
 
 @pytest.fixture(scope="module")
-def tool_image(pod_registry: RegistryUnderTest) -> str:
+def tool_image(pod_plain_registry: RegistryUnderTest) -> str:
     """The tool's own image, built from this checkout's Containerfile, where nodes pull."""
     require_cluster(toolimage.missing())
-    return toolimage.build_tool_image(REPO, f"{pod_registry.host}/migrate/tool:test")
+    return toolimage.build_tool_image(REPO, f"{pod_plain_registry.host}/migrate/tool:test")
 
 
 def test_build_on_node_runs_the_tools_own_image_in_a_job_on_the_source_node(
         cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
-        pod_registry: RegistryUnderTest, tool_image: str, counter_image: str) -> None:
+        pod_plain_registry: RegistryUnderTest, tool_image: str, counter_image: str) -> None:
     # No MIGRATE_NODE_ROOT: the kubelet's archive cannot be read here, so the build runs
     # on node-a in a Job, in the image the Containerfile makes (a read-only root, as the
     # Job asks), and pushes from inside a pod. The digest comes back through the real
     # kubelet's termination message.
     with _started(real_cp, counter_pod("built", counter_image, secret=SECRET,
                                        node=node.name)) as [name], \
-            _moved_counting(cli, real_cp, pod_registry, name, node_b.name, "--build-on",
+            _moved_counting(cli, real_cp, pod_plain_registry, name, node_b.name, "--build-on",
                             "node", "--tool-image", tool_image) as report:
         image = report["images"][CONTAINER]
     assert image["built_on"].startswith(f"job migrate-build-{name}-")
     # CRIU's times come back with the digest: the Job read them from the archive.
     assert image["freezing_time_us"] > 0 and image["frozen_time_us"] > 0, image
-    repository, _, _ = image["reference"].removeprefix(f"{pod_registry.host}/").partition(":")
-    status, _ = _registry_head(pod_registry, f"/v2/{repository}/manifests/{image['digest']}")
+    repository, _, _ = image["reference"].removeprefix(f"{pod_plain_registry.host}/").partition(":")
+    status, _ = _registry_head(pod_plain_registry, f"/v2/{repository}/manifests/{image['digest']}")
     assert status == 200
     status, jobs = real_cp.api("GET", "/apis/batch/v1/namespaces/default/jobs")
     assert status == 200 and not [j["metadata"]["name"] for j in jobs["items"]
@@ -1275,3 +1275,67 @@ def test_a_node_whose_crio_has_criu_support_off_is_named_with_its_switch(
                 f"of default/{name}/counter failed (rpc error: code = Unknown desc = "
                 "checkpoint/restore support not available)",
                 f"hint: {SUPPORT_OFF_HINT}"]
+
+
+def _pod_log(cp: ControlPlane, namespace: str, selector: str) -> str:
+    status, found = cp.api("GET", f"/api/v1/namespaces/{namespace}/pods?labelSelector={selector}")
+    assert status == 200 and len(found["items"]) == 1, found
+    status, text = cp.api("GET", f"/api/v1/namespaces/{namespace}/pods/"
+                                 f"{found['items'][0]['metadata']['name']}/log")
+    return str(text)
+
+
+def _finished(cp: ControlPlane, namespace: str, job: str) -> dict[str, Any] | None:
+    status, found = cp.api("GET", f"/apis/batch/v1/namespaces/{namespace}/jobs/{job}")
+    conditions = found.get("status", {}).get("conditions", []) if status == 200 else []
+    return found if any(c["type"] in ("Complete", "Failed") and c["status"] == "True"
+                        for c in conditions) else None
+
+
+def test_a_scheduled_drain_runs_in_cluster_and_moves_the_counter_with_nothing_simulated(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
+        pod_plain_registry: RegistryUnderTest, tool_image: str, counter_image: str,
+        kubernetes_service: None, cp_kubectl: Kubectl) -> None:
+    # `migrate deploy` and `schedule drain` as an operator applies them; the CronJob's
+    # Job runs the tool's image on node-b (kept off the drained node) as the `migrate`
+    # ServiceAccount: a token the real kubelet projects, the API server reached as the
+    # `kubernetes` Service through real kube-proxy. It drains node-a with build Jobs
+    # there, and the counter counts on at node-b. (Last in the module: the drain moves
+    # every pod of node-a.)
+    admin = str(real_cp.admin_kubeconfig)
+    job = "drain-now"
+    try:
+        r = cli("deploy", "--apply", "--kubeconfig", admin, "--image", tool_image)
+        assert r.code == 0, r.err
+        r = cli("schedule", "drain", node.name, "--cron", "0 2 * * 6", "--registry",
+                f"{pod_plain_registry.host}/drains", "--apply", "--kubeconfig", admin, "--",
+                "--no-tls-verify", "--delete-emptydir-data")
+        assert r.code == 0, r.err
+        with _started(real_cp, counter_pod("scheduled", counter_image, secret=SECRET,
+                                           node=node.name)) as [name]:
+            _counting(real_cp, name)
+            before = _counts(real_cp, name)[-1]
+            cp_kubectl(admin, "create", "job", "-n", "migrate-system", job,
+                       f"--from=cronjob/migrate-drain-{node.name}")
+            done = wait_for(lambda: _finished(real_cp, "migrate-system", job), 2 * DEADLINE,
+                            f"Job {job} to finish")
+            log = _pod_log(real_cp, "migrate-system", f"job-name={job}")
+            assert done["status"].get("succeeded") == 1, log
+            assert name in log, log
+            _, moved = real_cp.api("GET", "/api/v1/namespaces/default/pods")
+            [copy] = [p for p in moved["items"] if p["metadata"]["name"].startswith(f"{name}-")]
+            assert copy["spec"]["nodeName"] == node_b.name
+            with _deleted_after(real_cp, copy["metadata"]["name"]) as restored:
+                wait_for(lambda: len(_counts(real_cp, restored)) > 1, DEADLINE,
+                         f"{restored} counting on")
+                assert _counts(real_cp, restored)[-1] > before
+            _, drained = real_cp.api("GET", f"/api/v1/nodes/{node.name}")
+            assert drained["spec"].get("unschedulable") is True  # cordoned, by the drain
+            _, runner = real_cp.api(
+                "GET", f"/api/v1/namespaces/migrate-system/pods?labelSelector=job-name={job}")
+            assert [p["spec"]["nodeName"] for p in runner["items"]] == [node_b.name]
+    finally:
+        _cordon(real_cp, node.name, False)
+        cp_kubectl(admin, "delete", "--ignore-not-found", "--timeout=120s",
+                   "namespace/migrate-system", "clusterrole/migrate",
+                   "clusterrolebinding/migrate:migrate-system")

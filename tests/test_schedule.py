@@ -104,7 +104,7 @@ def test_deploy_renders_valid_objects(cli: Cli) -> None:
 
 def test_schedule_renders_the_cronjob(cli: Cli) -> None:
     objects = documents(cli("schedule", "drain", "node-a", "--cron", "0 2 * * 6", "--image",
-                            TOOL, "--registry", "127.0.0.1:5000/ckpt", "--registry-secret",
+                            TOOL, "--registry", "registry.example:5000/ckpt", "--registry-secret",
                             "regcred", "--time-zone", "Europe/Berlin", "--", "--timeout", "60"))
     assert [o["kind"] for o in objects] == ["Namespace", "ServiceAccount", "ClusterRole",
                                             "ClusterRoleBinding", "CronJob"]
@@ -114,7 +114,7 @@ def test_schedule_renders_the_cronjob(cli: Cli) -> None:
         "migrate-drain-node-a", "0 2 * * 6", "Europe/Berlin")
     pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert container["args"] == ["drain", "node-a", "--registry", "127.0.0.1:5000/ckpt",
+    assert container["args"] == ["drain", "node-a", "--registry", "registry.example:5000/ckpt",
                                  "--on-interrupt", "rollback", "--build-on", "node",
                                  "--tool-image", TOOL, "--timeout", "60"]
     # the journal goes with the pod: after SIGTERM, the time to undo what is in flight
@@ -149,6 +149,17 @@ def test_schedule_usage_errors(cli: Cli, monkeypatch: pytest.MonkeyPatch, args: 
     assert r.code == 2 and r.err.startswith(message), r.err
 
 
+@pytest.mark.parametrize("where", [["--registry", "127.0.0.1:5000/drains"],
+                                   ["--", "--registry=localhost:5000/drains"]])
+def test_schedule_refuses_a_registry_no_pod_reaches(cli: Cli, where: list[str]) -> None:
+    r = cli("schedule", "drain", "node-a", "--cron", "0 2 * * 6", "--image", TOOL, *where)
+    registry = where[-1].split("=")[-1].split("/")[0]
+    assert (r.code, r.err.splitlines()[:2]) == (2, [
+        f"error: a scheduled drain runs in a pod, which cannot reach the registry {registry}: "
+        "a loopback address is the pod's own",
+        "hint: give --registry an address or name the cluster's pods reach"])
+
+
 def test_schedule_refuses_encryption_it_cannot_do(cli: Cli) -> None:
     r = cli("schedule", "drain", "node-a", "--cron", "0 2 * * 6", "--image", TOOL, "--",
             "--encrypt-for", "jwe:/etc/keys/node-b.pem")
@@ -170,8 +181,8 @@ def test_schedule_checks_drain_options(cli: Cli) -> None:
 
 @pytest.fixture(scope="module")
 def cluster(real_cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
-            plain_registry: RegistryUnderTest, cp_kubectl: Kubectl) -> Iterator[Cluster]:
-    registries = RegistryConfig(insecure=(plain_registry.host,))
+            pod_plain_registry: RegistryUnderTest, cp_kubectl: Kubectl) -> Iterator[Cluster]:
+    registries = RegistryConfig(insecure=(pod_plain_registry.host,))
     with node_agents(real_cp, tmp_path_factory.mktemp("nodes"), tool_images=(TOOL,),
                      start_latency=0.02, stop_latency=0.02, tool_timeout=120,
                      registries=registries) as world:
@@ -303,15 +314,16 @@ def _schedule_drain_of_node_a(cli: Cli, cluster: Cluster,
 
 
 def test_a_scheduled_drain_moves_the_pods_in_cluster(
-        cli: Cli, cluster: Cluster, api: client.ApiClient, plain_registry: RegistryUnderTest,
-        cp_kubectl: Kubectl, monkeypatch: pytest.MonkeyPatch) -> None:
+        cli: Cli, cluster: Cluster, api: client.ApiClient,
+        pod_plain_registry: RegistryUnderTest, cp_kubectl: Kubectl,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     # The tool that moves the pods runs in the Job, in-cluster: never where this test runs.
     monkeypatch.delenv("MIGRATE_NODE_ROOT", raising=False)
     admin = api
     try:
         core = client.CoreV1Api(admin)
         source = make_pod(core, "counters")
-        _schedule_drain_of_node_a(cli, cluster, plain_registry)
+        _schedule_drain_of_node_a(cli, cluster, pod_plain_registry)
         job = fire(cluster, admin, "migrate-system", "migrate-drain-node-a", cp_kubectl)
         log = pod_log(cluster, "migrate-system", job.metadata.name)
         assert job.status.succeeded == 1, log
@@ -326,8 +338,9 @@ def test_a_scheduled_drain_moves_the_pods_in_cluster(
 
 
 def test_a_scheduled_drain_stopped_by_its_deadline_rolls_back(
-        cli: Cli, cluster: Cluster, api: client.ApiClient, plain_registry: RegistryUnderTest,
-        cp_kubectl: Kubectl, monkeypatch: pytest.MonkeyPatch) -> None:
+        cli: Cli, cluster: Cluster, api: client.ApiClient,
+        pod_plain_registry: RegistryUnderTest, cp_kubectl: Kubectl,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """The Job's deadline: the real Job controller deletes the drain's pod, its node sends
     SIGTERM and waits the pod's grace period, as a kubelet does. The drain, whose journal
     goes with the pod, undoes the migration it had in flight and uncordons the node."""
@@ -335,7 +348,7 @@ def test_a_scheduled_drain_stopped_by_its_deadline_rolls_back(
     core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
     try:
         source = make_pod(core, "held")
-        _schedule_drain_of_node_a(cli, cluster, plain_registry)
+        _schedule_drain_of_node_a(cli, cluster, pod_plain_registry)
         job = "migrate-drain-node-a-deadline"
         with cluster.holding_checkpoints("node-a") as waiting:
             cp_kubectl(cluster.kubeconfig, "create", "job", "-n", "migrate-system", job,

@@ -16,8 +16,10 @@ Where things run, and why:
   server and the registry on 127.0.0.1. The node proxy refuses loopback
   (__init__.py), so the kubelet serves on the host end of a node host's veth
   pair (198.18, nodehost.py). Pods get a CNI bridge of their own (a free /28 of
-  198.18, no masquerading) and a route to 198.18/16 through it, no default one:
-  a server that pods must reach listens on a 198.18 address of the host.
+  198.18, no masquerading) and routes through it to 198.18/16 and to the
+  Services' range, no default one: a server that pods must reach listens on a
+  198.18 address of the host; the API server is reached as the `kubernetes`
+  Service, through kube-proxy (kubeproxy.py).
 - Everything on disk is under ROOT: CRI-O's storage (vfs), state, socket, CNI
   config and IPAM; the kubelet's root (checkpoints in ROOT/kubelet/checkpoints,
   never /var/lib/kubelet), certificates and pod logs.
@@ -77,7 +79,7 @@ import yaml
 
 from e2e.cluster import nodehost, procs
 from e2e.cluster.binaries import versions as k8s_versions
-from e2e.cluster.launcher import ControlPlane
+from e2e.cluster.launcher import SERVICE_CIDR, ControlPlane
 from e2e.real import tools as real_tools
 from e2e.real.counter import counter_rootfs, push_rootfs
 
@@ -148,7 +150,7 @@ def missing() -> str | None:
     """None when a real node can run here, else one sentence saying what is missing."""
     if (reason := nodehost.missing()) is not None:
         return reason
-    absent = [str(bin_dir() / b) for b in ("kubelet", "crio", "pinns", "crictl")
+    absent = [str(bin_dir() / b) for b in ("kubelet", "kube-proxy", "crio", "pinns", "crictl")
               if not os.access(bin_dir() / b, os.X_OK)]
     absent += [t for t in ("conmon", "runc") if shutil.which(t) is None]
     absent += [p for p in ("/etc/containers/policy.json",) if not Path(p).exists()]
@@ -190,12 +192,12 @@ def _crio_conf(root: Path, bridge: str, subnet: ipaddress.IPv4Network,
             "type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": False,
             "ipam": {"type": "host-local", "dataDir": str(root / "ipam"),
                      "ranges": [[{"subnet": str(subnet)}]],
-                     # The test world's own addresses only, through the bridge: a pod
-                     # reaches a server on one this host holds (pod_registry), and
-                     # nothing else (no default route).
+                     # The test world's own addresses only, through the bridge: a
+                     # server on one this host holds (pod_registry), and the Services'
+                     # ClusterIPs (kubeproxy.py); nothing else (no default route).
                      # (The gateway spelled out: CRI-O's CNI check compares routes.)
-                     "routes": [{"dst": str(nodehost.NODE_HOSTS),
-                                 "gw": str(subnet.network_address + 1)}]}}]}))
+                     "routes": [{"dst": dst, "gw": str(subnet.network_address + 1)}
+                                for dst in (str(nodehost.NODE_HOSTS), SERVICE_CIDR)]}}]}))
     q = json.dumps  # TOML basic strings and arrays of them read like JSON's
     conf = f"""
 [crio]

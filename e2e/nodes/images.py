@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 import re
 import threading
@@ -38,13 +39,24 @@ __all__ = [
     "Layer",
     "PulledImage",
     "RegistryConfig",
+    "contactable",
     "credentials_for",
     "parse_image",
     "preloaded",
 ]
 
-#: The only address the node agents' kubelets ever connect to.
+#: Where the node agents' kubelets pull from: loopback, or the test world's own 198.18
+#: hosts (a registry that pods must reach listens on one this host holds).
 LOOPBACK = "127.0.0.1"
+_TEST_HOSTS = ipaddress.ip_network("198.18.0.0/16")
+
+
+def contactable(host: str) -> bool:
+    """Whether a node agent may connect to ``host``: 127.0.0.1 or an address of 198.18/16."""
+    try:
+        return host == LOOPBACK or ipaddress.ip_address(host) in _TEST_HOSTS
+    except ValueError:
+        return False
 _DEFAULT_REGISTRY = "docker.io"
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPOSITORY = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
@@ -84,8 +96,8 @@ class ImageRef:
 
     @property
     def reachable(self) -> bool:
-        """Whether the registry is on 127.0.0.1 (the only one ever contacted)."""
-        return self.registry.rsplit(":", 1)[0] == LOOPBACK
+        """Whether the registry is one a node agent contacts (`contactable`)."""
+        return contactable(self.registry.rsplit(":", 1)[0])
 
     @property
     def reference(self) -> str:

@@ -42,12 +42,12 @@ import urllib3
 import zstandard
 
 from e2e.nodes.images import (
-    LOOPBACK,
     Credential,
     ImageRef,
     Layer,
     PulledImage,
     RegistryConfig,
+    contactable,
 )
 
 __all__ = ["MANIFEST_TYPES", "PullError", "Puller"]
@@ -175,8 +175,9 @@ class Puller:
     def _request(self, ref: ImageRef, url: str, headers: dict[str, str],
                  stream: bool = False) -> urllib3.BaseHTTPResponse:
         host = urllib.parse.urlsplit(url).hostname
-        if host != LOOPBACK:
-            raise PullError(f"refusing to contact {host}: only {LOOPBACK} is reachable")
+        if host is None or not contactable(host):
+            raise PullError(f"refusing to contact {host}: only 127.0.0.1 and 198.18/16 are "
+                            "reachable")
         try:
             return self._http.request("GET", url, headers=headers, preload_content=not stream,
                                       redirect=False)

@@ -309,6 +309,27 @@ def build_location(settings: Settings, source: str, build_on: BuildOn,
     return "local", str(here)
 
 
+POD_REACH_HINT = ("give --registry an address or name the cluster's pods reach; or build "
+                  "here: make the archives readable (MIGRATE_NODE_ROOT) and use --build-on "
+                  "local")
+
+
+def check_pods_reach(build_on: str, images: dict[str, str], explicit: bool) -> None:
+    """A build on the node pushes from its Job's pod, whose loopback is its own: refuse a
+    registry on a loopback address before anything is checkpointed (the Job would fail
+    after it, with only "connection refused" to say why)."""
+    if build_on != "node":
+        return
+    for image in images.values():
+        ref = parse_reference(image)
+        if ref.loopback:
+            what = ("--build-on node" if explicit else "the image build runs in a Job on the "
+                    "node (the archives are not readable here)")
+            raise UsageError(f"{what}, and the Job's pod cannot reach the registry "
+                             f"{ref.registry}: a loopback address is the pod's own",
+                             hint=POD_REACH_HINT)
+
+
 def check_encryption(encrypt_for: tuple[str, ...], build_on: str) -> None:
     """Read the recipients' key files now (a bad one fails before the checkpoint), and
     refuse a build on the node: its Job could not read them."""
@@ -408,6 +429,7 @@ def preflight(cluster: kube.Cluster, settings: Settings, req: PodRequest) -> Pla
     images = _images(req, namespace, _workload(pod, owner), containers)
     build_on, build_from = build_location(settings, source, req.build_on, req.tool_image)
     check_encryption(req.encrypt_for, build_on)
+    check_pods_reach(build_on, images, req.build_on is BuildOn.node)
     check_registry(settings, images)
     switch = "keep" if req.keep_source else ("handover" if owner else "delete")
     return Plan(namespace, req.pod, pod["metadata"].get("uid", ""), source, req.to, containers,

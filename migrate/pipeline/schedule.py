@@ -36,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from migrate.adapters.registry.reference import parse_reference
 from migrate.errors import UsageError
 from migrate.pipeline.incluster import ACCOUNT, LABELS, PRUNE_ACCOUNT, Deployment
 from migrate.pipeline.templating import fill
@@ -99,8 +100,30 @@ def grace_seconds(s: ScheduledDrain) -> int:
     return int(s.drain_timeout) + ROLLBACK_SECONDS
 
 
+def _option(options: tuple[str, ...], name: str) -> str | None:
+    """The value of ``name`` among pass-through options (``NAME VALUE`` or ``NAME=VALUE``)."""
+    for i, o in enumerate(options):
+        if o.startswith(f"{name}="):
+            return o.partition("=")[2]
+        if o == name and i + 1 < len(options):
+            return options[i + 1]
+    return None
+
+
+def check_registry_reach(s: ScheduledDrain) -> None:
+    """The drain runs in a pod (and builds in Jobs' pods): a registry on a loopback address
+    is the pod's own, which nothing pushed there, so refuse it when the CronJob is made."""
+    registry = s.registry or _option(s.drain_options, "--registry")
+    if registry and parse_reference(registry).loopback:
+        raise UsageError(f"a scheduled drain runs in a pod, which cannot reach the registry "
+                         f"{parse_reference(registry).registry}: a loopback address is the "
+                         "pod's own", hint="give --registry an address or name the "
+                         "cluster's pods reach")
+
+
 def drain_args(s: ScheduledDrain) -> list[str]:
     """The drain command line the CronJob runs (the image's entrypoint is `migrate`)."""
+    check_registry_reach(s)
     args = ["drain", s.node]
     if s.registry:
         args += ["--registry", s.registry]

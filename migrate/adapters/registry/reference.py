@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -26,6 +27,19 @@ class Reference:
     def api_host(self) -> str:
         """Where the registry API lives (Docker Hub's API host differs from its name)."""
         return "registry-1.docker.io" if self.registry == DOCKER_HUB else self.registry
+
+    @property
+    def loopback(self) -> bool:
+        """Whether the registry is on a loopback address (localhost, 127/8, ::1): every
+        pod has a loopback of its own, so no pod reaches such a registry."""
+        host = (self.registry[1:].partition("]")[0] if self.registry.startswith("[")
+                else self.registry.rpartition(":")[0] or self.registry)
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
 
     def with_digest(self, digest: str) -> str:
         """``registry/repository[:tag]@digest``, the form to pull exactly this image."""
