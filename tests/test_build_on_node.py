@@ -195,3 +195,19 @@ def test_a_registry_on_loopback_is_refused_before_the_checkpoint(
         f"{plain_registry.registry.port}: a loopback address is the pod's own"))
     assert_untouched(v1, "looped", pod.metadata.uid)
     assert leftovers(api) == ([], [])
+
+
+def test_doctor_probe_refuses_a_loopback_registry_for_a_build_on_the_node(
+        cli: Cli, cluster: Cluster, v1: client.CoreV1Api,
+        plain_registry: RegistryUnderTest) -> None:
+    before = {p.metadata.name for p in v1.list_namespaced_pod("default").items}
+    r = cli("doctor", "--kubeconfig", cluster.kubeconfig, "--node", "node-a", "--registry",
+            f"{plain_registry.host}/probes", "--no-tls-verify", "--probe", "node-b",
+            "--probe-source", "node-a", "--tool-image", TOOL, "-o", "json")
+    assert r.code == 9, r.err
+    (row,) = r.json()["probes"]
+    assert (row["status"], row["stage"], row["hint"]) == ("FAIL", None, POD_REACH_HINT)
+    assert row["message"].endswith(f"cannot reach the registry {plain_registry.host}: a "
+                                   "loopback address is the pod's own"), row["message"]
+    # Refused before the probe's pod existed.
+    assert {p.metadata.name for p in v1.list_namespaced_pod("default").items} == before

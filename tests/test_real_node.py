@@ -584,7 +584,8 @@ def test_criu_refusing_a_tcp_connection_is_final_with_its_log_and_the_setting(
     # CRI-O runs `runc checkpoint` with neither --tcp-established nor --tcp-close, and
     # without a CRIU configuration saying otherwise CRIU refuses the connection.
     name = _tcp_counter(real_cp, plain_registry, node.name, "tcp-held", tmp_path, {})
-    r = cli("checkpoint", name, "--kubeconfig", real_cp.admin_kubeconfig)
+    with _deleted_after(real_cp, name):
+        r = cli("checkpoint", name, "--kubeconfig", real_cp.admin_kubeconfig)
     assert r.code == 6, (r.out, r.err)
     first, hint = r.err.splitlines()
     assert first.startswith(f"error: checkpoint default/{name}/counter on {node.name}: CRIU "
@@ -627,16 +628,17 @@ def test_a_changed_image_file_held_open_fails_the_restore_with_criu_s_log(
                                         annotations=criu_config(tmp_path, "tcp-close")))
     time.sleep(2)  # the workload gets idle
     monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")  # the kubelets' archives are on this machine
-    r = _migrate(cli, real_cp, plain_registry, name, node_b.name)
-    assert r.code == 6, (r.out, r.err)
-    assert r.json()["outcome"] == "rolled-back"
-    first, hint = r.err.splitlines()[:2]
-    assert first.startswith(f"error: verify: the restore of workload on {node_b.name} failed: "
-                            f"CRIU could not restore it (type NOTIFY errno 0); its log on "
-                            f"{node_b.name}: /"), first
-    assert first.endswith("/restore.log")
-    assert "bad size" in hint
-    assert _running(real_cp, name)  # the source runs on, untouched
+    with _deleted_after(real_cp, name):
+        r = _migrate(cli, real_cp, plain_registry, name, node_b.name)
+        assert r.code == 6, (r.out, r.err)
+        assert r.json()["outcome"] == "rolled-back"
+        first, hint = r.err.splitlines()[:2]
+        assert first.startswith(f"error: verify: the restore of workload on {node_b.name} "
+                                f"failed: CRIU could not restore it (type NOTIFY errno 0); its "
+                                f"log on {node_b.name}: /"), first
+        assert first.endswith("/restore.log")
+        assert "bad size" in hint
+        assert _running(real_cp, name)  # the source runs on, untouched
 
 
 def test_a_file_held_open_on_an_emptydir_fails_the_restore_and_names_the_volume(
@@ -649,17 +651,18 @@ def test_a_file_held_open_on_an_emptydir_fails_the_restore_and_names_the_volume(
                                env=("DATA_LOG=/data/counter.log",))
     name = _start(real_cp, counter_pod("logged", image, secret=SECRET, node=node.name))
     monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")  # the kubelets' archives are on this machine
-    r = _migrate(cli, real_cp, plain_registry, name, node_b.name)
-    assert r.code == 6, (r.out, r.err)
-    assert r.json()["outcome"] == "rolled-back"
-    first, hint = r.err.splitlines()[:2]
-    assert first.startswith(f"error: verify: the restore of counter on {node_b.name} failed: "
-                            "CRIU could not restore it (type NOTIFY errno 0)"), first
-    # CRIU's log says `Can't open file data/counter.log on restore: No such file or
-    # directory`: the hint names the volume first.
-    assert hint.startswith(f"hint: the emptyDir volume(s) data started empty on "
-                           f"{node_b.name}: a file the process held open there"), hint
-    assert _running(real_cp, name)  # the source runs on, untouched
+    with _deleted_after(real_cp, name):
+        r = _migrate(cli, real_cp, plain_registry, name, node_b.name)
+        assert r.code == 6, (r.out, r.err)
+        assert r.json()["outcome"] == "rolled-back"
+        first, hint = r.err.splitlines()[:2]
+        assert first.startswith(f"error: verify: the restore of counter on {node_b.name} "
+                                "failed: CRIU could not restore it (type NOTIFY errno 0)"), first
+        # CRIU's log says `Can't open file data/counter.log on restore: No such file or
+        # directory`: the hint names the volume first.
+        assert hint.startswith(f"hint: the emptyDir volume(s) data started empty on "
+                               f"{node_b.name}: a file the process held open there"), hint
+        assert _running(real_cp, name)  # the source runs on, untouched
 
 
 def _empty_dir(node: realnode.RealNode, uid: str, volume: str) -> Path:
@@ -1315,6 +1318,11 @@ def test_a_scheduled_drain_runs_in_cluster_and_moves_the_counter_with_nothing_si
                                            node=node.name)) as [name]:
             _counting(real_cp, name)
             before = _counts(real_cp, name)[-1]
+            # What the drain will move: this counter and the module's own, nothing an
+            # earlier test left behind (once what they deleted is gone).
+            wait_for(lambda: {p["metadata"]["name"] for p in real_cp.api(
+                "GET", f"/api/v1/pods?fieldSelector=spec.nodeName={node.name}")[1]["items"]}
+                <= {name, POD}, DEADLINE, f"only {name} and {POD} on {node.name}")
             cp_kubectl(admin, "create", "job", "-n", "migrate-system", job,
                        f"--from=cronjob/migrate-drain-{node.name}")
             done = wait_for(lambda: _finished(real_cp, "migrate-system", job), 2 * DEADLINE,

@@ -37,7 +37,7 @@ from migrate.pipeline.build import BuildRequest, build_image, pod_image
 from migrate.pipeline.choices import BuildOn
 from migrate.pipeline.manifest import PodSource, RestoreOptions, render_restore_pod
 from migrate.pipeline.names import suggestion
-from migrate.pipeline.preflight import build_location, locate
+from migrate.pipeline.preflight import build_location, check_pods_reach, locate
 from migrate.pipeline.refusals import FATAL_WAITING, PROBE_SUGGESTION, PULL_FAILED
 from migrate.settings import Settings
 
@@ -357,7 +357,8 @@ def probe_node(cluster: kube.Cluster, settings: Settings, req: ProbeRequest,
         source = pick_source(all_nodes, node, req.source)
         result.source = source["metadata"]["name"]
         # Where the image will be built, proved before the probe pod exists.
-        build_location(settings, result.source, BuildOn.auto, req.tool_image)
+        where, _ = build_location(settings, result.source, BuildOn.auto, req.tool_image)
+        check_pods_reach(where, {"probe": _image_ref(p)}, explicit=False)
         with p.stage("start"):
             pod = _start(p, source, req.image or pause_image(source))
         with p.stage("checkpoint"):
