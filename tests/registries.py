@@ -435,6 +435,19 @@ def pod_plain_registry(pods_host: nodehost.NodeHost, tmp_path_factory: pytest.Te
 
 
 @pytest.fixture(scope="session")
+def pod_plain_basic_registry(pods_host: nodehost.NodeHost,
+                             tmp_path_factory: pytest.TempPathFactory
+                             ) -> Iterator[RegistryUnderTest]:
+    """`plain_basic_registry`, on `pods_host`."""
+    stack = _Stack()
+    try:
+        yield stack.start(tmp_path_factory.mktemp("registry-pods-plain-basic"), None,
+                          tls=False, auth="basic", address=pods_host.host_address)
+    finally:
+        stack.close()
+
+
+@pytest.fixture(scope="session")
 def pod_tls_basic_registry(pods_host: nodehost.NodeHost, registry_pki: RegistryPKI,
                            tmp_path_factory: pytest.TempPathFactory
                            ) -> Iterator[RegistryUnderTest]:

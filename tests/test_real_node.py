@@ -65,11 +65,12 @@ DEADLINE = 180.0  # pulls, CRIU and a loaded 2-core machine
 
 @pytest.fixture(scope="module")
 def node_b(node: realnode.RealNode, real_cp: ControlPlane, plain_registry: RegistryUnderTest,
-           pod_plain_registry: RegistryUnderTest,
+           pod_plain_registry: RegistryUnderTest, pod_plain_basic_registry: RegistryUnderTest,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[realnode.RealNode]:
     """A second real node, for `migrate pod` between two."""
     with realnode.real_node(real_cp, tmp_path_factory.mktemp("real-node-b"), name="node-b",
-                            registry=plain_registry.host, insecure=(pod_plain_registry.host,)) as n:
+                            registry=plain_registry.host, insecure=(
+                                pod_plain_registry.host, pod_plain_basic_registry.host)) as n:
         yield n
 
 
@@ -94,11 +95,12 @@ def kubernetes_service(real_cp: ControlPlane, node: realnode.RealNode,
 
 @pytest.fixture(scope="module")
 def node(stretch_built: None, real_cp: ControlPlane, plain_registry: RegistryUnderTest,
-         pod_plain_registry: RegistryUnderTest,
+         pod_plain_registry: RegistryUnderTest, pod_plain_basic_registry: RegistryUnderTest,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[realnode.RealNode]:
     # stretch_built first: no control plane is started only to be skipped.
     with realnode.real_node(real_cp, tmp_path_factory.mktemp("real-node"),
-                            registry=plain_registry.host, insecure=(pod_plain_registry.host,)) as n:
+                            registry=plain_registry.host, insecure=(
+                                pod_plain_registry.host, pod_plain_basic_registry.host)) as n:
         yield n
 
 
@@ -490,6 +492,35 @@ def test_build_on_node_runs_the_tools_own_image_in_a_job_on_the_source_node(
     status, jobs = real_cp.api("GET", "/apis/batch/v1/namespaces/default/jobs")
     assert status == 200 and not [j["metadata"]["name"] for j in jobs["items"]
                                   if not j["metadata"].get("deletionTimestamp")]
+
+
+def test_a_registry_asking_for_credentials_serves_the_build_job_and_the_restored_pod(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
+        pod_plain_basic_registry: RegistryUnderTest, tool_image: str, counter_image: str,
+        tmp_path: Path) -> None:
+    # --creds, and nothing else: the build Job pushes with a temporary Secret the real
+    # kubelet mounts, the restored pod pulls with one in its imagePullSecrets (the real
+    # kubelet hands it to CRI-O). Both go at clean-up; the password is in no file of
+    # migrate's and in no report.
+    auth = pod_plain_basic_registry
+    assert auth.password is not None and auth.creds is not None
+    made: list[str] = []
+    with _started(real_cp, counter_pod("private", counter_image, secret=SECRET,
+                                       node=node.name)) as [name], \
+            _moved_counting(cli, real_cp, auth, name, node_b.name, "--build-on", "node",
+                            "--tool-image", tool_image, "--creds", auth.creds) as report:
+        _, restored = real_cp.api(
+            "GET", f"/api/v1/namespaces/default/pods/{report['destination_pod']}")
+        made = [s["name"] for s in restored["spec"].get("imagePullSecrets", [])]
+        assert [s.split("-")[:2] for s in made] == [["migrate", "registry"]], made
+    assert report["images"][CONTAINER]["built_on"].startswith(f"job migrate-build-{name}-")
+    assert auth.password not in json.dumps(report)
+    _, left = real_cp.api("GET", "/api/v1/namespaces/default/secrets")
+    assert not [s["metadata"]["name"] for s in left["items"]
+                if s["metadata"]["name"].startswith("migrate-registry-")]
+    state = Path(os.environ["MIGRATE_STATE_DIR"])
+    assert not [f for f in state.rglob("*") if f.is_file()
+                and auth.password.encode() in f.read_bytes()]
 
 
 def _registry_head(registry: RegistryUnderTest, path: str) -> tuple[int, str]:
