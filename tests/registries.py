@@ -23,6 +23,7 @@ absolute values.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import secrets
@@ -267,14 +268,22 @@ class _Stack:
             raise errors[0]
 
 
+@contextlib.contextmanager
+def _one(state_dir: Path, pki: RegistryPKI | None, *, tls: bool, auth: Auth,
+         address: str = LOOPBACK) -> Iterator[RegistryUnderTest]:
+    """One registry (and its token server) for a fixture's lifetime."""
+    stack = _Stack()
+    try:
+        yield stack.start(state_dir, pki, tls=tls, auth=auth, address=address)
+    finally:
+        stack.close()
+
+
 @pytest.fixture(scope="session")
 def plain_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryUnderTest]:
     """A shared HTTP registry without auth (`buildah push --tls-verify=false`)."""
-    stack = _Stack()
-    try:
-        yield stack.start(tmp_path_factory.mktemp("registry-plain"), None, tls=False, auth=None)
-    finally:
-        stack.close()
+    with _one(tmp_path_factory.mktemp("registry-plain"), None, tls=False, auth=None) as registry:
+        yield registry
 
 
 @pytest.fixture(scope="session")
@@ -282,12 +291,9 @@ def plain_basic_registry(tmp_path_factory: pytest.TempPathFactory
                          ) -> Iterator[RegistryUnderTest]:
     """A shared HTTP registry with Basic auth (alice / s3cret-pa55): a private registry a
     runtime lists as insecure."""
-    stack = _Stack()
-    try:
-        yield stack.start(tmp_path_factory.mktemp("registry-plain-basic"), None, tls=False,
-                          auth="basic")
-    finally:
-        stack.close()
+    with _one(tmp_path_factory.mktemp("registry-plain-basic"),
+              None, tls=False, auth="basic") as registry:
+        yield registry
 
 
 @pytest.fixture(scope="session")
@@ -295,13 +301,9 @@ def tls_basic_registry(
     tmp_path_factory: pytest.TempPathFactory, registry_pki: RegistryPKI
 ) -> Iterator[RegistryUnderTest]:
     """A shared HTTPS registry with Basic auth: alice / s3cret-pa55."""
-    stack = _Stack()
-    try:
-        yield stack.start(
-            tmp_path_factory.mktemp("registry-basic"), registry_pki, tls=True, auth="basic"
-        )
-    finally:
-        stack.close()
+    with _one(tmp_path_factory.mktemp("registry-basic"),
+              registry_pki, tls=True, auth="basic") as registry:
+        yield registry
 
 
 @pytest.fixture(scope="session")
@@ -309,13 +311,9 @@ def token_registry(
     tmp_path_factory: pytest.TempPathFactory, registry_pki: RegistryPKI
 ) -> Iterator[RegistryUnderTest]:
     """A shared HTTPS registry with Bearer token auth (token server: alice / s3cret-pa55)."""
-    stack = _Stack()
-    try:
-        yield stack.start(
-            tmp_path_factory.mktemp("registry-token"), registry_pki, tls=True, auth="token"
-        )
-    finally:
-        stack.close()
+    with _one(tmp_path_factory.mktemp("registry-token"),
+              registry_pki, tls=True, auth="token") as registry:
+        yield registry
 
 
 class FreshRegistry:
@@ -426,12 +424,9 @@ def pods_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[nodehost.Nod
 def pod_plain_registry(pods_host: nodehost.NodeHost, tmp_path_factory: pytest.TempPathFactory
                        ) -> Iterator[RegistryUnderTest]:
     """`plain_registry`, on `pods_host`: for builds in Jobs and drains in pods."""
-    stack = _Stack()
-    try:
-        yield stack.start(tmp_path_factory.mktemp("registry-pods-plain"), None, tls=False,
-                          auth=None, address=pods_host.host_address)
-    finally:
-        stack.close()
+    with _one(tmp_path_factory.mktemp("registry-pods-plain"),
+              None, tls=False, auth=None, address=pods_host.host_address) as registry:
+        yield registry
 
 
 @pytest.fixture(scope="session")
@@ -439,12 +434,9 @@ def pod_plain_basic_registry(pods_host: nodehost.NodeHost,
                              tmp_path_factory: pytest.TempPathFactory
                              ) -> Iterator[RegistryUnderTest]:
     """`plain_basic_registry`, on `pods_host`."""
-    stack = _Stack()
-    try:
-        yield stack.start(tmp_path_factory.mktemp("registry-pods-plain-basic"), None,
-                          tls=False, auth="basic", address=pods_host.host_address)
-    finally:
-        stack.close()
+    with _one(tmp_path_factory.mktemp("registry-pods-plain-basic"),
+              None, tls=False, auth="basic", address=pods_host.host_address) as registry:
+        yield registry
 
 
 @pytest.fixture(scope="session")
@@ -452,9 +444,6 @@ def pod_tls_basic_registry(pods_host: nodehost.NodeHost, registry_pki: RegistryP
                            tmp_path_factory: pytest.TempPathFactory
                            ) -> Iterator[RegistryUnderTest]:
     """`tls_basic_registry`, on `pods_host` (its certificate names that address)."""
-    stack = _Stack()
-    try:
-        yield stack.start(tmp_path_factory.mktemp("registry-pods-basic"), registry_pki,
-                          tls=True, auth="basic", address=pods_host.host_address)
-    finally:
-        stack.close()
+    with _one(tmp_path_factory.mktemp("registry-pods-basic"),
+              registry_pki, tls=True, auth="basic", address=pods_host.host_address) as registry:
+        yield registry

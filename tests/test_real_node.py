@@ -642,6 +642,20 @@ def test_with_tcp_close_the_counter_with_a_tcp_connection_moves_and_counts_on(
         assert report["destination_pod"]
 
 
+def _restore_refused(cli: Cli, cp: ControlPlane, registry: RegistryUnderTest, name: str,
+                     to: str, container: str) -> tuple[str, str]:
+    """Migrate ``name``, whose restore CRIU refuses: rolled back, the source running on
+    untouched. The error's first line and the hint."""
+    r = _migrate(cli, cp, registry, name, to)
+    assert r.code == 6, (r.out, r.err)
+    assert r.json()["outcome"] == "rolled-back"
+    first, hint = r.err.splitlines()[:2]
+    assert first.startswith(f"error: verify: the restore of {container} on {to} failed: CRIU "
+                            "could not restore it (type NOTIFY errno 0)"), first
+    assert _running(cp, name)
+    return first, hint
+
+
 def test_a_changed_image_file_held_open_fails_the_restore_with_criu_s_log(
         cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
         plain_registry: RegistryUnderTest, tmp_path: Path,
@@ -660,16 +674,10 @@ def test_a_changed_image_file_held_open_fails_the_restore_with_criu_s_log(
     time.sleep(2)  # the workload gets idle
     monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")  # the kubelets' archives are on this machine
     with _deleted_after(real_cp, name):
-        r = _migrate(cli, real_cp, plain_registry, name, node_b.name)
-        assert r.code == 6, (r.out, r.err)
-        assert r.json()["outcome"] == "rolled-back"
-        first, hint = r.err.splitlines()[:2]
-        assert first.startswith(f"error: verify: the restore of workload on {node_b.name} "
-                                f"failed: CRIU could not restore it (type NOTIFY errno 0); its "
-                                f"log on {node_b.name}: /"), first
-        assert first.endswith("/restore.log")
-        assert "bad size" in hint
-        assert _running(real_cp, name)  # the source runs on, untouched
+        first, hint = _restore_refused(cli, real_cp, plain_registry, name, node_b.name,
+                                       "workload")
+    assert first.endswith("/restore.log") and f"; its log on {node_b.name}: /" in first
+    assert "bad size" in hint
 
 
 def test_a_file_held_open_on_an_emptydir_fails_the_restore_and_names_the_volume(
@@ -683,17 +691,11 @@ def test_a_file_held_open_on_an_emptydir_fails_the_restore_and_names_the_volume(
     name = _start(real_cp, counter_pod("logged", image, secret=SECRET, node=node.name))
     monkeypatch.setenv("MIGRATE_NODE_ROOT", "/")  # the kubelets' archives are on this machine
     with _deleted_after(real_cp, name):
-        r = _migrate(cli, real_cp, plain_registry, name, node_b.name)
-        assert r.code == 6, (r.out, r.err)
-        assert r.json()["outcome"] == "rolled-back"
-        first, hint = r.err.splitlines()[:2]
-        assert first.startswith(f"error: verify: the restore of counter on {node_b.name} "
-                                "failed: CRIU could not restore it (type NOTIFY errno 0)"), first
-        # CRIU's log says `Can't open file data/counter.log on restore: No such file or
-        # directory`: the hint names the volume first.
-        assert hint.startswith(f"hint: the emptyDir volume(s) data started empty on "
-                               f"{node_b.name}: a file the process held open there"), hint
-        assert _running(real_cp, name)  # the source runs on, untouched
+        _, hint = _restore_refused(cli, real_cp, plain_registry, name, node_b.name, "counter")
+    # CRIU's log says `Can't open file data/counter.log on restore: No such file or
+    # directory`: the hint names the volume first.
+    assert hint.startswith(f"hint: the emptyDir volume(s) data started empty on "
+                           f"{node_b.name}: a file the process held open there"), hint
 
 
 def _empty_dir(node: realnode.RealNode, uid: str, volume: str) -> Path:
