@@ -206,7 +206,10 @@ def test_doctor_probe_refuses_a_loopback_registry_for_a_build_on_the_node(
             "--probe-source", "node-a", "--tool-image", TOOL, "-o", "json")
     assert r.code == 9, r.err
     (row,) = r.json()["probes"]
-    assert (row["status"], row["stage"], row["hint"]) == ("FAIL", None, POD_REACH_HINT)
+    # doctor has no --build-on: the hint says what it can do instead.
+    assert (row["status"], row["stage"], row["hint"]) == ("FAIL", None, (
+        "give --registry an address or name the cluster's pods reach; or make the archives "
+        "readable here (MIGRATE_NODE_ROOT)"))
     assert row["message"].endswith(f"cannot reach the registry {plain_registry.host}: a "
                                    "loopback address is the pod's own"), row["message"]
     # Refused before the probe's pod existed.

@@ -22,7 +22,12 @@ from typing import Any
 from migrate.adapters import kube
 from migrate.adapters.ocicrypt import parse_recipients
 from migrate.adapters.registry.client import RegistryClient
-from migrate.adapters.registry.reference import Reference, parse_reference
+from migrate.adapters.registry.reference import (
+    REACH_HINT,
+    Reference,
+    parse_reference,
+    unreachable_from_pods,
+)
 from migrate.errors import AuthError, ClusterError, UsageError
 from migrate.pipeline import claims, names, nodebuild, nodes, placement
 from migrate.pipeline.choices import Builder, BuildOn, Compression
@@ -309,12 +314,14 @@ def build_location(settings: Settings, source: str, build_on: BuildOn,
     return "local", str(here)
 
 
-POD_REACH_HINT = ("give --registry an address or name the cluster's pods reach; or build "
-                  "here: make the archives readable (MIGRATE_NODE_ROOT) and use --build-on "
-                  "local")
+POD_REACH_HINT = (REACH_HINT + "; or build here: make the archives readable "
+                  "(MIGRATE_NODE_ROOT) and use --build-on local")
+#: `doctor --probe` has no --build-on: it builds here whenever the archives are readable.
+PROBE_REACH_HINT = REACH_HINT + "; or make the archives readable here (MIGRATE_NODE_ROOT)"
 
 
-def check_pods_reach(build_on: str, images: dict[str, str], explicit: bool) -> None:
+def check_pods_reach(build_on: str, images: dict[str, str], explicit: bool,
+                     hint: str = POD_REACH_HINT) -> None:
     """A build on the node pushes from its Job's pod, whose loopback is its own: refuse a
     registry on a loopback address before anything is checkpointed (the Job would fail
     after it, with only "connection refused" to say why)."""
@@ -325,9 +332,8 @@ def check_pods_reach(build_on: str, images: dict[str, str], explicit: bool) -> N
         if ref.loopback:
             what = ("--build-on node" if explicit else "the image build runs in a Job on the "
                     "node (the archives are not readable here)")
-            raise UsageError(f"{what}, and the Job's pod cannot reach the registry "
-                             f"{ref.registry}: a loopback address is the pod's own",
-                             hint=POD_REACH_HINT)
+            raise UsageError(f"{what}, and the Job's pod {unreachable_from_pods(ref.registry)}",
+                             hint=hint)
 
 
 def check_encryption(encrypt_for: tuple[str, ...], build_on: str) -> None:

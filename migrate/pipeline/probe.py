@@ -37,7 +37,12 @@ from migrate.pipeline.build import BuildRequest, build_image, pod_image
 from migrate.pipeline.choices import BuildOn
 from migrate.pipeline.manifest import PodSource, RestoreOptions, render_restore_pod
 from migrate.pipeline.names import suggestion
-from migrate.pipeline.preflight import build_location, check_pods_reach, locate
+from migrate.pipeline.preflight import (
+    PROBE_REACH_HINT,
+    build_location,
+    check_pods_reach,
+    locate,
+)
 from migrate.pipeline.refusals import FATAL_WAITING, PROBE_SUGGESTION, PULL_FAILED
 from migrate.settings import Settings
 
@@ -358,7 +363,8 @@ def probe_node(cluster: kube.Cluster, settings: Settings, req: ProbeRequest,
         result.source = source["metadata"]["name"]
         # Where the image will be built, proved before the probe pod exists.
         where, _ = build_location(settings, result.source, BuildOn.auto, req.tool_image)
-        check_pods_reach(where, {"probe": _image_ref(p)}, explicit=False)
+        check_pods_reach(where, {"probe": _image_ref(p)}, explicit=False,
+                         hint=PROBE_REACH_HINT)
         with p.stage("start"):
             pod = _start(p, source, req.image or pause_image(source))
         with p.stage("checkpoint"):

@@ -36,7 +36,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrate.adapters.registry.reference import parse_reference
+from migrate.adapters.registry.reference import (
+    REACH_HINT,
+    parse_reference,
+    unreachable_from_pods,
+)
 from migrate.errors import UsageError
 from migrate.pipeline.incluster import ACCOUNT, LABELS, PRUNE_ACCOUNT, Deployment
 from migrate.pipeline.templating import fill
@@ -113,12 +117,11 @@ def _option(options: tuple[str, ...], name: str) -> str | None:
 def check_registry_reach(s: ScheduledDrain) -> None:
     """The drain runs in a pod (and builds in Jobs' pods): a registry on a loopback address
     is the pod's own, which nothing pushed there, so refuse it when the CronJob is made."""
-    registry = s.registry or _option(s.drain_options, "--registry")
-    if registry and parse_reference(registry).loopback:
-        raise UsageError(f"a scheduled drain runs in a pod, which cannot reach the registry "
-                         f"{parse_reference(registry).registry}: a loopback address is the "
-                         "pod's own", hint="give --registry an address or name the "
-                         "cluster's pods reach")
+    given = s.registry or _option(s.drain_options, "--registry")
+    ref = parse_reference(given) if given else None
+    if ref is not None and ref.loopback:
+        raise UsageError("a scheduled drain runs in a pod, which "
+                         + unreachable_from_pods(ref.registry), hint=REACH_HINT)
 
 
 def drain_args(s: ScheduledDrain) -> list[str]:

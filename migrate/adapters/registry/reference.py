@@ -14,6 +14,15 @@ _COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
+#: What to do about a registry no pod reaches (`Reference.loopback`).
+REACH_HINT = "give --registry an address or name the cluster's pods reach"
+
+
+def unreachable_from_pods(registry: str) -> str:
+    """Why a pod cannot reach ``registry``, a loopback one: the clause errors end with."""
+    return f"cannot reach the registry {registry}: a loopback address is the pod's own"
+
+
 @dataclass(frozen=True)
 class Reference:
     """A parsed image reference."""
