@@ -33,11 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from e2e.cluster import procs
+from e2e.services.addresses import TEST_HOSTS
 
 __all__ = ["NODE_HOSTS", "NodeHost", "missing", "node_host"]
 
 #: Where node hosts' /30 links are taken from.
-NODE_HOSTS = ipaddress.ip_network("198.18.0.0/16")
+NODE_HOSTS = TEST_HOSTS
 _TOOLS = ("ip", "unshare", "nsenter", "sleep")
 
 

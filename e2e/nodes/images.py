@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from e2e.services.addresses import TEST_HOSTS
+
 __all__ = [
     "LOOPBACK",
     "Credential",
@@ -48,13 +50,12 @@ __all__ = [
 #: Where the node agents' kubelets pull from: loopback, or the test world's own 198.18
 #: hosts (a registry that pods must reach listens on one this host holds).
 LOOPBACK = "127.0.0.1"
-_TEST_HOSTS = ipaddress.ip_network("198.18.0.0/16")
 
 
 def contactable(host: str) -> bool:
     """Whether a node agent may connect to ``host``: 127.0.0.1 or an address of 198.18/16."""
     try:
-        return host == LOOPBACK or ipaddress.ip_address(host) in _TEST_HOSTS
+        return host == LOOPBACK or ipaddress.ip_address(host) in TEST_HOSTS
     except ValueError:
         return False
 _DEFAULT_REGISTRY = "docker.io"

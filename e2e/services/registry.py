@@ -45,6 +45,7 @@ from typing import IO, Any
 import bcrypt
 import yaml
 
+from e2e.services.addresses import TEST_HOSTS
 from e2e.services.pki import CertPair, write_private
 
 __all__ = ["LOOPBACK", "Registry", "RegistryError", "TokenAuth", "free_port"]
@@ -52,7 +53,7 @@ __all__ = ["LOOPBACK", "Registry", "RegistryError", "TokenAuth", "free_port"]
 LOOPBACK = "127.0.0.1"
 #: Where a registry may listen: loopback, or the benchmarking block the test world
 #: takes its own hosts from (e2e/cluster/nodehost.py's NODE_HOSTS).
-_TEST_ADDRESSES = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("198.18.0.0/16"))
+_TEST_ADDRESSES = (ipaddress.ip_network("127.0.0.0/8"), TEST_HOSTS)
 _POLL_INTERVAL = 0.05
 _PORT_ATTEMPTS = 5
 
