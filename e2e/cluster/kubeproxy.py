@@ -40,6 +40,7 @@ import yaml
 
 from e2e.cluster import nodehost, procs
 from e2e.cluster.launcher import ControlPlane
+from e2e.services.addresses import free_port
 
 __all__ = ["api_for_pods", "kube_proxy"]
 
@@ -102,12 +103,6 @@ def api_for_pods(cp: ControlPlane, address: str) -> Iterator[tuple[str, int]]:
         listener.close()
 
 
-def _free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _synced(service_ip: str) -> bool:
     out = subprocess.run(["nft", "list", "table", "ip", "kube-proxy"], capture_output=True,
                          text=True, timeout=30, check=False).stdout
@@ -125,8 +120,8 @@ def kube_proxy(cp: ControlPlane, root: Path, *, binary: Path, node: str,
         "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
         "clientConnection": {"kubeconfig": str(cp.kubeconfig("system:kube-proxy"))},
         "mode": "nftables", "hostnameOverride": node, "bindAddress": "127.0.0.1",
-        "healthzBindAddress": f"127.0.0.1:{_free_loopback_port()}",
-        "metricsBindAddress": f"127.0.0.1:{_free_loopback_port()}",
+        "healthzBindAddress": f"127.0.0.1:{free_port()}",
+        "metricsBindAddress": f"127.0.0.1:{free_port()}",
         "nodePortAddresses": [str(nodehost.NODE_HOSTS)],
         "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s",
                       "tcpCloseWaitTimeout": "0s", "udpTimeout": "0s",

@@ -34,7 +34,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import ssl
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -48,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from e2e.cluster import procs
 from e2e.cluster.binaries import Versions, binaries, missing, versions
+from e2e.services.addresses import free_port
 from e2e.services.pki import CertPair, issue, make_ca, write_private
 
 __all__ = ["SERVICE_CIDR", "UNSCHEDULABLE_TAINT", "ControlPlane", "Options", "control_plane",
@@ -158,12 +158,6 @@ def write_kubeconfig(path: Path, server: str, ca: CertPair, client: CertPair, us
         "current-context": user,
     }
     return write_private(path, yaml.safe_dump(doc, sort_keys=False).encode())
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
 
 
 def _client_context(ca: CertPair, client: CertPair | None) -> ssl.SSLContext:
@@ -284,7 +278,7 @@ class _Launch:
                          timeout=self.options.ready_timeout, what=what, watch=self.procs)
 
     def etcd(self) -> str:
-        client, peer = _free_port(), _free_port()
+        client, peer = free_port(), free_port()
         data = self.d / "etcd"
         data.mkdir(mode=0o700)
         url = f"http://{LOOPBACK}:{client}"
@@ -300,7 +294,7 @@ class _Launch:
         return url
 
     def apiserver(self, pki: _Pki, etcd_url: str) -> str:
-        port = _free_port()
+        port = free_port()
         self.start("kube-apiserver", [
             f"--etcd-servers={etcd_url}", f"--bind-address={LOOPBACK}",
             f"--advertise-address={LOOPBACK}", f"--secure-port={port}",
@@ -356,7 +350,7 @@ class _Launch:
                                   pki.controller_manager, "system:kube-controller-manager")
         sched_cfg = write_kubeconfig(self.d / "scheduler.kubeconfig", server, pki.ca,
                                      pki.scheduler, "system:kube-scheduler")
-        cm_port, sched_port = _free_port(), _free_port()
+        cm_port, sched_port = free_port(), free_port()
 
         def common(cfg: Path, port: int) -> list[str]:
             return [f"--kubeconfig={cfg}", f"--authentication-kubeconfig={cfg}",

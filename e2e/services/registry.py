@@ -32,7 +32,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -45,12 +44,11 @@ from typing import IO, Any
 import bcrypt
 import yaml
 
-from e2e.services.addresses import TEST_HOSTS
+from e2e.services.addresses import LOOPBACK, TEST_HOSTS, free_port
 from e2e.services.pki import CertPair, write_private
 
 __all__ = ["LOOPBACK", "Registry", "RegistryError", "TokenAuth", "free_port"]
 
-LOOPBACK = "127.0.0.1"
 #: Where a registry may listen: loopback, or the benchmarking block the test world
 #: takes its own hosts from (e2e/cluster/nodehost.py's NODE_HOSTS).
 _TEST_ADDRESSES = (ipaddress.ip_network("127.0.0.0/8"), TEST_HOSTS)
@@ -76,13 +74,6 @@ class TokenAuth:
     service: str
     issuer: str
     rootcertbundle: Path
-
-
-def free_port(address: str = LOOPBACK) -> int:
-    """A TCP port on `address` that was free a moment ago (the kernel's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((address, 0))
-        return int(s.getsockname()[1])
 
 
 def _reap(proc: subprocess.Popen[bytes], log: IO[bytes], grace: float) -> None:
