@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
-import http.client
 import ipaddress
 import json
 import os
@@ -487,8 +486,10 @@ def test_build_on_node_runs_the_tools_own_image_in_a_job_on_the_source_node(
     # CRIU's times come back with the digest: the Job read them from the archive.
     assert image["freezing_time_us"] > 0 and image["frozen_time_us"] > 0, image
     repository, _, _ = image["reference"].removeprefix(f"{pod_plain_registry.host}/").partition(":")
-    status, _ = _registry_head(pod_plain_registry, f"/v2/{repository}/manifests/{image['digest']}")
-    assert status == 200
+    answer = pod_plain_registry.http().request(
+        "HEAD", f"{pod_plain_registry.url}/v2/{repository}/manifests/{image['digest']}",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    assert answer.status == 200
     status, jobs = real_cp.api("GET", "/apis/batch/v1/namespaces/default/jobs")
     assert status == 200 and not [j["metadata"]["name"] for j in jobs["items"]
                                   if not j["metadata"].get("deletionTimestamp")]
@@ -521,17 +522,6 @@ def test_a_registry_asking_for_credentials_serves_the_build_job_and_the_restored
     state = Path(os.environ["MIGRATE_STATE_DIR"])
     assert not [f for f in state.rglob("*") if f.is_file()
                 and auth.password.encode() in f.read_bytes()]
-
-
-def _registry_head(registry: RegistryUnderTest, path: str) -> tuple[int, str]:
-    conn = http.client.HTTPConnection(registry.host, timeout=30)
-    try:
-        conn.request("HEAD", path, headers={
-            "Accept": "application/vnd.oci.image.manifest.v1+json"})
-        resp = conn.getresponse()
-        return resp.status, resp.getheader("Docker-Content-Digest") or ""
-    finally:
-        conn.close()
 
 
 def _timeline(cp: ControlPlane, source: str, events: list[tuple[str, str]]) -> None:

@@ -25,13 +25,14 @@ from e2e.real import tools
 
 __all__ = ["build_tool_image", "missing"]
 
-BASE = f"docker.io/library/debian:{tools.versions()['TOOL_BASE_SUITE']}-slim"
+_SUITE = tools.versions()["TOOL_BASE_SUITE"]
+BASE = f"docker.io/library/debian:{_SUITE}-slim"
 _LOCAL = "localhost/migrate:test"
 _TIMEOUT = 1200.0  # a first build installs Debian packages and the wheel's dependencies
 
 
 def _base_tar() -> Path:
-    return tools.cache_dir() / f"tool-base-{tools.versions()['TOOL_BASE_SUITE']}" / "rootfs.tar"
+    return tools.cache_dir() / f"tool-base-{_SUITE}" / "rootfs.tar"
 
 
 def missing() -> str | None:
