@@ -425,7 +425,7 @@ def test_5_progress_while_the_restored_pod_starts(migrate: Callable[..., Result]
     assert re.fullmatch(r'counter: Pulling: Pulling image "\S+@sha256:[0-9a-f]{64}" '
                         r"\(\d+(\.\d)? [KM]iB\)", said[0]), said[0]
     assert said[1].startswith('counter: Pulled: Successfully pulled image "')
-    assert said[2] == ("counter: Created: Created container counter (from the checkpoint: "
+    assert said[2] == ("counter: Created: Container created (from the checkpoint: "
                        "CRIU restores its processes as it starts)")
     assert "migrate: build: counter: " in r.err and "streamed (100%)" in r.err
     # Quiet with -o json; the same lines are the log's with -v.
@@ -437,7 +437,7 @@ def test_5_progress_while_the_restored_pod_starts(migrate: Callable[..., Result]
                        "--registry", f"{plain_registry.host}/first", "--no-tls-verify", "-o",
                        "json", "-v", "--delete-emptydir-data"])
     assert done.returncode == 0, done.stderr
-    assert "INFO: verify: counter: Started: Started container counter" in \
+    assert "INFO: verify: counter: Started: Container started" in \
         done.stderr.splitlines()
 
 

@@ -16,6 +16,10 @@ tool's own image, built from the Containerfile, does the build in a Job on the
 source node and pushes from inside the pod. `migrate sandbox --run`
 restores the kubelet's archive with real crictl into a CRI-O with no kubelet
 (`realnode.crio_alone`), the seed article's restore outside Kubernetes.
+The node agents (e2e/nodes), which stand in for nodes wherever faults or scale
+are needed, are held to what the real nodes report: the same migration on both
+must give the same kubelet Events, pod status and report, but for the fields
+AGENTS_LEAVE_OUT names.
 
 Skips when the stretch binaries are not built (scripts/setup builds them as root,
 with scripts/setup-stretch); with MIGRATE_REQUIRE_CLUSTER=1 (scripts/test as root)
@@ -30,6 +34,7 @@ import functools
 import ipaddress
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -45,6 +50,8 @@ from kubernetes import client, watch
 
 from e2e.cluster import kubeproxy, nodehost, realnode
 from e2e.cluster.launcher import SERVICE_CIDR, ControlPlane, unschedulable_tainted
+from e2e.cluster.world import Cluster
+from e2e.nodes import RegistryConfig
 from e2e.real import toolimage
 from e2e.real.counter import counter_pod, counts, push_counter_image
 from migrate.adapters.kubelet import SUPPORT_OFF_HINT
@@ -1318,6 +1325,94 @@ def _finished(cp: ControlPlane, namespace: str, job: str) -> dict[str, Any] | No
                         for c in conditions) else None
 
 
+# What the real kubelet reports and the node agents leave out, none of which migrate
+# reads: each container's mounts, resources and user (the kubelet has them from CRI-O),
+# the pod-level resources, and a warning that the real nodes have no cluster DNS.
+AGENTS_LEAVE_OUT = {"status.resources", "containerStatuses[].resources",
+                    "containerStatuses[].volumeMounts", "containerStatuses[].user"}
+NO_CLUSTER_DNS = "MissingClusterDNS"
+
+
+def _message_shape(message: str, images: list[str]) -> str:
+    for image in images:
+        message = message.replace(image, "IMAGE")
+    message = re.sub(r"sha256:[0-9a-f]{64}", "DIGEST", message)
+    message = re.sub(r"\b\d+(\.\d+)?(ms|s)\b", "T", message)
+    return re.sub(r"\b\d+ bytes", "N bytes", message)
+
+
+def _as_reported(cp: ControlPlane, name: str, images: list[str]) -> dict[str, Any]:
+    """What the node reported about pod ``name``, with its names, times and sizes left
+    out: the Events the kubelet recorded (in the order the API server stored them), the
+    status's fields, conditions and container statuses."""
+    status, pod = cp.api("GET", f"/api/v1/namespaces/default/pods/{name}")
+    assert status == 200, pod
+    _, events = cp.api("GET", "/api/v1/namespaces/default/events"
+                              f"?fieldSelector=involvedObject.name%3D{name}")
+    recorded = [(e["type"], e["reason"], _message_shape(e["message"], images),
+                 e["involvedObject"].get("fieldPath"), e["count"])
+                for e in sorted(events["items"], key=lambda e: int(e["metadata"]["resourceVersion"]))
+                if e["source"].get("component") == "kubelet" and e["reason"] != NO_CLUSTER_DNS]
+    st = pod["status"]
+    return {
+        "events": recorded,
+        "status": sorted(set(st) - {k.removeprefix("status.") for k in AGENTS_LEAVE_OUT}),
+        "conditions": sorted((c["type"], c["status"], tuple(sorted(c))) for c in st["conditions"]),
+        "generation": (st["observedGeneration"] == pod["metadata"]["generation"],
+                       {c["observedGeneration"] for c in st["conditions"]}),
+        "containers": [{
+            "fields": sorted(set(c) - {k.removeprefix("containerStatuses[].")
+                                       for k in AGENTS_LEAVE_OUT}),
+            "state": sorted(c["state"]), "ready": c["ready"], "started": c["started"],
+            "restartCount": c["restartCount"], "runtime": c["containerID"].split("://")[0],
+            "image": _message_shape(c["image"], images),
+            "imageID": _message_shape(c["imageID"], images),
+        } for c in st["containerStatuses"]],
+    }
+
+
+def _report_shape(value: Any, path: str = "") -> set[str]:
+    """The paths of a report, each with whether it holds a value (null is not one)."""
+    if isinstance(value, dict):
+        return set().union(*(_report_shape(v, f"{path}.{k}") for k, v in value.items()),
+                           {path})
+    if isinstance(value, list):
+        return set().union(*(_report_shape(v, f"{path}[]") for v in value), {path})
+    return {f"{path}={'null' if value is None else type(value).__name__}"}
+
+
+def test_the_node_agents_report_a_migration_as_the_real_kubelet_and_crio_do(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
+        plain_registry: RegistryUnderTest, counter_image: str,
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The same counter moved between real nodes and between node agents: what the
+    destination reports of the restored pod, and what migrate reports of the run, agree.
+    The node agents stand in for the real nodes wherever faults or scale are needed; a
+    difference here is one the end-to-end tests on them would not notice."""
+    seen: dict[str, dict[str, Any]] = {}
+    reports: dict[str, set[str]] = {}
+    sim_nodes = ("agents-a", "agents-b")
+    with Cluster(real_cp, tmp_path / "agents", nodes=sim_nodes,
+                 registries=RegistryConfig(insecure=(plain_registry.host,))) as agents:
+        for kind, root, (src, dst) in (("real", "/", (node.name, node_b.name)),
+                                       ("agents", agents.node_root, sim_nodes)):
+            monkeypatch.setenv("MIGRATE_NODE_ROOT", root)
+            name = _start(real_cp, counter_pod(f"alike-{kind}", counter_image, secret=SECRET,
+                                               node=src))
+            r = _migrate(cli, real_cp, plain_registry, name, dst)
+            assert r.code == 0, r.err
+            report = r.json()
+            try:
+                images = [report["images"][CONTAINER]["reference"], counter_image,
+                          plain_registry.host]
+                seen[kind] = _as_reported(real_cp, report["destination_pod"], images)
+            finally:
+                _delete(real_cp, report["destination_pod"])
+            reports[kind] = _report_shape(report)
+    assert seen["agents"] == seen["real"]
+    assert reports["agents"] == reports["real"]
+
+
 def test_a_scheduled_drain_runs_in_cluster_and_moves_the_counter_with_nothing_simulated(
         cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
         pod_plain_registry: RegistryUnderTest, tool_image: str, counter_image: str,
@@ -1370,3 +1465,4 @@ def test_a_scheduled_drain_runs_in_cluster_and_moves_the_counter_with_nothing_si
         cp_kubectl(admin, "delete", "--ignore-not-found", "--timeout=120s",
                    "namespace/migrate-system", "clusterrole/migrate",
                    "clusterrolebinding/migrate:migrate-system")
+

@@ -17,7 +17,7 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any, Protocol
 
-__all__ = ["ApiFailure", "Change", "Gone", "NodeApi", "Obj", "now", "rfc3339",
+__all__ = ["ApiFailure", "Change", "Gone", "NodeApi", "Obj", "now", "observed", "rfc3339",
            "set_condition"]
 
 #: An API object as JSON.
@@ -122,3 +122,15 @@ def set_condition(status: dict[str, Any], type_: str, value: str, reason: str = 
         current.update(entry)
     else:
         conditions.append(entry)
+
+
+def observed(pod: Obj) -> Obj:
+    """Stamp `pod` as the kubelet's status manager does on each write since v1.35
+    (PodObservedGenerationTracking, GA and locked on): the generation the node acted
+    on, in the status and in each of its conditions."""
+    generation = pod["metadata"].get("generation", 1)
+    status = pod.setdefault("status", {})
+    status["observedGeneration"] = generation
+    for condition in status.get("conditions") or []:
+        condition["observedGeneration"] = generation
+    return pod

@@ -66,7 +66,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from e2e.nodes.api import Gone, NodeApi, Obj, now, rfc3339, set_condition
+from e2e.nodes.api import Gone, NodeApi, Obj, now, observed, rfc3339, set_condition
 from e2e.nodes.images import RegistryConfig
 from e2e.nodes.nodeconfig import NodeConfig
 from e2e.nodes.podstart import PodOutcome, PodStarter, Started, Waiting
@@ -401,7 +401,7 @@ class Kubelet:
             if current["metadata"]["uid"] != uid or current["metadata"].get("deletionTimestamp"):
                 return None
             set_condition(current.setdefault("status", {}), "Ready", "True")
-            return current
+            return observed(current)
 
         with contextlib.suppress(Gone):
             self.api.update_pod(pod["metadata"]["namespace"], pod["metadata"]["name"], again)
@@ -444,7 +444,7 @@ class Kubelet:
                 current["metadata"].setdefault("annotations", {}).update(outcome.annotations)
             if not outcome.all_started:
                 _not_ready(status, outcome)
-                return current
+                return observed(current)
             status["phase"] = "Running"
             for type_ in _POD_CONDITIONS:
                 set_condition(status, type_, "True")
@@ -460,7 +460,7 @@ class Kubelet:
                     _container_status(c, uid, started, runtime)
                     for c in spec["ephemeralContainers"]
                 ]
-            return current
+            return observed(current)
 
         if outcome.all_started:
             self._log(f"{self.name}: {pod['metadata']['namespace']}/{pod['metadata']['name']} "

@@ -5,8 +5,8 @@ kubelet's loop never waits for a registry.
 
 Per container, as kuberuntime_manager's startContainer does: the image
 (Pulling/Pulled, or ErrImagePull/ImagePullBackOff...), then create and start
-(restore.py): Normal Created `Created container NAME`, Normal Started `Started
-container NAME`; a refusal is Warning Failed `Error: <message>` with the
+(restore.py): Normal Created `Container created`, Normal Started `Container
+started`; a refusal is Warning Failed `Error: <message>` with the
 container Waiting (CreateContainerError, or RunContainerError when it failed
 at start) and retried every `backoff` (the pod worker's requeue).
 
@@ -45,6 +45,9 @@ from e2e.nodes.restored import bring_back
 __all__ = ["PodOutcome", "PodStarter", "Started", "Waiting"]
 
 _NORMAL, _WARNING = "Normal", "Warning"
+# kuberuntime_container.go at v1.37.2: the container's name is in the Event's fieldPath
+# only (older kubelets said "Created container NAME").
+_CREATED, _STARTED = "Container created", "Container started"
 #: An image ID as CRI-O parses one (reference.IsFullIdentifier).
 _STORAGE_ID = re.compile(r"[a-f0-9]{64}")
 
@@ -228,9 +231,9 @@ class PodStarter:
             with LayerRoot(image) as root:
                 checkpoint = prepare_restore(image, root, pod, c)
                 base_name, base = self._restore_base(checkpoint)
-                self._event(pod, c, _NORMAL, "Created", f"Created container {name}")
+                self._event(pod, c, _NORMAL, "Created", _CREATED)
                 annotations = bring_back(image, root, checkpoint, pod, c).annotations
-            self._event(pod, c, _NORMAL, "Started", f"Started container {name}")
+            self._event(pod, c, _NORMAL, "Started", _STARTED)
             # CRI-O reports the image the container was created on: the base image.
             ref = str(checkpoint.config.get("rootfsImageRef") or "")
             return Started(base.repo_digest if base is not None else (ref or None),
@@ -240,7 +243,7 @@ class PodStarter:
                 checkpoint = check_containerd(image, root, config)
                 self._base_image(str(checkpoint.config.get("rootfsImageRef")
                                      or checkpoint.config.get("rootfsImageName") or ""))
-                self._event(pod, c, _NORMAL, "Created", f"Created container {name}")
+                self._event(pod, c, _NORMAL, "Created", _CREATED)
                 annotations = bring_back(image, root, checkpoint, pod, c).annotations
         else:
             if image.ref.reachable:
@@ -251,10 +254,10 @@ class PodStarter:
                     check_ordinary(image, c, config, container_id)
                 except CreateError as e:
                     if e.reason == "RunContainerError":  # created, then failed to start
-                        self._event(pod, c, _NORMAL, "Created", f"Created container {name}")
+                        self._event(pod, c, _NORMAL, "Created", _CREATED)
                     raise
-            self._event(pod, c, _NORMAL, "Created", f"Created container {name}")
-        self._event(pod, c, _NORMAL, "Started", f"Started container {name}")
+            self._event(pod, c, _NORMAL, "Created", _CREATED)
+        self._event(pod, c, _NORMAL, "Started", _STARTED)
         return Started(image.repo_digest if image.ref.reachable else None, rfc3339(now()),
                        annotations)
 

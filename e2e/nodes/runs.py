@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from e2e.nodes.api import Gone, NodeApi, Obj, now, rfc3339, set_condition
+from e2e.nodes.api import Gone, NodeApi, Obj, now, observed, rfc3339, set_condition
 
 __all__ = ["RUN_SECONDS", "ContainerExit", "ContainerProcess", "ContainerRuns",
            "annotated_process"]
@@ -164,7 +164,7 @@ class ContainerRuns:
             entry.update(state={"terminated": _terminated(entry, result)}, ready=False,
                          started=False)
             _settle_phase(current)
-            return current
+            return observed(current)
 
         self._log(f"kubelet-{self.node}: {pod['metadata']['namespace']}/"
                   f"{pod['metadata']['name']} container {name} exited {result.exit_code}")
