@@ -356,7 +356,7 @@ def test_an_image_without_the_annotation_starts_as_an_ordinary_container(
     again = _create(v1, "node-b", image, container={"imagePullPolicy": "IfNotPresent"})
     _running(v1, again)
     assert _event(v1, again, "Pulled").message == \
-        f'Container image "{image}" already present on machine'
+        f'Container image "{image}" already present on machine and can be accessed by the pod'
 
 
 def test_cri_o_reads_the_checkpoint_annotation_from_oci_manifests_only(

@@ -51,7 +51,7 @@ from kubernetes import client, watch
 from e2e.cluster import kubeproxy, nodehost, realnode
 from e2e.cluster.launcher import SERVICE_CIDR, ControlPlane, unschedulable_tainted
 from e2e.cluster.world import Cluster
-from e2e.nodes import RegistryConfig
+from e2e.nodes import NodeConfig, RegistryConfig
 from e2e.real import toolimage
 from e2e.real.counter import counter_pod, counts, push_counter_image
 from migrate.adapters.kubelet import SUPPORT_OFF_HINT
@@ -1333,6 +1333,11 @@ AGENTS_LEAVE_OUT = {"status.resources", "containerStatuses[].resources",
 NO_CLUSTER_DNS = "MissingClusterDNS"
 
 
+def _as_real() -> NodeConfig:
+    """A node agent's settings as the real nodes are: their CRI-O release."""
+    return NodeConfig(runtime=realnode.runtime())
+
+
 def _message_shape(message: str, images: list[str]) -> str:
     for image in images:
         message = message.replace(image, "IMAGE")
@@ -1357,17 +1362,21 @@ def _as_reported(cp: ControlPlane, name: str, images: list[str]) -> dict[str, An
     return {
         "events": recorded,
         "status": sorted(set(st) - {k.removeprefix("status.") for k in AGENTS_LEAVE_OUT}),
-        "conditions": sorted((c["type"], c["status"], tuple(sorted(c))) for c in st["conditions"]),
-        "generation": (st["observedGeneration"] == pod["metadata"]["generation"],
-                       {c["observedGeneration"] for c in st["conditions"]}),
+        "conditions": sorted((c["type"], c["status"], tuple(sorted(c)))
+                             for c in st.get("conditions", [])),
+        "generation": (st.get("observedGeneration") == pod["metadata"]["generation"],
+                       {c.get("observedGeneration") for c in st.get("conditions", [])}),
         "containers": [{
             "fields": sorted(set(c) - {k.removeprefix("containerStatuses[].")
                                        for k in AGENTS_LEAVE_OUT}),
-            "state": sorted(c["state"]), "ready": c["ready"], "started": c["started"],
-            "restartCount": c["restartCount"], "runtime": c["containerID"].split("://")[0],
+            "state": sorted(c["state"]), "ready": c["ready"], "started": c.get("started"),
+            "waiting": {k: _message_shape(v, images)
+                        for k, v in c["state"].get("waiting", {}).items()},
+            "restartCount": c["restartCount"],
+            "runtime": c.get("containerID", "").partition("://")[0],
             "image": _message_shape(c["image"], images),
-            "imageID": _message_shape(c["imageID"], images),
-        } for c in st["containerStatuses"]],
+            "imageID": _message_shape(c.get("imageID", ""), images),
+        } for c in st.get("containerStatuses", [])],
     }
 
 
@@ -1393,6 +1402,7 @@ def test_the_node_agents_report_a_migration_as_the_real_kubelet_and_crio_do(
     reports: dict[str, set[str]] = {}
     sim_nodes = ("agents-a", "agents-b")
     with Cluster(real_cp, tmp_path / "agents", nodes=sim_nodes,
+                 node_config=dict.fromkeys(sim_nodes, _as_real()),
                  registries=RegistryConfig(insecure=(plain_registry.host,))) as agents:
         for kind, root, (src, dst) in (("real", "/", (node.name, node_b.name)),
                                        ("agents", agents.node_root, sim_nodes)):
@@ -1411,6 +1421,81 @@ def test_the_node_agents_report_a_migration_as_the_real_kubelet_and_crio_do(
             reports[kind] = _report_shape(report)
     assert seen["agents"] == seen["real"]
     assert reports["agents"] == reports["real"]
+
+
+def _both_failing(cp: ControlPlane, names: dict[str, str], images: list[str],
+                  reason: str) -> dict[str, dict[str, Any]]:
+    """What each of the pods ``names`` (kind -> name) reported once its kubelet has
+    recorded ``reason`` twice (after its backoff: the pod worker tries again), each
+    Event once; the pods are deleted."""
+    def twice(name: str) -> dict[str, Any] | None:
+        view = _as_reported(cp, name, images)
+        # Repeats are one Event whose count goes up (client-go's correlator).
+        if sum(e[-1] for e in view["events"] if e[1] == reason) < 2:
+            return None
+        view["events"] = list(dict.fromkeys(e[:-1] for e in view["events"]))
+        return view
+
+    try:
+        return {kind: wait_for(lambda name=name: twice(name), DEADLINE, f"{name}: {reason} x2")
+                for kind, name in names.items()}
+    finally:
+        for name in names.values():
+            _delete(cp, name)
+
+
+def test_the_node_agents_fail_a_pull_as_the_real_kubelet_and_crio_do(
+        real_cp: ControlPlane, node: realnode.RealNode, plain_registry: RegistryUnderTest,
+        counter_image: str, tmp_path: Path) -> None:
+    """A tag the registry does not have, on a real node and on a node agent: the same
+    Events (ErrImagePull, then ImagePullBackOff) and the same waiting container."""
+    missing = f"{plain_registry.host}/stretch/counter:not-pushed"
+    with Cluster(real_cp, tmp_path / "agents", nodes=("agents-pull",),
+                 node_config={"agents-pull": _as_real()},
+                 registries=RegistryConfig(insecure=(plain_registry.host,))):
+        names = {}
+        for kind, where in (("real", node.name), ("agents", "agents-pull")):
+            pod = counter_pod(f"unpulled-{kind}", missing, secret=SECRET, node=where)
+            status, body = real_cp.api("POST", "/api/v1/namespaces/default/pods", pod)
+            assert status == 201, body
+            names[kind] = body["metadata"]["name"]
+        seen = _both_failing(real_cp, names, [missing, plain_registry.host], "BackOff")
+    assert seen["agents"] == seen["real"]
+    assert seen["real"]["containers"][0]["waiting"]["reason"] == "ImagePullBackOff"
+
+
+def test_the_node_agents_refuse_a_restore_as_a_real_crio_without_criu_support_does(
+        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode,
+        plain_registry: RegistryUnderTest, checkpoint: Checkpoint,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """One checkpoint image (the real kubelet's archive) restored on a real CRI-O 1.36.3
+    with enable_criu_support = false and on a node agent configured so: both start it
+    as an ordinary image and fail, and say so in the same Events and the same status,
+    retries included (the kubelet's pod worker tries again after its backoff)."""
+    r = cli("build", checkpoint.path, "--image", f"{plain_registry.host}/stretch/refused:v1",
+            "--no-tls-verify", "-o", "json")
+    assert r.code == 0, r.err
+    ref = r.json()["reference"]
+    images = [ref, plain_registry.host]
+    off = _as_real().replace(restore_level="none")
+    with realnode.real_node(real_cp, tmp_path_factory.mktemp("real-node-off"), name="node-off",
+                            registry=plain_registry.host, criu=False) as real_off, \
+            Cluster(real_cp, tmp_path_factory.mktemp("agents-off"), nodes=("agents-off",),
+                    node_config={"agents-off": off},
+                    registries=RegistryConfig(insecure=(plain_registry.host,))):
+        names = {}
+        for kind, where in (("real", real_off.name), ("agents", "agents-off")):
+            r = cli("manifest", "--from-pod", POD, "--image", ref, "--node", where,
+                    "--kubeconfig", real_cp.admin_kubeconfig, "-o", "yaml")
+            assert r.code == 0, r.err
+            pod = yaml.safe_load(r.out)
+            pod["metadata"]["name"] = names[kind] = f"refused-{kind}"
+            status, body = real_cp.api("POST", "/api/v1/namespaces/default/pods", pod)
+            assert status == 201, body
+        seen = _both_failing(real_cp, names, images, "Failed")
+    assert seen["agents"] == seen["real"]
+    assert ("Warning", "Failed", "Error: no command specified",
+            "spec.containers{counter}") in seen["real"]["events"]
 
 
 def test_a_scheduled_drain_runs_in_cluster_and_moves_the_counter_with_nothing_simulated(

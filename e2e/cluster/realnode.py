@@ -146,6 +146,11 @@ def bin_dir() -> Path:
             f"{real_tools.versions()['CRIO_VERSION']}" / "bin")
 
 
+def runtime() -> str:
+    """`cri-o://1.36.3`: the containerRuntimeVersion a real node reports."""
+    return f"cri-o://{real_tools.versions()['CRIO_VERSION'].removeprefix('v')}"
+
+
 def missing() -> str | None:
     """None when a real node can run here, else one sentence saying what is missing."""
     if (reason := nodehost.missing()) is not None:

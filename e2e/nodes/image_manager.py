@@ -13,7 +13,8 @@ with the pod's imagePullSecrets, backoff, and the Events they make.
   ...`, `Error: RegistryUnavailable` and that waiting reason, with the message
   `image pull failed for X because the registry is unavailable: ...`), then a
   backoff (`backoff`, doubling to `backoff_max`) during which the container
-  shows ImagePullBackOff (Normal BackOff `Back-off pulling image "X"`, Warning
+  shows ImagePullBackOff (Normal BackOff `Back-off pulling image "X"`, its waiting
+  message that and `: ErrImagePull: <error>`, the last failure; Warning
   Failed `Error: ImagePullBackOff`).
 
 Each of the pod's pull secrets holding credentials for the registry is tried
@@ -46,7 +47,7 @@ from e2e.nodes.images import (
 from e2e.nodes.kubelet_events import EventRecorder
 from e2e.nodes.nodeconfig import NodeConfig
 from e2e.nodes.registry_pull import Puller, PullError
-from e2e.nodes.runtime_releases import PAUSE_IMAGE, PAUSE_IMAGE_SIZE
+from e2e.nodes.runtime_releases import CRIO_ARTIFACT_FALLBACK_FROM, PAUSE_IMAGE, PAUSE_IMAGE_SIZE
 
 __all__ = ["Backoff", "ImageManager", "Waiting"]
 
@@ -64,10 +65,12 @@ class Waiting:
 
 @dataclass
 class Backoff:
-    """A pull backoff: its current period and when it ends (time.monotonic)."""
+    """A pull backoff: its current period, when it ends (time.monotonic), and the
+    failure that began it as the waiting message repeats it (`REASON: MESSAGE`)."""
 
     period: float
     until: float
+    failure: str
 
 
 def _duration(seconds: float) -> str:
@@ -155,8 +158,11 @@ class ImageManager:
         present = self.images.get(image) or (None if ref.reachable else preloaded(image, ref))
         policy = c.get("imagePullPolicy") or "IfNotPresent"
         if present is not None and policy != "Always":
-            self._event(pod, c, _NORMAL, "Pulled",
-                        f'Container image "{image}" already present on machine')
+            # KubeletEnsureSecretPulledImages, beta and on since v1.35, words it so. What
+            # the gate also does is not modelled: re-pulling, with the pod's own
+            # credentials, an image another pod's credentials pulled.
+            self._event(pod, c, _NORMAL, "Pulled", f'Container image "{image}" already '
+                        "present on machine and can be accessed by the pod")
             self.hold(present)  # a preloaded image, now used here: the Node lists it
             return present
         if policy == "Never":
@@ -169,7 +175,9 @@ class ImageManager:
             message = f'Back-off pulling image "{image}"'
             self._event(pod, c, _NORMAL, "BackOff", message)
             self._event(pod, c, _WARNING, "Failed", "Error: ImagePullBackOff")
-            return Waiting("ImagePullBackOff", message), backoff.until
+            # The container's waiting message, not the Event, repeats the last failure.
+            return (Waiting("ImagePullBackOff", f"{message}: {backoff.failure}"),
+                    backoff.until)
         return self._pull(pod, c, image, ref, backoffs, pulling)
 
     def _pull(self, pod: Obj, c: dict[str, Any], image: str, ref: ImageRef,
@@ -199,7 +207,7 @@ class ImageManager:
             previous = backoffs.get(image)
             period = min(previous.period * 2, config.backoff_max) if previous else config.backoff
             failed = time.monotonic()
-            backoffs[image] = Backoff(period, failed + period)
+            backoffs[image] = Backoff(period, failed + period, f"{reason}: {message}")
             # Half way through the backoff the pod is synced again: ImagePullBackOff.
             return Waiting(reason, message), failed + period / 2
         backoffs.pop(image, None)
@@ -249,12 +257,14 @@ class ImageManager:
             pulled = preloaded(image, ref)
         else:
             errors: list[PullError] = []
+            artifacts = config.runtime_name == "cri-o" and \
+                config.runtime_version[:2] >= CRIO_ARTIFACT_FALLBACK_FROM
             for creds in self._credentials(pod, ref) or [None]:
                 try:
                     pulled = self.puller.pull(image, ref, creds)
                     break
                 except PullError as e:
-                    errors.append(e)
+                    errors.append(e.tried_as_artifact() if artifacts else e)
             else:
                 # The kubelet aggregates the errors of each credential it tried: one is
                 # itself, more are bracketed (and no longer start with a reason).

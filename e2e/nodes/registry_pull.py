@@ -19,6 +19,8 @@ Errors are `PullError`s worded as CRI-O reports them through the kubelet
 A refused connection is marked (`refused`): CRI-O v1.36.3 then prefixes
 `RegistryUnavailable: ` (server/image_pull.go, errors.Is ECONNREFUSED), which
 the kubelet turns into its own waiting reason (image_manager.py).
+CRI-O from 1.36 tries any other failure again as an OCI artifact and names both
+(`PullError.tried_as_artifact`, runtime_releases.CRIO_ARTIFACT_FALLBACK_FROM).
 """
 
 from __future__ import annotations
@@ -77,11 +79,26 @@ _MAX_DOCUMENT = 4 * 1024 * 1024
 
 class PullError(Exception):
     """A failed pull; str() is what the kubelet shows (waiting message, event);
-    ``refused``: the registry refused the connection."""
+    ``refused``: the registry refused the connection; ``network``: the failure is one
+    Go's HTTP client reports as a net.Error (no answer, or no TLS); ``cause``: what
+    the image source said, without where (`initializing source ...: `)."""
 
-    def __init__(self, message: str, *, refused: bool = False) -> None:
+    def __init__(self, message: str, *, refused: bool = False, network: bool = False,
+                 cause: str = "") -> None:
         super().__init__(message)
         self.refused = refused
+        self.network = network or refused
+        self.cause = cause or message
+
+    def tried_as_artifact(self) -> PullError:
+        """The error of a CRI-O that tries a failed pull again as an OCI artifact
+        (runtime_releases.CRIO_ARTIFACT_FALLBACK_FROM): the same image source fails
+        again, under the artifact store's words."""
+        if self.network:
+            return self
+        return PullError(f"unable to pull image or OCI artifact: pull image err: {self}; "
+                         "artifact err: image reference: get manifest from ref: create image "
+                         f"source: {self.cause}")
 
 
 def _sha256(data: bytes) -> str:
@@ -188,11 +205,12 @@ class Puller:
             elif "CERTIFICATE_VERIFY_FAILED" in reason:
                 reason = "tls: failed to verify certificate: x509: certificate signed by " \
                          "unknown authority"
-            raise PullError(f"Get \"{url}\": {reason}") from None
+            raise PullError(f"Get \"{url}\": {reason}", network=True) from None
         except urllib3.exceptions.HTTPError as e:
             refused = isinstance(e, urllib3.exceptions.NewConnectionError) and \
                 "refused" in str(e).lower()
-            raise PullError(f'Get "{url}": {_network_error(e, ref)}', refused=refused) from None
+            raise PullError(f'Get "{url}": {_network_error(e, ref)}', refused=refused,
+                            network=True) from None
 
     def _authorize(self, ref: ImageRef, creds: Credential | None) -> dict[str, str]:
         """Ping the registry; the Authorization header its challenge asks for."""
@@ -201,7 +219,7 @@ class Puller:
             answer = self._request(ref, url, {})
         except PullError as e:
             raise PullError(f"pinging container registry {ref.registry}: {e}",
-                            refused=e.refused) from None
+                            refused=e.refused, network=e.network) from None
         if answer.status == 200:
             return {}
         if answer.status != 401:
@@ -244,7 +262,7 @@ class Puller:
         except PullError as e:
             failure = e
         raise PullError(f"initializing source docker://{ref}: {failure}",
-                        refused=failure.refused)
+                        refused=failure.refused, network=failure.network, cause=str(failure))
 
     def _pull(self, image: str, ref: ImageRef, creds: Credential | None) -> PulledImage:
         auth = self._authorize(ref, creds)
