@@ -51,6 +51,19 @@ def test_the_error_is_one_line() -> None:
     assert e.value.hint == "give an image node-a holds or can pull with --probe-image"
 
 
+def test_crio_s_retry_as_an_artifact_is_left_out() -> None:
+    # CRI-O v1.36.3's words for a tag its registry lacks: the image pull's error, then
+    # the same again from its OCI artifact retry (test_real_node.py shows them).
+    cause = ("initializing source docker://127.0.0.1:5000/x:1: reading manifest 1 in "
+             "127.0.0.1:5000/x: manifest unknown")
+    check = probe._running("node-a", "127.0.0.1:5000/x:1", fallback=False)
+    with pytest.raises(ClusterError) as e:
+        check(_waiting("ErrImagePull", "unable to pull image or OCI artifact: pull image err: "
+                       f"{cause}; artifact err: image reference: get manifest from ref: create "
+                       "image source: reading manifest 1 in 127.0.0.1:5000/x: manifest unknown"))
+    assert e.value.message == f"the probe pod did not start on node-a: ErrImagePull: {cause}"
+
+
 @pytest.mark.parametrize("waiting", ["", "ContainerCreating"])
 def test_a_pod_still_starting_is_waited_for(waiting: str) -> None:
     check = probe._running("node-a", probe.DEFAULT_PAUSE_IMAGE, fallback=True)

@@ -36,6 +36,34 @@ def test_no_known_cause_may_pass(message: str) -> None:
                              f"{message}")
 
 
+#: A real CRI-O v1.36.3's pull of a tag its registry does not have (test_real_node.py
+#: shows the node agents say the same): the image pull's error, then its OCI artifact
+#: retry's.
+ARTIFACT_RETRY = (
+    "unable to pull image or OCI artifact: pull image err: initializing source "
+    "docker://reg.example:5000/ckpt/web:c1: reading manifest c1 in reg.example:5000/ckpt/web: "
+    "manifest unknown; artifact err: image reference: get manifest from ref: create image "
+    "source: reading manifest c1 in reg.example:5000/ckpt/web: manifest unknown")
+
+
+def test_crio_s_artifact_retry_is_left_out_of_the_error_and_kept_in_the_journal() -> None:
+    from migrate.pipeline.refusals import pull_refused
+
+    e = pull_refused("web", "node-b", "reg.example:5000/ckpt/web:c1", ARTIFACT_RETRY)
+    assert e is not None and e.message == (
+        "node-b cannot pull the checkpoint image of web: the registry does not have the image "
+        "the node asked for: initializing source docker://reg.example:5000/ckpt/web:c1: "
+        "reading manifest c1 in reg.example:5000/ckpt/web: manifest unknown")
+    assert e.runtime_message == f"ErrImagePull: {ARTIFACT_RETRY}"
+    # The kubelet's waiting message in the backoff repeats the failure after its own words.
+    base = base_pull_refused("node-b", IMAGE, f'Back-off pulling image "{IMAGE}": '
+                             f"ErrImagePull: {ARTIFACT_RETRY}")
+    assert base.message.endswith(": initializing source docker://reg.example:5000/ckpt/web:c1"
+                                 ": reading manifest c1 in reg.example:5000/ckpt/web: "
+                                 "manifest unknown")
+    assert "artifact err" not in base.message
+
+
 #: The restored container's RunContainerError when CRIU could not restore it (CRI-O
 #: v1.36.3 with runc on a real node: the forensic workload, whose open /etc/data.txt
 #: CRI-O had left out of the root-fs diff; paths shortened).

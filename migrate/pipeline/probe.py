@@ -43,7 +43,12 @@ from migrate.pipeline.preflight import (
     check_pods_reach,
     locate,
 )
-from migrate.pipeline.refusals import FATAL_WAITING, PROBE_SUGGESTION, PULL_FAILED
+from migrate.pipeline.refusals import (
+    FATAL_WAITING,
+    PROBE_SUGGESTION,
+    PULL_FAILED,
+    image_pull_error,
+)
 from migrate.settings import Settings
 
 PROBE_LABEL = "migrate.dev/probe"
@@ -203,7 +208,8 @@ def _running(node: str, image: str, fallback: bool) -> Callable[[Obj | None], Ob
 
 def _not_started(node: str, image: str, fallback: bool, reason: str,
                  message: str) -> ClusterError:
-    words = " ".join(f"{reason}: {message}".split()).rstrip(": ")  # one line, whatever it says
+    # One line, whatever it says, without CRI-O's repeat of a failed pull as an artifact.
+    words = " ".join(f"{reason}: {image_pull_error(message)}".split()).rstrip(": ")
     hint = f"give an image {node} holds or can pull with --probe-image"
     if reason in PULL_FAILED and fallback:
         hint = (f"{node} lists no pause image in its status.images, so the probe ran "

@@ -181,6 +181,19 @@ def _hint(message: str) -> str:
     return "kubectl describe pod shows the kubelet's events"
 
 
+#: CRI-O (1.36 at least) tries a failed image pull again as an OCI artifact and names both
+#: failures, the second mostly repeating the first (internal/storage/image.go).
+_ARTIFACT_RETRY = re.compile(r"unable to pull image or OCI artifact: pull image err: (.*?)"
+                             r"; artifact err: .*", re.DOTALL)
+
+
+def image_pull_error(message: str) -> str:
+    """The image pull's own error out of CRI-O's message that adds its artifact retry's
+    (a checkpoint image is an image: the artifact attempt says nothing new)."""
+    found = _ARTIFACT_RETRY.search(message)
+    return message if found is None else message[:found.start()] + found.group(1)
+
+
 def _known_cause(message: str, image: str, node: str) -> tuple[str, str] | None:
     """(what went wrong, the hint) when a pull's message matches a known cause."""
     registry = image.split("/", 1)[0]
@@ -193,14 +206,14 @@ def _known_cause(message: str, image: str, node: str) -> tuple[str, str] | None:
 def base_pull_refused(node: str, image: str, message: str) -> PullRefused:
     """The error when the destination cannot pull the workload's own image (the one a
     CRI-O restore needs there): the cause's hint when it is known, else where to look."""
-    cause = _known_cause(message, image, node)
+    cause, said = _known_cause(message, image, node), image_pull_error(message)
     if cause is not None:
         error = PullRefused(f"{node} cannot pull {image}, the image the restore runs on: "
-                            f"{cause[0]}: {message}", hint=cause[1])
+                            f"{cause[0]}: {said}", hint=cause[1])
     else:
         registry = image.split("/", 1)[0]
         error = PullFailedForNow(
-            f"{node} cannot pull {image}, the image the restore runs on: {message}",
+            f"{node} cannot pull {image}, the image the restore runs on: {said}",
             hint=f"the pod's imagePullSecrets must reach {registry}, and the nodes' "
             f"/etc/containers/registries.conf must let {node} pull from it (mirrors, "
             "insecure registries)")
@@ -214,6 +227,6 @@ def pull_refused(container: str, node: str, image: str, message: str) -> PullRef
     if cause is None:
         return None
     error = PullRefused(f"{node} cannot pull the checkpoint image of {container}: "
-                        f"{cause[0]}: {message}", hint=cause[1])
+                        f"{cause[0]}: {image_pull_error(message)}", hint=cause[1])
     error.runtime_message = f"ErrImagePull: {message}"
     return error
