@@ -447,5 +447,7 @@ def test_refusals_read_crio_s_own_words(said: str, what: str) -> None:
     message = _CRIO.format(said)
     error = pull_refused("counter", "node-b", "reg.example:5000/ckpt/c:v1", message)
     assert error is not None
+    # Without CRI-O's retry as an artifact, which the journal's runtime message keeps.
     assert error.message == f"node-b cannot pull the checkpoint image of counter: {what}: " \
-                            f"{message}"
+                            f"{said}"
+    assert error.runtime_message == f"ErrImagePull: {message}"

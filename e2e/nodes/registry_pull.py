@@ -80,14 +80,16 @@ _MAX_DOCUMENT = 4 * 1024 * 1024
 class PullError(Exception):
     """A failed pull; str() is what the kubelet shows (waiting message, event);
     ``refused``: the registry refused the connection; ``network``: the failure is one
-    Go's HTTP client reports as a net.Error (no answer, or no TLS); ``cause``: what
-    the image source said, without where (`initializing source ...: `)."""
+    Go's HTTP client reports as a net.Error (no answer, or no TLS); ``at_source``: it
+    came before the manifest was read (the registry's ping, the token, the manifest);
+    ``cause``: what the image source said, without where (`initializing source ...: `)."""
 
     def __init__(self, message: str, *, refused: bool = False, network: bool = False,
-                 cause: str = "") -> None:
+                 at_source: bool = False, cause: str = "") -> None:
         super().__init__(message)
         self.refused = refused
         self.network = network or refused
+        self.at_source = at_source
         self.cause = cause or message
 
     def tried_as_artifact(self) -> PullError:
@@ -96,9 +98,12 @@ class PullError(Exception):
         again, under the artifact store's words."""
         if self.network:
             return self
+        # The artifact store reads the manifest first: what failed before it fails there
+        # again; past it, the manifest shows an image (ociartifact/store.go).
+        retried = (f"get manifest from ref: create image source: {self.cause}" if self.at_source
+                   else "reference is a container image, not an OCI artifact")
         return PullError(f"unable to pull image or OCI artifact: pull image err: {self}; "
-                         "artifact err: image reference: get manifest from ref: create image "
-                         f"source: {self.cause}")
+                         f"artifact err: image reference: {retried}")
 
 
 def _sha256(data: bytes) -> str:
@@ -262,11 +267,16 @@ class Puller:
         except PullError as e:
             failure = e
         raise PullError(f"initializing source docker://{ref}: {failure}",
-                        refused=failure.refused, network=failure.network, cause=str(failure))
+                        refused=failure.refused, network=failure.network,
+                        at_source=failure.at_source, cause=str(failure))
 
     def _pull(self, image: str, ref: ImageRef, creds: Credential | None) -> PulledImage:
-        auth = self._authorize(ref, creds)
-        manifest, media_type, digest = self._manifest(ref, ref.reference, auth)
+        try:
+            auth = self._authorize(ref, creds)
+            manifest, media_type, digest = self._manifest(ref, ref.reference, auth)
+        except PullError as e:
+            e.at_source = True
+            raise
         top_digest, top_annotations = digest, manifest.get("annotations")
         if media_type in (OCI_INDEX, DOCKER_LIST):
             chosen = self._platform(manifest)
