@@ -91,3 +91,25 @@ def test_a_pod_the_kubelet_ended_says_why_after_the_rollback(reason: str, hint: 
     assert e.value.message == f"destination pod counters-restored ended: Failed {reason} " \
         "Pod was rejected"
     assert e.value.hint == hint
+
+
+def test_a_pull_failing_for_now_is_the_last_state_without_crio_s_artifact_retry() -> None:
+    """A failure no retry is known to fix (a 503) is waited out; the timeout's error ends
+    with the last state, which on CRI-O 1.36 would say the cause twice (test_real_node.py
+    shows its OCI artifact retry)."""
+    cause = ("initializing source docker://127.0.0.1:5000/ckpt/counter:v1: received "
+             "unexpected HTTP status: 503 Service Unavailable")
+    message = ('Back-off pulling image "127.0.0.1:5000/ckpt/counter:v1": ErrImagePull: unable '
+               f"to pull image or OCI artifact: pull image err: {cause}; artifact err: image "
+               "reference: get manifest from ref: create image source: received unexpected "
+               "HTTP status: 503 Service Unavailable")
+    pod = {"metadata": {"name": "counters-restored", "uid": "u1"},
+           "spec": {"containers": [{"name": "counter",
+                                    "image": "127.0.0.1:5000/ckpt/counter:v1"}]},
+           "status": {"phase": "Pending", "containerStatuses": [{
+               "name": "counter", "image": "127.0.0.1:5000/ckpt/counter:v1", "ready": False,
+               "state": {"waiting": {"reason": "ImagePullBackOff", "message": message}}}]}}
+    verify = _Verifier({"counter": CHECKPOINT}, "node-real", None, {})
+    assert verify(pod) is None
+    assert verify.last_reason == ("counter: ImagePullBackOff: Back-off pulling image "
+                                  f'"127.0.0.1:5000/ckpt/counter:v1": ErrImagePull: {cause}')

@@ -32,6 +32,7 @@ from migrate.pipeline.refusals import (
     PULLING,
     PullRefused,
     RestoreRefused,
+    image_pull_error,
     pull_refused,
     refused,
 )
@@ -106,8 +107,8 @@ class _Verifier:
                 permanent = pull_refused(container, self.node, image, message)
                 if permanent is not None:
                     raise permanent
-            if reason:
-                self.last_reason = f"{container}: {reason}: {waiting.get('message', '')}"
+            if reason:  # a timeout's error ends with it, CRI-O's artifact retry left out
+                self.last_reason = f"{container}: {reason}: {image_pull_error(message)}"
         if status.get("phase") != "Running":
             return None
         ids = {}
