@@ -30,6 +30,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,8 +48,8 @@ from e2e.cluster.launcher import (
 )
 from e2e.cluster.world import Cluster
 
-__all__ = ["Kubectl", "api_client", "cordoned", "empty_namespace", "node_agents",
-           "require_cluster", "wait_for"]
+__all__ = ["HOLD", "Kubectl", "api_client", "cordoned", "empty_namespace", "held_once_stopped",
+           "node_agents", "require_cluster", "wait_for"]
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 DEADLINE = 60.0
@@ -172,6 +173,50 @@ def empty_namespace(api: client.ApiClient, namespace: str) -> None:
 
     wait_for(no_pods, what=f"the pods of namespace {namespace} to be gone")
     core.delete_collection_namespaced_event(namespace)
+
+
+#: A finalizer of the tests' own: a pod that has it stays after its kubelet let it go.
+HOLD = "migrate.test/hold"
+
+
+@contextlib.contextmanager
+def held_once_stopped(v1: client.CoreV1Api, namespace: str, name: str,
+                      hold: float) -> Iterator[list[float]]:
+    """Give pod ``name`` the HOLD finalizer, and take it away ``hold`` seconds after its
+    kubelet reports the pod stopped (phase Failed or Succeeded), in a thread; yields a
+    list that gets the time.time() it was taken away. On exit it goes in any case."""
+    released: list[float] = []
+    v1.patch_namespaced_pod(name, namespace, {"metadata": {"finalizers": [HOLD]}})
+
+    def release() -> None:
+        with contextlib.suppress(client.ApiException):
+            v1.patch_namespaced_pod(name, namespace, [
+                {"op": "remove", "path": "/metadata/finalizers"}])
+
+    def watch() -> None:
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline and not stop.is_set():
+            try:
+                phase = v1.read_namespaced_pod(name, namespace).status.phase
+            except client.ApiException:  # gone: nothing holds it
+                return
+            if phase in ("Failed", "Succeeded"):
+                time.sleep(hold)
+                released.append(time.time())
+                release()
+                return
+            time.sleep(0.05)
+        release()  # never reported stopped: let it go, and `released` says so
+
+    stop = threading.Event()
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield released
+    finally:
+        stop.set()
+        thread.join()
+        release()
 
 
 @contextlib.contextmanager

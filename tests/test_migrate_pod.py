@@ -8,6 +8,7 @@ there, running, on its node, and nothing the run created is left.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,10 @@ from e2e.cluster.launcher import ControlPlane
 from e2e.cluster.world import Cluster
 from e2e.nodes import NodeConfig, RegistryConfig
 from migrate.pipeline import migration
+from migrate.pipeline.journal import Journal
 from migrate.pipeline.migration import create as create_stage
 from migrate.validation import validate
-from tests.cluster import api_client, cordoned, node_agents, wait_for
+from tests.cluster import api_client, cordoned, held_once_stopped, node_agents, wait_for
 from tests.conftest import Result, interrupt_at, journal_id_of
 from tests.registries import RegistryUnderTest, push_app_image
 
@@ -126,6 +128,23 @@ def test_a_bare_pod_moves_with_its_memory_and_files(migrate: Callable[..., Resul
     assert report["api_requests"] > 0
     assert "Checkpointed" in events(v1, "counters")
     assert {"Restored", "Migrated"} <= set(events(v1, report["destination_pod"]))
+
+
+def test_the_state_window_ends_when_the_source_stops_not_when_its_pod_goes(
+        migrate: Callable[..., Result], v1: client.CoreV1Api) -> None:
+    """What the source does after its checkpoint is lost until its processes stop.
+    The kubelet reports that (the containers terminated, the pod Failed) before the pod
+    goes: 0.7 s before on a real kubelet, here a second before, held by a finalizer."""
+    make_pod(v1, "held")
+    with held_once_stopped(v1, "default", "held", hold=1.0) as released:
+        r = migrate("held", "--to", "node-b", "-o", "json")
+    assert r.code == 0, r.err
+    report = r.json()
+    data = {s.name: s.data for s in
+            Journal.load(Path(os.environ["MIGRATE_STATE_DIR"]), report["id"]).stages}
+    stopped, taken = data["switchover"]["source_stopped_at"], data["checkpoint"]["taken_at"]
+    assert released and stopped < released[0] - 0.5
+    assert report["state_window_seconds"] == round(stopped - taken, 3)
 
 
 def test_a_migration_sends_few_requests_and_lists_nothing(

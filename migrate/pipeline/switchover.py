@@ -87,13 +87,39 @@ def wait_gone(cluster: kube.Cluster, namespace: str, name: str, uid: str,
     return kube.watch_pod(cluster, namespace, name, gone, timeout, since=since)
 
 
+def terminated(pod: Obj, containers: tuple[str, ...]) -> bool:
+    """Whether the kubelet reports each of ``containers`` of ``pod`` terminated (its
+    process gone: it changes nothing more)."""
+    status = pod.get("status") or {}
+    states = {s.get("name"): (s.get("state") or {})
+              for key in ("containerStatuses", "initContainerStatuses")
+              for s in status.get(key) or []}
+    return bool(containers) and all("terminated" in states.get(c, {}) for c in containers)
+
+
 def delete_source(cluster: kube.Cluster, namespace: str, name: str, uid: str,
-                  timeout: float) -> float:
-    """Delete the source pod and wait until it is gone; returns when it was."""
+                  timeout: float, containers: tuple[str, ...]) -> float:
+    """Delete the source pod and wait until it is gone; returns when it stopped: when
+    its kubelet was first seen reporting ``containers`` terminated, else when it went.
+
+    The kubelet reports that as soon as the processes are gone; the pod object goes
+    only after the sandbox and volumes are torn down (0.7 s later on a real kubelet
+    v1.37 with CRI-O, longer if a finalizer holds it), and the state window (what
+    the source did after its checkpoint, lost) ends with the processes."""
     since = kube.begin_pod_deletion(cluster, namespace, name, uid)
     if since is None:
         return time.time()
-    return wait_gone(cluster, namespace, name, uid, timeout, since)
+    seen: list[float] = []
+
+    def gone(pod: Obj | None) -> float | None:
+        at = time.time()
+        if pod is None or pod["metadata"].get("uid") != uid:
+            return seen[0] if seen else at
+        if not seen and terminated(pod, containers):
+            seen.append(at)
+        return None
+
+    return kube.watch_pod(cluster, namespace, name, gone, timeout, since=since)
 
 
 def controller_reference(owner: Obj) -> Obj:
@@ -110,8 +136,9 @@ def controller_reference(owner: Obj) -> Obj:
 
 def hand_over(cluster: kube.Cluster, namespace: str, source: str, source_uid: str,
               destination: str, label: tuple[str, str], owner: Obj,
-              timeout: float) -> float:
-    """Give the ReplicaSet the destination and remove the source."""
+              timeout: float, containers: tuple[str, ...]) -> float:
+    """Give the ReplicaSet the destination and remove the source; returns when the
+    source's ``containers`` stopped (`delete_source`)."""
     # A resumed handover may find the source gone already (the ReplicaSet removed
     # it, or the run was stopped after deleting it): the destination still needs
     # its label and owner.
@@ -128,4 +155,4 @@ def hand_over(cluster: kube.Cluster, namespace: str, source: str, source_uid: st
                    {"metadata": {"labels": {label[0]: label[1]},
                                  "ownerReferences": [controller_reference(owner)],
                                  "annotations": {HELD_LABEL: None}}})
-    return delete_source(cluster, namespace, source, source_uid, timeout)
+    return delete_source(cluster, namespace, source, source_uid, timeout, containers)

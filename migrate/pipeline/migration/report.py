@@ -21,7 +21,8 @@ def report(journal: Journal, results: dict[str, StageResult],
            api_requests: int | None = None) -> dict[str, Any]:
     """What happened, and the two numbers an operator cares about.
 
-    state_window: checkpoint taken -> source stopped; what the source did in it
+    state_window: checkpoint taken -> source stopped (its kubelet reported the
+    checkpointed containers terminated, or the pod went); what the source did in it
     is lost. unavailability: source stopped -> destination ready; zero when the
     destination was ready first (the usual case: the source stops only after
     the destination is verified).

@@ -24,10 +24,11 @@ def switch_over(run: Run) -> SwitchoverResult:
         owner = kube.read_owner(run.cluster, plan.namespace, *plan.owner)
         run.journal.record("deletion-cost set", pod=plan.pod)
         stopped = handover.hand_over(run.cluster, plan.namespace, plan.pod, plan.uid,
-                                     created.pod, created.held_label, owner, timeout)
+                                     created.pod, created.held_label, owner, timeout,
+                                     plan.containers)
     else:
         stopped = handover.delete_source(run.cluster, plan.namespace, plan.pod, plan.uid,
-                                         timeout)
+                                         timeout, plan.containers)
     run.journal.record("source deleted", pod=plan.pod)
     event(run, known(plan.namespace, created.pod, created.uid), "Migrated",
           f"took over from {plan.namespace}/{plan.pod} on {plan.source}")
