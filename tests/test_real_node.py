@@ -56,7 +56,8 @@ from e2e.real import toolimage
 from e2e.real.counter import counter_pod, counts, push_counter_image
 from migrate.adapters.kubelet import SUPPORT_OFF_HINT
 from migrate.pipeline.drain.plan import BARE_POD
-from tests.cluster import Kubectl, api_client, require_cluster, wait_for
+from migrate.pipeline.journal import Journal
+from tests.cluster import Kubectl, api_client, held_once_stopped, require_cluster, wait_for
 from tests.conftest import REPO, Result, interrupt_at, journal_id_of
 from tests.real import criu_config, kubelet_checkpoint, pod_log, require, start_pod
 from tests.registries import RegistryUnderTest
@@ -1346,21 +1347,27 @@ def _message_shape(message: str, images: list[str]) -> str:
     return re.sub(r"\b\d+ bytes", "N bytes", message)
 
 
-def _as_reported(cp: ControlPlane, name: str, images: list[str]) -> dict[str, Any]:
-    """What the node reported about pod ``name``, with its names, times and sizes left
-    out: the Events the kubelet recorded (in the order the API server stored them), the
-    status's fields, conditions and container statuses."""
-    status, pod = cp.api("GET", f"/api/v1/namespaces/default/pods/{name}")
-    assert status == 200, pod
+def _kubelet_events(cp: ControlPlane, name: str,
+                    images: list[str]) -> list[tuple[str, str, str, str | None, int]]:
+    """The Events the kubelet recorded about pod ``name`` (in the order the API server
+    stored them), with names, times and sizes left out."""
     _, events = cp.api("GET", "/api/v1/namespaces/default/events"
                               f"?fieldSelector=involvedObject.name%3D{name}")
-    recorded = [(e["type"], e["reason"], _message_shape(e["message"], images),
-                 e["involvedObject"].get("fieldPath"), e["count"])
-                for e in sorted(events["items"], key=lambda e: int(e["metadata"]["resourceVersion"]))
-                if e["source"].get("component") == "kubelet" and e["reason"] != NO_CLUSTER_DNS]
+    return [(e["type"], e["reason"], _message_shape(e["message"], images),
+             e["involvedObject"].get("fieldPath"), e["count"])
+            for e in sorted(events["items"], key=lambda e: int(e["metadata"]["resourceVersion"]))
+            if e["source"].get("component") == "kubelet" and e["reason"] != NO_CLUSTER_DNS]
+
+
+def _as_reported(cp: ControlPlane, name: str, images: list[str]) -> dict[str, Any]:
+    """What the node reported about pod ``name``, with its names, times and sizes left
+    out: the Events the kubelet recorded, the status's fields, conditions and container
+    statuses."""
+    status, pod = cp.api("GET", f"/api/v1/namespaces/default/pods/{name}")
+    assert status == 200, pod
     st = pod["status"]
     return {
-        "events": recorded,
+        "events": _kubelet_events(cp, name, images),
         "status": sorted(set(st) - {k.removeprefix("status.") for k in AGENTS_LEAVE_OUT}),
         "conditions": sorted((c["type"], c["status"], tuple(sorted(c)))
                              for c in st.get("conditions", [])),
@@ -1378,6 +1385,47 @@ def _as_reported(cp: ControlPlane, name: str, images: list[str]) -> dict[str, An
             "imageID": _message_shape(c.get("imageID", ""), images),
         } for c in st.get("containerStatuses", [])],
     }
+
+
+def _stopping_shape(pod: dict[str, Any]) -> tuple[Any, ...]:
+    """What a pod being deleted shows of its end: the phase, the grace period left, whether
+    the node has seen its generation, its conditions and its containers' states."""
+    meta, st = pod["metadata"], pod.get("status") or {}
+    return (st.get("phase"), meta.get("deletionGracePeriodSeconds"),
+            st.get("observedGeneration") == meta.get("generation"),
+            sorted((c["type"], c["status"], c.get("reason"), c.get("message"))
+                   for c in st.get("conditions", [])),
+            [(c["name"], sorted(c["state"]), c["state"].get("terminated", {}).get("exitCode"),
+              c["state"].get("terminated", {}).get("reason"), c["ready"], c.get("started"))
+             for c in st.get("containerStatuses", [])])
+
+
+@contextlib.contextmanager
+def _stopping(v1: client.CoreV1Api, name: str) -> Iterator[list[Any]]:
+    """Watch pod ``name`` in the block (and until it is gone); yields the list that gets
+    each new `_stopping_shape` it showed once being deleted, and "DELETED" at the end."""
+    seen: list[Any] = []
+    since = v1.read_namespaced_pod(name, "default").metadata.resource_version
+    w = watch.Watch()
+
+    def follow() -> None:
+        for event in w.stream(v1.list_namespaced_pod, "default", resource_version=since,
+                              field_selector=f"metadata.name={name}", timeout_seconds=120):
+            if event["type"] == "DELETED":
+                seen.append("DELETED")
+                return
+            pod = event["raw_object"]
+            if pod["metadata"].get("deletionTimestamp") and \
+                    (not seen or seen[-1] != _stopping_shape(pod)):
+                seen.append(_stopping_shape(pod))
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        thread.join(DEADLINE)
+        w.stop()
 
 
 # Whether a run pre-pulls the base image depends on whether the destination's Node lists
@@ -1399,15 +1447,21 @@ def _report_shape(value: Any, path: str = "") -> set[str]:
 
 
 def test_the_node_agents_report_a_migration_as_the_real_kubelet_and_crio_do(
-        cli: Cli, real_cp: ControlPlane, node: realnode.RealNode, node_b: realnode.RealNode,
-        plain_registry: RegistryUnderTest, counter_image: str,
+        cli: Cli, real_cp: ControlPlane, cp_admin: client.ApiClient, node: realnode.RealNode,
+        node_b: realnode.RealNode, plain_registry: RegistryUnderTest, counter_image: str,
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The same counter moved between real nodes and between node agents: what the
-    destination reports of the restored pod, and what migrate reports of the run, agree.
-    The node agents stand in for the real nodes wherever faults or scale are needed; a
-    difference here is one the end-to-end tests on them would not notice."""
+    destination reports of the restored pod, what the source's node reports as it stops
+    it, and what migrate reports of the run, agree. The node agents stand in for the
+    real nodes wherever faults or scale are needed; a difference here is one the
+    end-to-end tests on them would not notice.
+
+    The source is held by a finalizer for a second after its node reports it stopped:
+    the state window ends when it stopped, not when it went."""
     seen: dict[str, dict[str, Any]] = {}
+    stopped: dict[str, dict[str, Any]] = {}
     reports: dict[str, set[str]] = {}
+    v1 = client.CoreV1Api(cp_admin)
     sim_nodes = ("agents-a", "agents-b")
     with Cluster(real_cp, tmp_path / "agents", nodes=sim_nodes,
                  node_config=dict.fromkeys(sim_nodes, _as_real()),
@@ -1415,14 +1469,19 @@ def test_the_node_agents_report_a_migration_as_the_real_kubelet_and_crio_do(
         for kind, root, (src, dst) in (("real", "/", (node.name, node_b.name)),
                                        ("agents", agents.node_root, sim_nodes)):
             monkeypatch.setenv("MIGRATE_NODE_ROOT", root)
-            # The destination holds the base image by its tag on both sides (on a real
-            # node-b, earlier tests may have run it): CRI-O names a restored container's
-            # image by a tag the node has for it, else by its digest.
-            _delete(real_cp, _start(real_cp, counter_pod(f"tagged-{kind}", counter_image,
-                                                         secret=SECRET, node=dst)))
+            # Both nodes hold the base image by its tag on both sides (on the real ones,
+            # earlier tests may have run it): CRI-O names a restored container's image
+            # by a tag the node has for it, else by its digest, and the source's kubelet
+            # pulls it or finds it present.
+            for at in (src, dst):
+                _delete(real_cp, _start(real_cp, counter_pod(f"tagged-{kind}-{at}",
+                                                             counter_image, secret=SECRET,
+                                                             node=at)))
             name = _start(real_cp, counter_pod(f"alike-{kind}", counter_image, secret=SECRET,
                                                node=src))
-            r = _migrate(cli, real_cp, plain_registry, name, dst)
+            with _stopping(v1, name) as states, \
+                    held_once_stopped(v1, "default", name, hold=1.0) as released:
+                r = _migrate(cli, real_cp, plain_registry, name, dst)
             assert r.code == 0, r.err
             report = r.json()
             try:
@@ -1432,8 +1491,16 @@ def test_the_node_agents_report_a_migration_as_the_real_kubelet_and_crio_do(
             finally:
                 _delete(real_cp, report["destination_pod"])
             reports[kind] = _report_shape(report)
+            stopped[kind] = {"events": _kubelet_events(real_cp, name, images),
+                             "states": states}
+            journal = Journal.load(Path(os.environ["MIGRATE_STATE_DIR"]), report["id"])
+            assert released and journal.stage("switchover").data["source_stopped_at"] < \
+                released[0] - 0.5, kind
     assert seen["agents"] == seen["real"]
+    assert stopped["agents"] == stopped["real"]
     assert reports["agents"] == reports["real"]
+    assert ("Normal", "Killing", f"Stopping container {CONTAINER}",
+            f"spec.containers{{{CONTAINER}}}", 1) in stopped["real"]["events"]
 
 
 def _both_failing(cp: ControlPlane, names: dict[str, str], images: list[str],

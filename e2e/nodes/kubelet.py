@@ -4,9 +4,11 @@ serves the kubelet API (checkpoints).
 Nothing is executed (real containers run on the real kubelet and CRI-O,
 e2e/cluster/realnode.py). A pod bound to the node turns Running (containers
 ready, a pod IP from the node's 10.88.N.0/24 range, data only) `start_latency`
-seconds after the kubelet first sees it; a pod being deleted is removed
-`stop_latency` seconds after its deletionTimestamp appears (the grace period is
-not waited out: nothing runs that could use it). Init containers count as
+seconds after the kubelet first sees it. A pod being deleted gets a Killing
+Event per running container when its deletionTimestamp appears; `stop_latency`
+seconds later its containers are reported killed (runs.kill_containers: the
+pod Failed) and the pod is removed (the grace period is not waited out: nothing
+runs that could use it). Init containers count as
 completed (sidecars, `restartPolicy: Always`, as running).
 
 Each node is configured by a `NodeConfig` (nodeconfig.py): runtime, restore
@@ -68,10 +70,11 @@ from typing import Any
 
 from e2e.nodes.api import Gone, NodeApi, Obj, now, observed, rfc3339, set_condition
 from e2e.nodes.images import RegistryConfig
+from e2e.nodes.kubelet_events import EventRecorder
 from e2e.nodes.nodeconfig import NodeConfig
 from e2e.nodes.podstart import PodOutcome, PodStarter, Started, Waiting
 from e2e.nodes.registry_pull import Puller
-from e2e.nodes.runs import ContainerProcess, ContainerRuns
+from e2e.nodes.runs import ContainerProcess, ContainerRuns, kill_containers, running_containers
 from e2e.nodes.runtime_releases import PAUSE_IMAGE, PAUSE_IMAGE_SIZE
 
 __all__ = ["KUBELET_PORT", "Kubelet", "apply_node_config", "node_object"]
@@ -256,11 +259,13 @@ class Kubelet:
         self._ips: dict[str, str] = {}  # pod uid -> pod IP
         # Pods stopped here but held by finalizers: nothing more to do for them.
         self._stopped: set[str] = set()
+        self._stopping: set[str] = set()  # deleted pods whose containers are being stopped
         self._ips_lock = threading.Lock()
         self._halt = threading.Event()  # ends pulls in progress when the node stops
         puller = Puller(storage, registries, self._halt)
+        self._events = EventRecorder(api, node, log)
         self._starter = PodStarter(api, node, puller, lambda: self.config, self._report,
-                                   self._log, done=lambda: self.wake())
+                                   self._log, self._events, done=lambda: self.wake())
 
     # -- configuration ---------------------------------------------------------------
 
@@ -347,6 +352,7 @@ class Kubelet:
                 del self._ips[uid]
         self._starter.forget(present)
         self._stopped &= present
+        self._stopping &= present
         self.runs.retain(p["metadata"]["uid"] for p in pods
                          if not p["metadata"].get("deletionTimestamp"))
         clock = time.monotonic()
@@ -357,6 +363,9 @@ class Kubelet:
                 continue
             if meta.get("deletionTimestamp"):
                 latency = self.stop_latency
+                if uid not in self._stopping:
+                    self._stopping.add(uid)
+                    self._kill(pod)
             elif pod.get("status", {}).get("phase") == "Pending":
                 if not self._starter.wants(uid):  # starting now, or started
                     self._due.pop(uid, None)
@@ -406,9 +415,32 @@ class Kubelet:
         with contextlib.suppress(Gone):
             self.api.update_pod(pod["metadata"]["namespace"], pod["metadata"]["name"], again)
 
+    def _kill(self, pod: Obj) -> None:
+        """A deletion seen: the kubelet acknowledges the generation it bumped and
+        begins stopping the running containers, an Event each (kuberuntime_container.go
+        v1.37.2, killContainer)."""
+        for c in running_containers(pod):
+            self._events.container(pod, str(c.get("name", "")), "Normal", "Killing",
+                                   f"Stopping container {c.get('name', '')}")
+        self._write(pod, lambda current: observed(current) if (current.get("status") or {}).get(
+            "observedGeneration") != current["metadata"].get("generation", 1) else None)
+
     def _remove(self, pod: Obj) -> None:
+        """The containers stopped: reported so (the pod is terminal), then the pod goes
+        (the kubelet's delete with grace period 0)."""
         meta = pod["metadata"]
+        self._write(pod, lambda current: observed(current) if kill_containers(current) else None)
         self.api.delete_pod(meta["namespace"], meta["name"], meta["uid"])
+
+    def _write(self, pod: Obj, change: Callable[[Obj], Obj | None]) -> None:
+        """Apply ``change`` to the status of pod ``pod`` (still that pod, still deleted)."""
+        uid = pod["metadata"]["uid"]
+
+        def same(current: Obj) -> Obj | None:
+            return change(current) if current["metadata"]["uid"] == uid else None
+
+        with contextlib.suppress(Gone):
+            self.api.update_pod(pod["metadata"]["namespace"], pod["metadata"]["name"], same)
 
     def _pod_ip(self, uid: str) -> str:
         with self._ips_lock:

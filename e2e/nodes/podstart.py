@@ -108,8 +108,8 @@ class PodStarter:
     """
 
     def __init__(self, api: NodeApi, node: str, puller: Puller, config: Callable[[], NodeConfig],
-                 report: Report, log: Callable[[str], None], workers: int = 64,
-                 done: Callable[[], None] = lambda: None) -> None:
+                 report: Report, log: Callable[[str], None], events: EventRecorder,
+                 workers: int = 64, done: Callable[[], None] = lambda: None) -> None:
         self._done = done
         self.api = api
         self.node = node
@@ -117,7 +117,7 @@ class PodStarter:
         self._config = config
         self._report = report
         self._log = log
-        self._events = EventRecorder(api, node, log)
+        self._events = events
         self.image_manager = ImageManager(api, puller, self._events, config)
         self._pool = ThreadPoolExecutor(max_workers=workers,
                                         thread_name_prefix=f"sim-kubelet-{node}-start")

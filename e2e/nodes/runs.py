@@ -15,6 +15,11 @@ exit code 0, else Error, with the message); it is not restarted (the tool's
 Jobs and the tests' pods are restartPolicy Never). When every container has
 terminated, the pod is Succeeded (all exit codes 0) or Failed, and its Ready
 and ContainersReady conditions turn False (PodCompleted / PodFailed).
+
+A deleted pod's running containers are killed (`kill_containers`), whatever
+their restart policy: as the real kubelet reports a pod whose processes ignored
+SIGTERM until the grace period ran out, each terminated with exit code 137
+(reason Error), the pod Failed, its sandbox not ready.
 """
 
 from __future__ import annotations
@@ -27,8 +32,8 @@ from typing import Any, NamedTuple
 
 from e2e.nodes.api import Gone, NodeApi, Obj, now, observed, rfc3339, set_condition
 
-__all__ = ["RUN_SECONDS", "ContainerExit", "ContainerProcess", "ContainerRuns",
-           "annotated_process"]
+__all__ = ["KILLED", "RUN_SECONDS", "ContainerExit", "ContainerProcess", "ContainerRuns",
+           "annotated_process", "kill_containers", "running_containers"]
 
 RUN_SECONDS = "sim.migrate.dev/run-seconds"
 _DEFAULT_SECONDS = 0.2
@@ -88,6 +93,33 @@ def _settle_phase(pod: Obj) -> None:
     status["phase"] = "Failed" if failed else "Succeeded"
     for type_ in ("Ready", "ContainersReady"):
         set_condition(status, type_, "False", "PodFailed" if failed else "PodCompleted")
+
+
+#: A container killed when its grace period ran out: SIGKILL's 128 + 9.
+KILLED = ContainerExit(137)
+
+
+def running_containers(pod: Obj) -> list[dict[str, Any]]:
+    """The statuses of ``pod``'s running containers, sidecars included."""
+    status = pod.get("status") or {}
+    return [s for key in ("initContainerStatuses", "containerStatuses")
+            for s in status.get(key) or [] if "running" in (s.get("state") or {})]
+
+
+def kill_containers(pod: Obj) -> bool:
+    """Report ``pod``'s running containers KILLED, as the kubelet does when it has
+    stopped a deleted pod (v1.37.2's getPhase: a terminal pod whose containers all
+    stopped is Failed unless each exited 0); False if none was running."""
+    running = running_containers(pod)
+    for entry in running:
+        entry.update(state={"terminated": _terminated(entry, KILLED)}, ready=False,
+                     started=False)
+    if not running:
+        return False
+    _settle_phase(pod)
+    set_condition(pod["status"], "PodReadyToStartContainers", "False", "PodSandboxNotReady",
+                  "pod sandbox is not ready")
+    return True
 
 
 class ContainerRuns:
