@@ -24,7 +24,8 @@ touched memory held by a busybox awk child.
   process does not run in between.
 
 It prints one table, the ratios migrate / floor for the wall time and the
-unavailability, and where migrate's time goes (its stages). A report, not a
+unavailability, CRIU's dump statistics of each side (stats-dump), and where
+migrate's time goes (its stages). A report, not a
 test: exit 0 whether or not migrate is close to the floor; non-zero only when
 it could not measure. The machine is small and shared: one run of each by
 default (``--reps``). Run as root from the repository root:
@@ -47,6 +48,8 @@ from harness import BenchError, fmt_s, in_workdir, render, require, run_once
 from pod_cluster import World, migrate_env, wait
 
 from e2e.cluster import realnode
+from migrate.adapters.checkpoint import Checkpoint
+from migrate.settings import ArchiveSettings
 
 STAGES = ("preflight", "checkpoint", "build", "create", "verify", "switchover", "cleanup")
 
@@ -60,6 +63,7 @@ class Run:
     window: float
     unavailable: float
     stages: dict[str, float] = field(default_factory=dict)
+    criu: dict[str, int] = field(default_factory=dict)  # CRIU's dump statistics (stats-dump)
 
 
 def _migrate(w: World, work: Path, name: str, mib: int, tag: str) -> Run:
@@ -76,12 +80,15 @@ def _migrate(w: World, work: Path, name: str, mib: int, tag: str) -> Run:
     before = w.logs(restored)
     wait(lambda: len(w.logs(restored)) > len(before), f"{restored} counting on node-b")
     w.remove(restored)
+    stats: dict[str, int] = {}
     for archive in w.nodes["node-a"].checkpoints.glob("*"):
+        with Checkpoint(archive, ArchiveSettings()) as ckpt:
+            stats = ckpt.stats() or stats
         archive.unlink()
     frozen = report["images"]["counter"].get("frozen_time_us")
     return Run(s.seconds, frozen / 1e6 if frozen is not None else None,
                float(report["state_window_seconds"]), float(report["unavailability_seconds"]),
-               {st["name"]: float(st["seconds"]) for st in report["stages"]})
+               {st["name"]: float(st["seconds"]) for st in report["stages"]}, stats)
 
 
 def _podman(w: World, work: Path, name: str, mib: int) -> Run:
@@ -109,7 +116,8 @@ def _podman(w: World, work: Path, name: str, mib: int) -> Run:
     stats = json.loads(ckpt.stdout)["container_statistics"][0]["criu_statistics"]
     return Run(done - began, float(stats["frozen_time"]) / 1e6, done - began, done - began,
                {"checkpoint": checkpointed - began, "rm": removed - checkpointed,
-                "restore": done - removed})
+                "restore": done - removed},
+               {k: int(v) for k, v in stats.items() if isinstance(v, int)})
 
 
 def _median(runs: Sequence[Run], key: str) -> float | None:
@@ -120,6 +128,19 @@ def _median(runs: Sequence[Run], key: str) -> float | None:
 def _stage(runs: Sequence[Run], name: str) -> str:
     values = [r.stages[name] for r in runs if name in r.stages]
     return fmt_s(statistics.median(values)) if values else "-"
+
+
+#: stats-dump's fields shown (stats.proto): times in us, the rest counts.
+CRIU_FIELDS = ("freezing_time", "frozen_time", "memdump_time", "memwrite_time",
+               "pages_scanned", "pages_written")
+
+
+def _criu(runs: Sequence[Run], key: str) -> str:
+    values = [r.criu[key] for r in runs if key in r.criu]
+    if not values:
+        return "-"
+    value = statistics.median(values)
+    return f"{value / 1000:.1f}" if key.endswith("_time") else f"{value:.0f}"
 
 
 def _cell(value: float | None) -> str:
@@ -147,6 +168,13 @@ def _report(results: dict[tuple[str, str], list[Run]], mib: int) -> None:
               f"CRIU frozen {ratio['frozen']:.2f}x")
     print("(migrate pod's source runs on until the destination is ready: its state window "
           "is when changes are lost, its unavailability the gap without a running copy)")
+    print()
+    print("CRIU's dump, from its statistics (median; times in ms):")
+    fields = [k for k in CRIU_FIELDS if any(k in r.criu for runs in results.values()
+                                            for r in runs)]
+    print(render(["workload", "how", *fields], [
+        [size, how, *(_criu(runs, k) for k in fields)]
+        for (size, how), runs in results.items()], lambda i: i >= 2))
     print()
     print("where migrate pod's time goes (median seconds per stage):")
     for size in ("small", f"{mib} MiB"):
