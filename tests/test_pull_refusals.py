@@ -64,6 +64,25 @@ def test_crio_s_artifact_retry_is_left_out_of_the_error_and_kept_in_the_journal(
     assert "artifact err" not in base.message
 
 
+#: A real CRI-O v1.36.3's pull from a registry whose CA the node does not trust
+#: (test_real_node.py shows the node agents say the same): a network error, which it
+#: does not try again as an artifact and says so.
+NOT_RETRIED = ("unable to pull image: initializing source docker://reg.example:5000/ckpt/web:c1: "
+               "pinging container registry reg.example:5000: Get \"https://reg.example:5000/v2/\": "
+               "tls: failed to verify certificate: x509: certificate signed by unknown authority")
+
+
+def test_crio_s_words_for_a_pull_it_did_not_retry_are_left_out_too() -> None:
+    # The same cause as where CRI-O retried, without the words that say it did not.
+    from migrate.pipeline.refusals import pull_refused
+
+    e = pull_refused("web", "node-b", "reg.example:5000/ckpt/web:c1", NOT_RETRIED)
+    assert e is not None and e.message == (
+        "node-b cannot pull the checkpoint image of web: the node does not trust the "
+        "registry's certificate: " + NOT_RETRIED.removeprefix("unable to pull image: "))
+    assert e.runtime_message == f"ErrImagePull: {NOT_RETRIED}"
+
+
 #: The restored container's RunContainerError when CRIU could not restore it (CRI-O
 #: v1.36.3 with runc on a real node: the forensic workload, whose open /etc/data.txt
 #: CRI-O had left out of the root-fs diff; paths shortened).

@@ -1526,25 +1526,36 @@ def _both_failing(cp: ControlPlane, names: dict[str, str], images: list[str],
             _delete(cp, name)
 
 
+@pytest.mark.parametrize("case", ["missing-tag", "untrusted", "plain-http"])
 def test_the_node_agents_fail_a_pull_as_the_real_kubelet_and_crio_do(
-        real_cp: ControlPlane, node: realnode.RealNode, plain_registry: RegistryUnderTest,
-        counter_image: str, tmp_path: Path) -> None:
-    """A tag the registry does not have, on a real node and on a node agent: the same
-    Events (ErrImagePull, then ImagePullBackOff) and the same waiting container."""
-    missing = f"{plain_registry.host}/stretch/counter:not-pushed"
+        case: str, real_cp: ControlPlane, node: realnode.RealNode,
+        plain_registry: RegistryUnderTest, tls_basic_registry: RegistryUnderTest,
+        plain_basic_registry: RegistryUnderTest, tmp_path: Path) -> None:
+    """A pull that fails, on a real node and on a node agent: the same Events
+    (ErrImagePull, then ImagePullBackOff) and the same waiting container. missing-tag:
+    a tag the registry lacks, which CRI-O 1.36 tries again as an OCI artifact and
+    reports both; untrusted: HTTPS with a certificate of a CA the node does not trust;
+    plain-http: plain HTTP where the node speaks HTTPS. Those two are network errors,
+    not tried again as artifacts."""
+    registry = {"missing-tag": plain_registry, "untrusted": tls_basic_registry,
+                "plain-http": plain_basic_registry}[case]
+    image = f"{registry.host}/stretch/counter:{'not-pushed' if case == 'missing-tag' else 'v1'}"
+    insecure = (plain_registry.host,) if case == "missing-tag" else ()
     with Cluster(real_cp, tmp_path / "agents", nodes=("agents-pull",),
                  node_config={"agents-pull": _as_real()},
-                 registries=RegistryConfig(insecure=(plain_registry.host,))):
+                 registries=RegistryConfig(insecure=insecure)):
         names = {}
         for kind, where in (("real", node.name), ("agents", "agents-pull")):
-            pod = counter_pod(f"unpulled-{kind}", missing, secret=SECRET, node=where)
+            pod = counter_pod(f"unpulled-{case}-{kind}", image, secret=SECRET, node=where)
             status, body = real_cp.api("POST", "/api/v1/namespaces/default/pods", pod)
             assert status == 201, body
             names[kind] = body["metadata"]["name"]
-        seen = _both_failing(real_cp, names, [missing, plain_registry.host], "BackOff",
+        seen = _both_failing(real_cp, names, [image, registry.host], "BackOff",
                              "ImagePullBackOff")
     assert seen["agents"] == seen["real"]
-    assert seen["real"]["containers"][0]["waiting"]["reason"] == "ImagePullBackOff"
+    waiting = seen["real"]["containers"][0]["waiting"]
+    assert waiting["reason"] == "ImagePullBackOff"
+    assert ("artifact err" in waiting["message"]) == (case == "missing-tag"), waiting
 
 
 def test_the_node_agents_refuse_a_restore_as_a_real_crio_without_criu_support_does(

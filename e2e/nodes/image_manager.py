@@ -264,7 +264,7 @@ class ImageManager:
                     pulled = self.puller.pull(image, ref, creds)
                     break
                 except PullError as e:
-                    errors.append(e.tried_as_artifact() if artifacts else e)
+                    errors.append(e.in_crio_store() if artifacts else e)
             else:
                 # The kubelet aggregates the errors of each credential it tried: one is
                 # itself, more are bracketed (and no longer start with a reason).

@@ -19,8 +19,10 @@ Errors are `PullError`s worded as CRI-O reports them through the kubelet
 A refused connection is marked (`refused`): CRI-O v1.36.3 then prefixes
 `RegistryUnavailable: ` (server/image_pull.go, errors.Is ECONNREFUSED), which
 the kubelet turns into its own waiting reason (image_manager.py).
-CRI-O from 1.36 tries any other failure again as an OCI artifact and names both
-(`PullError.tried_as_artifact`, runtime_releases.CRIO_ARTIFACT_FALLBACK_FROM).
+CRI-O from 1.36 tries a failure other than a network error again as an OCI
+artifact and names both, and words a network error `unable to pull image: ...`
+(`PullError.in_crio_store`, runtime_releases.CRIO_ARTIFACT_FALLBACK_FROM;
+internal/storage/image.go).
 """
 
 from __future__ import annotations
@@ -92,12 +94,14 @@ class PullError(Exception):
         self.at_source = at_source
         self.cause = cause or message
 
-    def tried_as_artifact(self) -> PullError:
-        """The error of a CRI-O that tries a failed pull again as an OCI artifact
-        (runtime_releases.CRIO_ARTIFACT_FALLBACK_FROM): the same image source fails
+    def in_crio_store(self) -> PullError:
+        """The error as the image store of a CRI-O that tries a failed pull again as an
+        OCI artifact returns it (runtime_releases.CRIO_ARTIFACT_FALLBACK_FROM): a network
+        error is not tried again, only wrapped; otherwise the same image source fails
         again, under the artifact store's words."""
         if self.network:
-            return self
+            return PullError(f"unable to pull image: {self}", refused=self.refused,
+                             network=True, at_source=self.at_source, cause=self.cause)
         # The artifact store reads the manifest first: what failed before it fails there
         # again; past it, the manifest shows an image (ociartifact/store.go).
         retried = (f"get manifest from ref: create image source: {self.cause}" if self.at_source

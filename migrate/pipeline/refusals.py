@@ -187,11 +187,19 @@ _ARTIFACT_RETRY = re.compile(r"unable to pull image or OCI artifact: pull image 
                              r"; artifact err: .*", re.DOTALL)
 
 
+#: CRI-O >= 1.36's words for a failure it did not try again as an artifact (a network
+#: error): the same cause, without the retry.
+_NOT_RETRIED = "unable to pull image: "
+
+
 def image_pull_error(message: str) -> str:
     """The image pull's own error out of CRI-O's message that adds its artifact retry's
-    (a checkpoint image is an image: the artifact attempt says nothing new)."""
+    (a checkpoint image is an image: the artifact attempt says nothing new), or that
+    says it did not retry; the same cause either way."""
     found = _ARTIFACT_RETRY.search(message)
-    return message if found is None else message[:found.start()] + found.group(1)
+    if found is not None:
+        return message[:found.start()] + found.group(1)
+    return message.replace(_NOT_RETRIED, "", 1)
 
 
 def _known_cause(message: str, image: str, node: str) -> tuple[str, str] | None:

@@ -102,7 +102,7 @@ def delete_source(cluster: kube.Cluster, namespace: str, name: str, uid: str,
     """Delete the source pod and wait until it is gone; returns when it stopped: when
     its kubelet was first seen reporting ``containers`` terminated, else when it went.
 
-    The kubelet reports that as soon as the processes are gone; the pod object goes
+    The kubelet reports that once it finds the processes gone; the pod object goes
     only after the sandbox and volumes are torn down (0.7 s later on a real kubelet
     v1.37 with CRI-O, longer if a finalizer holds it), and the state window (what
     the source did after its checkpoint, lost) ends with the processes."""
