@@ -427,7 +427,9 @@ class Kubelet:
 
     def _remove(self, pod: Obj) -> None:
         """The containers stopped: reported so (the pod is terminal), then the pod goes
-        (the kubelet's delete with grace period 0)."""
+        (the kubelet's delete with grace period 0). A pod none of whose containers ran
+        keeps its status (the real kubelet's stays Pending too, its containers waiting;
+        what it says of the torn-down sandbox then is not modelled)."""
         meta = pod["metadata"]
         self._write(pod, lambda current: observed(current) if kill_containers(current) else None)
         self.api.delete_pod(meta["namespace"], meta["name"], meta["uid"])
