@@ -85,9 +85,10 @@ CRIO_CHECKPOINT_ONLY_FROM: dict[tuple[int, int], int] = {
 CRIO_NOT_AVAILABLE = "checkpoint/restore support not available"
 #: From this CRI-O minor on, a pull that failed for any reason but the network (a
 #: Go net.Error: refused, TLS, timeouts) is tried again as an OCI artifact, and the
-#: error names both attempts (internal/storage/image.go's shouldTryArtifact and
-#: internal/ociartifact, read at v1.36.3; seen on the real nodes). Older releases
-#: are not checked: the node agents word their failures without it there.
+#: error names both attempts; a network error is not, and reads `unable to pull image:
+#: ...` (internal/storage/image.go's shouldTryArtifact and internal/ociartifact, read
+#: at v1.36.3; both seen on the real nodes). Older releases are not checked: the node
+#: agents word their failures without either there.
 CRIO_ARTIFACT_FALLBACK_FROM = (1, 36)
 #: First patch of the containerd minors that have `enable_experimental_restore_via_create`.
 CONTAINERD_RESTORE_OPTION_FROM: dict[tuple[int, int], int] = {(2, 2): 7, (2, 3): 4}
