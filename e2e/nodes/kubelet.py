@@ -420,8 +420,8 @@ class Kubelet:
         begins stopping the running containers, an Event each (kuberuntime_container.go
         v1.37.2, killContainer)."""
         for c in running_containers(pod):
-            self._events.container(pod, str(c.get("name", "")), "Normal", "Killing",
-                                   f"Stopping container {c.get('name', '')}")
+            name = str(c.get("name", ""))
+            self._events.container(pod, name, "Normal", "Killing", f"Stopping container {name}")
         self._write(pod, lambda current: observed(current) if (current.get("status") or {}).get(
             "observedGeneration") != current["metadata"].get("generation", 1) else None)
 

@@ -75,18 +75,6 @@ def check_destination(cluster: kube.Cluster, namespace: str, name: str, uid: str
                               hint=hint)
 
 
-def wait_gone(cluster: kube.Cluster, namespace: str, name: str, uid: str,
-              timeout: float, since: str | None = None) -> float:
-    """Watch until the pod with ``uid`` no longer exists; returns when (time.time()).
-    ``since``: a resourceVersion of the pod's deletion (see `kube.watch_pod`)."""
-    def gone(pod: Obj | None) -> float | None:
-        if pod is None or pod["metadata"].get("uid") != uid:
-            return time.time()
-        return None
-
-    return kube.watch_pod(cluster, namespace, name, gone, timeout, since=since)
-
-
 def terminated(pod: Obj, containers: tuple[str, ...]) -> bool:
     """Whether the kubelet reports each of ``containers`` of ``pod`` terminated (its
     process gone: it changes nothing more)."""
@@ -97,18 +85,18 @@ def terminated(pod: Obj, containers: tuple[str, ...]) -> bool:
     return bool(containers) and all("terminated" in states.get(c, {}) for c in containers)
 
 
-def delete_source(cluster: kube.Cluster, namespace: str, name: str, uid: str,
-                  timeout: float, containers: tuple[str, ...]) -> float:
-    """Delete the source pod and wait until it is gone; returns when it stopped: when
-    its kubelet was first seen reporting ``containers`` terminated, else when it went.
+def wait_gone(cluster: kube.Cluster, namespace: str, name: str, uid: str,
+              timeout: float, since: str | None = None,
+              containers: tuple[str, ...] = ()) -> float:
+    """Watch until the pod with ``uid`` no longer exists; returns when it stopped
+    (time.time()): when its kubelet was first seen reporting ``containers`` terminated,
+    else when it went. ``since``: a resourceVersion of the pod's deletion (see
+    `kube.watch_pod`).
 
     The kubelet reports that once it finds the processes gone; the pod object goes
     only after the sandbox and volumes are torn down (0.7 s later on a real kubelet
-    v1.37 with CRI-O, longer if a finalizer holds it), and the state window (what
-    the source did after its checkpoint, lost) ends with the processes."""
-    since = kube.begin_pod_deletion(cluster, namespace, name, uid)
-    if since is None:
-        return time.time()
+    v1.37 with CRI-O, longer if a finalizer holds it), and the state window (what a
+    source did after its checkpoint, lost) ends with the processes."""
     seen: list[float] = []
 
     def gone(pod: Obj | None) -> float | None:
@@ -120,6 +108,16 @@ def delete_source(cluster: kube.Cluster, namespace: str, name: str, uid: str,
         return None
 
     return kube.watch_pod(cluster, namespace, name, gone, timeout, since=since)
+
+
+def delete_source(cluster: kube.Cluster, namespace: str, name: str, uid: str,
+                  timeout: float, containers: tuple[str, ...]) -> float:
+    """Delete the source pod and wait until it is gone; returns when it stopped
+    (`wait_gone` with its ``containers``)."""
+    since = kube.begin_pod_deletion(cluster, namespace, name, uid)
+    if since is None:
+        return time.time()
+    return wait_gone(cluster, namespace, name, uid, timeout, since, containers)
 
 
 def controller_reference(owner: Obj) -> Obj:
