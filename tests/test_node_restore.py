@@ -114,6 +114,14 @@ def _events(v1: client.CoreV1Api, name: str) -> list[client.CoreV1Event]:
     return sorted(items.items, key=lambda e: e.metadata.creation_timestamp)
 
 
+def _started_events(v1: client.CoreV1Api, name: str) -> list[client.CoreV1Event]:
+    """The pod's Events once its Started Event is in: a kubelet records Events
+    without waiting for them to be written (client-go's recorder), so they may come
+    after the status that says the pod runs."""
+    _event(v1, name, "Started")
+    return _events(v1, name)
+
+
 def _event(v1: client.CoreV1Api, name: str, reason: str, prefix: str = "") -> client.CoreV1Event:
     def check() -> client.CoreV1Event | None:
         return next((e for e in _events(v1, name)
@@ -217,7 +225,7 @@ def test_migrate_a_pod_then_migrate_it_again(cluster: Cluster, v1: client.CoreV1
     assert [p["comm"] for p in record["processes"]] == [p["comm"] for p in processes]
     assert record["memoryBytes"] >= 256 * 1024 and record["rootfsDiff"] == ["/srv/state.txt"]
     assert SECRET in pod.metadata.annotations[f"{PROCESSES_ANNOTATION}.app"]
-    assert [(e.type, e.reason) for e in _events(v1, restored)] == [
+    assert [(e.type, e.reason) for e in _started_events(v1, restored)] == [
         ("Normal", "Pulling"), ("Normal", "Pulled"), ("Normal", "Created"),
         ("Normal", "Started")]
     assert _event(v1, restored, "Pulled").message.startswith(
@@ -483,7 +491,7 @@ def test_pull_latency_holds_the_pod_in_container_creating(
     pulled = _event(v1, name, "Pulled").message
     took = re.search(r" in ([\d.]+)(ms|s) \(", pulled)
     assert took is not None and took.group(2) == "s" and float(took.group(1)) >= 1.0
-    reasons = [e.reason for e in _events(v1, name)]
+    reasons = [e.reason for e in _started_events(v1, name)]
     assert reasons.index("Pulling") < reasons.index("Pulled") < reasons.index("Started")
 
 
@@ -538,7 +546,8 @@ def test_images_of_other_registries_are_never_contacted(v1: client.CoreV1Api) ->
     pod = _running(v1, name)
     assert pod.status.container_statuses[0].image_id.startswith(
         "docker.io/library/busybox@sha256:")
-    assert [e.reason for e in _events(v1, name)] == ["Pulling", "Pulled", "Created", "Started"]
+    assert [e.reason for e in _started_events(v1, name)] == [
+        "Pulling", "Pulled", "Created", "Started"]
 
 
 def test_a_pull_secret_without_its_data_is_invalid(v1: client.CoreV1Api) -> None:

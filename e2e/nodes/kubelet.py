@@ -334,6 +334,7 @@ class Kubelet:
         self._halt.set()
         self._starter.close()
         self.runs.stop()
+        self._events.close()
 
     def next_wakeup(self) -> float | None:
         """Seconds until a pass is due though nothing changed (None: none is)."""

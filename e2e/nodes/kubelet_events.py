@@ -6,23 +6,33 @@ Event with the same object, field path, type, reason and message gets its
 (`kubectl describe` shows "(x3 over 20s)"). The recorder remembers the Events
 it made, as client-go's does (in memory, per recorder); one that has gone
 meanwhile (expired, or its namespace deleted) is made afresh.
+
+Recording does not wait for the API server, as in client-go (tools/record,
+v0.37.2): the recorder queues the Event (at most 1000, later ones dropped) and
+one writer thread per node sends them in order, so a pod's start or stop never
+waits for its Events' writes. Their timestamps are those of the recording.
 """
 
 from __future__ import annotations
 
 import itertools
+import queue
 import threading
 import time
 from collections.abc import Callable
 
-from e2e.nodes.api import ApiFailure, Gone, NodeApi, Obj, now, rfc3339
+from e2e.nodes.api import Gone, NodeApi, Obj, now, rfc3339
 
 __all__ = ["EventRecorder"]
 
 _serial = itertools.count()
 #: How many aggregated Events a recorder remembers (client-go keeps 4096).
 _REMEMBERED = 4096
+#: How many Events wait for the writer before new ones are dropped (client-go's
+#: maxQueuedEvents, its broadcaster's DropIfChannelFull).
+_QUEUED = 1000
 _Key = tuple[str, str, str, str, str]
+_Queued = tuple[Obj, _Key, str]  # the pod, the Event's key, when it was recorded
 
 
 class EventRecorder:
@@ -34,6 +44,15 @@ class EventRecorder:
         self._log = log
         self._seen: dict[_Key, tuple[str, int]] = {}  # key -> (Event name, count)
         self._lock = threading.Lock()
+        self._queue: queue.Queue[_Queued | None] = queue.Queue(_QUEUED)
+        self._writer = threading.Thread(target=self._write_all, name=f"sim-events-{node}",
+                                        daemon=True)
+        self._writer.start()
+
+    def close(self) -> None:
+        """Send what is queued, then stop the writer."""
+        self._queue.put(None)
+        self._writer.join()
 
     def container(self, pod: Obj, container: str, type_: str, reason: str,
                   message: str) -> None:
@@ -48,14 +67,25 @@ class EventRecorder:
                 message: str) -> None:
         meta = pod["metadata"]
         key = (str(meta["uid"]), field_path, type_, reason, message)
+        involved = {"metadata": {k: meta.get(k, "") for k in
+                                 ("namespace", "name", "uid", "resourceVersion")}}
         try:
-            if not self._bump(meta["namespace"], key):
-                self._create(pod, key)
-        except ApiFailure as e:  # e.g. the namespace is terminating
-            self._log(f"kubelet-{self.node}: event {reason} for {meta['name']} not "
-                      f"recorded: {e}")
+            self._queue.put_nowait((involved, key, rfc3339(now())))
+        except queue.Full:
+            self._log(f"kubelet-{self.node}: too many queued events, dropped {reason} for "
+                      f"{meta['name']}")
 
-    def _bump(self, namespace: str, key: _Key) -> bool:
+    def _write_all(self) -> None:
+        while (item := self._queue.get()) is not None:
+            pod, key, stamp = item
+            try:
+                if not self._bump(pod["metadata"]["namespace"], key, stamp):
+                    self._create(pod, key, stamp)
+            except Exception as e:  # e.g. ApiFailure: the namespace is terminating
+                self._log(f"kubelet-{self.node}: event {key[3]} for "
+                          f"{pod['metadata']['name']} not recorded: {type(e).__name__}: {e}")
+
+    def _bump(self, namespace: str, key: _Key, stamp: str) -> bool:
         with self._lock:
             seen = self._seen.get(key)
             if seen is None:
@@ -63,16 +93,15 @@ class EventRecorder:
             name, count = seen[0], seen[1] + 1
             self._seen[key] = (name, count)
         try:
-            self.api.patch_event(namespace, name, {"count": count,
-                                                   "lastTimestamp": rfc3339(now())})
+            self.api.patch_event(namespace, name, {"count": count, "lastTimestamp": stamp})
         except Gone:
             with self._lock:
                 self._seen.pop(key, None)
             return False
         return True
 
-    def _create(self, pod: Obj, key: _Key) -> None:
-        meta, stamp = pod["metadata"], rfc3339(now())
+    def _create(self, pod: Obj, key: _Key, stamp: str) -> None:
+        meta = pod["metadata"]
         _, field_path, type_, reason, message = key
         # The recorder's name: the object's, then the time in hex nanoseconds.
         name = f"{meta['name']}.{time.time_ns() + next(_serial):x}"
