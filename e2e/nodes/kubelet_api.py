@@ -40,7 +40,8 @@ Checkpoint answers, in the kubelet's order and words (bodies are text):
 The deadline is the kubelet's: `?timeout=` when it is larger than the node's
 `runtime_request_timeout` (default 120 s), else that. A checkpoint takes
 `checkpoint_delay_per_mib` seconds per MiB of the container's simulated memory
-(the processes' heaps plus `sim.migrate.dev/memory-mib`). Tests can also hold
+(the processes' heaps plus `sim.migrate.dev/memory-mib`), writing its archive
+included. Tests can also hold
 checkpoints before the dump until they release them (`hold`, `release`;
 `Cluster.holding_checkpoints`), to know a client is inside its checkpoint.
 """
@@ -271,10 +272,16 @@ class KubeletApi:
         if duration > deadline:
             self._sleep(started + deadline)
             raise _Failed(_DEADLINE)
-        self._sleep(started + duration)
         name = checkpoints.archive_name(pod["metadata"]["name"], pod["metadata"]["namespace"],
                                         container, when)
-        checkpoints.write(plan, self.checkpoint_dir / name)
+        # Writing the archive is part of the checkpoint the simulated time stands for
+        # (CRI-O exports it at the end of the dump), not added to it.
+        written = checkpoints.write(plan, self.checkpoint_dir / name)
+        try:
+            self._sleep(started + duration)
+        except _Failed:
+            written.unlink(missing_ok=True)  # the node stopped before the checkpoint ended
+            raise
         return f"{CHECKPOINT_DIR}/{name}"
 
     def _sleep(self, until: float) -> None:

@@ -69,9 +69,9 @@ class NodeConfig:
         `backoff`, doubling after each further failure up to `backoff_max`
         (ImagePullBackOff); a failed container creation is retried every
         `backoff` (the pod worker's requeue). The kubelet's are 10 and 300.
-    image_pull_seconds, image_pull_seconds_per_mib: fault injection: how long
-        each image pull takes (fixed, plus per MiB of the image's layers)
-        before it completes; the pod stays Pending (ContainerCreating) meanwhile.
+    image_pull_seconds: fault injection: how long each image pull takes at least
+        (the real transfer from the loopback registry within it); the pod stays
+        Pending (ContainerCreating) meanwhile.
     max_parallel_image_pulls: how many image pulls the node runs at once; the
         others wait their turn, in order, under their `Pulling` event. 1 is the
         kubelet's default (serializeImagePulls true: one puller goroutine reading
@@ -93,7 +93,6 @@ class NodeConfig:
     backoff: float = DEFAULT_BACKOFF
     backoff_max: float = DEFAULT_BACKOFF_MAX
     image_pull_seconds: float = 0.0
-    image_pull_seconds_per_mib: float = 0.0
     max_parallel_image_pulls: int | None = 1
 
     def __post_init__(self) -> None:
@@ -108,8 +107,7 @@ class NodeConfig:
             raise ValueError(f"restore_level {self.restore_level!r}: expected one of "
                              f"{', '.join(RESTORE_LEVELS)}")
         for name in ("fail_next_checkpoints", "checkpoint_delay_per_mib",
-                     "runtime_request_timeout", "backoff", "backoff_max", "image_pull_seconds",
-                     "image_pull_seconds_per_mib"):
+                     "runtime_request_timeout", "backoff", "backoff_max", "image_pull_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.max_parallel_image_pulls is not None and self.max_parallel_image_pulls < 1:
