@@ -10,7 +10,8 @@ other users of the machine, even for the short life of a test session.
     client = issue(ca, tmp, "node-a", client=True, cn="system:node:a", org="system:nodes")
 
 Keys are EC P-256 (Go's TLS stack, distribution's JWT verifier and OpenSSL all
-accept them, and they are fast to generate).
+accept them, and they are fast to generate); a CA may have an RSA key instead
+(`make_ca(rsa_bits=2048)`, as kubeadm issues its cluster CA).
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = ["CertPair", "PrivateKey", "issue", "make_ca", "write_private"]
 
 #: Private key types this module generates (and that CertPair.load_key returns).
-PrivateKey = ec.EllipticCurvePrivateKey
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 #: How far back not_before is set, so a peer with a slightly slow clock still
 #: accepts a certificate made a moment ago.
@@ -50,10 +51,11 @@ class CertPair:
         return x509.load_pem_x509_certificate(self.cert.read_bytes())
 
     def load_key(self) -> PrivateKey:
-        """Parse the private key (always EC for pairs made by this module)."""
+        """Parse the private key (EC, or RSA for an RSA CA, as this module makes them)."""
         key = serialization.load_pem_private_key(self.key.read_bytes(), password=None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise TypeError(f"{self.key}: expected an EC private key, got {type(key).__name__}")
+        if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+            raise TypeError(f"{self.key}: expected an EC or RSA private key, "
+                            f"got {type(key).__name__}")
         return key
 
     def cert_der(self) -> bytes:
@@ -113,12 +115,15 @@ def _key_usage(*, ca: bool) -> x509.KeyUsage:
     )
 
 
-def make_ca(directory: Path, name: str = "migrate-test-ca") -> CertPair:
+def make_ca(directory: Path, name: str = "migrate-test-ca", *,
+            rsa_bits: int | None = None) -> CertPair:
     """Create a self-signed CA; write `<name>.crt` and `<name>.key` into `directory`.
 
-    The CA may only sign end-entity certificates (path length 0).
+    The CA may only sign end-entity certificates (path length 0). ``rsa_bits``: an
+    RSA key of that size instead of EC P-256.
     """
-    key = _new_key()
+    key: PrivateKey = (_new_key() if rsa_bits is None else
+                       rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits))
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.COMMON_NAME, name),
