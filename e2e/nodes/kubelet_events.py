@@ -15,6 +15,7 @@ waits for its Events' writes. Their timestamps are those of the recording.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import queue
 import threading
@@ -49,10 +50,13 @@ class EventRecorder:
                                         daemon=True)
         self._writer.start()
 
-    def close(self) -> None:
-        """Send what is queued, then stop the writer."""
-        self._queue.put(None)
-        self._writer.join()
+    def close(self, timeout: float = 10.0) -> None:
+        """Send what is queued, then stop the writer; what is left after ``timeout``
+        seconds (an API server that stopped answering) is dropped, as a stopping
+        kubelet's queued Events are."""
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=timeout)
+        self._writer.join(timeout)
 
     def container(self, pod: Obj, container: str, type_: str, reason: str,
                   message: str) -> None:
