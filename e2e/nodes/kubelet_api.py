@@ -41,9 +41,9 @@ The deadline is the kubelet's: `?timeout=` when it is larger than the node's
 `runtime_request_timeout` (default 120 s), else that. A checkpoint takes
 `checkpoint_delay_per_mib` seconds per MiB of the container's simulated memory
 (the processes' heaps plus `sim.migrate.dev/memory-mib`), writing its archive
-included. Tests can also hold
-checkpoints before the dump until they release them (`hold`, `release`;
-`Cluster.holding_checkpoints`), to know a client is inside its checkpoint.
+included. Tests can also hold checkpoints before the dump until they release them
+(`hold`, `release`; `Cluster.holding_checkpoints`), to know a client is inside its
+checkpoint.
 """
 
 from __future__ import annotations
