@@ -1,5 +1,6 @@
-"""The node agents' Event recorder (e2e/nodes/kubelet_events.py) on its own: it records as
-client-go's does, without waiting for the API server, in order, aggregating repeats."""
+"""The node agents' timing on its own: their Event recorder (e2e/nodes/kubelet_events.py)
+records as client-go's does, without waiting for the API server, in order, aggregating
+repeats; a pull's simulated time holds the real transfer (image_manager.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ from typing import Any
 
 import pytest
 
-from e2e.nodes import kubelet_events
+from e2e.nodes import NodeConfig, kubelet_events
 from e2e.nodes.api import Obj
+from e2e.nodes.image_manager import ImageManager
+from e2e.nodes.images import parse_image, preloaded
 from e2e.nodes.kubelet_events import EventRecorder
+from e2e.nodes.registry_pull import PullError
 
 POD: Obj = {"metadata": {"namespace": "default", "name": "web", "uid": "u-1",
                          "resourceVersion": "7"}}
@@ -85,3 +89,36 @@ def test_a_full_queue_drops_and_a_hung_api_server_does_not_hold_a_stop(
     recorder.close(timeout=0.5)
     assert time.monotonic() - started < 3.0
     api.answer.set()
+
+
+# -- a pull's simulated time -------------------------------------------------------------
+
+
+class TimedPuller:
+    """A Puller whose pulls take ``seconds`` of real work (or fail after it)."""
+
+    def __init__(self, seconds: float, fails: bool = False) -> None:
+        self.seconds, self.fails = seconds, fails
+        self.stopped = threading.Event()
+
+    def pull(self, image: str, ref: Any, creds: Any) -> Any:
+        time.sleep(self.seconds)
+        if self.fails:
+            raise PullError("manifest unknown")
+        return preloaded(image, ref)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_pulls_simulated_time_holds_its_real_transfer(fails: bool) -> None:
+    # 0.6 s simulated around 0.4 s of real transfer: 0.6 s in all, not 1.0.
+    puller = TimedPuller(0.4, fails)
+    config = NodeConfig(image_pull_seconds=0.6)
+    manager = ImageManager(SlowApi(), puller, None, lambda: config)  # type: ignore[arg-type]
+    image = "127.0.0.1:5000/app:1"
+    started = time.monotonic()
+    try:
+        manager._fetch({**POD, "spec": {}}, image, parse_image(image), config)
+    except PullError:
+        assert fails
+    took = time.monotonic() - started
+    assert 0.6 <= took < 0.95, took
