@@ -43,8 +43,8 @@ class EventRecorder:
         self.api = api
         self.node = node
         self._log = log
-        self._seen: dict[_Key, tuple[str, int]] = {}  # key -> (Event name, count)
-        self._lock = threading.Lock()
+        # key -> (Event name, count); only the writer thread reads or changes it.
+        self._seen: dict[_Key, tuple[str, int]] = {}
         self._queue: queue.Queue[_Queued | None] = queue.Queue(_QUEUED)
         self._writer = threading.Thread(target=self._write_all, name=f"sim-events-{node}",
                                         daemon=True)
@@ -90,17 +90,15 @@ class EventRecorder:
                           f"{pod['metadata']['name']} not recorded: {type(e).__name__}: {e}")
 
     def _bump(self, namespace: str, key: _Key, stamp: str) -> bool:
-        with self._lock:
-            seen = self._seen.get(key)
-            if seen is None:
-                return False
-            name, count = seen[0], seen[1] + 1
-            self._seen[key] = (name, count)
+        seen = self._seen.get(key)
+        if seen is None:
+            return False
+        name, count = seen[0], seen[1] + 1
+        self._seen[key] = (name, count)
         try:
             self.api.patch_event(namespace, name, {"count": count, "lastTimestamp": stamp})
         except Gone:
-            with self._lock:
-                self._seen.pop(key, None)
+            self._seen.pop(key, None)
             return False
         return True
 
@@ -121,7 +119,6 @@ class EventRecorder:
             "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1, "type": type_,
             "reportingComponent": "kubelet", "reportingInstance": self.node,
         })
-        with self._lock:
-            if len(self._seen) >= _REMEMBERED:
-                self._seen.pop(next(iter(self._seen)))
-            self._seen[key] = (name, 1)
+        if len(self._seen) >= _REMEMBERED:
+            self._seen.pop(next(iter(self._seen)))
+        self._seen[key] = (name, 1)
