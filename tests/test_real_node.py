@@ -1349,13 +1349,19 @@ def _message_shape(message: str, images: list[str]) -> str:
 
 def _kubelet_events(cp: ControlPlane, name: str,
                     images: list[str]) -> list[tuple[str, str, str, str | None, int]]:
-    """The Events the kubelet recorded about pod ``name`` (in the order the API server
-    stored them), with names, times and sizes left out."""
+    """The Events the kubelet recorded about pod ``name`` (in the order it first recorded
+    them), with names, times and sizes left out.
+
+    That order is their names': POD.<the recording's time in hex nanoseconds>, in
+    client-go (record/util GenerateEventName, v0.37.2) and the node agents alike. Not
+    the resourceVersion's: a repeat raises its Event's count with a write of its own,
+    so a look between two repeats' writes (BackOff raised, its Failed not yet) would
+    see them out of their order."""
     _, events = cp.api("GET", "/api/v1/namespaces/default/events"
                               f"?fieldSelector=involvedObject.name%3D{name}")
     return [(e["type"], e["reason"], _message_shape(e["message"], images),
              e["involvedObject"].get("fieldPath"), e["count"])
-            for e in sorted(events["items"], key=lambda e: int(e["metadata"]["resourceVersion"]))
+            for e in sorted(events["items"], key=lambda e: str(e["metadata"]["name"]))
             if e["source"].get("component") == "kubelet" and e["reason"] != NO_CLUSTER_DNS]
 
 
