@@ -228,8 +228,3 @@ class LayerEncryption:
             raise UsageError("encryption needs at least one recipient",
                              hint="--encrypt-for jwe:PUBLIC_KEY_FILE")
         return LayerCipher(self.recipients, self.chunk_bytes)
-
-
-def encrypted_media_type(media_type: str) -> str:
-    """The layer media type once encrypted."""
-    return media_type + ENCRYPTED_SUFFIX

@@ -51,8 +51,6 @@ class TreeFormat(StrEnum):
     json = "json"
 
 
-OUTPUT_HELP = "Output format."
-
 MAX_DRAWN_DEPTH = 64
 """Levels a tree or JSON document is indented by at most; deeper levels are marked instead."""
 

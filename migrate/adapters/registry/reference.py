@@ -50,10 +50,6 @@ class Reference:
         except ValueError:
             return False
 
-    def with_digest(self, digest: str) -> str:
-        """``registry/repository[:tag]@digest``, the form to pull exactly this image."""
-        return f"{self.name}{':' + self.tag if self.tag else ''}@{digest}"
-
     @property
     def name(self) -> str:
         """``registry/repository``."""

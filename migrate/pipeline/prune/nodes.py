@@ -27,7 +27,6 @@ from migrate.pipeline.prune.policy import Rules
 from migrate.settings import DEFAULT_CHECKPOINT_DIR, Settings
 
 Obj = dict[str, Any]
-WHERE = ("auto", "local", "node")
 
 
 @dataclass(frozen=True)
