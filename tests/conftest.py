@@ -24,7 +24,7 @@ from e2e.archives.criu_encode import crit_available
 from migrate.cli.app import run
 
 # tests.real uses the other two: they are loaded (and their asserts rewritten) first.
-pytest_plugins = ["tests.registries", "tests.cluster", "tests.real"]
+pytest_plugins = ["tests.registries", "tests.fake_registry", "tests.cluster", "tests.real"]
 
 REPO = Path(__file__).resolve().parent.parent
 

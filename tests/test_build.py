@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -20,11 +21,13 @@ from typing import Any
 import pytest
 
 from migrate.adapters.registry.reference import parse_reference
-from migrate.errors import ExitCode, TransientRegistryError
+from migrate.errors import ExitCode, RegistryError, TransientRegistryError
 from migrate.pipeline.build import BuildRequest, build_image
-from migrate.settings import RetrySettings, Settings, load_settings
+from migrate.pipeline.preflight import RECENT_LOGIN_SECONDS, check_registry
+from migrate.settings import RetrySettings, Secret, Settings, load_settings
 from migrate.validation import validate
 from tests.conftest import Result
+from tests.fake_registry import FakeRegistry, Reply
 from tests.registries import RegistryUnderTest
 
 Cli = Callable[..., Result]
@@ -516,3 +519,110 @@ def test_plain_http_only_with_no_tls_verify(cli: Cli, counters_archive: Path,
 def test_a_registry_on_loopback_is_told_apart(image: str, loopback: bool) -> None:
     # What no pod reaches (a build Job's push, a scheduled drain): its own loopback.
     assert parse_reference(image).loopback is loopback
+
+
+# -- what a push asks of the registry --------------------------------------------------------
+
+
+def _client_requests(reg: RegistryUnderTest, since: int = 0) -> list[tuple[str, str]]:
+    """The registry's access log from byte ``since``: migrate's requests (urllib3's), as
+    (method, path with digests and upload sessions named generically)."""
+    seen: list[tuple[str, str]] = []
+    with open(reg.registry.log_path, "rb") as log:
+        log.seek(since)
+        for line in log.read().decode(errors="replace").splitlines():
+            m = re.search(r'"([A-Z]+) (/v2/\S*) HTTP/[0-9.]+" \d+ \d+ "[^"]*" "python-urllib3', line)
+            if m:
+                path = re.sub(r"sha256:[0-9a-f]{64}", "DIGEST", m[2].split("?")[0])
+                seen.append((m[1], re.sub(r"/uploads/[^/]+$", "/uploads/SESSION", path)))
+    return seen
+
+
+def test_a_native_push_asks_nothing_it_need_not(
+        make_archive: Callable[..., Path], fresh_registry: Any, unique_repo: str) -> None:
+    """The login, the config and the layer uploaded, the manifest: no check for a config
+    the registry cannot have (it names the checkpoint's time), and no reading the
+    manifest back, which the registry stored under the digest of what was sent."""
+    reg = fresh_registry()
+    req = BuildRequest(make_archive(), parse_reference(f"{reg.host}/{unique_repo}:v1"))
+    report = build_image(req, _settings())
+    session = f"/v2/{unique_repo}/blobs/uploads/SESSION"
+    assert _client_requests(reg) == [
+        ("GET", "/v2/"),
+        ("POST", f"/v2/{unique_repo}/blobs/uploads/"), ("PATCH", session), ("PUT", session),
+        ("POST", f"/v2/{unique_repo}/blobs/uploads/"), ("PUT", session),
+        ("PUT", f"/v2/{unique_repo}/manifests/v1")]
+    assert "verify" not in report.timings
+    doc = manifest(reg, unique_repo, report.digest)
+    assert doc["annotations"][CRIO_NAME] == "counter"
+    assert report.layer_size == doc["layers"][0]["size"]
+
+
+def _fake_push(fake: FakeRegistry, stored: str | None) -> None:
+    """Script a whole push: uploads accepted, the manifest answered with ``stored`` as
+    the digest it was stored under (None: not said)."""
+    session = "/v2/repo/blobs/uploads/s1"
+    fake.script("POST", "/v2/repo/blobs/uploads/", Reply(202, {"Location": session}))
+    fake.script("PATCH", session, Reply(202, {"Location": session}))
+    fake.script("PUT", session, Reply(201))
+    fake.script("PUT", "/v2/repo/manifests/tag",
+                Reply(201, {"Docker-Content-Digest": stored} if stored else {}))
+
+
+def test_a_manifest_stored_under_another_digest_is_refused(
+        make_archive: Callable[..., Path], fake: FakeRegistry) -> None:
+    _fake_push(fake, "sha256:" + "0" * 64)
+    req = BuildRequest(make_archive(), parse_reference(f"{fake.host}/repo:tag"))
+    with pytest.raises(RegistryError, match=r"stored the .* as sha256:0{64}, not as the "
+                       r"sha256:[0-9a-f]{64} that was sent") as e:
+        build_image(req, _settings())
+    assert e.value.hint == "the registry altered the manifest; CRI-O would not restore it"
+
+
+def test_a_manifest_stored_without_its_digest_said_is_read_back(
+        make_archive: Callable[..., Path], fake: FakeRegistry) -> None:
+    """A registry that does not name the digest it stored the manifest under: migrate
+    reads it back by the digest it computed (here it is not there: refused)."""
+    _fake_push(fake, None)
+    req = BuildRequest(make_archive(), parse_reference(f"{fake.host}/repo:tag"))
+    with pytest.raises(RegistryError, match="manifest fetch"):
+        build_image(req, _settings(attempts=1))
+    read_back = [s.path for s in fake.seen if s.method == "GET" and "/manifests/" in s.path]
+    assert len(read_back) == 1 and read_back[0].startswith("/v2/repo/manifests/sha256:")
+
+
+# -- preflight's login, shared by a drain's pods --------------------------------------------
+
+
+def test_preflight_logs_in_to_a_basic_registry_once_for_its_repositories(
+        plain_basic_registry: RegistryUnderTest) -> None:
+    reg = plain_basic_registry
+    settings = dataclasses.replace(_settings(), registry=dataclasses.replace(
+        _settings().registry, creds=(str(reg.username), Secret(str(reg.password)))))
+    memo: dict[str, Any] = {}
+    since = reg.registry.log_path.stat().st_size
+    check_registry(settings, {"a": f"{reg.host}/drain/one:v1"}, memo)
+    logged_in = _client_requests(reg, since)
+    assert logged_in == [("GET", "/v2/"), ("GET", "/v2/")]  # challenged, then answered
+    check_registry(settings, {"a": f"{reg.host}/drain/two:v1"}, memo)
+    assert _client_requests(reg, since) == logged_in
+    # Without the memo (one `migrate pod`), and once it is old, it logs in again.
+    check_registry(settings, {"a": f"{reg.host}/drain/two:v1"})
+    memo["registry_logins"] = {k: t - RECENT_LOGIN_SECONDS - 1
+                               for k, t in memo["registry_logins"].items()}
+    check_registry(settings, {"a": f"{reg.host}/drain/two:v1"}, memo)
+    assert len(_client_requests(reg, since)) == 3 * len(logged_in)
+
+
+def test_preflight_logs_in_again_for_another_repository_of_a_token_registry(
+        token_registry: RegistryUnderTest, unique_repo: str) -> None:
+    """A Bearer token holds for one repository: the next pod's is asked for again."""
+    reg = token_registry
+    settings = dataclasses.replace(_settings(), registry=dataclasses.replace(
+        _settings().registry, tls_verify=True, cert_dir=reg.cert_dir,
+        creds=(str(reg.username), Secret(str(reg.password)))))
+    memo: dict[str, Any] = {}
+    before = reg.token_requests
+    for repo in ("one", "one", "two"):
+        check_registry(settings, {"a": f"{reg.host}/{unique_repo}/{repo}:v1"}, memo)
+    assert reg.token_requests - before == 2

@@ -20,6 +20,7 @@ from migrate.adapters.registry.client import RegistryClient
 from migrate.adapters.registry.digest_cache import DigestCache
 from migrate.adapters.registry.layer import Encryption, LayerDigests, LayerStream
 from migrate.adapters.registry.layout import OciLayout
+from migrate.errors import RegistryError
 from migrate.pipeline.annotations import CheckpointImageInfo
 from migrate.pipeline.timing import Stopwatch
 
@@ -47,6 +48,8 @@ class RegistryTarget:
         self.client = client
         self.cache = cache
         self.layer_uploaded = False
+        #: Manifests the registry said it stored under the digest of what was sent.
+        self.confirmed: set[str] = set()
 
     def _known_layer(self, stream: LayerStream) -> LayerDigests | None:
         """Digests of this archive from an earlier push, if the registry still has the blob."""
@@ -83,18 +86,25 @@ class RegistryTarget:
         return stream.result
 
     def upload_blob(self, data: bytes, digest: str) -> None:
+        # No check for the blob first: an image config names its checkpoint's time, so
+        # the registry hardly ever has it, and sending a few hundred bytes again costs
+        # what asking would.
         for attempt in self.client.policy:
             with attempt:
-                if self.client.has_blob(digest):
-                    log.info("registry already has %s", digest)
-                    return
                 self.client.finish_upload(self.client.start_upload(), digest, data)
 
     def put_manifest(self, data: bytes, media_type: str, reference: str | None) -> None:
-        ref = reference or _digest(data)
+        ours = _digest(data)
         for attempt in self.client.policy:
             with attempt:
-                self.client.put_manifest(ref, data, media_type)
+                stored = self.client.put_manifest(reference or ours, data, media_type)
+        if stored and stored != ours:
+            raise RegistryError(f"{self.client.ref.registry} stored the {media_type} as "
+                                f"{stored}, not as the {ours} that was sent",
+                                hint="the registry altered the manifest; CRI-O would not "
+                                "restore it")
+        if stored:
+            self.confirmed.add(stored)
 
 
 class LayoutTarget:

@@ -11,8 +11,10 @@ the `Plan` every later stage follows, and what `--dry-run` prints.
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -382,14 +384,29 @@ def check_restore_name(cluster: kube.Cluster, settings: Settings, pod: Obj) -> N
                          f"-n {meta['namespace']} {name}) if it is not needed")
 
 
-def check_registry(settings: Settings, images: dict[str, str]) -> None:
-    """Log in to each registry once: fail now rather than after the checkpoint."""
-    seen: set[str] = set()
+#: How long a login to a registry answers for the next preflights of this process (a
+#: drain's pods push to the same registry): the build logs in again anyway, and a
+#: refusal then still comes before the source is touched.
+RECENT_LOGIN_SECONDS = 5.0
+
+
+def check_registry(settings: Settings, images: dict[str, str],
+                   memo: dict[str, Any] | None = None) -> None:
+    """Log in to each registry: fail now rather than after the checkpoint. ``memo`` (a
+    cluster's) keeps the logins of the last RECENT_LOGIN_SECONDS: one holds for the
+    whole registry with the same credentials, unless it was a Bearer token, whose
+    scope is one repository."""
+    logins: dict[tuple[Any, ...], float] = (
+        memo.setdefault("registry_logins", {}) if memo is not None else {})
     for image in images.values():
         ref: Reference = parse_reference(image)
-        if ref.registry not in seen:
-            seen.add(ref.registry)
-            RegistryClient(ref, settings.registry).login()
+        client = RegistryClient(ref, settings.registry)
+        whole = (ref.registry, client.credentials)
+        if any(time.monotonic() - logins.get(key, -math.inf) <= RECENT_LOGIN_SECONDS
+               for key in (whole, (*whole, ref.repository))):
+            continue
+        client.login()
+        logins[(*whole, ref.repository) if client.scoped else whole] = time.monotonic()
 
 
 def preflight(cluster: kube.Cluster, settings: Settings, req: PodRequest) -> Plan:
@@ -436,7 +453,7 @@ def preflight(cluster: kube.Cluster, settings: Settings, req: PodRequest) -> Pla
     build_on, build_from = build_location(settings, source, req.build_on, req.tool_image)
     check_encryption(req.encrypt_for, build_on)
     check_pods_reach(build_on, images, req.build_on is BuildOn.node)
-    check_registry(settings, images)
+    check_registry(settings, images, cluster.memo)
     switch = "keep" if req.keep_source else ("handover" if owner else "delete")
     return Plan(namespace, req.pod, pod["metadata"].get("uid", ""), source, req.to, containers,
                 images, owner, switch, pod["metadata"].get("resourceVersion"),

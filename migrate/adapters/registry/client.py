@@ -106,6 +106,18 @@ class RegistryClient:
         """Who the client authenticates as (None: anonymous)."""
         return self._creds[0] if self._creds else None
 
+    @property
+    def credentials(self) -> Credentials | None:
+        """What it authenticates with (the authfile may name other ones for another
+        repository of the same registry)."""
+        return self._creds
+
+    @property
+    def scoped(self) -> bool:
+        """Whether its login holds for this repository only: a Bearer token is scoped to
+        one; anonymous access and Basic credentials hold for the whole registry."""
+        return self._auth is not None and self._auth.startswith("Bearer ")
+
     # -- plumbing ---------------------------------------------------------------
 
     def url(self, path: str) -> str:
@@ -252,7 +264,8 @@ class RegistryClient:
                      what="upload completion")
 
     def put_manifest(self, reference: str, data: bytes, media_type: str) -> str:
-        """Upload a manifest or index under a tag or digest; returns the registry's digest."""
+        """Upload a manifest or index under a tag or digest; returns the digest the
+        registry stored it under ("" when it does not say)."""
         resp = self.request("PUT", f"/v2/{self.ref.repository}/manifests/{reference}",
                             body=data, headers={"Content-Type": media_type}, expected={201},
                             what="manifest upload")
