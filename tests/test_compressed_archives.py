@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import struct
 import tarfile
@@ -36,6 +37,7 @@ from migrate.errors import ArchiveError
 from migrate.settings import ArchiveSettings
 from migrate.units import human_size
 from tests.conftest import Result, run_binary
+from tests.test_tarstream import empty_record
 from tests.test_untrusted_input import assert_clean_error
 from tests.test_untrusted_limits import measured_run
 
@@ -196,6 +198,29 @@ def test_a_copy_with_holes_is_never_trusted_over_the_index(
     plain_run, packed_run = cli("show", crafted), cli("show", packed)
     assert plain_run.code == packed_run.code == INVALID_INPUT
     assert packed_run.err == plain_run.err.replace(str(crafted), str(packed))
+
+
+def test_an_empty_metadata_record_first_reads_as_uncompressed(cli: Cli, plain: Path,
+                                                              tmp_path: Path) -> None:
+    """A crafted archive that starts with a pax record of size 0: the header walk of the
+    decompressed copy took that header for its own payload again, forever (`show` hung).
+    Now the compressed archive reads as the uncompressed one."""
+    crafted = tmp_path / "empty-record.tar"
+    crafted.write_bytes(empty_record(b"x") + plain.read_bytes())
+    packed = tmp_path / "empty-record.tar.zst"
+    packed.write_bytes(compress(crafted.read_bytes(), "zstd"))
+
+    def hung(signum: int, frame: object) -> None:
+        raise AssertionError("migrate show did not end")
+
+    signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    try:
+        plain_run, packed_run = cli("show", crafted), cli("show", packed)
+    finally:
+        signal.alarm(0)
+    assert plain_run.code == packed_run.code == 0, packed_run.err
+    assert packed_run.out == plain_run.out.replace(str(crafted), str(packed))
 
 
 def test_build_reports_the_compressed_size_and_pushes_the_tar(cli: Cli, plain: Path,

@@ -131,8 +131,12 @@ class TarHoles:
         if kind in _META:
             if padded > _MAX_META:
                 self._done = True
-            else:
+            elif padded:
                 self._need = BLOCK + padded
+            else:
+                # An empty record names nothing; collecting "its payload" would be the
+                # same header again, forever.
+                self._advance(BLOCK)
             return
         name, self._long_name = self._long_name or _ustar_name(header), None
         if self._long_size is not None:
