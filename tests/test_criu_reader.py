@@ -201,3 +201,29 @@ def test_image_parsers_fail_only_with_image_error(data: bytes) -> None:
                        + images.MAGICS["PSTREE"].to_bytes(4, "little")):
             with contextlib.suppress(images.ImageError):
                 parse(prefix + data)
+
+
+def _pstree(*entries: dict[str, Any]) -> bytes:
+    return encode_own({"magic": "PSTREE", "entries": list(entries)})
+
+
+def test_pstree_listing_more_processes_than_core_images_is_refused() -> None:
+    """An archive holds one core image per task: a pstree naming more processes than
+    that is refused before it is decoded further (a crafted image could list
+    millions)."""
+    data = _pstree(*({"pid": p, "ppid": 1, "pgid": 1, "sid": 1, "threads": [p]}
+                     for p in range(1, 5)))
+    assert len(images.parse_pstree(data, max_tasks=4)) == 4
+    with pytest.raises(images.ImageError, match="lists more than 3 processes, but the "
+                       "archive holds 3 core images"):
+        images.parse_pstree(data, max_tasks=3)
+
+
+def test_pstree_listing_more_threads_than_core_images_is_refused() -> None:
+    """The threads of all processes together are bounded the same way, counted as they
+    are decoded (a packed field of millions is never built)."""
+    data = _pstree({"pid": 1, "ppid": 0, "pgid": 1, "sid": 1, "threads": [1, 2, 3]},
+                   {"pid": 4, "ppid": 1, "pgid": 1, "sid": 1, "threads": [4, 5]})
+    assert [e.pid for e in images.parse_pstree(data, max_tasks=5)] == [1, 4]
+    with pytest.raises(images.ImageError, match="lists more than 4 threads"):
+        images.parse_pstree(data, max_tasks=4)
