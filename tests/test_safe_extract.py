@@ -15,6 +15,7 @@ import errno
 import io
 import os
 import resource
+import signal
 import stat
 import string
 import subprocess
@@ -182,6 +183,8 @@ UNSAFE: list[tuple[str, list[Entry], str, str]] = [
     ("later-link-redirects", [("x", "symlink", "a/b"), ("y", "symlink", "x/../.."),
                               ("a", "symlink", ".")], "y",
      "is a symlink pointing out of the target ('x/../..')"),
+    ("symlink-without-target", [("ok.txt", "file", b"x"), ("empty", "symlink", "")], "empty",
+     "is a symlink to an impossible target ''"),
 ]
 
 
@@ -525,6 +528,57 @@ def test_absolute_symlinks_written_inside(cli: Cli, tmp_path: Path,
     assert r.json()["rewritten_links"] == [{"path": n, "target": t, "written": w}
                                            for n, t, w in rewritten]
     assert snapshot(json_dest) == snap
+
+
+def _chain(links: int) -> list[Entry]:
+    """d/c0 -> d/c1 -> ... -> DIR in ``links`` links, each inside DIR, and via-chain ->
+    d/c0/..: DIR's parent, if the chain can be followed at all."""
+    return [("d", "dir", None), *[(f"d/c{i}", "symlink", f"c{i + 1}") for i in range(links - 1)],
+            (f"d/c{links - 1}", "symlink", ".."), ("via-chain", "symlink", "d/c0/..")]
+
+
+def _alarm(seconds: int) -> None:
+    def hung(signum: int, frame: object) -> None:
+        raise AssertionError(f"not done in {seconds} s")
+
+    signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+
+
+def test_links_the_kernel_could_not_follow_are_written_as_they_are(
+        cli: Cli, tmp_path: Path, rootfs_archive: Callable[[list[Entry]], Path]) -> None:
+    """A loop of links, and a path through more links than the kernel follows in one
+    lookup (40) that would end outside: neither can lead anywhere (ELOOP), so both are
+    written as links, and the check of each ends."""
+    entries: list[Entry] = [("loop-a", "symlink", "loop-b"), ("loop-b", "symlink", "loop-a"),
+                            ("via-loop", "symlink", "loop-a/../.."), *_chain(41)]
+    arch = rootfs_archive(entries)
+    dest = tmp_path / "dest"
+    _alarm(30)
+    try:
+        r = cli("rootfs-diff", arch, "--extract", dest)
+    finally:
+        signal.alarm(0)
+    links = [(n, t) for n, kind, t in entries if kind == "symlink"]
+    assert (r.code, r.err) == (0, f"extracted {len(links)} entries to {dest}\n")
+    snap = snapshot(dest)
+    assert {n: snap[n] for n, _ in links} == {n: ("link", t) for n, t in links}
+    for name in ("loop-a", "via-loop", "via-chain"):
+        with pytest.raises(OSError) as e:
+            os.stat(dest / name)
+        assert e.value.errno == errno.ELOOP, name
+
+
+def test_a_path_through_40_links_is_followed(cli: Cli, tmp_path: Path,
+                                             rootfs_archive: Callable[[list[Entry]], Path]
+                                             ) -> None:
+    """A link whose text leads out through 40 links is refused: the kernel follows as
+    many in one lookup (a lookup of d/c0/.. leaves DIR), and so does the check."""
+    arch = rootfs_archive(_chain(40))
+    failed_extract(cli, tmp_path, arch, tmp_path / "dest", 3,
+                   f"error: {arch}: rootfs-diff.tar: via-chain: refusing to extract: is a "
+                   "symlink pointing out of the target ('d/c0/..')",
+                   "hint: the archive may be crafted; nothing was extracted")
 
 
 def test_fifo_recreated_private(cli: Cli, tmp_path: Path,
