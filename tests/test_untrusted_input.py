@@ -9,6 +9,7 @@ in test_safe_extract.py.
 from __future__ import annotations
 
 import io
+import os
 import random
 import resource
 import struct
@@ -284,6 +285,16 @@ def test_not_a_tar(cli: Cli, tmp_path: Path, content: bytes, why: str) -> None:
     arch.write_bytes(content)
     assert_clean_error(cli("show", arch), INVALID_INPUT,
                        f"error: {arch}: not a readable tar archive ({why})")
+
+
+def test_fifo_as_archive(cli: Cli, tmp_path: Path) -> None:
+    """A FIFO (or a device) where the archive should be: refused without opening it,
+    which would wait for a writer forever."""
+    fifo = tmp_path / "checkpoint.tar"
+    os.mkfifo(fifo)
+    r = cli("show", fifo)
+    assert_clean_error(r, INVALID_INPUT, f"error: {fifo}: is not a regular file")
+    assert r.err.splitlines()[1] == "hint: copy the archive to a file first"
 
 
 def test_directory_as_archive(cli: Cli, tmp_path: Path) -> None:
