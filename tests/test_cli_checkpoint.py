@@ -12,6 +12,7 @@ from kubernetes import client
 
 from e2e.cluster.launcher import ControlPlane
 from e2e.cluster.world import Cluster
+from e2e.services.pki import make_ca
 from migrate.adapters.kubelet import SUPPORT_OFF_HINT, auth_hint
 from tests.cluster import node_agents, wait_for
 from tests.conftest import Result
@@ -191,3 +192,51 @@ def test_a_runtime_without_checkpoint_support(cli: Cli, cluster: Cluster,
 def test_the_kubelets_refusals_say_what_to_mend(status: int, body: str, hint: str) -> None:
     # What the real kubelet answers (test_real_node.py proves the 403's wording).
     assert auth_hint(status, body) == hint
+
+
+def _via_kubelet(cluster: Cluster, node: str = "node-b", **over: object) -> list[object]:
+    opts: dict[str, object] = {"--kubelet-url": cluster.kubelet_url(node),
+                               "--cert": cluster.kubelet_client.cert,
+                               "--key": cluster.kubelet_client.key, "--ca": cluster.ca.cert,
+                               **over}
+    return ["--kubeconfig", cluster.kubeconfig, "--via", "kubelet",
+            *[x for kv in opts.items() for x in kv]]
+
+
+def test_kubelet_route_with_an_unusable_client_key(cli: Cli, cluster: Cluster,
+                                                   v1: client.CoreV1Api, tmp_path: Path) -> None:
+    running_pod(v1, "badkey", node="node-b")
+    key = tmp_path / "client.key"
+    key.write_text("not a key\n")
+    r = cli("checkpoint", "badkey", *_via_kubelet(cluster, **{"--key": key}))
+    assert r.code == 6, r.err
+    first, hint = r.err.splitlines()
+    assert first.startswith("error: cannot use the kubelet client certificate: ")
+    assert hint == "hint: --cert and --key must be a PEM pair; --ca the kubelet's CA"
+
+
+def test_kubelet_route_with_another_ca(cli: Cli, cluster: Cluster, v1: client.CoreV1Api,
+                                       tmp_path: Path) -> None:
+    """The kubelet's certificate is not signed by --ca: a TLS failure, not retried."""
+    running_pod(v1, "otherca", node="node-b")
+    other = make_ca(tmp_path, "other-ca")
+    r = cli("checkpoint", "otherca", *_via_kubelet(cluster, **{"--ca": other.cert}))
+    assert r.code == 6, r.err
+    assert r.err == (f"error: checkpoint default/otherca/app at {cluster.kubelet_url('node-b')}:"
+                     " TLS failed (SSLError)\n"
+                     "hint: check --ca, and that the kubelet trusts --cert\n")
+
+
+def test_kubelet_route_without_the_checkpoint_endpoint(cli: Cli, cluster: Cluster,
+                                                       v1: client.CoreV1Api) -> None:
+    running_pod(v1, "gated-direct", node="node-b")
+    cluster.configure_node("node-b", checkpoint_gate=False)
+    try:
+        r = cli("checkpoint", "gated-direct", *_via_kubelet(cluster))
+    finally:
+        cluster.configure_node("node-b", checkpoint_gate=True)
+    assert r.code == 4, r.err
+    assert r.err == (f"error: checkpoint default/gated-direct/app at "
+                     f"{cluster.kubelet_url('node-b')}: 404 page not found\n"
+                     "hint: the kubelet has no checkpoint endpoint (ContainerCheckpoint gate) "
+                     "or does not run this container\n")
