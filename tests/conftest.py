@@ -7,9 +7,11 @@ scripts/setup), so the reader is checked against an independent encoder.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -101,6 +103,23 @@ def spawned() -> Iterator[list[subprocess.Popen[str]]]:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@contextlib.contextmanager
+def deadline(seconds: int, what: str) -> Iterator[None]:
+    """Fail the block with AssertionError once it has run ``seconds`` (SIGALRM, so the
+    main thread only): a hang a test looks for fails that test rather than stalling the
+    suite. The previous SIGALRM handler is put back."""
+    def expired(signum: int, frame: object) -> None:
+        raise AssertionError(f"{what} did not end within {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def run_binary(args: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import stat
 import struct
 import tarfile
@@ -36,7 +35,7 @@ from migrate.adapters.checkpoint import unread
 from migrate.errors import ArchiveError
 from migrate.settings import ArchiveSettings
 from migrate.units import human_size
-from tests.conftest import Result, run_binary
+from tests.conftest import Result, deadline, run_binary
 from tests.test_tarstream import empty_record
 from tests.test_untrusted_input import assert_clean_error
 from tests.test_untrusted_limits import measured_run
@@ -209,16 +208,8 @@ def test_an_empty_metadata_record_first_reads_as_uncompressed(cli: Cli, plain: P
     crafted.write_bytes(empty_record(b"x") + plain.read_bytes())
     packed = tmp_path / "empty-record.tar.zst"
     packed.write_bytes(compress(crafted.read_bytes(), "zstd"))
-
-    def hung(signum: int, frame: object) -> None:
-        raise AssertionError("migrate show did not end")
-
-    signal.signal(signal.SIGALRM, hung)
-    signal.alarm(60)
-    try:
+    with deadline(60, "migrate show"):
         plain_run, packed_run = cli("show", crafted), cli("show", packed)
-    finally:
-        signal.alarm(0)
     assert plain_run.code == packed_run.code == 0, packed_run.err
     assert packed_run.out == plain_run.out.replace(str(crafted), str(packed))
 

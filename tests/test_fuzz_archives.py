@@ -54,6 +54,7 @@ from hypothesis import strategies as st
 from e2e.archives.archivegen import ArchiveSpec, build
 from e2e.archives.filesgen import counters_files
 from tests.conftest import REPO
+from tests.test_tarstream import fix_checksum
 
 EXAMPLES = int(os.environ.get("MIGRATE_FUZZ_EXAMPLES", "30"))
 DATA_LIMIT = 768 << 20  # the worker's RLIMIT_DATA
@@ -328,11 +329,6 @@ def _header_offsets(archive: bytes) -> list[int]:
         return [i.offset for i in tf.getmembers()]
 
 
-def _fix_checksum(block: bytearray) -> None:
-    block[148:156] = b" " * 8
-    block[148:156] = b"%06o\0 " % sum(block)
-
-
 @given(data=st.data())
 @FUZZ
 def test_fuzz_tar_headers(worker: Worker, seed: Seed,
@@ -350,7 +346,7 @@ def test_fuzz_tar_headers(worker: Worker, seed: Seed,
         archive[at + start:at + start + len(value)] = value
         if data.draw(st.booleans()):
             block = archive[at:at + 512]
-            _fix_checksum(block)
+            fix_checksum(block)
             archive[at:at + 512] = block
     check_archive(worker, bytes(archive), tmp_path / "w")
 

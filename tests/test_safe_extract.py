@@ -15,7 +15,6 @@ import errno
 import io
 import os
 import resource
-import signal
 import stat
 import string
 import subprocess
@@ -31,7 +30,7 @@ from migrate.adapters import nofollow
 from migrate.adapters.archive import NestedTar
 from migrate.adapters.safe_extract import Target, _write_failure
 from migrate.validation import validate
-from tests.conftest import REPO, Result
+from tests.conftest import REPO, Result, deadline
 from tests.test_untrusted_input import Entry, assert_clean_error, inner_tar, read_members
 
 USAGE, INVALID_INPUT, NOT_FOUND = 2, 3, 4  # documented exit codes (migrate.errors.ExitCode)
@@ -537,14 +536,6 @@ def _chain(links: int) -> list[Entry]:
             (f"d/c{links - 1}", "symlink", ".."), ("via-chain", "symlink", "d/c0/..")]
 
 
-def _alarm(seconds: int) -> None:
-    def hung(signum: int, frame: object) -> None:
-        raise AssertionError(f"not done in {seconds} s")
-
-    signal.signal(signal.SIGALRM, hung)
-    signal.alarm(seconds)
-
-
 def test_links_the_kernel_could_not_follow_are_written_as_they_are(
         cli: Cli, tmp_path: Path, rootfs_archive: Callable[[list[Entry]], Path]) -> None:
     """A loop of links, and a path through more links than the kernel follows in one
@@ -554,11 +545,8 @@ def test_links_the_kernel_could_not_follow_are_written_as_they_are(
                             ("via-loop", "symlink", "loop-a/../.."), *_chain(41)]
     arch = rootfs_archive(entries)
     dest = tmp_path / "dest"
-    _alarm(30)
-    try:
+    with deadline(30, "the extraction"):
         r = cli("rootfs-diff", arch, "--extract", dest)
-    finally:
-        signal.alarm(0)
     links = [(n, t) for n, kind, t in entries if kind == "symlink"]
     assert (r.code, r.err) == (0, f"extracted {len(links)} entries to {dest}\n")
     snap = snapshot(dest)
