@@ -13,6 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from e2e.nodes.https import read_body
+
 
 @dataclass
 class Reply:
@@ -57,11 +59,7 @@ class FakeRegistry:
                 super().handle()
 
             def _serve(self) -> None:
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    body = self._chunked()  # a streamed layer
-                else:
-                    length = int(self.headers.get("Content-Length") or 0)
-                    body = self.rfile.read(length) if length else b""
+                body = read_body(self)  # a streamed layer comes chunked
                 path = self.path.split("?", 1)[0]
                 with fake.lock:
                     fake.seen.append(Seen(self.command, self.path, dict(self.headers), body))
@@ -77,15 +75,6 @@ class FakeRegistry:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(reply.body)
-
-            def _chunked(self) -> bytes:
-                body = b""
-                while size := int(self.rfile.readline().split(b";")[0], 16):
-                    body += self.rfile.read(size)
-                    self.rfile.readline()
-                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
-                return body
 
             do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _serve
 

@@ -28,7 +28,7 @@ from typing import IO, Any
 from e2e.nodes.protocol import Request, Response, User
 from e2e.services.pki import CertPair
 
-__all__ = ["HttpsServer", "cert_user"]
+__all__ = ["HttpsServer", "cert_user", "read_body"]
 
 #: Idle keep-alive connections are closed after this long (seconds).
 _IDLE_TIMEOUT = 120
@@ -68,6 +68,20 @@ class _HTTPServer(ThreadingHTTPServer):
         pass
 
 
+def read_body(request: BaseHTTPRequestHandler) -> bytes:
+    """The body of the request being handled, sent with a Content-Length or chunked (its
+    trailers, if any, read and dropped)."""
+    if "chunked" in (request.headers.get("Transfer-Encoding") or "").lower():
+        body = bytearray()
+        while size := int(request.rfile.readline().split(b";")[0].strip() or b"0", 16):
+            body += request.rfile.read(size)
+            request.rfile.readline()
+        while request.rfile.readline() not in (b"\r\n", b"\n", b""):
+            pass  # trailers
+        return bytes(body)
+    return request.rfile.read(int(request.headers.get("Content-Length") or 0))
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = _IDLE_TIMEOUT
@@ -79,19 +93,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response_only(code, message)
         self.send_header("Date", self.date_time_string())
 
-    def _skip_body(self) -> None:
+    def do_GET(self) -> None:
         # Nothing the kubelet API takes has a body, but what a client sends must be
         # read for the connection to stay usable (the proxy may send it chunked).
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
-                self.rfile.read(size)
-                self.rfile.readline()
-            self.rfile.readline()
-        else:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-    def do_GET(self) -> None:
-        self._skip_body()
+        read_body(self)
         url = urllib.parse.urlsplit(self.path)
         peer = self.connection.getpeercert() if hasattr(self.connection, "getpeercert") \
             else None
