@@ -400,6 +400,48 @@ def test_a_failed_migration_does_not_stop_the_others(drain: Callable[..., Result
     assert not [n for n in cluster.where() if n.startswith("pinned-restored")]
 
 
+def test_a_pod_that_left_the_node_before_its_turn_is_gone_not_failed(
+        drain: Callable[..., Result], cluster: Cluster,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between a drain's plan and a pod's turn (minutes, in a large drain) the pod's
+    owner may delete or replace it, or its containers may end: the drain leaves such a
+    pod as its plan would have, and succeeds."""
+    cluster.pod("stays")
+    cluster.pod("deleted")
+    replaced = cluster.pod("replaced")
+    cluster.pod("ends", restartPolicy="Never",
+                annotations={"sim.migrate.dev/run-seconds": "4"})
+    real = migration.plan
+
+    def meanwhile(c: Any, settings: Any, req: Any) -> Any:
+        if req.pod == "deleted":  # still terminating when preflight reads it
+            cluster.v1.delete_namespaced_pod("deleted", "default")
+        elif req.pod == "replaced":
+            cluster.v1.delete_namespaced_pod("replaced", "default", grace_period_seconds=0)
+            wait_for(lambda: "replaced" not in {
+                p.metadata.name for p in cluster.v1.list_namespaced_pod("default").items},
+                what="replaced gone")
+            cluster.pod("replaced")
+        elif req.pod == "ends":
+            wait_for(lambda: cluster.v1.read_namespaced_pod("ends", "default")
+                     .status.phase == "Succeeded", what="ends Succeeded")
+        return real(c, settings, req)
+
+    monkeypatch.setattr(migration, "plan", meanwhile)
+    r = drain(cluster, "node-a", "--concurrency", "1", "-o", "json")
+    assert r.code == 0, r.err
+    pods = by_name(r.json())
+    assert {n: (p["outcome"], p["error"], p["attempts"]) for n, p in pods.items()} == {
+        "stays": ("migrated", None, 1), "deleted": ("gone", None, 0),
+        "replaced": ("gone", None, 0), "ends": ("gone", None, 0)}
+    assert r.json()["outcome"] == "succeeded"
+    # The pod that took the name was not the drain's to move: it runs on, untouched.
+    now = cluster.v1.read_namespaced_pod("replaced", "default")
+    assert now.metadata.uid != replaced.metadata.uid and now.spec.node_name == "node-a"
+    assert not [n for n in cluster.where() if "-restored" in n and not
+                n.startswith("stays")]
+
+
 def test_a_transient_failure_is_retried(drain: Callable[..., Result], cluster: Cluster) -> None:
     cluster.pod("flaky")
     # More failures than one API call retries: the first run fails and is rolled back.

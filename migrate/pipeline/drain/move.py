@@ -21,7 +21,7 @@ import dataclasses
 from typing import Any
 
 from migrate.adapters import kube
-from migrate.errors import MigrateError, NotFoundError, Transient
+from migrate.errors import MigrateError, Transient
 from migrate.pipeline import migration
 from migrate.pipeline.drain.budgets import Interrupted
 from migrate.pipeline.drain.plan import PodPlan
@@ -30,7 +30,8 @@ from migrate.pipeline.preflight import PodRequest
 
 
 class _Gone(Exception):
-    """The planned pod no longer exists (or another took its name)."""
+    """The planned pod left the node by itself before its turn: deleted, replaced by
+    another of its name, terminating, or its containers ended."""
 
 
 def pod_request(ctx: Context, entry: PodPlan) -> PodRequest:
@@ -53,17 +54,26 @@ def _progress(ctx: Context, entry: PodPlan) -> migration.Progress:
     return progress
 
 
-def _still_there(cluster: kube.Cluster, entry: PodPlan) -> bool:
+def _left(cluster: kube.Cluster, entry: PodPlan) -> bool:
+    """Whether the planned pod has left the node by itself (what the drain would have
+    left alone, had it been so when planned: classify.py)."""
     found = kube.find_pod(cluster, entry.namespace, entry.name)
-    return found is not None and found["metadata"].get("uid") == entry.uid
+    if found is None or found["metadata"].get("uid") != entry.uid:
+        return True
+    phase = (found.get("status") or {}).get("phase")
+    return bool(found["metadata"].get("deletionTimestamp")) or phase in ("Succeeded",
+                                                                         "Failed")
 
 
 def _start(ctx: Context, cluster: kube.Cluster, entry: PodPlan) -> migration.Migration:
     """Preflight, then a new run (its journal and claim), recorded in the drain's state."""
     try:
         planned = migration.plan(cluster, ctx.settings, pod_request(ctx, entry))
-    except NotFoundError:
-        if not _still_there(cluster, entry):
+    except MigrateError:
+        # A drain of many pods takes minutes: its owner may have deleted or replaced a
+        # pod, or it may have ended, since the plan. Asked only when preflight refuses,
+        # so a drain pays nothing for it.
+        if _left(cluster, entry):
             raise _Gone from None
         raise
     if planned.plan.uid != entry.uid:
