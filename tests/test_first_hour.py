@@ -293,6 +293,8 @@ def test_2_a_failed_run_removes_its_archives(migrate: Callable[..., Result],
     assert archives(cluster, "node-a") == sorted([*before, Path(kept).name])
     assert f"rollback: kept the archive {kept} on node-a (--keep-archive)" in [
         a["action"] for a in r.json()["actions"]]
+    status = {s["name"]: s["status"] for s in r.json()["stages"]}
+    assert (status["checkpoint"], status["create"]) == ("done", "undone")  # still there
 
 
 # -- 3. a containerd source is refused before anything moves -----------------------------------

@@ -307,7 +307,11 @@ def test_restore_refused_by_the_runtime_rolls_back(migrate: Callable[..., Result
                             "CreateContainerError: "), r.err  # -o json: no progress lines
     report = r.json()  # the report of what was done is printed on failure too
     assert report["outcome"] == "rolled-back"
-    assert [s["status"] for s in report["stages"]][:5] == ["done"] * 4 + ["failed"]
+    # The restored pod and the archive are gone: their stages say so; the image stays.
+    assert [s["status"] for s in report["stages"]] == [
+        "done", "undone", "done", "undone", "failed", "pending", "pending"]
+    assert report["checkpoints"]["counter"]["path"]  # what the undone stages measured
+    assert report["destination_pod"].startswith("norestore-restored")
     assert any(a["action"].startswith("rollback: deleted pod") for a in report["actions"])
     assert_untouched(v1, "norestore", pod.metadata.uid)
     assert "MigrationFailed" in events(v1, "norestore")
@@ -373,6 +377,11 @@ def test_rollback_undoes_an_interrupted_run(migrate: Callable[..., Result], cli:
     assert r.code == 0, r.err
     assert r.json()["outcome"] == "rolled-back"
     assert r.json()["undone"][0].startswith("deleted pod default/undone-restored")
+    stages = {s.name: s.status for s in
+              Journal.load(Path(os.environ["MIGRATE_STATE_DIR"]), journal_id).stages}
+    assert stages == {"preflight": "done", "checkpoint": "undone", "build": "done",
+                      "create": "undone", "verify": "done", "switchover": "failed",
+                      "cleanup": "pending"}
     wait_for(lambda: not any(n.startswith("undone-restored") for n in pods(v1)))
     assert_untouched(v1, "undone", pod.metadata.uid)
 

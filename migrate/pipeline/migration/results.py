@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrate.pipeline.journal import DONE, Journal
+from migrate.pipeline.journal import DONE, UNDONE, Journal
 
 
 @dataclass(frozen=True)
@@ -199,6 +199,7 @@ def read(stage: str, data: Mapping[str, Any]) -> StageResult:
 
 
 def done(journal: Journal) -> dict[str, StageResult]:
-    """The results of the stages ``journal`` says are done, by stage name."""
+    """The results of the stages ``journal`` says are done, by stage name; also of those
+    a rollback undid (what they made is gone, what they measured still holds)."""
     return {s.name: read(s.name, s.data) for s in journal.stages
-            if s.status == DONE and s.name in TYPES}
+            if s.status in (DONE, UNDONE) and s.name in TYPES}

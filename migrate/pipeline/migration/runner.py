@@ -21,7 +21,7 @@ from collections.abc import Callable
 from migrate.adapters import kube
 from migrate.errors import MigrateError, UsageError, WatchTimeout
 from migrate.pipeline import claims, switchover
-from migrate.pipeline.journal import DONE, PENDING, Journal
+from migrate.pipeline.journal import DONE, FAILED, PENDING, UNDONE, Journal
 from migrate.pipeline.migration.build import build
 from migrate.pipeline.migration.checkpoint import checkpoint
 from migrate.pipeline.migration.cleanup import cleanup
@@ -172,10 +172,17 @@ def rollback(run: Run) -> list[str]:
         kube.patch_pod(run.cluster, plan.namespace, plan.pod, {"metadata": {
             "annotations": {switchover.DELETION_COST: None}}})
         undone.append(f"removed the deletion cost from {plan.pod}")
-    undone += _remove_archives(run)
+    archives = _remove_archives(run)
+    undone += archives
     for line in undone:
         journal.record("rollback: " + line)
     journal.objects = []
+    # The stages whose work is gone say so; a build's image stays in its registry (prune
+    # removes it), and a kept archive stays on its node.
+    if deleted and journal.stage("create").status in (DONE, FAILED):
+        journal.stage("create").status = UNDONE
+    if archives and all(line.startswith("removed") for line in archives):
+        journal.stage("checkpoint").status = UNDONE
     journal.save()
     # Last: the source is free for another run only once nothing of this one is left.
     if release(run):
