@@ -114,17 +114,18 @@ class DirectorySource:
     def _json(self, name: str, schema: str) -> dict[str, Any]:
         where = f"{self.label}: {name}"
         try:
-            fd = os.open(self.root / name, os.O_RDONLY | os.O_NOFOLLOW)
+            # O_NONBLOCK: a FIFO in its place would block the open until a writer came.
+            fd = os.open(self.root / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError as e:
             raise ArchiveError(self.label, "missing from the image", member=name,
                                hint="this does not look like a checkpoint image") from e
         except OSError as e:
             raise ArchiveError(self.label, f"cannot be read: {e.strerror}", member=name,
                                hint=_CRAFTED) from e
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # before fdopen, which refuses a directory
+            os.close(fd)
+            raise ArchiveError(self.label, "is not a regular file", member=name, hint=_CRAFTED)
         with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise ArchiveError(self.label, "is not a regular file", member=name,
-                                   hint=_CRAFTED)
             data = f.read(self.settings.max_json_bytes + 1)
         if len(data) > self.settings.max_json_bytes:
             raise ArchiveError(self.label, f"is more than {self.settings.max_json_bytes} bytes",
@@ -179,7 +180,7 @@ class DirectorySource:
 
 
 def _open_nofollow(path: Path) -> io.IOBase:
-    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
+    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb")
 
 
 def _info(entry: Entry, size: int) -> tarfile.TarInfo:
@@ -208,7 +209,8 @@ def write_copy(source: CheckpointSource, dest: Path, replace: Mapping[str, bytes
                         tf.addfile(_info(entry, entry.size), f)
                 else:
                     tf.addfile(_info(entry, 0))
-            return out.tell()
+        # After the tar's close, which writes its end-of-archive blocks.
+        return dest.stat().st_size
     except OSError as e:
         raise _write_failure(e, dest) from e
 
