@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from migrate.adapters.registry.client import MAX_ANSWER_BYTES, RegistryClient
 from migrate.adapters.registry.reference import parse_reference
 from migrate.errors import ExitCode, RegistryError, TransientRegistryError
 from migrate.pipeline.build import BuildRequest, build_image
@@ -626,3 +627,29 @@ def test_preflight_logs_in_again_for_another_repository_of_a_token_registry(
     for repo in ("one", "one", "two"):
         check_registry(settings, {"a": f"{reg.host}/{unique_repo}/{repo}:v1"}, memo)
     assert reg.token_requests - before == 2
+
+
+# -- what a registry's answer may make the client hold ----------------------------------------
+
+
+def test_an_answer_larger_than_any_registry_sends_is_refused_not_buffered(
+        fake: FakeRegistry) -> None:
+    """Every answer is read into memory up to MAX_ANSWER_BYTES (a manifest's limit in
+    distribution); a broken or hostile registry sending more is refused, and the client
+    goes on working for the next request on a new connection."""
+    client = RegistryClient(parse_reference(f"{fake.host}/repo:tag"), _settings().registry)
+    client.login()
+    huge = b'{"tags": [' + b'"t",' * (MAX_ANSWER_BYTES // 4) + b'"t"]}'
+    fake.script("GET", "/v2/repo/tags/list", Reply(200, body=huge),
+                Reply(200, body=b'{"tags": ["v1"]}'))
+    with pytest.raises(RegistryError) as e:
+        client.list_tags()
+    assert e.value.message == (f"{fake.host}: answered 200 with more than {MAX_ANSWER_BYTES} "
+                               "bytes")
+    assert e.value.hint == "is this an OCI distribution registry?"
+    assert client.list_tags() == ["v1"]
+    # Exactly the limit is an answer like any other.
+    body = json.dumps({"tags": ["v2"]}).encode()
+    fake.script("GET", "/v2/repo/tags/list",
+                Reply(200, body=body + b" " * (MAX_ANSWER_BYTES - len(body))))
+    assert client.list_tags() == ["v2"]

@@ -197,6 +197,32 @@ def test_a_registry_on_loopback_is_refused_before_the_checkpoint(
     assert leftovers(api) == ([], [])
 
 
+def test_doctor_probe_builds_on_the_node_where_the_archive_is_not_readable_here(
+        cli: Cli, cluster: Cluster, api: client.ApiClient, v1: client.CoreV1Api,
+        pod_tls_basic_registry: RegistryUnderTest) -> None:
+    """The production case: migrate runs away from the nodes, so the probe's image is
+    built by the tool's image in a Job on the source node, pushing with a temporary
+    Secret from --creds; everything it made is removed but the archive, which only
+    the node can remove (said in the row)."""
+    reg = pod_tls_basic_registry
+    before = {p.metadata.name for p in v1.list_namespaced_pod("default").items}
+    r = cli("doctor", "--kubeconfig", cluster.kubeconfig, "--node", "node-a", "--registry",
+            f"{reg.host}/probes", "--creds", f"{reg.username}:{reg.password}",
+            "--no-tls-verify", "--probe", "node-b", "--probe-source", "node-a",
+            "--tool-image", TOOL, "--timeout", "120", "-o", "json")
+    assert r.code == 0, r.err
+    (row,) = r.json()["probes"]
+    assert (row["status"], row["source"], row["node"]) == ("PASS", "node-a", "node-b"), row
+    assert row["image"].startswith(f"{reg.host}/probes/")
+    (archive,) = (cluster.node_dir("node-a") / "var/lib/kubelet/checkpoints").glob(
+        "checkpoint-migrate-probe-*")
+    assert row["leftovers"] == [
+        f"archive /var/lib/kubelet/checkpoints/{archive.name} on node node-a"]
+    assert leftovers(api) == ([], [])  # the build Job and its registry Secret are gone
+    assert {p.metadata.name for p in v1.list_namespaced_pod("default").items
+            if not p.metadata.deletion_timestamp} <= before
+
+
 def test_doctor_probe_refuses_a_loopback_registry_for_a_build_on_the_node(
         cli: Cli, cluster: Cluster, v1: client.CoreV1Api,
         plain_registry: RegistryUnderTest) -> None:

@@ -16,7 +16,8 @@ import hashlib
 import json
 import logging
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
@@ -38,6 +39,20 @@ _MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
                    "application/vnd.docker.distribution.manifest.v2+json",
                    "application/vnd.docker.distribution.manifest.list.v2+json")
 _TLS_HINT = "give the registry's CA with --cert-dir DIR (DIR/*.crt), or --no-tls-verify"
+#: The most of an answer's body read into memory: what distribution accepts as a
+#: manifest (4 MiB); its other answers (errors, tags, tokens, configs) are smaller. A
+#: broken or hostile registry sending more, or without end, is refused, not buffered.
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A registry's answer, its body read whole (at most MAX_ANSWER_BYTES)."""
+
+    status: int
+    reason: str
+    headers: Mapping[str, str]  # urllib3's, which matches names whatever their case
+    data: bytes
 
 
 def _ssl_context(settings: RegistrySettings, host: str) -> ssl.SSLContext:
@@ -72,7 +87,7 @@ def _cached_context(tls_verify: bool, files: tuple[tuple[str, int], ...]) -> ssl
     return ctx
 
 
-def _registry_message(resp: urllib3.BaseHTTPResponse) -> str:
+def _registry_message(resp: Answer) -> str:
     """The registry's own explanation (``{"errors": [{code, message}]}``), if any."""
     try:
         errors = json.loads(resp.data or b"{}").get("errors") or []
@@ -126,13 +141,14 @@ class RegistryClient:
         return urljoin(base + "/", path) if not urlsplit(path).scheme else path
 
     def _send(self, method: str, url: str, body: Any, headers: dict[str, str],
-              chunked: bool) -> urllib3.BaseHTTPResponse:
+              chunked: bool) -> Answer:
         if self._auth:
             headers = {**headers, "Authorization": self._auth}
         self.requests += 1
         try:
-            return self._pool.request(method, url, body=body, headers=headers, chunked=chunked,
-                                      redirect=False, preload_content=True)
+            return self._read(self._pool.request(method, url, body=body, headers=headers,
+                                                 chunked=chunked, redirect=False,
+                                                 preload_content=False))
         except SSLError as e:
             raise RegistryError(f"TLS with {self.ref.registry} failed: {e.__class__.__name__}",
                                 hint=_TLS_HINT) from e
@@ -141,9 +157,22 @@ class RegistryClient:
                 f"cannot reach {self.ref.registry}: {e.__class__.__name__}",
                 hint="check the registry address and that it is running") from e
 
+    def _read(self, resp: urllib3.BaseHTTPResponse) -> Answer:
+        """The answer with its body, read up to MAX_ANSWER_BYTES."""
+        try:
+            data = resp.read(MAX_ANSWER_BYTES + 1)
+            if len(data) > MAX_ANSWER_BYTES:
+                resp.close()  # the rest is never read: the connection cannot be reused
+                raise RegistryError(f"{self.ref.registry}: answered {resp.status} with more "
+                                    f"than {MAX_ANSWER_BYTES} bytes",
+                                    hint="is this an OCI distribution registry?")
+        finally:
+            resp.release_conn()
+        return Answer(resp.status, resp.reason or "", resp.headers, data)
+
     def request(self, method: str, path: str, *, expected: set[int], body: Any = None,
                 headers: dict[str, str] | None = None, chunked: bool = False,
-                what: str = "request") -> urllib3.BaseHTTPResponse:
+                what: str = "request") -> Answer:
         """Send once; map the status to the error tree. Retrying is the caller's policy."""
         resp = self._send(method, self.url(path), body, dict(headers or {}), chunked)
         replayable = body is None or isinstance(body, bytes)
@@ -155,7 +184,7 @@ class RegistryClient:
         self._raise(resp, what)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _raise(self, resp: urllib3.BaseHTTPResponse, what: str) -> None:
+    def _raise(self, resp: Answer, what: str) -> None:
         detail = _registry_message(resp) or resp.reason or ""
         msg = f"{self.ref.registry}: {what} failed: HTTP {resp.status}" + (
             f" ({detail})" if detail else "")
@@ -173,7 +202,7 @@ class RegistryClient:
 
     # -- authentication -----------------------------------------------------------
 
-    def _authenticate(self, resp: urllib3.BaseHTTPResponse) -> None:
+    def _authenticate(self, resp: Answer) -> None:
         header = resp.headers.get("WWW-Authenticate", "")
         challenge = parse_challenge(header)
         if challenge.scheme == "basic" and self._creds:
@@ -195,7 +224,8 @@ class RegistryClient:
         url = realm + ("&" if "?" in realm else "?") + urlencode(query)
         self.requests += 1
         try:
-            resp = self._pool.request("GET", url, headers=headers, redirect=False)
+            resp = self._read(self._pool.request("GET", url, headers=headers, redirect=False,
+                                                 preload_content=False))
         except HTTPError as e:
             raise TransientRegistryError(f"cannot reach the token service of "
                                          f"{self.ref.registry}: {e.__class__.__name__}") from e
@@ -211,7 +241,7 @@ class RegistryClient:
 
     def login(self) -> None:
         """Pick http(s) and authenticate before anything is uploaded."""
-        def ping() -> urllib3.BaseHTTPResponse:
+        def ping() -> Answer:
             return self._send("GET", self.url("/v2/"), None, {}, False)
 
         try:
