@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import json
 import os
+import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -429,6 +431,52 @@ def test_from_archive_namespace_and_bare_archive(cli: Cli, counters_archive: Pat
     assert pod["metadata"]["annotations"]["migrate.dev/checkpoint-time"] == (
         "2023-03-02T06:08:12.000000001Z")
     assert "volumes" not in pod["spec"]  # hosts, termination log, token: the kubelet's
+
+
+def test_from_archive_resources_and_security_as_the_kubelet_set_them(
+        cli: Cli, make_archive: Callable[..., Path]) -> None:
+    """The OCI spec holds what the kubelet made of the pod's resources (kuberuntime:
+    shares = millicores * 1024 // 1000, quota = millicores * period // 1000) and security
+    context: the manifest turns them back into what the pod asked for. The pod of the
+    real-node test with limits: requests 50m, limits 500m and 128Mi, read-only root, no
+    privilege escalation."""
+    original = make_archive()
+
+    def with_spec(name: str, spec: dict[str, Any]) -> Path:
+        out = original.with_name(name)
+        with tarfile.open(original) as src, tarfile.open(out, "w") as dst:
+            for m in src.getmembers():
+                data = (json.dumps(spec).encode() if m.name == "spec.dump"
+                        else (src.extractfile(m) or io.BytesIO()).read())
+                m.size = len(data)
+                dst.addfile(m, io.BytesIO(data))
+        return out
+
+    with tarfile.open(original) as tf:
+        spec = json.load(tf.extractfile("spec.dump"))  # type: ignore[arg-type]
+    spec["linux"]["resources"] = {"memory": {"limit": 128 * 1024 * 1024},
+                                  "cpu": {"shares": 51, "quota": 50000, "period": 100000}}
+    spec["process"]["noNewPrivileges"] = True
+    spec["root"]["readonly"] = True
+    archive = with_spec("limits.tar", spec)
+    r = cli("manifest", "--archive", archive, "--image", "r/x:1", "--node", "node-b",
+            "-o", "json")
+    assert r.code == 0, r.err
+    (container,) = r.json()["spec"]["containers"]
+    assert container["resources"] == {"limits": {"memory": "134217728", "cpu": "500m"},
+                                      "requests": {"cpu": "50m"}}
+    assert container["securityContext"] == {
+        "runAsUser": 1000, "runAsGroup": 1000, "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True}
+    # Each request the kubelet can turn into shares comes back as it was.
+    for millis in (3, 50, 100, 250, 333, 999, 1000, 1500, 4000):
+        shares = millis * 1024 // 1000
+        spec["linux"]["resources"] = {"cpu": {"shares": shares}}
+        again = with_spec(f"m{millis}.tar", spec)
+        r = cli("manifest", "--archive", again, "--image", "r/x:1", "--node", "node-b",
+                "-o", "json")
+        assert r.json()["spec"]["containers"][0]["resources"] == {
+            "requests": {"cpu": f"{millis}m"}}, millis
 
 
 def test_archive_without_spec_dump(cli: Cli, make_archive: Callable[..., Path]) -> None:

@@ -124,7 +124,10 @@ def _resources(spec: dict[str, Any]) -> dict[str, Any]:
     if isinstance(quota, int) and isinstance(period, int) and quota > 0 and period > 0:
         limits["cpu"] = f"{max(1, quota * 1000 // period)}m"
     if isinstance(shares, int) and shares > 2:  # 2 is the kubelet's "no request"
-        requests["cpu"] = f"{shares * 1000 // 1024}m"
+        # The kubelet made shares = millicores * 1024 // 1000 (kuberuntime's
+        # milliCPUToShares): rounded up, the inverse gives the request back exactly
+        # (100m: 102 shares, 99.6 -> 100m; rounded down it said 99m).
+        requests["cpu"] = f"{-(-shares * 1000 // 1024)}m"
     return {k: v for k, v in (("limits", limits), ("requests", requests)) if v}
 
 
