@@ -60,13 +60,17 @@ def migrate(cli: Cli, cluster: Cluster, plain_registry: RegistryUnderTest) -> Ca
 
 
 def make_pod(v1: client.CoreV1Api, name: str, node: str = "node-a",
-             image: str = "quay.io/adrianreber/counter:latest", **extra: Any) -> Any:
+             image: str = "quay.io/adrianreber/counter:latest",
+             annotations_extra: dict[str, str] | None = None,
+             finalizers: list[str] | None = None, **extra: Any) -> Any:
     annotations = {
         "sim.migrate.dev/processes": json.dumps([{"argv": ["/bin/counter", "--port", "8088"],
                                                   "heap": SECRET}]),
         "sim.migrate.dev/rootfs-diff": json.dumps({"/home/counter/test-file": "state 42\n"}),
+        **(annotations_extra or {}),
     }
-    body = {"metadata": {"name": name, "labels": {"app": name}, "annotations": annotations},
+    body = {"metadata": {"name": name, "labels": {"app": name}, "annotations": annotations,
+                         **({"finalizers": finalizers} if finalizers else {})},
             "spec": {"nodeName": node, "containers": [
                 {"name": "counter", "image": image,
                  "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
@@ -260,6 +264,77 @@ def test_preflight_refusals(migrate: Callable[..., Result], v1: client.CoreV1Api
     assert r.err.startswith(message), r.err
     assert "\nhint: " in r.err
     assert_untouched(v1, "dry2", uid)
+
+
+def test_preflight_refuses_a_pod_it_cannot_move_before_anything_changes(
+        migrate: Callable[..., Result], cluster: Cluster, v1: client.CoreV1Api) -> None:
+    """What `migrate pod` refuses in the pod and its destination, each in one line with a
+    hint, before the checkpoint: nothing is claimed, nothing is made."""
+    def refused(pod: str, *args: str) -> tuple[int, str]:
+        r = migrate(pod, "--to", "node-b", *args)
+        lines = r.err.splitlines()
+        assert len(lines) == 2 and lines[1].startswith("hint: "), r.err
+        now = v1.read_namespaced_pod(pod, "default")
+        assert "migrate.dev/claimed-by" not in (now.metadata.annotations or {})
+        return r.code, lines[0]
+
+    make_pod(v1, "picky", nodeSelector={"kubernetes.io/hostname": "node-a"})
+    assert refused("picky") == (6, "error: node node-b does not have the label "
+                                   "kubernetes.io/hostname=node-a (the pod's nodeSelector)")
+    make_pod(v1, "cordon")
+    with cordoned(v1, ["node-b"]):
+        assert refused("cordon") == (6, "error: node node-b is cordoned")
+    # A pod whose containers ended: nothing runs to be checkpointed.
+    make_pod(v1, "ended", restartPolicy="Never",
+             annotations_extra={"sim.migrate.dev/run-seconds": "2"})
+    wait_for(lambda: v1.read_namespaced_pod("ended", "default").status.phase == "Succeeded",
+             what="ended Succeeded")
+    assert refused("ended") == (6, "error: pod default/ended is Succeeded, not Running")
+    # A pod being deleted (a finalizer holds it there).
+    make_pod(v1, "leaving", finalizers=["example.com/hold"])
+    v1.delete_namespaced_pod("leaving", "default")
+    try:
+        assert refused("leaving") == (6, "error: pod default/leaving is being deleted")
+    finally:
+        v1.patch_namespaced_pod("leaving", "default", {"metadata": {"finalizers": None}})
+    # A Job's pod: its controller would start another.
+    batch = client.BatchV1Api(v1.api_client)
+    batch.create_namespaced_job("default", {"metadata": {"name": "nightly"}, "spec": {
+        "template": {"metadata": {"annotations": {"sim.migrate.dev/run-seconds": "600"}},
+                     "spec": {"restartPolicy": "Never", "nodeName": "node-a",
+                              "containers": [{"name": "task", "image": "busybox"}]}}}})
+    job_pod = wait_for(lambda: [p.metadata.name for p in v1.list_namespaced_pod(
+        "default", label_selector="job-name=nightly").items
+        if p.status.phase == "Running"], what="the Job's pod Running")[0]
+    try:
+        assert refused(job_pod) == (2, f"error: pod default/{job_pod} is owned by Job "
+                                       "nightly: it cannot be migrated")
+    finally:
+        batch.delete_namespaced_job("nightly", "default", propagation_policy="Background")
+
+
+def test_image_names_the_checkpoint_image_of_one_container(
+        cli: Cli, cluster: Cluster, v1: client.CoreV1Api,
+        plain_registry: RegistryUnderTest) -> None:
+    make_pod(v1, "chosen")
+    ref = f"{plain_registry.host}/chosen/by-hand:v1"
+    r = cli("pod", "chosen", "--to", "node-b", "-c", "counter", "--image", ref,
+            "--kubeconfig", cluster.kubeconfig, "--no-tls-verify", "--timeout", "20",
+            "--delete-emptydir-data", "-o", "json")
+    assert r.code == 0, r.err
+    image = r.json()["images"]["counter"]
+    assert image["reference"] == f"{ref}@{image['digest']}", image
+    restored = v1.read_namespaced_pod(r.json()["destination_pod"], "default")
+    assert restored.spec.containers[0].image == image["reference"]
+    # One image for two containers cannot be.
+    make_pod(v1, "pair", containers=[
+        {"name": "counter", "image": "quay.io/adrianreber/counter:latest"},
+        {"name": "side", "image": "quay.io/adrianreber/counter:latest"}])
+    r = cli("pod", "pair", "--to", "node-b", "--all-containers", "--image", ref,
+            "--kubeconfig", cluster.kubeconfig, "--no-tls-verify", "--delete-emptydir-data")
+    assert (r.code, r.err.splitlines()) == (2, [
+        "error: --image names one image, and this migration checkpoints 2 containers",
+        "hint: use --registry REG: each container gets its own image"])
 
 
 def test_a_pod_on_a_containerd_node_is_refused_before_anything_changes(

@@ -318,9 +318,16 @@ def test_host_mounts_are_refused_unless_allowed(
 def test_a_named_network_is_joined_with_a_new_address(
         cli: Cli, world: PodmanWorld, counted: Counted, podman_env: None) -> None:
     r = cli("sandbox", counted.archive, "--engine", "podman", "--network", world.network,
-            "--name", "on-network", "-o", "json")
+            "--name", "on-network")  # what a person reads
     assert r.code == 0, r.err
-    assert r.json()["network"] == world.network
+    lines = r.out.splitlines()
+    assert lines[0].startswith("restored on-network (") and lines[0].endswith(
+        f") with podman from {counted.archive}"), r.out
+    assert lines[1].startswith("checkpoint sha256:") and lines[1].endswith(
+        " (label migrate.dev/forensic-restore)")
+    assert lines[2].endswith(f", network {world.network}") and lines[3] == ""
+    assert lines[4].startswith("look at it:  podman ") and "on-network" in lines[4]
+    assert lines[5].startswith("remove it:   ") and "on-network" in lines[5]
     assert_counts_on(world, "on-network", counted)
     assert interfaces(world, "on-network") == ["eth0", "lo"]
     (info,) = json.loads(world.podman("inspect", "on-network").stdout)

@@ -279,7 +279,7 @@ def test_migrate_pod_to_each_runtime_state(cli: Cli, world: World, node: str) ->
         report = r.json()
         assert report["outcome"] == "rolled-back"
         assert [(s["name"], s["status"]) for s in report["stages"]][3:5] == [
-            ("create", "done"), ("verify", "failed")]
+            ("create", "undone"), ("verify", "failed")]  # its pod deleted
     world.untouched(name, uid)
 
 
