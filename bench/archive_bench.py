@@ -184,7 +184,7 @@ def real_archives(work: Path) -> tuple[dict[str, Path], str] | str:
 
     secret = f"MIGRATE-SECRET-{secrets_mod.token_hex(12)}"
     out: dict[str, Path] = {}
-    with PodmanWorld(work / "podman", real_tools.tools().criu_bin_dir) as world:
+    with PodmanWorld(real_tools.tools().criu_bin_dir) as world:
         tag = f"localhost/migrate-bench-workload:{secrets_mod.token_hex(4)}"
         build_workload_image(world, secret, work / "rootfs", tag)
         ctr = start_workload(world, tag, f"bench-{secrets_mod.token_hex(3)}")

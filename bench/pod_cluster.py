@@ -72,7 +72,7 @@ class World:
                                             self.work / "image")
             self._pull_on("node-b")
             self.podman = self._stack.enter_context(
-                PodmanWorld(self.work / "podman", tools().criu_bin_dir))
+                PodmanWorld(tools().criu_bin_dir))
             self.podman.build_image(counter_rootfs(self.work / "podman-rootfs"),
                                     self.podman_image, env="PATH=/bin")
         except BaseException:

@@ -104,10 +104,9 @@ def real_tools() -> real_tools_mod.Tools:
 
 
 @pytest.fixture(scope="session")
-def real_world(tmp_path_factory: pytest.TempPathFactory,
-               real_tools: real_tools_mod.Tools) -> Iterator[PodmanWorld]:
+def real_world(real_tools: real_tools_mod.Tools) -> Iterator[PodmanWorld]:
     """A Podman private to this session."""
-    with PodmanWorld(tmp_path_factory.mktemp("podman"), real_tools.criu_bin_dir) as world:
+    with PodmanWorld(real_tools.criu_bin_dir) as world:
         yield world
 
 

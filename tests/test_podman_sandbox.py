@@ -42,9 +42,9 @@ _DEADLINE = 60.0
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodmanWorld]:
+def world() -> Iterator[PodmanWorld]:
     require(real.missing_engine())
-    with PodmanWorld(tmp_path_factory.mktemp("podman-sandbox"), real.tools().criu_bin_dir) as w:
+    with PodmanWorld(real.tools().criu_bin_dir) as w:
         yield w
 
 

@@ -1,14 +1,18 @@
 """A private Podman for tests: its own configuration, storage, run root and network.
 
-    with PodmanWorld(tmp / "podman", criu_bin_dir) as world:
+    with PodmanWorld(criu_bin_dir) as world:
         world.build_image(rootfs_dir, "localhost/x:1")
         world.podman("run", "-d", "--network", world.network, ...)
 
 Nothing of the host's Podman state is read or written: CONTAINERS_CONF and
 CONTAINERS_STORAGE_CONF point at files made here (for podman and buildah),
 and the events log, tmp dir and network definitions live under the world's
-directory. What this machine needs (found when setting this up, Debian 12,
-kernel 6.x, hybrid cgroup v1 layout, root without CAP_SYS_RESOURCE):
+directory, a short one of its own in /tmp (removed by close()): with the world
+51 characters deep (pytest-xdist's basetemp) Podman's exit-time cleanup of a
+`--rm` container stopped short of removing it, which it did at 41.
+
+What this machine needs (found when setting this up, Debian 12, kernel 6.x,
+hybrid cgroup v1 layout, root without CAP_SYS_RESOURCE):
 
 - runtime runc: Debian 12's crun 1.8 has no CRIU support and refuses the
   hybrid cgroup layout; runc runs the `criu` first on PATH, so the CRIU
@@ -30,7 +34,9 @@ import json
 import os
 import resource
 import secrets
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +66,8 @@ def _free_subnet() -> str:
 class PodmanWorld:
     """A Podman instance private to one test session; close() removes what it made."""
 
-    def __init__(self, root: Path, criu_bin_dir: Path) -> None:
-        self.root = root
+    def __init__(self, criu_bin_dir: Path) -> None:
+        self.root = root = Path(tempfile.mkdtemp(prefix="pw-", dir="/tmp"))
         for sub in ("storage", "run", "tmp", "networks"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         tag = secrets.token_hex(3)
@@ -160,6 +166,7 @@ class PodmanWorld:
         for mount in reversed(mounts):
             with contextlib.suppress(OSError):
                 subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
+        shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> PodmanWorld:
         return self
