@@ -1532,36 +1532,45 @@ def _both_failing(cp: ControlPlane, names: dict[str, str], images: list[str],
             _delete(cp, name)
 
 
-@pytest.mark.parametrize("case", ["missing-tag", "untrusted", "plain-http"])
 def test_the_node_agents_fail_a_pull_as_the_real_kubelet_and_crio_do(
-        case: str, real_cp: ControlPlane, node: realnode.RealNode,
-        plain_registry: RegistryUnderTest, tls_basic_registry: RegistryUnderTest,
-        plain_basic_registry: RegistryUnderTest, tmp_path: Path) -> None:
+        real_cp: ControlPlane, node: realnode.RealNode, plain_registry: RegistryUnderTest,
+        tls_basic_registry: RegistryUnderTest, plain_basic_registry: RegistryUnderTest,
+        tmp_path: Path) -> None:
     """A pull that fails, on a real node and on a node agent: the same Events
     (ErrImagePull, then ImagePullBackOff) and the same waiting container. missing-tag:
     a tag the registry lacks, which CRI-O 1.36 tries again as an OCI artifact and
     reports both; untrusted: HTTPS with a certificate of a CA the node does not trust;
     plain-http: plain HTTP where the node speaks HTTPS. Those two are network errors,
-    not tried again as artifacts."""
-    registry = {"missing-tag": plain_registry, "untrusted": tls_basic_registry,
-                "plain-http": plain_basic_registry}[case]
-    image = f"{registry.host}/stretch/counter:{'not-pushed' if case == 'missing-tag' else 'v1'}"
-    insecure = (plain_registry.host,) if case == "missing-tag" else ()
+    not tried again as artifacts. The three cases run at once: each waits out the
+    kubelet's pull backoff (10 s, then its retry), which they can share."""
+    registries = {"missing-tag": plain_registry, "untrusted": tls_basic_registry,
+                  "plain-http": plain_basic_registry}
+    images = {case: f"{reg.host}/stretch/counter:{'not-pushed' if case == 'missing-tag' else 'v1'}"
+              for case, reg in registries.items()}
+    # Only the plain registry is trusted over HTTP, as on the real node.
     with Cluster(real_cp, tmp_path / "agents", nodes=("agents-pull",),
                  node_config={"agents-pull": _as_real()},
-                 registries=RegistryConfig(insecure=insecure)):
-        names = {}
-        for kind, where in (("real", node.name), ("agents", "agents-pull")):
-            pod = counter_pod(f"unpulled-{case}-{kind}", image, secret=SECRET, node=where)
-            status, body = real_cp.api("POST", "/api/v1/namespaces/default/pods", pod)
-            assert status == 201, body
-            names[kind] = body["metadata"]["name"]
-        seen = _both_failing(real_cp, names, [image, registry.host], "BackOff",
-                             "ImagePullBackOff")
-    assert seen["agents"] == seen["real"]
-    waiting = seen["real"]["containers"][0]["waiting"]
-    assert waiting["reason"] == "ImagePullBackOff"
-    assert ("artifact err" in waiting["message"]) == (case == "missing-tag"), waiting
+                 registries=RegistryConfig(insecure=(plain_registry.host,))):
+        names: dict[str, dict[str, str]] = {case: {} for case in registries}
+        for case, image in images.items():
+            for kind, where in (("real", node.name), ("agents", "agents-pull")):
+                pod = counter_pod(f"unpulled-{case}-{kind}", image, secret=SECRET, node=where)
+                status, body = real_cp.api("POST", "/api/v1/namespaces/default/pods", pod)
+                assert status == 201, body
+                names[case][kind] = body["metadata"]["name"]
+        try:
+            seen = {case: _both_failing(real_cp, names[case], [images[case], reg.host],
+                                        "BackOff", "ImagePullBackOff")
+                    for case, reg in registries.items()}
+        finally:  # a case that failed leaves the others' pods
+            for both in names.values():
+                for name in both.values():
+                    _delete(real_cp, name)
+    for case, both in seen.items():
+        assert both["agents"] == both["real"], case
+        waiting = both["real"]["containers"][0]["waiting"]
+        assert waiting["reason"] == "ImagePullBackOff", case
+        assert ("artifact err" in waiting["message"]) == (case == "missing-tag"), waiting
 
 
 def test_the_node_agents_refuse_a_restore_as_a_real_crio_without_criu_support_does(
