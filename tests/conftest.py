@@ -31,6 +31,15 @@ pytest_plugins = ["tests.registries", "tests.fake_registry", "tests.cluster", "t
 REPO = Path(__file__).resolve().parent.parent
 
 
+#: Files handed out first: the real nodes' take about half the suite's time, and with
+#: pytest-xdist's --dist loadfile (scripts/test) they then run beside all the others.
+FIRST = ("test_real_node.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name not in FIRST)  # stable: in-file order kept
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _require_crit() -> None:
     # The suite's fixtures must come from CRIU's encoder; a silent fallback to
