@@ -442,6 +442,36 @@ def test_a_pod_that_left_the_node_before_its_turn_is_gone_not_failed(
                 n.startswith("stays")]
 
 
+def test_a_bug_in_one_pods_migration_fails_that_pod_only(
+        drain: Callable[..., Result], cluster: Cluster,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception migrate did not foresee, in one pod's worker, is that pod's failure
+    (named, with its type); the drain moves the others and says which failed."""
+    from migrate.pipeline.drain import run
+
+    cluster.pod("fine")
+    buggy = cluster.pod("buggy")
+    real = run.migrate_pod
+
+    def bug_for_one(ctx: Any, entry: Any, deadline: float) -> dict[str, Any]:
+        if entry.name == "buggy":
+            raise RuntimeError("a bug")
+        return real(ctx, entry, deadline)
+
+    monkeypatch.setattr(run, "migrate_pod", bug_for_one)
+    r = drain(cluster, "node-a", "-o", "json")
+    assert r.code == 10, r.err
+    assert "Traceback" not in r.err
+    pods = by_name(r.json())
+    assert (pods["buggy"]["outcome"], pods["buggy"]["error"]) == (
+        "failed", "unexpected RuntimeError: a bug")
+    assert pods["fine"]["outcome"] == "migrated"
+    assert r.json()["failed"] == ["default/buggy"]
+    # Never started: the pod runs on where it was.
+    assert cluster.v1.read_namespaced_pod("buggy", "default").metadata.uid == \
+        buggy.metadata.uid
+
+
 def test_a_transient_failure_is_retried(drain: Callable[..., Result], cluster: Cluster) -> None:
     cluster.pod("flaky")
     # More failures than one API call retries: the first run fails and is rolled back.
