@@ -24,6 +24,7 @@ from migrate.adapters import kube
 from migrate.errors import MigrateError, Transient
 from migrate.pipeline import migration
 from migrate.pipeline.drain.budgets import Interrupted
+from migrate.pipeline.drain.classify import SKIP, classify
 from migrate.pipeline.drain.plan import PodPlan
 from migrate.pipeline.drain.state import FAILED, GONE, INTERRUPTED, MIGRATED, Context
 from migrate.pipeline.preflight import PodRequest
@@ -55,14 +56,11 @@ def _progress(ctx: Context, entry: PodPlan) -> migration.Progress:
 
 
 def _left(cluster: kube.Cluster, entry: PodPlan) -> bool:
-    """Whether the planned pod has left the node by itself (what the drain would have
-    left alone, had it been so when planned: classify.py)."""
+    """Whether the planned pod has left the node by itself: gone, another in its name,
+    or what the plan skips (terminating, its containers ended: classify.py)."""
     found = kube.find_pod(cluster, entry.namespace, entry.name)
-    if found is None or found["metadata"].get("uid") != entry.uid:
-        return True
-    phase = (found.get("status") or {}).get("phase")
-    return bool(found["metadata"].get("deletionTimestamp")) or phase in ("Succeeded",
-                                                                         "Failed")
+    return (found is None or found["metadata"].get("uid") != entry.uid
+            or classify(found)[0] == SKIP)
 
 
 def _start(ctx: Context, cluster: kube.Cluster, entry: PodPlan) -> migration.Migration:
