@@ -172,17 +172,14 @@ def rollback(run: Run) -> list[str]:
         kube.patch_pod(run.cluster, plan.namespace, plan.pod, {"metadata": {
             "annotations": {switchover.DELETION_COST: None}}})
         undone.append(f"removed the deletion cost from {plan.pod}")
-    archives = _remove_archives(run)
-    undone += archives
+    undone += _remove_archives(run)
     for line in undone:
         journal.record("rollback: " + line)
     journal.objects = []
-    # The stages whose work is gone say so; a build's image stays in its registry (prune
-    # removes it), and a kept archive stays on its node.
+    # The restored pods are gone: the create stage says so (a build's image stays in its
+    # registry, for prune; _remove_archives says the checkpoint's part).
     if deleted and journal.stage("create").status in (DONE, FAILED):
         journal.stage("create").status = UNDONE
-    if archives and all(line.startswith("removed") for line in archives):
-        journal.stage("checkpoint").status = UNDONE
     journal.save()
     # Last: the source is free for another run only once nothing of this one is left.
     if release(run):
@@ -218,15 +215,19 @@ def _remove_archives(run: Run) -> list[str]:
     plan, actions = run.plan, run.journal.actions
     made = [a["archive"] for a in actions if a["action"] == "checkpointed"]
     gone = {a.get("path") for a in actions if a["action"] == "archive removed"}
-    out = []
+    out, left = [], False
     for path in (p for p in made if p not in gone):
         local = locate(plan.source, path, run.settings)
         if run.req.keep_archive:
             out.append(f"kept the archive {path} on {plan.source} (--keep-archive)")
+            left = True
         elif local.is_file():
             local.unlink(missing_ok=True)
             run.journal.record("archive removed", path=path)
             out.append(f"removed the archive {path} from {plan.source}")
         else:
             out.append(f"left the archive {path} on {plan.source}: it is not readable here")
+            left = True
+    if made and not left:  # every archive it made is gone: so is what the stage did
+        run.journal.stage("checkpoint").status = UNDONE
     return out
