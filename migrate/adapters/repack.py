@@ -36,6 +36,9 @@ from migrate.settings import ArchiveSettings
 from migrate.validation import validate
 
 _CRAFTED = "a checkpoint holds only files and directories; this one may be crafted"
+#: How a member is opened: never through a link, and never waiting on a FIFO in its place
+#: (its open would block until a writer came).
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
 _DIGEST_BLOCK = 1024 * 1024
 
 
@@ -114,8 +117,7 @@ class DirectorySource:
     def _json(self, name: str, schema: str) -> dict[str, Any]:
         where = f"{self.label}: {name}"
         try:
-            # O_NONBLOCK: a FIFO in its place would block the open until a writer came.
-            fd = os.open(self.root / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            fd = os.open(self.root / name, _READ_FLAGS)
         except FileNotFoundError as e:
             raise ArchiveError(self.label, "missing from the image", member=name,
                                hint="this does not look like a checkpoint image") from e
@@ -180,7 +182,7 @@ class DirectorySource:
 
 
 def _open_nofollow(path: Path) -> io.IOBase:
-    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb")
+    return os.fdopen(os.open(path, _READ_FLAGS), "rb")
 
 
 def _info(entry: Entry, size: int) -> tarfile.TarInfo:
