@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import io
 import json
 import os
 import tarfile
@@ -40,6 +39,7 @@ from migrate.pipeline.manifest import (
 from migrate.validation import kubernetes_versions, validate
 from tests.cluster import api_client, node_agents
 from tests.conftest import Result
+from tests.test_untrusted_input import rewrite_member
 
 Cli = Callable[..., Result]
 GOLDEN = Path(__file__).parent / "golden" / "manifest"
@@ -443,14 +443,8 @@ def test_from_archive_resources_and_security_as_the_kubelet_set_them(
     original = make_archive()
 
     def with_spec(name: str, spec: dict[str, Any]) -> Path:
-        out = original.with_name(name)
-        with tarfile.open(original) as src, tarfile.open(out, "w") as dst:
-            for m in src.getmembers():
-                data = (json.dumps(spec).encode() if m.name == "spec.dump"
-                        else (src.extractfile(m) or io.BytesIO()).read())
-                m.size = len(data)
-                dst.addfile(m, io.BytesIO(data))
-        return out
+        return rewrite_member(original, original.with_name(name), "spec.dump",
+                              lambda _: json.dumps(spec).encode())
 
     with tarfile.open(original) as tf:
         spec = json.load(tf.extractfile("spec.dump"))  # type: ignore[arg-type]

@@ -24,6 +24,7 @@ from migrate.adapters.repack import DirectorySource, write_copy
 from migrate.errors import ArchiveError, InputError, UsageError
 from migrate.settings import ArchiveSettings
 from tests.conftest import deadline
+from tests.test_untrusted_input import read_members
 
 
 @pytest.fixture
@@ -40,12 +41,6 @@ def source(root: Path, **limits: int) -> DirectorySource:
     return DirectorySource(root, "registry.example/c:1", ArchiveSettings(**limits))
 
 
-def members(path: Path) -> dict[str, bytes | None]:
-    with tarfile.open(path) as tf:
-        return {m.name: (f.read() if (f := tf.extractfile(m)) else None)
-                for m in tf.getmembers()}
-
-
 def test_the_copy_holds_every_member_with_the_replaced_ones(root: Path,
                                                             tmp_path: Path) -> None:
     src = source(root)
@@ -54,7 +49,7 @@ def test_the_copy_holds_every_member_with_the_replaced_ones(root: Path,
     dest = tmp_path / "copy.tar"
     written = write_copy(src, dest, {"config.dump": b"{}"})
     assert written == dest.stat().st_size and dest.stat().st_mode & 0o777 == 0o600
-    copied = members(dest)
+    copied = {info.name: data for info, data in read_members(dest)}
     on_disk = {str(p.relative_to(root)) for p in root.rglob("*")}
     assert set(copied) == on_disk
     assert copied["config.dump"] == b"{}"
