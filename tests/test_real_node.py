@@ -905,6 +905,14 @@ def test_a_counter_with_limits_probes_and_mounted_config_moves(
         time.sleep(5)  # the liveness probe keeps passing: no restart
         assert real_cp.api("GET", path)[1]["status"]["containerStatuses"][0][
             "restartCount"] == 0
+        # From the real kubelet's archive alone, the resources come back as they were
+        # asked for (its OCI spec holds shares and quota; memory in bytes).
+        r = cli("manifest", "--archive", report["checkpoints"][CONTAINER]["path"],
+                "--image", "r/x:1", "--node", node_b.name, "-o", "json")
+        assert r.code == 0, r.err
+        assert r.json()["spec"]["containers"][0]["resources"] == {
+            "requests": {"cpu": "50m"},
+            "limits": {"cpu": "500m", "memory": str(128 * 1024 * 1024)}}
 
 
 def test_a_destination_without_room_for_the_pod_is_refused_before_its_checkpoint(
