@@ -3,17 +3,28 @@ server's node proxy, and straight to a node's kubelet API (in its node host)."""
 
 from __future__ import annotations
 
+import ssl
+import threading
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from kubernetes import client
 
 from e2e.cluster.launcher import ControlPlane
 from e2e.cluster.world import Cluster
-from e2e.services.pki import make_ca
-from migrate.adapters.kubelet import SUPPORT_OFF_HINT, auth_hint
+from e2e.services.pki import issue, make_ca
+from migrate.adapters.kubelet import (
+    MAX_ANSWER_BYTES,
+    SUPPORT_OFF_HINT,
+    KubeletEndpoint,
+    auth_hint,
+    checkpoint_direct,
+)
+from migrate.errors import ClusterError
+from migrate.settings import RetrySettings
 from tests.cluster import node_agents, wait_for
 from tests.conftest import Result
 
@@ -240,3 +251,51 @@ def test_kubelet_route_without_the_checkpoint_endpoint(cli: Cli, cluster: Cluste
                      f"{cluster.kubelet_url('node-b')}: 404 page not found\n"
                      "hint: the kubelet has no checkpoint endpoint (ContainerCheckpoint gate) "
                      "or does not run this container\n")
+
+
+class _Answers(BaseHTTPRequestHandler):
+    """Whatever answers at a --kubelet-url: each request gets the next scripted answer."""
+
+    script: ClassVar[list[tuple[int, bytes]]] = []
+
+    def do_POST(self) -> None:
+        status, body = self.script.pop(0)
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_a_kubelet_answer_larger_than_any_kubelet_sends_is_refused_not_buffered(
+        tmp_path: Path) -> None:
+    """A checkpoint's answer is one path; whatever answers at the address given (a wrong
+    port, a proxy) is read up to MAX_ANSWER_BYTES and no further, success or error."""
+    ca = make_ca(tmp_path)
+    served = issue(ca, tmp_path, "kubelet", ips=["127.0.0.1"])
+    mine = issue(ca, tmp_path, "client", client=True)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(served.cert, served.key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    ep = KubeletEndpoint(f"https://127.0.0.1:{server.server_address[1]}", mine.cert, mine.key,
+                         ca.cert)
+    path = b'{"items": ["/var/lib/kubelet/checkpoints/c.tar"]}'
+    _Answers.script = [(200, path + b" " * MAX_ANSWER_BYTES), (500, b"x" * (MAX_ANSWER_BYTES + 1)),
+                       (200, path + b" " * (MAX_ANSWER_BYTES - len(path)))]
+    try:
+        for status in (200, 500):
+            with pytest.raises(ClusterError) as e:
+                checkpoint_direct(ep, "default", "p", "app", None, RetrySettings(attempts=1))
+            assert e.value.message == (f"checkpoint default/p/app at {ep.url}: answered "
+                                       f"{status} with more than {MAX_ANSWER_BYTES} bytes")
+            assert e.value.hint == "is a kubelet answering at that address?"
+        # Exactly the limit is an answer like any other.
+        assert checkpoint_direct(ep, "default", "p", "app", None, RetrySettings(attempts=1)) \
+            == "/var/lib/kubelet/checkpoints/c.tar"
+    finally:
+        server.shutdown()
+        server.server_close()

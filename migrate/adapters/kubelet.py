@@ -60,6 +60,24 @@ CRIU_HINT = ("CRIU's log on the node says why (the lines with Error). Most often
              "connections are then closed on restore and the workload must reconnect")
 #: How much of a kubelet's error a message quotes.
 _DETAIL = 300
+#: The most of a kubelet's answer read: a checkpoint's is one path, an error a few lines
+#: (CRI-O's longest seen, a CRIU failure, about a thousand characters).
+MAX_ANSWER_BYTES = 1024 * 1024
+
+
+def read_answer(resp: urllib3.BaseHTTPResponse, what: str) -> bytes:
+    """The body of a kubelet's answer (``resp`` not preloaded), read up to
+    MAX_ANSWER_BYTES: whatever answers at that address, it cannot make us hold more."""
+    try:
+        data = resp.read(MAX_ANSWER_BYTES + 1)
+        if len(data) > MAX_ANSWER_BYTES:
+            resp.close()  # the rest is never read: the connection cannot be reused
+            raise ClusterError(f"{what}: answered {resp.status} with more than "
+                               f"{MAX_ANSWER_BYTES} bytes",
+                               hint="is a kubelet answering at that address?")
+    finally:
+        resp.release_conn()
+    return data
 
 
 def runtime_failure(what: str, body: str) -> ClusterError:
@@ -137,7 +155,7 @@ def checkpoint_direct(ep: KubeletEndpoint, namespace: str, pod: str, container: 
     for attempt in cluster_policy(retry):
         with attempt:
             try:
-                resp = pool.request("POST", url)
+                resp = pool.request("POST", url, preload_content=False)
             except SSLError as e:
                 raise ClusterError(f"{what}: TLS failed ({type(e).__name__})",
                                    hint="check --ca, and that the kubelet trusts --cert") from e
@@ -145,11 +163,12 @@ def checkpoint_direct(ep: KubeletEndpoint, namespace: str, pod: str, container: 
                 raise TransientClusterError(f"{what}: cannot reach the kubelet "
                                             f"({type(e).__name__})",
                                             hint="check --kubelet-url") from e
-            body = resp.data.decode(errors="replace")
+            data = read_answer(resp, what)
+            body = data.decode(errors="replace")
             text = body.strip().splitlines()
             detail = text[0][:_DETAIL] if text else f"HTTP {resp.status}"
             if resp.status == 200:
-                return parse_checkpoint_response(resp.data, what)
+                return parse_checkpoint_response(data, what)
             if resp.status in (401, 403):
                 raise AuthError(f"{what}: {detail}", hint=auth_hint(resp.status, detail))
             if resp.status == 404:

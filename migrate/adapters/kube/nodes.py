@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from migrate.adapters.kube.client import Cluster, call, request_json, send
-from migrate.adapters.kubelet import parse_checkpoint_response, runtime_failure
+from migrate.adapters.kubelet import parse_checkpoint_response, read_answer, runtime_failure
 from migrate.errors import MigrateError, NotFoundError
 
 
@@ -159,8 +159,8 @@ def checkpoint_via_apiserver(cluster: Cluster, node: str, namespace: str, pod: s
             if (e.status or 0) >= 500:
                 raise runtime_failure(what, e.body or f"HTTP {e.status}") from e
             raise  # `call` translates it
-        data: bytes = resp.read()
-        return data
+        # The node proxy relays whatever answers at the node's kubelet address.
+        return read_answer(resp.response, what)
 
     # The request lasts as long as the runtime takes to dump the memory.
     request_timeout = max(cluster.settings.request_timeout, (timeout or 0) + 30)
