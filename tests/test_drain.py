@@ -642,6 +642,8 @@ def test_on_interrupt_rollback_undoes_the_pods_in_flight_and_uncordons(
     drain_id = re.search(r"drain (drain-\S+) interrupted and rolled back: .*; uncordoned "
                          r"node-a\n", r.err)
     assert drain_id is not None, r.err
+    # The report says what is left: the drain's cordon is undone with the rest.
+    assert (r.json()["outcome"], r.json()["cordoned"]) == ("rolled-back", False)
     pods = by_name(r.json())
     moved = {n: p["restored_pod"] for n, p in pods.items() if p["outcome"] == "migrated"}
     stayed = {"i1", "i2", "i3"} - set(moved)

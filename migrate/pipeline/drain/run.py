@@ -41,7 +41,7 @@ from migrate.pipeline.drain.state import (
     Progress,
     journal_dir,
 )
-from migrate.pipeline.journal import Journal
+from migrate.pipeline.journal import UNDONE, Journal
 from migrate.settings import Settings
 
 if TYPE_CHECKING:
@@ -248,6 +248,8 @@ def rollback(cluster: kube.Cluster, settings: Settings, journal: Journal) -> lis
     if cordoned_here and uncordon(cluster, node):
         undone.append(f"uncordoned {node}")
         state.record("uncordoned", node=node)
+    if cordoned_here:  # by us now, or by someone else before: the drain's cordon is gone
+        journal.stage("cordon").status = UNDONE
     journal.set_outcome("rolled-back")
     return undone
 
