@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from migrate.pipeline.restore import Restored, RestoreRefused, _Verifier
+from migrate.pipeline.restore import KubeletReport, Restored, RestoreRefused, _Verifier
 
 CHECKPOINT = "sha256:" + "c" * 64
 WORKLOAD = "127.0.0.1:5000/stretch/counter:1"
@@ -113,3 +113,28 @@ def test_a_pull_failing_for_now_is_the_last_state_without_crio_s_artifact_retry(
     assert verify(pod) is None
     assert verify.last_reason == ("counter: ImagePullBackOff: Back-off pulling image "
                                   f'"127.0.0.1:5000/ckpt/counter:v1": ErrImagePull: {cause}')
+
+
+def test_the_kubelets_events_are_said_once_and_a_repeat_with_its_count() -> None:
+    """The real kubelet repeats MissingClusterDNS at each sync of a pod (one Event, its count
+    raised): each count is said once, the repeats marked as kubectl describe marks them."""
+    said: list[str] = []
+    report = KubeletReport(said.append, {"counter": 295914})
+
+    def event(name: str, count: int | None, reason: str, message: str,
+              path: str | None = None) -> dict[str, Any]:
+        return {"metadata": {"name": name}, "count": count, "reason": reason,
+                "message": message, "involvedObject": {"fieldPath": path}}
+
+    dns = "kubelet does not have ClusterDNS IP configured"
+    report.event(event("e1", 1, "MissingClusterDNS", dns))
+    report.event(event("e2", None, "Pulling", 'Pulling image "r/c@sha256:1"',
+                       "spec.containers{counter}"))
+    report.event(event("e1", 2, "MissingClusterDNS", dns))
+    report.event(event("e1", 2, "MissingClusterDNS", dns))  # the watch and the catch-up
+    report.event(event("e3", 1, "Created", "Container created", "spec.containers{counter}"))
+    assert said == [f"pod: MissingClusterDNS: {dns}",
+                    'counter: Pulling: Pulling image "r/c@sha256:1" (289.0 KiB)',
+                    f"pod: MissingClusterDNS (x2): {dns}",
+                    "counter: Created: Container created (from the checkpoint: CRIU restores "
+                    "its processes as it starts)"]

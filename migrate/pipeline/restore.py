@@ -173,8 +173,10 @@ class KubeletReport:
         self.doing: dict[str, str] = {}
 
     def event(self, event: Obj) -> None:
-        """One Event: said once (a repeat is said again when its count grows)."""
-        key = (str((event.get("metadata") or {}).get("name")), int(event.get("count") or 1))
+        """One Event: said once (a repeat is said again when its count grows, with the
+        count, as kubectl describe shows it: a kubelet repeats a warning at each sync)."""
+        count = int(event.get("count") or 1)
+        key = (str((event.get("metadata") or {}).get("name")), count)
         with self.lock:
             if key in self.seen:
                 return
@@ -188,7 +190,7 @@ class KubeletReport:
         elif reason == "Created":
             message += " (from the checkpoint: CRIU restores its processes as it starts)"
         self.doing[container] = _DOING.get(reason, "")
-        self.say(f"{container}: {reason}: {message}")
+        self.say(f"{container}: {reason}{f' (x{count})' if count > 1 else ''}: {message}")
 
     def idle(self) -> None:
         """Nothing new for a while: say what is still going on."""
