@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -29,7 +30,7 @@ from kubernetes import client
 from e2e.cluster.launcher import ControlPlane
 from e2e.cluster.world import Cluster as Nodes
 from e2e.nodes import NodeConfig, RegistryConfig
-from migrate.errors import ClusterError
+from migrate.errors import ClusterError, TransientRegistryError
 from migrate.pipeline import migration
 from migrate.pipeline.drain.plan import BARE_POD, LOCAL_DATA
 from migrate.pipeline.journal import Journal
@@ -481,6 +482,34 @@ def test_a_transient_failure_is_retried(drain: Callable[..., Result], cluster: C
     flaky = by_name(r.json())["flaky"]
     assert (flaky["outcome"], flaky["attempts"], len(flaky["journals"])) == ("migrated", 2, 2)
 
+
+
+def test_a_transient_failure_before_any_run_is_tried_as_often_as_any_other(
+        drain: Callable[..., Result], cluster: Cluster,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry down when a pod's turn comes: its preflight fails before a run begins.
+    Such tries were not counted (only runs begun were), so the worker tried again at once,
+    for as long as the registry stayed down, and a Ctrl-C waited for it for ever."""
+    cluster.pod("unlucky")
+    real, tries = migration.plan, []
+
+    def registry_down(cluster: Any, settings: Any, req: Any) -> Any:
+        tries.append(time.monotonic())
+        if len(tries) > 10:  # the old code's endless loop, ended for the test's sake
+            raise ClusterError("tried more than ten times")
+        raise TransientRegistryError("127.0.0.1:1: cannot connect", hint="is it running?")
+
+    monkeypatch.setattr(migration, "plan", registry_down)
+    r = drain(cluster, "node-a", "-o", "json")
+    monkeypatch.setattr(migration, "plan", real)
+    assert r.code == 10, r.err
+    unlucky = by_name(r.json())["unlucky"]
+    assert (unlucky["outcome"], unlucky["error"], unlucky["attempts"], unlucky["journals"]) == (
+        "failed", "127.0.0.1:1: cannot connect", 0, [])
+    assert len(tries) == 3
+    # With the API calls' backoff between them (0.5 s, then 1 s by default).
+    assert tries[1] - tries[0] >= 0.5 and tries[2] - tries[1] >= 1.0, tries
+    assert cluster.where()["unlucky"] == "node-a"
 
 
 def test_an_interrupted_drain_resumes(drain: Callable[..., Result], cli: Cli,

@@ -97,12 +97,23 @@ def _unfinished(ctx: Context, entry: PodPlan) -> migration.Migration | None:
     return last
 
 
-def _retryable(ctx: Context, entry: PodPlan, error: MigrateError) -> bool:
+def _retryable(ctx: Context, entry: PodPlan, error: MigrateError, tries: int) -> bool:
+    """Whether to try again: a transient failure, rolled back, under the limit. ``tries``
+    counts this drain's tries, those that failed before a run began (a preflight that met
+    the registry down) included; the state's attempts count the runs begun, a resumed
+    drain's earlier ones too."""
     cause = error.__cause__ if isinstance(error, migration.StageFailed) else error
     rolled_back = (not isinstance(error, migration.StageFailed)
                    or error.journal.outcome == "rolled-back")
     attempts = int(ctx.state.result(entry.key).get("attempts", 0))
-    return isinstance(cause, Transient) and rolled_back and attempts < ctx.req.attempts
+    return (isinstance(cause, Transient) and rolled_back
+            and max(attempts, tries) < ctx.req.attempts)
+
+
+def _pause(ctx: Context, tries: int) -> float:
+    """Seconds before try ``tries + 1``: the API calls' backoff, from the same settings."""
+    retry = ctx.settings.kube.retry
+    return float(min(retry.initial_wait * 2 ** (tries - 1), retry.max_wait))
 
 
 def _run(ctx: Context, cluster: kube.Cluster, entry: PodPlan,
@@ -124,18 +135,19 @@ def _run(ctx: Context, cluster: kube.Cluster, entry: PodPlan,
     return {"outcome": MIGRATED, "restored_pod": run.restored_pod, "error": None}
 
 
+def _failed(error: MigrateError) -> dict[str, Any]:
+    return {"outcome": FAILED, "error": error.message, "hint": error.hint}
+
+
 def _attempt(ctx: Context, cluster: kube.Cluster, entry: PodPlan,
-             resumed: migration.Migration | None) -> dict[str, Any] | None:
-    """One run's result fields; None when it failed in a way worth another try."""
+             resumed: migration.Migration | None, tries: int) -> dict[str, Any] | MigrateError:
+    """One run's result fields, or the error of one worth another try."""
     try:
         return _run(ctx, cluster, entry, resumed)
     except _Gone:
         return {"outcome": GONE, "error": None}
     except MigrateError as e:
-        if not _retryable(ctx, entry, e):
-            return {"outcome": FAILED, "error": e.message, "hint": e.hint}
-        ctx.progress(entry.key, f"retrying after: {e.message}")
-        return None
+        return e if _retryable(ctx, entry, e, tries) else _failed(e)
 
 
 def migrate_pod(ctx: Context, entry: PodPlan, deadline: float) -> dict[str, Any]:
@@ -144,21 +156,30 @@ def migrate_pod(ctx: Context, entry: PodPlan, deadline: float) -> dict[str, Any]
     resumed = _unfinished(ctx, entry)
     if resumed is not None and resumed.journal.outcome in ("succeeded", "failed"):
         return {**_run(ctx, cluster, entry, resumed), "api_requests": cluster.requests}
-    waited, out = 0.0, None
+    waited, out, tries = 0.0, None, 0
     while out is None:
+        tries += 1
         try:
             waited += ctx.budgets.wait(cluster, entry.namespace, entry.budgets, deadline,
                                        hold=True, waiting=ctx.waiting(entry))
         except (Interrupted, MigrateError) as e:
             if resumed is not None:
                 resumed.journal.unlock()
-            out = ({"outcome": FAILED, "error": e.message, "hint": e.hint}
-                   if isinstance(e, MigrateError)
-                   else {"outcome": INTERRUPTED})
+            out = _failed(e) if isinstance(e, MigrateError) else {"outcome": INTERRUPTED}
             break
         try:
-            out = _attempt(ctx, cluster, entry, resumed)
+            result = _attempt(ctx, cluster, entry, resumed, tries)
         finally:
             ctx.budgets.release(entry.namespace, entry.budgets)
         resumed = None  # a retry starts a new run
+        if not isinstance(result, MigrateError):
+            out = result
+            continue
+        # A pause before the next try, as the API calls' retries make one (a failure
+        # before any run began, the registry down at preflight, comes back at once);
+        # the drain's stop ends it.
+        if ctx.stop.wait(_pause(ctx, tries)):
+            out = {"outcome": INTERRUPTED}
+        else:
+            ctx.progress(entry.key, f"retrying after: {result.message}")
     return {**out, "budget_wait_seconds": round(waited, 3), "api_requests": cluster.requests}
