@@ -11,6 +11,7 @@ label disk=special and a taint restore=off:NoSchedule; node-e runs containerd
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -241,6 +242,30 @@ def test_a_node_is_drained(drain: Callable[..., Result], cli: Cli, cluster: Clus
         (journal,) = pods[name]["journals"]
         assert history[journal]["outcome"] == "succeeded"
     assert report["api_requests"] > 0
+
+
+def test_replicas_moved_in_the_same_second_get_images_of_their_own(
+        drain: Callable[..., Result], cluster: Cluster, plain_registry: RegistryUnderTest,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Deployment's replicas share its image repositories, and a drain starts several in
+    the same second; their tags were the second alone, so the last push took the others'
+    tag (an encrypted image is pulled by its tag: a restored pod would get another
+    replica's memory)."""
+    from migrate.pipeline import preflight
+
+    twins = {p.metadata.name: p.metadata.uid for p in cluster.deployment("twins", 2)}
+    frozen = dt.datetime(2026, 12, 5, 1, 2, 3, tzinfo=dt.UTC)
+    monkeypatch.setattr(preflight, "datetime", type("Frozen", (dt.datetime,), {
+        "now": staticmethod(lambda tz=None: frozen)}))
+    r = drain(cluster, "node-a", "--pod-selector", "app=twins", "--skip-rest", "-o", "json")
+    assert r.code == 0, r.err
+    images = {}
+    for name, pod in by_name(r.json()).items():
+        restored = cluster.v1.read_namespaced_pod(pod["restored_pod"], "default")
+        images[name] = restored.spec.containers[0].image.partition("@")[0]
+    repo = f"{plain_registry.host}/drains/default-twins-counter"
+    assert images == {name: f"{repo}:checkpoint-20261205010203-{uid[:8]}"
+                      for name, uid in twins.items()}
 
 
 def test_the_table_and_the_dry_run_change_nothing(drain: Callable[..., Result], cli: Cli,

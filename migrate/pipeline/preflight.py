@@ -183,8 +183,8 @@ def emptied_volumes(pod: Obj, containers: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(v for v in local_data(pod) if v in mounted)
 
 
-def _images(req: PodRequest, plan_ns: str, workload: str, containers: tuple[str, ...]
-            ) -> dict[str, str]:
+def _images(req: PodRequest, plan_ns: str, workload: str, uid: str,
+            containers: tuple[str, ...]) -> dict[str, str]:
     if req.image:
         if len(containers) > 1:
             raise UsageError("--image names one image, and this migration checkpoints "
@@ -194,9 +194,12 @@ def _images(req: PodRequest, plan_ns: str, workload: str, containers: tuple[str,
         return {containers[0]: req.image}
     if not req.registry:
         raise UsageError("say where the checkpoint image goes: --registry REG or --image REF")
+    # The replicas of a workload share its repositories, and a drain migrates several
+    # in the same second: the pod's uid keeps their tags apart (an encrypted image is
+    # pulled by its tag, so a shared one would restore another replica's memory).
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     prefix = req.registry.rstrip("/")
-    refs = {c: f"{prefix}/{plan_ns}-{workload}-{c}:checkpoint-{stamp}".lower()
+    refs = {c: f"{prefix}/{plan_ns}-{workload}-{c}:checkpoint-{stamp}-{uid[:8]}".lower()
             for c in containers}
     for ref in refs.values():
         parse_reference(ref)
@@ -449,7 +452,8 @@ def preflight(cluster: kube.Cluster, settings: Settings, req: PodRequest) -> Pla
     if not req.placed:
         check_room(cluster, pod, destination)
     containers = _containers(pod, req)
-    images = _images(req, namespace, _workload(pod, owner), containers)
+    images = _images(req, namespace, _workload(pod, owner), str(pod["metadata"].get("uid", "")),
+                     containers)
     build_on, build_from = build_location(settings, source, req.build_on, req.tool_image)
     check_encryption(req.encrypt_for, build_on)
     check_pods_reach(build_on, images, req.build_on is BuildOn.node)
