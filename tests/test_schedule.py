@@ -170,6 +170,33 @@ def test_schedule_refuses_encryption_it_cannot_do(cli: Cli) -> None:
         "scheduled drains push unencrypted images\n"))
 
 
+@pytest.mark.parametrize(("command", "option", "why", "hint"), [
+    ("drain", "--creds", "credentials on its command line would be stored in the CronJob, "
+     "readable by anyone who may read it",
+     "put them in a dockerconfigjson Secret and give --registry-secret NAME"),
+    ("prune", "--creds", "credentials on its command line would be stored in the CronJob, "
+     "readable by anyone who may read it",
+     "put them in a dockerconfigjson Secret and give --registry-secret NAME"),
+    ("drain", "--authfile", "a scheduled run cannot read credential files on this machine",
+     "put them in a dockerconfigjson Secret and give --registry-secret NAME"),
+    ("prune", "--cert-dir", "a scheduled run cannot read certificate directories on this "
+     "machine", "the tool's image must trust the registry (a CA in its system store)"),
+    ("drain", "--kubeconfig", "a scheduled run talks to its own cluster with its "
+     "ServiceAccount", "leave it out: `schedule --apply` sets up the RBAC it needs"),
+])
+def test_schedule_refuses_what_only_this_machine_has(cli: Cli, command: str, option: str,
+                                                     why: str, hint: str) -> None:
+    """Passed-through options went into the CronJob's arguments as they were: `--creds
+    USER:PASSWORD` printed in its YAML and stored in the cluster with --apply."""
+    secret = "bob:S3cretPw"
+    what = ["--older-than", "7d"] if command == "prune" else []
+    for form in ([option, secret], [f"{option}={secret}"]):
+        r = cli("schedule", command, *(["node-a"] if command == "drain" else []), "--cron",
+                "0 2 * * 6", "--image", TOOL, "--", *what, *form)
+        assert (r.code, r.out, r.err) == (2, "", f"error: {command} option {option}: {why}\n"
+                                          f"hint: {hint}\n")
+
+
 def test_schedule_checks_drain_options(cli: Cli) -> None:
     r = cli("schedule", "drain", "node-a", "--cron", "0 2 * * 6", "--image", TOOL, "--",
             "--no-such-option")

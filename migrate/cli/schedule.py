@@ -112,9 +112,34 @@ def _parse_as(ctx: typer.Context, command: str, args: list[str]) -> dict[str, An
     return dict(parsed.params)
 
 
+# Options the CronJob's pod cannot use: it has none of this machine's files, and what its
+# arguments say is stored in the CronJob for anyone who may read it.
+_NOT_ON_A_SCHEDULE = {
+    "--creds": ("credentials on its command line would be stored in the CronJob, readable "
+                "by anyone who may read it",
+                "put them in a dockerconfigjson Secret and give --registry-secret NAME"),
+    "--authfile": ("a scheduled run cannot read credential files on this machine",
+                   "put them in a dockerconfigjson Secret and give --registry-secret NAME"),
+    "--cert-dir": ("a scheduled run cannot read certificate directories on this machine",
+                   "the tool's image must trust the registry (a CA in its system store)"),
+    "--kubeconfig": ("a scheduled run talks to its own cluster with its ServiceAccount",
+                     "leave it out: `schedule --apply` sets up the RBAC it needs"),
+    "--context": ("a scheduled run talks to its own cluster with its ServiceAccount",
+                  "leave it out: `schedule --apply` sets up the RBAC it needs"),
+}
+
+
+def _refuse_machine_options(command: str, options: list[str]) -> None:
+    """Refuse what only works from this machine, naming the option, never its value."""
+    for opt, (why, hint) in _NOT_ON_A_SCHEDULE.items():
+        if any(o == opt or o.startswith(opt + "=") for o in options):
+            raise UsageError(f"{command} option {opt}: {why}", hint=hint)
+
+
 def _check_drain_options(ctx: typer.Context, node: str, options: list[str]) -> dict[str, Any]:
     """Parse the passed-through options with `migrate drain`'s own parser, when it exists;
     the values it parsed."""
+    _refuse_machine_options("drain", options)
     if any(o == "--encrypt-for" or o.startswith("--encrypt-for=") for o in options):
         # The drain runs in the CronJob's pod, which has none of this machine's files.
         raise UsageError("drain option --encrypt-for: a scheduled drain runs in a pod that "
@@ -191,6 +216,7 @@ def schedule_drain(
 
 def _check_prune_options(ctx: typer.Context, options: list[str]) -> None:
     """Parse the passed-through options with `migrate prune`'s own parser."""
+    _refuse_machine_options("prune", options)
     for own in ("--dir", "--termination-message-path", "--dry-run"):
         if any(o == own or o.startswith(own + "=") for o in options):
             raise UsageError(f"prune option {own} makes no sense on a schedule",
