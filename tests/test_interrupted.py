@@ -378,3 +378,64 @@ def test_a_run_stopped_after_its_source_went_is_finished_not_undone(
     assert r.code == 0, r.err
     assert r.json()["outcome"] == "succeeded"
     assert pods(v1)["gone-src-restored"] == ("node-b", "Running")
+
+
+def test_a_run_stopped_between_its_create_and_the_record_of_it_takes_up_its_pod(
+        cli: Cli, cluster: Cluster, v1: client.CoreV1Api, plain_registry: RegistryUnderTest,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The create's answer came, the process stopped before the journal said so: resume
+    created the restored pod again (a bare pod's name taken: the resume failed and rolled
+    back; a ReplicaSet's: a second copy). It now finds the one it made by the run's label."""
+    from migrate.pipeline import restore
+
+    make_pod(v1, "made-once")
+    create = restore.create
+
+    def create_then_stop(*args: Any, **kw: Any) -> Any:
+        create(*args, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(restore, "create", create_then_stop)
+    r = cli(*plain(cluster, plain_registry, "made-once"))
+    assert r.code == 130, r.err
+    journal_id = journal_id_of(r.err)
+    monkeypatch.setattr(restore, "create", create)
+    assert journal(journal_id).objects == [] and stages(journal_id)["create"] == (
+        "failed", "interrupted")
+    made = v1.read_namespaced_pod("made-once-restored", "default").metadata.uid
+    r = resume(cli, cluster, journal_id)
+    assert r.code == 0, r.err
+    assert r.json()["outcome"] == "succeeded"
+    assert pods(v1)["made-once-restored"] == ("node-b", "Running")
+    assert v1.read_namespaced_pod("made-once-restored", "default").metadata.uid == made
+    assert "made-once" not in pods(v1)
+
+
+def test_a_create_whose_answer_was_lost_is_rolled_back_by_the_runs_label(
+        cli: Cli, cluster: Cluster, v1: client.CoreV1Api, plain_registry: RegistryUnderTest,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API server made the pod and its answer never came: the stage fails, the rollback
+    finds the pod by the run's label and deletes it. The failed stage stays failed: marked
+    undone, with no result to read, it broke every later read of the journal (exit 1,
+    KeyError)."""
+    from migrate.errors import ClusterError
+    from migrate.pipeline import restore
+
+    pod = make_pod(v1, "answer-lost")
+    create = restore.create
+
+    def create_then_lose_the_answer(*args: Any, **kw: Any) -> Any:
+        create(*args, **kw)
+        raise ClusterError("create pod: the connection was reset", hint="try again")
+
+    monkeypatch.setattr(restore, "create", create_then_lose_the_answer)
+    r = cli(*plain(cluster, plain_registry, "answer-lost"), "-o", "json")
+    assert r.code == 6, r.err
+    journal_id = r.json()["id"]
+    assert stages(journal_id)["create"] == ("failed", "create pod: the connection was reset")
+    assert r.json()["outcome"] == "rolled-back"
+    assert any(a["action"].startswith("rollback: deleted pod default/answer-lost-restored")
+               for a in r.json()["actions"]), r.json()["actions"]
+    wait_for(lambda: "answer-lost-restored" not in pods(v1), what="the copy gone")
+    assert_untouched(v1, "answer-lost", pod.metadata.uid)
+    assert history(cli)[journal_id] == "rolled-back"

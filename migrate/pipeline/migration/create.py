@@ -29,12 +29,27 @@ def create(run: Run) -> CreateResult:
             pulls.append({"name": secret})
     if not pulls:
         del manifest["spec"]["imagePullSecrets"]
-    created = restore.create(run.cluster, plan.namespace, manifest)
+    created = _made_before(run) if "create" in run.retaken else None
+    if created is None:
+        created = restore.create(run.cluster, plan.namespace, manifest)
     meta = created["metadata"]
-    run.journal.created_object("Pod", plan.namespace, meta["name"], meta.get("uid", ""))
+    if not any(o["kind"] == "Pod" and o["uid"] == meta.get("uid") for o in run.journal.objects):
+        run.journal.created_object("Pod", plan.namespace, meta["name"], meta.get("uid", ""))
     run.progress("create", f"pod {plan.namespace}/{meta['name']} on {plan.destination}")
     return CreateResult(meta["name"], meta.get("uid", ""), meta.get("resourceVersion"), held,
                         pulled, ran)
+
+
+def _made_before(run: Run) -> Obj | None:
+    """The restored pod an earlier, interrupted try of this stage made, found by the run's
+    label: the process may have stopped after the create and before its record (a second
+    create would make a second copy of a ReplicaSet's pod, one no ReplicaSet adopts)."""
+    for pod in kube.list_pods(run.cluster, run.plan.namespace,
+                              label_selector=f"{claims.RUN_LABEL}={run.journal.id}"):
+        meta = pod["metadata"]
+        if meta.get("uid") != run.plan.uid and not meta.get("deletionTimestamp"):
+            return pod
+    return None
 
 
 def _render(run: Run, source_pod: Obj) -> tuple[Obj, tuple[str, str] | None]:

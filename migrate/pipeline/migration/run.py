@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from migrate.adapters import kube
 from migrate.errors import ClusterError
 from migrate.pipeline import claims
-from migrate.pipeline.journal import Journal
+from migrate.pipeline.journal import FAILED, RUNNING, Journal
 from migrate.pipeline.migration.results import (
     BuildResult,
     CheckpointResult,
@@ -39,11 +39,16 @@ class Run:
     req: PodRequest = field(init=False)
     plan: Plan = field(init=False)
     results: dict[str, StageResult] = field(init=False)
+    # Stages an earlier process began and did not finish (it was interrupted or killed):
+    # what they did may have happened without its record.
+    retaken: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
         self.req = PodRequest.from_dict(self.journal.request)
         self.plan = Plan.from_dict(self.journal.stage("preflight").data["plan"])
         self.results = done(self.journal)
+        self.retaken = frozenset(s.name for s in self.journal.stages
+                                 if s.status in (RUNNING, FAILED))
 
     def result(self, stage: str, kind: type[R]) -> R:
         """Stage ``stage``'s result (it is done: the stages run in order)."""

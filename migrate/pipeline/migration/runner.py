@@ -21,7 +21,7 @@ from collections.abc import Callable
 from migrate.adapters import kube
 from migrate.errors import MigrateError, UsageError, WatchTimeout
 from migrate.pipeline import claims, switchover
-from migrate.pipeline.journal import DONE, FAILED, PENDING, UNDONE, Journal
+from migrate.pipeline.journal import DONE, PENDING, UNDONE, Journal
 from migrate.pipeline.migration.build import build
 from migrate.pipeline.migration.checkpoint import checkpoint
 from migrate.pipeline.migration.cleanup import cleanup
@@ -178,8 +178,8 @@ def rollback(run: Run) -> list[str]:
     journal.objects = []
     # The restored pods are gone: the create stage says so (a build's image stays in its
     # registry, for prune; _remove_archives says the checkpoint's part).
-    if deleted and journal.stage("create").status in (DONE, FAILED):
-        journal.stage("create").status = UNDONE
+    if deleted:
+        _undone(journal, "create")
     journal.save()
     # Last: the source is free for another run only once nothing of this one is left.
     if release(run):
@@ -229,5 +229,12 @@ def _remove_archives(run: Run) -> list[str]:
             out.append(f"left the archive {path} on {plan.source}: it is not readable here")
             left = True
     if made and not left:  # every archive it made is gone: so is what the stage did
-        run.journal.stage("checkpoint").status = UNDONE
+        _undone(run.journal, "checkpoint")
     return out
+
+
+def _undone(journal: Journal, name: str) -> None:
+    """Mark a done stage undone: its result stays (what it measured still holds). A stage
+    that failed stays failed: it has no result to keep, and the report says what went."""
+    if journal.stage(name).status == DONE:
+        journal.stage(name).status = UNDONE
