@@ -10,7 +10,6 @@ the registry. Within a file the most specific key wins (``host/ns/repo`` over
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import logging
 import re
@@ -72,7 +71,9 @@ def _decode_entry(entry: Mapping[str, object], path: Path, key: str) -> Credenti
     if isinstance(auth, str) and auth:
         try:
             user, sep, password = base64.b64decode(auth, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError) as e:
+        # binascii.Error and UnicodeDecodeError are ValueErrors, and b64decode raises a
+        # plain one for a value with non-ASCII characters.
+        except ValueError as e:
             raise InputError(f"{path}: the entry for {key} has an invalid 'auth' value",
                              hint="it must be base64 of USER:PASSWORD") from e
         if sep:

@@ -5,25 +5,30 @@ sent twice), so a 401 in the middle of a blob means the credentials are
 wrong, not that we forgot to log in. Every failure is translated here:
 connection errors, timeouts, 5xx and 429 become `TransientRegistryError` for
 the retry policy; 401/403 become `AuthError`; anything else `RegistryError`
-carrying the registry's own error code and message. Credentials never reach
-a message or a log line.
+carrying the registry's own error code and message. An answer of the wrong
+shape, or a URL the registry gives that cannot be sent to, is a `RegistryError`
+at once: retrying would meet it again. Credentials never reach a message or a
+log line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import logging
+import re
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import urllib3
-from urllib3.exceptions import HTTPError, SSLError
+from urllib3.exceptions import HTTPError, LocationValueError, SSLError
+from urllib3.util import parse_url
 
 from migrate.adapters.registry.auth import Credentials, basic_header, lookup, parse_challenge
 from migrate.adapters.registry.reference import Reference
@@ -39,6 +44,13 @@ _MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
                    "application/vnd.docker.distribution.manifest.v2+json",
                    "application/vnd.docker.distribution.manifest.list.v2+json")
 _TLS_HINT = "give the registry's CA with --cert-dir DIR (DIR/*.crt), or --no-tls-verify"
+_CERTS_HINT = ("a certificate directory holds CAs as *.crt (PEM) and a client pair as "
+               "NAME.cert + NAME.key (containers-certs.d(5))")
+_AUTH_HINT = "the registry's auth configuration is broken"
+_NOT_OCI_HINT = "is this an OCI distribution registry?"
+#: What a Bearer token may be: visible ASCII (RFC 6750's b64token is narrower still). It is
+#: sent back in a header, so a newline in it would split the request.
+_TOKEN = re.compile(r"[\x21-\x7e]+")
 #: The most of an answer's body read into memory: what distribution accepts as a
 #: manifest (4 MiB); its other answers (errors, tags, tokens, configs) are smaller. A
 #: broken or hostile registry sending more, or without end, is refused, not buffered.
@@ -60,8 +72,12 @@ def _ssl_context(settings: RegistrySettings, host: str) -> ssl.SSLContext:
     files: tuple[tuple[str, int], ...] = ()
     if cert_dir.is_dir():
         # The containers-certs.d(5) layout: CAs as *.crt, a client pair as *.cert + *.key.
-        files = tuple((str(f), f.stat().st_mtime_ns) for pattern in ("*.crt", "*.cert", "*.key")
-                      for f in sorted(cert_dir.glob(pattern)))
+        stamps = []
+        for pattern in ("*.crt", "*.cert", "*.key"):
+            for f in sorted(cert_dir.glob(pattern)):
+                with _loading(f, "a certificate file"):  # e.g. a dangling link
+                    stamps.append((str(f), f.stat().st_mtime_ns))
+        files = tuple(stamps)
     return _cached_context(settings.tls_verify, files)
 
 
@@ -81,20 +97,63 @@ def _cached_context(tls_verify: bool, files: tuple[tuple[str, int], ...]) -> ssl
     for name, _ in files:
         path = Path(name)
         if path.suffix == ".crt":
-            ctx.load_verify_locations(cafile=name)
+            with _loading(path, "a CA certificate"):
+                ctx.load_verify_locations(cafile=name)
         elif path.suffix == ".cert":
-            ctx.load_cert_chain(name, str(path.with_suffix(".key")))
+            key = path.with_suffix(".key")
+            if not key.is_file():
+                raise RegistryError(f"{path}: a client certificate without its key {key}",
+                                    hint=_CERTS_HINT)
+            with _loading(path, "a client certificate and key"):
+                ctx.load_cert_chain(name, str(key))
     return ctx
+
+
+@contextlib.contextmanager
+def _loading(path: Path, what: str) -> Iterator[None]:
+    """A file ssl cannot load is the user's to fix: named, with the layout, not a bug."""
+    try:
+        yield
+    except ssl.SSLError as e:
+        # OpenSSL names most faults (KEY_VALUES_MISMATCH); a file that is not PEM at all
+        # gets only "PEM lib" with a line of _ssl.c.
+        raise RegistryError(f"{path}: cannot load {what} ({e.reason or 'not PEM'})",
+                            hint=_CERTS_HINT) from e
+    except OSError as e:
+        raise RegistryError(f"{path}: cannot load {what} ({e.strerror or type(e).__name__})",
+                            hint=_CERTS_HINT) from e
 
 
 def _registry_message(resp: Answer) -> str:
     """The registry's own explanation (``{"errors": [{code, message}]}``), if any."""
     try:
-        errors = json.loads(resp.data or b"{}").get("errors") or []
-        return "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ")
-                         for e in errors if isinstance(e, dict))
-    except (ValueError, AttributeError):
+        doc = json.loads(resp.data or b"{}")
+    except ValueError:
         return ""
+    errors = doc.get("errors") if isinstance(doc, dict) else None
+    if not isinstance(errors, list):  # a body of another shape explains nothing
+        return ""
+    return "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ")
+                     for e in errors if isinstance(e, dict))
+
+
+def _http_url(url: str) -> bool:
+    """Whether urllib3 can send to ``url``: absolute, http(s), with a host and a valid port.
+
+    Checked before use because urllib3 raises for such URLs only when asked to send
+    (LocationValueError, a ValueError our retry policy would take for a connection
+    failure), and warns on stderr about one without a scheme.
+    """
+    try:
+        parsed = parse_url(url)
+    except LocationValueError:
+        return False
+    return parsed.scheme in ("http", "https") and bool(parsed.host)
+
+
+def _shown(url: str) -> str:
+    """A URL for a message: without its query, which may carry a signed upload state."""
+    return repr(url.split("?", 1)[0].split("#", 1)[0][:200])
 
 
 class RegistryClient:
@@ -144,18 +203,29 @@ class RegistryClient:
               chunked: bool) -> Answer:
         if self._auth:
             headers = {**headers, "Authorization": self._auth}
+        return self._open(method, url, self.ref.registry,
+                          "check the registry address and that it is running",
+                          body=body, headers=headers, chunked=chunked)
+
+    def _open(self, method: str, url: str, peer: str, hint: str | None,
+              **kw: Any) -> Answer:
+        """One request to ``peer`` (the registry or its token service), its failures
+        translated: only those a second try may not meet are transient."""
         self.requests += 1
         try:
-            return self._read(self._pool.request(method, url, body=body, headers=headers,
-                                                 chunked=chunked, redirect=False,
-                                                 preload_content=False))
+            return self._read(self._pool.request(method, url, redirect=False,
+                                                 preload_content=False, **kw))
         except SSLError as e:
-            raise RegistryError(f"TLS with {self.ref.registry} failed: {e.__class__.__name__}",
+            raise RegistryError(f"TLS with {peer} failed: {e.__class__.__name__}",
                                 hint=_TLS_HINT) from e
+        except LocationValueError as e:
+            # A URL urllib3 cannot send to (the ones the registry gives are checked
+            # first): it would be the same on every try.
+            raise RegistryError(f"{peer}: cannot send to {_shown(url)}: {e.__class__.__name__}",
+                                hint="the registry's configuration is broken") from e
         except HTTPError as e:
-            raise TransientRegistryError(
-                f"cannot reach {self.ref.registry}: {e.__class__.__name__}",
-                hint="check the registry address and that it is running") from e
+            raise TransientRegistryError(f"cannot reach {peer}: {e.__class__.__name__}",
+                                         hint=hint) from e
 
     def _read(self, resp: urllib3.BaseHTTPResponse) -> Answer:
         """The answer with its body, read up to MAX_ANSWER_BYTES."""
@@ -164,8 +234,7 @@ class RegistryClient:
             if len(data) > MAX_ANSWER_BYTES:
                 resp.close()  # the rest is never read: the connection cannot be reused
                 raise RegistryError(f"{self.ref.registry}: answered {resp.status} with more "
-                                    f"than {MAX_ANSWER_BYTES} bytes",
-                                    hint="is this an OCI distribution registry?")
+                                    f"than {MAX_ANSWER_BYTES} bytes", hint=_NOT_OCI_HINT)
         finally:
             resp.release_conn()
         return Answer(resp.status, resp.reason or "", resp.headers, data)
@@ -216,27 +285,35 @@ class RegistryClient:
         realm = params.get("realm")
         if not realm:
             raise RegistryError(f"{self.ref.registry}: Bearer challenge without a realm",
-                                hint="the registry's auth configuration is broken")
+                                hint=_AUTH_HINT)
+        # The token auth spec makes the realm the token service's URL; docker and
+        # containers/image use it as it is, so a relative one is refused, not resolved.
+        if not _http_url(realm):
+            raise RegistryError(f"{self.ref.registry}: the Bearer challenge's realm "
+                                f"{_shown(realm)} is not a usable absolute http(s) URL",
+                                hint=_AUTH_HINT)
         query = {"scope": f"repository:{self.ref.repository}:{self.actions}"}
         if params.get("service"):
             query["service"] = params["service"]
         headers = {"Authorization": basic_header(self._creds)} if self._creds else {}
         url = realm + ("&" if "?" in realm else "?") + urlencode(query)
-        self.requests += 1
-        try:
-            resp = self._read(self._pool.request("GET", url, headers=headers, redirect=False,
-                                                 preload_content=False))
-        except HTTPError as e:
-            raise TransientRegistryError(f"cannot reach the token service of "
-                                         f"{self.ref.registry}: {e.__class__.__name__}") from e
+        resp = self._open("GET", url, f"the token service of {self.ref.registry}", None,
+                          headers=headers)
         if resp.status != 200:
             self._raise(resp, "token request")
         try:
             data = json.loads(resp.data)
-            token: str = data.get("token") or data["access_token"]
-        except (ValueError, KeyError, TypeError) as e:
+        except ValueError as e:
             raise RegistryError(f"{self.ref.registry}: the token service answered without a "
-                                "token", hint="the registry's auth configuration is broken") from e
+                                "token", hint=_AUTH_HINT) from e
+        token = (data.get("token") or data.get("access_token")) if isinstance(data, dict) else None
+        if not token:
+            raise RegistryError(f"{self.ref.registry}: the token service answered without a "
+                                "token", hint=_AUTH_HINT)
+        # Never quoted: whatever it holds, it is a credential.
+        if not isinstance(token, str) or not _TOKEN.fullmatch(token):
+            raise RegistryError(f"{self.ref.registry}: the token service answered with a token "
+                                "that is not a string of visible ASCII", hint=_AUTH_HINT)
         return token
 
     def login(self) -> None:
@@ -270,7 +347,7 @@ class RegistryClient:
         """Open an upload session; returns its location."""
         resp = self.request("POST", f"/v2/{self.ref.repository}/blobs/uploads/",
                             expected={202}, what="upload start")
-        return self.url(resp.headers["Location"])
+        return self._location(resp, "upload start")
 
     def cancel_upload(self, location: str) -> None:
         """Best effort: drop a session so no partial blob lingers."""
@@ -284,7 +361,23 @@ class RegistryClient:
         resp = self.request("PATCH", location, body=chunks, chunked=True, expected={202},
                             headers={"Content-Type": "application/octet-stream"},
                             what="layer upload")
-        return self.url(resp.headers["Location"])
+        return self._location(resp, "layer upload")
+
+    def _location(self, resp: Answer, what: str) -> str:
+        """Where an upload goes on (an absolute URL); the registry's fault, so not
+        retried, when it names none or one that cannot be sent to."""
+        where = resp.headers.get("Location")
+        if not where:
+            raise RegistryError(f"{self.ref.registry}: {what} answered {resp.status} without "
+                                "a Location", hint=_NOT_OCI_HINT)
+        try:
+            url = self.url(where)
+        except ValueError:  # urlsplit's, on a malformed IPv6 host
+            url = where
+        if not _http_url(url):
+            raise RegistryError(f"{self.ref.registry}: {what}: the Location {_shown(where)} "
+                                "is not a usable http(s) URL", hint=_NOT_OCI_HINT)
+        return url
 
     def finish_upload(self, location: str, digest: str, data: bytes = b"") -> None:
         """Close a session, naming the digest the registry must verify."""
@@ -339,8 +432,11 @@ class RegistryClient:
                 items = json.loads(resp.data).get(key) or []
             except (ValueError, AttributeError) as e:
                 raise RegistryError(f"{self.ref.registry}: {what}: not JSON",
-                                    hint="is this an OCI distribution registry?") from e
-            out.extend(str(i) for i in items)
+                                    hint=_NOT_OCI_HINT) from e
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                raise RegistryError(f"{self.ref.registry}: {what}: '{key}' is not a list of "
+                                    "names", hint=_NOT_OCI_HINT)
+            out.extend(items)
             link = resp.headers.get("Link", "")
             if 'rel="next"' not in link:
                 return out
