@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -140,6 +141,95 @@ def _write_private(path: Path, data: str) -> Path:
     return path
 
 
+def _layout_dir(destination: str) -> Path | None:
+    """The directory of an ``oci:DIR[:REF]`` destination (containers/image splits
+    at the first colon), else None."""
+    if not destination.startswith("oci:"):
+        return None
+    directory = destination.removeprefix("oci:").split(":", 1)[0]
+    return Path(directory) if directory else None
+
+
+def _layout_error(layout: Path, e: OSError) -> UsageError:
+    return UsageError(f"{layout}: cannot write the OCI layout: {e.strerror or e}",
+                      hint=f"check that {layout} is a directory you may write")
+
+
+def _prepare_layout(layout: Path) -> bool:
+    """Make the directories the blobs go into 0700 before buildah writes them
+    (containers/image makes them 0755, its blobs 0644); True when ``layout`` is new."""
+    if layout.is_dir():  # the user's directory: its mode is theirs; blobs/ is the layout's
+        new, targets = False, [layout / "blobs", layout / "blobs" / "sha256"]
+    elif layout.parent.is_dir():
+        new, targets = True, [layout]
+    else:  # buildah makes the parents too; `_private_layout` narrows the root after
+        return True
+    try:
+        for d in targets:
+            d.mkdir(mode=0o700, exist_ok=True)  # exist_ok: a concurrent build made it
+    except OSError as e:
+        raise _layout_error(layout, e) from e
+    return new
+
+
+def _private_file(name: str, dir_fd: int) -> None:
+    """Make a regular file 0600; a symlink (or anything else) is left alone."""
+    try:
+        if not stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+            return
+        # O_NOFOLLOW: a symlink swapped in since the stat is not followed (and the
+        # chmod goes through the descriptor: Linux has no lchmod).
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def _is_dir(name: str, dir_fd: int) -> bool:
+    """A directory, not a symlink to one."""
+    try:
+        return stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _private_layout(layout: Path, new: bool) -> None:
+    """Narrow the layout buildah wrote to 0700 directories and 0600 files: containers/image
+    makes blobs and index.json 0644, and a checkpoint holds process memory.
+
+    Only the layout's own entries (oci-layout, index.json, blobs/), and the root when
+    it is ``new``, are changed: DIR may be a directory of the user's holding other
+    files. No symlink is followed.
+    """
+    try:
+        root = os.open(layout, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return  # buildah failed before writing anything
+    except OSError as e:
+        raise _layout_error(layout, e) from e
+    try:
+        if new:
+            os.fchmod(root, 0o700)
+        for name in ("oci-layout", "index.json"):
+            _private_file(name, root)
+        if _is_dir("blobs", root):
+            # fwalk opens each directory without following a symlink (nor descending
+            # into one) and yields its descriptor.
+            for _, _, files, fd in os.fwalk("blobs", dir_fd=root, follow_symlinks=False):
+                os.fchmod(fd, 0o700)
+                for name in files:
+                    _private_file(name, fd)
+    except OSError as e:
+        raise _layout_error(layout, e) from e
+    finally:
+        os.close(root)
+
+
 @contextmanager
 def _timed(timings: dict[str, float], step: str) -> Iterator[None]:
     """Record the seconds the block took as ``timings[step]``, even when it fails."""
@@ -165,7 +255,19 @@ def _push(run: _Buildah, image: str, push: BuildahPush) -> str:
         args += ["--authfile", str(authfile)] if authfile else []
         for key in push.encryption_keys:  # a public key's path: nothing secret on argv
             args += ["--encryption-key", key]
-        run(*args, *_COMPRESSION[push.compression], image, target)
+        layout = _layout_dir(target)
+        new = _prepare_layout(layout) if layout is not None else False
+        try:
+            run(*args, *_COMPRESSION[push.compression], image, target)
+        except BaseException:
+            if layout is not None:  # blobs buildah wrote before failing
+                try:
+                    _private_layout(layout, new)
+                except MigrateError as e:  # buildah's error matters more
+                    log.warning("%s", e)
+            raise
+        if layout is not None:
+            _private_layout(layout, new)
         digest = digestfile.read_text().strip() if digestfile.exists() else ""
     if not digest:
         raise DependencyError("buildah push wrote no digest", hint="check buildah's version")

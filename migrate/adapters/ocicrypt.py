@@ -49,6 +49,8 @@ MIN_RSA_BITS = 2048
 EC_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)  # what go-jose's ECDH-ES accepts
 KEY_HINT = ("give the recipient's public key as PEM or DER (SubjectPublicKeyInfo) or a "
             "JWK: RSA of 2048 bits or more, or EC P-256, P-384 or P-521")
+JWK_USE_HINT = ('give the recipient\'s encryption key: a JWK with "use": "enc" (or no "use") '
+                'and, if it has "key_ops", "wrapKey" among them')
 _PEM_LABEL = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
 
 
@@ -139,7 +141,14 @@ def _from_jwk(path: Path, data: bytes) -> tuple[str, jwk.JWK]:
         raise InputError(f"{path}: a JWK of type {key.get('kty')} cannot be a JWE recipient "
                          "(ocicrypt wraps layer keys with RSA-OAEP or ECDH-ES+A256KW)",
                          hint=KEY_HINT)
-    pub = key.get_op_key("wrapKey")
+    try:  # what jwcrypto checks again when it wraps the layer key for this recipient
+        pub = key.get_op_key("wrapKey")
+    except jwk.InvalidJWKUsage as e:
+        raise InputError(f'{path}: the JWK\'s "use" is not "enc": not an encryption key',
+                         hint=JWK_USE_HINT) from e
+    except jwk.InvalidJWKOperation as e:
+        raise InputError(f'{path}: the JWK\'s "key_ops" lack "wrapKey": it may not wrap '
+                         "a layer key", hint=JWK_USE_HINT) from e
     assert isinstance(pub, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)
     return _algorithm(path, pub), key
 

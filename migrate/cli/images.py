@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ from migrate.cli.options import (
     with_registry,
 )
 from migrate.cli.output import Format, emit, table
+from migrate.errors import NotFoundError, PartialFailure, UsageError
 from migrate.pipeline.choices import Builder, Compression, default_compression
 from migrate.units import human_size
 
@@ -25,6 +27,40 @@ if TYPE_CHECKING:
 
 # The pipeline (urllib3, zstandard, sh) is imported when `build` runs, not when
 # the CLI starts: every other command would pay ~75 ms for it.
+
+
+_TERMINATION_HINT = ("give a file in an existing directory you may write (a Job's "
+                     "/dev/termination-log), or leave --termination-message-path out")
+
+
+def check_termination_path(path: Path) -> None:
+    """Refuse, before any work, a --termination-message-path that could not be written:
+    the build (or prune) would be done and its message lost."""
+    if path.is_dir():
+        raise UsageError(f"--termination-message-path {path}: is a directory",
+                         hint=_TERMINATION_HINT)
+    if path.exists():
+        writable = os.access(path, os.W_OK)
+    elif not path.parent.is_dir():
+        raise NotFoundError(f"--termination-message-path {path}: no such directory "
+                            f"{path.parent}", hint=_TERMINATION_HINT)
+    else:
+        writable = os.access(path.parent, os.W_OK | os.X_OK)
+    if not writable:
+        raise UsageError(f"--termination-message-path {path}: not writable",
+                         hint=_TERMINATION_HINT)
+
+
+def write_termination_message(path: Path, text: str) -> None:
+    """Write the message; a failure now (the file system filled, the file changed since
+    `check_termination_path`) comes after the work and its report: a partial success."""
+    try:
+        path.write_text(text)
+    except OSError as e:
+        raise PartialFailure(f"--termination-message-path {path}: could not write the "
+                             f"termination message: {e.strerror or e}",
+                             hint="the work is done and reported above; only this message "
+                             "is missing") from e
 
 
 def _human(r: BuildReport) -> str:
@@ -78,6 +114,8 @@ def build(
     from migrate.pipeline.annotations import ROOTFS_IMAGE_NAME
     from migrate.pipeline.build import BuildRequest, build_image
 
+    if termination_message_path is not None:
+        check_termination_path(termination_message_path)
     settings = with_registry(ctx.obj, authfile=authfile, creds=creds, tls_verify=tls_verify,
                              cert_dir=cert_dir)
     report = build_image(BuildRequest(
@@ -85,15 +123,15 @@ def build(
         builder=builder, compression=compression or default_compression(builder), push=push,
         oci_layout=oci_layout, oci_index=oci_index, containerd=containerd,
         encrypt_for=tuple(encrypt_for)), settings)
+    emit(report.to_dict(), output.value, lambda: _human(report))  # first: what was built
     if termination_message_path is not None:
         # Kubernetes keeps 4 KiB of a termination message: the few fields a caller needs.
-        termination_message_path.write_text(json.dumps({
+        write_termination_message(termination_message_path, json.dumps({
             "reference": report.reference, "digest": report.digest,
             "archive_size": report.archive_size, "image_size": report.image_size,
             "rootfs_image": report.annotations.get(ROOTFS_IMAGE_NAME, ""),
             "freezing_time_us": report.criu_stats.get("freezing_time"),
             "frozen_time_us": report.criu_stats.get("frozen_time")}))
-    emit(report.to_dict(), output.value, lambda: _human(report))
 
 
 def register(app: typer.Typer) -> None:

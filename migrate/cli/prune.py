@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from migrate.cli.completion import complete_namespaces, complete_nodes
+from migrate.cli.images import check_termination_path, write_termination_message
 from migrate.cli.options import (
     AUTHFILE,
     CERT_DIR,
@@ -21,7 +22,7 @@ from migrate.cli.options import (
     with_registry,
 )
 from migrate.cli.output import Format, emit, table
-from migrate.errors import PartialFailure, UsageError
+from migrate.errors import MigrateError, PartialFailure, UsageError
 from migrate.units import human_size, parse_duration, parse_size
 
 
@@ -151,6 +152,8 @@ def prune(
     from migrate.pipeline.prune.nodes import PruneRequest, prune_here, prune_nodes
     from migrate.pipeline.prune.policy import Rules
 
+    if termination_message_path is not None:
+        check_termination_path(termination_message_path)
     req = PruneRequest(Rules(seconds, keep, _size(max_size)), tuple(node), where.value,
                        tool_image, dry_run, directory, tuple(protect), tuple(protect_prefix),
                        timeout, namespace)
@@ -158,22 +161,31 @@ def prune(
         rep = prune_here(req)
     else:
         rep = prune_nodes(with_kube(ctx, kubeconfig, context, namespace), req)
+    emit(rep, output.value, lambda: _human_nodes(rep))  # first: the prune has happened
+    unwritten = None
     if termination_message_path is not None and len(rep["nodes"]) == 1:
         from migrate.pipeline.prune.archives import compact
 
-        termination_message_path.write_text(compact(rep["nodes"][0]))
-    emit(rep, output.value, lambda: _human_nodes(rep))
-    _fail_partly(rep)
+        try:
+            write_termination_message(termination_message_path, compact(rep["nodes"][0]))
+        except MigrateError as e:
+            unwritten = e
+    _fail_partly(rep, unwritten)
 
 
-def _fail_partly(rep: dict[str, Any]) -> None:
+def _fail_partly(rep: dict[str, Any], unwritten: MigrateError | None = None) -> None:
+    """Exit 10 when a node was not fully pruned or (``unwritten``) the termination
+    message could not be written; a node's failure leads, the message's is added."""
     bad = [n for n in rep["nodes"] if "error" in n or n.get("failed")]
     if not bad:
+        if unwritten is not None:
+            raise unwritten
         return
     first = bad[0]
     why = first.get("error") or f"{first['failed'][0]['name']}: {first['failed'][0]['why']}"
+    also = f"; and {unwritten.message}" if unwritten is not None else ""
     raise PartialFailure(f"prune: {len(bad)} of {len(rep['nodes'])} node(s) not fully pruned; "
-                         f"{first['node']}: {why}", hint=first.get("hint") or
+                         f"{first['node']}: {why}{also}", hint=first.get("hint") or
                          "the report says which archives stayed and why")
 
 
