@@ -146,6 +146,37 @@ def test_a_registry_with_credentials_gets_a_temporary_secret(
         "*/volumes/kubernetes.io~secret/registry-auth"))
 
 
+@pytest.mark.parametrize("kind", ["Secret", "Job"])
+def test_a_create_whose_answer_was_lost_leaves_nothing_behind(
+        cli: Cli, cluster: Cluster, api: client.ApiClient, v1: client.CoreV1Api,
+        pod_tls_basic_registry: RegistryUnderTest, monkeypatch: pytest.MonkeyPatch,
+        kind: str) -> None:
+    """The API server made the Secret (the registry's credentials) or the Job, and its
+    answer never came: their names were known only from it, so the rollback left them
+    (the Secret with the password in it). Now each has the run's own name, recorded
+    before the create."""
+    from migrate.adapters import kube
+    from migrate.errors import ClusterError
+
+    name = f"lost-{kind.lower()}"
+    pod = make_pod(v1, name)
+    real = getattr(kube, f"create_{kind.lower()}")
+
+    def create_then_lose_the_answer(*args: Any, **kw: Any) -> Any:
+        real(*args, **kw)
+        raise ClusterError(f"create {kind.lower()}: the connection was reset", hint="retry")
+
+    monkeypatch.setattr(kube, f"create_{kind.lower()}", create_then_lose_the_answer)
+    r = on_node(cli, cluster, name, pod_tls_basic_registry, "--creds",
+                f"{pod_tls_basic_registry.username}:{pod_tls_basic_registry.password}")
+    assert r.code == 6, r.err
+    assert r.json()["outcome"] == "rolled-back"
+    assert leftovers(api) == ([], [])
+    actions = journal_actions(r.json()["id"])
+    assert [a for a in actions if a.startswith(f"deleted {kind} default/migrate-")], actions
+    assert_untouched(v1, name, pod.metadata.uid)
+
+
 def test_a_failing_build_fails_the_migration_and_rolls_back(
         cli: Cli, cluster: Cluster, api: client.ApiClient, v1: client.CoreV1Api,
         pod_tls_basic_registry: RegistryUnderTest) -> None:

@@ -275,10 +275,29 @@ class Journal:
         self.actions.append({"at": utc_now(), "action": action, **detail})
         self.save()
 
+    def creating(self, kind: str, namespace: str, name: str) -> None:
+        """Remember, before asking for it, an object this run is about to create under a
+        name of its own: if the answer is lost or the process stops, rollback and cleanup
+        still delete it by that name (uid unknown: "")."""
+        if not self._has(kind, namespace, name):
+            self.objects.append({"kind": kind, "namespace": namespace, "name": name,
+                                 "uid": ""})
+            self.save()
+
     def created_object(self, kind: str, namespace: str, name: str, uid: str = "") -> None:
         """Remember an object this run created: rollback deletes exactly these."""
-        self.objects.append({"kind": kind, "namespace": namespace, "name": name, "uid": uid})
+        found = self._has(kind, namespace, name)
+        if found is not None:
+            found["uid"] = uid  # announced by `creating`
+        else:
+            self.objects.append({"kind": kind, "namespace": namespace, "name": name,
+                                 "uid": uid})
         self.record(f"created {kind}", namespace=namespace, name=name)
+
+    def _has(self, kind: str, namespace: str, name: str) -> dict[str, str] | None:
+        return next((o for o in self.objects
+                     if (o["kind"], o["namespace"], o["name"]) == (kind, namespace, name)),
+                    None)
 
     def done(self, name: str) -> bool:
         """Whether stage ``name`` has completed."""

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 
 from migrate.adapters import kube
 from migrate.adapters.registry.auth import auth_token, lookup
 from migrate.adapters.registry.reference import parse_reference
-from migrate.errors import ClusterError, UsageError
+from migrate.errors import AlreadyExistsError, ClusterError, UsageError
 from migrate.pipeline.choices import Builder, Compression
 from migrate.pipeline.templating import fill
 from migrate.settings import Settings
@@ -49,42 +49,66 @@ class NodeBuild:
     deadline: int = 900
 
 
+def run_name(prefix: str, run_id: str, part: str, most: int = 63) -> str:
+    """The name of an object a run makes, its own and the same on every try: PREFIX-HASH,
+    the hash of the run's id and ``part``. Known before the create, it is recorded
+    first (`Journal.creating`), so that a create whose answer is lost, or a process
+    stopped just after it, still leaves its name for cleanup and rollback; a
+    generated name would be known only from the answer."""
+    digest = hashlib.sha256(f"{run_id}\0{part}".encode()).hexdigest()[:10]
+    return f"{prefix[:most - len(digest) - 1].rstrip('-.')}-{digest}"
+
+
 def registry_secret(settings: Settings, namespace: str, image: str,
                     run_id: str) -> dict[str, Any] | None:
-    """A dockerconfigjson Secret holding the local credentials for ``image``'s registry."""
+    """A dockerconfigjson Secret holding the local credentials for ``image``'s registry
+    (one a run and registry: its build Jobs and its restored pod share it)."""
     ref = parse_reference(image)
     creds = lookup(ref.registry, ref.repository, settings.registry)
     if creds is None:
         return None
     config = json.dumps({"auths": {ref.registry: {"auth": auth_token(creds)}}})
     return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
-            "metadata": {"generateName": "migrate-registry-", "namespace": namespace,
+            "metadata": {"name": run_name("migrate-registry", run_id, ref.registry),
+                         "namespace": namespace,
                          "labels": {"migrate.dev/migration": run_id}},
             "data": {".dockerconfigjson": base64.b64encode(config.encode()).decode()}}
 
 
-#: Told each object a build creates, as soon as it exists: (kind, namespace, name, uid).
-Created = Callable[[str, str, str, str], None]
+class Journal(Protocol):
+    """Where a run records the objects it makes (pipeline.journal.Journal)."""
+
+    def creating(self, kind: str, namespace: str, name: str) -> None: ...
+
+    def created_object(self, kind: str, namespace: str, name: str, uid: str = "") -> None: ...
 
 
-def start(cluster: kube.Cluster, settings: Settings, b: NodeBuild, created: Created) -> str:
+def create_named(cluster: kube.Cluster, journal: Journal, kind: str, namespace: str,
+                 body: dict[str, Any]) -> str:
+    """Create a run's Secret or Job under its own name (`run_name`), recorded before it
+    is asked for; one already there is this run's, made by a try cut short, and is
+    used as it is. Returns the name."""
+    name = str(body["metadata"]["name"])
+    journal.creating(kind, namespace, name)
+    create = kube.create_secret if kind == "Secret" else kube.create_job
+    try:
+        made = create(cluster, namespace, body)
+    except AlreadyExistsError:
+        return name
+    journal.created_object(kind, namespace, name, made["metadata"].get("uid", ""))
+    return name
+
+
+def start(cluster: kube.Cluster, settings: Settings, b: NodeBuild, journal: Journal) -> str:
     """Create the build's Job (and, when ``b`` names no Secret and the registry needs
     credentials, a temporary Secret made from the local ones); returns the Job's name.
-
-    ``created`` hears each object before anything else can fail, so that a
-    rollback finds and deletes it.
-    """
+    ``journal`` records each object before it is created."""
     if b.secret is None:
         body = registry_secret(settings, b.namespace, b.image, b.run_id)
         if body is not None:
-            made = kube.create_secret(cluster, b.namespace, body)
-            meta = made["metadata"]
-            created("Secret", b.namespace, meta["name"], meta.get("uid", ""))
-            b = dataclasses.replace(b, secret=meta["name"])
-    job = kube.create_job(cluster, b.namespace, job_manifest(b))
-    meta = job["metadata"]
-    created("Job", b.namespace, meta["name"], meta.get("uid", ""))
-    return str(meta["name"])
+            secret = create_named(cluster, journal, "Secret", b.namespace, body)
+            b = dataclasses.replace(b, secret=secret)
+    return create_named(cluster, journal, "Job", b.namespace, job_manifest(b))
 
 
 def job_manifest(b: NodeBuild) -> dict[str, Any]:
@@ -107,8 +131,9 @@ def job_manifest(b: NodeBuild) -> dict[str, Any]:
         mounts.append({"name": "registry-auth", "mountPath": AUTH_DIR, "readOnly": True})
         volumes.append({"name": "registry-auth", "secret": {"secretName": b.secret}})
     labels = {"migrate.dev/migration": b.run_id}
+    # At most 63 characters: the Job controller puts its name in a label of its pods.
     job: dict[str, Any] = fill("build-job.yaml", {
-        "generate_name": f"migrate-build-{b.pod}-"[:58], "namespace": b.namespace,
+        "name": run_name(f"migrate-build-{b.pod}", b.run_id, b.archive), "namespace": b.namespace,
         "labels": labels, "deadline": b.deadline, "node": b.node, "image": b.tool_image,
         "args": args, "env": env, "mounts": mounts, "volumes": volumes})
     return job

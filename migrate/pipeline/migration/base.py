@@ -101,10 +101,11 @@ def _pull(run: Run, source_pod: Obj, container: str, image: str, secrets: list[s
 
 
 def _existing_secrets(run: Run) -> list[str]:
-    """--registry-secret, or the Secrets this run made so far (none: an empty list)."""
+    """--registry-secret, or the Secrets this run made so far (none: an empty list); not
+    one only announced (`Journal.creating`), which a stopped try may never have made."""
     if run.req.registry_secret:
         return [run.req.registry_secret]
-    return [o["name"] for o in run.journal.objects if o["kind"] == "Secret"]
+    return [o["name"] for o in run.journal.objects if o["kind"] == "Secret" and o["uid"]]
 
 
 def pull_secrets(run: Run) -> list[str]:
@@ -127,8 +128,6 @@ def pull_secrets(run: Run) -> list[str]:
         if body is None or registry in seen:
             continue
         seen.add(registry)
-        secret = kube.create_secret(run.cluster, plan.namespace, body)["metadata"]
-        run.journal.created_object("Secret", plan.namespace, secret["name"],
-                                   secret.get("uid", ""))
-        names.append(secret["name"])
+        names.append(nodebuild.create_named(run.cluster, run.journal, "Secret",
+                                            plan.namespace, body))
     return names

@@ -80,7 +80,7 @@ def _on_node(run: Run, container: str, archive: Archive) -> ImageResult:
         image=plan.images[container], run_id=run.journal.id,
         tool_image=nodebuild.check_tool_image(req.tool_image), builder=req.builder,
         compression=req.compression, tls_verify=run.settings.registry.tls_verify,
-        secret=req.registry_secret, deadline=int(req.timeout)), run.journal.created_object)
+        secret=req.registry_secret, deadline=int(req.timeout)), run.journal)
     run.progress("build", f"{container}: Job {plan.namespace}/{name} on {plan.source}")
     result = nodebuild.collect(run.cluster, plan.namespace, name, req.timeout)
     return ImageResult(str(result["reference"]), str(result["digest"]),
