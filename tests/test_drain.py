@@ -711,6 +711,39 @@ def test_on_interrupt_rollback_undoes_the_pods_in_flight_and_uncordons(
         2, f"error: drain {drain_id[1]} has rolled-back; nothing to resume")
 
 
+def test_a_drain_stopped_just_after_its_cordon_is_rolled_back_uncordoned(
+        drain: Callable[..., Result], cli: Cli, cluster: Cluster,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped between the cordon and the journal's record of it: the drain did not know
+    it had cordoned the node, and neither its resume (which found the node cordoned, by
+    itself) nor its rollback uncordoned it."""
+    from migrate.adapters import kube
+
+    cluster.pod("stays")
+    patch = kube.patch_node
+
+    def patch_then_stop(*args: Any, **kw: Any) -> Any:
+        patch(*args, **kw)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(kube, "patch_node", patch_then_stop)
+        r = drain(cluster, "node-a")
+    assert r.code == 130, r.err
+    drain_id = re.search(r"drain (drain-\S+) interrupted", r.err)[1]  # type: ignore[index]
+    assert cluster.cordoned("node-a")
+    with monkeypatch.context() as m:  # the resume is stopped as its plan begins
+        m.setattr("migrate.pipeline.drain.run._plan_stage",
+                  lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        r = drain(cluster, "--resume", drain_id)
+    assert r.code == 130, r.err
+    r = cli("rollback", drain_id, "--kubeconfig", cluster.nodes.kubeconfig, "-o", "json")
+    assert r.code == 0, r.err
+    assert r.json()["undone"] == ["uncordoned node-a"]
+    assert not cluster.cordoned("node-a")
+    assert cluster.where()["stays"] == "node-a"
+
+
 def test_uncordon(cli: Cli, cluster: Cluster) -> None:
     cluster.v1.patch_node("node-a", {"spec": {"unschedulable": True}})
     r = cli("uncordon", "node-a", "--kubeconfig", cluster.nodes.kubeconfig)

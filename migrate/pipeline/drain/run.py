@@ -50,16 +50,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def cordon(cluster: kube.Cluster, node: str) -> bool:
-    """Mark ``node`` unschedulable; returns whether it already was."""
-    from migrate.pipeline.nodes import cordoned
-
-    was = cordoned(kube.read_node(cluster, node))
-    if not was:
-        kube.patch_node(cluster, node, {"spec": {"unschedulable": True}})
-    return was
-
-
 def uncordon(cluster: kube.Cluster, node: str) -> bool:
     """Make ``node`` schedulable again; returns whether it was cordoned."""
     from migrate.pipeline.names import read_node
@@ -84,13 +74,25 @@ def load(settings: Settings, journal_id: str) -> Journal:
 
 
 def _cordon_stage(cluster: kube.Cluster, state: DrainState, progress: Progress) -> None:
+    from migrate.pipeline.nodes import cordoned
+
     journal, node = state.journal, state.request.node
     first = not journal.done("cordon")
     if first:
         journal.begin("cordon")
-    was = cordon(cluster, node)  # again on resume: someone may have uncordoned it
+    # Again on resume: someone may have uncordoned it.
+    was = cordoned(kube.read_node(cluster, node))
+    stage = journal.stage("cordon")
+    if first and "was_cordoned" not in stage.data:
+        # Saved before the patch, and kept by a resume (which finds the node cordoned by
+        # the first try): a drain stopped between the two still knows that it cordoned
+        # the node, and its rollback uncordons it.
+        stage.data["was_cordoned"] = was
+        journal.save()
+    if not was:
+        kube.patch_node(cluster, node, {"spec": {"unschedulable": True}})
     if first:
-        journal.finish("cordon", was_cordoned=was)
+        journal.finish("cordon")
     if not was:
         state.record("cordoned", node=node)
         progress("drain", f"cordoned {node}")
@@ -243,8 +245,7 @@ def rollback(cluster: kube.Cluster, settings: Settings, journal: Journal) -> lis
             f"{entry.key}: migration {last.id} rolled back (it had changed nothing)"]
         state.update(entry.key, error=f"rolled back: migration {last.id}")
     node = journal.request["node"]
-    cordoned_here = journal.done("cordon") and not journal.stage("cordon").data.get(
-        "was_cordoned")
+    cordoned_here = journal.stage("cordon").data.get("was_cordoned") is False
     if cordoned_here and uncordon(cluster, node):
         undone.append(f"uncordoned {node}")
         state.record("uncordoned", node=node)
