@@ -611,6 +611,42 @@ def test_ctrl_c_stops_the_pods_in_flight_at_a_stage_boundary(
     assert not {"c1", "c2", "c3"} & set(cluster.where())
 
 
+def test_a_second_ctrl_c_still_waits_for_the_pods_in_flight(
+        drain: Callable[..., Result], cli: Cli, cluster: Cluster,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second Ctrl-C while the drain waited for its workers ended the wait: the drain
+    recorded itself interrupted while they still ran and wrote its journal."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from migrate.pipeline.drain import run
+
+    for name in ("s1", "s2", "s3"):
+        cluster.pod(name)
+
+    class SecondCtrlC(ThreadPoolExecutor):
+        hit = False
+
+        def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+            if not SecondCtrlC.hit:
+                SecondCtrlC.hit = True
+                raise KeyboardInterrupt  # what SIGINT does to the waiting main thread
+            super().shutdown(wait, cancel_futures=cancel_futures)
+
+    with monkeypatch.context() as m:
+        _ctrl_c_after_the_first_pod(m)
+        m.setattr(run, "ThreadPoolExecutor", SecondCtrlC)
+        r = drain(cluster, "node-a", "--concurrency", "2", "-o", "json")
+        running = [t.name for t in threading.enumerate() if t.name.startswith("drain")]
+    assert r.code == 130, r.err
+    assert running == []
+    assert "migrate: drain: interrupted again: still waiting for the pods in flight" in r.err
+    # What the journal says is what happened: no pod left running or pending behind it.
+    outcomes = {p["name"]: p["outcome"] for p in r.json()["pods"]}
+    assert set(outcomes.values()) <= {"migrated", "interrupted", "pending"}, outcomes
+    history = {h["id"]: h["outcome"] for h in cli("history", "-o", "json").json()}
+    assert all(o in ("succeeded", "interrupted") for o in history.values()), history
+
+
 def test_on_interrupt_rollback_that_fails_says_how_to_try_again(
         drain: Callable[..., Result], cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     from migrate.pipeline.drain import run

@@ -186,7 +186,22 @@ def _run_pool(ctx: Context, todo: list[PodPlan]) -> None:
                      "safe point")
         raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        _wait_for_workers(ctx, pool)
+
+
+def _wait_for_workers(ctx: Context, pool: ThreadPoolExecutor) -> None:
+    """Wait for the pool's threads, through further Ctrl-Cs: Python cannot stop a thread,
+    and the process waits for them before it exits anyway; returning early would record
+    the drain interrupted while its workers still change its journal."""
+    while True:
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+            return
+        except KeyboardInterrupt:
+            ctx.stop.set()
+            ctx.progress("drain", "interrupted again: still waiting for the pods in flight "
+                         "(each stops at its next stage boundary; SIGKILL leaves their runs "
+                         "to `migrate drain --resume`)")
 
 
 def execute(cluster: kube.Cluster, settings: Settings, journal: Journal,
