@@ -537,6 +537,29 @@ def test_a_transient_failure_before_any_run_is_tried_as_often_as_any_other(
     assert cluster.where()["unlucky"] == "node-a"
 
 
+def test_a_pod_that_fails_then_migrates_on_resume_keeps_no_old_hint(
+        drain: Callable[..., Result], cluster: Cluster,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster.pod("second-go")
+    real = migration.plan
+
+    def refused(*args: Any) -> Any:
+        raise ClusterError("node-b is busy", hint="try again later")
+
+    with monkeypatch.context() as m:
+        m.setattr(migration, "plan", refused)
+        r = drain(cluster, "node-a", "-o", "json")
+    assert r.code == 10, r.err
+    pod = by_name(r.json())["second-go"]
+    assert (pod["outcome"], pod["error"], pod["hint"]) == (
+        "failed", "node-b is busy", "try again later")
+    assert migration.plan is real
+    r = drain(cluster, "--resume", r.json()["id"], "-o", "json")
+    assert r.code == 0, r.err
+    pod = by_name(r.json())["second-go"]
+    assert (pod["outcome"], pod["error"], pod["hint"]) == ("migrated", None, None)
+
+
 def test_an_interrupted_drain_resumes(drain: Callable[..., Result], cli: Cli,
                                       cluster: Cluster, monkeypatch: pytest.MonkeyPatch,
                                       plain_registry: RegistryUnderTest) -> None:

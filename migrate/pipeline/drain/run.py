@@ -129,6 +129,8 @@ def _one(ctx: Context, entry: PodPlan) -> str:
         log.debug("pod %s", entry.key, exc_info=True)
         out = {"outcome": FAILED, "error": f"unexpected {type(e).__name__}: {e}"}
     out["api_requests"] = int(before.get("api_requests", 0)) + int(out.get("api_requests", 0))
+    if "error" in out and out["error"] is None:
+        out["hint"] = None  # an earlier try's (a resumed drain's pod) no longer applies
     out.update(started_at=round(started, 3), ended_at=round(time.time(), 3),
                seconds=round(time.perf_counter() - t0, 3))
     ctx.state.update(entry.key, **out)
@@ -280,7 +282,8 @@ def _finish_switched(cluster: kube.Cluster, settings: Settings, state: DrainStat
         state.update(entry.key, error=f"switched over; not finished: {e.message}")
         return (f"migration {run.id} had switched over (the pod runs as {run.restored_pod}); "
                 f"finishing it failed: {e.message}: `migrate resume {run.id}` tries again")
-    state.update(entry.key, outcome=MIGRATED, restored_pod=run.restored_pod, error=None)
+    state.update(entry.key, outcome=MIGRATED, restored_pod=run.restored_pod, error=None,
+                 hint=None)
     return f"migration {run.id} had switched over: finished it (the pod runs as " \
            f"{run.restored_pod})"
 
