@@ -560,6 +560,32 @@ def test_a_pod_that_fails_then_migrates_on_resume_keeps_no_old_hint(
     assert (pod["outcome"], pod["error"], pod["hint"]) == ("migrated", None, None)
 
 
+def test_a_run_that_failed_after_its_switch_over_is_finished_by_the_resume(
+        drain: Callable[..., Result], cluster: Cluster,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its clean-up failed: the restored pod is the workload, and the run is `failed`, which
+    `migrate resume` finishes. A resumed drain reported it failed again each time."""
+    cluster.pod("late-fail")
+
+    def cleanup_fails(run: Any) -> Any:
+        raise ClusterError("cannot reach the API server", hint="check it")
+
+    with monkeypatch.context() as m:
+        m.setitem(migration.STAGE_FUNCTIONS, "cleanup", cleanup_fails)
+        r = drain(cluster, "node-a", "-o", "json")
+    assert r.code == 10, r.err
+    pod = by_name(r.json())["late-fail"]
+    assert pod["outcome"] == "failed", pod
+    (run,) = pod["journals"]
+    restored = cluster.where()
+    assert "late-fail" not in restored  # switched over: the source is gone
+    r = drain(cluster, "--resume", r.json()["id"], "-o", "json")
+    assert r.code == 0, r.err
+    pod = by_name(r.json())["late-fail"]
+    assert (pod["outcome"], pod["error"], pod["journals"]) == ("migrated", None, [run])
+    assert cluster.where()[pod["restored_pod"]] != "node-a"
+
+
 def test_an_interrupted_drain_resumes(drain: Callable[..., Result], cli: Cli,
                                       cluster: Cluster, monkeypatch: pytest.MonkeyPatch,
                                       plain_registry: RegistryUnderTest) -> None:

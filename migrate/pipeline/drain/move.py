@@ -92,7 +92,7 @@ def _unfinished(ctx: Context, entry: PodPlan) -> migration.Migration | None:
     last = migration.load(ctx.settings, journals[-1])
     if last.journal.outcome == "rolled-back":
         return None  # nothing of it is left: start afresh
-    if last.journal.outcome in ("running", "interrupted"):
+    if last.journal.outcome in ("running", "interrupted", "failed"):
         last.journal.lock()
     return last
 
@@ -121,10 +121,8 @@ def _run(ctx: Context, cluster: kube.Cluster, entry: PodPlan,
     """One attempt: continue ``resumed`` or start a new run; the result's fields."""
     run = resumed or _start(ctx, cluster, entry)
     journal = run.journal
-    if journal.outcome == "failed":  # after its switch-over: nothing to retry
-        failed = next((s for s in journal.stages if s.error), None)
-        return {"outcome": FAILED, "error": f"{failed.name}: {failed.error}" if failed
-                else f"migration {journal.id} failed"}
+    # A run that failed after its switch-over (a resumed drain's) is finished, as
+    # `migrate resume` finishes one: its restored pod is the workload now.
     if journal.outcome != "succeeded":
         try:
             # The kubelet's Events are progress for -v only: without it, no watch for them.
