@@ -74,6 +74,17 @@ def test_every_help_ends_with_examples_that_parse(cli: Cli, path: str) -> None:
         parse(argv[1:])  # raises if an option, a choice or a required value is wrong
 
 
+@pytest.mark.parametrize("group", [[], ["sandbox"], ["schedule"]])
+def test_a_group_without_a_command_says_so(group: list[str]) -> None:
+    """Its help, then `error: ` and nothing: an empty error line."""
+    done = run_binary(group)
+    name = " ".join(["migrate", *group])
+    assert done.returncode == 2
+    assert "Usage: " in done.stdout + done.stderr
+    assert (done.stdout + done.stderr).splitlines()[-2:] == [
+        f"error: {name} needs a command", f"hint: see '{name} --help'"]
+
+
 def test_pod_help_says_what_is_required(cli: Cli) -> None:
     text = " ".join(cli("pod", "--help").out.replace("│", " ").split())
     assert "HOST[:PORT]/REPO (no http://). This or --image is required." in text

@@ -157,8 +157,11 @@ def _run(args: list[str], terminated: threading.Event) -> int:
         code = int(getattr(e, "exit_code", ExitCode.USAGE))
         ctx = getattr(e, "ctx", None)
         cmd = ctx.command_path if ctx is not None else PROGRAM.get()
+        message = e.format_message()
+        if not message:  # a group given no command: its help is printed, and says it all
+            message = f"{cmd} needs a command"
         hint = f"see '{cmd} --help'" if code == ExitCode.USAGE else None
-        return _fail(e.format_message(), hint, code)
+        return _fail(message, hint, code)
     except (typer.Abort, KeyboardInterrupt):
         return _fail(_interrupted(terminated), None, ExitCode.INTERRUPTED)
     except BrokenPipeError:
