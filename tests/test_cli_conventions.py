@@ -105,6 +105,26 @@ def test_a_registry_given_as_a_url_is_refused_before_anything(cli: Cli, tmp_path
                                   "hint: --registry reg.example/ckpt"]
 
 
+@pytest.mark.parametrize("args", [
+    ["pod", "x", "--to", "node-b", "--registry", "bob:S3cret@reg.example:5000/ckpt"],
+    ["pod", "x", "--to", "node-b", "--registry", "https://bob:S3cret@reg.example/ckpt"],
+    ["pod", "x", "--to", "node-b", "--registry", "bob:S3cret@reg.example:5000"],
+    ["build", "x.tar", "--image", "bob:S3cret@reg.example:5000/ckpt/app:v1"],
+])
+def test_credentials_in_a_registry_address_are_refused_unshown(
+        cli: Cli, tmp_path: Path, args: list[str]) -> None:
+    """A URL's USER:PASSWORD@ was taken for part of the host (then echoed by every error
+    about the image reference), or for a digest."""
+    r = cli(*args, "--kubeconfig", tmp_path / "none")
+    what = "the image reference" if "--image" in args else "--registry"
+    assert (r.code, r.out) == (2, "")
+    assert r.err == (f"error: {what} holds credentials before its host (USER:PASSWORD@...): "
+                     "not accepted, and not shown here\n"
+                     "hint: give the host alone, and the credentials with --creds "
+                     "USER:PASSWORD or --authfile FILE\n")
+    assert "S3cret" not in r.err
+
+
 # -- item 6: global options before or after the command ---------------------------------------
 
 

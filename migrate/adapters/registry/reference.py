@@ -60,6 +60,19 @@ class Reference:
         return out + (f"@{self.digest}" if self.digest else "")
 
 
+def _no_userinfo(value: str, what: str, *, reference: bool) -> None:
+    """Refuse USER:PASSWORD@ before the host (URL habit), naming none of it: the value
+    would otherwise be echoed in this error, and in others later."""
+    host = value.partition("://")[2] if "://" in value else value
+    first, slash, _ = host.partition("/")
+    # Without a "/" after it, an "@" in an image reference starts its digest (app@sha256:..).
+    if "@" in first and (slash or not reference):
+        raise UsageError(f"{what} holds credentials before its host (USER:PASSWORD@...): "
+                         "not accepted, and not shown here",
+                         hint="give the host alone, and the credentials with --creds USER:PASSWORD"
+                         " or --authfile FILE")
+
+
 def _bad(ref: str, why: str) -> UsageError:
     return UsageError(f"invalid image reference {ref!r}: {why}",
                       hint="use REGISTRY/REPOSITORY[:TAG], e.g. registry.example:5000/ckpt/app:v1")
@@ -67,6 +80,7 @@ def _bad(ref: str, why: str) -> UsageError:
 
 def parse_reference(ref: str) -> Reference:
     """Parse ``ref``; a name without a registry means Docker Hub, as in docker and podman."""
+    _no_userinfo(ref, "the image reference", reference=True)
     rest, _, digest = ref.partition("@")
     if digest and not _DIGEST.match(digest):
         raise _bad(ref, "the digest must be sha256:<64 hex digits>")
@@ -93,6 +107,7 @@ def check_prefix(value: str, option: str = "--registry") -> str:
     """A ``HOST[:PORT]/REPOSITORY`` prefix as given to --registry, checked before it is
     used to name images: a URL (``http://host/repo``) would otherwise fail later, on an
     image reference the user never typed."""
+    _no_userinfo(value, option, reference=False)
     scheme, sep, rest = value.partition("://")
     if sep:
         plain = " (plain HTTP: add --no-tls-verify)" if scheme.lower() == "http" else ""
