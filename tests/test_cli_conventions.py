@@ -125,6 +125,18 @@ def test_credentials_in_a_registry_address_are_refused_unshown(
     assert "S3cret" not in r.err
 
 
+@pytest.mark.parametrize("args", [["build", "x.tar", "--image", "reg.example:5000/a/b:v1"],
+                                  ["doctor", "--registry", "reg.example:5000/ckpt"]])
+def test_a_cert_dir_that_is_not_a_directory_is_refused(cli: Cli, tmp_path: Path,
+                                                       args: list[str]) -> None:
+    """It was skipped, and the TLS failure that followed asked for --cert-dir."""
+    r = cli(*args, "--cert-dir", tmp_path / "typo", "--kubeconfig", tmp_path / "none")
+    assert (r.code, r.out) == (4, "")
+    assert r.err == (f"error: --cert-dir {tmp_path / 'typo'}: no such directory\n"
+                     "hint: give the directory holding the registry's CA (*.crt) and client "
+                     "pair (*.cert, *.key)\n")
+
+
 # -- item 6: global options before or after the command ---------------------------------------
 
 

@@ -44,11 +44,23 @@ CERT_DIR = typer.Option(None, "--cert-dir", help="Registry CA certificates (*.cr
                         "client pair (*.cert, *.key).")
 
 
+def _check_cert_dir(cert_dir: Path | None) -> None:
+    """A --cert-dir that is not a directory is a mistake to say now: skipped, the TLS
+    failure it leads to would ask for the very option given."""
+    if cert_dir is not None and not cert_dir.is_dir():
+        from migrate.errors import NotFoundError
+
+        raise NotFoundError(f"--cert-dir {cert_dir}: no such directory",
+                            hint="give the directory holding the registry's CA (*.crt) and "
+                            "client pair (*.cert, *.key)")
+
+
 def with_registry(base: Settings, *, authfile: Path | None, creds: str | None,
                   tls_verify: bool, cert_dir: Path | None) -> Settings:
     """``base`` with the registry options of one command applied."""
     from migrate.adapters.registry.auth import parse_creds
 
+    _check_cert_dir(cert_dir)
     return dataclasses.replace(base, registry=dataclasses.replace(
         base.registry, tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile,
         creds=parse_creds(creds) if creds is not None else None))
@@ -62,6 +74,7 @@ def with_recorded_registry(base: Settings, recorded: dict[str, Any], *, run: str
     from migrate.adapters.registry.auth import parse_creds
     from migrate.pipeline import trust
 
+    _check_cert_dir(cert_dir)
     given = trust.Given(tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile,
                         creds=parse_creds(creds) if creds is not None else None)
     return dataclasses.replace(base, registry=trust.resumed(
