@@ -7,13 +7,16 @@ so nothing is extracted and reading one member never touches the others.
 Archives are untrusted. Every read is bounded by what the file holds, so a
 size field in a header cannot make us allocate more than the file's bytes;
 a member whose header claims more data than the file has is reported as
-truncated, naming the member.
+truncated, naming the member. tarfile reads the headers, through `_TarFile`,
+which bounds what a crafted header can make it do (see `_TarInfo`).
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
+import re
 import stat
 import tarfile
 from collections.abc import Callable, Iterator
@@ -161,7 +164,159 @@ def _check_end(reader: RangeReader, offset: int, total: int, last: str, label: s
                        f"{what}", hint=_TRUNCATED_HINT, member=name or None)
 
 
-def _member(info: tarfile.TarInfo) -> Member:
+_CRAFTED_HINT = "no container engine writes such a tar header: the archive is damaged or crafted"
+MAX_TAR_META = 1024 * 1024
+"""Largest GNU long name/link or pax extended header followed, and the most bytes of pax
+global headers: the engines write a path of at most PATH_MAX and a few xattrs."""
+_MAX_META_CHAIN = 16  # extended headers in a row (the engines write one or two)
+_MAX_GLOBAL_KEYS = 64
+_META_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
+               tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
+_PAX_LENGTH = re.compile(rb"([0-9]{1,20}) ")
+
+
+class _Refused(Exception):
+    """A tar header this reader will not follow; the caller names the archive."""
+
+    def __init__(self, message: str, member: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.member = message, member
+
+
+def _sparse(name: str) -> _Refused:
+    # tarfile gives a sparse member the size it claims once expanded, larger than
+    # its data in the archive: reading that many bytes would read the next members'.
+    return _Refused("is a sparse file, which checkpoint archives never hold "
+                    "(the engines' tar writers cannot write one)", normalize(name))
+
+
+def _pax_records(buf: bytes, offset: int) -> list[tuple[bytes, bytes]]:
+    """The ``LEN keyword=value\\n`` records of a pax extended header, in linear time.
+
+    Python before 3.11.10 parses them with regular expressions that take
+    quadratic time on runs of digits (CVE-2024-6232) and skips what they do not
+    match; this is the framing of its fixed parser, a malformed record refused.
+    """
+    records: list[tuple[bytes, bytes]] = []
+    pos = 0
+    while pos < len(buf) and buf[pos] != 0:  # the header's padding is NULs
+        match = _PAX_LENGTH.match(buf, pos)
+        length = int(match.group(1)) if match else 0
+        end = pos + length - 1  # the record's newline
+        key, equals, value = (buf[match.end():end].partition(b"=") if match and length >= 5
+                              else (b"", b"", b""))
+        if not key or not equals or end >= len(buf) or buf[end] != 0x0A:
+            raise _Refused(f"the pax extended header at offset {offset} is malformed")
+        records.append((key, value))
+        pos += length
+    return records
+
+
+def _decode(raw: bytes, encoding: str, fallback: str, errors: str) -> str:
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError:
+        return raw.decode(fallback, errors)
+
+
+class _TarInfo(tarfile.TarInfo):
+    """tarfile's header reader, bounded for untrusted archives.
+
+    tarfile itself follows extended headers by recursion and reads them
+    whatever their size, takes a base-256 negative size as a step back, parses
+    pax records in quadratic time (before Python 3.11.10), and gives sparse
+    members their expanded size. Its `_proc_member` is the hook it documents
+    for subclasses; `_proc_pax` replaces its parser, as the fixed Pythons do.
+    """
+
+    def _proc_member(self, tf: _TarFile) -> tarfile.TarInfo:
+        if self.size < 0:
+            raise _Refused(f"declares a negative size ({self.size})", normalize(self.name))
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise _sparse(self.name)
+        if self.type not in _META_TYPES:
+            return super()._proc_member(tf)  # type: ignore[misc,no-any-return]
+        if self.size > MAX_TAR_META and _left(tf) > MAX_TAR_META:
+            # Refused only where the archive holds that much; a header claiming more than
+            # the archive has left is a cut archive, which tarfile reports as such.
+            raise _Refused(f"the extended header at offset {self.offset} declares "
+                           f"{self.size} bytes, more than the {MAX_TAR_META}-byte limit")
+        if tf.meta_depth >= _MAX_META_CHAIN:
+            # tarfile recurses once per header in a row: a long chain would exhaust the stack.
+            raise _Refused(f"holds more than {_MAX_META_CHAIN} extended headers in a row "
+                           f"(at offset {self.offset})")
+        tf.meta_depth += 1
+        try:
+            return super()._proc_member(tf)  # type: ignore[misc,no-any-return]
+        finally:
+            tf.meta_depth -= 1
+
+    def _proc_pax(self, tf: _TarFile) -> tarfile.TarInfo:
+        """tarfile's, with a linear parser, the sparse formats refused and global headers
+        bounded (their records are copied into every later member)."""
+        buf = tf.fileobj.read(-(-self.size // 512) * 512)[:self.size]
+        records = _pax_records(buf, self.offset)
+        headers: dict[str, str] = dict(tf.pax_headers)
+        for raw_key, raw_value in records:
+            if raw_key == b"hdrcharset":
+                headers["hdrcharset"] = raw_value.decode("utf-8", tf.errors)
+                break
+        encoding = tf.encoding if headers.get("hdrcharset") == "BINARY" else "utf-8"
+        for raw_key, raw_value in records:
+            key = _decode(raw_key, "utf-8", "utf-8", tf.errors)
+            names = key in tarfile.PAX_NAME_FIELDS
+            headers[key] = _decode(raw_value, encoding if names else "utf-8",
+                                   tf.encoding if names else "utf-8", tf.errors)
+        if self.type == tarfile.XGLTYPE:
+            tf.global_bytes += len(buf)
+            if tf.global_bytes > MAX_TAR_META or len(headers) > _MAX_GLOBAL_KEYS:
+                raise _Refused(f"the pax global headers up to offset {self.offset} hold "
+                               f"more than {MAX_TAR_META} bytes or {_MAX_GLOBAL_KEYS} records")
+            tf.pax_headers = headers
+        try:
+            after = self.fromtarfile(tf)
+        except tarfile.HeaderError as e:
+            raise tarfile.ReadError(str(e)) from None  # what tarfile makes of it
+        if any(key.startswith("GNU.sparse.") for key in headers):
+            raise _sparse(headers.get("GNU.sparse.name") or headers.get("path") or after.name)
+        if self.type != tarfile.XGLTYPE:
+            after._apply_pax_info(headers, tf.encoding, tf.errors)  # type: ignore[attr-defined]
+            after.offset = self.offset
+            if after.size < 0:
+                raise _Refused(f"declares a negative size ({after.size})",
+                               normalize(after.name))
+            if "size" in headers:
+                # The record replaces the header's size: the next header is found from it.
+                tf.offset = after.offset_data
+                if after.isreg() or after.type not in tarfile.SUPPORTED_TYPES:
+                    tf.offset += -(-after.size // 512) * 512
+        return after
+
+
+def _left(tf: tarfile.TarFile) -> int:
+    """Bytes the archive holds past the current header (a stream's are unknown: any)."""
+    f = tf.fileobj
+    return f.size - f.tell() if isinstance(f, RangeReader) else MAX_TAR_META + 1
+
+
+class _TarFile(tarfile.TarFile):
+    """A TarFile that reads headers with `_TarInfo`; its errors are `_Refused`."""
+
+    tarinfo = _TarInfo
+    meta_depth = 0  # extended headers being followed
+    global_bytes = 0  # bytes of pax global headers so far
+
+
+def _mtime(info: tarfile.TarInfo, label: str) -> int:
+    # A pax record holds a decimal number, which tarfile parses as a float: "nan"
+    # and "inf" are valid to it, and have no integer value.
+    if isinstance(info.mtime, float) and not math.isfinite(info.mtime):
+        raise ArchiveError(label, f"has an invalid modification time ({info.mtime})",
+                           hint=_CRAFTED_HINT, member=normalize(info.name))
+    return int(info.mtime)
+
+
+def _member(info: tarfile.TarInfo, label: str) -> Member:
     return Member(
         name=normalize(info.name),
         size=info.size if info.isreg() else 0,
@@ -169,8 +324,12 @@ def _member(info: tarfile.TarInfo) -> Member:
         kind=_kind(info),
         linkname=info.linkname,
         mode=info.mode,
-        mtime=int(info.mtime),
+        mtime=_mtime(info, label),
     )
+
+
+def _refused(label: str, e: _Refused) -> ArchiveError:
+    return ArchiveError(label, e.message, hint=_CRAFTED_HINT, member=e.member)
 
 
 def scan_tar(reader: RangeReader, label: str, max_members: int) -> list[Member]:
@@ -187,7 +346,9 @@ def scan_tar(reader: RangeReader, label: str, max_members: int) -> list[Member]:
         # tarfile seeks over member data, so this reads headers only. It gets the
         # raw range reader, never a BufferedReader: the latter allocates whatever
         # a (GNU long name) header claims before reading it.
-        tf = tarfile.open(fileobj=reader, mode="r:")  # noqa: SIM115 (closed by `with tf` below)
+        tf = _TarFile.open(fileobj=reader, mode="r:")  # closed by `with tf` below
+    except _Refused as e:
+        raise _refused(label, e) from e
     except (tarfile.TarError, ValueError, OverflowError) as e:
         raise ArchiveError(
             label, f"not a readable tar archive ({e})", hint="is this a checkpoint archive?"
@@ -198,6 +359,8 @@ def scan_tar(reader: RangeReader, label: str, max_members: int) -> list[Member]:
         while True:
             try:
                 info = tf.next()
+            except _Refused as e:
+                raise _refused(label, e) from e
             except (tarfile.TarError, ValueError, OverflowError) as e:
                 # tarfile notices a cut in a member's data only when it looks for
                 # the next header; the member it read last is the one cut short.
@@ -215,7 +378,13 @@ def scan_tar(reader: RangeReader, label: str, max_members: int) -> list[Member]:
                                    "probably crafted")
             if info.isreg() and info.offset_data + info.size > total:
                 raise _truncated(label, info, total)
-            members.append(_member(info))
+            if info.isreg() and not 0 <= info.size <= tf.offset - info.offset_data:
+                # A size that is not the data tarfile stepped over (a pax global "size")
+                # would make reading the member read the next ones.
+                raise ArchiveError(label, f"declares {info.size} bytes but holds "
+                                   f"{tf.offset - info.offset_data}", hint=_CRAFTED_HINT,
+                                   member=normalize(info.name))
+            members.append(_member(info, label))
             last = info
         _check_end(reader, tf.offset, total, last.name if last else "", label)
     return members
@@ -298,10 +467,10 @@ def looks_like_checkpoint(path: Path) -> bool:
         kind = compressed.sniff(os.pread(fd, 4, 0))
         if kind is None:
             # A plain tar: tarfile seeks over member data and reads headers only.
-            tf = tarfile.open(fileobj=RangeReader(fd, 0, size), mode="r:")  # noqa: SIM115
+            tf = _TarFile.open(fileobj=RangeReader(fd, 0, size), mode="r:")
         else:
             stream = _Budgeted(compressed.Decompressor(fd, size, kind, str(path)), PROBE_BYTES)
-            tf = tarfile.open(fileobj=stream, mode="r|")  # noqa: SIM115
+            tf = _TarFile.open(fileobj=stream, mode="r|")
         with tf:
             for _ in range(PROBE_ENTRIES):
                 info = tf.next()
@@ -312,8 +481,8 @@ def looks_like_checkpoint(path: Path) -> bool:
                 if name in _CHECKPOINT_NAMES or name.startswith("checkpoint/"):
                     return True
         return False
-    except (_ProbeDone, tarfile.TarError, ValueError, OverflowError, EOFError, OSError,
-            MigrateError):
+    except (_ProbeDone, _Refused, tarfile.TarError, ValueError, OverflowError, EOFError,
+            OSError, MigrateError):
         return False
     finally:
         os.close(fd)

@@ -196,12 +196,18 @@ class Checkpoint:
 
         For archives whose config.dump has no ``checkpointedTime`` (Podman's):
         CRIU writes the inventory when the dump starts and the engine keeps its
-        time when it packs the archive. Empty when the member is missing.
+        time when it packs the archive. Empty when the member is missing or its time
+        is not one a dump could have (none, or past what a date can hold).
         """
         m = self.archive.members.get(INVENTORY)
         if m is None or m.kind != "file" or m.mtime <= 0:
             return ""
-        return datetime.fromtimestamp(m.mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            when = datetime.fromtimestamp(m.mtime, UTC)
+        except (OverflowError, ValueError, OSError):
+            # Past year 9999 (or the platform's time_t): a header's number, not a time.
+            return ""
+        return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def sizes(self) -> tuple[int, int, int]:
         """(CRIU image bytes, of which memory pages, rootfs-diff.tar bytes), from headers."""

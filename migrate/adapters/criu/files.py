@@ -314,6 +314,11 @@ def _address(words: list[int], family: int, fid: int, which: str,
     if len(words) * 4 != size:
         raise ImageError(f"inet socket {fid} has a {which} address of {len(words)} words, "
                          f"{size // 4} expected")
+    wide = next((w for w in words if not 0 <= w <= 0xFFFFFFFF), None)
+    if wide is not None:
+        # The words are uint32 in CRIU's proto; the wire format carries up to 64 bits.
+        raise ImageError(f"inet socket {fid} has a {which} address word of {wide:#x}, "
+                         "wider than 32 bits")
     return b"".join(w.to_bytes(4, byteorder) for w in words)
 
 
