@@ -147,6 +147,15 @@ def interrupt_at(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
     monkeypatch.setitem(migration.STAGE_FUNCTIONS, stage, interrupted)
 
 
+def done_then(real: Callable[..., Any], error: BaseException) -> Callable[..., Any]:
+    """``real``, then ``error``: the call was carried out and its caller never heard (an
+    answer lost, or the process stopped just after it)."""
+    def call(*args: Any, **kw: Any) -> Any:
+        real(*args, **kw)
+        raise error
+    return call
+
+
 def journal_id_of(err: str) -> str:
     """The id of the migration an interruption stopped, from what it said."""
     found = re.search(r"migration (pod-\S+) interrupted", err)

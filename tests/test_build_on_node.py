@@ -27,7 +27,7 @@ from e2e.nodes import RegistryConfig
 from migrate.pipeline.journal import Journal
 from migrate.pipeline.preflight import POD_REACH_HINT
 from tests.cluster import node_agents
-from tests.conftest import Result
+from tests.conftest import Result, done_then
 from tests.registries import RegistryUnderTest
 from tests.test_migrate_pod import assert_untouched, make_pod, pods
 
@@ -160,13 +160,9 @@ def test_a_create_whose_answer_was_lost_leaves_nothing_behind(
 
     name = f"lost-{kind.lower()}"
     pod = make_pod(v1, name)
-    real = getattr(kube, f"create_{kind.lower()}")
-
-    def create_then_lose_the_answer(*args: Any, **kw: Any) -> Any:
-        real(*args, **kw)
-        raise ClusterError(f"create {kind.lower()}: the connection was reset", hint="retry")
-
-    monkeypatch.setattr(kube, f"create_{kind.lower()}", create_then_lose_the_answer)
+    create = f"create_{kind.lower()}"
+    monkeypatch.setattr(kube, create, done_then(getattr(kube, create), ClusterError(
+        f"{create}: the connection was reset", hint="retry")))
     r = on_node(cli, cluster, name, pod_tls_basic_registry, "--creds",
                 f"{pod_tls_basic_registry.username}:{pod_tls_basic_registry.password}")
     assert r.code == 6, r.err

@@ -37,7 +37,7 @@ from migrate.pipeline.drain.plan import BARE_POD, LOCAL_DATA
 from migrate.pipeline.journal import Journal
 from migrate.validation import validate
 from tests.cluster import api_client, cordoned, node_agents, wait_for
-from tests.conftest import Result, interrupt_at, journal_id_of
+from tests.conftest import Result, done_then, interrupt_at, journal_id_of
 from tests.registries import RegistryUnderTest
 
 Cli = Callable[..., Result]
@@ -805,14 +805,8 @@ def test_a_drain_stopped_just_after_its_cordon_is_rolled_back_uncordoned(
     from migrate.adapters import kube
 
     cluster.pod("stays")
-    patch = kube.patch_node
-
-    def patch_then_stop(*args: Any, **kw: Any) -> Any:
-        patch(*args, **kw)
-        raise KeyboardInterrupt
-
     with monkeypatch.context() as m:
-        m.setattr(kube, "patch_node", patch_then_stop)
+        m.setattr(kube, "patch_node", done_then(kube.patch_node, KeyboardInterrupt()))
         r = drain(cluster, "node-a")
     assert r.code == 130, r.err
     drain_id = re.search(r"drain (drain-\S+) interrupted", r.err)[1]  # type: ignore[index]

@@ -29,7 +29,7 @@ from e2e.nodes import RegistryConfig
 from migrate.pipeline import migration, switchover
 from migrate.pipeline.journal import Journal
 from tests.cluster import node_agents, wait_for
-from tests.conftest import Result, interrupt_at, journal_id_of
+from tests.conftest import Result, done_then, interrupt_at, journal_id_of
 from tests.registries import RegistryUnderTest
 from tests.test_migrate_pod import assert_untouched, make_pod, pods
 
@@ -356,12 +356,7 @@ def test_a_run_stopped_after_its_source_went_is_finished_not_undone(
     # pod, the only copy of the workload left; rollback refuses, and resume finishes.
     make_pod(v1, "gone-src")
     deleted = switchover.delete_source
-
-    def delete_then_stop(*args: Any, **kw: Any) -> float:
-        deleted(*args, **kw)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(switchover, "delete_source", delete_then_stop)
+    monkeypatch.setattr(switchover, "delete_source", done_then(deleted, KeyboardInterrupt()))
     r = cli(*plain(cluster, plain_registry, "gone-src"))
     assert r.code == 130, r.err
     journal_id = journal_id_of(r.err)
@@ -390,12 +385,7 @@ def test_a_run_stopped_between_its_create_and_the_record_of_it_takes_up_its_pod(
 
     make_pod(v1, "made-once")
     create = restore.create
-
-    def create_then_stop(*args: Any, **kw: Any) -> Any:
-        create(*args, **kw)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(restore, "create", create_then_stop)
+    monkeypatch.setattr(restore, "create", done_then(create, KeyboardInterrupt()))
     r = cli(*plain(cluster, plain_registry, "made-once"))
     assert r.code == 130, r.err
     journal_id = journal_id_of(r.err)
@@ -422,13 +412,8 @@ def test_a_create_whose_answer_was_lost_is_rolled_back_by_the_runs_label(
     from migrate.pipeline import restore
 
     pod = make_pod(v1, "answer-lost")
-    create = restore.create
-
-    def create_then_lose_the_answer(*args: Any, **kw: Any) -> Any:
-        create(*args, **kw)
-        raise ClusterError("create pod: the connection was reset", hint="try again")
-
-    monkeypatch.setattr(restore, "create", create_then_lose_the_answer)
+    monkeypatch.setattr(restore, "create", done_then(restore.create, ClusterError(
+        "create pod: the connection was reset", hint="try again")))
     r = cli(*plain(cluster, plain_registry, "answer-lost"), "-o", "json")
     assert r.code == 6, r.err
     journal_id = r.json()["id"]
