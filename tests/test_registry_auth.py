@@ -165,6 +165,19 @@ def test_entries_without_credentials_fall_through(tmp_path: Path,
     assert user_of(REG, "ns/app", settings(full_env(tmp_path, places))) == "real"
 
 
+def test_an_identitytoken_entry_is_said_not_used(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                 places: dict[str, Path]) -> None:
+    """`docker login` to a registry handing out OAuth refresh tokens keeps one instead of a
+    password; the requests went anonymous, and their 401 said nothing of why."""
+    authfile = write_auth(tmp_path / "given.json", {REG: {"identitytoken": "REFRESH-SECRET"}})
+    with caplog.at_level(logging.WARNING):
+        assert lookup(REG, "ns/app", settings(authfile=authfile)) is None
+    assert caplog.messages == [f"{authfile}: the entry for {REG} holds an identitytoken, which "
+                               "migrate does not use: give USER:PASSWORD (--creds, or an "
+                               "'auth' entry)"]
+    assert "REFRESH-SECRET" not in caplog.text
+
+
 def test_creds_win_over_every_file(tmp_path: Path, places: dict[str, Path]) -> None:
     for name in ORDER:
         write_auth(places[name], {REG: entry(name), f"{REG}/ns/app": entry(name)})

@@ -408,3 +408,19 @@ def test_criu_errors_name_the_cause(tmp_path: Path) -> None:
     assert criu_errors(log) == ["File etc/data.txt has bad size 9 (expect 33)",
                                 "inet: Connected TCP socket in image"]
     assert criu_errors(tmp_path / "gone.log") == []
+
+
+@pytest.mark.parametrize("method", ["image", "container"])
+def test_podman_answering_other_than_json_is_a_dependency_error(method: str) -> None:
+    """A podman wrapper or a broken one: its inspect output was parsed unguarded (exit 1,
+    JSONDecodeError)."""
+    from migrate.adapters.podman import Podman
+    from migrate.errors import DependencyError
+    from migrate.settings import PodmanSettings
+
+    podman = Podman(PodmanSettings())
+    podman._run = lambda *args, **kw: "podman: warning: not JSON"  # type: ignore[assignment]
+    with pytest.raises(DependencyError) as e:
+        getattr(podman, method)("forensic-counter")
+    assert e.value.message == f"podman {method} inspect did not answer JSON"
+    assert e.value.hint == "check that `podman` on the PATH is Podman (`podman --version`)"

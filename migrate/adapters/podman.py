@@ -63,6 +63,16 @@ def _said(stderr: str) -> str:
     return tail("\n".join(lines))
 
 
+def _inspected(out: str, sub: str) -> Any:
+    """``podman SUB``'s JSON: not JSON means a podman we do not understand, not a bug."""
+    try:
+        return json.loads(out)
+    except ValueError as e:
+        raise DependencyError(f"podman {sub} did not answer JSON",
+                              hint="check that `podman` on the PATH is Podman (`podman --version`)"
+                              ) from e
+
+
 class PodmanFailed(DependencyError):
     """A podman command failed; ``said`` is Podman's own message (scrubbed), "" for none."""
 
@@ -168,7 +178,8 @@ class Podman:
 
     def image(self, name: str) -> dict[str, Any]:
         """``podman image inspect`` of one image."""
-        data = json.loads(self._run("image", "inspect", name, sub="image inspect"))
+        data = _inspected(self._run("image", "inspect", name, sub="image inspect"),
+                          "image inspect")
         return data[0] if isinstance(data, list) and data and isinstance(data[0], dict) else {}
 
     @contextmanager
@@ -222,7 +233,7 @@ class Podman:
             if _NO_CONTAINER.search(e.said):
                 return None
             raise
-        data = json.loads(out)
+        data = _inspected(out, "container inspect")
         return data[0] if isinstance(data, list) and data and isinstance(data[0], dict) else None
 
     def remove(self, name: str) -> None:

@@ -81,6 +81,11 @@ def _decode_entry(entry: Mapping[str, object], path: Path, key: str) -> Credenti
     name, word = entry.get("username"), entry.get("password")
     if isinstance(name, str) and isinstance(word, str):
         return name, Secret(word)
+    if entry.get("identitytoken"):
+        # What `docker login` keeps for registries that hand out OAuth refresh tokens;
+        # said, because the anonymous requests that follow fail with a 401 alone.
+        log.warning("%s: the entry for %s holds an identitytoken, which migrate does not "
+                    "use: give USER:PASSWORD (--creds, or an 'auth' entry)", path, key)
     return None
 
 

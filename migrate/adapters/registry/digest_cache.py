@@ -62,7 +62,8 @@ class DigestCache:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             # Per thread, not only per process: a drain builds several images at once.
             tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.{threading.get_ident()}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            # O_NOFOLLOW: a link planted at the temporary name is not written through.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "w") as f:
                 json.dump(entries, f)
             os.replace(tmp, self.path)
