@@ -102,6 +102,26 @@ def test_a_job_on_each_node_prunes_its_archives(cli: Cli, cluster: Cluster,
     assert jobs(api, "default") == []  # deleted once their reports were read
 
 
+def test_an_archive_taken_after_the_prune_read_what_runs_need_is_kept(
+        cli: Cli, cluster: Cluster, dirs: dict[str, Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node Job lists its directory seconds or minutes after the claims and journals
+    were read: a migration that claimed its pod and checkpointed meanwhile had its archive
+    pruned under it (`--older-than 0s`, `--keep 0`, or `--max-size` filled by archives of
+    runs in flight). Archives taken in the minutes before the prune began are kept."""
+    monkeypatch.delenv("MIGRATE_NODE_ROOT", raising=False)
+    old = archive(dirs["node-a"], "web", 1)
+    fresh = archive(dirs["node-a"], "moving", 0)
+    r = cli("prune", "--node", "node-a", "--older-than", "0s", "--where", "node",
+            "--tool-image", TOOL, "--kubeconfig", cluster.kubeconfig, "-n", "default",
+            "-o", "json")
+    assert r.code == 0, r.err
+    (node,) = r.json()["nodes"]
+    assert [p["name"] for p in node["pruned"]] == [old]
+    assert node["protected"] == [fresh]
+    assert os.listdir(dirs["node-a"]) == [fresh]
+
+
 def test_local_with_node_root_keeps_what_a_journal_needs(
         cli: Cli, cluster: Cluster, dirs: dict[str, Path],
         monkeypatch: pytest.MonkeyPatch) -> None:

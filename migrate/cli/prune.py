@@ -114,6 +114,7 @@ def prune(
                                       "archive (a file name) whatever the rules say "
                                       "(repeatable).", show_default=False),
     protect_prefix: list[str] = typer.Option([], "--protect-prefix", hidden=True),
+    protect_since: float | None = typer.Option(None, "--protect-since", hidden=True),
     directory: Path | None = typer.Option(None, "--dir", metavar="DIR", help="Prune DIR as "
                                           "the one --node's checkpoint directory, without "
                                           "asking the cluster (what a node Job runs).",
@@ -156,7 +157,7 @@ def prune(
         check_termination_path(termination_message_path)
     req = PruneRequest(Rules(seconds, keep, _size(max_size)), tuple(node), where.value,
                        tool_image, dry_run, directory, tuple(protect), tuple(protect_prefix),
-                       timeout, namespace)
+                       timeout, namespace, protect_since)
     if directory is not None:
         rep = prune_here(req)
     else:

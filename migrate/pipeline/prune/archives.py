@@ -45,12 +45,14 @@ def _candidates(found: list[checkpoint_dir.Entry]) -> tuple[list[Archive], list[
 
 def prune_directory(node: str, directory: Path, rules: Rules, protected: set[str],
                     prefixes: tuple[str, ...] = (), *, dry_run: bool, now: float,
-                    tighten: bool = False) -> Obj:
+                    tighten: bool = False, since: float | None = None) -> Obj:
     """Select and (unless ``dry_run``) remove archives in ``directory``; the node's report.
 
     Names in ``protected``, and names starting with one of ``prefixes`` (the
     archives of a claimed pod), are kept whatever the rules say. ``tighten``:
     an empty directory is made 0700 (a node Job's mount may have just made it).
+    ``since``: archives taken then or later are kept too (a migration may have begun
+    after the caller read what runs need).
     """
     with checkpoint_dir.opened(directory) as fd:
         if tighten and not dry_run:
@@ -58,7 +60,8 @@ def prune_directory(node: str, directory: Path, rules: Rules, protected: set[str
         found = checkpoint_dir.entries(fd)
         archives, skipped = _candidates(found)
         protected = protected | {a.name for a in archives
-                                 if prefixes and a.name.startswith(prefixes)}
+                                 if (prefixes and a.name.startswith(prefixes))
+                                 or (since is not None and a.taken >= since)}
         chosen = select(archives, rules, protected, now)
         by_name = {e.name: e for e in found}
         pruned: list[Obj] = []

@@ -29,6 +29,11 @@ from migrate.settings import DEFAULT_CHECKPOINT_DIR, Settings
 Obj = dict[str, Any]
 
 
+#: How far before the prune reads what runs need it keeps every archive taken: the nodes'
+#: clocks may lag this machine's (names carry the node's time).
+SINCE_MARGIN = 300.0
+
+
 @dataclass(frozen=True)
 class PruneRequest:
     """One `migrate prune` of node archives."""
@@ -43,6 +48,7 @@ class PruneRequest:
     protect_prefixes: tuple[str, ...] = ()
     timeout: float = 600.0  # seconds each node Job may take
     namespace: str | None = None  # where node Jobs run (default: the context's)
+    protect_since: float | None = None  # archives taken since (epoch seconds) are kept
 
 
 def _unreadable(settings: Settings, node: str) -> tuple[Path, str]:
@@ -108,7 +114,8 @@ def prune_here(req: PruneRequest) -> Obj:
         raise UsageError("--dir needs exactly one --node: the node the directory is from")
     report = archives.prune_directory(req.nodes[0], req.directory, req.rules,
                                       set(req.protect), req.protect_prefixes,
-                                      dry_run=req.dry_run, now=time.time(), tighten=True)
+                                      dry_run=req.dry_run, now=time.time(), tighten=True,
+                                      since=req.protect_since)
     return _summary(req, [report])
 
 
@@ -120,6 +127,11 @@ def prune_nodes(settings: Settings, req: PruneRequest) -> Obj:
         names.check_node(cluster, node, "--node")
     targets = list(req.nodes) or sorted(n["metadata"]["name"] for n in kube.list_nodes(cluster))
     plans = {node: _plan(settings, req, node) for node in targets}
+    # What runs need is read once, here; a node's Job lists its directory later (after
+    # its scheduling and image pull). An archive taken since, by a migration that
+    # claimed its pod meanwhile, is not among what was read: archives taken from a
+    # margin before now on are kept, whatever the rules say.
+    since = time.time() - SINCE_MARGIN
     kept = protect.Protected()
     protect.from_journals(settings.state_dir, kept)
     protect.from_claims(cluster, settings.state_dir, kept)
@@ -130,12 +142,13 @@ def prune_nodes(settings: Settings, req: PruneRequest) -> Obj:
         for node, (where, _) in plans.items():
             if where == "node":
                 try:
-                    jobs[node] = onnode.start(cluster, _node_prune(req, namespace, node, kept))
+                    jobs[node] = onnode.start(cluster, _node_prune(req, namespace, node, kept,
+                                                                   since))
                 except MigrateError as e:
                     reports[node] = _failed(node, e, "node")
         for node, (where, here) in plans.items():
             if where == "local":
-                reports[node] = _local(req, kept, node, here)
+                reports[node] = _local(req, kept, node, here, since)
         for node, job in jobs.items():
             try:
                 reports[node] = onnode.collect(cluster, namespace, job, req.timeout)
@@ -148,22 +161,23 @@ def prune_nodes(settings: Settings, req: PruneRequest) -> Obj:
 
 
 def _node_prune(req: PruneRequest, namespace: str, node: str,
-                kept: protect.Protected) -> onnode.NodePrune:
+                kept: protect.Protected, since: float) -> onnode.NodePrune:
     assert req.tool_image is not None  # _plan refused a node Job without it
     return onnode.NodePrune(
         namespace=namespace, node=node, tool_image=req.tool_image, rules=req.rules,
         protected=tuple(sorted(kept.on(node) | set(req.protect))),
         protected_prefixes=tuple(kept.prefixes()) + req.protect_prefixes,
-        dry_run=req.dry_run, deadline=int(req.timeout))
+        protected_since=since, dry_run=req.dry_run, deadline=int(req.timeout))
 
 
-def _local(req: PruneRequest, kept: protect.Protected, node: str, here: Path) -> Obj:
+def _local(req: PruneRequest, kept: protect.Protected, node: str, here: Path,
+           since: float) -> Obj:
     if not here.exists() and not here.is_symlink():
         return archives.nothing_yet(node, here)
     try:
         return archives.prune_directory(
             node, here, req.rules, kept.on(node) | set(req.protect),
             tuple(kept.prefixes()) + req.protect_prefixes, dry_run=req.dry_run,
-            now=time.time())
+            now=time.time(), since=since)
     except MigrateError as e:
         return _failed(node, e, "local")

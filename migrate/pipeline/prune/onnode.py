@@ -35,6 +35,7 @@ class NodePrune:
     rules: Rules
     protected: tuple[str, ...] = ()  # archive names
     protected_prefixes: tuple[str, ...] = ()  # checkpoint-POD_NS- of claimed pods
+    protected_since: float | None = None  # archives taken since are kept (epoch seconds)
     dry_run: bool = False
     deadline: int = 600
 
@@ -54,6 +55,8 @@ def args(p: NodePrune) -> list[str]:
         out += ["--protect", name]
     for prefix in p.protected_prefixes:
         out += ["--protect-prefix", prefix]
+    if p.protected_since is not None:
+        out += ["--protect-since", f"{p.protected_since:.0f}"]
     return out + (["--dry-run"] if p.dry_run else [])
 
 

@@ -5,8 +5,9 @@ TIME in RFC 3339, pkg/kubelet/server/server.go at any release since 1.25)
 are ever candidates: whatever else is in the directory (Podman's exports,
 an operator's copies, names that do not parse) is reported and left alone.
 The name cannot be split into namespace and container unambiguously (both
-may hold dashes), and need not be: ``--keep`` counts per
-``POD_NAMESPACE-CONTAINER``, which is exactly one container of one pod.
+may hold dashes): ``--keep`` counts per ``POD_NAMESPACE-CONTAINER``, one
+container of one pod but where a namespace and a container name split alike
+(``web`` in ``team`` with container ``a-app``, and in ``team-a`` with ``app``).
 
 The rules, applied in this order to the archives not protected:
 ``--older-than`` (the time in the name), then ``--keep N`` newest per
