@@ -213,3 +213,27 @@ def test_a_token_registry_grants_the_delete_it_was_asked_for(
     assert r.code == 0, r.err
     assert [i["tags"] for i in r.json()["pruned"]] == [["v1"]]
     assert tags(token_registry, repo) == []
+
+
+def test_a_probe_deletes_its_image_from_a_token_registry(
+        cli: Cli, token_registry: RegistryUnderTest, counters_archive: Path) -> None:
+    """The probe asked its token for pull,push: a token registry refuses a DELETE without
+    `delete`, and every probe left its image behind (a leftover, exit 0)."""
+    from migrate.adapters.registry.auth import parse_creds
+    from migrate.pipeline.probe import ProbeRequest, ProbeResult, _cleanup, _Probe
+
+    repo = make_repo_name("probe")
+    creds = f"{token_registry.username}:{token_registry.password}"
+    r = cli("build", counters_archive, "--image", f"{token_registry.host}/{repo}:probe",
+            "--creds", creds, "--cert-dir", str(token_registry.cert_dir), "-o", "json")
+    assert r.code == 0, r.err
+    base = load_settings(debug=False, verbose=0, tmp_dir=None)
+    settings = dataclasses.replace(base, registry=dataclasses.replace(
+        base.registry, cert_dir=token_registry.cert_dir, creds=parse_creds(creds)))
+    result = ProbeResult("node-b")
+    probe = _Probe(None, settings, ProbeRequest(("node-b",), token_registry.host),  # type: ignore[arg-type]
+                   "node-b", "run", "default", result,
+                   pushed=f"{token_registry.host}/{repo}@{r.json()['digest']}")
+    _cleanup(probe)
+    assert result.leftovers == []
+    assert tags(token_registry, repo) == []

@@ -343,8 +343,9 @@ def _cleanup(p: _Probe) -> None:
     if p.pushed is not None:
         ref = parse_reference(p.pushed)
         try:
-            deleted = RegistryClient(ref, p.settings.registry).delete_manifest(
-                p.pushed.rpartition("@")[2])
+            # A token registry grants a DELETE only to a token asked for it (as prune asks).
+            client = RegistryClient(ref, p.settings.registry, actions="pull,delete")
+            deleted = client.delete_manifest(p.pushed.rpartition("@")[2])
         except MigrateError as e:
             deleted, why = False, e.message
         else:
