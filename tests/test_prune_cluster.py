@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -120,6 +121,31 @@ def test_an_archive_taken_after_the_prune_read_what_runs_need_is_kept(
     assert [p["name"] for p in node["pruned"]] == [old]
     assert node["protected"] == [fresh]
     assert os.listdir(dirs["node-a"]) == [fresh]
+
+
+def test_a_node_job_that_prunes_partly_reports_what_it_did(
+        cli: Cli, cluster: Cluster, dirs: dict[str, Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One archive could not be removed: the Job reported, then exited 10, and was taken
+    for failed: its report dropped (nothing pruned, the error a cut piece of JSON)."""
+    monkeypatch.delenv("MIGRATE_NODE_ROOT", raising=False)
+    stuck = archive(dirs["node-a"], "web", 30)
+    gone = archive(dirs["node-a"], "db", 30)
+    # Immutable: even the Job's root may not unlink it (EPERM).
+    if subprocess.run(["chattr", "+i", str(dirs["node-a"] / stuck)]).returncode:
+        pytest.skip("no chattr +i on this file system")
+    try:
+        r = cli("prune", "--node", "node-a", "--older-than", "7d", "--where", "node",
+                "--tool-image", TOOL, "--kubeconfig", cluster.kubeconfig, "-n", "default",
+                "-o", "json")
+    finally:
+        subprocess.run(["chattr", "-i", str(dirs["node-a"] / stuck)], check=True)
+    assert r.code == 10, r.err
+    (node,) = r.json()["nodes"]
+    assert [p["name"] for p in node["pruned"]] == [gone]
+    assert [(f["name"], f["why"]) for f in node["failed"]] == [
+        (stuck, "Operation not permitted")], node["failed"]
+    assert node["where"].startswith("job migrate-prune-node-a-")
 
 
 def test_local_with_node_root_keeps_what_a_journal_needs(

@@ -171,11 +171,15 @@ def _failure(message: str, outcome: str) -> tuple[str, str | None]:
 
 
 def termination_message(cluster: kube.Cluster, namespace: str, job: str, timeout: float,
-                        what: str = "build") -> str:
+                        what: str = "build", reported: tuple[int, ...] = ()) -> str:
     """Wait for the Job (of the tool's image) and return its termination message; a
-    failed one raises with the tool's own ``error:`` and ``hint:`` lines out of it."""
+    failed one raises with the tool's own ``error:`` and ``hint:`` lines out of it.
+    ``reported``: exit codes after which the tool has written its report all the same
+    (a prune that removed some archives and not others: 10), returned as a success's."""
     outcome = kube.watch_job(cluster, namespace, job, _finished, timeout)
     code, message = _termination(cluster, namespace, job)
+    if code in reported:
+        return message
     if not outcome.startswith("Complete") or code != 0:
         cause, hint = _failure(message, outcome)
         logs = f"kubectl logs -n {namespace} job/{job}"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from migrate.adapters import kube
-from migrate.errors import ClusterError
+from migrate.errors import ClusterError, ExitCode
 from migrate.pipeline import nodebuild
 from migrate.pipeline.prune.policy import Rules
 from migrate.pipeline.templating import fill
@@ -87,7 +87,9 @@ def start(cluster: kube.Cluster, p: NodePrune) -> str:
 
 def collect(cluster: kube.Cluster, namespace: str, job: str, timeout: float) -> dict[str, Any]:
     """Wait for the Job; its node report, marked as run by it."""
-    message = nodebuild.termination_message(cluster, namespace, job, timeout, what="prune")
+    # Exit 10: the Job pruned, and some archive could not be removed; its report says which.
+    message = nodebuild.termination_message(cluster, namespace, job, timeout, what="prune",
+                                            reported=(ExitCode.PARTIAL,))
     try:
         report: dict[str, Any] = json.loads(message)
         ok = isinstance(report, dict) and isinstance(report.get("pruned"), list)
