@@ -237,3 +237,37 @@ def test_a_probe_deletes_its_image_from_a_token_registry(
     _cleanup(probe)
     assert result.leftovers == []
     assert tags(token_registry, repo) == []
+
+
+def test_what_a_live_run_needs_and_what_was_just_checkpointed_stay(
+        cli: Cli, real_cp: ControlPlane, plain_registry: RegistryUnderTest,
+        counters_archive: Path, tmp_path: Path) -> None:
+    """Only pods naming an image kept it: a run interrupted between its push and its
+    restored pod (its journal here), or one in flight elsewhere (an in-cluster drain),
+    lost its image to `--older-than 0s`, and its resume could not pull."""
+    import os
+    from datetime import UTC, datetime
+
+    from migrate.pipeline.journal import Journal
+    from tests.test_untrusted_input import rewrite_member
+
+    host, prefix = plain_registry.host, make_repo_name("live")
+    needed = f"{host}/{prefix}/ns-web-app:checkpoint-1"
+    digest = push_checkpoint(cli, counters_archive, needed)
+    journal = Journal.create(Path(os.environ["MIGRATE_STATE_DIR"]), "pod", "web", {},
+                             ["preflight", "build"])
+    journal.stage("preflight").data["plan"] = {"images": {"app": needed}}
+    journal.stage("build").data["images"] = {"app": {"digest": digest}}
+    journal.save()
+    journal.unlock()  # interrupted: `migrate resume` would create the restored pod
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    fresh_archive = rewrite_member(counters_archive, tmp_path / "fresh.tar", "config.dump",
+                                   lambda d: json.dumps({**json.loads(d),
+                                                         "checkpointedTime": now}).encode())
+    push_checkpoint(cli, fresh_archive, f"{host}/{prefix}/ns-db-pg:checkpoint-2")
+    r = prune(cli, real_cp, f"{host}/{prefix}", "--older-than", "0s")
+    assert r.code == 0, r.err
+    assert r.json()["pruned"] == []
+    assert sorted((i["repository"].rpartition("/")[2], i["why"]) for i in r.json()["kept"]) == [
+        ("ns-db-pg", "checkpointed in the last hour: a migration may not have restored it yet"),
+        ("ns-web-app", "a running or interrupted migration journaled here needs it")]

@@ -31,6 +31,7 @@ from migrate.adapters.registry.client import RegistryClient
 from migrate.adapters.registry.reference import Reference, check_prefix, parse_reference
 from migrate.errors import MigrateError, RegistryError, UsageError
 from migrate.pipeline.annotations import CHECKPOINT_NAME
+from migrate.pipeline.prune import protect
 from migrate.settings import Settings
 
 Obj = dict[str, Any]
@@ -224,13 +225,26 @@ def _images(client: RegistryClient) -> list[Image]:
     return [_describe(client, d, tuple(sorted(t))) for d, t in sorted(by_digest.items())]
 
 
-def _verdict(image: Image, users: InUse, registry: str, cutoff: float) -> str | None:
+#: Images checkpointed this recently are kept whatever --older-than says: a migration run
+#: elsewhere (an in-cluster drain) may be between its push and its restored pod, which
+#: no pod names yet, and a large image's build and push take minutes.
+IN_FLIGHT_SECONDS = 3600.0
+
+
+def _verdict(image: Image, users: InUse, registry: str, cutoff: float,
+             live: tuple[set[str], set[str]], now: float) -> str | None:
     """Why ``image`` stays (None: it goes)."""
     who = users.user(registry, image.repository, image.digest, image.tags)
     if who:
         return f"used by pod {who}"
+    refs, digests = live
+    named = {f"{registry}/{image.repository}:{t}" for t in image.tags}
+    if image.digest in digests or named & refs:
+        return "a running or interrupted migration journaled here needs it"
     if image.created is None:
         return "its config has no creation time"
+    if image.created > now - IN_FLIGHT_SECONDS:
+        return "checkpointed in the last hour: a migration may not have restored it yet"
     if image.created > cutoff:
         return "newer than --older-than"
     return None
@@ -248,7 +262,9 @@ def prune_registry(cluster: kube.Cluster, settings: Settings, req: RegistryPrune
                           actions="pull,delete")
     root.login()
     users = in_use(cluster)
-    cutoff = time.time() - req.older_than
+    live = protect.images_of_live_runs(settings.state_dir)
+    now = time.time()
+    cutoff = now - req.older_than
     pruned, kept, other = [], [], 0
     for repo in _repositories(root, repository):
         client = RegistryClient(Reference(registry, repo), settings.registry,
@@ -261,7 +277,7 @@ def prune_registry(cluster: kube.Cluster, settings: Settings, req: RegistryPrune
             item = {"repository": f"{registry}/{repo}", "digest": image.digest,
                     "tags": list(image.tags), "container": image.checkpoint,
                     "created": _rfc3339(image.created)}
-            why = _verdict(image, users, registry, cutoff)
+            why = _verdict(image, users, registry, cutoff, live, now)
             if why:
                 kept.append({**item, "why": why})
                 continue

@@ -57,6 +57,24 @@ def from_journals(state_dir: Path | None, into: Protected) -> None:
                 into.names.setdefault(node, set()).add(PurePosixPath(a["archive"]).name)
 
 
+def images_of_live_runs(state_dir: Path | None) -> tuple[set[str], set[str]]:
+    """The checkpoint images a live run journaled here needs: (the references its plan
+    names, REGISTRY/REPOSITORY:TAG; the digests its build pushed). An interrupted run
+    between its push and its restored pod is named by no pod yet."""
+    refs: set[str] = set()
+    digests: set[str] = set()
+    if state_dir is None:
+        return refs, digests
+    for journal in Journal.history(state_dir):
+        if journal.kind != "pod" or journal.current_outcome() not in _LIVE:
+            continue
+        plan = journal.stage("preflight").data.get("plan") or {}
+        refs.update(str(r) for r in (plan.get("images") or {}).values())
+        built = journal.stage("build").data.get("images") or {}
+        digests.update(str(i.get("digest", "")) for i in built.values() if isinstance(i, dict))
+    return refs, digests - {""}
+
+
 def from_claims(cluster: kube.Cluster, state_dir: Path | None, into: Protected) -> None:
     """Add every pod a live migration claims."""
     for pod in kube.list_pods(cluster, None):
