@@ -213,3 +213,19 @@ def test_prune_reports_before_a_failed_termination_message(cli: Cli, tmp_path: P
 def as_succeeded(r: Result) -> Result:
     """``r`` as `pruned` wants it (exit 0): the report is checked, not the exit code."""
     return Result(0, r.out, r.err)
+
+
+def test_the_termination_message_is_private_and_follows_no_link(
+        cli: Cli, counters_archive: Path, tmp_path: Path) -> None:
+    message = tmp_path / "message"
+    r = cli("build", counters_archive, "--no-push", "--oci-layout", tmp_path / "layout",
+            "--termination-message-path", message)
+    assert r.code == 0, r.err
+    assert message.stat().st_mode & 0o777 == 0o600
+    elsewhere = tmp_path / "elsewhere"
+    link = tmp_path / "link"
+    link.symlink_to(elsewhere)
+    r = cli("build", counters_archive, "--no-push", "--oci-layout", tmp_path / "layout2",
+            "--termination-message-path", link)
+    assert r.code == 10, r.err
+    assert not elsewhere.exists()

@@ -55,7 +55,11 @@ def write_termination_message(path: Path, text: str) -> None:
     """Write the message; a failure now (the file system filled, the file changed since
     `check_termination_path`) comes after the work and its report: a partial success."""
     try:
-        path.write_text(text)
+        # 0600 and no link followed, as every file the tool writes (a Job's
+        # /dev/termination-log is a regular file the kubelet mounted).
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
     except OSError as e:
         raise PartialFailure(f"--termination-message-path {path}: could not write the "
                              f"termination message: {e.strerror or e}",
