@@ -47,6 +47,18 @@ def termination_path(ckpt: Checkpoint) -> str:
     return value if isinstance(value, str) and value else DEFAULT_TERMINATION_PATH
 
 
+def host_path_type(m: RecordedMount) -> str | None:
+    """The hostPath ``type`` that makes the kubelet check the source is what it was.
+
+    ``Directory`` only when bind.mounts says the source was one. Nothing for CRI-O's
+    ``file``: it means "not a directory" (CRI-O stats the source and asks only IsDir),
+    so a socket or a device is a ``file`` too, and the type ``File`` (a regular file,
+    since the kubelet compares the exact file type) would refuse a socket the source
+    did bind. Nothing either for a kind we only inferred: no record, no check.
+    """
+    return "Directory" if m.how == BIND_MOUNTS and m.kind == "directory" else None
+
+
 def _bind_mounts(ckpt: Checkpoint) -> dict[str, dict[str, Any]]:
     if not ckpt.archive.has(BIND_MOUNTS):
         return {}

@@ -56,6 +56,7 @@ DROPPED_SPEC = {
     "overhead": "set by RuntimeClass admission; a stale value is refused",
     "ephemeralContainers": "cannot be set when a pod is created",
 }
+# Used with fullmatch: with match, ``$`` lets a trailing newline through.
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?"
                             r"(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -117,7 +118,7 @@ def parse_images(values: Sequence[str], digest: str | None = None) -> ImageArgs:
     """Parse --image values (``REF`` or ``CONTAINER=REF``); ``digest`` pins the only one."""
     if not values:
         raise UsageError("--image is required", hint="--image REF, or CONTAINER=REF per container")
-    if digest is not None and (len(values) != 1 or not _DIGEST.match(digest)):
+    if digest is not None and (len(values) != 1 or not _DIGEST.fullmatch(digest)):
         raise UsageError("--digest takes sha256:<64 hex digits> and goes with one --image",
                          hint="or give each image as CONTAINER=REF@sha256:...")
     default, named = None, {}
@@ -128,7 +129,7 @@ def parse_images(values: Sequence[str], digest: str | None = None) -> ImageArgs:
                 raise UsageError("only one --image may omit the container name",
                                  hint="give the others as --image CONTAINER=REF")
             default = _image_ref(value, digest)
-        elif not _DNS_LABEL.match(name) or not ref or name in named:
+        elif not _DNS_LABEL.fullmatch(name) or not ref or name in named:
             raise UsageError(f"--image {value!r}: expected CONTAINER=REF, once per container")
         else:
             named[name] = _image_ref(ref, digest)
@@ -173,7 +174,7 @@ def _names(meta: Mapping[str, Any], options: RestoreOptions) -> tuple[str | None
     if options.name and options.generate_name:
         raise UsageError("--name and --generate-name exclude each other")
     if options.name:
-        if not _DNS_SUBDOMAIN.match(options.name):
+        if not _DNS_SUBDOMAIN.fullmatch(options.name):
             raise UsageError(f"--name {options.name!r} is not a valid pod name",
                              hint="lower-case letters, digits, '-' and '.'; at most 253")
         return options.name, None
@@ -243,7 +244,7 @@ def _spec(spec: Mapping[str, Any], images: Mapping[str, str], options: RestoreOp
           source_name: str) -> dict[str, Any]:
     dropped = _service_account_volumes(spec)
     out = {k: copy.deepcopy(v) for k, v in spec.items() if k not in DROPPED_SPEC}
-    if "hostname" not in out and _DNS_LABEL.match(source_name):
+    if "hostname" not in out and _DNS_LABEL.fullmatch(source_name):
         # A pod's host name is its name: keep the one the restored processes had.
         out["hostname"] = source_name
     volumes = [v for v in out.pop("volumes", None) or [] if v.get("name") not in dropped]
@@ -262,7 +263,7 @@ def render_restore_pod(source: PodSource | Mapping[str, Any], images: Mapping[st
     """The restore Pod, validated; ``images`` maps container names to checkpoint images."""
     if not isinstance(source, PodSource):
         source = PodSource(source)
-    if not _DNS_SUBDOMAIN.match(options.node):
+    if not _DNS_SUBDOMAIN.fullmatch(options.node):
         raise UsageError(f"--node {options.node!r} is not a valid node name")
     meta, spec = source.pod.get("metadata") or {}, source.pod.get("spec") or {}
     if not images:

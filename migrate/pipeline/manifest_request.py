@@ -19,7 +19,7 @@ from migrate.adapters import kube
 from migrate.adapters.checkpoint import Checkpoint
 from migrate.errors import UsageError
 from migrate.pipeline import names
-from migrate.pipeline.archive_pod import pod_from_checkpoint
+from migrate.pipeline.archive_pod import for_version, pod_from_checkpoint
 from migrate.pipeline.manifest import (
     DEFAULT_K8S_VERSION,
     ImageArgs,
@@ -74,7 +74,9 @@ def _source(req: ManifestRequest, settings: Settings) -> tuple[PodSource, str]:
     if req.archive is not None:
         with Checkpoint(req.archive, settings.archive) as ckpt:
             source = pod_from_checkpoint(ckpt)
-        return source, kubernetes_version(req.k8s_version or DEFAULT_K8S_VERSION)
+        version = kubernetes_version(req.k8s_version or DEFAULT_K8S_VERSION)
+        # The AppArmor profile rebuilt from the archive, in the form this version reads.
+        return for_version(source, version), version
     assert req.from_pod is not None
     cluster = kube.connect(settings.kube)
     pod = names.read_pod(cluster, req.namespace or cluster.namespace, req.from_pod)
