@@ -15,6 +15,7 @@ from migrate.cli.output import (
     echo_json,
     echo_tree,
     emit,
+    printable,
     say,
     table,
 )
@@ -323,7 +324,9 @@ def list_cmd(
         say(f"warning: skipped {path}: {reason}")
     entries = [e for e in result.entries if not namespace or e.namespace == namespace]
     if output is ListFormat.name:
-        typer.echo("".join(f"{e.archive}\n" for e in entries), nl=False)
+        # One line a path, escaped as the table's cells are: a file name may hold a newline
+        # (which would split it in two) or an escape sequence.
+        typer.echo("".join(f"{printable(str(e.archive))}\n" for e in entries), nl=False)
     else:
         emit([e.to_dict() for e in entries], output.value, lambda: table(
             ("namespace", "pod", "container", "engine", "time checkpointed", "archive"),

@@ -24,7 +24,7 @@ from migrate.cli.options import (
     with_kube,
     with_registry,
 )
-from migrate.cli.output import Format, emit, table
+from migrate.cli.output import Format, emit, printable, table
 from migrate.errors import UsageError
 from migrate.settings import Settings
 
@@ -105,33 +105,42 @@ def _base_line(r: SandboxReport) -> list[str]:
     if base is None:
         return []
     if r.pulled is not None:
-        how = f", pulled as {base.reference}" if r.pulled else ", the runtime had it"
+        how = f", pulled as {_one(base.reference)}" if r.pulled else ", the runtime had it"
     elif base.reference:
-        how = f" (pulled as {base.reference} where the runtime lacks it)"
+        how = f" (pulled as {_one(base.reference)} where the runtime lacks it)"
     else:
         how = " (the runtime must hold it: the archive names none to pull)"
-    return [f"restored onto image {base.id[:12]}, the one the container ran{how}"]
+    return [f"restored onto image {_one(base.id[:12])}, the one the container ran{how}"]
+
+
+def _one(value: object) -> str:
+    """A field of one line (names from the archive, paths, IDs): its newlines and other
+    control characters escaped, so that it cannot add a line to the report (`emit` keeps
+    the report's own line breaks)."""
+    return printable(str(value))
 
 
 def _sandbox_human(r: SandboxReport) -> str:
-    lines = [f"wrote {r.pod_config}", f"wrote {r.container_config}",
-             f"sandbox {r.name} (namespace migrate-sandbox, uid {r.uid}): container "
-             f"{r.container}, network {r.network}", *_base_line(r), "", ""]
+    lines = [f"wrote {_one(r.pod_config)}", f"wrote {_one(r.container_config)}",
+             f"sandbox {_one(r.name)} (namespace migrate-sandbox, uid {_one(r.uid)}): "
+             f"container {_one(r.container)}, network {_one(r.network)}", *_base_line(r), "",
+             ""]
     rows = [(m.container_path, m.host_path, m.kind, "ro" if m.readonly else "rw")
             for m in r.mounts]
     text = "\n".join(lines) + table(("container path", "host path", "type", "mode"), rows)
     if r.pod_id:
-        text += (f"\npod ID        {r.pod_id}\ncontainer ID  {r.container_id}\n"
-                 f"log           {r.log}\n")
+        text += (f"\npod ID        {_one(r.pod_id)}\ncontainer ID  {_one(r.container_id)}\n"
+                 f"log           {_one(r.log)}\n")
     verb = "the same, by hand" if r.pod_id else "restore it with"
-    return text + f"\n{verb}:\n" + "".join(f"  {c}\n" for c in r.commands)
+    return text + f"\n{verb}:\n" + "".join(f"  {_one(c)}\n" for c in r.commands)
 
 
 def _podman_human(r: PodmanSandboxReport) -> str:
     gone = ", removed when it exits (--rm)" if r.autoremove else ""
-    lines = [f"restored {r.name} ({r.id[:12]}) with podman from {r.checkpoint}",
-             f"checkpoint {r.digest} (label migrate.dev/forensic-restore)",
-             f"container {r.container}, network {r.network}{gone}", ""]
+    lines = [f"restored {_one(r.name)} ({_one(r.id[:12])}) with podman from "
+             f"{_one(r.checkpoint)}",
+             f"checkpoint {_one(r.digest)} (label migrate.dev/forensic-restore)",
+             f"container {_one(r.container)}, network {_one(r.network)}{gone}", ""]
     text = "\n".join(lines)
     if r.mounts:
         text += "\n" + table(("container path", "host path", "mode", "recorded source"),
@@ -139,7 +148,8 @@ def _podman_human(r: PodmanSandboxReport) -> str:
                                "ro" if m.recorded.readonly else "rw",
                                f"volume {m.recorded.volume}" if m.recorded.volume
                                else m.recorded.source) for m in r.mounts])
-    return text + "\nlook at it:  " + r.commands[0] + "\nremove it:   " + r.commands[1] + "\n"
+    return (text + "\nlook at it:  " + _one(r.commands[0]) + "\nremove it:   "
+            + _one(r.commands[1]) + "\n")
 
 
 _CRICTL_ONLY = ("--out", "--run", "--runtime-endpoint", "--cgroup-parent", "--crictl")
@@ -261,7 +271,8 @@ def sandbox(
 
 
 def _stop_human(r: StopReport) -> str:
-    return f"removed {r.name} ({r.id[:12]}), the forensic restore of {r.digest}\n"
+    return (f"removed {_one(r.name)} ({_one(r.id[:12])}), the forensic restore of "
+            f"{_one(r.digest)}\n")
 
 
 def stop(

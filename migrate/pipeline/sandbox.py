@@ -8,7 +8,7 @@
    written;
 3. write them into DIR (0700; files 0600), with every required mount recreated
    empty under DIR/mounts with the type CRI-O demands (directories 0700, files
-   0600) and a log directory;
+   0600) and a log directory; a failure part way removes what this run wrote;
 4. with ``--run``: that image pulled unless the runtime holds it (with the
    credentials found here for its registry, as for a push), then crictl runp,
    create, start (`adapters.crictl`).
@@ -16,10 +16,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from migrate.adapters import crictl
 from migrate.adapters.checkpoint import Checkpoint, Identity
 from migrate.adapters.registry.auth import Credentials, lookup
 from migrate.adapters.registry.reference import parse_reference
-from migrate.errors import UsageError
+from migrate.errors import InputError, UsageError
 from migrate.pipeline.annotations import check_restorable, image_id, pull_reference
 from migrate.pipeline.binds import RecordedMount, required_mounts
 from migrate.pipeline.manifest import ANNOTATION_PREFIX
@@ -43,6 +45,14 @@ _NETWORKS = ("none", "pod")
 _NO_DNS = {"servers": ["127.0.0.1"], "searches": [], "options": ["attempts:1", "timeout:1"]}
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+#: What the host path of a recreated mount keeps of its container path: enough to tell
+#: which it is, its index before it keeps it unique, and well under NAME_MAX.
+_MOUNT_NAME = 64
+_NAME_MAX, _PATH_MAX = 255, 4095
+# The base image's ID and pull reference go into crictl's command lines (and a printed
+# shell line): an ID is hex (what CRI-O's storage names images by), never an option.
+_IMAGE_ID = re.compile(r"^(?:sha256:)?[0-9a-f]{64}$")
+_CRAFTED = "this archive may be crafted; nothing was written"
 
 
 @dataclass(frozen=True)
@@ -134,11 +144,57 @@ def _name(req: SandboxRequest, who: Identity) -> str:
     return base[:63].strip("-")
 
 
+def _check_destinations(label: str, recorded: list[RecordedMount]) -> None:
+    """Refuse a container path no Linux file system can hold: CRI-O could never mount it,
+    and its name recreated here would be too long to write."""
+    for m in recorded:
+        longest = max((len(part.encode()) for part in m.destination.split("/")), default=0)
+        if longest > _NAME_MAX or len(m.destination.encode()) > _PATH_MAX:
+            shown = m.destination if len(m.destination) <= 80 else m.destination[:80] + "..."
+            raise InputError(f"{label}: spec.dump records a mount at {shown}, a path longer "
+                             f"than Linux allows ({_NAME_MAX} bytes a name, {_PATH_MAX} in all)",
+                             hint=_CRAFTED)
+
+
 def _plan_mounts(recorded: list[RecordedMount], out: Path) -> list[SandboxMount]:
     return [SandboxMount(m.destination,
-                         out / "mounts" / f"{i:02d}-{_UNSAFE.sub('-', m.destination).strip('-')}",
+                         out / "mounts" / (f"{i:02d}-"
+                                           + _UNSAFE.sub('-', m.destination).strip('-')
+                                           [:_MOUNT_NAME].rstrip('-')),
                          m.kind, m.readonly, m.permissions)
             for i, m in enumerate(recorded, 1)]
+
+
+def _base_image(label: str, config: dict[str, Any], reference: str | None
+                ) -> crictl.BaseImage | None:
+    """The image the container ran (`image_id`) and what pulls it, checked: both reach
+    crictl's command lines."""
+    recorded = str(config.get("rootfsImageRef") or "")
+    if recorded and not _IMAGE_ID.match(recorded) and not _is_reference(recorded):
+        raise InputError(f"{label}: config.dump's rootfsImageRef {recorded!r} is neither an "
+                         "image ID nor an image reference", hint=_CRAFTED)
+    ran = image_id(config)
+    if not ran:
+        return None
+    if not _IMAGE_ID.match(ran):
+        field = ("rootfsImageRef" if ran == recorded else
+                 "rootfsImage" if config.get("rootfsImage") else "rootfsImageID")
+        raise InputError(f"{label}: config.dump's {field} {ran!r} is not an image ID (64 hex "
+                         "digits, sha256: before them or not)", hint=_CRAFTED)
+    if reference is not None and not _is_reference(reference):
+        raise InputError(f"{label}: the image to pull, {reference!r}, is not an image "
+                         "reference", hint=_CRAFTED)
+    return crictl.BaseImage(ran, reference)
+
+
+def _is_reference(value: str) -> bool:
+    if value.startswith("-"):
+        return False
+    try:
+        parse_reference(value)
+    except UsageError:
+        return False
+    return True
 
 
 def _annotations(who: Identity, archive: Path, checkpoint_time: str | None) -> dict[str, str]:
@@ -177,21 +233,49 @@ def _private_file(path: Path, data: str = "") -> None:
     path.chmod(0o600)
 
 
+@contextlib.contextmanager
+def _undo_on_failure(written: list[Path]) -> Iterator[None]:
+    """On any failure, remove what this run wrote (``written``, in the order made: files,
+    and directories it created), newest first; a directory that was there before is never
+    in the list, so it is left as it was."""
+    try:
+        yield
+    except BaseException:
+        for path in reversed(written):
+            with contextlib.suppress(OSError):  # what cannot be removed stays, as before
+                if path.is_dir() and not path.is_symlink():
+                    path.rmdir()
+                else:
+                    path.unlink()
+        raise
+
+
 def _write(report: SandboxReport) -> None:
     out = report.out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"{out} exists and is not an empty directory",
                          hint="choose another --out, or remove it (a sandbox may still use it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for d in (out, out / "logs", out / "mounts"):
-        _private_dir(d)
-    for m in report.mounts:
-        if m.kind == "file":
-            _private_file(m.host_path)
-        else:
-            _private_dir(m.host_path)
-    for name, document in report.configs.items():
-        _private_file(out / name, json.dumps(document, indent=2) + "\n")
+    written = [p for p in reversed([out, *out.parents]) if not p.exists()]
+    try:
+        with _undo_on_failure(written):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            _private_dir(out)
+            for d in (out / "logs", out / "mounts"):
+                written.append(d)
+                _private_dir(d)
+            for m in report.mounts:
+                written.append(m.host_path)
+                if m.kind == "file":
+                    _private_file(m.host_path)
+                else:
+                    _private_dir(m.host_path)
+            for name, document in report.configs.items():
+                written.append(out / name)
+                _private_file(out / name, json.dumps(document, indent=2) + "\n")
+    except OSError as e:
+        raise UsageError(f"cannot write the sandbox in {out}: {e.strerror or e}",
+                         hint="check that the directory is writable and the file system has "
+                         "room; what this run wrote there was removed") from e
 
 
 def _pull_creds(base: crictl.BaseImage | None, settings: Settings) -> Credentials | None:
@@ -216,8 +300,8 @@ def prepare_sandbox(req: SandboxRequest, settings: Settings, uid: str | None = N
         who = ckpt.identity()
         check_restorable(ckpt, who)
         recorded, checkpoint_time = required_mounts(ckpt), ckpt.config.get("checkpointedTime")
-        ran = image_id(ckpt.config)
-        base = crictl.BaseImage(ran, pull_reference(ckpt)) if ran else None
+        _check_destinations(ckpt.label, recorded)
+        base = _base_image(ckpt.label, ckpt.config, pull_reference(ckpt))
     name = _name(req, who)
     out = (req.out or Path(name)).absolute()
     report = SandboxReport(

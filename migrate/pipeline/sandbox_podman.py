@@ -5,9 +5,10 @@
    or an IMAGE that Podman pulls and mounts (its manifest digest is the label);
 3. refuse what a sandbox cannot restore, and plan network, mounts and labels
    (`libpod_rewrite`);
-4. refuse a name in use; write a private copy of the checkpoint with
-   config.dump and spec.dump rewritten (`adapters.repack`), in a 0700
-   temporary directory;
+4. refuse a name in use, and what CRIU would restore beyond a sandbox from
+   the dump's own images (capabilities, seccomp mode, mounts); write a
+   private copy of the checkpoint with config.dump and spec.dump rewritten
+   (`adapters.repack`), in a 0700 temporary directory;
 5. ``podman container restore --import COPY --name NAME``, then delete the
    copy; when the restore fails, remove the container Podman left behind.
 
@@ -46,12 +47,16 @@ from migrate.errors import (
     UsageError,
 )
 from migrate.pipeline.libpod_rewrite import (
+    CRIU_IMAGE,
     LABEL,
     SANDBOX_LABEL,
     SandboxMount,
+    canonical,
     choose_mounts,
+    read_image,
     recorded_mounts,
     refuse_unsafe,
+    refuse_unsafe_images,
     rewrite,
 )
 from migrate.settings import Settings
@@ -219,13 +224,15 @@ class _Plan:
     mounts: list[SandboxMount]
     labels: dict[str, str]
     replaced: dict[str, bytes]
+    spec: dict[str, Any]
+    """spec.dump as checked (`libpod_rewrite.canonical`)."""
 
 
 def _plan(req: PodmanSandboxRequest, found: _Found, allowed: dict[str, Path]) -> _Plan:
     """Check the checkpoint; the sandbox's name, mounts, labels and rewritten metadata."""
     source = found.source
-    config, spec = source.config, source.spec
     _libpod(source)
+    config, spec = canonical(source.label, source.config, source.spec)
     refuse_unsafe(source.label, config, spec)
     mounts = choose_mounts(source.label, recorded_mounts(config, spec), allowed)
     labels = _labels(source, found.checkpoint, found.digest)
@@ -234,7 +241,18 @@ def _plan(req: PodmanSandboxRequest, found: _Found, allowed: dict[str, Path]) ->
     container = str(config.get("name") or "")
     return _Plan(req.name or _default_name(container), container, mounts, labels,
                  {"config.dump": json.dumps(new_config).encode(),
-                  "spec.dump": json.dumps(new_spec).encode()})
+                  "spec.dump": json.dumps(new_spec).encode()}, spec)
+
+
+def _criu_images(source: CheckpointSource) -> dict[str, bytes]:
+    """The core, creds and mount images CRIU restores the processes' privileges and
+    mounts from (`libpod_rewrite.CRIU_IMAGE`), by member name."""
+    out: dict[str, bytes] = {}
+    for entry in source.entries():
+        if entry.kind == "file" and entry.open is not None and CRIU_IMAGE.match(entry.name):
+            with entry.open() as f:
+                out[entry.name] = read_image(source.label, entry.name, f)
+    return out
 
 
 def _name_free(podman: Podman, name: str) -> None:
@@ -281,6 +299,7 @@ def restore_sandbox(req: PodmanSandboxRequest, settings: Settings) -> PodmanSand
         with _open(req, image, podman, settings) as found:  # an image is unmounted at its end
             plan = _plan(req, found, allowed)
             _name_free(podman, plan.name)
+            refuse_unsafe_images(found.source.label, _criu_images(found.source), plan.spec)
             write_copy(found.source, copy, plan.replaced)
         _require_root()
         try:
