@@ -250,6 +250,32 @@ def test_doctor_probe_builds_on_the_node_where_the_archive_is_not_readable_here(
             if not p.metadata.deletion_timestamp} <= before
 
 
+@pytest.mark.parametrize("kind", ["secret", "job"])
+def test_a_probe_whose_create_answer_was_lost_leaves_nothing_behind(
+        cli: Cli, cluster: Cluster, api: client.ApiClient, v1: client.CoreV1Api,
+        pod_tls_basic_registry: RegistryUnderTest, monkeypatch: pytest.MonkeyPatch,
+        kind: str) -> None:
+    """The probe recorded what it made from the create's answer: one lost left the
+    Secret (with the registry's password) or the Job behind."""
+    from migrate.adapters import kube
+    from migrate.errors import ClusterError
+
+    reg = pod_tls_basic_registry
+    before = {p.metadata.name for p in v1.list_namespaced_pod("default").items}
+    create = f"create_{kind}"
+    monkeypatch.setattr(kube, create, done_then(getattr(kube, create), ClusterError(
+        f"{create}: the connection was reset", hint="retry")))
+    r = cli("doctor", "--kubeconfig", cluster.kubeconfig, "--node", "node-a", "--registry",
+            f"{reg.host}/probes", "--creds", f"{reg.username}:{reg.password}",
+            "--no-tls-verify", "--probe", "node-b", "--probe-source", "node-a",
+            "--tool-image", TOOL, "--timeout", "120", "-o", "json")
+    (row,) = r.json()["probes"]
+    assert row["status"] == "FAIL" and row["message"].endswith("the connection was reset")
+    assert leftovers(api) == ([], [])
+    assert {p.metadata.name for p in v1.list_namespaced_pod("default").items
+            if not p.metadata.deletion_timestamp} <= before
+
+
 def test_doctor_probe_refuses_a_loopback_registry_for_a_build_on_the_node(
         cli: Cli, cluster: Cluster, v1: client.CoreV1Api,
         plain_registry: RegistryUnderTest) -> None:

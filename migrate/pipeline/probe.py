@@ -220,8 +220,8 @@ def _not_started(node: str, image: str, fallback: bool, reason: str,
 def _start(p: _Probe, source: Obj, image: str) -> Obj:
     name = f"migrate-probe-{p.node}"[:50].rstrip("-") + f"-{p.run_id[-4:]}"
     body = _probe_pod(name, p.namespace, source["metadata"]["name"], image, p.run_id)
+    _making(p, "Pod", body)
     created = kube.create_pod(p.cluster, p.namespace, body)
-    p.made.append(("Pod", created["metadata"]["name"]))
     fallback = p.req.image is None and image == DEFAULT_PAUSE_IMAGE
     return kube.watch_pod(p.cluster, p.namespace, created["metadata"]["name"],
                           _running(source["metadata"]["name"], image, fallback), p.req.timeout,
@@ -257,12 +257,13 @@ def _build(p: _Probe, source: str, pod: str, archive: str) -> str:
                          "node), or share the nodes' checkpoint directories and set "
                          "MIGRATE_NODE_ROOT")
     secret = _secret(p, image)
-    job = kube.create_job(p.cluster, p.namespace, nodebuild.job_manifest(nodebuild.NodeBuild(
+    manifest = nodebuild.job_manifest(nodebuild.NodeBuild(
         namespace=p.namespace, node=source, pod=pod, archive=archive, image=image,
         run_id=p.run_id, tool_image=nodebuild.check_tool_image(p.req.tool_image),
         tls_verify=p.settings.registry.tls_verify, secret=secret,
-        deadline=int(p.req.timeout))))
-    p.made.append(("Job", job["metadata"]["name"]))
+        deadline=int(p.req.timeout)))
+    _making(p, "Job", manifest)
+    job = kube.create_job(p.cluster, p.namespace, manifest)
     p.result.leftovers.append(f"archive {archive} on node {source}")
     return str(nodebuild.collect(p.cluster, p.namespace, job["metadata"]["name"],
                                  p.req.timeout)["reference"])
@@ -277,9 +278,8 @@ def _secret(p: _Probe, image: str) -> str | None:
     if body is None:
         return None
     body["metadata"]["labels"][PROBE_LABEL] = p.run_id
-    created = kube.create_secret(p.cluster, p.namespace, body)
-    p.made.append(("Secret", created["metadata"]["name"]))
-    return str(created["metadata"]["name"])
+    _making(p, "Secret", body)
+    return str(kube.create_secret(p.cluster, p.namespace, body)["metadata"]["name"])
 
 
 def _pull_base_image(p: _Probe, probe_pod: Obj, destination: Obj) -> dict[str, str]:
@@ -313,8 +313,8 @@ def _restore(p: _Probe, probe_pod: Obj, destination: Obj, pulled: dict[str, str]
     secret = _secret(p, p.pushed)
     if secret:
         pod["spec"]["imagePullSecrets"] = [{"name": secret}]
+    _making(p, "Pod", pod)
     created = kube.create_pod(p.cluster, p.namespace, pod)
-    p.made.append(("Pod", created["metadata"]["name"]))
     # What the source's runtime reported running: a CRI-O restore reports that image.
     ran = next((str(s.get("image", "")) for s in
                 (probe_pod.get("status") or {}).get("containerStatuses") or []
@@ -324,6 +324,15 @@ def _restore(p: _Probe, probe_pod: Obj, destination: Obj, pulled: dict[str, str]
                           since=created["metadata"].get("resourceVersion"),
                           runtime=nodes.runtime_of(destination), rootfs={CONTAINER: ran},
                           ran=pulled)
+
+
+def _making(p: _Probe, kind: str, body: Obj) -> None:
+    """Record an object before asking for it, by the name it will have: a create whose
+    answer is lost (or a Ctrl-C just after it) still leaves it for `_cleanup`, the
+    registry Secret with its credentials included. Deleting one never made is no harm."""
+    name = body["metadata"].get("name")
+    assert name, f"a probe's {kind} is named before it is created"
+    p.made.append((kind, str(name)))
 
 
 def _cleanup(p: _Probe) -> None:
