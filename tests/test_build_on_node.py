@@ -26,7 +26,7 @@ from e2e.cluster.world import Cluster
 from e2e.nodes import RegistryConfig
 from migrate.pipeline.journal import Journal
 from migrate.pipeline.preflight import POD_REACH_HINT
-from tests.cluster import node_agents
+from tests.cluster import node_agents, wait_for
 from tests.conftest import Result, done_then
 from tests.registries import RegistryUnderTest
 from tests.test_migrate_pod import assert_untouched, make_pod, pods
@@ -171,6 +171,10 @@ def test_a_create_whose_answer_was_lost_leaves_nothing_behind(
     actions = journal_actions(r.json()["id"])
     assert [a for a in actions if a.startswith(f"deleted {kind} default/migrate-")], actions
     assert_untouched(v1, name, pod.metadata.uid)
+    # The Job's pod goes with it, in the background: waited for (see the probe's test).
+    wait_for(lambda: not [p for p in v1.list_namespaced_pod("default").items
+                          if p.metadata.name.startswith(f"migrate-build-{name}-")],
+             what="the build Job's pod gone")
 
 
 def test_a_failing_build_fails_the_migration_and_rolls_back(
@@ -272,8 +276,10 @@ def test_a_probe_whose_create_answer_was_lost_leaves_nothing_behind(
     (row,) = r.json()["probes"]
     assert row["status"] == "FAIL" and row["message"].endswith("the connection was reset")
     assert leftovers(api) == ([], [])
-    assert {p.metadata.name for p in v1.list_namespaced_pod("default").items
-            if not p.metadata.deletion_timestamp} <= before
+    # The Job's pod goes with it, in the background: waited for, so that the next test
+    # counts the pods it finds as its own.
+    wait_for(lambda: {p.metadata.name for p in v1.list_namespaced_pod("default").items}
+             <= before, what="the probe's pods gone")
 
 
 def test_doctor_probe_refuses_a_loopback_registry_for_a_build_on_the_node(
