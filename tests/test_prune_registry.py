@@ -25,6 +25,7 @@ from tests.registries import RegistryUnderTest, make_repo_name
 from tests.test_registry_infra import tags, upload_blob
 
 Cli = Callable[..., Result]
+OCI = "application/vnd.oci.image.manifest.v1+json"
 pytestmark = pytest.mark.controlplane
 
 
@@ -271,3 +272,32 @@ def test_what_a_live_run_needs_and_what_was_just_checkpointed_stay(
     assert sorted((i["repository"].rpartition("/")[2], i["why"]) for i in r.json()["kept"]) == [
         ("ns-db-pg", "checkpointed in the last hour: a migration may not have restored it yet"),
         ("ns-web-app", "a running or interrupted migration journaled here needs it")]
+
+
+def test_a_repository_that_cannot_be_read_does_not_stop_the_others(
+        cli: Cli, real_cp: ControlPlane, plain_registry: RegistryUnderTest,
+        counters_archive: Path) -> None:
+    """One repository's failure ended the prune with an error and no report, the ones
+    before it already pruned."""
+    host, prefix = plain_registry.host, make_repo_name("partial")
+    config = b"{" + b" " * (5 << 20) + b"}"  # a config no registry client reads whole
+    digest = upload_blob(plain_registry, f"{prefix}/broken", config)
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI, "config": {
+        "mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest,
+        "size": len(config)}, "layers": []}).encode()
+    r = plain_registry.http().request("PUT", f"{plain_registry.url}/v2/{prefix}/broken/"
+                                      "manifests/v1", body=manifest,
+                                      headers={"Content-Type": OCI})
+    assert r.status == 201, r.data
+    push_checkpoint(cli, counters_archive, f"{host}/{prefix}/zz-fine:checkpoint-1")
+    r = prune(cli, real_cp, f"{host}/{prefix}", "--older-than", "1d")
+    assert r.code == 10, r.err
+    rep = r.json()
+    validate(rep, "prune-registry.schema.json", "prune --registry -o json, partly")
+    assert [i["repository"] for i in rep["pruned"]] == [f"{host}/{prefix}/zz-fine"]
+    assert [f["repository"] for f in rep["failed"]] == [f"{host}/{prefix}/broken"]
+    assert rep["failed"][0]["error"].endswith(f"answered 200 with more than {4 << 20} bytes")
+    assert r.err.splitlines() == [
+        f"error: prune: 1 repository not read; {host}/{prefix}/broken: "
+        f"{rep['failed'][0]['error']}",
+        "hint: the others were pruned; the report says what went"]

@@ -79,6 +79,8 @@ def _human_registry(rep: dict[str, Any]) -> str:
             for i in rep["pruned"]]
     rows += [("kept: " + i["why"], i["repository"], i["digest"][:19], ",".join(i["tags"]),
               i["created"] or "-") for i in rep["kept"]]
+    rows += [("not read: " + f["error"], f["repository"], "-", "-", "-")
+             for f in rep.get("failed", [])]
     return table(("", "repository", "digest", "tags", "created"), rows)
 
 
@@ -208,6 +210,12 @@ def _prune_registry(ctx: typer.Context, registry: str, seconds: int | None, keep
     settings = dataclasses.replace(settings, kube=base.kube)
     rep = prune_registry(cluster, settings, RegistryPrune(registry, seconds, dry_run))
     emit(rep, output.value, lambda: _human_registry(rep))
+    if rep["failed"]:
+        first = rep["failed"][0]
+        raise PartialFailure(f"prune: {len(rep['failed'])} repositor"
+                             f"{'y' if len(rep['failed']) == 1 else 'ies'} not read; "
+                             f"{first['repository']}: {first['error']}",
+                             hint="the others were pruned; the report says what went")
 
 
 def register(app: typer.Typer) -> None:

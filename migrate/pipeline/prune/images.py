@@ -265,12 +265,19 @@ def prune_registry(cluster: kube.Cluster, settings: Settings, req: RegistryPrune
     live = protect.images_of_live_runs(settings.state_dir)
     now = time.time()
     cutoff = now - req.older_than
-    pruned, kept, other = [], [], 0
+    pruned, kept, other, failed = [], [], 0, []
     for repo in _repositories(root, repository):
         client = RegistryClient(Reference(registry, repo), settings.registry,
                                 actions="pull,delete")
-        client.login()  # per repository: a Bearer token's scope is one repository
-        for image in _images(client):
+        try:
+            client.login()  # per repository: a Bearer token's scope is one repository
+            images = _images(client)
+        except MigrateError as e:
+            # One repository refused (a 403 on it alone, a broken manifest): the others
+            # are still pruned, and the report says what was done before and after.
+            failed.append({"repository": f"{registry}/{repo}", "error": e.message})
+            continue
+        for image in images:
             if image.checkpoint is None:
                 other += 1
                 continue
@@ -285,7 +292,7 @@ def prune_registry(cluster: kube.Cluster, settings: Settings, req: RegistryPrune
                 _deleted_or_refused(client, image.digest)
             pruned.append(item)
     return {"dry_run": req.dry_run, "registry": prefix, "older_than": req.older_than,
-            "pruned": pruned, "kept": kept, "other_images": other}
+            "pruned": pruned, "kept": kept, "other_images": other, "failed": failed}
 
 
 def _rfc3339(seconds: float | None) -> str | None:
