@@ -420,8 +420,8 @@ def test_a_garbled_core_image_is_refused(cli: Cli, podman: Standin, like_podman:
     garbled = images()[CORE] + b"\xff\xff\xff\x7f"
     archive = with_members(like_podman, tmp_path / "edited.tar", {CORE: garbled})
     refused(restore(cli, podman, archive, tmp_path), podman,
-            f"{archive}: {CORE}: is not a readable CRIU core image (an entry declares "
-            "2147483647 bytes, 0 remain)",
+            f"{archive}: {CORE}: is not a readable CRIU core image (entry 1 declares "
+            "2147483647 bytes but only 0 remain)",
             "hint: the CRIU image is corrupt or truncated\n")
 
 

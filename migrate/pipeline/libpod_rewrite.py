@@ -54,13 +54,13 @@ from __future__ import annotations
 
 import copy
 import re
-import struct
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from migrate.adapters.criu.wire import Field, Schema, WireError, decode
+from migrate.adapters.criu.images import ImageError, decode_entries
+from migrate.adapters.criu.wire import Field, Schema
 from migrate.errors import ArchiveError, InputError, UsageError
 from migrate.validation import validate
 
@@ -422,8 +422,7 @@ def _refuse_mounts(spec: dict[str, Any], refuse: Callable[[str], InputError]) ->
 #: mounts it makes.
 CRIU_IMAGE = re.compile(r"^checkpoint/(core|creds|mountpoints)-[0-9]+\.img$")
 _MAX_IMAGE = 16 * 1024 * 1024
-_IMG_COMMON = 0x54564319
-_MAGICS = {"core": 0x55053847, "creds": 0x54023547, "mountpoints": 0x55563928}
+_MAGIC_NAMES = {"core": "CORE", "creds": "CREDS", "mountpoints": "MNTS"}  # images.MAGICS
 _CREDS: Schema = {
     9: Field("cap_inh", "uint", repeated=True), 10: Field("cap_prm", "uint", repeated=True),
     11: Field("cap_eff", "uint", repeated=True), 12: Field("cap_bnd", "uint", repeated=True),
@@ -447,24 +446,6 @@ _FSTYPES = {0: "unsupported", 1: "proc", 2: "sysfs", 3: "devtmpfs", 4: "binfmt_m
 _NEW_MOUNTS = frozenset({1, 2, 5, 6, 12, 14, 23})
 _MS_RDONLY = 1
 _SECCOMP_STRICT, _SECCOMP_FILTER = 1, 2
-
-
-def _entries(data: bytes, magic: int) -> Iterator[memoryview]:
-    """The entries of a CRIU image (a magic, then u32-sized protobuf messages)."""
-    view = memoryview(data)
-    pos = 4 if len(view) >= 4 and struct.unpack_from("<I", view)[0] == _IMG_COMMON else 0
-    if len(view) - pos < 4 or struct.unpack_from("<I", view, pos)[0] != magic:
-        raise WireError("its magic is not the one its name says")
-    pos += 4
-    while pos < len(view):
-        if len(view) - pos < 4:
-            raise WireError("an entry's size is cut short")
-        (size,) = struct.unpack_from("<I", view, pos)
-        pos += 4
-        if size > len(view) - pos:
-            raise WireError(f"an entry declares {size} bytes, {len(view) - pos} remain")
-        yield view[pos:pos + size]
-        pos += size
 
 
 def _beyond_defaults(creds: dict[str, Any]) -> list[str]:
@@ -532,8 +513,8 @@ def refuse_unsafe_images(label: str, images: Mapping[str, bytes],
 
         kind = member.split("/")[-1].split("-")[0]
         try:
-            entries = [decode(raw, _SCHEMAS[kind]) for raw in _entries(data, _MAGICS[kind])]
-        except WireError as e:
+            entries = list(decode_entries(data, _MAGIC_NAMES[kind], _SCHEMAS[kind]))
+        except ImageError as e:
             raise ArchiveError(label, f"is not a readable CRIU {kind} image ({e})",
                                hint="the CRIU image is corrupt or truncated",
                                member=member) from e

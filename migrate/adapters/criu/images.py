@@ -33,6 +33,8 @@ MAGICS: dict[str, int] = {
     "IDS": 0x54432030,
     "FS": 0x51403912,
     "REMAP_FPATH": 0x59133954,
+    "CREDS": 0x54023547,
+    "MNTS": 0x55563928,
 }
 _NAMES = {v: k for k, v in MAGICS.items()}
 
