@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
-from tenacity.wait import wait_base, wait_exponential
+from tenacity.wait import wait_base
 
 from migrate.errors import Transient, TransientClusterError, TransientRegistryError
 from migrate.settings import RetrySettings
@@ -23,9 +23,15 @@ def retry_after(value: str | None) -> float | None:
     return float(value) if value and value.isdigit() else None
 
 
+def backoff(settings: RetrySettings, attempt: int) -> float:
+    """Seconds to wait after try ``attempt`` (1-based) failed: ``initial_wait`` doubling,
+    at most ``max_wait``; what the named policies wait when no Retry-After is given."""
+    return float(min(settings.initial_wait * 2 ** (attempt - 1), settings.max_wait))
+
+
 class _RetryAfterOrBackoff(wait_base):
     def __init__(self, settings: RetrySettings) -> None:
-        self.backoff = wait_exponential(multiplier=settings.initial_wait, max=settings.max_wait)
+        self.settings = settings
         self.max_wait = settings.max_wait
 
     def __call__(self, retry_state: RetryCallState) -> float:
@@ -33,7 +39,7 @@ class _RetryAfterOrBackoff(wait_base):
         exc = outcome.exception() if outcome else None
         if isinstance(exc, Transient) and exc.retry_after is not None:
             return min(exc.retry_after, self.max_wait)
-        return float(self.backoff(retry_state))
+        return backoff(self.settings, retry_state.attempt_number)
 
 
 def _log_retry(state: RetryCallState) -> None:

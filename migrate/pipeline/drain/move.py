@@ -28,6 +28,7 @@ from migrate.pipeline.drain.classify import SKIP, classify
 from migrate.pipeline.drain.plan import PodPlan
 from migrate.pipeline.drain.state import FAILED, GONE, INTERRUPTED, MIGRATED, Context
 from migrate.pipeline.preflight import PodRequest
+from migrate.retry import backoff
 
 
 class _Gone(Exception):
@@ -110,12 +111,6 @@ def _retryable(ctx: Context, entry: PodPlan, error: MigrateError, tries: int) ->
             and max(attempts, tries) < ctx.req.attempts)
 
 
-def _pause(ctx: Context, tries: int) -> float:
-    """Seconds before try ``tries + 1``: the API calls' backoff, from the same settings."""
-    retry = ctx.settings.kube.retry
-    return float(min(retry.initial_wait * 2 ** (tries - 1), retry.max_wait))
-
-
 def _run(ctx: Context, cluster: kube.Cluster, entry: PodPlan,
          resumed: migration.Migration | None) -> dict[str, Any]:
     """One attempt: continue ``resumed`` or start a new run; the result's fields."""
@@ -176,7 +171,7 @@ def migrate_pod(ctx: Context, entry: PodPlan, deadline: float) -> dict[str, Any]
         # A pause before the next try, as the API calls' retries make one (a failure
         # before any run began, the registry down at preflight, comes back at once);
         # the drain's stop ends it.
-        if ctx.stop.wait(_pause(ctx, tries)):
+        if ctx.stop.wait(backoff(ctx.settings.kube.retry, tries)):
             out = {"outcome": INTERRUPTED}
         else:
             ctx.progress(entry.key, f"retrying after: {result.message}")
