@@ -15,6 +15,7 @@ Two sources, because a migration may have been started here or elsewhere:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -43,13 +44,18 @@ class Protected:
         return sorted(f"checkpoint-{pod}_{ns}-" for ns, pod in self.pods)
 
 
-def from_journals(state_dir: Path | None, into: Protected) -> None:
-    """Add the archives of every live run journaled here."""
+def _live_runs(state_dir: Path | None) -> Iterator[Journal]:
+    """The migrations journaled here that are running or interrupted."""
     if state_dir is None:
         return
     for journal in Journal.history(state_dir):
-        if journal.kind != "pod" or journal.current_outcome() not in _LIVE:
-            continue
+        if journal.kind == "pod" and journal.current_outcome() in _LIVE:
+            yield journal
+
+
+def from_journals(state_dir: Path | None, into: Protected) -> None:
+    """Add the archives of every live run journaled here."""
+    for journal in _live_runs(state_dir):
         removed = {a.get("path") for a in journal.actions if a["action"] == "archive removed"}
         for a in journal.actions:
             if a["action"] == "checkpointed" and a.get("archive") not in removed:
@@ -63,11 +69,7 @@ def images_of_live_runs(state_dir: Path | None) -> tuple[set[str], set[str]]:
     between its push and its restored pod is named by no pod yet."""
     refs: set[str] = set()
     digests: set[str] = set()
-    if state_dir is None:
-        return refs, digests
-    for journal in Journal.history(state_dir):
-        if journal.kind != "pod" or journal.current_outcome() not in _LIVE:
-            continue
+    for journal in _live_runs(state_dir):
         plan = journal.stage("preflight").data.get("plan") or {}
         refs.update(str(r) for r in (plan.get("images") or {}).values())
         built = journal.stage("build").data.get("images") or {}
