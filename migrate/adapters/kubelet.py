@@ -17,6 +17,7 @@ from urllib.parse import quote
 import urllib3
 from urllib3.exceptions import HTTPError, SSLError
 
+from migrate.adapters.bounded import read_at_most
 from migrate.errors import AuthError, ClusterError, NotFoundError, TransientClusterError
 from migrate.retry import cluster_policy
 from migrate.settings import RetrySettings
@@ -68,15 +69,11 @@ MAX_ANSWER_BYTES = 1024 * 1024
 def read_answer(resp: urllib3.BaseHTTPResponse, what: str) -> bytes:
     """The body of a kubelet's answer (``resp`` not preloaded), read up to
     MAX_ANSWER_BYTES: whatever answers at that address, it cannot make us hold more."""
-    try:
-        data = resp.read(MAX_ANSWER_BYTES + 1)
-        if len(data) > MAX_ANSWER_BYTES:
-            resp.close()  # the rest is never read: the connection cannot be reused
-            raise ClusterError(f"{what}: answered {resp.status} with more than "
-                               f"{MAX_ANSWER_BYTES} bytes",
-                               hint="is a kubelet answering at that address?")
-    finally:
-        resp.release_conn()
+    data = read_at_most(resp, MAX_ANSWER_BYTES)
+    if data is None:
+        raise ClusterError(f"{what}: answered {resp.status} with more than "
+                           f"{MAX_ANSWER_BYTES} bytes",
+                           hint="is a kubelet answering at that address?")
     return data
 
 

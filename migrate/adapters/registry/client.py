@@ -30,6 +30,7 @@ import urllib3
 from urllib3.exceptions import HTTPError, LocationValueError, SSLError
 from urllib3.util import parse_url
 
+from migrate.adapters.bounded import read_at_most
 from migrate.adapters.registry.auth import Credentials, basic_header, lookup, parse_challenge
 from migrate.adapters.registry.reference import Reference
 from migrate.errors import AuthError, RegistryError, TransientRegistryError
@@ -229,14 +230,10 @@ class RegistryClient:
 
     def _read(self, resp: urllib3.BaseHTTPResponse) -> Answer:
         """The answer with its body, read up to MAX_ANSWER_BYTES."""
-        try:
-            data = resp.read(MAX_ANSWER_BYTES + 1)
-            if len(data) > MAX_ANSWER_BYTES:
-                resp.close()  # the rest is never read: the connection cannot be reused
-                raise RegistryError(f"{self.ref.registry}: answered {resp.status} with more "
-                                    f"than {MAX_ANSWER_BYTES} bytes", hint=_NOT_OCI_HINT)
-        finally:
-            resp.release_conn()
+        data = read_at_most(resp, MAX_ANSWER_BYTES)
+        if data is None:
+            raise RegistryError(f"{self.ref.registry}: answered {resp.status} with more "
+                                f"than {MAX_ANSWER_BYTES} bytes", hint=_NOT_OCI_HINT)
         return Answer(resp.status, resp.reason or "", resp.headers, data)
 
     def request(self, method: str, path: str, *, expected: set[int], body: Any = None,
